@@ -1,0 +1,7 @@
+//! skep: a container orchestrator with Docker Swarm's workflow and a zero-trust security core.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod secret;
+pub mod store;
+pub mod util;

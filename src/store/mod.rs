@@ -1,0 +1,2 @@
+//! The replicated store: object model, Raft commands, sealed log and snapshot storage.
+pub mod model;

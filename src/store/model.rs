@@ -1,0 +1,285 @@
+//! The object model the managers replicate, and the commands that change it.
+//!
+//! [`State::apply`] is a pure function of the state and one committed [`Command`]: every
+//! manager applies the same commands in the same order and reaches the same state. Anything
+//! that varies between managers (clocks, randomness) is decided by the proposer and carried in
+//! the command.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use crate::secret::SecretString;
+
+use crate::audit::{AuditChain, AuditEvent};
+
+/// Cluster-wide settings and the root of trust. Lives only inside the sealed store.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cluster {
+    /// The cluster ID (also the O of every certificate).
+    pub id: String,
+    /// RFC 3339 creation time.
+    pub created_at: String,
+    /// Root CA certificate, PEM.
+    pub ca_cert_pem: String,
+    /// Root CA private key, PEM. Every manager can issue certificates.
+    pub ca_key_pem: SecretString,
+    /// The current worker join token (full text).
+    pub worker_token: SecretString,
+    /// The current manager join token (full text).
+    pub manager_token: SecretString,
+    /// Validity of node certificates, in seconds.
+    pub cert_expiry_secs: u64,
+    /// Whether managers keep their keys sealed under an operator-held unlock key.
+    pub autolock: bool,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("created_at", &self.created_at)
+            .field("ca_key_pem", &"..")
+            .field("worker_token", &"..")
+            .field("manager_token", &"..")
+            .field("cert_expiry_secs", &self.cert_expiry_secs)
+            .field("autolock", &self.autolock)
+            .finish()
+    }
+}
+
+/// A node's role, as in its certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Runs tasks only.
+    Worker,
+    /// Runs Raft, the CA, the control API and the dispatcher, and tasks.
+    Manager,
+}
+
+impl NodeRole {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Worker => "worker",
+            NodeRole::Manager => "manager",
+        }
+    }
+}
+
+/// Whether the node is alive, as the leader sees its heartbeats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Not heard from yet.
+    Unknown,
+    /// Heartbeating.
+    Ready,
+    /// Missed heartbeats past the grace period.
+    Down,
+    /// Left the swarm.
+    Disconnected,
+}
+
+impl NodeState {
+    /// Docker's spelling, as in `node ls`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "Unknown",
+            NodeState::Ready => "Ready",
+            NodeState::Down => "Down",
+            NodeState::Disconnected => "Disconnected",
+        }
+    }
+}
+
+/// Whether the scheduler may use the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// New tasks may be placed.
+    Active,
+    /// No new tasks.
+    Pause,
+    /// Tasks are moved away.
+    Drain,
+}
+
+impl Availability {
+    /// Docker's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "Active",
+            Availability::Pause => "Pause",
+            Availability::Drain => "Drain",
+        }
+    }
+}
+
+/// A member of the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Node ID (CN of its certificate).
+    pub id: String,
+    /// Host name it reported at join.
+    pub hostname: String,
+    /// Role in its current certificate.
+    pub role: NodeRole,
+    /// Scheduling availability.
+    pub availability: Availability,
+    /// Liveness.
+    pub state: NodeState,
+    /// Address other nodes reach it at (`IP:PORT`); for workers, the address it joined from.
+    pub addr: String,
+    /// Raft node number, for managers.
+    pub raft_id: Option<u64>,
+    /// Hex serial of its current certificate.
+    pub cert_serial: String,
+    /// RFC 3339 expiry of its current certificate.
+    pub cert_not_after: String,
+    /// RFC 3339 time it joined.
+    pub created_at: String,
+    /// RFC 3339 time of the last change.
+    pub updated_at: String,
+    /// Free-form labels (`node update --label-add`).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A change to the replicated state. Proposed by a manager, applied by all.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    /// Creates the cluster. Refused if one exists.
+    InitCluster(Box<Cluster>),
+    /// Adds or replaces a node.
+    PutNode(Node),
+    /// Sets a node's liveness.
+    SetNodeState {
+        /// Node ID.
+        id: String,
+        /// New state.
+        state: NodeState,
+        /// RFC 3339 time of the change.
+        at: String,
+    },
+    /// Removes a node.
+    RemoveNode {
+        /// Node ID.
+        id: String,
+    },
+    /// Appends an audit record.
+    Audit(AuditEvent),
+    /// Several commands applied atomically, in order (e.g. a change and its audit record).
+    Batch(Vec<Command>),
+}
+
+/// What applying a command produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum Response {
+    /// Applied.
+    #[default]
+    Ok,
+    /// Refused by the state machine (the command did not fit the state); nothing changed.
+    Rejected(String),
+}
+
+/// The replicated state.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct State {
+    /// The cluster, once initialised.
+    pub cluster: Option<Cluster>,
+    /// Nodes by ID.
+    pub nodes: BTreeMap<String, Node>,
+    /// The audit chain.
+    pub audit: AuditChain,
+}
+
+impl State {
+    /// Applies one committed command. Deterministic; never panics on any command.
+    pub fn apply(&mut self, cmd: Command) -> Response {
+        if let Err(reason) = self.check(&cmd) {
+            return Response::Rejected(reason);
+        }
+        self.apply_checked(cmd);
+        Response::Ok
+    }
+
+    /// Refuses a command (a batch as a whole) that does not fit the state, before any change.
+    fn check(&self, cmd: &Command) -> Result<(), String> {
+        match cmd {
+            Command::InitCluster(_) if self.cluster.is_some() => {
+                Err("the cluster is already initialised".into())
+            }
+            Command::SetNodeState { id, .. } if !self.nodes.contains_key(id) => {
+                Err(format!("node {id} not found"))
+            }
+            Command::Batch(cmds) => cmds.iter().try_for_each(|c| self.check(c)),
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_checked(&mut self, cmd: Command) {
+        match cmd {
+            Command::InitCluster(cluster) => self.cluster = Some(*cluster),
+            Command::PutNode(node) => {
+                self.nodes.insert(node.id.clone(), node);
+            }
+            Command::SetNodeState { id, state, at } => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.state = state;
+                    node.updated_at = at;
+                }
+            }
+            Command::RemoveNode { id } => {
+                self.nodes.remove(&id);
+            }
+            Command::Audit(event) => {
+                self.audit.append(event);
+            }
+            Command::Batch(cmds) => cmds.into_iter().for_each(|c| self.apply_checked(c)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::{Actor, Outcome};
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            hostname: "h".into(),
+            role: NodeRole::Worker,
+            availability: Availability::Active,
+            state: NodeState::Unknown,
+            addr: "127.0.0.1:2377".into(),
+            raft_id: None,
+            cert_serial: "01".into(),
+            cert_not_after: "2030-01-01T00:00:00Z".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn batch_is_all_or_nothing() {
+        let mut s = State::default();
+        let audit = AuditEvent::now(Actor::system(), "node.state", "n1", Outcome::Ok);
+        let r = s.apply(Command::Batch(vec![
+            Command::Audit(audit),
+            Command::SetNodeState { id: "missing".into(), state: NodeState::Ready, at: "t".into() },
+        ]));
+        assert!(matches!(r, Response::Rejected(_)));
+        assert!(s.audit.records().is_empty());
+    }
+
+    #[test]
+    fn node_state_changes() {
+        let mut s = State::default();
+        assert_eq!(s.apply(Command::PutNode(node("n1"))), Response::Ok);
+        let r = s.apply(Command::SetNodeState { id: "n1".into(), state: NodeState::Ready, at: "t".into() });
+        assert_eq!(r, Response::Ok);
+        assert_eq!(s.nodes["n1"].state, NodeState::Ready);
+    }
+}
