@@ -1,1 +1,9 @@
-fn main(){}
+//! Compiles `src/api/proto/*.proto` with protox (pure Rust): no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "src/api/proto/skep.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let fds = protox::compile([proto], ["src/api/proto"])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}
