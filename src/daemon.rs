@@ -1,8 +1,47 @@
-//! Wires a node together according to its state: not in a swarm, locked, worker or manager.
+//! Wires a node together according to its state: not in a swarm, locked, or running as a
+//! worker or a manager. Owns the node's files and the local admin socket.
+//!
+//! ```text
+//!  data-dir/
+//!    node.json         who this node is (ID, role, cluster, managers): nothing secret
+//!    kek               key-encryption key, 0600 (absent with autolock: the operator holds it)
+//!    dek.sealed        the store's data key, wrapped by the KEK (managers)
+//!    node.key.sealed   the node's TLS private key, sealed by the KEK
+//!    node.crt root.crt certificates (DER)
+//!    raft/             sealed Raft log, vote and snapshots (managers)
+//! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use skep_pki::{Csr, JoinToken, NodeKey, RootCa};
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+
+use crate::agent::join::{JoinError, Joined};
+use crate::agent::{Agent, ManagerList};
+use crate::api::v1::ca_server::CaServer;
+use crate::api::v1::control_server::{Control, ControlServer};
+use crate::api::v1::dispatcher_client::DispatcherClient;
+use crate::api::v1::dispatcher_server::DispatcherServer;
+use crate::api::v1::manager_server::ManagerServer;
+use crate::api::v1::{
+    AuditListRequest, AuditListResponse, Empty, InfoResponse, JoinTokenRequest, JoinTokenResponse,
+    NodeInfo, NodeInspectRequest, NodeListResponse, SwarmInitRequest, SwarmInitResponse,
+    SwarmJoinRequest, SwarmJoinResponse, SwarmLeaveRequest, SwarmUnlockRequest,
+};
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::manager::services::Services;
+use crate::manager::{Manager, ManagerError, raft_id_of, to_status};
+use crate::net::{self, Credentials};
+use crate::secret::{SecretBytes, SecretString};
+use crate::store::model::{Availability, Cluster, Command, Node, NodeRole, NodeState};
+use crate::store::seal::{Dek, Kek, RecordKind};
 
 /// How to run a node (`skep daemon` flags).
 #[derive(Clone, Debug)]
@@ -21,16 +60,905 @@ pub struct DaemonConfig {
     pub heartbeat_period: Duration,
 }
 
-/// Why the daemon stopped.
+/// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    /// Anything, for now.
+    /// A file of the node could not be read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The node's files are damaged or do not fit together.
+    #[error("the node's state in {0} is unusable: {1}")]
+    Corrupt(PathBuf, String),
+    /// Starting a component failed.
     #[error("{0}")]
-    Other(String),
+    Start(String),
 }
 
-/// Runs the daemon until it is told to stop (SIGINT/SIGTERM).
+const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The shortest node certificate lifetime `swarm init --cert-expiry` accepts.
+pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(10);
+const ROOT_CA_VALIDITY_DAYS: i64 = 20 * 365;
+const UNLOCK_KEY_PREFIX: &str = "SKEP-KEY-1-";
+
+/// Who this node is. Nothing secret: kept in plaintext as `node.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+struct NodeFile {
+    node_id: String,
+    role: NodeRole,
+    cluster_id: String,
+    advertise_addr: String,
+    managers: Vec<String>,
+    autolock: bool,
+}
+
+enum Phase {
+    Inactive,
+    Locked(NodeFile),
+    Active(Running),
+}
+
+struct Running {
+    file: NodeFile,
+    creds: Credentials,
+    manager: Option<Arc<Manager>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(m) = self.manager {
+            if let Err(e) = m.raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown");
+            }
+        }
+    }
+}
+
+/// A node's daemon.
+pub struct Daemon {
+    cfg: DaemonConfig,
+    hostname: String,
+    phase: tokio::sync::Mutex<Phase>,
+    unlock_failures: Mutex<Vec<AuditEvent>>,
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
-    let _ = config;
-    Err(DaemonError::Other("not yet".into()))
+    let daemon = Arc::new(Daemon::load(config).await?);
+    let socket = daemon.cfg.socket.clone();
+    let listener = bind_socket(&socket)?;
+    tracing::info!(socket = %socket.display(), "serving the control API");
+    let control = ControlServer::new(ControlService(daemon.clone()));
+    let server = tonic::transport::Server::builder()
+        .add_service(control)
+        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| DaemonError::Start(format!("cannot watch SIGTERM: {e}")))?;
+    tokio::select! {
+        r = server => if let Err(e) = r { tracing::error!(error = %e, "control API stopped"); },
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
+        _ = term.recv() => tracing::info!("terminated"),
+    }
+    let phase = std::mem::replace(&mut *daemon.phase.lock().await, Phase::Inactive);
+    if let Phase::Active(r) = phase {
+        r.stop().await;
+    }
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}
+
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |what, source| DaemonError::Io { what, path: path.to_path_buf(), source };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| io("creating the directory of", e))?;
+    }
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|e| io("removing the stale socket", e))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| io("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("setting mode 0600 on", e))?;
+    Ok(listener)
+}
+
+// ------------------------------------------------------------------ files
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |what, source| DaemonError::Io { what, path: path.to_path_buf(), source };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("creating", e))?;
+    f.write_all(bytes).map_err(|e| io("writing", e))?;
+    f.sync_all().map_err(|e| io("syncing", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io("renaming into place", e))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
+    std::fs::read(path).map_err(|source| DaemonError::Io { what: "reading", path: path.to_path_buf(), source })
+}
+
+struct Paths(PathBuf);
+
+impl Paths {
+    fn node(&self) -> PathBuf {
+        self.0.join("node.json")
+    }
+    fn kek(&self) -> PathBuf {
+        self.0.join("kek")
+    }
+    fn dek(&self) -> PathBuf {
+        self.0.join("dek.sealed")
+    }
+    fn key(&self) -> PathBuf {
+        self.0.join("node.key.sealed")
+    }
+    fn cert(&self) -> PathBuf {
+        self.0.join("node.crt")
+    }
+    fn root(&self) -> PathBuf {
+        self.0.join("root.crt")
+    }
+    fn raft(&self) -> PathBuf {
+        self.0.join("raft")
+    }
+}
+
+/// Everything a node writes when it gets an identity.
+struct Identity<'a> {
+    file: &'a NodeFile,
+    kek: &'a Kek,
+    store_kek: bool,
+    dek: Option<&'a Dek>,
+    key: &'a NodeKey,
+    cert_der: &'a [u8],
+    root_der: &'a [u8],
+}
+
+impl Daemon {
+    async fn load(cfg: DaemonConfig) -> Result<Self, DaemonError> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|source| DaemonError::Io { what: "creating", path: cfg.data_dir.clone(), source })?;
+        let hostname = match &cfg.hostname {
+            Some(h) => h.clone(),
+            None => nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "localhost".into()),
+        };
+        let daemon = Daemon {
+            cfg,
+            hostname,
+            phase: tokio::sync::Mutex::new(Phase::Inactive),
+            unlock_failures: Mutex::new(Vec::new()),
+        };
+        let paths = daemon.paths();
+        if !paths.node().exists() {
+            return Ok(daemon);
+        }
+        let file: NodeFile = serde_json::from_slice(&read(&paths.node())?)
+            .map_err(|e| DaemonError::Corrupt(paths.node(), e.to_string()))?;
+        let phase = if file.autolock && file.role == NodeRole::Manager {
+            tracing::warn!("this manager is locked: run `skep swarm unlock` with the unlock key");
+            Phase::Locked(file)
+        } else {
+            let kek = Kek::from_bytes(&read(&paths.kek())?)
+                .map_err(|e| DaemonError::Corrupt(paths.kek(), e.to_string()))?;
+            Phase::Active(daemon.start(file, &kek).await?)
+        };
+        *daemon.phase.lock().await = phase;
+        Ok(daemon)
+    }
+
+    fn paths(&self) -> Paths {
+        Paths(self.cfg.data_dir.clone())
+    }
+
+    fn save_identity(&self, id: Identity<'_>) -> Result<(), DaemonError> {
+        let p = self.paths();
+        if id.store_kek {
+            write_private(&p.kek(), id.kek.expose_bytes())?;
+        } else if p.kek().exists() {
+            std::fs::remove_file(p.kek())
+                .map_err(|source| DaemonError::Io { what: "removing", path: p.kek(), source })?;
+        }
+        if let Some(dek) = id.dek {
+            write_private(&p.dek(), &id.kek.wrap(dek))?;
+        }
+        write_private(&p.key(), &id.kek.seal_blob(RecordKind::NodeKey, &id.key.pkcs8_der()))?;
+        write_private(&p.cert(), id.cert_der)?;
+        write_private(&p.root(), id.root_der)?;
+        self.save_file(id.file)
+    }
+
+    fn save_file(&self, file: &NodeFile) -> Result<(), DaemonError> {
+        let bytes = serde_json::to_vec_pretty(file).map_err(|e| DaemonError::Start(e.to_string()))?;
+        write_private(&self.paths().node(), &bytes)
+    }
+
+    /// Brings a node with an identity on disk up: opens its key with `kek`, and starts the
+    /// manager (Raft, mTLS services) if it is one, and the agent.
+    async fn start(&self, file: NodeFile, kek: &Kek) -> Result<Running, DaemonError> {
+        let p = self.paths();
+        let corrupt = |path: PathBuf, e: &dyn std::fmt::Display| DaemonError::Corrupt(path, e.to_string());
+        let key_der = kek
+            .open_blob(RecordKind::NodeKey, &read(&p.key())?)
+            .map_err(|e| corrupt(p.key(), &e))?;
+        let creds = Credentials {
+            cert_der: read(&p.cert())?,
+            key_der: SecretBytes::from(key_der),
+            root_der: read(&p.root())?,
+        };
+        let client_tls = net::client_config(&creds.root_der, Some(&creds)).map_err(|e| corrupt(p.cert(), &e))?;
+        let mut managers = file.managers.clone();
+        let mut tasks = Vec::new();
+        let mut manager = None;
+        if file.role == NodeRole::Manager {
+            let dek = kek.unwrap(&read(&p.dek())?).map_err(|e| corrupt(p.dek(), &e))?;
+            let (log, sm) = crate::store::open(&p.raft(), dek)
+                .await
+                .map_err(|e| DaemonError::Start(e.to_string()))?;
+            let state = sm.state();
+            let config = crate::manager::raft_config().map_err(|e| DaemonError::Start(e.to_string()))?;
+            let network = crate::manager::network::NetworkFactory::new(client_tls.clone());
+            let raft = crate::store::Raft::new(raft_id_of(&file.node_id), config, network, log, sm)
+                .await
+                .map_err(|e| DaemonError::Start(format!("starting raft: {e}")))?;
+            let mgr = Manager::new(
+                raft,
+                state,
+                file.node_id.clone(),
+                file.advertise_addr.clone(),
+                client_tls.clone(),
+                self.cfg.heartbeat_period,
+            );
+            tasks.extend(self.serve_tls(&mgr, &creds, &file.cluster_id).await?);
+            tasks.push(tokio::spawn(mgr.clone().run_liveness()));
+            if !managers.contains(&file.advertise_addr) {
+                managers.insert(0, file.advertise_addr.clone());
+            }
+            manager = Some(mgr);
+        }
+        let list: ManagerList = Arc::new(Mutex::new(managers));
+        let agent = Agent {
+            hostname: self.hostname.clone(),
+            addr: file.advertise_addr.clone(),
+            tls: client_tls,
+            managers: list.clone(),
+            period: self.cfg.heartbeat_period,
+        };
+        tasks.push(tokio::spawn(agent.run()));
+        tasks.push(tokio::spawn(persist_managers(self.paths().node(), list)));
+        Ok(Running { file, creds, manager, tasks })
+    }
+
+    async fn serve_tls(
+        &self,
+        mgr: &Arc<Manager>,
+        creds: &Credentials,
+        cluster_id: &str,
+    ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
+        let config = net::server_config(creds).map_err(|e| DaemonError::Start(e.to_string()))?;
+        let config = Arc::new(ArcSwap::from(config));
+        let listener = tokio::net::TcpListener::bind(self.cfg.listen_addr)
+            .await
+            .map_err(|e| DaemonError::Start(format!("cannot listen on {}: {e}", self.cfg.listen_addr)))?;
+        let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (incoming, accept) = net::accept_loop(listener, config, cluster_id.to_string(), fail_tx);
+        let svc = Services::new(mgr.clone());
+        let server = tonic::transport::Server::builder()
+            .add_service(CaServer::new(svc.clone()))
+            .add_service(DispatcherServer::new(svc.clone()))
+            .add_service(ManagerServer::new(svc))
+            .serve_with_incoming(incoming);
+        let serve = tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "mTLS server stopped");
+            }
+        });
+        let auditor_mgr = mgr.clone();
+        let auditor = tokio::spawn(async move {
+            while let Some(f) = fail_rx.recv().await {
+                let ev = AuditEvent::now(Actor::anonymous(&f.addr.to_string()), "tls.handshake", "", Outcome::Denied)
+                    .with("peer", f.addr.to_string())
+                    .with("reason", f.reason);
+                auditor_mgr.audit_failure(f.addr.ip(), ev).await;
+            }
+        });
+        tracing::info!(addr = %self.cfg.listen_addr, "serving mTLS");
+        Ok(vec![serve, accept, auditor])
+    }
+
+    fn advertise_addr(&self, requested: &str) -> Result<String, Status> {
+        if !requested.is_empty() {
+            return net::parse_addr(requested)
+                .map(|a| a.to_string())
+                .map_err(|e| Status::invalid_argument(format!("--advertise-addr: {e}")));
+        }
+        let addr = self.cfg.advertise_addr.unwrap_or(self.cfg.listen_addr);
+        if addr.ip().is_unspecified() {
+            return Err(Status::invalid_argument(format!(
+                "could not choose an IP address to advertise since this node listens on {}: give one with --advertise-addr",
+                self.cfg.listen_addr
+            )));
+        }
+        Ok(addr.to_string())
+    }
+
+    async fn init(&self, req: SwarmInitRequest) -> Result<SwarmInitResponse, Status> {
+        let mut phase = self.phase.lock().await;
+        if !matches!(*phase, Phase::Inactive) {
+            return Err(already_in_swarm());
+        }
+        let advertise = self.advertise_addr(&req.advertise_addr)?;
+        let expiry = match req.cert_expiry_secs {
+            0 => DEFAULT_CERT_EXPIRY,
+            s => Duration::from_secs(s),
+        };
+        if expiry < MIN_CERT_EXPIRY {
+            return Err(Status::invalid_argument(format!(
+                "--cert-expiry must be at least {}s",
+                MIN_CERT_EXPIRY.as_secs()
+            )));
+        }
+        let internal = |e: &dyn std::fmt::Display| Status::internal(format!("creating the swarm: {e}"));
+        let cluster_id = skep_pki::new_id();
+        let node_id = skep_pki::new_id();
+        let now = time::OffsetDateTime::now_utc();
+        let ca = RootCa::generate(&cluster_id, time::Duration::days(ROOT_CA_VALIDITY_DAYS), now)
+            .map_err(|e| internal(&e))?;
+        let worker = JoinToken::generate(&ca.digest()).map_err(|e| internal(&e))?;
+        let manager = JoinToken::generate(&ca.digest()).map_err(|e| internal(&e))?;
+        let key = NodeKey::generate().map_err(|e| internal(&e))?;
+        let csr = Csr::from_der(&key.csr_der().map_err(|e| internal(&e))?).map_err(|e| internal(&e))?;
+        let validity = time::Duration::seconds(i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX));
+        let cert = ca
+            .issue(&csr, &node_id, skep_pki::Role::Manager, validity, now)
+            .map_err(|e| internal(&e))?;
+        let (kek, unlock_key) = if req.autolock {
+            let raw = random_32();
+            let text = SecretString::new(format!("{UNLOCK_KEY_PREFIX}{}", hex::encode(&*raw)));
+            (Kek::from_unlock_key(&*raw), Some(text))
+        } else {
+            (Kek::generate(), None)
+        };
+        let dek = Dek::generate();
+        let file = NodeFile {
+            node_id: node_id.clone(),
+            role: NodeRole::Manager,
+            cluster_id: cluster_id.clone(),
+            advertise_addr: advertise.clone(),
+            managers: vec![advertise.clone()],
+            autolock: req.autolock,
+        };
+        self.save_identity(Identity {
+            file: &file,
+            kek: &kek,
+            store_kek: !req.autolock,
+            dek: Some(&dek),
+            key: &key,
+            cert_der: &cert.der,
+            root_der: ca.cert_der(),
+        })
+        .map_err(|e| internal(&e))?;
+        let running = self.start(file, &kek).await.map_err(|e| internal(&e))?;
+        let mgr = running.manager.clone().ok_or_else(|| internal(&"manager did not start"))?;
+        *phase = Phase::Active(running);
+        drop(phase);
+
+        mgr.raft.initialize(mgr.initial_membership()).await.map_err(|e| internal(&e))?;
+        let stamp = crate::util::now_rfc3339();
+        let cluster = Cluster {
+            id: cluster_id.clone(),
+            created_at: stamp.clone(),
+            ca_cert_pem: ca.cert_pem(),
+            ca_key_pem: SecretString::from(ca.key_pem()),
+            worker_token: SecretString::from(worker.expose()),
+            manager_token: SecretString::from(manager.expose()),
+            cert_expiry_secs: expiry.as_secs(),
+            autolock: req.autolock,
+            unlock_key: unlock_key.clone(),
+        };
+        let node = Node {
+            id: node_id.clone(),
+            hostname: self.hostname.clone(),
+            role: NodeRole::Manager,
+            availability: Availability::Active,
+            state: NodeState::Ready,
+            addr: advertise.clone(),
+            raft_id: Some(raft_id_of(&node_id)),
+            cert_serial: cert.serial.clone(),
+            cert_not_after: crate::util::rfc3339(cert.not_after),
+            created_at: stamp.clone(),
+            updated_at: stamp,
+            labels: BTreeMap::new(),
+        };
+        let admin = Actor::local_admin(&node_id);
+        let cmds = vec![
+            Command::InitCluster(Box::new(cluster)),
+            Command::PutNode(node),
+            Command::Audit(
+                AuditEvent::now(admin.clone(), "cluster.create", &cluster_id, Outcome::Ok)
+                    .with("autolock", req.autolock.to_string())
+                    .with("ca_digest", ca.digest().to_string())
+                    .with("cert_expiry_secs", expiry.as_secs().to_string()),
+            ),
+            Command::Audit(
+                AuditEvent::now(Actor::system(), "cert.issue", &node_id, Outcome::Ok)
+                    .with("serial", cert.serial.clone())
+                    .with("role", "manager"),
+            ),
+            Command::Audit(AuditEvent::now(admin, "node.join", &node_id, Outcome::Ok).with("role", "manager")),
+        ];
+        mgr.propose(Command::Batch(cmds)).await.map_err(to_status)?;
+        Ok(SwarmInitResponse {
+            node_id,
+            worker_token: worker.expose().to_string(),
+            manager_token: manager.expose().to_string(),
+            advertise_addr: advertise,
+            unlock_key: unlock_key.map(|k| k.expose().to_string()).unwrap_or_default(),
+        })
+    }
+
+    async fn join(&self, req: SwarmJoinRequest) -> Result<SwarmJoinResponse, Status> {
+        let mut phase = self.phase.lock().await;
+        if !matches!(*phase, Phase::Inactive) {
+            return Err(already_in_swarm());
+        }
+        let token = JoinToken::parse(&req.token)
+            .map_err(|e| Status::invalid_argument(format!("invalid join token: {e}")))?;
+        let remote = net::parse_addr(&req.remote_addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?
+            .to_string();
+        // A worker may join without an address of its own; a manager may not (checked below).
+        let advertise = self.advertise_addr(&req.advertise_addr).unwrap_or_default();
+        let internal = |e: &dyn std::fmt::Display| Status::internal(format!("joining the swarm: {e}"));
+        let joined = crate::agent::join::request_certificate(&token, &remote, &self.hostname, &advertise)
+            .await
+            .map_err(|e| match e {
+                JoinError::Refused(s) => s,
+                JoinError::WrongRoot(_) => Status::permission_denied(e.to_string()),
+                other => Status::internal(other.to_string()),
+            })?;
+        let Joined { key, cert_der, root_der, info, manager_addrs } = joined;
+        let role = match info.role {
+            skep_pki::Role::Manager => NodeRole::Manager,
+            skep_pki::Role::Worker => NodeRole::Worker,
+        };
+        if role == NodeRole::Manager && advertise.is_empty() {
+            return Err(Status::invalid_argument(
+                "a manager needs an address to serve at: give --advertise-addr",
+            ));
+        }
+        let kek = Kek::generate();
+        let dek = (role == NodeRole::Manager).then(Dek::generate);
+        let file = NodeFile {
+            node_id: info.node_id.clone(),
+            role,
+            cluster_id: info.cluster_id.clone(),
+            advertise_addr: if advertise.is_empty() { remote.clone() } else { advertise },
+            managers: if manager_addrs.is_empty() { vec![remote.clone()] } else { manager_addrs },
+            autolock: false,
+        };
+        self.save_identity(Identity {
+            file: &file,
+            kek: &kek,
+            store_kek: true,
+            dek: dek.as_ref(),
+            key: &key,
+            cert_der: &cert_der,
+            root_der: &root_der,
+        })
+        .map_err(|e| internal(&e))?;
+        let running = self.start(file.clone(), &kek).await.map_err(|e| internal(&e))?;
+        let mgr = running.manager.clone();
+        *phase = Phase::Active(running);
+        if let Some(mgr) = mgr {
+            mgr.join_raft(&file.managers).await.map_err(to_status)?;
+            self.adopt_autolock(&mgr, &file, dek.as_ref(), &key, &cert_der, &root_der).await?;
+        }
+        Ok(SwarmJoinResponse { node_id: info.node_id, role: role.as_str().into() })
+    }
+
+    /// A manager that joined an autolocked swarm re-seals its keys under the swarm's unlock
+    /// key once the replicated state reaches it, and forgets its own KEK file.
+    async fn adopt_autolock(
+        &self,
+        mgr: &Manager,
+        file: &NodeFile,
+        dek: Option<&Dek>,
+        key: &NodeKey,
+        cert_der: &[u8],
+        root_der: &[u8],
+    ) -> Result<(), Status> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let cluster = loop {
+            if let Some(c) = mgr.read(|s| s.cluster.clone()) {
+                break c;
+            }
+            if Instant::now() > deadline {
+                return Err(Status::unavailable(
+                    "joined, but the swarm's state did not reach this manager in time",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let Some(unlock) = cluster.unlock_key.filter(|_| cluster.autolock) else {
+            return Ok(());
+        };
+        let raw = parse_unlock_key(unlock.expose())?;
+        let locked = Kek::from_unlock_key(&raw);
+        let mut file = file.clone();
+        file.autolock = true;
+        self.save_identity(Identity { file: &file, kek: &locked, store_kek: false, dek, key, cert_der, root_der })
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    async fn leave(&self, force: bool) -> Result<(), Status> {
+        let mut phase = self.phase.lock().await;
+        match &*phase {
+            Phase::Inactive => return Err(Status::failed_precondition("This node is not part of a swarm")),
+            Phase::Locked(_) if !force => {
+                return Err(Status::failed_precondition(
+                    "this node is locked: unlock it with `skep swarm unlock` first, or use --force to leave anyway",
+                ));
+            }
+            Phase::Active(r) if r.file.role == NodeRole::Manager && !force => {
+                let n = r.manager.as_ref().map(|m| m.manager_addrs().len()).unwrap_or(1);
+                return Err(Status::failed_precondition(format!(
+                    "You are attempting to leave the swarm on a node that is participating as a manager. \
+                     Removing this node leaves {} managers out of {n}. Without a Raft quorum your swarm will be \
+                     inaccessible. Use `--force` to suppress this message.",
+                    n.saturating_sub(1)
+                )));
+            }
+            _ => {}
+        }
+        let old = std::mem::replace(&mut *phase, Phase::Inactive);
+        if let Phase::Active(r) = old {
+            if let Err(e) = announce_leave(&r).await {
+                if !force {
+                    let msg = format!("{}; use --force to leave anyway", e.message());
+                    *phase = Phase::Active(r);
+                    return Err(Status::unavailable(msg));
+                }
+                tracing::warn!(error = %e.message(), "leaving without telling the managers");
+            }
+            r.stop().await;
+        }
+        self.wipe().map_err(|e| Status::internal(e.to_string()))
+    }
+
+    fn wipe(&self) -> Result<(), DaemonError> {
+        let dir = &self.cfg.data_dir;
+        let entries = std::fs::read_dir(dir)
+            .map_err(|source| DaemonError::Io { what: "listing", path: dir.clone(), source })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            r.map_err(|source| DaemonError::Io { what: "removing", path, source })?;
+        }
+        Ok(())
+    }
+
+    async fn unlock(&self, key: &str) -> Result<(), Status> {
+        let mut phase = self.phase.lock().await;
+        let file = match &*phase {
+            Phase::Locked(f) => f.clone(),
+            _ => return Err(Status::failed_precondition("swarm is not locked")),
+        };
+        let opened = parse_unlock_key(key).and_then(|raw| {
+            let kek = Kek::from_unlock_key(&raw);
+            let dek = read(&self.paths().dek()).map_err(|e| Status::internal(e.to_string()))?;
+            kek.unwrap(&dek).map(|_| kek).map_err(|_| {
+                Status::invalid_argument("invalid unlock key: it does not open this manager's data key")
+            })
+        });
+        let kek = match opened {
+            Ok(k) => k,
+            Err(e) => {
+                let failures = {
+                    let mut f = self.unlock_failures.lock().unwrap_or_else(|p| p.into_inner());
+                    if f.len() < 100 {
+                        f.push(
+                            AuditEvent::now(
+                                Actor::local_admin(&file.node_id),
+                                "swarm.unlock",
+                                &file.node_id,
+                                Outcome::Denied,
+                            )
+                            .with("reason", e.message()),
+                        );
+                    }
+                    f.len()
+                };
+                // Slow down guessing: each failure costs more, up to 2 s.
+                tokio::time::sleep(Duration::from_millis(200 * failures.min(10) as u64)).await;
+                return Err(e);
+            }
+        };
+        let running = self.start(file.clone(), &kek).await.map_err(|e| Status::internal(e.to_string()))?;
+        let mgr = running.manager.clone();
+        *phase = Phase::Active(running);
+        drop(phase);
+        let mut events: Vec<AuditEvent> =
+            std::mem::take(&mut *self.unlock_failures.lock().unwrap_or_else(|p| p.into_inner()));
+        events.push(AuditEvent::now(
+            Actor::local_admin(&file.node_id),
+            "swarm.unlock",
+            &file.node_id,
+            Outcome::Ok,
+        ));
+        if let Some(mgr) = mgr {
+            tokio::spawn(async move {
+                let cmd = Command::Batch(events.into_iter().map(Command::Audit).collect());
+                if let Err(e) = mgr.propose(cmd).await {
+                    tracing::error!(error = %e, "could not audit the unlock");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    async fn with_manager<T>(
+        &self,
+        f: impl FnOnce(&Arc<Manager>, &NodeFile) -> Result<T, Status>,
+    ) -> Result<T, Status> {
+        let phase = self.phase.lock().await;
+        match &*phase {
+            Phase::Inactive => Err(Status::failed_precondition(
+                "This node is not a swarm manager. Use \"skep swarm init\" or \"skep swarm join\" to connect this node to swarm and try again.",
+            )),
+            Phase::Locked(_) => Err(locked()),
+            Phase::Active(Running { manager: None, .. }) => Err(Status::failed_precondition(
+                "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. \
+                 Please run this command on a manager node or promote the current node to a manager.",
+            )),
+            Phase::Active(Running { manager: Some(m), file, .. }) => f(m, file),
+        }
+    }
+}
+
+/// Tells a manager this node is leaving, with the node's own identity; the leader takes a
+/// manager out of the Raft membership.
+async fn announce_leave(r: &Running) -> Result<(), Status> {
+    let tls = net::client_config(&r.creds.root_der, Some(&r.creds)).map_err(|e| Status::internal(e.to_string()))?;
+    let mut addrs = match &r.manager {
+        Some(m) => m.manager_addrs(),
+        None => r.managers_snapshot(),
+    };
+    if let Some(m) = &r.manager {
+        // Ask a peer first; the leader itself comes last (it may be us).
+        addrs.retain(|a| *a != r.file.advertise_addr);
+        if m.is_leader() || addrs.is_empty() {
+            addrs.insert(0, r.file.advertise_addr.clone());
+        }
+    }
+    let mut last = Status::unavailable("no manager is known");
+    for addr in addrs {
+        let ch = net::channel(&addr, tls.clone()).map_err(|e| Status::internal(e.to_string()))?;
+        match DispatcherClient::new(ch).leave(Empty {}).await {
+            Ok(_) => return Ok(()),
+            Err(s) => last = s,
+        }
+    }
+    Err(last)
+}
+
+impl Running {
+    fn managers_snapshot(&self) -> Vec<String> {
+        self.file.managers.clone()
+    }
+}
+
+fn locked() -> Status {
+    Status::failed_precondition(
+        "Swarm is encrypted and locked: it needs to be unlocked before it can be used. Please use \"skep swarm unlock\" to unlock it.",
+    )
+}
+
+fn already_in_swarm() -> Status {
+    Status::failed_precondition(
+        "This node is already part of a swarm. Use \"skep swarm leave\" to leave this swarm and join another one.",
+    )
+}
+
+fn random_32() -> zeroize::Zeroizing<[u8; 32]> {
+    use rand::RngCore;
+    let mut b = zeroize::Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(&mut *b);
+    b
+}
+
+fn parse_unlock_key(text: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Status> {
+    let bad = || {
+        Status::invalid_argument(format!(
+            "invalid unlock key: expected {UNLOCK_KEY_PREFIX} followed by 64 hex digits"
+        ))
+    };
+    let hex_part = text.trim().strip_prefix(UNLOCK_KEY_PREFIX).ok_or_else(bad)?;
+    let raw = zeroize::Zeroizing::new(hex::decode(hex_part).map_err(|_| bad())?);
+    if raw.len() != 32 {
+        return Err(bad());
+    }
+    Ok(raw)
+}
+
+/// Saves the manager list the agent learns, so a restarted node finds the swarm again. Reads
+/// the file each time so it never undoes another change (such as adopting autolock).
+async fn persist_managers(path: PathBuf, list: ManagerList) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let now = list.lock().map(|l| l.clone()).unwrap_or_default();
+        let Ok(bytes) = std::fs::read(&path) else { continue };
+        let Ok(mut file) = serde_json::from_slice::<NodeFile>(&bytes) else { continue };
+        if now.is_empty() || now == file.managers {
+            continue;
+        }
+        file.managers = now;
+        match serde_json::to_vec_pretty(&file) {
+            Ok(bytes) => {
+                if let Err(e) = write_private(&path, &bytes) {
+                    tracing::warn!(error = %e, "could not save the manager list");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not encode the node file"),
+        }
+    }
+}
+
+fn node_info(m: &Manager, n: &Node, self_id: &str) -> NodeInfo {
+    NodeInfo {
+        id: n.id.clone(),
+        hostname: n.hostname.clone(),
+        role: n.role.as_str().into(),
+        status: n.state.as_str().into(),
+        availability: n.availability.as_str().into(),
+        manager_status: m.manager_status(n).into(),
+        addr: n.addr.clone(),
+        cert_serial: n.cert_serial.clone(),
+        cert_not_after: n.cert_not_after.clone(),
+        created_at: n.created_at.clone(),
+        updated_at: n.updated_at.clone(),
+        labels: n.labels.clone().into_iter().collect(),
+        is_self: n.id == self_id,
+    }
+}
+
+/// The control API, served on the local Unix socket: the caller is this node's root admin.
+struct ControlService(Arc<Daemon>);
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn swarm_init(&self, req: Request<SwarmInitRequest>) -> Result<Response<SwarmInitResponse>, Status> {
+        self.0.init(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn swarm_join(&self, req: Request<SwarmJoinRequest>) -> Result<Response<SwarmJoinResponse>, Status> {
+        self.0.join(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn swarm_leave(&self, req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {
+        self.0.leave(req.into_inner().force).await.map(|()| Response::new(Empty {}))
+    }
+
+    async fn swarm_unlock(&self, req: Request<SwarmUnlockRequest>) -> Result<Response<Empty>, Status> {
+        let key = zeroize::Zeroizing::new(req.into_inner().unlock_key);
+        self.0.unlock(&key).await.map(|()| Response::new(Empty {}))
+    }
+
+    async fn info(&self, _req: Request<Empty>) -> Result<Response<InfoResponse>, Status> {
+        let phase = self.0.phase.lock().await;
+        let resp = match &*phase {
+            Phase::Inactive => InfoResponse { state: "inactive".into(), ..Default::default() },
+            Phase::Locked(f) => InfoResponse {
+                state: "locked".into(),
+                node_id: f.node_id.clone(),
+                role: f.role.as_str().into(),
+                cluster_id: f.cluster_id.clone(),
+                advertise_addr: f.advertise_addr.clone(),
+                is_leader: false,
+            },
+            Phase::Active(r) => InfoResponse {
+                state: "active".into(),
+                node_id: r.file.node_id.clone(),
+                role: r.file.role.as_str().into(),
+                cluster_id: r.file.cluster_id.clone(),
+                advertise_addr: r.file.advertise_addr.clone(),
+                is_leader: r.manager.as_ref().map(|m| m.is_leader()).unwrap_or(false),
+            },
+        };
+        Ok(Response::new(resp))
+    }
+
+    async fn join_token(&self, req: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {
+        let role = req.into_inner().role;
+        let (mgr, resp, node_id) = self
+            .0
+            .with_manager(|m, file| {
+                let cluster = m.read(|s| s.cluster.clone()).ok_or_else(|| {
+                    to_status(ManagerError::Precondition("the swarm is still being created".into()))
+                })?;
+                let token = match role.as_str() {
+                    "worker" => cluster.worker_token,
+                    "manager" => cluster.manager_token,
+                    other => {
+                        return Err(Status::invalid_argument(format!(
+                            "unknown role {other:?}: use worker or manager"
+                        )));
+                    }
+                };
+                let resp = JoinTokenResponse {
+                    token: token.expose().to_string(),
+                    manager_addr: file.advertise_addr.clone(),
+                };
+                Ok((m.clone(), resp, file.node_id.clone()))
+            })
+            .await?;
+        mgr.audit(AuditEvent::now(Actor::local_admin(&node_id), "token.read", &role, Outcome::Ok)).await;
+        Ok(Response::new(resp))
+    }
+
+    async fn node_list(&self, _req: Request<Empty>) -> Result<Response<NodeListResponse>, Status> {
+        self.0
+            .with_manager(|m, file| {
+                let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
+                let nodes = nodes.iter().map(|n| node_info(m, n, &file.node_id)).collect();
+                Ok(Response::new(NodeListResponse { nodes }))
+            })
+            .await
+    }
+
+    async fn node_inspect(&self, req: Request<NodeInspectRequest>) -> Result<Response<NodeInfo>, Status> {
+        let want = req.into_inner().node;
+        self.0
+            .with_manager(|m, file| {
+                let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
+                let found: Vec<&Node> = match nodes.iter().find(|n| n.id == want || n.hostname == want) {
+                    Some(n) => vec![n],
+                    None => nodes.iter().filter(|n| !want.is_empty() && n.id.starts_with(&want)).collect(),
+                };
+                match found.as_slice() {
+                    [n] => Ok(Response::new(node_info(m, n, &file.node_id))),
+                    [] => Err(Status::not_found(format!("node {want} not found"))),
+                    _ => Err(Status::invalid_argument(format!(
+                        "node {want} is ambiguous ({} matches)",
+                        found.len()
+                    ))),
+                }
+            })
+            .await
+    }
+
+    async fn audit_list(&self, _req: Request<AuditListRequest>) -> Result<Response<AuditListResponse>, Status> {
+        self.0
+            .with_manager(|m, _| {
+                let records = m.read(|s| s.audit.records().to_vec());
+                let records_json = records
+                    .iter()
+                    .map(|r| serde_json::to_string(r).map_err(|e| Status::internal(e.to_string())))
+                    .collect::<Result<_, _>>()?;
+                Ok(Response::new(AuditListResponse { records_json }))
+            })
+            .await
+    }
 }

@@ -1,1 +1,41 @@
-//! skep PKI
+//! skep's public key infrastructure: the cluster root CA, the node certificate profile,
+//! certificate signing requests, join tokens and the digests that pin the root.
+//!
+//! The crate is synchronous and free of I/O, so every piece can be unit-tested, benchmarked
+//! and fuzzed on its own. The join flow it supports:
+//!
+//! ```text
+//!  manager                                      joining node
+//!  RootCa::generate ──► JoinToken::generate     NodeKey::generate ──► csr_der
+//!        │        (token printed to the operator)          │
+//!        │                    └──────────► JoinToken::parse │  (digest pins the root)
+//!        ▼                                                  ▼
+//!  Csr::from_der ◄──────────── CSR + token secret over TLS ─┘
+//!  RootCa::issue(csr, node_id, role) ──── certificate ────► verify_issued
+//!                                                           │
+//!  peers: NodeCertInfo::from_der on certificates that the TLS stack already verified
+//! ```
+//!
+//! Untrusted input enters through [`JoinToken::parse`] and [`Csr::from_der`]; both have fuzz
+//! targets under `fuzz/`.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod base32;
+mod ca;
+mod csr;
+mod digest;
+mod error;
+mod id;
+mod key;
+mod profile;
+mod token;
+
+pub use ca::{IssuedCert, ROOT_CN, RootCa};
+pub use csr::{Csr, MAX_CSR_LEN, NodeKey};
+pub use digest::{CaDigest, ca_digest_of};
+pub use error::PkiError;
+pub use id::{ID_LEN, is_valid_id, new_id, try_new_id};
+pub use profile::{MANAGER_SERVER_NAME, NodeCertInfo, Role, verify_issued};
+pub use token::JoinToken;

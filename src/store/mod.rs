@@ -1,2 +1,159 @@
 //! The replicated store: object model, Raft commands, sealed log and snapshot storage.
+//!
+//! ```text
+//!  Raft (openraft) ──append/vote/purge──► LogStore ──sealed records──► <dir>/raft.redb
+//!        │
+//!        └──apply committed──► StateMachineStore ──State::apply──► State (memory)
+//!                                   │                                  ▲
+//!                                   ├── build/install snapshot ──► <dir>/snapshot.sealed
+//!                                   └── StateHandle (read, wait_applied) ── other components
+//! ```
+//!
+//! Every byte this module writes is sealed under the data key ([`seal::Dek`]); see
+//! [`seal`] for the record format. Snapshots travel between managers in plaintext over mTLS
+//! (each manager has its own data key) and are sealed again by the receiver.
+
+pub mod log;
 pub mod model;
+pub mod seal;
+pub mod sm;
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use log::LogStore;
+pub use sm::{StateHandle, StateMachineStore};
+
+use seal::{Dek, SealError, Sealer};
+
+openraft::declare_raft_types!(
+    /// The openraft type configuration of skep's managers. A node's `addr` is the manager's
+    /// `IP:PORT`.
+    pub TypeConfig:
+        D = model::Command,
+        R = model::Response,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft instance over the sealed store.
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// Log id of this store's Raft.
+pub type LogId = openraft::LogId<u64>;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file or directory could not be created, read or written.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The log database could not be opened.
+    #[error(
+        "opening the raft log database {path}: {source}; if another skep daemon uses this directory, stop it"
+    )]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: redb::Error,
+    },
+    /// A sealed record did not open.
+    #[error("{path}: {source}")]
+    Sealed {
+        /// The file it came from.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: SealError,
+    },
+    /// A record opened but its contents do not make sense.
+    #[error(
+        "{path}: {what}: the store is damaged; restore it from a backup or remove this manager and re-join it"
+    )]
+    Corrupt {
+        /// The file it came from.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The state machine stopped (Raft shut down) before the awaited index was applied.
+    #[error("the store closed before log index {index} was applied: raft stopped")]
+    Closed {
+        /// The awaited index.
+        index: u64,
+    },
+    /// A blocking task failed.
+    #[error("store task failed: {0}")]
+    Task(String),
+}
+
+/// Opens (or creates) the sealed store in `dir`: the log in `<dir>/raft.redb`, the latest
+/// snapshot in `<dir>/snapshot.sealed`. The directory is created with mode 0700. The state
+/// machine starts from the snapshot; Raft re-applies the committed log after it.
+pub async fn open(dir: &Path, dek: Dek) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let dir = dir.to_path_buf();
+    let sealer = Arc::new(Sealer::new(&dek));
+    drop(dek);
+    open_with(dir, sealer).await
+}
+
+/// [`open`] with any sealer (the benchmark passes the plaintext one).
+#[doc(hidden)]
+pub async fn open_with(
+    dir: PathBuf,
+    sealer: Arc<Sealer>,
+) -> Result<(LogStore, StateMachineStore), StoreError> {
+    let d = dir.clone();
+    tokio::task::spawn_blocking(move || create_private_dir(&d))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+    let log = LogStore::open(&dir, sealer.clone()).await?;
+    let sm = StateMachineStore::open(&dir, sealer).await?;
+    if let Some(purged) = log.last_purged().await? {
+        let snap = sm.snapshot_index();
+        if snap.is_none_or(|i| i < purged.index) {
+            return Err(StoreError::Corrupt {
+                path: dir.join(sm::SNAPSHOT_FILE),
+                what: format!(
+                    "the log is purged up to index {} but the snapshot ends at {}",
+                    purged.index,
+                    snap.map_or_else(|| "none".to_string(), |i| i.to_string())
+                ),
+            });
+        }
+    }
+    Ok((log, sm))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let io = |what, source| StoreError::Io {
+        what,
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io("creating", e))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| io("restricting", e))
+}
+
+#[cfg(test)]
+mod tests;

@@ -31,6 +31,8 @@ pub struct Cluster {
     pub cert_expiry_secs: u64,
     /// Whether managers keep their keys sealed under an operator-held unlock key.
     pub autolock: bool,
+    /// The unlock key, with autolock: managers that join later seal their keys under it.
+    pub unlock_key: Option<SecretString>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -43,6 +45,7 @@ impl std::fmt::Debug for Cluster {
             .field("manager_token", &"..")
             .field("cert_expiry_secs", &self.cert_expiry_secs)
             .field("autolock", &self.autolock)
+            .field("unlock_key", &self.unlock_key.as_ref().map(|_| ".."))
             .finish()
     }
 }

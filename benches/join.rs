@@ -1,0 +1,102 @@
+//! Join storm: the time for 200 nodes to join one manager. The manager is a real
+//! `skep daemon` process; the joiners are simulated in this process, each running the real
+//! join protocol (root CA fetch, digest check, key + CSR, issuance over pinned TLS, Raft
+//! commit of the node and its audit records on the manager).
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+const JOINERS: usize = 200;
+
+struct Manager {
+    child: Child,
+    socket: std::path::PathBuf,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn cli(socket: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_skep"))
+        .arg("--host")
+        .arg(format!("unix://{}", socket.display()))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running skep {args:?}: {e}"));
+    assert!(out.status.success(), "skep {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn start_manager() -> Manager {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let socket = dir.path().join("skep.sock");
+    let addr = "127.0.91.1:2377".to_string();
+    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap_or_else(|e| panic!("log: {e}"));
+    let child = Command::new(env!("CARGO_BIN_EXE_skep"))
+        .args(["daemon", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(["--listen-addr", &addr, "--hostname", "bench-manager", "--socket"])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning the daemon: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() {
+        assert!(Instant::now() < deadline, "the daemon did not create its socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let m = Manager { child, socket, addr, _dir: dir };
+    cli(&m.socket, &["swarm", "init", "--advertise-addr", &m.addr]);
+    m
+}
+
+fn join_storm(c: &mut Criterion) {
+    let manager = start_manager();
+    let token = cli(&manager.socket, &["join-token", "-q", "worker"]);
+    let token = skep_pki::JoinToken::parse(&token).unwrap_or_else(|e| panic!("token: {e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let mut group = c.benchmark_group("join");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(60));
+    group.bench_function(format!("{JOINERS} nodes join one manager"), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for round in 0..iters {
+                let start = Instant::now();
+                rt.block_on(async {
+                    let mut tasks = Vec::with_capacity(JOINERS);
+                    for i in 0..JOINERS {
+                        let token = token.clone();
+                        let addr = manager.addr.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let host = format!("sim-{round}-{i}");
+                            skep::agent::join::request_certificate(&token, &addr, &host, "").await
+                        }));
+                    }
+                    for t in tasks {
+                        match t.await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => panic!("a join failed: {e}"),
+                            Err(e) => panic!("a joiner panicked: {e}"),
+                        }
+                    }
+                });
+                total += start.elapsed();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, join_storm);
+criterion_main!(benches);

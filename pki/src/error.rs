@@ -1,0 +1,182 @@
+//! The one error type of the crate.
+
+use time::OffsetDateTime;
+
+/// Everything that can go wrong in skep's PKI.
+///
+/// Messages are lower case, say what went wrong and what to do, and never carry key bytes
+/// or the secret part of a join token.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// The operating system's random number generator failed.
+    #[error(
+        "the system random number generator failed; check the operating system's entropy source"
+    )]
+    Random,
+
+    /// An ID (node or cluster) is not 25 lowercase base36 characters.
+    #[error("invalid {what} id: expected 25 lowercase letters or digits")]
+    InvalidId {
+        /// Which kind of ID was wrong ("node", "cluster").
+        what: &'static str,
+    },
+
+    /// A role string is neither `worker` nor `manager`.
+    #[error("unknown role {found:?}: expected \"worker\" or \"manager\"")]
+    UnknownRole {
+        /// The offending text, shortened to 32 characters.
+        found: String,
+    },
+
+    /// A validity period is zero, negative, or out of the representable range.
+    #[error("invalid certificate validity: it must be positive and end before the year 9999")]
+    InvalidValidity,
+
+    /// rcgen refused to build or sign something.
+    #[error("could not {action}: {source}")]
+    Build {
+        /// What we were doing.
+        action: &'static str,
+        /// rcgen's reason.
+        #[source]
+        source: rcgen::Error,
+    },
+
+    /// A private key could not be parsed; the bytes are never shown.
+    #[error(
+        "the private key could not be parsed; it must be a PKCS#8 ECDSA P-256 key as written by skep"
+    )]
+    KeyMalformed,
+
+    /// A private key uses another algorithm than ECDSA P-256.
+    #[error("the private key is not an ECDSA P-256 key; skep only uses P-256 keys")]
+    KeyUnsupported,
+
+    /// The root CA key does not belong to the root CA certificate.
+    #[error(
+        "the root CA key does not match the root CA certificate; restore the key that belongs to this certificate"
+    )]
+    KeyMismatch,
+
+    /// A PEM document did not hold the expected block.
+    #[error("expected one PEM block labelled {expected:?}; check that the right file was given")]
+    Pem {
+        /// The label that was expected, e.g. `CERTIFICATE`.
+        expected: &'static str,
+    },
+
+    /// A certificate signing request is larger than the parser accepts.
+    #[error(
+        "certificate signing request is {len} bytes, more than the {max} allowed; send a CSR built by skep"
+    )]
+    CsrTooLarge {
+        /// The size received.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A certificate signing request is not well-formed DER.
+    #[error("certificate signing request is not valid DER; send a CSR built by skep")]
+    CsrMalformed,
+
+    /// A certificate signing request uses a key or signature algorithm other than ECDSA P-256
+    /// with SHA-256.
+    #[error(
+        "certificate signing request must carry an ECDSA P-256 key signed with SHA-256; regenerate the node key"
+    )]
+    CsrUnsupportedKey,
+
+    /// A certificate signing request's self-signature does not verify.
+    #[error(
+        "certificate signing request signature does not verify; the request was altered or signed with another key"
+    )]
+    CsrBadSignature,
+
+    /// A certificate is not well-formed DER.
+    #[error("certificate is not valid DER")]
+    CertMalformed,
+
+    /// A certificate parsed, but does not follow skep's profile.
+    #[error("certificate does not follow skep's {kind} profile: {reason}")]
+    Profile {
+        /// `node certificate` or `root CA`.
+        kind: &'static str,
+        /// What was missing or wrong.
+        reason: &'static str,
+    },
+
+    /// A certificate was not signed by the expected root CA.
+    #[error(
+        "certificate is not signed by this cluster's root CA; the peer belongs to another cluster or the certificate was forged"
+    )]
+    NotSignedByRoot,
+
+    /// A certificate is not valid yet.
+    #[error("certificate is not valid before {not_before}; check the clocks of both machines")]
+    NotYetValid {
+        /// Start of validity.
+        not_before: OffsetDateTime,
+    },
+
+    /// A certificate has expired.
+    #[error("certificate expired at {not_after}; the node must rejoin or renew its certificate")]
+    Expired {
+        /// End of validity.
+        not_after: OffsetDateTime,
+    },
+
+    /// A leaf names another cluster than its root.
+    #[error("certificate belongs to cluster {found:?}, not to {expected:?}")]
+    WrongCluster {
+        /// The root's cluster.
+        expected: String,
+        /// The leaf's cluster.
+        found: String,
+    },
+
+    /// A CA digest is not 52 lowercase base32 characters.
+    #[error("invalid CA digest: expected 52 lowercase base32 characters (a-z, 2-7)")]
+    InvalidDigest,
+
+    /// A join token does not start with `SKEP-`.
+    #[error(
+        "join token must start with \"SKEP-\"; copy the whole token printed by `skep join-token`"
+    )]
+    TokenPrefix,
+
+    /// A join token has another version than 1.
+    #[error(
+        "unsupported join token version; this node understands version 1 (\"SKEP-1-...\"), upgrade skep or use a token from this version"
+    )]
+    TokenVersion,
+
+    /// A join token does not have the four dash-separated parts.
+    #[error(
+        "join token must look like SKEP-1-<ca digest>-<secret>; copy the whole token printed by `skep join-token`"
+    )]
+    TokenFormat,
+
+    /// The CA digest part of a join token is malformed.
+    #[error(
+        "the CA digest in the join token must be 52 lowercase base32 characters; copy the whole token again"
+    )]
+    TokenDigest,
+
+    /// The secret part of a join token is malformed. The secret is never shown.
+    #[error(
+        "the secret in the join token must be 26 lowercase base32 characters; copy the whole token again"
+    )]
+    TokenSecret,
+}
+
+impl PkiError {
+    pub(crate) fn build(action: &'static str) -> impl FnOnce(rcgen::Error) -> Self {
+        move |source| Self::Build { action, source }
+    }
+
+    pub(crate) fn profile(kind: &'static str, reason: &'static str) -> Self {
+        Self::Profile { kind, reason }
+    }
+}

@@ -1,0 +1,103 @@
+//! The joining side of the trust bootstrap: fetch the root CA over unverified TLS, check it
+//! against the token's digest, then ask for a certificate for a key made here, over TLS
+//! pinned to that root. The private key never leaves this process.
+
+use skep_pki::{Csr, JoinToken, NodeCertInfo, NodeKey};
+
+use crate::api::v1::ca_client::CaClient;
+use crate::api::v1::{Empty, IssueRequest};
+use crate::net;
+
+/// Why a join failed, in words for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The manager could not be reached or refused the request.
+    #[error("{0}")]
+    Refused(tonic::Status),
+    /// The manager's root CA does not match the token.
+    #[error(
+        "the manager at {0} presented a root CA that does not match the join token: the token is for another swarm, or something is between you and the manager"
+    )]
+    WrongRoot(String),
+    /// What the manager sent back is not a valid certificate for our key.
+    #[error("the certificate the manager issued is not valid for this node: {0}")]
+    BadCertificate(String),
+    /// A local failure (key generation, TLS setup).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// What a successful join hands back.
+pub struct Joined {
+    /// The node's new key.
+    pub key: NodeKey,
+    /// Its certificate (DER), checked against the root.
+    pub cert_der: Vec<u8>,
+    /// The root CA certificate (DER), checked against the token.
+    pub root_der: Vec<u8>,
+    /// What the certificate says.
+    pub info: NodeCertInfo,
+    /// Managers to talk to, leader first.
+    pub manager_addrs: Vec<String>,
+}
+
+/// Runs the join protocol against the manager at `remote`.
+pub async fn request_certificate(
+    token: &JoinToken,
+    remote: &str,
+    hostname: &str,
+    advertise_addr: &str,
+) -> Result<Joined, JoinError> {
+    let local = |e: &dyn std::fmt::Display| JoinError::Local(e.to_string());
+    let unreachable = |s: tonic::Status| {
+        JoinError::Refused(tonic::Status::new(
+            s.code(),
+            format!("cannot reach the manager at {remote}: {}", s.message()),
+        ))
+    };
+    // 1. The root CA, over TLS that trusts nothing yet; checked against the token.
+    let insecure = net::danger::unverified_client_config().map_err(|e| local(&e))?;
+    let ch = net::channel(remote, insecure).map_err(|e| local(&e))?;
+    let root_der = CaClient::new(ch)
+        .get_root_ca(Empty {})
+        .await
+        .map_err(unreachable)?
+        .into_inner()
+        .cert_der;
+    if skep_pki::ca_digest_of(&root_der) != *token.ca_digest() {
+        return Err(JoinError::WrongRoot(remote.to_string()));
+    }
+    // 2. A certificate for our own key, over TLS pinned to that root.
+    let key = NodeKey::generate().map_err(|e| local(&e))?;
+    let csr_der = key.csr_der().map_err(|e| local(&e))?;
+    let our_public = Csr::from_der(&csr_der).map_err(|e| local(&e))?.public_key_der().to_vec();
+    let pinned = net::client_config(&root_der, None).map_err(|e| local(&e))?;
+    let ch = net::channel(remote, pinned).map_err(|e| local(&e))?;
+    let issued = CaClient::new(ch)
+        .issue_node_certificate(IssueRequest {
+            token: token.expose().to_string(),
+            csr_der,
+            hostname: hostname.to_string(),
+            advertise_addr: advertise_addr.to_string(),
+        })
+        .await
+        .map_err(|s| {
+            JoinError::Refused(tonic::Status::new(
+                s.code(),
+                format!("the manager refused to join this node: {}", s.message()),
+            ))
+        })?
+        .into_inner();
+    let info = skep_pki::verify_issued(&root_der, &issued.cert_der, time::OffsetDateTime::now_utc())
+        .map_err(|e| JoinError::BadCertificate(e.to_string()))?;
+    if info.node_id != issued.node_id || info.public_key_der != our_public {
+        return Err(JoinError::BadCertificate("it is not for this node's key".into()));
+    }
+    Ok(Joined {
+        key,
+        cert_der: issued.cert_der,
+        root_der,
+        info,
+        manager_addrs: issued.manager_addrs,
+    })
+}

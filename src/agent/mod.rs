@@ -1,0 +1,95 @@
+//! The agent every node runs: it keeps a session with the leader's dispatcher over mTLS,
+//! sending heartbeats and learning where the managers are.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tonic::transport::Channel;
+
+pub mod join;
+
+use crate::api::v1::HeartbeatRequest;
+use crate::api::v1::dispatcher_client::DispatcherClient;
+
+/// The managers an agent knows, leader first; shared with the daemon, which persists it.
+pub type ManagerList = Arc<Mutex<Vec<String>>>;
+
+/// A node's agent.
+pub struct Agent {
+    /// Host name reported in heartbeats.
+    pub hostname: String,
+    /// This node's advertised address.
+    pub addr: String,
+    /// mTLS client config with the node's identity.
+    pub tls: Arc<ClientConfig>,
+    /// Known manager addresses.
+    pub managers: ManagerList,
+    /// Heartbeat period until a manager says otherwise.
+    pub period: Duration,
+}
+
+impl Agent {
+    /// Heartbeats forever, following the leader and failing over to other managers.
+    pub async fn run(self) {
+        let mut channels: HashMap<String, Channel> = HashMap::new();
+        let mut period = self.period;
+        let mut leader: Option<String> = None;
+        loop {
+            let mut candidates = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
+            if let Some(l) = leader.take() {
+                candidates.retain(|a| *a != l);
+                candidates.insert(0, l);
+            }
+            let mut done = false;
+            for addr in candidates {
+                let ch = match channels.get(&addr) {
+                    Some(ch) => ch.clone(),
+                    None => match crate::net::channel(&addr, self.tls.clone()) {
+                        Ok(ch) => {
+                            channels.insert(addr.clone(), ch.clone());
+                            ch
+                        }
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, "bad manager address");
+                            continue;
+                        }
+                    },
+                };
+                let req = HeartbeatRequest { hostname: self.hostname.clone(), addr: self.addr.clone() };
+                match DispatcherClient::new(ch).heartbeat(req).await {
+                    Ok(resp) => {
+                        let resp = resp.into_inner();
+                        if resp.period_ms > 0 {
+                            period = Duration::from_millis(resp.period_ms);
+                        }
+                        if !resp.manager_addrs.is_empty() {
+                            if let Ok(mut m) = self.managers.lock() {
+                                *m = resp.manager_addrs;
+                            }
+                        }
+                        if resp.is_leader {
+                            leader = Some(addr);
+                            done = true;
+                            break;
+                        }
+                        if !resp.leader_addr.is_empty() {
+                            leader = Some(resp.leader_addr);
+                        }
+                    }
+                    Err(s) => {
+                        tracing::debug!(%addr, error = %s.message(), "heartbeat failed");
+                        if s.code() == tonic::Code::PermissionDenied {
+                            tracing::error!(%addr, error = %s.message(), "a manager refused this node");
+                        }
+                    }
+                }
+            }
+            if !done {
+                tracing::debug!("no leader answered the heartbeat");
+            }
+            tokio::time::sleep(if done { period } else { period / 4 }).await;
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! The `skep` command line: clap definitions, and handlers that turn arguments into Control
+//! API calls and print tables or JSON the way Docker does.
+//!
+//! ```text
+//!  argv ──clap──► Command ──► handler ──gRPC over unix socket──► daemon (Control API)
+//!                               │
+//!                               └──► stdout: tables / JSON      stderr: "Error: <message>"
+//! ```
+//!
+//! Exit codes: 0 success, 1 error (the daemon's message alone, or what failed locally),
+//! 2 usage (clap).
+
+mod audit;
+mod client;
+mod dev;
+pub mod duration;
+mod node;
+mod output;
+mod swarm;
+
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use self::client::Host;
+
+/// Where the CLI finds the daemon unless `--host` or `SKEP_HOST` says otherwise.
+pub const DEFAULT_HOST: &str = "unix:///var/run/skep.sock";
+
+/// skep: a container orchestrator with Docker Swarm's workflow and a zero-trust security core.
+#[derive(Debug, Parser)]
+#[command(name = "skep", version, propagate_version = true)]
+pub struct Cli {
+    /// Daemon to talk to (unix:///path/to/skep.sock; tcp:// is not supported yet).
+    #[arg(
+        short = 'H',
+        long,
+        global = true,
+        env = "SKEP_HOST",
+        default_value = DEFAULT_HOST,
+        value_name = "URL"
+    )]
+    host: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the node daemon (every machine of a swarm runs one).
+    Daemon(DaemonArgs),
+    /// Manage the swarm.
+    #[command(subcommand)]
+    Swarm(SwarmCommand),
+    /// Show the command that joins a node to this swarm.
+    JoinToken(JoinTokenArgs),
+    /// Manage swarm nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Read and verify the hash-chained audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Run a local test swarm of several daemons on 127.0.0.2, 127.0.0.3, ...
+    Dev(DevArgs),
+}
+
+#[derive(Debug, Args)]
+struct DaemonArgs {
+    /// Directory for the node's sealed state.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// Address node-to-node mTLS is served at.
+    #[arg(long, value_name = "IP:PORT", default_value = "0.0.0.0:2377")]
+    listen_addr: SocketAddr,
+    /// Address other nodes reach this node at (default: the listen address).
+    #[arg(long, value_name = "IP:PORT")]
+    advertise_addr: Option<SocketAddr>,
+    /// Local admin socket (mode 0600).
+    #[arg(long, value_name = "PATH", default_value = "/var/run/skep.sock")]
+    socket: PathBuf,
+    /// Host name shown in `node ls` (default: the system host name).
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
+    /// How often agents send heartbeats (tests shorten it).
+    #[arg(long, hide = true, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
+    heartbeat_period: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+enum SwarmCommand {
+    /// Initialize a swarm with this node as its first manager.
+    Init(SwarmInitArgs),
+    /// Join a swarm as a node and/or manager.
+    Join(SwarmJoinArgs),
+    /// Leave the swarm.
+    Leave(SwarmLeaveArgs),
+    /// Unlock a locked manager (the key is read from stdin).
+    Unlock,
+    /// Show the command that joins a node to this swarm (same as `skep join-token`).
+    JoinToken(JoinTokenArgs),
+}
+
+#[derive(Debug, Args)]
+struct SwarmInitArgs {
+    /// Advertised address (format: IP[:PORT]).
+    #[arg(long, value_name = "IP:PORT")]
+    advertise_addr: Option<String>,
+    /// Validity period for node certificates (e.g. 90d, 12h, 2160h0m0s).
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = positive_duration)]
+    cert_expiry: Duration,
+    /// Enable manager autolocking (an unlock key is needed to restart a stopped manager).
+    #[arg(long)]
+    autolock: bool,
+}
+
+#[derive(Debug, Args)]
+struct SwarmJoinArgs {
+    /// Token for entry into the swarm.
+    #[arg(long, value_name = "TOKEN")]
+    token: String,
+    /// Address of a manager of the swarm (IP:PORT).
+    #[arg(value_name = "HOST:PORT")]
+    remote_addr: String,
+    /// Advertised address (format: IP[:PORT]).
+    #[arg(long, value_name = "IP:PORT")]
+    advertise_addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct SwarmLeaveArgs {
+    /// Force this node to leave the swarm, ignoring warnings.
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct JoinTokenArgs {
+    /// Only display the token.
+    #[arg(short, long)]
+    quiet: bool,
+    /// The role the token admits.
+    role: Role,
+}
+
+/// The role of a node in the swarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Role {
+    Worker,
+    Manager,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Worker => "worker",
+            Role::Manager => "manager",
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// List nodes in the swarm.
+    #[command(alias = "list")]
+    Ls(NodeLsArgs),
+    /// Display detailed information on one or more nodes.
+    Inspect(NodeInspectArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeLsArgs {
+    /// Only display IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    format: Format,
+}
+
+/// How a listing is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// A table with a header.
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Args)]
+struct NodeInspectArgs {
+    /// Print the information in a human friendly format.
+    #[arg(long)]
+    pretty: bool,
+    /// Node ID, ID prefix or hostname; `self` is the node answering.
+    #[arg(value_name = "NODE", required = true)]
+    nodes: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// List the audit records, oldest first.
+    #[command(alias = "list")]
+    Ls(AuditLsArgs),
+    /// Verify the hash chain of the audit log (from the daemon, or an exported file).
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+struct AuditLsArgs {
+    /// Print each record as a JSON line (the export format `audit verify --file` reads).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct AuditVerifyArgs {
+    /// Verify this JSON-lines export (`skep audit ls --json > FILE`) offline; `-` is stdin.
+    #[arg(long, value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=250))]
+    nodes: u8,
+    /// How many of them are managers (the first ones).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=250))]
+    managers: u8,
+    /// Directory for the nodes' data, sockets and logs (default: a fresh temporary directory,
+    /// removed on exit).
+    #[arg(long, value_name = "DIR")]
+    base_dir: Option<PathBuf>,
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    let d = duration::parse(text).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err(format!("duration {text:?} must be greater than zero"));
+    }
+    Ok(d)
+}
+
+/// The `skep` entry point: parses the arguments, runs the command, maps the outcome to an
+/// exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Daemon(args) => daemon(args),
+        Command::Dev(args) => runtime()?.block_on(dev::run(args)),
+        // An export is verified offline: no daemon is asked, or needed.
+        Command::Audit(AuditCommand::Verify(args)) if args.file.is_some() => {
+            runtime()?.block_on(audit::verify(None, args))
+        }
+        command => {
+            let host = Host::parse(&cli.host)?;
+            runtime()?.block_on(control(host, command))
+        }
+    }
+}
+
+/// A small runtime for the client commands: one thread is plenty for a few RPCs.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn control(host: Host, command: Command) -> anyhow::Result<()> {
+    let mut api = client::connect(&host).await?;
+    match command {
+        Command::Swarm(SwarmCommand::Init(args)) => swarm::init(&mut api, args).await,
+        Command::Swarm(SwarmCommand::Join(args)) => swarm::join(&mut api, args).await,
+        Command::Swarm(SwarmCommand::Leave(args)) => swarm::leave(&mut api, args).await,
+        Command::Swarm(SwarmCommand::Unlock) => swarm::unlock(&mut api).await,
+        Command::Swarm(SwarmCommand::JoinToken(args)) | Command::JoinToken(args) => {
+            swarm::join_token(&mut api, args).await
+        }
+        Command::Node(NodeCommand::Ls(args)) => node::ls(&mut api, args).await,
+        Command::Node(NodeCommand::Inspect(args)) => node::inspect(&mut api, args).await,
+        Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
+        Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
+        Command::Daemon(_) | Command::Dev(_) => unreachable_command(),
+    }
+}
+
+fn unreachable_command() -> anyhow::Result<()> {
+    anyhow::bail!("internal error: this command does not talk to a daemon")
+}
+
+fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let config = crate::daemon::DaemonConfig {
+        data_dir: args.data_dir,
+        listen_addr: args.listen_addr,
+        advertise_addr: args.advertise_addr,
+        socket: args.socket,
+        hostname: args.hostname,
+        heartbeat_period: args.heartbeat_period,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(crate::daemon::run(config))?;
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SKEP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Writes to stdout; a closed pipe (`skep audit ls | head`) is not an error.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing to standard output")
+        }
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("skep").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn daemon_defaults() {
+        let cli = parse(&["daemon", "--data-dir", "/tmp/x"]).unwrap();
+        let Command::Daemon(d) = cli.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(d.listen_addr, "0.0.0.0:2377".parse().unwrap());
+        assert_eq!(d.socket, PathBuf::from("/var/run/skep.sock"));
+        assert_eq!(d.heartbeat_period, Duration::from_secs(5));
+        assert_eq!(d.advertise_addr, None);
+    }
+
+    #[test]
+    fn daemon_heartbeat_is_hidden_but_accepted() {
+        let cli = parse(&["daemon", "--data-dir", "d", "--heartbeat-period", "300ms"]).unwrap();
+        let Command::Daemon(d) = cli.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(d.heartbeat_period, Duration::from_millis(300));
+        let help = Cli::command()
+            .find_subcommand_mut("daemon")
+            .unwrap()
+            .render_help()
+            .to_string();
+        assert!(!help.contains("heartbeat"), "{help}");
+    }
+
+    #[test]
+    fn init_cert_expiry_forms() {
+        for (text, secs) in [
+            ("2160h0m0s", 7_776_000),
+            ("90s", 90),
+            ("5m", 300),
+            ("90d", 7_776_000),
+        ] {
+            let cli = parse(&["swarm", "init", "--cert-expiry", text]).unwrap();
+            let Command::Swarm(SwarmCommand::Init(a)) = cli.command else {
+                panic!("not init")
+            };
+            assert_eq!(a.cert_expiry, Duration::from_secs(secs), "{text}");
+        }
+        let cli = parse(&["swarm", "init"]).unwrap();
+        let Command::Swarm(SwarmCommand::Init(a)) = cli.command else {
+            panic!("not init")
+        };
+        assert_eq!(a.cert_expiry, Duration::from_secs(90 * 86_400));
+        assert!(!a.autolock);
+    }
+
+    #[test]
+    fn bad_durations_are_usage_errors() {
+        for bad in ["0s", "90", "soon", ""] {
+            let e = parse(&["swarm", "init", "--cert-expiry", bad]).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn join_token_roles() {
+        let cli = parse(&["join-token", "-q", "manager"]).unwrap();
+        let Command::JoinToken(a) = cli.command else {
+            panic!("not join-token")
+        };
+        assert!(a.quiet);
+        assert_eq!(a.role, Role::Manager);
+        assert_eq!(parse(&["join-token", "admin"]).unwrap_err().exit_code(), 2);
+        assert!(parse(&["swarm", "join-token", "worker"]).is_ok());
+    }
+
+    #[test]
+    fn host_flag_is_global() {
+        let cli = parse(&["node", "ls", "--host", "unix:///tmp/s.sock"]).unwrap();
+        assert_eq!(cli.host, "unix:///tmp/s.sock");
+        let cli = parse(&["-H", "unix:///tmp/t.sock", "audit", "ls", "--json"]).unwrap();
+        assert_eq!(cli.host, "unix:///tmp/t.sock");
+    }
+
+    #[test]
+    fn node_ls_formats() {
+        let cli = parse(&["node", "ls", "--format", "json"]).unwrap();
+        let Command::Node(NodeCommand::Ls(a)) = cli.command else {
+            panic!("not node ls")
+        };
+        assert_eq!(a.format, Format::Json);
+        assert_eq!(
+            parse(&["node", "ls", "--format", "{{.ID}}"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn swarm_join_needs_token_and_address() {
+        assert!(parse(&["swarm", "join", "--token", "T", "10.0.0.1:2377"]).is_ok());
+        assert_eq!(
+            parse(&["swarm", "join", "10.0.0.1:2377"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+        assert_eq!(
+            parse(&["swarm", "join", "--token", "T"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn dev_defaults() {
+        let cli = parse(&["dev"]).unwrap();
+        let Command::Dev(a) = cli.command else {
+            panic!("not dev")
+        };
+        assert_eq!((a.nodes, a.managers, a.base_dir), (3, 1, None));
+        assert_eq!(parse(&["dev", "--nodes", "0"]).unwrap_err().exit_code(), 2);
+    }
+}

@@ -1,0 +1,254 @@
+//! `skep node ls` and `skep node inspect`.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use super::client::status;
+use super::output::{Table, json_line, json_pretty};
+use super::{Format, NodeInspectArgs, NodeLsArgs, print};
+use crate::api::v1::control_client::ControlClient;
+use crate::api::v1::{Empty, NodeInfo, NodeInspectRequest};
+
+type Api = ControlClient<Channel>;
+
+pub(super) async fn ls(api: &mut Api, args: NodeLsArgs) -> anyhow::Result<()> {
+    let mut nodes = api
+        .node_list(Empty {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .nodes;
+    sort(&mut nodes);
+    let text = if args.quiet {
+        nodes.iter().map(|n| format!("{}\n", n.id)).collect()
+    } else {
+        match args.format {
+            Format::Table => table(&nodes),
+            Format::Json => nodes.iter().map(|n| json_line(&ls_json(n))).collect(),
+        }
+    };
+    print(&text)
+}
+
+/// Docker's order: by host name, then ID.
+pub(super) fn sort(nodes: &mut [NodeInfo]) {
+    nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then_with(|| a.id.cmp(&b.id)));
+}
+
+/// The `node ls` table: full IDs, the answering node marked with ` *`.
+pub(super) fn table(nodes: &[NodeInfo]) -> String {
+    let mut t = Table::new(&["ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"]);
+    for n in nodes {
+        let id = if n.is_self {
+            format!("{} *", n.id)
+        } else {
+            n.id.clone()
+        };
+        t.row(vec![
+            id,
+            n.hostname.clone(),
+            n.status.clone(),
+            n.availability.clone(),
+            n.manager_status.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// One line of `node ls --format json`: Docker's keys, plus the role and address.
+fn ls_json(n: &NodeInfo) -> Value {
+    json!({
+        "ID": n.id,
+        "Hostname": n.hostname,
+        "Status": n.status,
+        "Availability": n.availability,
+        "ManagerStatus": n.manager_status,
+        "Self": n.is_self,
+        "Role": n.role,
+        "Addr": n.addr,
+    })
+}
+
+pub(super) async fn inspect(api: &mut Api, args: NodeInspectArgs) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for name in &args.nodes {
+        let node = if name == "self" {
+            let info = api.info(Empty {}).await.map_err(status)?.into_inner();
+            if info.node_id.is_empty() {
+                anyhow::bail!("this node is not part of a swarm");
+            }
+            info.node_id
+        } else {
+            name.clone()
+        };
+        match api.node_inspect(NodeInspectRequest { node }).await {
+            Ok(resp) => found.push(resp.into_inner()),
+            Err(s) => errors.push(status(s).to_string()),
+        }
+    }
+    let text = if args.pretty {
+        found.iter().map(pretty).collect::<Vec<_>>().join("\n")
+    } else {
+        json_pretty(&Value::Array(found.iter().map(inspect_json).collect()))
+    };
+    print(&text)?;
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+/// `node inspect` JSON, shaped like Docker's (`Spec`, `Description`, `Status`, `ManagerStatus`).
+fn inspect_json(n: &NodeInfo) -> Value {
+    let mut v = json!({
+        "ID": n.id,
+        "CreatedAt": n.created_at,
+        "UpdatedAt": n.updated_at,
+        "Spec": {
+            "Labels": n.labels,
+            "Role": n.role,
+            "Availability": n.availability.to_lowercase(),
+        },
+        "Description": {
+            "Hostname": n.hostname,
+            "Certificate": { "Serial": n.cert_serial, "NotAfter": n.cert_not_after },
+        },
+        "Status": { "State": n.status.to_lowercase(), "Addr": ip_of(&n.addr) },
+    });
+    if n.role == "manager" {
+        v["ManagerStatus"] = json!({
+            "Leader": n.manager_status == "Leader",
+            "Reachability": reachability(&n.manager_status),
+            "Addr": n.addr,
+        });
+    }
+    v
+}
+
+fn reachability(manager_status: &str) -> &'static str {
+    match manager_status {
+        "Leader" | "Reachable" => "reachable",
+        "Unreachable" => "unreachable",
+        _ => "unknown",
+    }
+}
+
+fn ip_of(addr: &str) -> String {
+    addr.parse::<SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| addr.to_string())
+}
+
+/// `node inspect --pretty`, laid out as Docker's.
+fn pretty(n: &NodeInfo) -> String {
+    let mut s = String::new();
+    let mut line = |label: &str, value: &str| {
+        let _ = writeln!(s, "{:<24}{value}", format!("{label}:"));
+    };
+    line("ID", &n.id);
+    line("Hostname", &n.hostname);
+    line("Joined at", &n.created_at);
+    line("Status", "");
+    line(" State", &n.status);
+    line(" Availability", &n.availability);
+    line(" Address", &ip_of(&n.addr));
+    if n.role == "manager" {
+        line("Manager Status", "");
+        line(" Address", &n.addr);
+        let raft = match n.manager_status.as_str() {
+            "Leader" => "Reachable",
+            "" => "Unknown",
+            other => other,
+        };
+        line(" Raft Status", raft);
+        line(
+            " Leader",
+            if n.manager_status == "Leader" {
+                "Yes"
+            } else {
+                "No"
+            },
+        );
+    }
+    line("Certificate", "");
+    line(" Serial", &n.cert_serial);
+    line(" Not After", &n.cert_not_after);
+    if !n.labels.is_empty() {
+        line("Labels", "");
+        let mut labels: Vec<_> = n.labels.iter().collect();
+        labels.sort();
+        for (k, v) in labels {
+            let _ = writeln!(s, " - {k}={v}");
+        }
+    }
+    s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, host: &str, role: &str, ms: &str, me: bool) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            hostname: host.into(),
+            role: role.into(),
+            status: "Ready".into(),
+            availability: "Active".into(),
+            manager_status: ms.into(),
+            addr: "127.0.0.2:2377".into(),
+            is_self: me,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn table_marks_self_and_leaves_workers_blank() {
+        let mut nodes = vec![
+            node("bbbbbbbbbbbbbbbbbbbbbbbbb", "n2", "worker", "", false),
+            node("aaaaaaaaaaaaaaaaaaaaaaaaa", "n1", "manager", "Leader", true),
+        ];
+        sort(&mut nodes);
+        assert_eq!(
+            table(&nodes),
+            "ID                           HOSTNAME  STATUS  AVAILABILITY  MANAGER STATUS\n\
+             aaaaaaaaaaaaaaaaaaaaaaaaa *  n1        Ready   Active        Leader\n\
+             bbbbbbbbbbbbbbbbbbbbbbbbb    n2        Ready   Active\n"
+        );
+    }
+
+    #[test]
+    fn ls_json_has_docker_keys() {
+        let v = ls_json(&node("a", "n1", "manager", "Leader", true));
+        assert_eq!(v["ID"], "a");
+        assert_eq!(v["ManagerStatus"], "Leader");
+        assert_eq!(v["Self"], true);
+        assert_eq!(v["Status"], "Ready");
+    }
+
+    #[test]
+    fn inspect_json_manager_status_only_for_managers() {
+        let m = inspect_json(&node("a", "n1", "manager", "Leader", true));
+        assert_eq!(m["ManagerStatus"]["Leader"], true);
+        assert_eq!(m["ManagerStatus"]["Reachability"], "reachable");
+        assert_eq!(m["Status"]["Addr"], "127.0.0.2");
+        assert_eq!(m["Status"]["State"], "ready");
+        let w = inspect_json(&node("b", "n2", "worker", "", false));
+        assert!(w.get("ManagerStatus").is_none());
+    }
+
+    #[test]
+    fn pretty_has_no_trailing_blanks() {
+        let text = pretty(&node("a", "n1", "manager", "Unreachable", false));
+        assert!(text.contains("Hostname:               n1\n"), "{text}");
+        assert!(
+            text.contains(" Raft Status:           Unreachable\n"),
+            "{text}"
+        );
+        assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+}

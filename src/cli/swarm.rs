@@ -1,0 +1,178 @@
+//! `skep swarm init|join|leave|unlock` and `skep join-token`.
+
+use std::io::{BufRead as _, IsTerminal as _, Write as _};
+
+use anyhow::{Context as _, bail};
+use tonic::transport::Channel;
+use zeroize::Zeroizing;
+
+use super::client::status;
+use super::{JoinTokenArgs, Role, SwarmInitArgs, SwarmJoinArgs, SwarmLeaveArgs, print};
+use crate::api::v1::control_client::ControlClient;
+use crate::api::v1::{
+    JoinTokenRequest, SwarmInitRequest, SwarmJoinRequest, SwarmLeaveRequest, SwarmUnlockRequest,
+};
+
+type Api = ControlClient<Channel>;
+
+pub(super) async fn init(api: &mut Api, args: SwarmInitArgs) -> anyhow::Result<()> {
+    let resp = api
+        .swarm_init(SwarmInitRequest {
+            advertise_addr: args.advertise_addr.unwrap_or_default(),
+            cert_expiry_secs: args.cert_expiry.as_secs().max(1),
+            autolock: args.autolock,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print(&init_message(
+        &resp.node_id,
+        &resp.worker_token,
+        &resp.advertise_addr,
+        &resp.unlock_key,
+    ))
+}
+
+/// What `swarm init` prints, worded as `docker swarm init` words it.
+fn init_message(node_id: &str, worker_token: &str, addr: &str, unlock_key: &str) -> String {
+    let mut text = format!(
+        "Swarm initialized: current node ({node_id}) is now a manager.\n\n{}\
+         To add a manager to this swarm, run 'skep join-token manager' and follow the instructions.\n\n",
+        join_instructions(Role::Worker, worker_token, addr)
+    );
+    if !unlock_key.is_empty() {
+        text.push_str(&unlock_instructions(unlock_key));
+    }
+    text
+}
+
+fn join_instructions(role: Role, token: &str, addr: &str) -> String {
+    format!(
+        "To add a {} to this swarm, run the following command:\n\n    \
+         skep swarm join --token {token} {addr}\n\n",
+        role.as_str()
+    )
+}
+
+fn unlock_instructions(key: &str) -> String {
+    format!(
+        "To unlock a swarm manager after it restarts, run the `skep swarm unlock`\n\
+         command and provide the following key:\n\n    {key}\n\n\
+         Please remember to store this key in a password manager, since without it you\n\
+         will not be able to restart the manager.\n"
+    )
+}
+
+pub(super) async fn join(api: &mut Api, args: SwarmJoinArgs) -> anyhow::Result<()> {
+    let resp = api
+        .swarm_join(SwarmJoinRequest {
+            token: args.token,
+            remote_addr: args.remote_addr,
+            advertise_addr: args.advertise_addr.unwrap_or_default(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print(&format!("This node joined a swarm as a {}.\n", resp.role))
+}
+
+pub(super) async fn leave(api: &mut Api, args: SwarmLeaveArgs) -> anyhow::Result<()> {
+    api.swarm_leave(SwarmLeaveRequest { force: args.force })
+        .await
+        .map_err(status)?;
+    print("Node left the swarm.\n")
+}
+
+pub(super) async fn unlock(api: &mut Api) -> anyhow::Result<()> {
+    let key = read_unlock_key()?;
+    api.swarm_unlock(SwarmUnlockRequest {
+        unlock_key: key.to_string(),
+    })
+    .await
+    .map_err(status)?;
+    Ok(())
+}
+
+/// Reads the key's first line from stdin, prompting only when a person is typing.
+fn read_unlock_key() -> anyhow::Result<Zeroizing<String>> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let mut out = std::io::stdout().lock();
+        out.write_all(b"Enter unlock key: ")
+            .and_then(|()| out.flush())
+            .context("writing the prompt")?;
+    }
+    let mut line = Zeroizing::new(String::new());
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .context("reading the unlock key from stdin")?;
+    let key = Zeroizing::new(line.trim().to_string());
+    if key.is_empty() {
+        bail!("no unlock key given: type it at the prompt or pipe it on stdin");
+    }
+    Ok(key)
+}
+
+pub(super) async fn join_token(api: &mut Api, args: JoinTokenArgs) -> anyhow::Result<()> {
+    let resp = api
+        .join_token(JoinTokenRequest {
+            role: args.role.as_str().into(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if args.quiet {
+        print(&format!("{}\n", resp.token))
+    } else {
+        print(&join_instructions(
+            args.role,
+            &resp.token,
+            &resp.manager_addr,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_message_matches_docker() {
+        let text = init_message("k3x", "SKEP-1-AAA-BBB", "127.0.0.1:2377", "");
+        assert_eq!(
+            text,
+            "Swarm initialized: current node (k3x) is now a manager.\n\
+             \n\
+             To add a worker to this swarm, run the following command:\n\
+             \n    skep swarm join --token SKEP-1-AAA-BBB 127.0.0.1:2377\n\
+             \n\
+             To add a manager to this swarm, run 'skep join-token manager' and follow the instructions.\n\
+             \n"
+        );
+    }
+
+    #[test]
+    fn autolock_key_is_on_its_own_line() {
+        let text = init_message("k3x", "T", "a:1", "SKEP-KEY-1-00ff");
+        let lines: Vec<&str> = text.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| {
+                l.starts_with(
+                    "To unlock a swarm manager after it restarts, run the `skep swarm unlock`",
+                )
+            })
+            .unwrap();
+        assert_eq!(lines[at + 3], "    SKEP-KEY-1-00ff");
+    }
+
+    #[test]
+    fn join_token_wording() {
+        assert_eq!(
+            join_instructions(Role::Manager, "T", "10.0.0.1:2377"),
+            "To add a manager to this swarm, run the following command:\n\n    \
+             skep swarm join --token T 10.0.0.1:2377\n\n"
+        );
+    }
+}

@@ -1,0 +1,411 @@
+//! The manager: Raft, the CA service, the dispatcher's liveness tracking, and the
+//! node-to-node services every manager serves over mTLS.
+//!
+//! ```text
+//!  Ca (token → cert) ─┐                       ┌─► Raft (openraft) ─► sealed store
+//!  Dispatcher (heartbeats, leave) ─► Manager::propose ─┤   (forwarded to the leader if needed)
+//!  Manager (raft RPCs, propose, join) ─┘
+//! ```
+
+pub mod limiter;
+pub mod network;
+pub mod services;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::BasicNode;
+use rustls::ClientConfig;
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+
+use crate::api::v1::manager_client::ManagerClient;
+use crate::api::v1::{JoinRaftRequest, RaftMessage};
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::store::model::{Command, Node, NodeRole, NodeState, Response, State};
+use crate::store::{Raft, StateHandle};
+use limiter::{Admit, FailureLimiter};
+
+/// Errors of manager operations; mapped to `tonic::Status` in one place ([`to_status`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// There is no leader right now.
+    #[error("no Raft leader is available (quorum lost or an election is in progress); retry shortly")]
+    NoLeader,
+    /// The state machine refused the command.
+    #[error("{0}")]
+    Rejected(String),
+    /// Raft failed.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// Forwarding to the leader failed.
+    #[error("cannot reach the leader at {addr}: {reason}")]
+    Forward {
+        /// Leader address.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The caller may not do this.
+    #[error("permission denied: {0}")]
+    Denied(String),
+    /// The request was malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The thing asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The cluster is not in a state that allows this.
+    #[error("{0}")]
+    Precondition(String),
+}
+
+/// Maps a manager error to the status a peer sees. Raft internals stay in our log.
+pub fn to_status(e: ManagerError) -> tonic::Status {
+    match e {
+        ManagerError::NoLeader => tonic::Status::unavailable(e.to_string()),
+        ManagerError::Rejected(_) | ManagerError::Precondition(_) => {
+            tonic::Status::failed_precondition(e.to_string())
+        }
+        ManagerError::Raft(ref r) => {
+            tracing::warn!(error = %r, "raft error");
+            tonic::Status::unavailable("the cluster store is unavailable; retry shortly")
+        }
+        ManagerError::Forward { .. } => tonic::Status::unavailable(e.to_string()),
+        ManagerError::Denied(_) => tonic::Status::permission_denied(e.to_string()),
+        ManagerError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
+        ManagerError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+    }
+}
+
+/// The Raft node number of a node: derived from its ID, so no coordination is needed.
+pub fn raft_id_of(node_id: &str) -> u64 {
+    let d = Sha256::digest(node_id.as_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&d[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// openraft settings for skep: elections in a couple of seconds on a loaded machine.
+pub fn raft_config() -> Result<Arc<openraft::Config>, ManagerError> {
+    let config = openraft::Config {
+        cluster_name: "skep".into(),
+        heartbeat_interval: 250,
+        election_timeout_min: 1500,
+        election_timeout_max: 3000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    };
+    config.validate().map(Arc::new).map_err(|e| ManagerError::Raft(e.to_string()))
+}
+
+/// A running manager.
+pub struct Manager {
+    /// The Raft handle.
+    pub raft: Raft,
+    /// This manager's Raft node number.
+    pub raft_id: u64,
+    /// This node's ID.
+    pub node_id: String,
+    /// This manager's advertised address.
+    pub addr: String,
+    state: StateHandle,
+    client_tls: Arc<ClientConfig>,
+    peers: Mutex<HashMap<String, Channel>>,
+    limiter: Mutex<FailureLimiter>,
+    liveness: Mutex<Liveness>,
+    heartbeat_period: Duration,
+    ca: Mutex<Option<Arc<skep_pki::RootCa>>>,
+}
+
+#[derive(Default)]
+struct Liveness {
+    last_seen: HashMap<String, Instant>,
+    leader_since: Option<Instant>,
+}
+
+impl Manager {
+    /// Wraps a started Raft node.
+    pub fn new(
+        raft: Raft,
+        state: StateHandle,
+        node_id: String,
+        addr: String,
+        client_tls: Arc<ClientConfig>,
+        heartbeat_period: Duration,
+    ) -> Arc<Self> {
+        Arc::new(Manager {
+            raft,
+            raft_id: raft_id_of(&node_id),
+            node_id,
+            addr,
+            state,
+            client_tls,
+            peers: Mutex::new(HashMap::new()),
+            limiter: Mutex::new(FailureLimiter::default()),
+            liveness: Mutex::new(Liveness::default()),
+            heartbeat_period,
+            ca: Mutex::new(None),
+        })
+    }
+
+    /// Reads the replicated state as this manager has applied it.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        self.state.read(f)
+    }
+
+    /// The current leader's Raft ID, if known.
+    pub fn leader_id(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this manager is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.leader_id() == Some(self.raft_id)
+    }
+
+    /// The leader's address, from the Raft membership.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    /// Addresses of all managers, the leader first.
+    pub fn manager_addrs(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self.read(|s| {
+            s.nodes.values().filter(|n| n.role == NodeRole::Manager).map(|n| n.addr.clone()).collect()
+        });
+        if let Some(leader) = self.leader_addr() {
+            addrs.retain(|a| *a != leader);
+            addrs.insert(0, leader);
+        }
+        addrs
+    }
+
+    /// The root CA, loaded from the replicated cluster object.
+    pub fn ca(&self) -> Result<Arc<skep_pki::RootCa>, ManagerError> {
+        let mut guard = self.ca.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ca) = guard.as_ref() {
+            return Ok(ca.clone());
+        }
+        let (cert, key) = self
+            .read(|s| s.cluster.as_ref().map(|c| (c.ca_cert_pem.clone(), c.ca_key_pem.clone())))
+            .ok_or_else(|| ManagerError::Precondition("the cluster is not initialised yet".into()))?;
+        let ca = Arc::new(
+            skep_pki::RootCa::from_pem(&cert, key.expose())
+                .map_err(|e| ManagerError::Precondition(format!("root CA unusable: {e}")))?,
+        );
+        *guard = Some(ca.clone());
+        Ok(ca)
+    }
+
+    /// A channel to another manager, authenticated with this node's certificate.
+    pub fn peer(&self, addr: &str) -> Result<Channel, ManagerError> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = peers.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = crate::net::channel(addr, self.client_tls.clone())
+            .map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        peers.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+
+    /// Commits a command through Raft, forwarding it to the leader when this manager is not.
+    pub async fn propose(&self, cmd: Command) -> Result<(), ManagerError> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let err = match self.raft.client_write(cmd.clone()).await {
+                Ok(resp) => return into_result(resp.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    match f.leader_node {
+                        Some(node) if f.leader_id != Some(self.raft_id) => {
+                            match self.forward(&node.addr, &cmd).await {
+                                Ok(r) => return r,
+                                Err(e) => e,
+                            }
+                        }
+                        _ => ManagerError::NoLeader,
+                    }
+                }
+                Err(e) => ManagerError::Raft(e.to_string()),
+            };
+            if Instant::now() >= deadline || matches!(err, ManagerError::Rejected(_)) {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn forward(&self, addr: &str, cmd: &Command) -> Result<Result<(), ManagerError>, ManagerError> {
+        let fwd = |reason: String| ManagerError::Forward { addr: addr.to_string(), reason };
+        let payload = serde_json::to_vec(cmd).map_err(|e| fwd(e.to_string()))?;
+        let mut client = ManagerClient::new(self.peer(addr)?);
+        let resp = client
+            .propose(RaftMessage { payload })
+            .await
+            .map_err(|s| fwd(s.message().to_string()))?;
+        let resp: Response = serde_json::from_slice(&resp.into_inner().payload)
+            .map_err(|e| fwd(format!("bad reply: {e}")))?;
+        Ok(into_result(resp))
+    }
+
+    /// Appends an audit record; failures to audit are logged, never hidden.
+    pub async fn audit(&self, event: AuditEvent) {
+        let action = event.action.clone();
+        if let Err(e) = self.propose(Command::Audit(event)).await {
+            tracing::error!(%action, error = %e, "could not append audit record");
+        }
+    }
+
+    /// Audits a failed attempt from an unauthenticated or unauthorised source, rate-limited
+    /// per source address.
+    pub async fn audit_failure(&self, source: IpAddr, event: AuditEvent) {
+        let admit = self.limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(source, Instant::now());
+        match admit {
+            Admit::Record { suppressed: 0 } => self.audit(event).await,
+            Admit::Record { suppressed } => {
+                self.audit(event.with("suppressed_before", suppressed.to_string())).await
+            }
+            Admit::Suppress => tracing::debug!(%source, action = %event.action, "audit suppressed"),
+        }
+    }
+
+    /// Records a heartbeat; returns true when the node's state should become Ready.
+    pub fn saw(&self, node_id: &str) -> bool {
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner()).last_seen.insert(node_id.into(), Instant::now());
+        self.read(|s| s.nodes.get(node_id).map(|n| n.state != NodeState::Ready).unwrap_or(false))
+    }
+
+    /// The heartbeat period agents are told to use.
+    pub fn heartbeat_period(&self) -> Duration {
+        self.heartbeat_period
+    }
+
+    /// Nodes the leader has not heard from within the grace period (three heartbeat periods,
+    /// counted from when this manager became leader for nodes it never heard from).
+    fn overdue(&self) -> Vec<String> {
+        let grace = self.heartbeat_period * 3;
+        let now = Instant::now();
+        let mut live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.is_leader() {
+            live.leader_since = None;
+            return Vec::new();
+        }
+        let since = *live.leader_since.get_or_insert(now);
+        self.read(|s| {
+            s.nodes
+                .values()
+                .filter(|n| matches!(n.state, NodeState::Ready | NodeState::Unknown))
+                .filter(|n| {
+                    let last = live.last_seen.get(&n.id).copied().unwrap_or(since).max(since);
+                    now.duration_since(last) > grace
+                })
+                .map(|n| n.id.clone())
+                .collect()
+        })
+    }
+
+    /// The leader's liveness loop: marks nodes Down when they miss heartbeats.
+    pub async fn run_liveness(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.heartbeat_period);
+        loop {
+            tick.tick().await;
+            for id in self.overdue() {
+                let cmd = Command::SetNodeState { id: id.clone(), state: NodeState::Down, at: crate::util::now_rfc3339() };
+                if let Err(e) = self.propose(cmd).await {
+                    tracing::warn!(node = %id, error = %e, "could not mark node down");
+                }
+            }
+        }
+    }
+
+    /// Adds a manager to the Raft voters (leader only). The node must already be a manager
+    /// in the replicated state with this Raft ID.
+    pub async fn add_voter(&self, node_id: &str, raft_id: u64, addr: &str) -> Result<(), ManagerError> {
+        let known = self.read(|s| {
+            s.nodes.get(node_id).map(|n| n.role == NodeRole::Manager && n.raft_id == Some(raft_id)).unwrap_or(false)
+        });
+        if !known {
+            return Err(ManagerError::Denied(format!("node {node_id} is not a manager with Raft ID {raft_id}")));
+        }
+        self.raft
+            .add_learner(raft_id, BasicNode { addr: addr.to_string() }, true)
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        let mut voters = self.voters();
+        voters.insert(raft_id);
+        self.raft.change_membership(voters, false).await.map_err(|e| ManagerError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Removes a manager from the Raft membership (leader only).
+    pub async fn remove_voter(&self, raft_id: u64) -> Result<(), ManagerError> {
+        let mut voters = self.voters();
+        if !voters.remove(&raft_id) {
+            return Ok(());
+        }
+        if voters.is_empty() {
+            return Err(ManagerError::Precondition("cannot remove the last manager".into()));
+        }
+        self.raft.change_membership(voters, false).await.map_err(|e| ManagerError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    fn voters(&self) -> BTreeSet<u64> {
+        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+    }
+
+    /// Asks the leader (through any manager) to add this manager as a voter.
+    pub async fn join_raft(&self, via: &[String]) -> Result<(), ManagerError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = ManagerError::NoLeader;
+        while Instant::now() < deadline {
+            for addr in via {
+                let mut client = ManagerClient::new(self.peer(addr)?);
+                match client.join_raft(JoinRaftRequest { raft_id: self.raft_id, addr: self.addr.clone() }).await {
+                    Ok(_) => return Ok(()),
+                    Err(s) => last = ManagerError::Forward { addr: addr.clone(), reason: s.message().to_string() },
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        Err(last)
+    }
+
+    /// Manager status as `node ls` shows it.
+    pub fn manager_status(&self, node: &Node) -> &'static str {
+        if node.role != NodeRole::Manager {
+            return "";
+        }
+        if node.raft_id.is_some() && node.raft_id == self.leader_id() {
+            "Leader"
+        } else if node.state == NodeState::Ready {
+            "Reachable"
+        } else {
+            "Unreachable"
+        }
+    }
+
+    /// The initial membership of a new cluster: this node alone.
+    pub fn initial_membership(&self) -> BTreeMap<u64, BasicNode> {
+        BTreeMap::from([(self.raft_id, BasicNode { addr: self.addr.clone() })])
+    }
+}
+
+fn into_result(r: Response) -> Result<(), ManagerError> {
+    match r {
+        Response::Ok => Ok(()),
+        Response::Rejected(reason) => Err(ManagerError::Rejected(reason)),
+    }
+}
+
+/// A node-state audit helper used by several services.
+pub fn event(actor: Actor, action: &str, target: &str, outcome: Outcome) -> AuditEvent {
+    AuditEvent::now(actor, action, target, outcome)
+}

@@ -1,0 +1,296 @@
+//! Transport security: rustls configurations, our own TLS accept loop (so the verifier can be
+//! swapped on revocation, see DEPENDENCIES.md), peer identities, and mTLS client channels.
+//!
+//! ```text
+//!  TcpListener ─accept─► handshake (ServerConfig from an ArcSwap, verified client cert or
+//!  none) ─► PeerStream { tls, PeerInfo } ─► tonic serve_with_incoming ─► handler reads
+//!  PeerInfo from the request extensions and checks the caller's role
+//! ```
+
+pub mod danger;
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use skep_pki::{MANAGER_SERVER_NAME, NodeCertInfo, Role};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+use tonic::transport::server::Connected;
+
+use crate::secret::SecretBytes;
+
+/// Errors of the transport layer.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A certificate or key could not be loaded into rustls.
+    #[error("invalid TLS credentials: {0}")]
+    Credentials(String),
+    /// A TLS connection to a peer failed.
+    #[error("cannot reach {addr} over TLS: {reason}")]
+    Connect {
+        /// The peer.
+        addr: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The address is not `IP:PORT`.
+    #[error("invalid address {0:?}: expected IP:PORT")]
+    BadAddr(String),
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A node's certificate, private key and the cluster root it trusts.
+#[derive(Clone)]
+pub struct Credentials {
+    /// The node's certificate (DER).
+    pub cert_der: Vec<u8>,
+    /// The node's private key (PKCS#8 DER).
+    pub key_der: SecretBytes,
+    /// The cluster's root CA certificate (DER).
+    pub root_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credentials { .. }")
+    }
+}
+
+impl Credentials {
+    fn key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.expose().to_vec()))
+    }
+}
+
+fn roots(root_der: &[u8]) -> Result<Arc<RootCertStore>, NetError> {
+    let mut store = RootCertStore::empty();
+    store
+        .add(CertificateDer::from(root_der.to_vec()))
+        .map_err(|e| NetError::Credentials(format!("root CA certificate: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+/// The server side of node-to-node TLS: TLS 1.3 only, ALPN h2, client certificates verified
+/// against the cluster root when presented. A missing client certificate is allowed at the
+/// handshake so a joining node can reach the issuance RPC; every other RPC refuses it.
+pub fn server_config(creds: &Credentials) -> Result<Arc<ServerConfig>, NetError> {
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&creds.root_der)?, provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| NetError::Credentials(format!("client verifier: {e}")))?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Credentials(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![CertificateDer::from(creds.cert_der.clone())], creds.key())
+        .map_err(|e| NetError::Credentials(format!("node certificate: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    // No resumption: a resumed session skips client verification, and revocation must apply
+    // to every new connection.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// The client side: trusts only the cluster root, expects a manager certificate, and presents
+/// the node's own certificate when it has one.
+pub fn client_config(
+    root_der: &[u8],
+    identity: Option<&Credentials>,
+) -> Result<Arc<ClientConfig>, NetError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Credentials(e.to_string()))?
+        .with_root_certificates(roots(root_der)?);
+    let mut config = match identity {
+        Some(creds) => builder
+            .with_client_auth_cert(vec![CertificateDer::from(creds.cert_der.clone())], creds.key())
+            .map_err(|e| NetError::Credentials(format!("node certificate: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// Who is on the other end of a node-to-node connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// The peer's socket address.
+    pub addr: SocketAddr,
+    /// The verified identity, or `None` when no client certificate was presented.
+    pub identity: Option<PeerIdentity>,
+}
+
+/// A peer identity. Only built from a certificate that rustls verified against the cluster
+/// root during the handshake, so code holding one need not check again.
+#[derive(Clone, Debug)]
+pub struct PeerIdentity {
+    /// What the certificate says.
+    pub cert: Arc<NodeCertInfo>,
+}
+
+impl PeerIdentity {
+    /// The node ID.
+    pub fn node_id(&self) -> &str {
+        &self.cert.node_id
+    }
+    /// The role in the certificate.
+    pub fn role(&self) -> Role {
+        self.cert.role
+    }
+}
+
+/// A TLS stream with the peer facts tonic hands to every request.
+pub struct PeerStream {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for PeerStream {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+}
+
+/// Something that went wrong before a connection reached gRPC; given to the daemon so it can
+/// audit it (rate-limited).
+#[derive(Debug, Clone)]
+pub struct HandshakeFailure {
+    /// The peer.
+    pub addr: SocketAddr,
+    /// Why.
+    pub reason: String,
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections, runs TLS handshakes concurrently with the current server config,
+/// and yields verified streams. Abort the returned task to stop listening. The config is read per connection, so swapping it (a new
+/// certificate, a revocation) applies to every new handshake at once.
+pub fn accept_loop(
+    listener: TcpListener,
+    config: Arc<ArcSwap<ServerConfig>>,
+    cluster_id: String,
+    failures: mpsc::UnboundedSender<HandshakeFailure>,
+) -> (
+    tokio_stream::wrappers::ReceiverStream<Result<PeerStream, std::io::Error>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(64);
+    let task = tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                return;
+            }
+            let _ = tcp.set_nodelay(true);
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
+            let tx = tx.clone();
+            let failures = failures.clone();
+            let cluster_id = cluster_id.clone();
+            tokio::spawn(async move {
+                let fail = |reason: String| {
+                    tracing::debug!(%addr, %reason, "TLS handshake refused");
+                    let _ = failures.send(HandshakeFailure { addr, reason });
+                };
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => return fail(format!("TLS handshake failed: {e}")),
+                    Err(_) => return fail("TLS handshake timed out".into()),
+                };
+                let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                    None => None,
+                    Some(leaf) => match NodeCertInfo::from_der(leaf) {
+                        Ok(info) if info.cluster_id == cluster_id => {
+                            Some(PeerIdentity { cert: Arc::new(info) })
+                        }
+                        Ok(info) => {
+                            return fail(format!(
+                                "certificate of cluster {} presented to cluster {cluster_id}",
+                                info.cluster_id
+                            ));
+                        }
+                        Err(e) => return fail(format!("client certificate refused: {e}")),
+                    },
+                };
+                let _ = tx.send(Ok(PeerStream { tls, info: PeerInfo { addr, identity } })).await;
+            });
+        }
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(rx), task)
+}
+
+/// Parses `IP:PORT`.
+pub fn parse_addr(s: &str) -> Result<SocketAddr, NetError> {
+    s.parse().map_err(|_| NetError::BadAddr(s.to_string()))
+}
+
+/// A lazily connecting gRPC channel to a manager over TLS with `config`. The server must
+/// present a certificate for [`MANAGER_SERVER_NAME`] issued by the configured root.
+pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, NetError> {
+    let sock = parse_addr(addr)?;
+    let endpoint = Endpoint::from_shared(format!("http://{sock}"))
+        .map_err(|_| NetError::BadAddr(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(15))
+        .tcp_nodelay(true);
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let config = config.clone();
+        async move {
+            let tcp = TcpStream::connect(sock).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(MANAGER_SERVER_NAME)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}

@@ -1,0 +1,405 @@
+//! The sealed Raft log: openraft's [`RaftLogStorage`] on a redb file, every entry and every
+//! pointer (vote, committed, last purged) sealed under the data key.
+//!
+//! ```text
+//!  <dir>/raft.redb
+//!    table "log":  index (u64) ──► seal(LogEntry, index, postcard(Entry))
+//!    table "meta": "vote"        ──► seal(Vote, 0, postcard(Vote))
+//!                  "committed"   ──► seal(Committed, 0, postcard(Option<LogId>))
+//!                  "last_purged" ──► seal(LastPurged, 0, postcard(LogId))
+//! ```
+//!
+//! redb is synchronous: every operation runs on the blocking pool and returns (or calls the
+//! append callback) only after its transaction committed with `Durability::Immediate`, i.e.
+//! after fsync. Writes are serialized because openraft awaits each call in turn.
+
+// openraft's `StorageError` is large, and the storage traits fix it as the error type.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageError,
+    StorageIOError, Vote,
+};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::seal::{RecordKind, Sealer};
+use super::{LogId, StoreError, TypeConfig};
+
+/// Name of the log database in the store directory.
+pub const LOG_FILE: &str = "raft.redb";
+
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const VOTE_KEY: &str = "vote";
+const COMMITTED_KEY: &str = "committed";
+const LAST_PURGED_KEY: &str = "last_purged";
+
+type StorageResult<T> = Result<T, StorageError<u64>>;
+
+/// The sealed Raft log. Cheap to clone: clones share the database (the log reader is one).
+#[derive(Clone)]
+pub struct LogStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    sealer: Arc<Sealer>,
+    path: PathBuf,
+}
+
+impl Debug for LogStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogStore")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogStore {
+    /// Opens or creates `<dir>/raft.redb` (mode 0600).
+    pub(crate) async fn open(dir: &Path, sealer: Arc<Sealer>) -> Result<Self, StoreError> {
+        let path = dir.join(LOG_FILE);
+        let p = path.clone();
+        let db = tokio::task::spawn_blocking(move || open_db(&p))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(LogStore {
+            inner: Arc::new(Inner { db, sealer, path }),
+        })
+    }
+
+    /// The last purged log id, as persisted.
+    pub(crate) async fn last_purged(&self) -> Result<Option<LogId>, StoreError> {
+        let path = self.inner.path.clone();
+        self.blocking(|inner| inner.read_meta::<LogId>(LAST_PURGED_KEY, RecordKind::LastPurged))
+            .await
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                what: e.to_string(),
+            })
+    }
+
+    /// Runs `f` on the blocking pool.
+    async fn blocking<T, F>(&self, f: F) -> StorageResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> StorageResult<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| {
+                StorageIOError::new(ErrorSubject::Store, ErrorVerb::Write, AnyError::new(&e))
+            })?
+    }
+}
+
+fn open_db(path: &Path) -> Result<Database, StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let db_err = |source: redb::Error| StoreError::Database {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Create the file ourselves so it is 0600 from the first byte.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| StoreError::Io {
+            what: "creating",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        StoreError::Io {
+            what: "restricting",
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    let db = Database::create(path).map_err(|e| db_err(e.into()))?;
+    let txn = db.begin_write().map_err(|e| db_err(e.into()))?;
+    {
+        txn.open_table(LOG).map_err(|e| db_err(e.into()))?;
+        txn.open_table(META).map_err(|e| db_err(e.into()))?;
+    }
+    txn.commit().map_err(|e| db_err(e.into()))?;
+    Ok(db)
+}
+
+fn io_err(
+    subject: ErrorSubject<u64>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError<u64> {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<zeroize::Zeroizing<Vec<u8>>, postcard::Error> {
+    postcard::to_allocvec(value).map(zeroize::Zeroizing::new)
+}
+
+impl Inner {
+    fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        kind: RecordKind,
+    ) -> StorageResult<Option<T>> {
+        let subject = || match kind {
+            RecordKind::Vote => ErrorSubject::Vote,
+            _ => ErrorSubject::Logs,
+        };
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let table = txn
+            .open_table(META)
+            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        let Some(sealed) = table
+            .get(key)
+            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let plain = self
+            .sealer
+            .open(kind, 0, sealed.value())
+            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))?;
+        postcard::from_bytes(&plain)
+            .map(Some)
+            .map_err(|e| io_err(subject(), ErrorVerb::Read, e))
+    }
+
+    fn write_meta<T: Serialize>(
+        &self,
+        key: &str,
+        kind: RecordKind,
+        value: &T,
+    ) -> StorageResult<()> {
+        let subject = || match kind {
+            RecordKind::Vote => ErrorSubject::Vote,
+            _ => ErrorSubject::Logs,
+        };
+        let plain = encode(value).map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        let sealed = self.sealer.seal(kind, 0, &plain);
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        {
+            let mut table = txn
+                .open_table(META)
+                .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+            table
+                .insert(key, sealed.as_slice())
+                .map_err(|e| io_err(subject(), ErrorVerb::Write, e))?;
+        }
+        txn.commit()
+            .map_err(|e| io_err(subject(), ErrorVerb::Write, e))
+    }
+
+    fn decode_entry(&self, index: u64, sealed: &[u8]) -> StorageResult<Entry<TypeConfig>> {
+        let read_err = |e: &(dyn std::error::Error + 'static)| {
+            StorageIOError::read_log_at_index(index, AnyError::from_dyn(e, None))
+        };
+        let plain = self
+            .sealer
+            .open(RecordKind::LogEntry, index, sealed)
+            .map_err(|e| read_err(&e))?;
+        let entry: Entry<TypeConfig> = postcard::from_bytes(&plain).map_err(|e| read_err(&e))?;
+        if entry.log_id.index != index {
+            let e = std::io::Error::other(format!(
+                "entry stored at index {index} claims index {}",
+                entry.log_id.index
+            ));
+            return Err(read_err(&e).into());
+        }
+        Ok(entry)
+    }
+
+    fn read_range(&self, range: (Bound<u64>, Bound<u64>)) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let table = txn
+            .open_table(LOG)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let iter = table
+            .range::<u64>(range)
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+        let mut out = Vec::new();
+        for item in iter {
+            let (k, v) = item.map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            out.push(self.decode_entry(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn log_state(&self) -> StorageResult<LogState<TypeConfig>> {
+        let last_purged: Option<LogId> = self.read_meta(LAST_PURGED_KEY, RecordKind::LastPurged)?;
+        let last = {
+            let txn = self
+                .db
+                .begin_read()
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            let table = txn
+                .open_table(LOG)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?;
+            match table
+                .last()
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Read, e))?
+            {
+                Some((k, v)) => Some(self.decode_entry(k.value(), v.value())?.log_id),
+                None => None,
+            }
+        };
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last.or(last_purged),
+        })
+    }
+
+    fn append(&self, entries: &[Entry<TypeConfig>]) -> StorageResult<()> {
+        let txn = self
+            .db
+            .begin_write()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+        {
+            let mut table = txn
+                .open_table(LOG)
+                .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            for entry in entries {
+                let index = entry.log_id.index;
+                let write_err = |e: &(dyn std::error::Error + 'static)| {
+                    StorageIOError::write_log_entry(entry.log_id, AnyError::from_dyn(e, None))
+                };
+                let plain = encode(entry).map_err(|e| write_err(&e))?;
+                let sealed = self.sealer.seal(RecordKind::LogEntry, index, &plain);
+                table
+                    .insert(index, sealed.as_slice())
+                    .map_err(|e| write_err(&e))?;
+            }
+        }
+        txn.commit()
+            .map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))
+    }
+
+    /// Deletes `range` from the log; with `purged`, records it as the last purged log id in the
+    /// same transaction, so the pointer is never behind the deletion.
+    fn delete(&self, range: (Bound<u64>, Bound<u64>), purged: Option<&LogId>) -> StorageResult<()> {
+        let w = |e: redb::Error| io_err(ErrorSubject::Logs, ErrorVerb::Delete, e);
+        let txn = self.db.begin_write().map_err(|e| w(e.into()))?;
+        if let Some(purged) = purged {
+            let plain =
+                encode(purged).map_err(|e| io_err(ErrorSubject::Logs, ErrorVerb::Write, e))?;
+            let sealed = self.sealer.seal(RecordKind::LastPurged, 0, &plain);
+            let mut meta = txn.open_table(META).map_err(|e| w(e.into()))?;
+            meta.insert(LAST_PURGED_KEY, sealed.as_slice())
+                .map_err(|e| w(e.into()))?;
+        }
+        {
+            let mut table = txn.open_table(LOG).map_err(|e| w(e.into()))?;
+            table
+                .retain_in::<u64, _>(range, |_, _| false)
+                .map_err(|e| w(e.into()))?;
+        }
+        txn.commit().map_err(|e| w(e.into()))
+    }
+}
+
+fn owned_bounds<RB: RangeBounds<u64>>(range: &RB) -> (Bound<u64>, Bound<u64>) {
+    (range.start_bound().cloned(), range.end_bound().cloned())
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> StorageResult<Vec<Entry<TypeConfig>>> {
+        let bounds = owned_bounds(&range);
+        self.blocking(move |inner| inner.read_range(bounds)).await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> StorageResult<LogState<TypeConfig>> {
+        self.blocking(|inner| inner.log_state()).await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> StorageResult<()> {
+        let vote = *vote;
+        self.blocking(move |inner| inner.write_meta(VOTE_KEY, RecordKind::Vote, &vote))
+            .await
+    }
+
+    async fn read_vote(&mut self) -> StorageResult<Option<Vote<u64>>> {
+        self.blocking(|inner| inner.read_meta(VOTE_KEY, RecordKind::Vote))
+            .await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> StorageResult<()> {
+        self.blocking(move |inner| {
+            inner.write_meta(COMMITTED_KEY, RecordKind::Committed, &committed)
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> StorageResult<Option<LogId>> {
+        self.blocking(|inner| {
+            Ok(inner
+                .read_meta::<Option<LogId>>(COMMITTED_KEY, RecordKind::Committed)?
+                .flatten())
+        })
+        .await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> StorageResult<()>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        // Returns only after the commit (fsync): the entries are readable and durable, so the
+        // callback can report completion right away.
+        self.blocking(move |inner| inner.append(&entries)).await?;
+        callback.log_io_completed(Ok(()));
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> StorageResult<()> {
+        tracing::debug!(%log_id, "truncating the raft log from this id, inclusive");
+        self.blocking(move |inner| {
+            inner.delete((Bound::Included(log_id.index), Bound::Unbounded), None)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> StorageResult<()> {
+        tracing::debug!(%log_id, "purging the raft log up to this id, inclusive");
+        self.blocking(move |inner| {
+            inner.delete(
+                (Bound::Unbounded, Bound::Included(log_id.index)),
+                Some(&log_id),
+            )
+        })
+        .await
+    }
+}

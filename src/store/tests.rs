@@ -1,0 +1,531 @@
+//! Tests of the sealed store: openraft's conformance suite, sealing at rest, restarts, and a
+//! single-node Raft over the real store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::{
+    AnyError, BasicNode, CommittedLeaderId, Entry, EntryPayload, Membership, RaftLogReader,
+    RaftSnapshotBuilder, StorageError, StorageIOError, Vote,
+};
+use redb::{Database, ReadableTable};
+use tempfile::TempDir;
+
+use super::log::LOG;
+use super::model::{Availability, Command, Node, NodeRole, NodeState, Response};
+use super::seal::{Dek, Sealer};
+use super::sm::SNAPSHOT_FILE;
+use super::*;
+use crate::audit::{Actor, AuditEvent, Outcome};
+
+const MARKER: &str = "MARKER-PLAINTEXT-1234";
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<u64>> {
+        let dir = tempfile::tempdir().map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        let (log, sm) = open(dir.path(), Dek::generate())
+            .await
+            .map_err(|e| StorageIOError::write(AnyError::new(&e)))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_conformance() {
+    Suite::test_all(Builder).unwrap();
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn node(id: &str, hostname: &str) -> Node {
+    Node {
+        id: id.into(),
+        hostname: hostname.into(),
+        role: NodeRole::Worker,
+        availability: Availability::Active,
+        state: NodeState::Unknown,
+        addr: "10.0.0.2:2377".into(),
+        raft_id: None,
+        cert_serial: "01".into(),
+        cert_not_after: "2030-01-01T00:00:00Z".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
+        labels: BTreeMap::new(),
+    }
+}
+
+fn entry(index: u64, cmd: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Normal(cmd),
+    }
+}
+
+fn membership_entry(index: u64) -> Entry<TypeConfig> {
+    let nodes = BTreeMap::from([(
+        1u64,
+        BasicNode {
+            addr: "10.0.0.1:2377".into(),
+        },
+    )]);
+    let m = Membership::new(vec![BTreeSet::from([1u64])], nodes);
+    Entry {
+        log_id: log_id(1, index),
+        payload: EntryPayload::Membership(m),
+    }
+}
+
+/// Entries 1..=n: a membership entry, then nodes and audit records.
+fn entries(n: u64) -> Vec<Entry<TypeConfig>> {
+    (1..=n)
+        .map(|i| match i {
+            1 => membership_entry(1),
+            i if i % 2 == 0 => entry(i, Command::PutNode(node(&format!("n{i}"), MARKER))),
+            i => entry(
+                i,
+                Command::Audit(
+                    AuditEvent::now(Actor::system(), "node.join", &format!("n{i}"), Outcome::Ok)
+                        .with("host", MARKER),
+                ),
+            ),
+        })
+        .collect()
+}
+
+fn all_file_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(all_file_bytes(&p));
+        } else {
+            out.push((p.display().to_string(), std::fs::read(&p).unwrap()));
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn restart_reads_back_entries_vote_and_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    {
+        let (mut log, _sm) = open(dir.path(), dek.clone()).await.unwrap();
+        log.blocking_append(entries(10)).await.unwrap();
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        log.save_committed(Some(log_id(1, 8))).await.unwrap();
+    }
+    let (mut log, _sm) = open(dir.path(), dek.clone()).await.unwrap();
+    assert_eq!(
+        log.read_vote().await.unwrap(),
+        Some(Vote::new_committed(1, 1))
+    );
+    assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 8)));
+    let got = log.try_get_log_entries(1..=10).await.unwrap();
+    assert_eq!(got.len(), 10);
+    assert_eq!(
+        got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
+    let state = log.get_log_state().await.unwrap();
+    assert_eq!(state.last_log_id, Some(log_id(1, 10)));
+    drop(log);
+    drop(_sm);
+    // The wrong key opens nothing.
+    let (mut log, _sm) = open(dir.path(), Dek::generate()).await.unwrap();
+    let err = log.try_get_log_entries(1..=1).await.unwrap_err();
+    assert!(err.to_string().contains("failed authentication"), "{err}");
+    assert!(log.read_vote().await.is_err());
+}
+
+#[tokio::test]
+async fn open_refuses_a_log_purged_past_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    {
+        let (mut log, _sm) = open(dir.path(), dek.clone()).await.unwrap();
+        log.blocking_append(entries(4)).await.unwrap();
+        log.purge(log_id(1, 2)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+        assert!(log.try_get_log_entries(0..3).await.unwrap().is_empty());
+    }
+    let err = open(dir.path(), dek).await.unwrap_err();
+    assert!(err.to_string().contains("purged up to index 2"), "{err}");
+}
+
+#[tokio::test]
+async fn swapped_and_tampered_log_records_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    {
+        let (mut log, _sm) = open(dir.path(), dek.clone()).await.unwrap();
+        log.blocking_append(entries(4)).await.unwrap();
+    }
+    {
+        let db = Database::create(dir.path().join(log::LOG_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(LOG).unwrap();
+            let r2 = t.get(2).unwrap().unwrap().value().to_vec();
+            let r3 = t.get(3).unwrap().unwrap().value().to_vec();
+            t.insert(2, r3.as_slice()).unwrap();
+            t.insert(3, r2.as_slice()).unwrap();
+            let mut r4 = t.get(4).unwrap().unwrap().value().to_vec();
+            let last = r4.len() - 1;
+            r4[last] ^= 1;
+            t.insert(4, r4.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let (mut log, _sm) = open(dir.path(), dek).await.unwrap();
+    assert_eq!(log.try_get_log_entries(1..2).await.unwrap().len(), 1);
+    for i in 2..=4 {
+        let err = log.try_get_log_entries(i..i + 1).await.unwrap_err();
+        assert!(
+            err.to_string().contains(&format!(
+                "sealed record at log index {i} failed authentication"
+            )),
+            "{err}"
+        );
+    }
+    assert!(
+        log.get_log_state().await.is_err(),
+        "the last entry is damaged"
+    );
+}
+
+async fn apply_all(sm: &mut StateMachineStore, es: Vec<Entry<TypeConfig>>) -> Vec<Response> {
+    sm.apply(es).await.unwrap()
+}
+
+#[tokio::test]
+async fn snapshot_survives_restart_and_transfers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    let built = {
+        let (_log, mut sm) = open(dir.path(), dek.clone()).await.unwrap();
+        let resp = apply_all(&mut sm, entries(6)).await;
+        assert!(resp.iter().all(|r| *r == Response::Ok));
+        assert_eq!(sm.state().read(|s| s.audit.records().len()), 2);
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    };
+    let (_log, mut sm) = open(dir.path(), dek.clone()).await.unwrap();
+    let handle = sm.state();
+    assert_eq!(handle.last_applied(), Some(log_id(1, 6)));
+    assert_eq!(handle.applied_index(), 6);
+    assert_eq!(handle.read(|s| s.nodes.len()), 3);
+    assert_eq!(handle.read(|s| s.audit.records().len()), 2);
+    assert_eq!(handle.read(|s| s.nodes["n4"].hostname.clone()), MARKER);
+    let (applied, membership) = sm.applied_state().await.unwrap();
+    assert_eq!(applied, Some(log_id(1, 6)));
+    assert_eq!(*membership.log_id(), Some(log_id(1, 1)));
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+    assert_eq!(current.snapshot.get_ref(), built.snapshot.get_ref());
+
+    // A follower with its own key installs the leader's snapshot and seals it itself.
+    let fdir = tempfile::tempdir().unwrap();
+    let fdek = Dek::generate();
+    {
+        let (_flog, mut fsm) = open(fdir.path(), fdek.clone()).await.unwrap();
+        let mut rx = fsm.subscribe();
+        fsm.install_snapshot(&current.meta, current.snapshot)
+            .await
+            .unwrap();
+        assert_eq!(*rx.borrow_and_update(), 6);
+        assert_eq!(fsm.state().read(|s| s.nodes.len()), 3);
+    }
+    let (_flog, fsm) = open(fdir.path(), fdek).await.unwrap();
+    assert_eq!(fsm.state().read(|s| s.audit.records().len()), 2);
+    // Only the follower's key opens the follower's snapshot.
+    drop((_flog, fsm));
+    assert!(open(fdir.path(), dek).await.is_err());
+}
+
+#[tokio::test]
+async fn tampered_snapshots_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    let snap = {
+        let (_log, mut sm) = open(dir.path(), dek.clone()).await.unwrap();
+        apply_all(&mut sm, entries(3)).await;
+        sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap()
+    };
+    let path = dir.path().join(SNAPSHOT_FILE);
+    let good = std::fs::read(&path).unwrap();
+    for i in [0, 9, 15, 16, 40, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[i] ^= 0x04;
+        std::fs::write(&path, &bad).unwrap();
+        let err = open(dir.path(), dek.clone()).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Sealed { .. } | StoreError::Corrupt { .. }),
+            "byte {i}: {err}"
+        );
+    }
+    std::fs::write(&path, &good[..good.len() / 2]).unwrap();
+    assert!(open(dir.path(), dek.clone()).await.is_err());
+    std::fs::write(&path, &good).unwrap();
+    let (_log, mut sm) = open(dir.path(), dek).await.unwrap();
+
+    // Garbage or mislabelled snapshot data from a leader is refused, and changes nothing.
+    let mut meta = snap.meta.clone();
+    assert!(
+        sm.install_snapshot(&meta, Box::new(Cursor::new(b"\x00junk".to_vec())))
+            .await
+            .is_err()
+    );
+    meta.last_log_id = Some(log_id(1, 99));
+    assert!(sm.install_snapshot(&meta, snap.snapshot).await.is_err());
+    assert_eq!(sm.state().applied_index(), 3);
+}
+
+#[tokio::test]
+async fn no_plaintext_reaches_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    {
+        let (mut log, mut sm) = open(dir.path(), dek.clone()).await.unwrap();
+        let es = entries(20);
+        log.blocking_append(es.clone()).await.unwrap();
+        log.save_vote(&Vote::new(2, 1)).await.unwrap();
+        log.save_committed(Some(log_id(1, 20))).await.unwrap();
+        apply_all(&mut sm, es).await;
+        let snap = sm
+            .get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        // The snapshot data (what travels over mTLS) does hold the marker: the test can see it.
+        assert!(contains(snap.snapshot.get_ref(), MARKER.as_bytes()));
+        log.purge(log_id(1, 10)).await.unwrap();
+        log.truncate(log_id(1, 18)).await.unwrap();
+    }
+    let files = all_file_bytes(dir.path());
+    assert!(files.iter().any(|(p, _)| p.ends_with(SNAPSHOT_FILE)));
+    assert!(files.iter().any(|(p, _)| p.ends_with(log::LOG_FILE)));
+    for (path, bytes) in &files {
+        assert!(
+            !contains(bytes, MARKER.as_bytes()),
+            "{path} holds plaintext"
+        );
+        assert!(!contains(bytes, b"node.join"), "{path} holds plaintext");
+    }
+    // And everything is still there for the right key.
+    let (mut log, sm) = open(dir.path(), dek).await.unwrap();
+    assert_eq!(log.try_get_log_entries(11..).await.unwrap().len(), 7);
+    assert_eq!(sm.state().read(|s| s.nodes["n2"].hostname.clone()), MARKER);
+}
+
+#[tokio::test]
+async fn files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("raft");
+    let (_log, mut sm) = open(&dir, Dek::generate()).await.unwrap();
+    apply_all(&mut sm, entries(2)).await;
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join(log::LOG_FILE)), 0o600);
+    assert_eq!(mode(&dir.join(SNAPSHOT_FILE)), 0o600);
+}
+
+#[tokio::test]
+async fn wait_applied_wakes_on_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path(), Dek::generate()).await.unwrap();
+    let handle = sm.state();
+    let waiter = tokio::spawn(async move { handle.wait_applied(3).await });
+    tokio::task::yield_now().await;
+    apply_all(&mut sm, entries(2)).await;
+    assert!(!waiter.is_finished());
+    apply_all(
+        &mut sm,
+        vec![entry(3, Command::RemoveNode { id: "n2".into() })],
+    )
+    .await;
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+        3
+    );
+    // A closed store wakes waiters with an error instead of hanging.
+    let handle = sm.state();
+    drop(sm);
+    drop(_log);
+    assert!(matches!(
+        handle.wait_applied(100).await,
+        Err(StoreError::Closed { index: 100 })
+    ));
+}
+
+#[tokio::test]
+async fn plaintext_sealer_round_trips_for_the_bench() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut log, _sm) = open_with(
+        dir.path().to_path_buf(),
+        Arc::new(Sealer::plaintext_for_bench()),
+    )
+    .await
+    .unwrap();
+    log.blocking_append(entries(3)).await.unwrap();
+    assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 3);
+}
+
+/// A network for a single-node Raft: there is nobody to call.
+struct NoPeers;
+
+impl RaftNetworkFactory<TypeConfig> for NoPeers {
+    type Network = NoPeers;
+    async fn new_client(&mut self, _target: u64, _node: &BasicNode) -> NoPeers {
+        NoPeers
+    }
+}
+
+fn unreachable<E: std::error::Error>() -> RPCError<u64, BasicNode, E> {
+    RPCError::Unreachable(Unreachable::new(&AnyError::error("single-node test")))
+}
+
+impl RaftNetwork<TypeConfig> for NoPeers {
+    async fn append_entries(
+        &mut self,
+        _rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        Err(unreachable())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        Err(unreachable())
+    }
+
+    async fn vote(
+        &mut self,
+        _rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        Err(unreachable())
+    }
+}
+
+async fn start_raft(dir: &Path, dek: Dek) -> (Raft, StateHandle) {
+    let (log, sm) = open(dir, dek).await.unwrap();
+    let state = sm.state();
+    let config = openraft::Config {
+        heartbeat_interval: 50,
+        election_timeout_min: 150,
+        election_timeout_max: 300,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5),
+        max_in_snapshot_log_to_keep: 0,
+        ..Default::default()
+    };
+    let raft = Raft::new(1, Arc::new(config.validate().unwrap()), NoPeers, log, sm)
+        .await
+        .unwrap();
+    (raft, state)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_node_raft_writes_snapshots_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    {
+        let (raft, state) = start_raft(dir.path(), dek.clone()).await;
+        raft.initialize(BTreeMap::from([(
+            1u64,
+            BasicNode {
+                addr: "127.0.0.1:2377".into(),
+            },
+        )]))
+        .await
+        .unwrap();
+        raft.wait(Some(Duration::from_secs(10)))
+            .current_leader(1, "single node leads")
+            .await
+            .unwrap();
+        let mut last = 0;
+        for i in 0..12 {
+            let w = raft
+                .client_write(Command::PutNode(node(&format!("n{i}"), MARKER)))
+                .await
+                .unwrap();
+            assert_eq!(w.data, Response::Ok);
+            last = w.log_id.index;
+        }
+        state.wait_applied(last).await.unwrap();
+        assert_eq!(state.read(|s| s.nodes.len()), 12);
+        // The policy snapshots every 5 logs and purges behind it.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while raft.metrics().borrow().purged.is_none() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .unwrap();
+        let w = raft
+            .client_write(Command::RemoveNode { id: "n0".into() })
+            .await
+            .unwrap();
+        state.wait_applied(w.log_id.index).await.unwrap();
+        raft.shutdown().await.unwrap();
+    }
+    // Restart: the snapshot plus the committed log bring the state back.
+    let (raft, state) = start_raft(dir.path(), dek).await;
+    tokio::time::timeout(Duration::from_secs(10), state.wait_applied(14))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(state.read(|s| s.nodes.len()), 11);
+    assert!(state.read(|s| !s.nodes.contains_key("n0")));
+    raft.shutdown().await.unwrap();
+    for (path, bytes) in all_file_bytes(dir.path()) {
+        assert!(
+            !contains(&bytes, MARKER.as_bytes()),
+            "{path} holds plaintext"
+        );
+    }
+}

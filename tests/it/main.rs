@@ -1,0 +1,14 @@
+//! skep's integration tests: real `skep daemon` processes on loopback addresses, driven through
+//! the `skep` CLI as an operator would. One test binary (fast to build, as ripgrep does it);
+//! a module per topic, with the shared helpers in `harness`.
+//!
+//! Every node gets its own address (`127.X.Y.Z:2377`), data directory and socket, so the tests
+//! run in parallel; every daemon is killed when its test ends, even when it fails, and a failing
+//! test prints the daemons' logs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+mod bad_input;
+mod cli;
+mod cluster;
