@@ -235,8 +235,17 @@ struct Identity<'a> {
 
 impl Daemon {
     async fn load(cfg: DaemonConfig) -> Result<Self, DaemonError> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|source| DaemonError::Io { what: "creating", path: cfg.data_dir.clone(), source })?;
+        {
+            use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+            let io = |what, source| DaemonError::Io { what, path: cfg.data_dir.clone(), source };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&cfg.data_dir)
+                .map_err(|e| io("creating", e))?;
+            std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| io("restricting to mode 0700", e))?;
+        }
         let hostname = match &cfg.hostname {
             Some(h) => h.clone(),
             None => nix::unistd::gethostname()

@@ -366,7 +366,7 @@ impl Manager {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = ManagerError::NoLeader;
         while Instant::now() < deadline {
-            for addr in via {
+            for addr in via.iter().filter(|a| **a != self.addr) {
                 let mut client = ManagerClient::new(self.peer(addr)?);
                 match client.join_raft(JoinRaftRequest { raft_id: self.raft_id, addr: self.addr.clone() }).await {
                     Ok(_) => return Ok(()),

@@ -46,8 +46,12 @@ impl Services {
             Some(id) if manager_only && id.role() != Role::Manager => {
                 format!("node {} is a {}; this call is for managers only", id.node_id(), id.role())
             }
+            // A manager certificate is enough for manager calls: a manager that has just
+            // joined must accept Raft traffic before the state that lists its peers reaches it.
+            Some(id) if manager_only => return Ok(id.clone()),
             Some(id) => {
-                let known = self.mgr.read(|s| s.nodes.contains_key(id.node_id()));
+                // Other calls need the node in the replicated state, once this manager has it.
+                let known = self.mgr.read(|s| s.cluster.is_none() || s.nodes.contains_key(id.node_id()));
                 if known {
                     return Ok(id.clone());
                 }
