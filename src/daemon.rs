@@ -87,6 +87,7 @@ const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
 pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(10);
 const ROOT_CA_VALIDITY_DAYS: i64 = 20 * 365;
 const UNLOCK_KEY_PREFIX: &str = "SKEP-KEY-1-";
+const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// Who this node is. Nothing secret: kept in plaintext as `node.json`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -117,10 +118,10 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
-        if let Some(m) = self.manager {
-            if let Err(e) = m.raft.shutdown().await {
-                tracing::warn!(error = %e, "raft shutdown");
-            }
+        if let Some(m) = self.manager
+            && let Err(e) = m.raft.shutdown().await
+        {
+            tracing::warn!(error = %e, "raft shutdown");
         }
     }
 }
@@ -444,7 +445,13 @@ impl Daemon {
             .map_err(|e| internal(&e))?;
         let (kek, unlock_key) = if req.autolock {
             let raw = random_32();
-            let text = SecretString::new(format!("{UNLOCK_KEY_PREFIX}{}", hex::encode(&*raw)));
+            let mut text = zeroize::Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
+            text.push_str(UNLOCK_KEY_PREFIX);
+            for b in raw.iter() {
+                text.push(char::from(HEX[usize::from(b >> 4)]));
+                text.push(char::from(HEX[usize::from(b & 0xf)]));
+            }
+            let text = SecretString::from(text);
             (Kek::from_unlock_key(&*raw), Some(text))
         } else {
             (Kek::generate(), None)

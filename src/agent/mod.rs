@@ -64,10 +64,10 @@ impl Agent {
                         if resp.period_ms > 0 {
                             period = Duration::from_millis(resp.period_ms);
                         }
-                        if !resp.manager_addrs.is_empty() {
-                            if let Ok(mut m) = self.managers.lock() {
-                                *m = resp.manager_addrs;
-                            }
+                        if !resp.manager_addrs.is_empty()
+                            && let Ok(mut m) = self.managers.lock()
+                        {
+                            *m = resp.manager_addrs;
                         }
                         if resp.is_leader {
                             leader = Some(addr);
