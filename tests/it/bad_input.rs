@@ -108,3 +108,312 @@ fn bad_token_helper_breaks_each_rule_once() {
         "duplicates"
     );
 }
+
+// ------------------------------------------------------------------ scenarios
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use serde_json::Value;
+use skep::api::v1::ca_client::CaClient;
+use skep::api::v1::dispatcher_client::DispatcherClient;
+use skep::api::v1::manager_client::ManagerClient;
+use skep::api::v1::{Empty, HeartbeatRequest, IssueRequest, JoinRaftRequest, RaftMessage};
+use skep::net::Credentials;
+use skep::secret::SecretBytes;
+
+use crate::harness::{Cluster, timeout, wait_until};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().expect("tokio runtime")
+}
+
+/// Audit records of `action` with `outcome` on `node`.
+fn records<'a>(all: &'a [Value], action: &str, outcome: &str) -> Vec<&'a Value> {
+    all.iter()
+        .filter(|r| r["action"] == action && r["outcome"] == outcome)
+        .collect()
+}
+
+fn root_der(node: &Node) -> Vec<u8> {
+    std::fs::read(node.data_dir().join("root.crt")).expect("reading root.crt")
+}
+
+/// A node's own credentials, opened from its data directory as the node itself would (a
+/// test of what a thief holding the whole data directory of a node without autolock has).
+fn credentials_of(node: &Node) -> Credentials {
+    let dir = node.data_dir();
+    let kek = skep::store::seal::Kek::from_bytes(&std::fs::read(dir.join("kek")).unwrap()).unwrap();
+    let key = kek
+        .open_blob(
+            skep::store::seal::RecordKind::NodeKey,
+            &std::fs::read(dir.join("node.key.sealed")).unwrap(),
+        )
+        .unwrap();
+    Credentials {
+        cert_der: std::fs::read(dir.join("node.crt")).unwrap(),
+        key_der: SecretBytes::from(key),
+        root_der: std::fs::read(dir.join("root.crt")).unwrap(),
+    }
+}
+
+/// Calls the issuance RPC directly (no client-side checks) over TLS pinned to `root`.
+async fn issue_raw(
+    addr: &str,
+    root: &[u8],
+    token: &str,
+    csr_der: Vec<u8>,
+) -> Result<(), tonic::Status> {
+    let tls = skep::net::client_config(root, None).unwrap();
+    let ch = skep::net::channel(addr, tls).unwrap();
+    CaClient::new(ch)
+        .issue_node_certificate(IssueRequest {
+            token: token.into(),
+            csr_der,
+            hostname: "intruder".into(),
+            advertise_addr: String::new(),
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A well-formed token for the right swarm whose secret is wrong (its first character changed).
+fn forged_token(valid: &str) -> String {
+    let (head, secret) = valid.rsplit_once('-').unwrap();
+    let first = if secret.starts_with('a') { 'b' } else { 'a' };
+    format!("{head}-{first}{}", &secret[1..])
+}
+
+fn csr() -> Vec<u8> {
+    skep_pki::NodeKey::generate().unwrap().csr_der().unwrap()
+}
+
+#[test]
+fn every_malformed_or_forged_token_is_refused_and_the_daemons_keep_serving() {
+    let c = Cluster::init(1, 0);
+    let first = c.first();
+    let valid = first.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
+    let mut joiner = Node::start("joiner");
+    for (token, why) in bad_tokens(&valid) {
+        let out = joiner.cli(&["swarm", "join", "--token", &token, &first.addr()]);
+        assert!(!out.status.success(), "a token with {why} was accepted");
+        let err = crate::harness::stderr(&out);
+        assert!(err.starts_with("Error: "), "{why}: {err}");
+        assert!(
+            !err.contains(&valid[valid.len() - 26..]),
+            "{why}: the error repeats the token secret: {err}"
+        );
+        assert_daemon_alive(&mut joiner);
+    }
+    // The forged secret reached the manager and was refused there, naming the cause.
+    let out = joiner.cli(&["swarm", "join", "--token", &forged_token(&valid), &first.addr()]);
+    assert_error(&out, "does not match a current join token");
+    let audit = first.audit();
+    let denied = records(&audit, "token.use", "denied");
+    assert!(!denied.is_empty(), "no token.use denial was audited");
+    assert!(denied.iter().all(|r| r["details"]["peer"].as_str().is_some_and(|p| p.contains(':'))));
+    // A valid token still works after all that.
+    joiner.cli_ok(&["swarm", "join", "--token", &valid, &first.addr()]);
+}
+
+#[test]
+fn a_token_of_another_swarm_is_refused_by_the_joiner_and_by_the_manager() {
+    let a = Cluster::init(1, 0);
+    let b = Cluster::init(1, 0);
+    let b_token = b.first().cli_ok(&["join-token", "-q", "manager"]).trim().to_string();
+    let mut joiner = Node::start("wrong-swarm");
+    // The joiner sees that A's root CA is not the one in the token, before sending anything.
+    assert_refused(
+        &mut joiner,
+        &["swarm", "join", "--token", &b_token, &a.first().addr()],
+        "does not match the join token",
+    );
+    // Sent to A directly, bypassing that check, A refuses it and audits it.
+    let err = rt()
+        .block_on(issue_raw(&a.first().addr(), &root_der(a.first()), &b_token, csr()))
+        .expect_err("A accepted B's token");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("another cluster"), "{}", err.message());
+    let audit = a.first().audit();
+    assert!(
+        records(&audit, "token.use", "denied")
+            .iter()
+            .any(|r| r["details"]["reason"].as_str().unwrap_or("").contains("another cluster")),
+        "the foreign token was not audited"
+    );
+}
+
+#[test]
+fn a_bad_csr_is_refused_and_audited() {
+    let c = Cluster::init(1, 0);
+    let first = c.first();
+    let token = first.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
+    let root = root_der(first);
+    let rt = rt();
+    // A CSR whose signature does not match its key (one byte of the signature flipped).
+    let mut forged = csr();
+    let n = forged.len();
+    forged[n - 3] ^= 0x55;
+    for (bytes, why) in [
+        (forged, "bad signature"),
+        (b"garbage".to_vec(), "garbage"),
+        (Vec::new(), "empty"),
+        (csr()[..40].to_vec(), "truncated"),
+    ] {
+        let err = rt
+            .block_on(issue_raw(&first.addr(), &root, &token, bytes))
+            .expect_err(why);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err:?}");
+        assert!(err.message().contains("certificate signing request refused"), "{why}: {}", err.message());
+    }
+    assert_eq!(records(&first.audit(), "cert.issue", "denied").len(), 4);
+    assert_eq!(first.node_ls().len(), 1, "a refused CSR added a node");
+}
+
+#[test]
+fn a_client_certificate_from_a_foreign_ca_is_refused_at_the_handshake() {
+    let mut c = Cluster::init(1, 0);
+    let addr = c.first().addr();
+    let root = root_der(c.first());
+    // A CA that even claims this cluster's ID: the signature still does not chain to our root.
+    let cluster_id = {
+        let info = skep_pki::NodeCertInfo::from_der(&std::fs::read(c.first().data_dir().join("node.crt")).unwrap()).unwrap();
+        info.cluster_id
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let foreign = skep_pki::RootCa::generate(&cluster_id, time::Duration::days(1), now).unwrap();
+    let key = skep_pki::NodeKey::generate().unwrap();
+    let csr = skep_pki::Csr::from_der(&key.csr_der().unwrap()).unwrap();
+    let cert = foreign
+        .issue(&csr, &skep_pki::new_id(), skep_pki::Role::Manager, time::Duration::hours(1), now)
+        .unwrap();
+    let creds = Credentials { cert_der: cert.der, key_der: SecretBytes::new(key.pkcs8_der().to_vec()), root_der: root };
+    let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
+    let rt = rt();
+    let err = rt
+        .block_on(async {
+            let ch = skep::net::channel(&addr, tls).unwrap();
+            ManagerClient::new(ch).raft_vote(RaftMessage { payload: b"{}".to_vec() }).await
+        })
+        .expect_err("a foreign certificate was accepted");
+    assert_ne!(err.code(), tonic::Code::Ok);
+    wait_until(timeout(), "the refused handshake in the audit log", || {
+        c.first()
+            .try_audit()
+            .map(|a| !records(&a, "tls.handshake", "denied").is_empty())
+            .unwrap_or(false)
+    });
+    assert_daemon_alive(&mut c.nodes[0]);
+}
+
+#[test]
+fn a_worker_certificate_cannot_call_manager_rpcs() {
+    let mut c = Cluster::init(1, 1);
+    let addr = c.first().addr();
+    let worker = &c.workers()[0];
+    let worker_id = worker.id().to_string();
+    let creds = credentials_of(worker);
+    let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
+    let rt = rt();
+    rt.block_on(async {
+        let ch = skep::net::channel(&addr, tls).unwrap();
+        // The worker's identity is good for what workers do...
+        DispatcherClient::new(ch.clone())
+            .heartbeat(HeartbeatRequest { hostname: "w1".into(), addr: String::new() })
+            .await
+            .expect("a worker may heartbeat");
+        // ...and for nothing a manager does.
+        let mut m = ManagerClient::new(ch.clone());
+        let msg = || RaftMessage { payload: b"{}".to_vec() };
+        let calls = [
+            m.raft_vote(msg()).await.map(|_| ()),
+            m.raft_append(msg()).await.map(|_| ()),
+            m.raft_snapshot(msg()).await.map(|_| ()),
+            m.propose(msg()).await.map(|_| ()),
+            m.join_raft(JoinRaftRequest { raft_id: 1, addr: "127.0.0.1:1".into() }).await.map(|_| ()),
+            m.leave_raft(Empty {}).await.map(|_| ()),
+        ];
+        for r in calls {
+            let err = r.expect_err("a worker called a manager RPC");
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+            assert!(err.message().contains("managers only"), "{}", err.message());
+        }
+        // Nor can it get a second certificate with its first.
+        let err = CaClient::new(ch)
+            .issue_node_certificate(IssueRequest::default())
+            .await
+            .expect_err("issued with a node certificate");
+        assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    });
+    let audit = c.first().audit();
+    let denied: Vec<_> = audit
+        .iter()
+        .filter(|r| r["outcome"] == "denied" && r["actor"]["id"] == worker_id.as_str())
+        .collect();
+    assert_eq!(denied.len(), 6, "each refused call is audited with the worker as actor");
+    assert_daemon_alive(&mut c.nodes[0]);
+}
+
+#[test]
+fn garbage_and_truncated_frames_do_not_hurt_the_daemon() {
+    let mut c = Cluster::init(1, 0);
+    let addr = c.first().addr();
+    let send = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = s.write_all(bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    };
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    send(&garbage);
+    // A TLS record header announcing a ClientHello, then nothing.
+    send(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+    // HTTP/2 preface in plaintext, as if TLS did not exist.
+    send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    send(&[]);
+    // A completed TLS handshake without a certificate, then garbage instead of HTTP/2.
+    rt().block_on(async {
+        let tls = skep::net::client_config(&root_der(c.first()), None).unwrap();
+        let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(skep_pki::MANAGER_SERVER_NAME).unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let _ = s.write_all(&garbage).await;
+        let _ = s.shutdown().await;
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut sink)).await;
+    });
+    assert_daemon_alive(&mut c.nodes[0]);
+    wait_until(timeout(), "the refused handshakes in the audit log", || {
+        c.first()
+            .try_audit()
+            .map(|a| records(&a, "tls.handshake", "denied").len() >= 2)
+            .unwrap_or(false)
+    });
+    c.first().cli_ok(&["audit", "verify"]);
+}
+
+#[test]
+fn failed_attempts_are_audited_at_most_ten_a_minute_per_source() {
+    let c = Cluster::init(1, 0);
+    let first = c.first();
+    let root = root_der(first);
+    let valid = first.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
+    let forged = forged_token(&valid);
+    let rt = rt();
+    for _ in 0..25 {
+        let err = rt
+            .block_on(issue_raw(&first.addr(), &root, &forged, csr()))
+            .expect_err("a forged token was accepted");
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+    }
+    let audit = first.audit();
+    assert_eq!(records(&audit, "token.use", "denied").len(), 10, "the limit is 10 a minute per source");
+    // The daemon is still fine for honest users.
+    let mut joiner = Node::start("honest");
+    joiner.cli_ok(&["swarm", "join", "--token", &valid, &first.addr()]);
+    assert_daemon_alive(&mut joiner);
+}

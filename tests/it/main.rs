@@ -11,4 +11,5 @@ mod harness;
 
 mod bad_input;
 mod cli;
+mod at_rest;
 mod cluster;
