@@ -3,6 +3,8 @@
 //! join protocol (root CA fetch, digest check, key + CSR, issuance over pinned TLS, Raft
 //! commit of the node and its audit records on the manager).
 
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -31,7 +33,11 @@ fn cli(socket: &std::path::Path, args: &[&str]) -> String {
         .args(args)
         .output()
         .unwrap_or_else(|e| panic!("running skep {args:?}: {e}"));
-    assert!(out.status.success(), "skep {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skep {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -39,11 +45,18 @@ fn start_manager() -> Manager {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     let socket = dir.path().join("skep.sock");
     let addr = "127.0.91.1:2377".to_string();
-    let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap_or_else(|e| panic!("log: {e}"));
+    let log =
+        std::fs::File::create(dir.path().join("daemon.log")).unwrap_or_else(|e| panic!("log: {e}"));
     let child = Command::new(env!("CARGO_BIN_EXE_skep"))
         .args(["daemon", "--data-dir"])
         .arg(dir.path().join("data"))
-        .args(["--listen-addr", &addr, "--hostname", "bench-manager", "--socket"])
+        .args([
+            "--listen-addr",
+            &addr,
+            "--hostname",
+            "bench-manager",
+            "--socket",
+        ])
         .arg(&socket)
         .stdout(Stdio::null())
         .stderr(log)
@@ -51,10 +64,18 @@ fn start_manager() -> Manager {
         .unwrap_or_else(|e| panic!("spawning the daemon: {e}"));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !socket.exists() {
-        assert!(Instant::now() < deadline, "the daemon did not create its socket");
+        assert!(
+            Instant::now() < deadline,
+            "the daemon did not create its socket"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let m = Manager { child, socket, addr, _dir: dir };
+    let m = Manager {
+        child,
+        socket,
+        addr,
+        _dir: dir,
+    };
     cli(&m.socket, &["swarm", "init", "--advertise-addr", &m.addr]);
     m
 }

@@ -161,7 +161,11 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     use std::os::unix::fs::PermissionsExt;
-    let io = |what, source| DaemonError::Io { what, path: path.to_path_buf(), source };
+    let io = |what, source| DaemonError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| io("creating the directory of", e))?;
     }
@@ -179,7 +183,11 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |what, source| DaemonError::Io { what, path: path.to_path_buf(), source };
+    let io = |what, source| DaemonError::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -194,7 +202,11 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
-    std::fs::read(path).map_err(|source| DaemonError::Io { what: "reading", path: path.to_path_buf(), source })
+    std::fs::read(path).map_err(|source| DaemonError::Io {
+        what: "reading",
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 struct Paths(PathBuf);
@@ -238,7 +250,11 @@ impl Daemon {
     async fn load(cfg: DaemonConfig) -> Result<Self, DaemonError> {
         {
             use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-            let io = |what, source| DaemonError::Io { what, path: cfg.data_dir.clone(), source };
+            let io = |what, source| DaemonError::Io {
+                what,
+                path: cfg.data_dir.clone(),
+                source,
+            };
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
@@ -287,20 +303,27 @@ impl Daemon {
         if id.store_kek {
             write_private(&p.kek(), id.kek.expose_bytes())?;
         } else if p.kek().exists() {
-            std::fs::remove_file(p.kek())
-                .map_err(|source| DaemonError::Io { what: "removing", path: p.kek(), source })?;
+            std::fs::remove_file(p.kek()).map_err(|source| DaemonError::Io {
+                what: "removing",
+                path: p.kek(),
+                source,
+            })?;
         }
         if let Some(dek) = id.dek {
             write_private(&p.dek(), &id.kek.wrap(dek))?;
         }
-        write_private(&p.key(), &id.kek.seal_blob(RecordKind::NodeKey, &id.key.pkcs8_der()))?;
+        write_private(
+            &p.key(),
+            &id.kek.seal_blob(RecordKind::NodeKey, &id.key.pkcs8_der()),
+        )?;
         write_private(&p.cert(), id.cert_der)?;
         write_private(&p.root(), id.root_der)?;
         self.save_file(id.file)
     }
 
     fn save_file(&self, file: &NodeFile) -> Result<(), DaemonError> {
-        let bytes = serde_json::to_vec_pretty(file).map_err(|e| DaemonError::Start(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(file).map_err(|e| DaemonError::Start(e.to_string()))?;
         write_private(&self.paths().node(), &bytes)
     }
 
@@ -308,7 +331,8 @@ impl Daemon {
     /// manager (Raft, mTLS services) if it is one, and the agent.
     async fn start(&self, file: NodeFile, kek: &Kek) -> Result<Running, DaemonError> {
         let p = self.paths();
-        let corrupt = |path: PathBuf, e: &dyn std::fmt::Display| DaemonError::Corrupt(path, e.to_string());
+        let corrupt =
+            |path: PathBuf, e: &dyn std::fmt::Display| DaemonError::Corrupt(path, e.to_string());
         let key_der = kek
             .open_blob(RecordKind::NodeKey, &read(&p.key())?)
             .map_err(|e| corrupt(p.key(), &e))?;
@@ -317,17 +341,21 @@ impl Daemon {
             key_der: SecretBytes::from(key_der),
             root_der: read(&p.root())?,
         };
-        let client_tls = net::client_config(&creds.root_der, Some(&creds)).map_err(|e| corrupt(p.cert(), &e))?;
+        let client_tls =
+            net::client_config(&creds.root_der, Some(&creds)).map_err(|e| corrupt(p.cert(), &e))?;
         let mut managers = file.managers.clone();
         let mut tasks = Vec::new();
         let mut manager = None;
         if file.role == NodeRole::Manager {
-            let dek = kek.unwrap(&read(&p.dek())?).map_err(|e| corrupt(p.dek(), &e))?;
+            let dek = kek
+                .unwrap(&read(&p.dek())?)
+                .map_err(|e| corrupt(p.dek(), &e))?;
             let (log, sm) = crate::store::open(&p.raft(), dek)
                 .await
                 .map_err(|e| DaemonError::Start(e.to_string()))?;
             let state = sm.state();
-            let config = crate::manager::raft_config().map_err(|e| DaemonError::Start(e.to_string()))?;
+            let config =
+                crate::manager::raft_config().map_err(|e| DaemonError::Start(e.to_string()))?;
             let network = crate::manager::network::NetworkFactory::new(client_tls.clone());
             let raft = crate::store::Raft::new(raft_id_of(&file.node_id), config, network, log, sm)
                 .await
@@ -357,7 +385,12 @@ impl Daemon {
         };
         tasks.push(tokio::spawn(agent.run()));
         tasks.push(tokio::spawn(persist_managers(self.paths().node(), list)));
-        Ok(Running { file, creds, manager, tasks })
+        Ok(Running {
+            file,
+            creds,
+            manager,
+            tasks,
+        })
     }
 
     async fn serve_tls(
@@ -370,9 +403,12 @@ impl Daemon {
         let config = Arc::new(ArcSwap::from(config));
         let listener = tokio::net::TcpListener::bind(self.cfg.listen_addr)
             .await
-            .map_err(|e| DaemonError::Start(format!("cannot listen on {}: {e}", self.cfg.listen_addr)))?;
+            .map_err(|e| {
+                DaemonError::Start(format!("cannot listen on {}: {e}", self.cfg.listen_addr))
+            })?;
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (incoming, accept) = net::accept_loop(listener, config, cluster_id.to_string(), fail_tx);
+        let (incoming, accept) =
+            net::accept_loop(listener, config, cluster_id.to_string(), fail_tx);
         let svc = Services::new(mgr.clone());
         let server = tonic::transport::Server::builder()
             .add_service(CaServer::new(svc.clone()))
@@ -387,9 +423,14 @@ impl Daemon {
         let auditor_mgr = mgr.clone();
         let auditor = tokio::spawn(async move {
             while let Some(f) = fail_rx.recv().await {
-                let ev = AuditEvent::now(Actor::anonymous(&f.addr.to_string()), "tls.handshake", "", Outcome::Denied)
-                    .with("peer", f.addr.to_string())
-                    .with("reason", f.reason);
+                let ev = AuditEvent::now(
+                    Actor::anonymous(&f.addr.to_string()),
+                    "tls.handshake",
+                    "",
+                    Outcome::Denied,
+                )
+                .with("peer", f.addr.to_string())
+                .with("reason", f.reason);
                 auditor_mgr.audit_failure(f.addr.ip(), ev).await;
             }
         });
@@ -429,23 +470,30 @@ impl Daemon {
                 MIN_CERT_EXPIRY.as_secs()
             )));
         }
-        let internal = |e: &dyn std::fmt::Display| Status::internal(format!("creating the swarm: {e}"));
+        let internal =
+            |e: &dyn std::fmt::Display| Status::internal(format!("creating the swarm: {e}"));
         let cluster_id = skep_pki::new_id();
         let node_id = skep_pki::new_id();
         let now = time::OffsetDateTime::now_utc();
-        let ca = RootCa::generate(&cluster_id, time::Duration::days(ROOT_CA_VALIDITY_DAYS), now)
-            .map_err(|e| internal(&e))?;
+        let ca = RootCa::generate(
+            &cluster_id,
+            time::Duration::days(ROOT_CA_VALIDITY_DAYS),
+            now,
+        )
+        .map_err(|e| internal(&e))?;
         let worker = JoinToken::generate(&ca.digest()).map_err(|e| internal(&e))?;
         let manager = JoinToken::generate(&ca.digest()).map_err(|e| internal(&e))?;
         let key = NodeKey::generate().map_err(|e| internal(&e))?;
-        let csr = Csr::from_der(&key.csr_der().map_err(|e| internal(&e))?).map_err(|e| internal(&e))?;
+        let csr =
+            Csr::from_der(&key.csr_der().map_err(|e| internal(&e))?).map_err(|e| internal(&e))?;
         let validity = time::Duration::seconds(i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX));
         let cert = ca
             .issue(&csr, &node_id, skep_pki::Role::Manager, validity, now)
             .map_err(|e| internal(&e))?;
         let (kek, unlock_key) = if req.autolock {
             let raw = random_32();
-            let mut text = zeroize::Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
+            let mut text =
+                zeroize::Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
             text.push_str(UNLOCK_KEY_PREFIX);
             for b in raw.iter() {
                 text.push(char::from(HEX[usize::from(b >> 4)]));
@@ -476,11 +524,17 @@ impl Daemon {
         })
         .map_err(|e| internal(&e))?;
         let running = self.start(file, &kek).await.map_err(|e| internal(&e))?;
-        let mgr = running.manager.clone().ok_or_else(|| internal(&"manager did not start"))?;
+        let mgr = running
+            .manager
+            .clone()
+            .ok_or_else(|| internal(&"manager did not start"))?;
         *phase = Phase::Active(running);
         drop(phase);
 
-        mgr.raft.initialize(mgr.initial_membership()).await.map_err(|e| internal(&e))?;
+        mgr.raft
+            .initialize(mgr.initial_membership())
+            .await
+            .map_err(|e| internal(&e))?;
         let stamp = crate::util::now_rfc3339();
         let cluster = Cluster {
             id: cluster_id.clone(),
@@ -522,7 +576,9 @@ impl Daemon {
                     .with("serial", cert.serial.clone())
                     .with("role", "manager"),
             ),
-            Command::Audit(AuditEvent::now(admin, "node.join", &node_id, Outcome::Ok).with("role", "manager")),
+            Command::Audit(
+                AuditEvent::now(admin, "node.join", &node_id, Outcome::Ok).with("role", "manager"),
+            ),
         ];
         mgr.propose(Command::Batch(cmds)).await.map_err(to_status)?;
         Ok(SwarmInitResponse {
@@ -530,31 +586,43 @@ impl Daemon {
             worker_token: worker.expose().to_string(),
             manager_token: manager.expose().to_string(),
             advertise_addr: advertise,
-            unlock_key: unlock_key.map(|k| k.expose().to_string()).unwrap_or_default(),
+            unlock_key: unlock_key
+                .map(|k| k.expose().to_string())
+                .unwrap_or_default(),
         })
     }
 
-    async fn join(&self, req: SwarmJoinRequest) -> Result<SwarmJoinResponse, Status> {
+    async fn join(&self, mut req: SwarmJoinRequest) -> Result<SwarmJoinResponse, Status> {
+        let token_text = zeroize::Zeroizing::new(std::mem::take(&mut req.token));
         let mut phase = self.phase.lock().await;
         if !matches!(*phase, Phase::Inactive) {
             return Err(already_in_swarm());
         }
-        let token = JoinToken::parse(&req.token)
+        let token = JoinToken::parse(&token_text)
             .map_err(|e| Status::invalid_argument(format!("invalid join token: {e}")))?;
+        drop(token_text);
         let remote = net::parse_addr(&req.remote_addr)
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .to_string();
         // A worker may join without an address of its own; a manager may not (checked below).
         let advertise = self.advertise_addr(&req.advertise_addr).unwrap_or_default();
-        let internal = |e: &dyn std::fmt::Display| Status::internal(format!("joining the swarm: {e}"));
-        let joined = crate::agent::join::request_certificate(&token, &remote, &self.hostname, &advertise)
-            .await
-            .map_err(|e| match e {
-                JoinError::Refused(s) => s,
-                JoinError::WrongRoot(_) => Status::permission_denied(e.to_string()),
-                other => Status::internal(other.to_string()),
-            })?;
-        let Joined { key, cert_der, root_der, info, manager_addrs } = joined;
+        let internal =
+            |e: &dyn std::fmt::Display| Status::internal(format!("joining the swarm: {e}"));
+        let joined =
+            crate::agent::join::request_certificate(&token, &remote, &self.hostname, &advertise)
+                .await
+                .map_err(|e| match e {
+                    JoinError::Refused(s) => s,
+                    JoinError::WrongRoot(_) => Status::permission_denied(e.to_string()),
+                    other => Status::internal(other.to_string()),
+                })?;
+        let Joined {
+            key,
+            cert_der,
+            root_der,
+            info,
+            manager_addrs,
+        } = joined;
         let role = match info.role {
             skep_pki::Role::Manager => NodeRole::Manager,
             skep_pki::Role::Worker => NodeRole::Worker,
@@ -570,8 +638,16 @@ impl Daemon {
             node_id: info.node_id.clone(),
             role,
             cluster_id: info.cluster_id.clone(),
-            advertise_addr: if advertise.is_empty() { remote.clone() } else { advertise },
-            managers: if manager_addrs.is_empty() { vec![remote.clone()] } else { manager_addrs },
+            advertise_addr: if advertise.is_empty() {
+                remote.clone()
+            } else {
+                advertise
+            },
+            managers: if manager_addrs.is_empty() {
+                vec![remote.clone()]
+            } else {
+                manager_addrs
+            },
             autolock: false,
         };
         self.save_identity(Identity {
@@ -584,14 +660,21 @@ impl Daemon {
             root_der: &root_der,
         })
         .map_err(|e| internal(&e))?;
-        let running = self.start(file.clone(), &kek).await.map_err(|e| internal(&e))?;
+        let running = self
+            .start(file.clone(), &kek)
+            .await
+            .map_err(|e| internal(&e))?;
         let mgr = running.manager.clone();
         *phase = Phase::Active(running);
         if let Some(mgr) = mgr {
             mgr.join_raft(&file.managers).await.map_err(to_status)?;
-            self.adopt_autolock(&mgr, &file, dek.as_ref(), &key, &cert_der, &root_der).await?;
+            self.adopt_autolock(&mgr, &file, dek.as_ref(), &key, &cert_der, &root_der)
+                .await?;
         }
-        Ok(SwarmJoinResponse { node_id: info.node_id, role: role.as_str().into() })
+        Ok(SwarmJoinResponse {
+            node_id: info.node_id,
+            role: role.as_str().into(),
+        })
     }
 
     /// A manager that joined an autolocked swarm re-seals its keys under the swarm's unlock
@@ -624,21 +707,37 @@ impl Daemon {
         let locked = Kek::from_unlock_key(&raw);
         let mut file = file.clone();
         file.autolock = true;
-        self.save_identity(Identity { file: &file, kek: &locked, store_kek: false, dek, key, cert_der, root_der })
-            .map_err(|e| Status::internal(e.to_string()))
+        self.save_identity(Identity {
+            file: &file,
+            kek: &locked,
+            store_kek: false,
+            dek,
+            key,
+            cert_der,
+            root_der,
+        })
+        .map_err(|e| Status::internal(e.to_string()))
     }
 
     async fn leave(&self, force: bool) -> Result<(), Status> {
         let mut phase = self.phase.lock().await;
         match &*phase {
-            Phase::Inactive => return Err(Status::failed_precondition("This node is not part of a swarm")),
+            Phase::Inactive => {
+                return Err(Status::failed_precondition(
+                    "This node is not part of a swarm",
+                ));
+            }
             Phase::Locked(_) if !force => {
                 return Err(Status::failed_precondition(
                     "this node is locked: unlock it with `skep swarm unlock` first, or use --force to leave anyway",
                 ));
             }
             Phase::Active(r) if r.file.role == NodeRole::Manager && !force => {
-                let n = r.manager.as_ref().map(|m| m.manager_addrs().len()).unwrap_or(1);
+                let n = r
+                    .manager
+                    .as_ref()
+                    .map(|m| m.manager_addrs().len())
+                    .unwrap_or(1);
                 return Err(Status::failed_precondition(format!(
                     "You are attempting to leave the swarm on a node that is participating as a manager. \
                      Removing this node leaves {} managers out of {n}. Without a Raft quorum your swarm will be \
@@ -665,12 +764,23 @@ impl Daemon {
 
     fn wipe(&self) -> Result<(), DaemonError> {
         let dir = &self.cfg.data_dir;
-        let entries = std::fs::read_dir(dir)
-            .map_err(|source| DaemonError::Io { what: "listing", path: dir.clone(), source })?;
+        let entries = std::fs::read_dir(dir).map_err(|source| DaemonError::Io {
+            what: "listing",
+            path: dir.clone(),
+            source,
+        })?;
         for entry in entries.flatten() {
             let path = entry.path();
-            let r = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-            r.map_err(|source| DaemonError::Io { what: "removing", path, source })?;
+            let r = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            r.map_err(|source| DaemonError::Io {
+                what: "removing",
+                path,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -685,14 +795,19 @@ impl Daemon {
             let kek = Kek::from_unlock_key(&raw);
             let dek = read(&self.paths().dek()).map_err(|e| Status::internal(e.to_string()))?;
             kek.unwrap(&dek).map(|_| kek).map_err(|_| {
-                Status::invalid_argument("invalid unlock key: it does not open this manager's data key")
+                Status::invalid_argument(
+                    "invalid unlock key: it does not open this manager's data key",
+                )
             })
         });
         let kek = match opened {
             Ok(k) => k,
             Err(e) => {
                 let failures = {
-                    let mut f = self.unlock_failures.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut f = self
+                        .unlock_failures
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     if f.len() < 100 {
                         f.push(
                             AuditEvent::now(
@@ -711,12 +826,19 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let running = self.start(file.clone(), &kek).await.map_err(|e| Status::internal(e.to_string()))?;
+        let running = self
+            .start(file.clone(), &kek)
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
         let mgr = running.manager.clone();
         *phase = Phase::Active(running);
         drop(phase);
-        let mut events: Vec<AuditEvent> =
-            std::mem::take(&mut *self.unlock_failures.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut events: Vec<AuditEvent> = std::mem::take(
+            &mut *self
+                .unlock_failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         events.push(AuditEvent::now(
             Actor::local_admin(&file.node_id),
             "swarm.unlock",
@@ -748,7 +870,11 @@ impl Daemon {
                 "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. \
                  Please run this command on a manager node or promote the current node to a manager.",
             )),
-            Phase::Active(Running { manager: Some(m), file, .. }) => f(m, file),
+            Phase::Active(Running {
+                manager: Some(m),
+                file,
+                ..
+            }) => f(m, file),
         }
     }
 }
@@ -756,7 +882,8 @@ impl Daemon {
 /// Tells a manager this node is leaving, with the node's own identity; the leader takes a
 /// manager out of the Raft membership.
 async fn announce_leave(r: &Running) -> Result<(), Status> {
-    let tls = net::client_config(&r.creds.root_der, Some(&r.creds)).map_err(|e| Status::internal(e.to_string()))?;
+    let tls = net::client_config(&r.creds.root_der, Some(&r.creds))
+        .map_err(|e| Status::internal(e.to_string()))?;
     let mut addrs = match &r.manager {
         Some(m) => m.manager_addrs(),
         None => r.managers_snapshot(),
@@ -810,7 +937,10 @@ fn parse_unlock_key(text: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Status> {
             "invalid unlock key: expected {UNLOCK_KEY_PREFIX} followed by 64 hex digits"
         ))
     };
-    let hex_part = text.trim().strip_prefix(UNLOCK_KEY_PREFIX).ok_or_else(bad)?;
+    let hex_part = text
+        .trim()
+        .strip_prefix(UNLOCK_KEY_PREFIX)
+        .ok_or_else(bad)?;
     let raw = zeroize::Zeroizing::new(hex::decode(hex_part).map_err(|_| bad())?);
     if raw.len() != 32 {
         return Err(bad());
@@ -825,8 +955,12 @@ async fn persist_managers(path: PathBuf, list: ManagerList) {
     loop {
         tick.tick().await;
         let now = list.lock().map(|l| l.clone()).unwrap_or_default();
-        let Ok(bytes) = std::fs::read(&path) else { continue };
-        let Ok(mut file) = serde_json::from_slice::<NodeFile>(&bytes) else { continue };
+        let Ok(bytes) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(mut file) = serde_json::from_slice::<NodeFile>(&bytes) else {
+            continue;
+        };
         if now.is_empty() || now == file.managers {
             continue;
         }
@@ -865,19 +999,34 @@ struct ControlService(Arc<Daemon>);
 
 #[tonic::async_trait]
 impl Control for ControlService {
-    async fn swarm_init(&self, req: Request<SwarmInitRequest>) -> Result<Response<SwarmInitResponse>, Status> {
+    async fn swarm_init(
+        &self,
+        req: Request<SwarmInitRequest>,
+    ) -> Result<Response<SwarmInitResponse>, Status> {
         self.0.init(req.into_inner()).await.map(Response::new)
     }
 
-    async fn swarm_join(&self, req: Request<SwarmJoinRequest>) -> Result<Response<SwarmJoinResponse>, Status> {
+    async fn swarm_join(
+        &self,
+        req: Request<SwarmJoinRequest>,
+    ) -> Result<Response<SwarmJoinResponse>, Status> {
         self.0.join(req.into_inner()).await.map(Response::new)
     }
 
-    async fn swarm_leave(&self, req: Request<SwarmLeaveRequest>) -> Result<Response<Empty>, Status> {
-        self.0.leave(req.into_inner().force).await.map(|()| Response::new(Empty {}))
+    async fn swarm_leave(
+        &self,
+        req: Request<SwarmLeaveRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        self.0
+            .leave(req.into_inner().force)
+            .await
+            .map(|()| Response::new(Empty {}))
     }
 
-    async fn swarm_unlock(&self, req: Request<SwarmUnlockRequest>) -> Result<Response<Empty>, Status> {
+    async fn swarm_unlock(
+        &self,
+        req: Request<SwarmUnlockRequest>,
+    ) -> Result<Response<Empty>, Status> {
         let key = zeroize::Zeroizing::new(req.into_inner().unlock_key);
         self.0.unlock(&key).await.map(|()| Response::new(Empty {}))
     }
@@ -885,7 +1034,10 @@ impl Control for ControlService {
     async fn info(&self, _req: Request<Empty>) -> Result<Response<InfoResponse>, Status> {
         let phase = self.0.phase.lock().await;
         let resp = match &*phase {
-            Phase::Inactive => InfoResponse { state: "inactive".into(), ..Default::default() },
+            Phase::Inactive => InfoResponse {
+                state: "inactive".into(),
+                ..Default::default()
+            },
             Phase::Locked(f) => InfoResponse {
                 state: "locked".into(),
                 node_id: f.node_id.clone(),
@@ -906,13 +1058,18 @@ impl Control for ControlService {
         Ok(Response::new(resp))
     }
 
-    async fn join_token(&self, req: Request<JoinTokenRequest>) -> Result<Response<JoinTokenResponse>, Status> {
+    async fn join_token(
+        &self,
+        req: Request<JoinTokenRequest>,
+    ) -> Result<Response<JoinTokenResponse>, Status> {
         let role = req.into_inner().role;
         let (mgr, resp, node_id) = self
             .0
             .with_manager(|m, file| {
                 let cluster = m.read(|s| s.cluster.clone()).ok_or_else(|| {
-                    to_status(ManagerError::Precondition("the swarm is still being created".into()))
+                    to_status(ManagerError::Precondition(
+                        "the swarm is still being created".into(),
+                    ))
                 })?;
                 let token = match role.as_str() {
                     "worker" => cluster.worker_token,
@@ -930,7 +1087,13 @@ impl Control for ControlService {
                 Ok((m.clone(), resp, file.node_id.clone()))
             })
             .await?;
-        mgr.audit(AuditEvent::now(Actor::local_admin(&node_id), "token.read", &role, Outcome::Ok)).await;
+        mgr.audit(AuditEvent::now(
+            Actor::local_admin(&node_id),
+            "token.read",
+            &role,
+            Outcome::Ok,
+        ))
+        .await;
         Ok(Response::new(resp))
     }
 
@@ -938,21 +1101,31 @@ impl Control for ControlService {
         self.0
             .with_manager(|m, file| {
                 let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
-                let nodes = nodes.iter().map(|n| node_info(m, n, &file.node_id)).collect();
+                let nodes = nodes
+                    .iter()
+                    .map(|n| node_info(m, n, &file.node_id))
+                    .collect();
                 Ok(Response::new(NodeListResponse { nodes }))
             })
             .await
     }
 
-    async fn node_inspect(&self, req: Request<NodeInspectRequest>) -> Result<Response<NodeInfo>, Status> {
+    async fn node_inspect(
+        &self,
+        req: Request<NodeInspectRequest>,
+    ) -> Result<Response<NodeInfo>, Status> {
         let want = req.into_inner().node;
         self.0
             .with_manager(|m, file| {
                 let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
-                let found: Vec<&Node> = match nodes.iter().find(|n| n.id == want || n.hostname == want) {
-                    Some(n) => vec![n],
-                    None => nodes.iter().filter(|n| !want.is_empty() && n.id.starts_with(&want)).collect(),
-                };
+                let found: Vec<&Node> =
+                    match nodes.iter().find(|n| n.id == want || n.hostname == want) {
+                        Some(n) => vec![n],
+                        None => nodes
+                            .iter()
+                            .filter(|n| !want.is_empty() && n.id.starts_with(&want))
+                            .collect(),
+                    };
                 match found.as_slice() {
                     [n] => Ok(Response::new(node_info(m, n, &file.node_id))),
                     [] => Err(Status::not_found(format!("node {want} not found"))),
@@ -965,7 +1138,10 @@ impl Control for ControlService {
             .await
     }
 
-    async fn audit_list(&self, _req: Request<AuditListRequest>) -> Result<Response<AuditListResponse>, Status> {
+    async fn audit_list(
+        &self,
+        _req: Request<AuditListRequest>,
+    ) -> Result<Response<AuditListResponse>, Status> {
         self.0
             .with_manager(|m, _| {
                 let records = m.read(|s| s.audit.records().to_vec());

@@ -70,7 +70,10 @@ pub async fn request_certificate(
     // 2. A certificate for our own key, over TLS pinned to that root.
     let key = NodeKey::generate().map_err(|e| local(&e))?;
     let csr_der = key.csr_der().map_err(|e| local(&e))?;
-    let our_public = Csr::from_der(&csr_der).map_err(|e| local(&e))?.public_key_der().to_vec();
+    let our_public = Csr::from_der(&csr_der)
+        .map_err(|e| local(&e))?
+        .public_key_der()
+        .to_vec();
     let pinned = net::client_config(&root_der, None).map_err(|e| local(&e))?;
     let ch = net::channel(remote, pinned).map_err(|e| local(&e))?;
     let issued = CaClient::new(ch)
@@ -88,10 +91,13 @@ pub async fn request_certificate(
             ))
         })?
         .into_inner();
-    let info = skep_pki::verify_issued(&root_der, &issued.cert_der, time::OffsetDateTime::now_utc())
-        .map_err(|e| JoinError::BadCertificate(e.to_string()))?;
+    let info =
+        skep_pki::verify_issued(&root_der, &issued.cert_der, time::OffsetDateTime::now_utc())
+            .map_err(|e| JoinError::BadCertificate(e.to_string()))?;
     if info.node_id != issued.node_id || info.public_key_der != our_public {
-        return Err(JoinError::BadCertificate("it is not for this node's key".into()));
+        return Err(JoinError::BadCertificate(
+            "it is not for this node's key".into(),
+        ));
     }
     Ok(Joined {
         key,

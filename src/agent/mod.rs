@@ -57,7 +57,10 @@ impl Agent {
                         }
                     },
                 };
-                let req = HeartbeatRequest { hostname: self.hostname.clone(), addr: self.addr.clone() };
+                let req = HeartbeatRequest {
+                    hostname: self.hostname.clone(),
+                    addr: self.addr.clone(),
+                };
                 match DispatcherClient::new(ch).heartbeat(req).await {
                     Ok(resp) => {
                         let resp = resp.into_inner();

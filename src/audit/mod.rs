@@ -28,19 +28,35 @@ pub struct Actor {
 impl Actor {
     /// The cluster itself (leader decisions such as marking a node down).
     pub fn system() -> Self {
-        Actor { kind: "system".into(), id: "skep".into(), authenticated_by: "none".into() }
+        Actor {
+            kind: "system".into(),
+            id: "skep".into(),
+            authenticated_by: "none".into(),
+        }
     }
     /// The root administrator of a node, speaking over its Unix socket.
     pub fn local_admin(node_id: &str) -> Self {
-        Actor { kind: "local-admin".into(), id: node_id.into(), authenticated_by: "unix-socket".into() }
+        Actor {
+            kind: "local-admin".into(),
+            id: node_id.into(),
+            authenticated_by: "unix-socket".into(),
+        }
     }
     /// A node authenticated by its certificate.
     pub fn node(node_id: &str) -> Self {
-        Actor { kind: "node".into(), id: node_id.into(), authenticated_by: "mtls".into() }
+        Actor {
+            kind: "node".into(),
+            id: node_id.into(),
+            authenticated_by: "mtls".into(),
+        }
     }
     /// A peer without a certificate, named by its address.
     pub fn anonymous(peer: &str) -> Self {
-        Actor { kind: "anonymous".into(), id: peer.into(), authenticated_by: "none".into() }
+        Actor {
+            kind: "anonymous".into(),
+            id: peer.into(),
+            authenticated_by: "none".into(),
+        }
     }
 }
 
@@ -165,7 +181,12 @@ impl AuditChain {
             None => (1, GENESIS_HASH.to_string()),
         };
         let hash = record_hash(seq, &event, &prev_hash);
-        self.records.push(AuditRecord { seq, event, prev_hash, hash });
+        self.records.push(AuditRecord {
+            seq,
+            event,
+            prev_hash,
+            hash,
+        });
         &self.records[self.records.len() - 1]
     }
 
@@ -193,7 +214,9 @@ pub enum ChainError {
         prev: u64,
     },
     /// Records are missing, repeated or out of order.
-    #[error("audit record {seq} is out of sequence: expected {expected} (records missing or reordered)")]
+    #[error(
+        "audit record {seq} is out of sequence: expected {expected} (records missing or reordered)"
+    )]
     BadSequence {
         /// The first bad record.
         seq: u64,
@@ -215,10 +238,16 @@ pub fn verify(records: &[AuditRecord]) -> Result<(), ChainError> {
             }
             Some(p) => {
                 if rec.seq != p.seq + 1 {
-                    return Err(ChainError::BadSequence { seq: rec.seq, expected: p.seq + 1 });
+                    return Err(ChainError::BadSequence {
+                        seq: rec.seq,
+                        expected: p.seq + 1,
+                    });
                 }
                 if rec.prev_hash != p.hash {
-                    return Err(ChainError::BrokenLink { seq: rec.seq, prev: p.seq });
+                    return Err(ChainError::BrokenLink {
+                        seq: rec.seq,
+                        prev: p.seq,
+                    });
                 }
             }
         }
@@ -264,14 +293,23 @@ mod tests {
         let mut recs = chain(5).records().to_vec();
         recs[2].event.outcome = Outcome::Denied;
         recs[2].hash = record_hash(3, &recs[2].event, &recs[2].prev_hash);
-        assert_eq!(verify(&recs), Err(ChainError::BrokenLink { seq: 4, prev: 3 }));
+        assert_eq!(
+            verify(&recs),
+            Err(ChainError::BrokenLink { seq: 4, prev: 3 })
+        );
     }
 
     #[test]
     fn deleted_record_is_named() {
         let mut recs = chain(5).records().to_vec();
         recs.remove(1);
-        assert_eq!(verify(&recs), Err(ChainError::BadSequence { seq: 3, expected: 2 }));
+        assert_eq!(
+            verify(&recs),
+            Err(ChainError::BadSequence {
+                seq: 3,
+                expected: 2
+            })
+        );
     }
 
     #[test]
@@ -279,6 +317,9 @@ mod tests {
         let a = AuditEvent::now(Actor::system(), "x", "y", Outcome::Ok).with("ab", "c");
         let mut b = a.clone();
         b.details = BTreeMap::from([("a".to_string(), "bc".to_string())]);
-        assert_ne!(record_hash(1, &a, GENESIS_HASH), record_hash(1, &b, GENESIS_HASH));
+        assert_ne!(
+            record_hash(1, &a, GENESIS_HASH),
+            record_hash(1, &b, GENESIS_HASH)
+        );
     }
 }

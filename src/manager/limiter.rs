@@ -42,12 +42,17 @@ impl FailureLimiter {
     /// Decides whether one more failure from `source` at `now` is audited.
     pub fn admit(&mut self, source: IpAddr, now: Instant) -> Admit {
         if self.sources.len() >= MAX_SOURCES && !self.sources.contains_key(&source) {
-            self.sources.retain(|_, w| now.duration_since(w.start) < WINDOW);
+            self.sources
+                .retain(|_, w| now.duration_since(w.start) < WINDOW);
             if self.sources.len() >= MAX_SOURCES {
                 return Admit::Suppress;
             }
         }
-        let w = self.sources.entry(source).or_insert(Window { start: now, recorded: 0, suppressed: 0 });
+        let w = self.sources.entry(source).or_insert(Window {
+            start: now,
+            recorded: 0,
+            suppressed: 0,
+        });
         if now.duration_since(w.start) >= WINDOW {
             w.start = now;
             w.recorded = 0;

@@ -16,8 +16,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::BasicNode;
+use openraft::error::{ClientWriteError, RaftError};
 use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
@@ -33,7 +33,9 @@ use limiter::{Admit, FailureLimiter};
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
     /// There is no leader right now.
-    #[error("no Raft leader is available (quorum lost or an election is in progress); retry shortly")]
+    #[error(
+        "no Raft leader is available (quorum lost or an election is in progress); retry shortly"
+    )]
     NoLeader,
     /// The state machine refused the command.
     #[error("{0}")]
@@ -100,7 +102,10 @@ pub fn raft_config() -> Result<Arc<openraft::Config>, ManagerError> {
         max_in_snapshot_log_to_keep: 100,
         ..Default::default()
     };
-    config.validate().map(Arc::new).map_err(|e| ManagerError::Raft(e.to_string()))
+    config
+        .validate()
+        .map(Arc::new)
+        .map_err(|e| ManagerError::Raft(e.to_string()))
 }
 
 /// A running manager.
@@ -172,13 +177,20 @@ impl Manager {
     pub fn leader_addr(&self) -> Option<String> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
-        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+        m.membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone())
     }
 
     /// Addresses of all managers, the leader first.
     pub fn manager_addrs(&self) -> Vec<String> {
         let mut addrs: Vec<String> = self.read(|s| {
-            s.nodes.values().filter(|n| n.role == NodeRole::Manager).map(|n| n.addr.clone()).collect()
+            s.nodes
+                .values()
+                .filter(|n| n.role == NodeRole::Manager)
+                .map(|n| n.addr.clone())
+                .collect()
         });
         if let Some(leader) = self.leader_addr() {
             addrs.retain(|a| *a != leader);
@@ -194,8 +206,14 @@ impl Manager {
             return Ok(ca.clone());
         }
         let (cert, key) = self
-            .read(|s| s.cluster.as_ref().map(|c| (c.ca_cert_pem.clone(), c.ca_key_pem.clone())))
-            .ok_or_else(|| ManagerError::Precondition("the cluster is not initialised yet".into()))?;
+            .read(|s| {
+                s.cluster
+                    .as_ref()
+                    .map(|c| (c.ca_cert_pem.clone(), c.ca_key_pem.clone()))
+            })
+            .ok_or_else(|| {
+                ManagerError::Precondition("the cluster is not initialised yet".into())
+            })?;
         let ca = Arc::new(
             skep_pki::RootCa::from_pem(&cert, key.expose())
                 .map_err(|e| ManagerError::Precondition(format!("root CA unusable: {e}")))?,
@@ -242,8 +260,15 @@ impl Manager {
         }
     }
 
-    async fn forward(&self, addr: &str, cmd: &Command) -> Result<Result<(), ManagerError>, ManagerError> {
-        let fwd = |reason: String| ManagerError::Forward { addr: addr.to_string(), reason };
+    async fn forward(
+        &self,
+        addr: &str,
+        cmd: &Command,
+    ) -> Result<Result<(), ManagerError>, ManagerError> {
+        let fwd = |reason: String| ManagerError::Forward {
+            addr: addr.to_string(),
+            reason,
+        };
         let payload = serde_json::to_vec(cmd).map_err(|e| fwd(e.to_string()))?;
         let mut client = ManagerClient::new(self.peer(addr)?);
         let resp = client
@@ -266,11 +291,16 @@ impl Manager {
     /// Audits a failed attempt from an unauthenticated or unauthorised source, rate-limited
     /// per source address.
     pub async fn audit_failure(&self, source: IpAddr, event: AuditEvent) {
-        let admit = self.limiter.lock().unwrap_or_else(|p| p.into_inner()).admit(source, Instant::now());
+        let admit = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(source, Instant::now());
         match admit {
             Admit::Record { suppressed: 0 } => self.audit(event).await,
             Admit::Record { suppressed } => {
-                self.audit(event.with("suppressed_before", suppressed.to_string())).await
+                self.audit(event.with("suppressed_before", suppressed.to_string()))
+                    .await
             }
             Admit::Suppress => tracing::debug!(%source, action = %event.action, "audit suppressed"),
         }
@@ -278,8 +308,17 @@ impl Manager {
 
     /// Records a heartbeat; returns true when the node's state should become Ready.
     pub fn saw(&self, node_id: &str) -> bool {
-        self.liveness.lock().unwrap_or_else(|p| p.into_inner()).last_seen.insert(node_id.into(), Instant::now());
-        self.read(|s| s.nodes.get(node_id).map(|n| n.state != NodeState::Ready).unwrap_or(false))
+        self.liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .last_seen
+            .insert(node_id.into(), Instant::now());
+        self.read(|s| {
+            s.nodes
+                .get(node_id)
+                .map(|n| n.state != NodeState::Ready)
+                .unwrap_or(false)
+        })
     }
 
     /// The heartbeat period agents are told to use.
@@ -303,7 +342,12 @@ impl Manager {
                 .values()
                 .filter(|n| matches!(n.state, NodeState::Ready | NodeState::Unknown))
                 .filter(|n| {
-                    let last = live.last_seen.get(&n.id).copied().unwrap_or(since).max(since);
+                    let last = live
+                        .last_seen
+                        .get(&n.id)
+                        .copied()
+                        .unwrap_or(since)
+                        .max(since);
                     now.duration_since(last) > grace
                 })
                 .map(|n| n.id.clone())
@@ -317,7 +361,11 @@ impl Manager {
         loop {
             tick.tick().await;
             for id in self.overdue() {
-                let cmd = Command::SetNodeState { id: id.clone(), state: NodeState::Down, at: crate::util::now_rfc3339() };
+                let cmd = Command::SetNodeState {
+                    id: id.clone(),
+                    state: NodeState::Down,
+                    at: crate::util::now_rfc3339(),
+                };
                 if let Err(e) = self.propose(cmd).await {
                     tracing::warn!(node = %id, error = %e, "could not mark node down");
                 }
@@ -327,20 +375,39 @@ impl Manager {
 
     /// Adds a manager to the Raft voters (leader only). The node must already be a manager
     /// in the replicated state with this Raft ID.
-    pub async fn add_voter(&self, node_id: &str, raft_id: u64, addr: &str) -> Result<(), ManagerError> {
+    pub async fn add_voter(
+        &self,
+        node_id: &str,
+        raft_id: u64,
+        addr: &str,
+    ) -> Result<(), ManagerError> {
         let known = self.read(|s| {
-            s.nodes.get(node_id).map(|n| n.role == NodeRole::Manager && n.raft_id == Some(raft_id)).unwrap_or(false)
+            s.nodes
+                .get(node_id)
+                .map(|n| n.role == NodeRole::Manager && n.raft_id == Some(raft_id))
+                .unwrap_or(false)
         });
         if !known {
-            return Err(ManagerError::Denied(format!("node {node_id} is not a manager with Raft ID {raft_id}")));
+            return Err(ManagerError::Denied(format!(
+                "node {node_id} is not a manager with Raft ID {raft_id}"
+            )));
         }
         self.raft
-            .add_learner(raft_id, BasicNode { addr: addr.to_string() }, true)
+            .add_learner(
+                raft_id,
+                BasicNode {
+                    addr: addr.to_string(),
+                },
+                true,
+            )
             .await
             .map_err(|e| ManagerError::Raft(e.to_string()))?;
         let mut voters = self.voters();
         voters.insert(raft_id);
-        self.raft.change_membership(voters, false).await.map_err(|e| ManagerError::Raft(e.to_string()))?;
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
         Ok(())
     }
 
@@ -351,14 +418,25 @@ impl Manager {
             return Ok(());
         }
         if voters.is_empty() {
-            return Err(ManagerError::Precondition("cannot remove the last manager".into()));
+            return Err(ManagerError::Precondition(
+                "cannot remove the last manager".into(),
+            ));
         }
-        self.raft.change_membership(voters, false).await.map_err(|e| ManagerError::Raft(e.to_string()))?;
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
         Ok(())
     }
 
     fn voters(&self) -> BTreeSet<u64> {
-        self.raft.metrics().borrow().membership_config.membership().voter_ids().collect()
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
     }
 
     /// Asks the leader (through any manager) to add this manager as a voter.
@@ -368,9 +446,20 @@ impl Manager {
         while Instant::now() < deadline {
             for addr in via.iter().filter(|a| **a != self.addr) {
                 let mut client = ManagerClient::new(self.peer(addr)?);
-                match client.join_raft(JoinRaftRequest { raft_id: self.raft_id, addr: self.addr.clone() }).await {
+                match client
+                    .join_raft(JoinRaftRequest {
+                        raft_id: self.raft_id,
+                        addr: self.addr.clone(),
+                    })
+                    .await
+                {
                     Ok(_) => return Ok(()),
-                    Err(s) => last = ManagerError::Forward { addr: addr.clone(), reason: s.message().to_string() },
+                    Err(s) => {
+                        last = ManagerError::Forward {
+                            addr: addr.clone(),
+                            reason: s.message().to_string(),
+                        }
+                    }
                 }
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -394,7 +483,12 @@ impl Manager {
 
     /// The initial membership of a new cluster: this node alone.
     pub fn initial_membership(&self) -> BTreeMap<u64, BasicNode> {
-        BTreeMap::from([(self.raft_id, BasicNode { addr: self.addr.clone() })])
+        BTreeMap::from([(
+            self.raft_id,
+            BasicNode {
+                addr: self.addr.clone(),
+            },
+        )])
     }
 }
 

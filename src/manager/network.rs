@@ -3,13 +3,15 @@
 
 use std::sync::Arc;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::BasicNode;
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 use rustls::ClientConfig;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -44,8 +46,16 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
         match crate::net::channel(&node.addr, self.tls.clone()) {
-            Ok(ch) => PeerClient { target, client: Some(ManagerClient::new(ch)), error: None },
-            Err(e) => PeerClient { target, client: None, error: Some(e.to_string()) },
+            Ok(ch) => PeerClient {
+                target,
+                client: Some(ManagerClient::new(ch)),
+                error: None,
+            },
+            Err(e) => PeerClient {
+                target,
+                client: None,
+                error: Some(e.to_string()),
+            },
         }
     }
 }
@@ -61,16 +71,23 @@ impl PeerClient {
     {
         let Some(client) = self.client.as_mut() else {
             let msg = self.error.clone().unwrap_or_default();
-            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg))));
+            return Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(msg),
+            )));
         };
-        let payload = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let msg = RaftMessage { payload };
         let resp = match kind {
             Kind::Append => client.raft_append(msg).await,
             Kind::Vote => client.raft_vote(msg).await,
             Kind::Snapshot => client.raft_snapshot(msg).await,
         }
-        .map_err(|s| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(s.message().to_string()))))?;
+        .map_err(|s| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
+                s.message().to_string(),
+            )))
+        })?;
         let result: Result<Resp, E> = serde_json::from_slice(&resp.into_inner().payload)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

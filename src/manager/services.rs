@@ -39,19 +39,30 @@ impl Services {
     }
 
     /// The caller's verified identity, with at least `min_role`; refusals are audited.
-    async fn require<T>(&self, req: &Request<T>, action: &str, manager_only: bool) -> Result<PeerIdentity, Status> {
+    async fn require<T>(
+        &self,
+        req: &Request<T>,
+        action: &str,
+        manager_only: bool,
+    ) -> Result<PeerIdentity, Status> {
         let peer = Self::peer_info(req)?;
         let denied = match &peer.identity {
             None => "no client certificate was presented".to_string(),
             Some(id) if manager_only && id.role() != Role::Manager => {
-                format!("node {} is a {}; this call is for managers only", id.node_id(), id.role())
+                format!(
+                    "node {} is a {}; this call is for managers only",
+                    id.node_id(),
+                    id.role()
+                )
             }
             // A manager certificate is enough for manager calls: a manager that has just
             // joined must accept Raft traffic before the state that lists its peers reaches it.
             Some(id) if manager_only => return Ok(id.clone()),
             Some(id) => {
                 // Other calls need the node in the replicated state, once this manager has it.
-                let known = self.mgr.read(|s| s.cluster.is_none() || s.nodes.contains_key(id.node_id()));
+                let known = self
+                    .mgr
+                    .read(|s| s.cluster.is_none() || s.nodes.contains_key(id.node_id()));
                 if known {
                     return Ok(id.clone());
                 }
@@ -65,27 +76,39 @@ impl Services {
         self.mgr
             .audit_failure(
                 peer.addr.ip(),
-                event(actor, action, "", Outcome::Denied).with("reason", &denied).with("peer", peer.addr.to_string()),
+                event(actor, action, "", Outcome::Denied)
+                    .with("reason", &denied)
+                    .with("peer", peer.addr.to_string()),
             )
             .await;
-        Err(Status::permission_denied(format!("permission denied: {denied}")))
+        Err(Status::permission_denied(format!(
+            "permission denied: {denied}"
+        )))
     }
 
-    async fn issue(&self, peer: &PeerInfo, req: IssueRequest) -> Result<IssueResponse, ManagerError> {
+    async fn issue(
+        &self,
+        peer: &PeerInfo,
+        mut req: IssueRequest,
+    ) -> Result<IssueResponse, ManagerError> {
         let source = peer.addr.to_string();
-        let cluster = self
-            .mgr
-            .read(|s| s.cluster.clone())
-            .ok_or_else(|| ManagerError::Precondition("the cluster is not initialised yet".into()))?;
+        let cluster = self.mgr.read(|s| s.cluster.clone()).ok_or_else(|| {
+            ManagerError::Precondition("the cluster is not initialised yet".into())
+        })?;
         let refuse = |action: &str, target: &str, reason: String| {
             event(Actor::anonymous(&source), action, target, Outcome::Denied)
                 .with("peer", source.clone())
                 .with("reason", reason)
         };
-        let token = match JoinToken::parse(&req.token) {
+        let mut token_text = zeroize::Zeroizing::new(std::mem::take(&mut req.token));
+        let parsed = JoinToken::parse(&token_text);
+        token_text.clear();
+        let token = match parsed {
             Ok(t) => t,
             Err(e) => {
-                self.mgr.audit_failure(peer.addr.ip(), refuse("token.use", "", e.to_string())).await;
+                self.mgr
+                    .audit_failure(peer.addr.ip(), refuse("token.use", "", e.to_string()))
+                    .await;
                 return Err(ManagerError::Invalid(format!("invalid join token: {e}")));
             }
         };
@@ -97,7 +120,9 @@ impl Services {
             } else {
                 "the token's secret does not match a current join token (it may have been rotated)"
             };
-            self.mgr.audit_failure(peer.addr.ip(), refuse("token.use", "", reason.into())).await;
+            self.mgr
+                .audit_failure(peer.addr.ip(), refuse("token.use", "", reason.into()))
+                .await;
             return Err(ManagerError::Denied(format!(
                 "{reason}; get a current token with `skep join-token worker|manager` on a manager"
             )));
@@ -105,25 +130,36 @@ impl Services {
         let csr = match Csr::from_der(&req.csr_der) {
             Ok(c) => c,
             Err(e) => {
-                self.mgr.audit_failure(peer.addr.ip(), refuse("cert.issue", role.as_str(), e.to_string())).await;
-                return Err(ManagerError::Invalid(format!("certificate signing request refused: {e}")));
+                self.mgr
+                    .audit_failure(
+                        peer.addr.ip(),
+                        refuse("cert.issue", role.as_str(), e.to_string()),
+                    )
+                    .await;
+                return Err(ManagerError::Invalid(format!(
+                    "certificate signing request refused: {e}"
+                )));
             }
         };
         let hostname = check_hostname(&req.hostname)?;
         let addr = if req.advertise_addr.is_empty() {
             if role == NodeRole::Manager {
-                return Err(ManagerError::Invalid("a manager must give the address it serves at".into()));
+                return Err(ManagerError::Invalid(
+                    "a manager must give the address it serves at".into(),
+                ));
             }
             peer.addr.ip().to_string()
         } else {
-            crate::net::parse_addr(&req.advertise_addr).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+            crate::net::parse_addr(&req.advertise_addr)
+                .map_err(|e| ManagerError::Invalid(e.to_string()))?;
             req.advertise_addr.clone()
         };
 
         let ca = self.mgr.ca()?;
         let node_id = skep_pki::new_id();
         let now = time::OffsetDateTime::now_utc();
-        let validity = time::Duration::seconds(i64::try_from(cluster.cert_expiry_secs).unwrap_or(i64::MAX));
+        let validity =
+            time::Duration::seconds(i64::try_from(cluster.cert_expiry_secs).unwrap_or(i64::MAX));
         let pki_role = match role {
             NodeRole::Worker => Role::Worker,
             NodeRole::Manager => Role::Manager,
@@ -146,9 +182,14 @@ impl Services {
             updated_at: stamp,
             labels: Default::default(),
         };
-        let token_ok = event(Actor::anonymous(&source), "token.use", role.as_str(), Outcome::Ok)
-            .with("peer", source.clone())
-            .with("node", node_id.clone());
+        let token_ok = event(
+            Actor::anonymous(&source),
+            "token.use",
+            role.as_str(),
+            Outcome::Ok,
+        )
+        .with("peer", source.clone())
+        .with("node", node_id.clone());
         let issued = event(Actor::system(), "cert.issue", &node_id, Outcome::Ok)
             .with("serial", cert.serial.clone())
             .with("role", role.as_str())
@@ -176,9 +217,15 @@ impl Services {
 }
 
 /// Which role a presented token grants: compares against both current tokens in constant time.
-fn role_of(token: &JoinToken, worker: &crate::secret::SecretString, manager: &crate::secret::SecretString) -> Option<NodeRole> {
+fn role_of(
+    token: &JoinToken,
+    worker: &crate::secret::SecretString,
+    manager: &crate::secret::SecretString,
+) -> Option<NodeRole> {
     let matches = |current: &crate::secret::SecretString| {
-        JoinToken::parse(current.expose()).map(|c| c.ca_digest() == token.ca_digest() && c.secret_matches(token)).unwrap_or(false)
+        JoinToken::parse(current.expose())
+            .map(|c| c.ca_digest() == token.ca_digest() && c.secret_matches(token))
+            .unwrap_or(false)
     };
     // Evaluate both so timing does not tell which role a guess came close to.
     let (w, m) = (matches(worker), matches(manager));
@@ -194,7 +241,8 @@ fn role_of(token: &JoinToken, worker: &crate::secret::SecretString, manager: &cr
 fn check_hostname(h: &str) -> Result<String, ManagerError> {
     let ok = !h.is_empty()
         && h.len() <= 253
-        && h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
     if ok {
         Ok(h.to_string())
     } else {
@@ -208,10 +256,15 @@ fn check_hostname(h: &str) -> Result<String, ManagerError> {
 impl Ca for Services {
     async fn get_root_ca(&self, _req: Request<Empty>) -> Result<Response<RootCaResponse>, Status> {
         let ca = self.mgr.ca().map_err(to_status)?;
-        Ok(Response::new(RootCaResponse { cert_der: ca.cert_der().to_vec() }))
+        Ok(Response::new(RootCaResponse {
+            cert_der: ca.cert_der().to_vec(),
+        }))
     }
 
-    async fn issue_node_certificate(&self, req: Request<IssueRequest>) -> Result<Response<IssueResponse>, Status> {
+    async fn issue_node_certificate(
+        &self,
+        req: Request<IssueRequest>,
+    ) -> Result<Response<IssueResponse>, Status> {
         let peer = Self::peer_info(&req)?;
         if let Some(id) = &peer.identity {
             return Err(Status::failed_precondition(format!(
@@ -219,13 +272,19 @@ impl Ca for Services {
                 id.node_id()
             )));
         }
-        self.issue(&peer, req.into_inner()).await.map(Response::new).map_err(to_status)
+        self.issue(&peer, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(to_status)
     }
 }
 
 #[tonic::async_trait]
 impl Dispatcher for Services {
-    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
         let id = self.require(&req, "dispatcher.heartbeat", false).await?;
         let period_ms = u64::try_from(self.mgr.heartbeat_period().as_millis()).unwrap_or(5000);
         let manager_addrs = self.mgr.manager_addrs();
@@ -250,23 +309,46 @@ impl Dispatcher for Services {
                 }
             });
         }
-        Ok(Response::new(HeartbeatResponse { is_leader: true, leader_addr: self.mgr.addr.clone(), period_ms, manager_addrs }))
+        Ok(Response::new(HeartbeatResponse {
+            is_leader: true,
+            leader_addr: self.mgr.addr.clone(),
+            period_ms,
+            manager_addrs,
+        }))
     }
 
     async fn leave(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {
         let id = self.require(&req, "node.leave", false).await?;
         let node_id = id.node_id().to_string();
         let mut cmds = vec![
-            Command::SetNodeState { id: node_id.clone(), state: NodeState::Down, at: crate::util::now_rfc3339() },
-            Command::Audit(event(Actor::node(&node_id), "node.leave", &node_id, Outcome::Ok)),
+            Command::SetNodeState {
+                id: node_id.clone(),
+                state: NodeState::Down,
+                at: crate::util::now_rfc3339(),
+            },
+            Command::Audit(event(
+                Actor::node(&node_id),
+                "node.leave",
+                &node_id,
+                Outcome::Ok,
+            )),
         ];
         if id.role() == Role::Manager {
             let raft_id = raft_id_of(&node_id);
-            self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await }).await?;
-            cmds.insert(0, Command::RemoveNode { id: node_id.clone() });
+            self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await })
+                .await?;
+            cmds.insert(
+                0,
+                Command::RemoveNode {
+                    id: node_id.clone(),
+                },
+            );
             cmds.remove(1);
         }
-        self.mgr.propose(Command::Batch(cmds)).await.map_err(to_status)?;
+        self.mgr
+            .propose(Command::Batch(cmds))
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
 }
@@ -284,11 +366,18 @@ impl Services {
         }
         Err(Status::unavailable(format!(
             "not the leader; the leader is at {}",
-            self.mgr.leader_addr().unwrap_or_else(|| "an unknown address (election in progress)".into())
+            self.mgr
+                .leader_addr()
+                .unwrap_or_else(|| "an unknown address (election in progress)".into())
         )))
     }
 
-    async fn raft_call<Req, Resp>(&self, req: Request<RaftMessage>, action: &str, f: impl AsyncFnOnce(Req) -> Resp) -> Result<Response<RaftMessage>, Status>
+    async fn raft_call<Req, Resp>(
+        &self,
+        req: Request<RaftMessage>,
+        action: &str,
+        f: impl AsyncFnOnce(Req) -> Resp,
+    ) -> Result<Response<RaftMessage>, Status>
     where
         Req: serde::de::DeserializeOwned,
         Resp: serde::Serialize,
@@ -297,34 +386,48 @@ impl Services {
         let body: Req = serde_json::from_slice(&req.into_inner().payload)
             .map_err(|e| Status::invalid_argument(format!("malformed {action} payload: {e}")))?;
         let out = f(body).await;
-        let payload = serde_json::to_vec(&out).map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
+        let payload = serde_json::to_vec(&out)
+            .map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
         Ok(Response::new(RaftMessage { payload }))
     }
 }
 
 #[tonic::async_trait]
 impl ManagerRpc for Services {
-    async fn raft_append(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn raft_append(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let raft = self.mgr.raft.clone();
-        self.raft_call(req, "raft.append", async |r| raft.append_entries(r).await).await
+        self.raft_call(req, "raft.append", async |r| raft.append_entries(r).await)
+            .await
     }
 
     async fn raft_vote(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let raft = self.mgr.raft.clone();
-        self.raft_call(req, "raft.vote", async |r| raft.vote(r).await).await
+        self.raft_call(req, "raft.vote", async |r| raft.vote(r).await)
+            .await
     }
 
-    async fn raft_snapshot(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+    async fn raft_snapshot(
+        &self,
+        req: Request<RaftMessage>,
+    ) -> Result<Response<RaftMessage>, Status> {
         let raft = self.mgr.raft.clone();
-        self.raft_call(req, "raft.snapshot", async |r| raft.install_snapshot(r).await).await
+        self.raft_call(req, "raft.snapshot", async |r| {
+            raft.install_snapshot(r).await
+        })
+        .await
     }
 
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let mgr = self.mgr.clone();
-        self.raft_call(req, "raft.propose", async |cmd: Command| match mgr.propose(cmd).await {
-            Ok(()) => crate::store::model::Response::Ok,
-            Err(ManagerError::Rejected(r)) => crate::store::model::Response::Rejected(r),
-            Err(e) => crate::store::model::Response::Rejected(e.to_string()),
+        self.raft_call(req, "raft.propose", async |cmd: Command| {
+            match mgr.propose(cmd).await {
+                Ok(()) => crate::store::model::Response::Ok,
+                Err(ManagerError::Rejected(r)) => crate::store::model::Response::Rejected(r),
+                Err(e) => crate::store::model::Response::Rejected(e.to_string()),
+            }
         })
         .await
     }
@@ -333,22 +436,33 @@ impl ManagerRpc for Services {
         let id = self.require(&req, "raft.join", true).await?;
         let body = req.into_inner();
         if body.raft_id != raft_id_of(id.node_id()) {
-            return Err(Status::permission_denied("permission denied: the Raft ID does not belong to the calling node"));
+            return Err(Status::permission_denied(
+                "permission denied: the Raft ID does not belong to the calling node",
+            ));
         }
         if !self.mgr.is_leader() {
             // Forward to the leader with our own identity: the leader checks the node again.
-            let leader = self.mgr.leader_addr().ok_or_else(|| to_status(ManagerError::NoLeader))?;
-            return Err(Status::unavailable(format!("not the leader; the leader is at {leader}")));
+            let leader = self
+                .mgr
+                .leader_addr()
+                .ok_or_else(|| to_status(ManagerError::NoLeader))?;
+            return Err(Status::unavailable(format!(
+                "not the leader; the leader is at {leader}"
+            )));
         }
         let node_id = id.node_id().to_string();
-        self.mgr.add_voter(&node_id, body.raft_id, &body.addr).await.map_err(to_status)?;
+        self.mgr
+            .add_voter(&node_id, body.raft_id, &body.addr)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
 
     async fn leave_raft(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {
         let id = self.require(&req, "raft.leave", true).await?;
         let raft_id = raft_id_of(id.node_id());
-        self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await }).await?;
+        self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await })
+            .await?;
         Ok(Response::new(Empty {}))
     }
 }

@@ -23,8 +23,8 @@ use skep_pki::{MANAGER_SERVER_NAME, NodeCertInfo, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
 use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::secret::SecretBytes;
 
@@ -94,7 +94,10 @@ pub fn server_config(creds: &Credentials) -> Result<Arc<ServerConfig>, NetError>
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Credentials(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![CertificateDer::from(creds.cert_der.clone())], creds.key())
+        .with_single_cert(
+            vec![CertificateDer::from(creds.cert_der.clone())],
+            creds.key(),
+        )
         .map_err(|e| NetError::Credentials(format!("node certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     // No resumption: a resumed session skips client verification, and revocation must apply
@@ -116,7 +119,10 @@ pub fn client_config(
         .with_root_certificates(roots(root_der)?);
     let mut config = match identity {
         Some(creds) => builder
-            .with_client_auth_cert(vec![CertificateDer::from(creds.cert_der.clone())], creds.key())
+            .with_client_auth_cert(
+                vec![CertificateDer::from(creds.cert_der.clone())],
+                creds.key(),
+            )
             .map_err(|e| NetError::Credentials(format!("node certificate: {e}")))?,
         None => builder.with_no_client_auth(),
     };
@@ -240,7 +246,8 @@ pub fn accept_loop(
                     tracing::debug!(%addr, %reason, "TLS handshake refused");
                     let _ = failures.send(HandshakeFailure { addr, reason });
                 };
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => return fail(format!("TLS handshake failed: {e}")),
                     Err(_) => return fail("TLS handshake timed out".into()),
@@ -248,9 +255,9 @@ pub fn accept_loop(
                 let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                     None => None,
                     Some(leaf) => match NodeCertInfo::from_der(leaf) {
-                        Ok(info) if info.cluster_id == cluster_id => {
-                            Some(PeerIdentity { cert: Arc::new(info) })
-                        }
+                        Ok(info) if info.cluster_id == cluster_id => Some(PeerIdentity {
+                            cert: Arc::new(info),
+                        }),
                         Ok(info) => {
                             return fail(format!(
                                 "certificate of cluster {} presented to cluster {cluster_id}",
@@ -260,7 +267,12 @@ pub fn accept_loop(
                         Err(e) => return fail(format!("client certificate refused: {e}")),
                     },
                 };
-                let _ = tx.send(Ok(PeerStream { tls, info: PeerInfo { addr, identity } })).await;
+                let _ = tx
+                    .send(Ok(PeerStream {
+                        tls,
+                        info: PeerInfo { addr, identity },
+                    }))
+                    .await;
             });
         }
     });
@@ -288,7 +300,9 @@ pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, NetErro
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(MANAGER_SERVER_NAME)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
 use crate::secret::SecretString;
+use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditChain, AuditEvent};
 
@@ -271,7 +271,11 @@ mod tests {
         let audit = AuditEvent::now(Actor::system(), "node.state", "n1", Outcome::Ok);
         let r = s.apply(Command::Batch(vec![
             Command::Audit(audit),
-            Command::SetNodeState { id: "missing".into(), state: NodeState::Ready, at: "t".into() },
+            Command::SetNodeState {
+                id: "missing".into(),
+                state: NodeState::Ready,
+                at: "t".into(),
+            },
         ]));
         assert!(matches!(r, Response::Rejected(_)));
         assert!(s.audit.records().is_empty());
@@ -281,7 +285,11 @@ mod tests {
     fn node_state_changes() {
         let mut s = State::default();
         assert_eq!(s.apply(Command::PutNode(node("n1"))), Response::Ok);
-        let r = s.apply(Command::SetNodeState { id: "n1".into(), state: NodeState::Ready, at: "t".into() });
+        let r = s.apply(Command::SetNodeState {
+            id: "n1".into(),
+            state: NodeState::Ready,
+            at: "t".into(),
+        });
         assert_eq!(r, Response::Ok);
         assert_eq!(s.nodes["n1"].state, NodeState::Ready);
     }

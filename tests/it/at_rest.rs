@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::harness::{Node, unlock_key, wait_until, timeout};
+use crate::harness::{Node, timeout, unlock_key, wait_until};
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -33,11 +33,18 @@ fn assert_nowhere(nodes: &[&Node], markers: &[(&str, Vec<u8>)]) {
             let bytes = std::fs::read(&f).unwrap();
             scanned += bytes.len();
             for (what, m) in markers {
-                assert!(!contains(&bytes, m), "{} holds {what} in plaintext", f.display());
+                assert!(
+                    !contains(&bytes, m),
+                    "{} holds {what} in plaintext",
+                    f.display()
+                );
             }
         }
     }
-    assert!(scanned > 10_000, "too little was scanned ({scanned} bytes): is the data there?");
+    assert!(
+        scanned > 10_000,
+        "too little was scanned ({scanned} bytes): is the data there?"
+    );
 }
 
 fn secret_part(token: &str) -> String {
@@ -48,9 +55,12 @@ fn secret_part(token: &str) -> String {
 fn node_key(n: &Node) -> Vec<u8> {
     let dir = n.data_dir();
     let kek = skep::store::seal::Kek::from_bytes(&std::fs::read(dir.join("kek")).unwrap()).unwrap();
-    kek.open_blob(skep::store::seal::RecordKind::NodeKey, &std::fs::read(dir.join("node.key.sealed")).unwrap())
-        .unwrap()
-        .to_vec()
+    kek.open_blob(
+        skep::store::seal::RecordKind::NodeKey,
+        &std::fs::read(dir.join("node.key.sealed")).unwrap(),
+    )
+    .unwrap()
+    .to_vec()
 }
 
 #[test]
@@ -60,8 +70,14 @@ fn no_data_directory_holds_a_secret_or_a_stored_value_in_plaintext() {
     let m2 = Node::start("hostmarker-m2-q7zx");
     let w1 = Node::start("hostmarker-w1-q7zx");
     m1.cli_ok(&["swarm", "init", "--advertise-addr", &m1.addr()]);
-    let wt = m1.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
-    let mt = m1.cli_ok(&["join-token", "-q", "manager"]).trim().to_string();
+    let wt = m1
+        .cli_ok(&["join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    let mt = m1
+        .cli_ok(&["join-token", "-q", "manager"])
+        .trim()
+        .to_string();
     m2.cli_ok(&["swarm", "join", "--token", &mt, &m1.addr()]);
     w1.cli_ok(&["swarm", "join", "--token", &wt, &m1.addr()]);
     wait_until(timeout(), "m2 to replicate all three nodes", || {
@@ -88,10 +104,22 @@ fn no_data_directory_holds_a_secret_or_a_stored_value_in_plaintext() {
 #[test]
 fn with_autolock_the_data_directory_is_useless_without_the_unlock_key() {
     let mut m1 = Node::start("lockmarker-q7zx");
-    let out = m1.cli_ok(&["swarm", "init", "--autolock", "--advertise-addr", &m1.addr()]);
+    let out = m1.cli_ok(&[
+        "swarm",
+        "init",
+        "--autolock",
+        "--advertise-addr",
+        &m1.addr(),
+    ]);
     let key = unlock_key(&out);
-    let wt = m1.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
-    assert!(!m1.data_dir().join("kek").exists(), "an autolocked manager kept its KEK on disk");
+    let wt = m1
+        .cli_ok(&["join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    assert!(
+        !m1.data_dir().join("kek").exists(),
+        "an autolocked manager kept its KEK on disk"
+    );
     let hex = key.trim_start_matches("SKEP-KEY-1-").to_string();
     let markers: Vec<(&str, Vec<u8>)> = vec![
         ("the unlock key", hex.clone().into_bytes()),

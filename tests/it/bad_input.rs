@@ -193,7 +193,10 @@ fn csr() -> Vec<u8> {
 fn every_malformed_or_forged_token_is_refused_and_the_daemons_keep_serving() {
     let c = Cluster::init(1, 0);
     let first = c.first();
-    let valid = first.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
+    let valid = first
+        .cli_ok(&["join-token", "-q", "worker"])
+        .trim()
+        .to_string();
     let mut joiner = Node::start("joiner");
     for (token, why) in bad_tokens(&valid) {
         let out = joiner.cli(&["swarm", "join", "--token", &token, &first.addr()]);
@@ -207,12 +210,22 @@ fn every_malformed_or_forged_token_is_refused_and_the_daemons_keep_serving() {
         assert_daemon_alive(&mut joiner);
     }
     // The forged secret reached the manager and was refused there, naming the cause.
-    let out = joiner.cli(&["swarm", "join", "--token", &forged_token(&valid), &first.addr()]);
+    let out = joiner.cli(&[
+        "swarm",
+        "join",
+        "--token",
+        &forged_token(&valid),
+        &first.addr(),
+    ]);
     assert_error(&out, "does not match a current join token");
     let audit = first.audit();
     let denied = records(&audit, "token.use", "denied");
     assert!(!denied.is_empty(), "no token.use denial was audited");
-    assert!(denied.iter().all(|r| r["details"]["peer"].as_str().is_some_and(|p| p.contains(':'))));
+    assert!(denied.iter().all(|r| {
+        r["details"]["peer"]
+            .as_str()
+            .is_some_and(|p| p.contains(':'))
+    }));
     // A valid token still works after all that.
     joiner.cli_ok(&["swarm", "join", "--token", &valid, &first.addr()]);
 }
@@ -221,7 +234,11 @@ fn every_malformed_or_forged_token_is_refused_and_the_daemons_keep_serving() {
 fn a_token_of_another_swarm_is_refused_by_the_joiner_and_by_the_manager() {
     let a = Cluster::init(1, 0);
     let b = Cluster::init(1, 0);
-    let b_token = b.first().cli_ok(&["join-token", "-q", "manager"]).trim().to_string();
+    let b_token = b
+        .first()
+        .cli_ok(&["join-token", "-q", "manager"])
+        .trim()
+        .to_string();
     let mut joiner = Node::start("wrong-swarm");
     // The joiner sees that A's root CA is not the one in the token, before sending anything.
     assert_refused(
@@ -231,15 +248,27 @@ fn a_token_of_another_swarm_is_refused_by_the_joiner_and_by_the_manager() {
     );
     // Sent to A directly, bypassing that check, A refuses it and audits it.
     let err = rt()
-        .block_on(issue_raw(&a.first().addr(), &root_der(a.first()), &b_token, csr()))
+        .block_on(issue_raw(
+            &a.first().addr(),
+            &root_der(a.first()),
+            &b_token,
+            csr(),
+        ))
         .expect_err("A accepted B's token");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("another cluster"), "{}", err.message());
+    assert!(
+        err.message().contains("another cluster"),
+        "{}",
+        err.message()
+    );
     let audit = a.first().audit();
     assert!(
         records(&audit, "token.use", "denied")
             .iter()
-            .any(|r| r["details"]["reason"].as_str().unwrap_or("").contains("another cluster")),
+            .any(|r| r["details"]["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("another cluster")),
         "the foreign token was not audited"
     );
 }
@@ -248,7 +277,10 @@ fn a_token_of_another_swarm_is_refused_by_the_joiner_and_by_the_manager() {
 fn a_bad_csr_is_refused_and_audited() {
     let c = Cluster::init(1, 0);
     let first = c.first();
-    let token = first.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
+    let token = first
+        .cli_ok(&["join-token", "-q", "worker"])
+        .trim()
+        .to_string();
     let root = root_der(first);
     let rt = rt();
     // A CSR whose signature does not match its key (one byte of the signature flipped).
@@ -265,7 +297,12 @@ fn a_bad_csr_is_refused_and_audited() {
             .block_on(issue_raw(&first.addr(), &root, &token, bytes))
             .expect_err(why);
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{why}: {err:?}");
-        assert!(err.message().contains("certificate signing request refused"), "{why}: {}", err.message());
+        assert!(
+            err.message()
+                .contains("certificate signing request refused"),
+            "{why}: {}",
+            err.message()
+        );
     }
     assert_eq!(records(&first.audit(), "cert.issue", "denied").len(), 4);
     assert_eq!(first.node_ls().len(), 1, "a refused CSR added a node");
@@ -278,7 +315,10 @@ fn a_client_certificate_from_a_foreign_ca_is_refused_at_the_handshake() {
     let root = root_der(c.first());
     // A CA that even claims this cluster's ID: the signature still does not chain to our root.
     let cluster_id = {
-        let info = skep_pki::NodeCertInfo::from_der(&std::fs::read(c.first().data_dir().join("node.crt")).unwrap()).unwrap();
+        let info = skep_pki::NodeCertInfo::from_der(
+            &std::fs::read(c.first().data_dir().join("node.crt")).unwrap(),
+        )
+        .unwrap();
         info.cluster_id
     };
     let now = time::OffsetDateTime::now_utc();
@@ -286,15 +326,29 @@ fn a_client_certificate_from_a_foreign_ca_is_refused_at_the_handshake() {
     let key = skep_pki::NodeKey::generate().unwrap();
     let csr = skep_pki::Csr::from_der(&key.csr_der().unwrap()).unwrap();
     let cert = foreign
-        .issue(&csr, &skep_pki::new_id(), skep_pki::Role::Manager, time::Duration::hours(1), now)
+        .issue(
+            &csr,
+            &skep_pki::new_id(),
+            skep_pki::Role::Manager,
+            time::Duration::hours(1),
+            now,
+        )
         .unwrap();
-    let creds = Credentials { cert_der: cert.der, key_der: SecretBytes::new(key.pkcs8_der().to_vec()), root_der: root };
+    let creds = Credentials {
+        cert_der: cert.der,
+        key_der: SecretBytes::new(key.pkcs8_der().to_vec()),
+        root_der: root,
+    };
     let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
     let rt = rt();
     let err = rt
         .block_on(async {
             let ch = skep::net::channel(&addr, tls).unwrap();
-            ManagerClient::new(ch).raft_vote(RaftMessage { payload: b"{}".to_vec() }).await
+            ManagerClient::new(ch)
+                .raft_vote(RaftMessage {
+                    payload: b"{}".to_vec(),
+                })
+                .await
         })
         .expect_err("a foreign certificate was accepted");
     assert_ne!(err.code(), tonic::Code::Ok);
@@ -320,18 +374,28 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
         let ch = skep::net::channel(&addr, tls).unwrap();
         // The worker's identity is good for what workers do...
         DispatcherClient::new(ch.clone())
-            .heartbeat(HeartbeatRequest { hostname: "w1".into(), addr: String::new() })
+            .heartbeat(HeartbeatRequest {
+                hostname: "w1".into(),
+                addr: String::new(),
+            })
             .await
             .expect("a worker may heartbeat");
         // ...and for nothing a manager does.
         let mut m = ManagerClient::new(ch.clone());
-        let msg = || RaftMessage { payload: b"{}".to_vec() };
+        let msg = || RaftMessage {
+            payload: b"{}".to_vec(),
+        };
         let calls = [
             m.raft_vote(msg()).await.map(|_| ()),
             m.raft_append(msg()).await.map(|_| ()),
             m.raft_snapshot(msg()).await.map(|_| ()),
             m.propose(msg()).await.map(|_| ()),
-            m.join_raft(JoinRaftRequest { raft_id: 1, addr: "127.0.0.1:1".into() }).await.map(|_| ()),
+            m.join_raft(JoinRaftRequest {
+                raft_id: 1,
+                addr: "127.0.0.1:1".into(),
+            })
+            .await
+            .map(|_| ()),
             m.leave_raft(Empty {}).await.map(|_| ()),
         ];
         for r in calls {
@@ -351,7 +415,11 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
         .iter()
         .filter(|r| r["outcome"] == "denied" && r["actor"]["id"] == worker_id.as_str())
         .collect();
-    assert_eq!(denied.len(), 6, "each refused call is audited with the worker as actor");
+    assert_eq!(
+        denied.len(),
+        6,
+        "each refused call is audited with the worker as actor"
+    );
     assert_daemon_alive(&mut c.nodes[0]);
 }
 
@@ -367,10 +435,14 @@ fn garbage_and_truncated_frames_do_not_hurt_the_daemon() {
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink);
     };
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     send(&garbage);
     // A TLS record header announcing a ClientHello, then nothing.
-    send(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03]);
+    send(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ]);
     // HTTP/2 preface in plaintext, as if TLS did not exist.
     send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
     send(&[]);
@@ -379,7 +451,10 @@ fn garbage_and_truncated_frames_do_not_hurt_the_daemon() {
         let tls = skep::net::client_config(&root_der(c.first()), None).unwrap();
         let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from(skep_pki::MANAGER_SERVER_NAME).unwrap();
-        let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
+        let mut s = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, tcp)
+            .await
+            .unwrap();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let _ = s.write_all(&garbage).await;
         let _ = s.shutdown().await;
@@ -401,7 +476,10 @@ fn failed_attempts_are_audited_at_most_ten_a_minute_per_source() {
     let c = Cluster::init(1, 0);
     let first = c.first();
     let root = root_der(first);
-    let valid = first.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
+    let valid = first
+        .cli_ok(&["join-token", "-q", "worker"])
+        .trim()
+        .to_string();
     let forged = forged_token(&valid);
     let rt = rt();
     for _ in 0..25 {
@@ -411,7 +489,11 @@ fn failed_attempts_are_audited_at_most_ten_a_minute_per_source() {
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
     }
     let audit = first.audit();
-    assert_eq!(records(&audit, "token.use", "denied").len(), 10, "the limit is 10 a minute per source");
+    assert_eq!(
+        records(&audit, "token.use", "denied").len(),
+        10,
+        "the limit is 10 a minute per source"
+    );
     // The daemon is still fine for honest users.
     let mut joiner = Node::start("honest");
     joiner.cli_ok(&["swarm", "join", "--token", &valid, &first.addr()]);

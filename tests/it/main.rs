@@ -9,7 +9,7 @@
 
 mod harness;
 
+mod at_rest;
 mod bad_input;
 mod cli;
-mod at_rest;
 mod cluster;
