@@ -320,31 +320,24 @@ impl Dispatcher for Services {
     async fn leave(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {
         let id = self.require(&req, "node.leave", false).await?;
         let node_id = id.node_id().to_string();
-        let mut cmds = vec![
+        // A worker stays listed as Down, as in Docker; a manager leaves the Raft membership
+        // and the node list, since a leftover voter would count against the quorum.
+        let change = if id.role() == Role::Manager {
+            let raft_id = raft_id_of(&node_id);
+            self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await })
+                .await?;
+            Command::RemoveNode {
+                id: node_id.clone(),
+            }
+        } else {
             Command::SetNodeState {
                 id: node_id.clone(),
                 state: NodeState::Down,
                 at: crate::util::now_rfc3339(),
-            },
-            Command::Audit(event(
-                Actor::node(&node_id),
-                "node.leave",
-                &node_id,
-                Outcome::Ok,
-            )),
-        ];
-        if id.role() == Role::Manager {
-            let raft_id = raft_id_of(&node_id);
-            self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await })
-                .await?;
-            cmds.insert(
-                0,
-                Command::RemoveNode {
-                    id: node_id.clone(),
-                },
-            );
-            cmds.remove(1);
-        }
+            }
+        };
+        let left = event(Actor::node(&node_id), "node.leave", &node_id, Outcome::Ok);
+        let cmds = vec![change, Command::Audit(left)];
         self.mgr
             .propose(Command::Batch(cmds))
             .await
