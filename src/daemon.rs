@@ -546,6 +546,7 @@ impl Daemon {
             cert_expiry_secs: expiry.as_secs(),
             autolock: req.autolock,
             unlock_key: unlock_key.clone(),
+            heartbeat_period_ms: 0,
         };
         let node = Node {
             id: node_id.clone(),
@@ -560,6 +561,8 @@ impl Daemon {
             created_at: stamp.clone(),
             updated_at: stamp,
             labels: BTreeMap::new(),
+            runtimes: Vec::new(),
+            resources: Default::default(),
         };
         let admin = Actor::local_admin(&node_id);
         let cmds = vec![
@@ -1152,5 +1155,60 @@ impl Control for ControlService {
                 Ok(Response::new(AuditListResponse { records_json }))
             })
             .await
+    }
+
+    async fn swarm_update(
+        &self,
+        _req: Request<crate::api::v1::SwarmUpdateRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("swarm update is not implemented yet"))
+    }
+    async fn node_update(
+        &self,
+        _req: Request<crate::api::v1::NodeUpdateRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("node update is not implemented yet"))
+    }
+    async fn node_tasks(
+        &self,
+        _req: Request<NodeInspectRequest>,
+    ) -> Result<Response<crate::api::v1::TaskListResponse>, Status> {
+        Err(Status::unimplemented("node ps is not implemented yet"))
+    }
+    async fn service_create(
+        &self,
+        _req: Request<crate::api::v1::ServiceSpecRequest>,
+    ) -> Result<Response<crate::api::v1::ServiceCreateResponse>, Status> {
+        Err(Status::unimplemented("services are not implemented yet"))
+    }
+    async fn service_update(
+        &self,
+        _req: Request<crate::api::v1::ServiceUpdateRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("services are not implemented yet"))
+    }
+    async fn service_list(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::ServiceListResponse>, Status> {
+        Err(Status::unimplemented("services are not implemented yet"))
+    }
+    async fn service_inspect(
+        &self,
+        _req: Request<crate::api::v1::ServiceRef>,
+    ) -> Result<Response<crate::api::v1::ServiceInfo>, Status> {
+        Err(Status::unimplemented("services are not implemented yet"))
+    }
+    async fn service_remove(
+        &self,
+        _req: Request<crate::api::v1::ServiceRef>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented("services are not implemented yet"))
+    }
+    async fn service_logs(
+        &self,
+        _req: Request<crate::api::v1::ServiceLogsRequest>,
+    ) -> Result<Response<crate::api::v1::LogsResponse>, Status> {
+        Err(Status::unimplemented("services are not implemented yet"))
     }
 }

@@ -181,6 +181,8 @@ impl Services {
             created_at: stamp.clone(),
             updated_at: stamp,
             labels: Default::default(),
+            runtimes: Vec::new(),
+            resources: Default::default(),
         };
         let token_ok = event(
             Actor::anonymous(&source),
@@ -315,6 +317,28 @@ impl Dispatcher for Services {
             period_ms,
             manager_addrs,
         }))
+    }
+
+    type SessionStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<crate::api::v1::Assignments, Status>> + Send>,
+    >;
+
+    async fn session(
+        &self,
+        _req: Request<crate::api::v1::SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        Err(Status::unimplemented(
+            "task sessions are not implemented yet",
+        ))
+    }
+
+    async fn report_tasks(
+        &self,
+        _req: Request<crate::api::v1::TaskReport>,
+    ) -> Result<Response<Empty>, Status> {
+        Err(Status::unimplemented(
+            "task reports are not implemented yet",
+        ))
     }
 
     async fn leave(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {

@@ -16,6 +16,7 @@
 pub mod log;
 pub mod model;
 pub mod seal;
+pub mod service;
 pub mod sm;
 
 use std::io::Cursor;

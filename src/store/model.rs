@@ -11,6 +11,7 @@ use crate::secret::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditChain, AuditEvent};
+use crate::store::service::{Resources, Runtime, Service, Task, TaskStatus};
 
 /// Cluster-wide settings and the root of trust. Lives only inside the sealed store.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -33,6 +34,10 @@ pub struct Cluster {
     pub autolock: bool,
     /// The unlock key, with autolock: managers that join later seal their keys under it.
     pub unlock_key: Option<SecretString>,
+    /// How often agents heartbeat (`swarm update --dispatcher-heartbeat`), in milliseconds;
+    /// 0 = the daemon's own setting.
+    #[serde(default)]
+    pub heartbeat_period_ms: u64,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -146,6 +151,12 @@ pub struct Node {
     pub updated_at: String,
     /// Free-form labels (`node update --label-add`).
     pub labels: BTreeMap<String, String>,
+    /// Runtimes the node's agent reported.
+    #[serde(default)]
+    pub runtimes: Vec<Runtime>,
+    /// Capacity the node's agent reported.
+    #[serde(default)]
+    pub resources: Resources,
 }
 
 /// A change to the replicated state. Proposed by a manager, applied by all.
@@ -171,6 +182,50 @@ pub enum Command {
     },
     /// Appends an audit record.
     Audit(AuditEvent),
+    /// Changes a node's availability and labels (`node update`).
+    UpdateNode {
+        /// Node ID.
+        id: String,
+        /// New availability, if it changes.
+        availability: Option<Availability>,
+        /// The complete new label set.
+        labels: BTreeMap<String, String>,
+        /// RFC 3339 time of the change.
+        at: String,
+    },
+    /// Records what a node's agent reported about itself.
+    DescribeNode {
+        /// Node ID.
+        id: String,
+        /// Runtimes it has.
+        runtimes: Vec<Runtime>,
+        /// Its capacity.
+        resources: Resources,
+    },
+    /// Sets the agents' heartbeat period (`swarm update --dispatcher-heartbeat`).
+    SetHeartbeatPeriod {
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// Creates or replaces a service.
+    PutService(Box<Service>),
+    /// Removes a service (its tasks are removed by the orchestrator).
+    RemoveService {
+        /// Service ID.
+        id: String,
+    },
+    /// Creates or replaces tasks (orchestrator and scheduler decisions).
+    PutTasks(Vec<Task>),
+    /// Forgets tasks.
+    RemoveTasks(Vec<String>),
+    /// Task states reported by a node's agent. Updates for tasks not assigned to that node,
+    /// and updates that would move a task backwards, are ignored.
+    ReportTasks {
+        /// The reporting node.
+        node_id: String,
+        /// Task ID and its new status.
+        updates: Vec<(String, TaskStatus)>,
+    },
     /// Several commands applied atomically, in order (e.g. a change and its audit record).
     Batch(Vec<Command>),
 }
@@ -194,6 +249,12 @@ pub struct State {
     pub nodes: BTreeMap<String, Node>,
     /// The audit chain.
     pub audit: AuditChain,
+    /// Services by ID.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+    /// Tasks by ID.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, Task>,
 }
 
 impl State {
@@ -212,8 +273,20 @@ impl State {
             Command::InitCluster(_) if self.cluster.is_some() => {
                 Err("the cluster is already initialised".into())
             }
-            Command::SetNodeState { id, .. } if !self.nodes.contains_key(id) => {
+            Command::SetNodeState { id, .. }
+            | Command::UpdateNode { id, .. }
+            | Command::DescribeNode { id, .. }
+                if !self.nodes.contains_key(id) =>
+            {
                 Err(format!("node {id} not found"))
+            }
+            Command::PutService(svc)
+                if self
+                    .services
+                    .values()
+                    .any(|s| s.spec.name == svc.spec.name && s.id != svc.id) =>
+            {
+                Err(format!("service {} already exists", svc.spec.name))
             }
             Command::Batch(cmds) => cmds.iter().try_for_each(|c| self.check(c)),
             _ => Ok(()),
@@ -237,6 +310,62 @@ impl State {
             }
             Command::Audit(event) => {
                 self.audit.append(event);
+            }
+            Command::UpdateNode {
+                id,
+                availability,
+                labels,
+                at,
+            } => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    if let Some(a) = availability {
+                        node.availability = a;
+                    }
+                    node.labels = labels;
+                    node.updated_at = at;
+                }
+            }
+            Command::DescribeNode {
+                id,
+                runtimes,
+                resources,
+            } => {
+                if let Some(node) = self.nodes.get_mut(&id) {
+                    node.runtimes = runtimes;
+                    node.resources = resources;
+                }
+            }
+            Command::SetHeartbeatPeriod { ms } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.heartbeat_period_ms = ms;
+                }
+            }
+            Command::PutService(svc) => {
+                self.services.insert(svc.id.clone(), *svc);
+            }
+            Command::RemoveService { id } => {
+                self.services.remove(&id);
+            }
+            Command::PutTasks(tasks) => {
+                for t in tasks {
+                    self.tasks.insert(t.id.clone(), t);
+                }
+            }
+            Command::RemoveTasks(ids) => {
+                for id in ids {
+                    self.tasks.remove(&id);
+                }
+            }
+            Command::ReportTasks { node_id, updates } => {
+                for (id, status) in updates {
+                    if let Some(t) = self.tasks.get_mut(&id)
+                        && t.node_id == node_id
+                        && !t.status.state.is_terminal()
+                        && status.state >= t.status.state
+                    {
+                        t.status = status;
+                    }
+                }
             }
             Command::Batch(cmds) => cmds.into_iter().for_each(|c| self.apply_checked(c)),
         }
@@ -262,6 +391,8 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             labels: BTreeMap::new(),
+            runtimes: Vec::new(),
+            resources: Default::default(),
         }
     }
 

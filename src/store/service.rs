@@ -1,0 +1,362 @@
+//! Services and tasks: what the operator declared, and the units of work the orchestrator
+//! derives from it. Plain data: the orchestrator and scheduler are pure functions over it.
+//!
+//! No `#[serde(flatten)]`, `untagged` or `skip_serializing_if` here: these types travel in Raft
+//! log entries encoded with postcard, which needs every field every time.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How a task's process is run on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A process in its own mount and PID namespaces.
+    Exec,
+    /// A container through the Docker Engine API.
+    Docker,
+}
+
+impl Runtime {
+    /// Lower-case name, as in `--runtime` and node reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Exec => "exec",
+            Runtime::Docker => "docker",
+        }
+    }
+}
+
+/// When a task that ended is replaced (`--restart-condition`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Never.
+    None,
+    /// When it exits non-zero or fails to start.
+    OnFailure,
+    /// Whenever it ends.
+    Any,
+}
+
+/// `--restart-*`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// When to restart.
+    pub condition: RestartCondition,
+    /// Wait between a task ending and its replacement starting, in milliseconds.
+    pub delay_ms: u64,
+    /// Give up on a slot after this many restarts (0 = never give up).
+    pub max_attempts: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            condition: RestartCondition::Any,
+            delay_ms: 5_000,
+            max_attempts: 0,
+        }
+    }
+}
+
+/// `--update-order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// Stop the old task, then start the new one.
+    StopFirst,
+    /// Start the new task, and stop the old one once the new one runs.
+    StartFirst,
+}
+
+/// `--update-failure-action`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Stop updating; the operator decides.
+    Pause,
+    /// Go on with the next batch.
+    Continue,
+    /// Go back to the previous spec.
+    Rollback,
+}
+
+/// `--update-*` and `--rollback-*`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Tasks replaced at once (0 = all).
+    pub parallelism: u64,
+    /// Wait between batches, in milliseconds.
+    pub delay_ms: u64,
+    /// Stop-first or start-first.
+    pub order: UpdateOrder,
+    /// What to do when an updated task fails within the monitor period.
+    pub failure_action: FailureAction,
+    /// How long an updated task is watched for failure, in milliseconds.
+    pub monitor_ms: u64,
+}
+
+impl Default for UpdateConfig {
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+        }
+    }
+}
+
+/// Replicated or global.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// A fixed number of tasks spread over the nodes.
+    Replicated {
+        /// Desired number of tasks.
+        replicas: u64,
+    },
+    /// One task on every eligible node.
+    Global,
+}
+
+/// `==` or `!=`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstraintOp {
+    /// Equal.
+    Eq,
+    /// Not equal.
+    Ne,
+}
+
+/// A placement constraint, parsed from `node.hostname==n1` and the like.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraint {
+    /// `node.id`, `node.hostname`, `node.role` or `node.labels.<key>`.
+    pub key: String,
+    /// The operator.
+    pub op: ConstraintOp,
+    /// The value compared against.
+    pub value: String,
+}
+
+/// CPU and memory, as reserved by a task or offered by a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPU in billionths of a core.
+    pub nano_cpus: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+}
+
+/// What one task runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Runtime.
+    pub runtime: Runtime,
+    /// Image (docker runtime; empty for exec).
+    pub image: String,
+    /// Command and arguments (exec: required; docker: overrides the image's command).
+    pub command: Vec<String>,
+    /// `KEY=VALUE` environment.
+    pub env: Vec<String>,
+    /// Restart policy.
+    pub restart: RestartPolicy,
+    /// Placement constraints, all of which must hold.
+    pub constraints: Vec<Constraint>,
+    /// Reserved resources, subtracted from a node's capacity by the scheduler.
+    pub reservations: Resources,
+    /// Limits handed to the runtime.
+    pub limits: Resources,
+}
+
+/// What the operator declared.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Service name, unique in the cluster.
+    pub name: String,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Replicated or global.
+    pub mode: Mode,
+    /// The task template.
+    pub task: TaskSpec,
+    /// Rolling-update settings.
+    pub update: UpdateConfig,
+    /// Rollback settings.
+    pub rollback: UpdateConfig,
+}
+
+/// Where a rolling update is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdatePhase {
+    /// Replacing tasks.
+    Updating,
+    /// Stopped by a failure (failure action pause).
+    Paused,
+    /// All tasks run the new spec.
+    Completed,
+    /// Going back to the previous spec.
+    RollbackStarted,
+    /// Back on the previous spec.
+    RollbackCompleted,
+    /// A rollback stopped by a failure.
+    RollbackPaused,
+}
+
+/// The state of the last update, as `service inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// Phase.
+    pub phase: UpdatePhase,
+    /// RFC 3339 time it started.
+    pub started_at: String,
+    /// RFC 3339 time of the last step (batch started, completed, paused).
+    pub last_step_at: String,
+    /// Why it paused, or a summary.
+    pub message: String,
+}
+
+/// A declared service with its history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    /// Service ID.
+    pub id: String,
+    /// Current spec.
+    pub spec: ServiceSpec,
+    /// Bumped on every spec change; tasks carry the version they were made from.
+    pub version: u64,
+    /// The spec before the last update, for `service rollback`.
+    pub previous: Option<ServiceSpec>,
+    /// The last rolling update, if any.
+    pub update: Option<UpdateStatus>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// Where a task is in its life. Ordered: a task only moves forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    /// Created by the orchestrator.
+    New,
+    /// Waiting for a node (or for its restart delay).
+    Pending,
+    /// Placed on a node.
+    Assigned,
+    /// The node's agent has it.
+    Accepted,
+    /// The agent prepares it (image, mounts).
+    Preparing,
+    /// The process is starting.
+    Starting,
+    /// The process runs.
+    Running,
+    /// It exited 0.
+    Complete,
+    /// It was stopped on purpose.
+    Shutdown,
+    /// It exited non-zero or could not start.
+    Failed,
+    /// The node refused it.
+    Rejected,
+    /// Its node is gone.
+    Orphaned,
+}
+
+impl TaskState {
+    /// Docker's spelling, lower case, as in `service ps`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::New => "new",
+            TaskState::Pending => "pending",
+            TaskState::Assigned => "assigned",
+            TaskState::Accepted => "accepted",
+            TaskState::Preparing => "preparing",
+            TaskState::Starting => "starting",
+            TaskState::Running => "running",
+            TaskState::Complete => "complete",
+            TaskState::Shutdown => "shutdown",
+            TaskState::Failed => "failed",
+            TaskState::Rejected => "rejected",
+            TaskState::Orphaned => "orphaned",
+        }
+    }
+
+    /// Whether the task has ended (it will never run again).
+    pub fn is_terminal(self) -> bool {
+        self > TaskState::Running
+    }
+}
+
+/// What the orchestrator wants of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredState {
+    /// Run it.
+    Running,
+    /// Stop it (it stays listed in `service ps` history).
+    Shutdown,
+    /// Stop it and forget it (its service is gone).
+    Remove,
+}
+
+/// The last reported status of a task.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// State.
+    pub state: TaskState,
+    /// Short human text ("started", "no suitable node (...)").
+    pub message: String,
+    /// Error text for failed and rejected tasks.
+    pub err: String,
+    /// Exit code, once it exited.
+    pub exit_code: Option<i64>,
+    /// RFC 3339 time of this status.
+    pub timestamp: String,
+}
+
+/// A unit of work: one replica (slot) of a service, or the service on one node (global).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    /// Task ID.
+    pub id: String,
+    /// Service ID.
+    pub service_id: String,
+    /// Service name (for display).
+    pub service_name: String,
+    /// Replica number from 1 (replicated), 0 for global tasks.
+    pub slot: u64,
+    /// The node it is placed on; empty while pending.
+    pub node_id: String,
+    /// The spec it runs (a copy: updates make new tasks).
+    pub spec: TaskSpec,
+    /// The service version the spec came from.
+    pub spec_version: u64,
+    /// What the orchestrator wants.
+    pub desired: DesiredState,
+    /// What the node last reported.
+    pub status: TaskStatus,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Not to be started before this RFC 3339 time (restart delay); empty = at once.
+    pub not_before: String,
+    /// How many tasks this slot has had before this one that ended (for max attempts).
+    pub attempt: u64,
+}
+
+impl Task {
+    /// `<service>.<slot>` or `<service>.<node>` as Docker names tasks.
+    pub fn name(&self) -> String {
+        if self.slot > 0 {
+            format!("{}.{}", self.service_name, self.slot)
+        } else {
+            format!("{}.{}", self.service_name, self.node_id)
+        }
+    }
+}
