@@ -607,8 +607,13 @@ impl Daemon {
         let remote = net::parse_addr(&req.remote_addr)
             .map_err(|e| Status::invalid_argument(e.to_string()))?
             .to_string();
-        // A worker may join without an address of its own; a manager may not (checked below).
-        let advertise = self.advertise_addr(&req.advertise_addr).unwrap_or_default();
+        // A node listening on every interface may join as a worker with 0.0.0.0:PORT: the
+        // manager records the address it connected from. A manager needs a real address.
+        let advertise = match self.advertise_addr(&req.advertise_addr) {
+            Ok(a) => a,
+            Err(_) if req.advertise_addr.is_empty() => self.cfg.listen_addr.to_string(),
+            Err(e) => return Err(e),
+        };
         let internal =
             |e: &dyn std::fmt::Display| Status::internal(format!("joining the swarm: {e}"));
         let joined =
@@ -630,22 +635,14 @@ impl Daemon {
             skep_pki::Role::Manager => NodeRole::Manager,
             skep_pki::Role::Worker => NodeRole::Worker,
         };
-        if role == NodeRole::Manager && advertise.is_empty() {
-            return Err(Status::invalid_argument(
-                "a manager needs an address to serve at: give --advertise-addr",
-            ));
-        }
+
         let kek = Kek::generate();
         let dek = (role == NodeRole::Manager).then(Dek::generate);
         let file = NodeFile {
             node_id: info.node_id.clone(),
             role,
             cluster_id: info.cluster_id.clone(),
-            advertise_addr: if advertise.is_empty() {
-                remote.clone()
-            } else {
-                advertise
-            },
+            advertise_addr: advertise,
             managers: if manager_addrs.is_empty() {
                 vec![remote.clone()]
             } else {

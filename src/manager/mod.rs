@@ -7,6 +7,7 @@
 //!  Manager (raft RPCs, propose, join) ─┘
 //! ```
 
+pub mod dispatch;
 pub mod limiter;
 pub mod network;
 pub mod services;
@@ -323,13 +324,21 @@ impl Manager {
 
     /// The heartbeat period agents are told to use.
     pub fn heartbeat_period(&self) -> Duration {
-        self.heartbeat_period
+        match self.read(|s| s.cluster.as_ref().map(|c| c.heartbeat_period_ms)) {
+            Some(ms) if ms > 0 => Duration::from_millis(ms),
+            _ => self.heartbeat_period,
+        }
+    }
+
+    /// The replicated state handle (for watching applied changes).
+    pub fn state(&self) -> &StateHandle {
+        &self.state
     }
 
     /// Nodes the leader has not heard from within the grace period (three heartbeat periods,
     /// counted from when this manager became leader for nodes it never heard from).
     fn overdue(&self) -> Vec<String> {
-        let grace = self.heartbeat_period * 3;
+        let grace = self.heartbeat_period() * 3;
         let now = Instant::now();
         let mut live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
         if !self.is_leader() {
@@ -357,9 +366,8 @@ impl Manager {
 
     /// The leader's liveness loop: marks nodes Down when they miss heartbeats.
     pub async fn run_liveness(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(self.heartbeat_period);
         loop {
-            tick.tick().await;
+            tokio::time::sleep(self.heartbeat_period()).await;
             for id in self.overdue() {
                 let cmd = Command::SetNodeState {
                     id: id.clone(),

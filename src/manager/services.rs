@@ -142,19 +142,33 @@ impl Services {
             }
         };
         let hostname = check_hostname(&req.hostname)?;
+        // The address the node serves at. A node that listens on every interface sends
+        // 0.0.0.0:PORT and is reached at the address it connected from.
         let addr = if req.advertise_addr.is_empty() {
-            if role == NodeRole::Manager {
+            None
+        } else {
+            Some(
+                crate::net::parse_addr(&req.advertise_addr)
+                    .map_err(|e| ManagerError::Invalid(e.to_string()))?,
+            )
+        };
+        let addr = match addr {
+            Some(a) if a.ip().is_unspecified() && role == NodeRole::Manager => {
+                return Err(ManagerError::Invalid(
+                    "a manager must advertise a specific address: give --advertise-addr".into(),
+                ));
+            }
+            Some(a) if a.ip().is_unspecified() => {
+                std::net::SocketAddr::new(peer.addr.ip(), a.port()).to_string()
+            }
+            Some(a) => a.to_string(),
+            None if role == NodeRole::Manager => {
                 return Err(ManagerError::Invalid(
                     "a manager must give the address it serves at".into(),
                 ));
             }
-            peer.addr.ip().to_string()
-        } else {
-            crate::net::parse_addr(&req.advertise_addr)
-                .map_err(|e| ManagerError::Invalid(e.to_string()))?;
-            req.advertise_addr.clone()
+            None => std::net::SocketAddr::new(peer.addr.ip(), crate::net::DEFAULT_PORT).to_string(),
         };
-
         let ca = self.mgr.ca()?;
         let node_id = skep_pki::new_id();
         let now = time::OffsetDateTime::now_utc();
@@ -325,20 +339,70 @@ impl Dispatcher for Services {
 
     async fn session(
         &self,
-        _req: Request<crate::api::v1::SessionRequest>,
+        req: Request<crate::api::v1::SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        Err(Status::unimplemented(
-            "task sessions are not implemented yet",
-        ))
+        let id = self.require(&req, "dispatcher.session", false).await?;
+        if !self.mgr.is_leader() {
+            return Err(Status::unavailable(format!(
+                "not the leader; the leader is at {}",
+                self.mgr.leader_addr().unwrap_or_default()
+            )));
+        }
+        let body = req.into_inner();
+        let runtimes: Vec<crate::store::service::Runtime> = body
+            .runtimes
+            .iter()
+            .filter_map(|r| match r.as_str() {
+                "exec" => Some(crate::store::service::Runtime::Exec),
+                "docker" => Some(crate::store::service::Runtime::Docker),
+                _ => None,
+            })
+            .collect();
+        let resources = crate::store::service::Resources {
+            nano_cpus: body.nano_cpus,
+            memory_bytes: body.memory_bytes,
+        };
+        let node_id = id.node_id().to_string();
+        let known = self.mgr.read(|s| {
+            s.nodes
+                .get(&node_id)
+                .map(|n| n.runtimes == runtimes && n.resources == resources)
+        });
+        if known == Some(false) {
+            let cmd = Command::DescribeNode {
+                id: node_id.clone(),
+                runtimes,
+                resources,
+            };
+            self.mgr.propose(cmd).await.map_err(to_status)?;
+        }
+        let rx = super::dispatch::session(self.mgr.clone(), node_id);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn report_tasks(
         &self,
-        _req: Request<crate::api::v1::TaskReport>,
+        req: Request<crate::api::v1::TaskReport>,
     ) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented(
-            "task reports are not implemented yet",
-        ))
+        let id = self.require(&req, "dispatcher.report", false).await?;
+        let mut updates = Vec::new();
+        for (task_id, json) in req.into_inner().statuses_json {
+            let status: crate::store::service::TaskStatus =
+                serde_json::from_str(&json).map_err(|e| {
+                    Status::invalid_argument(format!("task {task_id}: malformed status: {e}"))
+                })?;
+            updates.push((task_id, status));
+        }
+        if !updates.is_empty() {
+            let cmd = Command::ReportTasks {
+                node_id: id.node_id().to_string(),
+                updates,
+            };
+            self.mgr.propose(cmd).await.map_err(to_status)?;
+        }
+        Ok(Response::new(Empty {}))
     }
 
     async fn leave(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {

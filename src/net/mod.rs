@@ -279,6 +279,9 @@ pub fn accept_loop(
     (tokio_stream::wrappers::ReceiverStream::new(rx), task)
 }
 
+/// The port nodes serve mTLS on unless told otherwise (Swarm's).
+pub const DEFAULT_PORT: u16 = 2377;
+
 /// Parses `IP:PORT`.
 pub fn parse_addr(s: &str) -> Result<SocketAddr, NetError> {
     s.parse().map_err(|_| NetError::BadAddr(s.to_string()))

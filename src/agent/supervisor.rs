@@ -1,0 +1,341 @@
+//! The task supervisor: follows the leader's assignment stream, starts and stops tasks with
+//! the node's executors, and reports their states back. Survives a leader change: on
+//! reconnection the first message is the complete set, so tasks are neither lost nor doubled.
+//!
+//! ```text
+//!  Session stream ─► apply(task): start runner | signal stop | report end
+//!  runner: start ─► Running ─► wait ─► Complete/Failed   (or stop ─► Shutdown)
+//!  every status ─► reporter (latest per task, batched) ─► ReportTasks
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status};
+
+use super::ManagerList;
+use super::executor::{ExecError, Executors};
+use crate::api::v1::agent_server::Agent as AgentRpc;
+use crate::api::v1::dispatcher_client::DispatcherClient;
+use crate::api::v1::{LogLine, LogsResponse, SessionRequest, TaskLogsRequest, TaskReport};
+use crate::net::PeerInfo;
+use crate::store::service::{DesiredState, Task, TaskState, TaskStatus};
+
+/// How long a stopped task gets between SIGTERM and SIGKILL (Docker's default).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+struct Local {
+    task: Task,
+    stop: Option<watch::Sender<bool>>,
+    /// No longer assigned; kept so its logs can still be read.
+    finished: bool,
+}
+
+/// Finished tasks whose logs a node keeps.
+const KEEP_FINISHED: usize = 200;
+
+/// The node's task supervisor.
+pub struct Supervisor {
+    execs: Arc<Executors>,
+    tls: Arc<ClientConfig>,
+    managers: ManagerList,
+    local: Mutex<HashMap<String, Local>>,
+    finished: Mutex<std::collections::VecDeque<String>>,
+    reports: mpsc::UnboundedSender<(String, TaskStatus)>,
+    reports_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, TaskStatus)>>>,
+}
+
+fn status(state: TaskState, message: &str, err: &str, exit_code: Option<i64>) -> TaskStatus {
+    TaskStatus {
+        state,
+        message: message.into(),
+        err: err.into(),
+        exit_code,
+        timestamp: crate::util::now_rfc3339(),
+    }
+}
+
+impl Supervisor {
+    /// A supervisor using `execs`, talking to the managers in `managers` with `tls`.
+    pub fn new(execs: Arc<Executors>, tls: Arc<ClientConfig>, managers: ManagerList) -> Arc<Self> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(Supervisor {
+            execs,
+            tls,
+            managers,
+            local: Mutex::new(HashMap::new()),
+            finished: Mutex::new(std::collections::VecDeque::new()),
+            reports: tx,
+            reports_rx: Mutex::new(Some(rx)),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn report(&self, id: &str, st: TaskStatus) {
+        let _ = self.reports.send((id.to_string(), st));
+    }
+
+    fn candidates(&self) -> Vec<String> {
+        self.managers.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    fn client(&self, addr: &str) -> Option<DispatcherClient<tonic::transport::Channel>> {
+        crate::net::channel(addr, self.tls.clone()).ok().map(DispatcherClient::new)
+    }
+
+    /// Runs the session and the reporter until the node stops.
+    pub async fn run(self: Arc<Self>) {
+        let stale = self.execs.cleanup_stale().await;
+        if !stale.is_empty() {
+            tracing::info!(count = stale.len(), "stopped tasks left from a previous run");
+        }
+        if let Some(rx) = self.reports_rx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            tokio::spawn(self.clone().reporter(rx));
+        }
+        let runtimes: Vec<String> = self.execs.runtimes().iter().map(|r| r.as_str().to_string()).collect();
+        let cap = Executors::capacity();
+        loop {
+            for addr in self.candidates() {
+                let Some(mut client) = self.client(&addr) else { continue };
+                let req = SessionRequest {
+                    runtimes: runtimes.clone(),
+                    nano_cpus: cap.nano_cpus,
+                    memory_bytes: cap.memory_bytes,
+                };
+                match client.session(req).await {
+                    Ok(stream) => {
+                        tracing::info!(%addr, "task session open");
+                        if let Err(s) = self.follow(stream.into_inner()).await {
+                            tracing::info!(%addr, error = %s.message(), "task session ended");
+                        }
+                    }
+                    Err(s) => tracing::debug!(%addr, error = %s.message(), "no task session here"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    async fn follow(&self, mut stream: tonic::Streaming<crate::api::v1::Assignments>) -> Result<(), Status> {
+        while let Some(msg) = stream.message().await? {
+            let mut tasks = Vec::with_capacity(msg.tasks_json.len());
+            for json in &msg.tasks_json {
+                match serde_json::from_str::<Task>(json) {
+                    Ok(t) => tasks.push(t),
+                    Err(e) => tracing::error!(error = %e, "malformed task from the dispatcher"),
+                }
+            }
+            if msg.complete {
+                let keep: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+                let gone: Vec<String> = self
+                    .lock()
+                    .iter()
+                    .filter(|(id, l)| !l.finished && !keep.contains(id.as_str()))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in gone {
+                    self.forget(&id).await;
+                }
+            }
+            for id in &msg.removed {
+                self.forget(id).await;
+            }
+            for t in tasks {
+                self.apply(t);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops a task if it runs; keeps its logs for a while, then removes what it left.
+    async fn forget(&self, id: &str) {
+        {
+            let mut local = self.lock();
+            let Some(l) = local.get_mut(id) else { return };
+            if let Some(stop) = l.stop.take() {
+                let _ = stop.send(true);
+            }
+            if l.finished {
+                return;
+            }
+            l.finished = true;
+        }
+        let evicted = {
+            let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
+            finished.push_back(id.to_string());
+            if finished.len() > KEEP_FINISHED { finished.pop_front() } else { None }
+        };
+        if let Some(old) = evicted {
+            let gone = self.lock().remove(&old);
+            if let Some(l) = gone {
+                self.execs.remove(&l.task).await;
+            }
+        }
+    }
+
+    fn apply(&self, task: Task) {
+        let mut local = self.lock();
+        match (task.desired, local.get_mut(&task.id)) {
+            (_, Some(l)) if l.finished => {}
+            (DesiredState::Running, Some(l)) => l.task.desired = task.desired,
+            (DesiredState::Running, None) => {
+                if task.status.state > TaskState::Assigned {
+                    // The manager believes it runs here, but this agent does not have it: the
+                    // node restarted. Report it lost so the orchestrator replaces it.
+                    drop(local);
+                    self.report(&task.id, status(TaskState::Failed, "lost", "the task was lost when its node's agent restarted", None));
+                    return;
+                }
+                let (stop_tx, stop_rx) = watch::channel(false);
+                local.insert(task.id.clone(), Local { task: task.clone(), stop: Some(stop_tx), finished: false });
+                drop(local);
+                let execs = self.execs.clone();
+                let reports = self.reports.clone();
+                tokio::spawn(run_task(execs, reports, task, stop_rx));
+            }
+            (_, Some(l)) => {
+                l.task.desired = task.desired;
+                if let Some(stop) = &l.stop {
+                    let _ = stop.send(true);
+                }
+            }
+            (_, None) => {
+                drop(local);
+                self.report(&task.id, status(TaskState::Shutdown, "shutdown", "", None));
+            }
+        }
+    }
+
+    /// Sends the latest status of each task, batched, retrying until a manager takes it.
+    async fn reporter(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(String, TaskStatus)>) {
+        let mut pending: HashMap<String, TaskStatus> = HashMap::new();
+        loop {
+            if pending.is_empty() {
+                match rx.recv().await {
+                    Some((id, st)) => {
+                        pending.insert(id, st);
+                    }
+                    None => return,
+                }
+            }
+            // Gather what arrives in a short window into one report.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            while let Ok((id, st)) = rx.try_recv() {
+                pending.insert(id, st);
+            }
+            let statuses_json: HashMap<String, String> = pending
+                .iter()
+                .filter_map(|(id, st)| serde_json::to_string(st).ok().map(|j| (id.clone(), j)))
+                .collect();
+            let mut sent = false;
+            for addr in self.candidates() {
+                let Some(mut client) = self.client(&addr) else { continue };
+                match client.report_tasks(TaskReport { statuses_json: statuses_json.clone() }).await {
+                    Ok(_) => {
+                        sent = true;
+                        break;
+                    }
+                    Err(s) => tracing::debug!(%addr, error = %s.message(), "task report refused"),
+                }
+            }
+            if sent {
+                pending.clear();
+            } else {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+
+    /// Log lines of tasks this node ran.
+    pub async fn logs(&self, ids: &[String], tail: usize) -> Vec<LogLine> {
+        let tasks: Vec<Task> = {
+            let local = self.lock();
+            ids.iter().filter_map(|id| local.get(id).map(|l| l.task.clone())).collect()
+        };
+        let mut out = Vec::new();
+        for t in tasks {
+            match self.execs.logs(&t, tail).await {
+                Ok(lines) => out.extend(lines.into_iter().map(|(stream, line)| LogLine {
+                    task_id: t.id.clone(),
+                    task_name: t.name(),
+                    node_id: t.node_id.clone(),
+                    stream,
+                    line,
+                })),
+                Err(e) => tracing::warn!(task = %t.id, error = %e, "cannot read logs"),
+            }
+        }
+        out
+    }
+}
+
+async fn run_task(
+    execs: Arc<Executors>,
+    reports: mpsc::UnboundedSender<(String, TaskStatus)>,
+    task: Task,
+    mut stop: watch::Receiver<bool>,
+) {
+    let report = |st: TaskStatus| {
+        let _ = reports.send((task.id.clone(), st));
+    };
+    report(status(TaskState::Preparing, "preparing", "", None));
+    let start = tokio::select! {
+        r = execs.start(&task) => r,
+        _ = stop.wait_for(|s| *s) => {
+            report(status(TaskState::Shutdown, "shutdown before start", "", None));
+            return;
+        }
+    };
+    let mut handle = match start {
+        Ok(h) => h,
+        Err(e) => {
+            report(status(TaskState::Failed, "failed to start", &e.to_string(), None));
+            return;
+        }
+    };
+    report(status(TaskState::Running, "started", "", None));
+    tokio::select! {
+        code = handle.wait() => report(ended(code)),
+        _ = stop.wait_for(|s| *s) => {
+            if let Err(e) = handle.stop(STOP_GRACE).await {
+                tracing::warn!(task = %task.id, error = %e, "stopping the task");
+            }
+            report(status(TaskState::Shutdown, "shutdown", "", None));
+        }
+    }
+}
+
+fn ended(code: Result<i64, ExecError>) -> TaskStatus {
+    match code {
+        Ok(0) => status(TaskState::Complete, "finished", "", Some(0)),
+        Ok(c) => status(TaskState::Failed, "exited", &format!("task: non-zero exit ({c})"), Some(c)),
+        Err(e) => status(TaskState::Failed, "lost", &e.to_string(), None),
+    }
+}
+
+/// The Agent service every node serves: managers fetch task logs here.
+pub struct AgentService(pub Arc<Supervisor>);
+
+#[tonic::async_trait]
+impl AgentRpc for AgentService {
+    async fn task_logs(&self, req: Request<TaskLogsRequest>) -> Result<Response<LogsResponse>, Status> {
+        let is_manager = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.as_ref())
+            .is_some_and(|id| id.role() == skep_pki::Role::Manager);
+        if !is_manager {
+            return Err(Status::permission_denied("permission denied: only managers may read task logs"));
+        }
+        let body = req.into_inner();
+        let tail = usize::try_from(body.tail).unwrap_or(usize::MAX);
+        let lines = self.0.logs(&body.task_ids, tail).await;
+        Ok(Response::new(LogsResponse { lines }))
+    }
+}

@@ -1,0 +1,205 @@
+//! The dispatcher's task sessions: each node holds one stream from the leader that carries
+//! the tasks assigned to it (the whole set first, then only changes), and reports task states
+//! back. Also the leader's orchestration loop, which runs the pure orchestrator and scheduler
+//! on every change of the replicated state.
+//!
+//! ```text
+//!  state change ─► loop on leader: reconcile() ─► propose ─► state change ─► schedule() ─► propose
+//!  state change ─► each session: diff(assigned set) ─► Assignments{changes} ─► agent
+//!  agent ─► ReportTasks ─► propose ReportTasks ─► state change ─► ...
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::Manager;
+use crate::api::v1::Assignments;
+use crate::store::model::{Command, State};
+use crate::store::service::{DesiredState, Task};
+
+/// What a session last told its node about one task.
+#[derive(Clone, PartialEq, Eq)]
+struct Sent {
+    desired: DesiredState,
+    spec_version: u64,
+}
+
+/// The tasks a node must know about: those assigned to it that have not ended, and those the
+/// orchestrator wants stopped that have not reported an end yet.
+fn assigned(state: &State, node_id: &str) -> HashMap<String, Task> {
+    state
+        .tasks
+        .values()
+        .filter(|t| t.node_id == node_id && !t.status.state.is_terminal())
+        .map(|t| (t.id.clone(), t.clone()))
+        .collect()
+}
+
+/// The change from what was sent to what is assigned now; updates `sent`.
+fn diff(
+    sent: &mut HashMap<String, Sent>,
+    now: HashMap<String, Task>,
+    complete: bool,
+) -> Option<Assignments> {
+    let mut msg = Assignments {
+        complete,
+        tasks_json: Vec::new(),
+        removed: Vec::new(),
+    };
+    let gone: Vec<String> = sent
+        .keys()
+        .filter(|id| !now.contains_key(*id))
+        .cloned()
+        .collect();
+    for id in gone {
+        sent.remove(&id);
+        msg.removed.push(id);
+    }
+    for (id, task) in now {
+        let mark = Sent {
+            desired: task.desired,
+            spec_version: task.spec_version,
+        };
+        if complete || sent.get(&id) != Some(&mark) {
+            match serde_json::to_string(&task) {
+                Ok(json) => msg.tasks_json.push(json),
+                Err(e) => {
+                    tracing::error!(task = %id, error = %e, "cannot encode a task");
+                    continue;
+                }
+            }
+            sent.insert(id, mark);
+        }
+    }
+    (complete || !msg.tasks_json.is_empty() || !msg.removed.is_empty()).then_some(msg)
+}
+
+/// Streams a node's assignments until the node goes away or this manager stops leading.
+pub fn session(
+    mgr: Arc<Manager>,
+    node_id: String,
+) -> mpsc::Receiver<Result<Assignments, tonic::Status>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut applied = mgr.state().subscribe();
+        let mut sent: HashMap<String, Sent> = HashMap::new();
+        let mut complete = true;
+        loop {
+            if !mgr.is_leader() {
+                let _ = tx
+                    .send(Err(tonic::Status::unavailable(format!(
+                        "this manager is no longer the leader; the leader is at {}",
+                        mgr.leader_addr().unwrap_or_default()
+                    ))))
+                    .await;
+                return;
+            }
+            let now = mgr.read(|s| assigned(s, &node_id));
+            if let Some(msg) = diff(&mut sent, now, complete)
+                && tx.send(Ok(msg)).await.is_err()
+            {
+                return; // the node hung up
+            }
+            complete = false;
+            // Wake on every applied change, and now and then to notice a lost leadership.
+            let _ = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await;
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Reconcile first; schedule once the orchestrator has nothing more to say.
+fn decide(
+    _s: &State,
+    _now: time::OffsetDateTime,
+    _new_id: &mut dyn FnMut() -> String,
+) -> Vec<Command> {
+    // Wired to the orchestrator and scheduler cores when they land.
+    Vec::new()
+}
+
+/// The leader's orchestration loop: reconcile, then schedule, on every change.
+pub async fn run_orchestrator(mgr: Arc<Manager>) {
+    let mut applied = mgr.state().subscribe();
+    let mut new_id = || skep_pki::new_id();
+    loop {
+        if mgr.is_leader() {
+            let now = time::OffsetDateTime::now_utc();
+            let cmds = mgr.read(|s| decide(s, now, &mut new_id));
+            if !cmds.is_empty() {
+                if let Err(e) = mgr.propose(Command::Batch(cmds)).await {
+                    tracing::warn!(error = %e, "orchestrator could not commit its decisions");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                continue;
+            }
+        }
+        // Restart delays and update delays need a clock tick even when nothing changes.
+        let _ = tokio::time::timeout(Duration::from_millis(500), applied.changed()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::service::*;
+
+    fn task(id: &str, desired: DesiredState) -> Task {
+        Task {
+            id: id.into(),
+            service_id: "s".into(),
+            service_name: "web".into(),
+            slot: 1,
+            node_id: "n1".into(),
+            spec: TaskSpec {
+                runtime: Runtime::Exec,
+                image: String::new(),
+                command: vec!["/bin/true".into()],
+                env: vec![],
+                restart: RestartPolicy::default(),
+                constraints: vec![],
+                reservations: Resources::default(),
+                limits: Resources::default(),
+            },
+            spec_version: 1,
+            desired,
+            status: TaskStatus {
+                state: TaskState::Assigned,
+                message: String::new(),
+                err: String::new(),
+                exit_code: None,
+                timestamp: String::new(),
+            },
+            created_at: String::new(),
+            not_before: String::new(),
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn sends_everything_first_then_only_changes() {
+        let mut sent = HashMap::new();
+        let a = task("a", DesiredState::Running);
+        let b = task("b", DesiredState::Running);
+        let all = HashMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]);
+        let first = diff(&mut sent, all.clone(), true).unwrap();
+        assert!(first.complete);
+        assert_eq!(first.tasks_json.len(), 2);
+        assert!(
+            diff(&mut sent, all, false).is_none(),
+            "no change, no message"
+        );
+        let mut b2 = b;
+        b2.desired = DesiredState::Shutdown;
+        let next = diff(&mut sent, HashMap::from([("b".to_string(), b2)]), false).unwrap();
+        assert_eq!(next.removed, vec!["a".to_string()]);
+        assert_eq!(next.tasks_json.len(), 1);
+        assert!(next.tasks_json[0].contains("shutdown"));
+    }
+}

@@ -1,0 +1,647 @@
+//! Validation of service specs that arrive from the CLI over the control API.
+//!
+//! Everything here is untrusted input: every check names the field it refuses, in the words
+//! `docker service create` would use, so the operator knows what to fix. Parsing the free-text
+//! pieces (constraints, modes) happens here too, so the rest of the manager only ever sees
+//! values that parsed.
+
+use crate::store::service::{
+    Constraint, ConstraintOp, Mode, Resources, Runtime, ServiceSpec, UpdateConfig,
+};
+
+/// The largest replica count a service may ask for: each replica is a task in the replicated
+/// state, and the orchestrator writes new tasks in one Raft entry.
+pub const MAX_REPLICAS: u64 = 10_000;
+
+/// The longest delay or monitor period accepted, in milliseconds (30 days).
+pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
+
+/// Why a service spec was refused. Each message starts with the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// The service name breaks Docker's naming rule.
+    #[error(
+        "name: {name:?} is not a valid service name ({reason}; use letters, digits, '_', '.' \
+         and '-', starting with a letter or digit, at most 63 characters)"
+    )]
+    Name {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// `--replicas` given for a global service.
+    #[error("replicas: a global service has no replicas")]
+    GlobalReplicas,
+    /// Too many replicas, or an unknown mode.
+    #[error("replicas: {0}")]
+    Replicas(String),
+    /// `--mode` is neither replicated nor global.
+    #[error("mode: {0:?} is not a service mode (use replicated or global)")]
+    Mode(String),
+    /// A placement constraint that does not parse or names an unknown key.
+    #[error("constraint {text:?}: {reason}")]
+    Constraint {
+        /// The constraint as written.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The image reference does not follow Docker's grammar.
+    #[error("image: {0:?} is not a valid image reference")]
+    Image(String),
+    /// The image does not fit the runtime.
+    #[error("image: {0}")]
+    ImageRuntime(&'static str),
+    /// The command is missing or unusable.
+    #[error("command: {0}")]
+    Command(&'static str),
+    /// An environment entry is not `KEY=VALUE`.
+    #[error("env: {0:?} is not KEY=VALUE")]
+    Env(String),
+    /// A label key is empty or unusable.
+    #[error("labels: {0:?} is not a valid label key")]
+    Label(String),
+    /// A restart setting is out of range.
+    #[error("restart.{field}: {reason}")]
+    Restart {
+        /// The field (`delay_ms`, ...).
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An update or rollback setting is out of range.
+    #[error("{section}.{field}: {reason}")]
+    Update {
+        /// `update` or `rollback`.
+        section: &'static str,
+        /// The field (`parallelism`, `delay_ms`, `monitor_ms`).
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Reservations or limits are out of range.
+    #[error("{field}: {reason}")]
+    Resources {
+        /// `reservations.memory_bytes` and the like.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Checks a whole spec; the first problem found is returned.
+pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
+    validate_name(&spec.name)?;
+    for key in spec.labels.keys() {
+        if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SpecError::Label(key.clone()));
+        }
+    }
+    if let Mode::Replicated { replicas } = spec.mode
+        && replicas > MAX_REPLICAS
+    {
+        return Err(SpecError::Replicas(format!(
+            "{replicas} is more than the {MAX_REPLICAS} replicas a service may have"
+        )));
+    }
+    let task = &spec.task;
+    match task.runtime {
+        Runtime::Exec => {
+            if !task.image.is_empty() {
+                return Err(SpecError::ImageRuntime(
+                    "the exec runtime takes no image (give the program as the command)",
+                ));
+            }
+            if task.command.first().is_none_or(|c| c.is_empty()) {
+                return Err(SpecError::Command("the exec runtime needs a command"));
+            }
+        }
+        Runtime::Docker => {
+            if task.image.is_empty() {
+                return Err(SpecError::ImageRuntime("the docker runtime needs an image"));
+            }
+            parse_image(&task.image)?;
+        }
+    }
+    if task.command.iter().any(|a| a.contains('\0')) {
+        return Err(SpecError::Command("arguments may not contain NUL bytes"));
+    }
+    for e in &task.env {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() && !k.contains('\0') && !e.contains('\0') => {}
+            _ => return Err(SpecError::Env(e.clone())),
+        }
+    }
+    if task.restart.delay_ms > MAX_DURATION_MS {
+        return Err(SpecError::Restart {
+            field: "delay_ms",
+            reason: too_long(task.restart.delay_ms),
+        });
+    }
+    for c in &task.constraints {
+        check_constraint(c)?;
+    }
+    check_resources(&task.reservations, &task.limits)?;
+    check_update("update", &spec.update)?;
+    check_update("rollback", &spec.rollback)?;
+    Ok(())
+}
+
+/// Turns `--mode` and `--replicas` into a [`Mode`]; a replicated service defaults to one
+/// replica.
+pub fn parse_mode(mode: &str, replicas: Option<u64>) -> Result<Mode, SpecError> {
+    match mode {
+        "" | "replicated" => {
+            let replicas = replicas.unwrap_or(1);
+            if replicas > MAX_REPLICAS {
+                return Err(SpecError::Replicas(format!(
+                    "{replicas} is more than the {MAX_REPLICAS} replicas a service may have"
+                )));
+            }
+            Ok(Mode::Replicated { replicas })
+        }
+        "global" if replicas.is_some() => Err(SpecError::GlobalReplicas),
+        "global" => Ok(Mode::Global),
+        other => Err(SpecError::Mode(other.to_string())),
+    }
+}
+
+/// Parses `node.labels.zone==eu`, `node.role != manager` and the like.
+pub fn parse_constraint(s: &str) -> Result<Constraint, SpecError> {
+    let err = |reason: String| SpecError::Constraint {
+        text: s.to_string(),
+        reason,
+    };
+    let (key, op, value) = if let Some((k, v)) = s.split_once("==") {
+        (k, ConstraintOp::Eq, v)
+    } else if let Some((k, v)) = s.split_once("!=") {
+        (k, ConstraintOp::Ne, v)
+    } else {
+        return Err(err("expected KEY==VALUE or KEY!=VALUE".into()));
+    };
+    let (key, value) = (key.trim(), value.trim());
+    let key = canonical_key(key).map_err(err)?;
+    let c = Constraint {
+        key,
+        op,
+        value: value.to_string(),
+    };
+    check_value(&c).map_err(err)?;
+    Ok(c)
+}
+
+/// The constraint as an operator writes it: `node.role==worker`.
+pub fn constraint_text(c: &Constraint) -> String {
+    let op = match c.op {
+        ConstraintOp::Eq => "==",
+        ConstraintOp::Ne => "!=",
+    };
+    format!("{}{op}{}", c.key, c.value)
+}
+
+/// Checks an image reference against Docker's grammar
+/// (`[domain[:port]/]path[/path...][:tag][@algorithm:hex]`, lower-case path). Nothing is
+/// pulled or resolved.
+pub fn parse_image(s: &str) -> Result<(), SpecError> {
+    if image_ok(s) {
+        Ok(())
+    } else {
+        Err(SpecError::Image(s.to_string()))
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), SpecError> {
+    let err = |reason| SpecError::Name {
+        name: name.to_string(),
+        reason,
+    };
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err(err("it is empty")),
+        Some(c) if !c.is_ascii_alphanumeric() => {
+            return Err(err("it must start with a letter or digit"));
+        }
+        Some(_) => {}
+    }
+    if !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(err("it contains a character that is not allowed"));
+    }
+    if name.len() > 63 {
+        return Err(err("it is longer than 63 characters"));
+    }
+    Ok(())
+}
+
+fn too_long(ms: u64) -> String {
+    format!("{ms} ms is longer than the {MAX_DURATION_MS} ms (30 days) allowed")
+}
+
+fn check_update(section: &'static str, u: &UpdateConfig) -> Result<(), SpecError> {
+    if u.parallelism > MAX_REPLICAS {
+        return Err(SpecError::Update {
+            section,
+            field: "parallelism",
+            reason: format!(
+                "{} is more than {MAX_REPLICAS} (use 0 to replace all tasks at once)",
+                u.parallelism
+            ),
+        });
+    }
+    for (field, ms) in [("delay_ms", u.delay_ms), ("monitor_ms", u.monitor_ms)] {
+        if ms > MAX_DURATION_MS {
+            return Err(SpecError::Update {
+                section,
+                field,
+                reason: too_long(ms),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn check_resources(res: &Resources, lim: &Resources) -> Result<(), SpecError> {
+    const MIN_MEMORY: u64 = 4 * 1024 * 1024;
+    const MIN_CPU: u64 = 1_000_000;
+    for (field, v) in [
+        ("limits.memory_bytes", lim.memory_bytes),
+        ("reservations.memory_bytes", res.memory_bytes),
+    ] {
+        if v != 0 && v < MIN_MEMORY {
+            return Err(SpecError::Resources {
+                field,
+                reason: format!("{v} bytes is less than the 4 MiB minimum"),
+            });
+        }
+    }
+    for (field, v) in [
+        ("limits.nano_cpus", lim.nano_cpus),
+        ("reservations.nano_cpus", res.nano_cpus),
+    ] {
+        if v != 0 && v < MIN_CPU {
+            return Err(SpecError::Resources {
+                field,
+                reason: format!("{v} is less than the 0.001 CPU minimum"),
+            });
+        }
+    }
+    if lim.memory_bytes != 0 && res.memory_bytes > lim.memory_bytes {
+        return Err(SpecError::Resources {
+            field: "reservations.memory_bytes",
+            reason: "the reservation exceeds the limit".into(),
+        });
+    }
+    if lim.nano_cpus != 0 && res.nano_cpus > lim.nano_cpus {
+        return Err(SpecError::Resources {
+            field: "reservations.nano_cpus",
+            reason: "the reservation exceeds the limit".into(),
+        });
+    }
+    Ok(())
+}
+
+fn check_constraint(c: &Constraint) -> Result<(), SpecError> {
+    let err = |reason: String| SpecError::Constraint {
+        text: constraint_text(c),
+        reason,
+    };
+    let key = canonical_key(&c.key).map_err(err)?;
+    if key != c.key {
+        return Err(err(format!("write the key as {key}")));
+    }
+    check_value(c).map_err(err)
+}
+
+/// `node.id`, `node.hostname`, `node.role` (any case) or `node.labels.KEY` (the label key kept
+/// as written).
+fn canonical_key(key: &str) -> Result<String, String> {
+    const LABELS: &str = "node.labels.";
+    let lower = key.to_ascii_lowercase();
+    if matches!(lower.as_str(), "node.id" | "node.hostname" | "node.role") {
+        return Ok(lower);
+    }
+    if lower.starts_with(LABELS) && key.is_char_boundary(LABELS.len()) {
+        let label = &key[LABELS.len()..];
+        if label.is_empty() || label.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!("{key:?} names no valid label key"));
+        }
+        return Ok(format!("{LABELS}{label}"));
+    }
+    if key.is_empty() {
+        return Err("the key is empty".into());
+    }
+    Err(format!(
+        "unknown key {key} (use node.id, node.hostname, node.role or node.labels.KEY)"
+    ))
+}
+
+fn check_value(c: &Constraint) -> Result<(), String> {
+    if c.value.is_empty() {
+        return Err("the value is empty".into());
+    }
+    if c.value.chars().any(|ch| ch.is_control()) {
+        return Err("the value contains control characters".into());
+    }
+    if c.key == "node.role" && !matches!(c.value.to_ascii_lowercase().as_str(), "manager" | "worker")
+    {
+        return Err(format!("node.role is manager or worker, not {:?}", c.value));
+    }
+    Ok(())
+}
+
+fn image_ok(s: &str) -> bool {
+    if s.is_empty() || s.len() > 512 {
+        return false;
+    }
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    if let Some(d) = digest
+        && !digest_ok(d)
+    {
+        return false;
+    }
+    // The tag is after the last ':' that follows the last '/' (a ':' before it is a port).
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag
+        && !tag_ok(t)
+    {
+        return false;
+    }
+    if name.is_empty() || name.len() > 255 {
+        return false;
+    }
+    let mut parts: Vec<&str> = name.split('/').collect();
+    if parts.len() > 1 {
+        let first = parts[0];
+        let is_domain = first.contains(['.', ':', '['])
+            || first == "localhost"
+            || first.chars().any(|c| c.is_ascii_uppercase());
+        if is_domain {
+            if !domain_ok(first) {
+                return false;
+            }
+            parts.remove(0);
+        }
+    }
+    parts.iter().all(|p| path_component_ok(p))
+}
+
+/// `alnum+ (separator alnum+)*` with separators `.`, `_`, `__` or `-+`, alnum lower case.
+fn path_component_ok(p: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let b: Vec<char> = p.chars().collect();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep: String = b[start..i].iter().collect();
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.chars().all(|c| c == '-');
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn domain_ok(d: &str) -> bool {
+    let (host, port) = if let Some(rest) = d.strip_prefix('[') {
+        // An IPv6 literal: [addr] or [addr]:port.
+        let Some((addr, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if addr.is_empty() || !addr.chars().all(|c| c.is_ascii_hexdigit() || c == ':') {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(p) => return !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()),
+                None => return false,
+            },
+        }
+    } else {
+        match d.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (d, None),
+        }
+    };
+    if let Some(p) = port
+        && (p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()))
+    {
+        return false;
+    }
+    !host.is_empty()
+        && host.split('.').all(|c| {
+            !c.is_empty()
+                && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+                && !c.starts_with('-')
+                && !c.ends_with('-')
+        })
+}
+
+/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn tag_ok(t: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut chars = t.chars();
+    t.len() <= 128
+        && chars.next().is_some_and(word)
+        && chars.all(|c| word(c) || c == '.' || c == '-')
+}
+
+/// `algorithm:hex`; sha256 needs exactly 64 lower-case hex digits, others at least 32.
+fn digest_ok(d: &str) -> bool {
+    let Some((alg, hex)) = d.split_once(':') else {
+        return false;
+    };
+    let alg_ok = !alg.is_empty()
+        && alg
+            .split(['+', '.', '-', '_'])
+            .all(|c| c.chars().next().is_some_and(|f| f.is_ascii_alphabetic()) && c.chars().all(|ch| ch.is_ascii_alphanumeric()));
+    if !alg_ok {
+        return false;
+    }
+    if alg == "sha256" {
+        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    } else {
+        hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::service::{RestartPolicy, TaskSpec};
+    use std::collections::BTreeMap;
+
+    fn spec() -> ServiceSpec {
+        ServiceSpec {
+            name: "web".into(),
+            labels: BTreeMap::new(),
+            mode: Mode::Replicated { replicas: 2 },
+            task: TaskSpec {
+                runtime: Runtime::Docker,
+                image: "nginx:1.27".into(),
+                command: vec![],
+                env: vec!["A=1".into()],
+                restart: RestartPolicy::default(),
+                constraints: vec![],
+                reservations: Resources::default(),
+                limits: Resources::default(),
+            },
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+        }
+    }
+
+    fn field_of(spec: &ServiceSpec) -> String {
+        validate(spec).expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn a_good_spec_passes() {
+        assert_eq!(validate(&spec()), Ok(()));
+        let mut s = spec();
+        s.task.runtime = Runtime::Exec;
+        s.task.image.clear();
+        s.task.command = vec!["/bin/sleep".into(), "60".into()];
+        s.task.constraints = vec![parse_constraint("node.labels.zone == eu").expect("parses")];
+        assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let mut s = spec();
+        s.name = "-web".into();
+        assert!(field_of(&s).starts_with("name: "));
+        s.name = "a".repeat(64);
+        assert!(field_of(&s).starts_with("name: "));
+        s.name = "we b".into();
+        assert!(field_of(&s).starts_with("name: "));
+
+        let mut s = spec();
+        s.task.image = "UPPER:case".into();
+        assert_eq!(
+            field_of(&s),
+            "image: \"UPPER:case\" is not a valid image reference"
+        );
+
+        let mut s = spec();
+        s.task.runtime = Runtime::Exec;
+        s.task.image.clear();
+        assert_eq!(field_of(&s), "command: the exec runtime needs a command");
+
+        let mut s = spec();
+        s.task.env = vec!["FOO".into()];
+        assert_eq!(field_of(&s), "env: \"FOO\" is not KEY=VALUE");
+
+        let mut s = spec();
+        s.update.delay_ms = u64::MAX;
+        assert!(field_of(&s).starts_with("update.delay_ms: "));
+        let mut s = spec();
+        s.rollback.parallelism = u64::MAX;
+        assert!(field_of(&s).starts_with("rollback.parallelism: "));
+        let mut s = spec();
+        s.task.restart.delay_ms = u64::MAX;
+        assert!(field_of(&s).starts_with("restart.delay_ms: "));
+
+        let mut s = spec();
+        s.mode = Mode::Replicated { replicas: u64::MAX };
+        assert!(field_of(&s).starts_with("replicas: "));
+
+        let mut s = spec();
+        s.task.reservations.memory_bytes = 1 << 30;
+        s.task.limits.memory_bytes = 1 << 29;
+        assert!(field_of(&s).starts_with("reservations.memory_bytes: "));
+
+        let mut s = spec();
+        s.task.constraints = vec![Constraint {
+            key: "node.rol".into(),
+            op: ConstraintOp::Eq,
+            value: "x".into(),
+        }];
+        assert_eq!(
+            field_of(&s),
+            "constraint \"node.rol==x\": unknown key node.rol (use node.id, node.hostname, \
+             node.role or node.labels.KEY)"
+        );
+
+        assert_eq!(
+            parse_mode("global", Some(3)).expect_err("refused").to_string(),
+            "replicas: a global service has no replicas"
+        );
+        assert!(parse_mode("daemonset", None).is_err());
+        assert_eq!(parse_mode("", None), Ok(Mode::Replicated { replicas: 1 }));
+    }
+
+    #[test]
+    fn constraints_parse() {
+        let c = parse_constraint("node.labels.zone==eu").expect("parses");
+        assert_eq!((c.key.as_str(), c.op, c.value.as_str()), ("node.labels.zone", ConstraintOp::Eq, "eu"));
+        let c = parse_constraint("Node.Role != manager").expect("parses");
+        assert_eq!((c.key.as_str(), c.op), ("node.role", ConstraintOp::Ne));
+        assert_eq!(constraint_text(&c), "node.role!=manager");
+        let e = parse_constraint("node.rol==x").expect_err("refused").to_string();
+        assert_eq!(
+            e,
+            "constraint \"node.rol==x\": unknown key node.rol (use node.id, node.hostname, \
+             node.role or node.labels.KEY)"
+        );
+        assert!(parse_constraint("node.role=worker").is_err());
+        assert!(parse_constraint("node.role==boss").is_err());
+        assert!(parse_constraint("node.labels.==x").is_err());
+        assert!(parse_constraint("node.hostname==").is_err());
+    }
+
+    #[test]
+    fn image_grammar() {
+        for good in [
+            "nginx",
+            "nginx:1.27-alpine",
+            "library/nginx",
+            "docker.io/library/nginx:latest",
+            "localhost:5000/a/b_c__d.e-f---g:v1",
+            "localhost/x",
+            "Registry.Example.com/team/app",
+            "[::1]:5000/app:1",
+            "alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "alpine:3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(parse_image(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "",
+            "UPPER:case",
+            "Nginx",
+            "nginx:",
+            "nginx:-x",
+            "-nginx",
+            "nginx-",
+            "a//b",
+            "a/b/",
+            "a..b",
+            "a___b",
+            "nginx@sha256:abc",
+            "nginx@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+            "host:port/a",
+            "a b",
+            &format!("a:{}", "t".repeat(129)),
+        ] {
+            assert!(parse_image(bad).is_err(), "{bad}");
+        }
+    }
+}
