@@ -34,6 +34,8 @@ fn command(i: u64) -> Command {
         created_at: "2026-01-01T00:00:00Z".into(),
         updated_at: "2026-01-01T00:00:00Z".into(),
         labels: BTreeMap::new(),
+        runtimes: Vec::new(),
+        resources: Default::default(),
     })
 }
 

@@ -24,7 +24,10 @@ use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
 use crate::agent::join::{JoinError, Joined};
+use crate::agent::executor::Executors;
+use crate::agent::supervisor::{AgentService, Supervisor};
 use crate::agent::{Agent, ManagerList};
+use crate::api::v1::agent_server::AgentServer;
 use crate::api::v1::ca_server::CaServer;
 use crate::api::v1::control_server::{Control, ControlServer};
 use crate::api::v1::dispatcher_client::DispatcherClient;
@@ -110,6 +113,7 @@ struct Running {
     file: NodeFile,
     creds: Credentials,
     manager: Option<Arc<Manager>>,
+    supervisor: Arc<Supervisor>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -118,6 +122,7 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        self.supervisor.stop_all().await;
         if let Some(m) = self.manager
             && let Err(e) = m.raft.shutdown().await
         {
@@ -233,6 +238,9 @@ impl Paths {
     fn raft(&self) -> PathBuf {
         self.0.join("raft")
     }
+    fn tasks(&self) -> PathBuf {
+        self.0.join("tasks")
+    }
 }
 
 /// Everything a node writes when it gets an identity.
@@ -344,12 +352,16 @@ impl Daemon {
         let client_tls =
             net::client_config(&creds.root_der, Some(&creds)).map_err(|e| corrupt(p.cert(), &e))?;
         let mut managers = file.managers.clone();
+        if file.role == NodeRole::Manager && !managers.contains(&file.advertise_addr) {
+            managers.insert(0, file.advertise_addr.clone());
+        }
+        let list: ManagerList = Arc::new(Mutex::new(managers));
+        let execs = Arc::new(Executors::detect(&p.tasks()).await);
+        let supervisor = Supervisor::new(execs, client_tls.clone(), list.clone());
         let mut tasks = Vec::new();
         let mut manager = None;
         if file.role == NodeRole::Manager {
-            let dek = kek
-                .unwrap(&read(&p.dek())?)
-                .map_err(|e| corrupt(p.dek(), &e))?;
+            let dek = kek.unwrap(&read(&p.dek())?).map_err(|e| corrupt(p.dek(), &e))?;
             let (log, sm) = crate::store::open(&p.raft(), dek)
                 .await
                 .map_err(|e| DaemonError::Start(e.to_string()))?;
@@ -366,16 +378,15 @@ impl Daemon {
                 file.node_id.clone(),
                 file.advertise_addr.clone(),
                 client_tls.clone(),
+                creds.clone(),
+                file.cluster_id.clone(),
                 self.cfg.heartbeat_period,
             );
-            tasks.extend(self.serve_tls(&mgr, &creds, &file.cluster_id).await?);
             tasks.push(tokio::spawn(mgr.clone().run_liveness()));
-            if !managers.contains(&file.advertise_addr) {
-                managers.insert(0, file.advertise_addr.clone());
-            }
+            tasks.push(tokio::spawn(crate::manager::dispatch::run_orchestrator(mgr.clone())));
             manager = Some(mgr);
         }
-        let list: ManagerList = Arc::new(Mutex::new(managers));
+        tasks.extend(self.serve_tls(manager.as_ref(), &supervisor, &creds, &file.cluster_id).await?);
         let agent = Agent {
             hostname: self.hostname.clone(),
             addr: file.advertise_addr.clone(),
@@ -384,18 +395,23 @@ impl Daemon {
             period: self.cfg.heartbeat_period,
         };
         tasks.push(tokio::spawn(agent.run()));
+        tasks.push(tokio::spawn(supervisor.clone().run()));
         tasks.push(tokio::spawn(persist_managers(self.paths().node(), list)));
         Ok(Running {
             file,
             creds,
             manager,
+            supervisor,
             tasks,
         })
     }
 
+    /// Serves mTLS on the listen address: every node serves the agent service (task logs);
+    /// managers also serve the CA, the dispatcher and Raft.
     async fn serve_tls(
         &self,
-        mgr: &Arc<Manager>,
+        mgr: Option<&Arc<Manager>>,
+        supervisor: &Arc<Supervisor>,
         creds: &Credentials,
         cluster_id: &str,
     ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
@@ -409,20 +425,28 @@ impl Daemon {
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
         let (incoming, accept) =
             net::accept_loop(listener, config, cluster_id.to_string(), fail_tx);
-        let svc = Services::new(mgr.clone());
-        let server = tonic::transport::Server::builder()
-            .add_service(CaServer::new(svc.clone()))
-            .add_service(DispatcherServer::new(svc.clone()))
-            .add_service(ManagerServer::new(svc))
-            .serve_with_incoming(incoming);
+        let mut router = tonic::transport::Server::builder()
+            .add_service(AgentServer::new(AgentService(supervisor.clone())));
+        if let Some(mgr) = mgr {
+            let svc = Services::new(mgr.clone());
+            router = router
+                .add_service(CaServer::new(svc.clone()))
+                .add_service(DispatcherServer::new(svc.clone()))
+                .add_service(ManagerServer::new(svc));
+        }
+        let server = router.serve_with_incoming(incoming);
         let serve = tokio::spawn(async move {
             if let Err(e) = server.await {
                 tracing::error!(error = %e, "mTLS server stopped");
             }
         });
-        let auditor_mgr = mgr.clone();
+        let auditor_mgr = mgr.cloned();
         let auditor = tokio::spawn(async move {
             while let Some(f) = fail_rx.recv().await {
+                let Some(m) = &auditor_mgr else {
+                    tracing::warn!(peer = %f.addr, reason = %f.reason, "TLS handshake refused");
+                    continue;
+                };
                 let ev = AuditEvent::now(
                     Actor::anonymous(&f.addr.to_string()),
                     "tls.handshake",
@@ -431,7 +455,7 @@ impl Daemon {
                 )
                 .with("peer", f.addr.to_string())
                 .with("reason", f.reason);
-                auditor_mgr.audit_failure(f.addr.ip(), ev).await;
+                m.audit_failure(f.addr.ip(), ev).await;
             }
         });
         tracing::info!(addr = %self.cfg.listen_addr, "serving mTLS");
@@ -856,6 +880,12 @@ impl Daemon {
         Ok(())
     }
 
+    /// The running manager and the local admin as the actor of a control call.
+    async fn manager_and_admin(&self) -> Result<(Arc<Manager>, Actor), Status> {
+        self.with_manager(|m, file| Ok((m.clone(), Actor::local_admin(&file.node_id))))
+            .await
+    }
+
     async fn with_manager<T>(
         &self,
         f: impl FnOnce(&Arc<Manager>, &NodeFile) -> Result<T, Status>,
@@ -1156,56 +1186,127 @@ impl Control for ControlService {
 
     async fn swarm_update(
         &self,
-        _req: Request<crate::api::v1::SwarmUpdateRequest>,
+        req: Request<crate::api::v1::SwarmUpdateRequest>,
     ) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented("swarm update is not implemented yet"))
+        let ms = req.into_inner().dispatcher_heartbeat_ms;
+        let (m, actor) = self.0.manager_and_admin().await?;
+        if ms > 0 {
+            m.set_heartbeat(actor, ms).await.map_err(to_status)?;
+        }
+        Ok(Response::new(Empty {}))
     }
+
     async fn node_update(
         &self,
-        _req: Request<crate::api::v1::NodeUpdateRequest>,
+        req: Request<crate::api::v1::NodeUpdateRequest>,
     ) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented("node update is not implemented yet"))
+        let r = req.into_inner();
+        let (m, actor) = self.0.manager_and_admin().await?;
+        m.update_node(actor, &r.node, &r.availability, &r.label_add, &r.label_rm)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(Empty {}))
     }
+
     async fn node_tasks(
         &self,
-        _req: Request<NodeInspectRequest>,
+        req: Request<NodeInspectRequest>,
     ) -> Result<Response<crate::api::v1::TaskListResponse>, Status> {
-        Err(Status::unimplemented("node ps is not implemented yet"))
+        let want = req.into_inner().node;
+        let (m, _) = self.0.manager_and_admin().await?;
+        let want = if want.is_empty() || want == "self" { m.node_id.clone() } else { want };
+        let tasks = m.node_tasks(&want).map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::TaskListResponse { tasks_json: to_json(&tasks)? }))
     }
+
     async fn service_create(
         &self,
-        _req: Request<crate::api::v1::ServiceSpecRequest>,
+        req: Request<crate::api::v1::ServiceSpecRequest>,
     ) -> Result<Response<crate::api::v1::ServiceCreateResponse>, Status> {
-        Err(Status::unimplemented("services are not implemented yet"))
+        let spec = parse_spec(&req.into_inner().spec_json)?;
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let id = m.create_service(actor, spec).await.map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::ServiceCreateResponse { id }))
     }
+
     async fn service_update(
         &self,
-        _req: Request<crate::api::v1::ServiceUpdateRequest>,
+        req: Request<crate::api::v1::ServiceUpdateRequest>,
     ) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented("services are not implemented yet"))
+        let r = req.into_inner();
+        let spec = if r.spec_json.is_empty() { None } else { Some(parse_spec(&r.spec_json)?) };
+        let (m, actor) = self.0.manager_and_admin().await?;
+        m.update_service(actor, &r.service, spec, r.rollback, r.force)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(Empty {}))
     }
+
     async fn service_list(
         &self,
         _req: Request<Empty>,
     ) -> Result<Response<crate::api::v1::ServiceListResponse>, Status> {
-        Err(Status::unimplemented("services are not implemented yet"))
+        let (m, _) = self.0.manager_and_admin().await?;
+        let services = m
+            .services()
+            .iter()
+            .map(|(svc, tasks)| service_info(svc, tasks))
+            .collect::<Result<_, _>>()?;
+        Ok(Response::new(crate::api::v1::ServiceListResponse { services }))
     }
+
     async fn service_inspect(
         &self,
-        _req: Request<crate::api::v1::ServiceRef>,
+        req: Request<crate::api::v1::ServiceRef>,
     ) -> Result<Response<crate::api::v1::ServiceInfo>, Status> {
-        Err(Status::unimplemented("services are not implemented yet"))
+        let want = req.into_inner().service;
+        let (m, _) = self.0.manager_and_admin().await?;
+        let (svc, tasks) = m.service(&want).map_err(to_status)?;
+        Ok(Response::new(service_info(&svc, &tasks)?))
     }
+
     async fn service_remove(
         &self,
-        _req: Request<crate::api::v1::ServiceRef>,
+        req: Request<crate::api::v1::ServiceRef>,
     ) -> Result<Response<Empty>, Status> {
-        Err(Status::unimplemented("services are not implemented yet"))
+        let want = req.into_inner().service;
+        let (m, actor) = self.0.manager_and_admin().await?;
+        m.remove_service(actor, &want).await.map_err(to_status)?;
+        Ok(Response::new(Empty {}))
     }
+
     async fn service_logs(
         &self,
-        _req: Request<crate::api::v1::ServiceLogsRequest>,
+        req: Request<crate::api::v1::ServiceLogsRequest>,
     ) -> Result<Response<crate::api::v1::LogsResponse>, Status> {
-        Err(Status::unimplemented("services are not implemented yet"))
+        let r = req.into_inner();
+        let (m, _) = self.0.manager_and_admin().await?;
+        let lines = m.service_logs(&r.service, r.tail).await.map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::LogsResponse { lines }))
     }
+}
+
+fn to_json<T: serde::Serialize>(items: &[T]) -> Result<Vec<String>, Status> {
+    items
+        .iter()
+        .map(|x| serde_json::to_string(x).map_err(|e| Status::internal(e.to_string())))
+        .collect()
+}
+
+fn service_info(
+    svc: &crate::store::service::Service,
+    tasks: &[crate::store::service::Task],
+) -> Result<crate::api::v1::ServiceInfo, Status> {
+    Ok(crate::api::v1::ServiceInfo {
+        service_json: serde_json::to_string(svc).map_err(|e| Status::internal(e.to_string()))?,
+        tasks_json: to_json(tasks)?,
+    })
+}
+
+/// A service spec from the control API: untrusted JSON, bounded in size.
+fn parse_spec(json: &str) -> Result<crate::store::service::ServiceSpec, Status> {
+    if json.len() > 256 * 1024 {
+        return Err(Status::invalid_argument("service spec: larger than 256 KiB"));
+    }
+    serde_json::from_str(json).map_err(|e| Status::invalid_argument(format!("service spec: {e}")))
 }

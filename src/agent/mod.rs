@@ -8,7 +8,9 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use tonic::transport::Channel;
 
+pub mod executor;
 pub mod join;
+pub mod supervisor;
 
 use crate::api::v1::HeartbeatRequest;
 use crate::api::v1::dispatcher_client::DispatcherClient;

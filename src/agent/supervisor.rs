@@ -45,6 +45,7 @@ pub struct Supervisor {
     local: Mutex<HashMap<String, Local>>,
     finished: Mutex<std::collections::VecDeque<String>>,
     reports: mpsc::UnboundedSender<(String, TaskStatus)>,
+    running: Arc<std::sync::atomic::AtomicUsize>,
     reports_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, TaskStatus)>>>,
 }
 
@@ -69,6 +70,7 @@ impl Supervisor {
             local: Mutex::new(HashMap::new()),
             finished: Mutex::new(std::collections::VecDeque::new()),
             reports: tx,
+            running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             reports_rx: Mutex::new(Some(rx)),
         })
     }
@@ -197,7 +199,12 @@ impl Supervisor {
                 drop(local);
                 let execs = self.execs.clone();
                 let reports = self.reports.clone();
-                tokio::spawn(run_task(execs, reports, task, stop_rx));
+                let running = self.running.clone();
+                running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    run_task(execs, reports, task, stop_rx).await;
+                    running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
             }
             (_, Some(l)) => {
                 l.task.desired = task.desired;
@@ -252,6 +259,22 @@ impl Supervisor {
         }
     }
 
+    /// Stops every task (the node leaves or shuts down) and waits for them, within the stop
+    /// grace period.
+    pub async fn stop_all(&self) {
+        for l in self.lock().values() {
+            if let Some(stop) = &l.stop {
+                let _ = stop.send(true);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(1);
+        while self.running.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Log lines of tasks this node ran.
     pub async fn logs(&self, ids: &[String], tail: usize) -> Vec<LogLine> {
         let tasks: Vec<Task> = {
@@ -287,7 +310,7 @@ async fn run_task(
     report(status(TaskState::Preparing, "preparing", "", None));
     let start = tokio::select! {
         r = execs.start(&task) => r,
-        _ = stop.wait_for(|s| *s) => {
+        _ = stopped(&mut stop) => {
             report(status(TaskState::Shutdown, "shutdown before start", "", None));
             return;
         }
@@ -302,13 +325,19 @@ async fn run_task(
     report(status(TaskState::Running, "started", "", None));
     tokio::select! {
         code = handle.wait() => report(ended(code)),
-        _ = stop.wait_for(|s| *s) => {
+        _ = stopped(&mut stop) => {
             if let Err(e) = handle.stop(STOP_GRACE).await {
                 tracing::warn!(task = %task.id, error = %e, "stopping the task");
             }
             report(status(TaskState::Shutdown, "shutdown", "", None));
         }
     }
+}
+
+/// Resolves when a stop is requested (or the supervisor is gone). Holds no borrow of the
+/// watch value, so the select branches after it may await.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 fn ended(code: Result<i64, ExecError>) -> TaskStatus {

@@ -194,10 +194,19 @@ async fn start(args: &DevArgs, base: &Path, nodes: &mut Nodes) -> anyhow::Result
     }
     text.push_str(&t.render());
     text.push_str(&format!(
+        "\nTo point the CLI at the swarm (its first manager), run:\n\n    {}\n",
+        export_line(first)
+    ));
+    text.push_str(&format!(
         "\nData and daemon logs are in {}.\nPress Ctrl-C to stop the swarm.\n",
         base.display()
     ));
     Ok(text)
+}
+
+/// `export SKEP_HOST=unix://...`: the shell line that points the CLI at `node`.
+fn export_line(node: &DevNode) -> String {
+    format!("export SKEP_HOST={}", node.host().url())
 }
 
 fn spawn(exe: &Path, node: &DevNode) -> anyhow::Result<Child> {
@@ -279,6 +288,21 @@ async fn wait_all_ready(api: &mut ControlClient<Channel>, n: usize) -> anyhow::R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_line_names_the_socket() {
+        let n = DevNode {
+            name: "node1".into(),
+            dir: PathBuf::from("/tmp/skep-dev-x/node1"),
+            addr: node_addr(0),
+            manager: true,
+            child: None,
+        };
+        assert_eq!(
+            export_line(&n),
+            "export SKEP_HOST=unix:///tmp/skep-dev-x/node1/skep.sock"
+        );
+    }
 
     #[test]
     fn addresses_start_at_127_0_0_2() {

@@ -16,7 +16,11 @@ mod dev;
 pub mod duration;
 mod node;
 mod output;
+mod progress;
+mod service;
+mod spec;
 mod swarm;
+mod tasks;
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -28,6 +32,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use self::client::Host;
+use self::service::ServiceCommand;
 
 /// Where the CLI finds the daemon unless `--host` or `SKEP_HOST` says otherwise.
 pub const DEFAULT_HOST: &str = "unix:///var/run/skep.sock";
@@ -63,6 +68,9 @@ enum Command {
     /// Manage swarm nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(Box<ServiceCommand>),
     /// Read and verify the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -104,6 +112,18 @@ enum SwarmCommand {
     Unlock,
     /// Show the command that joins a node to this swarm (same as `skep join-token`).
     JoinToken(JoinTokenArgs),
+    /// Update the swarm's settings.
+    Update(SwarmUpdateArgs),
+}
+
+#[derive(Debug, Args)]
+struct SwarmUpdateArgs {
+    /// Dispatcher heartbeat period (e.g. 5s).
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    dispatcher_heartbeat: Option<Duration>,
+    /// Not supported yet: node certificates keep the validity `swarm init` set.
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    cert_expiry: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +191,63 @@ enum NodeCommand {
     Ls(NodeLsArgs),
     /// Display detailed information on one or more nodes.
     Inspect(NodeInspectArgs),
+    /// List tasks running on one or more nodes (default: the current node).
+    Ps(NodePsArgs),
+    /// Update a node's availability or labels.
+    Update(NodeUpdateArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodePsArgs {
+    /// Only display task IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Do not truncate output.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Output format.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    format: Format,
+    /// Node ID, ID prefix or hostname; `self` is the node answering (the default).
+    #[arg(value_name = "NODE")]
+    nodes: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct NodeUpdateArgs {
+    /// Availability of the node.
+    #[arg(long, value_name = "AVAILABILITY")]
+    availability: Option<Availability>,
+    /// Add or update a node label (KEY=VALUE).
+    #[arg(long, value_name = "KEY=VALUE")]
+    label_add: Vec<String>,
+    /// Remove a node label if it exists.
+    #[arg(long, value_name = "KEY")]
+    label_rm: Vec<String>,
+    /// Node ID, ID prefix or hostname; `self` is the node answering.
+    #[arg(value_name = "NODE")]
+    node: String,
+}
+
+/// `node update --availability`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Availability {
+    /// New tasks may be placed on the node.
+    Active,
+    /// No new tasks; running ones stay.
+    Pause,
+    /// Tasks are moved to other nodes.
+    Drain,
+}
+
+impl Availability {
+    fn as_str(self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +353,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         command => {
             let host = Host::parse(&cli.host)?;
+            check(&command)?;
             runtime()?.block_on(control(host, command))
         }
     }
@@ -289,6 +367,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// Refuses bad values before connecting: nothing is sent, whatever the daemon would say.
+fn check(command: &Command) -> anyhow::Result<()> {
+    match command {
+        Command::Service(cmd) => service::check(cmd),
+        Command::Swarm(SwarmCommand::Update(args)) => swarm::update_request(args).map(|_| ()),
+        Command::Node(NodeCommand::Update(args)) => node::update_request(args).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
 async fn control(host: Host, command: Command) -> anyhow::Result<()> {
     let mut api = client::connect(&host).await?;
     match command {
@@ -296,11 +384,15 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Join(args)) => swarm::join(&mut api, args).await,
         Command::Swarm(SwarmCommand::Leave(args)) => swarm::leave(&mut api, args).await,
         Command::Swarm(SwarmCommand::Unlock) => swarm::unlock(&mut api).await,
+        Command::Swarm(SwarmCommand::Update(args)) => swarm::update(&mut api, args).await,
         Command::Swarm(SwarmCommand::JoinToken(args)) | Command::JoinToken(args) => {
             swarm::join_token(&mut api, args).await
         }
         Command::Node(NodeCommand::Ls(args)) => node::ls(&mut api, args).await,
         Command::Node(NodeCommand::Inspect(args)) => node::inspect(&mut api, args).await,
+        Command::Node(NodeCommand::Ps(args)) => node::ps(&mut api, args).await,
+        Command::Node(NodeCommand::Update(args)) => node::update(&mut api, args).await,
+        Command::Service(cmd) => service::run(&mut api, *cmd).await,
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
         Command::Daemon(_) | Command::Dev(_) => unreachable_command(),
@@ -466,6 +558,60 @@ mod tests {
         );
         assert_eq!(
             parse(&["swarm", "join", "--token", "T"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn node_ps_and_update() {
+        let cli = parse(&["node", "ps"]).unwrap();
+        let Command::Node(NodeCommand::Ps(a)) = cli.command else {
+            panic!("not node ps")
+        };
+        assert!(a.nodes.is_empty());
+        let cli = parse(&[
+            "node",
+            "update",
+            "--availability",
+            "drain",
+            "--label-add",
+            "a=b",
+            "w1",
+        ])
+        .unwrap();
+        let Command::Node(NodeCommand::Update(a)) = cli.command else {
+            panic!("not node update")
+        };
+        assert_eq!(a.availability, Some(Availability::Drain));
+        assert_eq!(a.node, "w1");
+        let e = parse(&["node", "update", "--availability", "gone", "w1"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(e.to_string().contains("--availability"), "{e}");
+        let cli = parse(&["node", "update", "w1"]).unwrap();
+        let e = check(&cli.command).unwrap_err().to_string();
+        assert!(e.starts_with("nothing to update"), "{e}");
+    }
+
+    #[test]
+    fn swarm_update_flags() {
+        let cli = parse(&["swarm", "update", "--dispatcher-heartbeat", "10s"]).unwrap();
+        check(&cli.command).unwrap();
+        let Command::Swarm(SwarmCommand::Update(a)) = &cli.command else {
+            panic!("not swarm update")
+        };
+        assert_eq!(
+            swarm::update_request(a).unwrap().dispatcher_heartbeat_ms,
+            10_000
+        );
+        let cli = parse(&["swarm", "update", "--cert-expiry", "30d"]).unwrap();
+        let e = check(&cli.command).unwrap_err().to_string();
+        assert!(e.contains("--cert-expiry cannot be changed"), "{e}");
+        let cli = parse(&["swarm", "update"]).unwrap();
+        assert!(check(&cli.command).is_err());
+        assert_eq!(
+            parse(&["swarm", "update", "--dispatcher-heartbeat", "0s"])
                 .unwrap_err()
                 .exit_code(),
             2

@@ -1,4 +1,4 @@
-//! `skep node ls` and `skep node inspect`.
+//! `skep node ls|inspect|ps|update`.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -8,9 +8,11 @@ use tonic::transport::Channel;
 
 use super::client::status;
 use super::output::{Table, json_line, json_pretty};
-use super::{Format, NodeInspectArgs, NodeLsArgs, print};
+use super::service::{hostnames, ps_output};
+use super::tasks::parse_tasks;
+use super::{Format, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, print};
 use crate::api::v1::control_client::ControlClient;
-use crate::api::v1::{Empty, NodeInfo, NodeInspectRequest};
+use crate::api::v1::{Empty, NodeInfo, NodeInspectRequest, NodeUpdateRequest};
 
 type Api = ControlClient<Channel>;
 
@@ -72,19 +74,23 @@ fn ls_json(n: &NodeInfo) -> Value {
     })
 }
 
+/// A node argument, with `self` meaning the node answering.
+async fn resolve(api: &mut Api, name: &str) -> anyhow::Result<String> {
+    if name != "self" {
+        return Ok(name.to_string());
+    }
+    let info = api.info(Empty {}).await.map_err(status)?.into_inner();
+    if info.node_id.is_empty() {
+        anyhow::bail!("this node is not part of a swarm");
+    }
+    Ok(info.node_id)
+}
+
 pub(super) async fn inspect(api: &mut Api, args: NodeInspectArgs) -> anyhow::Result<()> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in &args.nodes {
-        let node = if name == "self" {
-            let info = api.info(Empty {}).await.map_err(status)?.into_inner();
-            if info.node_id.is_empty() {
-                anyhow::bail!("this node is not part of a swarm");
-            }
-            info.node_id
-        } else {
-            name.clone()
-        };
+        let node = resolve(api, name).await?;
         match api.node_inspect(NodeInspectRequest { node }).await {
             Ok(resp) => found.push(resp.into_inner()),
             Err(s) => errors.push(status(s).to_string()),
@@ -100,6 +106,75 @@ pub(super) async fn inspect(api: &mut Api, args: NodeInspectArgs) -> anyhow::Res
         anyhow::bail!("{}", errors.join("\n"));
     }
     Ok(())
+}
+
+/// `node ps`: the tasks placed on nodes, with `service ps`'s columns.
+pub(super) async fn ps(api: &mut Api, args: NodePsArgs) -> anyhow::Result<()> {
+    let names = if args.nodes.is_empty() {
+        vec!["self".to_string()]
+    } else {
+        args.nodes.clone()
+    };
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for name in &names {
+        let node = resolve(api, name).await?;
+        match api.node_tasks(NodeInspectRequest { node }).await {
+            Ok(resp) => all.extend(parse_tasks(&resp.into_inner().tasks_json)?),
+            Err(s) => errors.push(status(s).to_string()),
+        }
+    }
+    if errors.is_empty() || !all.is_empty() {
+        let hosts = hostnames(api).await;
+        print(&ps_output(
+            &all,
+            &hosts,
+            args.quiet,
+            args.no_trunc,
+            args.format,
+        ))?;
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+/// `node update`: availability and labels; prints the node as given, as Docker does.
+pub(super) async fn update(api: &mut Api, args: NodeUpdateArgs) -> anyhow::Result<()> {
+    let req = update_request(&args)?;
+    let node = resolve(api, &args.node).await?;
+    api.node_update(NodeUpdateRequest { node, ..req })
+        .await
+        .map_err(status)?;
+    print(&format!("{}\n", args.node))
+}
+
+/// The request `node update` sends (without the node), checked before anything is sent.
+pub(super) fn update_request(args: &NodeUpdateArgs) -> anyhow::Result<NodeUpdateRequest> {
+    if args.availability.is_none() && args.label_add.is_empty() && args.label_rm.is_empty() {
+        anyhow::bail!("nothing to update: give --availability, --label-add or --label-rm");
+    }
+    for l in &args.label_add {
+        let key = l.split_once('=').map_or(l.as_str(), |(k, _)| k);
+        if key.is_empty() || key.chars().any(char::is_whitespace) {
+            anyhow::bail!("invalid --label-add {l:?}: expected KEY or KEY=VALUE");
+        }
+    }
+    for k in &args.label_rm {
+        if k.is_empty() || k.contains('=') || k.chars().any(char::is_whitespace) {
+            anyhow::bail!("invalid --label-rm {k:?}: expected a label KEY");
+        }
+    }
+    Ok(NodeUpdateRequest {
+        node: String::new(),
+        availability: args
+            .availability
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default(),
+        label_add: args.label_add.clone(),
+        label_rm: args.label_rm.clone(),
+    })
 }
 
 /// `node inspect` JSON, shaped like Docker's (`Spec`, `Description`, `Status`, `ManagerStatus`).
@@ -239,6 +314,29 @@ mod tests {
         assert_eq!(m["Status"]["State"], "ready");
         let w = inspect_json(&node("b", "n2", "worker", "", false));
         assert!(w.get("ManagerStatus").is_none());
+    }
+
+    #[test]
+    fn update_requests() {
+        use super::super::{Availability, NodeUpdateArgs};
+        let args = |availability, add: &[&str], rm: &[&str]| NodeUpdateArgs {
+            availability,
+            label_add: add.iter().map(|s| s.to_string()).collect(),
+            label_rm: rm.iter().map(|s| s.to_string()).collect(),
+            node: "w1".into(),
+        };
+        let r = update_request(&args(
+            Some(Availability::Drain),
+            &["zone=a", "ssd"],
+            &["old"],
+        ))
+        .unwrap();
+        assert_eq!(r.availability, "drain");
+        assert_eq!(r.label_add, ["zone=a", "ssd"]);
+        assert_eq!(r.label_rm, ["old"]);
+        assert!(update_request(&args(None, &[], &[])).is_err());
+        assert!(update_request(&args(None, &["=x"], &[])).is_err());
+        assert!(update_request(&args(None, &[], &["a=b"])).is_err());
     }
 
     #[test]

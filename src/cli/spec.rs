@@ -15,9 +15,10 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 
 use super::duration;
+use crate::manager::spec::{self as manager_spec, SpecError};
 use crate::store::service::{
-    Constraint, ConstraintOp, FailureAction, Mode, RestartCondition, RestartPolicy, Runtime,
-    ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder,
+    Constraint, FailureAction, Mode, RestartCondition, RestartPolicy, Runtime, ServiceSpec,
+    TaskSpec, UpdateConfig, UpdateOrder,
 };
 
 /// `--runtime`.
@@ -328,7 +329,9 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
         }
         RuntimeArg::Exec => {
             if c.args.is_empty() || c.args[0].is_empty() {
-                bail!("--runtime exec needs a COMMAND: skep service create --runtime exec -- COMMAND [ARG...]");
+                bail!(
+                    "--runtime exec needs a COMMAND: skep service create --runtime exec -- COMMAND [ARG...]"
+                );
             }
             (String::new(), c.args.to_vec())
         }
@@ -383,7 +386,13 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
         rollback: UpdateConfig::default(),
     };
     flags.apply(&mut spec)?;
+    validate(&spec)?;
     Ok(spec)
+}
+
+/// The manager's whole-spec check, so that what the CLI sends is what the daemon accepts.
+fn validate(spec: &ServiceSpec) -> anyhow::Result<()> {
+    manager_spec::validate(spec).map_err(|e| anyhow::anyhow!("invalid service spec: {e}"))
 }
 
 /// What `service update` changes besides the shared flags.
@@ -449,7 +458,8 @@ pub(super) fn check_update(u: &UpdateSpec<'_>, flags: &SpecFlags) -> anyhow::Res
     )?;
     probe.task.reservations = Default::default();
     probe.task.limits = Default::default();
-    flags.apply(&mut probe)
+    flags.apply(&mut probe)?;
+    validate(&probe)
 }
 
 /// Changes `spec` as `service update` asks: removals first, then additions, as Docker does.
@@ -498,7 +508,8 @@ pub(super) fn apply_update(
             spec.task.constraints.push(c);
         }
     }
-    flags.apply(spec)
+    flags.apply(spec)?;
+    validate(spec)
 }
 
 /// The replicas of a replicated spec; refuses global ones with Docker's words.
@@ -545,7 +556,8 @@ fn millis(d: Duration, flag: &str) -> anyhow::Result<u64> {
 
 /// `0.5` CPUs → 500 000 000 nano-CPUs.
 pub(super) fn parse_cpus(text: &str) -> Result<u64, String> {
-    let bad = || format!("invalid CPU count {text:?}: expected a decimal number of CPUs (e.g. 0.5)");
+    let bad =
+        || format!("invalid CPU count {text:?}: expected a decimal number of CPUs (e.g. 0.5)");
     let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
     if (whole.is_empty() && frac.is_empty())
         || !whole.chars().all(|c| c.is_ascii_digit())
@@ -682,87 +694,56 @@ fn check_key(key: &str, flag: &str) -> anyhow::Result<()> {
 }
 
 fn constraint_arg(text: &str, flag: &str) -> anyhow::Result<Constraint> {
-    parse_constraint(text).map_err(|e| anyhow::anyhow!("invalid {flag} {text:?}: {e}"))
+    parse_constraint(text).map_err(|e| anyhow::anyhow!("invalid {flag}: {e}"))
 }
 
-/// `node.hostname==n1`, `node.role!=manager`, `node.labels.zone==a`.
-// TODO(lead): switch to `crate::manager::spec::parse_constraint` once it lands, so the CLI
-// and the daemon accept exactly the same expressions.
-pub(super) fn parse_constraint(text: &str) -> Result<Constraint, String> {
-    let (key, op, value) = if let Some((k, v)) = text.split_once("==") {
-        (k, ConstraintOp::Eq, v)
-    } else if let Some((k, v)) = text.split_once("!=") {
-        (k, ConstraintOp::Ne, v)
-    } else {
-        return Err("expected KEY==VALUE or KEY!=VALUE (e.g. node.role==manager)".into());
-    };
-    let (key, value) = (key.trim(), value.trim());
-    if value.is_empty() {
-        return Err("the value is empty".into());
-    }
-    if value.contains("==") || value.contains("!=") {
-        return Err("more than one operator".into());
-    }
-    let lower = key.to_ascii_lowercase();
-    let key = match lower.as_str() {
-        "node.id" | "node.hostname" => lower,
-        "node.role" => {
-            let v = value.to_ascii_lowercase();
-            if v != "manager" && v != "worker" {
-                return Err(format!(
-                    "node.role is manager or worker, not {value:?}"
-                ));
-            }
-            return Ok(Constraint {
-                key: lower,
-                op,
-                value: v,
-            });
-        }
-        _ if lower.starts_with("node.labels.") && key.len() > "node.labels.".len() => {
-            format!("node.labels.{}", &key["node.labels.".len()..])
-        }
-        _ => {
-            return Err(format!(
-                "unknown constraint key {key:?} (use node.id, node.hostname, node.role or node.labels.<name>)"
-            ));
-        }
-    };
-    Ok(Constraint {
-        key,
-        op,
-        value: value.to_string(),
-    })
+/// `node.hostname==n1`, `node.role!=manager`, `node.labels.zone==a`: the daemon's own parser,
+/// so the CLI accepts exactly what the manager does.
+pub(super) fn parse_constraint(text: &str) -> Result<Constraint, SpecError> {
+    manager_spec::parse_constraint(text)
 }
 
 /// A constraint as the user writes it.
 pub(super) fn constraint_text(c: &Constraint) -> String {
-    let op = match c.op {
-        ConstraintOp::Eq => "==",
-        ConstraintOp::Ne => "!=",
-    };
-    format!("{}{op}{}", c.key, c.value)
+    manager_spec::constraint_text(c)
 }
 
-/// A service name must work as a DNS label (it names tasks, and later DNS entries).
+/// The manager's rule for service names (letters, digits, `_`, `.`, `-`; starting with a
+/// letter or digit; at most 63), refused naming the flag.
 pub(super) fn check_name(name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
+    let ok = name.len() <= 63
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !ok {
         bail!(
-            "invalid --name {name:?}: a service name is 1 to 63 letters, digits and '-', \
-             starting and ending with a letter or digit"
+            "invalid --name {name:?}: a service name is 1 to 63 letters, digits, '_', '.' and \
+             '-', starting with a letter or digit"
         );
     }
     Ok(())
 }
 
-/// Checks an image reference the way Docker's reference grammar does:
-/// `[HOST[:PORT]/]path/components[:tag][@algo:hex]`, with lower-case path components.
+/// Checks an image reference with the manager's parser; when it refuses, says why if the
+/// reason is a common one (upper case, a bad tag).
 pub(super) fn check_image(image: &str) -> anyhow::Result<()> {
+    match manager_spec::parse_image(image) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(image_reason(image).unwrap_or_else(|| anyhow::anyhow!("invalid {e}"))),
+    }
+}
+
+/// Why Docker's reference grammar refuses an image:
+/// `[HOST[:PORT]/]path/components[:tag][@algo:hex]`, with lower-case path components.
+fn image_reason(image: &str) -> Option<anyhow::Error> {
+    image_grammar(image).err()
+}
+
+fn image_grammar(image: &str) -> anyhow::Result<()> {
     let refuse = |why: &str| anyhow::anyhow!("invalid image {image:?}: {why}");
     if image.is_empty() {
         return Err(refuse("the image is empty"));
@@ -867,7 +848,7 @@ fn path_component_ok(part: &str) -> bool {
     true
 }
 
-/// A Docker-style name (`eager-hopper`, with a dash: names are DNS labels) when `--name` is not given.
+/// A Docker-style name (`eager_hopper`) when `--name` is not given.
 fn random_name() -> String {
     use rand::seq::IndexedRandom as _;
     const LEFT: &[&str] = &[
@@ -880,7 +861,7 @@ fn random_name() -> String {
     ];
     let mut rng = rand::rng();
     format!(
-        "{}-{}",
+        "{}_{}",
         LEFT.choose(&mut rng).copied().unwrap_or("brave"),
         RIGHT.choose(&mut rng).copied().unwrap_or("turing")
     )
@@ -889,6 +870,7 @@ fn random_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::service::ConstraintOp;
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -950,7 +932,10 @@ mod tests {
             &SpecFlags::default(),
         )
         .unwrap_err();
-        assert!(e.to_string().contains("--runtime exec needs a COMMAND"), "{e}");
+        assert!(
+            e.to_string().contains("--runtime exec needs a COMMAND"),
+            "{e}"
+        );
         let e = build_spec(&CreateSpec::default(), &SpecFlags::default()).unwrap_err();
         assert!(e.to_string().contains("requires an IMAGE"), "{e}");
     }
@@ -989,7 +974,11 @@ mod tests {
         let args = strings(&["redis"]);
         let env = strings(&["A=1", "B=x=y", "A=2"]);
         let labels = strings(&["tier=db", "flag"]);
-        let cons = strings(&["node.role==manager", "node.labels.Zone != a ", "node.role==manager"]);
+        let cons = strings(&[
+            "node.role==manager",
+            "node.labels.Zone != a ",
+            "node.role==manager",
+        ]);
         let spec = build_spec(
             &CreateSpec {
                 env: &env,
@@ -1034,13 +1023,17 @@ mod tests {
 
     #[test]
     fn constraints_name_the_problem() {
-        let e = parse_constraint("node.rol==x").unwrap_err();
-        assert!(e.contains("unknown constraint key \"node.rol\""), "{e}");
-        assert!(parse_constraint("node.role==boss").unwrap_err().contains("manager or worker"));
+        let e = parse_constraint("node.rol==x").unwrap_err().to_string();
+        assert!(e.contains("unknown key node.rol"), "{e}");
+        assert!(
+            parse_constraint("node.role==boss")
+                .unwrap_err()
+                .to_string()
+                .contains("manager or worker")
+        );
         assert!(parse_constraint("node.hostname").is_err());
         assert!(parse_constraint("node.hostname==").is_err());
         assert!(parse_constraint("node.labels.==x").is_err());
-        assert!(parse_constraint("a==b==c").is_err());
         let c = parse_constraint("Node.Hostname == n1").unwrap();
         assert_eq!(constraint_text(&c), "node.hostname==n1");
         let args = strings(&["redis"]);
@@ -1055,7 +1048,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(
-            e.to_string().starts_with("invalid --constraint \"node.rol==x\": unknown constraint key"),
+            e.to_string()
+                .starts_with("invalid --constraint: constraint \"node.rol==x\": unknown key"),
             "{e}"
         );
     }
@@ -1077,17 +1071,27 @@ mod tests {
             e,
             "invalid image \"UPPER:case\": invalid reference format: repository name must be lowercase"
         );
-        for bad in ["", "redis:", "a//b", "-x", "x-", "a:b:c", "x@sha256:12", "re dis", "a..b"] {
+        for bad in [
+            "",
+            "redis:",
+            "a//b",
+            "-x",
+            "x-",
+            "a:b:c",
+            "x@sha256:12",
+            "re dis",
+            "a..b",
+        ] {
             assert!(check_image(bad).is_err(), "{bad:?} accepted");
         }
     }
 
     #[test]
     fn names_are_dns_labels() {
-        for ok in ["web", "t1", "a-b", "X9"] {
+        for ok in ["web", "t1", "a-b", "X9", "a_b", "a.b"] {
             check_name(ok).unwrap();
         }
-        for bad in ["", "-a", "a-", "a_b", "a.b", &"x".repeat(64)] {
+        for bad in ["", "-a", "_a", "a b", &"x".repeat(64)] {
             let e = check_name(bad).unwrap_err().to_string();
             assert!(e.starts_with("invalid --name"), "{e}");
         }
@@ -1100,7 +1104,15 @@ mod tests {
         assert_eq!(parse_cpus("2"), Ok(2_000_000_000));
         assert_eq!(parse_cpus(".25"), Ok(250_000_000));
         assert_eq!(parse_cpus("0.000000001"), Ok(1));
-        for bad in ["", ".", "-1", "1.2.3", "abc", "0.0000000001", "99999999999999999999"] {
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "1.2.3",
+            "abc",
+            "0.0000000001",
+            "99999999999999999999",
+        ] {
             assert!(parse_cpus(bad).is_err(), "{bad:?}");
         }
         assert_eq!(parse_memory("64M"), Ok(64 << 20));
@@ -1223,7 +1235,10 @@ mod tests {
         assert_eq!(spec.labels.len(), 1);
         assert_eq!(spec.labels["y"], "2");
         assert_eq!(spec.task.constraints.len(), 1);
-        assert_eq!(constraint_text(&spec.task.constraints[0]), "node.hostname!=w1");
+        assert_eq!(
+            constraint_text(&spec.task.constraints[0]),
+            "node.hostname!=w1"
+        );
     }
 
     #[test]
@@ -1235,9 +1250,15 @@ mod tests {
             ..Default::default()
         };
         let e = apply_update(&mut spec, &u, &SpecFlags::default()).unwrap_err();
-        assert_eq!(e.to_string(), "--replicas can only be used with replicated mode");
+        assert_eq!(
+            e.to_string(),
+            "--replicas can only be used with replicated mode"
+        );
         let e = scale(&mut spec, "db", 3).unwrap_err();
-        assert_eq!(e.to_string(), "service db: scale can only be used with replicated mode");
+        assert_eq!(
+            e.to_string(),
+            "service db: scale can only be used with replicated mode"
+        );
         spec.task.runtime = Runtime::Exec;
         let u = UpdateSpec {
             image: Some("redis"),
@@ -1258,7 +1279,11 @@ mod tests {
         assert_eq!(parse_scale("web=5"), Ok(("web".into(), 5)));
         assert!(parse_scale("web").unwrap_err().contains("SERVICE=REPLICAS"));
         assert!(parse_scale("=5").is_err());
-        assert!(parse_scale("web=-1").unwrap_err().contains("invalid replicas value"));
+        assert!(
+            parse_scale("web=-1")
+                .unwrap_err()
+                .contains("invalid replicas value")
+        );
         let mut spec = service_spec();
         scale(&mut spec, "db", 0).unwrap();
         assert_eq!(spec.mode, Mode::Replicated { replicas: 0 });

@@ -1,4 +1,4 @@
-//! `skep swarm init|join|leave|unlock` and `skep join-token`.
+//! `skep swarm init|join|leave|unlock|update` and `skep join-token`.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
@@ -7,10 +7,13 @@ use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 use super::client::status;
-use super::{JoinTokenArgs, Role, SwarmInitArgs, SwarmJoinArgs, SwarmLeaveArgs, print};
+use super::{
+    JoinTokenArgs, Role, SwarmInitArgs, SwarmJoinArgs, SwarmLeaveArgs, SwarmUpdateArgs, print,
+};
 use crate::api::v1::control_client::ControlClient;
 use crate::api::v1::{
     JoinTokenRequest, SwarmInitRequest, SwarmJoinRequest, SwarmLeaveRequest, SwarmUnlockRequest,
+    SwarmUpdateRequest,
 };
 
 type Api = ControlClient<Channel>;
@@ -81,6 +84,30 @@ pub(super) async fn leave(api: &mut Api, args: SwarmLeaveArgs) -> anyhow::Result
         .await
         .map_err(status)?;
     print("Node left the swarm.\n")
+}
+
+/// `swarm update`: cluster settings.
+pub(super) async fn update(api: &mut Api, args: SwarmUpdateArgs) -> anyhow::Result<()> {
+    let req = update_request(&args)?;
+    api.swarm_update(req).await.map_err(status)?;
+    print("Swarm updated.\n")
+}
+
+/// The request `swarm update` sends, checked before anything is sent.
+pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpdateRequest> {
+    if args.cert_expiry.is_some() {
+        bail!("--cert-expiry cannot be changed by `swarm update` yet; it is set by `swarm init`");
+    }
+    let Some(hb) = args.dispatcher_heartbeat else {
+        bail!("nothing to update: give --dispatcher-heartbeat");
+    };
+    let ms = u64::try_from(hb.as_millis()).unwrap_or(u64::MAX);
+    if ms == 0 {
+        bail!("--dispatcher-heartbeat must be at least 1ms");
+    }
+    Ok(SwarmUpdateRequest {
+        dispatcher_heartbeat_ms: ms,
+    })
 }
 
 pub(super) async fn unlock(api: &mut Api) -> anyhow::Result<()> {

@@ -134,7 +134,10 @@ pub(super) struct TaskLine<'a> {
 }
 
 /// The order of `service ps`: by service, then slot (global: node), newest task first.
-pub(super) fn lines<'a>(tasks: &'a [Task], hostnames: &HashMap<String, String>) -> Vec<TaskLine<'a>> {
+pub(super) fn lines<'a>(
+    tasks: &'a [Task],
+    hostnames: &HashMap<String, String>,
+) -> Vec<TaskLine<'a>> {
     let host = |id: &str| -> String {
         if id.is_empty() {
             String::new()
@@ -148,7 +151,11 @@ pub(super) fn lines<'a>(tasks: &'a [Task], hostnames: &HashMap<String, String>) 
     // (service name, slot, node hostname) → tasks.
     let mut groups: BTreeMap<(String, u64, String), Vec<&Task>> = BTreeMap::new();
     for t in tasks {
-        let node_key = if t.slot == 0 { host(&t.node_id) } else { String::new() };
+        let node_key = if t.slot == 0 {
+            host(&t.node_id)
+        } else {
+            String::new()
+        };
         groups
             .entry((t.service_name.clone(), t.slot, node_key))
             .or_default()
@@ -249,7 +256,13 @@ pub(super) mod tests {
     use super::*;
     use crate::store::service::{RestartPolicy, TaskStatus};
 
-    pub(in crate::cli) fn task(id: &str, svc: &str, slot: u64, node: &str, state: TaskState) -> Task {
+    pub(in crate::cli) fn task(
+        id: &str,
+        svc: &str,
+        slot: u64,
+        node: &str,
+        state: TaskState,
+    ) -> Task {
         Task {
             id: id.into(),
             service_id: format!("{svc}-id"),
@@ -288,7 +301,10 @@ pub(super) mod tests {
     #[test]
     fn human_durations_like_go() {
         let s = Duration::from_secs;
-        assert_eq!(human_duration(Duration::from_millis(300)), "Less than a second");
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
         assert_eq!(human_duration(s(1)), "1 second");
         assert_eq!(human_duration(s(59)), "59 seconds");
         assert_eq!(human_duration(s(60)), "About a minute");
@@ -319,10 +335,10 @@ pub(super) mod tests {
         let ls = lines(&tasks, &hosts);
         assert_eq!(
             table(&ls, now(), false),
-            "ID            NAME        IMAGE            NODE  DESIRED STATE  CURRENT STATE           ERROR\n\
-             newtask00000  web.1       /bin/sleep 1000  w1    Running        Running 1 second ago\n\
-             oldtask00000   \\_ web.1   /bin/sleep 1000  w1    Shutdown       Failed 5 seconds ago    \"task: non-zero exit (1): some…\"\n\
-             pend00000000  web.2       /bin/sleep 1000        Running        Pending 5 seconds ago   \"no suitable node (1 node not …\"\n"
+            "ID            NAME       IMAGE            NODE  DESIRED STATE  CURRENT STATE          ERROR\n\
+             newtask00000  web.1      /bin/sleep 1000  w1    Running        Running 1 second ago\n\
+             oldtask00000   \\_ web.1  /bin/sleep 1000  w1    Shutdown       Failed 5 seconds ago   \"task: non-zero exit (1): some…\"\n\
+             pend00000000  web.2      /bin/sleep 1000        Running        Pending 5 seconds ago  \"no suitable node (1 node not …\"\n"
         );
         let j = json_of(&ls[1], now());
         assert_eq!(j["Name"], " \\_ web.1");
@@ -355,7 +371,12 @@ pub(super) mod tests {
         t.spec.image = "redis:7@sha256:abcd".into();
         assert_eq!(image_of(&t.spec, true), "redis:7");
         t.spec.runtime = Runtime::Exec;
-        t.spec.command = vec!["/usr/bin/python3".into(), "-m".into(), "http.server".into(), "8080".into()];
+        t.spec.command = vec![
+            "/usr/bin/python3".into(),
+            "-m".into(),
+            "http.server".into(),
+            "8080".into(),
+        ];
         assert_eq!(image_of(&t.spec, true), "/usr/bin/python3 -m http.serv…");
         assert_eq!(image_of(&t.spec, true).chars().count(), 30);
         assert_eq!(short_id("0123456789abcdef"), "0123456789ab");

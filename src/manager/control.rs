@@ -63,6 +63,7 @@ impl Manager {
             version: 1,
             previous: None,
             update: None,
+            revision: 1,
             created_at: now.clone(),
             updated_at: now,
         };
@@ -80,6 +81,14 @@ impl Manager {
                 ManagerError::Precondition(format!("service {} has no previous spec to roll back to", old.name))
             })?;
             svc.previous = Some(std::mem::replace(&mut svc.spec, prev));
+            // The orchestrator rolls back with the rollback settings in this phase.
+            let now = crate::util::now_rfc3339();
+            svc.update = Some(crate::store::service::UpdateStatus {
+                phase: crate::store::service::UpdatePhase::RollbackStarted,
+                started_at: now.clone(),
+                last_step_at: now,
+                message: "manually requested rollback".into(),
+            });
             action = "service.rollback";
         } else {
             let spec = new.ok_or_else(|| ManagerError::Invalid("no spec given".into()))?;
@@ -109,6 +118,7 @@ impl Manager {
             svc.version += 1;
         }
         svc.updated_at = crate::util::now_rfc3339();
+        svc.revision += 1;
         let mut audit = AuditEvent::now(actor, action, &svc.spec.name, Outcome::Ok).with("service_id", svc.id.clone());
         if let Mode::Replicated { replicas } = svc.spec.mode {
             audit = audit.with("replicas", replicas.to_string());
@@ -190,7 +200,7 @@ impl Manager {
         let mut lines = Vec::new();
         for (node_id, task_ids) in by_node {
             let Some(addr) = self.read(|s| s.nodes.get(&node_id).map(|n| n.addr.clone())) else { continue };
-            let mut client = AgentClient::new(self.peer(&addr)?);
+            let mut client = AgentClient::new(self.node_channel(&node_id, &addr)?);
             match client.task_logs(TaskLogsRequest { task_ids, tail }).await {
                 Ok(r) => lines.extend(r.into_inner().lines),
                 Err(s) => tracing::warn!(node = %node_id, error = %s.message(), "cannot fetch logs"),

@@ -115,13 +115,9 @@ pub fn session(
 }
 
 /// Reconcile first; schedule once the orchestrator has nothing more to say.
-fn decide(
-    _s: &State,
-    _now: time::OffsetDateTime,
-    _new_id: &mut dyn FnMut() -> String,
-) -> Vec<Command> {
-    // Wired to the orchestrator and scheduler cores when they land.
-    Vec::new()
+fn decide(s: &State, now: time::OffsetDateTime, new_id: &mut dyn FnMut() -> String) -> Vec<Command> {
+    let cmds = super::orchestrator::reconcile(s, now, new_id);
+    if cmds.is_empty() { super::scheduler::schedule(s, now) } else { cmds }
 }
 
 /// The leader's orchestration loop: reconcile, then schedule, on every change.

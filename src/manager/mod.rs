@@ -7,10 +7,14 @@
 //!  Manager (raft RPCs, propose, join) ─┘
 //! ```
 
+pub mod control;
 pub mod dispatch;
 pub mod limiter;
 pub mod network;
+pub mod orchestrator;
+pub mod scheduler;
 pub mod services;
+pub mod spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -121,6 +125,8 @@ pub struct Manager {
     pub addr: String,
     state: StateHandle,
     client_tls: Arc<ClientConfig>,
+    creds: crate::net::Credentials,
+    cluster_id: String,
     peers: Mutex<HashMap<String, Channel>>,
     limiter: Mutex<FailureLimiter>,
     liveness: Mutex<Liveness>,
@@ -142,6 +148,8 @@ impl Manager {
         node_id: String,
         addr: String,
         client_tls: Arc<ClientConfig>,
+        creds: crate::net::Credentials,
+        cluster_id: String,
         heartbeat_period: Duration,
     ) -> Arc<Self> {
         Arc::new(Manager {
@@ -151,6 +159,8 @@ impl Manager {
             addr,
             state,
             client_tls,
+            creds,
+            cluster_id,
             peers: Mutex::new(HashMap::new()),
             limiter: Mutex::new(FailureLimiter::default()),
             liveness: Mutex::new(Liveness::default()),
@@ -233,6 +243,14 @@ impl Manager {
             .map_err(|e| ManagerError::Invalid(e.to_string()))?;
         peers.insert(addr.to_string(), ch.clone());
         Ok(ch)
+    }
+
+    /// A channel to the agent service of node `node_id` at `addr`: the peer must present that
+    /// node's certificate (workers have no DNS name to check).
+    pub fn node_channel(&self, node_id: &str, addr: &str) -> Result<Channel, ManagerError> {
+        let tls = crate::net::node::client_config_for_node(&self.creds, &self.cluster_id, node_id)
+            .map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        crate::net::channel(addr, tls).map_err(|e| ManagerError::Invalid(e.to_string()))
     }
 
     /// Commits a command through Raft, forwarding it to the leader when this manager is not.

@@ -342,7 +342,8 @@ fn check_value(c: &Constraint) -> Result<(), String> {
     if c.value.chars().any(|ch| ch.is_control()) {
         return Err("the value contains control characters".into());
     }
-    if c.key == "node.role" && !matches!(c.value.to_ascii_lowercase().as_str(), "manager" | "worker")
+    if c.key == "node.role"
+        && !matches!(c.value.to_ascii_lowercase().as_str(), "manager" | "worker")
     {
         return Err(format!("node.role is manager or worker, not {:?}", c.value));
     }
@@ -469,14 +470,18 @@ fn digest_ok(d: &str) -> bool {
         return false;
     };
     let alg_ok = !alg.is_empty()
-        && alg
-            .split(['+', '.', '-', '_'])
-            .all(|c| c.chars().next().is_some_and(|f| f.is_ascii_alphabetic()) && c.chars().all(|ch| ch.is_ascii_alphanumeric()));
+        && alg.split(['+', '.', '-', '_']).all(|c| {
+            c.chars().next().is_some_and(|f| f.is_ascii_alphabetic())
+                && c.chars().all(|ch| ch.is_ascii_alphanumeric())
+        });
     if !alg_ok {
         return false;
     }
     if alg == "sha256" {
-        hex.len() == 64 && hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        hex.len() == 64
+            && hex
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
     } else {
         hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
     }
@@ -581,7 +586,9 @@ mod tests {
         );
 
         assert_eq!(
-            parse_mode("global", Some(3)).expect_err("refused").to_string(),
+            parse_mode("global", Some(3))
+                .expect_err("refused")
+                .to_string(),
             "replicas: a global service has no replicas"
         );
         assert!(parse_mode("daemonset", None).is_err());
@@ -591,11 +598,16 @@ mod tests {
     #[test]
     fn constraints_parse() {
         let c = parse_constraint("node.labels.zone==eu").expect("parses");
-        assert_eq!((c.key.as_str(), c.op, c.value.as_str()), ("node.labels.zone", ConstraintOp::Eq, "eu"));
+        assert_eq!(
+            (c.key.as_str(), c.op, c.value.as_str()),
+            ("node.labels.zone", ConstraintOp::Eq, "eu")
+        );
         let c = parse_constraint("Node.Role != manager").expect("parses");
         assert_eq!((c.key.as_str(), c.op), ("node.role", ConstraintOp::Ne));
         assert_eq!(constraint_text(&c), "node.role!=manager");
-        let e = parse_constraint("node.rol==x").expect_err("refused").to_string();
+        let e = parse_constraint("node.rol==x")
+            .expect_err("refused")
+            .to_string();
         assert_eq!(
             e,
             "constraint \"node.rol==x\": unknown key node.rol (use node.id, node.hostname, \

@@ -8,6 +8,7 @@
 //! ```
 
 pub mod danger;
+pub mod node;
 
 use std::net::SocketAddr;
 use std::pin::Pin;

@@ -281,6 +281,11 @@ impl State {
                 Err(format!("node {id} not found"))
             }
             Command::PutService(svc)
+                if self.services.get(&svc.id).is_some_and(|s| s.revision > svc.revision) =>
+            {
+                Err(format!("service {} changed since this write was computed", svc.spec.name))
+            }
+            Command::PutService(svc)
                 if self
                     .services
                     .values()
@@ -347,7 +352,14 @@ impl State {
                 self.services.remove(&id);
             }
             Command::PutTasks(tasks) => {
-                for t in tasks {
+                for mut t in tasks {
+                    // A decision computed from an older read must not undo what a node
+                    // reported since: keep the status that is further along.
+                    if let Some(old) = self.tasks.get(&t.id)
+                        && old.status.state > t.status.state
+                    {
+                        t.status = old.status.clone();
+                    }
                     self.tasks.insert(t.id.clone(), t);
                 }
             }

@@ -233,6 +233,10 @@ pub struct Service {
     pub previous: Option<ServiceSpec>,
     /// The last rolling update, if any.
     pub update: Option<UpdateStatus>,
+    /// Bumped by every operator change. A write based on an older revision (the
+    /// orchestrator's, racing an operator) is refused, so operator changes are never lost.
+    #[serde(default)]
+    pub revision: u64,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.

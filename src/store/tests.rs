@@ -66,6 +66,8 @@ fn node(id: &str, hostname: &str) -> Node {
         created_at: "2026-01-01T00:00:00Z".into(),
         updated_at: "2026-01-01T00:00:00Z".into(),
         labels: BTreeMap::new(),
+        runtimes: Vec::new(),
+        resources: Default::default(),
     }
 }
 

@@ -559,10 +559,25 @@ impl Drop for Node {
             );
         }
         self.kill();
+        kill_processes_mentioning(&self.dir);
         if std::env::var_os("SKEP_IT_KEEP").is_some()
             && let Some(root) = self.root.take()
         {
             eprintln!("kept {}", root.keep().display());
+        }
+    }
+}
+
+/// Kills every process whose command line mentions `dir`: the exec tasks of a node whose
+/// daemon was killed outlive it (as containers outlive dockerd), and must not outlive the test.
+pub fn kill_processes_mentioning(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

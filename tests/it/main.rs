@@ -13,3 +13,6 @@ mod at_rest;
 mod bad_input;
 mod cli;
 mod cluster;
+mod runtime;
+mod service_cli;
+mod services;

@@ -1,0 +1,551 @@
+//! The docker runtime: a task is a container of the local Docker Engine, driven through
+//! bollard. Containers are named `skep-<service>.<slot>.<task>` and labelled with the
+//! service and task IDs, which is how a restarted agent finds its leftovers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::errors::Error as BollardError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
+    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+};
+use bollard::{ClientVersion, Docker};
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+
+use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
+use crate::store::service::Task;
+
+/// Label with the task ID; every container skep makes has it.
+pub const LABEL_TASK_ID: &str = "skep.task.id";
+/// Label with the service ID.
+pub const LABEL_SERVICE_ID: &str = "skep.service.id";
+/// Label with the service name.
+pub const LABEL_SERVICE_NAME: &str = "skep.service.name";
+
+/// How long the engine may take to answer the first ping.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Request timeout for ordinary calls.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Upper bound of an image pull.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+/// Grace for containers left by a previous agent run.
+const STALE_GRACE_SECS: i32 = 2;
+
+/// Runs docker tasks.
+#[derive(Clone)]
+pub(crate) struct DockerRuntime {
+    docker: Docker,
+}
+
+impl DockerRuntime {
+    /// Connects to the engine (`DOCKER_HOST` or the local socket) and agrees on an API version;
+    /// `None` when it does not answer within [`PING_TIMEOUT`].
+    pub(crate) async fn detect() -> Option<DockerRuntime> {
+        match tokio::time::timeout(PING_TIMEOUT, connect()).await {
+            Ok(Ok(docker)) => {
+                tracing::info!(api = %docker.client_version(), "docker runtime available");
+                Some(DockerRuntime { docker })
+            }
+            Ok(Err(e)) => {
+                tracing::info!(error = %e, "no Docker Engine: the docker runtime is disabled");
+                None
+            }
+            Err(_) => {
+                tracing::info!(
+                    "the Docker Engine did not answer within 2 s: the docker runtime is disabled"
+                );
+                None
+            }
+        }
+    }
+
+    /// Pulls if needed, creates and starts the container. The work runs in its own tokio
+    /// task: if the caller gives up half-way (a `select!` with a stop request), a container
+    /// that started anyway is removed rather than left running unwatched.
+    pub(crate) async fn start(&self, task: &Task) -> Result<TaskHandle, ExecError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let rt = self.clone();
+        let task = task.clone();
+        tokio::spawn(async move {
+            let r = rt.start_now(&task).await;
+            if let Err(Ok(abandoned)) = tx.send(r) {
+                tracing::info!(task = %task.id, "start was abandoned; removing the container");
+                let _ = abandoned.stop(Duration::from_secs(1)).await;
+                rt.remove(&task).await;
+            }
+        });
+        rx.await.unwrap_or_else(|_| {
+            Err(ExecError::Docker {
+                action: "start the container".into(),
+                message: "the start task ended without an answer".into(),
+            })
+        })
+    }
+
+    async fn start_now(&self, task: &Task) -> Result<TaskHandle, ExecError> {
+        let image = task.spec.image.trim();
+        if image.is_empty() {
+            return Err(ExecError::Pull {
+                image: "(none)".into(),
+                message: "the task names no image".into(),
+            });
+        }
+        self.ensure_image(image).await?;
+
+        let name = container_name(task);
+        let body = create_body(task, image);
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options.clone()), body.clone())
+            .await;
+        match created {
+            Ok(_) => {}
+            // A container of this very task is left from an attempt that did not finish.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                self.force_remove(&name).await;
+                self.docker
+                    .create_container(Some(options), body)
+                    .await
+                    .map_err(|e| docker_err(format!("create container {name}"), e))?;
+            }
+            Err(e) => return Err(docker_err(format!("create container {name}"), e)),
+        }
+        self.docker
+            .start_container(&name, None)
+            .await
+            .map_err(|e| docker_err(format!("start container {name}"), e))?;
+
+        let (tx, rx) = watch::channel::<ExitSlot>(None);
+        // No request timeout for the wait: it lasts as long as the task.
+        let waiter = self
+            .docker
+            .clone()
+            .with_timeout(Duration::from_secs(u64::from(u32::MAX)));
+        let container = name.clone();
+        tokio::spawn(async move {
+            let r = watch_exit(&waiter, &container).await;
+            tx.send_replace(Some(r));
+        });
+        Ok(TaskHandle {
+            exit: rx,
+            stopper: Stopper::Docker(DockerStopper {
+                docker: self.docker.clone(),
+                container: name,
+            }),
+        })
+    }
+
+    /// Uses the local image if present, else pulls it.
+    async fn ensure_image(&self, image: &str) -> Result<(), ExecError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => return Err(docker_err(format!("inspect image {image}"), e)),
+        }
+        tracing::info!(%image, "pulling image");
+        let pull_err = |message: String| ExecError::Pull {
+            image: image.to_string(),
+            message,
+        };
+        let options = CreateImageOptions {
+            from_image: Some(pull_reference(image)),
+            ..Default::default()
+        };
+        let pull = async {
+            let mut progress = self.docker.create_image(Some(options), None, None);
+            while let Some(item) = progress.next().await {
+                item.map_err(|e| pull_err(engine_message(&e)))?;
+            }
+            Ok::<(), ExecError>(())
+        };
+        tokio::time::timeout(PULL_TIMEOUT, pull)
+            .await
+            .map_err(|_| pull_err(format!("no result within {}s", PULL_TIMEOUT.as_secs())))??;
+        // Some engines end a failed pull without an error item.
+        self.docker
+            .inspect_image(image)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                pull_err(format!(
+                    "the image is still missing after the pull ({})",
+                    engine_message(&e)
+                ))
+            })
+    }
+
+    pub(crate) async fn cleanup_stale(&self) -> Vec<String> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![LABEL_TASK_ID.to_string()]);
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let containers = match self.docker.list_containers(Some(options)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %engine_message(&e), "cannot list containers left by a previous run");
+                return Vec::new();
+            }
+        };
+        let mut stopped = Vec::new();
+        for c in containers {
+            let Some(id) = c.id else { continue };
+            let task_id = c
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_TASK_ID))
+                .cloned()
+                .unwrap_or_default();
+            let stop = StopContainerOptions {
+                t: Some(STALE_GRACE_SECS),
+                ..Default::default()
+            };
+            if let Err(e) = self.docker.stop_container(&id, Some(stop)).await {
+                tracing::debug!(container = %id, error = %engine_message(&e), "stopping a leftover container failed");
+            }
+            self.force_remove(&id).await;
+            if !task_id.is_empty() {
+                stopped.push(task_id);
+            }
+        }
+        stopped
+    }
+
+    pub(crate) async fn logs(
+        &self,
+        task: &Task,
+        tail: usize,
+    ) -> Result<Vec<(String, String)>, ExecError> {
+        let name = container_name(task);
+        let options = LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: if tail > 0 {
+                tail.to_string()
+            } else {
+                "all".to_string()
+            },
+            ..Default::default()
+        };
+        let mut stream = self.docker.logs(&name, Some(options));
+        let mut lines = Vec::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(out) => {
+                    let stream_name = match out {
+                        bollard::container::LogOutput::StdErr { .. } => "stderr",
+                        _ => "stdout",
+                    };
+                    let text = String::from_utf8_lossy(out.as_ref()).into_owned();
+                    for l in text.lines() {
+                        lines.push((stream_name.to_string(), l.to_string()));
+                    }
+                }
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => return Ok(Vec::new()),
+                Err(e) => return Err(docker_err(format!("read the logs of {name}"), e)),
+            }
+        }
+        Ok(keep_tail(lines, tail))
+    }
+
+    pub(crate) async fn remove(&self, task: &Task) {
+        self.force_remove(&container_name(task)).await;
+    }
+
+    async fn force_remove(&self, container: &str) {
+        let options = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(container, Some(options)).await {
+            Ok(()) => {}
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => {}
+            Err(e) => {
+                tracing::warn!(%container, error = %engine_message(&e), "cannot remove a container")
+            }
+        }
+    }
+}
+
+/// Stops a docker task's container.
+pub(crate) struct DockerStopper {
+    docker: Docker,
+    container: String,
+}
+
+impl DockerStopper {
+    pub(crate) async fn stop(
+        &self,
+        exit: watch::Receiver<ExitSlot>,
+        grace: Duration,
+    ) -> Result<(), ExecError> {
+        let secs = i32::try_from(grace.as_secs_f64().ceil() as u64).unwrap_or(i32::MAX);
+        let options = StopContainerOptions {
+            t: Some(secs),
+            ..Default::default()
+        };
+        // The engine sends SIGTERM, then SIGKILL after `t` seconds, and answers once it ended.
+        let docker = self
+            .docker
+            .clone()
+            .with_timeout(REQUEST_TIMEOUT + Duration::from_secs(u64::try_from(secs).unwrap_or(0)));
+        match docker.stop_container(&self.container, Some(options)).await {
+            Ok(()) => {}
+            // Gone already: nothing to stop.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Ok(()),
+            Err(e) => return Err(ExecError::Stop(engine_message(&e))),
+        }
+        // Let the watcher record the exit code before returning.
+        ended_within(exit, Duration::from_secs(10)).await;
+        Ok(())
+    }
+}
+
+/// Connects with the newest API version both sides speak. bollard's own negotiation asks a
+/// versioned URL, which engines older than bollard refuse ("client version 1.53 is too new"),
+/// so that refusal's maximum is used to connect again.
+async fn connect() -> Result<Docker, BollardError> {
+    let docker = Docker::connect_with_defaults()?.with_timeout(REQUEST_TIMEOUT);
+    let refusal = match docker.clone().negotiate_version().await {
+        Ok(d) => return d.ping().await.map(|_| d),
+        Err(e) => e,
+    };
+    let max = match &refusal {
+        BollardError::DockerResponseServerError {
+            status_code: 400,
+            message,
+        } => max_api_version(message),
+        _ => None,
+    };
+    let Some(version) = max else {
+        return Err(refusal);
+    };
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string());
+    let timeout = REQUEST_TIMEOUT.as_secs();
+    let docker = if host.starts_with("tcp://") || host.starts_with("http://") {
+        Docker::connect_with_http(&host, timeout, &version)?
+    } else if host.starts_with("unix://") {
+        Docker::connect_with_unix(&host, timeout, &version)?
+    } else {
+        return Err(refusal);
+    };
+    docker.ping().await?;
+    Ok(docker)
+}
+
+/// Parses "... Maximum supported API version is 1.41" from an engine's refusal.
+fn max_api_version(message: &str) -> Option<ClientVersion> {
+    let (_, rest) = message.split_once("Maximum supported API version is ")?;
+    let v = rest.split_whitespace().next()?;
+    let (major, minor) = v.split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor
+            .trim_end_matches(|c: char| !c.is_ascii_digit())
+            .parse()
+            .ok()?,
+    })
+}
+
+/// Waits for the container to stop and returns its exit code. The engine's wait call can be
+/// cut (engine restart, connection reset); then the container's state is asked instead.
+async fn watch_exit(docker: &Docker, container: &str) -> Result<i64, String> {
+    let mut failures = 0u32;
+    loop {
+        let options = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
+        let mut waits = docker.wait_container(container, Some(options));
+        let last = match waits.next().await {
+            Some(Ok(r)) => return Ok(r.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Some(Err(BollardError::DockerContainerWaitError { code, .. })) => return Ok(code),
+            Some(Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            })) => return Err(format!("container {container} disappeared")),
+            Some(Err(e)) => engine_message(&e),
+            None => "the engine ended the wait without an answer".to_string(),
+        };
+        match docker.inspect_container(container, None).await {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                if state.running != Some(true) {
+                    return Ok(state.exit_code.unwrap_or(-1));
+                }
+            }
+            Err(BollardError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => return Err(format!("container {container} disappeared")),
+            Err(_) => {}
+        }
+        failures += 1;
+        tracing::debug!(%container, error = %last, failures, "waiting for a container failed; retrying");
+        tokio::time::sleep(Duration::from_secs(u64::from(failures.min(10)))).await;
+    }
+}
+
+/// `skep-<service>.<slot>.<task>`, restricted to the characters Docker allows in names.
+fn container_name(task: &Task) -> String {
+    let raw = format!("skep-{}.{}.{}", task.service_name, task.slot, task.id);
+    raw.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+fn create_body(task: &Task, image: &str) -> ContainerCreateBody {
+    let mut labels = HashMap::new();
+    labels.insert(LABEL_TASK_ID.to_string(), task.id.clone());
+    labels.insert(LABEL_SERVICE_ID.to_string(), task.service_id.clone());
+    labels.insert(LABEL_SERVICE_NAME.to_string(), task.service_name.clone());
+    let env: Vec<String> = parse_env(&task.spec.env)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let limits = task.spec.limits;
+    let host_config = HostConfig {
+        nano_cpus: (limits.nano_cpus > 0)
+            .then(|| i64::try_from(limits.nano_cpus).unwrap_or(i64::MAX)),
+        memory: (limits.memory_bytes > 0)
+            .then(|| i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX)),
+        ..Default::default()
+    };
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        cmd: (!task.spec.command.is_empty()).then(|| task.spec.command.clone()),
+        env: (!env.is_empty()).then_some(env),
+        labels: Some(labels),
+        host_config: Some(host_config),
+        ..Default::default()
+    }
+}
+
+/// The reference to pull: with `:latest` added when it names no tag or digest (a bare name
+/// would pull every tag).
+fn pull_reference(image: &str) -> String {
+    let last = image.rsplit('/').next().unwrap_or(image);
+    if image.contains('@') || last.contains(':') {
+        image.to_string()
+    } else {
+        format!("{image}:latest")
+    }
+}
+
+/// What the engine said, without bollard's wrapping.
+fn engine_message(e: &BollardError) -> String {
+    match e {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        BollardError::DockerStreamError { error } => error.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn docker_err(action: String, e: BollardError) -> ExecError {
+    ExecError::Docker {
+        action,
+        message: engine_message(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::service::{Resources, RestartPolicy, Runtime, TaskSpec};
+
+    fn task() -> Task {
+        Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            service_name: "web/app x".into(),
+            slot: 2,
+            node_id: String::new(),
+            spec: TaskSpec {
+                runtime: Runtime::Docker,
+                image: "nginx".into(),
+                command: vec![],
+                env: vec!["A=1".into(), "bad".into()],
+                restart: RestartPolicy::default(),
+                constraints: vec![],
+                reservations: Resources::default(),
+                limits: Resources {
+                    nano_cpus: 500_000_000,
+                    memory_bytes: 0,
+                },
+            },
+            spec_version: 1,
+            desired: crate::store::service::DesiredState::Running,
+            status: crate::store::service::TaskStatus {
+                state: crate::store::service::TaskState::Assigned,
+                message: String::new(),
+                err: String::new(),
+                exit_code: None,
+                timestamp: String::new(),
+            },
+            created_at: String::new(),
+            not_before: String::new(),
+            attempt: 0,
+        }
+    }
+
+    #[test]
+    fn names_are_sanitized() {
+        assert_eq!(container_name(&task()), "skep-web-app-x.2.t1");
+    }
+
+    #[test]
+    fn create_body_maps_the_spec() {
+        let b = create_body(&task(), "nginx");
+        assert_eq!(b.cmd, None);
+        assert_eq!(b.env, Some(vec!["A=1".to_string()]));
+        let labels = b.labels.unwrap();
+        assert_eq!(labels[LABEL_TASK_ID], "t1");
+        assert_eq!(labels[LABEL_SERVICE_ID], "s1");
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.nano_cpus, Some(500_000_000));
+        assert_eq!(hc.memory, None);
+    }
+
+    #[test]
+    fn pull_references() {
+        assert_eq!(pull_reference("nginx"), "nginx:latest");
+        assert_eq!(pull_reference("nginx:1.27"), "nginx:1.27");
+        assert_eq!(pull_reference("reg:5000/a/b"), "reg:5000/a/b:latest");
+        assert_eq!(pull_reference("reg:5000/a/b:t"), "reg:5000/a/b:t");
+        assert_eq!(pull_reference("a@sha256:00"), "a@sha256:00");
+    }
+
+    #[test]
+    fn api_version_from_refusal() {
+        let v = max_api_version(
+            "client version 1.53 is too new. Maximum supported API version is 1.41",
+        )
+        .unwrap();
+        assert_eq!((v.major_version, v.minor_version), (1, 41));
+        assert!(max_api_version("something else").is_none());
+    }
+}

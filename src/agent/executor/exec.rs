@@ -1,0 +1,360 @@
+//! The exec runtime, agent side: runs a task's command through the init helper (see
+//! [`init_helper_main`]) in its own mount and PID namespaces, as root, with its output in
+//! `<state_dir>/tasks/<task_id>/{stdout,stderr,output}` and the helper's PID in `.../pid`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use super::init::{OUTPUT_FILE, STDERR_FILE, status_code};
+use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
+use crate::store::service::Task;
+
+pub use super::init::init_helper_main;
+
+/// `PATH` given to a task whose environment has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// The helper's PID, while it runs.
+const PID_FILE: &str = "pid";
+/// How long a process that got SIGKILL may take to be gone before stop reports an error.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// Grace given to leftovers of a previous agent run.
+const STALE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs exec tasks.
+pub(crate) struct ExecRuntime {
+    tasks_dir: PathBuf,
+    helper: PathBuf,
+}
+
+impl ExecRuntime {
+    pub(crate) fn new(state_dir: &Path, helper: PathBuf) -> ExecRuntime {
+        ExecRuntime {
+            tasks_dir: state_dir.join("tasks"),
+            helper,
+        }
+    }
+
+    fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.tasks_dir.join(task_id)
+    }
+
+    pub(crate) async fn start(&self, task: &Task) -> Result<TaskHandle, ExecError> {
+        let command = &task.spec.command;
+        let program = command.first().ok_or(ExecError::EmptyCommand)?;
+        let mut env = parse_env(&task.spec.env);
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        if resolve_program(program, path_var).is_none() {
+            return Err(ExecError::ProgramNotFound {
+                program: program.clone(),
+            });
+        }
+
+        let dir = self.task_dir(&task.id);
+        let dir_err = |source| ExecError::TaskDir {
+            path: dir.clone(),
+            source,
+        };
+        // No await from here on: a start cancelled half-way (a `select!` with a stop request)
+        // must not leave a process that no handle watches.
+        std::fs::create_dir_all(&dir).map_err(dir_err)?;
+        // The helper's own early failures (before it opens the logs) land in the task's stderr.
+        let helper_stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(STDERR_FILE))
+            .map_err(dir_err)?;
+
+        let mut child = tokio::process::Command::new(&self.helper)
+            .arg("init-helper")
+            .arg("--task-dir")
+            .arg(&dir)
+            .arg("--")
+            .args(command)
+            .env_clear()
+            .envs(env)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(helper_stderr)
+            // Its own process group: a Ctrl-C meant for a foreground agent does not reach tasks.
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                helper: self.helper.clone(),
+                source,
+            })?;
+
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw);
+        let pid_file = dir.join(PID_FILE);
+        if let Some(pid) = pid
+            && let Err(e) = std::fs::write(&pid_file, format!("{pid}\n"))
+        {
+            tracing::warn!(task = %task.id, error = %e, "cannot write the task's pid file; a restarted agent will not find it");
+        }
+
+        let (tx, rx) = watch::channel::<ExitSlot>(None);
+        tokio::spawn(async move {
+            let r = match child.wait().await {
+                Ok(st) => Ok(i64::from(status_code(st))),
+                Err(e) => Err(format!("waiting for the init helper failed: {e}")),
+            };
+            let _ = tokio::fs::remove_file(&pid_file).await;
+            tx.send_replace(Some(r));
+        });
+        Ok(TaskHandle {
+            exit: rx,
+            stopper: Stopper::Exec(ExecStopper { pid }),
+        })
+    }
+
+    /// Stops what a previous agent run left: helpers found through pid files whose command
+    /// line is still theirs. Log files stay for [`ExecRuntime::remove`].
+    pub(crate) async fn cleanup_stale(&self) -> Vec<String> {
+        let mut stopped = Vec::new();
+        let Ok(mut entries) = tokio::fs::read_dir(&self.tasks_dir).await else {
+            return stopped;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let Ok(id) = entry.file_name().into_string() else {
+                continue;
+            };
+            if super::check_task_id(&id).is_err() {
+                continue;
+            }
+            if self.kill_leftover(&id).await {
+                stopped.push(id);
+            }
+        }
+        stopped
+    }
+
+    /// Kills the helper recorded in the task's pid file if it is still running; true if it
+    /// was. The pid file is removed either way.
+    async fn kill_leftover(&self, id: &str) -> bool {
+        let dir = self.task_dir(id);
+        let pid_file = dir.join(PID_FILE);
+        let Ok(text) = tokio::fs::read_to_string(&pid_file).await else {
+            return false;
+        };
+        let _ = tokio::fs::remove_file(&pid_file).await;
+        let Some(pid) = text.trim().parse::<i32>().ok().filter(|p| *p > 1) else {
+            return false;
+        };
+        let pid = Pid::from_raw(pid);
+        if !is_helper_of(pid, &dir).await {
+            return false;
+        }
+        tracing::info!(task = %id, %pid, "stopping a task left by a previous run");
+        let _ = kill(pid, Signal::SIGTERM);
+        if gone_within(pid, &dir, STALE_GRACE).await {
+            return true;
+        }
+        let _ = kill(pid, Signal::SIGKILL);
+        if !gone_within(pid, &dir, KILL_WAIT).await {
+            tracing::warn!(task = %id, %pid, "a leftover task process did not die after SIGKILL");
+        }
+        true
+    }
+
+    pub(crate) async fn logs(
+        &self,
+        task: &Task,
+        tail: usize,
+    ) -> Result<Vec<(String, String)>, ExecError> {
+        let path = self.task_dir(&task.id).join(OUTPUT_FILE);
+        match tokio::fs::read(&path).await {
+            Ok(bytes) => Ok(keep_tail(parse_output(&bytes), tail)),
+            // Never started, or already removed: no output.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(ExecError::Logs { path, source }),
+        }
+    }
+
+    pub(crate) async fn remove(&self, task: &Task) {
+        self.kill_leftover(&task.id).await;
+        let dir = self.task_dir(&task.id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(task = %task.id, dir = %dir.display(), error = %e, "cannot remove the task directory");
+        }
+    }
+}
+
+/// Stops an exec task's helper.
+pub(crate) struct ExecStopper {
+    pid: Option<Pid>,
+}
+
+impl ExecStopper {
+    #[cfg(test)]
+    pub(crate) fn for_test() -> ExecStopper {
+        ExecStopper { pid: None }
+    }
+
+    pub(crate) async fn stop(
+        &self,
+        exit: watch::Receiver<ExitSlot>,
+        grace: Duration,
+    ) -> Result<(), ExecError> {
+        let Some(pid) = self.pid else {
+            return Ok(());
+        };
+        // The watcher reaps the helper, so while it has not reported, the PID is still ours.
+        // Stage 1 forwards SIGTERM to the namespace's init, which forwards it to the command.
+        if exit.borrow().is_some() {
+            return Ok(());
+        }
+        let _ = kill(pid, Signal::SIGTERM);
+        if ended_within(exit.clone(), grace).await {
+            return Ok(());
+        }
+        // Stage 2 dies with stage 1 (parent-death signal), and the namespace with stage 2.
+        if exit.borrow().is_none() {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        if ended_within(exit, KILL_WAIT).await {
+            Ok(())
+        } else {
+            Err(ExecError::Stop(format!(
+                "process {pid} is still running {}s after SIGKILL",
+                KILL_WAIT.as_secs()
+            )))
+        }
+    }
+}
+
+/// Finds a program as `execvp` would: a path if it has a `/`, else the first executable file
+/// of that name in `path_var`.
+fn resolve_program(program: &str, path_var: &str) -> Option<PathBuf> {
+    if program.is_empty() {
+        return None;
+    }
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return is_executable(&p).then_some(p);
+    }
+    path_var
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(program))
+        .find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p)
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Whether `pid` is the stage 1 init helper of the task in `dir`.
+async fn is_helper_of(pid: Pid, dir: &Path) -> bool {
+    match tokio::fs::read(format!("/proc/{pid}/cmdline")).await {
+        Ok(cmdline) => cmdline_is_helper_of(&cmdline, dir),
+        Err(_) => false,
+    }
+}
+
+fn cmdline_is_helper_of(cmdline: &[u8], dir: &Path) -> bool {
+    let dir = dir.as_os_str().as_encoded_bytes();
+    let mut args = cmdline.split(|b| *b == 0);
+    // Only the helper's own arguments count (before `--`), not the task's command.
+    let mut helper = false;
+    let mut has_dir = false;
+    let mut prev: &[u8] = b"";
+    for a in args.by_ref() {
+        if a == b"--" {
+            break;
+        }
+        helper |= a == b"init-helper";
+        has_dir |= prev == b"--task-dir" && a == dir;
+        prev = a;
+    }
+    helper && has_dir
+}
+
+/// Polls until `pid` is no longer the helper of `dir` (exited, reaped or a zombie).
+async fn gone_within(pid: Pid, dir: &Path, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if !is_helper_of(pid, dir).await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Parses the combined output file: `O line` or `E line`; anything else counts as stdout.
+fn parse_output(bytes: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(bytes);
+    text.lines()
+        .map(|l| match (l.get(..2), l.get(2..)) {
+            (Some("E "), Some(rest)) => ("stderr".to_string(), rest.to_string()),
+            (Some("O "), Some(rest)) => ("stdout".to_string(), rest.to_string()),
+            _ => ("stdout".to_string(), l.to_string()),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn programs_are_resolved_like_execvp() {
+        assert!(resolve_program("sh", "/nonexistent:/bin:/usr/bin").is_some());
+        assert!(resolve_program("/bin/sh", "").is_some());
+        assert!(resolve_program("no-such-program-here", DEFAULT_PATH).is_none());
+        assert!(resolve_program("/etc/passwd", DEFAULT_PATH).is_none());
+        assert!(resolve_program("/bin", DEFAULT_PATH).is_none());
+        assert!(resolve_program("", DEFAULT_PATH).is_none());
+    }
+
+    #[test]
+    fn cmdline_match() {
+        let dir = Path::new("/var/lib/skep/tasks/t1");
+        let good =
+            b"/usr/bin/skep\0init-helper\0--task-dir\0/var/lib/skep/tasks/t1\0--\0sleep\0x\0";
+        assert!(cmdline_is_helper_of(good, dir));
+        let other = b"/usr/bin/skep\0init-helper\0--task-dir\0/var/lib/skep/tasks/t2\0--\0sleep\0";
+        assert!(!cmdline_is_helper_of(other, dir));
+        // The task's own arguments do not count.
+        let task_args = b"/bin/sh\0--\0init-helper\0--task-dir\0/var/lib/skep/tasks/t1\0";
+        assert!(!cmdline_is_helper_of(task_args, dir));
+        assert!(!cmdline_is_helper_of(b"", dir));
+    }
+
+    #[test]
+    fn output_parsing() {
+        let v = parse_output(b"O hello\nE oops\nO \nweird\nE \xff\n");
+        assert_eq!(
+            v,
+            vec![
+                ("stdout".into(), "hello".into()),
+                ("stderr".into(), "oops".into()),
+                ("stdout".into(), String::new()),
+                ("stdout".into(), "weird".into()),
+                ("stderr".into(), "\u{fffd}".into()),
+            ]
+        );
+    }
+}

@@ -1,0 +1,529 @@
+//! The exec runtime's init helper: the `skep init-helper` process that puts a task's command
+//! in its own mount and PID namespaces without `unsafe` code (no work between `fork` and
+//! `exec`: each namespace step is a whole process).
+//!
+//! ```text
+//!  agent ─spawn─► stage 1: skep init-helper --task-dir DIR -- CMD...
+//!                   unshare(mount, PID); make "/" private (recursively)
+//!                   copies stage 2's stdout/stderr lines into DIR/{stdout,stderr,output}
+//!                   forwards SIGTERM & co to stage 2, exits with its code
+//!                 └─spawn─► stage 2: skep init-helper --stage2 --task-dir DIR -- CMD...
+//!                             PID 1 of the new namespace: mounts a fresh /proc, runs CMD,
+//!                             reaps every orphan, forwards signals to CMD, exits with CMD's
+//!                             code (128 + signal if a signal killed it)
+//!                           └─spawn─► skep init-helper --exec -- CMD...: unblocks signals,
+//!                                       then becomes CMD (exec)
+//! ```
+//!
+//! Signals are blocked and taken with `sigwait`, so neither stage needs a signal handler. A
+//! PID namespace's init ignores signals it has no handler for unless they are blocked, which is
+//! why stage 2 blocks them too. Stage 2 dies with stage 1 (`PR_SET_PDEATHSIG`), and the
+//! kernel kills every process of the namespace when stage 2 ends.
+//!
+//! Call [`init_helper_main`] before any other thread starts (no async runtime yet): a signal
+//! could otherwise be taken by a thread that does not block it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, PipeWriter, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// The task's standard output, as written.
+pub(super) const STDOUT_FILE: &str = "stdout";
+/// The task's standard error, as written.
+pub(super) const STDERR_FILE: &str = "stderr";
+/// Both streams interleaved in the order read, one line each, prefixed `O ` or `E `.
+pub(super) const OUTPUT_FILE: &str = "output";
+
+/// Exit code when the helper itself fails (as `docker run` does).
+const EXIT_HELPER_FAILED: u8 = 125;
+/// Exit code when the command exists but cannot be run.
+const EXIT_CANNOT_RUN: u8 = 126;
+/// Exit code when the command does not exist.
+const EXIT_NOT_FOUND: u8 = 127;
+/// Lines longer than this are split.
+const MAX_LINE: u64 = 64 * 1024;
+
+/// Entry point of the hidden `skep init-helper` subcommand.
+///
+/// `args` are the arguments after `init-helper` (a leading program name and `init-helper`
+/// are skipped if present): `--task-dir DIR -- CMD ARGS...` for stage 1,
+/// `--stage2 --task-dir DIR -- CMD ARGS...` for stage 2, `--exec -- CMD ARGS...` for the
+/// command's own process.
+pub fn init_helper_main(args: Vec<String>) -> ExitCode {
+    let code = match parse_args(&args) {
+        Ok(HelperArgs {
+            mode: Mode::Stage1,
+            task_dir: Some(task_dir),
+            command,
+        }) => stage1(&task_dir, &command),
+        Ok(HelperArgs {
+            mode: Mode::Stage1,
+            task_dir: None,
+            ..
+        }) => {
+            eprintln!("skep-init: missing --task-dir");
+            EXIT_HELPER_FAILED
+        }
+        Ok(HelperArgs {
+            mode: Mode::Stage2,
+            command,
+            ..
+        }) => stage2(&command),
+        Ok(HelperArgs {
+            mode: Mode::Exec,
+            command,
+            ..
+        }) => exec_command(&command),
+        Err(e) => {
+            eprintln!("skep-init: {e}");
+            EXIT_HELPER_FAILED
+        }
+    };
+    ExitCode::from(code)
+}
+
+#[derive(Debug, PartialEq)]
+enum Mode {
+    /// Outside the namespaces: creates them, keeps the logs.
+    Stage1,
+    /// PID 1 inside them.
+    Stage2,
+    /// The command's own process: unblocks signals and becomes the command. std does not
+    /// reset the signal mask of the processes it starts, and changing it between `fork` and
+    /// `exec` would need `unsafe`, so this one more `exec` does it.
+    Exec,
+}
+
+#[derive(Debug, PartialEq)]
+struct HelperArgs {
+    mode: Mode,
+    task_dir: Option<PathBuf>,
+    command: Vec<String>,
+}
+
+fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
+    let start = args
+        .iter()
+        .position(|a| a == "init-helper")
+        .map_or(0, |i| i + 1);
+    let mut it = args[start..].iter();
+    let mut mode = Mode::Stage1;
+    let mut task_dir = None;
+    loop {
+        match it.next().map(String::as_str) {
+            Some("--stage2") => mode = Mode::Stage2,
+            Some("--exec") => mode = Mode::Exec,
+            Some("--task-dir") => {
+                task_dir = Some(PathBuf::from(it.next().ok_or("--task-dir needs a value")?))
+            }
+            Some("--") => break,
+            Some(other) => return Err(format!("unexpected argument {other:?}")),
+            None => return Err("missing `-- COMMAND`".into()),
+        }
+    }
+    let command: Vec<String> = it.cloned().collect();
+    if command.is_empty() {
+        return Err("no command given after `--`".into());
+    }
+    Ok(HelperArgs {
+        mode,
+        task_dir,
+        command,
+    })
+}
+
+/// The signals passed on to the task.
+fn forwarded_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Exit code of a process as a shell reports it.
+pub(super) fn status_code(st: ExitStatus) -> i32 {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => i32::from(EXIT_HELPER_FAILED),
+    }
+}
+
+fn stage1(task_dir: &Path, command: &[String]) -> u8 {
+    let log = match Log::open(task_dir) {
+        Ok(l) => Arc::new(l),
+        Err(e) => {
+            eprintln!(
+                "skep-init: cannot open the log files in {}: {e}",
+                task_dir.display()
+            );
+            return EXIT_HELPER_FAILED;
+        }
+    };
+    let mut signals = forwarded_signals();
+    signals.add(Signal::SIGCHLD);
+    // Before any thread: the readers inherit the mask, so only `sigwait` below takes them.
+    if let Err(e) = signals.thread_block() {
+        log.note(&format!("cannot block signals: {e}"));
+        return EXIT_HELPER_FAILED;
+    }
+    // The pipes and their reader threads come before `unshare`: a process whose PID
+    // namespace for children differs from its own cannot create threads.
+    let mut readers = Vec::new();
+    let mut writers = Vec::new();
+    for stream in [Stream::Out, Stream::Err] {
+        let (r, w) = match std::io::pipe() {
+            Ok(p) => p,
+            Err(e) => {
+                log.note(&format!("cannot create a pipe: {e}"));
+                return EXIT_HELPER_FAILED;
+            }
+        };
+        let l = log.clone();
+        match std::thread::Builder::new().spawn(move || copy_lines(r, stream, &l)) {
+            Ok(t) => readers.push(t),
+            Err(e) => {
+                log.note(&format!("cannot start a log reader: {e}"));
+                return EXIT_HELPER_FAILED;
+            }
+        }
+        writers.push(w);
+    }
+    let (Some(err_w), Some(out_w)) = (writers.pop(), writers.pop()) else {
+        return EXIT_HELPER_FAILED;
+    };
+    let launched = launch_stage2(task_dir, command, &out_w, &err_w);
+    if let Err(msg) = &launched {
+        // Through the pipe, so the message is in order with the rest.
+        let _ = writeln!(&err_w, "skep-init: {msg}");
+    }
+    // Only the namespace holds the write ends now, so the readers end with it.
+    drop(out_w);
+    drop(err_w);
+    let mut child = match launched {
+        Ok(c) => c,
+        Err(_) => {
+            join_all(readers);
+            return EXIT_HELPER_FAILED;
+        }
+    };
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let code = loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => match child.try_wait() {
+                Ok(Some(st)) => break status_code(st),
+                Ok(None) => {}
+                Err(e) => {
+                    log.note(&format!("cannot wait for the namespace init: {e}"));
+                    break i32::from(EXIT_HELPER_FAILED);
+                }
+            },
+            Ok(sig) => {
+                let _ = kill(pid, sig);
+            }
+            Err(e) => {
+                log.note(&format!("waiting for signals failed: {e}"));
+                break match child.wait() {
+                    Ok(st) => status_code(st),
+                    Err(_) => i32::from(EXIT_HELPER_FAILED),
+                };
+            }
+        }
+    };
+    // The namespace is gone with its init, so every writer of the pipes is gone too.
+    join_all(readers);
+    code as u8
+}
+
+fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
+/// Enters new mount and PID namespaces and starts stage 2 in them, its output on the pipes.
+fn launch_stage2(
+    task_dir: &Path,
+    command: &[String],
+    out: &PipeWriter,
+    err: &PipeWriter,
+) -> Result<Child, String> {
+    unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID).map_err(|e| {
+        format!(
+            "cannot create mount and PID namespaces: {e}; the exec runtime needs root (CAP_SYS_ADMIN)"
+        )
+    })?;
+    // Nothing mounted by the task may propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the mounts private: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the skep binary: {e}"))?;
+    let dup = |p: &PipeWriter| {
+        p.try_clone()
+            .map_err(|e| format!("cannot duplicate a pipe: {e}"))
+    };
+    Command::new(exe)
+        .arg("init-helper")
+        .arg("--stage2")
+        .arg("--task-dir")
+        .arg(task_dir)
+        .arg("--")
+        .args(command)
+        .stdin(Stdio::null())
+        .stdout(dup(out)?)
+        .stderr(dup(err)?)
+        .spawn()
+        .map_err(|e| format!("cannot start the namespace init: {e}"))
+}
+
+fn stage2(command: &[String]) -> u8 {
+    // If stage 1 dies (SIGKILL from the agent), so does this init, and with it the namespace.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let mut signals = forwarded_signals();
+    signals.add(Signal::SIGCHLD);
+    if let Err(e) = signals.thread_block() {
+        eprintln!("skep-init: cannot block signals: {e}");
+        return EXIT_HELPER_FAILED;
+    }
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    ) {
+        eprintln!("skep-init: cannot mount /proc for the new PID namespace: {e}");
+        return EXIT_HELPER_FAILED;
+    }
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skep-init: cannot find the skep binary: {e}");
+            return EXIT_HELPER_FAILED;
+        }
+    };
+    let child = match Command::new(exe)
+        .arg("init-helper")
+        .arg("--exec")
+        .arg("--")
+        .args(command)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("skep-init: cannot start the command: {e}");
+            return EXIT_HELPER_FAILED;
+        }
+    };
+    let main = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    loop {
+        match signals.wait() {
+            Ok(Signal::SIGCHLD) => {
+                if let Some(code) = reap(main) {
+                    return code as u8;
+                }
+            }
+            Ok(sig) => {
+                let _ = kill(main, sig);
+            }
+            Err(e) => {
+                eprintln!("skep-init: waiting for signals failed: {e}");
+                return EXIT_HELPER_FAILED;
+            }
+        }
+    }
+}
+
+/// Replaces this process with the command, with no signal blocked.
+fn exec_command(command: &[String]) -> u8 {
+    let Some((program, args)) = command.split_first() else {
+        return EXIT_HELPER_FAILED;
+    };
+    if let Err(e) = SigSet::all().thread_unblock() {
+        eprintln!("skep-init: cannot unblock signals: {e}");
+        return EXIT_HELPER_FAILED;
+    }
+    let e = Command::new(program).args(args).exec();
+    eprintln!("skep-init: cannot run {program:?}: {e}");
+    if e.kind() == std::io::ErrorKind::NotFound {
+        EXIT_NOT_FOUND
+    } else {
+        EXIT_CANNOT_RUN
+    }
+}
+
+/// Reaps every ended child; returns the main command's exit code if it was among them.
+fn reap(main: Pid) -> Option<i32> {
+    let mut code = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, c)) if pid == main => code = Some(c),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == main => code = Some(128 + sig as i32),
+            Ok(WaitStatus::StillAlive) | Err(_) => return code,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Stream {
+    Out,
+    Err,
+}
+
+/// The task's log files, opened for appending.
+struct Log {
+    out: Mutex<File>,
+    err: Mutex<File>,
+    output: Mutex<File>,
+}
+
+impl Log {
+    fn open(dir: &Path) -> std::io::Result<Log> {
+        let open = |name: &str| {
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o640)
+                .open(dir.join(name))
+                .map(Mutex::new)
+        };
+        Ok(Log {
+            out: open(STDOUT_FILE)?,
+            err: open(STDERR_FILE)?,
+            output: open(OUTPUT_FILE)?,
+        })
+    }
+
+    /// Appends one line (without its newline) to its stream's file and to the combined file.
+    fn line(&self, stream: Stream, line: &[u8]) {
+        let (file, tag) = match stream {
+            Stream::Out => (&self.out, b"O "),
+            Stream::Err => (&self.err, b"E "),
+        };
+        let mut raw = Vec::with_capacity(line.len() + 1);
+        raw.extend_from_slice(line);
+        raw.push(b'\n');
+        // Log writes are best effort: a full disk must not kill the task.
+        if let Ok(mut f) = file.lock() {
+            let _ = f.write_all(&raw);
+        }
+        let mut tagged = Vec::with_capacity(raw.len() + 2);
+        tagged.extend_from_slice(tag);
+        tagged.extend_from_slice(&raw);
+        if let Ok(mut f) = self.output.lock() {
+            let _ = f.write_all(&tagged);
+        }
+    }
+
+    /// A message from the helper itself, on the task's stderr.
+    fn note(&self, msg: &str) {
+        self.line(Stream::Err, format!("skep-init: {msg}").as_bytes());
+    }
+}
+
+/// Copies lines from a pipe into the log until the pipe closes.
+fn copy_lines(pipe: impl Read, stream: Stream, log: &Log) {
+    let mut r = BufReader::new(pipe);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match (&mut r).take(MAX_LINE).read_until(b'\n', &mut buf) {
+            Ok(0) => return,
+            Ok(_) => {
+                if buf.last() == Some(&b'\n') {
+                    buf.pop();
+                }
+                log.line(stream, &buf);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn args() {
+        let want = HelperArgs {
+            mode: Mode::Stage1,
+            task_dir: Some("/d".into()),
+            command: s(&["sh", "-c", "x --y"]),
+        };
+        assert_eq!(
+            parse_args(&s(&["--task-dir", "/d", "--", "sh", "-c", "x --y"])),
+            Ok(want)
+        );
+        let full = parse_args(&s(&[
+            "/bin/skep",
+            "init-helper",
+            "--stage2",
+            "--task-dir",
+            "/d",
+            "--",
+            "a",
+        ]))
+        .unwrap();
+        assert_eq!(full.mode, Mode::Stage2);
+        assert_eq!(full.command, s(&["a"]));
+        let exec = parse_args(&s(&["--exec", "--", "a", "b"])).unwrap();
+        assert_eq!((exec.mode, exec.task_dir), (Mode::Exec, None));
+        assert!(parse_args(&s(&["--task-dir", "/d", "--"])).is_err());
+        assert!(parse_args(&s(&["--task-dir", "/d", "a"])).is_err());
+        assert!(parse_args(&s(&["--task-dir"])).is_err());
+    }
+
+    #[test]
+    fn lines_are_copied_in_order_and_split_when_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(dir.path()).unwrap();
+        copy_lines(&b"a\nb"[..], Stream::Out, &log);
+        copy_lines(&b"c\n"[..], Stream::Err, &log);
+        log.note("hi");
+        let read = |n| std::fs::read_to_string(dir.path().join(n)).unwrap();
+        assert_eq!(read(STDOUT_FILE), "a\nb\n");
+        assert_eq!(read(STDERR_FILE), "c\nskep-init: hi\n");
+        assert_eq!(read(OUTPUT_FILE), "O a\nO b\nE c\nE skep-init: hi\n");
+
+        let long = vec![b'x'; MAX_LINE as usize + 10];
+        copy_lines(&long[..], Stream::Out, &log);
+        let out = read(STDOUT_FILE);
+        assert_eq!(out.lines().count(), 4);
+    }
+
+    #[test]
+    fn status_codes() {
+        assert_eq!(status_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(status_code(ExitStatus::from_raw(9)), 137);
+    }
+}

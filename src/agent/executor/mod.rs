@@ -1,0 +1,438 @@
+//! Task runtimes ("executors"): how the agent's task supervisor starts, watches, stops and
+//! reads the logs of a task's process on this node.
+//!
+//! ```text
+//!  supervisor ──► Executors::start(task) ──► exec:   skep init-helper (stage 1: unshare mount+PID ns)
+//!                      │                               └─► skep init-helper --stage2 (PID 1: /proc, reaps)
+//!                      │                                     └─► task.spec.command
+//!                      │                    docker: bollard ─► Docker Engine (create, start)
+//!                      ▼
+//!                 TaskHandle ── wait() (exit code, set by a background watcher) / stop(grace)
+//! ```
+//!
+//! The exec runtime needs no `unsafe`: namespaces are made by a re-exec'd helper process
+//! ([`exec::init_helper_main`]) rather than between `fork` and `exec`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::store::service::{Resources, Runtime, Task};
+
+pub mod docker;
+pub mod exec;
+mod init;
+
+/// What went wrong while running a task. The message is shown to the operator as the task's
+/// error, so it says what failed and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The task asks for a runtime this node does not have.
+    #[error(
+        "the {} runtime is not available on this node; run the task on a node that offers it (see `node inspect`)",
+        .0.as_str()
+    )]
+    Unavailable(Runtime),
+    /// An exec task without a command.
+    #[error("the task has no command; an exec task needs a program and its arguments")]
+    EmptyCommand,
+    /// The task ID cannot name a directory or a container.
+    #[error("task id {0:?} is not usable as a file or container name")]
+    BadTaskId(String),
+    /// The program of an exec task is not on this node.
+    #[error(
+        "program {program:?} was not found or is not executable on this node; install it or give its absolute path"
+    )]
+    ProgramNotFound {
+        /// The program as given.
+        program: String,
+    },
+    /// The task's directory under the state directory could not be made or written.
+    #[error(
+        "cannot prepare the task directory {}: {source}; check the state directory's permissions and free space",
+        path.display()
+    )]
+    TaskDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The init helper process could not be started.
+    #[error(
+        "cannot start the init helper {}: {source}; the skep binary must be readable and executable",
+        helper.display()
+    )]
+    Spawn {
+        /// The helper program.
+        helper: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A docker image is missing and could not be pulled.
+    #[error(
+        "image {image} is not present and pulling it failed: {message}; build or load it locally (docker build / docker load), or check the node's registry access"
+    )]
+    Pull {
+        /// The image reference.
+        image: String,
+        /// What the engine said.
+        message: String,
+    },
+    /// A call to the Docker Engine failed.
+    #[error(
+        "docker: {action} failed: {message}; check that the Docker Engine is running and healthy"
+    )]
+    Docker {
+        /// What was being done ("create container skep-web.1.x").
+        action: String,
+        /// What the engine said.
+        message: String,
+    },
+    /// The task's process could not be watched to its end.
+    #[error("lost track of the task's process: {0}")]
+    Wait(String),
+    /// Signalling the task's process failed.
+    #[error("cannot stop the task: {0}")]
+    Stop(String),
+    /// The task's log files could not be read.
+    #[error("cannot read the task's logs at {}: {source}", path.display())]
+    Logs {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The runtimes available on this node.
+pub struct Executors {
+    exec: Option<exec::ExecRuntime>,
+    docker: Option<docker::DockerRuntime>,
+}
+
+impl Executors {
+    /// Detects runtimes: exec when running as root (its helper is this very binary), docker
+    /// when the Docker Engine answers a ping within about 2 s (`DOCKER_HOST` or the local
+    /// socket). Task directories live under `state_dir/tasks`.
+    pub async fn detect(state_dir: &Path) -> Executors {
+        match std::env::current_exe() {
+            Ok(helper) => Self::detect_with(state_dir, helper).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find the skep binary; the exec runtime is disabled");
+                Executors {
+                    exec: None,
+                    docker: docker::DockerRuntime::detect().await,
+                }
+            }
+        }
+    }
+
+    /// As [`Executors::detect`], with the binary that provides the `init-helper` subcommand
+    /// given explicitly (tests point it at the built `skep`).
+    pub async fn detect_with(state_dir: &Path, helper_exe: PathBuf) -> Executors {
+        let exec = if nix::unistd::geteuid().is_root() {
+            Some(exec::ExecRuntime::new(state_dir, helper_exe))
+        } else {
+            tracing::info!(
+                "not running as root: the exec runtime is disabled (it needs to create namespaces)"
+            );
+            None
+        };
+        Executors {
+            exec,
+            docker: docker::DockerRuntime::detect().await,
+        }
+    }
+
+    /// The runtimes found.
+    pub fn runtimes(&self) -> Vec<Runtime> {
+        let mut r = Vec::new();
+        if self.exec.is_some() {
+            r.push(Runtime::Exec);
+        }
+        if self.docker.is_some() {
+            r.push(Runtime::Docker);
+        }
+        r
+    }
+
+    /// Resources of this machine: a billion nano CPUs per available core, and the memory in
+    /// `/proc/meminfo` (0 if it cannot be read).
+    pub fn capacity() -> Resources {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get() as u64)
+            .unwrap_or(1);
+        let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| parse_meminfo_total(&s))
+            .unwrap_or(0);
+        Resources {
+            nano_cpus: cores.saturating_mul(1_000_000_000),
+            memory_bytes,
+        }
+    }
+
+    /// Prepares (docker: the image, pulled only if missing) and starts the task.
+    pub async fn start(&self, task: &Task) -> Result<TaskHandle, ExecError> {
+        check_task_id(&task.id)?;
+        match task.spec.runtime {
+            Runtime::Exec => match &self.exec {
+                Some(e) => e.start(task).await,
+                None => Err(ExecError::Unavailable(Runtime::Exec)),
+            },
+            Runtime::Docker => match &self.docker {
+                Some(d) => d.start(task).await,
+                None => Err(ExecError::Unavailable(Runtime::Docker)),
+            },
+        }
+    }
+
+    /// After an agent restart: stops and removes everything a previous run left running
+    /// (exec processes found through their pid files, containers labelled `skep.task.id`) and
+    /// returns the IDs of the tasks it stopped. Exec log files are kept until [`Executors::remove`].
+    pub async fn cleanup_stale(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        if let Some(e) = &self.exec {
+            ids.extend(e.cleanup_stale().await);
+        }
+        if let Some(d) = &self.docker {
+            ids.extend(d.cleanup_stale().await);
+        }
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The task's output as `(stream, line)` pairs, stream being `stdout` or `stderr`, in the
+    /// order written; only the last `tail` lines when `tail > 0`.
+    pub async fn logs(&self, task: &Task, tail: usize) -> Result<Vec<(String, String)>, ExecError> {
+        check_task_id(&task.id)?;
+        match task.spec.runtime {
+            Runtime::Exec => match &self.exec {
+                Some(e) => e.logs(task, tail).await,
+                None => Err(ExecError::Unavailable(Runtime::Exec)),
+            },
+            Runtime::Docker => match &self.docker {
+                Some(d) => d.logs(task, tail).await,
+                None => Err(ExecError::Unavailable(Runtime::Docker)),
+            },
+        }
+    }
+
+    /// Removes what a finished task left (container, log files). Best effort: failures are
+    /// logged.
+    pub async fn remove(&self, task: &Task) {
+        if check_task_id(&task.id).is_err() {
+            return;
+        }
+        match task.spec.runtime {
+            Runtime::Exec => {
+                if let Some(e) = &self.exec {
+                    e.remove(task).await;
+                }
+            }
+            Runtime::Docker => {
+                if let Some(d) = &self.docker {
+                    d.remove(task).await;
+                }
+            }
+        }
+    }
+}
+
+/// The exit of a task as its watcher saw it: `None` while it runs.
+type ExitSlot = Option<Result<i64, String>>;
+
+/// A started task.
+pub struct TaskHandle {
+    exit: watch::Receiver<ExitSlot>,
+    stopper: Stopper,
+}
+
+enum Stopper {
+    Exec(exec::ExecStopper),
+    Docker(docker::DockerStopper),
+}
+
+impl TaskHandle {
+    /// Waits until the task's process ends and returns its exit code (128 + signal when a
+    /// signal killed it). Cancel safe: the exit is recorded by a background watcher, so this
+    /// can be a branch of `tokio::select!` and be called again.
+    pub async fn wait(&mut self) -> Result<i64, ExecError> {
+        if let Some(r) = self.exit_now() {
+            return r;
+        }
+        let _ = self.exit.wait_for(Option::is_some).await;
+        self.exit_now().unwrap_or_else(|| {
+            Err(ExecError::Wait(
+                "the watcher ended without reporting an exit".into(),
+            ))
+        })
+    }
+
+    /// The exit code if the task has ended, without waiting.
+    pub fn exit_code(&self) -> Option<i64> {
+        match &*self.exit.borrow() {
+            Some(Ok(c)) => Some(*c),
+            _ => None,
+        }
+    }
+
+    fn exit_now(&self) -> Option<Result<i64, ExecError>> {
+        self.exit
+            .borrow()
+            .as_ref()
+            .map(|r| r.clone().map_err(ExecError::Wait))
+    }
+
+    /// Stops the task: SIGTERM, then SIGKILL after `grace`. Idempotent; returns once the
+    /// process is gone (or the kill was sent, for a process that will not die).
+    pub async fn stop(&self, grace: Duration) -> Result<(), ExecError> {
+        if self.exit.borrow().is_some() {
+            return Ok(());
+        }
+        match &self.stopper {
+            Stopper::Exec(s) => s.stop(self.exit.clone(), grace).await,
+            Stopper::Docker(s) => s.stop(self.exit.clone(), grace).await,
+        }
+    }
+}
+
+/// Waits until `exit` reports an end, at most `timeout`; true if it ended.
+async fn ended_within(mut exit: watch::Receiver<ExitSlot>, timeout: Duration) -> bool {
+    if exit.borrow().is_some() {
+        return true;
+    }
+    let _ = tokio::time::timeout(timeout, exit.wait_for(Option::is_some)).await;
+    exit.borrow().is_some()
+}
+
+/// Task IDs become directory and container names: only `[A-Za-z0-9_.-]`, not starting with
+/// a dot, at most 128 bytes.
+fn check_task_id(id: &str) -> Result<(), ExecError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(ExecError::BadTaskId(id.to_string()))
+    }
+}
+
+/// `MemTotal` of `/proc/meminfo`, in bytes.
+fn parse_meminfo_total(s: &str) -> Option<u64> {
+    let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let mut words = line.split_whitespace().skip(1);
+    let n: u64 = words.next()?.parse().ok()?;
+    let mult = match words.next() {
+        Some("kB") | Some("KB") => 1024,
+        None => 1,
+        Some(_) => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Splits `KEY=VALUE` entries; entries without `=` or with an empty key are skipped.
+fn parse_env(env: &[String]) -> Vec<(String, String)> {
+    env.iter()
+        .filter_map(|e| {
+            let (k, v) = e.split_once('=')?;
+            (!k.is_empty()).then(|| (k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Keeps the last `tail` items (all when `tail` is 0).
+fn keep_tail<T>(mut v: Vec<T>, tail: usize) -> Vec<T> {
+    if tail > 0 && v.len() > tail {
+        v.drain(..v.len() - tail);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meminfo() {
+        let s = "MemTotal:       24683656 kB\nMemFree:         8249860 kB\n";
+        assert_eq!(parse_meminfo_total(s), Some(24683656 * 1024));
+        assert_eq!(parse_meminfo_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_meminfo_total("MemTotal: x kB\n"), None);
+        assert_eq!(parse_meminfo_total("MemTotal: 5 MB\n"), None);
+    }
+
+    #[test]
+    fn capacity_is_positive() {
+        let c = Executors::capacity();
+        assert!(c.nano_cpus >= 1_000_000_000);
+        assert!(c.memory_bytes > 0);
+    }
+
+    #[test]
+    fn task_ids() {
+        assert!(check_task_id("abc-123_x.y").is_ok());
+        for bad in ["", ".", "..", "a/b", "../x", "a b", &"x".repeat(129)] {
+            assert!(check_task_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn env() {
+        let e = parse_env(&[
+            "A=1".into(),
+            "B=x=y".into(),
+            "C=".into(),
+            "NOEQ".into(),
+            "=v".into(),
+        ]);
+        assert_eq!(
+            e,
+            vec![
+                ("A".into(), "1".into()),
+                ("B".into(), "x=y".into()),
+                ("C".into(), String::new())
+            ]
+        );
+    }
+
+    #[test]
+    fn tail() {
+        assert_eq!(keep_tail(vec![1, 2, 3], 0), vec![1, 2, 3]);
+        assert_eq!(keep_tail(vec![1, 2, 3], 2), vec![2, 3]);
+        assert_eq!(keep_tail(vec![1, 2, 3], 5), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn wait_is_repeatable_and_cancel_safe() {
+        let (tx, rx) = watch::channel(None);
+        let mut h = TaskHandle {
+            exit: rx,
+            stopper: Stopper::Exec(exec::ExecStopper::for_test()),
+        };
+        // A wait cancelled by a timeout loses nothing.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), h.wait())
+                .await
+                .is_err()
+        );
+        assert_eq!(h.exit_code(), None);
+        tx.send_replace(Some(Ok(3)));
+        drop(tx);
+        assert_eq!(h.wait().await.ok(), Some(3));
+        assert_eq!(h.wait().await.ok(), Some(3));
+        assert_eq!(h.exit_code(), Some(3));
+        // Stopping an ended task is a no-op.
+        assert!(h.stop(Duration::from_millis(1)).await.is_ok());
+    }
+}

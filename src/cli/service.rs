@@ -1,0 +1,1066 @@
+//! `skep service create|ls|ps|inspect|scale|update|rollback|logs|rm`.
+//!
+//! Specs travel as JSON of [`ServiceSpec`]; an update fetches the service, changes its spec
+//! and sends the whole new spec back. Create, update, scale and rollback then wait for the
+//! service to converge with Docker's progress display (see [`super::progress`]) unless
+//! `--detach`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use super::client::status;
+use super::output::{Table, json_line, json_pretty};
+use super::progress::{self, Baseline};
+use super::spec::{
+    self, CreateSpec, ModeArg, RuntimeArg, SpecFlags, UpdateSpec, bytes, constraint_text, cpus,
+};
+use super::tasks::{self, image_of, parse_service, parse_tasks, short_id};
+use super::{Format, print};
+use crate::api::v1::control_client::ControlClient;
+use crate::api::v1::{
+    Empty, ServiceLogsRequest, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest,
+};
+use crate::store::service::{
+    DesiredState, Mode, RestartCondition, Service, ServiceSpec, Task, TaskState, UpdateConfig,
+};
+
+type Api = ControlClient<Channel>;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum ServiceCommand {
+    /// Create a new service.
+    #[command(
+        override_usage = "skep service create [OPTIONS] IMAGE [COMMAND] [ARG...]\n       \
+                                skep service create --runtime exec [OPTIONS] -- COMMAND [ARG...]"
+    )]
+    Create(CreateArgs),
+    /// List services.
+    #[command(alias = "list")]
+    Ls(LsArgs),
+    /// List the tasks of one or more services.
+    Ps(PsArgs),
+    /// Display detailed information on one or more services.
+    Inspect(InspectArgs),
+    /// Scale one or multiple replicated services.
+    Scale(ScaleArgs),
+    /// Update a service.
+    Update(UpdateArgs),
+    /// Revert changes to a service's configuration.
+    Rollback(RollbackArgs),
+    /// Fetch the logs of a service.
+    Logs(LogsArgs),
+    /// Remove one or more services.
+    #[command(alias = "remove")]
+    Rm(RmArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct CreateArgs {
+    /// Service name (default: a generated one).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// How tasks run: docker (IMAGE [COMMAND]) or exec (-- COMMAND, no image).
+    #[arg(long, value_name = "RUNTIME")]
+    runtime: Option<RuntimeArg>,
+    /// Service mode (replicated or global).
+    #[arg(long, value_name = "MODE")]
+    mode: Option<ModeArg>,
+    /// Number of tasks (default 1).
+    #[arg(long, value_name = "N")]
+    replicas: Option<u64>,
+    /// Set environment variables.
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Service labels.
+    #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Placement constraints (e.g. node.role==worker, node.labels.zone!=a).
+    #[arg(long = "constraint", value_name = "EXPR")]
+    constraints: Vec<String>,
+    #[command(flatten)]
+    spec: SpecFlags,
+    /// Exit immediately instead of waiting for the service to converge.
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output.
+    #[arg(short, long)]
+    quiet: bool,
+    /// IMAGE [COMMAND] [ARG...]; with --runtime exec, COMMAND [ARG...].
+    #[arg(
+        value_name = "ARGS",
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    args: Vec<String>,
+}
+
+impl CreateArgs {
+    fn create_spec(&self) -> CreateSpec<'_> {
+        CreateSpec {
+            name: self.name.as_deref(),
+            runtime: self.runtime,
+            mode: self.mode,
+            replicas: self.replicas,
+            env: &self.env,
+            labels: &self.labels,
+            constraints: &self.constraints,
+            args: &self.args,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct LsArgs {
+    /// Only display IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct PsArgs {
+    /// Only display task IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Do not truncate output.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Output format.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    pub format: Format,
+    /// Service name, ID or ID prefix.
+    #[arg(value_name = "SERVICE", required = true)]
+    services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct InspectArgs {
+    /// Print the information in a human friendly format.
+    #[arg(long)]
+    pretty: bool,
+    /// Service name, ID or ID prefix.
+    #[arg(value_name = "SERVICE", required = true)]
+    services: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct ScaleArgs {
+    /// Exit immediately instead of waiting for the services to converge.
+    #[arg(short, long)]
+    detach: bool,
+    /// SERVICE=REPLICAS pairs.
+    #[arg(value_name = "SERVICE=REPLICAS", required = true, value_parser = spec::parse_scale)]
+    targets: Vec<(String, u64)>,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct UpdateArgs {
+    /// Service image tag.
+    #[arg(long, value_name = "IMAGE")]
+    image: Option<String>,
+    /// Number of tasks.
+    #[arg(long, value_name = "N")]
+    replicas: Option<u64>,
+    /// Add or update an environment variable.
+    #[arg(long, value_name = "KEY=VALUE")]
+    env_add: Vec<String>,
+    /// Remove an environment variable.
+    #[arg(long, value_name = "KEY")]
+    env_rm: Vec<String>,
+    /// Add or update a placement constraint.
+    #[arg(long, value_name = "EXPR")]
+    constraint_add: Vec<String>,
+    /// Remove a constraint.
+    #[arg(long, value_name = "EXPR")]
+    constraint_rm: Vec<String>,
+    /// Add or update a service label.
+    #[arg(long, value_name = "KEY=VALUE")]
+    label_add: Vec<String>,
+    /// Remove a label by its key.
+    #[arg(long, value_name = "KEY")]
+    label_rm: Vec<String>,
+    #[command(flatten)]
+    spec: SpecFlags,
+    /// Force update even if no changes require it.
+    #[arg(long)]
+    force: bool,
+    /// Rollback to previous specification.
+    #[arg(long)]
+    rollback: bool,
+    /// Exit immediately instead of waiting for the service to converge.
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Service name, ID or ID prefix.
+    #[arg(value_name = "SERVICE")]
+    service: String,
+}
+
+impl UpdateArgs {
+    fn update_spec(&self) -> UpdateSpec<'_> {
+        UpdateSpec {
+            image: self.image.as_deref(),
+            replicas: self.replicas,
+            env_add: &self.env_add,
+            env_rm: &self.env_rm,
+            constraint_add: &self.constraint_add,
+            constraint_rm: &self.constraint_rm,
+            label_add: &self.label_add,
+            label_rm: &self.label_rm,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RollbackArgs {
+    /// Exit immediately instead of waiting for the service to converge.
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Service name, ID or ID prefix.
+    #[arg(value_name = "SERVICE")]
+    service: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct LogsArgs {
+    /// Number of lines to show from the end of the logs ("all" for every line).
+    #[arg(short = 'n', long, value_name = "N", default_value = "all", value_parser = parse_tail)]
+    tail: u64,
+    /// Do not add any prefix to the log lines.
+    #[arg(long)]
+    raw: bool,
+    /// Do not truncate task IDs.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Service name, ID or ID prefix.
+    #[arg(value_name = "SERVICE")]
+    service: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RmArgs {
+    /// Service name, ID or ID prefix.
+    #[arg(value_name = "SERVICE", required = true)]
+    services: Vec<String>,
+}
+
+/// `--tail`: a count, or `all` (0 on the wire).
+fn parse_tail(text: &str) -> Result<u64, String> {
+    if text == "all" {
+        return Ok(0);
+    }
+    text.parse()
+        .map_err(|_| format!("invalid --tail {text:?}: expected a number of lines or \"all\""))
+}
+
+/// What can be checked before a daemon is asked: bad values are refused without connecting.
+pub(super) fn check(cmd: &ServiceCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCommand::Create(a) => spec::build_spec(&a.create_spec(), &a.spec).map(|_| ()),
+        ServiceCommand::Update(a) => check_update(a),
+        _ => Ok(()),
+    }
+}
+
+fn check_update(a: &UpdateArgs) -> anyhow::Result<()> {
+    if a.rollback && (a.update_spec().any() || a.spec.any() || a.force) {
+        anyhow::bail!("--rollback cannot be combined with other changes");
+    }
+    spec::check_update(&a.update_spec(), &a.spec)
+}
+
+pub(super) async fn run(api: &mut Api, cmd: ServiceCommand) -> anyhow::Result<()> {
+    match cmd {
+        ServiceCommand::Create(a) => create(api, a).await,
+        ServiceCommand::Ls(a) => ls(api, a).await,
+        ServiceCommand::Ps(a) => ps(api, a).await,
+        ServiceCommand::Inspect(a) => inspect(api, a).await,
+        ServiceCommand::Scale(a) => scale(api, a).await,
+        ServiceCommand::Update(a) => update(api, a).await,
+        ServiceCommand::Rollback(a) => rollback(api, a).await,
+        ServiceCommand::Logs(a) => logs(api, a).await,
+        ServiceCommand::Rm(a) => rm(api, a).await,
+    }
+}
+
+fn to_json(spec: &ServiceSpec) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(spec)?)
+}
+
+async fn create(api: &mut Api, a: CreateArgs) -> anyhow::Result<()> {
+    let spec = spec::build_spec(&a.create_spec(), &a.spec)?;
+    let id = api
+        .service_create(ServiceSpecRequest {
+            spec_json: to_json(&spec)?,
+        })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .id;
+    print(&format!("{id}\n"))?;
+    if a.detach {
+        return Ok(());
+    }
+    progress::wait(api, &id, Baseline::default(), a.quiet).await
+}
+
+/// The service and its tasks.
+pub(super) async fn fetch(api: &mut Api, service: &str) -> anyhow::Result<(Service, Vec<Task>)> {
+    let info = api
+        .service_inspect(ServiceRef {
+            service: service.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    Ok((
+        parse_service(&info.service_json)?,
+        parse_tasks(&info.tasks_json)?,
+    ))
+}
+
+/// Node ID → host name; empty if the nodes cannot be listed (IDs are shown instead).
+pub(super) async fn hostnames(api: &mut Api) -> HashMap<String, String> {
+    match api.node_list(Empty {}).await {
+        Ok(resp) => resp
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(|n| (n.id, n.hostname))
+            .collect(),
+        Err(_) => HashMap::new(),
+    }
+}
+
+async fn ls(api: &mut Api, a: LsArgs) -> anyhow::Result<()> {
+    let infos = api
+        .service_list(Empty {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .services;
+    let mut services = Vec::new();
+    for info in &infos {
+        services.push((
+            parse_service(&info.service_json)?,
+            parse_tasks(&info.tasks_json)?,
+        ));
+    }
+    services.sort_by(|(a, _), (b, _)| a.spec.name.cmp(&b.spec.name).then(a.id.cmp(&b.id)));
+    let text = if a.quiet {
+        services
+            .iter()
+            .map(|(s, _)| format!("{}\n", short_id(&s.id)))
+            .collect()
+    } else {
+        match a.format {
+            Format::Table => ls_table(&services),
+            Format::Json => services
+                .iter()
+                .map(|(s, t)| json_line(&ls_json(s, t)))
+                .collect(),
+        }
+    };
+    print(&text)
+}
+
+/// `running/desired`: for a global service, desired is the tasks that should run.
+pub(super) fn replicas(svc: &Service, tasks: &[Task]) -> String {
+    let running = tasks
+        .iter()
+        .filter(|t| t.desired == DesiredState::Running && t.status.state == TaskState::Running)
+        .count();
+    match svc.spec.mode {
+        Mode::Replicated { replicas } => format!("{running}/{replicas}"),
+        Mode::Global => {
+            let desired = tasks
+                .iter()
+                .filter(|t| t.desired == DesiredState::Running)
+                .count();
+            format!("{running}/{desired}")
+        }
+    }
+}
+
+fn mode_text(mode: &Mode) -> &'static str {
+    match mode {
+        Mode::Replicated { .. } => "replicated",
+        Mode::Global => "global",
+    }
+}
+
+pub(super) fn ls_table(services: &[(Service, Vec<Task>)]) -> String {
+    let mut t = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"]);
+    for (s, tasks) in services {
+        t.row(vec![
+            short_id(&s.id).to_string(),
+            s.spec.name.clone(),
+            mode_text(&s.spec.mode).into(),
+            replicas(s, tasks),
+            image_of(&s.spec.task, true),
+        ]);
+    }
+    t.render()
+}
+
+fn ls_json(s: &Service, tasks: &[Task]) -> Value {
+    json!({
+        "ID": short_id(&s.id),
+        "Name": s.spec.name,
+        "Mode": mode_text(&s.spec.mode),
+        "Replicas": replicas(s, tasks),
+        "Image": image_of(&s.spec.task, false),
+        "Ports": "",
+    })
+}
+
+async fn ps(api: &mut Api, a: PsArgs) -> anyhow::Result<()> {
+    let mut all = Vec::new();
+    let mut errors = Vec::new();
+    for name in &a.services {
+        match fetch(api, name).await {
+            Ok((_, tasks)) => all.extend(tasks),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if errors.is_empty() || !all.is_empty() {
+        let hosts = hostnames(api).await;
+        print(&ps_text(&all, &hosts, &a))?;
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+/// The `ps` output of `service ps` and `node ps`.
+pub(super) fn ps_text(all: &[Task], hosts: &HashMap<String, String>, a: &PsArgs) -> String {
+    ps_output(all, hosts, a.quiet, a.no_trunc, a.format)
+}
+
+/// `ps` output from its flags.
+pub(super) fn ps_output(
+    all: &[Task],
+    hosts: &HashMap<String, String>,
+    quiet: bool,
+    no_trunc: bool,
+    format: Format,
+) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let lines = tasks::lines(all, hosts);
+    if quiet {
+        return lines.iter().map(|l| format!("{}\n", l.task.id)).collect();
+    }
+    match format {
+        Format::Table => tasks::table(&lines, now, no_trunc),
+        Format::Json => lines
+            .iter()
+            .map(|l| json_line(&tasks::json_of(l, now)))
+            .collect(),
+    }
+}
+
+async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for name in &a.services {
+        match fetch(api, name).await {
+            Ok((svc, _)) => found.push(svc),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let text = if a.pretty {
+        found.iter().map(pretty).collect::<Vec<_>>().join("\n")
+    } else {
+        json_pretty(&serde_json::to_value(&found)?)
+    };
+    print(&text)?;
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+fn restart_text(c: RestartCondition) -> &'static str {
+    match c {
+        RestartCondition::None => "none",
+        RestartCondition::OnFailure => "on-failure",
+        RestartCondition::Any => "any",
+    }
+}
+
+fn lower<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
+fn line(out: &mut String, label: &str, value: &str) {
+    let _ = writeln!(out, "{:<20}{value}", format!("{label}:"));
+}
+
+fn ms(n: u64) -> String {
+    super::duration::format(std::time::Duration::from_millis(n))
+}
+
+/// `service inspect --pretty`, laid out as Docker's.
+pub(super) fn pretty(s: &Service) -> String {
+    let mut out = String::new();
+    let spec = &s.spec;
+    line(&mut out, "ID", &s.id);
+    line(&mut out, "Name", &spec.name);
+    if !spec.labels.is_empty() {
+        line(&mut out, "Labels", "");
+        for (k, v) in &spec.labels {
+            let _ = writeln!(out, " - {k}={v}");
+        }
+    }
+    let mut line = |label: &str, value: &str| line(&mut out, label, value);
+    match spec.mode {
+        Mode::Replicated { replicas } => {
+            line("Service Mode", "Replicated");
+            line(" Replicas", &replicas.to_string());
+        }
+        Mode::Global => line("Service Mode", "Global"),
+    }
+    if let Some(u) = &s.update {
+        line("UpdateStatus", "");
+        line(" State", &lower(&u.phase));
+        line(" Started", &u.started_at);
+        line(" Message", &u.message);
+    }
+    let task = &spec.task;
+    if !task.constraints.is_empty() {
+        let list: Vec<String> = task.constraints.iter().map(constraint_text).collect();
+        line("Placement", "");
+        line(" Constraints", &format!("[{}]", list.join(" ")));
+    }
+    let mut update_block = |title: &str, order_label: &str, u: &UpdateConfig| {
+        line(title, "");
+        line(" Parallelism", &u.parallelism.to_string());
+        if u.delay_ms > 0 {
+            line(" Delay", &ms(u.delay_ms));
+        }
+        line(" On failure", &lower(&u.failure_action));
+        line(" Monitoring Period", &ms(u.monitor_ms));
+        line(order_label, &lower(&u.order));
+    };
+    update_block("UpdateConfig", " Update order", &spec.update);
+    update_block("RollbackConfig", " Rollback order", &spec.rollback);
+    line("RestartPolicy", "");
+    line(" Condition", restart_text(task.restart.condition));
+    line(" Delay", &ms(task.restart.delay_ms));
+    line(" Max attempts", &task.restart.max_attempts.to_string());
+    line("ContainerSpec", "");
+    line(" Runtime", task.runtime.as_str());
+    if !task.image.is_empty() {
+        line(" Image", &task.image);
+    }
+    if !task.command.is_empty() {
+        line(" Args", &task.command.join(" "));
+    }
+    if !task.env.is_empty() {
+        line(" Env", &task.env.join(" "));
+    }
+    let (r, l) = (task.reservations, task.limits);
+    if r != Default::default() || l != Default::default() {
+        line("Resources", "");
+        for (title, res) in [(" Reservations", r), (" Limits", l)] {
+            if res == Default::default() {
+                continue;
+            }
+            line(title, "");
+            if res.nano_cpus > 0 {
+                line("  CPU", &cpus(res.nano_cpus));
+            }
+            if res.memory_bytes > 0 {
+                line("  Memory", &bytes(res.memory_bytes));
+            }
+        }
+    }
+    line("Created", &s.created_at);
+    line("Updated", &s.updated_at);
+    out.lines().map(|l| format!("{}\n", l.trim_end())).collect()
+}
+
+async fn scale(api: &mut Api, a: ScaleArgs) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    let mut waits = Vec::new();
+    for (name, n) in &a.targets {
+        match scale_one(api, name, *n).await {
+            Ok(base) => {
+                print(&format!("{name} scaled to {n}\n"))?;
+                waits.push((name, base));
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !a.detach {
+        for (name, base) in waits {
+            if let Err(e) = progress::wait(api, name, base, false).await {
+                errors.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+async fn scale_one(api: &mut Api, name: &str, n: u64) -> anyhow::Result<Baseline> {
+    let (svc, _) = fetch(api, name).await?;
+    let mut new = svc.spec.clone();
+    spec::scale(&mut new, name, n)?;
+    api.service_update(ServiceUpdateRequest {
+        service: svc.id.clone(),
+        spec_json: to_json(&new)?,
+        rollback: false,
+        force: false,
+    })
+    .await
+    .map_err(status)?;
+    Ok(Baseline {
+        update: svc.update,
+        ..Default::default()
+    })
+}
+
+async fn update(api: &mut Api, a: UpdateArgs) -> anyhow::Result<()> {
+    check_update(&a)?;
+    if a.rollback {
+        return rollback(
+            api,
+            RollbackArgs {
+                detach: a.detach,
+                quiet: a.quiet,
+                service: a.service,
+            },
+        )
+        .await;
+    }
+    let (svc, _) = fetch(api, &a.service).await?;
+    let mut new = svc.spec.clone();
+    spec::apply_update(&mut new, &a.update_spec(), &a.spec)?;
+    api.service_update(ServiceUpdateRequest {
+        service: svc.id.clone(),
+        spec_json: to_json(&new)?,
+        rollback: false,
+        force: a.force,
+    })
+    .await
+    .map_err(status)?;
+    print(&format!("{}\n", a.service))?;
+    if a.detach {
+        return Ok(());
+    }
+    let base = Baseline {
+        update: svc.update,
+        force_version: a.force.then_some(svc.version + 1),
+        rollback: false,
+    };
+    progress::wait(api, &svc.id, base, a.quiet).await
+}
+
+async fn rollback(api: &mut Api, a: RollbackArgs) -> anyhow::Result<()> {
+    let (svc, _) = fetch(api, &a.service).await?;
+    api.service_update(ServiceUpdateRequest {
+        service: svc.id.clone(),
+        spec_json: String::new(),
+        rollback: true,
+        force: false,
+    })
+    .await
+    .map_err(status)?;
+    print(&format!("{}\n", a.service))?;
+    if a.detach {
+        return Ok(());
+    }
+    if !a.quiet {
+        print("rollback: manually requested rollback\n")?;
+    }
+    let base = Baseline {
+        update: svc.update,
+        force_version: None,
+        rollback: true,
+    };
+    progress::wait(api, &svc.id, base, a.quiet).await
+}
+
+async fn logs(api: &mut Api, a: LogsArgs) -> anyhow::Result<()> {
+    let lines = api
+        .service_logs(ServiceLogsRequest {
+            service: a.service.clone(),
+            tail: a.tail,
+        })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .lines;
+    let hosts = if a.raw {
+        HashMap::new()
+    } else {
+        hostnames(api).await
+    };
+    let (out, err) = logs_text(&lines, &hosts, a.raw, a.no_trunc);
+    print(&out)?;
+    if !err.is_empty() {
+        eprint!("{err}");
+    }
+    Ok(())
+}
+
+/// `web.1.k3x9qabcdefg@w1    | line`, prefixes padded to the same width; stdout and stderr
+/// lines go to the CLI's stdout and stderr.
+pub(super) fn logs_text(
+    lines: &[crate::api::v1::LogLine],
+    hosts: &HashMap<String, String>,
+    raw: bool,
+    no_trunc: bool,
+) -> (String, String) {
+    let prefix = |l: &crate::api::v1::LogLine| {
+        let id = if no_trunc {
+            l.task_id.as_str()
+        } else {
+            short_id(&l.task_id)
+        };
+        let node = hosts
+            .get(&l.node_id)
+            .map_or_else(|| short_id(&l.node_id).to_string(), Clone::clone);
+        if l.task_name.is_empty() {
+            format!("{id}@{node}")
+        } else {
+            format!("{}.{id}@{node}", l.task_name)
+        }
+    };
+    let prefixes: Vec<String> = if raw {
+        Vec::new()
+    } else {
+        lines.iter().map(prefix).collect()
+    };
+    let width = prefixes
+        .iter()
+        .map(|p| p.chars().count())
+        .max()
+        .unwrap_or(0);
+    let (mut out, mut err) = (String::new(), String::new());
+    for (i, l) in lines.iter().enumerate() {
+        let target = if l.stream == "stderr" {
+            &mut err
+        } else {
+            &mut out
+        };
+        let text = l.line.trim_end_matches('\n');
+        if raw {
+            let _ = writeln!(target, "{text}");
+        } else {
+            let _ = writeln!(target, "{:<width$}    | {text}", prefixes[i]);
+        }
+    }
+    (out, err)
+}
+
+async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for name in &a.services {
+        match api
+            .service_remove(ServiceRef {
+                service: name.clone(),
+            })
+            .await
+        {
+            Ok(_) => print(&format!("{name}\n"))?,
+            Err(s) => errors.push(status(s).to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::v1::LogLine;
+    use crate::cli::tasks::tests::task;
+    use crate::store::service::{Runtime, TaskSpec};
+
+    fn service(id: &str, name: &str, mode: Mode, task: TaskSpec) -> Service {
+        Service {
+            id: id.into(),
+            spec: ServiceSpec {
+                name: name.into(),
+                labels: Default::default(),
+                mode,
+                task,
+                update: Default::default(),
+                rollback: Default::default(),
+            },
+            version: 1,
+            previous: None,
+            update: None,
+            revision: 0,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn ls_shows_running_over_desired() {
+        let t = task("a", "t1", 1, "n1", TaskState::Running);
+        let mut spec = t.spec.clone();
+        let mut stopped = task("b", "t1", 2, "n2", TaskState::Running);
+        stopped.desired = DesiredState::Shutdown;
+        let starting = task("c", "t1", 3, "n3", TaskState::Starting);
+        let t1 = service(
+            "abcdefghijklmnopqrstuvwxy",
+            "t1",
+            Mode::Replicated { replicas: 3 },
+            spec.clone(),
+        );
+        spec.runtime = Runtime::Docker;
+        spec.image = "nginx:1.25".into();
+        spec.command = vec![];
+        let g = service("zzzzzzzzzzzzzzzzz", "mon", Mode::Global, spec);
+        let gtasks = vec![
+            task("d", "mon", 0, "n1", TaskState::Running),
+            task("e", "mon", 0, "n2", TaskState::Running),
+        ];
+        assert_eq!(
+            ls_table(&[
+                (t1.clone(), vec![t, stopped, starting]),
+                (g.clone(), gtasks.clone())
+            ]),
+            "ID            NAME  MODE        REPLICAS  IMAGE\n\
+             abcdefghijkl  t1    replicated  1/3       /bin/sleep 1000\n\
+             zzzzzzzzzzzz  mon   global      2/2       nginx:1.25\n"
+        );
+        let j = ls_json(&g, &gtasks);
+        assert_eq!(j["Mode"], "global");
+        assert_eq!(j["Replicas"], "2/2");
+        assert_eq!(ls_table(&[]), "ID  NAME  MODE  REPLICAS  IMAGE\n");
+    }
+
+    #[test]
+    fn logs_are_prefixed_like_docker() {
+        let line = |id: &str, name: &str, node: &str, stream: &str, text: &str| LogLine {
+            task_id: id.into(),
+            task_name: name.into(),
+            node_id: node.into(),
+            stream: stream.into(),
+            line: text.into(),
+        };
+        let lines = vec![
+            line("task1aaaaaaaaaaaaaa", "web.1", "n1", "stdout", "hello\n"),
+            line("task2bbbbbbbbbbbbbb", "web.10", "n2", "stderr", "oops"),
+        ];
+        let hosts = HashMap::from([
+            ("n1".to_string(), "m1".to_string()),
+            ("n2".to_string(), "w1".to_string()),
+        ]);
+        let (out, err) = logs_text(&lines, &hosts, false, false);
+        assert_eq!(out, "web.1.task1aaaaaaa@m1     | hello\n");
+        assert_eq!(err, "web.10.task2bbbbbbb@w1    | oops\n");
+        let (out, err) = logs_text(&lines, &hosts, true, false);
+        assert_eq!((out.as_str(), err.as_str()), ("hello\n", "oops\n"));
+    }
+
+    #[test]
+    fn pretty_is_docker_like() {
+        let t = task("a", "t1", 1, "n1", TaskState::Running);
+        let mut s = service("sid", "t1", Mode::Replicated { replicas: 3 }, t.spec);
+        s.spec.task.reservations.memory_bytes = 64 << 20;
+        s.spec.task.constraints = vec![spec::parse_constraint("node.role==worker").unwrap()];
+        let text = pretty(&s);
+        assert!(text.contains("Name:               t1\n"), "{text}");
+        assert!(text.contains(" Replicas:          3\n"), "{text}");
+        assert!(
+            text.contains(" Constraints:       [node.role==worker]\n"),
+            "{text}"
+        );
+        assert!(text.contains(" On failure:        pause\n"), "{text}");
+        assert!(text.contains(" Update order:      stop-first\n"), "{text}");
+        assert!(text.contains("  Memory:           64MiB\n"), "{text}");
+        assert!(text.contains(" Runtime:           exec\n"), "{text}");
+        assert!(text.lines().all(|l| l == l.trim_end()));
+    }
+
+    fn parse(args: &[&str]) -> Result<ServiceCommand, clap::Error> {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(
+            ["skep", "service"].into_iter().chain(args.iter().copied()),
+        )?;
+        match cli.command {
+            crate::cli::Command::Service(cmd) => Ok(*cmd),
+            other => panic!("not a service command: {other:?}"),
+        }
+    }
+
+    fn create(args: &[&str]) -> CreateArgs {
+        match parse(args).unwrap() {
+            ServiceCommand::Create(a) => a,
+            other => panic!("not create: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_positionals_like_docker() {
+        let a = create(&[
+            "create",
+            "--runtime",
+            "exec",
+            "--name",
+            "t1",
+            "--replicas",
+            "3",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ]);
+        assert_eq!(a.runtime, Some(RuntimeArg::Exec));
+        assert_eq!(a.args, ["/bin/sleep", "1000"]);
+        let spec = spec::build_spec(&a.create_spec(), &a.spec).unwrap();
+        assert_eq!(spec.task.command, ["/bin/sleep", "1000"]);
+        assert_eq!(spec.mode, Mode::Replicated { replicas: 3 });
+        // Flags after the image belong to the command, as with Docker.
+        let a = create(&[
+            "create", "-d", "-e", "A=1", "alpine", "ls", "-la", "--name", "x",
+        ]);
+        assert!(a.detach);
+        assert_eq!(a.name, None);
+        assert_eq!(a.env, ["A=1"]);
+        assert_eq!(a.args, ["alpine", "ls", "-la", "--name", "x"]);
+        let a = create(&[
+            "create",
+            "--reserve-cpu",
+            "0.5",
+            "--reserve-memory",
+            "64M",
+            "redis",
+        ]);
+        assert_eq!(a.spec.reserve_cpu, Some(500_000_000));
+        assert_eq!(a.spec.reserve_memory, Some(64 << 20));
+        assert_eq!(parse(&["create"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_the_flag() {
+        for (args, flag) in [
+            (
+                vec!["create", "--restart-condition", "sometimes", "redis"],
+                "--restart-condition",
+            ),
+            (vec!["create", "--mode", "both", "redis"], "--mode"),
+            (vec!["create", "--replicas", "-1", "redis"], "--replicas"),
+            (
+                vec!["create", "--reserve-memory", "64X", "redis"],
+                "--reserve-memory",
+            ),
+            (
+                vec!["create", "--limit-cpu", "lots", "redis"],
+                "--limit-cpu",
+            ),
+            (
+                vec!["create", "--update-delay", "soon", "redis"],
+                "--update-delay",
+            ),
+            (
+                vec!["create", "--rollback-failure-action", "rollback", "redis"],
+                "--rollback-failure-action",
+            ),
+            (vec!["create", "--runtime", "lxc", "redis"], "--runtime"),
+            (vec!["scale", "web"], "SERVICE=REPLICAS"),
+            (vec!["logs", "--tail", "x", "web"], "--tail"),
+        ] {
+            let e = parse(&args).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{args:?}");
+            assert!(e.to_string().contains(flag), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn offline_checks_refuse_bad_specs() {
+        for (args, needle) in [
+            (
+                vec!["create", "--mode", "global", "--replicas", "2", "redis"],
+                "--replicas",
+            ),
+            (
+                vec!["create", "--constraint", "node.rol==x", "redis"],
+                "--constraint",
+            ),
+            (vec!["create", "UPPER:case"], "invalid image"),
+            (vec!["create", "--name", "_a", "redis"], "--name"),
+            (vec!["create", "--runtime", "exec", "--", ""], "COMMAND"),
+            (
+                vec!["update", "--rollback", "--replicas", "2", "web"],
+                "--rollback",
+            ),
+            (vec!["update", "--env-add", "=1", "web"], "--env-add"),
+            (vec!["update", "--image", "Bad", "web"], "invalid image"),
+        ] {
+            let cmd = parse(&args).unwrap();
+            let e = check(&cmd).unwrap_err().to_string();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        assert!(check(&parse(&["update", "--replicas", "2", "web"]).unwrap()).is_ok());
+        assert!(check(&parse(&["ls"]).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn scale_and_update_parse() {
+        let ServiceCommand::Scale(a) = parse(&["scale", "web=3", "db=0", "-d"]).unwrap() else {
+            panic!("not scale")
+        };
+        assert_eq!(a.targets, [("web".to_string(), 3), ("db".to_string(), 0)]);
+        assert!(a.detach);
+        let ServiceCommand::Update(a) = parse(&[
+            "update",
+            "--env-add",
+            "A=1",
+            "--env-rm",
+            "B",
+            "--constraint-add",
+            "node.role==worker",
+            "--update-parallelism",
+            "2",
+            "--force",
+            "web",
+        ])
+        .unwrap() else {
+            panic!("not update")
+        };
+        assert_eq!(a.service, "web");
+        assert!(a.force);
+        assert_eq!(a.spec.update_parallelism, Some(2));
+        assert!(matches!(parse(&["list"]).unwrap(), ServiceCommand::Ls(_)));
+        assert!(matches!(
+            parse(&["remove", "x"]).unwrap(),
+            ServiceCommand::Rm(_)
+        ));
+        assert_eq!(parse(&["rm"]).unwrap_err().exit_code(), 2);
+        assert_eq!(parse(&["ps"]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn tail_values() {
+        assert_eq!(parse_tail("all"), Ok(0));
+        assert_eq!(parse_tail("20"), Ok(20));
+        assert!(parse_tail("-1").is_err());
+    }
+}
