@@ -368,13 +368,18 @@ impl Dispatcher for Services {
                 .get(&node_id)
                 .map(|n| n.runtimes == runtimes && n.resources == resources)
         });
-        if known == Some(false) {
-            let cmd = Command::DescribeNode {
-                id: node_id.clone(),
-                runtimes,
-                resources,
-            };
-            self.mgr.propose(cmd).await.map_err(to_status)?;
+        match known {
+            // Not in the node list yet (this very moment of init or join): come back shortly.
+            None => {
+                return Err(Status::unavailable(format!(
+                    "node {node_id} is not registered yet; retry"
+                )));
+            }
+            Some(false) => {
+                let cmd = Command::DescribeNode { id: node_id.clone(), runtimes, resources };
+                self.mgr.propose(cmd).await.map_err(to_status)?;
+            }
+            Some(true) => {}
         }
         let rx = super::dispatch::session(self.mgr.clone(), node_id);
         Ok(Response::new(Box::pin(
