@@ -548,6 +548,7 @@ impl Daemon {
         })
         .map_err(|e| internal(&e))?;
         let running = self.start(file, &kek).await.map_err(|e| internal(&e))?;
+        let (runtimes, resources) = running.supervisor.describe();
         let mgr = running
             .manager
             .clone()
@@ -585,8 +586,8 @@ impl Daemon {
             created_at: stamp.clone(),
             updated_at: stamp,
             labels: BTreeMap::new(),
-            runtimes: Vec::new(),
-            resources: Default::default(),
+            runtimes,
+            resources,
         };
         let admin = Actor::local_admin(&node_id);
         let cmds = vec![
@@ -1021,6 +1022,9 @@ fn node_info(m: &Manager, n: &Node, self_id: &str) -> NodeInfo {
         updated_at: n.updated_at.clone(),
         labels: n.labels.clone().into_iter().collect(),
         is_self: n.id == self_id,
+        runtimes: n.runtimes.iter().map(|r| r.as_str().to_string()).collect(),
+        nano_cpus: n.resources.nano_cpus,
+        memory_bytes: n.resources.memory_bytes,
     }
 }
 

@@ -259,6 +259,11 @@ impl Supervisor {
         }
     }
 
+    /// What this node offers: its runtimes and capacity.
+    pub fn describe(&self) -> (Vec<crate::store::service::Runtime>, crate::store::service::Resources) {
+        (self.execs.runtimes(), Executors::capacity())
+    }
+
     /// Stops every task (the node leaves or shuts down) and waits for them, within the stop
     /// grace period.
     pub async fn stop_all(&self) {

@@ -191,6 +191,8 @@ fn inspect_json(n: &NodeInfo) -> Value {
         "Description": {
             "Hostname": n.hostname,
             "Certificate": { "Serial": n.cert_serial, "NotAfter": n.cert_not_after },
+            "Runtimes": n.runtimes,
+            "Resources": { "NanoCPUs": n.nano_cpus, "MemoryBytes": n.memory_bytes },
         },
         "Status": { "State": n.status.to_lowercase(), "Addr": ip_of(&n.addr) },
     });

@@ -163,9 +163,14 @@ pub(super) fn lines<'a>(
     }
     let mut out = Vec::new();
     for (_, mut group) in groups {
+        // The task meant to run first, then newest first: `attempt` orders replacements
+        // made within the same second, which `created_at` cannot.
         group.sort_by(|a, b| {
-            b.created_at
-                .cmp(&a.created_at)
+            let current = |t: &Task| t.desired == DesiredState::Running;
+            current(b)
+                .cmp(&current(a))
+                .then_with(|| b.attempt.cmp(&a.attempt))
+                .then_with(|| b.created_at.cmp(&a.created_at))
                 .then_with(|| b.status.timestamp.cmp(&a.status.timestamp))
                 .then_with(|| a.id.cmp(&b.id))
         });

@@ -332,10 +332,12 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .last_seen
             .insert(node_id.into(), Instant::now());
+        // A node is Ready once it heartbeats and its agent has described itself (its task
+        // session is open), so the scheduler never sees a Ready node without its runtimes.
         self.read(|s| {
             s.nodes
                 .get(node_id)
-                .map(|n| n.state != NodeState::Ready)
+                .map(|n| n.state != NodeState::Ready && n.resources.nano_cpus > 0)
                 .unwrap_or(false)
         })
     }

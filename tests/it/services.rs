@@ -16,6 +16,11 @@ fn ps(node: &Node, service: &str) -> Vec<Value> {
     json_lines(&node.cli_ok(&["service", "ps", "--format", "json", service]))
 }
 
+/// A task's name without the history prefix of `service ps`.
+fn name(t: &Value) -> &str {
+    t["Name"].as_str().unwrap_or("").trim_start_matches(" \\_ ")
+}
+
 fn is_running(t: &Value) -> bool {
     t["DesiredState"] == "Running" && t["CurrentState"].as_str().is_some_and(|s| s.starts_with("Running"))
 }
@@ -80,14 +85,14 @@ fn replicas_spread_evenly_and_a_killed_task_is_replaced() {
     let victim = ps(m, "spread").into_iter().find(is_running).unwrap();
     let full_id = json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", "spread"]))
         .into_iter()
-        .find(|t| t["Name"] == victim["Name"] && is_running(t))
+        .find(|t| name(t) == name(&victim) && is_running(t))
         .and_then(|t| t["ID"].as_str().map(str::to_string))
         .unwrap();
     let pid = wait_for(timeout(), "the victim's process", || task_pid(&full_id).ok_or_else(|| "not found".to_string()));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_for(timeout(), "a replacement for the killed task", || {
         let tasks = ps(m, "spread");
-        let replaced = tasks.iter().any(|t| t["Name"] == victim["Name"] && is_running(t) && t["ID"] != victim["ID"]);
+        let replaced = tasks.iter().any(|t| name(t) == name(&victim) && is_running(t) && t["ID"] != victim["ID"]);
         let failed = tasks.iter().any(|t| t["ID"] == victim["ID"] && !is_running(t));
         if replaced && failed && tasks.iter().filter(|t| is_running(t)).count() == 6 {
             Ok(())
