@@ -23,8 +23,8 @@ use skep_pki::{Csr, JoinToken, NodeKey, RootCa};
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
 
-use crate::agent::join::{JoinError, Joined};
 use crate::agent::executor::Executors;
+use crate::agent::join::{JoinError, Joined};
 use crate::agent::supervisor::{AgentService, Supervisor};
 use crate::agent::{Agent, ManagerList};
 use crate::api::v1::agent_server::AgentServer;
@@ -361,7 +361,9 @@ impl Daemon {
         let mut tasks = Vec::new();
         let mut manager = None;
         if file.role == NodeRole::Manager {
-            let dek = kek.unwrap(&read(&p.dek())?).map_err(|e| corrupt(p.dek(), &e))?;
+            let dek = kek
+                .unwrap(&read(&p.dek())?)
+                .map_err(|e| corrupt(p.dek(), &e))?;
             let (log, sm) = crate::store::open(&p.raft(), dek)
                 .await
                 .map_err(|e| DaemonError::Start(e.to_string()))?;
@@ -375,18 +377,25 @@ impl Daemon {
             let mgr = Manager::new(
                 raft,
                 state,
-                file.node_id.clone(),
-                file.advertise_addr.clone(),
-                client_tls.clone(),
-                creds.clone(),
-                file.cluster_id.clone(),
-                self.cfg.heartbeat_period,
+                crate::manager::ManagerIdentity {
+                    node_id: file.node_id.clone(),
+                    addr: file.advertise_addr.clone(),
+                    cluster_id: file.cluster_id.clone(),
+                    creds: creds.clone(),
+                    manager_tls: client_tls.clone(),
+                    heartbeat_period: self.cfg.heartbeat_period,
+                },
             );
             tasks.push(tokio::spawn(mgr.clone().run_liveness()));
-            tasks.push(tokio::spawn(crate::manager::dispatch::run_orchestrator(mgr.clone())));
+            tasks.push(tokio::spawn(crate::manager::dispatch::run_orchestrator(
+                mgr.clone(),
+            )));
             manager = Some(mgr);
         }
-        tasks.extend(self.serve_tls(manager.as_ref(), &supervisor, &creds, &file.cluster_id).await?);
+        tasks.extend(
+            self.serve_tls(manager.as_ref(), &supervisor, &creds, &file.cluster_id)
+                .await?,
+        );
         let agent = Agent {
             hostname: self.hostname.clone(),
             addr: file.advertise_addr.clone(),
@@ -1218,9 +1227,15 @@ impl Control for ControlService {
     ) -> Result<Response<crate::api::v1::TaskListResponse>, Status> {
         let want = req.into_inner().node;
         let (m, _) = self.0.manager_and_admin().await?;
-        let want = if want.is_empty() || want == "self" { m.node_id.clone() } else { want };
+        let want = if want.is_empty() || want == "self" {
+            m.node_id.clone()
+        } else {
+            want
+        };
         let tasks = m.node_tasks(&want).map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::TaskListResponse { tasks_json: to_json(&tasks)? }))
+        Ok(Response::new(crate::api::v1::TaskListResponse {
+            tasks_json: to_json(&tasks)?,
+        }))
     }
 
     async fn service_create(
@@ -1238,7 +1253,11 @@ impl Control for ControlService {
         req: Request<crate::api::v1::ServiceUpdateRequest>,
     ) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
-        let spec = if r.spec_json.is_empty() { None } else { Some(parse_spec(&r.spec_json)?) };
+        let spec = if r.spec_json.is_empty() {
+            None
+        } else {
+            Some(parse_spec(&r.spec_json)?)
+        };
         let (m, actor) = self.0.manager_and_admin().await?;
         m.update_service(actor, &r.service, spec, r.rollback, r.force)
             .await
@@ -1256,7 +1275,9 @@ impl Control for ControlService {
             .iter()
             .map(|(svc, tasks)| service_info(svc, tasks))
             .collect::<Result<_, _>>()?;
-        Ok(Response::new(crate::api::v1::ServiceListResponse { services }))
+        Ok(Response::new(crate::api::v1::ServiceListResponse {
+            services,
+        }))
     }
 
     async fn service_inspect(
@@ -1285,7 +1306,10 @@ impl Control for ControlService {
     ) -> Result<Response<crate::api::v1::LogsResponse>, Status> {
         let r = req.into_inner();
         let (m, _) = self.0.manager_and_admin().await?;
-        let lines = m.service_logs(&r.service, r.tail).await.map_err(to_status)?;
+        let lines = m
+            .service_logs(&r.service, r.tail)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(crate::api::v1::LogsResponse { lines }))
     }
 }
@@ -1310,7 +1334,9 @@ fn service_info(
 /// A service spec from the control API: untrusted JSON, bounded in size.
 fn parse_spec(json: &str) -> Result<crate::store::service::ServiceSpec, Status> {
     if json.len() > 256 * 1024 {
-        return Err(Status::invalid_argument("service spec: larger than 256 KiB"));
+        return Err(Status::invalid_argument(
+            "service spec: larger than 256 KiB",
+        ));
     }
     serde_json::from_str(json).map_err(|e| Status::invalid_argument(format!("service spec: {e}")))
 }

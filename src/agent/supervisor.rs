@@ -88,23 +88,40 @@ impl Supervisor {
     }
 
     fn client(&self, addr: &str) -> Option<DispatcherClient<tonic::transport::Channel>> {
-        crate::net::channel(addr, self.tls.clone()).ok().map(DispatcherClient::new)
+        crate::net::channel(addr, self.tls.clone())
+            .ok()
+            .map(DispatcherClient::new)
     }
 
     /// Runs the session and the reporter until the node stops.
     pub async fn run(self: Arc<Self>) {
         let stale = self.execs.cleanup_stale().await;
         if !stale.is_empty() {
-            tracing::info!(count = stale.len(), "stopped tasks left from a previous run");
+            tracing::info!(
+                count = stale.len(),
+                "stopped tasks left from a previous run"
+            );
         }
-        if let Some(rx) = self.reports_rx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(rx) = self
+            .reports_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             tokio::spawn(self.clone().reporter(rx));
         }
-        let runtimes: Vec<String> = self.execs.runtimes().iter().map(|r| r.as_str().to_string()).collect();
+        let runtimes: Vec<String> = self
+            .execs
+            .runtimes()
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect();
         let cap = Executors::capacity();
         loop {
             for addr in self.candidates() {
-                let Some(mut client) = self.client(&addr) else { continue };
+                let Some(mut client) = self.client(&addr) else {
+                    continue;
+                };
                 let req = SessionRequest {
                     runtimes: runtimes.clone(),
                     nano_cpus: cap.nano_cpus,
@@ -124,7 +141,10 @@ impl Supervisor {
         }
     }
 
-    async fn follow(&self, mut stream: tonic::Streaming<crate::api::v1::Assignments>) -> Result<(), Status> {
+    async fn follow(
+        &self,
+        mut stream: tonic::Streaming<crate::api::v1::Assignments>,
+    ) -> Result<(), Status> {
         while let Some(msg) = stream.message().await? {
             let mut tasks = Vec::with_capacity(msg.tasks_json.len());
             for json in &msg.tasks_json {
@@ -171,7 +191,11 @@ impl Supervisor {
         let evicted = {
             let mut finished = self.finished.lock().unwrap_or_else(|p| p.into_inner());
             finished.push_back(id.to_string());
-            if finished.len() > KEEP_FINISHED { finished.pop_front() } else { None }
+            if finished.len() > KEEP_FINISHED {
+                finished.pop_front()
+            } else {
+                None
+            }
         };
         if let Some(old) = evicted {
             let gone = self.lock().remove(&old);
@@ -191,11 +215,26 @@ impl Supervisor {
                     // The manager believes it runs here, but this agent does not have it: the
                     // node restarted. Report it lost so the orchestrator replaces it.
                     drop(local);
-                    self.report(&task.id, status(TaskState::Failed, "lost", "the task was lost when its node's agent restarted", None));
+                    self.report(
+                        &task.id,
+                        status(
+                            TaskState::Failed,
+                            "lost",
+                            "the task was lost when its node's agent restarted",
+                            None,
+                        ),
+                    );
                     return;
                 }
                 let (stop_tx, stop_rx) = watch::channel(false);
-                local.insert(task.id.clone(), Local { task: task.clone(), stop: Some(stop_tx), finished: false });
+                local.insert(
+                    task.id.clone(),
+                    Local {
+                        task: task.clone(),
+                        stop: Some(stop_tx),
+                        finished: false,
+                    },
+                );
                 drop(local);
                 let execs = self.execs.clone();
                 let reports = self.reports.clone();
@@ -242,8 +281,15 @@ impl Supervisor {
                 .collect();
             let mut sent = false;
             for addr in self.candidates() {
-                let Some(mut client) = self.client(&addr) else { continue };
-                match client.report_tasks(TaskReport { statuses_json: statuses_json.clone() }).await {
+                let Some(mut client) = self.client(&addr) else {
+                    continue;
+                };
+                match client
+                    .report_tasks(TaskReport {
+                        statuses_json: statuses_json.clone(),
+                    })
+                    .await
+                {
                     Ok(_) => {
                         sent = true;
                         break;
@@ -260,7 +306,12 @@ impl Supervisor {
     }
 
     /// What this node offers: its runtimes and capacity.
-    pub fn describe(&self) -> (Vec<crate::store::service::Runtime>, crate::store::service::Resources) {
+    pub fn describe(
+        &self,
+    ) -> (
+        Vec<crate::store::service::Runtime>,
+        crate::store::service::Resources,
+    ) {
         (self.execs.runtimes(), Executors::capacity())
     }
 
@@ -284,7 +335,9 @@ impl Supervisor {
     pub async fn logs(&self, ids: &[String], tail: usize) -> Vec<LogLine> {
         let tasks: Vec<Task> = {
             let local = self.lock();
-            ids.iter().filter_map(|id| local.get(id).map(|l| l.task.clone())).collect()
+            ids.iter()
+                .filter_map(|id| local.get(id).map(|l| l.task.clone()))
+                .collect()
         };
         let mut out = Vec::new();
         for t in tasks {
@@ -323,7 +376,12 @@ async fn run_task(
     let mut handle = match start {
         Ok(h) => h,
         Err(e) => {
-            report(status(TaskState::Failed, "failed to start", &e.to_string(), None));
+            report(status(
+                TaskState::Failed,
+                "failed to start",
+                &e.to_string(),
+                None,
+            ));
             return;
         }
     };
@@ -348,7 +406,12 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 fn ended(code: Result<i64, ExecError>) -> TaskStatus {
     match code {
         Ok(0) => status(TaskState::Complete, "finished", "", Some(0)),
-        Ok(c) => status(TaskState::Failed, "exited", &format!("task: non-zero exit ({c})"), Some(c)),
+        Ok(c) => status(
+            TaskState::Failed,
+            "exited",
+            &format!("task: non-zero exit ({c})"),
+            Some(c),
+        ),
         Err(e) => status(TaskState::Failed, "lost", &e.to_string(), None),
     }
 }
@@ -358,14 +421,19 @@ pub struct AgentService(pub Arc<Supervisor>);
 
 #[tonic::async_trait]
 impl AgentRpc for AgentService {
-    async fn task_logs(&self, req: Request<TaskLogsRequest>) -> Result<Response<LogsResponse>, Status> {
+    async fn task_logs(
+        &self,
+        req: Request<TaskLogsRequest>,
+    ) -> Result<Response<LogsResponse>, Status> {
         let is_manager = req
             .extensions()
             .get::<PeerInfo>()
             .and_then(|p| p.identity.as_ref())
             .is_some_and(|id| id.role() == skep_pki::Role::Manager);
         if !is_manager {
-            return Err(Status::permission_denied("permission denied: only managers may read task logs"));
+            return Err(Status::permission_denied(
+                "permission denied: only managers may read task logs",
+            ));
         }
         let body = req.into_inner();
         let tail = usize::try_from(body.tail).unwrap_or(usize::MAX);

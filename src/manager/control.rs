@@ -11,15 +11,26 @@ use crate::store::model::{Availability, Command, Node};
 use crate::store::service::{Mode, Service, ServiceSpec, Task};
 
 /// Finds one object by exact ID, exact name, or unique ID prefix.
-fn find<'a, T>(items: impl Iterator<Item = &'a T> + Clone, want: &str, id: impl Fn(&T) -> &str, name: impl Fn(&T) -> &str, what: &str) -> Result<&'a T, ManagerError> {
+fn find<'a, T>(
+    items: impl Iterator<Item = &'a T> + Clone,
+    want: &str,
+    id: impl Fn(&T) -> &str,
+    name: impl Fn(&T) -> &str,
+    what: &str,
+) -> Result<&'a T, ManagerError> {
     if let Some(x) = items.clone().find(|x| id(x) == want || name(x) == want) {
         return Ok(x);
     }
-    let matches: Vec<&T> = items.filter(|x| !want.is_empty() && id(x).starts_with(want)).collect();
+    let matches: Vec<&T> = items
+        .filter(|x| !want.is_empty() && id(x).starts_with(want))
+        .collect();
     match matches.as_slice() {
         [x] => Ok(x),
         [] => Err(ManagerError::NotFound(format!("{what} {want} not found"))),
-        _ => Err(ManagerError::Invalid(format!("{what} {want} is ambiguous ({} matches)", matches.len()))),
+        _ => Err(ManagerError::Invalid(format!(
+            "{what} {want} is ambiguous ({} matches)",
+            matches.len()
+        ))),
     }
 }
 
@@ -27,8 +38,20 @@ impl Manager {
     /// The service with this ID, name or ID prefix, and its tasks.
     pub fn service(&self, want: &str) -> Result<(Service, Vec<Task>), ManagerError> {
         self.read(|s| {
-            let svc = find(s.services.values(), want, |x| &x.id, |x| &x.spec.name, "service")?.clone();
-            let tasks = s.tasks.values().filter(|t| t.service_id == svc.id).cloned().collect();
+            let svc = find(
+                s.services.values(),
+                want,
+                |x| &x.id,
+                |x| &x.spec.name,
+                "service",
+            )?
+            .clone();
+            let tasks = s
+                .tasks
+                .values()
+                .filter(|t| t.service_id == svc.id)
+                .cloned()
+                .collect();
             Ok((svc, tasks))
         })
     }
@@ -39,7 +62,12 @@ impl Manager {
             s.services
                 .values()
                 .map(|svc| {
-                    let tasks = s.tasks.values().filter(|t| t.service_id == svc.id).cloned().collect();
+                    let tasks = s
+                        .tasks
+                        .values()
+                        .filter(|t| t.service_id == svc.id)
+                        .cloned()
+                        .collect();
                     (svc.clone(), tasks)
                 })
                 .collect()
@@ -47,10 +75,17 @@ impl Manager {
     }
 
     /// `service create`.
-    pub async fn create_service(&self, actor: Actor, spec: ServiceSpec) -> Result<String, ManagerError> {
+    pub async fn create_service(
+        &self,
+        actor: Actor,
+        spec: ServiceSpec,
+    ) -> Result<String, ManagerError> {
         super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
         if self.read(|s| s.services.values().any(|x| x.spec.name == spec.name)) {
-            return Err(ManagerError::Invalid(format!("service {} already exists", spec.name)));
+            return Err(ManagerError::Invalid(format!(
+                "service {} already exists",
+                spec.name
+            )));
         }
         let now = crate::util::now_rfc3339();
         let id = skep_pki::new_id();
@@ -67,18 +102,32 @@ impl Manager {
             created_at: now.clone(),
             updated_at: now,
         };
-        self.propose(Command::Batch(vec![Command::PutService(Box::new(svc)), Command::Audit(audit)])).await?;
+        self.propose(Command::Batch(vec![
+            Command::PutService(Box::new(svc)),
+            Command::Audit(audit),
+        ]))
+        .await?;
         Ok(id)
     }
 
     /// `service update`, `service scale` and `service rollback`.
-    pub async fn update_service(&self, actor: Actor, want: &str, new: Option<ServiceSpec>, rollback: bool, force: bool) -> Result<(), ManagerError> {
+    pub async fn update_service(
+        &self,
+        actor: Actor,
+        want: &str,
+        new: Option<ServiceSpec>,
+        rollback: bool,
+        force: bool,
+    ) -> Result<(), ManagerError> {
         let (mut svc, _) = self.service(want)?;
         let old = svc.spec.clone();
         let action;
         if rollback {
             let prev = svc.previous.take().ok_or_else(|| {
-                ManagerError::Precondition(format!("service {} has no previous spec to roll back to", old.name))
+                ManagerError::Precondition(format!(
+                    "service {} has no previous spec to roll back to",
+                    old.name
+                ))
             })?;
             svc.previous = Some(std::mem::replace(&mut svc.spec, prev));
             // The orchestrator rolls back with the rollback settings in this phase.
@@ -94,10 +143,14 @@ impl Manager {
             let spec = new.ok_or_else(|| ManagerError::Invalid("no spec given".into()))?;
             super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
             if spec.name != old.name {
-                return Err(ManagerError::Invalid("name: a service cannot be renamed".into()));
+                return Err(ManagerError::Invalid(
+                    "name: a service cannot be renamed".into(),
+                ));
             }
             if matches!(spec.mode, Mode::Global) != matches!(old.mode, Mode::Global) {
-                return Err(ManagerError::Invalid("mode: a service cannot change between replicated and global".into()));
+                return Err(ManagerError::Invalid(
+                    "mode: a service cannot change between replicated and global".into(),
+                ));
             }
             if spec == old && !force {
                 return Ok(());
@@ -107,7 +160,11 @@ impl Manager {
                 a.mode = old.mode.clone();
                 a == old
             };
-            action = if only_scale { "service.scale" } else { "service.update" };
+            action = if only_scale {
+                "service.scale"
+            } else {
+                "service.update"
+            };
             if spec.task != old.task || force {
                 svc.previous = Some(old.clone());
             }
@@ -119,21 +176,31 @@ impl Manager {
         }
         svc.updated_at = crate::util::now_rfc3339();
         svc.revision += 1;
-        let mut audit = AuditEvent::now(actor, action, &svc.spec.name, Outcome::Ok).with("service_id", svc.id.clone());
+        let mut audit = AuditEvent::now(actor, action, &svc.spec.name, Outcome::Ok)
+            .with("service_id", svc.id.clone());
         if let Mode::Replicated { replicas } = svc.spec.mode {
             audit = audit.with("replicas", replicas.to_string());
         }
         if force {
             audit = audit.with("force", "true");
         }
-        self.propose(Command::Batch(vec![Command::PutService(Box::new(svc)), Command::Audit(audit)])).await
+        self.propose(Command::Batch(vec![
+            Command::PutService(Box::new(svc)),
+            Command::Audit(audit),
+        ]))
+        .await
     }
 
     /// `service rm`.
     pub async fn remove_service(&self, actor: Actor, want: &str) -> Result<String, ManagerError> {
         let (svc, _) = self.service(want)?;
-        let audit = AuditEvent::now(actor, "service.remove", &svc.spec.name, Outcome::Ok).with("service_id", svc.id.clone());
-        self.propose(Command::Batch(vec![Command::RemoveService { id: svc.id.clone() }, Command::Audit(audit)])).await?;
+        let audit = AuditEvent::now(actor, "service.remove", &svc.spec.name, Outcome::Ok)
+            .with("service_id", svc.id.clone());
+        self.propose(Command::Batch(vec![
+            Command::RemoveService { id: svc.id.clone() },
+            Command::Audit(audit),
+        ]))
+        .await?;
         Ok(svc.spec.name)
     }
 
@@ -143,20 +210,33 @@ impl Manager {
     }
 
     /// `node update`.
-    pub async fn update_node(&self, actor: Actor, want: &str, availability: &str, add: &[String], rm: &[String]) -> Result<String, ManagerError> {
+    pub async fn update_node(
+        &self,
+        actor: Actor,
+        want: &str,
+        availability: &str,
+        add: &[String],
+        rm: &[String],
+    ) -> Result<String, ManagerError> {
         let node = self.node(want)?;
         let availability = match availability {
             "" => None,
             "active" => Some(Availability::Active),
             "pause" => Some(Availability::Pause),
             "drain" => Some(Availability::Drain),
-            other => return Err(ManagerError::Invalid(format!("availability: {other:?} is not active, pause or drain"))),
+            other => {
+                return Err(ManagerError::Invalid(format!(
+                    "availability: {other:?} is not active, pause or drain"
+                )));
+            }
         };
         let mut labels: BTreeMap<String, String> = node.labels.clone();
         for l in add {
             let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
             if k.is_empty() || k.len() > 128 || v.len() > 1024 {
-                return Err(ManagerError::Invalid(format!("label-add: {l:?} is not KEY or KEY=VALUE")));
+                return Err(ManagerError::Invalid(format!(
+                    "label-add: {l:?} is not KEY or KEY=VALUE"
+                )));
             }
             labels.insert(k.to_string(), v.to_string());
         }
@@ -168,26 +248,52 @@ impl Manager {
             audit = audit.with("availability", a.as_str());
         }
         if !add.is_empty() || !rm.is_empty() {
-            audit = audit.with("labels", labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
+            audit = audit.with(
+                "labels",
+                labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
         }
-        let cmd = Command::UpdateNode { id: node.id.clone(), availability, labels, at: crate::util::now_rfc3339() };
-        self.propose(Command::Batch(vec![cmd, Command::Audit(audit)])).await?;
+        let cmd = Command::UpdateNode {
+            id: node.id.clone(),
+            availability,
+            labels,
+            at: crate::util::now_rfc3339(),
+        };
+        self.propose(Command::Batch(vec![cmd, Command::Audit(audit)]))
+            .await?;
         Ok(node.id)
     }
 
     /// Tasks placed on a node.
     pub fn node_tasks(&self, want: &str) -> Result<Vec<Task>, ManagerError> {
         let node = self.node(want)?;
-        Ok(self.read(|s| s.tasks.values().filter(|t| t.node_id == node.id).cloned().collect()))
+        Ok(self.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| t.node_id == node.id)
+                .cloned()
+                .collect()
+        }))
     }
 
     /// `swarm update --dispatcher-heartbeat`.
     pub async fn set_heartbeat(&self, actor: Actor, ms: u64) -> Result<(), ManagerError> {
         if !(100..=3_600_000).contains(&ms) {
-            return Err(ManagerError::Invalid("dispatcher-heartbeat: must be between 100ms and 1h".into()));
+            return Err(ManagerError::Invalid(
+                "dispatcher-heartbeat: must be between 100ms and 1h".into(),
+            ));
         }
-        let audit = AuditEvent::now(actor, "swarm.update", "dispatcher-heartbeat", Outcome::Ok).with("ms", ms.to_string());
-        self.propose(Command::Batch(vec![Command::SetHeartbeatPeriod { ms }, Command::Audit(audit)])).await
+        let audit = AuditEvent::now(actor, "swarm.update", "dispatcher-heartbeat", Outcome::Ok)
+            .with("ms", ms.to_string());
+        self.propose(Command::Batch(vec![
+            Command::SetHeartbeatPeriod { ms },
+            Command::Audit(audit),
+        ]))
+        .await
     }
 
     /// Log lines of a service, fetched from every node that ran its tasks.
@@ -195,15 +301,22 @@ impl Manager {
         let (_, tasks) = self.service(want)?;
         let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for t in tasks.iter().filter(|t| !t.node_id.is_empty()) {
-            by_node.entry(t.node_id.clone()).or_default().push(t.id.clone());
+            by_node
+                .entry(t.node_id.clone())
+                .or_default()
+                .push(t.id.clone());
         }
         let mut lines = Vec::new();
         for (node_id, task_ids) in by_node {
-            let Some(addr) = self.read(|s| s.nodes.get(&node_id).map(|n| n.addr.clone())) else { continue };
+            let Some(addr) = self.read(|s| s.nodes.get(&node_id).map(|n| n.addr.clone())) else {
+                continue;
+            };
             let mut client = AgentClient::new(self.node_channel(&node_id, &addr)?);
             match client.task_logs(TaskLogsRequest { task_ids, tail }).await {
                 Ok(r) => lines.extend(r.into_inner().lines),
-                Err(s) => tracing::warn!(node = %node_id, error = %s.message(), "cannot fetch logs"),
+                Err(s) => {
+                    tracing::warn!(node = %node_id, error = %s.message(), "cannot fetch logs")
+                }
             }
         }
         Ok(lines)

@@ -115,9 +115,17 @@ pub fn session(
 }
 
 /// Reconcile first; schedule once the orchestrator has nothing more to say.
-fn decide(s: &State, now: time::OffsetDateTime, new_id: &mut dyn FnMut() -> String) -> Vec<Command> {
+fn decide(
+    s: &State,
+    now: time::OffsetDateTime,
+    new_id: &mut dyn FnMut() -> String,
+) -> Vec<Command> {
     let cmds = super::orchestrator::reconcile(s, now, new_id);
-    if cmds.is_empty() { super::scheduler::schedule(s, now) } else { cmds }
+    if cmds.is_empty() {
+        super::scheduler::schedule(s, now)
+    } else {
+        cmds
+    }
 }
 
 /// The leader's orchestration loop: reconcile, then schedule, on every change.

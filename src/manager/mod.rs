@@ -113,6 +113,22 @@ pub fn raft_config() -> Result<Arc<openraft::Config>, ManagerError> {
         .map_err(|e| ManagerError::Raft(e.to_string()))
 }
 
+/// Who a manager is and how it reaches its peers.
+pub struct ManagerIdentity {
+    /// This node's ID.
+    pub node_id: String,
+    /// The address it serves at.
+    pub addr: String,
+    /// The cluster ID.
+    pub cluster_id: String,
+    /// Its certificate and key, and the cluster root.
+    pub creds: crate::net::Credentials,
+    /// mTLS client config to other managers, built from `creds`.
+    pub manager_tls: Arc<ClientConfig>,
+    /// The agents' heartbeat period unless the cluster sets one.
+    pub heartbeat_period: Duration,
+}
+
 /// A running manager.
 pub struct Manager {
     /// The Raft handle.
@@ -142,29 +158,20 @@ struct Liveness {
 
 impl Manager {
     /// Wraps a started Raft node.
-    pub fn new(
-        raft: Raft,
-        state: StateHandle,
-        node_id: String,
-        addr: String,
-        client_tls: Arc<ClientConfig>,
-        creds: crate::net::Credentials,
-        cluster_id: String,
-        heartbeat_period: Duration,
-    ) -> Arc<Self> {
+    pub fn new(raft: Raft, state: StateHandle, id: ManagerIdentity) -> Arc<Self> {
         Arc::new(Manager {
             raft,
-            raft_id: raft_id_of(&node_id),
-            node_id,
-            addr,
+            raft_id: raft_id_of(&id.node_id),
+            node_id: id.node_id,
+            addr: id.addr,
             state,
-            client_tls,
-            creds,
-            cluster_id,
+            client_tls: id.manager_tls,
+            creds: id.creds,
+            cluster_id: id.cluster_id,
             peers: Mutex::new(HashMap::new()),
             limiter: Mutex::new(FailureLimiter::default()),
             liveness: Mutex::new(Liveness::default()),
-            heartbeat_period,
+            heartbeat_period: id.heartbeat_period,
             ca: Mutex::new(None),
         })
     }

@@ -376,7 +376,11 @@ impl Dispatcher for Services {
                 )));
             }
             Some(false) => {
-                let cmd = Command::DescribeNode { id: node_id.clone(), runtimes, resources };
+                let cmd = Command::DescribeNode {
+                    id: node_id.clone(),
+                    runtimes,
+                    resources,
+                };
                 self.mgr.propose(cmd).await.map_err(to_status)?;
             }
             Some(true) => {}

@@ -53,7 +53,12 @@ impl ServerCertVerifier for ExpectNode {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -62,16 +67,27 @@ impl ServerCertVerifier for ExpectNode {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// A client config that presents `creds` and accepts only the node `node_id` of `cluster_id`.
-pub fn client_config_for_node(creds: &Credentials, cluster_id: &str, node_id: &str) -> Result<Arc<ClientConfig>, NetError> {
+pub fn client_config_for_node(
+    creds: &Credentials,
+    cluster_id: &str,
+    node_id: &str,
+) -> Result<Arc<ClientConfig>, NetError> {
     let provider = provider();
     let verifier = ExpectNode {
         roots: roots(&creds.root_der)?,
@@ -84,7 +100,10 @@ pub fn client_config_for_node(creds: &Credentials, cluster_id: &str, node_id: &s
         .map_err(|e| NetError::Credentials(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(vec![CertificateDer::from(creds.cert_der.clone())], creds.key())
+        .with_client_auth_cert(
+            vec![CertificateDer::from(creds.cert_der.clone())],
+            creds.key(),
+        )
         .map_err(|e| NetError::Credentials(format!("node certificate: {e}")))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     config.resumption = rustls::client::Resumption::disabled();

@@ -281,9 +281,15 @@ impl State {
                 Err(format!("node {id} not found"))
             }
             Command::PutService(svc)
-                if self.services.get(&svc.id).is_some_and(|s| s.revision > svc.revision) =>
+                if self
+                    .services
+                    .get(&svc.id)
+                    .is_some_and(|s| s.revision > svc.revision) =>
             {
-                Err(format!("service {} changed since this write was computed", svc.spec.name))
+                Err(format!(
+                    "service {} changed since this write was computed",
+                    svc.spec.name
+                ))
             }
             Command::PutService(svc)
                 if self

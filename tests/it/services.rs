@@ -22,14 +22,18 @@ fn name(t: &Value) -> &str {
 }
 
 fn is_running(t: &Value) -> bool {
-    t["DesiredState"] == "Running" && t["CurrentState"].as_str().is_some_and(|s| s.starts_with("Running"))
+    t["DesiredState"] == "Running"
+        && t["CurrentState"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("Running"))
 }
 
 /// Running tasks of `service` per node host name.
 fn running(node: &Node, service: &str) -> BTreeMap<String, usize> {
     let mut per = BTreeMap::new();
     for t in ps(node, service).iter().filter(|t| is_running(t)) {
-        *per.entry(t["Node"].as_str().unwrap_or("").to_string()).or_insert(0) += 1;
+        *per.entry(t["Node"].as_str().unwrap_or("").to_string())
+            .or_insert(0) += 1;
     }
     per
 }
@@ -37,21 +41,43 @@ fn running(node: &Node, service: &str) -> BTreeMap<String, usize> {
 fn describe(tasks: &[Value]) -> String {
     tasks
         .iter()
-        .map(|t| format!("{} {} {} {} {}", t["ID"], t["Name"], t["Node"], t["DesiredState"], t["CurrentState"]))
+        .map(|t| {
+            format!(
+                "{} {} {} {} {}",
+                t["ID"], t["Name"], t["Node"], t["DesiredState"], t["CurrentState"]
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
 
 /// Waits until `service` has `n` running tasks spread as `check` wants; returns the spread.
-fn wait_spread(node: &Node, service: &str, what: &str, check: impl Fn(&BTreeMap<String, usize>) -> bool) -> BTreeMap<String, usize> {
+fn wait_spread(
+    node: &Node,
+    service: &str,
+    what: &str,
+    check: impl Fn(&BTreeMap<String, usize>) -> bool,
+) -> BTreeMap<String, usize> {
     wait_for(timeout(), what, || {
         let per = running(node, service);
-        if check(&per) { Ok(per) } else { Err(describe(&ps(node, service))) }
+        if check(&per) {
+            Ok(per)
+        } else {
+            Err(describe(&ps(node, service)))
+        }
     })
 }
 
 fn create(node: &Node, args: &[&str]) {
-    let mut all = vec!["service", "create", "--detach", "--runtime", "exec", "--restart-delay", "0s"];
+    let mut all = vec![
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--restart-delay",
+        "0s",
+    ];
     all.extend_from_slice(args);
     node.cli_ok(&all);
 }
@@ -59,8 +85,12 @@ fn create(node: &Node, args: &[&str]) {
 /// The PID of the init helper running a task (its command line names the task's directory).
 fn task_pid(task_id: &str) -> Option<i32> {
     for e in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd);
         if cmd.contains("init-helper") && cmd.contains(task_id) && !cmd.contains("--stage2") {
             return Some(pid);
@@ -77,23 +107,47 @@ fn replicas_spread_evenly_and_a_killed_task_is_replaced() {
     }
     let c = Cluster::init(1, 2);
     let m = c.first();
-    create(m, &["--name", "spread", "--replicas", "6", "--", "/bin/sleep", "1000"]);
-    let per = wait_spread(m, "spread", "6 running tasks, 2 per node", |p| p.values().sum::<usize>() == 6 && p.len() == 3);
+    create(
+        m,
+        &[
+            "--name",
+            "spread",
+            "--replicas",
+            "6",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ],
+    );
+    let per = wait_spread(m, "spread", "6 running tasks, 2 per node", |p| {
+        p.values().sum::<usize>() == 6 && p.len() == 3
+    });
     assert!(per.values().all(|&n| n == 2), "not spread evenly: {per:?}");
 
     // Kill one task's process: the orchestrator replaces it.
     let victim = ps(m, "spread").into_iter().find(is_running).unwrap();
-    let full_id = json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", "spread"]))
-        .into_iter()
-        .find(|t| name(t) == name(&victim) && is_running(t))
-        .and_then(|t| t["ID"].as_str().map(str::to_string))
-        .unwrap();
-    let pid = wait_for(timeout(), "the victim's process", || task_pid(&full_id).ok_or_else(|| "not found".to_string()));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let full_id =
+        json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", "spread"]))
+            .into_iter()
+            .find(|t| name(t) == name(&victim) && is_running(t))
+            .and_then(|t| t["ID"].as_str().map(str::to_string))
+            .unwrap();
+    let pid = wait_for(timeout(), "the victim's process", || {
+        task_pid(&full_id).ok_or_else(|| "not found".to_string())
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     wait_for(timeout(), "a replacement for the killed task", || {
         let tasks = ps(m, "spread");
-        let replaced = tasks.iter().any(|t| name(t) == name(&victim) && is_running(t) && t["ID"] != victim["ID"]);
-        let failed = tasks.iter().any(|t| t["ID"] == victim["ID"] && !is_running(t));
+        let replaced = tasks
+            .iter()
+            .any(|t| name(t) == name(&victim) && is_running(t) && t["ID"] != victim["ID"]);
+        let failed = tasks
+            .iter()
+            .any(|t| t["ID"] == victim["ID"] && !is_running(t));
         if replaced && failed && tasks.iter().filter(|t| is_running(t)).count() == 6 {
             Ok(())
         } else {
@@ -110,23 +164,41 @@ fn tasks_leave_a_dead_node_and_a_drained_node() {
     }
     let mut c = Cluster::init(1, 3);
     let m = c.first().name().to_string();
-    create(c.first(), &["--name", "mover", "--replicas", "4", "--", "/bin/sleep", "1000"]);
-    wait_spread(c.first(), "mover", "4 running on 4 nodes", |p| p.values().sum::<usize>() == 4 && p.len() == 4);
+    create(
+        c.first(),
+        &[
+            "--name",
+            "mover",
+            "--replicas",
+            "4",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ],
+    );
+    wait_spread(c.first(), "mover", "4 running on 4 nodes", |p| {
+        p.values().sum::<usize>() == 4 && p.len() == 4
+    });
 
     // Kill w1's daemon: within a few heartbeats its task runs elsewhere.
     let w1 = c.nodes.iter().position(|n| n.name() == "w1").unwrap();
     c.nodes[w1].kill();
-    wait_spread(c.first(), "mover", "4 running without w1", |p| p.values().sum::<usize>() == 4 && !p.contains_key("w1"));
+    wait_spread(c.first(), "mover", "4 running without w1", |p| {
+        p.values().sum::<usize>() == 4 && !p.contains_key("w1")
+    });
 
     // Drain w2: its task moves too, and nothing new is placed there.
-    c.first().cli_ok(&["node", "update", "--availability", "drain", "w2"]);
+    c.first()
+        .cli_ok(&["node", "update", "--availability", "drain", "w2"]);
     let per = wait_spread(c.first(), "mover", "4 running on m1 and w3 only", |p| {
         p.values().sum::<usize>() == 4 && p.keys().all(|h| *h == m || h == "w3")
     });
     assert_eq!(per.values().sum::<usize>(), 4);
     let audit = c.first().audit();
     assert!(
-        audit.iter().any(|r| r["action"] == "node.update" && r["details"]["availability"] == "Drain"),
+        audit
+            .iter()
+            .any(|r| r["action"] == "node.update" && r["details"]["availability"] == "Drain"),
         "the drain is not audited"
     );
 }
@@ -139,12 +211,27 @@ fn a_global_service_follows_nodes_joining() {
     }
     let c = Cluster::init(1, 1);
     let m = c.first();
-    create(m, &["--name", "everywhere", "--mode", "global", "--", "/bin/sleep", "1000"]);
-    wait_spread(m, "everywhere", "one task on each of 2 nodes", |p| p.len() == 2 && p.values().all(|&n| n == 1));
+    create(
+        m,
+        &[
+            "--name",
+            "everywhere",
+            "--mode",
+            "global",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ],
+    );
+    wait_spread(m, "everywhere", "one task on each of 2 nodes", |p| {
+        p.len() == 2 && p.values().all(|&n| n == 1)
+    });
     let token = m.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
     let late = Node::start("late");
     late.cli_ok(&["swarm", "join", "--token", &token, &m.addr()]);
-    wait_spread(m, "everywhere", "one task on each of 3 nodes", |p| p.len() == 3 && p.contains_key("late"));
+    wait_spread(m, "everywhere", "one task on each of 3 nodes", |p| {
+        p.len() == 3 && p.contains_key("late")
+    });
 }
 
 #[test]
@@ -155,28 +242,61 @@ fn a_start_first_update_never_drops_below_the_declared_count() {
     }
     let c = Cluster::init(1, 2);
     let m = c.first();
-    create(m, &[
-        "--name", "rolling", "--replicas", "3", "--update-order", "start-first",
-        "--update-parallelism", "1", "--update-delay", "0s", "--", "/bin/sleep", "1000",
+    create(
+        m,
+        &[
+            "--name",
+            "rolling",
+            "--replicas",
+            "3",
+            "--update-order",
+            "start-first",
+            "--update-parallelism",
+            "1",
+            "--update-delay",
+            "0s",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ],
+    );
+    wait_spread(m, "rolling", "3 running", |p| {
+        p.values().sum::<usize>() == 3
+    });
+    m.cli_ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--env-add",
+        "VERSION=2",
+        "rolling",
     ]);
-    wait_spread(m, "rolling", "3 running", |p| p.values().sum::<usize>() == 3);
-    m.cli_ok(&["service", "update", "--detach", "--env-add", "VERSION=2", "rolling"]);
     // Watch until every running task is of the new version; never fewer than 3 running.
     let mut lowest = usize::MAX;
     wait_for(timeout(), "the update to finish", || {
         let tasks = ps(m, "rolling");
         let up = tasks.iter().filter(|t| is_running(t)).count();
         lowest = lowest.min(up);
-        let svc: Value = serde_json::from_str(&m.cli_ok(&["service", "inspect", "rolling"])).unwrap();
+        let svc: Value =
+            serde_json::from_str(&m.cli_ok(&["service", "inspect", "rolling"])).unwrap();
         let done = svc[0]["update"]["phase"] == "completed";
-        if done && up == 3 { Ok(()) } else { Err(format!("{up} running, update {}", svc[0]["update"])) }
+        if done && up == 3 {
+            Ok(())
+        } else {
+            Err(format!("{up} running, update {}", svc[0]["update"]))
+        }
     });
-    assert!(lowest >= 3, "only {lowest} tasks were running at one point of a start-first update");
+    assert!(
+        lowest >= 3,
+        "only {lowest} tasks were running at one point of a start-first update"
+    );
     // The audit shows who created and updated it.
     let audit = m.audit();
     for action in ["service.create", "service.update"] {
         assert!(
-            audit.iter().any(|r| r["action"] == action && r["target"] == "rolling" && r["actor"]["kind"] == "local-admin"),
+            audit.iter().any(|r| r["action"] == action
+                && r["target"] == "rolling"
+                && r["actor"]["kind"] == "local-admin"),
             "{action} not audited"
         );
     }
