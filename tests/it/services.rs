@@ -301,3 +301,92 @@ fn a_start_first_update_never_drops_below_the_declared_count() {
         );
     }
 }
+
+/// Stage-1 init helpers (one per running exec task) of the node whose directory is `dir`.
+fn task_processes(dir: &std::path::Path) -> usize {
+    let dir = dir.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).into_owned())
+        .filter(|c| {
+            c.contains("init-helper")
+                && c.contains(&dir)
+                && !c.contains("--stage2")
+                && !c.contains("--exec")
+        })
+        .count()
+}
+
+#[test]
+fn tasks_survive_a_leader_change_without_loss_or_duplicates() {
+    if !root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    let mut c = Cluster::init(3, 1);
+    let w1 = c.nodes.iter().position(|n| n.name() == "w1").unwrap();
+    create(
+        c.first(),
+        &[
+            "--name",
+            "steady",
+            "--replicas",
+            "4",
+            "--constraint",
+            "node.role==worker",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ],
+    );
+    wait_spread(c.first(), "steady", "4 running on w1", |p| {
+        p.get("w1") == Some(&4)
+    });
+    let ids = |n: &Node| -> Vec<String> {
+        let mut v: Vec<String> = ps(n, "steady")
+            .iter()
+            .filter(|t| is_running(t))
+            .filter_map(|t| t["ID"].as_str().map(String::from))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = ids(c.first());
+    assert_eq!(task_processes(&c.nodes[w1].data_dir()), 4);
+
+    // The leader dies; another manager takes over and the worker's session follows it.
+    let old_leader = c.first().id().to_string();
+    c.nodes[0].kill();
+    let survivor = 1;
+    wait_for(timeout(), "a new leader", || {
+        let nodes = c.nodes[survivor].try_node_ls()?;
+        match crate::harness::leader_id(&nodes) {
+            Some(l) if l != old_leader => Ok(()),
+            other => Err(format!("leader {other:?}")),
+        }
+    });
+    // The new leader dispatches: scaling through it adds exactly one task on w1.
+    c.nodes[survivor].cli_ok(&["service", "scale", "--detach", "steady=5"]);
+    wait_spread(&c.nodes[survivor], "steady", "5 running on w1", |p| {
+        p.get("w1") == Some(&5)
+    });
+    let after = ids(&c.nodes[survivor]);
+    assert!(
+        before.iter().all(|id| after.contains(id)),
+        "tasks were replaced: {before:?} -> {after:?}"
+    );
+    assert_eq!(after.len(), 5, "{after:?}");
+    // Exactly one process per task: nothing lost, nothing started twice.
+    wait_for(timeout(), "5 task processes on w1", || {
+        let n = task_processes(&c.nodes[w1].data_dir());
+        if n == 5 {
+            Ok(())
+        } else {
+            Err(format!("{n} processes"))
+        }
+    });
+}
