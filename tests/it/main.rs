@@ -13,6 +13,7 @@ mod at_rest;
 mod bad_input;
 mod cli;
 mod cluster;
+mod docker_services;
 mod runtime;
 mod service_cli;
 mod services;

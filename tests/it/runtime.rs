@@ -299,7 +299,7 @@ const TEST_IMAGE: &str = "skep-test/prog:it";
 static DOCKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Imports the test image once per test process; the error says why it could not be.
-fn test_image() -> Result<&'static str, String> {
+pub(crate) fn test_image() -> Result<&'static str, String> {
     static IMAGE: OnceLock<Result<&'static str, String>> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
