@@ -356,7 +356,7 @@ impl Daemon {
             managers.insert(0, file.advertise_addr.clone());
         }
         let list: ManagerList = Arc::new(Mutex::new(managers));
-        let execs = Arc::new(Executors::detect(&p.tasks()).await);
+        let execs = Arc::new(Executors::detect(&p.tasks()).await.for_node(&file.node_id));
         let supervisor = Supervisor::new(execs, client_tls.clone(), list.clone());
         let mut tasks = Vec::new();
         let mut manager = None;

@@ -30,6 +30,8 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 struct Local {
     task: Task,
     stop: Option<watch::Sender<bool>>,
+    /// Becomes true when the task's runner has finished (process ended and reported).
+    ended: watch::Receiver<bool>,
     /// No longer assigned; kept so its logs can still be read.
     finished: bool,
 }
@@ -168,6 +170,9 @@ impl Supervisor {
             for id in &msg.removed {
                 self.forget(id).await;
             }
+            for id in &msg.deleted {
+                self.delete(id);
+            }
             for t in tasks {
                 self.apply(t);
             }
@@ -205,6 +210,29 @@ impl Supervisor {
         }
     }
 
+    /// The task is gone from the cluster (its service was removed, or its history pruned):
+    /// stop it if it still runs, then remove its container or files.
+    fn delete(&self, id: &str) {
+        let Some(l) = self.lock().remove(id) else {
+            return;
+        };
+        if let Some(stop) = &l.stop {
+            let _ = stop.send(true);
+        }
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|f| f != id);
+        let execs = self.execs.clone();
+        let mut ended = l.ended;
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(STOP_GRACE + Duration::from_secs(2), ended.wait_for(|e| *e))
+                    .await;
+            execs.remove(&l.task).await;
+        });
+    }
+
     fn apply(&self, task: Task) {
         let mut local = self.lock();
         match (task.desired, local.get_mut(&task.id)) {
@@ -227,11 +255,13 @@ impl Supervisor {
                     return;
                 }
                 let (stop_tx, stop_rx) = watch::channel(false);
+                let (ended_tx, ended_rx) = watch::channel(false);
                 local.insert(
                     task.id.clone(),
                     Local {
                         task: task.clone(),
                         stop: Some(stop_tx),
+                        ended: ended_rx,
                         finished: false,
                     },
                 );
@@ -243,6 +273,7 @@ impl Supervisor {
                 tokio::spawn(async move {
                     run_task(execs, reports, task, stop_rx).await;
                     running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = ended_tx.send(true);
                 });
             }
             (_, Some(l)) => {

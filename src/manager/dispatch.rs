@@ -9,7 +9,7 @@
 //!  agent ─► ReportTasks ─► propose ReportTasks ─► state change ─► ...
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +38,16 @@ fn assigned(state: &State, node_id: &str) -> HashMap<String, Task> {
         .collect()
 }
 
+/// IDs of every task placed on the node, whatever its state (history included).
+fn placed(state: &State, node_id: &str) -> HashSet<String> {
+    state
+        .tasks
+        .values()
+        .filter(|t| t.node_id == node_id)
+        .map(|t| t.id.clone())
+        .collect()
+}
+
 /// The change from what was sent to what is assigned now; updates `sent`.
 fn diff(
     sent: &mut HashMap<String, Sent>,
@@ -48,6 +58,7 @@ fn diff(
         complete,
         tasks_json: Vec::new(),
         removed: Vec::new(),
+        deleted: Vec::new(),
     };
     let gone: Vec<String> = sent
         .keys()
@@ -86,6 +97,7 @@ pub fn session(
     tokio::spawn(async move {
         let mut applied = mgr.state().subscribe();
         let mut sent: HashMap<String, Sent> = HashMap::new();
+        let mut known: HashSet<String> = HashSet::new();
         let mut complete = true;
         loop {
             if !mgr.is_leader() {
@@ -97,8 +109,23 @@ pub fn session(
                     .await;
                 return;
             }
-            let now = mgr.read(|s| assigned(s, &node_id));
-            if let Some(msg) = diff(&mut sent, now, complete)
+            let (now, all) = mgr.read(|s| (assigned(s, &node_id), placed(s, &node_id)));
+            let mut deleted: Vec<String> = known.difference(&all).cloned().collect();
+            known = all;
+            let msg = match diff(&mut sent, now, complete) {
+                Some(mut m) => {
+                    m.deleted = std::mem::take(&mut deleted);
+                    Some(m)
+                }
+                None if !deleted.is_empty() => Some(Assignments {
+                    complete: false,
+                    tasks_json: Vec::new(),
+                    removed: Vec::new(),
+                    deleted,
+                }),
+                None => None,
+            };
+            if let Some(msg) = msg
                 && tx.send(Ok(msg)).await.is_err()
             {
                 return; // the node hung up

@@ -70,6 +70,19 @@ fn containers(service: &str, all: bool) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `docker ps -a` of the service's containers with their state, for failure messages.
+fn container_states(service: &str) -> String {
+    let filter = format!("label={LABEL_SERVICE_NAME}={service}");
+    stdout(&docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &filter,
+        "--format",
+        "{{.Names}} {{.Status}}",
+    ]))
+}
+
 /// Removes the containers labelled with a service name when dropped, even when the test fails.
 /// Declare it before the cluster: locals drop in reverse order, so the daemons are gone by then
 /// and cannot start new containers.
@@ -184,29 +197,22 @@ fn a_docker_service_runs_containers_logs_scales_and_is_removed() {
         "not converged:\n{out}"
     );
 
-    // ps: two Running tasks, one per node (both nodes use this engine).
-    let tasks = ps(m, &name);
-    let running: Vec<&Value> = tasks.iter().filter(|t| is_running(t)).collect();
-    assert_eq!(running.len(), 2, "{}", summary(&tasks));
-    let mut hosts: Vec<&str> = running.iter().filter_map(|t| t["Node"].as_str()).collect();
-    hosts.sort_unstable();
-    assert_eq!(hosts, ["m1", "w1"], "{}", summary(&tasks));
-    assert!(
-        running.iter().all(|t| t["Image"] == image),
-        "{}",
-        summary(&tasks)
-    );
-
-    // The engine runs two containers labelled with the service and the tasks.
-    let ids = wait_running(m, &name, 2);
-    let listed = containers(&name, false);
-    assert_eq!(listed.len(), 2, "{listed:?}");
-    for (container, task) in &listed {
-        assert!(
-            ids.contains(task),
-            "{container} is labelled {task}: {ids:?}"
-        );
-    }
+    // ps: two Running tasks, one per node (both nodes use this engine), each with its
+    // container labelled with the service and the task. (Waited for rather than read once:
+    // any skep daemon starting on this engine, e.g. in a concurrent test, removes every
+    // skep-labelled container, and the orchestrator then replaces the tasks.)
+    wait_for(timeout(), "2 Running tasks, on m1 and w1", || {
+        let tasks = ps(m, &name);
+        let running: Vec<&Value> = tasks.iter().filter(|t| is_running(t)).collect();
+        let mut hosts: Vec<&str> = running.iter().filter_map(|t| t["Node"].as_str()).collect();
+        hosts.sort_unstable();
+        if hosts == ["m1", "w1"] && running.iter().all(|t| t["Image"] == image) {
+            Ok(())
+        } else {
+            Err(summary(&tasks))
+        }
+    });
+    wait_running(m, &name, 2);
 
     // logs: the program's lines, prefixed with the task.
     let logs = wait_for(timeout(), "out-line in `service logs`", || {
@@ -230,30 +236,30 @@ fn a_docker_service_runs_containers_logs_scales_and_is_removed() {
         describe(&out)
     );
 
-    // scale down: one container left.
+    // scale down: one container left running. The stopped task's container stays (exited)
+    // for its logs, as Docker keeps a service's task history.
     let out = m.cli_ok(&["service", "scale", &format!("{name}=1")]);
     assert!(
         out.trim_end().ends_with("verify: Service converged"),
         "{out}"
     );
     wait_running(m, &name, 1);
-    wait_for(timeout(), "one container left after scaling", || {
-        let all = containers(&name, true);
-        if all.len() == 1 {
+
+    // rm: every container stops, then goes (as `docker service rm` removes them).
+    assert_eq!(m.cli_ok(&["service", "rm", &name]), format!("{name}\n"));
+    assert_eq!(m.cli_ok(&["service", "ls", "-q"]), "");
+    wait_for(timeout(), "no running container after service rm", || {
+        if containers(&name, false).is_empty() {
             Ok(())
         } else {
-            Err(format!("{all:?}"))
+            Err(container_states(&name))
         }
     });
-
-    // rm: every container goes.
-    assert_eq!(m.cli_ok(&["service", "rm", &name]), format!("{name}\n"));
     wait_for(timeout(), "no container left after service rm", || {
-        let all = containers(&name, true);
-        if all.is_empty() {
+        if containers(&name, true).is_empty() {
             Ok(())
         } else {
-            Err(format!("{all:?}"))
+            Err(container_states(&name))
         }
     });
 }

@@ -395,10 +395,16 @@ fn tasks_survive_a_leader_change_without_loss_or_duplicates() {
 fn the_heartbeat_period_is_a_cluster_setting() {
     let c = Cluster::init(1, 0);
     let m = c.first();
-    assert_eq!(m.cli_ok(&["swarm", "update", "--dispatcher-heartbeat", "2s"]).trim(), "Swarm updated.");
+    assert_eq!(
+        m.cli_ok(&["swarm", "update", "--dispatcher-heartbeat", "2s"])
+            .trim(),
+        "Swarm updated."
+    );
     let audit = m.audit();
     assert!(
-        audit.iter().any(|r| r["action"] == "swarm.update" && r["details"]["ms"] == "2000"),
+        audit
+            .iter()
+            .any(|r| r["action"] == "swarm.update" && r["details"]["ms"] == "2000"),
         "the change is not audited"
     );
     let out = m.cli(&["swarm", "update", "--dispatcher-heartbeat", "1ms"]);

@@ -24,6 +24,9 @@ pub const LABEL_TASK_ID: &str = "skep.task.id";
 pub const LABEL_SERVICE_ID: &str = "skep.service.id";
 /// Label with the service name.
 pub const LABEL_SERVICE_NAME: &str = "skep.service.name";
+/// Label naming the node whose agent runs the container: several nodes may share one engine,
+/// and each cleans up only its own containers.
+pub const LABEL_NODE_ID: &str = "skep.node.id";
 
 /// How long the engine may take to answer the first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -185,9 +188,15 @@ impl DockerRuntime {
             })
     }
 
-    pub(crate) async fn cleanup_stale(&self) -> Vec<String> {
+    /// Stops and removes the containers a previous run left: those of node `node_id` when
+    /// given, else every skep container on the engine.
+    pub(crate) async fn cleanup_stale(&self, node_id: Option<&str>) -> Vec<String> {
         let mut filters = HashMap::new();
-        filters.insert("label".to_string(), vec![LABEL_TASK_ID.to_string()]);
+        let mut labels = vec![LABEL_TASK_ID.to_string()];
+        if let Some(node) = node_id {
+            labels.push(format!("{LABEL_NODE_ID}={node}"));
+        }
+        filters.insert("label".to_string(), labels);
         let options = ListContainersOptions {
             all: true,
             filters: Some(filters),
@@ -423,6 +432,9 @@ fn create_body(task: &Task, image: &str) -> ContainerCreateBody {
     labels.insert(LABEL_TASK_ID.to_string(), task.id.clone());
     labels.insert(LABEL_SERVICE_ID.to_string(), task.service_id.clone());
     labels.insert(LABEL_SERVICE_NAME.to_string(), task.service_name.clone());
+    if !task.node_id.is_empty() {
+        labels.insert(LABEL_NODE_ID.to_string(), task.node_id.clone());
+    }
     let env: Vec<String> = parse_env(&task.spec.env)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))

@@ -113,6 +113,7 @@ pub enum ExecError {
 pub struct Executors {
     exec: Option<exec::ExecRuntime>,
     docker: Option<docker::DockerRuntime>,
+    node_id: Option<String>,
 }
 
 impl Executors {
@@ -127,6 +128,7 @@ impl Executors {
                 Executors {
                     exec: None,
                     docker: docker::DockerRuntime::detect().await,
+                    node_id: None,
                 }
             }
         }
@@ -146,7 +148,14 @@ impl Executors {
         Executors {
             exec,
             docker: docker::DockerRuntime::detect().await,
+            node_id: None,
         }
+    }
+
+    /// Scopes cleanup to the containers of node `node_id` (several nodes may share an engine).
+    pub fn for_node(mut self, node_id: &str) -> Executors {
+        self.node_id = Some(node_id.to_string());
+        self
     }
 
     /// The runtimes found.
@@ -201,7 +210,7 @@ impl Executors {
             ids.extend(e.cleanup_stale().await);
         }
         if let Some(d) = &self.docker {
-            ids.extend(d.cleanup_stale().await);
+            ids.extend(d.cleanup_stale(self.node_id.as_deref()).await);
         }
         ids.sort();
         ids.dedup();

@@ -1,0 +1,877 @@
+//! Services at scale, two measurements:
+//!
+//! * `convergence`: a real 3-node cluster (3 `skep daemon` processes: 1 manager, 2 workers,
+//!   all running exec tasks as root). Time from `skep service create --detach --runtime exec
+//!   --replicas N -- /bin/sleep 100000` to `skep service ls` reporting `N/N`, for N = 100 and
+//!   N = 1000 (override the large one with `SKEP_BENCH_CONV_REPLICAS`). Between iterations the
+//!   service is removed and every task process must be gone.
+//! * `placement`: the manager side alone. One real manager daemon; 100 worker nodes simulated
+//!   in this process, each with its own certificate (real join), its own mTLS connection,
+//!   heartbeats, a task session, and Running reports for every task it is given (no process is
+//!   started). Times from `service create --replicas 2000` until the simulated nodes have
+//!   received all 2000 assignments (placed + committed through Raft + dispatched), and,
+//!   printed beside criterion's report, until `service ls` says 2000/2000 (the reports too).
+//!
+//! Run one alone with `cargo bench --bench services -- convergence` (or `-- placement`).
+//! Every wait is bounded (5 minutes); a wait that runs out fails the bench with what it last
+//! saw. Every daemon and task process started here is killed on the way out, even on failure.
+
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
+use serde_json::Value;
+
+use skep::api::v1::dispatcher_client::DispatcherClient;
+use skep::api::v1::{HeartbeatRequest, SessionRequest, TaskReport};
+use skep::store::service::{DesiredState, Task, TaskState, TaskStatus};
+
+/// Every wait gives up after this long.
+const WAIT: Duration = Duration::from_secs(300);
+/// How often `service ls` is polled.
+const POLL: Duration = Duration::from_millis(200);
+/// The small convergence case.
+const CONV_SMALL: u64 = 100;
+/// The large convergence case, unless `SKEP_BENCH_CONV_REPLICAS` says otherwise.
+const CONV_LARGE: u64 = 1000;
+/// Simulated nodes of the placement bench.
+const SIM_NODES: usize = 100;
+/// Replicas of the placement bench, unless `SKEP_BENCH_PLACE_REPLICAS` says otherwise.
+const PLACE_REPLICAS: u64 = 2000;
+
+// ------------------------------------------------------------------ processes
+
+/// Kills every process whose command line mentions `dir` (the exec tasks' init helpers name
+/// their task directory; killing the namespace's init kills the task itself).
+fn kill_processes_mentioning(dir: &Path) {
+    for pid in pids_mentioning(dir, None) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Processes whose command line mentions `dir` (and `also`, if given).
+fn pids_mentioning(dir: &Path, also: Option<&str>) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(&needle) && also.is_none_or(|a| cmdline.contains(a)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// One `skep daemon` process with its own directory under a shared root.
+struct Daemon {
+    name: String,
+    child: Option<Child>,
+    dir: PathBuf,
+    addr: String,
+}
+
+impl Daemon {
+    fn start(root: &Path, name: &str, addr: &str) -> Daemon {
+        if let Ok(sock) = addr.parse::<std::net::SocketAddr>() {
+            assert!(
+                std::net::TcpListener::bind(sock).is_ok(),
+                "{addr} is taken: is another benchmark or a stray daemon running?"
+            );
+        }
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skep"))
+            .arg("daemon")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(dir.join("skep.sock"))
+            .args([
+                "--listen-addr",
+                addr,
+                "--advertise-addr",
+                addr,
+                "--hostname",
+                name,
+                "--heartbeat-period",
+                "1s",
+            ])
+            .env(
+                "SKEP_LOG",
+                std::env::var("SKEP_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the daemon {name}: {e}"));
+        let d = Daemon {
+            name: name.into(),
+            child: Some(child),
+            dir,
+            addr: addr.into(),
+        };
+        let socket = d.socket();
+        wait_for(Duration::from_secs(30), &format!("{name}'s socket"), || {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                Ok(())
+            } else {
+                Err(d.log_tail())
+            }
+        });
+        d
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("skep.sock")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `skep --host unix://<socket> args`; panics (with the daemon's log) unless it succeeds.
+    fn cli(&self, args: &[&str]) -> String {
+        match self.try_cli(args) {
+            Ok(out) => out,
+            Err(e) => panic!(
+                "skep {} on {}: {e}\n--- daemon log (tail) ---\n{}",
+                args.join(" "),
+                self.name,
+                self.log_tail()
+            ),
+        }
+    }
+
+    fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skep"))
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run the CLI: {e}"))?;
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err("the CLI did not finish within 120 s".into());
+                }
+            }
+        };
+        let out = out.join().unwrap_or_default();
+        let err = err.join().unwrap_or_default();
+        if status.success() {
+            Ok(out)
+        } else {
+            Err(format!("{status}: {}", err.trim()))
+        }
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Vec<Value>, String> {
+        let out = self.try_cli(args)?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "===== log of {} (tail) =====\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        kill_processes_mentioning(&self.dir);
+    }
+}
+
+/// A set of daemons in one temporary root; dropping it kills them and every process that
+/// mentions the root (task helpers), then removes the root.
+struct Cluster {
+    daemons: Vec<Daemon>,
+    root: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn manager(&self) -> &Daemon {
+        &self.daemons[0]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.daemons.clear();
+        kill_processes_mentioning(self.root.path());
+    }
+}
+
+/// Polls `f` (every `POLL`) until it returns `Ok`; panics after `within` with the last error.
+fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match f() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn ready_count(m: &Daemon, prefix: &str) -> Result<usize, String> {
+    let nodes = m.json(&["node", "ls", "--format", "json"])?;
+    Ok(nodes
+        .iter()
+        .filter(|n| {
+            n["Status"] == "Ready"
+                && n["Hostname"]
+                    .as_str()
+                    .is_some_and(|h| h.starts_with(prefix))
+        })
+        .count())
+}
+
+/// `Replicas` of service `name` in `service ls --format json`.
+fn replicas_of(m: &Daemon, name: &str) -> Result<String, String> {
+    let services = m.json(&["service", "ls", "--format", "json"])?;
+    services
+        .iter()
+        .find(|s| s["Name"] == name)
+        .and_then(|s| s["Replicas"].as_str())
+        .map(String::from)
+        .ok_or_else(|| format!("{name} is not listed"))
+}
+
+/// Tasks of `name` by current state and error, for a failure message.
+fn task_summary(m: &Daemon, name: &str) -> String {
+    let Ok(tasks) = m.json(&["service", "ps", name, "--format", "json"]) else {
+        return "(service ps failed)".into();
+    };
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for t in &tasks {
+        let state = t["CurrentState"]
+            .as_str()
+            .unwrap_or("?")
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+            .to_string();
+        let err = t["Error"].as_str().unwrap_or("");
+        *counts.entry(format!("{state} {err}")).or_default() += 1;
+    }
+    format!("{} tasks: {counts:?}", tasks.len())
+}
+
+/// Waits until `service ls` shows `want/want` for `name`; panics with the tasks' states if it
+/// does not within [`WAIT`].
+fn wait_converged(m: &Daemon, name: &str, want: u64) {
+    let target = format!("{want}/{want}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let last = match replicas_of(m, name) {
+            Ok(r) if r == target => return,
+            Ok(r) => r,
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            panic!(
+                "{name} did not reach {target} within {WAIT:?}; last `service ls`: {last}; {}",
+                task_summary(m, name)
+            );
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+fn wait_no_services(m: &Daemon) {
+    wait_for(WAIT, "`service ls` to be empty", || {
+        let s = m.json(&["service", "ls", "--format", "json"])?;
+        if s.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{} services", s.len()))
+        }
+    });
+}
+
+fn summary(label: &str, times: &[Duration], tasks: u64) {
+    if times.is_empty() {
+        return;
+    }
+    let secs: Vec<f64> = times.iter().map(Duration::as_secs_f64).collect();
+    let mean = secs.iter().sum::<f64>() / secs.len() as f64;
+    let min = secs.iter().cloned().fold(f64::INFINITY, f64::min);
+    let max = secs.iter().cloned().fold(0.0, f64::max);
+    eprintln!(
+        "{label}: n={} mean {mean:.3} s (min {min:.3}, max {max:.3}) = {:.0} tasks/s",
+        secs.len(),
+        tasks as f64 / mean
+    );
+}
+
+// ------------------------------------------------------------------ convergence
+
+fn start_real_cluster() -> Cluster {
+    let root = tempfile::Builder::new()
+        .prefix("skep-bench-services-")
+        .tempdir()
+        .unwrap();
+    let mut daemons = Vec::new();
+    for (i, name) in ["conv-m1", "conv-w1", "conv-w2"].iter().enumerate() {
+        daemons.push(Daemon::start(
+            root.path(),
+            name,
+            &format!("127.0.92.{}:2377", i + 1),
+        ));
+    }
+    let cluster = Cluster { daemons, root };
+    let m = cluster.manager();
+    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
+    for w in &cluster.daemons[1..] {
+        w.cli(&["swarm", "join", "--token", &token, &m.addr]);
+    }
+    wait_for(WAIT, "3 Ready nodes", || match ready_count(m, "conv-")? {
+        3 => Ok(()),
+        n => Err(format!("{n} Ready")),
+    });
+    cluster
+}
+
+/// Number of task init helpers still running under the cluster's root.
+fn task_processes(c: &Cluster) -> usize {
+    pids_mentioning(c.root.path(), Some("init-helper")).len()
+}
+
+fn ppid_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn pss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What actually runs once `service ls` says N/N: stage-2 init helpers (one per task, PID 1
+/// of the task's namespace), the task commands under them, and their memory (PSS).
+fn task_census(c: &Cluster) -> String {
+    let helpers = pids_mentioning(c.root.path(), Some("init-helper"));
+    let stage2: HashSet<i32> = pids_mentioning(c.root.path(), Some("--stage2"))
+        .into_iter()
+        .collect();
+    let mut commands = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if ppid_of(pid).is_some_and(|pp| stage2.contains(&pp)) {
+                commands.push(pid);
+            }
+        }
+    }
+    let pss: u64 = helpers.iter().chain(&commands).map(|p| pss_kib(*p)).sum();
+    let daemons: u64 = c
+        .daemons
+        .iter()
+        .filter_map(|d| d.child.as_ref().map(|ch| pss_kib(ch.id() as i32)))
+        .sum();
+    format!(
+        "{} init helpers ({} stage 2), {} task commands under them; PSS tasks {} MiB, daemons {} MiB",
+        helpers.len(),
+        stage2.len(),
+        commands.len(),
+        pss / 1024,
+        daemons / 1024
+    )
+}
+
+fn convergence(c: &mut Criterion) {
+    let large: u64 = std::env::var("SKEP_BENCH_CONV_REPLICAS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CONV_LARGE);
+    let mut cluster: Option<Cluster> = None;
+    let mut round = 0u64;
+    let mut group = c.benchmark_group("convergence");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(1));
+    group.measurement_time(Duration::from_secs(1));
+    for replicas in [CONV_SMALL, large] {
+        let mut times = Vec::new();
+        group.bench_function(format!("{replicas} exec replicas on 3 nodes"), |b| {
+            b.iter_custom(|iters| {
+                let cl = cluster.get_or_insert_with(start_real_cluster);
+                let m = cl.manager();
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    round += 1;
+                    let name = format!("conv{replicas}-{round}");
+                    let n = replicas.to_string();
+                    let start = Instant::now();
+                    m.cli(&[
+                        "service",
+                        "create",
+                        "--detach",
+                        "--runtime",
+                        "exec",
+                        "--name",
+                        &name,
+                        "--replicas",
+                        &n,
+                        "--",
+                        "/bin/sleep",
+                        "100000",
+                    ]);
+                    wait_converged(m, &name, replicas);
+                    let took = start.elapsed();
+                    total += took;
+                    times.push(took);
+                    if times.len() == 1 {
+                        eprintln!("\n{name} at {replicas}/{replicas}: {}", task_census(cl));
+                    }
+                    m.cli(&["service", "rm", &name]);
+                    wait_no_services(m);
+                    wait_for(WAIT, "every task process to end", || {
+                        match task_processes(cl) {
+                            0 => Ok(()),
+                            n => Err(format!("{n} init helpers left")),
+                        }
+                    });
+                }
+                total
+            })
+        });
+        summary(
+            &format!("convergence {replicas} replicas (create -> N/N)"),
+            &times,
+            replicas,
+        );
+    }
+    group.finish();
+    drop(cluster);
+}
+
+// ------------------------------------------------------------------ placement
+
+/// What the simulated nodes have seen, summed over all of them.
+#[derive(Default)]
+struct Counters {
+    /// Task assignments with desired Running received (each task counted once).
+    received: AtomicU64,
+    /// Tasks a node holds with desired Running (received, not yet told to stop).
+    live: AtomicI64,
+    /// Tasks in the nodes' assignment sets (live plus those stopping).
+    held: AtomicI64,
+    /// Reports that failed.
+    report_errors: AtomicU64,
+    /// Sessions that ended or could not open.
+    session_errors: AtomicU64,
+}
+
+fn status(state: TaskState, message: &str) -> String {
+    serde_json::to_string(&TaskStatus {
+        state,
+        message: message.into(),
+        err: String::new(),
+        exit_code: None,
+        timestamp: skep::util::now_rfc3339(),
+    })
+    .unwrap()
+}
+
+/// One simulated worker: a real join, then heartbeats, a task session and batched reports over
+/// one mTLS connection, for as long as the runtime lives.
+async fn sim_node(
+    token: skep_pki::JoinToken,
+    addr: String,
+    hostname: String,
+    counters: Arc<Counters>,
+) -> Result<(), String> {
+    let joined = skep::agent::join::request_certificate(&token, &addr, &hostname, "0.0.0.0:2377")
+        .await
+        .map_err(|e| format!("{hostname}: join: {e}"))?;
+    let creds = skep::net::Credentials {
+        cert_der: joined.cert_der.clone(),
+        key_der: skep::secret::SecretBytes::new(joined.key.pkcs8_der().to_vec()),
+        root_der: joined.root_der.clone(),
+    };
+    let tls = skep::net::client_config(&joined.root_der, Some(&creds))
+        .map_err(|e| format!("{hostname}: tls: {e}"))?;
+    let ch = skep::net::channel(&addr, tls).map_err(|e| format!("{hostname}: channel: {e}"))?;
+
+    // Heartbeats, at the period the manager asks for.
+    let mut hb = DispatcherClient::new(ch.clone());
+    let host = hostname.clone();
+    tokio::spawn(async move {
+        let mut period = Duration::from_secs(1);
+        loop {
+            let req = HeartbeatRequest {
+                hostname: host.clone(),
+                addr: "0.0.0.0:2377".into(),
+            };
+            if let Ok(r) = hb.heartbeat(req).await {
+                let ms = r.into_inner().period_ms;
+                if ms > 0 {
+                    period = Duration::from_millis(ms).min(Duration::from_secs(1));
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+    });
+
+    // Reports, batched every 50 ms.
+    let pending: Arc<std::sync::Mutex<HashMap<String, String>>> = Arc::default();
+    let mut rep = DispatcherClient::new(ch.clone());
+    let queue = pending.clone();
+    let c = counters.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let batch = std::mem::take(&mut *queue.lock().unwrap());
+            if batch.is_empty() {
+                continue;
+            }
+            let req = TaskReport {
+                statuses_json: batch.clone(),
+            };
+            if rep.report_tasks(req).await.is_err() {
+                c.report_errors.fetch_add(1, Ordering::Relaxed);
+                let mut q = queue.lock().unwrap();
+                for (k, v) in batch {
+                    q.entry(k).or_insert(v);
+                }
+            }
+        }
+    });
+
+    // The task session: reopened whenever it ends (it is refused until the node is known).
+    let mut sess = DispatcherClient::new(ch);
+    tokio::spawn(async move {
+        // Task ID -> whether its desired state is still Running.
+        let mut held: HashMap<String, bool> = HashMap::new();
+        let mut counted: HashSet<String> = HashSet::new();
+        loop {
+            let req = SessionRequest {
+                runtimes: vec!["exec".into()],
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 8 << 30,
+            };
+            let mut stream = match sess.session(req).await {
+                Ok(s) => s.into_inner(),
+                Err(_) => {
+                    counters.session_errors.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            loop {
+                let msg = match stream.message().await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => {
+                        counters.session_errors.fetch_add(1, Ordering::Relaxed);
+                        break;
+                    }
+                };
+                let tasks: Vec<Task> = msg
+                    .tasks_json
+                    .iter()
+                    .filter_map(|j| serde_json::from_str(j).ok())
+                    .collect();
+                let mut drop_ids: Vec<String> = msg.removed.clone();
+                if msg.complete {
+                    let keep: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+                    drop_ids.extend(
+                        held.keys()
+                            .filter(|id| !keep.contains(id.as_str()))
+                            .cloned(),
+                    );
+                }
+                for id in drop_ids {
+                    if let Some(running) = held.remove(&id) {
+                        counters.held.fetch_sub(1, Ordering::Relaxed);
+                        if running {
+                            counters.live.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                let mut reports = Vec::new();
+                for t in tasks {
+                    let want_running = t.desired == DesiredState::Running;
+                    match held.get_mut(&t.id) {
+                        None => {
+                            held.insert(t.id.clone(), want_running);
+                            counters.held.fetch_add(1, Ordering::Relaxed);
+                            if want_running {
+                                counters.live.fetch_add(1, Ordering::Relaxed);
+                                if counted.insert(t.id.clone()) {
+                                    counters.received.fetch_add(1, Ordering::Relaxed);
+                                }
+                                reports.push((t.id, status(TaskState::Running, "started")));
+                            } else {
+                                reports.push((t.id, status(TaskState::Shutdown, "shutdown")));
+                            }
+                        }
+                        Some(running) => {
+                            if *running && !want_running {
+                                *running = false;
+                                counters.live.fetch_sub(1, Ordering::Relaxed);
+                                reports.push((t.id, status(TaskState::Shutdown, "shutdown")));
+                            }
+                        }
+                    }
+                }
+                if !reports.is_empty() {
+                    pending.lock().unwrap().extend(reports);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Ok(())
+}
+
+struct Placement {
+    cluster: Cluster,
+    counters: Arc<Counters>,
+    // Dropped after the cluster's daemons would be fine too; it owns the simulated nodes.
+    _rt: tokio::runtime::Runtime,
+}
+
+fn start_placement() -> Placement {
+    let root = tempfile::Builder::new()
+        .prefix("skep-bench-placement-")
+        .tempdir()
+        .unwrap();
+    let m = Daemon::start(root.path(), "place-m1", "127.0.93.1:2377");
+    let cluster = Cluster {
+        daemons: vec![m],
+        root,
+    };
+    let m = cluster.manager();
+    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
+    let token = skep_pki::JoinToken::parse(&token).unwrap_or_else(|e| panic!("token: {e}"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let counters = Arc::new(Counters::default());
+    let started = Instant::now();
+    rt.block_on(async {
+        let mut joins = Vec::new();
+        for i in 0..SIM_NODES {
+            joins.push(tokio::spawn(sim_node(
+                token.clone(),
+                m.addr.clone(),
+                format!("sim-{i:03}"),
+                counters.clone(),
+            )));
+        }
+        for j in joins {
+            j.await.unwrap().unwrap_or_else(|e| panic!("{e}"));
+        }
+    });
+    eprintln!(
+        "placement: {SIM_NODES} nodes joined in {:?}",
+        started.elapsed()
+    );
+    wait_for(
+        WAIT,
+        &format!("{SIM_NODES} Ready simulated nodes"),
+        || match ready_count(m, "sim-")? {
+            SIM_NODES => Ok(()),
+            n => Err(format!("{n} Ready")),
+        },
+    );
+    eprintln!(
+        "placement: {SIM_NODES} nodes Ready {:?} after the first join",
+        started.elapsed()
+    );
+    Placement {
+        cluster,
+        counters,
+        _rt: rt,
+    }
+}
+
+fn placement(c: &mut Criterion) {
+    let replicas: u64 = std::env::var("SKEP_BENCH_PLACE_REPLICAS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(PLACE_REPLICAS);
+    let mut setup: Option<Placement> = None;
+    let mut round = 0u64;
+    let mut running_times = Vec::new();
+    let mut dispatch_times = Vec::new();
+    let mut group = c.benchmark_group("placement");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.warm_up_time(Duration::from_millis(1));
+    group.measurement_time(Duration::from_secs(1));
+    group.bench_function(
+        format!("{replicas} tasks on {SIM_NODES} simulated nodes: dispatched"),
+        |b| {
+            b.iter_custom(|iters| {
+                let p = setup.get_or_insert_with(start_placement);
+                let m = p.cluster.manager();
+                let k = &p.counters;
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    round += 1;
+                    let name = format!("place-{round}");
+                    let n = replicas.to_string();
+                    let base = k.received.load(Ordering::SeqCst);
+                    let start = Instant::now();
+                    m.cli(&[
+                        "service",
+                        "create",
+                        "--detach",
+                        "--runtime",
+                        "exec",
+                        "--constraint",
+                        "node.role==worker",
+                        "--name",
+                        &name,
+                        "--replicas",
+                        &n,
+                        "--",
+                        "/bin/sleep",
+                        "1000",
+                    ]);
+                    let deadline = start + WAIT;
+                    while k.received.load(Ordering::SeqCst) < base + replicas {
+                        assert!(
+                            Instant::now() < deadline,
+                            "only {} of {replicas} tasks reached the simulated nodes within {WAIT:?}; {}",
+                            k.received.load(Ordering::SeqCst) - base,
+                            task_summary(m, &name)
+                        );
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    let dispatched = start.elapsed();
+                    total += dispatched;
+                    dispatch_times.push(dispatched);
+                    let target = format!("{replicas}/{replicas}");
+                    loop {
+                        let r = replicas_of(m, &name).unwrap_or_default();
+                        if r == target {
+                            break;
+                        }
+                        assert!(
+                            Instant::now() < deadline,
+                            "{name} did not reach {target} within {WAIT:?}; last: {r}"
+                        );
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    running_times.push(start.elapsed());
+                    m.cli(&["service", "rm", &name]);
+                    wait_no_services(m);
+                    wait_for(WAIT, "the simulated nodes to hold no task", || {
+                        match k.held.load(Ordering::SeqCst) {
+                            0 => Ok(()),
+                            n => Err(format!(
+                                "{n} held, {} live, {} report errors, {} session errors",
+                                k.live.load(Ordering::SeqCst),
+                                k.report_errors.load(Ordering::SeqCst),
+                                k.session_errors.load(Ordering::SeqCst)
+                            )),
+                        }
+                    });
+                }
+                total
+            })
+        },
+    );
+    group.finish();
+    summary(
+        &format!("placement {replicas} tasks, create -> all dispatched"),
+        &dispatch_times,
+        replicas,
+    );
+    summary(
+        &format!("placement {replicas} tasks, create -> service ls N/N running"),
+        &running_times,
+        replicas,
+    );
+    if let Some(p) = &setup {
+        eprintln!(
+            "placement: report errors {}, session errors {}",
+            p.counters.report_errors.load(Ordering::SeqCst),
+            p.counters.session_errors.load(Ordering::SeqCst)
+        );
+    }
+    drop(setup);
+}
+
+criterion_group!(benches, convergence, placement);
+criterion_main!(benches);
