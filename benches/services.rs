@@ -33,8 +33,15 @@ use skep::api::v1::dispatcher_client::DispatcherClient;
 use skep::api::v1::{HeartbeatRequest, SessionRequest, TaskReport};
 use skep::store::service::{DesiredState, Task, TaskState, TaskStatus};
 
-/// Every wait gives up after this long.
-const WAIT: Duration = Duration::from_secs(300);
+/// Every wait gives up after this long: 300 s, or `SKEP_BENCH_WAIT_SECS`.
+fn wait_limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("SKEP_BENCH_WAIT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300),
+    )
+}
 /// How often `service ls` is polled.
 const POLL: Duration = Duration::from_millis(200);
 /// The small convergence case.
@@ -320,10 +327,10 @@ fn task_summary(m: &Daemon, name: &str) -> String {
 }
 
 /// Waits until `service ls` shows `want/want` for `name`; panics with the tasks' states if it
-/// does not within [`WAIT`].
+/// does not within [`wait_limit`].
 fn wait_converged(m: &Daemon, name: &str, want: u64) {
     let target = format!("{want}/{want}");
-    let deadline = Instant::now() + WAIT;
+    let deadline = Instant::now() + wait_limit();
     loop {
         let last = match replicas_of(m, name) {
             Ok(r) if r == target => return,
@@ -332,7 +339,8 @@ fn wait_converged(m: &Daemon, name: &str, want: u64) {
         };
         if Instant::now() >= deadline {
             panic!(
-                "{name} did not reach {target} within {WAIT:?}; last `service ls`: {last}; {}",
+                "{name} did not reach {target} within {:?}; last `service ls`: {last}; {}",
+                wait_limit(),
                 task_summary(m, name)
             );
         }
@@ -341,7 +349,7 @@ fn wait_converged(m: &Daemon, name: &str, want: u64) {
 }
 
 fn wait_no_services(m: &Daemon) {
-    wait_for(WAIT, "`service ls` to be empty", || {
+    wait_for(wait_limit(), "`service ls` to be empty", || {
         let s = m.json(&["service", "ls", "--format", "json"])?;
         if s.is_empty() {
             Ok(())
@@ -349,6 +357,30 @@ fn wait_no_services(m: &Daemon) {
             Err(format!("{} services", s.len()))
         }
     });
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    // After the comm: state is field 3; utime and stime are fields 14 and 15.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+impl Cluster {
+    /// CPU seconds used so far by each daemon.
+    fn cpu(&self) -> Vec<f64> {
+        self.daemons
+            .iter()
+            .map(|d| d.child.as_ref().map_or(0.0, |c| cpu_secs(c.id())))
+            .collect()
+    }
 }
 
 fn summary(label: &str, times: &[Duration], tasks: u64) {
@@ -388,9 +420,11 @@ fn start_real_cluster() -> Cluster {
     for w in &cluster.daemons[1..] {
         w.cli(&["swarm", "join", "--token", &token, &m.addr]);
     }
-    wait_for(WAIT, "3 Ready nodes", || match ready_count(m, "conv-")? {
-        3 => Ok(()),
-        n => Err(format!("{n} Ready")),
+    wait_for(wait_limit(), "3 Ready nodes", || {
+        match ready_count(m, "conv-")? {
+            3 => Ok(()),
+            n => Err(format!("{n} Ready")),
+        }
     });
     cluster
 }
@@ -471,6 +505,7 @@ fn convergence(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(1));
     for replicas in [CONV_SMALL, large] {
         let mut times = Vec::new();
+        let mut cpu: Vec<f64> = Vec::new();
         group.bench_function(format!("{replicas} exec replicas on 3 nodes"), |b| {
             b.iter_custom(|iters| {
                 let cl = cluster.get_or_insert_with(start_real_cluster);
@@ -480,6 +515,7 @@ fn convergence(c: &mut Criterion) {
                     round += 1;
                     let name = format!("conv{replicas}-{round}");
                     let n = replicas.to_string();
+                    let cpu0 = cl.cpu();
                     let start = Instant::now();
                     m.cli(&[
                         "service",
@@ -499,17 +535,24 @@ fn convergence(c: &mut Criterion) {
                     let took = start.elapsed();
                     total += took;
                     times.push(took);
+                    let cpu1 = cl.cpu();
+                    cpu.resize(cpu1.len(), 0.0);
+                    for (i, (a, b)) in cpu0.iter().zip(&cpu1).enumerate() {
+                        cpu[i] += b - a;
+                    }
                     if times.len() == 1 {
                         eprintln!("\n{name} at {replicas}/{replicas}: {}", task_census(cl));
                     }
                     m.cli(&["service", "rm", &name]);
                     wait_no_services(m);
-                    wait_for(WAIT, "every task process to end", || {
-                        match task_processes(cl) {
+                    wait_for(
+                        wait_limit(),
+                        "every task process to end",
+                        || match task_processes(cl) {
                             0 => Ok(()),
                             n => Err(format!("{n} init helpers left")),
-                        }
-                    });
+                        },
+                    );
                 }
                 total
             })
@@ -519,6 +562,16 @@ fn convergence(c: &mut Criterion) {
             &times,
             replicas,
         );
+        if !times.is_empty() {
+            let per: Vec<String> = cpu
+                .iter()
+                .map(|c| format!("{:.2}", c / times.len() as f64))
+                .collect();
+            eprintln!(
+                "  daemon CPU s per iteration while converging (m1, w1, w2): {}",
+                per.join(", ")
+            );
+        }
     }
     group.finish();
     drop(cluster);
@@ -746,7 +799,7 @@ fn start_placement() -> Placement {
         started.elapsed()
     );
     wait_for(
-        WAIT,
+        wait_limit(),
         &format!("{SIM_NODES} Ready simulated nodes"),
         || match ready_count(m, "sim-")? {
             SIM_NODES => Ok(()),
@@ -773,6 +826,9 @@ fn placement(c: &mut Criterion) {
     let mut round = 0u64;
     let mut running_times = Vec::new();
     let mut dispatch_times = Vec::new();
+    // Manager CPU seconds (dispatch phase, report phase) and this process's (the simulated
+    // nodes and the CLI polling).
+    let mut cpu = [0.0f64; 3];
     let mut group = c.benchmark_group("placement");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
@@ -791,6 +847,9 @@ fn placement(c: &mut Criterion) {
                     let name = format!("place-{round}");
                     let n = replicas.to_string();
                     let base = k.received.load(Ordering::SeqCst);
+                    let mpid = m.child.as_ref().map_or(0, Child::id);
+                    let me = std::process::id();
+                    let (m0, s0) = (cpu_secs(mpid), cpu_secs(me));
                     let start = Instant::now();
                     m.cli(&[
                         "service",
@@ -808,12 +867,13 @@ fn placement(c: &mut Criterion) {
                         "/bin/sleep",
                         "1000",
                     ]);
-                    let deadline = start + WAIT;
+                    let deadline = start + wait_limit();
                     while k.received.load(Ordering::SeqCst) < base + replicas {
                         assert!(
                             Instant::now() < deadline,
-                            "only {} of {replicas} tasks reached the simulated nodes within {WAIT:?}; {}",
+                            "only {} of {replicas} tasks reached the simulated nodes within {:?}; {}",
                             k.received.load(Ordering::SeqCst) - base,
+                            wait_limit(),
                             task_summary(m, &name)
                         );
                         std::thread::sleep(Duration::from_millis(2));
@@ -821,22 +881,29 @@ fn placement(c: &mut Criterion) {
                     let dispatched = start.elapsed();
                     total += dispatched;
                     dispatch_times.push(dispatched);
+                    let m1 = cpu_secs(mpid);
                     let target = format!("{replicas}/{replicas}");
                     loop {
-                        let r = replicas_of(m, &name).unwrap_or_default();
-                        if r == target {
-                            break;
-                        }
+                        let r = match replicas_of(m, &name) {
+                            Ok(r) if r == target => break,
+                            Ok(r) => r,
+                            Err(e) => e,
+                        };
                         assert!(
                             Instant::now() < deadline,
-                            "{name} did not reach {target} within {WAIT:?}; last: {r}"
+                            "{name} did not reach {target} within {:?} (all {replicas} were dispatched after {dispatched:?}); last `service ls`: {r}",
+                            wait_limit()
                         );
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     running_times.push(start.elapsed());
+                    let (m2, s2) = (cpu_secs(mpid), cpu_secs(me));
+                    cpu[0] += m1 - m0;
+                    cpu[1] += m2 - m1;
+                    cpu[2] += s2 - s0;
                     m.cli(&["service", "rm", &name]);
                     wait_no_services(m);
-                    wait_for(WAIT, "the simulated nodes to hold no task", || {
+                    wait_for(wait_limit(), "the simulated nodes to hold no task", || {
                         match k.held.load(Ordering::SeqCst) {
                             0 => Ok(()),
                             n => Err(format!(
@@ -863,6 +930,15 @@ fn placement(c: &mut Criterion) {
         &running_times,
         replicas,
     );
+    if !running_times.is_empty() {
+        let n = running_times.len() as f64;
+        eprintln!(
+            "placement: CPU s per iteration: manager {:.3} until dispatched + {:.3} until N/N; bench process (simulated nodes) {:.3}",
+            cpu[0] / n,
+            cpu[1] / n,
+            cpu[2] / n
+        );
+    }
     if let Some(p) = &setup {
         eprintln!(
             "placement: report errors {}, session errors {}",

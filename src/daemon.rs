@@ -1270,10 +1270,21 @@ impl Control for ControlService {
         _req: Request<Empty>,
     ) -> Result<Response<crate::api::v1::ServiceListResponse>, Status> {
         let (m, _) = self.0.manager_and_admin().await?;
+        // `service ls` counts current tasks; the history stays out of the listing.
         let services = m
             .services()
             .iter()
-            .map(|(svc, tasks)| service_info(svc, tasks))
+            .map(|(svc, tasks)| {
+                let current: Vec<_> = tasks
+                    .iter()
+                    .filter(|t| {
+                        t.desired == crate::store::service::DesiredState::Running
+                            || !t.status.state.is_terminal()
+                    })
+                    .cloned()
+                    .collect();
+                service_info(svc, &current)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Response::new(crate::api::v1::ServiceListResponse {
             services,

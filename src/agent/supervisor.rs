@@ -45,6 +45,7 @@ pub struct Supervisor {
     tls: Arc<ClientConfig>,
     managers: ManagerList,
     local: Mutex<HashMap<String, Local>>,
+    channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     finished: Mutex<std::collections::VecDeque<String>>,
     reports: mpsc::UnboundedSender<(String, TaskStatus)>,
     running: Arc<std::sync::atomic::AtomicUsize>,
@@ -70,6 +71,7 @@ impl Supervisor {
             tls,
             managers,
             local: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
             finished: Mutex::new(std::collections::VecDeque::new()),
             reports: tx,
             running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
@@ -89,10 +91,16 @@ impl Supervisor {
         self.managers.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
+    /// A client for the manager at `addr`, on a channel kept across calls (one TLS handshake,
+    /// not one per report batch).
     fn client(&self, addr: &str) -> Option<DispatcherClient<tonic::transport::Channel>> {
-        crate::net::channel(addr, self.tls.clone())
-            .ok()
-            .map(DispatcherClient::new)
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(addr) {
+            return Some(DispatcherClient::new(ch.clone()));
+        }
+        let ch = crate::net::channel(addr, self.tls.clone()).ok()?;
+        channels.insert(addr.to_string(), ch.clone());
+        Some(DispatcherClient::new(ch))
     }
 
     /// Runs the session and the reporter until the node stops.

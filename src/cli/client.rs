@@ -53,7 +53,8 @@ pub async fn connect(host: &Host) -> anyhow::Result<ControlClient<Channel>> {
             cause_chain(&e)
         )
     })?;
-    Ok(ControlClient::new(channel))
+    // Large swarms list many tasks; the default 4 MiB would cut `service ls` off.
+    Ok(ControlClient::new(channel).max_decoding_message_size(256 << 20))
 }
 
 async fn connect_unix(path: &Path) -> anyhow::Result<Channel> {

@@ -27,25 +27,19 @@ struct Sent {
     spec_version: u64,
 }
 
-/// The tasks a node must know about: those assigned to it that have not ended, and those the
-/// orchestrator wants stopped that have not reported an end yet.
-fn assigned(state: &State, node_id: &str) -> HashMap<String, Task> {
-    state
-        .tasks
-        .values()
-        .filter(|t| t.node_id == node_id && !t.status.state.is_terminal())
-        .map(|t| (t.id.clone(), t.clone()))
-        .collect()
-}
-
-/// IDs of every task placed on the node, whatever its state (history included).
-fn placed(state: &State, node_id: &str) -> HashSet<String> {
-    state
-        .tasks
-        .values()
-        .filter(|t| t.node_id == node_id)
-        .map(|t| t.id.clone())
-        .collect()
+/// In one pass over the tasks: those a node must know about (assigned to it and not ended,
+/// including those the orchestrator wants stopped), and the IDs of all tasks placed on it,
+/// history included.
+fn assigned(state: &State, node_id: &str) -> (HashMap<String, Task>, HashSet<String>) {
+    let mut active = HashMap::new();
+    let mut all = HashSet::new();
+    for t in state.tasks.values().filter(|t| t.node_id == node_id) {
+        all.insert(t.id.clone());
+        if !t.status.state.is_terminal() {
+            active.insert(t.id.clone(), t.clone());
+        }
+    }
+    (active, all)
 }
 
 /// The change from what was sent to what is assigned now; updates `sent`.
@@ -109,7 +103,7 @@ pub fn session(
                     .await;
                 return;
             }
-            let (now, all) = mgr.read(|s| (assigned(s, &node_id), placed(s, &node_id)));
+            let (now, all) = mgr.read(|s| assigned(s, &node_id));
             let mut deleted: Vec<String> = known.difference(&all).cloned().collect();
             known = all;
             let msg = match diff(&mut sent, now, complete) {
