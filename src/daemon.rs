@@ -1323,6 +1323,65 @@ impl Control for ControlService {
             .map_err(to_status)?;
         Ok(Response::new(crate::api::v1::LogsResponse { lines }))
     }
+
+    async fn secret_create(
+        &self,
+        req: Request<crate::api::v1::SecretCreateRequest>,
+    ) -> Result<Response<crate::api::v1::SecretCreateResponse>, Status> {
+        let r = req.into_inner();
+        let labels = r.labels.into_iter().collect();
+        let value = crate::secret::SecretBytes::from(zeroize::Zeroizing::new(r.value));
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let id = m
+            .create_secret(actor, &r.name, labels, value)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::SecretCreateResponse { id }))
+    }
+
+    async fn secret_list(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::SecretListResponse>, Status> {
+        let (m, _) = self.0.manager_and_admin().await?;
+        let secrets = m.secrets().iter().map(secret_info).collect();
+        Ok(Response::new(crate::api::v1::SecretListResponse {
+            secrets,
+        }))
+    }
+
+    async fn secret_inspect(
+        &self,
+        req: Request<crate::api::v1::SecretLookup>,
+    ) -> Result<Response<crate::api::v1::SecretInfo>, Status> {
+        let want = req.into_inner().secret;
+        let (m, _) = self.0.manager_and_admin().await?;
+        let sec = m.secret(&want).map_err(to_status)?;
+        Ok(Response::new(secret_info(&sec)))
+    }
+
+    async fn secret_remove(
+        &self,
+        req: Request<crate::api::v1::SecretLookup>,
+    ) -> Result<Response<Empty>, Status> {
+        let want = req.into_inner().secret;
+        let (m, actor) = self.0.manager_and_admin().await?;
+        m.remove_secret(actor, &want).await.map_err(to_status)?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+/// A secret's metadata for the control API: everything but the value.
+fn secret_info(s: &crate::store::secret_obj::Secret) -> crate::api::v1::SecretInfo {
+    crate::api::v1::SecretInfo {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        labels: s.labels.clone().into_iter().collect(),
+        digest: s.digest.clone(),
+        size: s.size,
+        created_at: s.created_at.clone(),
+        updated_at: s.updated_at.clone(),
+    }
 }
 
 fn to_json<T: serde::Serialize>(items: &[T]) -> Result<Vec<String>, Status> {

@@ -17,6 +17,7 @@ pub mod duration;
 mod node;
 mod output;
 mod progress;
+mod secret;
 mod service;
 mod spec;
 mod swarm;
@@ -71,6 +72,9 @@ enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(Box<ServiceCommand>),
+    /// Manage secrets.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Read and verify the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -371,6 +375,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Service(cmd) => service::check(cmd),
+        Command::Secret(cmd) => secret::check(cmd),
         Command::Swarm(SwarmCommand::Update(args)) => swarm::update_request(args).map(|_| ()),
         Command::Node(NodeCommand::Update(args)) => node::update_request(args).map(|_| ()),
         _ => Ok(()),
@@ -393,6 +398,7 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Ps(args)) => node::ps(&mut api, args).await,
         Command::Node(NodeCommand::Update(args)) => node::update(&mut api, args).await,
         Command::Service(cmd) => service::run(&mut api, *cmd).await,
+        Command::Secret(cmd) => secret::run(&mut api, cmd).await,
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
         Command::Daemon(_) | Command::Dev(_) => unreachable_command(),

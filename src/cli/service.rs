@@ -81,6 +81,9 @@ pub(super) struct CreateArgs {
     /// Placement constraints (e.g. node.role==worker, node.labels.zone!=a).
     #[arg(long = "constraint", value_name = "EXPR")]
     constraints: Vec<String>,
+    /// Give the tasks a secret (NAME, or source=NAME,target=PATH,uid=N,gid=N,mode=0NNN).
+    #[arg(long = "secret", value_name = "SECRET")]
+    secrets: Vec<String>,
     #[command(flatten)]
     spec: SpecFlags,
     /// Exit immediately instead of waiting for the service to converge.
@@ -110,6 +113,7 @@ impl CreateArgs {
             env: &self.env,
             labels: &self.labels,
             constraints: &self.constraints,
+            secrets: &self.secrets,
             args: &self.args,
         }
     }
@@ -187,6 +191,12 @@ pub(super) struct UpdateArgs {
     /// Remove a label by its key.
     #[arg(long, value_name = "KEY")]
     label_rm: Vec<String>,
+    /// Add or update a secret (NAME, or source=NAME,target=PATH,uid=N,gid=N,mode=0NNN).
+    #[arg(long, value_name = "SECRET")]
+    secret_add: Vec<String>,
+    /// Remove a secret by its name.
+    #[arg(long, value_name = "SECRET")]
+    secret_rm: Vec<String>,
     #[command(flatten)]
     spec: SpecFlags,
     /// Force update even if no changes require it.
@@ -217,6 +227,8 @@ impl UpdateArgs {
             constraint_rm: &self.constraint_rm,
             label_add: &self.label_add,
             label_rm: &self.label_rm,
+            secret_add: &self.secret_add,
+            secret_rm: &self.secret_rm,
         }
     }
 }
@@ -575,6 +587,18 @@ pub(super) fn pretty(s: &Service) -> String {
     }
     if !task.env.is_empty() {
         line(" Env", &task.env.join(" "));
+    }
+    if !task.secrets.is_empty() {
+        line(" Secrets", "");
+        for s in &task.secrets {
+            line(
+                "  ",
+                &format!(
+                    "{} -> {} (uid {}, gid {}, mode {:04o})",
+                    s.secret_name, s.target, s.uid, s.gid, s.mode
+                ),
+            );
+        }
     }
     let (r, l) = (task.reservations, task.limits);
     if r != Default::default() || l != Default::default() {

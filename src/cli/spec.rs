@@ -17,8 +17,8 @@ use clap::{Args, ValueEnum};
 use super::duration;
 use crate::manager::spec::{self as manager_spec, SpecError};
 use crate::store::service::{
-    Constraint, FailureAction, Mode, RestartCondition, RestartPolicy, Runtime, ServiceSpec,
-    TaskSpec, UpdateConfig, UpdateOrder,
+    Constraint, FailureAction, Mode, RestartCondition, RestartPolicy, Runtime, SecretRef,
+    ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder,
 };
 
 /// `--runtime`.
@@ -305,6 +305,8 @@ pub(super) struct CreateSpec<'a> {
     pub env: &'a [String],
     pub labels: &'a [String],
     pub constraints: &'a [String],
+    /// `--secret`.
+    pub secrets: &'a [String],
     /// IMAGE [COMMAND] [ARG...], or with `--runtime exec` COMMAND [ARG...].
     pub args: &'a [String],
 }
@@ -365,6 +367,10 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             constraints.push(parsed);
         }
     }
+    let mut secrets: Vec<SecretRef> = Vec::new();
+    for text in c.secrets {
+        add_secret(&mut secrets, parse_secret(text, "--secret")?);
+    }
     let mut spec = ServiceSpec {
         name,
         labels,
@@ -381,6 +387,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             constraints,
             reservations: Default::default(),
             limits: Default::default(),
+            secrets,
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
@@ -406,6 +413,8 @@ pub(super) struct UpdateSpec<'a> {
     pub constraint_rm: &'a [String],
     pub label_add: &'a [String],
     pub label_rm: &'a [String],
+    pub secret_add: &'a [String],
+    pub secret_rm: &'a [String],
 }
 
 impl UpdateSpec<'_> {
@@ -419,6 +428,8 @@ impl UpdateSpec<'_> {
             || !self.constraint_rm.is_empty()
             || !self.label_add.is_empty()
             || !self.label_rm.is_empty()
+            || !self.secret_add.is_empty()
+            || !self.secret_rm.is_empty()
     }
 }
 
@@ -445,6 +456,12 @@ pub(super) fn check_update(u: &UpdateSpec<'_>, flags: &SpecFlags) -> anyhow::Res
     }
     for c in u.constraint_rm {
         constraint_arg(c, "--constraint-rm")?;
+    }
+    for t in u.secret_add {
+        parse_secret(t, "--secret-add")?;
+    }
+    for n in u.secret_rm {
+        check_key(n, "--secret-rm")?;
     }
     // The shared flags against a default spec: catches reserve > limit given together.
     let mut probe = build_spec(
@@ -507,6 +524,15 @@ pub(super) fn apply_update(
         if !spec.task.constraints.contains(&c) {
             spec.task.constraints.push(c);
         }
+    }
+    for n in u.secret_rm {
+        check_key(n, "--secret-rm")?;
+        spec.task
+            .secrets
+            .retain(|r| r.secret_name != *n && r.secret_id != *n);
+    }
+    for text in u.secret_add {
+        add_secret(&mut spec.task.secrets, parse_secret(text, "--secret-add")?);
     }
     flags.apply(spec)?;
     validate(spec)
@@ -650,6 +676,58 @@ pub(super) fn bytes(n: u64) -> String {
 
 /// `KEY=VALUE`; a bare `KEY` takes its value from the CLI's environment, as Docker does, and
 /// is dropped if that has none.
+/// `--secret NAME` or `--secret source=NAME,target=PATH,uid=N,gid=N,mode=0NNN`, with Docker's
+/// defaults (`/run/secrets/NAME`, root, 0444). A relative target is under `/run/secrets`. The
+/// secret ID is left empty: the manager resolves the name.
+pub(super) fn parse_secret(text: &str, flag: &str) -> anyhow::Result<SecretRef> {
+    let bad = |why: &str| anyhow::anyhow!("invalid {flag} {text:?}: {why}");
+    if !text.contains('=') {
+        crate::manager::secrets::validate_name(text).map_err(|e| bad(&e))?;
+        return Ok(SecretRef::new(text));
+    }
+    let mut name = None;
+    let mut target = None;
+    let mut r = SecretRef::new("");
+    for field in text.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("{field:?} is not KEY=VALUE")))?;
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| bad(&format!("{k}={v:?} is not a number")))
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "source" | "src" => name = Some(v.to_string()),
+            "target" | "dst" | "destination" => target = Some(v.to_string()),
+            "uid" => r.uid = num(v)?,
+            "gid" => r.gid = num(v)?,
+            "mode" => {
+                r.mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| bad(&format!("mode={v:?} is not an octal file mode")))?
+            }
+            other => return Err(bad(&format!("unknown field {other:?}"))),
+        }
+    }
+    let name = name.ok_or_else(|| bad("source=NAME is required"))?;
+    crate::manager::secrets::validate_name(&name).map_err(|e| bad(&e))?;
+    r.secret_name = name.clone();
+    r.target = match target {
+        None => format!("/run/secrets/{name}"),
+        Some(t) if t.starts_with('/') => t,
+        Some(t) if !t.is_empty() => format!("/run/secrets/{t}"),
+        Some(_) => return Err(bad("target is empty")),
+    };
+    Ok(r)
+}
+
+/// Adds a secret reference, replacing one with the same target.
+fn add_secret(secrets: &mut Vec<SecretRef>, r: SecretRef) {
+    secrets.retain(|x| x.target != r.target);
+    secrets.push(r);
+}
+
 fn parse_env(text: &str, flag: &str) -> anyhow::Result<Option<String>> {
     match text.split_once('=') {
         Some((k, _)) => {
@@ -1225,6 +1303,7 @@ mod tests {
             constraint_rm: &c_rm,
             label_add: &label_add,
             label_rm: &label_rm,
+            ..Default::default()
         };
         assert!(u.any());
         check_update(&u, &SpecFlags::default()).unwrap();
@@ -1287,5 +1366,61 @@ mod tests {
         let mut spec = service_spec();
         scale(&mut spec, "db", 0).unwrap();
         assert_eq!(spec.mode, Mode::Replicated { replicas: 0 });
+    }
+
+    #[test]
+    fn secrets_follow_docker() {
+        let r = parse_secret("db", "--secret").unwrap();
+        assert_eq!(r, SecretRef::new("db"));
+        assert_eq!(r.target, "/run/secrets/db");
+        assert_eq!((r.uid, r.gid, r.mode), (0, 0, 0o444));
+        assert!(r.secret_id.is_empty());
+
+        let r = parse_secret(
+            "source=db,target=app/pw,uid=10,gid=20,mode=0400",
+            "--secret",
+        )
+        .unwrap();
+        assert_eq!(r.secret_name, "db");
+        assert_eq!(r.target, "/run/secrets/app/pw");
+        assert_eq!((r.uid, r.gid, r.mode), (10, 20, 0o400));
+
+        for bad in [
+            "",
+            "-x",
+            "target=/x",
+            "source=db,mode=999",
+            "source=db,uid=-1",
+            "source=db,color=red",
+            "source=db,target=",
+        ] {
+            let e = parse_secret(bad, "--secret").unwrap_err();
+            assert!(e.to_string().starts_with("invalid --secret"), "{bad}: {e}");
+        }
+
+        let mut spec = service_spec();
+        let add = strings(&["db", "source=api,target=/run/secrets/api"]);
+        apply_update(
+            &mut spec,
+            &UpdateSpec {
+                secret_add: &add,
+                ..Default::default()
+            },
+            &SpecFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.task.secrets.len(), 2);
+        let rm = strings(&["db"]);
+        apply_update(
+            &mut spec,
+            &UpdateSpec {
+                secret_rm: &rm,
+                ..Default::default()
+            },
+            &SpecFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.task.secrets.len(), 1);
+        assert_eq!(spec.task.secrets[0].secret_name, "api");
     }
 }

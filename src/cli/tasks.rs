@@ -283,6 +283,7 @@ pub(super) mod tests {
                 constraints: vec![],
                 reservations: Default::default(),
                 limits: Default::default(),
+                secrets: vec![],
             },
             spec_version: 1,
             desired: DesiredState::Running,

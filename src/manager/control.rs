@@ -11,7 +11,7 @@ use crate::store::model::{Availability, Command, Node};
 use crate::store::service::{Mode, Service, ServiceSpec, Task};
 
 /// Finds one object by exact ID, exact name, or unique ID prefix.
-fn find<'a, T>(
+pub(super) fn find<'a, T>(
     items: impl Iterator<Item = &'a T> + Clone,
     want: &str,
     id: impl Fn(&T) -> &str,
@@ -78,9 +78,10 @@ impl Manager {
     pub async fn create_service(
         &self,
         actor: Actor,
-        spec: ServiceSpec,
+        mut spec: ServiceSpec,
     ) -> Result<String, ManagerError> {
         super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        self.resolve_secrets(&mut spec)?;
         if self.read(|s| s.services.values().any(|x| x.spec.name == spec.name)) {
             return Err(ManagerError::Invalid(format!(
                 "service {} already exists",
@@ -140,8 +141,9 @@ impl Manager {
             });
             action = "service.rollback";
         } else {
-            let spec = new.ok_or_else(|| ManagerError::Invalid("no spec given".into()))?;
+            let mut spec = new.ok_or_else(|| ManagerError::Invalid("no spec given".into()))?;
             super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+            self.resolve_secrets(&mut spec)?;
             if spec.name != old.name {
                 return Err(ManagerError::Invalid(
                     "name: a service cannot be renamed".into(),
@@ -189,6 +191,12 @@ impl Manager {
             Command::Audit(audit),
         ]))
         .await
+    }
+
+    /// Fills in the IDs of the secrets a spec names; refuses unknown secrets and bad targets.
+    fn resolve_secrets(&self, spec: &mut ServiceSpec) -> Result<(), ManagerError> {
+        self.read(|s| super::secrets::resolve_refs(s, &mut spec.task.secrets))
+            .map_err(ManagerError::Invalid)
     }
 
     /// `service rm`.

@@ -191,6 +191,7 @@ mod tests {
                 constraints: vec![],
                 reservations: Resources::default(),
                 limits: Resources::default(),
+                secrets: vec![],
             },
             spec_version: 1,
             desired,

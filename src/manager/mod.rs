@@ -13,6 +13,7 @@ pub mod limiter;
 pub mod network;
 pub mod orchestrator;
 pub mod scheduler;
+pub mod secrets;
 pub mod services;
 pub mod spec;
 

@@ -53,6 +53,7 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
             constraints: vec![],
             reservations: Resources::default(),
             limits: Resources::default(),
+            secrets: vec![],
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

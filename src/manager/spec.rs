@@ -507,6 +507,7 @@ mod tests {
                 constraints: vec![],
                 reservations: Resources::default(),
                 limits: Resources::default(),
+                secrets: vec![],
             },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),

@@ -16,6 +16,7 @@
 pub mod log;
 pub mod model;
 pub mod seal;
+pub mod secret_obj;
 pub mod service;
 pub mod sm;
 

@@ -11,6 +11,7 @@ use crate::secret::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditChain, AuditEvent};
+use crate::store::secret_obj::Secret;
 use crate::store::service::{Resources, Runtime, Service, Task, TaskStatus};
 
 /// Cluster-wide settings and the root of trust. Lives only inside the sealed store.
@@ -226,6 +227,13 @@ pub enum Command {
         /// Task ID and its new status.
         updates: Vec<(String, TaskStatus)>,
     },
+    /// Creates a secret. Refused if a secret of that name exists.
+    PutSecret(Box<Secret>),
+    /// Removes a secret.
+    RemoveSecret {
+        /// Secret ID.
+        id: String,
+    },
     /// Several commands applied atomically, in order (e.g. a change and its audit record).
     Batch(Vec<Command>),
 }
@@ -255,6 +263,9 @@ pub struct State {
     /// Tasks by ID.
     #[serde(default)]
     pub tasks: BTreeMap<String, Task>,
+    /// Secrets by ID.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 impl State {
@@ -298,6 +309,14 @@ impl State {
                     .any(|s| s.spec.name == svc.spec.name && s.id != svc.id) =>
             {
                 Err(format!("service {} already exists", svc.spec.name))
+            }
+            Command::PutSecret(sec)
+                if self
+                    .secrets
+                    .values()
+                    .any(|s| s.name == sec.name && s.id != sec.id) =>
+            {
+                Err(format!("secret {} already exists", sec.name))
             }
             Command::Batch(cmds) => cmds.iter().try_for_each(|c| self.check(c)),
             _ => Ok(()),
@@ -385,6 +404,12 @@ impl State {
                     }
                 }
             }
+            Command::PutSecret(sec) => {
+                self.secrets.insert(sec.id.clone(), *sec);
+            }
+            Command::RemoveSecret { id } => {
+                self.secrets.remove(&id);
+            }
             Command::Batch(cmds) => cmds.into_iter().for_each(|c| self.apply_checked(c)),
         }
     }
@@ -441,5 +466,31 @@ mod tests {
         });
         assert_eq!(r, Response::Ok);
         assert_eq!(s.nodes["n1"].state, NodeState::Ready);
+    }
+
+    #[test]
+    fn secret_names_are_unique() {
+        let sec = |id: &str| crate::store::secret_obj::Secret {
+            id: id.into(),
+            name: "db".into(),
+            labels: BTreeMap::new(),
+            digest: crate::store::secret_obj::digest(b"v"),
+            size: 1,
+            value: crate::secret::SecretBytes::new(b"v".to_vec()),
+            created_at: "t".into(),
+            updated_at: "t".into(),
+        };
+        let mut s = State::default();
+        assert_eq!(
+            s.apply(Command::PutSecret(Box::new(sec("a")))),
+            Response::Ok
+        );
+        let r = s.apply(Command::PutSecret(Box::new(sec("b"))));
+        assert_eq!(r, Response::Rejected("secret db already exists".into()));
+        assert_eq!(
+            s.apply(Command::RemoveSecret { id: "a".into() }),
+            Response::Ok
+        );
+        assert!(s.secrets.is_empty());
     }
 }

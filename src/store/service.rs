@@ -170,6 +170,40 @@ pub struct TaskSpec {
     pub reservations: Resources,
     /// Limits handed to the runtime.
     pub limits: Resources,
+    /// Secrets the tasks receive (`--secret`).
+    #[serde(default)]
+    pub secrets: Vec<SecretRef>,
+}
+
+/// Where a secret appears in a task (`--secret source=NAME,target=PATH,...`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRef {
+    /// Secret ID; empty from the CLI, filled in by the manager from the name.
+    pub secret_id: String,
+    /// Secret name.
+    pub secret_name: String,
+    /// Absolute path under `/run/secrets` (default `/run/secrets/<name>`).
+    pub target: String,
+    /// Owner user ID (default 0).
+    pub uid: u32,
+    /// Owner group ID (default 0).
+    pub gid: u32,
+    /// File mode (default 0o444).
+    pub mode: u32,
+}
+
+impl SecretRef {
+    /// Docker's defaults for a secret given by name alone.
+    pub fn new(name: &str) -> Self {
+        SecretRef {
+            secret_id: String::new(),
+            secret_name: name.to_string(),
+            target: format!("/run/secrets/{name}"),
+            uid: 0,
+            gid: 0,
+            mode: 0o444,
+        }
+    }
 }
 
 /// What the operator declared.

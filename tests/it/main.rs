@@ -15,5 +15,6 @@ mod cli;
 mod cluster;
 mod docker_services;
 mod runtime;
+mod secrets;
 mod service_cli;
 mod services;

@@ -42,6 +42,7 @@ fn task(runtime: Runtime, image: &str, command: &[&str], env: &[&str]) -> Task {
             constraints: vec![],
             reservations: Resources::default(),
             limits: Resources::default(),
+            secrets: vec![],
         },
         spec_version: 1,
         desired: DesiredState::Running,

@@ -508,6 +508,7 @@ mod tests {
                     nano_cpus: 500_000_000,
                     memory_bytes: 0,
                 },
+                secrets: vec![],
             },
             spec_version: 1,
             desired: crate::store::service::DesiredState::Running,

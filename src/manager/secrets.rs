@@ -1,0 +1,314 @@
+//! Control API operations on secrets. A secret's value goes into the sealed store and nowhere
+//! else: not into errors, audit records or anything the API returns.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::control::find;
+use super::{Manager, ManagerError};
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::secret::SecretBytes;
+use crate::store::model::{Command, State};
+use crate::store::secret_obj::{Secret, digest};
+use crate::store::service::SecretRef;
+
+/// Largest secret value, as Docker: 500 KiB.
+pub const MAX_SECRET_SIZE: usize = 500 * 1024;
+
+/// Where secrets are mounted in a task.
+pub const SECRETS_DIR: &str = "/run/secrets";
+
+/// Checks a secret name as Docker does: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64 characters.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name: {name:?} is not a valid secret name (letters, digits, '_', '.' and '-', \
+             starting with a letter or digit, at most 64 characters)"
+        ))
+    }
+}
+
+/// Checks the size of a secret value (1 byte to 500 KiB). Never shows the value.
+pub fn validate_value(value: &[u8]) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("value: a secret cannot be empty".into());
+    }
+    if value.len() > MAX_SECRET_SIZE {
+        return Err(format!(
+            "value: a secret is at most 500 KiB ({MAX_SECRET_SIZE} bytes); this one has {} bytes",
+            value.len()
+        ));
+    }
+    Ok(())
+}
+
+fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+    if labels.len() > 64 {
+        return Err("labels: at most 64 labels".into());
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > 128 || k.contains('=') || v.len() > 1024 {
+            return Err(format!("labels: {k:?} is not a valid KEY=VALUE label"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a target path: absolute, under `/run/secrets`, no `..`, no empty components.
+fn validate_target(target: &str) -> Result<(), String> {
+    let rest = target
+        .strip_prefix(SECRETS_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+        .ok_or_else(|| format!("secret target {target:?} is not under {SECRETS_DIR}/"))?;
+    if rest.is_empty()
+        || target.len() > 4096
+        || rest
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\0'))
+    {
+        return Err(format!(
+            "secret target {target:?} is not a plain path under {SECRETS_DIR}/"
+        ));
+    }
+    Ok(())
+}
+
+/// Resolves the secret references of a task spec against the state: every entry must name an
+/// existing secret (its ID is filled in), targets must be valid and distinct.
+pub fn resolve_refs(state: &State, refs: &mut [SecretRef]) -> Result<(), String> {
+    if refs.len() > 256 {
+        return Err("secret: at most 256 secrets per service".into());
+    }
+    let mut targets: BTreeMap<String, String> = BTreeMap::new();
+    for r in refs.iter_mut() {
+        let found = state
+            .secrets
+            .values()
+            .find(|s| s.name == r.secret_name)
+            .or_else(|| {
+                (r.secret_name.is_empty() && !r.secret_id.is_empty())
+                    .then(|| state.secrets.get(&r.secret_id))
+                    .flatten()
+            });
+        let Some(sec) = found else {
+            return Err(format!("secret: unknown secret {}", r.secret_name));
+        };
+        r.secret_id = sec.id.clone();
+        r.secret_name = sec.name.clone();
+        validate_target(&r.target)?;
+        if r.mode > 0o777 {
+            return Err(format!(
+                "secret {}: mode {:o} is not a file permission (at most 0777)",
+                r.secret_name, r.mode
+            ));
+        }
+        if let Some(other) = targets.insert(r.target.clone(), r.secret_name.clone()) {
+            return Err(format!(
+                "secret target {} of {} clashes with the target of {other}",
+                r.target, r.secret_name
+            ));
+        }
+    }
+    // A target that is a directory of another one would clash when mounted.
+    let all: BTreeSet<&String> = targets.keys().collect();
+    for t in &all {
+        let dir = format!("{t}/");
+        if let Some(inner) = all.iter().find(|o| o.starts_with(&dir)) {
+            return Err(format!("secret target {t} clashes with {inner}"));
+        }
+    }
+    Ok(())
+}
+
+impl Manager {
+    /// Every secret, by name.
+    pub fn secrets(&self) -> Vec<Secret> {
+        let mut all: Vec<Secret> = self.read(|s| s.secrets.values().cloned().collect());
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// The secret with this ID, name or ID prefix.
+    pub fn secret(&self, want: &str) -> Result<Secret, ManagerError> {
+        self.read(|s| find(s.secrets.values(), want, |x| &x.id, |x| &x.name, "secret").cloned())
+    }
+
+    /// `secret create`: stores the value in the sealed store; returns the new ID.
+    pub async fn create_secret(
+        &self,
+        actor: Actor,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        value: SecretBytes,
+    ) -> Result<String, ManagerError> {
+        validate_name(name).map_err(ManagerError::Invalid)?;
+        validate_value(value.expose()).map_err(ManagerError::Invalid)?;
+        validate_labels(&labels).map_err(ManagerError::Invalid)?;
+        if self.read(|s| s.secrets.values().any(|x| x.name == name)) {
+            return Err(ManagerError::Invalid(format!(
+                "secret {name} already exists"
+            )));
+        }
+        let now = crate::util::now_rfc3339();
+        let id = skep_pki::new_id();
+        let sum = digest(value.expose());
+        let audit = AuditEvent::now(actor, "secret.create", name, Outcome::Ok)
+            .with("secret_id", id.clone())
+            .with("digest", sum.clone());
+        let secret = Secret {
+            id: id.clone(),
+            name: name.to_string(),
+            labels,
+            digest: sum,
+            size: value.expose().len() as u64,
+            value,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        self.propose(Command::Batch(vec![
+            Command::PutSecret(Box::new(secret)),
+            Command::Audit(audit),
+        ]))
+        .await?;
+        Ok(id)
+    }
+
+    /// `secret rm`: refused while a service uses the secret.
+    pub async fn remove_secret(&self, actor: Actor, want: &str) -> Result<String, ManagerError> {
+        let sec = self.secret(want)?;
+        let users: Vec<String> = self.read(|s| {
+            s.services
+                .values()
+                .filter(|svc| {
+                    svc.spec.task.secrets.iter().any(|r| r.secret_id == sec.id)
+                        || svc
+                            .previous
+                            .as_ref()
+                            .is_some_and(|p| p.task.secrets.iter().any(|r| r.secret_id == sec.id))
+                })
+                .map(|svc| svc.spec.name.clone())
+                .collect()
+        });
+        if !users.is_empty() {
+            return Err(ManagerError::Precondition(format!(
+                "secret {} is in use by service {}; remove it from the service first (service update --secret-rm)",
+                sec.name,
+                users.join(", ")
+            )));
+        }
+        let audit = AuditEvent::now(actor, "secret.remove", &sec.name, Outcome::Ok)
+            .with("secret_id", sec.id.clone())
+            .with("digest", sec.digest.clone());
+        self.propose(Command::Batch(vec![
+            Command::RemoveSecret { id: sec.id.clone() },
+            Command::Audit(audit),
+        ]))
+        .await?;
+        Ok(sec.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::model::State;
+
+    fn state_with(names: &[&str]) -> State {
+        let mut st = State::default();
+        for n in names {
+            let id = format!("id-{n}");
+            st.secrets.insert(
+                id.clone(),
+                Secret {
+                    id,
+                    name: n.to_string(),
+                    labels: BTreeMap::new(),
+                    digest: digest(b"v"),
+                    size: 1,
+                    value: SecretBytes::new(b"v".to_vec()),
+                    created_at: "t".into(),
+                    updated_at: "t".into(),
+                },
+            );
+        }
+        st
+    }
+
+    #[test]
+    fn names_follow_docker() {
+        for ok in ["a", "db_password", "A.b-c_9", &"x".repeat(64)] {
+            assert!(validate_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "_a", "-a", ".a", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_are_bounded_and_never_shown() {
+        assert!(validate_value(b"").is_err());
+        assert!(validate_value(b"x").is_ok());
+        assert!(validate_value(&vec![b'q'; MAX_SECRET_SIZE]).is_ok());
+        let e = validate_value(&vec![b'q'; MAX_SECRET_SIZE + 1]).unwrap_err();
+        assert!(!e.contains("qqq"), "{e}");
+    }
+
+    #[test]
+    fn labels_are_checked() {
+        let mut l = BTreeMap::new();
+        l.insert("a".to_string(), "b".to_string());
+        assert!(validate_labels(&l).is_ok());
+        l.insert(String::new(), "b".to_string());
+        assert!(validate_labels(&l).is_err());
+    }
+
+    #[test]
+    fn refs_resolve_by_name() {
+        let st = state_with(&["db", "api"]);
+        let mut refs = vec![SecretRef::new("db")];
+        resolve_refs(&st, &mut refs).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(refs[0].secret_id, "id-db");
+
+        let mut refs = vec![SecretRef::new("db_pass")];
+        assert_eq!(
+            resolve_refs(&st, &mut refs).unwrap_err(),
+            "secret: unknown secret db_pass"
+        );
+    }
+
+    #[test]
+    fn targets_are_checked() {
+        let st = state_with(&["db", "api"]);
+        for bad in [
+            "/etc/passwd",
+            "/run/secrets",
+            "/run/secrets/",
+            "/run/secrets/../x",
+            "/run/secrets/a//b",
+            "/run/secretsx/a",
+            "relative",
+        ] {
+            let mut r = SecretRef::new("db");
+            r.target = bad.into();
+            assert!(resolve_refs(&st, &mut [r]).is_err(), "{bad}");
+        }
+        let mut a = SecretRef::new("db");
+        let mut b = SecretRef::new("api");
+        a.target = "/run/secrets/x".into();
+        b.target = "/run/secrets/x".into();
+        let e = resolve_refs(&st, &mut [a.clone(), b.clone()]).unwrap_err();
+        assert!(e.contains("clashes with"), "{e}");
+        b.target = "/run/secrets/x/y".into();
+        assert!(resolve_refs(&st, &mut [a, b]).is_err());
+        let mut m = SecretRef::new("db");
+        m.mode = 0o4755;
+        assert!(resolve_refs(&st, &mut [m]).is_err());
+    }
+}
