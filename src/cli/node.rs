@@ -102,10 +102,7 @@ pub(super) async fn inspect(api: &mut Api, args: NodeInspectArgs) -> anyhow::Res
         json_pretty(&Value::Array(found.iter().map(inspect_json).collect()))
     };
     print(&text)?;
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(())
+    super::output::fail_with(errors)
 }
 
 /// `node ps`: the tasks placed on nodes, with `service ps`'s columns.
@@ -134,10 +131,7 @@ pub(super) async fn ps(api: &mut Api, args: NodePsArgs) -> anyhow::Result<()> {
             args.format,
         ))?;
     }
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(())
+    super::output::fail_with(errors)
 }
 
 /// `node update`: availability and labels; prints the node as given, as Docker does.

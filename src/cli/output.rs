@@ -67,6 +67,16 @@ pub fn json_line(value: &serde_json::Value) -> String {
     s
 }
 
+/// Ends a command that worked through several names: fails with every error, one a line,
+/// after the successes were printed (as `docker rm a b c` does).
+pub fn fail_with(errors: Vec<String>) -> anyhow::Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("{}", errors.join("\n"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

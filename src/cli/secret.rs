@@ -274,10 +274,7 @@ async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
         json_pretty(&Value::Array(found.iter().map(inspect_json).collect()))
     };
     print(&text)?;
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(())
+    super::output::fail_with(errors)
 }
 
 async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
@@ -293,10 +290,7 @@ async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
             Err(s) => errors.push(status(s).to_string()),
         }
     }
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(())
+    super::output::fail_with(errors)
 }
 
 #[cfg(test)]

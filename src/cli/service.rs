@@ -452,10 +452,7 @@ async fn ps(api: &mut Api, a: PsArgs) -> anyhow::Result<()> {
         let hosts = hostnames(api).await;
         print(&ps_text(&all, &hosts, &a))?;
     }
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(())
+    super::output::fail_with(errors)
 }
 
 /// The `ps` output of `service ps` and `node ps`.
@@ -500,10 +497,7 @@ async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
         json_pretty(&serde_json::to_value(&found)?)
     };
     print(&text)?;
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(())
+    super::output::fail_with(errors)
 }
 
 fn restart_text(c: RestartCondition) -> &'static str {
@@ -640,10 +634,7 @@ async fn scale(api: &mut Api, a: ScaleArgs) -> anyhow::Result<()> {
             }
         }
     }
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(())
+    super::output::fail_with(errors)
 }
 
 async fn scale_one(api: &mut Api, name: &str, n: u64) -> anyhow::Result<Baseline> {
@@ -811,10 +802,7 @@ async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
             Err(s) => errors.push(status(s).to_string()),
         }
     }
-    if !errors.is_empty() {
-        anyhow::bail!("{}", errors.join("\n"));
-    }
-    Ok(())
+    super::output::fail_with(errors)
 }
 
 #[cfg(test)]
