@@ -272,6 +272,8 @@ fn a_start_first_update_never_drops_below_the_declared_count() {
         "rolling",
     ]);
     // Watch until every running task is of the new version; never fewer than 3 running.
+    // This samples the live cluster at each poll (a dip shorter than one poll could pass
+    // unseen); the orchestrator unit tests check the invariant at every step of the update.
     let mut lowest = usize::MAX;
     wait_for(timeout(), "the update to finish", || {
         let tasks = ps(m, "rolling");
