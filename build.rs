@@ -5,8 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["src/api/proto"])?;
     tonic_prost_build::configure()
-        // Carries a secret's value: its Debug is written by hand (src/api/mod.rs) to hide it.
-        .skip_debug(["skep.v1.SecretCreateRequest"])
+        // These carry a secret's value: their Debug is written by hand (src/api/mod.rs) to hide it.
+        .skip_debug(["skep.v1.SecretCreateRequest", "skep.v1.SecretValue"])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -919,6 +919,15 @@ impl Daemon {
     }
 }
 
+fn policy_info(v: crate::manager::secrets::PolicyView) -> crate::api::v1::PolicyInfo {
+    crate::api::v1::PolicyInfo {
+        text: v.text,
+        digest: v.digest,
+        is_default: v.is_default,
+        updated_at: v.updated_at,
+    }
+}
+
 /// Tells a manager this node is leaving, with the node's own identity; the leader takes a
 /// manager out of the Raft membership.
 async fn announce_leave(r: &Running) -> Result<(), Status> {
@@ -1337,6 +1346,46 @@ impl Control for ControlService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(crate::api::v1::SecretCreateResponse { id }))
+    }
+
+    async fn policy_get(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::PolicyInfo>, Status> {
+        let (m, _) = self.0.manager_and_admin().await?;
+        Ok(Response::new(policy_info(m.policy())))
+    }
+
+    async fn policy_set(
+        &self,
+        req: Request<crate::api::v1::PolicySetRequest>,
+    ) -> Result<Response<crate::api::v1::PolicyInfo>, Status> {
+        let r = req.into_inner();
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let text = (!r.reset).then_some(r.text);
+        let view = m.set_policy(actor, text).await.map_err(to_status)?;
+        Ok(Response::new(policy_info(view)))
+    }
+
+    async fn agent_secrets(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::AgentSecretsResponse>, Status> {
+        let phase = self.0.phase.lock().await;
+        let Phase::Active(r) = &*phase else {
+            return Err(Status::failed_precondition(
+                "this node is not part of a swarm (or is locked): it has no agent running",
+            ));
+        };
+        let received_json = r
+            .supervisor
+            .received_secrets()
+            .iter()
+            .filter_map(|x| serde_json::to_string(x).ok())
+            .collect();
+        Ok(Response::new(crate::api::v1::AgentSecretsResponse {
+            received_json,
+        }))
     }
 
     async fn secret_list(

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod daemon;
 pub mod manager;
 pub mod net;
+pub mod policy;
 pub mod secret;
 pub mod store;
 pub mod util;

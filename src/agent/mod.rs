@@ -9,6 +9,7 @@ use rustls::ClientConfig;
 use tonic::transport::Channel;
 
 pub mod executor;
+pub mod secrets;
 pub mod join;
 pub mod supervisor;
 

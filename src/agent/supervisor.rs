@@ -20,7 +20,11 @@ use super::ManagerList;
 use super::executor::{ExecError, Executors};
 use crate::api::v1::agent_server::Agent as AgentRpc;
 use crate::api::v1::dispatcher_client::DispatcherClient;
-use crate::api::v1::{LogLine, LogsResponse, SessionRequest, TaskLogsRequest, TaskReport};
+use super::secrets::{SecretStore, SecretsError, TaskSecrets, mount_task_secrets};
+use crate::api::v1::{
+    LogLine, LogsResponse, SecretRequest, SessionRequest, TaskLogsRequest, TaskReport,
+};
+use crate::secret::SecretBytes;
 use crate::net::PeerInfo;
 use crate::store::service::{DesiredState, Task, TaskState, TaskStatus};
 
@@ -50,6 +54,7 @@ pub struct Supervisor {
     reports: mpsc::UnboundedSender<(String, TaskStatus)>,
     running: Arc<std::sync::atomic::AtomicUsize>,
     reports_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, TaskStatus)>>>,
+    secrets: SecretStore,
 }
 
 fn status(state: TaskState, message: &str, err: &str, exit_code: Option<i64>) -> TaskStatus {
@@ -76,6 +81,7 @@ impl Supervisor {
             reports: tx,
             running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             reports_rx: Mutex::new(Some(rx)),
+            secrets: SecretStore::default(),
         })
     }
 
@@ -152,10 +158,16 @@ impl Supervisor {
     }
 
     async fn follow(
-        &self,
+        self: &Arc<Self>,
         mut stream: tonic::Streaming<crate::api::v1::Assignments>,
     ) -> Result<(), Status> {
-        while let Some(msg) = stream.message().await? {
+        while let Some(mut msg) = stream.message().await? {
+            for v in &mut msg.secrets {
+                let value = SecretBytes::new(std::mem::take(&mut v.value));
+                tracing::debug!(secret = %v.name, "secret value received");
+                self.secrets
+                    .insert(std::mem::take(&mut v.id), v.name.clone(), value);
+            }
             let mut tasks = Vec::with_capacity(msg.tasks_json.len());
             for json in &msg.tasks_json {
                 match serde_json::from_str::<Task>(json) {
@@ -184,8 +196,102 @@ impl Supervisor {
             for t in tasks {
                 self.apply(t);
             }
+            self.drop_unused_secrets();
         }
         Ok(())
+    }
+
+    /// Drops the values of secrets that no task still assigned here references (the
+    /// dispatcher forgets them by the same rule, and sends them again if needed).
+    fn drop_unused_secrets(&self) {
+        let local = self.lock();
+        let keep: std::collections::BTreeSet<&str> = local
+            .values()
+            .filter(|l| !l.finished)
+            .flat_map(|l| l.task.spec.secrets.iter().map(|r| r.secret_id.as_str()))
+            .collect();
+        for name in self.secrets.retain(&keep) {
+            tracing::debug!(secret = %name, "secret value dropped: no task here uses it");
+        }
+    }
+
+    /// Every secret value this node has received since the agent started (never the value).
+    pub fn received_secrets(&self) -> Vec<crate::agent::secrets::Received> {
+        self.secrets.received()
+    }
+
+    /// The values of a task's secrets: those held, and the others asked of the leader
+    /// (`GetSecret`), which refuses unless the task is entitled to them here.
+    async fn secret_values(
+        &self,
+        task: &Task,
+    ) -> Result<HashMap<String, SecretBytes>, SecretsError> {
+        let mut out = HashMap::new();
+        for r in &task.spec.secrets {
+            if out.contains_key(&r.secret_id) {
+                continue;
+            }
+            let v = match self.secrets.get(&r.secret_id) {
+                Some(v) => v,
+                None => self.fetch_secret(task, &r.secret_id, &r.secret_name).await?,
+            };
+            out.insert(r.secret_id.clone(), v);
+        }
+        Ok(out)
+    }
+
+    async fn fetch_secret(
+        &self,
+        task: &Task,
+        id: &str,
+        name: &str,
+    ) -> Result<SecretBytes, SecretsError> {
+        let mut last = "no manager could be reached".to_string();
+        for addr in self.candidates() {
+            let Some(mut client) = self.client(&addr) else {
+                continue;
+            };
+            let req = SecretRequest {
+                task_id: task.id.clone(),
+                secret_id: id.to_string(),
+            };
+            match client.get_secret(req).await {
+                Ok(resp) => {
+                    let mut v = resp.into_inner();
+                    let value = SecretBytes::new(std::mem::take(&mut v.value));
+                    self.secrets.insert(v.id, v.name, value);
+                    if let Some(v) = self.secrets.get(id) {
+                        return Ok(v);
+                    }
+                }
+                Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                    return Err(SecretsError::NotDelivered {
+                        name: name.to_string(),
+                        reason: s.message().to_string(),
+                    });
+                }
+                Err(s) => last = s.message().to_string(),
+            }
+        }
+        Err(SecretsError::NotDelivered {
+            name: name.to_string(),
+            reason: last,
+        })
+    }
+
+    /// Mounts the task's secrets tmpfs, if it has secrets.
+    async fn mount_secrets(&self, task: &Task) -> Result<Option<TaskSecrets>, String> {
+        if task.spec.secrets.is_empty() {
+            return Ok(None);
+        }
+        let values = self.secret_values(task).await.map_err(|e| e.to_string())?;
+        let dir = self.execs.task_dir(&task.id).map_err(|e| e.to_string())?;
+        let refs = task.spec.secrets.clone();
+        tokio::task::spawn_blocking(move || mount_task_secrets(&dir, &refs, &values))
+            .await
+            .map_err(|e| format!("mounting the secrets failed: {e}"))?
+            .map(Some)
+            .map_err(|e| e.to_string())
     }
 
     /// Stops a task if it runs; keeps its logs for a while, then removes what it left.
@@ -241,7 +347,7 @@ impl Supervisor {
         });
     }
 
-    fn apply(&self, task: Task) {
+    fn apply(self: &Arc<Self>, task: Task) {
         let mut local = self.lock();
         match (task.desired, local.get_mut(&task.id)) {
             (_, Some(l)) if l.finished => {}
@@ -274,12 +380,11 @@ impl Supervisor {
                     },
                 );
                 drop(local);
-                let execs = self.execs.clone();
-                let reports = self.reports.clone();
+                let sup = self.clone();
                 let running = self.running.clone();
                 running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    run_task(execs, reports, task, stop_rx).await;
+                    run_task(sup, task, stop_rx).await;
                     running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     let _ = ended_tx.send(true);
                 });
@@ -395,19 +500,42 @@ impl Supervisor {
     }
 }
 
-async fn run_task(
-    execs: Arc<Executors>,
-    reports: mpsc::UnboundedSender<(String, TaskStatus)>,
-    task: Task,
-    mut stop: watch::Receiver<bool>,
-) {
-    let report = |st: TaskStatus| {
-        let _ = reports.send((task.id.clone(), st));
-    };
+/// Runs one task to its end: secrets, start, wait or stop, report; then unmounts its
+/// secrets, so their values are gone from the node with the task.
+async fn run_task(sup: Arc<Supervisor>, task: Task, mut stop: watch::Receiver<bool>) {
+    let report = |st: TaskStatus| sup.report(&task.id, st);
     report(status(TaskState::Preparing, "preparing", "", None));
-    let start = tokio::select! {
-        r = execs.start(&task) => r,
+    let secrets = tokio::select! {
+        r = sup.mount_secrets(&task) => r,
         _ = stopped(&mut stop) => {
+            report(status(TaskState::Shutdown, "shutdown before start", "", None));
+            return;
+        }
+    };
+    let secrets = match secrets {
+        Ok(s) => s,
+        Err(e) => {
+            report(status(TaskState::Rejected, "secrets unavailable", &e, None));
+            return;
+        }
+    };
+    run_started(&sup.execs, &report, &task, secrets.as_ref(), &mut stop).await;
+    if let Some(s) = secrets {
+        let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
+    }
+}
+
+async fn run_started(
+    execs: &Executors,
+    report: &(dyn Fn(TaskStatus) + Sync),
+    task: &Task,
+    secrets: Option<&TaskSecrets>,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let files = secrets.map(TaskSecrets::files_dir);
+    let start = tokio::select! {
+        r = execs.start(task, files.as_deref()) => r,
+        _ = stopped(stop) => {
             report(status(TaskState::Shutdown, "shutdown before start", "", None));
             return;
         }
@@ -427,7 +555,7 @@ async fn run_task(
     report(status(TaskState::Running, "started", "", None));
     tokio::select! {
         code = handle.wait() => report(ended(code)),
-        _ = stopped(&mut stop) => {
+        _ = stopped(stop) => {
             if let Err(e) = handle.stop(STOP_GRACE).await {
                 tracing::warn!(task = %task.id, error = %e, "stopping the task");
             }

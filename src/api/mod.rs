@@ -16,6 +16,16 @@ impl std::fmt::Debug for v1::SecretCreateRequest {
     }
 }
 
+impl std::fmt::Debug for v1::SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretValue")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("value", &"..")
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -26,5 +36,15 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{req:?}").contains("hunter2"));
+        let msg = super::v1::Assignments {
+            secrets: vec![super::v1::SecretValue {
+                id: "i".into(),
+                name: "db".into(),
+                value: b"hunter2".to_vec(),
+            }],
+            ..Default::default()
+        };
+        assert!(!format!("{msg:?}").contains("hunter2"));
+        assert!(!format!("{msg:?}").contains("104, 117")); // nor as a byte list
     }
 }

@@ -16,6 +16,7 @@ mod dev;
 pub mod duration;
 mod node;
 mod output;
+mod policy;
 mod progress;
 mod secret;
 mod service;
@@ -75,6 +76,12 @@ enum Command {
     /// Manage secrets.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Manage the Cedar policies that entitle services to secrets.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Inspect this node's agent.
+    #[command(subcommand)]
+    Agent(policy::AgentCommand),
     /// Read and verify the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -355,6 +362,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Verify(args)) if args.file.is_some() => {
             runtime()?.block_on(audit::verify(None, args))
         }
+        // Validation needs only the schema built into this binary.
+        Command::Policy(policy::PolicyCommand::Validate(args)) => policy::validate(&args),
         command => {
             let host = Host::parse(&cli.host)?;
             check(&command)?;
@@ -399,6 +408,8 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Update(args)) => node::update(&mut api, args).await,
         Command::Service(cmd) => service::run(&mut api, *cmd).await,
         Command::Secret(cmd) => secret::run(&mut api, cmd).await,
+        Command::Policy(cmd) => policy::run(&mut api, cmd).await,
+        Command::Agent(cmd) => policy::agent(&mut api, cmd).await,
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
         Command::Daemon(_) | Command::Dev(_) => unreachable_command(),

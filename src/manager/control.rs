@@ -81,7 +81,8 @@ impl Manager {
         mut spec: ServiceSpec,
     ) -> Result<String, ManagerError> {
         super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
-        self.resolve_secrets(&mut spec)?;
+        let id = skep_pki::new_id();
+        self.resolve_secrets(&actor, &id, &mut spec).await?;
         if self.read(|s| s.services.values().any(|x| x.spec.name == spec.name)) {
             return Err(ManagerError::Invalid(format!(
                 "service {} already exists",
@@ -89,7 +90,7 @@ impl Manager {
             )));
         }
         let now = crate::util::now_rfc3339();
-        let id = skep_pki::new_id();
+        let attached = Self::secret_changes(&actor, &spec.name, &id, &[], &spec.task.secrets);
         let audit = AuditEvent::now(actor, "service.create", &spec.name, Outcome::Ok)
             .with("service_id", id.clone())
             .with("mode", mode_text(&spec.mode));
@@ -103,11 +104,9 @@ impl Manager {
             created_at: now.clone(),
             updated_at: now,
         };
-        self.propose(Command::Batch(vec![
-            Command::PutService(Box::new(svc)),
-            Command::Audit(audit),
-        ]))
-        .await?;
+        let mut cmds = vec![Command::PutService(Box::new(svc)), Command::Audit(audit)];
+        cmds.extend(attached);
+        self.propose(Command::Batch(cmds)).await?;
         Ok(id)
     }
 
@@ -143,7 +142,7 @@ impl Manager {
         } else {
             let mut spec = new.ok_or_else(|| ManagerError::Invalid("no spec given".into()))?;
             super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
-            self.resolve_secrets(&mut spec)?;
+            self.resolve_secrets(&actor, &svc.id, &mut spec).await?;
             if spec.name != old.name {
                 return Err(ManagerError::Invalid(
                     "name: a service cannot be renamed".into(),
@@ -178,7 +177,7 @@ impl Manager {
         }
         svc.updated_at = crate::util::now_rfc3339();
         svc.revision += 1;
-        let mut audit = AuditEvent::now(actor, action, &svc.spec.name, Outcome::Ok)
+        let mut audit = AuditEvent::now(actor.clone(), action, &svc.spec.name, Outcome::Ok)
             .with("service_id", svc.id.clone());
         if let Mode::Replicated { replicas } = svc.spec.mode {
             audit = audit.with("replicas", replicas.to_string());
@@ -186,18 +185,76 @@ impl Manager {
         if force {
             audit = audit.with("force", "true");
         }
-        self.propose(Command::Batch(vec![
-            Command::PutService(Box::new(svc)),
-            Command::Audit(audit),
-        ]))
-        .await
+        let changes = Self::secret_changes(
+            &actor,
+            &svc.spec.name,
+            &svc.id,
+            &old.task.secrets,
+            &svc.spec.task.secrets,
+        );
+        let mut cmds = vec![Command::PutService(Box::new(svc)), Command::Audit(audit)];
+        cmds.extend(changes);
+        self.propose(Command::Batch(cmds)).await
     }
 
-    /// Fills in the IDs of the secrets a spec names; refuses unknown secrets and bad targets.
-    fn resolve_secrets(&self, spec: &mut ServiceSpec) -> Result<(), ManagerError> {
+    /// Fills in the IDs of the secrets a spec names; refuses unknown secrets and bad targets,
+    /// and (audited) secrets the policy would let the service use on no node of the swarm.
+    async fn resolve_secrets(
+        &self,
+        actor: &Actor,
+        service_id: &str,
+        spec: &mut ServiceSpec,
+    ) -> Result<(), ManagerError> {
         self.read(|s| super::secrets::resolve_refs(s, &mut spec.task.secrets))
-            .map_err(ManagerError::Invalid)
+            .map_err(ManagerError::Invalid)?;
+        let who = super::entitle::ServiceId {
+            id: service_id,
+            name: &spec.name,
+            labels: &spec.labels,
+        };
+        let verdict = self.read(|s| super::entitle::check_any_node(s, &who, &spec.task));
+        if let Err(d) = verdict {
+            let record = AuditEvent::now(actor.clone(), "secret.attach", &d.secret, Outcome::Denied)
+                .with("service", spec.name.clone())
+                .with("reason", d.reason.clone());
+            self.audit(record).await;
+            return Err(ManagerError::Denied(format!(
+                "service {} may not use {d} (on any node of the swarm); change the policy (`skep policy get|set`) or the labels",
+                spec.name
+            )));
+        }
+        Ok(())
     }
+
+    /// Audit records of the secrets attached to and detached from a service.
+fn secret_changes(
+    actor: &Actor,
+    service: &str,
+    service_id: &str,
+    old: &[crate::store::service::SecretRef],
+    new: &[crate::store::service::SecretRef],
+) -> Vec<Command> {
+    let record = |action: &str, r: &crate::store::service::SecretRef| {
+        Command::Audit(
+            AuditEvent::now(actor.clone(), action, &r.secret_name, Outcome::Ok)
+                .with("secret_id", r.secret_id.clone())
+                .with("service", service.to_string())
+                .with("service_id", service_id.to_string())
+                .with("target", r.target.clone()),
+        )
+    };
+    let mut out: Vec<Command> = old
+        .iter()
+        .filter(|o| !new.contains(o))
+        .map(|r| record("secret.detach", r))
+        .collect();
+    out.extend(
+        new.iter()
+            .filter(|n| !old.contains(n))
+            .map(|r| record("secret.attach", r)),
+    );
+    out
+}
 
     /// `service rm`.
     pub async fn remove_service(&self, actor: Actor, want: &str) -> Result<String, ManagerError> {

@@ -9,15 +9,16 @@
 //!  agent ─► ReportTasks ─► propose ReportTasks ─► state change ─► ...
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::Manager;
-use crate::api::v1::Assignments;
-use crate::store::model::{Command, State};
+use crate::api::v1::{Assignments, SecretValue};
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::store::model::{Command, Node, State};
 use crate::store::service::{DesiredState, Task};
 
 /// What a session last told its node about one task.
@@ -50,9 +51,7 @@ fn diff(
 ) -> Option<Assignments> {
     let mut msg = Assignments {
         complete,
-        tasks_json: Vec::new(),
-        removed: Vec::new(),
-        deleted: Vec::new(),
+        ..Default::default()
     };
     let gone: Vec<String> = sent
         .keys()
@@ -92,6 +91,8 @@ pub fn session(
         let mut applied = mgr.state().subscribe();
         let mut sent: HashMap<String, Sent> = HashMap::new();
         let mut known: HashSet<String> = HashSet::new();
+        // Secrets whose values this session has sent to the node and the node still needs.
+        let mut held: HashSet<String> = HashSet::new();
         let mut complete = true;
         loop {
             if !mgr.is_leader() {
@@ -104,6 +105,7 @@ pub fn session(
                 return;
             }
             let (now, all) = mgr.read(|s| assigned(s, &node_id));
+            let now_ids: Vec<String> = now.keys().cloned().collect();
             let mut deleted: Vec<String> = known.difference(&all).cloned().collect();
             known = all;
             let msg = match diff(&mut sent, now, complete) {
@@ -112,12 +114,29 @@ pub fn session(
                     Some(m)
                 }
                 None if !deleted.is_empty() => Some(Assignments {
-                    complete: false,
-                    tasks_json: Vec::new(),
-                    removed: Vec::new(),
                     deleted,
+                    ..Default::default()
                 }),
                 None => None,
+            };
+            let msg = match mgr.read(|s| secrets_due(s, &node_id, &now_ids, &mut held)) {
+                Ok(due) if due.values.is_empty() => msg,
+                Ok(due) => {
+                    // The record first: a value leaves the leader only once its delivery is
+                    // on the audit chain. If that fails, it is tried again on the next pass.
+                    if let Err(e) = mgr.propose(Command::Batch(due.audit)).await {
+                        tracing::warn!(node = %node_id, error = %e, "cannot record secret deliveries; holding the values back");
+                        for v in &due.values {
+                            held.remove(&v.id);
+                        }
+                        msg
+                    } else {
+                        let mut m = msg.unwrap_or_default();
+                        m.secrets = due.values;
+                        Some(m)
+                    }
+                }
+                Err(()) => msg,
             };
             if let Some(msg) = msg
                 && tx.send(Ok(msg)).await.is_err()
@@ -133,6 +152,143 @@ pub fn session(
         }
     });
     rx
+}
+
+/// Secret values to send with the next message, and the audit records of their delivery.
+struct Due {
+    values: Vec<SecretValue>,
+    audit: Vec<Command>,
+}
+
+/// The secrets the node must be sent now: referenced by a task assigned to it that is to run,
+/// entitled by the policy on this node, not sent yet. Forgets (in `held`) the secrets no
+/// assigned task references any more: the agent drops those values too, by the same rule.
+/// `Err` only when there is nothing to do.
+fn secrets_due(
+    state: &State,
+    node_id: &str,
+    tasks: &[String],
+    held: &mut HashSet<String>,
+) -> Result<Due, ()> {
+    let referenced: HashSet<&str> = tasks
+        .iter()
+        .filter_map(|id| state.tasks.get(id))
+        .flat_map(|t| t.spec.secrets.iter().map(|r| r.secret_id.as_str()))
+        .collect();
+    held.retain(|id| referenced.contains(id.as_str()));
+    if referenced.is_empty() {
+        return Err(());
+    }
+    let Some(node) = state.nodes.get(node_id) else {
+        return Err(());
+    };
+    let memo = super::entitle::Memo::new(state);
+    // Secret ID -> the tasks it goes to.
+    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for t in tasks.iter().filter_map(|id| state.tasks.get(id)) {
+        if t.desired != DesiredState::Running || t.spec.secrets.is_empty() {
+            continue;
+        }
+        if memo
+            .check(&t.service_id, &t.service_name, t.spec_version, &t.spec, node)
+            .is_err()
+        {
+            // Not entitled here (any more): the orchestrator moves the task; if its agent asks
+            // for the value anyway, GetSecret refuses and audits.
+            continue;
+        }
+        for r in &t.spec.secrets {
+            if !held.contains(&r.secret_id) {
+                wanted.entry(r.secret_id.as_str()).or_default().push(&t.id);
+            }
+        }
+    }
+    let mut due = Due {
+        values: Vec::new(),
+        audit: Vec::new(),
+    };
+    for (id, task_ids) in wanted {
+        let Some(sec) = state.secrets.get(id) else {
+            continue;
+        };
+        held.insert(id.to_string());
+        due.values.push(SecretValue {
+            id: sec.id.clone(),
+            name: sec.name.clone(),
+            value: sec.value.expose().to_vec(),
+        });
+        due.audit.push(Command::Audit(delivery_record(
+            node, &sec.name, &sec.id, &sec.digest, &task_ids, "session",
+        )));
+    }
+    Ok(due)
+}
+
+/// The audit record of a secret value sent to a node.
+pub(crate) fn delivery_record(
+    node: &Node,
+    name: &str,
+    id: &str,
+    digest: &str,
+    task_ids: &[&str],
+    via: &str,
+) -> AuditEvent {
+    AuditEvent::now(Actor::system(), "secret.deliver", name, Outcome::Ok)
+    .with("secret_id", id.to_string())
+    .with("digest", digest.to_string())
+    .with("node", node.id.clone())
+    .with("tasks", task_ids.join(","))
+    .with("via", via.to_string())
+}
+
+/// Answers a node's request for one secret value (`Dispatcher.GetSecret`): only for a task
+/// assigned to that node, to run, referencing the secret, with the policy's consent. The
+/// refusal does not say whether a task or secret exists on another node.
+pub(crate) fn requested_secret(
+    state: &State,
+    node_id: &str,
+    task_id: &str,
+    secret_id: &str,
+) -> Result<(SecretValue, AuditEvent), String> {
+    let not_yours = || format!("task {task_id:?} is not assigned to node {node_id}");
+    let task = state
+        .tasks
+        .get(task_id)
+        .filter(|t| t.node_id == node_id)
+        .ok_or_else(not_yours)?;
+    if task.desired != DesiredState::Running || task.status.state.is_terminal() {
+        return Err(format!("task {task_id} is not to run any more"));
+    }
+    let Some(r) = task.spec.secrets.iter().find(|r| r.secret_id == secret_id) else {
+        return Err(format!("task {task_id} does not use secret {secret_id:?}"));
+    };
+    let node = state.nodes.get(node_id).ok_or_else(not_yours)?;
+    let engine = super::entitle::engine(state);
+    let labels = state
+        .services
+        .get(&task.service_id)
+        .map(|s| s.spec.labels.clone())
+        .unwrap_or_default();
+    let svc = super::entitle::ServiceId {
+        id: &task.service_id,
+        name: &task.service_name,
+        labels: &labels,
+    };
+    super::entitle::check(&engine, state, &svc, &task.spec, node)
+        .map_err(|d| format!("the policy denies it: {d}"))?;
+    let sec = state
+        .secrets
+        .get(secret_id)
+        .ok_or_else(|| format!("secret {} no longer exists", r.secret_name))?;
+    let record = delivery_record(node, &sec.name, &sec.id, &sec.digest, &[task_id], "request");
+    Ok((
+        SecretValue {
+            id: sec.id.clone(),
+            name: sec.name.clone(),
+            value: sec.value.expose().to_vec(),
+        },
+        record,
+    ))
 }
 
 /// Reconcile first; schedule once the orchestrator has nothing more to say.

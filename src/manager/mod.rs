@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod dispatch;
+pub mod entitle;
 pub mod limiter;
 pub mod network;
 pub mod orchestrator;

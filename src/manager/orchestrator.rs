@@ -128,14 +128,16 @@ impl Round<'_> {
         }
     }
 
-    /// Whether the task's node is drained or no longer satisfies the task's constraints (its
-    /// labels changed): the task is moved, which is no failure of the task. A runtime missing
-    /// from the node's report does not move running tasks: a report may be incomplete.
+    /// Whether the task's node is drained, no longer satisfies the task's constraints, or is
+    /// no longer entitled to the task's secrets (labels or the policy changed): the task is
+    /// moved, which is no failure of the task. A runtime missing from the node's report does
+    /// not move running tasks: a report may be incomplete.
     fn evicted(&self, t: &Task) -> bool {
-        self.state
-            .nodes
-            .get(&t.node_id)
-            .is_some_and(|n| n.availability == Availability::Drain || !constraints_hold(n, &t.spec))
+        self.state.nodes.get(&t.node_id).is_some_and(|n| {
+            n.availability == Availability::Drain
+                || !constraints_hold(n, &t.spec)
+                || !self.placement.entitled(n, t)
+        })
     }
 
     fn set_status(&mut self, id: &str, state: TaskState, message: &str) {
@@ -353,7 +355,10 @@ impl Round<'_> {
         let mut can_create: BTreeSet<(u64, String)> = BTreeSet::new();
         if global {
             for n in self.state.nodes.values() {
-                if available(n) && suits(n, &svc.spec.task) {
+                if available(n)
+                    && suits(n, &svc.spec.task)
+                    && self.placement.service_entitled(n, &svc)
+                {
                     groups.insert((0, n.id.clone()), Vec::new());
                     can_create.insert((0, n.id.clone()));
                 }

@@ -2,7 +2,7 @@
 //! the time; the leader's shell commits what it returns.
 //!
 //! ```text
-//!  pending tasks ─► filters (available, runtime, constraints, resources) ─► spread ─► PutTasks
+//!  pending tasks ─► filters (available, runtime, constraints, policy, resources) ─► spread ─► PutTasks
 //!                      └─ none fits: "no suitable node (...)" in the task's status message
 //! ```
 //!
@@ -13,10 +13,12 @@ use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
 
+use crate::manager::entitle::{Denial, Memo};
 use crate::manager::spec::constraint_text;
 use crate::store::model::{Availability, Command, Node, NodeRole, NodeState, State};
 use crate::store::service::{
-    Constraint, ConstraintOp, DesiredState, Resources, Task, TaskSpec, TaskState, TaskStatus,
+    Constraint, ConstraintOp, DesiredState, Resources, Service, Task, TaskSpec, TaskState,
+    TaskStatus,
 };
 use crate::util::{parse_rfc3339, rfc3339};
 
@@ -154,6 +156,7 @@ struct Load {
 pub(crate) struct Placement<'a> {
     nodes: &'a BTreeMap<String, Node>,
     load: BTreeMap<String, Load>,
+    policy: Memo<'a>,
 }
 
 /// The first filter a node fails for a task.
@@ -162,6 +165,7 @@ enum Refusal {
     Unavailable,
     Runtime,
     Constraint(usize),
+    Policy,
     Resources,
 }
 
@@ -170,6 +174,7 @@ impl<'a> Placement<'a> {
         let mut p = Placement {
             nodes: &state.nodes,
             load: BTreeMap::new(),
+            policy: Memo::new(state),
         };
         for t in state.tasks.values() {
             p.add(t);
@@ -216,10 +221,37 @@ impl<'a> Placement<'a> {
         {
             return Err(Refusal::Constraint(i));
         }
+        if !self.entitled(node, task) {
+            return Err(Refusal::Policy);
+        }
         if !self.fits_on(node, task) {
             return Err(Refusal::Resources);
         }
         Ok(())
+    }
+
+    /// Whether the policy lets the task's service use its secrets on the node.
+    pub(crate) fn entitled(&self, node: &Node, task: &Task) -> bool {
+        self.denial(node, task).is_none()
+    }
+
+    /// As [`Placement::entitled`], for a service's current spec (global services).
+    pub(crate) fn service_entitled(&self, node: &Node, svc: &Service) -> bool {
+        self.policy
+            .check(&svc.id, &svc.spec.name, svc.version, &svc.spec.task, node)
+            .is_ok()
+    }
+
+    fn denial(&self, node: &Node, task: &Task) -> Option<Denial> {
+        self.policy
+            .check(
+                &task.service_id,
+                &task.service_name,
+                task.spec_version,
+                &task.spec,
+                node,
+            )
+            .err()
     }
 
     fn pick(&self, task: &Task) -> Option<String> {
@@ -242,10 +274,16 @@ impl<'a> Placement<'a> {
             return "no suitable node (the swarm has no nodes)".into();
         }
         let mut counts: BTreeMap<Refusal, usize> = BTreeMap::new();
+        let mut denial = None;
         for n in self.nodes.values() {
             match self.check(n, task) {
                 Ok(()) => return String::new(),
-                Err(r) => *counts.entry(r).or_default() += 1,
+                Err(r) => {
+                    if r == Refusal::Policy && denial.is_none() {
+                        denial = self.denial(n, task);
+                    }
+                    *counts.entry(r).or_default() += 1
+                }
             }
         }
         let nodes = |n: usize| {
@@ -272,6 +310,11 @@ impl<'a> Placement<'a> {
                         .get(i)
                         .map(constraint_text)
                         .unwrap_or_default()
+                ),
+                Refusal::Policy => format!(
+                    "{} where the policy denies {}",
+                    nodes(n),
+                    denial.as_ref().map(ToString::to_string).unwrap_or_default()
                 ),
                 Refusal::Resources => format!("insufficient resources on {}", nodes(n)),
             })

@@ -414,6 +414,54 @@ impl Dispatcher for Services {
         Ok(Response::new(Empty {}))
     }
 
+    async fn get_secret(
+        &self,
+        req: Request<crate::api::v1::SecretRequest>,
+    ) -> Result<Response<crate::api::v1::SecretValue>, Status> {
+        let peer = Self::peer_info(&req)?.addr;
+        let id = self.require(&req, "secret.get", false).await?;
+        if !self.mgr.is_leader() {
+            return Err(Status::unavailable(format!(
+                "not the leader; the leader is at {}",
+                self.mgr.leader_addr().unwrap_or_default()
+            )));
+        }
+        let body = req.into_inner();
+        let node_id = id.node_id();
+        let answer = self.mgr.read(|s| {
+            super::dispatch::requested_secret(s, node_id, &body.task_id, &body.secret_id)
+        });
+        match answer {
+            Ok((value, record)) => {
+                // No value leaves without its record on the audit chain.
+                self.mgr
+                    .propose(Command::Audit(record))
+                    .await
+                    .map_err(to_status)?;
+                Ok(Response::new(value))
+            }
+            Err(reason) => {
+                self.mgr
+                    .audit_failure(
+                        peer.ip(),
+                        event(
+                            Actor::node(node_id),
+                            "secret.get",
+                            &body.secret_id,
+                            Outcome::Denied,
+                        )
+                        .with("task", body.task_id.clone())
+                        .with("reason", reason.clone())
+                        .with("peer", peer.to_string()),
+                    )
+                    .await;
+                Err(Status::permission_denied(format!(
+                    "permission denied: {reason}"
+                )))
+            }
+        }
+    }
+
     async fn leave(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {
         let id = self.require(&req, "node.leave", false).await?;
         let node_id = id.node_id().to_string();

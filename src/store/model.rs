@@ -236,6 +236,9 @@ pub enum Command {
     },
     /// Several commands applied atomically, in order (e.g. a change and its audit record).
     Batch(Vec<Command>),
+    /// Installs a policy set (`None`: back to the built-in default). Checked before it is
+    /// proposed, so replaying the log never depends on the policy parser.
+    SetPolicy(Option<PolicyDoc>),
 }
 
 /// What applying a command produced.
@@ -266,6 +269,20 @@ pub struct State {
     /// Secrets by ID.
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,
+    /// The Cedar policy set in force (`policy set`); `None` is the built-in default.
+    #[serde(default)]
+    pub policy: Option<PolicyDoc>,
+}
+
+/// A policy set as the operator installed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDoc {
+    /// The Cedar text.
+    pub text: String,
+    /// Hex SHA-256 of the text.
+    pub digest: String,
+    /// RFC 3339 time it was installed.
+    pub updated_at: String,
 }
 
 impl State {
@@ -411,6 +428,7 @@ impl State {
                 self.secrets.remove(&id);
             }
             Command::Batch(cmds) => cmds.into_iter().for_each(|c| self.apply_checked(c)),
+            Command::SetPolicy(doc) => self.policy = doc,
         }
     }
 }

@@ -3,10 +3,14 @@
 //! service and task IDs, which is how a restarted agent finds its leftovers.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
+    MountType,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
     RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
@@ -68,12 +72,17 @@ impl DockerRuntime {
     /// Pulls if needed, creates and starts the container. The work runs in its own tokio
     /// task: if the caller gives up half-way (a `select!` with a stop request), a container
     /// that started anyway is removed rather than left running unwatched.
-    pub(crate) async fn start(&self, task: &Task) -> Result<TaskHandle, ExecError> {
+    pub(crate) async fn start(
+        &self,
+        task: &Task,
+        secrets: Option<&Path>,
+    ) -> Result<TaskHandle, ExecError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let rt = self.clone();
         let task = task.clone();
+        let secrets = secrets.map(Path::to_path_buf);
         tokio::spawn(async move {
-            let r = rt.start_now(&task).await;
+            let r = rt.start_now(&task, secrets.as_deref()).await;
             if let Err(Ok(abandoned)) = tx.send(r) {
                 tracing::info!(task = %task.id, "start was abandoned; removing the container");
                 let _ = abandoned.stop(Duration::from_secs(1)).await;
@@ -88,7 +97,11 @@ impl DockerRuntime {
         })
     }
 
-    async fn start_now(&self, task: &Task) -> Result<TaskHandle, ExecError> {
+    async fn start_now(
+        &self,
+        task: &Task,
+        secrets: Option<&Path>,
+    ) -> Result<TaskHandle, ExecError> {
         let image = task.spec.image.trim();
         if image.is_empty() {
             return Err(ExecError::Pull {
@@ -99,7 +112,7 @@ impl DockerRuntime {
         self.ensure_image(image).await?;
 
         let name = container_name(task);
-        let body = create_body(task, image);
+        let body = create_body(task, image, secrets);
         let options = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
@@ -427,7 +440,9 @@ fn container_name(task: &Task) -> String {
         .collect()
 }
 
-fn create_body(task: &Task, image: &str) -> ContainerCreateBody {
+/// The container to create. `secrets`: the task's tmpfs directory of secret files, bound
+/// read-only at `/run/secrets`.
+fn create_body(task: &Task, image: &str, secrets: Option<&Path>) -> ContainerCreateBody {
     let mut labels = HashMap::new();
     labels.insert(LABEL_TASK_ID.to_string(), task.id.clone());
     labels.insert(LABEL_SERVICE_ID.to_string(), task.service_id.clone());
@@ -445,6 +460,19 @@ fn create_body(task: &Task, image: &str) -> ContainerCreateBody {
             .then(|| i64::try_from(limits.nano_cpus).unwrap_or(i64::MAX)),
         memory: (limits.memory_bytes > 0)
             .then(|| i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX)),
+        mounts: secrets.map(|dir| {
+            vec![Mount {
+                target: Some(crate::agent::secrets::TARGET_ROOT.to_string()),
+                source: Some(dir.to_string_lossy().into_owned()),
+                typ: Some(MountType::BIND),
+                read_only: Some(true),
+                bind_options: Some(MountBindOptions {
+                    propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]
+        }),
         ..Default::default()
     };
     ContainerCreateBody {
@@ -532,7 +560,7 @@ mod tests {
 
     #[test]
     fn create_body_maps_the_spec() {
-        let b = create_body(&task(), "nginx");
+        let b = create_body(&task(), "nginx", None);
         assert_eq!(b.cmd, None);
         assert_eq!(b.env, Some(vec!["A=1".to_string()]));
         let labels = b.labels.unwrap();
@@ -541,6 +569,18 @@ mod tests {
         let hc = b.host_config.unwrap();
         assert_eq!(hc.nano_cpus, Some(500_000_000));
         assert_eq!(hc.memory, None);
+        assert_eq!(hc.mounts, None);
+    }
+
+    #[test]
+    fn secrets_are_bound_read_only_at_run_secrets() {
+        let b = create_body(&task(), "nginx", Some(Path::new("/var/lib/skep/tasks/t1/secrets/files")));
+        let mounts = b.host_config.unwrap().mounts.unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].target.as_deref(), Some("/run/secrets"));
+        assert_eq!(mounts[0].source.as_deref(), Some("/var/lib/skep/tasks/t1/secrets/files"));
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(mounts[0].typ, Some(MountType::BIND));
     }
 
     #[test]

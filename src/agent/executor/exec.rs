@@ -44,7 +44,11 @@ impl ExecRuntime {
         self.tasks_dir.join(task_id)
     }
 
-    pub(crate) async fn start(&self, task: &Task) -> Result<TaskHandle, ExecError> {
+    pub(crate) async fn start(
+        &self,
+        task: &Task,
+        secrets: Option<&Path>,
+    ) -> Result<TaskHandle, ExecError> {
         let command = &task.spec.command;
         let program = command.first().ok_or(ExecError::EmptyCommand)?;
         let mut env = parse_env(&task.spec.env);
@@ -76,10 +80,12 @@ impl ExecRuntime {
             .open(dir.join(STDERR_FILE))
             .map_err(dir_err)?;
 
-        let mut child = tokio::process::Command::new(&self.helper)
-            .arg("init-helper")
-            .arg("--task-dir")
-            .arg(&dir)
+        let mut helper = tokio::process::Command::new(&self.helper);
+        helper.arg("init-helper").arg("--task-dir").arg(&dir);
+        if let Some(s) = secrets {
+            helper.arg("--secrets").arg(s);
+        }
+        let mut child = helper
             .arg("--")
             .args(command)
             .env_clear()

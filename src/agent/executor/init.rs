@@ -3,8 +3,10 @@
 //! `exec`: each namespace step is a whole process).
 //!
 //! ```text
-//!  agent ─spawn─► stage 1: skep init-helper --task-dir DIR -- CMD...
+//!  agent ─spawn─► stage 1: skep init-helper --task-dir DIR [--secrets SDIR] -- CMD...
 //!                   unshare(mount, PID); make "/" private (recursively)
+//!                   bind SDIR read-only at /run/secrets; hide the agent's tasks directory
+//!                   (other tasks' logs and secrets) under an empty read-only tmpfs
 //!                   copies stage 2's stdout/stderr lines into DIR/{stdout,stderr,output}
 //!                   forwards SIGTERM & co to stage 2, exits with its code
 //!                 └─spawn─► stage 2: skep init-helper --stage2 --task-dir DIR -- CMD...
@@ -64,8 +66,9 @@ pub fn init_helper_main(args: Vec<String>) -> ExitCode {
         Ok(HelperArgs {
             mode: Mode::Stage1,
             task_dir: Some(task_dir),
+            secrets,
             command,
-        }) => stage1(&task_dir, &command),
+        }) => stage1(&task_dir, secrets.as_deref(), &command),
         Ok(HelperArgs {
             mode: Mode::Stage1,
             task_dir: None,
@@ -108,6 +111,7 @@ enum Mode {
 struct HelperArgs {
     mode: Mode,
     task_dir: Option<PathBuf>,
+    secrets: Option<PathBuf>,
     command: Vec<String>,
 }
 
@@ -119,12 +123,16 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
     let mut it = args[start..].iter();
     let mut mode = Mode::Stage1;
     let mut task_dir = None;
+    let mut secrets = None;
     loop {
         match it.next().map(String::as_str) {
             Some("--stage2") => mode = Mode::Stage2,
             Some("--exec") => mode = Mode::Exec,
             Some("--task-dir") => {
                 task_dir = Some(PathBuf::from(it.next().ok_or("--task-dir needs a value")?))
+            }
+            Some("--secrets") => {
+                secrets = Some(PathBuf::from(it.next().ok_or("--secrets needs a value")?))
             }
             Some("--") => break,
             Some(other) => return Err(format!("unexpected argument {other:?}")),
@@ -138,6 +146,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
     Ok(HelperArgs {
         mode,
         task_dir,
+        secrets,
         command,
     })
 }
@@ -167,7 +176,7 @@ pub(super) fn status_code(st: ExitStatus) -> i32 {
     }
 }
 
-fn stage1(task_dir: &Path, command: &[String]) -> u8 {
+fn stage1(task_dir: &Path, secrets: Option<&Path>, command: &[String]) -> u8 {
     let log = match Log::open(task_dir) {
         Ok(l) => Arc::new(l),
         Err(e) => {
@@ -210,7 +219,7 @@ fn stage1(task_dir: &Path, command: &[String]) -> u8 {
     let (Some(err_w), Some(out_w)) = (writers.pop(), writers.pop()) else {
         return EXIT_HELPER_FAILED;
     };
-    let launched = launch_stage2(task_dir, command, &out_w, &err_w);
+    let launched = launch_stage2(task_dir, secrets, command, &out_w, &err_w);
     if let Err(msg) = &launched {
         // Through the pipe, so the message is in order with the rest.
         let _ = writeln!(&err_w, "skep-init: {msg}");
@@ -262,6 +271,7 @@ fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {
 /// Enters new mount and PID namespaces and starts stage 2 in them, its output on the pipes.
 fn launch_stage2(
     task_dir: &Path,
+    secrets: Option<&Path>,
     command: &[String],
     out: &PipeWriter,
     err: &PipeWriter,
@@ -280,6 +290,10 @@ fn launch_stage2(
         None::<&str>,
     )
     .map_err(|e| format!("cannot make the mounts private: {e}"))?;
+    if let Some(dir) = secrets {
+        expose_secrets(dir)?;
+    }
+    hide_tasks_dir(task_dir)?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the skep binary: {e}"))?;
     let dup = |p: &PipeWriter| {
         p.try_clone()
@@ -297,6 +311,52 @@ fn launch_stage2(
         .stderr(dup(err)?)
         .spawn()
         .map_err(|e| format!("cannot start the namespace init: {e}"))
+}
+
+/// Binds the task's secrets directory (on its tmpfs) read-only at `/run/secrets`, in this
+/// mount namespace only. `/run/secrets` is created on the host if missing (an empty directory).
+fn expose_secrets(dir: &Path) -> Result<(), String> {
+    let target = Path::new(crate::agent::secrets::TARGET_ROOT);
+    std::fs::create_dir_all(target)
+        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    mount(
+        Some(dir),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot bind the task's secrets at {}: {e}", target.display()))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make {} read-only: {e}", target.display()))
+}
+
+/// Covers the agent's tasks directory (every task's logs and secrets tmpfs) with an empty
+/// read-only tmpfs, so the task cannot browse other tasks' files through the host tree.
+/// The log files stay writable for stage 1 through descriptors opened before.
+fn hide_tasks_dir(task_dir: &Path) -> Result<(), String> {
+    let Some(tasks) = task_dir.parent() else {
+        return Ok(());
+    };
+    mount(
+        Some("tmpfs"),
+        tasks,
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k,mode=0755"),
+    )
+    .map_err(|e| format!("cannot hide {}: {e}", tasks.display()))
 }
 
 fn stage2(command: &[String]) -> u8 {
@@ -478,12 +538,15 @@ mod tests {
         let want = HelperArgs {
             mode: Mode::Stage1,
             task_dir: Some("/d".into()),
+            secrets: None,
             command: s(&["sh", "-c", "x --y"]),
         };
         assert_eq!(
             parse_args(&s(&["--task-dir", "/d", "--", "sh", "-c", "x --y"])),
             Ok(want)
         );
+        let with_secrets = parse_args(&s(&["--task-dir", "/d", "--secrets", "/d/s", "--", "a"]));
+        assert_eq!(with_secrets.map(|a| a.secrets), Ok(Some("/d/s".into())));
         let full = parse_args(&s(&[
             "/bin/skep",
             "init-helper",

@@ -111,6 +111,7 @@ pub enum ExecError {
 
 /// The runtimes available on this node.
 pub struct Executors {
+    tasks_dir: PathBuf,
     exec: Option<exec::ExecRuntime>,
     docker: Option<docker::DockerRuntime>,
     node_id: Option<String>,
@@ -126,6 +127,7 @@ impl Executors {
             Err(e) => {
                 tracing::warn!(error = %e, "cannot find the skep binary; the exec runtime is disabled");
                 Executors {
+                    tasks_dir: state_dir.join("tasks"),
                     exec: None,
                     docker: docker::DockerRuntime::detect().await,
                     node_id: None,
@@ -146,6 +148,7 @@ impl Executors {
             None
         };
         Executors {
+            tasks_dir: state_dir.join("tasks"),
             exec,
             docker: docker::DockerRuntime::detect().await,
             node_id: None,
@@ -186,16 +189,23 @@ impl Executors {
         }
     }
 
-    /// Prepares (docker: the image, pulled only if missing) and starts the task.
-    pub async fn start(&self, task: &Task) -> Result<TaskHandle, ExecError> {
+    /// The directory of task `id`'s files (logs, pid file, secrets mount point).
+    pub fn task_dir(&self, id: &str) -> Result<PathBuf, ExecError> {
+        check_task_id(id)?;
+        Ok(self.tasks_dir.join(id))
+    }
+
+    /// Prepares (docker: the image, pulled only if missing) and starts the task. `secrets`:
+    /// the directory the task is to see, read-only, as `/run/secrets`.
+    pub async fn start(&self, task: &Task, secrets: Option<&Path>) -> Result<TaskHandle, ExecError> {
         check_task_id(&task.id)?;
         match task.spec.runtime {
             Runtime::Exec => match &self.exec {
-                Some(e) => e.start(task).await,
+                Some(e) => e.start(task, secrets).await,
                 None => Err(ExecError::Unavailable(Runtime::Exec)),
             },
             Runtime::Docker => match &self.docker {
-                Some(d) => d.start(task).await,
+                Some(d) => d.start(task, secrets).await,
                 None => Err(ExecError::Unavailable(Runtime::Docker)),
             },
         }
@@ -205,6 +215,10 @@ impl Executors {
     /// (exec processes found through their pid files, containers labelled `skep.task.id`) and
     /// returns the IDs of the tasks it stopped. Exec log files are kept until [`Executors::remove`].
     pub async fn cleanup_stale(&self) -> Vec<String> {
+        let unmounted = crate::agent::secrets::cleanup_stale(&self.tasks_dir);
+        if unmounted > 0 {
+            tracing::info!(count = unmounted, "unmounted secrets left from a previous run");
+        }
         let mut ids = Vec::new();
         if let Some(e) = &self.exec {
             ids.extend(e.cleanup_stale().await);

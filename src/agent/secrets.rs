@@ -1,0 +1,487 @@
+//! Secrets on a node: the values the dispatcher sent for the tasks assigned here (in memory,
+//! zeroized when dropped), and each task's memory-backed secrets directory.
+//!
+//! ```text
+//!  Assignments{secrets} ─► SecretStore (values, while an assigned task references them)
+//!  task start ─► mount tmpfs <state>/tasks/<id>/secrets (0700, nosuid,nodev,noexec, size cap)
+//!                 └─ files/<target under /run/secrets>  (each at its mode, uid, gid)
+//!             ─► exec: bound at /run/secrets in the task's mount namespace
+//!                docker: read-only bind mount at /run/secrets
+//!  task end   ─► unmount (the values vanish with the tmpfs)
+//! ```
+//!
+//! There is no fallback to disk: if the tmpfs cannot be mounted, the task fails.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+use crate::secret::SecretBytes;
+use crate::store::secret_obj::digest;
+use crate::store::service::SecretRef;
+
+/// Where secrets appear inside a task.
+pub const TARGET_ROOT: &str = "/run/secrets";
+/// The tmpfs mount point inside a task's directory.
+pub const MOUNT_DIR: &str = "secrets";
+/// The directory inside the tmpfs that the task sees as `/run/secrets`.
+pub const FILES_DIR: &str = "files";
+
+/// What went wrong while preparing a task's secrets. Shown as the task's error.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// The node has not been sent the value (and could not get it).
+    #[error("secret {name} was not delivered to this node: {reason}")]
+    NotDelivered {
+        /// Secret name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The tmpfs could not be mounted. Nothing is written to disk instead.
+    #[error(
+        "cannot mount a tmpfs for the task's secrets at {}: {source}; secrets are never written to disk, so the task cannot start (the agent needs CAP_SYS_ADMIN to mount tmpfs)",
+        path.display()
+    )]
+    Mount {
+        /// Mount point.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: nix::Error,
+    },
+    /// The task's directory could not be made.
+    #[error("cannot create the secrets mount point {}: {source}", path.display())]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A target is not a plain path under `/run/secrets`.
+    #[error("secret {name}: target {target:?} is not a plain path under {TARGET_ROOT}/")]
+    BadTarget {
+        /// Secret name.
+        name: String,
+        /// The target given.
+        target: String,
+    },
+    /// Writing a file or directory inside the tmpfs failed.
+    #[error("cannot write secret {name} into the task's tmpfs: {source}")]
+    Write {
+        /// Secret name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One secret value held by the agent.
+struct Held {
+    name: String,
+    value: SecretBytes,
+}
+
+/// A secret this node has received, as the agent remembers it (never the value).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Received {
+    /// Secret ID.
+    pub id: String,
+    /// Secret name.
+    pub name: String,
+    /// Hex SHA-256 of the value received.
+    pub digest: String,
+    /// RFC 3339 time it arrived.
+    pub at: String,
+    /// Whether the agent still holds the value.
+    pub held: bool,
+}
+
+/// How many receipts the agent remembers.
+const LEDGER: usize = 4096;
+
+/// The secret values the agent holds, by secret ID, and a ledger of every value received
+/// since the agent started (ID, name, digest and time: what `skep agent secrets` shows).
+#[derive(Default)]
+pub struct SecretStore {
+    values: Mutex<HashMap<String, Held>>,
+    ledger: Mutex<std::collections::VecDeque<Received>>,
+}
+
+impl SecretStore {
+    fn values(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+        self.values.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps a value the dispatcher sent.
+    pub fn insert(&self, id: String, name: String, value: SecretBytes) {
+        let rec = Received {
+            id: id.clone(),
+            name: name.clone(),
+            digest: digest(value.expose()),
+            at: crate::util::now_rfc3339(),
+            held: true,
+        };
+        self.values().insert(id, Held { name, value });
+        let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        ledger.push_back(rec);
+        if ledger.len() > LEDGER {
+            ledger.pop_front();
+        }
+    }
+
+    /// Drops every value no ID in `keep` names; returns the names dropped.
+    pub fn retain(&self, keep: &BTreeSet<&str>) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.values().retain(|id, h| {
+            let k = keep.contains(id.as_str());
+            if !k {
+                dropped.push(h.name.clone());
+            }
+            k
+        });
+        dropped
+    }
+
+    /// Whether the value of secret `id` is held.
+    pub fn has(&self, id: &str) -> bool {
+        self.values().contains_key(id)
+    }
+
+    /// A copy of the value of secret `id` (zeroized when dropped).
+    pub fn get(&self, id: &str) -> Option<SecretBytes> {
+        self.values()
+            .get(id)
+            .map(|h| SecretBytes::new(h.value.expose().to_vec()))
+    }
+
+    /// Every value received since the agent started, oldest first, marked held or dropped.
+    pub fn received(&self) -> Vec<Received> {
+        let held: BTreeSet<String> = self.values().keys().cloned().collect();
+        let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<Received> = ledger.iter().cloned().collect();
+        // Only the latest receipt of a held ID counts as holding it.
+        let mut seen = BTreeSet::new();
+        for r in out.iter_mut().rev() {
+            r.held = held.contains(&r.id) && seen.insert(r.id.clone());
+        }
+        out
+    }
+}
+
+/// A task's mounted secrets directory. Unmount with [`TaskSecrets::unmount`]; dropping it
+/// does not unmount (the agent unmounts once the task's process is gone).
+#[derive(Debug)]
+pub struct TaskSecrets {
+    mount_point: PathBuf,
+}
+
+impl TaskSecrets {
+    /// The directory the task sees as `/run/secrets`.
+    pub fn files_dir(&self) -> PathBuf {
+        self.mount_point.join(FILES_DIR)
+    }
+
+    /// Unmounts the tmpfs (lazily, so a process still holding a file cannot keep it) and
+    /// removes the mount point. Best effort; failures are logged.
+    pub fn unmount(self) {
+        unmount_dir(&self.mount_point);
+    }
+}
+
+/// Unmounts a secrets tmpfs and removes its mount point.
+fn unmount_dir(dir: &Path) {
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount a task's secrets")
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task's secrets mount point");
+    }
+}
+
+/// The tmpfs size for these values: the values, a page per file and directory for rounding,
+/// and some slack. Swarm's 500 KiB limit per secret bounds it.
+fn size_cap(refs: &[SecretRef], values: &HashMap<String, SecretBytes>) -> u64 {
+    const PAGE: u64 = 4096;
+    let data: u64 = refs
+        .iter()
+        .filter_map(|r| values.get(&r.secret_id))
+        .map(|v| (v.expose().len() as u64).div_ceil(PAGE) * PAGE)
+        .sum();
+    data + (refs.len() as u64 * 2 + 16) * PAGE
+}
+
+/// The path of `target` relative to `/run/secrets`, if it is a plain path under it.
+fn relative_target(r: &SecretRef) -> Result<PathBuf, SecretsError> {
+    let bad = || SecretsError::BadTarget {
+        name: r.secret_name.clone(),
+        target: r.target.clone(),
+    };
+    let rest = r
+        .target
+        .strip_prefix(TARGET_ROOT)
+        .and_then(|x| x.strip_prefix('/'))
+        .ok_or_else(bad)?;
+    if rest.is_empty()
+        || rest
+            .split('/')
+            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\0'))
+    {
+        return Err(bad());
+    }
+    Ok(PathBuf::from(rest))
+}
+
+/// Mounts a size-capped tmpfs at `task_dir/secrets` (mode 0700, nosuid, nodev, noexec) and
+/// writes each referenced secret under `files/` at its target, mode, uid and gid. Every
+/// value must be in `values`. On any failure the tmpfs is unmounted again.
+pub fn mount_task_secrets(
+    task_dir: &Path,
+    refs: &[SecretRef],
+    values: &HashMap<String, SecretBytes>,
+) -> Result<TaskSecrets, SecretsError> {
+    // Check everything before mounting anything.
+    let mut plan = Vec::with_capacity(refs.len());
+    for r in refs {
+        let rel = relative_target(r)?;
+        let value = values
+            .get(&r.secret_id)
+            .ok_or_else(|| SecretsError::NotDelivered {
+                name: r.secret_name.clone(),
+                reason: "the agent does not hold its value".into(),
+            })?;
+        plan.push((r, rel, value));
+    }
+    let mount_point = task_dir.join(MOUNT_DIR);
+    let mount_err = |source| SecretsError::Mount {
+        path: mount_point.clone(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&mount_point)
+        .map_err(|source| SecretsError::Dir {
+            path: mount_point.clone(),
+            source,
+        })?;
+    let data = format!(
+        "mode=0700,size={},nr_inodes={}",
+        size_cap(refs, values),
+        refs.len() * 2 + 16
+    );
+    mount(
+        Some("tmpfs"),
+        &mount_point,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(data.as_str()),
+    )
+    .map_err(mount_err)?;
+    let mounted = TaskSecrets { mount_point };
+    // Private: the mount does not propagate to other mount namespaces sharing this one.
+    let _ = mount(
+        None::<&str>,
+        &mounted.mount_point,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    );
+    match write_files(&mounted.files_dir(), &plan) {
+        Ok(()) => Ok(mounted),
+        Err(e) => {
+            mounted.unmount();
+            Err(e)
+        }
+    }
+}
+
+fn write_files(
+    files: &Path,
+    plan: &[(&SecretRef, PathBuf, &SecretBytes)],
+) -> Result<(), SecretsError> {
+    let dirs = |recursive: bool| {
+        let mut b = std::fs::DirBuilder::new();
+        b.mode(0o755).recursive(recursive);
+        b
+    };
+    dirs(false)
+        .create(files)
+        .map_err(|source| SecretsError::Dir {
+            path: files.to_path_buf(),
+            source,
+        })?;
+    for (r, rel, value) in plan {
+        let err = |source| SecretsError::Write {
+            name: r.secret_name.clone(),
+            source,
+        };
+        let path = files.join(rel);
+        if let Some(parent) = path.parent()
+            && parent != files
+        {
+            dirs(true).create(parent).map_err(err)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(err)?;
+        f.write_all(value.expose()).map_err(err)?;
+        std::os::unix::fs::fchown(&f, Some(r.uid), Some(r.gid)).map_err(err)?;
+        f.set_permissions(std::fs::Permissions::from_mode(r.mode & 0o777))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// After an agent restart: unmounts every secrets tmpfs a previous run left under
+/// `tasks_dir/*/secrets`.
+pub fn cleanup_stale(tasks_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(tasks_dir) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let dir = e.path().join(MOUNT_DIR);
+        if dir.is_dir() {
+            unmount_dir(&dir);
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn r(name: &str, target: &str, uid: u32, gid: u32, mode: u32) -> SecretRef {
+        SecretRef {
+            secret_id: format!("id-{name}"),
+            secret_name: name.into(),
+            target: target.into(),
+            uid,
+            gid,
+            mode,
+        }
+    }
+
+    #[test]
+    fn targets_must_be_plain_paths_under_run_secrets() {
+        assert_eq!(
+            relative_target(&r("a", "/run/secrets/a", 0, 0, 0o444)).ok(),
+            Some(PathBuf::from("a"))
+        );
+        assert_eq!(
+            relative_target(&r("a", "/run/secrets/d/a", 0, 0, 0o444)).ok(),
+            Some(PathBuf::from("d/a"))
+        );
+        for bad in [
+            "/run/secrets",
+            "/run/secrets/",
+            "/run/secretsx/a",
+            "/etc/passwd",
+            "/run/secrets/../x",
+            "/run/secrets/a//b",
+            "/run/secrets/./a",
+        ] {
+            assert!(relative_target(&r("a", bad, 0, 0, 0)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn store_keeps_values_while_referenced_and_remembers_digests() {
+        let s = SecretStore::default();
+        s.insert("i1".into(), "db".into(), SecretBytes::new(b"hunter2".to_vec()));
+        s.insert("i2".into(), "tls".into(), SecretBytes::new(b"k".to_vec()));
+        assert!(s.has("i1"));
+        let dropped = s.retain(&BTreeSet::from(["i2"]));
+        assert_eq!(dropped, vec!["db".to_string()]);
+        assert!(!s.has("i1"));
+        assert_eq!(s.get("i2").map(|v| v.expose().to_vec()), Some(b"k".to_vec()));
+        let rec = s.received();
+        assert_eq!(rec.len(), 2);
+        assert_eq!(rec[0].digest, digest(b"hunter2"));
+        assert!(!rec[0].held);
+        assert!(rec[1].held);
+        assert!(!format!("{rec:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn size_cap_covers_the_values() {
+        let refs = vec![r("a", "/run/secrets/a", 0, 0, 0o444)];
+        let values = HashMap::from([(
+            "id-a".to_string(),
+            SecretBytes::new(vec![0u8; 500 * 1024]),
+        )]);
+        assert!(size_cap(&refs, &values) >= 500 * 1024);
+    }
+
+    /// Needs root (mounting tmpfs); skipped otherwise.
+    #[test]
+    fn mounts_a_tmpfs_with_files_at_their_modes_and_unmounts_it() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let refs = vec![
+            r("db", "/run/secrets/db", 0, 0, 0o444),
+            r("key", "/run/secrets/tls/server.key", 999, 998, 0o400),
+        ];
+        let values = HashMap::from([
+            ("id-db".to_string(), SecretBytes::new(b"hunter2".to_vec())),
+            ("id-key".to_string(), SecretBytes::new(b"KEY".to_vec())),
+        ]);
+        let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
+        let mp = dir.path().join(MOUNT_DIR);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let line = mounts
+            .lines()
+            .find(|l| l.contains(&*mp.to_string_lossy()))
+            .expect("the tmpfs is mounted");
+        assert!(line.contains("tmpfs"), "{line}");
+        for opt in ["nosuid", "nodev", "noexec"] {
+            assert!(line.contains(opt), "{opt} missing: {line}");
+        }
+        assert_eq!(std::fs::metadata(&mp).unwrap().mode() & 0o777, 0o700);
+        let files = m.files_dir();
+        assert_eq!(std::fs::read(files.join("db")).unwrap(), b"hunter2");
+        let meta = std::fs::metadata(files.join("tls/server.key")).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (999, 998, 0o400)
+        );
+        assert_eq!(
+            std::fs::metadata(files.join("db")).unwrap().mode() & 0o777,
+            0o444
+        );
+        m.unmount();
+        assert!(!mp.exists());
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(&*mp.to_string_lossy()));
+    }
+
+    #[test]
+    fn a_missing_value_fails_before_mounting() {
+        let dir = tempfile::tempdir().unwrap();
+        let refs = vec![r("db", "/run/secrets/db", 0, 0, 0o444)];
+        let e = mount_task_secrets(dir.path(), &refs, &HashMap::new()).unwrap_err();
+        assert!(e.to_string().contains("secret db was not delivered"), "{e}");
+        assert!(!dir.path().join(MOUNT_DIR).exists());
+    }
+}
