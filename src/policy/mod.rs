@@ -1020,7 +1020,7 @@ mod tests {
             panic!("expected too complex, got {err:?}");
         };
         assert!(
-            message.starts_with("1:75: brackets nest more than 32 deep"),
+            message.starts_with("1:76: brackets nest more than 32 deep"),
             "{message}"
         );
         // Hostile depth is refused quickly, not by overflowing the stack.

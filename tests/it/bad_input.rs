@@ -142,7 +142,7 @@ fn root_der(node: &Node) -> Vec<u8> {
 
 /// A node's own credentials, opened from its data directory as the node itself would (a
 /// test of what a thief holding the whole data directory of a node without autolock has).
-fn credentials_of(node: &Node) -> Credentials {
+pub(crate) fn credentials_of(node: &Node) -> Credentials {
     let dir = node.data_dir();
     let kek = skep::store::seal::Kek::from_bytes(&std::fs::read(dir.join("kek")).unwrap()).unwrap();
     let key = kek

@@ -30,7 +30,7 @@ fn docker_reachable() -> bool {
 }
 
 /// The test image, or `None` with a notice when Docker or the image is unavailable.
-fn image_or_skip() -> Option<&'static str> {
+pub(crate) fn image_or_skip() -> Option<&'static str> {
     if !docker_reachable() {
         eprintln!("NOTICE: Docker Engine not reachable: skipping");
         return None;
@@ -45,7 +45,7 @@ fn image_or_skip() -> Option<&'static str> {
 }
 
 /// A service name no other test (of this run or a concurrent one) uses.
-fn unique_name(prefix: &str) -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", std::process::id())
 }
 
@@ -86,7 +86,7 @@ fn container_states(service: &str) -> String {
 /// Removes the containers labelled with a service name when dropped, even when the test fails.
 /// Declare it before the cluster: locals drop in reverse order, so the daemons are gone by then
 /// and cannot start new containers.
-struct ContainerGuard(String);
+pub(crate) struct ContainerGuard(pub(crate) String);
 
 impl Drop for ContainerGuard {
     fn drop(&mut self) {

@@ -257,6 +257,7 @@ pub struct Node {
     dir: PathBuf,
     addr: SocketAddr,
     extra_args: Vec<String>,
+    wrapper: Vec<String>,
     child: Option<Child>,
     id: Option<String>,
 }
@@ -289,9 +290,17 @@ impl Node {
             dir,
             addr: fresh_addr(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            wrapper: Vec::new(),
             child: None,
             id: None,
         }
+    }
+
+    /// Runs the daemon through `wrapper` (a program and its arguments, e.g. `setpriv ...`),
+    /// which is given `skep daemon ...` as the rest of its command line.
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Node {
+        self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// The host name (and test name) of the node.
@@ -371,7 +380,14 @@ impl Node {
         let data_dir = self.data_dir();
         let socket = self.socket();
         let addr = self.addr();
-        let mut cmd = Command::new(skep_bin());
+        let mut cmd = match self.wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(skep_bin());
+                c
+            }
+            None => Command::new(skep_bin()),
+        };
         cmd.arg("daemon")
             .args([
                 "--data-dir",
@@ -560,6 +576,7 @@ impl Drop for Node {
         }
         self.kill();
         kill_processes_mentioning(&self.dir);
+        unmount_under(&self.dir);
         if std::env::var_os("SKEP_IT_KEEP").is_some()
             && let Some(root) = self.root.take()
         {
@@ -588,6 +605,25 @@ pub fn kill_processes_mentioning(dir: &Path) {
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+    }
+}
+
+/// Mount points under `dir` (secrets tmpfs of tasks), from this process's mount table.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let prefix = format!("{}/", dir.to_string_lossy());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| mp.starts_with(&prefix))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Unmounts whatever a killed daemon left mounted under `dir`, so the directory can go.
+pub fn unmount_under(dir: &Path) {
+    for mp in mounts_under(dir) {
+        let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 

@@ -92,7 +92,7 @@ async fn exec_exit_code_logs_and_pid_namespace() {
         return;
     };
     let t = sh("echo hello; echo oops >&2; echo $$; exit 3");
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     assert_eq!(wait_bounded(&mut h, 20).await, 3);
     // Waiting again gives the same answer.
     assert_eq!(h.wait().await.unwrap(), 3);
@@ -134,7 +134,7 @@ async fn exec_init_is_pid_1_and_env_is_given() {
         ],
         &["FOO=bar baz"],
     );
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     assert_eq!(wait_bounded(&mut h, 20).await, 0);
     let logs = ex.logs(&t, 0).await.unwrap();
     let out: Vec<&str> = logs.iter().map(|(_, l)| l.as_str()).collect();
@@ -156,7 +156,7 @@ async fn exec_stop_within_grace() {
         return;
     };
     let t = task(Runtime::Exec, "", &["sleep", "1000"], &[]);
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     // Still running after a moment: wait is cancel safe, so a timed-out wait loses nothing.
     assert!(
         tokio::time::timeout(Duration::from_millis(300), h.wait())
@@ -183,7 +183,7 @@ async fn exec_stop_kills_after_grace_when_term_is_ignored() {
     };
     // The shell ignores TERM; so does its child sleep (ignored signals are inherited).
     let t = sh("trap '' TERM; sleep 1000");
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let began = Instant::now();
     h.stop(Duration::from_millis(500)).await.unwrap();
@@ -200,7 +200,7 @@ async fn exec_stop_in_select_with_wait() {
         return;
     };
     let t = task(Runtime::Exec, "", &["sleep", "1000"], &[]);
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     let (stop_tx, mut stop_rx) = tokio::sync::mpsc::channel::<()>(1);
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -222,14 +222,14 @@ async fn exec_missing_program_is_a_start_error() {
         return;
     };
     let t = task(Runtime::Exec, "", &["/no/such/program", "x"], &[]);
-    let err = ex.start(&t).await.err().expect("start must fail");
+    let err = ex.start(&t, None).await.err().expect("start must fail");
     assert!(matches!(err, ExecError::ProgramNotFound { .. }), "{err}");
     assert!(err.to_string().contains("/no/such/program"), "{err}");
     let t = task(Runtime::Exec, "", &["no-such-program-skep"], &[]);
-    let err = ex.start(&t).await.err().expect("start must fail");
+    let err = ex.start(&t, None).await.err().expect("start must fail");
     assert!(err.to_string().contains("not found"), "{err}");
     let t = task(Runtime::Exec, "", &[], &[]);
-    assert!(matches!(ex.start(&t).await, Err(ExecError::EmptyCommand)));
+    assert!(matches!(ex.start(&t, None).await, Err(ExecError::EmptyCommand)));
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn exec_mounts_stay_in_the_task() {
     let t = sh(&format!(
         "mount -t tmpfs skeptest {dir} && touch {dir}/marker && grep -c skeptest /proc/self/mountinfo"
     ));
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     let code = wait_bounded(&mut h, 20).await;
     let logs = ex.logs(&t, 0).await.unwrap();
     assert_eq!(code, 0, "{logs:?}");
@@ -260,7 +260,7 @@ async fn exec_cleanup_stale_stops_leftovers() {
         return;
     };
     let t = task(Runtime::Exec, "", &["sleep", "1000"], &[]);
-    let mut h = old.start(&t).await.unwrap();
+    let mut h = old.start(&t, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     // A "restarted agent" on the same state directory.
     let new = Executors::detect_with(state.path(), helper()).await;
@@ -278,22 +278,86 @@ async fn exec_cleanup_stale_stops_leftovers() {
 
 const TEST_PROGRAM: &str = r#"
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 static void on_term(int s) { (void)s; _exit(143); }
+/* SHA-256 (FIPS 180-4), just enough to prove which secret a container read. */
+static const uint32_t K[64] = {
+0x428a2f98,0x71374491,0xb5c0fbcf,0xe9b5dba5,0x3956c25b,0x59f111f1,0x923f82a4,0xab1c5ed5,
+0xd807aa98,0x12835b01,0x243185be,0x550c7dc3,0x72be5d74,0x80deb1fe,0x9bdc06a7,0xc19bf174,
+0xe49b69c1,0xefbe4786,0x0fc19dc6,0x240ca1cc,0x2de92c6f,0x4a7484aa,0x5cb0a9dc,0x76f988da,
+0x983e5152,0xa831c66d,0xb00327c8,0xbf597fc7,0xc6e00bf3,0xd5a79147,0x06ca6351,0x14292967,
+0x27b70a85,0x2e1b2138,0x4d2c6dfc,0x53380d13,0x650a7354,0x766a0abb,0x81c2c92e,0x92722c85,
+0xa2bfe8a1,0xa81a664b,0xc24b8b70,0xc76c51a3,0xd192e819,0xd6990624,0xf40e3585,0x106aa070,
+0x19a4c116,0x1e376c08,0x2748774c,0x34b0bcb5,0x391c0cb3,0x4ed8aa4a,0x5b9cca4f,0x682e6ff3,
+0x748f82ee,0x78a5636f,0x84c87814,0x8cc70208,0x90befffa,0xa4506ceb,0xbef9a3f7,0xc67178f2};
+#define ROR(x,n) (((x)>>(n))|((x)<<(32-(n))))
+static void block(uint32_t h[8], const unsigned char *p) {
+    uint32_t w[64], a,b,c,d,e,f,g,k,t1,t2; int i;
+    for (i = 0; i < 16; i++) w[i] = (uint32_t)p[4*i]<<24 | (uint32_t)p[4*i+1]<<16 | (uint32_t)p[4*i+2]<<8 | p[4*i+3];
+    for (i = 16; i < 64; i++) w[i] = (ROR(w[i-2],17)^ROR(w[i-2],19)^(w[i-2]>>10)) + w[i-7] + (ROR(w[i-15],7)^ROR(w[i-15],18)^(w[i-15]>>3)) + w[i-16];
+    a=h[0];b=h[1];c=h[2];d=h[3];e=h[4];f=h[5];g=h[6];k=h[7];
+    for (i = 0; i < 64; i++) {
+        t1 = k + (ROR(e,6)^ROR(e,11)^ROR(e,25)) + ((e&f)^(~e&g)) + K[i] + w[i];
+        t2 = (ROR(a,2)^ROR(a,13)^ROR(a,22)) + ((a&b)^(a&c)^(b&c));
+        k=g; g=f; f=e; e=d+t1; d=c; c=b; b=a; a=t1+t2;
+    }
+    h[0]+=a;h[1]+=b;h[2]+=c;h[3]+=d;h[4]+=e;h[5]+=f;h[6]+=g;h[7]+=k;
+}
+static int sha256_file(const char *path, char out[65]) {
+    uint32_t h[8] = {0x6a09e667,0xbb67ae85,0x3c6ef372,0xa54ff53a,0x510e527f,0x9b05688c,0x1f83d9ab,0x5be0cd19};
+    unsigned char buf[128]; size_t n, fill = 0; uint64_t len = 0; int i;
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    while ((n = fread(buf + fill, 1, 64 - fill, f)) > 0) {
+        fill += n; len += n;
+        if (fill == 64) { block(h, buf); fill = 0; }
+    }
+    fclose(f);
+    buf[fill++] = 0x80;
+    if (fill > 56) { memset(buf + fill, 0, 64 - fill); block(h, buf); fill = 0; }
+    memset(buf + fill, 0, 56 - fill);
+    for (i = 0; i < 8; i++) buf[56 + i] = (unsigned char)((len * 8) >> (56 - 8 * i));
+    block(h, buf);
+    for (i = 0; i < 8; i++) sprintf(out + 8 * i, "%08x", h[i]);
+    return 0;
+}
 int main(int argc, char **argv) {
+    int i;
     signal(SIGTERM, on_term);
     printf("out-line\n"); fflush(stdout);
     fprintf(stderr, "err-line\n"); fflush(stderr);
     if (argc > 1 && strcmp(argv[1], "sleep") == 0) { for (;;) pause(); }
     if (argc > 2 && strcmp(argv[1], "exit") == 0) return atoi(argv[2]);
+    if (argc > 1 && strcmp(argv[1], "secret") == 0) {
+        /* secret PATH...: what the task sees of each file, then wait to be stopped. */
+        struct statfs fs;
+        if (statfs("/run/secrets", &fs) == 0)
+            printf("fs=%s\n", fs.f_type == 0x01021994 ? "tmpfs" : "other");
+        else
+            printf("fs=none\n");
+        for (i = 2; i < argc; i++) {
+            struct stat st; char hex[65];
+            if (stat(argv[i], &st) != 0 || sha256_file(argv[i], hex) != 0) {
+                printf("%s unreadable\n", argv[i]);
+                continue;
+            }
+            printf("%s uid=%u gid=%u mode=%o sha256=%s\n", argv[i], (unsigned)st.st_uid,
+                   (unsigned)st.st_gid, (unsigned)(st.st_mode & 0777), hex);
+        }
+        fflush(stdout);
+        for (;;) pause();
+    }
     return 0;
 }
 "#;
 
-const TEST_IMAGE: &str = "skep-test/prog:it";
+const TEST_IMAGE: &str = "skep-test/prog:it2";
 
 /// Docker tests share the engine: the cleanup test, which removes every skep container,
 /// holds it alone.
@@ -357,7 +421,7 @@ async fn docker_exit_code_and_logs() {
         return;
     };
     let t = task(Runtime::Docker, image, &["/prog", "exit", "5"], &["A=1"]);
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     assert_eq!(wait_bounded(&mut h, 30).await, 5);
     let logs = ex.logs(&t, 0).await.unwrap();
     assert!(has(&logs, "stdout", "out-line"), "{logs:?}");
@@ -368,7 +432,7 @@ async fn docker_exit_code_and_logs() {
 
     // No command: the image's own.
     let t = task(Runtime::Docker, image, &[], &[]);
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     assert_eq!(wait_bounded(&mut h, 30).await, 7);
     ex.remove(&t).await;
 }
@@ -381,7 +445,7 @@ async fn docker_stop() {
         return;
     };
     let t = task(Runtime::Docker, image, &["/prog", "sleep"], &[]);
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     assert!(
         tokio::time::timeout(Duration::from_millis(300), h.wait())
             .await
@@ -409,7 +473,7 @@ async fn docker_missing_image_fails_clearly() {
         return;
     };
     let t = task(Runtime::Docker, "skep-test/missing:nope", &[], &[]);
-    match tokio::time::timeout(Duration::from_secs(30), ex.start(&t)).await {
+    match tokio::time::timeout(Duration::from_secs(30), ex.start(&t, None)).await {
         Ok(Ok(_)) => panic!("a missing image started"),
         Ok(Err(e)) => {
             let msg = e.to_string();
@@ -436,7 +500,7 @@ async fn docker_cleanup_stale() {
         return;
     };
     let t = task(Runtime::Docker, image, &["/prog", "sleep"], &[]);
-    let mut h = ex.start(&t).await.unwrap();
+    let mut h = ex.start(&t, None).await.unwrap();
     let new = Executors::detect_with(state.path(), helper()).await;
     let stopped = new.cleanup_stale().await;
     assert!(stopped.contains(&t.id), "{stopped:?}");
