@@ -9,8 +9,8 @@ use rustls::ClientConfig;
 use tonic::transport::Channel;
 
 pub mod executor;
-pub mod secrets;
 pub mod join;
+pub mod secrets;
 pub mod supervisor;
 
 use crate::api::v1::HeartbeatRequest;

@@ -407,13 +407,20 @@ mod tests {
     #[test]
     fn store_keeps_values_while_referenced_and_remembers_digests() {
         let s = SecretStore::default();
-        s.insert("i1".into(), "db".into(), SecretBytes::new(b"hunter2".to_vec()));
+        s.insert(
+            "i1".into(),
+            "db".into(),
+            SecretBytes::new(b"hunter2".to_vec()),
+        );
         s.insert("i2".into(), "tls".into(), SecretBytes::new(b"k".to_vec()));
         assert!(s.has("i1"));
         let dropped = s.retain(&BTreeSet::from(["i2"]));
         assert_eq!(dropped, vec!["db".to_string()]);
         assert!(!s.has("i1"));
-        assert_eq!(s.get("i2").map(|v| v.expose().to_vec()), Some(b"k".to_vec()));
+        assert_eq!(
+            s.get("i2").map(|v| v.expose().to_vec()),
+            Some(b"k".to_vec())
+        );
         let rec = s.received();
         assert_eq!(rec.len(), 2);
         assert_eq!(rec[0].digest, digest(b"hunter2"));
@@ -425,10 +432,7 @@ mod tests {
     #[test]
     fn size_cap_covers_the_values() {
         let refs = vec![r("a", "/run/secrets/a", 0, 0, 0o444)];
-        let values = HashMap::from([(
-            "id-a".to_string(),
-            SecretBytes::new(vec![0u8; 500 * 1024]),
-        )]);
+        let values = HashMap::from([("id-a".to_string(), SecretBytes::new(vec![0u8; 500 * 1024]))]);
         assert!(size_cap(&refs, &values) >= 500 * 1024);
     }
 

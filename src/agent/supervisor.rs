@@ -18,14 +18,14 @@ use tonic::{Request, Response, Status};
 
 use super::ManagerList;
 use super::executor::{ExecError, Executors};
+use super::secrets::{SecretStore, SecretsError, TaskSecrets, mount_task_secrets};
 use crate::api::v1::agent_server::Agent as AgentRpc;
 use crate::api::v1::dispatcher_client::DispatcherClient;
-use super::secrets::{SecretStore, SecretsError, TaskSecrets, mount_task_secrets};
 use crate::api::v1::{
     LogLine, LogsResponse, SecretRequest, SessionRequest, TaskLogsRequest, TaskReport,
 };
-use crate::secret::SecretBytes;
 use crate::net::PeerInfo;
+use crate::secret::SecretBytes;
 use crate::store::service::{DesiredState, Task, TaskState, TaskStatus};
 
 /// How long a stopped task gets between SIGTERM and SIGKILL (Docker's default).
@@ -233,7 +233,10 @@ impl Supervisor {
             }
             let v = match self.secrets.get(&r.secret_id) {
                 Some(v) => v,
-                None => self.fetch_secret(task, &r.secret_id, &r.secret_name).await?,
+                None => {
+                    self.fetch_secret(task, &r.secret_id, &r.secret_name)
+                        .await?
+                }
             };
             out.insert(r.secret_id.clone(), v);
         }

@@ -132,7 +132,10 @@ pub(super) async fn run(api: &mut Api, cmd: PolicyCommand) -> anyhow::Result<()>
             } else {
                 "the new policy set"
             };
-            print(&format!("Policy updated: {what} is in force (digest {}).\n", p.digest))
+            print(&format!(
+                "Policy updated: {what} is in force (digest {}).\n",
+                p.digest
+            ))
         }
         PolicyCommand::Validate(a) => validate(&a),
     }
@@ -140,7 +143,11 @@ pub(super) async fn run(api: &mut Api, cmd: PolicyCommand) -> anyhow::Result<()>
 
 pub(super) async fn agent(api: &mut Api, cmd: AgentCommand) -> anyhow::Result<()> {
     let AgentCommand::Secrets(a) = cmd;
-    let resp = api.agent_secrets(Empty {}).await.map_err(status)?.into_inner();
+    let resp = api
+        .agent_secrets(Empty {})
+        .await
+        .map_err(status)?
+        .into_inner();
     let received: Vec<crate::agent::secrets::Received> = resp
         .received_json
         .iter()

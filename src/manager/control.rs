@@ -214,9 +214,10 @@ impl Manager {
         };
         let verdict = self.read(|s| super::entitle::check_any_node(s, &who, &spec.task));
         if let Err(d) = verdict {
-            let record = AuditEvent::now(actor.clone(), "secret.attach", &d.secret, Outcome::Denied)
-                .with("service", spec.name.clone())
-                .with("reason", d.reason.clone());
+            let record =
+                AuditEvent::now(actor.clone(), "secret.attach", &d.secret, Outcome::Denied)
+                    .with("service", spec.name.clone())
+                    .with("reason", d.reason.clone());
             self.audit(record).await;
             return Err(ManagerError::Denied(format!(
                 "service {} may not use {d} (on any node of the swarm); change the policy (`skep policy get|set`) or the labels",
@@ -227,34 +228,34 @@ impl Manager {
     }
 
     /// Audit records of the secrets attached to and detached from a service.
-fn secret_changes(
-    actor: &Actor,
-    service: &str,
-    service_id: &str,
-    old: &[crate::store::service::SecretRef],
-    new: &[crate::store::service::SecretRef],
-) -> Vec<Command> {
-    let record = |action: &str, r: &crate::store::service::SecretRef| {
-        Command::Audit(
-            AuditEvent::now(actor.clone(), action, &r.secret_name, Outcome::Ok)
-                .with("secret_id", r.secret_id.clone())
-                .with("service", service.to_string())
-                .with("service_id", service_id.to_string())
-                .with("target", r.target.clone()),
-        )
-    };
-    let mut out: Vec<Command> = old
-        .iter()
-        .filter(|o| !new.contains(o))
-        .map(|r| record("secret.detach", r))
-        .collect();
-    out.extend(
-        new.iter()
-            .filter(|n| !old.contains(n))
-            .map(|r| record("secret.attach", r)),
-    );
-    out
-}
+    fn secret_changes(
+        actor: &Actor,
+        service: &str,
+        service_id: &str,
+        old: &[crate::store::service::SecretRef],
+        new: &[crate::store::service::SecretRef],
+    ) -> Vec<Command> {
+        let record = |action: &str, r: &crate::store::service::SecretRef| {
+            Command::Audit(
+                AuditEvent::now(actor.clone(), action, &r.secret_name, Outcome::Ok)
+                    .with("secret_id", r.secret_id.clone())
+                    .with("service", service.to_string())
+                    .with("service_id", service_id.to_string())
+                    .with("target", r.target.clone()),
+            )
+        };
+        let mut out: Vec<Command> = old
+            .iter()
+            .filter(|o| !new.contains(o))
+            .map(|r| record("secret.detach", r))
+            .collect();
+        out.extend(
+            new.iter()
+                .filter(|n| !old.contains(n))
+                .map(|r| record("secret.attach", r)),
+        );
+        out
+    }
 
     /// `service rm`.
     pub async fn remove_service(&self, actor: Actor, want: &str) -> Result<String, ManagerError> {

@@ -190,7 +190,13 @@ fn secrets_due(
             continue;
         }
         if memo
-            .check(&t.service_id, &t.service_name, t.spec_version, &t.spec, node)
+            .check(
+                &t.service_id,
+                &t.service_name,
+                t.spec_version,
+                &t.spec,
+                node,
+            )
             .is_err()
         {
             // Not entitled here (any more): the orchestrator moves the task; if its agent asks
@@ -218,7 +224,12 @@ fn secrets_due(
             value: sec.value.expose().to_vec(),
         });
         due.audit.push(Command::Audit(delivery_record(
-            node, &sec.name, &sec.id, &sec.digest, &task_ids, "session",
+            node,
+            &sec.name,
+            &sec.id,
+            &sec.digest,
+            &task_ids,
+            "session",
         )));
     }
     Ok(due)
@@ -234,11 +245,11 @@ pub(crate) fn delivery_record(
     via: &str,
 ) -> AuditEvent {
     AuditEvent::now(Actor::system(), "secret.deliver", name, Outcome::Ok)
-    .with("secret_id", id.to_string())
-    .with("digest", digest.to_string())
-    .with("node", node.id.clone())
-    .with("tasks", task_ids.join(","))
-    .with("via", via.to_string())
+        .with("secret_id", id.to_string())
+        .with("digest", digest.to_string())
+        .with("node", node.id.clone())
+        .with("tasks", task_ids.join(","))
+        .with("via", via.to_string())
 }
 
 /// Answers a node's request for one secret value (`Dispatcher.GetSecret`): only for a task

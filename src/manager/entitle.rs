@@ -114,12 +114,15 @@ pub fn check(
     Ok(())
 }
 
+/// Service ID, spec version, node ID.
+type MemoKey = (String, u64, String);
+
 /// Remembers decisions within one pass over the state (the scheduler asks once per task and
 /// node; tasks of one service at one spec version share the answer).
 pub struct Memo<'a> {
     state: &'a State,
     engine: Result<Arc<PolicyEngine>, String>,
-    seen: std::cell::RefCell<HashMap<(String, u64, String), Result<(), Denial>>>,
+    seen: std::cell::RefCell<HashMap<MemoKey, Result<(), Denial>>>,
 }
 
 impl<'a> Memo<'a> {

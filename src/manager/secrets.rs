@@ -215,6 +215,85 @@ impl Manager {
     }
 }
 
+/// The policy set in force: its text, digest, whether it is the built-in default, and when
+/// it was installed.
+pub struct PolicyView {
+    /// Cedar text.
+    pub text: String,
+    /// Hex SHA-256 of the text.
+    pub digest: String,
+    /// The built-in default is in force.
+    pub is_default: bool,
+    /// RFC 3339 time of installation ("" for the default).
+    pub updated_at: String,
+}
+
+impl Manager {
+    /// `policy get`.
+    pub fn policy(&self) -> PolicyView {
+        self.read(|s| match &s.policy {
+            Some(doc) => PolicyView {
+                text: doc.text.clone(),
+                digest: doc.digest.clone(),
+                is_default: false,
+                updated_at: doc.updated_at.clone(),
+            },
+            None => PolicyView {
+                text: crate::policy::DEFAULT_POLICY.to_string(),
+                digest: crate::policy::digest(crate::policy::DEFAULT_POLICY),
+                is_default: true,
+                updated_at: String::new(),
+            },
+        })
+    }
+
+    /// `policy set` (`None`: back to the default). The text is parsed and validated against
+    /// the schema first; an invalid set is refused with Cedar's message and the old one stays.
+    /// Audited either way, with the old and new digests.
+    pub async fn set_policy(
+        &self,
+        actor: Actor,
+        text: Option<String>,
+    ) -> Result<PolicyView, ManagerError> {
+        let old = self.policy().digest;
+        let new_digest =
+            crate::policy::digest(text.as_deref().unwrap_or(crate::policy::DEFAULT_POLICY));
+        if let Some(t) = &text
+            && let Err(e) = crate::policy::PolicyEngine::parse(t)
+        {
+            self.audit(
+                AuditEvent::now(actor, "policy.set", "secrets", Outcome::Error)
+                    .with("old_digest", old)
+                    .with("new_digest", new_digest)
+                    .with("reason", e.to_string()),
+            )
+            .await;
+            return Err(ManagerError::Invalid(format!(
+                "policy refused, the policy in force is unchanged: {e}"
+            )));
+        }
+        let doc = text.map(|t| crate::store::model::PolicyDoc {
+            text: t,
+            digest: new_digest.clone(),
+            updated_at: crate::util::now_rfc3339(),
+        });
+        let action = if doc.is_some() {
+            "policy.set"
+        } else {
+            "policy.reset"
+        };
+        let record = AuditEvent::now(actor, action, "secrets", Outcome::Ok)
+            .with("old_digest", old)
+            .with("new_digest", new_digest);
+        self.propose(Command::Batch(vec![
+            Command::SetPolicy(doc),
+            Command::Audit(record),
+        ]))
+        .await?;
+        Ok(self.policy())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,79 +389,5 @@ mod tests {
         let mut m = SecretRef::new("db");
         m.mode = 0o4755;
         assert!(resolve_refs(&st, &mut [m]).is_err());
-    }
-}
-
-/// The policy set in force: its text, digest, whether it is the built-in default, and when
-/// it was installed.
-pub struct PolicyView {
-    /// Cedar text.
-    pub text: String,
-    /// Hex SHA-256 of the text.
-    pub digest: String,
-    /// The built-in default is in force.
-    pub is_default: bool,
-    /// RFC 3339 time of installation ("" for the default).
-    pub updated_at: String,
-}
-
-impl Manager {
-    /// `policy get`.
-    pub fn policy(&self) -> PolicyView {
-        self.read(|s| match &s.policy {
-            Some(doc) => PolicyView {
-                text: doc.text.clone(),
-                digest: doc.digest.clone(),
-                is_default: false,
-                updated_at: doc.updated_at.clone(),
-            },
-            None => PolicyView {
-                text: crate::policy::DEFAULT_POLICY.to_string(),
-                digest: crate::policy::digest(crate::policy::DEFAULT_POLICY),
-                is_default: true,
-                updated_at: String::new(),
-            },
-        })
-    }
-
-    /// `policy set` (`None`: back to the default). The text is parsed and validated against
-    /// the schema first; an invalid set is refused with Cedar's message and the old one stays.
-    /// Audited either way, with the old and new digests.
-    pub async fn set_policy(
-        &self,
-        actor: Actor,
-        text: Option<String>,
-    ) -> Result<PolicyView, ManagerError> {
-        let old = self.policy().digest;
-        let new_digest = crate::policy::digest(text.as_deref().unwrap_or(crate::policy::DEFAULT_POLICY));
-        if let Some(t) = &text
-            && let Err(e) = crate::policy::PolicyEngine::parse(t)
-        {
-            self.audit(
-                AuditEvent::now(actor, "policy.set", "secrets", Outcome::Error)
-                    .with("old_digest", old)
-                    .with("new_digest", new_digest)
-                    .with("reason", e.to_string()),
-            )
-            .await;
-            return Err(ManagerError::Invalid(format!(
-                "policy refused, the policy in force is unchanged: {e}"
-            )));
-        }
-        let doc = text.map(|t| crate::store::model::PolicyDoc {
-            text: t,
-            digest: new_digest.clone(),
-            updated_at: crate::util::now_rfc3339(),
-        });
-        let action = if doc.is_some() { "policy.set" } else { "policy.reset" };
-        let record = AuditEvent::now(actor, action, "secrets", Outcome::Ok)
-            .with("old_digest", old)
-            .with("new_digest", new_digest);
-        self.propose(Command::Batch(vec![
-            Command::SetPolicy(doc),
-            Command::Audit(record),
-        ]))
-        .await?;
-        Ok(self.policy())
     }
 }

@@ -229,7 +229,10 @@ async fn exec_missing_program_is_a_start_error() {
     let err = ex.start(&t, None).await.err().expect("start must fail");
     assert!(err.to_string().contains("not found"), "{err}");
     let t = task(Runtime::Exec, "", &[], &[]);
-    assert!(matches!(ex.start(&t, None).await, Err(ExecError::EmptyCommand)));
+    assert!(matches!(
+        ex.start(&t, None).await,
+        Err(ExecError::EmptyCommand)
+    ));
 }
 
 #[tokio::test]

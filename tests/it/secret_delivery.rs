@@ -79,19 +79,25 @@ fn logs(m: &Node, service: &str) -> String {
 }
 
 fn wait_logs(m: &Node, service: &str, needle: &str) -> String {
-    wait_for(timeout(), &format!("{needle:?} in the logs of {service}"), || {
-        let l = logs(m, service);
-        if l.contains(needle) {
-            Ok(l)
-        } else {
-            Err(l)
-        }
-    })
+    wait_for(
+        timeout(),
+        &format!("{needle:?} in the logs of {service}"),
+        || {
+            let l = logs(m, service);
+            if l.contains(needle) { Ok(l) } else { Err(l) }
+        },
+    )
 }
 
 fn exec_service(m: &Node, name: &str, opts: &[&str], script: &str) {
     let mut args = vec![
-        "service", "create", "--detach", "--runtime", "exec", "--name", name,
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        name,
     ];
     args.extend_from_slice(opts);
     args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
@@ -188,7 +194,11 @@ fn exec_tasks_read_their_secrets_on_tmpfs_and_only_entitled_nodes_receive_them()
         .filter_map(|r| r["name"].as_str().map(str::to_string))
         .collect();
     got.sort();
-    assert_eq!(got, vec!["db".to_string(), "tls".to_string()], "w1 received");
+    assert_eq!(
+        got,
+        vec!["db".to_string(), "tls".to_string()],
+        "w1 received"
+    );
     let digests: Vec<String> = received(w1)
         .iter()
         .filter_map(|r| r["digest"].as_str().map(str::to_string))
@@ -286,14 +296,22 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
     // w2 runs no task of holder: refused, whatever it names.
     let e = ask(w2, &task_id, &db_id).unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
-    assert!(e.message().contains("is not assigned to node"), "{}", e.message());
+    assert!(
+        e.message().contains("is not assigned to node"),
+        "{}",
+        e.message()
+    );
     // w1 runs the task, but the task does not use `other`.
     let e = ask(w1, &task_id, &other_id).unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
     assert!(e.message().contains("does not use"), "{}", e.message());
     // A task that does not exist reads the same as another node's.
     let e = ask(w1, "no-such-task", &db_id).unwrap_err();
-    assert!(e.message().contains("is not assigned to node"), "{}", e.message());
+    assert!(
+        e.message().contains("is not assigned to node"),
+        "{}",
+        e.message()
+    );
     // The entitled request succeeds.
     assert_eq!(ask(w1, &task_id, &db_id).unwrap(), value.as_bytes());
 
@@ -335,7 +353,10 @@ fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() 
     assert!(ok.status.success(), "{}", crate::harness::describe(&ok));
     assert!(crate::harness::stdout(&ok).contains("valid"));
     let bad = dir.path().join("bad.cedar");
-    write_file(&bad, "permit(principal, action, resource) when { principal.nosuch == 1 };\n");
+    write_file(
+        &bad,
+        "permit(principal, action, resource) when { principal.nosuch == 1 };\n",
+    );
     let garbage = dir.path().join("garbage.cedar");
     write_file(&garbage, "permit(principal action resource);\n");
     for f in [&bad, &garbage] {
@@ -345,12 +366,18 @@ fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() 
 
     // The default is in force; an invalid set is refused and changes nothing.
     let default_digest = m.cli_ok(&["policy", "get", "--digest"]).trim().to_string();
-    assert!(m.cli_ok(&["policy", "get"]).contains("services-use-their-secrets"));
+    assert!(
+        m.cli_ok(&["policy", "get"])
+            .contains("services-use-their-secrets")
+    );
     assert_error(
         &m.cli(&["policy", "set", garbage.to_str().unwrap()]),
         "policy refused",
     );
-    assert_eq!(m.cli_ok(&["policy", "get", "--digest"]).trim(), default_digest);
+    assert_eq!(
+        m.cli_ok(&["policy", "get", "--digest"]).trim(),
+        default_digest
+    );
 
     m.cli_ok(&["policy", "set", example]);
     let new_digest = m.cli_ok(&["policy", "get", "--digest"]).trim().to_string();
@@ -366,8 +393,19 @@ fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() 
     let value = "prod-only-secret-t6y9u1";
     create_secret(m, "prod_key", value, &["--label", "tier=prod"]);
     let create = [
-        "service", "create", "--detach", "--runtime", "exec", "--name", "vault", "--secret",
-        "prod_key", "--", "/bin/sh", "-c", "cat /run/secrets/prod_key >/dev/null && echo read-ok; exec sleep 1000",
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "vault",
+        "--secret",
+        "prod_key",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /run/secrets/prod_key >/dev/null && echo read-ok; exec sleep 1000",
     ];
     assert_error(&m.cli(&create), "secure=true");
     let audit = m.audit();
@@ -456,7 +494,14 @@ fn docker_tasks_see_their_secret_read_only_on_tmpfs_and_others_do_not() {
     );
     assert!(out.contains(&want), "{out}");
     m.cli_ok(&[
-        "service", "create", "--detach", "--name", &snoop, image, "/prog", "secret",
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &snoop,
+        image,
+        "/prog",
+        "secret",
         "/run/secrets/dk",
     ]);
     let out = wait_logs(m, &snoop, "/run/secrets/dk unreadable");
@@ -474,7 +519,11 @@ fn docker_tasks_see_their_secret_read_only_on_tmpfs_and_others_do_not() {
             None,
         );
         let id = crate::harness::stdout(&out).trim().to_string();
-        if id.is_empty() { Err("none yet".to_string()) } else { Ok(id) }
+        if id.is_empty() {
+            Err("none yet".to_string())
+        } else {
+            Ok(id)
+        }
     });
     let inspect = crate::harness::stdout(&crate::harness::run(
         std::process::Command::new("docker").args([
@@ -499,7 +548,11 @@ fn without_tmpfs_a_task_with_secrets_fails_and_nothing_reaches_the_disk() {
     let Some(image) = crate::docker_services::image_or_skip() else {
         return;
     };
-    if std::process::Command::new("setpriv").arg("--version").output().is_err() {
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("NOTICE: setpriv missing: skipping");
         return;
     }

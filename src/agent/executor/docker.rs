@@ -574,11 +574,18 @@ mod tests {
 
     #[test]
     fn secrets_are_bound_read_only_at_run_secrets() {
-        let b = create_body(&task(), "nginx", Some(Path::new("/var/lib/skep/tasks/t1/secrets/files")));
+        let b = create_body(
+            &task(),
+            "nginx",
+            Some(Path::new("/var/lib/skep/tasks/t1/secrets/files")),
+        );
         let mounts = b.host_config.unwrap().mounts.unwrap();
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].target.as_deref(), Some("/run/secrets"));
-        assert_eq!(mounts[0].source.as_deref(), Some("/var/lib/skep/tasks/t1/secrets/files"));
+        assert_eq!(
+            mounts[0].source.as_deref(),
+            Some("/var/lib/skep/tasks/t1/secrets/files")
+        );
         assert_eq!(mounts[0].read_only, Some(true));
         assert_eq!(mounts[0].typ, Some(MountType::BIND));
     }

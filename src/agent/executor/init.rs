@@ -326,7 +326,12 @@ fn expose_secrets(dir: &Path) -> Result<(), String> {
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| format!("cannot bind the task's secrets at {}: {e}", target.display()))?;
+    .map_err(|e| {
+        format!(
+            "cannot bind the task's secrets at {}: {e}",
+            target.display()
+        )
+    })?;
     mount(
         None::<&str>,
         target,

@@ -197,7 +197,11 @@ impl Executors {
 
     /// Prepares (docker: the image, pulled only if missing) and starts the task. `secrets`:
     /// the directory the task is to see, read-only, as `/run/secrets`.
-    pub async fn start(&self, task: &Task, secrets: Option<&Path>) -> Result<TaskHandle, ExecError> {
+    pub async fn start(
+        &self,
+        task: &Task,
+        secrets: Option<&Path>,
+    ) -> Result<TaskHandle, ExecError> {
         check_task_id(&task.id)?;
         match task.spec.runtime {
             Runtime::Exec => match &self.exec {
@@ -217,7 +221,10 @@ impl Executors {
     pub async fn cleanup_stale(&self) -> Vec<String> {
         let unmounted = crate::agent::secrets::cleanup_stale(&self.tasks_dir);
         if unmounted > 0 {
-            tracing::info!(count = unmounted, "unmounted secrets left from a previous run");
+            tracing::info!(
+                count = unmounted,
+                "unmounted secrets left from a previous run"
+            );
         }
         let mut ids = Vec::new();
         if let Some(e) = &self.exec {
