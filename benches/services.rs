@@ -18,32 +18,21 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Cluster, Daemon, POLL, pids_mentioning, wait_for, wait_limit};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
-use serde_json::Value;
 
 use skep::api::v1::dispatcher_client::DispatcherClient;
 use skep::api::v1::{HeartbeatRequest, SessionRequest, TaskReport};
 use skep::store::service::{DesiredState, Task, TaskState, TaskStatus};
 
-/// Every wait gives up after this long: 300 s, or `SKEP_BENCH_WAIT_SECS`.
-fn wait_limit() -> Duration {
-    Duration::from_secs(
-        std::env::var("SKEP_BENCH_WAIT_SECS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(300),
-    )
-}
-/// How often `service ls` is polled.
-const POLL: Duration = Duration::from_millis(200);
 /// The small convergence case.
 const CONV_SMALL: u64 = 100;
 /// The large convergence case, unless `SKEP_BENCH_CONV_REPLICAS` says otherwise.
@@ -52,235 +41,6 @@ const CONV_LARGE: u64 = 1000;
 const SIM_NODES: usize = 100;
 /// Replicas of the placement bench, unless `SKEP_BENCH_PLACE_REPLICAS` says otherwise.
 const PLACE_REPLICAS: u64 = 2000;
-
-// ------------------------------------------------------------------ processes
-
-/// Kills every process whose command line mentions `dir` (the exec tasks' init helpers name
-/// their task directory; killing the namespace's init kills the task itself).
-fn kill_processes_mentioning(dir: &Path) {
-    for pid in pids_mentioning(dir, None) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Processes whose command line mentions `dir` (and `also`, if given).
-fn pids_mentioning(dir: &Path, also: Option<&str>) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains(&needle) && also.is_none_or(|a| cmdline.contains(a)) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-/// One `skep daemon` process with its own directory under a shared root.
-struct Daemon {
-    name: String,
-    child: Option<Child>,
-    dir: PathBuf,
-    addr: String,
-}
-
-impl Daemon {
-    fn start(root: &Path, name: &str, addr: &str) -> Daemon {
-        if let Ok(sock) = addr.parse::<std::net::SocketAddr>() {
-            assert!(
-                std::net::TcpListener::bind(sock).is_ok(),
-                "{addr} is taken: is another benchmark or a stray daemon running?"
-            );
-        }
-        let dir = root.join(name);
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skep"))
-            .arg("daemon")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--socket")
-            .arg(dir.join("skep.sock"))
-            .args([
-                "--listen-addr",
-                addr,
-                "--advertise-addr",
-                addr,
-                "--hostname",
-                name,
-                "--heartbeat-period",
-                "1s",
-            ])
-            .env(
-                "SKEP_LOG",
-                std::env::var("SKEP_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning the daemon {name}: {e}"));
-        let d = Daemon {
-            name: name.into(),
-            child: Some(child),
-            dir,
-            addr: addr.into(),
-        };
-        let socket = d.socket();
-        wait_for(Duration::from_secs(30), &format!("{name}'s socket"), || {
-            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
-                Ok(())
-            } else {
-                Err(d.log_tail())
-            }
-        });
-        d
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("skep.sock")
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// `skep --host unix://<socket> args`; panics (with the daemon's log) unless it succeeds.
-    fn cli(&self, args: &[&str]) -> String {
-        match self.try_cli(args) {
-            Ok(out) => out,
-            Err(e) => panic!(
-                "skep {} on {}: {e}\n--- daemon log (tail) ---\n{}",
-                args.join(" "),
-                self.name,
-                self.log_tail()
-            ),
-        }
-    }
-
-    fn try_cli(&self, args: &[&str]) -> Result<String, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skep"))
-            .arg("--host")
-            .arg(format!("unix://{}", self.socket().display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run the CLI: {e}"))?;
-        let mut out = child.stdout.take().unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let out = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        let err = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(st)) => break st,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5))
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err("the CLI did not finish within 120 s".into());
-                }
-            }
-        };
-        let out = out.join().unwrap_or_default();
-        let err = err.join().unwrap_or_default();
-        if status.success() {
-            Ok(out)
-        } else {
-            Err(format!("{status}: {}", err.trim()))
-        }
-    }
-
-    fn json(&self, args: &[&str]) -> Result<Vec<Value>, String> {
-        let out = self.try_cli(args)?;
-        out.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).map_err(|e| format!("not JSON ({e}): {l}")))
-            .collect()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "===== log of {} (tail) =====\n{}",
-                self.name,
-                self.log_tail()
-            );
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        kill_processes_mentioning(&self.dir);
-    }
-}
-
-/// A set of daemons in one temporary root; dropping it kills them and every process that
-/// mentions the root (task helpers), then removes the root.
-struct Cluster {
-    daemons: Vec<Daemon>,
-    root: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn manager(&self) -> &Daemon {
-        &self.daemons[0]
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.daemons.clear();
-        kill_processes_mentioning(self.root.path());
-    }
-}
-
-/// Polls `f` (every `POLL`) until it returns `Ok`; panics after `within` with the last error.
-fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for {what}; last seen: {last}");
-        }
-        std::thread::sleep(POLL);
-    }
-}
 
 fn ready_count(m: &Daemon, prefix: &str) -> Result<usize, String> {
     let nodes = m.json(&["node", "ls", "--format", "json"])?;

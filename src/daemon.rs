@@ -1114,7 +1114,20 @@ impl Control for ControlService {
         &self,
         req: Request<JoinTokenRequest>,
     ) -> Result<Response<JoinTokenResponse>, Status> {
-        let role = req.into_inner().role;
+        let JoinTokenRequest { role, rotate } = req.into_inner();
+        if rotate {
+            let (m, actor) = self.0.manager_and_admin().await?;
+            let node_role = match role.as_str() {
+                "worker" => NodeRole::Worker,
+                "manager" => NodeRole::Manager,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown role {other:?}: use worker or manager"
+                    )));
+                }
+            };
+            m.rotate_token(actor, node_role).await.map_err(to_status)?;
+        }
         let (mgr, resp, node_id) = self
             .0
             .with_manager(|m, file| {

@@ -158,7 +158,10 @@ async fn start(args: &DevArgs, base: &Path, nodes: &mut Nodes) -> anyhow::Result
         .map_err(status)
         .with_context(|| format!("swarm init on {}", first.name))?
         .into_inner();
-    let token_of = |role: &str| JoinTokenRequest { role: role.into() };
+    let token_of = |role: &str| JoinTokenRequest {
+        role: role.into(),
+        rotate: false,
+    };
     let manager_token = leader
         .join_token(token_of("manager"))
         .await

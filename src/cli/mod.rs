@@ -175,6 +175,9 @@ struct JoinTokenArgs {
     /// Only display the token.
     #[arg(short, long)]
     quiet: bool,
+    /// Rotate the join token: the old one stops working at once.
+    #[arg(long)]
+    rotate: bool,
     /// The role the token admits.
     role: Role,
 }

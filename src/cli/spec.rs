@@ -674,52 +674,10 @@ pub(super) fn bytes(n: u64) -> String {
     format!("{text}{}", UNITS[unit])
 }
 
-/// `KEY=VALUE`; a bare `KEY` takes its value from the CLI's environment, as Docker does, and
-/// is dropped if that has none.
-/// `--secret NAME` or `--secret source=NAME,target=PATH,uid=N,gid=N,mode=0NNN`, with Docker's
-/// defaults (`/run/secrets/NAME`, root, 0444). A relative target is under `/run/secrets`. The
-/// secret ID is left empty: the manager resolves the name.
+/// `--secret NAME` or `--secret source=...,target=...` ([`crate::manager::secrets::parse_secret_spec`]).
 pub(super) fn parse_secret(text: &str, flag: &str) -> anyhow::Result<SecretRef> {
-    let bad = |why: &str| anyhow::anyhow!("invalid {flag} {text:?}: {why}");
-    if !text.contains('=') {
-        crate::manager::secrets::validate_name(text).map_err(|e| bad(&e))?;
-        return Ok(SecretRef::new(text));
-    }
-    let mut name = None;
-    let mut target = None;
-    let mut r = SecretRef::new("");
-    for field in text.split(',') {
-        let (k, v) = field
-            .split_once('=')
-            .ok_or_else(|| bad(&format!("{field:?} is not KEY=VALUE")))?;
-        let num = |v: &str| {
-            v.parse::<u32>()
-                .map_err(|_| bad(&format!("{k}={v:?} is not a number")))
-        };
-        match k.trim().to_ascii_lowercase().as_str() {
-            "source" | "src" => name = Some(v.to_string()),
-            "target" | "dst" | "destination" => target = Some(v.to_string()),
-            "uid" => r.uid = num(v)?,
-            "gid" => r.gid = num(v)?,
-            "mode" => {
-                r.mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| bad(&format!("mode={v:?} is not an octal file mode")))?
-            }
-            other => return Err(bad(&format!("unknown field {other:?}"))),
-        }
-    }
-    let name = name.ok_or_else(|| bad("source=NAME is required"))?;
-    crate::manager::secrets::validate_name(&name).map_err(|e| bad(&e))?;
-    r.secret_name = name.clone();
-    r.target = match target {
-        None => format!("/run/secrets/{name}"),
-        Some(t) if t.starts_with('/') => t,
-        Some(t) if !t.is_empty() => format!("/run/secrets/{t}"),
-        Some(_) => return Err(bad("target is empty")),
-    };
-    Ok(r)
+    crate::manager::secrets::parse_secret_spec(text)
+        .map_err(|why| anyhow::anyhow!("invalid {flag} {text:?}: {why}"))
 }
 
 /// Adds a secret reference, replacing one with the same target.
@@ -728,6 +686,8 @@ fn add_secret(secrets: &mut Vec<SecretRef>, r: SecretRef) {
     secrets.push(r);
 }
 
+/// `KEY=VALUE`; a bare `KEY` takes its value from the CLI's environment, as Docker does, and
+/// is dropped if that has none.
 fn parse_env(text: &str, flag: &str) -> anyhow::Result<Option<String>> {
     match text.split_once('=') {
         Some((k, _)) => {

@@ -145,6 +145,7 @@ pub(super) async fn join_token(api: &mut Api, args: JoinTokenArgs) -> anyhow::Re
     let resp = api
         .join_token(JoinTokenRequest {
             role: args.role.as_str().into(),
+            rotate: args.rotate,
         })
         .await
         .map_err(status)?
@@ -152,10 +153,17 @@ pub(super) async fn join_token(api: &mut Api, args: JoinTokenArgs) -> anyhow::Re
     if args.quiet {
         print(&format!("{}\n", resp.token))
     } else {
-        print(&join_instructions(
-            args.role,
-            &resp.token,
-            &resp.manager_addr,
+        let rotated = if args.rotate {
+            format!(
+                "Successfully rotated {} join token.\n\n",
+                args.role.as_str()
+            )
+        } else {
+            String::new()
+        };
+        print(&format!(
+            "{rotated}{}",
+            join_instructions(args.role, &resp.token, &resp.manager_addr)
         ))
     }
 }

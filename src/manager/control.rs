@@ -7,7 +7,7 @@ use super::{Manager, ManagerError};
 use crate::api::v1::agent_client::AgentClient;
 use crate::api::v1::{LogLine, TaskLogsRequest};
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::store::model::{Availability, Command, Node};
+use crate::store::model::{Availability, Command, Node, NodeRole};
 use crate::store::service::{Mode, Service, ServiceSpec, Task};
 
 /// Finds one object by exact ID, exact name, or unique ID prefix.
@@ -72,6 +72,24 @@ impl Manager {
                 })
                 .collect()
         })
+    }
+
+    /// `join-token --rotate ROLE`: a new secret for the role's token, committed with its audit
+    /// record; every manager refuses the old token from that commit on.
+    pub async fn rotate_token(&self, actor: Actor, role: NodeRole) -> Result<(), ManagerError> {
+        let ca = self.ca()?;
+        let token = skep_pki::JoinToken::generate(&ca.digest())
+            .map_err(|e| ManagerError::Precondition(format!("cannot make a token: {e}")))?;
+        let role_name = super::entitle::role_name(role);
+        let record = AuditEvent::now(actor, "token.rotate", role_name, Outcome::Ok);
+        self.propose(Command::Batch(vec![
+            Command::RotateToken {
+                role,
+                token: crate::secret::SecretString::new(token.expose().as_str()),
+            },
+            Command::Audit(record),
+        ]))
+        .await
     }
 
     /// `service create`.

@@ -80,6 +80,52 @@ fn validate_target(target: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Parses a `--secret` value: `NAME`, or `source=NAME,target=PATH,uid=N,gid=N,mode=0NNN` with
+/// Docker's defaults (`/run/secrets/NAME`, root, 0444). A relative target is under
+/// `/run/secrets`. The secret ID is left empty: the manager resolves the name (and checks the
+/// target) in [`resolve_refs`]. The error says which part is wrong.
+pub fn parse_secret_spec(text: &str) -> Result<SecretRef, String> {
+    if !text.contains('=') {
+        validate_name(text)?;
+        return Ok(SecretRef::new(text));
+    }
+    let mut name = None;
+    let mut target = None;
+    let mut r = SecretRef::new("");
+    for field in text.split(',') {
+        let (k, v) = field
+            .split_once('=')
+            .ok_or_else(|| format!("{field:?} is not KEY=VALUE"))?;
+        let num = |v: &str| {
+            v.parse::<u32>()
+                .map_err(|_| format!("{k}={v:?} is not a number"))
+        };
+        match k.trim().to_ascii_lowercase().as_str() {
+            "source" | "src" => name = Some(v.to_string()),
+            "target" | "dst" | "destination" => target = Some(v.to_string()),
+            "uid" => r.uid = num(v)?,
+            "gid" => r.gid = num(v)?,
+            "mode" => {
+                r.mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("mode={v:?} is not an octal file mode"))?
+            }
+            other => return Err(format!("unknown field {other:?}")),
+        }
+    }
+    let name = name.ok_or("source=NAME is required")?;
+    validate_name(&name)?;
+    r.secret_name = name.clone();
+    r.target = match target {
+        None => format!("{SECRETS_DIR}/{name}"),
+        Some(t) if t.starts_with('/') => t,
+        Some(t) if !t.is_empty() => format!("{SECRETS_DIR}/{t}"),
+        Some(_) => return Err("target is empty".into()),
+    };
+    Ok(r)
+}
+
 /// Resolves the secret references of a task spec against the state: every entry must name an
 /// existing secret (its ID is filled in), targets must be valid and distinct.
 pub fn resolve_refs(state: &State, refs: &mut [SecretRef]) -> Result<(), String> {

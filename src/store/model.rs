@@ -239,6 +239,13 @@ pub enum Command {
     /// Installs a policy set (`None`: back to the built-in default). Checked before it is
     /// proposed, so replaying the log never depends on the policy parser.
     SetPolicy(Option<PolicyDoc>),
+    /// Replaces a join token (`join-token --rotate`): the old one is refused from then on.
+    RotateToken {
+        /// Whose token.
+        role: NodeRole,
+        /// The new token's full text.
+        token: SecretString,
+    },
 }
 
 /// What applying a command produced.
@@ -429,6 +436,14 @@ impl State {
             }
             Command::Batch(cmds) => cmds.into_iter().for_each(|c| self.apply_checked(c)),
             Command::SetPolicy(doc) => self.policy = doc,
+            Command::RotateToken { role, token } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    match role {
+                        NodeRole::Worker => c.worker_token = token,
+                        NodeRole::Manager => c.manager_token = token,
+                    }
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod docker_services;
+mod lifecycle;
 mod runtime;
 mod secret_delivery;
 mod secrets;

@@ -1,0 +1,316 @@
+//! Daemon-process helpers shared by the benches that run real `skep daemon`s
+//! (`benches/services.rs`, `benches/secrets.rs`): start a daemon in its own directory, talk to
+//! it through the CLI, wait with a bound, and on the way out (even on panic) kill every daemon
+//! and task process and unmount whatever was left mounted under the temporary root.
+
+// Each bench uses a different part of this module.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Every wait gives up after this long: 300 s, or `SKEP_BENCH_WAIT_SECS`.
+pub fn wait_limit() -> Duration {
+    Duration::from_secs(
+        std::env::var("SKEP_BENCH_WAIT_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(300),
+    )
+}
+
+/// How often [`wait_for`] polls.
+pub const POLL: Duration = Duration::from_millis(200);
+
+// ------------------------------------------------------------------ processes
+
+/// Kills every process whose command line mentions `dir` (the exec tasks' init helpers name
+/// their task directory; killing the namespace's init kills the task itself).
+pub fn kill_processes_mentioning(dir: &Path) {
+    for pid in pids_mentioning(dir, None) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Processes whose command line mentions `dir` (and `also`, if given).
+pub fn pids_mentioning(dir: &Path, also: Option<&str>) -> Vec<i32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let me = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains(&needle) && also.is_none_or(|a| cmdline.contains(a)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ mounts
+
+/// Mount points (in this process's mount namespace) at `dir` or under it.
+pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    let dir = dir.to_string_lossy().into_owned();
+    let prefix = format!("{dir}/");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| *mp == dir || mp.starts_with(&prefix))
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Lazily unmounts everything mounted at `dir` or under it, deepest first (what a killed
+/// daemon left, such as task secrets tmpfs), so the directory can be removed.
+pub fn unmount_under(dir: &Path) {
+    let mut mps = mounts_under(dir);
+    mps.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
+    for mp in mps {
+        let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+// ------------------------------------------------------------------ a daemon
+
+/// One `skep daemon` process with its own directory under a shared root.
+pub struct Daemon {
+    pub name: String,
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub addr: String,
+}
+
+impl Daemon {
+    /// Starts a daemon logging at `SKEP_LOG` (default `info`).
+    pub fn start(root: &Path, name: &str, addr: &str) -> Daemon {
+        let log = std::env::var("SKEP_LOG").unwrap_or_else(|_| "info".into());
+        Daemon::start_with(root, name, addr, &[("SKEP_LOG", &log)])
+    }
+
+    /// Starts a daemon with these extra environment variables.
+    pub fn start_with(root: &Path, name: &str, addr: &str, env: &[(&str, &str)]) -> Daemon {
+        if let Ok(sock) = addr.parse::<std::net::SocketAddr>() {
+            assert!(
+                std::net::TcpListener::bind(sock).is_ok(),
+                "{addr} is taken: is another benchmark or a stray daemon running?"
+            );
+        }
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_skep"))
+            .arg("daemon")
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(dir.join("skep.sock"))
+            .args([
+                "--listen-addr",
+                addr,
+                "--advertise-addr",
+                addr,
+                "--hostname",
+                name,
+                "--heartbeat-period",
+                "1s",
+            ])
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning the daemon {name}: {e}"));
+        let d = Daemon {
+            name: name.into(),
+            child: Some(child),
+            dir,
+            addr: addr.into(),
+        };
+        let socket = d.socket();
+        wait_for(Duration::from_secs(30), &format!("{name}'s socket"), || {
+            if std::os::unix::net::UnixStream::connect(&socket).is_ok() {
+                Ok(())
+            } else {
+                Err(d.log_tail())
+            }
+        });
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("skep.sock")
+    }
+
+    /// The daemon's `--data-dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    /// Its log (stderr).
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// `skep --host unix://<socket> args`; panics (with the daemon's log) unless it succeeds.
+    pub fn cli(&self, args: &[&str]) -> String {
+        self.cli_stdin(args, None)
+    }
+
+    /// [`Daemon::cli`] with `input` on the CLI's standard input.
+    pub fn cli_stdin(&self, args: &[&str], input: Option<&[u8]>) -> String {
+        match self.try_cli_stdin(args, input) {
+            Ok(out) => out,
+            Err(e) => panic!(
+                "skep {} on {}: {e}\n--- daemon log (tail) ---\n{}",
+                args.join(" "),
+                self.name,
+                self.log_tail()
+            ),
+        }
+    }
+
+    pub fn try_cli(&self, args: &[&str]) -> Result<String, String> {
+        self.try_cli_stdin(args, None)
+    }
+
+    pub fn try_cli_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Result<String, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_skep"))
+            .arg("--host")
+            .arg(format!("unix://{}", self.socket().display()))
+            .args(args)
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run the CLI: {e}"))?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            // Dropping `stdin` closes it: the CLI sees the end of its input.
+            let _ = stdin.write_all(input);
+        }
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(st)) => break st,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err("the CLI did not finish within 120 s".into());
+                }
+            }
+        };
+        let out = out.join().unwrap_or_default();
+        let err = err.join().unwrap_or_default();
+        if status.success() {
+            Ok(out)
+        } else {
+            Err(format!("{status}: {}", err.trim()))
+        }
+    }
+
+    pub fn json(&self, args: &[&str]) -> Result<Vec<Value>, String> {
+        let out = self.try_cli(args)?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).map_err(|e| format!("not JSON ({e}): {l}")))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "===== log of {} (tail) =====\n{}",
+                self.name,
+                self.log_tail()
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        kill_processes_mentioning(&self.dir);
+    }
+}
+
+/// A set of daemons in one temporary root; dropping it kills them and every process that
+/// mentions the root (task helpers), unmounts what they left mounted under it, then removes
+/// the root.
+pub struct Cluster {
+    pub daemons: Vec<Daemon>,
+    pub root: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub fn manager(&self) -> &Daemon {
+        &self.daemons[0]
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.daemons.clear();
+        kill_processes_mentioning(self.root.path());
+        unmount_under(self.root.path());
+    }
+}
+
+/// Polls `f` (every `POLL`) until it returns `Ok`; panics after `within` with the last error.
+pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        let last = match f() {
+            Ok(v) => return v,
+            Err(e) => e,
+        };
+        if Instant::now() >= deadline {
+            panic!("timed out after {within:?} waiting for {what}; last seen: {last}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
