@@ -357,6 +357,7 @@ impl Daemon {
         }
         let list: ManagerList = Arc::new(Mutex::new(managers));
         let execs = Arc::new(Executors::detect(&p.tasks()).await.for_node(&file.node_id));
+        let revocations = net::revoke::Revocations::new();
         let supervisor = Supervisor::new(execs, client_tls.clone(), list.clone());
         let mut tasks = Vec::new();
         let mut manager = None;
@@ -387,17 +388,28 @@ impl Daemon {
                 },
             );
             tasks.push(tokio::spawn(mgr.clone().run_liveness()));
+            tasks.push(tokio::spawn(
+                mgr.clone().run_revocations(revocations.clone()),
+            ));
             tasks.push(tokio::spawn(crate::manager::dispatch::run_orchestrator(
                 mgr.clone(),
             )));
             manager = Some(mgr);
         }
         tasks.extend(
-            self.serve_tls(manager.as_ref(), &supervisor, &creds, &file.cluster_id)
-                .await?,
+            self.serve_tls(
+                manager.as_ref(),
+                &supervisor,
+                &creds,
+                &file.cluster_id,
+                &revocations,
+            )
+            .await?,
         );
         let agent = Agent {
             hostname: self.hostname.clone(),
+            revocations: revocations.clone(),
+            enforce_revocations: manager.is_none(),
             addr: file.advertise_addr.clone(),
             tls: client_tls,
             managers: list.clone(),
@@ -423,8 +435,10 @@ impl Daemon {
         supervisor: &Arc<Supervisor>,
         creds: &Credentials,
         cluster_id: &str,
+        revocations: &Arc<net::revoke::Revocations>,
     ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
-        let config = net::server_config(creds).map_err(|e| DaemonError::Start(e.to_string()))?;
+        let config = net::server_config(creds, revocations)
+            .map_err(|e| DaemonError::Start(e.to_string()))?;
         let config = Arc::new(ArcSwap::from(config));
         let listener = tokio::net::TcpListener::bind(self.cfg.listen_addr)
             .await
@@ -432,8 +446,13 @@ impl Daemon {
                 DaemonError::Start(format!("cannot listen on {}: {e}", self.cfg.listen_addr))
             })?;
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (incoming, accept) =
-            net::accept_loop(listener, config, cluster_id.to_string(), fail_tx);
+        let (incoming, accept) = net::accept_loop(
+            listener,
+            config,
+            cluster_id.to_string(),
+            fail_tx,
+            revocations.clone(),
+        );
         let mut router = tonic::transport::Server::builder()
             .add_service(AgentServer::new(AgentService(supervisor.clone())));
         if let Some(mgr) = mgr {
@@ -1241,6 +1260,23 @@ impl Control for ControlService {
             .await
             .map_err(to_status)?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn node_remove(
+        &self,
+        req: Request<crate::api::v1::NodeRemoveRequest>,
+    ) -> Result<Response<crate::api::v1::NodeRemoveResponse>, Status> {
+        let r = req.into_inner();
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let (node, secrets) = m
+            .remove_node(actor, &r.node, r.force)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::NodeRemoveResponse {
+            id: node.id,
+            hostname: node.hostname,
+            secrets_delivered: secrets,
+        }))
     }
 
     async fn node_tasks(

@@ -23,6 +23,10 @@ pub type ManagerList = Arc<Mutex<Vec<String>>>;
 pub struct Agent {
     /// Host name reported in heartbeats.
     pub hostname: String,
+    /// The revocation list this node's TLS server enforces.
+    pub revocations: std::sync::Arc<crate::net::revoke::Revocations>,
+    /// Whether heartbeat answers update `revocations` (workers; managers read their state).
+    pub enforce_revocations: bool,
     /// This node's advertised address.
     pub addr: String,
     /// mTLS client config with the node's identity.
@@ -39,6 +43,7 @@ impl Agent {
         let mut channels: HashMap<String, Channel> = HashMap::new();
         let mut period = self.period;
         let mut leader: Option<String> = None;
+        let mut revoked_said = false;
         loop {
             let mut candidates = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
             if let Some(l) = leader.take() {
@@ -75,6 +80,11 @@ impl Agent {
                         {
                             *m = resp.manager_addrs;
                         }
+                        // Managers enforce the list from their own state; a worker learns it
+                        // here and refuses revoked managers on its agent service.
+                        if self.enforce_revocations {
+                            self.revocations.set(resp.revoked.into_iter().collect());
+                        }
                         if resp.is_leader {
                             leader = Some(addr);
                             done = true;
@@ -85,8 +95,17 @@ impl Agent {
                         }
                     }
                     Err(s) => {
-                        tracing::debug!(%addr, error = %s.message(), "heartbeat failed");
-                        if s.code() == tonic::Code::PermissionDenied {
+                        let why = error_chain(&s);
+                        tracing::debug!(%addr, error = %why, "heartbeat failed");
+                        if why.contains("CertificateRevoked") {
+                            if !revoked_said {
+                                tracing::error!(
+                                    %addr,
+                                    "this node's certificate has been revoked: it was removed from the swarm (skep node rm). To rejoin, run `skep swarm leave --force`, then `skep swarm join` with a current token"
+                                );
+                                revoked_said = true;
+                            }
+                        } else if s.code() == tonic::Code::PermissionDenied {
                             tracing::error!(%addr, error = %s.message(), "a manager refused this node");
                         }
                     }
@@ -98,4 +117,16 @@ impl Agent {
             tokio::time::sleep(if done { period } else { period / 4 }).await;
         }
     }
+}
+
+/// A status with the chain of errors under it (a TLS alert sits a few levels down).
+pub(crate) fn error_chain(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
 }

@@ -209,6 +209,19 @@ enum NodeCommand {
     Ps(NodePsArgs),
     /// Update a node's availability or labels.
     Update(NodeUpdateArgs),
+    /// Remove one or more nodes from the swarm, revoking their certificates at once.
+    #[command(alias = "remove")]
+    Rm(NodeRmArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeRmArgs {
+    /// Force-remove a node that is still up.
+    #[arg(short, long)]
+    force: bool,
+    /// Nodes (ID, ID prefix or host name).
+    #[arg(required = true, value_name = "NODE")]
+    nodes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -409,6 +422,7 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Inspect(args)) => node::inspect(&mut api, args).await,
         Command::Node(NodeCommand::Ps(args)) => node::ps(&mut api, args).await,
         Command::Node(NodeCommand::Update(args)) => node::update(&mut api, args).await,
+        Command::Node(NodeCommand::Rm(args)) => node::rm(&mut api, args).await,
         Command::Service(cmd) => service::run(&mut api, *cmd).await,
         Command::Secret(cmd) => secret::run(&mut api, cmd).await,
         Command::Policy(cmd) => policy::run(&mut api, cmd).await,

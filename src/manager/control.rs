@@ -245,6 +245,21 @@ impl Manager {
         Ok(())
     }
 
+    /// Names of the secrets the audit chain says were delivered to `node_id`, sorted.
+    fn delivered_to(state: &crate::store::model::State, node_id: &str) -> Vec<String> {
+        let names: std::collections::BTreeSet<String> = state
+            .audit
+            .records()
+            .iter()
+            .filter(|r| {
+                r.event.action == "secret.deliver"
+                    && r.event.details.get("node").is_some_and(|n| n == node_id)
+            })
+            .map(|r| r.event.target.clone())
+            .collect();
+        names.into_iter().collect()
+    }
+
     /// Audit records of the secrets attached to and detached from a service.
     fn secret_changes(
         actor: &Actor,
@@ -291,6 +306,70 @@ impl Manager {
     /// The node with this ID, host name or ID prefix.
     pub fn node(&self, want: &str) -> Result<Node, ManagerError> {
         self.read(|s| find(s.nodes.values(), want, |n| &n.id, |n| &n.hostname, "node").cloned())
+    }
+
+    /// `node rm [--force]`: revokes the node's identity and removes it. A live node needs
+    /// `force` (as in Docker); a manager must leave the Raft group first. Returns the node and
+    /// the names of the secrets that were ever delivered to it (from the audit chain), which
+    /// the operator should rotate.
+    pub async fn remove_node(
+        &self,
+        actor: Actor,
+        want: &str,
+        force: bool,
+    ) -> Result<(Node, Vec<String>), ManagerError> {
+        let node = self.node(want)?;
+        if node.id == self.node_id {
+            return Err(ManagerError::Precondition(format!(
+                "node {} is this manager; to take it out, run `skep swarm leave --force` on it",
+                node.hostname
+            )));
+        }
+        if node.role == NodeRole::Manager {
+            return Err(ManagerError::Precondition(format!(
+                "node {} is a manager and a member of the Raft group; run `skep swarm leave --force` on it first",
+                node.hostname
+            )));
+        }
+        if node.state == crate::store::model::NodeState::Ready && !force {
+            return Err(ManagerError::Precondition(format!(
+                "node {} is not down and can't be removed; use --force to remove it now (its certificate is revoked at once and its tasks move)",
+                node.hostname
+            )));
+        }
+        let secrets = self.read(|s| Self::delivered_to(s, &node.id));
+        let cert_expiry = self.read(|s| s.cluster.as_ref().map_or(0, |c| c.cert_expiry_secs));
+        let now = time::OffsetDateTime::now_utc();
+        // Kept until the node's certificate would have expired anyway; if that is unknown,
+        // for a whole certificate lifetime from now.
+        let until = crate::util::parse_rfc3339(&node.cert_not_after)
+            .filter(|t| *t > now)
+            .unwrap_or_else(|| {
+                now + time::Duration::seconds(i64::try_from(cert_expiry).unwrap_or(i64::MAX / 2))
+            });
+        let entry = crate::store::model::Revoked {
+            hostname: node.hostname.clone(),
+            at: crate::util::rfc3339(now),
+            until: crate::util::rfc3339(until),
+        };
+        let record = AuditEvent::now(actor, "node.remove", &node.id, Outcome::Ok)
+            .with("hostname", node.hostname.clone())
+            .with("cert_serial", node.cert_serial.clone())
+            .with("revoked_until", entry.until.clone())
+            .with("force", force.to_string())
+            .with("secrets_delivered", secrets.join(","));
+        self.propose(Command::Batch(vec![
+            Command::RevokeNode {
+                id: node.id.clone(),
+                entry,
+            },
+            Command::RemoveNode {
+                id: node.id.clone(),
+            },
+            Command::Audit(record),
+        ]))
+        .await?;
+        Ok((node, secrets))
     }
 
     /// `node update`.

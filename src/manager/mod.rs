@@ -536,6 +536,45 @@ fn into_result(r: Response) -> Result<(), ManagerError> {
     }
 }
 
+impl Manager {
+    /// Keeps this process's TLS revocation list equal to the replicated one (cutting the
+    /// live connections of newly revoked nodes the moment the revocation is applied here),
+    /// and, on the leader, forgets revocations whose certificates have expired anyway.
+    pub async fn run_revocations(self: Arc<Self>, list: Arc<crate::net::revoke::Revocations>) {
+        let mut applied = self.state().subscribe();
+        let mut last: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let mut last_prune = Instant::now();
+        loop {
+            let (ids, expired) = self.read(|s| {
+                let now = time::OffsetDateTime::now_utc();
+                let ids: std::collections::HashSet<String> = s.revoked.keys().cloned().collect();
+                let expired = s
+                    .revoked
+                    .values()
+                    .any(|r| crate::util::parse_rfc3339(&r.until).is_some_and(|u| u <= now));
+                (ids, expired)
+            });
+            if ids != last {
+                let cut = list.set(ids.clone());
+                if cut > 0 {
+                    tracing::info!(connections = cut, "closed the connections of revoked nodes");
+                }
+                last = ids;
+            }
+            if expired && self.is_leader() && last_prune.elapsed() > Duration::from_secs(10) {
+                last_prune = Instant::now();
+                let cmd = Command::PruneRevocations {
+                    now: crate::util::now_rfc3339(),
+                };
+                if let Err(e) = self.propose(cmd).await {
+                    tracing::warn!(error = %e, "cannot prune the revocation list");
+                }
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), applied.changed()).await;
+        }
+    }
+}
+
 /// A node-state audit helper used by several services.
 pub fn event(actor: Actor, action: &str, target: &str, outcome: Outcome) -> AuditEvent {
     AuditEvent::now(actor, action, target, outcome)

@@ -46,8 +46,16 @@ impl Services {
         manager_only: bool,
     ) -> Result<PeerIdentity, Status> {
         let peer = Self::peer_info(req)?;
+        let revoked = peer
+            .identity
+            .as_ref()
+            .is_some_and(|id| self.mgr.read(|s| s.revoked.contains_key(id.node_id())));
         let denied = match &peer.identity {
             None => "no client certificate was presented".to_string(),
+            Some(id) if revoked => format!(
+                "node {} has been removed from the swarm and its certificate revoked",
+                id.node_id()
+            ),
             Some(id) if manager_only && id.role() != Role::Manager => {
                 format!(
                     "node {} is a {}; this call is for managers only",
@@ -310,6 +318,7 @@ impl Dispatcher for Services {
                 leader_addr: self.mgr.leader_addr().unwrap_or_default(),
                 period_ms,
                 manager_addrs,
+                revoked: self.mgr.read(|s| s.revoked.keys().cloned().collect()),
             }));
         }
         if self.mgr.saw(id.node_id()) {
@@ -325,11 +334,13 @@ impl Dispatcher for Services {
                 }
             });
         }
+        let revoked = self.mgr.read(|s| s.revoked.keys().cloned().collect());
         Ok(Response::new(HeartbeatResponse {
             is_leader: true,
             leader_addr: self.mgr.addr.clone(),
             period_ms,
             manager_addrs,
+            revoked,
         }))
     }
 

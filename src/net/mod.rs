@@ -9,6 +9,7 @@
 
 pub mod danger;
 pub mod node;
+pub mod revoke;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -86,11 +87,17 @@ fn roots(root_der: &[u8]) -> Result<Arc<RootCertStore>, NetError> {
 /// The server side of node-to-node TLS: TLS 1.3 only, ALPN h2, client certificates verified
 /// against the cluster root when presented. A missing client certificate is allowed at the
 /// handshake so a joining node can reach the issuance RPC; every other RPC refuses it.
-pub fn server_config(creds: &Credentials) -> Result<Arc<ServerConfig>, NetError> {
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(&creds.root_der)?, provider())
+///
+/// Certificates of nodes in `revocations` are refused during the handshake.
+pub fn server_config(
+    creds: &Credentials,
+    revocations: &Arc<revoke::Revocations>,
+) -> Result<Arc<ServerConfig>, NetError> {
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots(&creds.root_der)?, provider())
         .allow_unauthenticated()
         .build()
         .map_err(|e| NetError::Credentials(format!("client verifier: {e}")))?;
+    let verifier = Arc::new(revoke::RevokingVerifier::new(webpki, revocations.clone()));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Credentials(e.to_string()))?
@@ -164,6 +171,17 @@ impl PeerIdentity {
 pub struct PeerStream {
     tls: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    /// Thrown when the peer's node is revoked: every later read or write fails.
+    kill: Option<Arc<revoke::Kill>>,
+}
+
+impl PeerStream {
+    fn check(&self, side: revoke::Side, cx: &Context<'_>) -> std::io::Result<()> {
+        match &self.kill {
+            Some(k) => k.check(side, cx.waker()),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Connected for PeerStream {
@@ -179,6 +197,7 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        self.check(revoke::Side::Read, cx)?;
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -189,9 +208,11 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        self.check(revoke::Side::Write, cx)?;
         Pin::new(&mut self.tls).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check(revoke::Side::Write, cx)?;
         Pin::new(&mut self.tls).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -212,13 +233,16 @@ pub struct HandshakeFailure {
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts TCP connections, runs TLS handshakes concurrently with the current server config,
-/// and yields verified streams. Abort the returned task to stop listening. The config is read per connection, so swapping it (a new
-/// certificate, a revocation) applies to every new handshake at once.
+/// and yields verified streams. Abort the returned task to stop listening. The config is read
+/// per connection, so swapping it (a new certificate) applies to every new handshake at once;
+/// each connection with a client certificate is tracked in `revocations`, which cuts it when
+/// its node is revoked.
 pub fn accept_loop(
     listener: TcpListener,
     config: Arc<ArcSwap<ServerConfig>>,
     cluster_id: String,
     failures: mpsc::UnboundedSender<HandshakeFailure>,
+    revocations: Arc<revoke::Revocations>,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<Result<PeerStream, std::io::Error>>,
     tokio::task::JoinHandle<()>,
@@ -242,6 +266,7 @@ pub fn accept_loop(
             let tx = tx.clone();
             let failures = failures.clone();
             let cluster_id = cluster_id.clone();
+            let revocations = revocations.clone();
             tokio::spawn(async move {
                 let fail = |reason: String| {
                     tracing::debug!(%addr, %reason, "TLS handshake refused");
@@ -268,10 +293,15 @@ pub fn accept_loop(
                         Err(e) => return fail(format!("client certificate refused: {e}")),
                     },
                 };
+                let kill = identity.as_ref().map(|i| revocations.track(i.node_id()));
+                if kill.as_ref().is_some_and(|k| k.is_killed()) {
+                    return fail("the certificate's node has been revoked".into());
+                }
                 let _ = tx
                     .send(Ok(PeerStream {
                         tls,
                         info: PeerInfo { addr, identity },
+                        kill,
                     }))
                     .await;
             });

@@ -239,6 +239,18 @@ pub enum Command {
     /// Installs a policy set (`None`: back to the built-in default). Checked before it is
     /// proposed, so replaying the log never depends on the policy parser.
     SetPolicy(Option<PolicyDoc>),
+    /// Revokes a node's identity (`node rm`): every certificate with this node ID is refused.
+    RevokeNode {
+        /// Node ID.
+        id: String,
+        /// The entry.
+        entry: Revoked,
+    },
+    /// Forgets revocations whose certificates have expired anyway (`until` before `now`).
+    PruneRevocations {
+        /// RFC 3339 time.
+        now: String,
+    },
     /// Replaces a join token (`join-token --rotate`): the old one is refused from then on.
     RotateToken {
         /// Whose token.
@@ -279,6 +291,20 @@ pub struct State {
     /// The Cedar policy set in force (`policy set`); `None` is the built-in default.
     #[serde(default)]
     pub policy: Option<PolicyDoc>,
+    /// Revoked nodes by ID (`node rm`), kept until their last certificate would have expired.
+    #[serde(default)]
+    pub revoked: BTreeMap<String, Revoked>,
+}
+
+/// A revoked node identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Its host name when it was revoked.
+    pub hostname: String,
+    /// RFC 3339 time of the revocation.
+    pub at: String,
+    /// RFC 3339 expiry of its last certificate: after that the entry is dropped.
+    pub until: String,
 }
 
 /// A policy set as the operator installed it.
@@ -436,6 +462,16 @@ impl State {
             }
             Command::Batch(cmds) => cmds.into_iter().for_each(|c| self.apply_checked(c)),
             Command::SetPolicy(doc) => self.policy = doc,
+            Command::RevokeNode { id, entry } => {
+                self.revoked.insert(id, entry);
+            }
+            Command::PruneRevocations { now } => {
+                if let Some(now) = crate::util::parse_rfc3339(&now) {
+                    self.revoked.retain(|_, r| {
+                        crate::util::parse_rfc3339(&r.until).is_none_or(|u| u > now)
+                    });
+                }
+            }
             Command::RotateToken { role, token } => {
                 if let Some(c) = self.cluster.as_mut() {
                     match role {

@@ -75,3 +75,217 @@ fn a_rotated_join_token_stops_working_at_once_and_joined_nodes_stay() {
         "the refused join is audited"
     );
 }
+
+fn running_hosts(m: &Node, service: &str) -> Vec<String> {
+    let mut on: Vec<String> =
+        crate::harness::json_lines(&m.cli_ok(&["service", "ps", "--format", "json", service]))
+            .iter()
+            .filter(|t| {
+                t["DesiredState"] == "Running"
+                    && t["CurrentState"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("Running"))
+            })
+            .filter_map(|t| t["Node"].as_str().map(str::to_string))
+            .collect();
+    on.sort();
+    on
+}
+
+#[test]
+fn a_removed_node_is_cut_off_at_once_and_its_kept_identity_is_refused_everywhere() {
+    use skep::api::v1::ca_client::CaClient;
+    use skep::api::v1::dispatcher_client::DispatcherClient;
+    use skep::api::v1::manager_client::ManagerClient;
+    use skep::api::v1::{
+        Empty, HeartbeatRequest, IssueRequest, RaftMessage, SecretRequest, SessionRequest,
+        TaskReport,
+    };
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    let mut c = Cluster::init(1, 2);
+    let addr = c.first().addr();
+    let (w1_name, w2_name) = (
+        c.workers()[0].name().to_string(),
+        c.workers()[1].name().to_string(),
+    );
+    {
+        let m = c.first();
+        let out = m.cli_stdin(
+            &["secret", "create", "db", "-"],
+            "revoked-node-secret-c5v6b7",
+        );
+        assert!(out.status.success());
+        m.cli_ok(&[
+            "service",
+            "create",
+            "--detach",
+            "--runtime",
+            "exec",
+            "--name",
+            "s",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.role==worker",
+            "--secret",
+            "db",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ]);
+        crate::harness::wait_for(timeout(), "one task on each worker", || {
+            let on = running_hosts(m, "s");
+            if on == [w1_name.clone(), w2_name.clone()] {
+                Ok(())
+            } else {
+                Err(format!("{on:?}"))
+            }
+        });
+    }
+    // What a thief of w1's disk (or w1 itself) keeps after the removal.
+    let creds = crate::bad_input::credentials_of(&c.workers()[0]);
+    let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // A live task session with that identity, open before the removal.
+    let mut live = rt.block_on(async {
+        let ch = skep::net::channel(&addr, tls.clone()).unwrap();
+        DispatcherClient::new(ch)
+            .session(SessionRequest::default())
+            .await
+            .expect("the session opens before the removal")
+            .into_inner()
+    });
+    rt.block_on(async { live.message().await })
+        .expect("first message");
+
+    assert_error(&c.first().cli(&["node", "rm", &w1_name]), "is not down");
+    // w1's daemon stops first, so its own retries do not share the audit rate limit (10 a
+    // minute per source address: every test client here is 127.0.0.1) with the calls below;
+    // the session opened above stands for its live connections.
+    c.nodes[1].kill();
+    let m = c.first();
+    let said = m.cli_ok(&["node", "rm", "--force", &w1_name]);
+    assert!(
+        said.contains(&format!(
+            "Node {w1_name} removed and its certificate revoked."
+        )),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!(
+            "Secrets that were delivered to {w1_name} and should be rotated: db"
+        )),
+        "{said}"
+    );
+    // The open session ends (the connection is cut), well within the test's deadline.
+    let ended = rt.block_on(async {
+        tokio::time::timeout(timeout(), async {
+            loop {
+                match live.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return "ended".to_string(),
+                    Err(e) => return e.to_string(),
+                }
+            }
+        })
+        .await
+    });
+    assert!(ended.is_ok(), "the revoked node's session stayed open");
+    // Its task moves to w2.
+    crate::harness::wait_for(timeout(), "both tasks on w2", || {
+        let on = running_hosts(m, "s");
+        if on == [w2_name.clone(), w2_name.clone()] {
+            Ok(())
+        } else {
+            Err(format!("{on:?}"))
+        }
+    });
+    let before = m.audit().len();
+
+    // Every RPC with the kept identity is refused, each on a fresh connection.
+    let errors: Vec<String> = rt.block_on(async {
+        let ch = || skep::net::channel(&addr, tls.clone()).unwrap();
+        let msg = || RaftMessage {
+            payload: b"{}".to_vec(),
+        };
+        vec![
+            DispatcherClient::new(ch())
+                .heartbeat(HeartbeatRequest::default())
+                .await
+                .map(|_| ()),
+            DispatcherClient::new(ch())
+                .session(SessionRequest::default())
+                .await
+                .map(|_| ()),
+            DispatcherClient::new(ch())
+                .report_tasks(TaskReport::default())
+                .await
+                .map(|_| ()),
+            DispatcherClient::new(ch())
+                .get_secret(SecretRequest::default())
+                .await
+                .map(|_| ()),
+            DispatcherClient::new(ch())
+                .leave(Empty {})
+                .await
+                .map(|_| ()),
+            CaClient::new(ch())
+                .issue_node_certificate(IssueRequest::default())
+                .await
+                .map(|_| ()),
+            ManagerClient::new(ch()).raft_vote(msg()).await.map(|_| ()),
+            ManagerClient::new(ch()).propose(msg()).await.map(|_| ()),
+        ]
+        .into_iter()
+        .map(|r| match r {
+            Ok(()) => panic!("a revoked identity was served"),
+            Err(e) => format!("{e:?}"),
+        })
+        .collect()
+    });
+    assert_eq!(errors.len(), 8);
+    crate::harness::wait_for(timeout(), "each refusal audited", || {
+        let audit = m.audit();
+        let refused = audit[before..]
+            .iter()
+            .filter(|r| {
+                r["action"] == "tls.handshake"
+                    && r["outcome"] == "denied"
+                    && r["details"]["reason"]
+                        .as_str()
+                        .is_some_and(|s| s.to_lowercase().contains("revoked"))
+            })
+            .count();
+        if refused == 8 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{refused} refusals: {:#?}\nerrors: {errors:#?}",
+                &audit[before..]
+            ))
+        }
+    });
+    let audit = m.audit();
+    let removal = audit
+        .iter()
+        .find(|r| r["action"] == "node.remove")
+        .expect("the removal is audited");
+    assert_eq!(removal["details"]["secrets_delivered"], "db");
+
+    // Restarted, w1 cannot come back: it is never listed again.
+    c.nodes[1].restart();
+    let w1_id = c.nodes[1].id().to_string();
+    wait_until(timeout(), "w1's daemon to try and fail", || {
+        c.nodes[1].log().to_lowercase().contains("revoked")
+    });
+    assert!(
+        !c.first()
+            .node_ls()
+            .iter()
+            .any(|n| n["ID"] == w1_id.as_str()),
+        "a revoked node reappeared"
+    );
+}
