@@ -83,6 +83,11 @@ pub enum DaemonError {
     /// Starting a component failed.
     #[error("{0}")]
     Start(String),
+    /// The node's certificate expired while the node was offline: it must join again.
+    #[error(
+        "this node's certificate expired at {0} while the node was offline; it is no longer a member: join it again with `skep swarm join --token TOKEN MANAGER` (for a manager, clear its data directory first)"
+    )]
+    Expired(String),
 }
 
 const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -111,7 +116,7 @@ enum Phase {
 
 struct Running {
     file: NodeFile,
-    creds: Credentials,
+    identity: Arc<net::identity::LiveIdentity>,
     manager: Option<Arc<Manager>>,
     supervisor: Arc<Supervisor>,
     tasks: Vec<JoinHandle<()>>,
@@ -214,9 +219,14 @@ fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
     })
 }
 
+#[derive(Clone)]
 struct Paths(PathBuf);
 
 impl Paths {
+    /// A renewed certificate waiting to replace `node.crt` (see [`Renewer::persist`]).
+    fn next_cert(&self) -> PathBuf {
+        self.0.join("node.crt.next")
+    }
     fn node(&self) -> PathBuf {
         self.0.join("node.json")
     }
@@ -296,7 +306,14 @@ impl Daemon {
         } else {
             let kek = Kek::from_bytes(&read(&paths.kek())?)
                 .map_err(|e| DaemonError::Corrupt(paths.kek(), e.to_string()))?;
-            Phase::Active(daemon.start(file, &kek).await?)
+            match daemon.start(file, &kek).await {
+                Ok(r) => Phase::Active(r),
+                Err(e @ DaemonError::Expired(_)) => {
+                    tracing::error!("{e}");
+                    Phase::Inactive
+                }
+                Err(e) => return Err(e),
+            }
         };
         *daemon.phase.lock().await = phase;
         Ok(daemon)
@@ -344,13 +361,16 @@ impl Daemon {
         let key_der = kek
             .open_blob(RecordKind::NodeKey, &read(&p.key())?)
             .map_err(|e| corrupt(p.key(), &e))?;
-        let creds = Credentials {
-            cert_der: read(&p.cert())?,
-            key_der: SecretBytes::from(key_der),
-            root_der: read(&p.root())?,
-        };
-        let client_tls =
-            net::client_config(&creds.root_der, Some(&creds)).map_err(|e| corrupt(p.cert(), &e))?;
+        let key_der = SecretBytes::from(key_der);
+        let root_der = read(&p.root())?;
+        let identity = open_identity(&p, key_der, root_der.clone())?;
+        let info = skep_pki::NodeCertInfo::from_der(&identity.creds().cert_der)
+            .map_err(|e| corrupt(p.cert(), &e))?;
+        if info.not_after <= time::OffsetDateTime::now_utc() {
+            return Err(DaemonError::Expired(crate::util::rfc3339(info.not_after)));
+        }
+        let client_tls = net::client_config_live(&root_der, Some(identity.clone()))
+            .map_err(|e| corrupt(p.cert(), &e))?;
         let mut managers = file.managers.clone();
         if file.role == NodeRole::Manager && !managers.contains(&file.advertise_addr) {
             managers.insert(0, file.advertise_addr.clone());
@@ -382,7 +402,7 @@ impl Daemon {
                     node_id: file.node_id.clone(),
                     addr: file.advertise_addr.clone(),
                     cluster_id: file.cluster_id.clone(),
-                    creds: creds.clone(),
+                    identity: identity.clone(),
                     manager_tls: client_tls.clone(),
                     heartbeat_period: self.cfg.heartbeat_period,
                 },
@@ -400,12 +420,13 @@ impl Daemon {
             self.serve_tls(
                 manager.as_ref(),
                 &supervisor,
-                &creds,
+                &identity,
                 &file.cluster_id,
                 &revocations,
             )
             .await?,
         );
+        let client_tls_for_renewal = client_tls.clone();
         let agent = Agent {
             hostname: self.hostname.clone(),
             revocations: revocations.clone(),
@@ -417,10 +438,24 @@ impl Daemon {
         };
         tasks.push(tokio::spawn(agent.run()));
         tasks.push(tokio::spawn(supervisor.clone().run()));
-        tasks.push(tokio::spawn(persist_managers(self.paths().node(), list)));
+        tasks.push(tokio::spawn(persist_managers(
+            self.paths().node(),
+            list.clone(),
+        )));
+        tasks.push(tokio::spawn(
+            Renewer {
+                identity: identity.clone(),
+                kek: kek.clone(),
+                paths: self.paths(),
+                managers: list,
+                tls: client_tls_for_renewal,
+                node_id: file.node_id.clone(),
+            }
+            .run(),
+        ));
         Ok(Running {
             file,
-            creds,
+            identity,
             manager,
             supervisor,
             tasks,
@@ -433,11 +468,11 @@ impl Daemon {
         &self,
         mgr: Option<&Arc<Manager>>,
         supervisor: &Arc<Supervisor>,
-        creds: &Credentials,
+        identity: &Arc<net::identity::LiveIdentity>,
         cluster_id: &str,
         revocations: &Arc<net::revoke::Revocations>,
     ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
-        let config = net::server_config(creds, revocations)
+        let config = net::server_config(identity, revocations)
             .map_err(|e| DaemonError::Start(e.to_string()))?;
         let config = Arc::new(ArcSwap::from(config));
         let listener = tokio::net::TcpListener::bind(self.cfg.listen_addr)
@@ -947,10 +982,152 @@ fn policy_info(v: crate::manager::secrets::PolicyView) -> crate::api::v1::Policy
     }
 }
 
+/// The node's identity from its files. A renewal interrupted between writing the new key and
+/// moving the new certificate into place is finished here: `node.crt.next` is used if it is
+/// the one that matches the key, and dropped otherwise.
+fn open_identity(
+    p: &Paths,
+    key_der: SecretBytes,
+    root_der: Vec<u8>,
+) -> Result<Arc<net::identity::LiveIdentity>, DaemonError> {
+    let creds = |cert_der| Credentials {
+        cert_der,
+        key_der: key_der.clone(),
+        root_der: root_der.clone(),
+    };
+    let next = p.next_cert();
+    if next.exists() {
+        if let Ok(id) = net::identity::LiveIdentity::new(creds(read(&next)?)) {
+            std::fs::rename(&next, p.cert()).map_err(|source| DaemonError::Io {
+                what: "finishing a certificate renewal: renaming",
+                path: next.clone(),
+                source,
+            })?;
+            return Ok(id);
+        }
+        let _ = std::fs::remove_file(&next);
+    }
+    net::identity::LiveIdentity::new(creds(read(&p.cert())?))
+        .map_err(|e| DaemonError::Corrupt(p.cert(), e.to_string()))
+}
+
+/// Renews the node's certificate at a random point between 50% and 80% of its life, for a
+/// fresh key each time, over the node's current mTLS identity; keeps the new pair on disk
+/// (the key sealed) and swaps it into every TLS config. Open connections are not disturbed.
+struct Renewer {
+    identity: Arc<net::identity::LiveIdentity>,
+    kek: Kek,
+    paths: Paths,
+    managers: ManagerList,
+    tls: Arc<rustls::ClientConfig>,
+    node_id: String,
+}
+
+impl Renewer {
+    async fn run(self) {
+        loop {
+            let creds = self.identity.creds();
+            let Ok(info) = skep_pki::NodeCertInfo::from_der(&creds.cert_der) else {
+                tracing::error!("this node's certificate cannot be read; it will not be renewed");
+                return;
+            };
+            // Certificates start a minute early (clock skew): the life counts from issue.
+            let start = info.not_before + time::Duration::minutes(1);
+            let life = (info.not_after - start).max(time::Duration::seconds(1));
+            let fraction: f64 = rand::random_range(0.5..0.8);
+            let at = start + life * fraction;
+            let wait = (at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
+            tokio::time::sleep(wait.try_into().unwrap_or(Duration::ZERO)).await;
+            loop {
+                match self.renew_once().await {
+                    Ok(new) => {
+                        tracing::info!(serial = %new.serial, not_after = %crate::util::rfc3339(new.not_after), "certificate renewed");
+                        break;
+                    }
+                    Err(e) => {
+                        let left: time::Duration = info.not_after - time::OffsetDateTime::now_utc();
+                        if left <= time::Duration::ZERO {
+                            tracing::error!(error = %e, "this node's certificate expired before it could be renewed; the node must join the swarm again");
+                            return;
+                        }
+                        tracing::warn!(error = %e, "certificate renewal failed; retrying");
+                        let pause: time::Duration = (left / 10_i32).clamp(
+                            time::Duration::milliseconds(200),
+                            time::Duration::seconds(30),
+                        );
+                        tokio::time::sleep(pause.try_into().unwrap_or(Duration::from_secs(1)))
+                            .await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn renew_once(&self) -> Result<skep_pki::NodeCertInfo, String> {
+        let key = skep_pki::NodeKey::generate().map_err(|e| e.to_string())?;
+        let csr_der = key.csr_der().map_err(|e| e.to_string())?;
+        let our_public = key.public_key_der();
+        let root_der = self.identity.creds().root_der.clone();
+        let candidates = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
+        let mut last = "no manager is known".to_string();
+        for addr in candidates {
+            let Ok(ch) = net::channel(&addr, self.tls.clone()) else {
+                continue;
+            };
+            let issued = match crate::api::v1::ca_client::CaClient::new(ch)
+                .renew_node_certificate(crate::api::v1::RenewRequest {
+                    csr_der: csr_der.clone(),
+                })
+                .await
+            {
+                Ok(r) => r.into_inner(),
+                Err(s) => {
+                    last = format!("{addr}: {}", crate::agent::error_chain(&s));
+                    continue;
+                }
+            };
+            let info = skep_pki::verify_issued(
+                &root_der,
+                &issued.cert_der,
+                time::OffsetDateTime::now_utc(),
+            )
+            .map_err(|e| format!("the renewed certificate does not verify: {e}"))?;
+            if info.node_id != self.node_id || info.public_key_der != our_public {
+                return Err("the renewed certificate is not for this node's new key".into());
+            }
+            let creds = Credentials {
+                cert_der: issued.cert_der,
+                key_der: SecretBytes::from(key.pkcs8_der()),
+                root_der,
+            };
+            self.persist(&creds).map_err(|e| e.to_string())?;
+            self.identity.swap(creds).map_err(|e| e.to_string())?;
+            return Ok(info);
+        }
+        Err(last)
+    }
+
+    /// New certificate to `node.crt.next`, new key (sealed) into place, then the certificate:
+    /// a crash at any point leaves a pair that [`open_identity`] can use.
+    fn persist(&self, creds: &Credentials) -> Result<(), DaemonError> {
+        let next = self.paths.next_cert();
+        write_private(&next, &creds.cert_der)?;
+        let sealed = self
+            .kek
+            .seal_blob(RecordKind::NodeKey, creds.key_der.expose());
+        write_private(&self.paths.key(), &sealed)?;
+        std::fs::rename(&next, self.paths.cert()).map_err(|source| DaemonError::Io {
+            what: "renaming into place",
+            path: next,
+            source,
+        })
+    }
+}
+
 /// Tells a manager this node is leaving, with the node's own identity; the leader takes a
 /// manager out of the Raft membership.
 async fn announce_leave(r: &Running) -> Result<(), Status> {
-    let tls = net::client_config(&r.creds.root_der, Some(&r.creds))
+    let tls = net::client_config_live(&r.identity.creds().root_der, Some(r.identity.clone()))
         .map_err(|e| Status::internal(e.to_string()))?;
     let mut addrs = match &r.manager {
         Some(m) => m.manager_addrs(),
@@ -1242,10 +1419,17 @@ impl Control for ControlService {
         &self,
         req: Request<crate::api::v1::SwarmUpdateRequest>,
     ) -> Result<Response<Empty>, Status> {
-        let ms = req.into_inner().dispatcher_heartbeat_ms;
+        let r = req.into_inner();
         let (m, actor) = self.0.manager_and_admin().await?;
-        if ms > 0 {
-            m.set_heartbeat(actor, ms).await.map_err(to_status)?;
+        if r.dispatcher_heartbeat_ms > 0 {
+            m.set_heartbeat(actor.clone(), r.dispatcher_heartbeat_ms)
+                .await
+                .map_err(to_status)?;
+        }
+        if r.cert_expiry_secs > 0 {
+            m.set_cert_expiry(actor, r.cert_expiry_secs)
+                .await
+                .map_err(to_status)?;
         }
         Ok(Response::new(Empty {}))
     }

@@ -95,18 +95,27 @@ pub(super) async fn update(api: &mut Api, args: SwarmUpdateArgs) -> anyhow::Resu
 
 /// The request `swarm update` sends, checked before anything is sent.
 pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpdateRequest> {
-    if args.cert_expiry.is_some() {
-        bail!("--cert-expiry cannot be changed by `swarm update` yet; it is set by `swarm init`");
+    if args.cert_expiry.is_none() && args.dispatcher_heartbeat.is_none() {
+        bail!("nothing to update: give --dispatcher-heartbeat or --cert-expiry");
     }
-    let Some(hb) = args.dispatcher_heartbeat else {
-        bail!("nothing to update: give --dispatcher-heartbeat");
+    let ms = match args.dispatcher_heartbeat {
+        Some(hb) => {
+            let ms = u64::try_from(hb.as_millis()).unwrap_or(u64::MAX);
+            if ms == 0 {
+                bail!("--dispatcher-heartbeat must be at least 1ms");
+            }
+            ms
+        }
+        None => 0,
     };
-    let ms = u64::try_from(hb.as_millis()).unwrap_or(u64::MAX);
-    if ms == 0 {
-        bail!("--dispatcher-heartbeat must be at least 1ms");
-    }
+    let cert_expiry_secs = match args.cert_expiry {
+        Some(d) if d.as_secs() == 0 => bail!("--cert-expiry must be at least 1s"),
+        Some(d) => d.as_secs(),
+        None => 0,
+    };
     Ok(SwarmUpdateRequest {
         dispatcher_heartbeat_ms: ms,
+        cert_expiry_secs,
     })
 }
 

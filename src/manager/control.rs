@@ -459,6 +459,24 @@ impl Manager {
         .await
     }
 
+    /// `swarm update --cert-expiry`: the validity of certificates issued from now on (the
+    /// nodes' next renewals). At least [`crate::daemon::MIN_CERT_EXPIRY`].
+    pub async fn set_cert_expiry(&self, actor: Actor, secs: u64) -> Result<(), ManagerError> {
+        let min = crate::daemon::MIN_CERT_EXPIRY.as_secs();
+        if secs < min || secs > 100 * 365 * 24 * 3600 {
+            return Err(ManagerError::Invalid(format!(
+                "cert-expiry: must be between {min}s and 100 years"
+            )));
+        }
+        let audit = AuditEvent::now(actor, "swarm.update", "cert-expiry", Outcome::Ok)
+            .with("secs", secs.to_string());
+        self.propose(Command::Batch(vec![
+            Command::SetCertExpiry { secs },
+            Command::Audit(audit),
+        ]))
+        .await
+    }
+
     /// Log lines of a service, fetched from every node that ran its tasks.
     pub async fn service_logs(&self, want: &str, tail: u64) -> Result<Vec<LogLine>, ManagerError> {
         let (_, tasks) = self.service(want)?;

@@ -124,8 +124,8 @@ pub struct ManagerIdentity {
     /// The cluster ID.
     pub cluster_id: String,
     /// Its certificate and key, and the cluster root.
-    pub creds: crate::net::Credentials,
-    /// mTLS client config to other managers, built from `creds`.
+    pub identity: Arc<crate::net::identity::LiveIdentity>,
+    /// mTLS client config to other managers, presenting `identity`.
     pub manager_tls: Arc<ClientConfig>,
     /// The agents' heartbeat period unless the cluster sets one.
     pub heartbeat_period: Duration,
@@ -143,7 +143,7 @@ pub struct Manager {
     pub addr: String,
     state: StateHandle,
     client_tls: Arc<ClientConfig>,
-    creds: crate::net::Credentials,
+    identity: Arc<crate::net::identity::LiveIdentity>,
     cluster_id: String,
     peers: Mutex<HashMap<String, Channel>>,
     limiter: Mutex<FailureLimiter>,
@@ -168,7 +168,7 @@ impl Manager {
             addr: id.addr,
             state,
             client_tls: id.manager_tls,
-            creds: id.creds,
+            identity: id.identity,
             cluster_id: id.cluster_id,
             peers: Mutex::new(HashMap::new()),
             limiter: Mutex::new(FailureLimiter::default()),
@@ -257,7 +257,7 @@ impl Manager {
     /// A channel to the agent service of node `node_id` at `addr`: the peer must present that
     /// node's certificate (workers have no DNS name to check).
     pub fn node_channel(&self, node_id: &str, addr: &str) -> Result<Channel, ManagerError> {
-        let tls = crate::net::node::client_config_for_node(&self.creds, &self.cluster_id, node_id)
+        let tls = crate::net::node::client_config_for_node(&self.identity, &self.cluster_id, node_id)
             .map_err(|e| ManagerError::Invalid(e.to_string()))?;
         crate::net::channel(addr, tls).map_err(|e| ManagerError::Invalid(e.to_string()))
     }

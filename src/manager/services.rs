@@ -301,6 +301,76 @@ impl Ca for Services {
             .map(Response::new)
             .map_err(to_status)
     }
+
+    async fn renew_node_certificate(
+        &self,
+        req: Request<crate::api::v1::RenewRequest>,
+    ) -> Result<Response<IssueResponse>, Status> {
+        let id = self.require(&req, "cert.renew", false).await?;
+        let csr_der = req.into_inner().csr_der;
+        self.renew(id.node_id(), &csr_der)
+            .await
+            .map(Response::new)
+            .map_err(to_status)
+    }
+}
+
+impl Services {
+    /// Issues a renewed certificate to a member node for a fresh key: same node ID, the role
+    /// the state gives it now, the current validity. Audited with the old and new serials.
+    async fn renew(&self, node_id: &str, csr_der: &[u8]) -> Result<IssueResponse, ManagerError> {
+        let (cluster, node) = self
+            .mgr
+            .read(|s| (s.cluster.clone(), s.nodes.get(node_id).cloned()));
+        let cluster = cluster.ok_or_else(|| {
+            ManagerError::Precondition("the cluster is not initialised yet".into())
+        })?;
+        let node = node.ok_or_else(|| {
+            ManagerError::Denied(format!("node {node_id} is not a member of this swarm"))
+        })?;
+        let csr = Csr::from_der(csr_der).map_err(|e| {
+            ManagerError::Invalid(format!("certificate signing request refused: {e}"))
+        })?;
+        let ca = self.mgr.ca()?;
+        let validity =
+            time::Duration::seconds(i64::try_from(cluster.cert_expiry_secs).unwrap_or(i64::MAX));
+        let pki_role = match node.role {
+            NodeRole::Worker => Role::Worker,
+            NodeRole::Manager => Role::Manager,
+        };
+        let cert = ca
+            .issue(
+                &csr,
+                node_id,
+                pki_role,
+                validity,
+                time::OffsetDateTime::now_utc(),
+            )
+            .map_err(|e| ManagerError::Invalid(format!("cannot issue a certificate: {e}")))?;
+        let not_after = crate::util::rfc3339(cert.not_after);
+        let record = event(Actor::node(node_id), "cert.renew", node_id, Outcome::Ok)
+            .with("old_serial", node.cert_serial.clone())
+            .with("serial", cert.serial.clone())
+            .with("role", pki_role.as_str())
+            .with("not_after", not_after.clone());
+        self.mgr
+            .propose(Command::Batch(vec![
+                Command::UpdateNodeCert {
+                    id: node_id.to_string(),
+                    serial: cert.serial.clone(),
+                    not_after,
+                },
+                Command::Audit(record),
+            ]))
+            .await?;
+        Ok(IssueResponse {
+            node_id: node_id.to_string(),
+            role: pki_role.as_str().into(),
+            cluster_id: cluster.id,
+            cert_der: cert.der,
+            manager_addrs: self.mgr.manager_addrs(),
+        })
+    }
 }
 
 #[tonic::async_trait]

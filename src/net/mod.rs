@@ -8,6 +8,7 @@
 //! ```
 
 pub mod danger;
+pub mod identity;
 pub mod node;
 pub mod revoke;
 
@@ -90,10 +91,11 @@ fn roots(root_der: &[u8]) -> Result<Arc<RootCertStore>, NetError> {
 ///
 /// Certificates of nodes in `revocations` are refused during the handshake.
 pub fn server_config(
-    creds: &Credentials,
+    identity: &Arc<identity::LiveIdentity>,
     revocations: &Arc<revoke::Revocations>,
 ) -> Result<Arc<ServerConfig>, NetError> {
-    let webpki = WebPkiClientVerifier::builder_with_provider(roots(&creds.root_der)?, provider())
+    let root_der = identity.creds().root_der.clone();
+    let webpki = WebPkiClientVerifier::builder_with_provider(roots(&root_der)?, provider())
         .allow_unauthenticated()
         .build()
         .map_err(|e| NetError::Credentials(format!("client verifier: {e}")))?;
@@ -102,11 +104,7 @@ pub fn server_config(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Credentials(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![CertificateDer::from(creds.cert_der.clone())],
-            creds.key(),
-        )
-        .map_err(|e| NetError::Credentials(format!("node certificate: {e}")))?;
+        .with_cert_resolver(identity.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
     // No resumption: a resumed session skips client verification, and revocation must apply
     // to every new connection.
@@ -121,17 +119,24 @@ pub fn client_config(
     root_der: &[u8],
     identity: Option<&Credentials>,
 ) -> Result<Arc<ClientConfig>, NetError> {
+    let live = identity
+        .map(|c| identity::LiveIdentity::new(c.clone()))
+        .transpose()?;
+    client_config_live(root_der, live)
+}
+
+/// As [`client_config`], presenting whatever certificate `identity` holds at each handshake
+/// (so a renewal applies to every new connection).
+pub fn client_config_live(
+    root_der: &[u8],
+    identity: Option<Arc<identity::LiveIdentity>>,
+) -> Result<Arc<ClientConfig>, NetError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Credentials(e.to_string()))?
         .with_root_certificates(roots(root_der)?);
     let mut config = match identity {
-        Some(creds) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from(creds.cert_der.clone())],
-                creds.key(),
-            )
-            .map_err(|e| NetError::Credentials(format!("node certificate: {e}")))?,
+        Some(live) => builder.with_client_cert_resolver(live),
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];

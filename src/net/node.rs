@@ -9,7 +9,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use skep_pki::NodeCertInfo;
 
-use super::{Credentials, NetError, provider, roots};
+use super::{NetError, provider, roots};
 
 #[derive(Debug)]
 struct ExpectNode {
@@ -82,15 +82,16 @@ impl ServerCertVerifier for ExpectNode {
     }
 }
 
-/// A client config that presents `creds` and accepts only the node `node_id` of `cluster_id`.
+/// A client config that presents this node's identity and accepts only the node `node_id` of
+/// `cluster_id`.
 pub fn client_config_for_node(
-    creds: &Credentials,
+    identity: &Arc<super::identity::LiveIdentity>,
     cluster_id: &str,
     node_id: &str,
 ) -> Result<Arc<ClientConfig>, NetError> {
     let provider = provider();
     let verifier = ExpectNode {
-        roots: roots(&creds.root_der)?,
+        roots: roots(&identity.creds().root_der)?,
         provider: provider.clone(),
         node_id: node_id.to_string(),
         cluster_id: cluster_id.to_string(),
@@ -100,11 +101,7 @@ pub fn client_config_for_node(
         .map_err(|e| NetError::Credentials(e.to_string()))?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(
-            vec![CertificateDer::from(creds.cert_der.clone())],
-            creds.key(),
-        )
-        .map_err(|e| NetError::Credentials(format!("node certificate: {e}")))?;
+        .with_client_cert_resolver(identity.clone());
     config.alpn_protocols = vec![b"h2".to_vec()];
     config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))

@@ -63,8 +63,11 @@ pub const MAX_POLICY_BYTES: usize = 1024 * 1024;
 pub const MAX_NESTING: usize = 32;
 
 /// The most operators one policy may contain (`.`, `!`, `-`, `+`, `*`, comparisons, `&&`, `||`,
-/// `in`, `has`, `like`, `is`, `if`).
-pub const MAX_OPERATORS_PER_POLICY: usize = 1000;
+/// `in`, `has`, `like`, `is`, `if`). A chain of binary operators nests as deeply as it is long,
+/// and Cedar's evaluator needs stack for every level: at this limit an accepted policy still
+/// evaluates on a 2 MiB thread (a tokio worker's) in release builds, with room to spare.
+/// (Beyond its stack, Cedar stops with a "recursion limit" error, which denies.)
+pub const MAX_OPERATORS_PER_POLICY: usize = 200;
 
 /// Stack for the parser thread: ample for [`MAX_NESTING`] and [`MAX_OPERATORS_PER_POLICY`] even
 /// in debug builds; only the pages touched are ever committed.
@@ -187,6 +190,8 @@ struct Model {
     secret: EntityTypeName,
     node: EntityTypeName,
     use_secret: EntityUid,
+    /// The schema's action entities, added to every request's entity store.
+    actions: Vec<Entity>,
 }
 
 impl Model {
@@ -198,6 +203,12 @@ impl Model {
         };
         let action =
             EntityUid::from_type_name_and_id(ty("Skep::Action")?, EntityId::new("UseSecret"));
+        let actions = schema
+            .action_entities()
+            .map_err(|e| format!("action entities: {e}"))?
+            .iter()
+            .cloned()
+            .collect();
         Ok(Model {
             validator: Validator::new(schema),
             authorizer: Authorizer::new(),
@@ -205,6 +216,7 @@ impl Model {
             secret: ty("Skep::Secret")?,
             node: ty("Skep::Node")?,
             use_secret: action,
+            actions,
         })
     }
 
@@ -387,96 +399,23 @@ impl PolicyEngine {
         node: &NodeFacts<'_>,
     ) -> Result<Decision, String> {
         let model = model().map_err(|e| e.to_string())?;
-        let schema = model.schema();
-        let uid = |ty: &EntityTypeName, id: &str| {
-            EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
-        };
-        let string = |s: &str| RestrictedExpression::new_string(s.to_string());
-        let tags = |labels: &BTreeMap<String, String>| {
-            labels
-                .iter()
-                .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())))
-                .collect::<Vec<_>>()
-        };
-
-        let secret_uid = uid(&model.secret, secret.id);
-        let service_uid = uid(&model.service, service.id);
+        let mut entities = request_entities(model, service, secret, node)?;
+        entities.extend(model.actions.iter().cloned());
+        // No schema here: the entities are built to the schema's shape (a test checks it), and
+        // re-checking them on every call would double the cost of a decision.
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         let node_uid = uid(&model.node, node.id);
-        let referenced: BTreeSet<&str> = service.secret_ids.iter().copied().collect();
-
-        let mut entities = Vec::with_capacity(referenced.len() + 3);
-        entities.push(
-            Entity::new_with_tags(
-                service_uid.clone(),
-                [
-                    ("id".to_string(), string(service.id)),
-                    ("name".to_string(), string(service.name)),
-                    (
-                        "secrets".to_string(),
-                        RestrictedExpression::new_set(referenced.iter().map(|id| {
-                            RestrictedExpression::new_entity_uid(uid(&model.secret, id))
-                        })),
-                    ),
-                ],
-                [],
-                tags(service.labels),
-            )
-            .map_err(|e| format!("service {}: {e}", service.name))?,
-        );
-        entities.push(
-            Entity::new_with_tags(
-                secret_uid.clone(),
-                [
-                    ("id".to_string(), string(secret.id)),
-                    ("name".to_string(), string(secret.name)),
-                ],
-                [],
-                tags(secret.labels),
-            )
-            .map_err(|e| format!("secret {}: {e}", secret.name))?,
-        );
-        // The other referenced secrets are only ever compared by UID (Cedar cannot iterate a
-        // set), so they carry their ID as name and no labels.
-        for id in referenced.iter().filter(|id| **id != secret.id) {
-            entities.push(
-                Entity::new_with_tags(
-                    uid(&model.secret, id),
-                    [
-                        ("id".to_string(), string(id)),
-                        ("name".to_string(), string(id)),
-                    ],
-                    [],
-                    [],
-                )
-                .map_err(|e| format!("secret {id}: {e}"))?,
-            );
-        }
-        entities.push(
-            Entity::new_with_tags(
-                node_uid.clone(),
-                [
-                    ("id".to_string(), string(node.id)),
-                    ("hostname".to_string(), string(node.hostname)),
-                    ("role".to_string(), string(node.role)),
-                ],
-                [],
-                tags(node.labels),
-            )
-            .map_err(|e| format!("node {}: {e}", node.hostname))?,
-        );
-        let entities =
-            Entities::from_entities(entities, Some(schema)).map_err(|e| e.to_string())?;
         let context = Context::from_pairs([(
             "node".to_string(),
             RestrictedExpression::new_entity_uid(node_uid),
         )])
         .map_err(|e| e.to_string())?;
         let request = Request::new(
-            service_uid,
+            uid(&model.service, service.id),
             model.use_secret.clone(),
-            secret_uid,
+            uid(&model.secret, secret.id),
             context,
-            Some(schema),
+            Some(model.schema()),
         )
         .map_err(|e| e.to_string())?;
 
@@ -525,6 +464,94 @@ impl PolicyEngine {
         }
         Ok(Decision::Deny { reason })
     }
+}
+
+/// `Type::"id"`.
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+/// The entities one `UseSecret` request needs: the service, the requested secret with its
+/// labels, the other secrets the service references, and the node.
+fn request_entities(
+    model: &Model,
+    service: &ServiceFacts<'_>,
+    secret: &SecretFacts<'_>,
+    node: &NodeFacts<'_>,
+) -> Result<Vec<Entity>, String> {
+    let string = |s: &str| RestrictedExpression::new_string(s.to_string());
+    let tags = |labels: &BTreeMap<String, String>| {
+        labels
+            .iter()
+            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())))
+            .collect::<Vec<_>>()
+    };
+    let referenced: BTreeSet<&str> = service.secret_ids.iter().copied().collect();
+
+    let mut entities = Vec::with_capacity(referenced.len() + 3 + model.actions.len());
+    entities.push(
+        Entity::new_with_tags(
+            uid(&model.service, service.id),
+            [
+                ("id".to_string(), string(service.id)),
+                ("name".to_string(), string(service.name)),
+                (
+                    "secrets".to_string(),
+                    RestrictedExpression::new_set(
+                        referenced
+                            .iter()
+                            .map(|id| RestrictedExpression::new_entity_uid(uid(&model.secret, id))),
+                    ),
+                ),
+            ],
+            [],
+            tags(service.labels),
+        )
+        .map_err(|e| format!("service {}: {e}", service.name))?,
+    );
+    entities.push(
+        Entity::new_with_tags(
+            uid(&model.secret, secret.id),
+            [
+                ("id".to_string(), string(secret.id)),
+                ("name".to_string(), string(secret.name)),
+            ],
+            [],
+            tags(secret.labels),
+        )
+        .map_err(|e| format!("secret {}: {e}", secret.name))?,
+    );
+    // Policies reach the other referenced secrets only through `principal.secrets`, which
+    // Cedar can test but not iterate, so they are bare: their ID stands in for their name
+    // and they carry no labels.
+    for id in referenced.iter().filter(|id| **id != secret.id) {
+        entities.push(
+            Entity::new_with_tags(
+                uid(&model.secret, id),
+                [
+                    ("id".to_string(), string(id)),
+                    ("name".to_string(), string(id)),
+                ],
+                [],
+                [],
+            )
+            .map_err(|e| format!("secret {id}: {e}"))?,
+        );
+    }
+    entities.push(
+        Entity::new_with_tags(
+            uid(&model.node, node.id),
+            [
+                ("id".to_string(), string(node.id)),
+                ("hostname".to_string(), string(node.hostname)),
+                ("role".to_string(), string(node.role)),
+            ],
+            [],
+            tags(node.labels),
+        )
+        .map_err(|e| format!("node {}: {e}", node.hostname))?,
+    );
+    Ok(entities)
 }
 
 /// `policy <@id or policy id>: <@reason>` for a forbid that applied.
@@ -1040,15 +1067,20 @@ mod tests {
         let PolicyError::TooComplex { message } = &err else {
             panic!("expected too complex, got {err:?}");
         };
-        // Located at the start of the offending policy (after the default's 12 lines).
+        // Located at the start of the offending policy, after the default's 12 lines and a
+        // blank one.
         assert!(
-            message.starts_with("13:1: this policy has more than 1000"),
+            message.starts_with(&format!(
+                "14:1: this policy has more than {MAX_OPERATORS_PER_POLICY} operators"
+            )),
             "{message}"
         );
 
         // The limit is per policy, and brackets and operators in strings and comments do not
         // count.
-        let many = (0..4).map(|_| sum(900)).collect::<String>();
+        let many = (0..4)
+            .map(|_| sum(MAX_OPERATORS_PER_POLICY - 20))
+            .collect::<String>();
         assert_eq!(PolicyEngine::parse(&many).unwrap().policy_count(), 4);
         let quiet = format!(
             "// {}\n@reason(\"{} \\\" {}\")\n{DEFAULT_POLICY}",
@@ -1076,9 +1108,11 @@ mod tests {
         );
         for text in [deep, ifs] {
             let engine = PolicyEngine::parse(&text).unwrap();
-            // Evaluate and drop on a thread no bigger than a tokio worker's.
+            // Evaluate and drop on a thread no bigger than a tokio worker's (debug builds use
+            // about ten times more stack per level).
+            let stack = if cfg!(debug_assertions) { 32 } else { 2 } * 1024 * 1024;
             let decision = std::thread::Builder::new()
-                .stack_size(2 * 1024 * 1024)
+                .stack_size(stack)
                 .spawn(move || {
                     let none = BTreeMap::new();
                     let decision = check(&engine, &["s1"], &none, &none);
@@ -1090,5 +1124,35 @@ mod tests {
                 .unwrap();
             assert_eq!(decision, Decision::Allow);
         }
+    }
+
+    #[test]
+    fn request_entities_conform_to_the_schema() {
+        let model = model().unwrap();
+        let odd = labels(&[("tier", "prod"), ("we\"ird\n", "\u{1f600}")]);
+        let entities = request_entities(
+            model,
+            &ServiceFacts {
+                id: "svc1",
+                name: "web",
+                labels: &odd,
+                secret_ids: &["s0", "s1", "s0", "s2"],
+            },
+            &SecretFacts {
+                id: "s1",
+                name: "db-password",
+                labels: &odd,
+            },
+            &NodeFacts {
+                id: "n1",
+                hostname: "node-1",
+                role: "manager",
+                labels: &odd,
+            },
+        )
+        .unwrap();
+        // Service, the requested secret, the two other referenced secrets and the node.
+        assert_eq!(entities.len(), 5);
+        Entities::from_entities(entities, Some(model.schema())).unwrap();
     }
 }

@@ -251,6 +251,20 @@ pub enum Command {
         /// RFC 3339 time.
         now: String,
     },
+    /// Records a node's renewed certificate.
+    UpdateNodeCert {
+        /// Node ID.
+        id: String,
+        /// Serial of the new certificate.
+        serial: String,
+        /// RFC 3339 expiry of the new certificate.
+        not_after: String,
+    },
+    /// Sets the validity of certificates issued from now on (`swarm update --cert-expiry`).
+    SetCertExpiry {
+        /// Seconds.
+        secs: u64,
+    },
     /// Replaces a join token (`join-token --rotate`): the old one is refused from then on.
     RotateToken {
         /// Whose token.
@@ -470,6 +484,21 @@ impl State {
                     self.revoked.retain(|_, r| {
                         crate::util::parse_rfc3339(&r.until).is_none_or(|u| u > now)
                     });
+                }
+            }
+            Command::UpdateNodeCert {
+                id,
+                serial,
+                not_after,
+            } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.cert_serial = serial;
+                    n.cert_not_after = not_after;
+                }
+            }
+            Command::SetCertExpiry { secs } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.cert_expiry_secs = secs;
                 }
             }
             Command::RotateToken { role, token } => {

@@ -289,3 +289,149 @@ fn a_removed_node_is_cut_off_at_once_and_its_kept_identity_is_refused_everywhere
         "a revoked node reappeared"
     );
 }
+
+/// `(serial, not after)` of a node's certificate, from `node inspect`.
+fn cert_of(m: &Node, node: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_str(&m.cli_ok(&["node", "inspect", node])).unwrap();
+    let c = &v[0]["Description"]["Certificate"];
+    (
+        c["Serial"].as_str().unwrap_or("").to_string(),
+        c["NotAfter"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+fn rfc3339(s: &str) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).unwrap()
+}
+
+#[test]
+fn short_lived_certificates_renew_on_their_own_and_tasks_keep_running() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    let mut c = Cluster::init_with(1, 1, &["--cert-expiry", "10s"]);
+    let (m_name, w_name) = (
+        c.first().name().to_string(),
+        c.workers()[0].name().to_string(),
+    );
+    {
+        let m = c.first();
+        m.cli_ok(&[
+            "service",
+            "create",
+            "--detach",
+            "--runtime",
+            "exec",
+            "--name",
+            "steady",
+            "--replicas",
+            "2",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ]);
+    }
+    let task_ids = |m: &Node| -> Vec<String> {
+        let mut ids: Vec<String> = crate::harness::json_lines(&m.cli_ok(&[
+            "service",
+            "ps",
+            "--no-trunc",
+            "--format",
+            "json",
+            "steady",
+        ]))
+        .iter()
+        .filter(|t| {
+            t["CurrentState"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("Running"))
+        })
+        .filter_map(|t| t["ID"].as_str().map(str::to_string))
+        .collect();
+        ids.sort();
+        ids
+    };
+    let first = crate::harness::wait_for(timeout(), "2 running tasks", || {
+        let ids = task_ids(c.first());
+        if ids.len() == 2 {
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    });
+    // Three renewals of each node (a 10 s certificate renews every 5-8 s).
+    let mut seen: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    crate::harness::wait_for(
+        std::time::Duration::from_secs(90),
+        "3 renewals per node",
+        || {
+            for n in [&m_name, &w_name] {
+                let (serial, _) = cert_of(c.first(), n);
+                seen.entry(n.clone()).or_default().insert(serial);
+            }
+            if seen.values().all(|s| s.len() >= 4) {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        },
+    );
+    // Nothing was disturbed: the same tasks run, every node is Ready.
+    assert_eq!(
+        task_ids(c.first()),
+        first,
+        "tasks were replaced during renewals"
+    );
+    assert!(c.first().node_ls().iter().all(|n| n["Status"] == "Ready"));
+    let audit = c.first().audit();
+    let renewals: Vec<_> = audit
+        .iter()
+        .filter(|r| r["action"] == "cert.renew")
+        .collect();
+    assert!(renewals.len() >= 6, "{}", renewals.len());
+    assert!(
+        renewals
+            .iter()
+            .all(|r| r["details"]["old_serial"] != r["details"]["serial"])
+    );
+
+    // A longer validity applies to the next renewals.
+    c.first()
+        .cli_ok(&["swarm", "update", "--cert-expiry", "40s"]);
+    crate::harness::wait_for(timeout(), "a 40 s certificate on the worker", || {
+        let (_, not_after) = cert_of(c.first(), &w_name);
+        let left = rfc3339(&not_after) - time::OffsetDateTime::now_utc();
+        if left > time::Duration::seconds(15) {
+            Ok(())
+        } else {
+            Err(format!("{left}"))
+        }
+    });
+
+    // A node offline past its certificate's expiry is told to join again.
+    let (_, not_after) = cert_of(c.first(), &w_name);
+    c.nodes[1].kill();
+    let expired_at = rfc3339(&not_after);
+    crate::harness::wait_until(
+        std::time::Duration::from_secs(60),
+        "the worker's certificate to expire",
+        || time::OffsetDateTime::now_utc() > expired_at + time::Duration::seconds(1),
+    );
+    c.nodes[1].restart();
+    wait_until(
+        timeout(),
+        "the expired node to say it must join again",
+        || c.nodes[1].log().contains("certificate expired"),
+    );
+    // ...and can, with a token.
+    let token = c
+        .first()
+        .cli_ok(&["join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    let addr = c.first().addr();
+    let said = c.nodes[1].cli_ok(&["swarm", "join", "--token", &token, &addr]);
+    assert_eq!(said.trim(), "This node joined a swarm as a worker.");
+}
