@@ -259,6 +259,37 @@ fn pretty(n: &NodeInfo) -> String {
     s.lines().map(|l| format!("{}\n", l.trim_end())).collect()
 }
 
+/// `node rm [--force] NODE...`: one line per node removed; every node is tried, and the
+/// command fails at the end if any could not be removed.
+pub(super) async fn rm(api: &mut Api, args: super::NodeRmArgs) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for want in &args.nodes {
+        let resp = api
+            .node_remove(crate::api::v1::NodeRemoveRequest {
+                node: want.clone(),
+                force: args.force,
+            })
+            .await;
+        match resp {
+            Ok(r) => {
+                let r = r.into_inner();
+                let mut text =
+                    format!("Node {} removed and its certificate revoked.\n", r.hostname);
+                if !r.secrets_delivered.is_empty() {
+                    text.push_str(&format!(
+                        "Secrets that were delivered to {} and should be rotated: {}\n",
+                        r.hostname,
+                        r.secrets_delivered.join(", ")
+                    ));
+                }
+                print(&text)?;
+            }
+            Err(s) => errors.push(format!("{want}: {}", s.message())),
+        }
+    }
+    super::output::fail_with(errors)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,35 +376,4 @@ mod tests {
         );
         assert!(text.lines().all(|l| l == l.trim_end()));
     }
-}
-
-/// `node rm [--force] NODE...`: one line per node removed; every node is tried, and the
-/// command fails at the end if any could not be removed.
-pub(super) async fn rm(api: &mut Api, args: super::NodeRmArgs) -> anyhow::Result<()> {
-    let mut errors = Vec::new();
-    for want in &args.nodes {
-        let resp = api
-            .node_remove(crate::api::v1::NodeRemoveRequest {
-                node: want.clone(),
-                force: args.force,
-            })
-            .await;
-        match resp {
-            Ok(r) => {
-                let r = r.into_inner();
-                let mut text =
-                    format!("Node {} removed and its certificate revoked.\n", r.hostname);
-                if !r.secrets_delivered.is_empty() {
-                    text.push_str(&format!(
-                        "Secrets that were delivered to {} and should be rotated: {}\n",
-                        r.hostname,
-                        r.secrets_delivered.join(", ")
-                    ));
-                }
-                print(&text)?;
-            }
-            Err(s) => errors.push(format!("{want}: {}", s.message())),
-        }
-    }
-    super::output::fail_with(errors)
 }

@@ -21,11 +21,14 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use skep_pki::NodeCertInfo;
 
+/// A live connection: its number and kill switch.
+type Tracked = (u64, Weak<Kill>);
+
 /// The revoked node IDs this process enforces, and the live connections it may have to cut.
 #[derive(Default)]
 pub struct Revocations {
     revoked: ArcSwap<HashSet<String>>,
-    live: Mutex<HashMap<String, Vec<(u64, Weak<Kill>)>>>,
+    live: Mutex<HashMap<String, Vec<Tracked>>>,
     next: AtomicU64,
 }
 
