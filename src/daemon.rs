@@ -233,6 +233,11 @@ impl Paths {
     fn kek(&self) -> PathBuf {
         self.0.join("kek")
     }
+    /// The node's KEK sealed under the key derived from the current unlock key (autolock,
+    /// after the unlock key was rotated or autolock turned on).
+    fn sealed_kek(&self) -> PathBuf {
+        self.0.join("kek.sealed")
+    }
     fn dek(&self) -> PathBuf {
         self.0.join("dek.sealed")
     }
@@ -411,6 +416,11 @@ impl Daemon {
             tasks.push(tokio::spawn(
                 mgr.clone().run_revocations(revocations.clone()),
             ));
+            tasks.push(tokio::spawn(sync_autolock(
+                mgr.clone(),
+                self.paths(),
+                kek.clone(),
+            )));
             tasks.push(tokio::spawn(crate::manager::dispatch::run_orchestrator(
                 mgr.clone(),
             )));
@@ -578,15 +588,7 @@ impl Daemon {
             .issue(&csr, &node_id, skep_pki::Role::Manager, validity, now)
             .map_err(|e| internal(&e))?;
         let (kek, unlock_key) = if req.autolock {
-            let raw = random_32();
-            let mut text =
-                zeroize::Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
-            text.push_str(UNLOCK_KEY_PREFIX);
-            for b in raw.iter() {
-                text.push(char::from(HEX[usize::from(b >> 4)]));
-                text.push(char::from(HEX[usize::from(b & 0xf)]));
-            }
-            let text = SecretString::from(text);
+            let (raw, text) = new_unlock_key();
             (Kek::from_unlock_key(&*raw), Some(text))
         } else {
             (Kek::generate(), None)
@@ -756,8 +758,7 @@ impl Daemon {
         *phase = Phase::Active(running);
         if let Some(mgr) = mgr {
             mgr.join_raft(&file.managers).await.map_err(to_status)?;
-            self.adopt_autolock(&mgr, &file, dek.as_ref(), &key, &cert_der, &root_der)
-                .await?;
+            self.adopt_autolock(&mgr, &kek).await?;
         }
         Ok(SwarmJoinResponse {
             node_id: info.node_id,
@@ -765,17 +766,9 @@ impl Daemon {
         })
     }
 
-    /// A manager that joined an autolocked swarm re-seals its keys under the swarm's unlock
-    /// key once the replicated state reaches it, and forgets its own KEK file.
-    async fn adopt_autolock(
-        &self,
-        mgr: &Manager,
-        file: &NodeFile,
-        dek: Option<&Dek>,
-        key: &NodeKey,
-        cert_der: &[u8],
-        root_der: &[u8],
-    ) -> Result<(), Status> {
+    /// A manager that joined an autolocked swarm seals its KEK under the swarm's unlock key
+    /// once the replicated state reaches it, and forgets its plain KEK file.
+    async fn adopt_autolock(&self, mgr: &Manager, kek: &Kek) -> Result<(), Status> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let cluster = loop {
             if let Some(c) = mgr.read(|s| s.cluster.clone()) {
@@ -791,20 +784,7 @@ impl Daemon {
         let Some(unlock) = cluster.unlock_key.filter(|_| cluster.autolock) else {
             return Ok(());
         };
-        let raw = parse_unlock_key(unlock.expose())?;
-        let locked = Kek::from_unlock_key(&raw);
-        let mut file = file.clone();
-        file.autolock = true;
-        self.save_identity(Identity {
-            file: &file,
-            kek: &locked,
-            store_kek: false,
-            dek,
-            key,
-            cert_der,
-            root_der,
-        })
-        .map_err(|e| Status::internal(e.to_string()))
+        apply_autolock(&self.paths(), kek, Some(&unlock)).map_err(Status::internal)
     }
 
     async fn leave(&self, force: bool) -> Result<(), Status> {
@@ -880,7 +860,7 @@ impl Daemon {
             _ => return Err(Status::failed_precondition("swarm is not locked")),
         };
         let opened = parse_unlock_key(key).and_then(|raw| {
-            let kek = Kek::from_unlock_key(&raw);
+            let kek = inner_kek(&self.paths(), &raw)?;
             let dek = read(&self.paths().dek()).map_err(|e| Status::internal(e.to_string()))?;
             kek.unwrap(&dek).map(|_| kek).map_err(|_| {
                 Status::invalid_argument(
@@ -1169,6 +1149,18 @@ fn already_in_swarm() -> Status {
     )
 }
 
+/// A fresh unlock key: its raw bytes and its text (`SKEP-KEY-1-` and 64 hex digits).
+pub(crate) fn new_unlock_key() -> (zeroize::Zeroizing<[u8; 32]>, SecretString) {
+    let raw = random_32();
+    let mut text = zeroize::Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
+    text.push_str(UNLOCK_KEY_PREFIX);
+    for b in raw.iter() {
+        text.push(char::from(HEX[usize::from(b >> 4)]));
+        text.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    (raw, SecretString::from(text))
+}
+
 fn random_32() -> zeroize::Zeroizing<[u8; 32]> {
     use rand::RngCore;
     let mut b = zeroize::Zeroizing::new([0u8; 32]);
@@ -1191,6 +1183,96 @@ fn parse_unlock_key(text: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Status> {
         return Err(bad());
     }
     Ok(raw)
+}
+
+/// The node's KEK from an unlock key: sealed in `kek.sealed` under the key derived from it, or
+/// (a swarm created with autolock whose key never changed) that derived key itself.
+fn inner_kek(p: &Paths, raw: &[u8]) -> Result<Kek, Status> {
+    let derived = Kek::from_unlock_key(raw);
+    let path = p.sealed_kek();
+    if !path.exists() {
+        return Ok(derived);
+    }
+    let sealed = read(&path).map_err(|e| Status::internal(e.to_string()))?;
+    let bytes = derived
+        .open_blob(RecordKind::WrappedKek, &sealed)
+        .map_err(|_| {
+            Status::invalid_argument("invalid unlock key: it does not open this manager's keys")
+        })?;
+    Kek::from_bytes(&bytes).map_err(|e| Status::internal(e.to_string()))
+}
+
+/// Reads, changes and writes `node.json` (other fields as they are on disk now).
+fn update_node_file(path: &Path, change: impl FnOnce(&mut NodeFile)) -> Result<(), DaemonError> {
+    let mut file: NodeFile = serde_json::from_slice(&read(path)?)
+        .map_err(|e| DaemonError::Corrupt(path.to_path_buf(), e.to_string()))?;
+    change(&mut file);
+    let bytes = serde_json::to_vec_pretty(&file).map_err(|e| DaemonError::Start(e.to_string()))?;
+    write_private(path, &bytes)
+}
+
+/// Puts the node's KEK where the swarm's autolock setting wants it: with autolock, sealed
+/// under the unlock key (`kek.sealed`) and the plain `kek` file gone; without, in the 0600
+/// `kek` file. Only the KEK is re-wrapped; the data it protects is not rewritten. Each step
+/// is an atomic file replacement, in an order that leaves a startable node after a crash.
+fn apply_autolock(p: &Paths, kek: &Kek, unlock_key: Option<&SecretString>) -> Result<(), String> {
+    let remove = |path: PathBuf| match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("removing {}: {e}", path.display())),
+    };
+    match unlock_key {
+        Some(key) => {
+            let raw = parse_unlock_key(key.expose()).map_err(|s| s.message().to_string())?;
+            let sealed =
+                Kek::from_unlock_key(&raw).seal_blob(RecordKind::WrappedKek, kek.expose_bytes());
+            write_private(&p.sealed_kek(), &sealed).map_err(|e| e.to_string())?;
+            update_node_file(&p.node(), |f| f.autolock = true).map_err(|e| e.to_string())?;
+            remove(p.kek())
+        }
+        None => {
+            write_private(&p.kek(), kek.expose_bytes()).map_err(|e| e.to_string())?;
+            update_node_file(&p.node(), |f| f.autolock = false).map_err(|e| e.to_string())?;
+            remove(p.sealed_kek())
+        }
+    }
+}
+
+/// On a manager: keeps the local KEK wrapped as the replicated autolock setting says, as it
+/// changes (`swarm update --autolock`, `swarm unlock-key --rotate`).
+async fn sync_autolock(mgr: Arc<Manager>, paths: Paths, kek: Kek) {
+    let mut applied = mgr.state().subscribe();
+    let mut last: Option<Option<String>> = None;
+    loop {
+        let want = mgr.read(|s| {
+            s.cluster.as_ref().map(|c| {
+                c.unlock_key
+                    .as_ref()
+                    .filter(|_| c.autolock)
+                    .map(|k| SecretString::new(k.expose()))
+            })
+        });
+        if let Some(want) = want {
+            let digest = want
+                .as_ref()
+                .map(|k| crate::store::secret_obj::digest(k.expose().as_bytes()));
+            if last.as_ref() != Some(&digest) {
+                match apply_autolock(&paths, &kek, want.as_ref()) {
+                    Ok(()) => {
+                        tracing::info!(autolock = want.is_some(), "key-encryption key re-wrapped");
+                        last = Some(digest);
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot re-wrap the key-encryption key"),
+                }
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(5), applied.changed())
+            .await
+            .is_ok_and(|r| r.is_err())
+        {
+            return;
+        }
+    }
 }
 
 /// Saves the manager list the agent learns, so a restarted node finds the swarm again. Reads
@@ -1418,20 +1500,50 @@ impl Control for ControlService {
     async fn swarm_update(
         &self,
         req: Request<crate::api::v1::SwarmUpdateRequest>,
-    ) -> Result<Response<Empty>, Status> {
+    ) -> Result<Response<crate::api::v1::SwarmUpdateResponse>, Status> {
         let r = req.into_inner();
         let (m, actor) = self.0.manager_and_admin().await?;
+        let autolock = match r.autolock.as_str() {
+            "" => None,
+            "true" => Some(true),
+            "false" => Some(false),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "autolock: {other:?} is not true or false"
+                )));
+            }
+        };
         if r.dispatcher_heartbeat_ms > 0 {
             m.set_heartbeat(actor.clone(), r.dispatcher_heartbeat_ms)
                 .await
                 .map_err(to_status)?;
         }
         if r.cert_expiry_secs > 0 {
-            m.set_cert_expiry(actor, r.cert_expiry_secs)
+            m.set_cert_expiry(actor.clone(), r.cert_expiry_secs)
                 .await
                 .map_err(to_status)?;
         }
-        Ok(Response::new(Empty {}))
+        let mut unlock_key = String::new();
+        if let Some(on) = autolock
+            && let Some(k) = m.set_autolock(actor, on).await.map_err(to_status)?
+        {
+            unlock_key = k.expose().to_string();
+        }
+        Ok(Response::new(crate::api::v1::SwarmUpdateResponse {
+            unlock_key,
+        }))
+    }
+
+    async fn unlock_key(
+        &self,
+        req: Request<crate::api::v1::UnlockKeyRequest>,
+    ) -> Result<Response<crate::api::v1::UnlockKeyResponse>, Status> {
+        let rotate = req.into_inner().rotate;
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let key = m.unlock_key(actor, rotate).await.map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::UnlockKeyResponse {
+            unlock_key: key.expose().to_string(),
+        }))
     }
 
     async fn node_update(

@@ -125,6 +125,18 @@ enum SwarmCommand {
     JoinToken(JoinTokenArgs),
     /// Update the swarm's settings.
     Update(SwarmUpdateArgs),
+    /// Show (or rotate) the key that unlocks an autolocked manager.
+    UnlockKey(UnlockKeyArgs),
+}
+
+#[derive(Debug, Args)]
+struct UnlockKeyArgs {
+    /// Only display the key.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Replace the unlock key; managers re-wrap their keys under the new one.
+    #[arg(long)]
+    rotate: bool,
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +144,9 @@ struct SwarmUpdateArgs {
     /// Dispatcher heartbeat period (e.g. 5s).
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     dispatcher_heartbeat: Option<Duration>,
+    /// Keep managers' keys sealed under an unlock key the operator holds (true) or not.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    autolock: Option<bool>,
     /// Validity of node certificates issued from now on (e.g. 6h); nodes renew on their own
     /// at 50-80% of their certificate's life.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
@@ -416,6 +431,7 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Leave(args)) => swarm::leave(&mut api, args).await,
         Command::Swarm(SwarmCommand::Unlock) => swarm::unlock(&mut api).await,
         Command::Swarm(SwarmCommand::Update(args)) => swarm::update(&mut api, args).await,
+        Command::Swarm(SwarmCommand::UnlockKey(args)) => swarm::unlock_key(&mut api, args).await,
         Command::Swarm(SwarmCommand::JoinToken(args)) | Command::JoinToken(args) => {
             swarm::join_token(&mut api, args).await
         }

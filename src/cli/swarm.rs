@@ -89,14 +89,41 @@ pub(super) async fn leave(api: &mut Api, args: SwarmLeaveArgs) -> anyhow::Result
 /// `swarm update`: cluster settings.
 pub(super) async fn update(api: &mut Api, args: SwarmUpdateArgs) -> anyhow::Result<()> {
     let req = update_request(&args)?;
-    api.swarm_update(req).await.map_err(status)?;
-    print("Swarm updated.\n")
+    let resp = api.swarm_update(req).await.map_err(status)?.into_inner();
+    let mut text = "Swarm updated.\n".to_string();
+    if !resp.unlock_key.is_empty() {
+        text.push_str(&unlock_instructions(&resp.unlock_key));
+    }
+    print(&text)
+}
+
+/// `swarm unlock-key [-q] [--rotate]`.
+pub(super) async fn unlock_key(api: &mut Api, args: super::UnlockKeyArgs) -> anyhow::Result<()> {
+    let key = api
+        .unlock_key(crate::api::v1::UnlockKeyRequest {
+            rotate: args.rotate,
+        })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .unlock_key;
+    let key = Zeroizing::new(key);
+    if args.quiet {
+        return print(&format!("{}\n", key.as_str()));
+    }
+    let mut text = String::new();
+    if args.rotate {
+        text.push_str("Successfully rotated manager unlock key.\n\n");
+    }
+    text.push_str(&unlock_instructions(&key));
+    print(&text)
 }
 
 /// The request `swarm update` sends, checked before anything is sent.
 pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpdateRequest> {
-    if args.cert_expiry.is_none() && args.dispatcher_heartbeat.is_none() {
-        bail!("nothing to update: give --dispatcher-heartbeat or --cert-expiry");
+    if args.cert_expiry.is_none() && args.dispatcher_heartbeat.is_none() && args.autolock.is_none()
+    {
+        bail!("nothing to update: give --dispatcher-heartbeat, --cert-expiry or --autolock");
     }
     let ms = match args.dispatcher_heartbeat {
         Some(hb) => {
@@ -116,6 +143,7 @@ pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpda
     Ok(SwarmUpdateRequest {
         dispatcher_heartbeat_ms: ms,
         cert_expiry_secs,
+        autolock: args.autolock.map(|b| b.to_string()).unwrap_or_default(),
     })
 }
 

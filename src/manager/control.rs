@@ -459,6 +459,73 @@ impl Manager {
         .await
     }
 
+    /// `swarm unlock-key`: the current unlock key (audited as a read); with `rotate`, a new
+    /// one first. Managers re-wrap their key-encryption keys under it as the change reaches
+    /// them; one still locked with the old key opens with it until it catches up.
+    pub async fn unlock_key(
+        &self,
+        actor: Actor,
+        rotate: bool,
+    ) -> Result<crate::secret::SecretString, ManagerError> {
+        let current = self.read(|s| {
+            s.cluster.as_ref().filter(|c| c.autolock).and_then(|c| {
+                c.unlock_key
+                    .as_ref()
+                    .map(|k| crate::secret::SecretString::new(k.expose()))
+            })
+        });
+        let Some(current) = current else {
+            return Err(ManagerError::Precondition(
+                "no unlock key is set: autolock is off (turn it on with `skep swarm update --autolock=true`)".into(),
+            ));
+        };
+        if !rotate {
+            self.audit(AuditEvent::now(
+                actor,
+                "unlock_key.read",
+                "swarm",
+                Outcome::Ok,
+            ))
+            .await;
+            return Ok(current);
+        }
+        let (_, key) = crate::daemon::new_unlock_key();
+        let record = AuditEvent::now(actor, "unlock_key.rotate", "swarm", Outcome::Ok);
+        self.propose(Command::Batch(vec![
+            Command::SetAutolock {
+                unlock_key: Some(crate::secret::SecretString::new(key.expose())),
+            },
+            Command::Audit(record),
+        ]))
+        .await?;
+        Ok(key)
+    }
+
+    /// `swarm update --autolock=true|false`. Turning it on returns the new unlock key.
+    pub async fn set_autolock(
+        &self,
+        actor: Actor,
+        on: bool,
+    ) -> Result<Option<crate::secret::SecretString>, ManagerError> {
+        let is_on = self.read(|s| s.cluster.as_ref().is_some_and(|c| c.autolock));
+        if is_on == on {
+            return Ok(None);
+        }
+        let key = on.then(|| crate::daemon::new_unlock_key().1);
+        let record = AuditEvent::now(actor, "swarm.update", "autolock", Outcome::Ok)
+            .with("autolock", on.to_string());
+        self.propose(Command::Batch(vec![
+            Command::SetAutolock {
+                unlock_key: key
+                    .as_ref()
+                    .map(|k| crate::secret::SecretString::new(k.expose())),
+            },
+            Command::Audit(record),
+        ]))
+        .await?;
+        Ok(key)
+    }
+
     /// `swarm update --cert-expiry`: the validity of certificates issued from now on (the
     /// nodes' next renewals). At least [`crate::daemon::MIN_CERT_EXPIRY`].
     pub async fn set_cert_expiry(&self, actor: Actor, secs: u64) -> Result<(), ManagerError> {

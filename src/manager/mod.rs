@@ -257,8 +257,9 @@ impl Manager {
     /// A channel to the agent service of node `node_id` at `addr`: the peer must present that
     /// node's certificate (workers have no DNS name to check).
     pub fn node_channel(&self, node_id: &str, addr: &str) -> Result<Channel, ManagerError> {
-        let tls = crate::net::node::client_config_for_node(&self.identity, &self.cluster_id, node_id)
-            .map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        let tls =
+            crate::net::node::client_config_for_node(&self.identity, &self.cluster_id, node_id)
+                .map_err(|e| ManagerError::Invalid(e.to_string()))?;
         crate::net::channel(addr, tls).map_err(|e| ManagerError::Invalid(e.to_string()))
     }
 

@@ -7,15 +7,17 @@
 //! (`policies/schema.cedarschema`):
 //!
 //! ```text
-//!  principal  Skep::Service::"<service id>"   attrs: id, name, secrets (Set<Skep::Secret>)
-//!  action     Skep::Action::"UseSecret"                tags: the service's labels
-//!  resource   Skep::Secret::"<secret id>"     attrs: id, name; tags: the secret's labels
-//!  context    { node: Skep::Node::"<node id>" } attrs: id, hostname, role; tags: node labels
+//!  principal  Skep::Service::"<id>"   attrs id, name, secrets: Set<Skep::Secret>; tags: labels
+//!  action     Skep::Action::"UseSecret"
+//!  resource   Skep::Secret::"<id>"    attrs id, name;                             tags: labels
+//!  context    { node: Skep::Node::"<id>" }
+//!             Skep::Node              attrs id, hostname, role;                   tags: labels
 //! ```
 //!
 //! Labels are entity *tags*, so a policy reads them with `hasTag` / `getTag` (strict validation
 //! insists on the `hasTag` check first). `secrets` holds every secret the service spec
-//! references; only the requested secret carries its labels, the others are bare references.
+//! references. Only the requested secret carries its labels; the others are bare (their ID
+//! stands in for their name), since a policy can test membership of a set but not iterate it.
 //!
 //! # Decisions
 //!
@@ -33,8 +35,13 @@
 //!
 //! [`PolicyEngine::parse`] refuses text that is too large, does not parse, uses policy templates
 //! or does not type-check strictly against the schema, with Cedar's own message and the
-//! line:column it points at. Callers that evaluate on every state change use [`cached`], which
-//! keeps the last few parsed texts keyed by their SHA-256 [`digest`].
+//! line:column it points at. It also refuses text that nests brackets deeper than
+//! [`MAX_NESTING`] or puts more than [`MAX_OPERATORS_PER_POLICY`] operators in one policy:
+//! Cedar 4 has no depth limit of its own, and a hundred or so nested parentheses overflow its
+//! parser's stack, which aborts the process.
+//!
+//! Callers that evaluate on every state change use [`cached`], which keeps the last few parsed
+//! texts keyed by their SHA-256 [`digest`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -43,9 +50,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cedar_policy::ffi::DetailedError;
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, Policy, PolicySet, Request, RestrictedExpression, Schema,
-    ValidationMode, Validator,
+    AuthorizationError, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, PolicyId, PolicySet, Request, RestrictedExpression,
+    Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -392,6 +399,15 @@ impl PolicyEngine {
             })
     }
 
+    /// A policy's `@id` annotation, or Cedar's positional ID (`policy0`, ...) without one.
+    fn policy_name(&self, id: &PolicyId) -> String {
+        self.policies
+            .policy(id)
+            .and_then(|p| p.annotation("id"))
+            .filter(|name| !name.is_empty())
+            .map_or_else(|| id.to_string(), str::to_string)
+    }
+
     fn evaluate(
         &self,
         service: &ServiceFacts<'_>,
@@ -422,11 +438,17 @@ impl PolicyEngine {
         let response = model
             .authorizer
             .is_authorized(&request, &self.policies, &entities);
-        let errors: Vec<String> = response
+        // Sorted, like the forbids below: every manager must word a decision alike.
+        let mut errors: Vec<String> = response
             .diagnostics()
             .errors()
-            .map(|e| e.to_string())
+            .map(|error| match error {
+                AuthorizationError::PolicyEvaluationError(e) => {
+                    format!("policy {}: {}", self.policy_name(e.policy_id()), e.inner())
+                }
+            })
             .collect();
+        errors.sort();
         let errors_note = || {
             format!(
                 "policy evaluation failed, which denies to be safe: {}",
@@ -447,7 +469,10 @@ impl PolicyEngine {
             .reason()
             .filter_map(|id| self.policies.policy(id))
             .filter(|p| p.effect() == Effect::Forbid)
-            .map(describe_forbid)
+            .map(|p| match p.annotation("reason").filter(|r| !r.is_empty()) {
+                Some(reason) => format!("policy {}: {reason}", self.policy_name(p.id())),
+                None => format!("policy {} forbids it", self.policy_name(p.id())),
+            })
             .collect();
         forbids.sort();
         let mut reason = if forbids.is_empty() {
@@ -552,18 +577,6 @@ fn request_entities(
         .map_err(|e| format!("node {}: {e}", node.hostname))?,
     );
     Ok(entities)
-}
-
-/// `policy <@id or policy id>: <@reason>` for a forbid that applied.
-fn describe_forbid(policy: &Policy) -> String {
-    let name = policy
-        .annotation("id")
-        .map(str::to_string)
-        .unwrap_or_else(|| policy.id().to_string());
-    match policy.annotation("reason") {
-        Some(reason) => format!("policy {name}: {reason}"),
-        None => format!("policy {name} forbids it"),
-    }
 }
 
 /// Hex SHA-256 of `text`: the identity of a policy text in the cluster state and the cache.
@@ -1154,5 +1167,33 @@ mod tests {
         // Service, the requested secret, the two other referenced secrets and the node.
         assert_eq!(entities.len(), 5);
         Entities::from_entities(entities, Some(model.schema())).unwrap();
+    }
+
+    #[test]
+    fn evaluation_errors_fail_closed() {
+        // Cedar skips a policy that errors; a forbid that errors must not turn into an allow.
+        let text = format!(
+            "{DEFAULT_POLICY}\n@id(\"overflowing-forbid\")\nforbid (principal, action, resource) \
+             when {{ 9223372036854775807 + 1 == 0 }};"
+        );
+        let engine = PolicyEngine::parse(&text).unwrap();
+        let none = BTreeMap::new();
+        let reason = deny_reason(check(&engine, &["s1"], &none, &none));
+        assert!(
+            reason.starts_with(
+                "policy evaluation failed, which denies to be safe: policy overflowing-forbid: \
+                 integer overflow"
+            ),
+            "{reason}"
+        );
+        // Unreferenced: no permit, and the error is reported too.
+        let reason = deny_reason(check(&engine, &["s2"], &none, &none));
+        assert!(
+            reason.starts_with(
+                "no policy permits service web to use secret db-password on node node-1; policy \
+                 evaluation failed"
+            ),
+            "{reason}"
+        );
     }
 }

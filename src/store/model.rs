@@ -265,6 +265,11 @@ pub enum Command {
         /// Seconds.
         secs: u64,
     },
+    /// Turns autolock on (with this unlock key) or off (`None`); also rotates the key.
+    SetAutolock {
+        /// The new unlock key, or `None` for no autolock.
+        unlock_key: Option<SecretString>,
+    },
     /// Replaces a join token (`join-token --rotate`): the old one is refused from then on.
     RotateToken {
         /// Whose token.
@@ -499,6 +504,12 @@ impl State {
             Command::SetCertExpiry { secs } => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.cert_expiry_secs = secs;
+                }
+            }
+            Command::SetAutolock { unlock_key } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.autolock = unlock_key.is_some();
+                    c.unlock_key = unlock_key;
                 }
             }
             Command::RotateToken { role, token } => {

@@ -59,6 +59,9 @@ pub enum RecordKind {
     NodeState,
     /// Any other small file.
     Blob,
+    /// A node's key-encryption key, sealed under the key derived from the unlock key
+    /// (`kek.sealed`, after an unlock-key rotation).
+    WrappedKek,
 }
 
 impl RecordKind {
@@ -75,6 +78,7 @@ impl RecordKind {
             RecordKind::NodeKey => 8,
             RecordKind::NodeState => 9,
             RecordKind::Blob => 10,
+            RecordKind::WrappedKek => 11,
         }
     }
 
@@ -90,6 +94,7 @@ impl RecordKind {
             8 => RecordKind::NodeKey,
             9 => RecordKind::NodeState,
             10 => RecordKind::Blob,
+            11 => RecordKind::WrappedKek,
             _ => return None,
         })
     }
@@ -118,6 +123,7 @@ impl fmt::Display for Place {
             RecordKind::NodeKey => f.write_str("node private key"),
             RecordKind::NodeState => f.write_str("node state record"),
             RecordKind::Blob => write!(f, "blob {p}"),
+            RecordKind::WrappedKek => f.write_str("key-encryption key sealed under the unlock key"),
         }
     }
 }

@@ -435,3 +435,119 @@ fn short_lived_certificates_renew_on_their_own_and_tasks_keep_running() {
     let said = c.nodes[1].cli_ok(&["swarm", "join", "--token", &token, &addr]);
     assert_eq!(said.trim(), "This node joined a swarm as a worker.");
 }
+
+/// Restarts `n` and unlocks it with `key`; the result of the unlock.
+fn restart_and_unlock(n: &mut Node, key: &str) -> std::process::Output {
+    n.restart();
+    let err = n.cli_err(&["node", "ls"]);
+    assert!(
+        err.contains("locked"),
+        "a restarted autolocked manager is locked: {err}"
+    );
+    n.cli_stdin(&["swarm", "unlock"], &format!("{key}\n"))
+}
+
+/// Waits until `path` exists with contents other than `old`.
+fn wait_rewritten(path: &std::path::Path, old: Option<Vec<u8>>) -> Vec<u8> {
+    crate::harness::wait_for(timeout(), &format!("{} rewritten", path.display()), || {
+        match std::fs::read(path) {
+            Ok(b) if Some(&b) != old.as_ref() => Ok(b),
+            _ => Err("not yet".to_string()),
+        }
+    })
+}
+
+#[test]
+fn the_unlock_key_rotates_and_autolock_turns_off_and_on_without_rewriting_data() {
+    let mut c = Cluster::init_with(3, 0, &["--autolock"]);
+    let old = crate::harness::unlock_key(&c.init_output);
+    assert_eq!(c.first().cli_ok(&["swarm", "unlock-key", "-q"]).trim(), old);
+    let m3_sealed = c.nodes[2].data_dir().join("kek.sealed");
+    wait_rewritten(&m3_sealed, None);
+    let dek_before = std::fs::read(c.nodes[0].data_dir().join("dek.sealed")).unwrap();
+
+    // m3 is down while the key rotates.
+    c.nodes[2].kill();
+    let said = c.first().cli_ok(&["swarm", "unlock-key", "--rotate"]);
+    assert!(
+        said.starts_with("Successfully rotated manager unlock key."),
+        "{said}"
+    );
+    let new = c
+        .first()
+        .cli_ok(&["swarm", "unlock-key", "-q"])
+        .trim()
+        .to_string();
+    assert_ne!(new, old);
+    assert!(said.contains(&new));
+    // The data key file is untouched: only the KEK is re-wrapped.
+    wait_rewritten(&c.nodes[0].data_dir().join("kek.sealed"), None);
+    assert_eq!(
+        std::fs::read(c.nodes[0].data_dir().join("dek.sealed")).unwrap(),
+        dek_before
+    );
+
+    // m1 opens with the new key only.
+    let out = restart_and_unlock(&mut c.nodes[0], &old);
+    assert_error(&out, "unlock key");
+    let out = c.nodes[0].cli_stdin(&["swarm", "unlock"], &format!("{new}\n"));
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+
+    // m3 missed the rotation: its old key still opens it, and it catches up.
+    let out = restart_and_unlock(&mut c.nodes[2], &old);
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    let opens_with = |key: &str| {
+        let raw = hex::decode(key.trim_start_matches("SKEP-KEY-1-")).unwrap();
+        let sealed = std::fs::read(&m3_sealed).unwrap_or_default();
+        skep::store::seal::Kek::from_unlock_key(&raw)
+            .open_blob(skep::store::seal::RecordKind::WrappedKek, &sealed)
+            .is_ok()
+    };
+    wait_until(timeout(), "m3's KEK re-wrapped under the new key", || {
+        opens_with(&new)
+    });
+    let out = restart_and_unlock(&mut c.nodes[2], &old);
+    assert_error(&out, "unlock key");
+    let out = c.nodes[2].cli_stdin(&["swarm", "unlock"], &format!("{new}\n"));
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+
+    // Autolock off: the KEK goes back to its 0600 file and a restart needs no key.
+    wait_until(timeout(), "node ls on m1", || {
+        c.first().try_node_ls().is_ok()
+    });
+    c.first().cli_ok(&["swarm", "update", "--autolock=false"]);
+    assert_error(&c.first().cli(&["swarm", "unlock-key"]), "autolock is off");
+    let kek = c.nodes[1].data_dir().join("kek");
+    wait_until(timeout(), "m2's plain KEK file back", || {
+        kek.exists() && !c.nodes[1].data_dir().join("kek.sealed").exists()
+    });
+    c.nodes[1].restart();
+    wait_until(timeout(), "m2 serving without a key", || {
+        c.nodes[1].try_node_ls().is_ok()
+    });
+
+    // And on again: a new key is printed once, and needed after a restart.
+    wait_until(timeout(), "node ls on m1", || {
+        c.first().try_node_ls().is_ok()
+    });
+    let said = c.first().cli_ok(&["swarm", "update", "--autolock=true"]);
+    let again = crate::harness::unlock_key(&said);
+    assert!(again != new && again != old);
+    wait_until(timeout(), "m2's KEK sealed again", || {
+        !kek.exists() && c.nodes[1].data_dir().join("kek.sealed").exists()
+    });
+    let out = restart_and_unlock(&mut c.nodes[1], &again);
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+
+    let audit = c.first().audit();
+    let actions: Vec<&str> = audit.iter().filter_map(|r| r["action"].as_str()).collect();
+    assert!(actions.contains(&"unlock_key.read"));
+    assert!(actions.contains(&"unlock_key.rotate"));
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|r| r["action"] == "swarm.update" && r["target"] == "autolock")
+            .count(),
+        2
+    );
+}
