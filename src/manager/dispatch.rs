@@ -395,4 +395,116 @@ mod tests {
         assert_eq!(next.tasks_json.len(), 1);
         assert!(next.tasks_json[0].contains("shutdown"));
     }
+
+    fn cluster_state() -> State {
+        use crate::store::model::{Availability, Node, NodeRole, NodeState};
+        let mut s = State::default();
+        for id in ["n1", "n2"] {
+            s.nodes.insert(
+                id.into(),
+                Node {
+                    id: id.into(),
+                    hostname: id.into(),
+                    role: NodeRole::Worker,
+                    availability: Availability::Active,
+                    state: NodeState::Ready,
+                    addr: String::new(),
+                    raft_id: None,
+                    cert_serial: String::new(),
+                    cert_not_after: String::new(),
+                    created_at: String::new(),
+                    updated_at: String::new(),
+                    labels: Default::default(),
+                    runtimes: vec![],
+                    resources: Default::default(),
+                },
+            );
+        }
+        s.secrets.insert(
+            "sec1".into(),
+            crate::store::secret_obj::Secret {
+                id: "sec1".into(),
+                name: "db".into(),
+                labels: [("tier".to_string(), "prod".to_string())].into(),
+                digest: crate::store::secret_obj::digest(b"hunter2"),
+                size: 7,
+                value: crate::secret::SecretBytes::new(b"hunter2".to_vec()),
+                created_at: String::new(),
+                updated_at: String::new(),
+            },
+        );
+        let mut t = task("a", DesiredState::Running);
+        t.spec.secrets = vec![SecretRef {
+            secret_id: "sec1".into(),
+            ..SecretRef::new("db")
+        }];
+        s.tasks.insert("a".into(), t);
+        s
+    }
+
+    #[test]
+    fn a_secret_goes_once_to_the_node_of_a_task_using_it_and_is_forgotten_after() {
+        let s = cluster_state();
+        let mut held = HashSet::new();
+        let due = secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
+        assert_eq!(due.values.len(), 1);
+        assert_eq!(due.values[0].value, b"hunter2");
+        let Command::Audit(rec) = &due.audit[0] else {
+            panic!("not an audit record")
+        };
+        assert_eq!(rec.action, "secret.deliver");
+        assert_eq!(rec.details["node"], "n1");
+        assert_eq!(rec.details["tasks"], "a");
+        // Once held, not sent again; other nodes with no such task get nothing.
+        let again = secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
+        assert!(again.values.is_empty());
+        assert!(secrets_due(&s, "n2", &[], &mut HashSet::new()).is_err());
+        // No task uses it any more: forgotten, so a later task gets it again.
+        assert!(secrets_due(&s, "n1", &[], &mut held).is_err());
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn no_value_for_a_task_that_is_stopping_or_not_entitled() {
+        let mut s = cluster_state();
+        if let Some(t) = s.tasks.get_mut("a") {
+            t.desired = DesiredState::Shutdown;
+        }
+        let due = secrets_due(&s, "n1", &["a".to_string()], &mut HashSet::new()).unwrap();
+        assert!(due.values.is_empty());
+        // Entitlement: prod secrets only on secure nodes.
+        let mut s = cluster_state();
+        s.policy = Some(crate::store::model::PolicyDoc {
+            text: include_str!("../../policies/examples/prod-secrets-on-secure-nodes.cedar").into(),
+            digest: String::new(),
+            updated_at: String::new(),
+        });
+        let due = secrets_due(&s, "n1", &["a".to_string()], &mut HashSet::new()).unwrap();
+        assert!(
+            due.values.is_empty(),
+            "sent to a node the policy does not entitle"
+        );
+        let e = requested_secret(&s, "n1", "a", "sec1").unwrap_err();
+        assert!(e.contains("policy denies"), "{e}");
+        if let Some(n) = s.nodes.get_mut("n1") {
+            n.labels.insert("secure".into(), "true".into());
+        }
+        let due = secrets_due(&s, "n1", &["a".to_string()], &mut HashSet::new()).unwrap();
+        assert_eq!(due.values.len(), 1);
+    }
+
+    #[test]
+    fn a_request_is_answered_only_for_the_callers_own_task_and_its_secrets() {
+        let s = cluster_state();
+        let (v, rec) = requested_secret(&s, "n1", "a", "sec1").unwrap();
+        assert_eq!(v.value, b"hunter2");
+        assert_eq!(rec.details["via"], "request");
+        let other = requested_secret(&s, "n2", "a", "sec1").unwrap_err();
+        let missing = requested_secret(&s, "n2", "zzz", "sec1").unwrap_err();
+        assert!(other.contains("not assigned to node n2"), "{other}");
+        // A missing task and another node's task read the same.
+        assert_eq!(other.replace("\"a\"", "X"), missing.replace("\"zzz\"", "X"));
+        let e = requested_secret(&s, "n1", "a", "sec2").unwrap_err();
+        assert!(e.contains("does not use"), "{e}");
+    }
 }

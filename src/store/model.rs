@@ -602,4 +602,54 @@ mod tests {
         );
         assert!(s.secrets.is_empty());
     }
+
+    #[test]
+    fn revocations_are_kept_until_their_certificates_expire() {
+        let mut s = State::default();
+        let entry = |until: &str| Revoked {
+            hostname: "h".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+            until: until.into(),
+        };
+        for (id, until) in [
+            ("old", "2026-06-01T00:00:00Z"),
+            ("new", "2027-06-01T00:00:00Z"),
+        ] {
+            let r = s.apply(Command::RevokeNode {
+                id: id.into(),
+                entry: entry(until),
+            });
+            assert_eq!(r, Response::Ok);
+        }
+        s.apply(Command::PruneRevocations {
+            now: "2026-12-01T00:00:00Z".into(),
+        });
+        assert_eq!(s.revoked.keys().collect::<Vec<_>>(), vec!["new"]);
+        // An unreadable time prunes nothing.
+        s.apply(Command::PruneRevocations { now: "x".into() });
+        assert_eq!(s.revoked.len(), 1);
+    }
+
+    #[test]
+    fn renewals_autolock_and_token_rotation_change_only_their_fields() {
+        let mut s = State::default();
+        s.apply(Command::PutNode(node("n1")));
+        s.apply(Command::UpdateNodeCert {
+            id: "n1".into(),
+            serial: "02".into(),
+            not_after: "2031-01-01T00:00:00Z".into(),
+        });
+        assert_eq!(s.nodes["n1"].cert_serial, "02");
+        assert_eq!(s.nodes["n1"].cert_not_after, "2031-01-01T00:00:00Z");
+        // Without a cluster these are no-ops, never panics.
+        s.apply(Command::SetAutolock {
+            unlock_key: Some(SecretString::new("k")),
+        });
+        s.apply(Command::SetCertExpiry { secs: 60 });
+        s.apply(Command::RotateToken {
+            role: NodeRole::Worker,
+            token: SecretString::new("t"),
+        });
+        assert!(s.cluster.is_none());
+    }
 }
