@@ -53,6 +53,10 @@ fn a_rotated_join_token_stops_working_at_once_and_joined_nodes_stay() {
             && nodes.iter().all(|n| n["Status"] == "Ready")
             && nodes.iter().any(|n| n["ID"] == w1.as_str())
     });
+    // Removing nothing, or the manager itself, is a clear error and changes nothing.
+    assert_error(&m.cli(&["node", "rm", "--force", "no-such-node"]), "no-such-node");
+    assert_error(&m.cli(&["node", "rm", "--force", m.name()]), "swarm leave");
+    assert_eq!(m.node_ls().len(), 3);
     let audit = m.audit();
     let rotations: Vec<_> = audit
         .iter()
