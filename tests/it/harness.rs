@@ -608,6 +608,24 @@ pub fn kill_processes_mentioning(dir: &Path) {
     }
 }
 
+/// Host names of the nodes running `service`'s tasks that are to run and are Running, sorted
+/// (a name appears once per task).
+pub fn running_hosts(node: &Node, service: &str) -> Vec<String> {
+    let mut on: Vec<String> =
+        json_lines(&node.cli_ok(&["service", "ps", "--format", "json", service]))
+            .iter()
+            .filter(|t| {
+                t["DesiredState"] == "Running"
+                    && t["CurrentState"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("Running"))
+            })
+            .filter_map(|t| t["Node"].as_str().map(str::to_string))
+            .collect();
+    on.sort();
+    on
+}
+
 /// Mount points under `dir` (secrets tmpfs of tasks), from this process's mount table.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let prefix = format!("{}/", dir.to_string_lossy());

@@ -1,7 +1,7 @@
 //! The trust lifecycle with real daemons: join tokens rotate (the old one is refused at once,
 //! nodes already joined are unaffected, the rotation is audited with its actor).
 
-use crate::harness::{Cluster, Node, assert_error, timeout, wait_until};
+use crate::harness::{Cluster, Node, assert_error, running_hosts, timeout, wait_until};
 
 #[test]
 fn a_rotated_join_token_stops_working_at_once_and_joined_nodes_stay() {
@@ -54,7 +54,10 @@ fn a_rotated_join_token_stops_working_at_once_and_joined_nodes_stay() {
             && nodes.iter().any(|n| n["ID"] == w1.as_str())
     });
     // Removing nothing, or the manager itself, is a clear error and changes nothing.
-    assert_error(&m.cli(&["node", "rm", "--force", "no-such-node"]), "no-such-node");
+    assert_error(
+        &m.cli(&["node", "rm", "--force", "no-such-node"]),
+        "no-such-node",
+    );
     assert_error(&m.cli(&["node", "rm", "--force", m.name()]), "swarm leave");
     assert_eq!(m.node_ls().len(), 3);
     let audit = m.audit();
@@ -78,22 +81,6 @@ fn a_rotated_join_token_stops_working_at_once_and_joined_nodes_stay() {
             .any(|r| r["action"] == "token.use" && r["outcome"] == "denied"),
         "the refused join is audited"
     );
-}
-
-fn running_hosts(m: &Node, service: &str) -> Vec<String> {
-    let mut on: Vec<String> =
-        crate::harness::json_lines(&m.cli_ok(&["service", "ps", "--format", "json", service]))
-            .iter()
-            .filter(|t| {
-                t["DesiredState"] == "Running"
-                    && t["CurrentState"]
-                        .as_str()
-                        .is_some_and(|s| s.starts_with("Running"))
-            })
-            .filter_map(|t| t["Node"].as_str().map(str::to_string))
-            .collect();
-    on.sort();
-    on
 }
 
 #[test]

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use crate::at_rest::{contains, files_under};
 use crate::harness::{
-    Cluster, Node, assert_error, json_lines, mounts_under, timeout, wait_for, wait_until,
-    write_file,
+    Cluster, Node, assert_error, json_lines, mounts_under, running_hosts, timeout, wait_for,
+    wait_until, write_file,
 };
 
 fn root() -> bool {
@@ -50,22 +50,9 @@ fn tasks(m: &Node, service: &str) -> Vec<Value> {
     json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", service]))
 }
 
-fn running_on(m: &Node, service: &str) -> Vec<String> {
-    tasks(m, service)
-        .iter()
-        .filter(|t| {
-            t["DesiredState"] == "Running"
-                && t["CurrentState"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("Running"))
-        })
-        .filter_map(|t| t["Node"].as_str().map(str::to_string))
-        .collect()
-}
-
 fn wait_running_on(m: &Node, service: &str, host: &str) {
     wait_for(timeout(), &format!("{service} running on {host}"), || {
-        let on = running_on(m, service);
+        let on = running_hosts(m, service);
         if on == [host.to_string()] {
             Ok(())
         } else {
@@ -429,7 +416,7 @@ fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() 
     // entitled node, the task waits and says why.
     m.cli_ok(&["node", "update", "--label-rm", "secure", w1.name()]);
     wait_until(timeout(), "vault off w1, its value and tmpfs gone", || {
-        running_on(m, "vault").is_empty()
+        running_hosts(m, "vault").is_empty()
             && held(w1).is_empty()
             && mounts_under(&w1.data_dir()).is_empty()
     });
