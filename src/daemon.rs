@@ -1202,8 +1202,11 @@ fn inner_kek(p: &Paths, raw: &[u8]) -> Result<Kek, Status> {
     Kek::from_bytes(&bytes).map_err(|e| Status::internal(e.to_string()))
 }
 
-/// Reads, changes and writes `node.json` (other fields as they are on disk now).
+/// Reads, changes and writes `node.json` (other fields as they are on disk now). One writer
+/// at a time, so concurrent changes (the manager list, the autolock flag) are not lost.
 fn update_node_file(path: &Path, change: impl FnOnce(&mut NodeFile)) -> Result<(), DaemonError> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let mut file: NodeFile = serde_json::from_slice(&read(path)?)
         .map_err(|e| DaemonError::Corrupt(path.to_path_buf(), e.to_string()))?;
     change(&mut file);
@@ -1282,23 +1285,18 @@ async fn persist_managers(path: PathBuf, list: ManagerList) {
     loop {
         tick.tick().await;
         let now = list.lock().map(|l| l.clone()).unwrap_or_default();
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        let Ok(mut file) = serde_json::from_slice::<NodeFile>(&bytes) else {
-            continue;
-        };
-        if now.is_empty() || now == file.managers {
+        if now.is_empty() {
             continue;
         }
-        file.managers = now;
-        match serde_json::to_vec_pretty(&file) {
-            Ok(bytes) => {
-                if let Err(e) = write_private(&path, &bytes) {
-                    tracing::warn!(error = %e, "could not save the manager list");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "could not encode the node file"),
+        let unchanged = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<NodeFile>(&b).ok())
+            .is_some_and(|f| f.managers == now);
+        if unchanged {
+            continue;
+        }
+        if let Err(e) = update_node_file(&path, |f| f.managers = now) {
+            tracing::warn!(error = %e, "could not save the manager list");
         }
     }
 }
