@@ -17,8 +17,14 @@
 //!   (made by the exec init helper once it runs: "task started"). The daemon logs at debug
 //!   for the agent's supervisor, so its "secret value received" lines give the moment the
 //!   agent got the values with the assignment. Then `service rm`, and the next run waits
-//!   until the task's tmpfs is unmounted and its processes are gone. A warm-up task first
-//!   checks the layout on disk and prints it, then one task of each N runs untimed.
+//!   until the task's tmpfs is unmounted, its processes are gone and the agent holds no value
+//!   (`skep agent secrets`), so every task's values are sent afresh (the audit chain's count
+//!   of `secret.deliver` records, printed at the end, checks it). A warm-up task first checks
+//!   the layout on disk and prints it, then one task of each N runs untimed.
+//!
+//! It prints a table per part (the columns are explained under the e2e tables) and one line
+//! per e2e run. Polling costs up to ~1 ms per time; the machine's other load shows up in
+//! the max columns, so compare the Ns within one run.
 //!
 //! Run: `cargo bench --bench secrets` (both parts), or `cargo bench --bench secrets -- micro`
 //! (or `-- e2e`) for one. Both need root (tmpfs mounts, exec tasks); without it the bench
@@ -54,7 +60,8 @@ const MICRO_WARMUP: usize = 10;
 const TASK_WAIT: Duration = Duration::from_secs(60);
 /// Polling period of the end-to-end part.
 const TICK: Duration = Duration::from_millis(1);
-/// The daemon's address (benches/services.rs uses 127.0.92.x and 127.0.93.1).
+/// The daemon's address (join.rs uses 127.0.91.1, services.rs 127.0.92.x and 127.0.93.1,
+/// revocation.rs 127.0.95.1).
 const ADDR: &str = "127.0.94.1:2377";
 /// The exec task's file that exists once its init helper runs.
 const OUTPUT_FILE: &str = "output";
@@ -357,6 +364,33 @@ fn wait_clean(task_dir: &Path, what: &str) {
     }
 }
 
+/// Waits until the node's agent holds no secret value (`skep agent secrets`): the removed
+/// task is gone on both sides, so the next task's values must be sent again (a task still
+/// assigned with desired state Shutdown keeps its values on the node and in the dispatcher's
+/// record of what the node holds, and a next task would get them for free).
+fn wait_no_values(m: &Daemon, what: &str) {
+    let deadline = Instant::now() + TASK_WAIT;
+    loop {
+        let held: Vec<String> = match m.json(&["agent", "secrets", "--format", "json"]) {
+            Ok(rs) => rs
+                .iter()
+                .filter(|r| r["held"] == true)
+                .map(|r| r["name"].as_str().unwrap_or("?").to_string())
+                .collect(),
+            Err(e) => vec![format!("(agent secrets failed: {e})")],
+        };
+        if held.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {TASK_WAIT:?} after `service rm`, the node still holds {} values: {held:?}",
+            held.len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// A warm-up task with one secret, not counted: finds where the agent keeps tasks (checking
 /// the layout the measured runs rely on) and returns that directory.
 fn discover_layout(m: &Daemon) -> PathBuf {
@@ -408,6 +442,7 @@ fn discover_layout(m: &Daemon) -> PathBuf {
     );
     m.cli(&["service", "rm", name]);
     wait_clean(&task_dir, "warm-up");
+    wait_no_values(m, "warm-up");
     tasks_dir
 }
 
@@ -462,6 +497,49 @@ fn readable(path: &Path, want: &[u8], t0: Instant) -> Option<f64> {
     }
 }
 
+/// `skep --host unix://<socket> args`, watched every 0.1 ms (the shared `Daemon::try_cli`
+/// looks every 5 ms): its result and the ms from `t0` to its exit being seen.
+fn timed_cli(m: &Daemon, args: &[&str], t0: Instant) -> (Result<(), String>, f64) {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_skep"))
+        .arg("--host")
+        .arg(format!("unix://{}", m.socket().display()))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => return (Err(format!("cannot run the CLI: {e}")), ms(t0.elapsed())),
+    };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Ok(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(100)),
+            Ok(None) => break Err("the CLI did not finish within 120 s".to_string()),
+            Err(e) => break Err(format!("waiting for the CLI: {e}")),
+        }
+    };
+    let at = ms(t0.elapsed());
+    let status = match status {
+        Ok(st) => st,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return (Err(e), at);
+        }
+    };
+    if status.success() {
+        return (Ok(()), at);
+    }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    (Err(format!("{status}: {}", err.trim())), at)
+}
+
 /// One measured task: create a service with the first `n` secrets, time its delivery and
 /// start, remove it and wait until the node is clean.
 fn measure(m: &Daemon, tasks_dir: &Path, name: &str, n: usize) -> Run {
@@ -477,10 +555,7 @@ fn measure(m: &Daemon, tasks_dir: &Path, name: &str, n: usize) -> Run {
     let wall0 = SystemTime::now();
     let t0 = Instant::now();
     let (cli, dir, first, last, started) = std::thread::scope(|s| {
-        let mut handle = Some(s.spawn(|| {
-            let r = m.try_cli(&args);
-            (r, ms(t0.elapsed()))
-        }));
+        let mut handle = Some(s.spawn(|| timed_cli(m, &args, t0)));
         let mut cli = None;
         let mut dir: Option<(PathBuf, f64)> = None;
         let (mut first, mut last, mut started) = (None, None, None);
@@ -553,6 +628,8 @@ fn measure(m: &Daemon, tasks_dir: &Path, name: &str, n: usize) -> Run {
     let rm = Instant::now();
     m.cli(&["service", "rm", name]);
     wait_clean(&task_dir, name);
+    let clean = ms(rm.elapsed());
+    wait_no_values(m, name);
     Run {
         cli: cli.unwrap(),
         dir: dir_at,
@@ -560,7 +637,7 @@ fn measure(m: &Daemon, tasks_dir: &Path, name: &str, n: usize) -> Run {
         first,
         readable: last,
         started: started.unwrap(),
-        clean: ms(rm.elapsed()),
+        clean,
     }
 }
 
@@ -602,7 +679,30 @@ fn e2e() {
         }
     }
     report(&by_n, runs);
+    deliveries(m, runs);
     drop(cluster);
+}
+
+/// How the values reached the node, from the audit chain: with the assignment (`via=session`)
+/// or asked for by the agent (`via=request`, `GetSecret`), against what every task needed.
+fn deliveries(m: &Daemon, runs: usize) {
+    let records = match m.json(&["audit", "ls", "--json"]) {
+        Ok(r) => r,
+        Err(e) => {
+            println!("(cannot read the audit chain: {e})");
+            return;
+        }
+    };
+    let mut via: BTreeMap<String, usize> = BTreeMap::new();
+    for r in records.iter().filter(|r| r["action"] == "secret.deliver") {
+        let v = r["details"]["via"].as_str().unwrap_or("?").to_string();
+        *via.entry(v).or_default() += 1;
+    }
+    // The layout check's task, one untimed task per N, then `runs` of each.
+    let needed = 1 + COUNTS.iter().sum::<usize>() * (1 + runs);
+    println!(
+        "secret deliveries on the audit chain: {via:?}; the tasks of this run needed {needed} values"
+    );
 }
 
 fn report(by_n: &BTreeMap<usize, Vec<Run>>, runs: usize) {
@@ -694,6 +794,15 @@ fn report(by_n: &BTreeMap<usize, Vec<Run>>, runs: usize) {
     println!(
         "({samples} measured tasks, up to {n_runs} per N; polling every {TICK:?}, so each time is late by up to ~1 ms plus the poll's own cost; p50 is the nearest-rank median)"
     );
+    for (n, rs) in by_n.iter().filter(|(n, _)| **n > 0) {
+        let missing = rs.iter().filter(|r| r.recv.is_none()).count();
+        if missing > 0 {
+            println!(
+                "N={n}: {missing} of {} runs had no \"secret value received\" line: the values did not come with the assignment (the audit count below says how they came: via=request is the agent asking with GetSecret)",
+                rs.len()
+            );
+        }
+    }
     println!(
         "columns: CLI done = `service create --detach` returned (the service is committed); \
          task dir = the task's directory appeared in <data-dir>/tasks/tasks (N=0: the exec runtime \

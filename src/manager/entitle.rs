@@ -58,6 +58,24 @@ pub struct ServiceId<'a> {
     pub labels: &'a BTreeMap<String, String>,
 }
 
+/// Everything a decision depends on: the policy set, the service's facts (its secret set
+/// included), each secret's facts and the node's. Equal keys give equal decisions, because
+/// Cedar's evaluation is a pure function of them.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    policy: String,
+    service: (String, String, BTreeMap<String, String>),
+    secrets: Vec<(String, String, BTreeMap<String, String>)>,
+    node: (String, String, &'static str, BTreeMap<String, String>),
+}
+
+/// Decisions already taken, across passes: the orchestrator and the dispatcher ask again on
+/// every change and tick, and evaluating Cedar dominates their cost otherwise. Bounded: cleared
+/// when it grows past [`DECISION_CACHE`] entries.
+static DECISIONS: std::sync::Mutex<Option<HashMap<DecisionKey, Result<(), Denial>>>> =
+    std::sync::Mutex::new(None);
+const DECISION_CACHE: usize = 16_384;
+
 /// Whether the service may use every secret `spec` references on `node`;
 /// the first refusal otherwise. A spec without secrets is always entitled.
 pub fn check(
@@ -79,6 +97,49 @@ pub fn check(
             });
         }
     };
+    let key = DecisionKey {
+        policy: engine.digest().to_string(),
+        service: (
+            service.id.to_string(),
+            service.name.to_string(),
+            service.labels.clone(),
+        ),
+        secrets: spec
+            .secrets
+            .iter()
+            .map(|r| match state.secrets.get(&r.secret_id) {
+                Some(s) => (s.id.clone(), s.name.clone(), s.labels.clone()),
+                None => (r.secret_id.clone(), String::new(), BTreeMap::new()),
+            })
+            .collect(),
+        node: (
+            node.id.clone(),
+            node.hostname.clone(),
+            role_name(node.role),
+            node.labels.clone(),
+        ),
+    };
+    let cache = || DECISIONS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(r) = cache().as_ref().and_then(|c| c.get(&key)) {
+        return r.clone();
+    }
+    let r = evaluate(engine, state, service, spec, node);
+    let mut c = cache();
+    let map = c.get_or_insert_with(HashMap::new);
+    if map.len() >= DECISION_CACHE {
+        map.clear();
+    }
+    map.insert(key, r.clone());
+    r
+}
+
+fn evaluate(
+    engine: &PolicyEngine,
+    state: &State,
+    service: &ServiceId<'_>,
+    spec: &TaskSpec,
+    node: &Node,
+) -> Result<(), Denial> {
     let ids: Vec<&str> = spec.secrets.iter().map(|r| r.secret_id.as_str()).collect();
     let svc_facts = ServiceFacts {
         id: service.id,
