@@ -123,12 +123,31 @@ fn node_status(m: &Daemon, id: &str) -> Result<String, String> {
         .ok_or_else(|| format!("{id} is not listed"))
 }
 
+/// `line` without its terminal colour sequences (`ESC [ ... m`; the daemon's log has them).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `connections=N` of every cut line in the manager's log, in order.
 fn cuts_logged(m: &Daemon) -> Vec<Option<usize>> {
     std::fs::read_to_string(m.log_path())
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains(CUT_LOG))
+        .map(strip_ansi)
         .map(|l| {
             l.split("connections=")
                 .nth(1)
