@@ -306,12 +306,26 @@ impl Ca for Services {
         &self,
         req: Request<crate::api::v1::RenewRequest>,
     ) -> Result<Response<IssueResponse>, Status> {
+        let peer = Self::peer_info(&req)?.addr;
         let id = self.require(&req, "cert.renew", false).await?;
         let csr_der = req.into_inner().csr_der;
-        self.renew(id.node_id(), &csr_der)
-            .await
-            .map(Response::new)
-            .map_err(to_status)
+        match self.renew(id.node_id(), &csr_der).await {
+            Ok(r) => Ok(Response::new(r)),
+            Err(e) => {
+                if matches!(e, ManagerError::Invalid(_) | ManagerError::Denied(_)) {
+                    let ev = event(
+                        Actor::node(id.node_id()),
+                        "cert.renew",
+                        id.node_id(),
+                        Outcome::Denied,
+                    )
+                    .with("reason", e.to_string())
+                    .with("peer", peer.to_string());
+                    self.mgr.audit_failure(peer.ip(), ev).await;
+                }
+                Err(to_status(e))
+            }
+        }
     }
 }
 

@@ -53,6 +53,25 @@ fn a_rotated_join_token_stops_working_at_once_and_joined_nodes_stay() {
             && nodes.iter().all(|n| n["Status"] == "Ready")
             && nodes.iter().any(|n| n["ID"] == w1.as_str())
     });
+    // A member's renewal with a bad CSR is refused, audited, and changes nothing.
+    let creds = crate::bad_input::credentials_of(&c.workers()[0]);
+    let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
+    let err = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let ch = skep::net::channel(&m.addr(), tls).unwrap();
+        skep::api::v1::ca_client::CaClient::new(ch)
+            .renew_node_certificate(skep::api::v1::RenewRequest {
+                csr_der: b"not a CSR".to_vec(),
+            })
+            .await
+            .expect_err("a garbage CSR was renewed")
+    });
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    wait_until(timeout(), "the refused renewal audited", || {
+        m.audit()
+            .iter()
+            .any(|r| r["action"] == "cert.renew" && r["outcome"] == "denied")
+    });
+
     // Removing nothing, or the manager itself, is a clear error and changes nothing.
     assert_error(
         &m.cli(&["node", "rm", "--force", "no-such-node"]),
