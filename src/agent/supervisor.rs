@@ -508,20 +508,26 @@ impl Supervisor {
 async fn run_task(sup: Arc<Supervisor>, task: Task, mut stop: watch::Receiver<bool>) {
     let report = |st: TaskStatus| sup.report(&task.id, st);
     report(status(TaskState::Preparing, "preparing", "", None));
-    let secrets = tokio::select! {
-        r = sup.mount_secrets(&task) => r,
-        _ = stopped(&mut stop) => {
-            report(status(TaskState::Shutdown, "shutdown before start", "", None));
-            return;
-        }
-    };
-    let secrets = match secrets {
+    // Not raced with a stop: a mount abandoned half-way would leave a tmpfs no one unmounts.
+    let secrets = match sup.mount_secrets(&task).await {
         Ok(s) => s,
         Err(e) => {
             report(status(TaskState::Rejected, "secrets unavailable", &e, None));
             return;
         }
     };
+    if *stop.borrow() {
+        if let Some(s) = secrets {
+            let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
+        }
+        report(status(
+            TaskState::Shutdown,
+            "shutdown before start",
+            "",
+            None,
+        ));
+        return;
+    }
     run_started(&sup.execs, &report, &task, secrets.as_ref(), &mut stop).await;
     if let Some(s) = secrets {
         let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
