@@ -150,7 +150,8 @@ impl SecretStore {
     }
 
     /// Whether the value of secret `id` is held.
-    pub fn has(&self, id: &str) -> bool {
+    #[cfg(test)]
+    fn has(&self, id: &str) -> bool {
         self.values().contains_key(id)
     }
 

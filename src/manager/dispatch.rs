@@ -120,8 +120,8 @@ pub fn session(
                 None => None,
             };
             let msg = match mgr.read(|s| secrets_due(s, &node_id, &now_ids, &mut held)) {
-                Ok(due) if due.values.is_empty() => msg,
-                Ok(due) => {
+                Some(due) if due.values.is_empty() => msg,
+                Some(due) => {
                     // The record first: a value leaves the leader only once its delivery is
                     // on the audit chain. If that fails, it is tried again on the next pass.
                     if let Err(e) = mgr.propose(Command::Batch(due.audit)).await {
@@ -136,7 +136,7 @@ pub fn session(
                         Some(m)
                     }
                 }
-                Err(()) => msg,
+                None => msg,
             };
             if let Some(msg) = msg
                 && tx.send(Ok(msg)).await.is_err()
@@ -163,13 +163,13 @@ struct Due {
 /// The secrets the node must be sent now: referenced by a task assigned to it that is to run,
 /// entitled by the policy on this node, not sent yet. Forgets (in `held`) the secrets no
 /// assigned task references any more: the agent drops those values too, by the same rule.
-/// `Err` only when there is nothing to do.
+/// `None` when no assigned task uses a secret.
 fn secrets_due(
     state: &State,
     node_id: &str,
     tasks: &[String],
     held: &mut HashSet<String>,
-) -> Result<Due, ()> {
+) -> Option<Due> {
     let referenced: HashSet<&str> = tasks
         .iter()
         .filter_map(|id| state.tasks.get(id))
@@ -177,11 +177,9 @@ fn secrets_due(
         .collect();
     held.retain(|id| referenced.contains(id.as_str()));
     if referenced.is_empty() {
-        return Err(());
+        return None;
     }
-    let Some(node) = state.nodes.get(node_id) else {
-        return Err(());
-    };
+    let node = state.nodes.get(node_id)?;
     let memo = super::entitle::Memo::new(state);
     // Secret ID -> the tasks it goes to.
     let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
@@ -232,7 +230,7 @@ fn secrets_due(
             "session",
         )));
     }
-    Ok(due)
+    Some(due)
 }
 
 /// The audit record of a secret value sent to a node.
@@ -458,9 +456,9 @@ mod tests {
         // Once held, not sent again; other nodes with no such task get nothing.
         let again = secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
         assert!(again.values.is_empty());
-        assert!(secrets_due(&s, "n2", &[], &mut HashSet::new()).is_err());
+        assert!(secrets_due(&s, "n2", &[], &mut HashSet::new()).is_none());
         // No task uses it any more: forgotten, so a later task gets it again.
-        assert!(secrets_due(&s, "n1", &[], &mut held).is_err());
+        assert!(secrets_due(&s, "n1", &[], &mut held).is_none());
         assert!(held.is_empty());
     }
 

@@ -97,7 +97,8 @@ impl Revocations {
     }
 
     /// Number of live connections tracked for `node_id`.
-    pub fn live_connections(&self, node_id: &str) -> usize {
+    #[cfg(test)]
+    fn live_connections(&self, node_id: &str) -> usize {
         self.live
             .lock()
             .unwrap_or_else(|p| p.into_inner())
