@@ -55,9 +55,20 @@ pub enum PkiError {
 
     /// The root CA key does not belong to the root CA certificate.
     #[error(
-        "the root CA key does not match the root CA certificate; restore the key that belongs to this certificate"
+        "the root CA key does not belong to the root CA certificate (their public keys differ); use the private key that was made together with this certificate"
     )]
     KeyMismatch,
+
+    /// A root CA certificate given to skep is not valid at the current time.
+    #[error(
+        "the root CA certificate is valid from {not_before} to {not_after}, which does not include now; check this machine's clock or give a root CA that is valid now"
+    )]
+    RootNotValidNow {
+        /// Start of the root's validity.
+        not_before: OffsetDateTime,
+        /// End of the root's validity.
+        not_after: OffsetDateTime,
+    },
 
     /// A PEM document did not hold the expected block.
     #[error("expected one PEM block labelled {expected:?}; check that the right file was given")]

@@ -16,6 +16,11 @@
 //!  peers: NodeCertInfo::from_der on certificates that the TLS stack already verified
 //! ```
 //!
+//! Root rotation: the old root cross-signs its successor ([`RootCa::cross_sign`]), so that
+//! nodes that trust only the old root accept the new root's certificates presented with the
+//! chain `[leaf, cross-signed new root]` ([`verify_issued_chain`]). An operator's own root
+//! enters through [`RootCa::from_pem_for_cluster`].
+//!
 //! Untrusted input enters through [`JoinToken::parse`] and [`Csr::from_der`]; both have fuzz
 //! targets under `fuzz/`.
 
@@ -37,5 +42,5 @@ pub use csr::{Csr, MAX_CSR_LEN, NodeKey};
 pub use digest::{CaDigest, ca_digest_of};
 pub use error::PkiError;
 pub use id::{ID_LEN, is_valid_id, new_id, try_new_id};
-pub use profile::{MANAGER_SERVER_NAME, NodeCertInfo, Role, verify_issued};
+pub use profile::{MANAGER_SERVER_NAME, NodeCertInfo, Role, verify_issued, verify_issued_chain};
 pub use token::JoinToken;

@@ -33,6 +33,7 @@ pub const MANAGER_SERVER_NAME: &str = "manager.skep.internal";
 
 const NODE: &str = "node certificate";
 pub(crate) const ROOT: &str = "root CA";
+const INTERMEDIATE: &str = "intermediate CA";
 
 /// What a node is allowed to be in the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -184,8 +185,51 @@ pub(crate) fn cluster_of<'a>(
     Ok(cluster)
 }
 
+/// The cluster named by a CA's subject: its one O, when that is a valid cluster ID (as in
+/// every skep root). `None` for names without one, such as an operator's own root CA.
+pub(crate) fn cluster_named<'a>(name: &'a X509Name<'a>) -> Option<&'a str> {
+    let mut orgs = name.iter_organization();
+    let (Some(org), None) = (orgs.next(), orgs.next()) else {
+        return None;
+    };
+    org.as_str().ok().filter(|cluster| is_valid_id(cluster))
+}
+
+/// Whether `cert` names `issuer` as its issuer and carries a valid ECDSA-SHA256 signature by
+/// the P-256 key `issuer_key` (uncompressed point).
+pub(crate) fn signed_by(
+    cert: &X509Certificate<'_>,
+    issuer: &X509Name<'_>,
+    issuer_key: &[u8],
+) -> bool {
+    cert.issuer().as_raw() == issuer.as_raw()
+        && is_ecdsa_sha256(&cert.signature_algorithm)
+        && is_ecdsa_sha256(&cert.tbs_certificate.signature)
+        && ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            issuer_key,
+        )
+        .verify(cert.tbs_certificate.as_ref(), &cert.signature_value.data)
+        .is_ok()
+}
+
+/// Whether a CA certificate may sign certificates: no key usage extension, or one with
+/// keyCertSign.
+pub(crate) fn allows_cert_sign(
+    cert: &X509Certificate<'_>,
+    kind: &'static str,
+) -> Result<bool, PkiError> {
+    let ku = cert
+        .key_usage()
+        .map_err(|_| PkiError::profile(kind, "the key usage is malformed"))?;
+    Ok(ku.is_none_or(|ku| ku.value.key_cert_sign()))
+}
+
 /// Checks `now` against a certificate's validity.
-fn check_validity(cert: &X509Certificate<'_>, now: OffsetDateTime) -> Result<(), PkiError> {
+pub(crate) fn check_validity(
+    cert: &X509Certificate<'_>,
+    now: OffsetDateTime,
+) -> Result<(), PkiError> {
     let not_before = cert.validity().not_before.to_datetime();
     let not_after = cert.validity().not_after.to_datetime();
     if now < not_before {
@@ -331,9 +375,34 @@ impl NodeCertInfo {
 /// `now`, and reads it.
 ///
 /// For a joining node checking the certificate it was just given, and for tests; peers on an
-/// established TLS session use [`NodeCertInfo::from_der`].
+/// established TLS session use [`NodeCertInfo::from_der`]. The same as
+/// [`verify_issued_chain`] without intermediates.
 pub fn verify_issued(
     root_der: &[u8],
+    leaf_der: &[u8],
+    now: OffsetDateTime,
+) -> Result<NodeCertInfo, PkiError> {
+    verify_issued_chain(root_der, &[], leaf_der, now)
+}
+
+/// Checks that `leaf_der` is a node certificate valid at `now` that chains to the root
+/// `root_der`, and reads it.
+///
+/// The leaf is either signed by the root itself (then `intermediates` are not looked at), or
+/// by one of `intermediates` that is a CA signed by the root: at most one hop, as with a
+/// successor root cross-signed during a root rotation ([`RootCa::cross_sign`]). Intermediates
+/// that do not parse or do not link leaf and root are passed over. The root, the intermediate
+/// used and the leaf must all be valid at `now`; a root with path length 0 admits no
+/// intermediate.
+///
+/// Cluster rule: every CA on the path whose subject names a cluster (one O that is a cluster
+/// ID, as in every skep root) must name the leaf's cluster. A CA without one (an operator's
+/// root) is not checked here; the caller checks the leaf's cluster itself.
+///
+/// [`RootCa::cross_sign`]: crate::RootCa::cross_sign
+pub fn verify_issued_chain(
+    root_der: &[u8],
+    intermediates: &[Vec<u8>],
     leaf_der: &[u8],
     now: OffsetDateTime,
 ) -> Result<NodeCertInfo, PkiError> {
@@ -343,27 +412,58 @@ pub fn verify_issued(
     }
     let root_key = p256_point(root.public_key())
         .ok_or_else(|| PkiError::profile(ROOT, "the root key must be ECDSA P-256"))?;
-    let root_cluster = cluster_of(root.subject(), ROOT)?;
 
     let leaf = parse_cert(leaf_der)?;
-    if leaf.issuer().as_raw() != root.subject().as_raw()
-        || !is_ecdsa_sha256(&leaf.signature_algorithm)
-    {
-        return Err(PkiError::NotSignedByRoot);
-    }
-    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, root_key)
-        .verify(leaf.tbs_certificate.as_ref(), &leaf.signature_value.data)
-        .map_err(|_| PkiError::NotSignedByRoot)?;
+    let via = if signed_by(&leaf, root.subject(), root_key) {
+        None
+    } else {
+        let linking = intermediates.iter().find_map(|der| {
+            let ca = parse_cert(der).ok()?;
+            let ca_key = p256_point(ca.public_key())?;
+            (signed_by(&leaf, ca.subject(), ca_key) && signed_by(&ca, root.subject(), root_key))
+                .then_some(ca)
+        });
+        Some(linking.ok_or(PkiError::NotSignedByRoot)?)
+    };
 
     check_validity(&root, now)?;
+    if let Some(ca) = &via {
+        let root_path_len = root
+            .basic_constraints()
+            .map_err(|_| PkiError::profile(ROOT, "the basic constraints are malformed"))?
+            .and_then(|bc| bc.value.path_len_constraint);
+        if root_path_len == Some(0) {
+            return Err(PkiError::profile(
+                ROOT,
+                "its path length constraint of 0 allows no intermediate CA, so it cannot vouch for a cross-signed root",
+            ));
+        }
+        if !ca.is_ca() {
+            return Err(PkiError::profile(
+                INTERMEDIATE,
+                "the certificate that signed the node certificate is not a CA",
+            ));
+        }
+        if !allows_cert_sign(ca, INTERMEDIATE)? {
+            return Err(PkiError::profile(
+                INTERMEDIATE,
+                "the key usage does not allow signing certificates (keyCertSign)",
+            ));
+        }
+        check_validity(ca, now)?;
+    }
     check_validity(&leaf, now)?;
 
     let info = NodeCertInfo::from_parsed(&leaf)?;
-    if info.cluster_id != root_cluster {
-        return Err(PkiError::WrongCluster {
-            expected: root_cluster.to_owned(),
-            found: info.cluster_id,
-        });
+    for ca in std::iter::once(&root).chain(via.as_ref()) {
+        if let Some(cluster) = cluster_named(ca.subject())
+            && cluster != info.cluster_id
+        {
+            return Err(PkiError::WrongCluster {
+                expected: cluster.to_owned(),
+                found: info.cluster_id,
+            });
+        }
     }
     Ok(info)
 }
