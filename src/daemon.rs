@@ -116,15 +116,32 @@ enum Phase {
 
 struct Running {
     file: NodeFile,
+    kek: Kek,
     identity: Arc<net::identity::LiveIdentity>,
     manager: Option<Arc<Manager>>,
     supervisor: Arc<Supervisor>,
+    link: Link,
+    /// What the node runs whatever its role: the supervisor, the renewer, the manager list.
     tasks: Vec<JoinHandle<()>>,
+    /// What its role runs: the manager's loops, the mTLS server, the heartbeats.
+    role_tasks: Vec<JoinHandle<()>>,
+}
+
+/// What a node's parts share, kept across a change of role.
+#[derive(Clone)]
+struct Link {
+    client_tls: Arc<rustls::ClientConfig>,
+    managers: ManagerList,
+    revocations: Arc<net::revoke::Revocations>,
+    /// Wakes the renewer at once (the swarm gave this node another role).
+    renew_now: Arc<tokio::sync::Notify>,
+    /// The address the swarm reaches this node at, as the leader last said.
+    swarm_addr: Arc<Mutex<String>>,
 }
 
 impl Running {
     async fn stop(self) {
-        for t in &self.tasks {
+        for t in self.tasks.iter().chain(&self.role_tasks) {
             t.abort();
         }
         self.supervisor.stop_all().await;
@@ -136,17 +153,43 @@ impl Running {
     }
 }
 
+/// The role a certificate gives.
+fn node_role(r: skep_pki::Role) -> NodeRole {
+    match r {
+        skep_pki::Role::Manager => NodeRole::Manager,
+        skep_pki::Role::Worker => NodeRole::Worker,
+    }
+}
+
+type RoleChannel = (
+    tokio::sync::mpsc::UnboundedSender<NodeRole>,
+    Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NodeRole>>>,
+);
+
 /// A node's daemon.
 pub struct Daemon {
     cfg: DaemonConfig,
     hostname: String,
     phase: tokio::sync::Mutex<Phase>,
     unlock_failures: Mutex<Vec<AuditEvent>>,
+    /// Roles this node's renewed certificates give it; the daemon follows them.
+    roles: RoleChannel,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let daemon = Arc::new(Daemon::load(config).await?);
+    let roles = daemon.roles.1.lock().ok().and_then(|mut r| r.take());
+    if let Some(mut roles) = roles {
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            while let Some(role) = roles.recv().await {
+                if let Err(e) = d.switch_role(role).await {
+                    tracing::error!(error = %e, role = role.as_str(), "cannot change this node's role");
+                }
+            }
+        });
+    }
     let socket = daemon.cfg.socket.clone();
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), "serving the control API");
@@ -298,6 +341,10 @@ impl Daemon {
             hostname,
             phase: tokio::sync::Mutex::new(Phase::Inactive),
             unlock_failures: Mutex::new(Vec::new()),
+            roles: {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (tx, Mutex::new(Some(rx)))
+            },
         };
         let paths = daemon.paths();
         if !paths.node().exists() {
@@ -357,8 +404,8 @@ impl Daemon {
         write_private(&self.paths().node(), &bytes)
     }
 
-    /// Brings a node with an identity on disk up: opens its key with `kek`, and starts the
-    /// manager (Raft, mTLS services) if it is one, and the agent.
+    /// Brings a node with an identity on disk up: opens its key with `kek`, starts what every
+    /// node runs (the task supervisor, the certificate renewer), then what its role runs.
     async fn start(&self, file: NodeFile, kek: &Kek) -> Result<Running, DaemonError> {
         let p = self.paths();
         let corrupt =
@@ -380,23 +427,76 @@ impl Daemon {
         if file.role == NodeRole::Manager && !managers.contains(&file.advertise_addr) {
             managers.insert(0, file.advertise_addr.clone());
         }
-        let list: ManagerList = Arc::new(Mutex::new(managers));
+        let link = Link {
+            client_tls: client_tls.clone(),
+            managers: Arc::new(Mutex::new(managers)),
+            revocations: net::revoke::Revocations::new(),
+            renew_now: Arc::new(tokio::sync::Notify::new()),
+            swarm_addr: Arc::new(Mutex::new(String::new())),
+        };
         let execs = Arc::new(Executors::detect(&p.tasks()).await.for_node(&file.node_id));
-        let revocations = net::revoke::Revocations::new();
-        let supervisor = Supervisor::new(execs, client_tls.clone(), list.clone());
+        let supervisor = Supervisor::new(execs, client_tls.clone(), link.managers.clone());
+        let tasks = vec![
+            tokio::spawn(supervisor.clone().run()),
+            tokio::spawn(persist_managers(self.paths().node(), link.managers.clone())),
+            tokio::spawn(
+                Renewer {
+                    identity: identity.clone(),
+                    kek: kek.clone(),
+                    paths: self.paths(),
+                    managers: link.managers.clone(),
+                    tls: client_tls,
+                    node_id: file.node_id.clone(),
+                    renew_now: link.renew_now.clone(),
+                    roles: self.roles.0.clone(),
+                }
+                .run(),
+            ),
+        ];
+        let (manager, role_tasks) = self
+            .start_role(&file, kek, &identity, &supervisor, &link)
+            .await?;
+        // A role change interrupted after the renewal is finished now.
+        let cert_role = node_role(info.role);
+        if cert_role != file.role {
+            let _ = self.roles.0.send(cert_role);
+        }
+        Ok(Running {
+            file,
+            kek: kek.clone(),
+            identity,
+            manager,
+            supervisor,
+            link,
+            tasks,
+            role_tasks,
+        })
+    }
+
+    /// Starts what a node of `file.role` runs: for a manager, Raft and the manager's loops;
+    /// for every node, the mTLS server and the heartbeats.
+    async fn start_role(
+        &self,
+        file: &NodeFile,
+        kek: &Kek,
+        identity: &Arc<net::identity::LiveIdentity>,
+        supervisor: &Arc<Supervisor>,
+        link: &Link,
+    ) -> Result<(Option<Arc<Manager>>, Vec<JoinHandle<()>>), DaemonError> {
+        let p = self.paths();
         let mut tasks = Vec::new();
         let mut manager = None;
         if file.role == NodeRole::Manager {
             let dek = kek
                 .unwrap(&read(&p.dek())?)
-                .map_err(|e| corrupt(p.dek(), &e))?;
+                .map_err(|e| DaemonError::Corrupt(p.dek(), e.to_string()))?;
             let (log, sm) = crate::store::open(&p.raft(), dek)
                 .await
                 .map_err(|e| DaemonError::Start(e.to_string()))?;
             let state = sm.state();
             let config =
                 crate::manager::raft_config().map_err(|e| DaemonError::Start(e.to_string()))?;
-            let network = crate::manager::network::NetworkFactory::new(client_tls.clone());
+            let network = crate::manager::network::NetworkFactory::new(link.client_tls.clone());
             let raft = crate::store::Raft::new(raft_id_of(&file.node_id), config, network, log, sm)
                 .await
                 .map_err(|e| DaemonError::Start(format!("starting raft: {e}")))?;
@@ -408,13 +508,13 @@ impl Daemon {
                     addr: file.advertise_addr.clone(),
                     cluster_id: file.cluster_id.clone(),
                     identity: identity.clone(),
-                    manager_tls: client_tls.clone(),
+                    manager_tls: link.client_tls.clone(),
                     heartbeat_period: self.cfg.heartbeat_period,
                 },
             );
             tasks.push(tokio::spawn(mgr.clone().run_liveness()));
             tasks.push(tokio::spawn(
-                mgr.clone().run_revocations(revocations.clone()),
+                mgr.clone().run_revocations(link.revocations.clone()),
             ));
             tasks.push(tokio::spawn(sync_autolock(
                 mgr.clone(),
@@ -429,47 +529,126 @@ impl Daemon {
         tasks.extend(
             self.serve_tls(
                 manager.as_ref(),
-                &supervisor,
-                &identity,
+                supervisor,
+                identity,
                 &file.cluster_id,
-                &revocations,
+                &link.revocations,
             )
             .await?,
         );
-        let client_tls_for_renewal = client_tls.clone();
         let agent = Agent {
             hostname: self.hostname.clone(),
-            revocations: revocations.clone(),
+            revocations: link.revocations.clone(),
             enforce_revocations: manager.is_none(),
             addr: file.advertise_addr.clone(),
-            tls: client_tls,
-            managers: list.clone(),
+            tls: link.client_tls.clone(),
+            managers: link.managers.clone(),
             period: self.cfg.heartbeat_period,
+            identity: identity.clone(),
+            renew_now: link.renew_now.clone(),
+            swarm_addr: link.swarm_addr.clone(),
         };
         tasks.push(tokio::spawn(agent.run()));
-        tasks.push(tokio::spawn(supervisor.clone().run()));
-        tasks.push(tokio::spawn(persist_managers(
-            self.paths().node(),
-            list.clone(),
-        )));
-        tasks.push(tokio::spawn(
-            Renewer {
-                identity: identity.clone(),
-                kek: kek.clone(),
-                paths: self.paths(),
-                managers: list,
-                tls: client_tls_for_renewal,
-                node_id: file.node_id.clone(),
+        Ok((manager, tasks))
+    }
+
+    /// Moves a running node to the role its renewed certificate gives it (`node promote` or
+    /// `node demote` on a manager), without stopping its tasks: the role's parts are stopped
+    /// and started again; a new manager gets a fresh data key and Raft store and asks the
+    /// leader to make it a voter; a former manager's Raft store is deleted.
+    async fn switch_role(&self, role: NodeRole) -> Result<(), DaemonError> {
+        let mut phase = self.phase.lock().await;
+        let Phase::Active(r) = &mut *phase else {
+            return Ok(());
+        };
+        let cert_role = skep_pki::NodeCertInfo::from_der(&r.identity.creds().cert_der)
+            .map(|i| node_role(i.role))
+            .map_err(|e| DaemonError::Corrupt(self.paths().cert(), e.to_string()))?;
+        if r.file.role == role || cert_role != role {
+            return Ok(());
+        }
+        tracing::info!(
+            from = r.file.role.as_str(),
+            to = role.as_str(),
+            "changing role"
+        );
+        for t in r.role_tasks.drain(..) {
+            t.abort();
+            let _ = t.await;
+        }
+        if let Some(m) = r.manager.take()
+            && let Err(e) = m.raft.shutdown().await
+        {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        // Peers reconnect to what serves this address now.
+        r.link.revocations.cut_all();
+        let p = self.paths();
+        let remove_raft = || match std::fs::remove_dir_all(p.raft()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(DaemonError::Io {
+                what: "removing the Raft store of this node's former role",
+                path: p.raft(),
+                source,
+            }),
+        };
+        remove_raft()?;
+        let mut file = r.file.clone();
+        file.role = role;
+        match role {
+            NodeRole::Manager => {
+                let known = r
+                    .link
+                    .swarm_addr
+                    .lock()
+                    .map(|a| a.clone())
+                    .unwrap_or_default();
+                let unspecified = net::parse_addr(&file.advertise_addr)
+                    .map(|a| a.ip().is_unspecified())
+                    .unwrap_or(true);
+                if unspecified && !known.is_empty() {
+                    file.advertise_addr = known;
+                }
+                write_private(&p.dek(), &r.kek.wrap(&Dek::generate()))?;
             }
-            .run(),
-        ));
-        Ok(Running {
-            file,
-            identity,
-            manager,
-            supervisor,
-            tasks,
-        })
+            NodeRole::Worker => {
+                // A worker is never locked: its KEK goes back to the plain 0600 file.
+                apply_autolock(&p, &r.kek, None).map_err(DaemonError::Start)?;
+                file.autolock = false;
+                let _ = std::fs::remove_file(p.dek());
+            }
+        }
+        let advertise = file.advertise_addr.clone();
+        update_node_file(&p.node(), |f| {
+            f.role = role;
+            f.advertise_addr = advertise;
+            f.autolock = file.autolock;
+        })?;
+        let (manager, tasks) = self
+            .start_role(&file, &r.kek, &r.identity, &r.supervisor, &r.link)
+            .await?;
+        r.file = file.clone();
+        r.manager = manager.clone();
+        r.role_tasks = tasks;
+        let kek = r.kek.clone();
+        let via = r
+            .link
+            .managers
+            .lock()
+            .map(|m| m.clone())
+            .unwrap_or_default();
+        drop(phase);
+        if let Some(mgr) = manager {
+            mgr.join_raft(&via)
+                .await
+                .map_err(|e| DaemonError::Start(format!("joining the Raft group: {e}")))?;
+            self.adopt_autolock(&mgr, &kek)
+                .await
+                .map_err(|s| DaemonError::Start(s.message().to_string()))?;
+        }
+        tracing::info!(role = role.as_str(), "role changed");
+        Ok(())
     }
 
     /// Serves mTLS on the listen address: every node serves the agent service (task logs);
@@ -721,10 +900,7 @@ impl Daemon {
             info,
             manager_addrs,
         } = joined;
-        let role = match info.role {
-            skep_pki::Role::Manager => NodeRole::Manager,
-            skep_pki::Role::Worker => NodeRole::Worker,
-        };
+        let role = node_role(info.role);
 
         let kek = Kek::generate();
         let dek = (role == NodeRole::Manager).then(Dek::generate);
@@ -1001,6 +1177,8 @@ struct Renewer {
     managers: ManagerList,
     tls: Arc<rustls::ClientConfig>,
     node_id: String,
+    renew_now: Arc<tokio::sync::Notify>,
+    roles: tokio::sync::mpsc::UnboundedSender<NodeRole>,
 }
 
 impl Renewer {
@@ -1017,11 +1195,17 @@ impl Renewer {
             let fraction: f64 = rand::random_range(0.5..0.8);
             let at = start + life * fraction;
             let wait = (at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
-            tokio::time::sleep(wait.try_into().unwrap_or(Duration::ZERO)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(wait.try_into().unwrap_or(Duration::ZERO)) => {}
+                _ = self.renew_now.notified() => {
+                    tracing::info!("renewing this node's certificate now: the swarm changed its role");
+                }
+            }
             loop {
                 match self.renew_once().await {
                     Ok(new) => {
-                        tracing::info!(serial = %new.serial, not_after = %crate::util::rfc3339(new.not_after), "certificate renewed");
+                        tracing::info!(serial = %new.serial, not_after = %crate::util::rfc3339(new.not_after), role = %new.role, "certificate renewed");
+                        let _ = self.roles.send(node_role(new.role));
                         break;
                     }
                     Err(e) => {
@@ -1550,9 +1734,33 @@ impl Control for ControlService {
     ) -> Result<Response<Empty>, Status> {
         let r = req.into_inner();
         let (m, actor) = self.0.manager_and_admin().await?;
-        m.update_node(actor, &r.node, &r.availability, &r.label_add, &r.label_rm)
+        let role = match r.role.as_str() {
+            "" => None,
+            "worker" => Some(NodeRole::Worker),
+            "manager" => Some(NodeRole::Manager),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "role: {other:?} is not worker or manager"
+                )));
+            }
+        };
+        let plain = !r.availability.is_empty() || !r.label_add.is_empty() || !r.label_rm.is_empty();
+        if plain || role.is_none() {
+            m.update_node(
+                actor.clone(),
+                &r.node,
+                &r.availability,
+                &r.label_add,
+                &r.label_rm,
+            )
             .await
             .map_err(to_status)?;
+        }
+        if let Some(role) = role {
+            m.change_role(actor, &r.node, role)
+                .await
+                .map_err(to_status)?;
+        }
         Ok(Response::new(Empty {}))
     }
 

@@ -35,6 +35,12 @@ pub struct Agent {
     pub managers: ManagerList,
     /// Heartbeat period until a manager says otherwise.
     pub period: Duration,
+    /// The node's identity, whose certificate says the role it runs as.
+    pub identity: Arc<crate::net::identity::LiveIdentity>,
+    /// Woken when the leader gives this node another role than its certificate's.
+    pub renew_now: Arc<tokio::sync::Notify>,
+    /// Where the leader's answer says the swarm reaches this node.
+    pub swarm_addr: Arc<Mutex<String>>,
 }
 
 impl Agent {
@@ -86,6 +92,7 @@ impl Agent {
                             self.revocations.set(resp.revoked.into_iter().collect());
                         }
                         if resp.is_leader {
+                            self.follow_role(&resp.role, &resp.addr);
                             leader = Some(addr);
                             done = true;
                             break;
@@ -115,6 +122,24 @@ impl Agent {
                 tracing::debug!("no leader answered the heartbeat");
             }
             tokio::time::sleep(if done { period } else { period / 4 }).await;
+        }
+    }
+}
+
+impl Agent {
+    /// Asks for a certificate now if the leader gives this node another role than the one
+    /// its certificate says (`node promote|demote`).
+    fn follow_role(&self, role: &str, addr: &str) {
+        if !addr.is_empty()
+            && let Ok(mut a) = self.swarm_addr.lock()
+        {
+            *a = addr.to_string();
+        }
+        let current = skep_pki::NodeCertInfo::from_der(&self.identity.creds().cert_der)
+            .map(|i| i.role)
+            .ok();
+        if !role.is_empty() && current.is_some_and(|c| c.as_str() != role) {
+            self.renew_now.notify_one();
         }
     }
 }

@@ -228,6 +228,17 @@ enum NodeCommand {
     /// Remove one or more nodes from the swarm, revoking their certificates at once.
     #[command(alias = "remove")]
     Rm(NodeRmArgs),
+    /// Promote one or more nodes to manager in the swarm.
+    Promote(NodeRoleArgs),
+    /// Demote one or more nodes from manager in the swarm.
+    Demote(NodeRoleArgs),
+}
+
+#[derive(Debug, Args)]
+struct NodeRoleArgs {
+    /// Nodes (ID, ID prefix or host name; `self` is the node answering).
+    #[arg(required = true, value_name = "NODE")]
+    nodes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -267,6 +278,9 @@ struct NodeUpdateArgs {
     /// Remove a node label if it exists.
     #[arg(long, value_name = "KEY")]
     label_rm: Vec<String>,
+    /// Role of the node (`worker` or `manager`): as `node demote` or `node promote`.
+    #[arg(long, value_name = "ROLE", value_parser = ["worker", "manager"])]
+    role: Option<String>,
     /// Node ID, ID prefix or hostname; `self` is the node answering.
     #[arg(value_name = "NODE")]
     node: String,
@@ -440,6 +454,12 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Node(NodeCommand::Ps(args)) => node::ps(&mut api, args).await,
         Command::Node(NodeCommand::Update(args)) => node::update(&mut api, args).await,
         Command::Node(NodeCommand::Rm(args)) => node::rm(&mut api, args).await,
+        Command::Node(NodeCommand::Promote(args)) => {
+            node::change_role(&mut api, &args.nodes, "manager").await
+        }
+        Command::Node(NodeCommand::Demote(args)) => {
+            node::change_role(&mut api, &args.nodes, "worker").await
+        }
         Command::Service(cmd) => service::run(&mut api, *cmd).await,
         Command::Secret(cmd) => secret::run(&mut api, cmd).await,
         Command::Policy(cmd) => policy::run(&mut api, cmd).await,

@@ -146,8 +146,12 @@ pub(super) async fn update(api: &mut Api, args: NodeUpdateArgs) -> anyhow::Resul
 
 /// The request `node update` sends (without the node), checked before anything is sent.
 pub(super) fn update_request(args: &NodeUpdateArgs) -> anyhow::Result<NodeUpdateRequest> {
-    if args.availability.is_none() && args.label_add.is_empty() && args.label_rm.is_empty() {
-        anyhow::bail!("nothing to update: give --availability, --label-add or --label-rm");
+    if args.availability.is_none()
+        && args.label_add.is_empty()
+        && args.label_rm.is_empty()
+        && args.role.is_none()
+    {
+        anyhow::bail!("nothing to update: give --availability, --role, --label-add or --label-rm");
     }
     for l in &args.label_add {
         let key = l.split_once('=').map_or(l.as_str(), |(k, _)| k);
@@ -168,7 +172,43 @@ pub(super) fn update_request(args: &NodeUpdateArgs) -> anyhow::Result<NodeUpdate
             .unwrap_or_default(),
         label_add: args.label_add.clone(),
         label_rm: args.label_rm.clone(),
+        role: args.role.clone().unwrap_or_default(),
     })
+}
+
+/// `node promote` / `node demote`: prints what happened to each node, as Docker does.
+pub(super) async fn change_role(api: &mut Api, nodes: &[String], role: &str) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for want in nodes {
+        let node = resolve(api, want).await?;
+        let before = match api
+            .node_inspect(NodeInspectRequest { node: node.clone() })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                errors.push(status(s).to_string());
+                continue;
+            }
+        };
+        if before.role == role {
+            print(&format!("Node {want} is already a {role}.\n"))?;
+            continue;
+        }
+        let req = NodeUpdateRequest {
+            node: before.id,
+            role: role.to_string(),
+            ..Default::default()
+        };
+        match api.node_update(req).await {
+            Ok(_) if role == "manager" => print(&format!(
+                "Node {want} promoted to a manager in the swarm.\n"
+            ))?,
+            Ok(_) => print(&format!("Manager {want} demoted in the swarm.\n"))?,
+            Err(s) => errors.push(format!("{want}: {}", status(s))),
+        }
+    }
+    super::output::fail_with(errors)
 }
 
 /// `node inspect` JSON, shaped like Docker's (`Spec`, `Description`, `Status`, `ManagerStatus`).
@@ -350,6 +390,7 @@ mod tests {
             availability,
             label_add: add.iter().map(|s| s.to_string()).collect(),
             label_rm: rm.iter().map(|s| s.to_string()).collect(),
+            role: None,
             node: "w1".into(),
         };
         let r = update_request(&args(

@@ -327,8 +327,8 @@ impl Manager {
         }
         if node.role == NodeRole::Manager {
             return Err(ManagerError::Precondition(format!(
-                "node {} is a manager and a member of the Raft group; run `skep swarm leave --force` on it first",
-                node.hostname
+                "node {} is a manager; demote it first (`skep node demote {}`), then remove it",
+                node.hostname, node.hostname
             )));
         }
         if node.state == crate::store::model::NodeState::Ready && !force {
@@ -429,6 +429,110 @@ impl Manager {
         self.propose(Command::Batch(vec![cmd, Command::Audit(audit)]))
             .await?;
         Ok(node.id)
+    }
+
+    /// `node promote|demote` and `node update --role`. Returns the node and whether its role
+    /// changed (asking for the role it has is not an error, as in Docker).
+    ///
+    /// Promotion only records the new role: the node renews its certificate for it and then
+    /// asks the leader to add it to the Raft voters. Demotion (on the leader, never below
+    /// quorum, never the last manager) records the role, then takes the node out of the Raft
+    /// voters; from then on its manager certificate is refused for manager calls.
+    pub async fn change_role(
+        &self,
+        actor: Actor,
+        want: &str,
+        role: NodeRole,
+    ) -> Result<(Node, bool), ManagerError> {
+        let node = self.node(want)?;
+        if node.role == role {
+            return Ok((node, false));
+        }
+        let action = match role {
+            NodeRole::Manager => "node.promote",
+            NodeRole::Worker => "node.demote",
+        };
+        let raft_id = super::raft_id_of(&node.id);
+        match role {
+            NodeRole::Manager => {
+                let reachable = crate::net::parse_addr(&node.addr)
+                    .map(|a| !a.ip().is_unspecified())
+                    .unwrap_or(false);
+                if !reachable {
+                    return Err(ManagerError::Precondition(format!(
+                        "node {} has no address other managers can reach ({}); rejoin it with --advertise-addr before promoting it",
+                        node.hostname, node.addr
+                    )));
+                }
+            }
+            NodeRole::Worker => self.check_demotion(&node, raft_id)?,
+        }
+        let record = AuditEvent::now(actor, action, &node.id, Outcome::Ok)
+            .with("hostname", node.hostname.clone())
+            .with("role", role.as_str());
+        self.propose(Command::Batch(vec![
+            Command::SetNodeRole {
+                id: node.id.clone(),
+                role,
+                raft_id: (role == NodeRole::Manager).then_some(raft_id),
+                at: crate::util::now_rfc3339(),
+            },
+            Command::Audit(record),
+        ]))
+        .await?;
+        // The role is recorded while the node still votes, so that the change commits even
+        // when the node is the leader; then the voters shrink (the leader retries this on
+        // its own if it fails here: `reconcile_voters`).
+        if role == NodeRole::Worker {
+            self.remove_voter(raft_id).await?;
+        }
+        Ok((node, true))
+    }
+
+    /// Refuses a demotion that would leave no manager or lose the Raft quorum. Runs on the
+    /// leader, which alone can change the membership.
+    fn check_demotion(&self, node: &Node, raft_id: u64) -> Result<(), ManagerError> {
+        if !self.is_leader() {
+            return Err(ManagerError::Precondition(format!(
+                "demoting a manager changes the Raft membership, which only the leader can do; run this on the leader ({})",
+                self.leader_addr()
+                    .unwrap_or_else(|| "none is elected right now; retry shortly".into())
+            )));
+        }
+        let managers = self.read(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.role == NodeRole::Manager)
+                .count()
+        });
+        if managers <= 1 {
+            return Err(ManagerError::Precondition(format!(
+                "node {} is the last manager of the swarm and cannot be demoted; promote another node first",
+                node.hostname
+            )));
+        }
+        let mut voters = self.voters();
+        voters.remove(&raft_id);
+        let reachable = self.read(|s| {
+            voters
+                .iter()
+                .filter(|v| {
+                    **v == self.raft_id
+                        || s.nodes.values().any(|n| {
+                            n.raft_id == Some(**v)
+                                && n.state == crate::store::model::NodeState::Ready
+                        })
+                })
+                .count()
+        });
+        if voters.is_empty() || reachable * 2 <= voters.len() {
+            return Err(ManagerError::Precondition(format!(
+                "demoting node {} would leave {reachable} of {} remaining managers reachable, below the Raft quorum; bring managers back (or promote others) first",
+                node.hostname,
+                voters.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Tasks placed on a node.

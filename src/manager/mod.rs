@@ -408,6 +408,29 @@ impl Manager {
                     tracing::warn!(node = %id, error = %e, "could not mark node down");
                 }
             }
+            self.reconcile_voters().await;
+        }
+    }
+
+    /// On the leader: takes out of the Raft voters any node the state says is a worker (a
+    /// demotion whose membership change did not finish).
+    async fn reconcile_voters(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let voters = self.voters();
+        let demoted: Vec<u64> = self.read(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.role == NodeRole::Worker)
+                .map(|n| raft_id_of(&n.id))
+                .filter(|r| voters.contains(r))
+                .collect()
+        });
+        for raft_id in demoted {
+            if let Err(e) = self.remove_voter(raft_id).await {
+                tracing::warn!(raft_id, error = %e, "cannot take a demoted manager out of the Raft voters");
+            }
         }
     }
 

@@ -63,8 +63,25 @@ impl Services {
                     id.role()
                 )
             }
-            // A manager certificate is enough for manager calls: a manager that has just
-            // joined must accept Raft traffic before the state that lists its peers reaches it.
+            // A demoted manager's certificate still says manager until it expires: the state
+            // and the Raft voters decide (it votes until the leader has taken it out). A
+            // manager certificate of a node this manager does not know yet is enough: a
+            // manager that has just joined must accept Raft traffic before the state that
+            // lists its peers reaches it.
+            Some(id)
+                if manager_only
+                    && self.mgr.read(|s| {
+                        s.nodes
+                            .get(id.node_id())
+                            .is_some_and(|n| n.role != NodeRole::Manager)
+                    })
+                    && !self.mgr.voters().contains(&raft_id_of(id.node_id())) =>
+            {
+                format!(
+                    "node {} was demoted to worker; its manager certificate is no longer accepted",
+                    id.node_id()
+                )
+            }
             Some(id) if manager_only => return Ok(id.clone()),
             Some(id) => {
                 // Other calls need the node in the replicated state, once this manager has it.
@@ -403,6 +420,7 @@ impl Dispatcher for Services {
                 period_ms,
                 manager_addrs,
                 revoked: self.mgr.read(|s| s.revoked.keys().cloned().collect()),
+                ..Default::default()
             }));
         }
         if self.mgr.saw(id.node_id()) {
@@ -418,13 +436,23 @@ impl Dispatcher for Services {
                 }
             });
         }
-        let revoked = self.mgr.read(|s| s.revoked.keys().cloned().collect());
+        let (revoked, node) = self.mgr.read(|s| {
+            (
+                s.revoked.keys().cloned().collect(),
+                s.nodes.get(id.node_id()).cloned(),
+            )
+        });
         Ok(Response::new(HeartbeatResponse {
             is_leader: true,
             leader_addr: self.mgr.addr.clone(),
             period_ms,
             manager_addrs,
             revoked,
+            role: node
+                .as_ref()
+                .map(|n| n.role.as_str().to_string())
+                .unwrap_or_default(),
+            addr: node.map(|n| n.addr).unwrap_or_default(),
         }))
     }
 
@@ -684,8 +712,14 @@ impl ManagerRpc for Services {
             )));
         }
         let node_id = id.node_id().to_string();
+        // The address the swarm knows the node by, not one it picks now (a promoted worker
+        // that listens on every interface sends 0.0.0.0).
+        let addr = self
+            .mgr
+            .read(|s| s.nodes.get(&node_id).map(|n| n.addr.clone()))
+            .unwrap_or(body.addr);
         self.mgr
-            .add_voter(&node_id, body.raft_id, &body.addr)
+            .add_voter(&node_id, body.raft_id, &addr)
             .await
             .map_err(to_status)?;
         Ok(Response::new(Empty {}))

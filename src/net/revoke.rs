@@ -59,17 +59,25 @@ impl Revocations {
             ids.difference(&old).cloned().collect()
         };
         self.revoked.store(Arc::new(ids));
-        let mut cut = 0;
-        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-        for id in added {
-            for (_, k) in live.remove(&id).unwrap_or_default() {
-                if let Some(k) = k.upgrade() {
-                    k.kill();
-                    cut += 1;
-                }
-            }
-        }
-        cut
+        let doomed: Vec<Tracked> = {
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            added
+                .iter()
+                .flat_map(|id| live.remove(id).unwrap_or_default())
+                .collect()
+        };
+        kill_tracked(doomed)
+    }
+
+    /// Cuts every live connection this process tracks (revoked or not), so that peers
+    /// reconnect to whatever now serves this address (a node that changed role). Returns how
+    /// many were cut.
+    pub fn cut_all(&self) -> usize {
+        let doomed: Vec<Tracked> = {
+            let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            live.drain().flat_map(|(_, v)| v).collect()
+        };
+        kill_tracked(doomed)
     }
 
     /// Registers a live connection of `node_id`; returns its kill switch, already thrown if
@@ -171,6 +179,19 @@ impl Kill {
         }
         Ok(())
     }
+}
+
+/// Throws the switches of connections no longer registered; outside the registry's lock,
+/// since dropping the last reference to a switch takes that lock.
+fn kill_tracked(doomed: Vec<Tracked>) -> usize {
+    let mut cut = 0;
+    for (_, k) in doomed {
+        if let Some(k) = k.upgrade() {
+            k.kill();
+            cut += 1;
+        }
+    }
+    cut
 }
 
 impl Drop for Kill {

@@ -260,6 +260,18 @@ pub enum Command {
         /// RFC 3339 expiry of the new certificate.
         not_after: String,
     },
+    /// Changes a node's role (`node promote|demote`). A manager gets its Raft node number;
+    /// a worker has none. The node renews its certificate for the new role on its own.
+    SetNodeRole {
+        /// Node ID.
+        id: String,
+        /// The new role.
+        role: NodeRole,
+        /// Raft node number (managers), `None` for workers.
+        raft_id: Option<u64>,
+        /// RFC 3339 time of the change.
+        at: String,
+    },
     /// Sets the validity of certificates issued from now on (`swarm update --cert-expiry`).
     SetCertExpiry {
         /// Seconds.
@@ -356,6 +368,7 @@ impl State {
             Command::SetNodeState { id, .. }
             | Command::UpdateNode { id, .. }
             | Command::DescribeNode { id, .. }
+            | Command::SetNodeRole { id, .. }
                 if !self.nodes.contains_key(id) =>
             {
                 Err(format!("node {id} not found"))
@@ -499,6 +512,18 @@ impl State {
                 if let Some(n) = self.nodes.get_mut(&id) {
                     n.cert_serial = serial;
                     n.cert_not_after = not_after;
+                }
+            }
+            Command::SetNodeRole {
+                id,
+                role,
+                raft_id,
+                at,
+            } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.role = role;
+                    n.raft_id = raft_id;
+                    n.updated_at = at;
                 }
             }
             Command::SetCertExpiry { secs } => {

@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod docker_services;
 mod lifecycle;
+mod roles;
 mod runtime;
 mod secret_delivery;
 mod secrets;

@@ -1,0 +1,208 @@
+//! Promote and demote with real daemons: the Raft membership follows the role, each node gets
+//! a certificate for its new role, a demoted manager's old certificate is refused for manager
+//! calls, quorum and the last manager are protected, and tasks keep running throughout.
+
+use crate::harness::{Cluster, Node, assert_error, find_node, json_lines, timeout, wait_for};
+use serde_json::Value;
+
+/// IDs of the running tasks of `service`, sorted.
+fn running_tasks(m: &Node, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> =
+        json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", service]))
+            .iter()
+            .filter(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Running"))
+            })
+            .filter_map(|t| t["ID"].as_str().map(str::to_string))
+            .collect();
+    ids.sort();
+    ids
+}
+
+/// The role in the certificate a node holds on disk now.
+fn cert_role(n: &Node) -> skep_pki::Role {
+    let creds = crate::bad_input::credentials_of(n);
+    skep_pki::NodeCertInfo::from_der(&creds.cert_der)
+        .unwrap()
+        .role
+}
+
+/// `node ls` on `via` once it lists `node` with `role` and, for a manager, a manager status.
+fn wait_role(via: &Node, node: &str, role: &str) -> Vec<Value> {
+    wait_for(timeout(), &format!("{node} listed as {role}"), || {
+        let nodes = via.try_node_ls()?;
+        let n = find_node(&nodes, node).ok_or("not listed")?;
+        let status = n["ManagerStatus"].as_str().unwrap_or("");
+        let ok = match role {
+            "manager" => status == "Leader" || status == "Reachable",
+            _ => status.is_empty(),
+        };
+        if ok {
+            Ok(nodes.clone())
+        } else {
+            Err(crate::harness::summary(&nodes))
+        }
+    })
+}
+
+#[test]
+fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_running() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    let c = Cluster::init(1, 2);
+    let (m, w1) = (c.first(), &c.workers()[0]);
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--mode",
+        "global",
+        "--name",
+        "steady",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    let tasks = wait_for(timeout(), "a running task on each node", || {
+        let ids = running_tasks(m, "steady");
+        if ids.len() == 3 {
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    });
+
+    // Bad input first: nothing changes.
+    assert_error(&m.cli(&["node", "promote", "no-such-node"]), "no-such-node");
+    assert_error(&m.cli(&["node", "demote", m.name()]), "last manager");
+    crate::harness::assert_usage_error(&m.cli(&["node", "update", "--role", "boss", w1.name()]));
+
+    // Promote w1: it renews for a manager certificate, joins the Raft voters, serves the
+    // control API, and says so in the audit.
+    let said = m.cli_ok(&["node", "promote", w1.name()]);
+    assert_eq!(
+        said.trim(),
+        format!("Node {} promoted to a manager in the swarm.", w1.name())
+    );
+    wait_role(m, w1.id(), "manager");
+    wait_for(timeout(), "w1 to answer manager commands", || {
+        w1.try_node_ls().map(|_| ())
+    });
+    assert_eq!(cert_role(w1), skep_pki::Role::Manager);
+    assert_eq!(
+        m.cli_ok(&["node", "promote", w1.name()]).trim(),
+        format!("Node {} is already a manager.", w1.name())
+    );
+
+    // Demote the first manager (the leader) from itself: w1 takes over; m runs as a worker
+    // with a worker certificate, and its old manager certificate is refused for manager calls.
+    let old_manager_creds = crate::bad_input::credentials_of(m);
+    let said = m.cli_ok(&["node", "demote", m.name()]);
+    assert_eq!(
+        said.trim(),
+        format!("Manager {} demoted in the swarm.", m.name())
+    );
+    wait_role(w1, m.id(), "worker");
+    wait_for(timeout(), "w1 to lead", || {
+        let nodes = w1.try_node_ls()?;
+        match find_node(&nodes, w1.id()) {
+            Some(n) if n["ManagerStatus"] == "Leader" => Ok(()),
+            _ => Err(crate::harness::summary(&nodes)),
+        }
+    });
+    wait_for(timeout(), "m's certificate to say worker", || {
+        if cert_role(m) == skep_pki::Role::Worker {
+            Ok(())
+        } else {
+            Err("still manager".into())
+        }
+    });
+    wait_for(
+        timeout(),
+        "m to stop answering manager commands",
+        || match m.try_node_ls() {
+            Err(e) if e.contains("not a swarm manager") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert!(!m.data_dir().join("raft").exists(), "m kept its Raft store");
+
+    let tls =
+        skep::net::client_config(&old_manager_creds.root_der, Some(&old_manager_creds)).unwrap();
+    let err = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let ch = skep::net::channel(&w1.addr(), tls).unwrap();
+        skep::api::v1::manager_client::ManagerClient::new(ch)
+            .join_raft(skep::api::v1::JoinRaftRequest {
+                raft_id: skep::manager::raft_id_of(m.id()),
+                addr: m.addr(),
+            })
+            .await
+            .expect_err("a demoted manager's old certificate joined the Raft group")
+    });
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("demoted"), "{err:?}");
+
+    // w1 is the last manager now: it cannot be demoted.
+    assert_error(&w1.cli(&["node", "demote", w1.name()]), "last manager");
+
+    // Every node is Ready and the same tasks still run.
+    c.wait_all_ready(1);
+    assert_eq!(
+        running_tasks(w1, "steady"),
+        tasks,
+        "tasks were replaced by a role change"
+    );
+    let audit = w1.audit();
+    for action in ["node.promote", "node.demote"] {
+        assert!(
+            audit
+                .iter()
+                .any(|r| r["action"] == action && r["outcome"] == "ok"),
+            "no {action} record"
+        );
+    }
+    assert!(
+        audit.iter().any(|r| r["action"] == "raft.join"
+            && r["outcome"] == "denied"
+            && r["details"]["reason"]
+                .as_str()
+                .is_some_and(|s| s.contains("demoted"))),
+        "the refused old certificate was not audited"
+    );
+}
+
+#[test]
+fn a_demotion_that_would_lose_the_raft_quorum_is_refused_and_changes_nothing() {
+    let mut c = Cluster::init(3, 0);
+    let m3 = c.nodes[2].id().to_string();
+    c.nodes[2].kill();
+    let m = c.first();
+    wait_for(timeout(), "m3 unreachable", || {
+        let nodes = m.try_node_ls()?;
+        match find_node(&nodes, &m3) {
+            Some(n) if n["ManagerStatus"] == "Unreachable" => Ok(()),
+            _ => Err(crate::harness::summary(&nodes)),
+        }
+    });
+    // Two of three managers are up: demoting one of them would leave one reachable of two.
+    let m2 = c.nodes[1].name().to_string();
+    assert_error(&m.cli(&["node", "demote", &m2]), "quorum");
+    let nodes = m.node_ls();
+    let n2 = find_node(&nodes, c.nodes[1].id()).unwrap();
+    assert_eq!(
+        n2["ManagerStatus"],
+        "Reachable",
+        "{}",
+        crate::harness::summary(&nodes)
+    );
+    // Demoting the unreachable one keeps the quorum (two of two reachable): allowed.
+    let said = m.cli_ok(&["node", "demote", &m3]);
+    assert!(said.contains("demoted"), "{said}");
+    wait_role(m, &m3, "worker");
+}
