@@ -378,6 +378,7 @@ async fn sim_node(
         .map_err(|e| format!("{hostname}: join: {e}"))?;
     let creds = skep::net::Credentials {
         cert_der: joined.cert_der.clone(),
+        chain: Vec::new(),
         key_der: skep::secret::SecretBytes::new(joined.key.pkcs8_der().to_vec()),
         root_der: joined.root_der.clone(),
     };

@@ -31,6 +31,7 @@ fn command(i: u64) -> Command {
         raft_id: None,
         cert_serial: "0123456789abcdef".into(),
         cert_not_after: "2030-01-01T00:00:00Z".into(),
+        cert_issuer: String::new(),
         created_at: "2026-01-01T00:00:00Z".into(),
         updated_at: "2026-01-01T00:00:00Z".into(),
         labels: BTreeMap::new(),

@@ -93,7 +93,7 @@ pub enum DaemonError {
 const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The shortest node certificate lifetime `swarm init --cert-expiry` accepts.
 pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(10);
-const ROOT_CA_VALIDITY_DAYS: i64 = 20 * 365;
+pub(crate) const ROOT_CA_VALIDITY_DAYS: i64 = 20 * 365;
 const UNLOCK_KEY_PREFIX: &str = "SKEP-KEY-1-";
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
@@ -133,8 +133,10 @@ struct Link {
     client_tls: Arc<rustls::ClientConfig>,
     managers: ManagerList,
     revocations: Arc<net::revoke::Revocations>,
-    /// Wakes the renewer at once (the swarm gave this node another role).
+    /// Wakes the renewer at once (the swarm gave this node another role or root).
     renew_now: Arc<tokio::sync::Notify>,
+    /// What the agent learnt for the renewer to act on.
+    pending: Arc<Mutex<crate::agent::Pending>>,
     /// The address the swarm reaches this node at, as the leader last said.
     swarm_addr: Arc<Mutex<String>>,
 }
@@ -287,6 +289,9 @@ impl Paths {
     fn key(&self) -> PathBuf {
         self.0.join("node.key.sealed")
     }
+    fn chain(&self) -> PathBuf {
+        self.0.join("node.chain")
+    }
     fn cert(&self) -> PathBuf {
         self.0.join("node.crt")
     }
@@ -309,6 +314,7 @@ struct Identity<'a> {
     dek: Option<&'a Dek>,
     key: &'a NodeKey,
     cert_der: &'a [u8],
+    chain: &'a [Vec<u8>],
     root_der: &'a [u8],
 }
 
@@ -393,6 +399,7 @@ impl Daemon {
             &p.key(),
             &id.kek.seal_blob(RecordKind::NodeKey, &id.key.pkcs8_der()),
         )?;
+        write_private(&p.chain(), &id.chain.concat())?;
         write_private(&p.cert(), id.cert_der)?;
         write_private(&p.root(), id.root_der)?;
         self.save_file(id.file)
@@ -432,6 +439,7 @@ impl Daemon {
             managers: Arc::new(Mutex::new(managers)),
             revocations: net::revoke::Revocations::new(),
             renew_now: Arc::new(tokio::sync::Notify::new()),
+            pending: Arc::new(Mutex::new(Default::default())),
             swarm_addr: Arc::new(Mutex::new(String::new())),
         };
         let execs = Arc::new(Executors::detect(&p.tasks()).await.for_node(&file.node_id));
@@ -448,6 +456,7 @@ impl Daemon {
                     tls: client_tls,
                     node_id: file.node_id.clone(),
                     renew_now: link.renew_now.clone(),
+                    pending: link.pending.clone(),
                     roles: self.roles.0.clone(),
                 }
                 .run(),
@@ -546,6 +555,7 @@ impl Daemon {
             period: self.cfg.heartbeat_period,
             identity: identity.clone(),
             renew_now: link.renew_now.clone(),
+            pending: link.pending.clone(),
             swarm_addr: link.swarm_addr.clone(),
         };
         tasks.push(tokio::spawn(agent.run()));
@@ -788,6 +798,7 @@ impl Daemon {
             dek: Some(&dek),
             key: &key,
             cert_der: &cert.der,
+            chain: &[],
             root_der: ca.cert_der(),
         })
         .map_err(|e| internal(&e))?;
@@ -816,6 +827,7 @@ impl Daemon {
             autolock: req.autolock,
             unlock_key: unlock_key.clone(),
             heartbeat_period_ms: 0,
+            ca_rotation: None,
         };
         let node = Node {
             id: node_id.clone(),
@@ -827,6 +839,7 @@ impl Daemon {
             raft_id: Some(raft_id_of(&node_id)),
             cert_serial: cert.serial.clone(),
             cert_not_after: crate::util::rfc3339(cert.not_after),
+            cert_issuer: ca.digest().to_string(),
             created_at: stamp.clone(),
             updated_at: stamp,
             labels: BTreeMap::new(),
@@ -896,6 +909,7 @@ impl Daemon {
         let Joined {
             key,
             cert_der,
+            chain,
             root_der,
             info,
             manager_addrs,
@@ -923,6 +937,7 @@ impl Daemon {
             dek: dek.as_ref(),
             key: &key,
             cert_der: &cert_der,
+            chain: &chain,
             root_der: &root_der,
         })
         .map_err(|e| internal(&e))?;
@@ -1146,8 +1161,21 @@ fn open_identity(
     key_der: SecretBytes,
     root_der: Vec<u8>,
 ) -> Result<Arc<net::identity::LiveIdentity>, DaemonError> {
+    let chain = match std::fs::read(p.chain()) {
+        Ok(bytes) => skep_pki::split_der_certs(&bytes)
+            .map_err(|e| DaemonError::Corrupt(p.chain(), e.to_string()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(DaemonError::Io {
+                what: "reading",
+                path: p.chain(),
+                source,
+            });
+        }
+    };
     let creds = |cert_der| Credentials {
         cert_der,
+        chain: chain.clone(),
         key_der: key_der.clone(),
         root_der: root_der.clone(),
     };
@@ -1178,10 +1206,32 @@ struct Renewer {
     tls: Arc<rustls::ClientConfig>,
     node_id: String,
     renew_now: Arc<tokio::sync::Notify>,
+    pending: Arc<Mutex<crate::agent::Pending>>,
     roles: tokio::sync::mpsc::UnboundedSender<NodeRole>,
 }
 
 impl Renewer {
+    /// Takes what the agent asked for: new trusted roots are saved and used for every new
+    /// handshake. Returns whether a renewal was asked for too.
+    fn apply_pending(&self) -> bool {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Some(roots) = pending.roots {
+            let creds = self.identity.creds();
+            if creds.root_der != roots {
+                let mut next = (*creds).clone();
+                next.root_der = roots;
+                match write_private(&self.paths.root(), &next.root_der)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| self.identity.swap(next).map_err(|e| e.to_string()))
+                {
+                    Ok(()) => tracing::info!("this node's trusted root CAs changed"),
+                    Err(e) => tracing::error!(error = %e, "cannot take the swarm's new root CAs"),
+                }
+            }
+        }
+        pending.renew
+    }
+
     async fn run(self) {
         loop {
             let creds = self.identity.creds();
@@ -1196,9 +1246,14 @@ impl Renewer {
             let at = start + life * fraction;
             let wait = (at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
             tokio::select! {
-                _ = tokio::time::sleep(wait.try_into().unwrap_or(Duration::ZERO)) => {}
+                _ = tokio::time::sleep(wait.try_into().unwrap_or(Duration::ZERO)) => {
+                    self.apply_pending();
+                }
                 _ = self.renew_now.notified() => {
-                    tracing::info!("renewing this node's certificate now: the swarm changed its role");
+                    if !self.apply_pending() {
+                        continue;
+                    }
+                    tracing::info!("renewing this node's certificate now: the swarm changed its role or its root CA");
                 }
             }
             loop {
@@ -1250,17 +1305,29 @@ impl Renewer {
                     continue;
                 }
             };
-            let info = skep_pki::verify_issued(
-                &root_der,
-                &issued.cert_der,
-                time::OffsetDateTime::now_utc(),
-            )
-            .map_err(|e| format!("the renewed certificate does not verify: {e}"))?;
+            if issued.chain.len() > 4 {
+                return Err(
+                    "the renewed certificate comes with more than 4 chain certificates".into(),
+                );
+            }
+            let now = time::OffsetDateTime::now_utc();
+            let roots = skep_pki::split_der_certs(&root_der).map_err(|e| e.to_string())?;
+            let mut verified = Err("no trusted root CA".to_string());
+            for root in &roots {
+                verified =
+                    skep_pki::verify_issued_chain(root, &issued.chain, &issued.cert_der, now)
+                        .map_err(|e| format!("the renewed certificate does not verify: {e}"));
+                if verified.is_ok() {
+                    break;
+                }
+            }
+            let info = verified?;
             if info.node_id != self.node_id || info.public_key_der != our_public {
                 return Err("the renewed certificate is not for this node's new key".into());
             }
             let creds = Credentials {
                 cert_der: issued.cert_der,
+                chain: issued.chain,
                 key_der: SecretBytes::from(key.pkcs8_der()),
                 root_der,
             };
@@ -1276,6 +1343,7 @@ impl Renewer {
     fn persist(&self, creds: &Credentials) -> Result<(), DaemonError> {
         let next = self.paths.next_cert();
         write_private(&next, &creds.cert_der)?;
+        write_private(&self.paths.chain(), &creds.chain.concat())?;
         let sealed = self
             .kek
             .seal_blob(RecordKind::NodeKey, creds.key_der.expose());
@@ -1713,6 +1781,53 @@ impl Control for ControlService {
         }
         Ok(Response::new(crate::api::v1::SwarmUpdateResponse {
             unlock_key,
+        }))
+    }
+
+    async fn swarm_ca(
+        &self,
+        req: Request<crate::api::v1::SwarmCaRequest>,
+    ) -> Result<Response<crate::api::v1::SwarmCaResponse>, Status> {
+        let mut r = req.into_inner();
+        let key = SecretString::new(std::mem::take(&mut r.ca_key_pem));
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let external = match (r.ca_cert_pem.is_empty(), key.expose().is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((r.ca_cert_pem.as_str(), &key)),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "--ca-cert and --ca-key go together: give both, or neither for a root skep makes",
+                ));
+            }
+        };
+        if !r.rotate && (external.is_some() || r.cert_expiry_secs != 0) {
+            return Err(Status::invalid_argument(
+                "--ca-cert, --ca-key and --cert-expiry apply to a rotation: add --rotate",
+            ));
+        }
+        if r.cert_expiry_secs != 0 && r.cert_expiry_secs < MIN_CERT_EXPIRY.as_secs() {
+            return Err(Status::invalid_argument(format!(
+                "--cert-expiry must be at least {}s",
+                MIN_CERT_EXPIRY.as_secs()
+            )));
+        }
+        if r.rotate {
+            m.rotate_root(
+                actor,
+                external,
+                (r.cert_expiry_secs != 0).then_some(r.cert_expiry_secs),
+            )
+            .await
+            .map_err(to_status)?;
+        }
+        let (rotating, total, done) = m.root_rotation_progress();
+        let signer = m.signer().map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::SwarmCaResponse {
+            root_pem: signer.ca.cert_pem(),
+            digest: signer.ca.digest().to_string(),
+            rotating,
+            nodes_total: total,
+            nodes_done: done,
         }))
     }
 

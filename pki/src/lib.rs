@@ -42,5 +42,7 @@ pub use csr::{Csr, MAX_CSR_LEN, NodeKey};
 pub use digest::{CaDigest, ca_digest_of};
 pub use error::PkiError;
 pub use id::{ID_LEN, is_valid_id, new_id, try_new_id};
-pub use profile::{MANAGER_SERVER_NAME, NodeCertInfo, Role, verify_issued, verify_issued_chain};
+pub use profile::{
+    MANAGER_SERVER_NAME, NodeCertInfo, Role, split_der_certs, verify_issued, verify_issued_chain,
+};
 pub use token::JoinToken;

@@ -155,6 +155,22 @@ pub(crate) fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>, PkiError> {
     }
 }
 
+/// Splits a concatenation of DER certificates (how skep keeps a trust bundle or a chain in
+/// one file) into the certificates, in order. Each must parse; nothing may trail.
+pub fn split_der_certs(mut bytes: &[u8]) -> Result<Vec<Vec<u8>>, PkiError> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let (rest, _) = X509Certificate::from_der(bytes).map_err(|_| PkiError::CertMalformed)?;
+        let len = bytes.len() - rest.len();
+        out.push(bytes[..len].to_vec());
+        bytes = rest;
+        if out.len() > 16 {
+            return Err(PkiError::CertMalformed);
+        }
+    }
+    Ok(out)
+}
+
 /// The one value of a subject attribute, as text.
 pub(crate) fn single_attr<'a>(
     mut values: impl Iterator<Item = &'a x509_parser::x509::AttributeTypeAndValue<'a>>,
@@ -496,6 +512,19 @@ mod tests {
         assert_eq!(serial_hex(&[0, 0x7f, 0x01]), "7f01");
         assert_eq!(serial_hex(&[0]), "00");
         assert_eq!(serial_hex(&[]), "00");
+    }
+
+    #[test]
+    fn der_bundles_split_into_their_certificates() {
+        let now = OffsetDateTime::now_utc();
+        let a = crate::RootCa::generate(&crate::new_id(), time::Duration::days(1), now).unwrap();
+        let b = crate::RootCa::generate(&crate::new_id(), time::Duration::days(1), now).unwrap();
+        let both = [a.cert_der(), b.cert_der()].concat();
+        let split = split_der_certs(&both).unwrap();
+        assert_eq!(split, vec![a.cert_der().to_vec(), b.cert_der().to_vec()]);
+        assert!(split_der_certs(&[]).unwrap().is_empty());
+        assert!(split_der_certs(&both[..both.len() - 1]).is_err());
+        assert!(split_der_certs(&[both.as_slice(), b"x"].concat()).is_err());
     }
 
     #[test]

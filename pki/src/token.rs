@@ -55,6 +55,15 @@ impl JoinToken {
         Ok(Self { digest, secret })
     }
 
+    /// The same secret pinning another root: the token after a root CA rotation (Docker's
+    /// tokens change digest, not secret, when the root changes).
+    pub fn for_root(&self, ca: &CaDigest) -> Self {
+        Self {
+            digest: *ca,
+            secret: self.secret.clone(),
+        }
+    }
+
     /// The digest of the root CA this token pins.
     pub fn ca_digest(&self) -> &CaDigest {
         &self.digest

@@ -16,7 +16,7 @@ pub enum JoinError {
     Refused(tonic::Status),
     /// The manager's root CA does not match the token.
     #[error(
-        "the manager at {0} presented a root CA that does not match the join token: the token is for another swarm, or something is between you and the manager"
+        "the manager at {0} presented a root CA that does not match the join token: the token is for another swarm, or predates a root CA rotation (get the current one with `skep join-token` on a manager), or something is between you and the manager"
     )]
     WrongRoot(String),
     /// What the manager sent back is not a valid certificate for our key.
@@ -33,6 +33,9 @@ pub struct Joined {
     pub key: NodeKey,
     /// Its certificate (DER), checked against the root.
     pub cert_der: Vec<u8>,
+    /// Certificates to present after it (during a root CA rotation, the new root
+    /// cross-signed by the one the token pins).
+    pub chain: Vec<Vec<u8>>,
     /// The root CA certificate (DER), checked against the token.
     pub root_der: Vec<u8>,
     /// What the certificate says.
@@ -91,9 +94,18 @@ pub async fn request_certificate(
             ))
         })?
         .into_inner();
-    let info =
-        skep_pki::verify_issued(&root_der, &issued.cert_der, time::OffsetDateTime::now_utc())
-            .map_err(|e| JoinError::BadCertificate(e.to_string()))?;
+    if issued.chain.len() > 4 {
+        return Err(JoinError::BadCertificate(
+            "it comes with more than 4 chain certificates".into(),
+        ));
+    }
+    let info = skep_pki::verify_issued_chain(
+        &root_der,
+        &issued.chain,
+        &issued.cert_der,
+        time::OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| JoinError::BadCertificate(e.to_string()))?;
     if info.node_id != issued.node_id || info.public_key_der != our_public {
         return Err(JoinError::BadCertificate(
             "it is not for this node's key".into(),
@@ -102,6 +114,7 @@ pub async fn request_certificate(
     Ok(Joined {
         key,
         cert_der: issued.cert_der,
+        chain: issued.chain,
         root_der,
         info,
         manager_addrs: issued.manager_addrs,

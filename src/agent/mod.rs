@@ -37,8 +37,10 @@ pub struct Agent {
     pub period: Duration,
     /// The node's identity, whose certificate says the role it runs as.
     pub identity: Arc<crate::net::identity::LiveIdentity>,
-    /// Woken when the leader gives this node another role than its certificate's.
+    /// Woken when the leader gives this node another role or root than its certificate's.
     pub renew_now: Arc<tokio::sync::Notify>,
+    /// What the renewer is to do when woken.
+    pub pending: Arc<Mutex<Pending>>,
     /// Where the leader's answer says the swarm reaches this node.
     pub swarm_addr: Arc<Mutex<String>>,
 }
@@ -84,15 +86,15 @@ impl Agent {
                         if !resp.manager_addrs.is_empty()
                             && let Ok(mut m) = self.managers.lock()
                         {
-                            *m = resp.manager_addrs;
+                            *m = resp.manager_addrs.clone();
                         }
                         // Managers enforce the list from their own state; a worker learns it
                         // here and refuses revoked managers on its agent service.
                         if self.enforce_revocations {
-                            self.revocations.set(resp.revoked.into_iter().collect());
+                            self.revocations.set(resp.revoked.iter().cloned().collect());
                         }
                         if resp.is_leader {
-                            self.follow_role(&resp.role, &resp.addr);
+                            self.follow_leader(&resp);
                             leader = Some(addr);
                             done = true;
                             break;
@@ -126,19 +128,57 @@ impl Agent {
     }
 }
 
+/// What the agent learnt from the leader that the certificate renewer acts on.
+#[derive(Debug, Default)]
+pub struct Pending {
+    /// Roots to trust from now on (concatenated DER, the issuing root first).
+    pub roots: Option<Vec<u8>>,
+    /// Renew the certificate now (another role, or another issuing root).
+    pub renew: bool,
+}
+
 impl Agent {
-    /// Asks for a certificate now if the leader gives this node another role than the one
-    /// its certificate says (`node promote|demote`).
-    fn follow_role(&self, role: &str, addr: &str) {
-        if !addr.is_empty()
+    /// Follows what the leader says of this node: new trusted roots are taken, and a
+    /// certificate is asked for now if the node's role (`node promote|demote`) or the root
+    /// that issues certificates (`swarm ca --rotate`) is not the one its certificate has.
+    fn follow_leader(&self, resp: &crate::api::v1::HeartbeatResponse) {
+        if !resp.addr.is_empty()
             && let Ok(mut a) = self.swarm_addr.lock()
         {
-            *a = addr.to_string();
+            *a = resp.addr.clone();
         }
-        let current = skep_pki::NodeCertInfo::from_der(&self.identity.creds().cert_der)
+        let creds = self.identity.creds();
+        let role = skep_pki::NodeCertInfo::from_der(&creds.cert_der)
             .map(|i| i.role)
             .ok();
-        if !role.is_empty() && current.is_some_and(|c| c.as_str() != role) {
+        let mut renew = !resp.role.is_empty() && role.is_some_and(|c| c.as_str() != resp.role);
+        let mut roots = None;
+        if !resp.trust_roots.is_empty() {
+            let issuing = skep_pki::split_der_certs(&resp.trust_roots)
+                .ok()
+                .and_then(|r| r.into_iter().next());
+            let Some(issuing) = issuing else {
+                tracing::warn!("the leader sent root CAs that do not parse; ignored");
+                return;
+            };
+            let ours = skep_pki::verify_issued_chain(
+                &issuing,
+                &[],
+                &creds.cert_der,
+                time::OffsetDateTime::now_utc(),
+            );
+            renew |= ours.is_err();
+            if resp.trust_roots != creds.root_der {
+                roots = Some(resp.trust_roots.clone());
+            }
+        }
+        if renew || roots.is_some() {
+            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            p.renew |= renew;
+            if roots.is_some() {
+                p.roots = roots;
+            }
+            drop(p);
             self.renew_now.notify_one();
         }
     }

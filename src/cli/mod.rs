@@ -127,6 +127,31 @@ enum SwarmCommand {
     Update(SwarmUpdateArgs),
     /// Show (or rotate) the key that unlocks an autolocked manager.
     UnlockKey(UnlockKeyArgs),
+    /// Display and rotate the root CA.
+    Ca(SwarmCaArgs),
+}
+
+#[derive(Debug, Args)]
+struct SwarmCaArgs {
+    /// Move the swarm to a new root CA (made here, or --ca-cert/--ca-key), cross-signed by
+    /// the current one; every node gets a certificate of the new root, then the old is retired.
+    #[arg(long)]
+    rotate: bool,
+    /// The root CA certificate to rotate to (PEM file), instead of one skep makes.
+    #[arg(long, value_name = "FILE", requires = "ca_key")]
+    ca_cert: Option<PathBuf>,
+    /// The private key of --ca-cert (PKCS#8 PEM file, ECDSA P-256).
+    #[arg(long, value_name = "FILE", requires = "ca_cert")]
+    ca_key: Option<PathBuf>,
+    /// Validity of node certificates issued from now on (e.g. 90d).
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    cert_expiry: Option<Duration>,
+    /// Exit immediately instead of waiting for the rotation to finish.
+    #[arg(short, long)]
+    detach: bool,
+    /// Print only the root CA certificate, without progress.
+    #[arg(short, long)]
+    quiet: bool,
 }
 
 #[derive(Debug, Args)]
@@ -446,6 +471,7 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Swarm(SwarmCommand::Unlock) => swarm::unlock(&mut api).await,
         Command::Swarm(SwarmCommand::Update(args)) => swarm::update(&mut api, args).await,
         Command::Swarm(SwarmCommand::UnlockKey(args)) => swarm::unlock_key(&mut api, args).await,
+        Command::Swarm(SwarmCommand::Ca(args)) => swarm::ca(&mut api, args).await,
         Command::Swarm(SwarmCommand::JoinToken(args)) | Command::JoinToken(args) => {
             swarm::join_token(&mut api, args).await
         }

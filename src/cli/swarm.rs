@@ -119,6 +119,123 @@ pub(super) async fn unlock_key(api: &mut Api, args: super::UnlockKeyArgs) -> any
     print(&text)
 }
 
+/// `swarm ca [--rotate]`: prints the root CA certificate; a rotation shows its progress until
+/// every node holds a certificate of the new root, then prints the join tokens, which now
+/// pin it.
+pub(super) async fn ca(api: &mut Api, args: super::SwarmCaArgs) -> anyhow::Result<()> {
+    let read = |path: &std::path::PathBuf, what: &str| {
+        std::fs::read_to_string(path)
+            .map(Zeroizing::new)
+            .with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let cert = args
+        .ca_cert
+        .as_ref()
+        .map(|p| read(p, "--ca-cert"))
+        .transpose()?;
+    let key = args
+        .ca_key
+        .as_ref()
+        .map(|p| read(p, "--ca-key"))
+        .transpose()?;
+    if !args.rotate && (cert.is_some() || args.cert_expiry.is_some()) {
+        bail!("--ca-cert, --ca-key and --cert-expiry apply to a rotation: add --rotate");
+    }
+    let mut req = crate::api::v1::SwarmCaRequest {
+        rotate: args.rotate,
+        ca_cert_pem: cert.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+        ca_key_pem: key.as_ref().map(|k| k.to_string()).unwrap_or_default(),
+        cert_expiry_secs: args.cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
+    };
+    let first = api.swarm_ca(req.clone()).await.map_err(status);
+    zeroize::Zeroize::zeroize(&mut req.ca_key_pem);
+    let mut resp = first?.into_inner();
+    let target = resp.digest.clone();
+    if args.detach || !resp.rotating {
+        return print(&ca_message(&resp, args.quiet, None));
+    }
+    let tty = std::io::stdout().is_terminal() && !args.quiet;
+    let mut drawn = false;
+    let mut last = String::new();
+    loop {
+        let line = format!(
+            "desired root digest: {target}\n  rotated TLS certificates:  {} {}/{} nodes\n",
+            super::progress::bar(resp.nodes_done as usize, resp.nodes_total as usize),
+            resp.nodes_done,
+            resp.nodes_total
+        );
+        if !args.quiet && line != last {
+            let mut out = String::new();
+            if tty && drawn {
+                out.push_str("\x1b[2A\x1b[J");
+            }
+            out.push_str(&line);
+            print(&out)?;
+            drawn = true;
+            last = line;
+        }
+        if !resp.rotating && resp.digest == target {
+            break;
+        }
+        if resp.digest != target {
+            bail!(
+                "another root CA rotation (to {}) replaced this one; follow it with `skep swarm ca`",
+                resp.digest
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        resp = api
+            .swarm_ca(crate::api::v1::SwarmCaRequest::default())
+            .await
+            .map_err(status)?
+            .into_inner();
+    }
+    // The tokens changed digest: show them (read through the audited join-token call).
+    let mut tokens = Vec::new();
+    if !args.quiet {
+        for role in ["worker", "manager"] {
+            let t = api
+                .join_token(JoinTokenRequest {
+                    role: role.into(),
+                    rotate: false,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            tokens.push(Zeroizing::new(t.token));
+        }
+    }
+    print(&ca_message(&resp, args.quiet, tokens.get(..2)))
+}
+
+/// What `swarm ca` prints once no rotation is running (or when not waiting for one).
+fn ca_message(
+    resp: &crate::api::v1::SwarmCaResponse,
+    quiet: bool,
+    tokens: Option<&[Zeroizing<String>]>,
+) -> String {
+    if quiet {
+        return resp.root_pem.clone();
+    }
+    let mut out = String::new();
+    if resp.rotating {
+        out.push_str(&format!(
+            "Root CA rotation to {} in progress: {}/{} nodes re-issued. Follow it with `skep swarm ca`.\n",
+            resp.digest, resp.nodes_done, resp.nodes_total
+        ));
+    }
+    if let Some([worker, manager]) = tokens {
+        out.push_str(&format!(
+            "Root CA rotated to {}. The join tokens now pin it:\n  worker:  {}\n  manager: {}\n",
+            resp.digest,
+            worker.as_str(),
+            manager.as_str()
+        ));
+    }
+    out.push_str(&resp.root_pem);
+    out
+}
+
 /// The request `swarm update` sends, checked before anything is sent.
 pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpdateRequest> {
     if args.cert_expiry.is_none() && args.dispatcher_heartbeat.is_none() && args.autolock.is_none()

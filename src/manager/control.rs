@@ -92,6 +92,88 @@ impl Manager {
         .await
     }
 
+    /// `swarm ca --rotate`: starts moving the swarm to a new root CA, generated here or the
+    /// operator's own (`external`: certificate and key, PEM). The new root is cross-signed by
+    /// the current one; from the commit on, certificates are issued by the new root and nodes
+    /// are told to trust both and renew. The leader finishes the rotation when every node
+    /// that is up holds a certificate of the new root ([`Manager::advance_root_rotation`]).
+    pub async fn rotate_root(
+        &self,
+        actor: Actor,
+        external: Option<(&str, &crate::secret::SecretString)>,
+        cert_expiry_secs: Option<u64>,
+    ) -> Result<String, ManagerError> {
+        let current = self.ca()?;
+        let cluster_id = current.cluster_id().to_string();
+        let now = time::OffsetDateTime::now_utc();
+        let new = match external {
+            Some((cert, key)) => {
+                skep_pki::RootCa::from_pem_for_cluster(cert, key.expose(), &cluster_id, now)
+                    .map_err(|e| {
+                        ManagerError::Invalid(format!("--ca-cert/--ca-key refused: {e}"))
+                    })?
+            }
+            None => skep_pki::RootCa::generate(
+                &cluster_id,
+                time::Duration::days(crate::daemon::ROOT_CA_VALIDITY_DAYS),
+                now,
+            )
+            .map_err(|e| ManagerError::Precondition(format!("cannot make a root CA: {e}")))?,
+        };
+        if new.digest() == current.digest() {
+            return Err(ManagerError::Invalid(
+                "--ca-cert is the swarm's current root CA; give a new one".into(),
+            ));
+        }
+        let cross = current
+            .cross_sign(&new, now)
+            .map_err(|e| ManagerError::Invalid(format!("cannot cross-sign the new root: {e}")))?;
+        let digest = new.digest().to_string();
+        let rotation = crate::store::model::RootRotation {
+            cert_pem: new.cert_pem(),
+            key_pem: crate::secret::SecretString::new(new.key_pem().as_str()),
+            cross_der: cross,
+            digest: digest.clone(),
+            started_at: crate::util::rfc3339(now),
+        };
+        let mut record = AuditEvent::now(actor, "ca.rotate", &digest, Outcome::Ok)
+            .with("old_digest", current.digest().to_string())
+            .with("external", external.is_some().to_string());
+        let mut cmds = vec![Command::StartRootRotation(Box::new(rotation))];
+        if let Some(secs) = cert_expiry_secs {
+            record = record.with("cert_expiry_secs", secs.to_string());
+            cmds.push(Command::SetCertExpiry { secs });
+        }
+        cmds.push(Command::Audit(record));
+        self.propose(Command::Batch(cmds)).await?;
+        Ok(digest)
+    }
+
+    /// Where a root CA rotation stands: `(rotating, nodes up, of those re-issued by the
+    /// root being moved to)`.
+    pub fn root_rotation_progress(&self) -> (bool, u32, u32) {
+        self.read(|s| {
+            let Some(c) = s.cluster.as_ref() else {
+                return (false, 0, 0);
+            };
+            let target = match &c.ca_rotation {
+                Some(r) => r.digest.clone(),
+                None => skep_pki::ca_digest_of(&pem_der(&c.ca_cert_pem)).to_string(),
+            };
+            let up: Vec<&Node> = s
+                .nodes
+                .values()
+                .filter(|n| n.state != crate::store::model::NodeState::Down)
+                .collect();
+            let done = up.iter().filter(|n| n.cert_issuer == target).count();
+            (
+                c.ca_rotation.is_some(),
+                u32::try_from(up.len()).unwrap_or(u32::MAX),
+                u32::try_from(done).unwrap_or(u32::MAX),
+            )
+        })
+    }
+
     /// `service create`.
     pub async fn create_service(
         &self,
@@ -680,4 +762,12 @@ fn mode_text(m: &Mode) -> String {
         Mode::Replicated { replicas } => format!("replicated({replicas})"),
         Mode::Global => "global".into(),
     }
+}
+
+/// The DER of a PEM certificate the store holds (written by skep, so well-formed; empty if
+/// not).
+pub(crate) fn pem_der(pem: &str) -> Vec<u8> {
+    x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map(|(_, p)| p.contents)
+        .unwrap_or_default()
 }

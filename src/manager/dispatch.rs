@@ -410,6 +410,7 @@ mod tests {
                     raft_id: None,
                     cert_serial: String::new(),
                     cert_not_after: String::new(),
+                    cert_issuer: String::new(),
                     created_at: String::new(),
                     updated_at: String::new(),
                     labels: Default::default(),

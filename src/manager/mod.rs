@@ -149,7 +149,15 @@ pub struct Manager {
     limiter: Mutex<FailureLimiter>,
     liveness: Mutex<Liveness>,
     heartbeat_period: Duration,
-    ca: Mutex<Option<Arc<skep_pki::RootCa>>>,
+    ca: Mutex<HashMap<String, Arc<skep_pki::RootCa>>>,
+}
+
+/// Who signs node certificates now (see [`Manager::signer`]).
+pub struct Signer {
+    /// The signing root.
+    pub ca: Arc<skep_pki::RootCa>,
+    /// Certificates an issued certificate is presented with (DER).
+    pub chain: Vec<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -174,7 +182,7 @@ impl Manager {
             limiter: Mutex::new(FailureLimiter::default()),
             liveness: Mutex::new(Liveness::default()),
             heartbeat_period: id.heartbeat_period,
-            ca: Mutex::new(None),
+            ca: Mutex::new(HashMap::new()),
         })
     }
 
@@ -219,26 +227,75 @@ impl Manager {
         addrs
     }
 
-    /// The root CA, loaded from the replicated cluster object.
+    /// The cluster's root CA (during a rotation, still the old one: join tokens pin it).
     pub fn ca(&self) -> Result<Arc<skep_pki::RootCa>, ManagerError> {
-        let mut guard = self.ca.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ca) = guard.as_ref() {
-            return Ok(ca.clone());
-        }
-        let (cert, key) = self
+        let (cert, key, cluster_id) = self
             .read(|s| {
                 s.cluster
                     .as_ref()
-                    .map(|c| (c.ca_cert_pem.clone(), c.ca_key_pem.clone()))
+                    .map(|c| (c.ca_cert_pem.clone(), c.ca_key_pem.clone(), c.id.clone()))
             })
             .ok_or_else(|| {
                 ManagerError::Precondition("the cluster is not initialised yet".into())
             })?;
+        self.load_root(&cert, &key, &cluster_id)
+    }
+
+    /// The root that signs certificates now, and what issued certificates are presented
+    /// with: during a rotation, the new root and its cross-signed copy.
+    pub fn signer(&self) -> Result<Signer, ManagerError> {
+        let rotation = self.read(|s| {
+            s.cluster
+                .as_ref()
+                .and_then(|c| c.ca_rotation.clone().map(|r| (r, c.id.clone())))
+        });
+        match rotation {
+            Some((r, cluster_id)) => Ok(Signer {
+                ca: self.load_root(&r.cert_pem, &r.key_pem, &cluster_id)?,
+                chain: vec![r.cross_der],
+            }),
+            None => Ok(Signer {
+                ca: self.ca()?,
+                chain: Vec::new(),
+            }),
+        }
+    }
+
+    /// The roots nodes should trust now, concatenated DER: the issuing root first, and
+    /// during a rotation the old root after it.
+    pub fn trust_bundle(&self) -> Result<Vec<u8>, ManagerError> {
+        let ca = self.ca()?;
+        let signer = self.signer()?;
+        let mut out = signer.ca.cert_der().to_vec();
+        if signer.ca.digest() != ca.digest() {
+            out.extend_from_slice(ca.cert_der());
+        }
+        Ok(out)
+    }
+
+    fn load_root(
+        &self,
+        cert: &str,
+        key: &crate::secret::SecretString,
+        cluster_id: &str,
+    ) -> Result<Arc<skep_pki::RootCa>, ManagerError> {
+        let mut cache = self.ca.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ca) = cache.get(cert) {
+            return Ok(ca.clone());
+        }
         let ca = Arc::new(
-            skep_pki::RootCa::from_pem(&cert, key.expose())
-                .map_err(|e| ManagerError::Precondition(format!("root CA unusable: {e}")))?,
+            skep_pki::RootCa::from_pem_for_cluster(
+                cert,
+                key.expose(),
+                cluster_id,
+                time::OffsetDateTime::now_utc(),
+            )
+            .map_err(|e| ManagerError::Precondition(format!("root CA unusable: {e}")))?,
         );
-        *guard = Some(ca.clone());
+        if cache.len() >= 4 {
+            cache.clear();
+        }
+        cache.insert(cert.to_string(), ca.clone());
         Ok(ca)
     }
 
@@ -409,6 +466,65 @@ impl Manager {
                 }
             }
             self.reconcile_voters().await;
+            self.advance_root_rotation().await;
+        }
+    }
+
+    /// On the leader: finishes a root CA rotation once every node that is up holds a
+    /// certificate of the new root. The join tokens keep their secrets and pin the new root.
+    async fn advance_root_rotation(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        let (rotating, up, done) = self.root_rotation_progress();
+        if !rotating || done < up {
+            return;
+        }
+        let Some((rotation, worker, manager)) = self.read(|s| {
+            s.cluster.as_ref().and_then(|c| {
+                c.ca_rotation.clone().map(|r| {
+                    (
+                        r,
+                        c.worker_token.expose().to_string(),
+                        c.manager_token.expose().to_string(),
+                    )
+                })
+            })
+        }) else {
+            return;
+        };
+        let Ok(digest) = rotation.digest.parse::<skep_pki::CaDigest>() else {
+            tracing::error!("the root CA rotation has an unreadable digest");
+            return;
+        };
+        let rebind = |t: &str| {
+            skep_pki::JoinToken::parse(t)
+                .map(|t| crate::secret::SecretString::new(t.for_root(&digest).expose().as_str()))
+        };
+        let (Ok(worker_token), Ok(manager_token)) = (rebind(&worker), rebind(&manager)) else {
+            tracing::error!(
+                "a stored join token is unreadable; the root CA rotation cannot finish"
+            );
+            return;
+        };
+        let record = event(
+            Actor::node(&self.node_id),
+            "ca.rotate.done",
+            &rotation.digest,
+            Outcome::Ok,
+        )
+        .with("nodes", up.to_string());
+        let cmd = Command::Batch(vec![
+            Command::FinishRootRotation {
+                digest: rotation.digest.clone(),
+                worker_token,
+                manager_token,
+            },
+            Command::Audit(record),
+        ]);
+        match self.propose(cmd).await {
+            Ok(()) => tracing::info!(digest = %rotation.digest, "root CA rotation finished"),
+            Err(e) => tracing::warn!(error = %e, "cannot finish the root CA rotation"),
         }
     }
 

@@ -194,7 +194,8 @@ impl Services {
             }
             None => std::net::SocketAddr::new(peer.addr.ip(), crate::net::DEFAULT_PORT).to_string(),
         };
-        let ca = self.mgr.ca()?;
+        let signer = self.mgr.signer()?;
+        let ca = &signer.ca;
         let node_id = skep_pki::new_id();
         let now = time::OffsetDateTime::now_utc();
         let validity =
@@ -217,6 +218,7 @@ impl Services {
             raft_id: (role == NodeRole::Manager).then(|| raft_id_of(&node_id)),
             cert_serial: cert.serial.clone(),
             cert_not_after: crate::util::rfc3339(cert.not_after),
+            cert_issuer: ca.digest().to_string(),
             created_at: stamp.clone(),
             updated_at: stamp,
             labels: Default::default(),
@@ -253,6 +255,7 @@ impl Services {
             cluster_id: cluster.id,
             cert_der: cert.der,
             manager_addrs: self.mgr.manager_addrs(),
+            chain: signer.chain,
         })
     }
 }
@@ -362,7 +365,8 @@ impl Services {
         let csr = Csr::from_der(csr_der).map_err(|e| {
             ManagerError::Invalid(format!("certificate signing request refused: {e}"))
         })?;
-        let ca = self.mgr.ca()?;
+        let signer = self.mgr.signer()?;
+        let ca = &signer.ca;
         let validity =
             time::Duration::seconds(i64::try_from(cluster.cert_expiry_secs).unwrap_or(i64::MAX));
         let pki_role = match node.role {
@@ -383,6 +387,7 @@ impl Services {
             .with("old_serial", node.cert_serial.clone())
             .with("serial", cert.serial.clone())
             .with("role", pki_role.as_str())
+            .with("issuer", ca.digest().to_string())
             .with("not_after", not_after.clone());
         self.mgr
             .propose(Command::Batch(vec![
@@ -390,6 +395,7 @@ impl Services {
                     id: node_id.to_string(),
                     serial: cert.serial.clone(),
                     not_after,
+                    issuer: ca.digest().to_string(),
                 },
                 Command::Audit(record),
             ]))
@@ -400,6 +406,7 @@ impl Services {
             cluster_id: cluster.id,
             cert_der: cert.der,
             manager_addrs: self.mgr.manager_addrs(),
+            chain: signer.chain,
         })
     }
 }
@@ -453,6 +460,7 @@ impl Dispatcher for Services {
                 .map(|n| n.role.as_str().to_string())
                 .unwrap_or_default(),
             addr: node.map(|n| n.addr).unwrap_or_default(),
+            trust_roots: self.mgr.trust_bundle().unwrap_or_default(),
         }))
     }
 

@@ -1,22 +1,36 @@
 //! A node's TLS identity that can be replaced while connections are open: certificate
 //! renewal swaps it, and every handshake after that (server or client side) presents the new
 //! certificate. Connections already open keep the one they were made with.
+//!
+//! The identity also holds the roots the node trusts: a root CA rotation changes them, and
+//! the verifiers here ([`LiveClientVerifier`], [`LiveServerVerifier`]) check every new
+//! handshake against the roots of that moment.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use rustls::SignatureScheme;
-use rustls::client::ResolvesClientCert;
-use rustls::pki_types::CertificateDer;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, WebPkiServerVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 
-use super::{Credentials, NetError, provider};
+use super::{Credentials, NetError, provider, roots};
 
-/// The node's current certificate and key, for rustls, and as [`Credentials`].
+/// What one set of credentials gives rustls.
+struct Current {
+    creds: Arc<Credentials>,
+    key: Arc<CertifiedKey>,
+    roots: Arc<RootCertStore>,
+    client: Arc<dyn ClientCertVerifier>,
+    server: Arc<WebPkiServerVerifier>,
+}
+
+/// The node's current certificate, key and trusted roots, for rustls, and as [`Credentials`].
 pub struct LiveIdentity {
-    key: ArcSwap<CertifiedKey>,
-    creds: ArcSwap<Credentials>,
+    current: ArcSwap<Current>,
 }
 
 impl std::fmt::Debug for LiveIdentity {
@@ -25,42 +39,59 @@ impl std::fmt::Debug for LiveIdentity {
     }
 }
 
-fn certified(creds: &Credentials) -> Result<CertifiedKey, NetError> {
-    CertifiedKey::from_der(
-        vec![CertificateDer::from(creds.cert_der.clone())],
-        creds.key(),
-        &provider(),
-    )
-    .map_err(|e| NetError::Credentials(format!("node certificate and key: {e}")))
+fn current(creds: Credentials) -> Result<Current, NetError> {
+    let certs = std::iter::once(&creds.cert_der)
+        .chain(&creds.chain)
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    let key = CertifiedKey::from_der(certs, creds.key(), &provider())
+        .map_err(|e| NetError::Credentials(format!("node certificate and key: {e}")))?;
+    let roots = roots(&creds.root_der)?;
+    let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| NetError::Credentials(format!("client verifier: {e}")))?;
+    let server = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+        .build()
+        .map_err(|e| NetError::Credentials(format!("server verifier: {e}")))?;
+    Ok(Current {
+        creds: Arc::new(creds),
+        key: Arc::new(key),
+        roots,
+        client,
+        server,
+    })
 }
 
 impl LiveIdentity {
-    /// An identity from `creds`; refuses a key that does not match the certificate.
+    /// An identity from `creds`; refuses a key that does not match the certificate, or roots
+    /// that do not parse.
     pub fn new(creds: Credentials) -> Result<Arc<Self>, NetError> {
-        let key = certified(&creds)?;
         Ok(Arc::new(LiveIdentity {
-            key: ArcSwap::from_pointee(key),
-            creds: ArcSwap::from_pointee(creds),
+            current: ArcSwap::from_pointee(current(creds)?),
         }))
     }
 
-    /// Replaces the identity (a renewal). The root must stay the same.
+    /// Replaces the identity (a renewal, or new trusted roots); new handshakes use it.
     pub fn swap(&self, creds: Credentials) -> Result<(), NetError> {
-        let key = certified(&creds)?;
-        self.key.store(Arc::new(key));
-        self.creds.store(Arc::new(creds));
+        self.current.store(Arc::new(current(creds)?));
         Ok(())
     }
 
     /// The current credentials.
     pub fn creds(&self) -> Arc<Credentials> {
-        self.creds.load_full()
+        self.current.load().creds.clone()
+    }
+
+    /// The roots trusted now.
+    pub fn roots(&self) -> Arc<RootCertStore> {
+        self.current.load().roots.clone()
     }
 }
 
 impl ResolvesServerCert for LiveIdentity {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.key.load_full())
+        Some(self.current.load().key.clone())
     }
 }
 
@@ -70,10 +101,141 @@ impl ResolvesClientCert for LiveIdentity {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[SignatureScheme],
     ) -> Option<Arc<CertifiedKey>> {
-        Some(self.key.load_full())
+        Some(self.current.load().key.clone())
     }
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+/// Verifies client certificates against the roots `identity` trusts at each handshake. A
+/// client without a certificate is let through the handshake (a joining node); every RPC
+/// but issuance refuses it.
+#[derive(Debug)]
+pub struct LiveClientVerifier(Arc<LiveIdentity>);
+
+impl LiveClientVerifier {
+    /// A verifier following `identity`'s roots.
+    pub fn new(identity: Arc<LiveIdentity>) -> Self {
+        Self(identity)
+    }
+}
+
+impl ClientCertVerifier for LiveClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let client = self.0.current.load().client.clone();
+        client.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Verifies a server's certificate (and name) against the roots `identity` trusts at each
+/// handshake.
+#[derive(Debug)]
+pub struct LiveServerVerifier(Arc<LiveIdentity>);
+
+impl LiveServerVerifier {
+    /// A verifier following `identity`'s roots.
+    pub fn new(identity: Arc<LiveIdentity>) -> Self {
+        Self(identity)
+    }
+}
+
+impl ServerCertVerifier for LiveServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let server = self.0.current.load().server.clone();
+        server.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &provider().signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

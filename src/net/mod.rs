@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use skep_pki::{MANAGER_SERVER_NAME, NodeCertInfo, Role};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -54,14 +53,18 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A node's certificate, private key and the cluster root it trusts.
+/// A node's certificate, private key and the cluster roots it trusts.
 #[derive(Clone)]
 pub struct Credentials {
     /// The node's certificate (DER).
     pub cert_der: Vec<u8>,
+    /// Certificates presented after it (DER): during a root CA rotation, the new root
+    /// cross-signed by the old one, so that nodes trusting only the old root accept it.
+    pub chain: Vec<Vec<u8>>,
     /// The node's private key (PKCS#8 DER).
     pub key_der: SecretBytes,
-    /// The cluster's root CA certificate (DER).
+    /// The cluster root CA certificates it trusts (DER, concatenated): the root that issues
+    /// certificates now first; during a root CA rotation, the previous root after it.
     pub root_der: Vec<u8>,
 }
 
@@ -79,9 +82,16 @@ impl Credentials {
 
 fn roots(root_der: &[u8]) -> Result<Arc<RootCertStore>, NetError> {
     let mut store = RootCertStore::empty();
-    store
-        .add(CertificateDer::from(root_der.to_vec()))
-        .map_err(|e| NetError::Credentials(format!("root CA certificate: {e}")))?;
+    let certs = skep_pki::split_der_certs(root_der)
+        .map_err(|e| NetError::Credentials(format!("root CA certificates: {e}")))?;
+    if certs.is_empty() {
+        return Err(NetError::Credentials("no root CA certificate".into()));
+    }
+    for der in certs {
+        store
+            .add(CertificateDer::from(der))
+            .map_err(|e| NetError::Credentials(format!("root CA certificate: {e}")))?;
+    }
     Ok(Arc::new(store))
 }
 
@@ -94,12 +104,8 @@ pub fn server_config(
     identity: &Arc<identity::LiveIdentity>,
     revocations: &Arc<revoke::Revocations>,
 ) -> Result<Arc<ServerConfig>, NetError> {
-    let root_der = identity.creds().root_der.clone();
-    let webpki = WebPkiClientVerifier::builder_with_provider(roots(&root_der)?, provider())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| NetError::Credentials(format!("client verifier: {e}")))?;
-    let verifier = Arc::new(revoke::RevokingVerifier::new(webpki, revocations.clone()));
+    let live = Arc::new(identity::LiveClientVerifier::new(identity.clone()));
+    let verifier = Arc::new(revoke::RevokingVerifier::new(live, revocations.clone()));
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| NetError::Credentials(e.to_string()))?
@@ -133,11 +139,18 @@ pub fn client_config_live(
 ) -> Result<Arc<ClientConfig>, NetError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| NetError::Credentials(e.to_string()))?
-        .with_root_certificates(roots(root_der)?);
+        .map_err(|e| NetError::Credentials(e.to_string()))?;
     let mut config = match identity {
-        Some(live) => builder.with_client_cert_resolver(live),
-        None => builder.with_no_client_auth(),
+        // The roots the identity trusts at each handshake (a root CA rotation changes them).
+        Some(live) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(identity::LiveServerVerifier::new(
+                live.clone(),
+            )))
+            .with_client_cert_resolver(live),
+        None => builder
+            .with_root_certificates(roots(root_der)?)
+            .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     config.resumption = rustls::client::Resumption::disabled();

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use skep_pki::NodeCertInfo;
 
-use super::{NetError, provider, roots};
+use super::{NetError, provider};
 
 #[derive(Debug)]
 struct ExpectNode {
-    roots: Arc<RootCertStore>,
+    identity: Arc<super::identity::LiveIdentity>,
     provider: Arc<rustls::crypto::CryptoProvider>,
     node_id: String,
     cluster_id: String,
@@ -31,7 +31,7 @@ impl ServerCertVerifier for ExpectNode {
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
-            &self.roots,
+            &self.identity.roots(),
             intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
@@ -91,7 +91,7 @@ pub fn client_config_for_node(
 ) -> Result<Arc<ClientConfig>, NetError> {
     let provider = provider();
     let verifier = ExpectNode {
-        roots: roots(&identity.creds().root_der)?,
+        identity: identity.clone(),
         provider: provider.clone(),
         node_id: node_id.to_string(),
         cluster_id: cluster_id.to_string(),

@@ -39,6 +39,36 @@ pub struct Cluster {
     /// 0 = the daemon's own setting.
     #[serde(default)]
     pub heartbeat_period_ms: u64,
+    /// A root CA rotation in progress (`swarm ca --rotate`).
+    #[serde(default)]
+    pub ca_rotation: Option<RootRotation>,
+}
+
+/// A root CA rotation in progress: certificates are issued by the new root (presented with
+/// the cross-signed copy), nodes trust both roots, until every node that is up holds a
+/// certificate of the new root; then the new root replaces the old one.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RootRotation {
+    /// The new root's certificate, PEM.
+    pub cert_pem: String,
+    /// The new root's private key, PEM.
+    pub key_pem: SecretString,
+    /// The new root cross-signed by the old one (DER).
+    pub cross_der: Vec<u8>,
+    /// The new root's digest, as join tokens carry it.
+    pub digest: String,
+    /// RFC 3339 start time.
+    pub started_at: String,
+}
+
+impl std::fmt::Debug for RootRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RootRotation")
+            .field("digest", &self.digest)
+            .field("key_pem", &"..")
+            .field("started_at", &self.started_at)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -52,6 +82,7 @@ impl std::fmt::Debug for Cluster {
             .field("cert_expiry_secs", &self.cert_expiry_secs)
             .field("autolock", &self.autolock)
             .field("unlock_key", &self.unlock_key.as_ref().map(|_| ".."))
+            .field("ca_rotation", &self.ca_rotation)
             .finish()
     }
 }
@@ -146,6 +177,9 @@ pub struct Node {
     pub cert_serial: String,
     /// RFC 3339 expiry of its current certificate.
     pub cert_not_after: String,
+    /// Digest of the root CA that issued its current certificate.
+    #[serde(default)]
+    pub cert_issuer: String,
     /// RFC 3339 time it joined.
     pub created_at: String,
     /// RFC 3339 time of the last change.
@@ -259,6 +293,21 @@ pub enum Command {
         serial: String,
         /// RFC 3339 expiry of the new certificate.
         not_after: String,
+        /// Digest of the root that issued it.
+        #[serde(default)]
+        issuer: String,
+    },
+    /// Starts (or restarts) a root CA rotation.
+    StartRootRotation(Box<RootRotation>),
+    /// Ends a root CA rotation: the new root replaces the old one, and the join tokens
+    /// (same secrets) now pin it.
+    FinishRootRotation {
+        /// Digest of the root being finished (a stale finish is ignored).
+        digest: String,
+        /// The worker token pinning the new root.
+        worker_token: SecretString,
+        /// The manager token pinning the new root.
+        manager_token: SecretString,
     },
     /// Changes a node's role (`node promote|demote`). A manager gets its Raft node number;
     /// a worker has none. The node renews its certificate for the new role on its own.
@@ -508,10 +557,31 @@ impl State {
                 id,
                 serial,
                 not_after,
+                issuer,
             } => {
                 if let Some(n) = self.nodes.get_mut(&id) {
                     n.cert_serial = serial;
                     n.cert_not_after = not_after;
+                    n.cert_issuer = issuer;
+                }
+            }
+            Command::StartRootRotation(rotation) => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.ca_rotation = Some(*rotation);
+                }
+            }
+            Command::FinishRootRotation {
+                digest,
+                worker_token,
+                manager_token,
+            } => {
+                if let Some(c) = self.cluster.as_mut()
+                    && let Some(r) = c.ca_rotation.take_if(|r| r.digest == digest)
+                {
+                    c.ca_cert_pem = r.cert_pem;
+                    c.ca_key_pem = r.key_pem;
+                    c.worker_token = worker_token;
+                    c.manager_token = manager_token;
                 }
             }
             Command::SetNodeRole {
@@ -565,6 +635,7 @@ mod tests {
             raft_id: None,
             cert_serial: "01".into(),
             cert_not_after: "2030-01-01T00:00:00Z".into(),
+            cert_issuer: String::new(),
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
             labels: BTreeMap::new(),
@@ -663,6 +734,7 @@ mod tests {
             id: "n1".into(),
             serial: "02".into(),
             not_after: "2031-01-01T00:00:00Z".into(),
+            issuer: "d".into(),
         });
         assert_eq!(s.nodes["n1"].cert_serial, "02");
         assert_eq!(s.nodes["n1"].cert_not_after, "2031-01-01T00:00:00Z");
@@ -676,5 +748,48 @@ mod tests {
             token: SecretString::new("t"),
         });
         assert!(s.cluster.is_none());
+    }
+
+    #[test]
+    fn a_root_rotation_finishes_only_for_its_own_digest() {
+        let mut s = State::default();
+        s.apply(Command::InitCluster(Box::new(Cluster {
+            id: "c".into(),
+            created_at: String::new(),
+            ca_cert_pem: "old".into(),
+            ca_key_pem: SecretString::new("old key"),
+            worker_token: SecretString::new("w-old"),
+            manager_token: SecretString::new("m-old"),
+            cert_expiry_secs: 60,
+            autolock: false,
+            unlock_key: None,
+            heartbeat_period_ms: 0,
+            ca_rotation: None,
+        })));
+        let rotation = RootRotation {
+            cert_pem: "new".into(),
+            key_pem: SecretString::new("new key"),
+            cross_der: vec![1],
+            digest: "d2".into(),
+            started_at: String::new(),
+        };
+        s.apply(Command::StartRootRotation(Box::new(rotation)));
+        let finish = |digest: &str| Command::FinishRootRotation {
+            digest: digest.into(),
+            worker_token: SecretString::new("w-new"),
+            manager_token: SecretString::new("m-new"),
+        };
+        // A finish for another rotation (one replaced since) changes nothing.
+        s.apply(finish("d1"));
+        let c = s.cluster.as_ref().unwrap();
+        assert_eq!(c.ca_cert_pem, "old");
+        assert!(c.ca_rotation.is_some());
+        s.apply(finish("d2"));
+        let c = s.cluster.as_ref().unwrap();
+        assert_eq!(c.ca_cert_pem, "new");
+        assert_eq!(c.ca_key_pem.expose(), "new key");
+        assert_eq!(c.worker_token.expose(), "w-new");
+        assert!(c.ca_rotation.is_none());
+        assert!(!format!("{c:?}").contains("new key"), "{c:?}");
     }
 }

@@ -63,6 +63,7 @@ fn node(id: &str, hostname: &str) -> Node {
         raft_id: None,
         cert_serial: "01".into(),
         cert_not_after: "2030-01-01T00:00:00Z".into(),
+        cert_issuer: String::new(),
         created_at: "2026-01-01T00:00:00Z".into(),
         updated_at: "2026-01-01T00:00:00Z".into(),
         labels: BTreeMap::new(),

@@ -153,6 +153,9 @@ pub(crate) fn credentials_of(node: &Node) -> Credentials {
         .unwrap();
     Credentials {
         cert_der: std::fs::read(dir.join("node.crt")).unwrap(),
+        chain: std::fs::read(dir.join("node.chain"))
+            .map(|b| skep_pki::split_der_certs(&b).unwrap())
+            .unwrap_or_default(),
         key_der: SecretBytes::from(key),
         root_der: std::fs::read(dir.join("root.crt")).unwrap(),
     }
@@ -336,6 +339,7 @@ fn a_client_certificate_from_a_foreign_ca_is_refused_at_the_handshake() {
         .unwrap();
     let creds = Credentials {
         cert_der: cert.der,
+        chain: Vec::new(),
         key_der: SecretBytes::new(key.pkcs8_der().to_vec()),
         root_der: root,
     };

@@ -11,6 +11,7 @@ mod harness;
 
 mod at_rest;
 mod bad_input;
+mod ca_rotation;
 mod cli;
 mod cluster;
 mod docker_services;
