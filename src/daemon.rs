@@ -1220,9 +1220,15 @@ impl Renewer {
             if creds.root_der != roots {
                 let mut next = (*creds).clone();
                 next.root_der = roots;
-                match write_private(&self.paths.root(), &next.root_der)
+                // Swapped in first: roots that do not load are never written.
+                let bytes = next.root_der.clone();
+                match self
+                    .identity
+                    .swap(next)
                     .map_err(|e| e.to_string())
-                    .and_then(|()| self.identity.swap(next).map_err(|e| e.to_string()))
+                    .and_then(|()| {
+                        write_private(&self.paths.root(), &bytes).map_err(|e| e.to_string())
+                    })
                 {
                     Ok(()) => tracing::info!("this node's trusted root CAs changed"),
                     Err(e) => tracing::error!(error = %e, "cannot take the swarm's new root CAs"),

@@ -103,6 +103,12 @@ impl Manager {
         external: Option<(&str, &crate::secret::SecretString)>,
         cert_expiry_secs: Option<u64>,
     ) -> Result<String, ManagerError> {
+        let (rotating, up, done) = self.root_rotation_progress();
+        if rotating {
+            return Err(ManagerError::Precondition(format!(
+                "a root CA rotation is in progress ({done}/{up} nodes re-issued); wait for it to finish (`skep swarm ca` shows it) before starting another"
+            )));
+        }
         let current = self.ca()?;
         let cluster_id = current.cluster_id().to_string();
         let now = time::OffsetDateTime::now_utc();

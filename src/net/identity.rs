@@ -239,3 +239,68 @@ impl ServerCertVerifier for LiveServerVerifier {
             .supported_schemes()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretBytes;
+    use skep_pki::{Csr, NodeKey, Role, RootCa};
+
+    fn creds(ca: &RootCa, role: Role, chain: Vec<Vec<u8>>, roots: &[&RootCa]) -> Credentials {
+        let key = NodeKey::generate().unwrap();
+        let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let cert = ca
+            .issue(&csr, &skep_pki::new_id(), role, time::Duration::hours(1), now)
+            .unwrap();
+        Credentials {
+            cert_der: cert.der,
+            chain,
+            key_der: SecretBytes::from(key.pkcs8_der()),
+            root_der: roots.iter().flat_map(|r| r.cert_der().to_vec()).collect(),
+        }
+    }
+
+    /// One mTLS handshake between a manager `server` and a node `client`, in memory.
+    async fn handshake(server: &Arc<LiveIdentity>, client: &Arc<LiveIdentity>) -> bool {
+        let revocations = crate::net::revoke::Revocations::new();
+        let server_cfg = crate::net::server_config(server, &revocations).unwrap();
+        let client_cfg = crate::net::client_config_live(&[], Some(client.clone())).unwrap();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from(skep_pki::MANAGER_SERVER_NAME).unwrap();
+        let accept = tokio_rustls::TlsAcceptor::from(server_cfg).accept(a);
+        let connect = tokio_rustls::TlsConnector::from(client_cfg).connect(name, b);
+        let (s, c) = tokio::join!(accept, connect);
+        s.is_ok() && c.is_ok()
+    }
+
+    #[tokio::test]
+    async fn during_a_root_rotation_the_cross_signed_chain_bridges_old_and_new_trust() {
+        let now = time::OffsetDateTime::now_utc();
+        let cluster = skep_pki::new_id();
+        let old = RootCa::generate(&cluster, time::Duration::days(1), now).unwrap();
+        let new = RootCa::generate(&cluster, time::Duration::days(1), now).unwrap();
+        let cross = old.cross_sign(&new, now).unwrap();
+
+        // A manager re-issued by the new root, presenting the cross-signed copy; a node that
+        // still has an old certificate and trusts only the old root.
+        let manager = LiveIdentity::new(creds(&new, Role::Manager, vec![cross], &[&new, &old]))
+            .unwrap();
+        let node = LiveIdentity::new(creds(&old, Role::Worker, vec![], &[&old])).unwrap();
+        assert!(handshake(&manager, &node).await, "the chain did not bridge");
+
+        // Without the cross-signed copy, the node's old-only trust refuses the manager...
+        let bare = LiveIdentity::new(creds(&new, Role::Manager, vec![], &[&new, &old])).unwrap();
+        assert!(!handshake(&bare, &node).await, "a new-root leaf passed old-only trust");
+        // ...until the node trusts the new root too (a swap applies to the next handshake).
+        let mut trusting = (*node.creds()).clone();
+        trusting.root_der = [new.cert_der(), old.cert_der()].concat();
+        node.swap(trusting).unwrap();
+        assert!(handshake(&bare, &node).await);
+
+        // Once the old root is retired, a certificate it issued is refused by the manager.
+        let retired = LiveIdentity::new(creds(&new, Role::Manager, vec![], &[&new])).unwrap();
+        assert!(!handshake(&retired, &node).await, "an old-root client passed");
+    }
+}

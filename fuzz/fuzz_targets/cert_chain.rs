@@ -1,0 +1,24 @@
+//! Certificate bundles and chains arrive from files (`root.crt`, `node.chain`), from the
+//! leader (trusted roots in heartbeat answers), from a manager at issuance (the chain after
+//! a new certificate) and from operators (`swarm ca --ca-cert/--ca-key`): splitting, chain
+//! verification and loading an external root must never panic, whatever the bytes.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    if let Ok(certs) = skep_pki::split_der_certs(data) {
+        assert!(certs.iter().all(|c| !c.is_empty()));
+        if let [root, rest @ ..] = certs.as_slice()
+            && let Some((leaf, chain)) = rest.split_last()
+        {
+            let _ = skep_pki::verify_issued_chain(root, chain, leaf, now);
+        }
+    }
+    // The same bytes as text: an operator's PEM certificate and key, split at a NUL.
+    let text = String::from_utf8_lossy(data);
+    let (cert, key) = text.split_once('\0').unwrap_or((&text, ""));
+    let _ = skep_pki::RootCa::from_pem_for_cluster(cert, key, "fuzzcluster0000000000000", now);
+});
