@@ -176,11 +176,14 @@ pub struct Daemon {
     unlock_failures: Mutex<Vec<AuditEvent>>,
     /// Roles this node's renewed certificates give it; the daemon follows them.
     roles: RoleChannel,
+    /// This daemon, for the Control API it serves to operators over mTLS.
+    me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let daemon = Arc::new(Daemon::load(config).await?);
+    daemon.resume().await?;
     let roles = daemon.roles.1.lock().ok().and_then(|mut r| r.take());
     if let Some(mut roles) = roles {
         let d = daemon.clone();
@@ -351,10 +354,18 @@ impl Daemon {
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 (tx, Mutex::new(Some(rx)))
             },
+            me: std::sync::OnceLock::new(),
         };
+        Ok(daemon)
+    }
+
+    /// Brings the node back as `node.json` left it: not in a swarm, locked, or running.
+    async fn resume(self: &Arc<Self>) -> Result<(), DaemonError> {
+        let _ = self.me.set(Arc::downgrade(self));
+        let daemon = self;
         let paths = daemon.paths();
         if !paths.node().exists() {
-            return Ok(daemon);
+            return Ok(());
         }
         let file: NodeFile = serde_json::from_slice(&read(&paths.node())?)
             .map_err(|e| DaemonError::Corrupt(paths.node(), e.to_string()))?;
@@ -374,7 +385,7 @@ impl Daemon {
             }
         };
         *daemon.phase.lock().await = phase;
-        Ok(daemon)
+        Ok(())
     }
 
     fn paths(&self) -> Paths {
@@ -695,6 +706,13 @@ impl Daemon {
                 .add_service(CaServer::new(svc.clone()))
                 .add_service(DispatcherServer::new(svc.clone()))
                 .add_service(ManagerServer::new(svc));
+            // Operators' CLIs: the Control API, behind the RBAC gate.
+            if let Some(daemon) = self.me.get().and_then(std::sync::Weak::upgrade) {
+                router = router.add_service(crate::manager::gate::OperatorGate::new(
+                    ControlServer::new(ControlService(daemon)),
+                    mgr.clone(),
+                ));
+            }
         }
         let server = router.serve_with_incoming(incoming);
         let serve = tokio::spawn(async move {
@@ -1117,8 +1135,14 @@ impl Daemon {
 
     /// The running manager and the local admin as the actor of a control call.
     async fn manager_and_admin(&self) -> Result<(Arc<Manager>, Actor), Status> {
-        self.with_manager(|m, file| Ok((m.clone(), Actor::local_admin(&file.node_id))))
-            .await
+        let operator = crate::manager::gate::caller();
+        self.with_manager(|m, file| {
+            Ok((
+                m.clone(),
+                operator.unwrap_or_else(|| Actor::local_admin(&file.node_id)),
+            ))
+        })
+        .await
     }
 
     async fn with_manager<T>(
@@ -1141,6 +1165,14 @@ impl Daemon {
                 ..
             }) => f(m, file),
         }
+    }
+}
+
+fn policy_kind(rbac: bool) -> crate::manager::secrets::PolicyKind {
+    if rbac {
+        crate::manager::secrets::PolicyKind::Rbac
+    } else {
+        crate::manager::secrets::PolicyKind::Secrets
     }
 }
 
@@ -1228,8 +1260,7 @@ impl Renewer {
                     .map_err(|e| e.to_string())
                     .and_then(|()| {
                         write_private(&self.paths.root(), &bytes).map_err(|e| e.to_string())
-                    })
-                {
+                    }) {
                     Ok(()) => tracing::info!("this node's trusted root CAs changed"),
                     Err(e) => tracing::error!(error = %e, "cannot take the swarm's new root CAs"),
                 }
@@ -1818,6 +1849,13 @@ impl Control for ControlService {
             )));
         }
         if r.rotate {
+            crate::manager::gate::require(
+                &m,
+                "SwarmCa",
+                crate::policy::rbac::Action::ManageSwarm,
+                "swarm",
+            )
+            .await?;
             m.rotate_root(
                 actor,
                 external,
@@ -1835,6 +1873,47 @@ impl Control for ControlService {
             nodes_total: total,
             nodes_done: done,
         }))
+    }
+
+    async fn operator_sign(
+        &self,
+        req: Request<crate::api::v1::OperatorSignRequest>,
+    ) -> Result<Response<crate::api::v1::OperatorSignResponse>, Status> {
+        let r = req.into_inner();
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let expiry = (r.expiry_secs != 0)
+            .then(|| time::Duration::seconds(i64::try_from(r.expiry_secs).unwrap_or(i64::MAX)));
+        let signed = m
+            .sign_operator(actor, &r.csr_der, &r.name, &r.role, expiry)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::OperatorSignResponse {
+            cert_pem: signed.cert_pem,
+            ca_pem: signed.ca_pem,
+            serial: signed.operator.serial,
+            not_after: signed.operator.not_after,
+        }))
+    }
+
+    async fn operator_list(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::OperatorListResponse>, Status> {
+        let (m, _) = self.0.manager_and_admin().await?;
+        Ok(Response::new(crate::api::v1::OperatorListResponse {
+            operators_json: to_json(&m.operators())?,
+        }))
+    }
+
+    async fn operator_revoke(
+        &self,
+        req: Request<crate::api::v1::OperatorRevokeRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let (m, actor) = self.0.manager_and_admin().await?;
+        m.revoke_operator(actor, &req.get_ref().name)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(Empty {}))
     }
 
     async fn unlock_key(
@@ -2022,10 +2101,12 @@ impl Control for ControlService {
 
     async fn policy_get(
         &self,
-        _req: Request<Empty>,
+        req: Request<crate::api::v1::PolicyGetRequest>,
     ) -> Result<Response<crate::api::v1::PolicyInfo>, Status> {
         let (m, _) = self.0.manager_and_admin().await?;
-        Ok(Response::new(policy_info(m.policy())))
+        Ok(Response::new(policy_info(
+            m.policy_of(policy_kind(req.get_ref().rbac)),
+        )))
     }
 
     async fn policy_set(
@@ -2035,7 +2116,10 @@ impl Control for ControlService {
         let r = req.into_inner();
         let (m, actor) = self.0.manager_and_admin().await?;
         let text = (!r.reset).then_some(r.text);
-        let view = m.set_policy(actor, text).await.map_err(to_status)?;
+        let view = m
+            .set_policy(actor, text, policy_kind(r.rbac))
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(policy_info(view)))
     }
 

@@ -434,6 +434,36 @@ impl RootCa {
         Ok(der)
     }
 
+    /// Signs an operator's certificate for the key in `csr`: CN `name`, OU `operator`,
+    /// client authentication only (see [`OperatorCertInfo`](crate::OperatorCertInfo)).
+    pub fn issue_operator(
+        &self,
+        csr: &Csr,
+        name: &str,
+        validity: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, PkiError> {
+        let (not_before, not_after) = window(now, validity)?;
+        let serial = random_serial()?;
+        let params = crate::operator::operator_params(
+            &self.cluster_id,
+            name,
+            &serial,
+            not_before,
+            not_after,
+        )?;
+        let cert = params
+            .signed_by(&P256Public(csr.point()), &self.issuer)
+            .map_err(PkiError::build("sign the operator certificate"))?;
+        Ok(IssuedCert {
+            der: cert.der().to_vec(),
+            pem: cert.pem(),
+            serial: serial_hex(&serial),
+            not_before,
+            not_after,
+        })
+    }
+
     /// Signs a certificate for a node.
     ///
     /// Only the CSR's public key is used: subject (CN node ID, OU role, O cluster ID), SANs,

@@ -105,6 +105,12 @@ pub enum PkiError {
     )]
     CsrBadSignature,
 
+    /// An operator name that skep does not accept.
+    #[error(
+        "invalid operator name: use 1 to 64 lower-case letters, digits, '.', '_' or '-', starting with a letter"
+    )]
+    InvalidOperatorName,
+
     /// A certificate is not well-formed DER.
     #[error("certificate is not valid DER")]
     CertMalformed,

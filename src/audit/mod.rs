@@ -50,6 +50,14 @@ impl Actor {
             authenticated_by: "mtls".into(),
         }
     }
+    /// An operator authenticated by its operator certificate.
+    pub fn operator(name: &str) -> Self {
+        Actor {
+            kind: "operator".into(),
+            id: name.into(),
+            authenticated_by: "mtls".into(),
+        }
+    }
     /// A peer without a certificate, named by its address.
     pub fn anonymous(peer: &str) -> Self {
         Actor {

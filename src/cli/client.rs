@@ -1,5 +1,6 @@
-//! The CLI's connection to a daemon's Control API: gRPC over the node's Unix socket.
-//! (`tcp://` with an operator certificate comes later.)
+//! The CLI's connection to a daemon's Control API: gRPC over the node's Unix socket (the
+//! node's root administrator), or over mTLS to a manager with an operator certificate
+//! (`tcp://HOST:PORT` with `--cert-path` / `SKEP_CERT_PATH` or a context).
 
 use std::path::{Path, PathBuf};
 
@@ -8,15 +9,23 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::api::v1::control_client::ControlClient;
 
-/// Where the daemon listens, from `--host` / `SKEP_HOST`.
+/// Where the daemon listens, from `--host` / `SKEP_HOST` / the current context.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Host {
     /// `unix:///path/to/skep.sock`
     Unix(PathBuf),
+    /// `tcp://IP:PORT`: a manager, reached over mTLS with the operator certificate in
+    /// `cert_dir` (`ca.pem`, `cert.pem`, `key.pem`).
+    Tcp {
+        /// `IP:PORT`.
+        addr: String,
+        /// The operator's certificate directory.
+        cert_dir: Option<PathBuf>,
+    },
 }
 
 impl Host {
-    /// Parses `unix:///path`. `tcp://` is recognised and refused until it is supported.
+    /// Parses `unix:///path` or `tcp://IP:PORT` (the port defaults to 2377).
     pub fn parse(text: &str) -> anyhow::Result<Self> {
         if let Some(path) = text.strip_prefix("unix://") {
             if !path.starts_with('/') {
@@ -26,18 +35,28 @@ impl Host {
             }
             return Ok(Host::Unix(PathBuf::from(path)));
         }
-        if text.starts_with("tcp://") {
-            bail!(
-                "--host {text:?}: tcp:// hosts are not supported yet; use the node's local socket (unix:///var/run/skep.sock)"
-            );
+        if let Some(addr) = text.strip_prefix("tcp://") {
+            let addr = addr.trim_end_matches('/');
+            let with_port = if addr.parse::<std::net::SocketAddr>().is_ok() {
+                addr.to_string()
+            } else {
+                format!("{addr}:{}", crate::net::DEFAULT_PORT)
+            };
+            crate::net::parse_addr(&with_port)
+                .map_err(|e| anyhow!("invalid --host {text:?}: {e} (tcp://IP[:PORT])"))?;
+            return Ok(Host::Tcp {
+                addr: with_port,
+                cert_dir: None,
+            });
         }
-        bail!("invalid --host {text:?}: expected unix:///path/to/skep.sock")
+        bail!("invalid --host {text:?}: expected unix:///path/to/skep.sock or tcp://IP[:PORT]")
     }
 
     /// The host as the user writes it.
     pub fn url(&self) -> String {
         match self {
             Host::Unix(p) => format!("unix://{}", p.display()),
+            Host::Tcp { addr, .. } => format!("tcp://{addr}"),
         }
     }
 }
@@ -45,16 +64,72 @@ impl Host {
 /// A Control API client on `host`; fails with a message that says what to do when no daemon
 /// answers there.
 pub async fn connect(host: &Host) -> anyhow::Result<ControlClient<Channel>> {
-    let Host::Unix(path) = host;
-    let channel = connect_unix(path).await.map_err(|e| {
-        anyhow!(
-            "cannot connect to the skep daemon at {}: is `skep daemon` running? ({})",
-            host.url(),
-            cause_chain(&e)
-        )
-    })?;
+    let channel = match host {
+        Host::Unix(path) => connect_unix(path).await.map_err(|e| {
+            anyhow!(
+                "cannot connect to the skep daemon at {}: is `skep daemon` running? ({})",
+                host.url(),
+                cause_chain(&e)
+            )
+        })?,
+        Host::Tcp { addr, cert_dir } => {
+            let dir = cert_dir.as_deref().ok_or_else(|| {
+                anyhow!(
+                    "{} needs an operator certificate: give --cert-path DIR (or SKEP_CERT_PATH, or a context) with ca.pem, cert.pem and key.pem",
+                    host.url()
+                )
+            })?;
+            connect_tcp(addr, dir)
+                .await
+                .map_err(|e| anyhow!("cannot connect to the manager at {}: {e:#}", host.url()))?
+        }
+    };
     // Large swarms list many tasks; the default 4 MiB would cut `service ls` off.
     Ok(ControlClient::new(channel).max_decoding_message_size(256 << 20))
+}
+
+/// The operator credentials in `dir`: `ca.pem` (the swarm's root), `cert.pem` (the operator
+/// certificate, then any chain), `key.pem` (its PKCS#8 key).
+pub fn operator_credentials(dir: &Path) -> anyhow::Result<crate::net::Credentials> {
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+    let certs = |name: &str| -> anyhow::Result<Vec<Vec<u8>>> {
+        let bytes = read(name)?;
+        let blocks = pem::parse_many(&bytes).with_context(|| format!("{name} is not PEM"))?;
+        let ders: Vec<Vec<u8>> = blocks
+            .into_iter()
+            .filter(|b| b.tag() == "CERTIFICATE")
+            .map(|b| b.into_contents())
+            .collect();
+        if ders.is_empty() {
+            bail!("{name} holds no certificate");
+        }
+        Ok(ders)
+    };
+    let mut chain = certs("cert.pem")?;
+    let cert_der = chain.remove(0);
+    let roots = certs("ca.pem")?;
+    let key = zeroize::Zeroizing::new(read("key.pem")?);
+    let key = pem::parse(&*key).context("key.pem is not PEM")?;
+    if key.tag() != "PRIVATE KEY" {
+        bail!("key.pem must hold a PKCS#8 \"PRIVATE KEY\" (as `skep operator csr` writes it)");
+    }
+    Ok(crate::net::Credentials {
+        cert_der,
+        chain,
+        key_der: crate::secret::SecretBytes::from(zeroize::Zeroizing::new(key.into_contents())),
+        root_der: roots.concat(),
+    })
+}
+
+async fn connect_tcp(addr: &str, dir: &Path) -> anyhow::Result<Channel> {
+    let creds = operator_credentials(dir)?;
+    let tls = crate::net::client_config(&creds.root_der, Some(&creds))
+        .context("loading the operator certificate")?;
+    let channel = crate::net::channel_with_timeout(addr, tls, None)?;
+    Ok(channel)
 }
 
 async fn connect_unix(path: &Path) -> anyhow::Result<Channel> {
@@ -100,9 +175,19 @@ mod tests {
     }
 
     #[test]
-    fn refuses_tcp_for_now() {
-        let e = Host::parse("tcp://10.0.0.1:2376").unwrap_err().to_string();
-        assert!(e.contains("tcp:// hosts are not supported yet"), "{e}");
+    fn parses_tcp_hosts() {
+        assert_eq!(
+            Host::parse("tcp://10.0.0.1").unwrap(),
+            Host::Tcp {
+                addr: "10.0.0.1:2377".into(),
+                cert_dir: None
+            }
+        );
+        assert_eq!(
+            Host::parse("tcp://10.0.0.1:4000/").unwrap().url(),
+            "tcp://10.0.0.1:4000"
+        );
+        assert!(Host::parse("tcp://nowhere").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod client;
 mod dev;
 pub mod duration;
 mod node;
+mod operator;
 mod output;
 mod policy;
 mod progress;
@@ -43,16 +44,21 @@ pub const DEFAULT_HOST: &str = "unix:///var/run/skep.sock";
 #[derive(Debug, Parser)]
 #[command(name = "skep", version, propagate_version = true)]
 pub struct Cli {
-    /// Daemon to talk to (unix:///path/to/skep.sock; tcp:// is not supported yet).
+    /// Daemon to talk to: unix:///path/to/skep.sock (this node, as its root administrator;
+    /// the default), or tcp://IP[:PORT] (a manager, with an operator certificate). Without it,
+    /// the current context (`skep context use`) decides.
     #[arg(
         short = 'H',
         long,
         global = true,
         env = "SKEP_HOST",
-        default_value = DEFAULT_HOST,
         value_name = "URL"
     )]
-    host: String,
+    host: Option<String>,
+
+    /// Directory with the operator certificate for a tcp:// host: ca.pem, cert.pem, key.pem.
+    #[arg(long, global = true, env = "SKEP_CERT_PATH", value_name = "DIR")]
+    cert_path: Option<PathBuf>,
 
     #[command(subcommand)]
     command: Command,
@@ -76,9 +82,15 @@ enum Command {
     /// Manage secrets.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
-    /// Manage the Cedar policies that entitle services to secrets.
+    /// Manage the Cedar policies: secret entitlement, and operator RBAC (`--rbac`).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Manage operators: people using the Control API from their own machines.
+    #[command(subcommand)]
+    Operator(operator::OperatorCommand),
+    /// Manage contexts: which manager the CLI talks to, with which operator certificate.
+    #[command(subcommand)]
+    Context(operator::ContextCommand),
     /// Inspect this node's agent.
     #[command(subcommand)]
     Agent(policy::AgentCommand),
@@ -435,8 +447,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         // Validation needs only the schema built into this binary.
         Command::Policy(policy::PolicyCommand::Validate(args)) => policy::validate(&args),
+        // The operator's key is made here and never sent anywhere.
+        Command::Operator(operator::OperatorCommand::Csr(args)) => operator::csr(&args),
+        Command::Context(cmd) => operator::context(cmd),
         command => {
-            let host = Host::parse(&cli.host)?;
+            let host = operator::resolve_host(cli.host.as_deref(), cli.cert_path.as_deref())?;
             check(&command)?;
             runtime()?.block_on(control(host, command))
         }
@@ -489,6 +504,8 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Service(cmd) => service::run(&mut api, *cmd).await,
         Command::Secret(cmd) => secret::run(&mut api, cmd).await,
         Command::Policy(cmd) => policy::run(&mut api, cmd).await,
+        Command::Operator(cmd) => operator::run(&mut api, cmd).await,
+        Command::Context(cmd) => operator::context(cmd),
         Command::Agent(cmd) => policy::agent(&mut api, cmd).await,
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
@@ -624,9 +641,9 @@ mod tests {
     #[test]
     fn host_flag_is_global() {
         let cli = parse(&["node", "ls", "--host", "unix:///tmp/s.sock"]).unwrap();
-        assert_eq!(cli.host, "unix:///tmp/s.sock");
+        assert_eq!(cli.host.as_deref(), Some("unix:///tmp/s.sock"));
         let cli = parse(&["-H", "unix:///tmp/t.sock", "audit", "ls", "--json"]).unwrap();
-        assert_eq!(cli.host, "unix:///tmp/t.sock");
+        assert_eq!(cli.host.as_deref(), Some("unix:///tmp/t.sock"));
     }
 
     #[test]

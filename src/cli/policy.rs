@@ -34,10 +34,16 @@ pub(super) struct GetArgs {
     /// Print only the digest (hex SHA-256) of the policy set.
     #[arg(long)]
     digest: bool,
+    /// The operator RBAC policies (`policies/rbac.cedarschema`) instead of the secret ones.
+    #[arg(long)]
+    rbac: bool,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct SetArgs {
+    /// The operator RBAC policies (`policies/rbac.cedarschema`) instead of the secret ones.
+    #[arg(long)]
+    rbac: bool,
     /// Go back to the built-in default (a service may use the secrets it references).
     #[arg(long, conflicts_with = "file")]
     default: bool,
@@ -48,6 +54,9 @@ pub(super) struct SetArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct ValidateArgs {
+    /// Check against the operator RBAC schema instead of the secret one.
+    #[arg(long)]
+    rbac: bool,
     /// Cedar policy file, or `-` for stdin.
     #[arg(value_name = "FILE|-")]
     file: PathBuf,
@@ -91,19 +100,26 @@ fn read_policy(file: &Path) -> anyhow::Result<String> {
 /// `policy validate`: parses and type-checks locally, with the schema built into this binary.
 pub(super) fn validate(args: &ValidateArgs) -> anyhow::Result<()> {
     let text = read_policy(&args.file)?;
-    let engine = crate::policy::PolicyEngine::parse(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let digest = if args.rbac {
+        crate::policy::rbac::RbacEngine::parse(&text).map(|e| e.digest().to_string())
+    } else {
+        crate::policy::PolicyEngine::parse(&text).map(|e| e.digest().to_string())
+    }
+    .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     print(&format!(
-        "{}: valid (digest {})\n",
-        args.file.display(),
-        engine.digest()
+        "{}: valid (digest {digest})\n",
+        args.file.display()
     ))
 }
 
 pub(super) async fn run(api: &mut Api, cmd: PolicyCommand) -> anyhow::Result<()> {
     match cmd {
         PolicyCommand::Get(a) => {
-            let p = api.policy_get(Empty {}).await.map_err(status)?.into_inner();
+            let p = api
+                .policy_get(crate::api::v1::PolicyGetRequest { rbac: a.rbac })
+                .await
+                .map_err(status)?
+                .into_inner();
             if a.digest {
                 print(&format!("{}\n", p.digest))
             } else {
@@ -123,6 +139,7 @@ pub(super) async fn run(api: &mut Api, cmd: PolicyCommand) -> anyhow::Result<()>
                 .policy_set(PolicySetRequest {
                     text,
                     reset: a.default,
+                    rbac: a.rbac,
                 })
                 .await
                 .map_err(status)?

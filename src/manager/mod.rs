@@ -10,8 +10,10 @@
 pub mod control;
 pub mod dispatch;
 pub mod entitle;
+pub mod gate;
 pub mod limiter;
 pub mod network;
+pub mod operators;
 pub mod orchestrator;
 pub mod scheduler;
 pub mod secrets;

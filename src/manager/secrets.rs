@@ -277,7 +277,13 @@ pub struct PolicyView {
 impl Manager {
     /// `policy get`.
     pub fn policy(&self) -> PolicyView {
-        self.read(|s| match &s.policy {
+        self.policy_of(PolicyKind::Secrets)
+    }
+
+    /// The policy set of `kind` in force.
+    pub fn policy_of(&self, kind: PolicyKind) -> PolicyView {
+        let default = kind.default_text();
+        self.read(|s| match kind.doc(s) {
             Some(doc) => PolicyView {
                 text: doc.text.clone(),
                 digest: doc.digest.clone(),
@@ -285,30 +291,31 @@ impl Manager {
                 updated_at: doc.updated_at.clone(),
             },
             None => PolicyView {
-                text: crate::policy::DEFAULT_POLICY.to_string(),
-                digest: crate::policy::digest(crate::policy::DEFAULT_POLICY),
+                text: default.to_string(),
+                digest: crate::policy::digest(default),
                 is_default: true,
                 updated_at: String::new(),
             },
         })
     }
 
-    /// `policy set` (`None`: back to the default). The text is parsed and validated against
-    /// the schema first; an invalid set is refused with Cedar's message and the old one stays.
-    /// Audited either way, with the old and new digests.
+    /// `policy set [--rbac]` (`None`: back to the default). The text is parsed and validated
+    /// against the kind's schema first; an invalid set is refused with Cedar's message and the
+    /// old one stays. Audited either way, with the old and new digests.
     pub async fn set_policy(
         &self,
         actor: Actor,
         text: Option<String>,
+        kind: PolicyKind,
     ) -> Result<PolicyView, ManagerError> {
-        let old = self.policy().digest;
-        let new_digest =
-            crate::policy::digest(text.as_deref().unwrap_or(crate::policy::DEFAULT_POLICY));
+        let old = self.policy_of(kind).digest;
+        let new_digest = crate::policy::digest(text.as_deref().unwrap_or(kind.default_text()));
+        let target = kind.name();
         if let Some(t) = &text
-            && let Err(e) = crate::policy::PolicyEngine::parse(t)
+            && let Err(e) = kind.validate(t)
         {
             self.audit(
-                AuditEvent::now(actor, "policy.set", "secrets", Outcome::Error)
+                AuditEvent::now(actor, "policy.set", target, Outcome::Error)
                     .with("old_digest", old)
                     .with("new_digest", new_digest)
                     .with("reason", e.to_string()),
@@ -328,15 +335,16 @@ impl Manager {
         } else {
             "policy.reset"
         };
-        let record = AuditEvent::now(actor, action, "secrets", Outcome::Ok)
+        let record = AuditEvent::now(actor, action, target, Outcome::Ok)
             .with("old_digest", old)
             .with("new_digest", new_digest);
-        self.propose(Command::Batch(vec![
-            Command::SetPolicy(doc),
-            Command::Audit(record),
-        ]))
-        .await?;
-        Ok(self.policy())
+        let set = match kind {
+            PolicyKind::Secrets => Command::SetPolicy(doc),
+            PolicyKind::Rbac => Command::SetRbacPolicy(doc),
+        };
+        self.propose(Command::Batch(vec![set, Command::Audit(record)]))
+            .await?;
+        Ok(self.policy_of(kind))
     }
 }
 
@@ -435,5 +443,44 @@ mod tests {
         let mut m = SecretRef::new("db");
         m.mode = 0o4755;
         assert!(resolve_refs(&st, &mut [m]).is_err());
+    }
+}
+
+/// Which policy set: the secret-entitlement policies or the operator RBAC policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PolicyKind {
+    /// `policies/schema.cedarschema`: which services may use which secrets where.
+    Secrets,
+    /// `policies/rbac.cedarschema`: which operators may make which Control API calls.
+    Rbac,
+}
+
+impl PolicyKind {
+    fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Secrets => "secrets",
+            PolicyKind::Rbac => "rbac",
+        }
+    }
+
+    fn default_text(self) -> &'static str {
+        match self {
+            PolicyKind::Secrets => crate::policy::DEFAULT_POLICY,
+            PolicyKind::Rbac => crate::policy::rbac::DEFAULT_POLICY,
+        }
+    }
+
+    fn doc(self, s: &crate::store::model::State) -> Option<&crate::store::model::PolicyDoc> {
+        match self {
+            PolicyKind::Secrets => s.policy.as_ref(),
+            PolicyKind::Rbac => s.rbac.as_ref(),
+        }
+    }
+
+    fn validate(self, text: &str) -> Result<(), crate::policy::PolicyError> {
+        match self {
+            PolicyKind::Secrets => crate::policy::PolicyEngine::parse(text).map(|_| ()),
+            PolicyKind::Rbac => crate::policy::rbac::RbacEngine::parse(text).map(|_| ()),
+        }
     }
 }

@@ -252,7 +252,13 @@ mod tests {
         let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();
         let now = time::OffsetDateTime::now_utc();
         let cert = ca
-            .issue(&csr, &skep_pki::new_id(), role, time::Duration::hours(1), now)
+            .issue(
+                &csr,
+                &skep_pki::new_id(),
+                role,
+                time::Duration::hours(1),
+                now,
+            )
             .unwrap();
         Credentials {
             cert_der: cert.der,
@@ -285,14 +291,17 @@ mod tests {
 
         // A manager re-issued by the new root, presenting the cross-signed copy; a node that
         // still has an old certificate and trusts only the old root.
-        let manager = LiveIdentity::new(creds(&new, Role::Manager, vec![cross], &[&new, &old]))
-            .unwrap();
+        let manager =
+            LiveIdentity::new(creds(&new, Role::Manager, vec![cross], &[&new, &old])).unwrap();
         let node = LiveIdentity::new(creds(&old, Role::Worker, vec![], &[&old])).unwrap();
         assert!(handshake(&manager, &node).await, "the chain did not bridge");
 
         // Without the cross-signed copy, the node's old-only trust refuses the manager...
         let bare = LiveIdentity::new(creds(&new, Role::Manager, vec![], &[&new, &old])).unwrap();
-        assert!(!handshake(&bare, &node).await, "a new-root leaf passed old-only trust");
+        assert!(
+            !handshake(&bare, &node).await,
+            "a new-root leaf passed old-only trust"
+        );
         // ...until the node trusts the new root too (a swap applies to the next handshake).
         let mut trusting = (*node.creds()).clone();
         trusting.root_der = [new.cert_der(), old.cert_der()].concat();
@@ -301,6 +310,9 @@ mod tests {
 
         // Once the old root is retired, a certificate it issued is refused by the manager.
         let retired = LiveIdentity::new(creds(&new, Role::Manager, vec![], &[&new])).unwrap();
-        assert!(!handshake(&retired, &node).await, "an old-root client passed");
+        assert!(
+            !handshake(&retired, &node).await,
+            "an old-root client passed"
+        );
     }
 }

@@ -162,8 +162,10 @@ pub fn client_config_live(
 pub struct PeerInfo {
     /// The peer's socket address.
     pub addr: SocketAddr,
-    /// The verified identity, or `None` when no client certificate was presented.
+    /// The verified node identity, or `None` when no node certificate was presented.
     pub identity: Option<PeerIdentity>,
+    /// The verified operator certificate, when the peer is an operator's CLI.
+    pub operator: Option<Arc<skep_pki::OperatorCertInfo>>,
 }
 
 /// A peer identity. Only built from a certificate that rustls verified against the cluster
@@ -296,6 +298,7 @@ pub fn accept_loop(
                     Ok(Err(e)) => return fail(format!("TLS handshake failed: {e}")),
                     Err(_) => return fail("TLS handshake timed out".into()),
                 };
+                let mut operator = None;
                 let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                     None => None,
                     Some(leaf) => match NodeCertInfo::from_der(leaf) {
@@ -308,17 +311,41 @@ pub fn accept_loop(
                                 info.cluster_id
                             ));
                         }
-                        Err(e) => return fail(format!("client certificate refused: {e}")),
+                        Err(e) => match skep_pki::OperatorCertInfo::from_der(leaf) {
+                            Ok(op) if op.cluster_id == cluster_id => {
+                                operator = Some(Arc::new(op));
+                                None
+                            }
+                            Ok(op) => {
+                                return fail(format!(
+                                    "operator certificate of cluster {} presented to cluster {cluster_id}",
+                                    op.cluster_id
+                                ));
+                            }
+                            Err(_) => return fail(format!("client certificate refused: {e}")),
+                        },
                     },
                 };
-                let kill = identity.as_ref().map(|i| revocations.track(i.node_id()));
+                let tracked = identity
+                    .as_ref()
+                    .map(|i| i.node_id().to_string())
+                    .or_else(|| {
+                        operator
+                            .as_ref()
+                            .map(|o| crate::store::model::operator_key(&o.name))
+                    });
+                let kill = tracked.map(|k| revocations.track(&k));
                 if kill.as_ref().is_some_and(|k| k.is_killed()) {
                     return fail("the certificate's node has been revoked".into());
                 }
                 let _ = tx
                     .send(Ok(PeerStream {
                         tls,
-                        info: PeerInfo { addr, identity },
+                        info: PeerInfo {
+                            addr,
+                            identity,
+                            operator,
+                        },
                         kill,
                     }))
                     .await;
@@ -339,12 +366,24 @@ pub fn parse_addr(s: &str) -> Result<SocketAddr, NetError> {
 /// A lazily connecting gRPC channel to a manager over TLS with `config`. The server must
 /// present a certificate for [`MANAGER_SERVER_NAME`] issued by the configured root.
 pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, NetError> {
+    channel_with_timeout(addr, config, Some(Duration::from_secs(15)))
+}
+
+/// As [`channel`], with a bound on each call (`None`: none, for long streams such as an
+/// operator's `audit ls --follow`).
+pub fn channel_with_timeout(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    timeout: Option<Duration>,
+) -> Result<Channel, NetError> {
     let sock = parse_addr(addr)?;
-    let endpoint = Endpoint::from_shared(format!("http://{sock}"))
+    let mut endpoint = Endpoint::from_shared(format!("http://{sock}"))
         .map_err(|_| NetError::BadAddr(addr.to_string()))?
         .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(15))
         .tcp_nodelay(true);
+    if let Some(t) = timeout {
+        endpoint = endpoint.timeout(t);
+    }
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let config = config.clone();
         async move {

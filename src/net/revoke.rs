@@ -251,15 +251,21 @@ impl ClientCertVerifier for RevokingVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        match NodeCertInfo::from_der(end_entity) {
-            Ok(info) if self.revocations.is_revoked(&info.node_id) => {
-                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
-            }
-            Ok(_) => Ok(ok),
-            Err(e) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                rustls::OtherError(Arc::new(e)),
-            ))),
+        let key = match NodeCertInfo::from_der(end_entity) {
+            Ok(info) => info.node_id,
+            Err(e) => match skep_pki::OperatorCertInfo::from_der(end_entity) {
+                Ok(op) => crate::store::model::operator_key(&op.name),
+                Err(_) => {
+                    return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                        rustls::OtherError(Arc::new(e)),
+                    )));
+                }
+            },
+        };
+        if self.revocations.is_revoked(&key) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
+        Ok(ok)
     }
 
     fn verify_tls12_signature(

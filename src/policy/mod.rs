@@ -56,6 +56,8 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 
+pub mod rbac;
+
 /// The Cedar schema every policy is validated against (`policies/schema.cedarschema`).
 pub const SCHEMA: &str = include_str!("../../policies/schema.cedarschema");
 
@@ -283,22 +285,8 @@ impl PolicyEngine {
         // bracket in debug builds), so it runs on a thread whose stack comfortably covers the
         // deepest text `check_complexity` lets through, whatever the caller's stack.
         let owned = text.to_string();
-        let spawned = std::thread::Builder::new()
-            .name("skep-policy-parse".to_string())
-            .stack_size(PARSE_STACK_BYTES)
-            .spawn(move || PolicyEngine::parse_on_this_thread(owned, model));
-        match spawned {
-            Ok(handle) => handle.join().unwrap_or_else(|_| {
-                Err(PolicyError::Parse {
-                    message: "the Cedar parser failed unexpectedly on this text (please report \
-                              it as a bug in skep, with the text)"
-                        .to_string(),
-                })
-            }),
-            // No thread to be had (resource exhaustion): the nesting limits keep the parse
-            // within an ordinary thread's stack in release builds.
-            Err(_) => PolicyEngine::parse_on_this_thread(text.to_string(), model),
-        }
+        on_big_stack(move || PolicyEngine::parse_on_this_thread(owned, model))
+            .unwrap_or_else(|| PolicyEngine::parse_on_this_thread(text.to_string(), model))
     }
 
     fn parse_on_this_thread(text: String, model: &Model) -> Result<PolicyEngine, PolicyError> {
@@ -489,6 +477,27 @@ impl PolicyEngine {
         }
         Ok(Decision::Deny { reason })
     }
+}
+
+/// Runs a Cedar parse on a thread whose stack comfortably covers the deepest text
+/// [`check_complexity`] lets through. `None` if no thread could be had (resource exhaustion:
+/// the nesting limits keep the parse within an ordinary stack in release builds, so the caller
+/// parses on its own thread then); a panic in the parser becomes a parse error.
+fn on_big_stack<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, PolicyError> + Send + 'static,
+) -> Option<Result<T, PolicyError>> {
+    let handle = std::thread::Builder::new()
+        .name("skep-policy-parse".to_string())
+        .stack_size(PARSE_STACK_BYTES)
+        .spawn(f)
+        .ok()?;
+    Some(handle.join().unwrap_or_else(|_| {
+        Err(PolicyError::Parse {
+            message: "the Cedar parser failed unexpectedly on this text (please report it as a \
+                      bug in skep, with the text)"
+                .to_string(),
+        })
+    }))
 }
 
 /// `Type::"id"`.

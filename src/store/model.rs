@@ -297,6 +297,15 @@ pub enum Command {
         #[serde(default)]
         issuer: String,
     },
+    /// Records an operator certificate (`operator sign`).
+    PutOperator(Operator),
+    /// Forgets an operator (`operator revoke`, with a `RevokeNode` of its key).
+    RemoveOperator {
+        /// Name.
+        name: String,
+    },
+    /// Replaces the RBAC policy set (`None`: back to the default).
+    SetRbacPolicy(Option<PolicyDoc>),
     /// Starts (or restarts) a root CA rotation.
     StartRootRotation(Box<RootRotation>),
     /// Ends a root CA rotation: the new root replaces the old one, and the join tokens
@@ -371,9 +380,38 @@ pub struct State {
     /// The Cedar policy set in force (`policy set`); `None` is the built-in default.
     #[serde(default)]
     pub policy: Option<PolicyDoc>,
-    /// Revoked nodes by ID (`node rm`), kept until their last certificate would have expired.
+    /// Revoked nodes by ID (`node rm`), kept until their last certificate would have expired;
+    /// revoked operators as `operator:NAME`.
     #[serde(default)]
     pub revoked: BTreeMap<String, Revoked>,
+    /// Operators by name (`operator sign`).
+    #[serde(default)]
+    pub operators: BTreeMap<String, Operator>,
+    /// The Cedar RBAC policy set for operators (`policy set --rbac`); `None` is the default.
+    #[serde(default)]
+    pub rbac: Option<PolicyDoc>,
+}
+
+/// A person allowed to use the Control API over mTLS with an operator certificate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Operator {
+    /// Name (CN of its certificate).
+    pub name: String,
+    /// Role, as the RBAC policies name it.
+    pub role: String,
+    /// Serial of its certificate (lower-case hex).
+    pub serial: String,
+    /// RFC 3339 expiry of its certificate.
+    pub not_after: String,
+    /// RFC 3339 time it was signed.
+    pub created_at: String,
+    /// Who signed it (`kind:id` of the actor).
+    pub created_by: String,
+}
+
+/// The revocation-list key of an operator.
+pub fn operator_key(name: &str) -> String {
+    format!("operator:{name}")
 }
 
 /// A revoked node identity.
@@ -448,6 +486,9 @@ impl State {
                     .any(|s| s.name == sec.name && s.id != sec.id) =>
             {
                 Err(format!("secret {} already exists", sec.name))
+            }
+            Command::PutOperator(op) if self.operators.contains_key(&op.name) => {
+                Err(format!("operator {} already exists", op.name))
             }
             Command::Batch(cmds) => cmds.iter().try_for_each(|c| self.check(c)),
             _ => Ok(()),
@@ -565,6 +606,13 @@ impl State {
                     n.cert_issuer = issuer;
                 }
             }
+            Command::PutOperator(op) => {
+                self.operators.insert(op.name.clone(), op);
+            }
+            Command::RemoveOperator { name } => {
+                self.operators.remove(&name);
+            }
+            Command::SetRbacPolicy(doc) => self.rbac = doc,
             Command::StartRootRotation(rotation) => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.ca_rotation = Some(*rotation);

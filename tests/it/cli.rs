@@ -74,9 +74,15 @@ fn skep_host_is_read_from_the_environment() {
 }
 
 #[test]
-fn tcp_hosts_are_not_supported_yet() {
-    let out = skep(&["--host", "tcp://127.0.0.1:2376", "node", "ls"]);
-    assert_error(&out, "tcp:// hosts are not supported yet");
+fn a_tcp_host_needs_an_operator_certificate() {
+    let out = crate::harness::run(
+        std::process::Command::new(skep_bin())
+            .env_remove("SKEP_CERT_PATH")
+            .env("SKEP_CONFIG", "/nonexistent-skep-config")
+            .args(["--host", "tcp://127.0.0.1:2376", "node", "ls"]),
+        None,
+    );
+    assert_error(&out, "needs an operator certificate");
     let out = skep(&["--host", "http://x", "node", "ls"]);
     assert_error(&out, "invalid --host");
 }

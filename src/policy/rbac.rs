@@ -1,0 +1,396 @@
+//! Operator RBAC: which Control API calls an operator (a person with an operator certificate)
+//! may make, decided by a Cedar policy set validated against `policies/rbac.cedarschema`.
+//!
+//! A request is `(Skep::Operator::"NAME" in Skep::Role::"ROLE", Skep::Action::"ACTION",
+//! Skep::Resource::"KIND")`. The default set (`policies/rbac.cedar`) has three roles: admin
+//! (everything), deployer (read, deploy) and auditor (read, the audit log). Evaluation fails
+//! closed: a policy that errors denies.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cedar_policy::ffi::DetailedError;
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+
+use super::{
+    MAX_POLICY_BYTES, PolicyError, check_complexity, digest, on_big_stack, render_all,
+    render_diagnostic,
+};
+
+/// The schema RBAC policies are validated against.
+pub const SCHEMA: &str = include_str!("../../policies/rbac.cedarschema");
+/// The RBAC policies in force until `policy set --rbac` replaces them.
+pub const DEFAULT_POLICY: &str = include_str!("../../policies/rbac.cedar");
+
+/// What an operator's call does, as the RBAC schema names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// List and inspect (not secret values, not tokens).
+    Read,
+    /// Read the audit log.
+    ReadAudit,
+    /// Manage services.
+    Deploy,
+    /// Create and remove secrets.
+    ManageSecrets,
+    /// Update, promote, demote, remove nodes.
+    ManageNodes,
+    /// Read and rotate join tokens.
+    ManageTokens,
+    /// Swarm settings, unlock key, root CA, policies.
+    ManageSwarm,
+    /// Sign and revoke operators.
+    ManageOperators,
+}
+
+impl Action {
+    /// The Cedar action name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "Read",
+            Action::ReadAudit => "ReadAudit",
+            Action::Deploy => "Deploy",
+            Action::ManageSecrets => "ManageSecrets",
+            Action::ManageNodes => "ManageNodes",
+            Action::ManageTokens => "ManageTokens",
+            Action::ManageSwarm => "ManageSwarm",
+            Action::ManageOperators => "ManageOperators",
+        }
+    }
+
+    /// How a denial words it: "may not ...".
+    pub fn describe(self) -> &'static str {
+        match self {
+            Action::Read => "read cluster state",
+            Action::ReadAudit => "read the audit log",
+            Action::Deploy => "manage services",
+            Action::ManageSecrets => "create or remove secrets",
+            Action::ManageNodes => "change or remove nodes",
+            Action::ManageTokens => "read or rotate join tokens",
+            Action::ManageSwarm => "change swarm settings, keys or policies",
+            Action::ManageOperators => "sign or revoke operators",
+        }
+    }
+}
+
+/// Who asks: an operator and the role the cluster state gives it.
+#[derive(Clone, Debug)]
+pub struct Principal<'a> {
+    /// Operator name.
+    pub name: &'a str,
+    /// Its role.
+    pub role: &'a str,
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Allowed.
+    Allow,
+    /// Denied, and why (the policies that forbade it, or that none permitted it).
+    Deny {
+        /// Why.
+        reason: String,
+    },
+}
+
+struct Model {
+    validator: Validator,
+    authorizer: Authorizer,
+    operator: EntityTypeName,
+    role: EntityTypeName,
+    resource: EntityTypeName,
+    action: EntityTypeName,
+    actions: Vec<Entity>,
+}
+
+fn model() -> Result<&'static Model, PolicyError> {
+    static MODEL: OnceLock<Result<Model, String>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let (schema, _) = Schema::from_cedarschema_str(SCHEMA)
+                .map_err(|e| render_diagnostic(&DetailedError::from(&e), SCHEMA))?;
+            let ty = |name: &str| {
+                EntityTypeName::from_str(name).map_err(|e| format!("entity type {name}: {e}"))
+            };
+            let actions = schema
+                .action_entities()
+                .map_err(|e| format!("action entities: {e}"))?
+                .iter()
+                .cloned()
+                .collect();
+            Ok(Model {
+                validator: Validator::new(schema),
+                authorizer: Authorizer::new(),
+                operator: ty("Skep::Operator")?,
+                role: ty("Skep::Role")?,
+                resource: ty("Skep::Resource")?,
+                action: ty("Skep::Action")?,
+                actions,
+            })
+        })
+        .as_ref()
+        .map_err(|message| PolicyError::Schema {
+            message: message.clone(),
+        })
+}
+
+fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+}
+
+/// A parsed, validated RBAC policy set.
+pub struct RbacEngine {
+    text: String,
+    digest: String,
+    policies: PolicySet,
+}
+
+impl fmt::Debug for RbacEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RbacEngine")
+            .field("digest", &self.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RbacEngine {
+    /// Parses `text` and validates it strictly against [`SCHEMA`], with the same size and
+    /// nesting limits as the secret policies.
+    pub fn parse(text: &str) -> Result<RbacEngine, PolicyError> {
+        if text.len() > MAX_POLICY_BYTES {
+            return Err(PolicyError::TooLarge {
+                size: text.len(),
+                limit: MAX_POLICY_BYTES,
+            });
+        }
+        check_complexity(text)?;
+        let model = model()?;
+        let owned = text.to_string();
+        on_big_stack(move || Self::parse_here(owned, model))
+            .unwrap_or_else(|| Self::parse_here(text.to_string(), model))
+    }
+
+    fn parse_here(text: String, model: &Model) -> Result<RbacEngine, PolicyError> {
+        let policies = PolicySet::from_str(&text).map_err(|errors| PolicyError::Parse {
+            message: render_all(errors.iter().map(DetailedError::from), &text),
+        })?;
+        if policies.templates().next().is_some() {
+            return Err(PolicyError::Invalid {
+                message: "policy templates are not supported".to_string(),
+            });
+        }
+        let result = model.validator.validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            return Err(PolicyError::Invalid {
+                message: render_all(result.validation_errors().map(DetailedError::from), &text),
+            });
+        }
+        Ok(RbacEngine {
+            digest: digest(&text),
+            text,
+            policies,
+        })
+    }
+
+    /// The text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Hex SHA-256 of the text.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// May `who` do `action` to objects of kind `resource`? Fails closed.
+    pub fn authorize(&self, who: &Principal<'_>, action: Action, resource: &str) -> Decision {
+        self.evaluate(who, action, resource)
+            .unwrap_or_else(|why| Decision::Deny {
+                reason: format!("the RBAC policy could not be evaluated, which denies: {why}"),
+            })
+    }
+
+    fn evaluate(
+        &self,
+        who: &Principal<'_>,
+        action: Action,
+        resource: &str,
+    ) -> Result<Decision, String> {
+        let model = model().map_err(|e| e.to_string())?;
+        let role = uid(&model.role, who.role);
+        let operator = Entity::new(
+            uid(&model.operator, who.name),
+            [
+                (
+                    "name".to_string(),
+                    RestrictedExpression::new_string(who.name.to_string()),
+                ),
+                (
+                    "role".to_string(),
+                    RestrictedExpression::new_string(who.role.to_string()),
+                ),
+            ]
+            .into_iter()
+            .collect(),
+            [role.clone()].into_iter().collect(),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut entities = vec![
+            operator,
+            Entity::new_no_attrs(role, Default::default()),
+            Entity::new_no_attrs(uid(&model.resource, resource), Default::default()),
+        ];
+        entities.extend(model.actions.iter().cloned());
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        let request = Request::new(
+            uid(&model.operator, who.name),
+            uid(&model.action, action.as_str()),
+            uid(&model.resource, resource),
+            Context::empty(),
+            Some(model.validator.schema()),
+        )
+        .map_err(|e| e.to_string())?;
+        let response = model
+            .authorizer
+            .is_authorized(&request, &self.policies, &entities);
+        let errors = response.diagnostics().errors().count();
+        if response.decision() == CedarDecision::Allow && errors == 0 {
+            return Ok(Decision::Allow);
+        }
+        let mut forbids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .filter_map(|id| self.policies.policy(id))
+            .filter(|p| p.effect() == Effect::Forbid)
+            .map(|p| {
+                let name = p.annotation("id").unwrap_or(p.id().as_ref()).to_string();
+                match p.annotation("reason").filter(|r| !r.is_empty()) {
+                    Some(r) => format!("policy {name}: {r}"),
+                    None => format!("policy {name} forbids it"),
+                }
+            })
+            .collect();
+        forbids.sort();
+        let mut reason = if forbids.is_empty() {
+            format!(
+                "no RBAC policy permits role {} to {}",
+                who.role,
+                action.describe()
+            )
+        } else {
+            forbids.join("; ")
+        };
+        if errors > 0 {
+            reason.push_str(&format!(
+                "; {errors} policy evaluation error(s), which deny to be safe"
+            ));
+        }
+        Ok(Decision::Deny { reason })
+    }
+}
+
+/// The engine for `text` (empty: the built-in default), parsed at most once while among the
+/// last few used.
+pub fn cached(text: &str) -> Result<Arc<RbacEngine>, PolicyError> {
+    type Slot = (String, Result<Arc<RbacEngine>, PolicyError>);
+    static CACHE: Mutex<VecDeque<Slot>> = Mutex::new(VecDeque::new());
+    let text = if text.is_empty() {
+        DEFAULT_POLICY
+    } else {
+        text
+    };
+    let key = digest(text);
+    if let Some((_, r)) = CACHE
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(k, _)| *k == key)
+    {
+        return r.clone();
+    }
+    let result = RbacEngine::parse(text).map(Arc::new);
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    cache.push_front((key, result.clone()));
+    cache.truncate(4);
+    result
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    const ALL: [Action; 8] = [
+        Action::Read,
+        Action::ReadAudit,
+        Action::Deploy,
+        Action::ManageSecrets,
+        Action::ManageNodes,
+        Action::ManageTokens,
+        Action::ManageSwarm,
+        Action::ManageOperators,
+    ];
+
+    #[test]
+    fn the_default_roles_get_exactly_what_the_issue_says() {
+        let engine = cached("").unwrap();
+        let allowed = |role: &str| -> Vec<Action> {
+            ALL.into_iter()
+                .filter(|a| {
+                    engine.authorize(&Principal { name: "x", role }, *a, "service")
+                        == Decision::Allow
+                })
+                .collect()
+        };
+        assert_eq!(allowed("admin"), ALL.to_vec());
+        assert_eq!(allowed("deployer"), vec![Action::Read, Action::Deploy]);
+        assert_eq!(allowed("auditor"), vec![Action::Read, Action::ReadAudit]);
+        assert!(allowed("intern").is_empty());
+        let Decision::Deny { reason } = engine.authorize(
+            &Principal {
+                name: "alice",
+                role: "deployer",
+            },
+            Action::ManageTokens,
+            "token",
+        ) else {
+            panic!("allowed");
+        };
+        assert!(reason.contains("role deployer"), "{reason}");
+    }
+
+    #[test]
+    fn forbids_win_and_invalid_sets_are_refused() {
+        let text = format!(
+            "{DEFAULT_POLICY}\n@id(\"no-secrets-for-bob\") @reason(\"bob is on leave\")\nforbid (principal == Skep::Operator::\"bob\", action, resource);"
+        );
+        let engine = RbacEngine::parse(&text).unwrap();
+        let d = engine.authorize(
+            &Principal {
+                name: "bob",
+                role: "admin",
+            },
+            Action::Read,
+            "service",
+        );
+        assert_eq!(
+            d,
+            Decision::Deny {
+                reason: "policy no-secrets-for-bob: bob is on leave".into()
+            }
+        );
+        assert!(
+            RbacEngine::parse("permit (principal, action == Skep::Action::\"Fly\", resource);")
+                .is_err()
+        );
+        assert!(RbacEngine::parse("permit (principal").is_err());
+        assert!(RbacEngine::parse(&"(".repeat(100)).is_err());
+    }
+}
