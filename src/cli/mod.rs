@@ -11,7 +11,7 @@
 //! 2 usage (clap).
 
 mod audit;
-mod client;
+pub mod client;
 mod dev;
 pub mod duration;
 mod node;

@@ -16,6 +16,7 @@ mod cli;
 mod cluster;
 mod docker_services;
 mod lifecycle;
+mod operators;
 mod roles;
 mod runtime;
 mod secret_delivery;
