@@ -1,7 +1,8 @@
 //! Certificate bundles and chains arrive from files (`root.crt`, `node.chain`), from the
 //! leader (trusted roots in heartbeat answers), from a manager at issuance (the chain after
-//! a new certificate) and from operators (`swarm ca --ca-cert/--ca-key`): splitting, chain
-//! verification and loading an external root must never panic, whatever the bytes.
+//! a new certificate) and from operators (`swarm ca --ca-cert/--ca-key`, their certificate
+//! directories): splitting, chain verification, reading node and operator certificates and
+//! loading an external root must never panic, whatever the bytes.
 
 #![no_main]
 
@@ -15,6 +16,10 @@ fuzz_target!(|data: &[u8]| {
             && let Some((leaf, chain)) = rest.split_last()
         {
             let _ = skep_pki::verify_issued_chain(root, chain, leaf, now);
+        }
+        for c in &certs {
+            let _ = skep_pki::NodeCertInfo::from_der(c);
+            let _ = skep_pki::OperatorCertInfo::from_der(c);
         }
     }
     // The same bytes as text: an operator's PEM certificate and key, split at a NUL.

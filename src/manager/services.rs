@@ -51,6 +51,9 @@ impl Services {
             .as_ref()
             .is_some_and(|id| self.mgr.read(|s| s.revoked.contains_key(id.node_id())));
         let denied = match &peer.identity {
+            None if peer.operator.is_some() => {
+                "an operator certificate is for the Control API only, not node services".to_string()
+            }
             None => "no client certificate was presented".to_string(),
             Some(id) if revoked => format!(
                 "node {} has been removed from the swarm and its certificate revoked",

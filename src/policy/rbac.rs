@@ -150,7 +150,12 @@ pub struct RbacEngine {
     text: String,
     digest: String,
     policies: PolicySet,
+    /// Decisions made, by (operator, role, action, resource): they depend on nothing else.
+    decisions: Mutex<std::collections::HashMap<(String, String, Action, String), Decision>>,
 }
+
+/// How many decisions an engine remembers before starting over.
+const DECISION_CACHE: usize = 4096;
 
 impl fmt::Debug for RbacEngine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -196,6 +201,7 @@ impl RbacEngine {
             digest: digest(&text),
             text,
             policies,
+            decisions: Mutex::new(Default::default()),
         })
     }
 
@@ -211,10 +217,27 @@ impl RbacEngine {
 
     /// May `who` do `action` to objects of kind `resource`? Fails closed.
     pub fn authorize(&self, who: &Principal<'_>, action: Action, resource: &str) -> Decision {
-        self.evaluate(who, action, resource)
+        let key = (
+            who.name.to_string(),
+            who.role.to_string(),
+            action,
+            resource.to_string(),
+        );
+        let lock = || self.decisions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = lock().get(&key) {
+            return d.clone();
+        }
+        let decision = self
+            .evaluate(who, action, resource)
             .unwrap_or_else(|why| Decision::Deny {
                 reason: format!("the RBAC policy could not be evaluated, which denies: {why}"),
-            })
+            });
+        let mut cache = lock();
+        if cache.len() >= DECISION_CACHE {
+            cache.clear();
+        }
+        cache.insert(key, decision.clone());
+        decision
     }
 
     fn evaluate(
@@ -297,7 +320,8 @@ impl RbacEngine {
 }
 
 /// The engine for `text` (empty: the built-in default), parsed at most once while among the
-/// last few used.
+/// last few used. Each engine remembers its decisions, so a steady stream of calls costs a
+/// lookup, not a Cedar evaluation.
 pub fn cached(text: &str) -> Result<Arc<RbacEngine>, PolicyError> {
     type Slot = (String, Result<Arc<RbacEngine>, PolicyError>);
     static CACHE: Mutex<VecDeque<Slot>> = Mutex::new(VecDeque::new());
@@ -306,18 +330,18 @@ pub fn cached(text: &str) -> Result<Arc<RbacEngine>, PolicyError> {
     } else {
         text
     };
-    let key = digest(text);
+    // Found by the text itself: comparing is cheaper than hashing it on every call.
     if let Some((_, r)) = CACHE
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .iter()
-        .find(|(k, _)| *k == key)
+        .find(|(k, _)| k == text)
     {
         return r.clone();
     }
     let result = RbacEngine::parse(text).map(Arc::new);
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    cache.push_front((key, result.clone()));
+    cache.push_front((text.to_string(), result.clone()));
     cache.truncate(4);
     result
 }

@@ -13,7 +13,14 @@ use crate::harness::{Cluster, Node, assert_error, run, skep_bin, stdout, timeout
 fn enrol(m: &Node, root: &Path, name: &str, role: &str, extra: &[&str]) -> PathBuf {
     let dir = root.join(name);
     let out = run(
-        Command::new(skep_bin()).args(["operator", "csr", "--name", name, "--out", dir.to_str().unwrap()]),
+        Command::new(skep_bin()).args([
+            "operator",
+            "csr",
+            "--name",
+            name,
+            "--out",
+            dir.to_str().unwrap(),
+        ]),
         None,
     );
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
@@ -54,29 +61,66 @@ fn each_default_role_gets_exactly_what_the_rbac_policy_says() {
     type Case<'a> = (&'a str, Vec<String>, Option<&'a str>, &'a [&'a str]);
     let cases = |r: &str| -> Vec<Case<'static>> {
         vec![
-            ("read nodes", vec!["node".into(), "ls".into()], None, &["admin", "deployer", "auditor"]),
-            ("list operators", vec!["operator".into(), "ls".into()], None, &["admin", "deployer", "auditor"]),
+            (
+                "read nodes",
+                vec!["node".into(), "ls".into()],
+                None,
+                &["admin", "deployer", "auditor"],
+            ),
+            (
+                "list operators",
+                vec!["operator".into(), "ls".into()],
+                None,
+                &["admin", "deployer", "auditor"],
+            ),
             (
                 "deploy a service",
-                ["service", "create", "--detach", "--runtime", "exec", "--name"]
-                    .iter()
-                    .map(|s| s.to_string())
-                    .chain([format!("svc-{r}"), "--".into(), "/bin/true".into()])
-                    .collect(),
+                [
+                    "service",
+                    "create",
+                    "--detach",
+                    "--runtime",
+                    "exec",
+                    "--name",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .chain([format!("svc-{r}"), "--".into(), "/bin/true".into()])
+                .collect(),
                 None,
                 &["admin", "deployer"],
             ),
             (
                 "create a secret",
-                vec!["secret".into(), "create".into(), format!("sec-{r}"), "-".into()],
+                vec![
+                    "secret".into(),
+                    "create".into(),
+                    format!("sec-{r}"),
+                    "-".into(),
+                ],
                 Some("s3cret"),
                 &["admin"],
             ),
-            ("read a join token", vec!["join-token".into(), "-q".into(), "worker".into()], None, &["admin"]),
-            ("read the audit log", vec!["audit".into(), "ls".into(), "--json".into()], None, &["admin", "auditor"]),
+            (
+                "read a join token",
+                vec!["join-token".into(), "-q".into(), "worker".into()],
+                None,
+                &["admin"],
+            ),
+            (
+                "read the audit log",
+                vec!["audit".into(), "ls".into(), "--json".into()],
+                None,
+                &["admin", "auditor"],
+            ),
             (
                 "change swarm settings",
-                vec!["swarm".into(), "update".into(), "--cert-expiry".into(), "2h".into()],
+                vec![
+                    "swarm".into(),
+                    "update".into(),
+                    "--cert-expiry".into(),
+                    "2h".into(),
+                ],
                 None,
                 &["admin"],
             ),
@@ -103,36 +147,84 @@ fn each_default_role_gets_exactly_what_the_rbac_policy_says() {
                 denied && err.contains(&format!("operator op-{role} ({role}) may not"))
             };
             if !ok {
-                report.push(format!("{role} / {what}: expected {}, got: {}", if may { "allowed" } else { "denied" }, crate::harness::describe(&out)));
+                report.push(format!(
+                    "{role} / {what}: expected {}, got: {}",
+                    if may { "allowed" } else { "denied" },
+                    crate::harness::describe(&out)
+                ));
             }
         }
     }
     assert!(report.is_empty(), "{}", report.join("\n"));
 
     // Calls only the node itself may make are refused over the network, even to an admin.
-    assert_error(&as_operator(m, &dirs[0], &["swarm", "leave", "--force"], None), "local socket");
+    assert_error(
+        &as_operator(m, &dirs[0], &["swarm", "leave", "--force"], None),
+        "local socket",
+    );
     // The local socket stays the node's root administrator; operators' actions are audited
     // with their names, denials too.
     let audit = m.audit();
-    assert!(audit.iter().any(|r| r["actor"]["kind"] == "operator" && r["actor"]["id"] == "op-admin" && r["action"] == "secret.create"), "no audited operator write");
-    assert!(audit.iter().any(|r| r["actor"]["kind"] == "operator" && r["outcome"] == "denied"), "no audited denial");
-    assert!(audit.iter().any(|r| r["action"] == "operator.sign" && r["target"] == "op-auditor"));
+    assert!(
+        audit.iter().any(|r| r["actor"]["kind"] == "operator"
+            && r["actor"]["id"] == "op-admin"
+            && r["action"] == "secret.create"),
+        "no audited operator write"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["actor"]["kind"] == "operator" && r["outcome"] == "denied"),
+        "no audited denial"
+    );
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "operator.sign" && r["target"] == "op-auditor")
+    );
     // `operator ls` shows them, with roles.
     let listed = m.cli_ok(&["operator", "ls"]);
     for r in roles {
-        assert!(listed.contains(&format!("op-{r}")) && listed.contains(r), "{listed}");
+        assert!(
+            listed.contains(&format!("op-{r}")) && listed.contains(r),
+            "{listed}"
+        );
     }
 
     // Revocation: the deployer is cut off at once, and audited.
     m.cli_ok(&["operator", "revoke", "op-deployer"]);
     let out = as_operator(m, &dirs[1], &["node", "ls"], None);
-    assert!(!out.status.success(), "a revoked operator still works: {}", stdout(&out));
-    assert!(m.audit().iter().any(|r| r["action"] == "operator.revoke" && r["target"] == "op-deployer"));
+    assert!(
+        !out.status.success(),
+        "a revoked operator still works: {}",
+        stdout(&out)
+    );
+    assert!(
+        m.audit()
+            .iter()
+            .any(|r| r["action"] == "operator.revoke" && r["target"] == "op-deployer")
+    );
     // Its name cannot be signed again while its certificate lives.
-    let again = m.cli(&["operator", "sign", "--role", "admin", "--name", "op-deployer", dirs[1].join("op-deployer.csr").to_str().unwrap()]);
+    let again = m.cli(&[
+        "operator",
+        "sign",
+        "--role",
+        "admin",
+        "--name",
+        "op-deployer",
+        dirs[1].join("op-deployer.csr").to_str().unwrap(),
+    ]);
     assert_error(&again, "was revoked");
     // A taken name is refused, nothing changed.
-    let taken = m.cli(&["operator", "sign", "--role", "admin", "--name", "op-auditor", dirs[2].join("op-auditor.csr").to_str().unwrap()]);
+    let taken = m.cli(&[
+        "operator",
+        "sign",
+        "--role",
+        "admin",
+        "--name",
+        "op-auditor",
+        dirs[2].join("op-auditor.csr").to_str().unwrap(),
+    ]);
     assert_error(&taken, "already exists");
 
     // Contexts: the same manager, without flags.
@@ -148,14 +240,25 @@ fn each_default_role_gets_exactly_what_the_rbac_policy_says() {
         )
     };
     let host = format!("tcp://{}", m.addr());
-    let made = ctx(&["context", "create", "prod", "--host", &host, "--cert-dir", dirs[2].to_str().unwrap()]);
+    let made = ctx(&[
+        "context",
+        "create",
+        "prod",
+        "--host",
+        &host,
+        "--cert-dir",
+        dirs[2].to_str().unwrap(),
+    ]);
     assert!(made.status.success(), "{}", crate::harness::describe(&made));
     assert!(ctx(&["context", "use", "prod"]).status.success());
     let ls = ctx(&["node", "ls", "--format", "json"]);
     assert!(ls.status.success(), "{}", crate::harness::describe(&ls));
     assert!(stdout(&ctx(&["context", "ls"])).contains("prod *"));
     // An auditor through the context is still an auditor.
-    assert_error(&ctx(&["join-token", "worker"]), "may not read or rotate join tokens");
+    assert_error(
+        &ctx(&["join-token", "worker"]),
+        "may not read or rotate join tokens",
+    );
 }
 
 #[test]
@@ -168,50 +271,101 @@ fn foreign_expired_and_bad_operator_credentials_and_policies_are_refused() {
     let good = enrol(m, tmp.path(), "short", "admin", &["--expiry", "10s"]);
     let foreign = tmp.path().join("foreign");
     std::fs::create_dir_all(&foreign).unwrap();
-    let cluster = skep_pki::NodeCertInfo::from_der(&std::fs::read(m.data_dir().join("node.crt")).unwrap()).unwrap().cluster_id;
+    let cluster =
+        skep_pki::NodeCertInfo::from_der(&std::fs::read(m.data_dir().join("node.crt")).unwrap())
+            .unwrap()
+            .cluster_id;
     let now = time::OffsetDateTime::now_utc();
     let other = skep_pki::RootCa::generate(&cluster, time::Duration::days(1), now).unwrap();
     let key = skep_pki::NodeKey::generate().unwrap();
     let csr = skep_pki::Csr::from_der(&key.csr_der().unwrap()).unwrap();
-    let cert = other.issue_operator(&csr, "mallory", time::Duration::hours(1), now).unwrap();
+    let cert = other
+        .issue_operator(&csr, "mallory", time::Duration::hours(1), now)
+        .unwrap();
     std::fs::write(foreign.join("cert.pem"), cert.pem).unwrap();
     std::fs::write(foreign.join("key.pem"), key.pkcs8_pem().as_str()).unwrap();
     std::fs::copy(good.join("ca.pem"), foreign.join("ca.pem")).unwrap();
     let out = as_operator(m, &foreign, &["node", "ls"], None);
-    assert!(!out.status.success(), "a foreign operator certificate was accepted");
+    assert!(
+        !out.status.success(),
+        "a foreign operator certificate was accepted"
+    );
 
     // A valid one works until it expires, then is refused.
-    assert!(as_operator(m, &good, &["node", "ls"], None).status.success());
+    assert!(
+        as_operator(m, &good, &["node", "ls"], None)
+            .status
+            .success()
+    );
     let not_after = skep_pki::OperatorCertInfo::from_der(
-        &pem::parse(std::fs::read(good.join("cert.pem")).unwrap()).unwrap().into_contents(),
+        &pem::parse(std::fs::read(good.join("cert.pem")).unwrap())
+            .unwrap()
+            .into_contents(),
     )
     .unwrap()
     .not_after;
     wait_until(timeout(), "the operator certificate to expire", || {
         time::OffsetDateTime::now_utc() > not_after + time::Duration::seconds(1)
     });
-    assert!(!as_operator(m, &good, &["node", "ls"], None).status.success(), "an expired operator certificate was accepted");
+    assert!(
+        !as_operator(m, &good, &["node", "ls"], None)
+            .status
+            .success(),
+        "an expired operator certificate was accepted"
+    );
 
     // Bad sign requests: a bad role, a bad name, a garbage CSR, an expiry out of bounds.
     let csr_file = good.join("short.csr");
     let csr_arg = csr_file.to_str().unwrap();
-    assert_error(&m.cli(&["operator", "sign", "--role", "Boss!", "--name", "x1", csr_arg]), "invalid role");
-    assert_error(&m.cli(&["operator", "sign", "--role", "admin", "--name", "Bad Name", csr_arg]), "invalid operator name");
-    assert_error(&m.cli(&["operator", "sign", "--role", "admin", "--name", "x2", "--expiry", "90d", csr_arg]), "--expiry");
+    assert_error(
+        &m.cli(&[
+            "operator", "sign", "--role", "Boss!", "--name", "x1", csr_arg,
+        ]),
+        "invalid role",
+    );
+    assert_error(
+        &m.cli(&[
+            "operator", "sign", "--role", "admin", "--name", "Bad Name", csr_arg,
+        ]),
+        "invalid operator name",
+    );
+    assert_error(
+        &m.cli(&[
+            "operator", "sign", "--role", "admin", "--name", "x2", "--expiry", "90d", csr_arg,
+        ]),
+        "--expiry",
+    );
     let garbage = tmp.path().join("garbage.csr");
     std::fs::write(&garbage, b"not a csr").unwrap();
-    assert_error(&m.cli(&["operator", "sign", "--role", "admin", garbage.to_str().unwrap()]), "certificate signing request");
+    assert_error(
+        &m.cli(&[
+            "operator",
+            "sign",
+            "--role",
+            "admin",
+            garbage.to_str().unwrap(),
+        ]),
+        "certificate signing request",
+    );
 
     // An invalid RBAC policy is refused, the old one stays.
     let before = m.cli_ok(&["policy", "get", "--rbac", "--digest"]);
     let bad = tmp.path().join("bad.cedar");
-    std::fs::write(&bad, "permit (principal, action == Skep::Action::\"Fly\", resource);").unwrap();
-    assert_error(&m.cli(&["policy", "set", "--rbac", bad.to_str().unwrap()]), "policy refused");
+    std::fs::write(
+        &bad,
+        "permit (principal, action == Skep::Action::\"Fly\", resource);",
+    )
+    .unwrap();
+    assert_error(
+        &m.cli(&["policy", "set", "--rbac", bad.to_str().unwrap()]),
+        "policy refused",
+    );
     assert_eq!(m.cli_ok(&["policy", "get", "--rbac", "--digest"]), before);
     // A valid one replaces it: auditors may now read tokens too.
     let text = format!(
         "{}\npermit (principal in Skep::Role::\"auditor\", action == Skep::Action::\"ManageTokens\", resource);\n",
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/rbac.cedar")).unwrap()
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/policies/rbac.cedar"))
+            .unwrap()
     );
     let newer = tmp.path().join("new.cedar");
     std::fs::write(&newer, text).unwrap();
