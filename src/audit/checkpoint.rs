@@ -256,11 +256,13 @@ pub fn trim_point(chain: &AuditChain, keep: u64) -> Option<u64> {
     if keep == 0 || (recs.len() as u64) <= keep {
         return None;
     }
-    // The oldest seq that must be kept.
+    // The oldest seq that must be kept, and its index (seqs are contiguous): the search walks
+    // back from there to the nearest checkpoint, not over the whole chain.
     let oldest_kept = last.saturating_sub(keep - 1);
-    recs.iter()
+    let idx = usize::try_from(oldest_kept.checked_sub(first)?).ok()?;
+    recs.get(1..=idx)?
+        .iter()
         .rev()
-        .filter(|r| r.seq <= oldest_kept && r.seq > first)
         .find(|r| r.event.action == CHECKPOINT_ACTION)
         .map(|r| r.seq)
 }
