@@ -34,9 +34,10 @@ use crate::api::v1::dispatcher_client::DispatcherClient;
 use crate::api::v1::dispatcher_server::DispatcherServer;
 use crate::api::v1::manager_server::ManagerServer;
 use crate::api::v1::{
-    AuditListRequest, AuditListResponse, Empty, InfoResponse, JoinTokenRequest, JoinTokenResponse,
-    NodeInfo, NodeInspectRequest, NodeListResponse, SwarmInitRequest, SwarmInitResponse,
-    SwarmJoinRequest, SwarmJoinResponse, SwarmLeaveRequest, SwarmUnlockRequest,
+    AuditFollowResponse, AuditListRequest, AuditListResponse, Empty, InfoResponse,
+    JoinTokenRequest, JoinTokenResponse, NodeInfo, NodeInspectRequest, NodeListResponse,
+    SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse, SwarmLeaveRequest,
+    SwarmUnlockRequest,
 };
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::manager::services::Services;
@@ -61,6 +62,8 @@ pub struct DaemonConfig {
     pub hostname: Option<String>,
     /// How often agents heartbeat; the leader marks a node Down after 3 missed periods.
     pub heartbeat_period: Duration,
+    /// When the leader signs audit checkpoints (tests lower it).
+    pub audit_checkpoints: crate::audit::checkpoint::CheckpointPolicy,
 }
 
 /// Why the daemon could not run.
@@ -536,6 +539,10 @@ impl Daemon {
             tasks.push(tokio::spawn(
                 mgr.clone().run_revocations(link.revocations.clone()),
             ));
+            tasks.push(tokio::spawn(
+                mgr.clone()
+                    .run_audit_checkpoints(self.cfg.audit_checkpoints),
+            ));
             tasks.push(tokio::spawn(sync_autolock(
                 mgr.clone(),
                 self.paths(),
@@ -834,6 +841,8 @@ impl Daemon {
             .await
             .map_err(|e| internal(&e))?;
         let stamp = crate::util::now_rfc3339();
+        let audit_key = crate::audit::checkpoint::AuditKey::generate().map_err(|e| internal(&e))?;
+        let audit_public_key = audit_key.public_key().to_string();
         let cluster = Cluster {
             id: cluster_id.clone(),
             created_at: stamp.clone(),
@@ -846,6 +855,8 @@ impl Daemon {
             unlock_key: unlock_key.clone(),
             heartbeat_period_ms: 0,
             ca_rotation: None,
+            audit_key: Some(audit_key),
+            audit_retention: 0,
         };
         let node = Node {
             id: node_id.clone(),
@@ -881,6 +892,15 @@ impl Daemon {
             ),
             Command::Audit(
                 AuditEvent::now(admin, "node.join", &node_id, Outcome::Ok).with("role", "manager"),
+            ),
+            Command::Audit(
+                AuditEvent::now(
+                    Actor::node(&node_id),
+                    "audit.key.create",
+                    "audit",
+                    Outcome::Ok,
+                )
+                .with("public_key", audit_public_key),
             ),
         ];
         mgr.propose(Command::Batch(cmds)).await.map_err(to_status)?;
@@ -1770,18 +1790,40 @@ impl Control for ControlService {
 
     async fn audit_list(
         &self,
-        _req: Request<AuditListRequest>,
+        req: Request<AuditListRequest>,
     ) -> Result<Response<AuditListResponse>, Status> {
-        self.0
-            .with_manager(|m, _| {
-                let records = m.read(|s| s.audit.records().to_vec());
-                let records_json = records
-                    .iter()
-                    .map(|r| serde_json::to_string(r).map_err(|e| Status::internal(e.to_string())))
-                    .collect::<Result<_, _>>()?;
-                Ok(Response::new(AuditListResponse { records_json }))
-            })
-            .await
+        let req = req.into_inner();
+        let filter = audit_filter(&req)?;
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let records_json = to_json(&m.audit_records(&filter))?;
+        let purpose = match req.purpose.as_str() {
+            "export" | "verify" => req.purpose.as_str(),
+            _ => "ls",
+        };
+        m.audit_read(actor, purpose, &filter);
+        Ok(Response::new(AuditListResponse {
+            records_json,
+            public_key: m.audit_public_key().unwrap_or_default(),
+            cluster_id: m.read(|s| s.cluster.as_ref().map(|c| c.id.clone()).unwrap_or_default()),
+        }))
+    }
+
+    type AuditFollowStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<AuditFollowResponse, Status>> + Send>,
+    >;
+
+    async fn audit_follow(
+        &self,
+        req: Request<AuditListRequest>,
+    ) -> Result<Response<Self::AuditFollowStream>, Status> {
+        let filter = audit_filter(req.get_ref())?;
+        let (m, actor) = self.0.manager_and_admin().await?;
+        // One record for the whole stream, however many records it carries.
+        m.audit_read(actor, "follow", &filter);
+        let rx = crate::manager::audit::follow(m, filter);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn swarm_update(
@@ -1807,6 +1849,11 @@ impl Control for ControlService {
         }
         if r.cert_expiry_secs > 0 {
             m.set_cert_expiry(actor.clone(), r.cert_expiry_secs)
+                .await
+                .map_err(to_status)?;
+        }
+        if let Some(keep) = r.audit_retention {
+            m.set_audit_retention(actor.clone(), keep)
                 .await
                 .map_err(to_status)?;
         }
@@ -2187,6 +2234,14 @@ fn secret_info(s: &crate::store::secret_obj::Secret) -> crate::api::v1::SecretIn
         created_at: s.created_at.clone(),
         updated_at: s.updated_at.clone(),
     }
+}
+
+/// The filters of an audit read, refused with the field that is wrong.
+fn audit_filter(r: &AuditListRequest) -> Result<crate::audit::filter::AuditFilter, Status> {
+    crate::audit::filter::AuditFilter::parse(
+        &r.since, &r.until, &r.actor, &r.action, &r.target, &r.outcome, r.from_seq,
+    )
+    .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn to_json<T: serde::Serialize>(items: &[T]) -> Result<Vec<String>, Status> {

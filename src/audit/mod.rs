@@ -6,8 +6,17 @@
 //!                                            hash = SHA-256(canonical(record without hash))
 //! ```
 //!
-//! The chain is a pure value: [`AuditChain::append`] and [`verify`] do no I/O, so the CLI can
-//! check an exported chain without trusting the daemon that produced it.
+//! The chain is a pure value: [`AuditChain::append`] and [`verify_with`] do no I/O, so the CLI
+//! can check an exported chain without trusting the daemon that produced it.
+//!
+//! Every so often the leader appends a signed checkpoint ([`checkpoint`]): an Ed25519
+//! signature, by a key only managers hold, over the seq and hash of the record before it. A
+//! chain trimmed by retention starts at such a checkpoint, whose signature vouches for the
+//! head it covers.
+
+pub mod checkpoint;
+pub mod export;
+pub mod filter;
 
 use std::collections::BTreeMap;
 
@@ -147,32 +156,47 @@ pub struct AuditRecord {
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Canonical encoding: every field length-prefixed (u64 big endian) in a fixed order, details
-/// sorted by key. Unambiguous, so two different records can never encode the same.
-fn canonical(seq: u64, event: &AuditEvent, prev_hash: &str) -> Vec<u8> {
-    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
-        out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
-        out.extend_from_slice(bytes);
+/// sorted by key. Unambiguous, so two different records can never encode the same. Fed
+/// straight into the hash: verifying a million records allocates nothing per record.
+fn feed_canonical(h: &mut Sha256, seq: u64, event: &AuditEvent, prev_hash: &str) {
+    fn field(h: &mut Sha256, bytes: &[u8]) {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
     }
-    let mut out = b"skep-audit-v1".to_vec();
-    field(&mut out, &seq.to_be_bytes());
-    field(&mut out, event.time.as_bytes());
-    field(&mut out, event.actor.kind.as_bytes());
-    field(&mut out, event.actor.id.as_bytes());
-    field(&mut out, event.actor.authenticated_by.as_bytes());
-    field(&mut out, event.action.as_bytes());
-    field(&mut out, event.target.as_bytes());
-    field(&mut out, event.outcome.as_str().as_bytes());
-    field(&mut out, &(event.details.len() as u64).to_be_bytes());
+    h.update(b"skep-audit-v1");
+    field(h, &seq.to_be_bytes());
+    field(h, event.time.as_bytes());
+    field(h, event.actor.kind.as_bytes());
+    field(h, event.actor.id.as_bytes());
+    field(h, event.actor.authenticated_by.as_bytes());
+    field(h, event.action.as_bytes());
+    field(h, event.target.as_bytes());
+    field(h, event.outcome.as_str().as_bytes());
+    field(h, &(event.details.len() as u64).to_be_bytes());
     for (k, v) in &event.details {
-        field(&mut out, k.as_bytes());
-        field(&mut out, v.as_bytes());
+        field(h, k.as_bytes());
+        field(h, v.as_bytes());
     }
-    field(&mut out, prev_hash.as_bytes());
+    field(h, prev_hash.as_bytes());
+}
+
+/// The hash of a record as lower-case hex, without allocating.
+fn record_hash_hex(seq: u64, event: &AuditEvent, prev_hash: &str) -> [u8; 64] {
+    let mut h = Sha256::new();
+    feed_canonical(&mut h, seq, event, prev_hash);
+    let mut out = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(h.finalize(), &mut out);
     out
 }
 
 fn record_hash(seq: u64, event: &AuditEvent, prev_hash: &str) -> String {
-    hex::encode(Sha256::digest(canonical(seq, event, prev_hash)))
+    String::from_utf8_lossy(&record_hash_hex(seq, event, prev_hash)).into_owned()
+}
+
+/// Recomputes a record's hash from its content (for tools that rebuild or test chains).
+pub fn hash_of(record: &AuditRecord) -> String {
+    record_hash(record.seq, &record.event, &record.prev_hash)
 }
 
 /// The chain as held by the state machine.
@@ -198,23 +222,64 @@ impl AuditChain {
         &self.records[self.records.len() - 1]
     }
 
-    /// All records, oldest first.
+    /// All records kept, oldest first.
     pub fn records(&self) -> &[AuditRecord] {
         &self.records
     }
+
+    /// The newest record.
+    pub fn head(&self) -> Option<&AuditRecord> {
+        self.records.last()
+    }
+
+    /// The records from `seq` on (all of them if `seq` was trimmed already). Seqs are
+    /// contiguous, so this is an index, not a search.
+    pub fn since(&self, seq: u64) -> &[AuditRecord] {
+        let first = self.records.first().map_or(1, |r| r.seq);
+        let skip = usize::try_from(seq.saturating_sub(first)).unwrap_or(usize::MAX);
+        self.records.get(skip..).unwrap_or(&[])
+    }
+
+    /// The record with this seq, if it is kept.
+    pub fn get(&self, seq: u64) -> Option<&AuditRecord> {
+        self.since(seq).first().filter(|r| r.seq == seq)
+    }
+
+    /// The record with this seq, to change it in place: only for tests that tamper with a
+    /// stored chain (`store::testing`).
+    #[doc(hidden)]
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut AuditRecord> {
+        let first = self.records.first().map_or(1, |r| r.seq);
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.records.get_mut(i).filter(|r| r.seq == seq)
+    }
+
+    /// Drops every record before `first_seq` (retention); returns how many were dropped.
+    pub fn trim_before(&mut self, first_seq: u64) -> usize {
+        let first = self.records.first().map_or(1, |r| r.seq);
+        let n = usize::try_from(first_seq.saturating_sub(first))
+            .unwrap_or(usize::MAX)
+            .min(self.records.len());
+        self.records.drain(..n);
+        n
+    }
 }
 
-/// Why a chain does not verify.
+/// Why a chain does not verify. Each names the first record that does not fit.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
     /// A record's hash does not match its content.
-    #[error("audit record {seq} was altered: its hash does not match its content")]
+    #[error(
+        "audit record {seq} was altered: hash mismatch at seq {seq} (its hash does not match its content)"
+    )]
     HashMismatch {
         /// The first bad record.
         seq: u64,
     },
     /// A record does not point at the record before it.
-    #[error("audit record {seq} does not follow record {prev}: prev_hash does not match")]
+    #[error(
+        "audit record {seq} does not follow record {prev}: prev-hash mismatch at seq {seq} (a record was removed, inserted or rewritten before it)"
+    )]
     BrokenLink {
         /// The first bad record.
         seq: u64,
@@ -223,7 +288,7 @@ pub enum ChainError {
     },
     /// Records are missing, repeated or out of order.
     #[error(
-        "audit record {seq} is out of sequence: expected {expected} (records missing or reordered)"
+        "audit record {seq} is out of sequence: expected {expected} (seq gap at {seq}: records missing or reordered)"
     )]
     BadSequence {
         /// The first bad record.
@@ -231,27 +296,136 @@ pub enum ChainError {
         /// The sequence number expected there.
         expected: u64,
     },
+    /// A checkpoint does not cover the record before it, or does not parse.
+    #[error("audit checkpoint {seq} is malformed: {reason}")]
+    BadCheckpoint {
+        /// The checkpoint's seq.
+        seq: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A checkpoint's signature does not verify.
+    #[error("audit checkpoint {seq} has a bad signature at seq {seq}: it was forged or altered")]
+    BadSignature {
+        /// The checkpoint's seq.
+        seq: u64,
+    },
+    /// A checkpoint is signed by a key other than the swarm's.
+    #[error(
+        "audit checkpoint {seq} is signed by key {found}, not the swarm's audit key {expected}: it was forged"
+    )]
+    UnknownKey {
+        /// The checkpoint's seq.
+        seq: u64,
+        /// The key the checkpoint names (hex).
+        found: String,
+        /// The key it should name (hex).
+        expected: String,
+    },
+    /// The chain starts neither at its first record nor at a signed checkpoint.
+    #[error(
+        "audit record {seq} starts the chain, but a chain must start at record 1 or at a signed checkpoint: records before it were removed"
+    )]
+    Unanchored {
+        /// The first record given.
+        seq: u64,
+    },
 }
 
-/// Walks `records` from `first_seq`'s predecessor hash and returns the first record that does
-/// not fit. A chain that starts at seq 1 must start from [`GENESIS_HASH`].
-pub fn verify(records: &[AuditRecord]) -> Result<(), ChainError> {
+/// What [`verify_with`] checks besides the hash links.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VerifyOptions<'a> {
+    /// The swarm's audit public key (hex). With it, every checkpoint must be signed by it;
+    /// without it, a checkpoint's signature is checked against the key it names, which
+    /// catches damage but not a forger who signs with a key of their own.
+    pub public_key: Option<&'a str>,
+    /// The records are a filtered selection: a seq gap is not an error (records between
+    /// non-adjacent ones cannot be linked), but each record's own hash and every checkpoint
+    /// still are checked.
+    pub gaps_allowed: bool,
+    /// The first record must be record 1 or a checkpoint (a whole chain, possibly trimmed).
+    pub require_anchor: bool,
+}
+
+/// What the first record of a verified chain rests on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Anchor {
+    /// No records.
+    Empty,
+    /// Record 1, which follows [`GENESIS_HASH`].
+    Genesis,
+    /// A signed checkpoint at this seq (the chain was trimmed before it).
+    Checkpoint(u64),
+    /// Neither: verification started mid-chain at this seq (`verify --from`, a filtered export).
+    Unanchored(u64),
+}
+
+/// What a successful verification covered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Records checked.
+    pub records: usize,
+    /// The first record's seq.
+    pub first_seq: Option<u64>,
+    /// The last record's seq.
+    pub last_seq: Option<u64>,
+    /// The last record's hash.
+    pub last_hash: Option<String>,
+    /// Checkpoints whose signatures verified.
+    pub checkpoints: usize,
+    /// The seq of the newest checkpoint.
+    pub last_checkpoint: Option<u64>,
+    /// What the first record rests on.
+    pub anchor: Anchor,
+    /// Whether checkpoints were checked against a key given by the caller.
+    pub key_pinned: bool,
+}
+
+/// Walks `records` and returns the first record that does not fit: a hash that does not
+/// match its content, a link to the wrong predecessor, a seq gap, or a checkpoint that is
+/// malformed, signed by another key, or whose signature does not verify.
+pub fn verify_with(
+    records: &[AuditRecord],
+    opts: &VerifyOptions<'_>,
+) -> Result<VerifyReport, ChainError> {
+    let mut report = VerifyReport {
+        records: records.len(),
+        first_seq: records.first().map(|r| r.seq),
+        last_seq: records.last().map(|r| r.seq),
+        last_hash: records.last().map(|r| r.hash.clone()),
+        checkpoints: 0,
+        last_checkpoint: None,
+        anchor: Anchor::Empty,
+        key_pinned: opts.public_key.is_some(),
+    };
     let mut prev: Option<&AuditRecord> = None;
     for rec in records {
+        let is_checkpoint = rec.event.action == checkpoint::CHECKPOINT_ACTION;
         match prev {
             None => {
-                if rec.seq == 1 && rec.prev_hash != GENESIS_HASH {
-                    return Err(ChainError::BrokenLink { seq: 1, prev: 0 });
-                }
+                report.anchor = if rec.seq == 1 {
+                    if rec.prev_hash != GENESIS_HASH {
+                        return Err(ChainError::BrokenLink { seq: 1, prev: 0 });
+                    }
+                    Anchor::Genesis
+                } else if is_checkpoint {
+                    Anchor::Checkpoint(rec.seq)
+                } else if opts.require_anchor {
+                    return Err(ChainError::Unanchored { seq: rec.seq });
+                } else {
+                    Anchor::Unanchored(rec.seq)
+                };
             }
             Some(p) => {
-                if rec.seq != p.seq + 1 {
+                let adjacent = rec.seq == p.seq.wrapping_add(1);
+                let allowed_gap = opts.gaps_allowed && rec.seq > p.seq;
+                if !(adjacent || allowed_gap) {
                     return Err(ChainError::BadSequence {
                         seq: rec.seq,
-                        expected: p.seq + 1,
+                        expected: p.seq.wrapping_add(1),
                     });
                 }
-                if rec.prev_hash != p.hash {
+                if adjacent && rec.prev_hash != p.hash {
                     return Err(ChainError::BrokenLink {
                         seq: rec.seq,
                         prev: p.seq,
@@ -259,12 +433,23 @@ pub fn verify(records: &[AuditRecord]) -> Result<(), ChainError> {
                 }
             }
         }
-        if record_hash(rec.seq, &rec.event, &rec.prev_hash) != rec.hash {
+        if is_checkpoint {
+            checkpoint::verify_record(rec, opts.public_key)?;
+            report.checkpoints += 1;
+            report.last_checkpoint = Some(rec.seq);
+        }
+        if record_hash_hex(rec.seq, &rec.event, &rec.prev_hash) != rec.hash.as_bytes() {
             return Err(ChainError::HashMismatch { seq: rec.seq });
         }
         prev = Some(rec);
     }
-    Ok(())
+    Ok(report)
+}
+
+/// [`verify_with`] for a contiguous run of records, checking checkpoints against the keys they
+/// name.
+pub fn verify(records: &[AuditRecord]) -> Result<(), ChainError> {
+    verify_with(records, &VerifyOptions::default()).map(|_| ())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
-//! `skep audit ls` and `skep audit verify`. The CLI re-hashes the chain itself: a daemon's
-//! word that its log is whole is worth nothing to an auditor.
+//! `skep audit ls|verify|export`. The manager filters; the CLI re-hashes and checks
+//! signatures itself: a daemon's word that its log is whole is worth nothing to an auditor.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -9,34 +9,135 @@ use tonic::transport::Channel;
 
 use super::client::status;
 use super::output::Table;
-use super::{AuditLsArgs, AuditVerifyArgs, print};
+use super::{AuditExportArgs, AuditFilterArgs, AuditLsArgs, AuditVerifyArgs, print};
 use crate::api::v1::AuditListRequest;
 use crate::api::v1::control_client::ControlClient;
-use crate::audit::AuditRecord;
+use crate::audit::export::{ExportHeader, FORMAT_VERSION};
+use crate::audit::{Anchor, AuditRecord, VerifyOptions, VerifyReport};
 
 type Api = ControlClient<Channel>;
 
 pub(super) async fn ls(api: &mut Api, args: AuditLsArgs) -> anyhow::Result<()> {
-    let lines = fetch(api).await?;
+    let req = request(&args.filter, "ls")?;
+    if args.follow {
+        return follow(api, req, args.json).await;
+    }
+    let lines = api
+        .audit_list(req)
+        .await
+        .map_err(status)?
+        .into_inner()
+        .records_json;
     if args.json {
         // The daemon's JSON as it is: the export must re-hash exactly as received.
-        let text: String = lines
-            .iter()
-            .map(|l| format!("{}\n", l.trim_end()))
-            .collect();
-        return print(&text);
+        return print(&json_lines(&lines));
     }
     let records = parse_lines(lines.iter().map(String::as_str), "the daemon's record")?;
     print(&table(&records))
 }
 
-async fn fetch(api: &mut Api) -> anyhow::Result<Vec<String>> {
-    Ok(api
-        .audit_list(AuditListRequest {})
-        .await
-        .map_err(status)?
-        .into_inner()
-        .records_json)
+/// Prints records as the manager commits them, until interrupted or stdout closes.
+async fn follow(api: &mut Api, req: AuditListRequest, json: bool) -> anyhow::Result<()> {
+    let mut stream = api.audit_follow(req).await.map_err(status)?.into_inner();
+    if !json && !write_out(&format!("{}\n", row_text(None)))? {
+        return Ok(());
+    }
+    while let Some(msg) = stream.message().await.map_err(status)? {
+        let text = if json {
+            json_lines(&msg.records_json)
+        } else {
+            parse_lines(
+                msg.records_json.iter().map(String::as_str),
+                "the daemon's record",
+            )?
+            .iter()
+            .map(|r| format!("{}\n", row_text(Some(r))))
+            .collect()
+        };
+        if !write_out(&text)? {
+            return Ok(()); // the reader went away (`| head`)
+        }
+    }
+    Ok(())
+}
+
+/// Writes and flushes stdout; `false` once the reader has gone away.
+fn write_out(text: &str) -> anyhow::Result<bool> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("writing to standard output"),
+    }
+}
+
+fn json_lines(lines: &[String]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("{}\n", l.trim_end()))
+        .collect()
+}
+
+/// A streamed row: fixed widths, since later rows are not known yet.
+fn row_text(r: Option<&AuditRecord>) -> String {
+    let cells = match r {
+        None => ["SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME"].map(String::from),
+        Some(r) => [
+            r.seq.to_string(),
+            r.event.time.clone(),
+            format!("{}:{}", r.event.actor.kind, r.event.actor.id),
+            r.event.action.clone(),
+            r.event.target.clone(),
+            r.event.outcome.as_str().to_string(),
+        ],
+    };
+    format!(
+        "{:<7}{:<22}{:<40}{:<22}{:<28}{}",
+        cells[0], cells[1], cells[2], cells[3], cells[4], cells[5]
+    )
+    .trim_end()
+    .to_string()
+}
+
+/// The request for `filter`, with `--since/--until` resolved to RFC 3339 by this clock.
+fn request(filter: &AuditFilterArgs, purpose: &str) -> anyhow::Result<AuditListRequest> {
+    let now = time::OffsetDateTime::now_utc();
+    let when = |flag: &str, v: &Option<String>| -> anyhow::Result<String> {
+        v.as_deref()
+            .map(|t| resolve_time(t, now).with_context(|| format!("--{flag}")))
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    Ok(AuditListRequest {
+        since: when("since", &filter.since)?,
+        until: when("until", &filter.until)?,
+        actor: filter.actor.clone().unwrap_or_default(),
+        action: filter.action.clone().unwrap_or_default(),
+        target: filter.target.clone().unwrap_or_default(),
+        outcome: filter.outcome.clone().unwrap_or_default(),
+        from_seq: 0,
+        purpose: purpose.to_string(),
+    })
+}
+
+/// `1h`, `30m` (that long before `now`), an RFC 3339 time, or a date (its midnight, UTC).
+fn resolve_time(text: &str, now: time::OffsetDateTime) -> anyhow::Result<String> {
+    if let Ok(d) = super::duration::parse(text) {
+        let d = time::Duration::try_from(d).context("the duration is too large")?;
+        let t = now.checked_sub(d).context("the duration is too large")?;
+        return Ok(crate::util::rfc3339(t));
+    }
+    if let Some(t) = crate::util::parse_rfc3339(text) {
+        return Ok(crate::util::rfc3339(t));
+    }
+    let date = time::Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .with_context(|| {
+        format!("{text:?} is not a duration (1h, 30m), an RFC 3339 time or a date (2026-11-01)")
+    })?;
+    Ok(crate::util::rfc3339(date.midnight().assume_utc()))
 }
 
 fn table(records: &[AuditRecord]) -> String {
@@ -55,42 +156,170 @@ fn table(records: &[AuditRecord]) -> String {
     t.render()
 }
 
+/// `audit export --format jsonl`: the header line, then the selected records as the daemon
+/// serialised them.
+pub(super) async fn export(api: &mut Api, args: AuditExportArgs) -> anyhow::Result<()> {
+    let req = request(&args.filter, "export")?;
+    let filters: std::collections::BTreeMap<String, String> = [
+        ("since", &req.since),
+        ("until", &req.until),
+        ("actor", &req.actor),
+        ("action", &req.action),
+        ("target", &req.target),
+        ("outcome", &req.outcome),
+    ]
+    .into_iter()
+    .filter(|(_, v)| !v.is_empty())
+    .map(|(k, v)| (k.to_string(), v.clone()))
+    .collect();
+    let resp = api.audit_list(req).await.map_err(status)?.into_inner();
+    let header = ExportHeader {
+        skep_audit_export: FORMAT_VERSION,
+        cluster_id: resp.cluster_id,
+        public_key: resp.public_key,
+        algorithm: crate::audit::checkpoint::ALGORITHM.to_string(),
+        exported_at: crate::util::now_rfc3339(),
+        filters,
+    };
+    let mut text = serde_json::to_string(&header).context("encoding the export header")?;
+    text.push('\n');
+    text.push_str(&json_lines(&resp.records_json));
+    match &args.output {
+        None => print(&text),
+        Some(path) => write_private(path, text.as_bytes()),
+    }
+}
+
+/// Writes an export readable by its owner only: it names every actor and target.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 pub(super) async fn verify(api: Option<&mut Api>, args: AuditVerifyArgs) -> anyhow::Result<()> {
-    let records = match (&args.file, api) {
+    let from = args.from.unwrap_or(0);
+    let (mut records, key, filtered, source) = match (&args.file, api) {
         (Some(file), _) => {
             let text = read_file(file)?;
-            parse_lines(text.lines(), &format!("line {{}} of {}", file.display()))?
+            let export = crate::audit::export::parse(&text).map_err(|e| {
+                let msg = e.to_string();
+                let named = msg.replacen(
+                    &format!("line {}", e.line()),
+                    &format!("line {} of {}", e.line(), file.display()),
+                    1,
+                );
+                anyhow::Error::new(e).context(named)
+            })?;
+            let header_key = export.header.as_ref().map(|h| h.public_key.clone());
+            let filtered = export
+                .header
+                .as_ref()
+                .is_some_and(|h| !h.filters.is_empty());
+            let (key, source) = match (&args.public_key, header_key) {
+                (Some(k), _) => (Some(k.clone()), KeySource::Given),
+                (None, Some(k)) if !k.is_empty() => (Some(k), KeySource::FileHeader),
+                _ => (None, KeySource::None),
+            };
+            (export.records, key, filtered, source)
         }
         (None, Some(api)) => {
-            let lines = fetch(api).await?;
-            parse_lines(lines.iter().map(String::as_str), "the daemon's record")?
+            let resp = api
+                .audit_list(AuditListRequest {
+                    from_seq: from,
+                    purpose: "verify".into(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let records = parse_lines(
+                resp.records_json.iter().map(String::as_str),
+                "the daemon's record",
+            )?;
+            let (key, source) = match (&args.public_key, resp.public_key) {
+                (Some(k), _) => (Some(k.clone()), KeySource::Given),
+                (None, k) if !k.is_empty() => (Some(k), KeySource::Daemon),
+                _ => (None, KeySource::None),
+            };
+            (records, key, false, source)
         }
         (None, None) => bail!("nothing to verify: give --file or a daemon"),
     };
-    print(&check(&records)?)
+    if from > 0 {
+        records.retain(|r| r.seq >= from);
+    }
+    let opts = VerifyOptions {
+        public_key: key.as_deref(),
+        gaps_allowed: filtered,
+        require_anchor: from == 0 && !filtered,
+    };
+    let report = crate::audit::verify_with(&records, &opts)?;
+    print(&describe(&report, filtered, source))
 }
 
-/// Verifies a whole exported chain and says what was checked.
-fn check(records: &[AuditRecord]) -> anyhow::Result<String> {
-    // An export is the whole chain: without this, dropping its first records would pass.
-    if let Some(first) = records.first()
-        && first.seq != 1
-    {
-        bail!(
-            "audit record {} is out of sequence: expected 1 (the chain must start at its first record)",
-            first.seq
-        );
+/// Where the key checkpoints were checked against came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum KeySource {
+    Given,
+    Daemon,
+    FileHeader,
+    None,
+}
+
+/// Says what was checked, and what that does not prove.
+fn describe(r: &VerifyReport, filtered: bool, source: KeySource) -> String {
+    let (Some(first), Some(last), Some(hash)) = (r.first_seq, r.last_seq, &r.last_hash) else {
+        return "The audit chain is empty.\n".to_string();
+    };
+    let mut out = if filtered {
+        format!(
+            "The filtered export verifies: {} records between {first} and {last}, each matching its hash; links between records that are not adjacent cannot be checked.\n",
+            r.records
+        )
+    } else {
+        format!(
+            "The audit chain is whole: {} records, {first} to {last}, last hash {hash}.\n",
+            r.records
+        )
+    };
+    match r.anchor {
+        Anchor::Checkpoint(seq) => out.push_str(&format!(
+            "It starts at checkpoint {seq} (older records were trimmed), whose signature vouches for the records before it.\n"
+        )),
+        Anchor::Unanchored(seq) if !filtered => out.push_str(&format!(
+            "It was checked from record {seq} on; what precedes it was not checked.\n"
+        )),
+        _ => {}
     }
-    crate::audit::verify(records)?;
-    Ok(match records.last() {
-        None => "The audit chain is empty.\n".to_string(),
-        Some(last) => format!(
-            "The audit chain is whole: {} records, 1 to {}, last hash {}.\n",
-            records.len(),
-            last.seq,
-            last.hash
-        ),
-    })
+    let key = match source {
+        KeySource::Given => "the key given",
+        KeySource::Daemon => "the swarm's audit key",
+        KeySource::FileHeader => {
+            "the key in the export's header (give --public-key to check against a key you trust)"
+        }
+        KeySource::None => "the keys they name (no swarm key was known)",
+    };
+    match r.last_checkpoint {
+        Some(cp) => out.push_str(&format!(
+            "{} signed checkpoints verify against {key}; the last is {cp}{}.\n",
+            r.checkpoints,
+            match last - cp {
+                0 => String::new(),
+                n => format!(", {n} records after it are not signed yet"),
+            }
+        )),
+        None => out.push_str("No signed checkpoint covers these records yet.\n"),
+    }
+    out
 }
 
 fn read_file(path: &Path) -> anyhow::Result<String> {
@@ -151,6 +380,16 @@ mod tests {
         parse_lines(text.lines(), "line {} of f")
     }
 
+    /// Verifies a whole export as `verify --file` does without a key.
+    fn check(records: &[AuditRecord]) -> anyhow::Result<String> {
+        let opts = VerifyOptions {
+            require_anchor: true,
+            ..Default::default()
+        };
+        let report = crate::audit::verify_with(records, &opts)?;
+        Ok(describe(&report, false, KeySource::None))
+    }
+
     #[test]
     fn whole_export_verifies() {
         let recs = parse(&export(4)).unwrap();
@@ -160,6 +399,23 @@ mod tests {
             "{msg}"
         );
         assert_eq!(check(&[]).unwrap(), "The audit chain is empty.\n");
+    }
+
+    #[test]
+    fn times_are_durations_ago_rfc3339_or_dates() {
+        let now = crate::util::parse_rfc3339("2026-11-02T12:00:00Z").unwrap();
+        assert_eq!(resolve_time("1h", now).unwrap(), "2026-11-02T11:00:00Z");
+        assert_eq!(resolve_time("30m", now).unwrap(), "2026-11-02T11:30:00Z");
+        assert_eq!(
+            resolve_time("2026-11-01T10:00:00+02:00", now).unwrap(),
+            "2026-11-01T08:00:00Z"
+        );
+        assert_eq!(
+            resolve_time("2026-11-01", now).unwrap(),
+            "2026-11-01T00:00:00Z"
+        );
+        let e = format!("{:#}", resolve_time("yesterday", now).unwrap_err());
+        assert!(e.contains("is not a duration"), "{e}");
     }
 
     #[test]
@@ -177,7 +433,10 @@ mod tests {
             .map(|l| format!("{l}\n"))
             .collect();
         let e = check(&parse(&text).unwrap()).unwrap_err().to_string();
-        assert!(e.contains("audit record 2 is out of sequence"), "{e}");
+        assert!(
+            e.contains("audit record 2 starts the chain, but a chain must start at record 1 or at a signed checkpoint"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -121,6 +121,15 @@ struct DaemonArgs {
     /// How often agents send heartbeats (tests shorten it).
     #[arg(long, hide = true, value_name = "DURATION", default_value = "5s", value_parser = positive_duration)]
     heartbeat_period: Duration,
+    /// For tests: the leader signs an audit checkpoint after this many records (default 256).
+    #[arg(long, hide = true, value_name = "N", env = "SKEP_AUDIT_CHECKPOINT_RECORDS",
+          default_value_t = crate::audit::checkpoint::DEFAULT_EVERY_RECORDS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    audit_checkpoint_records: u64,
+    /// For tests: ... or when the oldest record without a checkpoint is this old (default 60s).
+    #[arg(long, hide = true, value_name = "DURATION", env = "SKEP_AUDIT_CHECKPOINT_INTERVAL",
+          default_value = "60s", value_parser = positive_duration)]
+    audit_checkpoint_interval: Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -188,6 +197,10 @@ struct SwarmUpdateArgs {
     /// at 50-80% of their certificate's life.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     cert_expiry: Option<Duration>,
+    /// Keep at least this many audit records (0: all, the default). The leader trims older
+    /// ones at a signed checkpoint; run `skep audit export` first to keep what you need.
+    #[arg(long, value_name = "N")]
+    audit_retention: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -378,8 +391,34 @@ enum AuditCommand {
     /// List the audit records, oldest first.
     #[command(alias = "list")]
     Ls(AuditLsArgs),
-    /// Verify the hash chain of the audit log (from the daemon, or an exported file).
+    /// Verify the hash chain and signed checkpoints (from the daemon, or an exported file).
     Verify(AuditVerifyArgs),
+    /// Write the records for a SIEM: a header line, then one JSON record per line
+    /// (docs/audit-export.md).
+    Export(AuditExportArgs),
+}
+
+/// Which records to read; the manager applies them.
+#[derive(Debug, Default, Args)]
+struct AuditFilterArgs {
+    /// Records at or after this time: a duration ago (1h, 30m) or an RFC 3339 time or date.
+    #[arg(long, value_name = "WHEN")]
+    since: Option<String>,
+    /// Records at or before this time: a duration ago or an RFC 3339 time or date.
+    #[arg(long, value_name = "WHEN")]
+    until: Option<String>,
+    /// The actor's ID, or KIND:ID (local-admin:ID, node:ID, anonymous:ADDR).
+    #[arg(long, value_name = "ACTOR")]
+    actor: Option<String>,
+    /// An action (secret.create), or a prefix ending in `.` or `*` (secret.*).
+    #[arg(long, value_name = "ACTION")]
+    action: Option<String>,
+    /// The exact target.
+    #[arg(long, value_name = "TARGET")]
+    target: Option<String>,
+    /// ok, denied or error.
+    #[arg(long, value_name = "OUTCOME", value_parser = ["ok", "denied", "error"])]
+    outcome: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -387,13 +426,38 @@ struct AuditLsArgs {
     /// Print each record as a JSON line (the export format `audit verify --file` reads).
     #[arg(long)]
     json: bool,
+    /// Keep printing new records as they are committed, until interrupted.
+    #[arg(short, long)]
+    follow: bool,
+    #[command(flatten)]
+    filter: AuditFilterArgs,
+}
+
+#[derive(Debug, Args)]
+struct AuditExportArgs {
+    /// The export format.
+    #[arg(long, value_name = "FORMAT", default_value = "jsonl", value_parser = ["jsonl"])]
+    format: String,
+    /// Write to this file instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    #[command(flatten)]
+    filter: AuditFilterArgs,
 }
 
 #[derive(Debug, Args)]
 struct AuditVerifyArgs {
-    /// Verify this JSON-lines export (`skep audit ls --json > FILE`) offline; `-` is stdin.
+    /// Verify this JSON-lines export (`skep audit export`, `skep audit ls --json`) offline;
+    /// `-` is stdin.
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
+    /// Check checkpoints against this audit public key (hex), e.g. from `skep audit
+    /// export`'s header kept somewhere safe; with the daemon, its key is used.
+    #[arg(long, value_name = "HEX")]
+    public_key: Option<String>,
+    /// Start at this record instead of the first one kept.
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -509,6 +573,7 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         Command::Agent(cmd) => policy::agent(&mut api, cmd).await,
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
+        Command::Audit(AuditCommand::Export(args)) => audit::export(&mut api, args).await,
         Command::Daemon(_) | Command::Dev(_) => unreachable_command(),
     }
 }
@@ -526,6 +591,10 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         socket: args.socket,
         hostname: args.hostname,
         heartbeat_period: args.heartbeat_period,
+        audit_checkpoints: crate::audit::checkpoint::CheckpointPolicy {
+            every_records: args.audit_checkpoint_records,
+            every_secs: args.audit_checkpoint_interval.as_secs().max(1),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

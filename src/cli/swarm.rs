@@ -238,9 +238,14 @@ fn ca_message(
 
 /// The request `swarm update` sends, checked before anything is sent.
 pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpdateRequest> {
-    if args.cert_expiry.is_none() && args.dispatcher_heartbeat.is_none() && args.autolock.is_none()
+    if args.cert_expiry.is_none()
+        && args.dispatcher_heartbeat.is_none()
+        && args.autolock.is_none()
+        && args.audit_retention.is_none()
     {
-        bail!("nothing to update: give --dispatcher-heartbeat, --cert-expiry or --autolock");
+        bail!(
+            "nothing to update: give --dispatcher-heartbeat, --cert-expiry, --autolock or --audit-retention"
+        );
     }
     let ms = match args.dispatcher_heartbeat {
         Some(hb) => {
@@ -261,6 +266,7 @@ pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpda
         dispatcher_heartbeat_ms: ms,
         cert_expiry_secs,
         autolock: args.autolock.map(|b| b.to_string()).unwrap_or_default(),
+        audit_retention: args.audit_retention,
     })
 }
 

@@ -7,6 +7,7 @@
 //!  Manager (raft RPCs, propose, join) ─┘
 //! ```
 
+pub mod audit;
 pub mod control;
 pub mod dispatch;
 pub mod entitle;
@@ -152,6 +153,7 @@ pub struct Manager {
     liveness: Mutex<Liveness>,
     heartbeat_period: Duration,
     ca: Mutex<HashMap<String, Arc<skep_pki::RootCa>>>,
+    reads: Mutex<audit::ReadCoalescer>,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -185,6 +187,7 @@ impl Manager {
             liveness: Mutex::new(Liveness::default()),
             heartbeat_period: id.heartbeat_period,
             ca: Mutex::new(HashMap::new()),
+            reads: Mutex::new(audit::ReadCoalescer::default()),
         })
     }
 

@@ -19,6 +19,7 @@ pub mod seal;
 pub mod secret_obj;
 pub mod service;
 pub mod sm;
+pub mod testing;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};

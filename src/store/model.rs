@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::secret::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::checkpoint::{AuditKey, CHECKPOINT_ACTION, Checkpoint};
 use crate::audit::{AuditChain, AuditEvent};
 use crate::store::secret_obj::Secret;
 use crate::store::service::{Resources, Runtime, Service, Task, TaskStatus};
@@ -42,6 +43,14 @@ pub struct Cluster {
     /// A root CA rotation in progress (`swarm ca --rotate`).
     #[serde(default)]
     pub ca_rotation: Option<RootRotation>,
+    /// The managers' key that signs audit checkpoints; made at `swarm init`, or by the
+    /// leader on first need in a swarm created before checkpoints existed.
+    #[serde(default)]
+    pub audit_key: Option<AuditKey>,
+    /// How many audit records to keep at least (`swarm update --audit-retention`); 0 keeps
+    /// them all.
+    #[serde(default)]
+    pub audit_retention: u64,
 }
 
 /// A root CA rotation in progress: certificates are issued by the new root (presented with
@@ -83,6 +92,8 @@ impl std::fmt::Debug for Cluster {
             .field("autolock", &self.autolock)
             .field("unlock_key", &self.unlock_key.as_ref().map(|_| ".."))
             .field("ca_rotation", &self.ca_rotation)
+            .field("audit_key", &self.audit_key)
+            .field("audit_retention", &self.audit_retention)
             .finish()
     }
 }
@@ -340,6 +351,23 @@ pub enum Command {
         /// The new unlock key, or `None` for no autolock.
         unlock_key: Option<SecretString>,
     },
+    /// Installs the audit signing key of a swarm that has none. Refused if it has one: two
+    /// leaders racing to make one cannot replace each other's.
+    SetAuditKey(AuditKey),
+    /// Appends a signed checkpoint of the audit chain. Refused unless it covers the head of
+    /// the chain as it is when applied, and is signed by the swarm's key.
+    AuditCheckpoint(Checkpoint),
+    /// Drops the audit records before `first_seq` (retention). Refused unless the record at
+    /// `first_seq` is a checkpoint, so the chain still starts at a signed record.
+    AuditTrim {
+        /// The seq of the checkpoint that becomes the first record.
+        first_seq: u64,
+    },
+    /// Sets how many audit records to keep at least (0: all).
+    SetAuditRetention {
+        /// Records.
+        keep: u64,
+    },
     /// Replaces a join token (`join-token --rotate`): the old one is refused from then on.
     RotateToken {
         /// Whose token.
@@ -490,6 +518,29 @@ impl State {
             Command::PutOperator(op) if self.operators.contains_key(&op.name) => {
                 Err(format!("operator {} already exists", op.name))
             }
+            Command::SetAuditKey(_) => match &self.cluster {
+                None => Err("the cluster is not initialised".into()),
+                Some(c) if c.audit_key.is_some() => {
+                    Err("the swarm has an audit signing key already".into())
+                }
+                Some(_) => Ok(()),
+            },
+            Command::AuditCheckpoint(cp) => {
+                let key = self.cluster.as_ref().and_then(|c| c.audit_key.as_ref());
+                if key.is_none_or(|k| k.public_key() != cp.public_key) {
+                    Err("the audit checkpoint is not signed by the swarm's audit key".into())
+                } else if !cp.covers_head_of(&self.audit) {
+                    Err("the audit checkpoint is stale: records were appended since".into())
+                } else {
+                    Ok(())
+                }
+            }
+            Command::AuditTrim { first_seq } => match self.audit.get(*first_seq) {
+                Some(r) if r.event.action == CHECKPOINT_ACTION => Ok(()),
+                _ => Err(format!(
+                    "audit record {first_seq} is not a kept checkpoint: the chain can only be trimmed at one"
+                )),
+            },
             Command::Batch(cmds) => cmds.iter().try_for_each(|c| self.check(c)),
             _ => Ok(()),
         }
@@ -512,6 +563,22 @@ impl State {
             }
             Command::Audit(event) => {
                 self.audit.append(event);
+            }
+            Command::SetAuditKey(key) => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.audit_key = Some(key);
+                }
+            }
+            Command::AuditCheckpoint(cp) => {
+                self.audit.append(cp.to_event());
+            }
+            Command::AuditTrim { first_seq } => {
+                self.audit.trim_before(first_seq);
+            }
+            Command::SetAuditRetention { keep } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.audit_retention = keep;
+                }
             }
             Command::UpdateNode {
                 id,
@@ -813,6 +880,8 @@ mod tests {
             unlock_key: None,
             heartbeat_period_ms: 0,
             ca_rotation: None,
+            audit_key: None,
+            audit_retention: 0,
         })));
         let rotation = RootRotation {
             cert_pem: "new".into(),
@@ -839,5 +908,68 @@ mod tests {
         assert_eq!(c.worker_token.expose(), "w-new");
         assert!(c.ca_rotation.is_none());
         assert!(!format!("{c:?}").contains("new key"), "{c:?}");
+    }
+
+    #[test]
+    fn audit_keys_checkpoints_and_trims_are_checked_against_the_state() {
+        use crate::audit::checkpoint::AuditKey;
+        let mut s = State::default();
+        let key = AuditKey::generate().unwrap();
+        let other = AuditKey::generate().unwrap();
+        assert!(matches!(
+            s.apply(Command::SetAuditKey(key.clone())),
+            Response::Rejected(_)
+        ));
+        s.apply(Command::InitCluster(Box::new(Cluster {
+            id: "c".into(),
+            created_at: String::new(),
+            ca_cert_pem: String::new(),
+            ca_key_pem: SecretString::new("k"),
+            worker_token: SecretString::new("w"),
+            manager_token: SecretString::new("m"),
+            cert_expiry_secs: 60,
+            autolock: false,
+            unlock_key: None,
+            heartbeat_period_ms: 0,
+            ca_rotation: None,
+            audit_key: None,
+            audit_retention: 0,
+        })));
+        assert_eq!(s.apply(Command::SetAuditKey(key.clone())), Response::Ok);
+        // A second key never replaces the first.
+        assert!(matches!(
+            s.apply(Command::SetAuditKey(other.clone())),
+            Response::Rejected(_)
+        ));
+        let ev = || AuditEvent::now(Actor::system(), "x.y", "t", Outcome::Ok);
+        s.apply(Command::Audit(ev()));
+        let now = crate::util::now_rfc3339();
+        let cp = Checkpoint::sign(&key, "m1", now.clone(), &s.audit).unwrap();
+        let forged = Checkpoint::sign(&other, "m1", now, &s.audit).unwrap();
+        assert!(matches!(
+            s.apply(Command::AuditCheckpoint(forged)),
+            Response::Rejected(_)
+        ));
+        s.apply(Command::Audit(ev()));
+        // Stale: a record was appended after it was signed.
+        assert!(matches!(
+            s.apply(Command::AuditCheckpoint(cp)),
+            Response::Rejected(_)
+        ));
+        let cp = Checkpoint::sign(&key, "m1", crate::util::now_rfc3339(), &s.audit).unwrap();
+        assert_eq!(s.apply(Command::AuditCheckpoint(cp)), Response::Ok);
+        s.apply(Command::Audit(ev()));
+        assert!(matches!(
+            s.apply(Command::AuditTrim { first_seq: 2 }),
+            Response::Rejected(_)
+        ));
+        assert_eq!(s.apply(Command::AuditTrim { first_seq: 3 }), Response::Ok);
+        assert_eq!(s.audit.records()[0].seq, 3);
+        assert_eq!(
+            s.apply(Command::SetAuditRetention { keep: 9 }),
+            Response::Ok
+        );
+        assert_eq!(s.cluster.as_ref().unwrap().audit_retention, 9);
+        assert!(!format!("{s:?}").contains("SecretBytes"));
     }
 }

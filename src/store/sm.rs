@@ -355,31 +355,51 @@ fn open_snapshot_file(sealer: &Sealer, file: &[u8]) -> Result<Zeroizing<Vec<u8>>
         .map_err(OpenError::Sealed)
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
-    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+impl StateMachineStore {
+    /// The current state as a snapshot: its metadata and plaintext payload.
+    fn snapshot_payload(&self) -> StorageResult<(Meta, Zeroizing<Vec<u8>>)> {
         let mut nonce = [0u8; 8];
         rand::rng().fill_bytes(&mut nonce);
-        let (meta, payload) = {
-            let a = read_lock(&self.inner.applied);
-            let snapshot_id = match a.last_applied {
-                Some(l) => format!("{}-{}-{}", l.leader_id, l.index, hex::encode(nonce)),
-                None => format!("--{}", hex::encode(nonce)),
-            };
-            let meta = Meta {
-                last_log_id: a.last_applied,
-                last_membership: a.last_membership.clone(),
-                snapshot_id,
-            };
-            let payload = serde_json::to_vec(&PayloadRef {
-                meta: &meta,
-                state: &a.state,
-            })
-            .map(Zeroizing::new)
-            .map_err(|e| {
-                StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
-            })?;
-            (meta, payload)
+        let a = read_lock(&self.inner.applied);
+        let snapshot_id = match a.last_applied {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, hex::encode(nonce)),
+            None => format!("--{}", hex::encode(nonce)),
         };
+        let meta = Meta {
+            last_log_id: a.last_applied,
+            last_membership: a.last_membership.clone(),
+            snapshot_id,
+        };
+        let payload = serde_json::to_vec(&PayloadRef {
+            meta: &meta,
+            state: &a.state,
+        })
+        .map(Zeroizing::new)
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        Ok((meta, payload))
+    }
+
+    /// Changes the applied state behind Raft's back and seals it as the current snapshot, so
+    /// a restart starts from it. Only for tests that play an attacker holding the data key
+    /// (see [`super::testing`]); never called by the daemon.
+    #[doc(hidden)]
+    pub async fn rewrite_state_for_test(
+        &self,
+        change: impl FnOnce(&mut State),
+    ) -> Result<(), StoreError> {
+        change(&mut write_lock(&self.inner.applied).state);
+        let (meta, payload) = self
+            .snapshot_payload()
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        self.persist(&meta, &payload, true)
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
+        let (meta, payload) = self.snapshot_payload()?;
         self.persist(&meta, &payload, false).await?;
         tracing::info!(snapshot = %meta.snapshot_id, "built a state machine snapshot");
         Ok(Snapshot {

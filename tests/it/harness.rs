@@ -707,10 +707,21 @@ impl Cluster {
 
     /// Like [`Cluster::init`], with extra `swarm init` flags (`--autolock`, `--cert-expiry`).
     pub fn init_with(managers: usize, workers: usize, init_args: &[&str]) -> Cluster {
+        Cluster::init_opts(managers, workers, init_args, &[])
+    }
+
+    /// Like [`Cluster::init_with`], with extra `skep daemon` flags for every node (kept for
+    /// restarts), e.g. `--audit-checkpoint-records 4`.
+    pub fn init_opts(
+        managers: usize,
+        workers: usize,
+        init_args: &[&str],
+        daemon_args: &[&str],
+    ) -> Cluster {
         assert!(managers >= 1, "a swarm needs a manager");
         let mut nodes: Vec<Node> = (1..=managers)
-            .map(|i| Node::new(&format!("m{i}"), &[]))
-            .chain((1..=workers).map(|i| Node::new(&format!("w{i}"), &[])))
+            .map(|i| Node::new(&format!("m{i}"), daemon_args))
+            .chain((1..=workers).map(|i| Node::new(&format!("w{i}"), daemon_args)))
             .collect();
         for n in &mut nodes {
             n.spawn();

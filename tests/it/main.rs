@@ -10,6 +10,7 @@
 mod harness;
 
 mod at_rest;
+mod audit_review;
 mod bad_input;
 mod ca_rotation;
 mod cli;
