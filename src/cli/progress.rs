@@ -382,6 +382,7 @@ mod tests {
                 task: t.spec.clone(),
                 update: Default::default(),
                 rollback: Default::default(),
+                ports: Vec::new(),
             },
             version: 1,
             previous: None,

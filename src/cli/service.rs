@@ -84,6 +84,9 @@ pub(super) struct CreateArgs {
     /// Give the tasks a secret (NAME, or source=NAME,target=PATH,uid=N,gid=N,mode=0NNN).
     #[arg(long = "secret", value_name = "SECRET")]
     secrets: Vec<String>,
+    /// Publish a port (PUBLISHED:TARGET[/udp], or published=P,target=T,protocol=tcp,mode=ingress|host).
+    #[arg(short = 'p', long = "publish", value_name = "PORT")]
+    publish: Vec<String>,
     #[command(flatten)]
     spec: SpecFlags,
     /// Exit immediately instead of waiting for the service to converge.
@@ -114,6 +117,7 @@ impl CreateArgs {
             labels: &self.labels,
             constraints: &self.constraints,
             secrets: &self.secrets,
+            publish: &self.publish,
             args: &self.args,
         }
     }
@@ -822,6 +826,7 @@ mod tests {
                 task,
                 update: Default::default(),
                 rollback: Default::default(),
+                ports: Vec::new(),
             },
             version: 1,
             previous: None,

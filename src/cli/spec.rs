@@ -307,6 +307,8 @@ pub(super) struct CreateSpec<'a> {
     pub constraints: &'a [String],
     /// `--secret`.
     pub secrets: &'a [String],
+    /// `--publish`.
+    pub publish: &'a [String],
     /// IMAGE [COMMAND] [ARG...], or with `--runtime exec` COMMAND [ARG...].
     pub args: &'a [String],
 }
@@ -391,6 +393,11 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
+        ports: c
+            .publish
+            .iter()
+            .map(|p| manager_spec::parse_publish(p))
+            .collect::<Result<_, _>>()?,
     };
     flags.apply(&mut spec)?;
     validate(&spec)?;

@@ -58,6 +58,7 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
+        ports: Vec::new(),
     }
 }
 

@@ -6,7 +6,8 @@
 //! values that parsed.
 
 use crate::store::service::{
-    Constraint, ConstraintOp, Mode, Resources, Runtime, ServiceSpec, UpdateConfig,
+    Constraint, ConstraintOp, Mode, PortConfig, PortProtocol, PublishMode, Resources, Runtime,
+    ServiceSpec, UpdateConfig,
 };
 
 /// The largest replica count a service may ask for: each replica is a task in the replicated
@@ -36,6 +37,14 @@ pub enum SpecError {
     /// Too many replicas, or an unknown mode.
     #[error("replicas: {0}")]
     Replicas(String),
+    /// A published port that does not parse or clashes.
+    #[error("publish {text:?}: {reason}")]
+    Publish {
+        /// The port as written.
+        text: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// `--mode` is neither replicated nor global.
     #[error("mode: {0:?} is not a service mode (use replicated or global)")]
     Mode(String),
@@ -90,9 +99,92 @@ pub enum SpecError {
     },
 }
 
+/// Parses `--publish`: `PUBLISHED:TARGET[/PROTOCOL]` or
+/// `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]`.
+pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
+    let bad = |reason: &str| SpecError::Publish {
+        text: text.chars().take(80).collect(),
+        reason: reason.to_string(),
+    };
+    let port = |v: &str, what: &str| -> Result<u16, SpecError> {
+        match v.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(bad(&format!(
+                "{what} port {v:?} is not a number from 1 to 65535"
+            ))),
+        }
+    };
+    let protocol = |v: &str| match v {
+        "tcp" => Ok(PortProtocol::Tcp),
+        "udp" => Ok(PortProtocol::Udp),
+        other => Err(bad(&format!("protocol {other:?} is not tcp or udp"))),
+    };
+    if text.contains('=') {
+        let (mut published, mut target) = (None, None);
+        let mut cfg = PortConfig {
+            published: 0,
+            target: 0,
+            protocol: PortProtocol::Tcp,
+            mode: PublishMode::Ingress,
+        };
+        for part in text.split(',') {
+            let (k, v) = part
+                .split_once('=')
+                .ok_or_else(|| bad(&format!("{part:?} is not KEY=VALUE")))?;
+            match k.trim() {
+                "published" => published = Some(port(v, "published")?),
+                "target" => target = Some(port(v, "target")?),
+                "protocol" => cfg.protocol = protocol(v.trim())?,
+                "mode" => {
+                    cfg.mode = match v.trim() {
+                        "ingress" => PublishMode::Ingress,
+                        "host" => PublishMode::Host,
+                        other => {
+                            return Err(bad(&format!("mode {other:?} is not ingress or host")));
+                        }
+                    }
+                }
+                other => return Err(bad(&format!("unknown key {other:?}"))),
+            }
+        }
+        cfg.target = target.ok_or_else(|| bad("target is missing"))?;
+        cfg.published =
+            published.ok_or_else(|| bad("published is missing (skep does not pick one)"))?;
+        return Ok(cfg);
+    }
+    let (ports, proto) = match text.split_once('/') {
+        Some((p, proto)) => (p, protocol(proto)?),
+        None => (text, PortProtocol::Tcp),
+    };
+    let (published, target) = ports
+        .split_once(':')
+        .ok_or_else(|| bad("expected PUBLISHED:TARGET (skep does not pick a published port)"))?;
+    Ok(PortConfig {
+        published: port(published, "published")?,
+        target: port(target, "target")?,
+        protocol: proto,
+        mode: PublishMode::Ingress,
+    })
+}
+
 /// Checks a whole spec; the first problem found is returned.
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     validate_name(&spec.name)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for p in &spec.ports {
+        if p.published == 0 || p.target == 0 {
+            return Err(SpecError::Publish {
+                text: format!("{}:{}", p.published, p.target),
+                reason: "ports are 1 to 65535".into(),
+            });
+        }
+        if !seen.insert((p.published, p.protocol)) {
+            return Err(SpecError::Publish {
+                text: format!("{}:{}", p.published, p.target),
+                reason: format!("port {} is published twice", p.published),
+            });
+        }
+    }
     for key in spec.labels.keys() {
         if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(SpecError::Label(key.clone()));
@@ -511,6 +603,7 @@ mod tests {
             },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
+            ports: Vec::new(),
         }
     }
 
@@ -656,5 +749,41 @@ mod tests {
         ] {
             assert!(parse_image(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn publish_short_and_long_syntax() {
+        let p = parse_publish("4000:80").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol, p.mode),
+            (4000, 80, PortProtocol::Tcp, PublishMode::Ingress)
+        );
+        assert_eq!(
+            parse_publish("53:53/udp").unwrap().protocol,
+            PortProtocol::Udp
+        );
+        let l = parse_publish("published=8080,target=80,protocol=tcp,mode=host").unwrap();
+        assert_eq!(
+            (l.published, l.target, l.mode),
+            (8080, 80, PublishMode::Host)
+        );
+        for bad in [
+            "80",
+            "0:80",
+            "70000:80",
+            "4000:80/sctp",
+            "target=80",
+            "published=1,target=2,x=3",
+            "a:b",
+            "",
+        ] {
+            assert!(parse_publish(bad).is_err(), "{bad}");
+        }
+        let mut spec = spec();
+        spec.ports = vec![
+            parse_publish("4000:80").unwrap(),
+            parse_publish("4000:81").unwrap(),
+        ];
+        assert!(matches!(validate(&spec), Err(SpecError::Publish { .. })));
     }
 }

@@ -206,6 +206,43 @@ impl SecretRef {
     }
 }
 
+/// A port a service publishes (`--publish 4000:80`, compose `ports:`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortConfig {
+    /// The port every node (ingress) or the task's node (host) listens on.
+    pub published: u16,
+    /// The port the task listens on.
+    pub target: u16,
+    /// tcp or udp.
+    #[serde(default)]
+    pub protocol: PortProtocol,
+    /// ingress (the routing mesh, every node) or host (only nodes running a task).
+    #[serde(default)]
+    pub mode: PublishMode,
+}
+
+/// A published port's transport.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// How a port is published.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// Every node listens and forwards to a task, wherever it runs (over mTLS between nodes).
+    #[default]
+    Ingress,
+    /// Only the nodes running a task listen, and forward to their own task.
+    Host,
+}
+
 /// What the operator declared.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceSpec {
@@ -221,6 +258,9 @@ pub struct ServiceSpec {
     pub update: UpdateConfig,
     /// Rollback settings.
     pub rollback: UpdateConfig,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortConfig>,
 }
 
 /// Where a rolling update is.
