@@ -390,6 +390,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             reservations: Default::default(),
             limits: Default::default(),
             secrets,
+            ports: Vec::new(),
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

@@ -284,6 +284,7 @@ pub(super) mod tests {
                 reservations: Default::default(),
                 limits: Default::default(),
                 secrets: vec![],
+                ports: Vec::new(),
             },
             spec_version: 1,
             desired: DesiredState::Running,

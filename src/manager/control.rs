@@ -186,6 +186,7 @@ impl Manager {
         actor: Actor,
         mut spec: ServiceSpec,
     ) -> Result<String, ManagerError> {
+        super::spec::normalize(&mut spec);
         super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
         let id = skep_pki::new_id();
         self.resolve_secrets(&actor, &id, &mut spec).await?;
@@ -247,6 +248,7 @@ impl Manager {
             action = "service.rollback";
         } else {
             let mut spec = new.ok_or_else(|| ManagerError::Invalid("no spec given".into()))?;
+            super::spec::normalize(&mut spec);
             super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
             self.resolve_secrets(&actor, &svc.id, &mut spec).await?;
             if spec.name != old.name {

@@ -357,6 +357,7 @@ mod tests {
                 reservations: Resources::default(),
                 limits: Resources::default(),
                 secrets: vec![],
+                ports: Vec::new(),
             },
             spec_version: 1,
             desired,

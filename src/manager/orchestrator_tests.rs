@@ -55,6 +55,7 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
             reservations: Resources::default(),
             limits: Resources::default(),
             secrets: vec![],
+            ports: Vec::new(),
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

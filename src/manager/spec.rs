@@ -167,6 +167,15 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
     })
 }
 
+/// Derives what the manager keeps in step with the rest of a spec: the tasks' target ports
+/// from the published ports.
+pub fn normalize(spec: &mut ServiceSpec) {
+    let mut targets: Vec<u16> = spec.ports.iter().map(|p| p.target).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    spec.task.ports = targets;
+}
+
 /// Checks a whole spec; the first problem found is returned.
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     validate_name(&spec.name)?;
@@ -600,6 +609,7 @@ mod tests {
                 reservations: Resources::default(),
                 limits: Resources::default(),
                 secrets: vec![],
+                ports: Vec::new(),
             },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),

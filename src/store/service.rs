@@ -173,6 +173,10 @@ pub struct TaskSpec {
     /// Secrets the tasks receive (`--secret`).
     #[serde(default)]
     pub secrets: Vec<SecretRef>,
+    /// The ports the task listens on (the targets of the service's published ports; set by
+    /// the manager from [`ServiceSpec::ports`]).
+    #[serde(default)]
+    pub ports: Vec<u16>,
 }
 
 /// Where a secret appears in a task (`--secret source=NAME,target=PATH,...`).

@@ -43,6 +43,7 @@ fn task(runtime: Runtime, image: &str, command: &[&str], env: &[&str]) -> Task {
             reservations: Resources::default(),
             limits: Resources::default(),
             secrets: vec![],
+            ports: Vec::new(),
         },
         spec_version: 1,
         desired: DesiredState::Running,

@@ -537,6 +537,7 @@ mod tests {
                     memory_bytes: 0,
                 },
                 secrets: vec![],
+                ports: Vec::new(),
             },
             spec_version: 1,
             desired: crate::store::service::DesiredState::Running,
