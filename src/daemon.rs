@@ -476,6 +476,19 @@ impl Daemon {
                 .run(),
             ),
         ];
+        let mut tasks = tasks;
+        tasks.push(tokio::spawn(
+            Arc::new(crate::agent::mesh::Mesh {
+                node_id: file.node_id.clone(),
+                cluster_id: file.cluster_id.clone(),
+                listen_ip: self.cfg.listen_addr.ip(),
+                supervisor: supervisor.clone(),
+                managers: link.managers.clone(),
+                tls: link.client_tls.clone(),
+                identity: identity.clone(),
+            })
+            .run(),
+        ));
         let (manager, role_tasks) = self
             .start_role(&file, kek, &identity, &supervisor, &link)
             .await?;

@@ -10,6 +10,7 @@ use tonic::transport::Channel;
 
 pub mod executor;
 pub mod join;
+pub mod mesh;
 pub mod secrets;
 pub mod supervisor;
 

@@ -38,6 +38,8 @@ struct Local {
     ended: watch::Receiver<bool>,
     /// No longer assigned; kept so its logs can still be read.
     finished: bool,
+    /// Where the task listens, by target port (for the routing mesh), once it runs.
+    endpoints: HashMap<u16, std::net::SocketAddr>,
 }
 
 /// Finished tasks whose logs a node keeps.
@@ -380,6 +382,7 @@ impl Supervisor {
                         stop: Some(stop_tx),
                         ended: ended_rx,
                         finished: false,
+                        endpoints: HashMap::new(),
                     },
                 );
                 drop(local);
@@ -478,6 +481,23 @@ impl Supervisor {
         }
     }
 
+    /// Where this node's running task `task_id` listens on `target` (the routing mesh's way
+    /// in), if it runs here and publishes that port.
+    pub fn endpoint(&self, task_id: &str, target: u16) -> Option<std::net::SocketAddr> {
+        let local = self.lock();
+        let l = local.get(task_id)?;
+        if l.finished || *l.ended.borrow() {
+            return None;
+        }
+        l.endpoints.get(&target).copied()
+    }
+
+    fn set_endpoints(&self, task_id: &str, endpoints: HashMap<u16, std::net::SocketAddr>) {
+        if let Some(l) = self.lock().get_mut(task_id) {
+            l.endpoints = endpoints;
+        }
+    }
+
     /// Log lines of tasks this node ran.
     pub async fn logs(&self, ids: &[String], tail: usize) -> Vec<LogLine> {
         let tasks: Vec<Task> = {
@@ -528,19 +548,59 @@ async fn run_task(sup: Arc<Supervisor>, task: Task, mut stop: watch::Receiver<bo
         ));
         return;
     }
-    run_started(&sup.execs, &report, &task, secrets.as_ref(), &mut stop).await;
+    let (to_run, endpoints) = with_ports(task.clone());
+    run_started(
+        &sup,
+        &report,
+        &to_run,
+        endpoints,
+        secrets.as_ref(),
+        &mut stop,
+    )
+    .await;
     if let Some(s) = secrets {
         let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
     }
 }
 
+/// An exec task shares the node's network, so each port it is to listen on gets a free local
+/// port, given in its environment: `PORT` (the first), `SKEP_PORT_<TARGET>` (each); with
+/// `SKEP_TASK_ID` and `SKEP_NODE_ID`. Docker tasks listen on their own address.
+fn with_ports(mut task: Task) -> (Task, HashMap<u16, std::net::SocketAddr>) {
+    let mut endpoints = HashMap::new();
+    if task.spec.ports.is_empty() {
+        return (task, endpoints);
+    }
+    task.spec.env.push(format!("SKEP_TASK_ID={}", task.id));
+    task.spec.env.push(format!("SKEP_NODE_ID={}", task.node_id));
+    if task.spec.runtime == crate::store::service::Runtime::Exec {
+        for (i, target) in task.spec.ports.clone().into_iter().enumerate() {
+            let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", 0)) else {
+                continue;
+            };
+            let Ok(addr) = l.local_addr() else { continue };
+            drop(l);
+            if i == 0 {
+                task.spec.env.push(format!("PORT={}", addr.port()));
+            }
+            task.spec
+                .env
+                .push(format!("SKEP_PORT_{target}={}", addr.port()));
+            endpoints.insert(target, addr);
+        }
+    }
+    (task, endpoints)
+}
+
 async fn run_started(
-    execs: &Executors,
+    sup: &Supervisor,
     report: &(dyn Fn(TaskStatus) + Sync),
     task: &Task,
+    mut endpoints: HashMap<u16, std::net::SocketAddr>,
     secrets: Option<&TaskSecrets>,
     stop: &mut watch::Receiver<bool>,
 ) {
+    let execs = &sup.execs;
     let files = secrets.map(TaskSecrets::files_dir);
     let start = tokio::select! {
         r = execs.start(task, files.as_deref()) => r,
@@ -561,6 +621,15 @@ async fn run_started(
             return;
         }
     };
+    if !task.spec.ports.is_empty()
+        && task.spec.runtime == crate::store::service::Runtime::Docker
+        && let Some(ip) = execs.container_ip(task).await
+    {
+        for target in &task.spec.ports {
+            endpoints.insert(*target, std::net::SocketAddr::new(ip, *target));
+        }
+    }
+    sup.set_endpoints(&task.id, endpoints);
     report(status(TaskState::Running, "started", "", None));
     tokio::select! {
         code = handle.wait() => report(ended(code)),
@@ -597,6 +666,28 @@ pub struct AgentService(pub Arc<Supervisor>);
 
 #[tonic::async_trait]
 impl AgentRpc for AgentService {
+    type TunnelStream =
+        tokio_stream::wrappers::ReceiverStream<Result<crate::api::v1::TunnelFrame, Status>>;
+
+    /// The routing mesh's way into this node's tasks: only member nodes (their certificates
+    /// verified, revoked ones refused at the handshake) may open one.
+    async fn tunnel(
+        &self,
+        req: Request<tonic::Streaming<crate::api::v1::TunnelFrame>>,
+    ) -> Result<Response<Self::TunnelStream>, Status> {
+        let Some(peer) = req
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.clone())
+        else {
+            return Err(Status::permission_denied(
+                "permission denied: only swarm nodes may open routing-mesh tunnels",
+            ));
+        };
+        let stream = super::mesh::serve_tunnel(&self.0, peer.node_id(), req.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+
     async fn task_logs(
         &self,
         req: Request<TaskLogsRequest>,

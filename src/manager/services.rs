@@ -414,8 +414,63 @@ impl Services {
     }
 }
 
+impl Services {
+    /// The routing table: every published port with the running tasks of its service and
+    /// the addresses of their nodes.
+    fn routes(&self) -> crate::api::v1::RoutesResponse {
+        use crate::store::service::{PortProtocol, PublishMode, TaskState};
+        let routes = self.mgr.read(|s| {
+            s.services
+                .values()
+                .filter(|svc| !svc.spec.ports.is_empty())
+                .flat_map(|svc| {
+                    let tasks: Vec<crate::api::v1::RouteTask> = s
+                        .tasks
+                        .values()
+                        .filter(|t| t.service_id == svc.id && t.status.state == TaskState::Running)
+                        .filter_map(|t| {
+                            let node = s.nodes.get(&t.node_id)?;
+                            Some(crate::api::v1::RouteTask {
+                                task_id: t.id.clone(),
+                                node_id: t.node_id.clone(),
+                                node_addr: node.addr.clone(),
+                            })
+                        })
+                        .collect();
+                    svc.spec.ports.iter().map(move |p| crate::api::v1::Route {
+                        service_id: svc.id.clone(),
+                        service_name: svc.spec.name.clone(),
+                        published: u32::from(p.published),
+                        target: u32::from(p.target),
+                        protocol: match p.protocol {
+                            PortProtocol::Tcp => "tcp",
+                            PortProtocol::Udp => "udp",
+                        }
+                        .into(),
+                        mode: match p.mode {
+                            PublishMode::Ingress => "ingress",
+                            PublishMode::Host => "host",
+                        }
+                        .into(),
+                        tasks: tasks.clone(),
+                    })
+                })
+                .collect()
+        });
+        crate::api::v1::RoutesResponse { routes }
+    }
+}
+
 #[tonic::async_trait]
 impl Dispatcher for Services {
+    async fn routes(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::RoutesResponse>, Status> {
+        self.require(&req, "dispatcher.routes", false).await?;
+        Ok(Response::new(Services::routes(self)))
+    }
+
     async fn heartbeat(
         &self,
         req: Request<HeartbeatRequest>,

@@ -17,6 +17,7 @@ mod cli;
 mod cluster;
 mod docker_services;
 mod lifecycle;
+mod mesh;
 mod operators;
 mod roles;
 mod runtime;

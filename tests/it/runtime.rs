@@ -289,6 +289,8 @@ const TEST_PROGRAM: &str = r#"
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <unistd.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
 static void on_term(int s) { (void)s; _exit(143); }
 /* SHA-256 (FIPS 180-4), just enough to prove which secret a container read. */
 static const uint32_t K[64] = {
@@ -338,6 +340,27 @@ int main(int argc, char **argv) {
     fprintf(stderr, "err-line\n"); fflush(stderr);
     if (argc > 1 && strcmp(argv[1], "sleep") == 0) { for (;;) pause(); }
     if (argc > 2 && strcmp(argv[1], "exit") == 0) return atoi(argv[2]);
+    if (argc > 1 && strcmp(argv[1], "serve") == 0) {
+        /* serve: answer each TCP connection with the task's identity, then close; on
+           127.0.0.1:$PORT (an exec task) or on port 80 of every address (a container). */
+        const char *p = getenv("PORT"), *node = getenv("SKEP_NODE_ID"), *task = getenv("SKEP_TASK_ID");
+        int s = socket(AF_INET, SOCK_STREAM, 0), one = 1, c, n;
+        struct sockaddr_in a; char msg[256];
+        setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_port = htons(p ? atoi(p) : 80);
+        a.sin_addr.s_addr = htonl(p ? INADDR_LOOPBACK : INADDR_ANY);
+        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 64) != 0) { perror("serve"); return 2; }
+        printf("serving\n"); fflush(stdout);
+        for (;;) {
+            c = accept(s, 0, 0);
+            if (c < 0) continue;
+            n = snprintf(msg, sizeof msg, "node=%s task=%s\n", node ? node : "?", task ? task : "?");
+            if (write(c, msg, n) < 0) { }
+            close(c);
+        }
+    }
     if (argc > 1 && strcmp(argv[1], "secret") == 0) {
         /* secret PATH...: what the task sees of each file, then wait to be stopped. */
         struct statfs fs;
@@ -361,11 +384,45 @@ int main(int argc, char **argv) {
 }
 "#;
 
-const TEST_IMAGE: &str = "skep-test/prog:it2";
+const TEST_IMAGE: &str = "skep-test/prog:it3";
 
 /// Docker tests share the engine: the cleanup test, which removes every skep container,
 /// holds it alone.
 static DOCKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+fn run_tool(cmd: &mut std::process::Command) -> Result<(), String> {
+    let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+/// The test program, compiled (static) once per test process into a directory kept until
+/// the process ends; exec tasks run it by this path.
+pub(crate) fn test_program() -> Result<&'static Path, String> {
+    static PROGRAM: OnceLock<Result<std::path::PathBuf, String>> = OnceLock::new();
+    PROGRAM
+        .get_or_init(|| {
+            let dir = tempfile::Builder::new()
+                .prefix("skep-it-prog-")
+                .tempdir()
+                .map_err(|e| e.to_string())?
+                .keep();
+            let src = dir.join("prog.c");
+            std::fs::write(&src, TEST_PROGRAM).map_err(|e| e.to_string())?;
+            run_tool(
+                std::process::Command::new("gcc")
+                    .args(["-static", "-O2", "-o"])
+                    .arg(dir.join("prog"))
+                    .arg(&src),
+            )?;
+            Ok(dir.join("prog"))
+        })
+        .as_deref()
+        .map_err(Clone::clone)
+}
 
 /// Imports the test image once per test process; the error says why it could not be.
 pub(crate) fn test_image() -> Result<&'static str, String> {
@@ -373,20 +430,8 @@ pub(crate) fn test_image() -> Result<&'static str, String> {
     IMAGE
         .get_or_init(|| {
             let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-            let src = dir.path().join("prog.c");
-            std::fs::write(&src, TEST_PROGRAM).map_err(|e| e.to_string())?;
-            let run = |cmd: &mut std::process::Command| -> Result<(), String> {
-                let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-                if out.status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr)))
-                }
-            };
-            run(std::process::Command::new("gcc")
-                .args(["-static", "-O2", "-o"])
-                .arg(dir.path().join("prog"))
-                .arg(&src))?;
+            let run = run_tool;
+            std::fs::copy(test_program()?, dir.path().join("prog")).map_err(|e| e.to_string())?;
             run(std::process::Command::new("tar")
                 .arg("-C")
                 .arg(dir.path())

@@ -306,6 +306,24 @@ impl DockerRuntime {
     }
 }
 
+impl DockerRuntime {
+    /// The container's address on its (first) network.
+    pub(crate) async fn container_ip(&self, task: &Task) -> Option<std::net::IpAddr> {
+        let info = self
+            .docker
+            .inspect_container(&container_name(task), None)
+            .await
+            .ok()?;
+        let net = info.network_settings?;
+        net.networks
+            .unwrap_or_default()
+            .values()
+            .filter_map(|n| n.ip_address.as_deref())
+            .find(|ip| !ip.is_empty())
+            .and_then(|ip| ip.parse().ok())
+    }
+}
+
 /// Stops a docker task's container.
 pub(crate) struct DockerStopper {
     docker: Docker,

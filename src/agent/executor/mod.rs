@@ -254,6 +254,15 @@ impl Executors {
         }
     }
 
+    /// The address a running docker task's container has on the engine's network (where the
+    /// routing mesh reaches its ports); `None` for other tasks or when it has none.
+    pub async fn container_ip(&self, task: &Task) -> Option<std::net::IpAddr> {
+        match (&task.spec.runtime, &self.docker) {
+            (Runtime::Docker, Some(d)) => d.container_ip(task).await,
+            _ => None,
+        }
+    }
+
     /// Removes what a finished task left (container, log files). Best effort: failures are
     /// logged.
     pub async fn remove(&self, task: &Task) {

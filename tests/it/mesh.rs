@@ -1,0 +1,156 @@
+//! The routing mesh with real daemons: a published port answers on every node's address, from
+//! tasks wherever they run; connections to tasks on other nodes travel through the nodes'
+//! mTLS Agent service (the remote node logs each tunnel with the peer it authenticated); a
+//! port taken on a node is reported, and unpublishing closes the listeners.
+
+use std::collections::BTreeSet;
+use std::io::Read as _;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use crate::harness::{Cluster, json_lines, timeout, wait_for, wait_until};
+
+/// One request through `addr`: the `node=... task=...` line the task answers with.
+fn ask(addr: SocketAddr) -> Result<String, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    if out.starts_with("node=") {
+        Ok(out.trim().to_string())
+    } else {
+        Err(format!("unexpected answer {out:?}"))
+    }
+}
+
+/// A log without its terminal colours.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    let prog = match crate::runtime::test_program() {
+        Ok(p) => p.to_str().unwrap().to_string(),
+        Err(e) => {
+            eprintln!("NOTICE: cannot build the test program ({e}): skipping");
+            return;
+        }
+    };
+    let c = Cluster::init(1, 2);
+    let m = c.first();
+    // A port well away from the harness's: each test cluster has its own addresses, so the
+    // same port on different test clusters does not clash.
+    let port = 4000;
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--publish",
+        &format!("{port}:80"),
+        "--",
+        &prog,
+        "serve",
+    ]);
+    // Two tasks on two different nodes: the third node has none and must tunnel.
+    let hosts = wait_for(timeout(), "2 running tasks on 2 nodes", || {
+        let tasks = json_lines(&m.cli_ok(&["service", "ps", "--format", "json", "web"]));
+        let running: BTreeSet<String> = tasks
+            .iter()
+            .filter(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Running"))
+            })
+            .filter_map(|t| t["Node"].as_str().map(str::to_string))
+            .collect();
+        if running.len() == 2 {
+            Ok(running)
+        } else {
+            Err(format!("{tasks:?}"))
+        }
+    });
+    let ids = c.ids();
+    let empty = c
+        .nodes
+        .iter()
+        .find(|n| !hosts.contains(n.name()))
+        .expect("a node without a task");
+    // Every node answers, and over a few requests both tasks answer (round robin).
+    for n in &c.nodes {
+        let addr: SocketAddr = format!("{}:{port}", n.addr().split(':').next().unwrap())
+            .parse()
+            .unwrap();
+        let answers = wait_for(timeout(), &format!("answers through {}", n.name()), || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..6 {
+                seen.insert(ask(addr)?);
+            }
+            if seen.len() == 2 {
+                Ok(seen)
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        });
+        for a in &answers {
+            assert!(
+                ids.iter().any(|id| a.contains(&format!("node={id}"))),
+                "{a}"
+            );
+        }
+        if n.name() == empty.name() {
+            // Neither task runs here: both answers crossed to other nodes.
+            assert!(
+                answers
+                    .iter()
+                    .all(|a| !a.contains(&format!("node={}", empty.id())))
+            );
+        }
+    }
+    // The hop between nodes was a tunnel of the Agent service, inside the nodes' mTLS, and the
+    // task's node knew who asked.
+    wait_until(timeout(), "a tunnel logged by a task's node", || {
+        c.nodes.iter().any(|n| {
+            let log = strip_ansi(&n.log());
+            log.contains("routing mesh: tunnel from another node over mTLS")
+                && log.contains(&format!("peer={}", empty.id()))
+        })
+    });
+    // Unpublished (the service removed): every node stops listening.
+    m.cli_ok(&["service", "rm", "web"]);
+    for n in &c.nodes {
+        let addr: SocketAddr = format!("{}:{port}", n.addr().split(':').next().unwrap())
+            .parse()
+            .unwrap();
+        wait_until(
+            timeout(),
+            &format!("{} to stop listening", n.name()),
+            || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
+        );
+    }
+}
