@@ -237,6 +237,7 @@ async fn heartbeat(ch: &Channel, hostname: &str) -> Result<(), String> {
         .heartbeat(HeartbeatRequest {
             hostname: hostname.into(),
             addr: "0.0.0.0:2377".into(),
+            port_errors: Vec::new(),
         })
         .await
         .map(|_| ())

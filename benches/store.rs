@@ -37,6 +37,7 @@ fn command(i: u64) -> Command {
         labels: BTreeMap::new(),
         runtimes: Vec::new(),
         resources: Default::default(),
+        port_errors: Default::default(),
     })
 }
 

@@ -142,6 +142,8 @@ struct Link {
     pending: Arc<Mutex<crate::agent::Pending>>,
     /// The address the swarm reaches this node at, as the leader last said.
     swarm_addr: Arc<Mutex<String>>,
+    /// Published ports the routing mesh cannot listen on here.
+    port_errors: crate::agent::PortErrors,
 }
 
 impl Running {
@@ -455,6 +457,7 @@ impl Daemon {
             renew_now: Arc::new(tokio::sync::Notify::new()),
             pending: Arc::new(Mutex::new(Default::default())),
             swarm_addr: Arc::new(Mutex::new(String::new())),
+            port_errors: Default::default(),
         };
         let execs = Arc::new(Executors::detect(&p.tasks()).await.for_node(&file.node_id));
         let supervisor = Supervisor::new(execs, client_tls.clone(), link.managers.clone());
@@ -486,6 +489,7 @@ impl Daemon {
                 managers: link.managers.clone(),
                 tls: link.client_tls.clone(),
                 identity: identity.clone(),
+                port_errors: link.port_errors.clone(),
             })
             .run(),
         ));
@@ -588,6 +592,7 @@ impl Daemon {
             renew_now: link.renew_now.clone(),
             pending: link.pending.clone(),
             swarm_addr: link.swarm_addr.clone(),
+            port_errors: link.port_errors.clone(),
         };
         tasks.push(tokio::spawn(agent.run()));
         Ok((manager, tasks))
@@ -887,6 +892,7 @@ impl Daemon {
             labels: BTreeMap::new(),
             runtimes,
             resources,
+            port_errors: BTreeMap::new(),
         };
         let admin = Actor::local_admin(&node_id);
         let cmds = vec![
@@ -2118,7 +2124,9 @@ impl Control for ControlService {
         let want = req.into_inner().service;
         let (m, _) = self.0.manager_and_admin().await?;
         let (svc, tasks) = m.service(&want).map_err(to_status)?;
-        Ok(Response::new(service_info(&svc, &tasks)?))
+        let mut info = service_info(&svc, &tasks)?;
+        info.port_problems = m.port_problems(&svc.spec);
+        Ok(Response::new(info))
     }
 
     async fn service_remove(
@@ -2271,6 +2279,7 @@ fn service_info(
     Ok(crate::api::v1::ServiceInfo {
         service_json: serde_json::to_string(svc).map_err(|e| Status::internal(e.to_string()))?,
         tasks_json: to_json(tasks)?,
+        port_problems: Vec::new(),
     })
 }
 

@@ -53,6 +53,8 @@ pub struct Mesh {
     pub tls: Arc<ClientConfig>,
     /// The node's identity, for mTLS to other nodes.
     pub identity: Arc<LiveIdentity>,
+    /// Where the ports it cannot listen on are reported (the agent's heartbeats carry them).
+    pub port_errors: super::PortErrors,
 }
 
 /// What a listener forwards to: the route's target port and the tasks to try, in turn.
@@ -76,6 +78,7 @@ impl Mesh {
         loop {
             if let Some(routes) = self.fetch(&mut channels).await {
                 let wanted = self.wanted(&routes);
+                failed.retain(|port, _| wanted.contains_key(port));
                 listening.retain(|port, l| {
                     let keep = wanted.contains_key(port);
                     if !keep {
@@ -111,6 +114,11 @@ impl Mesh {
                         }
                     }
                 }
+            }
+            if let Ok(mut e) = self.port_errors.lock()
+                && *e != failed.iter().map(|(p, w)| (*p, w.clone())).collect()
+            {
+                *e = failed.iter().map(|(p, w)| (*p, w.clone())).collect();
             }
             tokio::time::sleep(REFRESH).await;
         }

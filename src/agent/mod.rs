@@ -44,7 +44,12 @@ pub struct Agent {
     pub pending: Arc<Mutex<Pending>>,
     /// Where the leader's answer says the swarm reaches this node.
     pub swarm_addr: Arc<Mutex<String>>,
+    /// Published ports the routing mesh cannot listen on here (reported with heartbeats).
+    pub port_errors: PortErrors,
 }
+
+/// Published ports a node's routing mesh cannot listen on, and why.
+pub type PortErrors = Arc<Mutex<std::collections::BTreeMap<u16, String>>>;
 
 impl Agent {
     /// Heartbeats forever, following the leader and failing over to other managers.
@@ -77,6 +82,11 @@ impl Agent {
                 let req = HeartbeatRequest {
                     hostname: self.hostname.clone(),
                     addr: self.addr.clone(),
+                    port_errors: self
+                        .port_errors
+                        .lock()
+                        .map(|e| e.iter().map(|(p, why)| format!("{p}: {why}")).collect())
+                        .unwrap_or_default(),
                 };
                 match DispatcherClient::new(ch).heartbeat(req).await {
                     Ok(resp) => {

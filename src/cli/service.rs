@@ -490,15 +490,44 @@ async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for name in &a.services {
-        match fetch(api, name).await {
-            Ok((svc, _)) => found.push(svc),
-            Err(e) => errors.push(e.to_string()),
+        let info = api
+            .service_inspect(ServiceRef {
+                service: name.to_string(),
+            })
+            .await;
+        match info {
+            Ok(i) => {
+                let i = i.into_inner();
+                found.push((parse_service(&i.service_json)?, i.port_problems));
+            }
+            Err(s) => errors.push(status(s).to_string()),
         }
     }
     let text = if a.pretty {
-        found.iter().map(pretty).collect::<Vec<_>>().join("\n")
+        found
+            .iter()
+            .map(|(svc, problems)| {
+                let mut text = pretty(svc);
+                for p in problems {
+                    let _ = writeln!(text, " Port unavailable on {p}");
+                }
+                text
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
     } else {
-        json_pretty(&serde_json::to_value(&found)?)
+        // The service as stored, with what the nodes reported of its published ports.
+        let values: Vec<serde_json::Value> = found
+            .iter()
+            .map(|(svc, problems)| {
+                let mut v = serde_json::to_value(svc).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("PortProblems".into(), serde_json::json!(problems));
+                }
+                v
+            })
+            .collect();
+        json_pretty(&serde_json::Value::Array(values))
     };
     print(&text)?;
     super::output::fail_with(errors)
@@ -594,6 +623,21 @@ pub(super) fn pretty(s: &Service) -> String {
                 &format!(
                     "{} -> {} (uid {}, gid {}, mode {:04o})",
                     s.secret_name, s.target, s.uid, s.gid, s.mode
+                ),
+            );
+        }
+    }
+    if !spec.ports.is_empty() {
+        line("Ports", "");
+        for p in &spec.ports {
+            line(
+                " ",
+                &format!(
+                    "PublishedPort = {}, TargetPort = {}, Protocol = {}, PublishMode = {}",
+                    p.published,
+                    p.target,
+                    lower(&p.protocol),
+                    lower(&p.mode)
                 ),
             );
         }

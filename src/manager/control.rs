@@ -180,6 +180,21 @@ impl Manager {
         })
     }
 
+    /// "HOST: PORT: why" for each published port of `spec` that a node cannot listen on.
+    pub fn port_problems(&self, spec: &ServiceSpec) -> Vec<String> {
+        self.read(|s| {
+            let mut out = Vec::new();
+            for n in s.nodes.values() {
+                for p in &spec.ports {
+                    if let Some(why) = n.port_errors.get(&p.published) {
+                        out.push(format!("{}: {}: {why}", n.hostname, p.published));
+                    }
+                }
+            }
+            out
+        })
+    }
+
     /// `service create`.
     pub async fn create_service(
         &self,

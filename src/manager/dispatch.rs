@@ -417,6 +417,7 @@ mod tests {
                     labels: Default::default(),
                     runtimes: vec![],
                     resources: Default::default(),
+                    port_errors: Default::default(),
                 },
             );
         }

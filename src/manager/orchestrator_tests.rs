@@ -33,6 +33,7 @@ fn node(id: &str) -> Node {
             nano_cpus: 4_000_000_000,
             memory_bytes: 8 << 30,
         },
+        port_errors: Default::default(),
     }
 }
 

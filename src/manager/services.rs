@@ -227,6 +227,7 @@ impl Services {
             labels: Default::default(),
             runtimes: Vec::new(),
             resources: Default::default(),
+            port_errors: Default::default(),
         };
         let token_ok = event(
             Actor::anonymous(&source),
@@ -415,6 +416,37 @@ impl Services {
 }
 
 impl Services {
+    /// Keeps the state's list of the published ports a node cannot listen on as its
+    /// heartbeats say (a write only when it changes).
+    fn record_port_errors(&self, node_id: &str, req: &Request<HeartbeatRequest>) {
+        let errors: std::collections::BTreeMap<u16, String> = req
+            .get_ref()
+            .port_errors
+            .iter()
+            .take(64)
+            .filter_map(|e| {
+                let (port, why) = e.split_once(": ")?;
+                Some((port.parse().ok()?, why.chars().take(200).collect()))
+            })
+            .collect();
+        let same = self
+            .mgr
+            .read(|s| s.nodes.get(node_id).is_none_or(|n| n.port_errors == errors));
+        if same {
+            return;
+        }
+        let mgr = self.mgr.clone();
+        let cmd = Command::SetNodePortErrors {
+            id: node_id.to_string(),
+            errors,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = mgr.propose(cmd).await {
+                tracing::warn!(error = %e, "could not record a node's port errors");
+            }
+        });
+    }
+
     /// The routing table: every published port with the running tasks of its service and
     /// the addresses of their nodes.
     fn routes(&self) -> crate::api::v1::RoutesResponse {
@@ -488,6 +520,7 @@ impl Dispatcher for Services {
                 ..Default::default()
             }));
         }
+        self.record_port_errors(id.node_id(), &req);
         if self.mgr.saw(id.node_id()) {
             let cmd = Command::SetNodeState {
                 id: id.node_id().to_string(),

@@ -203,6 +203,9 @@ pub struct Node {
     /// Capacity the node's agent reported.
     #[serde(default)]
     pub resources: Resources,
+    /// Published ports the node's routing mesh cannot listen on, and why.
+    #[serde(default)]
+    pub port_errors: BTreeMap<u16, String>,
 }
 
 /// A change to the replicated state. Proposed by a manager, applied by all.
@@ -328,6 +331,13 @@ pub enum Command {
         worker_token: SecretString,
         /// The manager token pinning the new root.
         manager_token: SecretString,
+    },
+    /// Records the published ports a node cannot listen on (from its heartbeats).
+    SetNodePortErrors {
+        /// Node ID.
+        id: String,
+        /// Port → why.
+        errors: BTreeMap<u16, String>,
     },
     /// Changes a node's role (`node promote|demote`). A manager gets its Raft node number;
     /// a worker has none. The node renews its certificate for the new role on its own.
@@ -699,6 +709,11 @@ impl State {
                     c.manager_token = manager_token;
                 }
             }
+            Command::SetNodePortErrors { id, errors } => {
+                if let Some(n) = self.nodes.get_mut(&id) {
+                    n.port_errors = errors;
+                }
+            }
             Command::SetNodeRole {
                 id,
                 role,
@@ -756,6 +771,7 @@ mod tests {
             labels: BTreeMap::new(),
             runtimes: Vec::new(),
             resources: Default::default(),
+            port_errors: Default::default(),
         }
     }
 

@@ -69,6 +69,7 @@ fn node(id: &str, hostname: &str) -> Node {
         labels: BTreeMap::new(),
         runtimes: Vec::new(),
         resources: Default::default(),
+        port_errors: Default::default(),
     }
 }
 

@@ -381,6 +381,7 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
             .heartbeat(HeartbeatRequest {
                 hostname: "w1".into(),
                 addr: String::new(),
+                port_errors: Vec::new(),
             })
             .await
             .expect("a worker may heartbeat");

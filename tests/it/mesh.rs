@@ -141,6 +141,102 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() 
                 && log.contains(&format!("peer={}", empty.id()))
         })
     });
+    // A port held by another program on one node is reported in `service inspect`; the
+    // other nodes still serve it.
+    let w2 = &c.nodes[2];
+    let w2_ip = w2.addr().split(':').next().unwrap().to_string();
+    let squatter = std::net::TcpListener::bind(format!("{w2_ip}:4001")).unwrap();
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "api",
+        "--publish",
+        "4001:81",
+        "--",
+        &prog,
+        "serve",
+    ]);
+    wait_until(timeout(), "the taken port reported", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&m.cli_ok(&["service", "inspect", "api"])).unwrap();
+        v[0]["PortProblems"].as_array().is_some_and(|p| {
+            p.iter().any(|p| {
+                p.as_str()
+                    .is_some_and(|p| p.starts_with(&format!("{}: 4001: ", w2.name())))
+            })
+        })
+    });
+    assert!(
+        m.cli_ok(&["service", "inspect", "--pretty", "api"])
+            .contains("Port unavailable on")
+    );
+    drop(squatter);
+    wait_until(
+        timeout(),
+        "the freed port served and no longer reported",
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&m.cli_ok(&["service", "inspect", "api"])).unwrap();
+            v[0]["PortProblems"]
+                .as_array()
+                .is_some_and(|p| p.is_empty())
+                && ask(format!("{w2_ip}:4001").parse().unwrap()).is_ok()
+        },
+    );
+    m.cli_ok(&["service", "rm", "api"]);
+
+    // Host mode: only the node running the task listens, and answers from its own task.
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "solo",
+        "--publish",
+        "published=4002,target=82,mode=host",
+        "--",
+        &prog,
+        "serve",
+    ]);
+    let host = wait_for(timeout(), "the host-mode task running", || {
+        let tasks = json_lines(&m.cli_ok(&["service", "ps", "--format", "json", "solo"]));
+        tasks
+            .iter()
+            .find(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Running"))
+            })
+            .and_then(|t| t["Node"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("{tasks:?}"))
+    });
+    for n in &c.nodes {
+        let addr: SocketAddr = format!("{}:4002", n.addr().split(':').next().unwrap())
+            .parse()
+            .unwrap();
+        if n.name() == host {
+            let answer = wait_for(timeout(), "the host-mode answer", || ask(addr));
+            assert!(answer.contains(&format!("node={}", n.id())), "{answer}");
+        } else {
+            // Never listened on: refused every time over a few refresh periods.
+            for _ in 0..3 {
+                assert!(
+                    TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err(),
+                    "{} listens on a host-mode port without a task",
+                    n.name()
+                );
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        }
+    }
+    m.cli_ok(&["service", "rm", "solo"]);
+
     // Unpublished (the service removed): every node stops listening.
     m.cli_ok(&["service", "rm", "web"]);
     for n in &c.nodes {
