@@ -490,6 +490,7 @@ impl Daemon {
                 tls: link.client_tls.clone(),
                 identity: identity.clone(),
                 port_errors: link.port_errors.clone(),
+                peers: Default::default(),
             })
             .run(),
         ));

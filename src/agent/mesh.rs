@@ -55,6 +55,8 @@ pub struct Mesh {
     pub identity: Arc<LiveIdentity>,
     /// Where the ports it cannot listen on are reported (the agent's heartbeats carry them).
     pub port_errors: super::PortErrors,
+    /// One mTLS channel per peer node, shared by its tunnels (HTTP/2 streams).
+    pub peers: std::sync::Mutex<HashMap<String, Channel>>,
 }
 
 /// What a listener forwards to: the route's target port and the tasks to try, in turn.
@@ -240,14 +242,31 @@ impl Mesh {
         ),
         String,
     > {
-        let tls = crate::net::node::client_config_for_node(
-            &self.identity,
-            &self.cluster_id,
-            &task.node_id,
-        )
-        .map_err(|e| e.to_string())?;
-        let ch = crate::net::channel_with_timeout(&task.node_addr, tls, None)
-            .map_err(|e| e.to_string())?;
+        let key = format!("{}@{}", task.node_id, task.node_addr);
+        let cached = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let ch = match cached {
+            Some(ch) => ch,
+            None => {
+                let tls = crate::net::node::client_config_for_node(
+                    &self.identity,
+                    &self.cluster_id,
+                    &task.node_id,
+                )
+                .map_err(|e| e.to_string())?;
+                let ch = crate::net::channel_with_timeout(&task.node_addr, tls, None)
+                    .map_err(|e| e.to_string())?;
+                self.peers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key.clone(), ch.clone());
+                ch
+            }
+        };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tx.send(TunnelFrame {
             task_id: task.task_id.clone(),
@@ -256,10 +275,20 @@ impl Mesh {
         })
         .await
         .map_err(|e| e.to_string())?;
-        let resp = AgentClient::new(ch)
+        let resp = match AgentClient::new(ch)
             .tunnel(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
-            .map_err(|s| s.message().to_string())?;
+        {
+            Ok(r) => r,
+            Err(s) => {
+                // A broken connection is made again next time.
+                self.peers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key);
+                return Err(s.message().to_string());
+            }
+        };
         Ok((tx, resp.into_inner()))
     }
 }
