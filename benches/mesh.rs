@@ -138,6 +138,7 @@ fn main() {
     let l = series(local, n);
     let r = series(remote, n);
     let _ = direct_server.kill();
+    let _ = direct_server.wait();
     println!("routing mesh, {n} sequential connect-answer-close requests per series");
     println!(
         "  direct to the task      {:>8.0} req/s   {:>7.1} us",
