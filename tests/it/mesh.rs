@@ -250,3 +250,45 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() 
         );
     }
 }
+
+#[test]
+fn containers_are_reached_on_their_own_address_through_the_mesh() {
+    let Some(image) = crate::docker_services::image_or_skip() else {
+        return;
+    };
+    let name = crate::docker_services::unique_name("meshweb");
+    let _guard = crate::docker_services::ContainerGuard(name.clone());
+    let c = Cluster::init(1, 1);
+    let m = c.first();
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &name,
+        "--replicas",
+        "1",
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        "4010:80",
+        image,
+        "/prog",
+        "serve",
+    ]);
+    // Through the manager (no task there: a tunnel) and the worker (its own container).
+    for n in &c.nodes {
+        let addr: SocketAddr = format!("{}:4010", n.addr().split(':').next().unwrap())
+            .parse()
+            .unwrap();
+        let answer = wait_for(
+            timeout(),
+            &format!("an answer through {}", n.name()),
+            || ask(addr),
+        );
+        assert!(
+            answer.contains(&format!("node={}", c.nodes[1].id())),
+            "{answer}"
+        );
+    }
+}
