@@ -293,39 +293,50 @@ impl Mesh {
     }
 }
 
+/// Reads a connection into frames for `tx` until either ends.
+async fn to_frames<T: Send + 'static>(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    tx: tokio::sync::mpsc::Sender<T>,
+    wrap: impl Fn(TunnelFrame) -> T,
+) {
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        match rd.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let frame = TunnelFrame {
+                    data: buf[..n].to_vec(),
+                    ..Default::default()
+                };
+                if tx.send(wrap(frame)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Writes a tunnel's frames to a connection until either ends, then closes its write side.
+async fn from_frames(
+    mut inbound: tonic::Streaming<TunnelFrame>,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+) {
+    while let Ok(Some(f)) = inbound.message().await {
+        if wr.write_all(&f.data).await.is_err() {
+            break;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
 /// Copies a client connection into a tunnel and back until either side ends.
 async fn pump(
     conn: TcpStream,
     tx: tokio::sync::mpsc::Sender<TunnelFrame>,
-    mut inbound: tonic::Streaming<TunnelFrame>,
+    inbound: tonic::Streaming<TunnelFrame>,
 ) {
-    let (mut rd, mut wr) = conn.into_split();
-    let up = async move {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let frame = TunnelFrame {
-                        data: buf[..n].to_vec(),
-                        ..Default::default()
-                    };
-                    if tx.send(frame).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    let down = async move {
-        while let Ok(Some(f)) = inbound.message().await {
-            if wr.write_all(&f.data).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    };
-    tokio::join!(up, down);
+    let (rd, wr) = conn.into_split();
+    tokio::join!(to_frames(rd, tx, |f| f), from_frames(inbound, wr));
 }
 
 /// The server side of a tunnel (on the task's node): connects to the local task and copies
@@ -352,35 +363,12 @@ pub async fn serve_tunnel(
         .await
         .map_err(|e| tonic::Status::unavailable(format!("the task does not answer: {e}")))?;
     tracing::info!(peer = %peer_node, task = %first.task_id, target, "routing mesh: tunnel from another node over mTLS");
-    let (mut rd, mut wr) = conn.into_split();
+    let (rd, mut wr) = conn.into_split();
     if !first.data.is_empty() {
         let _ = wr.write_all(&first.data).await;
     }
-    tokio::spawn(async move {
-        while let Ok(Some(f)) = inbound.message().await {
-            if wr.write_all(&f.data).await.is_err() {
-                break;
-            }
-        }
-        let _ = wr.shutdown().await;
-    });
+    tokio::spawn(from_frames(inbound, wr));
     let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let frame = TunnelFrame {
-                        data: buf[..n].to_vec(),
-                        ..Default::default()
-                    };
-                    if tx.send(Ok(frame)).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
+    tokio::spawn(to_frames(rd, tx, Ok));
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }

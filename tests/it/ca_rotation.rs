@@ -3,7 +3,7 @@
 //! retired, join tokens change digest, an old-token join fails, and an operator's own root is
 //! checked before anything changes.
 
-use crate::harness::{Cluster, Node, assert_error, json_lines, timeout, wait_for};
+use crate::harness::{Cluster, Node, assert_error, timeout, wait_for};
 
 /// The DER certificates in a node's file (`root.crt` holds the trusted roots).
 fn certs_in(n: &Node, file: &str) -> Vec<Vec<u8>> {
@@ -33,21 +33,6 @@ fn wait_moved(c: &Cluster, root: &[u8]) {
     }
 }
 
-fn running_tasks(m: &Node) -> Vec<String> {
-    let mut ids: Vec<String> =
-        json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", "steady"]))
-            .iter()
-            .filter(|t| {
-                t["CurrentState"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("Running"))
-            })
-            .filter_map(|t| t["ID"].as_str().map(str::to_string))
-            .collect();
-    ids.sort();
-    ids
-}
-
 #[test]
 fn swarm_ca_rotate_moves_every_node_to_a_new_root_without_stopping_tasks() {
     if !nix::unistd::Uid::effective().is_root() {
@@ -71,7 +56,7 @@ fn swarm_ca_rotate_moves_every_node_to_a_new_root_without_stopping_tasks() {
         "1000",
     ]);
     let tasks = wait_for(timeout(), "a running task on each node", || {
-        let ids = running_tasks(m);
+        let ids = crate::harness::running_task_ids(m, "steady");
         if ids.len() == 4 {
             Ok(ids)
         } else {
@@ -136,7 +121,7 @@ fn swarm_ca_rotate_moves_every_node_to_a_new_root_without_stopping_tasks() {
     // Nothing was disturbed: every node Ready, the same tasks.
     c.wait_all_ready(0);
     assert_eq!(
-        running_tasks(m),
+        crate::harness::running_task_ids(m, "steady"),
         tasks,
         "tasks were replaced during the rotation"
     );

@@ -854,3 +854,19 @@ pub fn unlock_key(init_output: &str) -> String {
         .unwrap_or_else(|| panic!("no SKEP-KEY- line in:\n{init_output}"))
         .to_string()
 }
+
+/// IDs of the running tasks of `service` (`service ps` on `node`), sorted.
+pub fn running_task_ids(node: &Node, service: &str) -> Vec<String> {
+    let mut ids: Vec<String> =
+        json_lines(&node.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", service]))
+            .iter()
+            .filter(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Running"))
+            })
+            .filter_map(|t| t["ID"].as_str().map(str::to_string))
+            .collect();
+    ids.sort();
+    ids
+}

@@ -342,26 +342,7 @@ fn short_lived_certificates_renew_on_their_own_and_tasks_keep_running() {
             "1000",
         ]);
     }
-    let task_ids = |m: &Node| -> Vec<String> {
-        let mut ids: Vec<String> = crate::harness::json_lines(&m.cli_ok(&[
-            "service",
-            "ps",
-            "--no-trunc",
-            "--format",
-            "json",
-            "steady",
-        ]))
-        .iter()
-        .filter(|t| {
-            t["CurrentState"]
-                .as_str()
-                .is_some_and(|s| s.starts_with("Running"))
-        })
-        .filter_map(|t| t["ID"].as_str().map(str::to_string))
-        .collect();
-        ids.sort();
-        ids
-    };
+    let task_ids = |m: &Node| crate::harness::running_task_ids(m, "steady");
     let first = crate::harness::wait_for(timeout(), "2 running tasks", || {
         let ids = task_ids(c.first());
         if ids.len() == 2 {

@@ -2,24 +2,8 @@
 //! a certificate for its new role, a demoted manager's old certificate is refused for manager
 //! calls, quorum and the last manager are protected, and tasks keep running throughout.
 
-use crate::harness::{Cluster, Node, assert_error, find_node, json_lines, timeout, wait_for};
+use crate::harness::{Cluster, Node, assert_error, find_node, timeout, wait_for};
 use serde_json::Value;
-
-/// IDs of the running tasks of `service`, sorted.
-fn running_tasks(m: &Node, service: &str) -> Vec<String> {
-    let mut ids: Vec<String> =
-        json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", service]))
-            .iter()
-            .filter(|t| {
-                t["CurrentState"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("Running"))
-            })
-            .filter_map(|t| t["ID"].as_str().map(str::to_string))
-            .collect();
-    ids.sort();
-    ids
-}
 
 /// The role in the certificate a node holds on disk now.
 fn cert_role(n: &Node) -> skep_pki::Role {
@@ -70,7 +54,7 @@ fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_run
         "1000",
     ]);
     let tasks = wait_for(timeout(), "a running task on each node", || {
-        let ids = running_tasks(m, "steady");
+        let ids = crate::harness::running_task_ids(m, "steady");
         if ids.len() == 3 {
             Ok(ids)
         } else {
@@ -154,7 +138,7 @@ fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_run
     // Every node is Ready and the same tasks still run.
     c.wait_all_ready(1);
     assert_eq!(
-        running_tasks(w1, "steady"),
+        crate::harness::running_task_ids(w1, "steady"),
         tasks,
         "tasks were replaced by a role change"
     );
