@@ -398,6 +398,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             .iter()
             .map(|p| manager_spec::parse_publish(p))
             .collect::<Result<_, _>>()?,
+        networks: Vec::new(),
     };
     flags.apply(&mut spec)?;
     validate(&spec)?;

@@ -39,6 +39,8 @@ pub fn classify(method: &str) -> Option<(Action, &'static str)> {
         "ServiceList" | "ServiceInspect" | "ServiceLogs" => (Read, "service"),
         "SecretCreate" | "SecretRemove" => (ManageSecrets, "secret"),
         "SecretList" | "SecretInspect" => (Read, "secret"),
+        "NetworkCreate" | "NetworkRemove" | "StackAudit" => (Deploy, "network"),
+        "NetworkList" | "NetworkInspect" => (Read, "network"),
         "PolicyGet" => (Read, "policy"),
         "PolicySet" => (ManageSwarm, "policy"),
         "OperatorSign" | "OperatorRevoke" => (ManageOperators, "operator"),

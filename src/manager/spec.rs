@@ -89,6 +89,14 @@ pub enum SpecError {
         /// What is wrong.
         reason: String,
     },
+    /// A network name that is invalid or given twice.
+    #[error("network {name:?}: {reason}")]
+    Network {
+        /// The network as written.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
     /// Reservations or limits are out of range.
     #[error("{field}: {reason}")]
     Resources {
@@ -182,6 +190,27 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
             return Err(SpecError::Publish {
                 text: format!("{}:{}", p.published, p.target),
                 reason: format!("port {} is published twice", p.published),
+            });
+        }
+    }
+    if spec.networks.len() > 64 {
+        return Err(SpecError::Network {
+            name: String::new(),
+            reason: "a service is attached to at most 64 networks",
+        });
+    }
+    let mut nets = std::collections::BTreeSet::new();
+    for n in &spec.networks {
+        if crate::manager::secrets::validate_name(n).is_err() {
+            return Err(SpecError::Network {
+                name: n.clone(),
+                reason: "not a valid network name (letters, digits, '_', '.' and '-', at most 64 characters)",
+            });
+        }
+        if !nets.insert(n) {
+            return Err(SpecError::Network {
+                name: n.clone(),
+                reason: "given twice",
             });
         }
     }
@@ -604,6 +633,7 @@ mod tests {
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
             ports: Vec::new(),
+            networks: Vec::new(),
         }
     }
 
