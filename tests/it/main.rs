@@ -24,3 +24,4 @@ mod secret_delivery;
 mod secrets;
 mod service_cli;
 mod services;
+mod stacks;
