@@ -2243,6 +2243,98 @@ impl Control for ControlService {
         m.remove_secret(actor, &want).await.map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
+
+    async fn network_create(
+        &self,
+        req: Request<crate::api::v1::NetworkCreateRequest>,
+    ) -> Result<Response<crate::api::v1::NetworkCreateResponse>, Status> {
+        let r = req.into_inner();
+        let labels = r.labels.into_iter().collect();
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let id = m
+            .create_network(actor, &r.name, &r.driver, labels)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(crate::api::v1::NetworkCreateResponse { id }))
+    }
+
+    async fn network_list(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::NetworkListResponse>, Status> {
+        let (m, _) = self.0.manager_and_admin().await?;
+        let networks = m
+            .networks()
+            .iter()
+            .map(|n| network_info(n, m.network_users(&n.name)))
+            .collect();
+        Ok(Response::new(crate::api::v1::NetworkListResponse {
+            networks,
+        }))
+    }
+
+    async fn network_inspect(
+        &self,
+        req: Request<crate::api::v1::NetworkLookup>,
+    ) -> Result<Response<crate::api::v1::NetworkInfo>, Status> {
+        let want = req.into_inner().network;
+        let (m, _) = self.0.manager_and_admin().await?;
+        let net = m.network(&want).map_err(to_status)?;
+        let users = m.network_users(&net.name);
+        Ok(Response::new(network_info(&net, users)))
+    }
+
+    async fn network_remove(
+        &self,
+        req: Request<crate::api::v1::NetworkLookup>,
+    ) -> Result<Response<Empty>, Status> {
+        let want = req.into_inner().network;
+        let (m, actor) = self.0.manager_and_admin().await?;
+        m.remove_network(actor, &want).await.map_err(to_status)?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn stack_audit(
+        &self,
+        req: Request<crate::api::v1::StackAuditRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let r = req.into_inner();
+        let outcome = match r.outcome.as_str() {
+            "ok" => crate::audit::Outcome::Ok,
+            "error" => crate::audit::Outcome::Error,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "outcome: {other:?} is not ok or error"
+                )));
+            }
+        };
+        let (m, actor) = self.0.manager_and_admin().await?;
+        m.stack_audit(
+            actor,
+            &r.stack,
+            &r.action,
+            outcome,
+            r.details.into_iter().collect(),
+        )
+        .await
+        .map_err(to_status)?;
+        Ok(Response::new(Empty {}))
+    }
+}
+
+/// A network for the control API, with the services attached to it.
+fn network_info(
+    n: &crate::store::network_obj::Network,
+    services: Vec<String>,
+) -> crate::api::v1::NetworkInfo {
+    crate::api::v1::NetworkInfo {
+        id: n.id.clone(),
+        name: n.name.clone(),
+        labels: n.labels.clone().into_iter().collect(),
+        driver: n.driver.clone(),
+        created_at: n.created_at.clone(),
+        services,
+    }
 }
 
 /// A secret's metadata for the control API: everything but the value.

@@ -20,5 +20,6 @@ pub mod manager;
 pub mod net;
 pub mod policy;
 pub mod secret;
+pub mod stack;
 pub mod store;
 pub mod util;

@@ -22,6 +22,7 @@ mod progress;
 mod secret;
 mod service;
 mod spec;
+mod stack;
 mod swarm;
 mod tasks;
 
@@ -82,6 +83,12 @@ enum Command {
     /// Manage secrets.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Manage stacks: services, networks and secrets from Compose files.
+    #[command(subcommand)]
+    Stack(stack::StackCommand),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(stack::NetworkCommand),
     /// Manage the Cedar policies: secret entitlement, and operator RBAC (`--rbac`).
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -535,6 +542,7 @@ fn check(command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Service(cmd) => service::check(cmd),
         Command::Secret(cmd) => secret::check(cmd),
+        Command::Stack(cmd) => stack::check(cmd),
         Command::Swarm(SwarmCommand::Update(args)) => swarm::update_request(args).map(|_| ()),
         Command::Node(NodeCommand::Update(args)) => node::update_request(args).map(|_| ()),
         _ => Ok(()),
@@ -567,6 +575,8 @@ async fn control(host: Host, command: Command) -> anyhow::Result<()> {
         }
         Command::Service(cmd) => service::run(&mut api, *cmd).await,
         Command::Secret(cmd) => secret::run(&mut api, cmd).await,
+        Command::Stack(cmd) => stack::run(&mut api, cmd).await,
+        Command::Network(cmd) => stack::network(&mut api, cmd).await,
         Command::Policy(cmd) => policy::run(&mut api, cmd).await,
         Command::Operator(cmd) => operator::run(&mut api, cmd).await,
         Command::Context(cmd) => operator::context(cmd),

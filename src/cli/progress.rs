@@ -383,6 +383,7 @@ mod tests {
                 update: Default::default(),
                 rollback: Default::default(),
                 ports: Vec::new(),
+                networks: Vec::new(),
             },
             version: 1,
             previous: None,

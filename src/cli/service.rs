@@ -432,7 +432,7 @@ pub(super) fn ls_table(services: &[(Service, Vec<Task>)]) -> String {
     t.render()
 }
 
-fn ls_json(s: &Service, tasks: &[Task]) -> Value {
+pub(super) fn ls_json(s: &Service, tasks: &[Task]) -> Value {
     json!({
         "ID": short_id(&s.id),
         "Name": s.spec.name,
@@ -871,6 +871,7 @@ mod tests {
                 update: Default::default(),
                 rollback: Default::default(),
                 ports: Vec::new(),
+                networks: Vec::new(),
             },
             version: 1,
             previous: None,

@@ -399,6 +399,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             .iter()
             .map(|p| manager_spec::parse_publish(p))
             .collect::<Result<_, _>>()?,
+        networks: Vec::new(),
     };
     flags.apply(&mut spec)?;
     validate(&spec)?;
@@ -588,74 +589,7 @@ fn millis(d: Duration, flag: &str) -> anyhow::Result<u64> {
     u64::try_from(d.as_millis()).map_err(|_| anyhow::anyhow!("{flag}: duration is too large"))
 }
 
-/// `0.5` CPUs → 500 000 000 nano-CPUs.
-pub(super) fn parse_cpus(text: &str) -> Result<u64, String> {
-    let bad =
-        || format!("invalid CPU count {text:?}: expected a decimal number of CPUs (e.g. 0.5)");
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if (whole.is_empty() && frac.is_empty())
-        || !whole.chars().all(|c| c.is_ascii_digit())
-        || !frac.chars().all(|c| c.is_ascii_digit())
-    {
-        return Err(bad());
-    }
-    if frac.len() > 9 {
-        return Err(format!(
-            "invalid CPU count {text:?}: at most 9 decimal places"
-        ));
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| bad())?
-    };
-    let frac_nanos: u64 = if frac.is_empty() {
-        0
-    } else {
-        let digits: u64 = frac.parse().map_err(|_| bad())?;
-        digits * 10u64.pow(9 - u32::try_from(frac.len()).unwrap_or(9))
-    };
-    whole
-        .checked_mul(1_000_000_000)
-        .and_then(|n| n.checked_add(frac_nanos))
-        .ok_or_else(|| format!("invalid CPU count {text:?}: too large"))
-}
-
-/// `64M`, `1.5g`, `512MiB`, `1048576` → bytes (powers of 1024, as Docker counts them).
-pub(super) fn parse_memory(text: &str) -> Result<u64, String> {
-    let bad = || {
-        format!(
-            "invalid size {text:?}: expected a number of bytes with an optional unit b, k, m, g or t (e.g. 64M)"
-        )
-    };
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let shift = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(bad()),
-    };
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if whole.is_empty() && frac.is_empty() || frac.len() > 9 {
-        return Err(bad());
-    }
-    let whole: u128 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| bad())?
-    };
-    let mut total = whole << shift;
-    if !frac.is_empty() {
-        let digits: u128 = frac.parse().map_err(|_| bad())?;
-        total += (digits << shift) / 10u128.pow(u32::try_from(frac.len()).unwrap_or(9));
-    }
-    u64::try_from(total).map_err(|_| format!("invalid size {text:?}: too large"))
-}
+pub(super) use crate::manager::spec::{parse_cpus, parse_memory};
 
 /// Nano-CPUs as a decimal, as Docker shows them (`0.5`).
 pub(super) fn cpus(nano: u64) -> String {

@@ -203,6 +203,8 @@ impl Manager {
     ) -> Result<String, ManagerError> {
         super::spec::normalize(&mut spec);
         super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        self.read(|s| super::networks::check_attached(s, &spec.networks))
+            .map_err(ManagerError::Invalid)?;
         let id = skep_pki::new_id();
         self.resolve_secrets(&actor, &id, &mut spec).await?;
         if self.read(|s| s.services.values().any(|x| x.spec.name == spec.name)) {
@@ -265,6 +267,8 @@ impl Manager {
             let mut spec = new.ok_or_else(|| ManagerError::Invalid("no spec given".into()))?;
             super::spec::normalize(&mut spec);
             super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+            self.read(|s| super::networks::check_attached(s, &spec.networks))
+                .map_err(ManagerError::Invalid)?;
             self.resolve_secrets(&actor, &svc.id, &mut spec).await?;
             if spec.name != old.name {
                 return Err(ManagerError::Invalid(

@@ -14,6 +14,7 @@ pub mod entitle;
 pub mod gate;
 pub mod limiter;
 pub mod network;
+pub mod networks;
 pub mod operators;
 pub mod orchestrator;
 pub mod scheduler;

@@ -61,6 +61,7 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
         ports: Vec::new(),
+        networks: Vec::new(),
     }
 }
 

@@ -49,7 +49,7 @@ pub fn validate_value(value: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     if labels.len() > 64 {
         return Err("labels: at most 64 labels".into());
     }

@@ -15,6 +15,7 @@
 
 pub mod log;
 pub mod model;
+pub mod network_obj;
 pub mod seal;
 pub mod secret_obj;
 pub mod service;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::checkpoint::{AuditKey, CHECKPOINT_ACTION, Checkpoint};
 use crate::audit::{AuditChain, AuditEvent};
+use crate::store::network_obj::Network;
 use crate::store::secret_obj::Secret;
 use crate::store::service::{Resources, Runtime, Service, Task, TaskStatus};
 
@@ -385,6 +386,13 @@ pub enum Command {
         /// The new token's full text.
         token: SecretString,
     },
+    /// Creates a network. Refused if a network of that name exists.
+    PutNetwork(Network),
+    /// Removes a network. Refused while a service is attached to it.
+    RemoveNetwork {
+        /// Network ID.
+        id: String,
+    },
 }
 
 /// What applying a command produced.
@@ -428,6 +436,9 @@ pub struct State {
     /// The Cedar RBAC policy set for operators (`policy set --rbac`); `None` is the default.
     #[serde(default)]
     pub rbac: Option<PolicyDoc>,
+    /// Networks by ID (`network create`, stacks).
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
 }
 
 /// A person allowed to use the Control API over mTLS with an operator certificate.
@@ -525,6 +536,28 @@ impl State {
             {
                 Err(format!("secret {} already exists", sec.name))
             }
+            Command::PutNetwork(net)
+                if self
+                    .networks
+                    .values()
+                    .any(|n| n.name == net.name && n.id != net.id) =>
+            {
+                Err(format!("network {} already exists", net.name))
+            }
+            Command::RemoveNetwork { id } => match self.networks.get(id) {
+                Some(net) => match self
+                    .services
+                    .values()
+                    .find(|s| s.spec.networks.contains(&net.name))
+                {
+                    Some(svc) => Err(format!(
+                        "network {} is in use by service {}",
+                        net.name, svc.spec.name
+                    )),
+                    None => Ok(()),
+                },
+                None => Ok(()),
+            },
             Command::PutOperator(op) if self.operators.contains_key(&op.name) => {
                 Err(format!("operator {} already exists", op.name))
             }
@@ -737,6 +770,12 @@ impl State {
                     c.unlock_key = unlock_key;
                 }
             }
+            Command::PutNetwork(net) => {
+                self.networks.insert(net.id.clone(), net);
+            }
+            Command::RemoveNetwork { id } => {
+                self.networks.remove(&id);
+            }
             Command::RotateToken { role, token } => {
                 if let Some(c) = self.cluster.as_mut() {
                     match role {
@@ -828,6 +867,66 @@ mod tests {
             Response::Ok
         );
         assert!(s.secrets.is_empty());
+    }
+
+    #[test]
+    fn network_names_are_unique_and_attached_networks_stay() {
+        let net = |id: &str| Network {
+            id: id.into(),
+            name: "web".into(),
+            labels: BTreeMap::new(),
+            driver: "overlay".into(),
+            created_at: "t".into(),
+        };
+        let mut s = State::default();
+        assert_eq!(s.apply(Command::PutNetwork(net("a"))), Response::Ok);
+        let r = s.apply(Command::PutNetwork(net("b")));
+        assert_eq!(r, Response::Rejected("network web already exists".into()));
+        let spec = crate::store::service::ServiceSpec {
+            name: "svc".into(),
+            labels: BTreeMap::new(),
+            mode: crate::store::service::Mode::Global,
+            task: crate::store::service::TaskSpec {
+                runtime: Runtime::Exec,
+                image: String::new(),
+                command: vec!["/bin/true".into()],
+                env: Vec::new(),
+                restart: Default::default(),
+                constraints: Vec::new(),
+                reservations: Default::default(),
+                limits: Default::default(),
+                secrets: Vec::new(),
+                ports: Vec::new(),
+            },
+            update: Default::default(),
+            rollback: Default::default(),
+            ports: Vec::new(),
+            networks: vec!["web".into()],
+        };
+        s.services.insert(
+            "s1".into(),
+            Service {
+                id: "s1".into(),
+                spec,
+                version: 1,
+                previous: None,
+                update: None,
+                revision: 1,
+                created_at: "t".into(),
+                updated_at: "t".into(),
+            },
+        );
+        let r = s.apply(Command::RemoveNetwork { id: "a".into() });
+        assert_eq!(
+            r,
+            Response::Rejected("network web is in use by service svc".into())
+        );
+        s.services.clear();
+        assert_eq!(
+            s.apply(Command::RemoveNetwork { id: "a".into() }),
+            Response::Ok
+        );
+        assert!(s.networks.is_empty());
     }
 
     #[test]

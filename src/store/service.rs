@@ -265,6 +265,9 @@ pub struct ServiceSpec {
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<PortConfig>,
+    /// Names of the networks the service is attached to (each must exist).
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 /// Where a rolling update is.

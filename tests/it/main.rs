@@ -25,3 +25,4 @@ mod secret_delivery;
 mod secrets;
 mod service_cli;
 mod services;
+mod stacks;

@@ -292,3 +292,87 @@ fn containers_are_reached_on_their_own_address_through_the_mesh() {
         );
     }
 }
+
+#[test]
+fn the_tutorial_stack_answers_on_every_node_from_tasks_on_other_nodes() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    let prog = match crate::runtime::test_program() {
+        Ok(p) => p.to_str().unwrap().to_string(),
+        Err(e) => {
+            eprintln!("NOTICE: cannot build the test program ({e}): skipping");
+            return;
+        }
+    };
+    let c = Cluster::init(1, 2);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"version: "3"
+services:
+  web:
+    image: username/repo:tag
+    x-skep-runtime: exec
+    command: ["{prog}", "serve"]
+    deploy:
+      replicas: 5
+      restart_policy:
+        condition: on-failure
+    ports:
+      - "4000:80"
+    networks:
+      - webnet
+networks:
+  webnet:
+"#
+        ),
+    )
+    .unwrap();
+    m.cli_ok(&[
+        "stack",
+        "deploy",
+        "-c",
+        file.to_str().unwrap(),
+        "getstartedlab",
+    ]);
+    let ids = c.ids();
+    for n in &c.nodes {
+        let addr: SocketAddr = format!("{}:4000", n.addr().split(':').next().unwrap())
+            .parse()
+            .unwrap();
+        let others = wait_for(
+            timeout(),
+            &format!("answers from other nodes through {}", n.name()),
+            || {
+                let mut from = BTreeSet::new();
+                for _ in 0..10 {
+                    let a = ask(addr)?;
+                    let node = ids
+                        .iter()
+                        .find(|id| a.contains(&format!("node={id}")))
+                        .ok_or(a.clone())?;
+                    from.insert(node.clone());
+                }
+                from.remove(n.id());
+                if from.is_empty() {
+                    Err("only local answers".into())
+                } else {
+                    Ok(from)
+                }
+            },
+        );
+        assert!(!others.is_empty());
+    }
+    m.cli_ok(&["stack", "rm", "getstartedlab"]);
+    let addr: SocketAddr = format!("{}:4000", m.addr().split(':').next().unwrap())
+        .parse()
+        .unwrap();
+    wait_until(timeout(), "the stack's port closed", || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
+    });
+}

@@ -1,0 +1,653 @@
+//! `skep stack deploy|ls|services|ps|rm` and `skep network create|ls|inspect|rm`.
+//!
+//! A stack is the set of services, networks and secrets labelled
+//! `com.docker.stack.namespace=<stack>`. `stack deploy` loads the Compose files here, on the
+//! operator's machine ([`crate::stack`]), and sends each object through the ordinary Control
+//! RPCs, so every service create or update is checked and audited as if typed by hand; one
+//! `StackAudit` record then ties the command together.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use tonic::transport::Channel;
+
+use super::client::status;
+use super::output::{Table, json_line, json_pretty};
+use super::progress::{self, Baseline};
+use super::service::{fetch, hostnames, ls_json, ls_table, ps_output};
+use super::tasks::{parse_service, parse_tasks, short_id};
+use super::{Format, print};
+use crate::api::v1::control_client::ControlClient;
+use crate::api::v1::{
+    Empty, NetworkCreateRequest, NetworkInfo, NetworkLookup, SecretCreateRequest, SecretLookup,
+    ServiceRef, ServiceSpecRequest, ServiceUpdateRequest, StackAuditRequest,
+};
+use crate::stack::{NAMESPACE_LABEL, SecretSource, Stack};
+use crate::store::service::{Service, Task};
+
+type Api = ControlClient<Channel>;
+
+#[derive(Debug, Subcommand)]
+pub(super) enum StackCommand {
+    /// Deploy a new stack or update an existing stack.
+    #[command(alias = "up")]
+    Deploy(DeployArgs),
+    /// List stacks.
+    #[command(alias = "list")]
+    Ls(StackLsArgs),
+    /// List the services in the stack.
+    Services(StackServicesArgs),
+    /// List the tasks in the stack.
+    Ps(StackPsArgs),
+    /// Remove one or more stacks.
+    #[command(alias = "remove", alias = "down")]
+    Rm(StackRmArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct DeployArgs {
+    /// Path to a Compose file; several are merged in order, later ones overriding.
+    #[arg(
+        short = 'c',
+        long = "compose-file",
+        value_name = "FILE",
+        required = true
+    )]
+    compose_files: Vec<PathBuf>,
+    /// Prune services that are no longer referenced.
+    #[arg(long)]
+    prune: bool,
+    /// Exit immediately instead of waiting for the services to converge.
+    #[arg(short, long)]
+    detach: bool,
+    /// Suppress progress output.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Stack name.
+    #[arg(value_name = "STACK")]
+    stack: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StackLsArgs {
+    /// Output format.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StackServicesArgs {
+    /// Only display IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    format: Format,
+    /// Stack name.
+    #[arg(value_name = "STACK")]
+    stack: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StackPsArgs {
+    /// Only display task IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Do not truncate output.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Output format.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    format: Format,
+    /// Stack name.
+    #[arg(value_name = "STACK")]
+    stack: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct StackRmArgs {
+    /// Stack names.
+    #[arg(value_name = "STACK", required = true)]
+    stacks: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(super) enum NetworkCommand {
+    /// Create a network.
+    Create(NetworkCreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls(NetworkLsArgs),
+    /// Display detailed information on one or more networks.
+    Inspect(NetworkNamesArgs),
+    /// Remove one or more networks.
+    #[command(alias = "remove")]
+    Rm(NetworkNamesArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct NetworkCreateArgs {
+    /// Driver to manage the network (only `overlay`).
+    #[arg(short, long, value_name = "DRIVER", default_value = "overlay")]
+    driver: String,
+    /// Network labels (KEY=VALUE).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Network name.
+    #[arg(value_name = "NETWORK")]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct NetworkLsArgs {
+    /// Only display IDs.
+    #[arg(short, long)]
+    quiet: bool,
+    /// Output format.
+    #[arg(long, value_name = "FORMAT", default_value = "table")]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct NetworkNamesArgs {
+    /// Network name, ID or ID prefix.
+    #[arg(value_name = "NETWORK", required = true)]
+    networks: Vec<String>,
+}
+
+pub(super) async fn run(api: &mut Api, cmd: StackCommand) -> anyhow::Result<()> {
+    match cmd {
+        StackCommand::Deploy(a) => deploy(api, a).await,
+        StackCommand::Ls(a) => ls(api, a).await,
+        StackCommand::Services(a) => services(api, a).await,
+        StackCommand::Ps(a) => ps(api, a).await,
+        StackCommand::Rm(a) => rm(api, a).await,
+    }
+}
+
+/// What can be checked before a daemon is asked: a bad Compose file changes nothing.
+pub(super) fn check(cmd: &StackCommand) -> anyhow::Result<()> {
+    if let StackCommand::Deploy(a) = cmd {
+        let env: BTreeMap<String, String> = std::env::vars().collect();
+        crate::stack::load(&a.compose_files, &a.stack, &env, &crate::stack::Disk)?;
+    }
+    Ok(())
+}
+
+/// Loads the Compose files and shows the warnings.
+fn load(a: &DeployArgs) -> anyhow::Result<Stack> {
+    let env: BTreeMap<String, String> = std::env::vars().collect();
+    let stack = crate::stack::load(&a.compose_files, &a.stack, &env, &crate::stack::Disk)?;
+    for w in &stack.warnings {
+        eprintln!("Warning: {w}");
+    }
+    Ok(stack)
+}
+
+/// Every service with its current tasks.
+async fn all_services(api: &mut Api) -> anyhow::Result<Vec<(Service, Vec<Task>)>> {
+    let infos = api
+        .service_list(Empty {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .services;
+    let mut out = Vec::new();
+    for info in &infos {
+        out.push((
+            parse_service(&info.service_json)?,
+            parse_tasks(&info.tasks_json)?,
+        ));
+    }
+    out.sort_by(|(a, _), (b, _)| a.spec.name.cmp(&b.spec.name));
+    Ok(out)
+}
+
+fn in_stack(labels: &BTreeMap<String, String>, stack: &str) -> bool {
+    labels.get(NAMESPACE_LABEL).is_some_and(|s| s == stack)
+}
+
+fn in_stack_map(labels: &std::collections::HashMap<String, String>, stack: &str) -> bool {
+    labels.get(NAMESPACE_LABEL).is_some_and(|s| s == stack)
+}
+
+async fn networks(api: &mut Api) -> anyhow::Result<Vec<NetworkInfo>> {
+    Ok(api
+        .network_list(Empty {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .networks)
+}
+
+/// What a deploy did, for its audit record.
+#[derive(Default)]
+struct Done {
+    created: Vec<String>,
+    updated: Vec<String>,
+    removed: Vec<String>,
+}
+
+async fn audit(api: &mut Api, stack: &str, action: &str, result: &anyhow::Result<()>, d: &Done) {
+    let mut details = std::collections::HashMap::new();
+    for (k, v) in [
+        ("created", &d.created),
+        ("updated", &d.updated),
+        ("removed", &d.removed),
+    ] {
+        if !v.is_empty() {
+            details.insert(k.to_string(), v.join(","));
+        }
+    }
+    if let Err(e) = result {
+        details.insert("error".to_string(), format!("{e:#}"));
+    }
+    let req = StackAuditRequest {
+        stack: stack.to_string(),
+        action: action.to_string(),
+        outcome: if result.is_ok() { "ok" } else { "error" }.to_string(),
+        details,
+    };
+    if let Err(e) = api.stack_audit(req).await {
+        eprintln!(
+            "Warning: the stack {action} could not be audited: {}",
+            e.message()
+        );
+    }
+}
+
+async fn deploy(api: &mut Api, a: DeployArgs) -> anyhow::Result<()> {
+    let stack = load(&a)?;
+    let mut done = Done::default();
+    let mut waits = Vec::new();
+    let result = deploy_objects(api, &stack, a.prune, &mut done, &mut waits).await;
+    audit(api, &stack.name, "deploy", &result, &done).await;
+    result?;
+    if a.detach {
+        return Ok(());
+    }
+    let mut errors = Vec::new();
+    for (name, id, base) in waits {
+        if !a.quiet {
+            print(&format!("{name}\n"))?;
+        }
+        if let Err(e) = progress::wait(api, &id, base, a.quiet).await {
+            errors.push(format!("{name}: {e}"));
+        }
+    }
+    super::output::fail_with(errors)
+}
+
+async fn deploy_objects(
+    api: &mut Api,
+    stack: &Stack,
+    prune: bool,
+    done: &mut Done,
+    waits: &mut Vec<(String, String, Baseline)>,
+) -> anyhow::Result<()> {
+    // Check what must exist already before changing anything.
+    let secrets = api
+        .secret_list(Empty {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .secrets;
+    for s in &stack.secrets {
+        let existing = secrets.iter().find(|x| x.name == s.name);
+        match (&s.source, existing) {
+            (SecretSource::External, None) => {
+                bail!(
+                    "secret not found: {} (it is `external`: create it first with `skep secret create {} FILE`)",
+                    s.name,
+                    s.name
+                )
+            }
+            (SecretSource::Value(v), Some(x))
+                if x.digest != crate::store::secret_obj::digest(v.expose()) =>
+            {
+                bail!(
+                    "secret {} exists with another value: secrets cannot be changed in place; remove the stack first, or give the secret a new name",
+                    s.name
+                )
+            }
+            _ => {}
+        }
+    }
+    let nets = networks(api).await?;
+    for n in stack.networks.iter().filter(|n| n.external) {
+        if !nets.iter().any(|x| x.name == n.name) {
+            bail!(
+                "network not found: {} (it is `external`: create it first with `skep network create {}`)",
+                n.name,
+                n.name
+            );
+        }
+    }
+    for n in stack.networks.iter().filter(|n| !n.external) {
+        if nets.iter().any(|x| x.name == n.name) {
+            continue;
+        }
+        print(&format!("Creating network {}\n", n.name))?;
+        api.network_create(NetworkCreateRequest {
+            name: n.name.clone(),
+            labels: n.labels.clone().into_iter().collect(),
+            driver: String::new(),
+        })
+        .await
+        .map_err(status)?;
+    }
+    for s in &stack.secrets {
+        let SecretSource::Value(v) = &s.source else {
+            continue;
+        };
+        if secrets.iter().any(|x| x.name == s.name) {
+            continue;
+        }
+        print(&format!("Creating secret {}\n", s.name))?;
+        api.secret_create(SecretCreateRequest {
+            name: s.name.clone(),
+            labels: s.labels.clone().into_iter().collect(),
+            value: v.expose().to_vec(),
+        })
+        .await
+        .map_err(status)?;
+    }
+    let existing = all_services(api).await?;
+    for spec in &stack.services {
+        let json = serde_json::to_string(spec)?;
+        match existing.iter().find(|(s, _)| s.spec.name == spec.name) {
+            Some((svc, _)) => {
+                print(&format!(
+                    "Updating service {} (id: {})\n",
+                    spec.name,
+                    short_id(&svc.id)
+                ))?;
+                api.service_update(ServiceUpdateRequest {
+                    service: svc.id.clone(),
+                    spec_json: json,
+                    rollback: false,
+                    force: false,
+                })
+                .await
+                .map_err(status)
+                .with_context(|| format!("updating service {}", spec.name))?;
+                done.updated.push(spec.name.clone());
+                waits.push((
+                    spec.name.clone(),
+                    svc.id.clone(),
+                    Baseline {
+                        update: svc.update.clone(),
+                        ..Default::default()
+                    },
+                ));
+            }
+            None => {
+                print(&format!("Creating service {}\n", spec.name))?;
+                let id = api
+                    .service_create(ServiceSpecRequest { spec_json: json })
+                    .await
+                    .map_err(status)
+                    .with_context(|| format!("creating service {}", spec.name))?
+                    .into_inner()
+                    .id;
+                done.created.push(spec.name.clone());
+                waits.push((spec.name.clone(), id, Baseline::default()));
+            }
+        }
+    }
+    if prune {
+        let wanted: BTreeSet<&str> = stack.services.iter().map(|s| s.name.as_str()).collect();
+        for (svc, _) in &existing {
+            if in_stack(&svc.spec.labels, &stack.name) && !wanted.contains(svc.spec.name.as_str()) {
+                print(&format!("Removing service {}\n", svc.spec.name))?;
+                api.service_remove(ServiceRef {
+                    service: svc.id.clone(),
+                })
+                .await
+                .map_err(status)?;
+                done.removed.push(svc.spec.name.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn ls(api: &mut Api, a: StackLsArgs) -> anyhow::Result<()> {
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    for (svc, _) in all_services(api).await? {
+        if let Some(s) = svc.spec.labels.get(NAMESPACE_LABEL) {
+            *counts.entry(s.clone()).or_default() += 1;
+        }
+    }
+    let text = match a.format {
+        Format::Table => {
+            let mut t = Table::new(&["NAME", "SERVICES"]);
+            for (name, n) in &counts {
+                t.row(vec![name.clone(), n.to_string()]);
+            }
+            t.render()
+        }
+        Format::Json => counts
+            .iter()
+            .map(|(name, n)| json_line(&json!({"Name": name, "Services": n.to_string()})))
+            .collect(),
+    };
+    print(&text)
+}
+
+async fn stack_services(api: &mut Api, stack: &str) -> anyhow::Result<Vec<(Service, Vec<Task>)>> {
+    let all: Vec<_> = all_services(api)
+        .await?
+        .into_iter()
+        .filter(|(s, _)| in_stack(&s.spec.labels, stack))
+        .collect();
+    if all.is_empty() {
+        bail!("Nothing found in stack: {stack}");
+    }
+    Ok(all)
+}
+
+async fn services(api: &mut Api, a: StackServicesArgs) -> anyhow::Result<()> {
+    let list = stack_services(api, &a.stack).await?;
+    let text = if a.quiet {
+        list.iter()
+            .map(|(s, _)| format!("{}\n", short_id(&s.id)))
+            .collect()
+    } else {
+        match a.format {
+            Format::Table => ls_table(&list),
+            Format::Json => list
+                .iter()
+                .map(|(s, t)| json_line(&ls_json(s, t)))
+                .collect(),
+        }
+    };
+    print(&text)
+}
+
+async fn ps(api: &mut Api, a: StackPsArgs) -> anyhow::Result<()> {
+    let list = stack_services(api, &a.stack).await?;
+    let mut tasks = Vec::new();
+    for (svc, _) in &list {
+        // All of a service's tasks, history included, as `service ps` shows them.
+        let (_, t) = fetch(api, &svc.id).await?;
+        tasks.extend(t);
+    }
+    let hosts = hostnames(api).await;
+    print(&ps_output(&tasks, &hosts, a.quiet, a.no_trunc, a.format))
+}
+
+async fn rm(api: &mut Api, a: StackRmArgs) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for stack in &a.stacks {
+        let mut done = Done::default();
+        let result = rm_one(api, stack, &mut done).await;
+        audit(api, stack, "rm", &result, &done).await;
+        if let Err(e) = result {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    super::output::fail_with(errors)
+}
+
+/// Removes the stack's services, then the secrets and networks it made: never anything
+/// without its label (external secrets and networks stay).
+async fn rm_one(api: &mut Api, stack: &str, done: &mut Done) -> anyhow::Result<()> {
+    let services: Vec<Service> = all_services(api)
+        .await?
+        .into_iter()
+        .map(|(s, _)| s)
+        .filter(|s| in_stack(&s.spec.labels, stack))
+        .collect();
+    let secrets: Vec<_> = api
+        .secret_list(Empty {})
+        .await
+        .map_err(status)?
+        .into_inner()
+        .secrets
+        .into_iter()
+        .filter(|s| in_stack_map(&s.labels, stack))
+        .collect();
+    let nets: Vec<_> = networks(api)
+        .await?
+        .into_iter()
+        .filter(|n| in_stack_map(&n.labels, stack))
+        .collect();
+    if services.is_empty() && secrets.is_empty() && nets.is_empty() {
+        bail!("Nothing found in stack: {stack}");
+    }
+    for s in &services {
+        print(&format!("Removing service {}\n", s.spec.name))?;
+        api.service_remove(ServiceRef {
+            service: s.id.clone(),
+        })
+        .await
+        .map_err(status)?;
+        done.removed.push(s.spec.name.clone());
+    }
+    for s in &secrets {
+        print(&format!("Removing secret {}\n", s.name))?;
+        api.secret_remove(SecretLookup {
+            secret: s.id.clone(),
+        })
+        .await
+        .map_err(status)?;
+        done.removed.push(s.name.clone());
+    }
+    for n in &nets {
+        print(&format!("Removing network {}\n", n.name))?;
+        api.network_remove(NetworkLookup {
+            network: n.id.clone(),
+        })
+        .await
+        .map_err(status)?;
+        done.removed.push(n.name.clone());
+    }
+    Ok(())
+}
+
+pub(super) async fn network(api: &mut Api, cmd: NetworkCommand) -> anyhow::Result<()> {
+    match cmd {
+        NetworkCommand::Create(a) => {
+            let mut labels = std::collections::HashMap::new();
+            for l in &a.labels {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                labels.insert(k.to_string(), v.to_string());
+            }
+            let id = api
+                .network_create(NetworkCreateRequest {
+                    name: a.name,
+                    labels,
+                    driver: a.driver,
+                })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .id;
+            print(&format!("{id}\n"))
+        }
+        NetworkCommand::Ls(a) => {
+            let list = networks(api).await?;
+            let text = if a.quiet {
+                list.iter()
+                    .map(|n| format!("{}\n", short_id(&n.id)))
+                    .collect()
+            } else {
+                match a.format {
+                    Format::Table => {
+                        let mut t = Table::new(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
+                        for n in &list {
+                            t.row(vec![
+                                short_id(&n.id).to_string(),
+                                n.name.clone(),
+                                n.driver.clone(),
+                                "swarm".into(),
+                            ]);
+                        }
+                        t.render()
+                    }
+                    Format::Json => list
+                        .iter()
+                        .map(|n| {
+                            json_line(&json!({
+                                "ID": short_id(&n.id),
+                                "Name": n.name,
+                                "Driver": n.driver,
+                                "Scope": "swarm",
+                                "Labels": n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                            }))
+                        })
+                        .collect(),
+                }
+            };
+            print(&text)
+        }
+        NetworkCommand::Inspect(a) => {
+            let mut found = Vec::new();
+            let mut errors = Vec::new();
+            for want in &a.networks {
+                match api
+                    .network_inspect(NetworkLookup {
+                        network: want.clone(),
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        let n = r.into_inner();
+                        let labels: BTreeMap<_, _> = n.labels.into_iter().collect();
+                        found.push(json!({
+                            "Name": n.name,
+                            "Id": n.id,
+                            "Created": n.created_at,
+                            "Scope": "swarm",
+                            "Driver": n.driver,
+                            "Labels": labels,
+                            "Services": n.services,
+                        }));
+                    }
+                    Err(s) => errors.push(status(s).to_string()),
+                }
+            }
+            print(&json_pretty(&serde_json::Value::Array(found)))?;
+            super::output::fail_with(errors)
+        }
+        NetworkCommand::Rm(a) => {
+            let mut errors = Vec::new();
+            for want in &a.networks {
+                match api
+                    .network_remove(NetworkLookup {
+                        network: want.clone(),
+                    })
+                    .await
+                {
+                    Ok(_) => print(&format!("{want}\n"))?,
+                    Err(s) => errors.push(status(s).to_string()),
+                }
+            }
+            super::output::fail_with(errors)
+        }
+    }
+}

@@ -1,0 +1,349 @@
+//! Stacks from Compose files, as the "Swarms" tutorial drives them: `stack deploy` makes the
+//! network, the secret and the services; a re-deploy updates in place; `--prune` removes a
+//! service dropped from the file; `stack rm` removes the stack's objects and nothing else.
+//! Bad files are refused before anything changes, or warned about.
+//!
+//! The exec runtime needs root (namespaces), as in `runtime.rs`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::harness::{Cluster, Node, assert_error, json_lines, stderr, timeout, wait_for};
+
+fn root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// The tutorial's file, adapted: the exec runtime instead of an image, and a second service
+/// (`extra`) to prune later.
+fn seed(replicas: u32, with_extra: bool) -> String {
+    let extra = if with_extra {
+        r#"
+  extra:
+    x-skep-runtime: exec
+    command: /bin/sleep 1000
+    deploy:
+      replicas: 1
+    secrets: [api_key]
+"#
+    } else {
+        ""
+    };
+    format!(
+        r#"version: "3"
+services:
+  web:
+    image: username/repo:tag
+    x-skep-runtime: exec
+    command: ["/bin/sleep", "1000"]
+    deploy:
+      replicas: {replicas}
+      resources:
+        limits:
+          cpus: "0.1"
+          memory: 50M
+      restart_policy:
+        condition: on-failure
+    ports:
+      - "4000:80"
+    secrets:
+      - db_password
+    networks:
+      - webnet
+{extra}
+networks:
+  webnet:
+secrets:
+  db_password:
+    external: true
+  api_key:
+    file: ./api_key.txt
+"#
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn service_id(m: &Node, name: &str) -> String {
+    let v: Value = serde_json::from_str(&m.cli_ok(&["service", "inspect", name])).unwrap();
+    v[0]["id"].as_str().unwrap().to_string()
+}
+
+fn names(listing: &[Value], key: &str) -> Vec<String> {
+    let mut n: Vec<String> = listing
+        .iter()
+        .filter_map(|v| v[key].as_str().map(String::from))
+        .collect();
+    n.sort();
+    n
+}
+
+/// Tasks of the stack that should run and do, by host name.
+fn running_hosts(m: &Node, stack: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = json_lines(&m.cli_ok(&["stack", "ps", "--format", "json", stack]))
+        .iter()
+        .filter(|t| {
+            t["DesiredState"] == "Running"
+                && t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Running"))
+                && t["Name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with(&format!("{stack}_web.")))
+        })
+        .filter_map(|t| t["Node"].as_str().map(String::from))
+        .collect();
+    hosts.sort();
+    hosts
+}
+
+#[test]
+fn the_tutorial_stack_deploys_updates_prunes_and_is_removed() {
+    if !root() {
+        eprintln!("NOTICE: exec runtime unavailable (not root): skipping");
+        return;
+    }
+    let c = Cluster::init(1, 2);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "api_key.txt", "k3y");
+    let out = m.cli_stdin(&["secret", "create", "db_password", "-"], "hunter2");
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Another stack first: it must come through everything below untouched.
+    let other = write(
+        dir.path(),
+        "other.yml",
+        "services:\n  app:\n    x-skep-runtime: exec\n    command: /bin/sleep 1000\n    secrets: [k]\nsecrets:\n  k:\n    file: ./api_key.txt\n",
+    );
+    m.cli_ok(&["stack", "deploy", "-c", path(&other), "other"]);
+
+    // Deploy: the network, the file secret, the services; then it waits for convergence.
+    let file = write(dir.path(), "docker-compose.yml", &seed(5, true));
+    let out = m.cli_ok(&["stack", "deploy", "-c", path(&file), "getstartedlab"]);
+    for line in [
+        "Creating network getstartedlab_webnet",
+        "Creating secret getstartedlab_api_key",
+        "Creating service getstartedlab_web",
+        "Creating service getstartedlab_extra",
+        "verify: Service converged",
+    ] {
+        assert!(out.contains(line), "missing {line:?}:\n{out}");
+    }
+    let hosts = running_hosts(m, "getstartedlab");
+    assert_eq!(hosts.len(), 5, "{hosts:?}");
+    let mut distinct = hosts.clone();
+    distinct.dedup();
+    assert_eq!(distinct, ["m1", "w1", "w2"], "tasks not spread: {hosts:?}");
+
+    // ls / services / ps.
+    let stacks = json_lines(&m.cli_ok(&["stack", "ls", "--format", "json"]));
+    assert_eq!(names(&stacks, "Name"), ["getstartedlab", "other"]);
+    let gs = stacks
+        .iter()
+        .find(|s| s["Name"] == "getstartedlab")
+        .unwrap();
+    assert_eq!(gs["Services"], "2");
+    let table = m.cli_ok(&["stack", "ls"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("SERVICES"),
+        "{table}"
+    );
+    let services =
+        json_lines(&m.cli_ok(&["stack", "services", "--format", "json", "getstartedlab"]));
+    assert_eq!(
+        names(&services, "Name"),
+        ["getstartedlab_extra", "getstartedlab_web"]
+    );
+    let web = services
+        .iter()
+        .find(|s| s["Name"] == "getstartedlab_web")
+        .unwrap();
+    assert_eq!(web["Replicas"], "5/5");
+    let ps = m.cli_ok(&["stack", "ps", "getstartedlab"]);
+    assert!(ps.contains("getstartedlab_web.5"), "{ps}");
+
+    // The network is an object with the stack's label and its services.
+    let nets = json_lines(&m.cli_ok(&["network", "ls", "--format", "json"]));
+    assert!(
+        names(&nets, "Name").contains(&"getstartedlab_webnet".to_string()),
+        "{nets:?}"
+    );
+    let inspect: Value =
+        serde_json::from_str(&m.cli_ok(&["network", "inspect", "getstartedlab_webnet"])).unwrap();
+    assert_eq!(
+        inspect[0]["Labels"]["com.docker.stack.namespace"],
+        "getstartedlab"
+    );
+    assert_eq!(inspect[0]["Services"][0], "getstartedlab_web");
+
+    // Edit and redeploy without --prune: web is updated in place, extra stays.
+    let id = service_id(m, "getstartedlab_web");
+    write(dir.path(), "docker-compose.yml", &seed(3, false));
+    let out = m.cli_ok(&["stack", "deploy", "-c", path(&file), "getstartedlab"]);
+    assert!(out.contains("Updating service getstartedlab_web"), "{out}");
+    assert_eq!(service_id(m, "getstartedlab_web"), id);
+    wait_for(timeout(), "web scaled to 3", || {
+        let h = running_hosts(m, "getstartedlab");
+        if h.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{h:?}"))
+        }
+    });
+    let v: Value =
+        serde_json::from_str(&m.cli_ok(&["service", "inspect", "getstartedlab_web"])).unwrap();
+    assert_eq!(v[0]["spec"]["mode"]["Replicated"]["replicas"], 3);
+    assert!(
+        m.cli(&["service", "inspect", "getstartedlab_extra"])
+            .status
+            .success()
+    );
+
+    // With --prune, the service dropped from the file goes.
+    let out = m.cli_ok(&[
+        "stack",
+        "deploy",
+        "--prune",
+        "-c",
+        path(&file),
+        "getstartedlab",
+    ]);
+    assert!(
+        out.contains("Removing service getstartedlab_extra"),
+        "{out}"
+    );
+    assert!(
+        !m.cli(&["service", "inspect", "getstartedlab_extra"])
+            .status
+            .success()
+    );
+
+    // rm: services, the stack's secret and network; never the external secret or the other
+    // stack's objects.
+    let out = m.cli_ok(&["stack", "rm", "getstartedlab"]);
+    for line in [
+        "Removing service getstartedlab_web",
+        "Removing secret getstartedlab_api_key",
+        "Removing network getstartedlab_webnet",
+    ] {
+        assert!(out.contains(line), "missing {line:?}:\n{out}");
+    }
+    let services = json_lines(&m.cli_ok(&["service", "ls", "--format", "json"]));
+    assert_eq!(names(&services, "Name"), ["other_app"]);
+    let secrets = names(
+        &json_lines(&m.cli_ok(&["secret", "ls", "--format", "json"])),
+        "Name",
+    );
+    assert!(secrets.contains(&"db_password".to_string()), "{secrets:?}");
+    assert!(secrets.contains(&"other_k".to_string()), "{secrets:?}");
+    assert!(
+        !secrets.iter().any(|s| s.starts_with("getstartedlab")),
+        "{secrets:?}"
+    );
+    let nets = json_lines(&m.cli_ok(&["network", "ls", "--format", "json"]));
+    assert_eq!(names(&nets, "Name"), ["other_default"]);
+    let out = m.cli(&["stack", "ps", "getstartedlab"]);
+    assert_error(&out, "Nothing found in stack: getstartedlab");
+
+    // One audit record per command, besides the records of each change.
+    let actions: Vec<String> = m
+        .audit()
+        .iter()
+        .filter(|r| r["target"] == "getstartedlab")
+        .filter_map(|r| r["action"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        actions,
+        ["stack.deploy", "stack.deploy", "stack.deploy", "stack.rm"],
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn bad_compose_files_are_refused_clearly_or_warned() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    let deploy = |name: &str, text: &str| {
+        let p = write(dir.path(), name, text);
+        m.cli(&["stack", "deploy", "-d", "-c", path(&p), "bad"])
+    };
+
+    // A billion laughs: refused by the YAML budget, quickly, not expanded.
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    let mut prev = "a".to_string();
+    for n in ["b", "c", "d", "e", "f", "g", "h", "i"] {
+        let refs = vec![format!("*{prev}"); 9].join(",");
+        bomb.push_str(&format!("{n}: &{n} [{refs}]\n"));
+        prev = n.to_string();
+    }
+    bomb.push_str("services:\n  web:\n    image: nginx\n    command: *i\n");
+    let started = std::time::Instant::now();
+    assert_error(&deploy("bomb.yml", &bomb), "not valid YAML");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // An unknown version, and a syntax error with its line.
+    assert_error(
+        &deploy(
+            "v1.yml",
+            "version: \"1\"\nservices:\n  web:\n    image: nginx\n",
+        ),
+        "unsupported Compose file version \"1\"",
+    );
+    assert_error(
+        &deploy(
+            "syntax.yml",
+            "services:\n  web:\n    image: nginx\n    ports: [\"80:80\"\n",
+        ),
+        "line ",
+    );
+
+    // An external secret that does not exist: refused before anything is created.
+    assert_error(
+        &deploy(
+            "secret.yml",
+            "services:\n  web:\n    image: nginx\n    secrets: [nope]\nsecrets:\n  nope:\n    external: true\n",
+        ),
+        "secret not found: nope",
+    );
+    assert_error(
+        &deploy(
+            "undeclared.yml",
+            "services:\n  web:\n    image: nginx\n    secrets: [nope]\n",
+        ),
+        "not declared",
+    );
+    let services = json_lines(&m.cli_ok(&["service", "ls", "--format", "json"]));
+    assert!(services.is_empty(), "{services:?}");
+    let nets = json_lines(&m.cli_ok(&["network", "ls", "--format", "json"]));
+    assert!(nets.is_empty(), "{nets:?}");
+
+    // An unknown key under deploy: a warning, and the deploy goes on.
+    let out = deploy(
+        "warn.yml",
+        "services:\n  web:\n    image: nginx\n    deploy:\n      replicas: 1\n      frobnicate: yes\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "Warning: service web: key `deploy.frobnicate` is not supported by skep and is ignored"
+        ),
+        "{err}"
+    );
+    let services = json_lines(&m.cli_ok(&["stack", "services", "--format", "json", "bad"]));
+    assert_eq!(names(&services, "Name"), ["bad_web"]);
+    m.cli_ok(&["stack", "rm", "bad"]);
+}
