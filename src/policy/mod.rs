@@ -273,20 +273,8 @@ impl PolicyEngine {
     /// strict validator rejects; the error quotes Cedar with line:column. An empty text (or one
     /// with only comments) is a valid, empty policy set that denies every request.
     pub fn parse(text: &str) -> Result<PolicyEngine, PolicyError> {
-        if text.len() > MAX_POLICY_BYTES {
-            return Err(PolicyError::TooLarge {
-                size: text.len(),
-                limit: MAX_POLICY_BYTES,
-            });
-        }
-        check_complexity(text)?;
         let model = model()?;
-        // Cedar's parser recurses once per nesting level with large frames (tens of KiB per
-        // bracket in debug builds), so it runs on a thread whose stack comfortably covers the
-        // deepest text `check_complexity` lets through, whatever the caller's stack.
-        let owned = text.to_string();
-        on_big_stack(move || PolicyEngine::parse_on_this_thread(owned, model))
-            .unwrap_or_else(|| PolicyEngine::parse_on_this_thread(text.to_string(), model))
+        parse_bounded(text, move |t| PolicyEngine::parse_on_this_thread(t, model))
     }
 
     fn parse_on_this_thread(text: String, model: &Model) -> Result<PolicyEngine, PolicyError> {
@@ -477,6 +465,26 @@ impl PolicyEngine {
         }
         Ok(Decision::Deny { reason })
     }
+}
+
+/// Parses a policy text within skep's limits: at most [`MAX_POLICY_BYTES`], nesting and
+/// operators bounded ([`check_complexity`]), and the Cedar parse itself ([`on_big_stack`])
+/// on a thread whose stack covers the deepest text let through: Cedar's parser recurses once
+/// per nesting level with large frames (tens of KiB per bracket in debug builds).
+fn parse_bounded<T: Send + 'static>(
+    text: &str,
+    parse: impl Fn(String) -> Result<T, PolicyError> + Clone + Send + 'static,
+) -> Result<T, PolicyError> {
+    if text.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge {
+            size: text.len(),
+            limit: MAX_POLICY_BYTES,
+        });
+    }
+    check_complexity(text)?;
+    let owned = text.to_string();
+    let on_thread = parse.clone();
+    on_big_stack(move || on_thread(owned)).unwrap_or_else(|| parse(text.to_string()))
 }
 
 /// Runs a Cedar parse on a thread whose stack comfortably covers the deepest text

@@ -18,10 +18,7 @@ use cedar_policy::{
     Validator,
 };
 
-use super::{
-    MAX_POLICY_BYTES, PolicyError, check_complexity, digest, on_big_stack, render_all,
-    render_diagnostic,
-};
+use super::{PolicyError, digest, parse_bounded, render_all, render_diagnostic};
 
 /// The schema RBAC policies are validated against.
 pub const SCHEMA: &str = include_str!("../../policies/rbac.cedarschema");
@@ -169,17 +166,8 @@ impl RbacEngine {
     /// Parses `text` and validates it strictly against [`SCHEMA`], with the same size and
     /// nesting limits as the secret policies.
     pub fn parse(text: &str) -> Result<RbacEngine, PolicyError> {
-        if text.len() > MAX_POLICY_BYTES {
-            return Err(PolicyError::TooLarge {
-                size: text.len(),
-                limit: MAX_POLICY_BYTES,
-            });
-        }
-        check_complexity(text)?;
         let model = model()?;
-        let owned = text.to_string();
-        on_big_stack(move || Self::parse_here(owned, model))
-            .unwrap_or_else(|| Self::parse_here(text.to_string(), model))
+        parse_bounded(text, move |t| Self::parse_here(t, model))
     }
 
     fn parse_here(text: String, model: &Model) -> Result<RbacEngine, PolicyError> {

@@ -41,28 +41,7 @@ fn swarm_ca_rotate_moves_every_node_to_a_new_root_without_stopping_tasks() {
     }
     let c = Cluster::init(2, 2);
     let m = c.first();
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--mode",
-        "global",
-        "--name",
-        "steady",
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
-    let tasks = wait_for(timeout(), "a running task on each node", || {
-        let ids = crate::harness::running_task_ids(m, "steady");
-        if ids.len() == 4 {
-            Ok(ids)
-        } else {
-            Err(format!("{ids:?}"))
-        }
-    });
+    let tasks = crate::harness::start_steady_everywhere(m, 4);
     let old_root = pem_to_der(&m.cli_ok(&["swarm", "ca", "-q"]));
     assert_eq!(certs_in(m, "root.crt"), vec![old_root.clone()]);
     let old_worker = m.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();

@@ -870,3 +870,30 @@ pub fn running_task_ids(node: &Node, service: &str) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// Starts a global exec service `steady` (`sleep 1000` on every node) through `node` and
+/// waits for its `count` tasks to run; their IDs, sorted.
+pub fn start_steady_everywhere(node: &Node, count: usize) -> Vec<String> {
+    node.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--mode",
+        "global",
+        "--name",
+        "steady",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    wait_for(timeout(), "a running task on each node", || {
+        let ids = running_task_ids(node, "steady");
+        if ids.len() == count {
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    })
+}

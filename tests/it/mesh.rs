@@ -25,6 +25,22 @@ fn ask(addr: SocketAddr) -> Result<String, String> {
     }
 }
 
+/// The test program's path for exec tasks, or `None` (with a notice) when exec tasks cannot
+/// run here (not root) or the program cannot be built.
+fn serving_program() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return None;
+    }
+    match crate::runtime::test_program() {
+        Ok(p) => Some(p.to_str()?.to_string()),
+        Err(e) => {
+            eprintln!("NOTICE: cannot build the test program ({e}): skipping");
+            None
+        }
+    }
+}
+
 /// A log without its terminal colours.
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -45,16 +61,8 @@ fn strip_ansi(text: &str) -> String {
 
 #[test]
 fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+    let Some(prog) = serving_program() else {
         return;
-    }
-    let prog = match crate::runtime::test_program() {
-        Ok(p) => p.to_str().unwrap().to_string(),
-        Err(e) => {
-            eprintln!("NOTICE: cannot build the test program ({e}): skipping");
-            return;
-        }
     };
     let c = Cluster::init(1, 2);
     let m = c.first();
@@ -295,16 +303,8 @@ fn containers_are_reached_on_their_own_address_through_the_mesh() {
 
 #[test]
 fn the_tutorial_stack_answers_on_every_node_from_tasks_on_other_nodes() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+    let Some(prog) = serving_program() else {
         return;
-    }
-    let prog = match crate::runtime::test_program() {
-        Ok(p) => p.to_str().unwrap().to_string(),
-        Err(e) => {
-            eprintln!("NOTICE: cannot build the test program ({e}): skipping");
-            return;
-        }
     };
     let c = Cluster::init(1, 2);
     let m = c.first();

@@ -39,28 +39,7 @@ fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_run
     }
     let c = Cluster::init(1, 2);
     let (m, w1) = (c.first(), &c.workers()[0]);
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--mode",
-        "global",
-        "--name",
-        "steady",
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
-    let tasks = wait_for(timeout(), "a running task on each node", || {
-        let ids = crate::harness::running_task_ids(m, "steady");
-        if ids.len() == 3 {
-            Ok(ids)
-        } else {
-            Err(format!("{ids:?}"))
-        }
-    });
+    let tasks = crate::harness::start_steady_everywhere(m, 3);
 
     // Bad input first: nothing changes.
     assert_error(&m.cli(&["node", "promote", "no-such-node"]), "no-such-node");
