@@ -1,4 +1,4 @@
-//! Policy text comes from operators (`skep policy set`) and from the replicated state:
+//! Policy text comes from operators (`skep policy set [--rbac]`) and from the replicated state:
 //! parsing and validating it must never panic, whatever the bytes, and a policy that is
 //! accepted must evaluate without panicking, whatever it says.
 
@@ -13,6 +13,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The same text as an operator RBAC policy set (`policy set --rbac`).
+    if let Ok(rbac) = skep::policy::rbac::RbacEngine::parse(text) {
+        let who = skep::policy::rbac::Principal {
+            name: "alice",
+            role: "deployer",
+        };
+        let _ = rbac.authorize(&who, skep::policy::rbac::Action::Deploy, "service");
+    }
     let Ok(engine) = PolicyEngine::parse(text) else {
         return;
     };
