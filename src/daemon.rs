@@ -603,7 +603,7 @@ impl Daemon {
     /// `node demote` on a manager), without stopping its tasks: the role's parts are stopped
     /// and started again; a new manager gets a fresh data key and Raft store and asks the
     /// leader to make it a voter; a former manager's Raft store is deleted.
-    async fn switch_role(&self, role: NodeRole) -> Result<(), DaemonError> {
+    async fn switch_role(self: &Arc<Self>, role: NodeRole) -> Result<(), DaemonError> {
         let mut phase = self.phase.lock().await;
         let Phase::Active(r) = &mut *phase else {
             return Ok(());
@@ -686,16 +686,39 @@ impl Daemon {
             .map(|m| m.clone())
             .unwrap_or_default();
         drop(phase);
-        if let Some(mgr) = manager {
-            mgr.join_raft(&via)
-                .await
-                .map_err(|e| DaemonError::Start(format!("joining the Raft group: {e}")))?;
-            self.adopt_autolock(&mgr, &kek)
-                .await
-                .map_err(|s| DaemonError::Start(s.message().to_string()))?;
-        }
         tracing::info!(role = role.as_str(), "role changed");
+        if let Some(mgr) = manager {
+            // Joining the voters may wait for a leader: retried apart, so that the next role
+            // change is not held up, until it works or this manager is replaced.
+            let daemon = self.clone();
+            tokio::spawn(async move { daemon.join_voters(mgr, via, kek).await });
+        }
         Ok(())
+    }
+
+    /// A promoted node's way into the Raft voters (and, with autolock, under the unlock key).
+    async fn join_voters(self: Arc<Self>, mgr: Arc<Manager>, mut via: Vec<String>, kek: Kek) {
+        loop {
+            match mgr.join_raft(&via).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let current = match &*self.phase.lock().await {
+                        Phase::Active(r) => {
+                            via = r.link.managers.lock().map(|m| m.clone()).unwrap_or(via);
+                            r.manager.as_ref().is_some_and(|m| Arc::ptr_eq(m, &mgr))
+                        }
+                        _ => false,
+                    };
+                    if !current {
+                        return;
+                    }
+                    tracing::warn!(error = %e, "promoted, but not a Raft voter yet; retrying");
+                }
+            }
+        }
+        if let Err(s) = self.adopt_autolock(&mgr, &kek).await {
+            tracing::error!(error = %s.message(), "cannot adopt the swarm's autolock setting");
+        }
     }
 
     /// Serves mTLS on the listen address: every node serves the agent service (task logs);
