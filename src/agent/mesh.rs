@@ -74,59 +74,68 @@ impl Mesh {
     /// Keeps a listener per published TCP port this node should serve, following the routing
     /// table. A port another process holds is reported in the log and retried.
     pub async fn run(self: Arc<Self>) {
-        let mut listening: HashMap<u16, Listening> = HashMap::new();
-        let mut failed: HashMap<u16, String> = HashMap::new();
+        let mut listening: HashMap<SocketAddr, Listening> = HashMap::new();
+        let mut failed: HashMap<SocketAddr, String> = HashMap::new();
         let mut channels: HashMap<String, Channel> = HashMap::new();
         loop {
-            if let Some(routes) = self.fetch(&mut channels).await {
-                let wanted = self.wanted(&routes);
-                failed.retain(|port, _| wanted.contains_key(port));
-                listening.retain(|port, l| {
-                    let keep = wanted.contains_key(port);
+            if let Some(table) = self.fetch(&mut channels).await {
+                let wanted = self.wanted(&table.routes, &table.vips);
+                self.supervisor.set_names(table.vips);
+                failed.retain(|addr, _| wanted.contains_key(addr));
+                listening.retain(|addr, l| {
+                    let keep = wanted.contains_key(addr);
                     if !keep {
                         l.handle.abort();
-                        tracing::info!(port, "routing mesh: no longer published here");
+                        tracing::info!(%addr, "routing mesh: no longer served here");
                     }
                     keep
                 });
-                for (port, forward) in wanted {
-                    if let Some(l) = listening.get(&port) {
+                for (addr, forward) in wanted {
+                    if let Some(l) = listening.get(&addr) {
                         l.forward.store(Arc::new(forward));
                         continue;
                     }
-                    match std::net::TcpListener::bind(SocketAddr::new(self.listen_ip, port))
-                        .and_then(|l| {
-                            l.set_nonblocking(true)?;
-                            TcpListener::from_std(l)
-                        }) {
+                    match std::net::TcpListener::bind(addr).and_then(|l| {
+                        l.set_nonblocking(true)?;
+                        TcpListener::from_std(l)
+                    }) {
                         Ok(listener) => {
-                            failed.remove(&port);
-                            tracing::info!(port, "routing mesh: listening");
+                            failed.remove(&addr);
+                            tracing::info!(%addr, "routing mesh: listening");
                             let forward = Arc::new(ArcSwap::from_pointee(forward));
                             let handle =
                                 tokio::spawn(self.clone().serve(listener, forward.clone()));
-                            listening.insert(port, Listening { handle, forward });
+                            listening.insert(addr, Listening { handle, forward });
                         }
                         Err(e) => {
                             let why = e.to_string();
-                            if failed.get(&port) != Some(&why) {
-                                tracing::warn!(port, error = %why, "routing mesh: cannot listen on a published port (taken on this node?)");
-                                failed.insert(port, why);
+                            if failed.get(&addr) != Some(&why) {
+                                tracing::warn!(%addr, error = %why, "routing mesh: cannot listen (taken on this node?)");
+                                failed.insert(addr, why);
                             }
                         }
                     }
                 }
             }
+            // Published ports (on the node's address) that cannot be served are reported.
+            let report: std::collections::BTreeMap<u16, String> = failed
+                .iter()
+                .filter(|(a, _)| a.ip() == self.listen_ip)
+                .map(|(a, w)| (a.port(), w.clone()))
+                .collect();
             if let Ok(mut e) = self.port_errors.lock()
-                && *e != failed.iter().map(|(p, w)| (*p, w.clone())).collect()
+                && *e != report
             {
-                *e = failed.iter().map(|(p, w)| (*p, w.clone())).collect();
+                *e = report;
             }
             tokio::time::sleep(REFRESH).await;
         }
     }
 
-    async fn fetch(&self, channels: &mut HashMap<String, Channel>) -> Option<Vec<Route>> {
+    async fn fetch(
+        &self,
+        channels: &mut HashMap<String, Channel>,
+    ) -> Option<crate::api::v1::RoutesResponse> {
         let managers = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
         for addr in managers {
             let ch = match channels.get(&addr) {
@@ -140,15 +149,20 @@ impl Mesh {
                 }
             };
             match DispatcherClient::new(ch).routes(Empty {}).await {
-                Ok(r) => return Some(r.into_inner().routes),
+                Ok(r) => return Some(r.into_inner()),
                 Err(e) => tracing::debug!(%addr, error = %e.message(), "routing table unavailable"),
             }
         }
         None
     }
 
-    /// The ports this node serves and where each forwards to.
-    fn wanted(&self, routes: &[Route]) -> HashMap<u16, Forward> {
+    /// The addresses this node serves and where each forwards to: published ports on the
+    /// node's address, and each named service's ports on its loopback address.
+    fn wanted(
+        &self,
+        routes: &[Route],
+        vips: &[crate::api::v1::ServiceVip],
+    ) -> HashMap<SocketAddr, Forward> {
         let mut out = HashMap::new();
         for r in routes {
             if r.protocol != "tcp" {
@@ -170,7 +184,30 @@ impl Mesh {
             if r.mode == "host" && tasks.is_empty() {
                 continue;
             }
-            out.insert(published, Forward { target, tasks });
+            out.insert(
+                SocketAddr::new(self.listen_ip, published),
+                Forward { target, tasks },
+            );
+        }
+        for v in vips {
+            let Ok(ip) = v.vip.parse::<IpAddr>() else {
+                continue;
+            };
+            if !ip.is_loopback() {
+                continue;
+            }
+            for port in &v.ports {
+                let Ok(port) = u16::try_from(*port) else {
+                    continue;
+                };
+                out.insert(
+                    SocketAddr::new(ip, port),
+                    Forward {
+                        target: port,
+                        tasks: v.tasks.clone(),
+                    },
+                );
+            }
         }
         out
     }

@@ -57,6 +57,8 @@ pub struct Supervisor {
     running: Arc<std::sync::atomic::AtomicUsize>,
     reports_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, TaskStatus)>>>,
     secrets: SecretStore,
+    /// Services reachable by name, from the routing table (see [`Supervisor::set_names`]).
+    names: arc_swap::ArcSwap<Vec<crate::api::v1::ServiceVip>>,
 }
 
 fn status(state: TaskState, message: &str, err: &str, exit_code: Option<i64>) -> TaskStatus {
@@ -84,6 +86,7 @@ impl Supervisor {
             running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             reports_rx: Mutex::new(Some(rx)),
             secrets: SecretStore::default(),
+            names: Default::default(),
         })
     }
 
@@ -481,6 +484,50 @@ impl Supervisor {
         }
     }
 
+    /// Takes the latest service names from the routing table, and rewrites the hosts file
+    /// of every running exec task on a network so that it resolves the services there.
+    pub fn set_names(&self, vips: Vec<crate::api::v1::ServiceVip>) {
+        self.names.store(Arc::new(vips));
+        let tasks: Vec<Task> = self
+            .lock()
+            .values()
+            .filter(|l| !l.finished && !*l.ended.borrow())
+            .map(|l| l.task.clone())
+            .collect();
+        for t in tasks {
+            self.write_hosts(&t);
+        }
+    }
+
+    /// An exec task on a network sees `/etc/hosts` from its task directory: the host's
+    /// localhost lines and, for each service on one of its networks, that service's names at
+    /// its loopback address, where this node's mesh listens on the service's ports. Written in
+    /// place (the task's bind mount follows the same file).
+    fn write_hosts(&self, task: &Task) {
+        if task.spec.networks.is_empty()
+            || task.spec.runtime != crate::store::service::Runtime::Exec
+        {
+            return;
+        }
+        let Ok(dir) = self.execs.task_dir(&task.id) else {
+            return;
+        };
+        let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n");
+        for v in self.names.load().iter() {
+            if v.networks.iter().any(|n| task.spec.networks.contains(n)) {
+                text.push_str(&format!("{}\t{}\n", v.vip, v.names.join(" ")));
+            }
+        }
+        let path = dir.join("hosts");
+        if std::fs::read_to_string(&path).ok().as_deref() == Some(text.as_str()) {
+            return;
+        }
+        let written = std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, &text));
+        if let Err(e) = written {
+            tracing::warn!(task = %task.id, error = %e, "cannot write the task's hosts file");
+        }
+    }
+
     /// Where this node's running task `task_id` listens on `target` (the routing mesh's way
     /// in), if it runs here and publishes that port.
     pub fn endpoint(&self, task_id: &str, target: u16) -> Option<std::net::SocketAddr> {
@@ -548,6 +595,7 @@ async fn run_task(sup: Arc<Supervisor>, task: Task, mut stop: watch::Receiver<bo
         ));
         return;
     }
+    sup.write_hosts(&task);
     let (to_run, endpoints) = with_ports(task.clone());
     run_started(
         &sup,

@@ -391,6 +391,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             limits: Default::default(),
             secrets,
             ports: Vec::new(),
+            networks: Vec::new(),
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

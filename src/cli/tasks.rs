@@ -285,6 +285,7 @@ pub(super) mod tests {
                 limits: Default::default(),
                 secrets: vec![],
                 ports: Vec::new(),
+                networks: Vec::new(),
             },
             spec_version: 1,
             desired: DesiredState::Running,

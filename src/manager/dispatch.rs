@@ -358,6 +358,7 @@ mod tests {
                 limits: Resources::default(),
                 secrets: vec![],
                 ports: Vec::new(),
+                networks: Vec::new(),
             },
             spec_version: 1,
             desired,

@@ -57,6 +57,7 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
             limits: Resources::default(),
             secrets: vec![],
             ports: Vec::new(),
+            networks: Vec::new(),
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

@@ -415,6 +415,18 @@ impl Services {
     }
 }
 
+/// The label Docker (and skep) puts on a stack's objects.
+const STACK_LABEL: &str = "com.docker.stack.namespace";
+
+/// A service's address on every node's loopback (127.77.X.Y, from its ID), where the node's
+/// routing mesh listens for the tasks that reach the service by name.
+pub fn service_vip(service_id: &str) -> std::net::Ipv4Addr {
+    use sha2::Digest as _;
+    let d = sha2::Sha256::digest(service_id.as_bytes());
+    // .0 and .255 avoided in the last byte.
+    std::net::Ipv4Addr::new(127, 77, d[0], 1 + d[1] % 254)
+}
+
 impl Services {
     /// Keeps the state's list of the published ports a node cannot listen on as its
     /// heartbeats say (a write only when it changes).
@@ -489,7 +501,46 @@ impl Services {
                 })
                 .collect()
         });
-        crate::api::v1::RoutesResponse { routes }
+        let vips = self.mgr.read(|s| {
+            s.services
+                .values()
+                .filter(|svc| !svc.spec.networks.is_empty())
+                .map(|svc| {
+                    let mut names = vec![svc.spec.name.clone()];
+                    if let Some(short) = svc
+                        .spec
+                        .labels
+                        .get(STACK_LABEL)
+                        .and_then(|stack| svc.spec.name.strip_prefix(&format!("{stack}_")))
+                    {
+                        names.push(short.to_string());
+                    }
+                    crate::api::v1::ServiceVip {
+                        service_id: svc.id.clone(),
+                        names,
+                        vip: service_vip(&svc.id).to_string(),
+                        ports: svc.spec.task.ports.iter().map(|p| u32::from(*p)).collect(),
+                        networks: svc.spec.networks.clone(),
+                        tasks: s
+                            .tasks
+                            .values()
+                            .filter(|t| {
+                                t.service_id == svc.id && t.status.state == TaskState::Running
+                            })
+                            .filter_map(|t| {
+                                let node = s.nodes.get(&t.node_id)?;
+                                Some(crate::api::v1::RouteTask {
+                                    task_id: t.id.clone(),
+                                    node_id: t.node_id.clone(),
+                                    node_addr: node.addr.clone(),
+                                })
+                            })
+                            .collect(),
+                    }
+                })
+                .collect()
+        });
+        crate::api::v1::RoutesResponse { routes, vips }
     }
 }
 

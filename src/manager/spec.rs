@@ -182,6 +182,7 @@ pub fn normalize(spec: &mut ServiceSpec) {
     targets.sort_unstable();
     targets.dedup();
     spec.task.ports = targets;
+    spec.task.networks = spec.networks.clone();
 }
 
 /// `0.5` CPUs → 500 000 000 nano-CPUs.
@@ -708,6 +709,7 @@ mod tests {
                 limits: Resources::default(),
                 secrets: vec![],
                 ports: Vec::new(),
+                networks: Vec::new(),
             },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),

@@ -1047,6 +1047,7 @@ fn service(
             limits: Resources::default(),
             secrets,
             ports: Vec::new(),
+            networks: Vec::new(),
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

@@ -897,6 +897,7 @@ mod tests {
                 limits: Default::default(),
                 secrets: Vec::new(),
                 ports: Vec::new(),
+                networks: Vec::new(),
             },
             update: Default::default(),
             rollback: Default::default(),

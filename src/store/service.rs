@@ -177,6 +177,10 @@ pub struct TaskSpec {
     /// the manager from [`ServiceSpec::ports`]).
     #[serde(default)]
     pub ports: Vec<u16>,
+    /// The networks its service is attached to (set by the manager from
+    /// [`ServiceSpec::networks`]): its tasks resolve the other services on them by name.
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 /// Where a secret appears in a task (`--secret source=NAME,target=PATH,...`).

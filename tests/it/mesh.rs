@@ -376,3 +376,76 @@ networks:
         TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err()
     });
 }
+
+#[test]
+fn services_on_a_stack_network_reach_each_other_by_name() {
+    let Some(prog) = serving_program() else {
+        return;
+    };
+    let c = Cluster::init(1, 1);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"version: "3"
+services:
+  web:
+    x-skep-runtime: exec
+    command: ["{prog}", "serve"]
+    deploy:
+      replicas: 2
+    ports: ["4020:80"]
+    networks: [backend]
+  client:
+    x-skep-runtime: exec
+    command: ["{prog}", "ask", "web", "80"]
+    networks: [backend]
+  loner:
+    x-skep-runtime: exec
+    command: ["{prog}", "ask", "web", "80"]
+networks:
+  backend:
+"#
+        ),
+    )
+    .unwrap();
+    m.cli_ok(&[
+        "stack",
+        "deploy",
+        "-d",
+        "-c",
+        file.to_str().unwrap(),
+        "names",
+    ]);
+    // The client resolves `web` to the service's address and is answered by its tasks.
+    let answers = wait_for(
+        timeout(),
+        "the client answered by web through its name",
+        || {
+            let logs = m.cli_ok(&["service", "logs", "names_client"]);
+            let answered: BTreeSet<String> = logs
+                .lines()
+                .filter(|l| l.contains("via web 127.77.") && l.contains("node="))
+                .filter_map(|l| l.split("task=").nth(1).map(|t| t.trim().to_string()))
+                .collect();
+            if answered.len() == 2 {
+                Ok(answered)
+            } else {
+                Err(logs)
+            }
+        },
+    );
+    assert_eq!(answers.len(), 2, "both tasks of web answer in turn");
+    // A service on no shared network does not resolve it.
+    wait_until(timeout(), "the loner to try", || {
+        m.cli_ok(&["service", "logs", "names_loner"])
+            .contains("via web: unresolved")
+    });
+    assert!(
+        !m.cli_ok(&["service", "logs", "names_loner"])
+            .contains("node=")
+    );
+    m.cli_ok(&["stack", "rm", "names"]);
+}

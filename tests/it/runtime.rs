@@ -44,6 +44,7 @@ fn task(runtime: Runtime, image: &str, command: &[&str], env: &[&str]) -> Task {
             limits: Resources::default(),
             secrets: vec![],
             ports: Vec::new(),
+            networks: Vec::new(),
         },
         spec_version: 1,
         desired: DesiredState::Running,
@@ -340,6 +341,37 @@ int main(int argc, char **argv) {
     fprintf(stderr, "err-line\n"); fflush(stderr);
     if (argc > 1 && strcmp(argv[1], "sleep") == 0) { for (;;) pause(); }
     if (argc > 2 && strcmp(argv[1], "exit") == 0) return atoi(argv[2]);
+    if (argc > 3 && strcmp(argv[1], "ask") == 0) {
+        /* ask NAME PORT: resolve NAME in /etc/hosts (as a task on a network sees it), connect,
+           print the answer; again every 300 ms until stopped. */
+        for (;;) {
+            char line[512], ip[64] = "", *tok; FILE *h = fopen("/etc/hosts", "r");
+            while (h && fgets(line, sizeof line, h)) {
+                char *addr = strtok(line, " \t\n");
+                if (!addr || addr[0] == '#') continue;
+                while ((tok = strtok(0, " \t\n")))
+                    if (strcmp(tok, argv[2]) == 0 && strlen(addr) < sizeof ip) strcpy(ip, addr);
+            }
+            if (h) fclose(h);
+            if (!ip[0]) { printf("via %s: unresolved\n", argv[2]); fflush(stdout); usleep(300000); continue; }
+            struct sockaddr_in a; int s = socket(AF_INET, SOCK_STREAM, 0), n; char buf[256];
+            memset(&a, 0, sizeof a);
+            a.sin_family = AF_INET;
+            a.sin_port = htons(atoi(argv[3]));
+            unsigned b0, b1, b2, b3;
+            if (sscanf(ip, "%u.%u.%u.%u", &b0, &b1, &b2, &b3) == 4)
+                a.sin_addr.s_addr = htonl((b0 << 24) | (b1 << 16) | (b2 << 8) | b3);
+            if (connect(s, (struct sockaddr *)&a, sizeof a) == 0 && (n = read(s, buf, sizeof buf - 1)) > 0) {
+                buf[n] = 0;
+                printf("via %s %s: %s", argv[2], ip, buf);
+            } else {
+                printf("via %s %s: no answer\n", argv[2], ip);
+            }
+            fflush(stdout);
+            close(s);
+            usleep(300000);
+        }
+    }
     if (argc > 1 && strcmp(argv[1], "serve") == 0) {
         /* serve: answer each TCP connection with the task's identity, then close; on
            127.0.0.1:$PORT (an exec task) or on port 80 of every address (a container). */
@@ -384,7 +416,7 @@ int main(int argc, char **argv) {
 }
 "#;
 
-const TEST_IMAGE: &str = "skep-test/prog:it3";
+const TEST_IMAGE: &str = "skep-test/prog:it4";
 
 /// Docker tests share the engine: the cleanup test, which removes every skep container,
 /// holds it alone.

@@ -556,6 +556,7 @@ mod tests {
                 },
                 secrets: vec![],
                 ports: Vec::new(),
+                networks: Vec::new(),
             },
             spec_version: 1,
             desired: crate::store::service::DesiredState::Running,

@@ -293,6 +293,7 @@ fn launch_stage2(
     if let Some(dir) = secrets {
         expose_secrets(dir)?;
     }
+    expose_hosts(task_dir)?;
     hide_tasks_dir(task_dir)?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the skep binary: {e}"))?;
     let dup = |p: &PipeWriter| {
@@ -311,6 +312,33 @@ fn launch_stage2(
         .stderr(dup(err)?)
         .spawn()
         .map_err(|e| format!("cannot start the namespace init: {e}"))
+}
+
+/// A task on a network has a `hosts` file in its task directory (the services it may reach by
+/// name): bound read-only over `/etc/hosts` in this mount namespace. The agent rewrites the
+/// file in place as services come and go.
+fn expose_hosts(task_dir: &Path) -> Result<(), String> {
+    let hosts = task_dir.join("hosts");
+    if !hosts.exists() {
+        return Ok(());
+    }
+    let target = Path::new("/etc/hosts");
+    mount(
+        Some(hosts.as_path()),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot bind the task's hosts file at /etc/hosts: {e}"))?;
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the task's /etc/hosts read-only: {e}"))
 }
 
 /// Binds the task's secrets directory (on its tmpfs) read-only at `/run/secrets`, in this
