@@ -384,6 +384,7 @@ mod tests {
                 rollback: Default::default(),
                 ports: Vec::new(),
                 networks: Vec::new(),
+                expose: Vec::new(),
             },
             version: 1,
             previous: None,

@@ -401,6 +401,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             .map(|p| manager_spec::parse_publish(p))
             .collect::<Result<_, _>>()?,
         networks: Vec::new(),
+        expose: Vec::new(),
     };
     flags.apply(&mut spec)?;
     validate(&spec)?;

@@ -63,6 +63,7 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
         rollback: UpdateConfig::default(),
         ports: Vec::new(),
         networks: Vec::new(),
+        expose: Vec::new(),
     }
 }
 

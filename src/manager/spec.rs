@@ -179,6 +179,7 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
 /// from the published ports.
 pub fn normalize(spec: &mut ServiceSpec) {
     let mut targets: Vec<u16> = spec.ports.iter().map(|p| p.target).collect();
+    targets.extend(spec.expose.iter().copied().filter(|p| *p > 0));
     targets.sort_unstable();
     targets.dedup();
     spec.task.ports = targets;
@@ -715,6 +716,7 @@ mod tests {
             rollback: UpdateConfig::default(),
             ports: Vec::new(),
             networks: Vec::new(),
+            expose: Vec::new(),
         }
     }
 

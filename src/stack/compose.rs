@@ -40,6 +40,7 @@ const SERVICE_KEYS: &[&str] = &[
     "deploy",
     "secrets",
     "ports",
+    "expose",
     "networks",
 ];
 
@@ -887,6 +888,29 @@ fn service(
         }
     }
 
+    // Exposed ports: listened on, not published (reachable by name on the service's networks).
+    let mut expose = Vec::new();
+    if let Some((ek, ev)) = node.entry("expose") {
+        let path = join(&base, "expose");
+        let Value::Seq(items) = &ev.value else {
+            return Err(ctx.invalid_at(ek, &path, format!("expected a list, found {}", ev.kind())));
+        };
+        for (i, item) in items.iter().enumerate() {
+            let text = item.scalar_text().unwrap_or_default();
+            let port = text.strip_suffix("/tcp").unwrap_or(&text);
+            match port.parse::<u16>() {
+                Ok(p) if p > 0 => expose.push(p),
+                _ => {
+                    return Err(ctx.invalid_node(
+                        item,
+                        &format!("{path}[{i}]"),
+                        format!("{text:?} is not a TCP port (1 to 65535; ranges and udp are not supported)"),
+                    ));
+                }
+            }
+        }
+    }
+
     // Secrets.
     let mut secret_keys = Vec::new();
     let mut secrets: Vec<SecretRef> = Vec::new();
@@ -1053,6 +1077,7 @@ fn service(
         rollback: UpdateConfig::default(),
         ports,
         networks: network_names,
+        expose,
     };
 
     if let Some((dk, dv)) = node.take("deploy") {

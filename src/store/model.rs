@@ -903,6 +903,7 @@ mod tests {
             rollback: Default::default(),
             ports: Vec::new(),
             networks: vec!["web".into()],
+            expose: Vec::new(),
         };
         s.services.insert(
             "s1".into(),

@@ -272,6 +272,10 @@ pub struct ServiceSpec {
     /// Names of the networks the service is attached to (each must exist).
     #[serde(default)]
     pub networks: Vec<String>,
+    /// Ports its tasks listen on without publishing them (Compose `expose`): reachable by name
+    /// from the services on its networks.
+    #[serde(default)]
+    pub expose: Vec<u16>,
 }
 
 /// Where a rolling update is.

@@ -405,6 +405,15 @@ services:
   loner:
     x-skep-runtime: exec
     command: ["{prog}", "ask", "web", "80"]
+  cache:
+    x-skep-runtime: exec
+    command: ["{prog}", "serve"]
+    expose: ["6379"]
+    networks: [backend]
+  reader:
+    x-skep-runtime: exec
+    command: ["{prog}", "ask", "cache", "6379"]
+    networks: [backend]
 networks:
   backend:
 "#
@@ -438,6 +447,16 @@ networks:
         },
     );
     assert_eq!(answers.len(), 2, "both tasks of web answer in turn");
+    // A port a service only exposes (not published) is reached by name too.
+    wait_until(
+        timeout(),
+        "the reader answered by cache through its name",
+        || {
+            let logs = m.cli_ok(&["service", "logs", "names_reader"]);
+            logs.lines()
+                .any(|l| l.contains("via cache 127.77.") && l.contains("node="))
+        },
+    );
     // A service on no shared network does not resolve it.
     wait_until(timeout(), "the loner to try", || {
         m.cli_ok(&["service", "logs", "names_loner"])
