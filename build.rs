@@ -5,8 +5,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["src/api/proto"])?;
     tonic_prost_build::configure()
-        // These carry a secret's value: their Debug is written by hand (src/api/mod.rs) to hide it.
-        .skip_debug(["skep.v1.SecretCreateRequest", "skep.v1.SecretValue"])
+        // These carry a secret's value or a private key: their Debug is written by hand
+        // (src/api/mod.rs) to hide it.
+        .skip_debug([
+            "skep.v1.SecretCreateRequest",
+            "skep.v1.SecretValue",
+            "skep.v1.SwarmCaRequest",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

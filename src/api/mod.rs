@@ -26,6 +26,17 @@ impl std::fmt::Debug for v1::SecretValue {
     }
 }
 
+impl std::fmt::Debug for v1::SwarmCaRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmCaRequest")
+            .field("rotate", &self.rotate)
+            .field("ca_cert_pem", &self.ca_cert_pem)
+            .field("ca_key_pem", &"..")
+            .field("cert_expiry_secs", &self.cert_expiry_secs)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -46,5 +57,11 @@ mod tests {
         };
         assert!(!format!("{msg:?}").contains("hunter2"));
         assert!(!format!("{msg:?}").contains("104, 117")); // nor as a byte list
+        let ca = super::v1::SwarmCaRequest {
+            rotate: true,
+            ca_key_pem: "-----BEGIN PRIVATE KEY-----\nMIGH".into(),
+            ..Default::default()
+        };
+        assert!(!format!("{ca:?}").contains("MIGH"));
     }
 }
