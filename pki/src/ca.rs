@@ -443,18 +443,36 @@ impl RootCa {
         validity: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, PkiError> {
+        self.sign_leaf(
+            csr,
+            validity,
+            now,
+            "sign the operator certificate",
+            |serial, nb, na| {
+                crate::operator::operator_params(&self.cluster_id, name, serial, nb, na)
+            },
+        )
+    }
+
+    /// Signs the key in `csr` into the leaf certificate `params` describes, for `validity`
+    /// from `now`, with a fresh random serial.
+    fn sign_leaf(
+        &self,
+        csr: &Csr,
+        validity: Duration,
+        now: OffsetDateTime,
+        what: &'static str,
+        params: impl FnOnce(
+            &[u8],
+            OffsetDateTime,
+            OffsetDateTime,
+        ) -> Result<rcgen::CertificateParams, PkiError>,
+    ) -> Result<IssuedCert, PkiError> {
         let (not_before, not_after) = window(now, validity)?;
         let serial = random_serial()?;
-        let params = crate::operator::operator_params(
-            &self.cluster_id,
-            name,
-            &serial,
-            not_before,
-            not_after,
-        )?;
-        let cert = params
+        let cert = params(&serial, not_before, not_after)?
             .signed_by(&P256Public(csr.point()), &self.issuer)
-            .map_err(PkiError::build("sign the operator certificate"))?;
+            .map_err(PkiError::build(what))?;
         Ok(IssuedCert {
             der: cert.der().to_vec(),
             pem: cert.pem(),
@@ -480,26 +498,13 @@ impl RootCa {
         if !is_valid_id(node_id) {
             return Err(PkiError::InvalidId { what: "node" });
         }
-        let (not_before, not_after) = window(now, validity)?;
-        let serial = random_serial()?;
-        let params = node_params(
-            &self.cluster_id,
-            node_id,
-            role,
-            &serial,
-            not_before,
-            not_after,
-        )?;
-        let cert = params
-            .signed_by(&P256Public(csr.point()), &self.issuer)
-            .map_err(PkiError::build("sign the node certificate"))?;
-        Ok(IssuedCert {
-            der: cert.der().to_vec(),
-            pem: cert.pem(),
-            serial: serial_hex(&serial),
-            not_before,
-            not_after,
-        })
+        self.sign_leaf(
+            csr,
+            validity,
+            now,
+            "sign the node certificate",
+            |serial, nb, na| node_params(&self.cluster_id, node_id, role, serial, nb, na),
+        )
     }
 }
 
