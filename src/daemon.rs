@@ -594,6 +594,7 @@ impl Daemon {
             pending: link.pending.clone(),
             swarm_addr: link.swarm_addr.clone(),
             port_errors: link.port_errors.clone(),
+            issuer_checked: Default::default(),
         };
         tasks.push(tokio::spawn(agent.run()));
         Ok((manager, tasks))

@@ -46,7 +46,14 @@ pub struct Agent {
     pub swarm_addr: Arc<Mutex<String>>,
     /// Published ports the routing mesh cannot listen on here (reported with heartbeats).
     pub port_errors: PortErrors,
+    /// The last (certificate, trusted roots) checked against each other, and whether the
+    /// certificate was issued by the issuing root: rechecked only when either changes, not
+    /// on every heartbeat.
+    pub issuer_checked: Mutex<Option<IssuerCheck>>,
 }
+
+/// (certificate DER, trusted roots DER, issued by the first of those roots).
+pub type IssuerCheck = (Vec<u8>, Vec<u8>, bool);
 
 /// Published ports a node's routing mesh cannot listen on, and why.
 pub type PortErrors = Arc<Mutex<std::collections::BTreeMap<u16, String>>>;
@@ -165,20 +172,37 @@ impl Agent {
         let mut renew = !resp.role.is_empty() && role.is_some_and(|c| c.as_str() != resp.role);
         let mut roots = None;
         if !resp.trust_roots.is_empty() {
-            let issuing = skep_pki::split_der_certs(&resp.trust_roots)
-                .ok()
-                .and_then(|r| r.into_iter().next());
-            let Some(issuing) = issuing else {
-                tracing::warn!("the leader sent root CAs that do not parse; ignored");
-                return;
+            let mut checked = self
+                .issuer_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let issued_by_issuing = match &*checked {
+                Some((cert, roots, ok))
+                    if *cert == creds.cert_der && *roots == resp.trust_roots =>
+                {
+                    *ok
+                }
+                _ => {
+                    let issuing = skep_pki::split_der_certs(&resp.trust_roots)
+                        .ok()
+                        .and_then(|r| r.into_iter().next());
+                    let Some(issuing) = issuing else {
+                        tracing::warn!("the leader sent root CAs that do not parse; ignored");
+                        return;
+                    };
+                    let ok = skep_pki::verify_issued_chain(
+                        &issuing,
+                        &[],
+                        &creds.cert_der,
+                        time::OffsetDateTime::now_utc(),
+                    )
+                    .is_ok();
+                    *checked = Some((creds.cert_der.clone(), resp.trust_roots.clone(), ok));
+                    ok
+                }
             };
-            let ours = skep_pki::verify_issued_chain(
-                &issuing,
-                &[],
-                &creds.cert_der,
-                time::OffsetDateTime::now_utc(),
-            );
-            renew |= ours.is_err();
+            drop(checked);
+            renew |= !issued_by_issuing;
             if resp.trust_roots != creds.root_der {
                 roots = Some(resp.trust_roots.clone());
             }
