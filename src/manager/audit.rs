@@ -140,7 +140,7 @@ impl Manager {
                     c.audit_key.clone(),
                     policy.due(&s.audit, now),
                     trim_point(&s.audit, c.audit_retention)
-                        .map(|seq| (seq, s.audit.records()[0].seq)),
+                        .and_then(|seq| Some((seq, s.audit.records().first()?.seq))),
                 )
             })
         }) else {
