@@ -9,6 +9,7 @@ use rustls::ClientConfig;
 use tonic::transport::Channel;
 
 pub mod executor;
+pub mod health;
 pub mod join;
 pub mod mesh;
 pub mod secrets;

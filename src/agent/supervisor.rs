@@ -18,6 +18,7 @@ use tonic::{Request, Response, Status};
 
 use super::ManagerList;
 use super::executor::{ExecError, Executors};
+use super::health::Health;
 use super::secrets::{SecretStore, SecretsError, TaskSecrets, mount_task_secrets};
 use crate::api::v1::agent_server::Agent as AgentRpc;
 use crate::api::v1::dispatcher_client::DispatcherClient;
@@ -678,14 +679,48 @@ async fn run_started(
         }
     }
     sup.set_endpoints(&task.id, endpoints);
-    report(status(TaskState::Running, "started", "", None));
-    tokio::select! {
-        code = handle.wait() => report(ended(code)),
-        _ = stopped(stop) => {
-            if let Err(e) = handle.stop(STOP_GRACE).await {
-                tracing::warn!(task = %task.id, error = %e, "stopping the task");
+    // With a health check the task is `starting` (out of the mesh's rotation) until a check
+    // passes; unhealthy, it is stopped and fails, for its restart policy to replace.
+    let mut health = super::health::Watch::for_task(execs, task).await;
+    let mut running = !health.is_some();
+    if running {
+        report(status(TaskState::Running, "started", "", None));
+    } else {
+        report(status(
+            TaskState::Starting,
+            "starting (health: starting)",
+            "",
+            None,
+        ));
+    }
+    loop {
+        tokio::select! {
+            code = handle.wait() => return report(ended(code)),
+            _ = stopped(stop) => {
+                if let Err(e) = handle.stop(STOP_GRACE).await {
+                    tracing::warn!(task = %task.id, error = %e, "stopping the task");
+                }
+                return report(status(TaskState::Shutdown, "shutdown", "", None));
             }
-            report(status(TaskState::Shutdown, "shutdown", "", None));
+            h = health.next(execs, task) => match h {
+                Health::Healthy if !running => {
+                    running = true;
+                    report(status(TaskState::Running, "started (healthy)", "", None));
+                }
+                Health::Unhealthy(why) => {
+                    tracing::warn!(task = %task.id, reason = %why, "the task is unhealthy; stopping it");
+                    if let Err(e) = handle.stop(STOP_GRACE).await {
+                        tracing::warn!(task = %task.id, error = %e, "stopping the task");
+                    }
+                    return report(status(
+                        TaskState::Failed,
+                        "unhealthy",
+                        &format!("unhealthy container: {why}"),
+                        handle.exit_code(),
+                    ));
+                }
+                Health::Healthy | Health::Starting => {}
+            },
         }
     }
 }

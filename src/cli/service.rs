@@ -615,6 +615,17 @@ pub(super) fn pretty(s: &Service) -> String {
     if !task.env.is_empty() {
         line(" Env", &task.env.join(" "));
     }
+    if let Some(h) = &task.healthcheck {
+        if h.is_disabled() {
+            line(" Healthcheck", "none");
+        } else {
+            line(" Healthcheck", &format!("{:?}", h.test));
+            line("  Interval", &ms(h.interval_ms));
+            line("  Timeout", &ms(h.timeout_ms));
+            line("  Retries", &h.retries.to_string());
+            line("  Start period", &ms(h.start_period_ms));
+        }
+    }
     if !task.secrets.is_empty() {
         line(" Secrets", "");
         for s in &task.secrets {

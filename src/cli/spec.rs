@@ -17,8 +17,8 @@ use clap::{Args, ValueEnum};
 use super::duration;
 use crate::manager::spec::{self as manager_spec, SpecError};
 use crate::store::service::{
-    Constraint, FailureAction, Mode, RestartCondition, RestartPolicy, Runtime, SecretRef,
-    ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder,
+    Constraint, FailureAction, HealthCheck, Mode, RestartCondition, RestartPolicy, Runtime,
+    SecretRef, ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder,
 };
 
 /// `--runtime`.
@@ -176,9 +176,70 @@ pub(super) struct SpecFlags {
     /// Duration after each task rollback to monitor for failure (default 5s).
     #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
     pub rollback_monitor: Option<Duration>,
+
+    /// Command to run to check health (a shell command line, run as CMD-SHELL).
+    #[arg(long, value_name = "STRING")]
+    pub health_cmd: Option<String>,
+    /// Time between running the check (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub health_interval: Option<Duration>,
+    /// Maximum time to allow one check to run (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub health_timeout: Option<Duration>,
+    /// Consecutive failures needed to report unhealthy (default 3).
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// Start period for the task to initialize before failures count (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = duration_arg)]
+    pub health_start_period: Option<Duration>,
+    /// Disable any health check, the image's too.
+    #[arg(long, conflicts_with = "health_cmd")]
+    pub no_healthcheck: bool,
 }
 
 impl SpecFlags {
+    /// `--health-*` and `--no-healthcheck`: a new command replaces the check; times alone
+    /// change the current check (an error without one).
+    fn apply_health(&self, task: &mut TaskSpec) -> anyhow::Result<()> {
+        if self.no_healthcheck {
+            task.healthcheck = Some(HealthCheck::new(vec!["NONE".into()]));
+        }
+        if let Some(cmd) = &self.health_cmd {
+            let mut h = task
+                .healthcheck
+                .take()
+                .filter(|h| !h.is_disabled())
+                .unwrap_or_else(|| HealthCheck::new(Vec::new()));
+            h.test = vec!["CMD-SHELL".into(), cmd.clone()];
+            task.healthcheck = Some(h);
+        }
+        let times = self.health_interval.is_some()
+            || self.health_timeout.is_some()
+            || self.health_retries.is_some()
+            || self.health_start_period.is_some();
+        if !times {
+            return Ok(());
+        }
+        let Some(h) = task.healthcheck.as_mut().filter(|h| !h.is_disabled()) else {
+            bail!(
+                "--health-interval, --health-timeout, --health-retries and --health-start-period need a check: give --health-cmd"
+            );
+        };
+        if let Some(d) = self.health_interval {
+            h.interval_ms = millis(d, "--health-interval")?;
+        }
+        if let Some(d) = self.health_timeout {
+            h.timeout_ms = millis(d, "--health-timeout")?;
+        }
+        if let Some(n) = self.health_retries {
+            h.retries = n;
+        }
+        if let Some(d) = self.health_start_period {
+            h.start_period_ms = millis(d, "--health-start-period")?;
+        }
+        Ok(())
+    }
+
     /// Whether any flag was given (`update --rollback` takes none).
     pub fn any(&self) -> bool {
         let SpecFlags {
@@ -199,6 +260,12 @@ impl SpecFlags {
             rollback_order,
             rollback_failure_action,
             rollback_monitor,
+            health_cmd,
+            health_interval,
+            health_timeout,
+            health_retries,
+            health_start_period,
+            no_healthcheck,
         } = self;
         restart_condition.is_some()
             || restart_delay.is_some()
@@ -217,6 +284,12 @@ impl SpecFlags {
             || rollback_order.is_some()
             || rollback_failure_action.is_some()
             || rollback_monitor.is_some()
+            || health_cmd.is_some()
+            || health_interval.is_some()
+            || health_timeout.is_some()
+            || health_retries.is_some()
+            || health_start_period.is_some()
+            || *no_healthcheck
     }
 
     /// Writes the given flags into `spec`, leaving the rest as they are.
@@ -231,6 +304,7 @@ impl SpecFlags {
         if let Some(n) = self.restart_max_attempts {
             restart.max_attempts = n;
         }
+        self.apply_health(&mut spec.task)?;
         let task = &mut spec.task;
         if let Some(n) = self.reserve_cpu {
             task.reservations.nano_cpus = n;
@@ -392,6 +466,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             secrets,
             ports: Vec::new(),
             networks: Vec::new(),
+            healthcheck: None,
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
@@ -879,6 +954,60 @@ mod tests {
         assert_eq!(spec.task.restart.delay_ms, 5_000);
         assert_eq!(spec.update, UpdateConfig::default());
         assert_eq!(spec.rollback, UpdateConfig::default());
+    }
+
+    #[test]
+    fn health_flags_build_and_change_a_check() {
+        let args = strings(&["nginx"]);
+        let create = |flags: SpecFlags| {
+            build_spec(
+                &CreateSpec {
+                    name: Some("web"),
+                    args: &args,
+                    ..Default::default()
+                },
+                &flags,
+            )
+        };
+        let spec = create(SpecFlags {
+            health_cmd: Some("curl -f http://localhost/".into()),
+            health_interval: Some(Duration::from_secs(5)),
+            health_retries: Some(2),
+            ..Default::default()
+        })
+        .unwrap();
+        let h = spec.task.healthcheck.clone().unwrap();
+        assert_eq!(h.test, ["CMD-SHELL", "curl -f http://localhost/"]);
+        assert_eq!((h.interval_ms, h.timeout_ms, h.retries), (5_000, 30_000, 2));
+        // An update with a time alone keeps the command.
+        let mut updated = spec.clone();
+        SpecFlags {
+            health_timeout: Some(Duration::from_secs(1)),
+            ..Default::default()
+        }
+        .apply(&mut updated)
+        .unwrap();
+        let u = updated.task.healthcheck.clone().unwrap();
+        assert_eq!((u.test, u.timeout_ms), (h.test.clone(), 1_000));
+        let off = create(SpecFlags {
+            no_healthcheck: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(off.task.healthcheck.unwrap().is_disabled());
+        let e = create(SpecFlags {
+            health_retries: Some(2),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("give --health-cmd"), "{e}");
+        let e = create(SpecFlags {
+            health_cmd: Some("true".into()),
+            health_retries: Some(0),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("healthcheck: retries"), "{e}");
     }
 
     #[test]

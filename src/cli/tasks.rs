@@ -286,6 +286,7 @@ pub(super) mod tests {
                 secrets: vec![],
                 ports: Vec::new(),
                 networks: Vec::new(),
+                healthcheck: None,
             },
             spec_version: 1,
             desired: DesiredState::Running,

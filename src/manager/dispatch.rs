@@ -359,6 +359,7 @@ mod tests {
                 secrets: vec![],
                 ports: Vec::new(),
                 networks: Vec::new(),
+                healthcheck: None,
             },
             spec_version: 1,
             desired,

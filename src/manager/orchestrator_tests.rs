@@ -58,6 +58,7 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
             secrets: vec![],
             ports: Vec::new(),
             networks: Vec::new(),
+            healthcheck: None,
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

@@ -6,8 +6,8 @@
 //! values that parsed.
 
 use crate::store::service::{
-    Constraint, ConstraintOp, Mode, PortConfig, PortProtocol, PublishMode, Resources, Runtime,
-    ServiceSpec, UpdateConfig,
+    Constraint, ConstraintOp, HealthCheck, Mode, PortConfig, PortProtocol, PublishMode, Resources,
+    Runtime, ServiceSpec, UpdateConfig,
 };
 
 /// The largest replica count a service may ask for: each replica is a task in the replicated
@@ -31,6 +31,9 @@ pub enum SpecError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// A health check that cannot run.
+    #[error("healthcheck: {0}")]
+    Health(String),
     /// `--replicas` given for a global service.
     #[error("replicas: a global service has no replicas")]
     GlobalReplicas,
@@ -328,6 +331,9 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     if task.command.iter().any(|a| a.contains('\0')) {
         return Err(SpecError::Command("arguments may not contain NUL bytes"));
     }
+    if let Some(h) = &task.healthcheck {
+        validate_health(h)?;
+    }
     for e in &task.env {
         match e.split_once('=') {
             Some((k, _)) if !k.is_empty() && !k.contains('\0') && !e.contains('\0') => {}
@@ -410,6 +416,47 @@ pub fn parse_image(s: &str) -> Result<(), SpecError> {
     } else {
         Err(SpecError::Image(s.to_string()))
     }
+}
+
+/// A check runs (`CMD` with a program, `CMD-SHELL` with a command line) or is `NONE`; its
+/// times are within a day and the interval at least a millisecond, as Docker requires.
+fn validate_health(h: &HealthCheck) -> Result<(), SpecError> {
+    let bad = |m: &str| Err(SpecError::Health(m.to_string()));
+    match h.test.first().map(String::as_str) {
+        Some("NONE") if h.test.len() == 1 => {}
+        Some("NONE") => return bad("test [\"NONE\"] takes nothing after NONE"),
+        Some("CMD") if h.test.get(1).is_some_and(|p| !p.is_empty()) => {}
+        Some("CMD") => return bad("test [\"CMD\", ...] needs a program after CMD"),
+        Some("CMD-SHELL") if h.test.len() == 2 && !h.test[1].trim().is_empty() => {}
+        Some("CMD-SHELL") => {
+            return bad("test [\"CMD-SHELL\", ...] takes exactly one command line after CMD-SHELL");
+        }
+        _ => {
+            return bad(
+                "test must start with \"CMD\", \"CMD-SHELL\" or \"NONE\" (or be a plain command line)",
+            );
+        }
+    }
+    if h.test.iter().any(|a| a.contains('\0')) || h.test.len() > 256 {
+        return bad("test may not contain NUL bytes or more than 256 arguments");
+    }
+    const DAY_MS: u64 = 86_400_000;
+    for (what, ms) in [
+        ("interval", h.interval_ms),
+        ("timeout", h.timeout_ms),
+        ("start_period", h.start_period_ms),
+    ] {
+        if ms > DAY_MS {
+            return bad(&format!("{what} may be at most 24h"));
+        }
+    }
+    if h.interval_ms == 0 || h.timeout_ms == 0 {
+        return bad("interval and timeout must be at least 1ms");
+    }
+    if h.retries == 0 || h.retries > 1000 {
+        return bad("retries must be 1 to 1000");
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<(), SpecError> {
@@ -711,6 +758,7 @@ mod tests {
                 secrets: vec![],
                 ports: Vec::new(),
                 networks: Vec::new(),
+                healthcheck: None,
             },
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),

@@ -23,8 +23,9 @@ use super::{
 use crate::manager::spec as mspec;
 use crate::secret::SecretBytes;
 use crate::store::service::{
-    FailureAction, Mode, PortConfig, PortProtocol, PublishMode, Resources, RestartCondition,
-    RestartPolicy, Runtime, SecretRef, ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder,
+    FailureAction, HealthCheck, Mode, PortConfig, PortProtocol, PublishMode, Resources,
+    RestartCondition, RestartPolicy, Runtime, SecretRef, ServiceSpec, TaskSpec, UpdateConfig,
+    UpdateOrder,
 };
 
 /// The extension that picks skep's runtime for a service: `docker` (the default) or `exec`.
@@ -42,6 +43,7 @@ const SERVICE_KEYS: &[&str] = &[
     "ports",
     "expose",
     "networks",
+    "healthcheck",
 ];
 
 /// What the loader works with: the file names, the environment, the files, the warnings.
@@ -723,7 +725,6 @@ fn service(
             continue;
         }
         let why = match n {
-            "healthcheck" => "skep has no health checks yet",
             "volumes" => "skep has no volumes yet",
             "build" => "build the image first and give it as `image`",
             "depends_on" => "a stack starts its services together, as in Docker",
@@ -1056,6 +1057,11 @@ fn service(
         })
         .collect();
 
+    let healthcheck = match node.take("healthcheck") {
+        Some((hk, hv)) => Some(healthcheck(ctx, &owner, &base, &hk, hv)?),
+        None => None,
+    };
+
     let mut spec = ServiceSpec {
         name: format!("{}_{svc}", ctx.stack),
         labels: BTreeMap::new(),
@@ -1072,6 +1078,7 @@ fn service(
             secrets,
             ports: Vec::new(),
             networks: Vec::new(),
+            healthcheck,
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
@@ -1412,6 +1419,73 @@ fn resources(l: &dct::Limits) -> Result<Resources, String> {
         r.memory_bytes = mspec::parse_memory(m.trim())?;
     }
     Ok(r)
+}
+
+/// A service's `healthcheck`: `test` as a list (`CMD`, `CMD-SHELL`, `NONE`) or a string (a
+/// shell command line), the times as durations, `disable: true` as `NONE`.
+fn healthcheck(
+    ctx: &mut Ctx<'_>,
+    owner: &str,
+    base: &str,
+    key: &Key,
+    mut node: Node,
+) -> Result<HealthCheck, StackError> {
+    let path = join(base, "healthcheck");
+    keep(
+        ctx,
+        &mut node,
+        owner,
+        "healthcheck",
+        &[
+            "test",
+            "interval",
+            "timeout",
+            "retries",
+            "start_period",
+            "disable",
+        ],
+    );
+    if let Some(x) = child(&mut node, "retries") {
+        to_int(x);
+    }
+    for f in ["interval", "timeout", "start_period"] {
+        if let Some(x) = child(&mut node, f) {
+            to_str(x);
+        }
+    }
+    let mut obj = serde_json::Map::new();
+    obj.insert("healthcheck".into(), node.to_json());
+    let typed: dct::Service = ctx.typed(key, &path, serde_json::Value::Object(obj))?;
+    let h = typed.healthcheck.unwrap_or_default();
+    let bad = |reason: String| ctx.invalid_at(key, &path, reason);
+    let test = if h.disable {
+        vec!["NONE".to_string()]
+    } else {
+        match h.test {
+            Some(dct::HealthcheckTest::Single(line)) => vec!["CMD-SHELL".to_string(), line],
+            Some(dct::HealthcheckTest::Multiple(list)) => list,
+            None => {
+                return Err(bad(
+                    "a healthcheck needs a `test` (or `disable: true`)".into()
+                ));
+            }
+        }
+    };
+    let mut out = HealthCheck::new(test);
+    for (what, text, slot) in [
+        ("interval", &h.interval, &mut out.interval_ms),
+        ("timeout", &h.timeout, &mut out.timeout_ms),
+        ("start_period", &h.start_period, &mut out.start_period_ms),
+    ] {
+        if let Some(t) = text {
+            *slot = millis(t.trim()).map_err(|e| bad(format!("{what}: {e}")))?;
+        }
+    }
+    if h.retries != 0 {
+        out.retries = u32::try_from(h.retries)
+            .map_err(|_| bad(format!("retries: {} is not 1 to 1000", h.retries)))?;
+    }
+    Ok(out)
 }
 
 fn millis(text: &str) -> Result<u64, String> {

@@ -376,7 +376,7 @@ services:
   web:
     image: nginx
     volumes: ["/data:/data"]
-    healthcheck: {test: ["CMD", "true"]}
+    healthcheck: {test: ["CMD", "true"], start_interval: 1s}
     x-anything: ignored quietly
     networks:
       front:
@@ -398,7 +398,7 @@ volumes:
     let w = s.warnings.join("\n");
     for needle in [
         "service web: key `volumes` is not supported by skep and is ignored",
-        "service web: key `healthcheck` is not supported",
+        "service web: key `healthcheck.start_interval` is not supported",
         "service web: key `deploy.endpoint_mode` is not supported",
         "service web: key `deploy.max_replicas_per_node` is not supported",
         "service web: key `deploy.restart_policy.window` is not supported",
@@ -412,6 +412,75 @@ volumes:
     }
     assert!(!w.contains("x-anything"), "{w}");
     assert_eq!(s.services[0].networks, ["getstartedlab_front"]);
+}
+
+#[test]
+fn healthchecks_in_every_form() {
+    use crate::store::service::HealthCheck;
+    let check = |yaml: &str| -> Result<Option<HealthCheck>, String> {
+        let text = format!("services:\n  web:\n    image: nginx\n{yaml}");
+        load_one(&text)
+            .map(|s| s.services[0].task.healthcheck.clone())
+            .map_err(|e| e.to_string())
+    };
+    assert_eq!(check("").unwrap(), None);
+    let h = check(
+        "    healthcheck:\n      test: [\"CMD\", \"curl\", \"-f\", \"http://localhost\"]\n      interval: 1m30s\n      timeout: 10s\n      retries: \"5\"\n      start_period: 40s\n",
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(h.test, ["CMD", "curl", "-f", "http://localhost"]);
+    assert_eq!(
+        (h.interval_ms, h.timeout_ms, h.retries, h.start_period_ms),
+        (90_000, 10_000, 5, 40_000)
+    );
+    // A string is a shell command line; Docker's defaults fill the rest.
+    let h = check("    healthcheck:\n      test: curl -f http://localhost || exit 1\n")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        h,
+        HealthCheck::new(vec![
+            "CMD-SHELL".into(),
+            "curl -f http://localhost || exit 1".into()
+        ])
+    );
+    let h = check("    healthcheck:\n      disable: true\n")
+        .unwrap()
+        .unwrap();
+    assert!(h.is_disabled());
+    let h = check("    healthcheck:\n      test: [\"NONE\"]\n")
+        .unwrap()
+        .unwrap();
+    assert!(h.is_disabled());
+    for (yaml, needle) in [
+        ("    healthcheck:\n      interval: 5s\n", "needs a `test`"),
+        (
+            "    healthcheck:\n      test: [\"CMD\"]\n",
+            "needs a program after CMD",
+        ),
+        (
+            "    healthcheck:\n      test: [\"curl\", \"x\"]\n",
+            "must start with",
+        ),
+        (
+            "    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: soon\n",
+            "interval",
+        ),
+        (
+            "    healthcheck:\n      test: [\"CMD\", \"true\"]\n      retries: -1\n",
+            "retries",
+        ),
+        (
+            "    healthcheck:\n      test: [\"CMD\", \"true\"]\n      interval: 0s\n",
+            "at least 1ms",
+        ),
+        ("    healthcheck: [1, 2]\n", "healthcheck"),
+    ] {
+        let e = check(yaml).unwrap_err();
+        assert!(e.contains(needle), "{yaml}: {e}");
+        assert!(e.contains("services.web"), "{yaml}: {e}");
+    }
 }
 
 #[test]

@@ -898,6 +898,7 @@ mod tests {
                 secrets: Vec::new(),
                 ports: Vec::new(),
                 networks: Vec::new(),
+                healthcheck: None,
             },
             update: Default::default(),
             rollback: Default::default(),

@@ -181,6 +181,46 @@ pub struct TaskSpec {
     /// [`ServiceSpec::networks`]): its tasks resolve the other services on them by name.
     #[serde(default)]
     pub networks: Vec<String>,
+    /// How the runtime checks the task is healthy (`--health-cmd`, Compose `healthcheck`).
+    /// A task with a check is `starting` until its first pass, and only then `running` (in
+    /// the routing mesh's rotation); one that fails `retries` checks in a row is stopped and
+    /// fails ("unhealthy"), so its restart policy replaces it.
+    #[serde(default)]
+    pub healthcheck: Option<HealthCheck>,
+}
+
+/// A health check, as Docker's `HEALTHCHECK`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    /// `["CMD", program, args...]`, `["CMD-SHELL", "command line"]`, or `["NONE"]` (no check,
+    /// not even the image's).
+    pub test: Vec<String>,
+    /// Time between checks (Docker's default 30 s).
+    pub interval_ms: u64,
+    /// Time a check may take before it counts as failed (default 30 s).
+    pub timeout_ms: u64,
+    /// Failures in a row that make the task unhealthy (default 3).
+    pub retries: u32,
+    /// Time after the start during which failures do not count (default 0).
+    pub start_period_ms: u64,
+}
+
+impl HealthCheck {
+    /// Docker's defaults around `test`.
+    pub fn new(test: Vec<String>) -> Self {
+        HealthCheck {
+            test,
+            interval_ms: 30_000,
+            timeout_ms: 30_000,
+            retries: 3,
+            start_period_ms: 0,
+        }
+    }
+
+    /// Whether this turns checks off (`["NONE"]`).
+    pub fn is_disabled(&self) -> bool {
+        self.test.first().map(String::as_str) == Some("NONE")
+    }
 }
 
 /// Where a secret appears in a task (`--secret source=NAME,target=PATH,...`).

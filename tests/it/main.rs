@@ -16,6 +16,7 @@ mod ca_rotation;
 mod cli;
 mod cluster;
 mod docker_services;
+mod health;
 mod lifecycle;
 mod mesh;
 mod operators;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::harness::{Cluster, json_lines, timeout, wait_for, wait_until};
 
 /// One request through `addr`: the `node=... task=...` line the task answers with.
-fn ask(addr: SocketAddr) -> Result<String, String> {
+pub(crate) fn ask(addr: SocketAddr) -> Result<String, String> {
     let mut s =
         TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
@@ -27,7 +27,7 @@ fn ask(addr: SocketAddr) -> Result<String, String> {
 
 /// The test program's path for exec tasks, or `None` (with a notice) when exec tasks cannot
 /// run here (not root) or the program cannot be built.
-fn serving_program() -> Option<String> {
+pub(crate) fn serving_program() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("NOTICE: exec runtime needs root: skipping");
         return None;

@@ -45,6 +45,7 @@ fn task(runtime: Runtime, image: &str, command: &[&str], env: &[&str]) -> Task {
             secrets: vec![],
             ports: Vec::new(),
             networks: Vec::new(),
+            healthcheck: None,
         },
         spec_version: 1,
         desired: DesiredState::Running,

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountBindOptions, MountBindOptionsPropagationEnum,
-    MountType,
+    ContainerCreateBody, HealthConfig, HostConfig, Mount, MountBindOptions,
+    MountBindOptionsPropagationEnum, MountType,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
@@ -322,6 +322,33 @@ impl DockerRuntime {
             .find(|ip| !ip.is_empty())
             .and_then(|ip| ip.parse().ok())
     }
+
+    /// The engine's view of the container's health: `None` when it has no check (neither
+    /// the task's nor the image's) or cannot be inspected.
+    pub(crate) async fn health(&self, task: &Task) -> Option<crate::agent::health::Health> {
+        use crate::agent::health::Health;
+        use bollard::models::HealthStatusEnum as S;
+        let info = self
+            .docker
+            .inspect_container(&container_name(task), None)
+            .await
+            .ok()?;
+        let health = info.state?.health?;
+        let last = || {
+            health
+                .log
+                .as_ref()
+                .and_then(|l| l.last())
+                .and_then(|r| r.output.clone())
+                .unwrap_or_default()
+        };
+        match health.status? {
+            S::STARTING => Some(Health::Starting),
+            S::HEALTHY => Some(Health::Healthy),
+            S::UNHEALTHY => Some(Health::Unhealthy(crate::agent::health::clip(&last()))),
+            S::NONE | S::EMPTY => None,
+        }
+    }
 }
 
 /// Stops a docker task's container.
@@ -496,10 +523,31 @@ fn create_body(task: &Task, image: &str, secrets: Option<&Path>) -> ContainerCre
     ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: (!task.spec.command.is_empty()).then(|| task.spec.command.clone()),
+        healthcheck: task.spec.healthcheck.as_ref().map(health_config),
         env: (!env.is_empty()).then_some(env),
         labels: Some(labels),
         host_config: Some(host_config),
         ..Default::default()
+    }
+}
+
+/// The task's check in the engine's terms (times in nanoseconds); `["NONE"]` turns off the
+/// image's own.
+fn health_config(h: &crate::store::service::HealthCheck) -> HealthConfig {
+    let ns = |ms: u64| i64::try_from(ms.saturating_mul(1_000_000)).unwrap_or(i64::MAX);
+    if h.is_disabled() {
+        return HealthConfig {
+            test: Some(vec!["NONE".into()]),
+            ..Default::default()
+        };
+    }
+    HealthConfig {
+        test: Some(h.test.clone()),
+        interval: Some(ns(h.interval_ms)),
+        timeout: Some(ns(h.timeout_ms)),
+        retries: Some(i64::from(h.retries)),
+        start_period: Some(ns(h.start_period_ms)),
+        start_interval: None,
     }
 }
 
@@ -557,6 +605,7 @@ mod tests {
                 secrets: vec![],
                 ports: Vec::new(),
                 networks: Vec::new(),
+                healthcheck: None,
             },
             spec_version: 1,
             desired: crate::store::service::DesiredState::Running,

@@ -263,6 +263,14 @@ impl Executors {
         }
     }
 
+    /// The health of a running docker task as its engine sees it (`None`: no check).
+    pub async fn docker_health(&self, task: &Task) -> Option<crate::agent::health::Health> {
+        match (&task.spec.runtime, &self.docker) {
+            (Runtime::Docker, Some(d)) => d.health(task).await,
+            _ => None,
+        }
+    }
+
     /// Removes what a finished task left (container, log files). Best effort: failures are
     /// logged.
     pub async fn remove(&self, task: &Task) {
