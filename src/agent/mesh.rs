@@ -1,27 +1,37 @@
-//! The routing mesh: every node listens on each service's published (ingress) ports and
-//! forwards each connection to a running task of the service, in turn. A task on this node is
-//! reached directly; a task on another node through a `Tunnel` stream of that node's Agent
-//! service, inside the mutually authenticated TLS connection between the two nodes (the
-//! remote node's certificate is checked to be that node's): bytes between nodes are never in
-//! plaintext. Host-mode ports are listened on only by nodes running a task, for their own.
+//! The routing mesh: every node listens on each service's published (ingress) ports, TCP and
+//! UDP, and forwards each TCP connection, or each UDP flow, to a running task of the service,
+//! in turn. A task on this node is reached directly; a task on another node through a `Tunnel`
+//! stream of that node's Agent service, inside the mutually authenticated TLS connection
+//! between the two nodes (the remote node's certificate is checked to be that node's): bytes
+//! between nodes are never in plaintext. Host-mode ports are listened on only by nodes running
+//! a task, for their own.
 //!
 //! ```text
-//!  client ─tcp─► node A :4000 ──(task on A)──► 127.0.0.1:PORT / container:80
-//!                          └──(task on B)──► mTLS Agent.Tunnel ─► node B ─► task
+//!  client ─tcp/udp─► node A :4000 ──(task on A)──► 127.0.0.1:PORT / container:80
+//!                              └──(task on B)──► mTLS Agent.Tunnel ─► node B ─► task
 //! ```
+//!
+//! A UDP *flow* is the datagrams of one client address: its first datagram picks the task, its
+//! later ones go to the same task, and the task's replies go back to the client from the
+//! published port. Between nodes each flow is a tunnel of its own, one datagram a frame. A
+//! flow without a datagram either way for [`UDP_IDLE`] is forgotten, and a published port keeps
+//! at most [`UDP_FLOWS`] flows: datagrams that would start more are dropped, so a flood of
+//! source addresses cannot exhaust memory ([`Flows`] is that bookkeeping, without I/O).
 //!
 //! The routing table comes from any manager (`Dispatcher.Routes`) every second.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustls::ClientConfig;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
@@ -36,6 +46,20 @@ use crate::net::identity::LiveIdentity;
 const REFRESH: Duration = Duration::from_secs(1);
 /// Bytes per tunnel frame.
 const CHUNK: usize = 16 * 1024;
+/// How long a UDP flow lasts without a datagram either way. Long enough for request/answer
+/// protocols (DNS, syslog, game and VoIP keep-alives every few seconds); a client silent for
+/// longer starts a new flow, which may reach another task.
+pub const UDP_IDLE: Duration = Duration::from_secs(30);
+/// The most UDP flows one published port keeps; datagrams that would start another are dropped
+/// (with a debug log) until some flow idles out.
+pub const UDP_FLOWS: usize = 4096;
+/// The largest datagram relayed: bigger tunnel frames are dropped.
+const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams queued per flow and direction before new ones are dropped, as a full network
+/// queue would: a relay never waits for a slow side.
+const UDP_QUEUE: usize = 8;
+/// How often a UDP listener forgets idle and ended flows.
+const UDP_SWEEP: Duration = Duration::from_secs(1);
 
 /// One node's mesh.
 pub struct Mesh {
@@ -59,6 +83,40 @@ pub struct Mesh {
     pub peers: std::sync::Mutex<HashMap<String, Channel>>,
 }
 
+/// The transport of a published port or a tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// A route's or a tunnel's protocol; empty is TCP (tunnels from nodes that predate UDP).
+    fn parse(name: &str) -> Option<Proto> {
+        match name {
+            "" | "tcp" => Some(Proto::Tcp),
+            "udp" => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a node listens on: a TCP and a UDP port may share a number.
+type ListenKey = (Proto, SocketAddr);
+
 /// What a listener forwards to: the route's target port and the tasks to try, in turn.
 struct Forward {
     target: u16,
@@ -71,58 +129,55 @@ struct Listening {
 }
 
 impl Mesh {
-    /// Keeps a listener per published TCP port this node should serve, following the routing
-    /// table. A port another process holds is reported in the log and retried.
+    /// Keeps a listener per published port this node should serve, TCP and UDP, following the
+    /// routing table. A port another process holds is reported in the log and retried.
     pub async fn run(self: Arc<Self>) {
-        let mut listening: HashMap<SocketAddr, Listening> = HashMap::new();
-        let mut failed: HashMap<SocketAddr, String> = HashMap::new();
+        let mut listening: HashMap<ListenKey, Listening> = HashMap::new();
+        let mut failed: HashMap<ListenKey, String> = HashMap::new();
         let mut channels: HashMap<String, Channel> = HashMap::new();
         loop {
             if let Some(table) = self.fetch(&mut channels).await {
-                let wanted = self.wanted(&table.routes, &table.vips);
+                let wanted = wanted(&self.node_id, self.listen_ip, &table.routes, &table.vips);
                 self.supervisor.set_names(table.vips);
-                failed.retain(|addr, _| wanted.contains_key(addr));
-                listening.retain(|addr, l| {
-                    let keep = wanted.contains_key(addr);
+                failed.retain(|key, _| wanted.contains_key(key));
+                listening.retain(|(proto, addr), l| {
+                    let keep = wanted.contains_key(&(*proto, *addr));
                     if !keep {
                         l.handle.abort();
-                        tracing::info!(%addr, "routing mesh: no longer served here");
+                        tracing::info!(%addr, %proto, "routing mesh: no longer served here");
                     }
                     keep
                 });
-                for (addr, forward) in wanted {
-                    if let Some(l) = listening.get(&addr) {
+                for (key, forward) in wanted {
+                    if let Some(l) = listening.get(&key) {
                         l.forward.store(Arc::new(forward));
                         continue;
                     }
-                    match std::net::TcpListener::bind(addr).and_then(|l| {
-                        l.set_nonblocking(true)?;
-                        TcpListener::from_std(l)
-                    }) {
-                        Ok(listener) => {
-                            failed.remove(&addr);
-                            tracing::info!(%addr, "routing mesh: listening");
-                            let forward = Arc::new(ArcSwap::from_pointee(forward));
-                            let handle =
-                                tokio::spawn(self.clone().serve(listener, forward.clone()));
-                            listening.insert(addr, Listening { handle, forward });
+                    let (proto, addr) = key;
+                    let forward = Arc::new(ArcSwap::from_pointee(forward));
+                    let started = match proto {
+                        Proto::Tcp => bind_tcp(addr)
+                            .map(|l| tokio::spawn(self.clone().serve(l, forward.clone()))),
+                        Proto::Udp => bind_udp(addr)
+                            .map(|s| tokio::spawn(self.clone().serve_udp(s, forward.clone()))),
+                    };
+                    match started {
+                        Ok(handle) => {
+                            failed.remove(&key);
+                            tracing::info!(%addr, %proto, "routing mesh: listening");
+                            listening.insert(key, Listening { handle, forward });
                         }
                         Err(e) => {
                             let why = e.to_string();
-                            if failed.get(&addr) != Some(&why) {
-                                tracing::warn!(%addr, error = %why, "routing mesh: cannot listen (taken on this node?)");
-                                failed.insert(addr, why);
+                            if failed.get(&key) != Some(&why) {
+                                tracing::warn!(%addr, %proto, error = %why, "routing mesh: cannot listen (taken on this node?)");
+                                failed.insert(key, why);
                             }
                         }
                     }
                 }
             }
-            // Published ports (on the node's address) that cannot be served are reported.
-            let report: std::collections::BTreeMap<u16, String> = failed
-                .iter()
-                .filter(|(a, _)| a.ip() == self.listen_ip)
-                .map(|(a, w)| (a.port(), w.clone()))
-                .collect();
+            let report = port_report(&failed, self.listen_ip);
             if let Ok(mut e) = self.port_errors.lock()
                 && *e != report
             {
@@ -154,62 +209,6 @@ impl Mesh {
             }
         }
         None
-    }
-
-    /// The addresses this node serves and where each forwards to: published ports on the
-    /// node's address, and each named service's ports on its loopback address.
-    fn wanted(
-        &self,
-        routes: &[Route],
-        vips: &[crate::api::v1::ServiceVip],
-    ) -> HashMap<SocketAddr, Forward> {
-        let mut out = HashMap::new();
-        for r in routes {
-            if r.protocol != "tcp" {
-                continue;
-            }
-            let (Ok(published), Ok(target)) = (u16::try_from(r.published), u16::try_from(r.target))
-            else {
-                continue;
-            };
-            let tasks: Vec<RouteTask> = if r.mode == "host" {
-                r.tasks
-                    .iter()
-                    .filter(|t| t.node_id == self.node_id)
-                    .cloned()
-                    .collect()
-            } else {
-                r.tasks.clone()
-            };
-            if r.mode == "host" && tasks.is_empty() {
-                continue;
-            }
-            out.insert(
-                SocketAddr::new(self.listen_ip, published),
-                Forward { target, tasks },
-            );
-        }
-        for v in vips {
-            let Ok(ip) = v.vip.parse::<IpAddr>() else {
-                continue;
-            };
-            if !ip.is_loopback() {
-                continue;
-            }
-            for port in &v.ports {
-                let Ok(port) = u16::try_from(*port) else {
-                    continue;
-                };
-                out.insert(
-                    SocketAddr::new(ip, port),
-                    Forward {
-                        target: port,
-                        tasks: v.tasks.clone(),
-                    },
-                );
-            }
-        }
-        out
     }
 
     async fn serve(self: Arc<Self>, listener: TcpListener, forward: Arc<ArcSwap<Forward>>) {
@@ -254,7 +253,7 @@ impl Mesh {
                     Err(e) => last = format!("task {}: {e}", task.task_id),
                 }
             } else {
-                match self.open_tunnel(task, f.target).await {
+                match self.open_tunnel(task, f.target, Proto::Tcp).await {
                     Ok((tx, inbound)) => {
                         pump(conn, tx, inbound).await;
                         return Ok(());
@@ -266,12 +265,118 @@ impl Mesh {
         Err(last)
     }
 
+    /// Serves a published UDP port: each client address is a flow, relayed by a task of its
+    /// own ([`Mesh::udp_flow`]) that answers through this loop, which owns the socket and the
+    /// flow table; dropping it (the port no longer served) ends every flow.
+    async fn serve_udp(self: Arc<Self>, socket: UdpSocket, forward: Arc<ArcSwap<Forward>>) {
+        let mut flows: Flows<UdpFlow> = Flows::new(UDP_FLOWS, UDP_IDLE);
+        let (replies_tx, mut replies) = mpsc::channel::<(SocketAddr, Vec<u8>)>(256);
+        let mut sweep = tokio::time::interval(UDP_SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next = 0usize;
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            tokio::select! {
+                got = socket.recv_from(&mut buf) => {
+                    // Not expected on an unconnected socket: a pause rather than a spin.
+                    let Ok((n, peer)) = got else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let mut datagram = buf[..n].to_vec();
+                    let now = Instant::now();
+                    if let Some(flow) = flows.touch(peer, now) {
+                        match flow.tx.try_send(datagram) {
+                            Ok(()) | Err(TrySendError::Full(_)) => continue,
+                            Err(TrySendError::Closed(d)) => {
+                                // Its task gave up (or went): the datagram starts a new flow.
+                                flows.remove(peer);
+                                datagram = d;
+                            }
+                        }
+                    }
+                    if forward.load().tasks.is_empty() {
+                        continue;
+                    }
+                    if !flows.has_room() {
+                        tracing::debug!(%peer, limit = UDP_FLOWS, "routing mesh: too many UDP flows, datagram dropped");
+                        continue;
+                    }
+                    let (tx, rx) = mpsc::channel(UDP_QUEUE);
+                    // The queue is empty: this cannot fail.
+                    let _ = tx.try_send(datagram);
+                    let start = next;
+                    next = next.wrapping_add(1);
+                    let task = tokio::spawn(self.clone().udp_flow(
+                        peer,
+                        forward.load_full(),
+                        start,
+                        rx,
+                        replies_tx.clone(),
+                    ));
+                    flows.insert(peer, UdpFlow { tx, task: task.abort_handle() }, now);
+                }
+                Some((peer, datagram)) = replies.recv() => {
+                    flows.touch(peer, Instant::now());
+                    let _ = socket.send_to(&datagram, peer).await;
+                }
+                _ = sweep.tick() => {
+                    flows.sweep(Instant::now(), |f| !f.tx.is_closed());
+                }
+            }
+        }
+    }
+
+    /// One UDP flow: the first task, in turn from `start`, that takes it gets its datagrams,
+    /// and the task's replies go to `replies` for `peer`. Ends when the task's side does, or
+    /// when the listener drops the flow.
+    async fn udp_flow(
+        self: Arc<Self>,
+        peer: SocketAddr,
+        f: Arc<Forward>,
+        start: usize,
+        rx: mpsc::Receiver<Vec<u8>>,
+        replies: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    ) {
+        let n = f.tasks.len();
+        let mut last = String::from("no running task");
+        for i in 0..n {
+            let task = &f.tasks[(start + i) % n];
+            if task.node_id == self.node_id {
+                let Some(addr) = self.supervisor.endpoint(&task.task_id, f.target) else {
+                    last = format!("task {} has no local endpoint", task.task_id);
+                    continue;
+                };
+                match connect_udp(addr).await {
+                    Ok(up) => {
+                        let out = move |d: Vec<u8>| match replies.try_send((peer, d)) {
+                            Err(TrySendError::Closed(_)) => Err(()),
+                            _ => Ok(()),
+                        };
+                        let input = tokio_stream::wrappers::ReceiverStream::new(rx);
+                        return relay_udp(up, input, out).await;
+                    }
+                    Err(e) => last = format!("task {}: {e}", task.task_id),
+                }
+            } else {
+                match self.open_tunnel(task, f.target, Proto::Udp).await {
+                    Ok((tx, inbound)) => {
+                        return udp_over_tunnel(peer, rx, replies, tx, inbound).await;
+                    }
+                    Err(e) => last = format!("node {}: {e}", task.node_id),
+                }
+            }
+        }
+        tracing::debug!(%peer, error = %last, "routing mesh: UDP flow not forwarded");
+    }
+
     /// Opens a tunnel to `task` on its node: mTLS with this node's certificate, the peer
     /// checked to be that node.
     async fn open_tunnel(
         &self,
         task: &RouteTask,
         target: u16,
+        proto: Proto,
     ) -> Result<
         (
             tokio::sync::mpsc::Sender<TunnelFrame>,
@@ -309,6 +414,7 @@ impl Mesh {
             task_id: task.task_id.clone(),
             target_port: u32::from(target),
             data: Vec::new(),
+            protocol: proto.as_str().into(),
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -327,6 +433,255 @@ impl Mesh {
             }
         };
         Ok((tx, resp.into_inner()))
+    }
+}
+
+/// The addresses this node serves and where each forwards to: published ports on the node's
+/// address, and each named service's ports on its loopback address (TCP).
+fn wanted(
+    node_id: &str,
+    listen_ip: IpAddr,
+    routes: &[Route],
+    vips: &[crate::api::v1::ServiceVip],
+) -> HashMap<ListenKey, Forward> {
+    let mut out = HashMap::new();
+    for r in routes {
+        let Some(proto) = Proto::parse(&r.protocol) else {
+            continue;
+        };
+        let (Ok(published), Ok(target)) = (u16::try_from(r.published), u16::try_from(r.target))
+        else {
+            continue;
+        };
+        let tasks: Vec<RouteTask> = if r.mode == "host" {
+            r.tasks
+                .iter()
+                .filter(|t| t.node_id == node_id)
+                .cloned()
+                .collect()
+        } else {
+            r.tasks.clone()
+        };
+        if r.mode == "host" && tasks.is_empty() {
+            continue;
+        }
+        out.insert(
+            (proto, SocketAddr::new(listen_ip, published)),
+            Forward { target, tasks },
+        );
+    }
+    for v in vips {
+        let Ok(ip) = v.vip.parse::<IpAddr>() else {
+            continue;
+        };
+        if !ip.is_loopback() {
+            continue;
+        }
+        for port in &v.ports {
+            let Ok(port) = u16::try_from(*port) else {
+                continue;
+            };
+            out.insert(
+                (Proto::Tcp, SocketAddr::new(ip, port)),
+                Forward {
+                    target: port,
+                    tasks: v.tasks.clone(),
+                },
+            );
+        }
+    }
+    out
+}
+
+/// What the heartbeats report: each published port on the node's address that cannot be
+/// served, and why; a UDP port's reason says so (the report is by port number, which a TCP
+/// and a UDP port may share).
+fn port_report(failed: &HashMap<ListenKey, String>, listen_ip: IpAddr) -> BTreeMap<u16, String> {
+    let mut mine: Vec<(u16, Proto, &String)> = failed
+        .iter()
+        .filter(|((_, a), _)| a.ip() == listen_ip)
+        .map(|((p, a), why)| (a.port(), *p, why))
+        .collect();
+    mine.sort();
+    let mut out: BTreeMap<u16, String> = BTreeMap::new();
+    for (port, proto, why) in mine {
+        let why = match proto {
+            Proto::Tcp => why.clone(),
+            Proto::Udp => format!("udp: {why}"),
+        };
+        out.entry(port)
+            .and_modify(|w| {
+                w.push_str("; ");
+                w.push_str(&why);
+            })
+            .or_insert(why);
+    }
+    out
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let l = std::net::TcpListener::bind(addr)?;
+    l.set_nonblocking(true)?;
+    TcpListener::from_std(l)
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let s = std::net::UdpSocket::bind(addr)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+/// A UDP socket of its own, connected to a task's endpoint: the task's replies to it are the
+/// flow's.
+async fn connect_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let any: IpAddr = if addr.is_ipv4() {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let sock = UdpSocket::bind(SocketAddr::new(any, 0)).await?;
+    sock.connect(addr).await?;
+    Ok(sock)
+}
+
+/// Relays datagrams between `input` and a socket connected to a task, the task's datagrams to
+/// `out`, until `input` ends, `out` refuses (its receiver is gone), or [`UDP_IDLE`] passes
+/// without a datagram either way. Datagrams larger than [`MAX_DATAGRAM`] are dropped.
+async fn relay_udp<S>(sock: UdpSocket, input: S, out: impl Fn(Vec<u8>) -> Result<(), ()>)
+where
+    S: tokio_stream::Stream<Item = Vec<u8>>,
+{
+    use tokio_stream::StreamExt as _;
+    tokio::pin!(input);
+    let idle = tokio::time::sleep(UDP_IDLE);
+    tokio::pin!(idle);
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        tokio::select! {
+            d = input.next() => {
+                let Some(d) = d else { break };
+                if d.len() <= MAX_DATAGRAM {
+                    // A send error (the task not listening, yet or any more) loses the datagram,
+                    // as UDP may.
+                    let _ = sock.send(&d).await;
+                }
+            }
+            got = sock.recv(&mut buf) => {
+                // An error is the ICMP answer to an earlier send: nothing to relay.
+                let Ok(n) = got else { continue };
+                if out(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+            () = &mut idle => break,
+        }
+        idle.as_mut().reset(tokio::time::Instant::now() + UDP_IDLE);
+    }
+}
+
+/// A UDP flow to a task on another node: each datagram a frame of the flow's tunnel, each frame
+/// back a reply for `peer`. Ends when either side does.
+async fn udp_over_tunnel(
+    peer: SocketAddr,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    replies: mpsc::Sender<(SocketAddr, Vec<u8>)>,
+    tx: mpsc::Sender<TunnelFrame>,
+    mut inbound: tonic::Streaming<TunnelFrame>,
+) {
+    loop {
+        tokio::select! {
+            d = rx.recv() => {
+                let Some(data) = d else { break };
+                let frame = TunnelFrame { data, ..Default::default() };
+                if let Err(TrySendError::Closed(_)) = tx.try_send(frame) {
+                    break;
+                }
+            }
+            m = inbound.message() => match m {
+                Ok(Some(f)) => {
+                    if f.data.len() <= MAX_DATAGRAM
+                        && let Err(TrySendError::Closed(_)) = replies.try_send((peer, f.data))
+                    {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            },
+        }
+    }
+}
+
+/// A UDP flow as the listener keeps it: dropping it ends the flow's task.
+struct UdpFlow {
+    tx: mpsc::Sender<Vec<u8>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for UdpFlow {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The UDP flows of one published port, by client address: when each last saw a datagram
+/// either way, so idle ones are forgotten, and how many there may be. No I/O: the listener
+/// passes the time in.
+struct Flows<T> {
+    map: HashMap<SocketAddr, (Instant, T)>,
+    limit: usize,
+    idle: Duration,
+}
+
+impl<T> Flows<T> {
+    fn new(limit: usize, idle: Duration) -> Flows<T> {
+        Flows {
+            map: HashMap::new(),
+            limit,
+            idle,
+        }
+    }
+
+    /// The live flow of `peer`, its traffic counted at `now`. A flow idle for too long is
+    /// forgotten here, so its client's next datagram starts a new one.
+    fn touch(&mut self, peer: SocketAddr, now: Instant) -> Option<&T> {
+        let idle = self.idle;
+        if self
+            .map
+            .get(&peer)
+            .is_some_and(|(last, _)| now.saturating_duration_since(*last) >= idle)
+        {
+            self.map.remove(&peer);
+            return None;
+        }
+        let (last, flow) = self.map.get_mut(&peer)?;
+        *last = now;
+        Some(flow)
+    }
+
+    /// Whether another flow may start.
+    fn has_room(&self) -> bool {
+        self.map.len() < self.limit
+    }
+
+    /// Keeps `flow` for `peer` (replacing any it had), last seen at `now`.
+    fn insert(&mut self, peer: SocketAddr, flow: T, now: Instant) {
+        self.map.insert(peer, (now, flow));
+    }
+
+    fn remove(&mut self, peer: SocketAddr) -> Option<T> {
+        self.map.remove(&peer).map(|(_, f)| f)
+    }
+
+    /// Forgets the flows idle at `now` and those `live` says have ended.
+    fn sweep(&mut self, now: Instant, live: impl Fn(&T) -> bool) {
+        let idle = self.idle;
+        self.map
+            .retain(|_, (last, f)| now.saturating_duration_since(*last) < idle && live(f));
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
     }
 }
 
@@ -377,7 +732,8 @@ async fn pump(
 }
 
 /// The server side of a tunnel (on the task's node): connects to the local task and copies
-/// frames to it and its bytes back.
+/// frames to it and its bytes back; for UDP, each frame a datagram, until the stream ends or
+/// [`UDP_IDLE`] passes without one.
 pub async fn serve_tunnel(
     supervisor: &Supervisor,
     peer_node: &str,
@@ -388,6 +744,7 @@ pub async fn serve_tunnel(
         .message()
         .await?
         .ok_or_else(|| tonic::Status::invalid_argument("an empty tunnel"))?;
+    let proto = tunnel_protocol(&first.protocol)?;
     let target = u16::try_from(first.target_port)
         .map_err(|_| tonic::Status::invalid_argument("the target port is not a port"))?;
     let addr = supervisor.endpoint(&first.task_id, target).ok_or_else(|| {
@@ -396,16 +753,56 @@ pub async fn serve_tunnel(
             first.task_id.chars().take(64).collect::<String>()
         ))
     })?;
-    let conn = TcpStream::connect(addr)
-        .await
-        .map_err(|e| tonic::Status::unavailable(format!("the task does not answer: {e}")))?;
-    tracing::info!(peer = %peer_node, task = %first.task_id, target, "routing mesh: tunnel from another node over mTLS");
-    let (rd, mut wr) = conn.into_split();
-    if !first.data.is_empty() {
-        let _ = wr.write_all(&first.data).await;
+    let (tx, rx) = mpsc::channel(16);
+    match proto {
+        Proto::Tcp => {
+            let conn = TcpStream::connect(addr).await.map_err(|e| {
+                tonic::Status::unavailable(format!("the task does not answer: {e}"))
+            })?;
+            tracing::info!(peer = %peer_node, task = %first.task_id, target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
+            let (rd, mut wr) = conn.into_split();
+            if !first.data.is_empty() {
+                let _ = wr.write_all(&first.data).await;
+            }
+            tokio::spawn(from_frames(inbound, wr));
+            tokio::spawn(to_frames(rd, tx, Ok));
+        }
+        Proto::Udp => {
+            use tokio_stream::StreamExt as _;
+            let sock = connect_udp(addr)
+                .await
+                .map_err(|e| tonic::Status::unavailable(format!("cannot reach the task: {e}")))?;
+            tracing::info!(peer = %peer_node, task = %first.task_id, target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
+            // The first frame's data, if any, is the flow's first datagram.
+            let first_datagram = (!first.data.is_empty()).then_some(first.data);
+            let input = tokio_stream::iter(first_datagram)
+                .chain(inbound.map_while(Result::ok).map(|f| f.data));
+            let out = move |data: Vec<u8>| {
+                let frame = TunnelFrame {
+                    data,
+                    ..Default::default()
+                };
+                match tx.try_send(Ok(frame)) {
+                    Err(TrySendError::Closed(_)) => Err(()),
+                    _ => Ok(()),
+                }
+            };
+            tokio::spawn(relay_udp(sock, input, out));
+        }
     }
-    tokio::spawn(from_frames(inbound, wr));
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(to_frames(rd, tx, Ok));
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
 }
+
+/// A tunnel's first frame's protocol; anything else is the caller's mistake, named (cut short).
+fn tunnel_protocol(name: &str) -> Result<Proto, tonic::Status> {
+    Proto::parse(name).ok_or_else(|| {
+        tonic::Status::invalid_argument(format!(
+            "protocol {:?} is not tcp or udp",
+            name.chars().take(64).collect::<String>()
+        ))
+    })
+}
+
+#[cfg(test)]
+#[path = "mesh_tests.rs"]
+mod tests;

@@ -614,7 +614,9 @@ async fn run_task(sup: Arc<Supervisor>, task: Task, mut stop: watch::Receiver<bo
 
 /// An exec task shares the node's network, so each port it is to listen on gets a free local
 /// port, given in its environment: `PORT` (the first), `SKEP_PORT_<TARGET>` (each); with
-/// `SKEP_TASK_ID` and `SKEP_NODE_ID`. Docker tasks listen on their own address.
+/// `SKEP_TASK_ID` and `SKEP_NODE_ID`. Docker tasks listen on their own address. The task spec
+/// does not say whether a target is TCP or UDP (a service may publish both on one target), so
+/// the port given is free for both.
 fn with_ports(mut task: Task) -> (Task, HashMap<u16, std::net::SocketAddr>) {
     let mut endpoints = HashMap::new();
     if task.spec.ports.is_empty() {
@@ -624,11 +626,9 @@ fn with_ports(mut task: Task) -> (Task, HashMap<u16, std::net::SocketAddr>) {
     task.spec.env.push(format!("SKEP_NODE_ID={}", task.node_id));
     if task.spec.runtime == crate::store::service::Runtime::Exec {
         for (i, target) in task.spec.ports.clone().into_iter().enumerate() {
-            let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", 0)) else {
+            let Some(addr) = free_local_port() else {
                 continue;
             };
-            let Ok(addr) = l.local_addr() else { continue };
-            drop(l);
             if i == 0 {
                 task.spec.env.push(format!("PORT={}", addr.port()));
             }
@@ -639,6 +639,21 @@ fn with_ports(mut task: Task) -> (Task, HashMap<u16, std::net::SocketAddr>) {
         }
     }
     (task, endpoints)
+}
+
+/// A loopback port free for TCP and for UDP when asked (the kernel picks the TCP one; a few
+/// tries find one whose UDP twin is free too).
+fn free_local_port() -> Option<std::net::SocketAddr> {
+    for _ in 0..16 {
+        let Ok(tcp) = std::net::TcpListener::bind(("127.0.0.1", 0)) else {
+            continue;
+        };
+        let Ok(addr) = tcp.local_addr() else { continue };
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return Some(addr);
+        }
+    }
+    None
 }
 
 async fn run_started(

@@ -200,6 +200,9 @@ services:
         published: 8443
         protocol: tcp
         mode: host
+      - target: 514
+        published: 1514
+        protocol: udp
 "#;
     let s = load_one(text).unwrap();
     let p = &s.services[0].ports;
@@ -214,6 +217,10 @@ services:
     assert_eq!(
         (p[2].published, p[2].target, p[2].mode),
         (8443, 443, PublishMode::Host)
+    );
+    assert_eq!(
+        (p[3].published, p[3].target, p[3].protocol, p[3].mode),
+        (1514, 514, PortProtocol::Udp, PublishMode::Ingress)
     );
     for (bad, needle) in [
         ("\"127.0.0.1:80:80\"", "host IP"),

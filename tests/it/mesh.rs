@@ -1,14 +1,15 @@
-//! The routing mesh with real daemons: a published port answers on every node's address, from
-//! tasks wherever they run; connections to tasks on other nodes travel through the nodes'
-//! mTLS Agent service (the remote node logs each tunnel with the peer it authenticated); a
-//! port taken on a node is reported, and unpublishing closes the listeners.
+//! The routing mesh with real daemons: a published port, TCP or UDP, answers on every node's
+//! address, from tasks wherever they run; connections and UDP flows to tasks on other nodes
+//! travel through the nodes' mTLS Agent service (the remote node logs each tunnel with the peer
+//! it authenticated); a port taken on a node is reported, and unpublishing closes the
+//! listeners.
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use crate::harness::{Cluster, json_lines, timeout, wait_for, wait_until};
+use crate::harness::{Cluster, Node, json_lines, running_task_ids, timeout, wait_for, wait_until};
 
 /// One request through `addr`: the `node=... task=...` line the task answers with.
 pub(crate) fn ask(addr: SocketAddr) -> Result<String, String> {
@@ -23,6 +24,48 @@ pub(crate) fn ask(addr: SocketAddr) -> Result<String, String> {
     } else {
         Err(format!("unexpected answer {out:?}"))
     }
+}
+
+/// `node`'s address with `port`.
+fn on(node: &Node, port: u16) -> SocketAddr {
+    format!("{}:{port}", node.addr().split(':').next().unwrap())
+        .parse()
+        .unwrap()
+}
+
+/// A UDP client of its own (a flow of its own) for the published port `addr`.
+fn udp_client(addr: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    s
+}
+
+/// One datagram through `sock` and its echo from a `udp-echo` task: the `node=... task=...`
+/// it answered with. Late answers to earlier datagrams are skipped.
+fn echo(sock: &UdpSocket, payload: &str) -> Result<String, String> {
+    sock.send(payload.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = sock
+            .recv(&mut buf)
+            .map_err(|e| format!("no echo of {payload}: {e}"))?;
+        let text = String::from_utf8_lossy(&buf[..n]).to_string();
+        if let Some(who) = text.strip_suffix(&format!(": {payload}"))
+            && who.starts_with("node=")
+        {
+            return Ok(who.to_string());
+        }
+    }
+}
+
+/// [`echo`], sent again until answered (UDP may lose a datagram; a listener may be a
+/// refresh away): the same client address, so the same flow.
+fn echo_within(sock: &UdpSocket, payload: &str) -> String {
+    wait_for(timeout(), &format!("the echo of {payload}"), || {
+        echo(sock, payload)
+    })
 }
 
 /// The test program's path for exec tasks, or `None` (with a notice) when exec tasks cannot
@@ -299,6 +342,30 @@ fn containers_are_reached_on_their_own_address_through_the_mesh() {
             "{answer}"
         );
     }
+    // UDP too: a container's port 53, through a tunnel and directly.
+    let dns = crate::docker_services::unique_name("meshdns");
+    let _dns_guard = crate::docker_services::ContainerGuard(dns.clone());
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &dns,
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        "4011:53/udp",
+        image,
+        "/prog",
+        "udp-echo",
+    ]);
+    for n in &c.nodes {
+        let who = echo_within(&udp_client(on(n, 4011)), n.name());
+        assert!(
+            who.starts_with(&format!("node={} ", c.nodes[1].id())),
+            "{who}"
+        );
+    }
 }
 
 #[test]
@@ -470,4 +537,185 @@ networks:
             .contains("node=")
     );
     m.cli_ok(&["stack", "rm", "names"]);
+}
+
+#[test]
+fn a_published_udp_port_answers_on_every_node_one_task_per_client_flow() {
+    let Some(prog) = serving_program() else {
+        return;
+    };
+    let c = Cluster::init(1, 2);
+    let m = c.first();
+    // Two echo tasks on the workers: the manager has none, so its flows cross to them.
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "dns",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        "4030:53/udp",
+        "--",
+        &prog,
+        "udp-echo",
+    ]);
+    let tasks: BTreeSet<String> = wait_for(timeout(), "2 running echo tasks", || {
+        let ids = running_task_ids(m, "dns");
+        if ids.len() == 2 {
+            Ok(ids.into_iter().collect())
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    });
+    let task_of = |who: &str| {
+        let task = who.split("task=").nth(1).unwrap_or_default().to_string();
+        assert!(tasks.contains(&task), "answered by {who}, not by {tasks:?}");
+        task
+    };
+    // Through the manager: every datagram of a flow reaches the task its first one did, and
+    // new flows take the tasks in turn.
+    let mut hosts = BTreeSet::new();
+    let mut flow = 0;
+    wait_for(
+        timeout(),
+        "both tasks answering through the manager",
+        || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..4 {
+                flow += 1;
+                let sock = udp_client(on(m, 4030));
+                let who = echo_within(&sock, &format!("m{flow}-a"));
+                for more in ["b", "c", "d"] {
+                    assert_eq!(
+                        echo_within(&sock, &format!("m{flow}-{more}")),
+                        who,
+                        "a flow's datagrams went to another task"
+                    );
+                }
+                assert!(
+                    !who.contains(&format!("node={} ", m.id())),
+                    "the manager runs no task: {who}"
+                );
+                hosts.insert(who.split(' ').next().unwrap_or_default().to_string());
+                seen.insert(task_of(&who));
+            }
+            if seen == tasks {
+                Ok(())
+            } else {
+                Err(format!("only {seen:?} answered"))
+            }
+        },
+    );
+    // The hop was a UDP tunnel of the Agent service, logged by a task's node with the manager
+    // as the peer it authenticated.
+    wait_until(timeout(), "a UDP tunnel logged by a task's node", || {
+        c.workers().iter().any(|n| {
+            strip_ansi(&n.log()).lines().any(|l| {
+                l.contains("routing mesh: tunnel from another node over mTLS")
+                    && l.contains("protocol=udp")
+                    && l.contains(&format!("peer={}", m.id()))
+            })
+        })
+    });
+    // Through a worker running a task, its own task answers (directly) in its turn.
+    for w in c.workers() {
+        let mine = format!("node={}", w.id());
+        if !hosts.contains(&mine) {
+            continue;
+        }
+        wait_for(
+            timeout(),
+            &format!("{}'s own task answering through it", w.name()),
+            || {
+                let who = echo_within(&udp_client(on(w, 4030)), "local");
+                task_of(&who);
+                if who.starts_with(&format!("{mine} ")) {
+                    Ok(())
+                } else {
+                    Err(who)
+                }
+            },
+        );
+    }
+
+    // A TCP port with the same number is another listener: both answer.
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "web",
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        "4030:80",
+        "--",
+        &prog,
+        "serve",
+    ]);
+    wait_for(timeout(), "TCP on the UDP port's number", || {
+        ask(on(m, 4030))
+    });
+    task_of(&echo_within(&udp_client(on(m, 4030)), "beside tcp"));
+
+    // A UDP port held by another program on a worker is reported as a UDP problem.
+    let w2 = &c.workers()[1];
+    let squatter = UdpSocket::bind(on(w2, 4031)).unwrap();
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "dns2",
+        "--publish",
+        "4031:54/udp",
+        "--",
+        &prog,
+        "udp-echo",
+    ]);
+    let problem = format!("{}: 4031: udp: ", w2.name());
+    wait_until(timeout(), "the taken UDP port reported", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&m.cli_ok(&["service", "inspect", "dns2"])).unwrap();
+        v[0]["PortProblems"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p.as_str().is_some_and(|p| p.starts_with(&problem)))
+        })
+    });
+    drop(squatter);
+    let served = udp_client(on(w2, 4031));
+    wait_until(
+        timeout(),
+        "the freed UDP port served, no longer reported",
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&m.cli_ok(&["service", "inspect", "dns2"])).unwrap();
+            v[0]["PortProblems"]
+                .as_array()
+                .is_some_and(|p| p.is_empty())
+                && echo(&served, "freed").is_ok()
+        },
+    );
+    m.cli_ok(&["service", "rm", "dns2"]);
+
+    // Unpublished: every node lets the UDP port go, and the TCP one stays.
+    m.cli_ok(&["service", "rm", "dns"]);
+    for n in &c.nodes {
+        wait_until(
+            timeout(),
+            &format!("{} to let UDP 4030 go", n.name()),
+            || UdpSocket::bind(on(n, 4030)).is_ok(),
+        );
+    }
+    ask(on(m, 4030)).unwrap();
 }

@@ -394,6 +394,28 @@ int main(int argc, char **argv) {
             close(c);
         }
     }
+    if (argc > 1 && strcmp(argv[1], "udp-echo") == 0) {
+        /* udp-echo: answer each UDP datagram with "node=N task=T: " and the datagram, on
+           127.0.0.1:$PORT (an exec task) or on port 53 of every address (a container). */
+        const char *p = getenv("PORT"), *node = getenv("SKEP_NODE_ID"), *task = getenv("SKEP_TASK_ID");
+        int s = socket(AF_INET, SOCK_DGRAM, 0), n, m;
+        struct sockaddr_in a, from; socklen_t fl; char in[2048], out[4096];
+        memset(&a, 0, sizeof a);
+        a.sin_family = AF_INET;
+        a.sin_port = htons(p ? atoi(p) : 53);
+        a.sin_addr.s_addr = htonl(p ? INADDR_LOOPBACK : INADDR_ANY);
+        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) { perror("udp-echo"); return 2; }
+        printf("echoing\n"); fflush(stdout);
+        for (;;) {
+            fl = sizeof from;
+            n = recvfrom(s, in, sizeof in, 0, (struct sockaddr *)&from, &fl);
+            if (n < 0) continue;
+            m = snprintf(out, sizeof out, "node=%s task=%s: ", node ? node : "?", task ? task : "?");
+            if (m < 0 || m + n > (int)sizeof out) continue;
+            memcpy(out + m, in, n);
+            if (sendto(s, out, m + n, 0, (struct sockaddr *)&from, fl) < 0) { }
+        }
+    }
     if (argc > 1 && strcmp(argv[1], "secret") == 0) {
         /* secret PATH...: what the task sees of each file, then wait to be stopped. */
         struct statfs fs;
@@ -417,7 +439,7 @@ int main(int argc, char **argv) {
 }
 "#;
 
-const TEST_IMAGE: &str = "skep-test/prog:it4";
+const TEST_IMAGE: &str = "skep-test/prog:it5";
 
 /// Docker tests share the engine: the cleanup test, which removes every skep container,
 /// holds it alone.
