@@ -135,9 +135,13 @@ impl Mesh {
         let mut listening: HashMap<ListenKey, Listening> = HashMap::new();
         let mut failed: HashMap<ListenKey, String> = HashMap::new();
         let mut channels: HashMap<String, Channel> = HashMap::new();
+        let mut inside = Inside::default();
         loop {
             if let Some(table) = self.fetch(&mut channels).await {
                 let wanted = wanted(&self.node_id, self.listen_ip, &table.routes, &table.vips);
+                let named =
+                    names_in_containers(&self.supervisor.networked_containers(), &table.vips);
+                self.serve_in_containers(&mut inside, named).await;
                 self.supervisor.set_names(table.vips);
                 failed.retain(|key, _| wanted.contains_key(key));
                 listening.retain(|(proto, addr), l| {
@@ -184,6 +188,63 @@ impl Mesh {
                 *e = report;
             }
             tokio::time::sleep(REFRESH).await;
+        }
+    }
+
+    /// Keeps, inside each networked container's own network namespace, a listener on the
+    /// loopback address of every service on one of its networks (its `/etc/hosts` names
+    /// them), forwarding as the node's own listeners do. A container reaches only the
+    /// services of its networks this way.
+    async fn serve_in_containers(
+        self: &Arc<Self>,
+        inside: &mut Inside,
+        named: HashMap<InsideKey, (u32, Forward)>,
+    ) {
+        inside.listening.retain(|key, l| {
+            let keep = named.contains_key(key);
+            if !keep {
+                l.handle.abort();
+            }
+            keep
+        });
+        inside.failed.retain(|key| named.contains_key(key));
+        let mut missing: HashMap<(String, u32), Vec<(SocketAddr, Forward)>> = HashMap::new();
+        for ((task, addr), (pid, forward)) in named {
+            match inside.listening.get(&(task.clone(), addr)) {
+                Some(l) => l.forward.store(Arc::new(forward)),
+                None => missing
+                    .entry((task, pid))
+                    .or_default()
+                    .push((addr, forward)),
+            }
+        }
+        for ((task, pid), items) in missing {
+            let addrs: Vec<SocketAddr> = items.iter().map(|(a, _)| *a).collect();
+            let bound = match bind_in_netns(pid, addrs).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // The container may have just ended; tried again next round.
+                    tracing::debug!(%task, pid, error = %e, "routing mesh: cannot enter the container's network namespace");
+                    continue;
+                }
+            };
+            for ((addr, forward), listener) in items.into_iter().zip(bound) {
+                let key = (task.clone(), addr);
+                match listener.and_then(TcpListener::from_std) {
+                    Ok(l) => {
+                        inside.failed.remove(&key);
+                        tracing::debug!(%task, %addr, "routing mesh: listening inside the container");
+                        let forward = Arc::new(ArcSwap::from_pointee(forward));
+                        let handle = tokio::spawn(self.clone().serve(l, forward.clone()));
+                        inside.listening.insert(key, Listening { handle, forward });
+                    }
+                    Err(e) => {
+                        if inside.failed.insert(key) {
+                            tracing::warn!(%task, %addr, error = %e, "routing mesh: cannot listen for a service name inside the container");
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -491,6 +552,81 @@ fn wanted(
         }
     }
     out
+}
+
+/// A listener inside a container: its task, and the service address.
+type InsideKey = (String, SocketAddr);
+
+/// The listeners inside containers, and those that could not be made (warned about once).
+#[derive(Default)]
+struct Inside {
+    listening: HashMap<InsideKey, Listening>,
+    failed: std::collections::HashSet<InsideKey>,
+}
+
+/// For each running container on a network (task, host PID, networks): the loopback address
+/// and ports of every service on one of its networks, with the container's PID.
+fn names_in_containers(
+    containers: &[(String, u32, Vec<String>)],
+    vips: &[crate::api::v1::ServiceVip],
+) -> HashMap<InsideKey, (u32, Forward)> {
+    let mut out = HashMap::new();
+    for (task, pid, networks) in containers {
+        for v in vips {
+            if !v.networks.iter().any(|n| networks.contains(n)) {
+                continue;
+            }
+            let Ok(ip) = v.vip.parse::<IpAddr>() else {
+                continue;
+            };
+            if !ip.is_loopback() {
+                continue;
+            }
+            for port in v.ports.iter().filter_map(|p| u16::try_from(*p).ok()) {
+                out.insert(
+                    (task.clone(), SocketAddr::new(ip, port)),
+                    (
+                        *pid,
+                        Forward {
+                            target: port,
+                            tasks: v.tasks.clone(),
+                        },
+                    ),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// Binds TCP listeners inside the network namespace of process `pid` (a container's init):
+/// on a thread of its own that enters the namespace and ends, so no other work runs there.
+/// The sockets stay in that namespace; the agent accepts on them from its own.
+async fn bind_in_netns(
+    pid: u32,
+    addrs: Vec<SocketAddr>,
+) -> std::io::Result<Vec<std::io::Result<std::net::TcpListener>>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("skep-netns".into())
+        .spawn(move || {
+            let bound = (|| {
+                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)?;
+                Ok(addrs
+                    .into_iter()
+                    .map(|a| {
+                        let l = std::net::TcpListener::bind(a)?;
+                        l.set_nonblocking(true)?;
+                        Ok(l)
+                    })
+                    .collect())
+            })();
+            let _ = tx.send(bound);
+        })?;
+    rx.await
+        .map_err(|_| std::io::Error::other("the namespace thread ended without an answer"))?
 }
 
 /// What the heartbeats report: each published port on the node's address that cannot be

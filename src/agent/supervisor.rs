@@ -41,6 +41,9 @@ struct Local {
     finished: bool,
     /// Where the task listens, by target port (for the routing mesh), once it runs.
     endpoints: HashMap<u16, std::net::SocketAddr>,
+    /// A running container's host PID, when its task is on a network (the mesh listens for
+    /// service names inside its network namespace).
+    container_pid: Option<u32>,
 }
 
 /// Finished tasks whose logs a node keeps.
@@ -387,6 +390,7 @@ impl Supervisor {
                         ended: ended_rx,
                         finished: false,
                         endpoints: HashMap::new(),
+                        container_pid: None,
                     },
                 );
                 drop(local);
@@ -500,14 +504,13 @@ impl Supervisor {
         }
     }
 
-    /// An exec task on a network sees `/etc/hosts` from its task directory: the host's
-    /// localhost lines and, for each service on one of its networks, that service's names at
-    /// its loopback address, where this node's mesh listens on the service's ports. Written in
-    /// place (the task's bind mount follows the same file).
+    /// A task on a network sees `/etc/hosts` from its task directory: the localhost lines
+    /// and, for each service on one of its networks, that service's names at its loopback
+    /// address, where this node's mesh listens on the service's ports (for an exec task on the
+    /// node's loopback, for a container on its own). Written in place (the task's bind mount
+    /// follows the same file).
     fn write_hosts(&self, task: &Task) {
-        if task.spec.networks.is_empty()
-            || task.spec.runtime != crate::store::service::Runtime::Exec
-        {
+        if task.spec.networks.is_empty() {
             return;
         }
         let Ok(dir) = self.execs.task_dir(&task.id) else {
@@ -540,10 +543,31 @@ impl Supervisor {
         l.endpoints.get(&target).copied()
     }
 
-    fn set_endpoints(&self, task_id: &str, endpoints: HashMap<u16, std::net::SocketAddr>) {
+    fn set_endpoints(
+        &self,
+        task_id: &str,
+        endpoints: HashMap<u16, std::net::SocketAddr>,
+        container_pid: Option<u32>,
+    ) {
         if let Some(l) = self.lock().get_mut(task_id) {
             l.endpoints = endpoints;
+            l.container_pid = container_pid;
         }
+    }
+
+    /// The running containers on networks: task ID, host PID of the container, networks.
+    pub fn networked_containers(&self) -> Vec<(String, u32, Vec<String>)> {
+        self.lock()
+            .values()
+            .filter(|l| !l.finished && !*l.ended.borrow())
+            .filter_map(|l| {
+                Some((
+                    l.task.id.clone(),
+                    l.container_pid?,
+                    l.task.spec.networks.clone(),
+                ))
+            })
+            .collect()
     }
 
     /// Log lines of tasks this node ran.
@@ -693,7 +717,14 @@ async fn run_started(
             endpoints.insert(*target, std::net::SocketAddr::new(ip, *target));
         }
     }
-    sup.set_endpoints(&task.id, endpoints);
+    let container_pid = if task.spec.runtime == crate::store::service::Runtime::Docker
+        && !task.spec.networks.is_empty()
+    {
+        execs.container_pid(task).await
+    } else {
+        None
+    };
+    sup.set_endpoints(&task.id, endpoints, container_pid);
     // With a health check the task is `starting` (out of the mesh's rotation) until a check
     // passes; unhealthy, it is stopped and fails, for its restart policy to replace.
     let mut health = super::health::Watch::for_task(execs, task).await;

@@ -539,6 +539,138 @@ networks:
     m.cli_ok(&["stack", "rm", "names"]);
 }
 
+/// Containers resolve the services of their networks by name too: the agent keeps their
+/// `/etc/hosts` and listens on each service's loopback address inside the container's own
+/// network namespace, so a container on another network has neither the name nor the listener.
+#[test]
+fn containers_on_a_stack_network_reach_services_by_name() {
+    let Some(image) = crate::docker_services::image_or_skip() else {
+        return;
+    };
+    let stack = crate::docker_services::unique_name("dnames");
+    let _guards: Vec<_> = ["web", "client", "loner"]
+        .iter()
+        .map(|s| crate::docker_services::ContainerGuard(format!("{stack}_{s}")))
+        .collect();
+    let c = Cluster::init(1, 1);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"services:
+  web:
+    image: {image}
+    command: ["/prog", "serve"]
+    deploy:
+      replicas: 2
+    expose: ["80"]
+    networks: [backend]
+  client:
+    image: {image}
+    command: ["/prog", "ask", "web", "80"]
+    networks: [backend]
+  loner:
+    image: {image}
+    command: ["/prog", "ask", "web", "80"]
+    networks: [elsewhere]
+networks:
+  backend:
+  elsewhere:
+"#
+        ),
+    )
+    .unwrap();
+    m.cli_ok(&[
+        "stack",
+        "deploy",
+        "-d",
+        "-c",
+        file.to_str().unwrap(),
+        &stack,
+    ]);
+    let client = format!("{stack}_client");
+    let answers = wait_for(
+        timeout(),
+        "the client container answered by web's tasks",
+        || {
+            let logs = m.cli_ok(&["service", "logs", &client]);
+            let answered: BTreeSet<String> = logs
+                .lines()
+                .filter(|l| l.contains("via web 127.77.") && l.contains("node="))
+                .filter_map(|l| l.split("task=").nth(1).map(|t| t.trim().to_string()))
+                .collect();
+            if answered.len() == 2 {
+                Ok(answered)
+            } else {
+                Err(logs)
+            }
+        },
+    );
+    let web: BTreeSet<String> = crate::harness::running_task_ids(m, &format!("{stack}_web"))
+        .into_iter()
+        .collect();
+    assert_eq!(answers, web, "the answers did not come from web's tasks");
+    // Another network: no name, and no listener on web's address to guess at.
+    let loner = format!("{stack}_loner");
+    wait_until(timeout(), "the loner container to try", || {
+        m.cli_ok(&["service", "logs", &loner])
+            .contains("via web: unresolved")
+    });
+    assert!(!m.cli_ok(&["service", "logs", &loner]).contains("node="));
+    // Dialled by address from inside each container's network namespace: web answers the
+    // client's, and nothing listens in the loner's.
+    let vip = wait_for(timeout(), "web's address in the client's logs", || {
+        let logs = m.cli_ok(&["service", "logs", &client]);
+        logs.lines()
+            .find_map(|l| {
+                l.split("via web ")
+                    .nth(1)?
+                    .split(':')
+                    .next()
+                    .map(str::to_string)
+            })
+            .ok_or(logs)
+    });
+    let vip: SocketAddr = format!("{vip}:80").parse().unwrap();
+    let answer = ask_in_container(&client, vip).expect("the client's namespace reaches web");
+    assert!(answer.starts_with("node="), "{answer}");
+    let refused = ask_in_container(&loner, vip).expect_err("the loner's namespace reached web");
+    assert!(refused.contains("refused"), "{refused}");
+    m.cli_ok(&["stack", "rm", &stack]);
+}
+
+/// [`ask`] from inside the network namespace of the (one) running container of `service`.
+fn ask_in_container(service: &str, addr: SocketAddr) -> Result<String, String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=skep.service.name={service}"),
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let out = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{.State.Pid}}", &id])
+        .output()
+        .unwrap();
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+        ask(addr)
+    })
+    .join()
+    .unwrap()
+}
+
 #[test]
 fn a_published_udp_port_answers_on_every_node_one_task_per_client_flow() {
     let Some(prog) = serving_program() else {

@@ -76,13 +76,17 @@ impl DockerRuntime {
         &self,
         task: &Task,
         secrets: Option<&Path>,
+        hosts: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let rt = self.clone();
         let task = task.clone();
         let secrets = secrets.map(Path::to_path_buf);
+        let hosts = hosts.map(Path::to_path_buf);
         tokio::spawn(async move {
-            let r = rt.start_now(&task, secrets.as_deref()).await;
+            let r = rt
+                .start_now(&task, secrets.as_deref(), hosts.as_deref())
+                .await;
             if let Err(Ok(abandoned)) = tx.send(r) {
                 tracing::info!(task = %task.id, "start was abandoned; removing the container");
                 let _ = abandoned.stop(Duration::from_secs(1)).await;
@@ -101,6 +105,7 @@ impl DockerRuntime {
         &self,
         task: &Task,
         secrets: Option<&Path>,
+        hosts: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
         let image = task.spec.image.trim();
         if image.is_empty() {
@@ -112,7 +117,7 @@ impl DockerRuntime {
         self.ensure_image(image).await?;
 
         let name = container_name(task);
-        let body = create_body(task, image, secrets);
+        let body = create_body(task, image, secrets, hosts);
         let options = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
@@ -323,6 +328,21 @@ impl DockerRuntime {
             .and_then(|ip| ip.parse().ok())
     }
 
+    /// The process ID of the container's init on this host (its network namespace is the
+    /// task's), while it runs.
+    pub(crate) async fn pid(&self, task: &Task) -> Option<u32> {
+        let info = self
+            .docker
+            .inspect_container(&container_name(task), None)
+            .await
+            .ok()?;
+        let state = info.state?;
+        if state.running != Some(true) {
+            return None;
+        }
+        u32::try_from(state.pid?).ok().filter(|p| *p > 0)
+    }
+
     /// The engine's view of the container's health: `None` when it has no check (neither
     /// the task's nor the image's) or cannot be inspected.
     pub(crate) async fn health(&self, task: &Task) -> Option<crate::agent::health::Health> {
@@ -486,8 +506,14 @@ fn container_name(task: &Task) -> String {
 }
 
 /// The container to create. `secrets`: the task's tmpfs directory of secret files, bound
-/// read-only at `/run/secrets`.
-fn create_body(task: &Task, image: &str, secrets: Option<&Path>) -> ContainerCreateBody {
+/// read-only at `/run/secrets`; `hosts`: the file the agent keeps of the services the task may
+/// reach by name, bound read-only at `/etc/hosts` (the engine then leaves that path alone).
+fn create_body(
+    task: &Task,
+    image: &str,
+    secrets: Option<&Path>,
+    hosts: Option<&Path>,
+) -> ContainerCreateBody {
     let mut labels = HashMap::new();
     labels.insert(LABEL_TASK_ID.to_string(), task.id.clone());
     labels.insert(LABEL_SERVICE_ID.to_string(), task.service_id.clone());
@@ -505,10 +531,10 @@ fn create_body(task: &Task, image: &str, secrets: Option<&Path>) -> ContainerCre
             .then(|| i64::try_from(limits.nano_cpus).unwrap_or(i64::MAX)),
         memory: (limits.memory_bytes > 0)
             .then(|| i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX)),
-        mounts: secrets.map(|dir| {
-            vec![Mount {
-                target: Some(crate::agent::secrets::TARGET_ROOT.to_string()),
-                source: Some(dir.to_string_lossy().into_owned()),
+        mounts: {
+            let bind = |source: &Path, target: &str| Mount {
+                target: Some(target.to_string()),
+                source: Some(source.to_string_lossy().into_owned()),
                 typ: Some(MountType::BIND),
                 read_only: Some(true),
                 bind_options: Some(MountBindOptions {
@@ -516,8 +542,14 @@ fn create_body(task: &Task, image: &str, secrets: Option<&Path>) -> ContainerCre
                     ..Default::default()
                 }),
                 ..Default::default()
-            }]
-        }),
+            };
+            let mounts: Vec<Mount> = secrets
+                .map(|dir| bind(dir, crate::agent::secrets::TARGET_ROOT))
+                .into_iter()
+                .chain(hosts.map(|file| bind(file, "/etc/hosts")))
+                .collect();
+            (!mounts.is_empty()).then_some(mounts)
+        },
         ..Default::default()
     };
     ContainerCreateBody {
@@ -629,7 +661,7 @@ mod tests {
 
     #[test]
     fn create_body_maps_the_spec() {
-        let b = create_body(&task(), "nginx", None);
+        let b = create_body(&task(), "nginx", None, None);
         assert_eq!(b.cmd, None);
         assert_eq!(b.env, Some(vec!["A=1".to_string()]));
         let labels = b.labels.unwrap();
@@ -642,14 +674,17 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_bound_read_only_at_run_secrets() {
+    fn secrets_and_hosts_are_bound_read_only() {
         let b = create_body(
             &task(),
             "nginx",
             Some(Path::new("/var/lib/skep/tasks/t1/secrets/files")),
+            Some(Path::new("/var/lib/skep/tasks/t1/hosts")),
         );
         let mounts = b.host_config.unwrap().mounts.unwrap();
-        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[1].target.as_deref(), Some("/etc/hosts"));
+        assert_eq!(mounts[1].read_only, Some(true));
         assert_eq!(mounts[0].target.as_deref(), Some("/run/secrets"));
         assert_eq!(
             mounts[0].source.as_deref(),

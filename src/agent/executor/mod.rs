@@ -209,7 +209,12 @@ impl Executors {
                 None => Err(ExecError::Unavailable(Runtime::Exec)),
             },
             Runtime::Docker => match &self.docker {
-                Some(d) => d.start(task, secrets).await,
+                Some(d) => {
+                    let hosts = self.tasks_dir.join(&task.id).join("hosts");
+                    let hosts =
+                        (!task.spec.networks.is_empty() && hosts.is_file()).then_some(hosts);
+                    d.start(task, secrets, hosts.as_deref()).await
+                }
                 None => Err(ExecError::Unavailable(Runtime::Docker)),
             },
         }
@@ -259,6 +264,14 @@ impl Executors {
     pub async fn container_ip(&self, task: &Task) -> Option<std::net::IpAddr> {
         match (&task.spec.runtime, &self.docker) {
             (Runtime::Docker, Some(d)) => d.container_ip(task).await,
+            _ => None,
+        }
+    }
+
+    /// The host process ID of a running docker task's container.
+    pub async fn container_pid(&self, task: &Task) -> Option<u32> {
+        match (&task.spec.runtime, &self.docker) {
+            (Runtime::Docker, Some(d)) => d.pid(task).await,
             _ => None,
         }
     }
