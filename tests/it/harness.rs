@@ -256,6 +256,8 @@ pub struct Node {
     root: Option<TempDir>,
     dir: PathBuf,
     addr: SocketAddr,
+    /// Where other nodes are told to reach it, when not `addr` (a test's proxy).
+    advertise: Option<SocketAddr>,
     extra_args: Vec<String>,
     wrapper: Vec<String>,
     child: Option<Child>,
@@ -289,11 +291,19 @@ impl Node {
             root: Some(root),
             dir,
             addr: fresh_addr(),
+            advertise: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             wrapper: Vec::new(),
             child: None,
             id: None,
         }
+    }
+
+    /// Has the daemon advertise `addr` (e.g. a recording proxy in front of it) instead of the
+    /// address it listens at.
+    pub fn advertising(mut self, addr: SocketAddr) -> Node {
+        self.advertise = Some(addr);
+        self
     }
 
     /// Runs the daemon through `wrapper` (a program and its arguments, e.g. `setpriv ...`),
@@ -380,6 +390,9 @@ impl Node {
         let data_dir = self.data_dir();
         let socket = self.socket();
         let addr = self.addr();
+        let advertised = self
+            .advertise
+            .map_or_else(|| addr.clone(), |a| a.to_string());
         let mut cmd = match self.wrapper.split_first() {
             Some((prog, args)) => {
                 let mut c = Command::new(prog);
@@ -397,7 +410,7 @@ impl Node {
                 "--listen-addr",
                 &addr,
                 "--advertise-addr",
-                &addr,
+                &advertised,
                 "--hostname",
                 &self.name,
                 "--heartbeat-period",

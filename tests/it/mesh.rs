@@ -851,3 +851,146 @@ fn a_published_udp_port_answers_on_every_node_one_task_per_client_flow() {
     }
     ask(on(m, 4030)).unwrap();
 }
+
+/// The bytes of one proxied connection: towards the node, and back.
+type Recorded = std::sync::Arc<std::sync::Mutex<Vec<(Vec<u8>, Vec<u8>)>>>;
+
+/// A TCP relay at `listen` to `to` that keeps every byte it passes, per connection and
+/// direction: a capture of what crosses between nodes.
+fn recording_proxy(listen: SocketAddr, to: SocketAddr) -> Recorded {
+    use std::io::Write as _;
+    let recorded: Recorded = Default::default();
+    let listener = std::net::TcpListener::bind(listen).unwrap();
+    let all = recorded.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(client) = conn else { continue };
+            let Ok(server) = TcpStream::connect(to) else {
+                continue;
+            };
+            let index = {
+                let mut all = all.lock().unwrap();
+                all.push((Vec::new(), Vec::new()));
+                all.len() - 1
+            };
+            for (mut from, mut into, towards) in [
+                (
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    true,
+                ),
+                (server, client, false),
+            ] {
+                let all = all.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n) = from.read(&mut buf) {
+                        if n == 0 || into.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        let mut all = all.lock().unwrap();
+                        let rec = &mut all[index];
+                        if towards { &mut rec.0 } else { &mut rec.1 }.extend_from_slice(&buf[..n]);
+                    }
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+    recorded
+}
+
+/// Checks that `bytes` are a sequence of TLS records (the last may be cut short) and counts
+/// the application-data ones.
+fn tls_records(bytes: &[u8]) -> Result<usize, String> {
+    let (mut at, mut data) = (0, 0);
+    while at + 5 <= bytes.len() {
+        let (kind, major, len) = (
+            bytes[at],
+            bytes[at + 1],
+            usize::from(u16::from_be_bytes([bytes[at + 3], bytes[at + 4]])),
+        );
+        if !(20..=23).contains(&kind) || major != 3 || len > (1 << 14) + 2048 {
+            return Err(format!(
+                "not a TLS record at byte {at}: {:02x?}",
+                &bytes[at..bytes.len().min(at + 16)]
+            ));
+        }
+        data += usize::from(kind == 23);
+        at += 5 + len;
+    }
+    Ok(data)
+}
+
+/// What the issue asks for by name: a capture of the bytes between two nodes while a client
+/// is answered through the mesh by a task on the other node shows TLS records only, and none
+/// of the answer's plaintext.
+#[test]
+fn a_capture_between_nodes_shows_only_tls() {
+    let Some(prog) = serving_program() else {
+        return;
+    };
+    let mut m = Node::new("m1", &[]);
+    let proxy = crate::harness::fresh_addr();
+    let mut w = Node::new("w1", &[]).advertising(proxy);
+    let recorded = recording_proxy(proxy, w.addr().parse().unwrap());
+    for n in [&mut m, &mut w] {
+        n.spawn();
+        n.wait_up();
+    }
+    m.cli_ok(&["swarm", "init", "--advertise-addr", &m.addr()]);
+    let token = m.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
+    w.cli_ok(&["swarm", "join", "--token", &token, &m.addr()]);
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "web",
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        "4300:80",
+        "--",
+        &prog,
+        "serve",
+    ]);
+    let task = wait_for(timeout(), "web's task running on the worker", || {
+        running_task_ids(&m, "web")
+            .pop()
+            .ok_or_else(|| "not yet".to_string())
+    });
+    // Through the manager, which runs no task: the answer crossed from the worker.
+    let via: SocketAddr = format!("{}:4300", m.addr().split(':').next().unwrap())
+        .parse()
+        .unwrap();
+    let answer = wait_for(timeout(), "an answer through the manager", || ask(via));
+    assert!(answer.contains(&format!("task={task}")), "{answer}");
+    wait_until(timeout(), "the worker logged the tunnel", || {
+        strip_ansi(&w.log()).contains("routing mesh: tunnel from another node over mTLS")
+    });
+    let conns = recorded.lock().unwrap().clone();
+    assert!(!conns.is_empty(), "nothing crossed the proxy");
+    let mut data_records = 0;
+    for (i, (towards, back)) in conns.iter().enumerate() {
+        for (dir, bytes) in [("to the worker", towards), ("from the worker", back)] {
+            if bytes.is_empty() {
+                continue;
+            }
+            assert_eq!(
+                bytes[0], 22,
+                "connection {i} {dir} does not open with a TLS handshake"
+            );
+            data_records +=
+                tls_records(bytes).unwrap_or_else(|e| panic!("connection {i} {dir}: {e}"));
+            let needle = task.as_bytes();
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "connection {i} {dir} carries the task ID in plaintext"
+            );
+        }
+    }
+    assert!(data_records > 0, "no application data crossed");
+}
