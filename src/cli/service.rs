@@ -335,6 +335,14 @@ async fn create(api: &mut Api, a: CreateArgs) -> anyhow::Result<()> {
 
 /// The service and its tasks.
 pub(super) async fn fetch(api: &mut Api, service: &str) -> anyhow::Result<(Service, Vec<Task>)> {
+    fetch_all(api, service).await.map(|(s, t, _)| (s, t))
+}
+
+/// A service, its tasks, and the nodes' reports of its published ports they cannot listen on.
+async fn fetch_all(
+    api: &mut Api,
+    service: &str,
+) -> anyhow::Result<(Service, Vec<Task>, Vec<String>)> {
     let info = api
         .service_inspect(ServiceRef {
             service: service.to_string(),
@@ -345,6 +353,7 @@ pub(super) async fn fetch(api: &mut Api, service: &str) -> anyhow::Result<(Servi
     Ok((
         parse_service(&info.service_json)?,
         parse_tasks(&info.tasks_json)?,
+        info.port_problems,
     ))
 }
 
@@ -447,8 +456,18 @@ async fn ps(api: &mut Api, a: PsArgs) -> anyhow::Result<()> {
     let mut all = Vec::new();
     let mut errors = Vec::new();
     for name in &a.services {
-        match fetch(api, name).await {
-            Ok((_, tasks)) => all.extend(tasks),
+        match fetch_all(api, name).await {
+            Ok((svc, tasks, problems)) => {
+                all.extend(tasks);
+                // A published port a node cannot listen on is not a task's state, but it is
+                // said here too, on stderr, so that it is not hidden.
+                for p in problems {
+                    eprintln!(
+                        "Warning: service {}: port unavailable on {p}",
+                        svc.spec.name
+                    );
+                }
+            }
             Err(e) => errors.push(e.to_string()),
         }
     }

@@ -225,6 +225,15 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() 
         m.cli_ok(&["service", "inspect", "--pretty", "api"])
             .contains("Port unavailable on")
     );
+    let ps = m.cli(&["service", "ps", "api"]);
+    assert!(
+        crate::harness::stderr(&ps).contains(&format!(
+            "Warning: service api: port unavailable on {}: 4001: ",
+            w2.name()
+        )),
+        "{}",
+        crate::harness::describe(&ps)
+    );
     drop(squatter);
     wait_until(
         timeout(),
