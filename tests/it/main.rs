@@ -27,3 +27,4 @@ mod secrets;
 mod service_cli;
 mod services;
 mod stacks;
+mod tutorial;
