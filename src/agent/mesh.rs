@@ -58,6 +58,11 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams queued per flow and direction before new ones are dropped, as a full network
 /// queue would: a relay never waits for a slow side.
 const UDP_QUEUE: usize = 8;
+/// The bytes of datagrams one published UDP port holds on their way to tasks (in its flows'
+/// queues and tunnel queues) at once; datagrams beyond are dropped, as a full network queue
+/// would. With the flow limit, this bounds what a flood (spoofed sources, large datagrams)
+/// costs in memory.
+const UDP_BUDGET: usize = 4 << 20;
 /// How often a UDP listener forgets idle and ended flows.
 const UDP_SWEEP: Duration = Duration::from_secs(1);
 
@@ -336,6 +341,7 @@ impl Mesh {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next = 0usize;
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let budget = Arc::new(AtomicUsize::new(0));
         loop {
             tokio::select! {
                 got = socket.recv_from(&mut buf) => {
@@ -344,7 +350,11 @@ impl Mesh {
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     };
-                    let mut datagram = buf[..n].to_vec();
+                    let Some(charge) = Charge::take(&budget, n) else {
+                        tracing::debug!(%peer, budget = UDP_BUDGET, "routing mesh: UDP queues full, datagram dropped");
+                        continue;
+                    };
+                    let mut datagram = (buf[..n].to_vec(), charge);
                     let now = Instant::now();
                     if let Some(flow) = flows.touch(peer, now) {
                         match flow.tx.try_send(datagram) {
@@ -396,7 +406,7 @@ impl Mesh {
         peer: SocketAddr,
         f: Arc<Forward>,
         start: usize,
-        rx: mpsc::Receiver<Vec<u8>>,
+        rx: mpsc::Receiver<Datagram>,
         replies: mpsc::Sender<(SocketAddr, Vec<u8>)>,
     ) {
         let n = f.tasks.len();
@@ -414,7 +424,11 @@ impl Mesh {
                             Err(TrySendError::Closed(_)) => Err(()),
                             _ => Ok(()),
                         };
-                        let input = tokio_stream::wrappers::ReceiverStream::new(rx);
+                        // A datagram gives its share of the budget back as it is sent.
+                        let input = tokio_stream::StreamExt::map(
+                            tokio_stream::wrappers::ReceiverStream::new(rx),
+                            |(d, _charge): Datagram| d,
+                        );
                         return relay_udp(up, input, out).await;
                     }
                     Err(e) => last = format!("task {}: {e}", task.task_id),
@@ -440,7 +454,7 @@ impl Mesh {
         proto: Proto,
     ) -> Result<
         (
-            tokio::sync::mpsc::Sender<TunnelFrame>,
+            tokio::sync::mpsc::Sender<Outbound>,
             tonic::Streaming<TunnelFrame>,
         ),
         String,
@@ -471,16 +485,18 @@ impl Mesh {
             }
         };
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tx.send(TunnelFrame {
+        let first = TunnelFrame {
             task_id: task.task_id.clone(),
             target_port: u32::from(target),
             data: Vec::new(),
             protocol: proto.as_str().into(),
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+        };
+        tx.send((first, None)).await.map_err(|e| e.to_string())?;
         let resp = match AgentClient::new(ch)
-            .tunnel(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .tunnel(tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+                |(frame, _charge): Outbound| frame,
+            ))
             .await
         {
             Ok(r) => r,
@@ -719,17 +735,18 @@ where
 /// back a reply for `peer`. Ends when either side does.
 async fn udp_over_tunnel(
     peer: SocketAddr,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Datagram>,
     replies: mpsc::Sender<(SocketAddr, Vec<u8>)>,
-    tx: mpsc::Sender<TunnelFrame>,
+    tx: mpsc::Sender<Outbound>,
     mut inbound: tonic::Streaming<TunnelFrame>,
 ) {
     loop {
         tokio::select! {
             d = rx.recv() => {
-                let Some(data) = d else { break };
+                let Some((data, charge)) = d else { break };
                 let frame = TunnelFrame { data, ..Default::default() };
-                if let Err(TrySendError::Closed(_)) = tx.try_send(frame) {
+                // The share of the budget goes with the frame until the tunnel takes it.
+                if let Err(TrySendError::Closed(_)) = tx.try_send((frame, Some(charge))) {
                     break;
                 }
             }
@@ -747,9 +764,43 @@ async fn udp_over_tunnel(
     }
 }
 
+/// A share of a published UDP port's [`UDP_BUDGET`], given back when dropped.
+struct Charge {
+    budget: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Charge {
+    /// `bytes` of the budget, if that many are left.
+    fn take(budget: &Arc<AtomicUsize>, bytes: usize) -> Option<Charge> {
+        budget
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|t| *t <= UDP_BUDGET)
+            })
+            .ok()?;
+        Some(Charge {
+            budget: budget.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// A datagram on its way to a task, holding its share of the port's budget.
+type Datagram = (Vec<u8>, Charge);
+
+/// A frame on its way into a tunnel; a UDP datagram's holds its share of the budget until the
+/// tunnel's stream takes it.
+type Outbound = (TunnelFrame, Option<Charge>);
+
 /// A UDP flow as the listener keeps it: dropping it ends the flow's task.
 struct UdpFlow {
-    tx: mpsc::Sender<Vec<u8>>,
+    tx: mpsc::Sender<Datagram>,
     task: tokio::task::AbortHandle,
 }
 
@@ -860,11 +911,11 @@ async fn from_frames(
 /// Copies a client connection into a tunnel and back until either side ends.
 async fn pump(
     conn: TcpStream,
-    tx: tokio::sync::mpsc::Sender<TunnelFrame>,
+    tx: tokio::sync::mpsc::Sender<Outbound>,
     inbound: tonic::Streaming<TunnelFrame>,
 ) {
     let (rd, wr) = conn.into_split();
-    tokio::join!(to_frames(rd, tx, |f| f), from_frames(inbound, wr));
+    tokio::join!(to_frames(rd, tx, |f| (f, None)), from_frames(inbound, wr));
 }
 
 /// The server side of a tunnel (on the task's node): connects to the local task and copies

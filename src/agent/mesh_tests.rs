@@ -174,3 +174,21 @@ async fn the_udp_relay_carries_datagrams_both_ways_and_ends_with_its_input() {
         .unwrap();
     echo.abort();
 }
+
+#[test]
+fn the_udp_budget_refuses_datagrams_beyond_it_until_held_ones_are_sent() {
+    let budget = Arc::new(AtomicUsize::new(0));
+    let big = MAX_DATAGRAM;
+    let mut held: Vec<Charge> = std::iter::from_fn(|| Charge::take(&budget, big)).collect();
+    assert_eq!(held.len(), UDP_BUDGET / big);
+    assert!(budget.load(Ordering::Acquire) <= UDP_BUDGET);
+    // Full: even a small datagram waits for room...
+    let room = UDP_BUDGET - budget.load(Ordering::Acquire);
+    assert!(Charge::take(&budget, room + 1).is_none());
+    // ...which a sent (dropped) datagram gives back.
+    held.pop();
+    let again = Charge::take(&budget, big);
+    assert!(again.is_some());
+    assert!(Charge::take(&budget, big).is_none());
+    assert!(Charge::take(&budget, usize::MAX).is_none(), "no overflow");
+}
