@@ -119,14 +119,14 @@ impl Watch {
                 _ => Watch::None,
             },
             Runtime::Docker => {
-                if execs.docker_health(task).await.is_none() {
+                // The task's own check is known; the image's shows in the engine's report.
+                let own = check.filter(|c| !c.is_disabled());
+                if own.is_none() && execs.docker_health(task).await.is_none() {
                     return Watch::None;
                 }
-                let every = check
-                    .filter(|c| !c.is_disabled())
-                    .map_or(Duration::from_secs(1), |c| {
-                        Duration::from_millis(c.interval_ms / 2)
-                    });
+                let every = own.map_or(Duration::from_secs(1), |c| {
+                    Duration::from_millis(c.interval_ms / 2)
+                });
                 Watch::Docker(every.clamp(Duration::from_millis(100), Duration::from_secs(1)))
             }
         }
