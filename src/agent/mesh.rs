@@ -213,19 +213,16 @@ impl Mesh {
             keep
         });
         inside.failed.retain(|key| named.contains_key(key));
-        let mut missing: HashMap<(String, u32), Vec<(SocketAddr, Forward)>> = HashMap::new();
-        for ((task, addr), (pid, forward)) in named {
-            match inside.listening.get(&(task.clone(), addr)) {
+        let mut missing: HashMap<(String, u32), Vec<(ListenKey, Forward)>> = HashMap::new();
+        for ((task, key), (pid, forward)) in named {
+            match inside.listening.get(&(task.clone(), key)) {
                 Some(l) => l.forward.store(Arc::new(forward)),
-                None => missing
-                    .entry((task, pid))
-                    .or_default()
-                    .push((addr, forward)),
+                None => missing.entry((task, pid)).or_default().push((key, forward)),
             }
         }
         for ((task, pid), items) in missing {
-            let addrs: Vec<SocketAddr> = items.iter().map(|(a, _)| *a).collect();
-            let bound = match bind_in_netns(pid, addrs).await {
+            let keys: Vec<ListenKey> = items.iter().map(|(k, _)| *k).collect();
+            let bound = match bind_in_netns(pid, keys).await {
                 Ok(b) => b,
                 Err(e) => {
                     // The container may have just ended; tried again next round.
@@ -233,19 +230,24 @@ impl Mesh {
                     continue;
                 }
             };
-            for ((addr, forward), listener) in items.into_iter().zip(bound) {
-                let key = (task.clone(), addr);
-                match listener.and_then(TcpListener::from_std) {
-                    Ok(l) => {
+            for (((proto, addr), forward), bound) in items.into_iter().zip(bound) {
+                let key = (task.clone(), (proto, addr));
+                let forward = Arc::new(ArcSwap::from_pointee(forward));
+                let started = bound.and_then(|b| match b {
+                    Bound::Tcp(l) => TcpListener::from_std(l)
+                        .map(|l| tokio::spawn(self.clone().serve(l, forward.clone()))),
+                    Bound::Udp(u) => UdpSocket::from_std(u)
+                        .map(|u| tokio::spawn(self.clone().serve_udp(u, forward.clone()))),
+                });
+                match started {
+                    Ok(handle) => {
                         inside.failed.remove(&key);
-                        tracing::debug!(%task, %addr, "routing mesh: listening inside the container");
-                        let forward = Arc::new(ArcSwap::from_pointee(forward));
-                        let handle = tokio::spawn(self.clone().serve(l, forward.clone()));
+                        tracing::debug!(%task, %addr, %proto, "routing mesh: listening inside the container");
                         inside.listening.insert(key, Listening { handle, forward });
                     }
                     Err(e) => {
                         if inside.failed.insert(key) {
-                            tracing::warn!(%task, %addr, error = %e, "routing mesh: cannot listen for a service name inside the container");
+                            tracing::warn!(%task, %addr, %proto, error = %e, "routing mesh: cannot listen for a service name inside the container");
                         }
                     }
                 }
@@ -514,7 +516,7 @@ impl Mesh {
 }
 
 /// The addresses this node serves and where each forwards to: published ports on the node's
-/// address, and each named service's ports on its loopback address (TCP).
+/// address, and each named service's ports on its loopback address (TCP and UDP).
 fn wanted(
     node_id: &str,
     listen_ip: IpAddr,
@@ -554,12 +556,9 @@ fn wanted(
         if !ip.is_loopback() {
             continue;
         }
-        for port in &v.ports {
-            let Ok(port) = u16::try_from(*port) else {
-                continue;
-            };
+        for (proto, port) in vip_ports(v) {
             out.insert(
-                (Proto::Tcp, SocketAddr::new(ip, port)),
+                (proto, SocketAddr::new(ip, port)),
                 Forward {
                     target: port,
                     tasks: v.tasks.clone(),
@@ -570,8 +569,16 @@ fn wanted(
     out
 }
 
+/// A service's ports by name: TCP and UDP.
+fn vip_ports(v: &crate::api::v1::ServiceVip) -> impl Iterator<Item = (Proto, u16)> + '_ {
+    let tcp = v.ports.iter().map(|p| (Proto::Tcp, *p));
+    let udp = v.udp_ports.iter().map(|p| (Proto::Udp, *p));
+    tcp.chain(udp)
+        .filter_map(|(proto, p)| Some((proto, u16::try_from(p).ok()?)))
+}
+
 /// A listener inside a container: its task, and the service address.
-type InsideKey = (String, SocketAddr);
+type InsideKey = (String, ListenKey);
 
 /// The listeners inside containers, and those that could not be made (warned about once).
 #[derive(Default)]
@@ -598,9 +605,9 @@ fn names_in_containers(
             if !ip.is_loopback() {
                 continue;
             }
-            for port in v.ports.iter().filter_map(|p| u16::try_from(*p).ok()) {
+            for (proto, port) in vip_ports(v) {
                 out.insert(
-                    (task.clone(), SocketAddr::new(ip, port)),
+                    (task.clone(), (proto, SocketAddr::new(ip, port))),
                     (
                         *pid,
                         Forward {
@@ -615,13 +622,19 @@ fn names_in_containers(
     out
 }
 
-/// Binds TCP listeners inside the network namespace of process `pid` (a container's init):
-/// on a thread of its own that enters the namespace and ends, so no other work runs there.
-/// The sockets stay in that namespace; the agent accepts on them from its own.
+/// A socket bound inside a container's network namespace.
+enum Bound {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+/// Binds TCP listeners and UDP sockets inside the network namespace of process `pid` (a
+/// container's init): on a thread of its own that enters the namespace and ends, so no other
+/// work runs there. The sockets stay in that namespace; the agent serves them from its own.
 async fn bind_in_netns(
     pid: u32,
-    addrs: Vec<SocketAddr>,
-) -> std::io::Result<Vec<std::io::Result<std::net::TcpListener>>> {
+    addrs: Vec<ListenKey>,
+) -> std::io::Result<Vec<std::io::Result<Bound>>> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("skep-netns".into())
@@ -632,10 +645,17 @@ async fn bind_in_netns(
                     .map_err(std::io::Error::from)?;
                 Ok(addrs
                     .into_iter()
-                    .map(|a| {
-                        let l = std::net::TcpListener::bind(a)?;
-                        l.set_nonblocking(true)?;
-                        Ok(l)
+                    .map(|(proto, a)| match proto {
+                        Proto::Tcp => {
+                            let l = std::net::TcpListener::bind(a)?;
+                            l.set_nonblocking(true)?;
+                            Ok(Bound::Tcp(l))
+                        }
+                        Proto::Udp => {
+                            let u = std::net::UdpSocket::bind(a)?;
+                            u.set_nonblocking(true)?;
+                            Ok(Bound::Udp(u))
+                        }
                     })
                     .collect())
             })();

@@ -743,6 +743,8 @@ async fn run_started(
         tokio::select! {
             code = handle.wait() => return report(ended(code)),
             _ = stopped(stop) => {
+                // Out of the rotation first: new connections go to other tasks while it stops.
+                sup.set_endpoints(&task.id, HashMap::new(), None);
                 if let Err(e) = handle.stop(STOP_GRACE).await {
                     tracing::warn!(task = %task.id, error = %e, "stopping the task");
                 }
@@ -755,6 +757,7 @@ async fn run_started(
                 }
                 Health::Unhealthy(why) => {
                     tracing::warn!(task = %task.id, reason = %why, "the task is unhealthy; stopping it");
+                    sup.set_endpoints(&task.id, HashMap::new(), None);
                     if let Err(e) = handle.stop(STOP_GRACE).await {
                         tracing::warn!(task = %task.id, error = %e, "stopping the task");
                     }

@@ -385,6 +385,7 @@ mod tests {
                 ports: Vec::new(),
                 networks: Vec::new(),
                 expose: Vec::new(),
+                expose_udp: Vec::new(),
             },
             version: 1,
             previous: None,

@@ -477,6 +477,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
             .collect::<Result<_, _>>()?,
         networks: Vec::new(),
         expose: Vec::new(),
+        expose_udp: Vec::new(),
     };
     flags.apply(&mut spec)?;
     validate(&spec)?;

@@ -65,6 +65,7 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
         ports: Vec::new(),
         networks: Vec::new(),
         expose: Vec::new(),
+        expose_udp: Vec::new(),
     }
 }
 

@@ -427,6 +427,31 @@ pub fn service_vip(service_id: &str) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, 77, d[0], 1 + d[1] % 254)
 }
 
+/// The targets a service's tasks take `proto` on: of its published ports and its `expose`
+/// list, sorted, once each.
+fn vip_ports(
+    spec: &crate::store::service::ServiceSpec,
+    proto: crate::store::service::PortProtocol,
+) -> Vec<u32> {
+    use crate::store::service::PortProtocol;
+    let exposed = match proto {
+        PortProtocol::Tcp => &spec.expose,
+        PortProtocol::Udp => &spec.expose_udp,
+    };
+    let mut out: Vec<u32> = spec
+        .ports
+        .iter()
+        .filter(|p| p.protocol == proto)
+        .map(|p| p.target)
+        .chain(exposed.iter().copied())
+        .filter(|p| *p > 0)
+        .map(u32::from)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 impl Services {
     /// Keeps the state's list of the published ports a node cannot listen on as its
     /// heartbeats say (a write only when it changes).
@@ -519,7 +544,8 @@ impl Services {
                         service_id: svc.id.clone(),
                         names,
                         vip: service_vip(&svc.id).to_string(),
-                        ports: svc.spec.task.ports.iter().map(|p| u32::from(*p)).collect(),
+                        ports: vip_ports(&svc.spec, PortProtocol::Tcp),
+                        udp_ports: vip_ports(&svc.spec, PortProtocol::Udp),
                         networks: svc.spec.networks.clone(),
                         tasks: s
                             .tasks

@@ -182,7 +182,13 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
 /// from the published ports.
 pub fn normalize(spec: &mut ServiceSpec) {
     let mut targets: Vec<u16> = spec.ports.iter().map(|p| p.target).collect();
-    targets.extend(spec.expose.iter().copied().filter(|p| *p > 0));
+    targets.extend(
+        spec.expose
+            .iter()
+            .chain(&spec.expose_udp)
+            .copied()
+            .filter(|p| *p > 0),
+    );
     targets.sort_unstable();
     targets.dedup();
     spec.task.ports = targets;
@@ -765,6 +771,7 @@ mod tests {
             ports: Vec::new(),
             networks: Vec::new(),
             expose: Vec::new(),
+            expose_udp: Vec::new(),
         }
     }
 

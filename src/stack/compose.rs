@@ -890,7 +890,7 @@ fn service(
     }
 
     // Exposed ports: listened on, not published (reachable by name on the service's networks).
-    let mut expose = Vec::new();
+    let (mut expose, mut expose_udp) = (Vec::new(), Vec::new());
     if let Some((ek, ev)) = node.entry("expose") {
         let path = join(&base, "expose");
         let Value::Seq(items) = &ev.value else {
@@ -898,14 +898,21 @@ fn service(
         };
         for (i, item) in items.iter().enumerate() {
             let text = item.scalar_text().unwrap_or_default();
-            let port = text.strip_suffix("/tcp").unwrap_or(&text);
+            let (port, list) = match text.strip_suffix("/udp") {
+                Some(p) => (p, &mut expose_udp),
+                None => (text.strip_suffix("/tcp").unwrap_or(&text), &mut expose),
+            };
             match port.parse::<u16>() {
-                Ok(p) if p > 0 => expose.push(p),
+                Ok(p) if p > 0 => {
+                    if !list.contains(&p) {
+                        list.push(p);
+                    }
+                }
                 _ => {
                     return Err(ctx.invalid_node(
                         item,
                         &format!("{path}[{i}]"),
-                        format!("{text:?} is not a TCP port (1 to 65535; ranges and udp are not supported)"),
+                        format!("{text:?} is not a port (1 to 65535, optionally /tcp or /udp; ranges are not supported)"),
                     ));
                 }
             }
@@ -1085,6 +1092,7 @@ fn service(
         ports,
         networks: network_names,
         expose,
+        expose_udp,
     };
 
     if let Some((dk, dv)) = node.take("deploy") {

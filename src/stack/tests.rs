@@ -422,6 +422,24 @@ volumes:
 }
 
 #[test]
+fn expose_takes_tcp_and_udp_ports() {
+    let s = load_one(
+        "services:\n  dns:\n    image: coredns\n    expose: [\"53/udp\", \"53\", 8080/tcp, 9153, \"53/udp\"]\n",
+    )
+    .unwrap();
+    let spec = &s.services[0];
+    assert_eq!(spec.expose, [53, 8080, 9153]);
+    assert_eq!(spec.expose_udp, [53]);
+    let e = err(load_one(
+        "services:\n  dns:\n    image: coredns\n    expose: [\"53/sctp\"]\n",
+    ));
+    assert!(
+        e.contains("services.dns.expose[0]") && e.contains("/tcp or /udp"),
+        "{e}"
+    );
+}
+
+#[test]
 fn healthchecks_in_every_form() {
     use crate::store::service::HealthCheck;
     let check = |yaml: &str| -> Result<Option<HealthCheck>, String> {

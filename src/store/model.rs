@@ -905,6 +905,7 @@ mod tests {
             ports: Vec::new(),
             networks: vec!["web".into()],
             expose: Vec::new(),
+            expose_udp: Vec::new(),
         };
         s.services.insert(
             "s1".into(),

@@ -316,6 +316,9 @@ pub struct ServiceSpec {
     /// from the services on its networks.
     #[serde(default)]
     pub expose: Vec<u16>,
+    /// The UDP ones (Compose `expose: ["53/udp"]`).
+    #[serde(default)]
+    pub expose_udp: Vec<u16>,
 }
 
 /// Where a rolling update is.

@@ -652,6 +652,15 @@ networks:
 
 /// [`ask`] from inside the network namespace of the (one) running container of `service`.
 fn ask_in_container(service: &str, addr: SocketAddr) -> Result<String, String> {
+    in_container_netns(service, move || ask(addr))
+}
+
+/// Runs `f` on a thread inside the network namespace of the (one) running container of
+/// `service`.
+fn in_container_netns<T: Send + 'static>(
+    service: &str,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     let out = std::process::Command::new("docker")
         .args([
             "ps",
@@ -674,191 +683,98 @@ fn ask_in_container(service: &str, addr: SocketAddr) -> Result<String, String> {
     std::thread::spawn(move || {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-        ask(addr)
+        f()
     })
     .join()
     .unwrap()
 }
 
+/// The address `name` has in the `hosts` file the agent keeps for task `task_id` of `node`.
+fn address_in_hosts(node: &Node, task_id: &str, name: &str) -> Result<String, String> {
+    let found = walk(&node.data_dir())
+        .into_iter()
+        .find(|p| p.ends_with(format!("{task_id}/hosts")))
+        .ok_or_else(|| format!("no hosts file for task {task_id}"))?;
+    let text = std::fs::read_to_string(&found).map_err(|e| e.to_string())?;
+    text.lines()
+        .find(|l| l.split_whitespace().skip(1).any(|n| n == name))
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .ok_or(text)
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() && !p.is_symlink() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// UDP by name: a service exposing a UDP port is reached at its address from the node (exec
+/// tasks share it) and from inside a container of its network, not from one of another.
 #[test]
-fn a_published_udp_port_answers_on_every_node_one_task_per_client_flow() {
+fn udp_services_are_reached_by_name_from_the_node_and_from_containers() {
     let Some(prog) = serving_program() else {
         return;
     };
-    let c = Cluster::init(1, 2);
-    let m = c.first();
-    // Two echo tasks on the workers: the manager has none, so its flows cross to them.
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        "dns",
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.role==worker",
-        "--publish",
-        "4030:53/udp",
-        "--",
-        &prog,
-        "udp-echo",
-    ]);
-    let tasks: BTreeSet<String> = wait_for(timeout(), "2 running echo tasks", || {
-        let ids = running_task_ids(m, "dns");
-        if ids.len() == 2 {
-            Ok(ids.into_iter().collect())
-        } else {
-            Err(format!("{ids:?}"))
-        }
-    });
-    let task_of = |who: &str| {
-        let task = who.split("task=").nth(1).unwrap_or_default().to_string();
-        assert!(tasks.contains(&task), "answered by {who}, not by {tasks:?}");
-        task
+    let Some(image) = crate::docker_services::image_or_skip() else {
+        return;
     };
-    // Through the manager: every datagram of a flow reaches the task its first one did, and
-    // new flows take the tasks in turn.
-    let mut hosts = BTreeSet::new();
-    let mut flow = 0;
-    wait_for(
-        timeout(),
-        "both tasks answering through the manager",
-        || {
-            let mut seen = BTreeSet::new();
-            for _ in 0..4 {
-                flow += 1;
-                let sock = udp_client(on(m, 4030));
-                let who = echo_within(&sock, &format!("m{flow}-a"));
-                for more in ["b", "c", "d"] {
-                    assert_eq!(
-                        echo_within(&sock, &format!("m{flow}-{more}")),
-                        who,
-                        "a flow's datagrams went to another task"
-                    );
-                }
-                assert!(
-                    !who.contains(&format!("node={} ", m.id())),
-                    "the manager runs no task: {who}"
-                );
-                hosts.insert(who.split(' ').next().unwrap_or_default().to_string());
-                seen.insert(task_of(&who));
-            }
-            if seen == tasks {
-                Ok(())
-            } else {
-                Err(format!("only {seen:?} answered"))
-            }
-        },
-    );
-    // The hop was a UDP tunnel of the Agent service, logged by a task's node with the manager
-    // as the peer it authenticated.
-    wait_until(timeout(), "a UDP tunnel logged by a task's node", || {
-        c.workers().iter().any(|n| {
-            strip_ansi(&n.log()).lines().any(|l| {
-                l.contains("routing mesh: tunnel from another node over mTLS")
-                    && l.contains("protocol=udp")
-                    && l.contains(&format!("peer={}", m.id()))
-            })
-        })
+    let stack = crate::docker_services::unique_name("udpn");
+    let _guards: Vec<_> = ["ctr", "loner"]
+        .iter()
+        .map(|s| crate::docker_services::ContainerGuard(format!("{stack}_{s}")))
+        .collect();
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"services:
+  dns:
+    x-skep-runtime: exec
+    command: ["{prog}", "udp-echo"]
+    expose: ["53/udp"]
+    networks: [backend]
+  ctr:
+    image: {image}
+    command: ["/prog", "sleep"]
+    networks: [backend]
+  loner:
+    image: {image}
+    command: ["/prog", "sleep"]
+    networks: [elsewhere]
+networks:
+  backend:
+  elsewhere:
+"#
+        ),
+    )
+    .unwrap();
+    m.cli_ok(&["stack", "deploy", "-c", file.to_str().unwrap(), &stack]);
+    let ctr = running_task_ids(m, &format!("{stack}_ctr")).pop().unwrap();
+    let vip = wait_for(timeout(), "dns in the container's hosts file", || {
+        address_in_hosts(m, &ctr, "dns")
     });
-    // Through a worker running a task, its own task answers (directly) in its turn.
-    for w in c.workers() {
-        let mine = format!("node={}", w.id());
-        if !hosts.contains(&mine) {
-            continue;
-        }
-        wait_for(
-            timeout(),
-            &format!("{}'s own task answering through it", w.name()),
-            || {
-                let who = echo_within(&udp_client(on(w, 4030)), "local");
-                task_of(&who);
-                if who.starts_with(&format!("{mine} ")) {
-                    Ok(())
-                } else {
-                    Err(who)
-                }
-            },
-        );
-    }
-
-    // A TCP port with the same number is another listener: both answer.
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        "web",
-        "--constraint",
-        "node.role==worker",
-        "--publish",
-        "4030:80",
-        "--",
-        &prog,
-        "serve",
-    ]);
-    wait_for(timeout(), "TCP on the UDP port's number", || {
-        ask(on(m, 4030))
+    let vip: SocketAddr = format!("{vip}:53").parse().unwrap();
+    wait_for(timeout(), "an echo by name from the node", || {
+        echo(&udp_client(vip), "from-node")
     });
-    task_of(&echo_within(&udp_client(on(m, 4030)), "beside tcp"));
-
-    // A UDP port held by another program on a worker is reported as a UDP problem.
-    let w2 = &c.workers()[1];
-    let squatter = UdpSocket::bind(on(w2, 4031)).unwrap();
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        "dns2",
-        "--publish",
-        "4031:54/udp",
-        "--",
-        &prog,
-        "udp-echo",
-    ]);
-    let problem = format!("{}: 4031: udp: ", w2.name());
-    wait_until(timeout(), "the taken UDP port reported", || {
-        let v: serde_json::Value =
-            serde_json::from_str(&m.cli_ok(&["service", "inspect", "dns2"])).unwrap();
-        v[0]["PortProblems"].as_array().is_some_and(|p| {
-            p.iter()
-                .any(|p| p.as_str().is_some_and(|p| p.starts_with(&problem)))
-        })
+    let (ctr_svc, loner_svc) = (format!("{stack}_ctr"), format!("{stack}_loner"));
+    wait_for(timeout(), "an echo by name from the container", || {
+        in_container_netns(&ctr_svc, move || echo(&udp_client(vip), "from-ctr"))
     });
-    drop(squatter);
-    let served = udp_client(on(w2, 4031));
-    wait_until(
-        timeout(),
-        "the freed UDP port served, no longer reported",
-        || {
-            let v: serde_json::Value =
-                serde_json::from_str(&m.cli_ok(&["service", "inspect", "dns2"])).unwrap();
-            v[0]["PortProblems"]
-                .as_array()
-                .is_some_and(|p| p.is_empty())
-                && echo(&served, "freed").is_ok()
-        },
-    );
-    m.cli_ok(&["service", "rm", "dns2"]);
-
-    // Unpublished: every node lets the UDP port go, and the TCP one stays.
-    m.cli_ok(&["service", "rm", "dns"]);
-    for n in &c.nodes {
-        wait_until(
-            timeout(),
-            &format!("{} to let UDP 4030 go", n.name()),
-            || UdpSocket::bind(on(n, 4030)).is_ok(),
-        );
-    }
-    ask(on(m, 4030)).unwrap();
+    // Nothing answers at that address inside a container of another network.
+    let refused = in_container_netns(&loner_svc, move || echo(&udp_client(vip), "from-loner"));
+    assert!(refused.is_err(), "{refused:?}");
+    m.cli_ok(&["stack", "rm", &stack]);
 }
 
 /// The bytes of one proxied connection: towards the node, and back.
