@@ -9,6 +9,9 @@
 //! * `mesh, local task`: through n1's published port (n1 runs the task);
 //! * `mesh, remote task`: through n2's published port: n2 tunnels to n1 over mTLS.
 //!
+//! Then the same three for UDP: one client flow sends a datagram and waits for its echo,
+//! `REQS` times (a second exec service publishing 4101/udp; one tunnel for the flow).
+//!
 //! Run: `cargo bench --bench mesh` (`SKEP_BENCH_REQS=N`, default 2000). Needs root (exec).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +19,7 @@
 mod common;
 
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -30,15 +33,24 @@ const SERVER: &str = r#"
 #include <unistd.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
-int main(void) {
+int main(int argc, char **argv) {
     const char *p = getenv("PORT");
-    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1, c;
-    struct sockaddr_in a;
+    int s = socket(AF_INET, argc > 1 ? SOCK_DGRAM : SOCK_STREAM, 0), one = 1, c, n;
+    struct sockaddr_in a, from; socklen_t fl; char buf[2048];
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_port = htons(p ? atoi(p) : 80);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (argc > 1) {
+        /* udp: echo every datagram */
+        if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) return 2;
+        for (;;) {
+            fl = sizeof from;
+            n = recvfrom(s, buf, sizeof buf, 0, (struct sockaddr *)&from, &fl);
+            if (n >= 0 && sendto(s, buf, n, 0, (struct sockaddr *)&from, fl) < 0) { }
+        }
+    }
     if (bind(s, (struct sockaddr *)&a, sizeof a) != 0 || listen(s, 512) != 0) return 2;
     for (;;) {
         c = accept(s, 0, 0);
@@ -56,6 +68,39 @@ fn ask(addr: SocketAddr) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut out = String::new();
     s.read_to_string(&mut out).is_ok() && out.starts_with("hello")
+}
+
+/// A UDP client flow to `addr`.
+fn udp_flow(addr: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s
+}
+
+/// One datagram and its echo (a lost one is sent again, up to 5 times).
+fn echo(s: &UdpSocket) -> bool {
+    let mut buf = [0u8; 64];
+    for _ in 0..5 {
+        if s.send(b"ping").is_err() {
+            return false;
+        }
+        if let Ok(n) = s.recv(&mut buf) {
+            return &buf[..n] == b"ping";
+        }
+    }
+    false
+}
+
+/// (datagrams per second, mean round trip in µs) of `n` sequential echoes on one flow.
+fn udp_series(s: &UdpSocket, n: usize) -> (f64, f64) {
+    let start = Instant::now();
+    for _ in 0..n {
+        assert!(echo(s), "an echo was lost five times");
+    }
+    let t = start.elapsed().as_secs_f64();
+    (n as f64 / t, t / n as f64 * 1e6)
 }
 
 /// (requests per second, mean latency in µs) of `n` sequential requests.
@@ -108,6 +153,22 @@ fn main() {
         "--",
         prog.to_str().unwrap(),
     ]);
+    m.cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "bench-udp",
+        "--constraint",
+        "node.hostname==n1",
+        "--publish",
+        "4101:81/udp",
+        "--",
+        prog.to_str().unwrap(),
+        "udp",
+    ]);
     let local: SocketAddr = "127.0.98.1:4100".parse().unwrap();
     let remote: SocketAddr = "127.0.98.2:4100".parse().unwrap();
     wait_for(
@@ -139,6 +200,31 @@ fn main() {
     let r = series(remote, n);
     let _ = direct_server.kill();
     let _ = direct_server.wait();
+
+    let mut direct_udp = Command::new(&prog)
+        .arg("udp")
+        .env("PORT", "4198")
+        .spawn()
+        .unwrap();
+    let flows: Vec<UdpSocket> = ["127.0.0.1:4198", "127.0.98.1:4101", "127.0.98.2:4101"]
+        .iter()
+        .map(|a| udp_flow(a.parse().unwrap()))
+        .collect();
+    for f in &flows {
+        wait_for(Duration::from_secs(60), "a UDP echo", || {
+            if echo(f) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        });
+        udp_series(f, 100); // warm-up
+    }
+    let ud = udp_series(&flows[0], n);
+    let ul = udp_series(&flows[1], n);
+    let ur = udp_series(&flows[2], n);
+    let _ = direct_udp.kill();
+    let _ = direct_udp.wait();
     println!("routing mesh, {n} sequential connect-answer-close requests per series");
     println!(
         "  direct to the task      {:>8.0} req/s   {:>7.1} us",
@@ -157,5 +243,24 @@ fn main() {
         r.1,
         r.0 / d.0,
         r.1 - d.1
+    );
+    println!("UDP, {n} sequential datagram-echo round trips on one flow per series");
+    println!(
+        "  direct to the task      {:>8.0} rt/s    {:>7.1} us",
+        ud.0, ud.1
+    );
+    println!(
+        "  mesh, local task        {:>8.0} rt/s    {:>7.1} us   ({:.2} of direct, +{:.1} us)",
+        ul.0,
+        ul.1,
+        ul.0 / ud.0,
+        ul.1 - ud.1
+    );
+    println!(
+        "  mesh, remote task (mTLS) {:>7.0} rt/s    {:>7.1} us   ({:.2} of direct, +{:.1} us)",
+        ur.0,
+        ur.1,
+        ur.0 / ud.0,
+        ur.1 - ud.1
     );
 }
