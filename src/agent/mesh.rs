@@ -126,6 +126,9 @@ type ListenKey = (Proto, SocketAddr);
 struct Forward {
     target: u16,
     tasks: Vec<RouteTask>,
+    /// For a service's container-side address: the networks whose containers may use it
+    /// (the peer's address must be one of this node's containers on one of them).
+    only_from: Option<Vec<String>>,
 }
 
 struct Listening {
@@ -140,13 +143,22 @@ impl Mesh {
         let mut listening: HashMap<ListenKey, Listening> = HashMap::new();
         let mut failed: HashMap<ListenKey, String> = HashMap::new();
         let mut channels: HashMap<String, Channel> = HashMap::new();
-        let mut inside = Inside::default();
+        let containers = match super::vip::ensure_local_route().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "containers cannot reach services by name on this node");
+                false
+            }
+        };
         loop {
             if let Some(table) = self.fetch(&mut channels).await {
-                let wanted = wanted(&self.node_id, self.listen_ip, &table.routes, &table.vips);
-                let named =
-                    names_in_containers(&self.supervisor.networked_containers(), &table.vips);
-                self.serve_in_containers(&mut inside, named).await;
+                let wanted = wanted(
+                    &self.node_id,
+                    self.listen_ip,
+                    &table.routes,
+                    &table.vips,
+                    containers,
+                );
                 self.supervisor.set_names(table.vips);
                 failed.retain(|key, _| wanted.contains_key(key));
                 listening.retain(|(proto, addr), l| {
@@ -196,62 +208,15 @@ impl Mesh {
         }
     }
 
-    /// Keeps, inside each networked container's own network namespace, a listener on the
-    /// loopback address of every service on one of its networks (its `/etc/hosts` names
-    /// them), forwarding as the node's own listeners do. A container reaches only the
-    /// services of its networks this way.
-    async fn serve_in_containers(
-        self: &Arc<Self>,
-        inside: &mut Inside,
-        named: HashMap<InsideKey, (u32, Forward)>,
-    ) {
-        inside.listening.retain(|key, l| {
-            let keep = named.contains_key(key);
-            if !keep {
-                l.handle.abort();
-            }
-            keep
-        });
-        inside.failed.retain(|key| named.contains_key(key));
-        let mut missing: HashMap<(String, u32), Vec<(ListenKey, Forward)>> = HashMap::new();
-        for ((task, key), (pid, forward)) in named {
-            match inside.listening.get(&(task.clone(), key)) {
-                Some(l) => l.forward.store(Arc::new(forward)),
-                None => missing.entry((task, pid)).or_default().push((key, forward)),
-            }
-        }
-        for ((task, pid), items) in missing {
-            let keys: Vec<ListenKey> = items.iter().map(|(k, _)| *k).collect();
-            let bound = match bind_in_netns(pid, keys).await {
-                Ok(b) => b,
-                Err(e) => {
-                    // The container may have just ended; tried again next round.
-                    tracing::debug!(%task, pid, error = %e, "routing mesh: cannot enter the container's network namespace");
-                    continue;
-                }
-            };
-            for (((proto, addr), forward), bound) in items.into_iter().zip(bound) {
-                let key = (task.clone(), (proto, addr));
-                let forward = Arc::new(ArcSwap::from_pointee(forward));
-                let started = bound.and_then(|b| match b {
-                    Bound::Tcp(l) => TcpListener::from_std(l)
-                        .map(|l| tokio::spawn(self.clone().serve(l, forward.clone()))),
-                    Bound::Udp(u) => UdpSocket::from_std(u)
-                        .map(|u| tokio::spawn(self.clone().serve_udp(u, forward.clone()))),
-                });
-                match started {
-                    Ok(handle) => {
-                        inside.failed.remove(&key);
-                        tracing::debug!(%task, %addr, %proto, "routing mesh: listening inside the container");
-                        inside.listening.insert(key, Listening { handle, forward });
-                    }
-                    Err(e) => {
-                        if inside.failed.insert(key) {
-                            tracing::warn!(%task, %addr, %proto, error = %e, "routing mesh: cannot listen for a service name inside the container");
-                        }
-                    }
-                }
-            }
+    /// Whether `peer` may use a listener: anyone for published ports and loopback addresses;
+    /// for a container-side address, only this node's containers on one of its networks.
+    fn may_use(&self, f: &Forward, peer: IpAddr) -> bool {
+        match &f.only_from {
+            None => true,
+            Some(networks) => self
+                .supervisor
+                .container_networks(peer)
+                .is_some_and(|theirs| theirs.iter().any(|n| networks.contains(n))),
         }
     }
 
@@ -289,6 +254,10 @@ impl Mesh {
             let _ = conn.set_nodelay(true);
             let mesh = self.clone();
             let forward = forward.load_full();
+            if !self.may_use(&forward, peer.ip()) {
+                tracing::debug!(%peer, "routing mesh: refused a container of another network");
+                continue;
+            }
             let start = next.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 if let Err(e) = mesh.forward(conn, &forward, start).await {
@@ -368,7 +337,7 @@ impl Mesh {
                             }
                         }
                     }
-                    if forward.load().tasks.is_empty() {
+                    if forward.load().tasks.is_empty() || !self.may_use(&forward.load(), peer.ip()) {
                         continue;
                     }
                     if !flows.has_room() {
@@ -516,12 +485,14 @@ impl Mesh {
 }
 
 /// The addresses this node serves and where each forwards to: published ports on the node's
-/// address, and each named service's ports on its loopback address (TCP and UDP).
+/// address, and each named service's ports (TCP and UDP) on its loopback address and, when
+/// `containers` (the node takes 198.18.0.0/16 as its own), on its container-side address.
 fn wanted(
     node_id: &str,
     listen_ip: IpAddr,
     routes: &[Route],
     vips: &[crate::api::v1::ServiceVip],
+    containers: bool,
 ) -> HashMap<ListenKey, Forward> {
     let mut out = HashMap::new();
     for r in routes {
@@ -546,7 +517,11 @@ fn wanted(
         }
         out.insert(
             (proto, SocketAddr::new(listen_ip, published)),
-            Forward { target, tasks },
+            Forward {
+                target,
+                tasks,
+                only_from: None,
+            },
         );
     }
     for v in vips {
@@ -556,14 +531,26 @@ fn wanted(
         if !ip.is_loopback() {
             continue;
         }
+        let for_containers = super::vip::container_vip(ip).filter(|_| containers);
         for (proto, port) in vip_ports(v) {
             out.insert(
                 (proto, SocketAddr::new(ip, port)),
                 Forward {
                     target: port,
                     tasks: v.tasks.clone(),
+                    only_from: None,
                 },
             );
+            if let Some(cip) = for_containers {
+                out.insert(
+                    (proto, SocketAddr::new(cip, port)),
+                    Forward {
+                        target: port,
+                        tasks: v.tasks.clone(),
+                        only_from: Some(v.networks.clone()),
+                    },
+                );
+            }
         }
     }
     out
@@ -575,94 +562,6 @@ fn vip_ports(v: &crate::api::v1::ServiceVip) -> impl Iterator<Item = (Proto, u16
     let udp = v.udp_ports.iter().map(|p| (Proto::Udp, *p));
     tcp.chain(udp)
         .filter_map(|(proto, p)| Some((proto, u16::try_from(p).ok()?)))
-}
-
-/// A listener inside a container: its task, and the service address.
-type InsideKey = (String, ListenKey);
-
-/// The listeners inside containers, and those that could not be made (warned about once).
-#[derive(Default)]
-struct Inside {
-    listening: HashMap<InsideKey, Listening>,
-    failed: std::collections::HashSet<InsideKey>,
-}
-
-/// For each running container on a network (task, host PID, networks): the loopback address
-/// and ports of every service on one of its networks, with the container's PID.
-fn names_in_containers(
-    containers: &[(String, u32, Vec<String>)],
-    vips: &[crate::api::v1::ServiceVip],
-) -> HashMap<InsideKey, (u32, Forward)> {
-    let mut out = HashMap::new();
-    for (task, pid, networks) in containers {
-        for v in vips {
-            if !v.networks.iter().any(|n| networks.contains(n)) {
-                continue;
-            }
-            let Ok(ip) = v.vip.parse::<IpAddr>() else {
-                continue;
-            };
-            if !ip.is_loopback() {
-                continue;
-            }
-            for (proto, port) in vip_ports(v) {
-                out.insert(
-                    (task.clone(), (proto, SocketAddr::new(ip, port))),
-                    (
-                        *pid,
-                        Forward {
-                            target: port,
-                            tasks: v.tasks.clone(),
-                        },
-                    ),
-                );
-            }
-        }
-    }
-    out
-}
-
-/// A socket bound inside a container's network namespace.
-enum Bound {
-    Tcp(std::net::TcpListener),
-    Udp(std::net::UdpSocket),
-}
-
-/// Binds TCP listeners and UDP sockets inside the network namespace of process `pid` (a
-/// container's init): on a thread of its own that enters the namespace and ends, so no other
-/// work runs there. The sockets stay in that namespace; the agent serves them from its own.
-async fn bind_in_netns(
-    pid: u32,
-    addrs: Vec<ListenKey>,
-) -> std::io::Result<Vec<std::io::Result<Bound>>> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("skep-netns".into())
-        .spawn(move || {
-            let bound = (|| {
-                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                    .map_err(std::io::Error::from)?;
-                Ok(addrs
-                    .into_iter()
-                    .map(|(proto, a)| match proto {
-                        Proto::Tcp => {
-                            let l = std::net::TcpListener::bind(a)?;
-                            l.set_nonblocking(true)?;
-                            Ok(Bound::Tcp(l))
-                        }
-                        Proto::Udp => {
-                            let u = std::net::UdpSocket::bind(a)?;
-                            u.set_nonblocking(true)?;
-                            Ok(Bound::Udp(u))
-                        }
-                    })
-                    .collect())
-            })();
-            let _ = tx.send(bound);
-        })?;
-    rx.await
-        .map_err(|_| std::io::Error::other("the namespace thread ended without an answer"))?
 }
 
 /// What the heartbeats report: each published port on the node's address that cannot be

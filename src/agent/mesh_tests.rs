@@ -83,7 +83,7 @@ fn tcp_and_udp_routes_on_one_port_are_two_listeners() {
         route("udp", 4002, "host", &[("t4", "n1"), ("t5", "n2")]),
         route("sctp", 4003, "ingress", &[("t6", "n1")]),
     ];
-    let w = wanted("n1", ip, &routes, &[]);
+    let w = wanted("n1", ip, &routes, &[], false);
     let mut keys: Vec<(Proto, u16)> = w.keys().map(|(p, a)| (*p, a.port())).collect();
     keys.sort();
     // Host mode without a task here, and an unknown protocol, are not listened on.

@@ -14,6 +14,7 @@ pub mod join;
 pub mod mesh;
 pub mod secrets;
 pub mod supervisor;
+pub mod vip;
 
 use crate::api::v1::HeartbeatRequest;
 use crate::api::v1::dispatcher_client::DispatcherClient;

@@ -41,9 +41,9 @@ struct Local {
     finished: bool,
     /// Where the task listens, by target port (for the routing mesh), once it runs.
     endpoints: HashMap<u16, std::net::SocketAddr>,
-    /// A running container's host PID, when its task is on a network (the mesh listens for
-    /// service names inside its network namespace).
-    container_pid: Option<u32>,
+    /// A running container's address, when its task is on a network (the mesh lets it use the
+    /// container-side addresses of the services on its networks).
+    container_ip: Option<std::net::IpAddr>,
 }
 
 /// Finished tasks whose logs a node keeps.
@@ -390,7 +390,7 @@ impl Supervisor {
                         ended: ended_rx,
                         finished: false,
                         endpoints: HashMap::new(),
-                        container_pid: None,
+                        container_ip: None,
                     },
                 );
                 drop(local);
@@ -505,10 +505,10 @@ impl Supervisor {
     }
 
     /// A task on a network sees `/etc/hosts` from its task directory: the localhost lines
-    /// and, for each service on one of its networks, that service's names at its loopback
-    /// address, where this node's mesh listens on the service's ports (for an exec task on the
-    /// node's loopback, for a container on its own). Written in place (the task's bind mount
-    /// follows the same file).
+    /// and, for each service on one of its networks, that service's names at the address where
+    /// this node's mesh listens on the service's ports: its loopback address for an exec task,
+    /// its container-side address for a container (see [`super::vip`]). Written in place (the
+    /// task's bind mount follows the same file).
     fn write_hosts(&self, task: &Task) {
         if task.spec.networks.is_empty() {
             return;
@@ -517,9 +517,17 @@ impl Supervisor {
             return;
         };
         let mut text = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n");
+        let container = task.spec.runtime == crate::store::service::Runtime::Docker;
         for v in self.names.load().iter() {
-            if v.networks.iter().any(|n| task.spec.networks.contains(n)) {
-                text.push_str(&format!("{}\t{}\n", v.vip, v.names.join(" ")));
+            if !v.networks.iter().any(|n| task.spec.networks.contains(n)) {
+                continue;
+            }
+            let addr = match v.vip.parse() {
+                Ok(ip) if container => super::vip::container_vip(ip).map(|a| a.to_string()),
+                _ => Some(v.vip.clone()),
+            };
+            if let Some(addr) = addr {
+                text.push_str(&format!("{addr}\t{}\n", v.names.join(" ")));
             }
         }
         let path = dir.join("hosts");
@@ -547,27 +555,21 @@ impl Supervisor {
         &self,
         task_id: &str,
         endpoints: HashMap<u16, std::net::SocketAddr>,
-        container_pid: Option<u32>,
+        container_ip: Option<std::net::IpAddr>,
     ) {
         if let Some(l) = self.lock().get_mut(task_id) {
             l.endpoints = endpoints;
-            l.container_pid = container_pid;
+            l.container_ip = container_ip;
         }
     }
 
-    /// The running containers on networks: task ID, host PID of the container, networks.
-    pub fn networked_containers(&self) -> Vec<(String, u32, Vec<String>)> {
+    /// The networks of this node's running container at `ip`, if one is there.
+    pub fn container_networks(&self, ip: std::net::IpAddr) -> Option<Vec<String>> {
         self.lock()
             .values()
             .filter(|l| !l.finished && !*l.ended.borrow())
-            .filter_map(|l| {
-                Some((
-                    l.task.id.clone(),
-                    l.container_pid?,
-                    l.task.spec.networks.clone(),
-                ))
-            })
-            .collect()
+            .find(|l| l.container_ip == Some(ip))
+            .map(|l| l.task.spec.networks.clone())
     }
 
     /// Log lines of tasks this node ran.
@@ -709,22 +711,22 @@ async fn run_started(
             return;
         }
     };
-    if !task.spec.ports.is_empty()
-        && task.spec.runtime == crate::store::service::Runtime::Docker
-        && let Some(ip) = execs.container_ip(task).await
+    // A container is reached on its own address; on a network, that address also tells the
+    // mesh which services' container-side addresses it may use.
+    let container_ip = if task.spec.runtime == crate::store::service::Runtime::Docker
+        && !(task.spec.ports.is_empty() && task.spec.networks.is_empty())
     {
+        execs.container_ip(task).await
+    } else {
+        None
+    };
+    if let Some(ip) = container_ip {
         for target in &task.spec.ports {
             endpoints.insert(*target, std::net::SocketAddr::new(ip, *target));
         }
     }
-    let container_pid = if task.spec.runtime == crate::store::service::Runtime::Docker
-        && !task.spec.networks.is_empty()
-    {
-        execs.container_pid(task).await
-    } else {
-        None
-    };
-    sup.set_endpoints(&task.id, endpoints, container_pid);
+    let on_network = container_ip.filter(|_| !task.spec.networks.is_empty());
+    sup.set_endpoints(&task.id, endpoints, on_network);
     // With a health check the task is `starting` (out of the mesh's rotation) until a check
     // passes; unhealthy, it is stopped and fails, for its restart policy to replace.
     let mut health = super::health::Watch::for_task(execs, task).await;

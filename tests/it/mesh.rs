@@ -35,7 +35,7 @@ fn on(node: &Node, port: u16) -> SocketAddr {
 
 /// A UDP client of its own (a flow of its own) for the published port `addr`.
 fn udp_client(addr: SocketAddr) -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let s = UdpSocket::bind("0.0.0.0:0").unwrap();
     s.connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
@@ -549,8 +549,8 @@ networks:
 }
 
 /// Containers resolve the services of their networks by name too: the agent keeps their
-/// `/etc/hosts` and listens on each service's loopback address inside the container's own
-/// network namespace, so a container on another network has neither the name nor the listener.
+/// `/etc/hosts`, naming each service's container-side address (198.18.X.Y), which the node
+/// takes as its own and serves only to its containers on the service's networks.
 #[test]
 fn containers_on_a_stack_network_reach_services_by_name() {
     let Some(image) = crate::docker_services::image_or_skip() else {
@@ -607,7 +607,7 @@ networks:
             let logs = m.cli_ok(&["service", "logs", &client]);
             let answered: BTreeSet<String> = logs
                 .lines()
-                .filter(|l| l.contains("via web 127.77.") && l.contains("node="))
+                .filter(|l| l.contains("via web 198.18.") && l.contains("node="))
                 .filter_map(|l| l.split("task=").nth(1).map(|t| t.trim().to_string()))
                 .collect();
             if answered.len() == 2 {
@@ -621,7 +621,7 @@ networks:
         .into_iter()
         .collect();
     assert_eq!(answers, web, "the answers did not come from web's tasks");
-    // Another network: no name, and no listener on web's address to guess at.
+    // Another network: no name, and web's address, dialled anyway, does not answer it.
     let loner = format!("{stack}_loner");
     wait_until(timeout(), "the loner container to try", || {
         m.cli_ok(&["service", "logs", &loner])
@@ -629,7 +629,7 @@ networks:
     });
     assert!(!m.cli_ok(&["service", "logs", &loner]).contains("node="));
     // Dialled by address from inside each container's network namespace: web answers the
-    // client's, and nothing listens in the loner's.
+    // client, not the loner.
     let vip = wait_for(timeout(), "web's address in the client's logs", || {
         let logs = m.cli_ok(&["service", "logs", &client]);
         logs.lines()
@@ -645,8 +645,12 @@ networks:
     let vip: SocketAddr = format!("{vip}:80").parse().unwrap();
     let answer = ask_in_container(&client, vip).expect("the client's namespace reaches web");
     assert!(answer.starts_with("node="), "{answer}");
-    let refused = ask_in_container(&loner, vip).expect_err("the loner's namespace reached web");
-    assert!(refused.contains("refused"), "{refused}");
+    let refused = ask_in_container(&loner, vip);
+    assert!(refused.is_err(), "the loner reached web: {refused:?}");
+    // A container that itself listens on the port (web, on 80 of every address) reaches a
+    // service on that port by name too: the service address is the node's, not its own.
+    let own = ask_in_container(&format!("{stack}_web"), vip).expect("web reaches web by name");
+    assert!(own.starts_with("node="), "{own}");
     m.cli_ok(&["stack", "rm", &stack]);
 }
 
@@ -715,8 +719,9 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// UDP by name: a service exposing a UDP port is reached at its address from the node (exec
-/// tasks share it) and from inside a container of its network, not from one of another.
+/// UDP by name: a service exposing a UDP port is reached at its loopback address from the node
+/// (exec tasks share it) and at its container-side address from a container of its network,
+/// not from one of another network nor from the node.
 #[test]
 fn udp_services_are_reached_by_name_from_the_node_and_from_containers() {
     let Some(prog) = serving_program() else {
@@ -760,21 +765,209 @@ networks:
     .unwrap();
     m.cli_ok(&["stack", "deploy", "-c", file.to_str().unwrap(), &stack]);
     let ctr = running_task_ids(m, &format!("{stack}_ctr")).pop().unwrap();
-    let vip = wait_for(timeout(), "dns in the container's hosts file", || {
+    let cip = wait_for(timeout(), "dns in the container's hosts file", || {
         address_in_hosts(m, &ctr, "dns")
     });
-    let vip: SocketAddr = format!("{vip}:53").parse().unwrap();
+    let xy = cip
+        .strip_prefix("198.18.")
+        .unwrap_or_else(|| panic!("not a container-side address: {cip}"));
+    let (vip, loopback): (SocketAddr, SocketAddr) = (
+        format!("{cip}:53").parse().unwrap(),
+        format!("127.77.{xy}:53").parse().unwrap(),
+    );
     wait_for(timeout(), "an echo by name from the node", || {
-        echo(&udp_client(vip), "from-node")
+        echo(&udp_client(loopback), "from-node")
     });
     let (ctr_svc, loner_svc) = (format!("{stack}_ctr"), format!("{stack}_loner"));
     wait_for(timeout(), "an echo by name from the container", || {
         in_container_netns(&ctr_svc, move || echo(&udp_client(vip), "from-ctr"))
     });
-    // Nothing answers at that address inside a container of another network.
+    // Nothing answers at that address a container of another network, nor the node itself.
     let refused = in_container_netns(&loner_svc, move || echo(&udp_client(vip), "from-loner"));
     assert!(refused.is_err(), "{refused:?}");
+    assert!(echo(&udp_client(vip), "from-node").is_err());
     m.cli_ok(&["stack", "rm", &stack]);
+}
+
+#[test]
+fn a_published_udp_port_answers_on_every_node_one_task_per_client_flow() {
+    let Some(prog) = serving_program() else {
+        return;
+    };
+    let c = Cluster::init(1, 2);
+    let m = c.first();
+    // Two echo tasks on the workers: the manager has none, so its flows cross to them.
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "dns",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        "4030:53/udp",
+        "--",
+        &prog,
+        "udp-echo",
+    ]);
+    let tasks: BTreeSet<String> = wait_for(timeout(), "2 running echo tasks", || {
+        let ids = running_task_ids(m, "dns");
+        if ids.len() == 2 {
+            Ok(ids.into_iter().collect())
+        } else {
+            Err(format!("{ids:?}"))
+        }
+    });
+    let task_of = |who: &str| {
+        let task = who.split("task=").nth(1).unwrap_or_default().to_string();
+        assert!(tasks.contains(&task), "answered by {who}, not by {tasks:?}");
+        task
+    };
+    // Through the manager: every datagram of a flow reaches the task its first one did, and
+    // new flows take the tasks in turn.
+    let mut hosts = BTreeSet::new();
+    let mut flow = 0;
+    wait_for(
+        timeout(),
+        "both tasks answering through the manager",
+        || {
+            let mut seen = BTreeSet::new();
+            for _ in 0..4 {
+                flow += 1;
+                let sock = udp_client(on(m, 4030));
+                let who = echo_within(&sock, &format!("m{flow}-a"));
+                for more in ["b", "c", "d"] {
+                    assert_eq!(
+                        echo_within(&sock, &format!("m{flow}-{more}")),
+                        who,
+                        "a flow's datagrams went to another task"
+                    );
+                }
+                assert!(
+                    !who.contains(&format!("node={} ", m.id())),
+                    "the manager runs no task: {who}"
+                );
+                hosts.insert(who.split(' ').next().unwrap_or_default().to_string());
+                seen.insert(task_of(&who));
+            }
+            if seen == tasks {
+                Ok(())
+            } else {
+                Err(format!("only {seen:?} answered"))
+            }
+        },
+    );
+    // The hop was a UDP tunnel of the Agent service, logged by a task's node with the manager
+    // as the peer it authenticated.
+    wait_until(timeout(), "a UDP tunnel logged by a task's node", || {
+        c.workers().iter().any(|n| {
+            strip_ansi(&n.log()).lines().any(|l| {
+                l.contains("routing mesh: tunnel from another node over mTLS")
+                    && l.contains("protocol=udp")
+                    && l.contains(&format!("peer={}", m.id()))
+            })
+        })
+    });
+    // Through a worker running a task, its own task answers (directly) in its turn.
+    for w in c.workers() {
+        let mine = format!("node={}", w.id());
+        if !hosts.contains(&mine) {
+            continue;
+        }
+        wait_for(
+            timeout(),
+            &format!("{}'s own task answering through it", w.name()),
+            || {
+                let who = echo_within(&udp_client(on(w, 4030)), "local");
+                task_of(&who);
+                if who.starts_with(&format!("{mine} ")) {
+                    Ok(())
+                } else {
+                    Err(who)
+                }
+            },
+        );
+    }
+
+    // A TCP port with the same number is another listener: both answer.
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "web",
+        "--constraint",
+        "node.role==worker",
+        "--publish",
+        "4030:80",
+        "--",
+        &prog,
+        "serve",
+    ]);
+    wait_for(timeout(), "TCP on the UDP port's number", || {
+        ask(on(m, 4030))
+    });
+    task_of(&echo_within(&udp_client(on(m, 4030)), "beside tcp"));
+
+    // A UDP port held by another program on a worker is reported as a UDP problem.
+    let w2 = &c.workers()[1];
+    let squatter = UdpSocket::bind(on(w2, 4031)).unwrap();
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "dns2",
+        "--publish",
+        "4031:54/udp",
+        "--",
+        &prog,
+        "udp-echo",
+    ]);
+    let problem = format!("{}: 4031: udp: ", w2.name());
+    wait_until(timeout(), "the taken UDP port reported", || {
+        let v: serde_json::Value =
+            serde_json::from_str(&m.cli_ok(&["service", "inspect", "dns2"])).unwrap();
+        v[0]["PortProblems"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p.as_str().is_some_and(|p| p.starts_with(&problem)))
+        })
+    });
+    drop(squatter);
+    let served = udp_client(on(w2, 4031));
+    wait_until(
+        timeout(),
+        "the freed UDP port served, no longer reported",
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&m.cli_ok(&["service", "inspect", "dns2"])).unwrap();
+            v[0]["PortProblems"]
+                .as_array()
+                .is_some_and(|p| p.is_empty())
+                && echo(&served, "freed").is_ok()
+        },
+    );
+    m.cli_ok(&["service", "rm", "dns2"]);
+
+    // Unpublished: every node lets the UDP port go, and the TCP one stays.
+    m.cli_ok(&["service", "rm", "dns"]);
+    for n in &c.nodes {
+        wait_until(
+            timeout(),
+            &format!("{} to let UDP 4030 go", n.name()),
+            || UdpSocket::bind(on(n, 4030)).is_ok(),
+        );
+    }
+    ask(on(m, 4030)).unwrap();
 }
 
 /// The bytes of one proxied connection: towards the node, and back.

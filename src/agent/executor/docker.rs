@@ -328,21 +328,6 @@ impl DockerRuntime {
             .and_then(|ip| ip.parse().ok())
     }
 
-    /// The process ID of the container's init on this host (its network namespace is the
-    /// task's), while it runs.
-    pub(crate) async fn pid(&self, task: &Task) -> Option<u32> {
-        let info = self
-            .docker
-            .inspect_container(&container_name(task), None)
-            .await
-            .ok()?;
-        let state = info.state?;
-        if state.running != Some(true) {
-            return None;
-        }
-        u32::try_from(state.pid?).ok().filter(|p| *p > 0)
-    }
-
     /// The engine's view of the container's health: `None` when it has no check (neither
     /// the task's nor the image's) or cannot be inspected.
     pub(crate) async fn health(&self, task: &Task) -> Option<crate::agent::health::Health> {

@@ -268,14 +268,6 @@ impl Executors {
         }
     }
 
-    /// The host process ID of a running docker task's container.
-    pub async fn container_pid(&self, task: &Task) -> Option<u32> {
-        match (&task.spec.runtime, &self.docker) {
-            (Runtime::Docker, Some(d)) => d.pid(task).await,
-            _ => None,
-        }
-    }
-
     /// The health of a running docker task as its engine sees it (`None`: no check).
     pub async fn docker_health(&self, task: &Task) -> Option<crate::agent::health::Health> {
         match (&task.spec.runtime, &self.docker) {
