@@ -16,7 +16,12 @@
 //! published port. Between nodes each flow is a tunnel of its own, one datagram a frame. A
 //! flow without a datagram either way for [`UDP_IDLE`] is forgotten, and a published port keeps
 //! at most [`UDP_FLOWS`] flows: datagrams that would start more are dropped, so a flood of
-//! source addresses cannot exhaust memory ([`Flows`] is that bookkeeping, without I/O).
+//! source addresses cannot exhaust memory (`Flows` is that bookkeeping, without I/O), and
+//! its queues hold at most `UDP_BUDGET` bytes.
+//!
+//! Services on networks are also served by name: at their loopback address (127.77.X.Y) for
+//! exec tasks and at their container-side address (198.18.X.Y, see [`super::vip`]) for this
+//! node's containers on their networks, the peer's address checked against them.
 //!
 //! The routing table comes from any manager (`Dispatcher.Routes`) every second.
 
