@@ -96,7 +96,7 @@ impl Manager {
     /// operator's own (`external`: certificate and key, PEM). The new root is cross-signed by
     /// the current one; from the commit on, certificates are issued by the new root and nodes
     /// are told to trust both and renew. The leader finishes the rotation when every node
-    /// that is up holds a certificate of the new root ([`Manager::advance_root_rotation`]).
+    /// that is up holds a certificate of the new root (`Manager::advance_root_rotation`).
     pub async fn rotate_root(
         &self,
         actor: Actor,
