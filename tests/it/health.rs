@@ -229,3 +229,106 @@ fn docker_health_checks_from_a_compose_file_gate_running() {
     assert!(ids_in(&tasks(m, &format!("{stack}_bad")), "Running").is_empty());
     m.cli_ok(&["stack", "rm", &stack]);
 }
+
+/// An image of the test program whose own `HEALTHCHECK` always fails (built locally from the
+/// test image, never pulled), or `None` with a notice when it cannot be built.
+fn image_failing_its_own_check(base: &str) -> Option<String> {
+    static IMAGE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().ok()?;
+            std::fs::write(
+                dir.path().join("Dockerfile"),
+                format!(
+                    "FROM {base}\nHEALTHCHECK --interval=200ms --retries=2 CMD [\"/prog\", \"exit\", \"1\"]\n"
+                ),
+            )
+            .ok()?;
+            let tag = format!("{base}-hc");
+            let out = std::process::Command::new("docker")
+                .args(["build", "-q", "-t", &tag])
+                .arg(dir.path())
+                .output()
+                .ok()?;
+            if out.status.success() {
+                Some(tag)
+            } else {
+                eprintln!(
+                    "NOTICE: cannot build an image with a HEALTHCHECK: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                None
+            }
+        })
+        .clone()
+}
+
+/// An image's own `HEALTHCHECK` counts as in Docker (its task fails as unhealthy), and
+/// `--no-healthcheck` turns it off (the task runs).
+#[test]
+fn an_images_own_health_check_counts_unless_turned_off() {
+    let Some(base) = crate::docker_services::image_or_skip() else {
+        return;
+    };
+    let Some(image) = image_failing_its_own_check(base) else {
+        return;
+    };
+    let (sick, quiet) = (
+        crate::docker_services::unique_name("hc-image"),
+        crate::docker_services::unique_name("hc-off"),
+    );
+    let _guards = [
+        crate::docker_services::ContainerGuard(sick.clone()),
+        crate::docker_services::ContainerGuard(quiet.clone()),
+    ];
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    for (name, extra) in [(&sick, None), (&quiet, Some("--no-healthcheck"))] {
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            name,
+            "--restart-condition",
+            "none",
+        ];
+        args.extend(extra);
+        args.extend([image.as_str(), "/prog", "sleep"]);
+        m.cli_ok(&args);
+    }
+    let err = wait_for(timeout(), "the image's check failing its task", || {
+        let t = tasks(m, &sick);
+        t.iter()
+            .find(|x| {
+                x["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Failed"))
+            })
+            .and_then(|x| x["Error"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("{t:?}"))
+    });
+    assert!(err.contains("unhealthy container"), "{err}");
+    wait_until(timeout(), "the task without checks running", || {
+        !ids_in(&tasks(m, &quiet), "Running").is_empty()
+    });
+    // The engine runs no check for it at all, and it is still running after the other task,
+    // started beside it, failed its.
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            &format!("label=skep.service.name={quiet}"),
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let health = std::process::Command::new("docker")
+        .args(["inspect", "-f", "{{json .State.Health}}", &id])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "null");
+    assert!(ids_in(&tasks(m, &quiet), "Failed").is_empty());
+    assert!(!ids_in(&tasks(m, &quiet), "Running").is_empty());
+}
