@@ -214,13 +214,14 @@ impl Mesh {
     }
 
     /// Whether `peer` may use a listener: anyone for published ports and loopback addresses;
-    /// for a container-side address, only this node's containers on one of its networks.
-    fn may_use(&self, f: &Forward, peer: IpAddr) -> bool {
+    /// for a container-side address, only a container on one of its networks.
+    async fn may_use(&self, f: &Forward, peer: IpAddr) -> bool {
         match &f.only_from {
             None => true,
             Some(networks) => self
                 .supervisor
                 .container_networks(peer)
+                .await
                 .is_some_and(|theirs| theirs.iter().any(|n| networks.contains(n))),
         }
     }
@@ -259,12 +260,12 @@ impl Mesh {
             let _ = conn.set_nodelay(true);
             let mesh = self.clone();
             let forward = forward.load_full();
-            if !self.may_use(&forward, peer.ip()) {
-                tracing::debug!(%peer, "routing mesh: refused a container of another network");
-                continue;
-            }
             let start = next.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
+                if !mesh.may_use(&forward, peer.ip()).await {
+                    tracing::debug!(%peer, "routing mesh: refused a peer that is not a container of the service's networks");
+                    return;
+                }
                 if let Err(e) = mesh.forward(conn, &forward, start).await {
                     tracing::debug!(%peer, error = %e, "routing mesh: connection not forwarded");
                 }
@@ -342,7 +343,8 @@ impl Mesh {
                             }
                         }
                     }
-                    if forward.load().tasks.is_empty() || !self.may_use(&forward.load(), peer.ip()) {
+                    let f = forward.load_full();
+                    if f.tasks.is_empty() || !self.may_use(&f, peer.ip()).await {
                         continue;
                     }
                     if !flows.has_room() {

@@ -46,6 +46,9 @@ struct Local {
     container_ip: Option<std::net::IpAddr>,
 }
 
+/// Peer address → when the engine was asked, and the networks of its container (if any).
+type PeerNetworks = Mutex<HashMap<std::net::IpAddr, (std::time::Instant, Option<Vec<String>>)>>;
+
 /// Finished tasks whose logs a node keeps.
 const KEEP_FINISHED: usize = 200;
 
@@ -61,6 +64,8 @@ pub struct Supervisor {
     running: Arc<std::sync::atomic::AtomicUsize>,
     reports_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, TaskStatus)>>>,
     secrets: SecretStore,
+    /// What the engine said of peer addresses that are not this node's containers.
+    peer_networks: PeerNetworks,
     /// Services reachable by name, from the routing table (see [`Supervisor::set_names`]).
     names: arc_swap::ArcSwap<Vec<crate::api::v1::ServiceVip>>,
 }
@@ -90,6 +95,7 @@ impl Supervisor {
             running: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             reports_rx: Mutex::new(Some(rx)),
             secrets: SecretStore::default(),
+            peer_networks: Mutex::default(),
             names: Default::default(),
         })
     }
@@ -563,13 +569,43 @@ impl Supervisor {
         }
     }
 
-    /// The networks of this node's running container at `ip`, if one is there.
-    pub fn container_networks(&self, ip: std::net::IpAddr) -> Option<Vec<String>> {
-        self.lock()
+    /// The networks of the running container at `ip`: one of this node's, or else one that
+    /// another node's agent started on the same engine (several nodes on one machine, as
+    /// `skep dev` runs them, share its addresses and the one listener each address gets).
+    pub async fn container_networks(&self, ip: std::net::IpAddr) -> Option<Vec<String>> {
+        let local = self
+            .lock()
             .values()
             .filter(|l| !l.finished && !*l.ended.borrow())
             .find(|l| l.container_ip == Some(ip))
-            .map(|l| l.task.spec.networks.clone())
+            .map(|l| l.task.spec.networks.clone());
+        if local.is_some() {
+            return local;
+        }
+        // Asked of the engine at most once per address every few seconds, answers kept for
+        // a bounded number of addresses: a flood of peers costs no flood of engine calls.
+        const FRESH: Duration = Duration::from_secs(2);
+        const KEEP: usize = 1024;
+        let now = std::time::Instant::now();
+        if let Some((at, n)) = self
+            .peer_networks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ip)
+            && now.duration_since(*at) < FRESH
+        {
+            return n.clone();
+        }
+        let found = self.execs.container_networks_at(ip).await;
+        let mut cache = self.peer_networks.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= KEEP {
+            cache.retain(|_, (at, _)| now.duration_since(*at) < FRESH);
+            if cache.len() >= KEEP {
+                cache.clear();
+            }
+        }
+        cache.insert(ip, (now, found.clone()));
+        found
     }
 
     /// Log lines of tasks this node ran.

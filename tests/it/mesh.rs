@@ -580,6 +580,10 @@ fn containers_on_a_stack_network_reach_services_by_name() {
     image: {image}
     command: ["/prog", "ask", "web", "80"]
     networks: [backend]
+    # One on each node: the nodes share this machine, so only one of them holds web's
+    # address, and the client on the other must be recognised all the same.
+    deploy:
+      mode: global
   loner:
     image: {image}
     command: ["/prog", "ask", "web", "80"]
@@ -621,6 +625,15 @@ networks:
         .into_iter()
         .collect();
     assert_eq!(answers, web, "the answers did not come from web's tasks");
+    wait_until(timeout(), "both clients answered", || {
+        let logs = m.cli_ok(&["service", "logs", &client]);
+        let answered: BTreeSet<&str> = logs
+            .lines()
+            .filter(|l| l.contains("via web 198.18.") && l.contains("node="))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        answered.len() == 2
+    });
     // Another network: no name, and web's address, dialled anyway, does not answer it.
     let loner = format!("{stack}_loner");
     wait_until(timeout(), "the loner container to try", || {

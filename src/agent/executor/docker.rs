@@ -31,6 +31,9 @@ pub const LABEL_SERVICE_NAME: &str = "skep.service.name";
 /// Label naming the node whose agent runs the container: several nodes may share one engine,
 /// and each cleans up only its own containers.
 pub const LABEL_NODE_ID: &str = "skep.node.id";
+/// Label with the networks of the container's service, comma-separated: whichever agent on
+/// this engine serves a service's container-side address checks a peer container by it.
+pub const LABEL_NETWORKS: &str = "skep.networks";
 
 /// How long the engine may take to answer the first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -204,6 +207,32 @@ impl DockerRuntime {
                     engine_message(&e)
                 ))
             })
+    }
+
+    /// The networks of the running skep container at `ip` on this engine (any node's), from
+    /// its label.
+    pub(crate) async fn networks_at(&self, ip: std::net::IpAddr) -> Option<Vec<String>> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![LABEL_NETWORKS.to_string()]);
+        filters.insert("status".to_string(), vec!["running".to_string()]);
+        let options = ListContainersOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let ip = ip.to_string();
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .ok()?
+            .into_iter()
+            .find(|c| {
+                c.network_settings
+                    .as_ref()
+                    .and_then(|n| n.networks.as_ref())
+                    .is_some_and(|n| n.values().any(|e| e.ip_address.as_deref() == Some(&ip)))
+            })
+            .and_then(|c| c.labels?.remove(LABEL_NETWORKS))
+            .map(|l| l.split(',').map(str::to_string).collect())
     }
 
     /// Stops and removes the containers a previous run left: those of node `node_id` when
@@ -505,6 +534,9 @@ fn create_body(
     labels.insert(LABEL_SERVICE_NAME.to_string(), task.service_name.clone());
     if !task.node_id.is_empty() {
         labels.insert(LABEL_NODE_ID.to_string(), task.node_id.clone());
+    }
+    if !task.spec.networks.is_empty() {
+        labels.insert(LABEL_NETWORKS.to_string(), task.spec.networks.join(","));
     }
     let env: Vec<String> = parse_env(&task.spec.env)
         .into_iter()

@@ -268,6 +268,12 @@ impl Executors {
         }
     }
 
+    /// The networks of the running skep container at `ip` on this node's engine, whichever
+    /// node's agent started it.
+    pub async fn container_networks_at(&self, ip: std::net::IpAddr) -> Option<Vec<String>> {
+        self.docker.as_ref()?.networks_at(ip).await
+    }
+
     /// The health of a running docker task as its engine sees it (`None`: no check).
     pub async fn docker_health(&self, task: &Task) -> Option<crate::agent::health::Health> {
         match (&task.spec.runtime, &self.docker) {
