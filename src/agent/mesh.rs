@@ -148,13 +148,15 @@ impl Mesh {
         let mut listening: HashMap<ListenKey, Listening> = HashMap::new();
         let mut failed: HashMap<ListenKey, String> = HashMap::new();
         let mut channels: HashMap<String, Channel> = HashMap::new();
-        let containers = match super::vip::ensure_local_route().await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, "containers cannot reach services by name on this node");
-                false
-            }
-        };
+        // Only a node that runs containers takes their service addresses as its own.
+        let containers = self.supervisor.runs_containers()
+            && match super::vip::ensure_local_route().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "containers cannot reach services by name on this node");
+                    false
+                }
+            };
         loop {
             if let Some(table) = self.fetch(&mut channels).await {
                 let wanted = wanted(

@@ -569,6 +569,13 @@ impl Supervisor {
         }
     }
 
+    /// Whether this node runs containers (the docker runtime answered at start).
+    pub fn runs_containers(&self) -> bool {
+        self.execs
+            .runtimes()
+            .contains(&crate::store::service::Runtime::Docker)
+    }
+
     /// The networks of the running container at `ip`: one of this node's, or else one that
     /// another node's agent started on the same engine (several nodes on one machine, as
     /// `skep dev` runs them, share its addresses and the one listener each address gets).
