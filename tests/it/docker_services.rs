@@ -17,7 +17,7 @@ const LABEL_SERVICE_NAME: &str = "skep.service.name";
 const LABEL_TASK_ID: &str = "skep.task.id";
 
 /// Runs `docker` with these arguments (killed after the CLI timeout).
-fn docker(args: &[&str]) -> Output {
+pub(crate) fn docker(args: &[&str]) -> Output {
     run(Command::new("docker").args(args), None)
 }
 
@@ -51,7 +51,7 @@ pub(crate) fn unique_name(prefix: &str) -> String {
 
 /// `(container ID, skep.task.id)` of the containers labelled with this service name;
 /// `all` includes stopped ones.
-fn containers(service: &str, all: bool) -> Vec<(String, String)> {
+pub(crate) fn containers(service: &str, all: bool) -> Vec<(String, String)> {
     let filter = format!("label={LABEL_SERVICE_NAME}={service}");
     let format = format!("{{{{.ID}}}} {{{{.Label \"{LABEL_TASK_ID}\"}}}}");
     let mut args = vec!["ps", "--no-trunc", "--filter", &filter, "--format", &format];

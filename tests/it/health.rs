@@ -27,6 +27,21 @@ fn ids_in(tasks: &[Value], state: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Waits for a failed task of `service` and returns its error.
+fn failed_error(m: &Node, service: &str) -> String {
+    wait_for(timeout(), &format!("a failed task of {service}"), || {
+        let t = tasks(m, service);
+        t.iter()
+            .find(|x| {
+                x["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Failed"))
+            })
+            .and_then(|x| x["Error"].as_str().map(str::to_string))
+            .ok_or_else(|| format!("{t:?}"))
+    })
+}
+
 /// The task IDs that answer a few requests through `addr`.
 fn answering(addr: SocketAddr) -> Result<BTreeSet<String>, String> {
     let mut seen = BTreeSet::new();
@@ -213,17 +228,7 @@ fn docker_health_checks_from_a_compose_file_gate_running() {
     wait_until(timeout(), "the healthy container runs", || {
         !ids_in(&tasks(m, &format!("{stack}_good")), "Running").is_empty()
     });
-    let err = wait_for(timeout(), "the unhealthy container's task fails", || {
-        let t = tasks(m, &format!("{stack}_bad"));
-        t.iter()
-            .find(|x| {
-                x["CurrentState"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("Failed"))
-            })
-            .and_then(|x| x["Error"].as_str().map(str::to_string))
-            .ok_or_else(|| format!("{t:?}"))
-    });
+    let err = failed_error(m, &format!("{stack}_bad"));
     assert!(err.contains("unhealthy container"), "{err}");
     // It never ran: it went from starting to failed.
     assert!(ids_in(&tasks(m, &format!("{stack}_bad")), "Running").is_empty());
@@ -297,37 +302,17 @@ fn an_images_own_health_check_counts_unless_turned_off() {
         args.extend([image.as_str(), "/prog", "sleep"]);
         m.cli_ok(&args);
     }
-    let err = wait_for(timeout(), "the image's check failing its task", || {
-        let t = tasks(m, &sick);
-        t.iter()
-            .find(|x| {
-                x["CurrentState"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("Failed"))
-            })
-            .and_then(|x| x["Error"].as_str().map(str::to_string))
-            .ok_or_else(|| format!("{t:?}"))
-    });
+    let err = failed_error(m, &sick);
     assert!(err.contains("unhealthy container"), "{err}");
     wait_until(timeout(), "the task without checks running", || {
         !ids_in(&tasks(m, &quiet), "Running").is_empty()
     });
     // The engine runs no check for it at all, and it is still running after the other task,
     // started beside it, failed its.
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=skep.service.name={quiet}"),
-        ])
-        .output()
-        .unwrap();
-    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let health = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{json .State.Health}}", &id])
-        .output()
-        .unwrap();
+    let (id, _) = crate::docker_services::containers(&quiet, false)
+        .pop()
+        .expect("the task's running container");
+    let health = crate::docker_services::docker(&["inspect", "-f", "{{json .State.Health}}", &id]);
     assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "null");
     assert!(ids_in(&tasks(m, &quiet), "Failed").is_empty());
     assert!(!ids_in(&tasks(m, &quiet), "Running").is_empty());

@@ -102,6 +102,35 @@ fn strip_ansi(text: &str) -> String {
     out
 }
 
+/// Waits until `port` answers through every node of `c`, each time (among ten requests) from
+/// a task on some other node too.
+pub(crate) fn answered_from_other_nodes(c: &Cluster, port: u16) {
+    let ids = c.ids();
+    for n in &c.nodes {
+        wait_for(
+            timeout(),
+            &format!("answers from other nodes through {}", n.name()),
+            || {
+                let mut from = BTreeSet::new();
+                for _ in 0..10 {
+                    let a = ask(on(n, port))?;
+                    let node = ids
+                        .iter()
+                        .find(|id| a.contains(&format!("node={id}")))
+                        .ok_or(a.clone())?;
+                    from.insert(node.clone());
+                }
+                from.remove(n.id());
+                if from.is_empty() {
+                    Err("only local answers".into())
+                } else {
+                    Ok(from)
+                }
+            },
+        );
+    }
+}
+
 #[test]
 fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() {
     let Some(prog) = serving_program() else {
@@ -416,33 +445,7 @@ networks:
         file.to_str().unwrap(),
         "getstartedlab",
     ]);
-    let ids = c.ids();
-    for n in &c.nodes {
-        let addr: SocketAddr = format!("{}:4000", n.addr().split(':').next().unwrap())
-            .parse()
-            .unwrap();
-        wait_for(
-            timeout(),
-            &format!("answers from other nodes through {}", n.name()),
-            || {
-                let mut from = BTreeSet::new();
-                for _ in 0..10 {
-                    let a = ask(addr)?;
-                    let node = ids
-                        .iter()
-                        .find(|id| a.contains(&format!("node={id}")))
-                        .ok_or(a.clone())?;
-                    from.insert(node.clone());
-                }
-                from.remove(n.id());
-                if from.is_empty() {
-                    Err("only local answers".into())
-                } else {
-                    Ok(from)
-                }
-            },
-        );
-    }
+    answered_from_other_nodes(&c, 4000);
     m.cli_ok(&["stack", "rm", "getstartedlab"]);
     let addr: SocketAddr = format!("{}:4000", m.addr().split(':').next().unwrap())
         .parse()
@@ -678,24 +681,11 @@ fn in_container_netns<T: Send + 'static>(
     service: &str,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=skep.service.name={service}"),
-        ])
-        .output()
-        .unwrap();
-    let id = String::from_utf8_lossy(&out.stdout)
-        .lines()
+    let (id, _) = crate::docker_services::containers(service, false)
+        .into_iter()
         .next()
-        .unwrap()
-        .to_string();
-    let out = std::process::Command::new("docker")
-        .args(["inspect", "-f", "{{.State.Pid}}", &id])
-        .output()
-        .unwrap();
+        .ok_or_else(|| format!("no running container of {service}"))?;
+    let out = crate::docker_services::docker(&["inspect", "-f", "{{.State.Pid}}", &id]);
     let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
     std::thread::spawn(move || {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
@@ -708,7 +698,7 @@ fn in_container_netns<T: Send + 'static>(
 
 /// The address `name` has in the `hosts` file the agent keeps for task `task_id` of `node`.
 fn address_in_hosts(node: &Node, task_id: &str, name: &str) -> Result<String, String> {
-    let found = walk(&node.data_dir())
+    let found = crate::at_rest::files_under(&node.data_dir())
         .into_iter()
         .find(|p| p.ends_with(format!("{task_id}/hosts")))
         .ok_or_else(|| format!("no hosts file for task {task_id}"))?;
@@ -717,19 +707,6 @@ fn address_in_hosts(node: &Node, task_id: &str, name: &str) -> Result<String, St
         .find(|l| l.split_whitespace().skip(1).any(|n| n == name))
         .and_then(|l| l.split_whitespace().next().map(str::to_string))
         .ok_or(text)
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() && !p.is_symlink() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// UDP by name: a service exposing a UDP port is reached at its loopback address from the node

@@ -11,8 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::docker_services::{ContainerGuard, image_or_skip, unique_name};
-use crate::harness::{Cluster, Node, json_lines, stderr, timeout, wait_for, wait_until};
-use crate::mesh::ask;
+use crate::harness::{Cluster, json_lines, running_hosts, stderr, timeout, wait_until};
 
 /// The tutorial's file with the test image (which answers `node=... task=...` on port 80).
 fn seed(image: &str, replicas: u32) -> String {
@@ -46,36 +45,12 @@ secrets:
     )
 }
 
-/// Running containers of the stack's web service, by `docker ps`.
+/// IDs of the running containers of `service`.
 fn containers(service: &str) -> Vec<String> {
-    let out = std::process::Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=skep.service.name={service}"),
-        ])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
+    crate::docker_services::containers(service, false)
+        .into_iter()
+        .map(|(id, _)| id)
         .collect()
-}
-
-fn running_hosts(m: &Node, stack: &str) -> Vec<String> {
-    let mut hosts: Vec<String> = json_lines(&m.cli_ok(&["stack", "ps", "--format", "json", stack]))
-        .iter()
-        .filter(|t| {
-            t["DesiredState"] == "Running"
-                && t["CurrentState"]
-                    .as_str()
-                    .is_some_and(|s| s.starts_with("Running"))
-        })
-        .filter_map(|t| t["Node"].as_str().map(String::from))
-        .collect();
-    hosts.sort();
-    hosts
 }
 
 #[test]
@@ -102,7 +77,7 @@ fn the_seed_tutorial_with_a_local_image_on_three_nodes() {
     ] {
         assert!(out.contains(&line), "missing {line:?}:\n{out}");
     }
-    let hosts = running_hosts(m, &stack);
+    let hosts = running_hosts(m, &web);
     assert_eq!(hosts.len(), 5, "{hosts:?}");
     let distinct: BTreeSet<&String> = hosts.iter().collect();
     assert_eq!(
@@ -154,33 +129,7 @@ fn the_seed_tutorial_with_a_local_image_on_three_nodes() {
 
     // curl http://<any node>:4000/: each node's address is answered, and by containers on
     // other nodes too.
-    let ids = c.ids();
-    for n in &c.nodes {
-        let addr: SocketAddr = format!("{}:4000", n.addr().split(':').next().unwrap())
-            .parse()
-            .unwrap();
-        wait_for(
-            timeout(),
-            &format!("answers from other nodes through {}", n.name()),
-            || {
-                let mut from = BTreeSet::new();
-                for _ in 0..10 {
-                    let a = ask(addr)?;
-                    let node = ids
-                        .iter()
-                        .find(|id| a.contains(&format!("node={id}")))
-                        .ok_or(a.clone())?;
-                    from.insert(node.clone());
-                }
-                from.remove(n.id());
-                if from.is_empty() {
-                    Err("only local answers".into())
-                } else {
-                    Ok(from)
-                }
-            },
-        );
-    }
+    crate::mesh::answered_from_other_nodes(&c, 4000);
 
     // Edit the replica count and deploy again: the same service, updated in place.
     let before: Value = serde_json::from_str(&m.cli_ok(&["service", "inspect", &web])).unwrap();
@@ -190,7 +139,7 @@ fn the_seed_tutorial_with_a_local_image_on_three_nodes() {
     let after: Value = serde_json::from_str(&m.cli_ok(&["service", "inspect", &web])).unwrap();
     assert_eq!(before[0]["id"], after[0]["id"]);
     wait_until(timeout(), "three tasks and three containers", || {
-        running_hosts(m, &stack).len() == 3 && containers(&web).len() == 3
+        running_hosts(m, &web).len() == 3 && containers(&web).len() == 3
     });
 
     // rm: nothing of the stack is left, on skep or on the engine; the port closes.
