@@ -21,6 +21,7 @@ pub mod secret_obj;
 pub mod service;
 pub mod sm;
 pub mod testing;
+pub mod wire;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
