@@ -64,6 +64,8 @@ pub struct DaemonConfig {
     pub heartbeat_period: Duration,
     /// When the leader signs audit checkpoints (tests lower it).
     pub audit_checkpoints: crate::audit::checkpoint::CheckpointPolicy,
+    /// A Raft snapshot is built every this many log entries (tests lower it).
+    pub raft_snapshot_logs: u64,
 }
 
 /// Why the daemon could not run.
@@ -535,9 +537,13 @@ impl Daemon {
                 .await
                 .map_err(|e| DaemonError::Start(e.to_string()))?;
             let state = sm.state();
-            let config =
-                crate::manager::raft_config().map_err(|e| DaemonError::Start(e.to_string()))?;
-            let network = crate::manager::network::NetworkFactory::new(link.client_tls.clone());
+            let config = crate::manager::raft_config(self.cfg.raft_snapshot_logs)
+                .map_err(|e| DaemonError::Start(e.to_string()))?;
+            let sync_problems = crate::manager::network::SyncProblems::default();
+            let network = crate::manager::network::NetworkFactory::new(
+                link.client_tls.clone(),
+                sync_problems.clone(),
+            );
             let raft = crate::store::Raft::new(raft_id_of(&file.node_id), config, network, log, sm)
                 .await
                 .map_err(|e| DaemonError::Start(format!("starting raft: {e}")))?;
@@ -551,6 +557,7 @@ impl Daemon {
                     identity: identity.clone(),
                     manager_tls: link.client_tls.clone(),
                     heartbeat_period: self.cfg.heartbeat_period,
+                    sync_problems,
                 },
             );
             tasks.push(tokio::spawn(mgr.clone().run_liveness()));
@@ -755,7 +762,11 @@ impl Daemon {
             router = router
                 .add_service(CaServer::new(svc.clone()))
                 .add_service(DispatcherServer::new(svc.clone()))
-                .add_service(ManagerServer::new(svc));
+                .add_service(
+                    ManagerServer::new(svc)
+                        .max_decoding_message_size(crate::store::wire::MAX_MESSAGE_BYTES)
+                        .max_encoding_message_size(crate::store::wire::MAX_MESSAGE_BYTES),
+                );
             // Operators' CLIs: the Control API, behind the RBAC gate.
             if let Some(daemon) = self.me.get().and_then(std::sync::Weak::upgrade) {
                 router = router.add_service(crate::manager::gate::OperatorGate::new(

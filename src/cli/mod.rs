@@ -137,6 +137,11 @@ struct DaemonArgs {
     #[arg(long, hide = true, value_name = "DURATION", env = "SKEP_AUDIT_CHECKPOINT_INTERVAL",
           default_value = "60s", value_parser = positive_duration)]
     audit_checkpoint_interval: Duration,
+    /// For tests: build a Raft snapshot (and purge the log behind it) every N entries.
+    #[arg(long, hide = true, value_name = "N", env = "SKEP_RAFT_SNAPSHOT_LOGS",
+          default_value_t = crate::manager::DEFAULT_SNAPSHOT_LOGS,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    raft_snapshot_logs: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -605,6 +610,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
             every_records: args.audit_checkpoint_records,
             every_secs: args.audit_checkpoint_interval.as_secs().max(1),
         },
+        raft_snapshot_logs: args.raft_snapshot_logs,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -614,9 +620,15 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The log filter unless `SKEP_LOG` says otherwise. openraft logs every failed replication
+/// call, several times a second while a peer is down; skep's Raft network logs each distinct
+/// reason a peer is out of sync once instead (`skep::manager::network`).
+const DEFAULT_LOG: &str =
+    "info,openraft::replication=off,openraft::engine::handler::replication_handler=off";
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SKEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -33,7 +33,6 @@ use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-use crate::api::v1::manager_client::ManagerClient;
 use crate::api::v1::{JoinRaftRequest, RaftMessage};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Command, Node, NodeRole, NodeState, Response, State};
@@ -94,6 +93,16 @@ pub fn to_status(e: ManagerError) -> tonic::Status {
     }
 }
 
+/// How long the leader waits, per join call, for a new manager to catch up before it may vote
+/// (under the 15 s bound of a call; the joiner calls again while it makes progress).
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a joining manager keeps asking to become a voter while it catches up.
+const JOIN_WAIT: Duration = Duration::from_secs(60);
+
+/// How long a joining manager waits without any progress before it gives up.
+const JOIN_STALL: Duration = Duration::from_secs(15);
+
 /// The Raft node number of a node: derived from its ID, so no coordination is needed.
 pub fn raft_id_of(node_id: &str) -> u64 {
     let d = Sha256::digest(node_id.as_bytes());
@@ -102,15 +111,23 @@ pub fn raft_id_of(node_id: &str) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// openraft settings for skep: elections in a couple of seconds on a loaded machine.
-pub fn raft_config() -> Result<Arc<openraft::Config>, ManagerError> {
+/// A snapshot is built every this many log entries unless the daemon is told otherwise.
+pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
+
+/// openraft settings for skep: elections in a couple of seconds on a loaded machine; a
+/// snapshot every `snapshot_logs` entries, keeping a tenth of that behind it in the log.
+pub fn raft_config(snapshot_logs: u64) -> Result<Arc<openraft::Config>, ManagerError> {
     let config = openraft::Config {
         cluster_name: "skep".into(),
         heartbeat_interval: 250,
         election_timeout_min: 1500,
         election_timeout_max: 3000,
-        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
-        max_in_snapshot_log_to_keep: 100,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
+        max_in_snapshot_log_to_keep: snapshot_logs / 10,
+        // Entries per AppendEntries; the network also cuts each batch by bytes
+        // (crate::store::wire::APPEND_BUDGET_BYTES).
+        max_payload_entries: 300,
+        snapshot_max_chunk_size: crate::store::wire::SNAPSHOT_CHUNK_BYTES,
         ..Default::default()
     };
     config
@@ -133,6 +150,8 @@ pub struct ManagerIdentity {
     pub manager_tls: Arc<ClientConfig>,
     /// The agents' heartbeat period unless the cluster sets one.
     pub heartbeat_period: Duration,
+    /// Why replication to a peer fails, as the Raft network records it.
+    pub sync_problems: network::SyncProblems,
 }
 
 /// A running manager.
@@ -155,6 +174,7 @@ pub struct Manager {
     heartbeat_period: Duration,
     ca: Mutex<HashMap<String, Arc<skep_pki::RootCa>>>,
     reads: Mutex<audit::ReadCoalescer>,
+    sync_problems: network::SyncProblems,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -189,6 +209,7 @@ impl Manager {
             heartbeat_period: id.heartbeat_period,
             ca: Mutex::new(HashMap::new()),
             reads: Mutex::new(audit::ReadCoalescer::default()),
+            sync_problems: id.sync_problems,
         })
     }
 
@@ -328,6 +349,8 @@ impl Manager {
 
     /// Commits a command through Raft, forwarding it to the leader when this manager is not.
     pub async fn propose(&self, cmd: Command) -> Result<(), ManagerError> {
+        crate::store::wire::check_command(&cmd)
+            .map_err(|e| ManagerError::Invalid(e.to_string()))?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let err = match self.raft.client_write(cmd.clone()).await {
@@ -361,13 +384,13 @@ impl Manager {
             addr: addr.to_string(),
             reason,
         };
-        let payload = serde_json::to_vec(cmd).map_err(|e| fwd(e.to_string()))?;
-        let mut client = ManagerClient::new(self.peer(addr)?);
+        let payload = crate::store::wire::encode(cmd).map_err(|e| fwd(e.to_string()))?;
+        let mut client = network::manager_client(self.peer(addr)?);
         let resp = client
             .propose(RaftMessage { payload })
             .await
             .map_err(|s| fwd(s.message().to_string()))?;
-        let resp: Response = serde_json::from_slice(&resp.into_inner().payload)
+        let resp: Response = crate::store::wire::decode(&resp.into_inner().payload)
             .map_err(|e| fwd(format!("bad reply: {e}")))?;
         Ok(into_result(resp))
     }
@@ -575,16 +598,24 @@ impl Manager {
                 "node {node_id} is not a manager with Raft ID {raft_id}"
             )));
         }
-        self.raft
-            .add_learner(
-                raft_id,
-                BasicNode {
-                    addr: addr.to_string(),
-                },
-                true,
-            )
-            .await
-            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        let member = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&raft_id)
+            .is_some();
+        if !member {
+            let node = BasicNode {
+                addr: addr.to_string(),
+            };
+            self.raft
+                .add_learner(raft_id, node, false)
+                .await
+                .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        }
+        self.caught_up(raft_id, CATCH_UP_WAIT).await?;
         let mut voters = self.voters();
         voters.insert(raft_id);
         self.raft
@@ -594,10 +625,70 @@ impl Manager {
         Ok(())
     }
 
-    /// Removes a manager from the Raft membership (leader only).
+    /// Waits (at most `within`) until the learner `raft_id` holds the log up to what this
+    /// leader had when the wait began. A learner that does not is refused with how far it got
+    /// and why: it must never count towards a quorum it cannot serve.
+    async fn caught_up(&self, raft_id: u64, within: Duration) -> Result<(), ManagerError> {
+        let mut rx = self.raft.metrics();
+        let target = rx.borrow().last_log_index.unwrap_or(0);
+        let matched = |m: &openraft::RaftMetrics<u64, BasicNode>| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&raft_id).cloned().flatten())
+                .map(|l| l.index)
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let now = matched(&rx.borrow());
+            if now.is_some_and(|i| i >= target) {
+                return Ok(());
+            }
+            if !self.is_leader() {
+                return Err(ManagerError::NoLeader);
+            }
+            let timed_out = tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err();
+            if timed_out {
+                let why = self
+                    .sync_problems
+                    .get(raft_id)
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default();
+                return Err(ManagerError::Precondition(format!(
+                    "the new manager has not caught up with the Raft log yet: it holds index {} of {target}{why}; it stays a non-voting learner until it does, and the voters are unchanged",
+                    now.map_or_else(|| "none".to_string(), |i| i.to_string())
+                )));
+            }
+        }
+    }
+
+    /// Why replication to this Raft peer fails now, if it does (leader only knows).
+    pub fn sync_problem(&self, raft_id: u64) -> Option<String> {
+        self.sync_problems.get(raft_id)
+    }
+
+    /// Removes a manager from the Raft membership, as a voter or a learner (leader only).
     pub async fn remove_voter(&self, raft_id: u64) -> Result<(), ManagerError> {
         let mut voters = self.voters();
         if !voters.remove(&raft_id) {
+            let learner = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .learner_ids()
+                .any(|l| l == raft_id);
+            if learner {
+                self.raft
+                    .change_membership(
+                        openraft::ChangeMembers::RemoveNodes(BTreeSet::from([raft_id])),
+                        false,
+                    )
+                    .await
+                    .map_err(|e| ManagerError::Raft(e.to_string()))?;
+            }
             return Ok(());
         }
         if voters.is_empty() {
@@ -624,11 +715,20 @@ impl Manager {
 
     /// Asks the leader (through any manager) to add this manager as a voter.
     pub async fn join_raft(&self, via: &[String]) -> Result<(), ManagerError> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + JOIN_WAIT;
         let mut last = ManagerError::NoLeader;
+        // The leader's "not caught up" reply names how far this manager got: the same reply
+        // for JOIN_STALL means no progress, and the join gives up early.
+        let mut lagging: Option<(String, Instant)> = None; // (index held, since)
         while Instant::now() < deadline {
+            if lagging
+                .as_ref()
+                .is_some_and(|(_, since)| since.elapsed() >= JOIN_STALL)
+            {
+                break;
+            }
             for addr in via.iter().filter(|a| **a != self.addr) {
-                let mut client = ManagerClient::new(self.peer(addr)?);
+                let mut client = network::manager_client(self.peer(addr)?);
                 match client
                     .join_raft(JoinRaftRequest {
                         raft_id: self.raft_id,
@@ -638,14 +738,32 @@ impl Manager {
                 {
                     Ok(_) => return Ok(()),
                     Err(s) => {
+                        let reason = s.message().to_string();
+                        if let Some(held) = held_index(&reason) {
+                            match &lagging {
+                                Some((h, _)) if *h == held => {}
+                                _ => lagging = Some((held, Instant::now())),
+                            }
+                        }
                         last = ManagerError::Forward {
                             addr: addr.clone(),
-                            reason: s.message().to_string(),
+                            reason,
                         }
                     }
                 }
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // Leave no learner behind: the leader drops it from the membership.
+        for addr in via.iter().filter(|a| **a != self.addr) {
+            if let Ok(ch) = self.peer(addr)
+                && network::manager_client(ch)
+                    .leave_raft(crate::api::v1::Empty {})
+                    .await
+                    .is_ok()
+            {
+                break;
+            }
         }
         Err(last)
     }
@@ -673,6 +791,13 @@ impl Manager {
             },
         )])
     }
+}
+
+/// How far a joining manager got, from the leader's "has not caught up" reply (which says
+/// "it holds index N of M"): the same answer twice means no progress.
+fn held_index(reason: &str) -> Option<String> {
+    let rest = reason.split_once("it holds index ")?.1;
+    Some(rest.split_once(' ')?.0.to_string())
 }
 
 fn into_result(r: Response) -> Result<(), ManagerError> {
@@ -724,4 +849,16 @@ impl Manager {
 /// A node-state audit helper used by several services.
 pub fn event(actor: Actor, action: &str, target: &str, outcome: Outcome) -> AuditEvent {
     AuditEvent::now(actor, action, target, outcome)
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::held_index;
+
+    #[test]
+    fn the_index_a_lagging_joiner_holds_is_read_from_the_leaders_reply() {
+        let r = "the new manager has not caught up with the Raft log yet: it holds index 17 of 40 (x); it stays";
+        assert_eq!(held_index(r).as_deref(), Some("17"));
+        assert_eq!(held_index("not the leader").as_deref(), None);
+    }
 }

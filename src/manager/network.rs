@@ -1,7 +1,15 @@
-//! openraft's network over skep's mTLS gRPC: each Raft RPC is a JSON payload in a
-//! `RaftMessage`, sent with this manager's own certificate to the peer's `Manager` service.
+//! openraft's network over skep's mTLS gRPC: each Raft RPC is a postcard payload in a
+//! `RaftMessage` (see [`crate::store::wire`] for the encoding and the budgets), sent with
+//! this manager's own certificate to the peer's `Manager` service.
+//!
+//! AppendEntries is cut by bytes here: openraft 0.9 batches by entry count only, so when its
+//! batch is over the peer's budget (at most [`wire::APPEND_BUDGET_BYTES`], halved whenever
+//! openraft's per-call deadline of one heartbeat interval cut a call short) the front that
+//! fits is sent and reported as a partial success; openraft sends the rest next. A peer that cannot take what it is sent is
+//! recorded in [`SyncProblems`] (shown by `node ls`) and logged once per distinct reason.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use openraft::BasicNode;
 use openraft::error::{
@@ -20,17 +28,61 @@ use tonic::transport::Channel;
 use crate::api::v1::RaftMessage;
 use crate::api::v1::manager_client::ManagerClient;
 use crate::store::TypeConfig;
+use crate::store::wire;
+
+/// Why replication to a peer fails now, by Raft ID (empty when every peer takes what it is
+/// sent). Shared between the Raft network and the status the leader shows.
+#[derive(Clone, Default)]
+pub struct SyncProblems(Arc<Mutex<HashMap<u64, String>>>);
+
+impl SyncProblems {
+    /// The reason replication to `raft_id` fails, if it does.
+    pub fn get(&self, raft_id: u64) -> Option<String> {
+        self.lock().get(&raft_id).cloned()
+    }
+
+    /// Records the outcome of a call to `raft_id`, logging only when the reason changes.
+    fn record(&self, raft_id: u64, problem: Option<String>) {
+        let mut map = self.lock();
+        match problem {
+            Some(p) => {
+                if map.get(&raft_id) != Some(&p) {
+                    tracing::warn!(peer = raft_id, reason = %p, "raft peer is out of sync");
+                    map.insert(raft_id, p);
+                }
+            }
+            None => {
+                if map.remove(&raft_id).is_some() {
+                    tracing::info!(peer = raft_id, "raft peer takes replication again");
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A client for a manager's `Manager` service with the agreed message budget both ways.
+pub fn manager_client(ch: Channel) -> ManagerClient<Channel> {
+    ManagerClient::new(ch)
+        .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES)
+}
 
 /// Builds a client per Raft peer.
 #[derive(Clone)]
 pub struct NetworkFactory {
     tls: Arc<ClientConfig>,
+    problems: SyncProblems,
 }
 
 impl NetworkFactory {
-    /// Peers are reached with this TLS client config (the manager's own identity).
-    pub fn new(tls: Arc<ClientConfig>) -> Self {
-        NetworkFactory { tls }
+    /// Peers are reached with this TLS client config (the manager's own identity); failures
+    /// to replicate are recorded in `problems`.
+    pub fn new(tls: Arc<ClientConfig>, problems: SyncProblems) -> Self {
+        NetworkFactory { tls, problems }
     }
 }
 
@@ -39,28 +91,43 @@ pub struct PeerClient {
     target: u64,
     client: Option<ManagerClient<Channel>>,
     error: Option<String>,
+    problems: SyncProblems,
+    /// Bytes of entries the next AppendEntries may carry: halved each time openraft gave up
+    /// on one (its deadline is a heartbeat interval), grown back after each that completes,
+    /// so a slow link or a loaded peer still moves the log forward, one entry at least.
+    budget: usize,
+    /// An AppendEntries began and has not finished: if the next one finds this set, openraft
+    /// dropped it at its deadline.
+    in_flight: bool,
 }
+
+/// The smallest AppendEntries budget (one entry is sent whatever its size).
+const MIN_APPEND_BUDGET: usize = 64 << 10;
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
-        match crate::net::channel(&node.addr, self.tls.clone()) {
-            Ok(ch) => PeerClient {
-                target,
-                client: Some(ManagerClient::new(ch)),
-                error: None,
-            },
-            Err(e) => PeerClient {
-                target,
-                client: None,
-                error: Some(e.to_string()),
-            },
+        let (client, error) = match crate::net::channel(&node.addr, self.tls.clone()) {
+            Ok(ch) => (Some(manager_client(ch)), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        PeerClient {
+            target,
+            client,
+            error,
+            problems: self.problems.clone(),
+            budget: wire::APPEND_BUDGET_BYTES,
+            in_flight: false,
         }
     }
 }
 
 type RpcErr<E> = RPCError<u64, BasicNode, E>;
+
+fn unreachable<E: std::error::Error>(msg: String) -> RpcErr<E> {
+    RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg)))
+}
 
 impl PeerClient {
     async fn call<Req, Resp, E>(&mut self, kind: Kind, req: &Req) -> Result<Resp, RpcErr<E>>
@@ -70,25 +137,41 @@ impl PeerClient {
         E: std::error::Error + DeserializeOwned,
     {
         let Some(client) = self.client.as_mut() else {
-            let msg = self.error.clone().unwrap_or_default();
-            return Err(RPCError::Unreachable(Unreachable::new(
-                &std::io::Error::other(msg),
-            )));
+            return Err(unreachable(self.error.clone().unwrap_or_default()));
         };
-        let payload =
-            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = wire::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if payload.len() > wire::MAX_MESSAGE_BYTES {
+            // Only a log entry written before the command limit existed can get here.
+            let why = format!(
+                "a {} message of {} bytes is over the {} byte budget",
+                kind.name(),
+                payload.len(),
+                wire::MAX_MESSAGE_BYTES
+            );
+            self.problems.record(self.target, Some(why.clone()));
+            return Err(unreachable(why));
+        }
         let msg = RaftMessage { payload };
         let resp = match kind {
             Kind::Append => client.raft_append(msg).await,
             Kind::Vote => client.raft_vote(msg).await,
             Kind::Snapshot => client.raft_snapshot(msg).await,
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(s) => {
+                let why = format!("{} refused or failed: {}", kind.name(), s.message());
+                // Votes go to every peer, reachable or not: only replication sets the status.
+                if !matches!(kind, Kind::Vote) {
+                    self.problems.record(self.target, Some(why.clone()));
+                }
+                return Err(unreachable(why));
+            }
+        };
+        if !matches!(kind, Kind::Vote) {
+            self.problems.record(self.target, None);
         }
-        .map_err(|s| {
-            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(
-                s.message().to_string(),
-            )))
-        })?;
-        let result: Result<Resp, E> = serde_json::from_slice(&resp.into_inner().payload)
+        let result: Result<Resp, E> = wire::decode(&resp.into_inner().payload)
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
@@ -101,13 +184,48 @@ enum Kind {
     Snapshot,
 }
 
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Append => "append-entries",
+            Kind::Vote => "vote",
+            Kind::Snapshot => "install-snapshot",
+        }
+    }
+}
+
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr<RaftError<u64>>> {
-        self.call(Kind::Append, &rpc).await
+        if std::mem::replace(&mut self.in_flight, true) {
+            self.budget = (self.budget / 2).max(MIN_APPEND_BUDGET);
+            self.problems.record(
+                self.target,
+                Some(format!(
+                    "append-entries did not finish within openraft's deadline; now sending at most {} KiB at a time",
+                    self.budget >> 10
+                )),
+            );
+        }
+        let fit = wire::cut_entries(&rpc.entries, self.budget)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let cut = fit < rpc.entries.len();
+        rpc.entries.truncate(fit);
+        let sent_up_to = rpc.entries.last().map(|e| e.log_id);
+        let resp = self.call(Kind::Append, &rpc).await;
+        self.in_flight = false;
+        if resp.is_ok() {
+            self.budget = (self.budget * 2).min(wire::APPEND_BUDGET_BYTES);
+        }
+        match resp? {
+            AppendEntriesResponse::Success if cut => {
+                Ok(AppendEntriesResponse::PartialSuccess(sent_up_to))
+            }
+            other => Ok(other),
+        }
     }
 
     async fn install_snapshot(

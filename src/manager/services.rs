@@ -820,11 +820,11 @@ impl Services {
         Resp: serde::Serialize,
     {
         self.require(&req, action, true).await?;
-        let body: Req = serde_json::from_slice(&req.into_inner().payload)
-            .map_err(|e| Status::invalid_argument(format!("malformed {action} payload: {e}")))?;
+        let body: Req = crate::store::wire::decode(&req.into_inner().payload)
+            .map_err(|e| Status::invalid_argument(format!("{action}: {e}")))?;
         let out = f(body).await;
-        let payload = serde_json::to_vec(&out)
-            .map_err(|e| Status::internal(format!("encoding reply: {e}")))?;
+        let payload = crate::store::wire::encode(&out)
+            .map_err(|e| Status::internal(format!("{action}: {e}")))?;
         Ok(Response::new(RaftMessage { payload }))
     }
 }
