@@ -20,6 +20,7 @@ mod health;
 mod lifecycle;
 mod mesh;
 mod operators;
+mod raft_traffic;
 mod roles;
 mod runtime;
 mod secret_delivery;
