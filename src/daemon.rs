@@ -9,6 +9,7 @@
 //!    node.key.sealed   the node's TLS private key, sealed by the KEK
 //!    node.crt root.crt certificates (DER)
 //!    raft/             sealed Raft log, vote and snapshots (managers)
+//!    raft.anchor       sealed rollback anchor of raft/ (managers; see store::anchor)
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,6 +65,9 @@ pub struct DaemonConfig {
     pub heartbeat_period: Duration,
     /// When the leader signs audit checkpoints (tests lower it).
     pub audit_checkpoints: crate::audit::checkpoint::CheckpointPolicy,
+    /// `--force-rollback`: start a manager whose Raft store is older than its anchor (the
+    /// operator accepts the older state; audited as `store.rollback.forced`).
+    pub force_rollback: bool,
 }
 
 /// Why the daemon could not run.
@@ -152,10 +156,16 @@ impl Running {
             t.abort();
         }
         self.supervisor.stop_all().await;
-        if let Some(m) = self.manager
-            && let Err(e) = m.raft.shutdown().await
-        {
-            tracing::warn!(error = %e, "raft shutdown");
+        if let Some(m) = self.manager {
+            if let Err(e) = m.raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown");
+            }
+            // A clean stop leaves the anchor at what the store holds.
+            if let Some(k) = m.anchor_keeper()
+                && let Err(e) = k.refresh().await
+            {
+                tracing::warn!(error = %e, "cannot refresh the store anchor at shutdown");
+            }
         }
     }
 }
@@ -308,6 +318,10 @@ impl Paths {
     }
     fn raft(&self) -> PathBuf {
         self.0.join("raft")
+    }
+    /// The rollback anchor of `raft/`, outside it (see [`crate::store::anchor`]).
+    fn anchor(&self) -> PathBuf {
+        self.0.join(crate::store::anchor::ANCHOR_FILE)
     }
     fn tasks(&self) -> PathBuf {
         self.0.join("tasks")
@@ -531,7 +545,17 @@ impl Daemon {
             let dek = kek
                 .unwrap(&read(&p.dek())?)
                 .map_err(|e| DaemonError::Corrupt(p.dek(), e.to_string()))?;
-            let (log, sm) = crate::store::open(&p.raft(), dek)
+            let policy = if self.cfg.force_rollback {
+                crate::store::RollbackPolicy::Accept
+            } else {
+                crate::store::RollbackPolicy::Refuse
+            };
+            let crate::store::Anchored {
+                log,
+                sm,
+                keeper,
+                rolled_back,
+            } = crate::store::open_anchored(&p.raft(), &p.anchor(), dek, policy)
                 .await
                 .map_err(|e| DaemonError::Start(e.to_string()))?;
             let state = sm.state();
@@ -553,6 +577,15 @@ impl Daemon {
                     heartbeat_period: self.cfg.heartbeat_period,
                 },
             );
+            mgr.set_anchor_keeper(keeper.clone());
+            tasks.push(tokio::spawn(keeper.run()));
+            if let Some(details) = rolled_back {
+                tasks.push(tokio::spawn(audit_forced_rollback(
+                    mgr.clone(),
+                    p.raft(),
+                    details,
+                )));
+            }
             tasks.push(tokio::spawn(mgr.clone().run_liveness()));
             tasks.push(tokio::spawn(
                 mgr.clone().run_revocations(link.revocations.clone()),
@@ -642,6 +675,17 @@ impl Daemon {
             }),
         };
         remove_raft()?;
+        // The anchor belonged to the removed store (and its data key).
+        match std::fs::remove_file(p.anchor()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DaemonError::Io {
+                    what: "removing the store anchor of this node's former role",
+                    path: p.anchor(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
         let mut file = r.file.clone();
         file.role = role;
         match role {
@@ -1672,6 +1716,27 @@ fn node_info(m: &Manager, n: &Node, self_id: &str) -> NodeInfo {
         runtimes: n.runtimes.iter().map(|r| r.as_str().to_string()).collect(),
         nano_cpus: n.resources.nano_cpus,
         memory_bytes: n.resources.memory_bytes,
+    }
+}
+
+/// Appends the audit record of a start with `--force-rollback` that accepted an older store,
+/// retrying until it is committed (the manager may wait for a leader).
+async fn audit_forced_rollback(mgr: Arc<Manager>, raft_dir: PathBuf, details: String) {
+    let event = AuditEvent::now(
+        Actor::local_admin(&mgr.node_id),
+        "store.rollback.forced",
+        &raft_dir.display().to_string(),
+        Outcome::Ok,
+    )
+    .with("details", details);
+    loop {
+        match mgr.propose(Command::Audit(event.clone())).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot audit the forced rollback yet; retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

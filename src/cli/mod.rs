@@ -137,6 +137,12 @@ struct DaemonArgs {
     #[arg(long, hide = true, value_name = "DURATION", env = "SKEP_AUDIT_CHECKPOINT_INTERVAL",
           default_value = "60s", value_parser = positive_duration)]
     audit_checkpoint_interval: Duration,
+    /// Start a manager whose Raft store is older than its anchor (a deleted, emptied or
+    /// restored log): accept losing what came after. Audited as `store.rollback.forced`.
+    /// Prefer removing the manager from another one and re-joining it with an empty data
+    /// directory.
+    #[arg(long)]
+    force_rollback: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -605,6 +611,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
             every_records: args.audit_checkpoint_records,
             every_secs: args.audit_checkpoint_interval.as_secs().max(1),
         },
+        force_rollback: args.force_rollback,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

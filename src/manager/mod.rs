@@ -155,6 +155,8 @@ pub struct Manager {
     heartbeat_period: Duration,
     ca: Mutex<HashMap<String, Arc<skep_pki::RootCa>>>,
     reads: Mutex<audit::ReadCoalescer>,
+    /// Keeps the store's rollback anchor (set by the daemon after opening the store).
+    anchor: std::sync::OnceLock<Arc<crate::store::anchor::Keeper>>,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -189,7 +191,18 @@ impl Manager {
             heartbeat_period: id.heartbeat_period,
             ca: Mutex::new(HashMap::new()),
             reads: Mutex::new(audit::ReadCoalescer::default()),
+            anchor: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the keeper of the store's rollback anchor (once).
+    pub fn set_anchor_keeper(&self, keeper: Arc<crate::store::anchor::Keeper>) {
+        let _ = self.anchor.set(keeper);
+    }
+
+    /// The keeper of the store's rollback anchor.
+    pub fn anchor_keeper(&self) -> Option<&Arc<crate::store::anchor::Keeper>> {
+        self.anchor.get()
     }
 
     /// Reads the replicated state as this manager has applied it.

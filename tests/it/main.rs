@@ -27,4 +27,5 @@ mod secrets;
 mod service_cli;
 mod services;
 mod stacks;
+mod store_faults;
 mod tutorial;
