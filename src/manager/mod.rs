@@ -74,6 +74,12 @@ pub enum ManagerError {
     /// The cluster is not in a state that allows this.
     #[error("{0}")]
     Precondition(String),
+    /// This manager's own store failed: it serves nothing that needs the store until the
+    /// cause is gone (it restarts itself then).
+    #[error(
+        "this manager's store failed: {0}; it is not acting as a manager until that is fixed (it restarts itself once the store can be written again); meanwhile use another manager"
+    )]
+    StoreFailed(String),
 }
 
 /// Maps a manager error to the status a peer sees. Raft internals stay in our log.
@@ -87,7 +93,9 @@ pub fn to_status(e: ManagerError) -> tonic::Status {
             tracing::warn!(error = %r, "raft error");
             tonic::Status::unavailable("the cluster store is unavailable; retry shortly")
         }
-        ManagerError::Forward { .. } => tonic::Status::unavailable(e.to_string()),
+        ManagerError::Forward { .. } | ManagerError::StoreFailed(_) => {
+            tonic::Status::unavailable(e.to_string())
+        }
         ManagerError::Denied(_) => tonic::Status::permission_denied(e.to_string()),
         ManagerError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
         ManagerError::NotFound(_) => tonic::Status::not_found(e.to_string()),
@@ -155,6 +163,8 @@ pub struct Manager {
     heartbeat_period: Duration,
     ca: Mutex<HashMap<String, Arc<skep_pki::RootCa>>>,
     reads: Mutex<audit::ReadCoalescer>,
+    /// Why this manager's store failed, once it has (see [`Manager::fail_store`]).
+    store_fault: tokio::sync::watch::Sender<Option<String>>,
     /// Keeps the store's rollback anchor (set by the daemon after opening the store).
     anchor: std::sync::OnceLock<Arc<crate::store::anchor::Keeper>>,
 }
@@ -191,8 +201,43 @@ impl Manager {
             heartbeat_period: id.heartbeat_period,
             ca: Mutex::new(HashMap::new()),
             reads: Mutex::new(audit::ReadCoalescer::default()),
+            store_fault: tokio::sync::watch::Sender::new(None),
             anchor: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Why this manager's store failed, if it did. A failed manager is not the leader, knows
+    /// no leader, and refuses reads and writes with this cause.
+    pub fn store_fault(&self) -> Option<String> {
+        self.store_fault.borrow().clone()
+    }
+
+    /// A receiver of [`Manager::store_fault`].
+    pub fn subscribe_store_fault(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.store_fault.subscribe()
+    }
+
+    /// Marks this manager's store as failed, with the cause operators see.
+    pub fn fail_store(&self, cause: String) {
+        self.store_fault.send_replace(Some(cause));
+    }
+
+    /// `Err` with the cause when this manager's store failed.
+    pub fn check_store(&self) -> Result<(), ManagerError> {
+        match self.store_fault() {
+            Some(cause) => Err(ManagerError::StoreFailed(cause)),
+            None => Ok(()),
+        }
+    }
+
+    /// After Raft reported a fatal error: the store's failure as the daemon diagnosed it
+    /// (it does within a moment), or the raw error.
+    async fn fatal(&self, e: impl std::fmt::Display) -> ManagerError {
+        let mut rx = self.store_fault.subscribe();
+        match tokio::time::timeout(Duration::from_secs(3), rx.wait_for(Option::is_some)).await {
+            Ok(Ok(cause)) => ManagerError::StoreFailed(cause.clone().unwrap_or_default()),
+            _ => ManagerError::Raft(e.to_string()),
+        }
     }
 
     /// Sets the keeper of the store's rollback anchor (once).
@@ -212,6 +257,9 @@ impl Manager {
 
     /// The current leader's Raft ID, if known.
     pub fn leader_id(&self) -> Option<u64> {
+        if self.store_fault.borrow().is_some() {
+            return None;
+        }
         self.raft.metrics().borrow().current_leader
     }
 
@@ -222,8 +270,8 @@ impl Manager {
 
     /// The leader's address, from the Raft membership.
     pub fn leader_addr(&self) -> Option<String> {
+        let leader = self.leader_id()?;
         let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader?;
         m.membership_config
             .membership()
             .get_node(&leader)
@@ -343,6 +391,7 @@ impl Manager {
     pub async fn propose(&self, cmd: Command) -> Result<(), ManagerError> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
+            self.check_store()?;
             let err = match self.raft.client_write(cmd.clone()).await {
                 Ok(resp) => return into_result(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -356,6 +405,7 @@ impl Manager {
                         _ => ManagerError::NoLeader,
                     }
                 }
+                Err(e @ RaftError::Fatal(_)) => return Err(self.fatal(e).await),
                 Err(e) => ManagerError::Raft(e.to_string()),
             };
             if Instant::now() >= deadline || matches!(err, ManagerError::Rejected(_)) {

@@ -8,11 +8,62 @@
 //!   by an older copy refuses to start, saying why, unless started with `--force-rollback`
 //!   (which is audited).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use super::harness::{Node, json_lines, run, stderr, timeout, wait_for, wait_until};
+use super::harness::{
+    Cluster, Node, find_node, json_lines, leader_id, run, stderr, summary, timeout, wait_for,
+    wait_until,
+};
+
+/// Mounts a tmpfs of `size` (e.g. "48m") on `dir`, mode 0700. The harness unmounts whatever is
+/// mounted under a node's directory when the node is dropped.
+fn mount_tmpfs(dir: &Path, size: &str) {
+    let out = run(
+        Command::new("mount").args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ]),
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "mounting a tmpfs on {}: {}",
+        dir.display(),
+        stderr(&out)
+    );
+}
+
+/// Fills the file system of `dir` with a file of zeros until it says ENOSPC; returns the
+/// file (delete it to free the space).
+fn fill(dir: &Path) -> PathBuf {
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let mut chunk = vec![0u8; 1 << 20];
+    while !chunk.is_empty() {
+        match f.write(&chunk) {
+            Ok(0) => chunk.truncate(chunk.len() / 2),
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(28) => chunk.truncate(chunk.len() / 2),
+            Err(e) => panic!("filling {}: {e}", path.display()),
+        }
+    }
+    let _ = f.sync_all();
+    path
+}
+
+/// The manager status of node `id` in `node ls` on `via`.
+fn manager_status(via: &Node, id: &str) -> Result<String, String> {
+    let nodes = via.try_node_ls()?;
+    let n = find_node(&nodes, id).ok_or_else(|| summary(&nodes))?;
+    Ok(n["ManagerStatus"].as_str().unwrap_or("").to_string())
+}
 
 /// Names of the secrets `node` lists, or why it could not.
 fn secret_names(node: &Node) -> Result<Vec<String>, String> {
@@ -24,6 +75,113 @@ fn secret_names(node: &Node) -> Result<Vec<String>, String> {
         .iter()
         .filter_map(|s| s["Name"].as_str().map(str::to_string))
         .collect())
+}
+
+#[test]
+fn a_full_disk_on_the_leader_fails_loudly_and_recovers() {
+    let cluster = Cluster::init_prepared(3, 0, &[], &[], |n| mount_tmpfs(&n.data_dir(), "48m"));
+    let listed = cluster.wait_all_ready(0);
+    let old_leader = leader_id(&listed).unwrap();
+    let li = cluster.index_of(&old_leader);
+    let leader = &cluster.nodes[li];
+    let others: Vec<&Node> = cluster
+        .managers()
+        .iter()
+        .filter(|n| n.id() != old_leader)
+        .collect();
+    let mut acked = vec!["before".to_string()];
+    leader.cli_stdin(&["secret", "create", "before", "-"], "v");
+
+    // Fill the leader's disk; write through it until its store fails.
+    let filler = fill(&leader.data_dir());
+    let value = "x".repeat(16 * 1024);
+    let mut failure = None;
+    for i in 0..400 {
+        let name = format!("full-{i}");
+        let out = leader.cli_stdin(&["secret", "create", &name, "-"], &value);
+        if out.status.success() {
+            acked.push(name);
+        } else {
+            failure = Some(stderr(&out));
+            break;
+        }
+    }
+    let failure = failure.expect("writes through the leader kept succeeding on a full disk");
+    eprintln!("first failed write on the full disk: {failure}");
+
+    // The others elect a leader among themselves, and writes through them succeed.
+    let new_leader = wait_for(timeout(), "a leader among the other managers", || {
+        let nodes = others[0].try_node_ls()?;
+        match leader_id(&nodes) {
+            Some(id) if id != old_leader => Ok(id),
+            _ => Err(summary(&nodes)),
+        }
+    });
+    assert_ne!(new_leader, old_leader);
+    for i in 0..3 {
+        let name = format!("after-{i}");
+        let out = others[0].cli_stdin(&["secret", "create", &name, "-"], "v");
+        assert!(out.status.success(), "{}", stderr(&out));
+        acked.push(name);
+    }
+
+    // The failed manager is shown unavailable, with the cause, by the others.
+    for via in &others {
+        let status =
+            wait_for(
+                timeout(),
+                "the failed manager shown as unavailable",
+                || match manager_status(via, &old_leader)? {
+                    s if s.contains("disk full") && s.starts_with("Unavailable") => Ok(s),
+                    s => Err(s),
+                },
+            );
+        assert!(status != "Leader" && status != "Reachable", "{status}");
+    }
+    // It refuses reads and writes, naming the full disk.
+    let data_dir = leader.data_dir().to_string_lossy().into_owned();
+    let err = wait_for(
+        timeout(),
+        "the failed manager's CLI naming the disk",
+        || match secret_names(leader) {
+            Err(e) if e.contains("disk full on") && e.contains(&data_dir) => Ok(e),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    eprintln!("the failed manager says: {err}");
+    let out = leader.cli_stdin(&["secret", "create", "refused", "-"], "v");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("disk full on"), "{}", stderr(&out));
+
+    // Free the space: it comes back on its own, Reachable, with every acknowledged write.
+    std::fs::remove_file(&filler).unwrap();
+    for via in &others {
+        wait_for(
+            timeout() * 2,
+            "the recovered manager Reachable",
+            || match manager_status(via, &old_leader)? {
+                s if s == "Reachable" || s == "Leader" => Ok(()),
+                s => Err(s),
+            },
+        );
+    }
+    wait_for(
+        timeout() * 2,
+        "every acknowledged secret on the recovered manager",
+        || {
+            let names = secret_names(leader)?;
+            let missing: Vec<&String> = acked.iter().filter(|a| !names.contains(a)).collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        },
+    );
+    assert!(
+        leader.log().contains("re-executing"),
+        "the manager should have restarted itself"
+    );
 }
 
 // ------------------------------------------------------------------ rollback
