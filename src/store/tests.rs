@@ -694,3 +694,44 @@ async fn a_store_from_before_anchors_is_anchored_on_first_open() {
     assert!(a.log.is_anchored().await.unwrap());
     assert!(root.path().join(anchor::ANCHOR_FILE).exists());
 }
+
+#[tokio::test]
+async fn an_older_snapshot_file_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    let snap = root.path().join("raft").join(SNAPSHOT_FILE);
+    let all = entries(12);
+    let older = {
+        let mut a = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+            .await
+            .unwrap();
+        a.log.blocking_append(all.clone()).await.unwrap();
+        a.log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        a.log.save_committed(Some(log_id(1, 12))).await.unwrap();
+        apply_all(&mut a.sm, all[..6].to_vec()).await;
+        a.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let older = std::fs::read(&snap).unwrap();
+        apply_all(&mut a.sm, all[6..].to_vec()).await;
+        a.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(a.keeper.refresh().await.unwrap());
+        older
+    };
+    std::fs::write(&snap, older).unwrap();
+    let err = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+        .await
+        .err()
+        .expect("an older snapshot opened");
+    assert!(
+        err.to_string()
+            .contains("the snapshot is at index 6 but one at index 12 was written"),
+        "{err}"
+    );
+}
