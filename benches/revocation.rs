@@ -238,6 +238,7 @@ async fn heartbeat(ch: &Channel, hostname: &str) -> Result<(), String> {
             hostname: hostname.into(),
             addr: "0.0.0.0:2377".into(),
             port_errors: Vec::new(),
+            store_error: String::new(),
         })
         .await
         .map(|_| ())

@@ -396,6 +396,7 @@ async fn sim_node(
                 hostname: host.clone(),
                 addr: "0.0.0.0:2377".into(),
                 port_errors: Vec::new(),
+                store_error: String::new(),
             };
             if let Ok(r) = hb.heartbeat(req).await {
                 let ms = r.into_inner().period_ms;

@@ -9,6 +9,7 @@
 //!    node.key.sealed   the node's TLS private key, sealed by the KEK
 //!    node.crt root.crt certificates (DER)
 //!    raft/             sealed Raft log, vote and snapshots (managers)
+//!    raft.anchor       sealed rollback anchor of raft/ (managers; see store::anchor)
 //! ```
 
 use std::collections::BTreeMap;
@@ -66,6 +67,9 @@ pub struct DaemonConfig {
     pub audit_checkpoints: crate::audit::checkpoint::CheckpointPolicy,
     /// A Raft snapshot is built every this many log entries (tests lower it).
     pub raft_snapshot_logs: u64,
+    /// `--force-rollback`: start a manager whose Raft store is older than its anchor (the
+    /// operator accepts the older state; audited as `store.rollback.forced`).
+    pub force_rollback: bool,
 }
 
 /// Why the daemon could not run.
@@ -154,10 +158,16 @@ impl Running {
             t.abort();
         }
         self.supervisor.stop_all().await;
-        if let Some(m) = self.manager
-            && let Err(e) = m.raft.shutdown().await
-        {
-            tracing::warn!(error = %e, "raft shutdown");
+        if let Some(m) = self.manager {
+            if let Err(e) = m.raft.shutdown().await {
+                tracing::warn!(error = %e, "raft shutdown");
+            }
+            // A clean stop leaves the anchor at what the store holds.
+            if let Some(k) = m.anchor_keeper()
+                && let Err(e) = k.refresh().await
+            {
+                tracing::warn!(error = %e, "cannot refresh the store anchor at shutdown");
+            }
         }
     }
 }
@@ -310,6 +320,10 @@ impl Paths {
     }
     fn raft(&self) -> PathBuf {
         self.0.join("raft")
+    }
+    /// The rollback anchor of `raft/`, outside it (see [`crate::store::anchor`]).
+    fn anchor(&self) -> PathBuf {
+        self.0.join(crate::store::anchor::ANCHOR_FILE)
     }
     fn tasks(&self) -> PathBuf {
         self.0.join("tasks")
@@ -533,7 +547,17 @@ impl Daemon {
             let dek = kek
                 .unwrap(&read(&p.dek())?)
                 .map_err(|e| DaemonError::Corrupt(p.dek(), e.to_string()))?;
-            let (log, sm) = crate::store::open(&p.raft(), dek)
+            let policy = if self.cfg.force_rollback {
+                crate::store::RollbackPolicy::Accept
+            } else {
+                crate::store::RollbackPolicy::Refuse
+            };
+            let crate::store::Anchored {
+                log,
+                sm,
+                keeper,
+                rolled_back,
+            } = crate::store::open_anchored(&p.raft(), &p.anchor(), dek, policy)
                 .await
                 .map_err(|e| DaemonError::Start(e.to_string()))?;
             let state = sm.state();
@@ -560,6 +584,16 @@ impl Daemon {
                     sync_problems,
                 },
             );
+            mgr.set_anchor_keeper(keeper.clone());
+            tasks.push(tokio::spawn(keeper.run()));
+            tasks.push(tokio::spawn(watch_store(mgr.clone(), p.raft())));
+            if let Some(details) = rolled_back {
+                tasks.push(tokio::spawn(audit_forced_rollback(
+                    mgr.clone(),
+                    p.raft(),
+                    details,
+                )));
+            }
             tasks.push(tokio::spawn(mgr.clone().run_liveness()));
             tasks.push(tokio::spawn(
                 mgr.clone().run_revocations(link.revocations.clone()),
@@ -602,6 +636,7 @@ impl Daemon {
             swarm_addr: link.swarm_addr.clone(),
             port_errors: link.port_errors.clone(),
             issuer_checked: Default::default(),
+            store_fault: manager.as_ref().map(|m| m.subscribe_store_fault()),
         };
         tasks.push(tokio::spawn(agent.run()));
         Ok((manager, tasks))
@@ -649,6 +684,17 @@ impl Daemon {
             }),
         };
         remove_raft()?;
+        // The anchor belonged to the removed store (and its data key).
+        match std::fs::remove_file(p.anchor()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DaemonError::Io {
+                    what: "removing the store anchor of this node's former role",
+                    path: p.anchor(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
         let mut file = r.file.clone();
         file.role = role;
         match role {
@@ -1238,7 +1284,10 @@ impl Daemon {
                 manager: Some(m),
                 file,
                 ..
-            }) => f(m, file),
+            }) => {
+                m.check_store().map_err(to_status)?;
+                f(m, file)
+            }
         }
     }
 }
@@ -1672,7 +1721,10 @@ fn node_info(m: &Manager, n: &Node, self_id: &str) -> NodeInfo {
         role: n.role.as_str().into(),
         status: n.state.as_str().into(),
         availability: n.availability.as_str().into(),
-        manager_status: m.manager_status(n).into(),
+        manager_status: match m.read(|s| s.store_errors.get(&n.id).cloned()) {
+            Some(e) if n.role == NodeRole::Manager => format!("Unavailable (store failed: {e})"),
+            _ => m.manager_status(n).into(),
+        },
         addr: n.addr.clone(),
         cert_serial: n.cert_serial.clone(),
         cert_not_after: n.cert_not_after.clone(),
@@ -1683,6 +1735,137 @@ fn node_info(m: &Manager, n: &Node, self_id: &str) -> NodeInfo {
         runtimes: n.runtimes.iter().map(|r| r.as_str().to_string()).collect(),
         nano_cpus: n.resources.nano_cpus,
         memory_bytes: n.resources.memory_bytes,
+    }
+}
+
+/// The environment variable that counts the daemon's re-executions after store failures
+/// (for the back-off between them).
+const REEXEC_ENV: &str = "SKEP_STORE_REEXECS";
+
+/// Watches a manager's Raft for a fatal error (a storage failure: a full disk, an I/O error)
+/// and makes it loud and safe: the manager is marked failed at once with the diagnosed cause
+/// (it then claims no leadership, refuses reads and writes with the cause, and its heartbeats
+/// tell the leader, so `node ls` shows it Unavailable), and recovers when the cause is gone.
+///
+/// Recovery re-executes the daemon (`/proc/self/exe`, same arguments, same PID) once a probe
+/// write of a few MiB to the store directory succeeds, rather than re-opening the store and
+/// swapping a new openraft instance into the running process. Why: openraft cannot be
+/// restarted in place after a fatal error, and every part of a manager (its loops, the mTLS
+/// services, the dispatcher's sessions, the `Arc<Manager>` they share) holds the dead
+/// instance; swapping it safely would touch all of them. A fresh process rebuilds them all
+/// from what is on disk through the path a restart after a crash takes, which the store
+/// already makes safe: entries are acknowledged only after fsync (no acknowledged write is
+/// lost), redb commits are atomic and every record is sealed (a torn write is never read
+/// back), and the rollback anchor is checked again. Re-executions back off (1 s doubling to
+/// about a minute, counted in `SKEP_STORE_REEXECS`) so a store that fails at once again does
+/// not spin.
+async fn watch_store(mgr: Arc<Manager>, raft_dir: PathBuf) {
+    let mut metrics = mgr.raft.metrics();
+    let fatal = loop {
+        match &metrics.borrow_and_update().running_state {
+            Ok(()) => {}
+            Err(openraft::error::Fatal::Stopped) => return,
+            Err(e) => break e.to_string(),
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    };
+    let mut cause = match probe_store(&raft_dir).await {
+        Err(e) => e,
+        Ok(()) if fatal.contains("No space left on device") => {
+            format!("disk full on {}: {fatal}", raft_dir.display())
+        }
+        Ok(()) => fatal.clone(),
+    };
+    mgr.fail_store(cause.clone());
+    tracing::error!(
+        store = %raft_dir.display(),
+        %cause,
+        raft = %fatal,
+        "this manager's store failed: it no longer acts as a manager (not leader, refuses reads and writes); \
+         free space or fix the disk and it restarts itself"
+    );
+    let restarts: u32 = std::env::var(REEXEC_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let backoff = Duration::from_secs(1 << restarts.min(6));
+    let since = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match probe_store(&raft_dir).await {
+            Ok(()) if since.elapsed() >= backoff => break,
+            Ok(()) => {}
+            Err(now) => {
+                if now != cause {
+                    tracing::error!(store = %raft_dir.display(), cause = %now, "the store still cannot be written");
+                    mgr.fail_store(now.clone());
+                    cause = now;
+                }
+            }
+        }
+    }
+    tracing::warn!(
+        store = %raft_dir.display(),
+        "the store directory can be written again: re-executing the daemon to reopen the store"
+    );
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| "skep".into());
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .env(REEXEC_ENV, (restarts + 1).to_string())
+        .exec();
+    tracing::error!(error = %err, "cannot re-execute the daemon; restart it to reopen the store");
+}
+
+/// Writes, syncs and removes a probe file of a few MiB in the store directory: `Err` with
+/// the cause as operators should read it ("disk full on DIR: ...") when that fails.
+async fn probe_store(dir: &Path) -> Result<(), String> {
+    let dir = dir.to_path_buf();
+    let path = dir.join(".probe");
+    let result = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let r = std::fs::File::create(&path).and_then(|mut f| {
+            let chunk = vec![0u8; 1 << 20];
+            for _ in 0..4 {
+                f.write_all(&chunk)?;
+            }
+            f.sync_all()
+        });
+        let _ = std::fs::remove_file(&path);
+        r
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    result.map_err(|e| match e.raw_os_error() {
+        Some(28) => format!("disk full on {}: {e}", dir.display()),
+        Some(122) => format!("disk quota exceeded on {}: {e}", dir.display()),
+        Some(30) => format!("read-only file system at {}: {e}", dir.display()),
+        _ => format!("cannot write to {}: {e}", dir.display()),
+    })
+}
+
+/// Appends the audit record of a start with `--force-rollback` that accepted an older store,
+/// retrying until it is committed (the manager may wait for a leader).
+async fn audit_forced_rollback(mgr: Arc<Manager>, raft_dir: PathBuf, details: String) {
+    let event = AuditEvent::now(
+        Actor::local_admin(&mgr.node_id),
+        "store.rollback.forced",
+        &raft_dir.display().to_string(),
+        Outcome::Ok,
+    )
+    .with("details", details);
+    loop {
+        match mgr.propose(Command::Audit(event.clone())).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot audit the forced rollback yet; retrying")
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Agent {
     pub swarm_addr: Arc<Mutex<String>>,
     /// Published ports the routing mesh cannot listen on here (reported with heartbeats).
     pub port_errors: PortErrors,
+    /// On a manager: why its own store failed, if it did (told to the leader).
+    pub store_fault: Option<tokio::sync::watch::Receiver<Option<String>>>,
     /// The last (certificate, trusted roots) checked against each other, and whether the
     /// certificate was issued by the issuing root: rechecked only when either changes, not
     /// on every heartbeat.
@@ -95,6 +97,11 @@ impl Agent {
                         .port_errors
                         .lock()
                         .map(|e| e.iter().map(|(p, why)| format!("{p}: {why}")).collect())
+                        .unwrap_or_default(),
+                    store_error: self
+                        .store_fault
+                        .as_ref()
+                        .and_then(|f| f.borrow().clone())
                         .unwrap_or_default(),
                 };
                 match DispatcherClient::new(ch).heartbeat(req).await {

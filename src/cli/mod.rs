@@ -142,6 +142,12 @@ struct DaemonArgs {
           default_value_t = crate::manager::DEFAULT_SNAPSHOT_LOGS,
           value_parser = clap::value_parser!(u64).range(2..))]
     raft_snapshot_logs: u64,
+    /// Start a manager whose Raft store is older than its anchor (a deleted, emptied or
+    /// restored log): accept losing what came after. Audited as `store.rollback.forced`.
+    /// Prefer removing the manager from another one and re-joining it with an empty data
+    /// directory.
+    #[arg(long)]
+    force_rollback: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -611,6 +617,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
             every_secs: args.audit_checkpoint_interval.as_secs().max(1),
         },
         raft_snapshot_logs: args.raft_snapshot_logs,
+        force_rollback: args.force_rollback,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

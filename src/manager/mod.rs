@@ -73,6 +73,12 @@ pub enum ManagerError {
     /// The cluster is not in a state that allows this.
     #[error("{0}")]
     Precondition(String),
+    /// This manager's own store failed: it serves nothing that needs the store until the
+    /// cause is gone (it restarts itself then).
+    #[error(
+        "this manager's store failed: {0}; it is not acting as a manager until that is fixed (it restarts itself once the store can be written again); meanwhile use another manager"
+    )]
+    StoreFailed(String),
 }
 
 /// Maps a manager error to the status a peer sees. Raft internals stay in our log.
@@ -86,7 +92,9 @@ pub fn to_status(e: ManagerError) -> tonic::Status {
             tracing::warn!(error = %r, "raft error");
             tonic::Status::unavailable("the cluster store is unavailable; retry shortly")
         }
-        ManagerError::Forward { .. } => tonic::Status::unavailable(e.to_string()),
+        ManagerError::Forward { .. } | ManagerError::StoreFailed(_) => {
+            tonic::Status::unavailable(e.to_string())
+        }
         ManagerError::Denied(_) => tonic::Status::permission_denied(e.to_string()),
         ManagerError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
         ManagerError::NotFound(_) => tonic::Status::not_found(e.to_string()),
@@ -175,6 +183,10 @@ pub struct Manager {
     ca: Mutex<HashMap<String, Arc<skep_pki::RootCa>>>,
     reads: Mutex<audit::ReadCoalescer>,
     sync_problems: network::SyncProblems,
+    /// Why this manager's store failed, once it has (see [`Manager::fail_store`]).
+    store_fault: tokio::sync::watch::Sender<Option<String>>,
+    /// Keeps the store's rollback anchor (set by the daemon after opening the store).
+    anchor: std::sync::OnceLock<Arc<crate::store::anchor::Keeper>>,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -210,7 +222,53 @@ impl Manager {
             ca: Mutex::new(HashMap::new()),
             reads: Mutex::new(audit::ReadCoalescer::default()),
             sync_problems: id.sync_problems,
+            store_fault: tokio::sync::watch::Sender::new(None),
+            anchor: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Why this manager's store failed, if it did. A failed manager is not the leader, knows
+    /// no leader, and refuses reads and writes with this cause.
+    pub fn store_fault(&self) -> Option<String> {
+        self.store_fault.borrow().clone()
+    }
+
+    /// A receiver of [`Manager::store_fault`].
+    pub fn subscribe_store_fault(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.store_fault.subscribe()
+    }
+
+    /// Marks this manager's store as failed, with the cause operators see.
+    pub fn fail_store(&self, cause: String) {
+        self.store_fault.send_replace(Some(cause));
+    }
+
+    /// `Err` with the cause when this manager's store failed.
+    pub fn check_store(&self) -> Result<(), ManagerError> {
+        match self.store_fault() {
+            Some(cause) => Err(ManagerError::StoreFailed(cause)),
+            None => Ok(()),
+        }
+    }
+
+    /// After Raft reported a fatal error: the store's failure as the daemon diagnosed it
+    /// (it does within a moment), or the raw error.
+    async fn fatal(&self, e: impl std::fmt::Display) -> ManagerError {
+        let mut rx = self.store_fault.subscribe();
+        match tokio::time::timeout(Duration::from_secs(3), rx.wait_for(Option::is_some)).await {
+            Ok(Ok(cause)) => ManagerError::StoreFailed(cause.clone().unwrap_or_default()),
+            _ => ManagerError::Raft(e.to_string()),
+        }
+    }
+
+    /// Sets the keeper of the store's rollback anchor (once).
+    pub fn set_anchor_keeper(&self, keeper: Arc<crate::store::anchor::Keeper>) {
+        let _ = self.anchor.set(keeper);
+    }
+
+    /// The keeper of the store's rollback anchor.
+    pub fn anchor_keeper(&self) -> Option<&Arc<crate::store::anchor::Keeper>> {
+        self.anchor.get()
     }
 
     /// Reads the replicated state as this manager has applied it.
@@ -220,6 +278,9 @@ impl Manager {
 
     /// The current leader's Raft ID, if known.
     pub fn leader_id(&self) -> Option<u64> {
+        if self.store_fault.borrow().is_some() {
+            return None;
+        }
         self.raft.metrics().borrow().current_leader
     }
 
@@ -230,8 +291,8 @@ impl Manager {
 
     /// The leader's address, from the Raft membership.
     pub fn leader_addr(&self) -> Option<String> {
+        let leader = self.leader_id()?;
         let m = self.raft.metrics().borrow().clone();
-        let leader = m.current_leader?;
         m.membership_config
             .membership()
             .get_node(&leader)
@@ -353,6 +414,7 @@ impl Manager {
             .map_err(|e| ManagerError::Invalid(e.to_string()))?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
+            self.check_store()?;
             let err = match self.raft.client_write(cmd.clone()).await {
                 Ok(resp) => return into_result(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
@@ -366,6 +428,7 @@ impl Manager {
                         _ => ManagerError::NoLeader,
                     }
                 }
+                Err(e @ RaftError::Fatal(_)) => return Err(self.fatal(e).await),
                 Err(e) => ManagerError::Raft(e.to_string()),
             };
             if Instant::now() >= deadline || matches!(err, ManagerError::Rejected(_)) {

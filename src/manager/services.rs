@@ -484,6 +484,29 @@ impl Services {
         });
     }
 
+    /// Keeps the state's record of a manager whose own store failed as its heartbeats say
+    /// (a write only when it changes).
+    fn record_store_error(&self, node_id: &str, req: &Request<HeartbeatRequest>) {
+        let said = req.get_ref().store_error.as_str();
+        let error = (!said.is_empty()).then(|| said.chars().take(300).collect::<String>());
+        let same = self
+            .mgr
+            .read(|s| s.store_errors.get(node_id) == error.as_ref());
+        if same {
+            return;
+        }
+        let mgr = self.mgr.clone();
+        let cmd = Command::SetNodeStoreError {
+            id: node_id.to_string(),
+            error,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = mgr.propose(cmd).await {
+                tracing::warn!(error = %e, "could not record a manager's store failure");
+            }
+        });
+    }
+
     /// The routing table: every published port with the running tasks of its service and
     /// the addresses of their nodes.
     fn routes(&self) -> crate::api::v1::RoutesResponse {
@@ -598,6 +621,7 @@ impl Dispatcher for Services {
             }));
         }
         self.record_port_errors(id.node_id(), &req);
+        self.record_store_error(id.node_id(), &req);
         if self.mgr.saw(id.node_id()) {
             let cmd = Command::SetNodeState {
                 id: id.node_id().to_string(),

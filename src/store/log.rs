@@ -41,6 +41,9 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE_KEY: &str = "vote";
 const COMMITTED_KEY: &str = "committed";
 const LAST_PURGED_KEY: &str = "last_purged";
+/// Set once the store has a rollback anchor (see [`super::anchor`]): a store carrying it but
+/// no anchor file had its anchor deleted.
+const ANCHORED_KEY: &str = "anchored";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
 
@@ -86,6 +89,29 @@ impl LogStore {
                 path,
                 what: e.to_string(),
             })
+    }
+
+    /// Whether this log was marked as having a rollback anchor.
+    pub(crate) async fn is_anchored(&self) -> Result<bool, StoreError> {
+        let path = self.inner.path.clone();
+        self.blocking(|inner| {
+            inner
+                .read_meta::<()>(ANCHORED_KEY, RecordKind::Anchor)
+                .map(|m| m.is_some())
+        })
+        .await
+        .map_err(|e| StoreError::Corrupt {
+            path,
+            what: e.to_string(),
+        })
+    }
+
+    /// Marks this log as having a rollback anchor (durably).
+    pub(crate) async fn mark_anchored(&self) -> Result<(), StoreError> {
+        let path = self.inner.path.clone();
+        self.blocking(|inner| inner.write_meta(ANCHORED_KEY, RecordKind::Anchor, &()))
+            .await
+            .map_err(|e| StoreError::Task(format!("marking {} as anchored: {e}", path.display())))
     }
 
     /// Runs `f` on the blocking pool.

@@ -13,6 +13,7 @@
 //! [`seal`] for the record format. Snapshots travel between managers in plaintext over mTLS
 //! (each manager has its own data key) and are sealed again by the receiver.
 
+pub mod anchor;
 pub mod log;
 pub mod model;
 pub mod network_obj;
@@ -104,6 +105,127 @@ pub enum StoreError {
     /// A blocking task failed.
     #[error("store task failed: {0}")]
     Task(String),
+    /// The store is older than its anchor: it went back in time.
+    #[error(
+        "refusing to start: the Raft store in {dir} is older than this manager's anchor {anchor}: {details}. \
+         It was deleted, emptied or replaced by an older copy, and serving it could bring back removed \
+         nodes and revoked access and hide lost audit records. Safe recovery: from another manager run \
+         `skep node rm --force <this node's ID>`, then clear this node's data directory and join it \
+         again. If this is the only manager and you accept losing what came after that copy, start \
+         the daemon once with --force-rollback (the choice is audited)"
+    )]
+    Rollback {
+        /// The Raft store directory.
+        dir: PathBuf,
+        /// The anchor file.
+        anchor: PathBuf,
+        /// What went back.
+        details: String,
+    },
+    /// The anchor could not be read or written.
+    #[error("{0}")]
+    Anchor(#[from] anchor::AnchorError),
+}
+
+/// What to do with a store older than its anchor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RollbackPolicy {
+    /// Refuse to open it ([`StoreError::Rollback`]).
+    #[default]
+    Refuse,
+    /// Open it anyway (`--force-rollback`): the operator accepts the older state.
+    Accept,
+}
+
+/// A store opened against its rollback anchor.
+pub struct Anchored {
+    /// The log.
+    pub log: LogStore,
+    /// The state machine.
+    pub sm: StateMachineStore,
+    /// Keeps the anchor up to date: run [`anchor::Keeper::run`], and refresh on a clean stop.
+    pub keeper: Arc<anchor::Keeper>,
+    /// What went back, when the policy accepted a rollback.
+    pub rolled_back: Option<String>,
+}
+
+/// Opens the sealed store in `dir` like [`open`], and checks it against the rollback anchor
+/// at `anchor_path` (outside `dir`): a store whose durable vote, committed index or snapshot
+/// is behind what the anchor recorded, or that lost its anchor after having one, or that has
+/// a snapshot but no log at all, is refused ([`StoreError::Rollback`]) unless `policy`
+/// accepts it. Then records the store's current values as the next anchor generation.
+pub async fn open_anchored(
+    dir: &Path,
+    anchor_path: &Path,
+    dek: Dek,
+    policy: RollbackPolicy,
+) -> Result<Anchored, StoreError> {
+    let sealer = Arc::new(Sealer::new(&dek));
+    drop(dek);
+    let (log, sm) = open_with(dir.to_path_buf(), sealer.clone()).await?;
+    let now = anchor::Durable::read(&log, &sm).await?;
+    let marked = log.is_anchored().await?;
+    let found = match anchor::read(anchor_path, &sealer) {
+        Ok(a) => a,
+        Err(e) if policy == RollbackPolicy::Accept => {
+            tracing::error!(error = %e, "the store anchor is unreadable; --force-rollback replaces it");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut problems = match &found {
+        Some(a) => anchor::regressions(a, &now),
+        None if marked => vec![format!(
+            "the anchor file is missing although this store was anchored (log, vote term {}, committed index {})",
+            now.vote_term, now.committed
+        )],
+        None => Vec::new(),
+    };
+    if problems.is_empty() && now.vote_term == 0 && now.snapshot > 0 {
+        problems.push(format!(
+            "there is a snapshot at index {} but no log and no vote",
+            now.snapshot
+        ));
+    }
+    let rolled_back = if problems.is_empty() {
+        None
+    } else {
+        let details = problems.join("; ");
+        if policy == RollbackPolicy::Refuse {
+            return Err(StoreError::Rollback {
+                dir: dir.to_path_buf(),
+                anchor: anchor_path.to_path_buf(),
+                details,
+            });
+        }
+        tracing::error!(store = %dir.display(), %details, "starting from a store older than its anchor, as --force-rollback asks");
+        Some(details)
+    };
+    if found.is_none() && !marked && !now.is_empty() {
+        tracing::warn!(store = %dir.display(), anchor = %anchor_path.display(), "this store had no rollback anchor (written by an older skep): anchoring it now");
+    }
+    let generation = found.map_or(0, |a| a.generation);
+    let first = now.anchor(generation + 1);
+    let (p, s) = (anchor_path.to_path_buf(), sealer.clone());
+    tokio::task::spawn_blocking(move || anchor::write(&p, &s, &first))
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+    if !marked {
+        log.mark_anchored().await?;
+    }
+    let keeper = Arc::new(anchor::Keeper::new(
+        anchor_path.to_path_buf(),
+        sealer,
+        log.clone(),
+        sm.clone(),
+        first,
+    ));
+    Ok(Anchored {
+        log,
+        sm,
+        keeper,
+        rolled_back,
+    })
 }
 
 /// Opens (or creates) the sealed store in `dir`: the log in `<dir>/raft.redb`, the latest

@@ -393,6 +393,14 @@ pub enum Command {
         /// Network ID.
         id: String,
     },
+    /// Records that a manager's own store failed (`Some(cause)`) or works again (`None`), as
+    /// its heartbeats say.
+    SetNodeStoreError {
+        /// Node ID.
+        id: String,
+        /// The cause, or `None` once it works.
+        error: Option<String>,
+    },
 }
 
 /// What applying a command produced.
@@ -439,6 +447,10 @@ pub struct State {
     /// Networks by ID (`network create`, stacks).
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
+    /// Managers whose own store failed, by node ID, with the cause (from their heartbeats):
+    /// `node ls` shows them Unavailable.
+    #[serde(default)]
+    pub store_errors: BTreeMap<String, String>,
 }
 
 /// A person allowed to use the Control API over mTLS with an operator certificate.
@@ -603,7 +615,16 @@ impl State {
             }
             Command::RemoveNode { id } => {
                 self.nodes.remove(&id);
+                self.store_errors.remove(&id);
             }
+            Command::SetNodeStoreError { id, error } => match error {
+                Some(e) if self.nodes.contains_key(&id) => {
+                    self.store_errors.insert(id, e);
+                }
+                _ => {
+                    self.store_errors.remove(&id);
+                }
+            },
             Command::Audit(event) => {
                 self.audit.append(event);
             }

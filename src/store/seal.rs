@@ -62,6 +62,9 @@ pub enum RecordKind {
     /// A node's key-encryption key, sealed under the key derived from the unlock key
     /// (`kek.sealed`, after an unlock-key rotation).
     WrappedKek,
+    /// The store's rollback anchor (`raft.anchor`) and the log's (empty) mark that it is
+    /// anchored; see [`super::anchor`].
+    Anchor,
 }
 
 impl RecordKind {
@@ -79,6 +82,7 @@ impl RecordKind {
             RecordKind::NodeState => 9,
             RecordKind::Blob => 10,
             RecordKind::WrappedKek => 11,
+            RecordKind::Anchor => 12,
         }
     }
 
@@ -95,6 +99,7 @@ impl RecordKind {
             9 => RecordKind::NodeState,
             10 => RecordKind::Blob,
             11 => RecordKind::WrappedKek,
+            12 => RecordKind::Anchor,
             _ => return None,
         })
     }
@@ -124,6 +129,7 @@ impl fmt::Display for Place {
             RecordKind::NodeState => f.write_str("node state record"),
             RecordKind::Blob => write!(f, "blob {p}"),
             RecordKind::WrappedKek => f.write_str("key-encryption key sealed under the unlock key"),
+            RecordKind::Anchor => write!(f, "store anchor record {p}"),
         }
     }
 }

@@ -533,3 +533,205 @@ async fn single_node_raft_writes_snapshots_and_recovers() {
         );
     }
 }
+
+// ------------------------------------------------------------------ rollback anchor
+
+/// Opens `<root>/raft` against `<root>/raft.anchor`.
+async fn open_at(root: &Path, dek: &Dek, policy: RollbackPolicy) -> Result<Anchored, StoreError> {
+    open_anchored(
+        &root.join("raft"),
+        &root.join(anchor::ANCHOR_FILE),
+        dek.clone(),
+        policy,
+    )
+    .await
+}
+
+/// A store with a vote at term 2 and 10 entries, 8 committed; its anchor refreshed.
+async fn anchored_store(root: &Path, dek: &Dek) {
+    let mut a = open_at(root, dek, RollbackPolicy::Refuse).await.unwrap();
+    a.log.blocking_append(entries(10)).await.unwrap();
+    a.log.save_vote(&Vote::new_committed(2, 1)).await.unwrap();
+    a.log.save_committed(Some(log_id(1, 8))).await.unwrap();
+    assert!(a.keeper.refresh().await.unwrap());
+    // Nothing moved: no rewrite.
+    assert!(!a.keeper.refresh().await.unwrap());
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_anchored_store_reopens_and_a_fresh_one_is_anchored() {
+    let root = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    anchored_store(root.path(), &dek).await;
+    let a = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+        .await
+        .unwrap();
+    assert!(a.rolled_back.is_none());
+    assert!(a.log.is_anchored().await.unwrap());
+    let sealer = Sealer::new(&dek);
+    let anchor = anchor::read(&root.path().join(anchor::ANCHOR_FILE), &sealer)
+        .unwrap()
+        .unwrap();
+    assert_eq!((anchor.vote_term, anchor.committed), (2, 8));
+    assert!(anchor.generation >= 3, "{anchor:?}");
+}
+
+#[tokio::test]
+async fn a_deleted_or_emptied_log_is_refused_unless_forced() {
+    for empty in [false, true] {
+        let root = tempfile::tempdir().unwrap();
+        let dek = Dek::generate();
+        anchored_store(root.path(), &dek).await;
+        let db = root.path().join("raft").join(log::LOG_FILE);
+        if empty {
+            std::fs::File::create(&db).unwrap();
+        } else {
+            std::fs::remove_file(&db).unwrap();
+        }
+        let err = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+            .await
+            .err()
+            .expect("a store without its log opened");
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::Rollback { .. }), "{msg}");
+        for needle in [
+            "refusing to start",
+            "raft.anchor",
+            "term 0",
+            "index 8",
+            "--force-rollback",
+        ] {
+            assert!(msg.contains(needle), "{needle:?} not in {msg}");
+        }
+        // Forced: opens, says what went back, and the anchor now matches.
+        let a = open_at(root.path(), &dek, RollbackPolicy::Accept)
+            .await
+            .unwrap();
+        assert!(a.rolled_back.as_deref().unwrap_or("").contains("term 0"));
+        drop(a);
+        assert!(
+            open_at(root.path(), &dek, RollbackPolicy::Refuse)
+                .await
+                .is_ok()
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_older_copy_of_the_store_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    anchored_store(root.path(), &dek).await;
+    let saved = tempfile::tempdir().unwrap();
+    copy_dir(&root.path().join("raft"), saved.path());
+    {
+        let mut a = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+            .await
+            .unwrap();
+        let more: Vec<_> = (11..=20)
+            .map(|i| entry(i, Command::RemoveNode { id: "x".into() }))
+            .collect();
+        a.log.blocking_append(more).await.unwrap();
+        a.log.save_committed(Some(log_id(1, 20))).await.unwrap();
+        assert!(a.keeper.refresh().await.unwrap());
+    }
+    std::fs::remove_dir_all(root.path().join("raft")).unwrap();
+    copy_dir(saved.path(), &root.path().join("raft"));
+    let err = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+        .await
+        .err()
+        .expect("an older copy opened");
+    assert!(
+        err.to_string()
+            .contains("end at index 10 but index 20 was committed"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_anchor_of_an_anchored_store_is_refused_and_a_foreign_one_too() {
+    let root = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    anchored_store(root.path(), &dek).await;
+    let anchor_path = root.path().join(anchor::ANCHOR_FILE);
+    let kept = std::fs::read(&anchor_path).unwrap();
+    std::fs::remove_file(&anchor_path).unwrap();
+    let err = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+        .await
+        .err()
+        .expect("a store without its anchor opened");
+    assert!(err.to_string().contains("anchor file is missing"), "{err}");
+    // An anchor sealed under another data key does not open: refused, never a panic.
+    std::fs::write(&anchor_path, &kept).unwrap();
+    let err = open_at(root.path(), &Dek::generate(), RollbackPolicy::Refuse)
+        .await
+        .err()
+        .expect("an anchor under another key opened");
+    assert!(matches!(err, StoreError::Anchor(_)), "{err}");
+}
+
+#[tokio::test]
+async fn a_store_from_before_anchors_is_anchored_on_first_open() {
+    let root = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    {
+        let (mut log, _sm) = open(&root.path().join("raft"), dek.clone()).await.unwrap();
+        log.blocking_append(entries(5)).await.unwrap();
+        log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+    }
+    let a = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+        .await
+        .unwrap();
+    assert!(a.rolled_back.is_none());
+    assert!(a.log.is_anchored().await.unwrap());
+    assert!(root.path().join(anchor::ANCHOR_FILE).exists());
+}
+
+#[tokio::test]
+async fn an_older_snapshot_file_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    let snap = root.path().join("raft").join(SNAPSHOT_FILE);
+    let all = entries(12);
+    let older = {
+        let mut a = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+            .await
+            .unwrap();
+        a.log.blocking_append(all.clone()).await.unwrap();
+        a.log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        a.log.save_committed(Some(log_id(1, 12))).await.unwrap();
+        apply_all(&mut a.sm, all[..6].to_vec()).await;
+        a.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        let older = std::fs::read(&snap).unwrap();
+        apply_all(&mut a.sm, all[6..].to_vec()).await;
+        a.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(a.keeper.refresh().await.unwrap());
+        older
+    };
+    std::fs::write(&snap, older).unwrap();
+    let err = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+        .await
+        .err()
+        .expect("an older snapshot opened");
+    assert!(
+        err.to_string()
+            .contains("the snapshot is at index 6 but one at index 12 was written"),
+        "{err}"
+    );
+}

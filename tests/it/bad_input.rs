@@ -382,6 +382,7 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
                 hostname: "w1".into(),
                 addr: String::new(),
                 port_errors: Vec::new(),
+                store_error: String::new(),
             })
             .await
             .expect("a worker may heartbeat");

@@ -313,6 +313,11 @@ impl Node {
         self
     }
 
+    /// Replaces the extra `skep daemon` flags used from the next start on.
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// The host name (and test name) of the node.
     pub fn name(&self) -> &str {
         &self.name
@@ -465,6 +470,18 @@ impl Node {
         self.child
             .as_mut()
             .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// How the daemon exited, once it has (None while it runs or if it was never started).
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.exited()
+    }
+
+    /// The log of the daemon's latest start only.
+    pub fn last_start_log(&self) -> String {
+        let log = self.log();
+        let from = log.rfind("===== harness: starting").unwrap_or(0);
+        log[from..].to_string()
     }
 
     /// Kills the daemon (SIGKILL, like a crash or power loss) and reaps it.
@@ -731,11 +748,26 @@ impl Cluster {
         init_args: &[&str],
         daemon_args: &[&str],
     ) -> Cluster {
+        Cluster::init_prepared(managers, workers, init_args, daemon_args, |_| {})
+    }
+
+    /// Like [`Cluster::init_opts`], calling `prepare` on each node before its daemon starts
+    /// (e.g. to mount a small tmpfs on its data directory).
+    pub fn init_prepared(
+        managers: usize,
+        workers: usize,
+        init_args: &[&str],
+        daemon_args: &[&str],
+        mut prepare: impl FnMut(&Node),
+    ) -> Cluster {
         assert!(managers >= 1, "a swarm needs a manager");
         let mut nodes: Vec<Node> = (1..=managers)
             .map(|i| Node::new(&format!("m{i}"), daemon_args))
             .chain((1..=workers).map(|i| Node::new(&format!("w{i}"), daemon_args)))
             .collect();
+        for n in &nodes {
+            prepare(n);
+        }
         for n in &mut nodes {
             n.spawn();
         }

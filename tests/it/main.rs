@@ -28,4 +28,5 @@ mod secrets;
 mod service_cli;
 mod services;
 mod stacks;
+mod store_faults;
 mod tutorial;
