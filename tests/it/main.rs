@@ -20,6 +20,7 @@ mod health;
 mod lifecycle;
 mod mesh;
 mod operators;
+mod reads;
 mod roles;
 mod runtime;
 mod secret_delivery;
