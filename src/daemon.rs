@@ -203,7 +203,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let socket = daemon.cfg.socket.clone();
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), "serving the control API");
-    let control = ControlServer::new(ControlService(daemon.clone()));
+    let control =
+        crate::manager::gate::ReadMode::new(ControlServer::new(ControlService(daemon.clone())));
     let server = tonic::transport::Server::builder()
         .add_service(control)
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
@@ -759,7 +760,7 @@ impl Daemon {
             // Operators' CLIs: the Control API, behind the RBAC gate.
             if let Some(daemon) = self.me.get().and_then(std::sync::Weak::upgrade) {
                 router = router.add_service(crate::manager::gate::OperatorGate::new(
-                    ControlServer::new(ControlService(daemon)),
+                    crate::manager::gate::ReadMode::new(ControlServer::new(ControlService(daemon))),
                     mgr.clone(),
                 ));
             }
@@ -1197,16 +1198,26 @@ impl Daemon {
         Ok(())
     }
 
-    /// The running manager and the local admin as the actor of a control call.
+    /// The running manager and the local admin as the actor of a control call, once the
+    /// manager's state may be read linearizably (the one place Control reads wait for it;
+    /// `--stale` skips it, and an operator's call already waited in the gate).
     async fn manager_and_admin(&self) -> Result<(Arc<Manager>, Actor), Status> {
         let operator = crate::manager::gate::caller();
-        self.with_manager(|m, file| {
-            Ok((
-                m.clone(),
-                operator.unwrap_or_else(|| Actor::local_admin(&file.node_id)),
-            ))
-        })
-        .await
+        let linearizable = operator.is_none() && !crate::manager::gate::stale_requested();
+        let (m, actor) = self
+            .with_manager(|m, file| {
+                Ok((
+                    m.clone(),
+                    operator.unwrap_or_else(|| Actor::local_admin(&file.node_id)),
+                ))
+            })
+            .await?;
+        if linearizable {
+            m.read_barrier()
+                .await
+                .map_err(|e| to_status(ManagerError::from(e)))?;
+        }
+        Ok((m, actor))
     }
 
     async fn with_manager<T>(
@@ -1757,7 +1768,12 @@ impl Control for ControlService {
             };
             m.rotate_token(actor, node_role).await.map_err(to_status)?;
         }
-        let (mgr, resp, node_id) = self
+        // Fail-closed: the token is read only once its `token.read` record is committed.
+        let (mgr, actor) = self.0.manager_and_admin().await?;
+        mgr.audit(AuditEvent::now(actor, "token.read", &role, Outcome::Ok))
+            .await
+            .map_err(to_status)?;
+        let resp = self
             .0
             .with_manager(|m, file| {
                 let cluster = m.read(|s| s.cluster.clone()).ok_or_else(|| {
@@ -1774,24 +1790,21 @@ impl Control for ControlService {
                         )));
                     }
                 };
-                let resp = JoinTokenResponse {
+                Ok(JoinTokenResponse {
                     token: token.expose().to_string(),
                     manager_addr: file.advertise_addr.clone(),
-                };
-                Ok((m.clone(), resp, file.node_id.clone()))
+                })
             })
             .await?;
-        mgr.audit(AuditEvent::now(
-            Actor::local_admin(&node_id),
-            "token.read",
-            &role,
-            Outcome::Ok,
-        ))
-        .await;
         Ok(Response::new(resp))
     }
 
     async fn node_list(&self, _req: Request<Empty>) -> Result<Response<NodeListResponse>, Status> {
+        let (m, _) = self.0.manager_and_admin().await?;
+        if crate::manager::gate::stale_requested() {
+            // The status column says whether a quorum answers now, even for a stale read.
+            let _ = m.read_barrier_within(Duration::from_millis(500)).await;
+        }
         self.0
             .with_manager(|m, file| {
                 let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
@@ -1809,6 +1822,7 @@ impl Control for ControlService {
         req: Request<NodeInspectRequest>,
     ) -> Result<Response<NodeInfo>, Status> {
         let want = req.into_inner().node;
+        self.0.manager_and_admin().await?;
         self.0
             .with_manager(|m, file| {
                 let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
@@ -1844,7 +1858,9 @@ impl Control for ControlService {
             "export" | "verify" => req.purpose.as_str(),
             _ => "ls",
         };
-        m.audit_read(actor, purpose, &filter);
+        m.audit_read(actor, purpose, &filter)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(AuditListResponse {
             records_json,
             public_key: m.audit_public_key().unwrap_or_default(),
@@ -1863,7 +1879,9 @@ impl Control for ControlService {
         let filter = audit_filter(req.get_ref())?;
         let (m, actor) = self.0.manager_and_admin().await?;
         // One record for the whole stream, however many records it carries.
-        m.audit_read(actor, "follow", &filter);
+        m.audit_read(actor, "follow", &filter)
+            .await
+            .map_err(to_status)?;
         let rx = crate::manager::audit::follow(m, filter);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

@@ -36,6 +36,11 @@ pub struct ReadCoalescer {
 }
 
 impl ReadCoalescer {
+    /// Forgets a kind of read whose record could not be committed: the next one is recorded.
+    pub fn forget(&mut self, key: &str) {
+        self.last.remove(key);
+    }
+
     /// `Some(n)`: record this read, saying `n` identical reads were coalesced before it;
     /// `None`: count it and record nothing.
     pub fn admit(&mut self, key: &str, now: Instant) -> Option<u64> {
@@ -83,8 +88,14 @@ impl Manager {
 
     /// Records that `actor` read the audit log (`how`: ls, follow, export, verify), with the
     /// filters as details; identical reads within [`READ_COALESCE_WINDOW`] make one record.
-    /// Appended in the background: a read is not held up by a Raft commit.
-    pub fn audit_read(self: &Arc<Self>, actor: Actor, how: &str, filter: &AuditFilter) {
+    /// Fail-closed: the record is committed before the read is served, and a read whose
+    /// record cannot be committed is refused (and not counted as coalesced).
+    pub async fn audit_read(
+        self: &Arc<Self>,
+        actor: Actor,
+        how: &str,
+        filter: &AuditFilter,
+    ) -> Result<(), ManagerError> {
         let details = filter.details();
         let key = format!("{}:{}|{how}|{details:?}", actor.kind, actor.id);
         let admitted = self
@@ -93,15 +104,21 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .admit(&key, Instant::now());
         let Some(coalesced) = admitted else {
-            return;
+            return Ok(());
         };
         let mut event = AuditEvent::now(actor, "audit.read", how, Outcome::Ok);
         event.details = details;
         if coalesced > 0 {
             event = event.with("coalesced_before", coalesced.to_string());
         }
-        let mgr = self.clone();
-        tokio::spawn(async move { mgr.audit(event).await });
+        let done = self.audit(event).await;
+        if done.is_err() {
+            self.reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(&key);
+        }
+        done
     }
 
     /// `swarm update --audit-retention`: keep at least `keep` records (0: all), audited.

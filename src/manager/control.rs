@@ -345,7 +345,8 @@ impl Manager {
                 AuditEvent::now(actor.clone(), "secret.attach", &d.secret, Outcome::Denied)
                     .with("service", spec.name.clone())
                     .with("reason", d.reason.clone());
-            self.audit(record).await;
+            // Refused either way; `audit` logs a failure to record it.
+            let _ = self.audit(record).await;
             return Err(ManagerError::Denied(format!(
                 "service {} may not use {d} (on any node of the swarm); change the policy (`skep policy get|set`) or the labels",
                 spec.name
@@ -693,13 +694,14 @@ impl Manager {
             ));
         };
         if !rotate {
+            // Fail-closed: the key is shown only once its read is on the record.
             self.audit(AuditEvent::now(
                 actor,
                 "unlock_key.read",
                 "swarm",
                 Outcome::Ok,
             ))
-            .await;
+            .await?;
             return Ok(current);
         }
         let (_, key) = crate::daemon::new_unlock_key();

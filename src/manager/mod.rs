@@ -17,6 +17,7 @@ pub mod network;
 pub mod networks;
 pub mod operators;
 pub mod orchestrator;
+pub mod reads;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
@@ -36,7 +37,7 @@ use tonic::transport::Channel;
 use crate::api::v1::manager_client::ManagerClient;
 use crate::api::v1::{JoinRaftRequest, RaftMessage};
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::store::model::{Command, Node, NodeRole, NodeState, Response, State};
+use crate::store::model::{Command, NodeRole, NodeState, Response, State};
 use crate::store::{Raft, StateHandle};
 use limiter::{Admit, FailureLimiter};
 
@@ -74,6 +75,9 @@ pub enum ManagerError {
     /// The cluster is not in a state that allows this.
     #[error("{0}")]
     Precondition(String),
+    /// A linearizable read could not be confirmed.
+    #[error(transparent)]
+    Read(#[from] reads::ReadError),
 }
 
 /// Maps a manager error to the status a peer sees. Raft internals stay in our log.
@@ -91,6 +95,7 @@ pub fn to_status(e: ManagerError) -> tonic::Status {
         ManagerError::Denied(_) => tonic::Status::permission_denied(e.to_string()),
         ManagerError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
         ManagerError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+        ManagerError::Read(_) => tonic::Status::unavailable(e.to_string()),
     }
 }
 
@@ -155,6 +160,7 @@ pub struct Manager {
     heartbeat_period: Duration,
     ca: Mutex<HashMap<String, Arc<skep_pki::RootCa>>>,
     reads: Mutex<audit::ReadCoalescer>,
+    read_state: Mutex<reads::ReadState>,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -189,6 +195,7 @@ impl Manager {
             heartbeat_period: id.heartbeat_period,
             ca: Mutex::new(HashMap::new()),
             reads: Mutex::new(audit::ReadCoalescer::default()),
+            read_state: Mutex::new(reads::ReadState::default()),
         })
     }
 
@@ -372,12 +379,15 @@ impl Manager {
         Ok(into_result(resp))
     }
 
-    /// Appends an audit record; failures to audit are logged, never hidden.
-    pub async fn audit(&self, event: AuditEvent) {
+    /// Appends an audit record; failures to audit are logged, never hidden, and returned:
+    /// an action whose record cannot be committed must be refused (fail-closed).
+    pub async fn audit(&self, event: AuditEvent) -> Result<(), ManagerError> {
         let action = event.action.clone();
-        if let Err(e) = self.propose(Command::Audit(event)).await {
+        let done = self.propose(Command::Audit(event)).await;
+        if let Err(e) = &done {
             tracing::error!(%action, error = %e, "could not append audit record");
         }
+        done
     }
 
     /// Audits a failed attempt from an unauthenticated or unauthorised source, rate-limited
@@ -389,10 +399,14 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .admit(source, Instant::now());
         match admit {
-            Admit::Record { suppressed: 0 } => self.audit(event).await,
+            // The attempt is refused anyway; a failure to record it is logged by `audit`.
+            Admit::Record { suppressed: 0 } => {
+                let _ = self.audit(event).await;
+            }
             Admit::Record { suppressed } => {
-                self.audit(event.with("suppressed_before", suppressed.to_string()))
-                    .await
+                let _ = self
+                    .audit(event.with("suppressed_before", suppressed.to_string()))
+                    .await;
             }
             Admit::Suppress => tracing::debug!(%source, action = %event.action, "audit suppressed"),
         }
@@ -455,6 +469,18 @@ impl Manager {
                 .map(|n| n.id.clone())
                 .collect()
         })
+    }
+
+    /// On the leader: whether `node_id` heartbeated within the grace period (counted from when
+    /// this manager became leader for nodes it has not heard from).
+    fn heard_from(&self, node_id: &str) -> bool {
+        if node_id == self.node_id {
+            return true;
+        }
+        let grace = self.heartbeat_period() * 3;
+        let live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        let last = live.last_seen.get(node_id).copied().max(live.leader_since);
+        last.is_some_and(|t| t.elapsed() <= grace)
     }
 
     /// The leader's liveness loop: marks nodes Down when they miss heartbeats.
@@ -648,20 +674,6 @@ impl Manager {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         Err(last)
-    }
-
-    /// Manager status as `node ls` shows it.
-    pub fn manager_status(&self, node: &Node) -> &'static str {
-        if node.role != NodeRole::Manager {
-            return "";
-        }
-        if node.raft_id.is_some() && node.raft_id == self.leader_id() {
-            "Leader"
-        } else if node.state == NodeState::Ready {
-            "Reachable"
-        } else {
-            "Unreachable"
-        }
     }
 
     /// The initial membership of a new cluster: this node alone.

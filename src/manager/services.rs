@@ -120,6 +120,9 @@ impl Services {
         mut req: IssueRequest,
     ) -> Result<IssueResponse, ManagerError> {
         let source = peer.addr.to_string();
+        // The token is checked against the current tokens, not a stale copy (a rotated-out
+        // token must not work through a manager that is behind).
+        self.mgr.read_barrier().await?;
         let cluster = self.mgr.read(|s| s.cluster.clone()).ok_or_else(|| {
             ManagerError::Precondition("the cluster is not initialised yet".into())
         })?;
@@ -357,6 +360,8 @@ impl Services {
     /// Issues a renewed certificate to a member node for a fresh key: same node ID, the role
     /// the state gives it now, the current validity. Audited with the old and new serials.
     async fn renew(&self, node_id: &str, csr_der: &[u8]) -> Result<IssueResponse, ManagerError> {
+        // Membership and role decide the certificate: read them linearizably.
+        self.mgr.read_barrier().await?;
         let (cluster, node) = self
             .mgr
             .read(|s| (s.cluster.clone(), s.nodes.get(node_id).cloned()));
@@ -725,6 +730,11 @@ impl Dispatcher for Services {
                 self.mgr.leader_addr().unwrap_or_default()
             )));
         }
+        // Entitlement is decided on the current state, not this manager's possibly older copy.
+        self.mgr
+            .read_barrier()
+            .await
+            .map_err(|e| to_status(e.into()))?;
         let body = req.into_inner();
         let node_id = id.node_id();
         let answer = self.mgr.read(|s| {
@@ -907,5 +917,24 @@ impl ManagerRpc for Services {
         self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await })
             .await?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::ReadIndexResponse>, Status> {
+        self.require(&req, "raft.read_index", true).await?;
+        if !self.mgr.is_leader() {
+            return Err(Status::unavailable(format!(
+                "not the leader; the leader is at {}",
+                self.mgr.leader_addr().as_deref().unwrap_or("(none known)")
+            )));
+        }
+        let index = self
+            .mgr
+            .local_read_index(super::reads::READ_BARRIER_TIMEOUT)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(crate::api::v1::ReadIndexResponse { index }))
     }
 }
