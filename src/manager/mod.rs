@@ -107,13 +107,17 @@ pub fn raft_id_of(node_id: &str) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// openraft settings for skep: elections in a couple of seconds on a loaded machine.
+/// openraft settings for skep. A follower that hears nothing from the leader starts an
+/// election after the leader lease (openraft 0.9: `election_timeout_max`, during which it also
+/// refuses to vote for anyone else, so a returning node cannot depose a healthy leader) plus
+/// its own election timeout: 1.2 to 1.6 s after the leader's last heartbeat. Heartbeats every
+/// 100 ms leave a loaded machine several missed beats of slack before an election.
 pub fn raft_config() -> Result<Arc<openraft::Config>, ManagerError> {
     let config = openraft::Config {
         cluster_name: "skep".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1500,
-        election_timeout_max: 3000,
+        heartbeat_interval: 100,
+        election_timeout_min: 400,
+        election_timeout_max: 800,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 100,
         ..Default::default()
@@ -355,7 +359,8 @@ impl Manager {
             if Instant::now() >= deadline || matches!(err, ManagerError::Rejected(_)) {
                 return Err(err);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Follows a new leader as soon as one is known.
+            self.wait_leader_change(Duration::from_millis(200)).await;
         }
     }
 
