@@ -96,6 +96,8 @@ pub enum DaemonError {
 const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The shortest node certificate lifetime `swarm init --cert-expiry` accepts.
 pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(10);
+/// How long `swarm join` waits for the new node's task session (and so its Ready state).
+const JOIN_SESSION_WAIT: Duration = Duration::from_secs(10);
 pub(crate) const ROOT_CA_VALIDITY_DAYS: i64 = 20 * 365;
 const UNLOCK_KEY_PREFIX: &str = "SKEP-KEY-1-";
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -1029,10 +1031,18 @@ impl Daemon {
             .await
             .map_err(|e| internal(&e))?;
         let mgr = running.manager.clone();
+        let supervisor = running.supervisor.clone();
         *phase = Phase::Active(running);
         if let Some(mgr) = mgr {
             mgr.join_raft(&file.managers).await.map_err(to_status)?;
             self.adopt_autolock(&mgr, &kek).await?;
+        }
+        // The leader marks the node Ready when its task session opens: return once it has,
+        // so that what is run right after the join can be placed on this node.
+        if !supervisor.wait_session(JOIN_SESSION_WAIT).await {
+            tracing::warn!(
+                "no task session with the leader yet; the node shows Unknown until it opens"
+            );
         }
         Ok(SwarmJoinResponse {
             node_id: info.node_id,

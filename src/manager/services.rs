@@ -668,26 +668,43 @@ impl Dispatcher for Services {
         };
         let node_id = id.node_id().to_string();
         let known = self.mgr.read(|s| {
-            s.nodes
-                .get(&node_id)
-                .map(|n| n.runtimes == runtimes && n.resources == resources)
+            s.nodes.get(&node_id).map(|n| {
+                (
+                    n.runtimes == runtimes && n.resources == resources,
+                    n.state == NodeState::Ready,
+                )
+            })
         });
-        match known {
+        let Some((described, ready)) = known else {
             // Not in the node list yet (this very moment of init or join): come back shortly.
-            None => {
-                return Err(Status::unavailable(format!(
-                    "node {node_id} is not registered yet; retry"
-                )));
-            }
-            Some(false) => {
-                let cmd = Command::DescribeNode {
-                    id: node_id.clone(),
-                    runtimes,
-                    resources,
-                };
-                self.mgr.propose(cmd).await.map_err(to_status)?;
-            }
-            Some(true) => {}
+            return Err(Status::unavailable(format!(
+                "node {node_id} is not registered yet; retry"
+            )));
+        };
+        // An open session is a sign of life: the node is Ready now (with its runtimes), not
+        // at its next heartbeat, so work created right after a join can be placed on it.
+        let has_cpu = resources.nano_cpus > 0;
+        let mut cmds = Vec::new();
+        if !described {
+            cmds.push(Command::DescribeNode {
+                id: node_id.clone(),
+                runtimes,
+                resources,
+            });
+        }
+        self.mgr.saw(&node_id);
+        if !ready && has_cpu {
+            cmds.push(Command::SetNodeState {
+                id: node_id.clone(),
+                state: NodeState::Ready,
+                at: crate::util::now_rfc3339(),
+            });
+        }
+        if !cmds.is_empty() {
+            self.mgr
+                .propose(Command::Batch(cmds))
+                .await
+                .map_err(to_status)?;
         }
         let rx = super::dispatch::session(self.mgr.clone(), node_id);
         Ok(Response::new(Box::pin(
