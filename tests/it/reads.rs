@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    Cluster, Node, json_lines, leader_id, running_hosts, stderr, stdout, summary, timeout, wait_for,
+    Cluster, Node, json_lines, leader_id, running_hosts, stderr, stdout, summary, timeout,
+    wait_for, wait_until,
 };
 
 /// Secret names `secret ls` shows on `node` (default, linearizable read), or its error.
@@ -182,6 +183,59 @@ fn a_joined_node_is_ready_when_join_returns_and_gets_its_share_of_tasks() {
         hosts.iter().filter(|h| *h == "w1").count(),
         2,
         "the tasks should be spread over both nodes: {hosts:?}"
+    );
+}
+
+#[test]
+fn a_returning_follower_does_not_depose_a_healthy_leader() {
+    let c = Cluster::init(3, 0);
+    let leader = leader_index(&c);
+    let leader_node = c.nodes[leader].id().to_string();
+    let follower = (leader + 1) % 3;
+    let follower_id = c.nodes[follower].id().to_string();
+
+    // Paused long enough for its election timer to run out (the leader sees it Unreachable).
+    c.nodes[follower].pause();
+    let paused_at = Instant::now();
+    wait_for(timeout(), "the paused follower shown Unreachable", || {
+        let nodes = c.nodes[leader].try_node_ls()?;
+        let f = nodes.iter().find(|n| n["ID"] == follower_id.as_str());
+        if f.is_some_and(|f| f["ManagerStatus"] == "Unreachable") {
+            Ok(())
+        } else {
+            Err(summary(&nodes))
+        }
+    });
+    // Writes go on without it until the pause has outlasted its election timer (at most
+    // 1.6 s: lease 0.8 s + timeout 0.4-0.8 s) with room to spare.
+    let mut n = 0;
+    wait_until(
+        timeout(),
+        "the pause to outlast an election timeout",
+        || {
+            create_secret_eventually(&c.nodes[leader], &format!("paused{n}"));
+            n += 1;
+            paused_at.elapsed() > Duration::from_millis(2500)
+        },
+    );
+    create_secret_eventually(&c.nodes[leader], "while_paused");
+    c.nodes[follower].resume();
+
+    // It catches up under the same leader.
+    wait_for(
+        timeout(),
+        "the resumed follower lists the new secret",
+        || match secret_names(&c.nodes[follower], &[])? {
+            n if n.contains(&"while_paused".to_string()) => Ok(()),
+            n => Err(format!("{n:?}")),
+        },
+    );
+    let nodes = c.nodes[follower].node_ls();
+    assert_eq!(
+        leader_id(&nodes).as_deref(),
+        Some(leader_node.as_str()),
+        "the returning follower deposed the leader: {}",
+        summary(&nodes)
     );
 }
 
