@@ -290,6 +290,17 @@ fn failover_is_measured() {
             },
         );
     }
+    // Elections won, from openraft's log line in every manager's daemon log: one for the
+    // swarm's start and one per kill; any more is a leader change nobody caused (flapping).
+    let elections: usize = c
+        .managers()
+        .iter()
+        .map(|m| m.log().matches("a quorum granted my vote").count())
+        .sum();
+    eprintln!(
+        "FAILOVER elections={elections} expected={} (1 + one per kill; more is flapping)",
+        kills + 1
+    );
     times.sort();
     let pct = |p: f64| {
         let i = ((times.len() as f64 - 1.0) * p).round() as usize;
