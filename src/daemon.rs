@@ -1780,6 +1780,12 @@ impl Control for ControlService {
         }
         // Fail-closed: the token is read only once its `token.read` record is committed.
         let (mgr, actor) = self.0.manager_and_admin().await?;
+        if crate::manager::gate::stale_requested() {
+            // The record needs a quorum anyway: say so at once rather than wait for a commit.
+            mgr.read_barrier()
+                .await
+                .map_err(|e| to_status(ManagerError::from(e)))?;
+        }
         mgr.audit(AuditEvent::now(actor, "token.read", &role, Outcome::Ok))
             .await
             .map_err(to_status)?;

@@ -106,6 +106,14 @@ impl Manager {
         let Some(coalesced) = admitted else {
             return Ok(());
         };
+        // The record needs a quorum, `--stale` or not: fail fast, saying so, without one.
+        if let Err(e) = self.read_barrier().await {
+            self.reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(&key);
+            return Err(e.into());
+        }
         let mut event = AuditEvent::now(actor, "audit.read", how, Outcome::Ok);
         event.details = details;
         if coalesced > 0 {
@@ -297,5 +305,15 @@ mod tests {
         // After the window, one record that stands for the two coalesced.
         assert_eq!(c.admit("a", t0 + READ_COALESCE_WINDOW), Some(2));
         assert_eq!(c.admit("a", t0 + READ_COALESCE_WINDOW), None);
+    }
+
+    #[test]
+    fn a_read_whose_record_failed_is_not_coalesced() {
+        let mut c = ReadCoalescer::default();
+        let t0 = Instant::now();
+        assert_eq!(c.admit("a", t0), Some(0));
+        // Its record could not be committed (the read was refused): the next one is recorded.
+        c.forget("a");
+        assert_eq!(c.admit("a", t0 + Duration::from_secs(1)), Some(0));
     }
 }

@@ -694,7 +694,9 @@ impl Manager {
             ));
         };
         if !rotate {
-            // Fail-closed: the key is shown only once its read is on the record.
+            // Fail-closed: the key is shown only once its read is on the record (which needs a
+            // quorum, `--stale` or not).
+            self.read_barrier().await?;
             self.audit(AuditEvent::now(
                 actor,
                 "unlock_key.read",

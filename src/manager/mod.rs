@@ -99,6 +99,9 @@ pub fn to_status(e: ManagerError) -> tonic::Status {
     }
 }
 
+/// How long an audited action waits for its record's commit before it is refused.
+pub const AUDIT_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The Raft node number of a node: derived from its ID, so no coordination is needed.
 pub fn raft_id_of(node_id: &str) -> u64 {
     let d = Sha256::digest(node_id.as_bytes());
@@ -388,7 +391,15 @@ impl Manager {
     /// an action whose record cannot be committed must be refused (fail-closed).
     pub async fn audit(&self, event: AuditEvent) -> Result<(), ManagerError> {
         let action = event.action.clone();
-        let done = self.propose(Command::Audit(event)).await;
+        // Bounded: a leader that lost its quorum would wait for the commit forever.
+        let done = tokio::time::timeout(AUDIT_COMMIT_TIMEOUT, self.propose(Command::Audit(event)))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ManagerError::Raft(format!(
+                    "the audit record was not committed within {}s",
+                    AUDIT_COMMIT_TIMEOUT.as_secs()
+                )))
+            });
         if let Err(e) = &done {
             tracing::error!(%action, error = %e, "could not append audit record");
         }
