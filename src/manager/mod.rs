@@ -113,14 +113,14 @@ pub fn raft_id_of(node_id: &str) -> u64 {
 /// openraft settings for skep. A follower that hears nothing from the leader starts an
 /// election after the leader lease (openraft 0.9: `election_timeout_max`, during which it also
 /// refuses to vote for anyone else, so a returning node cannot depose a healthy leader) plus
-/// its own election timeout: 1.2 to 1.6 s after the leader's last heartbeat. Heartbeats every
+/// its own election timeout: 1.05 to 1.4 s after the leader's last heartbeat. Heartbeats every
 /// 100 ms leave a loaded machine several missed beats of slack before an election.
 pub fn raft_config() -> Result<Arc<openraft::Config>, ManagerError> {
     let config = openraft::Config {
         cluster_name: "skep".into(),
         heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        election_timeout_min: 350,
+        election_timeout_max: 700,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 100,
         ..Default::default()

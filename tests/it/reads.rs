@@ -219,7 +219,7 @@ fn a_returning_follower_does_not_depose_a_healthy_leader() {
         }
     });
     // Writes go on without it until the pause has outlasted its election timer (at most
-    // 1.6 s: lease 0.8 s + timeout 0.4-0.8 s) with room to spare.
+    // 1.4 s: lease 0.7 s + timeout 0.35-0.7 s) with room to spare.
     let mut n = 0;
     wait_until(
         timeout(),
