@@ -102,6 +102,8 @@ pub enum DaemonError {
 const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The shortest node certificate lifetime `swarm init --cert-expiry` accepts.
 pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(10);
+/// How long `swarm join` waits for the new node's task session (and so its Ready state).
+const JOIN_SESSION_WAIT: Duration = Duration::from_secs(10);
 pub(crate) const ROOT_CA_VALIDITY_DAYS: i64 = 20 * 365;
 const UNLOCK_KEY_PREFIX: &str = "SKEP-KEY-1-";
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -215,7 +217,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let socket = daemon.cfg.socket.clone();
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), "serving the control API");
-    let control = ControlServer::new(ControlService(daemon.clone()));
+    let control =
+        crate::manager::gate::ReadMode::new(ControlServer::new(ControlService(daemon.clone())));
     let server = tonic::transport::Server::builder()
         .add_service(control)
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
@@ -816,7 +819,7 @@ impl Daemon {
             // Operators' CLIs: the Control API, behind the RBAC gate.
             if let Some(daemon) = self.me.get().and_then(std::sync::Weak::upgrade) {
                 router = router.add_service(crate::manager::gate::OperatorGate::new(
-                    ControlServer::new(ControlService(daemon)),
+                    crate::manager::gate::ReadMode::new(ControlServer::new(ControlService(daemon))),
                     mgr.clone(),
                 ));
             }
@@ -1085,10 +1088,18 @@ impl Daemon {
             .await
             .map_err(|e| internal(&e))?;
         let mgr = running.manager.clone();
+        let supervisor = running.supervisor.clone();
         *phase = Phase::Active(running);
         if let Some(mgr) = mgr {
             mgr.join_raft(&file.managers).await.map_err(to_status)?;
             self.adopt_autolock(&mgr, &kek).await?;
+        }
+        // The leader marks the node Ready when its task session opens: return once it has,
+        // so that what is run right after the join can be placed on this node.
+        if !supervisor.wait_session(JOIN_SESSION_WAIT).await {
+            tracing::warn!(
+                "no task session with the leader yet; the node shows Unknown until it opens"
+            );
         }
         Ok(SwarmJoinResponse {
             node_id: info.node_id,
@@ -1254,16 +1265,26 @@ impl Daemon {
         Ok(())
     }
 
-    /// The running manager and the local admin as the actor of a control call.
+    /// The running manager and the local admin as the actor of a control call, once the
+    /// manager's state may be read linearizably (the one place Control reads wait for it;
+    /// `--stale` skips it, and an operator's call already waited in the gate).
     async fn manager_and_admin(&self) -> Result<(Arc<Manager>, Actor), Status> {
         let operator = crate::manager::gate::caller();
-        self.with_manager(|m, file| {
-            Ok((
-                m.clone(),
-                operator.unwrap_or_else(|| Actor::local_admin(&file.node_id)),
-            ))
-        })
-        .await
+        let linearizable = operator.is_none() && !crate::manager::gate::stale_requested();
+        let (m, actor) = self
+            .with_manager(|m, file| {
+                Ok((
+                    m.clone(),
+                    operator.unwrap_or_else(|| Actor::local_admin(&file.node_id)),
+                ))
+            })
+            .await?;
+        if linearizable {
+            m.read_barrier()
+                .await
+                .map_err(|e| to_status(ManagerError::from(e)))?;
+        }
+        Ok((m, actor))
     }
 
     async fn with_manager<T>(
@@ -1723,7 +1744,12 @@ fn node_info(m: &Manager, n: &Node, self_id: &str) -> NodeInfo {
         availability: n.availability.as_str().into(),
         manager_status: match m.read(|s| s.store_errors.get(&n.id).cloned()) {
             Some(e) if n.role == NodeRole::Manager => format!("Unavailable (store failed: {e})"),
-            _ => m.manager_status(n).into(),
+            _ => match (m.manager_status(n), n.raft_id.and_then(|r| m.sync_problem(r))) {
+                ("Unreachable", Some(why)) => {
+                    format!("Unreachable (out of sync: {})", crate::util::prefix(&why, 160))
+                }
+                (status, _) => status.into(),
+            },
         },
         addr: n.addr.clone(),
         cert_serial: n.cert_serial.clone(),
@@ -1951,7 +1977,18 @@ impl Control for ControlService {
             };
             m.rotate_token(actor, node_role).await.map_err(to_status)?;
         }
-        let (mgr, resp, node_id) = self
+        // Fail-closed: the token is read only once its `token.read` record is committed.
+        let (mgr, actor) = self.0.manager_and_admin().await?;
+        if crate::manager::gate::stale_requested() {
+            // The record needs a quorum anyway: say so at once rather than wait for a commit.
+            mgr.read_barrier()
+                .await
+                .map_err(|e| to_status(ManagerError::from(e)))?;
+        }
+        mgr.audit(AuditEvent::now(actor, "token.read", &role, Outcome::Ok))
+            .await
+            .map_err(to_status)?;
+        let resp = self
             .0
             .with_manager(|m, file| {
                 let cluster = m.read(|s| s.cluster.clone()).ok_or_else(|| {
@@ -1968,24 +2005,21 @@ impl Control for ControlService {
                         )));
                     }
                 };
-                let resp = JoinTokenResponse {
+                Ok(JoinTokenResponse {
                     token: token.expose().to_string(),
                     manager_addr: file.advertise_addr.clone(),
-                };
-                Ok((m.clone(), resp, file.node_id.clone()))
+                })
             })
             .await?;
-        mgr.audit(AuditEvent::now(
-            Actor::local_admin(&node_id),
-            "token.read",
-            &role,
-            Outcome::Ok,
-        ))
-        .await;
         Ok(Response::new(resp))
     }
 
     async fn node_list(&self, _req: Request<Empty>) -> Result<Response<NodeListResponse>, Status> {
+        let (m, _) = self.0.manager_and_admin().await?;
+        if crate::manager::gate::stale_requested() {
+            // The status column says whether a quorum answers now, even for a stale read.
+            let _ = m.read_barrier_within(Duration::from_millis(500)).await;
+        }
         self.0
             .with_manager(|m, file| {
                 let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
@@ -2003,6 +2037,7 @@ impl Control for ControlService {
         req: Request<NodeInspectRequest>,
     ) -> Result<Response<NodeInfo>, Status> {
         let want = req.into_inner().node;
+        self.0.manager_and_admin().await?;
         self.0
             .with_manager(|m, file| {
                 let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
@@ -2038,7 +2073,9 @@ impl Control for ControlService {
             "export" | "verify" => req.purpose.as_str(),
             _ => "ls",
         };
-        m.audit_read(actor, purpose, &filter);
+        m.audit_read(actor, purpose, &filter)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(AuditListResponse {
             records_json,
             public_key: m.audit_public_key().unwrap_or_default(),
@@ -2057,7 +2094,9 @@ impl Control for ControlService {
         let filter = audit_filter(req.get_ref())?;
         let (m, actor) = self.0.manager_and_admin().await?;
         // One record for the whole stream, however many records it carries.
-        m.audit_read(actor, "follow", &filter);
+        m.audit_read(actor, "follow", &filter)
+            .await
+            .map_err(to_status)?;
         let rx = crate::manager::audit::follow(m, filter);
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),

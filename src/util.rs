@@ -22,3 +22,26 @@ pub fn rfc3339(t: OffsetDateTime) -> String {
 pub fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).ok()
 }
+
+/// At most `max` bytes of `s` (cut at a character boundary), with "…" when cut: what errors
+/// and statuses quote of text they did not write.
+pub fn prefix(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_prefix_is_cut_at_a_character_boundary() {
+        assert_eq!(super::prefix("abc", 5), "abc");
+        assert_eq!(super::prefix("abcdef", 3), "abc…");
+        assert_eq!(super::prefix("ééé", 3), "é…");
+    }
+}

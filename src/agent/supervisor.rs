@@ -68,6 +68,9 @@ pub struct Supervisor {
     peer_networks: PeerNetworks,
     /// Services reachable by name, from the routing table (see [`Supervisor::set_names`]).
     names: arc_swap::ArcSwap<Vec<crate::api::v1::ServiceVip>>,
+    /// Whether a task session with the leader is open (the leader marks the node Ready when
+    /// it opens).
+    session: watch::Sender<bool>,
 }
 
 fn status(state: TaskState, message: &str, err: &str, exit_code: Option<i64>) -> TaskStatus {
@@ -97,7 +100,16 @@ impl Supervisor {
             secrets: SecretStore::default(),
             peer_networks: Mutex::default(),
             names: Default::default(),
+            session: watch::channel(false).0,
         })
+    }
+
+    /// Waits, at most `within`, until a task session with the leader is open; whether it is.
+    pub async fn wait_session(&self, within: Duration) -> bool {
+        let mut rx = self.session.subscribe();
+        tokio::time::timeout(within, rx.wait_for(|open| *open))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
@@ -161,7 +173,10 @@ impl Supervisor {
                 match client.session(req).await {
                     Ok(stream) => {
                         tracing::info!(%addr, "task session open");
-                        if let Err(s) = self.follow(stream.into_inner()).await {
+                        self.session.send_replace(true);
+                        let ended = self.follow(stream.into_inner()).await;
+                        self.session.send_replace(false);
+                        if let Err(s) = ended {
                             tracing::info!(%addr, error = %s.message(), "task session ended");
                         }
                     }

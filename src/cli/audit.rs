@@ -5,17 +5,15 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
-use tonic::transport::Channel;
 
 use super::client::status;
 use super::output::Table;
 use super::{AuditExportArgs, AuditFilterArgs, AuditLsArgs, AuditVerifyArgs, print};
 use crate::api::v1::AuditListRequest;
-use crate::api::v1::control_client::ControlClient;
 use crate::audit::export::{ExportHeader, FORMAT_VERSION};
 use crate::audit::{Anchor, AuditRecord, VerifyOptions, VerifyReport};
 
-type Api = ControlClient<Channel>;
+type Api = super::client::Api;
 
 pub(super) async fn ls(api: &mut Api, args: AuditLsArgs) -> anyhow::Result<()> {
     let req = request(&args.filter, "ls")?;

@@ -9,6 +9,29 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::api::v1::control_client::ControlClient;
 
+/// The Control API client the commands use: a channel, with the read mode on every call.
+pub type Api = ControlClient<tonic::service::interceptor::InterceptedService<Channel, ReadMode>>;
+
+/// How the daemon should read its state for this CLI's calls: linearizably (the default), or
+/// its own copy as it is (`--stale`, e.g. to look at a swarm that has lost its quorum).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadMode {
+    /// Skip the quorum check; the answer may be out of date.
+    pub stale: bool,
+}
+
+impl tonic::service::Interceptor for ReadMode {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if self.stale {
+            req.metadata_mut().insert(
+                crate::manager::gate::STALE_HEADER,
+                tonic::metadata::MetadataValue::from_static(crate::manager::gate::STALE_VALUE),
+            );
+        }
+        Ok(req)
+    }
+}
+
 /// Where the daemon listens, from `--host` / `SKEP_HOST` / the current context.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Host {
@@ -61,9 +84,14 @@ impl Host {
     }
 }
 
-/// A Control API client on `host`; fails with a message that says what to do when no daemon
-/// answers there.
-pub async fn connect(host: &Host) -> anyhow::Result<ControlClient<Channel>> {
+/// A Control API client on `host` (linearizable reads); fails with a message that says what
+/// to do when no daemon answers there.
+pub async fn connect(host: &Host) -> anyhow::Result<Api> {
+    connect_with(host, ReadMode::default()).await
+}
+
+/// [`connect`] with a read mode.
+pub async fn connect_with(host: &Host, mode: ReadMode) -> anyhow::Result<Api> {
     let channel = match host {
         Host::Unix(path) => connect_unix(path).await.map_err(|e| {
             anyhow!(
@@ -85,7 +113,7 @@ pub async fn connect(host: &Host) -> anyhow::Result<ControlClient<Channel>> {
         }
     };
     // Large swarms list many tasks; the default 4 MiB would cut `service ls` off.
-    Ok(ControlClient::new(channel).max_decoding_message_size(256 << 20))
+    Ok(ControlClient::with_interceptor(channel, mode).max_decoding_message_size(256 << 20))
 }
 
 /// The operator credentials in `dir`: `ca.pem` (the swarm's root), `cert.pem` (the operator

@@ -15,12 +15,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use tokio::signal::unix::{SignalKind, signal};
-use tonic::transport::Channel;
 
 use super::client::{self, Host, status};
 use super::output::Table;
 use super::{DevArgs, node, print};
-use crate::api::v1::control_client::ControlClient;
 use crate::api::v1::{Empty, JoinTokenRequest, SwarmInitRequest, SwarmJoinRequest};
 
 const PORT: u16 = 2377;
@@ -234,7 +232,7 @@ fn spawn(exe: &Path, node: &DevNode) -> anyhow::Result<Child> {
         .with_context(|| format!("starting the daemon of {}", node.name))
 }
 
-async fn wait_for_socket(node: &mut DevNode) -> anyhow::Result<ControlClient<Channel>> {
+async fn wait_for_socket(node: &mut DevNode) -> anyhow::Result<super::client::Api> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(child) = node.child.as_mut()
@@ -265,7 +263,7 @@ async fn wait_for_socket(node: &mut DevNode) -> anyhow::Result<ControlClient<Cha
 }
 
 /// Polls `node ls` on the first node until all `n` nodes are Ready; returns the table.
-async fn wait_all_ready(api: &mut ControlClient<Channel>, n: usize) -> anyhow::Result<String> {
+async fn wait_all_ready(api: &mut super::client::Api, n: usize) -> anyhow::Result<String> {
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         let last = match api.node_list(Empty {}).await {

@@ -61,6 +61,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "SKEP_CERT_PATH", value_name = "DIR")]
     cert_path: Option<PathBuf>,
 
+    /// Answer from the manager's own copy of the swarm's state, without confirming with a
+    /// quorum of managers that it is current: it may be out of date. For looking at a swarm
+    /// that has lost its quorum (reads only; writes and audited reads still need a quorum).
+    #[arg(long, global = true)]
+    stale: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -535,7 +541,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         command => {
             let host = operator::resolve_host(cli.host.as_deref(), cli.cert_path.as_deref())?;
             check(&command)?;
-            runtime()?.block_on(control(host, command))
+            let mode = client::ReadMode { stale: cli.stale };
+            runtime()?.block_on(control(host, mode, command))
         }
     }
 }
@@ -560,8 +567,8 @@ fn check(command: &Command) -> anyhow::Result<()> {
     }
 }
 
-async fn control(host: Host, command: Command) -> anyhow::Result<()> {
-    let mut api = client::connect(&host).await?;
+async fn control(host: Host, mode: client::ReadMode, command: Command) -> anyhow::Result<()> {
+    let mut api = client::connect_with(&host, mode).await?;
     match command {
         Command::Swarm(SwarmCommand::Init(args)) => swarm::init(&mut api, args).await,
         Command::Swarm(SwarmCommand::Join(args)) => swarm::join(&mut api, args).await,

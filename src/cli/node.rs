@@ -4,17 +4,15 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use super::client::status;
 use super::output::{Table, json_line, json_pretty};
 use super::service::{hostnames, ps_output};
 use super::tasks::parse_tasks;
 use super::{Format, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, print};
-use crate::api::v1::control_client::ControlClient;
 use crate::api::v1::{Empty, NodeInfo, NodeInspectRequest, NodeUpdateRequest};
 
-type Api = ControlClient<Channel>;
+type Api = super::client::Api;
 
 pub(super) async fn ls(api: &mut Api, args: NodeLsArgs) -> anyhow::Result<()> {
     let mut nodes = api

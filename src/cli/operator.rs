@@ -8,14 +8,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
-use tonic::transport::Channel;
 
 use super::client::{Host, status};
 use super::output::Table;
 use super::{Format, print};
-use crate::api::v1::control_client::ControlClient;
 
-type Api = ControlClient<Channel>;
+type Api = super::client::Api;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum OperatorCommand {

@@ -6,15 +6,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Subcommand};
-use tonic::transport::Channel;
 
 use super::client::status;
 use super::output::{Table, json_line};
 use super::{Format, print};
-use crate::api::v1::control_client::ControlClient;
 use crate::api::v1::{Empty, PolicySetRequest};
 
-type Api = ControlClient<Channel>;
+type Api = super::client::Api;
 
 /// Largest policy file read (the engine refuses more, too).
 const READ_LIMIT: u64 = 1024 * 1024;

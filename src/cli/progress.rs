@@ -18,13 +18,11 @@ use std::io::IsTerminal as _;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use tonic::transport::Channel;
 
 use super::client::status;
 use super::print;
 use super::tasks::{parse_service, parse_tasks, short_id};
 use crate::api::v1::ServiceRef;
-use crate::api::v1::control_client::ControlClient;
 use crate::store::service::{
     DesiredState, Mode, Service, Task, TaskState, UpdatePhase, UpdateStatus,
 };
@@ -315,7 +313,7 @@ impl Renderer {
 
 /// Waits until `service` converges, printing progress unless `quiet`.
 pub(super) async fn wait(
-    api: &mut ControlClient<Channel>,
+    api: &mut super::client::Api,
     service: &str,
     base: Baseline,
     quiet: bool,

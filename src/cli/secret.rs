@@ -12,17 +12,15 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
-use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 use super::client::status;
 use super::output::{Table, json_line, json_pretty};
 use super::tasks::human_duration;
 use super::{Format, print};
-use crate::api::v1::control_client::ControlClient;
 use crate::api::v1::{Empty, SecretCreateRequest, SecretInfo, SecretLookup};
 
-type Api = ControlClient<Channel>;
+type Api = super::client::Api;
 
 /// Largest value read from a file or stdin (the daemon refuses more than 500 KiB).
 const READ_LIMIT: u64 = 500 * 1024;

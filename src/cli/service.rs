@@ -10,7 +10,6 @@ use std::fmt::Write as _;
 
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use super::client::status;
 use super::output::{Table, json_line, json_pretty};
@@ -20,7 +19,6 @@ use super::spec::{
 };
 use super::tasks::{self, image_of, parse_service, parse_tasks, short_id};
 use super::{Format, print};
-use crate::api::v1::control_client::ControlClient;
 use crate::api::v1::{
     Empty, ServiceLogsRequest, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest,
 };
@@ -28,7 +26,7 @@ use crate::store::service::{
     DesiredState, Mode, RestartCondition, Service, ServiceSpec, Task, TaskState, UpdateConfig,
 };
 
-type Api = ControlClient<Channel>;
+type Api = super::client::Api;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum ServiceCommand {

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use tonic::transport::Channel;
 
 use super::client::status;
 use super::output::{Table, json_line, json_pretty};
@@ -20,7 +19,6 @@ use super::progress::{self, Baseline};
 use super::service::{fetch, hostnames, ls_json, ls_table, ps_output};
 use super::tasks::{parse_service, parse_tasks, short_id};
 use super::{Format, print};
-use crate::api::v1::control_client::ControlClient;
 use crate::api::v1::{
     Empty, NetworkCreateRequest, NetworkInfo, NetworkLookup, SecretCreateRequest, SecretLookup,
     ServiceRef, ServiceSpecRequest, ServiceUpdateRequest, StackAuditRequest,
@@ -28,7 +26,7 @@ use crate::api::v1::{
 use crate::stack::{NAMESPACE_LABEL, SecretSource, Stack};
 use crate::store::service::{Service, Task};
 
-type Api = ControlClient<Channel>;
+type Api = super::client::Api;
 
 #[derive(Debug, Subcommand)]
 pub(super) enum StackCommand {

@@ -3,20 +3,18 @@
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use anyhow::{Context as _, bail};
-use tonic::transport::Channel;
 use zeroize::Zeroizing;
 
 use super::client::status;
 use super::{
     JoinTokenArgs, Role, SwarmInitArgs, SwarmJoinArgs, SwarmLeaveArgs, SwarmUpdateArgs, print,
 };
-use crate::api::v1::control_client::ControlClient;
 use crate::api::v1::{
     JoinTokenRequest, SwarmInitRequest, SwarmJoinRequest, SwarmLeaveRequest, SwarmUnlockRequest,
     SwarmUpdateRequest,
 };
 
-type Api = ControlClient<Channel>;
+type Api = super::client::Api;
 
 pub(super) async fn init(api: &mut Api, args: SwarmInitArgs) -> anyhow::Result<()> {
     let resp = api

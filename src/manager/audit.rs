@@ -36,6 +36,11 @@ pub struct ReadCoalescer {
 }
 
 impl ReadCoalescer {
+    /// Forgets a kind of read whose record could not be committed: the next one is recorded.
+    pub fn forget(&mut self, key: &str) {
+        self.last.remove(key);
+    }
+
     /// `Some(n)`: record this read, saying `n` identical reads were coalesced before it;
     /// `None`: count it and record nothing.
     pub fn admit(&mut self, key: &str, now: Instant) -> Option<u64> {
@@ -83,8 +88,14 @@ impl Manager {
 
     /// Records that `actor` read the audit log (`how`: ls, follow, export, verify), with the
     /// filters as details; identical reads within [`READ_COALESCE_WINDOW`] make one record.
-    /// Appended in the background: a read is not held up by a Raft commit.
-    pub fn audit_read(self: &Arc<Self>, actor: Actor, how: &str, filter: &AuditFilter) {
+    /// Fail-closed: the record is committed before the read is served, and a read whose
+    /// record cannot be committed is refused (and not counted as coalesced).
+    pub async fn audit_read(
+        self: &Arc<Self>,
+        actor: Actor,
+        how: &str,
+        filter: &AuditFilter,
+    ) -> Result<(), ManagerError> {
         let details = filter.details();
         let key = format!("{}:{}|{how}|{details:?}", actor.kind, actor.id);
         let admitted = self
@@ -93,15 +104,29 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .admit(&key, Instant::now());
         let Some(coalesced) = admitted else {
-            return;
+            return Ok(());
         };
+        // The record needs a quorum, `--stale` or not: fail fast, saying so, without one.
+        if let Err(e) = self.read_barrier().await {
+            self.reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(&key);
+            return Err(e.into());
+        }
         let mut event = AuditEvent::now(actor, "audit.read", how, Outcome::Ok);
         event.details = details;
         if coalesced > 0 {
             event = event.with("coalesced_before", coalesced.to_string());
         }
-        let mgr = self.clone();
-        tokio::spawn(async move { mgr.audit(event).await });
+        let done = self.audit(event).await;
+        if done.is_err() {
+            self.reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .forget(&key);
+        }
+        done
     }
 
     /// `swarm update --audit-retention`: keep at least `keep` records (0: all), audited.
@@ -280,5 +305,15 @@ mod tests {
         // After the window, one record that stands for the two coalesced.
         assert_eq!(c.admit("a", t0 + READ_COALESCE_WINDOW), Some(2));
         assert_eq!(c.admit("a", t0 + READ_COALESCE_WINDOW), None);
+    }
+
+    #[test]
+    fn a_read_whose_record_failed_is_not_coalesced() {
+        let mut c = ReadCoalescer::default();
+        let t0 = Instant::now();
+        assert_eq!(c.admit("a", t0), Some(0));
+        // Its record could not be committed (the read was refused): the next one is recorded.
+        c.forget("a");
+        assert_eq!(c.admit("a", t0 + Duration::from_secs(1)), Some(0));
     }
 }

@@ -345,7 +345,8 @@ impl Manager {
                 AuditEvent::now(actor.clone(), "secret.attach", &d.secret, Outcome::Denied)
                     .with("service", spec.name.clone())
                     .with("reason", d.reason.clone());
-            self.audit(record).await;
+            // Refused either way; `audit` logs a failure to record it.
+            let _ = self.audit(record).await;
             return Err(ManagerError::Denied(format!(
                 "service {} may not use {d} (on any node of the swarm); change the policy (`skep policy get|set`) or the labels",
                 spec.name
@@ -622,18 +623,24 @@ impl Manager {
         }
         let mut voters = self.voters();
         voters.remove(&raft_id);
-        let reachable = self.read(|s| {
-            voters
-                .iter()
-                .filter(|v| {
-                    **v == self.raft_id
-                        || s.nodes.values().any(|n| {
-                            n.raft_id == Some(**v)
-                                && n.state == crate::store::model::NodeState::Ready
-                        })
-                })
-                .count()
+        // Reachable as `node ls` says it (heartbeats and replication now), not only as the
+        // state last recorded: a manager that just died is still Ready there for a while.
+        let managers: Vec<Node> = self.read(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.raft_id.is_some_and(|r| voters.contains(&r)))
+                .cloned()
+                .collect()
         });
+        let reachable = voters
+            .iter()
+            .filter(|v| {
+                **v == self.raft_id
+                    || managers
+                        .iter()
+                        .any(|n| n.raft_id == Some(**v) && self.manager_status(n) == "Reachable")
+            })
+            .count();
         if voters.is_empty() || reachable * 2 <= voters.len() {
             return Err(ManagerError::Precondition(format!(
                 "demoting node {} would leave {reachable} of {} remaining managers reachable, below the Raft quorum; bring managers back (or promote others) first",
@@ -693,13 +700,16 @@ impl Manager {
             ));
         };
         if !rotate {
+            // Fail-closed: the key is shown only once its read is on the record (which needs a
+            // quorum, `--stale` or not).
+            self.read_barrier().await?;
             self.audit(AuditEvent::now(
                 actor,
                 "unlock_key.read",
                 "swarm",
                 Outcome::Ok,
             ))
-            .await;
+            .await?;
             return Ok(current);
         }
         let (_, key) = crate::daemon::new_unlock_key();

@@ -14,6 +14,59 @@ use super::Manager;
 
 tokio::task_local! {
     static CALLER: Actor;
+    static STALE: bool;
+}
+
+/// The request header by which a Control call asks to skip the linearizable read (`--stale`).
+pub const STALE_HEADER: &str = "skep-read";
+/// Its value.
+pub const STALE_VALUE: &str = "stale";
+
+/// Whether the current Control call asked for this manager's copy as it is (`--stale`).
+pub fn stale_requested() -> bool {
+    STALE.try_with(|s| *s).unwrap_or(false)
+}
+
+/// Runs the Control server `inner` with the read mode of each request ([`stale_requested`]).
+#[derive(Clone)]
+pub struct ReadMode<S> {
+    inner: S,
+}
+
+impl<S> ReadMode<S> {
+    /// Wraps `inner` (the Control server).
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for ReadMode<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for ReadMode<S>
+where
+    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let stale = req
+            .headers()
+            .get(STALE_HEADER)
+            .is_some_and(|v| v.as_bytes() == STALE_VALUE.as_bytes());
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(STALE.scope(stale, inner.call(req)))
+    }
 }
 
 /// The operator making the current Control call over mTLS, if it is one (`None` on the
@@ -142,6 +195,11 @@ where
                     "permission denied: {method} can only be run on the node itself, over its local socket"
                 )));
             };
+            // Who the operator is and what it may do is a security decision: read
+            // linearizably, whatever the call asked for.
+            if let Err(e) = mgr.read_barrier().await {
+                return refuse(super::to_status(e.into()));
+            }
             let actor = match mgr
                 .authorize_operator(&op, peer.addr, &method, action, resource)
                 .await

@@ -17,6 +17,7 @@ pub mod network;
 pub mod networks;
 pub mod operators;
 pub mod orchestrator;
+pub mod reads;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
@@ -35,7 +36,7 @@ use tonic::transport::Channel;
 
 use crate::api::v1::{JoinRaftRequest, RaftMessage};
 use crate::audit::{Actor, AuditEvent, Outcome};
-use crate::store::model::{Command, Node, NodeRole, NodeState, Response, State};
+use crate::store::model::{Command, NodeRole, NodeState, Response, State};
 use crate::store::{Raft, StateHandle};
 use limiter::{Admit, FailureLimiter};
 
@@ -79,6 +80,9 @@ pub enum ManagerError {
         "this manager's store failed: {0}; it is not acting as a manager until that is fixed (it restarts itself once the store can be written again); meanwhile use another manager"
     )]
     StoreFailed(String),
+    /// A linearizable read could not be confirmed.
+    #[error(transparent)]
+    Read(#[from] reads::ReadError),
 }
 
 /// Maps a manager error to the status a peer sees. Raft internals stay in our log.
@@ -98,6 +102,7 @@ pub fn to_status(e: ManagerError) -> tonic::Status {
         ManagerError::Denied(_) => tonic::Status::permission_denied(e.to_string()),
         ManagerError::Invalid(_) => tonic::Status::invalid_argument(e.to_string()),
         ManagerError::NotFound(_) => tonic::Status::not_found(e.to_string()),
+        ManagerError::Read(_) => tonic::Status::unavailable(e.to_string()),
     }
 }
 
@@ -110,6 +115,8 @@ const JOIN_WAIT: Duration = Duration::from_secs(60);
 
 /// How long a joining manager waits without any progress before it gives up.
 const JOIN_STALL: Duration = Duration::from_secs(15);
+/// How long an audited action waits for its record's commit before it is refused.
+pub const AUDIT_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The Raft node number of a node: derived from its ID, so no coordination is needed.
 pub fn raft_id_of(node_id: &str) -> u64 {
@@ -122,14 +129,20 @@ pub fn raft_id_of(node_id: &str) -> u64 {
 /// A snapshot is built every this many log entries unless the daemon is told otherwise.
 pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
 
-/// openraft settings for skep: elections in a couple of seconds on a loaded machine; a
-/// snapshot every `snapshot_logs` entries, keeping a tenth of that behind it in the log.
+/// openraft settings for skep. A follower that hears nothing from the leader starts an
+/// election after the leader lease (openraft 0.9: `election_timeout_max`, during which it also
+/// refuses to vote for anyone else, so a returning node cannot depose a healthy leader) plus
+/// its own election timeout: 1.05 to 1.4 s after the leader's last heartbeat. Heartbeats every
+/// 100 ms leave a loaded machine several missed beats of slack before an election (openraft
+/// also gives each AppendEntries one heartbeat interval: the network sizes its batches for
+/// that, see [`network`]). A snapshot every `snapshot_logs` entries, keeping a tenth of that
+/// behind it in the log.
 pub fn raft_config(snapshot_logs: u64) -> Result<Arc<openraft::Config>, ManagerError> {
     let config = openraft::Config {
         cluster_name: "skep".into(),
-        heartbeat_interval: 250,
-        election_timeout_min: 1500,
-        election_timeout_max: 3000,
+        heartbeat_interval: 100,
+        election_timeout_min: 350,
+        election_timeout_max: 700,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: snapshot_logs / 10,
         // Entries per AppendEntries; the network also cuts each batch by bytes
@@ -187,6 +200,7 @@ pub struct Manager {
     store_fault: tokio::sync::watch::Sender<Option<String>>,
     /// Keeps the store's rollback anchor (set by the daemon after opening the store).
     anchor: std::sync::OnceLock<Arc<crate::store::anchor::Keeper>>,
+    read_state: Mutex<reads::ReadState>,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -224,6 +238,7 @@ impl Manager {
             sync_problems: id.sync_problems,
             store_fault: tokio::sync::watch::Sender::new(None),
             anchor: std::sync::OnceLock::new(),
+            read_state: Mutex::new(reads::ReadState::default()),
         })
     }
 
@@ -434,7 +449,8 @@ impl Manager {
             if Instant::now() >= deadline || matches!(err, ManagerError::Rejected(_)) {
                 return Err(err);
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Follows a new leader as soon as one is known.
+            self.wait_leader_change(Duration::from_millis(200)).await;
         }
     }
 
@@ -458,12 +474,23 @@ impl Manager {
         Ok(into_result(resp))
     }
 
-    /// Appends an audit record; failures to audit are logged, never hidden.
-    pub async fn audit(&self, event: AuditEvent) {
+    /// Appends an audit record; failures to audit are logged, never hidden, and returned:
+    /// an action whose record cannot be committed must be refused (fail-closed).
+    pub async fn audit(&self, event: AuditEvent) -> Result<(), ManagerError> {
         let action = event.action.clone();
-        if let Err(e) = self.propose(Command::Audit(event)).await {
+        // Bounded: a leader that lost its quorum would wait for the commit forever.
+        let done = tokio::time::timeout(AUDIT_COMMIT_TIMEOUT, self.propose(Command::Audit(event)))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ManagerError::Raft(format!(
+                    "the audit record was not committed within {}s",
+                    AUDIT_COMMIT_TIMEOUT.as_secs()
+                )))
+            });
+        if let Err(e) = &done {
             tracing::error!(%action, error = %e, "could not append audit record");
         }
+        done
     }
 
     /// Audits a failed attempt from an unauthenticated or unauthorised source, rate-limited
@@ -475,10 +502,14 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .admit(source, Instant::now());
         match admit {
-            Admit::Record { suppressed: 0 } => self.audit(event).await,
+            // The attempt is refused anyway; a failure to record it is logged by `audit`.
+            Admit::Record { suppressed: 0 } => {
+                let _ = self.audit(event).await;
+            }
             Admit::Record { suppressed } => {
-                self.audit(event.with("suppressed_before", suppressed.to_string()))
-                    .await
+                let _ = self
+                    .audit(event.with("suppressed_before", suppressed.to_string()))
+                    .await;
             }
             Admit::Suppress => tracing::debug!(%source, action = %event.action, "audit suppressed"),
         }
@@ -541,6 +572,18 @@ impl Manager {
                 .map(|n| n.id.clone())
                 .collect()
         })
+    }
+
+    /// On the leader: whether `node_id` heartbeated within the grace period (counted from when
+    /// this manager became leader for nodes it has not heard from).
+    fn heard_from(&self, node_id: &str) -> bool {
+        if node_id == self.node_id {
+            return true;
+        }
+        let grace = self.heartbeat_period() * 3;
+        let live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        let last = live.last_seen.get(node_id).copied().max(live.leader_since);
+        last.is_some_and(|t| t.elapsed() <= grace)
     }
 
     /// The leader's liveness loop: marks nodes Down when they miss heartbeats.
@@ -829,20 +872,6 @@ impl Manager {
             }
         }
         Err(last)
-    }
-
-    /// Manager status as `node ls` shows it.
-    pub fn manager_status(&self, node: &Node) -> &'static str {
-        if node.role != NodeRole::Manager {
-            return "";
-        }
-        if node.raft_id.is_some() && node.raft_id == self.leader_id() {
-            "Leader"
-        } else if node.state == NodeState::Ready {
-            "Reachable"
-        } else {
-            "Unreachable"
-        }
     }
 
     /// The initial membership of a new cluster: this node alone.

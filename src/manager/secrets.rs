@@ -314,13 +314,15 @@ impl Manager {
         if let Some(t) = &text
             && let Err(e) = kind.validate(t)
         {
-            self.audit(
-                AuditEvent::now(actor, "policy.set", target, Outcome::Error)
-                    .with("old_digest", old)
-                    .with("new_digest", new_digest)
-                    .with("reason", e.to_string()),
-            )
-            .await;
+            // Refused either way; `audit` logs a failure to record it.
+            let _ = self
+                .audit(
+                    AuditEvent::now(actor, "policy.set", target, Outcome::Error)
+                        .with("old_digest", old)
+                        .with("new_digest", new_digest)
+                        .with("reason", e.to_string()),
+                )
+                .await;
             return Err(ManagerError::Invalid(format!(
                 "policy refused, the policy in force is unchanged: {e}"
             )));

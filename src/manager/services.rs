@@ -120,6 +120,9 @@ impl Services {
         mut req: IssueRequest,
     ) -> Result<IssueResponse, ManagerError> {
         let source = peer.addr.to_string();
+        // The token is checked against the current tokens, not a stale copy (a rotated-out
+        // token must not work through a manager that is behind).
+        self.mgr.read_barrier().await?;
         let cluster = self.mgr.read(|s| s.cluster.clone()).ok_or_else(|| {
             ManagerError::Precondition("the cluster is not initialised yet".into())
         })?;
@@ -357,6 +360,8 @@ impl Services {
     /// Issues a renewed certificate to a member node for a fresh key: same node ID, the role
     /// the state gives it now, the current validity. Audited with the old and new serials.
     async fn renew(&self, node_id: &str, csr_der: &[u8]) -> Result<IssueResponse, ManagerError> {
+        // Membership and role decide the certificate: read them linearizably.
+        self.mgr.read_barrier().await?;
         let (cluster, node) = self
             .mgr
             .read(|s| (s.cluster.clone(), s.nodes.get(node_id).cloned()));
@@ -687,26 +692,43 @@ impl Dispatcher for Services {
         };
         let node_id = id.node_id().to_string();
         let known = self.mgr.read(|s| {
-            s.nodes
-                .get(&node_id)
-                .map(|n| n.runtimes == runtimes && n.resources == resources)
+            s.nodes.get(&node_id).map(|n| {
+                (
+                    n.runtimes == runtimes && n.resources == resources,
+                    n.state == NodeState::Ready,
+                )
+            })
         });
-        match known {
+        let Some((described, ready)) = known else {
             // Not in the node list yet (this very moment of init or join): come back shortly.
-            None => {
-                return Err(Status::unavailable(format!(
-                    "node {node_id} is not registered yet; retry"
-                )));
-            }
-            Some(false) => {
-                let cmd = Command::DescribeNode {
-                    id: node_id.clone(),
-                    runtimes,
-                    resources,
-                };
-                self.mgr.propose(cmd).await.map_err(to_status)?;
-            }
-            Some(true) => {}
+            return Err(Status::unavailable(format!(
+                "node {node_id} is not registered yet; retry"
+            )));
+        };
+        // An open session is a sign of life: the node is Ready now (with its runtimes), not
+        // at its next heartbeat, so work created right after a join can be placed on it.
+        let has_cpu = resources.nano_cpus > 0;
+        let mut cmds = Vec::new();
+        if !described {
+            cmds.push(Command::DescribeNode {
+                id: node_id.clone(),
+                runtimes,
+                resources,
+            });
+        }
+        self.mgr.saw(&node_id);
+        if !ready && has_cpu {
+            cmds.push(Command::SetNodeState {
+                id: node_id.clone(),
+                state: NodeState::Ready,
+                at: crate::util::now_rfc3339(),
+            });
+        }
+        if !cmds.is_empty() {
+            self.mgr
+                .propose(Command::Batch(cmds))
+                .await
+                .map_err(to_status)?;
         }
         let rx = super::dispatch::session(self.mgr.clone(), node_id);
         Ok(Response::new(Box::pin(
@@ -749,6 +771,11 @@ impl Dispatcher for Services {
                 self.mgr.leader_addr().unwrap_or_default()
             )));
         }
+        // Entitlement is decided on the current state, not this manager's possibly older copy.
+        self.mgr
+            .read_barrier()
+            .await
+            .map_err(|e| to_status(e.into()))?;
         let body = req.into_inner();
         let node_id = id.node_id();
         let answer = self.mgr.read(|s| {
@@ -931,5 +958,24 @@ impl ManagerRpc for Services {
         self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await })
             .await?;
         Ok(Response::new(Empty {}))
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<Empty>,
+    ) -> Result<Response<crate::api::v1::ReadIndexResponse>, Status> {
+        self.require(&req, "raft.read_index", true).await?;
+        if !self.mgr.is_leader() {
+            return Err(Status::unavailable(format!(
+                "not the leader; the leader is at {}",
+                self.mgr.leader_addr().as_deref().unwrap_or("(none known)")
+            )));
+        }
+        let index = self
+            .mgr
+            .local_read_index(super::reads::READ_BARRIER_TIMEOUT)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(crate::api::v1::ReadIndexResponse { index }))
     }
 }

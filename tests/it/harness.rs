@@ -492,6 +492,26 @@ impl Node {
         }
     }
 
+    /// Pauses the daemon (SIGSTOP: a long GC pause, a frozen VM); [`Node::resume`] continues it.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Continues a paused daemon (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let child = self
+            .child
+            .as_ref()
+            .unwrap_or_else(|| panic!("{} is not running", self.name));
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
+        nix::sys::signal::kill(pid, sig)
+            .unwrap_or_else(|e| panic!("sending {sig} to {}: {e}", self.name));
+    }
+
     /// Kills the daemon, starts it again with the same directory and address, and waits until
     /// its socket answers.
     pub fn restart(&mut self) {

@@ -21,6 +21,7 @@ mod lifecycle;
 mod mesh;
 mod operators;
 mod raft_traffic;
+mod reads;
 mod roles;
 mod runtime;
 mod secret_delivery;
