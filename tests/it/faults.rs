@@ -6,17 +6,18 @@
 //! | test | the fault of a round |
 //! |---|---|
 //! | `kill_and_restart` | a manager (the leader half the time) is killed with SIGKILL, left down 1-4 s, restarted |
-//! | `pause_and_resume` | a manager (the leader half the time) gets SIGSTOP, 2-5 s later SIGCONT |
-//! | `leader_isolated` | the leader's link goes down (bridge side of its veth pair) for 3-6 s |
-//! | `minority_partition` | a random manager is cut off by nftables drops inside its namespace for 3-6 s |
+//! | `pause_and_resume` | a manager (the leader half the time) gets SIGSTOP, 3-9 s later SIGCONT |
+//! | `leader_isolated` | the leader's link goes down (bridge side of its veth pair) for 5-10 s |
+//! | `minority_partition` | a random manager is cut off by nftables drops inside its namespace for 5-10 s |
 //! | `lagging_manager_large_entries` | a follower is killed, ten 500 KiB secrets are created, it is restarted and must catch up |
 //!
-//! **A round**: two client threads run operations against random running managers
-//! (`skep --host unix://...`, which works across namespaces) while the fault happens at a
-//! random moment; then everything is healed, the clients stop, and the round is checked. The
-//! operations: `secret create k<N> -` with a value unique to the operation, and
-//! `secret ls --format json`. Each is recorded with its start and end time and its outcome:
-//! `ok` (exit 0), `failed` (an error exit) or `unknown` (no answer within 8 s: the CLI is
+//! **A round**: three client threads run operations (`skep --host unix://...`, which works
+//! across namespaces) while the fault happens at a random moment: two against any running
+//! manager (also a paused or cut-off one, to see what it answers when it comes back), one
+//! against managers no fault touches at the time (so writes go on during the fault); then
+//! everything is healed, the clients stop, and the round is checked. The operations:
+//! `secret create k<N> -` with a value unique to the operation, and `secret ls --format json`. Each is recorded with its start and end time and its outcome:
+//! `ok` (exit 0), `failed` (an error exit) or `unknown` (no answer within 12 s: the CLI is
 //! killed). A failed or unknown create may or may not have taken effect, and may take effect
 //! later (the daemon retries a proposal for 15 s): both are indeterminate.
 //!
@@ -76,9 +77,13 @@ use crate::harness::{Cluster, Node, PORT, json_lines, skep_bin, timeout, try_wai
 use crate::netns::Net;
 
 const MANAGERS: usize = 3;
+/// Clients that pick any running manager (also a paused or cut-off one: their reads show
+/// what such a manager answers when it comes back) ...
 const CLIENTS: usize = 2;
+/// ... and clients that pick only managers no fault touches, so writes go on meanwhile.
+const HEALTHY_CLIENTS: usize = 1;
 /// An operation that has not answered by then is killed and recorded as unknown.
-const OP_TIMEOUT: Duration = Duration::from_secs(8);
+const OP_TIMEOUT: Duration = Duration::from_secs(12);
 /// The largest secret value the daemon takes.
 const LARGE: usize = 500 * 1024;
 
@@ -135,7 +140,8 @@ enum Op {
 
 #[derive(Clone, Debug)]
 struct Event {
-    /// Who ran it: `c1`, `c2` (clients), `nemesis`, `check`.
+    /// Who ran it: `c1`, `c2`, `c3` (clients; `c3` avoids faulty managers), `nemesis`,
+    /// `check`.
     by: String,
     /// The manager it went to (`m1`..).
     node: String,
@@ -366,9 +372,13 @@ struct Suite {
     names: Vec<String>,
     /// Whether each manager's process runs (killed ones are not picked by the clients).
     running: Arc<Vec<AtomicBool>>,
+    /// Whether no fault touches each manager now.
+    healthy: Arc<Vec<AtomicBool>>,
     hist: Arc<History>,
     /// When the last pass of the convergence check began.
     last_check: Mutex<u64>,
+    /// Secrets already reported as applied twice (not reported again in later rounds).
+    twice: Mutex<BTreeSet<String>>,
 }
 
 fn rounds(default: usize) -> usize {
@@ -423,12 +433,14 @@ fn run(name: &'static str, fault: Fault, default_rounds: usize) {
         hosts,
         names,
         running: Arc::new((0..MANAGERS).map(|_| AtomicBool::new(true)).collect()),
+        healthy: Arc::new((0..MANAGERS).map(|_| AtomicBool::new(true)).collect()),
         hist: Arc::new(History {
             t0: Instant::now(),
             events: Mutex::new(Vec::new()),
             next_name: AtomicUsize::new(0),
         }),
         last_check: Mutex::new(0),
+        twice: Mutex::new(BTreeSet::new()),
     };
     let keep_going = std::env::var_os("SKEP_FAULT_KEEP_GOING").is_some();
     let mut failed = Vec::new();
@@ -484,11 +496,13 @@ impl Suite {
     fn round(&mut self, round: usize, fault: Fault, rng: &mut StdRng) -> Vec<String> {
         let before = self.hist.snapshot().len();
         let stop = Arc::new(AtomicBool::new(false));
-        let clients: Vec<JoinHandle<()>> = (0..CLIENTS)
+        let clients: Vec<JoinHandle<()>> = (0..CLIENTS + HEALTHY_CLIENTS)
             .map(|c| {
                 let stop = stop.clone();
                 let hist = self.hist.clone();
                 let running = self.running.clone();
+                let healthy = self.healthy.clone();
+                let picky = c >= CLIENTS;
                 let hosts = self.hosts.clone();
                 let names = self.names.clone();
                 let mut crng = StdRng::seed_from_u64(rng.random());
@@ -497,6 +511,7 @@ impl Suite {
                     while !stop.load(Ordering::SeqCst) {
                         let live: Vec<usize> = (0..hosts.len())
                             .filter(|&i| running[i].load(Ordering::SeqCst))
+                            .filter(|&i| !picky || healthy[i].load(Ordering::SeqCst))
                             .collect();
                         if live.is_empty() {
                             std::thread::sleep(Duration::from_millis(50));
@@ -540,20 +555,41 @@ impl Suite {
     fn leader(&self) -> Option<usize> {
         (0..MANAGERS)
             .filter(|&i| self.running[i].load(Ordering::SeqCst))
-            .find_map(|i| {
-                let ran = cli(
-                    &self.hosts[i],
-                    &["node", "ls", "--format", "json"],
-                    None,
-                    OP_TIMEOUT,
-                );
-                if ran.outcome != Outcome::Ok {
-                    return None;
-                }
-                let nodes = json_lines(&ran.stdout);
-                let id = crate::harness::leader_id(&nodes)?;
-                self.cluster.nodes.iter().position(|n| n.id() == id)
+            .find_map(|i| self.leader_seen_by(i))
+    }
+
+    /// The leader's index, as manager `i` sees it.
+    fn leader_seen_by(&self, i: usize) -> Option<usize> {
+        let ran = cli(
+            &self.hosts[i],
+            &["node", "ls", "--format", "json"],
+            None,
+            OP_TIMEOUT,
+        );
+        if ran.outcome != Outcome::Ok {
+            return None;
+        }
+        let nodes = json_lines(&ran.stdout);
+        let id = crate::harness::leader_id(&nodes)?;
+        self.cluster.nodes.iter().position(|n| n.id() == id)
+    }
+
+    /// Logs who the managers other than `v` take for the leader (before a fault on `v` is
+    /// healed: whether the majority moved on without it).
+    fn log_majority_leader(&self, round: usize, v: usize) {
+        let seen: Vec<String> = (0..MANAGERS)
+            .filter(|&i| i != v)
+            .map(|i| {
+                let l = self
+                    .leader_seen_by(i)
+                    .map_or_else(|| "none".to_string(), |l| self.names[l].clone());
+                format!("{} says {l}", self.names[i])
             })
+            .collect();
+        self.log(&format!(
+            "round {round}: before healing, {}",
+            seen.join(", ")
+        ));
     }
 
     /// A manager chosen at random, or the leader with probability `p_leader`.
@@ -577,24 +613,33 @@ impl Suite {
         self.running[i].store(true, Ordering::SeqCst);
     }
 
+    fn set_healthy(&self, i: usize, yes: bool) {
+        self.healthy[i].store(yes, Ordering::SeqCst);
+    }
+
     fn inject(&mut self, round: usize, fault: Fault, rng: &mut StdRng) {
         match fault {
             Fault::KillRestart => {
                 let v = self.victim(rng, 0.5);
                 self.log(&format!("round {round}: kill -9 {}", self.names[v]));
+                self.set_healthy(v, false);
                 self.running[v].store(false, Ordering::SeqCst);
                 self.cluster.nodes[v].kill();
                 std::thread::sleep(ms(rng, 1000, 4000));
                 self.log(&format!("round {round}: restart {}", self.names[v]));
                 self.restart(v);
+                self.set_healthy(v, true);
             }
             Fault::PauseResume => {
                 let v = self.victim(rng, 0.5);
                 self.log(&format!("round {round}: SIGSTOP {}", self.names[v]));
+                self.set_healthy(v, false);
                 self.signal(v, Signal::SIGSTOP);
-                std::thread::sleep(ms(rng, 2000, 5000));
+                std::thread::sleep(ms(rng, 3000, 9000));
+                self.log_majority_leader(round, v);
                 self.log(&format!("round {round}: SIGCONT {}", self.names[v]));
                 self.signal(v, Signal::SIGCONT);
+                self.set_healthy(v, true);
             }
             Fault::LeaderIsolated => {
                 let v = self.victim(rng, 1.0);
@@ -602,10 +647,13 @@ impl Suite {
                     "round {round}: link down {} (leader)",
                     self.names[v]
                 ));
+                self.set_healthy(v, false);
                 self.net.link_down(v);
-                std::thread::sleep(ms(rng, 3000, 6000));
+                std::thread::sleep(ms(rng, 5000, 10000));
+                self.log_majority_leader(round, v);
                 self.log(&format!("round {round}: link up {}", self.names[v]));
                 self.net.link_up(v);
+                self.set_healthy(v, true);
             }
             Fault::MinorityPartition => {
                 let v = self.victim(rng, 0.0);
@@ -613,10 +661,13 @@ impl Suite {
                     "round {round}: nftables partition of {}",
                     self.names[v]
                 ));
+                self.set_healthy(v, false);
                 self.net.partition(v);
-                std::thread::sleep(ms(rng, 3000, 6000));
+                std::thread::sleep(ms(rng, 5000, 10000));
+                self.log_majority_leader(round, v);
                 self.log(&format!("round {round}: heal {}", self.names[v]));
                 self.net.heal(v);
+                self.set_healthy(v, true);
             }
             Fault::LaggingLarge => {
                 let leader = self.leader();
@@ -627,6 +678,7 @@ impl Suite {
                     "round {round}: kill -9 {} (a follower), then ten {LARGE}-byte secrets",
                     self.names[v]
                 ));
+                self.set_healthy(v, false);
                 self.running[v].store(false, Ordering::SeqCst);
                 self.cluster.nodes[v].kill();
                 let via = leader.filter(|&l| l != v).unwrap_or((v + 1) % MANAGERS);
@@ -642,6 +694,7 @@ impl Suite {
                 }
                 self.log(&format!("round {round}: restart {}", self.names[v]));
                 self.restart(v);
+                self.set_healthy(v, true);
             }
         }
     }
@@ -760,7 +813,7 @@ impl Suite {
             match self.creates_audited() {
                 Ok(audited) => {
                     for (name, recs) in &audited {
-                        if recs.len() > 1 {
+                        if recs.len() > 1 && self.twice.lock().unwrap().insert(name.clone()) {
                             failures.push(format!(
                                 "applied twice: {} secret.create records for {name}: {}",
                                 recs.len(),
