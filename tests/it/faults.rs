@@ -5,10 +5,10 @@
 //!
 //! | test | the fault of a round |
 //! |---|---|
-//! | `kill_and_restart` | a manager (the leader half the time) is killed with SIGKILL, left down 1-4 s, restarted |
-//! | `pause_and_resume` | a manager (the leader half the time) gets SIGSTOP, 3-9 s later SIGCONT |
-//! | `leader_isolated` | the leader's link goes down (bridge side of its veth pair) for 5-10 s |
-//! | `minority_partition` | a random manager is cut off by nftables drops inside its namespace for 5-10 s |
+//! | `kill_and_restart` | a manager (the leader half the time) is killed with SIGKILL, then restarted |
+//! | `pause_and_resume` | a manager (the leader half the time) gets SIGSTOP, later SIGCONT |
+//! | `leader_isolated` | the leader's link goes down (bridge side of its veth pair), later up |
+//! | `minority_partition` | a random manager is cut off by nftables drops inside its namespace, later healed |
 //! | `lagging_manager_large_entries` | a follower is killed, ten 500 KiB secrets are created, it is restarted and must catch up |
 //!
 //! **A round**: three client threads run operations (`skep --host unix://...`, which works
@@ -20,6 +20,14 @@
 //! `ok` (exit 0), `failed` (an error exit) or `unknown` (no answer within 12 s: the CLI is
 //! killed). A failed or unknown create may or may not have taken effect, and may take effect
 //! later (the daemon retries a proposal for 15 s): both are indeterminate.
+//!
+//! A fault on a follower lasts a random 1-4 s (kill), 3-9 s (pause) or 5-10 s (partition). A
+//! fault that takes out the leader (the leader is the one a majority of `node ls` names) lasts
+//! until the two others agree on a new leader, then a random 0.5-3 s more, while the old one
+//! may still answer the clients.
+//!
+//! **Checked during the fault**: 0. *Failover*: when the leader is out, the two others agree
+//! on a new leader (their `node ls`) within 15 s (issue 13 asks for 2 s).
 //!
 //! **Checked after each round** (all checks run, and the round fails listing every check
 //! that did not hold):
@@ -84,6 +92,9 @@ const CLIENTS: usize = 2;
 const HEALTHY_CLIENTS: usize = 1;
 /// An operation that has not answered by then is killed and recorded as unknown.
 const OP_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long the other managers may take to agree on a new leader when the leader is out
+/// (issue 13 asks for 2 s; today it takes about 5 s).
+const FAILOVER: Duration = Duration::from_secs(15);
 /// The largest secret value the daemon takes.
 const LARGE: usize = 500 * 1024;
 
@@ -377,6 +388,8 @@ struct Suite {
     hist: Arc<History>,
     /// When the last pass of the convergence check began.
     last_check: Mutex<u64>,
+    /// Failures seen while the fault was on (no failover), checked with the round.
+    pending: Mutex<Vec<String>>,
     /// Secrets already reported as applied twice (not reported again in later rounds).
     twice: Mutex<BTreeSet<String>>,
 }
@@ -441,6 +454,7 @@ fn run(name: &'static str, fault: Fault, default_rounds: usize) {
         }),
         last_check: Mutex::new(0),
         twice: Mutex::new(BTreeSet::new()),
+        pending: Mutex::new(Vec::new()),
     };
     let keep_going = std::env::var_os("SKEP_FAULT_KEEP_GOING").is_some();
     let mut failed = Vec::new();
@@ -551,11 +565,13 @@ impl Suite {
         self.check(round)
     }
 
-    /// The leader's index, as the first answering manager sees it.
+    /// The leader's index, as a majority of the managers sees it.
     fn leader(&self) -> Option<usize> {
-        (0..MANAGERS)
+        let seen: Vec<usize> = (0..MANAGERS)
             .filter(|&i| self.running[i].load(Ordering::SeqCst))
-            .find_map(|i| self.leader_seen_by(i))
+            .filter_map(|i| self.leader_seen_by(i))
+            .collect();
+        (0..MANAGERS).find(|&l| seen.iter().filter(|&&s| s == l).count() * 2 > MANAGERS)
     }
 
     /// The leader's index, as manager `i` sees it.
@@ -593,13 +609,76 @@ impl Suite {
     }
 
     /// A manager chosen at random, or the leader with probability `p_leader`.
-    fn victim(&self, rng: &mut StdRng, p_leader: f64) -> usize {
+    /// Whether it is the leader (as a majority sees it; waits for one if need be).
+    fn victim(&self, rng: &mut StdRng, p_leader: f64) -> (usize, bool) {
         let any = rng.random_range(0..MANAGERS);
-        if rng.random_bool(p_leader) {
-            self.leader().unwrap_or(any)
+        let leader = try_wait_for(timeout(), "a leader a majority agrees on", || {
+            self.leader().ok_or_else(|| "none".to_string())
+        })
+        .ok();
+        let v = if rng.random_bool(p_leader) {
+            leader.unwrap_or(any)
         } else {
             any
+        };
+        (v, Some(v) == leader)
+    }
+
+    /// While manager `v`, the leader when the fault began, is out: waits until the others
+    /// agree on a new leader, and records a failure if they do not within [`FAILOVER`].
+    fn await_failover(&self, round: usize, v: usize, since: Instant) {
+        let others: Vec<usize> = (0..MANAGERS).filter(|&i| i != v).collect();
+        let what = format!(
+            "the managers other than {} to agree on a new leader",
+            self.names[v]
+        );
+        let agreed = try_wait_for(FAILOVER, &what, || {
+            let seen: Vec<Option<usize>> = others.iter().map(|&i| self.leader_seen_by(i)).collect();
+            match seen[0] {
+                Some(l) if l != v && seen.iter().all(|s| *s == Some(l)) => Ok(l),
+                _ => Err(others
+                    .iter()
+                    .zip(&seen)
+                    .map(|(&i, l)| {
+                        format!(
+                            "{} says {}",
+                            self.names[i],
+                            l.map_or("none", |l| self.names[l].as_str())
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")),
+            }
+        });
+        match agreed {
+            Ok(l) => self.log(&format!(
+                "round {round}: {} leads, {:.1}s after the fault on {}",
+                self.names[l],
+                since.elapsed().as_secs_f64(),
+                self.names[v]
+            )),
+            Err(e) => {
+                self.log(&format!("round {round}: no failover: {e}"));
+                self.pending.lock().unwrap().push(format!(
+                    "failover while the leader {} was out: {e}",
+                    self.names[v]
+                ));
+            }
         }
+    }
+
+    /// The fault's duration: with the leader out, until a new one leads and then a random
+    /// while more (the old one may answer clients meanwhile); otherwise a random while.
+    fn hold(&self, round: usize, rng: &mut StdRng, v: usize, was_leader: bool, short: (u64, u64)) {
+        let since = Instant::now();
+        if was_leader {
+            std::thread::sleep(ms(rng, 500, 1500));
+            self.await_failover(round, v, since);
+            std::thread::sleep(ms(rng, 500, 3000));
+        } else {
+            std::thread::sleep(ms(rng, short.0, short.1));
+        }
+        self.log_majority_leader(round, v);
     }
 
     fn signal(&self, i: usize, sig: Signal) {
@@ -620,51 +699,58 @@ impl Suite {
     fn inject(&mut self, round: usize, fault: Fault, rng: &mut StdRng) {
         match fault {
             Fault::KillRestart => {
-                let v = self.victim(rng, 0.5);
-                self.log(&format!("round {round}: kill -9 {}", self.names[v]));
+                let (v, was_leader) = self.victim(rng, 0.5);
+                self.log(&format!(
+                    "round {round}: kill -9 {}{}",
+                    self.names[v],
+                    role(was_leader)
+                ));
                 self.set_healthy(v, false);
                 self.running[v].store(false, Ordering::SeqCst);
                 self.cluster.nodes[v].kill();
-                std::thread::sleep(ms(rng, 1000, 4000));
+                self.hold(round, rng, v, was_leader, (1000, 4000));
                 self.log(&format!("round {round}: restart {}", self.names[v]));
                 self.restart(v);
                 self.set_healthy(v, true);
             }
             Fault::PauseResume => {
-                let v = self.victim(rng, 0.5);
-                self.log(&format!("round {round}: SIGSTOP {}", self.names[v]));
+                let (v, was_leader) = self.victim(rng, 0.5);
+                self.log(&format!(
+                    "round {round}: SIGSTOP {}{}",
+                    self.names[v],
+                    role(was_leader)
+                ));
                 self.set_healthy(v, false);
                 self.signal(v, Signal::SIGSTOP);
-                std::thread::sleep(ms(rng, 3000, 9000));
-                self.log_majority_leader(round, v);
+                self.hold(round, rng, v, was_leader, (3000, 9000));
                 self.log(&format!("round {round}: SIGCONT {}", self.names[v]));
                 self.signal(v, Signal::SIGCONT);
                 self.set_healthy(v, true);
             }
             Fault::LeaderIsolated => {
-                let v = self.victim(rng, 1.0);
+                let (v, was_leader) = self.victim(rng, 1.0);
                 self.log(&format!(
-                    "round {round}: link down {} (leader)",
-                    self.names[v]
+                    "round {round}: link down {}{}",
+                    self.names[v],
+                    role(was_leader)
                 ));
                 self.set_healthy(v, false);
                 self.net.link_down(v);
-                std::thread::sleep(ms(rng, 5000, 10000));
-                self.log_majority_leader(round, v);
+                self.hold(round, rng, v, was_leader, (5000, 10000));
                 self.log(&format!("round {round}: link up {}", self.names[v]));
                 self.net.link_up(v);
                 self.set_healthy(v, true);
             }
             Fault::MinorityPartition => {
-                let v = self.victim(rng, 0.0);
+                let (v, was_leader) = self.victim(rng, 0.0);
                 self.log(&format!(
-                    "round {round}: nftables partition of {}",
-                    self.names[v]
+                    "round {round}: nftables partition of {}{}",
+                    self.names[v],
+                    role(was_leader)
                 ));
                 self.set_healthy(v, false);
                 self.net.partition(v);
-                std::thread::sleep(ms(rng, 5000, 10000));
-                self.log_majority_leader(round, v);
+                self.hold(round, rng, v, was_leader, (5000, 10000));
                 self.log(&format!("round {round}: heal {}", self.names[v]));
                 self.net.heal(v);
                 self.set_healthy(v, true);
@@ -702,7 +788,8 @@ impl Suite {
     // -------------------------------------------------------------- checks
 
     fn check(&self, round: usize) -> Vec<String> {
-        let mut failures = Vec::new();
+        // 0. What went wrong during the fault.
+        let mut failures: Vec<String> = self.pending.lock().unwrap().drain(..).collect();
         let within = timeout();
 
         // 1. One leader, the same everywhere, all managers Ready.
@@ -963,6 +1050,14 @@ impl Suite {
     }
 }
 
+fn role(leader: bool) -> &'static str {
+    if leader {
+        " (the leader)"
+    } else {
+        " (a follower)"
+    }
+}
+
 fn first_few(names: &[&String]) -> String {
     let mut s: Vec<&str> = names.iter().take(10).map(|n| n.as_str()).collect();
     if names.len() > 10 {
@@ -1099,30 +1194,116 @@ fn check_history(events: &[Event]) -> Vec<String> {
     for (j, r) in level_of_read {
         blocks[2 * j + 1].push(r);
     }
+    // `cause`: the operation whose start fixes `t` (everything from here on must follow it).
     let mut t = 0u64;
-    let mut after: Option<&Event> = None;
-    for block in &blocks {
-        let mut top = t;
-        let mut top_event = None;
+    let mut cause: Option<&Event> = None;
+    for block in blocks.iter().filter(|b| !b.is_empty()) {
+        let (mut top, mut top_cause) = (t, cause);
         for e in block {
-            let p = t.max(e.start);
-            if p > end(e) {
+            if t.max(e.start) > end(e) {
                 failures.push(format!(
-                    "history: not linearizable: {} would have to take effect after {} (what the reads saw orders them so), yet it ended before that began",
+                    "history: not linearizable: {} would have to take effect after {} began (the reads' results order them so), yet it ended before that",
                     e.describe(),
-                    after.map_or_else(|| "the start".to_string(), Event::describe)
+                    cause.map_or_else(|| "the test".to_string(), Event::describe)
                 ));
                 return failures;
             }
-            if p >= top {
-                top = p;
-                top_event = Some(*e);
+            if e.start > top {
+                top = e.start;
+                top_cause = Some(*e);
             }
         }
-        if top_event.is_some() {
-            t = top + 1;
-            after = top_event;
-        }
+        t = top + 1;
+        cause = top_cause;
     }
     failures
+}
+
+// ------------------------------------------------------------------ the checker itself
+
+fn ev(start: u64, end: u64, outcome: Outcome, op: Op) -> Event {
+    Event {
+        by: "c1".into(),
+        node: "m1".into(),
+        start,
+        end,
+        outcome,
+        op,
+        error: String::new(),
+    }
+}
+
+fn add(name: &str, start: u64, end: u64, outcome: Outcome) -> Event {
+    let digest = format!("d-{name}");
+    ev(
+        start,
+        end,
+        outcome,
+        Op::Create {
+            name: name.into(),
+            digest,
+        },
+    )
+}
+
+fn saw(names: &[&str], start: u64, end: u64) -> Event {
+    let result = names
+        .iter()
+        .map(|n| (n.to_string(), format!("d-{n}")))
+        .collect();
+    ev(start, end, Outcome::Ok, Op::Read { result })
+}
+
+#[test]
+fn history_check_accepts_a_linearizable_history() {
+    let h = vec![
+        add("k0", 0, 10, Outcome::Ok),
+        saw(&[], 1, 2), // concurrent with k0: may miss it
+        saw(&["k0"], 5, 6),
+        add("k1", 20, 30, Outcome::Unknown), // took effect after its answer was lost
+        saw(&["k0"], 31, 32),
+        saw(&["k0", "k1"], 40, 41),
+        add("k2", 50, 60, Outcome::Failed), // never took effect
+        saw(&["k0", "k1"], 70, 71),
+    ];
+    assert_eq!(check_history(&h), Vec::<String>::new());
+}
+
+#[test]
+fn history_check_finds_a_stale_read() {
+    let h = vec![add("k0", 0, 10, Outcome::Ok), saw(&[], 11, 12)];
+    let f = check_history(&h);
+    assert!(f.iter().any(|m| m.contains("1 stale reads")), "{f:?}");
+    assert!(f.iter().any(|m| m.contains("not linearizable")), "{f:?}");
+}
+
+#[test]
+fn history_check_finds_reads_that_go_back_and_values_from_nowhere() {
+    // k1 is unacknowledged, so missing it is no stale read; but once a read saw it, a later
+    // read without it is not linearizable.
+    let h = vec![
+        add("k1", 0, 100, Outcome::Unknown),
+        saw(&["k1"], 10, 11),
+        saw(&[], 20, 21),
+    ];
+    let f = check_history(&h);
+    assert!(
+        f.iter().any(|m| m.contains("not linearizable")) && !f.iter().any(|m| m.contains("stale")),
+        "{f:?}"
+    );
+    // Two reads that saw different sets, neither containing the other.
+    let h = vec![
+        add("a", 0, 100, Outcome::Unknown),
+        add("b", 0, 100, Outcome::Unknown),
+        saw(&["a"], 10, 11),
+        saw(&["b"], 10, 11),
+    ];
+    let f = check_history(&h);
+    assert!(f.iter().any(|m| m.contains("neither")), "{f:?}");
+    // A value no create wrote.
+    let f = check_history(&[saw(&["k9"], 1, 2)]);
+    assert!(
+        f.iter().any(|m| m.contains("no operation created")),
+        "{f:?}"
+    );
 }
