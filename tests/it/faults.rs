@@ -16,10 +16,11 @@
 //! manager (also a paused or cut-off one, to see what it answers when it comes back), one
 //! against managers no fault touches at the time (so writes go on during the fault); then
 //! everything is healed, the clients stop, and the round is checked. The operations:
-//! `secret create k<N> -` with a value unique to the operation, and `secret ls --format json`. Each is recorded with its start and end time and its outcome:
-//! `ok` (exit 0), `failed` (an error exit) or `unknown` (no answer within 12 s: the CLI is
-//! killed). A failed or unknown create may or may not have taken effect, and may take effect
-//! later (the daemon retries a proposal for 15 s): both are indeterminate.
+//! `secret create k<N> -` with a value unique to the operation, and `secret ls --format json`.
+//! Each is recorded with its start and end time and its outcome: `ok` (exit 0), `failed` (an
+//! error exit) or `unknown` (no answer within 12 s: the CLI is killed). A failed or unknown
+//! create may or may not have taken effect, and may take effect later (the daemon retries a
+//! proposal for 15 s): both are indeterminate. A read that did not succeed constrains nothing.
 //!
 //! A fault on a follower lasts a random 1-4 s (kill), 3-9 s (pause) or 5-10 s (partition). A
 //! fault that takes out the leader (the leader is the one a majority of `node ls` names) lasts
@@ -65,8 +66,9 @@
 //! varies). **Rounds**: 2 per test in the normal `cargo test` (the lagging test: 1);
 //! `SKEP_FAULT_ROUNDS=50` for a soak. A test stops at its first failing round, unless
 //! `SKEP_FAULT_KEEP_GOING=1`: then it reports each failing round, checks the next rounds'
-//! reads afresh (every create is kept, and the last converged listings), and fails at the end. The tests need root, `ip` and `nft`, and fail (never
-//! skip) without them.
+//! reads afresh (every create is kept, and the last converged listings), and fails at the
+//! end. The tests need root, `ip` and `nft`, and fail (never skip) without them. The
+//! `history_check_*` tests check the history checker itself on small made-up histories.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
