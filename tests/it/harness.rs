@@ -70,15 +70,27 @@ pub fn wait_until(within: Duration, what: &str, mut cond: impl FnMut() -> bool) 
 
 /// Polls `f` until it returns `Ok`; panics after `within` naming `what` and the last `Err`,
 /// which should say what was seen instead.
-pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T>(within: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    try_wait_for(within, what, f).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`wait_for`], but returns the failure (naming `what` and the last `Err`) instead of
+/// panicking: for a test that collects every failed check before it fails.
+pub fn try_wait_for<T>(
+    within: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> Result<T, String> {
     let deadline = Instant::now() + within;
     loop {
         let last = match f() {
-            Ok(v) => return v,
+            Ok(v) => return Ok(v),
             Err(e) => e,
         };
         if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for {what}; last seen: {last}");
+            return Err(format!(
+                "timed out after {within:?} waiting for {what}; last seen: {last}"
+            ));
         }
         std::thread::sleep(POLL);
     }
@@ -306,6 +318,13 @@ impl Node {
         self
     }
 
+    /// Listens and advertises at `addr` instead of a fresh loopback address (a node in a
+    /// network namespace of its own, at an address the test gave that namespace).
+    pub fn at(mut self, addr: SocketAddr) -> Node {
+        self.addr = addr;
+        self
+    }
+
     /// Runs the daemon through `wrapper` (a program and its arguments, e.g. `setpriv ...`),
     /// which is given `skep daemon ...` as the rest of its command line.
     pub fn wrapped(mut self, wrapper: &[&str]) -> Node {
@@ -459,6 +478,12 @@ impl Node {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The daemon's process ID while it runs (a wrapper that execs, such as
+    /// `ip netns exec`, keeps the ID).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the daemon process is alive.
@@ -780,14 +805,21 @@ impl Cluster {
         daemon_args: &[&str],
         mut prepare: impl FnMut(&Node),
     ) -> Cluster {
-        assert!(managers >= 1, "a swarm needs a manager");
-        let mut nodes: Vec<Node> = (1..=managers)
+        let nodes: Vec<Node> = (1..=managers)
             .map(|i| Node::new(&format!("m{i}"), daemon_args))
             .chain((1..=workers).map(|i| Node::new(&format!("w{i}"), daemon_args)))
             .collect();
         for n in &nodes {
             prepare(n);
         }
+        Cluster::form(nodes, managers, init_args)
+    }
+
+    /// Starts `nodes` (not running yet; managers first, then workers) and forms a swarm of
+    /// them: `nodes[0]` runs `swarm init` with `init_args`, the next `managers - 1` join as
+    /// managers and the rest as workers; waits until all are Ready.
+    pub fn form(mut nodes: Vec<Node>, managers: usize, init_args: &[&str]) -> Cluster {
+        assert!(managers >= 1, "a swarm needs a manager");
         for n in &mut nodes {
             n.spawn();
         }
