@@ -80,6 +80,11 @@ pub enum ManagerError {
         "this manager's store failed: {0}; it is not acting as a manager until that is fixed (it restarts itself once the store can be written again); meanwhile use another manager"
     )]
     StoreFailed(String),
+    /// A write was proposed but its commit was not confirmed in time (no quorum?).
+    #[error(
+        "the cluster did not confirm the write within 15 s (is a quorum of managers up?); it may still be applied: check before retrying"
+    )]
+    Unconfirmed,
     /// A linearizable read could not be confirmed.
     #[error(transparent)]
     Read(#[from] reads::ReadError),
@@ -88,7 +93,9 @@ pub enum ManagerError {
 /// Maps a manager error to the status a peer sees. Raft internals stay in our log.
 pub fn to_status(e: ManagerError) -> tonic::Status {
     match e {
-        ManagerError::NoLeader => tonic::Status::unavailable(e.to_string()),
+        ManagerError::NoLeader | ManagerError::Unconfirmed => {
+            tonic::Status::unavailable(e.to_string())
+        }
         ManagerError::Rejected(_) | ManagerError::Precondition(_) => {
             tonic::Status::failed_precondition(e.to_string())
         }
@@ -104,6 +111,15 @@ pub fn to_status(e: ManagerError) -> tonic::Status {
         ManagerError::NotFound(_) => tonic::Status::not_found(e.to_string()),
         ManagerError::Read(_) => tonic::Status::unavailable(e.to_string()),
     }
+}
+
+/// How long a proposal may take, retries included, before it fails.
+const PROPOSE_WAIT: Duration = Duration::from_secs(15);
+
+/// A fresh ID for a [`Command::Once`] proposal: 128 random bits, hex.
+fn proposal_id() -> String {
+    let b: [u8; 16] = rand::random();
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// How long the leader waits, per join call, for a new manager to catch up before it may vote
@@ -424,13 +440,29 @@ impl Manager {
     }
 
     /// Commits a command through Raft, forwarding it to the leader when this manager is not.
+    ///
+    /// The command is wrapped in [`Command::Once`] with a fresh ID, so retrying it after an
+    /// outcome this manager could not learn (a forward cut off, a leader killed mid-write)
+    /// never applies it twice. A write not confirmed within the deadline fails as unknown.
     pub async fn propose(&self, cmd: Command) -> Result<(), ManagerError> {
+        let cmd = match cmd {
+            once @ Command::Once { .. } => once,
+            cmd => Command::Once {
+                id: proposal_id(),
+                cmd: Box::new(cmd),
+            },
+        };
         crate::store::wire::check_command(&cmd)
             .map_err(|e| ManagerError::Invalid(e.to_string()))?;
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + PROPOSE_WAIT;
         loop {
             self.check_store()?;
-            let err = match self.raft.client_write(cmd.clone()).await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(written) = tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await
+            else {
+                return Err(ManagerError::Unconfirmed);
+            };
+            let err = match written {
                 Ok(resp) => return into_result(resp.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match f.leader_node {

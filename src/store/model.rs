@@ -401,7 +401,20 @@ pub enum Command {
         /// The cause, or `None` once it works.
         error: Option<String>,
     },
+    /// A proposal that is applied at most once, however often it is committed: a manager
+    /// retries a proposal whose outcome it could not learn (a leader killed mid-write), and
+    /// the second commit of the same `id` is answered Ok without applying it again.
+    Once {
+        /// Random, chosen by the proposing manager.
+        id: String,
+        /// The command.
+        cmd: Box<Command>,
+    },
 }
+
+/// How many applied proposal IDs the state remembers ([`Command::Once`]): far more than can be
+/// in flight, retried within a proposal's 15 s deadline.
+pub const RECENT_PROPOSALS: usize = 4096;
 
 /// What applying a command produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -451,6 +464,9 @@ pub struct State {
     /// `node ls` shows them Unavailable.
     #[serde(default)]
     pub store_errors: BTreeMap<String, String>,
+    /// IDs of the last [`RECENT_PROPOSALS`] applied [`Command::Once`] proposals, oldest first.
+    #[serde(default)]
+    pub recent_proposals: std::collections::VecDeque<String>,
 }
 
 /// A person allowed to use the Control API over mTLS with an operator certificate.
@@ -500,6 +516,19 @@ pub struct PolicyDoc {
 impl State {
     /// Applies one committed command. Deterministic; never panics on any command.
     pub fn apply(&mut self, cmd: Command) -> Response {
+        if let Command::Once { id, cmd } = cmd {
+            if self.recent_proposals.contains(&id) {
+                return Response::Ok;
+            }
+            let r = self.apply(*cmd);
+            if r == Response::Ok {
+                if self.recent_proposals.len() >= RECENT_PROPOSALS {
+                    self.recent_proposals.pop_front();
+                }
+                self.recent_proposals.push_back(id);
+            }
+            return r;
+        }
         if let Err(reason) = self.check(&cmd) {
             return Response::Rejected(reason);
         }
@@ -510,6 +539,8 @@ impl State {
     /// Refuses a command (a batch as a whole) that does not fit the state, before any change.
     fn check(&self, cmd: &Command) -> Result<(), String> {
         match cmd {
+            // Inside a batch it is its command (only a proposal as a whole is deduplicated).
+            Command::Once { cmd, .. } => self.check(cmd),
             Command::InitCluster(_) if self.cluster.is_some() => {
                 Err("the cluster is already initialised".into())
             }
@@ -603,6 +634,7 @@ impl State {
 
     fn apply_checked(&mut self, cmd: Command) {
         match cmd {
+            Command::Once { cmd, .. } => self.apply_checked(*cmd),
             Command::InitCluster(cluster) => self.cluster = Some(*cluster),
             Command::PutNode(node) => {
                 self.nodes.insert(node.id.clone(), node);
@@ -849,6 +881,46 @@ mod tests {
         ]));
         assert!(matches!(r, Response::Rejected(_)));
         assert!(s.audit.records().is_empty());
+    }
+
+    #[test]
+    fn a_proposal_committed_twice_is_applied_once() {
+        let mut s = State::default();
+        let once = |id: &str, target: &str| Command::Once {
+            id: id.into(),
+            cmd: Box::new(Command::Audit(AuditEvent::now(
+                Actor::node("n"),
+                "secret.create",
+                target,
+                Outcome::Ok,
+            ))),
+        };
+        assert_eq!(s.apply(once("p1", "a")), Response::Ok);
+        assert_eq!(
+            s.apply(once("p1", "a")),
+            Response::Ok,
+            "the retry is answered Ok"
+        );
+        assert_eq!(s.audit.records().len(), 1, "and not applied again");
+        assert_eq!(s.apply(once("p2", "a")), Response::Ok);
+        assert_eq!(s.audit.records().len(), 2, "another proposal is");
+        // A refused proposal is not remembered: its retry is checked again.
+        let bad = Command::Once {
+            id: "p3".into(),
+            cmd: Box::new(Command::SetNodeState {
+                id: "missing".into(),
+                state: NodeState::Ready,
+                at: "t".into(),
+            }),
+        };
+        assert!(matches!(s.apply(bad), Response::Rejected(_)));
+        assert!(!s.recent_proposals.contains(&"p3".to_string()));
+        // The memory is bounded.
+        for i in 0..RECENT_PROPOSALS + 10 {
+            s.apply(once(&format!("q{i}"), "b"));
+        }
+        assert_eq!(s.recent_proposals.len(), RECENT_PROPOSALS);
+        assert!(!s.recent_proposals.contains(&"p1".to_string()));
     }
 
     #[test]
