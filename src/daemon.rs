@@ -1744,12 +1744,15 @@ fn node_info(m: &Manager, n: &Node, self_id: &str) -> NodeInfo {
         availability: n.availability.as_str().into(),
         manager_status: match m.read(|s| s.store_errors.get(&n.id).cloned()) {
             Some(e) if n.role == NodeRole::Manager => format!("Unavailable (store failed: {e})"),
-            _ => match (m.manager_status(n), n.raft_id.and_then(|r| m.sync_problem(r))) {
-                ("Unreachable", Some(why)) => {
-                    format!("Unreachable (out of sync: {})", crate::util::prefix(&why, 160))
-                }
-                (status, _) => status.into(),
-            },
+            _ => m.manager_status(n).into(),
+        },
+        // A manager whose agent is up but whose Raft log the leader cannot bring up to date
+        // says why (`node inspect`); one that is down is just Unreachable.
+        manager_message: match n.raft_id.and_then(|r| m.sync_problem(r)) {
+            Some(why) if n.state == NodeState::Ready && m.manager_status(n) == "Unreachable" => {
+                format!("out of sync: {}", crate::util::prefix(&why, 200))
+            }
+            _ => String::new(),
         },
         addr: n.addr.clone(),
         cert_serial: n.cert_serial.clone(),

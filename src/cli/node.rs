@@ -234,6 +234,9 @@ fn inspect_json(n: &NodeInfo) -> Value {
             "Reachability": reachability(&n.manager_status),
             "Addr": n.addr,
         });
+        if !n.manager_message.is_empty() {
+            v["ManagerStatus"]["Message"] = json!(n.manager_message);
+        }
     }
     v
 }
@@ -274,6 +277,9 @@ fn pretty(n: &NodeInfo) -> String {
             other => other,
         };
         line(" Raft Status", raft);
+        if !n.manager_message.is_empty() {
+            line(" Message", &n.manager_message);
+        }
         line(
             " Leader",
             if n.manager_status == "Leader" {
