@@ -7,8 +7,9 @@
 //!   quorum of the three managers (fsync on each).
 //! * `catch-up by log`: a follower is killed, `SKEP_BENCH_RAFT_MB` (default 50) MB of state is
 //!   written as 500 KiB secrets, the follower restarts: time until it lists them all.
-//! * `catch-up by snapshot`: the same with a swarm that snapshots every 20 entries, so the
-//!   restarted follower's log is behind the leader's purged log and it installs a snapshot.
+//! * `catch-up by snapshot`: the same with a swarm that snapshots every 20 entries and keeps
+//!   2 behind each: the leader's log is purged far past the restarted follower's last entry,
+//!   so the follower can only catch up by installing a snapshot.
 //!
 //! Run: `cargo bench --bench raft` (`SKEP_BENCH_RAFT_MB=10` for a quicker run).
 
@@ -208,13 +209,4 @@ fn main() {
     let mut c = Cluster { daemons, root };
     println!("catch-up by snapshot (a snapshot every 20 entries):");
     catch_up(&rt, &mut c, &snap_env, mb);
-    let log = std::fs::read_to_string(c.daemons[2].log_path()).unwrap_or_default();
-    println!(
-        "  the restarted manager {} a snapshot",
-        if log.contains("install") || log.contains("snapshot") {
-            "installed"
-        } else {
-            "did not report"
-        }
-    );
 }

@@ -10,7 +10,9 @@
 //!   heartbeats, a task session, and Running reports for every task it is given (no process is
 //!   started). Times from `service create --replicas 2000` until the simulated nodes have
 //!   received all 2000 assignments (placed + committed through Raft + dispatched), and,
-//!   printed beside criterion's report, until `service ls` says 2000/2000 (the reports too).
+//!   printed beside criterion's report, until `service ls` says 2000/2000 (the reports too),
+//!   and the manager's resident memory with every task running. `SKEP_BENCH_SIM_NODES=1000
+//!   SKEP_BENCH_PLACE_REPLICAS=10000` is the 1,000-node, 10,000-task case.
 //!
 //! Run one alone with `cargo bench --bench services -- convergence` (or `-- placement`).
 //! Every wait is bounded (5 minutes); a wait that runs out fails the bench with what it last
@@ -120,6 +122,26 @@ fn wait_no_services(m: &Daemon) {
 }
 
 /// CPU time (user + system) a process has used so far, in seconds.
+/// A process's resident set size in MiB (`VmRSS` in /proc/PID/status), 0 if unreadable.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Simulated nodes of the placement bench (`SKEP_BENCH_SIM_NODES`, default [`SIM_NODES`]).
+fn sim_nodes() -> usize {
+    std::env::var("SKEP_BENCH_SIM_NODES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SIM_NODES)
+}
+
 fn cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
@@ -545,11 +567,11 @@ fn start_placement() -> Placement {
     let started = Instant::now();
     rt.block_on(async {
         let mut joins = Vec::new();
-        for i in 0..SIM_NODES {
+        for i in 0..sim_nodes() {
             joins.push(tokio::spawn(sim_node(
                 token.clone(),
                 m.addr.clone(),
-                format!("sim-{i:03}"),
+                format!("sim-{i:04}"),
                 counters.clone(),
             )));
         }
@@ -558,19 +580,21 @@ fn start_placement() -> Placement {
         }
     });
     eprintln!(
-        "placement: {SIM_NODES} nodes joined in {:?}",
+        "placement: {} nodes joined in {:?}",
+        sim_nodes(),
         started.elapsed()
     );
     wait_for(
         wait_limit(),
-        &format!("{SIM_NODES} Ready simulated nodes"),
+        &format!("{} Ready simulated nodes", sim_nodes()),
         || match ready_count(m, "sim-")? {
-            SIM_NODES => Ok(()),
+            n if n == sim_nodes() => Ok(()),
             n => Err(format!("{n} Ready")),
         },
     );
     eprintln!(
-        "placement: {SIM_NODES} nodes Ready {:?} after the first join",
+        "placement: {} nodes Ready {:?} after the first join",
+        sim_nodes(),
         started.elapsed()
     );
     Placement {
@@ -592,13 +616,15 @@ fn placement(c: &mut Criterion) {
     // Manager CPU seconds (dispatch phase, report phase) and this process's (the simulated
     // nodes and the CLI polling).
     let mut cpu = [0.0f64; 3];
+    // The manager's resident memory with every task running, the highest seen.
+    let mut peak_rss = 0.0f64;
     let mut group = c.benchmark_group("placement");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_millis(1));
     group.measurement_time(Duration::from_secs(1));
     group.bench_function(
-        format!("{replicas} tasks on {SIM_NODES} simulated nodes: dispatched"),
+        format!("{replicas} tasks on {} simulated nodes: dispatched", sim_nodes()),
         |b| {
             b.iter_custom(|iters| {
                 let p = setup.get_or_insert_with(start_placement);
@@ -660,6 +686,7 @@ fn placement(c: &mut Criterion) {
                         std::thread::sleep(Duration::from_millis(100));
                     }
                     running_times.push(start.elapsed());
+                    peak_rss = peak_rss.max(rss_mib(mpid));
                     let (m2, s2) = (cpu_secs(mpid), cpu_secs(me));
                     cpu[0] += m1 - m0;
                     cpu[1] += m2 - m1;
@@ -700,6 +727,10 @@ fn placement(c: &mut Criterion) {
             cpu[0] / n,
             cpu[1] / n,
             cpu[2] / n
+        );
+        eprintln!(
+            "placement: manager RSS with {replicas} tasks running on {} nodes: {peak_rss:.1} MiB (highest seen)",
+            sim_nodes()
         );
     }
     if let Some(p) = &setup {

@@ -994,3 +994,19 @@ pub fn start_steady_everywhere(node: &Node, count: usize) -> Vec<String> {
         }
     })
 }
+
+/// Secret names `secret ls` shows on `node` (default, linearizable read), or its error.
+pub fn secret_names(node: &Node, extra: &[&str]) -> Result<Vec<String>, String> {
+    let mut args = vec!["secret", "ls", "--format", "json"];
+    args.extend_from_slice(extra);
+    let out = node.cli(&args);
+    if !out.status.success() {
+        return Err(stderr(&out));
+    }
+    let mut names: Vec<String> = json_lines(&stdout(&out))
+        .iter()
+        .filter_map(|s| s["Name"].as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    Ok(names)
+}

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use crate::harness::{Cluster, Node, json_lines, stdout, timeout, wait_for};
+use crate::harness::{Cluster, Node, secret_names, timeout, wait_for};
 
 const BIG: usize = 500 * 1024;
 
@@ -24,25 +24,12 @@ fn create_big(node: &Node, dir: &Path, name: &str, seed: u8) {
     node.cli_ok(&["secret", "create", name, path.to_str().unwrap()]);
 }
 
-fn secret_names(node: &Node) -> Result<Vec<String>, String> {
-    let out = node.cli(&["secret", "ls", "--format", "json"]);
-    if !out.status.success() {
-        return Err(crate::harness::describe(&out));
-    }
-    let mut names: Vec<String> = json_lines(&stdout(&out))
-        .iter()
-        .filter_map(|s| s["Name"].as_str().map(str::to_string))
-        .collect();
-    names.sort();
-    Ok(names)
-}
-
 fn wait_secrets(node: &Node, want: &[String]) {
     wait_for(
         timeout(),
         &format!("{} to list {} secrets", node.name(), want.len()),
         || {
-            let got = secret_names(node)?;
+            let got = secret_names(node, &[])?;
             if got == want {
                 Ok(())
             } else {
@@ -179,5 +166,5 @@ fn a_manager_that_cannot_take_the_state_is_never_made_a_voter() {
     );
     want.push("after".into());
     want.sort();
-    assert_eq!(secret_names(c.first()).unwrap(), want);
+    assert_eq!(secret_names(c.first(), &[]).unwrap(), want);
 }

@@ -8,25 +8,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    Cluster, Node, json_lines, leader_id, running_hosts, stderr, stdout, summary, timeout,
-    wait_for, wait_until,
+    Cluster, Node, json_lines, leader_id, running_hosts, secret_names, stderr, stdout, summary,
+    timeout, wait_for, wait_until,
 };
-
-/// Secret names `secret ls` shows on `node` (default, linearizable read), or its error.
-fn secret_names(node: &Node, extra: &[&str]) -> Result<Vec<String>, String> {
-    let mut args = vec!["secret", "ls", "--format", "json"];
-    args.extend_from_slice(extra);
-    let out = node.cli(&args);
-    if !out.status.success() {
-        return Err(stderr(&out));
-    }
-    let mut names: Vec<String> = json_lines(&stdout(&out))
-        .iter()
-        .filter_map(|s| s["Name"].as_str().map(str::to_string))
-        .collect();
-    names.sort();
-    Ok(names)
-}
 
 /// Creates secret `name` through `node`, retrying while the cluster elects a leader.
 fn create_secret_eventually(node: &Node, name: &str) {
