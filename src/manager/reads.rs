@@ -35,7 +35,7 @@ const SYNC_STALL: Duration = Duration::from_secs(2);
 pub enum ReadError {
     /// No leader confirmed with a quorum that this manager's copy is current.
     #[error(
-        "no quorum: this manager cannot confirm with a quorum of managers that its data is current ({detail}); the swarm has lost a majority of its managers or is electing a leader. Retry shortly, bring the missing managers back, or add --stale to read this manager's possibly out-of-date copy"
+        "no quorum: this manager cannot confirm with a quorum of managers that its data is current ({detail}); the swarm has lost a majority of its managers, is electing a leader, or its leader is too busy to answer in time. Retry shortly, bring the missing managers back, or add --stale to read this manager's possibly out-of-date copy"
     )]
     NoQuorum {
         /// What the last attempt saw.
@@ -103,7 +103,7 @@ impl Manager {
                 q.cluster
             )),
             Ok(Err(RaftError::Fatal(f))) => Err(format!("raft stopped: {f}")),
-            Err(_) => Err("the leader could not reach a quorum in time".into()),
+            Err(_) => Err("the leader did not confirm a quorum in time".into()),
         }
     }
 
