@@ -54,12 +54,15 @@ fn a_manager_that_was_down_catches_up_across_large_secrets() {
     // Through the restarted manager: it lists what it has applied (or the leader's answer
     // once it has caught up); either way all ten, which it holds only once replicated.
     wait_secrets(&c.nodes[2], &want);
-    // And it holds them itself: the other two stopped, it still has the log on disk.
     let log = c.nodes[0].log();
     assert!(
         !log.contains("decoded message length too large"),
         "the leader hit the message limit"
     );
+    // And it holds them itself: with the other two stopped, its own copy lists all ten.
+    c.nodes[0].kill();
+    c.nodes[1].kill();
+    assert_eq!(secret_names(&c.nodes[2], &["--stale"]).unwrap(), want);
 }
 
 /// A single-manager swarm with a large state that snapshots every 10 entries, so a new
