@@ -41,8 +41,10 @@ impl SyncProblems {
         self.lock().get(&raft_id).cloned()
     }
 
-    /// Records the outcome of a call to `raft_id`, logging only when the reason changes.
+    /// Records the outcome of a call to `raft_id`, logging only when the reason changes. The
+    /// reason may quote the peer's own error text: it is kept to a short prefix.
     fn record(&self, raft_id: u64, problem: Option<String>) {
+        let problem = problem.map(|p| crate::util::prefix(&p, MAX_REASON_BYTES));
         let mut map = self.lock();
         match problem {
             Some(p) => {
@@ -63,6 +65,9 @@ impl SyncProblems {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+/// How much of a replication failure's reason is kept and logged.
+const MAX_REASON_BYTES: usize = 300;
 
 /// A client for a manager's `Manager` service with the agreed message budget both ways.
 pub fn manager_client(ch: Channel) -> ManagerClient<Channel> {
