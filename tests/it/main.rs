@@ -9,6 +9,7 @@
 
 mod harness;
 
+mod adversary;
 mod at_rest;
 mod audit_review;
 mod bad_input;

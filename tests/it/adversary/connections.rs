@@ -1,0 +1,1 @@
+//! Adversary tests (see `mod.rs`): connections.
