@@ -32,13 +32,13 @@ fn docker_reachable() -> bool {
 /// The test image, or `None` with a notice when Docker or the image is unavailable.
 pub(crate) fn image_or_skip() -> Option<&'static str> {
     if !docker_reachable() {
-        eprintln!("NOTICE: Docker Engine not reachable: skipping");
+        crate::harness::cannot_run("Docker Engine not reachable");
         return None;
     }
     match crate::runtime::test_image() {
         Ok(image) => Some(image),
         Err(e) => {
-            eprintln!("NOTICE: cannot build the test image ({e}): skipping");
+            crate::harness::cannot_run(format!("cannot build the test image ({e})"));
             None
         }
     }

@@ -55,6 +55,18 @@ pub fn skep_bin() -> &'static str {
     env!("CARGO_BIN_EXE_skep")
 }
 
+/// A test that cannot run here (no root for the exec runtime, no Docker Engine, a test
+/// program that does not build): fails, so CI never passes by skipping; with
+/// `SKEP_IT_ALLOW_SKIP=1` (a developer machine without Docker, say) it prints a notice and the
+/// caller returns.
+pub fn cannot_run(reason: impl std::fmt::Display) {
+    if std::env::var_os("SKEP_IT_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("NOTICE: {reason}: skipping (SKEP_IT_ALLOW_SKIP=1)");
+        return;
+    }
+    panic!("this test cannot run here: {reason} (set SKEP_IT_ALLOW_SKIP=1 to skip it on purpose)");
+}
+
 // ------------------------------------------------------------------ waiting
 
 /// Polls `cond` until it holds; panics after `within` naming `what`.

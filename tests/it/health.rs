@@ -258,10 +258,10 @@ fn image_failing_its_own_check(base: &str) -> Option<String> {
             if out.status.success() {
                 Some(tag)
             } else {
-                eprintln!(
-                    "NOTICE: cannot build an image with a HEALTHCHECK: {}",
+                crate::harness::cannot_run(format!(
+                    "cannot build an image with a HEALTHCHECK: {}",
                     String::from_utf8_lossy(&out.stderr)
-                );
+                ));
                 None
             }
         })

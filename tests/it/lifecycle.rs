@@ -112,7 +112,7 @@ fn a_removed_node_is_cut_off_at_once_and_its_kept_identity_is_refused_everywhere
         TaskReport,
     };
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let mut c = Cluster::init(1, 2);
@@ -317,7 +317,7 @@ fn rfc3339(s: &str) -> time::OffsetDateTime {
 #[test]
 fn short_lived_certificates_renew_on_their_own_and_tasks_keep_running() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let mut c = Cluster::init_with(1, 1, &["--cert-expiry", "10s"]);

@@ -72,13 +72,13 @@ fn echo_within(sock: &UdpSocket, payload: &str) -> String {
 /// run here (not root) or the program cannot be built.
 pub(crate) fn serving_program() -> Option<String> {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return None;
     }
     match crate::runtime::test_program() {
         Ok(p) => Some(p.to_str()?.to_string()),
         Err(e) => {
-            eprintln!("NOTICE: cannot build the test program ({e}): skipping");
+            crate::harness::cannot_run(format!("cannot build the test program ({e})"));
             None
         }
     }

@@ -34,7 +34,7 @@ fn wait_role(via: &Node, node: &str, role: &str) -> Vec<Value> {
 #[test]
 fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_running() {
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let c = Cluster::init(1, 2);

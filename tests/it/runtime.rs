@@ -72,7 +72,7 @@ async fn exec_executors(state: &Path) -> Option<Executors> {
     if ex.runtimes().contains(&Runtime::Exec) {
         Some(ex)
     } else {
-        eprintln!("NOTICE: exec runtime unavailable (not root): skipping");
+        crate::harness::cannot_run("exec runtime unavailable (not root)");
         None
     }
 }
@@ -505,13 +505,13 @@ pub(crate) fn test_image() -> Result<&'static str, String> {
 async fn docker_executors(state: &Path) -> Option<(Executors, &'static str)> {
     let ex = Executors::detect_with(state, helper()).await;
     if !ex.runtimes().contains(&Runtime::Docker) {
-        eprintln!("NOTICE: Docker Engine not reachable: skipping");
+        crate::harness::cannot_run("Docker Engine not reachable");
         return None;
     }
     match test_image() {
         Ok(image) => Some((ex, image)),
         Err(e) => {
-            eprintln!("NOTICE: cannot build the test image ({e}): skipping");
+            crate::harness::cannot_run(format!("cannot build the test image ({e})"));
             None
         }
     }
@@ -590,14 +590,11 @@ async fn docker_missing_image_fails_clearly() {
     }
 }
 
-/// Removes every container labelled by skep on this engine, so it is opt-in:
-/// `SKEP_TEST_DOCKER_CLEANUP=1`.
+/// Removes every container labelled by skep on this engine (those of concurrent tests too), so
+/// it runs only when asked: `cargo test --test it docker_cleanup_stale -- --ignored`.
 #[tokio::test]
+#[ignore = "removes every skep container on the engine: run alone with --ignored"]
 async fn docker_cleanup_stale() {
-    if std::env::var_os("SKEP_TEST_DOCKER_CLEANUP").is_none() {
-        eprintln!("NOTICE: set SKEP_TEST_DOCKER_CLEANUP=1 to run (it removes all skep containers)");
-        return;
-    }
     let _alone = DOCKER.write().await;
     let state = tempfile::tempdir().unwrap();
     let Some((ex, image)) = docker_executors(state.path()).await else {

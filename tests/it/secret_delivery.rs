@@ -121,7 +121,7 @@ fn audit_of<'a>(all: &'a [Value], action: &str) -> Vec<&'a Value> {
 #[test]
 fn exec_tasks_read_their_secrets_on_tmpfs_and_only_entitled_nodes_receive_them() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let c = Cluster::init(1, 2);
@@ -246,7 +246,7 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
     use skep::api::v1::SecretRequest;
     use skep::api::v1::dispatcher_client::DispatcherClient;
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let c = Cluster::init(1, 2);
@@ -323,7 +323,7 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
 #[test]
 fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let c = Cluster::init(1, 2);
@@ -540,7 +540,7 @@ fn without_tmpfs_a_task_with_secrets_fails_and_nothing_reaches_the_disk() {
         .output()
         .is_err()
     {
-        eprintln!("NOTICE: setpriv missing: skipping");
+        crate::harness::cannot_run("setpriv missing");
         return;
     }
     let c = Cluster::init(1, 0);

@@ -63,7 +63,7 @@ fn root() -> bool {
 #[test]
 fn an_exec_service_converges_scales_and_is_removed() {
     if !root() {
-        eprintln!("NOTICE: exec runtime unavailable (not root): skipping");
+        crate::harness::cannot_run("exec runtime unavailable (not root)");
         return;
     }
     let c = Cluster::init(1, 2);

@@ -102,7 +102,7 @@ fn task_pid(task_id: &str) -> Option<i32> {
 #[test]
 fn replicas_spread_evenly_and_a_killed_task_is_replaced() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let c = Cluster::init(1, 2);
@@ -159,7 +159,7 @@ fn replicas_spread_evenly_and_a_killed_task_is_replaced() {
 #[test]
 fn tasks_leave_a_dead_node_and_a_drained_node() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let mut c = Cluster::init(1, 3);
@@ -206,7 +206,7 @@ fn tasks_leave_a_dead_node_and_a_drained_node() {
 #[test]
 fn a_global_service_follows_nodes_joining() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let c = Cluster::init(1, 1);
@@ -237,7 +237,7 @@ fn a_global_service_follows_nodes_joining() {
 #[test]
 fn a_start_first_update_never_drops_below_the_declared_count() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let c = Cluster::init(1, 2);
@@ -326,7 +326,7 @@ fn task_processes(dir: &std::path::Path) -> usize {
 #[test]
 fn tasks_survive_a_leader_change_without_loss_or_duplicates() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let mut c = Cluster::init(3, 1);

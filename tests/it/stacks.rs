@@ -109,7 +109,7 @@ fn running_hosts(m: &Node, stack: &str) -> Vec<String> {
 #[test]
 fn the_tutorial_stack_deploys_updates_prunes_and_is_removed() {
     if !root() {
-        eprintln!("NOTICE: exec runtime unavailable (not root): skipping");
+        crate::harness::cannot_run("exec runtime unavailable (not root)");
         return;
     }
     let c = Cluster::init(1, 2);
