@@ -17,7 +17,19 @@ const SECRET_LEN: usize = 16;
 
 /// A join token that parsed. It has no `Display` and no `PartialEq`, so it cannot slip into
 /// a log line or be compared in variable time by accident: use [`JoinToken::secret_matches`]
-/// and [`JoinToken::expose`].
+/// and [`JoinToken::expose`]. Both are checked at compile time:
+///
+/// ```compile_fail
+/// fn same(a: &skep_pki::JoinToken, b: &skep_pki::JoinToken) -> bool {
+///     a == b // no variable-time comparison
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn show(t: &skep_pki::JoinToken) -> String {
+///     t.to_string() // no Display
+/// }
+/// ```
 #[derive(Clone)]
 pub struct JoinToken {
     digest: CaDigest,
