@@ -330,6 +330,38 @@ mod tests {
         );
     }
 
+    /// The attack a checkpoint exists for: a covered record edited and every hash after it
+    /// recomputed. Left as signed, the checkpoint no longer covers the record before it;
+    /// patched to cover the new hash, its signature no longer verifies.
+    #[test]
+    fn an_edited_covered_record_is_caught_even_when_the_chain_and_checkpoint_are_rewritten() {
+        let key = AuditKey::generate().unwrap();
+        let recs = chain(&key, 8, 4).records().to_vec();
+        for patch_checkpoint in [false, true] {
+            let mut forged = AuditChain::default();
+            for r in &recs {
+                let mut e = r.event.clone();
+                if r.seq == 2 {
+                    e.target = "forged".into();
+                }
+                if r.seq == 5 && patch_checkpoint {
+                    let head = forged.head().unwrap().hash.clone();
+                    e.details.insert("covers_hash".into(), head);
+                }
+                forged.append(e);
+            }
+            let got = verify_with(forged.records(), &pinned(&key));
+            if patch_checkpoint {
+                assert_eq!(got, Err(ChainError::BadSignature { seq: 5 }));
+            } else {
+                assert!(
+                    matches!(got, Err(ChainError::BadCheckpoint { seq: 5, .. })),
+                    "{got:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn a_checkpoint_by_another_key_is_refused_when_the_key_is_pinned() {
         let key = AuditKey::generate().unwrap();

@@ -506,6 +506,37 @@ mod tests {
     }
 
     #[test]
+    fn the_hash_covers_every_field() {
+        let base = chain(1).records()[0].clone();
+        assert_eq!(hash_of(&base), base.hash);
+        let edits: Vec<(&str, fn(&mut AuditRecord))> = vec![
+            ("seq", |r| r.seq += 1),
+            ("time", |r| r.event.time.push('0')),
+            ("actor.kind", |r| r.event.actor.kind = "operator".into()),
+            ("actor.id", |r| r.event.actor.id.push('x')),
+            ("actor.authenticated_by", |r| {
+                r.event.actor.authenticated_by.push('x')
+            }),
+            ("action", |r| r.event.action.push('x')),
+            ("target", |r| r.event.target.push('x')),
+            ("outcome", |r| r.event.outcome = Outcome::Denied),
+            ("detail value", |r| {
+                r.event.details.insert("i".into(), "9".into());
+            }),
+            ("detail added", |r| {
+                r.event.details.insert("j".into(), String::new());
+            }),
+            ("detail removed", |r| r.event.details.clear()),
+            ("prev_hash", |r| r.prev_hash = "1".repeat(64)),
+        ];
+        for (field, edit) in edits {
+            let mut r = base.clone();
+            edit(&mut r);
+            assert_ne!(hash_of(&r), base.hash, "{field} is not covered by the hash");
+        }
+    }
+
+    #[test]
     fn detail_boundaries_are_unambiguous() {
         let a = AuditEvent::now(Actor::system(), "x", "y", Outcome::Ok).with("ab", "c");
         let mut b = a.clone();
