@@ -509,7 +509,11 @@ mod tests {
         assert_eq!(other.replace("\"a\"", "X"), missing.replace("\"zzz\"", "X"));
         let e = requested_secret(&s, "n1", "a", "sec2").unwrap_err();
         assert!(e.contains("does not use"), "{e}");
-        // A task the orchestrator wants stopped gets nothing, though it has not stopped yet...
+    }
+
+    #[test]
+    fn no_secret_is_answered_for_a_task_told_to_stop() {
+        // The orchestrator wants it stopped; it has not stopped yet.
         let mut stopping = cluster_state();
         if let Some(t) = stopping.tasks.get_mut("a") {
             t.desired = DesiredState::Shutdown;
@@ -517,7 +521,11 @@ mod tests {
         }
         let e = requested_secret(&stopping, "n1", "a", "sec1").unwrap_err();
         assert!(e.contains("not to run any more"), "{e}");
-        // ...nor one that ended, though still desired running (it is about to be replaced).
+    }
+
+    #[test]
+    fn no_secret_is_answered_for_a_task_that_ended() {
+        // Still desired running (it is about to be replaced), but ended.
         for end in [TaskState::Complete, TaskState::Shutdown, TaskState::Failed] {
             let mut ended = cluster_state();
             if let Some(t) = ended.tasks.get_mut("a") {
@@ -566,21 +574,36 @@ mod tests {
         });
     }
 
-    #[test]
-    fn a_task_report_counts_only_from_the_tasks_node_and_only_forwards() {
+    /// A state holding n1's task `a`.
+    fn with_task() -> State {
         let mut s = State::default();
         s.tasks.insert("a".into(), task("a", DesiredState::Running));
-        // Another node cannot report n1's task.
+        s
+    }
+
+    #[test]
+    fn a_task_report_from_another_node_changes_nothing() {
+        let mut s = with_task();
         report(&mut s, "n2", TaskState::Running);
         assert_eq!(s.tasks["a"].status.state, TaskState::Assigned);
         report(&mut s, "n2", TaskState::Failed);
         assert_eq!(s.tasks["a"].status.state, TaskState::Assigned);
-        // Its own node can; but not backwards.
+        // Its own node's report counts.
         report(&mut s, "n1", TaskState::Running);
         assert_eq!(s.tasks["a"].status.state, TaskState::Running);
+    }
+
+    #[test]
+    fn a_task_report_never_moves_a_task_backwards() {
+        let mut s = with_task();
+        report(&mut s, "n1", TaskState::Running);
         report(&mut s, "n1", TaskState::Starting);
         assert_eq!(s.tasks["a"].status.state, TaskState::Running);
-        // An ended task stays ended, even on a later state.
+    }
+
+    #[test]
+    fn an_ended_task_stays_ended_whatever_is_reported_later() {
+        let mut s = with_task();
         report(&mut s, "n1", TaskState::Complete);
         assert_eq!(s.tasks["a"].status.state, TaskState::Complete);
         report(&mut s, "n1", TaskState::Failed);

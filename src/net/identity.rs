@@ -302,14 +302,20 @@ mod tests {
             .ok_or_else(|| "no handshake kind".to_string())
     }
 
-    #[tokio::test]
-    async fn a_node_server_speaks_tls13_only_and_never_resumes_a_session() {
+    /// A manager's server config and a node identity, under one fresh root.
+    fn manager_and_node() -> (Arc<rustls::ServerConfig>, Arc<LiveIdentity>) {
         let now = time::OffsetDateTime::now_utc();
         let ca = RootCa::generate(&skep_pki::new_id(), time::Duration::days(1), now).unwrap();
         let manager = LiveIdentity::new(creds(&ca, Role::Manager, vec![], &[&ca])).unwrap();
         let node = LiveIdentity::new(creds(&ca, Role::Worker, vec![], &[&ca])).unwrap();
         let revocations = crate::net::revoke::Revocations::new();
         let server_cfg = crate::net::server_config(&manager, &revocations).unwrap();
+        (server_cfg, node)
+    }
+
+    #[tokio::test]
+    async fn a_node_server_speaks_tls13_only() {
+        let (server_cfg, node) = manager_and_node();
 
         // TLS 1.3 works; a client that speaks only TLS 1.2 gets no connection.
         let tls13 = client_with(
@@ -328,7 +334,11 @@ mod tests {
         );
         let refused = connect_once(&server_cfg, &tls12).await;
         assert!(refused.is_err(), "a TLS 1.2 client connected: {refused:?}");
+    }
 
+    #[tokio::test]
+    async fn a_node_server_never_resumes_a_session() {
+        let (server_cfg, node) = manager_and_node();
         // A client that would resume is made to do a full handshake (with its certificate
         // checked again) every time.
         let resuming = client_with(
