@@ -238,7 +238,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 }
 
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let io = |what, source| DaemonError::Io {
         what,
         path: path.to_path_buf(),
@@ -250,10 +250,31 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     if path.exists() {
         std::fs::remove_file(path).map_err(|e| io("removing the stale socket", e))?;
     }
-    let listener = tokio::net::UnixListener::bind(path).map_err(|e| io("binding", e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| io("setting mode 0600 on", e))?;
-    Ok(listener)
+    // Bound inside a directory only this user may enter, made 0600 there, then moved into
+    // place: at no moment can another user connect to it.
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let private = parent.join(format!(".skep-{}", std::process::id()));
+    if private.exists() {
+        std::fs::remove_dir_all(&private).map_err(|e| io("removing the stale directory", e))?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| io("creating a private directory next to", e))?;
+    let tmp = private.join("s");
+    let bound = tokio::net::UnixListener::bind(&tmp)
+        .map_err(|e| io("binding", e))
+        .and_then(|l| {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io("setting mode 0600 on", e))?;
+            std::fs::rename(&tmp, path).map_err(|e| io("moving into place", e))?;
+            Ok(l)
+        });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 // ------------------------------------------------------------------ files

@@ -47,6 +47,7 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{req:?}").contains("hunter2"));
+        assert!(!format!("{req:?}").contains("104, 117")); // nor as a byte list
         let msg = super::v1::Assignments {
             secrets: vec![super::v1::SecretValue {
                 id: "i".into(),

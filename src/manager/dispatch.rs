@@ -510,4 +510,103 @@ mod tests {
         let e = requested_secret(&s, "n1", "a", "sec2").unwrap_err();
         assert!(e.contains("does not use"), "{e}");
     }
+
+    #[test]
+    fn no_secret_is_answered_for_a_task_told_to_stop() {
+        // The orchestrator wants it stopped; it has not stopped yet.
+        let mut stopping = cluster_state();
+        if let Some(t) = stopping.tasks.get_mut("a") {
+            t.desired = DesiredState::Shutdown;
+            t.status.state = TaskState::Running;
+        }
+        let e = requested_secret(&stopping, "n1", "a", "sec1").unwrap_err();
+        assert!(e.contains("not to run any more"), "{e}");
+    }
+
+    #[test]
+    fn no_secret_is_answered_for_a_task_that_ended() {
+        // Still desired running (it is about to be replaced), but ended.
+        for end in [TaskState::Complete, TaskState::Shutdown, TaskState::Failed] {
+            let mut ended = cluster_state();
+            if let Some(t) = ended.tasks.get_mut("a") {
+                t.status.state = end;
+            }
+            let e = requested_secret(&ended, "n1", "a", "sec1").unwrap_err();
+            assert!(e.contains("not to run any more"), "{end:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_session_carries_only_the_tasks_placed_on_its_own_node() {
+        let mut s = State::default();
+        let mut other = task("b", DesiredState::Running);
+        other.node_id = "n2".into();
+        let mut ended = task("c", DesiredState::Running);
+        ended.status.state = TaskState::Failed;
+        for t in [task("a", DesiredState::Running), other, ended] {
+            s.tasks.insert(t.id.clone(), t);
+        }
+        let (active, all) = assigned(&s, "n1");
+        let mut ids: Vec<&String> = active.keys().collect();
+        ids.sort();
+        assert_eq!(ids, ["a"], "n1 is sent n2's task or an ended one");
+        assert_eq!(all, HashSet::from(["a".to_string(), "c".to_string()]));
+        let (active, all) = assigned(&s, "n2");
+        assert_eq!(active.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(all, HashSet::from(["b".to_string()]));
+        assert!(assigned(&s, "n3").1.is_empty());
+    }
+
+    fn status(state: TaskState) -> TaskStatus {
+        TaskStatus {
+            state,
+            message: String::new(),
+            err: String::new(),
+            exit_code: None,
+            timestamp: String::new(),
+        }
+    }
+
+    fn report(s: &mut State, node: &str, state: TaskState) {
+        let _ = s.apply(Command::ReportTasks {
+            node_id: node.into(),
+            updates: vec![("a".into(), status(state))],
+        });
+    }
+
+    /// A state holding n1's task `a`.
+    fn with_task() -> State {
+        let mut s = State::default();
+        s.tasks.insert("a".into(), task("a", DesiredState::Running));
+        s
+    }
+
+    #[test]
+    fn a_task_report_from_another_node_changes_nothing() {
+        let mut s = with_task();
+        report(&mut s, "n2", TaskState::Running);
+        assert_eq!(s.tasks["a"].status.state, TaskState::Assigned);
+        report(&mut s, "n2", TaskState::Failed);
+        assert_eq!(s.tasks["a"].status.state, TaskState::Assigned);
+        // Its own node's report counts.
+        report(&mut s, "n1", TaskState::Running);
+        assert_eq!(s.tasks["a"].status.state, TaskState::Running);
+    }
+
+    #[test]
+    fn a_task_report_never_moves_a_task_backwards() {
+        let mut s = with_task();
+        report(&mut s, "n1", TaskState::Running);
+        report(&mut s, "n1", TaskState::Starting);
+        assert_eq!(s.tasks["a"].status.state, TaskState::Running);
+    }
+
+    #[test]
+    fn an_ended_task_stays_ended_whatever_is_reported_later() {
+        let mut s = with_task();
+        report(&mut s, "n1", TaskState::Complete);
+        assert_eq!(s.tasks["a"].status.state, TaskState::Complete);
+        report(&mut s, "n1", TaskState::Failed);
+        assert_eq!(s.tasks["a"].status.state, TaskState::Complete);
+    }
 }

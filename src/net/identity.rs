@@ -251,4 +251,107 @@ mod tests {
             "an old-root client passed"
         );
     }
+
+    /// A client of `client`'s identity for `versions`, with `resumption`.
+    fn client_with(
+        client: &Arc<LiveIdentity>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+        resumption: rustls::client::Resumption,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(crate::net::provider())
+            .with_protocol_versions(versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(LiveServerVerifier::new(client.clone())))
+            .with_client_cert_resolver(client.clone());
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        cfg.resumption = resumption;
+        Arc::new(cfg)
+    }
+
+    /// One handshake of `client_cfg` against `server_cfg`, then a byte from the server (so
+    /// the client reads any session ticket sent after the handshake); the kind of handshake
+    /// the client saw, or why it failed.
+    async fn connect_once(
+        server_cfg: &Arc<rustls::ServerConfig>,
+        client_cfg: &Arc<rustls::ClientConfig>,
+    ) -> Result<rustls::HandshakeKind, String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let name = rustls::pki_types::ServerName::try_from(skep_pki::MANAGER_SERVER_NAME).unwrap();
+        let accept = tokio_rustls::TlsAcceptor::from(server_cfg.clone()).accept(a);
+        let connect = tokio_rustls::TlsConnector::from(client_cfg.clone()).connect(name, b);
+        let (s, c) = tokio::join!(accept, connect);
+        let (mut s, mut c) = match (s, c) {
+            (Ok(s), Ok(c)) => (s, c),
+            (s, c) => return Err(format!("server: {:?}, client: {:?}", s.err(), c.err())),
+        };
+        let mut byte = [0u8; 1];
+        let (w, r) = tokio::join!(
+            async {
+                s.write_all(b"x").await?;
+                s.flush().await
+            },
+            c.read_exact(&mut byte)
+        );
+        w.map_err(|e| e.to_string())?;
+        r.map_err(|e| e.to_string())?;
+        c.get_ref()
+            .1
+            .handshake_kind()
+            .ok_or_else(|| "no handshake kind".to_string())
+    }
+
+    /// A manager's server config and a node identity, under one fresh root.
+    fn manager_and_node() -> (Arc<rustls::ServerConfig>, Arc<LiveIdentity>) {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = RootCa::generate(&skep_pki::new_id(), time::Duration::days(1), now).unwrap();
+        let manager = LiveIdentity::new(creds(&ca, Role::Manager, vec![], &[&ca])).unwrap();
+        let node = LiveIdentity::new(creds(&ca, Role::Worker, vec![], &[&ca])).unwrap();
+        let revocations = crate::net::revoke::Revocations::new();
+        let server_cfg = crate::net::server_config(&manager, &revocations).unwrap();
+        (server_cfg, node)
+    }
+
+    #[tokio::test]
+    async fn a_node_server_speaks_tls13_only() {
+        let (server_cfg, node) = manager_and_node();
+
+        // TLS 1.3 works; a client that speaks only TLS 1.2 gets no connection.
+        let tls13 = client_with(
+            &node,
+            &[&rustls::version::TLS13],
+            rustls::client::Resumption::disabled(),
+        );
+        assert_eq!(
+            connect_once(&server_cfg, &tls13).await,
+            Ok(rustls::HandshakeKind::Full)
+        );
+        let tls12 = client_with(
+            &node,
+            &[&rustls::version::TLS12],
+            rustls::client::Resumption::disabled(),
+        );
+        let refused = connect_once(&server_cfg, &tls12).await;
+        assert!(refused.is_err(), "a TLS 1.2 client connected: {refused:?}");
+    }
+
+    #[tokio::test]
+    async fn a_node_server_never_resumes_a_session() {
+        let (server_cfg, node) = manager_and_node();
+        // A client that would resume is made to do a full handshake (with its certificate
+        // checked again) every time.
+        let resuming = client_with(
+            &node,
+            &[&rustls::version::TLS13],
+            rustls::client::Resumption::in_memory_sessions(16),
+        );
+        for attempt in 0..3 {
+            assert_eq!(
+                connect_once(&server_cfg, &resuming).await,
+                Ok(rustls::HandshakeKind::Full),
+                "handshake {attempt} was not a full one"
+            );
+        }
+    }
 }

@@ -195,6 +195,13 @@ impl Dek {
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, SealError> {
         key_from_slice("a data key", bytes).map(Dek)
     }
+
+    /// The raw key bytes, for tests that scan files for the key itself. Nothing in skep
+    /// writes them anywhere: the key leaves memory only wrapped ([`Kek::wrap`]).
+    #[doc(hidden)]
+    pub fn expose_bytes_for_tests(&self) -> &[u8; 32] {
+        &self.0
+    }
 }
 
 impl fmt::Debug for Dek {

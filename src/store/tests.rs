@@ -735,3 +735,48 @@ async fn an_older_snapshot_file_is_refused() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_snapshot_with_no_log_and_no_vote_is_refused_unless_forced() {
+    // The log and the anchor both deleted: nothing says this store was ever anchored, but a
+    // snapshot without any log or vote cannot be a store that was just made.
+    let root = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    {
+        let mut a = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+            .await
+            .unwrap();
+        let all = entries(12);
+        a.log.blocking_append(all.clone()).await.unwrap();
+        a.log.save_vote(&Vote::new_committed(1, 1)).await.unwrap();
+        a.log.save_committed(Some(log_id(1, 12))).await.unwrap();
+        apply_all(&mut a.sm, all).await;
+        a.sm.get_snapshot_builder()
+            .await
+            .build_snapshot()
+            .await
+            .unwrap();
+        assert!(a.keeper.refresh().await.unwrap());
+    }
+    std::fs::remove_file(root.path().join("raft").join(log::LOG_FILE)).unwrap();
+    std::fs::remove_file(root.path().join(anchor::ANCHOR_FILE)).unwrap();
+    let err = open_at(root.path(), &dek, RollbackPolicy::Refuse)
+        .await
+        .err()
+        .expect("a snapshot with no log and no vote opened");
+    assert!(matches!(err, StoreError::Rollback { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("there is a snapshot at index 12 but no log and no vote"),
+        "{err}"
+    );
+    let a = open_at(root.path(), &dek, RollbackPolicy::Accept)
+        .await
+        .unwrap();
+    assert!(
+        a.rolled_back
+            .as_deref()
+            .unwrap_or("")
+            .contains("no log and no vote")
+    );
+}

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use skep::store::seal::Kek;
+
 use crate::harness::{Node, timeout, unlock_key, wait_until};
 
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -45,6 +47,43 @@ fn assert_nowhere(nodes: &[&Node], markers: &[(&str, Vec<u8>)]) {
         scanned > 10_000,
         "too little was scanned ({scanned} bytes): is the data there?"
     );
+}
+
+/// A manager's KEK, from its `kek` file, or under autolock from its unlock key (and the
+/// `kek.sealed` the unlock key opens, once there is one), as the daemon derives it.
+fn kek_of(n: &Node, unlock_key: Option<&[u8]>) -> Kek {
+    let dir = n.data_dir();
+    let Some(raw) = unlock_key else {
+        return Kek::from_bytes(&std::fs::read(dir.join("kek")).unwrap()).unwrap();
+    };
+    let derived = Kek::from_unlock_key(raw);
+    match std::fs::read(dir.join("kek.sealed")) {
+        Ok(sealed) => Kek::from_bytes(
+            &derived
+                .open_blob(skep::store::seal::RecordKind::WrappedKek, &sealed)
+                .unwrap(),
+        )
+        .unwrap(),
+        Err(_) => derived,
+    }
+}
+
+/// The KEK and the store's data key (the DEK it wraps) of a manager, as markers: neither may
+/// appear in any file, in any node's directory.
+fn key_markers(n: &Node, unlock_key: Option<&[u8]>) -> Vec<(&'static str, Vec<u8>)> {
+    let kek = kek_of(n, unlock_key);
+    let dek = kek
+        .unwrap(&std::fs::read(n.data_dir().join("dek.sealed")).unwrap())
+        .unwrap();
+    let mut out = vec![(
+        "the store's data key (DEK)",
+        dek.expose_bytes_for_tests().to_vec(),
+    )];
+    if unlock_key.is_some() {
+        // Without autolock the KEK is in its own file by design; with it, nowhere.
+        out.push(("the key-encryption key (KEK)", kek.expose_bytes().to_vec()));
+    }
+    out
 }
 
 fn secret_part(token: &str) -> String {
@@ -98,6 +137,10 @@ fn no_data_directory_holds_a_secret_or_a_stored_value_in_plaintext() {
         markers.push(("a node private key", der));
         markers.push(("a node private key scalar", scalar));
     }
+    // The managers' data keys (each manager seals its store under its own).
+    for n in [&m1, &m2] {
+        markers.extend(key_markers(n, None));
+    }
     assert_nowhere(&[&m1, &m2, &w1], &markers);
 }
 
@@ -121,13 +164,14 @@ fn with_autolock_the_data_directory_is_useless_without_the_unlock_key() {
         "an autolocked manager kept its KEK on disk"
     );
     let hex = key.trim_start_matches("SKEP-KEY-1-").to_string();
-    let markers: Vec<(&str, Vec<u8>)> = vec![
+    let mut markers: Vec<(&str, Vec<u8>)> = vec![
         ("the unlock key", hex.clone().into_bytes()),
         ("the unlock key bytes", hex::decode(&hex).unwrap()),
         ("the worker token secret", secret_part(&wt).into_bytes()),
         ("a PEM private key", b"PRIVATE KEY".to_vec()),
         ("a host name", b"lockmarker".to_vec()),
     ];
+    markers.extend(key_markers(&m1, Some(&hex::decode(&hex).unwrap())));
     m1.restart();
     assert_nowhere(&[&m1], &markers);
     m1.cli_err(&["node", "ls"]);

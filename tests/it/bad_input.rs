@@ -136,7 +136,7 @@ fn records<'a>(all: &'a [Value], action: &str, outcome: &str) -> Vec<&'a Value> 
         .collect()
 }
 
-fn root_der(node: &Node) -> Vec<u8> {
+pub(crate) fn root_der(node: &Node) -> Vec<u8> {
     std::fs::read(node.data_dir().join("root.crt")).expect("reading root.crt")
 }
 
@@ -162,7 +162,7 @@ pub(crate) fn credentials_of(node: &Node) -> Credentials {
 }
 
 /// Calls the issuance RPC directly (no client-side checks) over TLS pinned to `root`.
-async fn issue_raw(
+pub(crate) async fn issue_raw(
     addr: &str,
     root: &[u8],
     token: &str,
@@ -188,7 +188,7 @@ fn forged_token(valid: &str) -> String {
     format!("{head}-{first}{}", &secret[1..])
 }
 
-fn csr() -> Vec<u8> {
+pub(crate) fn csr() -> Vec<u8> {
     skep_pki::NodeKey::generate().unwrap().csr_der().unwrap()
 }
 
@@ -403,6 +403,7 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
             .await
             .map(|_| ()),
             m.leave_raft(Empty {}).await.map(|_| ()),
+            m.read_index(Empty {}).await.map(|_| ()),
         ];
         for r in calls {
             let err = r.expect_err("a worker called a manager RPC");
@@ -423,8 +424,63 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
         .collect();
     assert_eq!(
         denied.len(),
-        6,
+        7,
         "each refused call is audited with the worker as actor"
+    );
+    assert_daemon_alive(&mut c.nodes[0]);
+}
+
+/// A TLS client that presents no certificate at all (as a joining node does for the issuance
+/// RPC) gets nothing else: neither a worker's call nor a manager's.
+#[test]
+fn a_peer_without_a_certificate_gets_only_the_issuance_rpc() {
+    let mut c = Cluster::init(1, 0);
+    let addr = c.first().addr();
+    let tls = skep::net::client_config(&root_der(c.first()), None).unwrap();
+    rt().block_on(async {
+        let ch = skep::net::channel(&addr, tls).unwrap();
+        let beat = DispatcherClient::new(ch.clone())
+            .heartbeat(HeartbeatRequest {
+                hostname: "nobody".into(),
+                addr: String::new(),
+                port_errors: Vec::new(),
+                store_error: String::new(),
+            })
+            .await
+            .map(|_| ());
+        let vote = ManagerClient::new(ch.clone())
+            .raft_vote(RaftMessage {
+                payload: b"{}".to_vec(),
+            })
+            .await
+            .map(|_| ());
+        for (what, r) in [("heartbeat", beat), ("raft_vote", vote)] {
+            let err = r.expect_err(&format!("{what} without a certificate answered"));
+            assert_eq!(err.code(), tonic::Code::PermissionDenied, "{what}: {err:?}");
+            assert!(
+                err.message().contains("no client certificate"),
+                "{what}: {}",
+                err.message()
+            );
+        }
+    });
+    let audit = c.first().audit();
+    for action in ["dispatcher.heartbeat", "raft.vote"] {
+        let found = records(&audit, action, "denied");
+        assert!(
+            found.iter().any(|r| r["actor"]["kind"] == "anonymous"
+                && r["details"]["reason"]
+                    .as_str()
+                    .is_some_and(|why| why.contains("no client certificate"))),
+            "no denied anonymous {action} record: {found:?}"
+        );
+    }
+    // The node list did not gain a node named `nobody`.
+    assert!(
+        !c.first()
+            .node_ls()
+            .iter()
+            .any(|n| n.to_string().contains("nobody"))
     );
     assert_daemon_alive(&mut c.nodes[0]);
 }

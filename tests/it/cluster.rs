@@ -158,9 +158,27 @@ fn autolock_keeps_a_restarted_manager_locked_until_unlocked() {
     let err = node.cli_err(&["node", "ls"]);
     assert!(err.contains("locked"), "{err}");
 
+    // Wrong keys: refused, each one slower (the daemon waits 200 ms times the number of
+    // failures so far before answering), and the node stays locked.
     let wrong = format!("SKEP-KEY-1-{}", "0".repeat(64));
-    let out = node.cli_stdin(&["swarm", "unlock"], &format!("{wrong}\n"));
-    assert_error(&out, "unlock key");
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        let out = node.cli_stdin(&["swarm", "unlock"], &format!("{wrong}\n"));
+        took.push(started.elapsed());
+        assert_error(&out, "unlock key");
+    }
+    // Lower bounds of a deliberate delay (not timing goals): the third try waits 600 ms,
+    // 400 ms more than the first, whatever the CLI and the key derivation cost.
+    assert!(
+        took[2] >= std::time::Duration::from_millis(600),
+        "the third wrong key was answered in {:?}",
+        took[2]
+    );
+    assert!(
+        took[2] >= took[0] + std::time::Duration::from_millis(300),
+        "the third wrong key was not slowed down: {took:?}"
+    );
     let err = node.cli_err(&["node", "ls"]);
     assert!(
         err.contains("locked"),
@@ -182,19 +200,27 @@ fn autolock_keeps_a_restarted_manager_locked_until_unlocked() {
     wait_until(timeout(), "node ls to work after unlocking", || {
         node.try_node_ls().is_ok()
     });
-    wait_for(timeout(), "a denied and an ok swarm.unlock record", || {
-        let records = node.try_audit()?;
-        let outcome = |o: &str| {
-            records
+    wait_for(
+        timeout(),
+        "three denied swarm.unlock records and an ok one",
+        || {
+            let records = node.try_audit()?;
+            let outcome = |o: &str| {
+                records
+                    .iter()
+                    .any(|r| r["action"] == "swarm.unlock" && r["outcome"] == o)
+            };
+            let denied = records
                 .iter()
-                .any(|r| r["action"] == "swarm.unlock" && r["outcome"] == o)
-        };
-        if outcome("denied") && outcome("ok") {
-            Ok(())
-        } else {
-            Err(format!("{:?}", actions(&records)))
-        }
-    });
+                .filter(|r| r["action"] == "swarm.unlock" && r["outcome"] == "denied")
+                .count();
+            if denied == 3 && outcome("ok") {
+                Ok(())
+            } else {
+                Err(format!("{denied} denied: {:?}", actions(&records)))
+            }
+        },
+    );
 }
 
 #[test]

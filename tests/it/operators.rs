@@ -374,3 +374,210 @@ fn foreign_expired_and_bad_operator_credentials_and_policies_are_refused() {
     let out = as_operator(m, &auditor, &["join-token", "-q", "worker"], None);
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
 }
+
+/// `swarm ca` is a read for every role, but `--rotate` is for admins only: the deployer and
+/// the auditor are refused before the handler looks at the key; the admin reaches it and is
+/// refused only for the mismatched key. The root never changes.
+#[test]
+fn only_an_admin_may_rotate_the_root_ca() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster =
+        skep_pki::NodeCertInfo::from_der(&std::fs::read(m.data_dir().join("node.crt")).unwrap())
+            .unwrap()
+            .cluster_id;
+    let now = time::OffsetDateTime::now_utc();
+    let external = skep_pki::RootCa::generate(&cluster, time::Duration::days(30), now).unwrap();
+    let other = skep_pki::RootCa::generate(&cluster, time::Duration::days(30), now).unwrap();
+    let cert = tmp.path().join("new-ca.pem");
+    let wrong_key = tmp.path().join("other.key");
+    std::fs::write(&cert, external.cert_pem()).unwrap();
+    std::fs::write(&wrong_key, other.key_pem().as_str()).unwrap();
+    let root = m.cli_ok(&["swarm", "ca", "-q"]);
+    let rotate = [
+        "swarm",
+        "ca",
+        "--rotate",
+        "--ca-cert",
+        cert.to_str().unwrap(),
+        "--ca-key",
+        wrong_key.to_str().unwrap(),
+    ];
+    for role in ["admin", "deployer", "auditor"] {
+        let dir = enrol(m, tmp.path(), &format!("ca-{role}"), role, &[]);
+        // Reading the root is for everyone.
+        let read = as_operator(m, &dir, &["swarm", "ca", "-q"], None);
+        assert_eq!(
+            stdout(&read),
+            root,
+            "{role}: {}",
+            crate::harness::describe(&read)
+        );
+        let out = as_operator(m, &dir, &rotate, None);
+        if role == "admin" {
+            assert_error(&out, "does not belong");
+        } else {
+            assert_error(&out, &format!("operator ca-{role} ({role}) may not"));
+        }
+        assert_eq!(
+            m.cli_ok(&["swarm", "ca", "-q"]),
+            root,
+            "{role} moved the root"
+        );
+    }
+    let audit = m.audit();
+    assert!(
+        !audit
+            .iter()
+            .any(|r| r["action"] == "ca.rotate" && r["outcome"] == "ok"),
+        "a rotation was recorded"
+    );
+    for role in ["deployer", "auditor"] {
+        assert!(
+            audit
+                .iter()
+                .any(|r| r["actor"]["id"] == format!("ca-{role}").as_str()
+                    && r["outcome"] == "denied"),
+            "the {role}'s refused rotation is not audited"
+        );
+    }
+}
+
+/// The local socket makes its caller the node's root administrator, so only the daemon's own
+/// user may connect: mode 0600, and another user (`nobody`) is refused by the kernel, though
+/// it can reach the socket's directory.
+#[test]
+fn only_the_daemons_user_may_use_the_local_socket() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let meta = std::fs::metadata(m.socket()).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o600,
+        "the admin socket's mode"
+    );
+    // No leftover of how it was made.
+    let dir = m.socket().parent().unwrap().to_path_buf();
+    let stray: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".skep-"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+    if !nix::unistd::Uid::effective().is_root() {
+        crate::harness::cannot_run("switching to another user needs root");
+        return;
+    }
+    // Only the socket's own mode stands in the way: its directory may be entered.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let as_nobody = || {
+        run(
+            Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+                .arg(skep_bin())
+                .env_remove("SKEP_HOST")
+                .env("SKEP_CONFIG", "/nonexistent/skep-config")
+                .args(["--host", &m.host(), "node", "ls", "-q"]),
+            None,
+        )
+    };
+    let out = as_nobody();
+    assert!(
+        !out.status.success(),
+        "another user used the admin socket: {}",
+        crate::harness::describe(&out)
+    );
+    assert_error(&out, "ermission denied");
+    // The same command works once the socket lets everyone in (so the refusal above was the
+    // socket's mode, not the setup).
+    std::fs::set_permissions(m.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let control = as_nobody();
+    std::fs::set_permissions(m.socket(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(
+        control.status.success(),
+        "the control run failed: {}",
+        crate::harness::describe(&control)
+    );
+}
+
+/// Revocation cuts an operator's live connections, not just its next ones: a `--follow`
+/// stream held open ends at once, and the next connection is refused at the handshake, with
+/// the refusal on the audit chain.
+#[test]
+fn revoking_an_operator_ends_its_open_stream() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = enrol(m, tmp.path(), "watcher", "auditor", &[]);
+    let mut child = Command::new(skep_bin())
+        .env_remove("SKEP_HOST")
+        .env("SKEP_CONFIG", dir.join("config"))
+        .args(["--host", &format!("tcp://{}", m.addr())])
+        .args(["--cert-path", dir.to_str().unwrap()])
+        .args(["audit", "ls", "--follow"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The header is printed once the stream is open.
+    let header = rx.recv_timeout(timeout());
+    assert!(
+        matches!(&header, Ok(Ok(_))),
+        "the follow stream did not open: {header:?}"
+    );
+    m.cli_ok(&["operator", "revoke", "watcher"]);
+    let revoked_at = Instant::now();
+    let deadline = Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if revoked_at.elapsed() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20)); // polling the child, with a deadline
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the revoked operator's follow stream was still open after {deadline:?}");
+    };
+    assert!(
+        !status.success(),
+        "the follow ended as if cleanly: {status}"
+    );
+
+    // Its next connection is refused at the handshake, and that is audited.
+    let out = as_operator(m, &dir, &["audit", "ls"], None);
+    assert!(!out.status.success(), "{}", crate::harness::describe(&out));
+    wait_until(
+        timeout(),
+        "a denied handshake record naming the revocation",
+        || {
+            m.audit().iter().any(|r| {
+                r["action"] == "tls.handshake"
+                    && r["outcome"] == "denied"
+                    && r["details"]["reason"]
+                        .as_str()
+                        .is_some_and(|why| why.to_lowercase().contains("revoked"))
+            })
+        },
+    );
+}

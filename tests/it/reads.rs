@@ -311,3 +311,74 @@ fn failover_is_measured() {
         times[0]
     );
 }
+
+/// A security decision on a follower reads the current state, not its own copy: a follower
+/// that slept through a join-token rotation refuses the old token in its very first request
+/// after waking, and no node joins with it.
+#[test]
+fn a_follower_that_slept_through_a_token_rotation_refuses_the_old_token() {
+    let c = Cluster::init(3, 0);
+    let leader = leader_index(&c);
+    let f = (leader + 1) % 3;
+    let old = c.nodes[leader]
+        .cli_ok(&["join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    let root = crate::bad_input::root_der(&c.nodes[f]);
+    let addr = c.nodes[f].addr();
+
+    c.nodes[f].pause();
+    let before = connections_to(&addr);
+    let rotated = c.nodes[leader].cli_ok(&["join-token", "--rotate", "-q", "worker"]);
+    assert!(!rotated.contains(&old), "{rotated}");
+    // The request waits at the sleeping follower's door (the kernel accepts the connection),
+    // so it is the first thing the follower handles when it wakes, before it hears from the
+    // leader again.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let asked = {
+        let (addr, old) = (addr.clone(), old.clone());
+        rt.spawn(async move {
+            crate::bad_input::issue_raw(&addr, &root, &old, crate::bad_input::csr()).await
+        })
+    };
+    wait_until(
+        timeout(),
+        "the request's connection to the sleeping follower",
+        || connections_to(&addr) > before,
+    );
+    c.nodes[f].resume();
+    let answer = rt.block_on(asked).unwrap();
+    let err = answer.expect_err("the sleeping follower accepted a rotated-out token");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // And it never joined, as seen by every manager once they agree again.
+    for n in &c.nodes {
+        let nodes = wait_for(timeout(), "node ls", || n.try_node_ls());
+        assert_eq!(nodes.len(), 3, "{}", summary(&nodes));
+        assert!(
+            !nodes.iter().any(|x| x["Hostname"] == "intruder"),
+            "{}",
+            summary(&nodes)
+        );
+    }
+}
+
+/// Established TCP connections from this host to `addr` (client ends, from /proc/net/tcp).
+fn connections_to(addr: &str) -> usize {
+    let addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+    // As the kernel prints it: the IPv4 address in host (little-endian) order, the port.
+    let want = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(addr.ip().octets()),
+        addr.port()
+    );
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[2] == want && f[3] == "01"
+        })
+        .count()
+}

@@ -318,6 +318,31 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
     assert_eq!(by_request.len(), 1);
     assert_eq!(by_request[0]["details"]["node"], w1.id());
     assert!(received(w2).is_empty());
+
+    // Once the task is not to run any more (scaled away: it stays as history, still on w1
+    // and still naming the secret), its own node is refused too.
+    m.cli_ok(&["service", "scale", "--detach", "holder=0"]);
+    wait_for(timeout(), "the holder task to be told to stop", || {
+        let all = tasks(m, "holder");
+        let t = all.iter().find(|t| t["ID"] == task_id.as_str());
+        match t {
+            Some(t) if t["DesiredState"] != "Running" => Ok(()),
+            _ => Err(format!("{all:?}")),
+        }
+    });
+    let e = ask(w1, &task_id, &db_id).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("is not to run any more"),
+        "{}",
+        e.message()
+    );
+    let denied = m
+        .audit()
+        .into_iter()
+        .filter(|r| r["action"] == "secret.get" && r["outcome"] == "denied")
+        .count();
+    assert_eq!(denied, 4, "the refusal for the stopped task is not audited");
 }
 
 #[test]

@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use skep::api::v1::{ServiceSpecRequest, ServiceUpdateRequest};
+use skep::cli::client::Host;
+use skep::store::service::{Mode, Runtime, ServiceSpec};
 
 use crate::harness::{
     Cluster, Node, assert_error, describe, json_lines, skep, stderr, timeout, wait_for,
@@ -253,4 +256,108 @@ fn bad_specs_are_refused_before_any_daemon_is_asked() {
         "{}",
         describe(&out)
     );
+}
+
+/// A spec the CLI would never send, each breaking one rule, with the field the refusal names.
+fn broken_specs(base: &ServiceSpec) -> Vec<(&'static str, ServiceSpec)> {
+    let with = |f: &dyn Fn(&mut ServiceSpec)| {
+        let mut s = base.clone();
+        f(&mut s);
+        s
+    };
+    vec![
+        (
+            "replicas:",
+            with(&|s| s.mode = Mode::Replicated { replicas: 1 << 40 }),
+        ),
+        ("image:", with(&|s| s.task.image = "redis".into())),
+        (
+            "image:",
+            with(&|s| {
+                s.task.runtime = Runtime::Docker;
+                s.task.image = "UPPER:case".into();
+            }),
+        ),
+        ("env:", with(&|s| s.task.env = vec!["NO_EQUALS".into()])),
+        (
+            "labels:",
+            with(&|s| {
+                s.labels.insert("a key".into(), "x".into());
+            }),
+        ),
+        (
+            "command:",
+            with(&|s| s.task.command = vec!["/bin/sleep".into(), "1\u{0}".into()]),
+        ),
+        (
+            "restart.delay_ms",
+            with(&|s| s.task.restart.delay_ms = u64::MAX),
+        ),
+    ]
+}
+
+/// The manager checks every spec itself: a client that skips the CLI's checks and sends a
+/// bad spec straight to the Control API is refused naming the field, and nothing changes.
+#[test]
+fn the_manager_refuses_a_bad_spec_sent_around_the_cli() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "good",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    let listed = m.cli_ok(&["service", "ls", "-q"]);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    let inspect = || -> Value {
+        let all: Value = serde_json::from_str(&m.cli_ok(&["service", "inspect", "good"])).unwrap();
+        all[0].clone()
+    };
+    let before = inspect();
+    let base: ServiceSpec = serde_json::from_value(before["spec"].clone()).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut api = rt
+        .block_on(skep::cli::client::connect(&Host::Unix(m.socket())))
+        .unwrap();
+    let mut renamed = base.clone();
+    renamed.name = "bad".into();
+    for (field, spec) in broken_specs(&renamed) {
+        let err = rt
+            .block_on(api.service_create(ServiceSpecRequest {
+                spec_json: serde_json::to_string(&spec).unwrap(),
+            }))
+            .expect_err(&format!("created a spec breaking {field}"));
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+        assert_eq!(
+            m.cli_ok(&["service", "ls", "-q"]),
+            listed,
+            "a spec breaking {field} was stored"
+        );
+    }
+    for (field, spec) in broken_specs(&base) {
+        let err = rt
+            .block_on(api.service_update(ServiceUpdateRequest {
+                service: "good".into(),
+                spec_json: serde_json::to_string(&spec).unwrap(),
+                rollback: false,
+                force: false,
+            }))
+            .expect_err(&format!("updated to a spec breaking {field}"));
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert!(err.message().contains(field), "{field}: {}", err.message());
+        let now = inspect();
+        assert_eq!(
+            (&now["version"], &now["spec"]),
+            (&before["version"], &before["spec"]),
+            "an update breaking {field} was stored"
+        );
+    }
 }

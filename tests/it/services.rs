@@ -414,3 +414,53 @@ fn the_heartbeat_period_is_a_cluster_setting() {
     // The node keeps heartbeating at the new period and stays Ready.
     c.wait_all_ready(0);
 }
+
+/// Every change to a service is on the audit chain with who made it: create, scale,
+/// rollback and remove, each under its own action.
+#[test]
+fn scale_rollback_and_remove_are_audited_with_their_actor() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    create(m, &["--name", "audited", "--", "/bin/sleep", "1000"]);
+    m.cli_ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--env-add",
+        "V=2",
+        "audited",
+    ]);
+    m.cli_ok(&["service", "scale", "--detach", "audited=2"]);
+    m.cli_ok(&["service", "rollback", "--detach", "audited"]);
+    let svc: Value = serde_json::from_str(&m.cli_ok(&["service", "inspect", "audited"])).unwrap();
+    assert!(
+        !svc[0]["spec"]["task"]["env"].to_string().contains("V=2"),
+        "the rollback did not go back: {svc}"
+    );
+    m.cli_ok(&["service", "rm", "audited"]);
+    let audit = m.audit();
+    let wrong: Vec<String> = [
+        "service.create",
+        "service.update",
+        "service.scale",
+        "service.rollback",
+        "service.remove",
+    ]
+    .into_iter()
+    .filter_map(|action| {
+        let found: Vec<&Value> = audit
+            .iter()
+            .filter(|r| r["action"] == action && r["target"] == "audited")
+            .collect();
+        let ok = found.len() == 1
+            && found[0]["actor"]["kind"] == "local-admin"
+            && found[0]["outcome"] == "ok";
+        (!ok).then(|| format!("{action}: {found:?}"))
+    })
+    .collect();
+    assert!(
+        wrong.is_empty(),
+        "not audited as one ok record by the local admin:\n{}",
+        wrong.join("\n")
+    );
+}

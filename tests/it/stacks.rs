@@ -347,3 +347,33 @@ fn bad_compose_files_are_refused_clearly_or_warned() {
     assert_eq!(names(&services, "Name"), ["bad_web"]);
     m.cli_ok(&["stack", "rm", "bad"]);
 }
+
+/// A stack is checked whole before anything is sent: one service breaking a rule the manager
+/// would also refuse (a label key with a space) stops the deploy before its network or its
+/// valid sibling is created.
+#[test]
+fn nothing_is_created_until_the_whole_file_checks_out() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "half.yml",
+        "services:\n  aaa:\n    image: nginx\n    networks: [front]\n    secrets: [pw]\n  bad:\n    image: nginx\n    networks: [front]\n    deploy:\n      labels:\n        \"a key\": x\n  zzz:\n    image: nginx\n    networks: [front]\nnetworks:\n  front: {}\nsecrets:\n  pw:\n    environment: HALF_STACK_PW\n",
+    );
+    let out = crate::harness::run(
+        std::process::Command::new(crate::harness::skep_bin())
+            .env("HALF_STACK_PW", "half-stack-value")
+            .args(["--host", &m.host()])
+            .args(["stack", "deploy", "-d", "-c", path(&file), "half"]),
+        None,
+    );
+    assert_error(&out, "labels");
+    assert!(stderr(&out).contains("bad"), "{}", stderr(&out));
+    let services = json_lines(&m.cli_ok(&["service", "ls", "--format", "json"]));
+    assert!(services.is_empty(), "{services:?}");
+    let nets = json_lines(&m.cli_ok(&["network", "ls", "--format", "json"]));
+    assert!(nets.is_empty(), "{nets:?}");
+    let secrets = json_lines(&m.cli_ok(&["secret", "ls", "--format", "json"]));
+    assert!(secrets.is_empty(), "{secrets:?}");
+}
