@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::control::find;
+use super::lookup::find;
 use super::{Manager, ManagerError};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::secret::SecretBytes;
