@@ -912,10 +912,7 @@ mod tests {
             "{DEFAULT_POLICY}\nforbid (principal, action, resource) unless \
              {{ [\"node-1\"].contains(context.node.hostname) }};"
         );
-        let e = PolicyEngine::parse(&text)
-            .err()
-            .expect("refused")
-            .to_string();
+        let e = PolicyEngine::parse(&text).expect_err("refused").to_string();
         assert!(e.contains("hostname"), "{e}");
     }
 
