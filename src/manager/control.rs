@@ -202,6 +202,7 @@ impl Manager {
             previous: None,
             update: None,
             revision: 1,
+            vip: None,
             created_at: now.clone(),
             updated_at: now,
         };

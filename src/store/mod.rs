@@ -23,6 +23,7 @@ pub mod secret_target;
 pub mod service;
 pub mod sm;
 pub mod testing;
+pub mod vip;
 pub mod wire;
 
 use std::io::Cursor;
