@@ -45,7 +45,11 @@ fn a_self_chosen_hostname_never_selects_a_node() {
     join_as_worker(m, &twin);
     let both = wait_for(timeout(), "two Ready nodes named w1", || {
         let ids = ready_ids(m, "w1");
-        if ids.len() == 2 { Ok(ids) } else { Err(format!("{ids:?}")) }
+        if ids.len() == 2 {
+            Ok(ids)
+        } else {
+            Err(format!("{ids:?}"))
+        }
     });
     let fake = both.into_iter().find(|id| *id != real).unwrap();
 
@@ -61,9 +65,17 @@ fn a_self_chosen_hostname_never_selects_a_node() {
         assert_error(&m.cli(args), "node w1 is ambiguous (2 matches found)");
     }
     for id in [&real, &fake] {
-        assert!(labels(m, id).get("secure").is_none(), "{id}: {}", labels(m, id));
+        assert!(
+            labels(m, id).get("secure").is_none(),
+            "{id}: {}",
+            labels(m, id)
+        );
     }
-    assert_eq!(ready_ids(m, "w1").len(), 2, "a refused `node rm` removed a node");
+    assert_eq!(
+        ready_ids(m, "w1").len(),
+        2,
+        "a refused `node rm` removed a node"
+    );
 
     // The full ID, or a unique ID prefix, still selects exactly one node.
     m.cli_ok(&["node", "update", "--label-add", "secure=true", &real]);
@@ -79,7 +91,11 @@ fn a_self_chosen_hostname_never_selects_a_node() {
     join_as_worker(m, &mimic);
     wait_for(timeout(), "the mimic is Ready", || {
         let ids = ready_ids(m, prefix);
-        if ids.len() == 1 { Ok(()) } else { Err(format!("{ids:?}")) }
+        if ids.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{ids:?}"))
+        }
     });
     assert_error(
         &m.cli(&["node", "update", "--label-add", "tier=prod", prefix]),
@@ -108,7 +124,10 @@ fn a_self_chosen_hostname_never_selects_a_node() {
 }
 
 fn secret(m: &Node, name: &str) {
-    let out = m.cli_stdin(&["secret", "create", name, "-"], &format!("value-of-{name}"));
+    let out = m.cli_stdin(
+        &["secret", "create", name, "-"],
+        &format!("value-of-{name}"),
+    );
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
 }
 
@@ -166,22 +185,43 @@ fn secret_targets_are_checked_for_clashes_and_for_what_agents_accept() {
     );
     assert_error(&out, "clashes");
     // The same secret twice.
-    assert_error(&create(m, "twice", &["--secret", "s1", "--secret", "s1"]), "clashes");
+    assert_error(
+        &create(m, "twice", &["--secret", "s1", "--secret", "s1"]),
+        "clashes",
+    );
     // A target no agent can create (a file name over 255 bytes): refused up front, quoting only
     // a prefix of it.
     let long = "x".repeat(300);
-    let out = create(m, "long", &["--secret", &format!("source=s1,target={long}")]);
+    let out = create(
+        m,
+        "long",
+        &["--secret", &format!("source=s1,target={long}")],
+    );
     assert_error(&out, "target");
-    assert!(!crate::harness::stderr(&out).contains(&long), "{}", crate::harness::stderr(&out));
+    assert!(
+        !crate::harness::stderr(&out).contains(&long),
+        "{}",
+        crate::harness::stderr(&out)
+    );
     // A control character in a target.
-    assert_error(&create(m, "ctl", &["--secret", "source=s1,target=a\tb"]), "target");
+    assert_error(
+        &create(m, "ctl", &["--secret", "source=s1,target=a\tb"]),
+        "target",
+    );
     let ls = m.cli_ok(&["service", "ls", "-q"]);
     assert!(ls.trim().is_empty(), "refused services were created: {ls}");
 
     // Update: adding s2 at s1's target does not drop s1.
     create(m, "app", &["--secret", "s1"]);
     assert_error(
-        &m.cli(&["service", "update", "--detach", "--secret-add", "source=s2,target=s1", "app"]),
+        &m.cli(&[
+            "service",
+            "update",
+            "--detach",
+            "--secret-add",
+            "source=s2,target=s1",
+            "app",
+        ]),
         "clashes",
     );
     assert_error(
@@ -191,8 +231,14 @@ fn secret_targets_are_checked_for_clashes_and_for_what_agents_accept() {
     assert_eq!(targets(m, "app"), [("s1".into(), "/run/secrets/s1".into())]);
     // Replacing it is explicit.
     m.cli_ok(&[
-        "service", "update", "--detach", "--secret-rm", "s1", "--secret-add",
-        "source=s2,target=s1", "app",
+        "service",
+        "update",
+        "--detach",
+        "--secret-rm",
+        "s1",
+        "--secret-add",
+        "source=s2,target=s1",
+        "app",
     ]);
     assert_eq!(targets(m, "app"), [("s2".into(), "/run/secrets/s1".into())]);
 
@@ -240,10 +286,21 @@ fn service_addresses_come_from_the_replicated_state_one_per_service() {
     // The other manager's copy of the state holds the same addresses.
     wait_for(timeout(), "the same addresses on the other manager", || {
         let theirs: Vec<String> = names.iter().map(|n| address(other, n)).collect();
-        if theirs == addrs { Ok(()) } else { Err(format!("{theirs:?} vs {addrs:?}")) }
+        if theirs == addrs {
+            Ok(())
+        } else {
+            Err(format!("{theirs:?} vs {addrs:?}"))
+        }
     });
     // An update keeps the address; a removed service's address is not handed to the next one.
-    m.cli_ok(&["service", "update", "--detach", "--label-add", "x=y", "svc0"]);
+    m.cli_ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--label-add",
+        "x=y",
+        "svc0",
+    ]);
     assert_eq!(address(m, "svc0"), addrs[0]);
     m.cli_ok(&["service", "rm", "svc1"]);
     let out = create(m, "later", &[]);
