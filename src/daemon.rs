@@ -2064,23 +2064,8 @@ impl Control for ControlService {
         self.0.manager_and_admin().await?;
         self.0
             .with_manager(|m, file| {
-                let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
-                let found: Vec<&Node> =
-                    match nodes.iter().find(|n| n.id == want || n.hostname == want) {
-                        Some(n) => vec![n],
-                        None => nodes
-                            .iter()
-                            .filter(|n| !want.is_empty() && n.id.starts_with(&want))
-                            .collect(),
-                    };
-                match found.as_slice() {
-                    [n] => Ok(Response::new(node_info(m, n, &file.node_id))),
-                    [] => Err(Status::not_found(format!("node {want} not found"))),
-                    _ => Err(Status::invalid_argument(format!(
-                        "node {want} is ambiguous ({} matches)",
-                        found.len()
-                    ))),
-                }
+                let node = m.node(&want).map_err(to_status)?;
+                Ok(Response::new(node_info(m, &node, &file.node_id)))
             })
             .await
     }

@@ -25,7 +25,7 @@ use crate::store::secret_obj::digest;
 use crate::store::service::SecretRef;
 
 /// Where secrets appear inside a task.
-pub const TARGET_ROOT: &str = "/run/secrets";
+pub const TARGET_ROOT: &str = crate::store::secret_target::SECRETS_DIR;
 /// The tmpfs mount point inside a task's directory.
 pub const MOUNT_DIR: &str = "secrets";
 /// The directory inside the tmpfs that the task sees as `/run/secrets`.
@@ -63,13 +63,14 @@ pub enum SecretsError {
         #[source]
         source: std::io::Error,
     },
-    /// A target is not a plain path under `/run/secrets`.
-    #[error("secret {name}: target {target:?} is not a plain path under {TARGET_ROOT}/")]
+    /// A target breaks the rule of [`crate::store::secret_target`] (the managers enforce it
+    /// too; checked again before anything is mounted).
+    #[error("secret {name}: {reason}")]
     BadTarget {
         /// Secret name.
         name: String,
-        /// The target given.
-        target: String,
+        /// Which rule the target broke, quoting at most a prefix of it.
+        reason: String,
     },
     /// Writing a file or directory inside the tmpfs failed.
     #[error("cannot write secret {name} into the task's tmpfs: {source}")]
@@ -223,25 +224,14 @@ fn size_cap(refs: &[SecretRef], values: &HashMap<String, SecretBytes>) -> u64 {
     data + (refs.len() as u64 * 2 + 16) * PAGE
 }
 
-/// The path of `target` relative to `/run/secrets`, if it is a plain path under it.
+/// The path of `target` relative to `/run/secrets`, if it is one the managers accept.
 fn relative_target(r: &SecretRef) -> Result<PathBuf, SecretsError> {
-    let bad = || SecretsError::BadTarget {
-        name: r.secret_name.clone(),
-        target: r.target.clone(),
-    };
-    let rest = r
-        .target
-        .strip_prefix(TARGET_ROOT)
-        .and_then(|x| x.strip_prefix('/'))
-        .ok_or_else(bad)?;
-    if rest.is_empty()
-        || rest
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\0'))
-    {
-        return Err(bad());
-    }
-    Ok(PathBuf::from(rest))
+    crate::store::secret_target::relative(&r.target)
+        .map(PathBuf::from)
+        .map_err(|reason| SecretsError::BadTarget {
+            name: r.secret_name.clone(),
+            reason,
+        })
 }
 
 /// Mounts a size-capped tmpfs at `task_dir/secrets` (mode 0700, nosuid, nodev, noexec) and
@@ -253,6 +243,13 @@ pub fn mount_task_secrets(
     values: &HashMap<String, SecretBytes>,
 ) -> Result<TaskSecrets, SecretsError> {
     // Check everything before mounting anything.
+    crate::store::secret_target::check_refs(refs).map_err(|reason| SecretsError::BadTarget {
+        name: refs
+            .first()
+            .map(|r| r.secret_name.clone())
+            .unwrap_or_default(),
+        reason,
+    })?;
     let mut plan = Vec::with_capacity(refs.len());
     for r in refs {
         let rel = relative_target(r)?;

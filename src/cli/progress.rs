@@ -389,6 +389,7 @@ mod tests {
             previous: None,
             update: None,
             revision: 0,
+            vip: None,
             created_at: String::new(),
             updated_at: String::new(),
         }

@@ -907,6 +907,7 @@ mod tests {
             previous: None,
             update: None,
             revision: 0,
+            vip: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
         }

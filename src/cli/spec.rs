@@ -445,7 +445,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
     }
     let mut secrets: Vec<SecretRef> = Vec::new();
     for text in c.secrets {
-        add_secret(&mut secrets, parse_secret(text, "--secret")?);
+        secrets.push(parse_secret(text, "--secret")?);
     }
     let mut spec = ServiceSpec {
         name,
@@ -619,7 +619,9 @@ pub(super) fn apply_update(
             .retain(|r| r.secret_name != *n && r.secret_id != *n);
     }
     for text in u.secret_add {
-        add_secret(&mut spec.task.secrets, parse_secret(text, "--secret-add")?);
+        // Appended, never replacing: a clash with a kept secret is the manager's to refuse
+        // (replacing one is `--secret-rm` with `--secret-add`, as in Docker).
+        spec.task.secrets.push(parse_secret(text, "--secret-add")?);
     }
     flags.apply(spec)?;
     validate(spec)
@@ -698,12 +700,6 @@ pub(super) fn bytes(n: u64) -> String {
 pub(super) fn parse_secret(text: &str, flag: &str) -> anyhow::Result<SecretRef> {
     crate::manager::secrets::parse_secret_spec(text)
         .map_err(|why| anyhow::anyhow!("invalid {flag} {text:?}: {why}"))
-}
-
-/// Adds a secret reference, replacing one with the same target.
-fn add_secret(secrets: &mut Vec<SecretRef>, r: SecretRef) {
-    secrets.retain(|x| x.target != r.target);
-    secrets.push(r);
 }
 
 /// `KEY=VALUE`; a bare `KEY` takes its value from the CLI's environment, as Docker does, and
@@ -1456,5 +1452,24 @@ mod tests {
         .unwrap();
         assert_eq!(spec.task.secrets.len(), 1);
         assert_eq!(spec.task.secrets[0].secret_name, "api");
+        // Another secret at api's target is appended, not swapped in: the manager refuses the
+        // clash instead of api silently disappearing.
+        let add = strings(&["source=db,target=api"]);
+        apply_update(
+            &mut spec,
+            &UpdateSpec {
+                secret_add: &add,
+                ..Default::default()
+            },
+            &SpecFlags::default(),
+        )
+        .unwrap();
+        let names: Vec<&str> = spec
+            .task
+            .secrets
+            .iter()
+            .map(|r| r.secret_name.as_str())
+            .collect();
+        assert_eq!(names, ["api", "db"]);
     }
 }

@@ -3,36 +3,13 @@
 
 use std::collections::BTreeMap;
 
+use super::lookup::find;
 use super::{Manager, ManagerError};
 use crate::api::v1::agent_client::AgentClient;
 use crate::api::v1::{LogLine, TaskLogsRequest};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Availability, Command, Node, NodeRole};
 use crate::store::service::{Mode, Service, ServiceSpec, Task};
-
-/// Finds one object by exact ID, exact name, or unique ID prefix.
-pub(super) fn find<'a, T>(
-    items: impl Iterator<Item = &'a T> + Clone,
-    want: &str,
-    id: impl Fn(&T) -> &str,
-    name: impl Fn(&T) -> &str,
-    what: &str,
-) -> Result<&'a T, ManagerError> {
-    if let Some(x) = items.clone().find(|x| id(x) == want || name(x) == want) {
-        return Ok(x);
-    }
-    let matches: Vec<&T> = items
-        .filter(|x| !want.is_empty() && id(x).starts_with(want))
-        .collect();
-    match matches.as_slice() {
-        [x] => Ok(x),
-        [] => Err(ManagerError::NotFound(format!("{what} {want} not found"))),
-        _ => Err(ManagerError::Invalid(format!(
-            "{what} {want} is ambiguous ({} matches)",
-            matches.len()
-        ))),
-    }
-}
 
 impl Manager {
     /// The service with this ID, name or ID prefix, and its tasks.
@@ -225,6 +202,7 @@ impl Manager {
             previous: None,
             update: None,
             revision: 1,
+            vip: None,
             created_at: now.clone(),
             updated_at: now,
         };

@@ -13,6 +13,7 @@ pub mod dispatch;
 pub mod entitle;
 pub mod gate;
 pub mod limiter;
+mod lookup;
 pub mod network;
 pub mod networks;
 pub mod operators;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use super::control::find;
+use super::lookup::find;
 use super::{Manager, ManagerError};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Command, State};

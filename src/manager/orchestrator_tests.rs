@@ -116,6 +116,7 @@ impl Sim {
             previous: None,
             update: None,
             revision: 0,
+            vip: None,
             created_at: now.clone(),
             updated_at: now,
         }))]);

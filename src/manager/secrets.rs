@@ -1,9 +1,9 @@
 //! Control API operations on secrets. A secret's value goes into the sealed store and nowhere
 //! else: not into errors, audit records or anything the API returns.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use super::control::find;
+use super::lookup::find;
 use super::{Manager, ManagerError};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::secret::SecretBytes;
@@ -15,7 +15,7 @@ use crate::store::service::SecretRef;
 pub const MAX_SECRET_SIZE: usize = 500 * 1024;
 
 /// Where secrets are mounted in a task.
-pub const SECRETS_DIR: &str = "/run/secrets";
+pub const SECRETS_DIR: &str = crate::store::secret_target::SECRETS_DIR;
 
 /// Checks a secret name as Docker does: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64 characters.
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -57,25 +57,6 @@ pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), S
         if k.is_empty() || k.len() > 128 || k.contains('=') || v.len() > 1024 {
             return Err(format!("labels: {k:?} is not a valid KEY=VALUE label"));
         }
-    }
-    Ok(())
-}
-
-/// Checks a target path: absolute, under `/run/secrets`, no `..`, no empty components.
-fn validate_target(target: &str) -> Result<(), String> {
-    let rest = target
-        .strip_prefix(SECRETS_DIR)
-        .and_then(|r| r.strip_prefix('/'))
-        .ok_or_else(|| format!("secret target {target:?} is not under {SECRETS_DIR}/"))?;
-    if rest.is_empty()
-        || target.len() > 4096
-        || rest
-            .split('/')
-            .any(|p| p.is_empty() || p == "." || p == ".." || p.contains('\0'))
-    {
-        return Err(format!(
-            "secret target {target:?} is not a plain path under {SECRETS_DIR}/"
-        ));
     }
     Ok(())
 }
@@ -127,12 +108,10 @@ pub fn parse_secret_spec(text: &str) -> Result<SecretRef, String> {
 }
 
 /// Resolves the secret references of a task spec against the state: every entry must name an
-/// existing secret (its ID is filled in), targets must be valid and distinct.
+/// existing secret (its ID is filled in); targets must pass
+/// [`crate::store::secret_target::check_refs`] (valid, distinct, none inside another).
 pub fn resolve_refs(state: &State, refs: &mut [SecretRef]) -> Result<(), String> {
-    if refs.len() > 256 {
-        return Err("secret: at most 256 secrets per service".into());
-    }
-    let mut targets: BTreeMap<String, String> = BTreeMap::new();
+    crate::store::secret_target::check_refs(refs)?;
     for r in refs.iter_mut() {
         let found = state
             .secrets
@@ -144,31 +123,13 @@ pub fn resolve_refs(state: &State, refs: &mut [SecretRef]) -> Result<(), String>
                     .flatten()
             });
         let Some(sec) = found else {
-            return Err(format!("secret: unknown secret {}", r.secret_name));
+            return Err(format!(
+                "secret: unknown secret {}",
+                crate::util::prefix(&r.secret_name, 64)
+            ));
         };
         r.secret_id = sec.id.clone();
         r.secret_name = sec.name.clone();
-        validate_target(&r.target)?;
-        if r.mode > 0o777 {
-            return Err(format!(
-                "secret {}: mode {:o} is not a file permission (at most 0777)",
-                r.secret_name, r.mode
-            ));
-        }
-        if let Some(other) = targets.insert(r.target.clone(), r.secret_name.clone()) {
-            return Err(format!(
-                "secret target {} of {} clashes with the target of {other}",
-                r.target, r.secret_name
-            ));
-        }
-    }
-    // A target that is a directory of another one would clash when mounted.
-    let all: BTreeSet<&String> = targets.keys().collect();
-    for t in &all {
-        let dir = format!("{t}/");
-        if let Some(inner) = all.iter().find(|o| o.starts_with(&dir)) {
-            return Err(format!("secret target {t} clashes with {inner}"));
-        }
     }
     Ok(())
 }

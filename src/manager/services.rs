@@ -423,13 +423,16 @@ impl Services {
 /// The label Docker (and skep) puts on a stack's objects.
 const STACK_LABEL: &str = "com.docker.stack.namespace";
 
-/// A service's address on every node's loopback (127.77.X.Y, from its ID), where the node's
-/// routing mesh listens for the tasks that reach the service by name.
-pub fn service_vip(service_id: &str) -> std::net::Ipv4Addr {
-    use sha2::Digest as _;
-    let d = sha2::Sha256::digest(service_id.as_bytes());
-    // .0 and .255 avoided in the last byte.
-    std::net::Ipv4Addr::new(127, 77, d[0], 1 + d[1] % 254)
+/// A service's address on every node's loopback (127.77.X.Y), where the node's routing mesh
+/// listens for the tasks that reach the service by name: the one the state machine gave it
+/// ([`crate::store::vip`]). A service stored before addresses were allocated has none until
+/// its next update, and keeps the address derived from its ID until then.
+pub fn service_vip(svc: &crate::store::service::Service) -> std::net::Ipv4Addr {
+    svc.vip.unwrap_or_else(|| {
+        use sha2::Digest as _;
+        let d = sha2::Sha256::digest(svc.id.as_bytes());
+        std::net::Ipv4Addr::new(127, 77, d[0], 1 + d[1] % 254)
+    })
 }
 
 /// The targets a service's tasks take `proto` on: of its published ports and its `expose`
@@ -571,7 +574,7 @@ impl Services {
                     crate::api::v1::ServiceVip {
                         service_id: svc.id.clone(),
                         names,
-                        vip: service_vip(&svc.id).to_string(),
+                        vip: service_vip(svc).to_string(),
                         ports: vip_ports(&svc.spec, PortProtocol::Tcp),
                         udp_ports: vip_ports(&svc.spec, PortProtocol::Udp),
                         networks: svc.spec.networks.clone(),

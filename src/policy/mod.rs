@@ -11,7 +11,7 @@
 //!  action     Skep::Action::"UseSecret"
 //!  resource   Skep::Secret::"<id>"    attrs id, name;                             tags: labels
 //!  context    { node: Skep::Node::"<id>" }
-//!             Skep::Node              attrs id, hostname, role;                   tags: labels
+//!             Skep::Node              attrs id, role (no host name: self-chosen); tags: labels
 //! ```
 //!
 //! Labels are entity *tags*, so a policy reads them with `hasTag` / `getTag` (strict validation
@@ -139,7 +139,8 @@ pub enum PolicyError {
 pub struct NodeFacts<'a> {
     /// Node ID (the entity ID of `Skep::Node`).
     pub id: &'a str,
-    /// Hostname, as reported by the node.
+    /// Host name, as the node reported it: for messages only, never an entity attribute
+    /// (a joining node chooses it, so no policy may rest on it).
     pub hostname: &'a str,
     /// `manager` or `worker`.
     pub role: &'a str,
@@ -585,7 +586,6 @@ fn request_entities(
             uid(&model.node, node.id),
             [
                 ("id".to_string(), string(node.id)),
-                ("hostname".to_string(), string(node.hostname)),
                 ("role".to_string(), string(node.role)),
             ],
             [],
@@ -907,11 +907,21 @@ mod tests {
     }
 
     #[test]
+    fn no_policy_can_rest_on_a_self_chosen_host_name() {
+        let text = format!(
+            "{DEFAULT_POLICY}\nforbid (principal, action, resource) unless \
+             {{ [\"node-1\"].contains(context.node.hostname) }};"
+        );
+        let e = PolicyEngine::parse(&text).expect_err("refused").to_string();
+        assert!(e.contains("hostname"), "{e}");
+    }
+
+    #[test]
     fn forbid_without_reason_is_named_by_id() {
         let text = format!(
             "{DEFAULT_POLICY}\n@id(\"no-workers\") forbid (principal, action, resource) when \
              {{ context.node.role == \"worker\" }};\n\
-             forbid (principal, action, resource) when {{ context.node.hostname == \"node-1\" }};"
+             forbid (principal, action, resource) when {{ context.node.id == \"n1\" }};"
         );
         let engine = PolicyEngine::parse(&text).unwrap();
         let none = BTreeMap::new();

@@ -1006,12 +1006,14 @@ fn service(
                 let radix = if m.starts_with('0') { 8 } else { 10 };
                 sr.mode = num(&r.mode, "mode", radix)?.unwrap_or(0o444);
             }
-            secrets.retain(|x: &SecretRef| x.target != sr.target);
             secrets.push(sr);
             if !secret_keys.contains(&r.source) {
                 secret_keys.push(r.source.clone());
             }
         }
+        // The managers' rule, checked here too so the file and line are named.
+        crate::store::secret_target::check_refs(&secrets)
+            .map_err(|e| ctx.invalid_at(sk, &path, e))?;
     }
 
     // Networks.

@@ -236,6 +236,29 @@ services:
 }
 
 #[test]
+fn secret_targets_go_through_the_managers_rule() {
+    for (secrets, needle) in [
+        (
+            "[a, {source: b, target: a}]",
+            "clashes with the target of a",
+        ),
+        ("[a, a]", "given twice"),
+        ("[{source: a, target: ../x}]", "not a plain path"),
+        (
+            "[{source: a, target: a/b}, {source: b, target: a}]",
+            "cannot also be a directory",
+        ),
+    ] {
+        let text = format!(
+            "services:\n  web:\n    image: nginx\n    secrets: {secrets}\n\
+             secrets:\n  a:\n    external: true\n  b:\n    external: true\n"
+        );
+        let e = err(load_one(&text));
+        assert!(e.contains(needle) && e.contains("line 4"), "{secrets}: {e}");
+    }
+}
+
+#[test]
 fn secrets_in_both_syntaxes_and_from_files() {
     let text = r#"
 services:

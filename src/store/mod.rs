@@ -19,9 +19,11 @@ pub mod model;
 pub mod network_obj;
 pub mod seal;
 pub mod secret_obj;
+pub mod secret_target;
 pub mod service;
 pub mod sm;
 pub mod testing;
+pub mod vip;
 pub mod wire;
 
 use std::io::Cursor;

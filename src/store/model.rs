@@ -5,7 +5,7 @@
 //! that varies between managers (clocks, randomness) is decided by the proposer and carried in
 //! the command.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::secret::SecretString;
 use serde::{Deserialize, Serialize};
@@ -467,6 +467,9 @@ pub struct State {
     /// IDs of the last [`RECENT_PROPOSALS`] applied [`Command::Once`] proposals, oldest first.
     #[serde(default)]
     pub recent_proposals: std::collections::VecDeque<String>,
+    /// Where the next service address is looked for (see [`super::vip`]).
+    #[serde(default)]
+    pub vip_cursor: u32,
 }
 
 /// A person allowed to use the Control API over mTLS with an operator certificate.
@@ -514,6 +517,44 @@ pub struct PolicyDoc {
 }
 
 impl State {
+    /// Refuses a command that would store more new services than there are free service
+    /// addresses ([`super::vip::RANGE`]).
+    fn check_vip_room(&self, cmd: &Command) -> Result<(), String> {
+        fn new_ids<'a>(state: &State, cmd: &'a Command, out: &mut BTreeSet<&'a str>) {
+            match cmd {
+                Command::PutService(svc) if !state.services.contains_key(&svc.id) => {
+                    out.insert(&svc.id);
+                }
+                Command::Once { cmd, .. } => new_ids(state, cmd, out),
+                Command::Batch(cmds) => cmds.iter().for_each(|c| new_ids(state, c, out)),
+                _ => {}
+            }
+        }
+        let mut new = BTreeSet::new();
+        new_ids(self, cmd, &mut new);
+        let free = (super::vip::RANGE as usize).saturating_sub(self.services.len());
+        if new.len() > free {
+            return Err(format!(
+                "no free service address: the swarm holds {} services and has addresses for {}; remove a service first",
+                self.services.len(),
+                super::vip::RANGE
+            ));
+        }
+        Ok(())
+    }
+
+    /// The next free service address from the cursor, which moves past it.
+    fn allocate_vip(&mut self) -> Option<std::net::Ipv4Addr> {
+        let used: BTreeSet<u32> = self
+            .services
+            .values()
+            .filter_map(|s| s.vip.and_then(super::vip::number))
+            .collect();
+        let i = super::vip::allocate(&used, self.vip_cursor, super::vip::RANGE)?;
+        self.vip_cursor = (i + 1) % super::vip::RANGE;
+        Some(super::vip::address(i))
+    }
+
     /// Applies one committed command. Deterministic; never panics on any command.
     pub fn apply(&mut self, cmd: Command) -> Response {
         if let Command::Once { id, cmd } = cmd {
@@ -538,6 +579,7 @@ impl State {
 
     /// Refuses a command (a batch as a whole) that does not fit the state, before any change.
     fn check(&self, cmd: &Command) -> Result<(), String> {
+        self.check_vip_room(cmd)?;
         match cmd {
             // Inside a batch it is its command (only a proposal as a whole is deduplicated).
             Command::Once { cmd, .. } => self.check(cmd),
@@ -705,7 +747,13 @@ impl State {
                     c.heartbeat_period_ms = ms;
                 }
             }
-            Command::PutService(svc) => {
+            Command::PutService(mut svc) => {
+                // The address is the state's, never the proposer's: kept for the service's
+                // life, given once when it is first stored.
+                svc.vip = self.services.get(&svc.id).and_then(|old| old.vip);
+                if svc.vip.is_none() {
+                    svc.vip = self.allocate_vip();
+                }
                 self.services.insert(svc.id.clone(), *svc);
             }
             Command::RemoveService { id } => {
@@ -1009,6 +1057,7 @@ mod tests {
                 previous: None,
                 update: None,
                 revision: 1,
+                vip: None,
                 created_at: "t".into(),
                 updated_at: "t".into(),
             },
@@ -1024,6 +1073,116 @@ mod tests {
             Response::Ok
         );
         assert!(s.networks.is_empty());
+    }
+
+    fn svc(id: &str, name: &str) -> Service {
+        let spec = crate::store::service::ServiceSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            mode: crate::store::service::Mode::Global,
+            task: crate::store::service::TaskSpec {
+                runtime: Runtime::Exec,
+                image: String::new(),
+                command: vec!["/bin/true".into()],
+                env: Vec::new(),
+                restart: Default::default(),
+                constraints: Vec::new(),
+                reservations: Default::default(),
+                limits: Default::default(),
+                secrets: Vec::new(),
+                ports: Vec::new(),
+                networks: Vec::new(),
+                healthcheck: None,
+            },
+            update: Default::default(),
+            rollback: Default::default(),
+            ports: Vec::new(),
+            networks: Vec::new(),
+            expose: Vec::new(),
+            expose_udp: Vec::new(),
+        };
+        Service {
+            id: id.into(),
+            spec,
+            version: 1,
+            previous: None,
+            update: None,
+            revision: 1,
+            vip: None,
+            created_at: "t".into(),
+            updated_at: "t".into(),
+        }
+    }
+
+    fn vip_of(s: &State, id: &str) -> std::net::Ipv4Addr {
+        s.services[id].vip.expect("an address")
+    }
+
+    #[test]
+    fn service_addresses_are_allocated_once_and_never_shared() {
+        // svc66 and svc94 had the same address when it was derived from the ID.
+        let mut s = State::default();
+        let put = |id: &str, name: &str| Command::PutService(Box::new(svc(id, name)));
+        assert_eq!(s.apply(put("svc66", "a")), Response::Ok);
+        assert_eq!(s.apply(put("svc94", "b")), Response::Ok);
+        assert_ne!(vip_of(&s, "svc66"), vip_of(&s, "svc94"));
+        // A batch of new services gets distinct addresses too.
+        let batch = Command::Batch(
+            (0..5)
+                .map(|i| put(&format!("n{i}"), &format!("n{i}")))
+                .collect(),
+        );
+        assert_eq!(s.apply(batch), Response::Ok);
+        let all: BTreeSet<_> = s.services.values().map(|x| x.vip.unwrap()).collect();
+        assert_eq!(all.len(), 7);
+        // An update keeps the address, whatever the proposal says.
+        let before = vip_of(&s, "svc66");
+        let mut upd = svc("svc66", "a");
+        upd.vip = Some(vip_of(&s, "svc94"));
+        assert_eq!(s.apply(Command::PutService(Box::new(upd))), Response::Ok);
+        assert_eq!(vip_of(&s, "svc66"), before);
+        // Removed, its address is not handed out again at once.
+        assert_eq!(
+            s.apply(Command::RemoveService { id: "svc94".into() }),
+            Response::Ok
+        );
+        assert_eq!(s.apply(put("late", "late")), Response::Ok);
+        assert!(!all.contains(&vip_of(&s, "late")));
+        // Every replica applying the same commands gives the same addresses.
+        let mut twin = State::default();
+        for c in [put("svc66", "a"), put("svc94", "b")] {
+            twin.apply(c);
+        }
+        let mut one = State::default();
+        for c in [put("svc66", "a"), put("svc94", "b")] {
+            one.apply(c);
+        }
+        assert_eq!(vip_of(&one, "svc94"), vip_of(&twin, "svc94"));
+    }
+
+    #[test]
+    fn a_service_is_refused_when_every_address_is_taken() {
+        let mut s = State::default();
+        for i in 0..crate::store::vip::RANGE {
+            let mut x = svc(&format!("s{i}"), &format!("s{i}"));
+            x.vip = Some(crate::store::vip::address(i));
+            s.services.insert(x.id.clone(), x);
+        }
+        let r = s.apply(Command::PutService(Box::new(svc("new", "new"))));
+        match r {
+            Response::Rejected(e) => assert!(e.contains("no free service address"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(!s.services.contains_key("new"));
+        // An update of a stored service still goes through; a removal frees an address.
+        let r = s.apply(Command::PutService(Box::new(svc("s5", "s5"))));
+        assert_eq!(r, Response::Ok);
+        s.apply(Command::RemoveService { id: "s7".into() });
+        assert_eq!(
+            s.apply(Command::PutService(Box::new(svc("new", "new")))),
+            Response::Ok
+        );
+        assert_eq!(vip_of(&s, "new"), crate::store::vip::address(7));
     }
 
     #[test]

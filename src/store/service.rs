@@ -369,6 +369,11 @@ pub struct Service {
     /// orchestrator's, racing an operator) is refused, so operator changes are never lost.
     #[serde(default)]
     pub revision: u64,
+    /// The service's address (127.77.X.Y), given by the state machine when the service is
+    /// first stored and kept until it is removed ([`super::vip`]); whatever a proposal carries
+    /// here is ignored.
+    #[serde(default)]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
