@@ -160,11 +160,10 @@ fn failed_attempts_from_many_sources_are_capped_across_all_of_them() {
             }
         },
     );
+    // The cap across all sources, and the record saying it was reached.
     let n = from_flood(&all);
-    assert!(
-        n <= 150, // the cap (100 a minute across all sources), with room
-        "{n} records of the flood"
-    );
+    let cap = skep::manager::limiter::GLOBAL_MAX_PER_WINDOW as usize + 1;
+    assert!(n <= cap, "{n} records of the flood, more than {cap}");
     // The daemon still serves, and still records its own operators' actions.
     m.cli_ok(&["join-token", "-q", "worker"]);
     wait_for(timeout(), "the token read recorded after the flood", || {
