@@ -447,7 +447,7 @@ impl Manager {
     /// outcome this manager could not learn (a forward cut off, a leader killed mid-write)
     /// never applies it twice. A write not confirmed within the deadline fails as unknown.
     pub async fn propose(&self, cmd: Command) -> Result<(), ManagerError> {
-        if let Err(e) = proposals::check(&cmd, proposals::Origin::Local) {
+        if let Err(e) = proposals::check(&cmd) {
             tracing::error!(error = %e, "refusing an unaudited proposal");
             return Err(ManagerError::Invalid(e.to_string()));
         }

@@ -1,10 +1,11 @@
 //! Which proposals must carry an audit record: every command that changes state commits in
 //! one batch with a [`Command::Audit`] record, except a short list of high-volume or derived
 //! commands ([`decision`], one exhaustive match: a command added without a decision does not
-//! compile). Checked on every proposal ([`check`]); a proposal another manager forwards
-//! (`Manager.Propose`) meets the stricter rule, and its records are stamped with the
-//! forwarding node ([`stamp`]), so a manager's certificate cannot change state unseen or under
-//! another actor's name.
+//! compile). Checked on every proposal ([`check`]). A proposal another manager forwards
+//! (`Manager.Propose`) meets the same rule, its records are stamped with the forwarding node
+//! ([`stamp`]), and a leader-only command in it without a record gets one naming that node
+//! ([`untraced`]): a manager's certificate cannot change state unseen or under another
+//! actor's name, and a deposed leader's last liveness or orchestrator write still commits.
 //!
 //! | exempt | why |
 //! |---|---|
@@ -16,15 +17,6 @@
 use crate::audit::AuditEvent;
 use crate::store::model::Command;
 
-/// Where a proposal comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Origin {
-    /// This manager's own code.
-    Local,
-    /// Another manager, through `Manager.Propose`.
-    Peer,
-}
-
 /// What a command needs to be proposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -32,7 +24,8 @@ pub enum Decision {
     Record,
     /// Nothing: it is a record, or a high-volume report (the reason).
     Exempt(&'static str),
-    /// Nothing when this manager proposes it (the reason); a record when a peer does.
+    /// Nothing when this manager proposes it (the reason); from a peer, the leader adds a
+    /// record naming it.
     LocalExempt(&'static str),
     /// A container: its members decide.
     Container,
@@ -93,20 +86,48 @@ pub struct Unaudited {
     pub command: &'static str,
 }
 
-/// Checks a proposal as a whole: if any command in it needs a record from `origin`, some
-/// command in it must be an audit record.
-pub fn check(cmd: &Command, origin: Origin) -> Result<(), Unaudited> {
-    let mut needs = None;
-    let mut has_record = false;
-    walk(cmd, &mut |c| match (decision(c), origin) {
-        (Decision::Record, _) | (Decision::LocalExempt(_), Origin::Peer) => {
-            needs.get_or_insert(name(c));
-        }
-        _ => has_record |= matches!(c, Command::Audit(_)),
-    });
+/// Checks a proposal as a whole: if any command in it needs a record, some command in it
+/// must be an audit record.
+pub fn check(cmd: &Command) -> Result<(), Unaudited> {
+    let (needs, has_record) = scan(cmd, |d| d == Decision::Record);
     match needs {
         Some(command) if !has_record => Err(Unaudited { command }),
         _ => Ok(()),
+    }
+}
+
+/// In a peer's proposal without any audit record: the first leader-only command (its name),
+/// for which the leader records the proposal itself.
+pub fn untraced(cmd: &Command) -> Option<&'static str> {
+    let (first, has_record) = scan(cmd, |d| matches!(d, Decision::LocalExempt(_)));
+    first.filter(|_| !has_record)
+}
+
+/// The first command whose decision `pick` selects, and whether the proposal holds a record.
+fn scan(cmd: &Command, pick: impl Fn(Decision) -> bool) -> (Option<&'static str>, bool) {
+    let mut first = None;
+    let mut has_record = false;
+    walk(cmd, &mut |c| {
+        has_record |= matches!(c, Command::Audit(_));
+        if pick(decision(c)) {
+            first.get_or_insert(name(c));
+        }
+    });
+    (first, has_record)
+}
+
+/// `cmd` with `record` committed in the same batch (inside its [`Command::Once`], if any).
+pub fn with_record(cmd: Command, record: AuditEvent) -> Command {
+    match cmd {
+        Command::Once { id, cmd } => Command::Once {
+            id,
+            cmd: Box::new(with_record(*cmd, record)),
+        },
+        Command::Batch(mut cmds) => {
+            cmds.push(Command::Audit(record));
+            Command::Batch(cmds)
+        }
+        c => Command::Batch(vec![c, Command::Audit(record)]),
     }
 }
 
@@ -208,49 +229,58 @@ mod tests {
 
     #[test]
     fn a_state_change_needs_its_record_in_the_same_proposal() {
-        for origin in [Origin::Local, Origin::Peer] {
-            assert_eq!(
-                check(&labels(), origin),
-                Err(Unaudited {
-                    command: "UpdateNode"
-                })
-            );
-            assert_eq!(
-                check(&once(Command::Batch(vec![labels()])), origin),
-                Err(Unaudited {
-                    command: "UpdateNode"
-                })
-            );
-            let with = once(Command::Batch(vec![labels(), record()]));
-            assert_eq!(check(&with, origin), Ok(()));
-            let prune = Command::PruneRevocations { now: String::new() };
-            assert!(check(&prune, origin).is_err());
-        }
+        assert_eq!(
+            check(&labels()),
+            Err(Unaudited {
+                command: "UpdateNode"
+            })
+        );
+        assert_eq!(
+            check(&once(Command::Batch(vec![labels()]))),
+            Err(Unaudited {
+                command: "UpdateNode"
+            })
+        );
+        assert_eq!(
+            check(&once(Command::Batch(vec![labels(), record()]))),
+            Ok(())
+        );
+        let prune = Command::PruneRevocations { now: String::new() };
+        assert!(check(&prune).is_err());
+        let msg = check(&prune).unwrap_err().to_string();
+        assert!(
+            msg.contains("without an audit record (PruneRevocations)"),
+            "{msg}"
+        );
     }
 
     #[test]
-    fn exempt_commands_pass_and_leader_only_ones_only_from_this_manager() {
+    fn exempt_commands_pass_and_a_peers_leader_only_ones_get_a_record() {
         let report = Command::ReportTasks {
             node_id: "n1".into(),
             updates: Vec::new(),
         };
-        let tasks = Command::Batch(vec![Command::PutTasks(Vec::new())]);
-        assert_eq!(check(&report, Origin::Peer), Ok(()));
-        assert_eq!(check(&record(), Origin::Peer), Ok(()));
-        assert_eq!(check(&tasks, Origin::Local), Ok(()));
-        assert_eq!(
-            check(&once(tasks.clone()), Origin::Peer),
-            Err(Unaudited {
-                command: "PutTasks"
-            })
-        );
-        // An empty batch changes nothing.
-        assert_eq!(check(&Command::Batch(Vec::new()), Origin::Peer), Ok(()));
-        let msg = Unaudited {
-            command: "PutTasks",
+        let tasks = once(Command::Batch(vec![Command::PutTasks(Vec::new())]));
+        for c in [&report, &record(), &tasks, &Command::Batch(Vec::new())] {
+            assert_eq!(check(c), Ok(()));
         }
-        .to_string();
-        assert!(msg.contains("without an audit record (PutTasks)"), "{msg}");
+        assert_eq!(untraced(&report), None);
+        assert_eq!(untraced(&tasks), Some("PutTasks"));
+        let traced = with_record(
+            tasks,
+            AuditEvent::now(Actor::node("m2"), "raft.propose", "PutTasks", Outcome::Ok),
+        );
+        assert_eq!(untraced(&traced), None);
+        let Command::Once { id, cmd } = traced else {
+            panic!("the proposal ID was lost")
+        };
+        assert_eq!(id, "p1");
+        assert!(matches!(*cmd, Command::Batch(ref c) if c.len() == 2));
+        let alone = with_record(
+            labels(),
+            AuditEvent::now(Actor::system(), "a", "b", Outcome::Ok),
+        );
+        assert_eq!(check(&alone), Ok(()));
     }
 
     #[test]

@@ -947,27 +947,30 @@ impl ManagerRpc for Services {
         .await
     }
 
-    /// A proposal another manager forwards: it must carry its audit record (leader-only
-    /// exemptions do not apply), and its records name the forwarding node; a refusal is
-    /// audited.
+    /// A proposal another manager forwards: it must carry its audit record (a refusal is
+    /// audited), its records name the forwarding node, and one with only leader-only
+    /// commands gets a record of its own ([`super::proposals`]).
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        use super::proposals;
         let peer = Self::peer_info(&req)?.addr;
         let id = self.require(&req, "raft.propose", true).await?;
         let mut cmd: Command = crate::store::wire::decode(&req.into_inner().payload)
             .map_err(|e| Status::invalid_argument(format!("raft.propose: {e}")))?;
-        if let Err(e) = super::proposals::check(&cmd, super::proposals::Origin::Peer) {
-            let record = event(
-                Actor::node(id.node_id()),
-                "raft.propose",
-                e.command,
-                Outcome::Denied,
-            )
-            .with("reason", e.to_string())
-            .with("peer", peer.to_string());
+        let node = Actor::node(id.node_id());
+        if let Err(e) = proposals::check(&cmd) {
+            let record = event(node, "raft.propose", e.command, Outcome::Denied)
+                .with("reason", e.to_string())
+                .with("peer", peer.to_string());
             self.mgr.audit_failure(peer.ip(), record).await;
             return Err(Status::permission_denied(format!("permission denied: {e}")));
         }
-        super::proposals::stamp(&mut cmd, id.node_id());
+        proposals::stamp(&mut cmd, id.node_id());
+        if let Some(command) = proposals::untraced(&cmd) {
+            let record = event(node, "raft.propose", command, Outcome::Ok)
+                .with("peer", peer.to_string())
+                .with("proposed_by", id.node_id());
+            cmd = proposals::with_record(cmd, record);
+        }
         let out = match self.mgr.propose(cmd).await {
             Ok(()) => crate::store::model::Response::Ok,
             Err(ManagerError::Rejected(r)) => crate::store::model::Response::Rejected(r),
