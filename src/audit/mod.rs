@@ -17,6 +17,7 @@
 pub mod checkpoint;
 pub mod export;
 pub mod filter;
+pub mod trust;
 
 use std::collections::BTreeMap;
 

@@ -205,7 +205,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 
 pub(super) async fn verify(api: Option<&mut Api>, args: AuditVerifyArgs) -> anyhow::Result<()> {
     let from = args.from.unwrap_or(0);
-    let (mut records, key, filtered, source) = match (&args.file, api) {
+    let now = time::OffsetDateTime::now_utc();
+    let (mut records, key, filtered, source, swarm) = match (&args.file, api) {
         (Some(file), _) => {
             let text = read_file(file)?;
             let export = crate::audit::export::parse(&text).map_err(|e| {
@@ -227,7 +228,27 @@ pub(super) async fn verify(api: Option<&mut Api>, args: AuditVerifyArgs) -> anyh
                 (None, Some(k)) if !k.is_empty() => (Some(k), KeySource::FileHeader),
                 _ => (None, KeySource::None),
             };
-            (export.records, key, filtered, source)
+            // The unsigned tail is judged at the time of the export (or of its newest record,
+            // for a file without a header), not now: an export does not grow.
+            let swarm = Swarm {
+                cluster_id: export
+                    .header
+                    .as_ref()
+                    .map(|h| h.cluster_id.clone())
+                    .filter(|c| !c.is_empty()),
+                at: export
+                    .header
+                    .as_ref()
+                    .and_then(|h| crate::util::parse_rfc3339(&h.exported_at))
+                    .or_else(|| {
+                        export
+                            .records
+                            .last()
+                            .and_then(|r| crate::util::parse_rfc3339(&r.event.time))
+                    })
+                    .unwrap_or(now),
+            };
+            (export.records, key, filtered, source, swarm)
         }
         (None, Some(api)) => {
             let resp = api
@@ -248,7 +269,11 @@ pub(super) async fn verify(api: Option<&mut Api>, args: AuditVerifyArgs) -> anyh
                 (None, k) if !k.is_empty() => (Some(k), KeySource::Daemon),
                 _ => (None, KeySource::None),
             };
-            (records, key, false, source)
+            let swarm = Swarm {
+                cluster_id: Some(resp.cluster_id).filter(|c| !c.is_empty()),
+                at: now,
+            };
+            (records, key, false, source, swarm)
         }
         (None, None) => bail!("nothing to verify: give --file or a daemon"),
     };
@@ -261,7 +286,69 @@ pub(super) async fn verify(api: Option<&mut Api>, args: AuditVerifyArgs) -> anyh
         require_anchor: from == 0 && !filtered,
     };
     let report = crate::audit::verify_with(&records, &opts)?;
-    print(&describe(&report, filtered, source))
+    let reached = match key.as_deref() {
+        Some(key) if !filtered => trusted(&records, &report, key, source, &swarm, from)?,
+        _ => None,
+    };
+    let mut text = describe(&report, filtered, source);
+    if let Some(seq) = reached {
+        text.push_str(&format!(
+            "It reaches checkpoint {seq}, the newest this client verified before.\n"
+        ));
+    }
+    print(&text)
+}
+
+/// Which swarm a chain is said to be of, and the time its unsigned tail is judged at.
+struct Swarm {
+    cluster_id: Option<String>,
+    at: time::OffsetDateTime,
+}
+
+/// With a key: the chain must hold records, keep its unsigned tail within the checkpoint
+/// interval, and reach the newest checkpoint this client verified before (which it then
+/// remembers, when the key is one the caller trusts). Returns the checkpoint it reached.
+fn trusted(
+    records: &[AuditRecord],
+    report: &VerifyReport,
+    key: &str,
+    source: KeySource,
+    swarm: &Swarm,
+    from: u64,
+) -> anyhow::Result<Option<u64>> {
+    use crate::audit::trust;
+    if from == 0 || !records.is_empty() {
+        let policy = crate::audit::checkpoint::CheckpointPolicy::default();
+        trust::signed_enough(records, report, &policy, swarm.at)?;
+    }
+    let path = match super::audit_seen::path() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!(
+                "Warning: {e:#}; the chain was not compared with a checkpoint verified before"
+            );
+            return Ok(None);
+        }
+    };
+    let mut seen = super::audit_seen::SeenCheckpoints::load(&path)?;
+    let reached = match seen.get(swarm.cluster_id.as_deref(), key) {
+        Some(s) => {
+            trust::reaches(records, s)?;
+            Some(s.seq)
+        }
+        None => None,
+    };
+    // A key named only by the file itself vouches for nothing worth remembering.
+    if matches!(source, KeySource::Given | KeySource::Daemon)
+        && let Some(newest) = trust::newest(records, key, &crate::util::now_rfc3339())
+        && seen.remember(swarm.cluster_id.as_deref(), newest)
+        && let Err(e) = seen.save(&path)
+    {
+        eprintln!(
+            "Warning: cannot remember the newest checkpoint: {e:#}; a later verify cannot tell whether the chain was cut after it"
+        );
+    }
+    Ok(reached.filter(|seq| records.first().is_some_and(|r| r.seq <= *seq)))
 }
 
 /// Where the key checkpoints were checked against came from.

@@ -11,6 +11,7 @@
 //! 2 usage (clap).
 
 mod audit;
+mod audit_seen;
 pub mod client;
 mod dev;
 pub mod duration;

@@ -219,7 +219,7 @@ pub(super) async fn run(api: &mut Api, cmd: OperatorCommand) -> anyhow::Result<(
 }
 
 /// Where the CLI keeps its contexts: `SKEP_CONFIG`, else `~/.skep`.
-fn config_dir() -> anyhow::Result<PathBuf> {
+pub(super) fn config_dir() -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os("SKEP_CONFIG") {
         return Ok(PathBuf::from(dir));
     }

@@ -555,7 +555,7 @@ impl Manager {
             }
             NodeRole::Worker => self.check_demotion(&node, raft_id)?,
         }
-        let record = AuditEvent::now(actor, action, &node.id, Outcome::Ok)
+        let record = AuditEvent::now(actor.clone(), action, &node.id, Outcome::Ok)
             .with("hostname", node.hostname.clone())
             .with("role", role.as_str());
         self.propose(Command::Batch(vec![
@@ -572,7 +572,7 @@ impl Manager {
         // when the node is the leader; then the voters shrink (the leader retries this on
         // its own if it fails here: `reconcile_voters`).
         if role == NodeRole::Worker {
-            self.remove_voter(raft_id).await?;
+            self.remove_voter(&actor, raft_id).await?;
         }
         Ok((node, true))
     }

@@ -18,6 +18,7 @@ pub mod network;
 pub mod networks;
 pub mod operators;
 pub mod orchestrator;
+pub mod proposals;
 pub mod reads;
 pub mod scheduler;
 pub mod secrets;
@@ -441,11 +442,16 @@ impl Manager {
     }
 
     /// Commits a command through Raft, forwarding it to the leader when this manager is not.
+    /// A command that changes state must carry its audit record ([`proposals`]).
     ///
     /// The command is wrapped in [`Command::Once`] with a fresh ID, so retrying it after an
     /// outcome this manager could not learn (a forward cut off, a leader killed mid-write)
     /// never applies it twice. A write not confirmed within the deadline fails as unknown.
     pub async fn propose(&self, cmd: Command) -> Result<(), ManagerError> {
+        if let Err(e) = proposals::check(&cmd) {
+            tracing::error!(error = %e, "refusing an unaudited proposal");
+            return Err(ManagerError::Invalid(e.to_string()));
+        }
         let cmd = match cmd {
             once @ Command::Once { .. } => once,
             cmd => Command::Once {
@@ -527,15 +533,18 @@ impl Manager {
     }
 
     /// Audits a failed attempt from an unauthenticated or unauthorised source, rate-limited
-    /// per source address.
+    /// per source address and across all sources ([`limiter`]).
     pub async fn audit_failure(&self, source: IpAddr, event: AuditEvent) {
-        let admit = self
-            .limiter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .admit(source, Instant::now());
+        let (admit, summary) = {
+            let mut l = self.limiter.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            (l.admit(source, now), l.take_summary(now))
+        };
+        if let Some(n) = summary {
+            self.audit_suppressed(n).await;
+        }
+        // The attempt is refused anyway; a failure to record it is logged by `audit`.
         match admit {
-            // The attempt is refused anyway; a failure to record it is logged by `audit`.
             Admit::Record { suppressed: 0 } => {
                 let _ = self.audit(event).await;
             }
@@ -544,7 +553,48 @@ impl Manager {
                     .audit(event.with("suppressed_before", suppressed.to_string()))
                     .await;
             }
+            Admit::Capped => {
+                tracing::warn!(%source, action = %event.action, "failed attempts capped");
+                let capped = AuditEvent::now(
+                    Actor::system(),
+                    "audit.failures.capped",
+                    &event.action,
+                    Outcome::Denied,
+                )
+                .with("limit", limiter::GLOBAL_MAX_PER_WINDOW.to_string())
+                .with("window_secs", limiter::WINDOW.as_secs().to_string())
+                .with("peer", source.to_string());
+                let _ = self.audit(capped).await;
+            }
             Admit::Suppress => tracing::debug!(%source, action = %event.action, "audit suppressed"),
+        }
+    }
+
+    /// Records how many failed attempts the global cap kept out of the chain in windows that
+    /// have ended (called with each failure and by the liveness loop).
+    async fn audit_suppressed(&self, n: u64) {
+        let event = AuditEvent::now(
+            Actor::system(),
+            "audit.failures.suppressed",
+            "",
+            Outcome::Denied,
+        )
+        .with("count", n.to_string())
+        .with("limit", limiter::GLOBAL_MAX_PER_WINDOW.to_string())
+        .with("window_secs", limiter::WINDOW.as_secs().to_string());
+        let _ = self.audit(event).await;
+    }
+
+    /// Reports failures the global cap suppressed once their window has ended, even when no
+    /// new failure comes to carry the count.
+    async fn flush_suppressed(&self) {
+        let summary = self
+            .limiter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take_summary(Instant::now());
+        if let Some(n) = summary {
+            self.audit_suppressed(n).await;
         }
     }
 
@@ -635,6 +685,7 @@ impl Manager {
             }
             self.reconcile_voters().await;
             self.advance_root_rotation().await;
+            self.flush_suppressed().await;
         }
     }
 
@@ -712,7 +763,7 @@ impl Manager {
                 .collect()
         });
         for raft_id in demoted {
-            if let Err(e) = self.remove_voter(raft_id).await {
+            if let Err(e) = self.remove_voter(&Actor::system(), raft_id).await {
                 tracing::warn!(raft_id, error = %e, "cannot take a demoted manager out of the Raft voters");
             }
         }
@@ -722,6 +773,7 @@ impl Manager {
     /// in the replicated state with this Raft ID.
     pub async fn add_voter(
         &self,
+        actor: &Actor,
         node_id: &str,
         raft_id: u64,
         addr: &str,
@@ -749,19 +801,60 @@ impl Manager {
             let node = BasicNode {
                 addr: addr.to_string(),
             };
-            self.raft
+            let added = self
+                .raft
                 .add_learner(raft_id, node, false)
                 .await
-                .map_err(|e| ManagerError::Raft(e.to_string()))?;
+                .map(|_| ())
+                .map_err(|e| ManagerError::Raft(e.to_string()));
+            self.audit_membership(actor, "raft.learner.add", raft_id, &added)
+                .await;
+            added?;
         }
         self.caught_up(raft_id, CATCH_UP_WAIT).await?;
         let mut voters = self.voters();
         voters.insert(raft_id);
-        self.raft
+        let changed = self
+            .raft
             .change_membership(voters, false)
             .await
-            .map_err(|e| ManagerError::Raft(e.to_string()))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| ManagerError::Raft(e.to_string()));
+        self.audit_membership(actor, "raft.voter.add", raft_id, &changed)
+            .await;
+        changed
+    }
+
+    /// Records a change of the Raft membership (which is not a [`Command`], so carries no
+    /// record of its own) after it was tried: what, whose, by whom and how it ended. The
+    /// change stands whether or not its record commits; a failure to record is logged.
+    async fn audit_membership(
+        &self,
+        actor: &Actor,
+        action: &str,
+        raft_id: u64,
+        result: &Result<(), ManagerError>,
+    ) {
+        let node = self
+            .read(|s| {
+                s.nodes
+                    .values()
+                    .find(|n| raft_id_of(&n.id) == raft_id)
+                    .map(|n| n.id.clone())
+            })
+            .unwrap_or_else(|| raft_id.to_string());
+        let outcome = if result.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+        let mut record = event(actor.clone(), action, &node, outcome)
+            .with("raft_id", raft_id.to_string())
+            .with("leader", self.node_id.clone());
+        if let Err(e) = result {
+            record = record.with("reason", crate::util::prefix(&e.to_string(), 300));
+        }
+        let _ = self.audit(record).await;
     }
 
     /// Waits (at most `within`) until the learner `raft_id` holds the log up to what this
@@ -808,7 +901,7 @@ impl Manager {
     }
 
     /// Removes a manager from the Raft membership, as a voter or a learner (leader only).
-    pub async fn remove_voter(&self, raft_id: u64) -> Result<(), ManagerError> {
+    pub async fn remove_voter(&self, actor: &Actor, raft_id: u64) -> Result<(), ManagerError> {
         let mut voters = self.voters();
         if !voters.remove(&raft_id) {
             let learner = self
@@ -820,13 +913,18 @@ impl Manager {
                 .learner_ids()
                 .any(|l| l == raft_id);
             if learner {
-                self.raft
+                let removed = self
+                    .raft
                     .change_membership(
                         openraft::ChangeMembers::RemoveNodes(BTreeSet::from([raft_id])),
                         false,
                     )
                     .await
-                    .map_err(|e| ManagerError::Raft(e.to_string()))?;
+                    .map(|_| ())
+                    .map_err(|e| ManagerError::Raft(e.to_string()));
+                self.audit_membership(actor, "raft.learner.remove", raft_id, &removed)
+                    .await;
+                removed?;
             }
             return Ok(());
         }
@@ -835,11 +933,24 @@ impl Manager {
                 "cannot remove the last manager".into(),
             ));
         }
-        self.raft
+        // A leader that takes itself out may not reach the next leader with a record
+        // afterwards (it is no longer a voter there): it records the removal first.
+        let itself = raft_id == self.raft_id;
+        if itself {
+            self.audit_membership(actor, "raft.voter.remove", raft_id, &Ok(()))
+                .await;
+        }
+        let removed = self
+            .raft
             .change_membership(voters, false)
             .await
-            .map_err(|e| ManagerError::Raft(e.to_string()))?;
-        Ok(())
+            .map(|_| ())
+            .map_err(|e| ManagerError::Raft(e.to_string()));
+        if !itself || removed.is_err() {
+            self.audit_membership(actor, "raft.voter.remove", raft_id, &removed)
+                .await;
+        }
+        removed
     }
 
     fn voters(&self) -> BTreeSet<u64> {
@@ -944,10 +1055,12 @@ impl Manager {
             let (ids, expired) = self.read(|s| {
                 let now = time::OffsetDateTime::now_utc();
                 let ids: std::collections::HashSet<String> = s.revoked.keys().cloned().collect();
-                let expired = s
+                let expired: Vec<String> = s
                     .revoked
-                    .values()
-                    .any(|r| crate::util::parse_rfc3339(&r.until).is_some_and(|u| u <= now));
+                    .iter()
+                    .filter(|(_, r)| crate::util::parse_rfc3339(&r.until).is_some_and(|u| u <= now))
+                    .map(|(id, _)| id.clone())
+                    .collect();
                 (ids, expired)
             });
             if ids != last {
@@ -957,11 +1070,21 @@ impl Manager {
                 }
                 last = ids;
             }
-            if expired && self.is_leader() && last_prune.elapsed() > Duration::from_secs(10) {
+            if !expired.is_empty()
+                && self.is_leader()
+                && last_prune.elapsed() > Duration::from_secs(10)
+            {
                 last_prune = Instant::now();
-                let cmd = Command::PruneRevocations {
-                    now: crate::util::now_rfc3339(),
-                };
+                let now = crate::util::now_rfc3339();
+                let record = event(Actor::system(), "revocation.prune", "", Outcome::Ok)
+                    .with("count", expired.len().to_string())
+                    .with("ids", crate::util::prefix(&expired.join(","), 1000))
+                    .with("before", now.clone())
+                    .with("leader", self.node_id.clone());
+                let cmd = Command::Batch(vec![
+                    Command::PruneRevocations { now },
+                    Command::Audit(record),
+                ]);
                 if let Err(e) = self.propose(cmd).await {
                     tracing::warn!(error = %e, "cannot prune the revocation list");
                 }

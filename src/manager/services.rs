@@ -172,33 +172,26 @@ impl Services {
                 )));
             }
         };
-        let hostname = check_hostname(&req.hostname)?;
-        // The address the node serves at. A node that listens on every interface sends
-        // 0.0.0.0:PORT and is reached at the address it connected from.
-        let addr = if req.advertise_addr.is_empty() {
-            None
-        } else {
-            Some(
-                crate::net::parse_addr(&req.advertise_addr)
-                    .map_err(|e| ManagerError::Invalid(e.to_string()))?,
-            )
-        };
-        let addr = match addr {
-            Some(a) if a.ip().is_unspecified() && role == NodeRole::Manager => {
-                return Err(ManagerError::Invalid(
-                    "a manager must advertise a specific address: give --advertise-addr".into(),
-                ));
+        // A valid token refused for what the joiner says about itself is still a refusal on
+        // the join path: audited, quoting a short prefix of the bad value.
+        let checked = check_hostname(&req.hostname)
+            .and_then(|h| Ok((h, join_addr(role, &req.advertise_addr, peer.addr)?)));
+        let (hostname, addr) = match checked {
+            Ok(v) => v,
+            Err(reason) => {
+                self.mgr
+                    .audit_failure(
+                        peer.addr.ip(),
+                        refuse("node.join", role.as_str(), reason.clone())
+                            .with("hostname", crate::util::prefix(&req.hostname, 64))
+                            .with(
+                                "advertise_addr",
+                                crate::util::prefix(&req.advertise_addr, 64),
+                            ),
+                    )
+                    .await;
+                return Err(ManagerError::Invalid(reason));
             }
-            Some(a) if a.ip().is_unspecified() => {
-                std::net::SocketAddr::new(peer.addr.ip(), a.port()).to_string()
-            }
-            Some(a) => a.to_string(),
-            None if role == NodeRole::Manager => {
-                return Err(ManagerError::Invalid(
-                    "a manager must give the address it serves at".into(),
-                ));
-            }
-            None => std::net::SocketAddr::new(peer.addr.ip(), crate::net::DEFAULT_PORT).to_string(),
         };
         let signer = self.mgr.signer()?;
         let ca = &signer.ca;
@@ -210,9 +203,19 @@ impl Services {
             NodeRole::Worker => Role::Worker,
             NodeRole::Manager => Role::Manager,
         };
-        let cert = ca
-            .issue(&csr, &node_id, pki_role, validity, now)
-            .map_err(|e| ManagerError::Invalid(format!("cannot issue a certificate: {e}")))?;
+        let cert = match ca.issue(&csr, &node_id, pki_role, validity, now) {
+            Ok(c) => c,
+            Err(e) => {
+                let reason = format!("cannot issue a certificate: {e}");
+                self.mgr
+                    .audit_failure(
+                        peer.addr.ip(),
+                        refuse("cert.issue", role.as_str(), reason.clone()),
+                    )
+                    .await;
+                return Err(ManagerError::Invalid(reason));
+            }
+        };
         let stamp = crate::util::now_rfc3339();
         let node = Node {
             id: node_id.clone(),
@@ -289,7 +292,8 @@ fn role_of(
     }
 }
 
-fn check_hostname(h: &str) -> Result<String, ManagerError> {
+/// The host name a joining node gives, or why it is refused (quoting at most a prefix).
+fn check_hostname(h: &str) -> Result<String, String> {
     let ok = !h.is_empty()
         && h.len() <= 253
         && h.chars()
@@ -297,9 +301,43 @@ fn check_hostname(h: &str) -> Result<String, ManagerError> {
     if ok {
         Ok(h.to_string())
     } else {
-        Err(ManagerError::Invalid(
-            "invalid host name: use 1 to 253 letters, digits, '.', '-' or '_'".into(),
+        Err(format!(
+            "invalid host name {:?}: use 1 to 253 letters, digits, '.', '-' or '_'",
+            crate::util::prefix(h, 64)
         ))
+    }
+}
+
+/// The address a joining node will be reached at, from what it advertises and the address it
+/// connected from, or why it is refused. A node that listens on every interface sends
+/// 0.0.0.0:PORT and is reached at the address it connected from; a manager must name one.
+fn join_addr(
+    role: NodeRole,
+    advertise: &str,
+    peer: std::net::SocketAddr,
+) -> Result<String, String> {
+    let manager = role == NodeRole::Manager;
+    if advertise.is_empty() {
+        return if manager {
+            Err("a manager must give the address it serves at".into())
+        } else {
+            Ok(std::net::SocketAddr::new(peer.ip(), crate::net::DEFAULT_PORT).to_string())
+        };
+    }
+    let a = crate::net::parse_addr(advertise).map_err(|_| {
+        format!(
+            "invalid advertise address {:?}: give IP:PORT",
+            crate::util::prefix(advertise, 64)
+        )
+    })?;
+    match a {
+        a if a.ip().is_unspecified() && manager => {
+            Err("a manager must advertise a specific address: give --advertise-addr".into())
+        }
+        a if a.ip().is_unspecified() => {
+            Ok(std::net::SocketAddr::new(peer.ip(), a.port()).to_string())
+        }
+        a => Ok(a.to_string()),
     }
 }
 
@@ -822,7 +860,8 @@ impl Dispatcher for Services {
         // and the node list, since a leftover voter would count against the quorum.
         let change = if id.role() == Role::Manager {
             let raft_id = raft_id_of(&node_id);
-            self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await })
+            let actor = Actor::node(&node_id);
+            self.leader_call(|mgr| async move { mgr.remove_voter(&actor, raft_id).await })
                 .await?;
             Command::RemoveNode {
                 id: node_id.clone(),
@@ -911,16 +950,38 @@ impl ManagerRpc for Services {
         .await
     }
 
+    /// A proposal another manager forwards: it must carry its audit record (a refusal is
+    /// audited), its records name the forwarding node, and one with only leader-only
+    /// commands gets a record of its own ([`super::proposals`]).
     async fn propose(&self, req: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let mgr = self.mgr.clone();
-        self.raft_call(req, "raft.propose", async |cmd: Command| {
-            match mgr.propose(cmd).await {
-                Ok(()) => crate::store::model::Response::Ok,
-                Err(ManagerError::Rejected(r)) => crate::store::model::Response::Rejected(r),
-                Err(e) => crate::store::model::Response::Rejected(e.to_string()),
-            }
-        })
-        .await
+        use super::proposals;
+        let peer = Self::peer_info(&req)?.addr;
+        let id = self.require(&req, "raft.propose", true).await?;
+        let mut cmd: Command = crate::store::wire::decode(&req.into_inner().payload)
+            .map_err(|e| Status::invalid_argument(format!("raft.propose: {e}")))?;
+        let node = Actor::node(id.node_id());
+        if let Err(e) = proposals::check(&cmd) {
+            let record = event(node, "raft.propose", e.command, Outcome::Denied)
+                .with("reason", e.to_string())
+                .with("peer", peer.to_string());
+            self.mgr.audit_failure(peer.ip(), record).await;
+            return Err(Status::permission_denied(format!("permission denied: {e}")));
+        }
+        proposals::stamp(&mut cmd, id.node_id());
+        if let Some(command) = proposals::untraced(&cmd) {
+            let record = event(node, "raft.propose", command, Outcome::Ok)
+                .with("peer", peer.to_string())
+                .with("proposed_by", id.node_id());
+            cmd = proposals::with_record(cmd, record);
+        }
+        let out = match self.mgr.propose(cmd).await {
+            Ok(()) => crate::store::model::Response::Ok,
+            Err(ManagerError::Rejected(r)) => crate::store::model::Response::Rejected(r),
+            Err(e) => crate::store::model::Response::Rejected(e.to_string()),
+        };
+        let payload = crate::store::wire::encode(&out)
+            .map_err(|e| Status::internal(format!("raft.propose: {e}")))?;
+        Ok(Response::new(RaftMessage { payload }))
     }
 
     async fn join_raft(&self, req: Request<JoinRaftRequest>) -> Result<Response<Empty>, Status> {
@@ -949,7 +1010,7 @@ impl ManagerRpc for Services {
             .read(|s| s.nodes.get(&node_id).map(|n| n.addr.clone()))
             .unwrap_or(body.addr);
         self.mgr
-            .add_voter(&node_id, body.raft_id, &addr)
+            .add_voter(&Actor::node(&node_id), &node_id, body.raft_id, &addr)
             .await
             .map_err(to_status)?;
         Ok(Response::new(Empty {}))
@@ -958,7 +1019,8 @@ impl ManagerRpc for Services {
     async fn leave_raft(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {
         let id = self.require(&req, "raft.leave", true).await?;
         let raft_id = raft_id_of(id.node_id());
-        self.leader_call(|mgr| async move { mgr.remove_voter(raft_id).await })
+        let actor = Actor::node(id.node_id());
+        self.leader_call(|mgr| async move { mgr.remove_voter(&actor, raft_id).await })
             .await?;
         Ok(Response::new(Empty {}))
     }
@@ -980,5 +1042,37 @@ impl ManagerRpc for Services {
             .await
             .map_err(Status::unavailable)?;
         Ok(Response::new(crate::api::v1::ReadIndexResponse { index }))
+    }
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::*;
+
+    #[test]
+    fn a_joiners_host_name_and_address_are_refused_quoting_a_prefix() {
+        let peer: std::net::SocketAddr = "10.0.0.7:40000".parse().unwrap();
+        let long = format!("bad host {}", "x".repeat(5000));
+        let e = check_hostname(&long).unwrap_err();
+        assert!(e.starts_with("invalid host name \"bad host xxx"), "{e}");
+        assert!(e.len() < 200, "{e}");
+        assert_eq!(check_hostname("w-1.b_2").unwrap(), "w-1.b_2");
+        let w = NodeRole::Worker;
+        let m = NodeRole::Manager;
+        assert_eq!(join_addr(w, "", peer).unwrap(), "10.0.0.7:2377");
+        assert_eq!(join_addr(w, "0.0.0.0:3000", peer).unwrap(), "10.0.0.7:3000");
+        assert_eq!(
+            join_addr(m, "10.0.0.9:2377", peer).unwrap(),
+            "10.0.0.9:2377"
+        );
+        assert!(join_addr(m, "", peer).unwrap_err().contains("must give"));
+        assert!(
+            join_addr(m, "0.0.0.0:2377", peer)
+                .unwrap_err()
+                .contains("specific address")
+        );
+        let e = join_addr(w, &"y".repeat(5000), peer).unwrap_err();
+        assert!(e.starts_with("invalid advertise address \"yyy"), "{e}");
+        assert!(e.len() < 200, "{e}");
     }
 }
