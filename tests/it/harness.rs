@@ -557,10 +557,12 @@ impl Node {
         self.wait_up();
     }
 
-    /// Runs `skep --host unix://<socket> <args>`.
+    /// Runs `skep --host unix://<socket> <args>`, with the CLI's state directory (`SKEP_CONFIG`:
+    /// contexts, the newest audit checkpoint verified) in the node's own directory.
     pub fn cli(&self, args: &[&str]) -> Output {
         run(
             Command::new(skep_bin())
+                .env("SKEP_CONFIG", self.dir.join("cli-config"))
                 .arg("--host")
                 .arg(self.host())
                 .args(args),
@@ -568,10 +570,12 @@ impl Node {
         )
     }
 
-    /// Runs the CLI against this node with `stdin` piped in.
+    /// Runs the CLI against this node with `stdin` piped in (its state directory, as for
+    /// [`Node::cli`], is the node's own).
     pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Output {
         run(
             Command::new(skep_bin())
+                .env("SKEP_CONFIG", self.dir.join("cli-config"))
                 .arg("--host")
                 .arg(self.host())
                 .args(args),
