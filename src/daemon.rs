@@ -448,6 +448,15 @@ impl Daemon {
 
     /// Brings a node with an identity on disk up: opens its key with `kek`, starts what every
     /// node runs (the task supervisor, the certificate renewer), then what its role runs.
+    /// What no task may see: the data directory, the socket and its directory.
+    fn private_paths(&self) -> Vec<PathBuf> {
+        let socket = &self.cfg.socket;
+        let mut paths = vec![self.cfg.data_dir.clone()];
+        paths.extend(socket.parent().map(Path::to_path_buf));
+        paths.push(socket.clone());
+        paths
+    }
+
     async fn start(&self, file: NodeFile, kek: &Kek) -> Result<Running, DaemonError> {
         let p = self.paths();
         let corrupt =
@@ -478,7 +487,12 @@ impl Daemon {
             swarm_addr: Arc::new(Mutex::new(String::new())),
             port_errors: Default::default(),
         };
-        let execs = Arc::new(Executors::detect(&p.tasks()).await.for_node(&file.node_id));
+        let execs = Arc::new(
+            Executors::detect(&p.tasks())
+                .await
+                .for_node(&file.node_id)
+                .hiding(self.private_paths()),
+        );
         let supervisor = Supervisor::new(execs, client_tls.clone(), link.managers.clone());
         let tasks = vec![
             tokio::spawn(supervisor.clone().run()),
