@@ -2345,6 +2345,7 @@ impl Control for ControlService {
     ) -> Result<Response<crate::api::v1::ServiceCreateResponse>, Status> {
         let spec = parse_spec(&req.into_inner().spec_json)?;
         let (m, actor) = self.0.manager_and_admin().await?;
+        crate::manager::gate::require_spec(&m, "ServiceCreate", &spec).await?;
         let id = m.create_service(actor, spec).await.map_err(to_status)?;
         Ok(Response::new(crate::api::v1::ServiceCreateResponse { id }))
     }
@@ -2360,6 +2361,9 @@ impl Control for ControlService {
             Some(parse_spec(&r.spec_json)?)
         };
         let (m, actor) = self.0.manager_and_admin().await?;
+        if let Some(spec) = &spec {
+            crate::manager::gate::require_spec(&m, "ServiceUpdate", spec).await?;
+        }
         m.update_service(actor, &r.service, spec, r.rollback, r.force)
             .await
             .map_err(to_status)?;
