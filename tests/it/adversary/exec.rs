@@ -98,8 +98,8 @@ fn a_deployers_exec_task_cannot_read_the_managers_keys_or_use_its_socket() {
     let bin = sq(skep_bin());
     let sock = sq(&format!("unix://{}", m.socket().display()));
     script.push_str(&format!(
-        "if ls {data} >/dev/null 2>&1; then echo LISTED data; fi; \
-         if ls {node_dir} >/dev/null 2>&1; then echo LISTED node dir; fi; \
+        "if [ -n \"$(ls -A {data} 2>/dev/null)\" ]; then echo LISTED data; fi; \
+         if [ -n \"$(ls -A {node_dir} 2>/dev/null)\" ]; then echo LISTED node dir; fi; \
          if {bin} --host {sock} node ls >/dev/null 2>&1; then echo SOCKET-OK; fi; \
          if {bin} --host {sock} join-token -q manager 2>/dev/null; then echo TOKEN-OK; fi; \
          echo OWN=$(cat /run/secrets/own 2>&1); \
