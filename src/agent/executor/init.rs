@@ -851,7 +851,7 @@ mod tests {
         };
         let caps = ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"]
             .iter()
-            .filter(|k| field(k).trim_start_matches('0') != "")
+            .filter(|k| !field(k).trim_start_matches('0').is_empty())
             .count();
         println!(
             "dropped uid={} gid={} groups={} nnp={} caps={caps}",
