@@ -469,6 +469,15 @@ impl Daemon {
 
     /// Brings a node with an identity on disk up: opens its key with `kek`, starts what every
     /// node runs (the task supervisor, the certificate renewer), then what its role runs.
+    /// What no task may see: the data directory, the socket and its directory.
+    fn private_paths(&self) -> Vec<PathBuf> {
+        let socket = &self.cfg.socket;
+        let mut paths = vec![self.cfg.data_dir.clone()];
+        paths.extend(socket.parent().map(Path::to_path_buf));
+        paths.push(socket.clone());
+        paths
+    }
+
     async fn start(&self, file: NodeFile, kek: &Kek) -> Result<Running, DaemonError> {
         let p = self.paths();
         let corrupt =
@@ -499,7 +508,12 @@ impl Daemon {
             swarm_addr: Arc::new(Mutex::new(String::new())),
             port_errors: Default::default(),
         };
-        let execs = Arc::new(Executors::detect(&p.tasks()).await.for_node(&file.node_id));
+        let execs = Arc::new(
+            Executors::detect(&p.tasks())
+                .await
+                .for_node(&file.node_id)
+                .hiding(self.private_paths()),
+        );
         let supervisor = Supervisor::new(execs, client_tls.clone(), link.managers.clone());
         let tasks = vec![
             tokio::spawn(supervisor.clone().run()),
@@ -2337,6 +2351,7 @@ impl Control for ControlService {
     ) -> Result<Response<crate::api::v1::ServiceCreateResponse>, Status> {
         let spec = parse_spec(&req.into_inner().spec_json)?;
         let (m, actor) = self.0.manager_and_admin().await?;
+        crate::manager::gate::require_spec(&m, "ServiceCreate", &spec).await?;
         let id = m.create_service(actor, spec).await.map_err(to_status)?;
         Ok(Response::new(crate::api::v1::ServiceCreateResponse { id }))
     }
@@ -2352,6 +2367,9 @@ impl Control for ControlService {
             Some(parse_spec(&r.spec_json)?)
         };
         let (m, actor) = self.0.manager_and_admin().await?;
+        if let Some(spec) = &spec {
+            crate::manager::gate::require_spec(&m, "ServiceUpdate", spec).await?;
+        }
         m.update_service(actor, &r.service, spec, r.rollback, r.force)
             .await
             .map_err(to_status)?;

@@ -7,8 +7,10 @@
 //! Docker tasks are checked by their engine (the task's check, or the image's own); the agent
 //! reads the engine's verdict. Exec tasks are checked by the agent: the check runs on the node
 //! with the task's environment (`PORT`, `SKEP_PORT_<n>`, ...) and no stdin, killed at its
-//! timeout.
+//! timeout. The check is the deployer's command, so it runs as the task does: through the init
+//! helper as the unprivileged user "nobody" with no_new_privs, never as the agent (root).
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -97,6 +99,8 @@ pub enum Watch {
         check: HealthCheck,
         /// The task's environment.
         env: Vec<String>,
+        /// How the check is run.
+        runner: Runner,
         /// The results so far.
         tracker: Tracker,
     },
@@ -110,10 +114,11 @@ impl Watch {
     pub async fn for_task(execs: &Executors, task: &Task) -> Watch {
         let check = task.spec.healthcheck.clone();
         match task.spec.runtime {
-            Runtime::Exec => match check {
-                Some(c) if !c.is_disabled() => Watch::Exec {
+            Runtime::Exec => match (check, execs.exec_helper()) {
+                (Some(c), Some(helper)) if !c.is_disabled() => Watch::Exec {
                     tracker: Tracker::new(&c, Instant::now()),
                     env: task.spec.env.clone(),
+                    runner: Runner::Helper(helper.to_path_buf()),
                     check: c,
                 },
                 _ => Watch::None,
@@ -144,10 +149,11 @@ impl Watch {
             Watch::Exec {
                 check,
                 env,
+                runner,
                 tracker,
             } => {
                 tokio::time::sleep(Duration::from_millis(check.interval_ms)).await;
-                let (passed, output) = run_check(check, env).await;
+                let (passed, output) = run_check(check, env, runner).await;
                 tracker.record(passed, &output, Instant::now())
             }
             Watch::Docker(every) => loop {
@@ -160,23 +166,55 @@ impl Watch {
     }
 }
 
+/// How an exec task's check is started.
+pub enum Runner {
+    /// `HELPER init-helper --exec --user NOBODY -- CHECK...`: unprivileged, no_new_privs.
+    Helper(PathBuf),
+    /// Directly, as the caller (unit tests of the check logic only).
+    #[cfg(test)]
+    Direct,
+}
+
+/// The program and arguments of a check: `CMD prog args...` or `CMD-SHELL "line"`.
+fn check_argv(check: &HealthCheck) -> Option<Vec<&str>> {
+    match check.test.first().map(String::as_str) {
+        Some("CMD") if check.test.len() > 1 => {
+            Some(check.test[1..].iter().map(String::as_str).collect())
+        }
+        Some("CMD-SHELL") if check.test.len() == 2 => Some(vec!["/bin/sh", "-c", &check.test[1]]),
+        _ => None,
+    }
+}
+
+/// The command that runs `argv` the way `runner` says.
+fn check_command(argv: &[&str], runner: &Runner) -> tokio::process::Command {
+    match runner {
+        Runner::Helper(helper) => {
+            let mut c = tokio::process::Command::new(helper);
+            c.args(["init-helper", "--exec", "--user"])
+                .arg(crate::agent::executor::NOBODY.to_string())
+                .arg("--")
+                .args(argv);
+            c
+        }
+        #[cfg(test)]
+        Runner::Direct => {
+            let mut c = tokio::process::Command::new(argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
+    }
+}
+
 /// Runs an exec task's check once: whether it passed (exit 0 within the timeout) and what it
 /// printed.
-async fn run_check(check: &HealthCheck, env: &[String]) -> (bool, String) {
-    let mut cmd = match check.test.first().map(String::as_str) {
-        Some("CMD") if check.test.len() > 1 => {
-            let mut c = tokio::process::Command::new(&check.test[1]);
-            c.args(&check.test[2..]);
-            c
-        }
-        Some("CMD-SHELL") if check.test.len() == 2 => {
-            let mut c = tokio::process::Command::new("/bin/sh");
-            c.arg("-c").arg(&check.test[1]);
-            c
-        }
-        _ => return (false, "the check is not CMD or CMD-SHELL".into()),
+async fn run_check(check: &HealthCheck, env: &[String], runner: &Runner) -> (bool, String) {
+    let Some(argv) = check_argv(check).filter(|a| !a.is_empty()) else {
+        return (false, "the check is not CMD or CMD-SHELL".into());
     };
-    cmd.env_clear()
+    let mut cmd = check_command(&argv, runner);
+    cmd.current_dir(Path::new("/"))
+        .env_clear()
         .env(
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -265,6 +303,36 @@ mod tests {
         assert_eq!(clip(""), "");
     }
 
+    #[test]
+    fn checks_go_through_the_helper_unprivileged() {
+        let c = HealthCheck::new(vec!["CMD-SHELL".into(), "cat /etc/x".into()]);
+        let argv = check_argv(&c).unwrap();
+        assert_eq!(argv, ["/bin/sh", "-c", "cat /etc/x"]);
+        let cmd = check_command(&argv, &Runner::Helper("/usr/bin/skep".into()));
+        let std = cmd.as_std();
+        assert_eq!(std.get_program(), "/usr/bin/skep");
+        let args: Vec<_> = std
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args,
+            [
+                "init-helper",
+                "--exec",
+                "--user",
+                "65534:65534",
+                "--",
+                "/bin/sh",
+                "-c",
+                "cat /etc/x"
+            ]
+        );
+        let cmd = HealthCheck::new(vec!["CMD".into(), "true".into(), "x".into()]);
+        assert_eq!(check_argv(&cmd).unwrap(), ["true", "x"]);
+        assert!(check_argv(&HealthCheck::new(vec!["NONE".into()])).is_none());
+    }
+
     #[tokio::test]
     async fn exec_checks_run_with_the_task_environment_and_time_out() {
         let mut c = HealthCheck::new(vec![
@@ -272,19 +340,19 @@ mod tests {
             "test \"$PORT\" = 4242 && echo ok".into(),
         ]);
         assert_eq!(
-            run_check(&c, &["PORT=4242".into()]).await,
+            run_check(&c, &["PORT=4242".into()], &Runner::Direct).await,
             (true, "ok".into())
         );
-        let (passed, out) = run_check(&c, &["PORT=1".into()]).await;
+        let (passed, out) = run_check(&c, &["PORT=1".into()], &Runner::Direct).await;
         assert!(!passed);
         assert_eq!(out, "exit status: 1");
         c.test = vec!["CMD".into(), "sleep".into(), "5".into()];
         c.timeout_ms = 100;
-        let (passed, out) = run_check(&c, &[]).await;
+        let (passed, out) = run_check(&c, &[], &Runner::Direct).await;
         assert!(!passed);
         assert!(out.contains("timeout"), "{out}");
         c.test = vec!["CMD".into(), "/nonexistent/check".into()];
-        let (passed, out) = run_check(&c, &[]).await;
+        let (passed, out) = run_check(&c, &[], &Runner::Direct).await;
         assert!(!passed);
         assert!(out.starts_with("cannot run the check"), "{out}");
     }

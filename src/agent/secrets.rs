@@ -3,11 +3,13 @@
 //!
 //! ```text
 //!  Assignments{secrets} ─► SecretStore (values, while an assigned task references them)
-//!  task start ─► mount tmpfs <state>/tasks/<id>/secrets (0700, nosuid,nodev,noexec, size cap)
+//!  task start ─► bind <state>/tasks/<id>/secrets onto itself, mark it private (so what is
+//!                mounted on it never propagates to other mount namespaces of the host)
+//!             ─► mount tmpfs <state>/tasks/<id>/secrets (0700, nosuid,nodev,noexec, size cap)
 //!                 └─ files/<target under /run/secrets>  (each at its mode, uid, gid)
 //!             ─► exec: bound at /run/secrets in the task's mount namespace
 //!                docker: read-only bind mount at /run/secrets
-//!  task end   ─► unmount (the values vanish with the tmpfs)
+//!  task end   ─► unmount both (the values vanish with the tmpfs), remove the mount point
 //! ```
 //!
 //! There is no fallback to disk: if the tmpfs cannot be mounted, the task fails.
@@ -197,12 +199,20 @@ impl TaskSecrets {
     }
 }
 
-/// Unmounts a secrets tmpfs and removes its mount point.
+/// The most mounts stacked on a secrets mount point: the private bind and the tmpfs.
+const STACKED: usize = 2;
+
+/// Unmounts a secrets tmpfs and the private bind under it, and removes the mount point (which
+/// also detaches any copy of the bind another mount namespace got before it was private).
 fn unmount_dir(dir: &Path) {
-    match umount2(dir, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount a task's secrets")
+    for _ in 0..STACKED {
+        match umount2(dir, MntFlags::MNT_DETACH) {
+            Ok(()) => {}
+            Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => break,
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount a task's secrets");
+                break;
+            }
         }
     }
     if let Err(e) = std::fs::remove_dir(dir)
@@ -274,6 +284,10 @@ pub fn mount_task_secrets(
             path: mount_point.clone(),
             source,
         })?;
+    make_private(&mount_point).map_err(|source| {
+        unmount_dir(&mount_point);
+        mount_err(source)
+    })?;
     let data = format!(
         "mode=0700,size={},nr_inodes={}",
         size_cap(refs, values),
@@ -286,16 +300,11 @@ pub fn mount_task_secrets(
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some(data.as_str()),
     )
-    .map_err(mount_err)?;
+    .map_err(|source| {
+        unmount_dir(&mount_point);
+        mount_err(source)
+    })?;
     let mounted = TaskSecrets { mount_point };
-    // Private: the mount does not propagate to other mount namespaces sharing this one.
-    let _ = mount(
-        None::<&str>,
-        &mounted.mount_point,
-        None::<&str>,
-        MsFlags::MS_PRIVATE,
-        None::<&str>,
-    );
     match write_files(&mounted.files_dir(), &plan) {
         Ok(()) => Ok(mounted),
         Err(e) => {
@@ -303,6 +312,22 @@ pub fn mount_task_secrets(
             Err(e)
         }
     }
+}
+
+/// Makes `dir` a private mount point of its own (a bind onto itself, then `MS_PRIVATE`), so a
+/// tmpfs mounted on it stays in this mount namespace. On a host whose `/` is shared (systemd),
+/// a tmpfs mounted on a plain directory would appear in every peer and slave namespace
+/// (other services, containers), values and all. Only the empty bind itself propagates, and
+/// removing the mount point detaches those copies.
+fn make_private(dir: &Path) -> Result<(), nix::Error> {
+    mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
 }
 
 fn write_files(
@@ -454,9 +479,14 @@ mod tests {
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         let line = mounts
             .lines()
-            .find(|l| l.contains(&*mp.to_string_lossy()))
+            .find(|l| l.contains(&*mp.to_string_lossy()) && l.contains(" - tmpfs "))
             .expect("the tmpfs is mounted");
-        assert!(line.contains("tmpfs"), "{line}");
+        // Private: no "shared:N" or "master:N" propagation tag before the separator.
+        let tags = line.split(" - ").next().unwrap();
+        assert!(
+            !tags.contains("shared:") && !tags.contains("master:"),
+            "{line}"
+        );
         for opt in ["nosuid", "nodev", "noexec"] {
             assert!(line.contains(opt), "{opt} missing: {line}");
         }

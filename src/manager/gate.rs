@@ -121,6 +121,24 @@ pub async fn require(
         .map_err(super::to_status)
 }
 
+/// Checks, for an operator's service create or update, that the RBAC policy lets it deploy
+/// what `spec` asks for (its runtime, whether managers may run it: see
+/// [`crate::policy::rbac::SpecFacts`]). Refusals are audited. The local administrator passes.
+pub async fn require_spec(
+    mgr: &Manager,
+    method: &str,
+    spec: &crate::store::service::ServiceSpec,
+) -> Result<(), tonic::Status> {
+    let Some(op) = OPERATOR.try_with(Clone::clone).ok() else {
+        return Ok(());
+    };
+    let facts = crate::policy::rbac::SpecFacts::of(spec);
+    mgr.authorize_operator_in(&op.0, op.1, method, Action::Deploy, "service", Some(&facts))
+        .await
+        .map(|_| ())
+        .map_err(super::to_status)
+}
+
 tokio::task_local! {
     static OPERATOR: (Arc<skep_pki::OperatorCertInfo>, std::net::SocketAddr);
 }

@@ -157,6 +157,20 @@ impl Manager {
         action: Action,
         resource: &str,
     ) -> Result<Actor, ManagerError> {
+        self.authorize_operator_in(cert, peer, method, action, resource, None)
+            .await
+    }
+
+    /// As [`Manager::authorize_operator`], deciding on what a service spec asks for too.
+    pub async fn authorize_operator_in(
+        &self,
+        cert: &skep_pki::OperatorCertInfo,
+        peer: std::net::SocketAddr,
+        method: &str,
+        action: Action,
+        resource: &str,
+        facts: Option<&crate::policy::rbac::SpecFacts>,
+    ) -> Result<Actor, ManagerError> {
         let actor = Actor::operator(&cert.name);
         let (op, rbac) = self.read(|s| {
             (
@@ -175,13 +189,14 @@ impl Manager {
             )),
             Some(op) => {
                 let decision = match crate::policy::rbac::cached(&rbac) {
-                    Ok(engine) => engine.authorize(
+                    Ok(engine) => engine.authorize_in(
                         &Principal {
                             name: &op.name,
                             role: &op.role,
                         },
                         action,
                         resource,
+                        facts,
                     ),
                     Err(e) => Decision::Deny {
                         reason: format!("the RBAC policy does not load: {e}"),

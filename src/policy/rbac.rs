@@ -5,6 +5,10 @@
 //! Skep::Resource::"KIND")`. The default set (`policies/rbac.cedar`) has three roles: admin
 //! (everything), deployer (read, deploy) and auditor (read, the audit log). Evaluation fails
 //! closed: a policy that errors denies.
+//!
+//! A service create or update is also decided on what its spec asks for ([`SpecFacts`], the
+//! `Deploy` action's context: `runtime`, and `managers`, whether its tasks may land on a
+//! manager), so a policy can say which runtimes and placements a role may use.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -85,6 +89,56 @@ pub struct Principal<'a> {
     pub role: &'a str,
 }
 
+/// What a service spec asks for, as the `Deploy` action's context shows it to policies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SpecFacts {
+    /// `context.runtime`: "exec" or "docker".
+    pub runtime: &'static str,
+    /// `context.managers`: whether its placement constraints leave managers eligible (only
+    /// `node.role==worker` or `node.role!=manager` rule them out).
+    pub managers: bool,
+}
+
+impl SpecFacts {
+    /// The facts of `spec`.
+    pub fn of(spec: &crate::store::service::ServiceSpec) -> SpecFacts {
+        SpecFacts::from_task(spec.task.runtime, &spec.task.constraints)
+    }
+
+    /// The facts of a task with this runtime and these placement constraints.
+    pub fn from_task(
+        runtime: crate::store::service::Runtime,
+        constraints: &[crate::store::service::Constraint],
+    ) -> SpecFacts {
+        use crate::store::service::ConstraintOp;
+        let excludes_managers = constraints.iter().any(|c| {
+            c.key == "node.role"
+                && match c.op {
+                    ConstraintOp::Eq => c.value != "manager",
+                    ConstraintOp::Ne => c.value == "manager",
+                }
+        });
+        SpecFacts {
+            runtime: runtime.as_str(),
+            managers: !excludes_managers,
+        }
+    }
+
+    fn context(&self) -> Result<Context, String> {
+        Context::from_pairs([
+            (
+                "runtime".to_string(),
+                RestrictedExpression::new_string(self.runtime.to_string()),
+            ),
+            (
+                "managers".to_string(),
+                RestrictedExpression::new_bool(self.managers),
+            ),
+        ])
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// The answer to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -147,9 +201,12 @@ pub struct RbacEngine {
     text: String,
     digest: String,
     policies: PolicySet,
-    /// Decisions made, by (operator, role, action, resource): they depend on nothing else.
-    decisions: Mutex<std::collections::HashMap<(String, String, Action, String), Decision>>,
+    /// Decisions made, by (operator, role, action, resource, spec facts): they depend on
+    /// nothing else.
+    decisions: Mutex<std::collections::HashMap<DecisionKey, Decision>>,
 }
+
+type DecisionKey = (String, String, Action, String, Option<SpecFacts>);
 
 /// How many decisions an engine remembers before starting over.
 const DECISION_CACHE: usize = 4096;
@@ -205,18 +262,30 @@ impl RbacEngine {
 
     /// May `who` do `action` to objects of kind `resource`? Fails closed.
     pub fn authorize(&self, who: &Principal<'_>, action: Action, resource: &str) -> Decision {
+        self.authorize_in(who, action, resource, None)
+    }
+
+    /// As [`RbacEngine::authorize`], with what a service spec asks for as the context.
+    pub fn authorize_in(
+        &self,
+        who: &Principal<'_>,
+        action: Action,
+        resource: &str,
+        facts: Option<&SpecFacts>,
+    ) -> Decision {
         let key = (
             who.name.to_string(),
             who.role.to_string(),
             action,
             resource.to_string(),
+            facts.cloned(),
         );
         let lock = || self.decisions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(d) = lock().get(&key) {
             return d.clone();
         }
         let decision = self
-            .evaluate(who, action, resource)
+            .evaluate(who, action, resource, facts)
             .unwrap_or_else(|why| Decision::Deny {
                 reason: format!("the RBAC policy could not be evaluated, which denies: {why}"),
             });
@@ -233,6 +302,7 @@ impl RbacEngine {
         who: &Principal<'_>,
         action: Action,
         resource: &str,
+        facts: Option<&SpecFacts>,
     ) -> Result<Decision, String> {
         let model = model().map_err(|e| e.to_string())?;
         let role = uid(&model.role, who.role);
@@ -264,7 +334,10 @@ impl RbacEngine {
             uid(&model.operator, who.name),
             uid(&model.action, action.as_str()),
             uid(&model.resource, resource),
-            Context::empty(),
+            match facts {
+                Some(f) => f.context()?,
+                None => Context::empty(),
+            },
             Some(model.validator.schema()),
         )
         .map_err(|e| e.to_string())?;
@@ -376,6 +449,92 @@ mod tests {
             panic!("allowed");
         };
         assert!(reason.contains("role deployer"), "{reason}");
+    }
+
+    #[test]
+    fn spec_facts_say_the_runtime_and_whether_managers_are_eligible() {
+        use crate::store::service::Runtime;
+        let f = |r: &str, c: &[&str]| {
+            let runtime = if r == "exec" {
+                Runtime::Exec
+            } else {
+                Runtime::Docker
+            };
+            let cs: Vec<_> = c
+                .iter()
+                .map(|c| crate::manager::spec::parse_constraint(c).unwrap())
+                .collect();
+            SpecFacts::from_task(runtime, &cs)
+        };
+        assert_eq!(
+            f("exec", &[]),
+            SpecFacts {
+                runtime: "exec",
+                managers: true
+            }
+        );
+        assert!(f("exec", &["node.role==manager"]).managers);
+        assert!(f("exec", &["node.hostname==m1"]).managers);
+        assert!(!f("exec", &["node.role==worker"]).managers);
+        assert!(!f("docker", &["node.role!=manager"]).managers);
+        assert!(f("docker", &["node.role!=worker"]).managers);
+        assert_eq!(f("docker", &[]).runtime, "docker");
+    }
+
+    #[test]
+    fn a_policy_can_keep_a_role_off_the_managers_with_a_runtime() {
+        let text = format!(
+            "{DEFAULT_POLICY}\n{}",
+            include_str!("../../policies/examples/rbac-exec-off-managers.cedar")
+        );
+        let engine = RbacEngine::parse(&text).unwrap();
+        let dep = Principal {
+            name: "d",
+            role: "deployer",
+        };
+        let admin = Principal {
+            name: "a",
+            role: "admin",
+        };
+        let on_mgr = SpecFacts {
+            runtime: "exec",
+            managers: true,
+        };
+        let on_workers = SpecFacts {
+            runtime: "exec",
+            managers: false,
+        };
+        let docker = SpecFacts {
+            runtime: "docker",
+            managers: true,
+        };
+        let d = engine.authorize_in(&dep, Action::Deploy, "service", Some(&on_mgr));
+        let Decision::Deny { reason } = d else {
+            panic!("allowed");
+        };
+        assert!(reason.contains("deployer-exec-off-managers"), "{reason}");
+        for ok in [&on_workers, &docker] {
+            assert_eq!(
+                engine.authorize_in(&dep, Action::Deploy, "service", Some(ok)),
+                Decision::Allow
+            );
+        }
+        assert_eq!(
+            engine.authorize_in(&admin, Action::Deploy, "service", Some(&on_mgr)),
+            Decision::Allow
+        );
+        // Without a spec (remove, scale by the gate), the forbid does not apply.
+        assert_eq!(
+            engine.authorize(&dep, Action::Deploy, "service"),
+            Decision::Allow
+        );
+        // The default set lets a deployer run exec tasks anywhere: they run unprivileged.
+        assert_eq!(
+            cached("")
+                .unwrap()
+                .authorize_in(&dep, Action::Deploy, "service", Some(&on_mgr)),
+            Decision::Allow
+        );
     }
 
     #[test]

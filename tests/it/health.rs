@@ -65,8 +65,17 @@ fn only_healthy_tasks_are_in_the_rotation_and_unhealthy_ones_are_replaced() {
     };
     let c = Cluster::init(1, 1);
     let m = c.first();
-    let marks = m.data_dir().join("health-marks");
-    std::fs::create_dir_all(&marks).unwrap();
+    // Checks run as "nobody", who cannot enter the node's directories: the marks live apart.
+    let marks_dir = tempfile::Builder::new()
+        .prefix("skep-it-marks-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(
+        marks_dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let marks = marks_dir.path().to_path_buf();
     let port = 4100;
     let check = format!("test -e {}/ok-$SKEP_TASK_ID", marks.display());
     m.cli_ok(&[

@@ -238,8 +238,10 @@ async fn exec_missing_program_is_a_start_error() {
     ));
 }
 
+/// The task runs as "nobody" with no_new_privs: it cannot mount (and so nothing it mounts can
+/// reach the host), and it is not root.
 #[tokio::test]
-async fn exec_mounts_stay_in_the_task() {
+async fn exec_tasks_are_unprivileged_and_cannot_mount() {
     let state = tempfile::tempdir().unwrap();
     let Some(ex) = exec_executors(state.path()).await else {
         return;
@@ -247,13 +249,15 @@ async fn exec_mounts_stay_in_the_task() {
     let target = tempfile::tempdir().unwrap();
     let dir = target.path().display().to_string();
     let t = sh(&format!(
-        "mount -t tmpfs skeptest {dir} && touch {dir}/marker && grep -c skeptest /proc/self/mountinfo"
+        "mount -t tmpfs skeptest {dir} 2>/dev/null && touch {dir}/marker; \
+         echo id=$(id -u):$(id -g); grep NoNewPrivs /proc/self/status"
     ));
     let mut h = ex.start(&t, None).await.unwrap();
     let code = wait_bounded(&mut h, 20).await;
     let logs = ex.logs(&t, 0).await.unwrap();
     assert_eq!(code, 0, "{logs:?}");
-    assert!(has(&logs, "stdout", "1"), "{logs:?}");
+    assert!(has(&logs, "stdout", "id=65534:65534"), "{logs:?}");
+    assert!(has(&logs, "stdout", "NoNewPrivs:\t1"), "{logs:?}");
     assert!(!target.path().join("marker").exists());
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!host.contains(&dir), "the task's mount leaked to the host");
@@ -465,6 +469,9 @@ pub(crate) fn test_program() -> Result<&'static Path, String> {
                 .tempdir()
                 .map_err(|e| e.to_string())?
                 .keep();
+            // Exec tasks run as "nobody": the program must be reachable and executable by it.
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .map_err(|e| e.to_string())?;
             let src = dir.join("prog.c");
             std::fs::write(&src, TEST_PROGRAM).map_err(|e| e.to_string())?;
             run_tool(

@@ -1,6 +1,8 @@
 //! The exec runtime, agent side: runs a task's command through the init helper (see
-//! [`init_helper_main`]) in its own mount and PID namespaces, as root, with its output in
-//! `<state_dir>/tasks/<task_id>/{stdout,stderr,output}` and the helper's PID in `.../pid`.
+//! [`init_helper_main`]) in its own mount and PID namespaces, as the unprivileged user
+//! [`NOBODY`] with no_new_privs, the daemon's own files (data directory, socket) hidden, with
+//! its output in `<state_dir>/tasks/<task_id>/{stdout,stderr,output}` and the helper's PID in
+//! `.../pid`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
-use super::init::{OUTPUT_FILE, STDERR_FILE, status_code};
+use super::init::{NOBODY, OUTPUT_FILE, STDERR_FILE, status_code};
 use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
 use crate::store::service::Task;
 
@@ -30,6 +32,8 @@ const STALE_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct ExecRuntime {
     tasks_dir: PathBuf,
     helper: PathBuf,
+    /// Host paths no task may see (the daemon's data directory, its socket).
+    hide: Vec<PathBuf>,
 }
 
 impl ExecRuntime {
@@ -37,7 +41,18 @@ impl ExecRuntime {
         ExecRuntime {
             tasks_dir: state_dir.join("tasks"),
             helper,
+            hide: Vec::new(),
         }
+    }
+
+    /// Hides `paths` from every task from now on (see [`super::Executors::hiding`]).
+    pub(crate) fn hide(&mut self, paths: Vec<PathBuf>) {
+        self.hide = paths;
+    }
+
+    /// The helper binary (health checks run through it too).
+    pub(crate) fn helper(&self) -> &Path {
+        &self.helper
     }
 
     fn task_dir(&self, task_id: &str) -> PathBuf {
@@ -84,6 +99,10 @@ impl ExecRuntime {
         helper.arg("init-helper").arg("--task-dir").arg(&dir);
         if let Some(s) = secrets {
             helper.arg("--secrets").arg(s);
+        }
+        helper.arg("--user").arg(NOBODY.to_string());
+        for p in &self.hide {
+            helper.arg("--hide").arg(p);
         }
         let mut child = helper
             .arg("--")

@@ -3,19 +3,26 @@
 //! `exec`: each namespace step is a whole process).
 //!
 //! ```text
-//!  agent ─spawn─► stage 1: skep init-helper --task-dir DIR [--secrets SDIR] -- CMD...
+//!  agent ─spawn─► stage 1: skep init-helper --task-dir DIR [--secrets SDIR] [--user U:G]
+//!                             [--hide PATH]... -- CMD...
 //!                   unshare(mount, PID); make "/" private (recursively)
 //!                   bind SDIR read-only at /run/secrets; hide the agent's tasks directory
-//!                   (other tasks' logs and secrets) under an empty read-only tmpfs
+//!                   (other tasks' logs and secrets) and each PATH (the data directory, the
+//!                   socket's directory) under an empty read-only tmpfs
 //!                   copies stage 2's stdout/stderr lines into DIR/{stdout,stderr,output}
 //!                   forwards SIGTERM & co to stage 2, exits with its code
 //!                 └─spawn─► stage 2: skep init-helper --stage2 --task-dir DIR -- CMD...
 //!                             PID 1 of the new namespace: mounts a fresh /proc, runs CMD,
 //!                             reaps every orphan, forwards signals to CMD, exits with CMD's
 //!                             code (128 + signal if a signal killed it)
-//!                           └─spawn─► skep init-helper --exec -- CMD...: unblocks signals,
-//!                                       then becomes CMD (exec)
+//!                           └─spawn─► skep init-helper --exec --user U:G -- CMD...:
+//!                                       unblocks signals, sets no_new_privs, drops to U:G
+//!                                       (no supplementary groups, so no capabilities), then
+//!                                       becomes CMD (exec)
 //! ```
+//!
+//! The command never runs as root: `--user` defaults to [`NOBODY`], and no_new_privs keeps
+//! setuid programs (su, sudo) and file capabilities from giving privileges back.
 //!
 //! Signals are blocked and taken with `sigwait`, so neither stage needs a signal handler. A
 //! PID namespace's init ignores signals it has no handler for unless they are blocked, which is
@@ -54,6 +61,45 @@ const EXIT_CANNOT_RUN: u8 = 126;
 const EXIT_NOT_FOUND: u8 = 127;
 /// Lines longer than this are split.
 const MAX_LINE: u64 = 64 * 1024;
+/// The uid and gid a task's command runs as unless told otherwise: "nobody".
+pub(crate) const NOBODY: Ids = Ids {
+    uid: 65534,
+    gid: 65534,
+};
+/// How many paths `--hide` may name.
+const MAX_HIDE: usize = 16;
+
+/// A uid and gid, as `--user UID:GID` gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Ids {
+    /// User ID.
+    pub uid: u32,
+    /// Group ID.
+    pub gid: u32,
+}
+
+impl Ids {
+    /// Parses `UID:GID` (or `UID`, the gid then equal to it).
+    fn parse(s: &str) -> Result<Ids, String> {
+        let bad = || {
+            format!(
+                "--user wants UID[:GID] in numbers, got {:?}",
+                crate::util::prefix(s, 32)
+            )
+        };
+        let (u, g) = s.split_once(':').unwrap_or((s, s));
+        Ok(Ids {
+            uid: u.parse().map_err(|_| bad())?,
+            gid: g.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl std::fmt::Display for Ids {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
+}
 
 /// Entry point of the hidden `skep init-helper` subcommand.
 ///
@@ -67,8 +113,10 @@ pub fn init_helper_main(args: Vec<String>) -> ExitCode {
             mode: Mode::Stage1,
             task_dir: Some(task_dir),
             secrets,
+            user,
+            hide,
             command,
-        }) => stage1(&task_dir, secrets.as_deref(), &command),
+        }) => stage1(&task_dir, secrets.as_deref(), user, &hide, &command),
         Ok(HelperArgs {
             mode: Mode::Stage1,
             task_dir: None,
@@ -79,14 +127,16 @@ pub fn init_helper_main(args: Vec<String>) -> ExitCode {
         }
         Ok(HelperArgs {
             mode: Mode::Stage2,
+            user,
             command,
             ..
-        }) => stage2(&command),
+        }) => stage2(user, &command),
         Ok(HelperArgs {
             mode: Mode::Exec,
+            user,
             command,
             ..
-        }) => exec_command(&command),
+        }) => exec_command(user, &command),
         Err(e) => {
             eprintln!("skep-init: {e}");
             EXIT_HELPER_FAILED
@@ -112,6 +162,10 @@ struct HelperArgs {
     mode: Mode,
     task_dir: Option<PathBuf>,
     secrets: Option<PathBuf>,
+    /// Who the command runs as.
+    user: Ids,
+    /// Host paths the task must not see.
+    hide: Vec<PathBuf>,
     command: Vec<String>,
 }
 
@@ -124,6 +178,8 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
     let mut mode = Mode::Stage1;
     let mut task_dir = None;
     let mut secrets = None;
+    let mut user = NOBODY;
+    let mut hide = Vec::new();
     loop {
         match it.next().map(String::as_str) {
             Some("--stage2") => mode = Mode::Stage2,
@@ -133,6 +189,13 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
             }
             Some("--secrets") => {
                 secrets = Some(PathBuf::from(it.next().ok_or("--secrets needs a value")?))
+            }
+            Some("--user") => user = Ids::parse(it.next().ok_or("--user needs a value")?)?,
+            Some("--hide") => {
+                if hide.len() == MAX_HIDE {
+                    return Err(format!("at most {MAX_HIDE} --hide paths"));
+                }
+                hide.push(PathBuf::from(it.next().ok_or("--hide needs a value")?))
             }
             Some("--") => break,
             Some(other) => return Err(format!("unexpected argument {other:?}")),
@@ -147,6 +210,8 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
         mode,
         task_dir,
         secrets,
+        user,
+        hide,
         command,
     })
 }
@@ -176,7 +241,13 @@ pub(super) fn status_code(st: ExitStatus) -> i32 {
     }
 }
 
-fn stage1(task_dir: &Path, secrets: Option<&Path>, command: &[String]) -> u8 {
+fn stage1(
+    task_dir: &Path,
+    secrets: Option<&Path>,
+    user: Ids,
+    hide: &[PathBuf],
+    command: &[String],
+) -> u8 {
     let log = match Log::open(task_dir) {
         Ok(l) => Arc::new(l),
         Err(e) => {
@@ -219,7 +290,7 @@ fn stage1(task_dir: &Path, secrets: Option<&Path>, command: &[String]) -> u8 {
     let (Some(err_w), Some(out_w)) = (writers.pop(), writers.pop()) else {
         return EXIT_HELPER_FAILED;
     };
-    let launched = launch_stage2(task_dir, secrets, command, &out_w, &err_w);
+    let launched = launch_stage2(task_dir, secrets, user, hide, command, &out_w, &err_w);
     if let Err(msg) = &launched {
         // Through the pipe, so the message is in order with the rest.
         let _ = writeln!(&err_w, "skep-init: {msg}");
@@ -272,6 +343,8 @@ fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {
 fn launch_stage2(
     task_dir: &Path,
     secrets: Option<&Path>,
+    user: Ids,
+    hide: &[PathBuf],
     command: &[String],
     out: &PipeWriter,
     err: &PipeWriter,
@@ -296,6 +369,12 @@ fn launch_stage2(
     expose_hosts(task_dir)?;
     hide_tasks_dir(task_dir)?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the skep binary: {e}"))?;
+    let needed = [
+        Path::new(crate::agent::secrets::TARGET_ROOT),
+        Path::new("/etc/hosts"),
+        exe.as_path(),
+    ];
+    hide_paths(hide, &needed)?;
     let dup = |p: &PipeWriter| {
         p.try_clone()
             .map_err(|e| format!("cannot duplicate a pipe: {e}"))
@@ -305,6 +384,8 @@ fn launch_stage2(
         .arg("--stage2")
         .arg("--task-dir")
         .arg(task_dir)
+        .arg("--user")
+        .arg(user.to_string())
         .arg("--")
         .args(command)
         .stdin(Stdio::null())
@@ -379,20 +460,77 @@ fn expose_secrets(dir: &Path) -> Result<(), String> {
 /// read-only tmpfs, so the task cannot browse other tasks' files through the host tree.
 /// The log files stay writable for stage 1 through descriptors opened before.
 fn hide_tasks_dir(task_dir: &Path) -> Result<(), String> {
-    let Some(tasks) = task_dir.parent() else {
-        return Ok(());
-    };
+    match task_dir.parent() {
+        Some(tasks) => hide_dir(tasks),
+        None => Ok(()),
+    }
+}
+
+/// Covers `dir` with an empty read-only tmpfs in this mount namespace.
+fn hide_dir(dir: &Path) -> Result<(), String> {
     mount(
         Some("tmpfs"),
-        tasks,
+        dir,
         Some("tmpfs"),
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some("size=4k,mode=0755"),
     )
-    .map_err(|e| format!("cannot hide {}: {e}", tasks.display()))
+    .map_err(|e| format!("cannot hide {}: {e}", dir.display()))
 }
 
-fn stage2(command: &[String]) -> u8 {
+/// How to keep one host path out of a task's view.
+#[derive(Debug, PartialEq, Eq)]
+enum Cover {
+    /// A directory: an empty read-only tmpfs over it.
+    Dir,
+    /// Anything else (a socket): `/dev/null` bound over it.
+    File,
+    /// Left alone: it holds something the task needs (its secrets, its hosts file, the
+    /// helper), so a tmpfs over it would take that away too; or it does not exist.
+    Keep,
+}
+
+/// How `path` is hidden, given whether it is a directory (`None`: missing) and what the task
+/// needs to keep seeing.
+fn cover_for(path: &Path, is_dir: Option<bool>, needed: &[&Path]) -> Cover {
+    match is_dir {
+        None => Cover::Keep,
+        Some(false) => Cover::File,
+        Some(true) if needed.iter().any(|n| n.starts_with(path)) => Cover::Keep,
+        Some(true) => Cover::Dir,
+    }
+}
+
+/// Hides each of `paths` in this mount namespace: directories first (under an empty read-only
+/// tmpfs), then files not already gone with them (under `/dev/null`). Symbolic links are
+/// followed (`/var/run` is `/run`).
+fn hide_paths(paths: &[PathBuf], needed: &[&Path]) -> Result<(), String> {
+    let kind = |p: &Path| std::fs::metadata(p).ok().map(|m| m.is_dir());
+    let paths: Vec<PathBuf> = paths
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    for p in &paths {
+        if cover_for(p, kind(p), needed) == Cover::Dir {
+            hide_dir(p)?;
+        }
+    }
+    for p in &paths {
+        if cover_for(p, kind(p), needed) == Cover::File {
+            mount(
+                Some("/dev/null"),
+                p.as_path(),
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| format!("cannot hide {}: {e}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn stage2(user: Ids, command: &[String]) -> u8 {
     // If stage 1 dies (SIGKILL from the agent), so does this init, and with it the namespace.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let mut signals = forwarded_signals();
@@ -421,6 +559,8 @@ fn stage2(command: &[String]) -> u8 {
     let child = match Command::new(exe)
         .arg("init-helper")
         .arg("--exec")
+        .arg("--user")
+        .arg(user.to_string())
         .arg("--")
         .args(command)
         .spawn()
@@ -450,13 +590,17 @@ fn stage2(command: &[String]) -> u8 {
     }
 }
 
-/// Replaces this process with the command, with no signal blocked.
-fn exec_command(command: &[String]) -> u8 {
+/// Replaces this process with the command, with no signal blocked, as `user`.
+fn exec_command(user: Ids, command: &[String]) -> u8 {
     let Some((program, args)) = command.split_first() else {
         return EXIT_HELPER_FAILED;
     };
     if let Err(e) = SigSet::all().thread_unblock() {
         eprintln!("skep-init: cannot unblock signals: {e}");
+        return EXIT_HELPER_FAILED;
+    }
+    if let Err(e) = drop_privileges(user) {
+        eprintln!("skep-init: {e}");
         return EXIT_HELPER_FAILED;
     }
     let e = Command::new(program).args(args).exec();
@@ -466,6 +610,21 @@ fn exec_command(command: &[String]) -> u8 {
     } else {
         EXIT_CANNOT_RUN
     }
+}
+
+/// Becomes `user` for good: no_new_privs first (setuid programs and file capabilities then
+/// give nothing back), no supplementary groups, then the gid and uid (real, effective and
+/// saved). Leaving uid 0 this way clears every capability.
+fn drop_privileges(user: Ids) -> Result<(), String> {
+    use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("cannot set no_new_privs: {e}"))?;
+    let (uid, gid) = (Uid::from_raw(user.uid), Gid::from_raw(user.gid));
+    if Uid::effective().is_root() {
+        setgroups(&[]).map_err(|e| format!("cannot drop supplementary groups: {e}"))?;
+    }
+    setresgid(gid, gid, gid).map_err(|e| format!("cannot become group {}: {e}", user.gid))?;
+    setresuid(uid, uid, uid).map_err(|e| format!("cannot become user {}: {e}", user.uid))?;
+    Ok(())
 }
 
 /// Reaps every ended child; returns the main command's exit code if it was among them.
@@ -572,6 +731,8 @@ mod tests {
             mode: Mode::Stage1,
             task_dir: Some("/d".into()),
             secrets: None,
+            user: NOBODY,
+            hide: Vec::new(),
             command: s(&["sh", "-c", "x --y"]),
         };
         assert_eq!(
@@ -597,6 +758,108 @@ mod tests {
         assert!(parse_args(&s(&["--task-dir", "/d", "--"])).is_err());
         assert!(parse_args(&s(&["--task-dir", "/d", "a"])).is_err());
         assert!(parse_args(&s(&["--task-dir"])).is_err());
+
+        let full = parse_args(&s(&[
+            "--task-dir",
+            "/d",
+            "--user",
+            "1000:100",
+            "--hide",
+            "/a",
+            "--hide",
+            "/b",
+            "--",
+            "x",
+        ]))
+        .unwrap();
+        assert_eq!(
+            full.user,
+            Ids {
+                uid: 1000,
+                gid: 100
+            }
+        );
+        assert_eq!(full.hide, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        let exec = parse_args(&s(&["--exec", "--user", "7", "--", "x"])).unwrap();
+        assert_eq!(exec.user, Ids { uid: 7, gid: 7 });
+        for bad in ["root", "1:x", "-1", "", "1:2:3"] {
+            let e = parse_args(&s(&["--exec", "--user", bad, "--", "x"])).unwrap_err();
+            assert!(e.contains("--user wants UID[:GID]"), "{e}");
+        }
+        let mut many = s(&["--task-dir", "/d"]);
+        for _ in 0..=MAX_HIDE {
+            many.extend(s(&["--hide", "/x"]));
+        }
+        many.extend(s(&["--", "x"]));
+        assert!(parse_args(&many).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn what_a_task_must_not_see_is_covered_unless_it_holds_what_the_task_needs() {
+        let needed = [
+            Path::new("/run/secrets"),
+            Path::new("/etc/hosts"),
+            Path::new("/usr/bin/skep"),
+        ];
+        let cover = |p: &str, d| cover_for(Path::new(p), d, &needed);
+        assert_eq!(cover("/var/lib/skep", Some(true)), Cover::Dir);
+        assert_eq!(cover("/run/skep", Some(true)), Cover::Dir);
+        // The socket's directory is /run: only the socket itself can go.
+        assert_eq!(cover("/run", Some(true)), Cover::Keep);
+        assert_eq!(cover("/run/skep.sock", Some(false)), Cover::File);
+        assert_eq!(cover("/", Some(true)), Cover::Keep);
+        assert_eq!(cover("/usr/bin", Some(true)), Cover::Keep);
+        assert_eq!(cover("/gone", None), Cover::Keep);
+    }
+
+    /// Needs root; skipped otherwise. In a child process: the drop is for good.
+    #[test]
+    fn the_command_runs_as_nobody_with_no_new_privs() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let out = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "agent::executor::init::tests::drop_in_child",
+                "--nocapture",
+            ])
+            .env("SKEP_TEST_DROP", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("dropped uid=65534 gid=65534 groups=0 nnp=true caps=0"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn drop_in_child() {
+        if std::env::var_os("SKEP_TEST_DROP").is_none() {
+            return;
+        }
+        drop_privileges(NOBODY).unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let caps = ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"]
+            .iter()
+            .filter(|k| !field(k).trim_start_matches('0').is_empty())
+            .count();
+        println!(
+            "dropped uid={} gid={} groups={} nnp={} caps={caps}",
+            nix::unistd::getuid(),
+            nix::unistd::getgid(),
+            field("Groups:").split_whitespace().count(),
+            nix::sys::prctl::get_no_new_privs().unwrap()
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub mod docker;
 pub mod exec;
 mod init;
 
+pub(crate) use init::NOBODY;
+
 /// What went wrong while running a task. The message is shown to the operator as the task's
 /// error, so it says what failed and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +161,22 @@ impl Executors {
     pub fn for_node(mut self, node_id: &str) -> Executors {
         self.node_id = Some(node_id.to_string());
         self
+    }
+
+    /// Hides the daemon's own state from every exec task: `paths` (its data directory, its
+    /// socket's directory and the socket) are covered in each task's mount namespace. Tasks
+    /// run as an unprivileged user anyway; this is the second wall.
+    pub fn hiding(mut self, paths: Vec<PathBuf>) -> Executors {
+        if let Some(e) = &mut self.exec {
+            e.hide(paths);
+        }
+        self
+    }
+
+    /// The init helper exec tasks run through, if the exec runtime is available (health
+    /// checks of exec tasks run through it too, unprivileged).
+    pub fn exec_helper(&self) -> Option<&Path> {
+        self.exec.as_ref().map(|e| e.helper())
     }
 
     /// The runtimes found.

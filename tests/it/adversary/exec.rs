@@ -1,1 +1,362 @@
 //! Adversary tests (see `mod.rs`): exec.
+//!
+//! A deployer (an operator certificate with the `deployer` role) starts exec tasks and health
+//! checks on a manager and tries, from them, to become the node: read every file under the
+//! data directory (the key-encryption key, the node key), use the local root socket, and
+//! escalate through setuid programs. A task's secrets tmpfs must not show up in other mount
+//! namespaces of the host (a slave namespace, as systemd services and containers have).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::harness::{Cluster, Node, json_lines, run, skep_bin, timeout, wait_for, wait_until};
+
+fn root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// An operator's certificate directory, made as an operator would (`operator csr`, then
+/// `operator sign` on the manager).
+fn enrol(m: &Node, root: &Path, name: &str, role: &str) -> PathBuf {
+    let dir = root.join(name);
+    let out = run(
+        Command::new(skep_bin())
+            .args(["operator", "csr", "--name", name, "--out"])
+            .arg(&dir),
+        None,
+    );
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    let csr = dir.join(format!("{name}.csr"));
+    let cert = m.cli_ok(&["operator", "sign", "--role", role, csr.to_str().unwrap()]);
+    std::fs::write(dir.join("cert.pem"), cert).unwrap();
+    std::fs::write(dir.join("ca.pem"), m.cli_ok(&["swarm", "ca", "-q"])).unwrap();
+    dir
+}
+
+/// The CLI as that operator, over mTLS to the manager.
+fn as_operator(m: &Node, dir: &Path, args: &[&str]) -> Output {
+    let host = format!("tcp://{}", m.addr());
+    run(
+        Command::new(skep_bin())
+            .env_remove("SKEP_HOST")
+            .env("SKEP_CONFIG", dir.join("config"))
+            .args(["--host", &host, "--cert-path", dir.to_str().unwrap()])
+            .args(args),
+        None,
+    )
+}
+
+fn logs(m: &Node, service: &str) -> String {
+    m.cli_ok(&["service", "logs", service])
+}
+
+/// Single-quotes `s` for `sh`.
+fn sq(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// A directory any uid may write into (where health checks leave their findings).
+fn open_dir() -> tempfile::TempDir {
+    let d = tempfile::Builder::new()
+        .prefix("skep-it-adv-exec-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    d
+}
+
+#[test]
+fn a_deployers_exec_task_cannot_read_the_managers_keys_or_use_its_socket() {
+    if !root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    let ops = tempfile::tempdir().unwrap();
+    let (c, deployer) = with_deployer(ops.path());
+    let m = c.first();
+    // The admin gives the deployer a secret to attach; the task must still read it.
+    let own = "own-secret-value-k3j5h7";
+    let out = m.cli_stdin(&["secret", "create", "own", "-"], own);
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+
+    // Every file of the manager, listed from outside: the task tries each one.
+    let files = crate::at_rest::files_under(&m.data_dir());
+    assert!(
+        files.iter().any(|f| f.ends_with("kek")),
+        "no kek under the data dir: {files:?}"
+    );
+    let mut script = String::from("echo UID=$(id -u); ");
+    for f in &files {
+        let f = sq(&f.to_string_lossy());
+        script.push_str(&format!(
+            "if head -c 1 {f} >/dev/null 2>&1; then echo READ {f}; fi; "
+        ));
+    }
+    let data = sq(&m.data_dir().to_string_lossy());
+    let node_dir = sq(&m.data_dir().parent().unwrap().to_string_lossy());
+    let bin = sq(skep_bin());
+    let sock = sq(&format!("unix://{}", m.socket().display()));
+    script.push_str(&format!(
+        "if [ -n \"$(ls -A {data} 2>/dev/null)\" ]; then echo LISTED data; fi; \
+         if [ -n \"$(ls -A {node_dir} 2>/dev/null)\" ]; then echo LISTED node dir; fi; \
+         if {bin} --host {sock} node ls >/dev/null 2>&1; then echo SOCKET-OK; fi; \
+         if {bin} --host {sock} join-token -q manager 2>/dev/null; then echo TOKEN-OK; fi; \
+         echo OWN=$(cat /run/secrets/own 2>&1); \
+         echo PROBE-DONE; exec sleep 1000"
+    ));
+    let out = as_operator(
+        m,
+        &deployer,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--runtime",
+            "exec",
+            "--name",
+            "escape",
+            "--constraint",
+            "node.role==manager",
+            "--secret",
+            "own",
+            "--",
+            "/bin/sh",
+            "-c",
+            &script,
+        ],
+    );
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    let seen = wait_for(timeout(), "the probe task to finish its checks", || {
+        let l = logs(m, "escape");
+        if l.contains("PROBE-DONE") {
+            Ok(l)
+        } else {
+            Err(l)
+        }
+    });
+    let breaches: Vec<&str> = seen
+        .lines()
+        .filter(|l| {
+            ["READ ", "LISTED", "SOCKET-OK", "TOKEN-OK", "SWMTKN"]
+                .iter()
+                .any(|b| l.contains(b))
+        })
+        .collect();
+    assert!(
+        breaches.is_empty(),
+        "a deployer's task reached the manager's keys or socket:\n{}",
+        breaches.join("\n")
+    );
+    assert!(!seen.contains("UID=0"), "the task ran as root:\n{seen}");
+    assert!(
+        seen.contains(&format!("OWN={own}")),
+        "the task lost its own secret:\n{seen}"
+    );
+}
+
+/// A manager and a deployer's certificate directory (in `ops`).
+fn with_deployer(ops: &Path) -> (Cluster, PathBuf) {
+    let c = Cluster::init(1, 0);
+    let deployer = enrol(c.first(), ops, "dep", "deployer");
+    (c, deployer)
+}
+
+/// A health check is the deployer's command too: the agent runs it, and must not run it as
+/// the node.
+#[test]
+fn a_deployers_health_check_does_not_run_as_the_node() {
+    if !root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    let ops = tempfile::tempdir().unwrap();
+    let (c, deployer) = with_deployer(ops.path());
+    let m = c.first();
+    let findings = open_dir();
+    let kek = sq(&m.data_dir().join("kek").to_string_lossy());
+    let report = sq(&findings.path().join("health").to_string_lossy());
+    let check = format!(
+        "if head -c 1 {kek} >/dev/null 2>&1; then echo READ-KEK > {report}; \
+         else echo denied uid=$(id -u) > {report}; fi"
+    );
+    let out = as_operator(
+        m,
+        &deployer,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--runtime",
+            "exec",
+            "--name",
+            "checker",
+            "--constraint",
+            "node.role==manager",
+            "--health-cmd",
+            &check,
+            "--health-interval",
+            "200ms",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ],
+    );
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    let report = findings.path().join("health");
+    let said = wait_for(timeout(), "the health check to report", || {
+        std::fs::read_to_string(&report).map_err(|e| e.to_string())
+    });
+    assert!(
+        !said.contains("READ-KEK") && !said.contains("uid=0"),
+        "a deployer's health check ran as the node: {said}"
+    );
+}
+
+/// The second wall is policy: runtime and placement are part of the Deploy decision, so an
+/// admin can keep deployers' exec tasks off the managers altogether.
+#[test]
+fn a_policy_can_keep_a_deployers_exec_tasks_off_the_managers() {
+    let ops = tempfile::tempdir().unwrap();
+    let (c, deployer) = with_deployer(ops.path());
+    let m = c.first();
+    let policy = ops.path().join("rbac.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n{}",
+            include_str!("../../../policies/rbac.cedar"),
+            include_str!("../../../policies/examples/rbac-exec-off-managers.cedar")
+        ),
+    )
+    .unwrap();
+    m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
+    let create = |name: &str, extra: &[&str]| {
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--runtime",
+            "exec",
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "/bin/true"]);
+        as_operator(m, &deployer, &args)
+    };
+    let refused = create("on-managers", &[]);
+    crate::harness::assert_error(&refused, "deployer-exec-off-managers");
+    assert!(
+        m.audit()
+            .iter()
+            .any(|r| r["outcome"] == "denied"
+                && r.to_string().contains("deployer-exec-off-managers")),
+        "the refusal is not in the audit log"
+    );
+    let out = create("on-workers", &["--constraint", "node.role==worker"]);
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+}
+
+/// A process in a slave mount namespace of the host (as systemd services and containers
+/// have): it sees what the host mounts after it started, unless the mount is private.
+struct Sleeper(std::process::Child);
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn a_tasks_secret_tmpfs_does_not_propagate_into_other_mount_namespaces() {
+    if !root() {
+        eprintln!("NOTICE: exec runtime needs root: skipping");
+        return;
+    }
+    // The node's data directory on a shared mount, as `/` is on a systemd host.
+    let c = Cluster::init_prepared(1, 0, &[], &[], |n| {
+        let data = n.data_dir();
+        let data = data.to_str().unwrap();
+        for args in [&["--bind", data, data][..], &["--make-shared", data][..]] {
+            let out = run(Command::new("mount").args(args), None);
+            assert!(out.status.success(), "{}", crate::harness::describe(&out));
+        }
+    });
+    let m = c.first();
+    let data = m.data_dir();
+    let sleeper = Sleeper(
+        Command::new("unshare")
+            .args(["-m", "--propagation", "slave", "sleep", "600"])
+            .spawn()
+            .unwrap(),
+    );
+    let pid = sleeper.0.id();
+    wait_until(
+        timeout(),
+        "the sleeper to be in its own mount namespace",
+        || {
+            let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+            ns(&pid.to_string()).is_some() && ns(&pid.to_string()) != ns("self")
+        },
+    );
+
+    let value = "propagated-secret-v8b6n4";
+    let out = m.cli_stdin(&["secret", "create", "prop", "-"], value);
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "holder",
+        "--secret",
+        "prop",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /run/secrets/prop >/dev/null && echo HOLDING; exec sleep 1000",
+    ]);
+    wait_for(timeout(), "the task to hold its secret", || {
+        let l = logs(m, "holder");
+        if l.contains("HOLDING") {
+            Ok(())
+        } else {
+            Err(l)
+        }
+    });
+    let task =
+        json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", "holder"]))
+            .into_iter()
+            .find_map(|t| t["ID"].as_str().map(str::to_string))
+            .expect("a task");
+
+    // In the host's namespace the tmpfs is there (the agent and dockerd use it) ...
+    let here = crate::harness::mounts_under(&data);
+    assert!(
+        here.iter().any(|p| p.to_string_lossy().contains(&task)),
+        "no secrets mount of task {task} on the host: {here:?}"
+    );
+    // ... but not in the slave namespace, neither listed nor readable through it.
+    let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let leaked: Vec<&str> = theirs
+        .lines()
+        .filter(|l| l.contains(&task) && l.contains("tmpfs"))
+        .collect();
+    let through = PathBuf::from(format!("/proc/{pid}/root"))
+        .join(data.strip_prefix("/").unwrap())
+        .join("tasks/tasks")
+        .join(&task)
+        .join("secrets/files/prop");
+    let readable =
+        std::fs::read(&through).is_ok_and(|b| crate::at_rest::contains(&b, value.as_bytes()));
+    assert!(
+        leaked.is_empty() && !readable,
+        "the secrets tmpfs of task {task} propagated into another mount namespace:\n{}\nreadable at {}: {readable}",
+        leaked.join("\n"),
+        through.display()
+    );
+}
