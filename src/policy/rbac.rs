@@ -97,12 +97,23 @@ pub struct SpecFacts {
     /// `context.managers`: whether its placement constraints leave managers eligible (only
     /// `node.role==worker` or `node.role!=manager` rule them out).
     pub managers: bool,
+    /// `context.secrets`: the names of the secrets its tasks would receive, sorted, once each.
+    pub secrets: Vec<String>,
 }
 
 impl SpecFacts {
     /// The facts of `spec`.
     pub fn of(spec: &crate::store::service::ServiceSpec) -> SpecFacts {
-        SpecFacts::from_task(spec.task.runtime, &spec.task.constraints)
+        let mut facts = SpecFacts::from_task(spec.task.runtime, &spec.task.constraints);
+        facts.secrets = spec
+            .task
+            .secrets
+            .iter()
+            .map(|s| s.secret_name.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        facts
     }
 
     /// The facts of a task with this runtime and these placement constraints.
@@ -121,6 +132,7 @@ impl SpecFacts {
         SpecFacts {
             runtime: runtime.as_str(),
             managers: !excludes_managers,
+            secrets: Vec::new(),
         }
     }
 
@@ -133,6 +145,14 @@ impl SpecFacts {
             (
                 "managers".to_string(),
                 RestrictedExpression::new_bool(self.managers),
+            ),
+            (
+                "secrets".to_string(),
+                RestrictedExpression::new_set(
+                    self.secrets
+                        .iter()
+                        .map(|n| RestrictedExpression::new_string(n.clone())),
+                ),
             ),
         ])
         .map_err(|e| e.to_string())
@@ -470,7 +490,8 @@ mod tests {
             f("exec", &[]),
             SpecFacts {
                 runtime: "exec",
-                managers: true
+                managers: true,
+                secrets: Vec::new(),
             }
         );
         assert!(f("exec", &["node.role==manager"]).managers);
@@ -479,6 +500,46 @@ mod tests {
         assert!(!f("docker", &["node.role!=manager"]).managers);
         assert!(f("docker", &["node.role!=worker"]).managers);
         assert_eq!(f("docker", &[]).runtime, "docker");
+    }
+
+    #[test]
+    fn a_policy_can_limit_the_secrets_a_role_attaches() {
+        let text = format!(
+            "{DEFAULT_POLICY}\n{}",
+            include_str!("../../policies/examples/rbac-deployer-secrets.cedar")
+        );
+        let engine = RbacEngine::parse(&text).unwrap();
+        let facts = |names: &[&str]| SpecFacts {
+            runtime: "docker",
+            managers: true,
+            secrets: names.iter().map(|n| n.to_string()).collect(),
+        };
+        let dep = Principal {
+            name: "d",
+            role: "deployer",
+        };
+        let admin = Principal {
+            name: "a",
+            role: "admin",
+        };
+        for ok in [&[][..], &["db_password"], &["db_password", "web_tls"]] {
+            assert_eq!(
+                engine.authorize_in(&dep, Action::Deploy, "service", Some(&facts(ok))),
+                Decision::Allow,
+                "{ok:?}"
+            );
+        }
+        let root = facts(&["db_password", "root_ca_key"]);
+        let Decision::Deny { reason } =
+            engine.authorize_in(&dep, Action::Deploy, "service", Some(&root))
+        else {
+            panic!("a deployer attached root_ca_key");
+        };
+        assert!(reason.contains("deployer-secrets"), "{reason}");
+        assert_eq!(
+            engine.authorize_in(&admin, Action::Deploy, "service", Some(&root)),
+            Decision::Allow
+        );
     }
 
     #[test]
@@ -499,14 +560,17 @@ mod tests {
         let on_mgr = SpecFacts {
             runtime: "exec",
             managers: true,
+            secrets: Vec::new(),
         };
         let on_workers = SpecFacts {
             runtime: "exec",
             managers: false,
+            secrets: Vec::new(),
         };
         let docker = SpecFacts {
             runtime: "docker",
             managers: true,
+            secrets: Vec::new(),
         };
         let d = engine.authorize_in(&dep, Action::Deploy, "service", Some(&on_mgr));
         let Decision::Deny { reason } = d else {
