@@ -236,6 +236,20 @@ mod tests {
     }
 
     #[test]
+    fn a_condition_longer_than_any_target_is_refused() {
+        let big = "t".repeat(100 * 1024);
+        let e = AuditFilter::parse("", "", "", "", &big, "", 0).unwrap_err();
+        assert_eq!(
+            e,
+            FilterError::TooLong {
+                which: "target",
+                len: big.len()
+            }
+        );
+        assert!(e.to_string().len() < 100, "{e}");
+    }
+
+    #[test]
     fn each_condition_selects_exactly_its_records() {
         assert_eq!(seqs(&AuditFilter::default()), [1, 2, 3, 4]);
         assert_eq!(seqs(&parse("", "n1", "", "")), [1, 4]);

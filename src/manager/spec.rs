@@ -685,7 +685,7 @@ fn canonical_key(key: &str) -> Result<String, String> {
     }
     Err(format!(
         "unknown key {} (use node.id, node.hostname, node.role or node.labels.KEY)",
-        crate::util::quote(key)
+        crate::util::prefix(key, crate::util::QUOTE_BYTES)
     ))
 }
 
@@ -891,6 +891,50 @@ mod tests {
         s.task.command = vec!["/bin/sleep".into(), "60".into()];
         s.task.constraints = vec![parse_constraint("node.labels.zone == eu").expect("parses")];
         assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn oversized_lists_and_texts_are_refused_quoting_a_prefix() {
+        let big = "x".repeat(120 * 1024);
+        type Tamper<'a> = Box<dyn Fn(&mut ServiceSpec) + 'a>;
+        let cases: Vec<(&str, Tamper)> = vec![
+            (
+                "labels: ",
+                Box::new(|s| {
+                    s.labels.insert(big.clone(), "v".into());
+                }),
+            ),
+            (
+                "labels: ",
+                Box::new(|s| {
+                    s.labels.insert("k".into(), big.clone());
+                }),
+            ),
+            ("env: ", Box::new(|s| s.task.env.push(format!("K={big}")))),
+            ("command: ", Box::new(|s| s.task.command.push(big.clone()))),
+            (
+                "constraint: ",
+                Box::new(|s| {
+                    s.task.constraints.push(Constraint {
+                        key: format!("node.labels.{big}"),
+                        op: ConstraintOp::Eq,
+                        value: "x".into(),
+                    });
+                }),
+            ),
+        ];
+        for (field, set) in cases {
+            let mut s = spec();
+            set(&mut s);
+            let e = field_of(&s);
+            assert!(e.starts_with(field), "{e}");
+            assert!(e.len() < 300, "{e}");
+        }
+        let mut s = spec();
+        s.labels = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(field_of(&s).starts_with("labels: "));
     }
 
     #[test]

@@ -516,3 +516,23 @@ impl Task {
         }
     }
 }
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_reported_status_text_is_cut() {
+        let s = TaskStatus {
+            state: TaskState::Failed,
+            message: "m".repeat(10_000),
+            err: "é".repeat(10_000),
+            exit_code: Some(1),
+            timestamp: "t".repeat(1000),
+        }
+        .bounded();
+        assert!(s.message.len() <= MAX_STATUS_TEXT_BYTES + 3);
+        assert!(s.err.len() <= MAX_STATUS_TEXT_BYTES + 3);
+        assert!(s.timestamp.len() < 64);
+    }
+}
