@@ -28,12 +28,7 @@ use crate::agent::executor::Executors;
 use crate::agent::join::{JoinError, Joined};
 use crate::agent::supervisor::{AgentService, Supervisor};
 use crate::agent::{Agent, ManagerList};
-use crate::api::v1::agent_server::AgentServer;
-use crate::api::v1::ca_server::CaServer;
-use crate::api::v1::control_server::{Control, ControlServer};
-use crate::api::v1::dispatcher_client::DispatcherClient;
-use crate::api::v1::dispatcher_server::DispatcherServer;
-use crate::api::v1::manager_server::ManagerServer;
+use crate::api::v1::control_server::Control;
 use crate::api::v1::{
     AuditFollowResponse, AuditListRequest, AuditListResponse, Empty, InfoResponse,
     JoinTokenRequest, JoinTokenResponse, NodeInfo, NodeInspectRequest, NodeListResponse,
@@ -201,6 +196,7 @@ pub struct Daemon {
 
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    net::limit::raise_fd_limit();
     let daemon = Arc::new(Daemon::load(config).await?);
     daemon.resume().await?;
     let roles = daemon.roles.1.lock().ok().and_then(|mut r| r.take());
@@ -217,9 +213,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let socket = daemon.cfg.socket.clone();
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), "serving the control API");
-    let control =
-        crate::manager::gate::ReadMode::new(ControlServer::new(ControlService(daemon.clone())));
-    let server = tonic::transport::Server::builder()
+    // The local socket has its own server and accept loop: nothing on the mTLS listener (whose
+    // connections are capped below the open-file limit) can starve it.
+    let control = crate::manager::gate::ReadMode::new(net::serve::control_server(ControlService(
+        daemon.clone(),
+    )));
+    let server = net::serve::server()
         .add_service(control)
         .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -839,22 +838,20 @@ impl Daemon {
             fail_tx,
             revocations.clone(),
         );
-        let mut router = tonic::transport::Server::builder()
-            .add_service(AgentServer::new(AgentService(supervisor.clone())));
+        let mut router = net::serve::server()
+            .add_service(net::serve::agent_server(AgentService(supervisor.clone())));
         if let Some(mgr) = mgr {
             let svc = Services::new(mgr.clone());
             router = router
-                .add_service(CaServer::new(svc.clone()))
-                .add_service(DispatcherServer::new(svc.clone()))
-                .add_service(
-                    ManagerServer::new(svc)
-                        .max_decoding_message_size(crate::store::wire::MAX_MESSAGE_BYTES)
-                        .max_encoding_message_size(crate::store::wire::MAX_MESSAGE_BYTES),
-                );
+                .add_service(net::serve::ca_server(svc.clone()))
+                .add_service(net::serve::dispatcher_server(svc.clone()))
+                .add_service(net::serve::manager_server(svc));
             // Operators' CLIs: the Control API, behind the RBAC gate.
             if let Some(daemon) = self.me.get().and_then(std::sync::Weak::upgrade) {
                 router = router.add_service(crate::manager::gate::OperatorGate::new(
-                    crate::manager::gate::ReadMode::new(ControlServer::new(ControlService(daemon))),
+                    crate::manager::gate::ReadMode::new(net::serve::control_server(
+                        ControlService(daemon),
+                    )),
                     mgr.clone(),
                 ));
             }
@@ -1510,7 +1507,7 @@ impl Renewer {
             let Ok(ch) = net::channel(&addr, self.tls.clone()) else {
                 continue;
             };
-            let issued = match crate::api::v1::ca_client::CaClient::new(ch)
+            let issued = match net::serve::ca_client(ch)
                 .renew_node_certificate(crate::api::v1::RenewRequest {
                     csr_der: csr_der.clone(),
                 })
@@ -1592,7 +1589,7 @@ async fn announce_leave(r: &Running) -> Result<(), Status> {
     let mut last = Status::unavailable("no manager is known");
     for addr in addrs {
         let ch = net::channel(&addr, tls.clone()).map_err(|e| Status::internal(e.to_string()))?;
-        match DispatcherClient::new(ch).leave(Empty {}).await {
+        match net::serve::dispatcher_client(ch).leave(Empty {}).await {
             Ok(_) => return Ok(()),
             Err(s) => last = s,
         }

@@ -36,6 +36,19 @@ pub fn prefix(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// How much of a value an error quotes.
+pub const QUOTE_BYTES: usize = 64;
+
+/// `s` as an error quotes it: at most [`QUOTE_BYTES`] of it, in quotes, with its length when
+/// cut (`"aaaa…" (120000 bytes)`).
+pub fn quote(s: &str) -> String {
+    if s.len() <= QUOTE_BYTES {
+        format!("{s:?}")
+    } else {
+        format!("{:?} ({} bytes)", prefix(s, QUOTE_BYTES), s.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -43,5 +56,13 @@ mod tests {
         assert_eq!(super::prefix("abc", 5), "abc");
         assert_eq!(super::prefix("abcdef", 3), "abc…");
         assert_eq!(super::prefix("ééé", 3), "é…");
+    }
+
+    #[test]
+    fn a_quote_is_short_and_says_how_long_the_value_was() {
+        assert_eq!(super::quote("web"), "\"web\"");
+        let q = super::quote(&"x".repeat(120_000));
+        assert!(q.len() < 100, "{q}");
+        assert!(q.ends_with("(120000 bytes)"), "{q}");
     }
 }

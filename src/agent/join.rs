@@ -4,7 +4,6 @@
 
 use skep_pki::{Csr, JoinToken, NodeCertInfo, NodeKey};
 
-use crate::api::v1::ca_client::CaClient;
 use crate::api::v1::{Empty, IssueRequest};
 use crate::net;
 
@@ -61,7 +60,7 @@ pub async fn request_certificate(
     // 1. The root CA, over TLS that trusts nothing yet; checked against the token.
     let insecure = net::danger::unverified_client_config().map_err(|e| local(&e))?;
     let ch = net::channel(remote, insecure).map_err(|e| local(&e))?;
-    let root_der = CaClient::new(ch)
+    let root_der = crate::net::serve::ca_client(ch)
         .get_root_ca(Empty {})
         .await
         .map_err(unreachable)?
@@ -79,7 +78,7 @@ pub async fn request_certificate(
         .to_vec();
     let pinned = net::client_config(&root_der, None).map_err(|e| local(&e))?;
     let ch = net::channel(remote, pinned).map_err(|e| local(&e))?;
-    let issued = CaClient::new(ch)
+    let issued = crate::net::serve::ca_client(ch)
         .issue_node_certificate(IssueRequest {
             token: token.expose().to_string(),
             csr_der,

@@ -42,8 +42,6 @@ use tonic::transport::Channel;
 
 use super::ManagerList;
 use super::supervisor::Supervisor;
-use crate::api::v1::agent_client::AgentClient;
-use crate::api::v1::dispatcher_client::DispatcherClient;
 use crate::api::v1::{Empty, Route, RouteTask, TunnelFrame};
 use crate::net::identity::LiveIdentity;
 
@@ -244,7 +242,10 @@ impl Mesh {
                     c
                 }
             };
-            match DispatcherClient::new(ch).routes(Empty {}).await {
+            match crate::net::serve::dispatcher_client(ch)
+                .routes(Empty {})
+                .await
+            {
                 Ok(r) => return Some(r.into_inner()),
                 Err(e) => tracing::debug!(%addr, error = %e.message(), "routing table unavailable"),
             }
@@ -472,7 +473,7 @@ impl Mesh {
             protocol: proto.as_str().into(),
         };
         tx.send((first, None)).await.map_err(|e| e.to_string())?;
-        let resp = match AgentClient::new(ch)
+        let resp = match crate::net::serve::agent_client(ch)
             .tunnel(tokio_stream::StreamExt::map(
                 tokio_stream::wrappers::ReceiverStream::new(rx),
                 |(frame, _charge): Outbound| frame,

@@ -17,7 +17,6 @@ pub mod supervisor;
 pub mod vip;
 
 use crate::api::v1::HeartbeatRequest;
-use crate::api::v1::dispatcher_client::DispatcherClient;
 
 /// The managers an agent knows, leader first; shared with the daemon, which persists it.
 pub type ManagerList = Arc<Mutex<Vec<String>>>;
@@ -104,7 +103,10 @@ impl Agent {
                         .and_then(|f| f.borrow().clone())
                         .unwrap_or_default(),
                 };
-                match DispatcherClient::new(ch).heartbeat(req).await {
+                match crate::net::serve::dispatcher_client(ch)
+                    .heartbeat(req)
+                    .await
+                {
                     Ok(resp) => {
                         let resp = resp.into_inner();
                         if resp.period_ms > 0 {

@@ -129,11 +129,11 @@ impl Supervisor {
     fn client(&self, addr: &str) -> Option<DispatcherClient<tonic::transport::Channel>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(ch) = channels.get(addr) {
-            return Some(DispatcherClient::new(ch.clone()));
+            return Some(crate::net::serve::dispatcher_client(ch.clone()));
         }
         let ch = crate::net::channel(addr, self.tls.clone()).ok()?;
         channels.insert(addr.to_string(), ch.clone());
-        Some(DispatcherClient::new(ch))
+        Some(crate::net::serve::dispatcher_client(ch))
     }
 
     /// Runs the session and the reporter until the node stops.

@@ -11,7 +11,10 @@ use super::{AuditRecord, Outcome};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FilterError {
     /// A time bound is not RFC 3339.
-    #[error("{which}: {value:?} is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)")]
+    #[error(
+        "{which}: {} is not an RFC 3339 time (e.g. 2026-11-01T00:00:00Z)",
+        crate::util::quote(.value)
+    )]
     Time {
         /// `since` or `until`.
         which: &'static str,
@@ -19,9 +22,21 @@ pub enum FilterError {
         value: String,
     },
     /// The outcome is not one of ours.
-    #[error("outcome: {0:?} is not ok, denied or error")]
+    #[error("outcome: {} is not ok, denied or error", crate::util::quote(.0))]
     Outcome(String),
+    /// A condition longer than any actor, action or target can be.
+    #[error("{which}: at most {MAX_FILTER_BYTES} bytes (this one has {len})")]
+    TooLong {
+        /// `actor`, `action` or `target`.
+        which: &'static str,
+        /// Its length.
+        len: usize,
+    },
 }
+
+/// Bytes of one filter condition (a target is at most
+/// [`super::MAX_TARGET_BYTES`]).
+pub const MAX_FILTER_BYTES: usize = super::MAX_TARGET_BYTES;
 
 /// A conjunction of conditions on records; an empty filter matches everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -64,6 +79,14 @@ impl AuditFilter {
                     value: v.to_string(),
                 })
         };
+        for (which, v) in [("actor", actor), ("action", action), ("target", target)] {
+            if v.len() > MAX_FILTER_BYTES {
+                return Err(FilterError::TooLong {
+                    which,
+                    len: v.len(),
+                });
+            }
+        }
         let some = |v: &str| (!v.is_empty()).then(|| v.to_string());
         let outcome = match outcome {
             "" => None,
@@ -210,6 +233,20 @@ mod tests {
 
     fn parse(since: &str, actor: &str, action: &str, outcome: &str) -> AuditFilter {
         AuditFilter::parse(since, "", actor, action, "", outcome, 0).unwrap()
+    }
+
+    #[test]
+    fn a_condition_longer_than_any_target_is_refused() {
+        let big = "t".repeat(100 * 1024);
+        let e = AuditFilter::parse("", "", "", "", &big, "", 0).unwrap_err();
+        assert_eq!(
+            e,
+            FilterError::TooLong {
+                which: "target",
+                len: big.len()
+            }
+        );
+        assert!(e.to_string().len() < 100, "{e}");
     }
 
     #[test]

@@ -119,22 +119,34 @@ pub struct AuditEvent {
     pub details: BTreeMap<String, String>,
 }
 
+/// Bytes of an event's target kept (IDs and names are far shorter).
+pub const MAX_TARGET_BYTES: usize = 1024;
+/// Bytes of one detail kept (lists of IDs of a large swarm fit).
+pub const MAX_DETAIL_BYTES: usize = 16 * 1024;
+
 impl AuditEvent {
     /// A new event stamped with the current time.
+    /// The target is cut to [`MAX_TARGET_BYTES`]: it may be what a refused caller sent.
     pub fn now(actor: Actor, action: &str, target: &str, outcome: Outcome) -> Self {
         AuditEvent {
             time: crate::util::now_rfc3339(),
             actor,
             action: action.into(),
-            target: target.into(),
+            target: crate::util::prefix(target, MAX_TARGET_BYTES),
             outcome,
             details: BTreeMap::new(),
         }
     }
 
-    /// Adds a detail.
+    /// Adds a detail, cut to [`MAX_DETAIL_BYTES`] (a reason may quote what a caller sent).
     pub fn with(mut self, key: &str, value: impl Into<String>) -> Self {
-        self.details.insert(key.into(), value.into());
+        let value = value.into();
+        let value = if value.len() > MAX_DETAIL_BYTES {
+            crate::util::prefix(&value, MAX_DETAIL_BYTES)
+        } else {
+            value
+        };
+        self.details.insert(key.into(), value);
         self
     }
 }
@@ -510,7 +522,8 @@ mod tests {
     fn the_hash_covers_every_field() {
         let base = chain(1).records()[0].clone();
         assert_eq!(hash_of(&base), base.hash);
-        let edits: Vec<(&str, fn(&mut AuditRecord))> = vec![
+        type Edit = fn(&mut AuditRecord);
+        let edits: Vec<(&str, Edit)> = vec![
             ("seq", |r| r.seq += 1),
             ("time", |r| r.event.time.push('0')),
             ("actor.kind", |r| r.event.actor.kind = "operator".into()),

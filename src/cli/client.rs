@@ -113,7 +113,9 @@ pub async fn connect_with(host: &Host, mode: ReadMode) -> anyhow::Result<Api> {
         }
     };
     // Large swarms list many tasks; the default 4 MiB would cut `service ls` off.
-    Ok(ControlClient::with_interceptor(channel, mode).max_decoding_message_size(256 << 20))
+    Ok(ControlClient::with_interceptor(channel, mode)
+        .max_decoding_message_size(crate::net::serve::CONTROL_RESPONSE_BYTES)
+        .max_encoding_message_size(crate::net::serve::CONTROL_REQUEST_BYTES))
 }
 
 /// The operator credentials in `dir`: `ca.pem` (the swarm's root), `cert.pem` (the operator

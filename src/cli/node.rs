@@ -154,12 +154,18 @@ pub(super) fn update_request(args: &NodeUpdateArgs) -> anyhow::Result<NodeUpdate
     for l in &args.label_add {
         let key = l.split_once('=').map_or(l.as_str(), |(k, _)| k);
         if key.is_empty() || key.chars().any(char::is_whitespace) {
-            anyhow::bail!("invalid --label-add {l:?}: expected KEY or KEY=VALUE");
+            anyhow::bail!(
+                "invalid --label-add {}: expected KEY or KEY=VALUE",
+                crate::util::quote(l)
+            );
         }
     }
     for k in &args.label_rm {
         if k.is_empty() || k.contains('=') || k.chars().any(char::is_whitespace) {
-            anyhow::bail!("invalid --label-rm {k:?}: expected a label KEY");
+            anyhow::bail!(
+                "invalid --label-rm {}: expected a label KEY",
+                crate::util::quote(k)
+            );
         }
     }
     Ok(NodeUpdateRequest {

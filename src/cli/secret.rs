@@ -102,7 +102,10 @@ fn labels(args: &[String]) -> anyhow::Result<HashMap<String, String>> {
     for l in args {
         let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
         if k.is_empty() {
-            anyhow::bail!("invalid --label {l:?}: the key is empty (KEY=VALUE)");
+            anyhow::bail!(
+                "invalid --label {}: the key is empty (KEY=VALUE)",
+                crate::util::quote(l)
+            );
         }
         out.insert(k.to_string(), v.to_string());
     }

@@ -699,7 +699,7 @@ pub(super) fn bytes(n: u64) -> String {
 /// `--secret NAME` or `--secret source=...,target=...` ([`crate::manager::secrets::parse_secret_spec`]).
 pub(super) fn parse_secret(text: &str, flag: &str) -> anyhow::Result<SecretRef> {
     crate::manager::secrets::parse_secret_spec(text)
-        .map_err(|why| anyhow::anyhow!("invalid {flag} {text:?}: {why}"))
+        .map_err(|why| anyhow::anyhow!("invalid {flag} {}: {why}", crate::util::quote(text)))
 }
 
 /// `KEY=VALUE`; a bare `KEY` takes its value from the CLI's environment, as Docker does, and
@@ -739,10 +739,13 @@ fn parse_label(text: &str, flag: &str) -> anyhow::Result<(String, String)> {
 
 fn check_key(key: &str, flag: &str) -> anyhow::Result<()> {
     if key.is_empty() {
-        bail!("invalid {flag} {key:?}: the key is empty (expected KEY=VALUE)");
+        bail!("invalid {flag}: the key is empty (expected KEY=VALUE)");
     }
     if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        bail!("invalid {flag} {key:?}: the key contains whitespace");
+        bail!(
+            "invalid {flag} {}: the key contains whitespace",
+            crate::util::quote(key)
+        );
     }
     Ok(())
 }
@@ -775,8 +778,9 @@ pub(super) fn check_name(name: &str) -> anyhow::Result<()> {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if !ok {
         bail!(
-            "invalid --name {name:?}: a service name is 1 to 63 letters, digits, '_', '.' and \
-             '-', starting with a letter or digit"
+            "invalid --name {}: a service name is 1 to 63 letters, digits, '_', '.' and \
+             '-', starting with a letter or digit",
+            crate::util::quote(name)
         );
     }
     Ok(())
@@ -798,7 +802,7 @@ fn image_reason(image: &str) -> Option<anyhow::Error> {
 }
 
 fn image_grammar(image: &str) -> anyhow::Result<()> {
-    let refuse = |why: &str| anyhow::anyhow!("invalid image {image:?}: {why}");
+    let refuse = |why: &str| anyhow::anyhow!("invalid image {}: {why}", crate::util::quote(image));
     if image.is_empty() {
         return Err(refuse("the image is empty"));
     }

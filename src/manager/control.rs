@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 
 use super::lookup::find;
 use super::{Manager, ManagerError};
-use crate::api::v1::agent_client::AgentClient;
 use crate::api::v1::{LogLine, TaskLogsRequest};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Availability, Command, Node, NodeRole};
 use crate::store::service::{Mode, Service, ServiceSpec, Task};
+
+/// Labels a node may carry (they are replicated and matched by every placement).
+const MAX_NODE_LABELS: usize = 64;
 
 impl Manager {
     /// The service with this ID, name or ID prefix, and its tasks.
@@ -486,13 +488,20 @@ impl Manager {
             let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
             if k.is_empty() || k.len() > 128 || v.len() > 1024 {
                 return Err(ManagerError::Invalid(format!(
-                    "label-add: {l:?} is not KEY or KEY=VALUE"
+                    "label-add: {} is not KEY or KEY=VALUE (key 1 to 128 bytes, value at most \
+                     1024 bytes)",
+                    crate::util::quote(l)
                 )));
             }
             labels.insert(k.to_string(), v.to_string());
         }
         for k in rm {
             labels.remove(k);
+        }
+        if labels.len() > MAX_NODE_LABELS {
+            return Err(ManagerError::Invalid(format!(
+                "label-add: a node has at most {MAX_NODE_LABELS} labels"
+            )));
         }
         let mut audit = AuditEvent::now(actor, "node.update", &node.id, Outcome::Ok);
         if let Some(a) = availability {
@@ -760,7 +769,7 @@ impl Manager {
             let Some(addr) = self.read(|s| s.nodes.get(&node_id).map(|n| n.addr.clone())) else {
                 continue;
             };
-            let mut client = AgentClient::new(self.node_channel(&node_id, &addr)?);
+            let mut client = crate::net::serve::agent_client(self.node_channel(&node_id, &addr)?);
             match client.task_logs(TaskLogsRequest { task_ids, tail }).await {
                 Ok(r) => lines.extend(r.into_inner().lines),
                 Err(s) => {

@@ -259,7 +259,12 @@ pub(crate) fn requested_secret(
     task_id: &str,
     secret_id: &str,
 ) -> Result<(SecretValue, AuditEvent), String> {
-    let not_yours = || format!("task {task_id:?} is not assigned to node {node_id}");
+    let not_yours = || {
+        format!(
+            "task {} is not assigned to node {node_id}",
+            crate::util::quote(task_id)
+        )
+    };
     let task = state
         .tasks
         .get(task_id)
@@ -269,7 +274,11 @@ pub(crate) fn requested_secret(
         return Err(format!("task {task_id} is not to run any more"));
     }
     let Some(r) = task.spec.secrets.iter().find(|r| r.secret_id == secret_id) else {
-        return Err(format!("task {task_id} does not use secret {secret_id:?}"));
+        return Err(format!(
+            "task {} does not use secret {}",
+            crate::util::quote(task_id),
+            crate::util::quote(secret_id)
+        ));
     };
     let node = state.nodes.get(node_id).ok_or_else(not_yours)?;
     let engine = super::entitle::engine(state);

@@ -71,9 +71,7 @@ const MAX_REASON_BYTES: usize = 300;
 
 /// A client for a manager's `Manager` service with the agreed message budget both ways.
 pub fn manager_client(ch: Channel) -> ManagerClient<Channel> {
-    ManagerClient::new(ch)
-        .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES)
+    crate::net::serve::manager_client(ch)
 }
 
 /// Builds a client per Raft peer.

@@ -19,7 +19,6 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 
 use super::Manager;
 use crate::api::v1::Empty;
-use crate::api::v1::manager_client::ManagerClient;
 use crate::store::model::{Node, NodeRole, NodeState};
 
 /// How long a read waits for a quorum to confirm this manager's copy before failing.
@@ -115,7 +114,8 @@ impl Manager {
         let addr = self
             .leader_addr()
             .ok_or_else(|| "no leader is known".to_string())?;
-        let mut client = ManagerClient::new(self.peer(&addr).map_err(|e| e.to_string())?);
+        let mut client =
+            crate::net::serve::manager_client(self.peer(&addr).map_err(|e| e.to_string())?);
         match tokio::time::timeout(left, client.read_index(Empty {})).await {
             Ok(Ok(r)) => Ok(r.into_inner().index),
             Ok(Err(s)) => Err(format!("the leader at {addr}: {}", s.message())),

@@ -29,8 +29,9 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "name: {name:?} is not a valid secret name (letters, digits, '_', '.' and '-', \
-             starting with a letter or digit, at most 64 characters)"
+            "name: {} is not a valid secret name (letters, digits, '_', '.' and '-', \
+             starting with a letter or digit, at most 64 characters)",
+            crate::util::quote(name)
         ))
     }
 }
@@ -55,7 +56,11 @@ pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), S
     }
     for (k, v) in labels {
         if k.is_empty() || k.len() > 128 || k.contains('=') || v.len() > 1024 {
-            return Err(format!("labels: {k:?} is not a valid KEY=VALUE label"));
+            return Err(format!(
+                "labels: {} is not a valid KEY=VALUE label (key 1 to 128 bytes without '=', \
+                 value at most 1024 bytes)",
+                crate::util::quote(k)
+            ));
         }
     }
     Ok(())

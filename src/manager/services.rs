@@ -292,6 +292,9 @@ fn role_of(
     }
 }
 
+/// Bytes of a task ID a report may name (ours are 25).
+const MAX_TASK_ID_BYTES: usize = 64;
+
 /// The host name a joining node gives, or why it is refused (quoting at most a prefix).
 fn check_hostname(h: &str) -> Result<String, String> {
     let ok = !h.is_empty()
@@ -784,11 +787,17 @@ impl Dispatcher for Services {
         let id = self.require(&req, "dispatcher.report", false).await?;
         let mut updates = Vec::new();
         for (task_id, json) in req.into_inner().statuses_json {
+            if task_id.len() > MAX_TASK_ID_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "task {}: not a task ID (at most {MAX_TASK_ID_BYTES} bytes)",
+                    crate::util::quote(&task_id)
+                )));
+            }
             let status: crate::store::service::TaskStatus =
                 serde_json::from_str(&json).map_err(|e| {
                     Status::invalid_argument(format!("task {task_id}: malformed status: {e}"))
                 })?;
-            updates.push((task_id, status));
+            updates.push((task_id, status.bounded()));
         }
         if !updates.is_empty() {
             let cmd = Command::ReportTasks {

@@ -22,8 +22,9 @@ pub const MAX_DURATION_MS: u64 = 30 * 24 * 3600 * 1000;
 pub enum SpecError {
     /// The service name breaks Docker's naming rule.
     #[error(
-        "name: {name:?} is not a valid service name ({reason}; use letters, digits, '_', '.' \
-         and '-', starting with a letter or digit, at most 63 characters)"
+        "name: {} is not a valid service name ({reason}; use letters, digits, '_', '.' \
+         and '-', starting with a letter or digit, at most 63 characters)",
+        crate::util::quote(.name)
     )]
     Name {
         /// The name given.
@@ -41,7 +42,7 @@ pub enum SpecError {
     #[error("replicas: {0}")]
     Replicas(String),
     /// A published port that does not parse or clashes.
-    #[error("publish {text:?}: {reason}")]
+    #[error("publish {}: {reason}", crate::util::quote(.text))]
     Publish {
         /// The port as written.
         text: String,
@@ -49,10 +50,10 @@ pub enum SpecError {
         reason: String,
     },
     /// `--mode` is neither replicated nor global.
-    #[error("mode: {0:?} is not a service mode (use replicated or global)")]
+    #[error("mode: {} is not a service mode (use replicated or global)", crate::util::quote(.0))]
     Mode(String),
     /// A placement constraint that does not parse or names an unknown key.
-    #[error("constraint {text:?}: {reason}")]
+    #[error("constraint {}: {reason}", crate::util::quote(.text))]
     Constraint {
         /// The constraint as written.
         text: String,
@@ -60,7 +61,7 @@ pub enum SpecError {
         reason: String,
     },
     /// The image reference does not follow Docker's grammar.
-    #[error("image: {0:?} is not a valid image reference")]
+    #[error("image: {} is not a valid image reference", crate::util::quote(.0))]
     Image(String),
     /// The image does not fit the runtime.
     #[error("image: {0}")]
@@ -69,10 +70,10 @@ pub enum SpecError {
     #[error("command: {0}")]
     Command(&'static str),
     /// An environment entry is not `KEY=VALUE`.
-    #[error("env: {0:?} is not KEY=VALUE")]
+    #[error("env: {} is not KEY=VALUE", crate::util::quote(.0))]
     Env(String),
     /// A label key is empty or unusable.
-    #[error("labels: {0:?} is not a valid label key")]
+    #[error("labels: {} is not a valid label key", crate::util::quote(.0))]
     Label(String),
     /// A restart setting is out of range.
     #[error("restart.{field}: {reason}")]
@@ -93,12 +94,21 @@ pub enum SpecError {
         reason: String,
     },
     /// A network name that is invalid or given twice.
-    #[error("network {name:?}: {reason}")]
+    #[error("network {}: {reason}", crate::util::quote(.name))]
     Network {
         /// The network as written.
         name: String,
         /// What is wrong with it.
         reason: &'static str,
+    },
+    /// A list or a text longer than a spec may hold (everything in it is replicated and
+    /// stored).
+    #[error("{field}: {reason}")]
+    TooLarge {
+        /// `labels`, `env` and the like.
+        field: &'static str,
+        /// The bound it broke.
+        reason: String,
     },
     /// Reservations or limits are out of range.
     #[error("{field}: {reason}")]
@@ -121,14 +131,18 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
         match v.trim().parse::<u16>() {
             Ok(p) if p > 0 => Ok(p),
             _ => Err(bad(&format!(
-                "{what} port {v:?} is not a number from 1 to 65535"
+                "{what} port {} is not a number from 1 to 65535",
+                crate::util::quote(v)
             ))),
         }
     };
     let protocol = |v: &str| match v {
         "tcp" => Ok(PortProtocol::Tcp),
         "udp" => Ok(PortProtocol::Udp),
-        other => Err(bad(&format!("protocol {other:?} is not tcp or udp"))),
+        other => Err(bad(&format!(
+            "protocol {} is not tcp or udp",
+            crate::util::quote(other)
+        ))),
     };
     if text.contains('=') {
         let (mut published, mut target) = (None, None);
@@ -141,7 +155,7 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
         for part in text.split(',') {
             let (k, v) = part
                 .split_once('=')
-                .ok_or_else(|| bad(&format!("{part:?} is not KEY=VALUE")))?;
+                .ok_or_else(|| bad(&format!("{} is not KEY=VALUE", crate::util::quote(part))))?;
             match k.trim() {
                 "published" => published = Some(port(v, "published")?),
                 "target" => target = Some(port(v, "target")?),
@@ -151,11 +165,14 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
                         "ingress" => PublishMode::Ingress,
                         "host" => PublishMode::Host,
                         other => {
-                            return Err(bad(&format!("mode {other:?} is not ingress or host")));
+                            return Err(bad(&format!(
+                                "mode {} is not ingress or host",
+                                crate::util::quote(other)
+                            )));
                         }
                     }
                 }
-                other => return Err(bad(&format!("unknown key {other:?}"))),
+                other => return Err(bad(&format!("unknown key {}", crate::util::quote(other)))),
             }
         }
         cfg.target = target.ok_or_else(|| bad("target is missing"))?;
@@ -267,6 +284,7 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
 /// Checks a whole spec; the first problem found is returned.
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     validate_name(&spec.name)?;
+    check_sizes(spec)?;
     let mut seen = std::collections::BTreeSet::new();
     for p in &spec.ports {
         if p.published == 0 || p.target == 0 {
@@ -487,6 +505,84 @@ fn validate_name(name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// Labels a service may carry.
+pub const MAX_LABELS: usize = 256;
+/// Bytes of a label key.
+pub const MAX_LABEL_KEY_BYTES: usize = 256;
+/// Bytes of a label value.
+pub const MAX_LABEL_VALUE_BYTES: usize = 4096;
+/// Environment entries, and command arguments, a task may have.
+pub const MAX_LIST_ITEMS: usize = 1024;
+/// Bytes of one environment entry or command argument.
+pub const MAX_ITEM_BYTES: usize = 32 * 1024;
+/// Placement constraints of a service.
+pub const MAX_CONSTRAINTS: usize = 64;
+/// Bytes of a constraint's key or value.
+pub const MAX_CONSTRAINT_BYTES: usize = 256;
+
+/// Every list and text of a spec within its bound: all of it is replicated and stored.
+fn check_sizes(spec: &ServiceSpec) -> Result<(), SpecError> {
+    let too = |field, reason: String| Err(SpecError::TooLarge { field, reason });
+    let long = |what: &str, text: &str, max: usize| {
+        format!(
+            "{what} {} is longer than {max} bytes",
+            crate::util::quote(text)
+        )
+    };
+    if spec.labels.len() > MAX_LABELS {
+        return too(
+            "labels",
+            format!("a service has at most {MAX_LABELS} labels"),
+        );
+    }
+    for (k, v) in &spec.labels {
+        if k.len() > MAX_LABEL_KEY_BYTES {
+            return too("labels", long("the key", k, MAX_LABEL_KEY_BYTES));
+        }
+        if v.len() > MAX_LABEL_VALUE_BYTES {
+            return too(
+                "labels",
+                long(
+                    &format!("the value of {}", crate::util::quote(k)),
+                    v,
+                    MAX_LABEL_VALUE_BYTES,
+                ),
+            );
+        }
+    }
+    let task = &spec.task;
+    for (field, list) in [("env", &task.env), ("command", &task.command)] {
+        if list.len() > MAX_LIST_ITEMS {
+            return too(field, format!("at most {MAX_LIST_ITEMS} entries"));
+        }
+        if let Some(e) = list.iter().find(|e| e.len() > MAX_ITEM_BYTES) {
+            return too(field, long("the entry", e, MAX_ITEM_BYTES));
+        }
+    }
+    if task.constraints.len() > MAX_CONSTRAINTS {
+        return too(
+            "constraint",
+            format!("a service has at most {MAX_CONSTRAINTS} constraints"),
+        );
+    }
+    for c in &task.constraints {
+        for part in [&c.key, &c.value] {
+            if part.len() > MAX_CONSTRAINT_BYTES {
+                return too(
+                    "constraint",
+                    long("the key or value", part, MAX_CONSTRAINT_BYTES),
+                );
+            }
+        }
+    }
+    if let Some(h) = &task.healthcheck
+        && let Some(t) = h.test.iter().find(|t| t.len() > MAX_ITEM_BYTES)
+    {
+        return too("healthcheck", long("the argument", t, MAX_ITEM_BYTES));
+    }
+    Ok(())
+}
+
 fn too_long(ms: u64) -> String {
     format!("{ms} ms is longer than the {MAX_DURATION_MS} ms (30 days) allowed")
 }
@@ -577,7 +673,10 @@ fn canonical_key(key: &str) -> Result<String, String> {
     if lower.starts_with(LABELS) && key.is_char_boundary(LABELS.len()) {
         let label = &key[LABELS.len()..];
         if label.is_empty() || label.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(format!("{key:?} names no valid label key"));
+            return Err(format!(
+                "{} names no valid label key",
+                crate::util::quote(key)
+            ));
         }
         return Ok(format!("{LABELS}{label}"));
     }
@@ -585,7 +684,8 @@ fn canonical_key(key: &str) -> Result<String, String> {
         return Err("the key is empty".into());
     }
     Err(format!(
-        "unknown key {key} (use node.id, node.hostname, node.role or node.labels.KEY)"
+        "unknown key {} (use node.id, node.hostname, node.role or node.labels.KEY)",
+        crate::util::prefix(key, crate::util::QUOTE_BYTES)
     ))
 }
 
@@ -599,7 +699,10 @@ fn check_value(c: &Constraint) -> Result<(), String> {
     if c.key == "node.role"
         && !matches!(c.value.to_ascii_lowercase().as_str(), "manager" | "worker")
     {
-        return Err(format!("node.role is manager or worker, not {:?}", c.value));
+        return Err(format!(
+            "node.role is manager or worker, not {}",
+            crate::util::quote(&c.value)
+        ));
     }
     Ok(())
 }
@@ -788,6 +891,50 @@ mod tests {
         s.task.command = vec!["/bin/sleep".into(), "60".into()];
         s.task.constraints = vec![parse_constraint("node.labels.zone == eu").expect("parses")];
         assert_eq!(validate(&s), Ok(()));
+    }
+
+    #[test]
+    fn oversized_lists_and_texts_are_refused_quoting_a_prefix() {
+        let big = "x".repeat(120 * 1024);
+        type Tamper<'a> = Box<dyn Fn(&mut ServiceSpec) + 'a>;
+        let cases: Vec<(&str, Tamper)> = vec![
+            (
+                "labels: ",
+                Box::new(|s| {
+                    s.labels.insert(big.clone(), "v".into());
+                }),
+            ),
+            (
+                "labels: ",
+                Box::new(|s| {
+                    s.labels.insert("k".into(), big.clone());
+                }),
+            ),
+            ("env: ", Box::new(|s| s.task.env.push(format!("K={big}")))),
+            ("command: ", Box::new(|s| s.task.command.push(big.clone()))),
+            (
+                "constraint: ",
+                Box::new(|s| {
+                    s.task.constraints.push(Constraint {
+                        key: format!("node.labels.{big}"),
+                        op: ConstraintOp::Eq,
+                        value: "x".into(),
+                    });
+                }),
+            ),
+        ];
+        for (field, set) in cases {
+            let mut s = spec();
+            set(&mut s);
+            let e = field_of(&s);
+            assert!(e.starts_with(field), "{e}");
+            assert!(e.len() < 300, "{e}");
+        }
+        let mut s = spec();
+        s.labels = (0..=MAX_LABELS)
+            .map(|i| (format!("k{i}"), String::new()))
+            .collect();
+        assert!(field_of(&s).starts_with("labels: "));
     }
 
     #[test]

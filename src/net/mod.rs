@@ -9,8 +9,10 @@
 
 pub mod danger;
 pub mod identity;
+pub mod limit;
 pub mod node;
 pub mod revoke;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,7 +24,7 @@ use arc_swap::ArcSwap;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use skep_pki::{MANAGER_SERVER_NAME, NodeCertInfo, Role};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tonic::transport::server::Connected;
@@ -45,7 +47,7 @@ pub enum NetError {
         reason: String,
     },
     /// The address is not `IP:PORT`.
-    #[error("invalid address {0:?}: expected IP:PORT")]
+    #[error("invalid address {}: expected IP:PORT", crate::util::quote(.0))]
     BadAddr(String),
 }
 
@@ -235,10 +237,15 @@ pub struct PeerStream {
     info: PeerInfo,
     /// Thrown when the peer's node is revoked: every later read or write fails.
     kill: Option<Arc<revoke::Kill>>,
+    /// The connection's place on the listener; an anonymous one may be evicted.
+    slot: limit::Slot,
+    /// How much of the HTTP/2 preface (read by the accept loop) hyper has not read yet.
+    preface_left: usize,
 }
 
 impl PeerStream {
     fn check(&self, side: revoke::Side, cx: &Context<'_>) -> std::io::Result<()> {
+        self.slot.check(cx)?;
         match &self.kill {
             Some(k) => k.check(side, cx.waker()),
             None => Ok(()),
@@ -260,6 +267,13 @@ impl AsyncRead for PeerStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         self.check(revoke::Side::Read, cx)?;
+        if self.preface_left > 0 {
+            let start = H2_PREFACE.len() - self.preface_left;
+            let n = self.preface_left.min(buf.remaining());
+            buf.put_slice(&H2_PREFACE[start..start + n]);
+            self.preface_left -= n;
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -292,13 +306,60 @@ pub struct HandshakeFailure {
     pub reason: String,
 }
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection has to finish its TLS handshake and send the HTTP/2 preface; an
+/// idle or half-open connection is closed then (a real peer needs a few round trips).
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What an HTTP/2 client sends first (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How often refused and evicted connections are logged and audited (as one summary).
+const REFUSAL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counts of connections closed by the limiter since the last report.
+#[derive(Default)]
+struct Refusals {
+    source: u64,
+    full: u64,
+    evicted: u64,
+    last: Option<SocketAddr>,
+    reported: Option<tokio::time::Instant>,
+}
+
+impl Refusals {
+    /// A summary to report, at most once per interval.
+    fn due(&mut self, now: tokio::time::Instant) -> Option<HandshakeFailure> {
+        if self.source + self.full + self.evicted == 0
+            || self
+                .reported
+                .is_some_and(|r| now.duration_since(r) < REFUSAL_REPORT_INTERVAL)
+        {
+            return None;
+        }
+        let addr = self.last?;
+        let reason = format!(
+            "connection limit: {} refused (their source held its share of anonymous \
+             connections), {} refused (full of identified peers), {} anonymous evicted, \
+             since the last report",
+            self.source, self.full, self.evicted
+        );
+        *self = Refusals {
+            reported: Some(now),
+            ..Refusals::default()
+        };
+        Some(HandshakeFailure { addr, reason })
+    }
+}
 
 /// Accepts TCP connections, runs TLS handshakes concurrently with the current server config,
 /// and yields verified streams. Abort the returned task to stop listening. The config is read
 /// per connection, so swapping it (a new certificate) applies to every new handshake at once;
 /// each connection with a client certificate is tracked in `revocations`, which cuts it when
 /// its node is revoked.
+///
+/// Every connection takes a slot of a [`limit::Limiter`] sized from the open-file limit:
+/// beyond it, the oldest anonymous connection is evicted or the new one closed at once. The
+/// handshake and the HTTP/2 preface must arrive within [`CONNECT_DEADLINE`].
 pub fn accept_loop(
     listener: TcpListener,
     config: Arc<ArcSwap<ServerConfig>>,
@@ -310,7 +371,11 @@ pub fn accept_loop(
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::channel(64);
+    let (max_total, max_per_source) = limit::limits(limit::fd_limit());
+    let limiter = limit::Limiter::new(max_total, max_per_source);
+    tracing::info!(max_total, max_per_source, "mTLS connection limits");
     let task = tokio::spawn(async move {
+        let mut refusals = Refusals::default();
         loop {
             let (tcp, addr) = match listener.accept().await {
                 Ok(c) => c,
@@ -323,6 +388,28 @@ pub fn accept_loop(
             if tx.is_closed() {
                 return;
             }
+            let slot = match limiter.admit(addr.ip()) {
+                Ok((slot, evicted)) => {
+                    refusals.evicted += u64::from(evicted);
+                    if evicted {
+                        refusals.last = Some(addr);
+                    }
+                    Some(slot)
+                }
+                Err(why) => {
+                    match why {
+                        limit::Refused::Source => refusals.source += 1,
+                        limit::Refused::Full => refusals.full += 1,
+                    }
+                    refusals.last = Some(addr);
+                    None
+                }
+            };
+            if let Some(summary) = refusals.due(tokio::time::Instant::now()) {
+                tracing::warn!(reason = %summary.reason, "mTLS connections refused");
+                let _ = failures.send(summary);
+            }
+            let Some(slot) = slot else { continue };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
             let tx = tx.clone();
@@ -334,12 +421,26 @@ pub fn accept_loop(
                     tracing::debug!(%addr, %reason, "TLS handshake refused");
                     let _ = failures.send(HandshakeFailure { addr, reason });
                 };
-                let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => return fail(format!("TLS handshake failed: {e}")),
-                    Err(_) => return fail("TLS handshake timed out".into()),
+                let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
+                let mut tls = tokio::select! {
+                    r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => match r {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return fail(format!("TLS handshake failed: {e}")),
+                        Err(_) => return fail("TLS handshake timed out".into()),
+                    },
+                    // Evicted connections are counted in the limiter's summary, not one by one.
+                    () = slot.evicted() => return,
                 };
+                let mut preface = [0u8; H2_PREFACE.len()];
+                tokio::select! {
+                    r = tokio::time::timeout_at(deadline, tls.read_exact(&mut preface)) => match r {
+                        Ok(Ok(_)) if &preface == H2_PREFACE => {}
+                        Ok(Ok(_)) => return fail("the client did not speak HTTP/2".into()),
+                        Ok(Err(e)) => return fail(format!("connection closed before the HTTP/2 preface: {e}")),
+                        Err(_) => return fail("no HTTP/2 preface after the TLS handshake".into()),
+                    },
+                    () = slot.evicted() => return,
+                }
                 let mut operator = None;
                 let identity = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
                     None => None,
@@ -380,6 +481,9 @@ pub fn accept_loop(
                 if kill.as_ref().is_some_and(|k| k.is_killed()) {
                     return fail("the certificate's node has been revoked".into());
                 }
+                if kill.is_some() {
+                    slot.identify();
+                }
                 let _ = tx
                     .send(Ok(PeerStream {
                         tls,
@@ -389,6 +493,8 @@ pub fn accept_loop(
                             operator,
                         },
                         kill,
+                        slot,
+                        preface_left: H2_PREFACE.len(),
                     }))
                     .await;
             });

@@ -462,6 +462,26 @@ pub struct TaskStatus {
     pub timestamp: String,
 }
 
+/// Bytes of a task status's message or error kept: they are text an agent reports (a worker
+/// may send any), replicated and shown by `service ps`.
+pub const MAX_STATUS_TEXT_BYTES: usize = 1024;
+
+impl TaskStatus {
+    /// The status with its message and error cut to [`MAX_STATUS_TEXT_BYTES`] (they are
+    /// informational, so cut rather than refused).
+    pub fn bounded(mut self) -> Self {
+        for text in [&mut self.message, &mut self.err] {
+            if text.len() > MAX_STATUS_TEXT_BYTES {
+                *text = crate::util::prefix(text, MAX_STATUS_TEXT_BYTES);
+            }
+        }
+        if self.timestamp.len() > 64 {
+            self.timestamp = crate::util::now_rfc3339();
+        }
+        self
+    }
+}
+
 /// A unit of work: one replica (slot) of a service, or the service on one node (global).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
@@ -499,5 +519,25 @@ impl Task {
         } else {
             format!("{}.{}", self.service_name, self.node_id)
         }
+    }
+}
+
+#[cfg(test)]
+mod bound_tests {
+    use super::*;
+
+    #[test]
+    fn a_reported_status_text_is_cut() {
+        let s = TaskStatus {
+            state: TaskState::Failed,
+            message: "m".repeat(10_000),
+            err: "é".repeat(10_000),
+            exit_code: Some(1),
+            timestamp: "t".repeat(1000),
+        }
+        .bounded();
+        assert!(s.message.len() <= MAX_STATUS_TEXT_BYTES + 3);
+        assert!(s.err.len() <= MAX_STATUS_TEXT_BYTES + 3);
+        assert!(s.timestamp.len() < 64);
     }
 }

@@ -174,12 +174,15 @@ mod tests {
 
     #[test]
     fn oversized_commands_are_refused_with_their_size() {
-        let big = Command::Audit(crate::audit::AuditEvent::now(
+        let mut event = crate::audit::AuditEvent::now(
             crate::audit::Actor::node("n"),
             "test",
-            &"x".repeat(MAX_COMMAND_BYTES + 1),
+            "",
             crate::audit::Outcome::Ok,
-        ));
+        );
+        // Built whole, past the bounds `AuditEvent::now` and `with` apply.
+        event.target = "x".repeat(MAX_COMMAND_BYTES + 1);
+        let big = Command::Audit(event);
         let e = check_command(&big).unwrap_err().to_string();
         assert!(e.contains("over the limit of 4194304 bytes"), "{e}");
         assert!(e.len() < 300, "the error does not quote the command");
