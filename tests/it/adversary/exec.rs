@@ -69,7 +69,7 @@ fn open_dir() -> tempfile::TempDir {
 #[test]
 fn a_deployers_exec_task_cannot_read_the_managers_keys_or_use_its_socket() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let ops = tempfile::tempdir().unwrap();
@@ -167,7 +167,7 @@ fn with_deployer(ops: &Path) -> (Cluster, PathBuf) {
 #[test]
 fn a_deployers_health_check_does_not_run_as_the_node() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     let ops = tempfile::tempdir().unwrap();
@@ -258,6 +258,75 @@ fn a_policy_can_keep_a_deployers_exec_tasks_off_the_managers() {
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
 }
 
+/// A deployer can read every secret its tasks receive, so which secrets it may attach is a
+/// decision on the spec: with the example policy, a secret outside its list is refused.
+#[test]
+fn a_policy_can_limit_which_secrets_a_deployer_attaches() {
+    let ops = tempfile::tempdir().unwrap();
+    let (c, deployer) = with_deployer(ops.path());
+    let m = c.first();
+    for name in ["db_password", "root_ca_key"] {
+        let out = m.cli_stdin(&["secret", "create", name, "-"], "value");
+        assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    }
+    let create = |name: &str, secret: &str| {
+        as_operator(
+            m,
+            &deployer,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--runtime",
+                "exec",
+                "--name",
+                name,
+                "--secret",
+                secret,
+                "--",
+                "/bin/true",
+            ],
+        )
+    };
+    // The default policies let a deployer attach any secret.
+    let out = create("before", "root_ca_key");
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    let policy = ops.path().join("rbac.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n{}",
+            include_str!("../../../policies/rbac.cedar"),
+            include_str!("../../../policies/examples/rbac-deployer-secrets.cedar")
+        ),
+    )
+    .unwrap();
+    m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
+    crate::harness::assert_error(&create("root-reader", "root_ca_key"), "deployer-secrets");
+    assert!(
+        m.audit()
+            .iter()
+            .any(|r| r["outcome"] == "denied" && r.to_string().contains("deployer-secrets")),
+        "the refusal is not in the audit log"
+    );
+    let out = create("app", "db_password");
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    // An update that adds the secret is decided the same way.
+    let out = as_operator(
+        m,
+        &deployer,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--secret-add",
+            "root_ca_key",
+            "app",
+        ],
+    );
+    crate::harness::assert_error(&out, "deployer-secrets");
+}
+
 /// A process in a slave mount namespace of the host (as systemd services and containers
 /// have): it sees what the host mounts after it started, unless the mount is private.
 struct Sleeper(std::process::Child);
@@ -272,7 +341,7 @@ impl Drop for Sleeper {
 #[test]
 fn a_tasks_secret_tmpfs_does_not_propagate_into_other_mount_namespaces() {
     if !root() {
-        eprintln!("NOTICE: exec runtime needs root: skipping");
+        crate::harness::cannot_run("exec runtime needs root");
         return;
     }
     // The node's data directory on a shared mount, as `/` is on a systemd host.
