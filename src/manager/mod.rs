@@ -11,6 +11,7 @@ pub mod audit;
 pub mod control;
 pub mod dispatch;
 pub mod entitle;
+mod fault;
 pub mod gate;
 pub mod limiter;
 mod lookup;
@@ -451,6 +452,12 @@ impl Manager {
         if let Err(e) = proposals::check(&cmd) {
             tracing::error!(error = %e, "refusing an unaudited proposal");
             return Err(ManagerError::Invalid(e.to_string()));
+        }
+        if let Some(action) = fault::refused_record(&cmd) {
+            return Err(ManagerError::Raft(format!(
+                "the audit record {action} was not committed ({} test fault)",
+                fault::FAIL_AUDIT_ENV
+            )));
         }
         let cmd = match cmd {
             once @ Command::Once { .. } => once,

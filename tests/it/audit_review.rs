@@ -381,3 +381,54 @@ fn retention_trims_at_a_checkpoint_and_the_rest_still_verifies() {
         ),
     );
 }
+
+/// Audit is fail-closed, proven with a quorum present: a manager whose records of these
+/// actions cannot commit (`SKEP_FAIL_AUDIT`, a test fault that can only refuse) shows no
+/// token, no unlock key, no audit record and delivers no secret value.
+#[test]
+fn audited_reads_and_deliveries_fail_closed_when_their_record_cannot_commit() {
+    let mut m = crate::harness::Node::new("m1", &[]).wrapped(&[
+        "env",
+        "SKEP_FAIL_AUDIT=token.read,unlock_key.read,audit.read,secret.deliver",
+    ]);
+    m.spawn();
+    m.wait_up();
+    let addr = m.addr();
+    let init = m.cli_ok(&["swarm", "init", "--autolock", "--advertise-addr", &addr]);
+    assert!(init.contains("SKEP-KEY-1-"), "{init}");
+    for (args, secret, action) in [
+        (&["join-token", "worker"][..], "SKEP-1-", "token.read"),
+        (&["join-token", "-q", "manager"][..], "SKEP-1-", "token.read"),
+        (&["swarm", "unlock-key"][..], "SKEP-KEY-1-", "unlock_key.read"),
+        (&["audit", "ls"][..], "swarm.init", "audit.read"),
+        (&["audit", "export"][..], "swarm.init", "audit.read"),
+    ] {
+        let out = m.cli(args);
+        let said = crate::harness::describe(&out);
+        assert!(!out.status.success(), "{args:?} answered: {said}");
+        assert!(!said.contains(secret), "{args:?} showed {secret}: {said}");
+        let refused = format!("the audit record {action} was not committed");
+        assert!(
+            m.log().contains(&refused),
+            "{args:?} failed, but not for its record: {said}"
+        );
+    }
+    // A task that needs a secret does not get it: its delivery record cannot commit.
+    m.cli_stdin(&["secret", "create", "db", "-"], "s3cret-value");
+    m.cli_ok(&[
+        "service", "create", "--detach", "--runtime", "exec", "--name", "needs-db", "--secret",
+        "db", "--", "sleep", "600",
+    ]);
+    crate::harness::wait_until(crate::harness::timeout(), "the delivery was refused", || {
+        m.log().contains("secret.deliver was not committed")
+    });
+    let received = m.cli_ok(&["agent", "secrets", "--format", "json"]);
+    assert!(
+        !received.contains("db"),
+        "the agent received a secret whose delivery was not audited: {received}"
+    );
+    assert!(
+        crate::harness::running_task_ids(&m, "needs-db").is_empty(),
+        "a task runs without its secret"
+    );
+}

@@ -90,8 +90,9 @@ fn without_quorum_reads_fail_clearly_status_is_truthful_and_tokens_stay_hidden()
         );
     }
 
-    // The token is not shown: its read could not be audited. With --stale the read itself
-    // is allowed, so this is the audit record's commit failing, and the read refused for it.
+    // The token is not shown, also with --stale: an audited read confirms a quorum first,
+    // since its record needs one. (That a read is refused when its record alone fails is
+    // `audit_review::audited_reads_and_deliveries_fail_closed_when_their_record_cannot_commit`.)
     for args in [
         &["join-token", "worker"][..],
         &["--stale", "join-token", "worker"][..],
