@@ -398,8 +398,16 @@ fn audited_reads_and_deliveries_fail_closed_when_their_record_cannot_commit() {
     assert!(init.contains("SKEP-KEY-1-"), "{init}");
     for (args, secret, action) in [
         (&["join-token", "worker"][..], "SKEP-1-", "token.read"),
-        (&["join-token", "-q", "manager"][..], "SKEP-1-", "token.read"),
-        (&["swarm", "unlock-key"][..], "SKEP-KEY-1-", "unlock_key.read"),
+        (
+            &["join-token", "-q", "manager"][..],
+            "SKEP-1-",
+            "token.read",
+        ),
+        (
+            &["swarm", "unlock-key"][..],
+            "SKEP-KEY-1-",
+            "unlock_key.read",
+        ),
         (&["audit", "ls"][..], "swarm.init", "audit.read"),
         (&["audit", "export"][..], "swarm.init", "audit.read"),
     ] {
@@ -416,12 +424,24 @@ fn audited_reads_and_deliveries_fail_closed_when_their_record_cannot_commit() {
     // A task that needs a secret does not get it: its delivery record cannot commit.
     m.cli_stdin(&["secret", "create", "db", "-"], "s3cret-value");
     m.cli_ok(&[
-        "service", "create", "--detach", "--runtime", "exec", "--name", "needs-db", "--secret",
-        "db", "--", "sleep", "600",
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "needs-db",
+        "--secret",
+        "db",
+        "--",
+        "sleep",
+        "600",
     ]);
-    crate::harness::wait_until(crate::harness::timeout(), "the delivery was refused", || {
-        m.log().contains("secret.deliver was not committed")
-    });
+    crate::harness::wait_until(
+        crate::harness::timeout(),
+        "the delivery was refused",
+        || m.log().contains("secret.deliver was not committed"),
+    );
     let received = m.cli_ok(&["agent", "secrets", "--format", "json"]);
     assert!(
         !received.contains("db"),
