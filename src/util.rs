@@ -49,6 +49,20 @@ pub fn quote(s: &str) -> String {
     }
 }
 
+/// For unit tests that need root (mounts, namespaces): whether to go on. Without root the
+/// test fails, so CI never passes by skipping, unless `SKEP_IT_ALLOW_SKIP=1` says to skip.
+#[cfg(test)]
+pub(crate) fn root_or_skip() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("SKEP_IT_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("NOTICE: this test needs root: skipping (SKEP_IT_ALLOW_SKIP=1)");
+        return false;
+    }
+    panic!("this test needs root (set SKEP_IT_ALLOW_SKIP=1 to skip it on purpose)");
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

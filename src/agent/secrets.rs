@@ -462,7 +462,7 @@ mod tests {
     /// Needs root (mounting tmpfs); skipped otherwise.
     #[test]
     fn mounts_a_tmpfs_with_files_at_their_modes_and_unmounts_it() {
-        if !nix::unistd::geteuid().is_root() {
+        if !crate::util::root_or_skip() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
@@ -487,7 +487,7 @@ mod tests {
             !tags.contains("shared:") && !tags.contains("master:"),
             "{line}"
         );
-        for opt in ["nosuid", "nodev", "noexec"] {
+        for opt in ["nosuid", "nodev", "noexec", "size="] {
             assert!(line.contains(opt), "{opt} missing: {line}");
         }
         assert_eq!(std::fs::metadata(&mp).unwrap().mode() & 0o777, 0o700);

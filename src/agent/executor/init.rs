@@ -812,10 +812,10 @@ mod tests {
         assert_eq!(cover("/gone", None), Cover::Keep);
     }
 
-    /// Needs root; skipped otherwise. In a child process: the drop is for good.
+    /// Needs root (fails without it). In a child process: the drop is for good.
     #[test]
     fn the_command_runs_as_nobody_with_no_new_privs() {
-        if !nix::unistd::geteuid().is_root() {
+        if !crate::util::root_or_skip() {
             return;
         }
         let out = Command::new(std::env::current_exe().unwrap())
