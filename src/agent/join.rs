@@ -4,7 +4,7 @@
 
 use skep_pki::{Csr, JoinToken, NodeCertInfo, NodeKey};
 
-use crate::api::v1::{Empty, IssueRequest};
+use crate::api::v1::{Empty, IssueRequest, IssueResponse};
 use crate::net;
 
 /// Why a join failed, in words for the operator.
@@ -93,23 +93,12 @@ pub async fn request_certificate(
             ))
         })?
         .into_inner();
-    if issued.chain.len() > 4 {
-        return Err(JoinError::BadCertificate(
-            "it comes with more than 4 chain certificates".into(),
-        ));
-    }
-    let info = skep_pki::verify_issued_chain(
+    let info = check_issued(
         &root_der,
-        &issued.chain,
-        &issued.cert_der,
+        &our_public,
+        &issued,
         time::OffsetDateTime::now_utc(),
-    )
-    .map_err(|e| JoinError::BadCertificate(e.to_string()))?;
-    if info.node_id != issued.node_id || info.public_key_der != our_public {
-        return Err(JoinError::BadCertificate(
-            "it is not for this node's key".into(),
-        ));
-    }
+    )?;
     Ok(Joined {
         key,
         cert_der: issued.cert_der,
@@ -118,4 +107,93 @@ pub async fn request_certificate(
         info,
         manager_addrs: issued.manager_addrs,
     })
+}
+
+/// Whether what a manager issued is a certificate this node can use: at most 4 chain
+/// certificates, chaining to the root the token pinned, valid now, for this node's own public
+/// key and the node ID the answer names. The manager is not trusted to get this right.
+fn check_issued(
+    root_der: &[u8],
+    our_public: &[u8],
+    issued: &IssueResponse,
+    now: time::OffsetDateTime,
+) -> Result<NodeCertInfo, JoinError> {
+    if issued.chain.len() > 4 {
+        return Err(JoinError::BadCertificate(
+            "it comes with more than 4 chain certificates".into(),
+        ));
+    }
+    let info = skep_pki::verify_issued_chain(root_der, &issued.chain, &issued.cert_der, now)
+        .map_err(|e| JoinError::BadCertificate(e.to_string()))?;
+    if info.node_id != issued.node_id || info.public_key_der != our_public {
+        return Err(JoinError::BadCertificate(
+            "it is not for this node's key".into(),
+        ));
+    }
+    Ok(info)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod check_issued_tests {
+    use super::*;
+    use skep_pki::{Role, RootCa};
+
+    fn issue(ca: &RootCa, key: &NodeKey, node_id: &str) -> IssueResponse {
+        let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let cert = ca
+            .issue(&csr, node_id, Role::Worker, time::Duration::hours(1), now)
+            .unwrap();
+        IssueResponse {
+            node_id: node_id.to_string(),
+            cert_der: cert.der,
+            ..Default::default()
+        }
+    }
+
+    fn public(key: &NodeKey) -> Vec<u8> {
+        Csr::from_der(&key.csr_der().unwrap())
+            .unwrap()
+            .public_key_der()
+            .to_vec()
+    }
+
+    #[test]
+    fn only_a_certificate_of_the_pinned_root_for_this_key_and_id_is_taken() {
+        let now = time::OffsetDateTime::now_utc();
+        let cluster = skep_pki::new_id();
+        let ca = RootCa::generate(&cluster, time::Duration::days(1), now).unwrap();
+        let foreign = RootCa::generate(&cluster, time::Duration::days(1), now).unwrap();
+        let ours = NodeKey::generate().unwrap();
+        let theirs = NodeKey::generate().unwrap();
+        let id = skep_pki::new_id();
+        let root = ca.cert_der();
+        let good = issue(&ca, &ours, &id);
+        assert_eq!(
+            check_issued(root, &public(&ours), &good, now)
+                .unwrap()
+                .node_id,
+            id
+        );
+        let bad = |r: &IssueResponse| check_issued(root, &public(&ours), r, now).unwrap_err();
+        // Another key, another root, another node ID, too long a chain, not valid yet.
+        assert!(
+            bad(&issue(&ca, &theirs, &id))
+                .to_string()
+                .contains("this node's key")
+        );
+        assert!(matches!(
+            bad(&issue(&foreign, &ours, &id)),
+            JoinError::BadCertificate(_)
+        ));
+        let mut renamed = good.clone();
+        renamed.node_id = skep_pki::new_id();
+        assert!(bad(&renamed).to_string().contains("this node's key"));
+        let mut long = good.clone();
+        long.chain = vec![root.to_vec(); 5];
+        assert!(bad(&long).to_string().contains("more than 4"));
+        let early = now - time::Duration::days(2);
+        assert!(check_issued(root, &public(&ours), &good, early).is_err());
+    }
 }
