@@ -561,3 +561,35 @@ fn failed_attempts_are_audited_at_most_ten_a_minute_per_source() {
     joiner.cli_ok(&["swarm", "join", "--token", &valid, &first.addr()]);
     assert_daemon_alive(&mut joiner);
 }
+
+/// Task logs come from a node's agent over mTLS, for managers only: a worker's own
+/// certificate cannot read another node's task logs, and a manager can.
+#[test]
+fn only_a_manager_reads_task_logs_from_an_agent() {
+    use skep::api::v1::TaskLogsRequest;
+    use skep::api::v1::agent_client::AgentClient;
+    let c = Cluster::init(1, 2);
+    let (w1, w2) = (&c.workers()[0], &c.workers()[1]);
+    let cluster_id =
+        skep_pki::NodeCertInfo::from_der(&std::fs::read(w2.data_dir().join("node.crt")).unwrap())
+            .unwrap()
+            .cluster_id;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ask = |as_node: &Node| {
+        let identity = skep::net::identity::LiveIdentity::new(credentials_of(as_node)).unwrap();
+        let tls = skep::net::node::client_config_for_node(&identity, &cluster_id, w2.id()).unwrap();
+        rt.block_on(async {
+            let ch = skep::net::channel(&w2.addr(), tls).unwrap();
+            AgentClient::new(ch)
+                .task_logs(TaskLogsRequest {
+                    task_ids: vec!["x".into()],
+                    tail: 1,
+                })
+                .await
+        })
+    };
+    let refused = ask(w1).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("only managers"), "{refused:?}");
+    assert!(ask(c.first()).is_ok(), "a manager could not read task logs");
+}
