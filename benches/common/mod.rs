@@ -98,6 +98,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub dir: PathBuf,
     pub addr: String,
+    /// The skep binary it runs (and its CLI calls use).
+    pub bin: String,
 }
 
 impl Daemon {
@@ -109,6 +111,18 @@ impl Daemon {
 
     /// Starts a daemon with these extra environment variables.
     pub fn start_with(root: &Path, name: &str, addr: &str, env: &[(&str, &str)]) -> Daemon {
+        Daemon::start_bin(root, name, addr, env!("CARGO_BIN_EXE_skep"), env)
+    }
+
+    /// Starts a daemon of the skep binary `bin` (another build, to compare against), with
+    /// these extra environment variables; its CLI calls use the same binary.
+    pub fn start_bin(
+        root: &Path,
+        name: &str,
+        addr: &str,
+        bin: &str,
+        env: &[(&str, &str)],
+    ) -> Daemon {
         if let Ok(sock) = addr.parse::<std::net::SocketAddr>() {
             assert!(
                 std::net::TcpListener::bind(sock).is_ok(),
@@ -118,7 +132,7 @@ impl Daemon {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let log = std::fs::File::create(dir.join("daemon.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_skep"))
+        let child = Command::new(bin)
             .arg("daemon")
             .arg("--data-dir")
             .arg(dir.join("data"))
@@ -145,6 +159,7 @@ impl Daemon {
             child: Some(child),
             dir,
             addr: addr.into(),
+            bin: bin.into(),
         };
         let socket = d.socket();
         wait_for(Duration::from_secs(30), &format!("{name}'s socket"), || {
@@ -200,7 +215,7 @@ impl Daemon {
     }
 
     pub fn try_cli_stdin(&self, args: &[&str], input: Option<&[u8]>) -> Result<String, String> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skep"))
+        let mut child = Command::new(&self.bin)
             .arg("--host")
             .arg(format!("unix://{}", self.socket().display()))
             .args(args)
