@@ -286,7 +286,13 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("tmp");
+    // A temporary name of its own for every write: `with_extension` once gave `node.json`
+    // and `node.chain` (and `kek`, `kek.sealed`) the same one, and a role switch saving one
+    // while a renewal saved the other moved the wrong file into place or failed.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -2665,4 +2671,37 @@ fn parse_spec(json: &str) -> Result<crate::store::service::ServiceSpec, Status> 
         ));
     }
     serde_json::from_str(json).map_err(|e| Status::invalid_argument(format!("service spec: {e}")))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    /// Two files whose names differ only after the first dot (`node.json`, `node.chain`)
+    /// written at once, as a role switch and a renewal do: each write lands whole in its own
+    /// file.
+    #[test]
+    fn concurrent_writes_of_sibling_files_never_cross() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = [dir.path().join("node.json"), dir.path().join("node.chain")];
+        std::thread::scope(|s| {
+            for (i, path) in paths.iter().enumerate() {
+                s.spawn(move || {
+                    for round in 0..300u32 {
+                        let bytes = format!("{i}:{round}").repeat(100);
+                        super::write_private(path, bytes.as_bytes()).unwrap();
+                        let back = std::fs::read_to_string(path).unwrap();
+                        assert!(
+                            back.starts_with(&format!("{i}:")),
+                            "{path:?} holds {back:.20}"
+                        );
+                    }
+                });
+            }
+        });
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left.len(), 2, "temporary files left behind: {left:?}");
+    }
 }

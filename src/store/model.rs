@@ -1023,45 +1023,9 @@ mod tests {
         assert_eq!(s.apply(Command::PutNetwork(net("a"))), Response::Ok);
         let r = s.apply(Command::PutNetwork(net("b")));
         assert_eq!(r, Response::Rejected("network web already exists".into()));
-        let spec = crate::store::service::ServiceSpec {
-            name: "svc".into(),
-            labels: BTreeMap::new(),
-            mode: crate::store::service::Mode::Global,
-            task: crate::store::service::TaskSpec {
-                runtime: Runtime::Exec,
-                image: String::new(),
-                command: vec!["/bin/true".into()],
-                env: Vec::new(),
-                restart: Default::default(),
-                constraints: Vec::new(),
-                reservations: Default::default(),
-                limits: Default::default(),
-                secrets: Vec::new(),
-                ports: Vec::new(),
-                networks: Vec::new(),
-                healthcheck: None,
-            },
-            update: Default::default(),
-            rollback: Default::default(),
-            ports: Vec::new(),
-            networks: vec!["web".into()],
-            expose: Vec::new(),
-            expose_udp: Vec::new(),
-        };
-        s.services.insert(
-            "s1".into(),
-            Service {
-                id: "s1".into(),
-                spec,
-                version: 1,
-                previous: None,
-                update: None,
-                revision: 1,
-                vip: None,
-                created_at: "t".into(),
-                updated_at: "t".into(),
-            },
-        );
+        let mut used = svc("s1", "svc");
+        used.spec.networks = vec!["web".into()];
+        s.services.insert("s1".into(), used);
         let r = s.apply(Command::RemoveNetwork { id: "a".into() });
         assert_eq!(
             r,
