@@ -397,7 +397,7 @@ impl ClientCertVerifier for RevokingVerifier {
                     let key = crate::store::model::operator_key(&op.name);
                     self.revocations
                         .is_revoked(&key)
-                        .then(|| Refusal::Revoked(key))
+                        .then_some(Refusal::Revoked(key))
                 }
                 Err(_) => {
                     return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
