@@ -434,3 +434,100 @@ networks:
         "the refusal is not in w1's log"
     );
 }
+
+#[test]
+fn a_worker_refuses_a_man_in_the_middle_presenting_a_demoted_managers_kept_certificate() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut c = Cluster::init(3, 1);
+    let m3 = &c.managers()[2];
+    // What a thief of m3's disk keeps from before its demotion: a manager certificate.
+    let kept = credentials_of(m3);
+    c.first().cli_ok(&["node", "demote", m3.name()]);
+    wait_for(timeout(), "m3 renewed to a worker certificate", || {
+        if role_of(&c.managers()[2]) == skep_pki::Role::Worker {
+            Ok(())
+        } else {
+            Err("still manager".into())
+        }
+    });
+    // A heartbeat answer tells the worker the managers now (m1, m2), with their addresses,
+    // which it saves in node.json.
+    let m3_addr = c.managers()[2].addr();
+    wait_for(
+        timeout(),
+        "the worker to learn that m3 is no manager",
+        || {
+            let file = std::fs::read_to_string(c.workers()[0].data_dir().join("node.json"))
+                .map_err(|e| e.to_string())?;
+            if file.contains(&m3_addr) {
+                Err(file)
+            } else {
+                Ok(())
+            }
+        },
+    );
+    // m2 goes away; the man in the middle takes its address with m3's kept certificate.
+    let m2_addr = c.nodes[1].addr();
+    c.nodes[1].kill();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (trusted, refused) = (
+        std::sync::Arc::new(AtomicUsize::new(0)),
+        std::sync::Arc::new(AtomicUsize::new(0)),
+    );
+    let identity = skep::net::identity::LiveIdentity::new(kept).unwrap();
+    let config =
+        skep::net::server_config(&identity, &skep::net::revoke::Revocations::new()).unwrap();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&m2_addr))
+        .unwrap();
+    {
+        let (trusted, refused) = (trusted.clone(), refused.clone());
+        rt.spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let acceptor = acceptor.clone();
+                let (trusted, refused) = (trusted.clone(), refused.clone());
+                tokio::spawn(async move {
+                    // TLS 1.3: the server's handshake ends only when the client has accepted
+                    // the server's certificate.
+                    match acceptor.accept(tcp).await {
+                        Ok(_) => trusted.fetch_add(1, Ordering::SeqCst),
+                        Err(_) => refused.fetch_add(1, Ordering::SeqCst),
+                    };
+                });
+            }
+        });
+    }
+    // The leader stops answering: the worker turns to the other manager it knows.
+    c.nodes[0].pause();
+    let seen = crate::harness::try_wait_for(
+        Duration::from_secs(90),
+        "the worker to try the man in the middle three times",
+        || {
+            let (t, r) = (
+                trusted.load(Ordering::SeqCst),
+                refused.load(Ordering::SeqCst),
+            );
+            if t + r >= 3 {
+                Ok((t, r))
+            } else {
+                Err(format!("{t} trusted, {r} refused"))
+            }
+        },
+    );
+    c.nodes[0].resume();
+    let (t, r) = seen.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        t, 0,
+        "the worker completed {t} handshakes with a demoted manager's kept certificate ({r} refused)"
+    );
+    assert!(
+        c.workers()[0]
+            .log()
+            .contains("which is not a manager of the swarm now"),
+        "the worker does not say why"
+    );
+}
