@@ -164,7 +164,7 @@ impl Mesh {
                     &table.vips,
                     containers,
                 );
-                self.supervisor.set_names(table.vips);
+                self.supervisor.set_table(table.routes, table.vips);
                 failed.retain(|key, _| wanted.contains_key(key));
                 listening.retain(|(proto, addr), l| {
                     let keep = wanted.contains_key(&(*proto, *addr));
@@ -863,12 +863,26 @@ pub async fn serve_tunnel(
     let proto = tunnel_protocol(&first.protocol)?;
     let target = u16::try_from(first.target_port)
         .map_err(|_| tonic::Status::invalid_argument("the target port is not a port"))?;
-    let addr = supervisor.endpoint(&first.task_id, target).ok_or_else(|| {
+    let not_here = || {
         tonic::Status::not_found(format!(
             "task {} does not run on this node or does not listen on port {target}",
-            first.task_id.chars().take(64).collect::<String>()
+            crate::util::prefix(&first.task_id, 64)
         ))
-    })?;
+    };
+    let addr = supervisor
+        .endpoint(&first.task_id, target)
+        .ok_or_else(not_here)?;
+    let (service_id, networks) = supervisor
+        .task_service(&first.task_id)
+        .ok_or_else(not_here)?;
+    if let Some(why) =
+        tunnel_access(supervisor, peer_node, &service_id, &networks, target, proto).await
+    {
+        tracing::warn!(peer = %peer_node, task = %crate::util::prefix(&first.task_id, 64), target, protocol = %proto, reason = %why, "routing mesh: refused a routing-mesh tunnel");
+        return Err(tonic::Status::permission_denied(format!(
+            "permission denied: {why}"
+        )));
+    }
     let (tx, rx) = mpsc::channel(16);
     match proto {
         Proto::Tcp => {
@@ -907,6 +921,60 @@ pub async fn serve_tunnel(
         }
     }
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// Why node `caller` may not tunnel to port `target` (`proto`) of a task of service
+/// `service_id` on `networks`, by the routing table (`routes`, `vips`), if it may not. The
+/// mesh carries only what it serves: a port the service publishes on the ingress (every node
+/// listens on it), or a port of a service on a network the caller serves, that is, a network
+/// one of the caller's running tasks is attached to (its tasks reach the service by name).
+fn tunnel_refusal(
+    caller: &str,
+    service_id: &str,
+    networks: &[String],
+    target: u16,
+    proto: Proto,
+    routes: &[Route],
+    vips: &[crate::api::v1::ServiceVip],
+) -> Option<String> {
+    let published = routes.iter().any(|r| {
+        r.service_id == service_id
+            && r.mode != "host"
+            && r.target == u32::from(target)
+            && Proto::parse(&r.protocol) == Some(proto)
+    });
+    let shares_network = vips.iter().any(|v| {
+        v.networks.iter().any(|n| networks.contains(n))
+            && v.tasks.iter().any(|t| t.node_id == caller)
+    });
+    if published || shares_network {
+        return None;
+    }
+    Some(format!(
+        "node {} runs no task on a network of service {} and the service does not publish port {target}/{proto}",
+        crate::util::prefix(caller, 64),
+        crate::util::prefix(service_id, 64)
+    ))
+}
+
+/// [`tunnel_refusal`] with this node's routing table; a refusal is decided again once the
+/// table is next refreshed (within a few seconds), so a tunnel from a node whose task started
+/// a moment ago is not refused for this node's older table.
+async fn tunnel_access(
+    supervisor: &Supervisor,
+    caller: &str,
+    service_id: &str,
+    networks: &[String],
+    target: u16,
+    proto: Proto,
+) -> Option<String> {
+    let decide = || {
+        let (routes, vips) = supervisor.table();
+        tunnel_refusal(caller, service_id, networks, target, proto, &routes, &vips)
+    };
+    decide()?;
+    let _ = tokio::time::timeout(REFRESH * 3, supervisor.table_refreshed()).await;
+    decide()
 }
 
 /// A tunnel's first frame's protocol; anything else is the caller's mistake, named (cut short).

@@ -192,3 +192,45 @@ fn the_udp_budget_refuses_datagrams_beyond_it_until_held_ones_are_sent() {
     assert!(Charge::take(&budget, big).is_none());
     assert!(Charge::take(&budget, usize::MAX).is_none(), "no overflow");
 }
+
+#[test]
+fn a_tunnel_carries_published_ports_and_services_on_the_callers_networks_only() {
+    let nets = ["backend".to_string()];
+    let published = [route("tcp", 4000, "ingress", &[("t1", "n1")])];
+    let vip = |networks: &[&str], on: &str| crate::api::v1::ServiceVip {
+        service_id: "other".into(),
+        networks: networks.iter().map(|n| (*n).to_string()).collect(),
+        tasks: vec![RouteTask {
+            task_id: "t9".into(),
+            node_id: on.into(),
+            node_addr: String::new(),
+        }],
+        ..Default::default()
+    };
+    // A published port (route target 53): any node.
+    assert_eq!(
+        tunnel_refusal("n3", "s", &nets, 53, Proto::Tcp, &published, &[]),
+        None
+    );
+    // Not its protocol, not its port, host mode, another service: refused.
+    assert!(tunnel_refusal("n3", "s", &nets, 53, Proto::Udp, &published, &[]).is_some());
+    assert!(tunnel_refusal("n3", "s", &nets, 6379, Proto::Tcp, &published, &[]).is_some());
+    let host = [route("tcp", 4000, "host", &[("t1", "n1")])];
+    assert!(tunnel_refusal("n3", "s", &nets, 53, Proto::Tcp, &host, &[]).is_some());
+    assert!(tunnel_refusal("n3", "x", &nets, 53, Proto::Tcp, &published, &[]).is_some());
+    // An exposed port: a node running a task on the service's network only.
+    let on_backend = [vip(&["backend"], "n3")];
+    assert_eq!(
+        tunnel_refusal("n3", "s", &nets, 6379, Proto::Tcp, &[], &on_backend),
+        None
+    );
+    let why = tunnel_refusal("n4", "s", &nets, 6379, Proto::Tcp, &[], &on_backend).unwrap();
+    assert!(
+        why.contains("node n4 runs no task on a network of service s"),
+        "{why}"
+    );
+    let elsewhere = [vip(&["frontend"], "n3")];
+    assert!(tunnel_refusal("n3", "s", &nets, 6379, Proto::Tcp, &[], &elsewhere).is_some());
+    // A service on no network is reached by its published ports only.
+    assert!(tunnel_refusal("n3", "s", &[], 6379, Proto::Tcp, &[], &on_backend).is_some());
+}

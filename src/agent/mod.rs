@@ -122,6 +122,22 @@ impl Agent {
                         if self.enforce_revocations {
                             self.revocations.set(resp.revoked.iter().cloned().collect());
                         }
+                        // A worker trusts as managers only those the swarm has now; a manager
+                        // checks its peers against its own state.
+                        let pins =
+                            (self.enforce_revocations && !resp.managers.is_empty()).then(|| {
+                                resp.managers
+                                    .iter()
+                                    .map(|m| {
+                                        let c = crate::net::revoke::Current {
+                                            serial: m.serial.clone(),
+                                            not_after: m.not_after,
+                                        };
+                                        (m.node_id.clone(), c)
+                                    })
+                                    .collect()
+                            });
+                        self.identity.pin_managers(pins);
                         if resp.is_leader {
                             self.follow_leader(&resp);
                             leader = Some(addr);

@@ -66,8 +66,12 @@ pub struct Supervisor {
     secrets: SecretStore,
     /// What the engine said of peer addresses that are not this node's containers.
     peer_networks: PeerNetworks,
-    /// Services reachable by name, from the routing table (see [`Supervisor::set_names`]).
+    /// Services reachable by name, from the routing table (see [`Supervisor::set_table`]).
     names: arc_swap::ArcSwap<Vec<crate::api::v1::ServiceVip>>,
+    /// The routing table's routes (published ports), for deciding who may tunnel here.
+    routes: arc_swap::ArcSwap<Vec<crate::api::v1::Route>>,
+    /// Woken each time the routing table is taken.
+    table_taken: tokio::sync::Notify,
     /// Whether a task session with the leader is open (the leader marks the node Ready when
     /// it opens).
     session: watch::Sender<bool>,
@@ -100,6 +104,8 @@ impl Supervisor {
             secrets: SecretStore::default(),
             peer_networks: Mutex::default(),
             names: Default::default(),
+            routes: Default::default(),
+            table_taken: tokio::sync::Notify::new(),
             session: watch::channel(false).0,
         })
     }
@@ -510,9 +516,44 @@ impl Supervisor {
         }
     }
 
+    /// Takes the latest routing table: its routes (who may tunnel here), then the service
+    /// names; rewrites the hosts file of every running exec task on a network so that it
+    /// resolves the services there.
+    pub fn set_table(
+        &self,
+        routes: Vec<crate::api::v1::Route>,
+        vips: Vec<crate::api::v1::ServiceVip>,
+    ) {
+        self.routes.store(Arc::new(routes));
+        self.set_names(vips);
+        self.table_taken.notify_waiters();
+    }
+
+    /// The routing table last taken: routes and services by name.
+    pub fn table(
+        &self,
+    ) -> (
+        Arc<Vec<crate::api::v1::Route>>,
+        Arc<Vec<crate::api::v1::ServiceVip>>,
+    ) {
+        (self.routes.load_full(), self.names.load_full())
+    }
+
+    /// Resolves when the routing table is next taken.
+    pub async fn table_refreshed(&self) {
+        self.table_taken.notified().await;
+    }
+
+    /// The service and networks of a task running here.
+    pub fn task_service(&self, task_id: &str) -> Option<(String, Vec<String>)> {
+        let local = self.lock();
+        let l = local.get(task_id)?;
+        Some((l.task.service_id.clone(), l.task.spec.networks.clone()))
+    }
+
     /// Takes the latest service names from the routing table, and rewrites the hosts file
     /// of every running exec task on a network so that it resolves the services there.
-    pub fn set_names(&self, vips: Vec<crate::api::v1::ServiceVip>) {
+    fn set_names(&self, vips: Vec<crate::api::v1::ServiceVip>) {
         self.names.store(Arc::new(vips));
         let tasks: Vec<Task> = self
             .lock()

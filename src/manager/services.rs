@@ -46,55 +46,20 @@ impl Services {
         manager_only: bool,
     ) -> Result<PeerIdentity, Status> {
         let peer = Self::peer_info(req)?;
-        let revoked = peer
-            .identity
-            .as_ref()
-            .is_some_and(|id| self.mgr.read(|s| s.revoked.contains_key(id.node_id())));
         let denied = match &peer.identity {
             None if peer.operator.is_some() => {
                 "an operator certificate is for the Control API only, not node services".to_string()
             }
             None => "no client certificate was presented".to_string(),
-            Some(id) if revoked => format!(
-                "node {} has been removed from the swarm and its certificate revoked",
-                id.node_id()
-            ),
-            Some(id) if manager_only && id.role() != Role::Manager => {
-                format!(
-                    "node {} is a {}; this call is for managers only",
-                    id.node_id(),
-                    id.role()
-                )
-            }
-            // A demoted manager's certificate still says manager until it expires: the state
-            // and the Raft voters decide (it votes until the leader has taken it out). A
-            // manager certificate of a node this manager does not know yet is enough: a
-            // manager that has just joined must accept Raft traffic before the state that
-            // lists its peers reaches it.
-            Some(id)
-                if manager_only
-                    && self.mgr.read(|s| {
-                        s.nodes
-                            .get(id.node_id())
-                            .is_some_and(|n| n.role != NodeRole::Manager)
-                    })
-                    && !self.mgr.voters().contains(&raft_id_of(id.node_id())) =>
-            {
-                format!(
-                    "node {} was demoted to worker; its manager certificate is no longer accepted",
-                    id.node_id()
-                )
-            }
-            Some(id) if manager_only => return Ok(id.clone()),
             Some(id) => {
-                // Other calls need the node in the replicated state, once this manager has it.
-                let known = self
+                let is_voter = || self.mgr.voters().contains(&raft_id_of(id.node_id()));
+                match self
                     .mgr
-                    .read(|s| s.cluster.is_none() || s.nodes.contains_key(id.node_id()));
-                if known {
-                    return Ok(id.clone());
+                    .read(|s| super::admit::refusal(s, &id.cert, manager_only, is_voter))
+                {
+                    None => return Ok(id.clone()),
+                    Some(reason) => reason,
                 }
-                format!("node {} is not a member of this swarm", id.node_id())
             }
         };
         let actor = match &peer.identity {
@@ -268,6 +233,20 @@ impl Services {
             chain: signer.chain,
         })
     }
+}
+
+/// The managers in `s` with the certificate each holds, for workers to pin.
+fn manager_certs(s: &crate::store::model::State) -> Vec<crate::api::v1::ManagerCert> {
+    s.nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Manager)
+        .map(|n| crate::api::v1::ManagerCert {
+            node_id: n.id.clone(),
+            serial: n.cert_serial.clone(),
+            not_after: crate::util::parse_rfc3339(&n.cert_not_after)
+                .map_or(i64::MAX, |t| t.unix_timestamp()),
+        })
+        .collect()
 }
 
 /// Which role a presented token grants: compares against both current tokens in constant time.
@@ -666,6 +645,7 @@ impl Dispatcher for Services {
                 period_ms,
                 manager_addrs,
                 revoked: self.mgr.read(|s| s.revoked.keys().cloned().collect()),
+                managers: self.mgr.read(manager_certs),
                 ..Default::default()
             }));
         }
@@ -702,6 +682,7 @@ impl Dispatcher for Services {
                 .unwrap_or_default(),
             addr: node.map(|n| n.addr).unwrap_or_default(),
             trust_roots: self.mgr.trust_bundle().unwrap_or_default(),
+            managers: self.mgr.read(manager_certs),
         }))
     }
 
@@ -865,25 +846,57 @@ impl Dispatcher for Services {
     async fn leave(&self, req: Request<Empty>) -> Result<Response<Empty>, Status> {
         let id = self.require(&req, "node.leave", false).await?;
         let node_id = id.node_id().to_string();
+        // The role is the state's, not the certificate's (a demoted manager's certificate
+        // says manager until it is renewed).
+        let node = self
+            .mgr
+            .read(|s| s.nodes.get(&node_id).cloned())
+            .ok_or_else(|| {
+                Status::not_found(format!("node {node_id} is not a member of this swarm"))
+            })?;
         // A worker stays listed as Down, as in Docker; a manager leaves the Raft membership
-        // and the node list, since a leftover voter would count against the quorum.
-        let change = if id.role() == Role::Manager {
+        // and the node list, since a leftover voter would count against the quorum, and its
+        // certificate is refused from then on: every way out of the node list leaves a
+        // revocation behind (see `admit`).
+        let mut cmds = if node.role == NodeRole::Manager {
             let raft_id = raft_id_of(&node_id);
             let actor = Actor::node(&node_id);
             self.leader_call(|mgr| async move { mgr.remove_voter(&actor, raft_id).await })
                 .await?;
-            Command::RemoveNode {
-                id: node_id.clone(),
-            }
+            // Kept until its certificate would have expired anyway (unknown: a whole
+            // certificate lifetime from now), as `node rm` does.
+            let now = time::OffsetDateTime::now_utc();
+            let expiry = self
+                .mgr
+                .read(|s| s.cluster.as_ref().map_or(0, |c| c.cert_expiry_secs));
+            let until = crate::util::parse_rfc3339(&node.cert_not_after)
+                .filter(|t| *t > now)
+                .unwrap_or_else(|| {
+                    now + time::Duration::seconds(i64::try_from(expiry).unwrap_or(i64::MAX / 2))
+                });
+            vec![
+                Command::RevokeNode {
+                    id: crate::store::model::left_key(&node_id),
+                    entry: crate::store::model::Revoked {
+                        hostname: node.hostname.clone(),
+                        at: crate::util::rfc3339(now),
+                        until: crate::util::rfc3339(until),
+                    },
+                },
+                Command::RemoveNode {
+                    id: node_id.clone(),
+                },
+            ]
         } else {
-            Command::SetNodeState {
+            vec![Command::SetNodeState {
                 id: node_id.clone(),
                 state: NodeState::Down,
                 at: crate::util::now_rfc3339(),
-            }
+            }]
         };
-        let left = event(Actor::node(&node_id), "node.leave", &node_id, Outcome::Ok);
-        let cmds = vec![change, Command::Audit(left)];
+        let left = event(Actor::node(&node_id), "node.leave", &node_id, Outcome::Ok)
+            .with("role", node.role.as_str());
+        cmds.push(Command::Audit(left));
         self.mgr
             .propose(Command::Batch(cmds))
             .await

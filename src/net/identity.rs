@@ -31,7 +31,24 @@ struct Current {
 /// The node's current certificate, key and trusted roots, for rustls, and as [`Credentials`].
 pub struct LiveIdentity {
     current: ArcSwap<Current>,
+    /// The managers the swarm has now, by node ID, with the certificate each holds (a worker
+    /// learns them with each heartbeat answer): once known, a manager certificate of any
+    /// other node, or one a renewal replaced, is refused as a server's.
+    managers: arc_swap::ArcSwapOption<Pins>,
 }
+
+/// The managers a worker trusts now, and when it learnt them (Unix seconds).
+#[derive(Debug)]
+struct Pins {
+    managers: std::collections::HashMap<String, super::revoke::Current>,
+    learnt_at: i64,
+}
+
+/// A pinned manager's certificate other than the pinned one is a renewal if it was issued
+/// after the pin was learnt (certificates start a minute before issue; this allows for
+/// clock skew besides): a worker learns a renewal from the manager it heartbeats to, which
+/// may be that manager.
+const RENEWAL_SKEW_SECS: i64 = 120;
 
 impl std::fmt::Debug for LiveIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,7 +86,31 @@ impl LiveIdentity {
     pub fn new(creds: Credentials) -> Result<Arc<Self>, NetError> {
         Ok(Arc::new(LiveIdentity {
             current: ArcSwap::from_pointee(current(creds)?),
+            managers: arc_swap::ArcSwapOption::empty(),
         }))
+    }
+
+    /// From now on, accepts as a server's only the manager certificates in `managers` (node
+    /// ID → the certificate the swarm holds), or renewals of them; `None`: any manager
+    /// certificate of the cluster (a manager checks its peers against its own state).
+    pub fn pin_managers(
+        &self,
+        managers: Option<std::collections::HashMap<String, super::revoke::Current>>,
+    ) {
+        let same = match (self.managers.load().as_deref(), &managers) {
+            (Some(old), Some(new)) => old.managers == *new,
+            (None, None) => true,
+            _ => false,
+        };
+        if !same {
+            let learnt_at = time::OffsetDateTime::now_utc().unix_timestamp();
+            self.managers.store(managers.map(|managers| {
+                Arc::new(Pins {
+                    managers,
+                    learnt_at,
+                })
+            }));
+        }
     }
 
     /// Replaces the identity (a renewal, or new trusted roots); new handshakes use it.
@@ -170,10 +211,65 @@ impl ServerCertVerifier for LiveServerVerifier {
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let server = self.0.current.load().server.clone();
-        server.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        let ok = server.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        match self.0.managers.load().as_deref() {
+            None => Ok(ok),
+            Some(managers) => match not_a_current_manager(managers, end_entity) {
+                None => Ok(ok),
+                Some(why) => Err(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Other(rustls::OtherError(Arc::new(
+                        NotACurrentManager(why),
+                    ))),
+                )),
+            },
+        }
     }
 
     super::ring_signature_checks!();
+}
+
+/// A server certificate that is not a current manager's (shown as its message, which rustls
+/// puts in the handshake error).
+#[derive(thiserror::Error)]
+#[error("{0}")]
+struct NotACurrentManager(String);
+
+impl std::fmt::Debug for NotACurrentManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why the server certificate `der` is not one of `managers` now, if it is not: another node
+/// (demoted, removed, never a manager) or a certificate a renewal replaced.
+fn not_a_current_manager(pins: &Pins, der: &CertificateDer<'_>) -> Option<String> {
+    let info = match skep_pki::NodeCertInfo::from_der(der) {
+        Ok(i) => i,
+        Err(e) => return Some(format!("the server's certificate is not a node's: {e}")),
+    };
+    let id = &info.node_id;
+    match pins.managers.get(id) {
+        None => Some(format!(
+            "the server presents the manager certificate of node {id}, which is not a manager of the swarm now (demoted or removed)"
+        )),
+        Some(c)
+            if !c.serial.is_empty()
+                && c.serial != info.serial
+                && info.not_before.unix_timestamp() < pins.learnt_at - RENEWAL_SKEW_SECS =>
+        {
+            Some(format!(
+                "the server presents node {id}'s certificate {}, which a renewal replaced",
+                crate::util::prefix(&info.serial, 40)
+            ))
+        }
+        Some(_) => None,
+    }
 }
 
 #[cfg(test)]

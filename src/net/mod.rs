@@ -143,7 +143,8 @@ fn roots(root_der: &[u8]) -> Result<Arc<RootCertStore>, NetError> {
 /// against the cluster root when presented. A missing client certificate is allowed at the
 /// handshake so a joining node can reach the issuance RPC; every other RPC refuses it.
 ///
-/// Certificates of nodes in `revocations` are refused during the handshake.
+/// Certificates of nodes in `revocations`, and node certificates a renewal replaced, are
+/// refused during the handshake.
 pub fn server_config(
     identity: &Arc<identity::LiveIdentity>,
     revocations: &Arc<revoke::Revocations>,
@@ -477,9 +478,15 @@ pub fn accept_loop(
                             .as_ref()
                             .map(|o| crate::store::model::operator_key(&o.name))
                     });
-                let kill = tracked.map(|k| revocations.track(&k));
+                let cert = identity
+                    .as_ref()
+                    .map(|i| (i.cert.serial.as_str(), i.cert.not_after.unix_timestamp()));
+                let kill = tracked.map(|k| revocations.track(&k, cert));
                 if kill.as_ref().is_some_and(|k| k.is_killed()) {
-                    return fail("the certificate's node has been revoked".into());
+                    return fail(
+                        "the certificate's node has been revoked or the certificate replaced"
+                            .into(),
+                    );
                 }
                 if kill.is_some() {
                     slot.identify();

@@ -1,12 +1,16 @@
-//! Revocation on the wire: the set of revoked node IDs, a client-certificate verifier that
-//! refuses them during the handshake (rustls sends the `certificate_revoked` alert), and a
-//! kill switch on every live connection so a revocation also ends the connections a node
-//! already has.
+//! Revocation on the wire: the set of revoked node IDs and the certificate serial each node
+//! holds now, a client-certificate verifier that refuses revoked nodes and replaced
+//! certificates during the handshake (rustls sends the `certificate_revoked` alert, or
+//! `bad_certificate` for a replaced one), and a kill switch on every live connection so a
+//! revocation or a renewal also ends the connections made with what no longer counts.
 //!
 //! ```text
 //!  state.revoked changes ─► Revocations::set(ids) ─► new handshakes: RevokingVerifier refuses
 //!                                                 └► live connections of those nodes: killed
 //!                                                    (their next read or write fails at once)
+//!  a node's cert_serial changes ─► Revocations::set_current(serials) ─► the same, for
+//!                                  connections made with an older certificate of that node
+//!                                  (cut after RENEWAL_GRACE: the renewal's answer is on one)
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -24,10 +28,63 @@ use skep_pki::NodeCertInfo;
 /// A live connection: its number and kill switch.
 type Tracked = (u64, Weak<Kill>);
 
-/// The revoked node IDs this process enforces, and the live connections it may have to cut.
+/// The certificate the swarm's state holds for a node now (`Node.cert_serial`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Current {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// End of validity, Unix seconds.
+    pub not_after: i64,
+}
+
+/// Whether a node certificate (`serial`, ending at `not_after`, Unix seconds) has been
+/// replaced by `current`: another serial that ends no earlier. A certificate ending later
+/// than the one the state knows is a renewal this process has not applied yet (the state
+/// learns a serial when the renewal commits, a lagging manager a moment later), not an old
+/// one, so it is accepted; the state's serial unknown (empty) replaces nothing.
+pub fn replaced(current: Option<&Current>, serial: &str, not_after: i64) -> bool {
+    current.is_some_and(|c| !c.serial.is_empty() && c.serial != serial && not_after <= c.not_after)
+}
+
+/// How long connections made with a certificate a renewal replaced are kept after the state
+/// learns the new serial: long enough for the renewal's answer to reach the node, which then
+/// reconnects with its new certificate. New handshakes with the old one are refused at once.
+pub const RENEWAL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Why a node certificate with a valid chain is refused.
+#[derive(thiserror::Error)]
+pub enum Refusal {
+    /// The node was removed (or left) and its identity revoked.
+    #[error("node {0} has been removed from the swarm and its certificate revoked")]
+    Revoked(String),
+    /// Another certificate of the node has replaced this one.
+    #[error(
+        "node {node}'s certificate {serial} has been replaced by a renewal (the swarm holds {current}); only a node's current certificate is accepted"
+    )]
+    Replaced {
+        /// The node.
+        node: String,
+        /// The presented certificate's serial.
+        serial: String,
+        /// The serial the swarm holds.
+        current: String,
+    },
+}
+
+/// As its message: rustls puts the `Debug` form of a verifier's error into the handshake
+/// failure that the daemon audits.
+impl std::fmt::Debug for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// The revoked node IDs and current certificates this process enforces, and the live
+/// connections it may have to cut.
 #[derive(Default)]
 pub struct Revocations {
     revoked: ArcSwap<HashSet<String>>,
+    current: ArcSwap<HashMap<String, Current>>,
     live: Mutex<HashMap<String, Vec<Tracked>>>,
     next: AtomicU64,
 }
@@ -49,6 +106,75 @@ impl Revocations {
     /// Whether `node_id` is revoked.
     pub fn is_revoked(&self, node_id: &str) -> bool {
         self.revoked.load().contains(node_id)
+    }
+
+    /// Why the certificate `serial` of `node_id`, ending at `not_after` (Unix seconds), is
+    /// refused, if it is.
+    pub fn refusal(&self, node_id: &str, serial: &str, not_after: i64) -> Option<Refusal> {
+        if self.is_revoked(node_id) {
+            return Some(Refusal::Revoked(node_id.to_string()));
+        }
+        let current = self.current.load();
+        let now = current.get(node_id);
+        replaced(now, serial, not_after).then(|| Refusal::Replaced {
+            node: node_id.to_string(),
+            serial: serial.to_string(),
+            current: now.map(|c| c.serial.clone()).unwrap_or_default(),
+        })
+    }
+
+    /// Whether `current` (node ID, serial) differs from the certificates this process
+    /// enforces now.
+    pub fn current_differs<'a>(
+        &self,
+        mut current: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+    ) -> bool {
+        let known = self.current.load();
+        current.len() != known.len()
+            || current.any(|(id, serial)| known.get(id).is_none_or(|c| c.serial != serial))
+    }
+
+    /// Replaces the certificates nodes hold now. Returns the live connections made with a
+    /// certificate one of them replaced, for [`Revocations::cut_replaced`] after
+    /// [`RENEWAL_GRACE`]: the renewal's own answer travels on one of them.
+    pub fn set_current(&self, current: HashMap<String, Current>) -> Vec<Arc<Kill>> {
+        let changed: Vec<String> = {
+            let old = self.current.load();
+            current
+                .iter()
+                .filter(|(id, c)| old.get(*id) != Some(c))
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        self.current.store(Arc::new(current));
+        let candidates: Vec<Arc<Kill>> = {
+            let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+            changed
+                .iter()
+                .flat_map(|id| live.get(id).into_iter().flatten())
+                .filter_map(|(_, k)| k.upgrade())
+                .collect()
+        };
+        candidates.into_iter().filter(|k| self.refuses(k)).collect()
+    }
+
+    /// Cuts those of `connections` whose certificate is (still) refused. Returns how many.
+    pub fn cut_replaced(&self, connections: Vec<Arc<Kill>>) -> usize {
+        let mut cut = 0;
+        for k in connections {
+            if self.refuses(&k) {
+                k.kill();
+                cut += 1;
+            }
+        }
+        cut
+    }
+
+    fn refuses(&self, k: &Kill) -> bool {
+        match &k.cert {
+            Some((serial, not_after)) => self.refusal(&k.node_id, serial, *not_after).is_some(),
+            None => self.is_revoked(&k.node_id),
+        }
     }
 
     /// Replaces the revoked set and kills every live connection of a node in it. Returns how
@@ -80,15 +206,18 @@ impl Revocations {
         kill_tracked(doomed)
     }
 
-    /// Registers a live connection of `node_id`; returns its kill switch, already thrown if
-    /// the node is revoked. The registration ends when the switch is dropped.
-    pub fn track(self: &Arc<Self>, node_id: &str) -> Arc<Kill> {
+    /// Registers a live connection of `node_id` (made with the node certificate `cert`:
+    /// serial, end of validity in Unix seconds); returns its kill switch, already thrown if
+    /// the node is revoked or the certificate replaced. The registration ends when the switch
+    /// is dropped.
+    pub fn track(self: &Arc<Self>, node_id: &str, cert: Option<(&str, i64)>) -> Arc<Kill> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let kill = Arc::new(Kill {
             flag: AtomicBool::new(false),
             wakers: Mutex::new([None, None]),
             owner: Arc::downgrade(self),
             node_id: node_id.to_string(),
+            cert: cert.map(|(s, n)| (s.to_string(), n)),
             id,
         });
         {
@@ -97,8 +226,12 @@ impl Revocations {
                 .or_default()
                 .push((id, Arc::downgrade(&kill)));
         }
-        // Checked after registering: a revocation between the two is not missed.
-        if self.is_revoked(node_id) {
+        // Checked after registering: a revocation or renewal between the two is not missed.
+        let refused = match cert {
+            Some((serial, not_after)) => self.refusal(node_id, serial, not_after).is_some(),
+            None => self.is_revoked(node_id),
+        };
+        if refused {
             kill.kill();
         }
         kill
@@ -125,6 +258,8 @@ pub struct Kill {
     wakers: Mutex<[Option<Waker>; 2]>,
     owner: Weak<Revocations>,
     node_id: String,
+    /// The node certificate's serial and end of validity (Unix seconds), if it is one.
+    cert: Option<(String, i64)>,
     id: u64,
 }
 
@@ -251,10 +386,19 @@ impl ClientCertVerifier for RevokingVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        let key = match NodeCertInfo::from_der(end_entity) {
-            Ok(info) => info.node_id,
+        let refusal = match NodeCertInfo::from_der(end_entity) {
+            Ok(info) => self.revocations.refusal(
+                &info.node_id,
+                &info.serial,
+                info.not_after.unix_timestamp(),
+            ),
             Err(e) => match skep_pki::OperatorCertInfo::from_der(end_entity) {
-                Ok(op) => crate::store::model::operator_key(&op.name),
+                Ok(op) => {
+                    let key = crate::store::model::operator_key(&op.name);
+                    self.revocations
+                        .is_revoked(&key)
+                        .then_some(Refusal::Revoked(key))
+                }
                 Err(_) => {
                     return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
                         rustls::OtherError(Arc::new(e)),
@@ -262,10 +406,15 @@ impl ClientCertVerifier for RevokingVerifier {
                 }
             },
         };
-        if self.revocations.is_revoked(&key) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        match refusal {
+            None => Ok(ok),
+            Some(Refusal::Revoked(_)) => {
+                Err(rustls::Error::InvalidCertificate(CertificateError::Revoked))
+            }
+            Some(r) => Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+                rustls::OtherError(Arc::new(r)),
+            ))),
         }
-        Ok(ok)
     }
 
     fn verify_tls12_signature(
@@ -299,12 +448,66 @@ impl ClientCertVerifier for RevokingVerifier {
 mod tests {
     use super::*;
 
+    fn cur(serial: &str, not_after: i64) -> Current {
+        Current {
+            serial: serial.into(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn only_an_older_certificate_than_the_states_is_replaced() {
+        let c = cur("0b", 100);
+        assert!(!replaced(Some(&c), "0b", 100), "the current one");
+        assert!(replaced(Some(&c), "0a", 90), "an older one");
+        assert!(
+            replaced(Some(&c), "0a", 100),
+            "another one ending at the same time"
+        );
+        assert!(
+            !replaced(Some(&c), "0c", 110),
+            "a renewal not applied here yet"
+        );
+        assert!(
+            !replaced(None, "0a", 90),
+            "a node this process does not know"
+        );
+        assert!(
+            !replaced(Some(&cur("", 100)), "0a", 90),
+            "no serial on record"
+        );
+    }
+
+    #[test]
+    fn a_renewal_kills_the_connections_of_the_old_certificate_only() {
+        let r = Revocations::new();
+        r.set_current(HashMap::from([("a".to_string(), cur("01", 100))]));
+        let old = r.track("a", Some(("01", 100)));
+        let newer = r.track("a", Some(("02", 200)));
+        assert!(!old.is_killed() && !newer.is_killed());
+        let doomed = r.set_current(HashMap::from([("a".to_string(), cur("02", 200))]));
+        assert_eq!(doomed.len(), 1);
+        assert!(!old.is_killed(), "cut only after the grace");
+        assert_eq!(r.cut_replaced(doomed), 1);
+        assert!(old.is_killed() && !newer.is_killed());
+        // A new connection with the old certificate is born killed.
+        assert!(r.track("a", Some(("01", 100))).is_killed());
+        assert!(matches!(
+            r.refusal("a", "01", 100),
+            Some(Refusal::Replaced { .. })
+        ));
+        assert!(r.refusal("a", "02", 200).is_none());
+        assert!(!r.current_differs([("a", "02")].into_iter()));
+        assert!(r.current_differs([("a", "03")].into_iter()));
+        assert!(r.current_differs(std::iter::empty()));
+    }
+
     #[test]
     fn a_revocation_kills_live_connections_and_forgets_them() {
         let r = Revocations::new();
-        let a1 = r.track("a");
-        let a2 = r.track("a");
-        let b = r.track("b");
+        let a1 = r.track("a", None);
+        let a2 = r.track("a", Some(("01", 100)));
+        let b = r.track("b", None);
         assert_eq!(r.live_connections("a"), 2);
         let waker = std::task::Waker::noop();
         assert!(a1.check(Side::Read, waker).is_ok());
@@ -313,7 +516,7 @@ mod tests {
         assert!(a1.check(Side::Write, waker).is_err());
         assert!(b.check(Side::Read, waker).is_ok());
         // A new connection of a revoked node is born killed.
-        assert!(r.track("a").is_killed());
+        assert!(r.track("a", None).is_killed());
         drop(b);
         assert_eq!(r.live_connections("b"), 0);
         // Setting the same set again cuts nothing more.

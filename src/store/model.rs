@@ -489,6 +489,13 @@ pub struct Operator {
     pub created_by: String,
 }
 
+/// The key in `State.revoked` that marks a manager that left the swarm (`swarm leave`): its
+/// certificate is refused for every node call, but not at the handshake, so the leave's own
+/// answer is not cut (see `manager::admit`).
+pub fn left_key(node_id: &str) -> String {
+    format!("left:{node_id}")
+}
+
 /// The revocation-list key of an operator.
 pub fn operator_key(name: &str) -> String {
     format!("operator:{name}")

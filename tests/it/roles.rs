@@ -108,8 +108,19 @@ fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_run
             .await
             .expect_err("a demoted manager's old certificate joined the Raft group")
     });
-    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("demoted"), "{err:?}");
+    // Refused at the handshake: m's renewal replaced that certificate (before the renewal,
+    // the call itself is refused as from a demoted manager).
+    // (In TLS 1.3 the client learns of a refused handshake as its connection failing, in
+    // whichever way it reads it first; the audit below says why.)
+    let said = format!("{err:?}");
+    assert!(
+        (err.code() == tonic::Code::PermissionDenied && err.message().contains("demoted"))
+            || matches!(
+                err.code(),
+                tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Cancelled
+            ),
+        "{said}"
+    );
 
     // w1 is the last manager now: it cannot be demoted.
     assert_error(&w1.cli(&["node", "demote", w1.name()]), "last manager");
@@ -131,11 +142,13 @@ fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_run
         );
     }
     assert!(
-        audit.iter().any(|r| r["action"] == "raft.join"
-            && r["outcome"] == "denied"
-            && r["details"]["reason"]
-                .as_str()
-                .is_some_and(|s| s.contains("demoted"))),
+        audit.iter().any(|r| r["outcome"] == "denied"
+            && r["details"]["reason"].as_str().is_some_and(|s| {
+                (r["action"] == "raft.join" && s.contains("demoted"))
+                    || (r["action"] == "tls.handshake"
+                        && s.contains(&format!("node {}'s certificate", m.id()))
+                        && s.contains("replaced"))
+            })),
         "the refused old certificate was not audited"
     );
 }
