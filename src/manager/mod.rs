@@ -152,17 +152,19 @@ pub const DEFAULT_SNAPSHOT_LOGS: u64 = 1000;
 /// openraft settings for skep. A follower that hears nothing from the leader starts an
 /// election after the leader lease (openraft 0.9: `election_timeout_max`, during which it also
 /// refuses to vote for anyone else, so a returning node cannot depose a healthy leader) plus
-/// its own election timeout: 1.05 to 1.4 s after the leader's last heartbeat. Heartbeats every
-/// 100 ms leave a loaded machine several missed beats of slack before an election (openraft
-/// also gives each AppendEntries one heartbeat interval: the network sizes its batches for
-/// that, see [`network`]). A snapshot every `snapshot_logs` entries, keeping a tenth of that
-/// behind it in the log.
+/// its own election timeout: 2.1 to 2.8 s after the leader's last heartbeat (Docker Swarm's
+/// default is 10 s). Heartbeats every 250 ms leave a loaded machine several missed beats of
+/// slack before an election. openraft gives each AppendEntries one heartbeat interval, and an
+/// entry cannot be split: a follower catching up across 500 KiB entries on a loaded machine
+/// missed a 100 ms deadline on every try and never caught up, so the interval is 250 ms (the
+/// network sizes its batches for it, see [`network`]). A snapshot every `snapshot_logs`
+/// entries, keeping a tenth of that behind it in the log.
 pub fn raft_config(snapshot_logs: u64) -> Result<Arc<openraft::Config>, ManagerError> {
     let config = openraft::Config {
         cluster_name: "skep".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 350,
-        election_timeout_max: 700,
+        heartbeat_interval: 250,
+        election_timeout_min: 700,
+        election_timeout_max: 1400,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_logs),
         max_in_snapshot_log_to_keep: snapshot_logs / 10,
         // Entries per AppendEntries; the network also cuts each batch by bytes

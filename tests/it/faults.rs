@@ -961,8 +961,12 @@ impl Suite {
             failures.push(format!("audit chain: {e}"));
         }
 
-        // 1 again, after the checks' own traffic: still one leader.
-        if let Err(e) = self.leaders_agree() {
+        // 1 again, after the checks' own traffic: still one leader. An agent whose session
+        // was with the isolated leader may still be moving to the new one when the link comes
+        // back (its node briefly Down), so the listings get a bounded while to settle.
+        if let Err(e) = try_wait_for(within, "one leader at the end of the round", || {
+            self.leaders_agree()
+        }) {
             failures.push(format!("one leader at the end of the round: {e}"));
         }
 
