@@ -515,6 +515,18 @@ async fn single_node_raft_writes_snapshots_and_recovers() {
             .await
             .unwrap();
         state.wait_applied(w.log_id.index).await.unwrap();
+        // A snapshot of everything, awaited: a build still running when openraft shuts down
+        // could replace the file under the restarted store below (two stores on one directory
+        // in one process, which a daemon never has: it exits or re-executes itself).
+        raft.trigger().snapshot().await.unwrap();
+        let last = w.log_id.index;
+        raft.wait(Some(Duration::from_secs(10)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= last),
+                "a snapshot of the last write",
+            )
+            .await
+            .unwrap();
         raft.shutdown().await.unwrap();
     }
     // Restart: the snapshot plus the committed log bring the state back.
