@@ -35,6 +35,24 @@ fn enrol(m: &Node, root: &Path, name: &str, role: &str) -> PathBuf {
 }
 
 /// The CLI as that operator, over mTLS to the manager.
+/// `service create --detach --runtime exec --name NAME FLAGS... -- CMD...` as the operator
+/// whose credentials are in `dir`.
+fn create_exec(m: &Node, dir: &Path, name: &str, flags: &[&str], cmd: &[&str]) -> Output {
+    let mut args = vec![
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        name,
+    ];
+    args.extend_from_slice(flags);
+    args.push("--");
+    args.extend_from_slice(cmd);
+    as_operator(m, dir, &args)
+}
+
 fn as_operator(m: &Node, dir: &Path, args: &[&str]) -> Output {
     let host = format!("tcp://{}", m.addr());
     run(
@@ -105,26 +123,12 @@ fn a_deployers_exec_task_cannot_read_the_managers_keys_or_use_its_socket() {
          echo OWN=$(cat /run/secrets/own 2>&1); \
          echo PROBE-DONE; exec sleep 1000"
     ));
-    let out = as_operator(
+    let out = create_exec(
         m,
         &deployer,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--runtime",
-            "exec",
-            "--name",
-            "escape",
-            "--constraint",
-            "node.role==manager",
-            "--secret",
-            "own",
-            "--",
-            "/bin/sh",
-            "-c",
-            &script,
-        ],
+        "escape",
+        &["--constraint", "node.role==manager", "--secret", "own"],
+        &["/bin/sh", "-c", &script],
     );
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
     let seen = wait_for(timeout(), "the probe task to finish its checks", || {
@@ -180,27 +184,19 @@ fn a_deployers_health_check_does_not_run_as_the_node() {
         "if head -c 1 {kek} >/dev/null 2>&1; then echo READ-KEK > {report}; \
          else echo denied uid=$(id -u) > {report}; fi"
     );
-    let out = as_operator(
+    let out = create_exec(
         m,
         &deployer,
+        "checker",
         &[
-            "service",
-            "create",
-            "--detach",
-            "--runtime",
-            "exec",
-            "--name",
-            "checker",
             "--constraint",
             "node.role==manager",
             "--health-cmd",
             &check,
             "--health-interval",
             "200ms",
-            "--",
-            "/bin/sleep",
-            "1000",
         ],
+        &["/bin/sleep", "1000"],
     );
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
     let report = findings.path().join("health");
@@ -231,20 +227,8 @@ fn a_policy_can_keep_a_deployers_exec_tasks_off_the_managers() {
     )
     .unwrap();
     m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
-    let create = |name: &str, extra: &[&str]| {
-        let mut args = vec![
-            "service",
-            "create",
-            "--detach",
-            "--runtime",
-            "exec",
-            "--name",
-            name,
-        ];
-        args.extend_from_slice(extra);
-        args.extend_from_slice(&["--", "/bin/true"]);
-        as_operator(m, &deployer, &args)
-    };
+    let create =
+        |name: &str, extra: &[&str]| create_exec(m, &deployer, name, extra, &["/bin/true"]);
     let refused = create("on-managers", &[]);
     crate::harness::assert_error(&refused, "deployer-exec-off-managers");
     assert!(
@@ -270,23 +254,7 @@ fn a_policy_can_limit_which_secrets_a_deployer_attaches() {
         assert!(out.status.success(), "{}", crate::harness::describe(&out));
     }
     let create = |name: &str, secret: &str| {
-        as_operator(
-            m,
-            &deployer,
-            &[
-                "service",
-                "create",
-                "--detach",
-                "--runtime",
-                "exec",
-                "--name",
-                name,
-                "--secret",
-                secret,
-                "--",
-                "/bin/true",
-            ],
-        )
+        create_exec(m, &deployer, name, &["--secret", secret], &["/bin/true"])
     };
     // The default policies let a deployer attach any secret.
     let out = create("before", "root_ca_key");
