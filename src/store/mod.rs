@@ -14,6 +14,7 @@
 //! (each manager has its own data key) and are sealed again by the receiver.
 
 pub mod anchor;
+pub mod backup;
 pub mod log;
 pub mod model;
 pub mod network_obj;
