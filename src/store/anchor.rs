@@ -265,6 +265,12 @@ impl std::fmt::Debug for Keeper {
 }
 
 impl Keeper {
+    /// The open store this keeper watches, and its sealer: how a recovery reads the store
+    /// once Raft is stopped (a second open of the same log would fail on its lock).
+    pub fn store(&self) -> (LogStore, StateMachineStore, Arc<Sealer>) {
+        (self.log.clone(), self.sm.clone(), self.sealer.clone())
+    }
+
     pub(crate) fn new(
         path: PathBuf,
         sealer: Arc<Sealer>,

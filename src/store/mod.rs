@@ -18,6 +18,7 @@ pub mod backup;
 pub mod log;
 pub mod model;
 pub mod network_obj;
+pub mod recover;
 pub mod seal;
 pub mod secret_obj;
 pub mod secret_target;

@@ -81,6 +81,13 @@ impl StateHandle {
         f(&read_lock(&self.applied).state)
     }
 
+    /// Reads the state together with the id of the last entry it includes (one lock: a
+    /// consistent snapshot, e.g. for a backup).
+    pub fn read_applied<T>(&self, f: impl FnOnce(&State, Option<LogId>) -> T) -> T {
+        let a = read_lock(&self.applied);
+        f(&a.state, a.last_applied)
+    }
+
     /// The id of the last applied log entry.
     pub fn last_applied(&self) -> Option<LogId> {
         read_lock(&self.applied).last_applied
@@ -370,14 +377,21 @@ impl StateMachineStore {
             last_membership: a.last_membership.clone(),
             snapshot_id,
         };
-        let payload = serde_json::to_vec(&PayloadRef {
-            meta: &meta,
-            state: &a.state,
-        })
-        .map(Zeroizing::new)
-        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        let payload = encode_payload(&meta, &a.state)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
         Ok((meta, payload))
     }
+}
+
+/// A snapshot's plaintext payload: `meta` and `state`, as [`StateMachineStore`] seals them
+/// and sends them to followers.
+pub(crate) fn encode_payload(meta: &Meta, state: &State) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    serde_json::to_vec(&PayloadRef { meta, state })
+        .map(Zeroizing::new)
+        .map_err(|e| StoreError::Task(format!("encoding a snapshot: {e}")))
+}
+
+impl StateMachineStore {
 
     /// Changes the applied state behind Raft's back and seals it as the current snapshot, so
     /// a restart starts from it. Only for tests that play an attacker holding the data key

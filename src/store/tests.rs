@@ -792,3 +792,60 @@ async fn a_snapshot_with_no_log_and_no_vote_is_refused_unless_forced() {
             .contains("no log and no vote")
     );
 }
+
+/// `--force-new-cluster`: a survivor of a three-voter cluster holds entries it never saw
+/// committed; the rebuilt store holds all of them, has this manager as its only voter, elects
+/// it alone and takes writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survivors_store_is_rebuilt_as_a_cluster_of_one_with_every_entry_it_held() {
+    let old = tempfile::tempdir().unwrap();
+    let dek = Dek::generate();
+    let sealer = Arc::new(Sealer::new(&dek));
+    {
+        let (mut log, _sm) = open(old.path(), dek.clone()).await.unwrap();
+        let three = Membership::new(
+            vec![BTreeSet::from([1u64, 2, 3])],
+            BTreeMap::from([1u64, 2, 3].map(|i| (i, BasicNode::new(format!("10.0.0.{i}:2377"))))),
+        );
+        let mut all = vec![Entry {
+            log_id: log_id(1, 1),
+            payload: EntryPayload::Membership(three),
+        }];
+        all.extend((2..=9).map(|i| entry(i, Command::PutNode(node(&format!("n{i}"), MARKER)))));
+        log.blocking_append(all).await.unwrap();
+        log.save_vote(&Vote::new(4, 2)).await.unwrap();
+        // Only entries up to 5 were known committed here.
+        log.save_committed(Some(log_id(1, 5))).await.unwrap();
+    }
+    let got = recover::read_all(old.path(), sealer.clone()).await.unwrap();
+    assert_eq!(got.last, log_id(1, 9));
+    assert_eq!(got.term, 4);
+    assert_eq!(got.replayed, 9);
+    assert_eq!(got.state.nodes.len(), 8, "every entry held, committed or not");
+
+    let new = tempfile::tempdir().unwrap();
+    recover::write_single(new.path(), sealer, &got.state, got.last, got.term, 1, "127.0.0.1:2377")
+        .await
+        .unwrap();
+    let (raft, state) = start_raft(new.path(), dek).await;
+    raft.wait(Some(Duration::from_secs(10)))
+        .current_leader(1, "the survivor leads alone")
+        .await
+        .unwrap();
+    let voters: Vec<u64> = raft
+        .metrics()
+        .borrow()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .collect();
+    assert_eq!(voters, vec![1]);
+    let w = raft
+        .client_write(Command::RemoveNode { id: "n9".into() })
+        .await
+        .unwrap();
+    assert!(w.log_id.index > 9);
+    state.wait_applied(w.log_id.index).await.unwrap();
+    assert_eq!(state.read(|s| s.nodes.len()), 7);
+    raft.shutdown().await.unwrap();
+}
