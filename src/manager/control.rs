@@ -13,6 +13,25 @@ use crate::store::service::{Mode, Service, ServiceSpec, Task};
 /// Labels a node may carry (they are replicated and matched by every placement).
 const MAX_NODE_LABELS: usize = 64;
 
+/// The revocation of `node` at `now`: kept until its certificate would have expired anyway;
+/// if that is unknown, for a whole certificate lifetime (`cert_expiry_secs`) from now.
+pub(super) fn revocation(
+    node: &Node,
+    cert_expiry_secs: u64,
+    now: time::OffsetDateTime,
+) -> crate::store::model::Revoked {
+    let until = crate::util::parse_rfc3339(&node.cert_not_after)
+        .filter(|t| *t > now)
+        .unwrap_or_else(|| {
+            now + time::Duration::seconds(i64::try_from(cert_expiry_secs).unwrap_or(i64::MAX / 2))
+        });
+    crate::store::model::Revoked {
+        hostname: node.hostname.clone(),
+        at: crate::util::rfc3339(now),
+        until: crate::util::rfc3339(until),
+    }
+}
+
 impl Manager {
     /// The service with this ID, name or ID prefix, and its tasks.
     pub fn service(&self, want: &str) -> Result<(Service, Vec<Task>), ManagerError> {
@@ -429,19 +448,7 @@ impl Manager {
         }
         let secrets = self.read(|s| Self::delivered_to(s, &node.id));
         let cert_expiry = self.read(|s| s.cluster.as_ref().map_or(0, |c| c.cert_expiry_secs));
-        let now = time::OffsetDateTime::now_utc();
-        // Kept until the node's certificate would have expired anyway; if that is unknown,
-        // for a whole certificate lifetime from now.
-        let until = crate::util::parse_rfc3339(&node.cert_not_after)
-            .filter(|t| *t > now)
-            .unwrap_or_else(|| {
-                now + time::Duration::seconds(i64::try_from(cert_expiry).unwrap_or(i64::MAX / 2))
-            });
-        let entry = crate::store::model::Revoked {
-            hostname: node.hostname.clone(),
-            at: crate::util::rfc3339(now),
-            until: crate::util::rfc3339(until),
-        };
+        let entry = revocation(&node, cert_expiry, time::OffsetDateTime::now_utc());
         let record = AuditEvent::now(actor, "node.remove", &node.id, Outcome::Ok)
             .with("hostname", node.hostname.clone())
             .with("cert_serial", node.cert_serial.clone())

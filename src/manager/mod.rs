@@ -22,6 +22,7 @@ pub mod operators;
 pub mod orchestrator;
 pub mod proposals;
 pub mod reads;
+pub mod recovery;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
@@ -311,6 +312,14 @@ impl Manager {
     /// Reads the replicated state as this manager has applied it.
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         self.state.read(f)
+    }
+
+    /// Reads the state with the id of the last entry it includes, under one lock.
+    pub fn read_applied<T>(
+        &self,
+        f: impl FnOnce(&State, Option<crate::store::LogId>) -> T,
+    ) -> T {
+        self.state.read_applied(f)
     }
 
     /// The current leader's Raft ID, if known.
