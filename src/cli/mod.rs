@@ -12,6 +12,7 @@
 
 mod audit;
 mod audit_seen;
+mod backup;
 pub mod client;
 mod dev;
 pub mod duration;
@@ -175,6 +176,38 @@ enum SwarmCommand {
     UnlockKey(UnlockKeyArgs),
     /// Display and rotate the root CA.
     Ca(SwarmCaArgs),
+    /// Write an encrypted, signed backup of the swarm's state (on a manager).
+    Backup(SwarmBackupArgs),
+    /// Bring a swarm back from a backup, with this node (outside any swarm) as its manager.
+    Restore(SwarmRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct SwarmBackupArgs {
+    /// Where to write the backup (created with mode 0600; an existing file is not replaced).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: PathBuf,
+    /// A file holding the key to encrypt with: a passphrase of at least 16 bytes, or a
+    /// SKEPBKP- key printed by an earlier backup. Without it, a key is made and printed once.
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct SwarmRestoreArgs {
+    /// The backup file.
+    file: PathBuf,
+    /// A file holding the backup's key or passphrase (otherwise it is read from stdin).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Address this manager serves at (IP:PORT). Workers reach it there only if it is an
+    /// address they know: a former manager's.
+    #[arg(long, value_name = "IP:PORT")]
+    advertise_addr: Option<String>,
+    /// Accept restoring a backup older than a checkpoint this client has verified: what
+    /// happened after the backup is undone (audited as a rollback).
+    #[arg(long)]
+    rollback: bool,
 }
 
 #[derive(Debug, Args)]
@@ -239,6 +272,11 @@ struct SwarmInitArgs {
     /// Enable manager autolocking (an unlock key is needed to restart a stopped manager).
     #[arg(long)]
     autolock: bool,
+    /// Make this surviving manager the only manager of its swarm, from its own state, after
+    /// the other managers are lost for good (the others are removed; a locked manager's
+    /// unlock key is read from stdin).
+    #[arg(long, conflicts_with_all = ["autolock"])]
+    force_new_cluster: bool,
 }
 
 #[derive(Debug, Args)]
@@ -578,6 +616,8 @@ async fn control(host: Host, mode: client::ReadMode, command: Command) -> anyhow
         Command::Swarm(SwarmCommand::Update(args)) => swarm::update(&mut api, args).await,
         Command::Swarm(SwarmCommand::UnlockKey(args)) => swarm::unlock_key(&mut api, args).await,
         Command::Swarm(SwarmCommand::Ca(args)) => swarm::ca(&mut api, args).await,
+        Command::Swarm(SwarmCommand::Backup(args)) => backup::backup(&mut api, args).await,
+        Command::Swarm(SwarmCommand::Restore(args)) => backup::restore(&mut api, args).await,
         Command::Swarm(SwarmCommand::JoinToken(args)) | Command::JoinToken(args) => {
             swarm::join_token(&mut api, args).await
         }

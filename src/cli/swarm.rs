@@ -3,7 +3,7 @@
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
 use anyhow::{Context as _, bail};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize as _, Zeroizing};
 
 use super::client::status;
 use super::{
@@ -17,11 +17,15 @@ use crate::api::v1::{
 type Api = super::client::Api;
 
 pub(super) async fn init(api: &mut Api, args: SwarmInitArgs) -> anyhow::Result<()> {
+    if args.force_new_cluster {
+        return force_new_cluster(api, args).await;
+    }
     let resp = api
         .swarm_init(SwarmInitRequest {
             advertise_addr: args.advertise_addr.unwrap_or_default(),
             cert_expiry_secs: args.cert_expiry.as_secs().max(1),
             autolock: args.autolock,
+            ..Default::default()
         })
         .await
         .map_err(status)?
@@ -31,6 +35,39 @@ pub(super) async fn init(api: &mut Api, args: SwarmInitArgs) -> anyhow::Result<(
         &resp.worker_token,
         &resp.advertise_addr,
         &resp.unlock_key,
+    ))
+}
+
+/// `swarm init --force-new-cluster`: asks once without a key; a locked manager says so, and
+/// then the unlock key is read from stdin and the request made again.
+async fn force_new_cluster(api: &mut Api, args: SwarmInitArgs) -> anyhow::Result<()> {
+    let mut req = SwarmInitRequest {
+        advertise_addr: args.advertise_addr.unwrap_or_default(),
+        force_new_cluster: true,
+        ..Default::default()
+    };
+    let resp = match api.swarm_init(req.clone()).await {
+        Ok(r) => r,
+        Err(s)
+            if s.code() == tonic::Code::FailedPrecondition
+                && s.message().contains(crate::daemon::LOCKED_FOR_RECOVERY) =>
+        {
+            req.unlock_key = read_unlock_key()?.to_string();
+            let r = api.swarm_init(req.clone()).await;
+            req.unlock_key.zeroize();
+            r.map_err(status)?
+        }
+        Err(s) => return Err(status(s)),
+    }
+    .into_inner();
+    print(&format!(
+        "Swarm recovered: current node ({}) is now the only manager, at {}.
+         The other managers were removed; to add managers, run 'skep join-token manager' on this          node and join new ones (a former manager must clear its data directory first).
+
+{}",
+        resp.node_id,
+        resp.advertise_addr,
+        join_instructions(Role::Worker, &resp.worker_token, &resp.advertise_addr)
     ))
 }
 

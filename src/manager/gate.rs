@@ -80,7 +80,8 @@ pub fn caller() -> Option<Actor> {
 pub fn classify(method: &str) -> Option<(Action, &'static str)> {
     use Action::*;
     Some(match method {
-        "SwarmInit" | "SwarmJoin" | "SwarmLeave" | "SwarmUnlock" => return None,
+        "SwarmInit" | "SwarmJoin" | "SwarmLeave" | "SwarmUnlock" | "SwarmBackup"
+        | "SwarmRestore" => return None,
         "Info" => (Read, "swarm"),
         "SwarmCa" => (Read, "swarm"),
         "JoinToken" => (ManageTokens, "token"),
@@ -243,6 +244,8 @@ mod tests {
             "SwarmJoin",
             "SwarmLeave",
             "SwarmUnlock",
+            "SwarmBackup",
+            "SwarmRestore",
             "Nope",
         ] {
             assert!(classify(m).is_none(), "{m}");
@@ -260,7 +263,15 @@ mod tests {
             .collect();
         assert!(rpcs.len() > 20, "{rpcs:?}");
         for rpc in rpcs {
-            let local = ["SwarmInit", "SwarmJoin", "SwarmLeave", "SwarmUnlock"].contains(&rpc);
+            let local = [
+                "SwarmInit",
+                "SwarmJoin",
+                "SwarmLeave",
+                "SwarmUnlock",
+                "SwarmBackup",
+                "SwarmRestore",
+            ]
+            .contains(&rpc);
             assert_eq!(classify(rpc).is_none(), local, "{rpc} has no RBAC decision");
         }
     }

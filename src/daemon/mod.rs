@@ -12,6 +12,11 @@
 //!    raft.anchor       sealed rollback anchor of raft/ (managers; see store::anchor)
 //! ```
 
+mod backup;
+mod recover;
+
+pub use recover::LOCKED_FOR_RECOVERY;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -907,6 +912,9 @@ impl Daemon {
     }
 
     async fn init(&self, req: SwarmInitRequest) -> Result<SwarmInitResponse, Status> {
+        if req.force_new_cluster {
+            return self.force_new_cluster(req).await;
+        }
         let mut phase = self.phase.lock().await;
         if !matches!(*phase, Phase::Inactive) {
             return Err(already_in_swarm());
@@ -1232,13 +1240,9 @@ impl Daemon {
         Ok(())
     }
 
-    async fn unlock(&self, key: &str) -> Result<(), Status> {
-        let mut phase = self.phase.lock().await;
-        let file = match &*phase {
-            Phase::Locked(f) => f.clone(),
-            _ => return Err(Status::failed_precondition("swarm is not locked")),
-        };
-        let opened = parse_unlock_key(key).and_then(|raw| {
+    /// The KEK the unlock key `key` gives, checked against this manager's data key.
+    fn open_kek(&self, key: &str) -> Result<Kek, Status> {
+        parse_unlock_key(key).and_then(|raw| {
             let kek = inner_kek(&self.paths(), &raw)?;
             let dek = read(&self.paths().dek()).map_err(|e| Status::internal(e.to_string()))?;
             kek.unwrap(&dek).map(|_| kek).map_err(|_| {
@@ -1246,8 +1250,16 @@ impl Daemon {
                     "invalid unlock key: it does not open this manager's data key",
                 )
             })
-        });
-        let kek = match opened {
+        })
+    }
+
+    async fn unlock(&self, key: &str) -> Result<(), Status> {
+        let mut phase = self.phase.lock().await;
+        let file = match &*phase {
+            Phase::Locked(f) => f.clone(),
+            _ => return Err(Status::failed_precondition("swarm is not locked")),
+        };
+        let kek = match self.open_kek(key) {
             Ok(k) => k,
             Err(e) => {
                 let failures = {
@@ -2107,6 +2119,27 @@ impl Control for ControlService {
             public_key: m.audit_public_key().unwrap_or_default(),
             cluster_id: m.read(|s| s.cluster.as_ref().map(|c| c.id.clone()).unwrap_or_default()),
         }))
+    }
+
+    type SwarmBackupStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<crate::api::v1::SwarmBackupChunk, Status>> + Send>,
+    >;
+
+    async fn swarm_backup(
+        &self,
+        req: Request<crate::api::v1::SwarmBackupRequest>,
+    ) -> Result<Response<Self::SwarmBackupStream>, Status> {
+        let chunks = self.0.backup(req.into_inner()).await?;
+        Ok(Response::new(Box::pin(tokio_stream::iter(
+            chunks.into_iter().map(Ok),
+        ))))
+    }
+
+    async fn swarm_restore(
+        &self,
+        req: Request<tonic::Streaming<crate::api::v1::SwarmRestoreChunk>>,
+    ) -> Result<Response<crate::api::v1::SwarmRestoreResponse>, Status> {
+        self.0.restore(req.into_inner()).await.map(Response::new)
     }
 
     type AuditFollowStream = std::pin::Pin<
