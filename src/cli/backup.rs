@@ -33,7 +33,9 @@ fn read_key_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
         std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --key-file {}", path.display()))?,
     );
-    Ok(Zeroizing::new(text.trim_end_matches(['\r', '\n']).to_string()))
+    Ok(Zeroizing::new(
+        text.trim_end_matches(['\r', '\n']).to_string(),
+    ))
 }
 
 fn read_key_stdin() -> anyhow::Result<Zeroizing<String>> {
@@ -131,7 +133,8 @@ pub(super) async fn restore(api: &mut Api, args: SwarmRestoreArgs) -> anyhow::Re
         );
     }
     let bytes = Zeroizing::new(
-        std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?,
+        std::fs::read(&args.file)
+            .with_context(|| format!("cannot read {}", args.file.display()))?,
     );
     let header = backup::read_header(&bytes)
         .with_context(|| format!("{} is refused", args.file.display()))?;

@@ -140,7 +140,9 @@ impl Daemon {
             chunks.push(SwarmBackupChunk::default());
         }
         chunks[0].summary = summary;
-        chunks[0].generated_key = generated.map(|t| t.expose().to_string()).unwrap_or_default();
+        chunks[0].generated_key = generated
+            .map(|t| t.expose().to_string())
+            .unwrap_or_default();
         Ok(chunks)
     }
 
@@ -277,8 +279,12 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         let now = time::OffsetDateTime::now_utc();
         let validity = time::Duration::seconds(
-            i64::try_from(cluster.cert_expiry_secs.max(super::MIN_CERT_EXPIRY.as_secs()))
-                .unwrap_or(i64::MAX),
+            i64::try_from(
+                cluster
+                    .cert_expiry_secs
+                    .max(super::MIN_CERT_EXPIRY.as_secs()),
+            )
+            .unwrap_or(i64::MAX),
         );
         let cert = ca
             .issue(&csr, &node_id, skep_pki::Role::Manager, validity, now)
@@ -291,8 +297,9 @@ impl Daemon {
         }
         let (kek, store_kek) = match &cluster.unlock_key {
             Some(text) if cluster.autolock => {
-                let raw = super::parse_unlock_key(text.expose()).map_err(|s| s.message().to_string())?;
-                (Kek::from_unlock_key(&*raw), false)
+                let raw =
+                    super::parse_unlock_key(text.expose()).map_err(|s| s.message().to_string())?;
+                (Kek::from_unlock_key(&raw), false)
             }
             _ => (Kek::generate(), true),
         };

@@ -2122,7 +2122,10 @@ impl Control for ControlService {
     }
 
     type SwarmBackupStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<crate::api::v1::SwarmBackupChunk, Status>> + Send>,
+        Box<
+            dyn tokio_stream::Stream<Item = Result<crate::api::v1::SwarmBackupChunk, Status>>
+                + Send,
+        >,
     >;
 
     async fn swarm_backup(

@@ -179,11 +179,9 @@ async fn rebuild_store(
         Status::internal(format!("recovering the store: {what}: {e}"))
     };
     let old = match open {
-        Some((log, sm, sealer)) => {
-            crate::store::recover::read_all_open(&p.raft(), log, sm)
-                .await
-                .map(|r| (r, sealer))
-        }
+        Some((log, sm, sealer)) => crate::store::recover::read_all_open(&p.raft(), log, sm)
+            .await
+            .map(|r| (r, sealer)),
         None => {
             let dek = kek
                 .unwrap(&read(&p.dek()).map_err(|e| fail("reading the data key", &e))?)

@@ -315,10 +315,7 @@ impl Manager {
     }
 
     /// Reads the state with the id of the last entry it includes, under one lock.
-    pub fn read_applied<T>(
-        &self,
-        f: impl FnOnce(&State, Option<crate::store::LogId>) -> T,
-    ) -> T {
+    pub fn read_applied<T>(&self, f: impl FnOnce(&State, Option<crate::store::LogId>) -> T) -> T {
         self.state.read_applied(f)
     }
 

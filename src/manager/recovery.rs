@@ -194,7 +194,10 @@ mod tests {
         let head = s.audit.head().unwrap();
         assert_eq!(head.event.action, "cluster.force_new_cluster");
         assert_eq!(
-            head.event.details.get("removed_managers").map(String::as_str),
+            head.event
+                .details
+                .get("removed_managers")
+                .map(String::as_str),
             Some("m2,m3")
         );
     }

@@ -377,8 +377,9 @@ impl StateMachineStore {
             last_membership: a.last_membership.clone(),
             snapshot_id,
         };
-        let payload = encode_payload(&meta, &a.state)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e)))?;
+        let payload = encode_payload(&meta, &a.state).map_err(|e| {
+            StorageIOError::write_snapshot(Some(meta.signature()), AnyError::new(&e))
+        })?;
         Ok((meta, payload))
     }
 }
@@ -392,7 +393,6 @@ pub(crate) fn encode_payload(meta: &Meta, state: &State) -> Result<Zeroizing<Vec
 }
 
 impl StateMachineStore {
-
     /// Changes the applied state behind Raft's back and seals it as the current snapshot, so
     /// a restart starts from it. Only for tests that play an attacker holding the data key
     /// (see [`super::testing`]); never called by the daemon.

@@ -821,12 +821,24 @@ async fn a_survivors_store_is_rebuilt_as_a_cluster_of_one_with_every_entry_it_he
     assert_eq!(got.last, log_id(1, 9));
     assert_eq!(got.term, 4);
     assert_eq!(got.replayed, 9);
-    assert_eq!(got.state.nodes.len(), 8, "every entry held, committed or not");
+    assert_eq!(
+        got.state.nodes.len(),
+        8,
+        "every entry held, committed or not"
+    );
 
     let new = tempfile::tempdir().unwrap();
-    recover::write_single(new.path(), sealer, &got.state, got.last, got.term, 1, "127.0.0.1:2377")
-        .await
-        .unwrap();
+    recover::write_single(
+        new.path(),
+        sealer,
+        &got.state,
+        got.last,
+        got.term,
+        1,
+        "127.0.0.1:2377",
+    )
+    .await
+    .unwrap();
     let (raft, state) = start_raft(new.path(), dek).await;
     raft.wait(Some(Duration::from_secs(10)))
         .current_leader(1, "the survivor leads alone")

@@ -115,7 +115,13 @@ fn a_swarm_whose_managers_are_all_destroyed_comes_back_from_a_backup() {
     let kept_s = kept.to_str().unwrap();
     let started = std::time::Instant::now();
     let out = r.cli_stdin(
-        &["swarm", "restore", kept_s, "--advertise-addr", &m2_addr.to_string()],
+        &[
+            "swarm",
+            "restore",
+            kept_s,
+            "--advertise-addr",
+            &m2_addr.to_string(),
+        ],
         &key,
     );
     assert!(out.status.success(), "{}", describe(&out));
@@ -124,23 +130,34 @@ fn a_swarm_whose_managers_are_all_destroyed_comes_back_from_a_backup() {
         started.elapsed().as_millis()
     );
     let _ = std::fs::remove_file(&kept);
-    assert!(stdout(&out).contains("is now the only manager"), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("is now the only manager"),
+        "{}",
+        describe(&out)
+    );
 
     // The new machine took m2's identity (the address the worker knows).
     let nodes = r.node_ls();
     let me = nodes.iter().find(|n| n["Self"] == true).unwrap();
     assert_eq!(me["ID"], m2_id.as_str(), "{}", summary(&nodes));
-    let mut hosts: Vec<&str> = nodes.iter().filter_map(|n| n["Hostname"].as_str()).collect();
+    let mut hosts: Vec<&str> = nodes
+        .iter()
+        .filter_map(|n| n["Hostname"].as_str())
+        .collect();
     hosts.sort();
     assert_eq!(hosts, ["r1", "w1"], "{}", summary(&nodes));
     assert_eq!(secret_digests(&r), secrets);
-    wait_for(timeout(), "the worker Ready under the restored manager", || {
-        let nodes = r.try_node_ls()?;
-        match nodes.iter().find(|n| n["Hostname"] == "w1") {
-            Some(w) if w["Status"] == "Ready" => Ok(()),
-            _ => Err(summary(&nodes)),
-        }
-    });
+    wait_for(
+        timeout(),
+        "the worker Ready under the restored manager",
+        || {
+            let nodes = r.try_node_ls()?;
+            match nodes.iter().find(|n| n["Hostname"] == "w1") {
+                Some(w) if w["Status"] == "Ready" => Ok(()),
+                _ => Err(summary(&nodes)),
+            }
+        },
+    );
     assert_eq!(running_on(&r, "web"), tasks, "the worker's tasks were kept");
     let new_token = r.cli_ok(&["join-token", "-q", "worker"]);
     assert_ne!(new_token, old_token, "the join tokens are rotated");
@@ -155,7 +172,11 @@ fn a_swarm_whose_managers_are_all_destroyed_comes_back_from_a_backup() {
     r.cli_ok(&["service", "scale", "web=3"]);
     wait_for(timeout(), "3 running tasks", || {
         let t = running_on(&r, "web");
-        if t.len() == 3 { Ok(()) } else { Err(format!("{t:?}")) }
+        if t.len() == 3 {
+            Ok(())
+        } else {
+            Err(format!("{t:?}"))
+        }
     });
 }
 
@@ -177,7 +198,10 @@ fn a_damaged_backup_is_refused_naming_the_damage() {
         "--key-file",
         pass.to_str().unwrap(),
     ]);
-    assert!(!said.contains("SKEPBKP-"), "no key is made when one is given: {said}");
+    assert!(
+        !said.contains("SKEPBKP-"),
+        "no key is made when one is given: {said}"
+    );
     let good = std::fs::read(&file).unwrap();
 
     let r = Node::start("r");
@@ -187,7 +211,11 @@ fn a_damaged_backup_is_refused_naming_the_damage() {
         std::fs::write(&f, bytes).unwrap();
         r.cli_stdin(&["swarm", "restore", f.to_str().unwrap()], key)
     };
-    let truncated = try_restore("t", &good[..good.len() - 100], "correct horse battery staple");
+    let truncated = try_restore(
+        "t",
+        &good[..good.len() - 100],
+        "correct horse battery staple",
+    );
     assert_error(&truncated, "truncated");
     let mut altered = good.clone();
     let mid = altered.len() / 2;
@@ -251,5 +279,8 @@ fn restoring_an_older_backup_than_the_client_verified_is_an_explicit_rollback() 
         .iter()
         .filter_map(|s| s["Name"].as_str().map(str::to_string))
         .collect();
-    assert!(names.is_empty(), "the later secrets are rolled back: {names:?}");
+    assert!(
+        names.is_empty(),
+        "the later secrets are rolled back: {names:?}"
+    );
 }

@@ -88,7 +88,10 @@ fn a_lost_majority_is_recovered_by_force_new_cluster_on_a_survivor() {
     let m1 = &c.nodes[0];
     assert_eq!(secret_list(m1), ["after", "before"]);
     let nodes = m1.node_ls();
-    let mut hosts: Vec<&str> = nodes.iter().filter_map(|n| n["Hostname"].as_str()).collect();
+    let mut hosts: Vec<&str> = nodes
+        .iter()
+        .filter_map(|n| n["Hostname"].as_str())
+        .collect();
     hosts.sort();
     assert_eq!(hosts, ["m1", "w1", "w2"], "{}", summary(&nodes));
     // The workers' tasks were never replaced.
@@ -112,24 +115,35 @@ fn a_lost_majority_is_recovered_by_force_new_cluster_on_a_survivor() {
         .find(|r| r["action"] == "cluster.force_new_cluster")
         .unwrap_or_else(|| panic!("no recovery record in the chain"));
     let removed = recovery["details"]["removed_managers"].as_str().unwrap();
-    assert!(removed.contains(&m2_id) && removed.contains(&m3_id), "{recovery}");
+    assert!(
+        removed.contains(&m2_id) && removed.contains(&m3_id),
+        "{recovery}"
+    );
     m1.cli_ok(&["audit", "verify"]);
 
     // The old m3 comes back with its old state: m1 refuses it, and it never leads anyone.
     let before = c.nodes[0].audit().len();
     c.nodes[2].spawn();
     c.nodes[2].wait_up();
-    wait_for(timeout(), "m1 refusing the removed m3's certificate", || {
-        let audit = c.nodes[0].try_audit()?;
-        let refused = audit[before.min(audit.len())..].iter().any(|r| {
-            r["action"] == "tls.handshake"
-                && r["outcome"] == "denied"
-                && r["details"]["reason"]
-                    .as_str()
-                    .is_some_and(|s| s.to_lowercase().contains("revoked"))
-        });
-        if refused { Ok(()) } else { Err("not yet".into()) }
-    });
+    wait_for(
+        timeout(),
+        "m1 refusing the removed m3's certificate",
+        || {
+            let audit = c.nodes[0].try_audit()?;
+            let refused = audit[before.min(audit.len())..].iter().any(|r| {
+                r["action"] == "tls.handshake"
+                    && r["outcome"] == "denied"
+                    && r["details"]["reason"]
+                        .as_str()
+                        .is_some_and(|s| s.to_lowercase().contains("revoked"))
+            });
+            if refused {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
     let hosts: Vec<String> = c.nodes[0]
         .node_ls()
         .iter()

@@ -391,7 +391,8 @@ fn check_state_refuses_a_header_that_does_not_describe_the_state() {
     let f = fixture();
     let h = read_header(&f.file).unwrap();
     assert!(check_state(&h, &f.state).is_ok());
-    let cases: Vec<(&str, Box<dyn Fn(&mut BackupHeader, &mut State)>)> = vec![
+    type Change = Box<dyn Fn(&mut BackupHeader, &mut State)>;
+    let cases: Vec<(&str, Change)> = vec![
         (
             "cluster",
             Box::new(|h, _| h.cluster_id = "cluster-2".into()),
