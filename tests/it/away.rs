@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use crate::harness::{Cluster, Node, find_node, json_lines, running_hosts, timeout, wait_for};
 
 const REPLICAS: usize = 3;
+/// How long a quick restart keeps a daemon away.
+const OUTAGE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// `service ls --format json` of `service`: its REPLICAS column.
 fn replicas(m: &Node, service: &str) -> String {
@@ -104,7 +106,10 @@ fn tasks_of_a_down_node_are_unknown_not_running_until_it_is_back() {
     }
     let node_ps = states_on(m, &["node", "ps", "--format", "json", &w], &w);
     for id in placed.keys() {
-        let state = node_ps.get(id).map(String::as_str).unwrap_or("(not listed)");
+        let state = node_ps
+            .get(id)
+            .map(String::as_str)
+            .unwrap_or("(not listed)");
         assert!(
             state.starts_with("Unknown"),
             "node ps shows task {id} as {state:?}"
@@ -126,4 +131,64 @@ fn tasks_of_a_down_node_are_unknown_not_running_until_it_is_back() {
     });
     let ls = m.cli_ok(&["service", "ls"]);
     assert!(ls.contains(&all), "{ls}");
+}
+
+/// With the default heartbeat period (5 s: Down after 15-20 s of silence), a daemon restart of
+/// [`OUTAGE`] does not get its node marked Down, so the orchestrator does not orphan and
+/// replace its tasks (what the restarted agent then does with them is its own business).
+#[test]
+fn a_quick_daemon_restart_does_not_make_the_orchestrator_replace_tasks() {
+    if !nix::unistd::Uid::effective().is_root() {
+        crate::harness::cannot_run("exec runtime needs root");
+        return;
+    }
+    let mut c = Cluster::init(1, 1);
+    let w = c.workers()[0].name().to_string();
+    let m = c.first();
+    m.cli_ok(&["swarm", "update", "--dispatcher-heartbeat", "5s"]);
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "quick",
+        "--replicas",
+        &REPLICAS.to_string(),
+        "--constraint",
+        "node.role==worker",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    let all = format!("{REPLICAS}/{REPLICAS}");
+    wait_for(timeout(), "every task running on the worker", || {
+        let on = running_hosts(m, "quick");
+        if on == vec![w.clone(); REPLICAS] {
+            Ok(())
+        } else {
+            Err(format!("{on:?}"))
+        }
+    });
+    // The daemon stays away for OUTAGE (a restart, an upgrade of the binary), then comes back.
+    let started = std::time::Instant::now();
+    c.nodes[1].kill();
+    crate::harness::wait_until(OUTAGE * 2, "the outage to last its time", || {
+        started.elapsed() >= OUTAGE
+    });
+    c.nodes[1].spawn();
+    c.nodes[1].wait_up();
+    let took = started.elapsed();
+    eprintln!("the worker's daemon was back after {took:?}");
+    let m = c.first();
+    wait_for(timeout(), "the service back to all replicas", || {
+        let r = replicas(m, "quick");
+        if r == all { Ok(()) } else { Err(r) }
+    });
+    let ps = m.cli_ok(&["service", "ps", "quick"]);
+    assert!(
+        !ps.contains("Orphaned") && !ps.contains("Unknown"),
+        "a restart of {took:?} made the orchestrator give up on the node's tasks:\n{ps}"
+    );
 }
