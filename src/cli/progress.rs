@@ -23,6 +23,7 @@ use super::client::status;
 use super::print;
 use super::tasks::{parse_service, parse_tasks, short_id};
 use crate::api::v1::ServiceRef;
+use crate::manager::presence::TaskView;
 use crate::store::service::{
     DesiredState, Mode, Service, Task, TaskState, UpdatePhase, UpdateStatus,
 };
@@ -95,8 +96,8 @@ fn current(svc: &Service, base: &Baseline, t: &Task) -> bool {
 }
 
 /// The task a slot (or node) shows: the newest that should run, else the newest.
-fn representative<'a>(tasks: &[&'a Task]) -> Option<&'a Task> {
-    let newest = |it: &mut dyn Iterator<Item = &'a Task>| {
+fn representative<'a>(tasks: &[&'a TaskView]) -> Option<&'a TaskView> {
+    let newest = |it: &mut dyn Iterator<Item = &'a TaskView>| {
         it.max_by(|a, b| {
             a.created_at
                 .cmp(&b.created_at)
@@ -112,7 +113,12 @@ fn representative<'a>(tasks: &[&'a Task]) -> Option<&'a Task> {
     .or_else(|| newest(&mut tasks.iter().copied()))
 }
 
-fn row_text(label: &str, t: &Task) -> String {
+fn row_text(label: &str, t: &TaskView) -> String {
+    if let Some(u) = &t.unknown {
+        // Its node is down: no bar, since nobody knows how far it is.
+        let name = format!("{:<w$}", "unknown", w = STATE_WIDTH);
+        return format!("{label}: {name} {}", u.reason);
+    }
     let state = t.status.state;
     let name = format!("{:<w$}", state.as_str(), w = STATE_WIDTH);
     let detail = if !t.status.err.is_empty() {
@@ -142,15 +148,14 @@ fn row_text(label: &str, t: &Task) -> String {
 /// Reduces one poll to its lines and outcome. `waited` is how long the wait has lasted.
 pub(super) fn snapshot(
     svc: &Service,
-    tasks: &[Task],
+    tasks: &[TaskView],
     base: &Baseline,
     waited: Duration,
 ) -> Snapshot {
-    let tasks: Vec<&Task> = tasks.iter().filter(|t| t.service_id == svc.id).collect();
-    let running_now = |t: &Task| {
-        t.desired == DesiredState::Running
-            && t.status.state == TaskState::Running
-            && current(svc, base, t)
+    let tasks: Vec<&TaskView> = tasks.iter().filter(|t| t.service_id == svc.id).collect();
+    // Known to run: a task of a node that is down is not counted (see `manager::presence`).
+    let running_now = |t: &TaskView| {
+        t.desired == DesiredState::Running && t.known_running() && current(svc, base, t)
     };
     let desired_running = tasks
         .iter()
@@ -158,7 +163,7 @@ pub(super) fn snapshot(
         .count();
     let (overall, rows, converged) = match svc.spec.mode {
         Mode::Replicated { replicas } => {
-            let mut slots: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
+            let mut slots: BTreeMap<u64, Vec<&TaskView>> = BTreeMap::new();
             for t in &tasks {
                 slots.entry(t.slot).or_default().push(t);
             }
@@ -189,7 +194,7 @@ pub(super) fn snapshot(
             )
         }
         Mode::Global => {
-            let mut nodes: BTreeMap<&str, Vec<&Task>> = BTreeMap::new();
+            let mut nodes: BTreeMap<&str, Vec<&TaskView>> = BTreeMap::new();
             for t in &tasks {
                 nodes.entry(t.node_id.as_str()).or_default().push(t);
             }
@@ -426,6 +431,20 @@ mod tests {
                 "3/3: pending   [================>                                  ] no suitable node",
             ]
         );
+        assert_eq!(s.outcome, Outcome::Waiting);
+    }
+
+    #[test]
+    fn a_task_of_a_down_node_is_not_progress() {
+        let t1 = task("a", "web", 1, "n1", TaskState::Running);
+        let mut t2 = task("b", "web", 2, "n2", TaskState::Running);
+        t2.unknown = Some(crate::cli::tasks::tests::unknown_since(
+            "2026-01-01T00:00:00Z",
+        ));
+        let svc = service(Mode::Replicated { replicas: 2 }, &t1);
+        let s = snapshot(&svc, &[t1, t2], &Baseline::default(), Duration::ZERO);
+        assert_eq!(s.overall, "overall progress: 1 out of 2 tasks");
+        assert_eq!(s.rows[1].1, "2/2: unknown   node down");
         assert_eq!(s.outcome, Outcome::Waiting);
     }
 

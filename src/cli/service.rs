@@ -22,8 +22,9 @@ use super::{Format, print};
 use crate::api::v1::{
     Empty, ServiceLogsRequest, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest,
 };
+use crate::manager::presence::TaskView;
 use crate::store::service::{
-    DesiredState, Mode, RestartCondition, Service, ServiceSpec, Task, TaskState, UpdateConfig,
+    DesiredState, Mode, RestartCondition, Service, ServiceSpec, UpdateConfig,
 };
 
 type Api = super::client::Api;
@@ -332,7 +333,10 @@ async fn create(api: &mut Api, a: CreateArgs) -> anyhow::Result<()> {
 }
 
 /// The service and its tasks.
-pub(super) async fn fetch(api: &mut Api, service: &str) -> anyhow::Result<(Service, Vec<Task>)> {
+pub(super) async fn fetch(
+    api: &mut Api,
+    service: &str,
+) -> anyhow::Result<(Service, Vec<TaskView>)> {
     fetch_all(api, service).await.map(|(s, t, _)| (s, t))
 }
 
@@ -340,7 +344,7 @@ pub(super) async fn fetch(api: &mut Api, service: &str) -> anyhow::Result<(Servi
 async fn fetch_all(
     api: &mut Api,
     service: &str,
-) -> anyhow::Result<(Service, Vec<Task>, Vec<String>)> {
+) -> anyhow::Result<(Service, Vec<TaskView>, Vec<String>)> {
     let info = api
         .service_inspect(ServiceRef {
             service: service.to_string(),
@@ -400,11 +404,12 @@ async fn ls(api: &mut Api, a: LsArgs) -> anyhow::Result<()> {
     print(&text)
 }
 
-/// `running/desired`: for a global service, desired is the tasks that should run.
-pub(super) fn replicas(svc: &Service, tasks: &[Task]) -> String {
+/// `running/desired`: for a global service, desired is the tasks that should run. Running
+/// counts only tasks known to run: not those of a node that is down (their state is unknown).
+pub(super) fn replicas(svc: &Service, tasks: &[TaskView]) -> String {
     let running = tasks
         .iter()
-        .filter(|t| t.desired == DesiredState::Running && t.status.state == TaskState::Running)
+        .filter(|t| t.desired == DesiredState::Running && t.known_running())
         .count();
     match svc.spec.mode {
         Mode::Replicated { replicas } => format!("{running}/{replicas}"),
@@ -425,7 +430,7 @@ fn mode_text(mode: &Mode) -> &'static str {
     }
 }
 
-pub(super) fn ls_table(services: &[(Service, Vec<Task>)]) -> String {
+pub(super) fn ls_table(services: &[(Service, Vec<TaskView>)]) -> String {
     let mut t = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"]);
     for (s, tasks) in services {
         t.row(vec![
@@ -439,7 +444,7 @@ pub(super) fn ls_table(services: &[(Service, Vec<Task>)]) -> String {
     t.render()
 }
 
-pub(super) fn ls_json(s: &Service, tasks: &[Task]) -> Value {
+pub(super) fn ls_json(s: &Service, tasks: &[TaskView]) -> Value {
     json!({
         "ID": short_id(&s.id),
         "Name": s.spec.name,
@@ -477,13 +482,13 @@ async fn ps(api: &mut Api, a: PsArgs) -> anyhow::Result<()> {
 }
 
 /// The `ps` output of `service ps` and `node ps`.
-pub(super) fn ps_text(all: &[Task], hosts: &HashMap<String, String>, a: &PsArgs) -> String {
+pub(super) fn ps_text(all: &[TaskView], hosts: &HashMap<String, String>, a: &PsArgs) -> String {
     ps_output(all, hosts, a.quiet, a.no_trunc, a.format)
 }
 
 /// `ps` output from its flags.
 pub(super) fn ps_output(
-    all: &[Task],
+    all: &[TaskView],
     hosts: &HashMap<String, String>,
     quiet: bool,
     no_trunc: bool,
@@ -886,7 +891,7 @@ mod tests {
     use super::*;
     use crate::api::v1::LogLine;
     use crate::cli::tasks::tests::task;
-    use crate::store::service::{Runtime, TaskSpec};
+    use crate::store::service::{Runtime, TaskSpec, TaskState};
 
     fn service(id: &str, name: &str, mode: Mode, task: TaskSpec) -> Service {
         Service {
@@ -950,6 +955,30 @@ mod tests {
     }
 
     #[test]
+    fn ls_does_not_count_tasks_of_a_down_node() {
+        let mut tasks: Vec<_> = (1..=6)
+            .map(|i| task(&format!("t{i}"), "web", i, "n1", TaskState::Running))
+            .collect();
+        let svc = service(
+            "abcdefghijklmnopqrstuvwxy",
+            "web",
+            Mode::Replicated { replicas: 6 },
+            tasks[0].spec.clone(),
+        );
+        assert_eq!(replicas(&svc, &tasks), "6/6");
+        for t in &mut tasks[3..] {
+            t.unknown = Some(crate::cli::tasks::tests::unknown_since(
+                "2026-01-01T00:00:00Z",
+            ));
+        }
+        assert_eq!(replicas(&svc, &tasks), "3/6");
+        assert_eq!(ls_json(&svc, &tasks)["Replicas"], "3/6");
+        // Global: the unknown tasks are still desired, just not known to run.
+        let g = service("g", "mon", Mode::Global, tasks[0].spec.clone());
+        assert_eq!(replicas(&g, &tasks), "3/6");
+    }
+
+    #[test]
     fn logs_are_prefixed_like_docker() {
         let line = |id: &str, name: &str, node: &str, stream: &str, text: &str| LogLine {
             task_id: id.into(),
@@ -976,7 +1005,12 @@ mod tests {
     #[test]
     fn pretty_is_docker_like() {
         let t = task("a", "t1", 1, "n1", TaskState::Running);
-        let mut s = service("sid", "t1", Mode::Replicated { replicas: 3 }, t.spec);
+        let mut s = service(
+            "sid",
+            "t1",
+            Mode::Replicated { replicas: 3 },
+            t.spec.clone(),
+        );
         s.spec.task.reservations.memory_bytes = 64 << 20;
         s.spec.task.constraints = vec![spec::parse_constraint("node.role==worker").unwrap()];
         let text = pretty(&s);

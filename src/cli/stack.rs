@@ -23,8 +23,9 @@ use crate::api::v1::{
     Empty, NetworkCreateRequest, NetworkInfo, NetworkLookup, SecretCreateRequest, SecretLookup,
     ServiceRef, ServiceSpecRequest, ServiceUpdateRequest, StackAuditRequest,
 };
+use crate::manager::presence::TaskView;
 use crate::stack::{NAMESPACE_LABEL, SecretSource, Stack};
-use crate::store::service::{Service, Task};
+use crate::store::service::Service;
 
 type Api = super::client::Api;
 
@@ -186,7 +187,7 @@ fn load(a: &DeployArgs) -> anyhow::Result<Stack> {
 }
 
 /// Every service with its current tasks.
-async fn all_services(api: &mut Api) -> anyhow::Result<Vec<(Service, Vec<Task>)>> {
+async fn all_services(api: &mut Api) -> anyhow::Result<Vec<(Service, Vec<TaskView>)>> {
     let infos = api
         .service_list(Empty {})
         .await
@@ -436,7 +437,10 @@ async fn ls(api: &mut Api, a: StackLsArgs) -> anyhow::Result<()> {
     print(&text)
 }
 
-async fn stack_services(api: &mut Api, stack: &str) -> anyhow::Result<Vec<(Service, Vec<Task>)>> {
+async fn stack_services(
+    api: &mut Api,
+    stack: &str,
+) -> anyhow::Result<Vec<(Service, Vec<TaskView>)>> {
     let all: Vec<_> = all_services(api)
         .await?
         .into_iter()

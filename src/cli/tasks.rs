@@ -7,7 +7,9 @@
 //! ```
 //!
 //! Tasks are grouped by slot (global services: by node), newest first; older tasks of a slot
-//! are its history, indented with ` \_ `.
+//! are its history, indented with ` \_ `. A task whose node the managers have marked Down
+//! shows `Unknown 12 seconds ago (node down)`: the managers send that with the task (see
+//! `manager::presence`), since its last report may no longer hold.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -17,6 +19,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::output::Table;
+use crate::manager::presence::TaskView;
 use crate::store::service::{DesiredState, Runtime, Service, Task, TaskSpec, TaskState};
 use crate::util::parse_rfc3339;
 
@@ -100,17 +103,28 @@ pub(super) fn human_duration(d: Duration) -> String {
     }
 }
 
-/// `Running 5 seconds ago`: the state, and how long ago the node reported it.
-pub(super) fn current_state(task: &Task, now: OffsetDateTime) -> String {
+/// `Running 5 seconds ago`: the state, and how long ago the node reported it; for a task
+/// whose node is down, `Unknown 12 seconds ago (node down)`: since when nobody knows.
+pub(super) fn current_state(task: &TaskView, now: OffsetDateTime) -> String {
+    if let Some(u) = &task.unknown {
+        return match ago(&u.since, now) {
+            Some(age) => format!("Unknown {age} ({})", u.reason),
+            None => format!("Unknown ({})", u.reason),
+        };
+    }
     let state = capitalised(task.status.state.as_str());
-    match parse_rfc3339(&task.status.timestamp) {
-        Some(at) => {
-            let age = (now - at).max(time::Duration::ZERO);
-            let age = Duration::try_from(age).unwrap_or_default();
-            format!("{state} {} ago", human_duration(age).to_lowercase())
-        }
+    match ago(&task.status.timestamp, now) {
+        Some(age) => format!("{state} {age}"),
         None => state,
     }
+}
+
+/// `5 seconds ago`, for an RFC 3339 time; `None` if it does not parse.
+fn ago(at: &str, now: OffsetDateTime) -> Option<String> {
+    let at = parse_rfc3339(at)?;
+    let age = (now - at).max(time::Duration::ZERO);
+    let age = Duration::try_from(age).unwrap_or_default();
+    Some(format!("{} ago", human_duration(age).to_lowercase()))
 }
 
 /// The ERROR column: the task's error, or why a pending task waits.
@@ -127,7 +141,7 @@ pub(super) fn error_text(task: &Task) -> &str {
 /// One printed task.
 #[derive(Debug)]
 pub(super) struct TaskLine<'a> {
-    pub task: &'a Task,
+    pub task: &'a TaskView,
     /// `web.1`, or ` \_ web.1` for history.
     pub name: String,
     pub node: String,
@@ -135,7 +149,7 @@ pub(super) struct TaskLine<'a> {
 
 /// The order of `service ps`: by service, then slot (global: node), newest task first.
 pub(super) fn lines<'a>(
-    tasks: &'a [Task],
+    tasks: &'a [TaskView],
     hostnames: &HashMap<String, String>,
 ) -> Vec<TaskLine<'a>> {
     let host = |id: &str| -> String {
@@ -149,7 +163,7 @@ pub(super) fn lines<'a>(
         }
     };
     // (service name, slot, node hostname) → tasks.
-    let mut groups: BTreeMap<(String, u64, String), Vec<&Task>> = BTreeMap::new();
+    let mut groups: BTreeMap<(String, u64, String), Vec<&TaskView>> = BTreeMap::new();
     for t in tasks {
         let node_key = if t.slot == 0 {
             host(&t.node_id)
@@ -166,7 +180,7 @@ pub(super) fn lines<'a>(
         // The task meant to run first, then newest first: `attempt` orders replacements
         // made within the same second, which `created_at` cannot.
         group.sort_by(|a, b| {
-            let current = |t: &Task| t.desired == DesiredState::Running;
+            let current = |t: &TaskView| t.desired == DesiredState::Running;
             current(b)
                 .cmp(&current(a))
                 .then_with(|| b.attempt.cmp(&a.attempt))
@@ -243,8 +257,8 @@ pub(super) fn json_of(l: &TaskLine<'_>, now: OffsetDateTime) -> Value {
     })
 }
 
-/// Parses the daemon's task JSON.
-pub(super) fn parse_tasks(texts: &[String]) -> anyhow::Result<Vec<Task>> {
+/// Parses the daemon's task JSON (an older daemon's tasks carry no `unknown`: read as known).
+pub(super) fn parse_tasks(texts: &[String]) -> anyhow::Result<Vec<TaskView>> {
     texts
         .iter()
         .map(|t| serde_json::from_str(t).context("the daemon sent a task this CLI cannot read"))
@@ -267,8 +281,8 @@ pub(super) mod tests {
         slot: u64,
         node: &str,
         state: TaskState,
-    ) -> Task {
-        Task {
+    ) -> TaskView {
+        TaskView::from(Task {
             id: id.into(),
             service_id: format!("{svc}-id"),
             service_name: svc.into(),
@@ -300,7 +314,7 @@ pub(super) mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             not_before: String::new(),
             attempt: 0,
-        }
+        })
     }
 
     fn now() -> OffsetDateTime {
@@ -390,5 +404,38 @@ pub(super) mod tests {
         assert_eq!(image_of(&t.spec, true).chars().count(), 30);
         assert_eq!(short_id("0123456789abcdef"), "0123456789ab");
         assert_eq!(short_id("abc"), "abc");
+    }
+
+    /// The unknown mark the managers send with a task of a down node.
+    pub(in crate::cli) fn unknown_since(since: &str) -> crate::manager::presence::Unknown {
+        crate::manager::presence::Unknown {
+            since: since.into(),
+            reason: crate::manager::presence::NODE_DOWN.into(),
+        }
+    }
+
+    #[test]
+    fn a_task_of_a_down_node_shows_unknown_since_the_node_went_down() {
+        let mut t = task("awaytask000000000", "web", 1, "n1id", TaskState::Running);
+        t.unknown = Some(unknown_since("2026-01-01T00:00:02Z"));
+        let mut orphan = task("orphan00000000000", "web", 2, "n1id", TaskState::Orphaned);
+        orphan.desired = DesiredState::Shutdown;
+        orphan.unknown = Some(unknown_since("2026-01-01T00:00:02Z"));
+        let tasks = vec![t, orphan];
+        let hosts = HashMap::from([("n1id".to_string(), "w1".to_string())]);
+        let ls = lines(&tasks, &hosts);
+        assert_eq!(
+            table(&ls, now(), false),
+            "ID            NAME   IMAGE            NODE  DESIRED STATE  CURRENT STATE                      ERROR\n\
+             awaytask0000  web.1  /bin/sleep 1000  w1    Running        Unknown 3 seconds ago (node down)\n\
+             orphan000000  web.2  /bin/sleep 1000  w1    Shutdown       Unknown 3 seconds ago (node down)\n"
+        );
+        assert_eq!(
+            json_of(&ls[0], now())["CurrentState"],
+            "Unknown 3 seconds ago (node down)"
+        );
+        let mut bad = task("x", "web", 1, "n1id", TaskState::Running);
+        bad.unknown = Some(unknown_since("not a time"));
+        assert_eq!(current_state(&bad, now()), "Unknown (node down)");
     }
 }

@@ -4,11 +4,12 @@
 use std::collections::BTreeMap;
 
 use super::lookup::find;
+use super::presence::TaskView;
 use super::{Manager, ManagerError};
 use crate::api::v1::{LogLine, TaskLogsRequest};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Availability, Command, Node, NodeRole};
-use crate::store::service::{Mode, Service, ServiceSpec, Task};
+use crate::store::service::{Mode, Service, ServiceSpec};
 
 /// Labels a node may carry (they are replicated and matched by every placement).
 const MAX_NODE_LABELS: usize = 64;
@@ -33,8 +34,9 @@ pub(super) fn revocation(
 }
 
 impl Manager {
-    /// The service with this ID, name or ID prefix, and its tasks.
-    pub fn service(&self, want: &str) -> Result<(Service, Vec<Task>), ManagerError> {
+    /// The service with this ID, name or ID prefix, and its tasks as operators are shown
+    /// them (unknown while their node is down: see [`super::presence`]).
+    pub fn service(&self, want: &str) -> Result<(Service, Vec<TaskView>), ManagerError> {
         self.read(|s| {
             let svc = find(
                 s.services.values(),
@@ -48,14 +50,14 @@ impl Manager {
                 .tasks
                 .values()
                 .filter(|t| t.service_id == svc.id)
-                .cloned()
+                .map(|t| TaskView::of(s, t))
                 .collect();
             Ok((svc, tasks))
         })
     }
 
-    /// Every service with its tasks.
-    pub fn services(&self) -> Vec<(Service, Vec<Task>)> {
+    /// Every service with its tasks as operators are shown them.
+    pub fn services(&self) -> Vec<(Service, Vec<TaskView>)> {
         self.read(|s| {
             s.services
                 .values()
@@ -64,7 +66,7 @@ impl Manager {
                         .tasks
                         .values()
                         .filter(|t| t.service_id == svc.id)
-                        .cloned()
+                        .map(|t| TaskView::of(s, t))
                         .collect();
                     (svc.clone(), tasks)
                 })
@@ -645,14 +647,14 @@ impl Manager {
         Ok(())
     }
 
-    /// Tasks placed on a node.
-    pub fn node_tasks(&self, want: &str) -> Result<Vec<Task>, ManagerError> {
+    /// Tasks placed on a node, as operators are shown them.
+    pub fn node_tasks(&self, want: &str) -> Result<Vec<TaskView>, ManagerError> {
         let node = self.node(want)?;
         Ok(self.read(|s| {
             s.tasks
                 .values()
                 .filter(|t| t.node_id == node.id)
-                .cloned()
+                .map(|t| TaskView::of(s, t))
                 .collect()
         }))
     }

@@ -20,6 +20,7 @@ pub mod network;
 pub mod networks;
 pub mod operators;
 pub mod orchestrator;
+pub mod presence;
 pub mod proposals;
 pub mod reads;
 pub mod recovery;

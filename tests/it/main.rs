@@ -12,6 +12,7 @@ mod harness;
 mod adversary;
 mod at_rest;
 mod audit_review;
+mod away;
 mod backup;
 mod bad_input;
 mod ca_rotation;

@@ -1,0 +1,304 @@
+//! What operators are told of a task whose node's agent is away. The replicated state keeps
+//! each task's last reported status; once the leader's liveness loop has marked the task's
+//! node Down, nobody knows whether the task still runs (a crashed or restarting daemon leaves
+//! its processes running), so the Control API shows the task as unknown instead of repeating
+//! its last report, and `service ls` does not count it.
+//!
+//! ```text
+//!  replicated state: task.status (last report) ──┐
+//!                    node.state (liveness loop) ─┴─► unknown(task, node) ─► TaskView ─► Control API
+//! ```
+//!
+//! A join at read time: nothing is written per task when a node goes down, and no scheduling
+//! or orchestration decision reads it. Every manager computes the same view from the same
+//! committed state, so every client sees the same truth.
+
+use std::ops::{Deref, DerefMut};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::model::{Node, NodeState, State};
+use crate::store::service::{Task, TaskState};
+use crate::util::parse_rfc3339;
+
+/// What `service ps` says after "Unknown" for a task of a node marked Down.
+pub const NODE_DOWN: &str = "node down";
+
+/// Why the manager cannot vouch for a task's last reported state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unknown {
+    /// RFC 3339 time since when: the node's last change of state (when it was marked Down).
+    pub since: String,
+    /// Why, for operators ([`NODE_DOWN`]).
+    pub reason: String,
+}
+
+/// A task as the Control API shows it: the stored task and, while its node's agent is away,
+/// why its state is unknown. Serialized as the task's own fields plus `unknown` when set, so a
+/// client that only knows [`Task`] still reads it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task as stored.
+    #[serde(flatten)]
+    pub task: Task,
+    /// Set when the task's node is away: its last reported state may no longer hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown: Option<Unknown>,
+}
+
+impl TaskView {
+    /// The view of `task` in `state`.
+    pub fn of(state: &State, task: &Task) -> TaskView {
+        TaskView {
+            unknown: unknown(task, state.nodes.get(&task.node_id)),
+            task: task.clone(),
+        }
+    }
+
+    /// Whether the task is known to run: reported Running by an agent that is not away.
+    pub fn known_running(&self) -> bool {
+        self.task.status.state == TaskState::Running && self.unknown.is_none()
+    }
+}
+
+/// A view is read as its task (`view.status`, `view.desired`): only `unknown` is added.
+impl Deref for TaskView {
+    type Target = Task;
+    fn deref(&self) -> &Task {
+        &self.task
+    }
+}
+
+impl DerefMut for TaskView {
+    fn deref_mut(&mut self) -> &mut Task {
+        &mut self.task
+    }
+}
+
+impl From<Task> for TaskView {
+    /// A view with nothing unknown (tests, and tasks of no node).
+    fn from(task: Task) -> TaskView {
+        TaskView {
+            task,
+            unknown: None,
+        }
+    }
+}
+
+/// Whether, and since when, `task`'s state is unknown, given its node (`None`: not in the
+/// state). Unknown: the node is Down and the task's last status says an agent has it (from
+/// Assigned to Running), or the orchestrator ended it as orphaned when the node went down (it
+/// does so at once; the process may still run). A removed or departed node's tasks are not
+/// unknown: that node is not coming back to report them.
+pub fn unknown(task: &Task, node: Option<&Node>) -> Option<Unknown> {
+    let node = node.filter(|n| n.id == task.node_id && !task.node_id.is_empty())?;
+    if node.state != NodeState::Down {
+        return None;
+    }
+    let held = match task.status.state {
+        s if (TaskState::Assigned..=TaskState::Running).contains(&s) => true,
+        TaskState::Orphaned => orphaned_since(task, &node.updated_at),
+        _ => false,
+    };
+    held.then(|| Unknown {
+        since: node.updated_at.clone(),
+        reason: NODE_DOWN.into(),
+    })
+}
+
+/// Whether an orphaned task was orphaned at or after `down_at` (this time the node went down,
+/// not an earlier one: its agent stopped it when it came back). Unreadable times: not unknown.
+fn orphaned_since(task: &Task, down_at: &str) -> bool {
+    match (
+        parse_rfc3339(&task.status.timestamp),
+        parse_rfc3339(down_at),
+    ) {
+        (Some(at), Some(down)) => at >= down,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::store::model::{Availability, NodeRole};
+    use crate::store::service::{DesiredState, RestartPolicy, Runtime, TaskSpec, TaskStatus};
+
+    const DOWN_AT: &str = "2026-01-01T00:00:10Z";
+
+    fn node(state: NodeState) -> Node {
+        Node {
+            id: "n1".into(),
+            hostname: "w1".into(),
+            role: NodeRole::Worker,
+            availability: Availability::Active,
+            state,
+            addr: "127.0.0.1:2377".into(),
+            raft_id: None,
+            cert_serial: "01".into(),
+            cert_not_after: "2030-01-01T00:00:00Z".into(),
+            cert_issuer: String::new(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: DOWN_AT.into(),
+            labels: BTreeMap::new(),
+            runtimes: vec![Runtime::Exec],
+            resources: Default::default(),
+            port_errors: Default::default(),
+        }
+    }
+
+    fn task(state: TaskState, at: &str) -> Task {
+        Task {
+            id: "t1".into(),
+            service_id: "s".into(),
+            service_name: "web".into(),
+            slot: 1,
+            node_id: "n1".into(),
+            spec: TaskSpec {
+                runtime: Runtime::Exec,
+                image: String::new(),
+                command: vec!["/bin/sleep".into(), "1000".into()],
+                env: vec![],
+                restart: RestartPolicy::default(),
+                constraints: vec![],
+                reservations: Default::default(),
+                limits: Default::default(),
+                secrets: vec![],
+                ports: Vec::new(),
+                networks: Vec::new(),
+                healthcheck: None,
+            },
+            spec_version: 1,
+            desired: DesiredState::Running,
+            status: TaskStatus {
+                state,
+                message: String::new(),
+                err: String::new(),
+                exit_code: None,
+                timestamp: at.into(),
+            },
+            created_at: "2026-01-01T00:00:00Z".into(),
+            not_before: String::new(),
+            attempt: 0,
+        }
+    }
+
+    const BEFORE: &str = "2026-01-01T00:00:05Z";
+
+    #[test]
+    fn a_running_task_of_a_down_node_is_unknown_since_the_node_went_down() {
+        let down = node(NodeState::Down);
+        let u = unknown(&task(TaskState::Running, BEFORE), Some(&down)).unwrap();
+        assert_eq!(u.since, DOWN_AT);
+        assert_eq!(u.reason, "node down");
+        // Every state in which an agent holds the task.
+        for s in [
+            TaskState::Assigned,
+            TaskState::Accepted,
+            TaskState::Preparing,
+            TaskState::Starting,
+        ] {
+            assert!(unknown(&task(s, BEFORE), Some(&down)).is_some(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn the_same_task_of_a_live_node_is_what_it_reported() {
+        for state in [
+            NodeState::Ready,
+            NodeState::Unknown,
+            NodeState::Disconnected,
+        ] {
+            let n = node(state);
+            assert_eq!(
+                unknown(&task(TaskState::Running, BEFORE), Some(&n)),
+                None,
+                "{state:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ended_and_unplaced_tasks_stay_as_they_are() {
+        let down = node(NodeState::Down);
+        for s in [
+            TaskState::New,
+            TaskState::Pending,
+            TaskState::Complete,
+            TaskState::Shutdown,
+            TaskState::Failed,
+            TaskState::Rejected,
+        ] {
+            assert_eq!(unknown(&task(s, BEFORE), Some(&down)), None, "{s:?}");
+        }
+        // A task placed on no node, or on another node than the one given.
+        let mut t = task(TaskState::Running, BEFORE);
+        t.node_id = String::new();
+        assert_eq!(unknown(&t, Some(&down)), None);
+        t.node_id = "n2".into();
+        assert_eq!(unknown(&t, Some(&down)), None);
+        // A node removed from the swarm is not coming back to report.
+        assert_eq!(unknown(&task(TaskState::Running, BEFORE), None), None);
+    }
+
+    #[test]
+    fn orphaned_when_the_node_went_down_is_unknown_but_an_older_orphan_is_not() {
+        let down = node(NodeState::Down);
+        // The orchestrator orphans a down node's tasks at once, in the same second or later.
+        for at in [DOWN_AT, "2026-01-01T00:00:11Z"] {
+            let u = unknown(&task(TaskState::Orphaned, at), Some(&down));
+            assert_eq!(u.map(|u| u.since), Some(DOWN_AT.to_string()), "{at}");
+        }
+        // Orphaned in an earlier outage: the agent stopped it when it came back.
+        assert_eq!(
+            unknown(&task(TaskState::Orphaned, BEFORE), Some(&down)),
+            None
+        );
+        assert_eq!(
+            unknown(&task(TaskState::Orphaned, "garbage"), Some(&down)),
+            None
+        );
+        // Orphaned on a node that is Ready again: what it says.
+        let ready = node(NodeState::Ready);
+        assert_eq!(
+            unknown(&task(TaskState::Orphaned, DOWN_AT), Some(&ready)),
+            None
+        );
+    }
+
+    #[test]
+    fn views_join_the_state_and_count_only_known_running_tasks() {
+        let mut state = State::default();
+        state.nodes.insert("n1".into(), node(NodeState::Down));
+        let t = task(TaskState::Running, BEFORE);
+        let v = TaskView::of(&state, &t);
+        assert!(v.unknown.is_some());
+        assert!(!v.known_running());
+        state.nodes.insert("n1".into(), node(NodeState::Ready));
+        let v = TaskView::of(&state, &t);
+        assert_eq!(v.unknown, None);
+        assert!(v.known_running());
+    }
+
+    #[test]
+    fn a_view_is_the_task_json_plus_unknown_and_reads_back_as_either() {
+        let mut state = State::default();
+        state.nodes.insert("n1".into(), node(NodeState::Down));
+        let t = task(TaskState::Running, BEFORE);
+        let json = serde_json::to_string(&TaskView::of(&state, &t)).unwrap();
+        let back: TaskView = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.task, t);
+        assert_eq!(back.unknown.unwrap().reason, "node down");
+        // A client that knows only tasks still reads it.
+        let old: Task = serde_json::from_str(&json).unwrap();
+        assert_eq!(old, t);
+        // A known task carries no `unknown` key; a task's JSON reads as a view.
+        let known = serde_json::to_string(&TaskView::from(t.clone())).unwrap();
+        assert!(!known.contains("unknown"), "{known}");
+        let v: TaskView = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(v, TaskView::from(t));
+    }
+}

@@ -1,0 +1,194 @@
+//! Tasks of a node whose agent is away: while the leader has the node Down, nobody knows
+//! whether its tasks still run, so `service ls` does not count them and `service ps` and
+//! `node ps` show them as unknown; once the node's daemon is back the service converges again.
+
+use std::collections::BTreeMap;
+
+use crate::harness::{Cluster, Node, find_node, json_lines, running_hosts, timeout, wait_for};
+
+const REPLICAS: usize = 3;
+/// How long a quick restart keeps a daemon away.
+const OUTAGE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `service ls --format json` of `service`: its REPLICAS column.
+fn replicas(m: &Node, service: &str) -> String {
+    json_lines(&m.cli_ok(&["service", "ls", "--format", "json"]))
+        .iter()
+        .find(|s| s["Name"] == service)
+        .and_then(|s| s["Replicas"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("service {service} is not listed"))
+}
+
+/// The CURRENT STATE of each task placed on `host`, by task ID, from `args` (a `ps` command).
+fn states_on(m: &Node, args: &[&str], host: &str) -> BTreeMap<String, String> {
+    json_lines(&m.cli_ok(args))
+        .iter()
+        .filter(|t| t["Node"] == host)
+        .map(|t| {
+            (
+                t["ID"].as_str().unwrap_or_default().to_string(),
+                t["CurrentState"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn tasks_of_a_down_node_are_unknown_not_running_until_it_is_back() {
+    if !nix::unistd::Uid::effective().is_root() {
+        crate::harness::cannot_run("exec runtime needs root");
+        return;
+    }
+    let mut c = Cluster::init(1, 1);
+    let w = c.workers()[0].name().to_string();
+    let w_id = c.workers()[0].id().to_string();
+    let m = c.first();
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "away",
+        "--replicas",
+        &REPLICAS.to_string(),
+        "--constraint",
+        "node.role==worker",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    let all = format!("{REPLICAS}/{REPLICAS}");
+    wait_for(timeout(), "every task running on the worker", || {
+        let on = running_hosts(m, "away");
+        if on == vec![w.clone(); REPLICAS] && replicas(m, "away") == all {
+            Ok(())
+        } else {
+            Err(format!("{on:?}"))
+        }
+    });
+    let ps = ["service", "ps", "--format", "json", "away"];
+    let placed = states_on(m, &ps, &w);
+    assert_eq!(placed.len(), REPLICAS, "{placed:?}");
+
+    // A crash of the worker's daemon: its exec tasks live on as orphans, nobody reports them.
+    c.nodes[1].kill();
+    let m = c.first();
+    eprintln!(
+        "service ls right after the kill:\n{}",
+        m.cli_ok(&["service", "ls"])
+    );
+    wait_for(timeout(), "the worker to be marked Down", || {
+        let nodes = m.node_ls();
+        match find_node(&nodes, &w_id).map(|n| n["Status"].clone()) {
+            Some(s) if s == "Down" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let ls = m.cli_ok(&["service", "ls"]);
+    eprintln!("service ls once the worker is Down:\n{ls}");
+    let ps_text = m.cli_ok(&["service", "ps", "away"]);
+    eprintln!("service ps once the worker is Down:\n{ps_text}");
+    assert!(
+        !ls.contains(&all),
+        "service ls claims {all} while the node running the tasks is down:\n{ls}"
+    );
+    assert_ne!(replicas(m, "away"), all, "the JSON listing too");
+    // Every task the worker had is unknown now, in `service ps` and in `node ps`.
+    let now = states_on(m, &ps, &w);
+    for id in placed.keys() {
+        let state = now.get(id).map(String::as_str).unwrap_or("(not listed)");
+        assert!(
+            state.starts_with("Unknown") && state.ends_with("(node down)"),
+            "task {id} on the down node shows {state:?}, not unknown:\n{ps_text}"
+        );
+    }
+    let node_ps = states_on(m, &["node", "ps", "--format", "json", &w], &w);
+    for id in placed.keys() {
+        let state = node_ps
+            .get(id)
+            .map(String::as_str)
+            .unwrap_or("(not listed)");
+        assert!(
+            state.starts_with("Unknown"),
+            "node ps shows task {id} as {state:?}"
+        );
+    }
+
+    // The worker's daemon comes back: the service converges to all replicas again.
+    c.nodes[1].spawn();
+    c.nodes[1].wait_up();
+    let m = c.first();
+    wait_for(timeout(), "the service back to all replicas", || {
+        let on = running_hosts(m, "away");
+        let r = replicas(m, "away");
+        if on == vec![w.clone(); REPLICAS] && r == all {
+            Ok(())
+        } else {
+            Err(format!("{r} running on {on:?}"))
+        }
+    });
+    let ls = m.cli_ok(&["service", "ls"]);
+    assert!(ls.contains(&all), "{ls}");
+}
+
+/// With the default heartbeat period (5 s: Down after 15-20 s of silence), a daemon restart of
+/// [`OUTAGE`] does not get its node marked Down, so the orchestrator does not orphan and
+/// replace its tasks (what the restarted agent then does with them is its own business).
+#[test]
+fn a_quick_daemon_restart_does_not_make_the_orchestrator_replace_tasks() {
+    if !nix::unistd::Uid::effective().is_root() {
+        crate::harness::cannot_run("exec runtime needs root");
+        return;
+    }
+    let mut c = Cluster::init(1, 1);
+    let w = c.workers()[0].name().to_string();
+    let m = c.first();
+    m.cli_ok(&["swarm", "update", "--dispatcher-heartbeat", "5s"]);
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "quick",
+        "--replicas",
+        &REPLICAS.to_string(),
+        "--constraint",
+        "node.role==worker",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    let all = format!("{REPLICAS}/{REPLICAS}");
+    wait_for(timeout(), "every task running on the worker", || {
+        let on = running_hosts(m, "quick");
+        if on == vec![w.clone(); REPLICAS] {
+            Ok(())
+        } else {
+            Err(format!("{on:?}"))
+        }
+    });
+    // The daemon stays away for OUTAGE (a restart, an upgrade of the binary), then comes back.
+    let started = std::time::Instant::now();
+    c.nodes[1].kill();
+    crate::harness::wait_until(OUTAGE * 2, "the outage to last its time", || {
+        started.elapsed() >= OUTAGE
+    });
+    c.nodes[1].spawn();
+    c.nodes[1].wait_up();
+    let took = started.elapsed();
+    eprintln!("the worker's daemon was back after {took:?}");
+    let m = c.first();
+    wait_for(timeout(), "the service back to all replicas", || {
+        let r = replicas(m, "quick");
+        if r == all { Ok(()) } else { Err(r) }
+    });
+    let ps = m.cli_ok(&["service", "ps", "quick"]);
+    assert!(
+        !ps.contains("Orphaned") && !ps.contains("Unknown"),
+        "a restart of {took:?} made the orchestrator give up on the node's tasks:\n{ps}"
+    );
+}
