@@ -87,7 +87,22 @@ pub fn session(
     node_id: String,
 ) -> mpsc::Receiver<Result<Assignments, tonic::Status>> {
     let (tx, rx) = mpsc::channel(16);
+    let number = mgr.session_started(&node_id);
     tokio::spawn(async move {
+        serve_session(&mgr, &node_id, tx).await;
+        mgr.session_ended(node_id, number);
+    });
+    rx
+}
+
+/// Sends `node_id` its assignments until it hangs up or this manager stops leading.
+async fn serve_session(
+    mgr: &Arc<Manager>,
+    node_id: &str,
+    tx: mpsc::Sender<Result<Assignments, tonic::Status>>,
+) {
+    let node_id = node_id.to_string();
+    {
         let mut applied = mgr.state().subscribe();
         let mut sent: HashMap<String, Sent> = HashMap::new();
         let mut known: HashSet<String> = HashSet::new();
@@ -150,8 +165,7 @@ pub fn session(
                 return;
             }
         }
-    });
-    rx
+    }
 }
 
 /// Secret values to send with the next message, and the audit records of their delivery.

@@ -239,7 +239,15 @@ pub struct Signer {
 struct Liveness {
     last_seen: HashMap<String, Instant>,
     leader_since: Option<Instant>,
+    /// On the leader: each node's latest task session, by a number counting sessions.
+    sessions: HashMap<String, u64>,
+    next_session: u64,
 }
+
+/// How long after a node's task session ends without a new one the leader marks the node
+/// Unknown (its agent is away: its tasks are shown as unknown, and kept, until it is back or
+/// marked Down). A reconnection within it writes nothing.
+const SESSION_GRACE: Duration = Duration::from_secs(1);
 
 impl Manager {
     /// Wraps a started Raft node.
@@ -613,6 +621,48 @@ impl Manager {
         if let Some(n) = summary {
             self.audit_suppressed(n).await;
         }
+    }
+
+    /// On the leader: a task session of `node_id` opened; returns its number.
+    pub fn session_started(&self, node_id: &str) -> u64 {
+        let mut live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        live.next_session += 1;
+        let n = live.next_session;
+        live.sessions.insert(node_id.to_string(), n);
+        n
+    }
+
+    /// On the leader: session `number` of `node_id` ended. Unless the node opens another
+    /// within [`SESSION_GRACE`] (or this manager stops leading), the node, if Ready, is
+    /// marked Unknown: one write per node, none per task.
+    pub fn session_ended(self: &Arc<Self>, node_id: String, number: u64) {
+        let mgr = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(SESSION_GRACE).await;
+            let current = mgr
+                .liveness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sessions
+                .get(&node_id)
+                == Some(&number);
+            let ready = mgr.read(|s| {
+                s.nodes
+                    .get(&node_id)
+                    .is_some_and(|n| n.state == NodeState::Ready)
+            });
+            if !current || !ready || !mgr.is_leader() || node_id == mgr.node_id {
+                return;
+            }
+            let cmd = Command::SetNodeState {
+                id: node_id.clone(),
+                state: NodeState::Unknown,
+                at: crate::util::now_rfc3339(),
+            };
+            if let Err(e) = mgr.propose(cmd).await {
+                tracing::warn!(node = %node_id, error = %e, "could not mark a node whose agent went away");
+            }
+        });
     }
 
     /// Records a heartbeat; returns true when the node's state should become Ready.

@@ -23,6 +23,9 @@ use crate::util::parse_rfc3339;
 
 /// What `service ps` says after "Unknown" for a task of a node marked Down.
 pub const NODE_DOWN: &str = "node down";
+/// What `service ps` says after "Unknown" for a task of a node whose agent closed its task
+/// session and has not come back yet (not Down yet: its tasks are kept for it).
+pub const AGENT_AWAY: &str = "agent away";
 
 /// Why the manager cannot vouch for a task's last reported state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,17 +95,22 @@ impl From<Task> for TaskView {
 /// unknown: that node is not coming back to report them.
 pub fn unknown(task: &Task, node: Option<&Node>) -> Option<Unknown> {
     let node = node.filter(|n| n.id == task.node_id && !task.node_id.is_empty())?;
-    if node.state != NodeState::Down {
-        return None;
-    }
-    let held = match task.status.state {
-        s if (TaskState::Assigned..=TaskState::Running).contains(&s) => true,
-        TaskState::Orphaned => orphaned_since(task, &node.updated_at),
-        _ => false,
+    let with_agent = (TaskState::Assigned..=TaskState::Running).contains(&task.status.state);
+    let (held, reason) = match node.state {
+        NodeState::Down => (
+            with_agent
+                || (task.status.state == TaskState::Orphaned
+                    && orphaned_since(task, &node.updated_at)),
+            NODE_DOWN,
+        ),
+        // A node whose session ended is Unknown until it is back or Down; a node that never
+        // had a session holds no task.
+        NodeState::Unknown => (with_agent, AGENT_AWAY),
+        NodeState::Ready | NodeState::Disconnected => (false, ""),
     };
     held.then(|| Unknown {
         since: node.updated_at.clone(),
-        reason: NODE_DOWN.into(),
+        reason: reason.into(),
     })
 }
 
@@ -206,12 +214,18 @@ mod tests {
     }
 
     #[test]
+    fn a_running_task_of_a_node_whose_agent_went_away_is_unknown_before_down() {
+        let away = node(NodeState::Unknown);
+        let u = unknown(&task(TaskState::Running, BEFORE), Some(&away)).unwrap();
+        assert_eq!(u.reason, "agent away");
+        assert_eq!(u.since, DOWN_AT);
+        // Ended tasks stay as they are.
+        assert_eq!(unknown(&task(TaskState::Complete, BEFORE), Some(&away)), None);
+    }
+
+    #[test]
     fn the_same_task_of_a_live_node_is_what_it_reported() {
-        for state in [
-            NodeState::Ready,
-            NodeState::Unknown,
-            NodeState::Disconnected,
-        ] {
+        for state in [NodeState::Ready, NodeState::Disconnected] {
             let n = node(state);
             assert_eq!(
                 unknown(&task(TaskState::Running, BEFORE), Some(&n)),

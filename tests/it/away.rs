@@ -192,3 +192,77 @@ fn a_quick_daemon_restart_does_not_make_the_orchestrator_replace_tasks() {
         "a restart of {took:?} made the orchestrator give up on the node's tasks:\n{ps}"
     );
 }
+
+/// Before the node is marked Down (15-20 s at the default 5 s heartbeat), the leader notices
+/// within seconds that the agent's task session ended: the node is Unknown and its tasks are
+/// unknown ("agent away"), not counted as running, and kept; when the daemon is back they are
+/// running again, the same tasks.
+#[test]
+fn tasks_of_an_agent_that_went_away_are_unknown_within_seconds_not_after_down() {
+    if !nix::unistd::Uid::effective().is_root() {
+        crate::harness::cannot_run("exec runtime needs root");
+        return;
+    }
+    let mut c = Cluster::init(1, 1);
+    let w = c.workers()[0].name().to_string();
+    let w_id = c.workers()[0].id().to_string();
+    let m = c.first();
+    m.cli_ok(&["swarm", "update", "--dispatcher-heartbeat", "5s"]);
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "gone",
+        "--replicas",
+        &REPLICAS.to_string(),
+        "--constraint",
+        "node.role==worker",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    let all = format!("{REPLICAS}/{REPLICAS}");
+    wait_for(timeout(), "every task running on the worker", || {
+        let r = replicas(m, "gone");
+        if r == all { Ok(()) } else { Err(r) }
+    });
+    let ps = ["service", "ps", "--format", "json", "gone"];
+    let placed = states_on(m, &ps, &w);
+    let killed = std::time::Instant::now();
+    c.nodes[1].kill();
+    let m = c.first();
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the service not counted as all running, within seconds",
+        || {
+            let r = replicas(m, "gone");
+            if r == format!("0/{REPLICAS}") {
+                Ok(())
+            } else {
+                Err(r)
+            }
+        },
+    );
+    eprintln!("agent away noticed after {:?}", killed.elapsed());
+    let nodes = m.node_ls();
+    let status = find_node(&nodes, &w_id).map(|n| n["Status"].clone());
+    assert_eq!(status, Some("Unknown".into()), "not Down yet");
+    let now = states_on(m, &ps, &w);
+    assert_eq!(now.len(), placed.len(), "{now:?}");
+    for (id, state) in &now {
+        assert!(
+            placed.contains_key(id) && state.starts_with("Unknown") && state.ends_with("(agent away)"),
+            "task {id}: {state:?}"
+        );
+    }
+    c.nodes[1].spawn();
+    c.nodes[1].wait_up();
+    let m = c.first();
+    wait_for(timeout(), "the node Ready and the service all running", || {
+        let r = replicas(m, "gone");
+        if r == all { Ok(()) } else { Err(r) }
+    });
+}
