@@ -421,6 +421,25 @@ pub fn seal(
     Ok(out)
 }
 
+/// Makes a backup of `state` in one call: encodes it ([`encode_state`]), describes it
+/// ([`BackupHeader::for_state`]) and seals it signed by the swarm's own audit key, so the
+/// file always passes [`check_state`]. What `swarm backup` does with the applied state.
+pub fn backup_state(
+    state: &State,
+    last_applied: Option<LogId>,
+    node_id: &str,
+    created_at: String,
+    key: &BackupKey,
+) -> Result<Vec<u8>, BackupError> {
+    let header = BackupHeader::for_state(state, last_applied, node_id, created_at)?;
+    let signer = state
+        .cluster
+        .as_ref()
+        .and_then(|c| c.audit_key.as_ref())
+        .ok_or(BackupError::NoAuditKey)?;
+    seal(&encode_state(state)?, header, key, signer)
+}
+
 /// Reads a backup's header, after checking the file's magic, format, exact length, header
 /// fields and signature (against the key the header names: [`check_state`] ties that key to
 /// the swarm once the state is decrypted). What restore shows, and how it learns which key
@@ -504,11 +523,21 @@ pub fn check_state(header: &BackupHeader, state: &State) -> Result<(), BackupErr
 /// Encodes a state as snapshots do (JSON), into memory that is zeroized as it grows and when
 /// dropped; refused past [`MAX_STATE`] (as soon as it gets there, not after).
 pub fn encode_state(state: &State) -> Result<Zeroizing<Vec<u8>>, BackupError> {
-    let mut w = BoundedWriter::default();
+    encode_bounded(state, MAX_STATE)
+}
+
+fn encode_bounded(state: &State, limit: u64) -> Result<Zeroizing<Vec<u8>>, BackupError> {
+    let mut w = BoundedWriter {
+        buf: Zeroizing::new(Vec::new()),
+        limit,
+        attempted: None,
+    };
     match serde_json::to_writer(&mut w, state) {
         Ok(()) => Ok(w.buf),
-        Err(_) if w.over => Err(BackupError::StateTooLarge { size: w.attempted }),
-        Err(e) => Err(BackupError::EncodeState(e.to_string())),
+        Err(e) => match w.attempted {
+            Some(size) => Err(BackupError::StateTooLarge { size }),
+            None => Err(BackupError::EncodeState(e.to_string())),
+        },
     }
 }
 
@@ -670,26 +699,26 @@ fn newest_checkpoint(state: &State) -> Option<u64> {
         .map(|r| r.seq)
 }
 
-/// A writer into zeroizing memory that refuses to go past [`MAX_STATE`]: when it must grow,
-/// it copies into a larger buffer and the old one is zeroized as it drops.
-#[derive(Default)]
+/// A writer into zeroizing memory that refuses to go past `limit`: when it must grow, it
+/// copies into a larger buffer and the old one is zeroized as it drops.
 struct BoundedWriter {
     buf: Zeroizing<Vec<u8>>,
-    over: bool,
-    attempted: u64,
+    limit: u64,
+    /// The size a refused write would have reached.
+    attempted: Option<u64>,
 }
 
 impl std::io::Write for BoundedWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         let need = self.buf.len() as u64 + data.len() as u64;
-        if need > MAX_STATE {
-            self.over = true;
-            self.attempted = need;
+        if need > self.limit {
+            self.attempted = Some(need);
             return Err(std::io::Error::other("the state is over the backup limit"));
         }
         if need > self.buf.capacity() as u64 {
-            // need <= MAX_STATE, which fits a usize on the 64-bit targets skep builds for.
-            let doubled = (self.buf.capacity() * 2).clamp(4096, MAX_STATE as usize);
+            // need <= limit <= MAX_STATE, which fits a usize. Not clamp: it panics when the
+            // limit is under its floor.
+            let doubled = (self.buf.capacity() * 2).max(4096).min(self.limit as usize);
             let cap = (need as usize).max(doubled);
             let mut bigger = Zeroizing::new(Vec::with_capacity(cap));
             bigger.extend_from_slice(&self.buf);

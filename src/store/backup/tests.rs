@@ -163,6 +163,32 @@ fn a_backup_round_trips_with_a_generated_key() {
 }
 
 #[test]
+fn backup_state_makes_a_file_that_restores_to_the_same_state() {
+    let audit = AuditKey::generate().unwrap();
+    let state = state_of(&audit);
+    let (key, text) = BackupKey::generate().unwrap();
+    let file = backup_state(
+        &state,
+        Some(log_id(7, 99)),
+        "node-9",
+        crate::util::now_rfc3339(),
+        &key,
+    )
+    .unwrap();
+    let h = read_header(&file).unwrap();
+    assert_eq!(
+        (h.log_term, h.log_index, h.node_id.as_str()),
+        (7, 99, "node-9")
+    );
+    assert_eq!(h.public_key, audit.public_key());
+    let restored = open(&file, &key_for(&h, text.expose()).unwrap())
+        .unwrap()
+        .state()
+        .unwrap();
+    assert_eq!(encoded(&restored), encoded(&state));
+}
+
+#[test]
 fn a_backup_round_trips_with_a_passphrase_at_the_default_cost() {
     let audit = AuditKey::generate().unwrap();
     let state = state_of(&audit);
@@ -462,13 +488,20 @@ fn oversized_declared_lengths_are_refused_before_allocating() {
         matches!(e, BackupError::Truncated { expected, .. } if expected == PREFIX_LEN + 2 + 8 + NONCE_LEN + MAX_STATE + TAG_LEN + SIG_LEN),
         "{e:?}"
     );
+    // Encoding stops as soon as the bound is passed, not after building the whole text.
+    let f = fixture();
+    let whole = encoded(&f.state).len() as u64;
+    assert!(matches!(
+        encode_bounded(&f.state, 100),
+        Err(BackupError::StateTooLarge { size }) if size > 100 && size < whole
+    ));
+    assert_eq!(encode_bounded(&f.state, whole).unwrap().len() as u64, whole);
     // Making one: a state over the bound is refused, as is decoding one.
     let big = vec![b' '; MAX_STATE as usize + 1];
     assert!(matches!(
         decode_state(&big),
         Err(BackupError::StateTooLarge { .. })
     ));
-    let f = fixture();
     let h = read_header(&f.file).unwrap();
     assert!(matches!(
         seal(&big, h, &f.key, &f.audit),
