@@ -89,18 +89,20 @@ impl Daemon {
             ))
         })?;
         let now = crate::util::now_rfc3339();
-        let (plain, header, signer) = mgr
-            .read_applied(|s, last| {
-                let header = BackupHeader::for_state(s, last, &node_id, now)?;
-                let signer = s
-                    .cluster
-                    .as_ref()
-                    .and_then(|c| c.audit_key.clone())
-                    .ok_or(BackupError::NoAuditKey)?;
-                Ok((backup::encode_state(s)?, header, signer))
-            })
-            .map_err(refused)?;
+        let node_id_copy = node_id.clone();
+        // A copy under the lock (the state machine waits on it), encoded outside it.
+        let (state, last) = mgr.read_applied(|s, last| (s.clone(), last));
         let (bytes, generated, header) = tokio::task::spawn_blocking(move || {
+            let header =
+                BackupHeader::for_state(&state, last, &node_id_copy, now).map_err(refused)?;
+            let signer = state
+                .cluster
+                .as_ref()
+                .and_then(|c| c.audit_key.clone())
+                .ok_or(BackupError::NoAuditKey)
+                .map_err(refused)?;
+            let plain = backup::encode_state(&state).map_err(refused)?;
+            drop(state);
             let (key, generated) = backup_key(&given)?;
             let bytes = backup::seal(&plain, header, &key, &signer).map_err(refused)?;
             let header = backup::read_header(&bytes).map_err(refused)?;

@@ -220,7 +220,10 @@ mod tests {
         assert_eq!(u.reason, "agent away");
         assert_eq!(u.since, DOWN_AT);
         // Ended tasks stay as they are.
-        assert_eq!(unknown(&task(TaskState::Complete, BEFORE), Some(&away)), None);
+        assert_eq!(
+            unknown(&task(TaskState::Complete, BEFORE), Some(&away)),
+            None
+        );
     }
 
     #[test]

@@ -254,15 +254,21 @@ fn tasks_of_an_agent_that_went_away_are_unknown_within_seconds_not_after_down() 
     assert_eq!(now.len(), placed.len(), "{now:?}");
     for (id, state) in &now {
         assert!(
-            placed.contains_key(id) && state.starts_with("Unknown") && state.ends_with("(agent away)"),
+            placed.contains_key(id)
+                && state.starts_with("Unknown")
+                && state.ends_with("(agent away)"),
             "task {id}: {state:?}"
         );
     }
     c.nodes[1].spawn();
     c.nodes[1].wait_up();
     let m = c.first();
-    wait_for(timeout(), "the node Ready and the service all running", || {
-        let r = replicas(m, "gone");
-        if r == all { Ok(()) } else { Err(r) }
-    });
+    wait_for(
+        timeout(),
+        "the node Ready and the service all running",
+        || {
+            let r = replicas(m, "gone");
+            if r == all { Ok(()) } else { Err(r) }
+        },
+    );
 }
