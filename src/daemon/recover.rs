@@ -21,6 +21,9 @@ use crate::store::{LogStore, StateMachineStore};
 /// CLI asks for the key when it sees it).
 pub const LOCKED_FOR_RECOVERY: &str = "this manager is locked";
 
+/// How long `--force-new-cluster` tries to reach a quorum before it believes none is left.
+const QUORUM_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What the rebuilt store was made from.
 struct Rebuilt {
     last_index: u64,
@@ -60,6 +63,19 @@ impl Daemon {
         }
         if !req.advertise_addr.is_empty() {
             file.advertise_addr = self.advertise_addr(&req.advertise_addr)?;
+        }
+        // With a quorum, this would split the swarm in two: refuse.
+        if let Phase::Active(r) = &*phase
+            && let Some(m) = &r.manager
+            && m.voters().len() > 1
+            && m.read_barrier_within(QUORUM_CHECK).await.is_ok()
+        {
+            return Err(Status::failed_precondition(format!(
+                "the swarm's {} managers have a quorum now: --force-new-cluster would split the \
+                 swarm in two. It is for a majority lost for good; to take managers out, demote \
+                 them (`skep node demote`)",
+                m.voters().len()
+            )));
         }
         // The store open under the running manager, if there is one: read through its
         // handles once Raft is stopped (its log is locked against a second open).

@@ -1020,7 +1020,8 @@ impl Manager {
         removed
     }
 
-    fn voters(&self) -> BTreeSet<u64> {
+    /// The Raft voters, as this manager knows the membership.
+    pub fn voters(&self) -> BTreeSet<u64> {
         self.raft
             .metrics()
             .borrow()

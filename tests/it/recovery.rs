@@ -193,12 +193,17 @@ fn a_locked_survivor_is_recovered_with_its_unlock_key() {
     m1.cli_ok(&["audit", "verify"]);
 }
 
-/// Outside a swarm, or on a worker, there is nothing to recover from.
+/// Outside a swarm, or on a worker, there is nothing to recover from; with a quorum, a
+/// recovery would split the swarm and is refused.
 #[test]
-fn force_new_cluster_needs_a_managers_state() {
-    let c = Cluster::init(1, 1);
-    let err = c.nodes[1].cli_err(&["swarm", "init", "--force-new-cluster"]);
+fn force_new_cluster_needs_a_managers_state_and_a_lost_quorum() {
+    let c = Cluster::init(2, 1);
+    let err = c.nodes[2].cli_err(&["swarm", "init", "--force-new-cluster"]);
     assert!(err.contains("worker"), "{err}");
+    let err = c.nodes[0].cli_err(&["swarm", "init", "--force-new-cluster"]);
+    assert!(err.contains("have a quorum now"), "{err}");
+    assert_eq!(c.nodes[0].node_ls().len(), 3, "nothing was removed");
+    c.nodes[1].cli_stdin(&["secret", "create", "still", "-"], "v");
     let mut lone = Node::start("lone");
     lone.wait_up();
     let err = lone.cli_err(&["swarm", "init", "--force-new-cluster"]);
