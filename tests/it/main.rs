@@ -25,6 +25,7 @@ mod netns;
 mod operators;
 mod raft_traffic;
 mod reads;
+mod restart;
 mod roles;
 mod runtime;
 mod secret_delivery;
