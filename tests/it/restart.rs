@@ -431,7 +431,7 @@ fn downtime(bin: &Path, rounds: usize) -> Vec<(Duration, Duration)> {
                 _ => {}
             }
             polls += 1;
-            if polls % 20 == 0
+            if polls.is_multiple_of(20)
                 && listed.is_none()
                 && c.nodes[1].last_start_log().contains("task session open")
             {
