@@ -371,6 +371,56 @@ fn containers_are_adopted_across_crash_and_upgrade_and_removed_if_gone() {
     });
 }
 
+/// An adopted exec task keeps its published port: the restarted agent puts the local port
+/// the task was given (recorded at its start) back into the routing mesh.
+#[test]
+fn an_adopted_exec_task_keeps_serving_its_published_port() {
+    let Some(prog) = crate::mesh::serving_program() else {
+        return;
+    };
+    let mut c = swarm();
+    let svc = "adopt-web";
+    create_on_worker(
+        &c.nodes[0],
+        &[
+            "--runtime",
+            "exec",
+            "--name",
+            svc,
+            "--publish",
+            "4100:80",
+            "--",
+            &prog,
+            "serve",
+        ],
+    );
+    let before = wait_exec_running(&c.nodes[0], &c.nodes[1], svc, 1);
+    let addr: std::net::SocketAddr =
+        format!("{}:4100", c.nodes[1].addr().split(':').next().unwrap())
+            .parse()
+            .unwrap();
+    let answer = wait_for(timeout(), "an answer on the published port", || {
+        crate::mesh::ask(addr)
+    });
+    let task = before.keys().next().unwrap().clone();
+    assert!(answer.contains(&format!("task={task}")), "{answer}");
+
+    c.nodes[1].restart();
+    let (m, w) = (&c.nodes[0], &c.nodes[1]);
+    wait_adopted(w, 1, "after kill -9 and restart", || {
+        let now = service_helpers(m, w, svc);
+        if now == before {
+            Ok(())
+        } else {
+            Err(format!("the task's process changed: {before:?} -> {now:?}"))
+        }
+    });
+    let again = wait_for(timeout(), "the adopted task answering again", || {
+        crate::mesh::ask(addr)
+    });
+    assert_eq!(again, answer, "another task answered");
+}
+
 /// The baseline binary: `SKEP_BENCH_BASELINE_BIN`, else `/work/skep-before/skep`.
 fn baseline_bin() -> Option<PathBuf> {
     std::env::var_os("SKEP_BENCH_BASELINE_BIN")
