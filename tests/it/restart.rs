@@ -421,6 +421,83 @@ fn an_adopted_exec_task_keeps_serving_its_published_port() {
     assert_eq!(again, answer, "another task answered");
 }
 
+/// An adopted exec task keeps its secrets tmpfs mounted (it still reads its secret after the
+/// restart), and the mount goes when the task is removed.
+#[test]
+fn an_adopted_task_keeps_its_secrets_until_it_ends() {
+    if !nix::unistd::geteuid().is_root() {
+        crate::harness::cannot_run("the exec runtime needs root");
+        return;
+    }
+    let mut c = swarm();
+    let out = c.nodes[0].cli_stdin(&["secret", "create", "adopt-secret", "-"], "s3cret-value");
+    assert!(out.status.success(), "{}", describe(&out));
+    let svc = "adopt-secrets";
+    // Prints the secret once a second: its lines after the restart show it is still there.
+    create_on_worker(
+        &c.nodes[0],
+        &[
+            "--runtime",
+            "exec",
+            "--name",
+            svc,
+            "--secret",
+            "adopt-secret",
+            "--",
+            "/bin/sh",
+            "-c",
+            "while true; do echo \"read $(cat /run/secrets/adopt-secret)\"; sleep 1; done",
+        ],
+    );
+    let before = wait_exec_running(&c.nodes[0], &c.nodes[1], svc, 1);
+    let mounts = crate::harness::mounts_under(&c.nodes[1].data_dir());
+    assert!(!mounts.is_empty(), "no secrets mount on the worker");
+
+    c.nodes[1].restart();
+    let (m, w) = (&c.nodes[0], &c.nodes[1]);
+    wait_adopted(w, 1, "after kill -9 and restart", || {
+        let now = service_helpers(m, w, svc);
+        if now == before {
+            Ok(())
+        } else {
+            Err(format!("the task's process changed: {before:?} -> {now:?}"))
+        }
+    });
+    assert_eq!(
+        crate::harness::mounts_under(&w.data_dir()),
+        mounts,
+        "the adopted task's secrets mount changed"
+    );
+    let reads = |m: &Node| {
+        stdout(&m.cli(&["service", "logs", svc]))
+            .matches("read s3cret-value")
+            .count()
+    };
+    let seen = reads(m);
+    wait_for(
+        timeout(),
+        "the adopted task reading its secret again",
+        || {
+            let now = reads(m);
+            if now >= seen + 2 {
+                Ok(())
+            } else {
+                Err(format!("{now} reads, {seen} before"))
+            }
+        },
+    );
+
+    m.cli_ok(&["service", "rm", svc]);
+    wait_for(timeout(), "the secrets mount gone with the task", || {
+        let left = crate::harness::mounts_under(&w.data_dir());
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+}
+
 /// The baseline binary: `SKEP_BENCH_BASELINE_BIN`, else `/work/skep-before/skep`.
 fn baseline_bin() -> Option<PathBuf> {
     std::env::var_os("SKEP_BENCH_BASELINE_BIN")
