@@ -372,20 +372,32 @@ fn write_files(
 }
 
 /// After an agent restart: unmounts every secrets tmpfs a previous run left under
-/// `tasks_dir/*/secrets`.
-pub fn cleanup_stale(tasks_dir: &Path) -> usize {
+/// `tasks_dir/*/secrets`, except those of the tasks in `keep` (adopted: they still run).
+pub fn cleanup_stale(tasks_dir: &Path, keep: &std::collections::HashSet<&str>) -> usize {
     let Ok(entries) = std::fs::read_dir(tasks_dir) else {
         return 0;
     };
     let mut n = 0;
     for e in entries.flatten() {
-        let dir = e.path().join(MOUNT_DIR);
-        if dir.is_dir() {
-            unmount_dir(&dir);
+        if e.file_name().to_str().is_some_and(|id| keep.contains(id)) {
+            continue;
+        }
+        if unmount_task_secrets(&e.path()) {
             n += 1;
         }
     }
     n
+}
+
+/// Unmounts the secrets tmpfs of the task in `task_dir`, if it has one; whether it had.
+pub fn unmount_task_secrets(task_dir: &Path) -> bool {
+    let dir = task_dir.join(MOUNT_DIR);
+    if dir.is_dir() {
+        unmount_dir(&dir);
+        true
+    } else {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -3,8 +3,10 @@
 //! reconnection the first message is the complete set, so tasks are neither lost nor doubled.
 //!
 //! ```text
-//!  Session stream ─► apply(task): start runner | signal stop | report end
+//!  Session stream ─► apply(task): start runner | adopt | signal stop | report end
 //!  runner: start ─► Running ─► wait ─► Complete/Failed   (or stop ─► Shutdown)
+//!  restart: Executors::recover ─► orphans ─► assigned here and wanted running: adopted (the
+//!           runner skips the start); otherwise, or absent from the first complete set: stopped
 //!  every status ─► reporter (latest per task, batched) ─► ReportTasks
 //! ```
 
@@ -17,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status};
 
 use super::ManagerList;
-use super::executor::{ExecError, Executors};
+use super::executor::{ExecError, Executors, Recovered, TaskHandle};
 use super::health::Health;
 use super::secrets::{SecretStore, SecretsError, TaskSecrets, mount_task_secrets};
 use crate::api::v1::agent_server::Agent as AgentRpc;
@@ -75,6 +77,12 @@ pub struct Supervisor {
     /// Whether a task session with the leader is open (the leader marks the node Ready when
     /// it opens).
     session: watch::Sender<bool>,
+    /// What a previous run of this node's agent started and the leader has not yet said
+    /// whether it still wants here (see [`Executors::recover`]).
+    orphans: Mutex<HashMap<String, Recovered>>,
+    /// Whether the leftovers of a previous run were looked for (by [`Supervisor::run`], or by
+    /// [`Supervisor::stop_all`] when the node stops before that).
+    recovered: std::sync::atomic::AtomicBool,
 }
 
 fn status(state: TaskState, message: &str, err: &str, exit_code: Option<i64>) -> TaskStatus {
@@ -107,6 +115,8 @@ impl Supervisor {
             routes: Default::default(),
             table_taken: tokio::sync::Notify::new(),
             session: watch::channel(false).0,
+            orphans: Mutex::default(),
+            recovered: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -120,6 +130,20 @@ impl Supervisor {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Local>> {
         self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn orphans(&self) -> std::sync::MutexGuard<'_, HashMap<String, Recovered>> {
+        self.orphans.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops and removes, in the background, what a previous run started for task `id`.
+    fn discard_orphan(&self, id: &str) {
+        let Some(r) = self.orphans().remove(id) else {
+            return;
+        };
+        let execs = self.execs.clone();
+        let id = id.to_string();
+        tokio::spawn(async move { execs.discard(&id, r).await });
     }
 
     fn report(&self, id: &str, st: TaskStatus) {
@@ -144,12 +168,21 @@ impl Supervisor {
 
     /// Runs the session and the reporter until the node stops.
     pub async fn run(self: Arc<Self>) {
-        let stale = self.execs.cleanup_stale().await;
-        if !stale.is_empty() {
+        let found = self.execs.recover().await;
+        if !found.is_empty() {
             tracing::info!(
-                count = stale.len(),
-                "stopped tasks left from a previous run"
+                count = found.len(),
+                "found tasks a previous run started; those still assigned here are adopted"
             );
+        }
+        {
+            let mut orphans = self.orphans();
+            if !self
+                .recovered
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                *orphans = found;
+            }
         }
         if let Some(rx) = self
             .reports_rx
@@ -223,6 +256,9 @@ impl Supervisor {
                     self.forget(&id).await;
                 }
             }
+            for id in msg.removed.iter().chain(&msg.deleted) {
+                self.discard_orphan(id);
+            }
             for id in &msg.removed {
                 self.forget(id).await;
             }
@@ -231,6 +267,13 @@ impl Supervisor {
             }
             for t in tasks {
                 self.apply(t);
+            }
+            if msg.complete {
+                // Whatever a previous run started that the leader does not assign here now.
+                let left: Vec<String> = self.orphans().keys().cloned().collect();
+                for id in left {
+                    self.discard_orphan(&id);
+                }
             }
             self.drop_unused_secrets();
         }
@@ -392,7 +435,9 @@ impl Supervisor {
             (_, Some(l)) if l.finished => {}
             (DesiredState::Running, Some(l)) => l.task.desired = task.desired,
             (DesiredState::Running, None) => {
-                if task.status.state > TaskState::Assigned {
+                // Started by a previous run of this agent, and still wanted here: adopted.
+                let orphan = self.orphans().remove(&task.id);
+                if orphan.is_none() && task.status.state > TaskState::Assigned {
                     // The manager believes it runs here, but this agent does not have it: the
                     // node restarted. Report it lost so the orchestrator replaces it.
                     drop(local);
@@ -425,7 +470,10 @@ impl Supervisor {
                 let running = self.running.clone();
                 running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
-                    run_task(sup, task, stop_rx).await;
+                    match orphan {
+                        Some(found) => run_adopted(sup, task, found, stop_rx).await,
+                        None => run_task(sup, task, stop_rx).await,
+                    }
                     running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     let _ = ended_tx.send(true);
                 });
@@ -438,6 +486,8 @@ impl Supervisor {
             }
             (_, None) => {
                 drop(local);
+                // Stopped while this agent was away: what a previous run started goes.
+                self.discard_orphan(&task.id);
                 self.report(&task.id, status(TaskState::Shutdown, "shutdown", "", None));
             }
         }
@@ -500,14 +550,29 @@ impl Supervisor {
         (self.execs.runtimes(), Executors::capacity())
     }
 
-    /// Stops every task (the node leaves or shuts down) and waits for them, within the stop
-    /// grace period.
+    /// Stops every task (the node leaves, or shuts down with `--stop-tasks-on-exit`), those a
+    /// previous run started and no session has adopted yet included, and waits for them,
+    /// within the stop grace period.
     pub async fn stop_all(&self) {
         for l in self.lock().values() {
             if let Some(stop) = &l.stop {
                 let _ = stop.send(true);
             }
         }
+        let looked = self
+            .recovered
+            .swap(true, std::sync::atomic::Ordering::SeqCst);
+        let mut orphans: Vec<(String, Recovered)> = self.orphans().drain().collect();
+        if !looked {
+            // The node stops before its supervisor looked for what a previous run left.
+            orphans.extend(self.execs.recover().await);
+        }
+        let mut discards = tokio::task::JoinSet::new();
+        for (id, r) in orphans {
+            let execs = self.execs.clone();
+            discards.spawn(async move { execs.discard(&id, r).await });
+        }
+        while discards.join_next().await.is_some() {}
         let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(1);
         while self.running.load(std::sync::atomic::Ordering::SeqCst) > 0
             && tokio::time::Instant::now() < deadline
@@ -742,26 +807,41 @@ async fn run_task(sup: Arc<Supervisor>, task: Task, mut stop: watch::Receiver<bo
 /// `SKEP_TASK_ID` and `SKEP_NODE_ID`. Docker tasks listen on their own address. The task spec
 /// does not say whether a target is TCP or UDP (a service may publish both on one target), so
 /// the port given is free for both.
-fn with_ports(mut task: Task) -> (Task, HashMap<u16, std::net::SocketAddr>) {
+fn with_ports(task: Task) -> (Task, HashMap<u16, std::net::SocketAddr>) {
+    let chosen: Vec<(u16, std::net::SocketAddr)> =
+        if task.spec.runtime == crate::store::service::Runtime::Exec {
+            task.spec
+                .ports
+                .iter()
+                .filter_map(|t| free_local_port().map(|a| (*t, a)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+    with_given_ports(task, &chosen)
+}
+
+/// The task as it runs with the local ports `chosen` (target, address; in order): the
+/// environment [`with_ports`] gives, and the endpoints. An adopted exec task gets the ports
+/// its helper recorded, so its health checks see the environment it was started with.
+fn with_given_ports(
+    mut task: Task,
+    chosen: &[(u16, std::net::SocketAddr)],
+) -> (Task, HashMap<u16, std::net::SocketAddr>) {
     let mut endpoints = HashMap::new();
     if task.spec.ports.is_empty() {
         return (task, endpoints);
     }
     task.spec.env.push(format!("SKEP_TASK_ID={}", task.id));
     task.spec.env.push(format!("SKEP_NODE_ID={}", task.node_id));
-    if task.spec.runtime == crate::store::service::Runtime::Exec {
-        for (i, target) in task.spec.ports.clone().into_iter().enumerate() {
-            let Some(addr) = free_local_port() else {
-                continue;
-            };
-            if i == 0 {
-                task.spec.env.push(format!("PORT={}", addr.port()));
-            }
-            task.spec
-                .env
-                .push(format!("SKEP_PORT_{target}={}", addr.port()));
-            endpoints.insert(target, addr);
+    for (i, (target, addr)) in chosen.iter().enumerate() {
+        if i == 0 {
+            task.spec.env.push(format!("PORT={}", addr.port()));
         }
+        task.spec
+            .env
+            .push(format!("SKEP_PORT_{target}={}", addr.port()));
+        endpoints.insert(*target, *addr);
     }
     (task, endpoints)
 }
@@ -785,7 +865,7 @@ async fn run_started(
     sup: &Supervisor,
     report: &(dyn Fn(TaskStatus) + Sync),
     task: &Task,
-    mut endpoints: HashMap<u16, std::net::SocketAddr>,
+    endpoints: HashMap<u16, std::net::SocketAddr>,
     secrets: Option<&TaskSecrets>,
     stop: &mut watch::Receiver<bool>,
 ) {
@@ -798,7 +878,7 @@ async fn run_started(
             return;
         }
     };
-    let mut handle = match start {
+    let handle = match start {
         Ok(h) => h,
         Err(e) => {
             report(status(
@@ -810,6 +890,54 @@ async fn run_started(
             return;
         }
     };
+    supervise(sup, report, task, handle, endpoints, false, stop).await;
+}
+
+/// Adopts a task a previous run of this agent started (see [`Executors::recover`]): no
+/// start; its recorded ports (exec) or container address (docker) go back into the mesh, its
+/// health is followed again, and it is watched and stopped like a task started here. Its
+/// secrets stay mounted until it ends.
+async fn run_adopted(
+    sup: Arc<Supervisor>,
+    task: Task,
+    found: Recovered,
+    mut stop: watch::Receiver<bool>,
+) {
+    let report = |st: TaskStatus| sup.report(&task.id, st);
+    tracing::info!(task = %task.id, "adopted a task a previous run of this agent started");
+    let ports: Vec<(u16, std::net::SocketAddr)> = found
+        .ports
+        .iter()
+        .map(|(t, p)| (*t, std::net::SocketAddr::from(([127, 0, 0, 1], *p))))
+        .collect();
+    let (to_run, endpoints) = with_given_ports(task.clone(), &ports);
+    sup.write_hosts(&task);
+    supervise(
+        &sup,
+        &report,
+        &to_run,
+        found.handle,
+        endpoints,
+        true,
+        &mut stop,
+    )
+    .await;
+    sup.execs.release_secrets(&task.id);
+}
+
+/// Follows a running task to its end: publishes its endpoints, follows its health, and stops
+/// it when asked. `adopted`: it ran before this agent did (reported running at once; a
+/// health check keeps it running until it fails).
+async fn supervise(
+    sup: &Supervisor,
+    report: &(dyn Fn(TaskStatus) + Sync),
+    task: &Task,
+    mut handle: TaskHandle,
+    mut endpoints: HashMap<u16, std::net::SocketAddr>,
+    adopted: bool,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let execs = &sup.execs;
     // A container is reached on its own address; on a network, that address also tells the
     // mesh which services' container-side addresses it may use.
     let container_ip = if task.spec.runtime == crate::store::service::Runtime::Docker
@@ -829,8 +957,15 @@ async fn run_started(
     // With a health check the task is `starting` (out of the mesh's rotation) until a check
     // passes; unhealthy, it is stopped and fails, for its restart policy to replace.
     let mut health = super::health::Watch::for_task(execs, task).await;
-    let mut running = !health.is_some();
-    if running {
+    let mut running = adopted || !health.is_some();
+    if adopted {
+        report(status(
+            TaskState::Running,
+            "adopted after an agent restart",
+            "",
+            None,
+        ));
+    } else if running {
         report(status(TaskState::Running, "started", "", None));
     } else {
         report(status(

@@ -62,7 +62,8 @@ impl Drop for Nodes {
                 );
             }
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // The daemons stop their tasks first (`--stop-tasks-on-exit`): 10 s of grace at most.
+        let deadline = Instant::now() + Duration::from_secs(15);
         for n in &mut self.0 {
             if let Some(mut child) = n.child.take() {
                 while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
@@ -223,6 +224,8 @@ fn spawn(exe: &Path, node: &DevNode) -> anyhow::Result<Child> {
         .arg(node.socket())
         .arg("--hostname")
         .arg(&node.name)
+        // A developer's Ctrl-C ends the swarm, tasks included: none is left orphaned.
+        .arg("--stop-tasks-on-exit")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

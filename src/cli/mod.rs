@@ -156,6 +156,11 @@ struct DaemonArgs {
     /// directory.
     #[arg(long)]
     force_rollback: bool,
+    /// On SIGTERM or SIGINT, stop this node's tasks (SIGTERM, then SIGKILL after 10 s) before
+    /// exiting. By default they keep running, and the daemon adopts them when it starts again
+    /// (a restart or an upgrade of skep does not stop them).
+    #[arg(long)]
+    stop_tasks_on_exit: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -666,6 +671,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         },
         raft_snapshot_logs: args.raft_snapshot_logs,
         force_rollback: args.force_rollback,
+        stop_tasks_on_exit: args.stop_tasks_on_exit,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -725,6 +731,8 @@ mod tests {
         assert_eq!(d.socket, PathBuf::from("/var/run/skep.sock"));
         assert_eq!(d.heartbeat_period, Duration::from_secs(5));
         assert_eq!(d.advertise_addr, None);
+        // A restart or upgrade keeps the node's tasks unless asked otherwise.
+        assert!(!d.stop_tasks_on_exit);
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub struct DaemonConfig {
     /// `--force-rollback`: start a manager whose Raft store is older than its anchor (the
     /// operator accepts the older state; audited as `store.rollback.forced`).
     pub force_rollback: bool,
+    /// `--stop-tasks-on-exit`: on SIGTERM/SIGINT stop the node's tasks as the daemon exits.
+    /// By default they keep running and the next start of the daemon adopts them.
+    pub stop_tasks_on_exit: bool,
 }
 
 /// Why the daemon could not run.
@@ -155,11 +158,17 @@ struct Link {
 }
 
 impl Running {
-    async fn stop(self) {
+    /// Stops what the node runs; its tasks too when `stop_tasks` (leaving the swarm, or
+    /// `--stop-tasks-on-exit`), else they keep running for the next start to adopt.
+    async fn stop(self, stop_tasks: bool) {
         for t in self.tasks.iter().chain(&self.role_tasks) {
             t.abort();
         }
-        self.supervisor.stop_all().await;
+        if stop_tasks {
+            self.supervisor.stop_all().await;
+        } else {
+            tracing::info!("leaving the node's tasks running: the next start adopts them");
+        }
         if let Some(m) = self.manager {
             if let Err(e) = m.raft.shutdown().await {
                 tracing::warn!(error = %e, "raft shutdown");
@@ -235,7 +244,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     }
     let phase = std::mem::replace(&mut *daemon.phase.lock().await, Phase::Inactive);
     if let Phase::Active(r) = phase {
-        r.stop().await;
+        r.stop(daemon.cfg.stop_tasks_on_exit).await;
     }
     let _ = std::fs::remove_file(&socket);
     Ok(())
@@ -1212,7 +1221,8 @@ impl Daemon {
                 }
                 tracing::warn!(error = %e.message(), "leaving without telling the managers");
             }
-            r.stop().await;
+            // Leaving is no restart: the node's tasks go with it.
+            r.stop(true).await;
         }
         self.wipe().map_err(|e| Status::internal(e.to_string()))
     }

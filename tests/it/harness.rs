@@ -284,6 +284,8 @@ pub struct Node {
     advertise: Option<SocketAddr>,
     extra_args: Vec<String>,
     wrapper: Vec<String>,
+    /// The `skep` binary the daemon runs, when not the one under test (an upgrade test).
+    bin: Option<PathBuf>,
     child: Option<Child>,
     id: Option<String>,
 }
@@ -318,6 +320,7 @@ impl Node {
             advertise: None,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             wrapper: Vec::new(),
+            bin: None,
             child: None,
             id: None,
         }
@@ -342,6 +345,22 @@ impl Node {
     pub fn wrapped(mut self, wrapper: &[&str]) -> Node {
         self.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
         self
+    }
+
+    /// Runs the daemon from `bin` from the next start on (an upgraded binary), instead of the
+    /// `skep` under test (or `SKEP_IT_DAEMON_BIN`).
+    pub fn set_bin(&mut self, bin: &Path) {
+        self.bin = Some(bin.to_path_buf());
+    }
+
+    /// The binary the daemon runs: [`Node::set_bin`]'s, else `SKEP_IT_DAEMON_BIN` (to run a
+    /// test against another build's daemon, e.g. to see it fail before a fix), else the `skep`
+    /// under test.
+    pub fn daemon_bin(&self) -> PathBuf {
+        self.bin
+            .clone()
+            .or_else(|| std::env::var_os("SKEP_IT_DAEMON_BIN").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(skep_bin()))
     }
 
     /// Replaces the extra `skep daemon` flags used from the next start on.
@@ -429,13 +448,20 @@ impl Node {
         let advertised = self
             .advertise
             .map_or_else(|| addr.clone(), |a| a.to_string());
+        let bin = self.daemon_bin();
         let mut cmd = match self.wrapper.split_first() {
             Some((prog, args)) => {
                 let mut c = Command::new(prog);
-                c.args(args).arg(skep_bin());
+                c.args(args).arg(&bin);
                 c
             }
-            None => Command::new(skep_bin()),
+            None => Command::new(&bin),
+        };
+        // A test may run its nodes with another heartbeat period (in its extra flags).
+        let heartbeat: &[&str] = if self.extra_args.iter().any(|a| a == "--heartbeat-period") {
+            &[]
+        } else {
+            &["--heartbeat-period", HEARTBEAT]
         };
         cmd.arg("daemon")
             .args([
@@ -449,9 +475,8 @@ impl Node {
                 &advertised,
                 "--hostname",
                 &self.name,
-                "--heartbeat-period",
-                HEARTBEAT,
             ])
+            .args(heartbeat)
             .args(&self.extra_args)
             .env(
                 "SKEP_LOG",
@@ -527,6 +552,24 @@ impl Node {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the daemon as an init system does (SIGTERM) and waits until it exits; panics if
+    /// it does not within the timeout.
+    pub fn terminate(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + timeout();
+        while self.exited().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon of {} did not exit within {:?} of SIGTERM\n--- log ---\n{}",
+                self.name,
+                timeout(),
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = None;
     }
 
     /// Pauses the daemon (SIGSTOP: a long GC pause, a frozen VM); [`Node::resume`] continues it.

@@ -28,6 +28,7 @@ mod operators;
 mod raft_traffic;
 mod reads;
 mod recovery;
+mod restart;
 mod roles;
 mod runtime;
 mod secret_delivery;

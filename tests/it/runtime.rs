@@ -263,24 +263,90 @@ async fn exec_tasks_are_unprivileged_and_cannot_mount() {
     assert!(!host.contains(&dir), "the task's mount leaked to the host");
 }
 
+/// A "restarted agent" (new executors on the same state directory) finds a running helper
+/// and one that ended while no agent watched (with its exit code), stops nothing by itself,
+/// and stops a discarded one.
 #[tokio::test]
-async fn exec_cleanup_stale_stops_leftovers() {
+async fn exec_recover_adopts_helpers_and_discard_stops_them() {
     let state = tempfile::tempdir().unwrap();
     let Some(old) = exec_executors(state.path()).await else {
         return;
     };
-    let t = task(Runtime::Exec, "", &["sleep", "1000"], &[]);
-    let mut h = old.start(&t, None).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // A "restarted agent" on the same state directory.
+    let long = task(Runtime::Exec, "", &["sleep", "1000"], &[]);
+    let mut long_h = old.start(&long, None).await.unwrap();
+    let short = sh("sleep 1; exit 7");
+    let _short_h = old.start(&short, None).await.unwrap();
     let new = Executors::detect_with(state.path(), helper()).await;
-    let began = Instant::now();
-    let stopped = new.cleanup_stale().await;
-    assert!(stopped.contains(&t.id), "{stopped:?}");
-    assert!(began.elapsed() < Duration::from_secs(5));
-    assert_eq!(wait_bounded(&mut h, 5).await, 143);
-    // Nothing left the second time.
-    assert!(!new.cleanup_stale().await.contains(&t.id));
+    let mut found = new.recover().await;
+    let mut adopted_long = found.remove(&long.id).expect("the running helper is found");
+    assert_eq!(adopted_long.handle.exit_code(), None);
+    let mut adopted_short = found.remove(&short.id).expect("the short helper is found");
+    // Its exit code comes from the file stage 1 writes, not from a wait (not our child).
+    assert_eq!(wait_bounded(&mut adopted_short.handle, 10).await, 7);
+    // Recovering stopped nothing.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), long_h.wait())
+            .await
+            .is_err()
+    );
+    // Stopping through the adopted handle reaches the helper.
+    adopted_long
+        .handle
+        .stop(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(wait_bounded(&mut adopted_long.handle, 5).await, 143);
+    assert_eq!(wait_bounded(&mut long_h, 5).await, 143);
+    // Once seen ended, nothing is left to recover.
+    let again = Executors::detect_with(state.path(), helper()).await;
+    let left = again.recover().await;
+    assert!(!left.contains_key(&long.id) && !left.contains_key(&short.id));
+}
+
+/// A record naming a process that is not the task's helper (a PID reused by another
+/// program) adopts nothing, and discarding it signals no one.
+#[tokio::test]
+async fn exec_recover_does_not_trust_a_reused_pid() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    let mut other = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let pid = other.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start: u64 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    let id = unique_id("t");
+    let dir = state.path().join("tasks").join(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let record = serde_json::json!({
+        "task_id": id, "pid": pid, "start_ticks": start, "exe": exe, "ports": []
+    });
+    std::fs::write(dir.join("helper.json"), record.to_string()).unwrap();
+    let mut found = ex.recover().await;
+    let mut r = found.remove(&id).expect("the record is read");
+    let seen = tokio::time::timeout(Duration::from_secs(2), r.handle.wait())
+        .await
+        .expect("not adopted as running");
+    assert!(seen.is_err(), "{seen:?}");
+    ex.discard(&id, r).await;
+    assert!(
+        other.try_wait().unwrap().is_none(),
+        "the other process was signalled"
+    );
+    other.kill().unwrap();
+    let _ = other.wait();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -597,22 +663,32 @@ async fn docker_missing_image_fails_clearly() {
     }
 }
 
-/// Removes every container labelled by skep on this engine (those of concurrent tests too), so
-/// it runs only when asked: `cargo test --test it docker_cleanup_stale -- --ignored`.
+/// A restarted agent finds its node's containers by their labels, running, and leaves
+/// another node's alone (several nodes may share an engine); discarding stops one.
 #[tokio::test]
-#[ignore = "removes every skep container on the engine: run alone with --ignored"]
-async fn docker_cleanup_stale() {
-    let _alone = DOCKER.write().await;
+async fn docker_recover_finds_only_this_nodes_containers() {
+    let _shared = DOCKER.read().await;
     let state = tempfile::tempdir().unwrap();
     let Some((ex, image)) = docker_executors(state.path()).await else {
         return;
     };
-    let t = task(Runtime::Docker, image, &["/prog", "sleep"], &[]);
+    let node = unique_id("node");
+    let mut t = task(Runtime::Docker, image, &["/prog", "sleep"], &[]);
+    t.node_id = node.clone();
     let mut h = ex.start(&t, None).await.unwrap();
-    let new = Executors::detect_with(state.path(), helper()).await;
-    let stopped = new.cleanup_stale().await;
-    assert!(stopped.contains(&t.id), "{stopped:?}");
-    // The watcher sees the container go.
+    let other = Executors::detect_with(state.path(), helper())
+        .await
+        .for_node("some-other-node");
+    assert!(!other.recover().await.contains_key(&t.id));
+    let new = Executors::detect_with(state.path(), helper())
+        .await
+        .for_node(&node);
+    let mut found = new.recover().await;
+    let r = found.remove(&t.id).expect("this node's container is found");
+    assert_eq!(r.handle.exit_code(), None);
+    assert!(r.container.is_some());
+    new.discard(&t.id, r).await;
+    // The first watcher sees the container go.
     let _ = tokio::time::timeout(Duration::from_secs(15), h.wait())
         .await
         .unwrap();

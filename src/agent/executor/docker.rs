@@ -1,6 +1,6 @@
 //! The docker runtime: a task is a container of the local Docker Engine, driven through
 //! bollard. Containers are named `skep-<service>.<slot>.<task>` and labelled with the
-//! service and task IDs, which is how a restarted agent finds its leftovers.
+//! service, task and node IDs, which is how a restarted agent finds and adopts them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -41,8 +41,6 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Upper bound of an image pull.
 const PULL_TIMEOUT: Duration = Duration::from_secs(600);
-/// Grace for containers left by a previous agent run.
-const STALE_GRACE_SECS: i32 = 2;
 
 /// Runs docker tasks.
 #[derive(Clone)]
@@ -148,24 +146,29 @@ impl DockerRuntime {
             .await
             .map_err(|e| docker_err(format!("start container {name}"), e))?;
 
+        Ok(self.watch(name))
+    }
+
+    /// A handle on a running container, whose exit a background watcher records.
+    fn watch(&self, container: String) -> TaskHandle {
         let (tx, rx) = watch::channel::<ExitSlot>(None);
         // No request timeout for the wait: it lasts as long as the task.
         let waiter = self
             .docker
             .clone()
             .with_timeout(Duration::from_secs(u64::from(u32::MAX)));
-        let container = name.clone();
+        let watched = container.clone();
         tokio::spawn(async move {
-            let r = watch_exit(&waiter, &container).await;
+            let r = watch_exit(&waiter, &watched).await;
             tx.send_replace(Some(r));
         });
-        Ok(TaskHandle {
+        TaskHandle {
             exit: rx,
             stopper: Stopper::Docker(DockerStopper {
                 docker: self.docker.clone(),
-                container: name,
+                container,
             }),
-        })
+        }
     }
 
     /// Uses the local image if present, else pulls it.
@@ -235,14 +238,15 @@ impl DockerRuntime {
             .map(|l| l.split(',').map(str::to_string).collect())
     }
 
-    /// Stops and removes the containers a previous run left: those of node `node_id` when
-    /// given, else every skep container on the engine.
-    pub(crate) async fn cleanup_stale(&self, node_id: Option<&str>) -> Vec<String> {
+    /// The containers a previous run of node `node_id`'s agent started (labelled with the
+    /// node and a task), running or not, as `(task ID, container ID, handle)`. Containers of
+    /// other nodes sharing the engine, and unlabelled ones, are left alone.
+    pub(crate) async fn recover(&self, node_id: &str) -> Vec<(String, String, TaskHandle)> {
         let mut filters = HashMap::new();
-        let mut labels = vec![LABEL_TASK_ID.to_string()];
-        if let Some(node) = node_id {
-            labels.push(format!("{LABEL_NODE_ID}={node}"));
-        }
+        let labels = vec![
+            LABEL_TASK_ID.to_string(),
+            format!("{LABEL_NODE_ID}={node_id}"),
+        ];
         filters.insert("label".to_string(), labels);
         let options = ListContainersOptions {
             all: true,
@@ -252,32 +256,45 @@ impl DockerRuntime {
         let containers = match self.docker.list_containers(Some(options)).await {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(error = %engine_message(&e), "cannot list containers left by a previous run");
+                tracing::warn!(error = %engine_message(&e), "cannot list the containers a previous run started");
                 return Vec::new();
             }
         };
-        let mut stopped = Vec::new();
+        let mut found = Vec::new();
         for c in containers {
-            let Some(id) = c.id else { continue };
-            let task_id = c
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(LABEL_TASK_ID))
-                .cloned()
-                .unwrap_or_default();
-            let stop = StopContainerOptions {
-                t: Some(STALE_GRACE_SECS),
-                ..Default::default()
+            let (Some(id), Some(labels)) = (c.id, c.labels) else {
+                continue;
             };
-            if let Err(e) = self.docker.stop_container(&id, Some(stop)).await {
-                tracing::debug!(container = %id, error = %engine_message(&e), "stopping a leftover container failed");
-            }
-            self.force_remove(&id).await;
-            if !task_id.is_empty() {
-                stopped.push(task_id);
-            }
+            let Some(task_id) = adoptable(&labels, node_id) else {
+                continue;
+            };
+            let running = match self.docker.inspect_container(&id, None).await {
+                Ok(info) => {
+                    let state = info.state.unwrap_or_default();
+                    if state.running == Some(true) {
+                        None
+                    } else {
+                        Some(state.exit_code.unwrap_or(-1))
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %engine_message(&e), "cannot inspect a container a previous run started");
+                    continue;
+                }
+            };
+            let handle = match running {
+                None => self.watch(id.clone()),
+                Some(code) => TaskHandle {
+                    exit: watch::channel::<ExitSlot>(Some(Ok(code))).1,
+                    stopper: Stopper::Docker(DockerStopper {
+                        docker: self.docker.clone(),
+                        container: id.clone(),
+                    }),
+                },
+            };
+            found.push((task_id.to_string(), id, handle));
         }
-        stopped
+        found
     }
 
     pub(crate) async fn logs(
@@ -323,7 +340,7 @@ impl DockerRuntime {
         self.force_remove(&container_name(task)).await;
     }
 
-    async fn force_remove(&self, container: &str) {
+    pub(crate) async fn force_remove(&self, container: &str) {
         let options = RemoveContainerOptions {
             force: true,
             ..Default::default()
@@ -503,6 +520,16 @@ async fn watch_exit(docker: &Docker, container: &str) -> Result<i64, String> {
         tracing::debug!(%container, error = %last, failures, "waiting for a container failed; retrying");
         tokio::time::sleep(Duration::from_secs(u64::from(failures.min(10)))).await;
     }
+}
+
+/// The task ID of a container a restarted agent of node `node_id` may adopt: one whose labels
+/// name that node and a task ID usable as a name.
+fn adoptable<'a>(labels: &'a HashMap<String, String>, node_id: &str) -> Option<&'a str> {
+    if node_id.is_empty() || labels.get(LABEL_NODE_ID).map(String::as_str) != Some(node_id) {
+        return None;
+    }
+    let id = labels.get(LABEL_TASK_ID)?;
+    super::check_task_id(id).is_ok().then_some(id.as_str())
 }
 
 /// `skep-<service>.<slot>.<task>`, restricted to the characters Docker allows in names.
@@ -709,6 +736,24 @@ mod tests {
         );
         assert_eq!(mounts[0].read_only, Some(true));
         assert_eq!(mounts[0].typ, Some(MountType::BIND));
+    }
+
+    #[test]
+    fn only_containers_labelled_with_this_node_and_a_task_are_adopted() {
+        let labels = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let mine = labels(&[(LABEL_NODE_ID, "n1"), (LABEL_TASK_ID, "t1")]);
+        assert_eq!(adoptable(&mine, "n1"), Some("t1"));
+        assert_eq!(adoptable(&mine, "n2"), None);
+        assert_eq!(adoptable(&mine, ""), None);
+        assert_eq!(adoptable(&labels(&[(LABEL_TASK_ID, "t1")]), "n1"), None);
+        assert_eq!(adoptable(&labels(&[(LABEL_NODE_ID, "n1")]), "n1"), None);
+        let bad = labels(&[(LABEL_NODE_ID, "n1"), (LABEL_TASK_ID, "../x")]);
+        assert_eq!(adoptable(&bad, "n1"), None);
     }
 
     #[test]

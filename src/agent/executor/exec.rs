@@ -1,8 +1,9 @@
 //! The exec runtime, agent side: runs a task's command through the init helper (see
 //! [`init_helper_main`]) in its own mount and PID namespaces, as the unprivileged user
 //! [`NOBODY`] with no_new_privs, the daemon's own files (data directory, socket) hidden, with
-//! its output in `<state_dir>/tasks/<task_id>/{stdout,stderr,output}` and the helper's PID in
-//! `.../pid`.
+//! its output in `<state_dir>/tasks/<task_id>/{stdout,stderr,output}` and the helper's record
+//! (PID, start time, binary, ports: see [`super::adopt`]) in `.../helper.json`, which is how a
+//! restarted agent adopts the task instead of killing it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::watch;
 
+use super::adopt::{self, HelperRecord};
 use super::init::{NOBODY, OUTPUT_FILE, STDERR_FILE, status_code};
 use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
 use crate::store::service::Task;
@@ -21,8 +23,10 @@ pub use super::init::init_helper_main;
 
 /// `PATH` given to a task whose environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-/// The helper's PID, while it runs.
-const PID_FILE: &str = "pid";
+/// The helper's PID, as a skep from before adoption recorded it (only read, to stop those).
+const LEGACY_PID_FILE: &str = "pid";
+/// How often an adopted helper (not the agent's child, so not waitable) is looked at.
+const ADOPTED_POLL: Duration = Duration::from_millis(100);
 /// How long a process that got SIGKILL may take to be gone before stop reports an error.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 /// Grace given to leftovers of a previous agent run.
@@ -126,11 +130,26 @@ impl ExecRuntime {
             .id()
             .and_then(|p| i32::try_from(p).ok())
             .map(Pid::from_raw);
-        let pid_file = dir.join(PID_FILE);
-        if let Some(pid) = pid
-            && let Err(e) = std::fs::write(&pid_file, format!("{pid}\n"))
-        {
-            tracing::warn!(task = %task.id, error = %e, "cannot write the task's pid file; a restarted agent will not find it");
+        // The record a restarted agent adopts the task by. Read before the watcher can reap
+        // the helper, so the PID is still the helper's (at worst a zombie).
+        if let Some(pid) = pid {
+            let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| adopt::parse_stat(&s));
+            let rec = start.map(|(_, start_ticks)| HelperRecord {
+                task_id: task.id.clone(),
+                pid: pid.as_raw(),
+                start_ticks,
+                exe: self.helper.clone(),
+                ports: adopt::ports_from_env(&task.spec.env),
+            });
+            let written = match rec {
+                Some(rec) => adopt::write_record(&dir, &rec),
+                None => Err(std::io::Error::other("cannot read its start time")),
+            };
+            if let Err(e) = written {
+                tracing::warn!(task = %task.id, error = %e, "cannot record the task's init helper; a restarted agent will not adopt the task");
+            }
         }
 
         let (tx, rx) = watch::channel::<ExitSlot>(None);
@@ -139,21 +158,23 @@ impl ExecRuntime {
                 Ok(st) => Ok(i64::from(status_code(st))),
                 Err(e) => Err(format!("waiting for the init helper failed: {e}")),
             };
-            let _ = tokio::fs::remove_file(&pid_file).await;
+            adopt::forget_record(&dir);
             tx.send_replace(Some(r));
         });
         Ok(TaskHandle {
             exit: rx,
-            stopper: Stopper::Exec(ExecStopper { pid }),
+            stopper: Stopper::Exec(ExecStopper { pid, adopted: None }),
         })
     }
 
-    /// Stops what a previous agent run left: helpers found through pid files whose command
-    /// line is still theirs. Log files stay for [`ExecRuntime::remove`].
-    pub(crate) async fn cleanup_stale(&self) -> Vec<String> {
-        let mut stopped = Vec::new();
+    /// After an agent restart: the tasks a previous run started, by task ID, with a handle on
+    /// each (running or ended while no agent watched) and the ports it was given. Nothing is
+    /// stopped here, except helpers of an older skep that wrote no record (found through
+    /// their pid files) which cannot be adopted safely.
+    pub(crate) async fn recover(&self) -> Vec<(String, TaskHandle, Vec<(u16, u16)>)> {
+        let mut found = Vec::new();
         let Ok(mut entries) = tokio::fs::read_dir(&self.tasks_dir).await else {
-            return stopped;
+            return found;
         };
         while let Ok(Some(entry)) = entries.next_entry().await {
             let Ok(id) = entry.file_name().into_string() else {
@@ -162,18 +183,44 @@ impl ExecRuntime {
             if super::check_task_id(&id).is_err() {
                 continue;
             }
-            if self.kill_leftover(&id).await {
-                stopped.push(id);
+            let dir = self.task_dir(&id);
+            if self.kill_legacy(&id).await {
+                tracing::info!(task = %id, "stopped a task an older skep left (it cannot be adopted)");
             }
+            let Some(rec) = adopt::read_record(&dir, &id) else {
+                continue;
+            };
+            let ports = rec.ports.clone();
+            found.push((id, adopted_handle(dir, rec), ports));
         }
-        stopped
+        found
     }
 
-    /// Kills the helper recorded in the task's pid file if it is still running; true if it
-    /// was. The pid file is removed either way.
+    /// Kills the helper of task `id` if it still runs (a task to be removed); true if it
+    /// did. The record goes either way.
     async fn kill_leftover(&self, id: &str) -> bool {
         let dir = self.task_dir(id);
-        let pid_file = dir.join(PID_FILE);
+        let legacy = self.kill_legacy(id).await;
+        let Some(rec) = adopt::read_record(&dir, id) else {
+            return legacy;
+        };
+        let handle = adopted_handle(dir.clone(), rec);
+        let running = handle.exit_code().is_none();
+        if running {
+            tracing::info!(task = %id, "stopping a task left by a previous run");
+            if let Err(e) = handle.stop(STALE_GRACE).await {
+                tracing::warn!(task = %id, error = %e, "a leftover task did not stop");
+            }
+        }
+        adopt::forget_record(&dir);
+        running || legacy
+    }
+
+    /// Kills a helper recorded only in a pid file (written by a skep from before adoption) if
+    /// its command line is still the helper's; true if it was running. The file goes.
+    async fn kill_legacy(&self, id: &str) -> bool {
+        let dir = self.task_dir(id);
+        let pid_file = dir.join(LEGACY_PID_FILE);
         let Ok(text) = tokio::fs::read_to_string(&pid_file).await else {
             return false;
         };
@@ -185,7 +232,6 @@ impl ExecRuntime {
         if !is_helper_of(pid, &dir).await {
             return false;
         }
-        tracing::info!(task = %id, %pid, "stopping a task left by a previous run");
         let _ = kill(pid, Signal::SIGTERM);
         if gone_within(pid, &dir, STALE_GRACE).await {
             return true;
@@ -225,12 +271,29 @@ impl ExecRuntime {
 /// Stops an exec task's helper.
 pub(crate) struct ExecStopper {
     pid: Option<Pid>,
+    /// For a helper a previous agent run started: its record and task directory, checked
+    /// before each signal (it is not this agent's child, so its PID could be reused once it
+    /// ends).
+    adopted: Option<(HelperRecord, PathBuf)>,
 }
 
 impl ExecStopper {
     #[cfg(test)]
     pub(crate) fn for_test() -> ExecStopper {
-        ExecStopper { pid: None }
+        ExecStopper {
+            pid: None,
+            adopted: None,
+        }
+    }
+
+    /// Sends `sig` unless the process is no longer the helper.
+    fn signal(&self, pid: Pid, sig: Signal) {
+        if let Some((rec, dir)) = &self.adopted
+            && adopt::check_live(rec, dir).is_err()
+        {
+            return;
+        }
+        let _ = kill(pid, sig);
     }
 
     pub(crate) async fn stop(
@@ -241,18 +304,19 @@ impl ExecStopper {
         let Some(pid) = self.pid else {
             return Ok(());
         };
-        // The watcher reaps the helper, so while it has not reported, the PID is still ours.
+        // A child is reaped by the watcher, so while it has not reported, the PID is still
+        // ours; an adopted helper is checked before each signal.
         // Stage 1 forwards SIGTERM to the namespace's init, which forwards it to the command.
         if exit.borrow().is_some() {
             return Ok(());
         }
-        let _ = kill(pid, Signal::SIGTERM);
+        self.signal(pid, Signal::SIGTERM);
         if ended_within(exit.clone(), grace).await {
             return Ok(());
         }
         // Stage 2 dies with stage 1 (parent-death signal), and the namespace with stage 2.
         if exit.borrow().is_none() {
-            let _ = kill(pid, Signal::SIGKILL);
+            self.signal(pid, Signal::SIGKILL);
         }
         if ended_within(exit, KILL_WAIT).await {
             Ok(())
@@ -262,6 +326,47 @@ impl ExecStopper {
                 KILL_WAIT.as_secs()
             )))
         }
+    }
+}
+
+/// A handle on a helper a previous agent run started: its end is seen by polling the process
+/// (checked against the record each time), its code read from the exit file stage 1 writes.
+/// The record goes once the end is seen.
+fn adopted_handle(dir: PathBuf, rec: HelperRecord) -> TaskHandle {
+    let pid = Pid::from_raw(rec.pid);
+    let (tx, rx) = watch::channel::<ExitSlot>(None);
+    let ended = |dir: &Path| {
+        adopt::read_exit(dir).ok_or_else(|| {
+            "the task's init helper ended without recording an exit code (it was killed, or ended with the node)".to_string()
+        })
+    };
+    match adopt::check_live(&rec, &dir) {
+        Ok(()) => {
+            let (rec2, dir2) = (rec.clone(), dir.clone());
+            tokio::spawn(async move {
+                while adopt::check_live(&rec2, &dir2).is_ok() {
+                    if tx.is_closed() {
+                        // Nobody watches any more (the agent is stopping): leave the record.
+                        return;
+                    }
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
+                let r = ended(&dir2);
+                adopt::forget_record(&dir2);
+                tx.send_replace(Some(r));
+            });
+        }
+        Err(_) => {
+            tx.send_replace(Some(ended(&dir)));
+            adopt::forget_record(&dir);
+        }
+    }
+    TaskHandle {
+        exit: rx,
+        stopper: Stopper::Exec(ExecStopper {
+            pid: Some(pid),
+            adopted: Some((rec, dir)),
+        }),
     }
 }
 
@@ -291,27 +396,9 @@ fn is_executable(p: &Path) -> bool {
 /// Whether `pid` is the stage 1 init helper of the task in `dir`.
 async fn is_helper_of(pid: Pid, dir: &Path) -> bool {
     match tokio::fs::read(format!("/proc/{pid}/cmdline")).await {
-        Ok(cmdline) => cmdline_is_helper_of(&cmdline, dir),
+        Ok(cmdline) => adopt::cmdline_is_helper_of(&cmdline, dir),
         Err(_) => false,
     }
-}
-
-fn cmdline_is_helper_of(cmdline: &[u8], dir: &Path) -> bool {
-    let dir = dir.as_os_str().as_encoded_bytes();
-    let mut args = cmdline.split(|b| *b == 0);
-    // Only the helper's own arguments count (before `--`), not the task's command.
-    let mut helper = false;
-    let mut has_dir = false;
-    let mut prev: &[u8] = b"";
-    for a in args.by_ref() {
-        if a == b"--" {
-            break;
-        }
-        helper |= a == b"init-helper";
-        has_dir |= prev == b"--task-dir" && a == dir;
-        prev = a;
-    }
-    helper && has_dir
 }
 
 /// Polls until `pid` is no longer the helper of `dir` (exited, reaped or a zombie).
@@ -352,20 +439,6 @@ mod tests {
         assert!(resolve_program("/etc/passwd", DEFAULT_PATH).is_none());
         assert!(resolve_program("/bin", DEFAULT_PATH).is_none());
         assert!(resolve_program("", DEFAULT_PATH).is_none());
-    }
-
-    #[test]
-    fn cmdline_match() {
-        let dir = Path::new("/var/lib/skep/tasks/t1");
-        let good =
-            b"/usr/bin/skep\0init-helper\0--task-dir\0/var/lib/skep/tasks/t1\0--\0sleep\0x\0";
-        assert!(cmdline_is_helper_of(good, dir));
-        let other = b"/usr/bin/skep\0init-helper\0--task-dir\0/var/lib/skep/tasks/t2\0--\0sleep\0";
-        assert!(!cmdline_is_helper_of(other, dir));
-        // The task's own arguments do not count.
-        let task_args = b"/bin/sh\0--\0init-helper\0--task-dir\0/var/lib/skep/tasks/t1\0";
-        assert!(!cmdline_is_helper_of(task_args, dir));
-        assert!(!cmdline_is_helper_of(b"", dir));
     }
 
     #[test]

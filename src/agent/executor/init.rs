@@ -52,6 +52,9 @@ pub(super) const STDOUT_FILE: &str = "stdout";
 pub(super) const STDERR_FILE: &str = "stderr";
 /// Both streams interleaved in the order read, one line each, prefixed `O ` or `E `.
 pub(super) const OUTPUT_FILE: &str = "output";
+/// Stage 1's exit code, written as it ends: an agent that restarted while the task ran (and
+/// so is not the helper's parent) learns the code from it.
+pub(super) const EXIT_FILE: &str = "exit";
 
 /// Exit code when the helper itself fails (as `docker run` does).
 const EXIT_HELPER_FAILED: u8 = 125;
@@ -116,7 +119,19 @@ pub fn init_helper_main(args: Vec<String>) -> ExitCode {
             user,
             hide,
             command,
-        }) => stage1(&task_dir, secrets.as_deref(), user, &hide, &command),
+        }) => {
+            // Opened now: stage 1's own mount namespace hides the tasks directory later.
+            let dir = File::open(&task_dir);
+            let code = stage1(&task_dir, secrets.as_deref(), user, &hide, &command);
+            match dir {
+                Ok(dir) => record_exit(&dir, code),
+                Err(e) => eprintln!(
+                    "skep-init: cannot open {} to record the exit code: {e}",
+                    task_dir.display()
+                ),
+            }
+            code
+        }
         Ok(HelperArgs {
             mode: Mode::Stage1,
             task_dir: None,
@@ -331,6 +346,28 @@ fn stage1(
     // The namespace is gone with its init, so every writer of the pipes is gone too.
     join_all(readers);
     code as u8
+}
+
+/// Writes the exit code to [`EXIT_FILE`] in the task directory `dir` (whole or not at all:
+/// written aside, then renamed), through a descriptor of the directory opened before stage 1
+/// hid it in its own mount namespace. Best effort: the agent that started the helper also
+/// reaps it.
+fn record_exit(dir: &File, code: u8) {
+    use nix::fcntl::{OFlag, openat, renameat};
+    use nix::sys::stat::Mode;
+    const TMP: &str = ".exit.tmp";
+    let written = openat(
+        dir,
+        TMP,
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(std::io::Error::from)
+    .and_then(|fd| writeln!(File::from(fd), "{code}"))
+    .and_then(|()| renameat(dir, TMP, dir, EXIT_FILE).map_err(std::io::Error::from));
+    if let Err(e) = written {
+        eprintln!("skep-init: cannot record the exit code: {e}");
+    }
 }
 
 fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {

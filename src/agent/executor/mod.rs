@@ -10,9 +10,14 @@
 //!                 TaskHandle ── wait() (exit code, set by a background watcher) / stop(grace)
 //! ```
 //!
+//! After a restart the agent adopts what a previous run started ([`Executors::recover`]):
+//! exec helpers by the record each leaves in its task directory (checked against `/proc`,
+//! see [`adopt`]), containers by their labels naming this node and the task.
+//!
 //! The exec runtime needs no `unsafe`: namespaces are made by a re-exec'd helper process
 //! ([`exec::init_helper_main`]) rather than between `fork` and `exec`.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::store::service::{Resources, Runtime, Task};
 
+mod adopt;
 pub mod docker;
 pub mod exec;
 mod init;
@@ -238,27 +244,75 @@ impl Executors {
         }
     }
 
-    /// After an agent restart: stops and removes everything a previous run left running
-    /// (exec processes found through their pid files, containers labelled `skep.task.id`) and
-    /// returns the IDs of the tasks it stopped. Exec log files are kept until [`Executors::remove`].
-    pub async fn cleanup_stale(&self) -> Vec<String> {
-        let unmounted = crate::agent::secrets::cleanup_stale(&self.tasks_dir);
+    /// After an agent restart: what a previous run started, by task ID: exec helpers found
+    /// through their records, containers labelled with this node. Nothing is stopped (the
+    /// supervisor adopts those still assigned here and [`Executors::discard`]s the others),
+    /// except what cannot be adopted safely: helpers of an older skep, and secrets mounts of
+    /// tasks not found.
+    pub async fn recover(&self) -> HashMap<String, Recovered> {
+        let mut found = HashMap::new();
+        if let Some(e) = &self.exec {
+            for (id, handle, ports) in e.recover().await {
+                let r = Recovered {
+                    runtime: Runtime::Exec,
+                    handle,
+                    ports,
+                    container: None,
+                };
+                found.insert(id, r);
+            }
+        }
+        if let (Some(d), Some(node)) = (&self.docker, &self.node_id) {
+            for (id, container, handle) in d.recover(node).await {
+                let r = Recovered {
+                    runtime: Runtime::Docker,
+                    handle,
+                    ports: Vec::new(),
+                    container: Some(container),
+                };
+                found.insert(id, r);
+            }
+        }
+        let keep: HashSet<&str> = found.keys().map(String::as_str).collect();
+        let unmounted = crate::agent::secrets::cleanup_stale(&self.tasks_dir, &keep);
         if unmounted > 0 {
             tracing::info!(
                 count = unmounted,
                 "unmounted secrets left from a previous run"
             );
         }
-        let mut ids = Vec::new();
-        if let Some(e) = &self.exec {
-            ids.extend(e.cleanup_stale().await);
+        found
+    }
+
+    /// Stops and removes a task a previous run started that is not to run here any more
+    /// (the manager no longer assigns it to this node, or wants it stopped): its process or
+    /// container, its secrets, its files.
+    pub async fn discard(&self, id: &str, r: Recovered) {
+        if check_task_id(id).is_err() {
+            return;
         }
-        if let Some(d) = &self.docker {
-            ids.extend(d.cleanup_stale(self.node_id.as_deref()).await);
+        tracing::info!(task = %id, "stopping a task left by a previous run: it is no longer assigned here");
+        if let Err(e) = r.handle.stop(STALE_GRACE).await {
+            tracing::warn!(task = %id, error = %e, "stopping a leftover task");
         }
-        ids.sort();
-        ids.dedup();
-        ids
+        if let (Some(c), Some(d)) = (&r.container, &self.docker) {
+            d.force_remove(c).await;
+        }
+        let dir = self.tasks_dir.join(id);
+        self.release_secrets(id);
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(task = %id, dir = %dir.display(), error = %e, "cannot remove the task directory");
+        }
+    }
+
+    /// Unmounts the secrets of an adopted task that ended (a started task's runner holds its
+    /// own handle on them).
+    pub fn release_secrets(&self, id: &str) {
+        if check_task_id(id).is_ok() {
+            crate::agent::secrets::unmount_task_secrets(&self.tasks_dir.join(id));
+        }
     }
 
     /// The task's output as `(stream, line)` pairs, stream being `stdout` or `stderr`, in the
@@ -319,6 +373,21 @@ impl Executors {
             }
         }
     }
+}
+
+/// Grace given to a leftover task that is no longer assigned here.
+const STALE_GRACE: Duration = Duration::from_secs(2);
+
+/// A task a previous agent run started, found after a restart.
+pub struct Recovered {
+    /// Its runtime.
+    pub runtime: Runtime,
+    /// Its process or container (it may have ended while no agent watched).
+    pub handle: TaskHandle,
+    /// Exec tasks: the local port each target port was given (`SKEP_PORT_<target>`).
+    pub ports: Vec<(u16, u16)>,
+    /// Docker tasks: the container's ID.
+    pub container: Option<String>,
 }
 
 /// The exit of a task as its watcher saw it: `None` while it runs.
