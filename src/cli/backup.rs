@@ -1,6 +1,6 @@
 //! `skep swarm backup -o FILE` and `skep swarm restore FILE`.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -39,23 +39,11 @@ fn read_key_file(path: &Path) -> anyhow::Result<Zeroizing<String>> {
 }
 
 fn read_key_stdin() -> anyhow::Result<Zeroizing<String>> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        let mut out = std::io::stdout().lock();
-        out.write_all(b"Enter the backup key or passphrase: ")
-            .and_then(|()| out.flush())
-            .context("writing the prompt")?;
-    }
-    let mut line = Zeroizing::new(String::new());
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .context("reading the backup key from stdin")?;
-    let key = Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_string());
-    if key.is_empty() {
-        bail!("no backup key given: type it at the prompt, pipe it on stdin, or use --key-file");
-    }
-    Ok(key)
+    super::prompt::secret_line(
+        "Enter the backup key or passphrase: ",
+        "the backup key",
+        "no backup key given: type it at the prompt, pipe it on stdin, or use --key-file",
+    )
 }
 
 pub(super) async fn backup(api: &mut Api, args: SwarmBackupArgs) -> anyhow::Result<()> {

@@ -21,6 +21,7 @@ mod operator;
 mod output;
 mod policy;
 mod progress;
+mod prompt;
 mod secret;
 mod service;
 mod spec;

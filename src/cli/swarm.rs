@@ -1,6 +1,6 @@
 //! `skep swarm init|join|leave|unlock|update` and `skep join-token`.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::IsTerminal as _;
 
 use anyhow::{Context as _, bail};
 use zeroize::{Zeroize as _, Zeroizing};
@@ -317,23 +317,12 @@ pub(super) async fn unlock(api: &mut Api) -> anyhow::Result<()> {
 
 /// Reads the key's first line from stdin, prompting only when a person is typing.
 fn read_unlock_key() -> anyhow::Result<Zeroizing<String>> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        let mut out = std::io::stdout().lock();
-        out.write_all(b"Enter unlock key: ")
-            .and_then(|()| out.flush())
-            .context("writing the prompt")?;
-    }
-    let mut line = Zeroizing::new(String::new());
-    stdin
-        .lock()
-        .read_line(&mut line)
-        .context("reading the unlock key from stdin")?;
-    let key = Zeroizing::new(line.trim().to_string());
-    if key.is_empty() {
-        bail!("no unlock key given: type it at the prompt or pipe it on stdin");
-    }
-    Ok(key)
+    let line = super::prompt::secret_line(
+        "Enter unlock key: ",
+        "the unlock key",
+        "no unlock key given: type it at the prompt or pipe it on stdin",
+    )?;
+    Ok(Zeroizing::new(line.trim().to_string()))
 }
 
 pub(super) async fn join_token(api: &mut Api, args: JoinTokenArgs) -> anyhow::Result<()> {

@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::harness::{Cluster, Node, find_node, json_lines, running_hosts, timeout, wait_for};
+use crate::harness::{
+    Cluster, Node, create_sleepers_on_workers, find_node, json_lines, running_hosts, timeout,
+    wait_for,
+};
 
 const REPLICAS: usize = 3;
 /// How long a quick restart keeps a daemon away.
@@ -43,22 +46,7 @@ fn tasks_of_a_down_node_are_unknown_not_running_until_it_is_back() {
     let w = c.workers()[0].name().to_string();
     let w_id = c.workers()[0].id().to_string();
     let m = c.first();
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        "away",
-        "--replicas",
-        &REPLICAS.to_string(),
-        "--constraint",
-        "node.role==worker",
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
+    create_sleepers_on_workers(m, "away", REPLICAS);
     let all = format!("{REPLICAS}/{REPLICAS}");
     wait_for(timeout(), "every task running on the worker", || {
         let on = running_hosts(m, "away");
@@ -146,22 +134,7 @@ fn a_quick_daemon_restart_does_not_make_the_orchestrator_replace_tasks() {
     let w = c.workers()[0].name().to_string();
     let m = c.first();
     m.cli_ok(&["swarm", "update", "--dispatcher-heartbeat", "5s"]);
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        "quick",
-        "--replicas",
-        &REPLICAS.to_string(),
-        "--constraint",
-        "node.role==worker",
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
+    create_sleepers_on_workers(m, "quick", REPLICAS);
     let all = format!("{REPLICAS}/{REPLICAS}");
     wait_for(timeout(), "every task running on the worker", || {
         let on = running_hosts(m, "quick");
@@ -208,22 +181,7 @@ fn tasks_of_an_agent_that_went_away_are_unknown_within_seconds_not_after_down() 
     let w_id = c.workers()[0].id().to_string();
     let m = c.first();
     m.cli_ok(&["swarm", "update", "--dispatcher-heartbeat", "5s"]);
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        "gone",
-        "--replicas",
-        &REPLICAS.to_string(),
-        "--constraint",
-        "node.role==worker",
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
+    create_sleepers_on_workers(m, "gone", REPLICAS);
     let all = format!("{REPLICAS}/{REPLICAS}");
     wait_for(timeout(), "every task running on the worker", || {
         let r = replicas(m, "gone");

@@ -55,22 +55,7 @@ fn a_swarm_whose_managers_are_all_destroyed_comes_back_from_a_backup() {
     let mut c = Cluster::init(3, 1);
     let m1 = &c.nodes[0];
     m1.cli_stdin(&["secret", "create", "db", "-"], "s3cret-value");
-    m1.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.role==worker",
-        "--name",
-        "web",
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
+    create_sleepers_on_workers(m1, "web", 2);
     let tasks = wait_for(timeout(), "2 running tasks on the worker", || {
         let t = running_on(&c.nodes[0], "web");
         if t.len() == 2 {

@@ -1027,6 +1027,27 @@ pub fn running_task_ids(node: &Node, service: &str) -> Vec<String> {
     ids
 }
 
+/// Creates, through `node`, an exec service `name` of `replicas` tasks running `/bin/sleep
+/// 1000` on the workers only (`node.role==worker`); does not wait for them.
+pub fn create_sleepers_on_workers(node: &Node, name: &str, replicas: usize) {
+    node.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--replicas",
+        &replicas.to_string(),
+        "--constraint",
+        "node.role==worker",
+        "--name",
+        name,
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+}
+
 /// Starts a global exec service `steady` (`sleep 1000` on every node) through `node` and
 /// waits for its `count` tasks to run; their IDs, sorted.
 pub fn start_steady_everywhere(node: &Node, count: usize) -> Vec<String> {

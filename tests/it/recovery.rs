@@ -45,22 +45,7 @@ fn a_lost_majority_is_recovered_by_force_new_cluster_on_a_survivor() {
     let mut c = Cluster::init(3, 2);
     let m1 = &c.nodes[0];
     m1.cli_stdin(&["secret", "create", "before", "-"], "value-before");
-    m1.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--replicas",
-        "4",
-        "--constraint",
-        "node.role==worker",
-        "--name",
-        "onworkers",
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
+    create_sleepers_on_workers(m1, "onworkers", 4);
     let tasks = wait_for(timeout(), "4 running tasks on the workers", || {
         let t = running(&c.nodes[0], "onworkers");
         if t.len() == 4 {
