@@ -43,7 +43,9 @@ pub use csr::{Csr, MAX_CSR_LEN, NodeKey};
 pub use digest::{CaDigest, ca_digest_of};
 pub use error::PkiError;
 pub use id::{ID_LEN, is_valid_id, new_id, try_new_id};
-pub use operator::{OPERATOR_OU, OperatorCertInfo, is_valid_operator_name};
+pub use operator::{
+    OPERATOR_OU, OperatorCertInfo, is_valid_operator_name, operator_revocation_key,
+};
 pub use profile::{
     MANAGER_SERVER_NAME, NodeCertInfo, Role, split_der_certs, verify_issued, verify_issued_chain,
 };

@@ -20,6 +20,12 @@ use crate::profile::{cluster_of, parse_cert, serial_hex, single_attr};
 pub const OPERATOR_OU: &str = "operator";
 const OPERATOR: &str = "operator certificate";
 
+/// The key under which the swarm's revocation list holds a revoked operator's identity
+/// (node identities are keyed by node ID, which never has a colon).
+pub fn operator_revocation_key(name: &str) -> String {
+    format!("operator:{name}")
+}
+
 /// Whether `name` is a valid operator name: 1 to 64 of lower-case letters, digits, `.`, `_`
 /// and `-`, starting with a letter.
 pub fn is_valid_operator_name(name: &str) -> bool {

@@ -476,7 +476,7 @@ pub fn accept_loop(
                     .or_else(|| {
                         operator
                             .as_ref()
-                            .map(|o| crate::store::model::operator_key(&o.name))
+                            .map(|o| skep_pki::operator_revocation_key(&o.name))
                     });
                 let cert = identity
                     .as_ref()

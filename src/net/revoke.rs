@@ -394,7 +394,7 @@ impl ClientCertVerifier for RevokingVerifier {
             ),
             Err(e) => match skep_pki::OperatorCertInfo::from_der(end_entity) {
                 Ok(op) => {
-                    let key = crate::store::model::operator_key(&op.name);
+                    let key = skep_pki::operator_revocation_key(&op.name);
                     self.revocations
                         .is_revoked(&key)
                         .then_some(Refusal::Revoked(key))

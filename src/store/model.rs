@@ -496,10 +496,8 @@ pub fn left_key(node_id: &str) -> String {
     format!("left:{node_id}")
 }
 
-/// The revocation-list key of an operator.
-pub fn operator_key(name: &str) -> String {
-    format!("operator:{name}")
-}
+/// The revocation-list key of an operator (defined with the operator certificate profile).
+pub use skep_pki::operator_revocation_key as operator_key;
 
 /// A revoked node identity.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
