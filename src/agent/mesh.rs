@@ -41,7 +41,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use super::ManagerList;
-use super::supervisor::Supervisor;
+use super::endpoints::Endpoints;
 use crate::api::v1::{Empty, Route, RouteTask, TunnelFrame};
 use crate::net::identity::LiveIdentity;
 
@@ -77,8 +77,8 @@ pub struct Mesh {
     pub cluster_id: String,
     /// The address published ports are listened on (the node's listen address).
     pub listen_ip: IpAddr,
-    /// The node's tasks, for local endpoints.
-    pub supervisor: Arc<Supervisor>,
+    /// Where the node's tasks are reached, and the routing table it keeps.
+    pub endpoints: Arc<Endpoints>,
     /// Managers to ask for routes.
     pub managers: ManagerList,
     /// mTLS to managers.
@@ -147,7 +147,7 @@ impl Mesh {
         let mut failed: HashMap<ListenKey, String> = HashMap::new();
         let mut channels: HashMap<String, Channel> = HashMap::new();
         // Only a node that runs containers takes their service addresses as its own.
-        let containers = self.supervisor.runs_containers()
+        let containers = self.endpoints.runs_containers()
             && match super::vip::ensure_local_route().await {
                 Ok(()) => true,
                 Err(e) => {
@@ -164,7 +164,7 @@ impl Mesh {
                     &table.vips,
                     containers,
                 );
-                self.supervisor.set_table(table.routes, table.vips);
+                self.endpoints.set_table(table.routes, table.vips);
                 failed.retain(|key, _| wanted.contains_key(key));
                 listening.retain(|(proto, addr), l| {
                     let keep = wanted.contains_key(&(*proto, *addr));
@@ -219,7 +219,7 @@ impl Mesh {
         match &f.only_from {
             None => true,
             Some(networks) => self
-                .supervisor
+                .endpoints
                 .container_networks(peer)
                 .await
                 .is_some_and(|theirs| theirs.iter().any(|n| networks.contains(n))),
@@ -286,7 +286,7 @@ impl Mesh {
         for i in 0..n {
             let task = &f.tasks[(start + i) % n];
             if task.node_id == self.node_id {
-                let Some(addr) = self.supervisor.endpoint(&task.task_id, f.target) else {
+                let Some(addr) = self.endpoints.endpoint(&task.task_id, f.target) else {
                     last = format!("task {} has no local endpoint", task.task_id);
                     continue;
                 };
@@ -395,7 +395,7 @@ impl Mesh {
         for i in 0..n {
             let task = &f.tasks[(start + i) % n];
             if task.node_id == self.node_id {
-                let Some(addr) = self.supervisor.endpoint(&task.task_id, f.target) else {
+                let Some(addr) = self.endpoints.endpoint(&task.task_id, f.target) else {
                     last = format!("task {} has no local endpoint", task.task_id);
                     continue;
                 };
@@ -851,7 +851,7 @@ async fn pump(
 /// frames to it and its bytes back; for UDP, each frame a datagram, until the stream ends or
 /// [`UDP_IDLE`] passes without one.
 pub async fn serve_tunnel(
-    supervisor: &Supervisor,
+    endpoints: &Endpoints,
     peer_node: &str,
     mut inbound: tonic::Streaming<TunnelFrame>,
 ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<TunnelFrame, tonic::Status>>, tonic::Status>
@@ -869,14 +869,14 @@ pub async fn serve_tunnel(
             crate::util::prefix(&first.task_id, 64)
         ))
     };
-    let addr = supervisor
+    let addr = endpoints
         .endpoint(&first.task_id, target)
         .ok_or_else(not_here)?;
-    let (service_id, networks) = supervisor
+    let (service_id, networks) = endpoints
         .task_service(&first.task_id)
         .ok_or_else(not_here)?;
     if let Some(why) =
-        tunnel_access(supervisor, peer_node, &service_id, &networks, target, proto).await
+        tunnel_access(endpoints, peer_node, &service_id, &networks, target, proto).await
     {
         tracing::warn!(peer = %peer_node, task = %crate::util::prefix(&first.task_id, 64), target, protocol = %proto, reason = %why, "routing mesh: refused a routing-mesh tunnel");
         return Err(tonic::Status::permission_denied(format!(
@@ -961,7 +961,7 @@ fn tunnel_refusal(
 /// table is next refreshed (within a few seconds), so a tunnel from a node whose task started
 /// a moment ago is not refused for this node's older table.
 async fn tunnel_access(
-    supervisor: &Supervisor,
+    endpoints: &Endpoints,
     caller: &str,
     service_id: &str,
     networks: &[String],
@@ -969,11 +969,11 @@ async fn tunnel_access(
     proto: Proto,
 ) -> Option<String> {
     let decide = || {
-        let (routes, vips) = supervisor.table();
+        let (routes, vips) = endpoints.table();
         tunnel_refusal(caller, service_id, networks, target, proto, &routes, &vips)
     };
     decide()?;
-    let _ = tokio::time::timeout(REFRESH * 3, supervisor.table_refreshed()).await;
+    let _ = tokio::time::timeout(REFRESH * 3, endpoints.table_refreshed()).await;
     decide()
 }
 

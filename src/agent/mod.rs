@@ -8,12 +8,19 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use tonic::transport::Channel;
 
+mod deliver;
+pub mod endpoints;
 pub mod executor;
-pub mod health;
+mod hosts;
 pub mod join;
+mod managers;
 pub mod mesh;
+mod ports;
+mod reports;
 pub mod secrets;
+pub mod service;
 pub mod supervisor;
+mod task;
 pub mod vip;
 
 use crate::api::v1::HeartbeatRequest;

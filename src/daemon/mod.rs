@@ -31,7 +31,8 @@ use tonic::{Request, Response, Status};
 
 use crate::agent::executor::Executors;
 use crate::agent::join::{JoinError, Joined};
-use crate::agent::supervisor::{AgentService, Supervisor};
+use crate::agent::service::AgentService;
+use crate::agent::supervisor::Supervisor;
 use crate::agent::{Agent, ManagerList};
 use crate::api::v1::control_server::Control;
 use crate::api::v1::{
@@ -558,7 +559,7 @@ impl Daemon {
                 node_id: file.node_id.clone(),
                 cluster_id: file.cluster_id.clone(),
                 listen_ip: self.cfg.listen_addr.ip(),
-                supervisor: supervisor.clone(),
+                endpoints: supervisor.endpoints(),
                 managers: link.managers.clone(),
                 tls: link.client_tls.clone(),
                 identity: identity.clone(),

@@ -19,6 +19,7 @@ use bollard::{ClientVersion, Docker};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
+use super::health::{Health, clip};
 use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
 use crate::store::service::Task;
 
@@ -376,8 +377,7 @@ impl DockerRuntime {
 
     /// The engine's view of the container's health: `None` when it has no check (neither
     /// the task's nor the image's) or cannot be inspected.
-    pub(crate) async fn health(&self, task: &Task) -> Option<crate::agent::health::Health> {
-        use crate::agent::health::Health;
+    pub(crate) async fn health(&self, task: &Task) -> Option<Health> {
         use bollard::models::HealthStatusEnum as S;
         let info = self
             .docker
@@ -396,7 +396,7 @@ impl DockerRuntime {
         match health.status? {
             S::STARTING => Some(Health::Starting),
             S::HEALTHY => Some(Health::Healthy),
-            S::UNHEALTHY => Some(Health::Unhealthy(crate::agent::health::clip(&last()))),
+            S::UNHEALTHY => Some(Health::Unhealthy(clip(&last()))),
             S::NONE | S::EMPTY => None,
         }
     }
@@ -655,11 +655,12 @@ fn docker_err(action: String, e: BollardError) -> ExecError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::service::{Resources, RestartPolicy, Runtime, TaskSpec};
 
-    fn task() -> Task {
+    /// A docker task of service `s1`, assigned, with no ports or networks.
+    pub(crate) fn task() -> Task {
         Task {
             id: "t1".into(),
             service_id: "s1".into(),

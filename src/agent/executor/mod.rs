@@ -1,8 +1,8 @@
-//! Task runtimes ("executors"): how the agent's task supervisor starts, watches, stops and
-//! reads the logs of a task's process on this node.
+//! Task runtimes ("executors"): how the agent starts, watches, stops and reads the logs of a
+//! task's process on this node.
 //!
 //! ```text
-//!  supervisor ──► Executors::start(task) ──► exec:   skep init-helper (stage 1: unshare mount+PID ns)
+//!  task.rs ───► Executors::start(task) ──► exec:   skep init-helper (stage 1: unshare mount+PID ns)
 //!                      │                               └─► skep init-helper --stage2 (PID 1: /proc, reaps)
 //!                      │                                     └─► task.spec.command
 //!                      │                    docker: bollard ─► Docker Engine (create, start)
@@ -28,9 +28,8 @@ use crate::store::service::{Resources, Runtime, Task};
 mod adopt;
 pub mod docker;
 pub mod exec;
+pub mod health;
 mod init;
-
-pub(crate) use init::NOBODY;
 
 /// What went wrong while running a task. The message is shown to the operator as the task's
 /// error, so it says what failed and what to do.
@@ -159,6 +158,18 @@ impl Executors {
             tasks_dir: state_dir.join("tasks"),
             exec,
             docker: docker::DockerRuntime::detect().await,
+            node_id: None,
+        }
+    }
+
+    /// No runtimes; task directories under `state_dir/tasks` (unit tests of what reads or
+    /// writes task directories).
+    #[cfg(test)]
+    pub(crate) fn without_runtimes(state_dir: &Path) -> Executors {
+        Executors {
+            tasks_dir: state_dir.join("tasks"),
+            exec: None,
+            docker: None,
             node_id: None,
         }
     }
@@ -347,7 +358,7 @@ impl Executors {
     }
 
     /// The health of a running docker task as its engine sees it (`None`: no check).
-    pub async fn docker_health(&self, task: &Task) -> Option<crate::agent::health::Health> {
+    pub async fn docker_health(&self, task: &Task) -> Option<health::Health> {
         match (&task.spec.runtime, &self.docker) {
             (Runtime::Docker, Some(d)) => d.health(task).await,
             _ => None,

@@ -1,6 +1,6 @@
 //! Task health checks, as Docker's `HEALTHCHECK`: a task with a check is `starting` until a
 //! check passes, then `running` (and only then in the routing mesh's rotation); `retries`
-//! failed checks in a row make it unhealthy, and the supervisor stops it and reports it failed
+//! failed checks in a row make it unhealthy, and the task's runner stops it and reports it failed
 //! so that its restart policy replaces it. Failures within `start_period` of the start do not
 //! count.
 //!
@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::agent::executor::Executors;
+use super::Executors;
+use super::init::NOBODY;
 use crate::store::service::{HealthCheck, Runtime, Task};
 
 /// Where a task's health stands.
@@ -192,7 +193,7 @@ fn check_command(argv: &[&str], runner: &Runner) -> tokio::process::Command {
         Runner::Helper(helper) => {
             let mut c = tokio::process::Command::new(helper);
             c.args(["init-helper", "--exec", "--user"])
-                .arg(crate::agent::executor::NOBODY.to_string())
+                .arg(NOBODY.to_string())
                 .arg("--")
                 .args(argv);
             c

@@ -1,0 +1,96 @@
+//! The first step of a task's path: its secrets. The values come from those the agent holds
+//! (sent with the assignments) or are asked of the leader (`GetSecret`, which refuses unless
+//! the task is entitled to them here), then mounted on the task's tmpfs
+//! ([`mount_task_secrets`]).
+
+use std::collections::HashMap;
+
+use super::executor::Executors;
+use super::managers::Managers;
+use super::secrets::{SecretStore, SecretsError, TaskSecrets, mount_task_secrets};
+use crate::api::v1::SecretRequest;
+use crate::secret::SecretBytes;
+use crate::store::service::Task;
+
+/// Mounts the task's secrets tmpfs, if it has secrets.
+pub async fn mount_secrets(
+    task: &Task,
+    store: &SecretStore,
+    managers: &Managers,
+    execs: &Executors,
+) -> Result<Option<TaskSecrets>, String> {
+    if task.spec.secrets.is_empty() {
+        return Ok(None);
+    }
+    let values = secret_values(task, store, managers)
+        .await
+        .map_err(|e| e.to_string())?;
+    let dir = execs.task_dir(&task.id).map_err(|e| e.to_string())?;
+    let refs = task.spec.secrets.clone();
+    tokio::task::spawn_blocking(move || mount_task_secrets(&dir, &refs, &values))
+        .await
+        .map_err(|e| format!("mounting the secrets failed: {e}"))?
+        .map(Some)
+        .map_err(|e| e.to_string())
+}
+
+/// The values of a task's secrets: those held, and the others asked of the leader.
+async fn secret_values(
+    task: &Task,
+    store: &SecretStore,
+    managers: &Managers,
+) -> Result<HashMap<String, SecretBytes>, SecretsError> {
+    let mut out = HashMap::new();
+    for r in &task.spec.secrets {
+        if out.contains_key(&r.secret_id) {
+            continue;
+        }
+        let v = match store.get(&r.secret_id) {
+            Some(v) => v,
+            None => fetch_secret(task, &r.secret_id, &r.secret_name, store, managers).await?,
+        };
+        out.insert(r.secret_id.clone(), v);
+    }
+    Ok(out)
+}
+
+/// Asks the managers, leader first, for secret `id` of `task`; keeps the value it gets.
+async fn fetch_secret(
+    task: &Task,
+    id: &str,
+    name: &str,
+    store: &SecretStore,
+    managers: &Managers,
+) -> Result<SecretBytes, SecretsError> {
+    let mut last = "no manager could be reached".to_string();
+    for addr in managers.candidates() {
+        let Some(mut client) = managers.client(&addr) else {
+            continue;
+        };
+        let req = SecretRequest {
+            task_id: task.id.clone(),
+            secret_id: id.to_string(),
+        };
+        match client.get_secret(req).await {
+            Ok(resp) => {
+                let mut v = resp.into_inner();
+                let value = SecretBytes::new(std::mem::take(&mut v.value));
+                store.insert(v.id, v.name, value);
+                if let Some(v) = store.get(id) {
+                    return Ok(v);
+                }
+            }
+            Err(s) if s.code() == tonic::Code::PermissionDenied => {
+                return Err(SecretsError::NotDelivered {
+                    name: name.to_string(),
+                    reason: s.message().to_string(),
+                });
+            }
+            Err(s) => last = s.message().to_string(),
+        }
+    }
+    Err(SecretsError::NotDelivered {
+        name: name.to_string(),
+        reason: last,
+    })
+}
