@@ -20,8 +20,8 @@ use super::{
     Files, MAX_ENV_FILE_BYTES, MAX_SERVICES, NAMESPACE_LABEL, SecretSource, Stack, StackError,
     StackNetwork, StackSecret,
 };
-use crate::manager::spec as mspec;
 use crate::secret::SecretBytes;
+use crate::spec::service as mspec;
 use crate::store::service::{
     FailureAction, HealthCheck, Mode, PortConfig, PortProtocol, PublishMode, Resources,
     RestartCondition, RestartPolicy, Runtime, SecretRef, ServiceSpec, TaskSpec, UpdateConfig,
@@ -528,7 +528,7 @@ fn top_secrets(
                 let p = ctx.dir.join(&file);
                 let value = ctx
                     .files
-                    .read(&p, crate::manager::secrets::MAX_SECRET_SIZE)
+                    .read(&p, crate::spec::secret::MAX_SECRET_SIZE)
                     .map_err(|e| {
                         ctx.invalid_at(
                             &k,
@@ -561,10 +561,10 @@ fn top_secrets(
             }
         };
         if let SecretSource::Value(v) = &secret.source {
-            crate::manager::secrets::validate_value(v.expose())
+            crate::spec::secret::validate_value(v.expose())
                 .map_err(|e| ctx.invalid_at(&k, &path, e))?;
         }
-        crate::manager::secrets::validate_name(&secret.name)
+        crate::spec::secret::validate_name(&secret.name)
             .map_err(|e| ctx.invalid_at(&k, &path, e))?;
         out.insert(k.name.clone(), secret);
     }
@@ -651,7 +651,7 @@ fn top_networks(
                 }
             }
         };
-        crate::manager::secrets::validate_name(&net.name)
+        crate::spec::secret::validate_name(&net.name)
             .map_err(|e| ctx.invalid_at(&k, &path, e.replace("secret name", "network name")))?;
         out.insert(k.name.clone(), net);
     }
@@ -978,7 +978,7 @@ fn service(
             sr.target = if target.starts_with('/') {
                 target
             } else {
-                format!("{}/{target}", crate::manager::secrets::SECRETS_DIR)
+                format!("{}/{target}", crate::spec::secret::SECRETS_DIR)
             };
             let num =
                 |v: &Option<String>, what: &str, radix: u32| -> Result<Option<u32>, StackError> {
@@ -1012,7 +1012,7 @@ fn service(
             }
         }
         // The managers' rule, checked here too so the file and line are named.
-        crate::store::secret_target::check_refs(&secrets)
+        crate::spec::secret_target::check_refs(&secrets)
             .map_err(|e| ctx.invalid_at(sk, &path, e))?;
     }
 
@@ -1499,7 +1499,7 @@ fn healthcheck(
 }
 
 fn millis(text: &str) -> Result<u64, String> {
-    let d = crate::cli::duration::parse(text).map_err(|e| e.to_string())?;
+    let d = crate::spec::duration::parse(text).map_err(|e| e.to_string())?;
     u64::try_from(d.as_millis()).map_err(|_| format!("duration {text:?} is too large"))
 }
 

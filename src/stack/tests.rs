@@ -123,7 +123,7 @@ fn the_seed_file_becomes_one_service_a_network_and_an_external_secret() {
         "{:?}",
         s.warnings
     );
-    crate::manager::spec::validate(web).unwrap();
+    crate::spec::service::validate(web).unwrap();
 }
 
 #[test]
