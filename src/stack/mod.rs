@@ -3,6 +3,8 @@
 //! ```text
 //!  compose files ──read (≤ 1 MiB)──► yaml::parse ──► interpolate ──► merge (later wins)
 //!        ──► compose::convert ──► Stack { services: [ServiceSpec], networks, secrets, warnings }
+//!                 ├─ objects: top-level secrets and networks
+//!                 └─ service: one handler per key (endpoints, health, deploy)
 //! ```
 //!
 //! A pure module: files are read through [`Files`] and the environment is a map the caller
@@ -13,8 +15,17 @@
 //! What is supported, what is warned about and the `x-skep-runtime` extension are listed in
 //! `docs/compose.md`.
 
+mod building;
 pub mod compose;
+mod context;
+mod deploy;
+mod endpoints;
+mod health;
 pub mod interpolate;
+mod objects;
+mod service;
+mod tree;
+mod words;
 pub mod yaml;
 
 #[cfg(test)]

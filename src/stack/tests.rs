@@ -670,7 +670,7 @@ fn size_and_count_limits() {
 
 #[test]
 fn command_strings_split_like_a_shell() {
-    use super::compose::split_words;
+    use super::words::split_words;
     assert_eq!(split_words("a  b\tc").unwrap(), ["a", "b", "c"]);
     assert_eq!(
         split_words(r#"sh -c "echo \"x\" 'y'""#).unwrap(),
