@@ -15,7 +15,7 @@ use anyhow::bail;
 use clap::{Args, ValueEnum};
 
 use crate::spec::duration;
-use crate::spec::service::{self as manager_spec, SpecError};
+use crate::spec::service::{self as rules, SpecError};
 use crate::store::service::{
     Constraint, FailureAction, HealthCheck, Mode, RestartCondition, RestartPolicy, Runtime,
     SecretRef, ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder,
@@ -473,7 +473,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
         ports: c
             .publish
             .iter()
-            .map(|p| manager_spec::parse_publish(p))
+            .map(|p| rules::parse_publish(p))
             .collect::<Result<_, _>>()?,
         networks: Vec::new(),
         expose: Vec::new(),
@@ -484,9 +484,10 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
     Ok(spec)
 }
 
-/// The manager's whole-spec check, so that what the CLI sends is what the daemon accepts.
+/// The one whole-spec check ([`crate::spec::service::validate`]), so that what the CLI sends
+/// is what the daemon accepts.
 fn validate(spec: &ServiceSpec) -> anyhow::Result<()> {
-    manager_spec::validate(spec).map_err(|e| anyhow::anyhow!("invalid service spec: {e}"))
+    rules::validate(spec).map_err(|e| anyhow::anyhow!("invalid service spec: {e}"))
 }
 
 /// What `service update` changes besides the shared flags.
@@ -757,18 +758,18 @@ fn constraint_arg(text: &str, flag: &str) -> anyhow::Result<Constraint> {
 /// `node.hostname==n1`, `node.role!=manager`, `node.labels.zone==a`: the daemon's own parser,
 /// so the CLI accepts exactly what the manager does.
 pub(super) fn parse_constraint(text: &str) -> Result<Constraint, SpecError> {
-    manager_spec::parse_constraint(text)
+    rules::parse_constraint(text)
 }
 
 /// A constraint as the user writes it.
 pub(super) fn constraint_text(c: &Constraint) -> String {
-    manager_spec::constraint_text(c)
+    rules::constraint_text(c)
 }
 
-/// The manager's rule for service names (letters, digits, `_`, `.`, `-`; starting with a
+/// The one rule for service names (letters, digits, `_`, `.`, `-`; starting with a
 /// letter or digit; at most 63), refused naming the flag.
 pub(super) fn check_name(name: &str) -> anyhow::Result<()> {
-    if !crate::spec::name::is_valid(name, manager_spec::MAX_NAME_BYTES) {
+    if !crate::spec::name::is_valid(name, rules::MAX_NAME_BYTES) {
         bail!(
             "invalid --name {}: a service name is 1 to 63 letters, digits, '_', '.' and \
              '-', starting with a letter or digit",

@@ -1,4 +1,5 @@
-//! Validation of service specs that arrive from the CLI over the control API.
+//! The one validator of service specs, whether they come from the CLI over the control API,
+//! from a Compose file or from the manager's own store.
 //!
 //! Everything here is untrusted input: every check names the field it refuses, in the words
 //! `docker service create` would use, so the operator knows what to fix. Parsing the free-text
@@ -7,7 +8,7 @@
 
 use crate::store::service::{
     Constraint, ConstraintOp, HealthCheck, Mode, PortConfig, PortProtocol, PublishMode, Resources,
-    Runtime, ServiceSpec, UpdateConfig,
+    Runtime, ServiceSpec, TaskSpec, UpdateConfig,
 };
 
 /// The largest replica count a service may ask for: each replica is a task in the replicated
@@ -285,6 +286,28 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
 pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     validate_name(&spec.name)?;
     check_sizes(spec)?;
+    check_ports(spec)?;
+    check_networks(spec)?;
+    for key in spec.labels.keys() {
+        if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(SpecError::Label(key.clone()));
+        }
+    }
+    if let Mode::Replicated { replicas } = spec.mode
+        && replicas > MAX_REPLICAS
+    {
+        return Err(SpecError::Replicas(format!(
+            "{replicas} is more than the {MAX_REPLICAS} replicas a service may have"
+        )));
+    }
+    check_task(&spec.task)?;
+    check_update("update", &spec.update)?;
+    check_update("rollback", &spec.rollback)?;
+    Ok(())
+}
+
+/// Published ports: 1 to 65535, each (port, protocol) once.
+fn check_ports(spec: &ServiceSpec) -> Result<(), SpecError> {
     let mut seen = std::collections::BTreeSet::new();
     for p in &spec.ports {
         if p.published == 0 || p.target == 0 {
@@ -300,6 +323,11 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
             });
         }
     }
+    Ok(())
+}
+
+/// Networks: at most 64, each a valid name, none twice.
+fn check_networks(spec: &ServiceSpec) -> Result<(), SpecError> {
     if spec.networks.len() > 64 {
         return Err(SpecError::Network {
             name: String::new(),
@@ -321,19 +349,12 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
             });
         }
     }
-    for key in spec.labels.keys() {
-        if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(SpecError::Label(key.clone()));
-        }
-    }
-    if let Mode::Replicated { replicas } = spec.mode
-        && replicas > MAX_REPLICAS
-    {
-        return Err(SpecError::Replicas(format!(
-            "{replicas} is more than the {MAX_REPLICAS} replicas a service may have"
-        )));
-    }
-    let task = &spec.task;
+    Ok(())
+}
+
+/// The task: runtime and image or command, health check, environment, restart delay,
+/// constraints and resources.
+fn check_task(task: &TaskSpec) -> Result<(), SpecError> {
     match task.runtime {
         Runtime::Exec => {
             if !task.image.is_empty() {
@@ -374,8 +395,6 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
         check_constraint(c)?;
     }
     check_resources(&task.reservations, &task.limits)?;
-    check_update("update", &spec.update)?;
-    check_update("rollback", &spec.rollback)?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use super::tree::{child, join, keep, list_to_map, to_int, to_str};
 use super::words::millis;
 use super::yaml::{Key, Node, Value};
 use crate::store::service::{
-    Constraint, FailureAction, Resources, RestartCondition, RestartPolicy, UpdateConfig,
+    Constraint, FailureAction, Resources, RestartCondition, RestartPolicy, TaskSpec, UpdateConfig,
     UpdateOrder,
 };
 
@@ -77,7 +77,6 @@ pub(super) fn deploy(
         obj.insert(field.to_string(), v.to_json());
         let d: dct::Deploy = ctx.typed(&k, &kpath, serde_json::Value::Object(obj))?;
         let bad = |reason: String| ctx.invalid_at(&k, &kpath, reason);
-        let task = &mut b.spec.task;
         match k.name.as_str() {
             "mode" => mode_text = d.mode.unwrap_or_default(),
             "replicas" => {
@@ -86,33 +85,19 @@ pub(super) fn deploy(
                     Some(u64::try_from(r).map_err(|_| bad(format!("{r} is not a replica count")))?);
             }
             "resources" => {
-                let r = d.resources.unwrap_or_default();
-                if let Some(l) = r.limits {
-                    task.limits = resources(&l).map_err(bad)?;
-                }
-                if let Some(l) = r.reservations {
-                    task.reservations = resources(&l).map_err(bad)?;
-                }
+                resources(&mut b.spec.task, d.resources.unwrap_or_default()).map_err(bad)?
             }
             "restart_policy" => {
-                task.restart = restart_policy(d.restart_policy.unwrap_or_default()).map_err(bad)?;
+                b.spec.task.restart =
+                    restart_policy(d.restart_policy.unwrap_or_default()).map_err(bad)?;
             }
             "update_config" | "rollback_config" => {
-                let rollback = k.name == "rollback_config";
                 let u = d.update_config.unwrap_or_default();
-                let mut c = update_config(&u, rollback).map_err(bad)?;
-                if let Some((ok, ov)) = orders.get(k.name.as_str()) {
-                    c.order = order(ctx, ok, ov, &kpath)?;
-                }
-                *(if rollback {
-                    &mut b.spec.rollback
-                } else {
-                    &mut b.spec.update
-                }) = c;
+                update_key(ctx, b, &orders, &k, &kpath, &u)?;
             }
             "placement" => {
                 let p = d.placement.unwrap_or_default();
-                placement(&mut task.constraints, &p.constraints).map_err(bad)?;
+                placement(&mut b.spec.task.constraints, &p.constraints).map_err(bad)?;
             }
             _ => {}
         }
@@ -225,8 +210,41 @@ fn prune_updates(ctx: &mut Ctx<'_>, owner: &str, dv: &mut Node) -> Orders {
     orders
 }
 
+/// `update_config` or `rollback_config`, with the `order:` taken out of it.
+fn update_key(
+    ctx: &Ctx<'_>,
+    b: &mut Building<'_>,
+    orders: &Orders,
+    k: &Key,
+    kpath: &str,
+    u: &dct::UpdateConfig,
+) -> Result<(), StackError> {
+    let rollback = k.name == "rollback_config";
+    let mut c = update_config(u, rollback).map_err(|reason| ctx.invalid_at(k, kpath, reason))?;
+    if let Some((ok, ov)) = orders.get(k.name.as_str()) {
+        c.order = order(ctx, ok, ov, kpath)?;
+    }
+    *(if rollback {
+        &mut b.spec.rollback
+    } else {
+        &mut b.spec.update
+    }) = c;
+    Ok(())
+}
+
+/// `resources`: `limits` and `reservations`.
+fn resources(task: &mut TaskSpec, r: dct::Resources) -> Result<(), String> {
+    if let Some(l) = r.limits {
+        task.limits = limits(&l)?;
+    }
+    if let Some(l) = r.reservations {
+        task.reservations = limits(&l)?;
+    }
+    Ok(())
+}
+
 /// `cpus` and `memory` in Docker's notation.
-fn resources(l: &dct::Limits) -> Result<Resources, String> {
+fn limits(l: &dct::Limits) -> Result<Resources, String> {
     let mut r = Resources::default();
     if let Some(c) = l.cpus.as_deref() {
         r.nano_cpus = crate::spec::service::parse_cpus(c.trim())?;
