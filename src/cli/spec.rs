@@ -17,8 +17,8 @@ use clap::{Args, ValueEnum};
 use crate::spec::duration;
 use crate::spec::service::{self as rules, SpecError};
 use crate::store::service::{
-    Constraint, FailureAction, HealthCheck, Mode, RestartCondition, RestartPolicy, Runtime,
-    SecretRef, ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder,
+    Constraint, FailureAction, HealthCheck, Mode, RestartCondition, Runtime, SecretRef,
+    ServiceSpec, TaskSpec, UpdateOrder,
 };
 
 /// `--runtime`.
@@ -447,38 +447,22 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
     for text in c.secrets {
         secrets.push(parse_secret(text, "--secret")?);
     }
-    let mut spec = ServiceSpec {
-        name,
-        labels,
-        mode,
-        task: TaskSpec {
-            runtime: match runtime {
-                RuntimeArg::Docker => Runtime::Docker,
-                RuntimeArg::Exec => Runtime::Exec,
-            },
-            image,
-            command,
-            env,
-            restart: RestartPolicy::default(),
-            constraints,
-            reservations: Default::default(),
-            limits: Default::default(),
-            secrets,
-            ports: Vec::new(),
-            networks: Vec::new(),
-            healthcheck: None,
-        },
-        update: UpdateConfig::default(),
-        rollback: UpdateConfig::default(),
-        ports: c
-            .publish
-            .iter()
-            .map(|p| rules::parse_publish(p))
-            .collect::<Result<_, _>>()?,
-        networks: Vec::new(),
-        expose: Vec::new(),
-        expose_udp: Vec::new(),
+    let runtime = match runtime {
+        RuntimeArg::Docker => Runtime::Docker,
+        RuntimeArg::Exec => Runtime::Exec,
     };
+    let mut task = TaskSpec::new(runtime, image, command);
+    task.env = env;
+    task.constraints = constraints;
+    task.secrets = secrets;
+    let mut spec = ServiceSpec::new(name, task);
+    spec.labels = labels;
+    spec.mode = mode;
+    spec.ports = c
+        .publish
+        .iter()
+        .map(|p| rules::parse_publish(p))
+        .collect::<Result<_, _>>()?;
     flags.apply(&mut spec)?;
     validate(&spec)?;
     Ok(spec)
@@ -808,7 +792,7 @@ fn random_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::service::ConstraintOp;
+    use crate::store::service::{ConstraintOp, RestartPolicy, UpdateConfig};
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

@@ -211,6 +211,7 @@ mod tests {
         ] {
             assert_eq!(check(good), Ok(()), "{good}");
         }
+        assert_eq!(check(&format!("alpine@sha256:{SHA}")), Ok(()));
         assert_eq!(check(&format!("alpine:3@sha256:{SHA}")), Ok(()));
     }
 

@@ -716,35 +716,14 @@ fn check_value(c: &Constraint) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::service::{RestartPolicy, TaskSpec};
-    use std::collections::BTreeMap;
+    use crate::store::service::TaskSpec;
 
     fn spec() -> ServiceSpec {
-        ServiceSpec {
-            name: "web".into(),
-            labels: BTreeMap::new(),
-            mode: Mode::Replicated { replicas: 2 },
-            task: TaskSpec {
-                runtime: Runtime::Docker,
-                image: "nginx:1.27".into(),
-                command: vec![],
-                env: vec!["A=1".into()],
-                restart: RestartPolicy::default(),
-                constraints: vec![],
-                reservations: Resources::default(),
-                limits: Resources::default(),
-                secrets: vec![],
-                ports: Vec::new(),
-                networks: Vec::new(),
-                healthcheck: None,
-            },
-            update: UpdateConfig::default(),
-            rollback: UpdateConfig::default(),
-            ports: Vec::new(),
-            networks: Vec::new(),
-            expose: Vec::new(),
-            expose_udp: Vec::new(),
-        }
+        let mut task = TaskSpec::new(Runtime::Docker, "nginx:1.27", vec![]);
+        task.env = vec!["A=1".into()];
+        let mut s = ServiceSpec::new("web", task);
+        s.mode = Mode::Replicated { replicas: 2 };
+        s
     }
 
     fn field_of(spec: &ServiceSpec) -> String {
@@ -899,40 +878,10 @@ mod tests {
 
     #[test]
     fn image_grammar() {
-        for good in [
-            "nginx",
-            "nginx:1.27-alpine",
-            "library/nginx",
-            "docker.io/library/nginx:latest",
-            "localhost:5000/a/b_c__d.e-f---g:v1",
-            "localhost/x",
-            "Registry.Example.com/team/app",
-            "[::1]:5000/app:1",
-            "alpine@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-            "alpine:3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-        ] {
-            assert_eq!(parse_image(good), Ok(()), "{good}");
-        }
-        for bad in [
-            "",
-            "UPPER:case",
-            "Nginx",
-            "nginx:",
-            "nginx:-x",
-            "-nginx",
-            "nginx-",
-            "a//b",
-            "a/b/",
-            "a..b",
-            "a___b",
-            "nginx@sha256:abc",
-            "nginx@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
-            "host:port/a",
-            "a b",
-            &format!("a:{}", "t".repeat(129)),
-        ] {
-            assert!(parse_image(bad).is_err(), "{bad}");
-        }
+        // The grammar's own cases are in `spec::image`; here, that the validator uses it.
+        assert_eq!(parse_image("Registry.Example.com/team/app"), Ok(()));
+        assert_eq!(parse_image("[::1]:5000/app:1"), Ok(()));
+        assert_eq!(parse_image("Nginx"), Err(SpecError::Image("Nginx".into())));
     }
 
     #[test]

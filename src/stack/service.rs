@@ -3,8 +3,6 @@
 //! and warnings come in the same order whatever the file's); the result must pass the
 //! manager's validator.
 
-use std::collections::BTreeMap;
-
 use docker_compose_types as dct;
 
 use super::building::{Building, Handler};
@@ -17,9 +15,7 @@ use super::tree::join;
 use super::words::{split_words, unquote};
 use super::yaml::{Key, Node, Value};
 use super::{MAX_ENV_FILE_BYTES, NAMESPACE_LABEL, StackError};
-use crate::store::service::{
-    Mode, Resources, RestartPolicy, Runtime, ServiceSpec, TaskSpec, UpdateConfig,
-};
+use crate::store::service::{Runtime, ServiceSpec, TaskSpec};
 
 /// The extension that picks skep's runtime for a service: `docker` (the default) or `exec`.
 pub const RUNTIME_EXTENSION: &str = "x-skep-runtime";
@@ -74,7 +70,10 @@ pub(super) fn service(
         owner,
         base,
         entrypoint: Vec::new(),
-        spec: new_spec(format!("{}_{svc}", ctx.stack), runtime),
+        spec: ServiceSpec::new(
+            format!("{}_{svc}", ctx.stack),
+            TaskSpec::new(runtime, String::new(), Vec::new()),
+        ),
         network_keys: Vec::new(),
         secret_keys: Vec::new(),
     };
@@ -92,35 +91,6 @@ pub(super) fn service(
         network_keys: b.network_keys,
         secret_keys: b.secret_keys,
     })
-}
-
-/// A spec with Docker's defaults, before any key.
-fn new_spec(name: String, runtime: Runtime) -> ServiceSpec {
-    ServiceSpec {
-        name,
-        labels: BTreeMap::new(),
-        mode: Mode::Replicated { replicas: 1 },
-        task: TaskSpec {
-            runtime,
-            image: String::new(),
-            command: Vec::new(),
-            env: Vec::new(),
-            restart: RestartPolicy::default(),
-            constraints: Vec::new(),
-            reservations: Resources::default(),
-            limits: Resources::default(),
-            secrets: Vec::new(),
-            ports: Vec::new(),
-            networks: Vec::new(),
-            healthcheck: None,
-        },
-        update: UpdateConfig::default(),
-        rollback: UpdateConfig::default(),
-        ports: Vec::new(),
-        networks: Vec::new(),
-        expose: Vec::new(),
-        expose_udp: Vec::new(),
-    }
 }
 
 /// The `x-skep-runtime` extension (taken out of the service).
