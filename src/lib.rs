@@ -20,6 +20,7 @@ pub mod manager;
 pub mod net;
 pub mod policy;
 pub mod secret;
+pub mod spec;
 pub mod stack;
 pub mod store;
 pub mod util;

@@ -10,7 +10,7 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     if let Ok(stack) = skep::stack::load_str_for_fuzz(&text) {
         for spec in &stack.services {
-            assert!(skep::manager::spec::validate(spec).is_ok());
+            assert!(skep::spec::service::validate(spec).is_ok());
             assert!(spec.name.starts_with("fuzz_"));
             assert_eq!(
                 spec.labels.get(skep::stack::NAMESPACE_LABEL).map(String::as_str),

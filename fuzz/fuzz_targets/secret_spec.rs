@@ -5,7 +5,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use skep::manager::secrets::{parse_secret_spec, resolve_refs};
+use skep::manager::secrets::resolve_refs;
+use skep::spec::secret::parse_secret_spec;
 use skep::secret::SecretBytes;
 use skep::store::model::State;
 use skep::store::secret_obj::Secret;

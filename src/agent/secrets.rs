@@ -27,7 +27,7 @@ use crate::store::secret_obj::digest;
 use crate::store::service::SecretRef;
 
 /// Where secrets appear inside a task.
-pub const TARGET_ROOT: &str = crate::store::secret_target::SECRETS_DIR;
+pub const TARGET_ROOT: &str = crate::spec::secret_target::SECRETS_DIR;
 /// The tmpfs mount point inside a task's directory.
 pub const MOUNT_DIR: &str = "secrets";
 /// The directory inside the tmpfs that the task sees as `/run/secrets`.
@@ -236,7 +236,7 @@ fn size_cap(refs: &[SecretRef], values: &HashMap<String, SecretBytes>) -> u64 {
 
 /// The path of `target` relative to `/run/secrets`, if it is one the managers accept.
 fn relative_target(r: &SecretRef) -> Result<PathBuf, SecretsError> {
-    crate::store::secret_target::relative(&r.target)
+    crate::spec::secret_target::relative(&r.target)
         .map(PathBuf::from)
         .map_err(|reason| SecretsError::BadTarget {
             name: r.secret_name.clone(),
@@ -253,7 +253,7 @@ pub fn mount_task_secrets(
     values: &HashMap<String, SecretBytes>,
 ) -> Result<TaskSecrets, SecretsError> {
     // Check everything before mounting anything.
-    crate::store::secret_target::check_refs(refs).map_err(|reason| SecretsError::BadTarget {
+    crate::spec::secret_target::check_refs(refs).map_err(|reason| SecretsError::BadTarget {
         name: refs
             .first()
             .map(|r| r.secret_name.clone())

@@ -120,7 +120,7 @@ fn request(filter: &AuditFilterArgs, purpose: &str) -> anyhow::Result<AuditListR
 
 /// `1h`, `30m` (that long before `now`), an RFC 3339 time, or a date (its midnight, UTC).
 fn resolve_time(text: &str, now: time::OffsetDateTime) -> anyhow::Result<String> {
-    if let Ok(d) = super::duration::parse(text) {
+    if let Ok(d) = crate::spec::duration::parse(text) {
         let d = time::Duration::try_from(d).context("the duration is too large")?;
         let t = now.checked_sub(d).context("the duration is too large")?;
         return Ok(crate::util::rfc3339(t));

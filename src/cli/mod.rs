@@ -15,7 +15,6 @@ mod audit_seen;
 mod backup;
 pub mod client;
 mod dev;
-pub mod duration;
 mod node;
 mod operator;
 mod output;
@@ -29,6 +28,7 @@ mod stack;
 mod swarm;
 mod tasks;
 
+use crate::spec::duration;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -82,7 +82,7 @@ pub(super) struct RmArgs {
 /// Refuses bad arguments before connecting.
 pub(super) fn check(cmd: &SecretCommand) -> anyhow::Result<()> {
     if let SecretCommand::Create(a) = cmd {
-        crate::manager::secrets::validate_name(&a.name).map_err(|e| anyhow::anyhow!(e))?;
+        crate::spec::secret::validate_name(&a.name).map_err(|e| anyhow::anyhow!(e))?;
         labels(&a.labels)?;
     }
     Ok(())

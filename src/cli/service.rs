@@ -575,7 +575,7 @@ fn line(out: &mut String, label: &str, value: &str) {
 }
 
 fn ms(n: u64) -> String {
-    super::duration::format(std::time::Duration::from_millis(n))
+    crate::spec::duration::format(std::time::Duration::from_millis(n))
 }
 
 /// `service inspect --pretty`, laid out as Docker's.

@@ -14,11 +14,11 @@ use std::time::Duration;
 use anyhow::bail;
 use clap::{Args, ValueEnum};
 
-use super::duration;
-use crate::manager::spec::{self as manager_spec, SpecError};
+use crate::spec::duration;
+use crate::spec::service::{self as rules, SpecError};
 use crate::store::service::{
-    Constraint, FailureAction, HealthCheck, Mode, RestartCondition, RestartPolicy, Runtime,
-    SecretRef, ServiceSpec, TaskSpec, UpdateConfig, UpdateOrder,
+    Constraint, FailureAction, HealthCheck, Mode, RestartCondition, Runtime, SecretRef,
+    ServiceSpec, TaskSpec, UpdateOrder,
 };
 
 /// `--runtime`.
@@ -447,46 +447,31 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
     for text in c.secrets {
         secrets.push(parse_secret(text, "--secret")?);
     }
-    let mut spec = ServiceSpec {
-        name,
-        labels,
-        mode,
-        task: TaskSpec {
-            runtime: match runtime {
-                RuntimeArg::Docker => Runtime::Docker,
-                RuntimeArg::Exec => Runtime::Exec,
-            },
-            image,
-            command,
-            env,
-            restart: RestartPolicy::default(),
-            constraints,
-            reservations: Default::default(),
-            limits: Default::default(),
-            secrets,
-            ports: Vec::new(),
-            networks: Vec::new(),
-            healthcheck: None,
-        },
-        update: UpdateConfig::default(),
-        rollback: UpdateConfig::default(),
-        ports: c
-            .publish
-            .iter()
-            .map(|p| manager_spec::parse_publish(p))
-            .collect::<Result<_, _>>()?,
-        networks: Vec::new(),
-        expose: Vec::new(),
-        expose_udp: Vec::new(),
+    let runtime = match runtime {
+        RuntimeArg::Docker => Runtime::Docker,
+        RuntimeArg::Exec => Runtime::Exec,
     };
+    let mut task = TaskSpec::new(runtime, image, command);
+    task.env = env;
+    task.constraints = constraints;
+    task.secrets = secrets;
+    let mut spec = ServiceSpec::new(name, task);
+    spec.labels = labels;
+    spec.mode = mode;
+    spec.ports = c
+        .publish
+        .iter()
+        .map(|p| rules::parse_publish(p))
+        .collect::<Result<_, _>>()?;
     flags.apply(&mut spec)?;
     validate(&spec)?;
     Ok(spec)
 }
 
-/// The manager's whole-spec check, so that what the CLI sends is what the daemon accepts.
+/// The one whole-spec check ([`crate::spec::service::validate`]), so that what the CLI sends
+/// is what the daemon accepts.
 fn validate(spec: &ServiceSpec) -> anyhow::Result<()> {
-    manager_spec::validate(spec).map_err(|e| anyhow::anyhow!("invalid service spec: {e}"))
+    rules::validate(spec).map_err(|e| anyhow::anyhow!("invalid service spec: {e}"))
 }
 
 /// What `service update` changes besides the shared flags.
@@ -669,7 +654,7 @@ fn millis(d: Duration, flag: &str) -> anyhow::Result<u64> {
     u64::try_from(d.as_millis()).map_err(|_| anyhow::anyhow!("{flag}: duration is too large"))
 }
 
-pub(super) use crate::manager::spec::{parse_cpus, parse_memory};
+pub(super) use crate::spec::service::{parse_cpus, parse_memory};
 
 /// Nano-CPUs as a decimal, as Docker shows them (`0.5`).
 pub(super) fn cpus(nano: u64) -> String {
@@ -696,9 +681,9 @@ pub(super) fn bytes(n: u64) -> String {
     format!("{text}{}", UNITS[unit])
 }
 
-/// `--secret NAME` or `--secret source=...,target=...` ([`crate::manager::secrets::parse_secret_spec`]).
+/// `--secret NAME` or `--secret source=...,target=...` ([`crate::spec::secret::parse_secret_spec`]).
 pub(super) fn parse_secret(text: &str, flag: &str) -> anyhow::Result<SecretRef> {
-    crate::manager::secrets::parse_secret_spec(text)
+    crate::spec::secret::parse_secret_spec(text)
         .map_err(|why| anyhow::anyhow!("invalid {flag} {}: {why}", crate::util::quote(text)))
 }
 
@@ -757,26 +742,18 @@ fn constraint_arg(text: &str, flag: &str) -> anyhow::Result<Constraint> {
 /// `node.hostname==n1`, `node.role!=manager`, `node.labels.zone==a`: the daemon's own parser,
 /// so the CLI accepts exactly what the manager does.
 pub(super) fn parse_constraint(text: &str) -> Result<Constraint, SpecError> {
-    manager_spec::parse_constraint(text)
+    rules::parse_constraint(text)
 }
 
 /// A constraint as the user writes it.
 pub(super) fn constraint_text(c: &Constraint) -> String {
-    manager_spec::constraint_text(c)
+    rules::constraint_text(c)
 }
 
-/// The manager's rule for service names (letters, digits, `_`, `.`, `-`; starting with a
+/// The one rule for service names (letters, digits, `_`, `.`, `-`; starting with a
 /// letter or digit; at most 63), refused naming the flag.
 pub(super) fn check_name(name: &str) -> anyhow::Result<()> {
-    let ok = name.len() <= 63
-        && name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if !ok {
+    if !crate::spec::name::is_valid(name, rules::MAX_NAME_BYTES) {
         bail!(
             "invalid --name {}: a service name is 1 to 63 letters, digits, '_', '.' and \
              '-', starting with a letter or digit",
@@ -786,124 +763,11 @@ pub(super) fn check_name(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Checks an image reference with the manager's parser; when it refuses, says why if the
-/// reason is a common one (upper case, a bad tag).
+/// Checks an image reference against the one grammar ([`crate::spec::image`]), saying why
+/// it is refused.
 pub(super) fn check_image(image: &str) -> anyhow::Result<()> {
-    match manager_spec::parse_image(image) {
-        Ok(()) => Ok(()),
-        Err(e) => Err(image_reason(image).unwrap_or_else(|| anyhow::anyhow!("invalid {e}"))),
-    }
-}
-
-/// Why Docker's reference grammar refuses an image:
-/// `[HOST[:PORT]/]path/components[:tag][@algo:hex]`, with lower-case path components.
-fn image_reason(image: &str) -> Option<anyhow::Error> {
-    image_grammar(image).err()
-}
-
-fn image_grammar(image: &str) -> anyhow::Result<()> {
-    let refuse = |why: &str| anyhow::anyhow!("invalid image {}: {why}", crate::util::quote(image));
-    if image.is_empty() {
-        return Err(refuse("the image is empty"));
-    }
-    if image.len() > 255 + 128 + 80 {
-        return Err(refuse("too long"));
-    }
-    let (rest, digest) = match image.split_once('@') {
-        Some((r, d)) => (r, Some(d)),
-        None => (image, None),
-    };
-    if let Some(d) = digest {
-        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
-            !algo.is_empty()
-                && algo
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+._-".contains(c))
-                && hex.len() >= 32
-                && hex.chars().all(|c| c.is_ascii_hexdigit())
-        });
-        if !ok {
-            return Err(refuse("invalid digest (expected @sha256:<hex>)"));
-        }
-    }
-    // A tag is after the last ':' that follows the last '/'.
-    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-    let (name, tag) = match rest[last_slash..].rfind(':') {
-        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
-        None => (rest, None),
-    };
-    if let Some(tag) = tag {
-        let ok = !tag.is_empty()
-            && tag.len() <= 128
-            && tag
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !ok {
-            return Err(refuse(
-                "invalid reference format: a tag is letters, digits, '_', '.' and '-'",
-            ));
-        }
-    }
-    let mut parts: Vec<&str> = name.split('/').collect();
-    if parts.len() > 1 {
-        let first = parts[0];
-        if first.contains('.') || first.contains(':') || first == "localhost" {
-            let (host, port) = first.split_once(':').unwrap_or((first, ""));
-            let host_ok = !host.is_empty()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
-            let port_ok = port.is_empty() || port.chars().all(|c| c.is_ascii_digit());
-            if !host_ok || !port_ok || (first.contains(':') && port.is_empty()) {
-                return Err(refuse("invalid reference format: bad registry host"));
-            }
-            parts.remove(0);
-        }
-    }
-    for part in &parts {
-        if part.chars().any(|c| c.is_ascii_uppercase()) {
-            return Err(refuse(
-                "invalid reference format: repository name must be lowercase",
-            ));
-        }
-        if !path_component_ok(part) {
-            return Err(refuse(
-                "invalid reference format: a repository name is lower-case letters, digits and \
-                 single separators ('.', '_', '__', '-')",
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn path_component_ok(part: &str) -> bool {
-    let b = part.as_bytes();
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &part[start..i];
-        let ok = sep == "." || sep == "_" || sep == "__" || sep.chars().all(|c| c == '-');
-        if !ok {
-            return false;
-        }
-    }
-    true
+    crate::spec::image::check(image)
+        .map_err(|why| anyhow::anyhow!("invalid image {}: {why}", crate::util::quote(image)))
 }
 
 /// A Docker-style name (`eager_hopper`) when `--name` is not given.
@@ -928,7 +792,7 @@ fn random_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::service::ConstraintOp;
+    use crate::store::service::{ConstraintOp, RestartPolicy, UpdateConfig};
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

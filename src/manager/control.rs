@@ -201,8 +201,8 @@ impl Manager {
         actor: Actor,
         mut spec: ServiceSpec,
     ) -> Result<String, ManagerError> {
-        super::spec::normalize(&mut spec);
-        super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+        crate::spec::service::normalize(&mut spec);
+        crate::spec::service::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
         self.read(|s| super::networks::check_attached(s, &spec.networks))
             .map_err(ManagerError::Invalid)?;
         let id = skep_pki::new_id();
@@ -266,8 +266,9 @@ impl Manager {
             action = "service.rollback";
         } else {
             let mut spec = new.ok_or_else(|| ManagerError::Invalid("no spec given".into()))?;
-            super::spec::normalize(&mut spec);
-            super::spec::validate(&spec).map_err(|e| ManagerError::Invalid(e.to_string()))?;
+            crate::spec::service::normalize(&mut spec);
+            crate::spec::service::validate(&spec)
+                .map_err(|e| ManagerError::Invalid(e.to_string()))?;
             self.read(|s| super::networks::check_attached(s, &spec.networks))
                 .map_err(ManagerError::Invalid)?;
             self.resolve_secrets(&actor, &svc.id, &mut spec).await?;

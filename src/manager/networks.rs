@@ -53,7 +53,7 @@ impl Manager {
         driver: &str,
         labels: BTreeMap<String, String>,
     ) -> Result<String, ManagerError> {
-        super::secrets::validate_name(name)
+        crate::spec::secret::validate_name(name)
             .map_err(|e| ManagerError::Invalid(e.replace("secret name", "network name")))?;
         super::secrets::validate_labels(&labels).map_err(ManagerError::Invalid)?;
         if !driver.is_empty() && driver != DRIVER_OVERLAY {

@@ -7,7 +7,7 @@ use time::{Duration, OffsetDateTime};
 
 use super::*;
 use crate::manager::scheduler::{explain_unschedulable, schedule};
-use crate::manager::spec::parse_constraint;
+use crate::spec::service::parse_constraint;
 use crate::store::model::{Availability, Node, NodeRole, NodeState, Response};
 use crate::store::service::{
     Resources, RestartCondition, RestartPolicy, Runtime, ServiceSpec, TaskSpec, UpdateConfig,

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use time::OffsetDateTime;
 
 use crate::manager::entitle::{Denial, Memo};
-use crate::manager::spec::constraint_text;
+use crate::spec::service::constraint_text;
 use crate::store::model::{Availability, Command, Node, NodeRole, NodeState, State};
 use crate::store::service::{
     Constraint, ConstraintOp, DesiredState, Resources, Service, Task, TaskSpec, TaskState,

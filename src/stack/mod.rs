@@ -3,18 +3,29 @@
 //! ```text
 //!  compose files ──read (≤ 1 MiB)──► yaml::parse ──► interpolate ──► merge (later wins)
 //!        ──► compose::convert ──► Stack { services: [ServiceSpec], networks, secrets, warnings }
+//!                 ├─ objects: top-level secrets and networks
+//!                 └─ service: one handler per key (endpoints, health, deploy)
 //! ```
 //!
 //! A pure module: files are read through [`Files`] and the environment is a map the caller
 //! gives, so the whole loader runs in unit tests and under the fuzzer. The CLI
 //! (`skep stack deploy`) sends what comes out through the ordinary Control RPCs; every spec
-//! has already passed the manager's own [`crate::manager::spec::validate`].
+//! has already passed the manager's own [`crate::spec::service::validate`].
 //!
 //! What is supported, what is warned about and the `x-skep-runtime` extension are listed in
 //! `docs/compose.md`.
 
+mod building;
 pub mod compose;
+mod context;
+mod deploy;
+mod endpoints;
+mod health;
 pub mod interpolate;
+mod objects;
+mod service;
+mod tree;
+mod words;
 pub mod yaml;
 
 #[cfg(test)]
@@ -138,15 +149,12 @@ pub struct Stack {
     pub warnings: Vec<String>,
 }
 
+/// The longest stack name.
+pub const MAX_STACK_NAME_BYTES: usize = 40;
+
 /// Checks a stack name: it prefixes every object, so it must leave room for the rest.
 pub fn validate_stack_name(name: &str) -> Result<(), StackError> {
-    let ok = !name.is_empty()
-        && name.len() <= 40
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if crate::spec::name::is_valid(name, MAX_STACK_NAME_BYTES) {
         Ok(())
     } else {
         Err(StackError::Name(name.chars().take(80).collect()))

@@ -123,7 +123,7 @@ fn the_seed_file_becomes_one_service_a_network_and_an_external_secret() {
         "{:?}",
         s.warnings
     );
-    crate::manager::spec::validate(web).unwrap();
+    crate::spec::service::validate(web).unwrap();
 }
 
 #[test]
@@ -670,7 +670,7 @@ fn size_and_count_limits() {
 
 #[test]
 fn command_strings_split_like_a_shell() {
-    use super::compose::split_words;
+    use super::words::split_words;
     assert_eq!(split_words("a  b\tc").unwrap(), ["a", "b", "c"]);
     assert_eq!(
         split_words(r#"sh -c "echo \"x\" 'y'""#).unwrap(),

@@ -21,7 +21,6 @@ pub mod network_obj;
 pub mod recover;
 pub mod seal;
 pub mod secret_obj;
-pub mod secret_target;
 pub mod service;
 pub mod sm;
 pub mod testing;

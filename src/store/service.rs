@@ -189,6 +189,28 @@ pub struct TaskSpec {
     pub healthcheck: Option<HealthCheck>,
 }
 
+impl TaskSpec {
+    /// A task of `runtime` running `image` (empty for exec) and `command`, with Docker's
+    /// defaults for the rest: no environment, the default restart policy, no constraints,
+    /// resources, secrets or health check.
+    pub fn new(runtime: Runtime, image: impl Into<String>, command: Vec<String>) -> Self {
+        Self {
+            runtime,
+            image: image.into(),
+            command,
+            env: Vec::new(),
+            restart: RestartPolicy::default(),
+            constraints: Vec::new(),
+            reservations: Resources::default(),
+            limits: Resources::default(),
+            secrets: Vec::new(),
+            ports: Vec::new(),
+            networks: Vec::new(),
+            healthcheck: None,
+        }
+    }
+}
+
 /// A health check, as Docker's `HEALTHCHECK`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCheck {
@@ -319,6 +341,25 @@ pub struct ServiceSpec {
     /// The UDP ones (Compose `expose: ["53/udp"]`).
     #[serde(default)]
     pub expose_udp: Vec<u16>,
+}
+
+impl ServiceSpec {
+    /// A service `name` running `task`, with Docker's defaults for the rest: one replica, no
+    /// labels, the default update and rollback settings, no ports or networks.
+    pub fn new(name: impl Into<String>, task: TaskSpec) -> Self {
+        Self {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            mode: Mode::Replicated { replicas: 1 },
+            task,
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+            ports: Vec::new(),
+            networks: Vec::new(),
+            expose: Vec::new(),
+            expose_udp: Vec::new(),
+        }
+    }
 }
 
 /// Where a rolling update is.

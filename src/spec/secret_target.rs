@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::service::SecretRef;
+use crate::store::service::SecretRef;
 
 /// Where secrets appear in a task.
 pub const SECRETS_DIR: &str = "/run/secrets";
