@@ -8,6 +8,7 @@ use time::{Duration, OffsetDateTime};
 use super::*;
 use crate::manager::scheduler::{explain_unschedulable, schedule};
 use crate::manager::spec::parse_constraint;
+use crate::store::fixtures;
 use crate::store::model::{Availability, Node, NodeRole, NodeState, Response};
 use crate::store::service::{
     Resources, RestartCondition, RestartPolicy, Runtime, ServiceSpec, TaskSpec, UpdateConfig,
@@ -15,25 +16,12 @@ use crate::store::service::{
 
 fn node(id: &str) -> Node {
     Node {
-        id: id.into(),
-        hostname: format!("host-{id}"),
-        role: NodeRole::Worker,
-        availability: Availability::Active,
-        state: NodeState::Ready,
-        addr: "127.0.0.1:2377".into(),
-        raft_id: None,
-        cert_serial: "01".into(),
-        cert_not_after: "2030-01-01T00:00:00Z".into(),
-        cert_issuer: String::new(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        updated_at: "2026-01-01T00:00:00Z".into(),
-        labels: BTreeMap::new(),
         runtimes: vec![Runtime::Exec, Runtime::Docker],
         resources: Resources {
             nano_cpus: 4_000_000_000,
             memory_bytes: 8 << 30,
         },
-        port_errors: Default::default(),
+        ..fixtures::node(id)
     }
 }
 
