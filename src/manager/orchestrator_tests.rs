@@ -31,22 +31,12 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
         labels: BTreeMap::new(),
         mode,
         task: TaskSpec {
-            runtime: Runtime::Exec,
-            image: String::new(),
-            command: vec!["/bin/sleep".into(), "1000".into()],
-            env: vec![],
             restart: RestartPolicy {
                 condition: RestartCondition::Any,
                 delay_ms: 0,
                 max_attempts: 0,
             },
-            constraints: vec![],
-            reservations: Resources::default(),
-            limits: Resources::default(),
-            secrets: vec![],
-            ports: Vec::new(),
-            networks: Vec::new(),
-            healthcheck: None,
+            ..fixtures::task_spec()
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),
