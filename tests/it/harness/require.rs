@@ -29,10 +29,14 @@ impl Runtime {
         }
     }
 
-    /// Whether `SKEP_IT_REQUIRE` (a comma-separated list) names it.
+    /// Whether `SKEP_IT_REQUIRE` names it.
     fn required(self) -> bool {
-        std::env::var("SKEP_IT_REQUIRE")
-            .is_ok_and(|list| list.split(',').any(|n| n.trim() == self.name()))
+        std::env::var("SKEP_IT_REQUIRE").is_ok_and(|list| self.listed_in(&list))
+    }
+
+    /// Whether `list` (comma-separated, as `SKEP_IT_REQUIRE`) names it.
+    fn listed_in(self, list: &str) -> bool {
+        list.split(',').any(|n| n.trim() == self.name())
     }
 }
 
@@ -85,4 +89,14 @@ pub fn cannot_run(reason: impl fmt::Display) {
         return;
     }
     panic!("this test cannot run here: {reason} (set SKEP_IT_ALLOW_SKIP=1 to skip it on purpose)");
+}
+
+#[test]
+fn skep_it_require_names_runtimes_in_a_comma_separated_list() {
+    assert!(Runtime::Exec.listed_in("exec,docker"));
+    assert!(Runtime::Docker.listed_in("exec, docker"));
+    assert!(Runtime::Docker.listed_in("docker"));
+    assert!(!Runtime::Exec.listed_in("docker"));
+    assert!(!Runtime::Exec.listed_in(""));
+    assert!(!Runtime::Exec.listed_in("executor"));
 }
