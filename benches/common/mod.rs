@@ -32,6 +32,9 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// tests' own file, shared as it is (it needs nothing of the test crate).
 #[path = "../../tests/it/harness/cleanup.rs"]
 mod cleanup;
+/// Polling up to a deadline: the integration tests' own file too.
+#[path = "../../tests/it/harness/poll.rs"]
+mod poll;
 #[allow(unused_imports)] // each bench uses a different part
 pub use cleanup::{kill_processes_mentioning, mounts_under, pids_mentioning, unmount_under};
 
@@ -261,16 +264,6 @@ impl Drop for Cluster {
 }
 
 /// Polls `f` (every `POLL`) until it returns `Ok`; panics after `within` with the last error.
-pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for {what}; last seen: {last}");
-        }
-        std::thread::sleep(POLL);
-    }
+pub fn wait_for<T>(within: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    poll::poll_for(within, POLL, what, f).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -12,7 +12,7 @@
 //!
 //! A file a job, every name re-exported here (topic modules import `crate::harness::...` and
 //! never each other): [`require`] (what a test needs: `SKEP_IT_REQUIRE`, `SKEP_IT_ALLOW_SKIP`),
-//! [`wait`], [`cli`] (running commands, reading their output), [`node`], [`cleanup`] (what
+//! [`wait`] (over [`poll`], shared with `benches/common`), [`cli`] (running commands, reading their output), [`node`], [`cleanup`] (what
 //! killed daemons leave; shared with `benches/common`), [`cluster`],
 //! [`services`] (tasks, published ports), [`files`], [`programs`] (the test program and image),
 //! [`docker`], [`credentials`] (a node's keys as a thief has them), [`netns`] (a private network
@@ -28,6 +28,7 @@ pub mod docker;
 pub mod files;
 pub mod netns;
 pub mod node;
+pub mod poll;
 pub mod programs;
 pub mod require;
 pub mod services;
@@ -41,6 +42,7 @@ pub use docker::*;
 pub use files::*;
 pub use netns::Net;
 pub use node::*;
+pub use poll::*;
 pub use programs::*;
 pub use require::*;
 pub use services::*;

@@ -1,7 +1,9 @@
 //! Waiting: timeouts scaled for slow machines, and polls of a condition up to a deadline that
 //! fail with what they last saw (no fixed sleeps stand in for waits).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::poll_for;
 
 const POLL: Duration = Duration::from_millis(100);
 
@@ -46,19 +48,7 @@ pub fn wait_for<T>(within: Duration, what: &str, f: impl FnMut() -> Result<T, St
 pub fn try_wait_for<T>(
     within: Duration,
     what: &str,
-    mut f: impl FnMut() -> Result<T, String>,
+    f: impl FnMut() -> Result<T, String>,
 ) -> Result<T, String> {
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match f() {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            return Err(format!(
-                "timed out after {within:?} waiting for {what}; last seen: {last}"
-            ));
-        }
-        std::thread::sleep(POLL);
-    }
+    poll_for(within, POLL, what, f)
 }
