@@ -50,13 +50,16 @@ pub fn quote(s: &str) -> String {
 }
 
 /// For unit tests that need root (mounts, namespaces): whether to go on. Without root the
-/// test fails, so CI never passes by skipping, unless `SKEP_IT_ALLOW_SKIP=1` says to skip.
+/// test fails, so CI never passes by skipping, unless `SKEP_IT_ALLOW_SKIP=1` says to skip and
+/// `SKEP_IT_REQUIRE` does not name `exec` (the rule of `tests/it/harness/require.rs`).
 #[cfg(test)]
 pub(crate) fn root_or_skip() -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
-    if std::env::var_os("SKEP_IT_ALLOW_SKIP").is_some_and(|v| v == "1") {
+    let required = std::env::var("SKEP_IT_REQUIRE")
+        .is_ok_and(|list| list.split(',').any(|n| n.trim() == "exec"));
+    if !required && std::env::var_os("SKEP_IT_ALLOW_SKIP").is_some_and(|v| v == "1") {
         eprintln!("NOTICE: this test needs root: skipping (SKEP_IT_ALLOW_SKIP=1)");
         return false;
     }

@@ -26,69 +26,17 @@ pub fn wait_limit() -> Duration {
 /// How often [`wait_for`] polls.
 pub const POLL: Duration = Duration::from_millis(200);
 
-// ------------------------------------------------------------------ processes
+// ------------------------------------------------------------------ processes and mounts
 
-/// Kills every process whose command line mentions `dir` (the exec tasks' init helpers name
-/// their task directory; killing the namespace's init kills the task itself).
-pub fn kill_processes_mentioning(dir: &Path) {
-    for pid in pids_mentioning(dir, None) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
-/// Processes whose command line mentions `dir` (and `also`, if given).
-pub fn pids_mentioning(dir: &Path, also: Option<&str>) -> Vec<i32> {
-    let needle = dir.to_string_lossy().into_owned();
-    let me = std::process::id() as i32;
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains(&needle) && also.is_none_or(|a| cmdline.contains(a)) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-// ------------------------------------------------------------------ mounts
-
-/// Mount points (in this process's mount namespace) at `dir` or under it.
-pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
-    let dir = dir.to_string_lossy().into_owned();
-    let prefix = format!("{dir}/");
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|mp| *mp == dir || mp.starts_with(&prefix))
-        .map(PathBuf::from)
-        .collect()
-}
-
-/// Lazily unmounts everything mounted at `dir` or under it, deepest first (what a killed
-/// daemon left, such as task secrets tmpfs), so the directory can be removed.
-pub fn unmount_under(dir: &Path) {
-    let mut mps = mounts_under(dir);
-    mps.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-    for mp in mps {
-        let _ = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
+/// Killing what daemons leave running and unmounting what they leave mounted: the integration
+/// tests' own file, shared as it is (it needs nothing of the test crate).
+#[path = "../../tests/it/harness/cleanup.rs"]
+mod cleanup;
+/// Polling up to a deadline: the integration tests' own file too.
+#[path = "../../tests/it/harness/poll.rs"]
+mod poll;
+#[allow(unused_imports)] // each bench uses a different part
+pub use cleanup::{kill_processes_mentioning, mounts_under, pids_mentioning, unmount_under};
 
 // ------------------------------------------------------------------ a daemon
 
@@ -316,16 +264,6 @@ impl Drop for Cluster {
 }
 
 /// Polls `f` (every `POLL`) until it returns `Ok`; panics after `within` with the last error.
-pub fn wait_for<T>(within: Duration, what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let last = match f() {
-            Ok(v) => return v,
-            Err(e) => e,
-        };
-        if Instant::now() >= deadline {
-            panic!("timed out after {within:?} waiting for {what}; last seen: {last}");
-        }
-        std::thread::sleep(POLL);
-    }
+pub fn wait_for<T>(within: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    poll::poll_for(within, POLL, what, f).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -273,7 +273,8 @@ pub(super) fn parse_service(text: &str) -> anyhow::Result<Service> {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::store::service::{RestartPolicy, TaskStatus};
+    use crate::store::fixtures;
+    use crate::store::service::TaskStatus;
 
     pub(in crate::cli) fn task(
         id: &str,
@@ -288,32 +289,12 @@ pub(super) mod tests {
             service_name: svc.into(),
             slot,
             node_id: node.into(),
-            spec: TaskSpec {
-                runtime: Runtime::Exec,
-                image: String::new(),
-                command: vec!["/bin/sleep".into(), "1000".into()],
-                env: vec![],
-                restart: RestartPolicy::default(),
-                constraints: vec![],
-                reservations: Default::default(),
-                limits: Default::default(),
-                secrets: vec![],
-                ports: Vec::new(),
-                networks: Vec::new(),
-                healthcheck: None,
-            },
-            spec_version: 1,
-            desired: DesiredState::Running,
             status: TaskStatus {
-                state,
-                message: String::new(),
-                err: String::new(),
-                exit_code: None,
                 timestamp: "2026-01-01T00:00:00Z".into(),
+                ..fixtures::task_status(state)
             },
             created_at: "2026-01-01T00:00:00Z".into(),
-            not_before: String::new(),
-            attempt: 0,
+            ..fixtures::task()
         })
     }
 

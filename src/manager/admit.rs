@@ -63,26 +63,18 @@ pub fn refusal(
 mod tests {
     use super::*;
     use crate::secret::SecretString;
-    use crate::store::model::{Availability, Cluster, Node, NodeState, Revoked};
+    use crate::store::fixtures;
+    use crate::store::model::{Cluster, Node, Revoked};
 
     fn node(id: &str, role: NodeRole, serial: &str) -> Node {
         Node {
-            id: id.into(),
             hostname: id.into(),
             role,
-            availability: Availability::Active,
-            state: NodeState::Ready,
             addr: String::new(),
-            raft_id: None,
             cert_serial: serial.into(),
-            cert_not_after: "2030-01-01T00:00:00Z".into(),
-            cert_issuer: String::new(),
             created_at: String::new(),
             updated_at: String::new(),
-            labels: Default::default(),
-            runtimes: vec![],
-            resources: Default::default(),
-            port_errors: Default::default(),
+            ..fixtures::node(id)
         }
     }
 

@@ -361,41 +361,18 @@ pub async fn run_orchestrator(mgr: Arc<Manager>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::fixtures;
     use crate::store::service::*;
 
     fn task(id: &str, desired: DesiredState) -> Task {
         Task {
             id: id.into(),
-            service_id: "s".into(),
-            service_name: "web".into(),
-            slot: 1,
-            node_id: "n1".into(),
             spec: TaskSpec {
-                runtime: Runtime::Exec,
-                image: String::new(),
                 command: vec!["/bin/true".into()],
-                env: vec![],
-                restart: RestartPolicy::default(),
-                constraints: vec![],
-                reservations: Resources::default(),
-                limits: Resources::default(),
-                secrets: vec![],
-                ports: Vec::new(),
-                networks: Vec::new(),
-                healthcheck: None,
+                ..fixtures::task_spec()
             },
-            spec_version: 1,
             desired,
-            status: TaskStatus {
-                state: TaskState::Assigned,
-                message: String::new(),
-                err: String::new(),
-                exit_code: None,
-                timestamp: String::new(),
-            },
-            created_at: String::new(),
-            not_before: String::new(),
-            attempt: 0,
+            ..fixtures::task()
         }
     }
 
@@ -421,28 +398,19 @@ mod tests {
     }
 
     fn cluster_state() -> State {
-        use crate::store::model::{Availability, Node, NodeRole, NodeState};
+        use crate::store::model::Node;
         let mut s = State::default();
         for id in ["n1", "n2"] {
             s.nodes.insert(
                 id.into(),
                 Node {
-                    id: id.into(),
                     hostname: id.into(),
-                    role: NodeRole::Worker,
-                    availability: Availability::Active,
-                    state: NodeState::Ready,
                     addr: String::new(),
-                    raft_id: None,
                     cert_serial: String::new(),
                     cert_not_after: String::new(),
-                    cert_issuer: String::new(),
                     created_at: String::new(),
                     updated_at: String::new(),
-                    labels: Default::default(),
-                    runtimes: vec![],
-                    resources: Default::default(),
-                    port_errors: Default::default(),
+                    ..fixtures::node(id)
                 },
             );
         }

@@ -27,8 +27,6 @@ pub mod recovery;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
-/// The spec validator lives in [`crate::spec::service`]; this alias keeps older paths working.
-pub use crate::spec::service as spec;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;

@@ -8,6 +8,7 @@ use time::{Duration, OffsetDateTime};
 use super::*;
 use crate::manager::scheduler::{explain_unschedulable, schedule};
 use crate::spec::service::parse_constraint;
+use crate::store::fixtures;
 use crate::store::model::{Availability, Node, NodeRole, NodeState, Response};
 use crate::store::service::{
     Resources, RestartCondition, RestartPolicy, Runtime, ServiceSpec, TaskSpec, UpdateConfig,
@@ -15,25 +16,12 @@ use crate::store::service::{
 
 fn node(id: &str) -> Node {
     Node {
-        id: id.into(),
-        hostname: format!("host-{id}"),
-        role: NodeRole::Worker,
-        availability: Availability::Active,
-        state: NodeState::Ready,
-        addr: "127.0.0.1:2377".into(),
-        raft_id: None,
-        cert_serial: "01".into(),
-        cert_not_after: "2030-01-01T00:00:00Z".into(),
-        cert_issuer: String::new(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        updated_at: "2026-01-01T00:00:00Z".into(),
-        labels: BTreeMap::new(),
         runtimes: vec![Runtime::Exec, Runtime::Docker],
         resources: Resources {
             nano_cpus: 4_000_000_000,
             memory_bytes: 8 << 30,
         },
-        port_errors: Default::default(),
+        ..fixtures::node(id)
     }
 }
 
@@ -43,22 +31,12 @@ fn spec(name: &str, mode: Mode) -> ServiceSpec {
         labels: BTreeMap::new(),
         mode,
         task: TaskSpec {
-            runtime: Runtime::Exec,
-            image: String::new(),
-            command: vec!["/bin/sleep".into(), "1000".into()],
-            env: vec![],
             restart: RestartPolicy {
                 condition: RestartCondition::Any,
                 delay_ms: 0,
                 max_attempts: 0,
             },
-            constraints: vec![],
-            reservations: Resources::default(),
-            limits: Resources::default(),
-            secrets: vec![],
-            ports: Vec::new(),
-            networks: Vec::new(),
-            healthcheck: None,
+            ..fixtures::task_spec()
         },
         update: UpdateConfig::default(),
         rollback: UpdateConfig::default(),

@@ -129,68 +129,30 @@ fn orphaned_since(task: &Task, down_at: &str) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::store::model::{Availability, NodeRole};
-    use crate::store::service::{DesiredState, RestartPolicy, Runtime, TaskSpec, TaskStatus};
+    use crate::store::fixtures;
+    use crate::store::service::{Runtime, TaskStatus};
 
     const DOWN_AT: &str = "2026-01-01T00:00:10Z";
 
     fn node(state: NodeState) -> Node {
         Node {
-            id: "n1".into(),
             hostname: "w1".into(),
-            role: NodeRole::Worker,
-            availability: Availability::Active,
             state,
-            addr: "127.0.0.1:2377".into(),
-            raft_id: None,
-            cert_serial: "01".into(),
-            cert_not_after: "2030-01-01T00:00:00Z".into(),
-            cert_issuer: String::new(),
-            created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: DOWN_AT.into(),
-            labels: BTreeMap::new(),
             runtimes: vec![Runtime::Exec],
-            resources: Default::default(),
-            port_errors: Default::default(),
+            ..fixtures::node("n1")
         }
     }
 
     fn task(state: TaskState, at: &str) -> Task {
         Task {
-            id: "t1".into(),
-            service_id: "s".into(),
-            service_name: "web".into(),
-            slot: 1,
-            node_id: "n1".into(),
-            spec: TaskSpec {
-                runtime: Runtime::Exec,
-                image: String::new(),
-                command: vec!["/bin/sleep".into(), "1000".into()],
-                env: vec![],
-                restart: RestartPolicy::default(),
-                constraints: vec![],
-                reservations: Default::default(),
-                limits: Default::default(),
-                secrets: vec![],
-                ports: Vec::new(),
-                networks: Vec::new(),
-                healthcheck: None,
-            },
-            spec_version: 1,
-            desired: DesiredState::Running,
             status: TaskStatus {
-                state,
-                message: String::new(),
-                err: String::new(),
-                exit_code: None,
                 timestamp: at.into(),
+                ..fixtures::task_status(state)
             },
             created_at: "2026-01-01T00:00:00Z".into(),
-            not_before: String::new(),
-            attempt: 0,
+            ..fixtures::task()
         }
     }
 

@@ -128,29 +128,17 @@ impl Manager {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::store::model::Availability;
+    use crate::store::fixtures;
 
     fn node(id: &str, role: NodeRole) -> Node {
         Node {
-            id: id.into(),
-            hostname: format!("host-{id}"),
             role,
-            availability: Availability::Active,
             state: NodeState::Down,
             addr: format!("10.0.0.{}:2377", id.len()),
-            raft_id: None,
             cert_serial: format!("serial-{id}"),
             cert_not_after: "2999-01-01T00:00:00Z".into(),
-            cert_issuer: String::new(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-            labels: BTreeMap::new(),
-            runtimes: Vec::new(),
-            resources: Default::default(),
-            port_errors: Default::default(),
+            ..fixtures::node(id)
         }
     }
 

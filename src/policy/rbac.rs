@@ -12,17 +12,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use cedar_policy::ffi::DetailedError;
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
-    Validator,
+    Context, Decision as CedarDecision, Effect, Entities, Entity, EntityTypeName, PolicySet,
+    Request, RestrictedExpression,
 };
 
-use super::{PolicyError, digest, parse_bounded, render_all, render_diagnostic};
+use super::cedar::{Loaded, PolicyError, digest, entity_type, loaded, uid};
 
 /// The schema RBAC policies are validated against.
 pub const SCHEMA: &str = include_str!("../../policies/rbac.cedarschema");
@@ -171,49 +168,26 @@ pub enum Decision {
     },
 }
 
+/// The schema-derived pieces of the RBAC policies, built once per process.
 struct Model {
-    validator: Validator,
-    authorizer: Authorizer,
+    cedar: Loaded,
     operator: EntityTypeName,
     role: EntityTypeName,
     resource: EntityTypeName,
     action: EntityTypeName,
-    actions: Vec<Entity>,
 }
 
 fn model() -> Result<&'static Model, PolicyError> {
     static MODEL: OnceLock<Result<Model, String>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| {
-            let (schema, _) = Schema::from_cedarschema_str(SCHEMA)
-                .map_err(|e| render_diagnostic(&DetailedError::from(&e), SCHEMA))?;
-            let ty = |name: &str| {
-                EntityTypeName::from_str(name).map_err(|e| format!("entity type {name}: {e}"))
-            };
-            let actions = schema
-                .action_entities()
-                .map_err(|e| format!("action entities: {e}"))?
-                .iter()
-                .cloned()
-                .collect();
-            Ok(Model {
-                validator: Validator::new(schema),
-                authorizer: Authorizer::new(),
-                operator: ty("Skep::Operator")?,
-                role: ty("Skep::Role")?,
-                resource: ty("Skep::Resource")?,
-                action: ty("Skep::Action")?,
-                actions,
-            })
+    loaded(MODEL.get_or_init(|| {
+        Ok(Model {
+            cedar: Loaded::new(SCHEMA)?,
+            operator: entity_type("Skep::Operator")?,
+            role: entity_type("Skep::Role")?,
+            resource: entity_type("Skep::Resource")?,
+            action: entity_type("Skep::Action")?,
         })
-        .as_ref()
-        .map_err(|message| PolicyError::Schema {
-            message: message.clone(),
-        })
-}
-
-fn uid(ty: &EntityTypeName, id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(ty.clone(), EntityId::new(id))
+    }))
 }
 
 /// A parsed, validated RBAC policy set.
@@ -243,29 +217,13 @@ impl RbacEngine {
     /// Parses `text` and validates it strictly against [`SCHEMA`], with the same size and
     /// nesting limits as the secret policies.
     pub fn parse(text: &str) -> Result<RbacEngine, PolicyError> {
-        let model = model()?;
-        parse_bounded(text, move |t| Self::parse_here(t, model))
-    }
-
-    fn parse_here(text: String, model: &Model) -> Result<RbacEngine, PolicyError> {
-        let policies = PolicySet::from_str(&text).map_err(|errors| PolicyError::Parse {
-            message: render_all(errors.iter().map(DetailedError::from), &text),
-        })?;
-        if policies.templates().next().is_some() {
-            return Err(PolicyError::Invalid {
-                message: "policy templates are not supported".to_string(),
-            });
-        }
-        let result = model.validator.validate(&policies, ValidationMode::Strict);
-        if !result.validation_passed() {
-            return Err(PolicyError::Invalid {
-                message: render_all(result.validation_errors().map(DetailedError::from), &text),
-            });
-        }
+        let parsed = model()?
+            .cedar
+            .parse(text, "policy templates are not supported")?;
         Ok(RbacEngine {
-            digest: digest(&text),
-            text,
-            policies,
+            digest: digest(&parsed.text),
+            text: parsed.text,
+            policies: parsed.policies,
             decisions: Mutex::new(Default::default()),
         })
     }
@@ -348,7 +306,7 @@ impl RbacEngine {
             Entity::new_no_attrs(role, Default::default()),
             Entity::new_no_attrs(uid(&model.resource, resource), Default::default()),
         ];
-        entities.extend(model.actions.iter().cloned());
+        entities.extend(model.cedar.actions.iter().cloned());
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         let request = Request::new(
             uid(&model.operator, who.name),
@@ -358,10 +316,11 @@ impl RbacEngine {
                 Some(f) => f.context()?,
                 None => Context::empty(),
             },
-            Some(model.validator.schema()),
+            Some(model.cedar.schema()),
         )
         .map_err(|e| e.to_string())?;
         let response = model
+            .cedar
             .authorizer
             .is_authorized(&request, &self.policies, &entities);
         let errors = response.diagnostics().errors().count();
@@ -482,7 +441,7 @@ mod tests {
             };
             let cs: Vec<_> = c
                 .iter()
-                .map(|c| crate::manager::spec::parse_constraint(c).unwrap())
+                .map(|c| crate::spec::service::parse_constraint(c).unwrap())
                 .collect();
             SpecFacts::from_task(runtime, &cs)
         };

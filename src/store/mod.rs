@@ -15,6 +15,8 @@
 
 pub mod anchor;
 pub mod backup;
+#[doc(hidden)]
+pub mod fixtures;
 pub mod log;
 pub mod model;
 pub mod network_obj;

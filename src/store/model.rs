@@ -898,25 +898,13 @@ impl State {
 mod tests {
     use super::*;
     use crate::audit::{Actor, Outcome};
+    use crate::store::fixtures;
 
     fn node(id: &str) -> Node {
         Node {
-            id: id.into(),
             hostname: "h".into(),
-            role: NodeRole::Worker,
-            availability: Availability::Active,
             state: NodeState::Unknown,
-            addr: "127.0.0.1:2377".into(),
-            raft_id: None,
-            cert_serial: "01".into(),
-            cert_not_after: "2030-01-01T00:00:00Z".into(),
-            cert_issuer: String::new(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-            labels: BTreeMap::new(),
-            runtimes: Vec::new(),
-            resources: Default::default(),
-            port_errors: Default::default(),
+            ..fixtures::node(id)
         }
     }
 

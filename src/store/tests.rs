@@ -23,7 +23,7 @@ use redb::{Database, ReadableTable};
 use tempfile::TempDir;
 
 use super::log::LOG;
-use super::model::{Availability, Command, Node, NodeRole, NodeState, Response};
+use super::model::{Command, Node, NodeState, Response};
 use super::seal::{Dek, Sealer};
 use super::sm::SNAPSHOT_FILE;
 use super::*;
@@ -54,22 +54,10 @@ fn log_id(term: u64, index: u64) -> LogId {
 
 fn node(id: &str, hostname: &str) -> Node {
     Node {
-        id: id.into(),
         hostname: hostname.into(),
-        role: NodeRole::Worker,
-        availability: Availability::Active,
         state: NodeState::Unknown,
         addr: "10.0.0.2:2377".into(),
-        raft_id: None,
-        cert_serial: "01".into(),
-        cert_not_after: "2030-01-01T00:00:00Z".into(),
-        cert_issuer: String::new(),
-        created_at: "2026-01-01T00:00:00Z".into(),
-        updated_at: "2026-01-01T00:00:00Z".into(),
-        labels: BTreeMap::new(),
-        runtimes: Vec::new(),
-        resources: Default::default(),
-        port_errors: Default::default(),
+        ..fixtures::node(id)
     }
 }
 

@@ -1,31 +1,9 @@
 //! Encrypted at rest: plant marker values in the cluster's state and scan every byte of every
 //! file each node wrote. Nothing secret or stored may appear in plaintext.
 
-use std::path::{Path, PathBuf};
-
 use skep::store::seal::Kek;
 
-use crate::harness::{Node, timeout, unlock_key, wait_until};
-
-pub fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
+use crate::harness::{Node, contains, files_under, timeout, unlock_key, wait_until};
 
 /// Asserts no file under any node's data directory contains any of `markers`.
 fn assert_nowhere(nodes: &[&Node], markers: &[(&str, Vec<u8>)]) {

@@ -38,8 +38,7 @@ fn states_on(m: &Node, args: &[&str], host: &str) -> BTreeMap<String, String> {
 
 #[test]
 fn tasks_of_a_down_node_are_unknown_not_running_until_it_is_back() {
-    if !nix::unistd::Uid::effective().is_root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = Cluster::init(1, 1);
@@ -126,8 +125,7 @@ fn tasks_of_a_down_node_are_unknown_not_running_until_it_is_back() {
 /// replace its tasks (what the restarted agent then does with them is its own business).
 #[test]
 fn a_quick_daemon_restart_does_not_make_the_orchestrator_replace_tasks() {
-    if !nix::unistd::Uid::effective().is_root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = Cluster::init(1, 1);
@@ -172,8 +170,7 @@ fn a_quick_daemon_restart_does_not_make_the_orchestrator_replace_tasks() {
 /// running again, the same tasks.
 #[test]
 fn tasks_of_an_agent_that_went_away_are_unknown_within_seconds_not_after_down() {
-    if !nix::unistd::Uid::effective().is_root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = Cluster::init(1, 1);

@@ -4,7 +4,9 @@
 // The helpers serve tests still to be written.
 #![allow(dead_code)]
 
-use crate::harness::{Node, assert_error};
+use crate::harness::{
+    Cluster, Node, assert_error, credentials_of, csr, issue_raw, root_der, timeout, wait_until,
+};
 
 /// Asserts the CLI refused `args` on `node` with a message containing `needle`, and that the
 /// daemon survived it and still answers.
@@ -123,8 +125,6 @@ use skep::api::v1::{Empty, HeartbeatRequest, IssueRequest, JoinRaftRequest, Raft
 use skep::net::Credentials;
 use skep::secret::SecretBytes;
 
-use crate::harness::{Cluster, timeout, wait_until};
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Runtime::new().expect("tokio runtime")
 }
@@ -136,60 +136,11 @@ fn records<'a>(all: &'a [Value], action: &str, outcome: &str) -> Vec<&'a Value> 
         .collect()
 }
 
-pub(crate) fn root_der(node: &Node) -> Vec<u8> {
-    std::fs::read(node.data_dir().join("root.crt")).expect("reading root.crt")
-}
-
-/// A node's own credentials, opened from its data directory as the node itself would (a
-/// test of what a thief holding the whole data directory of a node without autolock has).
-pub(crate) fn credentials_of(node: &Node) -> Credentials {
-    let dir = node.data_dir();
-    let kek = skep::store::seal::Kek::from_bytes(&std::fs::read(dir.join("kek")).unwrap()).unwrap();
-    let key = kek
-        .open_blob(
-            skep::store::seal::RecordKind::NodeKey,
-            &std::fs::read(dir.join("node.key.sealed")).unwrap(),
-        )
-        .unwrap();
-    Credentials {
-        cert_der: std::fs::read(dir.join("node.crt")).unwrap(),
-        chain: std::fs::read(dir.join("node.chain"))
-            .map(|b| skep_pki::split_der_certs(&b).unwrap())
-            .unwrap_or_default(),
-        key_der: SecretBytes::from(key),
-        root_der: std::fs::read(dir.join("root.crt")).unwrap(),
-    }
-}
-
-/// Calls the issuance RPC directly (no client-side checks) over TLS pinned to `root`.
-pub(crate) async fn issue_raw(
-    addr: &str,
-    root: &[u8],
-    token: &str,
-    csr_der: Vec<u8>,
-) -> Result<(), tonic::Status> {
-    let tls = skep::net::client_config(root, None).unwrap();
-    let ch = skep::net::channel(addr, tls).unwrap();
-    CaClient::new(ch)
-        .issue_node_certificate(IssueRequest {
-            token: token.into(),
-            csr_der,
-            hostname: "intruder".into(),
-            advertise_addr: String::new(),
-        })
-        .await
-        .map(|_| ())
-}
-
 /// A well-formed token for the right swarm whose secret is wrong (its first character changed).
 fn forged_token(valid: &str) -> String {
     let (head, secret) = valid.rsplit_once('-').unwrap();
     let first = if secret.starts_with('a') { 'b' } else { 'a' };
     format!("{head}-{first}{}", &secret[1..])
-}
-
-pub(crate) fn csr() -> Vec<u8> {
-    skep_pki::NodeKey::generate().unwrap().csr_der().unwrap()
 }
 
 #[test]

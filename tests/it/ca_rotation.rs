@@ -35,8 +35,7 @@ fn wait_moved(c: &Cluster, root: &[u8]) {
 
 #[test]
 fn swarm_ca_rotate_moves_every_node_to_a_new_root_without_stopping_tasks() {
-    if !nix::unistd::Uid::effective().is_root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(2, 2);

@@ -3,112 +3,16 @@
 //! image that is neither local nor pullable fails its tasks with a clear error.
 //!
 //! Needs a reachable Docker Engine and `gcc`: the test image is a static program imported with
-//! `docker import` (see `runtime.rs`), nothing is pulled. Missing either, a test prints a notice
-//! and passes. Containers are global on the engine, so every test uses its own service names
+//! `docker import` (see `harness/programs.rs`), nothing is pulled. Missing either, a test fails, or
+//! skips with a notice under `SKEP_IT_ALLOW_SKIP=1`. Containers are global on the engine, so every test uses its own service names
 //! and removes the containers labelled with them even when it fails.
-
-use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, Node, describe, json_lines, run, stdout, timeout, wait_for};
-
-const LABEL_SERVICE_NAME: &str = "skep.service.name";
-const LABEL_TASK_ID: &str = "skep.task.id";
-
-/// Runs `docker` with these arguments (killed after the CLI timeout).
-pub(crate) fn docker(args: &[&str]) -> Output {
-    run(Command::new("docker").args(args), None)
-}
-
-/// Whether a Docker Engine answers the `docker` CLI.
-fn docker_reachable() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// The test image, or `None` with a notice when Docker or the image is unavailable.
-pub(crate) fn image_or_skip() -> Option<&'static str> {
-    if !docker_reachable() {
-        crate::harness::cannot_run("Docker Engine not reachable");
-        return None;
-    }
-    match crate::runtime::test_image() {
-        Ok(image) => Some(image),
-        Err(e) => {
-            crate::harness::cannot_run(format!("cannot build the test image ({e})"));
-            None
-        }
-    }
-}
-
-/// A service name no other test (of this run or a concurrent one) uses.
-pub(crate) fn unique_name(prefix: &str) -> String {
-    format!("{prefix}-{}", std::process::id())
-}
-
-/// `(container ID, skep.task.id)` of the containers labelled with this service name;
-/// `all` includes stopped ones.
-pub(crate) fn containers(service: &str, all: bool) -> Vec<(String, String)> {
-    let filter = format!("label={LABEL_SERVICE_NAME}={service}");
-    let format = format!("{{{{.ID}}}} {{{{.Label \"{LABEL_TASK_ID}\"}}}}");
-    let mut args = vec!["ps", "--no-trunc", "--filter", &filter, "--format", &format];
-    if all {
-        args.insert(1, "-a");
-    }
-    let out = docker(&args);
-    assert!(out.status.success(), "docker ps failed\n{}", describe(&out));
-    stdout(&out)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let (id, task) = l.split_once(' ').unwrap_or((l, ""));
-            (id.to_string(), task.trim().to_string())
-        })
-        .collect()
-}
-
-/// `docker ps -a` of the service's containers with their state, for failure messages.
-fn container_states(service: &str) -> String {
-    let filter = format!("label={LABEL_SERVICE_NAME}={service}");
-    stdout(&docker(&[
-        "ps",
-        "-a",
-        "--filter",
-        &filter,
-        "--format",
-        "{{.Names}} {{.Status}}",
-    ]))
-}
-
-/// Removes the containers labelled with a service name when dropped, even when the test fails.
-/// Declare it before the cluster: locals drop in reverse order, so the daemons are gone by then
-/// and cannot start new containers.
-pub(crate) struct ContainerGuard(pub(crate) String);
-
-impl Drop for ContainerGuard {
-    fn drop(&mut self) {
-        let filter = format!("label={LABEL_SERVICE_NAME}={}", self.0);
-        let Ok(out) = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &filter])
-            .output()
-        else {
-            return;
-        };
-        let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect();
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .args(["rm", "-f"])
-                .args(&ids)
-                .output();
-        }
-    }
-}
+use crate::harness::{
+    Cluster, ContainerGuard, Node, container_states, containers, describe, image_or_skip,
+    json_lines, stdout, timeout, unique_name, wait_for,
+};
 
 fn ps(node: &Node, service: &str) -> Vec<Value> {
     json_lines(&node.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", service]))

@@ -83,8 +83,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use crate::harness::{Cluster, Node, PORT, json_lines, skep_bin, timeout, try_wait_for};
-use crate::netns::Net;
+use crate::harness::{Cluster, Net, Node, PORT, json_lines, skep_bin, timeout, try_wait_for};
 
 const MANAGERS: usize = 3;
 /// Clients that pick any running manager (also a paused or cut-off one: their reads show

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, Node, json_lines, timeout, wait_for, wait_until};
-use crate::mesh::{ask, serving_program};
+use crate::harness::{
+    Cluster, Node, ask, json_lines, serving_program, timeout, wait_for, wait_until,
+};
 
 /// The service's tasks as `service ps` shows them (newest first per slot).
 fn tasks(m: &Node, service: &str) -> Vec<Value> {
@@ -189,12 +190,12 @@ fn only_healthy_tasks_are_in_the_rotation_and_unhealthy_ones_are_replaced() {
 /// whose check fails is stopped and its task fails as unhealthy.
 #[test]
 fn docker_health_checks_from_a_compose_file_gate_running() {
-    let Some(image) = crate::docker_services::image_or_skip() else {
+    let Some(image) = crate::harness::image_or_skip() else {
         return;
     };
-    let stack = crate::docker_services::unique_name("hc");
-    let _good = crate::docker_services::ContainerGuard(format!("{stack}_good"));
-    let _bad = crate::docker_services::ContainerGuard(format!("{stack}_bad"));
+    let stack = crate::harness::unique_name("hc");
+    let _good = crate::harness::ContainerGuard(format!("{stack}_good"));
+    let _bad = crate::harness::ContainerGuard(format!("{stack}_bad"));
     let c = Cluster::init(1, 0);
     let m = c.first();
     let dir = tempfile::tempdir().unwrap();
@@ -267,7 +268,7 @@ fn image_failing_its_own_check(base: &str) -> Option<String> {
             if out.status.success() {
                 Some(tag)
             } else {
-                crate::harness::cannot_run(format!(
+                crate::harness::cannot_run_without(crate::harness::Runtime::Docker, format!(
                     "cannot build an image with a HEALTHCHECK: {}",
                     String::from_utf8_lossy(&out.stderr)
                 ));
@@ -281,19 +282,19 @@ fn image_failing_its_own_check(base: &str) -> Option<String> {
 /// `--no-healthcheck` turns it off (the task runs).
 #[test]
 fn an_images_own_health_check_counts_unless_turned_off() {
-    let Some(base) = crate::docker_services::image_or_skip() else {
+    let Some(base) = crate::harness::image_or_skip() else {
         return;
     };
     let Some(image) = image_failing_its_own_check(base) else {
         return;
     };
     let (sick, quiet) = (
-        crate::docker_services::unique_name("hc-image"),
-        crate::docker_services::unique_name("hc-off"),
+        crate::harness::unique_name("hc-image"),
+        crate::harness::unique_name("hc-off"),
     );
     let _guards = [
-        crate::docker_services::ContainerGuard(sick.clone()),
-        crate::docker_services::ContainerGuard(quiet.clone()),
+        crate::harness::ContainerGuard(sick.clone()),
+        crate::harness::ContainerGuard(quiet.clone()),
     ];
     let c = Cluster::init(1, 0);
     let m = c.first();
@@ -318,10 +319,10 @@ fn an_images_own_health_check_counts_unless_turned_off() {
     });
     // The engine runs no check for it at all, and it is still running after the other task,
     // started beside it, failed its.
-    let (id, _) = crate::docker_services::containers(&quiet, false)
+    let (id, _) = crate::harness::containers(&quiet, false)
         .pop()
         .expect("the task's running container");
-    let health = crate::docker_services::docker(&["inspect", "-f", "{{json .State.Health}}", &id]);
+    let health = crate::harness::docker(&["inspect", "-f", "{{json .State.Health}}", &id]);
     assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "null");
     assert!(ids_in(&tasks(m, &quiet), "Failed").is_empty());
     assert!(!ids_in(&tasks(m, &quiet), "Running").is_empty());

@@ -54,7 +54,7 @@ fn a_rotated_join_token_stops_working_at_once_and_joined_nodes_stay() {
             && nodes.iter().any(|n| n["ID"] == w1.as_str())
     });
     // A member's renewal with a bad CSR is refused, audited, and changes nothing.
-    let creds = crate::bad_input::credentials_of(&c.workers()[0]);
+    let creds = crate::harness::credentials_of(&c.workers()[0]);
     let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
     let err = tokio::runtime::Runtime::new().unwrap().block_on(async {
         let ch = skep::net::channel(&m.addr(), tls).unwrap();
@@ -111,8 +111,7 @@ fn a_removed_node_is_cut_off_at_once_and_its_kept_identity_is_refused_everywhere
         Empty, HeartbeatRequest, IssueRequest, RaftMessage, SecretRequest, SessionRequest,
         TaskReport,
     };
-    if !nix::unistd::Uid::effective().is_root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = Cluster::init(1, 2);
@@ -156,7 +155,7 @@ fn a_removed_node_is_cut_off_at_once_and_its_kept_identity_is_refused_everywhere
         });
     }
     // What a thief of w1's disk (or w1 itself) keeps after the removal.
-    let creds = crate::bad_input::credentials_of(&c.workers()[0]);
+    let creds = crate::harness::credentials_of(&c.workers()[0]);
     let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // A live task session with that identity, open before the removal.
@@ -316,8 +315,7 @@ fn rfc3339(s: &str) -> time::OffsetDateTime {
 
 #[test]
 fn short_lived_certificates_renew_on_their_own_and_tasks_keep_running() {
-    if !nix::unistd::Uid::effective().is_root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = Cluster::init_with(1, 1, &["--cert-expiry", "10s"]);

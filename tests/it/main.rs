@@ -1,6 +1,7 @@
 //! skep's integration tests: real `skep daemon` processes on loopback addresses, driven through
 //! the `skep` CLI as an operator would. One test binary (fast to build, as ripgrep does it);
-//! a module per topic, with the shared helpers in `harness`.
+//! a module per topic, with the shared helpers in `harness/` (topic modules import only from it,
+//! never from each other).
 //!
 //! Every node gets its own address (`127.X.Y.Z:2377`), data directory and socket, so the tests
 //! run in parallel; every daemon is killed when its test ends, even when it fails, and a failing
@@ -23,7 +24,6 @@ mod faults;
 mod health;
 mod lifecycle;
 mod mesh;
-mod netns;
 mod operators;
 mod raft_traffic;
 mod reads;

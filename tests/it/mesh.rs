@@ -9,29 +9,10 @@ use std::io::Read as _;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use crate::harness::{Cluster, Node, json_lines, running_task_ids, timeout, wait_for, wait_until};
-
-/// One request through `addr`: the `node=... task=...` line the task answers with.
-pub(crate) fn ask(addr: SocketAddr) -> Result<String, String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
-    if out.starts_with("node=") {
-        Ok(out.trim().to_string())
-    } else {
-        Err(format!("unexpected answer {out:?}"))
-    }
-}
-
-/// `node`'s address with `port`.
-fn on(node: &Node, port: u16) -> SocketAddr {
-    format!("{}:{port}", node.addr().split(':').next().unwrap())
-        .parse()
-        .unwrap()
-}
+use crate::harness::{
+    Cluster, Node, answered_from_other_nodes, ask, json_lines, on, running_task_ids,
+    serving_program, timeout, wait_for, wait_until,
+};
 
 /// A UDP client of its own (a flow of its own) for the published port `addr`.
 fn udp_client(addr: SocketAddr) -> UdpSocket {
@@ -68,22 +49,6 @@ fn echo_within(sock: &UdpSocket, payload: &str) -> String {
     })
 }
 
-/// The test program's path for exec tasks, or `None` (with a notice) when exec tasks cannot
-/// run here (not root) or the program cannot be built.
-pub(crate) fn serving_program() -> Option<String> {
-    if !nix::unistd::Uid::effective().is_root() {
-        crate::harness::cannot_run("exec runtime needs root");
-        return None;
-    }
-    match crate::runtime::test_program() {
-        Ok(p) => Some(p.to_str()?.to_string()),
-        Err(e) => {
-            crate::harness::cannot_run(format!("cannot build the test program ({e})"));
-            None
-        }
-    }
-}
-
 /// A log without its terminal colours.
 fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -100,35 +65,6 @@ fn strip_ansi(text: &str) -> String {
         }
     }
     out
-}
-
-/// Waits until `port` answers through every node of `c`, each time (among ten requests) from
-/// a task on some other node too.
-pub(crate) fn answered_from_other_nodes(c: &Cluster, port: u16) {
-    let ids = c.ids();
-    for n in &c.nodes {
-        wait_for(
-            timeout(),
-            &format!("answers from other nodes through {}", n.name()),
-            || {
-                let mut from = BTreeSet::new();
-                for _ in 0..10 {
-                    let a = ask(on(n, port))?;
-                    let node = ids
-                        .iter()
-                        .find(|id| a.contains(&format!("node={id}")))
-                        .ok_or(a.clone())?;
-                    from.insert(node.clone());
-                }
-                from.remove(n.id());
-                if from.is_empty() {
-                    Err("only local answers".into())
-                } else {
-                    Ok(from)
-                }
-            },
-        );
-    }
 }
 
 #[test]
@@ -342,11 +278,11 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() 
 
 #[test]
 fn containers_are_reached_on_their_own_address_through_the_mesh() {
-    let Some(image) = crate::docker_services::image_or_skip() else {
+    let Some(image) = crate::harness::image_or_skip() else {
         return;
     };
-    let name = crate::docker_services::unique_name("meshweb");
-    let _guard = crate::docker_services::ContainerGuard(name.clone());
+    let name = crate::harness::unique_name("meshweb");
+    let _guard = crate::harness::ContainerGuard(name.clone());
     let c = Cluster::init(1, 1);
     let m = c.first();
     m.cli_ok(&[
@@ -381,8 +317,8 @@ fn containers_are_reached_on_their_own_address_through_the_mesh() {
         );
     }
     // UDP too: a container's port 53, through a tunnel and directly.
-    let dns = crate::docker_services::unique_name("meshdns");
-    let _dns_guard = crate::docker_services::ContainerGuard(dns.clone());
+    let dns = crate::harness::unique_name("meshdns");
+    let _dns_guard = crate::harness::ContainerGuard(dns.clone());
     m.cli_ok(&[
         "service",
         "create",
@@ -556,13 +492,13 @@ networks:
 /// takes as its own and serves only to its containers on the service's networks.
 #[test]
 fn containers_on_a_stack_network_reach_services_by_name() {
-    let Some(image) = crate::docker_services::image_or_skip() else {
+    let Some(image) = crate::harness::image_or_skip() else {
         return;
     };
-    let stack = crate::docker_services::unique_name("dnames");
+    let stack = crate::harness::unique_name("dnames");
     let _guards: Vec<_> = ["web", "client", "loner"]
         .iter()
-        .map(|s| crate::docker_services::ContainerGuard(format!("{stack}_{s}")))
+        .map(|s| crate::harness::ContainerGuard(format!("{stack}_{s}")))
         .collect();
     let c = Cluster::init(1, 1);
     let m = c.first();
@@ -681,11 +617,11 @@ fn in_container_netns<T: Send + 'static>(
     service: &str,
     f: impl FnOnce() -> Result<T, String> + Send + 'static,
 ) -> Result<T, String> {
-    let (id, _) = crate::docker_services::containers(service, false)
+    let (id, _) = crate::harness::containers(service, false)
         .into_iter()
         .next()
         .ok_or_else(|| format!("no running container of {service}"))?;
-    let out = crate::docker_services::docker(&["inspect", "-f", "{{.State.Pid}}", &id]);
+    let out = crate::harness::docker(&["inspect", "-f", "{{.State.Pid}}", &id]);
     let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
     std::thread::spawn(move || {
         let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| e.to_string())?;
@@ -698,7 +634,7 @@ fn in_container_netns<T: Send + 'static>(
 
 /// The address `name` has in the `hosts` file the agent keeps for task `task_id` of `node`.
 fn address_in_hosts(node: &Node, task_id: &str, name: &str) -> Result<String, String> {
-    let found = crate::at_rest::files_under(&node.data_dir())
+    let found = crate::harness::files_under(&node.data_dir())
         .into_iter()
         .find(|p| p.ends_with(format!("{task_id}/hosts")))
         .ok_or_else(|| format!("no hosts file for task {task_id}"))?;
@@ -717,13 +653,13 @@ fn udp_services_are_reached_by_name_from_the_node_and_from_containers() {
     let Some(prog) = serving_program() else {
         return;
     };
-    let Some(image) = crate::docker_services::image_or_skip() else {
+    let Some(image) = crate::harness::image_or_skip() else {
         return;
     };
-    let stack = crate::docker_services::unique_name("udpn");
+    let stack = crate::harness::unique_name("udpn");
     let _guards: Vec<_> = ["ctr", "loner"]
         .iter()
-        .map(|s| crate::docker_services::ContainerGuard(format!("{stack}_{s}")))
+        .map(|s| crate::harness::ContainerGuard(format!("{stack}_{s}")))
         .collect();
     let c = Cluster::init(1, 0);
     let m = c.first();

@@ -325,7 +325,7 @@ fn a_follower_that_slept_through_a_token_rotation_refuses_the_old_token() {
         .cli_ok(&["join-token", "-q", "worker"])
         .trim()
         .to_string();
-    let root = crate::bad_input::root_der(&c.nodes[f]);
+    let root = crate::harness::root_der(&c.nodes[f]);
     let addr = c.nodes[f].addr();
 
     c.nodes[f].pause();
@@ -339,7 +339,7 @@ fn a_follower_that_slept_through_a_token_rotation_refuses_the_old_token() {
     let asked = {
         let (addr, old) = (addr.clone(), old.clone());
         rt.spawn(async move {
-            crate::bad_input::issue_raw(&addr, &root, &old, crate::bad_input::csr()).await
+            crate::harness::issue_raw(&addr, &root, &old, crate::harness::csr()).await
         })
     };
     wait_until(

@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::docker_services::{ContainerGuard, containers, image_or_skip, unique_name};
 use crate::harness::{
-    Cluster, Node, describe, running_task_ids, skep_bin, stdout, timeout, wait_for,
+    Cluster, ContainerGuard, Node, containers, describe, image_or_skip, running_task_ids, skep_bin,
+    stdout, timeout, unique_name, wait_for,
 };
 
 /// Daemon flags of every node here (see the module comment).
@@ -162,8 +162,7 @@ fn upgraded_binary(dir: &Path) -> PathBuf {
 
 #[test]
 fn exec_tasks_are_adopted_across_crash_upgrade_and_sigterm() {
-    if !nix::unistd::geteuid().is_root() {
-        crate::harness::cannot_run("the exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = swarm();
@@ -375,7 +374,7 @@ fn containers_are_adopted_across_crash_and_upgrade_and_removed_if_gone() {
 /// the task was given (recorded at its start) back into the routing mesh.
 #[test]
 fn an_adopted_exec_task_keeps_serving_its_published_port() {
-    let Some(prog) = crate::mesh::serving_program() else {
+    let Some(prog) = crate::harness::serving_program() else {
         return;
     };
     let mut c = swarm();
@@ -400,7 +399,7 @@ fn an_adopted_exec_task_keeps_serving_its_published_port() {
             .parse()
             .unwrap();
     let answer = wait_for(timeout(), "an answer on the published port", || {
-        crate::mesh::ask(addr)
+        crate::harness::ask(addr)
     });
     let task = before.keys().next().unwrap().clone();
     assert!(answer.contains(&format!("task={task}")), "{answer}");
@@ -416,7 +415,7 @@ fn an_adopted_exec_task_keeps_serving_its_published_port() {
         }
     });
     let again = wait_for(timeout(), "the adopted task answering again", || {
-        crate::mesh::ask(addr)
+        crate::harness::ask(addr)
     });
     assert_eq!(again, answer, "another task answered");
 }
@@ -425,8 +424,7 @@ fn an_adopted_exec_task_keeps_serving_its_published_port() {
 /// restart), and the mount goes when the task is removed.
 #[test]
 fn an_adopted_task_keeps_its_secrets_until_it_ends() {
-    if !nix::unistd::geteuid().is_root() {
-        crate::harness::cannot_run("the exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = swarm();
@@ -586,8 +584,7 @@ fn downtime(bin: &Path, rounds: usize) -> Vec<(Duration, Duration)> {
 #[test]
 #[ignore = "a measurement: needs a baseline binary (SKEP_BENCH_BASELINE_BIN) and root"]
 fn task_downtime_across_a_daemon_restart() {
-    if !nix::unistd::geteuid().is_root() {
-        crate::harness::cannot_run("the exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let Some(baseline) = baseline_bin() else {

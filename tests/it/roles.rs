@@ -7,7 +7,7 @@ use serde_json::Value;
 
 /// The role in the certificate a node holds on disk now.
 fn cert_role(n: &Node) -> skep_pki::Role {
-    let creds = crate::bad_input::credentials_of(n);
+    let creds = crate::harness::credentials_of(n);
     skep_pki::NodeCertInfo::from_der(&creds.cert_der)
         .unwrap()
         .role
@@ -33,8 +33,7 @@ fn wait_role(via: &Node, node: &str, role: &str) -> Vec<Value> {
 
 #[test]
 fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_running() {
-    if !nix::unistd::Uid::effective().is_root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 2);
@@ -65,7 +64,7 @@ fn promote_and_demote_move_raft_membership_and_certificates_while_tasks_keep_run
 
     // Demote the first manager (the leader) from itself: w1 takes over; m runs as a worker
     // with a worker certificate, and its old manager certificate is refused for manager calls.
-    let old_manager_creds = crate::bad_input::credentials_of(m);
+    let old_manager_creds = crate::harness::credentials_of(m);
     let said = m.cli_ok(&["node", "demote", m.name()]);
     assert_eq!(
         said.trim(),

@@ -9,15 +9,10 @@
 
 use serde_json::Value;
 
-use crate::at_rest::{contains, files_under};
 use crate::harness::{
-    Cluster, Node, assert_error, json_lines, mounts_under, running_hosts, timeout, wait_for,
-    wait_until, write_file,
+    Cluster, Node, assert_error, contains, files_under, json_lines, mounts_under, running_hosts,
+    timeout, wait_for, wait_until, write_file,
 };
-
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
 
 fn sha256_hex(b: &[u8]) -> String {
     use sha2::Digest as _;
@@ -120,8 +115,7 @@ fn audit_of<'a>(all: &'a [Value], action: &str) -> Vec<&'a Value> {
 
 #[test]
 fn exec_tasks_read_their_secrets_on_tmpfs_and_only_entitled_nodes_receive_them() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 2);
@@ -247,8 +241,7 @@ fn exec_tasks_read_their_secrets_on_tmpfs_and_only_entitled_nodes_receive_them()
 fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
     use skep::api::v1::SecretRequest;
     use skep::api::v1::dispatcher_client::DispatcherClient;
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 2);
@@ -268,7 +261,7 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
     let task_id = tasks(m, "holder")[0]["ID"].as_str().unwrap().to_string();
 
     let ask = |n: &Node, task: &str, secret: &str| {
-        let creds = crate::bad_input::credentials_of(n);
+        let creds = crate::harness::credentials_of(n);
         let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
@@ -349,8 +342,7 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
 
 #[test]
 fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 2);
@@ -476,15 +468,15 @@ fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() 
 
 #[test]
 fn docker_tasks_see_their_secret_read_only_on_tmpfs_and_others_do_not() {
-    let Some(image) = crate::docker_services::image_or_skip() else {
+    let Some(image) = crate::harness::image_or_skip() else {
         return;
     };
     let c = Cluster::init(1, 0);
     let m = c.first();
-    let name = crate::docker_services::unique_name("sdk");
-    let snoop = crate::docker_services::unique_name("sdk-snoop");
-    let _g1 = crate::docker_services::ContainerGuard(name.clone());
-    let _g2 = crate::docker_services::ContainerGuard(snoop.clone());
+    let name = crate::harness::unique_name("sdk");
+    let snoop = crate::harness::unique_name("sdk-snoop");
+    let _g1 = crate::harness::ContainerGuard(name.clone());
+    let _g2 = crate::harness::ContainerGuard(snoop.clone());
     let value = "docker-secret-value-p0o9i8";
     create_secret(m, "dk", value, &[]);
     m.cli_ok(&[
@@ -559,7 +551,7 @@ fn docker_tasks_see_their_secret_read_only_on_tmpfs_and_others_do_not() {
 
 #[test]
 fn without_tmpfs_a_task_with_secrets_fails_and_nothing_reaches_the_disk() {
-    let Some(image) = crate::docker_services::image_or_skip() else {
+    let Some(image) = crate::harness::image_or_skip() else {
         return;
     };
     if std::process::Command::new("setpriv")
@@ -585,8 +577,8 @@ fn without_tmpfs_a_task_with_secrets_fails_and_nothing_reaches_the_disk() {
     w.wait_up();
     let token = m.cli_ok(&["join-token", "-q", "worker"]).trim().to_string();
     w.cli_ok(&["swarm", "join", "--token", &token, &m.addr()]);
-    let name = crate::docker_services::unique_name("nocap");
-    let _g = crate::docker_services::ContainerGuard(name.clone());
+    let name = crate::harness::unique_name("nocap");
+    let _g = crate::harness::ContainerGuard(name.clone());
     let value = "never-on-disk-value-l4k3j2";
     create_secret(m, "nd", value, &[]);
     m.cli_ok(&[

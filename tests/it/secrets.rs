@@ -2,8 +2,9 @@
 //! never by value, refused when duplicated, oversized or in use, resolved when a service names
 //! them, audited without the value, and sealed at rest.
 
-use crate::at_rest::{contains, files_under};
-use crate::harness::{Cluster, Node, assert_error, json_lines, stdout, write_file};
+use crate::harness::{
+    Cluster, Node, assert_error, contains, files_under, json_lines, stdout, write_file,
+};
 
 /// Every CLI output of the test, checked at the end for the plaintext.
 struct Seen(Vec<String>);

@@ -59,14 +59,9 @@ fn summary(tasks: &[Value]) -> String {
         .join("\n")
 }
 
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 #[test]
 fn an_exec_service_converges_scales_and_is_removed() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime unavailable (not root)");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 2);

@@ -8,10 +8,6 @@ use serde_json::Value;
 
 use crate::harness::{Cluster, Node, json_lines, timeout, wait_for};
 
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 fn ps(node: &Node, service: &str) -> Vec<Value> {
     json_lines(&node.cli_ok(&["service", "ps", "--format", "json", service]))
 }
@@ -101,8 +97,7 @@ fn task_pid(task_id: &str) -> Option<i32> {
 
 #[test]
 fn replicas_spread_evenly_and_a_killed_task_is_replaced() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 2);
@@ -158,8 +153,7 @@ fn replicas_spread_evenly_and_a_killed_task_is_replaced() {
 
 #[test]
 fn tasks_leave_a_dead_node_and_a_drained_node() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = Cluster::init(1, 3);
@@ -205,8 +199,7 @@ fn tasks_leave_a_dead_node_and_a_drained_node() {
 
 #[test]
 fn a_global_service_follows_nodes_joining() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 1);
@@ -236,8 +229,7 @@ fn a_global_service_follows_nodes_joining() {
 
 #[test]
 fn a_start_first_update_never_drops_below_the_declared_count() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 2);
@@ -325,8 +317,7 @@ fn task_processes(dir: &std::path::Path) -> usize {
 
 #[test]
 fn tasks_survive_a_leader_change_without_loss_or_duplicates() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let mut c = Cluster::init(3, 1);

@@ -11,10 +11,6 @@ use serde_json::Value;
 
 use crate::harness::{Cluster, Node, assert_error, json_lines, stderr, timeout, wait_for};
 
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 /// The tutorial's file, adapted: the exec runtime instead of an image, and a second service
 /// (`extra`) to prune later.
 fn seed(replicas: u32, with_extra: bool) -> String {
@@ -108,8 +104,7 @@ fn running_hosts(m: &Node, stack: &str) -> Vec<String> {
 
 #[test]
 fn the_tutorial_stack_deploys_updates_prunes_and_is_removed() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime unavailable (not root)");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let c = Cluster::init(1, 2);

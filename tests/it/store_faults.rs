@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use super::harness::{
+use crate::harness::{
     Cluster, Node, find_node, json_lines, leader_id, run, stderr, summary, timeout, wait_for,
     wait_until,
 };

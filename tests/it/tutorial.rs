@@ -10,8 +10,10 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::docker_services::{ContainerGuard, image_or_skip, unique_name};
-use crate::harness::{Cluster, json_lines, running_hosts, stderr, timeout, wait_until};
+use crate::harness::{
+    Cluster, ContainerGuard, image_or_skip, json_lines, running_hosts, stderr, timeout,
+    unique_name, wait_until,
+};
 
 /// The tutorial's file with the test image (which answers `node=... task=...` on port 80).
 fn seed(image: &str, replicas: u32) -> String {
@@ -47,7 +49,7 @@ secrets:
 
 /// IDs of the running containers of `service`.
 fn containers(service: &str) -> Vec<String> {
-    crate::docker_services::containers(service, false)
+    crate::harness::containers(service, false)
         .into_iter()
         .map(|(id, _)| id)
         .collect()
@@ -129,7 +131,7 @@ fn the_seed_tutorial_with_a_local_image_on_three_nodes() {
 
     // curl http://<any node>:4000/: each node's address is answered, and by containers on
     // other nodes too.
-    crate::mesh::answered_from_other_nodes(&c, 4000);
+    crate::harness::answered_from_other_nodes(&c, 4000);
 
     // Edit the replica count and deploy again: the same service, updated in place.
     let before: Value = serde_json::from_str(&m.cli_ok(&["service", "inspect", &web])).unwrap();

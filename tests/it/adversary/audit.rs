@@ -379,7 +379,7 @@ fn an_operators_token_read_and_rotation_name_the_operator() {
 
 /// `Manager.Propose` called with a manager's own kept certificate (a thief with its data dir).
 fn propose_as(node: &Node, via: &Node, cmd: &Command) -> Result<Response, tonic::Status> {
-    let creds = crate::bad_input::credentials_of(node);
+    let creds = crate::harness::credentials_of(node);
     let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
     let payload = skep::store::wire::encode(cmd).unwrap();
     rt().block_on(async {

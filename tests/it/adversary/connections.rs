@@ -482,7 +482,7 @@ fn a_workers_report_with_a_huge_error_is_cut_and_a_huge_task_id_refused() {
             .find_map(|t| t["ID"].as_str().map(str::to_string))
             .ok_or_else(|| format!("{tasks:?}"))
     });
-    let creds = crate::bad_input::credentials_of(w);
+    let creds = crate::harness::credentials_of(w);
     let tls = skep::net::client_config(&creds.root_der, Some(&creds)).expect("client config");
     let rt = rt();
     let _guard = rt.enter();

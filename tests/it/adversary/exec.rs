@@ -12,10 +12,6 @@ use std::process::{Command, Output};
 
 use crate::harness::{Cluster, Node, json_lines, run, skep_bin, timeout, wait_for, wait_until};
 
-fn root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 /// An operator's certificate directory, made as an operator would (`operator csr`, then
 /// `operator sign` on the manager).
 fn enrol(m: &Node, root: &Path, name: &str, role: &str) -> PathBuf {
@@ -86,8 +82,7 @@ fn open_dir() -> tempfile::TempDir {
 
 #[test]
 fn a_deployers_exec_task_cannot_read_the_managers_keys_or_use_its_socket() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let ops = tempfile::tempdir().unwrap();
@@ -99,7 +94,7 @@ fn a_deployers_exec_task_cannot_read_the_managers_keys_or_use_its_socket() {
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
 
     // Every file of the manager, listed from outside: the task tries each one.
-    let files = crate::at_rest::files_under(&m.data_dir());
+    let files = crate::harness::files_under(&m.data_dir());
     assert!(
         files.iter().any(|f| f.ends_with("kek")),
         "no kek under the data dir: {files:?}"
@@ -170,8 +165,7 @@ fn with_deployer(ops: &Path) -> (Cluster, PathBuf) {
 /// the node.
 #[test]
 fn a_deployers_health_check_does_not_run_as_the_node() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     let ops = tempfile::tempdir().unwrap();
@@ -308,8 +302,7 @@ impl Drop for Sleeper {
 
 #[test]
 fn a_tasks_secret_tmpfs_does_not_propagate_into_other_mount_namespaces() {
-    if !root() {
-        crate::harness::cannot_run("exec runtime needs root");
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
     // The node's data directory on a shared mount, as `/` is on a systemd host.
@@ -389,7 +382,7 @@ fn a_tasks_secret_tmpfs_does_not_propagate_into_other_mount_namespaces() {
         .join(&task)
         .join("secrets/files/prop");
     let readable =
-        std::fs::read(&through).is_ok_and(|b| crate::at_rest::contains(&b, value.as_bytes()));
+        std::fs::read(&through).is_ok_and(|b| crate::harness::contains(&b, value.as_bytes()));
     assert!(
         leaked.is_empty() && !readable,
         "the secrets tmpfs of task {task} propagated into another mount namespace:\n{}\nreadable at {}: {readable}",

@@ -10,8 +10,7 @@ use skep::api::v1::manager_client::ManagerClient;
 use skep::api::v1::{Empty, HeartbeatRequest, JoinRaftRequest, RaftMessage, TunnelFrame};
 use skep::net::Credentials;
 
-use crate::bad_input::credentials_of;
-use crate::harness::{Cluster, Node, timeout, wait_for};
+use crate::harness::{Cluster, Node, credentials_of, timeout, wait_for};
 
 /// What a call came to: `Ok(())`, or the status's code and message.
 type Outcome = Result<(), String>;
@@ -335,7 +334,7 @@ fn a_renewed_nodes_previous_certificate_is_refused_and_its_live_connection_cut()
 
 #[test]
 fn a_node_with_no_task_on_a_services_networks_cannot_tunnel_to_its_exposed_port() {
-    let Some(prog) = crate::mesh::serving_program() else {
+    let Some(prog) = crate::harness::serving_program() else {
         return;
     };
     let c = Cluster::init(1, 2);
