@@ -51,6 +51,18 @@ pub fn quote(s: &str) -> String {
 
 /// For unit tests that need root (mounts, namespaces): whether to go on. Without root the
 /// test fails, so CI never passes by skipping, unless `SKEP_IT_ALLOW_SKIP=1` says to skip.
+/// A status with the chain of errors under it (a TLS alert sits a few levels down).
+pub fn error_chain(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) fn root_or_skip() -> bool {
     if nix::unistd::geteuid().is_root() {

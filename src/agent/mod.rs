@@ -17,6 +17,8 @@ pub mod supervisor;
 pub mod vip;
 
 use crate::api::v1::HeartbeatRequest;
+use crate::identity::Learnt;
+use crate::util::error_chain;
 
 /// The managers an agent knows, leader first; shared with the daemon, which persists it.
 pub type ManagerList = Arc<Mutex<Vec<String>>>;
@@ -37,12 +39,11 @@ pub struct Agent {
     pub managers: ManagerList,
     /// Heartbeat period until a manager says otherwise.
     pub period: Duration,
-    /// The node's identity, whose certificate says the role it runs as.
+    /// The node's TLS identity, which pins the managers the leader names.
     pub identity: Arc<crate::net::identity::LiveIdentity>,
-    /// Woken when the leader gives this node another role or root than its certificate's.
-    pub renew_now: Arc<tokio::sync::Notify>,
-    /// What the renewer is to do when woken.
-    pub pending: Arc<Mutex<Pending>>,
+    /// The node's identity task: told when the leader gives this node another role or root
+    /// than its certificate's.
+    pub node: crate::identity::Handle,
     /// Where the leader's answer says the swarm reaches this node.
     pub swarm_addr: Arc<Mutex<String>>,
     /// Published ports the routing mesh cannot listen on here (reported with heartbeats).
@@ -173,15 +174,6 @@ impl Agent {
     }
 }
 
-/// What the agent learnt from the leader that the certificate renewer acts on.
-#[derive(Debug, Default)]
-pub struct Pending {
-    /// Roots to trust from now on (concatenated DER, the issuing root first).
-    pub roots: Option<Vec<u8>>,
-    /// Renew the certificate now (another role, or another issuing root).
-    pub renew: bool,
-}
-
 impl Agent {
     /// Follows what the leader says of this node: new trusted roots are taken, and a
     /// certificate is asked for now if the node's role (`node promote|demote`) or the root
@@ -192,7 +184,7 @@ impl Agent {
         {
             *a = resp.addr.clone();
         }
-        let creds = self.identity.creds();
+        let creds = self.node.current().creds;
         let role = skep_pki::NodeCertInfo::from_der(&creds.cert_der)
             .map(|i| i.role)
             .ok();
@@ -235,25 +227,7 @@ impl Agent {
             }
         }
         if renew || roots.is_some() {
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            p.renew |= renew;
-            if roots.is_some() {
-                p.roots = roots;
-            }
-            drop(p);
-            self.renew_now.notify_one();
+            self.node.learnt(Learnt { roots, renew });
         }
     }
-}
-
-/// A status with the chain of errors under it (a TLS alert sits a few levels down).
-pub(crate) fn error_chain(s: &tonic::Status) -> String {
-    let mut out = s.message().to_string();
-    let mut next = std::error::Error::source(s);
-    while let Some(e) = next {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        next = e.source();
-    }
-    out
 }

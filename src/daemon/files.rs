@@ -10,6 +10,7 @@ use skep_pki::NodeKey;
 
 use super::{Daemon, DaemonError};
 use crate::agent::ManagerList;
+use crate::identity::IdentityError;
 use crate::net::{self, Credentials};
 use crate::secret::SecretBytes;
 use crate::store::model::NodeRole;
@@ -65,7 +66,7 @@ pub(super) fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
 pub(super) struct Paths(pub(super) PathBuf);
 
 impl Paths {
-    /// A renewed certificate waiting to replace `node.crt` (see [`super::renew::Renewer::persist`]).
+    /// A renewed certificate waiting to replace `node.crt` (see [`NodeKeys`]).
     pub(super) fn next_cert(&self) -> PathBuf {
         self.0.join("node.crt.next")
     }
@@ -191,6 +192,38 @@ pub(super) fn open_identity(
     }
     net::identity::LiveIdentity::new(creds(read(&p.cert())?))
         .map_err(|e| DaemonError::Corrupt(p.cert(), e.to_string()))
+}
+
+/// The node's key, certificate and roots on disk, as the identity task changes them.
+pub(super) struct NodeKeys {
+    pub(super) paths: Paths,
+    pub(super) kek: Kek,
+}
+
+impl crate::identity::Keep for NodeKeys {
+    fn roots(&self, der: &[u8]) -> Result<(), IdentityError> {
+        write_private(&self.paths.root(), der).map_err(|e| IdentityError::Keep(e.to_string()))
+    }
+
+    /// New certificate to `node.crt.next`, new key (sealed) into place, then the certificate:
+    /// a crash at any point leaves a pair that [`open_identity`] can use.
+    fn credentials(&self, creds: &Credentials) -> Result<(), IdentityError> {
+        let keep = |e: DaemonError| IdentityError::Keep(e.to_string());
+        let next = self.paths.next_cert();
+        write_private(&next, &creds.cert_der).map_err(keep)?;
+        write_private(&self.paths.chain(), &creds.chain.concat()).map_err(keep)?;
+        let sealed = self
+            .kek
+            .seal_blob(RecordKind::NodeKey, creds.key_der.expose());
+        write_private(&self.paths.key(), &sealed).map_err(keep)?;
+        std::fs::rename(&next, self.paths.cert()).map_err(|source| {
+            keep(DaemonError::Io {
+                what: "renaming into place",
+                path: next,
+                source,
+            })
+        })
+    }
 }
 
 /// Reads, changes and writes `node.json` (other fields as they are on disk now). One writer

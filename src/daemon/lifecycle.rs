@@ -10,12 +10,13 @@ use skep_pki::{Csr, JoinToken, NodeKey, RootCa};
 use tonic::Status;
 
 use super::files::{Identity, NodeFile, Paths, read, update_node_file, write_private};
-use super::{Daemon, DaemonError, Phase, Running, node_role};
+use super::{Daemon, DaemonError, Phase, Running};
 use crate::agent::join::{JoinError, Joined};
 use crate::api::v1::{
     Empty, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse,
 };
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::identity::node_role;
 use crate::manager::control::{MIN_CERT_EXPIRY, ROOT_CA_VALIDITY_DAYS};
 use crate::manager::{Manager, raft_id_of, to_status};
 use crate::net;

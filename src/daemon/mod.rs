@@ -17,7 +17,6 @@ mod control;
 mod files;
 mod lifecycle;
 mod recover;
-mod renew;
 mod store_watch;
 
 use std::net::SocketAddr;
@@ -32,6 +31,7 @@ use crate::agent::executor::Executors;
 use crate::agent::supervisor::{AgentService, Supervisor};
 use crate::agent::{Agent, ManagerList};
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::identity::{Certify, node_role};
 use crate::manager::services::Services;
 use crate::manager::{Manager, raft_id_of};
 use crate::net;
@@ -40,10 +40,10 @@ use crate::store::model::NodeRole;
 use crate::store::seal::{Dek, Kek, RecordKind};
 use control::ControlService;
 use files::{
-    NodeFile, Paths, open_identity, persist_managers, read, update_node_file, write_private,
+    NodeFile, NodeKeys, Paths, open_identity, persist_managers, read, update_node_file,
+    write_private,
 };
 use lifecycle::{apply_autolock, sync_autolock};
-use renew::Renewer;
 use store_watch::{audit_forced_rollback, watch_store};
 
 /// How to run a node (`skep daemon` flags).
@@ -125,10 +125,8 @@ struct Link {
     client_tls: Arc<rustls::ClientConfig>,
     managers: ManagerList,
     revocations: Arc<net::revoke::Revocations>,
-    /// Wakes the renewer at once (the swarm gave this node another role or root).
-    renew_now: Arc<tokio::sync::Notify>,
-    /// What the agent learnt for the renewer to act on.
-    pending: Arc<Mutex<crate::agent::Pending>>,
+    /// The node's identity task: what the agent learns goes to it; it publishes the role.
+    node: crate::identity::Handle,
     /// The address the swarm reaches this node at, as the leader last said.
     swarm_addr: Arc<Mutex<String>>,
     /// Published ports the routing mesh cannot listen on here.
@@ -161,29 +159,35 @@ impl Running {
     }
 }
 
-/// The role a certificate gives.
-fn node_role(r: skep_pki::Role) -> NodeRole {
-    match r {
-        skep_pki::Role::Manager => NodeRole::Manager,
-        skep_pki::Role::Worker => NodeRole::Worker,
-    }
-}
-
-type RoleChannel = (
-    tokio::sync::mpsc::UnboundedSender<NodeRole>,
-    Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NodeRole>>>,
-);
-
 /// A node's daemon.
 pub struct Daemon {
     cfg: DaemonConfig,
     hostname: String,
     phase: tokio::sync::Mutex<Phase>,
     unlock_failures: Mutex<Vec<AuditEvent>>,
-    /// Roles this node's renewed certificates give it; the daemon follows them.
-    roles: RoleChannel,
     /// This daemon, for the Control API it serves to operators over mTLS.
     me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
+}
+
+/// Follows the role the node's certificate gives (the identity task's renewal after `node
+/// promote` or `node demote`, or one finished before a restart): the daemon switches to it.
+async fn follow_role(
+    daemon: std::sync::Weak<Daemon>,
+    mut current: tokio::sync::watch::Receiver<crate::identity::Current>,
+) {
+    loop {
+        let role = current.borrow_and_update().role;
+        let Some(d) = daemon.upgrade() else {
+            return;
+        };
+        if let Err(e) = d.switch_role(role).await {
+            tracing::error!(error = %e, role = role.as_str(), "cannot change this node's role");
+        }
+        drop(d);
+        if current.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -191,17 +195,6 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     net::limit::raise_fd_limit();
     let daemon = Arc::new(Daemon::load(config).await?);
     daemon.resume().await?;
-    let roles = daemon.roles.1.lock().ok().and_then(|mut r| r.take());
-    if let Some(mut roles) = roles {
-        let d = daemon.clone();
-        tokio::spawn(async move {
-            while let Some(role) = roles.recv().await {
-                if let Err(e) = d.switch_role(role).await {
-                    tracing::error!(error = %e, role = role.as_str(), "cannot change this node's role");
-                }
-            }
-        });
-    }
     let socket = daemon.cfg.socket.clone();
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), "serving the control API");
@@ -297,10 +290,6 @@ impl Daemon {
             hostname,
             phase: tokio::sync::Mutex::new(Phase::Inactive),
             unlock_failures: Mutex::new(Vec::new()),
-            roles: {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                (tx, Mutex::new(Some(rx)))
-            },
             me: std::sync::OnceLock::new(),
         };
         Ok(daemon)
@@ -316,6 +305,9 @@ impl Daemon {
         }
         let file: NodeFile = serde_json::from_slice(&read(&paths.node())?)
             .map_err(|e| DaemonError::Corrupt(paths.node(), e.to_string()))?;
+        // Held while the node starts, as `init`, `join` and `unlock` do: its role follower
+        // acts once the node is Active.
+        let mut current = daemon.phase.lock().await;
         let phase = if file.autolock && file.role == NodeRole::Manager {
             tracing::warn!("this manager is locked: run `skep swarm unlock` with the unlock key");
             Phase::Locked(file)
@@ -331,7 +323,7 @@ impl Daemon {
                 Err(e) => return Err(e),
             }
         };
-        *daemon.phase.lock().await = phase;
+        *current = phase;
         Ok(())
     }
 
@@ -371,12 +363,23 @@ impl Daemon {
         if file.role == NodeRole::Manager && !managers.contains(&file.advertise_addr) {
             managers.insert(0, file.advertise_addr.clone());
         }
+        let managers: ManagerList = Arc::new(Mutex::new(managers));
+        let (certify, node) = Certify::new(
+            identity.clone(),
+            node_role(info.role),
+            NodeKeys {
+                paths: self.paths(),
+                kek: kek.clone(),
+            },
+            managers.clone(),
+            client_tls.clone(),
+            file.node_id.clone(),
+        );
         let link = Link {
             client_tls: client_tls.clone(),
-            managers: Arc::new(Mutex::new(managers)),
+            managers,
             revocations: net::revoke::Revocations::new(),
-            renew_now: Arc::new(tokio::sync::Notify::new()),
-            pending: Arc::new(Mutex::new(Default::default())),
+            node,
             swarm_addr: Arc::new(Mutex::new(String::new())),
             port_errors: Default::default(),
         };
@@ -390,20 +393,12 @@ impl Daemon {
         let tasks = vec![
             tokio::spawn(supervisor.clone().run()),
             tokio::spawn(persist_managers(self.paths().node(), link.managers.clone())),
-            tokio::spawn(
-                Renewer {
-                    identity: identity.clone(),
-                    kek: kek.clone(),
-                    paths: self.paths(),
-                    managers: link.managers.clone(),
-                    tls: client_tls,
-                    node_id: file.node_id.clone(),
-                    renew_now: link.renew_now.clone(),
-                    pending: link.pending.clone(),
-                    roles: self.roles.0.clone(),
-                }
-                .run(),
-            ),
+            tokio::spawn(certify.run()),
+            // A role change interrupted after the renewal is finished now.
+            tokio::spawn(follow_role(
+                self.me.get().cloned().unwrap_or_default(),
+                link.node.subscribe(),
+            )),
         ];
         let mut tasks = tasks;
         tasks.push(tokio::spawn(
@@ -423,11 +418,6 @@ impl Daemon {
         let (manager, role_tasks) = self
             .start_role(&file, kek, &identity, &supervisor, &link)
             .await?;
-        // A role change interrupted after the renewal is finished now.
-        let cert_role = node_role(info.role);
-        if cert_role != file.role {
-            let _ = self.roles.0.send(cert_role);
-        }
         Ok(Running {
             file,
             kek: kek.clone(),
@@ -532,8 +522,7 @@ impl Daemon {
             managers: link.managers.clone(),
             period: self.cfg.heartbeat_period,
             identity: identity.clone(),
-            renew_now: link.renew_now.clone(),
-            pending: link.pending.clone(),
+            node: link.node.clone(),
             swarm_addr: link.swarm_addr.clone(),
             port_errors: link.port_errors.clone(),
             issuer_checked: Default::default(),
@@ -552,10 +541,7 @@ impl Daemon {
         let Phase::Active(r) = &mut *phase else {
             return Ok(());
         };
-        let cert_role = skep_pki::NodeCertInfo::from_der(&r.identity.creds().cert_der)
-            .map(|i| node_role(i.role))
-            .map_err(|e| DaemonError::Corrupt(self.paths().cert(), e.to_string()))?;
-        if r.file.role == role || cert_role != role {
+        if r.file.role == role || r.link.node.current().role != role {
             return Ok(());
         }
         tracing::info!(

@@ -1,38 +1,74 @@
-//! The node certificate's renewal: before it expires, for a fresh key, over the node's
-//! current mTLS identity; also takes the swarm's new trusted roots.
+//! The identity task: renews the node's certificate at a random point between 50% and 80%
+//! of its life (or at once when the swarm changed its role or issuing root), for a fresh key
+//! each time, over the node's current mTLS identity; takes new trusted roots; keeps what
+//! changed and publishes it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::files::{Paths, write_private};
-use super::{DaemonError, node_role};
-use crate::agent::ManagerList;
+use tokio::sync::{mpsc, watch};
+
+use super::{Current, Handle, IdentityError, Keep, Learnt, node_role};
+use crate::net::identity::LiveIdentity;
 use crate::net::{self, Credentials};
 use crate::secret::SecretBytes;
 use crate::store::model::NodeRole;
-use crate::store::seal::{Kek, RecordKind};
 
-/// Renews the node's certificate at a random point between 50% and 80% of its life, for a
-/// fresh key each time, over the node's current mTLS identity; keeps the new pair on disk
-/// (the key sealed) and swaps it into every TLS config. Open connections are not disturbed.
-pub(super) struct Renewer {
-    pub(super) identity: Arc<net::identity::LiveIdentity>,
-    pub(super) kek: Kek,
-    pub(super) paths: Paths,
-    pub(super) managers: ManagerList,
-    pub(super) tls: Arc<rustls::ClientConfig>,
-    pub(super) node_id: String,
-    pub(super) renew_now: Arc<tokio::sync::Notify>,
-    pub(super) pending: Arc<Mutex<crate::agent::Pending>>,
-    pub(super) roles: tokio::sync::mpsc::UnboundedSender<NodeRole>,
+/// The task that holds a node's key. Open connections are not disturbed by a renewal.
+pub struct Certify {
+    identity: Arc<LiveIdentity>,
+    keep: Box<dyn Keep>,
+    managers: Arc<Mutex<Vec<String>>>,
+    tls: Arc<rustls::ClientConfig>,
+    node_id: String,
+    learnt: mpsc::UnboundedReceiver<Learnt>,
+    current: watch::Sender<Current>,
 }
 
-impl Renewer {
-    /// Takes what the agent asked for: new trusted roots are saved and used for every new
+impl Certify {
+    /// The task for the node `node_id` whose certificate, in `identity`, gives it `role`;
+    /// renewals are asked of `managers` over `tls`, and what changes is kept by `keep`.
+    pub fn new(
+        identity: Arc<LiveIdentity>,
+        role: NodeRole,
+        keep: impl Keep,
+        managers: Arc<Mutex<Vec<String>>>,
+        tls: Arc<rustls::ClientConfig>,
+        node_id: String,
+    ) -> (Self, Handle) {
+        let (learnt_tx, learnt) = mpsc::unbounded_channel();
+        let (current, current_rx) = watch::channel(Current {
+            creds: identity.creds(),
+            role,
+        });
+        let task = Certify {
+            identity,
+            keep: Box::new(keep),
+            managers,
+            tls,
+            node_id,
+            learnt,
+            current,
+        };
+        let handle = Handle {
+            learnt: learnt_tx,
+            current: current_rx,
+        };
+        (task, handle)
+    }
+
+    /// What was learnt so far, `first` and all that is queued after it.
+    fn drain(&mut self, mut first: Learnt) -> Learnt {
+        while let Ok(later) = self.learnt.try_recv() {
+            first.merge(later);
+        }
+        first
+    }
+
+    /// Takes what the agent learnt: new trusted roots are saved and used for every new
     /// handshake. Returns whether a renewal was asked for too.
-    fn apply_pending(&self) -> bool {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Some(roots) = pending.roots {
+    fn apply(&self, learnt: Learnt) -> bool {
+        if let Some(roots) = learnt.roots {
             let creds = self.identity.creds();
             if creds.root_der != roots {
                 let mut next = (*creds).clone();
@@ -42,19 +78,23 @@ impl Renewer {
                 match self
                     .identity
                     .swap(next)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        write_private(&self.paths.root(), &bytes).map_err(|e| e.to_string())
-                    }) {
-                    Ok(()) => tracing::info!("this node's trusted root CAs changed"),
+                    .map_err(|e| IdentityError::Keep(e.to_string()))
+                    .and_then(|()| self.keep.roots(&bytes))
+                {
+                    Ok(()) => {
+                        tracing::info!("this node's trusted root CAs changed");
+                        self.current
+                            .send_modify(|c| c.creds = self.identity.creds());
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot take the swarm's new root CAs"),
                 }
             }
         }
-        pending.renew
+        learnt.renew
     }
 
-    pub(super) async fn run(self) {
+    /// Runs until the certificate can no longer be read or renewed.
+    pub async fn run(mut self) {
         loop {
             let creds = self.identity.creds();
             let Ok(info) = skep_pki::NodeCertInfo::from_der(&creds.cert_der) else {
@@ -69,10 +109,12 @@ impl Renewer {
             let wait = (at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
             tokio::select! {
                 _ = tokio::time::sleep(wait.try_into().unwrap_or(Duration::ZERO)) => {
-                    self.apply_pending();
+                    let learnt = self.drain(Learnt::default());
+                    self.apply(learnt);
                 }
-                _ = self.renew_now.notified() => {
-                    if !self.apply_pending() {
+                Some(first) = self.learnt.recv() => {
+                    let learnt = self.drain(first);
+                    if !self.apply(learnt) {
                         continue;
                     }
                     tracing::info!("renewing this node's certificate now: the swarm changed its role or its root CA");
@@ -82,7 +124,10 @@ impl Renewer {
                 match self.renew_once().await {
                     Ok(new) => {
                         tracing::info!(serial = %new.serial, not_after = %crate::util::rfc3339(new.not_after), role = %new.role, "certificate renewed");
-                        let _ = self.roles.send(node_role(new.role));
+                        self.current.send_replace(Current {
+                            creds: self.identity.creds(),
+                            role: node_role(new.role),
+                        });
                         break;
                     }
                     Err(e) => {
@@ -104,9 +149,10 @@ impl Renewer {
         }
     }
 
-    async fn renew_once(&self) -> Result<skep_pki::NodeCertInfo, String> {
-        let key = skep_pki::NodeKey::generate().map_err(|e| e.to_string())?;
-        let csr_der = key.csr_der().map_err(|e| e.to_string())?;
+    async fn renew_once(&self) -> Result<skep_pki::NodeCertInfo, IdentityError> {
+        let refused = |e: &dyn std::fmt::Display| IdentityError::Refused(e.to_string());
+        let key = skep_pki::NodeKey::generate().map_err(|e| refused(&e))?;
+        let csr_der = key.csr_der().map_err(|e| refused(&e))?;
         let our_public = key.public_key_der();
         let root_der = self.identity.creds().root_der.clone();
         let candidates = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
@@ -123,29 +169,33 @@ impl Renewer {
             {
                 Ok(r) => r.into_inner(),
                 Err(s) => {
-                    last = format!("{addr}: {}", crate::agent::error_chain(&s));
+                    last = format!("{addr}: {}", crate::util::error_chain(&s));
                     continue;
                 }
             };
             if issued.chain.len() > 4 {
-                return Err(
-                    "the renewed certificate comes with more than 4 chain certificates".into(),
-                );
+                return Err(refused(
+                    &"the renewed certificate comes with more than 4 chain certificates",
+                ));
             }
             let now = time::OffsetDateTime::now_utc();
-            let roots = skep_pki::split_der_certs(&root_der).map_err(|e| e.to_string())?;
-            let mut verified = Err("no trusted root CA".to_string());
+            let roots = skep_pki::split_der_certs(&root_der).map_err(|e| refused(&e))?;
+            let mut verified = Err(refused(&"no trusted root CA"));
             for root in &roots {
                 verified =
                     skep_pki::verify_issued_chain(root, &issued.chain, &issued.cert_der, now)
-                        .map_err(|e| format!("the renewed certificate does not verify: {e}"));
+                        .map_err(|e| {
+                            refused(&format!("the renewed certificate does not verify: {e}"))
+                        });
                 if verified.is_ok() {
                     break;
                 }
             }
             let info = verified?;
             if info.node_id != self.node_id || info.public_key_der != our_public {
-                return Err("the renewed certificate is not for this node's new key".into());
+                return Err(refused(
+                    &"the renewed certificate is not for this node's new key",
+                ));
             }
             let creds = Credentials {
                 cert_der: issued.cert_der,
@@ -153,27 +203,12 @@ impl Renewer {
                 key_der: SecretBytes::from(key.pkcs8_der()),
                 root_der,
             };
-            self.persist(&creds).map_err(|e| e.to_string())?;
-            self.identity.swap(creds).map_err(|e| e.to_string())?;
+            self.keep.credentials(&creds)?;
+            self.identity
+                .swap(creds)
+                .map_err(|e| IdentityError::Keep(e.to_string()))?;
             return Ok(info);
         }
-        Err(last)
-    }
-
-    /// New certificate to `node.crt.next`, new key (sealed) into place, then the certificate:
-    /// a crash at any point leaves a pair that [`super::files::open_identity`] can use.
-    fn persist(&self, creds: &Credentials) -> Result<(), DaemonError> {
-        let next = self.paths.next_cert();
-        write_private(&next, &creds.cert_der)?;
-        write_private(&self.paths.chain(), &creds.chain.concat())?;
-        let sealed = self
-            .kek
-            .seal_blob(RecordKind::NodeKey, creds.key_der.expose());
-        write_private(&self.paths.key(), &sealed)?;
-        std::fs::rename(&next, self.paths.cert()).map_err(|source| DaemonError::Io {
-            what: "renaming into place",
-            path: next,
-            source,
-        })
+        Err(IdentityError::Unavailable(last))
     }
 }
