@@ -104,3 +104,25 @@ pub fn node_role(r: skep_pki::Role) -> NodeRole {
         skep_pki::Role::Worker => NodeRole::Worker,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Learnt;
+
+    /// Messages queued while the task was busy add up: a renewal asked for once stays asked
+    /// for, and the roots the leader sent last win.
+    #[test]
+    fn what_was_learnt_adds_up() {
+        let mut l = Learnt {
+            roots: Some(vec![1]),
+            renew: true,
+        };
+        l.merge(Learnt {
+            roots: Some(vec![2]),
+            renew: false,
+        });
+        l.merge(Learnt::default());
+        assert!(l.renew);
+        assert_eq!(l.roots, Some(vec![2]));
+    }
+}

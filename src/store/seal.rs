@@ -513,6 +513,28 @@ pub fn parse_unlock_key(text: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_unlock_key_reads_back_as_its_bytes_and_other_text_is_refused() {
+        let (raw, text) = new_unlock_key();
+        assert!(text.expose().starts_with("SKEP-KEY-1-"));
+        assert_eq!(text.expose().len(), "SKEP-KEY-1-".len() + 64);
+        let back = parse_unlock_key(&format!("  {}\n", text.expose())).unwrap();
+        assert_eq!(&back[..], &raw[..]);
+        for bad in [
+            "",
+            "SKEP-KEY-1-",
+            "SKEP-KEY-1-abcd",
+            "SWMKEY-1-00",
+            &text.expose()[1..],
+        ] {
+            let e = parse_unlock_key(bad).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "invalid unlock key: expected SKEP-KEY-1- followed by 64 hex digits"
+            );
+        }
+    }
+
     fn sealer() -> Sealer {
         Sealer::new(&Dek::generate())
     }
