@@ -10,7 +10,6 @@ use tonic::transport::Channel;
 
 pub mod executor;
 pub mod health;
-pub mod join;
 pub mod mesh;
 pub mod secrets;
 pub mod supervisor;

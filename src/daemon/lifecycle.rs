@@ -11,11 +11,11 @@ use tonic::Status;
 
 use super::files::{Identity, NodeFile, Paths, read, update_node_file, write_private};
 use super::{Daemon, DaemonError, Phase, Running};
-use crate::agent::join::{JoinError, Joined};
 use crate::api::v1::{
     Empty, SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse,
 };
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::identity::join::{JoinError, Joined};
 use crate::identity::node_role;
 use crate::manager::control::{MIN_CERT_EXPIRY, ROOT_CA_VALIDITY_DAYS};
 use crate::manager::{Manager, raft_id_of, to_status};
@@ -224,7 +224,7 @@ impl Daemon {
         let internal =
             |e: &dyn std::fmt::Display| Status::internal(format!("joining the swarm: {e}"));
         let joined =
-            crate::agent::join::request_certificate(&token, &remote, &self.hostname, &advertise)
+            crate::identity::join::request_certificate(&token, &remote, &self.hostname, &advertise)
                 .await
                 .map_err(|e| match e {
                     JoinError::Refused(s) => s,

@@ -1,9 +1,10 @@
-//! A node's identity from join to renewal to role switch. One task ([`Certify`]) holds the
-//! node's key: it renews the certificate, takes the swarm's new trusted roots and publishes
-//! the current credentials and role through a `tokio::sync::watch`. The agent tells it what
-//! the leader said ([`Handle::learnt`]); the daemon's role switcher and whoever needs the
-//! credentials read the watch; the rustls side is [`crate::net::identity::LiveIdentity`],
-//! which the task keeps up to date.
+//! A node's identity from join to renewal to role switch. [`join`] gets the first
+//! certificate with a join token; then one task ([`Certify`]) holds the node's key: it renews
+//! the certificate, takes the swarm's new trusted roots and publishes the current credentials
+//! and role through a `tokio::sync::watch`. The agent tells it what the leader said
+//! ([`Handle::learnt`]); the daemon's role switcher and whoever needs the credentials read the
+//! watch; the rustls side is [`crate::net::identity::LiveIdentity`], which the task keeps up
+//! to date.
 //!
 //! ```text
 //!  agent ──Learnt (roots, renew)──► Certify ──swap──► LiveIdentity (every TLS config)
@@ -12,6 +13,7 @@
 //! ```
 
 mod certify;
+pub mod join;
 
 use std::sync::Arc;
 
