@@ -41,10 +41,8 @@ pub struct Agent {
     /// The node's TLS identity, which pins the managers the leader names.
     pub identity: Arc<crate::net::identity::LiveIdentity>,
     /// The node's identity task: told when the leader gives this node another role or root
-    /// than its certificate's.
+    /// than its certificate's, and where the swarm reaches this node.
     pub node: crate::identity::Handle,
-    /// Where the leader's answer says the swarm reaches this node.
-    pub swarm_addr: Arc<Mutex<String>>,
     /// Published ports the routing mesh cannot listen on here (reported with heartbeats).
     pub port_errors: PortErrors,
     /// On a manager: why its own store failed, if it did (told to the leader).
@@ -178,12 +176,14 @@ impl Agent {
     /// certificate is asked for now if the node's role (`node promote|demote`) or the root
     /// that issues certificates (`swarm ca --rotate`) is not the one its certificate has.
     fn follow_leader(&self, resp: &crate::api::v1::HeartbeatResponse) {
-        if !resp.addr.is_empty()
-            && let Ok(mut a) = self.swarm_addr.lock()
-        {
-            *a = resp.addr.clone();
+        let current = self.node.current();
+        if !resp.addr.is_empty() && resp.addr != current.addr {
+            self.node.learnt(Learnt {
+                addr: Some(resp.addr.clone()),
+                ..Learnt::default()
+            });
         }
-        let creds = self.node.current().creds;
+        let creds = current.creds;
         let role = skep_pki::NodeCertInfo::from_der(&creds.cert_der)
             .map(|i| i.role)
             .ok();
@@ -226,7 +226,11 @@ impl Agent {
             }
         }
         if renew || roots.is_some() {
-            self.node.learnt(Learnt { roots, renew });
+            self.node.learnt(Learnt {
+                roots,
+                renew,
+                addr: None,
+            });
         }
     }
 }

@@ -125,10 +125,9 @@ struct Link {
     client_tls: Arc<rustls::ClientConfig>,
     managers: ManagerList,
     revocations: Arc<net::revoke::Revocations>,
-    /// The node's identity task: what the agent learns goes to it; it publishes the role.
+    /// The node's identity task: what the agent learns goes to it; it publishes the node's
+    /// credentials, role and address.
     node: crate::identity::Handle,
-    /// The address the swarm reaches this node at, as the leader last said.
-    swarm_addr: Arc<Mutex<String>>,
     /// Published ports the routing mesh cannot listen on here.
     port_errors: crate::agent::PortErrors,
 }
@@ -380,7 +379,6 @@ impl Daemon {
             managers,
             revocations: net::revoke::Revocations::new(),
             node,
-            swarm_addr: Arc::new(Mutex::new(String::new())),
             port_errors: Default::default(),
         };
         let execs = Arc::new(
@@ -523,7 +521,6 @@ impl Daemon {
             period: self.cfg.heartbeat_period,
             identity: identity.clone(),
             node: link.node.clone(),
-            swarm_addr: link.swarm_addr.clone(),
             port_errors: link.port_errors.clone(),
             issuer_checked: Default::default(),
             store_fault: manager.as_ref().map(|m| m.subscribe_store_fault()),
@@ -586,12 +583,7 @@ impl Daemon {
         file.role = role;
         match role {
             NodeRole::Manager => {
-                let known = r
-                    .link
-                    .swarm_addr
-                    .lock()
-                    .map(|a| a.clone())
-                    .unwrap_or_default();
+                let known = r.link.node.current().addr;
                 let unspecified = net::parse_addr(&file.advertise_addr)
                     .map(|a| a.ip().is_unspecified())
                     .unwrap_or(true);

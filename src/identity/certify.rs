@@ -40,6 +40,7 @@ impl Certify {
         let (current, current_rx) = watch::channel(Current {
             creds: identity.creds(),
             role,
+            addr: String::new(),
         });
         let task = Certify {
             identity,
@@ -66,8 +67,16 @@ impl Certify {
     }
 
     /// Takes what the agent learnt: new trusted roots are saved and used for every new
-    /// handshake. Returns whether a renewal was asked for too.
+    /// handshake; the node's address is published. Returns whether a renewal was asked for
+    /// too.
     fn apply(&self, learnt: Learnt) -> bool {
+        if let Some(addr) = learnt.addr {
+            self.current.send_if_modified(|c| {
+                let changed = c.addr != addr;
+                c.addr = addr;
+                changed
+            });
+        }
         if let Some(roots) = learnt.roots {
             let creds = self.identity.creds();
             if creds.root_der != roots {
@@ -124,9 +133,9 @@ impl Certify {
                 match self.renew_once().await {
                     Ok(new) => {
                         tracing::info!(serial = %new.serial, not_after = %crate::util::rfc3339(new.not_after), role = %new.role, "certificate renewed");
-                        self.current.send_replace(Current {
-                            creds: self.identity.creds(),
-                            role: node_role(new.role),
+                        self.current.send_modify(|c| {
+                            c.creds = self.identity.creds();
+                            c.role = node_role(new.role);
                         });
                         break;
                     }

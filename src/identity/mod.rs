@@ -7,9 +7,9 @@
 //! to date.
 //!
 //! ```text
-//!  agent ──Learnt (roots, renew)──► Certify ──swap──► LiveIdentity (every TLS config)
+//!  agent ──Learnt (roots, renew, address)──► Certify ──swap──► LiveIdentity (every TLS config)
 //!                                     │  └──keep──► the node's files (daemon)
-//!                                     └──watch: Current (credentials, role)──► role switcher
+//!                                     └──watch: Current (credentials, role, address)──► role switcher
 //! ```
 
 mod certify;
@@ -45,6 +45,8 @@ pub struct Current {
     pub creds: Arc<Credentials>,
     /// The role the certificate gives.
     pub role: NodeRole,
+    /// Where the swarm reaches this node, as the leader last said (empty until it has).
+    pub addr: String,
 }
 
 /// What the agent learnt from the leader for the identity task to act on.
@@ -54,14 +56,20 @@ pub struct Learnt {
     pub roots: Option<Vec<u8>>,
     /// Renew the certificate now (another role, or another issuing root).
     pub renew: bool,
+    /// Where the leader says the swarm reaches this node.
+    pub addr: Option<String>,
 }
 
 impl Learnt {
-    /// Adds what was learnt later: a renewal stays asked for, the latest roots win.
+    /// Adds what was learnt later: a renewal stays asked for, the latest roots and address
+    /// win.
     fn merge(&mut self, later: Learnt) {
         self.renew |= later.renew;
         if later.roots.is_some() {
             self.roots = later.roots;
+        }
+        if later.addr.is_some() {
+            self.addr = later.addr;
         }
     }
 }
@@ -112,19 +120,22 @@ mod tests {
     use super::Learnt;
 
     /// Messages queued while the task was busy add up: a renewal asked for once stays asked
-    /// for, and the roots the leader sent last win.
+    /// for, and the roots and address the leader sent last win.
     #[test]
     fn what_was_learnt_adds_up() {
         let mut l = Learnt {
             roots: Some(vec![1]),
             renew: true,
+            addr: Some("10.0.0.1:2377".into()),
         };
         l.merge(Learnt {
             roots: Some(vec![2]),
             renew: false,
+            addr: Some("10.0.0.2:2377".into()),
         });
         l.merge(Learnt::default());
         assert!(l.renew);
         assert_eq!(l.roots, Some(vec![2]));
+        assert_eq!(l.addr.as_deref(), Some("10.0.0.2:2377"));
     }
 }
