@@ -100,7 +100,8 @@ fn join_storm(c: &mut Criterion) {
                         let addr = manager.addr.clone();
                         tasks.push(tokio::spawn(async move {
                             let host = format!("sim-{round}-{i}");
-                            skep::agent::join::request_certificate(&token, &addr, &host, "").await
+                            skep::identity::join::request_certificate(&token, &addr, &host, "")
+                                .await
                         }));
                     }
                     for t in tasks {

@@ -34,7 +34,7 @@ fn env_or(name: &str, default: u64) -> u64 {
 
 /// A joined simulated node's mTLS channel and host name.
 async fn sim_node(token: &skep_pki::JoinToken, addr: &str, hostname: &str) -> Channel {
-    let joined = skep::agent::join::request_certificate(token, addr, hostname, "0.0.0.0:2377")
+    let joined = skep::identity::join::request_certificate(token, addr, hostname, "0.0.0.0:2377")
         .await
         .unwrap_or_else(|e| panic!("{hostname}: join: {e}"));
     let creds = skep::net::Credentials {

@@ -1,7 +1,7 @@
 //! Revocation latency: how long a removed node keeps its live connections to the manager.
 //!
 //! One real manager daemon (`swarm init`, address 127.0.95.1:2377). Each run joins a fresh
-//! simulated worker in this process (a real join: `skep::agent::join::request_certificate`,
+//! simulated worker in this process (a real join: `skep::identity::join::request_certificate`,
 //! its own key and certificate), which opens [`CONNS`] separate mTLS connections to the
 //! manager, each carrying an open task session (`Dispatcher.Session`, first message
 //! received), and heartbeats until `node ls` shows it Ready. A task per connection then waits
@@ -208,7 +208,7 @@ async fn sim_node(
     addr: &str,
     hostname: &str,
 ) -> Result<(String, Vec<Conn>, Channel), String> {
-    let joined = skep::agent::join::request_certificate(token, addr, hostname, "0.0.0.0:2377")
+    let joined = skep::identity::join::request_certificate(token, addr, hostname, "0.0.0.0:2377")
         .await
         .map_err(|e| format!("{hostname}: join: {e}"))?;
     let creds = skep::net::Credentials {

@@ -395,9 +395,10 @@ async fn sim_node(
     hostname: String,
     counters: Arc<Counters>,
 ) -> Result<(), String> {
-    let joined = skep::agent::join::request_certificate(&token, &addr, &hostname, "0.0.0.0:2377")
-        .await
-        .map_err(|e| format!("{hostname}: join: {e}"))?;
+    let joined =
+        skep::identity::join::request_certificate(&token, &addr, &hostname, "0.0.0.0:2377")
+            .await
+            .map_err(|e| format!("{hostname}: join: {e}"))?;
     let creds = skep::net::Credentials {
         cert_der: joined.cert_der.clone(),
         chain: Vec::new(),

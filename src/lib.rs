@@ -16,6 +16,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod daemon;
+pub mod identity;
 pub mod manager;
 pub mod net;
 pub mod policy;

@@ -49,6 +49,18 @@ pub fn quote(s: &str) -> String {
     }
 }
 
+/// A status with the chain of errors under it (a TLS alert sits a few levels down).
+pub fn error_chain(s: &tonic::Status) -> String {
+    let mut out = s.message().to_string();
+    let mut next = std::error::Error::source(s);
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
+    }
+    out
+}
+
 /// For unit tests that need root (mounts, namespaces): whether to go on. Without root the
 /// test fails, so CI never passes by skipping, unless `SKEP_IT_ALLOW_SKIP=1` says to skip and
 /// `SKEP_IT_REQUIRE` does not name `exec` (the rule of `tests/it/harness/require.rs`).

@@ -12,7 +12,6 @@ mod deliver;
 pub mod endpoints;
 pub mod executor;
 mod hosts;
-pub mod join;
 mod managers;
 pub mod mesh;
 mod ports;
@@ -24,6 +23,8 @@ mod task;
 pub mod vip;
 
 use crate::api::v1::HeartbeatRequest;
+use crate::identity::Learnt;
+use crate::util::error_chain;
 
 /// The managers an agent knows, leader first; shared with the daemon, which persists it.
 pub type ManagerList = Arc<Mutex<Vec<String>>>;
@@ -44,14 +45,11 @@ pub struct Agent {
     pub managers: ManagerList,
     /// Heartbeat period until a manager says otherwise.
     pub period: Duration,
-    /// The node's identity, whose certificate says the role it runs as.
+    /// The node's TLS identity, which pins the managers the leader names.
     pub identity: Arc<crate::net::identity::LiveIdentity>,
-    /// Woken when the leader gives this node another role or root than its certificate's.
-    pub renew_now: Arc<tokio::sync::Notify>,
-    /// What the renewer is to do when woken.
-    pub pending: Arc<Mutex<Pending>>,
-    /// Where the leader's answer says the swarm reaches this node.
-    pub swarm_addr: Arc<Mutex<String>>,
+    /// The node's identity task: told when the leader gives this node another role or root
+    /// than its certificate's, and where the swarm reaches this node.
+    pub node: crate::identity::Handle,
     /// Published ports the routing mesh cannot listen on here (reported with heartbeats).
     pub port_errors: PortErrors,
     /// On a manager: why its own store failed, if it did (told to the leader).
@@ -180,26 +178,19 @@ impl Agent {
     }
 }
 
-/// What the agent learnt from the leader that the certificate renewer acts on.
-#[derive(Debug, Default)]
-pub struct Pending {
-    /// Roots to trust from now on (concatenated DER, the issuing root first).
-    pub roots: Option<Vec<u8>>,
-    /// Renew the certificate now (another role, or another issuing root).
-    pub renew: bool,
-}
-
 impl Agent {
     /// Follows what the leader says of this node: new trusted roots are taken, and a
     /// certificate is asked for now if the node's role (`node promote|demote`) or the root
     /// that issues certificates (`swarm ca --rotate`) is not the one its certificate has.
     fn follow_leader(&self, resp: &crate::api::v1::HeartbeatResponse) {
-        if !resp.addr.is_empty()
-            && let Ok(mut a) = self.swarm_addr.lock()
-        {
-            *a = resp.addr.clone();
+        let current = self.node.current();
+        if !resp.addr.is_empty() && resp.addr != current.addr {
+            self.node.learnt(Learnt {
+                addr: Some(resp.addr.clone()),
+                ..Learnt::default()
+            });
         }
-        let creds = self.identity.creds();
+        let creds = current.creds;
         let role = skep_pki::NodeCertInfo::from_der(&creds.cert_der)
             .map(|i| i.role)
             .ok();
@@ -242,25 +233,11 @@ impl Agent {
             }
         }
         if renew || roots.is_some() {
-            let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            p.renew |= renew;
-            if roots.is_some() {
-                p.roots = roots;
-            }
-            drop(p);
-            self.renew_now.notify_one();
+            self.node.learnt(Learnt {
+                roots,
+                renew,
+                addr: None,
+            });
         }
     }
-}
-
-/// A status with the chain of errors under it (a TLS alert sits a few levels down).
-pub(crate) fn error_chain(s: &tonic::Status) -> String {
-    let mut out = s.message().to_string();
-    let mut next = std::error::Error::source(s);
-    while let Some(e) = next {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        next = e.source();
-    }
-    out
 }

@@ -6,6 +6,10 @@ pub mod v1 {
     tonic::include_proto!("skep.v1");
 }
 
+/// What a locked manager's refusal of `swarm init --force-new-cluster` without its unlock key
+/// says: the CLI asks for the key when it sees it.
+pub const LOCKED_FOR_RECOVERY: &str = "this manager is locked";
+
 impl std::fmt::Debug for v1::SecretCreateRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretCreateRequest")

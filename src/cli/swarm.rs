@@ -50,7 +50,7 @@ async fn force_new_cluster(api: &mut Api, args: SwarmInitArgs) -> anyhow::Result
         Ok(r) => r,
         Err(s)
             if s.code() == tonic::Code::FailedPrecondition
-                && s.message().contains(crate::daemon::LOCKED_FOR_RECOVERY) =>
+                && s.message().contains(crate::api::LOCKED_FOR_RECOVERY) =>
         {
             req.unlock_key = read_unlock_key()?.to_string();
             let r = api.swarm_init(req.clone()).await;

@@ -16,7 +16,9 @@ use std::time::Duration;
 use tonic::Status;
 use zeroize::Zeroizing;
 
-use super::{Daemon, Identity, NodeFile, Phase};
+use super::files::{Identity, NodeFile};
+use super::lifecycle::locked;
+use super::{Daemon, Phase};
 use crate::api::v1::{
     SwarmBackupChunk, SwarmBackupRequest, SwarmRestoreChunk, SwarmRestoreResponse,
 };
@@ -74,7 +76,7 @@ impl Daemon {
                     ));
                 }
             },
-            Phase::Locked(_) => return Err(super::locked()),
+            Phase::Locked(_) => return Err(locked()),
             Phase::Inactive => {
                 return Err(Status::failed_precondition(
                     "this node is not part of a swarm: there is nothing to back up",
@@ -284,7 +286,7 @@ impl Daemon {
             i64::try_from(
                 cluster
                     .cert_expiry_secs
-                    .max(super::MIN_CERT_EXPIRY.as_secs()),
+                    .max(crate::manager::control::MIN_CERT_EXPIRY.as_secs()),
             )
             .unwrap_or(i64::MAX),
         );
@@ -299,8 +301,8 @@ impl Daemon {
         }
         let (kek, store_kek) = match &cluster.unlock_key {
             Some(text) if cluster.autolock => {
-                let raw =
-                    super::parse_unlock_key(text.expose()).map_err(|s| s.message().to_string())?;
+                let raw = crate::store::seal::parse_unlock_key(text.expose())
+                    .map_err(|e| e.to_string())?;
                 (Kek::from_unlock_key(&raw), false)
             }
             _ => (Kek::generate(), true),

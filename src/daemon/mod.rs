@@ -13,41 +13,39 @@
 //! ```
 
 mod backup;
+mod control;
+mod files;
+mod lifecycle;
 mod recover;
+mod store_watch;
 
-pub use recover::LOCKED_FOR_RECOVERY;
-
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
-use skep_pki::{Csr, JoinToken, NodeKey, RootCa};
 use tokio::task::JoinHandle;
-use tonic::{Request, Response, Status};
 
 use crate::agent::executor::Executors;
-use crate::agent::join::{JoinError, Joined};
 use crate::agent::service::AgentService;
 use crate::agent::supervisor::Supervisor;
 use crate::agent::{Agent, ManagerList};
-use crate::api::v1::control_server::Control;
-use crate::api::v1::{
-    AuditFollowResponse, AuditListRequest, AuditListResponse, Empty, InfoResponse,
-    JoinTokenRequest, JoinTokenResponse, NodeInfo, NodeInspectRequest, NodeListResponse,
-    SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse, SwarmLeaveRequest,
-    SwarmUnlockRequest,
-};
 use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::identity::{Certify, node_role};
 use crate::manager::services::Services;
-use crate::manager::{Manager, ManagerError, raft_id_of, to_status};
-use crate::net::{self, Credentials};
-use crate::secret::{SecretBytes, SecretString};
-use crate::store::model::{Availability, Cluster, Command, Node, NodeRole, NodeState};
+use crate::manager::{Manager, raft_id_of};
+use crate::net;
+use crate::secret::SecretBytes;
+use crate::store::model::NodeRole;
 use crate::store::seal::{Dek, Kek, RecordKind};
+use control::ControlService;
+use files::{
+    NodeFile, NodeKeys, Paths, open_identity, persist_managers, read, update_node_file,
+    write_private,
+};
+use lifecycle::{apply_autolock, sync_autolock};
+use store_watch::{audit_forced_rollback, watch_store};
 
 /// How to run a node (`skep daemon` flags).
 #[derive(Clone, Debug)]
@@ -103,26 +101,6 @@ pub enum DaemonError {
     Expired(String),
 }
 
-const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
-/// The shortest node certificate lifetime `swarm init --cert-expiry` accepts.
-pub const MIN_CERT_EXPIRY: Duration = Duration::from_secs(10);
-/// How long `swarm join` waits for the new node's task session (and so its Ready state).
-const JOIN_SESSION_WAIT: Duration = Duration::from_secs(10);
-pub(crate) const ROOT_CA_VALIDITY_DAYS: i64 = 20 * 365;
-const UNLOCK_KEY_PREFIX: &str = "SKEP-KEY-1-";
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Who this node is. Nothing secret: kept in plaintext as `node.json`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-struct NodeFile {
-    node_id: String,
-    role: NodeRole,
-    cluster_id: String,
-    advertise_addr: String,
-    managers: Vec<String>,
-    autolock: bool,
-}
-
 enum Phase {
     Inactive,
     Locked(NodeFile),
@@ -148,12 +126,9 @@ struct Link {
     client_tls: Arc<rustls::ClientConfig>,
     managers: ManagerList,
     revocations: Arc<net::revoke::Revocations>,
-    /// Wakes the renewer at once (the swarm gave this node another role or root).
-    renew_now: Arc<tokio::sync::Notify>,
-    /// What the agent learnt for the renewer to act on.
-    pending: Arc<Mutex<crate::agent::Pending>>,
-    /// The address the swarm reaches this node at, as the leader last said.
-    swarm_addr: Arc<Mutex<String>>,
+    /// The node's identity task: what the agent learns goes to it; it publishes the node's
+    /// credentials, role and address.
+    node: crate::identity::Handle,
     /// Published ports the routing mesh cannot listen on here.
     port_errors: crate::agent::PortErrors,
 }
@@ -184,29 +159,35 @@ impl Running {
     }
 }
 
-/// The role a certificate gives.
-fn node_role(r: skep_pki::Role) -> NodeRole {
-    match r {
-        skep_pki::Role::Manager => NodeRole::Manager,
-        skep_pki::Role::Worker => NodeRole::Worker,
-    }
-}
-
-type RoleChannel = (
-    tokio::sync::mpsc::UnboundedSender<NodeRole>,
-    Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<NodeRole>>>,
-);
-
 /// A node's daemon.
 pub struct Daemon {
     cfg: DaemonConfig,
     hostname: String,
     phase: tokio::sync::Mutex<Phase>,
     unlock_failures: Mutex<Vec<AuditEvent>>,
-    /// Roles this node's renewed certificates give it; the daemon follows them.
-    roles: RoleChannel,
     /// This daemon, for the Control API it serves to operators over mTLS.
     me: std::sync::OnceLock<std::sync::Weak<Daemon>>,
+}
+
+/// Follows the role the node's certificate gives (the identity task's renewal after `node
+/// promote` or `node demote`, or one finished before a restart): the daemon switches to it.
+async fn follow_role(
+    daemon: std::sync::Weak<Daemon>,
+    mut current: tokio::sync::watch::Receiver<crate::identity::Current>,
+) {
+    loop {
+        let role = current.borrow_and_update().role;
+        let Some(d) = daemon.upgrade() else {
+            return;
+        };
+        if let Err(e) = d.switch_role(role).await {
+            tracing::error!(error = %e, role = role.as_str(), "cannot change this node's role");
+        }
+        drop(d);
+        if current.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -214,17 +195,6 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     net::limit::raise_fd_limit();
     let daemon = Arc::new(Daemon::load(config).await?);
     daemon.resume().await?;
-    let roles = daemon.roles.1.lock().ok().and_then(|mut r| r.take());
-    if let Some(mut roles) = roles {
-        let d = daemon.clone();
-        tokio::spawn(async move {
-            while let Some(role) = roles.recv().await {
-                if let Err(e) = d.switch_role(role).await {
-                    tracing::error!(error = %e, role = role.as_str(), "cannot change this node's role");
-                }
-            }
-        });
-    }
     let socket = daemon.cfg.socket.clone();
     let listener = bind_socket(&socket)?;
     tracing::info!(socket = %socket.display(), "serving the control API");
@@ -291,101 +261,6 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener, DaemonError> {
     bound
 }
 
-// ------------------------------------------------------------------ files
-
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), DaemonError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |what, source| DaemonError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    };
-    // A temporary name of its own for every write: `with_extension` once gave `node.json`
-    // and `node.chain` (and `kek`, `kek.sealed`) the same one, and a role switch saving one
-    // while a renewal saved the other moved the wrong file into place or failed.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("creating", e))?;
-    f.write_all(bytes).map_err(|e| io("writing", e))?;
-    f.sync_all().map_err(|e| io("syncing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io("renaming into place", e))
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, DaemonError> {
-    std::fs::read(path).map_err(|source| DaemonError::Io {
-        what: "reading",
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-#[derive(Clone)]
-struct Paths(PathBuf);
-
-impl Paths {
-    /// A renewed certificate waiting to replace `node.crt` (see [`Renewer::persist`]).
-    fn next_cert(&self) -> PathBuf {
-        self.0.join("node.crt.next")
-    }
-    fn node(&self) -> PathBuf {
-        self.0.join("node.json")
-    }
-    fn kek(&self) -> PathBuf {
-        self.0.join("kek")
-    }
-    /// The node's KEK sealed under the key derived from the current unlock key (autolock,
-    /// after the unlock key was rotated or autolock turned on).
-    fn sealed_kek(&self) -> PathBuf {
-        self.0.join("kek.sealed")
-    }
-    fn dek(&self) -> PathBuf {
-        self.0.join("dek.sealed")
-    }
-    fn key(&self) -> PathBuf {
-        self.0.join("node.key.sealed")
-    }
-    fn chain(&self) -> PathBuf {
-        self.0.join("node.chain")
-    }
-    fn cert(&self) -> PathBuf {
-        self.0.join("node.crt")
-    }
-    fn root(&self) -> PathBuf {
-        self.0.join("root.crt")
-    }
-    fn raft(&self) -> PathBuf {
-        self.0.join("raft")
-    }
-    /// The rollback anchor of `raft/`, outside it (see [`crate::store::anchor`]).
-    fn anchor(&self) -> PathBuf {
-        self.0.join(crate::store::anchor::ANCHOR_FILE)
-    }
-    fn tasks(&self) -> PathBuf {
-        self.0.join("tasks")
-    }
-}
-
-/// Everything a node writes when it gets an identity.
-struct Identity<'a> {
-    file: &'a NodeFile,
-    kek: &'a Kek,
-    store_kek: bool,
-    dek: Option<&'a Dek>,
-    key: &'a NodeKey,
-    cert_der: &'a [u8],
-    chain: &'a [Vec<u8>],
-    root_der: &'a [u8],
-}
-
 impl Daemon {
     async fn load(cfg: DaemonConfig) -> Result<Self, DaemonError> {
         {
@@ -415,10 +290,6 @@ impl Daemon {
             hostname,
             phase: tokio::sync::Mutex::new(Phase::Inactive),
             unlock_failures: Mutex::new(Vec::new()),
-            roles: {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                (tx, Mutex::new(Some(rx)))
-            },
             me: std::sync::OnceLock::new(),
         };
         Ok(daemon)
@@ -434,6 +305,9 @@ impl Daemon {
         }
         let file: NodeFile = serde_json::from_slice(&read(&paths.node())?)
             .map_err(|e| DaemonError::Corrupt(paths.node(), e.to_string()))?;
+        // Held while the node starts, as `init`, `join` and `unlock` do: its role follower
+        // acts once the node is Active.
+        let mut current = daemon.phase.lock().await;
         let phase = if file.autolock && file.role == NodeRole::Manager {
             tracing::warn!("this manager is locked: run `skep swarm unlock` with the unlock key");
             Phase::Locked(file)
@@ -449,7 +323,7 @@ impl Daemon {
                 Err(e) => return Err(e),
             }
         };
-        *daemon.phase.lock().await = phase;
+        *current = phase;
         Ok(())
     }
 
@@ -457,38 +331,6 @@ impl Daemon {
         Paths(self.cfg.data_dir.clone())
     }
 
-    fn save_identity(&self, id: Identity<'_>) -> Result<(), DaemonError> {
-        let p = self.paths();
-        if id.store_kek {
-            write_private(&p.kek(), id.kek.expose_bytes())?;
-        } else if p.kek().exists() {
-            std::fs::remove_file(p.kek()).map_err(|source| DaemonError::Io {
-                what: "removing",
-                path: p.kek(),
-                source,
-            })?;
-        }
-        if let Some(dek) = id.dek {
-            write_private(&p.dek(), &id.kek.wrap(dek))?;
-        }
-        write_private(
-            &p.key(),
-            &id.kek.seal_blob(RecordKind::NodeKey, &id.key.pkcs8_der()),
-        )?;
-        write_private(&p.chain(), &id.chain.concat())?;
-        write_private(&p.cert(), id.cert_der)?;
-        write_private(&p.root(), id.root_der)?;
-        self.save_file(id.file)
-    }
-
-    fn save_file(&self, file: &NodeFile) -> Result<(), DaemonError> {
-        let bytes =
-            serde_json::to_vec_pretty(file).map_err(|e| DaemonError::Start(e.to_string()))?;
-        write_private(&self.paths().node(), &bytes)
-    }
-
-    /// Brings a node with an identity on disk up: opens its key with `kek`, starts what every
-    /// node runs (the task supervisor, the certificate renewer), then what its role runs.
     /// What no task may see: the data directory, the socket and its directory.
     fn private_paths(&self) -> Vec<PathBuf> {
         let socket = &self.cfg.socket;
@@ -498,6 +340,8 @@ impl Daemon {
         paths
     }
 
+    /// Brings a node with an identity on disk up: opens its key with `kek`, starts what every
+    /// node runs (the task supervisor, the certificate renewer), then what its role runs.
     async fn start(&self, file: NodeFile, kek: &Kek) -> Result<Running, DaemonError> {
         let p = self.paths();
         let corrupt =
@@ -519,13 +363,23 @@ impl Daemon {
         if file.role == NodeRole::Manager && !managers.contains(&file.advertise_addr) {
             managers.insert(0, file.advertise_addr.clone());
         }
+        let managers: ManagerList = Arc::new(Mutex::new(managers));
+        let (certify, node) = Certify::new(
+            identity.clone(),
+            node_role(info.role),
+            NodeKeys {
+                paths: self.paths(),
+                kek: kek.clone(),
+            },
+            managers.clone(),
+            client_tls.clone(),
+            file.node_id.clone(),
+        );
         let link = Link {
             client_tls: client_tls.clone(),
-            managers: Arc::new(Mutex::new(managers)),
+            managers,
             revocations: net::revoke::Revocations::new(),
-            renew_now: Arc::new(tokio::sync::Notify::new()),
-            pending: Arc::new(Mutex::new(Default::default())),
-            swarm_addr: Arc::new(Mutex::new(String::new())),
+            node,
             port_errors: Default::default(),
         };
         let execs = Arc::new(
@@ -538,20 +392,12 @@ impl Daemon {
         let tasks = vec![
             tokio::spawn(supervisor.clone().run()),
             tokio::spawn(persist_managers(self.paths().node(), link.managers.clone())),
-            tokio::spawn(
-                Renewer {
-                    identity: identity.clone(),
-                    kek: kek.clone(),
-                    paths: self.paths(),
-                    managers: link.managers.clone(),
-                    tls: client_tls,
-                    node_id: file.node_id.clone(),
-                    renew_now: link.renew_now.clone(),
-                    pending: link.pending.clone(),
-                    roles: self.roles.0.clone(),
-                }
-                .run(),
-            ),
+            tokio::spawn(certify.run()),
+            // A role change interrupted after the renewal is finished now.
+            tokio::spawn(follow_role(
+                self.me.get().cloned().unwrap_or_default(),
+                link.node.subscribe(),
+            )),
         ];
         let mut tasks = tasks;
         tasks.push(tokio::spawn(
@@ -571,11 +417,6 @@ impl Daemon {
         let (manager, role_tasks) = self
             .start_role(&file, kek, &identity, &supervisor, &link)
             .await?;
-        // A role change interrupted after the renewal is finished now.
-        let cert_role = node_role(info.role);
-        if cert_role != file.role {
-            let _ = self.roles.0.send(cert_role);
-        }
         Ok(Running {
             file,
             kek: kek.clone(),
@@ -642,8 +483,10 @@ impl Daemon {
                     sync_problems,
                 },
             );
-            mgr.set_anchor_keeper(keeper.clone());
-            tasks.push(tokio::spawn(keeper.run()));
+            mgr.set_anchor_keeper(keeper);
+            tasks.extend(mgr.start_loops(link.revocations.clone(), self.cfg.audit_checkpoints));
+            // The daemon's own watch over the manager: its store's failures (the process
+            // re-executes), a forced rollback's audit record, the KEK's autolock wrapping.
             tasks.push(tokio::spawn(watch_store(mgr.clone(), p.raft())));
             if let Some(details) = rolled_back {
                 tasks.push(tokio::spawn(audit_forced_rollback(
@@ -652,21 +495,10 @@ impl Daemon {
                     details,
                 )));
             }
-            tasks.push(tokio::spawn(mgr.clone().run_liveness()));
-            tasks.push(tokio::spawn(
-                mgr.clone().run_revocations(link.revocations.clone()),
-            ));
-            tasks.push(tokio::spawn(
-                mgr.clone()
-                    .run_audit_checkpoints(self.cfg.audit_checkpoints),
-            ));
             tasks.push(tokio::spawn(sync_autolock(
                 mgr.clone(),
                 self.paths(),
                 kek.clone(),
-            )));
-            tasks.push(tokio::spawn(crate::manager::dispatch::run_orchestrator(
-                mgr.clone(),
             )));
             manager = Some(mgr);
         }
@@ -689,9 +521,7 @@ impl Daemon {
             managers: link.managers.clone(),
             period: self.cfg.heartbeat_period,
             identity: identity.clone(),
-            renew_now: link.renew_now.clone(),
-            pending: link.pending.clone(),
-            swarm_addr: link.swarm_addr.clone(),
+            node: link.node.clone(),
             port_errors: link.port_errors.clone(),
             issuer_checked: Default::default(),
             store_fault: manager.as_ref().map(|m| m.subscribe_store_fault()),
@@ -709,10 +539,7 @@ impl Daemon {
         let Phase::Active(r) = &mut *phase else {
             return Ok(());
         };
-        let cert_role = skep_pki::NodeCertInfo::from_der(&r.identity.creds().cert_der)
-            .map(|i| node_role(i.role))
-            .map_err(|e| DaemonError::Corrupt(self.paths().cert(), e.to_string()))?;
-        if r.file.role == role || cert_role != role {
+        if r.file.role == role || r.link.node.current().role != role {
             return Ok(());
         }
         tracing::info!(
@@ -757,12 +584,7 @@ impl Daemon {
         file.role = role;
         match role {
             NodeRole::Manager => {
-                let known = r
-                    .link
-                    .swarm_addr
-                    .lock()
-                    .map(|a| a.clone())
-                    .unwrap_or_default();
+                let known = r.link.node.current().addr;
                 let unspecified = net::parse_addr(&file.advertise_addr)
                     .map(|a| a.ip().is_unspecified())
                     .unwrap_or(true);
@@ -903,1852 +725,5 @@ impl Daemon {
         });
         tracing::info!(addr = %self.cfg.listen_addr, "serving mTLS");
         Ok(vec![serve, accept, auditor])
-    }
-
-    fn advertise_addr(&self, requested: &str) -> Result<String, Status> {
-        if !requested.is_empty() {
-            return net::parse_addr(requested)
-                .map(|a| a.to_string())
-                .map_err(|e| Status::invalid_argument(format!("--advertise-addr: {e}")));
-        }
-        let addr = self.cfg.advertise_addr.unwrap_or(self.cfg.listen_addr);
-        if addr.ip().is_unspecified() {
-            return Err(Status::invalid_argument(format!(
-                "could not choose an IP address to advertise since this node listens on {}: give one with --advertise-addr",
-                self.cfg.listen_addr
-            )));
-        }
-        Ok(addr.to_string())
-    }
-
-    async fn init(&self, req: SwarmInitRequest) -> Result<SwarmInitResponse, Status> {
-        if req.force_new_cluster {
-            return self.force_new_cluster(req).await;
-        }
-        let mut phase = self.phase.lock().await;
-        if !matches!(*phase, Phase::Inactive) {
-            return Err(already_in_swarm());
-        }
-        let advertise = self.advertise_addr(&req.advertise_addr)?;
-        let expiry = match req.cert_expiry_secs {
-            0 => DEFAULT_CERT_EXPIRY,
-            s => Duration::from_secs(s),
-        };
-        if expiry < MIN_CERT_EXPIRY {
-            return Err(Status::invalid_argument(format!(
-                "--cert-expiry must be at least {}s",
-                MIN_CERT_EXPIRY.as_secs()
-            )));
-        }
-        let internal =
-            |e: &dyn std::fmt::Display| Status::internal(format!("creating the swarm: {e}"));
-        let cluster_id = skep_pki::new_id();
-        let node_id = skep_pki::new_id();
-        let now = time::OffsetDateTime::now_utc();
-        let ca = RootCa::generate(
-            &cluster_id,
-            time::Duration::days(ROOT_CA_VALIDITY_DAYS),
-            now,
-        )
-        .map_err(|e| internal(&e))?;
-        let worker = JoinToken::generate(&ca.digest()).map_err(|e| internal(&e))?;
-        let manager = JoinToken::generate(&ca.digest()).map_err(|e| internal(&e))?;
-        let key = NodeKey::generate().map_err(|e| internal(&e))?;
-        let csr =
-            Csr::from_der(&key.csr_der().map_err(|e| internal(&e))?).map_err(|e| internal(&e))?;
-        let validity = time::Duration::seconds(i64::try_from(expiry.as_secs()).unwrap_or(i64::MAX));
-        let cert = ca
-            .issue(&csr, &node_id, skep_pki::Role::Manager, validity, now)
-            .map_err(|e| internal(&e))?;
-        let (kek, unlock_key) = if req.autolock {
-            let (raw, text) = new_unlock_key();
-            (Kek::from_unlock_key(&*raw), Some(text))
-        } else {
-            (Kek::generate(), None)
-        };
-        let dek = Dek::generate();
-        let file = NodeFile {
-            node_id: node_id.clone(),
-            role: NodeRole::Manager,
-            cluster_id: cluster_id.clone(),
-            advertise_addr: advertise.clone(),
-            managers: vec![advertise.clone()],
-            autolock: req.autolock,
-        };
-        self.save_identity(Identity {
-            file: &file,
-            kek: &kek,
-            store_kek: !req.autolock,
-            dek: Some(&dek),
-            key: &key,
-            cert_der: &cert.der,
-            chain: &[],
-            root_der: ca.cert_der(),
-        })
-        .map_err(|e| internal(&e))?;
-        let running = self.start(file, &kek).await.map_err(|e| internal(&e))?;
-        let (runtimes, resources) = running.supervisor.describe();
-        let mgr = running
-            .manager
-            .clone()
-            .ok_or_else(|| internal(&"manager did not start"))?;
-        *phase = Phase::Active(running);
-        drop(phase);
-
-        mgr.raft
-            .initialize(mgr.initial_membership())
-            .await
-            .map_err(|e| internal(&e))?;
-        let stamp = crate::util::now_rfc3339();
-        let audit_key = crate::audit::checkpoint::AuditKey::generate().map_err(|e| internal(&e))?;
-        let audit_public_key = audit_key.public_key().to_string();
-        let cluster = Cluster {
-            id: cluster_id.clone(),
-            created_at: stamp.clone(),
-            ca_cert_pem: ca.cert_pem(),
-            ca_key_pem: SecretString::from(ca.key_pem()),
-            worker_token: SecretString::from(worker.expose()),
-            manager_token: SecretString::from(manager.expose()),
-            cert_expiry_secs: expiry.as_secs(),
-            autolock: req.autolock,
-            unlock_key: unlock_key.clone(),
-            heartbeat_period_ms: 0,
-            ca_rotation: None,
-            audit_key: Some(audit_key),
-            audit_retention: 0,
-        };
-        let node = Node {
-            id: node_id.clone(),
-            hostname: self.hostname.clone(),
-            role: NodeRole::Manager,
-            availability: Availability::Active,
-            state: NodeState::Ready,
-            addr: advertise.clone(),
-            raft_id: Some(raft_id_of(&node_id)),
-            cert_serial: cert.serial.clone(),
-            cert_not_after: crate::util::rfc3339(cert.not_after),
-            cert_issuer: ca.digest().to_string(),
-            created_at: stamp.clone(),
-            updated_at: stamp,
-            labels: BTreeMap::new(),
-            runtimes,
-            resources,
-            port_errors: BTreeMap::new(),
-        };
-        let admin = Actor::local_admin(&node_id);
-        let cmds = vec![
-            Command::InitCluster(Box::new(cluster)),
-            Command::PutNode(node),
-            Command::Audit(
-                AuditEvent::now(admin.clone(), "cluster.create", &cluster_id, Outcome::Ok)
-                    .with("autolock", req.autolock.to_string())
-                    .with("ca_digest", ca.digest().to_string())
-                    .with("cert_expiry_secs", expiry.as_secs().to_string()),
-            ),
-            Command::Audit(
-                AuditEvent::now(Actor::system(), "cert.issue", &node_id, Outcome::Ok)
-                    .with("serial", cert.serial.clone())
-                    .with("role", "manager"),
-            ),
-            Command::Audit(
-                AuditEvent::now(admin, "node.join", &node_id, Outcome::Ok).with("role", "manager"),
-            ),
-            Command::Audit(
-                AuditEvent::now(
-                    Actor::node(&node_id),
-                    "audit.key.create",
-                    "audit",
-                    Outcome::Ok,
-                )
-                .with("public_key", audit_public_key),
-            ),
-        ];
-        mgr.propose(Command::Batch(cmds)).await.map_err(to_status)?;
-        Ok(SwarmInitResponse {
-            node_id,
-            worker_token: worker.expose().to_string(),
-            manager_token: manager.expose().to_string(),
-            advertise_addr: advertise,
-            unlock_key: unlock_key
-                .map(|k| k.expose().to_string())
-                .unwrap_or_default(),
-        })
-    }
-
-    async fn join(&self, mut req: SwarmJoinRequest) -> Result<SwarmJoinResponse, Status> {
-        let token_text = zeroize::Zeroizing::new(std::mem::take(&mut req.token));
-        let mut phase = self.phase.lock().await;
-        if !matches!(*phase, Phase::Inactive) {
-            return Err(already_in_swarm());
-        }
-        let token = JoinToken::parse(&token_text)
-            .map_err(|e| Status::invalid_argument(format!("invalid join token: {e}")))?;
-        drop(token_text);
-        let remote = net::parse_addr(&req.remote_addr)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?
-            .to_string();
-        // A node listening on every interface may join as a worker with 0.0.0.0:PORT: the
-        // manager records the address it connected from. A manager needs a real address.
-        let advertise = match self.advertise_addr(&req.advertise_addr) {
-            Ok(a) => a,
-            Err(_) if req.advertise_addr.is_empty() => self.cfg.listen_addr.to_string(),
-            Err(e) => return Err(e),
-        };
-        let internal =
-            |e: &dyn std::fmt::Display| Status::internal(format!("joining the swarm: {e}"));
-        let joined =
-            crate::agent::join::request_certificate(&token, &remote, &self.hostname, &advertise)
-                .await
-                .map_err(|e| match e {
-                    JoinError::Refused(s) => s,
-                    JoinError::WrongRoot(_) => Status::permission_denied(e.to_string()),
-                    other => Status::internal(other.to_string()),
-                })?;
-        let Joined {
-            key,
-            cert_der,
-            chain,
-            root_der,
-            info,
-            manager_addrs,
-        } = joined;
-        let role = node_role(info.role);
-
-        let kek = Kek::generate();
-        let dek = (role == NodeRole::Manager).then(Dek::generate);
-        let file = NodeFile {
-            node_id: info.node_id.clone(),
-            role,
-            cluster_id: info.cluster_id.clone(),
-            advertise_addr: advertise,
-            managers: if manager_addrs.is_empty() {
-                vec![remote.clone()]
-            } else {
-                manager_addrs
-            },
-            autolock: false,
-        };
-        self.save_identity(Identity {
-            file: &file,
-            kek: &kek,
-            store_kek: true,
-            dek: dek.as_ref(),
-            key: &key,
-            cert_der: &cert_der,
-            chain: &chain,
-            root_der: &root_der,
-        })
-        .map_err(|e| internal(&e))?;
-        let running = self
-            .start(file.clone(), &kek)
-            .await
-            .map_err(|e| internal(&e))?;
-        let mgr = running.manager.clone();
-        let supervisor = running.supervisor.clone();
-        *phase = Phase::Active(running);
-        if let Some(mgr) = mgr {
-            mgr.join_raft(&file.managers).await.map_err(to_status)?;
-            self.adopt_autolock(&mgr, &kek).await?;
-        }
-        // The leader marks the node Ready when its task session opens: return once it has,
-        // so that what is run right after the join can be placed on this node.
-        if !supervisor.wait_session(JOIN_SESSION_WAIT).await {
-            tracing::warn!(
-                "no task session with the leader yet; the node shows Unknown until it opens"
-            );
-        }
-        Ok(SwarmJoinResponse {
-            node_id: info.node_id,
-            role: role.as_str().into(),
-        })
-    }
-
-    /// A manager that joined an autolocked swarm seals its KEK under the swarm's unlock key
-    /// once the replicated state reaches it, and forgets its plain KEK file.
-    async fn adopt_autolock(&self, mgr: &Manager, kek: &Kek) -> Result<(), Status> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let cluster = loop {
-            if let Some(c) = mgr.read(|s| s.cluster.clone()) {
-                break c;
-            }
-            if Instant::now() > deadline {
-                return Err(Status::unavailable(
-                    "joined, but the swarm's state did not reach this manager in time",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let Some(unlock) = cluster.unlock_key.filter(|_| cluster.autolock) else {
-            return Ok(());
-        };
-        apply_autolock(&self.paths(), kek, Some(&unlock)).map_err(Status::internal)
-    }
-
-    async fn leave(&self, force: bool) -> Result<(), Status> {
-        let mut phase = self.phase.lock().await;
-        match &*phase {
-            Phase::Inactive => {
-                return Err(Status::failed_precondition(
-                    "This node is not part of a swarm",
-                ));
-            }
-            Phase::Locked(_) if !force => {
-                return Err(Status::failed_precondition(
-                    "this node is locked: unlock it with `skep swarm unlock` first, or use --force to leave anyway",
-                ));
-            }
-            Phase::Active(r) if r.file.role == NodeRole::Manager && !force => {
-                let n = r
-                    .manager
-                    .as_ref()
-                    .map(|m| m.manager_addrs().len())
-                    .unwrap_or(1);
-                return Err(Status::failed_precondition(format!(
-                    "You are attempting to leave the swarm on a node that is participating as a manager. \
-                     Removing this node leaves {} managers out of {n}. Without a Raft quorum your swarm will be \
-                     inaccessible. Use `--force` to suppress this message.",
-                    n.saturating_sub(1)
-                )));
-            }
-            _ => {}
-        }
-        let old = std::mem::replace(&mut *phase, Phase::Inactive);
-        if let Phase::Active(r) = old {
-            if let Err(e) = announce_leave(&r).await {
-                if !force {
-                    let msg = format!("{}; use --force to leave anyway", e.message());
-                    *phase = Phase::Active(r);
-                    return Err(Status::unavailable(msg));
-                }
-                tracing::warn!(error = %e.message(), "leaving without telling the managers");
-            }
-            // Leaving is no restart: the node's tasks go with it.
-            r.stop(true).await;
-        }
-        self.wipe().map_err(|e| Status::internal(e.to_string()))
-    }
-
-    fn wipe(&self) -> Result<(), DaemonError> {
-        let dir = &self.cfg.data_dir;
-        let entries = std::fs::read_dir(dir).map_err(|source| DaemonError::Io {
-            what: "listing",
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let r = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            r.map_err(|source| DaemonError::Io {
-                what: "removing",
-                path,
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// The KEK the unlock key `key` gives, checked against this manager's data key.
-    fn open_kek(&self, key: &str) -> Result<Kek, Status> {
-        parse_unlock_key(key).and_then(|raw| {
-            let kek = inner_kek(&self.paths(), &raw)?;
-            let dek = read(&self.paths().dek()).map_err(|e| Status::internal(e.to_string()))?;
-            kek.unwrap(&dek).map(|_| kek).map_err(|_| {
-                Status::invalid_argument(
-                    "invalid unlock key: it does not open this manager's data key",
-                )
-            })
-        })
-    }
-
-    async fn unlock(&self, key: &str) -> Result<(), Status> {
-        let mut phase = self.phase.lock().await;
-        let file = match &*phase {
-            Phase::Locked(f) => f.clone(),
-            _ => return Err(Status::failed_precondition("swarm is not locked")),
-        };
-        let kek = match self.open_kek(key) {
-            Ok(k) => k,
-            Err(e) => {
-                let failures = {
-                    let mut f = self
-                        .unlock_failures
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    if f.len() < 100 {
-                        f.push(
-                            AuditEvent::now(
-                                Actor::local_admin(&file.node_id),
-                                "swarm.unlock",
-                                &file.node_id,
-                                Outcome::Denied,
-                            )
-                            .with("reason", e.message()),
-                        );
-                    }
-                    f.len()
-                };
-                // Slow down guessing: each failure costs more, up to 2 s.
-                tokio::time::sleep(Duration::from_millis(200 * failures.min(10) as u64)).await;
-                return Err(e);
-            }
-        };
-        let running = self
-            .start(file.clone(), &kek)
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let mgr = running.manager.clone();
-        *phase = Phase::Active(running);
-        drop(phase);
-        let mut events: Vec<AuditEvent> = std::mem::take(
-            &mut *self
-                .unlock_failures
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        events.push(AuditEvent::now(
-            Actor::local_admin(&file.node_id),
-            "swarm.unlock",
-            &file.node_id,
-            Outcome::Ok,
-        ));
-        if let Some(mgr) = mgr {
-            tokio::spawn(async move {
-                let cmd = Command::Batch(events.into_iter().map(Command::Audit).collect());
-                if let Err(e) = mgr.propose(cmd).await {
-                    tracing::error!(error = %e, "could not audit the unlock");
-                }
-            });
-        }
-        Ok(())
-    }
-
-    /// The running manager and the local admin as the actor of a control call, once the
-    /// manager's state may be read linearizably (the one place Control reads wait for it;
-    /// `--stale` skips it, and an operator's call already waited in the gate).
-    async fn manager_and_admin(&self) -> Result<(Arc<Manager>, Actor), Status> {
-        let operator = crate::manager::gate::caller();
-        let linearizable = operator.is_none() && !crate::manager::gate::stale_requested();
-        let (m, actor) = self
-            .with_manager(|m, file| {
-                Ok((
-                    m.clone(),
-                    operator.unwrap_or_else(|| Actor::local_admin(&file.node_id)),
-                ))
-            })
-            .await?;
-        if linearizable {
-            m.read_barrier()
-                .await
-                .map_err(|e| to_status(ManagerError::from(e)))?;
-        }
-        Ok((m, actor))
-    }
-
-    async fn with_manager<T>(
-        &self,
-        f: impl FnOnce(&Arc<Manager>, &NodeFile) -> Result<T, Status>,
-    ) -> Result<T, Status> {
-        let phase = self.phase.lock().await;
-        match &*phase {
-            Phase::Inactive => Err(Status::failed_precondition(
-                "This node is not a swarm manager. Use \"skep swarm init\" or \"skep swarm join\" to connect this node to swarm and try again.",
-            )),
-            Phase::Locked(_) => Err(locked()),
-            Phase::Active(Running { manager: None, .. }) => Err(Status::failed_precondition(
-                "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. \
-                 Please run this command on a manager node or promote the current node to a manager.",
-            )),
-            Phase::Active(Running {
-                manager: Some(m),
-                file,
-                ..
-            }) => {
-                m.check_store().map_err(to_status)?;
-                f(m, file)
-            }
-        }
-    }
-}
-
-fn policy_kind(rbac: bool) -> crate::manager::secrets::PolicyKind {
-    if rbac {
-        crate::manager::secrets::PolicyKind::Rbac
-    } else {
-        crate::manager::secrets::PolicyKind::Secrets
-    }
-}
-
-fn policy_info(v: crate::manager::secrets::PolicyView) -> crate::api::v1::PolicyInfo {
-    crate::api::v1::PolicyInfo {
-        text: v.text,
-        digest: v.digest,
-        is_default: v.is_default,
-        updated_at: v.updated_at,
-    }
-}
-
-/// The node's identity from its files. A renewal interrupted between writing the new key and
-/// moving the new certificate into place is finished here: `node.crt.next` is used if it is
-/// the one that matches the key, and dropped otherwise.
-fn open_identity(
-    p: &Paths,
-    key_der: SecretBytes,
-    root_der: Vec<u8>,
-) -> Result<Arc<net::identity::LiveIdentity>, DaemonError> {
-    let chain = match std::fs::read(p.chain()) {
-        Ok(bytes) => skep_pki::split_der_certs(&bytes)
-            .map_err(|e| DaemonError::Corrupt(p.chain(), e.to_string()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => {
-            return Err(DaemonError::Io {
-                what: "reading",
-                path: p.chain(),
-                source,
-            });
-        }
-    };
-    let creds = |cert_der| Credentials {
-        cert_der,
-        chain: chain.clone(),
-        key_der: key_der.clone(),
-        root_der: root_der.clone(),
-    };
-    let next = p.next_cert();
-    if next.exists() {
-        if let Ok(id) = net::identity::LiveIdentity::new(creds(read(&next)?)) {
-            std::fs::rename(&next, p.cert()).map_err(|source| DaemonError::Io {
-                what: "finishing a certificate renewal: renaming",
-                path: next.clone(),
-                source,
-            })?;
-            return Ok(id);
-        }
-        let _ = std::fs::remove_file(&next);
-    }
-    net::identity::LiveIdentity::new(creds(read(&p.cert())?))
-        .map_err(|e| DaemonError::Corrupt(p.cert(), e.to_string()))
-}
-
-/// Renews the node's certificate at a random point between 50% and 80% of its life, for a
-/// fresh key each time, over the node's current mTLS identity; keeps the new pair on disk
-/// (the key sealed) and swaps it into every TLS config. Open connections are not disturbed.
-struct Renewer {
-    identity: Arc<net::identity::LiveIdentity>,
-    kek: Kek,
-    paths: Paths,
-    managers: ManagerList,
-    tls: Arc<rustls::ClientConfig>,
-    node_id: String,
-    renew_now: Arc<tokio::sync::Notify>,
-    pending: Arc<Mutex<crate::agent::Pending>>,
-    roles: tokio::sync::mpsc::UnboundedSender<NodeRole>,
-}
-
-impl Renewer {
-    /// Takes what the agent asked for: new trusted roots are saved and used for every new
-    /// handshake. Returns whether a renewal was asked for too.
-    fn apply_pending(&self) -> bool {
-        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
-        if let Some(roots) = pending.roots {
-            let creds = self.identity.creds();
-            if creds.root_der != roots {
-                let mut next = (*creds).clone();
-                next.root_der = roots;
-                // Swapped in first: roots that do not load are never written.
-                let bytes = next.root_der.clone();
-                match self
-                    .identity
-                    .swap(next)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| {
-                        write_private(&self.paths.root(), &bytes).map_err(|e| e.to_string())
-                    }) {
-                    Ok(()) => tracing::info!("this node's trusted root CAs changed"),
-                    Err(e) => tracing::error!(error = %e, "cannot take the swarm's new root CAs"),
-                }
-            }
-        }
-        pending.renew
-    }
-
-    async fn run(self) {
-        loop {
-            let creds = self.identity.creds();
-            let Ok(info) = skep_pki::NodeCertInfo::from_der(&creds.cert_der) else {
-                tracing::error!("this node's certificate cannot be read; it will not be renewed");
-                return;
-            };
-            // Certificates start a minute early (clock skew): the life counts from issue.
-            let start = info.not_before + time::Duration::minutes(1);
-            let life = (info.not_after - start).max(time::Duration::seconds(1));
-            let fraction: f64 = rand::random_range(0.5..0.8);
-            let at = start + life * fraction;
-            let wait = (at - time::OffsetDateTime::now_utc()).max(time::Duration::ZERO);
-            tokio::select! {
-                _ = tokio::time::sleep(wait.try_into().unwrap_or(Duration::ZERO)) => {
-                    self.apply_pending();
-                }
-                _ = self.renew_now.notified() => {
-                    if !self.apply_pending() {
-                        continue;
-                    }
-                    tracing::info!("renewing this node's certificate now: the swarm changed its role or its root CA");
-                }
-            }
-            loop {
-                match self.renew_once().await {
-                    Ok(new) => {
-                        tracing::info!(serial = %new.serial, not_after = %crate::util::rfc3339(new.not_after), role = %new.role, "certificate renewed");
-                        let _ = self.roles.send(node_role(new.role));
-                        break;
-                    }
-                    Err(e) => {
-                        let left: time::Duration = info.not_after - time::OffsetDateTime::now_utc();
-                        if left <= time::Duration::ZERO {
-                            tracing::error!(error = %e, "this node's certificate expired before it could be renewed; the node must join the swarm again");
-                            return;
-                        }
-                        tracing::warn!(error = %e, "certificate renewal failed; retrying");
-                        let pause: time::Duration = (left / 10_i32).clamp(
-                            time::Duration::milliseconds(200),
-                            time::Duration::seconds(30),
-                        );
-                        tokio::time::sleep(pause.try_into().unwrap_or(Duration::from_secs(1)))
-                            .await;
-                    }
-                }
-            }
-        }
-    }
-
-    async fn renew_once(&self) -> Result<skep_pki::NodeCertInfo, String> {
-        let key = skep_pki::NodeKey::generate().map_err(|e| e.to_string())?;
-        let csr_der = key.csr_der().map_err(|e| e.to_string())?;
-        let our_public = key.public_key_der();
-        let root_der = self.identity.creds().root_der.clone();
-        let candidates = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
-        let mut last = "no manager is known".to_string();
-        for addr in candidates {
-            let Ok(ch) = net::channel(&addr, self.tls.clone()) else {
-                continue;
-            };
-            let issued = match net::serve::ca_client(ch)
-                .renew_node_certificate(crate::api::v1::RenewRequest {
-                    csr_der: csr_der.clone(),
-                })
-                .await
-            {
-                Ok(r) => r.into_inner(),
-                Err(s) => {
-                    last = format!("{addr}: {}", crate::agent::error_chain(&s));
-                    continue;
-                }
-            };
-            if issued.chain.len() > 4 {
-                return Err(
-                    "the renewed certificate comes with more than 4 chain certificates".into(),
-                );
-            }
-            let now = time::OffsetDateTime::now_utc();
-            let roots = skep_pki::split_der_certs(&root_der).map_err(|e| e.to_string())?;
-            let mut verified = Err("no trusted root CA".to_string());
-            for root in &roots {
-                verified =
-                    skep_pki::verify_issued_chain(root, &issued.chain, &issued.cert_der, now)
-                        .map_err(|e| format!("the renewed certificate does not verify: {e}"));
-                if verified.is_ok() {
-                    break;
-                }
-            }
-            let info = verified?;
-            if info.node_id != self.node_id || info.public_key_der != our_public {
-                return Err("the renewed certificate is not for this node's new key".into());
-            }
-            let creds = Credentials {
-                cert_der: issued.cert_der,
-                chain: issued.chain,
-                key_der: SecretBytes::from(key.pkcs8_der()),
-                root_der,
-            };
-            self.persist(&creds).map_err(|e| e.to_string())?;
-            self.identity.swap(creds).map_err(|e| e.to_string())?;
-            return Ok(info);
-        }
-        Err(last)
-    }
-
-    /// New certificate to `node.crt.next`, new key (sealed) into place, then the certificate:
-    /// a crash at any point leaves a pair that [`open_identity`] can use.
-    fn persist(&self, creds: &Credentials) -> Result<(), DaemonError> {
-        let next = self.paths.next_cert();
-        write_private(&next, &creds.cert_der)?;
-        write_private(&self.paths.chain(), &creds.chain.concat())?;
-        let sealed = self
-            .kek
-            .seal_blob(RecordKind::NodeKey, creds.key_der.expose());
-        write_private(&self.paths.key(), &sealed)?;
-        std::fs::rename(&next, self.paths.cert()).map_err(|source| DaemonError::Io {
-            what: "renaming into place",
-            path: next,
-            source,
-        })
-    }
-}
-
-/// Tells a manager this node is leaving, with the node's own identity; the leader takes a
-/// manager out of the Raft membership.
-async fn announce_leave(r: &Running) -> Result<(), Status> {
-    let tls = net::client_config_live(&r.identity.creds().root_der, Some(r.identity.clone()))
-        .map_err(|e| Status::internal(e.to_string()))?;
-    let mut addrs = match &r.manager {
-        Some(m) => m.manager_addrs(),
-        None => r.managers_snapshot(),
-    };
-    if let Some(m) = &r.manager {
-        // Ask a peer first; the leader itself comes last (it may be us).
-        addrs.retain(|a| *a != r.file.advertise_addr);
-        if m.is_leader() || addrs.is_empty() {
-            addrs.insert(0, r.file.advertise_addr.clone());
-        }
-    }
-    let mut last = Status::unavailable("no manager is known");
-    for addr in addrs {
-        let ch = net::channel(&addr, tls.clone()).map_err(|e| Status::internal(e.to_string()))?;
-        match net::serve::dispatcher_client(ch).leave(Empty {}).await {
-            Ok(_) => return Ok(()),
-            Err(s) => last = s,
-        }
-    }
-    Err(last)
-}
-
-impl Running {
-    fn managers_snapshot(&self) -> Vec<String> {
-        self.file.managers.clone()
-    }
-}
-
-fn locked() -> Status {
-    Status::failed_precondition(
-        "Swarm is encrypted and locked: it needs to be unlocked before it can be used. Please use \"skep swarm unlock\" to unlock it.",
-    )
-}
-
-fn already_in_swarm() -> Status {
-    Status::failed_precondition(
-        "This node is already part of a swarm. Use \"skep swarm leave\" to leave this swarm and join another one.",
-    )
-}
-
-/// A fresh unlock key: its raw bytes and its text (`SKEP-KEY-1-` and 64 hex digits).
-pub(crate) fn new_unlock_key() -> (zeroize::Zeroizing<[u8; 32]>, SecretString) {
-    let raw = random_32();
-    let mut text = zeroize::Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
-    text.push_str(UNLOCK_KEY_PREFIX);
-    for b in raw.iter() {
-        text.push(char::from(HEX[usize::from(b >> 4)]));
-        text.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    (raw, SecretString::from(text))
-}
-
-fn random_32() -> zeroize::Zeroizing<[u8; 32]> {
-    use rand::RngCore;
-    let mut b = zeroize::Zeroizing::new([0u8; 32]);
-    rand::rng().fill_bytes(&mut *b);
-    b
-}
-
-fn parse_unlock_key(text: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, Status> {
-    let bad = || {
-        Status::invalid_argument(format!(
-            "invalid unlock key: expected {UNLOCK_KEY_PREFIX} followed by 64 hex digits"
-        ))
-    };
-    let hex_part = text
-        .trim()
-        .strip_prefix(UNLOCK_KEY_PREFIX)
-        .ok_or_else(bad)?;
-    let raw = zeroize::Zeroizing::new(hex::decode(hex_part).map_err(|_| bad())?);
-    if raw.len() != 32 {
-        return Err(bad());
-    }
-    Ok(raw)
-}
-
-/// The node's KEK from an unlock key: sealed in `kek.sealed` under the key derived from it, or
-/// (a swarm created with autolock whose key never changed) that derived key itself.
-fn inner_kek(p: &Paths, raw: &[u8]) -> Result<Kek, Status> {
-    let derived = Kek::from_unlock_key(raw);
-    let path = p.sealed_kek();
-    if !path.exists() {
-        return Ok(derived);
-    }
-    let sealed = read(&path).map_err(|e| Status::internal(e.to_string()))?;
-    let bytes = derived
-        .open_blob(RecordKind::WrappedKek, &sealed)
-        .map_err(|_| {
-            Status::invalid_argument("invalid unlock key: it does not open this manager's keys")
-        })?;
-    Kek::from_bytes(&bytes).map_err(|e| Status::internal(e.to_string()))
-}
-
-/// Reads, changes and writes `node.json` (other fields as they are on disk now). One writer
-/// at a time, so concurrent changes (the manager list, the autolock flag) are not lost.
-fn update_node_file(path: &Path, change: impl FnOnce(&mut NodeFile)) -> Result<(), DaemonError> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _one = LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let mut file: NodeFile = serde_json::from_slice(&read(path)?)
-        .map_err(|e| DaemonError::Corrupt(path.to_path_buf(), e.to_string()))?;
-    change(&mut file);
-    let bytes = serde_json::to_vec_pretty(&file).map_err(|e| DaemonError::Start(e.to_string()))?;
-    write_private(path, &bytes)
-}
-
-/// Puts the node's KEK where the swarm's autolock setting wants it: with autolock, sealed
-/// under the unlock key (`kek.sealed`) and the plain `kek` file gone; without, in the 0600
-/// `kek` file. Only the KEK is re-wrapped; the data it protects is not rewritten. Each step
-/// is an atomic file replacement, in an order that leaves a startable node after a crash.
-fn apply_autolock(p: &Paths, kek: &Kek, unlock_key: Option<&SecretString>) -> Result<(), String> {
-    let remove = |path: PathBuf| match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(format!("removing {}: {e}", path.display())),
-    };
-    match unlock_key {
-        Some(key) => {
-            let raw = parse_unlock_key(key.expose()).map_err(|s| s.message().to_string())?;
-            let sealed =
-                Kek::from_unlock_key(&raw).seal_blob(RecordKind::WrappedKek, kek.expose_bytes());
-            write_private(&p.sealed_kek(), &sealed).map_err(|e| e.to_string())?;
-            update_node_file(&p.node(), |f| f.autolock = true).map_err(|e| e.to_string())?;
-            remove(p.kek())
-        }
-        None => {
-            write_private(&p.kek(), kek.expose_bytes()).map_err(|e| e.to_string())?;
-            update_node_file(&p.node(), |f| f.autolock = false).map_err(|e| e.to_string())?;
-            remove(p.sealed_kek())
-        }
-    }
-}
-
-/// On a manager: keeps the local KEK wrapped as the replicated autolock setting says, as it
-/// changes (`swarm update --autolock`, `swarm unlock-key --rotate`).
-async fn sync_autolock(mgr: Arc<Manager>, paths: Paths, kek: Kek) {
-    let mut applied = mgr.state().subscribe();
-    let mut last: Option<Option<String>> = None;
-    loop {
-        let want = mgr.read(|s| {
-            s.cluster.as_ref().map(|c| {
-                c.unlock_key
-                    .as_ref()
-                    .filter(|_| c.autolock)
-                    .map(|k| SecretString::new(k.expose()))
-            })
-        });
-        if let Some(want) = want {
-            let digest = want
-                .as_ref()
-                .map(|k| crate::store::secret_obj::digest(k.expose().as_bytes()));
-            if last.as_ref() != Some(&digest) {
-                match apply_autolock(&paths, &kek, want.as_ref()) {
-                    Ok(()) => {
-                        tracing::info!(autolock = want.is_some(), "key-encryption key re-wrapped");
-                        last = Some(digest);
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot re-wrap the key-encryption key"),
-                }
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(5), applied.changed())
-            .await
-            .is_ok_and(|r| r.is_err())
-        {
-            return;
-        }
-    }
-}
-
-/// Saves the manager list the agent learns, so a restarted node finds the swarm again. Reads
-/// the file each time so it never undoes another change (such as adopting autolock).
-async fn persist_managers(path: PathBuf, list: ManagerList) {
-    let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
-        tick.tick().await;
-        let now = list.lock().map(|l| l.clone()).unwrap_or_default();
-        if now.is_empty() {
-            continue;
-        }
-        let unchanged = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<NodeFile>(&b).ok())
-            .is_some_and(|f| f.managers == now);
-        if unchanged {
-            continue;
-        }
-        if let Err(e) = update_node_file(&path, |f| f.managers = now) {
-            tracing::warn!(error = %e, "could not save the manager list");
-        }
-    }
-}
-
-fn node_info(m: &Manager, n: &Node, self_id: &str) -> NodeInfo {
-    NodeInfo {
-        id: n.id.clone(),
-        hostname: n.hostname.clone(),
-        role: n.role.as_str().into(),
-        status: n.state.as_str().into(),
-        availability: n.availability.as_str().into(),
-        manager_status: match m.read(|s| s.store_errors.get(&n.id).cloned()) {
-            Some(e) if n.role == NodeRole::Manager => format!("Unavailable (store failed: {e})"),
-            _ => m.manager_status(n).into(),
-        },
-        // A manager whose agent is up but whose Raft log the leader cannot bring up to date
-        // says why (`node inspect`); one that is down is just Unreachable.
-        manager_message: match n.raft_id.and_then(|r| m.sync_problem(r)) {
-            Some(why) if n.state == NodeState::Ready && m.manager_status(n) == "Unreachable" => {
-                format!("out of sync: {}", crate::util::prefix(&why, 200))
-            }
-            _ => String::new(),
-        },
-        addr: n.addr.clone(),
-        cert_serial: n.cert_serial.clone(),
-        cert_not_after: n.cert_not_after.clone(),
-        created_at: n.created_at.clone(),
-        updated_at: n.updated_at.clone(),
-        labels: n.labels.clone().into_iter().collect(),
-        is_self: n.id == self_id,
-        runtimes: n.runtimes.iter().map(|r| r.as_str().to_string()).collect(),
-        nano_cpus: n.resources.nano_cpus,
-        memory_bytes: n.resources.memory_bytes,
-    }
-}
-
-/// The environment variable that counts the daemon's re-executions after store failures
-/// (for the back-off between them).
-const REEXEC_ENV: &str = "SKEP_STORE_REEXECS";
-
-/// Watches a manager's Raft for a fatal error (a storage failure: a full disk, an I/O error)
-/// and makes it loud and safe: the manager is marked failed at once with the diagnosed cause
-/// (it then claims no leadership, refuses reads and writes with the cause, and its heartbeats
-/// tell the leader, so `node ls` shows it Unavailable), and recovers when the cause is gone.
-///
-/// Recovery re-executes the daemon (`/proc/self/exe`, same arguments, same PID) once a probe
-/// write of a few MiB to the store directory succeeds, rather than re-opening the store and
-/// swapping a new openraft instance into the running process. Why: openraft cannot be
-/// restarted in place after a fatal error, and every part of a manager (its loops, the mTLS
-/// services, the dispatcher's sessions, the `Arc<Manager>` they share) holds the dead
-/// instance; swapping it safely would touch all of them. A fresh process rebuilds them all
-/// from what is on disk through the path a restart after a crash takes, which the store
-/// already makes safe: entries are acknowledged only after fsync (no acknowledged write is
-/// lost), redb commits are atomic and every record is sealed (a torn write is never read
-/// back), and the rollback anchor is checked again. Re-executions back off (1 s doubling to
-/// about a minute, counted in `SKEP_STORE_REEXECS`) so a store that fails at once again does
-/// not spin.
-async fn watch_store(mgr: Arc<Manager>, raft_dir: PathBuf) {
-    let mut metrics = mgr.raft.metrics();
-    let fatal = loop {
-        match &metrics.borrow_and_update().running_state {
-            Ok(()) => {}
-            Err(openraft::error::Fatal::Stopped) => return,
-            Err(e) => break e.to_string(),
-        }
-        if metrics.changed().await.is_err() {
-            return;
-        }
-    };
-    let mut cause = match probe_store(&raft_dir).await {
-        Err(e) => e,
-        Ok(()) if fatal.contains("No space left on device") => {
-            format!("disk full on {}: {fatal}", raft_dir.display())
-        }
-        Ok(()) => fatal.clone(),
-    };
-    mgr.fail_store(cause.clone());
-    tracing::error!(
-        store = %raft_dir.display(),
-        %cause,
-        raft = %fatal,
-        "this manager's store failed: it no longer acts as a manager (not leader, refuses reads and writes); \
-         free space or fix the disk and it restarts itself"
-    );
-    let restarts: u32 = std::env::var(REEXEC_ENV)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let backoff = Duration::from_secs(1 << restarts.min(6));
-    let since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        match probe_store(&raft_dir).await {
-            Ok(()) if since.elapsed() >= backoff => break,
-            Ok(()) => {}
-            Err(now) => {
-                if now != cause {
-                    tracing::error!(store = %raft_dir.display(), cause = %now, "the store still cannot be written");
-                    mgr.fail_store(now.clone());
-                    cause = now;
-                }
-            }
-        }
-    }
-    tracing::warn!(
-        store = %raft_dir.display(),
-        "the store directory can be written again: re-executing the daemon to reopen the store"
-    );
-    use std::os::unix::process::CommandExt;
-    let mut args = std::env::args_os();
-    let argv0 = args.next().unwrap_or_else(|| "skep".into());
-    let err = std::process::Command::new("/proc/self/exe")
-        .arg0(argv0)
-        .args(args)
-        .env(REEXEC_ENV, (restarts + 1).to_string())
-        .exec();
-    tracing::error!(error = %err, "cannot re-execute the daemon; restart it to reopen the store");
-}
-
-/// Writes, syncs and removes a probe file of a few MiB in the store directory: `Err` with
-/// the cause as operators should read it ("disk full on DIR: ...") when that fails.
-async fn probe_store(dir: &Path) -> Result<(), String> {
-    let dir = dir.to_path_buf();
-    let path = dir.join(".probe");
-    let result = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let r = std::fs::File::create(&path).and_then(|mut f| {
-            let chunk = vec![0u8; 1 << 20];
-            for _ in 0..4 {
-                f.write_all(&chunk)?;
-            }
-            f.sync_all()
-        });
-        let _ = std::fs::remove_file(&path);
-        r
-    })
-    .await
-    .map_err(|e| e.to_string())?;
-    result.map_err(|e| match e.raw_os_error() {
-        Some(28) => format!("disk full on {}: {e}", dir.display()),
-        Some(122) => format!("disk quota exceeded on {}: {e}", dir.display()),
-        Some(30) => format!("read-only file system at {}: {e}", dir.display()),
-        _ => format!("cannot write to {}: {e}", dir.display()),
-    })
-}
-
-/// Appends the audit record of a start with `--force-rollback` that accepted an older store,
-/// retrying until it is committed (the manager may wait for a leader).
-async fn audit_forced_rollback(mgr: Arc<Manager>, raft_dir: PathBuf, details: String) {
-    let event = AuditEvent::now(
-        Actor::local_admin(&mgr.node_id),
-        "store.rollback.forced",
-        &raft_dir.display().to_string(),
-        Outcome::Ok,
-    )
-    .with("details", details);
-    loop {
-        match mgr.propose(Command::Audit(event.clone())).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot audit the forced rollback yet; retrying")
-            }
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// The control API, served on the local Unix socket: the caller is this node's root admin.
-struct ControlService(Arc<Daemon>);
-
-#[tonic::async_trait]
-impl Control for ControlService {
-    async fn swarm_init(
-        &self,
-        req: Request<SwarmInitRequest>,
-    ) -> Result<Response<SwarmInitResponse>, Status> {
-        self.0.init(req.into_inner()).await.map(Response::new)
-    }
-
-    async fn swarm_join(
-        &self,
-        req: Request<SwarmJoinRequest>,
-    ) -> Result<Response<SwarmJoinResponse>, Status> {
-        self.0.join(req.into_inner()).await.map(Response::new)
-    }
-
-    async fn swarm_leave(
-        &self,
-        req: Request<SwarmLeaveRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        self.0
-            .leave(req.into_inner().force)
-            .await
-            .map(|()| Response::new(Empty {}))
-    }
-
-    async fn swarm_unlock(
-        &self,
-        req: Request<SwarmUnlockRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        let key = zeroize::Zeroizing::new(req.into_inner().unlock_key);
-        self.0.unlock(&key).await.map(|()| Response::new(Empty {}))
-    }
-
-    async fn info(&self, _req: Request<Empty>) -> Result<Response<InfoResponse>, Status> {
-        let phase = self.0.phase.lock().await;
-        let resp = match &*phase {
-            Phase::Inactive => InfoResponse {
-                state: "inactive".into(),
-                ..Default::default()
-            },
-            Phase::Locked(f) => InfoResponse {
-                state: "locked".into(),
-                node_id: f.node_id.clone(),
-                role: f.role.as_str().into(),
-                cluster_id: f.cluster_id.clone(),
-                advertise_addr: f.advertise_addr.clone(),
-                is_leader: false,
-            },
-            Phase::Active(r) => InfoResponse {
-                state: "active".into(),
-                node_id: r.file.node_id.clone(),
-                role: r.file.role.as_str().into(),
-                cluster_id: r.file.cluster_id.clone(),
-                advertise_addr: r.file.advertise_addr.clone(),
-                is_leader: r.manager.as_ref().map(|m| m.is_leader()).unwrap_or(false),
-            },
-        };
-        Ok(Response::new(resp))
-    }
-
-    async fn join_token(
-        &self,
-        req: Request<JoinTokenRequest>,
-    ) -> Result<Response<JoinTokenResponse>, Status> {
-        let JoinTokenRequest { role, rotate } = req.into_inner();
-        if rotate {
-            let (m, actor) = self.0.manager_and_admin().await?;
-            let node_role = match role.as_str() {
-                "worker" => NodeRole::Worker,
-                "manager" => NodeRole::Manager,
-                other => {
-                    return Err(Status::invalid_argument(format!(
-                        "unknown role {other:?}: use worker or manager"
-                    )));
-                }
-            };
-            m.rotate_token(actor, node_role).await.map_err(to_status)?;
-        }
-        // Fail-closed: the token is read only once its `token.read` record is committed.
-        let (mgr, actor) = self.0.manager_and_admin().await?;
-        if crate::manager::gate::stale_requested() {
-            // The record needs a quorum anyway: say so at once rather than wait for a commit.
-            mgr.read_barrier()
-                .await
-                .map_err(|e| to_status(ManagerError::from(e)))?;
-        }
-        mgr.audit(AuditEvent::now(actor, "token.read", &role, Outcome::Ok))
-            .await
-            .map_err(to_status)?;
-        let resp = self
-            .0
-            .with_manager(|m, file| {
-                let cluster = m.read(|s| s.cluster.clone()).ok_or_else(|| {
-                    to_status(ManagerError::Precondition(
-                        "the swarm is still being created".into(),
-                    ))
-                })?;
-                let token = match role.as_str() {
-                    "worker" => cluster.worker_token,
-                    "manager" => cluster.manager_token,
-                    other => {
-                        return Err(Status::invalid_argument(format!(
-                            "unknown role {other:?}: use worker or manager"
-                        )));
-                    }
-                };
-                Ok(JoinTokenResponse {
-                    token: token.expose().to_string(),
-                    manager_addr: file.advertise_addr.clone(),
-                })
-            })
-            .await?;
-        Ok(Response::new(resp))
-    }
-
-    async fn node_list(&self, _req: Request<Empty>) -> Result<Response<NodeListResponse>, Status> {
-        let (m, _) = self.0.manager_and_admin().await?;
-        if crate::manager::gate::stale_requested() {
-            // The status column says whether a quorum answers now, even for a stale read.
-            let _ = m.read_barrier_within(Duration::from_millis(500)).await;
-        }
-        self.0
-            .with_manager(|m, file| {
-                let nodes = m.read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
-                let nodes = nodes
-                    .iter()
-                    .map(|n| node_info(m, n, &file.node_id))
-                    .collect();
-                Ok(Response::new(NodeListResponse { nodes }))
-            })
-            .await
-    }
-
-    async fn node_inspect(
-        &self,
-        req: Request<NodeInspectRequest>,
-    ) -> Result<Response<NodeInfo>, Status> {
-        let want = req.into_inner().node;
-        self.0.manager_and_admin().await?;
-        self.0
-            .with_manager(|m, file| {
-                let node = m.node(&want).map_err(to_status)?;
-                Ok(Response::new(node_info(m, &node, &file.node_id)))
-            })
-            .await
-    }
-
-    async fn audit_list(
-        &self,
-        req: Request<AuditListRequest>,
-    ) -> Result<Response<AuditListResponse>, Status> {
-        let req = req.into_inner();
-        let filter = audit_filter(&req)?;
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let records_json = to_json(&m.audit_records(&filter))?;
-        let purpose = match req.purpose.as_str() {
-            "export" | "verify" => req.purpose.as_str(),
-            _ => "ls",
-        };
-        m.audit_read(actor, purpose, &filter)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(AuditListResponse {
-            records_json,
-            public_key: m.audit_public_key().unwrap_or_default(),
-            cluster_id: m.read(|s| s.cluster.as_ref().map(|c| c.id.clone()).unwrap_or_default()),
-        }))
-    }
-
-    type SwarmBackupStream = std::pin::Pin<
-        Box<
-            dyn tokio_stream::Stream<Item = Result<crate::api::v1::SwarmBackupChunk, Status>>
-                + Send,
-        >,
-    >;
-
-    async fn swarm_backup(
-        &self,
-        req: Request<crate::api::v1::SwarmBackupRequest>,
-    ) -> Result<Response<Self::SwarmBackupStream>, Status> {
-        let chunks = self.0.backup(req.into_inner()).await?;
-        Ok(Response::new(Box::pin(tokio_stream::iter(
-            chunks.into_iter().map(Ok),
-        ))))
-    }
-
-    async fn swarm_restore(
-        &self,
-        req: Request<tonic::Streaming<crate::api::v1::SwarmRestoreChunk>>,
-    ) -> Result<Response<crate::api::v1::SwarmRestoreResponse>, Status> {
-        self.0.restore(req.into_inner()).await.map(Response::new)
-    }
-
-    type AuditFollowStream = std::pin::Pin<
-        Box<dyn tokio_stream::Stream<Item = Result<AuditFollowResponse, Status>> + Send>,
-    >;
-
-    async fn audit_follow(
-        &self,
-        req: Request<AuditListRequest>,
-    ) -> Result<Response<Self::AuditFollowStream>, Status> {
-        let filter = audit_filter(req.get_ref())?;
-        let (m, actor) = self.0.manager_and_admin().await?;
-        // One record for the whole stream, however many records it carries.
-        m.audit_read(actor, "follow", &filter)
-            .await
-            .map_err(to_status)?;
-        let rx = crate::manager::audit::follow(m, filter);
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
-    }
-
-    async fn swarm_update(
-        &self,
-        req: Request<crate::api::v1::SwarmUpdateRequest>,
-    ) -> Result<Response<crate::api::v1::SwarmUpdateResponse>, Status> {
-        let r = req.into_inner();
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let autolock = match r.autolock.as_str() {
-            "" => None,
-            "true" => Some(true),
-            "false" => Some(false),
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "autolock: {other:?} is not true or false"
-                )));
-            }
-        };
-        if r.dispatcher_heartbeat_ms > 0 {
-            m.set_heartbeat(actor.clone(), r.dispatcher_heartbeat_ms)
-                .await
-                .map_err(to_status)?;
-        }
-        if r.cert_expiry_secs > 0 {
-            m.set_cert_expiry(actor.clone(), r.cert_expiry_secs)
-                .await
-                .map_err(to_status)?;
-        }
-        if let Some(keep) = r.audit_retention {
-            m.set_audit_retention(actor.clone(), keep)
-                .await
-                .map_err(to_status)?;
-        }
-        let mut unlock_key = String::new();
-        if let Some(on) = autolock
-            && let Some(k) = m.set_autolock(actor, on).await.map_err(to_status)?
-        {
-            unlock_key = k.expose().to_string();
-        }
-        Ok(Response::new(crate::api::v1::SwarmUpdateResponse {
-            unlock_key,
-        }))
-    }
-
-    async fn swarm_ca(
-        &self,
-        req: Request<crate::api::v1::SwarmCaRequest>,
-    ) -> Result<Response<crate::api::v1::SwarmCaResponse>, Status> {
-        let mut r = req.into_inner();
-        let key = SecretString::new(std::mem::take(&mut r.ca_key_pem));
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let external = match (r.ca_cert_pem.is_empty(), key.expose().is_empty()) {
-            (true, true) => None,
-            (false, false) => Some((r.ca_cert_pem.as_str(), &key)),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "--ca-cert and --ca-key go together: give both, or neither for a root skep makes",
-                ));
-            }
-        };
-        if !r.rotate && (external.is_some() || r.cert_expiry_secs != 0) {
-            return Err(Status::invalid_argument(
-                "--ca-cert, --ca-key and --cert-expiry apply to a rotation: add --rotate",
-            ));
-        }
-        if r.cert_expiry_secs != 0 && r.cert_expiry_secs < MIN_CERT_EXPIRY.as_secs() {
-            return Err(Status::invalid_argument(format!(
-                "--cert-expiry must be at least {}s",
-                MIN_CERT_EXPIRY.as_secs()
-            )));
-        }
-        if r.rotate {
-            crate::manager::gate::require(
-                &m,
-                "SwarmCa",
-                crate::policy::rbac::Action::ManageSwarm,
-                "swarm",
-            )
-            .await?;
-            m.rotate_root(
-                actor,
-                external,
-                (r.cert_expiry_secs != 0).then_some(r.cert_expiry_secs),
-            )
-            .await
-            .map_err(to_status)?;
-        }
-        let (rotating, total, done) = m.root_rotation_progress();
-        let signer = m.signer().map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::SwarmCaResponse {
-            root_pem: signer.ca.cert_pem(),
-            digest: signer.ca.digest().to_string(),
-            rotating,
-            nodes_total: total,
-            nodes_done: done,
-        }))
-    }
-
-    async fn operator_sign(
-        &self,
-        req: Request<crate::api::v1::OperatorSignRequest>,
-    ) -> Result<Response<crate::api::v1::OperatorSignResponse>, Status> {
-        let r = req.into_inner();
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let expiry = (r.expiry_secs != 0)
-            .then(|| time::Duration::seconds(i64::try_from(r.expiry_secs).unwrap_or(i64::MAX)));
-        let signed = m
-            .sign_operator(actor, &r.csr_der, &r.name, &r.role, expiry)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::OperatorSignResponse {
-            cert_pem: signed.cert_pem,
-            ca_pem: signed.ca_pem,
-            serial: signed.operator.serial,
-            not_after: signed.operator.not_after,
-        }))
-    }
-
-    async fn operator_list(
-        &self,
-        _req: Request<Empty>,
-    ) -> Result<Response<crate::api::v1::OperatorListResponse>, Status> {
-        let (m, _) = self.0.manager_and_admin().await?;
-        Ok(Response::new(crate::api::v1::OperatorListResponse {
-            operators_json: to_json(&m.operators())?,
-        }))
-    }
-
-    async fn operator_revoke(
-        &self,
-        req: Request<crate::api::v1::OperatorRevokeRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        let (m, actor) = self.0.manager_and_admin().await?;
-        m.revoke_operator(actor, &req.get_ref().name)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn unlock_key(
-        &self,
-        req: Request<crate::api::v1::UnlockKeyRequest>,
-    ) -> Result<Response<crate::api::v1::UnlockKeyResponse>, Status> {
-        let rotate = req.into_inner().rotate;
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let key = m.unlock_key(actor, rotate).await.map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::UnlockKeyResponse {
-            unlock_key: key.expose().to_string(),
-        }))
-    }
-
-    async fn node_update(
-        &self,
-        req: Request<crate::api::v1::NodeUpdateRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        let r = req.into_inner();
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let role = match r.role.as_str() {
-            "" => None,
-            "worker" => Some(NodeRole::Worker),
-            "manager" => Some(NodeRole::Manager),
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "role: {other:?} is not worker or manager"
-                )));
-            }
-        };
-        let plain = !r.availability.is_empty() || !r.label_add.is_empty() || !r.label_rm.is_empty();
-        if plain || role.is_none() {
-            m.update_node(
-                actor.clone(),
-                &r.node,
-                &r.availability,
-                &r.label_add,
-                &r.label_rm,
-            )
-            .await
-            .map_err(to_status)?;
-        }
-        if let Some(role) = role {
-            m.change_role(actor, &r.node, role)
-                .await
-                .map_err(to_status)?;
-        }
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn node_remove(
-        &self,
-        req: Request<crate::api::v1::NodeRemoveRequest>,
-    ) -> Result<Response<crate::api::v1::NodeRemoveResponse>, Status> {
-        let r = req.into_inner();
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let (node, secrets) = m
-            .remove_node(actor, &r.node, r.force)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::NodeRemoveResponse {
-            id: node.id,
-            hostname: node.hostname,
-            secrets_delivered: secrets,
-        }))
-    }
-
-    async fn node_tasks(
-        &self,
-        req: Request<NodeInspectRequest>,
-    ) -> Result<Response<crate::api::v1::TaskListResponse>, Status> {
-        let want = req.into_inner().node;
-        let (m, _) = self.0.manager_and_admin().await?;
-        let want = if want.is_empty() || want == "self" {
-            m.node_id.clone()
-        } else {
-            want
-        };
-        let tasks = m.node_tasks(&want).map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::TaskListResponse {
-            tasks_json: to_json(&tasks)?,
-        }))
-    }
-
-    async fn service_create(
-        &self,
-        req: Request<crate::api::v1::ServiceSpecRequest>,
-    ) -> Result<Response<crate::api::v1::ServiceCreateResponse>, Status> {
-        let spec = parse_spec(&req.into_inner().spec_json)?;
-        let (m, actor) = self.0.manager_and_admin().await?;
-        crate::manager::gate::require_spec(&m, "ServiceCreate", &spec).await?;
-        let id = m.create_service(actor, spec).await.map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::ServiceCreateResponse { id }))
-    }
-
-    async fn service_update(
-        &self,
-        req: Request<crate::api::v1::ServiceUpdateRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        let r = req.into_inner();
-        let spec = if r.spec_json.is_empty() {
-            None
-        } else {
-            Some(parse_spec(&r.spec_json)?)
-        };
-        let (m, actor) = self.0.manager_and_admin().await?;
-        if let Some(spec) = &spec {
-            crate::manager::gate::require_spec(&m, "ServiceUpdate", spec).await?;
-        }
-        m.update_service(actor, &r.service, spec, r.rollback, r.force)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn service_list(
-        &self,
-        _req: Request<Empty>,
-    ) -> Result<Response<crate::api::v1::ServiceListResponse>, Status> {
-        let (m, _) = self.0.manager_and_admin().await?;
-        // `service ls` counts current tasks; the history stays out of the listing.
-        let services = m
-            .services()
-            .iter()
-            .map(|(svc, tasks)| {
-                let current: Vec<_> = tasks
-                    .iter()
-                    .filter(|t| {
-                        t.desired == crate::store::service::DesiredState::Running
-                            || !t.status.state.is_terminal()
-                    })
-                    .cloned()
-                    .collect();
-                service_info(svc, &current)
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(crate::api::v1::ServiceListResponse {
-            services,
-        }))
-    }
-
-    async fn service_inspect(
-        &self,
-        req: Request<crate::api::v1::ServiceRef>,
-    ) -> Result<Response<crate::api::v1::ServiceInfo>, Status> {
-        let want = req.into_inner().service;
-        let (m, _) = self.0.manager_and_admin().await?;
-        let (svc, tasks) = m.service(&want).map_err(to_status)?;
-        let mut info = service_info(&svc, &tasks)?;
-        info.port_problems = m.port_problems(&svc.spec);
-        Ok(Response::new(info))
-    }
-
-    async fn service_remove(
-        &self,
-        req: Request<crate::api::v1::ServiceRef>,
-    ) -> Result<Response<Empty>, Status> {
-        let want = req.into_inner().service;
-        let (m, actor) = self.0.manager_and_admin().await?;
-        m.remove_service(actor, &want).await.map_err(to_status)?;
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn service_logs(
-        &self,
-        req: Request<crate::api::v1::ServiceLogsRequest>,
-    ) -> Result<Response<crate::api::v1::LogsResponse>, Status> {
-        let r = req.into_inner();
-        let (m, _) = self.0.manager_and_admin().await?;
-        let lines = m
-            .service_logs(&r.service, r.tail)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::LogsResponse { lines }))
-    }
-
-    async fn secret_create(
-        &self,
-        req: Request<crate::api::v1::SecretCreateRequest>,
-    ) -> Result<Response<crate::api::v1::SecretCreateResponse>, Status> {
-        let r = req.into_inner();
-        let labels = r.labels.into_iter().collect();
-        let value = crate::secret::SecretBytes::from(zeroize::Zeroizing::new(r.value));
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let id = m
-            .create_secret(actor, &r.name, labels, value)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::SecretCreateResponse { id }))
-    }
-
-    async fn policy_get(
-        &self,
-        req: Request<crate::api::v1::PolicyGetRequest>,
-    ) -> Result<Response<crate::api::v1::PolicyInfo>, Status> {
-        let (m, _) = self.0.manager_and_admin().await?;
-        Ok(Response::new(policy_info(
-            m.policy_of(policy_kind(req.get_ref().rbac)),
-        )))
-    }
-
-    async fn policy_set(
-        &self,
-        req: Request<crate::api::v1::PolicySetRequest>,
-    ) -> Result<Response<crate::api::v1::PolicyInfo>, Status> {
-        let r = req.into_inner();
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let text = (!r.reset).then_some(r.text);
-        let view = m
-            .set_policy(actor, text, policy_kind(r.rbac))
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(policy_info(view)))
-    }
-
-    async fn agent_secrets(
-        &self,
-        _req: Request<Empty>,
-    ) -> Result<Response<crate::api::v1::AgentSecretsResponse>, Status> {
-        let phase = self.0.phase.lock().await;
-        let Phase::Active(r) = &*phase else {
-            return Err(Status::failed_precondition(
-                "this node is not part of a swarm (or is locked): it has no agent running",
-            ));
-        };
-        let received_json = r
-            .supervisor
-            .received_secrets()
-            .iter()
-            .filter_map(|x| serde_json::to_string(x).ok())
-            .collect();
-        Ok(Response::new(crate::api::v1::AgentSecretsResponse {
-            received_json,
-        }))
-    }
-
-    async fn secret_list(
-        &self,
-        _req: Request<Empty>,
-    ) -> Result<Response<crate::api::v1::SecretListResponse>, Status> {
-        let (m, _) = self.0.manager_and_admin().await?;
-        let secrets = m.secrets().iter().map(secret_info).collect();
-        Ok(Response::new(crate::api::v1::SecretListResponse {
-            secrets,
-        }))
-    }
-
-    async fn secret_inspect(
-        &self,
-        req: Request<crate::api::v1::SecretLookup>,
-    ) -> Result<Response<crate::api::v1::SecretInfo>, Status> {
-        let want = req.into_inner().secret;
-        let (m, _) = self.0.manager_and_admin().await?;
-        let sec = m.secret(&want).map_err(to_status)?;
-        Ok(Response::new(secret_info(&sec)))
-    }
-
-    async fn secret_remove(
-        &self,
-        req: Request<crate::api::v1::SecretLookup>,
-    ) -> Result<Response<Empty>, Status> {
-        let want = req.into_inner().secret;
-        let (m, actor) = self.0.manager_and_admin().await?;
-        m.remove_secret(actor, &want).await.map_err(to_status)?;
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn network_create(
-        &self,
-        req: Request<crate::api::v1::NetworkCreateRequest>,
-    ) -> Result<Response<crate::api::v1::NetworkCreateResponse>, Status> {
-        let r = req.into_inner();
-        let labels = r.labels.into_iter().collect();
-        let (m, actor) = self.0.manager_and_admin().await?;
-        let id = m
-            .create_network(actor, &r.name, &r.driver, labels)
-            .await
-            .map_err(to_status)?;
-        Ok(Response::new(crate::api::v1::NetworkCreateResponse { id }))
-    }
-
-    async fn network_list(
-        &self,
-        _req: Request<Empty>,
-    ) -> Result<Response<crate::api::v1::NetworkListResponse>, Status> {
-        let (m, _) = self.0.manager_and_admin().await?;
-        let networks = m
-            .networks()
-            .iter()
-            .map(|n| network_info(n, m.network_users(&n.name)))
-            .collect();
-        Ok(Response::new(crate::api::v1::NetworkListResponse {
-            networks,
-        }))
-    }
-
-    async fn network_inspect(
-        &self,
-        req: Request<crate::api::v1::NetworkLookup>,
-    ) -> Result<Response<crate::api::v1::NetworkInfo>, Status> {
-        let want = req.into_inner().network;
-        let (m, _) = self.0.manager_and_admin().await?;
-        let net = m.network(&want).map_err(to_status)?;
-        let users = m.network_users(&net.name);
-        Ok(Response::new(network_info(&net, users)))
-    }
-
-    async fn network_remove(
-        &self,
-        req: Request<crate::api::v1::NetworkLookup>,
-    ) -> Result<Response<Empty>, Status> {
-        let want = req.into_inner().network;
-        let (m, actor) = self.0.manager_and_admin().await?;
-        m.remove_network(actor, &want).await.map_err(to_status)?;
-        Ok(Response::new(Empty {}))
-    }
-
-    async fn stack_audit(
-        &self,
-        req: Request<crate::api::v1::StackAuditRequest>,
-    ) -> Result<Response<Empty>, Status> {
-        let r = req.into_inner();
-        let outcome = match r.outcome.as_str() {
-            "ok" => crate::audit::Outcome::Ok,
-            "error" => crate::audit::Outcome::Error,
-            other => {
-                return Err(Status::invalid_argument(format!(
-                    "outcome: {other:?} is not ok or error"
-                )));
-            }
-        };
-        let (m, actor) = self.0.manager_and_admin().await?;
-        m.stack_audit(
-            actor,
-            &r.stack,
-            &r.action,
-            outcome,
-            r.details.into_iter().collect(),
-        )
-        .await
-        .map_err(to_status)?;
-        Ok(Response::new(Empty {}))
-    }
-}
-
-/// A network for the control API, with the services attached to it.
-fn network_info(
-    n: &crate::store::network_obj::Network,
-    services: Vec<String>,
-) -> crate::api::v1::NetworkInfo {
-    crate::api::v1::NetworkInfo {
-        id: n.id.clone(),
-        name: n.name.clone(),
-        labels: n.labels.clone().into_iter().collect(),
-        driver: n.driver.clone(),
-        created_at: n.created_at.clone(),
-        services,
-    }
-}
-
-/// A secret's metadata for the control API: everything but the value.
-fn secret_info(s: &crate::store::secret_obj::Secret) -> crate::api::v1::SecretInfo {
-    crate::api::v1::SecretInfo {
-        id: s.id.clone(),
-        name: s.name.clone(),
-        labels: s.labels.clone().into_iter().collect(),
-        digest: s.digest.clone(),
-        size: s.size,
-        created_at: s.created_at.clone(),
-        updated_at: s.updated_at.clone(),
-    }
-}
-
-/// The filters of an audit read, refused with the field that is wrong.
-fn audit_filter(r: &AuditListRequest) -> Result<crate::audit::filter::AuditFilter, Status> {
-    crate::audit::filter::AuditFilter::parse(
-        &r.since, &r.until, &r.actor, &r.action, &r.target, &r.outcome, r.from_seq,
-    )
-    .map_err(|e| Status::invalid_argument(e.to_string()))
-}
-
-fn to_json<T: serde::Serialize>(items: &[T]) -> Result<Vec<String>, Status> {
-    items
-        .iter()
-        .map(|x| serde_json::to_string(x).map_err(|e| Status::internal(e.to_string())))
-        .collect()
-}
-
-fn service_info(
-    svc: &crate::store::service::Service,
-    tasks: &[crate::manager::presence::TaskView],
-) -> Result<crate::api::v1::ServiceInfo, Status> {
-    Ok(crate::api::v1::ServiceInfo {
-        service_json: serde_json::to_string(svc).map_err(|e| Status::internal(e.to_string()))?,
-        tasks_json: to_json(tasks)?,
-        port_problems: Vec::new(),
-    })
-}
-
-/// A service spec from the control API: untrusted JSON, bounded in size.
-fn parse_spec(json: &str) -> Result<crate::store::service::ServiceSpec, Status> {
-    if json.len() > 256 * 1024 {
-        return Err(Status::invalid_argument(
-            "service spec: larger than 256 KiB",
-        ));
-    }
-    serde_json::from_str(json).map_err(|e| Status::invalid_argument(format!("service spec: {e}")))
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    /// Two files whose names differ only after the first dot (`node.json`, `node.chain`)
-    /// written at once, as a role switch and a renewal do: each write lands whole in its own
-    /// file.
-    #[test]
-    fn concurrent_writes_of_sibling_files_never_cross() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = [dir.path().join("node.json"), dir.path().join("node.chain")];
-        std::thread::scope(|s| {
-            for (i, path) in paths.iter().enumerate() {
-                s.spawn(move || {
-                    for round in 0..300u32 {
-                        let bytes = format!("{i}:{round}").repeat(100);
-                        super::write_private(path, bytes.as_bytes()).unwrap();
-                        let back = std::fs::read_to_string(path).unwrap();
-                        assert!(
-                            back.starts_with(&format!("{i}:")),
-                            "{path:?} holds {back:.20}"
-                        );
-                    }
-                });
-            }
-        });
-        let left: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left.len(), 2, "temporary files left behind: {left:?}");
     }
 }

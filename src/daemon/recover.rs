@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use tonic::Status;
 
-use super::{Daemon, Paths, Phase, read, update_node_file};
+use super::files::{Paths, read, update_node_file};
+use super::{Daemon, Phase};
+use crate::api::LOCKED_FOR_RECOVERY;
 use crate::api::v1::{SwarmInitRequest, SwarmInitResponse};
 use crate::audit::Actor;
 use crate::manager::recovery::Recovery;
@@ -16,10 +18,6 @@ use crate::manager::{raft_id_of, to_status};
 use crate::store::model::NodeRole;
 use crate::store::seal::{Kek, Sealer};
 use crate::store::{LogStore, StateMachineStore};
-
-/// What a locked manager's refusal of `--force-new-cluster` without its unlock key says (the
-/// CLI asks for the key when it sees it).
-pub const LOCKED_FOR_RECOVERY: &str = "this manager is locked";
 
 /// How long `--force-new-cluster` tries to reach a quorum before it believes none is left.
 const QUORUM_CHECK: std::time::Duration = std::time::Duration::from_secs(3);

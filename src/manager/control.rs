@@ -11,6 +11,12 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Availability, Command, Node, NodeRole};
 use crate::store::service::{Mode, Service, ServiceSpec};
 
+/// The shortest node certificate lifetime `swarm init --cert-expiry` and `swarm update
+/// --cert-expiry` accept.
+pub const MIN_CERT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a root CA the swarm generates (`swarm init`, `swarm ca --rotate`) is valid.
+pub const ROOT_CA_VALIDITY_DAYS: i64 = 20 * 365;
+
 /// Labels a node may carry (they are replicated and matched by every placement).
 const MAX_NODE_LABELS: usize = 64;
 
@@ -121,7 +127,7 @@ impl Manager {
             }
             None => skep_pki::RootCa::generate(
                 &cluster_id,
-                time::Duration::days(crate::daemon::ROOT_CA_VALIDITY_DAYS),
+                time::Duration::days(ROOT_CA_VALIDITY_DAYS),
                 now,
             )
             .map_err(|e| ManagerError::Precondition(format!("cannot make a root CA: {e}")))?,
@@ -709,7 +715,7 @@ impl Manager {
             .await?;
             return Ok(current);
         }
-        let (_, key) = crate::daemon::new_unlock_key();
+        let (_, key) = crate::store::seal::new_unlock_key();
         let record = AuditEvent::now(actor, "unlock_key.rotate", "swarm", Outcome::Ok);
         self.propose(Command::Batch(vec![
             Command::SetAutolock {
@@ -731,7 +737,7 @@ impl Manager {
         if is_on == on {
             return Ok(None);
         }
-        let key = on.then(|| crate::daemon::new_unlock_key().1);
+        let key = on.then(|| crate::store::seal::new_unlock_key().1);
         let record = AuditEvent::now(actor, "swarm.update", "autolock", Outcome::Ok)
             .with("autolock", on.to_string());
         self.propose(Command::Batch(vec![
@@ -747,9 +753,9 @@ impl Manager {
     }
 
     /// `swarm update --cert-expiry`: the validity of certificates issued from now on (the
-    /// nodes' next renewals). At least [`crate::daemon::MIN_CERT_EXPIRY`].
+    /// nodes' next renewals). At least [`MIN_CERT_EXPIRY`].
     pub async fn set_cert_expiry(&self, actor: Actor, secs: u64) -> Result<(), ManagerError> {
-        let min = crate::daemon::MIN_CERT_EXPIRY.as_secs();
+        let min = MIN_CERT_EXPIRY.as_secs();
         if secs < min || secs > 100 * 365 * 24 * 3600 {
             return Err(ManagerError::Invalid(format!(
                 "cert-expiry: must be between {min}s and 100 years"

@@ -317,6 +317,27 @@ impl Manager {
         self.anchor.get()
     }
 
+    /// Starts the manager's background loops: the store anchor's keeper (once set), node
+    /// liveness, the revocation list `revocations` serves from, audit checkpoints and the
+    /// orchestrator. The caller owns the handles (aborted when the node changes role or stops).
+    pub fn start_loops(
+        self: &Arc<Self>,
+        revocations: Arc<crate::net::revoke::Revocations>,
+        checkpoints: crate::audit::checkpoint::CheckpointPolicy,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        if let Some(keeper) = self.anchor_keeper() {
+            tasks.push(tokio::spawn(keeper.clone().run()));
+        }
+        tasks.push(tokio::spawn(self.clone().run_liveness()));
+        tasks.push(tokio::spawn(self.clone().run_revocations(revocations)));
+        tasks.push(tokio::spawn(
+            self.clone().run_audit_checkpoints(checkpoints),
+        ));
+        tasks.push(tokio::spawn(dispatch::run_orchestrator(self.clone())));
+        tasks
+    }
+
     /// Reads the replicated state as this manager has applied it.
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         self.state.read(f)

@@ -179,6 +179,9 @@ pub enum SealError {
         /// The length found.
         len: usize,
     },
+    /// Text that is not an unlock key as [`new_unlock_key`] writes it.
+    #[error("invalid unlock key: expected {UNLOCK_KEY_PREFIX} followed by 64 hex digits")]
+    UnlockKeyFormat,
 }
 
 /// A 256-bit data encryption key: seals the Raft store. Zeroized on drop.
@@ -476,9 +479,61 @@ fn hkdf_sha256_32(salt: &[u8], ikm: &[u8], info: &[u8]) -> Zeroizing<[u8; 32]> {
     out
 }
 
+/// How an unlock key is written for the operator: this prefix and 64 hex digits.
+const UNLOCK_KEY_PREFIX: &str = "SKEP-KEY-1-";
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A fresh unlock key: its raw bytes and its text (`SKEP-KEY-1-` and 64 hex digits).
+pub fn new_unlock_key() -> (Zeroizing<[u8; 32]>, crate::secret::SecretString) {
+    let mut raw = Zeroizing::new([0u8; 32]);
+    rand::rng().fill_bytes(&mut *raw);
+    let mut text = Zeroizing::new(String::with_capacity(UNLOCK_KEY_PREFIX.len() + 64));
+    text.push_str(UNLOCK_KEY_PREFIX);
+    for b in raw.iter() {
+        text.push(char::from(HEX[usize::from(b >> 4)]));
+        text.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    (raw, crate::secret::SecretString::from(text))
+}
+
+/// The raw bytes of an unlock key's text (surrounding white space ignored).
+pub fn parse_unlock_key(text: &str) -> Result<Zeroizing<Vec<u8>>, SealError> {
+    let hex_part = text
+        .trim()
+        .strip_prefix(UNLOCK_KEY_PREFIX)
+        .ok_or(SealError::UnlockKeyFormat)?;
+    let raw = Zeroizing::new(hex::decode(hex_part).map_err(|_| SealError::UnlockKeyFormat)?);
+    if raw.len() != 32 {
+        return Err(SealError::UnlockKeyFormat);
+    }
+    Ok(raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unlock_key_reads_back_as_its_bytes_and_other_text_is_refused() {
+        let (raw, text) = new_unlock_key();
+        assert!(text.expose().starts_with("SKEP-KEY-1-"));
+        assert_eq!(text.expose().len(), "SKEP-KEY-1-".len() + 64);
+        let back = parse_unlock_key(&format!("  {}\n", text.expose())).unwrap();
+        assert_eq!(&back[..], &raw[..]);
+        for bad in [
+            "",
+            "SKEP-KEY-1-",
+            "SKEP-KEY-1-abcd",
+            "SWMKEY-1-00",
+            &text.expose()[1..],
+        ] {
+            let e = parse_unlock_key(bad).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "invalid unlock key: expected SKEP-KEY-1- followed by 64 hex digits"
+            );
+        }
+    }
 
     fn sealer() -> Sealer {
         Sealer::new(&Dek::generate())
