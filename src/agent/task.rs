@@ -228,8 +228,13 @@ async fn supervise(
 
 /// Resolves when a stop is requested (or the supervisor is gone). Holds no borrow of the
 /// watch value, so the select branches after it may await.
+/// Resolves when the supervisor asks the task to stop (it always sends `true`). A dropped
+/// sender is no request: the supervisor goes away when the daemon exits, and an exiting
+/// daemon leaves its tasks running for the next one to adopt.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 fn ended(code: Result<i64, ExecError>) -> TaskStatus {
@@ -242,5 +247,27 @@ fn ended(code: Result<i64, ExecError>) -> TaskStatus {
             Some(c),
         ),
         Err(e) => status(TaskState::Failed, "lost", &e.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An exiting daemon drops its supervisor and with it every stop sender: a runner woken by
+    /// that must not take it for a stop request and kill the task it leaves running (this
+    /// killed one of six tasks on SIGTERM under load).
+    #[tokio::test]
+    async fn a_dropped_stop_sender_is_no_stop_request() {
+        let (tx, mut rx) = watch::channel(false);
+        drop(tx);
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_millis(200), stopped(&mut rx)).await;
+        assert!(waited.is_err(), "stopped() resolved on a dropped sender");
+        let (tx, mut rx) = watch::channel(false);
+        tx.send(true).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), stopped(&mut rx))
+            .await
+            .unwrap();
     }
 }
