@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::model::{Availability, Node, NodeRole, NodeState};
+use super::model::{Availability, Cluster, Node, NodeRole, NodeState};
 use super::service::{
     DesiredState, Resources, RestartPolicy, Runtime, Task, TaskSpec, TaskState, TaskStatus,
 };
@@ -78,5 +78,24 @@ pub fn node(id: &str) -> Node {
         runtimes: Vec::new(),
         resources: Resources::default(),
         port_errors: BTreeMap::new(),
+    }
+}
+
+/// A cluster record with placeholder CA and tokens, no audit key, no rotation.
+pub fn cluster() -> Cluster {
+    Cluster {
+        id: "cluster".into(),
+        created_at: "2026-01-01T00:00:00Z".into(),
+        ca_cert_pem: "cert".into(),
+        ca_key_pem: crate::secret::SecretString::new("key"),
+        worker_token: crate::secret::SecretString::new("w"),
+        manager_token: crate::secret::SecretString::new("m"),
+        cert_expiry_secs: 60,
+        autolock: false,
+        unlock_key: None,
+        heartbeat_period_ms: 0,
+        ca_rotation: None,
+        audit_key: None,
+        audit_retention: 0,
     }
 }

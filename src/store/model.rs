@@ -682,7 +682,10 @@ impl State {
     fn apply_checked(&mut self, cmd: Command) {
         match cmd {
             Command::Once { cmd, .. } => self.apply_checked(*cmd),
-            Command::InitCluster(cluster) => self.cluster = Some(*cluster),
+            Command::InitCluster(cluster) => {
+                self.vip_cursor = super::vip::start_for(&cluster.id);
+                self.cluster = Some(*cluster);
+            }
             Command::PutNode(node) => {
                 self.nodes.insert(node.id.clone(), node);
             }
@@ -1073,6 +1076,25 @@ mod tests {
 
     fn vip_of(s: &State, id: &str) -> std::net::Ipv4Addr {
         s.services[id].vip.expect("an address")
+    }
+
+    #[test]
+    fn two_swarms_give_their_first_service_different_addresses() {
+        // Test clusters share one loopback: both once gave 127.77.0.1 to their first service,
+        // and one cluster's mesh answered for the other's.
+        let first = |cluster_id: &str| {
+            let mut s = State::default();
+            let mut c = crate::store::fixtures::cluster();
+            c.id = cluster_id.into();
+            assert_eq!(s.apply(Command::InitCluster(Box::new(c))), Response::Ok);
+            assert_eq!(
+                s.apply(Command::PutService(Box::new(svc("s1", "web")))),
+                Response::Ok
+            );
+            vip_of(&s, "s1")
+        };
+        assert_eq!(first("cluster-one"), first("cluster-one"), "replicas agree");
+        assert_ne!(first("cluster-one"), first("cluster-two"));
     }
 
     #[test]

@@ -28,6 +28,17 @@ pub fn number(a: Ipv4Addr) -> Option<u32> {
     }
 }
 
+/// Where a new swarm starts handing out service addresses: a point of the range derived from
+/// its cluster ID (pure, so every replica agrees). Swarms that share a host's loopback (test
+/// clusters, a developer's several swarms) then rarely give their first services the same
+/// address and port.
+pub fn start_for(cluster_id: &str) -> u32 {
+    let d = ring::digest::digest(&ring::digest::SHA256, cluster_id.as_bytes());
+    let mut four = [0u8; 4];
+    four.copy_from_slice(&d.as_ref()[..4]);
+    u32::from_be_bytes(four) % RANGE
+}
+
 /// The first number not in `used`, searching from `cursor` round a range of `size`; `None` if
 /// all are used. Pure, so every replica picks the same one.
 pub fn allocate(used: &BTreeSet<u32>, cursor: u32, size: u32) -> Option<u32> {
@@ -41,6 +52,15 @@ pub fn allocate(used: &BTreeSet<u32>, cursor: u32, size: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn swarms_start_at_their_own_point_of_the_range() {
+        let a = start_for("cluster-a");
+        assert_eq!(a, start_for("cluster-a"), "the same on every replica");
+        assert!(a < RANGE);
+        let starts: BTreeSet<u32> = (0..50).map(|i| start_for(&format!("c{i}"))).collect();
+        assert!(starts.len() >= 49, "{starts:?}");
+    }
 
     #[test]
     fn addresses_and_numbers_round_trip() {
