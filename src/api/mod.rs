@@ -6,6 +6,14 @@ pub mod v1 {
     tonic::include_proto!("skep.v1");
 }
 
+pub mod view;
+
+/// The request header by which a Control call asks to skip the linearizable read (`--stale`);
+/// its value is [`STALE_VALUE`].
+pub const STALE_HEADER: &str = "skep-read";
+/// The value of [`STALE_HEADER`] that asks for a stale read.
+pub const STALE_VALUE: &str = "stale";
+
 /// What a locked manager's refusal of `swarm init --force-new-cluster` without its unlock key
 /// says: the CLI asks for the key when it sees it.
 pub const LOCKED_FOR_RECOVERY: &str = "this manager is locked";

@@ -24,8 +24,8 @@ impl tonic::service::Interceptor for ReadMode {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if self.stale {
             req.metadata_mut().insert(
-                crate::manager::gate::STALE_HEADER,
-                tonic::metadata::MetadataValue::from_static(crate::manager::gate::STALE_VALUE),
+                crate::api::STALE_HEADER,
+                tonic::metadata::MetadataValue::from_static(crate::api::STALE_VALUE),
             );
         }
         Ok(req)

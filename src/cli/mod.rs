@@ -148,7 +148,7 @@ struct DaemonArgs {
     audit_checkpoint_interval: Duration,
     /// For tests: build a Raft snapshot (and purge the log behind it) every N entries.
     #[arg(long, hide = true, value_name = "N", env = "SKEP_RAFT_SNAPSHOT_LOGS",
-          default_value_t = crate::manager::DEFAULT_SNAPSHOT_LOGS,
+          default_value_t = crate::daemon::DEFAULT_SNAPSHOT_LOGS,
           value_parser = clap::value_parser!(u64).range(2..))]
     raft_snapshot_logs: u64,
     /// Start a manager whose Raft store is older than its anchor (a deleted, emptied or

@@ -23,7 +23,7 @@ use super::client::status;
 use super::print;
 use super::tasks::{parse_service, parse_tasks, short_id};
 use crate::api::v1::ServiceRef;
-use crate::manager::presence::TaskView;
+use crate::api::view::TaskView;
 use crate::store::service::{
     DesiredState, Mode, Service, Task, TaskState, UpdatePhase, UpdateStatus,
 };

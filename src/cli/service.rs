@@ -22,7 +22,7 @@ use super::{Format, print};
 use crate::api::v1::{
     Empty, ServiceLogsRequest, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest,
 };
-use crate::manager::presence::TaskView;
+use crate::api::view::TaskView;
 use crate::store::service::{
     DesiredState, Mode, RestartCondition, Service, ServiceSpec, UpdateConfig,
 };

@@ -23,7 +23,7 @@ use crate::api::v1::{
     Empty, NetworkCreateRequest, NetworkInfo, NetworkLookup, SecretCreateRequest, SecretLookup,
     ServiceRef, ServiceSpecRequest, ServiceUpdateRequest, StackAuditRequest,
 };
-use crate::manager::presence::TaskView;
+use crate::api::view::TaskView;
 use crate::stack::{NAMESPACE_LABEL, SecretSource, Stack};
 use crate::store::service::Service;
 

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::output::Table;
-use crate::manager::presence::TaskView;
+use crate::api::view::TaskView;
 use crate::store::service::{DesiredState, Runtime, Service, Task, TaskSpec, TaskState};
 use crate::util::parse_rfc3339;
 
@@ -388,10 +388,10 @@ pub(super) mod tests {
     }
 
     /// The unknown mark the managers send with a task of a down node.
-    pub(in crate::cli) fn unknown_since(since: &str) -> crate::manager::presence::Unknown {
-        crate::manager::presence::Unknown {
+    pub(in crate::cli) fn unknown_since(since: &str) -> crate::api::view::Unknown {
+        crate::api::view::Unknown {
             since: since.into(),
-            reason: crate::manager::presence::NODE_DOWN.into(),
+            reason: crate::api::view::NODE_DOWN.into(),
         }
     }
 

@@ -862,7 +862,7 @@ fn to_json<T: serde::Serialize>(items: &[T]) -> Result<Vec<String>, Status> {
 
 fn service_info(
     svc: &crate::store::service::Service,
-    tasks: &[crate::manager::presence::TaskView],
+    tasks: &[crate::api::view::TaskView],
 ) -> Result<crate::api::v1::ServiceInfo, Status> {
     Ok(crate::api::v1::ServiceInfo {
         service_json: serde_json::to_string(svc).map_err(|e| Status::internal(e.to_string()))?,

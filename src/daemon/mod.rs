@@ -19,6 +19,9 @@ mod lifecycle;
 mod recover;
 mod store_watch;
 
+/// How many log entries a manager keeps before it snapshots, unless `skep daemon` says.
+pub use crate::manager::DEFAULT_SNAPSHOT_LOGS;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

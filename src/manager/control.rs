@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::lookup::find;
-use super::presence::TaskView;
+use super::presence::{TaskView, view};
 use super::{Manager, ManagerError};
 use crate::api::v1::{LogLine, TaskLogsRequest};
 use crate::audit::{Actor, AuditEvent, Outcome};
@@ -56,7 +56,7 @@ impl Manager {
                 .tasks
                 .values()
                 .filter(|t| t.service_id == svc.id)
-                .map(|t| TaskView::of(s, t))
+                .map(|t| view(s, t))
                 .collect();
             Ok((svc, tasks))
         })
@@ -72,7 +72,7 @@ impl Manager {
                         .tasks
                         .values()
                         .filter(|t| t.service_id == svc.id)
-                        .map(|t| TaskView::of(s, t))
+                        .map(|t| view(s, t))
                         .collect();
                     (svc.clone(), tasks)
                 })
@@ -661,7 +661,7 @@ impl Manager {
             s.tasks
                 .values()
                 .filter(|t| t.node_id == node.id)
-                .map(|t| TaskView::of(s, t))
+                .map(|t| view(s, t))
                 .collect()
         }))
     }

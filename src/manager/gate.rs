@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::api::{STALE_HEADER, STALE_VALUE};
 use crate::audit::Actor;
 use crate::net::PeerInfo;
 use crate::policy::rbac::Action;
@@ -16,11 +17,6 @@ tokio::task_local! {
     static CALLER: Actor;
     static STALE: bool;
 }
-
-/// The request header by which a Control call asks to skip the linearizable read (`--stale`).
-pub const STALE_HEADER: &str = "skep-read";
-/// Its value.
-pub const STALE_VALUE: &str = "stale";
 
 /// Whether the current Control call asked for this manager's copy as it is (`--stale`).
 pub fn stale_requested() -> bool {

@@ -13,78 +13,17 @@
 //! or orchestration decision reads it. Every manager computes the same view from the same
 //! committed state, so every client sees the same truth.
 
-use std::ops::{Deref, DerefMut};
-
-use serde::{Deserialize, Serialize};
-
 use crate::store::model::{Node, NodeState, State};
 use crate::store::service::{Task, TaskState};
 use crate::util::parse_rfc3339;
 
-/// What `service ps` says after "Unknown" for a task of a node marked Down.
-pub const NODE_DOWN: &str = "node down";
-/// What `service ps` says after "Unknown" for a task of a node whose agent closed its task
-/// session and has not come back yet (not Down yet: its tasks are kept for it).
-pub const AGENT_AWAY: &str = "agent away";
+pub use crate::api::view::{AGENT_AWAY, NODE_DOWN, TaskView, Unknown};
 
-/// Why the manager cannot vouch for a task's last reported state.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unknown {
-    /// RFC 3339 time since when: the node's last change of state (when it was marked Down).
-    pub since: String,
-    /// Why, for operators ([`NODE_DOWN`]).
-    pub reason: String,
-}
-
-/// A task as the Control API shows it: the stored task and, while its node's agent is away,
-/// why its state is unknown. Serialized as the task's own fields plus `unknown` when set, so a
-/// client that only knows [`Task`] still reads it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TaskView {
-    /// The task as stored.
-    #[serde(flatten)]
-    pub task: Task,
-    /// Set when the task's node is away: its last reported state may no longer hold.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unknown: Option<Unknown>,
-}
-
-impl TaskView {
-    /// The view of `task` in `state`.
-    pub fn of(state: &State, task: &Task) -> TaskView {
-        TaskView {
-            unknown: unknown(task, state.nodes.get(&task.node_id)),
-            task: task.clone(),
-        }
-    }
-
-    /// Whether the task is known to run: reported Running by an agent that is not away.
-    pub fn known_running(&self) -> bool {
-        self.task.status.state == TaskState::Running && self.unknown.is_none()
-    }
-}
-
-/// A view is read as its task (`view.status`, `view.desired`): only `unknown` is added.
-impl Deref for TaskView {
-    type Target = Task;
-    fn deref(&self) -> &Task {
-        &self.task
-    }
-}
-
-impl DerefMut for TaskView {
-    fn deref_mut(&mut self) -> &mut Task {
-        &mut self.task
-    }
-}
-
-impl From<Task> for TaskView {
-    /// A view with nothing unknown (tests, and tasks of no node).
-    fn from(task: Task) -> TaskView {
-        TaskView {
-            task,
-            unknown: None,
-        }
+/// The view of `task` in `state`: the task, and whether its node's agent is away.
+pub fn view(state: &State, task: &Task) -> TaskView {
+    TaskView {
+        unknown: unknown(task, state.nodes.get(&task.node_id)),
+        task: task.clone(),
     }
 }
 
@@ -253,11 +192,11 @@ mod tests {
         let mut state = State::default();
         state.nodes.insert("n1".into(), node(NodeState::Down));
         let t = task(TaskState::Running, BEFORE);
-        let v = TaskView::of(&state, &t);
+        let v = view(&state, &t);
         assert!(v.unknown.is_some());
         assert!(!v.known_running());
         state.nodes.insert("n1".into(), node(NodeState::Ready));
-        let v = TaskView::of(&state, &t);
+        let v = view(&state, &t);
         assert_eq!(v.unknown, None);
         assert!(v.known_running());
     }
@@ -267,7 +206,7 @@ mod tests {
         let mut state = State::default();
         state.nodes.insert("n1".into(), node(NodeState::Down));
         let t = task(TaskState::Running, BEFORE);
-        let json = serde_json::to_string(&TaskView::of(&state, &t)).unwrap();
+        let json = serde_json::to_string(&view(&state, &t)).unwrap();
         let back: TaskView = serde_json::from_str(&json).unwrap();
         assert_eq!(back.task, t);
         assert_eq!(back.unknown.unwrap().reason, "node down");
