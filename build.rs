@@ -5,12 +5,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={proto}");
     let fds = protox::compile([proto], ["src/api/proto"])?;
     tonic_prost_build::configure()
-        // These carry a secret's value or a private key: their Debug is written by hand
+        // These carry a secret's value, a private key, an unlock key or a backup key: their Debug is written by hand
         // (src/api/mod.rs) to hide it.
         .skip_debug([
             "skep.v1.SecretCreateRequest",
             "skep.v1.SecretValue",
             "skep.v1.SwarmCaRequest",
+            "skep.v1.SwarmInitRequest",
+            "skep.v1.SwarmBackupRequest",
+            "skep.v1.SwarmBackupChunk",
+            "skep.v1.SwarmRestoreChunk",
         ])
         .compile_fds(fds)?;
     Ok(())

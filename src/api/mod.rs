@@ -49,8 +49,82 @@ impl std::fmt::Debug for v1::SwarmCaRequest {
     }
 }
 
+impl std::fmt::Debug for v1::SwarmInitRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmInitRequest")
+            .field("advertise_addr", &self.advertise_addr)
+            .field("cert_expiry_secs", &self.cert_expiry_secs)
+            .field("autolock", &self.autolock)
+            .field("force_new_cluster", &self.force_new_cluster)
+            .field("unlock_key", &"..")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::SwarmBackupRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmBackupRequest")
+            .field("key", &"..")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::SwarmBackupChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmBackupChunk")
+            .field("data", &format_args!("{} bytes", self.data.len()))
+            .field("generated_key", &"..")
+            .field("summary", &self.summary)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::SwarmRestoreChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwarmRestoreChunk")
+            .field("data", &format_args!("{} bytes", self.data.len()))
+            .field("key", &"..")
+            .field("advertise_addr", &self.advertise_addr)
+            .field("rollback", &self.rollback)
+            .field("expected_size", &self.expected_size)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unlock_and_backup_keys_never_show_in_debug() {
+        let key = "SKEPBKP-0123456789ABCDEF";
+        let shown = [
+            format!(
+                "{:?}",
+                super::v1::SwarmInitRequest {
+                    unlock_key: key.into(),
+                    ..Default::default()
+                }
+            ),
+            format!("{:?}", super::v1::SwarmBackupRequest { key: key.into() }),
+            format!(
+                "{:?}",
+                super::v1::SwarmBackupChunk {
+                    generated_key: key.into(),
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                super::v1::SwarmRestoreChunk {
+                    key: key.into(),
+                    ..Default::default()
+                }
+            ),
+        ];
+        for s in shown {
+            assert!(!s.contains("0123456789"), "{s}");
+        }
+    }
+
     #[test]
     fn a_secret_value_never_shows_in_debug() {
         let req = super::v1::SecretCreateRequest {

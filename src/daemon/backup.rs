@@ -162,11 +162,11 @@ impl Daemon {
                  machine, or one whose data directory was cleared)",
             ));
         }
-        let first = chunks
+        let mut first = chunks
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("no backup was sent"))?;
-        let secret = Zeroizing::new(first.key.clone());
+        let secret = Zeroizing::new(std::mem::take(&mut first.key));
         if first.expected_size > MAX_FILE {
             return Err(Status::invalid_argument(format!(
                 "the backup is {} bytes; at most {MAX_FILE} are restored",
