@@ -449,7 +449,12 @@ impl Manager {
                 node.hostname, node.hostname
             )));
         }
-        if node.state == crate::store::model::NodeState::Ready && !force {
+        // A node whose agent is away for a moment (Unknown) may be restarting: not down yet.
+        if matches!(
+            node.state,
+            crate::store::model::NodeState::Ready | crate::store::model::NodeState::Unknown
+        ) && !force
+        {
             return Err(ManagerError::Precondition(format!(
                 "node {} is not down and can't be removed; use --force to remove it now (its certificate is revoked at once and its tasks move)",
                 node.hostname

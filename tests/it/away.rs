@@ -205,6 +205,9 @@ fn tasks_of_an_agent_that_went_away_are_unknown_within_seconds_not_after_down() 
     let nodes = m.node_ls();
     let status = find_node(&nodes, &w_id).map(|n| n["Status"].clone());
     assert_eq!(status, Some("Unknown".into()), "not Down yet");
+    // A node that may be restarting is not removed without --force.
+    let refused = m.cli_err(&["node", "rm", &w_id]);
+    assert!(refused.contains("is not down"), "{refused}");
     let now = states_on(m, &ps, &w);
     assert_eq!(now.len(), placed.len(), "{now:?}");
     for (id, state) in &now {
