@@ -170,7 +170,7 @@ fn a_locked_survivor_is_recovered_with_its_unlock_key() {
         &["swarm", "init", "--force-new-cluster"],
         "SKEP-KEY-1-0000000000000000000000000000000000000000000000000000000000000000",
     );
-    assert!(!wrong.status.success(), "{}", describe(&wrong));
+    assert_error(&wrong, "unlock key");
     let out = m1.cli_stdin(&["swarm", "init", "--force-new-cluster"], &key);
     assert!(out.status.success(), "{}", describe(&out));
     m1.cli_stdin(&["secret", "create", "new", "-"], "value");
