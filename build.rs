@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // (src/api/mod.rs) to hide it.
         .skip_debug([
             "skep.v1.SecretCreateRequest",
+            "skep.v1.SecretUpdateRequest",
             "skep.v1.SecretValue",
             "skep.v1.SwarmCaRequest",
             "skep.v1.SwarmInitRequest",

@@ -111,6 +111,7 @@ async fn commits(leader: &Host, clients: usize, per: usize, tag: &str) -> f64 {
                     name: format!("{tag}-{c}-{i}"),
                     labels: Default::default(),
                     value: b"v".to_vec(),
+                    config: false,
                 })
                 .await
                 .unwrap();
@@ -138,6 +139,7 @@ async fn write_big(leader: &Host, n: usize, tag: &str) {
             name: format!("{tag}{i}"),
             labels: Default::default(),
             value,
+            config: false,
         })
         .await
         .unwrap();

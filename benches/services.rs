@@ -383,6 +383,7 @@ fn status(state: TaskState, message: &str) -> String {
         err: String::new(),
         exit_code: None,
         timestamp: skep::util::now_rfc3339(),
+        held: Default::default(),
     })
     .unwrap()
 }

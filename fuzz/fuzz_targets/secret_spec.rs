@@ -19,16 +19,13 @@ fuzz_target!(|data: &[u8]| {
     let mut state = State::default();
     state.secrets.insert(
         "id1".into(),
-        Secret {
-            id: "id1".into(),
-            name: r.secret_name.clone(),
-            labels: Default::default(),
-            digest: String::new(),
-            size: 1,
-            value: SecretBytes::new(b"x".to_vec()),
-            created_at: String::new(),
-            updated_at: String::new(),
-        },
+        Secret::new(
+            "id1".into(),
+            r.secret_name.clone(),
+            Default::default(),
+            SecretBytes::new(b"x".to_vec()),
+            "",
+        ),
     );
     // Two references: the second may clash with the first.
     let mut refs = vec![r.clone(), r];

@@ -45,9 +45,12 @@ async fn secret_values(
         if out.contains_key(&r.secret_id) {
             continue;
         }
-        let v = match store.get(&r.secret_id) {
+        let version = task.versions.get(&r.secret_id).copied().unwrap_or(0);
+        let v = match store.get(&r.secret_id, version) {
             Some(v) => v,
-            None => fetch_secret(task, &r.secret_id, &r.secret_name, store, managers).await?,
+            None => {
+                fetch_secret(task, &r.secret_id, version, &r.secret_name, store, managers).await?
+            }
         };
         out.insert(r.secret_id.clone(), v);
     }
@@ -58,6 +61,7 @@ async fn secret_values(
 async fn fetch_secret(
     task: &Task,
     id: &str,
+    version: u64,
     name: &str,
     store: &SecretStore,
     managers: &Managers,
@@ -70,13 +74,15 @@ async fn fetch_secret(
         let req = SecretRequest {
             task_id: task.id.clone(),
             secret_id: id.to_string(),
+            version,
+            config: false,
         };
         match client.get_secret(req).await {
             Ok(resp) => {
                 let mut v = resp.into_inner();
                 let value = SecretBytes::new(std::mem::take(&mut v.value));
-                store.insert(v.id, v.name, value);
-                if let Some(v) = store.get(id) {
+                store.insert(v.id, v.version, v.name, value);
+                if let Some(v) = store.get(id, version) {
                     return Ok(v);
                 }
             }

@@ -19,6 +19,7 @@ pub fn status(state: TaskState, message: &str, err: &str, exit_code: Option<i64>
         err: err.into(),
         exit_code,
         timestamp: crate::util::now_rfc3339(),
+        held: Default::default(),
     }
 }
 

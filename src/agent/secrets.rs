@@ -85,6 +85,9 @@ pub enum SecretsError {
     },
 }
 
+/// A secret held by the agent: its ID and version.
+type Key = (String, u64);
+
 /// One secret value held by the agent.
 struct Held {
     name: String,
@@ -98,6 +101,9 @@ pub struct Received {
     pub id: String,
     /// Secret name.
     pub name: String,
+    /// Its version.
+    #[serde(default)]
+    pub version: u64,
     /// Hex SHA-256 of the value received.
     pub digest: String,
     /// RFC 3339 time it arrived.
@@ -109,29 +115,30 @@ pub struct Received {
 /// How many receipts the agent remembers.
 const LEDGER: usize = 4096;
 
-/// The secret values the agent holds, by secret ID, and a ledger of every value received
+/// The secret values the agent holds, by secret ID and version, and a ledger of every value received
 /// since the agent started (ID, name, digest and time: what `skep agent secrets` shows).
 #[derive(Default)]
 pub struct SecretStore {
-    values: Mutex<HashMap<String, Held>>,
+    values: Mutex<HashMap<Key, Held>>,
     ledger: Mutex<std::collections::VecDeque<Received>>,
 }
 
 impl SecretStore {
-    fn values(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
+    fn values(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Held>> {
         self.values.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Keeps a value the dispatcher sent.
-    pub fn insert(&self, id: String, name: String, value: SecretBytes) {
+    pub fn insert(&self, id: String, version: u64, name: String, value: SecretBytes) {
         let rec = Received {
             id: id.clone(),
             name: name.clone(),
+            version,
             digest: digest(value.expose()),
             at: crate::util::now_rfc3339(),
             held: true,
         };
-        self.values().insert(id, Held { name, value });
+        self.values().insert((id, version), Held { name, value });
         let mut ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         ledger.push_back(rec);
         if ledger.len() > LEDGER {
@@ -139,11 +146,11 @@ impl SecretStore {
         }
     }
 
-    /// Drops every value no ID in `keep` names; returns the names dropped.
-    pub fn retain(&self, keep: &BTreeSet<&str>) -> Vec<String> {
+    /// Drops every value no (ID, version) in `keep` names; returns the names dropped.
+    pub fn retain(&self, keep: &BTreeSet<(&str, u64)>) -> Vec<String> {
         let mut dropped = Vec::new();
-        self.values().retain(|id, h| {
-            let k = keep.contains(id.as_str());
+        self.values().retain(|(id, v), h| {
+            let k = keep.contains(&(id.as_str(), *v));
             if !k {
                 dropped.push(h.name.clone());
             }
@@ -152,28 +159,29 @@ impl SecretStore {
         dropped
     }
 
-    /// Whether the value of secret `id` is held.
+    /// Whether version `version` of secret `id` is held.
     #[cfg(test)]
-    fn has(&self, id: &str) -> bool {
-        self.values().contains_key(id)
+    fn has(&self, id: &str, version: u64) -> bool {
+        self.values().contains_key(&(id.to_string(), version))
     }
 
-    /// A copy of the value of secret `id` (zeroized when dropped).
-    pub fn get(&self, id: &str) -> Option<SecretBytes> {
+    /// A copy of version `version` of secret `id` (zeroized when dropped).
+    pub fn get(&self, id: &str, version: u64) -> Option<SecretBytes> {
         self.values()
-            .get(id)
+            .get(&(id.to_string(), version))
             .map(|h| SecretBytes::new(h.value.expose().to_vec()))
     }
 
     /// Every value received since the agent started, oldest first, marked held or dropped.
     pub fn received(&self) -> Vec<Received> {
-        let held: BTreeSet<String> = self.values().keys().cloned().collect();
+        let held: BTreeSet<Key> = self.values().keys().cloned().collect();
         let ledger = self.ledger.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<Received> = ledger.iter().cloned().collect();
         // Only the latest receipt of a held ID counts as holding it.
         let mut seen = BTreeSet::new();
         for r in out.iter_mut().rev() {
-            r.held = held.contains(&r.id) && seen.insert(r.id.clone());
+            let key = (r.id.clone(), r.version);
+            r.held = held.contains(&key) && seen.insert(key);
         }
         out
     }
@@ -413,6 +421,7 @@ mod tests {
             uid,
             gid,
             mode,
+            ..SecretRef::new(name)
         }
     }
 
@@ -444,16 +453,22 @@ mod tests {
         let s = SecretStore::default();
         s.insert(
             "i1".into(),
+            1,
             "db".into(),
             SecretBytes::new(b"hunter2".to_vec()),
         );
-        s.insert("i2".into(), "tls".into(), SecretBytes::new(b"k".to_vec()));
-        assert!(s.has("i1"));
-        let dropped = s.retain(&BTreeSet::from(["i2"]));
+        s.insert(
+            "i2".into(),
+            1,
+            "tls".into(),
+            SecretBytes::new(b"k".to_vec()),
+        );
+        assert!(s.has("i1", 1));
+        let dropped = s.retain(&BTreeSet::from([("i2", 1)]));
         assert_eq!(dropped, vec!["db".to_string()]);
-        assert!(!s.has("i1"));
+        assert!(!s.has("i1", 1));
         assert_eq!(
-            s.get("i2").map(|v| v.expose().to_vec()),
+            s.get("i2", 1).map(|v| v.expose().to_vec()),
             Some(b"k".to_vec())
         );
         let rec = s.received();

@@ -197,9 +197,9 @@ impl Supervisor {
         while let Some(mut msg) = stream.message().await? {
             for v in &mut msg.secrets {
                 let value = SecretBytes::new(std::mem::take(&mut v.value));
-                tracing::debug!(secret = %v.name, "secret value received");
+                tracing::debug!(secret = %v.name, version = v.version, "secret value received");
                 self.secrets
-                    .insert(std::mem::take(&mut v.id), v.name.clone(), value);
+                    .insert(std::mem::take(&mut v.id), v.version, v.name.clone(), value);
             }
             let mut tasks = Vec::with_capacity(msg.tasks_json.len());
             for json in &msg.tasks_json {
@@ -248,10 +248,10 @@ impl Supervisor {
     /// dispatcher forgets them by the same rule, and sends them again if needed).
     fn drop_unused_secrets(&self) {
         let local = self.lock();
-        let keep: std::collections::BTreeSet<&str> = local
+        let keep: std::collections::BTreeSet<(&str, u64)> = local
             .values()
             .filter(|l| !l.finished)
-            .flat_map(|l| l.task.spec.secrets.iter().map(|r| r.secret_id.as_str()))
+            .flat_map(|l| l.task.versions.iter().map(|(id, v)| (id.as_str(), *v)))
             .collect();
         for name in self.secrets.retain(&keep) {
             tracing::debug!(secret = %name, "secret value dropped: no task here uses it");

@@ -24,6 +24,17 @@ impl std::fmt::Debug for v1::SecretCreateRequest {
             .field("name", &self.name)
             .field("labels", &self.labels)
             .field("value", &"..")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for v1::SecretUpdateRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretUpdateRequest")
+            .field("secret", &self.secret)
+            .field("value", &"..")
+            .field("config", &self.config)
             .finish()
     }
 }
@@ -34,6 +45,8 @@ impl std::fmt::Debug for v1::SecretValue {
             .field("id", &self.id)
             .field("name", &self.name)
             .field("value", &"..")
+            .field("version", &self.version)
+            .field("config", &self.config)
             .finish()
     }
 }
@@ -134,11 +147,19 @@ mod tests {
         };
         assert!(!format!("{req:?}").contains("hunter2"));
         assert!(!format!("{req:?}").contains("104, 117")); // nor as a byte list
+        let upd = super::v1::SecretUpdateRequest {
+            secret: "db".into(),
+            value: b"hunter2".to_vec(),
+            ..Default::default()
+        };
+        assert!(!format!("{upd:?}").contains("hunter2"));
+        assert!(!format!("{upd:?}").contains("104, 117"));
         let msg = super::v1::Assignments {
             secrets: vec![super::v1::SecretValue {
                 id: "i".into(),
                 name: "db".into(),
                 value: b"hunter2".to_vec(),
+                ..Default::default()
             }],
             ..Default::default()
         };

@@ -265,6 +265,10 @@ struct SwarmUpdateArgs {
     /// ones at a signed checkpoint; run `skep audit export` first to keep what you need.
     #[arg(long, value_name = "N")]
     audit_retention: Option<u64>,
+    /// Unused old versions of each secret and config to keep (besides the current one and
+    /// those tasks or services use; default 2). Older ones are pruned.
+    #[arg(long, value_name = "N")]
+    secret_history_limit: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -18,7 +18,7 @@ use super::client::status;
 use super::output::{Table, json_line, json_pretty};
 use super::tasks::human_duration;
 use super::{Format, print};
-use crate::api::v1::{Empty, SecretCreateRequest, SecretInfo, SecretLookup};
+use crate::api::v1::{SecretCreateRequest, SecretInfo, SecretLookup};
 
 type Api = super::client::Api;
 
@@ -37,6 +37,21 @@ pub(super) enum SecretCommand {
     /// Remove one or more secrets.
     #[command(alias = "remove")]
     Rm(RmArgs),
+    /// Add a new version from a file or STDIN, and roll it out to the tasks that follow it.
+    Update(UpdateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(super) struct UpdateArgs {
+    /// Return once the version is stored, without waiting for the rollout.
+    #[arg(short, long)]
+    detach: bool,
+    /// Secret name, ID or ID prefix.
+    #[arg(value_name = "SECRET")]
+    name: String,
+    /// File holding the new value, or `-` for stdin.
+    #[arg(value_name = "FILE|-")]
+    file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -94,6 +109,67 @@ pub(super) async fn run(api: &mut Api, cmd: SecretCommand) -> anyhow::Result<()>
         SecretCommand::Ls(a) => ls(api, a).await,
         SecretCommand::Inspect(a) => inspect(api, a).await,
         SecretCommand::Rm(a) => rm(api, a).await,
+        SecretCommand::Update(a) => update(api, a).await,
+    }
+}
+
+async fn update(api: &mut Api, a: UpdateArgs) -> anyhow::Result<()> {
+    let mut value = read_value(&a.file)?;
+    let req = crate::api::v1::SecretUpdateRequest {
+        secret: a.name.clone(),
+        value: std::mem::take(&mut *value),
+        config: false,
+    };
+    let out = api.secret_update(req).await.map_err(status)?.into_inner();
+    print(&format!(
+        "{}: version {}\nrolling out to {} services, {} tasks (on-change per attachment)\n",
+        out.name, out.version, out.services, out.tasks
+    ))?;
+    if a.detach {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    loop {
+        let r = api
+            .secret_rollout(crate::api::v1::SecretRolloutRequest {
+                secret: out.name.clone(),
+                config: false,
+                action: String::new(),
+            })
+            .await
+            .map_err(status)?
+            .into_inner();
+        if r.to != out.version {
+            anyhow::bail!(
+                "{} moved on to version {} (another update or a rollback) before version {} was rolled out",
+                out.name,
+                r.to,
+                out.version
+            );
+        }
+        eprint!(
+            "\r  {}/{} tasks have version {} ({})   ",
+            r.done, r.total, r.to, r.state
+        );
+        if r.state == "completed" {
+            eprintln!();
+            return Ok(());
+        }
+        if r.state == "paused" {
+            eprintln!();
+            anyhow::bail!(
+                "the rollout is paused (`skep secret rollout {} --continue`)",
+                out.name
+            );
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!();
+            anyhow::bail!(
+                "the rollout has not completed after 10 minutes; it goes on (`skep secret inspect {}`)",
+                out.name
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
 
@@ -148,6 +224,7 @@ async fn create(api: &mut Api, a: CreateArgs) -> anyhow::Result<()> {
         name: a.name.clone(),
         labels,
         value: std::mem::take(&mut *value),
+        config: false,
     };
     let id = api
         .secret_create(req)
@@ -160,7 +237,7 @@ async fn create(api: &mut Api, a: CreateArgs) -> anyhow::Result<()> {
 
 async fn ls(api: &mut Api, a: LsArgs) -> anyhow::Result<()> {
     let mut secrets = api
-        .secret_list(Empty {})
+        .secret_list(crate::api::v1::SecretListRequest::default())
         .await
         .map_err(status)?
         .into_inner()
@@ -262,6 +339,7 @@ async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
         match api
             .secret_inspect(SecretLookup {
                 secret: name.clone(),
+                config: false,
             })
             .await
         {
@@ -284,6 +362,7 @@ async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
         match api
             .secret_remove(SecretLookup {
                 secret: name.clone(),
+                config: false,
             })
             .await
         {
@@ -307,6 +386,8 @@ mod tests {
             size: 3,
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
+            version: 1,
+            ..Default::default()
         }
     }
 

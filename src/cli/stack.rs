@@ -289,7 +289,7 @@ async fn deploy_objects(
 ) -> anyhow::Result<()> {
     // Check what must exist already before changing anything.
     let secrets = api
-        .secret_list(Empty {})
+        .secret_list(crate::api::v1::SecretListRequest::default())
         .await
         .map_err(status)?
         .into_inner()
@@ -350,6 +350,7 @@ async fn deploy_objects(
             name: s.name.clone(),
             labels: s.labels.clone().into_iter().collect(),
             value: v.expose().to_vec(),
+            config: false,
         })
         .await
         .map_err(status)?;
@@ -505,7 +506,7 @@ async fn rm_one(api: &mut Api, stack: &str, done: &mut Done) -> anyhow::Result<(
         .filter(|s| in_stack(&s.spec.labels, stack))
         .collect();
     let secrets: Vec<_> = api
-        .secret_list(Empty {})
+        .secret_list(crate::api::v1::SecretListRequest::default())
         .await
         .map_err(status)?
         .into_inner()
@@ -534,6 +535,7 @@ async fn rm_one(api: &mut Api, stack: &str, done: &mut Done) -> anyhow::Result<(
         print(&format!("Removing secret {}\n", s.name))?;
         api.secret_remove(SecretLookup {
             secret: s.id.clone(),
+            config: false,
         })
         .await
         .map_err(status)?;

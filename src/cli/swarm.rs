@@ -277,9 +277,10 @@ pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpda
         && args.dispatcher_heartbeat.is_none()
         && args.autolock.is_none()
         && args.audit_retention.is_none()
+        && args.secret_history_limit.is_none()
     {
         bail!(
-            "nothing to update: give --dispatcher-heartbeat, --cert-expiry, --autolock or --audit-retention"
+            "nothing to update: give --dispatcher-heartbeat, --cert-expiry, --autolock, --audit-retention or --secret-history-limit"
         );
     }
     let ms = match args.dispatcher_heartbeat {
@@ -302,6 +303,7 @@ pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpda
         cert_expiry_secs,
         autolock: args.autolock.map(|b| b.to_string()).unwrap_or_default(),
         audit_retention: args.audit_retention,
+        secret_history_limit: args.secret_history_limit,
     })
 }
 

@@ -71,15 +71,15 @@ impl Daemon {
     }
 }
 
-fn policy_kind(rbac: bool) -> crate::manager::secrets::PolicyKind {
+fn policy_kind(rbac: bool) -> crate::manager::policy_sets::PolicyKind {
     if rbac {
-        crate::manager::secrets::PolicyKind::Rbac
+        crate::manager::policy_sets::PolicyKind::Rbac
     } else {
-        crate::manager::secrets::PolicyKind::Secrets
+        crate::manager::policy_sets::PolicyKind::Secrets
     }
 }
 
-fn policy_info(v: crate::manager::secrets::PolicyView) -> crate::api::v1::PolicyInfo {
+fn policy_info(v: crate::manager::policy_sets::PolicyView) -> crate::api::v1::PolicyInfo {
     crate::api::v1::PolicyInfo {
         text: v.text,
         digest: v.digest,
@@ -365,6 +365,11 @@ impl Control for ControlService {
         }
         if let Some(keep) = r.audit_retention {
             m.set_audit_retention(actor.clone(), keep)
+                .await
+                .map_err(to_status)?;
+        }
+        if let Some(keep) = r.secret_history_limit {
+            m.set_secret_history(actor.clone(), keep)
                 .await
                 .map_err(to_status)?;
         }
@@ -657,10 +662,68 @@ impl Control for ControlService {
         let value = crate::secret::SecretBytes::from(zeroize::Zeroizing::new(r.value));
         let (m, actor) = self.0.manager_and_admin().await?;
         let id = m
-            .create_secret(actor, &r.name, labels, value)
+            .create_object(actor, r.config, &r.name, labels, value)
             .await
             .map_err(to_status)?;
         Ok(Response::new(crate::api::v1::SecretCreateResponse { id }))
+    }
+
+    async fn secret_update(
+        &self,
+        req: Request<crate::api::v1::SecretUpdateRequest>,
+    ) -> Result<Response<crate::api::v1::SecretUpdateResponse>, Status> {
+        let r = req.into_inner();
+        let value = crate::secret::SecretBytes::from(zeroize::Zeroizing::new(r.value));
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let out = m
+            .update_object(actor, r.config, &r.secret, value)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(update_response(out)))
+    }
+
+    async fn secret_rollback(
+        &self,
+        req: Request<crate::api::v1::SecretLookup>,
+    ) -> Result<Response<crate::api::v1::SecretUpdateResponse>, Status> {
+        let r = req.into_inner();
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let out = m
+            .rollback_object(actor, r.config, &r.secret)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(update_response(out)))
+    }
+
+    async fn secret_rollout(
+        &self,
+        req: Request<crate::api::v1::SecretRolloutRequest>,
+    ) -> Result<Response<crate::api::v1::RolloutInfo>, Status> {
+        let r = req.into_inner();
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let sec = match r.action.as_str() {
+            "" => m.object(r.config, &r.secret).map_err(to_status)?,
+            "pause" | "continue" => {
+                crate::manager::gate::require(
+                    &m,
+                    "SecretRollout",
+                    crate::policy::rbac::Action::ManageSecrets,
+                    "secret",
+                )
+                .await?;
+                m.set_rollout(actor, r.config, &r.secret, r.action == "pause")
+                    .await
+                    .map_err(to_status)?
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "action {} is not pause or continue",
+                    crate::util::quote(&crate::util::prefix(other, 32))
+                )));
+            }
+        };
+        let p = m.rollout_progress(r.config, &sec);
+        Ok(Response::new(rollout_info(&sec, p)))
     }
 
     async fn policy_get(
@@ -710,10 +773,15 @@ impl Control for ControlService {
 
     async fn secret_list(
         &self,
-        _req: Request<Empty>,
+        req: Request<crate::api::v1::SecretListRequest>,
     ) -> Result<Response<crate::api::v1::SecretListResponse>, Status> {
+        let config = req.into_inner().config;
         let (m, _) = self.0.manager_and_admin().await?;
-        let secrets = m.secrets().iter().map(secret_info).collect();
+        let secrets = m
+            .objects(config)
+            .iter()
+            .map(|s| secret_info(s, config))
+            .collect();
         Ok(Response::new(crate::api::v1::SecretListResponse {
             secrets,
         }))
@@ -723,19 +791,38 @@ impl Control for ControlService {
         &self,
         req: Request<crate::api::v1::SecretLookup>,
     ) -> Result<Response<crate::api::v1::SecretInfo>, Status> {
-        let want = req.into_inner().secret;
+        let r = req.into_inner();
         let (m, _) = self.0.manager_and_admin().await?;
-        let sec = m.secret(&want).map_err(to_status)?;
-        Ok(Response::new(secret_info(&sec)))
+        let sec = m.object(r.config, &r.secret).map_err(to_status)?;
+        let mut info = secret_info(&sec, r.config);
+        let used = m.object_usage(r.config, &sec.id);
+        for v in &mut info.versions {
+            if let Some(u) = used.get(&v.version) {
+                v.services = u.services.iter().cloned().collect();
+                v.nodes = u.nodes.iter().cloned().collect();
+                v.tasks = u.tasks;
+            }
+        }
+        if sec.rollout.is_some() {
+            let p = m.rollout_progress(r.config, &sec);
+            info.rollout = Some(rollout_info(&sec, p));
+        }
+        if r.config {
+            // A config is not sensitive: inspect shows its value, as Docker's does.
+            info.data = sec.value.expose().to_vec();
+        }
+        Ok(Response::new(info))
     }
 
     async fn secret_remove(
         &self,
         req: Request<crate::api::v1::SecretLookup>,
     ) -> Result<Response<Empty>, Status> {
-        let want = req.into_inner().secret;
+        let r = req.into_inner();
         let (m, actor) = self.0.manager_and_admin().await?;
-        m.remove_secret(actor, &want).await.map_err(to_status)?;
+        m.remove_object(actor, r.config, &r.secret)
+            .await
+            .map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
 
@@ -833,7 +920,9 @@ fn network_info(
 }
 
 /// A secret's metadata for the control API: everything but the value.
-fn secret_info(s: &crate::store::secret_obj::Secret) -> crate::api::v1::SecretInfo {
+/// A secret's or config's metadata and versions (never a value; usage and rollout progress
+/// are filled in by inspect).
+fn secret_info(s: &crate::store::secret_obj::Secret, config: bool) -> crate::api::v1::SecretInfo {
     crate::api::v1::SecretInfo {
         id: s.id.clone(),
         name: s.name.clone(),
@@ -842,6 +931,55 @@ fn secret_info(s: &crate::store::secret_obj::Secret) -> crate::api::v1::SecretIn
         size: s.size,
         created_at: s.created_at.clone(),
         updated_at: s.updated_at.clone(),
+        version: s.version,
+        versions: s
+            .versions()
+            .iter()
+            .map(|v| crate::api::v1::SecretVersionInfo {
+                version: v.version,
+                digest: v.digest.to_string(),
+                size: v.size,
+                created_at: v.created_at.to_string(),
+                current: v.version == s.version,
+                ..Default::default()
+            })
+            .collect(),
+        rollout: None,
+        config,
+        data: Vec::new(),
+    }
+}
+
+fn rollout_info(
+    s: &crate::store::secret_obj::Secret,
+    p: crate::manager::rollout::Progress,
+) -> crate::api::v1::RolloutInfo {
+    let r = s.rollout.clone();
+    crate::api::v1::RolloutInfo {
+        from: r.as_ref().map(|r| r.from).unwrap_or(s.version),
+        to: r.as_ref().map(|r| r.to).unwrap_or(s.version),
+        state: r
+            .as_ref()
+            .map(|r| r.state.as_str().to_string())
+            .unwrap_or_else(|| "none".into()),
+        rollback: r.as_ref().is_some_and(|r| r.rollback),
+        started_at: r.as_ref().map(|r| r.started_at.clone()).unwrap_or_default(),
+        updated_at: r.as_ref().map(|r| r.updated_at.clone()).unwrap_or_default(),
+        total: p.total,
+        done: p.done,
+        restarting: p.restarting,
+        name: s.name.clone(),
+    }
+}
+
+fn update_response(
+    o: crate::manager::secrets::UpdateOutcome,
+) -> crate::api::v1::SecretUpdateResponse {
+    crate::api::v1::SecretUpdateResponse {
+        version: o.version,
+        services: o.services,
+        tasks: o.tasks,
+        name: o.name,
     }
 }
 

@@ -140,6 +140,7 @@ impl Daemon {
             ca_rotation: None,
             audit_key: Some(audit_key),
             audit_retention: 0,
+            secret_history: 0,
         };
         let node = Node {
             id: node_id.clone(),

@@ -106,6 +106,7 @@ mod tests {
                 ca_rotation: None,
                 audit_key: None,
                 audit_retention: 0,
+                secret_history: 0,
             }),
             ..Default::default()
         };

@@ -220,7 +220,16 @@ impl Manager {
             )));
         }
         let now = crate::util::now_rfc3339();
-        let attached = Self::secret_changes(&actor, &spec.name, &id, &[], &spec.task.secrets);
+        let mut attached =
+            Self::secret_changes(&actor, &spec.name, &id, &[], &spec.task.secrets, false);
+        attached.extend(Self::secret_changes(
+            &actor,
+            &spec.name,
+            &id,
+            &[],
+            &spec.task.configs,
+            true,
+        ));
         let audit = AuditEvent::now(actor, "service.create", &spec.name, Outcome::Ok)
             .with("service_id", id.clone())
             .with("mode", mode_text(&spec.mode));
@@ -320,13 +329,22 @@ impl Manager {
         if force {
             audit = audit.with("force", "true");
         }
-        let changes = Self::secret_changes(
+        let mut changes = Self::secret_changes(
             &actor,
             &svc.spec.name,
             &svc.id,
             &old.task.secrets,
             &svc.spec.task.secrets,
+            false,
         );
+        changes.extend(Self::secret_changes(
+            &actor,
+            &svc.spec.name,
+            &svc.id,
+            &old.task.configs,
+            &svc.spec.task.configs,
+            true,
+        ));
         let mut cmds = vec![Command::PutService(Box::new(svc)), Command::Audit(audit)];
         cmds.extend(changes);
         self.propose(Command::Batch(cmds)).await
@@ -340,8 +358,11 @@ impl Manager {
         service_id: &str,
         spec: &mut ServiceSpec,
     ) -> Result<(), ManagerError> {
-        self.read(|s| super::secrets::resolve_refs(s, &mut spec.task.secrets))
-            .map_err(ManagerError::Invalid)?;
+        self.read(|s| {
+            super::secrets::resolve_refs(s, &mut spec.task.secrets, false)?;
+            super::secrets::resolve_refs(s, &mut spec.task.configs, true)
+        })
+        .map_err(ManagerError::Invalid)?;
         let who = super::entitle::ServiceId {
             id: service_id,
             name: &spec.name,
@@ -385,11 +406,22 @@ impl Manager {
         service_id: &str,
         old: &[crate::store::service::SecretRef],
         new: &[crate::store::service::SecretRef],
+        config: bool,
     ) -> Vec<Command> {
+        let what = crate::store::model::kind(config);
         let record = |action: &str, r: &crate::store::service::SecretRef| {
+            let mut e = AuditEvent::now(
+                actor.clone(),
+                &format!("{what}.{action}"),
+                &r.secret_name,
+                Outcome::Ok,
+            )
+            .with(&format!("{what}_id"), r.secret_id.clone());
+            if let Some(v) = r.pinned {
+                e = e.with("pinned", v.to_string());
+            }
             Command::Audit(
-                AuditEvent::now(actor.clone(), action, &r.secret_name, Outcome::Ok)
-                    .with("secret_id", r.secret_id.clone())
+                e.with("on_change", r.on_change.to_string())
                     .with("service", service.to_string())
                     .with("service_id", service_id.to_string())
                     .with("target", r.target.clone()),
@@ -398,12 +430,12 @@ impl Manager {
         let mut out: Vec<Command> = old
             .iter()
             .filter(|o| !new.contains(o))
-            .map(|r| record("secret.detach", r))
+            .map(|r| record("detach", r))
             .collect();
         out.extend(
             new.iter()
                 .filter(|n| !old.contains(n))
-                .map(|r| record("secret.attach", r)),
+                .map(|r| record("attach", r)),
         );
         out
     }

@@ -19,14 +19,18 @@ use super::Manager;
 use crate::api::v1::{Assignments, SecretValue};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Command, Node, State};
-use crate::store::service::{DesiredState, Task};
+use crate::store::service::{DesiredState, SecretRef, Task};
 
 /// What a session last told its node about one task.
 #[derive(Clone, PartialEq, Eq)]
 struct Sent {
     desired: DesiredState,
     spec_version: u64,
+    versions: BTreeMap<String, u64>,
 }
+
+/// A value a node holds for its tasks: config (or secret), object ID, version.
+type Value = (bool, String, u64);
 
 /// In one pass over the tasks: those a node must know about (assigned to it and not ended,
 /// including those the orchestrator wants stopped), and the IDs of all tasks placed on it,
@@ -66,6 +70,7 @@ fn diff(
         let mark = Sent {
             desired: task.desired,
             spec_version: task.spec_version,
+            versions: task.versions.clone(),
         };
         if complete || sent.get(&id) != Some(&mark) {
             match serde_json::to_string(&task) {
@@ -106,8 +111,9 @@ async fn serve_session(
         let mut applied = mgr.state().subscribe();
         let mut sent: HashMap<String, Sent> = HashMap::new();
         let mut known: HashSet<String> = HashSet::new();
-        // Secrets whose values this session has sent to the node and the node still needs.
-        let mut held: HashSet<String> = HashSet::new();
+        // Secret and config versions this session has sent to the node and the node still
+        // needs.
+        let mut held: HashSet<Value> = HashSet::new();
         let mut complete = true;
         loop {
             if !mgr.is_leader() {
@@ -142,7 +148,7 @@ async fn serve_session(
                     if let Err(e) = mgr.propose(Command::Batch(due.audit)).await {
                         tracing::warn!(node = %node_id, error = %e, "cannot record secret deliveries; holding the values back");
                         for v in &due.values {
-                            held.remove(&v.id);
+                            held.remove(&(v.config, v.id.clone(), v.version));
                         }
                         msg
                     } else {
@@ -174,50 +180,61 @@ struct Due {
     audit: Vec<Command>,
 }
 
-/// The secrets the node must be sent now: referenced by a task assigned to it that is to run,
-/// entitled by the policy on this node, not sent yet. Forgets (in `held`) the secrets no
-/// assigned task references any more: the agent drops those values too, by the same rule.
-/// `None` when no assigned task uses a secret.
+/// The secret and config versions a task is to hold.
+fn values_of(t: &Task) -> impl Iterator<Item = (bool, &SecretRef, u64)> {
+    [(false, &t.spec.secrets), (true, &t.spec.configs)]
+        .into_iter()
+        .flat_map(|(config, refs)| refs.iter().map(move |r| (config, r)))
+        .filter_map(|(config, r)| t.versions.get(&r.secret_id).map(|v| (config, r, *v)))
+}
+
+/// The secret and config versions the node must be sent now: those a task assigned to it that
+/// is to run is to hold, entitled by the policy on this node (secrets), not sent yet. Forgets
+/// (in `held`) the versions no assigned task is to hold any more: the agent drops those values
+/// too, by the same rule. `None` when no assigned task uses a secret or config.
 fn secrets_due(
     state: &State,
     node_id: &str,
     tasks: &[String],
-    held: &mut HashSet<String>,
+    held: &mut HashSet<Value>,
 ) -> Option<Due> {
-    let referenced: HashSet<&str> = tasks
+    let referenced: HashSet<Value> = tasks
         .iter()
         .filter_map(|id| state.tasks.get(id))
-        .flat_map(|t| t.spec.secrets.iter().map(|r| r.secret_id.as_str()))
+        .flat_map(|t| values_of(t).map(|(c, r, v)| (c, r.secret_id.clone(), v)))
         .collect();
-    held.retain(|id| referenced.contains(id.as_str()));
+    held.retain(|v| referenced.contains(v));
     if referenced.is_empty() {
         return None;
     }
     let node = state.nodes.get(node_id)?;
     let memo = super::entitle::Memo::new(state);
-    // Secret ID -> the tasks it goes to.
-    let mut wanted: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    // Value -> the tasks it goes to.
+    let mut wanted: BTreeMap<Value, Vec<&str>> = BTreeMap::new();
     for t in tasks.iter().filter_map(|id| state.tasks.get(id)) {
-        if t.desired != DesiredState::Running || t.spec.secrets.is_empty() {
+        if t.desired != DesiredState::Running || t.versions.is_empty() {
             continue;
         }
-        if memo
-            .check(
-                &t.service_id,
-                &t.service_name,
-                t.spec_version,
-                &t.spec,
-                node,
-            )
-            .is_err()
-        {
-            // Not entitled here (any more): the orchestrator moves the task; if its agent asks
-            // for the value anyway, GetSecret refuses and audits.
-            continue;
-        }
-        for r in &t.spec.secrets {
-            if !held.contains(&r.secret_id) {
-                wanted.entry(r.secret_id.as_str()).or_default().push(&t.id);
+        let entitled = t.spec.secrets.is_empty()
+            || memo
+                .check(
+                    &t.service_id,
+                    &t.service_name,
+                    t.spec_version,
+                    &t.spec,
+                    node,
+                )
+                .is_ok();
+        for (config, r, v) in values_of(t) {
+            // A secret the task is not entitled to here (any more) is not sent: the
+            // orchestrator moves the task; if its agent asks for the value anyway, GetSecret
+            // refuses and audits. Configs are not subject to the policy.
+            if !config && !entitled {
+                continue;
+            }
+            let key = (config, r.secret_id.clone(), v);
+            if !held.contains(&key) {
+                wanted.entry(key).or_default().push(&t.id);
             }
         }
     }
@@ -225,99 +242,177 @@ fn secrets_due(
         values: Vec::new(),
         audit: Vec::new(),
     };
-    for (id, task_ids) in wanted {
-        let Some(sec) = state.secrets.get(id) else {
+    for ((config, id, version), task_ids) in wanted {
+        let Some(sec) = state.objects(config).get(&id) else {
             continue;
         };
-        held.insert(id.to_string());
+        let Some(v) = sec.get(version) else {
+            continue;
+        };
         due.values.push(SecretValue {
             id: sec.id.clone(),
             name: sec.name.clone(),
-            value: sec.value.expose().to_vec(),
+            value: v.value.expose().to_vec(),
+            version,
+            config,
         });
         due.audit.push(Command::Audit(delivery_record(
             node,
-            &sec.name,
-            &sec.id,
-            &sec.digest,
+            Delivered {
+                config,
+                name: &sec.name,
+                id: &sec.id,
+                version,
+                digest: v.digest,
+            },
             &task_ids,
             "session",
         )));
+        held.insert((config, id, version));
     }
     Some(due)
 }
 
-/// The audit record of a secret value sent to a node.
+/// What was delivered: one version of a secret or config.
+pub(crate) struct Delivered<'a> {
+    /// A config rather than a secret.
+    pub config: bool,
+    /// Its name.
+    pub name: &'a str,
+    /// Its ID.
+    pub id: &'a str,
+    /// The version.
+    pub version: u64,
+    /// Hex SHA-256 of the value.
+    pub digest: &'a str,
+}
+
+/// The audit record of a secret (`secret.deliver`) or config (`config.deliver`) value sent to
+/// a node.
 pub(crate) fn delivery_record(
     node: &Node,
-    name: &str,
-    id: &str,
-    digest: &str,
+    what: Delivered<'_>,
     task_ids: &[&str],
     via: &str,
 ) -> AuditEvent {
-    AuditEvent::now(Actor::system(), "secret.deliver", name, Outcome::Ok)
-        .with("secret_id", id.to_string())
-        .with("digest", digest.to_string())
-        .with("node", node.id.clone())
-        .with("tasks", task_ids.join(","))
-        .with("via", via.to_string())
+    let kind = crate::store::model::kind(what.config);
+    AuditEvent::now(
+        Actor::system(),
+        &format!("{kind}.deliver"),
+        what.name,
+        Outcome::Ok,
+    )
+    .with(&format!("{kind}_id"), what.id.to_string())
+    .with("version", what.version.to_string())
+    .with("digest", what.digest.to_string())
+    .with("node", node.id.clone())
+    .with("tasks", task_ids.join(","))
+    .with("via", via.to_string())
 }
 
-/// Answers a node's request for one secret value (`Dispatcher.GetSecret`): only for a task
-/// assigned to that node, to run, referencing the secret, with the policy's consent. The
-/// refusal does not say whether a task or secret exists on another node.
+/// What a node asks for (`Dispatcher.GetSecret`): one version of a secret or config for one
+/// of its tasks.
+pub(crate) struct Request<'a> {
+    /// The task.
+    pub task_id: &'a str,
+    /// The secret or config ID.
+    pub id: &'a str,
+    /// The version the task is to hold.
+    pub version: u64,
+    /// A config rather than a secret.
+    pub config: bool,
+}
+
+/// Answers a node's request for one secret or config value (`Dispatcher.GetSecret`): only for
+/// a task assigned to that node, to run, referencing it, for the version the task is to hold,
+/// and (secrets) with the policy's consent. The refusal does not say whether a task or secret
+/// exists on another node.
 pub(crate) fn requested_secret(
     state: &State,
     node_id: &str,
-    task_id: &str,
-    secret_id: &str,
+    req: &Request<'_>,
 ) -> Result<(SecretValue, AuditEvent), String> {
+    let what = crate::store::model::kind(req.config);
     let not_yours = || {
         format!(
             "task {} is not assigned to node {node_id}",
-            crate::util::quote(task_id)
+            crate::util::quote(req.task_id)
         )
     };
     let task = state
         .tasks
-        .get(task_id)
+        .get(req.task_id)
         .filter(|t| t.node_id == node_id)
         .ok_or_else(not_yours)?;
     if task.desired != DesiredState::Running || task.status.state.is_terminal() {
-        return Err(format!("task {task_id} is not to run any more"));
+        return Err(format!("task {} is not to run any more", req.task_id));
     }
-    let Some(r) = task.spec.secrets.iter().find(|r| r.secret_id == secret_id) else {
+    let refs = if req.config {
+        &task.spec.configs
+    } else {
+        &task.spec.secrets
+    };
+    let Some(r) = refs.iter().find(|r| r.secret_id == req.id) else {
         return Err(format!(
-            "task {} does not use secret {}",
-            crate::util::quote(task_id),
-            crate::util::quote(secret_id)
+            "task {} does not use {what} {}",
+            crate::util::quote(req.task_id),
+            crate::util::quote(req.id)
         ));
     };
+    let due = task.versions.get(req.id).copied().unwrap_or(0);
+    if due != req.version {
+        return Err(format!(
+            "task {} is to hold version {due} of {what} {}, not version {}",
+            crate::util::quote(req.task_id),
+            r.secret_name,
+            req.version
+        ));
+    }
     let node = state.nodes.get(node_id).ok_or_else(not_yours)?;
-    let engine = super::entitle::engine(state);
-    let labels = state
-        .services
-        .get(&task.service_id)
-        .map(|s| s.spec.labels.clone())
-        .unwrap_or_default();
-    let svc = super::entitle::ServiceId {
-        id: &task.service_id,
-        name: &task.service_name,
-        labels: &labels,
-    };
-    super::entitle::check(&engine, state, &svc, &task.spec, node)
-        .map_err(|d| format!("the policy denies it: {d}"))?;
+    if !req.config {
+        let engine = super::entitle::engine(state);
+        let labels = state
+            .services
+            .get(&task.service_id)
+            .map(|s| s.spec.labels.clone())
+            .unwrap_or_default();
+        let svc = super::entitle::ServiceId {
+            id: &task.service_id,
+            name: &task.service_name,
+            labels: &labels,
+        };
+        super::entitle::check(&engine, state, &svc, &task.spec, node)
+            .map_err(|d| format!("the policy denies it: {d}"))?;
+    }
     let sec = state
-        .secrets
-        .get(secret_id)
-        .ok_or_else(|| format!("secret {} no longer exists", r.secret_name))?;
-    let record = delivery_record(node, &sec.name, &sec.id, &sec.digest, &[task_id], "request");
+        .objects(req.config)
+        .get(req.id)
+        .ok_or_else(|| format!("{what} {} no longer exists", r.secret_name))?;
+    let v = sec.get(req.version).ok_or_else(|| {
+        format!(
+            "{what} {} no longer keeps version {}",
+            sec.name, req.version
+        )
+    })?;
+    let record = delivery_record(
+        node,
+        Delivered {
+            config: req.config,
+            name: &sec.name,
+            id: &sec.id,
+            version: req.version,
+            digest: v.digest,
+        },
+        &[req.task_id],
+        "request",
+    );
     Ok((
         SecretValue {
             id: sec.id.clone(),
             name: sec.name.clone(),
-            value: sec.value.expose().to_vec(),
+            value: v.value.expose().to_vec(),
+            version: req.version,
+            config: req.config,
         },
         record,
     ))
@@ -416,24 +511,136 @@ mod tests {
         }
         s.secrets.insert(
             "sec1".into(),
-            crate::store::secret_obj::Secret {
-                id: "sec1".into(),
-                name: "db".into(),
-                labels: [("tier".to_string(), "prod".to_string())].into(),
-                digest: crate::store::secret_obj::digest(b"hunter2"),
-                size: 7,
-                value: crate::secret::SecretBytes::new(b"hunter2".to_vec()),
-                created_at: String::new(),
-                updated_at: String::new(),
-            },
+            crate::store::secret_obj::Secret::new(
+                "sec1".into(),
+                "db".into(),
+                [("tier".to_string(), "prod".to_string())].into(),
+                crate::secret::SecretBytes::new(b"hunter2".to_vec()),
+                "",
+            ),
         );
         let mut t = task("a", DesiredState::Running);
         t.spec.secrets = vec![SecretRef {
             secret_id: "sec1".into(),
             ..SecretRef::new("db")
         }];
+        t.versions.insert("sec1".into(), 1);
         s.tasks.insert("a".into(), t);
         s
+    }
+
+    /// Version 1 of `id` for task `task` on `node`.
+    fn ask(
+        s: &State,
+        node: &str,
+        task: &str,
+        id: &str,
+    ) -> Result<(SecretValue, AuditEvent), String> {
+        ask_version(s, node, task, id, 1)
+    }
+
+    fn ask_version(
+        s: &State,
+        node: &str,
+        task: &str,
+        id: &str,
+        version: u64,
+    ) -> Result<(SecretValue, AuditEvent), String> {
+        requested_secret(
+            s,
+            node,
+            &Request {
+                task_id: task,
+                id,
+                version,
+                config: false,
+            },
+        )
+    }
+
+    #[test]
+    fn a_new_version_goes_out_once_the_task_is_to_hold_it_and_only_that_version_is_answered() {
+        let mut s = cluster_state();
+        let mut held = HashSet::new();
+        secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
+        s.apply(Command::PushVersion {
+            config: false,
+            id: "sec1".into(),
+            version: 2,
+            value: crate::secret::SecretBytes::new(b"swordfish".to_vec()),
+            at: "t".into(),
+        });
+        // Not moved yet: nothing new is sent, and version 2 is refused.
+        assert!(
+            secrets_due(&s, "n1", &["a".to_string()], &mut held)
+                .unwrap()
+                .values
+                .is_empty()
+        );
+        let e = ask_version(&s, "n1", "a", "sec1", 2).unwrap_err();
+        assert!(
+            e.contains("is to hold version 1 of secret db, not version 2"),
+            "{e}"
+        );
+        s.apply(Command::AdvanceVersions {
+            id: "sec1".into(),
+            version: 2,
+            tasks: vec!["a".into()],
+        });
+        let due = secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
+        assert_eq!(due.values.len(), 1);
+        assert_eq!(
+            (due.values[0].version, &due.values[0].value[..]),
+            (2, &b"swordfish"[..])
+        );
+        let Command::Audit(rec) = &due.audit[0] else {
+            panic!("not an audit record")
+        };
+        assert_eq!(rec.details["version"], "2");
+        assert!(ask_version(&s, "n1", "a", "sec1", 1).is_err());
+        assert!(ask_version(&s, "n1", "a", "sec1", 2).is_ok());
+        // Version 1 is forgotten by the session: no task is to hold it.
+        assert!(!held.contains(&(false, "sec1".to_string(), 1)));
+    }
+
+    #[test]
+    fn a_config_goes_to_its_tasks_node_whatever_the_secret_policy() {
+        let mut s = cluster_state();
+        s.policy = Some(crate::store::model::PolicyDoc {
+            text: include_str!("../../policies/examples/prod-secrets-on-secure-nodes.cedar").into(),
+            digest: String::new(),
+            updated_at: String::new(),
+        });
+        s.configs.insert(
+            "cfg1".into(),
+            crate::store::secret_obj::Secret::new(
+                "cfg1".into(),
+                "app_conf".into(),
+                Default::default(),
+                crate::secret::SecretBytes::new(b"listen 80;".to_vec()),
+                "",
+            ),
+        );
+        if let Some(t) = s.tasks.get_mut("a") {
+            t.spec.configs = vec![SecretRef {
+                secret_id: "cfg1".into(),
+                target: "/etc/app.conf".into(),
+                on_change: OnChange::Restart,
+                ..SecretRef::new("app_conf")
+            }];
+            t.versions.insert("cfg1".into(), 1);
+        }
+        let due = secrets_due(&s, "n1", &["a".to_string()], &mut HashSet::new()).unwrap();
+        assert_eq!(
+            due.values.len(),
+            1,
+            "the config only: the secret is not entitled"
+        );
+        assert!(due.values[0].config);
+        let Command::Audit(rec) = &due.audit[0] else {
+            panic!("not an audit record")
+        };
+        assert_eq!(rec.action, "config.deliver");
     }
 
     #[test]
@@ -478,7 +685,7 @@ mod tests {
             due.values.is_empty(),
             "sent to a node the policy does not entitle"
         );
-        let e = requested_secret(&s, "n1", "a", "sec1").unwrap_err();
+        let e = ask(&s, "n1", "a", "sec1").unwrap_err();
         assert!(e.contains("policy denies"), "{e}");
         if let Some(n) = s.nodes.get_mut("n1") {
             n.labels.insert("secure".into(), "true".into());
@@ -490,15 +697,15 @@ mod tests {
     #[test]
     fn a_request_is_answered_only_for_the_callers_own_task_and_its_secrets() {
         let s = cluster_state();
-        let (v, rec) = requested_secret(&s, "n1", "a", "sec1").unwrap();
+        let (v, rec) = ask(&s, "n1", "a", "sec1").unwrap();
         assert_eq!(v.value, b"hunter2");
         assert_eq!(rec.details["via"], "request");
-        let other = requested_secret(&s, "n2", "a", "sec1").unwrap_err();
-        let missing = requested_secret(&s, "n2", "zzz", "sec1").unwrap_err();
+        let other = ask(&s, "n2", "a", "sec1").unwrap_err();
+        let missing = ask(&s, "n2", "zzz", "sec1").unwrap_err();
         assert!(other.contains("not assigned to node n2"), "{other}");
         // A missing task and another node's task read the same.
         assert_eq!(other.replace("\"a\"", "X"), missing.replace("\"zzz\"", "X"));
-        let e = requested_secret(&s, "n1", "a", "sec2").unwrap_err();
+        let e = ask(&s, "n1", "a", "sec2").unwrap_err();
         assert!(e.contains("does not use"), "{e}");
     }
 
@@ -510,7 +717,7 @@ mod tests {
             t.desired = DesiredState::Shutdown;
             t.status.state = TaskState::Running;
         }
-        let e = requested_secret(&stopping, "n1", "a", "sec1").unwrap_err();
+        let e = ask(&stopping, "n1", "a", "sec1").unwrap_err();
         assert!(e.contains("not to run any more"), "{e}");
     }
 
@@ -522,7 +729,7 @@ mod tests {
             if let Some(t) = ended.tasks.get_mut("a") {
                 t.status.state = end;
             }
-            let e = requested_secret(&ended, "n1", "a", "sec1").unwrap_err();
+            let e = ask(&ended, "n1", "a", "sec1").unwrap_err();
             assert!(e.contains("not to run any more"), "{end:?}: {e}");
         }
     }
@@ -555,6 +762,7 @@ mod tests {
             err: String::new(),
             exit_code: None,
             timestamp: String::new(),
+            held: Default::default(),
         }
     }
 

@@ -87,8 +87,13 @@ pub fn classify(method: &str) -> Option<(Action, &'static str)> {
         "SwarmUpdate" | "UnlockKey" => (ManageSwarm, "swarm"),
         "ServiceCreate" | "ServiceUpdate" | "ServiceRemove" => (Deploy, "service"),
         "ServiceList" | "ServiceInspect" | "ServiceLogs" => (Read, "service"),
-        "SecretCreate" | "SecretRemove" => (ManageSecrets, "secret"),
-        "SecretList" | "SecretInspect" => (Read, "secret"),
+        // Configs use the same methods (and the same actions) as secrets.
+        "SecretCreate" | "SecretRemove" | "SecretUpdate" | "SecretRollback" => {
+            (ManageSecrets, "secret")
+        }
+        // A rollout's progress is a read; pausing or continuing it is checked as
+        // ManageSecrets by the handler.
+        "SecretList" | "SecretInspect" | "SecretRollout" => (Read, "secret"),
         "NetworkCreate" | "NetworkRemove" => (Deploy, "network"),
         "StackAudit" => (Deploy, "stack"),
         "NetworkList" | "NetworkInspect" => (Read, "network"),

@@ -20,10 +20,12 @@ pub mod network;
 pub mod networks;
 pub mod operators;
 pub mod orchestrator;
+pub mod policy_sets;
 pub mod presence;
 pub mod proposals;
 pub mod reads;
 pub mod recovery;
+pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
@@ -318,8 +320,8 @@ impl Manager {
     }
 
     /// Starts the manager's background loops: the store anchor's keeper (once set), node
-    /// liveness, the revocation list `revocations` serves from, audit checkpoints and the
-    /// orchestrator. The caller owns the handles (aborted when the node changes role or stops).
+    /// liveness, the revocation list `revocations` serves from, audit checkpoints, the
+    /// orchestrator and secret rollouts. The caller owns the handles (aborted when the node changes role or stops).
     pub fn start_loops(
         self: &Arc<Self>,
         revocations: Arc<crate::net::revoke::Revocations>,
@@ -335,6 +337,7 @@ impl Manager {
             self.clone().run_audit_checkpoints(checkpoints),
         ));
         tasks.push(tokio::spawn(dispatch::run_orchestrator(self.clone())));
+        tasks.push(tokio::spawn(self.clone().run_rollouts()));
         tasks
     }
 

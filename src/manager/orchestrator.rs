@@ -111,6 +111,7 @@ fn status(state: TaskState, message: &str, at: &str) -> TaskStatus {
         err: String::new(),
         exit_code: None,
         timestamp: at.into(),
+        held: Default::default(),
     }
 }
 
@@ -269,6 +270,7 @@ impl Round<'_> {
             created_at: self.now_s.clone(),
             not_before: start.not_before,
             attempt: start.attempt,
+            versions: Default::default(),
         };
         self.tasks.insert(id.clone(), t);
         if !node.is_empty() {

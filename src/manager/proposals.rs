@@ -47,6 +47,9 @@ pub fn decision(cmd: &Command) -> Decision {
         Command::PutTasks(_) | Command::RemoveTasks(_) => {
             LocalExempt("orchestrator and scheduler decisions")
         }
+        Command::AdvanceVersions { .. } => LocalExempt(
+            "rollout steps of an audited secret update (each value sent is audited as it goes)",
+        ),
         Command::InitCluster(_)
         | Command::PutNode(_)
         | Command::RemoveNode { .. }
@@ -72,7 +75,14 @@ pub fn decision(cmd: &Command) -> Decision {
         | Command::SetAuditRetention { .. }
         | Command::RotateToken { .. }
         | Command::PutNetwork(_)
-        | Command::RemoveNetwork { .. } => Record,
+        | Command::RemoveNetwork { .. }
+        | Command::PutConfig(_)
+        | Command::RemoveConfig { .. }
+        | Command::PushVersion { .. }
+        | Command::SetCurrentVersion { .. }
+        | Command::SetRolloutState { .. }
+        | Command::PruneVersions { .. }
+        | Command::SetSecretHistory { .. } => Record,
     }
 }
 
@@ -198,6 +208,14 @@ fn name(cmd: &Command) -> &'static str {
         PutNetwork,
         RemoveNetwork,
         SetNodeStoreError,
+        PutConfig,
+        RemoveConfig,
+        PushVersion,
+        SetCurrentVersion,
+        SetRolloutState,
+        AdvanceVersions,
+        PruneVersions,
+        SetSecretHistory,
         Once,
     )
 }

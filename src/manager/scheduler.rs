@@ -57,6 +57,7 @@ pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
                     err: String::new(),
                     exit_code: None,
                     timestamp: rfc3339(now),
+                    held: Default::default(),
                 };
                 placement.add(&t);
                 out.push(t);

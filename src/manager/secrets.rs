@@ -1,16 +1,18 @@
-//! Control API operations on secrets. A secret's value goes into the sealed store and nowhere
-//! else: not into errors, audit records or anything the API returns.
+//! Control API operations on secrets and configs: create, update (a new version), rollback,
+//! remove, and what each version is used by. A secret's value goes into the sealed store and
+//! nowhere else: not into errors, audit records or anything the API returns. Configs are the
+//! same objects in their own map (`config: true`); only their values may be shown.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::lookup::find;
 use super::{Manager, ManagerError};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::secret::SecretBytes;
 use crate::spec::secret::{validate_name, validate_value};
-use crate::store::model::{Command, State};
+use crate::store::model::{Command, State, kind};
 use crate::store::secret_obj::{Secret, digest};
-use crate::store::service::SecretRef;
+use crate::store::service::{OnChange, SecretRef, Task};
 
 pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
     if labels.len() > 64 {
@@ -28,207 +30,368 @@ pub(super) fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), S
     Ok(())
 }
 
-/// Resolves the secret references of a task spec against the state: every entry must name an
-/// existing secret (its ID is filled in); targets must pass
-/// [`crate::spec::secret_target::check_refs`] (valid, distinct, none inside another).
-pub fn resolve_refs(state: &State, refs: &mut [SecretRef]) -> Result<(), String> {
-    crate::spec::secret_target::check_refs(refs)?;
+/// Resolves the secret (`config: false`) or config references of a task spec against the
+/// state: every entry must name an existing object (its ID is filled in), a pinned version
+/// must be kept; targets must pass [`crate::spec::secret_target::check_refs`] or
+/// [`crate::spec::config_target::check_refs`].
+pub fn resolve_refs(state: &State, refs: &mut [SecretRef], config: bool) -> Result<(), String> {
+    if config {
+        crate::spec::config_target::check_refs(refs)?;
+    } else {
+        crate::spec::secret_target::check_refs(refs)?;
+    }
+    let what = kind(config);
     for r in refs.iter_mut() {
-        let found = state
-            .secrets
+        let objects = state.objects(config);
+        let found = objects
             .values()
             .find(|s| s.name == r.secret_name)
             .or_else(|| {
                 (r.secret_name.is_empty() && !r.secret_id.is_empty())
-                    .then(|| state.secrets.get(&r.secret_id))
+                    .then(|| objects.get(&r.secret_id))
                     .flatten()
             });
         let Some(sec) = found else {
             return Err(format!(
-                "secret: unknown secret {}",
+                "{what}: unknown {what} {}",
                 crate::util::prefix(&r.secret_name, 64)
             ));
         };
+        if let Some(n) = r.pinned
+            && sec.get(n).is_none()
+        {
+            return Err(format!(
+                "{what} {}: no version {n} (kept: {}; unused old versions are pruned)",
+                sec.name,
+                kept(sec)
+            ));
+        }
         r.secret_id = sec.id.clone();
         r.secret_name = sec.name.clone();
     }
     Ok(())
 }
 
+fn kept(sec: &Secret) -> String {
+    sec.versions()
+        .iter()
+        .map(|v| v.version.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The references of `config` kind in a task spec.
+pub fn refs_of(spec: &crate::store::service::TaskSpec, config: bool) -> &[SecretRef] {
+    if config { &spec.configs } else { &spec.secrets }
+}
+
+/// Whether a task has not ended and is to run: it holds (or is about to hold) its versions.
+pub fn live(t: &Task) -> bool {
+    !t.status.state.is_terminal() && t.desired == crate::store::service::DesiredState::Running
+}
+
+/// Who uses one version: services whose spec pins or follows it, nodes and live tasks that are
+/// to hold it or still hold it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Service names.
+    pub services: BTreeSet<String>,
+    /// Node IDs.
+    pub nodes: BTreeSet<String>,
+    /// Live tasks.
+    pub tasks: u64,
+}
+
+/// Who uses each version of object `id`. A version is in use while anything here names it:
+/// it is never pruned, and the object cannot be removed.
+pub fn usage(state: &State, config: bool, id: &str) -> BTreeMap<u64, Usage> {
+    let mut out: BTreeMap<u64, Usage> = BTreeMap::new();
+    let Some(sec) = state.objects(config).get(id) else {
+        return out;
+    };
+    for svc in state.services.values() {
+        let specs = std::iter::once(&svc.spec.task).chain(svc.previous.as_ref().map(|p| &p.task));
+        for spec in specs {
+            for r in refs_of(spec, config).iter().filter(|r| r.secret_id == id) {
+                out.entry(r.pinned.unwrap_or(sec.version))
+                    .or_default()
+                    .services
+                    .insert(svc.spec.name.clone());
+            }
+        }
+    }
+    for t in state.tasks.values().filter(|t| live(t)) {
+        let to = t.versions.get(id);
+        let held = t.status.held.get(id);
+        for v in to.into_iter().chain(held.filter(|h| Some(*h) != to)) {
+            let u = out.entry(*v).or_default();
+            u.tasks += 1;
+            if !t.node_id.is_empty() {
+                u.nodes.insert(t.node_id.clone());
+            }
+        }
+    }
+    out
+}
+
+/// What `secret update` and `secret rollback` tell the operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpdateOutcome {
+    /// The object's name.
+    pub name: String,
+    /// The version now current.
+    pub version: u64,
+    /// Services that follow the object.
+    pub services: u64,
+    /// Live tasks of those services that follow it.
+    pub tasks: u64,
+}
+
+/// The commands that start the rollout of a new current version beyond the object itself:
+/// each service with an attachment that follows it with `on-change=restart` gets a new
+/// version (its tasks are replaced by its update policy, as by `service update --force`).
+/// Returns them with the number of services and live tasks that follow the object.
+fn restart_followers(state: &State, config: bool, id: &str, now: &str) -> (Vec<Command>, u64, u64) {
+    let mut cmds = Vec::new();
+    let mut services = 0;
+    for svc in state.services.values() {
+        let follows: Vec<&SecretRef> = refs_of(&svc.spec.task, config)
+            .iter()
+            .filter(|r| r.secret_id == id && r.pinned.is_none())
+            .collect();
+        if follows.is_empty() {
+            continue;
+        }
+        services += 1;
+        if follows.iter().any(|r| r.on_change == OnChange::Restart) {
+            let mut s = svc.clone();
+            s.previous = Some(svc.spec.clone());
+            s.version += 1;
+            s.revision += 1;
+            s.updated_at = now.to_string();
+            cmds.push(Command::PutService(Box::new(s)));
+        }
+    }
+    let tasks = state
+        .tasks
+        .values()
+        .filter(|t| {
+            live(t)
+                && refs_of(&t.spec, config)
+                    .iter()
+                    .any(|r| r.secret_id == id && r.pinned.is_none())
+        })
+        .count() as u64;
+    (cmds, services, tasks)
+}
+
 impl Manager {
-    /// Every secret, by name.
-    pub fn secrets(&self) -> Vec<Secret> {
-        let mut all: Vec<Secret> = self.read(|s| s.secrets.values().cloned().collect());
+    /// Every secret (or config), by name.
+    pub fn objects(&self, config: bool) -> Vec<Secret> {
+        let mut all: Vec<Secret> = self.read(|s| s.objects(config).values().cloned().collect());
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
 
-    /// The secret with this ID, name or ID prefix.
-    pub fn secret(&self, want: &str) -> Result<Secret, ManagerError> {
-        self.read(|s| find(s.secrets.values(), want, |x| &x.id, |x| &x.name, "secret").cloned())
+    /// The secret (or config) with this ID, name or ID prefix.
+    pub fn object(&self, config: bool, want: &str) -> Result<Secret, ManagerError> {
+        self.read(|s| {
+            find(
+                s.objects(config).values(),
+                want,
+                |x| &x.id,
+                |x| &x.name,
+                kind(config),
+            )
+            .cloned()
+        })
     }
 
-    /// `secret create`: stores the value in the sealed store; returns the new ID.
-    pub async fn create_secret(
+    /// Who uses each kept version of object `id` ([`usage`]).
+    pub fn object_usage(&self, config: bool, id: &str) -> BTreeMap<u64, Usage> {
+        self.read(|s| usage(s, config, id))
+    }
+
+    /// `secret create` / `config create`: stores the value in the sealed store as version 1;
+    /// returns the new ID.
+    pub async fn create_object(
         &self,
         actor: Actor,
+        config: bool,
         name: &str,
         labels: BTreeMap<String, String>,
         value: SecretBytes,
     ) -> Result<String, ManagerError> {
-        validate_name(name).map_err(ManagerError::Invalid)?;
+        if config {
+            crate::spec::config_target::validate_name(name).map_err(ManagerError::Invalid)?;
+        } else {
+            validate_name(name).map_err(ManagerError::Invalid)?;
+        }
         validate_value(value.expose()).map_err(ManagerError::Invalid)?;
         validate_labels(&labels).map_err(ManagerError::Invalid)?;
-        if self.read(|s| s.secrets.values().any(|x| x.name == name)) {
+        let what = kind(config);
+        if self.read(|s| s.objects(config).values().any(|x| x.name == name)) {
             return Err(ManagerError::Invalid(format!(
-                "secret {name} already exists"
+                "{what} {name} already exists; `{what} update {name} FILE` adds a version"
             )));
         }
         let now = crate::util::now_rfc3339();
         let id = skep_pki::new_id();
-        let sum = digest(value.expose());
-        let audit = AuditEvent::now(actor, "secret.create", name, Outcome::Ok)
-            .with("secret_id", id.clone())
-            .with("digest", sum.clone());
-        let secret = Secret {
-            id: id.clone(),
-            name: name.to_string(),
-            labels,
-            digest: sum,
-            size: value.expose().len() as u64,
-            value,
-            created_at: now.clone(),
-            updated_at: now,
+        let sec = Secret::new(id.clone(), name.to_string(), labels, value, &now);
+        let audit = AuditEvent::now(actor, &format!("{what}.create"), name, Outcome::Ok)
+            .with(&format!("{what}_id"), id.clone())
+            .with("version", "1")
+            .with("digest", sec.digest.clone());
+        let put = if config {
+            Command::PutConfig(Box::new(sec))
+        } else {
+            Command::PutSecret(Box::new(sec))
         };
-        self.propose(Command::Batch(vec![
-            Command::PutSecret(Box::new(secret)),
-            Command::Audit(audit),
-        ]))
-        .await?;
+        self.propose(Command::Batch(vec![put, Command::Audit(audit)]))
+            .await?;
         Ok(id)
     }
 
-    /// `secret rm`: refused while a service uses the secret.
-    pub async fn remove_secret(&self, actor: Actor, want: &str) -> Result<String, ManagerError> {
-        let sec = self.secret(want)?;
-        let users: Vec<String> = self.read(|s| {
-            s.services
-                .values()
-                .filter(|svc| {
-                    svc.spec.task.secrets.iter().any(|r| r.secret_id == sec.id)
-                        || svc
-                            .previous
-                            .as_ref()
-                            .is_some_and(|p| p.task.secrets.iter().any(|r| r.secret_id == sec.id))
-                })
-                .map(|svc| svc.spec.name.clone())
-                .collect()
-        });
-        if !users.is_empty() {
+    /// `secret update NAME FILE`: adds `value` as a new version, makes it current and starts
+    /// its rollout (audited with the version and digest, never the value).
+    pub async fn update_object(
+        &self,
+        actor: Actor,
+        config: bool,
+        want: &str,
+        value: SecretBytes,
+    ) -> Result<UpdateOutcome, ManagerError> {
+        validate_value(value.expose()).map_err(ManagerError::Invalid)?;
+        let sec = self.object(config, want)?;
+        let what = kind(config);
+        let sum = digest(value.expose());
+        if sum == sec.digest {
             return Err(ManagerError::Precondition(format!(
-                "secret {} is in use by service {}; remove it from the service first (service update --secret-rm)",
+                "{what} {}: version {} already has this value (SHA-256 {}); nothing changed",
                 sec.name,
-                users.join(", ")
+                sec.version,
+                &sum[..12]
             )));
         }
-        let audit = AuditEvent::now(actor, "secret.remove", &sec.name, Outcome::Ok)
-            .with("secret_id", sec.id.clone())
-            .with("digest", sec.digest.clone());
-        self.propose(Command::Batch(vec![
-            Command::RemoveSecret { id: sec.id.clone() },
+        let version = sec.latest() + 1;
+        let now = crate::util::now_rfc3339();
+        let (restarts, services, tasks) =
+            self.read(|s| restart_followers(s, config, &sec.id, &now));
+        let audit = AuditEvent::now(actor, &format!("{what}.update"), &sec.name, Outcome::Ok)
+            .with(&format!("{what}_id"), sec.id.clone())
+            .with("version", version.to_string())
+            .with("from", sec.version.to_string())
+            .with("digest", sum)
+            .with("services", services.to_string())
+            .with("tasks", tasks.to_string());
+        let mut cmds = vec![
+            Command::PushVersion {
+                config,
+                id: sec.id.clone(),
+                version,
+                value,
+                at: now,
+            },
             Command::Audit(audit),
-        ]))
-        .await?;
-        Ok(sec.name)
-    }
-}
-
-/// The policy set in force: its text, digest, whether it is the built-in default, and when
-/// it was installed.
-pub struct PolicyView {
-    /// Cedar text.
-    pub text: String,
-    /// Hex SHA-256 of the text.
-    pub digest: String,
-    /// The built-in default is in force.
-    pub is_default: bool,
-    /// RFC 3339 time of installation ("" for the default).
-    pub updated_at: String,
-}
-
-impl Manager {
-    /// `policy get`.
-    pub fn policy(&self) -> PolicyView {
-        self.policy_of(PolicyKind::Secrets)
-    }
-
-    /// The policy set of `kind` in force.
-    pub fn policy_of(&self, kind: PolicyKind) -> PolicyView {
-        let default = kind.default_text();
-        self.read(|s| match kind.doc(s) {
-            Some(doc) => PolicyView {
-                text: doc.text.clone(),
-                digest: doc.digest.clone(),
-                is_default: false,
-                updated_at: doc.updated_at.clone(),
-            },
-            None => PolicyView {
-                text: default.to_string(),
-                digest: crate::policy::digest(default),
-                is_default: true,
-                updated_at: String::new(),
-            },
+        ];
+        cmds.extend(restarts);
+        self.propose(Command::Batch(cmds)).await?;
+        Ok(UpdateOutcome {
+            name: sec.name,
+            version,
+            services,
+            tasks,
         })
     }
 
-    /// `policy set [--rbac]` (`None`: back to the default). The text is parsed and validated
-    /// against the kind's schema first; an invalid set is refused with Cedar's message and the
-    /// old one stays. Audited either way, with the old and new digests.
-    pub async fn set_policy(
+    /// `secret rollback NAME`: makes the kept version below the current one current again,
+    /// rolled out as an update is.
+    pub async fn rollback_object(
         &self,
         actor: Actor,
-        text: Option<String>,
-        kind: PolicyKind,
-    ) -> Result<PolicyView, ManagerError> {
-        let old = self.policy_of(kind).digest;
-        let new_digest = crate::policy::digest(text.as_deref().unwrap_or(kind.default_text()));
-        let target = kind.name();
-        if let Some(t) = &text
-            && let Err(e) = kind.validate(t)
-        {
-            // Refused either way; `audit` logs a failure to record it.
-            let _ = self
-                .audit(
-                    AuditEvent::now(actor, "policy.set", target, Outcome::Error)
-                        .with("old_digest", old)
-                        .with("new_digest", new_digest)
-                        .with("reason", e.to_string()),
-                )
-                .await;
-            return Err(ManagerError::Invalid(format!(
-                "policy refused, the policy in force is unchanged: {e}"
+        config: bool,
+        want: &str,
+    ) -> Result<UpdateOutcome, ManagerError> {
+        let sec = self.object(config, want)?;
+        let what = kind(config);
+        let Some(version) = sec.previous() else {
+            return Err(ManagerError::Precondition(format!(
+                "{what} {} has no kept version before version {} to roll back to",
+                sec.name, sec.version
+            )));
+        };
+        let now = crate::util::now_rfc3339();
+        let (restarts, services, tasks) =
+            self.read(|s| restart_followers(s, config, &sec.id, &now));
+        let audit = AuditEvent::now(actor, &format!("{what}.rollback"), &sec.name, Outcome::Ok)
+            .with(&format!("{what}_id"), sec.id.clone())
+            .with("version", version.to_string())
+            .with("from", sec.version.to_string())
+            .with(
+                "digest",
+                sec.get(version)
+                    .map(|v| v.digest.to_string())
+                    .unwrap_or_default(),
+            );
+        let mut cmds = vec![
+            Command::SetCurrentVersion {
+                config,
+                id: sec.id.clone(),
+                version,
+                at: now,
+            },
+            Command::Audit(audit),
+        ];
+        cmds.extend(restarts);
+        self.propose(Command::Batch(cmds)).await?;
+        Ok(UpdateOutcome {
+            name: sec.name,
+            version,
+            services,
+            tasks,
+        })
+    }
+
+    /// `secret rm`: refused while a service's spec (or its previous one) uses any version, or
+    /// a live task still holds one.
+    pub async fn remove_object(
+        &self,
+        actor: Actor,
+        config: bool,
+        want: &str,
+    ) -> Result<String, ManagerError> {
+        let sec = self.object(config, want)?;
+        let what = kind(config);
+        let used = self.object_usage(config, &sec.id);
+        let services: BTreeSet<String> = used
+            .values()
+            .flat_map(|u| u.services.iter().cloned())
+            .collect();
+        if !services.is_empty() {
+            return Err(ManagerError::Precondition(format!(
+                "{what} {} is in use by service {}; remove it from the service first (service update --{what}-rm)",
+                sec.name,
+                services.into_iter().collect::<Vec<_>>().join(", ")
             )));
         }
-        let doc = text.map(|t| crate::store::model::PolicyDoc {
-            text: t,
-            digest: new_digest.clone(),
-            updated_at: crate::util::now_rfc3339(),
-        });
-        let action = if doc.is_some() {
-            "policy.set"
+        let tasks: u64 = used.values().map(|u| u.tasks).sum();
+        if tasks > 0 {
+            return Err(ManagerError::Precondition(format!(
+                "{what} {} is still held by {tasks} task(s) that are stopping; try again once they have stopped",
+                sec.name
+            )));
+        }
+        let audit = AuditEvent::now(actor, &format!("{what}.remove"), &sec.name, Outcome::Ok)
+            .with(&format!("{what}_id"), sec.id.clone())
+            .with("digest", sec.digest.clone());
+        let rm = if config {
+            Command::RemoveConfig { id: sec.id.clone() }
         } else {
-            "policy.reset"
+            Command::RemoveSecret { id: sec.id.clone() }
         };
-        let record = AuditEvent::now(actor, action, target, Outcome::Ok)
-            .with("old_digest", old)
-            .with("new_digest", new_digest);
-        let set = match kind {
-            PolicyKind::Secrets => Command::SetPolicy(doc),
-            PolicyKind::Rbac => Command::SetRbacPolicy(doc),
-        };
-        self.propose(Command::Batch(vec![set, Command::Audit(record)]))
+        self.propose(Command::Batch(vec![rm, Command::Audit(audit)]))
             .await?;
-        Ok(self.policy_of(kind))
+        Ok(sec.name)
     }
 }
 
@@ -243,16 +406,13 @@ mod tests {
             let id = format!("id-{n}");
             st.secrets.insert(
                 id.clone(),
-                Secret {
+                Secret::new(
                     id,
-                    name: n.to_string(),
-                    labels: BTreeMap::new(),
-                    digest: digest(b"v"),
-                    size: 1,
-                    value: SecretBytes::new(b"v".to_vec()),
-                    created_at: "t".into(),
-                    updated_at: "t".into(),
-                },
+                    n.to_string(),
+                    BTreeMap::new(),
+                    SecretBytes::new(b"v".to_vec()),
+                    "t",
+                ),
             );
         }
         st
@@ -268,17 +428,29 @@ mod tests {
     }
 
     #[test]
-    fn refs_resolve_by_name() {
-        let st = state_with(&["db", "api"]);
+    fn refs_resolve_by_name_and_pins_must_be_kept() {
+        let mut st = state_with(&["db", "api"]);
         let mut refs = vec![SecretRef::new("db")];
-        resolve_refs(&st, &mut refs).unwrap_or_else(|e| panic!("{e}"));
+        resolve_refs(&st, &mut refs, false).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(refs[0].secret_id, "id-db");
 
         let mut refs = vec![SecretRef::new("db_pass")];
         assert_eq!(
-            resolve_refs(&st, &mut refs).unwrap_err(),
+            resolve_refs(&st, &mut refs, false).unwrap_err(),
             "secret: unknown secret db_pass"
         );
+        // A config of that name is not a secret.
+        let mut refs = vec![SecretRef::new("db")];
+        assert!(resolve_refs(&st, &mut refs, true).is_err());
+
+        let mut pinned = SecretRef::new("db");
+        pinned.pinned = Some(2);
+        let e = resolve_refs(&st, &mut [pinned.clone()], false).unwrap_err();
+        assert!(e.contains("no version 2 (kept: 1"), "{e}");
+        st.secrets
+            .get_mut("id-db")
+            .map(|s| s.push(SecretBytes::new(b"w".to_vec()), "t2"));
+        assert!(resolve_refs(&st, &mut [pinned], false).is_ok());
     }
 
     #[test]
@@ -295,57 +467,39 @@ mod tests {
         ] {
             let mut r = SecretRef::new("db");
             r.target = bad.into();
-            assert!(resolve_refs(&st, &mut [r]).is_err(), "{bad}");
+            assert!(resolve_refs(&st, &mut [r], false).is_err(), "{bad}");
         }
         let mut a = SecretRef::new("db");
         let mut b = SecretRef::new("api");
         a.target = "/run/secrets/x".into();
         b.target = "/run/secrets/x".into();
-        let e = resolve_refs(&st, &mut [a.clone(), b.clone()]).unwrap_err();
+        let e = resolve_refs(&st, &mut [a.clone(), b.clone()], false).unwrap_err();
         assert!(e.contains("clashes with"), "{e}");
         b.target = "/run/secrets/x/y".into();
-        assert!(resolve_refs(&st, &mut [a, b]).is_err());
+        assert!(resolve_refs(&st, &mut [a, b], false).is_err());
         let mut m = SecretRef::new("db");
         m.mode = 0o4755;
-        assert!(resolve_refs(&st, &mut [m]).is_err());
-    }
-}
-
-/// Which policy set: the secret-entitlement policies or the operator RBAC policies.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PolicyKind {
-    /// `policies/schema.cedarschema`: which services may use which secrets where.
-    Secrets,
-    /// `policies/rbac.cedarschema`: which operators may make which Control API calls.
-    Rbac,
-}
-
-impl PolicyKind {
-    fn name(self) -> &'static str {
-        match self {
-            PolicyKind::Secrets => "secrets",
-            PolicyKind::Rbac => "rbac",
-        }
+        assert!(resolve_refs(&st, &mut [m], false).is_err());
     }
 
-    fn default_text(self) -> &'static str {
-        match self {
-            PolicyKind::Secrets => crate::policy::DEFAULT_POLICY,
-            PolicyKind::Rbac => crate::policy::rbac::DEFAULT_POLICY,
-        }
-    }
-
-    fn doc(self, s: &crate::store::model::State) -> Option<&crate::store::model::PolicyDoc> {
-        match self {
-            PolicyKind::Secrets => s.policy.as_ref(),
-            PolicyKind::Rbac => s.rbac.as_ref(),
-        }
-    }
-
-    fn validate(self, text: &str) -> Result<(), crate::policy::PolicyError> {
-        match self {
-            PolicyKind::Secrets => crate::policy::PolicyEngine::parse(text).map(|_| ()),
-            PolicyKind::Rbac => crate::policy::rbac::RbacEngine::parse(text).map(|_| ()),
-        }
+    #[test]
+    fn usage_counts_specs_and_live_tasks_by_version() {
+        let mut st = state_with(&["db"]);
+        let mut svc = crate::store::fixtures::service("s1", "web");
+        svc.spec.task.secrets = vec![SecretRef {
+            secret_id: "id-db".into(),
+            ..SecretRef::new("db")
+        }];
+        st.services.insert("s1".into(), svc.clone());
+        let mut t = crate::store::fixtures::task();
+        t.node_id = "n1".into();
+        t.spec = svc.spec.task.clone();
+        t.versions.insert("id-db".into(), 2);
+        t.status.held.insert("id-db".into(), 1);
+        st.tasks.insert(t.id.clone(), t);
+        let u = usage(&st, false, "id-db");
+        assert_eq!(u[&1].services.len(), 1);
+        assert_eq!((u[&1].tasks, u[&2].tasks), (1, 1));
+        assert!(u[&2].nodes.contains("n1"));
     }
 }

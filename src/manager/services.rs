@@ -810,7 +810,16 @@ impl Dispatcher for Services {
         let body = req.into_inner();
         let node_id = id.node_id();
         let answer = self.mgr.read(|s| {
-            super::dispatch::requested_secret(s, node_id, &body.task_id, &body.secret_id)
+            super::dispatch::requested_secret(
+                s,
+                node_id,
+                &super::dispatch::Request {
+                    task_id: &body.task_id,
+                    id: &body.secret_id,
+                    version: body.version,
+                    config: body.config,
+                },
+            )
         });
         match answer {
             Ok((value, record)) => {
@@ -832,6 +841,7 @@ impl Dispatcher for Services {
                             Outcome::Denied,
                         )
                         .with("task", body.task_id.clone())
+                        .with("version", body.version.to_string())
                         .with("reason", reason.clone())
                         .with("peer", peer.to_string()),
                     )

@@ -3,6 +3,7 @@
 //! targets, and durations. The CLI, the Compose loader, the manager and the fuzz targets all
 //! check through here, so each rule is written once.
 
+pub mod config_target;
 pub mod duration;
 pub mod image;
 pub mod name;

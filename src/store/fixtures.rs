@@ -25,6 +25,7 @@ pub fn task_spec() -> TaskSpec {
         ports: Vec::new(),
         networks: Vec::new(),
         healthcheck: None,
+        configs: Vec::new(),
     }
 }
 
@@ -36,6 +37,7 @@ pub fn task_status(state: TaskState) -> TaskStatus {
         err: String::new(),
         exit_code: None,
         timestamp: String::new(),
+        held: Default::default(),
     }
 }
 
@@ -55,6 +57,34 @@ pub fn task() -> Task {
         created_at: String::new(),
         not_before: String::new(),
         attempt: 0,
+        versions: Default::default(),
+    }
+}
+
+/// Service `id` named `name`: one replica of [`task_spec`] at version 1, default update
+/// policy, no ports or networks.
+pub fn service(id: &str, name: &str) -> super::service::Service {
+    super::service::Service {
+        id: id.into(),
+        spec: super::service::ServiceSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            mode: super::service::Mode::Replicated { replicas: 1 },
+            task: task_spec(),
+            update: Default::default(),
+            rollback: Default::default(),
+            ports: Vec::new(),
+            networks: Vec::new(),
+            expose: Vec::new(),
+            expose_udp: Vec::new(),
+        },
+        version: 1,
+        previous: None,
+        update: None,
+        revision: 1,
+        vip: None,
+        created_at: "2026-01-01T00:00:00Z".into(),
+        updated_at: "2026-01-01T00:00:00Z".into(),
     }
 }
 
@@ -97,5 +127,6 @@ pub fn cluster() -> Cluster {
         ca_rotation: None,
         audit_key: None,
         audit_retention: 0,
+        secret_history: 0,
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::checkpoint::{AuditKey, CHECKPOINT_ACTION, Checkpoint};
 use crate::audit::{AuditChain, AuditEvent};
 use crate::store::network_obj::Network;
-use crate::store::secret_obj::Secret;
+use crate::store::secret_obj::{Rollout, Secret};
 use crate::store::service::{Resources, Runtime, Service, Task, TaskStatus};
 
 /// Cluster-wide settings and the root of trust. Lives only inside the sealed store.
@@ -52,6 +52,25 @@ pub struct Cluster {
     /// them all.
     #[serde(default)]
     pub audit_retention: u64,
+    /// How many unused versions of each secret and config to keep besides the current one and
+    /// those in use (`swarm update --secret-history-limit`); 0 means the default,
+    /// [`DEFAULT_SECRET_HISTORY`].
+    #[serde(default)]
+    pub secret_history: u64,
+}
+
+/// Unused versions of a secret kept by default (besides the current one and those in use).
+pub const DEFAULT_SECRET_HISTORY: u64 = 2;
+
+impl Cluster {
+    /// How many unused versions of a secret or config to keep.
+    pub fn secret_history(&self) -> u64 {
+        if self.secret_history == 0 {
+            DEFAULT_SECRET_HISTORY
+        } else {
+            self.secret_history
+        }
+    }
 }
 
 /// A root CA rotation in progress: certificates are issued by the new root (presented with
@@ -95,6 +114,7 @@ impl std::fmt::Debug for Cluster {
             .field("ca_rotation", &self.ca_rotation)
             .field("audit_key", &self.audit_key)
             .field("audit_retention", &self.audit_retention)
+            .field("secret_history", &self.secret_history)
             .finish()
     }
 }
@@ -283,6 +303,77 @@ pub enum Command {
         /// Secret ID.
         id: String,
     },
+    /// Creates a config. Refused if a config of that name exists.
+    PutConfig(Box<Secret>),
+    /// Removes a config.
+    RemoveConfig {
+        /// Config ID.
+        id: String,
+    },
+    /// Adds version `version` to a secret (or config) and makes it current, starting its
+    /// rollout. Refused unless `version` is one more than every version it has had (so two
+    /// concurrent updates cannot both believe they made the same version).
+    PushVersion {
+        /// A config rather than a secret.
+        config: bool,
+        /// Its ID.
+        id: String,
+        /// The number the new version gets.
+        version: u64,
+        /// The value.
+        value: crate::secret::SecretBytes,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// Makes a kept version current again (`secret rollback`), starting its rollout.
+    SetCurrentVersion {
+        /// A config rather than a secret.
+        config: bool,
+        /// Its ID.
+        id: String,
+        /// The version.
+        version: u64,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// Sets the state of the rollout of version `to` (pause, continue, completed); ignored
+    /// when another version is being rolled out by then.
+    SetRolloutState {
+        /// A config rather than a secret.
+        config: bool,
+        /// Its ID.
+        id: String,
+        /// The version the rollout is of.
+        to: u64,
+        /// The new state.
+        state: crate::store::secret_obj::RolloutState,
+        /// RFC 3339 time.
+        at: String,
+    },
+    /// Moves these tasks to version `version` of secret or config `id` in place (a rotation):
+    /// only tasks that still reference it, follow it, and are not ended.
+    AdvanceVersions {
+        /// Secret or config ID.
+        id: String,
+        /// The version.
+        version: u64,
+        /// Task IDs.
+        tasks: Vec<String>,
+    },
+    /// Forgets kept versions of a secret or config (never the current one).
+    PruneVersions {
+        /// A config rather than a secret.
+        config: bool,
+        /// Its ID.
+        id: String,
+        /// The versions.
+        versions: Vec<u64>,
+    },
+    /// Sets how many unused versions of each secret and config to keep (0: the default).
+    SetSecretHistory {
+        /// Versions.
+        keep: u64,
+    },
     /// Several commands applied atomically, in order (e.g. a change and its audit record).
     Batch(Vec<Command>),
     /// Installs a policy set (`None`: back to the built-in default). Checked before it is
@@ -444,6 +535,9 @@ pub struct State {
     /// Secrets by ID.
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,
+    /// Configs by ID (`config create`): the same objects as secrets, not sensitive.
+    #[serde(default)]
+    pub configs: BTreeMap<String, Secret>,
     /// The Cedar policy set in force (`policy set`); `None` is the built-in default.
     #[serde(default)]
     pub policy: Option<PolicyDoc>,
@@ -487,6 +581,11 @@ pub struct Operator {
     pub created_at: String,
     /// Who signed it (`kind:id` of the actor).
     pub created_by: String,
+}
+
+/// "secret" or "config", for messages.
+pub fn kind(config: bool) -> &'static str {
+    if config { "config" } else { "secret" }
 }
 
 /// The key in `State.revoked` that marks a manager that left the swarm (`swarm leave`): its
@@ -626,6 +725,57 @@ impl State {
             {
                 Err(format!("secret {} already exists", sec.name))
             }
+            Command::PutConfig(sec)
+                if self
+                    .configs
+                    .values()
+                    .any(|s| s.name == sec.name && s.id != sec.id) =>
+            {
+                Err(format!("config {} already exists", sec.name))
+            }
+            Command::PushVersion {
+                config,
+                id,
+                version,
+                ..
+            } => match self.objects(*config).get(id) {
+                None => Err(format!("{} {id} not found", kind(*config))),
+                Some(o) if *version != o.latest() + 1 => Err(format!(
+                    "{} {} changed since this update was computed (it is at version {} now)",
+                    kind(*config),
+                    o.name,
+                    o.latest()
+                )),
+                Some(o) if o.others.len() + 1 >= crate::store::secret_obj::MAX_VERSIONS => {
+                    Err(format!(
+                        "{} {} keeps {} versions, the most there may be; stop using old versions \
+                         (they are pruned once unused) before adding another",
+                        kind(*config),
+                        o.name,
+                        o.others.len() + 1
+                    ))
+                }
+                Some(_) => Ok(()),
+            },
+            Command::SetCurrentVersion {
+                config,
+                id,
+                version,
+                ..
+            } => match self.objects(*config).get(id) {
+                Some(o) if o.get(*version).is_some() => Ok(()),
+                Some(o) => Err(format!(
+                    "{} {} has no version {version} (kept: {})",
+                    kind(*config),
+                    o.name,
+                    o.versions()
+                        .iter()
+                        .map(|v| v.version.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+                None => Err(format!("{} {id} not found", kind(*config))),
+            },
             Command::PutNetwork(net)
                 if self
                     .networks
@@ -677,6 +827,33 @@ impl State {
             Command::Batch(cmds) => cmds.iter().try_for_each(|c| self.check(c)),
             _ => Ok(()),
         }
+    }
+
+    /// The secrets (`false`) or the configs (`true`).
+    pub fn objects(&self, config: bool) -> &BTreeMap<String, Secret> {
+        if config { &self.configs } else { &self.secrets }
+    }
+
+    fn objects_mut(&mut self, config: bool) -> &mut BTreeMap<String, Secret> {
+        if config {
+            &mut self.configs
+        } else {
+            &mut self.secrets
+        }
+    }
+
+    /// The version of each secret and config a new task of `spec` gets: the pinned one, else
+    /// the current one.
+    pub fn versions_for(&self, spec: &crate::store::service::TaskSpec) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for (config, refs) in [(false, &spec.secrets), (true, &spec.configs)] {
+            for r in refs {
+                if let Some(o) = self.objects(config).get(&r.secret_id) {
+                    out.insert(r.secret_id.clone(), r.pinned.unwrap_or(o.version));
+                }
+            }
+        }
+        out
     }
 
     fn apply_checked(&mut self, cmd: Command) {
@@ -770,11 +947,17 @@ impl State {
             Command::PutTasks(tasks) => {
                 for mut t in tasks {
                     // A decision computed from an older read must not undo what a node
-                    // reported since: keep the status that is further along.
-                    if let Some(old) = self.tasks.get(&t.id)
-                        && old.status.state > t.status.state
-                    {
-                        t.status = old.status.clone();
+                    // reported since: keep the status that is further along. The versions a
+                    // task is to hold are the state machine's own: given here when the task
+                    // is first stored, moved only by a rollout.
+                    if let Some(old) = self.tasks.get(&t.id) {
+                        if old.status.state > t.status.state {
+                            t.status = old.status.clone();
+                        }
+                        t.status.held = old.status.held.clone();
+                        t.versions = old.versions.clone();
+                    } else {
+                        t.versions = self.versions_for(&t.spec);
                     }
                     self.tasks.insert(t.id.clone(), t);
                 }
@@ -800,6 +983,83 @@ impl State {
             }
             Command::RemoveSecret { id } => {
                 self.secrets.remove(&id);
+            }
+            Command::PutConfig(sec) => {
+                self.configs.insert(sec.id.clone(), *sec);
+            }
+            Command::RemoveConfig { id } => {
+                self.configs.remove(&id);
+            }
+            Command::PushVersion {
+                config,
+                id,
+                version: _,
+                value,
+                at,
+            } => {
+                if let Some(o) = self.objects_mut(config).get_mut(&id) {
+                    let from = o.version;
+                    let to = o.push(value, &at);
+                    o.rollout = Some(Rollout::start(from, to, false, &at));
+                }
+            }
+            Command::SetCurrentVersion {
+                config,
+                id,
+                version,
+                at,
+            } => {
+                if let Some(o) = self.objects_mut(config).get_mut(&id) {
+                    let from = o.version;
+                    if o.make_current(version) && from != version {
+                        o.rollout = Some(Rollout::start(from, version, true, &at));
+                    }
+                }
+            }
+            Command::SetRolloutState {
+                config,
+                id,
+                to,
+                state,
+                at,
+            } => {
+                if let Some(r) = self
+                    .objects_mut(config)
+                    .get_mut(&id)
+                    .and_then(|o| o.rollout.as_mut())
+                    .filter(|r| r.to == to)
+                {
+                    r.state = state;
+                    r.updated_at = at;
+                }
+            }
+            Command::AdvanceVersions { id, version, tasks } => {
+                for tid in tasks {
+                    if let Some(t) = self.tasks.get_mut(&tid)
+                        && !t.status.state.is_terminal()
+                        && t.spec
+                            .secrets
+                            .iter()
+                            .chain(&t.spec.configs)
+                            .any(|r| r.secret_id == id && r.pinned.is_none())
+                    {
+                        t.versions.insert(id.clone(), version);
+                    }
+                }
+            }
+            Command::PruneVersions {
+                config,
+                id,
+                versions,
+            } => {
+                if let Some(o) = self.objects_mut(config).get_mut(&id) {
+                    o.others.retain(|v| !versions.contains(&v.version));
+                }
+            }
+            Command::SetSecretHistory { keep } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.secret_history = keep;
+                }
             }
             Command::Batch(cmds) => cmds.into_iter().for_each(|c| self.apply_checked(c)),
             Command::SetPolicy(doc) => self.policy = doc,
@@ -982,15 +1242,14 @@ mod tests {
 
     #[test]
     fn secret_names_are_unique() {
-        let sec = |id: &str| crate::store::secret_obj::Secret {
-            id: id.into(),
-            name: "db".into(),
-            labels: BTreeMap::new(),
-            digest: crate::store::secret_obj::digest(b"v"),
-            size: 1,
-            value: crate::secret::SecretBytes::new(b"v".to_vec()),
-            created_at: "t".into(),
-            updated_at: "t".into(),
+        let sec = |id: &str| {
+            crate::store::secret_obj::Secret::new(
+                id.into(),
+                "db".into(),
+                BTreeMap::new(),
+                crate::secret::SecretBytes::new(b"v".to_vec()),
+                "t",
+            )
         };
         let mut s = State::default();
         assert_eq!(
@@ -1004,6 +1263,85 @@ mod tests {
             Response::Ok
         );
         assert!(s.secrets.is_empty());
+    }
+
+    #[test]
+    fn versions_are_numbered_in_order_and_tasks_hold_what_the_state_machine_gives() {
+        use crate::secret::SecretBytes;
+        use crate::store::secret_obj::RolloutState;
+        let mut s = State::default();
+        let sec = crate::store::secret_obj::Secret::new(
+            "sid".into(),
+            "db".into(),
+            BTreeMap::new(),
+            SecretBytes::new(b"v1".to_vec()),
+            "t",
+        );
+        assert_eq!(s.apply(Command::PutSecret(Box::new(sec))), Response::Ok);
+        let push = |v: u64| Command::PushVersion {
+            config: false,
+            id: "sid".into(),
+            version: v,
+            value: SecretBytes::new(format!("v{v}").into_bytes()),
+            at: "t2".into(),
+        };
+        // A task stored now gets version 1; one pinned to 1 keeps it.
+        let mut follow = crate::store::fixtures::task();
+        follow.id = "follow".into();
+        follow.spec.secrets = vec![crate::store::service::SecretRef {
+            secret_id: "sid".into(),
+            ..crate::store::service::SecretRef::new("db")
+        }];
+        follow.versions.insert("sid".into(), 99); // ignored: the state machine decides
+        let mut pinned = follow.clone();
+        pinned.id = "pinned".into();
+        pinned.spec.secrets[0].pinned = Some(1);
+        s.apply(Command::PutTasks(vec![follow.clone(), pinned]));
+        assert_eq!(s.tasks["follow"].versions["sid"], 1);
+        // Two updates computed from the same read: the second is refused.
+        assert_eq!(s.apply(push(2)), Response::Ok);
+        assert!(matches!(s.apply(push(2)), Response::Rejected(e) if e.contains("at version 2")));
+        let r = s.secrets["sid"].rollout.clone().unwrap();
+        assert_eq!((r.from, r.to, r.state), (1, 2, RolloutState::Rolling));
+        // A rewrite of the task by the orchestrator does not move its version; a rollout does,
+        // and only for tasks that follow.
+        s.apply(Command::PutTasks(vec![follow]));
+        assert_eq!(s.tasks["follow"].versions["sid"], 1);
+        s.apply(Command::AdvanceVersions {
+            id: "sid".into(),
+            version: 2,
+            tasks: vec!["follow".into(), "pinned".into()],
+        });
+        assert_eq!(s.tasks["follow"].versions["sid"], 2);
+        assert_eq!(s.tasks["pinned"].versions["sid"], 1);
+        // Rollback to a version that is not kept is refused; to 1 it starts a rollback rollout.
+        let back = |v: u64| Command::SetCurrentVersion {
+            config: false,
+            id: "sid".into(),
+            version: v,
+            at: "t3".into(),
+        };
+        assert!(matches!(s.apply(back(7)), Response::Rejected(e) if e.contains("no version 7")));
+        assert_eq!(s.apply(back(1)), Response::Ok);
+        let sec = &s.secrets["sid"];
+        assert_eq!((sec.version, sec.value.expose()), (1, &b"v1"[..]));
+        assert!(
+            sec.rollout
+                .as_ref()
+                .is_some_and(|r| r.rollback && r.to == 1)
+        );
+        // A pause of a rollout that is no longer the current one is ignored.
+        s.apply(Command::SetRolloutState {
+            config: false,
+            id: "sid".into(),
+            to: 2,
+            state: RolloutState::Paused,
+            at: "t4".into(),
+        });
+        assert_eq!(
+            s.secrets["sid"].rollout.as_ref().map(|r| r.state),
+            Some(RolloutState::Rolling)
+        );
     }
 
     #[test]
@@ -1053,6 +1391,7 @@ mod tests {
                 ports: Vec::new(),
                 networks: Vec::new(),
                 healthcheck: None,
+                configs: Vec::new(),
             },
             update: Default::default(),
             rollback: Default::default(),
@@ -1232,6 +1571,7 @@ mod tests {
             ca_rotation: None,
             audit_key: None,
             audit_retention: 0,
+            secret_history: 0,
         })));
         let rotation = RootRotation {
             cert_pem: "new".into(),
@@ -1284,6 +1624,7 @@ mod tests {
             ca_rotation: None,
             audit_key: None,
             audit_retention: 0,
+            secret_history: 0,
         })));
         assert_eq!(s.apply(Command::SetAuditKey(key.clone())), Response::Ok);
         // A second key never replaces the first.

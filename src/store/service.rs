@@ -173,6 +173,10 @@ pub struct TaskSpec {
     /// Secrets the tasks receive (`--secret`).
     #[serde(default)]
     pub secrets: Vec<SecretRef>,
+    /// Configs the tasks receive (`--config`): the same references, with any absolute target
+    /// outside `/run/secrets`, `/proc` and `/sys`.
+    #[serde(default)]
+    pub configs: Vec<SecretRef>,
     /// The ports the task listens on (the targets of the service's published ports; set by
     /// the manager from [`ServiceSpec::ports`]).
     #[serde(default)]
@@ -204,6 +208,7 @@ impl TaskSpec {
             reservations: Resources::default(),
             limits: Resources::default(),
             secrets: Vec::new(),
+            configs: Vec::new(),
             ports: Vec::new(),
             networks: Vec::new(),
             healthcheck: None,
@@ -260,10 +265,18 @@ pub struct SecretRef {
     pub gid: u32,
     /// File mode (default 0o444).
     pub mode: u32,
+    /// The version this attachment is pinned to (`source=NAME@N`); `None` follows the current
+    /// version.
+    #[serde(default)]
+    pub pinned: Option<u64>,
+    /// What a running task does when a new version becomes current (`on-change=`).
+    #[serde(default)]
+    pub on_change: OnChange,
 }
 
 impl SecretRef {
-    /// Docker's defaults for a secret given by name alone.
+    /// Docker's defaults for a secret given by name alone: follows the current version and
+    /// rotates in place.
     pub fn new(name: &str) -> Self {
         SecretRef {
             secret_id: String::new(),
@@ -272,6 +285,40 @@ impl SecretRef {
             uid: 0,
             gid: 0,
             mode: 0o444,
+            pinned: None,
+            on_change: OnChange::Rotate,
+        }
+    }
+
+    /// Whether a new current version reaches running tasks in place (rotate or signal).
+    pub fn follows_in_place(&self) -> bool {
+        self.pinned.is_none() && matches!(self.on_change, OnChange::Rotate | OnChange::Signal(_))
+    }
+}
+
+/// What a running task does when a secret or config it follows gets a new current version
+/// (`--secret source=NAME,on-change=...`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum OnChange {
+    /// The file is replaced in place, atomically (the default).
+    #[default]
+    Rotate,
+    /// The file is replaced in place, then the task's main process gets this signal (its
+    /// canonical name, e.g. `SIGHUP`).
+    Signal(String),
+    /// The tasks are replaced, following the service's update policy.
+    Restart,
+    /// Running tasks keep their version; new tasks get the current one.
+    None,
+}
+
+impl std::fmt::Display for OnChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OnChange::Rotate => f.write_str("rotate"),
+            OnChange::Signal(s) => write!(f, "signal:{s}"),
+            OnChange::Restart => f.write_str("restart"),
+            OnChange::None => f.write_str("none"),
         }
     }
 }
@@ -501,6 +548,10 @@ pub struct TaskStatus {
     pub exit_code: Option<i64>,
     /// RFC 3339 time of this status.
     pub timestamp: String,
+    /// The version of each secret and config (by ID) the task holds now, as its node reports:
+    /// what a rollout's progress counts.
+    #[serde(default)]
+    pub held: BTreeMap<String, u64>,
 }
 
 /// Bytes of a task status's message or error kept: they are text an agent reports (a worker
@@ -518,6 +569,16 @@ impl TaskStatus {
         }
         if self.timestamp.len() > 64 {
             self.timestamp = crate::util::now_rfc3339();
+        }
+        // At most one entry per secret and config a task may have, with IDs of ID length.
+        let most = 2 * crate::spec::secret_target::MAX_SECRETS;
+        if self.held.len() > most || self.held.keys().any(|k| k.len() > 64) {
+            self.held = self
+                .held
+                .into_iter()
+                .filter(|(k, _)| k.len() <= 64)
+                .take(most)
+                .collect();
         }
         self
     }
@@ -550,6 +611,12 @@ pub struct Task {
     pub not_before: String,
     /// How many tasks this slot has had before this one that ended (for max attempts).
     pub attempt: u64,
+    /// The version of each secret and config (by ID) this task is to hold. Set by the state
+    /// machine when the task is first stored (the pinned or the current version) and moved
+    /// only by a rollout ([`crate::store::model::Command::AdvanceVersions`]); whatever a
+    /// proposal carries here is ignored.
+    #[serde(default)]
+    pub versions: BTreeMap<String, u64>,
 }
 
 impl Task {
@@ -575,6 +642,7 @@ mod bound_tests {
             err: "é".repeat(10_000),
             exit_code: Some(1),
             timestamp: "t".repeat(1000),
+            held: Default::default(),
         }
         .bounded();
         assert!(s.message.len() <= MAX_STATUS_TEXT_BYTES + 3);

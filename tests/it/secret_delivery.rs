@@ -260,7 +260,7 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
     wait_running_on(m, "holder", w1.name());
     let task_id = tasks(m, "holder")[0]["ID"].as_str().unwrap().to_string();
 
-    let ask = |n: &Node, task: &str, secret: &str| {
+    let ask_version = |n: &Node, task: &str, secret: &str, version: u64| {
         let creds = crate::harness::credentials_of(n);
         let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
         let rt = tokio::runtime::Runtime::new().unwrap();
@@ -270,11 +270,14 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
                 .get_secret(SecretRequest {
                     task_id: task.into(),
                     secret_id: secret.into(),
+                    version,
+                    config: false,
                 })
                 .await
                 .map(|r| r.into_inner().value)
         })
     };
+    let ask = |n: &Node, task: &str, secret: &str| ask_version(n, task, secret, 1);
     // w2 runs no task of holder: refused, whatever it names.
     let e = ask(w2, &task_id, &db_id).unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
@@ -294,15 +297,22 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
         "{}",
         e.message()
     );
-    // The entitled request succeeds.
+    // The entitled request succeeds, for the version the task is to hold only.
     assert_eq!(ask(w1, &task_id, &db_id).unwrap(), value.as_bytes());
+    let e = ask_version(w1, &task_id, &db_id, 2).unwrap_err();
+    assert!(
+        e.message().contains("is to hold version 1"),
+        "{}",
+        e.message()
+    );
 
     let audit = m.audit();
     let denied: Vec<&Value> = audit
         .iter()
         .filter(|r| r["action"] == "secret.get" && r["outcome"] == "denied")
         .collect();
-    assert_eq!(denied.len(), 3, "{denied:#?}");
+    assert_eq!(denied.len(), 4, "{denied:#?}");
+    assert_eq!(denied[3]["details"]["version"], "2");
     assert_eq!(denied[0]["actor"]["id"], w2.id());
     assert_eq!(denied[1]["actor"]["id"], w1.id());
     assert!(denied.iter().all(|r| r["details"]["reason"].is_string()));
@@ -337,7 +347,7 @@ fn a_node_asking_for_a_secret_it_is_not_entitled_to_is_refused_and_audited() {
         .into_iter()
         .filter(|r| r["action"] == "secret.get" && r["outcome"] == "denied")
         .count();
-    assert_eq!(denied, 4, "the refusal for the stopped task is not audited");
+    assert_eq!(denied, 5, "the refusal for the stopped task is not audited");
 }
 
 #[test]

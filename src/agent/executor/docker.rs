@@ -683,6 +683,7 @@ pub(crate) mod tests {
                 ports: Vec::new(),
                 networks: Vec::new(),
                 healthcheck: None,
+                configs: Vec::new(),
             },
             spec_version: 1,
             desired: crate::store::service::DesiredState::Running,
@@ -692,10 +693,12 @@ pub(crate) mod tests {
                 err: String::new(),
                 exit_code: None,
                 timestamp: String::new(),
+                held: Default::default(),
             },
             created_at: String::new(),
             not_before: String::new(),
             attempt: 0,
+            versions: Default::default(),
         }
     }
 

@@ -32,6 +32,7 @@ fn state_of(audit: &AuditKey) -> State {
             ca_rotation: None,
             audit_key: Some(audit.clone()),
             audit_retention: 0,
+            secret_history: 0,
         }),
         ..State::default()
     };

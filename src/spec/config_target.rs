@@ -1,0 +1,192 @@
+//! The rule for where a config may appear in a task: any absolute plain path outside the
+//! secrets directory and the kernel's file systems (`/proc`, `/sys`, `/dev`), checked by
+//! managers on every spec and by agents before they bind anything.
+//!
+//! A config is bound file by file at its target, inside the task's own file system (Docker
+//! does the same). A bind-mounted file cannot be replaced atomically by a rename (the mount
+//! holds the old file), so configs change by `on-change=restart` or `none`, never in place.
+
+use std::collections::BTreeMap;
+
+use crate::store::service::SecretRef;
+
+/// Longest config name (as secrets).
+pub const MAX_NAME_BYTES: usize = 64;
+/// Most configs one task may have.
+pub const MAX_CONFIGS: usize = 256;
+/// Longest target.
+const MAX_TARGET_LEN: usize = 512;
+/// Where no config may go: the secrets directory and the kernel's file systems.
+const FORBIDDEN: [&str; 4] = [super::secret_target::SECRETS_DIR, "/proc", "/sys", "/dev"];
+
+/// Checks a config name as Docker does (the secret name rule).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if super::name::is_valid(name, MAX_NAME_BYTES) {
+        Ok(())
+    } else {
+        Err(format!(
+            "name: {} is not a valid config name (letters, digits, '_', '.' and '-', \
+             starting with a letter or digit, at most 64 characters)",
+            crate::util::quote(name)
+        ))
+    }
+}
+
+/// The target for `--config source=NAME[,target=T]`: Docker's default `/NAME`; a relative
+/// target is under `/`. Checked by [`check`].
+pub fn absolute(target: Option<&str>, name: &str) -> Result<String, String> {
+    let t = match target {
+        None => format!("/{name}"),
+        Some("") => return Err("target is empty".into()),
+        Some(t) if t.starts_with('/') => t.to_string(),
+        Some(t) => format!("/{t}"),
+    };
+    check(&t)?;
+    Ok(t)
+}
+
+/// Checks one target: absolute, at most 512 bytes, components of 1 to 255 bytes that are not
+/// `.` or `..`, no control characters, and not in or at `/run/secrets`, `/proc`, `/sys` or
+/// `/dev`. The error says which rule it broke, quoting at most a prefix.
+pub fn check(target: &str) -> Result<(), String> {
+    let quoted = || crate::util::quote(&crate::util::prefix(target, 64));
+    if target.len() > MAX_TARGET_LEN {
+        return Err(format!(
+            "config target {} is {} bytes long; at most {MAX_TARGET_LEN}",
+            quoted(),
+            target.len()
+        ));
+    }
+    let Some(rest) = target.strip_prefix('/').filter(|r| !r.is_empty()) else {
+        return Err(format!(
+            "config target {} is not an absolute file path",
+            quoted()
+        ));
+    };
+    if target.chars().any(char::is_control) {
+        return Err(format!(
+            "config target {} contains a control character",
+            quoted()
+        ));
+    }
+    for part in rest.split('/') {
+        if part.is_empty() || part == "." || part == ".." || part.len() > 255 {
+            return Err(format!(
+                "config target {} is not a plain path (no empty, `.` or `..` parts, names of \
+                 at most 255 bytes)",
+                quoted()
+            ));
+        }
+    }
+    for dir in FORBIDDEN {
+        if target == dir || target.starts_with(&format!("{dir}/")) {
+            return Err(format!(
+                "config target {} lies in {dir}, where no config may go{}",
+                quoted(),
+                if dir == super::secret_target::SECRETS_DIR {
+                    " (that is where secrets are mounted; use --secret)"
+                } else {
+                    " (a kernel file system)"
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks a task's config references together: at most 256, each target valid ([`check`]),
+/// each mode a file permission, each on-change `restart` or `none`, no two at one target and
+/// none inside another's.
+pub fn check_refs(refs: &[SecretRef]) -> Result<(), String> {
+    use crate::store::service::OnChange;
+    if refs.len() > MAX_CONFIGS {
+        return Err(format!("config: at most {MAX_CONFIGS} configs per service"));
+    }
+    let mut targets: BTreeMap<&str, &str> = BTreeMap::new();
+    for r in refs {
+        check(&r.target)?;
+        if r.mode > 0o777 {
+            return Err(format!(
+                "config {}: mode {:o} is not a file permission (at most 0777)",
+                r.secret_name, r.mode
+            ));
+        }
+        if matches!(r.on_change, OnChange::Rotate | OnChange::Signal(_)) {
+            return Err(format!(
+                "config {}: on-change={} is for secrets; a config changes by restart or none",
+                r.secret_name, r.on_change
+            ));
+        }
+        if let Some(other) = targets.insert(&r.target, &r.secret_name) {
+            return Err(format!(
+                "config target {} of {} clashes with the target of {other}; give each config \
+                 its own target",
+                r.target, r.secret_name
+            ));
+        }
+    }
+    for (t, name) in &targets {
+        let dir = format!("{t}/");
+        if let Some((inner, other)) = targets.range(dir.as_str()..).next()
+            && inner.starts_with(&dir)
+        {
+            return Err(format!(
+                "config target {t} of {name} clashes with {inner} of {other}: a file cannot \
+                 also be a directory"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_absolute_and_outside_secrets_and_kernel_file_systems() {
+        for ok in ["/etc/nginx/nginx.conf", "/app.conf", "/run/config"] {
+            assert!(check(ok).is_ok(), "{ok}");
+        }
+        for (bad, says) in [
+            ("/run/secrets/x", "where secrets are mounted"),
+            ("/run/secrets", "where secrets are mounted"),
+            ("/proc/self/environ", "kernel file system"),
+            ("/sys/kernel", "kernel file system"),
+            ("/dev/null", "kernel file system"),
+            ("relative", "not an absolute"),
+            ("/", "not an absolute"),
+            ("/etc/../x", "plain path"),
+            ("/etc//x", "plain path"),
+            ("/etc/a\nb", "control character"),
+        ] {
+            let e = check(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        assert!(check(&format!("/{}", "x".repeat(600))).unwrap_err().len() < 200);
+    }
+
+    #[test]
+    fn refs_are_checked_together() {
+        let r = |n: &str, t: &str| {
+            let mut r = SecretRef::new(n);
+            r.target = t.into();
+            r.on_change = crate::store::service::OnChange::Restart;
+            r
+        };
+        assert!(check_refs(&[r("a", "/a"), r("b", "/b")]).is_ok());
+        assert!(
+            check_refs(&[r("a", "/x"), r("b", "/x")])
+                .unwrap_err()
+                .contains("clashes")
+        );
+        assert!(
+            check_refs(&[r("a", "/x"), r("b", "/x/y")])
+                .unwrap_err()
+                .contains("directory")
+        );
+        let mut rot = r("a", "/a");
+        rot.on_change = crate::store::service::OnChange::Rotate;
+        assert!(check_refs(&[rot]).is_err());
+    }
+}
