@@ -604,6 +604,41 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_change_in_the_middle_of_a_rollout_holds_back_the_versions_still_to_go() {
+        let mut s = cluster_state();
+        let mut held = HashSet::new();
+        secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
+        s.apply(Command::PushVersion {
+            config: false,
+            id: "sec1".into(),
+            version: 2,
+            value: crate::secret::SecretBytes::new(b"swordfish".to_vec()),
+            at: "t".into(),
+        });
+        // The policy changes between the update and the step that moves the task.
+        s.policy = Some(crate::store::model::PolicyDoc {
+            text: include_str!("../../policies/examples/prod-secrets-on-secure-nodes.cedar").into(),
+            digest: String::new(),
+            updated_at: String::new(),
+        });
+        s.apply(Command::AdvanceVersions {
+            id: "sec1".into(),
+            version: 2,
+            tasks: vec!["a".into()],
+        });
+        let due = secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
+        assert!(
+            due.values.is_empty(),
+            "version 2 went to a node no longer entitled"
+        );
+        assert!(
+            ask_version(&s, "n1", "a", "sec1", 2)
+                .unwrap_err()
+                .contains("policy denies")
+        );
+    }
+
+    #[test]
     fn a_config_goes_to_its_tasks_node_whatever_the_secret_policy() {
         let mut s = cluster_state();
         s.policy = Some(crate::store::model::PolicyDoc {
