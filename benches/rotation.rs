@@ -21,6 +21,8 @@
 //! tasks; `cargo bench --bench rotation -- rotate` runs only the parts whose name contains an
 //! argument.
 
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
