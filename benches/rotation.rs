@@ -322,8 +322,7 @@ fn measure(
     });
     let before_ids = task_ids(m, &service);
     let before_pids: BTreeSet<String> = read_all(out).values().map(|r| r.pid.clone()).collect();
-    let t0;
-    if how == How::Replace {
+    let t0 = if how == How::Replace {
         let next = format!("{secret}-next");
         m.cli_stdin(&["secret", "create", &next, "-"], Some(new.as_bytes()));
         let add = format!("source={next},target=/run/secrets/db");
@@ -337,14 +336,14 @@ fn measure(
             &add,
             &service,
         ]);
-        t0 = now_ns();
+        now_ns()
     } else {
         m.cli_stdin(
             &["secret", "update", "--detach", &secret, "-"],
             Some(new.as_bytes()),
         );
-        t0 = now_ns();
-    }
+        now_ns()
+    };
     let started = Instant::now();
     let lat: Vec<f64> = wait_for(wait_limit(), "every task read the new value", || {
         let r = read_all(out);
