@@ -145,6 +145,8 @@ pub struct Stack {
     pub networks: Vec<StackNetwork>,
     /// Secrets the services use.
     pub secrets: Vec<StackSecret>,
+    /// Configs the services use (the same objects as secrets, in their own namespace).
+    pub configs: Vec<StackSecret>,
     /// Keys skep ignored, variables that were not set: shown to the operator, never silent.
     pub warnings: Vec<String>,
 }
