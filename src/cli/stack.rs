@@ -1,10 +1,12 @@
 //! `skep stack deploy|ls|services|ps|rm` and `skep network create|ls|inspect|rm`.
 //!
-//! A stack is the set of services, networks and secrets labelled
+//! A stack is the set of services, networks, secrets and configs labelled
 //! `com.docker.stack.namespace=<stack>`. `stack deploy` loads the Compose files here, on the
 //! operator's machine ([`crate::stack`]), and sends each object through the ordinary Control
 //! RPCs, so every service create or update is checked and audited as if typed by hand; one
-//! `StackAudit` record then ties the command together.
+//! `StackAudit` record then ties the command together. A stack's own `file:` secret or config
+//! whose content changed gets a new version (`SecretUpdate`, rolled out as `secret update`
+//! does), never a new name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -1,15 +1,15 @@
-//! The Compose schema: a merged, interpolated YAML tree to skep's service specs, networks and
-//! secrets.
+//! The Compose schema: a merged, interpolated YAML tree to skep's service specs, networks,
+//! secrets and configs.
 //!
 //! Each supported key is typed through the `docker-compose-types` structs one key at a time,
 //! so a wrong value is reported with its own line and key path. Keys skep does not support
 //! are removed first, each with a warning; the crate's structs refuse unknown keys in some
 //! places (`deploy`), and Docker warns rather than fails there, so skep does the same.
-//! Top-level `secrets:` are read by hand: the crate's type needs a `name` next to
+//! Top-level `secrets:` and `configs:` are read by hand: the crate's type needs a `name` next to
 //! `external: true`, which Docker does not.
 //!
 //! This file reads the top level; [`super::tree`] interpolates and merges, [`super::objects`]
-//! reads the top-level secrets and networks, [`super::service`] one service key by key.
+//! reads the top-level secrets, configs and networks, [`super::service`] one service key by key.
 
 use std::collections::BTreeMap;
 use std::path::Path;
