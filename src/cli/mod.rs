@@ -14,6 +14,7 @@ mod audit;
 mod audit_seen;
 mod backup;
 pub mod client;
+mod config;
 mod dev;
 mod node;
 mod operator;
@@ -92,6 +93,9 @@ enum Command {
     /// Manage secrets.
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Manage configs: files given to tasks at any path, versioned as secrets are.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Manage stacks: services, networks and secrets from Compose files.
     #[command(subcommand)]
     Stack(stack::StackCommand),
@@ -609,6 +613,7 @@ fn check(command: &Command) -> anyhow::Result<()> {
     match command {
         Command::Service(cmd) => service::check(cmd),
         Command::Secret(cmd) => secret::check(cmd),
+        Command::Config(cmd) => config::check(cmd),
         Command::Stack(cmd) => stack::check(cmd),
         Command::Swarm(SwarmCommand::Update(args)) => swarm::update_request(args).map(|_| ()),
         Command::Node(NodeCommand::Update(args)) => node::update_request(args).map(|_| ()),
@@ -643,7 +648,8 @@ async fn control(host: Host, mode: client::ReadMode, command: Command) -> anyhow
             node::change_role(&mut api, &args.nodes, "worker").await
         }
         Command::Service(cmd) => service::run(&mut api, *cmd).await,
-        Command::Secret(cmd) => secret::run(&mut api, cmd).await,
+        Command::Secret(cmd) => secret::run(&mut api, cmd, secret::Kind::Secret).await,
+        Command::Config(cmd) => config::run(&mut api, cmd).await,
         Command::Stack(cmd) => stack::run(&mut api, cmd).await,
         Command::Network(cmd) => stack::network(&mut api, cmd).await,
         Command::Policy(cmd) => policy::run(&mut api, cmd).await,

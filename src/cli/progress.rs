@@ -362,6 +362,96 @@ pub(super) async fn wait(
     }
 }
 
+/// One poll of a secret's (or config's) rollout of `version`, reduced to what is printed:
+/// `[=====>   ] 10/14 tasks have version 2`. Completed converges; paused, or another version
+/// current (a newer update or a rollback), ends the wait with a message.
+pub(super) fn rollout_snapshot(
+    r: &crate::api::v1::RolloutInfo,
+    word: &str,
+    version: u64,
+) -> Snapshot {
+    let name = &r.name;
+    let line = format!(
+        "  {} {}/{} tasks have version {}",
+        bar(r.done as usize, r.total as usize),
+        r.done,
+        r.total,
+        version
+    );
+    let outcome = if r.to != version {
+        Outcome::Failed(format!(
+            "{word} {name}: version {} became current (another update or a rollback) before \
+             version {version} was rolled out; `skep {word} rollout {name}` shows its rollout",
+            r.to
+        ))
+    } else {
+        match r.state.as_str() {
+            "completed" => Outcome::Converged,
+            "paused" => Outcome::Failed(format!(
+                "{word} {name}: the rollout of version {version} is paused at {}/{} tasks; \
+                 `skep {word} rollout {name} --continue` resumes it",
+                r.done, r.total
+            )),
+            _ => Outcome::Waiting,
+        }
+    };
+    Snapshot {
+        overall: line,
+        rows: Vec::new(),
+        outcome,
+    }
+}
+
+/// Waits until the rollout of `version` of `name` completes, printing a bar unless `quiet`.
+pub(super) async fn wait_rollout(
+    api: &mut super::client::Api,
+    config: bool,
+    word: &str,
+    name: &str,
+    version: u64,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let mut renderer = Renderer::new(std::io::stdout().is_terminal());
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
+    let stopped = || {
+        eprintln!(
+            "\nThe rollout continues in the background.\nUse `skep {word} rollout {name}` to check progress."
+        );
+        Ok(())
+    };
+    loop {
+        let req = crate::api::v1::SecretRolloutRequest {
+            secret: name.to_string(),
+            config,
+            action: String::new(),
+        };
+        let info = tokio::select! {
+            r = api.secret_rollout(req) => r,
+            _ = &mut interrupted => return stopped(),
+        };
+        match info {
+            Ok(resp) => {
+                let snap = rollout_snapshot(&resp.into_inner(), word, version);
+                if !quiet {
+                    print(&renderer.frame(&snap))?;
+                }
+                match snap.outcome {
+                    Outcome::Converged => return Ok(()),
+                    Outcome::Failed(msg) => bail!("{msg}"),
+                    Outcome::Waiting => {}
+                }
+            }
+            // A leader change: ask again.
+            Err(s) if s.code() == tonic::Code::Unavailable => {}
+            Err(s) => return Err(status(s)),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = &mut interrupted => return stopped(),
+        }
+    }
+}
+
 fn stopped_waiting(service: &str) -> anyhow::Result<()> {
     eprintln!(
         "\nOperation continuing in background.\nUse `skep service ps {service}` to check progress."
@@ -372,6 +462,50 @@ fn stopped_waiting(service: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollout_is_drawn_as_a_bar_and_ends_completed_paused_or_overtaken() {
+        let mut r = crate::api::v1::RolloutInfo {
+            from: 1,
+            to: 2,
+            state: "rolling".into(),
+            total: 14,
+            done: 10,
+            name: "db".into(),
+            ..Default::default()
+        };
+        let s = rollout_snapshot(&r, "secret", 2);
+        assert_eq!(s.outcome, Outcome::Waiting);
+        assert!(
+            s.overall.ends_with("] 10/14 tasks have version 2"),
+            "{}",
+            s.overall
+        );
+        assert!(s.overall.contains("[===="), "{}", s.overall);
+        r.state = "paused".into();
+        let Outcome::Failed(m) = rollout_snapshot(&r, "secret", 2).outcome else {
+            panic!("a paused rollout must end the wait");
+        };
+        assert!(
+            m.contains("paused at 10/14") && m.contains("--continue"),
+            "{m}"
+        );
+        r.state = "completed".into();
+        assert_eq!(
+            rollout_snapshot(&r, "secret", 2).outcome,
+            Outcome::Converged
+        );
+        r.to = 3;
+        let Outcome::Failed(m) = rollout_snapshot(&r, "config", 2).outcome else {
+            panic!("another version current must end the wait");
+        };
+        assert!(m.contains("version 3 became current"), "{m}");
+        // Nothing follows: an empty bar, not a division by zero.
+        r.to = 2;
+        r.total = 0;
+        r.done = 0;
+        assert!(rollout_snapshot(&r, "secret", 2).overall.contains("0/0"));
+    }
     use crate::cli::tasks::tests::task;
     use crate::store::service::ServiceSpec;
 

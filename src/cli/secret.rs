@@ -1,7 +1,17 @@
-//! `skep secret create|ls|inspect|rm`.
+//! `skep secret create|ls|inspect|rm|update|rollback|rollout`, and the same commands for
+//! configs (`skep config ...`, [`super::config`]): both go through the same Control RPCs, a
+//! config with `config: true`.
 //!
-//! The value is read once (from a file or stdin) into a zeroizing buffer and sent with
-//! `SecretCreate`; nothing the daemon returns afterwards contains it, only its digest.
+//! A value is read once (from a file or stdin) into a zeroizing buffer and sent with
+//! `SecretCreate` or `SecretUpdate`; nothing the daemon returns afterwards contains a secret's
+//! value, only its digest. A config's value is not sensitive: `config inspect` shows it, as
+//! Docker's does.
+//!
+//! ```text
+//! secret update NAME FILE ─► SecretUpdate ─► "NAME: version N" and what follows it
+//!                         ─► SecretRollout polled ─► progress::rollout_snapshot ─► a bar
+//!                            until completed; paused, or another version current: an error
+//! ```
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,6 +19,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
+use base64::Engine as _;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -16,14 +27,38 @@ use zeroize::Zeroizing;
 
 use super::client::status;
 use super::output::{Table, json_line, json_pretty};
-use super::tasks::human_duration;
+use super::tasks::{human_duration, short_id};
 use super::{Format, print};
-use crate::api::v1::{SecretCreateRequest, SecretInfo, SecretLookup};
+use crate::api::v1::{
+    RolloutInfo, SecretCreateRequest, SecretInfo, SecretLookup, SecretRolloutRequest,
+    SecretUpdateRequest, SecretUpdateResponse,
+};
 
 type Api = super::client::Api;
 
 /// Largest value read from a file or stdin (the daemon refuses more than 500 KiB).
 const READ_LIMIT: u64 = 500 * 1024;
+
+/// Which objects a command works on: secrets and configs share the commands and the RPCs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Secret,
+    Config,
+}
+
+impl Kind {
+    fn config(self) -> bool {
+        self == Kind::Config
+    }
+
+    /// `secret` or `config`, as the commands name them.
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Secret => "secret",
+            Kind::Config => "config",
+        }
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub(super) enum SecretCommand {
@@ -39,138 +74,232 @@ pub(super) enum SecretCommand {
     Rm(RmArgs),
     /// Add a new version from a file or STDIN, and roll it out to the tasks that follow it.
     Update(UpdateArgs),
+    /// Make the previous kept version current again, and roll it out.
+    Rollback(RollbackArgs),
+    /// Show the rollout of the current version; pause or continue it.
+    Rollout(RolloutArgs),
 }
 
 #[derive(Debug, Args)]
 pub(super) struct UpdateArgs {
     /// Return once the version is stored, without waiting for the rollout.
     #[arg(short, long)]
-    detach: bool,
-    /// Secret name, ID or ID prefix.
-    #[arg(value_name = "SECRET")]
-    name: String,
+    pub detach: bool,
+    /// Suppress progress output.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Name, ID or ID prefix.
+    #[arg(value_name = "NAME")]
+    pub name: String,
     /// File holding the new value, or `-` for stdin.
     #[arg(value_name = "FILE|-")]
-    file: PathBuf,
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RollbackArgs {
+    /// Return once the version is current, without waiting for the rollout.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Suppress progress output.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Name, ID or ID prefix.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub(super) struct RolloutArgs {
+    /// Stop moving tasks to the current version (tasks that have it keep it).
+    #[arg(long, conflicts_with = "resume")]
+    pub pause: bool,
+    /// Continue a paused rollout.
+    #[arg(long = "continue")]
+    pub resume: bool,
+    /// Name, ID or ID prefix.
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct CreateArgs {
-    /// Secret labels.
+    /// Labels.
     #[arg(short = 'l', long = "label", value_name = "KEY=VALUE")]
-    labels: Vec<String>,
-    /// Secret name.
+    pub labels: Vec<String>,
+    /// Name.
     #[arg(value_name = "NAME")]
-    name: String,
+    pub name: String,
     /// File holding the value, or `-` for stdin.
     #[arg(value_name = "FILE|-")]
-    file: PathBuf,
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct LsArgs {
     /// Only display IDs.
     #[arg(short, long)]
-    quiet: bool,
+    pub quiet: bool,
     /// Output format.
     #[arg(long, value_name = "FORMAT", default_value = "table")]
-    format: Format,
+    pub format: Format,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct InspectArgs {
     /// Print the information in a human friendly format.
     #[arg(long)]
-    pretty: bool,
-    /// Secret name, ID or ID prefix.
-    #[arg(value_name = "SECRET", required = true)]
-    secrets: Vec<String>,
+    pub pretty: bool,
+    /// Name, ID or ID prefix.
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct RmArgs {
-    /// Secret name, ID or ID prefix.
-    #[arg(value_name = "SECRET", required = true)]
-    secrets: Vec<String>,
+    /// Name, ID or ID prefix.
+    #[arg(value_name = "NAME", required = true)]
+    pub names: Vec<String>,
 }
 
 /// Refuses bad arguments before connecting.
 pub(super) fn check(cmd: &SecretCommand) -> anyhow::Result<()> {
-    if let SecretCommand::Create(a) = cmd {
-        crate::spec::secret::validate_name(&a.name).map_err(|e| anyhow::anyhow!(e))?;
-        labels(&a.labels)?;
+    match cmd {
+        SecretCommand::Create(a) => check_create(a, Kind::Secret),
+        _ => Ok(()),
     }
+}
+
+/// The name and labels of `create`, checked before connecting.
+pub(super) fn check_create(a: &CreateArgs, kind: Kind) -> anyhow::Result<()> {
+    match kind {
+        Kind::Secret => crate::spec::secret::validate_name(&a.name),
+        Kind::Config => crate::spec::config_target::validate_name(&a.name),
+    }
+    .map_err(|e| anyhow::anyhow!(e))?;
+    labels(&a.labels)?;
     Ok(())
 }
 
-pub(super) async fn run(api: &mut Api, cmd: SecretCommand) -> anyhow::Result<()> {
+pub(super) async fn run(api: &mut Api, cmd: SecretCommand, kind: Kind) -> anyhow::Result<()> {
     match cmd {
-        SecretCommand::Create(a) => create(api, a).await,
-        SecretCommand::Ls(a) => ls(api, a).await,
-        SecretCommand::Inspect(a) => inspect(api, a).await,
-        SecretCommand::Rm(a) => rm(api, a).await,
-        SecretCommand::Update(a) => update(api, a).await,
+        SecretCommand::Create(a) => create(api, a, kind).await,
+        SecretCommand::Ls(a) => ls(api, a, kind).await,
+        SecretCommand::Inspect(a) => inspect(api, a, kind).await,
+        SecretCommand::Rm(a) => rm(api, a, kind).await,
+        SecretCommand::Update(a) => update(api, a, kind).await,
+        SecretCommand::Rollback(a) => rollback(api, a, kind).await,
+        SecretCommand::Rollout(a) => rollout(api, a, kind).await,
     }
 }
 
-async fn update(api: &mut Api, a: UpdateArgs) -> anyhow::Result<()> {
-    let mut value = read_value(&a.file)?;
-    let req = crate::api::v1::SecretUpdateRequest {
+async fn update(api: &mut Api, a: UpdateArgs, kind: Kind) -> anyhow::Result<()> {
+    let mut value = read_value(&a.file, kind)?;
+    let req = SecretUpdateRequest {
         secret: a.name.clone(),
+        // Moved, not copied, into the request; the zeroizing buffer is left empty.
         value: std::mem::take(&mut *value),
-        config: false,
+        config: kind.config(),
     };
     let out = api.secret_update(req).await.map_err(status)?.into_inner();
-    print(&format!(
-        "{}: version {}\nrolling out to {} services, {} tasks (on-change per attachment)\n",
-        out.name, out.version, out.services, out.tasks
-    ))?;
-    if a.detach {
+    started(api, &out, kind, a.detach, a.quiet).await
+}
+
+async fn rollback(api: &mut Api, a: RollbackArgs, kind: Kind) -> anyhow::Result<()> {
+    let out = api
+        .secret_rollback(SecretLookup {
+            secret: a.name.clone(),
+            config: kind.config(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    started(api, &out, kind, a.detach, a.quiet).await
+}
+
+/// After `update` or `rollback`: says which version is current and what follows it, then
+/// waits for the rollout unless `detach`.
+async fn started(
+    api: &mut Api,
+    out: &SecretUpdateResponse,
+    kind: Kind,
+    detach: bool,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    print(&started_text(out))?;
+    if detach {
         return Ok(());
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-    loop {
-        let r = api
-            .secret_rollout(crate::api::v1::SecretRolloutRequest {
-                secret: out.name.clone(),
-                config: false,
-                action: String::new(),
-            })
-            .await
-            .map_err(status)?
-            .into_inner();
-        if r.to != out.version {
-            anyhow::bail!(
-                "{} moved on to version {} (another update or a rollback) before version {} was rolled out",
-                out.name,
-                r.to,
-                out.version
-            );
+    super::progress::wait_rollout(
+        api,
+        kind.config(),
+        kind.word(),
+        &out.name,
+        out.version,
+        quiet,
+    )
+    .await
+}
+
+/// `db_password: version 2` and `rolling out to 3 services, 14 tasks (on-change per
+/// attachment)`.
+fn started_text(out: &SecretUpdateResponse) -> String {
+    let plural = |n: u64, one: &str| {
+        if n == 1 {
+            format!("{n} {one}")
+        } else {
+            format!("{n} {one}s")
         }
-        eprint!(
-            "\r  {}/{} tasks have version {} ({})   ",
-            r.done, r.total, r.to, r.state
-        );
-        if r.state == "completed" {
-            eprintln!();
-            return Ok(());
-        }
-        if r.state == "paused" {
-            eprintln!();
-            anyhow::bail!(
-                "the rollout is paused (`skep secret rollout {} --continue`)",
-                out.name
-            );
-        }
-        if std::time::Instant::now() > deadline {
-            eprintln!();
-            anyhow::bail!(
-                "the rollout has not completed after 10 minutes; it goes on (`skep secret inspect {}`)",
-                out.name
-            );
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    format!(
+        "{}: version {}\nrolling out to {}, {} (on-change per attachment)\n",
+        out.name,
+        out.version,
+        plural(out.services, "service"),
+        plural(out.tasks, "task"),
+    )
+}
+
+async fn rollout(api: &mut Api, a: RolloutArgs, kind: Kind) -> anyhow::Result<()> {
+    let action = if a.pause {
+        "pause"
+    } else if a.resume {
+        "continue"
+    } else {
+        ""
+    };
+    let r = api
+        .secret_rollout(SecretRolloutRequest {
+            secret: a.name.clone(),
+            config: kind.config(),
+            action: action.to_string(),
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    print(&format!("{}\n", rollout_line(&r)))
+}
+
+/// One line about a rollout: `db: version 1 -> 2 rolling, 3/14 tasks have version 2`.
+pub(super) fn rollout_line(r: &RolloutInfo) -> String {
+    if r.state == "none" {
+        return format!("{}: version {}, no rollout", r.name, r.to);
     }
+    let mut line = format!(
+        "{}: version {} -> {}{} {}, {}/{} tasks have version {}",
+        r.name,
+        r.from,
+        r.to,
+        if r.rollback { " (rollback)" } else { "" },
+        r.state,
+        r.done,
+        r.total,
+        r.to
+    );
+    if r.restarting > 0 {
+        let _ = write!(line, " ({} being replaced)", r.restarting);
+    }
+    line
 }
 
 fn labels(args: &[String]) -> anyhow::Result<HashMap<String, String>> {
@@ -190,7 +319,8 @@ fn labels(args: &[String]) -> anyhow::Result<HashMap<String, String>> {
 
 /// Reads the value from a file or stdin (`-`) into a zeroizing buffer, refusing more than
 /// 500 KiB without reading it all.
-fn read_value(file: &std::path::Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+fn read_value(file: &std::path::Path, kind: Kind) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let word = kind.word();
     let mut buf = Zeroizing::new(Vec::new());
     let what;
     if file.as_os_str() == "-" {
@@ -199,32 +329,31 @@ fn read_value(file: &std::path::Path) -> anyhow::Result<Zeroizing<Vec<u8>>> {
             .lock()
             .take(READ_LIMIT + 1)
             .read_to_end(&mut buf)
-            .context("reading the secret from standard input")?;
+            .with_context(|| format!("reading the {word} from standard input"))?;
     } else {
         what = file.display().to_string();
         std::fs::File::open(file)
             .and_then(|f| f.take(READ_LIMIT + 1).read_to_end(&mut buf))
-            .with_context(|| format!("reading the secret from {what}"))?;
+            .with_context(|| format!("reading the {word} from {what}"))?;
     }
     if buf.len() as u64 > READ_LIMIT {
-        anyhow::bail!("the secret in {what} is larger than 500 KiB");
+        anyhow::bail!("the {word} in {what} is larger than 500 KiB");
     }
     if buf.is_empty() {
-        anyhow::bail!("the secret in {what} is empty");
+        anyhow::bail!("the {word} in {what} is empty");
     }
     Ok(buf)
 }
 
-async fn create(api: &mut Api, a: CreateArgs) -> anyhow::Result<()> {
+async fn create(api: &mut Api, a: CreateArgs, kind: Kind) -> anyhow::Result<()> {
     let labels = labels(&a.labels)?;
-    let value = read_value(&a.file)?;
-    let mut value = value;
+    let mut value = read_value(&a.file, kind)?;
     // Moved, not copied, into the request; the zeroizing buffer is left empty.
     let req = SecretCreateRequest {
         name: a.name.clone(),
         labels,
         value: std::mem::take(&mut *value),
-        config: false,
+        config: kind.config(),
     };
     let id = api
         .secret_create(req)
@@ -235,9 +364,11 @@ async fn create(api: &mut Api, a: CreateArgs) -> anyhow::Result<()> {
     print(&format!("{id}\n"))
 }
 
-async fn ls(api: &mut Api, a: LsArgs) -> anyhow::Result<()> {
+async fn ls(api: &mut Api, a: LsArgs, kind: Kind) -> anyhow::Result<()> {
     let mut secrets = api
-        .secret_list(crate::api::v1::SecretListRequest::default())
+        .secret_list(crate::api::v1::SecretListRequest {
+            config: kind.config(),
+        })
         .await
         .map_err(status)?
         .into_inner()
@@ -266,12 +397,14 @@ fn ago(at: &str, now: OffsetDateTime) -> String {
     }
 }
 
+/// Docker's columns (ID, NAME, CREATED, UPDATED) with the current VERSION after the name.
 fn table(secrets: &[SecretInfo], now: OffsetDateTime) -> String {
-    let mut t = Table::new(&["ID", "NAME", "CREATED", "UPDATED"]);
+    let mut t = Table::new(&["ID", "NAME", "VERSION", "CREATED", "UPDATED"]);
     for s in secrets {
         t.row(vec![
             s.id.clone(),
             s.name.clone(),
+            s.version.to_string(),
             ago(&s.created_at, now),
             ago(&s.updated_at, now),
         ]);
@@ -283,6 +416,7 @@ fn ls_json(s: &SecretInfo) -> Value {
     json!({
         "ID": s.id,
         "Name": s.name,
+        "Version": s.version,
         "CreatedAt": s.created_at,
         "UpdatedAt": s.updated_at,
         "Labels": labels_text(s),
@@ -296,23 +430,62 @@ fn labels_text(s: &SecretInfo) -> String {
     l.join(",")
 }
 
-/// `secret inspect`: Docker's layout, with the digest and size instead of a driver.
+/// `inspect`: Docker's layout (a config's `Spec.Data` in base64), with the current version,
+/// its digest and size, every kept version with who uses it, and the last rollout.
 fn inspect_json(s: &SecretInfo) -> Value {
     let labels: serde_json::Map<String, Value> = s
         .labels
         .iter()
         .map(|(k, v)| (k.clone(), Value::String(v.clone())))
         .collect();
+    let mut spec = json!({ "Name": s.name, "Labels": labels });
+    if s.config {
+        spec["Data"] = Value::String(base64::engine::general_purpose::STANDARD.encode(&s.data));
+    }
+    let versions: Vec<Value> = s
+        .versions
+        .iter()
+        .map(|v| {
+            json!({
+                "Version": v.version,
+                "Digest": v.digest,
+                "Size": v.size,
+                "CreatedAt": v.created_at,
+                "Current": v.current,
+                "Services": v.services,
+                "Nodes": v.nodes,
+                "Tasks": v.tasks,
+            })
+        })
+        .collect();
+    let rollout = s.rollout.as_ref().map_or(Value::Null, |r| {
+        json!({
+            "From": r.from,
+            "To": r.to,
+            "State": r.state,
+            "Rollback": r.rollback,
+            "StartedAt": r.started_at,
+            "UpdatedAt": r.updated_at,
+            "Total": r.total,
+            "Done": r.done,
+            "Restarting": r.restarting,
+        })
+    });
     json!({
         "ID": s.id,
         "CreatedAt": s.created_at,
         "UpdatedAt": s.updated_at,
-        "Spec": { "Name": s.name, "Labels": labels },
+        "Spec": spec,
+        "Version": s.version,
         "Digest": s.digest,
         "Size": s.size,
+        "Versions": versions,
+        "Rollout": rollout,
     })
 }
 
+/// `inspect --pretty`: the fields, a table of the kept versions (digests and who holds each,
+/// never a secret's value), the rollout, and a config's data as text (as Docker shows it).
 fn pretty(s: &SecretInfo) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "ID:              {}", s.id);
@@ -325,25 +498,72 @@ fn pretty(s: &SecretInfo) -> String {
             let _ = writeln!(out, " - {k}={v}");
         }
     }
+    let _ = writeln!(out, "Version:         {}", s.version);
     let _ = writeln!(out, "Digest:          sha256:{}", s.digest);
     let _ = writeln!(out, "Size:            {}", s.size);
     let _ = writeln!(out, "Created at:      {}", s.created_at);
     let _ = writeln!(out, "Updated at:      {}", s.updated_at);
+    if !s.versions.is_empty() {
+        let _ = writeln!(out, "Versions:");
+        let mut t = Table::new(&[
+            "VERSION", "DIGEST", "SIZE", "CREATED", "SERVICES", "NODES", "TASKS",
+        ]);
+        for v in &s.versions {
+            let nodes: Vec<&str> = v.nodes.iter().map(|n| short_id(n)).collect();
+            t.row(vec![
+                format!("{}{}", v.version, if v.current { " *" } else { "" }),
+                format!("sha256:{}", v.digest.get(..12).unwrap_or(&v.digest)),
+                v.size.to_string(),
+                v.created_at.clone(),
+                dash(&v.services.join(",")),
+                dash(&nodes.join(",")),
+                v.tasks.to_string(),
+            ]);
+        }
+        for line in t.render().lines() {
+            let _ = writeln!(out, " {line}");
+        }
+    }
+    if let Some(r) = &s.rollout {
+        let _ = writeln!(out, "Rollout:         {}", rollout_line(r));
+    }
+    if s.config {
+        let _ = writeln!(out, "Data:");
+        out.push_str(&String::from_utf8_lossy(&s.data));
+        if !s.data.ends_with(b"\n") {
+            out.push('\n');
+        }
+    }
     out
 }
 
-async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
+fn dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".into()
+    } else {
+        text.to_string()
+    }
+}
+
+async fn inspect(api: &mut Api, a: InspectArgs, kind: Kind) -> anyhow::Result<()> {
     let mut found = Vec::new();
     let mut errors = Vec::new();
-    for name in &a.secrets {
+    for name in &a.names {
         match api
             .secret_inspect(SecretLookup {
                 secret: name.clone(),
-                config: false,
+                config: kind.config(),
             })
             .await
         {
-            Ok(r) => found.push(r.into_inner()),
+            Ok(r) => {
+                let mut info = r.into_inner();
+                if !kind.config() {
+                    // Never a secret's value, whatever a daemon sends.
+                    info.data = Vec::new();
+                }
+                found.push(info);
+            }
             Err(s) => errors.push(status(s).to_string()),
         }
     }
@@ -356,13 +576,13 @@ async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
     super::output::fail_with(errors)
 }
 
-async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
+async fn rm(api: &mut Api, a: RmArgs, kind: Kind) -> anyhow::Result<()> {
     let mut errors = Vec::new();
-    for name in &a.secrets {
+    for name in &a.names {
         match api
             .secret_remove(SecretLookup {
                 secret: name.clone(),
-                config: false,
+                config: kind.config(),
             })
             .await
         {
@@ -376,6 +596,7 @@ async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::v1::SecretVersionInfo;
 
     fn info() -> SecretInfo {
         SecretInfo {
@@ -391,21 +612,108 @@ mod tests {
         }
     }
 
-    #[test]
-    fn table_has_docker_columns() {
-        let now = crate::util::parse_rfc3339("2026-01-01T00:02:00Z")
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let t = table(&[info()], now);
-        assert!(t.starts_with("ID   NAME  CREATED"), "{t}");
-        assert!(t.contains("2 minutes ago"), "{t}");
+    fn versioned() -> SecretInfo {
+        let mut s = info();
+        s.version = 2;
+        s.digest = "bbbbbbbbbbbbbbbbbbbb".into();
+        s.versions = vec![
+            SecretVersionInfo {
+                version: 1,
+                digest: "aaaaaaaaaaaaaaaaaaaa".into(),
+                size: 3,
+                services: vec!["pinned".into()],
+                nodes: vec!["node-one-0123456789".into()],
+                tasks: 1,
+                ..Default::default()
+            },
+            SecretVersionInfo {
+                version: 2,
+                digest: "bbbbbbbbbbbbbbbbbbbb".into(),
+                size: 4,
+                current: true,
+                services: vec!["web".into()],
+                ..Default::default()
+            },
+        ];
+        s.rollout = Some(RolloutInfo {
+            from: 1,
+            to: 2,
+            state: "rolling".into(),
+            total: 14,
+            done: 10,
+            name: "db".into(),
+            ..Default::default()
+        });
+        s
     }
 
     #[test]
-    fn inspect_shows_digest() {
+    fn table_has_docker_columns_and_the_version() {
+        let now = crate::util::parse_rfc3339("2026-01-01T00:02:00Z")
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        let t = table(&[versioned()], now);
+        assert!(t.starts_with("ID   NAME  VERSION  CREATED"), "{t}");
+        assert!(t.lines().nth(1).is_some_and(|l| l.contains("  2  ")), "{t}");
+        assert!(t.contains("2 minutes ago"), "{t}");
+        assert_eq!(ls_json(&versioned())["Version"], 2);
+    }
+
+    #[test]
+    fn inspect_shows_digest_versions_and_rollout() {
         let j = inspect_json(&info());
         assert_eq!(j["Digest"], "00ff");
         assert_eq!(j["Spec"]["Labels"]["a"], "b");
+        assert!(j["Spec"].get("Data").is_none(), "{j}");
         assert!(pretty(&info()).contains("sha256:00ff"));
+
+        let v = versioned();
+        let j = inspect_json(&v);
+        assert_eq!(j["Versions"][0]["Services"][0], "pinned");
+        assert_eq!(j["Versions"][1]["Current"], true);
+        assert_eq!(j["Rollout"]["Done"], 10);
+        let p = pretty(&v);
+        assert!(p.contains("2 *"), "{p}");
+        assert!(p.contains("sha256:aaaaaaaaaaaa "), "{p}");
+        assert!(p.contains("node-one-012 "), "{p}");
+        assert!(
+            p.contains("db: version 1 -> 2 rolling, 10/14 tasks have version 2"),
+            "{p}"
+        );
+        assert!(!p.contains("Data:"), "{p}");
+    }
+
+    #[test]
+    fn a_config_shows_its_data_as_docker_does() {
+        let mut c = info();
+        c.config = true;
+        c.data = b"worker_processes 4;\n".to_vec();
+        let j = inspect_json(&c);
+        assert_eq!(j["Spec"]["Data"], "d29ya2VyX3Byb2Nlc3NlcyA0Owo=");
+        assert!(
+            pretty(&c).ends_with("Data:\nworker_processes 4;\n"),
+            "{}",
+            pretty(&c)
+        );
+    }
+
+    #[test]
+    fn update_says_what_follows() {
+        let out = SecretUpdateResponse {
+            version: 2,
+            services: 3,
+            tasks: 14,
+            name: "db_password".into(),
+        };
+        assert_eq!(
+            started_text(&out),
+            "db_password: version 2\nrolling out to 3 services, 14 tasks (on-change per attachment)\n"
+        );
+        let one = SecretUpdateResponse {
+            services: 1,
+            tasks: 1,
+            ..out
+        };
+        assert!(started_text(&one).contains("to 1 service, 1 task ("));
     }
 
     #[test]

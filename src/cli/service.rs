@@ -80,9 +80,14 @@ pub(super) struct CreateArgs {
     /// Placement constraints (e.g. node.role==worker, node.labels.zone!=a).
     #[arg(long = "constraint", value_name = "EXPR")]
     constraints: Vec<String>,
-    /// Give the tasks a secret (NAME, or source=NAME,target=PATH,uid=N,gid=N,mode=0NNN).
+    /// Give the tasks a secret (NAME[@VERSION], or
+    /// source=NAME[@VERSION],target=PATH,uid=N,gid=N,mode=0NNN,on-change=rotate|signal:SIG|restart|none).
     #[arg(long = "secret", value_name = "SECRET")]
     secrets: Vec<String>,
+    /// Give the tasks a config (NAME[@VERSION], or
+    /// source=NAME[@VERSION],target=PATH,uid=N,gid=N,mode=0NNN,on-change=restart|none).
+    #[arg(long = "config", value_name = "CONFIG")]
+    configs: Vec<String>,
     /// Publish a port (PUBLISHED:TARGET[/udp], or published=P,target=T,protocol=tcp,mode=ingress|host).
     #[arg(short = 'p', long = "publish", value_name = "PORT")]
     publish: Vec<String>,
@@ -116,6 +121,7 @@ impl CreateArgs {
             labels: &self.labels,
             constraints: &self.constraints,
             secrets: &self.secrets,
+            configs: &self.configs,
             publish: &self.publish,
             args: &self.args,
         }
@@ -194,12 +200,18 @@ pub(super) struct UpdateArgs {
     /// Remove a label by its key.
     #[arg(long, value_name = "KEY")]
     label_rm: Vec<String>,
-    /// Add or update a secret (NAME, or source=NAME,target=PATH,uid=N,gid=N,mode=0NNN).
+    /// Add a secret (as --secret of service create).
     #[arg(long, value_name = "SECRET")]
     secret_add: Vec<String>,
-    /// Remove a secret by its name.
+    /// Remove a secret by its name (NAME@VERSION: only the attachment pinned to it).
     #[arg(long, value_name = "SECRET")]
     secret_rm: Vec<String>,
+    /// Add a config (as --config of service create).
+    #[arg(long, value_name = "CONFIG")]
+    config_add: Vec<String>,
+    /// Remove a config by its name (NAME@VERSION: only the attachment pinned to it).
+    #[arg(long, value_name = "CONFIG")]
+    config_rm: Vec<String>,
     #[command(flatten)]
     spec: SpecFlags,
     /// Force update even if no changes require it.
@@ -232,6 +244,8 @@ impl UpdateArgs {
             label_rm: &self.label_rm,
             secret_add: &self.secret_add,
             secret_rm: &self.secret_rm,
+            config_add: &self.config_add,
+            config_rm: &self.config_rm,
         }
     }
 }
@@ -578,6 +592,19 @@ fn ms(n: u64) -> String {
     crate::spec::duration::format(std::time::Duration::from_millis(n))
 }
 
+/// One secret or config of `service inspect --pretty`: its version (pinned or following the
+/// current one), target, owner, mode and what a running task does when the version changes.
+fn attachment(s: &crate::store::service::SecretRef) -> String {
+    let version = match s.pinned {
+        Some(n) => format!("@{n} (pinned)"),
+        None => " (current version)".to_string(),
+    };
+    format!(
+        "{}{version} -> {} (uid {}, gid {}, mode {:04o}, on-change {})",
+        s.secret_name, s.target, s.uid, s.gid, s.mode, s.on_change
+    )
+}
+
 /// `service inspect --pretty`, laid out as Docker's.
 pub(super) fn pretty(s: &Service) -> String {
     let mut out = String::new();
@@ -648,16 +675,12 @@ pub(super) fn pretty(s: &Service) -> String {
             line("  Start period", &ms(h.start_period_ms));
         }
     }
-    if !task.secrets.is_empty() {
-        line(" Secrets", "");
-        for s in &task.secrets {
-            line(
-                "  ",
-                &format!(
-                    "{} -> {} (uid {}, gid {}, mode {:04o})",
-                    s.secret_name, s.target, s.uid, s.gid, s.mode
-                ),
-            );
+    for (title, refs) in [(" Secrets", &task.secrets), (" Configs", &task.configs)] {
+        if !refs.is_empty() {
+            line(title, "");
+            for s in refs {
+                line("  ", &attachment(s));
+            }
         }
     }
     if !spec.ports.is_empty() {
@@ -1013,7 +1036,21 @@ mod tests {
         );
         s.spec.task.reservations.memory_bytes = 64 << 20;
         s.spec.task.constraints = vec![spec::parse_constraint("node.role==worker").unwrap()];
+        s.spec.task.secrets = vec![
+            crate::spec::secret::parse_secret_spec("source=db@1").unwrap(),
+            crate::spec::secret::parse_secret_spec("source=api,on-change=signal:HUP").unwrap(),
+        ];
+        s.spec.task.configs =
+            vec![crate::spec::secret::parse_config_spec("source=conf,target=/etc/c").unwrap()];
         let text = pretty(&s);
+        for want in [
+            "db@1 (pinned) -> /run/secrets/db (uid 0, gid 0, mode 0444, on-change rotate)",
+            "api (current version) -> /run/secrets/api (uid 0, gid 0, mode 0444, on-change signal:SIGHUP)",
+            " Configs:",
+            "conf (current version) -> /etc/c (uid 0, gid 0, mode 0444, on-change restart)",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
         assert!(text.contains("Name:               t1\n"), "{text}");
         assert!(text.contains(" Replicas:          3\n"), "{text}");
         assert!(

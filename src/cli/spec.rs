@@ -381,6 +381,8 @@ pub(super) struct CreateSpec<'a> {
     pub constraints: &'a [String],
     /// `--secret`.
     pub secrets: &'a [String],
+    /// `--config`.
+    pub configs: &'a [String],
     /// `--publish`.
     pub publish: &'a [String],
     /// IMAGE [COMMAND] [ARG...], or with `--runtime exec` COMMAND [ARG...].
@@ -447,6 +449,10 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
     for text in c.secrets {
         secrets.push(parse_secret(text, "--secret")?);
     }
+    let mut configs: Vec<SecretRef> = Vec::new();
+    for text in c.configs {
+        configs.push(parse_config(text, "--config")?);
+    }
     let runtime = match runtime {
         RuntimeArg::Docker => Runtime::Docker,
         RuntimeArg::Exec => Runtime::Exec,
@@ -455,6 +461,7 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
     task.env = env;
     task.constraints = constraints;
     task.secrets = secrets;
+    task.configs = configs;
     let mut spec = ServiceSpec::new(name, task);
     spec.labels = labels;
     spec.mode = mode;
@@ -487,6 +494,8 @@ pub(super) struct UpdateSpec<'a> {
     pub label_rm: &'a [String],
     pub secret_add: &'a [String],
     pub secret_rm: &'a [String],
+    pub config_add: &'a [String],
+    pub config_rm: &'a [String],
 }
 
 impl UpdateSpec<'_> {
@@ -502,6 +511,8 @@ impl UpdateSpec<'_> {
             || !self.label_rm.is_empty()
             || !self.secret_add.is_empty()
             || !self.secret_rm.is_empty()
+            || !self.config_add.is_empty()
+            || !self.config_rm.is_empty()
     }
 }
 
@@ -533,7 +544,13 @@ pub(super) fn check_update(u: &UpdateSpec<'_>, flags: &SpecFlags) -> anyhow::Res
         parse_secret(t, "--secret-add")?;
     }
     for n in u.secret_rm {
-        check_key(n, "--secret-rm")?;
+        removal(n, false, "--secret-rm")?;
+    }
+    for t in u.config_add {
+        parse_config(t, "--config-add")?;
+    }
+    for n in u.config_rm {
+        removal(n, true, "--config-rm")?;
     }
     // The shared flags against a default spec: catches reserve > limit given together.
     let mut probe = build_spec(
@@ -598,15 +615,20 @@ pub(super) fn apply_update(
         }
     }
     for n in u.secret_rm {
-        check_key(n, "--secret-rm")?;
-        spec.task
-            .secrets
-            .retain(|r| r.secret_name != *n && r.secret_id != *n);
+        let gone = removal(n, false, "--secret-rm")?;
+        spec.task.secrets.retain(|r| !gone.matches(r));
     }
     for text in u.secret_add {
         // Appended, never replacing: a clash with a kept secret is the manager's to refuse
         // (replacing one is `--secret-rm` with `--secret-add`, as in Docker).
         spec.task.secrets.push(parse_secret(text, "--secret-add")?);
+    }
+    for n in u.config_rm {
+        let gone = removal(n, true, "--config-rm")?;
+        spec.task.configs.retain(|r| !gone.matches(r));
+    }
+    for text in u.config_add {
+        spec.task.configs.push(parse_config(text, "--config-add")?);
     }
     flags.apply(spec)?;
     validate(spec)
@@ -685,6 +707,52 @@ pub(super) fn bytes(n: u64) -> String {
 pub(super) fn parse_secret(text: &str, flag: &str) -> anyhow::Result<SecretRef> {
     crate::spec::secret::parse_secret_spec(text)
         .map_err(|why| anyhow::anyhow!("invalid {flag} {}: {why}", crate::util::quote(text)))
+}
+
+/// `--config NAME` or `--config source=...,target=...` ([`crate::spec::secret::parse_config_spec`]).
+pub(super) fn parse_config(text: &str, flag: &str) -> anyhow::Result<SecretRef> {
+    crate::spec::secret::parse_config_spec(text)
+        .map_err(|why| anyhow::anyhow!("invalid {flag} {}: {why}", crate::util::quote(text)))
+}
+
+/// What `--secret-rm` / `--config-rm` takes away: every attachment of a name (or ID), or
+/// with `NAME@N` only the one pinned to version N.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Removal {
+    key: String,
+    pinned: Option<u64>,
+}
+
+impl Removal {
+    fn matches(&self, r: &SecretRef) -> bool {
+        (r.secret_name == self.key || r.secret_id == self.key)
+            && (self.pinned.is_none() || r.pinned == self.pinned)
+    }
+}
+
+fn removal(text: &str, config: bool, flag: &str) -> anyhow::Result<Removal> {
+    check_key(text, flag)?;
+    if !text.contains('@') {
+        return Ok(Removal {
+            key: text.to_string(),
+            pinned: None,
+        });
+    }
+    if text.contains('=') {
+        bail!(
+            "invalid {flag} {}: give a NAME or NAME@VERSION",
+            crate::util::quote(text)
+        );
+    }
+    let r = if config {
+        parse_config(text, flag)?
+    } else {
+        parse_secret(text, flag)?
+    };
+    Ok(Removal {
+        key: r.secret_name,
+        pinned: r.pinned,
+    })
 }
 
 /// `KEY=VALUE`; a bare `KEY` takes its value from the CLI's environment, as Docker does, and
@@ -1339,5 +1407,104 @@ mod tests {
             .map(|r| r.secret_name.as_str())
             .collect();
         assert_eq!(names, ["api", "db"]);
+    }
+
+    #[test]
+    fn pinned_secrets_are_added_and_removed_by_name_or_by_pin() {
+        let mut spec = service_spec();
+        let add = strings(&["source=db@1,target=old", "db", "api@2"]);
+        let u = UpdateSpec {
+            secret_add: &add,
+            ..Default::default()
+        };
+        check_update(&u, &SpecFlags::default()).unwrap();
+        apply_update(&mut spec, &u, &SpecFlags::default()).unwrap();
+        let pins: Vec<_> = spec.task.secrets.iter().map(|r| r.pinned).collect();
+        assert_eq!(pins, [Some(1), None, Some(2)]);
+        // NAME@N takes away only the attachment pinned to N.
+        let rm = strings(&["db@1"]);
+        let u = UpdateSpec {
+            secret_rm: &rm,
+            ..Default::default()
+        };
+        apply_update(&mut spec, &u, &SpecFlags::default()).unwrap();
+        let left: Vec<_> = spec
+            .task
+            .secrets
+            .iter()
+            .map(|r| (r.secret_name.as_str(), r.pinned))
+            .collect();
+        assert_eq!(left, [("db", None), ("api", Some(2))]);
+        // NAME takes away every attachment of it, pinned or not.
+        let rm = strings(&["api"]);
+        let u = UpdateSpec {
+            secret_rm: &rm,
+            ..Default::default()
+        };
+        apply_update(&mut spec, &u, &SpecFlags::default()).unwrap();
+        assert_eq!(spec.task.secrets.len(), 1);
+        for bad in ["db@0", "db@x", "source=db@1", "@1"] {
+            let rm = strings(&[bad]);
+            let u = UpdateSpec {
+                secret_rm: &rm,
+                ..Default::default()
+            };
+            let e = check_update(&u, &SpecFlags::default()).unwrap_err();
+            assert!(
+                e.to_string().starts_with("invalid --secret-rm"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn configs_follow_docker_and_refuse_rotation() {
+        let configs = strings(&["source=nginx_conf,target=/etc/nginx/nginx.conf,mode=0440"]);
+        let spec = build_spec(
+            &CreateSpec {
+                name: Some("web"),
+                runtime: Some(RuntimeArg::Exec),
+                args: &strings(&["true"]),
+                configs: &configs,
+                ..Default::default()
+            },
+            &SpecFlags::default(),
+        )
+        .unwrap();
+        let c = &spec.task.configs[0];
+        assert_eq!(
+            (c.secret_name.as_str(), c.target.as_str(), c.mode),
+            ("nginx_conf", "/etc/nginx/nginx.conf", 0o440)
+        );
+        for (bad, says) in [
+            ("source=c,on-change=rotate", "cannot be replaced atomically"),
+            ("source=c,target=/proc/x", "lies in /proc"),
+            ("source=c,target=/run/secrets/x", "lies in /run/secrets"),
+        ] {
+            let add = strings(&[bad]);
+            let u = UpdateSpec {
+                config_add: &add,
+                ..Default::default()
+            };
+            let e = check_update(&u, &SpecFlags::default()).unwrap_err();
+            assert!(e.to_string().starts_with("invalid --config-add"), "{e}");
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+        let mut spec = spec;
+        let add = strings(&["app"]);
+        let rm = strings(&["nginx_conf"]);
+        let u = UpdateSpec {
+            config_add: &add,
+            config_rm: &rm,
+            ..Default::default()
+        };
+        apply_update(&mut spec, &u, &SpecFlags::default()).unwrap();
+        let names: Vec<_> = spec
+            .task
+            .configs
+            .iter()
+            .map(|r| r.target.as_str())
+            .collect();
+        assert_eq!(names, ["/app"]);
     }
 }

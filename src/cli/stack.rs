@@ -1,10 +1,12 @@
 //! `skep stack deploy|ls|services|ps|rm` and `skep network create|ls|inspect|rm`.
 //!
-//! A stack is the set of services, networks and secrets labelled
+//! A stack is the set of services, networks, secrets and configs labelled
 //! `com.docker.stack.namespace=<stack>`. `stack deploy` loads the Compose files here, on the
 //! operator's machine ([`crate::stack`]), and sends each object through the ordinary Control
 //! RPCs, so every service create or update is checked and audited as if typed by hand; one
-//! `StackAudit` record then ties the command together.
+//! `StackAudit` record then ties the command together. A stack's own `file:` secret or config
+//! whose content changed gets a new version (`SecretUpdate`, rolled out as `secret update`
+//! does), never a new name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -20,11 +22,12 @@ use super::service::{fetch, hostnames, ls_json, ls_table, ps_output};
 use super::tasks::{parse_service, parse_tasks, short_id};
 use super::{Format, print};
 use crate::api::v1::{
-    Empty, NetworkCreateRequest, NetworkInfo, NetworkLookup, SecretCreateRequest, SecretLookup,
-    ServiceRef, ServiceSpecRequest, ServiceUpdateRequest, StackAuditRequest,
+    Empty, NetworkCreateRequest, NetworkInfo, NetworkLookup, SecretCreateRequest, SecretInfo,
+    SecretLookup, SecretUpdateRequest, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest,
+    StackAuditRequest,
 };
 use crate::api::view::TaskView;
-use crate::stack::{NAMESPACE_LABEL, SecretSource, Stack};
+use crate::stack::{NAMESPACE_LABEL, SecretSource, Stack, StackSecret};
 use crate::store::service::Service;
 
 type Api = super::client::Api;
@@ -262,7 +265,8 @@ async fn deploy(api: &mut Api, a: DeployArgs) -> anyhow::Result<()> {
     let stack = load(&a)?;
     let mut done = Done::default();
     let mut waits = Vec::new();
-    let result = deploy_objects(api, &stack, a.prune, &mut done, &mut waits).await;
+    let mut rollouts = Vec::new();
+    let result = deploy_objects(api, &stack, a.prune, &mut done, &mut waits, &mut rollouts).await;
     audit(api, &stack.name, "deploy", &result, &done).await;
     result?;
     if a.detach {
@@ -277,7 +281,63 @@ async fn deploy(api: &mut Api, a: DeployArgs) -> anyhow::Result<()> {
             errors.push(format!("{name}: {e}"));
         }
     }
+    for (config, name, version) in rollouts {
+        let word = if config { "config" } else { "secret" };
+        if !a.quiet {
+            print(&format!("{word} {name} version {version}\n"))?;
+        }
+        if let Err(e) = progress::wait_rollout(api, config, word, &name, version, a.quiet).await {
+            errors.push(format!("{e}"));
+        }
+    }
     super::output::fail_with(errors)
+}
+
+/// What `stack deploy` does with one of the stack's secrets or configs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ObjectPlan {
+    /// It does not exist: create it from the file.
+    Create,
+    /// The stack's own object, with another value in the file: a new version.
+    Update,
+    /// External, or the same value: nothing to do.
+    Keep,
+}
+
+/// Decides, before anything changes, what deploy does with `s` given the object of that name
+/// (`existing`); refuses a missing external one, and a changed value for an object the stack
+/// does not own.
+fn plan_object(
+    stack: &str,
+    s: &StackSecret,
+    existing: Option<&SecretInfo>,
+    config: bool,
+) -> anyhow::Result<ObjectPlan> {
+    let word = if config { "config" } else { "secret" };
+    Ok(match (&s.source, existing) {
+        (SecretSource::External, None) => bail!(
+            "{word} not found: {} (it is `external`: create it first with `skep {word} create {} FILE`)",
+            s.name,
+            s.name
+        ),
+        (SecretSource::External, Some(_)) => ObjectPlan::Keep,
+        (SecretSource::Value(_), None) => ObjectPlan::Create,
+        (SecretSource::Value(v), Some(x)) => {
+            if x.digest == crate::store::secret_obj::digest(v.expose()) {
+                ObjectPlan::Keep
+            } else if in_stack_map(&x.labels, stack) {
+                ObjectPlan::Update
+            } else {
+                bail!(
+                    "{word} {} exists with another value and does not belong to stack {stack}; \
+                     declare it `external: true`, give it another `name:`, or add a version \
+                     by hand (`skep {word} update {} FILE`)",
+                    s.name,
+                    s.name
+                )
+            }
+        }
+    })
 }
 
 async fn deploy_objects(
@@ -286,33 +346,20 @@ async fn deploy_objects(
     prune: bool,
     done: &mut Done,
     waits: &mut Vec<(String, String, Baseline)>,
+    rollouts: &mut Vec<(bool, String, u64)>,
 ) -> anyhow::Result<()> {
     // Check what must exist already before changing anything.
-    let secrets = api
-        .secret_list(crate::api::v1::SecretListRequest::default())
-        .await
-        .map_err(status)?
-        .into_inner()
-        .secrets;
-    for s in &stack.secrets {
-        let existing = secrets.iter().find(|x| x.name == s.name);
-        match (&s.source, existing) {
-            (SecretSource::External, None) => {
-                bail!(
-                    "secret not found: {} (it is `external`: create it first with `skep secret create {} FILE`)",
-                    s.name,
-                    s.name
-                )
-            }
-            (SecretSource::Value(v), Some(x))
-                if x.digest != crate::store::secret_obj::digest(v.expose()) =>
-            {
-                bail!(
-                    "secret {} exists with another value: secrets cannot be changed in place; remove the stack first, or give the secret a new name",
-                    s.name
-                )
-            }
-            _ => {}
+    let mut plans = Vec::new();
+    for (config, objects) in [(false, &stack.secrets), (true, &stack.configs)] {
+        let existing = api
+            .secret_list(crate::api::v1::SecretListRequest { config })
+            .await
+            .map_err(status)?
+            .into_inner()
+            .secrets;
+        for s in objects {
+            let x = existing.iter().find(|x| x.name == s.name);
+            plans.push((config, s, plan_object(&stack.name, s, x, config)?));
         }
     }
     let nets = networks(api).await?;
@@ -338,22 +385,46 @@ async fn deploy_objects(
         .await
         .map_err(status)?;
     }
-    for s in &stack.secrets {
+    for (config, s, plan) in plans {
         let SecretSource::Value(v) = &s.source else {
             continue;
         };
-        if secrets.iter().any(|x| x.name == s.name) {
-            continue;
+        let word = if config { "config" } else { "secret" };
+        match plan {
+            ObjectPlan::Keep => {}
+            ObjectPlan::Create => {
+                print(&format!("Creating {word} {}\n", s.name))?;
+                api.secret_create(SecretCreateRequest {
+                    name: s.name.clone(),
+                    labels: s.labels.clone().into_iter().collect(),
+                    value: v.expose().to_vec(),
+                    config,
+                })
+                .await
+                .map_err(status)
+                .with_context(|| format!("creating {word} {}", s.name))?;
+            }
+            ObjectPlan::Update => {
+                // A changed file is a new version of the same object: the services that
+                // follow it get it by its rollout (each attachment's on-change), no renaming.
+                let out = api
+                    .secret_update(SecretUpdateRequest {
+                        secret: s.name.clone(),
+                        value: v.expose().to_vec(),
+                        config,
+                    })
+                    .await
+                    .map_err(status)
+                    .with_context(|| format!("updating {word} {}", s.name))?
+                    .into_inner();
+                print(&format!(
+                    "Updating {word} {} (version {}, rolling out to {} tasks)\n",
+                    s.name, out.version, out.tasks
+                ))?;
+                done.updated.push(format!("{}@{}", s.name, out.version));
+                rollouts.push((config, s.name.clone(), out.version));
+            }
         }
-        print(&format!("Creating secret {}\n", s.name))?;
-        api.secret_create(SecretCreateRequest {
-            name: s.name.clone(),
-            labels: s.labels.clone().into_iter().collect(),
-            value: v.expose().to_vec(),
-            config: false,
-        })
-        .await
-        .map_err(status)?;
     }
     let existing = all_services(api).await?;
     for spec in &stack.services {
@@ -505,15 +576,18 @@ async fn rm_one(api: &mut Api, stack: &str, done: &mut Done) -> anyhow::Result<(
         .map(|(s, _)| s)
         .filter(|s| in_stack(&s.spec.labels, stack))
         .collect();
-    let secrets: Vec<_> = api
-        .secret_list(crate::api::v1::SecretListRequest::default())
-        .await
-        .map_err(status)?
-        .into_inner()
-        .secrets
-        .into_iter()
-        .filter(|s| in_stack_map(&s.labels, stack))
-        .collect();
+    let mut secrets = Vec::new();
+    for config in [false, true] {
+        secrets.extend(
+            api.secret_list(crate::api::v1::SecretListRequest { config })
+                .await
+                .map_err(status)?
+                .into_inner()
+                .secrets
+                .into_iter()
+                .filter(|s| in_stack_map(&s.labels, stack)),
+        );
+    }
     let nets: Vec<_> = networks(api)
         .await?
         .into_iter()
@@ -532,10 +606,11 @@ async fn rm_one(api: &mut Api, stack: &str, done: &mut Done) -> anyhow::Result<(
         done.removed.push(s.spec.name.clone());
     }
     for s in &secrets {
-        print(&format!("Removing secret {}\n", s.name))?;
+        let word = if s.config { "config" } else { "secret" };
+        print(&format!("Removing {word} {}\n", s.name))?;
         api.secret_remove(SecretLookup {
             secret: s.id.clone(),
-            config: false,
+            config: s.config,
         })
         .await
         .map_err(status)?;
@@ -653,5 +728,63 @@ pub(super) async fn network(api: &mut Api, cmd: NetworkCommand) -> anyhow::Resul
             }
             super::output::fail_with(errors)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::SecretBytes;
+
+    fn file_secret(value: &[u8]) -> StackSecret {
+        StackSecret {
+            name: "app_db".into(),
+            labels: BTreeMap::from([(NAMESPACE_LABEL.to_string(), "app".to_string())]),
+            source: SecretSource::Value(SecretBytes::new(value.to_vec())),
+        }
+    }
+
+    fn existing(value: &[u8], stack: Option<&str>) -> SecretInfo {
+        SecretInfo {
+            name: "app_db".into(),
+            digest: crate::store::secret_obj::digest(value),
+            labels: stack
+                .map(|s| (NAMESPACE_LABEL.to_string(), s.to_string()))
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_changed_file_is_a_new_version_of_the_stacks_own_object_only() {
+        let s = file_secret(b"two");
+        let plan = |x: Option<&SecretInfo>| plan_object("app", &s, x, false);
+        assert_eq!(plan(None).unwrap(), ObjectPlan::Create);
+        assert_eq!(
+            plan(Some(&existing(b"two", Some("app")))).unwrap(),
+            ObjectPlan::Keep
+        );
+        assert_eq!(
+            plan(Some(&existing(b"one", Some("app")))).unwrap(),
+            ObjectPlan::Update
+        );
+        let e = plan(Some(&existing(b"one", Some("other")))).unwrap_err();
+        assert!(
+            e.to_string().contains("does not belong to stack app"),
+            "{e}"
+        );
+        assert!(plan(Some(&existing(b"one", None))).is_err());
+
+        let ext = StackSecret {
+            source: SecretSource::External,
+            ..file_secret(b"")
+        };
+        let e = plan_object("app", &ext, None, true).unwrap_err();
+        assert!(e.to_string().starts_with("config not found: app_db"), "{e}");
+        assert_eq!(
+            plan_object("app", &ext, Some(&existing(b"x", None)), true).unwrap(),
+            ObjectPlan::Keep
+        );
     }
 }

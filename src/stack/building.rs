@@ -15,7 +15,7 @@ pub(super) type Handler =
 
 /// A service as its keys build it.
 pub(super) struct Building<'d> {
-    /// The top-level secrets and networks a service may name.
+    /// The top-level secrets, configs and networks a service may name.
     pub declared: &'d Declared,
     /// `service NAME`, for warnings.
     pub owner: String,
@@ -29,6 +29,8 @@ pub(super) struct Building<'d> {
     pub network_keys: Vec<String>,
     /// Keys of the secrets it uses, in the file's terms.
     pub secret_keys: Vec<String>,
+    /// Keys of the configs it uses, in the file's terms.
+    pub config_keys: Vec<String>,
 }
 
 impl Building<'_> {

@@ -1,15 +1,15 @@
-//! The Compose schema: a merged, interpolated YAML tree to skep's service specs, networks and
-//! secrets.
+//! The Compose schema: a merged, interpolated YAML tree to skep's service specs, networks,
+//! secrets and configs.
 //!
 //! Each supported key is typed through the `docker-compose-types` structs one key at a time,
 //! so a wrong value is reported with its own line and key path. Keys skep does not support
 //! are removed first, each with a warning; the crate's structs refuse unknown keys in some
 //! places (`deploy`), and Docker warns rather than fails there, so skep does the same.
-//! Top-level `secrets:` are read by hand: the crate's type needs a `name` next to
+//! Top-level `secrets:` and `configs:` are read by hand: the crate's type needs a `name` next to
 //! `external: true`, which Docker does not.
 //!
 //! This file reads the top level; [`super::tree`] interpolates and merges, [`super::objects`]
-//! reads the top-level secrets and networks, [`super::service`] one service key by key.
+//! reads the top-level secrets, configs and networks, [`super::service`] one service key by key.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -112,6 +112,7 @@ fn convert(ctx: &mut Ctx<'_>, root: Node) -> Result<Stack, StackError> {
     let mut specs = Vec::new();
     let mut used_networks = Vec::<String>::new();
     let mut used_secrets = Vec::<String>::new();
+    let mut used_configs = Vec::<String>::new();
     for (k, v) in list {
         let s = service(ctx, &declared, &k, v)?;
         for n in s.network_keys {
@@ -122,6 +123,11 @@ fn convert(ctx: &mut Ctx<'_>, root: Node) -> Result<Stack, StackError> {
         for n in s.secret_keys {
             if !used_secrets.contains(&n) {
                 used_secrets.push(n);
+            }
+        }
+        for n in s.config_keys {
+            if !used_configs.contains(&n) {
+                used_configs.push(n);
             }
         }
         specs.push(s.spec);
@@ -152,11 +158,16 @@ fn convert(ctx: &mut Ctx<'_>, root: Node) -> Result<Stack, StackError> {
         .iter()
         .filter_map(|s| declared.secrets.get(s).cloned())
         .collect();
+    let configs = used_configs
+        .iter()
+        .filter_map(|s| declared.configs.get(s).cloned())
+        .collect();
     Ok(Stack {
         name: stack,
         services: specs,
         networks,
         secrets,
+        configs,
         warnings: std::mem::take(&mut ctx.warnings),
     })
 }
@@ -166,6 +177,7 @@ fn convert(ctx: &mut Ctx<'_>, root: Node) -> Result<Stack, StackError> {
 fn top_level(ctx: &mut Ctx<'_>, mut root: Node) -> Result<(Key, Node, Declared), StackError> {
     let mut declared = Declared {
         secrets: BTreeMap::new(),
+        configs: BTreeMap::new(),
         networks: BTreeMap::new(),
     };
     let entries = match std::mem::replace(&mut root.value, Value::Null) {
@@ -174,16 +186,17 @@ fn top_level(ctx: &mut Ctx<'_>, mut root: Node) -> Result<(Key, Node, Declared),
     };
     let mut services_node = None;
     let mut secrets_node = None;
+    let mut configs_node = None;
     let mut networks_node = None;
     for (k, v) in entries {
         match k.name.as_str() {
             "version" => {}
             "services" => services_node = Some((k, v)),
             "secrets" => secrets_node = Some((k, v)),
+            "configs" => configs_node = Some((k, v)),
             "networks" => networks_node = Some((k, v)),
             n if n.starts_with("x-") => {}
             n @ "volumes" => ctx.unsupported("top level", n, "skep has no volumes yet"),
-            n @ "configs" => ctx.unsupported("top level", n, "skep has no configs yet"),
             n @ "name" => ctx.unsupported(
                 "top level",
                 n,
@@ -193,7 +206,10 @@ fn top_level(ctx: &mut Ctx<'_>, mut root: Node) -> Result<(Key, Node, Declared),
         }
     }
     if let Some((k, v)) = secrets_node {
-        declared.secrets = top_secrets(ctx, &k, v)?;
+        declared.secrets = top_secrets(ctx, &k, v, false)?;
+    }
+    if let Some((k, v)) = configs_node {
+        declared.configs = top_secrets(ctx, &k, v, true)?;
     }
     if let Some((k, v)) = networks_node {
         declared.networks = top_networks(ctx, &k, v)?;

@@ -1,5 +1,6 @@
 //! The keys that connect a service: `ports` (published), `expose` (reachable by name only),
-//! `secrets` (declared at the top level, mounted under /run/secrets) and `networks`.
+//! `secrets` (declared at the top level, mounted under /run/secrets), `configs` (declared at
+//! the top level, at any path outside it) and `networks`.
 
 use docker_compose_types as dct;
 
@@ -8,7 +9,7 @@ use super::building::Building;
 use super::context::Ctx;
 use super::tree::{child, to_int, to_str};
 use super::yaml::{Key, Node, Value};
-use crate::store::service::{PortConfig, PortProtocol, PublishMode, SecretRef};
+use crate::store::service::{OnChange, PortConfig, PortProtocol, PublishMode, SecretRef};
 
 /// `ports:`, each in the short (`"8080:80/udp"`) or the long syntax.
 pub(super) fn ports(
@@ -137,52 +138,99 @@ fn port(ctx: &Ctx<'_>, key: &Key, item: &Node, path: &str) -> Result<PortConfig,
     }
 }
 
-/// `secrets:`, each a name or `source`/`target`/`uid`/`gid`/`mode`, naming a top-level
-/// secret; the targets must pass the managers' rule, checked here too so the file and line
-/// are named.
+/// The extension that says what a running task does when a secret (or config) it follows gets
+/// a new version, in a long-syntax entry: `rotate` (a secret's default), `signal:SIG`,
+/// `restart` (a config's default) or `none`.
+pub const ON_CHANGE_EXTENSION: &str = "x-skep-on-change";
+
+/// `secrets:`, each a name or `source`/`target`/`uid`/`gid`/`mode` (and
+/// [`ON_CHANGE_EXTENSION`]), naming a top-level secret; the targets must pass the managers'
+/// rule, checked here too so the file and line are named.
 pub(super) fn secrets(
     ctx: &mut Ctx<'_>,
     b: &mut Building<'_>,
     entry: Option<(Key, Node)>,
 ) -> Result<(), StackError> {
+    attachments(ctx, b, entry, false)
+}
+
+/// `configs:`, as `secrets:` but naming top-level configs, with targets anywhere outside the
+/// secrets directory and kernel file systems (`/NAME` by default).
+pub(super) fn configs(
+    ctx: &mut Ctx<'_>,
+    b: &mut Building<'_>,
+    entry: Option<(Key, Node)>,
+) -> Result<(), StackError> {
+    attachments(ctx, b, entry, true)
+}
+
+fn attachments(
+    ctx: &mut Ctx<'_>,
+    b: &mut Building<'_>,
+    entry: Option<(Key, Node)>,
+    config: bool,
+) -> Result<(), StackError> {
     let Some((sk, sv)) = entry else {
         return Ok(());
     };
-    let path = b.path("secrets");
-    for r in secret_list(ctx, &sk, &path, sv)? {
-        let Some(def) = b.declared.secrets.get(&r.source) else {
+    let (word, key) = if config {
+        ("config", "configs")
+    } else {
+        ("secret", "secrets")
+    };
+    let path = b.path(key);
+    for (r, on_change) in secret_list(ctx, &sk, &path, sv)? {
+        let declared = if config {
+            &b.declared.configs
+        } else {
+            &b.declared.secrets
+        };
+        let Some(def) = declared.get(&r.source) else {
             return Err(ctx.invalid_at(
                 &sk,
                 &path,
                 format!(
-                    "secret {:?} is not declared under the top-level `secrets:` (declare it with `external: true` or `file:`)",
+                    "{word} {:?} is not declared under the top-level `{key}:` (declare it with `external: true` or `file:`)",
                     r.source
                 ),
             ));
         };
-        let at = |what: &str, t: &str| {
-            let reason = format!("secret {}: {what} {t:?} is not a number", r.source);
-            ctx.invalid_at(&sk, &path, reason)
+        let invalid =
+            |why: String| ctx.invalid_at(&sk, &path, format!("{word} {}: {why}", r.source));
+        let mut sr = secret_ref(&def.name, &r, config).map_err(invalid)?;
+        if let Some(o) = on_change {
+            sr.on_change = o;
+        }
+        let (refs, keys) = if config {
+            (&mut b.spec.task.configs, &mut b.config_keys)
+        } else {
+            (&mut b.spec.task.secrets, &mut b.secret_keys)
         };
-        b.spec.task.secrets.push(secret_ref(&def.name, &r, at)?);
-        if !b.secret_keys.contains(&r.source) {
-            b.secret_keys.push(r.source.clone());
+        refs.push(sr);
+        if !keys.contains(&r.source) {
+            keys.push(r.source.clone());
         }
     }
-    crate::spec::secret_target::check_refs(&b.spec.task.secrets)
-        .map_err(|e| ctx.invalid_at(&sk, &path, e))?;
+    if config {
+        crate::spec::config_target::check_refs(&b.spec.task.configs)
+    } else {
+        crate::spec::secret_target::check_refs(&b.spec.task.secrets)
+    }
+    .map_err(|e| ctx.invalid_at(&sk, &path, e))?;
     Ok(())
 }
 
-/// The list typed, with Docker's mix of both syntaxes in one list made into one.
+/// The list typed, with Docker's mix of both syntaxes in one list made into one, and each
+/// entry's [`ON_CHANGE_EXTENSION`] (other `x-` keys of an entry are dropped).
 fn secret_list(
     ctx: &Ctx<'_>,
     sk: &Key,
     path: &str,
     mut sv: Node,
-) -> Result<Vec<dct::AdvancedSecrets>, StackError> {
+) -> Result<Vec<(dct::AdvancedSecrets, Option<OnChange>)>, StackError> {
+    let mut on_change = Vec::new();
     if let Value::Seq(items) = &mut sv.value {
-        for it in items.iter_mut() {
+        for (i, it) in items.iter_mut().enumerate() {
             // Docker lets both syntaxes share a list; the crate's type wants one.
             if let Value::Str(source) = &it.value {
                 let k = Key {
@@ -197,6 +245,18 @@ fn secret_list(
                 };
                 it.value = Value::Map(vec![(k, v)]);
             }
+            let mut said = None;
+            if let Some((ok, ov)) = it.take(ON_CHANGE_EXTENSION) {
+                let text = ov.scalar_text().unwrap_or_default();
+                let parsed = crate::spec::secret::parse_on_change(&text).map_err(|e| {
+                    ctx.invalid_at(&ok, &format!("{path}[{i}].{ON_CHANGE_EXTENSION}"), e)
+                })?;
+                said = Some(parsed);
+            }
+            if let Value::Map(m) = &mut it.value {
+                m.retain(|(k, _)| !k.name.starts_with("x-"));
+            }
+            on_change.push(said);
             for f in ["uid", "gid", "mode"] {
                 if let Some(n) = child(it, f) {
                     to_str(n);
@@ -207,7 +267,7 @@ fn secret_list(
     let mut obj = serde_json::Map::new();
     obj.insert("secrets".into(), sv.to_json());
     let s: dct::Service = ctx.typed(sk, path, serde_json::Value::Object(obj))?;
-    Ok(match s.secrets {
+    let list = match s.secrets {
         Some(dct::Secrets::Simple(l)) => l
             .into_iter()
             .map(|source| dct::AdvancedSecrets {
@@ -217,26 +277,36 @@ fn secret_list(
             .collect(),
         Some(dct::Secrets::Advanced(l)) => l,
         None => Vec::new(),
-    })
+    };
+    let n = list.len();
+    Ok(list
+        .into_iter()
+        .zip(on_change.into_iter().chain(std::iter::repeat(None)).take(n))
+        .collect())
 }
 
-/// One reference to the secret named `name`: a relative target is under /run/secrets;
-/// `0440` (a string here) is octal, as in Docker's files, a plain integer the mode's value.
-fn secret_ref(
-    name: &str,
-    r: &dct::AdvancedSecrets,
-    not_a_number: impl Fn(&str, &str) -> StackError,
-) -> Result<SecretRef, StackError> {
-    let target = r.target.clone().unwrap_or_else(|| r.source.clone());
+/// One reference to the secret (or config) named `name`: a relative secret target is under
+/// /run/secrets, a config's under `/`; `0440` (a string here) is octal, as in Docker's files,
+/// a plain integer the mode's value.
+fn secret_ref(name: &str, r: &dct::AdvancedSecrets, config: bool) -> Result<SecretRef, String> {
     let mut sr = SecretRef::new(name);
-    sr.target = if target.starts_with('/') {
-        target
+    if config {
+        sr.on_change = OnChange::Restart;
+        sr.target = crate::spec::config_target::absolute(r.target.as_deref(), &r.source)?;
     } else {
-        format!("{}/{target}", crate::spec::secret::SECRETS_DIR)
-    };
-    let num = |v: &Option<String>, what: &str, radix: u32| -> Result<Option<u32>, StackError> {
+        let target = r.target.clone().unwrap_or_else(|| r.source.clone());
+        sr.target = if target.starts_with('/') {
+            target
+        } else {
+            format!("{}/{target}", crate::spec::secret::SECRETS_DIR)
+        };
+    }
+    let num = |v: &Option<String>, what: &str, radix: u32| -> Result<Option<u32>, String> {
         v.as_deref()
-            .map(|t| u32::from_str_radix(t.trim(), radix).map_err(|_| not_a_number(what, t)))
+            .map(|t| {
+                u32::from_str_radix(t.trim(), radix)
+                    .map_err(|_| format!("{what} {t:?} is not a number"))
+            })
             .transpose()
     };
     if let Some(u) = num(&r.uid, "uid", 10)? {

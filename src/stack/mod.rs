@@ -1,9 +1,9 @@
-//! Stacks: a Compose file turned into the services, networks and secrets skep deploys.
+//! Stacks: a Compose file turned into the services, networks, secrets and configs skep deploys.
 //!
 //! ```text
 //!  compose files ──read (≤ 1 MiB)──► yaml::parse ──► interpolate ──► merge (later wins)
-//!        ──► compose::convert ──► Stack { services: [ServiceSpec], networks, secrets, warnings }
-//!                 ├─ objects: top-level secrets and networks
+//!        ──► compose::convert ──► Stack { services: [ServiceSpec], networks, secrets, configs, warnings }
+//!                 ├─ objects: top-level secrets, configs and networks
 //!                 └─ service: one handler per key (endpoints, health, deploy)
 //! ```
 //!
@@ -12,7 +12,8 @@
 //! (`skep stack deploy`) sends what comes out through the ordinary Control RPCs; every spec
 //! has already passed the manager's own [`crate::spec::service::validate`].
 //!
-//! What is supported, what is warned about and the `x-skep-runtime` extension are listed in
+//! What is supported, what is warned about and the `x-skep-runtime` and `x-skep-on-change`
+//! extensions are listed in
 //! `docs/compose.md`.
 
 mod building;
@@ -145,6 +146,8 @@ pub struct Stack {
     pub networks: Vec<StackNetwork>,
     /// Secrets the services use.
     pub secrets: Vec<StackSecret>,
+    /// Configs the services use (the same objects as secrets, in their own namespace).
+    pub configs: Vec<StackSecret>,
     /// Keys skep ignored, variables that were not set: shown to the operator, never silent.
     pub warnings: Vec<String>,
 }

@@ -11,34 +11,45 @@ use super::yaml::{Key, Node, Value};
 use super::{NAMESPACE_LABEL, SecretSource, StackError, StackNetwork, StackSecret};
 use crate::secret::SecretBytes;
 
-/// Secrets and networks the top level declares, by their key in the file.
+/// Secrets, configs and networks the top level declares, by their key in the file.
 pub(super) struct Declared {
     pub secrets: BTreeMap<String, StackSecret>,
+    pub configs: BTreeMap<String, StackSecret>,
     pub networks: BTreeMap<String, StackNetwork>,
 }
 
+/// The top-level `secrets:` (or `configs:`, the same keys).
 pub(super) fn top_secrets(
     ctx: &mut Ctx<'_>,
     key: &Key,
     node: Node,
+    config: bool,
 ) -> Result<BTreeMap<String, StackSecret>, StackError> {
     let mut out = BTreeMap::new();
+    let what = if config { "configs" } else { "secrets" };
     let entries = match node.value {
         Value::Map(m) => m,
         Value::Null => Vec::new(),
-        _ => return Err(ctx.invalid_at(key, "secrets", "expected a mapping of secrets")),
+        _ => return Err(ctx.invalid_at(key, what, format!("expected a mapping of {what}"))),
     };
     for (k, v) in entries {
-        let secret = top_secret(ctx, &k, v)?;
+        let secret = top_secret(ctx, &k, v, config)?;
         out.insert(k.name.clone(), secret);
     }
     Ok(out)
 }
 
-/// One top-level secret: external (by name), or a value from a file or a variable.
-fn top_secret(ctx: &mut Ctx<'_>, k: &Key, mut v: Node) -> Result<StackSecret, StackError> {
-    let path = format!("secrets.{}", k.name);
-    let owner = format!("secret {}", k.name);
+/// One top-level secret (or config): external (by name), or a value from a file or a
+/// variable.
+fn top_secret(
+    ctx: &mut Ctx<'_>,
+    k: &Key,
+    mut v: Node,
+    config: bool,
+) -> Result<StackSecret, StackError> {
+    let word = if config { "config" } else { "secret" };
+    let path = format!("{word}s.{}", k.name);
+    let owner = format!("{word} {}", k.name);
     keep(
         ctx,
         &mut v,
@@ -93,14 +104,21 @@ fn top_secret(ctx: &mut Ctx<'_>, k: &Key, mut v: Node) -> Result<StackSecret, St
             return Err(ctx.invalid_at(
                 k,
                 &path,
-                "a secret needs exactly one of `external: true`, `file:` or `environment:`",
+                format!(
+                    "a {word} needs exactly one of `external: true`, `file:` or `environment:`"
+                ),
             ));
         }
     };
     if let SecretSource::Value(v) = &secret.source {
         crate::spec::secret::validate_value(v.expose()).map_err(|e| ctx.invalid_at(k, &path, e))?;
     }
-    crate::spec::secret::validate_name(&secret.name).map_err(|e| ctx.invalid_at(k, &path, e))?;
+    if config {
+        crate::spec::config_target::validate_name(&secret.name)
+    } else {
+        crate::spec::secret::validate_name(&secret.name)
+    }
+    .map_err(|e| ctx.invalid_at(k, &path, e))?;
     Ok(secret)
 }
 

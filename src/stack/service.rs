@@ -8,7 +8,7 @@ use docker_compose_types as dct;
 use super::building::{Building, Handler};
 use super::context::Ctx;
 use super::deploy::deploy;
-use super::endpoints::{expose, networks, ports, secrets};
+use super::endpoints::{configs, expose, networks, ports, secrets};
 use super::health::healthcheck_key;
 use super::objects::{Declared, labels_of};
 use super::tree::join;
@@ -31,6 +31,7 @@ const KEYS: &[(&str, Handler)] = &[
     ("ports", ports),
     ("expose", expose),
     ("secrets", secrets),
+    ("configs", configs),
     ("networks", networks),
     ("healthcheck", healthcheck_key),
     ("deploy", deploy),
@@ -44,6 +45,8 @@ pub(super) struct Service {
     pub network_keys: Vec<String>,
     /// Keys of the secrets it uses.
     pub secret_keys: Vec<String>,
+    /// Keys of the configs it uses.
+    pub config_keys: Vec<String>,
 }
 
 /// One service: its spec, the network keys and the secret keys it uses.
@@ -76,6 +79,7 @@ pub(super) fn service(
         ),
         network_keys: Vec::new(),
         secret_keys: Vec::new(),
+        config_keys: Vec::new(),
     };
     for (name, handle) in KEYS {
         let entry = node.take(name);
@@ -90,6 +94,7 @@ pub(super) fn service(
         spec: b.spec,
         network_keys: b.network_keys,
         secret_keys: b.secret_keys,
+        config_keys: b.config_keys,
     })
 }
 

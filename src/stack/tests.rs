@@ -309,6 +309,114 @@ secrets:
 }
 
 #[test]
+fn configs_in_both_syntaxes_and_on_change_for_secrets() {
+    let text = r#"
+services:
+  web:
+    image: nginx
+    configs:
+      - nginx_conf
+      - source: site
+        target: /etc/nginx/conf.d/site.conf
+        mode: 0440
+        x-skep-on-change: none
+    secrets:
+      - source: db
+        x-skep-on-change: signal:HUP
+      - db_plain
+configs:
+  nginx_conf:
+    file: ./nginx.conf
+  site:
+    external: true
+    name: shared_site
+secrets:
+  db:
+    external: true
+  db_plain:
+    external: true
+"#;
+    let s = load_with(text, &[], &[("/app/./nginx.conf", "worker_processes 1;")]).unwrap();
+    let task = &s.services[0].task;
+    let c: Vec<_> = task
+        .configs
+        .iter()
+        .map(|r| {
+            (
+                r.secret_name.as_str(),
+                r.target.as_str(),
+                r.mode,
+                r.on_change.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        c,
+        [
+            (
+                "getstartedlab_nginx_conf",
+                "/nginx_conf",
+                0o444,
+                "restart".to_string()
+            ),
+            (
+                "shared_site",
+                "/etc/nginx/conf.d/site.conf",
+                0o440,
+                "none".to_string()
+            ),
+        ]
+    );
+    assert_eq!(task.secrets[0].on_change.to_string(), "signal:SIGHUP");
+    assert_eq!(task.secrets[1].on_change.to_string(), "rotate");
+    let made = s
+        .configs
+        .iter()
+        .find(|x| x.name == "getstartedlab_nginx_conf")
+        .unwrap();
+    assert_eq!(made.labels[NAMESPACE_LABEL], "getstartedlab");
+    assert!(matches!(
+        s.configs
+            .iter()
+            .find(|x| x.name == "shared_site")
+            .map(|x| &x.source),
+        Some(SecretSource::External)
+    ));
+    assert!(s.secrets.iter().all(|x| !x.name.contains("nginx")));
+
+    for (bad, says) in [
+        // A config cannot be swapped in place.
+        (
+            "services:\n  w:\n    image: nginx\n    configs:\n      - source: c\n        x-skep-on-change: rotate\nconfigs:\n  c:\n    external: true\n",
+            "on-change=rotate",
+        ),
+        (
+            "services:\n  w:\n    image: nginx\n    configs:\n      - source: c\n        target: /proc/x\nconfigs:\n  c:\n    external: true\n",
+            "lies in /proc",
+        ),
+        (
+            "services:\n  w:\n    image: nginx\n    configs:\n      - source: c\n        target: /run/secrets/c\nconfigs:\n  c:\n    external: true\n",
+            "lies in /run/secrets",
+        ),
+        (
+            "services:\n  w:\n    image: nginx\n    configs:\n      - source: c\n        target: /etc/x\n      - source: d\n        target: /etc/x\nconfigs:\n  c:\n    external: true\n  d:\n    external: true\n",
+            "clashes",
+        ),
+        (
+            "services:\n  w:\n    image: nginx\n    secrets:\n      - source: s\n        x-skep-on-change: signal:NOPE\nsecrets:\n  s:\n    external: true\n",
+            "not a signal name",
+        ),
+        (
+            "services:\n  w:\n    image: nginx\n    configs: [nope]\n",
+            "not declared under the top-level `configs:`",
+        ),
+    ] {
+        let e = err(load_one(bad));
+        assert!(e.contains(says), "{says}: {e}");
+    }
+}
+
+#[test]
 fn environment_lists_maps_and_env_files() {
     let text = r#"
 services:

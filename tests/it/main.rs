@@ -19,6 +19,7 @@ mod bad_input;
 mod ca_rotation;
 mod cli;
 mod cluster;
+mod configs;
 mod docker_services;
 mod faults;
 mod health;

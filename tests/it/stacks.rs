@@ -372,3 +372,151 @@ fn nothing_is_created_until_the_whole_file_checks_out() {
     let secrets = json_lines(&m.cli_ok(&["secret", "ls", "--format", "json"]));
     assert!(secrets.is_empty(), "{secrets:?}");
 }
+
+/// `secret inspect` or `config inspect` of one object, as JSON.
+fn inspect_object(m: &Node, kind: &str, name: &str) -> Value {
+    let v: Value = serde_json::from_str(&m.cli_ok(&[kind, "inspect", name])).unwrap();
+    v[0].clone()
+}
+
+#[test]
+fn a_changed_file_secret_or_config_becomes_a_new_version_on_redeploy() {
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    let compose = write(
+        dir.path(),
+        "app.yml",
+        r#"services:
+  web:
+    x-skep-runtime: exec
+    command: ["/bin/sleep", "1000"]
+    secrets:
+      - source: db
+        x-skep-on-change: rotate
+    configs:
+      - source: conf
+        target: /etc/app.conf
+configs:
+  conf:
+    file: ./app.conf
+secrets:
+  db:
+    file: ./db.txt
+"#,
+    );
+    write(dir.path(), "db.txt", "stack-db-v1-p0o9i8");
+    write(dir.path(), "app.conf", "level = 1\n");
+    let deploy = || m.cli_ok(&["stack", "deploy", "--detach", "-c", path(&compose), "app"]);
+    let said = deploy();
+    assert!(
+        said.contains("Creating secret app_db") && said.contains("Creating config app_conf"),
+        "{said}"
+    );
+    assert_eq!(inspect_object(m, "secret", "app_db")["Version"], 1);
+    assert_eq!(inspect_object(m, "config", "app_conf")["Version"], 1);
+    let svc = m.cli_ok(&["service", "inspect", "--pretty", "app_web"]);
+    assert!(
+        svc.contains("app_conf (current version) -> /etc/app.conf"),
+        "{svc}"
+    );
+    wait_for(timeout(), "app_web running", || {
+        let on = crate::harness::running_hosts(m, "app_web");
+        if on.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{on:?}"))
+        }
+    });
+
+    // Unchanged files: nothing new.
+    let said = deploy();
+    assert!(
+        !said.contains("secret") && !said.contains("config"),
+        "{said}"
+    );
+    assert_eq!(inspect_object(m, "secret", "app_db")["Version"], 1);
+
+    // A changed secret file: version 2 of the same secret, and the task is moved to it.
+    write(dir.path(), "db.txt", "stack-db-v2-u7y6t5");
+    let said = deploy();
+    assert!(said.contains("Updating secret app_db (version 2"), "{said}");
+    assert!(!said.contains("config"), "{said}");
+    let names = m.cli_ok(&["secret", "ls", "-q"]);
+    assert_eq!(names.lines().count(), 1, "no renamed copy: {names}");
+    let info = wait_for(timeout(), "app_web's task on version 2", || {
+        let info = inspect_object(m, "secret", "app_db");
+        let two = info["Versions"]
+            .as_array()
+            .and_then(|v| v.iter().find(|v| v["Version"] == 2).cloned())
+            .unwrap_or_default();
+        if info["Version"] == 2 && two["Tasks"] == 1 {
+            Ok(info)
+        } else {
+            Err(info.to_string())
+        }
+    });
+    let two = &info["Versions"][1];
+    assert_eq!(two["Services"][0], "app_web", "{info}");
+
+    // A changed config file: version 2 of the config.
+    write(dir.path(), "app.conf", "level = 2\n");
+    let said = deploy();
+    assert!(
+        said.contains("Updating config app_conf (version 2"),
+        "{said}"
+    );
+    let conf = inspect_object(m, "config", "app_conf");
+    assert_eq!(conf["Version"], 2, "{conf}");
+    assert_eq!(conf["Spec"]["Data"], "bGV2ZWwgPSAyCg==", "{conf}");
+
+    // The stack's own deploy record says what it updated; stack rm removes both objects.
+    let audit = m.cli_ok(&["audit", "ls", "--json", "--target", "app_db"]);
+    assert!(audit.contains("secret.update"), "{audit}");
+    m.cli_ok(&["stack", "rm", "app"]);
+    wait_for(timeout(), "the stack's secret and config removed", || {
+        let left = format!(
+            "{}{}",
+            m.cli_ok(&["secret", "ls", "-q"]),
+            m.cli_ok(&["config", "ls", "-q"])
+        );
+        if left.is_empty() {
+            Ok(())
+        } else {
+            // The service's tasks may still be stopping: rm again.
+            let _ = m.cli(&["stack", "rm", "app"]);
+            Err(left)
+        }
+    });
+}
+
+#[test]
+fn a_changed_file_for_an_object_another_stack_owns_is_refused() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    let out = m.cli_stdin(&["secret", "create", "shared_db", "-"], "by-hand-q2w3e4");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let compose = write(
+        dir.path(),
+        "app.yml",
+        r#"services:
+  web:
+    x-skep-runtime: exec
+    command: ["/bin/sleep", "1000"]
+    secrets: [db]
+secrets:
+  db:
+    name: shared_db
+    file: ./db.txt
+"#,
+    );
+    write(dir.path(), "db.txt", "from-file-r5t6y7");
+    let out = m.cli(&["stack", "deploy", "--detach", "-c", path(&compose), "app"]);
+    assert_error(&out, "does not belong to stack app");
+    assert_eq!(m.cli_ok(&["service", "ls", "-q"]), "");
+    assert_eq!(inspect_object(m, "secret", "shared_db")["Version"], 1);
+}
