@@ -529,6 +529,15 @@ mod tests {
         s
     }
 
+    /// The example policy: secrets labelled tier=prod only on nodes labelled secure=true.
+    fn prod_secrets_on_secure_nodes() -> Option<crate::store::model::PolicyDoc> {
+        Some(crate::store::model::PolicyDoc {
+            text: include_str!("../../policies/examples/prod-secrets-on-secure-nodes.cedar").into(),
+            digest: String::new(),
+            updated_at: String::new(),
+        })
+    }
+
     /// Version 1 of `id` for task `task` on `node`.
     fn ask(
         s: &State,
@@ -616,11 +625,7 @@ mod tests {
             at: "t".into(),
         });
         // The policy changes between the update and the step that moves the task.
-        s.policy = Some(crate::store::model::PolicyDoc {
-            text: include_str!("../../policies/examples/prod-secrets-on-secure-nodes.cedar").into(),
-            digest: String::new(),
-            updated_at: String::new(),
-        });
+        s.policy = prod_secrets_on_secure_nodes();
         s.apply(Command::AdvanceVersions {
             id: "sec1".into(),
             version: 2,
@@ -641,11 +646,7 @@ mod tests {
     #[test]
     fn a_config_goes_to_its_tasks_node_whatever_the_secret_policy() {
         let mut s = cluster_state();
-        s.policy = Some(crate::store::model::PolicyDoc {
-            text: include_str!("../../policies/examples/prod-secrets-on-secure-nodes.cedar").into(),
-            digest: String::new(),
-            updated_at: String::new(),
-        });
+        s.policy = prod_secrets_on_secure_nodes();
         s.configs.insert(
             "cfg1".into(),
             crate::store::secret_obj::Secret::new(
@@ -710,11 +711,7 @@ mod tests {
         assert!(due.values.is_empty());
         // Entitlement: prod secrets only on secure nodes.
         let mut s = cluster_state();
-        s.policy = Some(crate::store::model::PolicyDoc {
-            text: include_str!("../../policies/examples/prod-secrets-on-secure-nodes.cedar").into(),
-            digest: String::new(),
-            updated_at: String::new(),
-        });
+        s.policy = prod_secrets_on_secure_nodes();
         let due = secrets_due(&s, "n1", &["a".to_string()], &mut HashSet::new()).unwrap();
         assert!(
             due.values.is_empty(),

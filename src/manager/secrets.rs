@@ -275,33 +275,15 @@ impl Manager {
         }
         let version = sec.latest() + 1;
         let now = crate::util::now_rfc3339();
-        let (restarts, services, tasks) =
-            self.read(|s| restart_followers(s, config, &sec.id, &now));
-        let audit = AuditEvent::now(actor, &format!("{what}.update"), &sec.name, Outcome::Ok)
-            .with(&format!("{what}_id"), sec.id.clone())
-            .with("version", version.to_string())
-            .with("from", sec.version.to_string())
-            .with("digest", sum)
-            .with("services", services.to_string())
-            .with("tasks", tasks.to_string());
-        let mut cmds = vec![
-            Command::PushVersion {
-                config,
-                id: sec.id.clone(),
-                version,
-                value,
-                at: now,
-            },
-            Command::Audit(audit),
-        ];
-        cmds.extend(restarts);
-        self.propose(Command::Batch(cmds)).await?;
-        Ok(UpdateOutcome {
-            name: sec.name,
+        let change = Command::PushVersion {
+            config,
+            id: sec.id.clone(),
             version,
-            services,
-            tasks,
-        })
+            value,
+            at: now.clone(),
+        };
+        self.start_rollout(actor, config, &sec, version, (change, "update", sum), now)
+            .await
     }
 
     /// `secret rollback NAME`: makes the kept version below the current one current again,
@@ -313,39 +295,56 @@ impl Manager {
         want: &str,
     ) -> Result<UpdateOutcome, ManagerError> {
         let sec = self.object(config, want)?;
-        let what = kind(config);
         let Some(version) = sec.previous() else {
             return Err(ManagerError::Precondition(format!(
-                "{what} {} has no kept version before version {} to roll back to",
-                sec.name, sec.version
+                "{} {} has no kept version before version {} to roll back to",
+                kind(config),
+                sec.name,
+                sec.version
             )));
         };
         let now = crate::util::now_rfc3339();
+        let sum = sec
+            .get(version)
+            .map(|v| v.digest.to_string())
+            .unwrap_or_default();
+        let change = Command::SetCurrentVersion {
+            config,
+            id: sec.id.clone(),
+            version,
+            at: now.clone(),
+        };
+        self.start_rollout(actor, config, &sec, version, (change, "rollback", sum), now)
+            .await
+    }
+
+    /// Commits `change` (which makes `version` of `sec` current and starts its rollout) with
+    /// its audit record (`secret.<action>`, with the version, the one before and the digest)
+    /// and the new versions of the services that follow with `on-change=restart`.
+    async fn start_rollout(
+        &self,
+        actor: Actor,
+        config: bool,
+        sec: &Secret,
+        version: u64,
+        (change, action, digest): (Command, &str, String),
+        now: String,
+    ) -> Result<UpdateOutcome, ManagerError> {
+        let what = kind(config);
         let (restarts, services, tasks) =
             self.read(|s| restart_followers(s, config, &sec.id, &now));
-        let audit = AuditEvent::now(actor, &format!("{what}.rollback"), &sec.name, Outcome::Ok)
+        let audit = AuditEvent::now(actor, &format!("{what}.{action}"), &sec.name, Outcome::Ok)
             .with(&format!("{what}_id"), sec.id.clone())
             .with("version", version.to_string())
             .with("from", sec.version.to_string())
-            .with(
-                "digest",
-                sec.get(version)
-                    .map(|v| v.digest.to_string())
-                    .unwrap_or_default(),
-            );
-        let mut cmds = vec![
-            Command::SetCurrentVersion {
-                config,
-                id: sec.id.clone(),
-                version,
-                at: now,
-            },
-            Command::Audit(audit),
-        ];
+            .with("digest", digest)
+            .with("services", services.to_string())
+            .with("tasks", tasks.to_string());
+        let mut cmds = vec![change, Command::Audit(audit)];
         cmds.extend(restarts);
         self.propose(Command::Batch(cmds)).await?;
         Ok(UpdateOutcome {
-            name: sec.name,
+            name: sec.name.clone(),
             version,
             services,
             tasks,
