@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, Node, json_lines, timeout, wait_for};
+use crate::harness::{Cluster, Node, exec_service, json_lines, timeout, wait_for};
 
 fn secret(m: &Node, args: &[&str], value: &str) {
     let out = m.cli_stdin(args, value);
@@ -69,29 +69,23 @@ fn restart_mode_replaces_tasks_by_the_update_policy_and_a_failing_task_pauses_it
     let m = c.first();
     secret(m, &["secret", "create", "db", "-"], "good-1");
     // Reads its value once at start; exits 1 if it is "bad".
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
+    exec_service(
+        m,
         "api",
-        "--replicas",
-        "3",
-        "--update-parallelism",
-        "1",
-        "--update-failure-action",
-        "pause",
-        "--update-monitor",
-        "3s",
-        "--secret",
-        "source=db,on-change=restart",
-        "--",
-        "/bin/sh",
-        "-c",
+        &[
+            "--replicas",
+            "3",
+            "--update-parallelism",
+            "1",
+            "--update-failure-action",
+            "pause",
+            "--update-monitor",
+            "3s",
+            "--secret",
+            "source=db,on-change=restart",
+        ],
         "v=$(cat /run/secrets/db); echo \"read $v\"; [ \"$v\" != bad ] || exit 1; exec sleep 1000",
-    ]);
+    );
     let first: Vec<String> = wait_for(timeout(), "three api tasks running", || {
         let l = live(m, "api");
         let running: Vec<String> = l
@@ -190,40 +184,20 @@ fn a_node_never_entitled_receives_no_version_and_one_that_loses_entitlement_no_l
     );
     // Two replicas: one lands on the secure w1; the not entitled w2 gets no task of it
     // (the scheduler places only where the policy entitles), a plain service runs there.
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
+    exec_service(
+        m,
         "holder",
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.role==worker",
-        "--secret",
-        "db",
-        "--",
-        "/bin/sh",
-        "-c",
+        &[
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.role==worker",
+            "--secret",
+            "db",
+        ],
         "exec sleep 1000",
-    ]);
-    m.cli_ok(&[
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        "plain",
-        "--mode",
-        "global",
-        "--",
-        "/bin/sh",
-        "-c",
-        "exec sleep 1000",
-    ]);
+    );
+    exec_service(m, "plain", &["--mode", "global"], "exec sleep 1000");
     wait_for(timeout(), "holder running on w1 only", || {
         let on = crate::harness::running_hosts(m, "holder");
         if !on.is_empty() && on.iter().all(|h| h == w1.name()) {

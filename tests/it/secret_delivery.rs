@@ -10,8 +10,8 @@
 use serde_json::Value;
 
 use crate::harness::{
-    Cluster, Node, assert_error, contains, files_under, json_lines, mounts_under, running_hosts,
-    timeout, wait_for, wait_until, write_file,
+    Cluster, Node, assert_error, contains, exec_service, files_under, json_lines, mounts_under,
+    running_hosts, timeout, wait_for, wait_until, write_file,
 };
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -69,21 +69,6 @@ fn wait_logs(m: &Node, service: &str, needle: &str) -> String {
             if l.contains(needle) { Ok(l) } else { Err(l) }
         },
     )
-}
-
-fn exec_service(m: &Node, name: &str, opts: &[&str], script: &str) {
-    let mut args = vec![
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        name,
-    ];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
-    m.cli_ok(&args);
 }
 
 /// No file a node wrote (data directory, daemon log) holds any of the values.

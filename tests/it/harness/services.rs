@@ -156,3 +156,19 @@ pub fn answered_from_other_nodes(c: &Cluster, port: u16) {
         );
     }
 }
+
+/// `service create --detach --runtime exec --name NAME OPTS -- /bin/sh -c SCRIPT`.
+pub fn exec_service(m: &Node, name: &str, opts: &[&str], script: &str) {
+    let mut args = vec![
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        name,
+    ];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
+    m.cli_ok(&args);
+}
