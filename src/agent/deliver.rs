@@ -10,7 +10,7 @@ use super::managers::Managers;
 use super::secrets::{SecretStore, SecretsError, TaskSecrets, mount_task_secrets};
 use crate::api::v1::SecretRequest;
 use crate::secret::SecretBytes;
-use crate::store::service::Task;
+use crate::store::service::{SecretRef, Task};
 
 /// Mounts the task's secrets tmpfs, if it has secrets.
 pub async fn mount_secrets(
@@ -46,15 +46,25 @@ async fn secret_values(
             continue;
         }
         let version = task.versions.get(&r.secret_id).copied().unwrap_or(0);
-        let v = match store.get(&r.secret_id, version) {
-            Some(v) => v,
-            None => {
-                fetch_secret(task, &r.secret_id, version, &r.secret_name, store, managers).await?
-            }
-        };
+        let v = value_of(task, r, version, store, managers).await?;
         out.insert(r.secret_id.clone(), v);
     }
     Ok(out)
+}
+
+/// Version `version` of the secret of attachment `r` of `task`: held, or asked of the leader
+/// (which answers only for the version the task is to hold).
+pub async fn value_of(
+    task: &Task,
+    r: &SecretRef,
+    version: u64,
+    store: &SecretStore,
+    managers: &Managers,
+) -> Result<SecretBytes, SecretsError> {
+    match store.get(&r.secret_id, version) {
+        Some(v) => Ok(v),
+        None => fetch_secret(task, &r.secret_id, version, &r.secret_name, store, managers).await,
+    }
 }
 
 /// Asks the managers, leader first, for secret `id` of `task`; keeps the value it gets.

@@ -6,9 +6,15 @@
 //!  task start ─► bind <state>/tasks/<id>/secrets onto itself, mark it private (so what is
 //!                mounted on it never propagates to other mount namespaces of the host)
 //!             ─► mount tmpfs <state>/tasks/<id>/secrets (0700, nosuid,nodev,noexec, size cap)
-//!                 └─ files/<target under /run/secrets>  (each at its mode, uid, gid)
+//!                 ├─ files/<target under /run/secrets>  (each at its mode, uid, gid)
+//!                 ├─ .stage/  (root only, never seen by the task: where a new version is
+//!                 │            written whole before it is renamed over its target)
+//!                 └─ held.json (the version of each secret mounted: what an adopting agent
+//!                              reports)
 //!             ─► exec: bound at /run/secrets in the task's mount namespace
 //!                docker: read-only bind mount at /run/secrets
+//!  rotation   ─► .stage/swap (mode, uid, gid set) ─rename(2)─► files/<target>: a reader
+//!                opens the old file or the new one, never a part of either
 //!  task end   ─► unmount both (the values vanish with the tmpfs), remove the mount point
 //! ```
 //!
@@ -32,6 +38,14 @@ pub const TARGET_ROOT: &str = crate::spec::secret_target::SECRETS_DIR;
 pub const MOUNT_DIR: &str = "secrets";
 /// The directory inside the tmpfs that the task sees as `/run/secrets`.
 pub const FILES_DIR: &str = "files";
+/// The directory inside the tmpfs, beside [`FILES_DIR`], where a new version is written
+/// before it replaces the old one: outside what the task sees, on the same file system (so
+/// the rename is atomic).
+pub const STAGE_DIR: &str = ".stage";
+/// The file inside the tmpfs recording which version of each secret is mounted.
+const HELD_FILE: &str = "held.json";
+/// Bytes a tmpfs page takes.
+const PAGE: u64 = 4096;
 
 /// What went wrong while preparing a task's secrets. Shown as the task's error.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +87,22 @@ pub enum SecretsError {
         name: String,
         /// Which rule the target broke, quoting at most a prefix of it.
         reason: String,
+    },
+    /// The tmpfs could not be grown to hold the old and the new version during a swap.
+    #[error(
+        "cannot grow the task's secrets tmpfs at {} to {size} bytes for secret {name}: {source}",
+        path.display()
+    )]
+    Grow {
+        /// Secret name.
+        name: String,
+        /// Mount point.
+        path: PathBuf,
+        /// The size asked for.
+        size: u64,
+        /// The cause.
+        #[source]
+        source: nix::Error,
     },
     /// Writing a file or directory inside the tmpfs failed.
     #[error("cannot write secret {name} into the task's tmpfs: {source}")]
@@ -194,10 +224,127 @@ pub struct TaskSecrets {
     mount_point: PathBuf,
 }
 
+/// The version of each secret (by ID) a task holds.
+pub type HeldVersions = std::collections::BTreeMap<String, u64>;
+
 impl TaskSecrets {
     /// The directory the task sees as `/run/secrets`.
     pub fn files_dir(&self) -> PathBuf {
         self.mount_point.join(FILES_DIR)
+    }
+
+    /// The secrets tmpfs a previous run of the agent mounted for the task in `task_dir`
+    /// (adopted with the task), and the versions it recorded there; `None` if it has none.
+    pub fn adopt(task_dir: &Path) -> Option<(TaskSecrets, HeldVersions)> {
+        let mount_point = task_dir.join(MOUNT_DIR);
+        if !mount_point.join(FILES_DIR).is_dir() {
+            return None;
+        }
+        let held = std::fs::read(mount_point.join(HELD_FILE))
+            .ok()
+            .filter(|b| b.len() <= 64 * 1024)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Some((TaskSecrets { mount_point }, held))
+    }
+
+    /// Records which version of each secret the tmpfs holds (best effort: only an agent that
+    /// adopts the task after a restart reads it).
+    pub fn record_held(&self, held: &HeldVersions) {
+        let path = self.mount_point.join(HELD_FILE);
+        let tmp = self.mount_point.join(STAGE_DIR).join(HELD_FILE);
+        let written = serde_json::to_vec(held)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&tmp)?;
+                f.write_all(&json)?;
+                std::fs::rename(&tmp, &path)
+            });
+        if let Err(e) = written {
+            tracing::debug!(dir = %self.mount_point.display(), error = %e, "cannot record the versions of a task's secrets");
+        }
+    }
+
+    /// Replaces the file of attachment `r` with `value`, atomically: the value is written
+    /// whole to a staging file outside the directory the task sees, given `r`'s mode, uid and
+    /// gid, then renamed over the target, so a reader opens either the old file or the new
+    /// one. The tmpfs is grown first if it could not hold both at once.
+    pub fn swap(&self, r: &SecretRef, value: &SecretBytes) -> Result<(), SecretsError> {
+        let rel = relative_target(r)?;
+        let err = |source| SecretsError::Write {
+            name: r.secret_name.clone(),
+            source,
+        };
+        self.make_room(r, value.expose().len() as u64)?;
+        let stage_dir = self.mount_point.join(STAGE_DIR);
+        match std::fs::DirBuilder::new().mode(0o700).create(&stage_dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(err(e)),
+        }
+        let stage = stage_dir.join("swap");
+        // A file left by a swap that failed half-way.
+        match std::fs::remove_file(&stage) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let target = self.files_dir().join(&rel);
+        let written = (|| {
+            let f = write_value(&stage, r, value)?;
+            drop(f);
+            if let Some(parent) = target.parent() {
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .recursive(true)
+                    .create(parent)?;
+            }
+            std::fs::rename(&stage, &target)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&stage);
+        }
+        written.map_err(err)
+    }
+
+    /// Grows the tmpfs (a remount with a larger size) if it has not `len` bytes free and a page
+    /// to spare: during a swap it holds the old and the new value.
+    fn make_room(&self, r: &SecretRef, len: u64) -> Result<(), SecretsError> {
+        let st =
+            nix::sys::statvfs::statvfs(&self.mount_point).map_err(|e| SecretsError::Write {
+                name: r.secret_name.clone(),
+                source: e.into(),
+            })?;
+        let frsize = st.fragment_size() as u64;
+        let (total, free) = (
+            st.blocks() as u64 * frsize,
+            st.blocks_available() as u64 * frsize,
+        );
+        let need = len.div_ceil(PAGE) * PAGE + 2 * PAGE;
+        if free >= need {
+            return Ok(());
+        }
+        let size = total + need - free;
+        let data = format!("size={size}");
+        mount(
+            None::<&str>,
+            &self.mount_point,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(data.as_str()),
+        )
+        .map_err(|source| SecretsError::Grow {
+            name: r.secret_name.clone(),
+            path: self.mount_point.clone(),
+            size,
+            source,
+        })
     }
 
     /// Unmounts the tmpfs (lazily, so a process still holding a file cannot keep it) and
@@ -233,7 +380,6 @@ fn unmount_dir(dir: &Path) {
 /// The tmpfs size for these values: the values, a page per file and directory for rounding,
 /// and some slack. Swarm's 500 KiB limit per secret bounds it.
 fn size_cap(refs: &[SecretRef], values: &HashMap<String, SecretBytes>) -> u64 {
-    const PAGE: u64 = 4096;
     let data: u64 = refs
         .iter()
         .filter_map(|r| values.get(&r.secret_id))
@@ -364,19 +510,24 @@ fn write_files(
         {
             dirs(true).create(parent).map_err(err)?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(err)?;
-        f.write_all(value.expose()).map_err(err)?;
-        std::os::unix::fs::fchown(&f, Some(r.uid), Some(r.gid)).map_err(err)?;
-        f.set_permissions(std::fs::Permissions::from_mode(r.mode & 0o777))
-            .map_err(err)?;
+        write_value(&path, r, value).map_err(err)?;
     }
     Ok(())
+}
+
+/// Writes `value` into a new file at `path` (never following a link, never replacing a
+/// file), then gives it `r`'s owner and mode.
+fn write_value(path: &Path, r: &SecretRef, value: &SecretBytes) -> std::io::Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(value.expose())?;
+    std::os::unix::fs::fchown(&f, Some(r.uid), Some(r.gid))?;
+    f.set_permissions(std::fs::Permissions::from_mode(r.mode & 0o777))?;
+    Ok(f)
 }
 
 /// After an agent restart: unmounts every secrets tmpfs a previous run left under
@@ -533,6 +684,118 @@ mod tests {
         assert!(!mp.exists());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&*mp.to_string_lossy()));
+    }
+
+    /// Every path under `dir`, relative to it.
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Needs root (mounting tmpfs); skipped otherwise.
+    #[test]
+    fn a_swap_replaces_the_file_whole_at_its_mode_and_owner_and_leaves_nothing_staged() {
+        if !crate::util::root_or_skip() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let refs = vec![
+            r("db", "/run/secrets/db", 999, 998, 0o440),
+            r("key", "/run/secrets/tls/server.key", 7, 8, 0o400),
+        ];
+        let values = HashMap::from([
+            ("id-db".to_string(), SecretBytes::new(b"old-db".to_vec())),
+            ("id-key".to_string(), SecretBytes::new(b"old-key".to_vec())),
+        ]);
+        let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
+        let files = m.files_dir();
+        // A reader holding the old file keeps reading the old value whole.
+        let mut before = std::fs::File::open(files.join("db")).unwrap();
+        let ino = std::fs::metadata(files.join("db")).unwrap().ino();
+        m.swap(&refs[0], &SecretBytes::new(b"new-db-value-longer".to_vec()))
+            .unwrap();
+        m.swap(&refs[1], &SecretBytes::new(b"K2".to_vec())).unwrap();
+        m.record_held(&HeldVersions::from([("id-db".to_string(), 2)]));
+        assert_eq!(
+            std::fs::read(files.join("db")).unwrap(),
+            b"new-db-value-longer"
+        );
+        assert_eq!(std::fs::read(files.join("tls/server.key")).unwrap(), b"K2");
+        let mut old = Vec::new();
+        std::io::Read::read_to_end(&mut before, &mut old).unwrap();
+        assert_eq!(old, b"old-db");
+        let meta = std::fs::metadata(files.join("db")).unwrap();
+        assert_ne!(
+            meta.ino(),
+            ino,
+            "replaced by a rename, not rewritten in place"
+        );
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (999, 998, 0o440)
+        );
+        let meta = std::fs::metadata(files.join("tls/server.key")).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (7, 8, 0o400));
+        // What the task sees holds only its files; the staging directory is beside it, empty.
+        assert_eq!(tree(&files), vec!["db", "tls", "tls/server.key"]);
+        let mp = dir.path().join(MOUNT_DIR);
+        assert!(tree(&mp.join(STAGE_DIR)).is_empty());
+        assert_eq!(
+            std::fs::metadata(mp.join(STAGE_DIR)).unwrap().mode() & 0o777,
+            0o700
+        );
+        let (_, held) = TaskSecrets::adopt(dir.path()).unwrap();
+        assert_eq!(held.get("id-db"), Some(&2));
+        m.unmount();
+        assert!(!mp.exists());
+    }
+
+    /// Needs root (mounting tmpfs); skipped otherwise. A tmpfs sized for the values it was
+    /// mounted with has no room for a second copy of the largest: the swap grows it.
+    #[test]
+    fn a_500_kib_value_replaces_a_500_kib_value_within_the_size_cap() {
+        if !crate::util::root_or_skip() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let refs = vec![
+            r("big", "/run/secrets/big", 0, 0, 0o444),
+            r("other", "/run/secrets/other", 0, 0, 0o444),
+        ];
+        let values = HashMap::from([
+            (
+                "id-big".to_string(),
+                SecretBytes::new(vec![b'A'; 500 * 1024]),
+            ),
+            (
+                "id-other".to_string(),
+                SecretBytes::new(vec![b'O'; 500 * 1024]),
+            ),
+        ]);
+        let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
+        for (round, byte) in [b'B', b'C', b'D'].into_iter().enumerate() {
+            m.swap(&refs[0], &SecretBytes::new(vec![byte; 500 * 1024]))
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let got = std::fs::read(m.files_dir().join("big")).unwrap();
+            assert!(got.len() == 500 * 1024 && got.iter().all(|b| *b == byte));
+        }
+        let mp = dir.path().join(MOUNT_DIR);
+        let st = nix::sys::statvfs::statvfs(&mp).unwrap();
+        let total = st.blocks() as u64 * st.fragment_size() as u64;
+        // Room for the two values and one more during a swap, not more than a few pages over.
+        assert!(total <= 3 * 500 * 1024 + 64 * PAGE, "{total}");
+        m.unmount();
     }
 
     #[test]

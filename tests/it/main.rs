@@ -30,6 +30,7 @@ mod reads;
 mod recovery;
 mod restart;
 mod roles;
+mod rotation;
 mod runtime;
 mod secret_delivery;
 mod secrets;

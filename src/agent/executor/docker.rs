@@ -12,8 +12,8 @@ use bollard::models::{
     MountBindOptionsPropagationEnum, MountType,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{ClientVersion, Docker};
 use tokio::sync::watch;
@@ -409,6 +409,20 @@ pub(crate) struct DockerStopper {
 }
 
 impl DockerStopper {
+    /// Sends `sig` (by name) to the container's main process.
+    pub(crate) async fn send(&self, sig: &str) -> Result<(), ExecError> {
+        let options = KillContainerOptions {
+            signal: sig.to_string(),
+        };
+        self.docker
+            .kill_container(&self.container, Some(options))
+            .await
+            .map_err(|e| ExecError::Signal {
+                signal: sig.to_string(),
+                reason: engine_message(&e),
+            })
+    }
+
     pub(crate) async fn stop(
         &self,
         exit: watch::Receiver<ExitSlot>,

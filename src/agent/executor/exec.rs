@@ -296,6 +296,32 @@ impl ExecStopper {
         let _ = kill(pid, sig);
     }
 
+    /// Sends `sig` (by name) to the helper, which forwards it to the command: only the
+    /// signals the helper forwards (any other would end the helper, and with it the task).
+    pub(crate) fn send(&self, sig: &str) -> Result<(), ExecError> {
+        let err = |reason: String| ExecError::Signal {
+            signal: sig.to_string(),
+            reason,
+        };
+        let signal: Signal = sig
+            .parse()
+            .map_err(|_| err("not a signal name".to_string()))?;
+        if !super::init::forwarded_signals().contains(signal) {
+            return Err(err(
+                "the exec runtime passes on only SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and SIGUSR2"
+                    .to_string(),
+            ));
+        }
+        let pid = self
+            .pid
+            .ok_or_else(|| err("the task's process is not known".to_string()))?;
+        if let Some((rec, dir)) = &self.adopted {
+            adopt::check_live(rec, dir)
+                .map_err(|e| err(format!("the task's helper is gone: {e}")))?;
+        }
+        kill(pid, signal).map_err(|e| err(e.to_string()))
+    }
+
     pub(crate) async fn stop(
         &self,
         exit: watch::Receiver<ExitSlot>,

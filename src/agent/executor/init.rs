@@ -232,7 +232,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
 }
 
 /// The signals passed on to the task.
-fn forwarded_signals() -> SigSet {
+pub(super) fn forwarded_signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGTERM,

@@ -105,6 +105,14 @@ pub enum ExecError {
     /// Signalling the task's process failed.
     #[error("cannot stop the task: {0}")]
     Stop(String),
+    /// A signal the task asked for (`on-change=signal:SIG`) could not be sent.
+    #[error("cannot send {signal} to the task: {reason}")]
+    Signal {
+        /// The signal's name.
+        signal: String,
+        /// Why.
+        reason: String,
+    },
     /// The task's log files could not be read.
     #[error("cannot read the task's logs at {}: {source}", path.display())]
     Logs {
@@ -455,6 +463,24 @@ impl TaskHandle {
         match &self.stopper {
             Stopper::Exec(s) => s.stop(self.exit.clone(), grace).await,
             Stopper::Docker(s) => s.stop(self.exit.clone(), grace).await,
+        }
+    }
+}
+
+impl TaskHandle {
+    /// Sends signal `sig` (a name such as `SIGHUP`) to the task's main process: for an exec
+    /// task through its init helper (which forwards it to the command), for a docker task
+    /// through the engine. The one place a running task is signalled without being stopped.
+    pub async fn signal(&self, sig: &str) -> Result<(), ExecError> {
+        if self.exit.borrow().is_some() {
+            return Err(ExecError::Signal {
+                signal: sig.to_string(),
+                reason: "the task has ended".into(),
+            });
+        }
+        match &self.stopper {
+            Stopper::Exec(s) => s.send(sig),
+            Stopper::Docker(s) => s.send(sig).await,
         }
     }
 }
