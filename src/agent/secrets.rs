@@ -7,6 +7,8 @@
 //!                mounted on it never propagates to other mount namespaces of the host)
 //!             ─► mount tmpfs <state>/tasks/<id>/secrets (0700, nosuid,nodev,noexec, size cap)
 //!                 ├─ files/<target under /run/secrets>  (each at its mode, uid, gid)
+//!                 ├─ configs/<n>  (the task's n-th config, at its mode, uid, gid; bound
+//!                 │               file by file at its absolute target)
 //!                 ├─ .stage/  (root only, never seen by the task: where a new version is
 //!                 │            written whole before it is renamed over its target)
 //!                 └─ held.json (the version of each secret mounted: what an adopting agent
@@ -38,6 +40,9 @@ pub const TARGET_ROOT: &str = crate::spec::secret_target::SECRETS_DIR;
 pub const MOUNT_DIR: &str = "secrets";
 /// The directory inside the tmpfs that the task sees as `/run/secrets`.
 pub const FILES_DIR: &str = "files";
+/// The directory inside the tmpfs, beside [`FILES_DIR`] (so never under `/run/secrets`), that
+/// holds the task's configs, one file each, named by its position in the task's spec.
+pub const CONFIGS_DIR: &str = "configs";
 /// The directory inside the tmpfs, beside [`FILES_DIR`], where a new version is written
 /// before it replaces the old one: outside what the task sees, on the same file system (so
 /// the rename is atomic).
@@ -233,6 +238,19 @@ impl TaskSecrets {
         self.mount_point.join(FILES_DIR)
     }
 
+    /// Where each of `configs` (the task's, in its spec's order) was written, and the target
+    /// it is to be bound at.
+    pub fn config_files(&self, configs: &[SecretRef]) -> Vec<ConfigFile> {
+        configs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ConfigFile {
+                source: self.mount_point.join(CONFIGS_DIR).join(i.to_string()),
+                target: r.target.clone(),
+            })
+            .collect()
+    }
+
     /// The secrets tmpfs a previous run of the agent mounted for the task in `task_dir`
     /// (adopted with the task), and the versions it recorded there; `None` if it has none.
     pub fn adopt(task_dir: &Path) -> Option<(TaskSecrets, HeldVersions)> {
@@ -354,6 +372,15 @@ impl TaskSecrets {
     }
 }
 
+/// A config written on a task's tmpfs, and the absolute path it is bound at in the task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// The file on the tmpfs.
+    pub source: PathBuf,
+    /// Where the task sees it (checked by [`crate::spec::config_target::check`]).
+    pub target: String,
+}
+
 /// The most mounts stacked on a secrets mount point: the private bind and the tmpfs.
 const STACKED: usize = 2;
 
@@ -388,6 +415,18 @@ fn size_cap(refs: &[SecretRef], values: &HashMap<String, SecretBytes>) -> u64 {
     data + (refs.len() as u64 * 2 + 16) * PAGE
 }
 
+/// What a task's tmpfs is to hold: its secrets and its configs, each with the values by ID.
+pub struct Contents<'a> {
+    /// The secrets' attachments.
+    pub secrets: &'a [SecretRef],
+    /// Their values, by secret ID.
+    pub secret_values: &'a HashMap<String, SecretBytes>,
+    /// The configs' attachments.
+    pub configs: &'a [SecretRef],
+    /// Their values, by config ID.
+    pub config_values: &'a HashMap<String, SecretBytes>,
+}
+
 /// The path of `target` relative to `/run/secrets`, if it is one the managers accept.
 fn relative_target(r: &SecretRef) -> Result<PathBuf, SecretsError> {
     crate::spec::secret_target::relative(&r.target)
@@ -406,6 +445,46 @@ pub fn mount_task_secrets(
     refs: &[SecretRef],
     values: &HashMap<String, SecretBytes>,
 ) -> Result<TaskSecrets, SecretsError> {
+    mount_task_files(
+        task_dir,
+        &Contents {
+            secrets: refs,
+            secret_values: values,
+            configs: &[],
+            config_values: &HashMap::new(),
+        },
+    )
+}
+
+/// As [`mount_task_secrets`], with the task's configs too: each written under `configs/` (by
+/// its position in the spec) at its mode, uid and gid, for the runtime to bind at its target.
+pub fn mount_task_files(task_dir: &Path, c: &Contents<'_>) -> Result<TaskSecrets, SecretsError> {
+    let (refs, values) = (c.secrets, c.secret_values);
+    crate::spec::config_target::check_refs(c.configs).map_err(|reason| {
+        SecretsError::BadTarget {
+            name: c
+                .configs
+                .first()
+                .map(|r| r.secret_name.clone())
+                .unwrap_or_default(),
+            reason,
+        }
+    })?;
+    let mut config_plan = Vec::with_capacity(c.configs.len());
+    for (i, r) in c.configs.iter().enumerate() {
+        crate::spec::config_target::check(&r.target).map_err(|reason| SecretsError::BadTarget {
+            name: r.secret_name.clone(),
+            reason,
+        })?;
+        let value =
+            c.config_values
+                .get(&r.secret_id)
+                .ok_or_else(|| SecretsError::NotDelivered {
+                    name: r.secret_name.clone(),
+                    reason: "the agent does not hold its value".into(),
+                })?;
+        config_plan.push((r, PathBuf::from(i.to_string()), value));
+    }
     // Check everything before mounting anything.
     crate::spec::secret_target::check_refs(refs).map_err(|reason| SecretsError::BadTarget {
         name: refs
@@ -444,8 +523,8 @@ pub fn mount_task_secrets(
     })?;
     let data = format!(
         "mode=0700,size={},nr_inodes={}",
-        size_cap(refs, values),
-        refs.len() * 2 + 16
+        size_cap(refs, values) + size_cap(c.configs, c.config_values),
+        (refs.len() + c.configs.len()) * 2 + 16
     );
     mount(
         Some("tmpfs"),
@@ -459,7 +538,14 @@ pub fn mount_task_secrets(
         mount_err(source)
     })?;
     let mounted = TaskSecrets { mount_point };
-    match write_files(&mounted.files_dir(), &plan) {
+    let written = write_files(&mounted.files_dir(), &plan).and_then(|()| {
+        if config_plan.is_empty() {
+            Ok(())
+        } else {
+            write_files(&mounted.mount_point.join(CONFIGS_DIR), &config_plan)
+        }
+    });
+    match written {
         Ok(()) => Ok(mounted),
         Err(e) => {
             mounted.unmount();
@@ -796,6 +882,59 @@ mod tests {
         // Room for the two values and one more during a swap, not more than a few pages over.
         assert!(total <= 3 * 500 * 1024 + 64 * PAGE, "{total}");
         m.unmount();
+    }
+
+    /// Needs root (mounting tmpfs); skipped otherwise.
+    #[test]
+    fn configs_are_written_beside_the_secrets_never_under_run_secrets() {
+        if !crate::util::root_or_skip() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut conf = r("app", "/etc/app.conf", 5, 6, 0o440);
+        conf.secret_id = "cfg-app".into();
+        conf.on_change = crate::store::service::OnChange::Restart;
+        let configs = vec![conf];
+        let config_values = HashMap::from([(
+            "cfg-app".to_string(),
+            SecretBytes::new(b"listen 80;".to_vec()),
+        )]);
+        let m = mount_task_files(
+            dir.path(),
+            &Contents {
+                secrets: &[],
+                secret_values: &HashMap::new(),
+                configs: &configs,
+                config_values: &config_values,
+            },
+        )
+        .unwrap();
+        let files = m.config_files(&configs);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].target, "/etc/app.conf");
+        assert!(!files[0].source.starts_with(m.files_dir()));
+        assert_eq!(std::fs::read(&files[0].source).unwrap(), b"listen 80;");
+        let meta = std::fs::metadata(&files[0].source).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (5, 6, 0o440));
+        assert!(tree(&m.files_dir()).is_empty());
+        m.unmount();
+
+        // A target the rule refuses is refused before anything is mounted.
+        let mut bad = r("bad", "/run/secrets/x", 0, 0, 0o444);
+        bad.secret_id = "cfg-app".into();
+        bad.on_change = crate::store::service::OnChange::Restart;
+        let e = mount_task_files(
+            dir.path(),
+            &Contents {
+                secrets: &[],
+                secret_values: &HashMap::new(),
+                configs: &[bad],
+                config_values: &config_values,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, SecretsError::BadTarget { .. }), "{e}");
+        assert!(!dir.path().join(MOUNT_DIR).exists());
     }
 
     #[test]

@@ -115,11 +115,12 @@ pub async fn run(
     }
 }
 
-/// The version of each secret of `task` as mounted: those `task.versions` names.
+/// The version of each secret and config of `task` as mounted: those `task.versions` names.
 fn mounted_versions(task: &Task) -> HeldVersions {
     task.spec
         .secrets
         .iter()
+        .chain(&task.spec.configs)
         .filter_map(|r| Some((r.secret_id.clone(), *task.versions.get(&r.secret_id)?)))
         .collect()
 }
@@ -139,9 +140,17 @@ async fn run_started(
     run: &mut Run<'_>,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let files = run.secrets.map(TaskSecrets::files_dir);
+    // /run/secrets only for a task with secrets; configs bound one by one at their targets.
+    let files = run
+        .secrets
+        .filter(|_| !task.spec.secrets.is_empty())
+        .map(TaskSecrets::files_dir);
+    let configs = run
+        .secrets
+        .map(|s| s.config_files(&task.spec.configs))
+        .unwrap_or_default();
     let start = tokio::select! {
-        r = cx.execs.start(task, files.as_deref()) => r,
+        r = cx.execs.start_with(task, files.as_deref(), &configs) => r,
         _ = stopped(stop) => {
             cx.report(&task.id, &run.held, status(TaskState::Shutdown, "shutdown before start", "", None));
             return;

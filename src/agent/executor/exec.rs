@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::adopt::{self, HelperRecord};
 use super::init::{NOBODY, OUTPUT_FILE, STDERR_FILE, status_code};
 use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
+use crate::agent::secrets::ConfigFile;
 use crate::store::service::Task;
 
 pub use super::init::init_helper_main;
@@ -67,6 +68,7 @@ impl ExecRuntime {
         &self,
         task: &Task,
         secrets: Option<&Path>,
+        configs: &[ConfigFile],
     ) -> Result<TaskHandle, ExecError> {
         let command = &task.spec.command;
         let program = command.first().ok_or(ExecError::EmptyCommand)?;
@@ -103,6 +105,9 @@ impl ExecRuntime {
         helper.arg("init-helper").arg("--task-dir").arg(&dir);
         if let Some(s) = secrets {
             helper.arg("--secrets").arg(s);
+        }
+        for c in configs {
+            helper.arg("--config").arg(&c.source).arg(&c.target);
         }
         helper.arg("--user").arg(NOBODY.to_string());
         for p in &self.hide {

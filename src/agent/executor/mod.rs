@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::agent::secrets::ConfigFile;
 use crate::store::service::{Resources, Runtime, Task};
 
 mod adopt;
@@ -245,10 +246,21 @@ impl Executors {
         task: &Task,
         secrets: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
+        self.start_with(task, secrets, &[]).await
+    }
+
+    /// As [`Executors::start`], with `configs`: files the task is to see, read-only, each at
+    /// its target.
+    pub async fn start_with(
+        &self,
+        task: &Task,
+        secrets: Option<&Path>,
+        configs: &[ConfigFile],
+    ) -> Result<TaskHandle, ExecError> {
         check_task_id(&task.id)?;
         match task.spec.runtime {
             Runtime::Exec => match &self.exec {
-                Some(e) => e.start(task, secrets).await,
+                Some(e) => e.start(task, secrets, configs).await,
                 None => Err(ExecError::Unavailable(Runtime::Exec)),
             },
             Runtime::Docker => match &self.docker {
@@ -256,7 +268,7 @@ impl Executors {
                     let hosts = self.tasks_dir.join(&task.id).join("hosts");
                     let hosts =
                         (!task.spec.networks.is_empty() && hosts.is_file()).then_some(hosts);
-                    d.start(task, secrets, hosts.as_deref()).await
+                    d.start(task, secrets, configs, hosts.as_deref()).await
                 }
                 None => Err(ExecError::Unavailable(Runtime::Docker)),
             },
