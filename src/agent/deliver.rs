@@ -66,26 +66,15 @@ async fn secret_values(
             continue;
         }
         let version = task.versions.get(&r.secret_id).copied().unwrap_or(0);
-        let v = fetch_value(task, r, config, version, store, managers).await?;
+        let v = value_of(task, r, config, version, store, managers).await?;
         out.insert(r.secret_id.clone(), v);
     }
     Ok(out)
 }
 
-/// Version `version` of the secret of attachment `r` of `task`: held, or asked of the leader
-/// (which answers only for the version the task is to hold).
+/// Version `version` of the secret (`config`: config) of attachment `r` of `task`: held, or
+/// asked of the leader (which answers only for the version the task is to hold).
 pub async fn value_of(
-    task: &Task,
-    r: &SecretRef,
-    version: u64,
-    store: &SecretStore,
-    managers: &Managers,
-) -> Result<SecretBytes, SecretsError> {
-    fetch_value(task, r, false, version, store, managers).await
-}
-
-/// As [`value_of`], for a secret or (`config`) a config.
-async fn fetch_value(
     task: &Task,
     r: &SecretRef,
     config: bool,

@@ -270,10 +270,10 @@ impl TaskSecrets {
     /// adopts the task after a restart reads it).
     pub fn record_held(&self, held: &HeldVersions) {
         let path = self.mount_point.join(HELD_FILE);
-        let tmp = self.mount_point.join(STAGE_DIR).join(HELD_FILE);
         let written = serde_json::to_vec(held)
             .map_err(std::io::Error::other)
             .and_then(|json| {
+                let tmp = self.stage_dir()?.join(HELD_FILE);
                 let _ = std::fs::remove_file(&tmp);
                 let mut f = std::fs::OpenOptions::new()
                     .write(true)
@@ -300,13 +300,7 @@ impl TaskSecrets {
             source,
         };
         self.make_room(r, value.expose().len() as u64)?;
-        let stage_dir = self.mount_point.join(STAGE_DIR);
-        match std::fs::DirBuilder::new().mode(0o700).create(&stage_dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(err(e)),
-        }
-        let stage = stage_dir.join("swap");
+        let stage = self.stage_dir().map_err(err)?.join("swap");
         // A file left by a swap that failed half-way.
         match std::fs::remove_file(&stage) {
             Ok(()) => {}
@@ -329,6 +323,16 @@ impl TaskSecrets {
             let _ = std::fs::remove_file(&stage);
         }
         written.map_err(err)
+    }
+
+    /// The staging directory (root only, beside what the task sees), made if missing.
+    fn stage_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.mount_point.join(STAGE_DIR);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+            Err(e) => Err(e),
+        }
     }
 
     /// Grows the tmpfs (a remount with a larger size) if it has not `len` bytes free and a page
@@ -805,6 +809,11 @@ mod tests {
             ("id-key".to_string(), SecretBytes::new(b"old-key".to_vec())),
         ]);
         let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
+        m.record_held(&HeldVersions::from([("id-db".to_string(), 1)]));
+        assert_eq!(
+            TaskSecrets::adopt(dir.path()).unwrap().1.get("id-db"),
+            Some(&1)
+        );
         let files = m.files_dir();
         // A reader holding the old file keeps reading the old value whole.
         let mut before = std::fs::File::open(files.join("db")).unwrap();

@@ -7,7 +7,9 @@
 //!  adopt: (no start: recorded ports or container address) ─► hosts ─┤
 //!                                                                   ▼
 //!  supervise: endpoints (publish) ─► health (Watch) ─► wait | stop | unhealthy
-//!  every status ─► reports
+//!             | versions moved (a rollout) ─► rotate: swap each in-place follower's file
+//!               (secrets.rs), signal once per on-change=signal:SIG ─► report (held)
+//!  every status ─► reports, with the version of each secret and config held
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -386,7 +388,7 @@ async fn rotate(
     let mut errors = Vec::new();
     let mut signals = BTreeSet::new();
     for (r, v) in due {
-        let done = match value_of(task, r, v, &cx.secrets, &cx.managers).await {
+        let done = match value_of(task, r, false, v, &cx.secrets, &cx.managers).await {
             // On the tmpfs: a page-sized write and a rename, or a remount.
             Ok(value) => secrets.swap(r, &value),
             Err(e) => Err(e),

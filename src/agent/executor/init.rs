@@ -511,27 +511,7 @@ fn expose_config(source: &Path, target: &str) -> Result<(), String> {
             ));
         }
     }
-    mount(
-        Some(source),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot bind the config at {shown}: {e}"))?;
-    mount(
-        None::<&str>,
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("cannot make the config at {shown} read-only: {e}"))
+    bind_read_only(source, Path::new(target), &format!("the config at {shown}"))
 }
 
 /// Binds the task's secrets directory (on its tmpfs) read-only at `/run/secrets`, in this
@@ -540,19 +520,24 @@ fn expose_secrets(dir: &Path) -> Result<(), String> {
     let target = Path::new(crate::agent::secrets::TARGET_ROOT);
     std::fs::create_dir_all(target)
         .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    bind_read_only(
+        dir,
+        target,
+        &format!("the task's secrets at {}", target.display()),
+    )
+}
+
+/// Binds `source` at `target` in this mount namespace, read-only, nosuid, nodev and noexec;
+/// `what` names it in an error.
+fn bind_read_only(source: &Path, target: &Path, what: &str) -> Result<(), String> {
     mount(
-        Some(dir),
+        Some(source),
         target,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| {
-        format!(
-            "cannot bind the task's secrets at {}: {e}",
-            target.display()
-        )
-    })?;
+    .map_err(|e| format!("cannot bind {what}: {e}"))?;
     mount(
         None::<&str>,
         target,
@@ -565,7 +550,7 @@ fn expose_secrets(dir: &Path) -> Result<(), String> {
             | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(|e| format!("cannot make {} read-only: {e}", target.display()))
+    .map_err(|e| format!("cannot make {what} read-only: {e}"))
 }
 
 /// Covers the agent's tasks directory (every task's logs and secrets tmpfs) with an empty
