@@ -290,7 +290,8 @@ async fn supervise(
                 }
                 return report(held, status(TaskState::Shutdown, "shutdown", "", None));
             }
-            changed = run.versions.changed(), if following && retry.is_none() => {
+            // A new version also cuts a wait to try again: the one that failed may be gone.
+            changed = run.versions.changed(), if following => {
                 if changed.is_err() {
                     // The supervisor is gone (the daemon exits): no more rollouts to follow.
                     following = false;
@@ -370,16 +371,7 @@ async fn rotate(
     held: &mut HeldVersions,
 ) -> Option<Result<String, String>> {
     let secrets = secrets?;
-    let due: Vec<(&SecretRef, u64)> = task
-        .spec
-        .secrets
-        .iter()
-        .filter(|r| r.follows_in_place())
-        .filter_map(|r| {
-            let v = *want.get(&r.secret_id)?;
-            (held.get(&r.secret_id) != Some(&v)).then_some((r, v))
-        })
-        .collect();
+    let due = due(&task.spec.secrets, want, held);
     if due.is_empty() {
         return None;
     }
@@ -437,6 +429,23 @@ async fn rotate(
     }
 }
 
+/// The attachments whose file is to be swapped, with the version to swap in: those that
+/// follow in place (unpinned, `on-change=rotate` or `signal:SIG`) whose version in `want`
+/// is not the one held.
+fn due<'a>(
+    refs: &'a [SecretRef],
+    want: &HeldVersions,
+    held: &HeldVersions,
+) -> Vec<(&'a SecretRef, u64)> {
+    refs.iter()
+        .filter(|r| r.follows_in_place())
+        .filter_map(|r| {
+            let v = *want.get(&r.secret_id)?;
+            (held.get(&r.secret_id) != Some(&v)).then_some((r, v))
+        })
+        .collect()
+}
+
 /// Resolves at `at`, never when `None`.
 async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     match at {
@@ -472,6 +481,50 @@ fn ended(code: Result<i64, ExecError>) -> TaskStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unpinned_rotate_and_signal_attachments_whose_version_moved_are_swapped() {
+        let at = |name: &str, on_change: OnChange, pinned: Option<u64>| SecretRef {
+            secret_id: format!("id-{name}"),
+            on_change,
+            pinned,
+            ..SecretRef::new(name)
+        };
+        let refs = vec![
+            at("rot", OnChange::Rotate, None),
+            at("hup", OnChange::Signal("SIGHUP".into()), None),
+            at("pin", OnChange::Rotate, Some(1)),
+            at("rst", OnChange::Restart, None),
+            at("non", OnChange::None, None),
+            at("same", OnChange::Rotate, None),
+            at("gone", OnChange::Rotate, None),
+        ];
+        let v = |pairs: &[(&str, u64)]| -> HeldVersions {
+            pairs.iter().map(|(k, v)| (format!("id-{k}"), *v)).collect()
+        };
+        let held = v(&[
+            ("rot", 1),
+            ("hup", 1),
+            ("pin", 1),
+            ("rst", 1),
+            ("non", 1),
+            ("same", 2),
+            ("gone", 1),
+        ]);
+        let want = v(&[
+            ("rot", 2),
+            ("hup", 3),
+            ("pin", 2),
+            ("rst", 2),
+            ("non", 2),
+            ("same", 2),
+        ]);
+        let got: Vec<(&str, u64)> = due(&refs, &want, &held)
+            .into_iter()
+            .map(|(r, v)| (r.secret_name.as_str(), v))
+            .collect();
+        assert_eq!(got, vec![("rot", 2), ("hup", 3)]);
+    }
 
     /// An exiting daemon drops its supervisor and with it every stop sender: a runner woken by
     /// that must not take it for a stop request and kill the task it leaves running (this
