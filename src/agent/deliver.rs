@@ -7,65 +7,97 @@ use std::collections::HashMap;
 
 use super::executor::Executors;
 use super::managers::Managers;
-use super::secrets::{SecretStore, SecretsError, TaskSecrets, mount_task_secrets};
+use super::secrets::{Contents, SecretStore, SecretsError, TaskSecrets, mount_task_files};
 use crate::api::v1::SecretRequest;
 use crate::secret::SecretBytes;
-use crate::store::service::Task;
+use crate::store::service::{SecretRef, Task};
 
-/// Mounts the task's secrets tmpfs, if it has secrets.
+/// Mounts the task's secrets tmpfs, if it has secrets or configs.
 pub async fn mount_secrets(
     task: &Task,
     store: &SecretStore,
     managers: &Managers,
     execs: &Executors,
 ) -> Result<Option<TaskSecrets>, String> {
-    if task.spec.secrets.is_empty() {
+    if task.spec.secrets.is_empty() && task.spec.configs.is_empty() {
         return Ok(None);
     }
-    let values = secret_values(task, store, managers)
+    let values = secret_values(task, false, store, managers)
+        .await
+        .map_err(|e| e.to_string())?;
+    let config_values = secret_values(task, true, store, managers)
         .await
         .map_err(|e| e.to_string())?;
     let dir = execs.task_dir(&task.id).map_err(|e| e.to_string())?;
-    let refs = task.spec.secrets.clone();
-    tokio::task::spawn_blocking(move || mount_task_secrets(&dir, &refs, &values))
-        .await
-        .map_err(|e| format!("mounting the secrets failed: {e}"))?
-        .map(Some)
-        .map_err(|e| e.to_string())
+    let (refs, configs) = (task.spec.secrets.clone(), task.spec.configs.clone());
+    tokio::task::spawn_blocking(move || {
+        mount_task_files(
+            &dir,
+            &Contents {
+                secrets: &refs,
+                secret_values: &values,
+                configs: &configs,
+                config_values: &config_values,
+            },
+        )
+    })
+    .await
+    .map_err(|e| format!("mounting the secrets failed: {e}"))?
+    .map(Some)
+    .map_err(|e| e.to_string())
 }
 
-/// The values of a task's secrets: those held, and the others asked of the leader.
+/// The values of a task's secrets (`config`: its configs): those held, and the others asked
+/// of the leader.
 async fn secret_values(
     task: &Task,
+    config: bool,
     store: &SecretStore,
     managers: &Managers,
 ) -> Result<HashMap<String, SecretBytes>, SecretsError> {
     let mut out = HashMap::new();
-    for r in &task.spec.secrets {
+    let refs = if config {
+        &task.spec.configs
+    } else {
+        &task.spec.secrets
+    };
+    for r in refs {
         if out.contains_key(&r.secret_id) {
             continue;
         }
         let version = task.versions.get(&r.secret_id).copied().unwrap_or(0);
-        let v = match store.get(&r.secret_id, version) {
-            Some(v) => v,
-            None => {
-                fetch_secret(task, &r.secret_id, version, &r.secret_name, store, managers).await?
-            }
-        };
+        let v = value_of(task, r, config, version, store, managers).await?;
         out.insert(r.secret_id.clone(), v);
     }
     Ok(out)
 }
 
-/// Asks the managers, leader first, for secret `id` of `task`; keeps the value it gets.
-async fn fetch_secret(
+/// Version `version` of the secret (`config`: config) of attachment `r` of `task`: held, or
+/// asked of the leader (which answers only for the version the task is to hold).
+pub async fn value_of(
     task: &Task,
-    id: &str,
+    r: &SecretRef,
+    config: bool,
     version: u64,
-    name: &str,
     store: &SecretStore,
     managers: &Managers,
 ) -> Result<SecretBytes, SecretsError> {
+    match store.get(&r.secret_id, version) {
+        Some(v) => Ok(v),
+        None => fetch_secret(task, r, config, version, store, managers).await,
+    }
+}
+
+/// Asks the managers, leader first, for secret `id` of `task`; keeps the value it gets.
+async fn fetch_secret(
+    task: &Task,
+    r: &SecretRef,
+    config: bool,
+    version: u64,
+    store: &SecretStore,
+    managers: &Managers,
+) -> Result<SecretBytes, SecretsError> {
+    let (id, name) = (r.secret_id.as_str(), r.secret_name.as_str());
     let mut last = "no manager could be reached".to_string();
     for addr in managers.candidates() {
         let Some(mut client) = managers.client(&addr) else {
@@ -75,7 +107,7 @@ async fn fetch_secret(
             task_id: task.id.clone(),
             secret_id: id.to_string(),
             version,
-            config: false,
+            config,
         };
         match client.get_secret(req).await {
             Ok(resp) => {

@@ -6,9 +6,17 @@
 //!  task start ─► bind <state>/tasks/<id>/secrets onto itself, mark it private (so what is
 //!                mounted on it never propagates to other mount namespaces of the host)
 //!             ─► mount tmpfs <state>/tasks/<id>/secrets (0700, nosuid,nodev,noexec, size cap)
-//!                 └─ files/<target under /run/secrets>  (each at its mode, uid, gid)
+//!                 ├─ files/<target under /run/secrets>  (each at its mode, uid, gid)
+//!                 ├─ configs/<n>  (the task's n-th config, at its mode, uid, gid; bound
+//!                 │               file by file at its absolute target)
+//!                 ├─ .stage/  (root only, never seen by the task: where a new version is
+//!                 │            written whole before it is renamed over its target)
+//!                 └─ held.json (the version of each secret mounted: what an adopting agent
+//!                              reports)
 //!             ─► exec: bound at /run/secrets in the task's mount namespace
 //!                docker: read-only bind mount at /run/secrets
+//!  rotation   ─► .stage/swap (mode, uid, gid set) ─rename(2)─► files/<target>: a reader
+//!                opens the old file or the new one, never a part of either
 //!  task end   ─► unmount both (the values vanish with the tmpfs), remove the mount point
 //! ```
 //!
@@ -32,6 +40,17 @@ pub const TARGET_ROOT: &str = crate::spec::secret_target::SECRETS_DIR;
 pub const MOUNT_DIR: &str = "secrets";
 /// The directory inside the tmpfs that the task sees as `/run/secrets`.
 pub const FILES_DIR: &str = "files";
+/// The directory inside the tmpfs, beside [`FILES_DIR`] (so never under `/run/secrets`), that
+/// holds the task's configs, one file each, named by its position in the task's spec.
+pub const CONFIGS_DIR: &str = "configs";
+/// The directory inside the tmpfs, beside [`FILES_DIR`], where a new version is written
+/// before it replaces the old one: outside what the task sees, on the same file system (so
+/// the rename is atomic).
+pub const STAGE_DIR: &str = ".stage";
+/// The file inside the tmpfs recording which version of each secret is mounted.
+const HELD_FILE: &str = "held.json";
+/// Bytes a tmpfs page takes.
+const PAGE: u64 = 4096;
 
 /// What went wrong while preparing a task's secrets. Shown as the task's error.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +92,22 @@ pub enum SecretsError {
         name: String,
         /// Which rule the target broke, quoting at most a prefix of it.
         reason: String,
+    },
+    /// The tmpfs could not be grown to hold the old and the new version during a swap.
+    #[error(
+        "cannot grow the task's secrets tmpfs at {} to {size} bytes for secret {name}: {source}",
+        path.display()
+    )]
+    Grow {
+        /// Secret name.
+        name: String,
+        /// Mount point.
+        path: PathBuf,
+        /// The size asked for.
+        size: u64,
+        /// The cause.
+        #[source]
+        source: nix::Error,
     },
     /// Writing a file or directory inside the tmpfs failed.
     #[error("cannot write secret {name} into the task's tmpfs: {source}")]
@@ -194,10 +229,144 @@ pub struct TaskSecrets {
     mount_point: PathBuf,
 }
 
+/// The version of each secret (by ID) a task holds.
+pub type HeldVersions = std::collections::BTreeMap<String, u64>;
+
 impl TaskSecrets {
     /// The directory the task sees as `/run/secrets`.
     pub fn files_dir(&self) -> PathBuf {
         self.mount_point.join(FILES_DIR)
+    }
+
+    /// Where each of `configs` (the task's, in its spec's order) was written, and the target
+    /// it is to be bound at.
+    pub fn config_files(&self, configs: &[SecretRef]) -> Vec<ConfigFile> {
+        configs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| ConfigFile {
+                source: self.mount_point.join(CONFIGS_DIR).join(i.to_string()),
+                target: r.target.clone(),
+            })
+            .collect()
+    }
+
+    /// The secrets tmpfs a previous run of the agent mounted for the task in `task_dir`
+    /// (adopted with the task), and the versions it recorded there; `None` if it has none.
+    pub fn adopt(task_dir: &Path) -> Option<(TaskSecrets, HeldVersions)> {
+        let mount_point = task_dir.join(MOUNT_DIR);
+        if !mount_point.join(FILES_DIR).is_dir() {
+            return None;
+        }
+        let held = std::fs::read(mount_point.join(HELD_FILE))
+            .ok()
+            .filter(|b| b.len() <= 64 * 1024)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Some((TaskSecrets { mount_point }, held))
+    }
+
+    /// Records which version of each secret the tmpfs holds (best effort: only an agent that
+    /// adopts the task after a restart reads it).
+    pub fn record_held(&self, held: &HeldVersions) {
+        let path = self.mount_point.join(HELD_FILE);
+        let written = serde_json::to_vec(held)
+            .map_err(std::io::Error::other)
+            .and_then(|json| {
+                let tmp = self.stage_dir()?.join(HELD_FILE);
+                let _ = std::fs::remove_file(&tmp);
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .custom_flags(nix::libc::O_NOFOLLOW)
+                    .open(&tmp)?;
+                f.write_all(&json)?;
+                std::fs::rename(&tmp, &path)
+            });
+        if let Err(e) = written {
+            tracing::debug!(dir = %self.mount_point.display(), error = %e, "cannot record the versions of a task's secrets");
+        }
+    }
+
+    /// Replaces the file of attachment `r` with `value`, atomically: the value is written
+    /// whole to a staging file outside the directory the task sees, given `r`'s mode, uid and
+    /// gid, then renamed over the target, so a reader opens either the old file or the new
+    /// one. The tmpfs is grown first if it could not hold both at once.
+    pub fn swap(&self, r: &SecretRef, value: &SecretBytes) -> Result<(), SecretsError> {
+        let rel = relative_target(r)?;
+        let err = |source| SecretsError::Write {
+            name: r.secret_name.clone(),
+            source,
+        };
+        self.make_room(r, value.expose().len() as u64)?;
+        let stage = self.stage_dir().map_err(err)?.join("swap");
+        // A file left by a swap that failed half-way.
+        match std::fs::remove_file(&stage) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
+        let target = self.files_dir().join(&rel);
+        let written = (|| {
+            let f = write_value(&stage, r, value)?;
+            drop(f);
+            if let Some(parent) = target.parent() {
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .recursive(true)
+                    .create(parent)?;
+            }
+            std::fs::rename(&stage, &target)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&stage);
+        }
+        written.map_err(err)
+    }
+
+    /// The staging directory (root only, beside what the task sees), made if missing.
+    fn stage_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.mount_point.join(STAGE_DIR);
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Grows the tmpfs (a remount with a larger size) if it has not `len` bytes free and a page
+    /// to spare: during a swap it holds the old and the new value.
+    fn make_room(&self, r: &SecretRef, len: u64) -> Result<(), SecretsError> {
+        let st =
+            nix::sys::statvfs::statvfs(&self.mount_point).map_err(|e| SecretsError::Write {
+                name: r.secret_name.clone(),
+                source: e.into(),
+            })?;
+        let frsize = st.fragment_size() as u64;
+        let (total, free) = (
+            st.blocks() as u64 * frsize,
+            st.blocks_available() as u64 * frsize,
+        );
+        let need = len.div_ceil(PAGE) * PAGE + 2 * PAGE;
+        if free >= need {
+            return Ok(());
+        }
+        let size = total + need - free;
+        let data = format!("size={size}");
+        mount(
+            None::<&str>,
+            &self.mount_point,
+            None::<&str>,
+            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(data.as_str()),
+        )
+        .map_err(|source| SecretsError::Grow {
+            name: r.secret_name.clone(),
+            path: self.mount_point.clone(),
+            size,
+            source,
+        })
     }
 
     /// Unmounts the tmpfs (lazily, so a process still holding a file cannot keep it) and
@@ -205,6 +374,15 @@ impl TaskSecrets {
     pub fn unmount(self) {
         unmount_dir(&self.mount_point);
     }
+}
+
+/// A config written on a task's tmpfs, and the absolute path it is bound at in the task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigFile {
+    /// The file on the tmpfs.
+    pub source: PathBuf,
+    /// Where the task sees it (checked by [`crate::spec::config_target::check`]).
+    pub target: String,
 }
 
 /// The most mounts stacked on a secrets mount point: the private bind and the tmpfs.
@@ -233,13 +411,24 @@ fn unmount_dir(dir: &Path) {
 /// The tmpfs size for these values: the values, a page per file and directory for rounding,
 /// and some slack. Swarm's 500 KiB limit per secret bounds it.
 fn size_cap(refs: &[SecretRef], values: &HashMap<String, SecretBytes>) -> u64 {
-    const PAGE: u64 = 4096;
     let data: u64 = refs
         .iter()
         .filter_map(|r| values.get(&r.secret_id))
         .map(|v| (v.expose().len() as u64).div_ceil(PAGE) * PAGE)
         .sum();
     data + (refs.len() as u64 * 2 + 16) * PAGE
+}
+
+/// What a task's tmpfs is to hold: its secrets and its configs, each with the values by ID.
+pub struct Contents<'a> {
+    /// The secrets' attachments.
+    pub secrets: &'a [SecretRef],
+    /// Their values, by secret ID.
+    pub secret_values: &'a HashMap<String, SecretBytes>,
+    /// The configs' attachments.
+    pub configs: &'a [SecretRef],
+    /// Their values, by config ID.
+    pub config_values: &'a HashMap<String, SecretBytes>,
 }
 
 /// The path of `target` relative to `/run/secrets`, if it is one the managers accept.
@@ -260,6 +449,46 @@ pub fn mount_task_secrets(
     refs: &[SecretRef],
     values: &HashMap<String, SecretBytes>,
 ) -> Result<TaskSecrets, SecretsError> {
+    mount_task_files(
+        task_dir,
+        &Contents {
+            secrets: refs,
+            secret_values: values,
+            configs: &[],
+            config_values: &HashMap::new(),
+        },
+    )
+}
+
+/// As [`mount_task_secrets`], with the task's configs too: each written under `configs/` (by
+/// its position in the spec) at its mode, uid and gid, for the runtime to bind at its target.
+pub fn mount_task_files(task_dir: &Path, c: &Contents<'_>) -> Result<TaskSecrets, SecretsError> {
+    let (refs, values) = (c.secrets, c.secret_values);
+    crate::spec::config_target::check_refs(c.configs).map_err(|reason| {
+        SecretsError::BadTarget {
+            name: c
+                .configs
+                .first()
+                .map(|r| r.secret_name.clone())
+                .unwrap_or_default(),
+            reason,
+        }
+    })?;
+    let mut config_plan = Vec::with_capacity(c.configs.len());
+    for (i, r) in c.configs.iter().enumerate() {
+        crate::spec::config_target::check(&r.target).map_err(|reason| SecretsError::BadTarget {
+            name: r.secret_name.clone(),
+            reason,
+        })?;
+        let value =
+            c.config_values
+                .get(&r.secret_id)
+                .ok_or_else(|| SecretsError::NotDelivered {
+                    name: r.secret_name.clone(),
+                    reason: "the agent does not hold its value".into(),
+                })?;
+        config_plan.push((r, PathBuf::from(i.to_string()), value));
+    }
     // Check everything before mounting anything.
     crate::spec::secret_target::check_refs(refs).map_err(|reason| SecretsError::BadTarget {
         name: refs
@@ -298,8 +527,8 @@ pub fn mount_task_secrets(
     })?;
     let data = format!(
         "mode=0700,size={},nr_inodes={}",
-        size_cap(refs, values),
-        refs.len() * 2 + 16
+        size_cap(refs, values) + size_cap(c.configs, c.config_values),
+        (refs.len() + c.configs.len()) * 2 + 16
     );
     mount(
         Some("tmpfs"),
@@ -313,7 +542,14 @@ pub fn mount_task_secrets(
         mount_err(source)
     })?;
     let mounted = TaskSecrets { mount_point };
-    match write_files(&mounted.files_dir(), &plan) {
+    let written = write_files(&mounted.files_dir(), &plan).and_then(|()| {
+        if config_plan.is_empty() {
+            Ok(())
+        } else {
+            write_files(&mounted.mount_point.join(CONFIGS_DIR), &config_plan)
+        }
+    });
+    match written {
         Ok(()) => Ok(mounted),
         Err(e) => {
             mounted.unmount();
@@ -364,19 +600,24 @@ fn write_files(
         {
             dirs(true).create(parent).map_err(err)?;
         }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(err)?;
-        f.write_all(value.expose()).map_err(err)?;
-        std::os::unix::fs::fchown(&f, Some(r.uid), Some(r.gid)).map_err(err)?;
-        f.set_permissions(std::fs::Permissions::from_mode(r.mode & 0o777))
-            .map_err(err)?;
+        write_value(&path, r, value).map_err(err)?;
     }
     Ok(())
+}
+
+/// Writes `value` into a new file at `path` (never following a link, never replacing a
+/// file), then gives it `r`'s owner and mode.
+fn write_value(path: &Path, r: &SecretRef, value: &SecretBytes) -> std::io::Result<std::fs::File> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(value.expose())?;
+    std::os::unix::fs::fchown(&f, Some(r.uid), Some(r.gid))?;
+    f.set_permissions(std::fs::Permissions::from_mode(r.mode & 0o777))?;
+    Ok(f)
 }
 
 /// After an agent restart: unmounts every secrets tmpfs a previous run left under
@@ -533,6 +774,176 @@ mod tests {
         assert!(!mp.exists());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&*mp.to_string_lossy()));
+    }
+
+    /// Every path under `dir`, relative to it.
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let p = e.path();
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(p);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Needs root (mounting tmpfs); skipped otherwise.
+    #[test]
+    fn a_swap_replaces_the_file_whole_at_its_mode_and_owner_and_leaves_nothing_staged() {
+        if !crate::util::root_or_skip() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let refs = vec![
+            r("db", "/run/secrets/db", 999, 998, 0o440),
+            r("key", "/run/secrets/tls/server.key", 7, 8, 0o400),
+        ];
+        let values = HashMap::from([
+            ("id-db".to_string(), SecretBytes::new(b"old-db".to_vec())),
+            ("id-key".to_string(), SecretBytes::new(b"old-key".to_vec())),
+        ]);
+        let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
+        m.record_held(&HeldVersions::from([("id-db".to_string(), 1)]));
+        assert_eq!(
+            TaskSecrets::adopt(dir.path()).unwrap().1.get("id-db"),
+            Some(&1)
+        );
+        let files = m.files_dir();
+        // A reader holding the old file keeps reading the old value whole.
+        let mut before = std::fs::File::open(files.join("db")).unwrap();
+        let ino = std::fs::metadata(files.join("db")).unwrap().ino();
+        m.swap(&refs[0], &SecretBytes::new(b"new-db-value-longer".to_vec()))
+            .unwrap();
+        m.swap(&refs[1], &SecretBytes::new(b"K2".to_vec())).unwrap();
+        m.record_held(&HeldVersions::from([("id-db".to_string(), 2)]));
+        assert_eq!(
+            std::fs::read(files.join("db")).unwrap(),
+            b"new-db-value-longer"
+        );
+        assert_eq!(std::fs::read(files.join("tls/server.key")).unwrap(), b"K2");
+        let mut old = Vec::new();
+        std::io::Read::read_to_end(&mut before, &mut old).unwrap();
+        assert_eq!(old, b"old-db");
+        let meta = std::fs::metadata(files.join("db")).unwrap();
+        assert_ne!(
+            meta.ino(),
+            ino,
+            "replaced by a rename, not rewritten in place"
+        );
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (999, 998, 0o440)
+        );
+        let meta = std::fs::metadata(files.join("tls/server.key")).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (7, 8, 0o400));
+        // What the task sees holds only its files; the staging directory is beside it, empty.
+        assert_eq!(tree(&files), vec!["db", "tls", "tls/server.key"]);
+        let mp = dir.path().join(MOUNT_DIR);
+        assert!(tree(&mp.join(STAGE_DIR)).is_empty());
+        assert_eq!(
+            std::fs::metadata(mp.join(STAGE_DIR)).unwrap().mode() & 0o777,
+            0o700
+        );
+        let (_, held) = TaskSecrets::adopt(dir.path()).unwrap();
+        assert_eq!(held.get("id-db"), Some(&2));
+        m.unmount();
+        assert!(!mp.exists());
+    }
+
+    /// Needs root (mounting tmpfs); skipped otherwise. A tmpfs sized for the values it was
+    /// mounted with has no room for a second copy of the largest: the swap grows it.
+    #[test]
+    fn a_500_kib_value_replaces_a_500_kib_value_within_the_size_cap() {
+        if !crate::util::root_or_skip() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let refs = vec![
+            r("big", "/run/secrets/big", 0, 0, 0o444),
+            r("other", "/run/secrets/other", 0, 0, 0o444),
+        ];
+        let values = HashMap::from([
+            (
+                "id-big".to_string(),
+                SecretBytes::new(vec![b'A'; 500 * 1024]),
+            ),
+            (
+                "id-other".to_string(),
+                SecretBytes::new(vec![b'O'; 500 * 1024]),
+            ),
+        ]);
+        let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
+        for (round, byte) in [b'B', b'C', b'D'].into_iter().enumerate() {
+            m.swap(&refs[0], &SecretBytes::new(vec![byte; 500 * 1024]))
+                .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            let got = std::fs::read(m.files_dir().join("big")).unwrap();
+            assert!(got.len() == 500 * 1024 && got.iter().all(|b| *b == byte));
+        }
+        let mp = dir.path().join(MOUNT_DIR);
+        let st = nix::sys::statvfs::statvfs(&mp).unwrap();
+        let total = st.blocks() as u64 * st.fragment_size() as u64;
+        // Room for the two values and one more during a swap, not more than a few pages over.
+        assert!(total <= 3 * 500 * 1024 + 64 * PAGE, "{total}");
+        m.unmount();
+    }
+
+    /// Needs root (mounting tmpfs); skipped otherwise.
+    #[test]
+    fn configs_are_written_beside_the_secrets_never_under_run_secrets() {
+        if !crate::util::root_or_skip() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mut conf = r("app", "/etc/app.conf", 5, 6, 0o440);
+        conf.secret_id = "cfg-app".into();
+        conf.on_change = crate::store::service::OnChange::Restart;
+        let configs = vec![conf];
+        let config_values = HashMap::from([(
+            "cfg-app".to_string(),
+            SecretBytes::new(b"listen 80;".to_vec()),
+        )]);
+        let m = mount_task_files(
+            dir.path(),
+            &Contents {
+                secrets: &[],
+                secret_values: &HashMap::new(),
+                configs: &configs,
+                config_values: &config_values,
+            },
+        )
+        .unwrap();
+        let files = m.config_files(&configs);
+        assert_eq!(files.len(), 1);
+        assert_eq!(files[0].target, "/etc/app.conf");
+        assert!(!files[0].source.starts_with(m.files_dir()));
+        assert_eq!(std::fs::read(&files[0].source).unwrap(), b"listen 80;");
+        let meta = std::fs::metadata(&files[0].source).unwrap();
+        assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (5, 6, 0o440));
+        assert!(tree(&m.files_dir()).is_empty());
+        m.unmount();
+
+        // A target the rule refuses is refused before anything is mounted.
+        let mut bad = r("bad", "/run/secrets/x", 0, 0, 0o444);
+        bad.secret_id = "cfg-app".into();
+        bad.on_change = crate::store::service::OnChange::Restart;
+        let e = mount_task_files(
+            dir.path(),
+            &Contents {
+                secrets: &[],
+                secret_values: &HashMap::new(),
+                configs: &[bad],
+                config_values: &config_values,
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, SecretsError::BadTarget { .. }), "{e}");
+        assert!(!dir.path().join(MOUNT_DIR).exists());
     }
 
     #[test]

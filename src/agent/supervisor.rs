@@ -11,7 +11,7 @@
 //!  every status ─► reports::reporter (latest per task, batched) ─► ReportTasks
 //! ```
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ struct Local {
     stop: Option<watch::Sender<bool>>,
     /// Becomes true when the task's runner has finished (process ended and reported).
     ended: watch::Receiver<bool>,
+    /// The version of each secret and config the task is to hold, as the leader last said:
+    /// a rollout moves it, and the runner swaps the files of those that follow in place.
+    versions: watch::Sender<BTreeMap<String, u64>>,
     /// No longer assigned; kept so its logs can still be read.
     finished: bool,
 }
@@ -322,7 +325,14 @@ impl Supervisor {
         let mut local = self.lock();
         match (task.desired, local.get_mut(&task.id)) {
             (_, Some(l)) if l.finished => {}
-            (DesiredState::Running, Some(l)) => l.task.desired = task.desired,
+            (DesiredState::Running, Some(l)) => {
+                l.task.desired = task.desired;
+                if l.task.versions != task.versions {
+                    // A rollout moved the task to new versions: its runner swaps them in.
+                    l.task.versions = task.versions.clone();
+                    l.versions.send_replace(task.versions);
+                }
+            }
             (DesiredState::Running, None) => {
                 // Started by a previous run of this agent, and still wanted here: adopted.
                 let orphan = self.orphans().remove(&task.id);
@@ -343,12 +353,14 @@ impl Supervisor {
                 }
                 let (stop_tx, stop_rx) = watch::channel(false);
                 let (ended_tx, ended_rx) = watch::channel(false);
+                let (versions_tx, versions_rx) = watch::channel(task.versions.clone());
                 local.insert(
                     task.id.clone(),
                     Local {
                         task: task.clone(),
                         stop: Some(stop_tx),
                         ended: ended_rx,
+                        versions: versions_tx,
                         finished: false,
                     },
                 );
@@ -359,8 +371,10 @@ impl Supervisor {
                 running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(async move {
                     match orphan {
-                        Some(found) => task::adopt(cx, task, found, slot, stop_rx).await,
-                        None => task::run(cx, task, slot, stop_rx).await,
+                        Some(found) => {
+                            task::adopt(cx, task, found, slot, stop_rx, versions_rx).await
+                        }
+                        None => task::run(cx, task, slot, stop_rx, versions_rx).await,
                     }
                     running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                     let _ = ended_tx.send(true);

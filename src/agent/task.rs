@@ -7,25 +7,27 @@
 //!  adopt: (no start: recorded ports or container address) ─► hosts ─┤
 //!                                                                   ▼
 //!  supervise: endpoints (publish) ─► health (Watch) ─► wait | stop | unhealthy
-//!  every status ─► reports
+//!             | versions moved (a rollout) ─► rotate: swap each in-place follower's file
+//!               (secrets.rs), signal once per on-change=signal:SIG ─► report (held)
+//!  every status ─► reports, with the version of each secret and config held
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::deliver::mount_secrets;
+use super::deliver::{mount_secrets, value_of};
 use super::endpoints::Slot;
 use super::executor::health::{Health, Watch};
 use super::executor::{ExecError, Executors, Recovered, TaskHandle};
 use super::managers::Managers;
 use super::ports::{with_given_ports, with_ports};
 use super::reports::{Reports, status};
-use super::secrets::{SecretStore, TaskSecrets};
-use crate::store::service::{Runtime, Task, TaskState, TaskStatus};
+use super::secrets::{HeldVersions, SecretStore, TaskSecrets};
+use crate::store::service::{OnChange, Runtime, SecretRef, Task, TaskState, TaskStatus};
 
 /// How long a stopped task gets between SIGTERM and SIGKILL (Docker's default).
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -43,37 +45,93 @@ pub struct Context {
     pub reports: Reports,
 }
 
+impl Context {
+    /// Gives task `id`'s status, with the versions of the secrets it holds.
+    fn report(&self, id: &str, held: &HeldVersions, mut st: TaskStatus) {
+        st.held = held.clone();
+        self.reports.send(id, st);
+    }
+}
+
 /// Runs one task to its end: secrets, start, wait or stop, report; then unmounts its
-/// secrets, so their values are gone from the node with the task.
-pub async fn run(cx: Context, task: Task, slot: Slot, mut stop: watch::Receiver<bool>) {
-    let report = |st: TaskStatus| cx.reports.send(&task.id, st);
-    report(status(TaskState::Preparing, "preparing", "", None));
+/// secrets, so their values are gone from the node with the task. `versions`: the version of
+/// each secret the leader wants the task to hold (a rollout moves it while the task runs).
+pub async fn run(
+    cx: Context,
+    task: Task,
+    slot: Slot,
+    mut stop: watch::Receiver<bool>,
+    mut versions: watch::Receiver<HeldVersions>,
+) {
+    let mut task = task;
+    let mut held = HeldVersions::new();
+    cx.report(
+        &task.id,
+        &held,
+        status(TaskState::Preparing, "preparing", "", None),
+    );
     // Not raced with a stop: a mount abandoned half-way would leave a tmpfs no one unmounts.
-    let secrets = match mount_secrets(&task, &cx.secrets, &cx.managers, &cx.execs).await {
-        Ok(s) => s,
-        Err(e) => {
-            report(status(TaskState::Rejected, "secrets unavailable", &e, None));
-            return;
+    // The versions are read as the leader says now; if a rollout moved them while the values
+    // were fetched (the old one may be gone from the node), the mount is tried again.
+    let mut tries = 0;
+    let secrets = loop {
+        task.versions = versions.borrow_and_update().clone();
+        match mount_secrets(&task, &cx.secrets, &cx.managers, &cx.execs).await {
+            Ok(s) => break s,
+            Err(_) if tries < 3 && versions.has_changed().unwrap_or(false) => tries += 1,
+            Err(e) => {
+                cx.report(
+                    &task.id,
+                    &held,
+                    status(TaskState::Rejected, "secrets unavailable", &e, None),
+                );
+                return;
+            }
         }
     };
+    if let Some(s) = &secrets {
+        held = mounted_versions(&task);
+        s.record_held(&held);
+    }
     if *stop.borrow() {
         if let Some(s) = secrets {
             let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
         }
-        report(status(
-            TaskState::Shutdown,
-            "shutdown before start",
-            "",
-            None,
-        ));
+        cx.report(
+            &task.id,
+            &held,
+            status(TaskState::Shutdown, "shutdown before start", "", None),
+        );
         return;
     }
     slot.write_hosts(&task);
     let (to_run, endpoints) = with_ports(task.clone());
-    run_started(&cx, &slot, &to_run, endpoints, secrets.as_ref(), &mut stop).await;
+    let mut run = Run {
+        secrets: secrets.as_ref(),
+        versions: &mut versions,
+        held,
+    };
+    run_started(&cx, &slot, &to_run, endpoints, &mut run, &mut stop).await;
     if let Some(s) = secrets {
         let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
     }
+}
+
+/// The version of each secret and config of `task` as mounted: those `task.versions` names.
+fn mounted_versions(task: &Task) -> HeldVersions {
+    task.spec
+        .secrets
+        .iter()
+        .chain(&task.spec.configs)
+        .filter_map(|r| Some((r.secret_id.clone(), *task.versions.get(&r.secret_id)?)))
+        .collect()
+}
+
+/// A started task's secrets: the tmpfs, the versions the leader wants, those held.
+struct Run<'a> {
+    secrets: Option<&'a TaskSecrets>,
+    versions: &'a mut watch::Receiver<HeldVersions>,
+    held: HeldVersions,
 }
 
 async fn run_started(
@@ -81,43 +139,50 @@ async fn run_started(
     slot: &Slot,
     task: &Task,
     endpoints: HashMap<u16, SocketAddr>,
-    secrets: Option<&TaskSecrets>,
+    run: &mut Run<'_>,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let report = |st: TaskStatus| cx.reports.send(&task.id, st);
-    let files = secrets.map(TaskSecrets::files_dir);
+    // /run/secrets only for a task with secrets; configs bound one by one at their targets.
+    let files = run
+        .secrets
+        .filter(|_| !task.spec.secrets.is_empty())
+        .map(TaskSecrets::files_dir);
+    let configs = run
+        .secrets
+        .map(|s| s.config_files(&task.spec.configs))
+        .unwrap_or_default();
     let start = tokio::select! {
-        r = cx.execs.start(task, files.as_deref()) => r,
+        r = cx.execs.start_with(task, files.as_deref(), &configs) => r,
         _ = stopped(stop) => {
-            report(status(TaskState::Shutdown, "shutdown before start", "", None));
+            cx.report(&task.id, &run.held, status(TaskState::Shutdown, "shutdown before start", "", None));
             return;
         }
     };
     let handle = match start {
         Ok(h) => h,
         Err(e) => {
-            report(status(
-                TaskState::Failed,
-                "failed to start",
-                &e.to_string(),
-                None,
-            ));
+            cx.report(
+                &task.id,
+                &run.held,
+                status(TaskState::Failed, "failed to start", &e.to_string(), None),
+            );
             return;
         }
     };
-    supervise(cx, slot, task, handle, endpoints, false, stop).await;
+    supervise(cx, slot, task, handle, endpoints, false, run, stop).await;
 }
 
 /// Adopts a task a previous run of this agent started (see [`Executors::recover`]): no
 /// start; its recorded ports (exec) or container address (docker) go back into the mesh, its
 /// health is followed again, and it is watched and stopped like a task started here. Its
-/// secrets stay mounted until it ends.
+/// secrets stay mounted (and are rotated like those of a task started here) until it ends.
 pub async fn adopt(
     cx: Context,
     task: Task,
     found: Recovered,
     slot: Slot,
     mut stop: watch::Receiver<bool>,
+    mut versions: watch::Receiver<HeldVersions>,
 ) {
     tracing::info!(task = %task.id, "adopted a task a previous run of this agent started");
     let ports: Vec<(u16, SocketAddr)> = found
@@ -127,6 +192,20 @@ pub async fn adopt(
         .collect();
     let (to_run, endpoints) = with_given_ports(task.clone(), &ports);
     slot.write_hosts(&task);
+    let (secrets, held) = match cx
+        .execs
+        .task_dir(&task.id)
+        .ok()
+        .and_then(|d| TaskSecrets::adopt(&d))
+    {
+        Some((s, h)) => (Some(s), h),
+        None => (None, HeldVersions::new()),
+    };
+    let mut run = Run {
+        secrets: secrets.as_ref(),
+        versions: &mut versions,
+        held,
+    };
     supervise(
         &cx,
         &slot,
@@ -134,6 +213,7 @@ pub async fn adopt(
         found.handle,
         endpoints,
         true,
+        &mut run,
         &mut stop,
     )
     .await;
@@ -143,6 +223,7 @@ pub async fn adopt(
 /// Follows a running task to its end: publishes its endpoints, follows its health, and stops
 /// it when asked. `adopted`: it ran before this agent did (reported running at once; a
 /// health check keeps it running until it fails).
+#[allow(clippy::too_many_arguments)]
 async fn supervise(
     cx: &Context,
     slot: &Slot,
@@ -150,10 +231,11 @@ async fn supervise(
     mut handle: TaskHandle,
     mut endpoints: HashMap<u16, SocketAddr>,
     adopted: bool,
+    run: &mut Run<'_>,
     stop: &mut watch::Receiver<bool>,
 ) {
     let execs = &cx.execs;
-    let report = |st: TaskStatus| cx.reports.send(&task.id, st);
+    let report = |held: &HeldVersions, st: TaskStatus| cx.report(&task.id, held, st);
     // A container is reached on its own address; on a network, that address also tells the
     // mesh which services' container-side addresses it may use.
     let container_ip = if task.spec.runtime == Runtime::Docker
@@ -174,38 +256,56 @@ async fn supervise(
     // passes; unhealthy, it is stopped and fails, for its restart policy to replace.
     let mut health = Watch::for_task(execs, task).await;
     let mut running = adopted || !health.is_some();
+    let held = &run.held;
     if adopted {
-        report(status(
-            TaskState::Running,
-            "adopted after an agent restart",
-            "",
-            None,
-        ));
+        report(
+            held,
+            status(
+                TaskState::Running,
+                "adopted after an agent restart",
+                "",
+                None,
+            ),
+        );
     } else if running {
-        report(status(TaskState::Running, "started", "", None));
+        report(held, status(TaskState::Running, "started", "", None));
     } else {
-        report(status(
-            TaskState::Starting,
-            "starting (health: starting)",
-            "",
-            None,
-        ));
+        report(
+            held,
+            status(TaskState::Starting, "starting (health: starting)", "", None),
+        );
     }
+    // A rollout may have moved the versions while the task started: swap those in first.
+    let mut retry = rotate_and_report(cx, task, &handle, run, running).await;
+    let mut following = true;
     loop {
+        let held = &run.held;
         tokio::select! {
-            code = handle.wait() => return report(ended(code)),
+            code = handle.wait() => return report(held, ended(code)),
             _ = stopped(stop) => {
                 // Out of the rotation first: new connections go to other tasks while it stops.
                 slot.withdraw();
                 if let Err(e) = handle.stop(STOP_GRACE).await {
                     tracing::warn!(task = %task.id, error = %e, "stopping the task");
                 }
-                return report(status(TaskState::Shutdown, "shutdown", "", None));
+                return report(held, status(TaskState::Shutdown, "shutdown", "", None));
+            }
+            // A new version also cuts a wait to try again: the one that failed may be gone.
+            changed = run.versions.changed(), if following => {
+                if changed.is_err() {
+                    // The supervisor is gone (the daemon exits): no more rollouts to follow.
+                    following = false;
+                    continue;
+                }
+                retry = rotate_and_report(cx, task, &handle, run, running).await;
+            }
+            _ = sleep_until_some(retry) => {
+                retry = rotate_and_report(cx, task, &handle, run, running).await;
             }
             h = health.next(execs, task) => match h {
                 Health::Healthy if !running => {
                     running = true;
-                    report(status(TaskState::Running, "started (healthy)", "", None));
+                    report(held, status(TaskState::Running, "started (healthy)", "", None));
                 }
                 Health::Unhealthy(why) => {
                     tracing::warn!(task = %task.id, reason = %why, "the task is unhealthy; stopping it");
@@ -213,7 +313,7 @@ async fn supervise(
                     if let Err(e) = handle.stop(STOP_GRACE).await {
                         tracing::warn!(task = %task.id, error = %e, "stopping the task");
                     }
-                    return report(status(
+                    return report(held, status(
                         TaskState::Failed,
                         "unhealthy",
                         &format!("unhealthy container: {why}"),
@@ -223,6 +323,134 @@ async fn supervise(
                 Health::Healthy | Health::Starting => {}
             },
         }
+    }
+}
+
+/// How long a rotation that failed waits before it is tried again.
+const ROTATE_RETRY: Duration = Duration::from_secs(2);
+
+/// Swaps in the versions the leader now wants the task to hold (see [`rotate`]) and reports
+/// the task's status again with what it holds; returns when to try again if a swap failed.
+async fn rotate_and_report(
+    cx: &Context,
+    task: &Task,
+    handle: &TaskHandle,
+    run: &mut Run<'_>,
+    running: bool,
+) -> Option<tokio::time::Instant> {
+    let want = run.versions.borrow_and_update().clone();
+    let outcome = rotate(cx, task, handle, run.secrets, &want, &mut run.held).await?;
+    let state = if running {
+        TaskState::Running
+    } else {
+        TaskState::Starting
+    };
+    let (message, retry) = match outcome {
+        Ok(msg) => (msg, None),
+        Err(msg) => (
+            format!("{msg}; trying again"),
+            Some(tokio::time::Instant::now() + ROTATE_RETRY),
+        ),
+    };
+    tracing::info!(task = %task.id, %message, "secret rotation");
+    cx.report(&task.id, &run.held, status(state, &message, "", None));
+    retry
+}
+
+/// Swaps, in the task's tmpfs, the file of every secret the task follows in place
+/// (`on-change=rotate` or `signal:SIG`, unpinned) whose version in `want` differs from the one
+/// held, then sends each `on-change=signal:SIG` signal once. `None` when there is nothing to
+/// swap; else what was done (`Err` if some swap failed: those keep their old version in
+/// `held`, to be tried again).
+async fn rotate(
+    cx: &Context,
+    task: &Task,
+    handle: &TaskHandle,
+    secrets: Option<&TaskSecrets>,
+    want: &HeldVersions,
+    held: &mut HeldVersions,
+) -> Option<Result<String, String>> {
+    let secrets = secrets?;
+    let due = due(&task.spec.secrets, want, held);
+    if due.is_empty() {
+        return None;
+    }
+    let mut swapped: BTreeMap<&str, (&str, u64)> = BTreeMap::new();
+    let mut failed: BTreeSet<&str> = BTreeSet::new();
+    let mut errors = Vec::new();
+    let mut signals = BTreeSet::new();
+    for (r, v) in due {
+        let done = match value_of(task, r, false, v, &cx.secrets, &cx.managers).await {
+            // On the tmpfs: a page-sized write and a rename, or a remount.
+            Ok(value) => secrets.swap(r, &value),
+            Err(e) => Err(e),
+        };
+        match done {
+            Ok(()) => {
+                swapped.insert(&r.secret_id, (&r.secret_name, v));
+                if let OnChange::Signal(sig) = &r.on_change {
+                    signals.insert(sig.as_str());
+                }
+            }
+            Err(e) => {
+                failed.insert(&r.secret_id);
+                errors.push(e.to_string());
+            }
+        }
+    }
+    let mut parts = Vec::new();
+    for (id, (name, v)) in &swapped {
+        if !failed.contains(id) {
+            held.insert(id.to_string(), *v);
+            parts.push(format!("{name} to version {v}"));
+        }
+    }
+    if !parts.is_empty() {
+        secrets.record_held(held);
+    }
+    for sig in signals {
+        match handle.signal(sig).await {
+            Ok(()) => parts.push(format!("sent {sig}")),
+            Err(e) => parts.push(e.to_string()),
+        }
+    }
+    let mut msg = String::new();
+    if !parts.is_empty() {
+        msg = format!("secrets rotated: {}", parts.join(", "));
+    }
+    if errors.is_empty() {
+        Some(Ok(msg))
+    } else {
+        if !msg.is_empty() {
+            msg.push_str("; ");
+        }
+        msg.push_str(&format!("cannot rotate: {}", errors.join("; ")));
+        Some(Err(msg))
+    }
+}
+
+/// The attachments whose file is to be swapped, with the version to swap in: those that
+/// follow in place (unpinned, `on-change=rotate` or `signal:SIG`) whose version in `want`
+/// is not the one held.
+fn due<'a>(
+    refs: &'a [SecretRef],
+    want: &HeldVersions,
+    held: &HeldVersions,
+) -> Vec<(&'a SecretRef, u64)> {
+    refs.iter()
+        .filter(|r| r.follows_in_place())
+        .filter_map(|r| {
+            let v = *want.get(&r.secret_id)?;
+            (held.get(&r.secret_id) != Some(&v)).then_some((r, v))
+        })
+        .collect()
+}
+
+/// Resolves at `at`, never when `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -253,6 +481,50 @@ fn ended(code: Result<i64, ExecError>) -> TaskStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_unpinned_rotate_and_signal_attachments_whose_version_moved_are_swapped() {
+        let at = |name: &str, on_change: OnChange, pinned: Option<u64>| SecretRef {
+            secret_id: format!("id-{name}"),
+            on_change,
+            pinned,
+            ..SecretRef::new(name)
+        };
+        let refs = vec![
+            at("rot", OnChange::Rotate, None),
+            at("hup", OnChange::Signal("SIGHUP".into()), None),
+            at("pin", OnChange::Rotate, Some(1)),
+            at("rst", OnChange::Restart, None),
+            at("non", OnChange::None, None),
+            at("same", OnChange::Rotate, None),
+            at("gone", OnChange::Rotate, None),
+        ];
+        let v = |pairs: &[(&str, u64)]| -> HeldVersions {
+            pairs.iter().map(|(k, v)| (format!("id-{k}"), *v)).collect()
+        };
+        let held = v(&[
+            ("rot", 1),
+            ("hup", 1),
+            ("pin", 1),
+            ("rst", 1),
+            ("non", 1),
+            ("same", 2),
+            ("gone", 1),
+        ]);
+        let want = v(&[
+            ("rot", 2),
+            ("hup", 3),
+            ("pin", 2),
+            ("rst", 2),
+            ("non", 2),
+            ("same", 2),
+        ]);
+        let got: Vec<(&str, u64)> = due(&refs, &want, &held)
+            .into_iter()
+            .map(|(r, v)| (r.secret_name.as_str(), v))
+            .collect();
+        assert_eq!(got, vec![("rot", 2), ("hup", 3)]);
+    }
 
     /// An exiting daemon drops its supervisor and with it every stop sender: a runner woken by
     /// that must not take it for a stop request and kill the task it leaves running (this

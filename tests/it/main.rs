@@ -32,6 +32,7 @@ mod recovery;
 mod restart;
 mod roles;
 mod rollout;
+mod rotation;
 mod runtime;
 mod secret_delivery;
 mod secrets;

@@ -12,8 +12,8 @@ use bollard::models::{
     MountBindOptionsPropagationEnum, MountType,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, LogsOptions,
-    RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
+    LogsOptions, RemoveContainerOptions, StopContainerOptions, WaitContainerOptions,
 };
 use bollard::{ClientVersion, Docker};
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use tokio_stream::StreamExt;
 
 use super::health::{Health, clip};
 use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
+use crate::agent::secrets::ConfigFile;
 use crate::store::service::Task;
 
 /// Label with the task ID; every container skep makes has it.
@@ -78,16 +79,18 @@ impl DockerRuntime {
         &self,
         task: &Task,
         secrets: Option<&Path>,
+        configs: &[ConfigFile],
         hosts: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let rt = self.clone();
         let task = task.clone();
         let secrets = secrets.map(Path::to_path_buf);
+        let configs = configs.to_vec();
         let hosts = hosts.map(Path::to_path_buf);
         tokio::spawn(async move {
             let r = rt
-                .start_now(&task, secrets.as_deref(), hosts.as_deref())
+                .start_now(&task, secrets.as_deref(), &configs, hosts.as_deref())
                 .await;
             if let Err(Ok(abandoned)) = tx.send(r) {
                 tracing::info!(task = %task.id, "start was abandoned; removing the container");
@@ -107,6 +110,7 @@ impl DockerRuntime {
         &self,
         task: &Task,
         secrets: Option<&Path>,
+        configs: &[ConfigFile],
         hosts: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
         let image = task.spec.image.trim();
@@ -119,7 +123,14 @@ impl DockerRuntime {
         self.ensure_image(image).await?;
 
         let name = container_name(task);
-        let body = create_body(task, image, secrets, hosts);
+        // Checked again before anything is bound (the managers check every spec too).
+        for c in configs {
+            crate::spec::config_target::check(&c.target).map_err(|reason| ExecError::Docker {
+                action: format!("bind a config at {}", crate::util::prefix(&c.target, 64)),
+                message: reason,
+            })?;
+        }
+        let body = create_body(task, image, secrets, configs, hosts);
         let options = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
@@ -409,6 +420,20 @@ pub(crate) struct DockerStopper {
 }
 
 impl DockerStopper {
+    /// Sends `sig` (by name) to the container's main process.
+    pub(crate) async fn send(&self, sig: &str) -> Result<(), ExecError> {
+        let options = KillContainerOptions {
+            signal: sig.to_string(),
+        };
+        self.docker
+            .kill_container(&self.container, Some(options))
+            .await
+            .map_err(|e| ExecError::Signal {
+                signal: sig.to_string(),
+                reason: engine_message(&e),
+            })
+    }
+
     pub(crate) async fn stop(
         &self,
         exit: watch::Receiver<ExitSlot>,
@@ -547,12 +572,14 @@ fn container_name(task: &Task) -> String {
 }
 
 /// The container to create. `secrets`: the task's tmpfs directory of secret files, bound
-/// read-only at `/run/secrets`; `hosts`: the file the agent keeps of the services the task may
-/// reach by name, bound read-only at `/etc/hosts` (the engine then leaves that path alone).
+/// read-only at `/run/secrets`; `configs`: files on that tmpfs, each bound read-only at its
+/// target; `hosts`: the file the agent keeps of the services the task may reach by name,
+/// bound read-only at `/etc/hosts` (the engine then leaves that path alone).
 fn create_body(
     task: &Task,
     image: &str,
     secrets: Option<&Path>,
+    configs: &[ConfigFile],
     hosts: Option<&Path>,
 ) -> ContainerCreateBody {
     let mut labels = HashMap::new();
@@ -590,6 +617,7 @@ fn create_body(
             let mounts: Vec<Mount> = secrets
                 .map(|dir| bind(dir, crate::agent::secrets::TARGET_ROOT))
                 .into_iter()
+                .chain(configs.iter().map(|c| bind(&c.source, &c.target)))
                 .chain(hosts.map(|file| bind(file, "/etc/hosts")))
                 .collect();
             (!mounts.is_empty()).then_some(mounts)
@@ -709,7 +737,7 @@ pub(crate) mod tests {
 
     #[test]
     fn create_body_maps_the_spec() {
-        let b = create_body(&task(), "nginx", None, None);
+        let b = create_body(&task(), "nginx", None, &[], None);
         assert_eq!(b.cmd, None);
         assert_eq!(b.env, Some(vec!["A=1".to_string()]));
         let labels = b.labels.unwrap();
@@ -727,6 +755,7 @@ pub(crate) mod tests {
             &task(),
             "nginx",
             Some(Path::new("/var/lib/skep/tasks/t1/secrets/files")),
+            &[],
             Some(Path::new("/var/lib/skep/tasks/t1/hosts")),
         );
         let mounts = b.host_config.unwrap().mounts.unwrap();
@@ -737,6 +766,24 @@ pub(crate) mod tests {
         assert_eq!(
             mounts[0].source.as_deref(),
             Some("/var/lib/skep/tasks/t1/secrets/files")
+        );
+        assert_eq!(mounts[0].read_only, Some(true));
+        assert_eq!(mounts[0].typ, Some(MountType::BIND));
+    }
+
+    #[test]
+    fn each_config_is_bound_read_only_at_its_target() {
+        let configs = [ConfigFile {
+            source: "/var/lib/skep/tasks/t1/secrets/configs/0".into(),
+            target: "/etc/app.conf".into(),
+        }];
+        let b = create_body(&task(), "nginx", None, &configs, None);
+        let mounts = b.host_config.unwrap().mounts.unwrap();
+        assert_eq!(mounts.len(), 1);
+        assert_eq!(mounts[0].target.as_deref(), Some("/etc/app.conf"));
+        assert_eq!(
+            mounts[0].source.as_deref(),
+            Some("/var/lib/skep/tasks/t1/secrets/configs/0")
         );
         assert_eq!(mounts[0].read_only, Some(true));
         assert_eq!(mounts[0].typ, Some(MountType::BIND));

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use super::adopt::{self, HelperRecord};
 use super::init::{NOBODY, OUTPUT_FILE, STDERR_FILE, status_code};
 use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
+use crate::agent::secrets::ConfigFile;
 use crate::store::service::Task;
 
 pub use super::init::init_helper_main;
@@ -67,6 +68,7 @@ impl ExecRuntime {
         &self,
         task: &Task,
         secrets: Option<&Path>,
+        configs: &[ConfigFile],
     ) -> Result<TaskHandle, ExecError> {
         let command = &task.spec.command;
         let program = command.first().ok_or(ExecError::EmptyCommand)?;
@@ -103,6 +105,9 @@ impl ExecRuntime {
         helper.arg("init-helper").arg("--task-dir").arg(&dir);
         if let Some(s) = secrets {
             helper.arg("--secrets").arg(s);
+        }
+        for c in configs {
+            helper.arg("--config").arg(&c.source).arg(&c.target);
         }
         helper.arg("--user").arg(NOBODY.to_string());
         for p in &self.hide {
@@ -294,6 +299,32 @@ impl ExecStopper {
             return;
         }
         let _ = kill(pid, sig);
+    }
+
+    /// Sends `sig` (by name) to the helper, which forwards it to the command: only the
+    /// signals the helper forwards (any other would end the helper, and with it the task).
+    pub(crate) fn send(&self, sig: &str) -> Result<(), ExecError> {
+        let err = |reason: String| ExecError::Signal {
+            signal: sig.to_string(),
+            reason,
+        };
+        let signal: Signal = sig
+            .parse()
+            .map_err(|_| err("not a signal name".to_string()))?;
+        if !super::init::forwarded_signals().contains(signal) {
+            return Err(err(
+                "the exec runtime passes on only SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and SIGUSR2"
+                    .to_string(),
+            ));
+        }
+        let pid = self
+            .pid
+            .ok_or_else(|| err("the task's process is not known".to_string()))?;
+        if let Some((rec, dir)) = &self.adopted {
+            adopt::check_live(rec, dir)
+                .map_err(|e| err(format!("the task's helper is gone: {e}")))?;
+        }
+        kill(pid, signal).map_err(|e| err(e.to_string()))
     }
 
     pub(crate) async fn stop(

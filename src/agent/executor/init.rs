@@ -6,7 +6,9 @@
 //!  agent ─spawn─► stage 1: skep init-helper --task-dir DIR [--secrets SDIR] [--user U:G]
 //!                             [--hide PATH]... -- CMD...
 //!                   unshare(mount, PID); make "/" private (recursively)
-//!                   bind SDIR read-only at /run/secrets; hide the agent's tasks directory
+//!                   bind SDIR read-only at /run/secrets; each --config SRC TARGET read-only
+//!                   at TARGET (a file that exists on the host: nothing is created there);
+//!                   hide the agent's tasks directory
 //!                   (other tasks' logs and secrets) and each PATH (the data directory, the
 //!                   socket's directory) under an empty read-only tmpfs
 //!                   copies stage 2's stdout/stderr lines into DIR/{stdout,stderr,output}
@@ -71,6 +73,8 @@ pub(crate) const NOBODY: Ids = Ids {
 };
 /// How many paths `--hide` may name.
 const MAX_HIDE: usize = 16;
+/// How many `--config`s a task may have.
+const MAX_CONFIGS: usize = crate::spec::config_target::MAX_CONFIGS;
 
 /// A uid and gid, as `--user UID:GID` gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,13 +120,18 @@ pub fn init_helper_main(args: Vec<String>) -> ExitCode {
             mode: Mode::Stage1,
             task_dir: Some(task_dir),
             secrets,
+            configs,
             user,
             hide,
             command,
         }) => {
             // Opened now: stage 1's own mount namespace hides the tasks directory later.
             let dir = File::open(&task_dir);
-            let code = stage1(&task_dir, secrets.as_deref(), user, &hide, &command);
+            let mounts = Mounts {
+                secrets: secrets.as_deref(),
+                configs: &configs,
+            };
+            let code = stage1(&task_dir, &mounts, user, &hide, &command);
             match dir {
                 Ok(dir) => record_exit(&dir, code),
                 Err(e) => eprintln!(
@@ -177,6 +186,8 @@ struct HelperArgs {
     mode: Mode,
     task_dir: Option<PathBuf>,
     secrets: Option<PathBuf>,
+    /// Config files and the targets they are bound at.
+    configs: Vec<(PathBuf, String)>,
     /// Who the command runs as.
     user: Ids,
     /// Host paths the task must not see.
@@ -193,6 +204,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
     let mut mode = Mode::Stage1;
     let mut task_dir = None;
     let mut secrets = None;
+    let mut configs = Vec::new();
     let mut user = NOBODY;
     let mut hide = Vec::new();
     loop {
@@ -204,6 +216,14 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
             }
             Some("--secrets") => {
                 secrets = Some(PathBuf::from(it.next().ok_or("--secrets needs a value")?))
+            }
+            Some("--config") => {
+                if configs.len() == MAX_CONFIGS {
+                    return Err(format!("at most {MAX_CONFIGS} --config files"));
+                }
+                let source = it.next().ok_or("--config needs a file and a target")?;
+                let target = it.next().ok_or("--config needs a file and a target")?;
+                configs.push((PathBuf::from(source), target.clone()));
             }
             Some("--user") => user = Ids::parse(it.next().ok_or("--user needs a value")?)?,
             Some("--hide") => {
@@ -225,6 +245,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
         mode,
         task_dir,
         secrets,
+        configs,
         user,
         hide,
         command,
@@ -232,7 +253,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
 }
 
 /// The signals passed on to the task.
-fn forwarded_signals() -> SigSet {
+pub(super) fn forwarded_signals() -> SigSet {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -256,9 +277,17 @@ pub(super) fn status_code(st: ExitStatus) -> i32 {
     }
 }
 
+/// What stage 1 binds into the task's mount namespace.
+struct Mounts<'a> {
+    /// The directory seen as `/run/secrets`.
+    secrets: Option<&'a Path>,
+    /// Config files and their targets.
+    configs: &'a [(PathBuf, String)],
+}
+
 fn stage1(
     task_dir: &Path,
-    secrets: Option<&Path>,
+    mounts: &Mounts<'_>,
     user: Ids,
     hide: &[PathBuf],
     command: &[String],
@@ -305,7 +334,7 @@ fn stage1(
     let (Some(err_w), Some(out_w)) = (writers.pop(), writers.pop()) else {
         return EXIT_HELPER_FAILED;
     };
-    let launched = launch_stage2(task_dir, secrets, user, hide, command, &out_w, &err_w);
+    let launched = launch_stage2(task_dir, mounts, user, hide, command, &out_w, &err_w);
     if let Err(msg) = &launched {
         // Through the pipe, so the message is in order with the rest.
         let _ = writeln!(&err_w, "skep-init: {msg}");
@@ -379,7 +408,7 @@ fn join_all(threads: Vec<std::thread::JoinHandle<()>>) {
 /// Enters new mount and PID namespaces and starts stage 2 in them, its output on the pipes.
 fn launch_stage2(
     task_dir: &Path,
-    secrets: Option<&Path>,
+    mounts: &Mounts<'_>,
     user: Ids,
     hide: &[PathBuf],
     command: &[String],
@@ -400,8 +429,11 @@ fn launch_stage2(
         None::<&str>,
     )
     .map_err(|e| format!("cannot make the mounts private: {e}"))?;
-    if let Some(dir) = secrets {
+    if let Some(dir) = mounts.secrets {
         expose_secrets(dir)?;
+    }
+    for (source, target) in mounts.configs {
+        expose_config(source, target)?;
     }
     expose_hosts(task_dir)?;
     hide_tasks_dir(task_dir)?;
@@ -459,25 +491,53 @@ fn expose_hosts(task_dir: &Path) -> Result<(), String> {
     .map_err(|e| format!("cannot make the task's /etc/hosts read-only: {e}"))
 }
 
+/// Binds a config file (on the task's tmpfs) read-only at `target`, in this mount namespace
+/// only. An exec task sees the host's own file system, so the target must be a regular file
+/// that exists there (not a link): a bind needs a file to cover, and creating one would leave
+/// it on the host. The target is checked against the config rule again.
+fn expose_config(source: &Path, target: &str) -> Result<(), String> {
+    crate::spec::config_target::check(target)?;
+    let shown = crate::util::quote(&crate::util::prefix(target, 64));
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if m.file_type().is_file() => {}
+        Ok(_) => {
+            return Err(format!(
+                "config target {shown} is not a regular file on this node; an exec task sees the node's file system, where a config can only cover an existing file"
+            ));
+        }
+        Err(e) => {
+            return Err(format!(
+                "config target {shown} does not exist on this node ({e}); an exec task sees the node's file system, where a config can only cover an existing file (skep creates nothing on the host): create it, or use the docker runtime"
+            ));
+        }
+    }
+    bind_read_only(source, Path::new(target), &format!("the config at {shown}"))
+}
+
 /// Binds the task's secrets directory (on its tmpfs) read-only at `/run/secrets`, in this
 /// mount namespace only. `/run/secrets` is created on the host if missing (an empty directory).
 fn expose_secrets(dir: &Path) -> Result<(), String> {
     let target = Path::new(crate::agent::secrets::TARGET_ROOT);
     std::fs::create_dir_all(target)
         .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    bind_read_only(
+        dir,
+        target,
+        &format!("the task's secrets at {}", target.display()),
+    )
+}
+
+/// Binds `source` at `target` in this mount namespace, read-only, nosuid, nodev and noexec;
+/// `what` names it in an error.
+fn bind_read_only(source: &Path, target: &Path, what: &str) -> Result<(), String> {
     mount(
-        Some(dir),
+        Some(source),
         target,
         None::<&str>,
         MsFlags::MS_BIND,
         None::<&str>,
     )
-    .map_err(|e| {
-        format!(
-            "cannot bind the task's secrets at {}: {e}",
-            target.display()
-        )
-    })?;
+    .map_err(|e| format!("cannot bind {what}: {e}"))?;
     mount(
         None::<&str>,
         target,
@@ -490,7 +550,7 @@ fn expose_secrets(dir: &Path) -> Result<(), String> {
             | MsFlags::MS_NOEXEC,
         None::<&str>,
     )
-    .map_err(|e| format!("cannot make {} read-only: {e}", target.display()))
+    .map_err(|e| format!("cannot make {what} read-only: {e}"))
 }
 
 /// Covers the agent's tasks directory (every task's logs and secrets tmpfs) with an empty
@@ -768,6 +828,7 @@ mod tests {
             mode: Mode::Stage1,
             task_dir: Some("/d".into()),
             secrets: None,
+            configs: Vec::new(),
             user: NOBODY,
             hide: Vec::new(),
             command: s(&["sh", "-c", "x --y"]),
@@ -778,6 +839,27 @@ mod tests {
         );
         let with_secrets = parse_args(&s(&["--task-dir", "/d", "--secrets", "/d/s", "--", "a"]));
         assert_eq!(with_secrets.map(|a| a.secrets), Ok(Some("/d/s".into())));
+        let with_configs = parse_args(&s(&[
+            "--task-dir",
+            "/d",
+            "--config",
+            "/d/secrets/configs/0",
+            "/etc/app.conf",
+            "--config",
+            "/d/secrets/configs/1",
+            "/etc/b.conf",
+            "--",
+            "a",
+        ]))
+        .unwrap();
+        assert_eq!(
+            with_configs.configs,
+            vec![
+                ("/d/secrets/configs/0".into(), "/etc/app.conf".to_string()),
+                ("/d/secrets/configs/1".into(), "/etc/b.conf".to_string()),
+            ]
+        );
+        assert!(parse_args(&s(&["--task-dir", "/d", "--config", "/x", "--"])).is_err());
         let full = parse_args(&s(&[
             "/bin/skep",
             "init-helper",
@@ -847,6 +929,26 @@ mod tests {
         assert_eq!(cover("/", Some(true)), Cover::Keep);
         assert_eq!(cover("/usr/bin", Some(true)), Cover::Keep);
         assert_eq!(cover("/gone", None), Cover::Keep);
+    }
+
+    /// Nothing is mounted (or created) for a target the host lacks, or that is not a plain
+    /// file: the error names the target and says what to do.
+    #[test]
+    fn a_config_target_must_be_an_existing_file_of_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("0");
+        std::fs::write(&src, "x").unwrap();
+        let missing = dir.path().join("nope.conf");
+        let e = expose_config(&src, missing.to_str().unwrap()).unwrap_err();
+        assert!(e.contains("does not exist on this node"), "{e}");
+        assert!(e.contains("nope.conf"), "{e}");
+        assert!(!missing.exists());
+        let link = dir.path().join("link.conf");
+        std::os::unix::fs::symlink(&src, &link).unwrap();
+        let e = expose_config(&src, link.to_str().unwrap()).unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = expose_config(&src, "/run/secrets/x").unwrap_err();
+        assert!(e.contains("/run/secrets"), "{e}");
     }
 
     /// Needs root (fails without it). In a child process: the drop is for good.

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::agent::secrets::ConfigFile;
 use crate::store::service::{Resources, Runtime, Task};
 
 mod adopt;
@@ -105,6 +106,14 @@ pub enum ExecError {
     /// Signalling the task's process failed.
     #[error("cannot stop the task: {0}")]
     Stop(String),
+    /// A signal the task asked for (`on-change=signal:SIG`) could not be sent.
+    #[error("cannot send {signal} to the task: {reason}")]
+    Signal {
+        /// The signal's name.
+        signal: String,
+        /// Why.
+        reason: String,
+    },
     /// The task's log files could not be read.
     #[error("cannot read the task's logs at {}: {source}", path.display())]
     Logs {
@@ -237,10 +246,21 @@ impl Executors {
         task: &Task,
         secrets: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
+        self.start_with(task, secrets, &[]).await
+    }
+
+    /// As [`Executors::start`], with `configs`: files the task is to see, read-only, each at
+    /// its target.
+    pub async fn start_with(
+        &self,
+        task: &Task,
+        secrets: Option<&Path>,
+        configs: &[ConfigFile],
+    ) -> Result<TaskHandle, ExecError> {
         check_task_id(&task.id)?;
         match task.spec.runtime {
             Runtime::Exec => match &self.exec {
-                Some(e) => e.start(task, secrets).await,
+                Some(e) => e.start(task, secrets, configs).await,
                 None => Err(ExecError::Unavailable(Runtime::Exec)),
             },
             Runtime::Docker => match &self.docker {
@@ -248,7 +268,7 @@ impl Executors {
                     let hosts = self.tasks_dir.join(&task.id).join("hosts");
                     let hosts =
                         (!task.spec.networks.is_empty() && hosts.is_file()).then_some(hosts);
-                    d.start(task, secrets, hosts.as_deref()).await
+                    d.start(task, secrets, configs, hosts.as_deref()).await
                 }
                 None => Err(ExecError::Unavailable(Runtime::Docker)),
             },
@@ -455,6 +475,24 @@ impl TaskHandle {
         match &self.stopper {
             Stopper::Exec(s) => s.stop(self.exit.clone(), grace).await,
             Stopper::Docker(s) => s.stop(self.exit.clone(), grace).await,
+        }
+    }
+}
+
+impl TaskHandle {
+    /// Sends signal `sig` (a name such as `SIGHUP`) to the task's main process: for an exec
+    /// task through its init helper (which forwards it to the command), for a docker task
+    /// through the engine. The one place a running task is signalled without being stopped.
+    pub async fn signal(&self, sig: &str) -> Result<(), ExecError> {
+        if self.exit.borrow().is_some() {
+            return Err(ExecError::Signal {
+                signal: sig.to_string(),
+                reason: "the task has ended".into(),
+            });
+        }
+        match &self.stopper {
+            Stopper::Exec(s) => s.send(sig),
+            Stopper::Docker(s) => s.send(sig).await,
         }
     }
 }

@@ -1,4 +1,5 @@
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -10,6 +11,9 @@
 #include <sys/socket.h>
 #include <netinet/in.h>
 static void on_term(int s) { (void)s; _exit(143); }
+static volatile sig_atomic_t hups;
+static void on_hup(int s) { (void)s; hups++; }
+static char watched[1024 * 1024];
 /* SHA-256 (FIPS 180-4), just enough to prove which secret a container read. */
 static const uint32_t K[64] = {
 0x428a2f98,0x71374491,0xb5c0fbcf,0xe9b5dba5,0x3956c25b,0x59f111f1,0x923f82a4,0xab1c5ed5,
@@ -130,6 +134,39 @@ int main(int argc, char **argv) {
             if (m < 0 || m + n > (int)sizeof out) continue;
             memcpy(out + m, in, n);
             if (sendto(s, out, m + n, 0, (struct sockaddr *)&from, fl) < 0) { }
+        }
+    }
+    if (argc > 2 && strcmp(argv[1], "watch") == 0) {
+        /* watch FILE: reads FILE whole in a tight loop; prints "pid N" first, "seen C LEN"
+           whenever what it reads changes (a value of LEN bytes all C), "BAD ..." for a read
+           that is not one byte repeated (a partial or mixed file) or fails, "hup N" after
+           each SIGHUP. */
+        struct sigaction sa;
+        size_t last_len = (size_t)-1; char last_c = 0; int seen_hups = 0;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_hup;
+        sa.sa_flags = SA_RESTART;
+        sigaction(SIGHUP, &sa, NULL);
+        printf("pid %d\n", (int)getpid()); fflush(stdout);
+        for (;;) {
+            size_t n = 0, k; ssize_t r; int fd, whole;
+            if (hups != seen_hups) {
+                seen_hups = hups;
+                printf("hup %d\n", seen_hups); fflush(stdout);
+            }
+            fd = open(argv[2], O_RDONLY);
+            if (fd < 0) { printf("BAD open\n"); fflush(stdout); usleep(10000); continue; }
+            while (n < sizeof watched && (r = read(fd, watched + n, sizeof watched - n)) > 0)
+                n += (size_t)r;
+            close(fd);
+            whole = n > 0;
+            for (k = 1; k < n && whole; k++) whole = watched[k] == watched[0];
+            if (!whole) {
+                printf("BAD mixed len=%zu first=%c\n", n, n ? watched[0] : '-'); fflush(stdout);
+            } else if (n != last_len || watched[0] != last_c) {
+                last_len = n; last_c = watched[0];
+                printf("seen %c %zu\n", last_c, last_len); fflush(stdout);
+            }
         }
     }
     if (argc > 1 && strcmp(argv[1], "secret") == 0) {

@@ -9,7 +9,7 @@ use super::*;
 /// The test program's C source.
 const TEST_PROGRAM: &str = include_str!("prog.c");
 
-const TEST_IMAGE: &str = "skep-test/prog:it5";
+const TEST_IMAGE: &str = "skep-test/prog:it6";
 
 fn run_tool(cmd: &mut std::process::Command) -> Result<(), String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
