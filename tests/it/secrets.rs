@@ -482,7 +482,6 @@ fn a_rollout_pauses_continues_and_a_waiting_update_says_why_it_stopped() {
 /// Needs the agent to report the versions its tasks hold (agent side of issue 17): until then
 /// a rollout to running tasks never completes.
 #[test]
-#[ignore = "needs the agent's `held` reports (agent side of issue 17)"]
 fn secret_update_waits_with_a_bar_until_every_task_holds_the_new_version() {
     if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
