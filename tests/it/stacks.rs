@@ -387,10 +387,14 @@ fn a_changed_file_secret_or_config_becomes_a_new_version_on_redeploy() {
     let c = Cluster::init(1, 0);
     let m = c.first();
     let dir = tempfile::tempdir().unwrap();
+    // An exec task sees the node's file system, where a config can only cover a file that
+    // exists (skep creates nothing on the host): the target is an empty file made here.
+    let target = write(dir.path(), "app.conf.target", "");
     let compose = write(
         dir.path(),
         "app.yml",
-        r#"services:
+        &format!(
+            r#"services:
   web:
     x-skep-runtime: exec
     command: ["/bin/sleep", "1000"]
@@ -399,7 +403,7 @@ fn a_changed_file_secret_or_config_becomes_a_new_version_on_redeploy() {
         x-skep-on-change: rotate
     configs:
       - source: conf
-        target: /etc/app.conf
+        target: {}
 configs:
   conf:
     file: ./app.conf
@@ -407,6 +411,8 @@ secrets:
   db:
     file: ./db.txt
 "#,
+            path(&target)
+        ),
     );
     write(dir.path(), "db.txt", "stack-db-v1-p0o9i8");
     write(dir.path(), "app.conf", "level = 1\n");
@@ -420,7 +426,7 @@ secrets:
     assert_eq!(inspect_object(m, "config", "app_conf")["Version"], 1);
     let svc = m.cli_ok(&["service", "inspect", "--pretty", "app_web"]);
     assert!(
-        svc.contains("app_conf (current version) -> /etc/app.conf"),
+        svc.contains(&format!("app_conf (current version) -> {}", path(&target))),
         "{svc}"
     );
     wait_for(timeout(), "app_web running", || {
