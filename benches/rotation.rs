@@ -158,14 +158,20 @@ struct Row {
     p99: f64,
     max: f64,
     restarts: usize,
-    same_pids: bool,
+    /// Every task that read the new value is a process that read the old one (in place);
+    /// `None` for the swarm way, where every task is new.
+    same_pids: Option<bool>,
 }
 
 impl Row {
     fn line(&self) -> String {
         format!(
             "{:>8.1} {:>8.1} {:>8.1} {:>9} {:>9}",
-            self.p50, self.p99, self.max, self.restarts, self.same_pids
+            self.p50,
+            self.p99,
+            self.max,
+            self.restarts,
+            self.same_pids.map_or("-".to_string(), |b| b.to_string())
         )
     }
 }
@@ -377,7 +383,7 @@ fn measure(
         p99: rank(0.99),
         max: v[v.len() - 1],
         restarts,
-        same_pids: after_pids.is_subset(&before_pids),
+        same_pids: (how != How::Replace).then(|| after_pids.is_subset(&before_pids)),
     };
     m.cli(&["service", "rm", &service]);
     wait_for(wait_limit(), "the service's tasks gone", || {
