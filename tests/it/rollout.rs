@@ -253,4 +253,10 @@ fn a_node_never_entitled_receives_no_version_and_one_that_loses_entitlement_no_l
     assert!(received.is_empty(), "{received:#?}");
     let info = inspect_secret(m, "db");
     assert!(info.to_string().find("prod-value").is_none(), "{info:#}");
+    // No file any node wrote holds any version's value: w2 never had one, and the others keep
+    // theirs sealed or on tmpfs only.
+    crate::harness::assert_no_plaintext(
+        &[m, w1, w2],
+        &["prod-value-1", "prod-value-2", "prod-value-3"],
+    );
 }

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use crate::harness::{
-    Cluster, Node, assert_error, contains, exec_service, files_under, json_lines, mounts_under,
+    Cluster, Node, assert_error, assert_no_plaintext, exec_service, json_lines, mounts_under,
     running_hosts, timeout, wait_for, wait_until, write_file,
 };
 
@@ -69,29 +69,6 @@ fn wait_logs(m: &Node, service: &str, needle: &str) -> String {
             if l.contains(needle) { Ok(l) } else { Err(l) }
         },
     )
-}
-
-/// No file a node wrote (data directory, daemon log) holds any of the values.
-fn assert_no_plaintext(nodes: &[&Node], values: &[&str]) {
-    let mut scanned = 0;
-    for n in nodes {
-        let mut files = files_under(&n.data_dir());
-        files.push(n.log_path());
-        for f in files {
-            let Ok(bytes) = std::fs::read(&f) else {
-                continue;
-            };
-            scanned += bytes.len();
-            for v in values {
-                assert!(
-                    !contains(&bytes, v.as_bytes()),
-                    "{} holds a secret value in plaintext",
-                    f.display()
-                );
-            }
-        }
-    }
-    assert!(scanned > 0);
 }
 
 fn audit_of<'a>(all: &'a [Value], action: &str) -> Vec<&'a Value> {

@@ -32,3 +32,26 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// No file a node wrote (data directory, daemon log) holds any of the values.
+pub fn assert_no_plaintext(nodes: &[&super::Node], values: &[&str]) {
+    let mut scanned = 0;
+    for n in nodes {
+        let mut files = files_under(&n.data_dir());
+        files.push(n.log_path());
+        for f in files {
+            let Ok(bytes) = std::fs::read(&f) else {
+                continue;
+            };
+            scanned += bytes.len();
+            for v in values {
+                assert!(
+                    !contains(&bytes, v.as_bytes()),
+                    "{} holds a secret value in plaintext",
+                    f.display()
+                );
+            }
+        }
+    }
+    assert!(scanned > 0);
+}
