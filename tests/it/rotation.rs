@@ -270,3 +270,51 @@ fn exec_tasks_see_whole_values_through_rotations_in_place() {
 fn docker_tasks_see_whole_values_through_rotations_in_place() {
     rotations(Rt::Docker);
 }
+
+/// A task an agent adopted after a crash and restart is rotated like one it started: the
+/// versions it holds were recorded on its tmpfs, the swap reaches the same process, and the
+/// rollout completes on the adopting agent's report.
+#[test]
+fn an_adopted_exec_task_is_rotated_in_place() {
+    let Some(prog) = serving_program() else {
+        return;
+    };
+    let mut c = Cluster::init(1, 1);
+    let out = c.nodes[0].cli_stdin(&["secret", "create", "x", "-"], &text(1));
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    let reader = "adopted-reader";
+    watcher(
+        &c.nodes[0],
+        Rt::Exec,
+        &prog,
+        reader,
+        &c.nodes[1],
+        "x",
+        "/run/secrets/x",
+    );
+    wait_line(&c.nodes[0], reader, &format!("seen A {}", value(1).1));
+    let before = task_ids(&c.nodes[0], reader);
+
+    c.nodes[1].restart();
+    let (m, w) = (&c.nodes[0], &c.nodes[1]);
+    wait_for(timeout(), "the worker to adopt the task", || {
+        let log = w.last_start_log();
+        if log.contains("task session open")
+            && log.contains("adopted a task a previous run of this agent started")
+        {
+            Ok(())
+        } else {
+            Err(w.log_tail())
+        }
+    });
+    update(m, "x", &text(2));
+    let (c2, n2) = value(2);
+    let lines = wait_line(m, reader, &format!("seen {c2} {n2}"));
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("pid ")).count(),
+        1,
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.starts_with("BAD")), "{lines:?}");
+    assert_eq!(task_ids(m, reader), before);
+}
