@@ -141,6 +141,23 @@ fn parse_ref(text: &str, config: bool) -> Result<SecretRef, String> {
     Ok(r)
 }
 
+/// The signals the exec runtime's init helper passes on to the task (any other would end the
+/// helper, and the task with it): the only ones `on-change=signal:SIG` may name for an exec
+/// task.
+pub const EXEC_SIGNALS: [nix::sys::signal::Signal; 6] = [
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGQUIT,
+    nix::sys::signal::Signal::SIGUSR1,
+    nix::sys::signal::Signal::SIGUSR2,
+];
+
+/// Whether the exec runtime passes on the signal named `name` (canonical, `SIGHUP`).
+pub fn exec_forwards(name: &str) -> bool {
+    EXEC_SIGNALS.iter().any(|s| s.as_str() == name)
+}
+
 /// Parses `rotate`, `signal:SIG` (`SIGHUP`, `HUP` or `hup`; not a number), `restart` or `none`.
 pub fn parse_on_change(v: &str) -> Result<OnChange, String> {
     let lower = v.trim().to_ascii_lowercase();

@@ -84,6 +84,9 @@ pub enum SpecError {
         /// What is wrong.
         reason: String,
     },
+    /// A secret attachment the runtime cannot honour.
+    #[error("{0}")]
+    Secret(String),
     /// An update or rollback setting is out of range.
     #[error("{section}.{field}: {reason}")]
     Update {
@@ -364,6 +367,21 @@ fn check_task(task: &TaskSpec) -> Result<(), SpecError> {
             }
             if task.command.first().is_none_or(|c| c.is_empty()) {
                 return Err(SpecError::Command("the exec runtime needs a command"));
+            }
+            if let Some((name, sig)) = task.secrets.iter().find_map(|r| match &r.on_change {
+                crate::store::service::OnChange::Signal(s) if !super::secret::exec_forwards(s) => {
+                    Some((&r.secret_name, s))
+                }
+                _ => None,
+            }) {
+                return Err(SpecError::Secret(format!(
+                    "secret {name}: on-change=signal:{sig}: the exec runtime passes on only {} to a task",
+                    super::secret::EXEC_SIGNALS
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
             }
         }
         Runtime::Docker => {
@@ -806,6 +824,23 @@ mod tests {
         s.task.runtime = Runtime::Exec;
         s.task.image.clear();
         assert_eq!(field_of(&s), "command: the exec runtime needs a command");
+
+        // An exec task can be sent only the signals its init helper passes on.
+        let mut s = spec();
+        s.task.runtime = Runtime::Exec;
+        s.task.image.clear();
+        s.task.command = vec!["/bin/true".into()];
+        let mut r = crate::store::service::SecretRef::new("db");
+        r.on_change = crate::store::service::OnChange::Signal("SIGWINCH".into());
+        s.task.secrets = vec![r.clone()];
+        assert!(
+            field_of(&s).contains("passes on only SIGTERM"),
+            "{}",
+            field_of(&s)
+        );
+        r.on_change = crate::store::service::OnChange::Signal("SIGUSR1".into());
+        s.task.secrets = vec![r];
+        assert!(validate(&s).is_ok());
 
         let mut s = spec();
         s.task.env = vec!["FOO".into()];

@@ -255,14 +255,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
 /// The signals passed on to the task.
 pub(super) fn forwarded_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for s in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
+    for s in crate::spec::secret::EXEC_SIGNALS {
         set.add(s);
     }
     set
