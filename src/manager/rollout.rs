@@ -24,7 +24,7 @@ use super::secrets::{live, refs_of, usage};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Command, State, kind};
 use crate::store::secret_obj::{RolloutState, Secret};
-use crate::store::service::{OnChange, Task};
+use crate::store::service::{OnChange, Task, TaskState};
 
 /// How far a rollout has come.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -54,7 +54,15 @@ fn follows(t: &Task, config: bool, id: &str) -> Option<&'static str> {
     how
 }
 
-/// The progress of the rollout of `sec`'s current version.
+/// Whether a task's process has not started yet: it mounts the version it is to hold when it
+/// does, so moving it is not a step that needs confirming (and a task that never starts, with
+/// no node to run on, cannot hold a rollout up).
+fn not_started(t: &Task) -> bool {
+    t.status.state < TaskState::Starting
+}
+
+/// The progress of the rollout of `sec`'s current version. A task that has not started yet
+/// counts as done once it is to hold the version.
 pub fn progress(state: &State, config: bool, sec: &Secret) -> Progress {
     let mut p = Progress::default();
     for t in state.tasks.values().filter(|t| live(t)) {
@@ -62,7 +70,8 @@ pub fn progress(state: &State, config: bool, sec: &Secret) -> Progress {
             continue;
         };
         p.total += 1;
-        if t.status.held.get(&sec.id) == Some(&sec.version) {
+        let to_hold = t.versions.get(&sec.id) == Some(&sec.version);
+        if t.status.held.get(&sec.id) == Some(&sec.version) || to_hold && not_started(t) {
             p.done += 1;
         } else if how == "restart" && t.versions.get(&sec.id) != Some(&sec.version) {
             p.restarting += 1;
@@ -116,13 +125,21 @@ pub fn step(state: &State, now: &str) -> Vec<Command> {
 }
 
 /// The next batch of in-place followers of `sec`, per service: up to its update parallelism
-/// (0: all) minus the tasks moved already whose node has not confirmed yet.
+/// (0: all) minus the tasks moved already whose node has not confirmed yet; and every
+/// follower that has not started yet.
 fn advance(state: &State, config: bool, sec: &Secret) -> Vec<Command> {
     let to = sec.version;
+    let mut tasks = Vec::new();
     // Service ID -> (moved but unconfirmed, still to move).
     let mut by_service: BTreeMap<&str, (u64, Vec<&Task>)> = BTreeMap::new();
     for t in state.tasks.values().filter(|t| live(t)) {
         if follows(t, config, &sec.id) != Some("in place") {
+            continue;
+        }
+        if not_started(t) {
+            if t.versions.get(&sec.id) != Some(&to) {
+                tasks.push(t.id.clone());
+            }
             continue;
         }
         let e = by_service.entry(&t.service_id).or_default();
@@ -134,7 +151,6 @@ fn advance(state: &State, config: bool, sec: &Secret) -> Vec<Command> {
             e.1.push(t);
         }
     }
-    let mut tasks = Vec::new();
     for (svc, (in_flight, mut todo)) in by_service {
         let parallelism = state
             .services
@@ -350,8 +366,13 @@ mod tests {
         }
     }
 
+    /// The running tasks' nodes report what they were moved to.
     fn confirm(st: &mut State) {
-        for t in st.tasks.values_mut() {
+        for t in st
+            .tasks
+            .values_mut()
+            .filter(|t| t.status.state == TaskState::Running)
+        {
             if let Some(v) = t.versions.get("sid") {
                 t.status.held.insert("sid".into(), *v);
             }
@@ -417,6 +438,31 @@ mod tests {
                 Some(RolloutState::Completed)
             );
         }
+    }
+
+    #[test]
+    fn a_task_that_has_not_started_moves_at_once_and_cannot_hold_the_rollout_up() {
+        let mut st = state(OnChange::Rotate);
+        // t3 waits for a node that never comes.
+        if let Some(t) = st.tasks.get_mut("t3") {
+            t.status.state = TaskState::Pending;
+            t.node_id.clear();
+            t.status.held.clear();
+        }
+        run(&mut st);
+        // t1 (the first batch, parallelism 1) and t3 (not started) move together.
+        assert_eq!(st.tasks["t1"].versions["sid"], 2);
+        assert_eq!(st.tasks["t2"].versions["sid"], 1);
+        assert_eq!(st.tasks["t3"].versions["sid"], 2);
+        for _ in 0..3 {
+            confirm(&mut st);
+            run(&mut st);
+        }
+        assert_eq!(
+            st.secrets["sid"].rollout.as_ref().map(|r| r.state),
+            Some(RolloutState::Completed),
+            "the pending task does not hold the rollout up"
+        );
     }
 
     #[test]
