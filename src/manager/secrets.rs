@@ -149,7 +149,8 @@ pub struct UpdateOutcome {
 
 /// The commands that start the rollout of a new current version beyond the object itself:
 /// each service with an attachment that follows it with `on-change=restart` gets a new
-/// version (its tasks are replaced by its update policy, as by `service update --force`).
+/// version (its tasks are replaced by its update policy, as by `service update --force`, but
+/// the spec `service rollback` would restore is kept).
 /// Returns them with the number of services and live tasks that follow the object.
 fn restart_followers(state: &State, config: bool, id: &str, now: &str) -> (Vec<Command>, u64, u64) {
     let mut cmds = Vec::new();
@@ -164,8 +165,8 @@ fn restart_followers(state: &State, config: bool, id: &str, now: &str) -> (Vec<C
         }
         services += 1;
         if follows.iter().any(|r| r.on_change == OnChange::Restart) {
+            // The spec is unchanged, so `previous` (what `service rollback` restores) is kept.
             let mut s = svc.clone();
-            s.previous = Some(svc.spec.clone());
             s.version += 1;
             s.revision += 1;
             s.updated_at = now.to_string();
