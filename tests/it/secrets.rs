@@ -419,8 +419,11 @@ fn a_rollout_pauses_continues_and_a_waiting_update_says_why_it_stopped() {
     if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
-    let c = Cluster::init(1, 0);
+    let c = Cluster::init(1, 1);
     let m = c.first();
+    let w = &c.workers()[0];
+    // A worker frozen for a moment must not be taken for down.
+    m.cli_ok(&["swarm", "update", "--dispatcher-heartbeat", "5s"]);
     let out = m.cli_stdin(&["secret", "create", "db", "-"], "pause-v1-a8s7d6");
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
     sleeper(
@@ -431,12 +434,17 @@ fn a_rollout_pauses_continues_and_a_waiting_update_says_why_it_stopped() {
             "3",
             "--update-parallelism",
             "1",
+            "--constraint",
+            "node.role==worker",
             "--secret",
             "db",
         ],
     );
     wait_running(m, "many", 3);
 
+    // The worker is frozen, so none of its tasks can confirm the new version: the rollout
+    // cannot finish before the pause lands (and, paused, moves no second task after).
+    w.pause();
     // A waiting update ends, non-zero and saying so, when the rollout is paused under it.
     std::thread::scope(|s| {
         let waiting = s.spawn(|| m.cli_stdin(&["secret", "update", "db", "-"], "pause-v2-f5g4h3"));
@@ -449,6 +457,7 @@ fn a_rollout_pauses_continues_and_a_waiting_update_says_why_it_stopped() {
         assert_error(&out, "the rollout of version 2 is paused");
         assert!(stdout(&out).starts_with("db: version 2\nrolling out to 1 service, 3 tasks"));
     });
+    w.resume();
     // While paused, it stays paused and short of its total: watched for two seconds (an
     // invariant over time, not a wait for a condition).
     for _ in 0..10 {
