@@ -538,6 +538,26 @@ mod tests {
         })
     }
 
+    /// Version 2 of `sec1`, "swordfish".
+    fn push_swordfish() -> Command {
+        Command::PushVersion {
+            config: false,
+            id: "sec1".into(),
+            version: 2,
+            value: crate::secret::SecretBytes::new(b"swordfish".to_vec()),
+            at: "t".into(),
+        }
+    }
+
+    /// The rollout step that moves task `a` to `version` of `sec1`.
+    fn move_a_to(version: u64) -> Command {
+        Command::AdvanceVersions {
+            id: "sec1".into(),
+            version,
+            tasks: vec!["a".into()],
+        }
+    }
+
     /// Version 1 of `id` for task `task` on `node`.
     fn ask(
         s: &State,
@@ -572,13 +592,7 @@ mod tests {
         let mut s = cluster_state();
         let mut held = HashSet::new();
         secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
-        s.apply(Command::PushVersion {
-            config: false,
-            id: "sec1".into(),
-            version: 2,
-            value: crate::secret::SecretBytes::new(b"swordfish".to_vec()),
-            at: "t".into(),
-        });
+        s.apply(push_swordfish());
         // Not moved yet: nothing new is sent, and version 2 is refused.
         assert!(
             secrets_due(&s, "n1", &["a".to_string()], &mut held)
@@ -591,11 +605,7 @@ mod tests {
             e.contains("is to hold version 1 of secret db, not version 2"),
             "{e}"
         );
-        s.apply(Command::AdvanceVersions {
-            id: "sec1".into(),
-            version: 2,
-            tasks: vec!["a".into()],
-        });
+        s.apply(move_a_to(2));
         let due = secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
         assert_eq!(due.values.len(), 1);
         assert_eq!(
@@ -617,20 +627,10 @@ mod tests {
         let mut s = cluster_state();
         let mut held = HashSet::new();
         secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
-        s.apply(Command::PushVersion {
-            config: false,
-            id: "sec1".into(),
-            version: 2,
-            value: crate::secret::SecretBytes::new(b"swordfish".to_vec()),
-            at: "t".into(),
-        });
+        s.apply(push_swordfish());
         // The policy changes between the update and the step that moves the task.
         s.policy = prod_secrets_on_secure_nodes();
-        s.apply(Command::AdvanceVersions {
-            id: "sec1".into(),
-            version: 2,
-            tasks: vec!["a".into()],
-        });
+        s.apply(move_a_to(2));
         let due = secrets_due(&s, "n1", &["a".to_string()], &mut held).unwrap();
         assert!(
             due.values.is_empty(),

@@ -125,18 +125,7 @@ pub fn check_refs(refs: &[SecretRef]) -> Result<(), String> {
             ));
         }
     }
-    for (t, name) in &targets {
-        let dir = format!("{t}/");
-        if let Some((inner, other)) = targets.range(dir.as_str()..).next()
-            && inner.starts_with(&dir)
-        {
-            return Err(format!(
-                "config target {t} of {name} clashes with {inner} of {other}: a file cannot \
-                 also be a directory"
-            ));
-        }
-    }
-    Ok(())
+    super::secret_target::nested(&targets, "config")
 }
 
 #[cfg(test)]

@@ -90,15 +90,21 @@ pub fn check_refs(refs: &[SecretRef]) -> Result<(), String> {
             ));
         }
     }
+    nested(&targets, "secret")
+}
+
+/// Refuses a target inside another's (a file cannot also be a directory), given every target
+/// with its object's name; `what` is "secret" or "config".
+pub(super) fn nested(targets: &BTreeMap<&str, &str>, what: &str) -> Result<(), String> {
     // Sorted, a target's files come right after it: `a` < `a/b` (and `a-b` < `a/b` is
     // harmless, as `a-b` is not a prefix ending in `/`).
-    for (t, name) in &targets {
+    for (t, name) in targets {
         let dir = format!("{t}/");
         if let Some((inner, other)) = targets.range(dir.as_str()..).next()
             && inner.starts_with(&dir)
         {
             return Err(format!(
-                "secret target {t} of {name} clashes with {inner} of {other}: a file cannot also be a directory"
+                "{what} target {t} of {name} clashes with {inner} of {other}: a file cannot also be a directory"
             ));
         }
     }

@@ -240,18 +240,7 @@ fn has_service(v: &serde_json::Value, service: &str) -> bool {
 }
 
 fn sleeper(m: &Node, name: &str, opts: &[&str]) {
-    let mut args = vec![
-        "service",
-        "create",
-        "--detach",
-        "--runtime",
-        "exec",
-        "--name",
-        name,
-    ];
-    args.extend_from_slice(opts);
-    args.extend_from_slice(&["--", "/bin/sleep", "1000"]);
-    m.cli_ok(&args);
+    crate::harness::exec_service(m, name, opts, "exec /bin/sleep 1000");
 }
 
 fn wait_running(m: &Node, service: &str, n: usize) {
