@@ -281,7 +281,13 @@ async fn supervise(
     loop {
         let held = &run.held;
         tokio::select! {
-            code = handle.wait() => return report(held, ended(code)),
+            code = handle.wait() => {
+                let mut st = ended(code);
+                if let Some(why) = helper_failure(cx, task, &st).await {
+                    st.err = why;
+                }
+                return report(held, st);
+            }
             _ = stopped(stop) => {
                 // Out of the rotation first: new connections go to other tasks while it stops.
                 slot.withdraw();
@@ -464,6 +470,27 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
         std::future::pending::<()>().await;
     }
 }
+
+/// Why an exec task's init helper failed before its command ran (it exits 125, as Docker's
+/// own failures do, and says why in the task's log): the error `service ps` shows instead of
+/// a bare exit code.
+async fn helper_failure(cx: &Context, task: &Task, st: &TaskStatus) -> Option<String> {
+    if task.spec.runtime != Runtime::Exec || st.exit_code != Some(EXIT_HELPER_FAILED) {
+        return None;
+    }
+    let lines = cx.execs.logs(task, 8).await.ok()?;
+    let (_, line) = lines
+        .iter()
+        .rev()
+        .find(|(stream, l)| stream == "stderr" && l.starts_with("skep-init: "))?;
+    Some(format!(
+        "task: the exec runtime could not start it: {}",
+        line.trim_start_matches("skep-init: ")
+    ))
+}
+
+/// The exit code of an exec task whose init helper failed before the command ran.
+const EXIT_HELPER_FAILED: i64 = 125;
 
 fn ended(code: Result<i64, ExecError>) -> TaskStatus {
     match code {

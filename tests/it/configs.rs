@@ -4,8 +4,9 @@
 //! use, updated to a new version and rolled back; bad targets and on-change modes refused with
 //! nothing changed.
 //!
-//! Delivery of a config's file into a task is the agent's part; this checks what the CLI and
-//! the managers do with it.
+//! And delivered: an exec task reads its config at its target (covering a file of the node in
+//! its own mount namespace only; a target missing on the node fails the task, creating
+//! nothing), a docker task at its target with its owner and mode.
 
 use serde_json::Value;
 
@@ -204,4 +205,106 @@ fn configs_are_created_listed_inspected_attached_updated_and_guarded_while_used(
     );
     let left = m.cli_ok(&["config", "ls", "-q"]);
     assert!(!left.contains(&id) && left.lines().count() == 1, "{left}");
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+fn wait_logs(m: &Node, service: &str, needle: &str) -> String {
+    crate::harness::wait_for(
+        crate::harness::timeout(),
+        &format!("{needle:?} in the logs of {service}"),
+        || {
+            let l = m.cli_ok(&["service", "logs", service]);
+            if l.contains(needle) { Ok(l) } else { Err(l) }
+        },
+    )
+}
+
+#[test]
+fn an_exec_task_reads_its_config_at_its_target_and_the_nodes_file_is_untouched() {
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let dir = tempfile::tempdir().unwrap();
+    // An exec task sees the node's file system: the config covers an existing file there, in
+    // the task's own mount namespace only.
+    let target = dir.path().join("app.conf");
+    write_file(&target, "the node's own file\n");
+    let target = target.to_str().unwrap().to_string();
+    let out = m.cli_stdin(&["config", "create", "app_conf", "-"], "level = 7\n");
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    crate::harness::exec_service(
+        m,
+        "reader",
+        &[
+            "--config",
+            &format!("source=app_conf,target={target},mode=0444"),
+        ],
+        &format!("echo \"read: $(cat {target})\"; exec sleep 1000"),
+    );
+    wait_logs(m, "reader", "read: level = 7");
+    assert_eq!(
+        std::fs::read_to_string(&target).unwrap(),
+        "the node's own file\n"
+    );
+    // A target that does not exist on the node: the task fails, saying why, and nothing is
+    // created there.
+    let missing = dir.path().join("missing.conf");
+    crate::harness::exec_service(
+        m,
+        "nowhere",
+        &[
+            "--config",
+            &format!("source=app_conf,target={}", missing.display()),
+        ],
+        "exec sleep 1000",
+    );
+    // The init helper fails before the command runs, and `service ps` says why.
+    crate::harness::wait_for(crate::harness::timeout(), "nowhere's task refused", || {
+        let ps = m.cli_ok(&["service", "ps", "--no-trunc", "nowhere"]);
+        if ps.contains("does not exist on this node") {
+            Ok(())
+        } else {
+            Err(ps)
+        }
+    });
+    assert!(!missing.exists());
+}
+
+#[test]
+fn a_docker_task_reads_its_config_at_its_target_with_its_owner_and_mode() {
+    let Some(image) = crate::harness::image_or_skip() else {
+        return;
+    };
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let name = crate::harness::unique_name("cfg");
+    let _g = crate::harness::ContainerGuard(name.clone());
+    let value = "worker_processes 2;\n";
+    let out = m.cli_stdin(&["config", "create", "nginx_conf", "-"], value);
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        &name,
+        "--config",
+        "source=nginx_conf,target=/etc/nginx/nginx.conf,uid=1234,gid=5678,mode=0440",
+        image,
+        "/prog",
+        "secret",
+        "/etc/nginx/nginx.conf",
+    ]);
+    let out = wait_logs(m, &name, "sha256=");
+    let want = format!(
+        "/etc/nginx/nginx.conf uid=1234 gid=5678 mode=440 sha256={}",
+        sha256_hex(value.as_bytes())
+    );
+    assert!(out.contains(&want), "{out}");
 }
