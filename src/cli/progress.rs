@@ -507,31 +507,12 @@ mod tests {
         assert!(rollout_snapshot(&r, "secret", 2).overall.contains("0/0"));
     }
     use crate::cli::tasks::tests::task;
-    use crate::store::service::ServiceSpec;
 
     fn service(mode: Mode, t: &Task) -> Service {
-        Service {
-            id: "web-id".into(),
-            spec: ServiceSpec {
-                name: "web".into(),
-                labels: Default::default(),
-                mode,
-                task: t.spec.clone(),
-                update: Default::default(),
-                rollback: Default::default(),
-                ports: Vec::new(),
-                networks: Vec::new(),
-                expose: Vec::new(),
-                expose_udp: Vec::new(),
-            },
-            version: 1,
-            previous: None,
-            update: None,
-            revision: 0,
-            vip: None,
-            created_at: String::new(),
-            updated_at: String::new(),
-        }
+        let mut s = crate::store::fixtures::service("web-id", "web");
+        s.spec.mode = mode;
+        s.spec.task = t.spec.clone();
+        s
     }
 
     #[test]

@@ -917,28 +917,10 @@ mod tests {
     use crate::store::service::{Runtime, TaskSpec, TaskState};
 
     fn service(id: &str, name: &str, mode: Mode, task: TaskSpec) -> Service {
-        Service {
-            id: id.into(),
-            spec: ServiceSpec {
-                name: name.into(),
-                labels: Default::default(),
-                mode,
-                task,
-                update: Default::default(),
-                rollback: Default::default(),
-                ports: Vec::new(),
-                networks: Vec::new(),
-                expose: Vec::new(),
-                expose_udp: Vec::new(),
-            },
-            version: 1,
-            previous: None,
-            update: None,
-            revision: 0,
-            vip: None,
-            created_at: "2026-01-01T00:00:00Z".into(),
-            updated_at: "2026-01-01T00:00:00Z".into(),
-        }
+        let mut s = crate::store::fixtures::service(id, name);
+        s.spec.mode = mode;
+        s.spec.task = task;
+        s
     }
 
     #[test]

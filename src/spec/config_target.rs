@@ -21,15 +21,7 @@ const FORBIDDEN: [&str; 4] = [super::secret_target::SECRETS_DIR, "/proc", "/sys"
 
 /// Checks a config name as Docker does (the secret name rule).
 pub fn validate_name(name: &str) -> Result<(), String> {
-    if super::name::is_valid(name, MAX_NAME_BYTES) {
-        Ok(())
-    } else {
-        Err(format!(
-            "name: {} is not a valid config name (letters, digits, '_', '.' and '-', \
-             starting with a letter or digit, at most 64 characters)",
-            crate::util::quote(name)
-        ))
-    }
+    super::secret::validate_name_of(name, "config")
 }
 
 /// The target for `--config source=NAME[,target=T]`: Docker's default `/NAME`; a relative

@@ -15,11 +15,16 @@ pub const MAX_NAME_BYTES: usize = 64;
 
 /// Checks a secret name as Docker does: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, at most 64 characters.
 pub fn validate_name(name: &str) -> Result<(), String> {
+    validate_name_of(name, "secret")
+}
+
+/// Checks the name of a `what` ("secret" or "config"): the same rule for both.
+pub fn validate_name_of(name: &str, what: &str) -> Result<(), String> {
     if super::name::is_valid(name, MAX_NAME_BYTES) {
         Ok(())
     } else {
         Err(format!(
-            "name: {} is not a valid secret name (letters, digits, '_', '.' and '-', \
+            "name: {} is not a valid {what} name (letters, digits, '_', '.' and '-', \
              starting with a letter or digit, at most 64 characters)",
             crate::util::quote(name)
         ))
