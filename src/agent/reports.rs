@@ -1,6 +1,8 @@
 //! Task status reports, the last step of a task's path: the supervisor and each task's runner
 //! put every status into one queue ([`Reports`]); the [`reporter`] sends the latest per task,
-//! batched, to a manager (`ReportTasks`), retrying until one takes it.
+//! batched, to a manager (`ReportTasks`), retrying until one takes it. A status something
+//! waits for (a rotation's confirmation: the rollout's next step waits on it) goes without
+//! the batching window; those queued while a report is on its way still go together.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -23,12 +25,15 @@ pub fn status(state: TaskState, message: &str, err: &str, exit_code: Option<i64>
     }
 }
 
+/// One status on its way: task ID, status, and whether it skips the batching window.
+type Item = (String, TaskStatus, bool);
+
 /// The statuses on their way to the reporter.
-pub type Queue = mpsc::UnboundedReceiver<(String, TaskStatus)>;
+pub type Queue = mpsc::UnboundedReceiver<Item>;
 
 /// Where statuses are given (cheap to clone).
 #[derive(Clone)]
-pub struct Reports(mpsc::UnboundedSender<(String, TaskStatus)>);
+pub struct Reports(mpsc::UnboundedSender<Item>);
 
 impl Reports {
     /// A sender and the queue its statuses go to.
@@ -39,25 +44,38 @@ impl Reports {
 
     /// Gives task `id`'s latest status.
     pub fn send(&self, id: &str, st: TaskStatus) {
-        let _ = self.0.send((id.to_string(), st));
+        let _ = self.0.send((id.to_string(), st, false));
+    }
+
+    /// Gives task `id`'s latest status, to go without waiting for others to batch with it.
+    pub fn send_now(&self, id: &str, st: TaskStatus) {
+        let _ = self.0.send((id.to_string(), st, true));
     }
 }
+
+/// How long the reporter waits for more statuses to send with the first one.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
 
 /// Sends the latest status of each task, batched, retrying until a manager takes it.
 pub async fn reporter(managers: std::sync::Arc<Managers>, mut rx: Queue) {
     let mut pending: HashMap<String, TaskStatus> = HashMap::new();
     loop {
+        let mut now = false;
         if pending.is_empty() {
             match rx.recv().await {
-                Some((id, st)) => {
+                Some((id, st, urgent)) => {
                     pending.insert(id, st);
+                    now = urgent;
                 }
                 None => return,
             }
         }
-        // Gather what arrives in a short window into one report.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        while let Ok((id, st)) = rx.try_recv() {
+        // Gather what arrives in a short window into one report (unless something waits for
+        // this one); what is queued already goes with it either way.
+        if !now {
+            tokio::time::sleep(BATCH_WINDOW).await;
+        }
+        while let Ok((id, st, _)) = rx.try_recv() {
             pending.insert(id, st);
         }
         let statuses_json: HashMap<String, String> = pending

@@ -51,6 +51,12 @@ impl Context {
         st.held = held.clone();
         self.reports.send(id, st);
     }
+
+    /// The same for a status a rollout waits for: it goes without the batching window.
+    fn report_now(&self, id: &str, held: &HeldVersions, mut st: TaskStatus) {
+        st.held = held.clone();
+        self.reports.send_now(id, st);
+    }
 }
 
 /// Runs one task to its end: secrets, start, wait or stop, report; then unmounts its
@@ -359,7 +365,7 @@ async fn rotate_and_report(
         ),
     };
     tracing::info!(task = %task.id, %message, "secret rotation");
-    cx.report(&task.id, &run.held, status(state, &message, "", None));
+    cx.report_now(&task.id, &run.held, status(state, &message, "", None));
     retry
 }
 
