@@ -774,11 +774,9 @@ impl Dispatcher for Services {
                     crate::util::quote(&task_id)
                 )));
             }
-            let status: crate::store::service::TaskStatus =
-                serde_json::from_str(&json).map_err(|e| {
-                    Status::invalid_argument(format!("task {task_id}: malformed status: {e}"))
-                })?;
-            updates.push((task_id, status.bounded()));
+            let status = crate::store::service::TaskStatus::from_report(&json)
+                .map_err(|e| Status::invalid_argument(format!("task {task_id}: {e}")))?;
+            updates.push((task_id, status));
         }
         if !updates.is_empty() {
             let cmd = Command::ReportTasks {

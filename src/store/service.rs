@@ -558,7 +558,25 @@ pub struct TaskStatus {
 /// may send any), replicated and shown by `service ps`.
 pub const MAX_STATUS_TEXT_BYTES: usize = 1024;
 
+/// Longest part of a malformed report's parse error kept (the error may quote the input).
+const MAX_REPORT_ERROR_BYTES: usize = 160;
+
 impl TaskStatus {
+    /// A status as an agent reports it (JSON, from the network): parsed and [`bounded`]; the
+    /// error says what was wrong, quoting at most a short prefix of the input.
+    ///
+    /// [`bounded`]: TaskStatus::bounded
+    pub fn from_report(json: &str) -> Result<TaskStatus, String> {
+        serde_json::from_str::<TaskStatus>(json)
+            .map(TaskStatus::bounded)
+            .map_err(|e| {
+                format!(
+                    "malformed status: {}",
+                    crate::util::prefix(&e.to_string(), MAX_REPORT_ERROR_BYTES)
+                )
+            })
+    }
+
     /// The status with its message and error cut to [`MAX_STATUS_TEXT_BYTES`] (they are
     /// informational, so cut rather than refused).
     pub fn bounded(mut self) -> Self {
@@ -633,6 +651,23 @@ impl Task {
 #[cfg(test)]
 mod bound_tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_report_is_refused_quoting_only_a_prefix() {
+        let huge = format!(r#"{{"state":"{}"}}"#, "x".repeat(100_000));
+        let e = TaskStatus::from_report(&huge).unwrap_err();
+        assert!(e.starts_with("malformed status: "), "{e}");
+        assert!(e.len() < 300, "{} bytes", e.len());
+        let many: String = (0..5000)
+            .map(|i| format!(r#""id{i}":{i}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        let json = format!(
+            r#"{{"state":"running","message":"","err":"","exit_code":null,"timestamp":"t","held":{{{many}}}}}"#
+        );
+        let st = TaskStatus::from_report(&json).unwrap();
+        assert!(st.held.len() <= 2 * crate::spec::secret_target::MAX_SECRETS);
+    }
 
     #[test]
     fn a_reported_status_text_is_cut() {
