@@ -37,17 +37,25 @@ pub struct Progress {
     pub restarting: u64,
 }
 
+/// How a task follows a new version: its file swapped in place (rotate, signal), or the task
+/// replaced (restart).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Follow {
+    InPlace,
+    Restart,
+}
+
 /// How a live task follows object `id`: `None` if it does not (pinned, on-change=none, or not
 /// attached).
-fn follows(t: &Task, config: bool, id: &str) -> Option<&'static str> {
+fn follows(t: &Task, config: bool, id: &str) -> Option<Follow> {
     let mut how = None;
     for r in refs_of(&t.spec, config)
         .iter()
         .filter(|r| r.secret_id == id && r.pinned.is_none())
     {
         match r.on_change {
-            OnChange::Rotate | OnChange::Signal(_) => return Some("in place"),
-            OnChange::Restart => how = Some("restart"),
+            OnChange::Rotate | OnChange::Signal(_) => return Some(Follow::InPlace),
+            OnChange::Restart => how = Some(Follow::Restart),
             OnChange::None => {}
         }
     }
@@ -73,7 +81,7 @@ pub fn progress(state: &State, config: bool, sec: &Secret) -> Progress {
         let to_hold = t.versions.get(&sec.id) == Some(&sec.version);
         if t.status.held.get(&sec.id) == Some(&sec.version) || to_hold && not_started(t) {
             p.done += 1;
-        } else if how == "restart" && t.versions.get(&sec.id) != Some(&sec.version) {
+        } else if how == Follow::Restart && t.versions.get(&sec.id) != Some(&sec.version) {
             p.restarting += 1;
         }
     }
@@ -133,7 +141,7 @@ fn advance(state: &State, config: bool, sec: &Secret) -> Vec<Command> {
     // Service ID -> (moved but unconfirmed, still to move).
     let mut by_service: BTreeMap<&str, (u64, Vec<&Task>)> = BTreeMap::new();
     for t in state.tasks.values().filter(|t| live(t)) {
-        if follows(t, config, &sec.id) != Some("in place") {
+        if follows(t, config, &sec.id) != Some(Follow::InPlace) {
             continue;
         }
         if not_started(t) {

@@ -1373,44 +1373,12 @@ mod tests {
         assert!(s.networks.is_empty());
     }
 
+    /// A global exec service running `/bin/true`.
     fn svc(id: &str, name: &str) -> Service {
-        let spec = crate::store::service::ServiceSpec {
-            name: name.into(),
-            labels: BTreeMap::new(),
-            mode: crate::store::service::Mode::Global,
-            task: crate::store::service::TaskSpec {
-                runtime: Runtime::Exec,
-                image: String::new(),
-                command: vec!["/bin/true".into()],
-                env: Vec::new(),
-                restart: Default::default(),
-                constraints: Vec::new(),
-                reservations: Default::default(),
-                limits: Default::default(),
-                secrets: Vec::new(),
-                ports: Vec::new(),
-                networks: Vec::new(),
-                healthcheck: None,
-                configs: Vec::new(),
-            },
-            update: Default::default(),
-            rollback: Default::default(),
-            ports: Vec::new(),
-            networks: Vec::new(),
-            expose: Vec::new(),
-            expose_udp: Vec::new(),
-        };
-        Service {
-            id: id.into(),
-            spec,
-            version: 1,
-            previous: None,
-            update: None,
-            revision: 1,
-            vip: None,
-            created_at: "t".into(),
-            updated_at: "t".into(),
-        }
+        let mut s = crate::store::fixtures::service(id, name);
+        s.spec.mode = crate::store::service::Mode::Global;
+        s.spec.task.command = vec!["/bin/true".into()];
+        s
     }
 
     fn vip_of(s: &State, id: &str) -> std::net::Ipv4Addr {
