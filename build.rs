@@ -16,6 +16,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "skep.v1.SwarmBackupRequest",
             "skep.v1.SwarmBackupChunk",
             "skep.v1.SwarmRestoreChunk",
+            "skep.v1.JwtSvidResponse",
         ])
         .compile_fds(fds)?;
     Ok(())

@@ -80,7 +80,7 @@ fn skewed_start(now: OffsetDateTime) -> Result<(OffsetDateTime, OffsetDateTime),
 }
 
 /// The validity window `[now - skew, now + validity]`, `now` in whole seconds.
-fn window(
+pub(crate) fn window(
     now: OffsetDateTime,
     validity: Duration,
 ) -> Result<(OffsetDateTime, OffsetDateTime), PkiError> {
@@ -96,7 +96,7 @@ fn window(
 }
 
 /// The one CERTIFICATE block of a PEM document, DER.
-fn single_cert_pem(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
+pub(crate) fn single_cert_pem(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
     let err = || PkiError::Pem {
         expected: "CERTIFICATE",
     };
@@ -111,7 +111,7 @@ fn single_cert_pem(cert_pem: &str) -> Result<Vec<u8>, PkiError> {
 /// The checks every root CA certificate passes, skep's own or an operator's: a CA,
 /// self-issued, with an ECDSA P-256 key that is `key`, allowed to sign certificates, and
 /// self-signed with ECDSA-SHA256.
-fn check_root(cert: &X509Certificate<'_>, key: &P256Key) -> Result<(), PkiError> {
+pub(crate) fn check_root(cert: &X509Certificate<'_>, key: &P256Key) -> Result<(), PkiError> {
     if !cert.is_ca() {
         return Err(PkiError::profile(
             ROOT,
@@ -201,7 +201,7 @@ fn rcgen_name(name: &X509Name<'_>) -> Result<DistinguishedName, PkiError> {
 /// rcgen would write differently is refused here rather than issuing unverifiable
 /// certificates. The check signs a throw-away certificate with a throw-away key, never with
 /// the root key.
-fn loaded_issuer(
+pub(crate) fn loaded_issuer(
     cert: &X509Certificate<'_>,
     cert_der: &[u8],
     key: P256Key,
@@ -225,7 +225,7 @@ fn loaded_issuer(
 
 /// A random positive 16-byte serial. The top bit is cleared (positive) and the next one set,
 /// so the encoding is always exactly 16 bytes; 126 bits stay random.
-fn random_serial() -> Result<[u8; 16], PkiError> {
+pub(crate) fn random_serial() -> Result<[u8; 16], PkiError> {
     let mut serial = random::<16>()?;
     serial[0] = (serial[0] & 0x7f) | 0x40;
     Ok(serial)

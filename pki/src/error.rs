@@ -115,6 +115,18 @@ pub enum PkiError {
     #[error("certificate is not valid DER")]
     CertMalformed,
 
+    /// A trust domain skep does not accept.
+    #[error(
+        "invalid trust domain: use 1 to 255 lower-case letters, digits, '.', '-' or '_' (for example the cluster ID or prod.example.com)"
+    )]
+    InvalidTrustDomain,
+
+    /// A SPIFFE ID path segment (a stack or service name) that a SPIFFE ID cannot carry.
+    #[error(
+        "the stack or service name cannot be part of a SPIFFE ID: use letters, digits, '.', '-' or '_'"
+    )]
+    InvalidSpiffePath,
+
     /// A certificate parsed, but does not follow skep's profile.
     #[error("certificate does not follow skep's {kind} profile: {reason}")]
     Profile {

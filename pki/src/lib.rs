@@ -36,6 +36,7 @@ mod id;
 mod key;
 mod operator;
 mod profile;
+mod svid;
 mod token;
 
 pub use ca::{IssuedCert, ROOT_CN, RootCa};
@@ -48,5 +49,9 @@ pub use operator::{
 };
 pub use profile::{
     MANAGER_SERVER_NAME, NodeCertInfo, Role, split_der_certs, verify_issued, verify_issued_chain,
+};
+pub use svid::{
+    DEFAULT_NAMESPACE, SvidInfo, SvidSubject, WORKLOAD_CA_CN, WORKLOAD_OU, WorkloadCa,
+    is_valid_trust_domain, spiffe_id,
 };
 pub use token::JoinToken;

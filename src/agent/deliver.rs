@@ -12,14 +12,14 @@ use crate::api::v1::SecretRequest;
 use crate::secret::SecretBytes;
 use crate::store::service::{SecretRef, Task};
 
-/// Mounts the task's secrets tmpfs, if it has secrets or configs.
+/// Mounts the task's secrets tmpfs, if it has secrets, configs or a workload identity.
 pub async fn mount_secrets(
     task: &Task,
     store: &SecretStore,
     managers: &Managers,
     execs: &Executors,
 ) -> Result<Option<TaskSecrets>, String> {
-    if task.spec.secrets.is_empty() && task.spec.configs.is_empty() {
+    if task.spec.secrets.is_empty() && task.spec.configs.is_empty() && !task.spec.identity {
         return Ok(None);
     }
     let values = secret_values(task, false, store, managers)

@@ -19,8 +19,10 @@ mod reports;
 pub mod secrets;
 pub mod service;
 pub mod supervisor;
+pub mod svid;
 mod task;
 pub mod vip;
+pub mod workload;
 
 use crate::api::v1::HeartbeatRequest;
 use crate::identity::Learnt;
@@ -58,6 +60,8 @@ pub struct Agent {
     /// certificate was issued by the issuing root: rechecked only when either changes, not
     /// on every heartbeat.
     pub issuer_checked: Mutex<Option<IssuerCheck>>,
+    /// Where the workload trust bundle the leader sends goes (the node's tasks' identities).
+    pub workload: svid::BundleFeed,
 }
 
 /// (certificate DER, trusted roots DER, issued by the first of those roots).
@@ -126,6 +130,9 @@ impl Agent {
                         // here and refuses revoked managers on its agent service.
                         if self.enforce_revocations {
                             self.revocations.set(resp.revoked.iter().cloned().collect());
+                        }
+                        if let Some(b) = resp.workload.clone() {
+                            self.workload.set(b);
                         }
                         // A worker trusts as managers only those the swarm has now; a manager
                         // checks its peers against its own state.

@@ -47,6 +47,10 @@ pub const CONFIGS_DIR: &str = "configs";
 /// before it replaces the old one: outside what the task sees, on the same file system (so
 /// the rename is atomic).
 pub const STAGE_DIR: &str = ".stage";
+/// The directory inside the tmpfs, beside [`FILES_DIR`], that holds the task's workload
+/// identity (`svid.pem`, `svid.key`, `bundle.pem`, the Workload API socket) and that the task
+/// sees as `/run/spiffe`.
+pub const SPIFFE_DIR: &str = "spiffe";
 /// The file inside the tmpfs recording which version of each secret is mounted.
 const HELD_FILE: &str = "held.json";
 /// Bytes a tmpfs page takes.
@@ -299,7 +303,7 @@ impl TaskSecrets {
             name: r.secret_name.clone(),
             source,
         };
-        self.make_room(r, value.expose().len() as u64)?;
+        self.make_room(&r.secret_name, value.expose().len() as u64)?;
         let stage = self.stage_dir().map_err(err)?.join("swap");
         // A file left by a swap that failed half-way.
         match std::fs::remove_file(&stage) {
@@ -337,10 +341,10 @@ impl TaskSecrets {
 
     /// Grows the tmpfs (a remount with a larger size) if it has not `len` bytes free and a page
     /// to spare: during a swap it holds the old and the new value.
-    fn make_room(&self, r: &SecretRef, len: u64) -> Result<(), SecretsError> {
+    fn make_room(&self, name: &str, len: u64) -> Result<(), SecretsError> {
         let st =
             nix::sys::statvfs::statvfs(&self.mount_point).map_err(|e| SecretsError::Write {
-                name: r.secret_name.clone(),
+                name: name.to_string(),
                 source: e.into(),
             })?;
         let frsize = st.fragment_size() as u64;
@@ -362,11 +366,67 @@ impl TaskSecrets {
             Some(data.as_str()),
         )
         .map_err(|source| SecretsError::Grow {
-            name: r.secret_name.clone(),
+            name: name.to_string(),
             path: self.mount_point.clone(),
             size,
             source,
         })
+    }
+
+    /// A second handle on the same tmpfs, for writing the task's identity files; only the
+    /// runner's own handle is ever unmounted.
+    pub fn handle(&self) -> TaskSecrets {
+        TaskSecrets {
+            mount_point: self.mount_point.clone(),
+        }
+    }
+
+    /// The directory of the task's workload identity (its SVID files and Workload API
+    /// socket), seen by the task as `/run/spiffe`; made (0755) if missing.
+    pub fn spiffe_dir(&self) -> std::io::Result<PathBuf> {
+        let dir = self.mount_point.join(SPIFFE_DIR);
+        match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes `bytes` as file `name` of the identity directory (mode `mode`, root-owned),
+    /// atomically: staged whole outside what the task sees, then renamed over the old one.
+    pub fn put_identity_file(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        mode: u32,
+    ) -> Result<(), SecretsError> {
+        let err = |source| SecretsError::Write {
+            name: format!("identity file {name}"),
+            source,
+        };
+        self.make_room(name, bytes.len() as u64)?;
+        let dir = self.spiffe_dir().map_err(err)?;
+        let stage = self
+            .stage_dir()
+            .map_err(err)?
+            .join(format!("identity-{name}"));
+        let _ = std::fs::remove_file(&stage);
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&stage)?;
+            f.write_all(bytes)?;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            drop(f);
+            std::fs::rename(&stage, dir.join(name))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&stage);
+        }
+        written.map_err(err)
     }
 
     /// Unmounts the tmpfs (lazily, so a process still holding a file cannot keep it) and

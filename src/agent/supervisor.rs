@@ -66,6 +66,8 @@ pub struct Supervisor {
     /// Whether the leftovers of a previous run were looked for (by [`Supervisor::run`], or by
     /// [`Supervisor::stop_all`] when the node stops before that).
     recovered: std::sync::atomic::AtomicBool,
+    /// The workload trust bundle as the last heartbeat brought it.
+    bundles: crate::agent::svid::BundleFeed,
 }
 
 impl Supervisor {
@@ -85,6 +87,7 @@ impl Supervisor {
             session: watch::channel(false).0,
             orphans: Mutex::default(),
             recovered: std::sync::atomic::AtomicBool::new(false),
+            bundles: Default::default(),
         })
     }
 
@@ -130,7 +133,13 @@ impl Supervisor {
             secrets: self.secrets.clone(),
             managers: self.managers.clone(),
             reports: self.reports.clone(),
+            bundles: self.bundles.clone(),
         }
+    }
+
+    /// Where heartbeats put the workload trust bundle, for every task's identity.
+    pub fn bundles(&self) -> crate::agent::svid::BundleFeed {
+        self.bundles.clone()
     }
 
     /// Runs the session and the reporter until the node stops.

@@ -43,6 +43,8 @@ pub struct Context {
     pub managers: Arc<Managers>,
     /// Where statuses go.
     pub reports: Reports,
+    /// The trust bundle heartbeats bring, for tasks' identities.
+    pub bundles: super::svid::BundleFeed,
 }
 
 impl Context {
@@ -110,6 +112,31 @@ pub async fn run(
         );
         return;
     }
+    // The identity before the start: a task with identity on never runs without its SVID.
+    let identity = match (&secrets, task.spec.identity) {
+        (Some(s), true) => {
+            match super::svid::start(&task, s, cx.managers.clone(), &cx.bundles).await {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    if let Some(s) = secrets {
+                        let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
+                    }
+                    cx.report(
+                        &task.id,
+                        &held,
+                        status(
+                            TaskState::Rejected,
+                            "identity unavailable",
+                            &e.to_string(),
+                            None,
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+        _ => None,
+    };
     slot.write_hosts(&task);
     let (to_run, endpoints) = with_ports(task.clone());
     let mut run = Run {
@@ -118,6 +145,7 @@ pub async fn run(
         held,
     };
     run_started(&cx, &slot, &to_run, endpoints, &mut run, &mut stop).await;
+    drop(identity);
     if let Some(s) = secrets {
         let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
     }
@@ -157,8 +185,17 @@ async fn run_started(
         .secrets
         .map(|s| s.config_files(&task.spec.configs))
         .unwrap_or_default();
+    let spiffe = run
+        .secrets
+        .filter(|_| task.spec.identity)
+        .and_then(|s| s.spiffe_dir().ok());
+    let mounts = super::executor::Mounts {
+        secrets: files.as_deref(),
+        configs: &configs,
+        spiffe: spiffe.as_deref(),
+    };
     let start = tokio::select! {
-        r = cx.execs.start_with(task, files.as_deref(), &configs) => r,
+        r = cx.execs.start_with(task, &mounts) => r,
         _ = stopped(stop) => {
             cx.report(&task.id, &run.held, status(TaskState::Shutdown, "shutdown before start", "", None));
             return;

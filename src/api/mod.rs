@@ -51,6 +51,15 @@ impl std::fmt::Debug for v1::SecretValue {
     }
 }
 
+impl std::fmt::Debug for v1::JwtSvidResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtSvidResponse")
+            .field("token", &"..")
+            .field("spiffe_id", &self.spiffe_id)
+            .finish()
+    }
+}
+
 impl std::fmt::Debug for v1::SwarmCaRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SwarmCaRequest")

@@ -273,6 +273,10 @@ struct SwarmUpdateArgs {
     /// those tasks or services use; default 2). Older ones are pruned.
     #[arg(long, value_name = "N")]
     secret_history_limit: Option<u64>,
+    /// Lifetime of the X.509-SVIDs tasks get from now on (10s to 24h; default 1h); they are
+    /// renewed at half life.
+    #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
+    svid_ttl: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +295,10 @@ struct SwarmInitArgs {
     /// unlock key is read from stdin).
     #[arg(long, conflicts_with_all = ["autolock"])]
     force_new_cluster: bool,
+    /// The SPIFFE trust domain of workload identities (default: the cluster ID), e.g.
+    /// prod.example.com; tasks' IDs are spiffe://DOMAIN/ns/STACK/svc/SERVICE.
+    #[arg(long, value_name = "DOMAIN")]
+    trust_domain: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -195,6 +195,11 @@ pub(super) struct SpecFlags {
     /// Disable any health check, the image's too.
     #[arg(long, conflicts_with = "health_cmd")]
     pub no_healthcheck: bool,
+
+    /// Give each task a workload identity: SPIFFE SVIDs through the Workload API at
+    /// /run/spiffe (default true).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub identity: Option<bool>,
 }
 
 impl SpecFlags {
@@ -266,6 +271,7 @@ impl SpecFlags {
             health_retries,
             health_start_period,
             no_healthcheck,
+            identity,
         } = self;
         restart_condition.is_some()
             || restart_delay.is_some()
@@ -290,10 +296,14 @@ impl SpecFlags {
             || health_retries.is_some()
             || health_start_period.is_some()
             || *no_healthcheck
+            || identity.is_some()
     }
 
     /// Writes the given flags into `spec`, leaving the rest as they are.
     pub fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
+        if let Some(on) = self.identity {
+            spec.task.identity = on;
+        }
         let restart = &mut spec.task.restart;
         if let Some(c) = self.restart_condition {
             restart.condition = c.into();

@@ -25,6 +25,7 @@ pub(super) async fn init(api: &mut Api, args: SwarmInitArgs) -> anyhow::Result<(
             advertise_addr: args.advertise_addr.unwrap_or_default(),
             cert_expiry_secs: args.cert_expiry.as_secs().max(1),
             autolock: args.autolock,
+            trust_domain: args.trust_domain.unwrap_or_default(),
             ..Default::default()
         })
         .await
@@ -278,11 +279,23 @@ pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpda
         && args.autolock.is_none()
         && args.audit_retention.is_none()
         && args.secret_history_limit.is_none()
+        && args.svid_ttl.is_none()
     {
         bail!(
-            "nothing to update: give --dispatcher-heartbeat, --cert-expiry, --autolock, --audit-retention or --secret-history-limit"
+            "nothing to update: give --dispatcher-heartbeat, --cert-expiry, --autolock, --audit-retention, --secret-history-limit or --svid-ttl"
         );
     }
+    let svid_ttl_secs = match args.svid_ttl {
+        Some(d)
+            if !(crate::store::workload::MIN_SVID_TTL_SECS
+                ..=crate::store::workload::MAX_SVID_TTL_SECS)
+                .contains(&d.as_secs()) =>
+        {
+            bail!("--svid-ttl must be between 10s and 24h")
+        }
+        Some(d) => d.as_secs(),
+        None => 0,
+    };
     let ms = match args.dispatcher_heartbeat {
         Some(hb) => {
             let ms = u64::try_from(hb.as_millis()).unwrap_or(u64::MAX);
@@ -304,6 +317,7 @@ pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpda
         autolock: args.autolock.map(|b| b.to_string()).unwrap_or_default(),
         audit_retention: args.audit_retention,
         secret_history_limit: args.secret_history_limit,
+        svid_ttl_secs,
     })
 }
 

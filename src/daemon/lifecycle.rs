@@ -64,6 +64,13 @@ impl Daemon {
                 MIN_CERT_EXPIRY.as_secs()
             )));
         }
+        if !req.trust_domain.is_empty() && !skep_pki::is_valid_trust_domain(&req.trust_domain) {
+            return Err(Status::invalid_argument(format!(
+                "--trust-domain {}: {}",
+                crate::util::quote(&req.trust_domain),
+                skep_pki::PkiError::InvalidTrustDomain
+            )));
+        }
         let internal =
             |e: &dyn std::fmt::Display| Status::internal(format!("creating the swarm: {e}"));
         let cluster_id = skep_pki::new_id();
@@ -126,6 +133,8 @@ impl Daemon {
         let stamp = crate::util::now_rfc3339();
         let audit_key = crate::audit::checkpoint::AuditKey::generate().map_err(|e| internal(&e))?;
         let audit_public_key = audit_key.public_key().to_string();
+        let workload =
+            crate::manager::workload::new_keys(&cluster_id, now).map_err(|e| internal(&e))?;
         let cluster = Cluster {
             id: cluster_id.clone(),
             created_at: stamp.clone(),
@@ -141,6 +150,9 @@ impl Daemon {
             audit_key: Some(audit_key),
             audit_retention: 0,
             secret_history: 0,
+            trust_domain: req.trust_domain.clone(),
+            workload: Some(workload),
+            svid_ttl_secs: 0,
         };
         let node = Node {
             id: node_id.clone(),

@@ -527,6 +527,7 @@ impl Daemon {
             node: link.node.clone(),
             port_errors: link.port_errors.clone(),
             issuer_checked: Default::default(),
+            workload: supervisor.bundles(),
             store_fault: manager.as_ref().map(|m| m.subscribe_store_fault()),
         };
         tasks.push(tokio::spawn(agent.run()));

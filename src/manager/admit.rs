@@ -107,6 +107,9 @@ mod tests {
                 audit_key: None,
                 audit_retention: 0,
                 secret_history: 0,
+                trust_domain: String::new(),
+                workload: None,
+                svid_ttl_secs: 0,
             }),
             ..Default::default()
         };

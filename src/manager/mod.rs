@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod entitle;
 mod fault;
 pub mod gate;
+pub mod jwt;
 pub mod limiter;
 mod lookup;
 pub mod network;
@@ -29,6 +30,7 @@ pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
+pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -226,6 +228,8 @@ pub struct Manager {
     /// Keeps the store's rollback anchor (set by the daemon after opening the store).
     anchor: std::sync::OnceLock<Arc<crate::store::anchor::Keeper>>,
     read_state: Mutex<reads::ReadState>,
+    /// The last workload bundle made (heartbeats carry it).
+    workload_bundle: workload::BundleCache,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -272,6 +276,7 @@ impl Manager {
             store_fault: tokio::sync::watch::Sender::new(None),
             anchor: std::sync::OnceLock::new(),
             read_state: Mutex::new(reads::ReadState::default()),
+            workload_bundle: workload::BundleCache::default(),
         })
     }
 

@@ -71,6 +71,9 @@ pub fn decision(cmd: &Command) -> Decision {
         | Command::SetCertExpiry { .. }
         | Command::SetAutolock { .. }
         | Command::SetAuditKey(_)
+        | Command::SetWorkloadKeys(_)
+        | Command::RecordSvid { .. }
+        | Command::SetSvidTtl { .. }
         | Command::AuditTrim { .. }
         | Command::SetAuditRetention { .. }
         | Command::RotateToken { .. }
@@ -201,6 +204,9 @@ fn name(cmd: &Command) -> &'static str {
         SetCertExpiry,
         SetAutolock,
         SetAuditKey,
+        SetWorkloadKeys,
+        RecordSvid,
+        SetSvidTtl,
         AuditCheckpoint,
         AuditTrim,
         SetAuditRetention,

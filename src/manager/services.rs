@@ -38,6 +38,50 @@ impl Services {
             .ok_or_else(|| Status::unauthenticated("connection carries no TLS peer information"))
     }
 
+    /// Refuses unless this manager leads, then waits until its state is current: decisions
+    /// about what leaves the leader are taken on the latest state, not an older copy.
+    async fn leader_current(&self) -> Result<(), Status> {
+        if !self.mgr.is_leader() {
+            return Err(Status::unavailable(format!(
+                "not the leader; the leader is at {}",
+                self.mgr.leader_addr().unwrap_or_default()
+            )));
+        }
+        self.mgr
+            .read_barrier()
+            .await
+            .map(|_| ())
+            .map_err(|e| to_status(e.into()))
+    }
+
+    /// Audits a refused SVID request (bounded like every failure record) and says why.
+    async fn refuse_svid(
+        &self,
+        node_id: &str,
+        action: &str,
+        task_id: &str,
+        reason: super::workload::WorkloadError,
+        peer: std::net::SocketAddr,
+    ) -> Status {
+        self.mgr
+            .audit_failure(
+                peer.ip(),
+                super::workload::refusal_record(
+                    node_id,
+                    action,
+                    task_id,
+                    &reason,
+                    &peer.to_string(),
+                ),
+            )
+            .await;
+        match reason {
+            super::workload::WorkloadError::BadRequest(m) => Status::invalid_argument(m),
+            super::workload::WorkloadError::NoKeys => Status::unavailable(reason.to_string()),
+            other => Status::permission_denied(format!("permission denied: {other}")),
+        }
+    }
+
     /// The caller's verified identity, with at least `min_role`; refusals are audited.
     async fn require<T>(
         &self,
@@ -683,6 +727,7 @@ impl Dispatcher for Services {
             addr: node.map(|n| n.addr).unwrap_or_default(),
             trust_roots: self.mgr.trust_bundle().unwrap_or_default(),
             managers: self.mgr.read(manager_certs),
+            workload: self.mgr.workload_bundle().as_ref().map(Into::into),
         }))
     }
 
@@ -848,6 +893,71 @@ impl Dispatcher for Services {
                     "permission denied: {reason}"
                 )))
             }
+        }
+    }
+
+    async fn issue_svid(
+        &self,
+        req: Request<crate::api::v1::SvidRequest>,
+    ) -> Result<Response<crate::api::v1::SvidResponse>, Status> {
+        let peer = Self::peer_info(&req)?.addr;
+        let id = self.require(&req, "svid.issue", false).await?;
+        self.leader_current().await?;
+        let body = req.into_inner();
+        let node_id = id.node_id();
+        let now = time::OffsetDateTime::now_utc();
+        let mut answer = self
+            .mgr
+            .read(|s| super::workload::svid_for(s, node_id, &body.task_id, &body.csr, now));
+        if matches!(answer, Err(super::workload::WorkloadError::NoKeys)) {
+            self.mgr.ensure_workload_keys().await.map_err(to_status)?;
+            answer = self
+                .mgr
+                .read(|s| super::workload::svid_for(s, node_id, &body.task_id, &body.csr, now));
+        }
+        match answer {
+            Ok(issued) => {
+                // No SVID leaves without its record (to revoke it) and its audit record.
+                self.mgr.propose(issued.commit).await.map_err(to_status)?;
+                Ok(Response::new(crate::api::v1::SvidResponse {
+                    cert: issued.cert.der,
+                    spiffe_id: issued.spiffe_id,
+                    bundle: self.mgr.workload_bundle().as_ref().map(Into::into),
+                }))
+            }
+            Err(reason) => Err(self
+                .refuse_svid(node_id, "svid.issue", &body.task_id, reason, peer)
+                .await),
+        }
+    }
+
+    async fn issue_jwt_svid(
+        &self,
+        req: Request<crate::api::v1::JwtSvidRequest>,
+    ) -> Result<Response<crate::api::v1::JwtSvidResponse>, Status> {
+        let peer = Self::peer_info(&req)?.addr;
+        let id = self.require(&req, "svid.jwt", false).await?;
+        self.leader_current().await?;
+        let body = req.into_inner();
+        let node_id = id.node_id();
+        let now = time::OffsetDateTime::now_utc();
+        let answer = self
+            .mgr
+            .read(|s| super::workload::jwt_for(s, node_id, &body.task_id, &body.audience, now));
+        match answer {
+            Ok((token, spiffe_id, record)) => {
+                self.mgr
+                    .propose(Command::Audit(record))
+                    .await
+                    .map_err(to_status)?;
+                Ok(Response::new(crate::api::v1::JwtSvidResponse {
+                    token: token.to_string(),
+                    spiffe_id,
+                }))
+            }
+            Err(reason) => Err(self
+                .refuse_svid(node_id, "svid.jwt", &body.task_id, reason, peer)
+                .await),
         }
     }
 

@@ -25,6 +25,7 @@ pub fn task_spec() -> TaskSpec {
         ports: Vec::new(),
         networks: Vec::new(),
         healthcheck: None,
+        identity: true,
         configs: Vec::new(),
     }
 }
@@ -128,5 +129,8 @@ pub fn cluster() -> Cluster {
         audit_key: None,
         audit_retention: 0,
         secret_history: 0,
+        trust_domain: String::new(),
+        workload: None,
+        svid_ttl_secs: 0,
     }
 }

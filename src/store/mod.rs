@@ -28,6 +28,7 @@ pub mod sm;
 pub mod testing;
 pub mod vip;
 pub mod wire;
+pub mod workload;
 
 use std::io::Cursor;
 use std::path::{Path, PathBuf};

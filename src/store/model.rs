@@ -15,6 +15,7 @@ use crate::audit::{AuditChain, AuditEvent};
 use crate::store::network_obj::Network;
 use crate::store::secret_obj::{Rollout, Secret};
 use crate::store::service::{Resources, Runtime, Service, Task, TaskStatus};
+use crate::store::workload::{DEFAULT_SVID_TTL_SECS, SvidRecord, WorkloadKeys};
 
 /// Cluster-wide settings and the root of trust. Lives only inside the sealed store.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -57,12 +58,42 @@ pub struct Cluster {
     /// [`DEFAULT_SECRET_HISTORY`].
     #[serde(default)]
     pub secret_history: u64,
+    /// The SPIFFE trust domain of workload identities (`swarm init --trust-domain`); empty
+    /// means the cluster ID.
+    #[serde(default)]
+    pub trust_domain: String,
+    /// The keys that sign tasks' SVIDs; made at `swarm init`, or by the leader on first need
+    /// in a swarm created before workload identity existed.
+    #[serde(default)]
+    pub workload: Option<WorkloadKeys>,
+    /// Lifetime of X.509-SVIDs in seconds (`swarm update --svid-ttl`); 0 means
+    /// [`DEFAULT_SVID_TTL_SECS`].
+    #[serde(default)]
+    pub svid_ttl_secs: u64,
 }
 
 /// Unused versions of a secret kept by default (besides the current one and those in use).
 pub const DEFAULT_SECRET_HISTORY: u64 = 2;
 
 impl Cluster {
+    /// The SPIFFE trust domain of the swarm's workloads.
+    pub fn trust_domain(&self) -> &str {
+        if self.trust_domain.is_empty() {
+            &self.id
+        } else {
+            &self.trust_domain
+        }
+    }
+
+    /// How long an X.509-SVID lives.
+    pub fn svid_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(if self.svid_ttl_secs == 0 {
+            DEFAULT_SVID_TTL_SECS
+        } else {
+            self.svid_ttl_secs
+        })
+    }
+
     /// How many unused versions of a secret or config to keep.
     pub fn secret_history(&self) -> u64 {
         if self.secret_history == 0 {
@@ -456,6 +487,23 @@ pub enum Command {
     /// Installs the audit signing key of a swarm that has none. Refused if it has one: two
     /// leaders racing to make one cannot replace each other's.
     SetAuditKey(AuditKey),
+    /// Sets the swarm's workload identity keys. Refused if it has them already.
+    SetWorkloadKeys(WorkloadKeys),
+    /// Records an X.509-SVID issued (committed with its audit record), at `now` (Unix
+    /// seconds); expired records go.
+    RecordSvid {
+        /// Serial, lower-case hex.
+        serial: String,
+        /// To whom.
+        record: SvidRecord,
+        /// When, Unix seconds.
+        now: i64,
+    },
+    /// Sets the lifetime of X.509-SVIDs (`swarm update --svid-ttl`), in seconds.
+    SetSvidTtl {
+        /// Seconds; 0 = the default.
+        secs: u64,
+    },
     /// Appends a signed checkpoint of the audit chain. Refused unless it covers the head of
     /// the chain as it is when applied, and is signed by the swarm's key.
     AuditCheckpoint(Checkpoint),
@@ -564,6 +612,10 @@ pub struct State {
     /// Where the next service address is looked for (see [`super::vip`]).
     #[serde(default)]
     pub vip_cursor: u32,
+    /// X.509-SVIDs issued and not yet expired, by serial (lower-case hex): what a CRL can
+    /// revoke (see [`super::workload`]).
+    #[serde(default)]
+    pub svids: BTreeMap<String, SvidRecord>,
 }
 
 /// A person allowed to use the Control API over mTLS with an operator certificate.
@@ -801,6 +853,25 @@ impl State {
             Command::PutOperator(op) if self.operators.contains_key(&op.name) => {
                 Err(format!("operator {} already exists", op.name))
             }
+            Command::SetWorkloadKeys(_) => match &self.cluster {
+                None => Err("the cluster is not initialised".into()),
+                Some(c) if c.workload.is_some() => {
+                    Err("the swarm has workload identity keys already".into())
+                }
+                Some(_) => Ok(()),
+            },
+            Command::SetSvidTtl { secs }
+                if *secs != 0
+                    && !(crate::store::workload::MIN_SVID_TTL_SECS
+                        ..=crate::store::workload::MAX_SVID_TTL_SECS)
+                        .contains(secs) =>
+            {
+                Err(format!(
+                    "an SVID lifetime of {secs} s is out of range ({} s to {} s)",
+                    crate::store::workload::MIN_SVID_TTL_SECS,
+                    crate::store::workload::MAX_SVID_TTL_SECS
+                ))
+            }
             Command::SetAuditKey(_) => match &self.cluster {
                 None => Err("the cluster is not initialised".into()),
                 Some(c) if c.audit_key.is_some() => {
@@ -890,6 +961,21 @@ impl State {
             Command::SetAuditKey(key) => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.audit_key = Some(key);
+                }
+            }
+            Command::SetWorkloadKeys(keys) => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.workload = Some(keys);
+                }
+            }
+            Command::RecordSvid {
+                serial,
+                record,
+                now,
+            } => self.record_svid(serial, record, now),
+            Command::SetSvidTtl { secs } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.svid_ttl_secs = secs;
                 }
             }
             Command::AuditCheckpoint(cp) => {
@@ -1540,6 +1626,9 @@ mod tests {
             audit_key: None,
             audit_retention: 0,
             secret_history: 0,
+            trust_domain: String::new(),
+            workload: None,
+            svid_ttl_secs: 0,
         })));
         let rotation = RootRotation {
             cert_pem: "new".into(),
@@ -1593,6 +1682,9 @@ mod tests {
             audit_key: None,
             audit_retention: 0,
             secret_history: 0,
+            trust_domain: String::new(),
+            workload: None,
+            svid_ttl_secs: 0,
         })));
         assert_eq!(s.apply(Command::SetAuditKey(key.clone())), Response::Ok);
         // A second key never replaces the first.

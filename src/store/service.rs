@@ -191,6 +191,15 @@ pub struct TaskSpec {
     /// fails ("unhealthy"), so its restart policy replaces it.
     #[serde(default)]
     pub healthcheck: Option<HealthCheck>,
+    /// Whether its tasks get a workload identity (SPIFFE SVIDs through the Workload API at
+    /// `/run/spiffe`); `--identity=false` turns it off. On for specs stored before it existed.
+    #[serde(default = "identity_on")]
+    pub identity: bool,
+}
+
+/// Workload identity is on unless a service turns it off.
+fn identity_on() -> bool {
+    true
 }
 
 impl TaskSpec {
@@ -212,6 +221,7 @@ impl TaskSpec {
             ports: Vec::new(),
             networks: Vec::new(),
             healthcheck: None,
+            identity: true,
         }
     }
 }

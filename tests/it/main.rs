@@ -41,3 +41,4 @@ mod services;
 mod stacks;
 mod store_faults;
 mod tutorial;
+mod workload_identity;

@@ -80,6 +80,7 @@ impl DockerRuntime {
         task: &Task,
         secrets: Option<&Path>,
         configs: &[ConfigFile],
+        spiffe: Option<&Path>,
         hosts: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -87,11 +88,16 @@ impl DockerRuntime {
         let task = task.clone();
         let secrets = secrets.map(Path::to_path_buf);
         let configs = configs.to_vec();
+        let spiffe = spiffe.map(Path::to_path_buf);
         let hosts = hosts.map(Path::to_path_buf);
         tokio::spawn(async move {
-            let r = rt
-                .start_now(&task, secrets.as_deref(), &configs, hosts.as_deref())
-                .await;
+            let mounts = TaskMounts {
+                secrets: secrets.as_deref(),
+                configs: &configs,
+                spiffe: spiffe.as_deref(),
+                hosts: hosts.as_deref(),
+            };
+            let r = rt.start_now(&task, &mounts).await;
             if let Err(Ok(abandoned)) = tx.send(r) {
                 tracing::info!(task = %task.id, "start was abandoned; removing the container");
                 let _ = abandoned.stop(Duration::from_secs(1)).await;
@@ -106,13 +112,8 @@ impl DockerRuntime {
         })
     }
 
-    async fn start_now(
-        &self,
-        task: &Task,
-        secrets: Option<&Path>,
-        configs: &[ConfigFile],
-        hosts: Option<&Path>,
-    ) -> Result<TaskHandle, ExecError> {
+    async fn start_now(&self, task: &Task, m: &TaskMounts<'_>) -> Result<TaskHandle, ExecError> {
+        let configs = m.configs;
         let image = task.spec.image.trim();
         if image.is_empty() {
             return Err(ExecError::Pull {
@@ -130,7 +131,7 @@ impl DockerRuntime {
                 message: reason,
             })?;
         }
-        let body = create_body(task, image, secrets, configs, hosts);
+        let body = create_body(task, image, m);
         let options = CreateContainerOptions {
             name: Some(name.clone()),
             ..Default::default()
@@ -571,17 +572,22 @@ fn container_name(task: &Task) -> String {
         .collect()
 }
 
-/// The container to create. `secrets`: the task's tmpfs directory of secret files, bound
-/// read-only at `/run/secrets`; `configs`: files on that tmpfs, each bound read-only at its
-/// target; `hosts`: the file the agent keeps of the services the task may reach by name,
-/// bound read-only at `/etc/hosts` (the engine then leaves that path alone).
-fn create_body(
-    task: &Task,
-    image: &str,
-    secrets: Option<&Path>,
-    configs: &[ConfigFile],
-    hosts: Option<&Path>,
-) -> ContainerCreateBody {
+/// What a container is given from the node, each bound read-only.
+struct TaskMounts<'a> {
+    /// The task's tmpfs directory of secret files, at `/run/secrets`.
+    secrets: Option<&'a Path>,
+    /// Files on that tmpfs, each at its target.
+    configs: &'a [ConfigFile],
+    /// The task's identity directory, at `/run/spiffe` (with `SPIFFE_ENDPOINT_SOCKET`).
+    spiffe: Option<&'a Path>,
+    /// The file the agent keeps of the services the task may reach by name, at `/etc/hosts`
+    /// (the engine then leaves that path alone).
+    hosts: Option<&'a Path>,
+}
+
+/// The container to create, with what `m` binds into it.
+fn create_body(task: &Task, image: &str, m: &TaskMounts<'_>) -> ContainerCreateBody {
+    let (secrets, configs, hosts) = (m.secrets, m.configs, m.hosts);
     let mut labels = HashMap::new();
     labels.insert(LABEL_TASK_ID.to_string(), task.id.clone());
     labels.insert(LABEL_SERVICE_ID.to_string(), task.service_id.clone());
@@ -592,10 +598,13 @@ fn create_body(
     if !task.spec.networks.is_empty() {
         labels.insert(LABEL_NETWORKS.to_string(), task.spec.networks.join(","));
     }
-    let env: Vec<String> = parse_env(&task.spec.env)
+    let mut env: Vec<String> = parse_env(&task.spec.env)
         .into_iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    if m.spiffe.is_some() {
+        env.push(crate::agent::svid::ENDPOINT_ENV.to_string());
+    }
     let limits = task.spec.limits;
     let host_config = HostConfig {
         nano_cpus: (limits.nano_cpus > 0)
@@ -618,6 +627,10 @@ fn create_body(
                 .map(|dir| bind(dir, crate::agent::secrets::TARGET_ROOT))
                 .into_iter()
                 .chain(configs.iter().map(|c| bind(&c.source, &c.target)))
+                .chain(
+                    m.spiffe
+                        .map(|dir| bind(dir, crate::agent::svid::TARGET_DIR)),
+                )
                 .chain(hosts.map(|file| bind(file, "/etc/hosts")))
                 .collect();
             (!mounts.is_empty()).then_some(mounts)
@@ -711,6 +724,7 @@ pub(crate) mod tests {
                 ports: Vec::new(),
                 networks: Vec::new(),
                 healthcheck: None,
+                identity: true,
                 configs: Vec::new(),
             },
             spec_version: 1,
@@ -730,6 +744,34 @@ pub(crate) mod tests {
         }
     }
 
+    fn mounts<'a>(
+        secrets: Option<&'a Path>,
+        configs: &'a [ConfigFile],
+        spiffe: Option<&'a Path>,
+        hosts: Option<&'a Path>,
+    ) -> TaskMounts<'a> {
+        TaskMounts {
+            secrets,
+            configs,
+            spiffe,
+            hosts,
+        }
+    }
+
+    /// The identity directory is bound read-only at /run/spiffe and the environment names
+    /// its socket, as SPIFFE clients expect.
+    #[test]
+    fn the_identity_directory_is_bound_and_named() {
+        let dir = Path::new("/var/lib/skep/tasks/t1/secrets/spiffe");
+        let b = create_body(&task(), "nginx", &mounts(None, &[], Some(dir), None));
+        let env = b.env.unwrap();
+        assert!(env.contains(&crate::agent::svid::ENDPOINT_ENV.to_string()));
+        let m = b.host_config.unwrap().mounts.unwrap();
+        assert_eq!(m[0].target.as_deref(), Some("/run/spiffe"));
+        assert_eq!(m[0].source.as_deref(), dir.to_str());
+        assert_eq!(m[0].read_only, Some(true));
+    }
+
     #[test]
     fn names_are_sanitized() {
         assert_eq!(container_name(&task()), "skep-web-app-x.2.t1");
@@ -737,7 +779,7 @@ pub(crate) mod tests {
 
     #[test]
     fn create_body_maps_the_spec() {
-        let b = create_body(&task(), "nginx", None, &[], None);
+        let b = create_body(&task(), "nginx", &mounts(None, &[], None, None));
         assert_eq!(b.cmd, None);
         assert_eq!(b.env, Some(vec!["A=1".to_string()]));
         let labels = b.labels.unwrap();
@@ -754,9 +796,12 @@ pub(crate) mod tests {
         let b = create_body(
             &task(),
             "nginx",
-            Some(Path::new("/var/lib/skep/tasks/t1/secrets/files")),
-            &[],
-            Some(Path::new("/var/lib/skep/tasks/t1/hosts")),
+            &mounts(
+                Some(Path::new("/var/lib/skep/tasks/t1/secrets/files")),
+                &[],
+                None,
+                Some(Path::new("/var/lib/skep/tasks/t1/hosts")),
+            ),
         );
         let mounts = b.host_config.unwrap().mounts.unwrap();
         assert_eq!(mounts.len(), 2);
@@ -777,7 +822,7 @@ pub(crate) mod tests {
             source: "/var/lib/skep/tasks/t1/secrets/configs/0".into(),
             target: "/etc/app.conf".into(),
         }];
-        let b = create_body(&task(), "nginx", None, &configs, None);
+        let b = create_body(&task(), "nginx", &mounts(None, &configs, None, None));
         let mounts = b.host_config.unwrap().mounts.unwrap();
         assert_eq!(mounts.len(), 1);
         assert_eq!(mounts[0].target.as_deref(), Some("/etc/app.conf"));

@@ -69,10 +69,14 @@ impl ExecRuntime {
         task: &Task,
         secrets: Option<&Path>,
         configs: &[ConfigFile],
+        spiffe: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
         let command = &task.spec.command;
         let program = command.first().ok_or(ExecError::EmptyCommand)?;
         let mut env = parse_env(&task.spec.env);
+        if spiffe.is_some() {
+            env.extend(parse_env(&[crate::agent::svid::ENDPOINT_ENV.to_string()]));
+        }
         if !env.iter().any(|(k, _)| k == "PATH") {
             env.push(("PATH".into(), DEFAULT_PATH.into()));
         }
@@ -108,6 +112,9 @@ impl ExecRuntime {
         }
         for c in configs {
             helper.arg("--config").arg(&c.source).arg(&c.target);
+        }
+        if let Some(dir) = spiffe {
+            helper.arg("--spiffe").arg(dir);
         }
         helper.arg("--user").arg(NOBODY.to_string());
         for p in &self.hide {

@@ -121,6 +121,7 @@ pub fn init_helper_main(args: Vec<String>) -> ExitCode {
             task_dir: Some(task_dir),
             secrets,
             configs,
+            spiffe,
             user,
             hide,
             command,
@@ -130,6 +131,7 @@ pub fn init_helper_main(args: Vec<String>) -> ExitCode {
             let mounts = Mounts {
                 secrets: secrets.as_deref(),
                 configs: &configs,
+                spiffe: spiffe.as_deref(),
             };
             let code = stage1(&task_dir, &mounts, user, &hide, &command);
             match dir {
@@ -188,6 +190,8 @@ struct HelperArgs {
     secrets: Option<PathBuf>,
     /// Config files and the targets they are bound at.
     configs: Vec<(PathBuf, String)>,
+    /// The identity directory, bound at `/run/spiffe`.
+    spiffe: Option<PathBuf>,
     /// Who the command runs as.
     user: Ids,
     /// Host paths the task must not see.
@@ -205,6 +209,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
     let mut task_dir = None;
     let mut secrets = None;
     let mut configs = Vec::new();
+    let mut spiffe = None;
     let mut user = NOBODY;
     let mut hide = Vec::new();
     loop {
@@ -216,6 +221,9 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
             }
             Some("--secrets") => {
                 secrets = Some(PathBuf::from(it.next().ok_or("--secrets needs a value")?))
+            }
+            Some("--spiffe") => {
+                spiffe = Some(PathBuf::from(it.next().ok_or("--spiffe needs a value")?))
             }
             Some("--config") => {
                 if configs.len() == MAX_CONFIGS {
@@ -246,6 +254,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
         task_dir,
         secrets,
         configs,
+        spiffe,
         user,
         hide,
         command,
@@ -276,6 +285,8 @@ struct Mounts<'a> {
     secrets: Option<&'a Path>,
     /// Config files and their targets.
     configs: &'a [(PathBuf, String)],
+    /// The directory seen as `/run/spiffe`.
+    spiffe: Option<&'a Path>,
 }
 
 fn stage1(
@@ -428,11 +439,19 @@ fn launch_stage2(
     for (source, target) in mounts.configs {
         expose_config(source, target)?;
     }
+    if let Some(dir) = mounts.spiffe {
+        expose_dir(
+            dir,
+            Path::new(crate::agent::svid::TARGET_DIR),
+            "the task's identity",
+        )?;
+    }
     expose_hosts(task_dir)?;
     hide_tasks_dir(task_dir)?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the skep binary: {e}"))?;
     let needed = [
         Path::new(crate::agent::secrets::TARGET_ROOT),
+        Path::new(crate::agent::svid::TARGET_DIR),
         Path::new("/etc/hosts"),
         exe.as_path(),
     ];
@@ -510,14 +529,19 @@ fn expose_config(source: &Path, target: &str) -> Result<(), String> {
 /// Binds the task's secrets directory (on its tmpfs) read-only at `/run/secrets`, in this
 /// mount namespace only. `/run/secrets` is created on the host if missing (an empty directory).
 fn expose_secrets(dir: &Path) -> Result<(), String> {
-    let target = Path::new(crate::agent::secrets::TARGET_ROOT);
+    expose_dir(
+        dir,
+        Path::new(crate::agent::secrets::TARGET_ROOT),
+        "the task's secrets",
+    )
+}
+
+/// Binds `dir` read-only at `target` in this mount namespace only, creating `target` on the
+/// host if missing (an empty directory); `what` names it in an error.
+fn expose_dir(dir: &Path, target: &Path, what: &str) -> Result<(), String> {
     std::fs::create_dir_all(target)
         .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
-    bind_read_only(
-        dir,
-        target,
-        &format!("the task's secrets at {}", target.display()),
-    )
+    bind_read_only(dir, target, &format!("{what} at {}", target.display()))
 }
 
 /// Binds `source` at `target` in this mount namespace, read-only, nosuid, nodev and noexec;
@@ -822,6 +846,7 @@ mod tests {
             task_dir: Some("/d".into()),
             secrets: None,
             configs: Vec::new(),
+            spiffe: None,
             user: NOBODY,
             hide: Vec::new(),
             command: s(&["sh", "-c", "x --y"]),

@@ -125,6 +125,17 @@ pub enum ExecError {
     },
 }
 
+/// What a task sees from its tmpfs, each read-only.
+pub struct Mounts<'a> {
+    /// The directory seen as `/run/secrets`.
+    pub secrets: Option<&'a Path>,
+    /// Config files, each at its target.
+    pub configs: &'a [ConfigFile],
+    /// The identity directory seen as `/run/spiffe` (its SVID files and Workload API socket);
+    /// the task's environment then names the socket in `SPIFFE_ENDPOINT_SOCKET`.
+    pub spiffe: Option<&'a Path>,
+}
+
 /// The runtimes available on this node.
 pub struct Executors {
     tasks_dir: PathBuf,
@@ -246,21 +257,25 @@ impl Executors {
         task: &Task,
         secrets: Option<&Path>,
     ) -> Result<TaskHandle, ExecError> {
-        self.start_with(task, secrets, &[]).await
+        let mounts = Mounts {
+            secrets,
+            configs: &[],
+            spiffe: None,
+        };
+        self.start_with(task, &mounts).await
     }
 
-    /// As [`Executors::start`], with `configs`: files the task is to see, read-only, each at
-    /// its target.
+    /// As [`Executors::start`], with everything the task is to see from its tmpfs.
     pub async fn start_with(
         &self,
         task: &Task,
-        secrets: Option<&Path>,
-        configs: &[ConfigFile],
+        mounts: &Mounts<'_>,
     ) -> Result<TaskHandle, ExecError> {
         check_task_id(&task.id)?;
+        let (secrets, configs, spiffe) = (mounts.secrets, mounts.configs, mounts.spiffe);
         match task.spec.runtime {
             Runtime::Exec => match &self.exec {
-                Some(e) => e.start(task, secrets, configs).await,
+                Some(e) => e.start(task, secrets, configs, spiffe).await,
                 None => Err(ExecError::Unavailable(Runtime::Exec)),
             },
             Runtime::Docker => match &self.docker {
@@ -268,7 +283,8 @@ impl Executors {
                     let hosts = self.tasks_dir.join(&task.id).join("hosts");
                     let hosts =
                         (!task.spec.networks.is_empty() && hosts.is_file()).then_some(hosts);
-                    d.start(task, secrets, configs, hosts.as_deref()).await
+                    d.start(task, secrets, configs, spiffe, hosts.as_deref())
+                        .await
                 }
                 None => Err(ExecError::Unavailable(Runtime::Docker)),
             },

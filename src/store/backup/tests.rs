@@ -33,6 +33,9 @@ fn state_of(audit: &AuditKey) -> State {
             audit_key: Some(audit.clone()),
             audit_retention: 0,
             secret_history: 0,
+            trust_domain: String::new(),
+            workload: None,
+            svid_ttl_secs: 0,
         }),
         ..State::default()
     };

@@ -1,0 +1,372 @@
+//! Workload identity on the managers: who may have an SVID for which task, and the bundle
+//! every task trusts. Pure functions of the replicated state (plus the signing itself); the
+//! Dispatcher's handlers (`services.rs`) commit the audit record and the SVID's record before
+//! anything leaves the leader.
+//!
+//! ```text
+//!  agent: CSR (task's own key) ─► IssueSvid ─► svid_for: task on that node, to run, identity
+//!         on, SPIFFE ID from its service ─► WorkloadCa::issue_svid ─► RecordSvid + audit
+//!         ─► certificate
+//!  heartbeat ─► Bundle: workload CA + JWKS + CRL of revoked_svids (cached per revoked set)
+//! ```
+
+use std::sync::Mutex;
+
+use skep_pki::{Csr, IssuedCert, NodeKey, SvidSubject, WorkloadCa};
+use time::OffsetDateTime;
+
+use crate::audit::{Actor, AuditEvent, Outcome};
+use crate::secret::SecretString;
+use crate::store::model::{Command, State};
+use crate::store::service::{DesiredState, Task};
+use crate::store::workload::{JWT_SVID_TTL_SECS, SvidRecord, WorkloadKeys};
+
+/// How long the workload CA lives (as long as a root CA).
+const WORKLOAD_CA_DAYS: i64 = super::control::ROOT_CA_VALIDITY_DAYS;
+/// How long a CRL says it is good for; the managers make a new one as soon as the set changes.
+const CRL_VALIDITY: time::Duration = time::Duration::hours(1);
+/// The label Docker (and skep) puts on a stack's services.
+const STACK_LABEL: &str = "com.docker.stack.namespace";
+
+/// Why an SVID (X.509 or JWT) was refused. The message is what the node is told and what the
+/// audit record keeps; it does not say whether a task exists on another node.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WorkloadError {
+    /// Not one of the caller's tasks.
+    #[error("task {0} is not assigned to node {1}")]
+    NotYours(String, String),
+    /// The task has stopped or is to stop: its identity died with it.
+    #[error("task {0} is not to run any more; its identity ended with it")]
+    Stopped(String),
+    /// The service has identity turned off (`--identity=false`).
+    #[error("service {0} has workload identity turned off (--identity=false)")]
+    Off(String),
+    /// The swarm has no workload keys yet (a swarm from before; the leader makes them).
+    #[error("the swarm has no workload identity keys yet; retry in a moment")]
+    NoKeys,
+    /// The request itself is malformed (a CSR, an audience).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Signing failed.
+    #[error("could not sign: {0}")]
+    Sign(String),
+}
+
+/// New workload keys for a swarm: a workload CA and a JWT signing key.
+pub fn new_keys(cluster_id: &str, now: OffsetDateTime) -> Result<WorkloadKeys, skep_pki::PkiError> {
+    let ca = WorkloadCa::generate(cluster_id, time::Duration::days(WORKLOAD_CA_DAYS), now)?;
+    let jwt = NodeKey::generate()?;
+    Ok(WorkloadKeys {
+        ca_cert_pem: ca.cert_pem(),
+        ca_key_pem: SecretString::from(ca.key_pem()),
+        jwt_key_pem: SecretString::from(jwt.pkcs8_pem()),
+    })
+}
+
+/// The SPIFFE ID of `task`'s service: `spiffe://<td>/ns/<stack or default>/svc/<name>`, the
+/// name without its stack's prefix.
+pub fn spiffe_id_of(state: &State, task: &Task) -> Result<String, WorkloadError> {
+    let td = state
+        .cluster
+        .as_ref()
+        .map(|c| c.trust_domain())
+        .ok_or(WorkloadError::NoKeys)?;
+    let labels = state.services.get(&task.service_id).map(|s| &s.spec.labels);
+    let stack = labels.and_then(|l| l.get(STACK_LABEL));
+    let (ns, name) = match stack {
+        Some(stack) => (
+            stack.as_str(),
+            task.service_name
+                .strip_prefix(&format!("{stack}_"))
+                .unwrap_or(&task.service_name),
+        ),
+        None => (skep_pki::DEFAULT_NAMESPACE, task.service_name.as_str()),
+    };
+    skep_pki::spiffe_id(td, ns, name).map_err(|e| WorkloadError::BadRequest(e.to_string()))
+}
+
+/// The task `task_id` of node `node_id` if it may hold an identity now: assigned to that
+/// node, to run and not ended, its service's identity on. Its SPIFFE ID with it.
+pub fn entitled<'s>(
+    state: &'s State,
+    node_id: &str,
+    task_id: &str,
+) -> Result<(&'s Task, String), WorkloadError> {
+    let task = state
+        .tasks
+        .get(task_id)
+        .filter(|t| t.node_id == node_id)
+        .ok_or_else(|| WorkloadError::NotYours(crate::util::quote(task_id), node_id.to_string()))?;
+    if task.desired != DesiredState::Running || task.status.state.is_terminal() {
+        return Err(WorkloadError::Stopped(task_id.to_string()));
+    }
+    if !task.spec.identity {
+        return Err(WorkloadError::Off(task.service_name.clone()));
+    }
+    let id = spiffe_id_of(state, task)?;
+    Ok((task, id))
+}
+
+/// An X.509-SVID issued, with what is committed before it leaves: its record (so it can be
+/// revoked) and the audit record.
+pub struct Issued {
+    /// The certificate.
+    pub cert: IssuedCert,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// `RecordSvid` and the audit record, to commit in one batch.
+    pub commit: Command,
+}
+
+/// Signs an X.509-SVID for task `task_id` of node `node_id`, for the key in `csr_der`, if the
+/// task is entitled (see [`entitled`]).
+pub fn svid_for(
+    state: &State,
+    node_id: &str,
+    task_id: &str,
+    csr_der: &[u8],
+    now: OffsetDateTime,
+) -> Result<Issued, WorkloadError> {
+    let (task, spiffe_id) = entitled(state, node_id, task_id)?;
+    let csr = Csr::from_der(csr_der).map_err(|e| WorkloadError::BadRequest(e.to_string()))?;
+    let cluster = state.cluster.as_ref().ok_or(WorkloadError::NoKeys)?;
+    let keys = cluster.workload.as_ref().ok_or(WorkloadError::NoKeys)?;
+    let ca = WorkloadCa::from_pem(&keys.ca_cert_pem, keys.ca_key_pem.expose())
+        .map_err(|e| WorkloadError::Sign(e.to_string()))?;
+    let ttl = time::Duration::try_from(cluster.svid_ttl())
+        .map_err(|e| WorkloadError::Sign(e.to_string()))?;
+    let cert = ca
+        .issue_svid(
+            &csr,
+            &SvidSubject {
+                spiffe_id: &spiffe_id,
+                task_id: &task.id,
+            },
+            ttl,
+            now,
+        )
+        .map_err(|e| WorkloadError::Sign(e.to_string()))?;
+    let event = AuditEvent::now(Actor::node(node_id), "svid.issue", &spiffe_id, Outcome::Ok)
+        .with("task", task.id.clone())
+        .with("service", task.service_name.clone())
+        .with("serial", cert.serial.clone())
+        .with("not_after", crate::util::rfc3339(cert.not_after));
+    let commit = Command::Batch(vec![
+        Command::RecordSvid {
+            serial: cert.serial.clone(),
+            record: SvidRecord {
+                task_id: task.id.clone(),
+                node_id: node_id.to_string(),
+                not_after: cert.not_after.unix_timestamp(),
+            },
+            now: now.unix_timestamp(),
+        },
+        Command::Audit(event),
+    ]);
+    Ok(Issued {
+        cert,
+        spiffe_id,
+        commit,
+    })
+}
+
+/// The audit record of a refused SVID request.
+pub fn refusal_record(
+    node_id: &str,
+    what: &str,
+    task_id: &str,
+    reason: &WorkloadError,
+    peer: &str,
+) -> AuditEvent {
+    AuditEvent::now(
+        Actor::node(node_id),
+        what,
+        &crate::util::prefix(task_id, 64),
+        Outcome::Denied,
+    )
+    .with("task", crate::util::prefix(task_id, 64).to_string())
+    .with("reason", reason.to_string())
+    .with("peer", peer.to_string())
+}
+
+/// What every task trusts: the workload CA, the JWT keys and the CRL of revoked SVIDs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bundle {
+    /// The trust domain.
+    pub trust_domain: String,
+    /// Workload CA certificate(s), concatenated DER.
+    pub ca_der: Vec<u8>,
+    /// The JWKS, JSON.
+    pub jwks: Vec<u8>,
+    /// The CRL, DER (signed by the workload CA).
+    pub crl_der: Vec<u8>,
+    /// The revoked serials the CRL lists (lower-case hex), for skep's own checks.
+    pub revoked: Vec<String>,
+}
+
+/// The bundle of `state` now; `None` before the swarm has workload keys.
+pub fn bundle(state: &State, now: OffsetDateTime) -> Result<Option<Bundle>, WorkloadError> {
+    let Some(cluster) = state.cluster.as_ref() else {
+        return Ok(None);
+    };
+    let Some(keys) = cluster.workload.as_ref() else {
+        return Ok(None);
+    };
+    let sign = |e: skep_pki::PkiError| WorkloadError::Sign(e.to_string());
+    let ca = WorkloadCa::from_pem(&keys.ca_cert_pem, keys.ca_key_pem.expose()).map_err(sign)?;
+    let revoked = state.revoked_svids();
+    let crl_der = ca
+        .crl(&revoked, crl_number(now), now, now + CRL_VALIDITY)
+        .map_err(sign)?;
+    Ok(Some(Bundle {
+        trust_domain: cluster.trust_domain().to_string(),
+        ca_der: ca.cert_der().to_vec(),
+        jwks: jwks_of(keys)?,
+        crl_der,
+        revoked: revoked.into_iter().map(str::to_string).collect(),
+    }))
+}
+
+/// CRL numbers increase with time (milliseconds), so a newer list always has a higher number
+/// whichever manager made it.
+fn crl_number(now: OffsetDateTime) -> u64 {
+    u64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// The JWKS of the swarm's JWT signing key.
+pub fn jwks_of(keys: &WorkloadKeys) -> Result<Vec<u8>, WorkloadError> {
+    crate::manager::jwt::jwks(keys)
+}
+
+/// A JWT-SVID for task `task_id` of node `node_id`, for `audience`, with its audit record.
+pub fn jwt_for(
+    state: &State,
+    node_id: &str,
+    task_id: &str,
+    audience: &[String],
+    now: OffsetDateTime,
+) -> Result<(zeroize::Zeroizing<String>, String, AuditEvent), WorkloadError> {
+    crate::manager::jwt::check_audience(audience)?;
+    let (task, spiffe_id) = entitled(state, node_id, task_id)?;
+    let keys = state
+        .cluster
+        .as_ref()
+        .and_then(|c| c.workload.as_ref())
+        .ok_or(WorkloadError::NoKeys)?;
+    let ttl = time::Duration::seconds(i64::try_from(JWT_SVID_TTL_SECS).unwrap_or(300));
+    let token = crate::manager::jwt::sign(keys, &spiffe_id, audience, ttl, now)?;
+    let event = AuditEvent::now(
+        Actor::node(node_id),
+        "svid.jwt.issue",
+        &spiffe_id,
+        Outcome::Ok,
+    )
+    .with("task", task.id.clone())
+    .with("audience", audience.join(","));
+    Ok((token, spiffe_id, event))
+}
+
+/// The last bundle made, and the revoked set and keys it was made for: heartbeats ask often,
+/// the set changes seldom.
+#[derive(Default)]
+pub struct BundleCache(Mutex<Option<(Vec<String>, String, OffsetDateTime, Bundle)>>);
+
+impl BundleCache {
+    /// The bundle of `state`, made again only when its revoked set or keys changed, or its CRL
+    /// is half-way to its next update.
+    pub fn get(&self, state: &State, now: OffsetDateTime) -> Option<Bundle> {
+        let keys = state
+            .cluster
+            .as_ref()
+            .and_then(|c| c.workload.as_ref())
+            .map(|k| k.ca_cert_pem.clone())?;
+        let revoked: Vec<String> = state
+            .revoked_svids()
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((r, k, made, b)) = cache.as_ref()
+            && *r == revoked
+            && *k == keys
+            && now - *made < CRL_VALIDITY / 2
+        {
+            return Some(b.clone());
+        }
+        match bundle(state, now) {
+            Ok(Some(b)) => {
+                *cache = Some((revoked, keys, now, b.clone()));
+                Some(b)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot make the workload bundle");
+                None
+            }
+        }
+    }
+}
+
+impl super::Manager {
+    /// What tasks trust now (`None` before the swarm has workload keys).
+    pub fn workload_bundle(&self) -> Option<Bundle> {
+        let now = OffsetDateTime::now_utc();
+        self.read(|s| self.workload_bundle.get(s, now))
+    }
+
+    /// `swarm update --svid-ttl`: the lifetime of X.509-SVIDs issued from now on (audited).
+    pub async fn set_svid_ttl(&self, actor: Actor, secs: u64) -> Result<(), super::ManagerError> {
+        let audit = AuditEvent::now(actor, "swarm.update", "svid-ttl", Outcome::Ok)
+            .with("secs", secs.to_string());
+        self.propose(Command::Batch(vec![
+            Command::SetSvidTtl { secs },
+            Command::Audit(audit),
+        ]))
+        .await
+    }
+
+    /// Makes the swarm's workload keys if it has none (a swarm created before workload
+    /// identity existed): the leader does it on first need.
+    pub async fn ensure_workload_keys(&self) -> Result<(), super::ManagerError> {
+        let cluster_id = self.read(|s| {
+            s.cluster
+                .as_ref()
+                .filter(|c| c.workload.is_none())
+                .map(|c| c.id.clone())
+        });
+        let Some(cluster_id) = cluster_id else {
+            return Ok(());
+        };
+        let keys = new_keys(&cluster_id, OffsetDateTime::now_utc())
+            .map_err(|e| super::ManagerError::Invalid(e.to_string()))?;
+        let event = AuditEvent::now(
+            Actor::node(&self.node_id),
+            "workload.keys.create",
+            "workload",
+            Outcome::Ok,
+        );
+        let r = self
+            .propose(Command::Batch(vec![
+                Command::SetWorkloadKeys(keys),
+                Command::Audit(event),
+            ]))
+            .await;
+        // Another proposal may have made them first: that is as good.
+        if self.read(|s| s.cluster.as_ref().is_some_and(|c| c.workload.is_some())) {
+            return Ok(());
+        }
+        r
+    }
+}
+
+impl From<&Bundle> for crate::api::v1::WorkloadBundle {
+    fn from(b: &Bundle) -> Self {
+        Self {
+            trust_domain: b.trust_domain.clone(),
+            ca: b.ca_der.clone(),
+            jwks: b.jwks.clone(),
+            crl: b.crl_der.clone(),
+            revoked: b.revoked.clone(),
+        }
+    }
+}

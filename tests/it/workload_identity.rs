@@ -1,0 +1,255 @@
+//! Workload identity, end to end with real daemons: every task with identity on finds its own
+//! X.509-SVID, key and trust bundle at /run/spiffe and the Workload API socket named by
+//! SPIFFE_ENDPOINT_SOCKET; the SVID names the task's service and chains to the workload CA
+//! (not the node root); a service with `--identity=false` gets none; and a node asking for an
+//! SVID it is not entitled to (another node's task, a stopped task, a bad or oversized CSR)
+//! is refused and audited while the daemon keeps serving.
+
+use serde_json::Value;
+
+use crate::harness::{Cluster, Node, exec_service, json_lines, timeout, wait_for};
+
+fn tasks(m: &Node, service: &str) -> Vec<Value> {
+    json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", service]))
+}
+
+fn running_task(m: &Node, service: &str) -> Value {
+    wait_for(timeout(), &format!("{service} running"), || {
+        let all = tasks(m, service);
+        all.iter()
+            .find(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Running"))
+            })
+            .cloned()
+            .ok_or_else(|| format!("{all:?}"))
+    })
+}
+
+/// The PEM blocks of `label` a service's logs hold, in order.
+fn pem_blocks(m: &Node, service: &str, label: &str) -> Vec<Vec<u8>> {
+    let logs = m.cli_ok(&["service", "logs", "--raw", service]);
+    let text: String = logs
+        .lines()
+        .map(|l| l.rsplit_once("| ").map_or(l, |(_, r)| r))
+        .collect::<Vec<_>>()
+        .join("\n");
+    pem::parse_many(text.as_bytes())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.tag() == label)
+        .map(|p| p.into_contents())
+        .collect()
+}
+
+/// The cluster ID, from the node's plaintext file.
+fn cluster_id(n: &Node) -> String {
+    let file: Value =
+        serde_json::from_slice(&std::fs::read(n.data_dir().join("node.json")).unwrap()).unwrap();
+    file["cluster_id"].as_str().unwrap().to_string()
+}
+
+/// A service whose one task prints its identity files and environment, then sleeps.
+fn show_identity(m: &Node, name: &str, opts: &[&str]) {
+    exec_service(
+        m,
+        name,
+        opts,
+        "echo \"endpoint=$SPIFFE_ENDPOINT_SOCKET\"; test -S /run/spiffe/workload.sock && echo socket=yes; cat /run/spiffe/svid.pem /run/spiffe/bundle.pem; test -r /run/spiffe/svid.key && echo key=yes; exec sleep 1000",
+    );
+}
+
+#[test]
+fn each_task_holds_an_svid_for_its_own_service_and_nothing_else() {
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    let c = Cluster::init(1, 1);
+    let m = c.first();
+    let cluster_id = cluster_id(m);
+    show_identity(m, "web", &["--replicas", "2"]);
+    show_identity(m, "plain", &["--identity=false"]);
+    let web = running_task(m, "web");
+    let _ = running_task(m, "plain");
+    let task_ids: Vec<String> = tasks(m, "web")
+        .iter()
+        .filter_map(|t| t["ID"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(task_ids.len(), 2, "{web:?}");
+
+    let certs = wait_for(timeout(), "both web tasks printed their SVID", || {
+        let certs = pem_blocks(m, "web", "CERTIFICATE");
+        // Each task: its SVID, then the bundle (one CA).
+        if certs.len() >= 4 {
+            Ok(certs)
+        } else {
+            Err(format!("{} certificates", certs.len()))
+        }
+    });
+    let logs = m.cli_ok(&["service", "logs", "web"]);
+    assert!(
+        logs.contains("endpoint=unix:///run/spiffe/workload.sock"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("socket=yes") && logs.contains("key=yes"),
+        "{logs}"
+    );
+    let svids: Vec<skep_pki::SvidInfo> = certs
+        .iter()
+        .filter_map(|der| skep_pki::SvidInfo::from_der(der).ok())
+        .collect();
+    assert_eq!(
+        svids.len(),
+        2,
+        "two SVIDs among {} certificates",
+        certs.len()
+    );
+    let want = format!("spiffe://{cluster_id}/ns/default/svc/web");
+    for s in &svids {
+        assert_eq!(s.spiffe_id, want);
+        assert!(
+            task_ids.contains(&s.task_id),
+            "{s:?} not one of {task_ids:?}"
+        );
+    }
+    assert_ne!(svids[0].task_id, svids[1].task_id, "each task has its own");
+    assert_ne!(svids[0].serial, svids[1].serial);
+
+    // The bundle is the workload CA, not the node root: node certificates do not chain to
+    // it, and the SVIDs do not chain to the node root.
+    let bundle: Vec<&Vec<u8>> = certs
+        .iter()
+        .filter(|der| skep_pki::SvidInfo::from_der(der).is_err())
+        .collect();
+    let root = std::fs::read(m.data_dir().join("root.crt")).unwrap();
+    assert!(
+        bundle.iter().all(|b| **b != root),
+        "the bundle is not the node root"
+    );
+
+    // identity=false: no files, no socket, no variable.
+    let plain = m.cli_ok(&["service", "logs", "plain"]);
+    assert!(
+        plain.contains("endpoint=\n")
+            || plain.contains("endpoint=\r")
+            || plain.lines().any(|l| l.ends_with("endpoint=")),
+        "{plain}"
+    );
+    assert!(
+        !plain.contains("socket=yes") && !plain.contains("BEGIN CERTIFICATE"),
+        "{plain}"
+    );
+
+    // Every issuance is on the audit chain, naming the task and the SPIFFE ID.
+    let audit = m.audit();
+    let issued: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["action"] == "svid.issue" && r["outcome"] == "ok")
+        .collect();
+    assert!(issued.len() >= 2, "{issued:#?}");
+    assert!(issued.iter().all(|r| r["target"] == want.as_str()));
+}
+
+#[test]
+fn a_node_asking_for_an_svid_it_is_not_entitled_to_is_refused_and_audited() {
+    use skep::api::v1::SvidRequest;
+    use skep::api::v1::dispatcher_client::DispatcherClient;
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    let c = Cluster::init(1, 2);
+    let m = c.first();
+    let (w1, w2) = (&c.workers()[0], &c.workers()[1]);
+    let on_w1 = format!("node.hostname=={}", w1.name());
+    exec_service(m, "holder", &["--constraint", &on_w1], "exec sleep 1000");
+    exec_service(
+        m,
+        "anon",
+        &["--constraint", &on_w1, "--identity=false"],
+        "exec sleep 1000",
+    );
+    let task_id = running_task(m, "holder")["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let anon_id = running_task(m, "anon")["ID"].as_str().unwrap().to_string();
+    let csr = skep_pki::NodeKey::generate().unwrap().csr_der().unwrap();
+
+    let ask = |n: &Node, task: &str, csr: Vec<u8>| {
+        let creds = crate::harness::credentials_of(n);
+        let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let ch = skep::net::channel(&m.addr(), tls).unwrap();
+            DispatcherClient::new(ch)
+                .issue_svid(SvidRequest {
+                    task_id: task.into(),
+                    csr,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+    };
+    // w2 runs no task of holder: refused.
+    let e = ask(w2, &task_id, csr.clone()).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("is not assigned to node"),
+        "{}",
+        e.message()
+    );
+    // A service with identity off.
+    let e = ask(w1, &anon_id, csr.clone()).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("identity turned off"),
+        "{}",
+        e.message()
+    );
+    // An oversized CSR and garbage: refused as bad requests, quoting nothing of them.
+    let e = ask(w1, &task_id, vec![0x30; 64 * 1024]).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().len() < 300, "{}", e.message());
+    let e = ask(w1, &task_id, b"not a csr".to_vec()).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    // The entitled request succeeds: an SVID for that task's service, for the key asked.
+    let ok = ask(w1, &task_id, csr.clone()).unwrap();
+    let info = skep_pki::SvidInfo::from_der(&ok.cert).unwrap();
+    assert_eq!(info.task_id, task_id);
+    assert!(
+        ok.spiffe_id.ends_with("/ns/default/svc/holder"),
+        "{}",
+        ok.spiffe_id
+    );
+    assert!(ok.bundle.is_some());
+
+    // Once the task is not to run any more, its own node is refused too.
+    m.cli_ok(&["service", "scale", "--detach", "holder=0"]);
+    wait_for(timeout(), "the holder task to be told to stop", || {
+        let all = tasks(m, "holder");
+        match all.iter().find(|t| t["ID"] == task_id.as_str()) {
+            Some(t) if t["DesiredState"] != "Running" => Ok(()),
+            _ => Err(format!("{all:?}")),
+        }
+    });
+    let e = ask(w1, &task_id, csr).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("not to run any more"),
+        "{}",
+        e.message()
+    );
+
+    let audit = m.audit();
+    let denied: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["action"] == "svid.issue" && r["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 5, "{denied:#?}");
+    assert_eq!(denied[0]["actor"]["id"], w2.id());
+    assert!(denied.iter().all(|r| r["details"]["reason"].is_string()));
+    // The daemon kept serving throughout.
+    m.cli_ok(&["node", "ls"]);
+}
