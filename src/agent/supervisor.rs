@@ -68,6 +68,8 @@ pub struct Supervisor {
     recovered: std::sync::atomic::AtomicBool,
     /// The workload trust bundle as the last heartbeat brought it.
     bundles: crate::agent::svid::BundleFeed,
+    /// The SVIDs of this node's running tasks.
+    identities: crate::agent::svid::Registry,
 }
 
 impl Supervisor {
@@ -88,6 +90,7 @@ impl Supervisor {
             orphans: Mutex::default(),
             recovered: std::sync::atomic::AtomicBool::new(false),
             bundles: Default::default(),
+            identities: Default::default(),
         })
     }
 
@@ -134,7 +137,13 @@ impl Supervisor {
             managers: self.managers.clone(),
             reports: self.reports.clone(),
             bundles: self.bundles.clone(),
+            identities: self.identities.clone(),
         }
+    }
+
+    /// The SVIDs of this node's tasks, by task ID (the routing mesh presents them).
+    pub fn identities(&self) -> crate::agent::svid::Registry {
+        self.identities.clone()
     }
 
     /// Where heartbeats put the workload trust bundle, for every task's identity.

@@ -64,6 +64,36 @@ impl BundleFeed {
     }
 }
 
+/// The X.509-SVID of each running task of this node with identity on, by task ID: what the
+/// routing mesh presents when it authenticates callers on a task's behalf
+/// (`identity=required`).
+#[derive(Clone, Default)]
+pub struct Registry(
+    Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<String, watch::Receiver<Option<Arc<X509Material>>>>,
+        >,
+    >,
+);
+
+impl Registry {
+    /// Task `task_id`'s current SVID, if it has one here.
+    pub fn get(&self, task_id: &str) -> Option<Arc<X509Material>> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(task_id).and_then(|rx| rx.borrow().clone())
+    }
+
+    fn insert(&self, task_id: &str, rx: watch::Receiver<Option<Arc<X509Material>>>) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(task_id.to_string(), rx);
+    }
+
+    fn remove(&self, task_id: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(task_id);
+    }
+}
+
 /// Why a task's identity could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SvidError {
@@ -80,12 +110,15 @@ pub enum SvidError {
 
 /// A running task's identity: stops its renewal and its Workload API when dropped.
 pub struct TaskIdentity {
+    task_id: String,
+    registry: Registry,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for TaskIdentity {
     fn drop(&mut self) {
+        self.registry.remove(&self.task_id);
         let _ = self.shutdown.send(true);
         for t in &self.tasks {
             t.abort();
@@ -108,6 +141,7 @@ pub async fn start(
     secrets: &TaskSecrets,
     managers: Arc<Managers>,
     feed: &BundleFeed,
+    registry: &Registry,
 ) -> Result<TaskIdentity, SvidError> {
     let (held, bundle) = issue(&task.id, &managers).await?;
     let bundle = match bundle {
@@ -124,6 +158,7 @@ pub async fn start(
     files.write_svid(&held)?;
     files.write_bundle(&bundle)?;
     let (x509_tx, x509_rx) = watch::channel(Some(material(&held, &bundle)));
+    let x509_rx_for_registry = x509_rx.clone();
     let (jwt_tx, jwt_rx) = watch::channel(Some(jwt_material(&bundle)));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let socket = secrets
@@ -158,7 +193,10 @@ pub async fn start(
         }
         .run(shutdown_rx),
     );
+    registry.insert(&task.id, x509_rx_for_registry);
     Ok(TaskIdentity {
+        task_id: task.id.clone(),
+        registry: registry.clone(),
         shutdown,
         tasks: vec![serve, renew],
     })

@@ -45,6 +45,8 @@ pub struct Context {
     pub reports: Reports,
     /// The trust bundle heartbeats bring, for tasks' identities.
     pub bundles: super::svid::BundleFeed,
+    /// The SVIDs of this node's tasks, for the routing mesh.
+    pub identities: super::svid::Registry,
 }
 
 impl Context {
@@ -115,7 +117,9 @@ pub async fn run(
     // The identity before the start: a task with identity on never runs without its SVID.
     let identity = match (&secrets, task.spec.identity) {
         (Some(s), true) => {
-            match super::svid::start(&task, s, cx.managers.clone(), &cx.bundles).await {
+            match super::svid::start(&task, s, cx.managers.clone(), &cx.bundles, &cx.identities)
+                .await
+            {
                 Ok(i) => Some(i),
                 Err(e) => {
                     if let Some(s) = secrets {
