@@ -588,7 +588,7 @@ pub fn mount_task_files(task_dir: &Path, c: &Contents<'_>) -> Result<TaskSecrets
     let data = format!(
         "mode=0700,size={},nr_inodes={}",
         size_cap(refs, values) + size_cap(c.configs, c.config_values),
-        (refs.len() + c.configs.len()) * 2 + 16
+        (refs.len() + c.configs.len()) * 2 + 24
     );
     mount(
         Some("tmpfs"),

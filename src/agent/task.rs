@@ -248,6 +248,21 @@ pub async fn adopt(
         Some((s, h)) => (Some(s), h),
         None => (None, HeldVersions::new()),
     };
+    // A fresh SVID and Workload API for an adopted task: the previous agent's went with it.
+    let identity = match (&secrets, task.spec.identity) {
+        (Some(s), true) => {
+            match super::svid::start(&task, s, cx.managers.clone(), &cx.bundles, &cx.identities)
+                .await
+            {
+                Ok(i) => Some(i),
+                Err(e) => {
+                    tracing::warn!(task = %task.id, error = %e, "cannot renew an adopted task's identity");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let mut run = Run {
         secrets: secrets.as_ref(),
         versions: &mut versions,
@@ -264,6 +279,7 @@ pub async fn adopt(
         &mut stop,
     )
     .await;
+    drop(identity);
     cx.execs.release_secrets(&task.id);
 }
 
