@@ -262,6 +262,15 @@ pub enum PkiError {
         reason: String,
     },
 
+    /// A JWT's `iss` claim (or the issuer to sign with) is empty or too long.
+    #[error("the JWT issuer {found:?} must be 1 to {max} bytes")]
+    JwtIssuer {
+        /// The issuer, shortened to 32 characters.
+        found: String,
+        /// The limit.
+        max: usize,
+    },
+
     /// A JWT lifetime that skep does not issue.
     #[error("invalid JWT-SVID lifetime: it must be positive and at most {max}")]
     JwtTtl {

@@ -60,6 +60,9 @@ pub const MAX_JWKS_KEYS: usize = 32;
 /// The longest SPIFFE ID, in bytes (the SPIFFE ID specification's limit).
 pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 
+/// The longest `iss` claim, in bytes.
+pub const MAX_ISSUER_LEN: usize = 256;
+
 /// The longest lifetime [`JwtKey::sign_svid`] gives a token.
 pub const MAX_JWT_TTL: Duration = Duration::hours(24);
 
@@ -141,7 +144,35 @@ impl JwtKey {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<Zeroizing<String>, PkiError> {
+        self.sign(spiffe_id, audience, ttl, now, None)
+    }
+
+    /// As [`JwtKey::sign_svid`], with an `iss` claim: verifiers that find the keys through
+    /// OIDC discovery (cloud identity federation, Vault) require it to equal the discovery
+    /// document's issuer. At most [`MAX_ISSUER_LEN`] bytes, not empty.
+    pub fn sign_svid_with_issuer(
+        &self,
+        spiffe_id: &str,
+        audience: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+        issuer: &str,
+    ) -> Result<Zeroizing<String>, PkiError> {
+        self.sign(spiffe_id, audience, ttl, now, Some(issuer))
+    }
+
+    fn sign(
+        &self,
+        spiffe_id: &str,
+        audience: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+        issuer: Option<&str>,
+    ) -> Result<Zeroizing<String>, PkiError> {
         check_spiffe_id(spiffe_id)?;
+        if let Some(iss) = issuer {
+            check_issuer(iss)?;
+        }
         check_audience(audience)?;
         if !ttl.is_positive() || ttl > MAX_JWT_TTL {
             return Err(PkiError::JwtTtl { max: MAX_JWT_TTL });
@@ -159,6 +190,9 @@ impl JwtKey {
         claims.insert("aud".into(), audience.to_vec().into());
         claims.insert("exp".into(), exp.unix_timestamp().into());
         claims.insert("iat".into(), now.unix_timestamp().into());
+        if let Some(iss) = issuer {
+            claims.insert("iss".into(), iss.into());
+        }
 
         let mut token = Zeroizing::new(String::with_capacity(512));
         URL_SAFE_NO_PAD.encode_string(Value::Object(header).to_string(), &mut token);
@@ -269,6 +303,8 @@ pub struct JwtClaims {
     pub exp: OffsetDateTime,
     /// When the token was issued, if it says.
     pub iat: Option<OffsetDateTime>,
+    /// Who issued the token, if it says (see [`JwtKey::sign_svid_with_issuer`]).
+    pub iss: Option<String>,
 }
 
 /// Verifies a JWT-SVID against a JWKS document, for `audience`, at `now`.
@@ -361,11 +397,15 @@ pub fn verify(
         });
     }
     check_spiffe_id(&claims.sub)?;
+    if let Some(iss) = &claims.iss {
+        check_issuer(iss)?;
+    }
     Ok(JwtClaims {
         sub: claims.sub,
         aud,
         exp,
         iat,
+        iss: claims.iss,
     })
 }
 
@@ -392,6 +432,8 @@ struct Claims {
     iat: Option<i64>,
     #[serde(default)]
     nbf: Option<i64>,
+    #[serde(default)]
+    iss: Option<String>,
 }
 
 /// RFC 7519 allows `aud` to be one string or an array.
@@ -538,6 +580,18 @@ fn check_spiffe_id(id: &str) -> Result<(), PkiError> {
         {
             return refuse("a path segment may hold only A-Z, a-z, 0-9, '.', '_' and '-'");
         }
+    }
+    Ok(())
+}
+
+/// Checks an `iss` claim: 1 to [`MAX_ISSUER_LEN`] bytes. (Its form is the OIDC server's
+/// business; the token only carries it.)
+fn check_issuer(iss: &str) -> Result<(), PkiError> {
+    if iss.is_empty() || iss.len() > MAX_ISSUER_LEN {
+        return Err(PkiError::JwtIssuer {
+            found: quote(iss),
+            max: MAX_ISSUER_LEN,
+        });
     }
     Ok(())
 }

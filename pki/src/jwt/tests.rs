@@ -49,6 +49,7 @@ fn round_trip() {
     assert_eq!(claims.aud, aud(&["db", "cache"]));
     assert_eq!(claims.exp, now() + Duration::minutes(5));
     assert_eq!(claims.iat, Some(now()));
+    assert_eq!(claims.iss, None);
 
     // The header is what the JWT-SVID specification asks for.
     let header = token.split('.').next().unwrap();
@@ -452,4 +453,27 @@ fn debug_hides_the_key() {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     assert!(!debug.contains(&body[..16]));
     assert!(debug.len() < 80, "{debug}");
+}
+
+#[test]
+fn issuer_is_carried_when_asked() {
+    let key = JwtKey::generate().unwrap();
+    let iss = "https://oidc.prod.example:8443";
+    let token = key
+        .sign_svid_with_issuer(ID, &aud(&["sts"]), Duration::minutes(5), now(), iss)
+        .unwrap();
+    let claims = verify(&token, &jwks(&[&key]), "sts", now()).unwrap();
+    assert_eq!(claims.iss.as_deref(), Some(iss));
+
+    for bad in ["", &"x".repeat(MAX_ISSUER_LEN + 1)] {
+        assert!(matches!(
+            key.sign_svid_with_issuer(ID, &aud(&["sts"]), Duration::minutes(5), now(), bad),
+            Err(PkiError::JwtIssuer { .. })
+        ));
+    }
+    // An issuer of the wrong type is an error, not an absent issuer.
+    let header = format!(r#"{{"alg":"ES256","kid":"{}"}}"#, key.kid());
+    let claims = format!(r#"{{"sub":"{ID}","aud":["sts"],"exp":1900000000,"iss":5}}"#);
+    let token = sign_raw(&key, &header, &claims);
+    assert!(verify(&token, &jwks(&[&key]), "sts", now()).is_err());
 }
