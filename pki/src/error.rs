@@ -198,6 +198,104 @@ pub enum PkiError {
         "the secret in the join token must be 26 lowercase base32 characters; copy the whole token again"
     )]
     TokenSecret,
+
+    /// A JWT is larger than skep reads or writes.
+    #[error(
+        "the JWT is {len} bytes, more than the {max} allowed; ask for fewer or shorter audiences"
+    )]
+    JwtTooLarge {
+        /// The size received or produced.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A JWT or its header is not in the compact form skep reads.
+    #[error("the JWT is malformed: {reason}; send a JWT-SVID as issued by the Workload API")]
+    JwtMalformed {
+        /// What was wrong; quotes at most a short prefix of the input.
+        reason: String,
+    },
+
+    /// A JWT names another signature algorithm than ES256 (`none` and HMAC included).
+    #[error("the JWT is signed with {found:?}; skep accepts only ES256 JWT-SVIDs")]
+    JwtAlgorithm {
+        /// The header's `alg`, shortened to 32 characters.
+        found: String,
+    },
+
+    /// A JWT's `kid` names no key of the trust bundle.
+    #[error(
+        "the JWT's key id {kid:?} is not in the trust bundle; the token was signed by another cluster or with a key that was retired"
+    )]
+    JwtUnknownKey {
+        /// The header's `kid`, shortened to 32 characters.
+        kid: String,
+    },
+
+    /// A JWT's signature does not verify with the key its `kid` names.
+    #[error("the JWT's signature does not verify; the token was altered or forged")]
+    JwtBadSignature,
+
+    /// A JWT's `exp` is not after the time of the check.
+    #[error("the JWT expired at {exp}; fetch a new JWT-SVID")]
+    JwtExpired {
+        /// The token's expiry.
+        exp: OffsetDateTime,
+    },
+
+    /// A JWT's `nbf` is after the time of the check.
+    #[error("the JWT is not valid before {nbf}; check the clocks of both machines")]
+    JwtNotYetValid {
+        /// The token's `nbf`.
+        nbf: OffsetDateTime,
+    },
+
+    /// A JWT's `aud` does not name the audience of the check.
+    #[error("the JWT is not meant for audience {expected:?}; fetch a JWT-SVID for that audience")]
+    JwtAudience {
+        /// The audience the verifier expected, shortened to 32 characters.
+        expected: String,
+    },
+
+    /// A JWT's subject (or the SPIFFE ID to sign) is not a SPIFFE ID.
+    #[error("{found:?} is not a SPIFFE ID: {reason}")]
+    JwtSubject {
+        /// The subject, shortened to 32 characters.
+        found: String,
+        /// What was wrong.
+        reason: &'static str,
+    },
+
+    /// An audience list is empty, too long, or holds an empty or too long entry.
+    #[error("invalid JWT audience list: {reason}")]
+    JwtAudienceList {
+        /// What was wrong, naming the entry; quotes at most a short prefix of it.
+        reason: String,
+    },
+
+    /// A JWT's `iss` claim (or the issuer to sign with) is empty or too long.
+    #[error("the JWT issuer {found:?} must be 1 to {max} bytes")]
+    JwtIssuer {
+        /// The issuer, shortened to 32 characters.
+        found: String,
+        /// The limit.
+        max: usize,
+    },
+
+    /// A JWT lifetime that skep does not issue.
+    #[error("invalid JWT-SVID lifetime: it must be positive and at most {max}")]
+    JwtTtl {
+        /// The longest lifetime allowed.
+        max: time::Duration,
+    },
+
+    /// A JWKS document (the JWT trust bundle) is not one skep can read.
+    #[error("the JWT trust bundle (JWKS) is malformed: {reason}")]
+    JwksMalformed {
+        /// What was wrong; quotes at most a short prefix of the input.
+        reason: String,
+    },
 }
 
 impl PkiError {

@@ -21,8 +21,11 @@
 //! chain `[leaf, cross-signed new root]` ([`verify_issued_chain`]). An operator's own root
 //! enters through [`RootCa::from_pem_for_cluster`].
 //!
-//! Untrusted input enters through [`JoinToken::parse`] and [`Csr::from_der`]; both have fuzz
-//! targets under `fuzz/`.
+//! Workloads prove who they are to verifiers outside the cluster with JWT-SVIDs signed by a
+//! [`JwtKey`] and checked by [`jwt::verify`] against the JWKS of [`jwt::jwks_json`].
+//!
+//! Untrusted input enters through [`JoinToken::parse`], [`Csr::from_der`] and
+//! [`jwt::verify`]; each has a fuzz target under `fuzz/`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -33,6 +36,7 @@ mod csr;
 mod digest;
 mod error;
 mod id;
+pub mod jwt;
 mod key;
 mod operator;
 mod profile;
@@ -44,6 +48,7 @@ pub use csr::{Csr, MAX_CSR_LEN, NodeKey};
 pub use digest::{CaDigest, ca_digest_of};
 pub use error::PkiError;
 pub use id::{ID_LEN, is_valid_id, new_id, try_new_id};
+pub use jwt::{Jwk, JwtClaims, JwtKey};
 pub use operator::{
     OPERATOR_OU, OperatorCertInfo, is_valid_operator_name, operator_revocation_key,
 };

@@ -19,6 +19,7 @@ pub mod limiter;
 mod lookup;
 pub mod network;
 pub mod networks;
+pub mod oidc;
 pub mod operators;
 pub mod orchestrator;
 pub mod policy_sets;
