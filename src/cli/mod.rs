@@ -166,6 +166,10 @@ struct DaemonArgs {
     /// (a restart or an upgrade of skep does not stop them).
     #[arg(long)]
     stop_tasks_on_exit: bool,
+    /// On a manager: serve the OIDC discovery document and the JWKS of JWT-SVIDs over HTTPS
+    /// at this address (with the manager's certificate; off by default).
+    #[arg(long, value_name = "IP:PORT")]
+    oidc_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -277,6 +281,10 @@ struct SwarmUpdateArgs {
     /// renewed at half life.
     #[arg(long, value_name = "DURATION", value_parser = positive_duration)]
     svid_ttl: Option<Duration>,
+    /// The issuer (an https:// URL where the managers' --oidc-addr is reached) that JWT-SVIDs
+    /// name and the OIDC discovery document gives; "" removes it.
+    #[arg(long, value_name = "URL")]
+    oidc_issuer: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -691,6 +699,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         raft_snapshot_logs: args.raft_snapshot_logs,
         force_rollback: args.force_rollback,
         stop_tasks_on_exit: args.stop_tasks_on_exit,
+        oidc_addr: args.oidc_addr,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -280,9 +280,10 @@ pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpda
         && args.audit_retention.is_none()
         && args.secret_history_limit.is_none()
         && args.svid_ttl.is_none()
+        && args.oidc_issuer.is_none()
     {
         bail!(
-            "nothing to update: give --dispatcher-heartbeat, --cert-expiry, --autolock, --audit-retention, --secret-history-limit or --svid-ttl"
+            "nothing to update: give --dispatcher-heartbeat, --cert-expiry, --autolock, --audit-retention, --secret-history-limit, --svid-ttl or --oidc-issuer"
         );
     }
     let svid_ttl_secs = match args.svid_ttl {
@@ -318,6 +319,7 @@ pub(super) fn update_request(args: &SwarmUpdateArgs) -> anyhow::Result<SwarmUpda
         audit_retention: args.audit_retention,
         secret_history_limit: args.secret_history_limit,
         svid_ttl_secs,
+        oidc_issuer: args.oidc_issuer.clone(),
     })
 }
 

@@ -368,6 +368,11 @@ impl Control for ControlService {
                 .await
                 .map_err(to_status)?;
         }
+        if let Some(issuer) = r.oidc_issuer {
+            m.set_oidc_issuer(actor.clone(), issuer)
+                .await
+                .map_err(to_status)?;
+        }
         if r.svid_ttl_secs > 0 {
             m.set_svid_ttl(actor.clone(), r.svid_ttl_secs)
                 .await

@@ -153,6 +153,7 @@ impl Daemon {
             trust_domain: req.trust_domain.clone(),
             workload: Some(workload),
             svid_ttl_secs: 0,
+            oidc_issuer: String::new(),
         };
         let node = Node {
             id: node_id.clone(),

@@ -75,6 +75,8 @@ pub struct DaemonConfig {
     /// `--stop-tasks-on-exit`: on SIGTERM/SIGINT stop the node's tasks as the daemon exits.
     /// By default they keep running and the next start of the daemon adopts them.
     pub stop_tasks_on_exit: bool,
+    /// `--oidc-addr`: where a manager serves the OIDC discovery document and JWKS.
+    pub oidc_addr: Option<SocketAddr>,
 }
 
 /// Why the daemon could not run.
@@ -488,6 +490,9 @@ impl Daemon {
             );
             mgr.set_anchor_keeper(keeper);
             tasks.extend(mgr.start_loops(link.revocations.clone(), self.cfg.audit_checkpoints));
+            if let Some(addr) = self.cfg.oidc_addr {
+                tasks.push(serve_oidc(mgr.clone(), identity, addr).await?);
+            }
             // The daemon's own watch over the manager: its store's failures (the process
             // re-executes), a forced rollback's audit record, the KEK's autolock wrapping.
             tasks.push(tokio::spawn(watch_store(mgr.clone(), p.raft())));
@@ -730,4 +735,37 @@ impl Daemon {
         tracing::info!(addr = %self.cfg.listen_addr, "serving mTLS");
         Ok(vec![serve, accept, auditor])
     }
+}
+
+/// Serves the OIDC discovery document and the JWKS of JWT-SVIDs at `addr`, with the manager's
+/// own certificate (no client certificate asked: the keys are public). The issuer is the
+/// swarm's (`swarm update --oidc-issuer`), else `https://<addr>`.
+async fn serve_oidc(
+    mgr: Arc<Manager>,
+    identity: &Arc<net::identity::LiveIdentity>,
+    addr: SocketAddr,
+) -> Result<JoinHandle<()>, DaemonError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| DaemonError::Start(format!("cannot listen for OIDC on {addr}: {e}")))?;
+    let tls = net::public_server_config(identity).map_err(|e| DaemonError::Start(e.to_string()))?;
+    let issuer = mgr
+        .read(|s| s.cluster.as_ref().map(|c| c.oidc_issuer.clone()))
+        .filter(|i| !i.is_empty())
+        .unwrap_or_else(|| format!("https://{addr}"));
+    let jwks_mgr = mgr.clone();
+    let jwks: crate::manager::oidc::JwksSource = Arc::new(move || {
+        jwks_mgr.read(|s| {
+            let keys = s.cluster.as_ref()?.workload.as_ref()?;
+            crate::manager::jwt::jwks(keys).ok()
+        })
+    });
+    let (_keep, shutdown) = tokio::sync::watch::channel(false);
+    tracing::info!(%addr, %issuer, "serving OIDC discovery and JWKS");
+    Ok(tokio::spawn(async move {
+        let _keep = _keep;
+        if let Err(e) = crate::manager::oidc::serve(listener, tls, issuer, jwks, shutdown).await {
+            tracing::error!(error = %e, "the OIDC server stopped");
+        }
+    }))
 }

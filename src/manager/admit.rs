@@ -110,6 +110,7 @@ mod tests {
                 trust_domain: String::new(),
                 workload: None,
                 svid_ttl_secs: 0,
+                oidc_issuer: String::new(),
             }),
             ..Default::default()
         };

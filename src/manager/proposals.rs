@@ -74,6 +74,7 @@ pub fn decision(cmd: &Command) -> Decision {
         | Command::SetWorkloadKeys(_)
         | Command::RecordSvid { .. }
         | Command::SetSvidTtl { .. }
+        | Command::SetOidcIssuer { .. }
         | Command::AuditTrim { .. }
         | Command::SetAuditRetention { .. }
         | Command::RotateToken { .. }
@@ -207,6 +208,7 @@ fn name(cmd: &Command) -> &'static str {
         SetWorkloadKeys,
         RecordSvid,
         SetSvidTtl,
+        SetOidcIssuer,
         AuditCheckpoint,
         AuditTrim,
         SetAuditRetention,

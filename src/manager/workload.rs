@@ -248,13 +248,11 @@ pub fn jwt_for(
 ) -> Result<(zeroize::Zeroizing<String>, String, AuditEvent), WorkloadError> {
     crate::manager::jwt::check_audience(audience)?;
     let (task, spiffe_id) = entitled(state, node_id, task_id)?;
-    let keys = state
-        .cluster
-        .as_ref()
-        .and_then(|c| c.workload.as_ref())
-        .ok_or(WorkloadError::NoKeys)?;
+    let cluster = state.cluster.as_ref().ok_or(WorkloadError::NoKeys)?;
+    let keys = cluster.workload.as_ref().ok_or(WorkloadError::NoKeys)?;
     let ttl = time::Duration::seconds(i64::try_from(JWT_SVID_TTL_SECS).unwrap_or(300));
-    let token = crate::manager::jwt::sign(keys, &spiffe_id, audience, ttl, now)?;
+    let token =
+        crate::manager::jwt::sign(keys, &spiffe_id, audience, ttl, now, &cluster.oidc_issuer)?;
     let event = AuditEvent::now(
         Actor::node(node_id),
         "svid.jwt.issue",
@@ -320,6 +318,25 @@ impl super::Manager {
             .with("secs", secs.to_string());
         self.propose(Command::Batch(vec![
             Command::SetSvidTtl { secs },
+            Command::Audit(audit),
+        ]))
+        .await
+    }
+
+    /// `swarm update --oidc-issuer`: the issuer JWT-SVIDs name from now on (audited).
+    pub async fn set_oidc_issuer(
+        &self,
+        actor: Actor,
+        issuer: String,
+    ) -> Result<(), super::ManagerError> {
+        if !issuer.is_empty() {
+            super::oidc::check_issuer(&issuer)
+                .map_err(|e| super::ManagerError::Invalid(e.to_string()))?;
+        }
+        let audit = AuditEvent::now(actor, "swarm.update", "oidc-issuer", Outcome::Ok)
+            .with("issuer", issuer.clone());
+        self.propose(Command::Batch(vec![
+            Command::SetOidcIssuer { issuer },
             Command::Audit(audit),
         ]))
         .await

@@ -139,6 +139,19 @@ fn roots(root_der: &[u8]) -> Result<Arc<RootCertStore>, NetError> {
     Ok(Arc::new(store))
 }
 
+/// A TLS 1.3 server with the node's live identity and no client certificates: for what is
+/// public by design (the OIDC discovery document and JWKS of JWT-SVIDs).
+pub fn public_server_config(
+    identity: &Arc<identity::LiveIdentity>,
+) -> Result<Arc<ServerConfig>, NetError> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| NetError::Credentials(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(identity.clone());
+    Ok(Arc::new(config))
+}
+
 /// The server side of node-to-node TLS: TLS 1.3 only, ALPN h2, client certificates verified
 /// against the cluster root when presented. A missing client certificate is allowed at the
 /// handshake so a joining node can reach the issuance RPC; every other RPC refuses it.

@@ -132,5 +132,6 @@ pub fn cluster() -> Cluster {
         trust_domain: String::new(),
         workload: None,
         svid_ttl_secs: 0,
+        oidc_issuer: String::new(),
     }
 }

@@ -70,6 +70,10 @@ pub struct Cluster {
     /// [`DEFAULT_SVID_TTL_SECS`].
     #[serde(default)]
     pub svid_ttl_secs: u64,
+    /// The issuer JWT-SVIDs name (`iss`) and the managers' OIDC discovery document gives
+    /// (`swarm update --oidc-issuer`, an `https://` URL); empty: no `iss` claim.
+    #[serde(default)]
+    pub oidc_issuer: String,
 }
 
 /// Unused versions of a secret kept by default (besides the current one and those in use).
@@ -498,6 +502,11 @@ pub enum Command {
         record: SvidRecord,
         /// When, Unix seconds.
         now: i64,
+    },
+    /// Sets the OIDC issuer of JWT-SVIDs (`swarm update --oidc-issuer`); empty clears it.
+    SetOidcIssuer {
+        /// An `https://host[:port]` URL, or empty.
+        issuer: String,
     },
     /// Sets the lifetime of X.509-SVIDs (`swarm update --svid-ttl`), in seconds.
     SetSvidTtl {
@@ -976,6 +985,11 @@ impl State {
             Command::SetSvidTtl { secs } => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.svid_ttl_secs = secs;
+                }
+            }
+            Command::SetOidcIssuer { issuer } => {
+                if let Some(c) = self.cluster.as_mut() {
+                    c.oidc_issuer = issuer;
                 }
             }
             Command::AuditCheckpoint(cp) => {
@@ -1629,6 +1643,7 @@ mod tests {
             trust_domain: String::new(),
             workload: None,
             svid_ttl_secs: 0,
+            oidc_issuer: String::new(),
         })));
         let rotation = RootRotation {
             cert_pem: "new".into(),
@@ -1685,6 +1700,7 @@ mod tests {
             trust_domain: String::new(),
             workload: None,
             svid_ttl_secs: 0,
+            oidc_issuer: String::new(),
         })));
         assert_eq!(s.apply(Command::SetAuditKey(key.clone())), Response::Ok);
         // A second key never replaces the first.

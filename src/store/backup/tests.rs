@@ -36,6 +36,7 @@ fn state_of(audit: &AuditKey) -> State {
             trust_domain: String::new(),
             workload: None,
             svid_ttl_secs: 0,
+            oidc_issuer: String::new(),
         }),
         ..State::default()
     };
