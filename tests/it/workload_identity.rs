@@ -253,3 +253,116 @@ fn a_node_asking_for_an_svid_it_is_not_entitled_to_is_refused_and_audited() {
     // The daemon kept serving throughout.
     m.cli_ok(&["node", "ls"]);
 }
+
+/// GET `path` over HTTPS from `addr`, trusting `root_der` for the managers' server name; the
+/// body.
+fn https_get(addr: std::net::SocketAddr, root_der: &[u8], path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::CertificateDer::from(root_der.to_vec()))
+        .unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(skep_pki::MANAGER_SERVER_NAME).unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let sock = std::net::TcpStream::connect(addr).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: skep\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    let _ = tls.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn jwt_svids_verify_against_the_jwks_the_managers_publish() {
+    use skep::api::v1::JwtSvidRequest;
+    use skep::api::v1::dispatcher_client::DispatcherClient;
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    let oidc = crate::harness::fresh_addr();
+    let oidc_arg = oidc.to_string();
+    let c = Cluster::form(
+        vec![
+            Node::new("m1", &["--oidc-addr", &oidc_arg]),
+            Node::new("w1", &[]),
+        ],
+        1,
+        &["--trust-domain", "prod.example"],
+    );
+    let m = c.first();
+    let w1 = &c.workers()[0];
+    let issuer = format!("https://{oidc}");
+    m.cli_ok(&["swarm", "update", "--oidc-issuer", &issuer]);
+    let on_w1 = format!("node.hostname=={}", w1.name());
+    exec_service(m, "api", &["--constraint", &on_w1], "exec sleep 1000");
+    let task_id = running_task(m, "api")["ID"].as_str().unwrap().to_string();
+
+    let ask = |n: &Node, audience: Vec<String>| {
+        let creds = crate::harness::credentials_of(n);
+        let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let ch = skep::net::channel(&m.addr(), tls).unwrap();
+            DispatcherClient::new(ch)
+                .issue_jwt_svid(JwtSvidRequest {
+                    task_id: task_id.clone(),
+                    audience,
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+    };
+    let token = ask(w1, vec!["vault".into()]).unwrap();
+    assert_eq!(token.spiffe_id, "spiffe://prod.example/ns/default/svc/api");
+    // The manager's own node runs no task of api.
+    let e = ask(m, vec!["vault".into()]).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // 10,000 audiences: refused before anything is signed, quoting little of it.
+    let many: Vec<String> = (0..10_000).map(|i| format!("aud-{i}")).collect();
+    let e = ask(w1, many).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().len() < 300, "{}", e.message());
+
+    // An external verifier: discovery, then the JWKS, over HTTPS with the cluster root.
+    let root = std::fs::read(m.data_dir().join("root.crt")).unwrap();
+    let root = skep_pki::split_der_certs(&root).unwrap().remove(0);
+    let discovery: Value =
+        serde_json::from_str(&https_get(oidc, &root, "/.well-known/openid-configuration")).unwrap();
+    assert_eq!(discovery["issuer"], issuer.as_str());
+    assert_eq!(discovery["jwks_uri"], format!("{issuer}/keys").as_str());
+    let jwks = https_get(oidc, &root, "/keys");
+    let now = time::OffsetDateTime::now_utc();
+    let claims = skep_pki::jwt::verify(&token.token, jwks.as_bytes(), "vault", now).unwrap();
+    assert_eq!(claims.sub, token.spiffe_id);
+    assert_eq!(claims.iss.as_deref(), Some(issuer.as_str()));
+    assert!(claims.exp <= now + time::Duration::seconds(305));
+    // Not for another audience.
+    assert!(skep_pki::jwt::verify(&token.token, jwks.as_bytes(), "other", now).is_err());
+
+    let audit = m.audit();
+    assert!(
+        audit
+            .iter()
+            .any(|r| r["action"] == "svid.jwt.issue" && r["outcome"] == "ok"),
+        "issuance audited"
+    );
+    let denied = audit
+        .iter()
+        .filter(|r| r["action"] == "svid.jwt" && r["outcome"] == "denied")
+        .count();
+    assert_eq!(denied, 2);
+}
