@@ -109,6 +109,7 @@ pub fn entitled<'s>(
 
 /// An X.509-SVID issued, with what is committed before it leaves: its record (so it can be
 /// revoked) and the audit record.
+#[derive(Debug)]
 pub struct Issued {
     /// The certificate.
     pub cert: IssuedCert,
@@ -385,5 +386,149 @@ impl From<&Bundle> for crate::api::v1::WorkloadBundle {
             crl: b.crl_der.clone(),
             revoked: b.revoked.clone(),
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures;
+    use crate::store::service::TaskState;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_780_000_000).unwrap()
+    }
+
+    /// A swarm with workload keys, node n1, and task `task` of service web running on it.
+    fn state(task: &str) -> State {
+        let mut s = State::default();
+        let mut c = fixtures::cluster();
+        c.id = skep_pki::new_id();
+        c.workload = Some(new_keys(&c.id, now()).unwrap());
+        s.cluster = Some(c);
+        s.nodes.insert("n1".into(), fixtures::node("n1"));
+        s.nodes.insert("n2".into(), fixtures::node("n2"));
+        let mut t = fixtures::task();
+        t.id = task.into();
+        t.status.state = TaskState::Running;
+        s.tasks.insert(task.into(), t);
+        s.services.insert("s".into(), fixtures::service("s", "web"));
+        s
+    }
+
+    fn csr() -> Vec<u8> {
+        NodeKey::generate().unwrap().csr_der().unwrap()
+    }
+
+    /// The SVID is for the task's service, in its stack's namespace, for the key asked, and
+    /// its record and audit record are what gets committed.
+    #[test]
+    fn an_svid_names_the_tasks_service_and_is_recorded_and_audited() {
+        let task = skep_pki::new_id();
+        let mut s = state(&task);
+        let td = s.cluster.as_ref().unwrap().id.clone();
+        let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
+        assert_eq!(
+            issued.spiffe_id,
+            format!("spiffe://{td}/ns/default/svc/web")
+        );
+        let info = skep_pki::SvidInfo::from_der(&issued.cert.der).unwrap();
+        assert_eq!(info.task_id, task);
+        let Command::Batch(cmds) = &issued.commit else {
+            panic!("a batch")
+        };
+        assert!(
+            matches!(&cmds[0], Command::RecordSvid { serial, record, .. }
+            if *serial == info.serial && record.node_id == "n1" && record.task_id == task)
+        );
+        assert!(matches!(&cmds[1], Command::Audit(e) if e.action == "svid.issue"));
+        // A stack's service: its namespace is the stack, its name the short one.
+        let svc = s.services.get_mut("s").unwrap();
+        svc.spec.labels.insert(STACK_LABEL.into(), "shop".into());
+        s.tasks.get_mut(&task).unwrap().service_name = "shop_web".into();
+        s.cluster.as_mut().unwrap().trust_domain = "prod.example".into();
+        let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
+        assert_eq!(issued.spiffe_id, "spiffe://prod.example/ns/shop/svc/web");
+    }
+
+    /// Another node, a stopped task, a task of a service with identity off, an unknown task,
+    /// a bad CSR: each refused, saying why without saying whether the task exists elsewhere.
+    #[test]
+    fn only_the_tasks_own_node_gets_an_svid_while_it_is_to_run() {
+        let task = skep_pki::new_id();
+        let mut s = state(&task);
+        let e = svid_for(&s, "n2", &task, &csr(), now()).unwrap_err();
+        assert!(matches!(e, WorkloadError::NotYours(..)), "{e}");
+        let e2 = svid_for(&s, "n2", "no-such-task", &csr(), now()).unwrap_err();
+        assert!(matches!(e2, WorkloadError::NotYours(..)), "{e2}");
+        let e = svid_for(&s, "n1", &task, b"junk", now()).unwrap_err();
+        assert!(matches!(e, WorkloadError::BadRequest(_)), "{e}");
+        let e = svid_for(&s, "n1", &task, &vec![0x30; 20_000], now()).unwrap_err();
+        assert!(matches!(e, WorkloadError::BadRequest(_)), "{e}");
+        s.tasks.get_mut(&task).unwrap().spec.identity = false;
+        let e = svid_for(&s, "n1", &task, &csr(), now()).unwrap_err();
+        assert!(matches!(e, WorkloadError::Off(_)), "{e}");
+        s.tasks.get_mut(&task).unwrap().spec.identity = true;
+        s.tasks.get_mut(&task).unwrap().desired = DesiredState::Shutdown;
+        let e = svid_for(&s, "n1", &task, &csr(), now()).unwrap_err();
+        assert!(matches!(e, WorkloadError::Stopped(_)), "{e}");
+        s.tasks.get_mut(&task).unwrap().desired = DesiredState::Running;
+        s.tasks.get_mut(&task).unwrap().status.state = TaskState::Failed;
+        let e = svid_for(&s, "n1", &task, &csr(), now()).unwrap_err();
+        assert!(matches!(e, WorkloadError::Stopped(_)), "{e}");
+        // A long task ID is quoted short.
+        let long = "x".repeat(10_000);
+        let e = svid_for(&s, "n1", &long, &csr(), now()).unwrap_err();
+        assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+    }
+
+    /// The bundle's CRL and list revoke the SVID of a task that stopped; its lifetime is
+    /// the swarm's setting.
+    #[test]
+    fn a_stopped_tasks_svid_is_in_the_bundles_revocation_list() {
+        let task = skep_pki::new_id();
+        let mut s = state(&task);
+        s.cluster.as_mut().unwrap().svid_ttl_secs = 600;
+        let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
+        assert_eq!(issued.cert.not_after, now() + time::Duration::seconds(600));
+        s.apply(issued.commit);
+        let b = bundle(&s, now()).unwrap().unwrap();
+        assert!(b.revoked.is_empty());
+        s.tasks.get_mut(&task).unwrap().desired = DesiredState::Shutdown;
+        let b = bundle(&s, now()).unwrap().unwrap();
+        assert_eq!(b.revoked, vec![issued.cert.serial.clone()]);
+        use x509_parser::prelude::FromDer as _;
+        let crl = x509_parser::revocation_list::CertificateRevocationList::from_der(&b.crl_der);
+        let serials: Vec<String> = crl
+            .map(|(_, c)| {
+                c.iter_revoked_certificates()
+                    .map(|r| {
+                        r.raw_serial()
+                            .iter()
+                            .map(|b| format!("{b:02x}"))
+                            .collect::<String>()
+                    })
+                    .collect()
+            })
+            .unwrap();
+        assert_eq!(serials, vec![issued.cert.serial]);
+    }
+
+    /// JWT-SVIDs: the audience list is checked first, and the token verifies against the
+    /// swarm's JWKS for the task's SPIFFE ID.
+    #[test]
+    fn jwt_svids_are_for_the_tasks_id_and_bounded_audiences() {
+        let task = skep_pki::new_id();
+        let s = state(&task);
+        let many: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+        let e = jwt_for(&s, "n1", &task, &many, now()).err().unwrap();
+        assert!(matches!(e, WorkloadError::BadRequest(_)), "{e}");
+        assert!(jwt_for(&s, "n2", &task, &["a".into()], now()).is_err());
+        let (token, id, event) = jwt_for(&s, "n1", &task, &["a".into()], now()).unwrap();
+        assert_eq!(event.action, "svid.jwt.issue");
+        let keys = s.cluster.as_ref().unwrap().workload.as_ref().unwrap();
+        let claims = skep_pki::jwt::verify(&token, &jwks_of(keys).unwrap(), "a", now()).unwrap();
+        assert_eq!(claims.sub, id);
     }
 }
