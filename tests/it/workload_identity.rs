@@ -366,3 +366,48 @@ fn jwt_svids_verify_against_the_jwks_the_managers_publish() {
         .count();
     assert_eq!(denied, 2);
 }
+
+#[test]
+fn an_svid_is_renewed_at_half_life_for_a_fresh_key() {
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    let c = Cluster::init(1, 1);
+    let m = c.first();
+    m.cli_ok(&["swarm", "update", "--svid-ttl", "10s"]);
+    exec_service(
+        m,
+        "renewing",
+        &[],
+        "while true; do cat /run/spiffe/svid.pem; sleep 1; done",
+    );
+    let task = running_task(m, "renewing")["ID"].as_str().unwrap().to_string();
+    let svids = wait_for(timeout(), "a renewed SVID", || {
+        let mut seen: Vec<skep_pki::SvidInfo> = Vec::new();
+        for der in pem_blocks(m, "renewing", "CERTIFICATE") {
+            if let Ok(info) = skep_pki::SvidInfo::from_der(&der)
+                && !seen.iter().any(|s| s.serial == info.serial)
+            {
+                seen.push(info);
+            }
+        }
+        if seen.len() >= 2 {
+            Ok(seen)
+        } else {
+            Err(format!("{} SVIDs seen", seen.len()))
+        }
+    });
+    for s in &svids {
+        assert_eq!(s.task_id, task);
+    }
+    // Each lives the swarm's lifetime; the next came before the first ran out.
+    let (a, b) = (&svids[0], &svids[1]);
+    assert!(b.not_after > a.not_after);
+    assert!(b.not_after - a.not_after < time::Duration::seconds(10));
+    let issued = m
+        .audit()
+        .iter()
+        .filter(|r| r["action"] == "svid.issue" && r["details"]["task"] == task.as_str())
+        .count();
+    assert!(issued >= 2, "each renewal is audited");
+}
