@@ -21,6 +21,7 @@ pub mod service;
 pub mod supervisor;
 mod task;
 pub mod vip;
+pub mod workload;
 
 use crate::api::v1::HeartbeatRequest;
 use crate::identity::Learnt;
