@@ -19,5 +19,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "skep.v1.JwtSvidResponse",
         ])
         .compile_fds(fds)?;
+
+    // The SPIFFE Workload API, copied verbatim from spiffe/go-spiffe (Apache-2.0). It has no
+    // `package`, so prost writes it to `_.rs` (see `crate::api::spiffe`).
+    let workload = "src/api/proto/spiffe/workload.proto";
+    println!("cargo:rerun-if-changed={workload}");
+    let fds = protox::compile([workload], ["src/api/proto/spiffe"])?;
+    tonic_prost_build::configure()
+        // These carry a private key or a bearer token: their Debug is written by hand
+        // (src/api/mod.rs) to hide it.
+        .skip_debug([
+            ".X509SVID",
+            ".JWTSVID",
+            ".ValidateJWTSVIDRequest",
+            ".WITSVID",
+        ])
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -1,9 +1,18 @@
-//! The gRPC API: generated from `proto/skep.proto` at build time.
+//! The gRPC APIs: skep's own, generated from `proto/skep.proto` at build time, and the SPIFFE
+//! Workload API (`proto/spiffe/workload.proto`) that tasks call.
 #![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used)]
 
 /// Generated messages, clients and servers of `skep.v1`.
 pub mod v1 {
     tonic::include_proto!("skep.v1");
+}
+
+/// The SPIFFE Workload API (service `SpiffeWorkloadAPI`, no proto package), served to tasks by
+/// `crate::agent::workload`. The proto is a verbatim copy of
+/// `proto/spiffe/workload/workload.proto` from spiffe/go-spiffe (Apache-2.0) at commit
+/// e9973f6314a3fa0e36eb1f00fbfe37bdc1554b96.
+pub mod spiffe {
+    tonic::include_proto!("_");
 }
 
 pub mod view;
@@ -113,8 +122,101 @@ impl std::fmt::Debug for v1::SwarmRestoreChunk {
     }
 }
 
+impl std::fmt::Debug for spiffe::X509svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("X509SVID")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("x509_svid", &format_args!("{} bytes", self.x509_svid.len()))
+            .field("x509_svid_key", &"..")
+            .field("bundle", &format_args!("{} bytes", self.bundle.len()))
+            .field("hint", &self.hint)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for spiffe::Jwtsvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JWTSVID")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("svid", &"..")
+            .field("hint", &self.hint)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for spiffe::ValidateJwtsvidRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ValidateJWTSVIDRequest")
+            .field("audience", &self.audience)
+            .field("svid", &"..")
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for spiffe::Witsvid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WITSVID")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("wit_svid", &"..")
+            .field("wit_svid_key", &"..")
+            .field("hint", &self.hint)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn workload_api_keys_and_tokens_never_show_in_debug() {
+        use super::spiffe::*;
+        let key = b"PRIVATEKEY".to_vec();
+        let token = "eyJhbGciOiJFUzI1NiJ9.SECRETCLAIMS.SIG".to_string();
+        let shown = [
+            format!(
+                "{:?}",
+                X509svidResponse {
+                    svids: vec![X509svid {
+                        spiffe_id: "spiffe://td/ns/default/svc/web".into(),
+                        x509_svid_key: key.clone(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }
+            ),
+            format!(
+                "{:?}",
+                JwtsvidResponse {
+                    svids: vec![Jwtsvid {
+                        svid: token.clone(),
+                        ..Default::default()
+                    }],
+                }
+            ),
+            format!(
+                "{:?}",
+                ValidateJwtsvidRequest {
+                    audience: "db".into(),
+                    svid: token.clone(),
+                }
+            ),
+            format!(
+                "{:?}",
+                WitsvidResponse {
+                    svids: vec![Witsvid {
+                        wit_svid: token.clone(),
+                        wit_svid_key: "PRIVATEKEY".into(),
+                        ..Default::default()
+                    }],
+                }
+            ),
+        ];
+        for s in shown {
+            assert!(!s.contains("PRIVATEKEY"), "{s}");
+            assert!(!s.contains("80, 82, 73"), "{s}"); // nor as a byte list
+            assert!(!s.contains("SECRETCLAIMS"), "{s}");
+        }
+    }
+
     #[test]
     fn unlock_and_backup_keys_never_show_in_debug() {
         let key = "SKEPBKP-0123456789ABCDEF";
