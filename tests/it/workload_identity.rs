@@ -381,7 +381,10 @@ fn an_svid_is_renewed_at_half_life_for_a_fresh_key() {
         &[],
         "while true; do cat /run/spiffe/svid.pem; sleep 1; done",
     );
-    let task = running_task(m, "renewing")["ID"].as_str().unwrap().to_string();
+    let task = running_task(m, "renewing")["ID"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let svids = wait_for(timeout(), "a renewed SVID", || {
         let mut seen: Vec<skep_pki::SvidInfo> = Vec::new();
         for der in pem_blocks(m, "renewing", "CERTIFICATE") {

@@ -2,31 +2,27 @@
 //! from the trust domain's JWKS, `exp` checked against a given time, the audience required in
 //! `aud`, and `sub` a SPIFFE ID of that trust domain.
 //!
-//! The signature check is the `jsonwebtoken` crate's (its pure-Rust `rust_crypto` backend);
-//! [`verify`] is the one function to swap for `skep_pki::jwt::verify` once that exists.
+//! The signature check is the swarm's one JWT verifier, `skep_pki::jwt::verify`.
 
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use super::WorkloadError;
 use super::check::MAX_JWT_BYTES;
 use crate::util::quote;
 
-/// The largest JWKS this verifier parses.
-pub const MAX_JWKS_BYTES: usize = 64 << 10;
-
 /// A JWT-SVID that verified.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     /// Its `sub`: the SPIFFE ID it proves.
     pub spiffe_id: String,
-    /// All of its claims.
+    /// Its claims.
     pub claims: Map<String, Value>,
 }
 
 /// Verifies `token` against `jwks_json` (the JWT bundle of `trust_domain`) for `audience` at
-/// `now` (seconds since the epoch).
+/// `now` (seconds since the epoch), with the swarm's one verifier
+/// ([`skep_pki::jwt::verify`]: ES256 only, the key by `kid`, `exp` against `now`), then
+/// requires `sub` to be in `trust_domain`.
 pub fn verify(
     token: &str,
     jwks_json: &[u8],
@@ -34,73 +30,38 @@ pub fn verify(
     audience: &str,
     now: u64,
 ) -> Result<Verified, WorkloadError> {
-    // The crate's errors can quote a header field: keep them short.
     let bad = |why: String| WorkloadError::InvalidToken(crate::util::prefix(&why, 200));
     if token.len() > MAX_JWT_BYTES {
         return Err(bad(format!("longer than {MAX_JWT_BYTES} bytes")));
     }
-    if jwks_json.len() > MAX_JWKS_BYTES {
-        return Err(bad("the trust bundle's JWKS is too large".into()));
-    }
-    // Pin the pure-Rust backend: the crate would otherwise pick one from its features, and
-    // panic if another crate in the build turned on a second one. Installing twice is harmless.
-    let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-
-    let header =
-        jsonwebtoken::decode_header(token).map_err(|e| bad(format!("malformed header: {e}")))?;
-    if header.alg != Algorithm::ES256 {
-        return Err(bad(format!(
-            "algorithm {:?}, only ES256 is accepted",
-            header.alg
-        )));
-    }
-    let kid = header
-        .kid
-        .ok_or_else(|| bad("the header has no kid".into()))?;
-    let jwks: JwkSet = serde_json::from_slice(jwks_json)
-        .map_err(|_| bad("the trust bundle's JWKS does not parse".into()))?;
-    let jwk = jwks
-        .find(&kid)
-        .ok_or_else(|| bad(format!("no key {} in the trust bundle", quote(&kid))))?;
-    match &jwk.algorithm {
-        AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {}
-        _ => return Err(bad(format!("key {} is not a P-256 key", quote(&kid)))),
-    }
-    let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(format!("key {}: {e}", quote(&kid))))?;
-
-    let mut validation = Validation::new(Algorithm::ES256);
-    // `exp` is checked below against `now`, so tests and callers control the clock.
-    validation.validate_exp = false;
-    validation.set_required_spec_claims(&["exp", "sub", "aud"]);
-    validation.set_audience(&[audience]);
-    let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
-        .map_err(|e| bad(e.to_string()))?;
-    let claims = data.claims;
-
-    let exp = claims
-        .get("exp")
-        .and_then(Value::as_f64)
-        .ok_or_else(|| bad("exp is not a number".into()))?;
-    if exp <= now as f64 {
-        return Err(bad("expired".into()));
-    }
-    let sub = claims
-        .get("sub")
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("sub is not a string".into()))?;
-    let in_domain = sub
+    let at = time::OffsetDateTime::from_unix_timestamp(i64::try_from(now).unwrap_or(i64::MAX))
+        .map_err(|_| bad("the clock is out of range".into()))?;
+    let c =
+        skep_pki::jwt::verify(token, jwks_json, audience, at).map_err(|e| bad(e.to_string()))?;
+    let in_domain = c
+        .sub
         .strip_prefix("spiffe://")
         .and_then(|rest| rest.strip_prefix(trust_domain))
         .is_some_and(|path| path.starts_with('/') && path.len() > 1);
     if !in_domain {
         return Err(bad(format!(
             "sub {} is not a SPIFFE ID of trust domain {}",
-            quote(sub),
+            quote(&c.sub),
             quote(trust_domain)
         )));
     }
+    let mut claims = Map::new();
+    claims.insert("sub".into(), Value::from(c.sub.clone()));
+    claims.insert("aud".into(), Value::from(c.aud.clone()));
+    claims.insert("exp".into(), Value::from(c.exp.unix_timestamp()));
+    if let Some(iat) = c.iat {
+        claims.insert("iat".into(), Value::from(iat.unix_timestamp()));
+    }
+    if let Some(iss) = &c.iss {
+        claims.insert("iss".into(), Value::from(iss.clone()));
+    }
     Ok(Verified {
-        spiffe_id: sub.to_string(),
+        spiffe_id: c.sub,
         claims,
     })
 }
@@ -149,17 +110,21 @@ pub(crate) mod tests {
         (kp.serialize_der(), serde_json::to_vec(&jwks).unwrap())
     }
 
-    /// An ES256 token signed by `key_der` with header kid `kid`.
+    /// An ES256 token signed by `key_der` with header kid `kid` (claims as given, so tests can
+    /// forge any).
     pub(crate) fn sign(key_der: &[u8], kid: &str, claims: &Value) -> String {
-        let _ = jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER.install_default();
-        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
-        header.kid = Some(kid.into());
-        jsonwebtoken::encode(
-            &header,
-            claims,
-            &jsonwebtoken::EncodingKey::from_ec_der(key_der),
-        )
-        .unwrap()
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let key =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key_der, &rng).unwrap();
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": kid});
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = key.sign(&rng, input.as_bytes()).unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
 
     const NOW: u64 = 1_800_000_000;
