@@ -97,7 +97,10 @@ impl Registry {
 /// Why a task's identity could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SvidError {
-    /// The managers refused (the message says why) or none answered.
+    /// The leader refused: the task is not to run here, or its service has identity off.
+    #[error("no workload identity for the task: {0}")]
+    Denied(String),
+    /// No manager answered, or the answer was not an SVID for the task.
     #[error("no workload identity for the task: {0}")]
     Refused(String),
     /// A key or request could not be made.
@@ -237,7 +240,7 @@ async fn issue(
                 return Ok((held, resp.bundle));
             }
             Err(s) if s.code() == tonic::Code::PermissionDenied => {
-                return Err(SvidError::Refused(s.message().to_string()));
+                return Err(SvidError::Denied(s.message().to_string()));
             }
             Err(s) => last = s.message().to_string(),
         }
@@ -325,7 +328,7 @@ impl Renewal {
                             retry = Duration::from_secs(1);
                             due = renew_at(&self.held);
                         }
-                        Err(SvidError::Refused(why)) if why.contains("permission denied") => {
+                        Err(SvidError::Denied(why)) => {
                             // The task is stopping or was stopped: no renewal after that.
                             tracing::info!(task = %self.task_id, reason = %why, "the task's SVID is not renewed");
                             return;
