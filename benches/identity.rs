@@ -396,7 +396,7 @@ fn revoke_times(c: &Cluster, probe: &Path, shared: &Path) {
     let out = shared.join("revoke");
     std::fs::create_dir_all(&out).unwrap();
     chmod(&out, 0o777);
-    let mut create = |name: &str, host: &str| {
+    let create = |name: &str, host: &str| {
         let constraint = format!("node.hostname=={host}");
         m.cli(&[
             "service",

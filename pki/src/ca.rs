@@ -223,6 +223,37 @@ pub(crate) fn loaded_issuer(
         .map_err(PkiError::build("load the root CA certificate"))
 }
 
+/// A new self-signed P-256 CA certificate: CN `cn`, O = `cluster_id`, at most `path_len` CAs
+/// below it, allowed to sign certificates and CRLs, valid from a minute before `now` for
+/// `validity`; with the parameters and key that issue under it.
+pub(crate) fn self_signed_ca(
+    cn: &str,
+    cluster_id: &str,
+    path_len: u8,
+    validity: Duration,
+    now: OffsetDateTime,
+) -> Result<(rcgen::Certificate, CertificateParams, P256Key), PkiError> {
+    if !is_valid_id(cluster_id) {
+        return Err(PkiError::InvalidId { what: "cluster" });
+    }
+    let (not_before, not_after) = window(now, validity)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn.push(DnType::OrganizationName, cluster_id);
+    let mut params = CertificateParams::default();
+    params.distinguished_name = dn;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(path_len));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let key = P256Key::generate()?;
+    let cert = params
+        .self_signed(&key)
+        .map_err(PkiError::build("sign the CA certificate"))?;
+    Ok((cert, params, key))
+}
+
 /// A random positive 16-byte serial. The top bit is cleared (positive) and the next one set,
 /// so the encoding is always exactly 16 bytes; 126 bits stay random.
 pub(crate) fn random_serial() -> Result<[u8; 16], PkiError> {
@@ -238,29 +269,10 @@ impl RootCa {
         validity: Duration,
         now: OffsetDateTime,
     ) -> Result<Self, PkiError> {
-        if !is_valid_id(cluster_id) {
-            return Err(PkiError::InvalidId { what: "cluster" });
-        }
-        let (not_before, not_after) = window(now, validity)?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, ROOT_CN);
-        dn.push(DnType::OrganizationName, cluster_id);
-
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn;
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
         // Node certificates are CA:FALSE; the only CA certificate a skep root ever signs is
         // its successor, cross-signed during a root rotation (`cross_sign`). A path length
         // of 1 allows that one CA below the root and no more.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-
-        let key = P256Key::generate()?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(PkiError::build("sign the root CA certificate"))?;
+        let (cert, params, key) = self_signed_ca(ROOT_CN, cluster_id, 1, validity, now)?;
         let cert_der = cert.der().to_vec();
         let not_after = parse_cert(&cert_der)?.validity().not_after.to_datetime();
         Ok(Self {

@@ -18,14 +18,16 @@ use std::fmt;
 
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, RevokedCertParams,
+    CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyUsagePurpose, RevokedCertParams,
     SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 
-use crate::ca::{IssuedCert, check_root, loaded_issuer, random_serial, single_cert_pem, window};
+use crate::ca::{
+    IssuedCert, check_root, loaded_issuer, random_serial, self_signed_ca, single_cert_pem, window,
+};
 use crate::key::{P256Key, P256Public};
 use crate::profile::{cluster_of, parse_cert, serial_hex, single_attr};
 use crate::{Csr, PkiError, is_valid_id};
@@ -177,25 +179,8 @@ impl WorkloadCa {
         validity: Duration,
         now: OffsetDateTime,
     ) -> Result<Self, PkiError> {
-        if !is_valid_id(cluster_id) {
-            return Err(PkiError::InvalidId { what: "cluster" });
-        }
-        let (not_before, not_after) = window(now, validity)?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, WORKLOAD_CA_CN);
-        dn.push(DnType::OrganizationName, cluster_id);
-        let mut params = CertificateParams::default();
-        params.distinguished_name = dn;
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.serial_number = Some(SerialNumber::from_slice(&random_serial()?));
         // It signs leaves only: no CA below it.
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = P256Key::generate()?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(PkiError::build("sign the workload CA certificate"))?;
+        let (cert, params, key) = self_signed_ca(WORKLOAD_CA_CN, cluster_id, 0, validity, now)?;
         Ok(Self {
             cert_der: cert.der().to_vec(),
             cert_pem: cert.pem(),
@@ -344,7 +329,7 @@ impl fmt::Debug for WorkloadCa {
 
 /// Bytes of an even-length lower-case hex string.
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.is_empty() || s.len() % 2 != 0 || s.len() > 64 {
+    if s.is_empty() || !s.len().is_multiple_of(2) || s.len() > 64 {
         return None;
     }
     (0..s.len())

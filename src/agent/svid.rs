@@ -68,13 +68,10 @@ impl BundleFeed {
 /// routing mesh presents when it authenticates callers on a task's behalf
 /// (`identity=required`).
 #[derive(Clone, Default)]
-pub struct Registry(
-    Arc<
-        std::sync::Mutex<
-            std::collections::HashMap<String, watch::Receiver<Option<Arc<X509Material>>>>,
-        >,
-    >,
-);
+pub struct Registry(Arc<std::sync::Mutex<std::collections::HashMap<String, X509Watch>>>);
+
+/// A task's current X.509-SVID as it changes.
+type X509Watch = watch::Receiver<Option<Arc<X509Material>>>;
 
 impl Registry {
     /// Task `task_id`'s current SVID, if it has one here.
@@ -164,10 +161,12 @@ pub async fn start(
     let x509_rx_for_registry = x509_rx.clone();
     let (jwt_tx, jwt_rx) = watch::channel(Some(jwt_material(&bundle)));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // Bound before the task starts, so the socket is there when the task first looks.
     let socket = secrets
         .spiffe_dir()
         .map_err(|e| SvidError::Write(e.to_string()))?
         .join(SOCKET);
+    let socket = super::workload::bind(&socket).map_err(|e| SvidError::Write(e.to_string()))?;
     let source = Arc::new(TaskSource {
         task_id: task.id.clone(),
         managers: managers.clone(),
@@ -178,7 +177,7 @@ pub async fn start(
         let shutdown = shutdown_rx.clone();
         let task_id = task.id.clone();
         tokio::spawn(async move {
-            if let Err(e) = super::workload::serve(socket, source, shutdown).await {
+            if let Err(e) = super::workload::serve_bound(socket, source, shutdown).await {
                 tracing::warn!(task = %task_id, error = %e, "the task's Workload API stopped");
             }
         })

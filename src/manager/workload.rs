@@ -268,7 +268,10 @@ pub fn jwt_for(
 /// The last bundle made, and the revoked set and keys it was made for: heartbeats ask often,
 /// the set changes seldom.
 #[derive(Default)]
-pub struct BundleCache(Mutex<Option<(Vec<String>, String, OffsetDateTime, Bundle)>>);
+pub struct BundleCache(Mutex<Option<Cached>>);
+
+/// A bundle and what it was made for: the revoked serials, the CA certificate, the time.
+type Cached = (Vec<String>, String, OffsetDateTime, Bundle);
 
 impl BundleCache {
     /// The bundle of `state`, made again only when its revoked set or keys changed, or its CRL

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-pub use serve::serve;
+pub use serve::{BoundSocket, bind, serve, serve_bound};
 
 /// The largest request message the server decodes: Workload API requests are a few short
 /// strings (16 audiences of 256 bytes, one token of 8 KiB at most).

@@ -35,7 +35,28 @@ pub async fn serve(
     source: Arc<dyn Source>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), WorkloadError> {
-    let (listener, bound) = bind(&socket)?;
+    serve_bound(bind(&socket)?, source, shutdown).await
+}
+
+/// A socket bound (and made reachable) but not served yet: a caller binds first, so the socket
+/// exists before the task that uses it starts, then serves it.
+pub struct BoundSocket {
+    listener: UnixListener,
+    bound: Bound,
+    path: PathBuf,
+}
+
+/// As [`serve`], on a socket [`bind`] already bound.
+pub async fn serve_bound(
+    socket: BoundSocket,
+    source: Arc<dyn Source>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), WorkloadError> {
+    let BoundSocket {
+        listener,
+        bound,
+        path: socket,
+    } = socket;
     let svc = WorkloadService {
         source,
         shutdown: shutdown.clone(),
@@ -67,7 +88,9 @@ pub async fn serve(
 /// (device, inode) of the socket this server bound, so shutdown removes only its own.
 type Bound = (u64, u64);
 
-fn bind(path: &Path) -> Result<(UnixListener, Bound), WorkloadError> {
+/// Binds the Workload API socket at `path`: its directory made if missing, a stale socket
+/// replaced (anything else there refused), mode 0666.
+pub fn bind(path: &Path) -> Result<BoundSocket, WorkloadError> {
     let io = |what, source| WorkloadError::Io {
         what,
         path: path.to_path_buf(),
@@ -88,7 +111,11 @@ fn bind(path: &Path) -> Result<(UnixListener, Bound), WorkloadError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| io("setting mode 0666 on", e))?;
     let m = std::fs::symlink_metadata(path).map_err(|e| io("inspecting", e))?;
-    Ok((listener, (m.dev(), m.ino())))
+    Ok(BoundSocket {
+        listener,
+        bound: (m.dev(), m.ino()),
+        path: path.to_path_buf(),
+    })
 }
 
 fn remove_if_ours(path: &Path, bound: Bound) {
@@ -187,13 +214,13 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (first, _) = bind(&path).unwrap();
+            let first = bind(&path).unwrap();
             drop(first); // leaves a stale socket file behind
             assert!(path.exists());
-            let (_second, bound) = bind(&path).unwrap();
+            let second = bind(&path).unwrap();
             let m = std::fs::metadata(&path).unwrap();
             assert_eq!(m.permissions().mode() & 0o777, 0o666);
-            remove_if_ours(&path, bound);
+            remove_if_ours(&path, second.bound);
             assert!(!path.exists());
         });
     }
