@@ -68,8 +68,10 @@ fn route(proto: &str, published: u32, mode: &str, tasks: &[(&str, &str)]) -> Rou
                 task_id: (*t).into(),
                 node_id: (*n).into(),
                 node_addr: "127.0.0.1:2377".into(),
+                allowed_callers: Vec::new(),
             })
             .collect(),
+        identity_required: false,
     }
 }
 
@@ -204,6 +206,7 @@ fn a_tunnel_carries_published_ports_and_services_on_the_callers_networks_only() 
             task_id: "t9".into(),
             node_id: on.into(),
             node_addr: String::new(),
+            allowed_callers: Vec::new(),
         }],
         ..Default::default()
     };
