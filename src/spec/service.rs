@@ -324,10 +324,24 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Published ports: 1 to 65535, each (port, protocol) once.
+/// Published ports: 1 to 65535, each (port, protocol) once; a target published with
+/// `identity=required` only so (else the other published port would be a way around it).
 fn check_ports(spec: &ServiceSpec) -> Result<(), SpecError> {
     let mut seen = std::collections::BTreeSet::new();
     for p in &spec.ports {
+        if spec
+            .ports
+            .iter()
+            .any(|q| q.target == p.target && q.protocol == p.protocol && q.identity != p.identity)
+        {
+            return Err(SpecError::Publish {
+                text: format!("{}:{}", p.published, p.target),
+                reason: format!(
+                    "target port {} is published both with and without identity=required",
+                    p.target
+                ),
+            });
+        }
         if p.published == 0 || p.target == 0 {
             return Err(SpecError::Publish {
                 text: format!("{}:{}", p.published, p.target),
@@ -1027,6 +1041,11 @@ mod tests {
                 "{bad}"
             );
         }
+        s.ports = vec![
+            parse_publish("published=8443,target=443,identity=required").unwrap(),
+            parse_publish("8444:443").unwrap(),
+        ];
+        assert!(matches!(validate(&s), Err(SpecError::Publish { .. })));
         s.ports = vec![parse_publish("published=8443,target=443,identity=required").unwrap()];
         s.task.identity = false;
         assert!(matches!(validate(&s), Err(SpecError::Publish { .. })));
