@@ -347,9 +347,10 @@ pub struct PortConfig {
     #[serde(default)]
     pub mode: PublishMode,
     /// Whether the routing mesh requires callers to present an X.509-SVID of a service the
-    /// policy lets connect (`identity=required`, TCP ingress only). Not written when `none`,
-    /// so specs stored before it existed read, and serialize, the same.
-    #[serde(default, skip_serializing_if = "PortIdentity::is_none")]
+    /// policy lets connect (`identity=required`, TCP ingress only); `none` for a spec written
+    /// before it existed. Always written: the Raft log and snapshots are postcard, which
+    /// cannot skip a field.
+    #[serde(default)]
     pub identity: PortIdentity,
 }
 
@@ -366,11 +367,6 @@ pub enum PortIdentity {
 }
 
 impl PortIdentity {
-    /// Whether this is the default, [`PortIdentity::None`].
-    pub fn is_none(&self) -> bool {
-        *self == PortIdentity::None
-    }
-
     /// The word `--publish` and `service inspect` use.
     pub fn as_str(self) -> &'static str {
         match self {
