@@ -248,7 +248,9 @@ impl Denials {
         Denials(tx)
     }
 
-    /// The reporter of this process, started on first use with `managers`.
+    /// The reporter of this process, started on first use with `managers`. One per process
+    /// because a daemon is one node (the mesh and the Agent service's tunnels share it), and
+    /// its managers list is the node's, kept current in place.
     pub fn shared(managers: impl FnOnce() -> Arc<Managers>) -> Denials {
         static SHARED: std::sync::OnceLock<Denials> = std::sync::OnceLock::new();
         SHARED.get_or_init(|| Denials::start(managers())).clone()
