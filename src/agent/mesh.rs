@@ -42,6 +42,7 @@ use tonic::transport::Channel;
 
 use super::ManagerList;
 use super::endpoints::Endpoints;
+use super::mesh_identity::{Denials, Identities};
 use crate::api::v1::{Empty, Route, RouteTask, TunnelFrame};
 use crate::net::identity::LiveIdentity;
 
@@ -89,6 +90,11 @@ pub struct Mesh {
     pub port_errors: super::PortErrors,
     /// One mTLS channel per peer node, shared by its tunnels (HTTP/2 streams).
     pub peers: std::sync::Mutex<HashMap<String, Channel>>,
+    /// This node's tasks' SVIDs and the trust bundle, to answer for a task on a port
+    /// published with `identity=required` ([`super::mesh_identity`]).
+    pub identities: Identities,
+    /// Where refused callers are reported.
+    pub denials: Denials,
 }
 
 /// The transport of a published port or a tunnel.
@@ -129,6 +135,10 @@ type ListenKey = (Proto, SocketAddr);
 struct Forward {
     target: u16,
     tasks: Vec<RouteTask>,
+    /// The service's ID (for refusal reports).
+    service_id: String,
+    /// Callers must authenticate (`identity=required`): each task's `allowed_callers`.
+    identity: bool,
     /// For a service's container-side address: the networks whose containers may use it
     /// (the peer's address must be one of this node's containers on one of them).
     only_from: Option<Vec<String>>,
@@ -290,6 +300,10 @@ impl Mesh {
                     last = format!("task {} has no local endpoint", task.task_id);
                     continue;
                 };
+                if f.identity {
+                    // The caller's TLS is for this task's SVID: no other task can take it.
+                    return self.answer_for(conn, addr, f, task).await;
+                }
                 match TcpStream::connect(addr).await {
                     Ok(mut up) => {
                         let mut conn = conn;
@@ -309,6 +323,28 @@ impl Mesh {
             }
         }
         Err(last)
+    }
+
+    /// Terminates the caller's TLS for `task` of this node (`identity=required`) and relays the
+    /// plaintext to the task at `addr`; a refused caller is disconnected and reported.
+    async fn answer_for(
+        &self,
+        conn: TcpStream,
+        addr: SocketAddr,
+        f: &Forward,
+        task: &RouteTask,
+    ) -> Result<(), String> {
+        relay_authenticated(
+            conn,
+            addr,
+            &self.identities,
+            &self.denials,
+            &f.service_id,
+            &task.task_id,
+            &task.allowed_callers,
+            f.target,
+        )
+        .await
     }
 
     /// Serves a published UDP port: each client address is a flow, relayed by a task of its
@@ -505,6 +541,13 @@ fn wanted(
     containers: bool,
 ) -> HashMap<ListenKey, Forward> {
     let mut out = HashMap::new();
+    // A target published with identity=required is guarded wherever the mesh reaches it,
+    // also by name (the spec refuses publishing it otherwise as well).
+    let guarded: HashMap<(&str, u32), &Route> = routes
+        .iter()
+        .filter(|r| r.identity_required)
+        .map(|r| ((r.service_id.as_str(), r.target), r))
+        .collect();
     for r in routes {
         let Some(proto) = Proto::parse(&r.protocol) else {
             continue;
@@ -530,6 +573,8 @@ fn wanted(
             Forward {
                 target,
                 tasks,
+                service_id: r.service_id.clone(),
+                identity: r.identity_required,
                 only_from: None,
             },
         );
@@ -543,11 +588,18 @@ fn wanted(
         }
         let for_containers = super::vip::container_vip(ip).filter(|_| containers);
         for (proto, port) in vip_ports(v) {
+            let guard = guarded
+                .get(&(v.service_id.as_str(), u32::from(port)))
+                .filter(|_| proto == Proto::Tcp);
+            // A guarded port's tasks carry their allowed callers in the route.
+            let tasks = guard.map_or_else(|| v.tasks.clone(), |r| r.tasks.clone());
             out.insert(
                 (proto, SocketAddr::new(ip, port)),
                 Forward {
                     target: port,
-                    tasks: v.tasks.clone(),
+                    tasks: tasks.clone(),
+                    service_id: v.service_id.clone(),
+                    identity: guard.is_some(),
                     only_from: None,
                 },
             );
@@ -556,7 +608,9 @@ fn wanted(
                     (proto, SocketAddr::new(cip, port)),
                     Forward {
                         target: port,
-                        tasks: v.tasks.clone(),
+                        tasks,
+                        service_id: v.service_id.clone(),
+                        identity: guard.is_some(),
                         only_from: Some(v.networks.clone()),
                     },
                 );
@@ -803,7 +857,7 @@ impl<T> Flows<T> {
 
 /// Reads a connection into frames for `tx` until either ends.
 async fn to_frames<T: Send + 'static>(
-    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut rd: impl tokio::io::AsyncRead + Unpin,
     tx: tokio::sync::mpsc::Sender<T>,
     wrap: impl Fn(TunnelFrame) -> T,
 ) {
@@ -827,7 +881,7 @@ async fn to_frames<T: Send + 'static>(
 /// Writes a tunnel's frames to a connection until either ends, then closes its write side.
 async fn from_frames(
     mut inbound: tonic::Streaming<TunnelFrame>,
-    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut wr: impl tokio::io::AsyncWrite + Unpin,
 ) {
     while let Ok(Some(f)) = inbound.message().await {
         if wr.write_all(&f.data).await.is_err() {
@@ -852,6 +906,7 @@ async fn pump(
 /// [`UDP_IDLE`] passes without one.
 pub async fn serve_tunnel(
     endpoints: &Endpoints,
+    guard: (&Identities, &Denials),
     peer_node: &str,
     mut inbound: tonic::Streaming<TunnelFrame>,
 ) -> Result<tokio_stream::wrappers::ReceiverStream<Result<TunnelFrame, tonic::Status>>, tonic::Status>
@@ -884,6 +939,41 @@ pub async fn serve_tunnel(
         )));
     }
     let (tx, rx) = mpsc::channel(16);
+    let allowed = match proto {
+        Proto::Tcp => guarded_callers(endpoints, &service_id, &first.task_id, target).await,
+        Proto::Udp => None,
+    };
+    if let Some(allowed) = allowed {
+        // identity=required: this node answers for its task; the caller's TLS bytes are the
+        // tunnel's frames.
+        tracing::info!(peer = %peer_node, task = %first.task_id, target, "routing mesh: tunnel from another node over mTLS, caller to authenticate");
+        let (ours, theirs) = tokio::io::duplex(2 * CHUNK);
+        let (rd, mut wr) = tokio::io::split(theirs);
+        if !first.data.is_empty() {
+            let _ = wr.write_all(&first.data).await;
+        }
+        tokio::spawn(from_frames(inbound, wr));
+        tokio::spawn(to_frames(rd, tx, Ok));
+        let (ids, denials) = (guard.0.clone(), guard.1.clone());
+        let task_id = first.task_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = relay_authenticated(
+                ours,
+                addr,
+                &ids,
+                &denials,
+                &service_id,
+                &task_id,
+                &allowed,
+                target,
+            )
+            .await
+            {
+                tracing::debug!(task = %task_id, error = %e, "routing mesh: tunnel not relayed");
+            }
+        });
+        return Ok(tokio_stream::wrappers::ReceiverStream::new(rx));
+    }
     match proto {
         Proto::Tcp => {
             let conn = TcpStream::connect(addr).await.map_err(|e| {
@@ -921,6 +1011,92 @@ pub async fn serve_tunnel(
         }
     }
     Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+}
+
+/// The callers allowed to reach task `task_id` of service `service_id` on port `target` when
+/// this node's routing table says the port is published with `identity=required`; `None` when
+/// it is not. A task the table does not list yet (it started a moment ago) is looked up again
+/// once the table is refreshed; still missing, it admits no one.
+async fn guarded_callers(
+    endpoints: &Endpoints,
+    service_id: &str,
+    task_id: &str,
+    target: u16,
+) -> Option<Vec<String>> {
+    let lookup = || {
+        let (routes, _) = endpoints.table();
+        callers_of(&routes, service_id, task_id, target)
+    };
+    match lookup()? {
+        Some(found) => Some(found),
+        None => {
+            let _ = tokio::time::timeout(REFRESH * 3, endpoints.table_refreshed()).await;
+            Some(lookup().flatten().unwrap_or_default())
+        }
+    }
+}
+
+/// Whether port `target` of service `service_id` is published with `identity=required` (the
+/// outer `Option`) and, if so, the callers allowed at task `task_id` if the routes list it.
+fn callers_of(
+    routes: &[Route],
+    service_id: &str,
+    task_id: &str,
+    target: u16,
+) -> Option<Option<Vec<String>>> {
+    let guarded: Vec<&Route> = routes
+        .iter()
+        .filter(|r| {
+            r.service_id == service_id
+                && r.target == u32::from(target)
+                && r.identity_required
+                && Proto::parse(&r.protocol) == Some(Proto::Tcp)
+        })
+        .collect();
+    if guarded.is_empty() {
+        return None;
+    }
+    Some(
+        guarded
+            .iter()
+            .flat_map(|r| r.tasks.iter())
+            .find(|t| t.task_id == task_id)
+            .map(|t| t.allowed_callers.clone()),
+    )
+}
+
+/// Answers for task `task_id` at `addr` on a connection of a caller (`io`: a client's TCP
+/// connection, or a tunnel's bytes): TLS with the task's SVID, the caller checked
+/// ([`super::mesh_identity::accept`]), then the plaintext relayed to the task. A refusal is
+/// reported and closes the connection.
+#[allow(clippy::too_many_arguments)]
+async fn relay_authenticated<IO>(
+    io: IO,
+    addr: SocketAddr,
+    ids: &Identities,
+    denials: &Denials,
+    service_id: &str,
+    task_id: &str,
+    allowed: &[String],
+    target: u16,
+) -> Result<(), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (mut tls, caller) = match super::mesh_identity::accept(io, ids, task_id, allowed).await {
+        Ok(ok) => ok,
+        Err(refusal) => {
+            denials.report(&refusal, service_id, task_id, target);
+            return Ok(());
+        }
+    };
+    let mut up = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("task {task_id}: {e}"))?;
+    tracing::debug!(task = %task_id, caller = %caller, "routing mesh: authenticated caller");
+    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+    let _ = tls.shutdown().await;
+    Ok(())
 }
 
 /// Why node `caller` may not tunnel to port `target` (`proto`) of a task of service

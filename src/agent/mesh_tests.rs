@@ -68,8 +68,10 @@ fn route(proto: &str, published: u32, mode: &str, tasks: &[(&str, &str)]) -> Rou
                 task_id: (*t).into(),
                 node_id: (*n).into(),
                 node_addr: "127.0.0.1:2377".into(),
+                allowed_callers: Vec::new(),
             })
             .collect(),
+        identity_required: false,
     }
 }
 
@@ -204,6 +206,7 @@ fn a_tunnel_carries_published_ports_and_services_on_the_callers_networks_only() 
             task_id: "t9".into(),
             node_id: on.into(),
             node_addr: String::new(),
+            allowed_callers: Vec::new(),
         }],
         ..Default::default()
     };
@@ -233,4 +236,46 @@ fn a_tunnel_carries_published_ports_and_services_on_the_callers_networks_only() 
     assert!(tunnel_refusal("n3", "s", &nets, 6379, Proto::Tcp, &[], &elsewhere).is_some());
     // A service on no network is reached by its published ports only.
     assert!(tunnel_refusal("n3", "s", &[], 6379, Proto::Tcp, &[], &on_backend).is_some());
+}
+
+#[test]
+fn an_identity_required_target_is_guarded_on_its_port_and_by_name() {
+    let ip: IpAddr = "127.1.2.3".parse().unwrap();
+    let mut r = route("tcp", 8443, "ingress", &[("t1", "n1")]);
+    r.target = 443;
+    r.identity_required = true;
+    r.tasks[0].allowed_callers = vec!["spiffe://td/ns/default/svc/web".into()];
+    let vip = crate::api::v1::ServiceVip {
+        service_id: "s".into(),
+        vip: "127.77.0.9".into(),
+        ports: vec![443, 80],
+        networks: vec!["backend".into()],
+        tasks: vec![RouteTask {
+            task_id: "t1".into(),
+            node_id: "n1".into(),
+            node_addr: String::new(),
+            allowed_callers: Vec::new(),
+        }],
+        ..Default::default()
+    };
+    let w = wanted("n1", ip, std::slice::from_ref(&r), &[vip], false);
+    let published = &w[&(Proto::Tcp, SocketAddr::new(ip, 8443))];
+    assert!(published.identity);
+    let by_name = &w[&(Proto::Tcp, "127.77.0.9:443".parse().unwrap())];
+    assert!(
+        by_name.identity,
+        "the service's address must not be a way around it"
+    );
+    assert_eq!(by_name.tasks[0].allowed_callers, r.tasks[0].allowed_callers);
+    assert!(!w[&(Proto::Tcp, "127.77.0.9:80".parse().unwrap())].identity);
+
+    // A tunnel to the guarded target is answered with the task's allowed callers.
+    let routes = [r];
+    assert_eq!(
+        callers_of(&routes, "s", "t1", 443),
+        Some(Some(vec!["spiffe://td/ns/default/svc/web".to_string()]))
+    );
+    assert_eq!(callers_of(&routes, "s", "t9", 443), Some(None));
+    assert_eq!(callers_of(&routes, "s", "t1", 80), None);
+    assert_eq!(callers_of(&routes, "other", "t1", 443), None);
 }

@@ -14,6 +14,7 @@ pub mod executor;
 mod hosts;
 mod managers;
 pub mod mesh;
+pub mod mesh_identity;
 mod ports;
 mod reports;
 pub mod secrets;

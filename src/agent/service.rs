@@ -34,9 +34,18 @@ impl AgentRpc for AgentService {
                 "permission denied: only swarm nodes may open routing-mesh tunnels",
             ));
         };
-        let stream =
-            super::mesh::serve_tunnel(&self.0.endpoints(), peer.node_id(), req.into_inner())
-                .await?;
+        let ids = super::mesh_identity::Identities {
+            registry: self.0.identities(),
+            bundles: self.0.bundles(),
+        };
+        let denials = super::mesh_identity::Denials::shared(|| self.0.managers());
+        let stream = super::mesh::serve_tunnel(
+            &self.0.endpoints(),
+            (&ids, &denials),
+            peer.node_id(),
+            req.into_inner(),
+        )
+        .await?;
         Ok(Response::new(stream))
     }
 

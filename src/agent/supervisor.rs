@@ -141,6 +141,11 @@ impl Supervisor {
         }
     }
 
+    /// The managers as the agent reaches them (the routing mesh reports refusals there).
+    pub(crate) fn managers(&self) -> Arc<Managers> {
+        self.managers.clone()
+    }
+
     /// The SVIDs of this node's tasks, by task ID (the routing mesh presents them).
     pub fn identities(&self) -> crate::agent::svid::Registry {
         self.identities.clone()

@@ -59,6 +59,12 @@ impl BundleFeed {
         });
     }
 
+    /// The latest bundle, if a heartbeat brought one (the routing mesh checks callers
+    /// against it).
+    pub fn current(&self) -> Option<Arc<WorkloadBundle>> {
+        self.0.borrow().clone()
+    }
+
     fn subscribe(&self) -> watch::Receiver<Option<Arc<WorkloadBundle>>> {
         self.0.subscribe()
     }

@@ -88,7 +88,8 @@ pub(super) struct CreateArgs {
     /// source=NAME[@VERSION],target=PATH,uid=N,gid=N,mode=0NNN,on-change=restart|none).
     #[arg(long = "config", value_name = "CONFIG")]
     configs: Vec<String>,
-    /// Publish a port (PUBLISHED:TARGET[/udp], or published=P,target=T,protocol=tcp,mode=ingress|host).
+    /// Publish a port (PUBLISHED:TARGET[/udp], or
+    /// published=P,target=T,protocol=tcp,mode=ingress|host,identity=none|required).
     #[arg(short = 'p', long = "publish", value_name = "PORT")]
     publish: Vec<String>,
     #[command(flatten)]
@@ -689,11 +690,12 @@ pub(super) fn pretty(s: &Service) -> String {
             line(
                 " ",
                 &format!(
-                    "PublishedPort = {}, TargetPort = {}, Protocol = {}, PublishMode = {}",
+                    "PublishedPort = {}, TargetPort = {}, Protocol = {}, PublishMode = {}, Identity = {}",
                     p.published,
                     p.target,
                     lower(&p.protocol),
-                    lower(&p.mode)
+                    lower(&p.mode),
+                    p.identity.as_str()
                 ),
             );
         }

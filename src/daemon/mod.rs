@@ -416,6 +416,11 @@ impl Daemon {
                 identity: identity.clone(),
                 port_errors: link.port_errors.clone(),
                 peers: Default::default(),
+                identities: crate::agent::mesh_identity::Identities {
+                    registry: supervisor.identities(),
+                    bundles: supervisor.bundles(),
+                },
+                denials: crate::agent::mesh_identity::Denials::shared(|| supervisor.managers()),
             })
             .run(),
         ));

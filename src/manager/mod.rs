@@ -17,6 +17,7 @@ pub mod gate;
 pub mod jwt;
 pub mod limiter;
 mod lookup;
+pub mod mesh;
 pub mod network;
 pub mod networks;
 pub mod oidc;

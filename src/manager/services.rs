@@ -582,45 +582,8 @@ impl Services {
     /// The routing table: every published port with the running tasks of its service and
     /// the addresses of their nodes.
     fn routes(&self) -> crate::api::v1::RoutesResponse {
-        use crate::store::service::{PortProtocol, PublishMode, TaskState};
-        let routes = self.mgr.read(|s| {
-            s.services
-                .values()
-                .filter(|svc| !svc.spec.ports.is_empty())
-                .flat_map(|svc| {
-                    let tasks: Vec<crate::api::v1::RouteTask> = s
-                        .tasks
-                        .values()
-                        .filter(|t| t.service_id == svc.id && t.status.state == TaskState::Running)
-                        .filter_map(|t| {
-                            let node = s.nodes.get(&t.node_id)?;
-                            Some(crate::api::v1::RouteTask {
-                                task_id: t.id.clone(),
-                                node_id: t.node_id.clone(),
-                                node_addr: node.addr.clone(),
-                            })
-                        })
-                        .collect();
-                    svc.spec.ports.iter().map(move |p| crate::api::v1::Route {
-                        service_id: svc.id.clone(),
-                        service_name: svc.spec.name.clone(),
-                        published: u32::from(p.published),
-                        target: u32::from(p.target),
-                        protocol: match p.protocol {
-                            PortProtocol::Tcp => "tcp",
-                            PortProtocol::Udp => "udp",
-                        }
-                        .into(),
-                        mode: match p.mode {
-                            PublishMode::Ingress => "ingress",
-                            PublishMode::Host => "host",
-                        }
-                        .into(),
-                        tasks: tasks.clone(),
-                    })
-                })
-                .collect()
-        });
+        use crate::store::service::{PortProtocol, TaskState};
+        let routes = self.mgr.read(route_table);
         let vips = self.mgr.read(|s| {
             s.services
                 .values()
@@ -654,6 +617,7 @@ impl Services {
                                     task_id: t.id.clone(),
                                     node_id: t.node_id.clone(),
                                     node_addr: node.addr.clone(),
+                                    allowed_callers: Vec::new(),
                                 })
                             })
                             .collect(),
@@ -665,6 +629,72 @@ impl Services {
     }
 }
 
+/// The published ports of the routing table, each with its service's running tasks and their
+/// nodes' addresses; for a port with `identity=required`, each task with the SPIFFE IDs the
+/// policy lets call it there ([`super::mesh::allowed_callers`], decided once per service and
+/// node).
+fn route_table(s: &crate::store::model::State) -> Vec<crate::api::v1::Route> {
+    use crate::store::service::{PortIdentity, PortProtocol, PublishMode, TaskState};
+    let engine = super::entitle::engine(s);
+    let mut routes = Vec::new();
+    for svc in s.services.values().filter(|svc| !svc.spec.ports.is_empty()) {
+        let needs_identity = svc
+            .spec
+            .ports
+            .iter()
+            .any(|p| p.identity == PortIdentity::Required);
+        let mut callers: std::collections::HashMap<&str, Vec<String>> = Default::default();
+        let tasks: Vec<crate::api::v1::RouteTask> = s
+            .tasks
+            .values()
+            .filter(|t| t.service_id == svc.id && t.status.state == TaskState::Running)
+            .filter_map(|t| {
+                let node = s.nodes.get(&t.node_id)?;
+                let allowed_callers = if needs_identity {
+                    callers
+                        .entry(node.id.as_str())
+                        .or_insert_with(|| super::mesh::allowed_callers(&engine, s, svc, node))
+                        .clone()
+                } else {
+                    Vec::new()
+                };
+                Some(crate::api::v1::RouteTask {
+                    task_id: t.id.clone(),
+                    node_id: t.node_id.clone(),
+                    node_addr: node.addr.clone(),
+                    allowed_callers,
+                })
+            })
+            .collect();
+        for p in &svc.spec.ports {
+            let identity_required = p.identity == PortIdentity::Required;
+            let mut tasks = tasks.clone();
+            if !identity_required {
+                tasks.iter_mut().for_each(|t| t.allowed_callers.clear());
+            }
+            routes.push(crate::api::v1::Route {
+                service_id: svc.id.clone(),
+                service_name: svc.spec.name.clone(),
+                published: u32::from(p.published),
+                target: u32::from(p.target),
+                protocol: match p.protocol {
+                    PortProtocol::Tcp => "tcp",
+                    PortProtocol::Udp => "udp",
+                }
+                .into(),
+                mode: match p.mode {
+                    PublishMode::Ingress => "ingress",
+                    PublishMode::Host => "host",
+                }
+                .into(),
+                tasks,
+                identity_required,
+            });
+        }
+    }
+    routes
+}
+
 #[tonic::async_trait]
 impl Dispatcher for Services {
     async fn routes(
@@ -673,6 +703,23 @@ impl Dispatcher for Services {
     ) -> Result<Response<crate::api::v1::RoutesResponse>, Status> {
         self.require(&req, "dispatcher.routes", false).await?;
         Ok(Response::new(Services::routes(self)))
+    }
+
+    async fn mesh_denied(
+        &self,
+        req: Request<crate::api::v1::MeshDenial>,
+    ) -> Result<Response<Empty>, Status> {
+        let peer = Self::peer_info(&req)?.addr;
+        let id = self.require(&req, "mesh.connect", false).await?;
+        let body = req.into_inner();
+        let name = self.mgr.read(|s| {
+            s.services
+                .get(&body.service_id)
+                .map(|svc| svc.spec.name.clone())
+        });
+        let record = super::mesh::denial_record(id.node_id(), &body, peer, name.as_deref());
+        self.mgr.audit_failure(peer.ip(), record).await;
+        Ok(Response::new(Empty {}))
     }
 
     async fn heartbeat(

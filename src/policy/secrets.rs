@@ -124,12 +124,13 @@ impl Decision {
 }
 
 /// The schema-derived pieces of the secret policies, built once per process.
-struct Model {
-    cedar: Loaded,
-    service: EntityTypeName,
+pub(super) struct Model {
+    pub(super) cedar: Loaded,
+    pub(super) service: EntityTypeName,
     secret: EntityTypeName,
     node: EntityTypeName,
     use_secret: EntityUid,
+    pub(super) connect: EntityUid,
 }
 
 impl Model {
@@ -139,22 +140,35 @@ impl Model {
             entity_type("Skep::Action")?,
             EntityId::new("UseSecret"),
         );
+        let connect = EntityUid::from_type_name_and_id(
+            entity_type("Skep::Action")?,
+            EntityId::new("Connect"),
+        );
         Ok(Model {
             cedar,
             service: entity_type("Skep::Service")?,
             secret: entity_type("Skep::Secret")?,
             node: entity_type("Skep::Node")?,
             use_secret: action,
+            connect,
         })
     }
 
-    fn schema(&self) -> &Schema {
+    pub(super) fn node(&self) -> &EntityTypeName {
+        &self.node
+    }
+
+    pub(super) fn secret(&self) -> &EntityTypeName {
+        &self.secret
+    }
+
+    pub(super) fn schema(&self) -> &Schema {
         self.cedar.schema()
     }
 }
 
 /// The process-wide [`Model`], or why the built-in schema failed to load.
-fn model() -> Result<&'static Model, PolicyError> {
+pub(super) fn model() -> Result<&'static Model, PolicyError> {
     static MODEL: OnceLock<Result<Model, String>> = OnceLock::new();
     loaded(MODEL.get_or_init(Model::build))
 }
@@ -166,7 +180,7 @@ pub struct PolicyEngine {
     policies: PolicySet,
     warnings: Vec<String>,
     /// When set, the engine could not be built and denies everything with this reason.
-    broken: Option<String>,
+    pub(super) broken: Option<String>,
 }
 
 impl fmt::Debug for PolicyEngine {
@@ -305,10 +319,28 @@ impl PolicyEngine {
         )
         .map_err(|e| e.to_string())?;
 
+        Ok(self.decide(model, &request, &entities, || {
+            format!(
+                "no policy permits service {} to use secret {} on node {}",
+                service.name, secret.name, node.hostname
+            )
+        }))
+    }
+
+    /// Cedar's answer to `request`, as a [`Decision`]: denied when a `forbid` applies (its
+    /// `@reason`s), when nothing permits it (`nothing_permits`), and when any policy fails to
+    /// evaluate (fail closed).
+    pub(super) fn decide(
+        &self,
+        model: &Model,
+        request: &Request,
+        entities: &Entities,
+        nothing_permits: impl FnOnce() -> String,
+    ) -> Decision {
         let response = model
             .cedar
             .authorizer
-            .is_authorized(&request, &self.policies, &entities);
+            .is_authorized(request, &self.policies, entities);
         // Sorted, like the forbids below: every manager must word a decision alike.
         let mut errors: Vec<String> = response
             .diagnostics()
@@ -327,13 +359,13 @@ impl PolicyEngine {
             )
         };
         if response.decision() == CedarDecision::Allow {
-            return Ok(if errors.is_empty() {
+            return if errors.is_empty() {
                 Decision::Allow
             } else {
                 Decision::Deny {
                     reason: errors_note(),
                 }
-            });
+            };
         }
         let mut forbids: Vec<String> = response
             .diagnostics()
@@ -347,10 +379,7 @@ impl PolicyEngine {
             .collect();
         forbids.sort();
         let mut reason = if forbids.is_empty() {
-            format!(
-                "no policy permits service {} to use secret {} on node {}",
-                service.name, secret.name, node.hostname
-            )
+            nothing_permits()
         } else {
             forbids.join("; ")
         };
@@ -358,7 +387,7 @@ impl PolicyEngine {
             reason.push_str("; ");
             reason.push_str(&errors_note());
         }
-        Ok(Decision::Deny { reason })
+        Decision::Deny { reason }
     }
 }
 
@@ -429,19 +458,30 @@ fn request_entities(
             .map_err(|e| format!("secret {id}: {e}"))?,
         );
     }
-    entities.push(
-        Entity::new_with_tags(
-            uid(&model.node, node.id),
-            [
-                ("id".to_string(), string(node.id)),
-                ("role".to_string(), string(node.role)),
-            ],
-            [],
-            tags(node.labels),
-        )
-        .map_err(|e| format!("node {}: {e}", node.hostname))?,
-    );
+    entities.push(node_entity(model, node)?);
     Ok(entities)
+}
+
+/// A node as requests see it: its ID and role, its labels as tags.
+pub(super) fn node_entity(model: &Model, node: &NodeFacts<'_>) -> Result<Entity, String> {
+    Entity::new_with_tags(
+        uid(&model.node, node.id),
+        [
+            (
+                "id".to_string(),
+                RestrictedExpression::new_string(node.id.to_string()),
+            ),
+            (
+                "role".to_string(),
+                RestrictedExpression::new_string(node.role.to_string()),
+            ),
+        ],
+        [],
+        node.labels
+            .iter()
+            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone()))),
+    )
+    .map_err(|e| format!("node {}: {e}", node.hostname))
 }
 
 /// The engine for `text`, parsed at most once while it stays among the last few texts used
@@ -540,7 +580,8 @@ mod tests {
     fn builtin_files_parse() {
         assert!(model().is_ok());
         let default = PolicyEngine::parse(DEFAULT_POLICY).unwrap();
-        assert_eq!(default.policy_count(), 1);
+        // Services use their secrets; services connect to services.
+        assert_eq!(default.policy_count(), 2);
         assert!(default.warnings().is_empty(), "{:?}", default.warnings());
         let example = PolicyEngine::parse(EXAMPLE).unwrap();
         assert_eq!(example.policy_count(), 2);
@@ -608,7 +649,8 @@ mod tests {
         let reason = deny_reason(check(&engine, &["s1"], &none, &none));
         assert_eq!(
             reason,
-            "policy no-workers forbids it; policy policy2 forbids it"
+            // The default's two policies are policy0 and policy1.
+            "policy no-workers forbids it; policy policy3 forbids it"
         );
     }
 
@@ -710,7 +752,7 @@ mod tests {
         let none = BTreeMap::new();
         assert_eq!(
             deny_reason(check(&engine, &["s1"], &odd, &node)),
-            "policy policy1: odd"
+            "policy policy2: odd"
         );
         assert_eq!(check(&engine, &["s1"], &none, &node), Decision::Allow);
 
@@ -778,11 +820,12 @@ mod tests {
         let PolicyError::TooComplex { message } = &err else {
             panic!("expected too complex, got {err:?}");
         };
-        // Located at the start of the offending policy, after the default's 12 lines and a
+        // Located at the start of the offending policy, after the default's lines and a
         // blank one.
+        let line = DEFAULT_POLICY.lines().count() + 2;
         assert!(
             message.starts_with(&format!(
-                "14:1: this policy has more than {MAX_OPERATORS_PER_POLICY} operators"
+                "{line}:1: this policy has more than {MAX_OPERATORS_PER_POLICY} operators"
             )),
             "{message}"
         );

@@ -7,8 +7,8 @@
 //! values that parsed.
 
 use crate::store::service::{
-    Constraint, ConstraintOp, HealthCheck, Mode, PortConfig, PortProtocol, PublishMode, Resources,
-    Runtime, ServiceSpec, TaskSpec, UpdateConfig,
+    Constraint, ConstraintOp, HealthCheck, Mode, PortConfig, PortIdentity, PortProtocol,
+    PublishMode, Resources, Runtime, ServiceSpec, TaskSpec, UpdateConfig,
 };
 
 /// The largest replica count a service may ask for: each replica is a task in the replicated
@@ -125,7 +125,7 @@ pub enum SpecError {
 }
 
 /// Parses `--publish`: `PUBLISHED:TARGET[/PROTOCOL]` or
-/// `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]`.
+/// `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host][,identity=none|required]`.
 pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
     let bad = |reason: &str| SpecError::Publish {
         text: text.chars().take(80).collect(),
@@ -155,6 +155,7 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
             target: 0,
             protocol: PortProtocol::Tcp,
             mode: PublishMode::Ingress,
+            identity: PortIdentity::None,
         };
         for part in text.split(',') {
             let (k, v) = part
@@ -176,6 +177,7 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
                         }
                     }
                 }
+                "identity" => cfg.identity = port_identity(v.trim()).map_err(|e| bad(&e))?,
                 other => return Err(bad(&format!("unknown key {}", crate::util::quote(other)))),
             }
         }
@@ -196,7 +198,20 @@ pub fn parse_publish(text: &str) -> Result<PortConfig, SpecError> {
         target: port(target, "target")?,
         protocol: proto,
         mode: PublishMode::Ingress,
+        identity: PortIdentity::None,
     })
+}
+
+/// A published port's `identity=` value: `none` or `required`.
+pub fn port_identity(text: &str) -> Result<PortIdentity, String> {
+    match text {
+        "none" => Ok(PortIdentity::None),
+        "required" => Ok(PortIdentity::Required),
+        other => Err(format!(
+            "identity {} is not none or required",
+            crate::util::quote(other)
+        )),
+    }
 }
 
 /// Derives what the manager keeps in step with the rest of a spec: the tasks' target ports
@@ -309,14 +324,52 @@ pub fn validate(spec: &ServiceSpec) -> Result<(), SpecError> {
     Ok(())
 }
 
-/// Published ports: 1 to 65535, each (port, protocol) once.
+/// Published ports: 1 to 65535, each (port, protocol) once; a target published with
+/// `identity=required` only so (else the other published port would be a way around it).
 fn check_ports(spec: &ServiceSpec) -> Result<(), SpecError> {
     let mut seen = std::collections::BTreeSet::new();
     for p in &spec.ports {
+        if spec
+            .ports
+            .iter()
+            .any(|q| q.target == p.target && q.protocol == p.protocol && q.identity != p.identity)
+        {
+            return Err(SpecError::Publish {
+                text: format!("{}:{}", p.published, p.target),
+                reason: format!(
+                    "target port {} is published both with and without identity=required",
+                    p.target
+                ),
+            });
+        }
         if p.published == 0 || p.target == 0 {
             return Err(SpecError::Publish {
                 text: format!("{}:{}", p.published, p.target),
                 reason: "ports are 1 to 65535".into(),
+            });
+        }
+        if p.identity == PortIdentity::Required && p.protocol != PortProtocol::Tcp {
+            return Err(SpecError::Publish {
+                text: format!("{}:{}", p.published, p.target),
+                reason:
+                    "identity=required needs protocol=tcp (the mesh authenticates callers with TLS)"
+                        .into(),
+            });
+        }
+        if p.identity == PortIdentity::Required && p.mode != PublishMode::Ingress {
+            return Err(SpecError::Publish {
+                text: format!("{}:{}", p.published, p.target),
+                reason:
+                    "identity=required needs mode=ingress (the routing mesh authenticates callers)"
+                        .into(),
+            });
+        }
+        if p.identity == PortIdentity::Required && !spec.task.identity {
+            return Err(SpecError::Publish {
+                text: format!("{}:{}", p.published, p.target),
+                reason: "identity=required needs the service's workload identity (drop --identity=false): \
+                         the node presents the task's SVID to callers"
+                    .into(),
             });
         }
         if !seen.insert((p.published, p.protocol)) {
@@ -953,5 +1006,70 @@ mod tests {
             parse_publish("4000:81").unwrap(),
         ];
         assert!(matches!(validate(&spec), Err(SpecError::Publish { .. })));
+    }
+
+    #[test]
+    fn publish_identity_option() {
+        let p = parse_publish("published=8443,target=443,mode=ingress,identity=required").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.mode, p.identity),
+            (8443, 443, PublishMode::Ingress, PortIdentity::Required)
+        );
+        assert_eq!(
+            parse_publish("published=1,target=2,identity=none")
+                .unwrap()
+                .identity,
+            PortIdentity::None
+        );
+        assert_eq!(parse_publish("1:2").unwrap().identity, PortIdentity::None);
+        let long = format!("published=1,target=2,identity={}", "x".repeat(5000));
+        let e = parse_publish(&long).unwrap_err().to_string();
+        assert!(e.contains("is not none or required"), "{e}");
+        assert!(e.len() < 400, "{e}");
+        assert!(parse_publish("published=1,target=2,identity=Required").is_err());
+
+        let mut s = spec();
+        s.ports = vec![parse_publish("published=8443,target=443,identity=required").unwrap()];
+        assert_eq!(validate(&s), Ok(()));
+        for bad in [
+            "published=8443,target=443,protocol=udp,identity=required",
+            "published=8443,target=443,mode=host,identity=required",
+        ] {
+            s.ports = vec![parse_publish(bad).unwrap()];
+            assert!(
+                matches!(validate(&s), Err(SpecError::Publish { .. })),
+                "{bad}"
+            );
+        }
+        s.ports = vec![
+            parse_publish("published=8443,target=443,identity=required").unwrap(),
+            parse_publish("8444:443").unwrap(),
+        ];
+        assert!(matches!(validate(&s), Err(SpecError::Publish { .. })));
+        s.ports = vec![parse_publish("published=8443,target=443,identity=required").unwrap()];
+        s.task.identity = false;
+        assert!(matches!(validate(&s), Err(SpecError::Publish { .. })));
+    }
+
+    #[test]
+    fn port_identity_reads_old_specs_and_survives_the_raft_encoding() {
+        let old = r#"{"published":4000,"target":80,"protocol":"tcp","mode":"ingress"}"#;
+        let p: PortConfig = serde_json::from_str(old).unwrap();
+        assert_eq!(p.identity, PortIdentity::None);
+        let mut r = p;
+        r.identity = PortIdentity::Required;
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""identity":"required""#), "{text}");
+        assert_eq!(serde_json::from_str::<PortConfig>(&text).unwrap(), r);
+        // The Raft log is postcard, which has no field names to skip by: both values must
+        // round-trip, with the fields after the port intact.
+        for port in [p, r] {
+            let mut spec = spec();
+            spec.ports = vec![port, parse_publish("5000:50").unwrap()];
+            spec.networks = vec!["after".into()];
+            let bytes = crate::store::wire::encode(&spec).unwrap();
+            let back: ServiceSpec = crate::store::wire::decode(&bytes).unwrap();
+            assert_eq!(back, spec);
+        }
     }
 }

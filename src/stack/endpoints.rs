@@ -9,7 +9,9 @@ use super::building::Building;
 use super::context::Ctx;
 use super::tree::{child, to_int, to_str};
 use super::yaml::{Key, Node, Value};
-use crate::store::service::{OnChange, PortConfig, PortProtocol, PublishMode, SecretRef};
+use crate::store::service::{
+    OnChange, PortConfig, PortIdentity, PortProtocol, PublishMode, SecretRef,
+};
 
 /// `ports:`, each in the short (`"8080:80/udp"`) or the long syntax.
 pub(super) fn ports(
@@ -100,6 +102,15 @@ fn port(ctx: &Ctx<'_>, key: &Key, item: &Node, path: &str) -> Result<PortConfig,
             if n.get("host_ip").is_some() {
                 return Err(at("`host_ip` is not supported by skep".into()));
             }
+            // skep's own key, taken out before the Compose type sees the mapping.
+            let identity = match n.take(IDENTITY_EXTENSION) {
+                None => PortIdentity::None,
+                Some((_, v)) => {
+                    let text = v.scalar_text().unwrap_or_default();
+                    crate::spec::service::port_identity(&text)
+                        .map_err(|e| at(format!("{IDENTITY_EXTENSION}: {e}")))?
+                }
+            };
             let p: dct::Port = ctx.typed(key, path, n.to_json())?;
             let published = match p.published {
                 Some(dct::PublishedPort::Single(p)) => p,
@@ -129,6 +140,7 @@ fn port(ctx: &Ctx<'_>, key: &Key, item: &Node, path: &str) -> Result<PortConfig,
                 target: p.target,
                 protocol,
                 mode,
+                identity,
             })
         }
         _ => Err(at(format!(
@@ -142,6 +154,9 @@ fn port(ctx: &Ctx<'_>, key: &Key, item: &Node, path: &str) -> Result<PortConfig,
 /// a new version, in a long-syntax entry: `rotate` (a secret's default), `signal:SIG`,
 /// `restart` (a config's default) or `none`.
 pub const ON_CHANGE_EXTENSION: &str = "x-skep-on-change";
+
+/// The long port syntax's `x-skep-identity: required` (`--publish ...,identity=required`).
+pub const IDENTITY_EXTENSION: &str = "x-skep-identity";
 
 /// `secrets:`, each a name or `source`/`target`/`uid`/`gid`/`mode` (and
 /// [`ON_CHANGE_EXTENSION`]), naming a top-level secret; the targets must pass the managers'

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::interpolate::interpolate;
 use super::*;
 use crate::store::service::{
-    ConstraintOp, FailureAction, Mode, PortProtocol, PublishMode, RestartCondition, Runtime,
-    UpdateOrder,
+    ConstraintOp, FailureAction, Mode, PortIdentity, PortProtocol, PublishMode, RestartCondition,
+    Runtime, UpdateOrder,
 };
 
 /// Files in memory, by path.
@@ -222,6 +222,13 @@ services:
         (p[3].published, p[3].target, p[3].protocol, p[3].mode),
         (1514, 514, PortProtocol::Udp, PublishMode::Ingress)
     );
+    assert!(p.iter().all(|p| p.identity == PortIdentity::None));
+    let text = "services:\n  db:\n    image: pg\n    ports:\n      - {target: 443, published: 8443, x-skep-identity: required}\n";
+    let s = load_one(text).unwrap();
+    assert_eq!(s.services[0].ports[0].identity, PortIdentity::Required);
+    let text = "services:\n  db:\n    image: pg\n    ports:\n      - {target: 443, published: 8443, x-skep-identity: maybe}\n";
+    let e = err(load_one(text));
+    assert!(e.contains("x-skep-identity") && e.contains("line 5"), "{e}");
     for (bad, needle) in [
         ("\"127.0.0.1:80:80\"", "host IP"),
         ("\"8000-8001:80-81\"", "ranges"),

@@ -346,6 +346,34 @@ pub struct PortConfig {
     /// ingress (the routing mesh, every node) or host (only nodes running a task).
     #[serde(default)]
     pub mode: PublishMode,
+    /// Whether the routing mesh requires callers to present an X.509-SVID of a service the
+    /// policy lets connect (`identity=required`, TCP ingress only); `none` for a spec written
+    /// before it existed. Always written: the Raft log and snapshots are postcard, which
+    /// cannot skip a field.
+    #[serde(default)]
+    pub identity: PortIdentity,
+}
+
+/// What the routing mesh asks of a caller of a published port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortIdentity {
+    /// Anyone who can reach the port (Docker's behaviour).
+    #[default]
+    None,
+    /// mTLS terminated by the node for the task: the caller presents the X.509-SVID of a
+    /// service that the Cedar `Connect` policy lets connect to this one.
+    Required,
+}
+
+impl PortIdentity {
+    /// The word `--publish` and `service inspect` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortIdentity::None => "none",
+            PortIdentity::Required => "required",
+        }
+    }
 }
 
 /// A published port's transport.

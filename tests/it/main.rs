@@ -25,6 +25,7 @@ mod faults;
 mod health;
 mod lifecycle;
 mod mesh;
+mod mesh_identity;
 mod operators;
 mod raft_traffic;
 mod reads;
