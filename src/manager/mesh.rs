@@ -18,23 +18,11 @@ use crate::policy::{NodeFacts, PolicyEngine, ServiceFacts};
 use crate::store::model::{Node, State};
 use crate::store::service::Service;
 
-/// The label that names a service's stack (its SPIFFE namespace).
-const STACK_LABEL: &str = "com.docker.stack.namespace";
-
 /// The SPIFFE ID of `svc`'s tasks (`spiffe://<td>/ns/<stack or default>/svc/<name>`, the name
 /// without its stack's prefix), as the managers put it in the SVIDs they issue; `None` without
 /// a cluster record or for a name that makes no valid ID.
 pub fn service_spiffe_id(state: &State, svc: &Service) -> Option<String> {
-    let td = state.cluster.as_ref()?.trust_domain();
-    let name = svc.spec.name.as_str();
-    let (ns, short) = match svc.spec.labels.get(STACK_LABEL) {
-        Some(stack) => (
-            stack.as_str(),
-            name.strip_prefix(&format!("{stack}_")).unwrap_or(name),
-        ),
-        None => (skep_pki::DEFAULT_NAMESPACE, name),
-    };
-    skep_pki::spiffe_id(td, ns, short).ok()
+    super::workload::service_spiffe_id(state, &svc.spec.name, &svc.spec.labels).ok()
 }
 
 /// One side of a decision as the cache keys it: ID, name, labels, referenced secret IDs.
@@ -229,7 +217,9 @@ mod tests {
         let mut s = state();
         let api = s.services.get_mut("s-api").unwrap();
         api.spec.name = "shop_api".into();
-        api.spec.labels.insert(STACK_LABEL.into(), "shop".into());
+        api.spec
+            .labels
+            .insert(crate::manager::workload::STACK_LABEL.into(), "shop".into());
         with_policy(
             &mut s,
             &format!(

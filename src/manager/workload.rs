@@ -26,7 +26,7 @@ const WORKLOAD_CA_DAYS: i64 = super::control::ROOT_CA_VALIDITY_DAYS;
 /// How long a CRL says it is good for; the managers make a new one as soon as the set changes.
 const CRL_VALIDITY: time::Duration = time::Duration::hours(1);
 /// The label Docker (and skep) puts on a stack's services.
-const STACK_LABEL: &str = "com.docker.stack.namespace";
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
 
 /// Why an SVID (X.509 or JWT) was refused. The message is what the node is told and what the
 /// audit record keeps; it does not say whether a task exists on another node.
@@ -63,26 +63,36 @@ pub fn new_keys(cluster_id: &str, now: OffsetDateTime) -> Result<WorkloadKeys, s
     })
 }
 
-/// The SPIFFE ID of `task`'s service: `spiffe://<td>/ns/<stack or default>/svc/<name>`, the
-/// name without its stack's prefix.
-pub fn spiffe_id_of(state: &State, task: &Task) -> Result<String, WorkloadError> {
+/// The SPIFFE ID of the tasks of the service named `name` with `labels`:
+/// `spiffe://<td>/ns/<stack or default>/svc/<name>`, the name without its stack's prefix.
+pub fn service_spiffe_id(
+    state: &State,
+    name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> Result<String, WorkloadError> {
     let td = state
         .cluster
         .as_ref()
         .map(|c| c.trust_domain())
         .ok_or(WorkloadError::NoKeys)?;
-    let labels = state.services.get(&task.service_id).map(|s| &s.spec.labels);
-    let stack = labels.and_then(|l| l.get(STACK_LABEL));
-    let (ns, name) = match stack {
+    let (ns, short) = match labels.get(STACK_LABEL) {
         Some(stack) => (
             stack.as_str(),
-            task.service_name
-                .strip_prefix(&format!("{stack}_"))
-                .unwrap_or(&task.service_name),
+            name.strip_prefix(&format!("{stack}_")).unwrap_or(name),
         ),
-        None => (skep_pki::DEFAULT_NAMESPACE, task.service_name.as_str()),
+        None => (skep_pki::DEFAULT_NAMESPACE, name),
     };
-    skep_pki::spiffe_id(td, ns, name).map_err(|e| WorkloadError::BadRequest(e.to_string()))
+    skep_pki::spiffe_id(td, ns, short).map_err(|e| WorkloadError::BadRequest(e.to_string()))
+}
+
+/// The SPIFFE ID of `task`'s service (see [`service_spiffe_id`]).
+pub fn spiffe_id_of(state: &State, task: &Task) -> Result<String, WorkloadError> {
+    let labels = state
+        .services
+        .get(&task.service_id)
+        .map(|s| s.spec.labels.clone())
+        .unwrap_or_default();
+    service_spiffe_id(state, &task.service_name, &labels)
 }
 
 /// The task `task_id` of node `node_id` if it may hold an identity now: assigned to that
