@@ -247,9 +247,10 @@ mod tests {
         let mut s = state();
         // `default_web` of stack `default` has web's SPIFFE ID.
         let mut twin = fixtures::service("s-twin", "default_web");
-        twin.spec
-            .labels
-            .insert(STACK_LABEL.into(), "default".into());
+        twin.spec.labels.insert(
+            crate::manager::workload::STACK_LABEL.into(),
+            "default".into(),
+        );
         s.services.insert("s-twin".into(), twin);
         with_policy(
             &mut s,
