@@ -212,3 +212,91 @@ fn a_caller_on_another_node_reaches_db_through_the_tunnel_and_db_s_node_answers_
     });
     assert_eq!(no_cert["actor"]["id"], w.id(), "{no_cert}");
 }
+
+/// A kept copy of a task's SVID and key (what a thief of the task, or of its node, has), taken
+/// from the node's tmpfs while the task runs: (svid.pem, svid.key) in a directory of the test.
+fn keep_svid(n: &Node, task: &str, into: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = wait_for(timeout(), "the task's identity directory", || {
+        crate::harness::files_under(&n.data_dir())
+            .into_iter()
+            .find(|p| p.ends_with("spiffe/svid.key") && p.to_string_lossy().contains(task))
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+            .ok_or_else(|| "not yet".to_string())
+    });
+    let (cert, key) = (into.join(format!("{task}.pem")), into.join(format!("{task}.key")));
+    std::fs::copy(dir.join("svid.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("svid.key"), &key).unwrap();
+    (cert, key)
+}
+
+/// An openssl client presenting `cert`/`key` to `target`: whether db answered.
+fn answered_with(target: &str, cert: &std::path::Path, key: &std::path::Path) -> bool {
+    let out = Command::new("timeout")
+        .args(["10", "openssl", "s_client", "-connect", target, "-ign_eof", "-cert"])
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("node=")
+}
+
+#[test]
+fn a_stopped_tasks_or_removed_nodes_kept_svid_is_refused_by_the_mesh() {
+    let Some(prog) = serving_program() else {
+        return;
+    };
+    let c = Cluster::init(1, 1);
+    let m = c.first();
+    let w = &c.workers()[0];
+    let target = format!("{}:{PORT}", ip_of(m));
+    let on_m = format!("node.hostname=={}", m.name());
+    let on_w = format!("node.hostname=={}", w.name());
+    create_db(m, &prog, &["--constraint", &on_m]);
+    // Two callers that only sleep: their SVIDs are what a thief would keep.
+    exec_service(m, "stopper", &["--constraint", &on_m], "exec sleep 1000");
+    exec_service(m, "remote", &["--constraint", &on_w], "exec sleep 1000");
+    let task_of = |svc: &str| {
+        wait_for(timeout(), &format!("{svc} running"), || {
+            let all = crate::harness::json_lines(&m.cli_ok(&[
+                "service", "ps", "--no-trunc", "--format", "json", svc,
+            ]));
+            all.iter()
+                .find(|t| t["CurrentState"].as_str().is_some_and(|s| s.starts_with("Running")))
+                .and_then(|t| t["ID"].as_str().map(str::to_string))
+                .ok_or_else(|| format!("{all:?}"))
+        })
+    };
+    let (stopper, remote) = (task_of("stopper"), task_of("remote"));
+    let kept = tempfile::tempdir().unwrap();
+    let (s_cert, s_key) = keep_svid(m, &stopper, kept.path());
+    let (r_cert, r_key) = keep_svid(w, &remote, kept.path());
+    // While their tasks run, both are let through.
+    wait_for(timeout(), "both kept SVIDs answered while their tasks run", || {
+        if answered_with(&target, &s_cert, &s_key) && answered_with(&target, &r_cert, &r_key) {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
+    // The task stops: its SVID is refused, long before it would expire.
+    m.cli_ok(&["service", "scale", "--detach", "stopper=0"]);
+    wait_for(timeout(), "the stopped task's SVID refused", || {
+        if answered_with(&target, &s_cert, &s_key) {
+            Err("still answered".into())
+        } else {
+            Ok(())
+        }
+    });
+    // The node is removed: the SVIDs of its tasks are refused too.
+    assert!(answered_with(&target, &r_cert, &r_key));
+    m.cli_ok(&["node", "rm", "--force", w.id()]);
+    wait_for(timeout(), "the removed node's task SVID refused", || {
+        if answered_with(&target, &r_cert, &r_key) {
+            Err("still answered".into())
+        } else {
+            Ok(())
+        }
+    });
+}
