@@ -12,8 +12,8 @@
 //!   `Dispatcher.IssueSvid` for one of its running tasks, 16 requests at a time, each for a
 //!   fresh key (every one checked, signed, recorded and audited through Raft).
 //! * `revoke`: time from `service scale S=0` returning (the task stops) and from `node rm
-//!   --force` returning, to that task's SVID serial being in the bundle the leader sends every
-//!   node (the revocation list the mesh and the Workload API's CRL carry).
+//!   --force` returning, to a kept copy of that task's SVID and key being refused by the
+//!   routing mesh on a port published with `identity=required` (openssl as the caller).
 //!
 //! `SKEP_BENCH_IDENTITY_TASKS` (default 100) sets N; `cargo bench --bench identity -- start`
 //! runs only the parts whose name contains an argument.
@@ -37,12 +37,31 @@ const PROBE_C: &str = r#"
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 static void on_term(int s) { (void)s; _exit(0); }
 static long long now(void) {
     struct timespec ts; clock_gettime(CLOCK_REALTIME, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+static int serve(void) {
+    const char *p = getenv("PORT");
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a; memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET; a.sin_port = htons(p ? atoi(p) : 80);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) < 0 || listen(s, 64) < 0) return 4;
+    for (;;) {
+        int c = accept(s, 0, 0);
+        if (c < 0) continue;
+        if (write(c, "answer\n", 7) < 0) {}
+        close(c);
+    }
+}
 int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "serve") == 0) return serve();
     if (argc < 3) return 2;
     signal(SIGTERM, on_term);
     long long started = now();
@@ -355,108 +374,117 @@ fn issue_rate(c: &Cluster) {
     m.cli(&["service", "rm", "issuer"]);
 }
 
-/// The serials the leader's bundle revokes now, as a node receives it.
-fn revoked_serials(m: &Daemon, creds: &skep::net::Credentials) -> Vec<String> {
-    use skep::api::v1::HeartbeatRequest;
-    use skep::api::v1::dispatcher_client::DispatcherClient;
-    let tls = skep::net::client_config(&creds.root_der, Some(creds)).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let ch = skep::net::channel(&m.addr, tls).unwrap();
-        DispatcherClient::new(ch)
-            .heartbeat(HeartbeatRequest::default())
-            .await
-            .ok()
-            .and_then(|r| r.into_inner().workload)
-            .map(|b| b.revoked)
-            .unwrap_or_default()
-    })
+/// Copies of the SVID and key task `task` holds on node `d` (what a thief of the task keeps).
+fn keep_svid(d: &Daemon, task: &str, into: &Path) -> (PathBuf, PathBuf) {
+    let dir = d.data_dir().join("tasks").join(task).join("secrets/spiffe");
+    let dir = wait_for(wait_limit(), "the task's identity files", || {
+        // The tasks directory layout: find the task's identity directory under the data dir.
+        if dir.join("svid.key").exists() {
+            return Ok(dir.clone());
+        }
+        find_dir(&d.data_dir(), task).ok_or_else(|| "not yet".to_string())
+    });
+    let (cert, key) = (into.join(format!("{task}.pem")), into.join(format!("{task}.key")));
+    std::fs::copy(dir.join("svid.pem"), &cert).unwrap();
+    std::fs::copy(dir.join("svid.key"), &key).unwrap();
+    (cert, key)
 }
 
-/// The serial of the SVID task `task` holds on node `d` (read from its tmpfs).
-fn svid_serial(d: &Daemon, task: &str) -> String {
-    let path = d
-        .data_dir()
-        .join("tasks")
-        .join(task)
-        .join("secrets/spiffe/svid.pem");
-    wait_for(wait_limit(), "the task's SVID file", || {
-        let pem = std::fs::read(&path).map_err(|e| e.to_string())?;
-        let der = pem::parse(pem).map_err(|e| e.to_string())?;
-        skep_pki::SvidInfo::from_der(der.contents())
-            .map(|i| i.serial)
-            .map_err(|e| e.to_string())
-    })
+/// The identity directory of `task` somewhere under `root`.
+fn find_dir(root: &Path, task: &str) -> Option<PathBuf> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.ends_with("spiffe")
+                && p.to_string_lossy().contains(task)
+                && p.join("svid.key").exists()
+            {
+                return Some(p);
+            }
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            }
+        }
+    }
+    None
+}
+
+/// Whether the mesh at `target` lets a caller presenting `cert`/`key` through to the service.
+fn answered_with(target: &str, cert: &Path, key: &Path) -> bool {
+    let out = std::process::Command::new("timeout")
+        .args(["5", "openssl", "s_client", "-connect", target, "-ign_eof", "-cert"])
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("answer")
+}
+
+/// Milliseconds from now until `target` refuses the caller `cert`/`key`.
+fn until_refused(target: &str, cert: &Path, key: &Path) -> f64 {
+    let start = Instant::now();
+    wait_for(wait_limit(), "the kept SVID refused by the mesh", || {
+        if answered_with(target, cert, key) {
+            Err("still answered".into())
+        } else {
+            Ok(())
+        }
+    });
+    start.elapsed().as_secs_f64() * 1000.0
 }
 
 fn revoke_times(c: &Cluster, probe: &Path, shared: &Path) {
     let m = c.manager();
     let (w1, w2) = (&c.daemons[1], &c.daemons[2]);
     let (h1, h2) = (hostname_of(w1), hostname_of(w2));
-    let out = shared.join("revoke");
-    std::fs::create_dir_all(&out).unwrap();
-    chmod(&out, 0o777);
-    let create = |name: &str, host: &str| {
+    let kept = shared.join("kept");
+    std::fs::create_dir_all(&kept).unwrap();
+    let on_m = format!("node.hostname=={}", m.name);
+    m.cli(&[
+        "service", "create", "--detach", "--name", "db", "--constraint", &on_m, "--publish",
+        "published=18443,target=80,identity=required", "--runtime", "exec", "--",
+        probe.to_str().unwrap(), "serve",
+    ]);
+    let sleeper = |name: &str, host: &str| {
         let constraint = format!("node.hostname=={host}");
         m.cli(&[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            name,
-            "--constraint",
-            &constraint,
-            "--runtime",
-            "exec",
-            "--",
-            probe.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "on",
+            "service", "create", "--detach", "--name", name, "--constraint", &constraint,
+            "--runtime", "exec", "--", "/bin/sleep", "100000",
         ]);
     };
-    create("stopper", &h1);
-    create("gone", &h2);
+    sleeper("stopper", &h1);
+    sleeper("gone", &h2);
     let stopper = task_on(m, "stopper", &h1);
     let gone = task_on(m, "gone", &h2);
-    let (s1, s2) = (svid_serial(w1, &stopper), svid_serial(w2, &gone));
-    let observer = credentials_of(w1);
-    println!();
-    println!(
-        "== revocation: ms from the CLI returning to the SVID's serial in the bundle every node gets"
-    );
-    let start = Instant::now();
-    m.cli(&["service", "scale", "--detach", "stopper=0"]);
-    let returned = start.elapsed();
-    wait_for(wait_limit(), "the stopped task's SVID revoked", || {
-        if revoked_serials(m, &observer).contains(&s1) {
+    let (s_cert, s_key) = keep_svid(w1, &stopper, &kept);
+    let (g_cert, g_key) = keep_svid(w2, &gone, &kept);
+    let target = format!("{}:18443", m.addr.rsplit_once(':').unwrap().0);
+    wait_for(wait_limit(), "both kept SVIDs answered while their tasks run", || {
+        if answered_with(&target, &s_cert, &s_key) && answered_with(&target, &g_cert, &g_key) {
             Ok(())
         } else {
             Err("not yet".into())
         }
     });
+    println!();
     println!(
-        "  task stopped (service scale S=0): {:.1} ms",
-        (start.elapsed() - returned).as_secs_f64() * 1000.0
+        "== revocation: ms from the CLI returning to a kept copy of the task's SVID refused by the mesh (identity=required port; heartbeat period 1s)"
     );
-    let id2 = m
-        .json(&["node", "inspect", "--format", "json", &h2])
-        .unwrap()[0]["ID"]
+    m.cli(&["service", "scale", "--detach", "stopper=0"]);
+    println!(
+        "  task stopped (service scale S=0): {:.0} ms",
+        until_refused(&target, &s_cert, &s_key)
+    );
+    let id2 = m.json(&["node", "inspect", "--format", "json", &h2]).unwrap()[0]["ID"]
         .as_str()
         .unwrap()
         .to_string();
-    let start = Instant::now();
     m.cli(&["node", "rm", "--force", &id2]);
-    let returned = start.elapsed();
-    wait_for(wait_limit(), "the removed node's task SVID revoked", || {
-        if revoked_serials(m, &observer).contains(&s2) {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    });
     println!(
-        "  node removed (node rm --force): {:.1} ms",
-        (start.elapsed() - returned).as_secs_f64() * 1000.0
+        "  node removed (node rm --force): {:.0} ms",
+        until_refused(&target, &g_cert, &g_key)
     );
-    let _ = Duration::ZERO;
 }
