@@ -384,7 +384,10 @@ fn keep_svid(d: &Daemon, task: &str, into: &Path) -> (PathBuf, PathBuf) {
         }
         find_dir(&d.data_dir(), task).ok_or_else(|| "not yet".to_string())
     });
-    let (cert, key) = (into.join(format!("{task}.pem")), into.join(format!("{task}.key")));
+    let (cert, key) = (
+        into.join(format!("{task}.pem")),
+        into.join(format!("{task}.key")),
+    );
     std::fs::copy(dir.join("svid.pem"), &cert).unwrap();
     std::fs::copy(dir.join("svid.key"), &key).unwrap();
     (cert, key)
@@ -413,7 +416,9 @@ fn find_dir(root: &Path, task: &str) -> Option<PathBuf> {
 /// Whether the mesh at `target` lets a caller presenting `cert`/`key` through to the service.
 fn answered_with(target: &str, cert: &Path, key: &Path) -> bool {
     let out = std::process::Command::new("timeout")
-        .args(["5", "openssl", "s_client", "-connect", target, "-ign_eof", "-cert"])
+        .args([
+            "5", "openssl", "s_client", "-connect", target, "-ign_eof", "-cert",
+        ])
         .arg(cert)
         .arg("-key")
         .arg(key)
@@ -444,15 +449,36 @@ fn revoke_times(c: &Cluster, probe: &Path, shared: &Path) {
     std::fs::create_dir_all(&kept).unwrap();
     let on_m = format!("node.hostname=={}", m.name);
     m.cli(&[
-        "service", "create", "--detach", "--name", "db", "--constraint", &on_m, "--publish",
-        "published=18443,target=80,identity=required", "--runtime", "exec", "--",
-        probe.to_str().unwrap(), "serve",
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "db",
+        "--constraint",
+        &on_m,
+        "--publish",
+        "published=18443,target=80,identity=required",
+        "--runtime",
+        "exec",
+        "--",
+        probe.to_str().unwrap(),
+        "serve",
     ]);
     let sleeper = |name: &str, host: &str| {
         let constraint = format!("node.hostname=={host}");
         m.cli(&[
-            "service", "create", "--detach", "--name", name, "--constraint", &constraint,
-            "--runtime", "exec", "--", "/bin/sleep", "100000",
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            name,
+            "--constraint",
+            &constraint,
+            "--runtime",
+            "exec",
+            "--",
+            "/bin/sleep",
+            "100000",
         ]);
     };
     sleeper("stopper", &h1);
@@ -462,13 +488,17 @@ fn revoke_times(c: &Cluster, probe: &Path, shared: &Path) {
     let (s_cert, s_key) = keep_svid(w1, &stopper, &kept);
     let (g_cert, g_key) = keep_svid(w2, &gone, &kept);
     let target = format!("{}:18443", m.addr.rsplit_once(':').unwrap().0);
-    wait_for(wait_limit(), "both kept SVIDs answered while their tasks run", || {
-        if answered_with(&target, &s_cert, &s_key) && answered_with(&target, &g_cert, &g_key) {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    });
+    wait_for(
+        wait_limit(),
+        "both kept SVIDs answered while their tasks run",
+        || {
+            if answered_with(&target, &s_cert, &s_key) && answered_with(&target, &g_cert, &g_key) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
     println!();
     println!(
         "== revocation: ms from the CLI returning to a kept copy of the task's SVID refused by the mesh (identity=required port; heartbeat period 1s)"
@@ -478,7 +508,9 @@ fn revoke_times(c: &Cluster, probe: &Path, shared: &Path) {
         "  task stopped (service scale S=0): {:.0} ms",
         until_refused(&target, &s_cert, &s_key)
     );
-    let id2 = m.json(&["node", "inspect", "--format", "json", &h2]).unwrap()[0]["ID"]
+    let id2 = m
+        .json(&["node", "inspect", "--format", "json", &h2])
+        .unwrap()[0]["ID"]
         .as_str()
         .unwrap()
         .to_string();

@@ -200,6 +200,32 @@ pub fn refusal_record(
     .with("peer", peer.to_string())
 }
 
+/// Serials (lower-case hex) of the unexpired SVIDs that must no longer be accepted: their
+/// task is gone or no longer to run (or now on another node), or their node was removed or
+/// revoked.
+pub fn revoked_svids(state: &State) -> Vec<&str> {
+    state
+        .svids
+        .iter()
+        .filter(|(_, r)| svid_revoked(state, r))
+        .map(|(serial, _)| serial.as_str())
+        .collect()
+}
+
+fn svid_revoked(state: &State, r: &SvidRecord) -> bool {
+    if !state.nodes.contains_key(&r.node_id) || state.revoked.contains_key(&r.node_id) {
+        return true;
+    }
+    match state.tasks.get(&r.task_id) {
+        None => true,
+        Some(t) => {
+            t.node_id != r.node_id
+                || t.desired != DesiredState::Running
+                || t.status.state.is_terminal()
+        }
+    }
+}
+
 /// What every task trusts: the workload CA, the JWT keys and the CRL of revoked SVIDs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bundle {
@@ -225,7 +251,7 @@ pub fn bundle(state: &State, now: OffsetDateTime) -> Result<Option<Bundle>, Work
     };
     let sign = |e: skep_pki::PkiError| WorkloadError::Sign(e.to_string());
     let ca = WorkloadCa::from_pem(&keys.ca_cert_pem, keys.ca_key_pem.expose()).map_err(sign)?;
-    let revoked = state.revoked_svids();
+    let revoked = revoked_svids(state);
     let crl_der = ca
         .crl(&revoked, crl_number(now), now, now + CRL_VALIDITY)
         .map_err(sign)?;
@@ -246,7 +272,7 @@ fn crl_number(now: OffsetDateTime) -> u64 {
 
 /// The JWKS of the swarm's JWT signing key.
 pub fn jwks_of(keys: &WorkloadKeys) -> Result<Vec<u8>, WorkloadError> {
-    crate::manager::jwt::jwks(keys)
+    crate::manager::jwt::jwks(keys).map_err(|e| WorkloadError::Sign(e.to_string()))
 }
 
 /// A JWT-SVID for task `task_id` of node `node_id`, for `audience`, with its audit record.
@@ -257,13 +283,15 @@ pub fn jwt_for(
     audience: &[String],
     now: OffsetDateTime,
 ) -> Result<(zeroize::Zeroizing<String>, String, AuditEvent), WorkloadError> {
-    crate::manager::jwt::check_audience(audience)?;
+    skep_pki::jwt::check_audience(audience)
+        .map_err(|e| WorkloadError::BadRequest(e.to_string()))?;
     let (task, spiffe_id) = entitled(state, node_id, task_id)?;
     let cluster = state.cluster.as_ref().ok_or(WorkloadError::NoKeys)?;
     let keys = cluster.workload.as_ref().ok_or(WorkloadError::NoKeys)?;
     let ttl = time::Duration::seconds(i64::try_from(JWT_SVID_TTL_SECS).unwrap_or(300));
     let token =
-        crate::manager::jwt::sign(keys, &spiffe_id, audience, ttl, now, &cluster.oidc_issuer)?;
+        crate::manager::jwt::sign(keys, &spiffe_id, audience, ttl, now, &cluster.oidc_issuer)
+            .map_err(|e| WorkloadError::Sign(e.to_string()))?;
     let event = AuditEvent::now(
         Actor::node(node_id),
         "svid.jwt.issue",
@@ -292,8 +320,7 @@ impl BundleCache {
             .as_ref()
             .and_then(|c| c.workload.as_ref())
             .map(|k| k.ca_cert_pem.clone())?;
-        let revoked: Vec<String> = state
-            .revoked_svids()
+        let revoked: Vec<String> = revoked_svids(state)
             .into_iter()
             .map(str::to_string)
             .collect();
@@ -494,6 +521,27 @@ mod tests {
         let long = "x".repeat(10_000);
         let e = svid_for(&s, "n1", &long, &csr(), now()).unwrap_err();
         assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+    }
+
+    /// An SVID is revoked once its task stops or goes, or moves, or its node is removed.
+    #[test]
+    fn svids_are_revoked_with_their_task_or_node() {
+        let task = skep_pki::new_id();
+        let mut s = state(&task);
+        let rec = |task: &str, node: &str| SvidRecord {
+            task_id: task.into(),
+            node_id: node.into(),
+            not_after: 100,
+        };
+        s.svids.record("aa".into(), rec(&task, "n1"), 0);
+        s.svids.record("bb".into(), rec(&task, "n2"), 0);
+        s.svids.record("cc".into(), rec("gone", "n1"), 0);
+        assert_eq!(revoked_svids(&s), vec!["bb", "cc"]);
+        s.tasks.get_mut(&task).unwrap().desired = DesiredState::Shutdown;
+        assert_eq!(revoked_svids(&s), vec!["aa", "bb", "cc"]);
+        s.tasks.get_mut(&task).unwrap().desired = DesiredState::Running;
+        s.nodes.remove("n1");
+        assert_eq!(revoked_svids(&s), vec!["aa", "bb", "cc"]);
     }
 
     /// The bundle's CRL and list revoke the SVID of a task that stopped; its lifetime is

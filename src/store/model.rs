@@ -15,7 +15,7 @@ use crate::audit::{AuditChain, AuditEvent};
 use crate::store::network_obj::Network;
 use crate::store::secret_obj::{Rollout, Secret};
 use crate::store::service::{Resources, Runtime, Service, Task, TaskStatus};
-use crate::store::workload::{DEFAULT_SVID_TTL_SECS, SvidRecord, WorkloadKeys};
+use crate::store::workload::{DEFAULT_SVID_TTL_SECS, SvidRecord, SvidRecords, WorkloadKeys};
 
 /// Cluster-wide settings and the root of trust. Lives only inside the sealed store.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -624,7 +624,7 @@ pub struct State {
     /// X.509-SVIDs issued and not yet expired, by serial (lower-case hex): what a CRL can
     /// revoke (see [`super::workload`]).
     #[serde(default)]
-    pub svids: BTreeMap<String, SvidRecord>,
+    pub svids: SvidRecords,
 }
 
 /// A person allowed to use the Control API over mTLS with an operator certificate.
@@ -981,7 +981,7 @@ impl State {
                 serial,
                 record,
                 now,
-            } => self.record_svid(serial, record, now),
+            } => self.svids.record(serial, record, now),
             Command::SetSvidTtl { secs } => {
                 if let Some(c) = self.cluster.as_mut() {
                     c.svid_ttl_secs = secs;

@@ -1,11 +1,11 @@
-//! Workload identity in the replicated state: the keys that sign tasks' SVIDs, the record of
-//! each X.509-SVID issued, and which of those are revoked (a pure function of the state).
+//! Workload identity in the replicated state: the keys that sign tasks' SVIDs and the record
+//! of each X.509-SVID issued.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::secret::SecretString;
-use crate::store::model::State;
-use crate::store::service::DesiredState;
 
 /// SVID lifetime when `swarm update --svid-ttl` was never set: one hour.
 pub const DEFAULT_SVID_TTL_SECS: u64 = 3600;
@@ -51,48 +51,45 @@ pub struct SvidRecord {
     pub not_after: i64,
 }
 
-impl State {
-    /// Serials (lower-case hex) of the unexpired SVIDs that must no longer be accepted: their
-    /// task is gone or no longer to run, or their node was removed or revoked.
-    pub fn revoked_svids(&self) -> Vec<&str> {
-        self.svids
-            .iter()
-            .filter(|(_, r)| self.svid_revoked(r))
-            .map(|(serial, _)| serial.as_str())
-            .collect()
+/// The X.509-SVIDs issued and not yet expired, by serial (lower-case hex): what a CRL can
+/// revoke. Which of them are revoked is the managers' rule
+/// (`manager::workload::revoked_svids`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SvidRecords(BTreeMap<String, SvidRecord>);
+
+impl SvidRecords {
+    /// Each record, by serial.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &SvidRecord)> {
+        self.0.iter()
     }
 
-    /// Whether the SVID `r` describes must no longer be accepted.
-    fn svid_revoked(&self, r: &SvidRecord) -> bool {
-        if !self.nodes.contains_key(&r.node_id) || self.revoked.contains_key(&r.node_id) {
-            return true;
-        }
-        match self.tasks.get(&r.task_id) {
-            None => true,
-            Some(t) => {
-                t.node_id != r.node_id
-                    || t.desired != DesiredState::Running
-                    || t.status.state.is_terminal()
-            }
-        }
+    /// How many records are kept.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is kept.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Adds the record of an SVID issued at `now` (Unix seconds), dropping records that have
     /// expired and, past [`MAX_SVID_RECORDS`], those that expire first.
-    pub(crate) fn record_svid(&mut self, serial: String, record: SvidRecord, now: i64) {
-        self.svids.retain(|_, r| r.not_after > now);
-        while self.svids.len() >= MAX_SVID_RECORDS {
+    pub(crate) fn record(&mut self, serial: String, record: SvidRecord, now: i64) {
+        self.0.retain(|_, r| r.not_after > now);
+        while self.0.len() >= MAX_SVID_RECORDS {
             let Some(first) = self
-                .svids
+                .0
                 .iter()
                 .min_by_key(|(_, r)| r.not_after)
                 .map(|(s, _)| s.clone())
             else {
                 break;
             };
-            self.svids.remove(&first);
+            self.0.remove(&first);
         }
-        self.svids.insert(serial, record);
+        self.0.insert(serial, record);
     }
 }
 
@@ -100,36 +97,21 @@ impl State {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::store::fixtures;
-    use crate::store::service::TaskState;
 
-    fn record(task: &str, node: &str, not_after: i64) -> SvidRecord {
-        SvidRecord {
-            task_id: task.into(),
-            node_id: node.into(),
-            not_after,
-        }
-    }
-
-    /// An SVID is revoked once its task stops or goes, or its node is removed; expired
-    /// records are dropped as new ones come.
+    /// Expired records go as new ones come, and the count stays bounded.
     #[test]
-    fn svids_are_revoked_with_their_task_or_node() {
-        let mut s = State::default();
-        let mut t = fixtures::task();
-        t.status.state = TaskState::Running;
-        s.tasks.insert("t1".into(), t.clone());
-        s.nodes.insert("n1".into(), fixtures::node("n1"));
-        s.record_svid("aa".into(), record("t1", "n1", 100), 0);
-        s.record_svid("bb".into(), record("t1", "n2", 100), 0);
-        s.record_svid("cc".into(), record("gone", "n1", 100), 0);
-        assert_eq!(s.revoked_svids(), vec!["bb", "cc"]);
-        s.tasks.get_mut("t1").unwrap().desired = DesiredState::Shutdown;
-        assert_eq!(s.revoked_svids(), vec!["aa", "bb", "cc"]);
-        s.tasks.insert("t1".into(), t);
-        s.nodes.clear();
-        assert_eq!(s.revoked_svids(), vec!["aa", "bb", "cc"]);
-        s.record_svid("dd".into(), record("t1", "n1", 300), 200);
-        assert_eq!(s.svids.len(), 1);
+    fn expired_records_go_as_new_ones_come() {
+        let mut r = SvidRecords::default();
+        let rec = |not_after| SvidRecord {
+            task_id: "t".into(),
+            node_id: "n".into(),
+            not_after,
+        };
+        r.record("aa".into(), rec(100), 0);
+        r.record("bb".into(), rec(300), 0);
+        assert_eq!(r.len(), 2);
+        r.record("cc".into(), rec(400), 200);
+        let kept: Vec<&String> = r.iter().map(|(s, _)| s).collect();
+        assert_eq!(kept, vec!["bb", "cc"]);
     }
 }

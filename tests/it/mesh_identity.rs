@@ -215,7 +215,11 @@ fn a_caller_on_another_node_reaches_db_through_the_tunnel_and_db_s_node_answers_
 
 /// A kept copy of a task's SVID and key (what a thief of the task, or of its node, has), taken
 /// from the node's tmpfs while the task runs: (svid.pem, svid.key) in a directory of the test.
-fn keep_svid(n: &Node, task: &str, into: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+fn keep_svid(
+    n: &Node,
+    task: &str,
+    into: &std::path::Path,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let dir = wait_for(timeout(), "the task's identity directory", || {
         crate::harness::files_under(&n.data_dir())
             .into_iter()
@@ -223,7 +227,10 @@ fn keep_svid(n: &Node, task: &str, into: &std::path::Path) -> (std::path::PathBu
             .and_then(|p| p.parent().map(|d| d.to_path_buf()))
             .ok_or_else(|| "not yet".to_string())
     });
-    let (cert, key) = (into.join(format!("{task}.pem")), into.join(format!("{task}.key")));
+    let (cert, key) = (
+        into.join(format!("{task}.pem")),
+        into.join(format!("{task}.key")),
+    );
     std::fs::copy(dir.join("svid.pem"), &cert).unwrap();
     std::fs::copy(dir.join("svid.key"), &key).unwrap();
     (cert, key)
@@ -232,7 +239,9 @@ fn keep_svid(n: &Node, task: &str, into: &std::path::Path) -> (std::path::PathBu
 /// An openssl client presenting `cert`/`key` to `target`: whether db answered.
 fn answered_with(target: &str, cert: &std::path::Path, key: &std::path::Path) -> bool {
     let out = Command::new("timeout")
-        .args(["10", "openssl", "s_client", "-connect", target, "-ign_eof", "-cert"])
+        .args([
+            "10", "openssl", "s_client", "-connect", target, "-ign_eof", "-cert",
+        ])
         .arg(cert)
         .arg("-key")
         .arg(key)
@@ -260,10 +269,19 @@ fn a_stopped_tasks_or_removed_nodes_kept_svid_is_refused_by_the_mesh() {
     let task_of = |svc: &str| {
         wait_for(timeout(), &format!("{svc} running"), || {
             let all = crate::harness::json_lines(&m.cli_ok(&[
-                "service", "ps", "--no-trunc", "--format", "json", svc,
+                "service",
+                "ps",
+                "--no-trunc",
+                "--format",
+                "json",
+                svc,
             ]));
             all.iter()
-                .find(|t| t["CurrentState"].as_str().is_some_and(|s| s.starts_with("Running")))
+                .find(|t| {
+                    t["CurrentState"]
+                        .as_str()
+                        .is_some_and(|s| s.starts_with("Running"))
+                })
                 .and_then(|t| t["ID"].as_str().map(str::to_string))
                 .ok_or_else(|| format!("{all:?}"))
         })
@@ -273,13 +291,17 @@ fn a_stopped_tasks_or_removed_nodes_kept_svid_is_refused_by_the_mesh() {
     let (s_cert, s_key) = keep_svid(m, &stopper, kept.path());
     let (r_cert, r_key) = keep_svid(w, &remote, kept.path());
     // While their tasks run, both are let through.
-    wait_for(timeout(), "both kept SVIDs answered while their tasks run", || {
-        if answered_with(&target, &s_cert, &s_key) && answered_with(&target, &r_cert, &r_key) {
-            Ok(())
-        } else {
-            Err("not yet".into())
-        }
-    });
+    wait_for(
+        timeout(),
+        "both kept SVIDs answered while their tasks run",
+        || {
+            if answered_with(&target, &s_cert, &s_key) && answered_with(&target, &r_cert, &r_key) {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        },
+    );
     // The task stops: its SVID is refused, long before it would expire.
     m.cli_ok(&["service", "scale", "--detach", "stopper=0"]);
     wait_for(timeout(), "the stopped task's SVID refused", || {
