@@ -210,7 +210,9 @@ fn web_reaches_db_and_intruder_does_not(m: &Node, td: &str, bin: &str, db: &str,
     });
     let db_lines = log_lines(m, db);
     assert!(
-        !db_lines.iter().any(|l| l.contains("svc/intruder")),
+        !db_lines
+            .iter()
+            .any(|l| l.starts_with("accepted ") && l.ends_with("/svc/intruder")),
         "{db_lines:?}"
     );
     let intruder = log_lines(m, "intruder");

@@ -61,12 +61,13 @@ pub fn rust_spiffe_client() -> Result<&'static Path, String> {
                 .ok_or("no target directory above the test binary")?;
             let target_dir = profile_dir.parent().ok_or("no target directory")?;
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            tool(
-                Command::new(cargo)
-                    .args(["build", "--quiet", "--example", "spiffe_client", "--target-dir"])
-                    .arg(target_dir)
-                    .current_dir(env!("CARGO_MANIFEST_DIR")),
-            )?;
+            let mut build = Command::new(cargo);
+            build
+                .args(["build", "--quiet", "--example", "spiffe_client", "--target-dir"])
+                .arg(target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            outer_build_env(&mut build, target_dir);
+            tool(&mut build)?;
             let built = profile_dir.join("examples/spiffe_client");
             let dir = open_dir("skep-it-spiffe-rs-")?;
             let bin = dir.join("spiffe_client");
@@ -75,6 +76,31 @@ pub fn rust_spiffe_client() -> Result<&'static Path, String> {
         })
         .as_deref()
         .map_err(Clone::clone)
+}
+
+/// Gives `cmd` the environment of the cargo that ran the tests, not the one cargo gives a
+/// test (`CARGO_PKG_*`, `OUT_DIR`, the target's library path): build scripts that watch those
+/// would otherwise rebuild half the tree here and again in the next `cargo test`.
+fn outer_build_env(cmd: &mut Command, target_dir: &Path) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let from_cargo = (key.starts_with("CARGO_")
+            && !matches!(key.as_ref(), "CARGO_HOME" | "CARGO_TARGET_DIR"))
+            || key == "OUT_DIR";
+        if from_cargo {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    if let Some(paths) = std::env::var_os("LD_LIBRARY_PATH") {
+        let kept: Vec<PathBuf> = std::env::split_paths(&paths)
+            .filter(|p| !p.starts_with(target_dir) && !p.to_string_lossy().contains("/toolchains/"))
+            .collect();
+        if kept.is_empty() {
+            cmd.env_remove("LD_LIBRARY_PATH");
+        } else if let Ok(joined) = std::env::join_paths(kept) {
+            cmd.env("LD_LIBRARY_PATH", joined);
+        }
+    }
 }
 
 /// The Python client script, copied where "nobody" can read it; its path.
