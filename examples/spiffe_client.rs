@@ -28,6 +28,9 @@ type Error = Box<dyn std::error::Error + Send + Sync>;
 /// How long `fetch` waits for a rotation (renewals come at half the SVID's life).
 const ROTATION_WAIT: Duration = Duration::from_secs(120);
 
+/// How long `connect` may take, from the Workload API to the server's answer.
+const CONNECT_WAIT: Duration = Duration::from_secs(20);
+
 /// Prints one line and flushes it.
 fn say(line: &str) {
     let mut out = std::io::stdout().lock();
@@ -134,6 +137,13 @@ async fn serve(port: &str, client_id: &str) -> Result<(), Error> {
 
 /// An mTLS client to `addr` that accepts exactly `server_id`; prints the line it reads.
 async fn connect(addr: &str, server_id: &str) -> Result<(), Error> {
+    tokio::time::timeout(CONNECT_WAIT, talk(addr, server_id))
+        .await
+        .map_err(|_| format!("no answer from {addr} within {CONNECT_WAIT:?}"))?
+}
+
+/// `connect` without its deadline.
+async fn talk(addr: &str, server_id: &str) -> Result<(), Error> {
     let source = X509Source::new().await?;
     let config = mtls_client(source)
         .authorize(authorizer::exact([server_id])?)
