@@ -10,9 +10,9 @@
 //! spiffe_client connect HOST:PORT SERVER_ID    mTLS client: connected <server id>, the answer
 //! ```
 //!
-//! Every line is flushed at once (the tests read the task's logs while it runs); a failure
-//! prints `error: ...` on stderr and exits 1.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+//! Every line goes to stdout and is flushed at once (the tests read the task's logs while it
+//! runs); a failure prints `error: ...` and exits 1.
+#![allow(clippy::print_stdout)]
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -49,7 +49,8 @@ async fn main() {
         _ => Err("usage: spiffe_client fetch | serve PORT CLIENT_ID | connect HOST:PORT SERVER_ID".into()),
     };
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        // On stdout, flushed, like every other line: the tests read stdout from the logs.
+        say(&format!("error: {e}"));
         std::process::exit(1);
     }
 }

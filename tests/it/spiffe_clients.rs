@@ -60,7 +60,8 @@ fn wait_for_lines(m: &Node, service: &str, want: &[String]) {
             if want.iter().all(|w| lines.contains(w)) {
                 Ok(())
             } else {
-                Err(lines.join("\n"))
+                let ps = m.cli(&["service", "ps", "--no-trunc", service]);
+                Err(format!("{}\n{}", lines.join("\n"), crate::harness::describe(&ps)))
             }
         },
     );
@@ -274,6 +275,10 @@ fn a_container_serves_mtls_through_the_routing_mesh_to_an_exec_task() {
         &["/spiffe_client", "serve", "8443", &web_id],
     );
     wait_for_lines(m, &db, &["listening 8443".to_string()]);
-    let addr = on(m, port).to_string();
+    let addr = on(m, port);
+    wait_for(timeout(), "the mesh to listen on the published port", || {
+        std::net::TcpStream::connect(addr).map_err(|e| e.to_string())
+    });
+    let addr = addr.to_string();
     web_reaches_db_and_intruder_does_not(m, &td, &bin, &db, &addr);
 }
