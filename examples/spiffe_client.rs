@@ -46,7 +46,10 @@ async fn main() {
         ["fetch"] => fetch().await,
         ["serve", port, client_id] => serve(port, client_id).await,
         ["connect", addr, server_id] => connect(addr, server_id).await,
-        _ => Err("usage: spiffe_client fetch | serve PORT CLIENT_ID | connect HOST:PORT SERVER_ID".into()),
+        _ => Err(
+            "usage: spiffe_client fetch | serve PORT CLIENT_ID | connect HOST:PORT SERVER_ID"
+                .into(),
+        ),
     };
     if let Err(e) = result {
         // On stdout, flushed, like every other line: the tests read stdout from the logs.
@@ -59,8 +62,13 @@ async fn main() {
 async fn fetch() -> Result<(), Error> {
     let client = WorkloadApiClient::connect_env().await?;
     let mut contexts = client.stream_x509_contexts().await?;
-    let first = contexts.next().await.ok_or("the X.509 stream ended at once")??;
-    let svid = first.default_svid().ok_or("no SVID in the first X.509 context")?;
+    let first = contexts
+        .next()
+        .await
+        .ok_or("the X.509 stream ended at once")??;
+    let svid = first
+        .default_svid()
+        .ok_or("no SVID in the first X.509 context")?;
     let id = svid.spiffe_id().clone();
     say(&format!("svid {id}"));
     let bundle = first

@@ -13,9 +13,9 @@
 use serde_json::Value;
 
 use crate::harness::{
-    Cluster, ContainerGuard, Node, Runtime, cannot_run_without, exec_service, on,
-    py_exec_command, py_spiffe_image, require, rust_spiffe_client, rust_spiffe_image, timeout,
-    unique_name, wait_for,
+    Cluster, ContainerGuard, Node, Runtime, cannot_run_without, exec_service, on, py_exec_command,
+    py_spiffe_image, require, rust_spiffe_client, rust_spiffe_image, timeout, unique_name,
+    wait_for,
 };
 
 /// The cluster ID (the default trust domain), from the node's plaintext file.
@@ -61,7 +61,11 @@ fn wait_for_lines(m: &Node, service: &str, want: &[String]) {
                 Ok(())
             } else {
                 let ps = m.cli(&["service", "ps", "--no-trunc", service]);
-                Err(format!("{}\n{}", lines.join("\n"), crate::harness::describe(&ps)))
+                Err(format!(
+                    "{}\n{}",
+                    lines.join("\n"),
+                    crate::harness::describe(&ps)
+                ))
             }
         },
     );
@@ -276,9 +280,11 @@ fn a_container_serves_mtls_through_the_routing_mesh_to_an_exec_task() {
     );
     wait_for_lines(m, &db, &["listening 8443".to_string()]);
     let addr = on(m, port);
-    wait_for(timeout(), "the mesh to listen on the published port", || {
-        std::net::TcpStream::connect(addr).map_err(|e| e.to_string())
-    });
+    wait_for(
+        timeout(),
+        "the mesh to listen on the published port",
+        || std::net::TcpStream::connect(addr).map_err(|e| e.to_string()),
+    );
     let addr = addr.to_string();
     web_reaches_db_and_intruder_does_not(m, &td, &bin, &db, &addr);
 }

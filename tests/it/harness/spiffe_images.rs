@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-
 /// Where `.ci/run` installs py-spiffe and its dependencies (readable by exec tasks' "nobody").
 pub const PY_SPIFFE_DIR: &str = "/opt/skep-it/py";
 
@@ -63,7 +62,13 @@ pub fn rust_spiffe_client() -> Result<&'static Path, String> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = Command::new(cargo);
             build
-                .args(["build", "--quiet", "--example", "spiffe_client", "--target-dir"])
+                .args([
+                    "build",
+                    "--quiet",
+                    "--example",
+                    "spiffe_client",
+                    "--target-dir",
+                ])
                 .arg(target_dir)
                 .current_dir(env!("CARGO_MANIFEST_DIR"));
             outer_build_env(&mut build, target_dir);
@@ -152,8 +157,7 @@ fn libraries(file: &Path, into: &mut BTreeSet<PathBuf>) -> Result<(), String> {
 fn copy_libraries(root: &Path, libs: &BTreeSet<PathBuf>) -> Result<(), String> {
     for lib in libs {
         let to = root.join(lib.strip_prefix("/").map_err(|e| e.to_string())?);
-        std::fs::create_dir_all(to.parent().ok_or("a library at /")?)
-            .map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(to.parent().ok_or("a library at /")?).map_err(|e| e.to_string())?;
         std::fs::copy(lib, &to).map_err(|e| format!("{}: {e}", lib.display()))?;
     }
     Ok(())
