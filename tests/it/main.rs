@@ -39,6 +39,7 @@ mod secret_delivery;
 mod secrets;
 mod service_cli;
 mod services;
+mod spiffe_clients;
 mod stacks;
 mod store_faults;
 mod tutorial;

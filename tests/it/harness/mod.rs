@@ -14,7 +14,8 @@
 //! never each other): [`require`] (what a test needs: `SKEP_IT_REQUIRE`, `SKEP_IT_ALLOW_SKIP`),
 //! [`wait`] (over [`poll`], shared with `benches/common`), [`cli`] (running commands, reading their output), [`node`], [`cleanup`] (what
 //! killed daemons leave; shared with `benches/common`), [`cluster`],
-//! [`services`] (tasks, published ports), [`files`], [`programs`] (the test program and image),
+//! [`services`] (tasks, published ports), [`files`], [`programs`] (the test program and image), [`spiffe_images`] (the real SPIFFE
+//! clients and their images),
 //! [`docker`], [`credentials`] (a node's keys as a thief has them), [`netns`] (a private network
 //! for fault injection).
 // Helpers for every topic module; not each of them uses every helper.
@@ -32,6 +33,7 @@ pub mod poll;
 pub mod programs;
 pub mod require;
 pub mod services;
+pub mod spiffe_images;
 pub mod wait;
 
 pub use cleanup::*;
@@ -46,4 +48,5 @@ pub use poll::*;
 pub use programs::*;
 pub use require::*;
 pub use services::*;
+pub use spiffe_images::*;
 pub use wait::*;
