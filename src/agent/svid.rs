@@ -6,7 +6,7 @@
 //!  task start ─► fresh P-256 key (never leaves the node, never enters Raft)
 //!             ─► CSR ─► Dispatcher.IssueSvid (leader: task here, to run, identity on)
 //!             ─► <tmpfs>/spiffe/{svid.pem, svid.key, bundle.pem} (staged, renamed)
-//!             ─► Workload API on <tmpfs>/spiffe/workload.sock; the task sees the directory
+//!             ─► Workload API on <tmpfs>/spiffe/workload@skep.sock; the task sees the directory
 //!                as /run/spiffe, with SPIFFE_ENDPOINT_SOCKET pointing at the socket
 //!  half life  ─► new key, new SVID, files replaced, streams updated
 //!  heartbeat  ─► bundle (workload CA, JWKS, CRL) ─► bundle.pem and streams updated
@@ -31,9 +31,16 @@ use crate::store::service::Task;
 /// Where a task sees its identity directory.
 pub const TARGET_DIR: &str = "/run/spiffe";
 /// The variable every SPIFFE client reads, as the task sees it.
-pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/workload.sock";
+pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/workload@skep.sock";
 /// The Workload API socket's name in the identity directory.
-pub const SOCKET: &str = "workload.sock";
+///
+/// The `@` is for gRPC's C core (Python, Ruby, C++ clients, py-spiffe among them): since 1.57
+/// it sends the socket's path, percent-encoded, as the HTTP/2 `:authority`
+/// (`%2Frun%2Fspiffe%2Fworkload@skep.sock`). The server's HTTP/2 library refuses a `%` in a
+/// host name but not in user information, and the `@` makes everything before it user
+/// information, leaving `skep.sock` as the host: without it those clients get PROTOCOL_ERROR
+/// (grpc/grpc#38142, hyperium/h2#487).
+pub const SOCKET: &str = "workload@skep.sock";
 /// The longest wait between two tries at a renewal that failed.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 

@@ -146,11 +146,10 @@ fn the_rust_spiffe_client_fetches_rotates_and_validates_in_a_container() {
     wait_for_lines(m, &name, &fetched(&td, &name));
 }
 
-// py-spiffe's grpcio (C core) sends the socket path as the HTTP/2 `:authority` over a Unix
-// socket; h2 (under tonic) refuses that as a malformed authority and resets the stream
-// (RST_STREAM PROTOCOL_ERROR), so these two tests fail until the Workload API server accepts
-// it. Forcing `grpc.default_authority=localhost` in the client makes both pass, which shows
-// the rest of the path (images, identity, rotation, JWT) works.
+// py-spiffe's grpcio (C core) sends the socket's path, percent-encoded, as the HTTP/2
+// `:authority`; with a socket named `workload.sock` h2 (under tonic) refused it and reset the
+// stream (RST_STREAM PROTOCOL_ERROR), and these two tests failed. The socket's name
+// (`agent::svid::SOCKET`) now makes that authority one h2 accepts.
 #[test]
 fn the_python_spiffe_client_fetches_rotates_and_validates_in_an_exec_task() {
     if !require(Runtime::Exec) {

@@ -56,7 +56,7 @@ fn show_identity(m: &Node, name: &str, opts: &[&str]) {
         m,
         name,
         opts,
-        "echo \"endpoint=$SPIFFE_ENDPOINT_SOCKET\"; test -S /run/spiffe/workload.sock && echo socket=yes; cat /run/spiffe/svid.pem /run/spiffe/bundle.pem; test -r /run/spiffe/svid.key && echo key=yes; exec sleep 1000",
+        "echo \"endpoint=$SPIFFE_ENDPOINT_SOCKET\"; test -S /run/spiffe/workload@skep.sock && echo socket=yes; cat /run/spiffe/svid.pem /run/spiffe/bundle.pem; test -r /run/spiffe/svid.key && echo key=yes; exec sleep 1000",
     );
 }
 
@@ -89,7 +89,7 @@ fn each_task_holds_an_svid_for_its_own_service_and_nothing_else() {
     });
     let logs = m.cli_ok(&["service", "logs", "web"]);
     assert!(
-        logs.contains("endpoint=unix:///run/spiffe/workload.sock"),
+        logs.contains("endpoint=unix:///run/spiffe/workload@skep.sock"),
         "{logs}"
     );
     assert!(
