@@ -107,7 +107,7 @@ pub fn bind(path: &Path) -> Result<BoundSocket, WorkloadError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("inspecting", e)),
     }
-    let listener = UnixListener::bind(path).map_err(|e| io("binding", e))?;
+    let listener = bind_long(path).map_err(|e| io("binding", e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| io("setting mode 0666 on", e))?;
     let m = std::fs::symlink_metadata(path).map_err(|e| io("inspecting", e))?;
@@ -116,6 +116,26 @@ pub fn bind(path: &Path) -> Result<BoundSocket, WorkloadError> {
         bound: (m.dev(), m.ino()),
         path: path.to_path_buf(),
     })
+}
+
+/// Binds a Unix socket at `path` even when the path is longer than a socket address holds
+/// (108 bytes; a node's data directory can be deep): through its directory's file descriptor
+/// (`/proc/self/fd/N/NAME`), which the kernel resolves to the same place.
+fn bind_long(path: &Path) -> std::io::Result<UnixListener> {
+    const SUN_PATH: usize = 100;
+    if path.as_os_str().len() < SUN_PATH {
+        return UnixListener::bind(path);
+    }
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return UnixListener::bind(path);
+    };
+    let dir = std::fs::File::open(dir)?;
+    let short = Path::new("/proc/self/fd")
+        .join(std::os::fd::AsRawFd::as_raw_fd(&dir).to_string())
+        .join(name);
+    let listener = UnixListener::bind(&short);
+    drop(dir);
+    listener
 }
 
 fn remove_if_ours(path: &Path, bound: Bound) {
@@ -222,6 +242,26 @@ mod tests {
             assert_eq!(m.permissions().mode() & 0o777, 0o666);
             remove_if_ours(&path, second.bound);
             assert!(!path.exists());
+        });
+    }
+
+    /// A socket deep in a long data directory (past the 108 bytes of a socket address) is
+    /// bound all the same, at its real path.
+    #[test]
+    fn a_socket_path_longer_than_a_socket_address_is_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(60)).join("e".repeat(60));
+        let path = deep.join("workload@skep.sock");
+        assert!(path.as_os_str().len() > 120);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bound = bind(&path).unwrap();
+            let m = std::fs::symlink_metadata(&path).unwrap();
+            assert!(m.file_type().is_socket());
+            remove_if_ours(&path, bound.bound);
         });
     }
 
