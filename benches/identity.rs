@@ -509,11 +509,12 @@ fn revoke_times(c: &Cluster, probe: &Path, shared: &Path) {
         until_refused(&target, &s_cert, &s_key)
     );
     let id2 = m
-        .json(&["node", "inspect", "--format", "json", &h2])
-        .unwrap()[0]["ID"]
-        .as_str()
+        .json(&["node", "ls", "--format", "json"])
         .unwrap()
-        .to_string();
+        .iter()
+        .find(|n| n["Hostname"] == h2.as_str())
+        .and_then(|n| n["ID"].as_str().map(str::to_string))
+        .expect("the node to remove");
     m.cli(&["node", "rm", "--force", &id2]);
     println!(
         "  node removed (node rm --force): {:.0} ms",
