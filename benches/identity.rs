@@ -25,7 +25,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Cluster, Daemon, wait_for, wait_limit};
+use common::{Cluster, Daemon, build_static_c, chmod, swarm, wait_for, wait_limit};
 
 const ADDRS: [&str; 3] = ["127.0.94.1:2377", "127.0.94.2:2377", "127.0.94.3:2377"];
 
@@ -105,8 +105,8 @@ fn main() {
         .tempdir()
         .unwrap();
     chmod(shared.path(), 0o755);
-    let probe = build_probe(shared.path());
-    let c = start_cluster();
+    let probe = build_static_c(shared.path(), "probe", PROBE_C);
+    let c = swarm("skep-bench-identity-", "id", &ADDRS);
     let m = c.manager();
     println!();
     if want("start") {
@@ -152,54 +152,6 @@ impl Row {
     fn line(&self) -> String {
         format!("{:>8.1} {:>8.1} {:>8.1}", self.p50, self.p99, self.max)
     }
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn build_probe(dir: &Path) -> PathBuf {
-    let src = dir.join("probe.c");
-    let bin = dir.join("probe");
-    std::fs::write(&src, PROBE_C).unwrap();
-    let st = std::process::Command::new("gcc")
-        .args(["-O2", "-static", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("gcc (the probe is built locally)");
-    assert!(st.success(), "building the probe failed");
-    chmod(&bin, 0o755);
-    bin
-}
-
-fn start_cluster() -> Cluster {
-    let root = tempfile::Builder::new()
-        .prefix("skep-bench-identity-")
-        .tempdir()
-        .unwrap();
-    let mut daemons = Vec::new();
-    for (i, addr) in ADDRS.iter().enumerate() {
-        daemons.push(Daemon::start(root.path(), &format!("id-{i}"), addr));
-    }
-    let cluster = Cluster { daemons, root };
-    let m = cluster.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
-    let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
-    for w in &cluster.daemons[1..] {
-        w.cli(&["swarm", "join", "--token", &token, &m.addr]);
-    }
-    wait_for(wait_limit(), "3 Ready nodes", || {
-        let nodes = m.json(&["node", "ls", "--format", "json"])?;
-        let ready = nodes.iter().filter(|n| n["Status"] == "Ready").count();
-        if ready == 3 {
-            Ok(())
-        } else {
-            Err(format!("{ready} Ready"))
-        }
-    });
-    cluster
 }
 
 fn now_ns() -> i128 {

@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Cluster, Daemon, wait_for, wait_limit};
+use common::{Daemon, build_static_c, chmod, swarm, wait_for, wait_limit};
 
 const ADDRS: [&str; 3] = ["127.0.93.1:2377", "127.0.93.2:2377", "127.0.93.3:2377"];
 
@@ -100,8 +100,8 @@ fn main() {
         .tempdir()
         .unwrap();
     chmod(shared.path(), 0o755);
-    let watcher = build_watcher(shared.path());
-    let c = start_cluster();
+    let watcher = build_static_c(shared.path(), "watcher", WATCHER_C);
+    let c = swarm("skep-bench-rotation-", "rot", &ADDRS);
     let m = c.manager();
     let mut rows: Vec<(String, Row)> = Vec::new();
     let mut n = 0;
@@ -174,54 +174,6 @@ impl Row {
             self.same_pids.map_or("-".to_string(), |b| b.to_string())
         )
     }
-}
-
-fn chmod(p: &Path, mode: u32) {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
-fn build_watcher(dir: &Path) -> PathBuf {
-    let src = dir.join("watcher.c");
-    let bin = dir.join("watcher");
-    std::fs::write(&src, WATCHER_C).unwrap();
-    let st = std::process::Command::new("gcc")
-        .args(["-O2", "-static", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .status()
-        .expect("gcc (the watcher is built locally)");
-    assert!(st.success(), "building the watcher failed");
-    chmod(&bin, 0o755);
-    bin
-}
-
-fn start_cluster() -> Cluster {
-    let root = tempfile::Builder::new()
-        .prefix("skep-bench-rotation-")
-        .tempdir()
-        .unwrap();
-    let mut daemons = Vec::new();
-    for (i, addr) in ADDRS.iter().enumerate() {
-        daemons.push(Daemon::start(root.path(), &format!("rot-{i}"), addr));
-    }
-    let cluster = Cluster { daemons, root };
-    let m = cluster.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
-    let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
-    for w in &cluster.daemons[1..] {
-        w.cli(&["swarm", "join", "--token", &token, &m.addr]);
-    }
-    wait_for(wait_limit(), "3 Ready nodes", || {
-        let nodes = m.json(&["node", "ls", "--format", "json"])?;
-        let ready = nodes.iter().filter(|n| n["Status"] == "Ready").count();
-        if ready == 3 {
-            Ok(())
-        } else {
-            Err(format!("{ready} Ready"))
-        }
-    });
-    cluster
 }
 
 /// What each watcher file says: its process and every value it read with the time.

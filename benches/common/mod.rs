@@ -267,3 +267,57 @@ impl Drop for Cluster {
 pub fn wait_for<T>(within: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
     poll::poll_for(within, POLL, what, f).unwrap_or_else(|e| panic!("{e}"))
 }
+
+// ------------------------------------------------------------------ small clusters and programs
+
+/// Sets `p`'s mode.
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Compiles the C program `src` statically (gcc, here: nothing is pulled) into `dir/name`,
+/// runnable by exec tasks' uid.
+pub fn build_static_c(dir: &Path, name: &str, src: &str) -> PathBuf {
+    let source = dir.join(format!("{name}.c"));
+    let bin = dir.join(name);
+    std::fs::write(&source, src).unwrap();
+    let st = Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&bin)
+        .arg(&source)
+        .status()
+        .unwrap_or_else(|e| panic!("gcc ({name} is built locally): {e}"));
+    assert!(st.success(), "building {name} failed");
+    chmod(&bin, 0o755);
+    bin
+}
+
+/// A swarm of one daemon per address under a new temporary root (`prefix`), named
+/// `<name>-<i>`: the first inits it, the others join as workers; returns once all are Ready.
+pub fn swarm(prefix: &str, name: &str, addrs: &[&str]) -> Cluster {
+    let root = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let daemons = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| Daemon::start(root.path(), &format!("{name}-{i}"), addr))
+        .collect();
+    let cluster = Cluster { daemons, root };
+    let m = cluster.manager();
+    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
+    for w in &cluster.daemons[1..] {
+        w.cli(&["swarm", "join", "--token", &token, &m.addr]);
+    }
+    let want = addrs.len();
+    wait_for(wait_limit(), &format!("{want} Ready nodes"), || {
+        let nodes = m.json(&["node", "ls", "--format", "json"])?;
+        let ready = nodes.iter().filter(|n| n["Status"] == "Ready").count();
+        if ready == want {
+            Ok(())
+        } else {
+            Err(format!("{ready} Ready"))
+        }
+    });
+    cluster
+}

@@ -155,7 +155,6 @@ fn each_task_holds_an_svid_for_its_own_service_and_nothing_else() {
 #[test]
 fn a_node_asking_for_an_svid_it_is_not_entitled_to_is_refused_and_audited() {
     use skep::api::v1::SvidRequest;
-    use skep::api::v1::dispatcher_client::DispatcherClient;
     if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
@@ -178,18 +177,13 @@ fn a_node_asking_for_an_svid_it_is_not_entitled_to_is_refused_and_audited() {
     let csr = skep_pki::NodeKey::generate().unwrap().csr_der().unwrap();
 
     let ask = |n: &Node, task: &str, csr: Vec<u8>| {
-        let creds = crate::harness::credentials_of(n);
-        let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let ch = skep::net::channel(&m.addr(), tls).unwrap();
-            DispatcherClient::new(ch)
-                .issue_svid(SvidRequest {
-                    task_id: task.into(),
-                    csr,
-                })
-                .await
-                .map(|r| r.into_inner())
+        crate::harness::dispatcher_as(n, m, |mut d| async move {
+            d.issue_svid(SvidRequest {
+                task_id: task.into(),
+                csr,
+            })
+            .await
+            .map(|r| r.into_inner())
         })
     };
     // w2 runs no task of holder: refused.
@@ -289,7 +283,6 @@ fn https_get(addr: std::net::SocketAddr, root_der: &[u8], path: &str) -> String 
 #[test]
 fn jwt_svids_verify_against_the_jwks_the_managers_publish() {
     use skep::api::v1::JwtSvidRequest;
-    use skep::api::v1::dispatcher_client::DispatcherClient;
     if !crate::harness::require(crate::harness::Runtime::Exec) {
         return;
     }
@@ -312,16 +305,9 @@ fn jwt_svids_verify_against_the_jwks_the_managers_publish() {
     let task_id = running_task(m, "api")["ID"].as_str().unwrap().to_string();
 
     let ask = |n: &Node, audience: Vec<String>| {
-        let creds = crate::harness::credentials_of(n);
-        let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async {
-            let ch = skep::net::channel(&m.addr(), tls).unwrap();
-            DispatcherClient::new(ch)
-                .issue_jwt_svid(JwtSvidRequest {
-                    task_id: task_id.clone(),
-                    audience,
-                })
+        let task_id = task_id.clone();
+        crate::harness::dispatcher_as(n, m, |mut d| async move {
+            d.issue_jwt_svid(JwtSvidRequest { task_id, audience })
                 .await
                 .map(|r| r.into_inner())
         })

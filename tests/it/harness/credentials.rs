@@ -58,3 +58,21 @@ pub async fn issue_raw(
 pub fn csr() -> Vec<u8> {
     skep_pki::NodeKey::generate().unwrap().csr_der().unwrap()
 }
+
+/// Runs `call` with a `Dispatcher` client of `manager`, over mTLS as `node` with its own
+/// credentials (what a node, or a thief of its data directory, can ask of the managers).
+pub fn dispatcher_as<T, F: std::future::Future<Output = T>>(
+    node: &Node,
+    manager: &Node,
+    call: impl FnOnce(
+        skep::api::v1::dispatcher_client::DispatcherClient<tonic::transport::Channel>,
+    ) -> F,
+) -> T {
+    let creds = credentials_of(node);
+    let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let ch = skep::net::channel(&manager.addr(), tls).unwrap();
+        call(skep::api::v1::dispatcher_client::DispatcherClient::new(ch)).await
+    })
+}
