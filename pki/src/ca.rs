@@ -254,6 +254,31 @@ pub(crate) fn self_signed_ca(
     Ok((cert, params, key))
 }
 
+/// Signs the key in `csr` with `issuer` into the leaf certificate `params` describes (given
+/// the serial and validity), for `validity` from `now`, with a fresh random serial; `what`
+/// names the certificate in an error.
+pub(crate) fn sign_leaf(
+    issuer: &Issuer<'static, P256Key>,
+    csr: &Csr,
+    validity: Duration,
+    now: OffsetDateTime,
+    what: &'static str,
+    params: impl FnOnce(&[u8], OffsetDateTime, OffsetDateTime) -> Result<CertificateParams, PkiError>,
+) -> Result<IssuedCert, PkiError> {
+    let (not_before, not_after) = window(now, validity)?;
+    let serial = random_serial()?;
+    let cert = params(&serial, not_before, not_after)?
+        .signed_by(&P256Public(csr.point()), issuer)
+        .map_err(PkiError::build(what))?;
+    Ok(IssuedCert {
+        der: cert.der().to_vec(),
+        pem: cert.pem(),
+        serial: serial_hex(&serial),
+        not_before,
+        not_after,
+    })
+}
+
 /// A random positive 16-byte serial. The top bit is cleared (positive) and the next one set,
 /// so the encoding is always exactly 16 bytes; 126 bits stay random.
 pub(crate) fn random_serial() -> Result<[u8; 16], PkiError> {
@@ -466,8 +491,8 @@ impl RootCa {
         )
     }
 
-    /// Signs the key in `csr` into the leaf certificate `params` describes, for `validity`
-    /// from `now`, with a fresh random serial.
+    /// Signs the key in `csr` into the leaf certificate `params` describes (see
+    /// [`sign_leaf`]).
     fn sign_leaf(
         &self,
         csr: &Csr,
@@ -480,18 +505,7 @@ impl RootCa {
             OffsetDateTime,
         ) -> Result<rcgen::CertificateParams, PkiError>,
     ) -> Result<IssuedCert, PkiError> {
-        let (not_before, not_after) = window(now, validity)?;
-        let serial = random_serial()?;
-        let cert = params(&serial, not_before, not_after)?
-            .signed_by(&P256Public(csr.point()), &self.issuer)
-            .map_err(PkiError::build(what))?;
-        Ok(IssuedCert {
-            der: cert.der().to_vec(),
-            pem: cert.pem(),
-            serial: serial_hex(&serial),
-            not_before,
-            not_after,
-        })
+        sign_leaf(&self.issuer, csr, validity, now, what, params)
     }
 
     /// Signs a certificate for a node.

@@ -26,9 +26,9 @@ use time::{Duration, OffsetDateTime};
 use x509_parser::extensions::GeneralName;
 
 use crate::ca::{
-    IssuedCert, check_root, loaded_issuer, random_serial, self_signed_ca, single_cert_pem, window,
+    IssuedCert, check_root, loaded_issuer, self_signed_ca, sign_leaf, single_cert_pem, window,
 };
-use crate::key::{P256Key, P256Public};
+use crate::key::P256Key;
 use crate::profile::{cluster_of, parse_cert, serial_hex, single_attr};
 use crate::{Csr, PkiError, is_valid_id};
 
@@ -249,37 +249,36 @@ impl WorkloadCa {
         if !subject.spiffe_id.starts_with("spiffe://") {
             return Err(PkiError::InvalidSpiffePath);
         }
-        let (not_before, not_after) = window(now, validity)?;
-        let serial = random_serial()?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, subject.task_id);
-        dn.push(DnType::OrganizationalUnitName, WORKLOAD_OU);
-        dn.push(DnType::OrganizationName, self.cluster_id.as_str());
         let uri = Ia5String::try_from(subject.spiffe_id.to_owned())
             .map_err(|_| PkiError::InvalidSpiffePath)?;
-        let mut params = CertificateParams::default();
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.distinguished_name = dn;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params
-            .signed_by(&P256Public(csr.point()), &self.issuer)
-            .map_err(PkiError::build("sign the X.509-SVID"))?;
-        Ok(IssuedCert {
-            der: cert.der().to_vec(),
-            pem: cert.pem(),
-            serial: serial_hex(&serial),
-            not_before,
-            not_after,
-        })
+        let params = |serial: &[u8], not_before, not_after| {
+            let mut dn = DistinguishedName::new();
+            dn.push(DnType::CommonName, subject.task_id);
+            dn.push(DnType::OrganizationalUnitName, WORKLOAD_OU);
+            dn.push(DnType::OrganizationName, self.cluster_id.as_str());
+            let mut params = CertificateParams::default();
+            params.not_before = not_before;
+            params.not_after = not_after;
+            params.serial_number = Some(SerialNumber::from_slice(serial));
+            params.distinguished_name = dn;
+            params.subject_alt_names = vec![SanType::URI(uri)];
+            params.is_ca = IsCa::ExplicitNoCa;
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            params.use_authority_key_identifier_extension = true;
+            Ok(params)
+        };
+        sign_leaf(
+            &self.issuer,
+            csr,
+            validity,
+            now,
+            "sign the X.509-SVID",
+            params,
+        )
     }
 
     /// A CRL (DER) revoking the SVIDs with the given serials (lower-case hex, as in
