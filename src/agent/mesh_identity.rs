@@ -103,12 +103,16 @@ pub fn server_config(
     }
     let verifier = verifier.build().map_err(|e| bad("client verifier", &e))?;
     let key = PrivateKeyDer::Pkcs8(svid.key_pkcs8.to_vec().into());
-    let config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| bad("protocol versions", &e))?
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![CertificateDer::from(svid.cert_der.clone())], key)
         .map_err(|e| bad("the task's SVID", &e))?;
+    // Every caller is verified in full: a resumed session would skip its certificate, and so
+    // its revocation.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
