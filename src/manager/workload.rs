@@ -303,18 +303,37 @@ pub fn jwt_for(
     Ok((token, spiffe_id, event))
 }
 
-/// The last bundle made, and the revoked set and keys it was made for: heartbeats ask often,
-/// the set changes seldom.
+/// The last bundle made, and what it was made for: heartbeats ask often, the state changes
+/// less often, and the revoked set seldom.
 #[derive(Default)]
 pub struct BundleCache(Mutex<Option<Cached>>);
 
-/// A bundle and what it was made for: the revoked serials, the CA certificate, the time.
-type Cached = (Vec<String>, String, OffsetDateTime, Bundle);
+/// A bundle and what it was made for.
+struct Cached {
+    /// The applied log index of the state it was checked against last.
+    index: u64,
+    /// The revoked serials it lists.
+    revoked: Vec<String>,
+    /// The workload CA certificate it carries.
+    keys: String,
+    /// When its CRL was signed.
+    made: OffsetDateTime,
+    bundle: Bundle,
+}
 
 impl BundleCache {
-    /// The bundle of `state`, made again only when its revoked set or keys changed, or its CRL
-    /// is half-way to its next update.
-    pub fn get(&self, state: &State, now: OffsetDateTime) -> Option<Bundle> {
+    /// The bundle of `state` (applied up to log index `index`): the cached one while the state
+    /// is the same; else made again only when its revoked set or keys changed. Either way
+    /// made again once its CRL is half-way to its next update.
+    pub fn get(&self, state: &State, index: u64, now: OffsetDateTime) -> Option<Bundle> {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = |c: &Cached| now - c.made < CRL_VALIDITY / 2;
+        if let Some(c) = cache.as_ref()
+            && c.index == index
+            && fresh(c)
+        {
+            return Some(c.bundle.clone());
+        }
         let keys = state
             .cluster
             .as_ref()
@@ -324,17 +343,23 @@ impl BundleCache {
             .into_iter()
             .map(str::to_string)
             .collect();
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((r, k, made, b)) = cache.as_ref()
-            && *r == revoked
-            && *k == keys
-            && now - *made < CRL_VALIDITY / 2
+        if let Some(c) = cache.as_mut()
+            && c.revoked == revoked
+            && c.keys == keys
+            && fresh(c)
         {
-            return Some(b.clone());
+            c.index = index;
+            return Some(c.bundle.clone());
         }
         match bundle(state, now) {
             Ok(Some(b)) => {
-                *cache = Some((revoked, keys, now, b.clone()));
+                *cache = Some(Cached {
+                    index,
+                    revoked,
+                    keys,
+                    made: now,
+                    bundle: b.clone(),
+                });
                 Some(b)
             }
             Ok(None) => None,
@@ -350,7 +375,10 @@ impl super::Manager {
     /// What tasks trust now (`None` before the swarm has workload keys).
     pub fn workload_bundle(&self) -> Option<Bundle> {
         let now = OffsetDateTime::now_utc();
-        self.read(|s| self.workload_bundle.get(s, now))
+        self.state().read_applied(|s, applied| {
+            let index = applied.map_or(0, |l| l.index);
+            self.workload_bundle.get(s, index, now)
+        })
     }
 
     /// `swarm update --svid-ttl`: the lifetime of X.509-SVIDs issued from now on (audited).
@@ -574,6 +602,26 @@ mod tests {
             })
             .unwrap();
         assert_eq!(serials, vec![issued.cert.serial]);
+    }
+
+    /// The cached bundle follows the state: a stopped task's SVID appears in it at the next
+    /// applied change, and an unchanged state reuses it.
+    #[test]
+    fn the_bundle_cache_follows_the_state() {
+        let task = skep_pki::new_id();
+        let mut s = state(&task);
+        let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
+        s.apply(issued.commit);
+        let cache = BundleCache::default();
+        let first = cache.get(&s, 1, now()).unwrap();
+        assert!(first.revoked.is_empty());
+        assert_eq!(cache.get(&s, 1, now()).unwrap(), first);
+        s.tasks.get_mut(&task).unwrap().desired = DesiredState::Shutdown;
+        let next = cache.get(&s, 2, now()).unwrap();
+        assert_eq!(next.revoked, vec![issued.cert.serial]);
+        // Past half the CRL's validity it is signed again, with a higher number.
+        let later = cache.get(&s, 2, now() + CRL_VALIDITY).unwrap();
+        assert_ne!(later.crl_der, next.crl_der);
     }
 
     /// JWT-SVIDs: the audience list is checked first, and the token verifies against the
