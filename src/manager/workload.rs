@@ -63,6 +63,24 @@ pub fn new_keys(cluster_id: &str, now: OffsetDateTime) -> Result<WorkloadKeys, s
     })
 }
 
+/// The swarm's workload CA, loaded once per CA: loading checks that the key and certificate
+/// belong together and that the subject can be written back, which costs a key generation and
+/// a signature, too much to pay on every issuance.
+fn workload_ca(keys: &WorkloadKeys) -> Result<std::sync::Arc<WorkloadCa>, WorkloadError> {
+    static LOADED: Mutex<Option<(String, std::sync::Arc<WorkloadCa>)>> = Mutex::new(None);
+    let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((cert, ca)) = loaded.as_ref()
+        && *cert == keys.ca_cert_pem
+    {
+        return Ok(ca.clone());
+    }
+    let ca = WorkloadCa::from_pem(&keys.ca_cert_pem, keys.ca_key_pem.expose())
+        .map_err(|e| WorkloadError::Sign(e.to_string()))?;
+    let ca = std::sync::Arc::new(ca);
+    *loaded = Some((keys.ca_cert_pem.clone(), ca.clone()));
+    Ok(ca)
+}
+
 /// The SPIFFE ID of the tasks of the service named `name` with `labels`:
 /// `spiffe://<td>/ns/<stack or default>/svc/<name>`, the name without its stack's prefix.
 pub fn service_spiffe_id(
@@ -142,8 +160,7 @@ pub fn svid_for(
     let csr = Csr::from_der(csr_der).map_err(|e| WorkloadError::BadRequest(e.to_string()))?;
     let cluster = state.cluster.as_ref().ok_or(WorkloadError::NoKeys)?;
     let keys = cluster.workload.as_ref().ok_or(WorkloadError::NoKeys)?;
-    let ca = WorkloadCa::from_pem(&keys.ca_cert_pem, keys.ca_key_pem.expose())
-        .map_err(|e| WorkloadError::Sign(e.to_string()))?;
+    let ca = workload_ca(keys)?;
     let ttl = time::Duration::try_from(cluster.svid_ttl())
         .map_err(|e| WorkloadError::Sign(e.to_string()))?;
     let cert = ca
@@ -250,7 +267,7 @@ pub fn bundle(state: &State, now: OffsetDateTime) -> Result<Option<Bundle>, Work
         return Ok(None);
     };
     let sign = |e: skep_pki::PkiError| WorkloadError::Sign(e.to_string());
-    let ca = WorkloadCa::from_pem(&keys.ca_cert_pem, keys.ca_key_pem.expose()).map_err(sign)?;
+    let ca = workload_ca(keys)?;
     let revoked = revoked_svids(state);
     let crl_der = ca
         .crl(&revoked, crl_number(now), now, now + CRL_VALIDITY)
