@@ -150,6 +150,33 @@ fn each_task_holds_an_svid_for_its_own_service_and_nothing_else() {
         .collect();
     assert!(issued.len() >= 2, "{issued:#?}");
     assert!(issued.iter().all(|r| r["target"] == want.as_str()));
+
+    // The tasks' keys live on their tmpfs only: once the services are gone, no file any node
+    // wrote (store, logs, state) holds a byte of them.
+    let keys: Vec<String> = c
+        .managers()
+        .iter()
+        .chain(c.workers())
+        .flat_map(|n| crate::harness::files_under(&n.data_dir()))
+        .filter(|p| p.ends_with("spiffe/svid.key"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .filter_map(|pem| pem.lines().nth(1).map(str::to_string))
+        .collect();
+    assert_eq!(keys.len(), 2, "each web task's key, read from its tmpfs");
+    m.cli_ok(&["service", "rm", "web", "plain"]);
+    for n in c.managers().iter().chain(c.workers()) {
+        wait_for(timeout(), "the tasks' tmpfs unmounted", || {
+            let left = crate::harness::mounts_under(&n.data_dir());
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left:?}"))
+            }
+        });
+    }
+    let nodes: Vec<&Node> = c.managers().iter().chain(c.workers()).collect();
+    let lines: Vec<&str> = keys.iter().map(String::as_str).collect();
+    crate::harness::assert_no_plaintext(&nodes, &lines);
 }
 
 #[test]
