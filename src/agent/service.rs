@@ -65,7 +65,7 @@ impl AgentRpc for AgentService {
         }
         let body = req.into_inner();
         let tail = usize::try_from(body.tail).unwrap_or(usize::MAX);
-        let lines = self.0.logs(&body.task_ids, tail).await;
+        let lines = self.0.logs(&body.task_ids, tail, body.since_nanos).await;
         Ok(Response::new(LogsResponse { lines }))
     }
 }

@@ -459,8 +459,9 @@ impl Supervisor {
         }
     }
 
-    /// Log lines of tasks this node ran.
-    pub async fn logs(&self, ids: &[String], tail: usize) -> Vec<LogLine> {
+    /// Log lines of tasks this node ran (written at or after `since`, Unix ns, when > 0;
+    /// the last `tail` of each task when > 0).
+    pub async fn logs(&self, ids: &[String], tail: usize, since: i64) -> Vec<LogLine> {
         let tasks: Vec<Task> = {
             let local = self.lock();
             ids.iter()
@@ -469,13 +470,14 @@ impl Supervisor {
         };
         let mut out = Vec::new();
         for t in tasks {
-            match self.execs.logs(&t, tail).await {
-                Ok(lines) => out.extend(lines.into_iter().map(|(stream, line)| LogLine {
+            match self.execs.logs(&t, tail, since).await {
+                Ok(lines) => out.extend(lines.into_iter().map(|e| LogLine {
                     task_id: t.id.clone(),
                     task_name: t.name(),
                     node_id: t.node_id.clone(),
-                    stream,
-                    line,
+                    stream: e.stream,
+                    line: e.line,
+                    time_nanos: e.nanos,
                 })),
                 Err(e) => tracing::warn!(task = %t.id, error = %e, "cannot read logs"),
             }

@@ -541,14 +541,14 @@ async fn helper_failure(cx: &Context, task: &Task, st: &TaskStatus) -> Option<St
     if task.spec.runtime != Runtime::Exec || st.exit_code != Some(EXIT_HELPER_FAILED) {
         return None;
     }
-    let lines = cx.execs.logs(task, 8).await.ok()?;
-    let (_, line) = lines
+    let lines = cx.execs.logs(task, 8, 0).await.ok()?;
+    let last = lines
         .iter()
         .rev()
-        .find(|(stream, l)| stream == "stderr" && l.starts_with("skep-init: "))?;
+        .find(|e| e.stream == "stderr" && e.line.starts_with("skep-init: "))?;
     Some(format!(
         "task: the exec runtime could not start it: {}",
-        line.trim_start_matches("skep-init: ")
+        last.line.trim_start_matches("skep-init: ")
     ))
 }
 

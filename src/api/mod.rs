@@ -284,3 +284,10 @@ mod tests {
         assert!(!format!("{ca:?}").contains("MIGH"));
     }
 }
+
+/// The Control API version this build speaks (`skep version`): bumped when a message or a
+/// method changes meaning. Fields and methods are only ever added, so a CLI can talk to any
+/// daemon from [`MIN_API_VERSION`] on.
+pub const API_VERSION: &str = "1.1";
+/// The oldest Control API version this daemon still answers.
+pub const MIN_API_VERSION: &str = "1.0";

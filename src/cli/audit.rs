@@ -120,22 +120,42 @@ fn request(filter: &AuditFilterArgs, purpose: &str) -> anyhow::Result<AuditListR
 
 /// `1h`, `30m` (that long before `now`), an RFC 3339 time, or a date (its midnight, UTC).
 fn resolve_time(text: &str, now: time::OffsetDateTime) -> anyhow::Result<String> {
+    resolve_instant(text, now).map(crate::util::rfc3339)
+}
+
+/// A time as Docker's `--since`/`--until` take it: `1h`, `30m` (that long before `now`), an
+/// RFC 3339 time, Unix seconds (`1733400000` or `1733400000.5`), or a date (its midnight,
+/// UTC).
+pub(super) fn resolve_instant(
+    text: &str,
+    now: time::OffsetDateTime,
+) -> anyhow::Result<time::OffsetDateTime> {
     if let Ok(d) = crate::spec::duration::parse(text) {
         let d = time::Duration::try_from(d).context("the duration is too large")?;
-        let t = now.checked_sub(d).context("the duration is too large")?;
-        return Ok(crate::util::rfc3339(t));
+        return now.checked_sub(d).context("the duration is too large");
     }
     if let Some(t) = crate::util::parse_rfc3339(text) {
-        return Ok(crate::util::rfc3339(t));
+        return Ok(t);
+    }
+    if !text.is_empty()
+        && text.len() <= 32
+        && text.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && let Ok(secs) = text.parse::<f64>()
+        && let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos((secs * 1e9) as i128)
+    {
+        return Ok(t);
     }
     let date = time::Date::parse(
         text,
         time::macros::format_description!("[year]-[month]-[day]"),
     )
     .with_context(|| {
-        format!("{text:?} is not a duration (1h, 30m), an RFC 3339 time or a date (2026-11-01)")
+        format!(
+            "{} is not a duration (1h, 30m), an RFC 3339 time, Unix seconds or a date (2026-11-01)",
+            crate::util::quote(text)
+        )
     })?;
-    Ok(crate::util::rfc3339(date.midnight().assume_utc()))
+    Ok(date.midnight().assume_utc())
 }
 
 fn table(records: &[AuditRecord]) -> String {

@@ -16,6 +16,10 @@ mod backup;
 pub mod client;
 mod config;
 mod dev;
+mod docker_view;
+mod filter;
+mod info;
+mod logs;
 mod node;
 mod operator;
 mod output;
@@ -28,6 +32,7 @@ mod spec;
 mod stack;
 mod swarm;
 mod tasks;
+mod template;
 
 use crate::spec::duration;
 use std::io::Write as _;
@@ -40,6 +45,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use self::client::Host;
+use self::output::Format;
 use self::service::ServiceCommand;
 
 /// Where the CLI finds the daemon unless `--host` or `SKEP_HOST` says otherwise.
@@ -119,6 +125,10 @@ enum Command {
     Audit(AuditCommand),
     /// Run a local test swarm of several daemons on 127.0.0.2, 127.0.0.3, ...
     Dev(DevArgs),
+    /// Show the skep version information (client and daemon).
+    Version(info::VersionArgs),
+    /// Display system-wide information: this node and, on a manager, its swarm.
+    Info(info::InfoArgs),
 }
 
 #[derive(Debug, Args)]
@@ -402,7 +412,10 @@ struct NodePsArgs {
     /// Do not truncate output.
     #[arg(long)]
     no_trunc: bool,
-    /// Output format.
+    /// Filter output based on conditions provided (desired-state, id, name, node).
+    #[arg(short, long, value_name = "FILTER")]
+    filter: Vec<String>,
+    /// Format output: table, json, or a Go template.
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     format: Format,
     /// Node ID, ID prefix or hostname; `self` is the node answering (the default).
@@ -455,25 +468,23 @@ struct NodeLsArgs {
     /// Only display IDs.
     #[arg(short, long)]
     quiet: bool,
-    /// Output format.
+    /// Filter output based on conditions provided (id, label, node.label, membership, name,
+    /// role).
+    #[arg(short, long, value_name = "FILTER")]
+    filter: Vec<String>,
+    /// Format output: table, json, or a Go template (`{{.Hostname}}`).
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     format: Format,
-}
-
-/// How a listing is printed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum Format {
-    /// A table with a header.
-    Table,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Debug, Args)]
 struct NodeInspectArgs {
     /// Print the information in a human friendly format.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pretty: bool,
+    /// Format output using a Go template (`{{.Description.Hostname}}`), or json.
+    #[arg(short, long, value_name = "FORMAT")]
+    format: Option<Format>,
     /// Node ID, ID prefix or hostname; `self` is the node answering.
     #[arg(value_name = "NODE", required = true)]
     nodes: Vec<String>,
@@ -611,7 +622,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let host = operator::resolve_host(cli.host.as_deref(), cli.cert_path.as_deref())?;
             check(&command)?;
             let mode = client::ReadMode { stale: cli.stale };
-            runtime()?.block_on(control(host, mode, command))
+            let context = operator::context_name(cli.host.as_deref());
+            if let Command::Version(args) = command {
+                // The client's part is printed even if no daemon answers.
+                return runtime()?.block_on(info::version(&host, mode, &context, args));
+            }
+            runtime()?.block_on(control(host, mode, &context, command))
         }
     }
 }
@@ -637,7 +653,12 @@ fn check(command: &Command) -> anyhow::Result<()> {
     }
 }
 
-async fn control(host: Host, mode: client::ReadMode, command: Command) -> anyhow::Result<()> {
+async fn control(
+    host: Host,
+    mode: client::ReadMode,
+    context: &str,
+    command: Command,
+) -> anyhow::Result<()> {
     let mut api = client::connect_with(&host, mode).await?;
     match command {
         Command::Swarm(SwarmCommand::Init(args)) => swarm::init(&mut api, args).await,
@@ -675,7 +696,8 @@ async fn control(host: Host, mode: client::ReadMode, command: Command) -> anyhow
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
         Command::Audit(AuditCommand::Export(args)) => audit::export(&mut api, args).await,
-        Command::Daemon(_) | Command::Dev(_) => unreachable_command(),
+        Command::Info(args) => info::info(&mut api, context, args).await,
+        Command::Daemon(_) | Command::Dev(_) | Command::Version(_) => unreachable_command(),
     }
 }
 
@@ -835,8 +857,14 @@ mod tests {
             panic!("not node ls")
         };
         assert_eq!(a.format, Format::Json);
+        let cli = parse(&["node", "ls", "--format", "{{.ID}}"]).unwrap();
+        let Command::Node(NodeCommand::Ls(a)) = cli.command else {
+            panic!("not node ls")
+        };
+        assert_eq!(a.format, Format::Template("{{.ID}}".into()));
+        // A template that does not parse is a usage error, before any daemon is asked.
         assert_eq!(
-            parse(&["node", "ls", "--format", "{{.ID}}"])
+            parse(&["node", "ls", "--format", "{{.ID"])
                 .unwrap_err()
                 .exit_code(),
             2

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use serde_json::{Value, json};
 
 use super::client::status;
-use super::output::{Table, json_line, json_pretty};
+use super::filter::{self, Filters};
+use super::output::{self, Table, json_pretty};
 use super::service::{hostnames, ps_output};
 use super::tasks::parse_tasks;
-use super::{Format, NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, print};
+use super::{NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, print};
 use crate::api::v1::{Empty, NodeInfo, NodeInspectRequest, NodeUpdateRequest};
 
 type Api = super::client::Api;
@@ -22,13 +23,15 @@ pub(super) async fn ls(api: &mut Api, args: NodeLsArgs) -> anyhow::Result<()> {
         .into_inner()
         .nodes;
     sort(&mut nodes);
+    filter::nodes(
+        &Filters::parse(&args.filter, filter::NODE_KEYS)?,
+        &mut nodes,
+    )?;
     let text = if args.quiet {
         nodes.iter().map(|n| format!("{}\n", n.id)).collect()
     } else {
-        match args.format {
-            Format::Table => table(&nodes),
-            Format::Json => nodes.iter().map(|n| json_line(&ls_json(n))).collect(),
-        }
+        let items: Vec<Value> = nodes.iter().map(ls_json).collect();
+        output::list(&args.format, &items, || table(&nodes))?
     };
     print(&text)
 }
@@ -94,7 +97,10 @@ pub(super) async fn inspect(api: &mut Api, args: NodeInspectArgs) -> anyhow::Res
             Err(s) => errors.push(status(s).to_string()),
         }
     }
-    let text = if args.pretty {
+    let text = if let Some(format) = &args.format {
+        let items: Vec<Value> = found.iter().map(inspect_json).collect();
+        output::inspect(Some(format), &items)?
+    } else if args.pretty {
         found.iter().map(pretty).collect::<Vec<_>>().join("\n")
     } else {
         json_pretty(&Value::Array(found.iter().map(inspect_json).collect()))
@@ -119,15 +125,17 @@ pub(super) async fn ps(api: &mut Api, args: NodePsArgs) -> anyhow::Result<()> {
             Err(s) => errors.push(status(s).to_string()),
         }
     }
+    let filters = Filters::parse(&args.filter, filter::TASK_KEYS)?;
     if errors.is_empty() || !all.is_empty() {
         let hosts = hostnames(api).await;
+        filter::tasks(&filters, &mut all, &hosts)?;
         print(&ps_output(
             &all,
             &hosts,
             args.quiet,
             args.no_trunc,
-            args.format,
-        ))?;
+            &args.format,
+        )?)?;
     }
     super::output::fail_with(errors)
 }

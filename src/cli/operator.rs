@@ -180,13 +180,13 @@ pub(super) async fn run(api: &mut Api, cmd: OperatorCommand) -> anyhow::Result<(
                 .await
                 .map_err(status)?
                 .into_inner();
-            if a.format == Format::Json {
-                return print(
-                    &r.operators_json
-                        .iter()
-                        .map(|l| format!("{l}\n"))
-                        .collect::<String>(),
-                );
+            if a.format != Format::Table {
+                let items: Vec<serde_json::Value> = r
+                    .operators_json
+                    .iter()
+                    .map(|l| serde_json::from_str(l).context("the daemon's operator record"))
+                    .collect::<anyhow::Result<_>>()?;
+                return print(&super::output::list(&a.format, &items, String::new)?);
             }
             let mut t = Table::new(&["NAME", "ROLE", "EXPIRES", "SERIAL", "SIGNED BY"]);
             for line in &r.operators_json {
@@ -290,6 +290,15 @@ pub(super) fn resolve_host(host: Option<&str>, cert_path: Option<&Path>) -> anyh
         return Ok(with_certs(Host::parse(&ctx.host)?, Some(dir)));
     }
     Host::parse(super::DEFAULT_HOST)
+}
+
+/// The name of the context the CLI uses: `default` when `--host` (or `SKEP_HOST`) is given
+/// or no context is current, as Docker's `Context:` line reads.
+pub(super) fn context_name(host: Option<&str>) -> String {
+    match (host, load()) {
+        (None, Ok(c)) if !c.current.is_empty() => c.current,
+        _ => "default".to_string(),
+    }
 }
 
 /// `context ...`: local files only.

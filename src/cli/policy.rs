@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 use super::client::status;
-use super::output::{Table, json_line};
+use super::output::Table;
 use super::{Format, print};
 use crate::api::v1::{Empty, PolicySetRequest};
 
@@ -168,13 +168,13 @@ pub(super) async fn agent(api: &mut Api, cmd: AgentCommand) -> anyhow::Result<()
         .iter()
         .filter_map(|j| serde_json::from_str(j).ok())
         .collect();
-    match a.format {
-        Format::Json => {
-            let mut out = String::new();
-            for r in &received {
-                out.push_str(&json_line(&serde_json::to_value(r)?));
-            }
-            print(&out)
+    match &a.format {
+        f @ (Format::Json | Format::Template(_) | Format::TableTemplate(_)) => {
+            let items: Vec<serde_json::Value> = received
+                .iter()
+                .map(serde_json::to_value)
+                .collect::<Result<_, _>>()?;
+            print(&super::output::list(f, &items, String::new)?)
         }
         Format::Table => {
             let mut t = Table::new(&["ID", "NAME", "DIGEST", "RECEIVED", "HELD"]);

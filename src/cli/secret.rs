@@ -26,7 +26,8 @@ use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::client::status;
-use super::output::{Table, json_line, json_pretty};
+use super::filter::{self, Filters};
+use super::output::{self, Table, json_pretty};
 use super::tasks::{human_duration, short_id};
 use super::{Format, print};
 use crate::api::v1::{
@@ -140,7 +141,10 @@ pub(super) struct LsArgs {
     /// Only display IDs.
     #[arg(short, long)]
     pub quiet: bool,
-    /// Output format.
+    /// Filter output based on conditions provided (id, label, name).
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Format output: table, json, or a Go template (`{{.Name}}`).
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     pub format: Format,
 }
@@ -148,8 +152,11 @@ pub(super) struct LsArgs {
 #[derive(Debug, Args)]
 pub(super) struct InspectArgs {
     /// Print the information in a human friendly format.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pub pretty: bool,
+    /// Format output using a Go template (`{{.Spec.Name}}`), or json.
+    #[arg(short, long, value_name = "FORMAT")]
+    pub format: Option<Format>,
     /// Name, ID or ID prefix.
     #[arg(value_name = "NAME", required = true)]
     pub names: Vec<String>,
@@ -374,13 +381,18 @@ async fn ls(api: &mut Api, a: LsArgs, kind: Kind) -> anyhow::Result<()> {
         .into_inner()
         .secrets;
     secrets.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.id.cmp(&b.id)));
+    let filters = Filters::parse(&a.filter, filter::OBJECT_KEYS)?;
+    secrets.retain(|s| {
+        let labels = s.labels.clone().into_iter().collect();
+        filter::objects(&filters, &s.id, &s.name, &labels)
+    });
     let text = if a.quiet {
         secrets.iter().map(|s| format!("{}\n", s.id)).collect()
     } else {
-        match a.format {
-            Format::Table => table(&secrets, OffsetDateTime::now_utc()),
-            Format::Json => secrets.iter().map(|s| json_line(&ls_json(s))).collect(),
-        }
+        let items: Vec<Value> = secrets.iter().map(ls_json).collect();
+        output::list(&a.format, &items, || {
+            table(&secrets, OffsetDateTime::now_utc())
+        })?
     };
     print(&text)
 }
@@ -420,6 +432,7 @@ fn ls_json(s: &SecretInfo) -> Value {
         "CreatedAt": s.created_at,
         "UpdatedAt": s.updated_at,
         "Labels": labels_text(s),
+        "Driver": "",
         "Digest": s.digest,
     })
 }
@@ -567,7 +580,10 @@ async fn inspect(api: &mut Api, a: InspectArgs, kind: Kind) -> anyhow::Result<()
             Err(s) => errors.push(status(s).to_string()),
         }
     }
-    let text = if a.pretty {
+    let text = if let Some(format) = &a.format {
+        let items: Vec<Value> = found.iter().map(inspect_json).collect();
+        output::inspect(Some(format), &items)?
+    } else if a.pretty {
         found.iter().map(pretty).collect::<Vec<_>>().join("\n")
     } else {
         json_pretty(&Value::Array(found.iter().map(inspect_json).collect()))

@@ -12,16 +12,15 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use super::client::status;
-use super::output::{Table, json_line, json_pretty};
+use super::filter::{self, Filters};
+use super::output::{self, Table, json_pretty};
 use super::progress::{self, Baseline};
 use super::spec::{
     self, CreateSpec, ModeArg, RuntimeArg, SpecFlags, UpdateSpec, bytes, constraint_text, cpus,
 };
 use super::tasks::{self, image_of, parse_service, parse_tasks, short_id};
 use super::{Format, print};
-use crate::api::v1::{
-    Empty, ServiceLogsRequest, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest,
-};
+use crate::api::v1::{Empty, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest};
 use crate::api::view::TaskView;
 use crate::store::service::{
     DesiredState, Mode, RestartCondition, Service, ServiceSpec, UpdateConfig,
@@ -51,7 +50,7 @@ pub(super) enum ServiceCommand {
     /// Revert changes to a service's configuration.
     Rollback(RollbackArgs),
     /// Fetch the logs of a service.
-    Logs(LogsArgs),
+    Logs(super::logs::LogsArgs),
     /// Remove one or more services.
     #[command(alias = "remove")]
     Rm(RmArgs),
@@ -134,7 +133,10 @@ pub(super) struct LsArgs {
     /// Only display IDs.
     #[arg(short, long)]
     quiet: bool,
-    /// Output format.
+    /// Filter output based on conditions provided (id, label, mode, name).
+    #[arg(short, long, value_name = "FILTER")]
+    filter: Vec<String>,
+    /// Format output: table, json, or a Go template (`{{.Name}}`, `table {{.ID}}\t{{.Name}}`).
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     format: Format,
 }
@@ -147,7 +149,10 @@ pub(super) struct PsArgs {
     /// Do not truncate output.
     #[arg(long)]
     pub no_trunc: bool,
-    /// Output format.
+    /// Filter output based on conditions provided (desired-state, id, name, node).
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// Format output: table, json, or a Go template (`{{.Name}}`, `table {{.ID}}\t{{.Name}}`).
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     pub format: Format,
     /// Service name, ID or ID prefix.
@@ -158,8 +163,11 @@ pub(super) struct PsArgs {
 #[derive(Debug, Args)]
 pub(super) struct InspectArgs {
     /// Print the information in a human friendly format.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pretty: bool,
+    /// Format output using a Go template (`{{.Spec.Name}}`), or json.
+    #[arg(short, long, value_name = "FORMAT")]
+    format: Option<Format>,
     /// Service name, ID or ID prefix.
     #[arg(value_name = "SERVICE", required = true)]
     services: Vec<String>,
@@ -265,35 +273,10 @@ pub(super) struct RollbackArgs {
 }
 
 #[derive(Debug, Args)]
-pub(super) struct LogsArgs {
-    /// Number of lines to show from the end of the logs ("all" for every line).
-    #[arg(short = 'n', long, value_name = "N", default_value = "all", value_parser = parse_tail)]
-    tail: u64,
-    /// Do not add any prefix to the log lines.
-    #[arg(long)]
-    raw: bool,
-    /// Do not truncate task IDs.
-    #[arg(long)]
-    no_trunc: bool,
-    /// Service name, ID or ID prefix.
-    #[arg(value_name = "SERVICE")]
-    service: String,
-}
-
-#[derive(Debug, Args)]
 pub(super) struct RmArgs {
     /// Service name, ID or ID prefix.
     #[arg(value_name = "SERVICE", required = true)]
     services: Vec<String>,
-}
-
-/// `--tail`: a count, or `all` (0 on the wire).
-fn parse_tail(text: &str) -> Result<u64, String> {
-    if text == "all" {
-        return Ok(0);
-    }
-    text.parse()
-        .map_err(|_| format!("invalid --tail {text:?}: expected a number of lines or \"all\""))
 }
 
 /// What can be checked before a daemon is asked: bad values are refused without connecting.
@@ -321,7 +304,7 @@ pub(super) async fn run(api: &mut Api, cmd: ServiceCommand) -> anyhow::Result<()
         ServiceCommand::Scale(a) => scale(api, a).await,
         ServiceCommand::Update(a) => update(api, a).await,
         ServiceCommand::Rollback(a) => rollback(api, a).await,
-        ServiceCommand::Logs(a) => logs(api, a).await,
+        ServiceCommand::Logs(a) => super::logs::logs(api, a).await,
         ServiceCommand::Rm(a) => rm(api, a).await,
     }
 }
@@ -402,21 +385,27 @@ async fn ls(api: &mut Api, a: LsArgs) -> anyhow::Result<()> {
         ));
     }
     services.sort_by(|(a, _), (b, _)| a.spec.name.cmp(&b.spec.name).then(a.id.cmp(&b.id)));
-    let text = if a.quiet {
-        services
+    filter::services(
+        &Filters::parse(&a.filter, filter::SERVICE_KEYS)?,
+        &mut services,
+    )?;
+    print(&ls_text(&services, a.quiet, &a.format)?)
+}
+
+/// The `ls` output of `service ls` and `stack services`.
+pub(super) fn ls_text(
+    services: &[(Service, Vec<TaskView>)],
+    quiet: bool,
+    format: &Format,
+) -> anyhow::Result<String> {
+    if quiet {
+        return Ok(services
             .iter()
             .map(|(s, _)| format!("{}\n", short_id(&s.id)))
-            .collect()
-    } else {
-        match a.format {
-            Format::Table => ls_table(&services),
-            Format::Json => services
-                .iter()
-                .map(|(s, t)| json_line(&ls_json(s, t)))
-                .collect(),
-        }
-    };
-    print(&text)
+            .collect());
+    }
+    let items: Vec<Value> = services.iter().map(|(s, t)| ls_json(s, t)).collect();
+    Ok(output::list(format, &items, || ls_table(services))?)
 }
 
 /// `running/desired`: for a global service, desired is the tasks that should run. Running
@@ -489,38 +478,32 @@ async fn ps(api: &mut Api, a: PsArgs) -> anyhow::Result<()> {
             Err(e) => errors.push(e.to_string()),
         }
     }
+    let filters = Filters::parse(&a.filter, filter::TASK_KEYS)?;
     if errors.is_empty() || !all.is_empty() {
         let hosts = hostnames(api).await;
-        print(&ps_text(&all, &hosts, &a))?;
+        filter::tasks(&filters, &mut all, &hosts)?;
+        print(&ps_output(&all, &hosts, a.quiet, a.no_trunc, &a.format)?)?;
     }
     super::output::fail_with(errors)
 }
 
-/// The `ps` output of `service ps` and `node ps`.
-pub(super) fn ps_text(all: &[TaskView], hosts: &HashMap<String, String>, a: &PsArgs) -> String {
-    ps_output(all, hosts, a.quiet, a.no_trunc, a.format)
-}
-
-/// `ps` output from its flags.
+/// The `ps` output of `service ps`, `node ps` and `stack ps`, from its flags.
 pub(super) fn ps_output(
     all: &[TaskView],
     hosts: &HashMap<String, String>,
     quiet: bool,
     no_trunc: bool,
-    format: Format,
-) -> String {
+    format: &Format,
+) -> anyhow::Result<String> {
     let now = time::OffsetDateTime::now_utc();
     let lines = tasks::lines(all, hosts);
     if quiet {
-        return lines.iter().map(|l| format!("{}\n", l.task.id)).collect();
+        return Ok(lines.iter().map(|l| format!("{}\n", l.task.id)).collect());
     }
-    match format {
-        Format::Table => tasks::table(&lines, now, no_trunc),
-        Format::Json => lines
-            .iter()
-            .map(|l| json_line(&tasks::json_of(l, now)))
-            .collect(),
-    }
+    let items: Vec<Value> = lines.iter().map(|l| tasks::json_of(l, now)).collect();
+    Ok(output::list(format, &items, || {
+        tasks::table(&lines, now, no_trunc)
+    })?)
 }
 
 async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
@@ -540,7 +523,13 @@ async fn inspect(api: &mut Api, a: InspectArgs) -> anyhow::Result<()> {
             Err(s) => errors.push(status(s).to_string()),
         }
     }
-    let text = if a.pretty {
+    let text = if let Some(format) = &a.format {
+        let values: Vec<Value> = found
+            .iter()
+            .map(|(svc, _)| super::docker_view::service(svc))
+            .collect();
+        output::inspect(Some(format), &values)?
+    } else if a.pretty {
         found
             .iter()
             .map(|(svc, problems)| {
@@ -578,7 +567,7 @@ fn restart_text(c: RestartCondition) -> &'static str {
     }
 }
 
-fn lower<T: serde::Serialize>(v: &T) -> String {
+pub(super) fn lower<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v)
         .ok()
         .and_then(|v| v.as_str().map(String::from))
@@ -822,79 +811,6 @@ async fn rollback(api: &mut Api, a: RollbackArgs) -> anyhow::Result<()> {
     progress::wait(api, &svc.id, base, a.quiet).await
 }
 
-async fn logs(api: &mut Api, a: LogsArgs) -> anyhow::Result<()> {
-    let lines = api
-        .service_logs(ServiceLogsRequest {
-            service: a.service.clone(),
-            tail: a.tail,
-        })
-        .await
-        .map_err(status)?
-        .into_inner()
-        .lines;
-    let hosts = if a.raw {
-        HashMap::new()
-    } else {
-        hostnames(api).await
-    };
-    let (out, err) = logs_text(&lines, &hosts, a.raw, a.no_trunc);
-    print(&out)?;
-    if !err.is_empty() {
-        eprint!("{err}");
-    }
-    Ok(())
-}
-
-/// `web.1.k3x9qabcdefg@w1    | line`, prefixes padded to the same width; stdout and stderr
-/// lines go to the CLI's stdout and stderr.
-pub(super) fn logs_text(
-    lines: &[crate::api::v1::LogLine],
-    hosts: &HashMap<String, String>,
-    raw: bool,
-    no_trunc: bool,
-) -> (String, String) {
-    let prefix = |l: &crate::api::v1::LogLine| {
-        let id = if no_trunc {
-            l.task_id.as_str()
-        } else {
-            short_id(&l.task_id)
-        };
-        let node = hosts
-            .get(&l.node_id)
-            .map_or_else(|| short_id(&l.node_id).to_string(), Clone::clone);
-        if l.task_name.is_empty() {
-            format!("{id}@{node}")
-        } else {
-            format!("{}.{id}@{node}", l.task_name)
-        }
-    };
-    let prefixes: Vec<String> = if raw {
-        Vec::new()
-    } else {
-        lines.iter().map(prefix).collect()
-    };
-    let width = prefixes
-        .iter()
-        .map(|p| p.chars().count())
-        .max()
-        .unwrap_or(0);
-    let (mut out, mut err) = (String::new(), String::new());
-    for (i, l) in lines.iter().enumerate() {
-        let target = if l.stream == "stderr" {
-            &mut err
-        } else {
-            &mut out
-        };
-        let text = l.line.trim_end_matches('\n');
-        if raw {
-            let _ = writeln!(target, "{text}");
-        } else {
-            let _ = writeln!(target, "{:<width$}    | {text}", prefixes[i]);
-        }
-    }
-    (out, err)
-}
-
 async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     for name in &a.services {
@@ -914,7 +830,6 @@ async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::v1::LogLine;
     use crate::cli::tasks::tests::task;
     use crate::store::service::{Runtime, TaskSpec, TaskState};
 
@@ -983,30 +898,6 @@ mod tests {
         // Global: the unknown tasks are still desired, just not known to run.
         let g = service("g", "mon", Mode::Global, tasks[0].spec.clone());
         assert_eq!(replicas(&g, &tasks), "3/6");
-    }
-
-    #[test]
-    fn logs_are_prefixed_like_docker() {
-        let line = |id: &str, name: &str, node: &str, stream: &str, text: &str| LogLine {
-            task_id: id.into(),
-            task_name: name.into(),
-            node_id: node.into(),
-            stream: stream.into(),
-            line: text.into(),
-        };
-        let lines = vec![
-            line("task1aaaaaaaaaaaaaa", "web.1", "n1", "stdout", "hello\n"),
-            line("task2bbbbbbbbbbbbbb", "web.10", "n2", "stderr", "oops"),
-        ];
-        let hosts = HashMap::from([
-            ("n1".to_string(), "m1".to_string()),
-            ("n2".to_string(), "w1".to_string()),
-        ]);
-        let (out, err) = logs_text(&lines, &hosts, false, false);
-        assert_eq!(out, "web.1.task1aaaaaaa@m1     | hello\n");
-        assert_eq!(err, "web.10.task2bbbbbbb@w1    | oops\n");
-        let (out, err) = logs_text(&lines, &hosts, true, false);
-        assert_eq!((out.as_str(), err.as_str()), ("hello\n", "oops\n"));
     }
 
     #[test]
@@ -1203,12 +1094,5 @@ mod tests {
         ));
         assert_eq!(parse(&["rm"]).unwrap_err().exit_code(), 2);
         assert_eq!(parse(&["ps"]).unwrap_err().exit_code(), 2);
-    }
-
-    #[test]
-    fn tail_values() {
-        assert_eq!(parse_tail("all"), Ok(0));
-        assert_eq!(parse_tail("20"), Ok(20));
-        assert!(parse_tail("-1").is_err());
     }
 }

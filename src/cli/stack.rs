@@ -13,12 +13,13 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::client::status;
-use super::output::{Table, json_line, json_pretty};
+use super::filter::{self, Filters};
+use super::output::{self, Table};
 use super::progress::{self, Baseline};
-use super::service::{fetch, hostnames, ls_json, ls_table, ps_output};
+use super::service::{fetch, hostnames, ls_text, ps_output};
 use super::tasks::{parse_service, parse_tasks, short_id};
 use super::{Format, print};
 use crate::api::v1::{
@@ -75,7 +76,7 @@ pub(super) struct DeployArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct StackLsArgs {
-    /// Output format.
+    /// Format output: table, json, or a Go template.
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     format: Format,
 }
@@ -85,7 +86,10 @@ pub(super) struct StackServicesArgs {
     /// Only display IDs.
     #[arg(short, long)]
     quiet: bool,
-    /// Output format.
+    /// Filter output based on conditions provided (id, label, mode, name).
+    #[arg(short, long, value_name = "FILTER")]
+    filter: Vec<String>,
+    /// Format output: table, json, or a Go template.
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     format: Format,
     /// Stack name.
@@ -101,7 +105,10 @@ pub(super) struct StackPsArgs {
     /// Do not truncate output.
     #[arg(long)]
     no_trunc: bool,
-    /// Output format.
+    /// Filter output based on conditions provided (desired-state, id, name, node).
+    #[arg(short, long, value_name = "FILTER")]
+    filter: Vec<String>,
+    /// Format output: table, json, or a Go template.
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     format: Format,
     /// Stack name.
@@ -148,13 +155,22 @@ pub(super) struct NetworkLsArgs {
     /// Only display IDs.
     #[arg(short, long)]
     quiet: bool,
-    /// Output format.
+    /// Do not truncate the output.
+    #[arg(long)]
+    no_trunc: bool,
+    /// Provide filter values (driver, id, label, name, scope).
+    #[arg(short, long, value_name = "FILTER")]
+    filter: Vec<String>,
+    /// Format output: table, json, or a Go template.
     #[arg(long, value_name = "FORMAT", default_value = "table")]
     format: Format,
 }
 
 #[derive(Debug, Args)]
 pub(super) struct NetworkNamesArgs {
+    /// Format output using a Go template (`{{.Name}}`) (inspect only).
+    #[arg(short, long, value_name = "FORMAT")]
+    format: Option<Format>,
     /// Network name, ID or ID prefix.
     #[arg(value_name = "NETWORK", required = true)]
     networks: Vec<String>,
@@ -493,20 +509,17 @@ async fn ls(api: &mut Api, a: StackLsArgs) -> anyhow::Result<()> {
             *counts.entry(s.clone()).or_default() += 1;
         }
     }
-    let text = match a.format {
-        Format::Table => {
-            let mut t = Table::new(&["NAME", "SERVICES"]);
-            for (name, n) in &counts {
-                t.row(vec![name.clone(), n.to_string()]);
-            }
-            t.render()
+    let items: Vec<Value> = counts
+        .iter()
+        .map(|(name, n)| json!({"Name": name, "Services": n.to_string()}))
+        .collect();
+    print(&output::list(&a.format, &items, || {
+        let mut t = Table::new(&["NAME", "SERVICES"]);
+        for (name, n) in &counts {
+            t.row(vec![name.clone(), n.to_string()]);
         }
-        Format::Json => counts
-            .iter()
-            .map(|(name, n)| json_line(&json!({"Name": name, "Services": n.to_string()})))
-            .collect(),
-    };
-    print(&text)
+        t.render()
+    })?)
 }
 
 async fn stack_services(
@@ -525,21 +538,9 @@ async fn stack_services(
 }
 
 async fn services(api: &mut Api, a: StackServicesArgs) -> anyhow::Result<()> {
-    let list = stack_services(api, &a.stack).await?;
-    let text = if a.quiet {
-        list.iter()
-            .map(|(s, _)| format!("{}\n", short_id(&s.id)))
-            .collect()
-    } else {
-        match a.format {
-            Format::Table => ls_table(&list),
-            Format::Json => list
-                .iter()
-                .map(|(s, t)| json_line(&ls_json(s, t)))
-                .collect(),
-        }
-    };
-    print(&text)
+    let mut list = stack_services(api, &a.stack).await?;
+    filter::services(&Filters::parse(&a.filter, filter::SERVICE_KEYS)?, &mut list)?;
+    print(&ls_text(&list, a.quiet, &a.format)?)
 }
 
 async fn ps(api: &mut Api, a: StackPsArgs) -> anyhow::Result<()> {
@@ -551,7 +552,12 @@ async fn ps(api: &mut Api, a: StackPsArgs) -> anyhow::Result<()> {
         tasks.extend(t);
     }
     let hosts = hostnames(api).await;
-    print(&ps_output(&tasks, &hosts, a.quiet, a.no_trunc, a.format))
+    filter::tasks(
+        &Filters::parse(&a.filter, filter::TASK_KEYS)?,
+        &mut tasks,
+        &hosts,
+    )?;
+    print(&ps_output(&tasks, &hosts, a.quiet, a.no_trunc, &a.format)?)
 }
 
 async fn rm(api: &mut Api, a: StackRmArgs) -> anyhow::Result<()> {
@@ -649,38 +655,46 @@ pub(super) async fn network(api: &mut Api, cmd: NetworkCommand) -> anyhow::Resul
             print(&format!("{id}\n"))
         }
         NetworkCommand::Ls(a) => {
-            let list = networks(api).await?;
-            let text = if a.quiet {
-                list.iter()
-                    .map(|n| format!("{}\n", short_id(&n.id)))
-                    .collect()
-            } else {
-                match a.format {
-                    Format::Table => {
-                        let mut t = Table::new(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
-                        for n in &list {
-                            t.row(vec![
-                                short_id(&n.id).to_string(),
-                                n.name.clone(),
-                                n.driver.clone(),
-                                "swarm".into(),
-                            ]);
-                        }
-                        t.render()
-                    }
-                    Format::Json => list
-                        .iter()
-                        .map(|n| {
-                            json_line(&json!({
-                                "ID": short_id(&n.id),
-                                "Name": n.name,
-                                "Driver": n.driver,
-                                "Scope": "swarm",
-                                "Labels": n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
-                            }))
-                        })
-                        .collect(),
+            let mut list = networks(api).await?;
+            let filters = Filters::parse(&a.filter, filter::NETWORK_KEYS)?;
+            list.retain(|n| {
+                let labels = n.labels.clone().into_iter().collect();
+                filter::network(&filters, &n.id, &n.name, &labels, &n.driver)
+            });
+            let id = |n: &str| {
+                if a.no_trunc {
+                    n.to_string()
+                } else {
+                    short_id(n).to_string()
                 }
+            };
+            let text = if a.quiet {
+                list.iter().map(|n| format!("{}\n", id(&n.id))).collect()
+            } else {
+                let items: Vec<Value> = list
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "ID": id(&n.id),
+                            "Name": n.name,
+                            "Driver": n.driver,
+                            "Scope": "swarm",
+                            "Labels": n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+                        })
+                    })
+                    .collect();
+                output::list(&a.format, &items, || {
+                    let mut t = Table::new(&["NETWORK ID", "NAME", "DRIVER", "SCOPE"]);
+                    for n in &list {
+                        t.row(vec![
+                            id(&n.id),
+                            n.name.clone(),
+                            n.driver.clone(),
+                            "swarm".into(),
+                        ]);
+                    }
+                    t.render()
+                })?
             };
             print(&text)
         }
@@ -710,7 +724,7 @@ pub(super) async fn network(api: &mut Api, cmd: NetworkCommand) -> anyhow::Resul
                     Err(s) => errors.push(status(s).to_string()),
                 }
             }
-            print(&json_pretty(&serde_json::Value::Array(found)))?;
+            print(&output::inspect(a.format.as_ref(), &found)?)?;
             super::output::fail_with(errors)
         }
         NetworkCommand::Rm(a) => {

@@ -14,7 +14,7 @@ use crate::api::v1::{
     AuditFollowResponse, AuditListRequest, AuditListResponse, Empty, InfoResponse,
     JoinTokenRequest, JoinTokenResponse, NodeInfo, NodeInspectRequest, NodeListResponse,
     SwarmInitRequest, SwarmInitResponse, SwarmJoinRequest, SwarmJoinResponse, SwarmLeaveRequest,
-    SwarmUnlockRequest,
+    SwarmUnlockRequest, VersionResponse,
 };
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::manager::control::MIN_CERT_EXPIRY;
@@ -170,18 +170,32 @@ impl Control for ControlService {
                 role: f.role.as_str().into(),
                 cluster_id: f.cluster_id.clone(),
                 advertise_addr: f.advertise_addr.clone(),
-                is_leader: false,
+                ..Default::default()
             },
-            Phase::Active(r) => InfoResponse {
-                state: "active".into(),
-                node_id: r.file.node_id.clone(),
-                role: r.file.role.as_str().into(),
-                cluster_id: r.file.cluster_id.clone(),
-                advertise_addr: r.file.advertise_addr.clone(),
-                is_leader: r.manager.as_ref().map(|m| m.is_leader()).unwrap_or(false),
-            },
+            Phase::Active(r) => {
+                let mut resp = InfoResponse {
+                    state: "active".into(),
+                    node_id: r.file.node_id.clone(),
+                    role: r.file.role.as_str().into(),
+                    cluster_id: r.file.cluster_id.clone(),
+                    advertise_addr: r.file.advertise_addr.clone(),
+                    is_leader: r.manager.as_ref().map(|m| m.is_leader()).unwrap_or(false),
+                    cert_not_after: skep_pki::NodeCertInfo::from_der(&r.identity.creds().cert_der)
+                        .map(|c| crate::util::rfc3339(c.not_after))
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
+                if let Some(m) = &r.manager {
+                    super::info::fill_manager(&mut resp, m);
+                }
+                resp
+            }
         };
         Ok(Response::new(resp))
+    }
+
+    async fn version(&self, _req: Request<Empty>) -> Result<Response<VersionResponse>, Status> {
+        Ok(Response::new(super::info::version()))
     }
 
     async fn join_token(
@@ -657,7 +671,7 @@ impl Control for ControlService {
         let r = req.into_inner();
         let (m, _) = self.0.manager_and_admin().await?;
         let lines = m
-            .service_logs(&r.service, r.tail)
+            .service_logs(&r.service, r.tail, r.since_nanos)
             .await
             .map_err(to_status)?;
         Ok(Response::new(crate::api::v1::LogsResponse { lines }))

@@ -15,6 +15,7 @@
 mod backup;
 mod control;
 mod files;
+mod info;
 mod lifecycle;
 mod recover;
 mod store_watch;

@@ -807,8 +807,14 @@ impl Manager {
         .await
     }
 
-    /// Log lines of a service, fetched from every node that ran its tasks.
-    pub async fn service_logs(&self, want: &str, tail: u64) -> Result<Vec<LogLine>, ManagerError> {
+    /// Log lines of a service, fetched from every node that ran its tasks: those written at
+    /// or after `since_nanos` (when > 0), the last `tail` of each task (when > 0).
+    pub async fn service_logs(
+        &self,
+        want: &str,
+        tail: u64,
+        since_nanos: i64,
+    ) -> Result<Vec<LogLine>, ManagerError> {
         let (_, tasks) = self.service(want)?;
         let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for t in tasks.iter().filter(|t| !t.node_id.is_empty()) {
@@ -823,7 +829,12 @@ impl Manager {
                 continue;
             };
             let mut client = crate::net::serve::agent_client(self.node_channel(&node_id, &addr)?);
-            match client.task_logs(TaskLogsRequest { task_ids, tail }).await {
+            let req = TaskLogsRequest {
+                task_ids,
+                tail,
+                since_nanos,
+            };
+            match client.task_logs(req).await {
                 Ok(r) => lines.extend(r.into_inner().lines),
                 Err(s) => {
                     tracing::warn!(node = %node_id, error = %s.message(), "cannot fetch logs")

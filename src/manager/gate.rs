@@ -78,7 +78,7 @@ pub fn classify(method: &str) -> Option<(Action, &'static str)> {
     Some(match method {
         "SwarmInit" | "SwarmJoin" | "SwarmLeave" | "SwarmUnlock" | "SwarmBackup"
         | "SwarmRestore" => return None,
-        "Info" => (Read, "swarm"),
+        "Info" | "Version" => (Read, "swarm"),
         "SwarmCa" => (Read, "swarm"),
         "JoinToken" => (ManageTokens, "token"),
         "NodeList" | "NodeInspect" | "NodeTasks" | "AgentSecrets" => (Read, "node"),

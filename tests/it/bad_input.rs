@@ -535,6 +535,7 @@ fn only_a_manager_reads_task_logs_from_an_agent() {
                 .task_logs(TaskLogsRequest {
                     task_ids: vec!["x".into()],
                     tail: 1,
+                    since_nanos: 0,
                 })
                 .await
         })

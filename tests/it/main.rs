@@ -21,6 +21,7 @@ mod cli;
 mod cluster;
 mod configs;
 mod docker_services;
+mod everyday_cli;
 mod faults;
 mod health;
 mod lifecycle;

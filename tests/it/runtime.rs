@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use skep::agent::executor::{ExecError, Executors};
+use skep::agent::executor::{ExecError, Executors, LogEntry};
 use skep::store::fixtures;
 use skep::store::service::{Runtime, Task, TaskSpec};
 
@@ -61,8 +61,8 @@ async fn exec_executors(state: &Path) -> Option<Executors> {
     }
 }
 
-fn has(logs: &[(String, String)], stream: &str, line: &str) -> bool {
-    logs.iter().any(|(s, l)| s == stream && l == line)
+fn has(logs: &[LogEntry], stream: &str, line: &str) -> bool {
+    logs.iter().any(|e| e.stream == stream && e.line == line)
 }
 
 async fn wait_bounded(h: &mut skep::agent::executor::TaskHandle, secs: u64) -> i64 {
@@ -85,24 +85,33 @@ async fn exec_exit_code_logs_and_pid_namespace() {
     assert_eq!(h.wait().await.unwrap(), 3);
     assert_eq!(h.exit_code(), Some(3));
 
-    let logs = ex.logs(&t, 0).await.unwrap();
+    let logs = ex.logs(&t, 0, 0).await.unwrap();
     assert!(has(&logs, "stdout", "hello"), "{logs:?}");
     assert!(has(&logs, "stderr", "oops"), "{logs:?}");
     // A fresh PID namespace: its init (the helper's stage 2) is PID 1, so the command,
     // the first process it starts, is PID 2.
     let pid_line = logs
         .iter()
-        .filter(|(s, _)| s == "stdout")
-        .map(|(_, l)| l.as_str())
+        .filter(|e| e.stream == "stdout")
+        .map(|e| e.line.as_str())
         .next_back()
         .unwrap();
     assert_eq!(pid_line, "2", "{logs:?}");
-    let tail = ex.logs(&t, 1).await.unwrap();
+    let tail = ex.logs(&t, 1, 0).await.unwrap();
     assert_eq!(tail.len(), 1);
+    // Every line has the time it was written; `since` keeps the lines from then on.
+    assert!(logs.iter().all(|e| e.nanos > 0), "{logs:?}");
+    let last = logs.last().unwrap().nanos;
+    let since = ex.logs(&t, 0, last).await.unwrap();
+    assert!(
+        !since.is_empty() && since.iter().all(|e| e.nanos >= last),
+        "{since:?}"
+    );
+    assert!(since.len() < logs.len(), "{since:?}");
 
     ex.remove(&t).await;
     assert!(!state.path().join("tasks").join(&t.id).exists());
-    assert!(ex.logs(&t, 0).await.unwrap().is_empty());
+    assert!(ex.logs(&t, 0, 0).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -123,8 +132,8 @@ async fn exec_init_is_pid_1_and_env_is_given() {
     );
     let mut h = ex.start(&t, None).await.unwrap();
     assert_eq!(wait_bounded(&mut h, 20).await, 0);
-    let logs = ex.logs(&t, 0).await.unwrap();
-    let out: Vec<&str> = logs.iter().map(|(_, l)| l.as_str()).collect();
+    let logs = ex.logs(&t, 0, 0).await.unwrap();
+    let out: Vec<&str> = logs.iter().map(|e| e.line.as_str()).collect();
     assert!(out[0].contains("init-helper --stage2"), "{out:?}");
     assert!(has(&logs, "stdout", "foo=bar baz"), "{logs:?}");
     assert!(
@@ -238,7 +247,7 @@ async fn exec_tasks_are_unprivileged_and_cannot_mount() {
     ));
     let mut h = ex.start(&t, None).await.unwrap();
     let code = wait_bounded(&mut h, 20).await;
-    let logs = ex.logs(&t, 0).await.unwrap();
+    let logs = ex.logs(&t, 0, 0).await.unwrap();
     assert_eq!(code, 0, "{logs:?}");
     assert!(has(&logs, "stdout", "id=65534:65534"), "{logs:?}");
     assert!(has(&logs, "stdout", "NoNewPrivs:\t1"), "{logs:?}");
@@ -372,12 +381,16 @@ async fn docker_exit_code_and_logs() {
     let t = task(Runtime::Docker, image, &["/prog", "exit", "5"], &["A=1"]);
     let mut h = ex.start(&t, None).await.unwrap();
     assert_eq!(wait_bounded(&mut h, 30).await, 5);
-    let logs = ex.logs(&t, 0).await.unwrap();
+    let logs = ex.logs(&t, 0, 0).await.unwrap();
     assert!(has(&logs, "stdout", "out-line"), "{logs:?}");
     assert!(has(&logs, "stderr", "err-line"), "{logs:?}");
-    assert_eq!(ex.logs(&t, 1).await.unwrap().len(), 1);
+    assert_eq!(ex.logs(&t, 1, 0).await.unwrap().len(), 1);
+    // The engine's times come with each line.
+    assert!(logs.iter().all(|e| e.nanos > 0), "{logs:?}");
+    let in_future = ex.logs(&t, 0, logs[0].nanos + 3_600_000_000_000).await;
+    assert!(in_future.unwrap().is_empty());
     ex.remove(&t).await;
-    assert!(ex.logs(&t, 0).await.unwrap().is_empty());
+    assert!(ex.logs(&t, 0, 0).await.unwrap().is_empty());
 
     // No command: the image's own.
     let t = task(Runtime::Docker, image, &[], &[]);
@@ -464,5 +477,5 @@ async fn docker_recover_finds_only_this_nodes_containers() {
     let _ = tokio::time::timeout(Duration::from_secs(15), h.wait())
         .await
         .unwrap();
-    assert!(new.logs(&t, 0).await.unwrap().is_empty());
+    assert!(new.logs(&t, 0, 0).await.unwrap().is_empty());
 }

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio_stream::StreamExt;
 
 use super::health::{Health, clip};
-use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
+use super::{ExecError, ExitSlot, LogEntry, Stopper, TaskHandle, ended_within, parse_env};
 use crate::agent::secrets::ConfigFile;
 use crate::store::service::Task;
 
@@ -310,20 +310,16 @@ impl DockerRuntime {
         found
     }
 
-    pub(crate) async fn logs(
-        &self,
-        task: &Task,
-        tail: usize,
-    ) -> Result<Vec<(String, String)>, ExecError> {
+    /// The container's output (from `since`, Unix ns, when > 0), each line with the time
+    /// the engine recorded.
+    pub(crate) async fn logs(&self, task: &Task, since: i64) -> Result<Vec<LogEntry>, ExecError> {
         let name = container_name(task);
         let options = LogsOptions {
             stdout: true,
             stderr: true,
-            tail: if tail > 0 {
-                tail.to_string()
-            } else {
-                "all".to_string()
-            },
+            timestamps: true,
+            // Whole seconds: the exact bound is applied to the lines' own times.
+            since: i32::try_from(since / 1_000_000_000).unwrap_or(0),
             ..Default::default()
         };
         let mut stream = self.docker.logs(&name, Some(options));
@@ -337,7 +333,12 @@ impl DockerRuntime {
                     };
                     let text = String::from_utf8_lossy(out.as_ref()).into_owned();
                     for l in text.lines() {
-                        lines.push((stream_name.to_string(), l.to_string()));
+                        let (nanos, line) = split_timestamp(l);
+                        lines.push(LogEntry {
+                            stream: stream_name.to_string(),
+                            line: line.to_string(),
+                            nanos,
+                        });
                     }
                 }
                 Err(BollardError::DockerResponseServerError {
@@ -346,7 +347,7 @@ impl DockerRuntime {
                 Err(e) => return Err(docker_err(format!("read the logs of {name}"), e)),
             }
         }
-        Ok(keep_tail(lines, tail))
+        Ok(lines)
     }
 
     pub(crate) async fn remove(&self, task: &Task) {
@@ -559,6 +560,18 @@ fn adoptable<'a>(labels: &'a HashMap<String, String>, node_id: &str) -> Option<&
 }
 
 /// `skep-<service>.<slot>.<task>`, restricted to the characters Docker allows in names.
+/// A line the engine gave with `timestamps`: `2026-12-05T10:00:00.123456789Z text` →
+/// (Unix ns, text); a line without one keeps its text, time unknown (0).
+fn split_timestamp(l: &str) -> (i64, &str) {
+    if let Some((ts, text)) = l.split_once(' ')
+        && let Ok(t) =
+            time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339)
+    {
+        return (i64::try_from(t.unix_timestamp_nanos()).unwrap_or(0), text);
+    }
+    (0, l)
+}
+
 fn container_name(task: &Task) -> String {
     let raw = format!("skep-{}.{}.{}", task.service_name, task.slot, task.id);
     raw.chars()
@@ -770,6 +783,16 @@ pub(crate) mod tests {
         assert_eq!(m[0].target.as_deref(), Some("/run/spiffe"));
         assert_eq!(m[0].source.as_deref(), dir.to_str());
         assert_eq!(m[0].read_only, Some(true));
+    }
+
+    #[test]
+    fn engine_timestamps_are_split_off() {
+        assert_eq!(
+            split_timestamp("2026-12-05T10:00:00.000000001Z hello world"),
+            (1_796_464_800_000_000_001, "hello world")
+        );
+        assert_eq!(split_timestamp("no time here"), (0, "no time here"));
+        assert_eq!(split_timestamp(""), (0, ""));
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 
 use super::adopt::{self, HelperRecord};
 use super::init::{NOBODY, OUTPUT_FILE, STDERR_FILE, status_code};
-use super::{ExecError, ExitSlot, Stopper, TaskHandle, ended_within, keep_tail, parse_env};
+use super::{ExecError, ExitSlot, LogEntry, Stopper, TaskHandle, ended_within, parse_env};
 use crate::agent::secrets::ConfigFile;
 use crate::store::service::Task;
 
@@ -255,14 +255,10 @@ impl ExecRuntime {
         true
     }
 
-    pub(crate) async fn logs(
-        &self,
-        task: &Task,
-        tail: usize,
-    ) -> Result<Vec<(String, String)>, ExecError> {
+    pub(crate) async fn logs(&self, task: &Task) -> Result<Vec<LogEntry>, ExecError> {
         let path = self.task_dir(&task.id).join(OUTPUT_FILE);
         match tokio::fs::read(&path).await {
-            Ok(bytes) => Ok(keep_tail(parse_output(&bytes), tail)),
+            Ok(bytes) => Ok(parse_output(&bytes)),
             // Never started, or already removed: no output.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(source) => Err(ExecError::Logs { path, source }),
@@ -454,15 +450,43 @@ async fn gone_within(pid: Pid, dir: &Path, timeout: Duration) -> bool {
 }
 
 /// Parses the combined output file: `O line` or `E line`; anything else counts as stdout.
-fn parse_output(bytes: &[u8]) -> Vec<(String, String)> {
+fn parse_output(bytes: &[u8]) -> Vec<LogEntry> {
     let text = String::from_utf8_lossy(bytes);
-    text.lines()
-        .map(|l| match (l.get(..2), l.get(2..)) {
-            (Some("E "), Some(rest)) => ("stderr".to_string(), rest.to_string()),
-            (Some("O "), Some(rest)) => ("stdout".to_string(), rest.to_string()),
-            _ => ("stdout".to_string(), l.to_string()),
-        })
-        .collect()
+    text.lines().map(parse_output_line).collect()
+}
+
+/// One line of the combined output file: `o<ns> text` / `e<ns> text` (stdout or stderr,
+/// written at Unix nanoseconds `ns`), or, from a helper of before times were kept,
+/// `O text` / `E text`.
+fn parse_output_line(l: &str) -> LogEntry {
+    let entry = |stream: &str, line: &str, nanos: i64| LogEntry {
+        stream: stream.to_string(),
+        line: line.to_string(),
+        nanos,
+    };
+    let stream = |tag: char| {
+        if tag == 'e' || tag == 'E' {
+            "stderr"
+        } else {
+            "stdout"
+        }
+    };
+    let mut chars = l.chars();
+    match chars.next() {
+        Some(tag @ ('o' | 'e')) => {
+            let rest = chars.as_str();
+            if let Some((ns, text)) = rest.split_once(' ')
+                && let Ok(nanos) = ns.parse::<i64>()
+            {
+                return entry(stream(tag), text, nanos);
+            }
+            entry("stdout", l, 0)
+        }
+        Some(tag @ ('O' | 'E')) if l.as_bytes().get(1) == Some(&b' ') => {
+            entry(stream(tag), &l[2..], 0)
+        }
+        _ => entry("stdout", l, 0),
+    }
 }
 
 #[cfg(test)]
@@ -481,15 +505,22 @@ mod tests {
 
     #[test]
     fn output_parsing() {
-        let v = parse_output(b"O hello\nE oops\nO \nweird\nE \xff\n");
+        let v = parse_output(b"O hello\nE oops\nO \nweird\nE \xff\no17 new\ne18 err x\no1x y\n");
+        let got: Vec<(&str, &str, i64)> = v
+            .iter()
+            .map(|e| (e.stream.as_str(), e.line.as_str(), e.nanos))
+            .collect();
         assert_eq!(
-            v,
+            got,
             vec![
-                ("stdout".into(), "hello".into()),
-                ("stderr".into(), "oops".into()),
-                ("stdout".into(), String::new()),
-                ("stdout".into(), "weird".into()),
-                ("stderr".into(), "\u{fffd}".into()),
+                ("stdout", "hello", 0),
+                ("stderr", "oops", 0),
+                ("stdout", "", 0),
+                ("stdout", "weird", 0),
+                ("stderr", "\u{fffd}", 0),
+                ("stdout", "new", 17),
+                ("stderr", "err x", 18),
+                ("stdout", "o1x y", 0),
             ]
         );
     }

@@ -787,8 +787,8 @@ impl Log {
     /// Appends one line (without its newline) to its stream's file and to the combined file.
     fn line(&self, stream: Stream, line: &[u8]) {
         let (file, tag) = match stream {
-            Stream::Out => (&self.out, b"O "),
-            Stream::Err => (&self.err, b"E "),
+            Stream::Out => (&self.out, 'o'),
+            Stream::Err => (&self.err, 'e'),
         };
         let mut raw = Vec::with_capacity(line.len() + 1);
         raw.extend_from_slice(line);
@@ -797,8 +797,8 @@ impl Log {
         if let Ok(mut f) = file.lock() {
             let _ = f.write_all(&raw);
         }
-        let mut tagged = Vec::with_capacity(raw.len() + 2);
-        tagged.extend_from_slice(tag);
+        // `o<unix ns> line`: the time lets `service logs --since/--timestamps/-f` work.
+        let mut tagged = format!("{tag}{} ", super::now_nanos()).into_bytes();
         tagged.extend_from_slice(&raw);
         if let Ok(mut f) = self.output.lock() {
             let _ = f.write_all(&tagged);
@@ -1029,7 +1029,16 @@ mod tests {
         let read = |n| std::fs::read_to_string(dir.path().join(n)).unwrap();
         assert_eq!(read(STDOUT_FILE), "a\nb\n");
         assert_eq!(read(STDERR_FILE), "c\nskep-init: hi\n");
-        assert_eq!(read(OUTPUT_FILE), "O a\nO b\nE c\nE skep-init: hi\n");
+        let tags: Vec<(char, String)> = read(OUTPUT_FILE)
+            .lines()
+            .map(|l| {
+                let (head, text) = l.split_once(' ').unwrap();
+                assert!(head[1..].parse::<i64>().unwrap() > 0, "{l:?} has no time");
+                (head.chars().next().unwrap(), text.to_string())
+            })
+            .collect();
+        let want = [('o', "a"), ('o', "b"), ('e', "c"), ('e', "skep-init: hi")];
+        assert_eq!(tags, want.map(|(t, s)| (t, s.to_string())).to_vec());
 
         let long = vec![b'x'; MAX_LINE as usize + 10];
         copy_lines(&long[..], Stream::Out, &log);

@@ -362,20 +362,26 @@ impl Executors {
         }
     }
 
-    /// The task's output as `(stream, line)` pairs, stream being `stdout` or `stderr`, in the
-    /// order written; only the last `tail` lines when `tail > 0`.
-    pub async fn logs(&self, task: &Task, tail: usize) -> Result<Vec<(String, String)>, ExecError> {
+    /// The task's output in the order written: only lines written at or after `since`
+    /// (Unix nanoseconds) when `since > 0`, then only the last `tail` when `tail > 0`.
+    pub async fn logs(
+        &self,
+        task: &Task,
+        tail: usize,
+        since: i64,
+    ) -> Result<Vec<LogEntry>, ExecError> {
         check_task_id(&task.id)?;
-        match task.spec.runtime {
+        let all = match task.spec.runtime {
             Runtime::Exec => match &self.exec {
-                Some(e) => e.logs(task, tail).await,
+                Some(e) => e.logs(task).await,
                 None => Err(ExecError::Unavailable(Runtime::Exec)),
             },
             Runtime::Docker => match &self.docker {
-                Some(d) => d.logs(task, tail).await,
+                Some(d) => d.logs(task, since).await,
                 None => Err(ExecError::Unavailable(Runtime::Docker)),
             },
-        }
+        }?;
+        Ok(since_tail(all, since, tail))
     }
 
     /// The address a running docker task's container has on the engine's network (where the
@@ -562,16 +568,64 @@ fn parse_env(env: &[String]) -> Vec<(String, String)> {
 }
 
 /// Keeps the last `tail` items (all when `tail` is 0).
-fn keep_tail<T>(mut v: Vec<T>, tail: usize) -> Vec<T> {
+/// One line of a task's output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The line, without its newline.
+    pub line: String,
+    /// When it was written, Unix nanoseconds (0: not known, a line from before skep kept
+    /// times).
+    pub nanos: i64,
+}
+
+/// The lines written at or after `since` (all when 0; a line of unknown time is older than
+/// any `since`), then the last `tail` of them (all when 0).
+fn since_tail(mut v: Vec<LogEntry>, since: i64, tail: usize) -> Vec<LogEntry> {
+    if since > 0 {
+        v.retain(|l| l.nanos >= since);
+    }
     if tail > 0 && v.len() > tail {
         v.drain(..v.len() - tail);
     }
     v
 }
 
+/// Unix nanoseconds now.
+pub(crate) fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(line: &str, nanos: i64) -> LogEntry {
+        LogEntry {
+            stream: "stdout".into(),
+            line: line.into(),
+            nanos,
+        }
+    }
+
+    #[test]
+    fn since_then_tail() {
+        let all = vec![
+            entry("old", 0),
+            entry("a", 10),
+            entry("b", 20),
+            entry("c", 30),
+        ];
+        let lines = |v: Vec<LogEntry>| v.into_iter().map(|e| e.line).collect::<Vec<_>>();
+        assert_eq!(lines(since_tail(all.clone(), 0, 0)), ["old", "a", "b", "c"]);
+        assert_eq!(lines(since_tail(all.clone(), 20, 0)), ["b", "c"]);
+        assert_eq!(lines(since_tail(all.clone(), 10, 1)), ["c"]);
+        assert_eq!(lines(since_tail(all, 0, 2)), ["b", "c"]);
+    }
 
     #[test]
     fn meminfo() {
@@ -614,13 +668,6 @@ mod tests {
                 ("C".into(), String::new())
             ]
         );
-    }
-
-    #[test]
-    fn tail() {
-        assert_eq!(keep_tail(vec![1, 2, 3], 0), vec![1, 2, 3]);
-        assert_eq!(keep_tail(vec![1, 2, 3], 2), vec![2, 3]);
-        assert_eq!(keep_tail(vec![1, 2, 3], 5), vec![1, 2, 3]);
     }
 
     #[tokio::test]

@@ -579,6 +579,7 @@ fn an_oversized_message_to_each_service_is_refused_and_the_daemon_keeps_serving(
     let r = rt.block_on(AgentClient::new(ch.clone()).task_logs(TaskLogsRequest {
         task_ids: vec!["t".repeat(2 << 20)],
         tail: 0,
+        since_nanos: 0,
     }));
     check("Agent", r.map(|_| ()), 1 << 20);
     // Raft: the store's message budget.
