@@ -31,7 +31,7 @@ fn usage_errors_exit_2() {
     assert_usage_error(&skep(&["swarm", "init", "--cert-expiry", "90"]));
     assert_usage_error(&skep(&["join-token", "admin"]));
     assert_usage_error(&skep(&["swarm", "join", "127.0.0.1:2377"]));
-    assert_usage_error(&skep(&["node", "ls", "--format", "{{.ID}}"]));
+    assert_usage_error(&skep(&["node", "ls", "--format", "{{.ID"]));
     assert_usage_error(&skep(&["daemon"]));
     assert_usage_error(&skep(&[
         "daemon",
