@@ -16,24 +16,20 @@ pub(super) fn service(s: &Service) -> Value {
         Mode::Replicated { replicas } => json!({ "Replicated": { "Replicas": replicas } }),
         Mode::Global => json!({ "Global": {} }),
     };
-    let secrets: Vec<Value> = t
-        .secrets
-        .iter()
-        .map(|r| {
-            json!({"SecretID": r.secret_id, "SecretName": r.secret_name,
-                        "File": {"Name": r.target, "UID": r.uid.to_string(),
-                                 "GID": r.gid.to_string(), "Mode": r.mode}})
-        })
-        .collect();
-    let configs: Vec<Value> = t
-        .configs
-        .iter()
-        .map(|r| {
-            json!({"ConfigID": r.secret_id, "ConfigName": r.secret_name,
-                        "File": {"Name": r.target, "UID": r.uid.to_string(),
-                                 "GID": r.gid.to_string(), "Mode": r.mode}})
-        })
-        .collect();
+    // Docker's secret and config references: the same file fields, named by kind.
+    let refs = |list: &[crate::store::service::SecretRef], kind: &str| -> Vec<Value> {
+        list.iter()
+            .map(|r| {
+                json!({
+                    format!("{kind}ID"): r.secret_id,
+                    format!("{kind}Name"): r.secret_name,
+                    "File": {"Name": r.target, "UID": r.uid.to_string(),
+                             "GID": r.gid.to_string(), "Mode": r.mode},
+                })
+            })
+            .collect()
+    };
+    let (secrets, configs) = (refs(&t.secrets, "Secret"), refs(&t.configs, "Config"));
     let ports: Vec<Value> = s
         .spec
         .ports
