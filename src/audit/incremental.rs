@@ -105,7 +105,10 @@ mod tests {
             chain.append(event(i));
         }
         chain.get_mut(7).expect("record 7").event.target = "forged".into();
-        assert_eq!(v.check(&chain, None), Err(ChainError::HashMismatch { seq: 7 }));
+        assert_eq!(
+            v.check(&chain, None),
+            Err(ChainError::HashMismatch { seq: 7 })
+        );
         // Still failing on the next check, without walking again.
         assert!(v.check(&chain, None).is_err());
     }
@@ -123,11 +126,18 @@ mod tests {
         r.event.target = "forged".into();
         r.hash = crate::audit::hash_of(r);
         chain.append(event(5));
-        assert_eq!(v.check(&chain, None), Ok(()), "a rehashed head is a valid chain");
+        assert_eq!(
+            v.check(&chain, None),
+            Ok(()),
+            "a rehashed head is a valid chain"
+        );
         chain.get_mut(2).expect("record 2").event.target = "forged".into();
         let r = chain.get_mut(6).expect("record 6");
         r.hash = "0".repeat(64);
-        assert_eq!(v.check(&chain, None), Err(ChainError::HashMismatch { seq: 2 }));
+        assert_eq!(
+            v.check(&chain, None),
+            Err(ChainError::HashMismatch { seq: 2 })
+        );
     }
 
     #[test]
@@ -138,6 +148,9 @@ mod tests {
         }
         chain.trim_before(3);
         let mut v = Incremental::default();
-        assert_eq!(v.check(&chain, None), Err(ChainError::Unanchored { seq: 3 }));
+        assert_eq!(
+            v.check(&chain, None),
+            Err(ChainError::Unanchored { seq: 3 })
+        );
     }
 }

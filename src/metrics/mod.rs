@@ -482,8 +482,20 @@ impl Collector for Sources {
             return Ok(());
         };
         let b = |v: bool| i64::from(v);
-        gauge(&mut encoder, "raft_term", "The Raft term this manager is in", None, m.raft_term)?;
-        gauge(&mut encoder, "raft_is_leader", "1 if this manager is the Raft leader", None, b(m.is_leader))?;
+        gauge(
+            &mut encoder,
+            "raft_term",
+            "The Raft term this manager is in",
+            None,
+            m.raft_term,
+        )?;
+        gauge(
+            &mut encoder,
+            "raft_is_leader",
+            "1 if this manager is the Raft leader",
+            None,
+            b(m.is_leader),
+        )?;
         gauge(
             &mut encoder,
             "raft_has_leader",
@@ -491,7 +503,13 @@ impl Collector for Sources {
             None,
             b(m.has_leader),
         )?;
-        gauge(&mut encoder, "raft_voters", "Raft voters in the membership", None, m.voters)?;
+        gauge(
+            &mut encoder,
+            "raft_voters",
+            "Raft voters in the membership",
+            None,
+            m.voters,
+        )?;
         gauge(
             &mut encoder,
             "raft_reachable_voters",
@@ -499,9 +517,27 @@ impl Collector for Sources {
             None,
             m.reachable_voters,
         )?;
-        gauge(&mut encoder, "raft_log_entries", "Entries in this manager's Raft log since its last purge", None, m.log_entries)?;
-        gauge(&mut encoder, "raft_last_log_index", "Index of the last entry in this manager's Raft log", None, m.last_log_index)?;
-        gauge(&mut encoder, "raft_applied_index", "Index of the last entry applied to this manager's state", None, m.applied_index)?;
+        gauge(
+            &mut encoder,
+            "raft_log_entries",
+            "Entries in this manager's Raft log since its last purge",
+            None,
+            m.log_entries,
+        )?;
+        gauge(
+            &mut encoder,
+            "raft_last_log_index",
+            "Index of the last entry in this manager's Raft log",
+            None,
+            m.last_log_index,
+        )?;
+        gauge(
+            &mut encoder,
+            "raft_applied_index",
+            "Index of the last entry applied to this manager's state",
+            None,
+            m.applied_index,
+        )?;
         {
             let mut family = encoder.encode_descriptor(
                 "tasks",
@@ -514,8 +550,20 @@ impl Collector for Sources {
                 ConstGauge::new(*n).encode(family.encode_family(&labels)?)?;
             }
         }
-        gauge(&mut encoder, "revoked_certificates", "Nodes and operators whose certificates the swarm revoked", None, m.revoked)?;
-        gauge(&mut encoder, "audit_records", "Audit records kept in the chain", None, m.audit_records)?;
+        gauge(
+            &mut encoder,
+            "revoked_certificates",
+            "Nodes and operators whose certificates the swarm revoked",
+            None,
+            m.revoked,
+        )?;
+        gauge(
+            &mut encoder,
+            "audit_records",
+            "Audit records kept in the chain",
+            None,
+            m.audit_records,
+        )?;
         gauge(
             &mut encoder,
             "audit_chain_verified",

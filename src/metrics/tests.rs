@@ -3,10 +3,16 @@ use super::*;
 #[test]
 fn method_labels_are_bounded_to_routed_plain_names() {
     let m = metrics();
-    assert_eq!(m.method_label("/skep.v1.Dispatcher/Heartbeat", true), "skep.v1.Dispatcher/Heartbeat");
+    assert_eq!(
+        m.method_label("/skep.v1.Dispatcher/Heartbeat", true),
+        "skep.v1.Dispatcher/Heartbeat"
+    );
     assert_eq!(m.method_label("/skep.v1.Nope/Forged", false), "unknown");
     assert_eq!(m.method_label("/a b\"c", true), "unknown");
-    assert_eq!(m.method_label(&format!("/{}", "x".repeat(200)), true), "unknown");
+    assert_eq!(
+        m.method_label(&format!("/{}", "x".repeat(200)), true),
+        "unknown"
+    );
     assert_eq!(m.method_label("", true), "unknown");
 }
 
@@ -18,7 +24,11 @@ fn past_the_cap_new_methods_count_as_other() {
         assert_eq!(m.method_label(&format!("/s/M{i}"), true), format!("s/M{i}"));
     }
     assert_eq!(m.method_label("/s/Another", true), "other");
-    assert_eq!(m.method_label("/s/M7", true), "s/M7", "a known one keeps its label");
+    assert_eq!(
+        m.method_label("/s/M7", true),
+        "s/M7",
+        "a known one keeps its label"
+    );
 }
 
 #[test]
@@ -48,7 +58,10 @@ fn the_exposition_names_every_family_with_units_and_ends_with_eof() {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
     assert!(text.ends_with("# EOF\n"), "{text}");
-    assert!(!text.contains("skep_raft_term"), "no manager source, no manager gauges");
+    assert!(
+        !text.contains("skep_raft_term"),
+        "no manager source, no manager gauges"
+    );
 }
 
 #[tokio::test]
@@ -90,5 +103,8 @@ async fn a_scrape_asks_the_sources_and_encodes_what_they_said() {
     m.set_manager_source(None);
     let text = m.scrape().await;
     assert!(!text.contains("skep_raft_term"), "{text}");
-    assert!(text.contains("skep_node_certificate_expiry_seconds"), "{text}");
+    assert!(
+        text.contains("skep_node_certificate_expiry_seconds"),
+        "{text}"
+    );
 }

@@ -70,7 +70,10 @@ pub fn exposed(addr: &SocketAddr) -> bool {
 /// asks for the metrics.
 pub fn refusal(method: &Method, path: &str) -> Option<(StatusCode, &'static str)> {
     if path != METRICS_PATH {
-        return Some((StatusCode::NOT_FOUND, "not found: metrics are at /metrics\n"));
+        return Some((
+            StatusCode::NOT_FOUND,
+            "not found: metrics are at /metrics\n",
+        ));
     }
     if method != Method::GET && method != Method::HEAD {
         return Some((StatusCode::METHOD_NOT_ALLOWED, "only GET is served here\n"));
@@ -170,9 +173,15 @@ mod tests {
         let status = |m: Method, p: &str| refusal(&m, p).map(|r| r.0);
         assert_eq!(status(Method::GET, "/metrics"), None);
         assert_eq!(status(Method::HEAD, "/metrics"), None);
-        assert_eq!(status(Method::POST, "/metrics"), Some(StatusCode::METHOD_NOT_ALLOWED));
+        assert_eq!(
+            status(Method::POST, "/metrics"),
+            Some(StatusCode::METHOD_NOT_ALLOWED)
+        );
         assert_eq!(status(Method::GET, "/"), Some(StatusCode::NOT_FOUND));
-        assert_eq!(status(Method::GET, "/metrics/../x"), Some(StatusCode::NOT_FOUND));
+        assert_eq!(
+            status(Method::GET, "/metrics/../x"),
+            Some(StatusCode::NOT_FOUND)
+        );
     }
 
     #[test]
@@ -198,11 +207,18 @@ mod tests {
         };
         let bad = ask(b"\x00\x01GARBAGE \xff\r\n\r\n".to_vec()).await;
         assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
-        let long = ask(format!("GET /metrics HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(64 << 10)).into_bytes()).await;
+        let long = ask(format!(
+            "GET /metrics HTTP/1.1\r\nx: {}\r\n\r\n",
+            "a".repeat(64 << 10)
+        )
+        .into_bytes())
+        .await;
         assert!(long.starts_with("HTTP/1.1 431"), "{long}");
-        let post = ask(b"POST /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec()).await;
+        let post =
+            ask(b"POST /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec()).await;
         assert!(post.starts_with("HTTP/1.1 405"), "{post}");
-        let ok = ask(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec()).await;
+        let ok =
+            ask(b"GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec()).await;
         assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
         assert!(ok.contains("skep_refusals_total"), "{ok}");
         assert!(ok.trim_end().ends_with("# EOF"), "{ok}");

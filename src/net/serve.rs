@@ -126,7 +126,9 @@ where
         Box::pin(async move {
             let res = call.await;
             let routed = res.as_ref().is_ok_and(|r| {
-                r.headers().get(tonic::Status::GRPC_STATUS).map(|v| v.as_bytes())
+                r.headers()
+                    .get(tonic::Status::GRPC_STATUS)
+                    .map(|v| v.as_bytes())
                     != Some(b"12".as_slice())
             });
             crate::metrics::metrics().rpc(&path, routed, start.elapsed());
