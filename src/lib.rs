@@ -18,6 +18,7 @@ pub mod cli;
 pub mod daemon;
 pub mod identity;
 pub mod manager;
+pub mod metrics;
 pub mod net;
 pub mod policy;
 pub mod secret;

@@ -275,6 +275,7 @@ impl Mesh {
             let forward = forward.load_full();
             let start = next.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
+                let _open = crate::metrics::metrics().mesh_connection();
                 if !mesh.may_use(&forward, peer.ip()).await {
                     tracing::debug!(%peer, "routing mesh: refused a peer that is not a container of the service's networks");
                     return;
@@ -307,7 +308,11 @@ impl Mesh {
                 match TcpStream::connect(addr).await {
                     Ok(mut up) => {
                         let mut conn = conn;
-                        let _ = tokio::io::copy_bidirectional(&mut conn, &mut up).await;
+                        if let Ok((sent, received)) =
+                            tokio::io::copy_bidirectional(&mut conn, &mut up).await
+                        {
+                            count_bytes(sent, received);
+                        }
                         return Ok(());
                     }
                     Err(e) => last = format!("task {}: {e}", task.task_id),
@@ -860,12 +865,14 @@ async fn to_frames<T: Send + 'static>(
     mut rd: impl tokio::io::AsyncRead + Unpin,
     tx: tokio::sync::mpsc::Sender<T>,
     wrap: impl Fn(TunnelFrame) -> T,
-) {
+) -> u64 {
     let mut buf = vec![0u8; CHUNK];
+    let mut total = 0u64;
     loop {
         match rd.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
+                total += n as u64;
                 let frame = TunnelFrame {
                     data: buf[..n].to_vec(),
                     ..Default::default()
@@ -876,19 +883,23 @@ async fn to_frames<T: Send + 'static>(
             }
         }
     }
+    total
 }
 
 /// Writes a tunnel's frames to a connection until either ends, then closes its write side.
 async fn from_frames(
     mut inbound: tonic::Streaming<TunnelFrame>,
     mut wr: impl tokio::io::AsyncWrite + Unpin,
-) {
+) -> u64 {
+    let mut total = 0u64;
     while let Ok(Some(f)) = inbound.message().await {
         if wr.write_all(&f.data).await.is_err() {
             break;
         }
+        total += f.data.len() as u64;
     }
     let _ = wr.shutdown().await;
+    total
 }
 
 /// Copies a client connection into a tunnel and back until either side ends.
@@ -898,7 +909,15 @@ async fn pump(
     inbound: tonic::Streaming<TunnelFrame>,
 ) {
     let (rd, wr) = conn.into_split();
-    tokio::join!(to_frames(rd, tx, |f| (f, None)), from_frames(inbound, wr));
+    let (sent, received) = tokio::join!(to_frames(rd, tx, |f| (f, None)), from_frames(inbound, wr));
+    count_bytes(sent, received);
+}
+
+/// Counts what a routing-mesh connection carried: `sent` from the client, `received` to it.
+fn count_bytes(sent: u64, received: u64) {
+    let m = crate::metrics::metrics();
+    m.mesh_bytes(crate::metrics::Direction::In, sent);
+    m.mesh_bytes(crate::metrics::Direction::Out, received);
 }
 
 /// The server side of a tunnel (on the task's node): connects to the local task and copies
@@ -1094,7 +1113,9 @@ where
         .await
         .map_err(|e| format!("task {task_id}: {e}"))?;
     tracing::debug!(task = %task_id, caller = %caller, "routing mesh: authenticated caller");
-    let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+    if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut tls, &mut up).await {
+        count_bytes(sent, received);
+    }
     let _ = tls.shutdown().await;
     Ok(())
 }

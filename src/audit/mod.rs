@@ -17,6 +17,7 @@
 pub mod checkpoint;
 pub mod export;
 pub mod filter;
+pub mod incremental;
 pub mod trust;
 
 use std::collections::BTreeMap;
@@ -279,7 +280,7 @@ impl AuditChain {
 }
 
 /// Why a chain does not verify. Each names the first record that does not fit.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
     /// A record's hash does not match its content.
     #[error(

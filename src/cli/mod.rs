@@ -180,6 +180,10 @@ struct DaemonArgs {
     /// at this address (with the manager's certificate; off by default).
     #[arg(long, value_name = "IP:PORT")]
     oidc_addr: Option<SocketAddr>,
+    /// Serve Prometheus metrics at http://IP:PORT/metrics (off by default; no authentication,
+    /// so keep it on loopback or behind a firewall: a wider address is warned about).
+    #[arg(long, value_name = "IP:PORT")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -722,6 +726,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         force_rollback: args.force_rollback,
         stop_tasks_on_exit: args.stop_tasks_on_exit,
         oidc_addr: args.oidc_addr,
+        metrics_addr: args.metrics_addr,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -78,6 +78,8 @@ pub struct DaemonConfig {
     pub stop_tasks_on_exit: bool,
     /// `--oidc-addr`: where a manager serves the OIDC discovery document and JWKS.
     pub oidc_addr: Option<SocketAddr>,
+    /// `--metrics-addr`: where the node serves Prometheus metrics (off when `None`).
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Why the daemon could not run.
@@ -199,6 +201,14 @@ async fn follow_role(
 /// Runs the daemon until SIGINT or SIGTERM.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     net::limit::raise_fd_limit();
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(
+            net::metrics::start(addr)
+                .await
+                .map_err(|e| DaemonError::Start(e.to_string()))?,
+        ),
+        None => None,
+    };
     let daemon = Arc::new(Daemon::load(config).await?);
     daemon.resume().await?;
     let socket = daemon.cfg.socket.clone();
@@ -224,6 +234,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         r.stop(daemon.cfg.stop_tasks_on_exit).await;
     }
     let _ = std::fs::remove_file(&socket);
+    if let Some(m) = metrics {
+        m.abort();
+    }
     Ok(())
 }
 
@@ -365,6 +378,7 @@ impl Daemon {
         }
         let client_tls = net::client_config_live(&root_der, Some(identity.clone()))
             .map_err(|e| corrupt(p.cert(), &e))?;
+        crate::metrics::metrics().set_node_source(Some(node_facts(&identity)));
         let mut managers = file.managers.clone();
         if file.role == NodeRole::Manager && !managers.contains(&file.advertise_addr) {
             managers.insert(0, file.advertise_addr.clone());
@@ -453,6 +467,7 @@ impl Daemon {
         let p = self.paths();
         let mut tasks = Vec::new();
         let mut manager = None;
+        crate::metrics::metrics().set_manager_source(None);
         if file.role == NodeRole::Manager {
             let dek = kek
                 .unwrap(&read(&p.dek())?)
@@ -495,6 +510,7 @@ impl Daemon {
                 },
             );
             mgr.set_anchor_keeper(keeper);
+            crate::metrics::metrics().set_manager_source(Some(manager_facts(&mgr)));
             tasks.extend(mgr.start_loops(link.revocations.clone(), self.cfg.audit_checkpoints));
             if let Some(addr) = self.cfg.oidc_addr {
                 tasks.push(serve_oidc(mgr.clone(), identity, addr).await?);
@@ -774,4 +790,38 @@ async fn serve_oidc(
             tracing::error!(error = %e, "the OIDC server stopped");
         }
     }))
+}
+
+/// What this node reports to a metrics scrape: its certificate's time to expiry.
+fn node_facts(
+    identity: &Arc<net::identity::LiveIdentity>,
+) -> crate::metrics::Source<crate::metrics::NodeFacts> {
+    let identity = Arc::downgrade(identity);
+    Arc::new(move || -> crate::metrics::BoxFuture<_> {
+        let facts = identity.upgrade().and_then(|id| {
+            let info = skep_pki::NodeCertInfo::from_der(&id.creds().cert_der).ok()?;
+            let left = info.not_after - time::OffsetDateTime::now_utc();
+            Some(crate::metrics::NodeFacts {
+                cert_expiry_seconds: left.as_seconds_f64(),
+            })
+        });
+        Box::pin(std::future::ready(facts))
+    })
+}
+
+/// What a manager reports to a metrics scrape, after a read barrier (at most 2 s) so that
+/// the leader and reachable voters it reports were confirmed by a quorum just now.
+fn manager_facts(mgr: &Arc<Manager>) -> crate::metrics::Source<crate::metrics::ManagerFacts> {
+    let mgr = Arc::downgrade(mgr);
+    let verifier = Arc::new(Mutex::new(crate::audit::incremental::Incremental::default()));
+    Arc::new(move || -> crate::metrics::BoxFuture<_> {
+        let mgr = mgr.clone();
+        let verifier = verifier.clone();
+        Box::pin(async move {
+            let mgr = mgr.upgrade()?;
+            let _ = tokio::time::timeout(Duration::from_secs(2), mgr.read_barrier()).await;
+            let mut verifier = verifier.lock().unwrap_or_else(|p| p.into_inner());
+            Some(mgr.metric_facts(&mut verifier))
+        })
+    })
 }

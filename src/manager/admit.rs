@@ -59,6 +59,16 @@ pub fn refusal(
     None
 }
 
+/// How a refusal of [`refusal`] counts in the metrics: a revoked node (or one that left), or
+/// a role that may not make the call.
+pub fn refusal_kind(s: &State, node_id: &str) -> crate::metrics::Refusal {
+    if s.revoked.contains_key(node_id) || s.revoked.contains_key(&left_key(node_id)) {
+        crate::metrics::Refusal::Revoked
+    } else {
+        crate::metrics::Refusal::RoleDenied
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -152,6 +152,8 @@ async fn serve_session(
                         }
                         msg
                     } else {
+                        let secrets = due.values.iter().filter(|v| !v.config).count();
+                        crate::metrics::metrics().secrets_delivered(secrets as u64);
                         let mut m = msg.unwrap_or_default();
                         m.secrets = due.values;
                         Some(m)

@@ -205,12 +205,17 @@ where
                     "connection carries no TLS peer information",
                 ));
             };
+            let role_denied = || {
+                crate::metrics::metrics().refused(crate::metrics::Refusal::RoleDenied);
+            };
             let Some(op) = peer.operator.clone() else {
+                role_denied();
                 return refuse(tonic::Status::permission_denied(
                     "permission denied: the Control API over the network is for operator certificates (`skep operator sign`); nodes use the node services",
                 ));
             };
             let Some((action, resource)) = classify(&method) else {
+                role_denied();
                 return refuse(tonic::Status::permission_denied(format!(
                     "permission denied: {method} can only be run on the node itself, over its local socket"
                 )));

@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod limiter;
 mod lookup;
 pub mod mesh;
+pub mod metrics;
 pub mod network;
 pub mod networks;
 pub mod oidc;
@@ -516,7 +517,9 @@ impl Manager {
         };
         crate::store::wire::check_command(&cmd)
             .map_err(|e| ManagerError::Invalid(e.to_string()))?;
-        let deadline = Instant::now() + PROPOSE_WAIT;
+        let started = Instant::now();
+        let deadline = started + PROPOSE_WAIT;
+        let committed = || crate::metrics::metrics().raft_committed(started.elapsed());
         loop {
             self.check_store()?;
             let left = deadline.saturating_duration_since(Instant::now());
@@ -525,12 +528,18 @@ impl Manager {
                 return Err(ManagerError::Unconfirmed);
             };
             let err = match written {
-                Ok(resp) => return into_result(resp.data),
+                Ok(resp) => {
+                    committed();
+                    return into_result(resp.data);
+                }
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                     match f.leader_node {
                         Some(node) if f.leader_id != Some(self.raft_id) => {
                             match self.forward(&node.addr, &cmd).await {
-                                Ok(r) => return r,
+                                Ok(r) => {
+                                    committed();
+                                    return r;
+                                }
                                 Err(e) => e,
                             }
                         }

@@ -178,14 +178,21 @@ impl Manager {
                 s.rbac.as_ref().map(|d| d.text.clone()).unwrap_or_default(),
             )
         });
+        use crate::metrics::Refusal;
         let denied = match op {
-            None => Some(format!(
-                "operator {} is not known to this swarm (revoked?)",
-                cert.name
+            None => Some((
+                Refusal::Revoked,
+                format!(
+                    "operator {} is not known to this swarm (revoked?)",
+                    cert.name
+                ),
             )),
-            Some(op) if op.serial != cert.serial => Some(format!(
-                "operator {}'s certificate {} has been replaced",
-                cert.name, cert.serial
+            Some(op) if op.serial != cert.serial => Some((
+                Refusal::Revoked,
+                format!(
+                    "operator {}'s certificate {} has been replaced",
+                    cert.name, cert.serial
+                ),
             )),
             Some(op) => {
                 let decision = match crate::policy::rbac::cached(&rbac) {
@@ -204,18 +211,22 @@ impl Manager {
                 };
                 match decision {
                     Decision::Allow => None,
-                    Decision::Deny { reason } => Some(format!(
-                        "operator {} ({}) may not {} ({reason})",
-                        op.name,
-                        op.role,
-                        action.describe()
+                    Decision::Deny { reason } => Some((
+                        Refusal::RbacDenied,
+                        format!(
+                            "operator {} ({}) may not {} ({reason})",
+                            op.name,
+                            op.role,
+                            action.describe()
+                        ),
                     )),
                 }
             }
         };
-        let Some(reason) = denied else {
+        let Some((why, reason)) = denied else {
             return Ok(actor);
         };
+        crate::metrics::metrics().refused(why);
         self.audit_failure(
             peer.ip(),
             AuditEvent::now(actor, method, resource, Outcome::Denied)

@@ -78,7 +78,10 @@ impl Services {
         match reason {
             super::workload::WorkloadError::BadRequest(m) => Status::invalid_argument(m),
             super::workload::WorkloadError::NoKeys => Status::unavailable(reason.to_string()),
-            other => Status::permission_denied(format!("permission denied: {other}")),
+            other => {
+                crate::metrics::metrics().refused(crate::metrics::Refusal::NotEntitled);
+                Status::permission_denied(format!("permission denied: {other}"))
+            }
         }
     }
 
@@ -110,6 +113,12 @@ impl Services {
             Some(id) => Actor::node(id.node_id()),
             None => Actor::anonymous(&peer.addr.to_string()),
         };
+        crate::metrics::metrics().refused(match &peer.identity {
+            Some(id) => self
+                .mgr
+                .read(|s| super::admit::refusal_kind(s, id.node_id())),
+            None => crate::metrics::Refusal::RoleDenied,
+        });
         self.mgr
             .audit_failure(
                 peer.addr.ip(),
@@ -918,9 +927,13 @@ impl Dispatcher for Services {
                     .propose(Command::Audit(record))
                     .await
                     .map_err(to_status)?;
+                if !value.config {
+                    crate::metrics::metrics().secrets_delivered(1);
+                }
                 Ok(Response::new(value))
             }
             Err(reason) => {
+                crate::metrics::metrics().refused(crate::metrics::Refusal::NotEntitled);
                 self.mgr
                     .audit_failure(
                         peer.ip(),

@@ -10,6 +10,7 @@
 pub mod danger;
 pub mod identity;
 pub mod limit;
+pub mod metrics;
 pub mod node;
 pub mod revoke;
 pub mod serve;
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use tonic::transport::server::Connected;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::Refusal;
 use crate::secret::SecretBytes;
 
 /// Errors of the transport layer.
@@ -406,15 +408,20 @@ pub fn accept_loop(
                 Ok((slot, evicted)) => {
                     refusals.evicted += u64::from(evicted);
                     if evicted {
+                        crate::metrics::metrics().refused(Refusal::ConnectionLimit);
+                    }
+                    if evicted {
                         refusals.last = Some(addr);
                     }
                     Some(slot)
                 }
                 Err(why) => {
-                    match why {
-                        limit::Refused::Source => refusals.source += 1,
-                        limit::Refused::Full => refusals.full += 1,
-                    }
+                    let (count, reason) = match why {
+                        limit::Refused::Source => (&mut refusals.source, Refusal::RateLimited),
+                        limit::Refused::Full => (&mut refusals.full, Refusal::ConnectionLimit),
+                    };
+                    *count += 1;
+                    crate::metrics::metrics().refused(reason);
                     refusals.last = Some(addr);
                     None
                 }
@@ -431,10 +438,12 @@ pub fn accept_loop(
             let cluster_id = cluster_id.clone();
             let revocations = revocations.clone();
             tokio::spawn(async move {
-                let fail = |reason: String| {
+                let fail_as = |why: Refusal, reason: String| {
                     tracing::debug!(%addr, %reason, "TLS handshake refused");
+                    crate::metrics::metrics().refused(why);
                     let _ = failures.send(HandshakeFailure { addr, reason });
                 };
+                let fail = |reason: String| fail_as(Refusal::TlsHandshake, reason);
                 let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
                 let mut tls = tokio::select! {
                     r = tokio::time::timeout_at(deadline, acceptor.accept(tcp)) => match r {
@@ -496,7 +505,8 @@ pub fn accept_loop(
                     .map(|i| (i.cert.serial.as_str(), i.cert.not_after.unix_timestamp()));
                 let kill = tracked.map(|k| revocations.track(&k, cert));
                 if kill.as_ref().is_some_and(|k| k.is_killed()) {
-                    return fail(
+                    return fail_as(
+                        Refusal::Revoked,
                         "the certificate's node has been revoked or the certificate replaced"
                             .into(),
                     );

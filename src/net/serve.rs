@@ -3,7 +3,8 @@
 //! and sends, each a named constant used by the server and by its clients.
 //!
 //! ```text
-//!  server() ─► tonic Server: HTTP/2 keepalive (dead peers closed), MapResponse(bound_status)
+//!  server() ─► tonic Server: HTTP/2 keepalive (dead peers closed), RpcMetrics (latency by
+//!              method: crate::metrics), MapResponse(bound_status)
 //!  control_server(..) / ca_server(..) / … ─► the generated server with its two size limits
 //!  control_client(..) / ca_client(..) / … ─► the generated client with the mirrored limits
 //! ```
@@ -60,8 +61,11 @@ pub type BoundStatus = fn(http::Response<tonic::body::Body>) -> http::Response<t
 /// A server builder with the daemon's transport settings.
 pub type Builder = tonic::transport::Server<
     tower::layer::util::Stack<
-        tower::util::MapResponseLayer<BoundStatus>,
-        tower::layer::util::Identity,
+        RpcMetricsLayer,
+        tower::layer::util::Stack<
+            tower::util::MapResponseLayer<BoundStatus>,
+            tower::layer::util::Identity,
+        >,
     >,
 >;
 
@@ -73,6 +77,64 @@ pub fn server() -> Builder {
         .layer(tower::util::MapResponseLayer::new(
             bound_status as BoundStatus,
         ))
+        .layer(RpcMetricsLayer)
+}
+
+/// Times every call to its response head into `skep_rpc_duration_seconds` by method (for a
+/// stream, the time until it opened). A path no service routes (answered `Unimplemented`)
+/// counts as `unknown`: a client cannot add label values.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RpcMetricsLayer;
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics { inner }
+    }
+}
+
+/// The service [`RpcMetricsLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct RpcMetrics<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>> + 'static,
+    S::Future: Send + 'static,
+    B: 'static,
+    R: 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<S::Response, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        let start = std::time::Instant::now();
+        let call = self.inner.call(req);
+        Box::pin(async move {
+            let res = call.await;
+            let routed = res.as_ref().is_ok_and(|r| {
+                r.headers()
+                    .get(tonic::Status::GRPC_STATUS)
+                    .map(|v| v.as_bytes())
+                    != Some(b"12".as_slice())
+            });
+            crate::metrics::metrics().rpc(&path, routed, start.elapsed());
+            res
+        })
+    }
 }
 
 /// Cuts a too-long `grpc-message` of an error response to [`MAX_STATUS_MESSAGE_BYTES`]: the

@@ -416,6 +416,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
         let (meta, payload) = self.snapshot_payload()?;
         self.persist(&meta, &payload, false).await?;
         tracing::info!(snapshot = %meta.snapshot_id, "built a state machine snapshot");
+        crate::metrics::metrics().snapshot(false);
         Ok(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(payload.to_vec())),
@@ -439,6 +440,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I::IntoIter: OptionalSend,
     {
         let mut responses = Vec::new();
+        let started = std::time::Instant::now();
         let last = {
             let mut a = write_lock(&self.inner.applied);
             for entry in entries {
@@ -455,6 +457,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
             a.last_applied
         };
+        crate::metrics::metrics().raft_applied(started.elapsed());
         self.publish_applied(last);
         Ok(responses)
     }
@@ -496,6 +499,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         }
         self.publish_applied(meta.last_log_id);
         tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
+        crate::metrics::metrics().snapshot(true);
         Ok(())
     }
 

@@ -27,6 +27,7 @@ mod health;
 mod lifecycle;
 mod mesh;
 mod mesh_identity;
+mod metrics;
 mod operators;
 mod raft_traffic;
 mod reads;
