@@ -20,6 +20,7 @@ mod ca_rotation;
 mod cli;
 mod cluster;
 mod configs;
+mod daemon_logs;
 mod docker_services;
 mod faults;
 mod health;
