@@ -16,6 +16,7 @@ mod backup;
 pub mod client;
 mod config;
 mod dev;
+mod manual;
 mod node;
 mod operator;
 mod output;
@@ -119,6 +120,10 @@ enum Command {
     Audit(AuditCommand),
     /// Run a local test swarm of several daemons on 127.0.0.2, 127.0.0.3, ...
     Dev(DevArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completion(manual::CompletionArgs),
+    /// Print skep's manual page (skep.1), or write one page per command into a directory.
+    Man(manual::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -614,6 +619,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // The operator's key is made here and never sent anywhere.
         Command::Operator(operator::OperatorCommand::Csr(args)) => operator::csr(&args),
         Command::Context(cmd) => operator::context(cmd),
+        Command::Completion(args) => manual::completion(&args),
+        Command::Man(args) => manual::man(&args),
         command => {
             let host = operator::resolve_host(cli.host.as_deref(), cli.cert_path.as_deref())?;
             check(&command)?;
@@ -682,7 +689,9 @@ async fn control(host: Host, mode: client::ReadMode, command: Command) -> anyhow
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
         Command::Audit(AuditCommand::Export(args)) => audit::export(&mut api, args).await,
-        Command::Daemon(_) | Command::Dev(_) => unreachable_command(),
+        Command::Daemon(_) | Command::Dev(_) | Command::Completion(_) | Command::Man(_) => {
+            unreachable_command()
+        }
     }
 }
 

@@ -25,6 +25,7 @@ mod docker_services;
 mod faults;
 mod health;
 mod lifecycle;
+mod manual;
 mod mesh;
 mod mesh_identity;
 mod operators;
