@@ -17,6 +17,7 @@ pub mod audit;
 pub mod cli;
 pub mod daemon;
 pub mod identity;
+pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod net;

@@ -38,6 +38,6 @@ pub fn write(dir: &Path, task: &Task, names: &[ServiceVip]) {
     }
     let written = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, &text));
     if let Err(e) = written {
-        tracing::warn!(task = %task.id, error = %e, "cannot write the task's hosts file");
+        tracing::warn!(task_id = %task.id, error = %e, "cannot write the task's hosts file");
     }
 }

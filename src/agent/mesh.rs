@@ -952,7 +952,7 @@ pub async fn serve_tunnel(
     if let Some(why) =
         tunnel_access(endpoints, peer_node, &service_id, &networks, target, proto).await
     {
-        tracing::warn!(peer = %peer_node, task = %crate::util::prefix(&first.task_id, 64), target, protocol = %proto, reason = %why, "routing mesh: refused a routing-mesh tunnel");
+        tracing::warn!(peer = %peer_node, task_id = %crate::util::prefix(&first.task_id, 64), target_port = target, protocol = %proto, reason = %why, "routing mesh: refused a routing-mesh tunnel");
         return Err(tonic::Status::permission_denied(format!(
             "permission denied: {why}"
         )));
@@ -965,7 +965,7 @@ pub async fn serve_tunnel(
     if let Some(allowed) = allowed {
         // identity=required: this node answers for its task; the caller's TLS bytes are the
         // tunnel's frames.
-        tracing::info!(peer = %peer_node, task = %first.task_id, target, "routing mesh: tunnel from another node over mTLS, caller to authenticate");
+        tracing::info!(peer = %peer_node, task_id = %first.task_id, target_port = target, "routing mesh: tunnel from another node over mTLS, caller to authenticate");
         let (ours, theirs) = tokio::io::duplex(2 * CHUNK);
         let (rd, mut wr) = tokio::io::split(theirs);
         if !first.data.is_empty() {
@@ -988,7 +988,7 @@ pub async fn serve_tunnel(
             )
             .await
             {
-                tracing::debug!(task = %task_id, error = %e, "routing mesh: tunnel not relayed");
+                tracing::debug!(task_id = %task_id, error = %e, "routing mesh: tunnel not relayed");
             }
         });
         return Ok(tokio_stream::wrappers::ReceiverStream::new(rx));
@@ -998,7 +998,7 @@ pub async fn serve_tunnel(
             let conn = TcpStream::connect(addr).await.map_err(|e| {
                 tonic::Status::unavailable(format!("the task does not answer: {e}"))
             })?;
-            tracing::info!(peer = %peer_node, task = %first.task_id, target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
+            tracing::info!(peer = %peer_node, task_id = %first.task_id, target_port = target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
             let (rd, mut wr) = conn.into_split();
             if !first.data.is_empty() {
                 let _ = wr.write_all(&first.data).await;
@@ -1011,7 +1011,7 @@ pub async fn serve_tunnel(
             let sock = connect_udp(addr)
                 .await
                 .map_err(|e| tonic::Status::unavailable(format!("cannot reach the task: {e}")))?;
-            tracing::info!(peer = %peer_node, task = %first.task_id, target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
+            tracing::info!(peer = %peer_node, task_id = %first.task_id, target_port = target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
             // The first frame's data, if any, is the flow's first datagram.
             let first_datagram = (!first.data.is_empty()).then_some(first.data);
             let input = tokio_stream::iter(first_datagram)
@@ -1112,7 +1112,7 @@ where
     let mut up = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("task {task_id}: {e}"))?;
-    tracing::debug!(task = %task_id, caller = %caller, "routing mesh: authenticated caller");
+    tracing::debug!(task_id = %task_id, caller = %caller, "routing mesh: authenticated caller");
     if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut tls, &mut up).await {
         count_bytes(sent, received);
     }

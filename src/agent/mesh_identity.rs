@@ -262,7 +262,7 @@ impl Denials {
 
     /// Logs `r` and queues its report (dropped when the queue is full).
     pub fn report(&self, r: &Refusal, service_id: &str, task_id: &str, target: u16) {
-        tracing::warn!(caller = %crate::util::prefix(&r.caller, 256), service = %service_id, task = %task_id, target, reason = %r.error, "routing mesh: refused a caller (identity=required)");
+        tracing::warn!(caller = %crate::util::prefix(&r.caller, 256), service_id = %service_id, task_id = %task_id, target_port = target, reason = %r.error, "routing mesh: refused a caller (identity=required)");
         let d = MeshDenial {
             caller: crate::util::prefix(&r.caller, 256),
             service_id: service_id.into(),

@@ -18,6 +18,7 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use tokio::sync::watch;
 use tonic::Status;
+use tracing::Instrument as _;
 
 use super::ManagerList;
 use super::endpoints::Endpoints;
@@ -116,8 +117,9 @@ impl Supervisor {
             return;
         };
         let execs = self.execs.clone();
+        let span = task::span_of(id);
         let id = id.to_string();
-        tokio::spawn(async move { execs.discard(&id, r).await });
+        tokio::spawn(async move { execs.discard(&id, r).await }.instrument(span));
     }
 
     fn report(&self, id: &str, st: TaskStatus) {
@@ -336,12 +338,18 @@ impl Supervisor {
             .retain(|f| f != id);
         let execs = self.execs.clone();
         let mut ended = l.ended;
-        tokio::spawn(async move {
-            let _ =
-                tokio::time::timeout(STOP_GRACE + Duration::from_secs(2), ended.wait_for(|e| *e))
-                    .await;
-            execs.remove(&l.task).await;
-        });
+        let span = task::span(&l.task);
+        tokio::spawn(
+            async move {
+                let _ = tokio::time::timeout(
+                    STOP_GRACE + Duration::from_secs(2),
+                    ended.wait_for(|e| *e),
+                )
+                .await;
+                execs.remove(&l.task).await;
+            }
+            .instrument(span),
+        );
     }
 
     fn apply(self: &Arc<Self>, task: Task) {
@@ -392,16 +400,20 @@ impl Supervisor {
                 let cx = self.task_context();
                 let running = self.running.clone();
                 running.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(async move {
-                    match orphan {
-                        Some(found) => {
-                            task::adopt(cx, task, found, slot, stop_rx, versions_rx).await
+                let span = task::span(&task);
+                tokio::spawn(
+                    async move {
+                        match orphan {
+                            Some(found) => {
+                                task::adopt(cx, task, found, slot, stop_rx, versions_rx).await
+                            }
+                            None => task::run(cx, task, slot, stop_rx, versions_rx).await,
                         }
-                        None => task::run(cx, task, slot, stop_rx, versions_rx).await,
+                        running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                        let _ = ended_tx.send(true);
                     }
-                    running.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    let _ = ended_tx.send(true);
-                });
+                    .instrument(span),
+                );
             }
             (_, Some(l)) => {
                 l.task.desired = task.desired;
@@ -448,7 +460,8 @@ impl Supervisor {
         let mut discards = tokio::task::JoinSet::new();
         for (id, r) in orphans {
             let execs = self.execs.clone();
-            discards.spawn(async move { execs.discard(&id, r).await });
+            let span = task::span_of(&id);
+            discards.spawn(async move { execs.discard(&id, r).await }.instrument(span));
         }
         while discards.join_next().await.is_some() {}
         let deadline = tokio::time::Instant::now() + STOP_GRACE + Duration::from_secs(1);
@@ -479,7 +492,7 @@ impl Supervisor {
                     line: e.line,
                     time_nanos: e.nanos,
                 })),
-                Err(e) => tracing::warn!(task = %t.id, error = %e, "cannot read logs"),
+                Err(e) => tracing::warn!(task_id = %t.id, error = %e, "cannot read logs"),
             }
         }
         out

@@ -20,6 +20,7 @@ use std::time::Duration;
 use skep_pki::NodeKey;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 use zeroize::Zeroizing;
 
 use super::managers::Managers;
@@ -191,9 +192,9 @@ pub async fn start(
         let task_id = task.id.clone();
         tokio::spawn(async move {
             if let Err(e) = super::workload::serve_bound(socket, source, shutdown).await {
-                tracing::warn!(task = %task_id, error = %e, "the task's Workload API stopped");
+                tracing::warn!(task_id = %task_id, error = %e, "the task's Workload API stopped");
             }
-        })
+        }.in_current_span())
     };
     let renew = tokio::spawn(
         Renewal {
@@ -206,7 +207,8 @@ pub async fn start(
             x509: x509_tx,
             jwt: jwt_tx,
         }
-        .run(shutdown_rx),
+        .run(shutdown_rx)
+        .in_current_span(),
     );
     registry.insert(&task.id, x509_rx_for_registry);
     Ok(TaskIdentity {
@@ -342,11 +344,11 @@ impl Renewal {
                         }
                         Err(SvidError::Denied(why)) => {
                             // The task is stopping or was stopped: no renewal after that.
-                            tracing::info!(task = %self.task_id, reason = %why, "the task's SVID is not renewed");
+                            tracing::info!(task_id = %self.task_id, reason = %why, "the task's SVID is not renewed");
                             return;
                         }
                         Err(e) => {
-                            tracing::warn!(task = %self.task_id, error = %e, "cannot renew the task's SVID; retrying");
+                            tracing::warn!(task_id = %self.task_id, error = %e, "cannot renew the task's SVID; retrying");
                             due = tokio::time::Instant::now() + retry;
                             retry = (retry * 2).min(RETRY_MAX);
                         }
@@ -377,7 +379,7 @@ impl Renewal {
         }
         .and_then(|()| self.files.write_bundle(&self.bundle));
         if let Err(e) = written {
-            tracing::warn!(task = %self.task_id, error = %e, "cannot replace the task's identity files");
+            tracing::warn!(task_id = %self.task_id, error = %e, "cannot replace the task's identity files");
         }
         self.x509
             .send_replace(Some(material(&self.held, &self.bundle)));

@@ -32,6 +32,24 @@ use crate::store::service::{OnChange, Runtime, SecretRef, Task, TaskState, TaskS
 /// How long a stopped task gets between SIGTERM and SIGKILL (Docker's default).
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// The span of everything done for `task`: its log lines carry `task_id` and `service_id`.
+/// At error level, so that it is on whatever the log level (a span's level only decides
+/// whether it exists; the lines in it keep their own).
+pub fn span(task: &Task) -> tracing::Span {
+    tracing::error_span!("task", task_id = %task.id, service_id = %task.service_id)
+}
+
+/// The same for work on a task known by its ID alone (one a previous run left).
+pub fn span_of(id: &str) -> tracing::Span {
+    tracing::error_span!("task", task_id = %id)
+}
+
+/// Unmounts a task's secrets on a blocking thread, in the task's span.
+async fn unmount(s: TaskSecrets) {
+    let span = tracing::Span::current();
+    let _ = tokio::task::spawn_blocking(move || span.in_scope(|| s.unmount())).await;
+}
+
 /// What a task's runner works with.
 #[derive(Clone)]
 pub struct Context {
@@ -105,7 +123,7 @@ pub async fn run(
     }
     if *stop.borrow() {
         if let Some(s) = secrets {
-            let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
+            unmount(s).await;
         }
         cx.report(
             &task.id,
@@ -123,7 +141,7 @@ pub async fn run(
                 Ok(i) => Some(i),
                 Err(e) => {
                     if let Some(s) = secrets {
-                        let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
+                        unmount(s).await;
                     }
                     cx.report(
                         &task.id,
@@ -151,7 +169,7 @@ pub async fn run(
     run_started(&cx, &slot, &to_run, endpoints, &mut run, &mut stop).await;
     drop(identity);
     if let Some(s) = secrets {
-        let _ = tokio::task::spawn_blocking(move || s.unmount()).await;
+        unmount(s).await;
     }
 }
 
@@ -231,7 +249,7 @@ pub async fn adopt(
     mut stop: watch::Receiver<bool>,
     mut versions: watch::Receiver<HeldVersions>,
 ) {
-    tracing::info!(task = %task.id, "adopted a task a previous run of this agent started");
+    tracing::info!(task_id = %task.id, "adopted a task a previous run of this agent started");
     let ports: Vec<(u16, SocketAddr)> = found
         .ports
         .iter()
@@ -256,7 +274,7 @@ pub async fn adopt(
             {
                 Ok(i) => Some(i),
                 Err(e) => {
-                    tracing::warn!(task = %task.id, error = %e, "cannot renew an adopted task's identity");
+                    tracing::warn!(task_id = %task.id, error = %e, "cannot renew an adopted task's identity");
                     None
                 }
             }
@@ -355,7 +373,7 @@ async fn supervise(
                 // Out of the rotation first: new connections go to other tasks while it stops.
                 slot.withdraw();
                 if let Err(e) = handle.stop(STOP_GRACE).await {
-                    tracing::warn!(task = %task.id, error = %e, "stopping the task");
+                    tracing::warn!(task_id = %task.id, error = %e, "stopping the task");
                 }
                 return report(held, status(TaskState::Shutdown, "shutdown", "", None));
             }
@@ -377,10 +395,10 @@ async fn supervise(
                     report(held, status(TaskState::Running, "started (healthy)", "", None));
                 }
                 Health::Unhealthy(why) => {
-                    tracing::warn!(task = %task.id, reason = %why, "the task is unhealthy; stopping it");
+                    tracing::warn!(task_id = %task.id, reason = %why, "the task is unhealthy; stopping it");
                     slot.withdraw();
                     if let Err(e) = handle.stop(STOP_GRACE).await {
-                        tracing::warn!(task = %task.id, error = %e, "stopping the task");
+                        tracing::warn!(task_id = %task.id, error = %e, "stopping the task");
                     }
                     return report(held, status(
                         TaskState::Failed,
@@ -421,7 +439,7 @@ async fn rotate_and_report(
             Some(tokio::time::Instant::now() + ROTATE_RETRY),
         ),
     };
-    tracing::info!(task = %task.id, %message, "secret rotation");
+    tracing::info!(task_id = %task.id, outcome = %message, "secret rotation");
     cx.report_now(&task.id, &run.held, status(state, &message, "", None));
     retry
 }

@@ -20,6 +20,7 @@ mod docker_view;
 mod filter;
 mod info;
 mod logs;
+mod manual;
 mod node;
 mod operator;
 mod output;
@@ -129,6 +130,10 @@ enum Command {
     Version(info::VersionArgs),
     /// Display system-wide information: this node and, on a manager, its swarm.
     Info(info::InfoArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    Completion(manual::CompletionArgs),
+    /// Print skep's manual page (skep.1), or write one page per command into a directory.
+    Man(manual::ManArgs),
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +189,13 @@ struct DaemonArgs {
     /// so keep it on loopback or behind a firewall: a wider address is warned about).
     #[arg(long, value_name = "IP:PORT")]
     metrics_addr: Option<SocketAddr>,
+    /// How log lines are written to stderr: text, or one JSON object per line.
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    log_format: crate::logging::LogFormat,
+    /// The least severe events logged. SKEP_LOG, when set, replaces it with its own filter
+    /// (per module, e.g. info,skep::agent=debug).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: crate::logging::LogLevel,
 }
 
 #[derive(Debug, Subcommand)]
@@ -622,6 +634,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // The operator's key is made here and never sent anywhere.
         Command::Operator(operator::OperatorCommand::Csr(args)) => operator::csr(&args),
         Command::Context(cmd) => operator::context(cmd),
+        Command::Completion(args) => manual::completion(&args),
+        Command::Man(args) => manual::man(&args),
         command => {
             let host = operator::resolve_host(cli.host.as_deref(), cli.cert_path.as_deref())?;
             check(&command)?;
@@ -701,7 +715,11 @@ async fn control(
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
         Command::Audit(AuditCommand::Export(args)) => audit::export(&mut api, args).await,
         Command::Info(args) => info::info(&mut api, context, args).await,
-        Command::Daemon(_) | Command::Dev(_) | Command::Version(_) => unreachable_command(),
+        Command::Daemon(_)
+        | Command::Dev(_)
+        | Command::Version(_)
+        | Command::Completion(_)
+        | Command::Man(_) => unreachable_command(),
     }
 }
 
@@ -710,7 +728,7 @@ fn unreachable_command() -> anyhow::Result<()> {
 }
 
 fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
-    init_tracing();
+    crate::logging::init(args.log_format, args.log_level)?;
     let config = crate::daemon::DaemonConfig {
         data_dir: args.data_dir,
         listen_addr: args.listen_addr,
@@ -734,21 +752,6 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     rt.block_on(crate::daemon::run(config))?;
     Ok(())
-}
-
-/// The log filter unless `SKEP_LOG` says otherwise. openraft logs every failed replication
-/// call, several times a second while a peer is down; skep's Raft network logs each distinct
-/// reason a peer is out of sync once instead (`skep::manager::network`).
-const DEFAULT_LOG: &str =
-    "info,openraft::replication=off,openraft::engine::handler::replication_handler=off";
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SKEP_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 /// Writes to stdout; a closed pipe (`skep audit ls | head`) is not an error.
@@ -788,6 +791,41 @@ mod tests {
         assert_eq!(d.advertise_addr, None);
         // A restart or upgrade keeps the node's tasks unless asked otherwise.
         assert!(!d.stop_tasks_on_exit);
+    }
+
+    #[test]
+    fn daemon_log_flags() {
+        use crate::logging::{LogFormat, LogLevel};
+        let cli = parse(&["daemon", "--data-dir", "d"]).unwrap();
+        let Command::Daemon(d) = cli.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(
+            (d.log_format, d.log_level),
+            (LogFormat::Text, LogLevel::Info)
+        );
+        let cli = parse(&[
+            "daemon",
+            "--data-dir",
+            "d",
+            "--log-format",
+            "json",
+            "--log-level",
+            "trace",
+        ])
+        .unwrap();
+        let Command::Daemon(d) = cli.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(
+            (d.log_format, d.log_level),
+            (LogFormat::Json, LogLevel::Trace)
+        );
+        for bad in [["--log-format", "xml"], ["--log-level", "verbose"]] {
+            let mut args = vec!["daemon", "--data-dir", "d"];
+            args.extend(bad);
+            assert_eq!(parse(&args).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
     }
 
     #[test]

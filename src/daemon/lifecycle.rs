@@ -366,6 +366,8 @@ impl Daemon {
             // Leaving is no restart: the node's tasks go with it.
             r.stop(true).await;
         }
+        tracing::info!("left the swarm");
+        crate::logging::set_node_id(None);
         self.wipe().map_err(|e| Status::internal(e.to_string()))
     }
 

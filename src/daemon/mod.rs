@@ -328,6 +328,7 @@ impl Daemon {
         // acts once the node is Active.
         let mut current = daemon.phase.lock().await;
         let phase = if file.autolock && file.role == NodeRole::Manager {
+            crate::logging::set_node_id(Some(&file.node_id));
             tracing::warn!("this manager is locked: run `skep swarm unlock` with the unlock key");
             Phase::Locked(file)
         } else {
@@ -361,7 +362,17 @@ impl Daemon {
 
     /// Brings a node with an identity on disk up: opens its key with `kek`, starts what every
     /// node runs (the task supervisor, the certificate renewer), then what its role runs.
+    /// From here on, every log line of the process names the node.
     async fn start(&self, file: NodeFile, kek: &Kek) -> Result<Running, DaemonError> {
+        crate::logging::set_node_id(Some(&file.node_id));
+        let started = self.start_parts(file, kek).await;
+        if started.is_err() {
+            crate::logging::set_node_id(None);
+        }
+        started
+    }
+
+    async fn start_parts(&self, file: NodeFile, kek: &Kek) -> Result<Running, DaemonError> {
         let p = self.paths();
         let corrupt =
             |path: PathBuf, e: &dyn std::fmt::Display| DaemonError::Corrupt(path, e.to_string());

@@ -76,7 +76,7 @@ fn diff(
             match serde_json::to_string(&task) {
                 Ok(json) => msg.tasks_json.push(json),
                 Err(e) => {
-                    tracing::error!(task = %id, error = %e, "cannot encode a task");
+                    tracing::error!(task_id = %id, error = %e, "cannot encode a task");
                     continue;
                 }
             }

@@ -18,6 +18,7 @@ use bollard::query_parameters::{
 use bollard::{ClientVersion, Docker};
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
+use tracing::Instrument as _;
 
 use super::health::{Health, clip};
 use super::{ExecError, ExitSlot, LogEntry, Stopper, TaskHandle, ended_within, parse_env};
@@ -99,11 +100,11 @@ impl DockerRuntime {
             };
             let r = rt.start_now(&task, &mounts).await;
             if let Err(Ok(abandoned)) = tx.send(r) {
-                tracing::info!(task = %task.id, "start was abandoned; removing the container");
+                tracing::info!(task_id = %task.id, "start was abandoned; removing the container");
                 let _ = abandoned.stop(Duration::from_secs(1)).await;
                 rt.remove(&task).await;
             }
-        });
+        }.in_current_span());
         rx.await.unwrap_or_else(|_| {
             Err(ExecError::Docker {
                 action: "start the container".into(),
@@ -171,10 +172,13 @@ impl DockerRuntime {
             .clone()
             .with_timeout(Duration::from_secs(u64::from(u32::MAX)));
         let watched = container.clone();
-        tokio::spawn(async move {
-            let r = watch_exit(&waiter, &watched).await;
-            tx.send_replace(Some(r));
-        });
+        tokio::spawn(
+            async move {
+                let r = watch_exit(&waiter, &watched).await;
+                tx.send_replace(Some(r));
+            }
+            .in_current_span(),
+        );
         TaskHandle {
             exit: rx,
             stopper: Stopper::Docker(DockerStopper {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use super::adopt::{self, HelperRecord};
 use super::init::{NOBODY, OUTPUT_FILE, STDERR_FILE, status_code};
@@ -160,19 +161,22 @@ impl ExecRuntime {
                 None => Err(std::io::Error::other("cannot read its start time")),
             };
             if let Err(e) = written {
-                tracing::warn!(task = %task.id, error = %e, "cannot record the task's init helper; a restarted agent will not adopt the task");
+                tracing::warn!(task_id = %task.id, error = %e, "cannot record the task's init helper; a restarted agent will not adopt the task");
             }
         }
 
         let (tx, rx) = watch::channel::<ExitSlot>(None);
-        tokio::spawn(async move {
-            let r = match child.wait().await {
-                Ok(st) => Ok(i64::from(status_code(st))),
-                Err(e) => Err(format!("waiting for the init helper failed: {e}")),
-            };
-            adopt::forget_record(&dir);
-            tx.send_replace(Some(r));
-        });
+        tokio::spawn(
+            async move {
+                let r = match child.wait().await {
+                    Ok(st) => Ok(i64::from(status_code(st))),
+                    Err(e) => Err(format!("waiting for the init helper failed: {e}")),
+                };
+                adopt::forget_record(&dir);
+                tx.send_replace(Some(r));
+            }
+            .in_current_span(),
+        );
         Ok(TaskHandle {
             exit: rx,
             stopper: Stopper::Exec(ExecStopper { pid, adopted: None }),
@@ -197,7 +201,7 @@ impl ExecRuntime {
             }
             let dir = self.task_dir(&id);
             if self.kill_legacy(&id).await {
-                tracing::info!(task = %id, "stopped a task an older skep left (it cannot be adopted)");
+                tracing::info!(task_id = %id, "stopped a task an older skep left (it cannot be adopted)");
             }
             let Some(rec) = adopt::read_record(&dir, &id) else {
                 continue;
@@ -219,9 +223,9 @@ impl ExecRuntime {
         let handle = adopted_handle(dir.clone(), rec);
         let running = handle.exit_code().is_none();
         if running {
-            tracing::info!(task = %id, "stopping a task left by a previous run");
+            tracing::info!(task_id = %id, "stopping a task left by a previous run");
             if let Err(e) = handle.stop(STALE_GRACE).await {
-                tracing::warn!(task = %id, error = %e, "a leftover task did not stop");
+                tracing::warn!(task_id = %id, error = %e, "a leftover task did not stop");
             }
         }
         adopt::forget_record(&dir);
@@ -250,7 +254,7 @@ impl ExecRuntime {
         }
         let _ = kill(pid, Signal::SIGKILL);
         if !gone_within(pid, &dir, KILL_WAIT).await {
-            tracing::warn!(task = %id, %pid, "a leftover task process did not die after SIGKILL");
+            tracing::warn!(task_id = %id, %pid, "a leftover task process did not die after SIGKILL");
         }
         true
     }
@@ -271,7 +275,7 @@ impl ExecRuntime {
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(task = %task.id, dir = %dir.display(), error = %e, "cannot remove the task directory");
+            tracing::warn!(task_id = %task.id, dir = %dir.display(), error = %e, "cannot remove the task directory");
         }
     }
 }
@@ -377,18 +381,21 @@ fn adopted_handle(dir: PathBuf, rec: HelperRecord) -> TaskHandle {
     match adopt::check_live(&rec, &dir) {
         Ok(()) => {
             let (rec2, dir2) = (rec.clone(), dir.clone());
-            tokio::spawn(async move {
-                while adopt::check_live(&rec2, &dir2).is_ok() {
-                    if tx.is_closed() {
-                        // Nobody watches any more (the agent is stopping): leave the record.
-                        return;
+            tokio::spawn(
+                async move {
+                    while adopt::check_live(&rec2, &dir2).is_ok() {
+                        if tx.is_closed() {
+                            // Nobody watches any more (the agent is stopping): leave the record.
+                            return;
+                        }
+                        tokio::time::sleep(ADOPTED_POLL).await;
                     }
-                    tokio::time::sleep(ADOPTED_POLL).await;
+                    let r = ended(&dir2);
+                    adopt::forget_record(&dir2);
+                    tx.send_replace(Some(r));
                 }
-                let r = ended(&dir2);
-                adopt::forget_record(&dir2);
-                tx.send_replace(Some(r));
-            });
+                .in_current_span(),
+            );
         }
         Err(_) => {
             tx.send_replace(Some(ended(&dir)));

@@ -338,9 +338,9 @@ impl Executors {
         if check_task_id(id).is_err() {
             return;
         }
-        tracing::info!(task = %id, "stopping a task left by a previous run: it is no longer assigned here");
+        tracing::info!(task_id = %id, "stopping a task left by a previous run: it is no longer assigned here");
         if let Err(e) = r.handle.stop(STALE_GRACE).await {
-            tracing::warn!(task = %id, error = %e, "stopping a leftover task");
+            tracing::warn!(task_id = %id, error = %e, "stopping a leftover task");
         }
         if let (Some(c), Some(d)) = (&r.container, &self.docker) {
             d.force_remove(c).await;
@@ -350,7 +350,7 @@ impl Executors {
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(task = %id, dir = %dir.display(), error = %e, "cannot remove the task directory");
+            tracing::warn!(task_id = %id, dir = %dir.display(), error = %e, "cannot remove the task directory");
         }
     }
 

@@ -248,12 +248,17 @@ impl Node {
                 &self.name,
             ])
             .args(heartbeat)
-            .args(&self.extra_args)
-            .env(
+            .args(&self.extra_args);
+        // A test giving `--log-level` gets that level: SKEP_LOG would replace it.
+        if self.extra_args.iter().any(|a| a == "--log-level") {
+            cmd.env_remove("SKEP_LOG");
+        } else {
+            cmd.env(
                 "SKEP_LOG",
                 std::env::var("SKEP_LOG").unwrap_or_else(|_| "info,skep=debug".into()),
-            )
-            .stdin(Stdio::null())
+            );
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log_out))
             .stderr(Stdio::from(log));
         self.child = Some(cmd.spawn().expect("starting skep daemon"));
