@@ -43,4 +43,5 @@ mod spiffe_clients;
 mod stacks;
 mod store_faults;
 mod tutorial;
+mod volumes;
 mod workload_identity;
