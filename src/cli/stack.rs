@@ -112,7 +112,7 @@ pub(super) struct StackPsArgs {
 #[derive(Debug, Args)]
 pub(super) struct StackRmArgs {
     /// Also remove the stack's named volumes from the nodes (external ones stay); waits up to
-    /// a minute for the nodes to report.
+    /// 30 seconds for the nodes to report.
     #[arg(long)]
     volumes: bool,
     /// Stack names.
@@ -637,7 +637,7 @@ async fn rm_one(api: &mut Api, stack: &str, done: &mut Done, volumes: bool) -> a
 }
 
 /// How long `stack rm --volumes` waits for the nodes.
-const VOLUMES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+const VOLUMES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// `stack rm --volumes`: asks every node to remove the stack's named volumes, then waits until
 /// each live docker node has reported (their tasks must stop first), printing what went. Nodes

@@ -109,6 +109,20 @@ fn the_tutorial_redis_keeps_its_data_across_a_task_restart() {
             r => Err(r),
         }
     });
+    // Kill the task's container: a new task replaces it and finds the data.
+    let first = running_task_ids(m, &svc);
+    assert_eq!(first.len(), 1, "{first:?}");
+    let container = the_container(&svc);
+    assert!(docker(&["kill", &container]).status.success());
+    wait_until(timeout(), "a new task running", || {
+        let now = running_task_ids(m, &svc);
+        now.len() == 1 && now != first
+    });
+    let got = wait_for(timeout(), "redis to answer again", || {
+        resp(addr, &["GET", "greeting"])
+    });
+    assert!(got.contains("hello-volumes"), "the data is lost: {got:?}");
+
     // The volume is the engine's, named for the stack and labelled with it and by skep.
     let vol = format!("{stack}_data");
     assert_eq!(volumes(&vol), vec![vol.clone()]);
@@ -124,20 +138,6 @@ fn the_tutorial_redis_keeps_its_data_across_a_task_restart() {
             && labels.contains("\"skep.volume\":\"true\""),
         "{labels}"
     );
-
-    // Kill the task's container: a new task replaces it and finds the data.
-    let first = running_task_ids(m, &svc);
-    assert_eq!(first.len(), 1, "{first:?}");
-    let container = the_container(&svc);
-    assert!(docker(&["kill", &container]).status.success());
-    wait_until(timeout(), "a new task running", || {
-        let now = running_task_ids(m, &svc);
-        now.len() == 1 && now != first
-    });
-    let got = wait_for(timeout(), "redis to answer again", || {
-        resp(addr, &["GET", "greeting"])
-    });
-    assert!(got.contains("hello-volumes"), "the data is lost: {got:?}");
 
     // stack rm keeps the volume, as Docker does; --volumes removes it.
     m.cli_ok(&["stack", "rm", &stack]);
