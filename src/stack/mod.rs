@@ -117,6 +117,16 @@ pub struct StackNetwork {
     pub external: bool,
 }
 
+/// A named volume the top level declares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackVolume {
+    /// Its name on the nodes (`<stack>_<key>`, the `name:` given, or the external name).
+    pub name: String,
+    /// Labels it is created with (the stack's namespace label; none when external: an
+    /// existing volume the stack uses but does not own).
+    pub labels: BTreeMap<String, String>,
+}
+
 /// Where a secret's value comes from.
 #[derive(Clone, Debug)]
 pub enum SecretSource {

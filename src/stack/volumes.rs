@@ -13,18 +13,8 @@ use super::context::Ctx;
 use super::objects::labels_of;
 use super::tree::join;
 use super::yaml::{Key, Node, Value};
-use super::{NAMESPACE_LABEL, StackError};
+use super::{NAMESPACE_LABEL, StackError, StackVolume};
 use crate::store::service::{Mount, MountKind};
-
-/// A named volume the top level declares.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StackVolume {
-    /// Its name on the nodes (`<stack>_<key>`, the `name:` given, or the external name).
-    pub name: String,
-    /// Labels it is created with (the stack's namespace label; none when external: an
-    /// existing volume the stack uses but does not own).
-    pub labels: BTreeMap<String, String>,
-}
 
 /// The top-level `volumes:`.
 pub(super) fn top_volumes(
