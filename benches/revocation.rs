@@ -239,6 +239,7 @@ async fn heartbeat(ch: &Channel, hostname: &str) -> Result<(), String> {
             addr: "0.0.0.0:2377".into(),
             port_errors: Vec::new(),
             store_error: String::new(),
+            volumes_removed: Vec::new(),
         })
         .await
         .map(|_| ())

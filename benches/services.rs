@@ -421,6 +421,7 @@ async fn sim_node(
                 addr: "0.0.0.0:2377".into(),
                 port_errors: Vec::new(),
                 store_error: String::new(),
+                volumes_removed: Vec::new(),
             };
             if let Ok(r) = hb.heartbeat(req).await {
                 let ms = r.into_inner().period_ms;

@@ -23,6 +23,7 @@ pub mod supervisor;
 pub mod svid;
 mod task;
 pub mod vip;
+pub mod volumes;
 pub mod workload;
 
 use crate::api::v1::HeartbeatRequest;
@@ -63,6 +64,8 @@ pub struct Agent {
     pub issuer_checked: Mutex<Option<IssuerCheck>>,
     /// Where the workload trust bundle the leader sends goes (the node's tasks' identities).
     pub workload: svid::BundleFeed,
+    /// Removes stacks' volumes when the leader asks (`stack rm --volumes`).
+    pub volumes: volumes::VolumeCleaner,
 }
 
 /// (certificate DER, trusted roots DER, issued by the first of those roots).
@@ -112,6 +115,7 @@ impl Agent {
                         .as_ref()
                         .and_then(|f| f.borrow().clone())
                         .unwrap_or_default(),
+                    volumes_removed: self.volumes.reports(),
                 };
                 match crate::net::serve::dispatcher_client(ch)
                     .heartbeat(req)
@@ -152,6 +156,7 @@ impl Agent {
                             });
                         self.identity.pin_managers(pins);
                         if resp.is_leader {
+                            self.volumes.follow(&resp.remove_volumes_of);
                             self.follow_leader(&resp);
                             leader = Some(addr);
                             done = true;

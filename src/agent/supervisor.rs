@@ -153,6 +153,11 @@ impl Supervisor {
         self.identities.clone()
     }
 
+    /// The node's executors (the agent removes a stack's volumes through them).
+    pub fn executors(&self) -> Arc<Executors> {
+        self.execs.clone()
+    }
+
     /// Where heartbeats put the workload trust bundle, for every task's identity.
     pub fn bundles(&self) -> crate::agent::svid::BundleFeed {
         self.bundles.clone()

@@ -87,6 +87,10 @@ pub(super) struct CreateArgs {
     /// source=NAME[@VERSION],target=PATH,uid=N,gid=N,mode=0NNN,on-change=restart|none).
     #[arg(long = "config", value_name = "CONFIG")]
     configs: Vec<String>,
+    /// Attach a filesystem mount to the service
+    /// (type=volume|bind|tmpfs,source=S,target=T[,readonly][,volume-label=K=V][,tmpfs-size=N]).
+    #[arg(long = "mount", value_name = "MOUNT")]
+    mounts: Vec<String>,
     /// Publish a port (PUBLISHED:TARGET[/udp], or
     /// published=P,target=T,protocol=tcp,mode=ingress|host,identity=none|required).
     #[arg(short = 'p', long = "publish", value_name = "PORT")]
@@ -122,6 +126,7 @@ impl CreateArgs {
             constraints: &self.constraints,
             secrets: &self.secrets,
             configs: &self.configs,
+            mounts: &self.mounts,
             publish: &self.publish,
             args: &self.args,
         }
@@ -221,6 +226,12 @@ pub(super) struct UpdateArgs {
     /// Remove a config by its name (NAME@VERSION: only the attachment pinned to it).
     #[arg(long, value_name = "CONFIG")]
     config_rm: Vec<String>,
+    /// Add a mount (as --mount of service create).
+    #[arg(long, value_name = "MOUNT")]
+    mount_add: Vec<String>,
+    /// Remove a mount by its target path.
+    #[arg(long, value_name = "TARGET")]
+    mount_rm: Vec<String>,
     #[command(flatten)]
     spec: SpecFlags,
     /// Force update even if no changes require it.
@@ -255,6 +266,8 @@ impl UpdateArgs {
             secret_rm: &self.secret_rm,
             config_add: &self.config_add,
             config_rm: &self.config_rm,
+            mount_add: &self.mount_add,
+            mount_rm: &self.mount_rm,
         }
     }
 }
@@ -671,6 +684,12 @@ pub(super) fn pretty(s: &Service) -> String {
             for s in refs {
                 line("  ", &attachment(s));
             }
+        }
+    }
+    if !task.mounts.is_empty() {
+        line(" Mounts", "");
+        for m in &task.mounts {
+            line("  ", &crate::spec::mount::text(m));
         }
     }
     if !spec.ports.is_empty() {

@@ -393,6 +393,8 @@ pub(super) struct CreateSpec<'a> {
     pub secrets: &'a [String],
     /// `--config`.
     pub configs: &'a [String],
+    /// `--mount`.
+    pub mounts: &'a [String],
     /// `--publish`.
     pub publish: &'a [String],
     /// IMAGE [COMMAND] [ARG...], or with `--runtime exec` COMMAND [ARG...].
@@ -472,6 +474,11 @@ pub(super) fn build_spec(c: &CreateSpec<'_>, flags: &SpecFlags) -> anyhow::Resul
     task.constraints = constraints;
     task.secrets = secrets;
     task.configs = configs;
+    task.mounts = c
+        .mounts
+        .iter()
+        .map(|m| parse_mount(m, "--mount"))
+        .collect::<anyhow::Result<_>>()?;
     let mut spec = ServiceSpec::new(name, task);
     spec.labels = labels;
     spec.mode = mode;
@@ -506,6 +513,8 @@ pub(super) struct UpdateSpec<'a> {
     pub secret_rm: &'a [String],
     pub config_add: &'a [String],
     pub config_rm: &'a [String],
+    pub mount_add: &'a [String],
+    pub mount_rm: &'a [String],
 }
 
 impl UpdateSpec<'_> {
@@ -523,6 +532,8 @@ impl UpdateSpec<'_> {
             || !self.secret_rm.is_empty()
             || !self.config_add.is_empty()
             || !self.config_rm.is_empty()
+            || !self.mount_add.is_empty()
+            || !self.mount_rm.is_empty()
     }
 }
 
@@ -561,6 +572,9 @@ pub(super) fn check_update(u: &UpdateSpec<'_>, flags: &SpecFlags) -> anyhow::Res
     }
     for n in u.config_rm {
         removal(n, true, "--config-rm")?;
+    }
+    for m in u.mount_add {
+        parse_mount(m, "--mount-add")?;
     }
     // The shared flags against a default spec: catches reserve > limit given together.
     let mut probe = build_spec(
@@ -639,6 +653,16 @@ pub(super) fn apply_update(
     }
     for text in u.config_add {
         spec.task.configs.push(parse_config(text, "--config-add")?);
+    }
+    for target in u.mount_rm {
+        let before = spec.task.mounts.len();
+        spec.task.mounts.retain(|m| m.target != *target);
+        if spec.task.mounts.len() == before {
+            bail!("--mount-rm {target}: the service has no mount at that target");
+        }
+    }
+    for text in u.mount_add {
+        spec.task.mounts.push(parse_mount(text, "--mount-add")?);
     }
     flags.apply(spec)?;
     validate(spec)
@@ -723,6 +747,11 @@ pub(super) fn parse_secret(text: &str, flag: &str) -> anyhow::Result<SecretRef> 
 pub(super) fn parse_config(text: &str, flag: &str) -> anyhow::Result<SecretRef> {
     crate::spec::secret::parse_config_spec(text)
         .map_err(|why| anyhow::anyhow!("invalid {flag} {}: {why}", crate::util::quote(text)))
+}
+
+/// `--mount type=...,source=...,target=...` ([`crate::spec::mount::parse`]).
+pub(super) fn parse_mount(text: &str, flag: &str) -> anyhow::Result<crate::store::service::Mount> {
+    crate::spec::mount::parse(text).map_err(|e| anyhow::anyhow!("invalid {flag}: {e}"))
 }
 
 /// What `--secret-rm` / `--config-rm` takes away: every attachment of a name (or ID), or
@@ -1259,6 +1288,68 @@ mod tests {
             &SpecFlags::default(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn mounts_are_added_and_removed_by_target() {
+        let args = strings(&["redis:7"]);
+        let mounts = strings(&["source=data,target=/data", "type=tmpfs,target=/tmp"]);
+        let mut spec = build_spec(
+            &CreateSpec {
+                name: Some("db"),
+                mounts: &mounts,
+                args: &args,
+                ..Default::default()
+            },
+            &SpecFlags::default(),
+        )
+        .unwrap();
+        assert_eq!(spec.task.mounts.len(), 2);
+        let rm = strings(&["/tmp"]);
+        let add = strings(&["type=bind,source=/srv/x,target=/x,ro"]);
+        let u = UpdateSpec {
+            mount_rm: &rm,
+            mount_add: &add,
+            ..Default::default()
+        };
+        assert!(u.any());
+        apply_update(&mut spec, &u, &SpecFlags::default()).unwrap();
+        let targets: Vec<_> = spec.task.mounts.iter().map(|m| m.target.as_str()).collect();
+        assert_eq!(targets, ["/data", "/x"]);
+        assert!(spec.task.mounts[1].read_only);
+        let e = apply_update(
+            &mut spec,
+            &UpdateSpec {
+                mount_rm: &rm,
+                ..Default::default()
+            },
+            &SpecFlags::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("no mount at that target"), "{e}");
+        let bad = strings(&["type=bind,source=relative,target=/x"]);
+        let e = check_update(
+            &UpdateSpec {
+                mount_add: &bad,
+                ..Default::default()
+            },
+            &SpecFlags::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().starts_with("invalid --mount-add"), "{e}");
+        // The exec runtime has none: refused before anything is sent.
+        let cmd = strings(&["/bin/true"]);
+        let e = build_spec(
+            &CreateSpec {
+                runtime: Some(RuntimeArg::Exec),
+                mounts: &mounts,
+                args: &cmd,
+                ..Default::default()
+            },
+            &SpecFlags::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("exec runtime"), "{e}");
     }
 
     #[test]

@@ -118,6 +118,10 @@ pub(super) struct StackPsArgs {
 
 #[derive(Debug, Args)]
 pub(super) struct StackRmArgs {
+    /// Also remove the stack's named volumes from the nodes (external ones stay); waits up to
+    /// 30 seconds for the nodes to report.
+    #[arg(long)]
+    volumes: bool,
     /// Stack names.
     #[arg(value_name = "STACK", required = true)]
     stacks: Vec<String>,
@@ -564,8 +568,11 @@ async fn rm(api: &mut Api, a: StackRmArgs) -> anyhow::Result<()> {
     let mut errors = Vec::new();
     for stack in &a.stacks {
         let mut done = Done::default();
-        let result = rm_one(api, stack, &mut done).await;
+        let mut result = rm_one(api, stack, &mut done, a.volumes).await;
         audit(api, stack, "rm", &result, &done).await;
+        if a.volumes && result.is_ok() {
+            result = rm_volumes(api, stack).await;
+        }
         if let Err(e) = result {
             errors.push(format!("{e:#}"));
         }
@@ -575,7 +582,7 @@ async fn rm(api: &mut Api, a: StackRmArgs) -> anyhow::Result<()> {
 
 /// Removes the stack's services, then the secrets and networks it made: never anything
 /// without its label (external secrets and networks stay).
-async fn rm_one(api: &mut Api, stack: &str, done: &mut Done) -> anyhow::Result<()> {
+async fn rm_one(api: &mut Api, stack: &str, done: &mut Done, volumes: bool) -> anyhow::Result<()> {
     let services: Vec<Service> = all_services(api)
         .await?
         .into_iter()
@@ -599,7 +606,8 @@ async fn rm_one(api: &mut Api, stack: &str, done: &mut Done) -> anyhow::Result<(
         .into_iter()
         .filter(|n| in_stack_map(&n.labels, stack))
         .collect();
-    if services.is_empty() && secrets.is_empty() && nets.is_empty() {
+    // With --volumes, a stack already removed may still have volumes on the nodes.
+    if services.is_empty() && secrets.is_empty() && nets.is_empty() && !volumes {
         bail!("Nothing found in stack: {stack}");
     }
     for s in &services {
@@ -630,6 +638,62 @@ async fn rm_one(api: &mut Api, stack: &str, done: &mut Done) -> anyhow::Result<(
         .await
         .map_err(status)?;
         done.removed.push(n.name.clone());
+    }
+    Ok(())
+}
+
+/// How long `stack rm --volumes` waits for the nodes.
+const VOLUMES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `stack rm --volumes`: asks every node to remove the stack's named volumes, then waits until
+/// each live docker node has reported (their tasks must stop first), printing what went. Nodes
+/// that are down, or that have not reported by the deadline, do it when they can: the request
+/// stays until a new deploy of the stack cancels it.
+async fn rm_volumes(api: &mut Api, stack: &str) -> anyhow::Result<()> {
+    use crate::api::v1::StackVolumesRequest;
+    let req = || StackVolumesRequest {
+        stack: stack.to_string(),
+    };
+    print(&format!("Removing the volumes of stack {stack}\n"))?;
+    let mut st = api
+        .stack_volumes_remove(req())
+        .await
+        .map_err(status)?
+        .into_inner();
+    let deadline = std::time::Instant::now() + VOLUMES_DEADLINE;
+    while (st.waiting_for_services || !st.pending.is_empty())
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        st = api
+            .stack_volumes_progress(req())
+            .await
+            .map_err(status)?
+            .into_inner();
+    }
+    let mut done = st.done;
+    done.sort_by(|a, b| a.node.cmp(&b.node));
+    for d in &done {
+        for name in &d.names {
+            print(&format!("Removing volume {name} (on {})\n", d.node))?;
+        }
+    }
+    if !st.down.is_empty() {
+        eprintln!(
+            "Warning: nodes {} are down: they remove the volumes of stack {stack} when they are back",
+            st.down.join(", ")
+        );
+    }
+    if st.waiting_for_services || !st.pending.is_empty() {
+        bail!(
+            "the volumes of stack {stack} are not removed yet on {} (a task still uses them?); \
+             the nodes remove them once no container of the stack is left",
+            if st.pending.is_empty() {
+                "any node: services of the stack still exist".to_string()
+            } else {
+                st.pending.join(", ")
+            }
+        );
     }
     Ok(())
 }

@@ -926,6 +926,29 @@ impl Control for ControlService {
         .map_err(to_status)?;
         Ok(Response::new(Empty {}))
     }
+
+    async fn stack_volumes_remove(
+        &self,
+        req: Request<crate::api::v1::StackVolumesRequest>,
+    ) -> Result<Response<crate::api::v1::StackVolumesStatus>, Status> {
+        let (m, actor) = self.0.manager_and_admin().await?;
+        let out = m
+            .request_volume_removal(actor, &req.into_inner().stack)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(out))
+    }
+
+    async fn stack_volumes_progress(
+        &self,
+        req: Request<crate::api::v1::StackVolumesRequest>,
+    ) -> Result<Response<crate::api::v1::StackVolumesStatus>, Status> {
+        let (m, _) = self.0.manager_and_admin().await?;
+        let out = m
+            .volume_removal_progress(&req.into_inner().stack)
+            .map_err(to_status)?;
+        Ok(Response::new(out))
+    }
 }
 
 /// A network for the control API, with the services attached to it.

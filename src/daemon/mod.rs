@@ -567,6 +567,7 @@ impl Daemon {
             issuer_checked: Default::default(),
             workload: supervisor.bundles(),
             store_fault: manager.as_ref().map(|m| m.subscribe_store_fault()),
+            volumes: crate::agent::volumes::VolumeCleaner::new(supervisor.executors()),
         };
         tasks.push(tokio::spawn(agent.run()));
         Ok((manager, tasks))

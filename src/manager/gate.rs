@@ -95,7 +95,8 @@ pub fn classify(method: &str) -> Option<(Action, &'static str)> {
         // ManageSecrets by the handler.
         "SecretList" | "SecretInspect" | "SecretRollout" => (Read, "secret"),
         "NetworkCreate" | "NetworkRemove" => (Deploy, "network"),
-        "StackAudit" => (Deploy, "stack"),
+        "StackAudit" | "StackVolumesRemove" => (Deploy, "stack"),
+        "StackVolumesProgress" => (Read, "stack"),
         "NetworkList" | "NetworkInspect" => (Read, "network"),
         "PolicyGet" => (Read, "policy"),
         "PolicySet" => (ManageSwarm, "policy"),
@@ -124,8 +125,9 @@ pub async fn require(
 }
 
 /// Checks, for an operator's service create or update, that the RBAC policy lets it deploy
-/// what `spec` asks for (its runtime, whether managers may run it: see
-/// [`crate::policy::rbac::SpecFacts`]). Refusals are audited. The local administrator passes.
+/// what `spec` asks for (its runtime, whether managers may run it, what it mounts: see
+/// [`crate::policy::rbac::SpecFacts`]), and each of its bind mounts (`BindMount`, with the
+/// host path). Refusals are audited. The local administrator passes.
 pub async fn require_spec(
     mgr: &Manager,
     method: &str,
@@ -137,8 +139,24 @@ pub async fn require_spec(
     let facts = crate::policy::rbac::SpecFacts::of(spec);
     mgr.authorize_operator_in(&op.0, op.1, method, Action::Deploy, "service", Some(&facts))
         .await
-        .map(|_| ())
-        .map_err(super::to_status)
+        .map_err(super::to_status)?;
+    // Each bind mount is a decision of its own: host paths are allowed by name or prefix.
+    for m in &spec.task.mounts {
+        if m.kind == crate::store::service::MountKind::Bind {
+            let bind = crate::policy::rbac::SpecFacts::bind(&m.source, m.read_only);
+            mgr.authorize_operator_in(
+                &op.0,
+                op.1,
+                method,
+                Action::BindMount,
+                "service",
+                Some(&bind),
+            )
+            .await
+            .map_err(super::to_status)?;
+        }
+    }
+    Ok(())
 }
 
 tokio::task_local! {

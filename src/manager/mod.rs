@@ -33,6 +33,7 @@ pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
+pub mod volumes;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

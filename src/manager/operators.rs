@@ -227,14 +227,14 @@ impl Manager {
             return Ok(actor);
         };
         crate::metrics::metrics().refused(why);
-        self.audit_failure(
-            peer.ip(),
-            AuditEvent::now(actor, method, resource, Outcome::Denied)
-                .with("reason", reason.clone())
-                .with("action", action.as_str())
-                .with("peer", peer.to_string()),
-        )
-        .await;
+        let mut event = AuditEvent::now(actor, method, resource, Outcome::Denied)
+            .with("reason", reason.clone())
+            .with("action", action.as_str())
+            .with("peer", peer.to_string());
+        if let Some((source, _)) = facts.and_then(|f| f.bind.as_ref()) {
+            event = event.with("bind_source", crate::util::prefix(source, 256));
+        }
+        self.audit_failure(peer.ip(), event).await;
         Err(ManagerError::Denied(reason))
     }
 }

@@ -86,7 +86,9 @@ pub fn decision(cmd: &Command) -> Decision {
         | Command::SetCurrentVersion { .. }
         | Command::SetRolloutState { .. }
         | Command::PruneVersions { .. }
-        | Command::SetSecretHistory { .. } => Record,
+        | Command::SetSecretHistory { .. }
+        | Command::RequestVolumeRemoval { .. }
+        | Command::VolumesRemoved { .. } => Record,
     }
 }
 
@@ -225,6 +227,8 @@ fn name(cmd: &Command) -> &'static str {
         PruneVersions,
         SetSecretHistory,
         Once,
+        RequestVolumeRemoval,
+        VolumesRemoved,
     )
 }
 

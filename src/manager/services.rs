@@ -565,6 +565,22 @@ impl Services {
         });
     }
 
+    /// Records the volume removals a node's heartbeat reports (`stack rm --volumes`), each
+    /// once, with its audit record.
+    fn record_volume_reports(&self, node_id: &str, req: &Request<HeartbeatRequest>) {
+        let cmds = self
+            .mgr
+            .volume_reports(node_id, &req.get_ref().volumes_removed);
+        for cmd in cmds {
+            let mgr = self.mgr.clone();
+            tokio::spawn(async move {
+                if let Err(e) = mgr.propose(cmd).await {
+                    tracing::warn!(error = %e, "could not record a node's volume removal");
+                }
+            });
+        }
+    }
+
     /// Keeps the state's record of a manager whose own store failed as its heartbeats say
     /// (a write only when it changes).
     fn record_store_error(&self, node_id: &str, req: &Request<HeartbeatRequest>) {
@@ -751,6 +767,7 @@ impl Dispatcher for Services {
         }
         self.record_port_errors(id.node_id(), &req);
         self.record_store_error(id.node_id(), &req);
+        self.record_volume_reports(id.node_id(), &req);
         if self.mgr.saw(id.node_id()) {
             let cmd = Command::SetNodeState {
                 id: id.node_id().to_string(),
@@ -784,6 +801,7 @@ impl Dispatcher for Services {
             trust_roots: self.mgr.trust_bundle().unwrap_or_default(),
             managers: self.mgr.read(manager_certs),
             workload: self.mgr.workload_bundle().as_ref().map(Into::into),
+            remove_volumes_of: self.mgr.volume_work(id.node_id()),
         }))
     }
 

@@ -8,7 +8,11 @@
 //!
 //! A service create or update is also decided on what its spec asks for ([`SpecFacts`], the
 //! `Deploy` action's context: `runtime`, and `managers`, whether its tasks may land on a
-//! manager), so a policy can say which runtimes and placements a role may use.
+//! manager), so a policy can say which runtimes and placements a role may use; and what it
+//! mounts (`bind_mounts`, `bind_sources`, `volumes`, `volume_names`, `tmpfs`). Each bind mount
+//! is also its own `BindMount` request (`context.source`, `context.read_only`), so a policy can
+//! allow host paths by prefix (`context.source like "/srv/data/*"`): the default lets only
+//! admins bind.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -45,6 +49,9 @@ pub enum Action {
     ManageSwarm,
     /// Sign and revoke operators.
     ManageOperators,
+    /// Bind a path of the nodes' file system into a service's tasks (decided once per bind
+    /// mount, with `context.source` and `context.read_only`): root-equivalent.
+    BindMount,
 }
 
 impl Action {
@@ -59,6 +66,7 @@ impl Action {
             Action::ManageTokens => "ManageTokens",
             Action::ManageSwarm => "ManageSwarm",
             Action::ManageOperators => "ManageOperators",
+            Action::BindMount => "BindMount",
         }
     }
 
@@ -73,6 +81,7 @@ impl Action {
             Action::ManageTokens => "read or rotate join tokens",
             Action::ManageSwarm => "change swarm settings, keys or policies",
             Action::ManageOperators => "sign or revoke operators",
+            Action::BindMount => "bind-mount this host path into tasks",
         }
     }
 }
@@ -96,21 +105,47 @@ pub struct SpecFacts {
     pub managers: bool,
     /// `context.secrets`: the names of the secrets its tasks would receive, sorted, once each.
     pub secrets: Vec<String>,
+    /// `context.bind_mounts`: whether it binds any host path.
+    pub bind_mounts: bool,
+    /// `context.bind_sources`: the host paths it binds, sorted, once each.
+    pub bind_sources: Vec<String>,
+    /// `context.volumes`: whether it mounts named volumes.
+    pub volumes: bool,
+    /// `context.volume_names`: the names of those volumes, sorted, once each.
+    pub volume_names: Vec<String>,
+    /// `context.tmpfs`: whether it mounts a tmpfs.
+    pub tmpfs: bool,
+    /// For the `BindMount` action only: the one bind mount asked about (its host path and
+    /// whether it is read-only), which is then the whole context.
+    pub bind: Option<(String, bool)>,
 }
 
 impl SpecFacts {
     /// The facts of `spec`.
     pub fn of(spec: &crate::store::service::ServiceSpec) -> SpecFacts {
+        use crate::store::service::MountKind;
         let mut facts = SpecFacts::from_task(spec.task.runtime, &spec.task.constraints);
-        facts.secrets = spec
-            .task
-            .secrets
-            .iter()
-            .map(|s| s.secret_name.clone())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let sorted = |it: &mut dyn Iterator<Item = String>| -> Vec<String> {
+            it.collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        facts.secrets = sorted(&mut spec.task.secrets.iter().map(|s| s.secret_name.clone()));
+        let of_kind = |k: MountKind| spec.task.mounts.iter().filter(move |m| m.kind == k);
+        facts.bind_sources = sorted(&mut of_kind(MountKind::Bind).map(|m| m.source.clone()));
+        facts.bind_mounts = !facts.bind_sources.is_empty();
+        facts.volume_names = sorted(&mut of_kind(MountKind::Volume).map(|m| m.source.clone()));
+        facts.volumes = !facts.volume_names.is_empty();
+        facts.tmpfs = of_kind(MountKind::Tmpfs).next().is_some();
         facts
+    }
+
+    /// The facts of one bind mount, for the `BindMount` action.
+    pub fn bind(source: &str, read_only: bool) -> SpecFacts {
+        SpecFacts {
+            bind: Some((source.to_string(), read_only)),
+            ..SpecFacts::from_task(crate::store::service::Runtime::Docker, &[])
+        }
     }
 
     /// The facts of a task with this runtime and these placement constraints.
@@ -130,11 +165,50 @@ impl SpecFacts {
             runtime: runtime.as_str(),
             managers: !excludes_managers,
             secrets: Vec::new(),
+            bind_mounts: false,
+            bind_sources: Vec::new(),
+            volumes: false,
+            volume_names: Vec::new(),
+            tmpfs: false,
+            bind: None,
         }
     }
 
     fn context(&self) -> Result<Context, String> {
+        let set = |v: &[String]| {
+            RestrictedExpression::new_set(
+                v.iter()
+                    .map(|n| RestrictedExpression::new_string(n.clone())),
+            )
+        };
+        if let Some((source, read_only)) = &self.bind {
+            return Context::from_pairs([
+                (
+                    "source".to_string(),
+                    RestrictedExpression::new_string(source.clone()),
+                ),
+                (
+                    "read_only".to_string(),
+                    RestrictedExpression::new_bool(*read_only),
+                ),
+            ])
+            .map_err(|e| e.to_string());
+        }
         Context::from_pairs([
+            (
+                "bind_mounts".to_string(),
+                RestrictedExpression::new_bool(self.bind_mounts),
+            ),
+            ("bind_sources".to_string(), set(&self.bind_sources)),
+            (
+                "volumes".to_string(),
+                RestrictedExpression::new_bool(self.volumes),
+            ),
+            ("volume_names".to_string(), set(&self.volume_names)),
+            (
+                "tmpfs".to_string(),
+                RestrictedExpression::new_bool(self.tmpfs),
+            ),
             (
                 "runtime".to_string(),
                 RestrictedExpression::new_string(self.runtime.to_string()),
@@ -143,14 +217,7 @@ impl SpecFacts {
                 "managers".to_string(),
                 RestrictedExpression::new_bool(self.managers),
             ),
-            (
-                "secrets".to_string(),
-                RestrictedExpression::new_set(
-                    self.secrets
-                        .iter()
-                        .map(|n| RestrictedExpression::new_string(n.clone())),
-                ),
-            ),
+            ("secrets".to_string(), set(&self.secrets)),
         ])
         .map_err(|e| e.to_string())
     }
@@ -391,6 +458,7 @@ pub fn cached(text: &str) -> Result<Arc<RbacEngine>, PolicyError> {
 mod tests {
     use super::*;
 
+    // BindMount is asked with its own context (a host path): see the bind test below.
     const ALL: [Action; 8] = [
         Action::Read,
         Action::ReadAudit,
@@ -451,6 +519,7 @@ mod tests {
                 runtime: "exec",
                 managers: true,
                 secrets: Vec::new(),
+                ..SpecFacts::from_task(crate::store::service::Runtime::Docker, &[])
             }
         );
         assert!(f("exec", &["node.role==manager"]).managers);
@@ -472,6 +541,7 @@ mod tests {
             runtime: "docker",
             managers: true,
             secrets: names.iter().map(|n| n.to_string()).collect(),
+            ..SpecFacts::from_task(crate::store::service::Runtime::Docker, &[])
         };
         let dep = Principal {
             name: "d",
@@ -520,16 +590,19 @@ mod tests {
             runtime: "exec",
             managers: true,
             secrets: Vec::new(),
+            ..SpecFacts::from_task(crate::store::service::Runtime::Docker, &[])
         };
         let on_workers = SpecFacts {
             runtime: "exec",
             managers: false,
             secrets: Vec::new(),
+            ..SpecFacts::from_task(crate::store::service::Runtime::Docker, &[])
         };
         let docker = SpecFacts {
             runtime: "docker",
             managers: true,
             secrets: Vec::new(),
+            ..SpecFacts::from_task(crate::store::service::Runtime::Docker, &[])
         };
         let d = engine.authorize_in(&dep, Action::Deploy, "service", Some(&on_mgr));
         let Decision::Deny { reason } = d else {
@@ -586,5 +659,82 @@ mod tests {
         );
         assert!(RbacEngine::parse("permit (principal").is_err());
         assert!(RbacEngine::parse(&"(".repeat(100)).is_err());
+    }
+
+    #[test]
+    fn binds_are_for_admins_unless_a_policy_allows_a_path() {
+        let spec = |mounts: &[&str]| {
+            let mut t = crate::store::service::TaskSpec::new(
+                crate::store::service::Runtime::Docker,
+                "redis",
+                vec![],
+            );
+            t.mounts = mounts
+                .iter()
+                .map(|m| crate::spec::mount::parse(m).unwrap())
+                .collect();
+            crate::store::service::ServiceSpec::new("db", t)
+        };
+        let s = spec(&[
+            "type=bind,source=/srv/data/db,target=/data",
+            "source=cache,target=/cache",
+            "type=tmpfs,target=/tmp",
+        ]);
+        let facts = SpecFacts::of(&s);
+        assert!(facts.bind_mounts && facts.volumes && facts.tmpfs);
+        assert_eq!(facts.bind_sources, vec!["/srv/data/db".to_string()]);
+        assert_eq!(facts.volume_names, vec!["cache".to_string()]);
+        let engine = cached("").unwrap();
+        let ask = |e: &RbacEngine, role: &str, path: &str| {
+            e.authorize_in(
+                &Principal { name: "x", role },
+                Action::BindMount,
+                "service",
+                Some(&SpecFacts::bind(path, false)),
+            )
+        };
+        assert_eq!(
+            ask(&engine, "admin", "/var/run/docker.sock"),
+            Decision::Allow
+        );
+        assert!(matches!(
+            ask(&engine, "deployer", "/srv/data/db"),
+            Decision::Deny { .. }
+        ));
+        // Volumes and tmpfs are a deployer's to use.
+        let deploy = |e: &RbacEngine, role: &str, f: &SpecFacts| {
+            e.authorize_in(
+                &Principal { name: "x", role },
+                Action::Deploy,
+                "service",
+                Some(f),
+            )
+        };
+        let no_bind = SpecFacts::of(&spec(&[
+            "source=cache,target=/cache",
+            "type=tmpfs,target=/t",
+        ]));
+        assert_eq!(deploy(&engine, "deployer", &no_bind), Decision::Allow);
+        let example = format!(
+            "{DEFAULT_POLICY}\n{}",
+            include_str!("../../policies/examples/rbac-deployer-binds.cedar")
+        );
+        let e = RbacEngine::parse(&example).unwrap();
+        assert_eq!(ask(&e, "deployer", "/srv/data/db"), Decision::Allow);
+        assert_eq!(ask(&e, "deployer", "/srv/data/a/b"), Decision::Allow);
+        for bad in [
+            "/srv/data",
+            "/srv/database",
+            "/",
+            "/var/run/docker.sock",
+            "/srv/datax/y",
+        ] {
+            assert!(
+                matches!(ask(&e, "deployer", bad), Decision::Deny { .. }),
+                "{bad}"
+            );
+        }
+        assert_eq!(deploy(&e, "deployer", &facts), Decision::Allow);
+        assert_eq!(ask(&e, "admin", "/"), Decision::Allow);
     }
 }

@@ -6,6 +6,7 @@
 pub mod config_target;
 pub mod duration;
 pub mod image;
+pub mod mount;
 pub mod name;
 pub mod secret;
 pub mod secret_target;

@@ -87,6 +87,9 @@ pub enum SpecError {
     /// A secret attachment the runtime cannot honour.
     #[error("{0}")]
     Secret(String),
+    /// A mount that is malformed, overlaps another or that the runtime cannot make.
+    #[error("mount: {0}")]
+    Mount(String),
     /// An update or rollback setting is out of range.
     #[error("{section}.{field}: {reason}")]
     Update {
@@ -466,6 +469,7 @@ fn check_task(task: &TaskSpec) -> Result<(), SpecError> {
         check_constraint(c)?;
     }
     check_resources(&task.reservations, &task.limits)?;
+    super::mount::check(task).map_err(SpecError::Mount)?;
     Ok(())
 }
 

@@ -179,6 +179,7 @@ fn top_level(ctx: &mut Ctx<'_>, mut root: Node) -> Result<(Key, Node, Declared),
         secrets: BTreeMap::new(),
         configs: BTreeMap::new(),
         networks: BTreeMap::new(),
+        volumes: BTreeMap::new(),
     };
     let entries = match std::mem::replace(&mut root.value, Value::Null) {
         Value::Map(m) => m,
@@ -188,6 +189,7 @@ fn top_level(ctx: &mut Ctx<'_>, mut root: Node) -> Result<(Key, Node, Declared),
     let mut secrets_node = None;
     let mut configs_node = None;
     let mut networks_node = None;
+    let mut volumes_node = None;
     for (k, v) in entries {
         match k.name.as_str() {
             "version" => {}
@@ -195,8 +197,8 @@ fn top_level(ctx: &mut Ctx<'_>, mut root: Node) -> Result<(Key, Node, Declared),
             "secrets" => secrets_node = Some((k, v)),
             "configs" => configs_node = Some((k, v)),
             "networks" => networks_node = Some((k, v)),
+            "volumes" => volumes_node = Some((k, v)),
             n if n.starts_with("x-") => {}
-            n @ "volumes" => ctx.unsupported("top level", n, "skep has no volumes yet"),
             n @ "name" => ctx.unsupported(
                 "top level",
                 n,
@@ -213,6 +215,9 @@ fn top_level(ctx: &mut Ctx<'_>, mut root: Node) -> Result<(Key, Node, Declared),
     }
     if let Some((k, v)) = networks_node {
         declared.networks = top_networks(ctx, &k, v)?;
+    }
+    if let Some((k, v)) = volumes_node {
+        declared.volumes = super::volumes::top_volumes(ctx, &k, v)?;
     }
     let Some((skey, services)) = services_node else {
         return Err(StackError::Invalid {

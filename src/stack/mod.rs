@@ -3,7 +3,8 @@
 //! ```text
 //!  compose files ──read (≤ 1 MiB)──► yaml::parse ──► interpolate ──► merge (later wins)
 //!        ──► compose::convert ──► Stack { services: [ServiceSpec], networks, secrets, configs, warnings }
-//!                 ├─ objects: top-level secrets, configs and networks
+//!                 ├─ objects: top-level secrets, configs and networks; volumes: named
+//!                 │  volumes and each service's mounts
 //!                 └─ service: one handler per key (endpoints, health, deploy)
 //! ```
 //!
@@ -26,6 +27,7 @@ pub mod interpolate;
 mod objects;
 mod service;
 mod tree;
+mod volumes;
 mod words;
 pub mod yaml;
 
@@ -40,7 +42,7 @@ use crate::secret::SecretBytes;
 use crate::store::service::ServiceSpec;
 
 /// The label Docker puts on every object of a stack; skep uses it to find them.
-pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
+pub const NAMESPACE_LABEL: &str = crate::store::volumes::NAMESPACE_LABEL;
 
 /// Largest Compose file accepted.
 pub const MAX_FILE_BYTES: usize = 1024 * 1024;
@@ -113,6 +115,16 @@ pub struct StackNetwork {
     pub labels: BTreeMap<String, String>,
     /// An existing network the stack uses but does not own (`external: true`).
     pub external: bool,
+}
+
+/// A named volume the top level declares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackVolume {
+    /// Its name on the nodes (`<stack>_<key>`, the `name:` given, or the external name).
+    pub name: String,
+    /// Labels it is created with (the stack's namespace label; none when external: an
+    /// existing volume the stack uses but does not own).
+    pub labels: BTreeMap<String, String>,
 }
 
 /// Where a secret's value comes from.

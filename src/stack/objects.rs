@@ -16,6 +16,7 @@ pub(super) struct Declared {
     pub secrets: BTreeMap<String, StackSecret>,
     pub configs: BTreeMap<String, StackSecret>,
     pub networks: BTreeMap<String, StackNetwork>,
+    pub volumes: BTreeMap<String, super::StackVolume>,
 }
 
 /// The top-level `secrets:` (or `configs:`, the same keys).

@@ -33,6 +33,7 @@ const KEYS: &[(&str, Handler)] = &[
     ("secrets", secrets),
     ("configs", configs),
     ("networks", networks),
+    ("volumes", super::volumes::volumes),
     ("healthcheck", healthcheck_key),
     ("deploy", deploy),
 ];
@@ -122,7 +123,6 @@ fn drop_unsupported(ctx: &mut Ctx<'_>, owner: &str, node: &mut Node) {
             continue;
         }
         let why = match n {
-            "volumes" => "skep has no volumes yet",
             "build" => "build the image first and give it as `image`",
             "depends_on" => "a stack starts its services together, as in Docker",
             _ => "",

@@ -520,7 +520,7 @@ fn unsupported_keys_are_named_in_warnings_never_dropped_silently() {
 services:
   web:
     image: nginx
-    volumes: ["/data:/data"]
+    volumes: [{type: volume, source: data, target: /data, volume: {nocopy: true}}]
     healthcheck: {test: ["CMD", "true"], start_interval: 1s}
     x-anything: ignored quietly
     networks:
@@ -538,11 +538,12 @@ networks:
     ipam: {config: [{subnet: 10.0.0.0/24}]}
 volumes:
   data:
+    driver: nfs
 "#;
     let s = load_one(text).unwrap();
     let w = s.warnings.join("\n");
     for needle in [
-        "service web: key `volumes` is not supported by skep and is ignored",
+        "service web: key `volumes.volume` is not supported by skep and is ignored",
         "service web: key `healthcheck.start_interval` is not supported",
         "service web: key `deploy.endpoint_mode` is not supported",
         "service web: key `deploy.max_replicas_per_node` is not supported",
@@ -551,7 +552,7 @@ volumes:
         "service web: key `networks.front.aliases` is not supported",
         "network front: key `ipam` is not supported",
         "driver \"bridge\" is not supported",
-        "top level: key `volumes` is not supported",
+        "volume data: key `driver` is not supported",
     ] {
         assert!(w.contains(needle), "missing {needle:?} in:\n{w}");
     }
@@ -814,4 +815,87 @@ fn the_fuzz_entry_point_never_panics_on_odd_input() {
     ] {
         let _ = load_str_for_fuzz(text);
     }
+}
+
+#[test]
+fn volumes_become_mounts_named_for_the_stack() {
+    use crate::store::service::MountKind;
+    let text = r#"
+services:
+  redis:
+    image: redis
+    command: redis-server --appendonly yes
+    volumes:
+      - data:/data
+      - shared:/shared:ro
+      - /srv/redis/conf:/etc/redis:ro
+      - type: tmpfs
+        target: /cache
+        tmpfs: {size: 64m}
+      - {type: volume, source: named, target: /named, read_only: true}
+volumes:
+  data:
+    labels: {tier: db}
+  shared:
+    external: true
+  named:
+    name: exact-name
+"#;
+    let s = load_one(text).unwrap();
+    assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    let m = &s.services[0].task.mounts;
+    assert_eq!(m.len(), 5);
+    assert_eq!(
+        (
+            m[0].kind,
+            m[0].source.as_str(),
+            m[0].target.as_str(),
+            m[0].read_only
+        ),
+        (MountKind::Volume, "getstartedlab_data", "/data", false)
+    );
+    assert_eq!(
+        m[0].volume_labels[crate::stack::NAMESPACE_LABEL],
+        "getstartedlab"
+    );
+    assert_eq!(m[0].volume_labels["tier"], "db");
+    // An external volume keeps its name and gets no label: stack rm --volumes never finds it.
+    assert_eq!((m[1].source.as_str(), m[1].read_only), ("shared", true));
+    assert!(m[1].volume_labels.is_empty());
+    assert_eq!(
+        (m[2].kind, m[2].source.as_str(), m[2].read_only),
+        (MountKind::Bind, "/srv/redis/conf", true)
+    );
+    assert_eq!((m[3].kind, m[3].tmpfs_size), (MountKind::Tmpfs, 64 << 20));
+    assert_eq!((m[4].source.as_str(), m[4].read_only), ("exact-name", true));
+    crate::spec::service::validate(&s.services[0]).unwrap();
+
+    for (bad, says) in [
+        ("- nope:/data", "not declared"),
+        ("- /data", "no source"),
+        ("- ./rel:/data", "not absolute"),
+        ("- data:/data:rx", "not ro or rw"),
+        ("- data:relative", "not an absolute path"),
+        ("- data:/run/secrets", "overlaps /run/secrets"),
+        ("- /srv/../etc:/x", "plain path"),
+        (
+            "- {type: nfs, source: data, target: /d}",
+            "not volume, bind or tmpfs",
+        ),
+    ] {
+        let text = format!(
+            "services:\n  a:\n    image: nginx\n    volumes:\n      {bad}\nvolumes:\n  data:\n"
+        );
+        let e = err(load_one(&text));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    let e = err(load_one(
+        "services:\n  a:\n    image: nginx\nvolumes:\n  data:\n    name: ../x\n",
+    ));
+    assert!(e.contains("volume name"), "{e}");
+    // The exec runtime has no mounts: refused by the spec's one rule.
+    let e = err(load_one(
+        "services:\n  a:\n    x-skep-runtime: exec\n    command: [/bin/true]\n    volumes: [data:/d]\nvolumes:\n  data:\n",
+    ));
+    assert!(e.contains("exec runtime"), "{e}");
 }

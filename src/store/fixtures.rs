@@ -26,6 +26,7 @@ pub fn task_spec() -> TaskSpec {
         networks: Vec::new(),
         healthcheck: None,
         identity: true,
+        mounts: Vec::new(),
         configs: Vec::new(),
     }
 }

@@ -27,6 +27,7 @@ pub mod service;
 pub mod sm;
 pub mod testing;
 pub mod vip;
+pub mod volumes;
 pub mod wire;
 pub mod workload;
 

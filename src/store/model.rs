@@ -558,6 +558,22 @@ pub enum Command {
         /// The command.
         cmd: Box<Command>,
     },
+    /// Asks the nodes to remove a stack's named volumes (`stack rm --volumes`).
+    RequestVolumeRemoval {
+        /// The stack.
+        stack: String,
+        /// RFC 3339, chosen by the proposer.
+        at: String,
+    },
+    /// A node's agent removed a stack's volumes (these names) as requested.
+    VolumesRemoved {
+        /// The stack.
+        stack: String,
+        /// The reporting node.
+        node_id: String,
+        /// The volumes it removed.
+        names: Vec<String>,
+    },
 }
 
 /// How many applied proposal IDs the state remembers ([`Command::Once`]): far more than can be
@@ -625,6 +641,9 @@ pub struct State {
     /// revoke (see [`super::workload`]).
     #[serde(default)]
     pub svids: SvidRecords,
+    /// Pending `stack rm --volumes` requests, by stack (see [`super::volumes`]).
+    #[serde(default)]
+    pub volume_removals: super::volumes::VolumeRemovals,
 }
 
 /// A person allowed to use the Control API over mTLS with an operator certificate.
@@ -1039,6 +1058,11 @@ impl State {
                 if svc.vip.is_none() {
                     svc.vip = self.allocate_vip();
                 }
+                // A service of a stack whose volumes are to go cancels that: its tasks may
+                // mount them.
+                if let Some(stack) = svc.spec.labels.get(super::volumes::NAMESPACE_LABEL) {
+                    self.volume_removals.remove(stack);
+                }
                 self.services.insert(svc.id.clone(), *svc);
             }
             Command::RemoveService { id } => {
@@ -1161,6 +1185,14 @@ impl State {
                     c.secret_history = keep;
                 }
             }
+            Command::RequestVolumeRemoval { stack, at } => {
+                super::volumes::request(&mut self.volume_removals, stack, at);
+            }
+            Command::VolumesRemoved {
+                stack,
+                node_id,
+                names,
+            } => super::volumes::removed(&mut self.volume_removals, &stack, node_id, names),
             Command::Batch(cmds) => cmds.into_iter().for_each(|c| self.apply_checked(c)),
             Command::SetPolicy(doc) => self.policy = doc,
             Command::RevokeNode { id, entry } => {

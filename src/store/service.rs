@@ -195,6 +195,58 @@ pub struct TaskSpec {
     /// `/run/spiffe`); `--identity=false` turns it off. On for specs stored before it existed.
     #[serde(default = "identity_on")]
     pub identity: bool,
+    /// File systems mounted into its tasks (`--mount`, Compose `volumes:`): named volumes,
+    /// bind mounts and tmpfs, as Docker's `ContainerSpec.Mounts`. Docker runtime only.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// What a [`Mount`] mounts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A named volume, created by the node's Docker Engine when first used.
+    Volume,
+    /// A path of the node's file system (root-equivalent: policy decides who may).
+    Bind,
+    /// A memory file system, gone with the task.
+    Tmpfs,
+}
+
+impl MountKind {
+    /// Docker's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountKind::Volume => "volume",
+            MountKind::Bind => "bind",
+            MountKind::Tmpfs => "tmpfs",
+        }
+    }
+}
+
+/// One mount of a task (`--mount type=volume,source=data,target=/data`). The first four
+/// fields have the names of Docker's `Mount` in `service inspect`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Volume, bind or tmpfs.
+    #[serde(rename = "Type")]
+    pub kind: MountKind,
+    /// The volume's name, the host path of a bind; empty for tmpfs.
+    #[serde(rename = "Source")]
+    pub source: String,
+    /// Absolute path inside the task.
+    #[serde(rename = "Target")]
+    pub target: String,
+    /// Mounted read-only.
+    #[serde(rename = "ReadOnly")]
+    pub read_only: bool,
+    /// Labels a named volume is created with (`volume-label=`; a stack's volumes carry its
+    /// namespace label). An existing volume keeps its own.
+    #[serde(rename = "VolumeLabels", default)]
+    pub volume_labels: BTreeMap<String, String>,
+    /// Size of a tmpfs in bytes (`tmpfs-size=`); 0 is the engine's default (unbounded).
+    #[serde(rename = "TmpfsSize", default)]
+    pub tmpfs_size: u64,
 }
 
 /// Workload identity is on unless a service turns it off.
@@ -222,6 +274,7 @@ impl TaskSpec {
             networks: Vec::new(),
             healthcheck: None,
             identity: true,
+            mounts: Vec::new(),
         }
     }
 }

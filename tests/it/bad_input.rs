@@ -334,6 +334,7 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
                 addr: String::new(),
                 port_errors: Vec::new(),
                 store_error: String::new(),
+                volumes_removed: Vec::new(),
             })
             .await
             .expect("a worker may heartbeat");
@@ -396,6 +397,7 @@ fn a_peer_without_a_certificate_gets_only_the_issuance_rpc() {
                 addr: String::new(),
                 port_errors: Vec::new(),
                 store_error: String::new(),
+                volumes_removed: Vec::new(),
             })
             .await
             .map(|_| ());

@@ -47,4 +47,5 @@ mod spiffe_clients;
 mod stacks;
 mod store_faults;
 mod tutorial;
+mod volumes;
 mod workload_identity;

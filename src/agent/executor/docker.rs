@@ -9,7 +9,7 @@ use std::time::Duration;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, HealthConfig, HostConfig, Mount, MountBindOptions,
-    MountBindOptionsPropagationEnum, MountType,
+    MountBindOptionsPropagationEnum, MountTmpfsOptions, MountType, MountVolumeOptions,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
@@ -37,6 +37,9 @@ pub const LABEL_NODE_ID: &str = "skep.node.id";
 /// Label with the networks of the container's service, comma-separated: whichever agent on
 /// this engine serves a service's container-side address checks a peer container by it.
 pub const LABEL_NETWORKS: &str = "skep.networks";
+/// Label on every named volume a task's mount makes the engine create: `stack rm --volumes`
+/// removes only volumes that carry it (and the stack's namespace label).
+pub const LABEL_VOLUME: &str = "skep.volume";
 
 /// How long the engine may take to answer the first ping.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
@@ -132,6 +135,7 @@ impl DockerRuntime {
                 message: reason,
             })?;
         }
+        check_mounts(task)?;
         let body = create_body(task, image, m);
         let options = CreateContainerOptions {
             name: Some(name.clone()),
@@ -356,6 +360,46 @@ impl DockerRuntime {
 
     pub(crate) async fn remove(&self, task: &Task) {
         self.force_remove(&container_name(task)).await;
+    }
+
+    /// Removes the named volumes of `stack` (labelled with its namespace and [`LABEL_VOLUME`])
+    /// that no container uses; their names. A volume still in use (a task of the stack not
+    /// yet removed) is an error: the caller tries again later.
+    pub(crate) async fn remove_stack_volumes(&self, stack: &str) -> Result<Vec<String>, String> {
+        let mut filters = HashMap::new();
+        filters.insert("label".to_string(), vec![LABEL_VOLUME.to_string()]);
+        let options = bollard::query_parameters::ListVolumesOptions {
+            filters: Some(filters),
+        };
+        let list = self
+            .docker
+            .list_volumes(Some(options))
+            .await
+            .map_err(|e| format!("list volumes: {}", engine_message(&e)))?;
+        let mut removed = Vec::new();
+        let mut busy = Vec::new();
+        for v in list.volumes.unwrap_or_default() {
+            let ns = v.labels.get(crate::store::volumes::NAMESPACE_LABEL);
+            if ns.map(String::as_str) != Some(stack) {
+                continue;
+            }
+            let options = bollard::query_parameters::RemoveVolumeOptions { force: false };
+            match self.docker.remove_volume(&v.name, Some(options)).await {
+                Ok(()) => removed.push(v.name),
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => {}
+                Err(BollardError::DockerResponseServerError {
+                    status_code: 409, ..
+                }) => busy.push(v.name),
+                Err(e) => return Err(format!("remove volume {}: {}", v.name, engine_message(&e))),
+            }
+        }
+        if busy.is_empty() {
+            Ok(removed)
+        } else {
+            Err(format!("volumes still in use: {}", busy.join(", ")))
+        }
     }
 
     pub(crate) async fn force_remove(&self, container: &str) {
@@ -640,9 +684,12 @@ fn create_body(task: &Task, image: &str, m: &TaskMounts<'_>) -> ContainerCreateB
                 }),
                 ..Default::default()
             };
-            let mounts: Vec<Mount> = secrets
-                .map(|dir| bind(dir, crate::agent::secrets::TARGET_ROOT))
-                .into_iter()
+            let mounts: Vec<Mount> = task
+                .spec
+                .mounts
+                .iter()
+                .map(engine_mount)
+                .chain(secrets.map(|dir| bind(dir, crate::agent::secrets::TARGET_ROOT)))
                 .chain(configs.iter().map(|c| bind(&c.source, &c.target)))
                 .chain(
                     m.spiffe
@@ -663,6 +710,85 @@ fn create_body(task: &Task, image: &str, m: &TaskMounts<'_>) -> ContainerCreateB
         host_config: Some(host_config),
         ..Default::default()
     }
+}
+
+/// Checks a task's mounts again on the node, before the engine sees them: the spec's rules
+/// ([`crate::spec::mount::check`]), and each bind source is a directory or file that exists
+/// and is its own real path, so a symbolic link planted under a path the policy allows (say
+/// `/srv/data/x -> /`) does not carry a bind elsewhere.
+fn check_mounts(task: &Task) -> Result<(), ExecError> {
+    crate::spec::mount::check(&task.spec).map_err(|message| ExecError::Docker {
+        action: "check the task's mounts".into(),
+        message,
+    })?;
+    for m in &task.spec.mounts {
+        if m.kind == crate::store::service::MountKind::Bind {
+            real_path(Path::new(&m.source)).map_err(|message| ExecError::Docker {
+                action: format!("bind {}", crate::util::prefix(&m.source, 64)),
+                message,
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// `path` exists and no part of it is a symbolic link (its canonical form is itself).
+pub(crate) fn real_path(path: &Path) -> Result<(), String> {
+    let shown = crate::util::prefix(&path.to_string_lossy(), 64);
+    match std::fs::canonicalize(path) {
+        Err(e) => Err(format!(
+            "the bind source {shown} cannot be used on this node: {e}"
+        )),
+        Ok(real) if real != path => Err(format!(
+            "the bind source {shown} goes through a symbolic link (to {}); give the real path",
+            crate::util::prefix(&real.to_string_lossy(), 64)
+        )),
+        Ok(_) => Ok(()),
+    }
+}
+
+/// One of the spec's mounts in the engine's terms. A named volume the engine does not have is
+/// created with the container, with the mount's labels and [`LABEL_VOLUME`].
+fn engine_mount(m: &crate::store::service::Mount) -> Mount {
+    use crate::store::service::MountKind;
+    let mut out = Mount {
+        target: Some(m.target.clone()),
+        read_only: Some(m.read_only),
+        ..Default::default()
+    };
+    match m.kind {
+        MountKind::Volume => {
+            let mut labels: HashMap<String, String> = m
+                .volume_labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            labels.insert(LABEL_VOLUME.to_string(), "true".to_string());
+            out.typ = Some(MountType::VOLUME);
+            out.source = Some(m.source.clone());
+            out.volume_options = Some(MountVolumeOptions {
+                labels: Some(labels),
+                ..Default::default()
+            });
+        }
+        MountKind::Bind => {
+            out.typ = Some(MountType::BIND);
+            out.source = Some(m.source.clone());
+            out.bind_options = Some(MountBindOptions {
+                propagation: Some(MountBindOptionsPropagationEnum::RPRIVATE),
+                ..Default::default()
+            });
+        }
+        MountKind::Tmpfs => {
+            out.typ = Some(MountType::TMPFS);
+            out.tmpfs_options = Some(MountTmpfsOptions {
+                size_bytes: (m.tmpfs_size > 0)
+                    .then(|| i64::try_from(m.tmpfs_size).unwrap_or(i64::MAX)),
+                ..Default::default()
+            });
+        }
+    }
+    out
 }
 
 /// The task's check in the engine's terms (times in nanoseconds); `["NONE"]` turns off the
@@ -742,6 +868,7 @@ pub(crate) mod tests {
                 networks: Vec::new(),
                 healthcheck: None,
                 identity: true,
+                mounts: Vec::new(),
                 configs: Vec::new(),
             },
             spec_version: 1,
@@ -841,6 +968,71 @@ pub(crate) mod tests {
         );
         assert_eq!(mounts[0].read_only, Some(true));
         assert_eq!(mounts[0].typ, Some(MountType::BIND));
+    }
+
+    #[test]
+    fn spec_mounts_map_to_engine_mounts_first() {
+        let mut t = task();
+        t.spec.mounts = [
+            "type=volume,source=app_data,target=/data,volume-label=com.docker.stack.namespace=app",
+            "type=bind,source=/srv/data,target=/srv,readonly",
+            "type=tmpfs,target=/cache,tmpfs-size=1m",
+        ]
+        .iter()
+        .map(|m| crate::spec::mount::parse(m).unwrap())
+        .collect();
+        let b = create_body(
+            &t,
+            "redis",
+            &mounts(
+                Some(Path::new("/var/lib/skep/tasks/t1/secrets/files")),
+                &[],
+                None,
+                None,
+            ),
+        );
+        let mounts = b.host_config.unwrap().mounts.unwrap();
+        assert_eq!(mounts.len(), 4);
+        let v = &mounts[0];
+        assert_eq!(
+            (v.typ, v.source.as_deref(), v.target.as_deref(), v.read_only),
+            (
+                Some(MountType::VOLUME),
+                Some("app_data"),
+                Some("/data"),
+                Some(false)
+            )
+        );
+        let labels = v.volume_options.as_ref().unwrap().labels.as_ref().unwrap();
+        assert_eq!(labels["com.docker.stack.namespace"], "app");
+        assert_eq!(labels[LABEL_VOLUME], "true");
+        let bind = &mounts[1];
+        assert_eq!(
+            (bind.typ, bind.source.as_deref(), bind.read_only),
+            (Some(MountType::BIND), Some("/srv/data"), Some(true))
+        );
+        let tmp = &mounts[2];
+        assert_eq!(tmp.typ, Some(MountType::TMPFS));
+        assert_eq!(
+            tmp.tmpfs_options.as_ref().unwrap().size_bytes,
+            Some(1 << 20)
+        );
+        assert_eq!(mounts[3].target.as_deref(), Some("/run/secrets"));
+    }
+
+    #[test]
+    fn a_bind_source_through_a_symlink_is_refused_on_the_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().canonicalize().unwrap();
+        assert!(real_path(&real).is_ok());
+        let link = real.join("link");
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        assert!(real_path(&link).unwrap_err().contains("symbolic link"));
+        assert!(
+            real_path(&real.join("missing"))
+                .unwrap_err()
+                .contains("cannot be used")
+        );
     }
 
     #[test]

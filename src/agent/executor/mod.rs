@@ -407,6 +407,15 @@ impl Executors {
         }
     }
 
+    /// Removes the stack's named volumes from this node's Docker Engine (`stack rm --volumes`);
+    /// their names. Nothing without the docker runtime. Fails while one is still in use.
+    pub async fn remove_stack_volumes(&self, stack: &str) -> Result<Vec<String>, String> {
+        match &self.docker {
+            Some(d) => d.remove_stack_volumes(stack).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Removes what a finished task left (container, log files). Best effort: failures are
     /// logged.
     pub async fn remove(&self, task: &Task) {

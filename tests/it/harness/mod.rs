@@ -14,9 +14,9 @@
 //! never each other): [`require`] (what a test needs: `SKEP_IT_REQUIRE`, `SKEP_IT_ALLOW_SKIP`),
 //! [`wait`] (over [`poll`], shared with `benches/common`), [`cli`] (running commands, reading their output), [`node`], [`cleanup`] (what
 //! killed daemons leave; shared with `benches/common`), [`cluster`],
-//! [`services`] (tasks, published ports), [`files`], [`programs`] (the test program and image), [`spiffe_images`] (the real SPIFFE
+//! [`services`] (tasks, published ports), [`files`], [`programs`] (the test program and image), [`redis`] (a redis image for the volume tests), [`spiffe_images`] (the real SPIFFE
 //! clients and their images),
-//! [`docker`], [`credentials`] (a node's keys as a thief has them), [`netns`] (a private network
+//! [`docker`], [`credentials`] (a node's keys as a thief has them), [`operators`] (operator certificates and the CLI as an operator), [`netns`] (a private network
 //! for fault injection).
 // Helpers for every topic module; not each of them uses every helper.
 #![allow(dead_code)]
@@ -29,8 +29,10 @@ pub mod docker;
 pub mod files;
 pub mod netns;
 pub mod node;
+pub mod operators;
 pub mod poll;
 pub mod programs;
+pub mod redis;
 pub mod require;
 pub mod services;
 pub mod spiffe_images;
@@ -44,8 +46,10 @@ pub use docker::*;
 pub use files::*;
 pub use netns::Net;
 pub use node::*;
+pub use operators::*;
 pub use poll::*;
 pub use programs::*;
+pub use redis::*;
 pub use require::*;
 pub use services::*;
 pub use spiffe_images::*;

@@ -24,7 +24,7 @@ const PY_CLIENT: &str = include_str!("../spiffe_client.py");
 const RUST_IMAGE: &str = "skep-test/spiffe-rust:it1";
 const PY_IMAGE: &str = "skep-test/spiffe-py:it1";
 
-fn tool(cmd: &mut Command) -> Result<String, String> {
+pub(super) fn tool(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -137,7 +137,7 @@ pub fn py_exec_command(args: &str) -> Result<String, String> {
 }
 
 /// The shared libraries `ldd` lists for `file` (resolved paths, the loader included).
-fn libraries(file: &Path, into: &mut BTreeSet<PathBuf>) -> Result<(), String> {
+pub(super) fn libraries(file: &Path, into: &mut BTreeSet<PathBuf>) -> Result<(), String> {
     let out = tool(Command::new("ldd").arg(file))?;
     for line in out.lines() {
         // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
@@ -154,7 +154,7 @@ fn libraries(file: &Path, into: &mut BTreeSet<PathBuf>) -> Result<(), String> {
 
 /// Copies `libs` into `root` at their own paths (following symlinks), so the loader finds
 /// them where `ldd` did.
-fn copy_libraries(root: &Path, libs: &BTreeSet<PathBuf>) -> Result<(), String> {
+pub(super) fn copy_libraries(root: &Path, libs: &BTreeSet<PathBuf>) -> Result<(), String> {
     for lib in libs {
         let to = root.join(lib.strip_prefix("/").map_err(|e| e.to_string())?);
         std::fs::create_dir_all(to.parent().ok_or("a library at /")?).map_err(|e| e.to_string())?;
@@ -164,7 +164,7 @@ fn copy_libraries(root: &Path, libs: &BTreeSet<PathBuf>) -> Result<(), String> {
 }
 
 /// `docker import`s `tar` as `tag` with these Dockerfile changes.
-fn import(tar: &Path, tag: &str, changes: &[&str]) -> Result<(), String> {
+pub(super) fn import(tar: &Path, tag: &str, changes: &[&str]) -> Result<(), String> {
     let mut cmd = Command::new("docker");
     cmd.arg("import");
     for c in changes {
@@ -174,7 +174,7 @@ fn import(tar: &Path, tag: &str, changes: &[&str]) -> Result<(), String> {
 }
 
 /// The library search path the images set (the copied libraries keep the host's paths).
-const IMAGE_LIBRARY_PATH: &str =
+pub(super) const IMAGE_LIBRARY_PATH: &str =
     "ENV LD_LIBRARY_PATH=/lib/x86_64-linux-gnu:/usr/lib/x86_64-linux-gnu:/lib64";
 
 /// The Rust client's image (`/spiffe_client` and its libraries), imported once per process.
