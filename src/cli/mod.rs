@@ -16,6 +16,7 @@ mod backup;
 pub mod client;
 mod config;
 mod dev;
+mod events;
 mod node;
 mod operator;
 mod output;
@@ -28,6 +29,7 @@ mod spec;
 mod stack;
 mod swarm;
 mod tasks;
+mod when;
 
 use crate::spec::duration;
 use std::io::Write as _;
@@ -117,6 +119,8 @@ enum Command {
     /// Read and verify the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Get real-time events from the swarm (services, nodes, secrets, configs, networks).
+    Events(events::EventsArgs),
     /// Run a local test swarm of several daemons on 127.0.0.2, 127.0.0.3, ...
     Dev(DevArgs),
 }
@@ -494,10 +498,12 @@ enum AuditCommand {
 /// Which records to read; the manager applies them.
 #[derive(Debug, Default, Args)]
 struct AuditFilterArgs {
-    /// Records at or after this time: a duration ago (1h, 30m) or an RFC 3339 time or date.
+    /// Records at or after this time: Unix seconds, a duration ago (1h, 30m), or an RFC 3339
+    /// time or date.
     #[arg(long, value_name = "WHEN")]
     since: Option<String>,
-    /// Records at or before this time: a duration ago or an RFC 3339 time or date.
+    /// Records at or before this time: Unix seconds, a duration ago, or an RFC 3339 time or
+    /// date.
     #[arg(long, value_name = "WHEN")]
     until: Option<String>,
     /// The actor's ID, or KIND:ID (local-admin:ID, node:ID, anonymous:ADDR).
@@ -675,6 +681,7 @@ async fn control(host: Host, mode: client::ReadMode, command: Command) -> anyhow
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
         Command::Audit(AuditCommand::Export(args)) => audit::export(&mut api, args).await,
+        Command::Events(args) => events::run(&mut api, args).await,
         Command::Daemon(_) | Command::Dev(_) => unreachable_command(),
     }
 }

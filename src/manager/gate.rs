@@ -96,6 +96,7 @@ pub fn classify(method: &str) -> Option<(Action, &'static str)> {
         "SecretList" | "SecretInspect" | "SecretRollout" => (Read, "secret"),
         "NetworkCreate" | "NetworkRemove" => (Deploy, "network"),
         "StackAudit" => (Deploy, "stack"),
+        "Events" => (ReadEvents, "event"),
         "NetworkList" | "NetworkInspect" => (Read, "network"),
         "PolicyGet" => (Read, "policy"),
         "PolicySet" => (ManageSwarm, "policy"),

@@ -33,6 +33,8 @@ pub enum Action {
     Read,
     /// Read the audit log.
     ReadAudit,
+    /// Read the cluster's events (`skep events`).
+    ReadEvents,
     /// Manage services.
     Deploy,
     /// Create and remove secrets.
@@ -53,6 +55,7 @@ impl Action {
         match self {
             Action::Read => "Read",
             Action::ReadAudit => "ReadAudit",
+            Action::ReadEvents => "ReadEvents",
             Action::Deploy => "Deploy",
             Action::ManageSecrets => "ManageSecrets",
             Action::ManageNodes => "ManageNodes",
@@ -67,6 +70,7 @@ impl Action {
         match self {
             Action::Read => "read cluster state",
             Action::ReadAudit => "read the audit log",
+            Action::ReadEvents => "read cluster events",
             Action::Deploy => "manage services",
             Action::ManageSecrets => "create or remove secrets",
             Action::ManageNodes => "change or remove nodes",
@@ -391,9 +395,10 @@ pub fn cached(text: &str) -> Result<Arc<RbacEngine>, PolicyError> {
 mod tests {
     use super::*;
 
-    const ALL: [Action; 8] = [
+    const ALL: [Action; 9] = [
         Action::Read,
         Action::ReadAudit,
+        Action::ReadEvents,
         Action::Deploy,
         Action::ManageSecrets,
         Action::ManageNodes,
@@ -414,8 +419,14 @@ mod tests {
                 .collect()
         };
         assert_eq!(allowed("admin"), ALL.to_vec());
-        assert_eq!(allowed("deployer"), vec![Action::Read, Action::Deploy]);
-        assert_eq!(allowed("auditor"), vec![Action::Read, Action::ReadAudit]);
+        assert_eq!(
+            allowed("deployer"),
+            vec![Action::Read, Action::ReadEvents, Action::Deploy]
+        );
+        assert_eq!(
+            allowed("auditor"),
+            vec![Action::Read, Action::ReadAudit, Action::ReadEvents]
+        );
         assert!(allowed("intern").is_empty());
         let Decision::Deny { reason } = engine.authorize(
             &Principal {

@@ -21,6 +21,7 @@ mod cli;
 mod cluster;
 mod configs;
 mod docker_services;
+mod events;
 mod faults;
 mod health;
 mod lifecycle;

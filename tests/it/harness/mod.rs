@@ -16,7 +16,7 @@
 //! killed daemons leave; shared with `benches/common`), [`cluster`],
 //! [`services`] (tasks, published ports), [`files`], [`programs`] (the test program and image), [`spiffe_images`] (the real SPIFFE
 //! clients and their images),
-//! [`docker`], [`credentials`] (a node's keys as a thief has them), [`netns`] (a private network
+//! [`docker`], [`operators`] (operator certificates and the CLI with them), [`credentials`] (a node's keys as a thief has them), [`netns`] (a private network
 //! for fault injection).
 // Helpers for every topic module; not each of them uses every helper.
 #![allow(dead_code)]
@@ -29,6 +29,7 @@ pub mod docker;
 pub mod files;
 pub mod netns;
 pub mod node;
+pub mod operators;
 pub mod poll;
 pub mod programs;
 pub mod require;
@@ -44,6 +45,7 @@ pub use docker::*;
 pub use files::*;
 pub use netns::Net;
 pub use node::*;
+pub use operators::*;
 pub use poll::*;
 pub use programs::*;
 pub use require::*;
