@@ -124,7 +124,11 @@ fn text(e: &Event) -> String {
 fn template_value(e: &Event) -> anyhow::Result<serde_json::Value> {
     let mut v = serde_json::to_value(e).context("encoding an event")?;
     if let Some(o) = v.as_object_mut() {
-        for (json, go) in [("scope", "Scope"), ("time", "Time"), ("timeNano", "TimeNano")] {
+        for (json, go) in [
+            ("scope", "Scope"),
+            ("time", "Time"),
+            ("timeNano", "TimeNano"),
+        ] {
             if let Some(x) = o.get(json).cloned() {
                 o.insert(go.into(), x);
             }
@@ -161,7 +165,9 @@ fn to_gtmpl(v: &serde_json::Value) -> gtmpl::Value {
         },
         J::String(s) => gtmpl::Value::String(s.clone()),
         J::Array(a) => gtmpl::Value::Array(a.iter().map(to_gtmpl).collect()),
-        J::Object(o) => gtmpl::Value::Map(o.iter().map(|(k, v)| (k.clone(), to_gtmpl(v))).collect()),
+        J::Object(o) => {
+            gtmpl::Value::Map(o.iter().map(|(k, v)| (k.clone(), to_gtmpl(v))).collect())
+        }
     }
 }
 
@@ -241,11 +247,15 @@ mod tests {
     #[test]
     fn go_templates_see_dockers_field_names() {
         assert_eq!(
-            line(Some("{{.Type}} {{.Action}} {{.Actor.ID}} {{.Actor.Attributes.name}}")),
+            line(Some(
+                "{{.Type}} {{.Action}} {{.Actor.ID}} {{.Actor.Attributes.name}}"
+            )),
             "service update k3x9 web\n"
         );
         assert_eq!(
-            line(Some("{{.Scope}} {{.Time}} {{index .Actor.Attributes \"replicas.new\"}}")),
+            line(Some(
+                "{{.Scope}} {{.Time}} {{index .Actor.Attributes \"replicas.new\"}}"
+            )),
             "swarm 1796464800 3\n"
         );
         assert_eq!(

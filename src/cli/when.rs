@@ -16,7 +16,7 @@ pub(super) fn resolve(text: &str, now: OffsetDateTime) -> anyhow::Result<OffsetD
         return now.checked_sub(d).context("the duration is too large");
     }
     if let Some(t) = crate::util::parse_rfc3339(text) {
-        return Ok(t);
+        return Ok(t.to_offset(time::UtcOffset::UTC));
     }
     let date = time::Date::parse(
         text,
@@ -69,7 +69,13 @@ mod tests {
         assert_eq!(at("2026-11-01T10:00:00+02:00"), "2026-11-01T08:00:00Z");
         assert_eq!(at("2026-11-01"), "2026-11-01T00:00:00Z");
         let now = OffsetDateTime::now_utc();
-        for bad in ["yesterday", "1.2.3", "99999999999999999999", "1.1234567890", "-5"] {
+        for bad in [
+            "yesterday",
+            "1.2.3",
+            "99999999999999999999",
+            "1.1234567890",
+            "-5",
+        ] {
             let e = format!("{:#}", resolve(bad, now).unwrap_err());
             assert!(e.contains(bad) || e.contains("range"), "{bad}: {e}");
         }

@@ -914,10 +914,7 @@ impl Control for ControlService {
     }
 
     type EventsStream = std::pin::Pin<
-        Box<
-            dyn tokio_stream::Stream<Item = Result<crate::api::v1::EventsResponse, Status>>
-                + Send,
-        >,
+        Box<dyn tokio_stream::Stream<Item = Result<crate::api::v1::EventsResponse, Status>> + Send>,
     >;
 
     async fn events(

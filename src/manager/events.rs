@@ -140,8 +140,14 @@ pub fn from_record(r: &AuditRecord, hostname: impl Fn(&str) -> Option<String>) -
         ("network", "create" | "remove") => named("network", verb),
         ("node", "join") => node("create"),
         ("node", "remove") => node("remove"),
-        ("node", "update") => node("update").attr("availability.new", detail("availability")),
-        ("node", "promote" | "demote") => node("update").attr("role.new", detail("role")),
+        // Docker's lower case (the record has `node ls`'s `Pause`).
+        ("node", "update") => node("update").attr(
+            "availability.new",
+            detail("availability").map(str::to_lowercase),
+        ),
+        ("node", "promote" | "demote") => {
+            node("update").attr("role.new", detail("role").map(str::to_lowercase))
+        }
         _ => return None,
     })
 }

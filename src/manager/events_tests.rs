@@ -28,7 +28,12 @@ fn attrs(e: &Event) -> Vec<(&str, &str)> {
 
 #[test]
 fn operator_changes_map_to_dockers_swarm_events() {
-    let e = ev("service.create", "web", &[("service_id", "s1"), ("mode", "replicated")]).unwrap();
+    let e = ev(
+        "service.create",
+        "web",
+        &[("service_id", "s1"), ("mode", "replicated")],
+    )
+    .unwrap();
     assert_eq!((e.kind.as_str(), e.action.as_str()), ("service", "create"));
     assert_eq!(e.actor.id, "s1");
     assert_eq!(attrs(&e), [("name", "web")]);
@@ -55,8 +60,17 @@ fn operator_changes_map_to_dockers_swarm_events() {
     ];
     for (action, kind, verb) in cases {
         let id = format!("{kind}_id");
-        let e = ev(action, "db", &[(id.as_str(), "x1"), ("digest", "sha256:abc")]).unwrap();
-        assert_eq!((e.kind.as_str(), e.action.as_str()), (kind, verb), "{action}");
+        let e = ev(
+            action,
+            "db",
+            &[(id.as_str(), "x1"), ("digest", "sha256:abc")],
+        )
+        .unwrap();
+        assert_eq!(
+            (e.kind.as_str(), e.action.as_str()),
+            (kind, verb),
+            "{action}"
+        );
         assert_eq!(e.actor.id, "x1");
         // A digest of a secret value never reaches an event.
         assert_eq!(attrs(&e), [("name", "db")], "{action}");
@@ -67,13 +81,23 @@ fn operator_changes_map_to_dockers_swarm_events() {
 
 #[test]
 fn node_events_name_the_host() {
-    let e = ev("node.join", "n2", &[("hostname", "w1"), ("peer", "1.2.3.4")]).unwrap();
+    let e = ev(
+        "node.join",
+        "n2",
+        &[("hostname", "w1"), ("peer", "1.2.3.4")],
+    )
+    .unwrap();
     assert_eq!((e.kind.as_str(), e.action.as_str()), ("node", "create"));
     assert_eq!(attrs(&e), [("name", "w1")]);
     // Without a host name in the record, the state's.
-    let e = ev("node.update", "n1", &[("availability", "drain")]).unwrap();
+    let e = ev("node.update", "n1", &[("availability", "Drain")]).unwrap();
     assert_eq!(attrs(&e), [("availability.new", "drain"), ("name", "m1")]);
-    let e = ev("node.promote", "n1", &[("hostname", "m1"), ("role", "manager")]).unwrap();
+    let e = ev(
+        "node.promote",
+        "n1",
+        &[("hostname", "m1"), ("role", "manager")],
+    )
+    .unwrap();
     assert_eq!(e.action, "update");
     assert_eq!(attrs(&e), [("name", "m1"), ("role.new", "manager")]);
     let e = ev("node.remove", "n9", &[("cert_serial", "ab")]).unwrap();
@@ -107,10 +131,20 @@ fn refusals_reads_and_other_records_are_not_events() {
 
 #[test]
 fn the_wire_keeps_every_field() {
-    let e = ev("service.update", "web", &[("service_id", "s1"), ("replicas", "2")]).unwrap();
+    let e = ev(
+        "service.update",
+        "web",
+        &[("service_id", "s1"), ("replicas", "2")],
+    )
+    .unwrap();
     assert_eq!(Event::from_wire(e.to_wire()), e);
     let json = serde_json::to_value(&e).unwrap();
-    let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = json
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     let mut want = ["Type", "Action", "Actor", "scope", "time", "timeNano"];
     want.sort_unstable();
     let mut keys = keys;
@@ -123,14 +157,18 @@ fn the_wire_keeps_every_field() {
 #[test]
 fn state_changes_are_node_and_update_state_events() {
     let mut old = Watched::default();
-    old.nodes.insert("n1".into(), ("m1".into(), NodeState::Ready));
-    old.nodes.insert("n2".into(), ("w1".into(), NodeState::Ready));
+    old.nodes
+        .insert("n1".into(), ("m1".into(), NodeState::Ready));
+    old.nodes
+        .insert("n2".into(), ("w1".into(), NodeState::Ready));
     old.services.insert("s1".into(), ("web".into(), None));
     old.services
         .insert("s2".into(), ("db".into(), Some(UpdatePhase::Updating)));
     let mut new = old.clone();
-    new.nodes.insert("n2".into(), ("w1".into(), NodeState::Down));
-    new.nodes.insert("n3".into(), ("w2".into(), NodeState::Ready));
+    new.nodes
+        .insert("n2".into(), ("w1".into(), NodeState::Down));
+    new.nodes
+        .insert("n3".into(), ("w2".into(), NodeState::Ready));
     new.services
         .insert("s1".into(), ("web".into(), Some(UpdatePhase::Updating)));
     new.services
@@ -146,7 +184,11 @@ fn state_changes_are_node_and_update_state_events() {
         [
             (
                 "node update n2".to_string(),
-                vec![("name", "w1"), ("state.new", "down"), ("state.old", "ready")]
+                vec![
+                    ("name", "w1"),
+                    ("state.new", "down"),
+                    ("state.old", "ready")
+                ]
             ),
             (
                 "service update s1".to_string(),
@@ -173,7 +215,12 @@ fn sel(filters: &[&str]) -> Selection {
 fn some_events() -> Vec<Event> {
     vec![
         ev("service.create", "web", &[("service_id", "s1")]).unwrap(),
-        ev("service.update", "web", &[("service_id", "s1"), ("replicas", "2")]).unwrap(),
+        ev(
+            "service.update",
+            "web",
+            &[("service_id", "s1"), ("replicas", "2")],
+        )
+        .unwrap(),
         ev("secret.create", "db", &[("secret_id", "x1")]).unwrap(),
         ev("node.update", "n1", &[("availability", "pause")]).unwrap(),
         ev("network.remove", "webnet", &[("network_id", "w1")]).unwrap(),

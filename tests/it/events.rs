@@ -20,6 +20,18 @@ use crate::harness::{
 /// `from`.
 const DOCKER_KEYS: [&str; 6] = ["Action", "Actor", "Type", "scope", "time", "timeNano"];
 
+/// The attributes skep's events carry (Docker's names).
+const ATTRIBUTES: [&str; 8] = [
+    "name",
+    "replicas.new",
+    "availability.new",
+    "role.new",
+    "state.old",
+    "state.new",
+    "updatestate.old",
+    "updatestate.new",
+];
+
 /// A `skep events` process whose stdout lines arrive on a channel; killed when dropped.
 struct Stream {
     child: Child,
@@ -70,11 +82,18 @@ impl Stream {
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("no event {what} within {:?}; saw:\n{}", timeout(), self.log())
+                    panic!(
+                        "no event {what} within {:?}; saw:\n{}",
+                        timeout(),
+                        self.log()
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.wait().unwrap();
-                    panic!("the stream ended ({status}) before {what}; saw:\n{}", self.log())
+                    panic!(
+                        "the stream ended ({status}) before {what}; saw:\n{}",
+                        self.log()
+                    )
                 }
             }
         }
@@ -119,6 +138,11 @@ fn docker_shaped(e: &Value) {
         .collect();
     assert_eq!(actor, ["Attributes", "ID"].into_iter().collect(), "{e}");
     assert!(!e["Actor"]["ID"].as_str().unwrap().is_empty(), "{e}");
+    // Only the attributes Docker shows: no detail of an audit record (a digest, an ID, the
+    // actor) rides along.
+    for k in e["Actor"]["Attributes"].as_object().unwrap().keys() {
+        assert!(ATTRIBUTES.contains(&k.as_str()), "attribute {k}: {e}");
+    }
     assert_eq!(e["scope"], "swarm", "{e}");
     let (t, ns) = (e["time"].as_i64().unwrap(), e["timeNano"].as_i64().unwrap());
     assert_eq!(ns.div_euclid(1_000_000_000), t, "{e}");
@@ -160,7 +184,15 @@ fn events_follow_what_changed_and_a_range_prints_and_exits() {
     let m = c.first();
     let since = (unix_now() - 1).to_string();
     m.cli_ok(&[
-        "service", "create", "--detach", "--runtime", "exec", "--name", "web", "--", "sleep",
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "web",
+        "--",
+        "sleep",
         "600",
     ]);
 
@@ -236,7 +268,10 @@ fn events_follow_what_changed_and_a_range_prints_and_exits() {
     assert_eq!(only(&["type=secret"]), [secret("create"), secret("remove")]);
     assert_eq!(only(&["type=secret", "event=remove"]), [secret("remove")]);
     let two = only(&["type=secret", "type=node"]);
-    assert!(two.contains(&secret("create")) && two.iter().any(|e| e.0 == "node"), "{two:?}");
+    assert!(
+        two.contains(&secret("create")) && two.iter().any(|e| e.0 == "node"),
+        "{two:?}"
+    );
     assert!(two.iter().all(|e| e.0 != "service"), "{two:?}");
     assert!(only(&["service=web"]).iter().all(|e| e.2 == "web"));
 
@@ -252,8 +287,14 @@ fn events_follow_what_changed_and_a_range_prints_and_exits() {
     ]);
     let first = text.lines().next().unwrap_or_default();
     let (at, rest) = first.split_once(' ').unwrap();
-    assert!(at.ends_with('Z') && at.len() == "2026-12-05T10:00:00.000000000Z".len(), "{first}");
-    assert!(rest.starts_with("secret create ") && rest.ends_with(" (name=s1)"), "{first}");
+    assert!(
+        at.ends_with('Z') && at.len() == "2026-12-05T10:00:00.000000000Z".len(),
+        "{first}"
+    );
+    assert!(
+        rest.starts_with("secret create ") && rest.ends_with(" (name=s1)"),
+        "{first}"
+    );
     let templated = m.cli_ok(&[
         "events",
         "--since",
@@ -269,7 +310,13 @@ fn events_follow_what_changed_and_a_range_prints_and_exits() {
 
     // Bad requests are refused, naming what was wrong.
     assert_error(
-        &m.cli(&["events", "--until", until.as_str(), "--filter", "colour=red"]),
+        &m.cli(&[
+            "events",
+            "--until",
+            until.as_str(),
+            "--filter",
+            "colour=red",
+        ]),
         "invalid filter \"colour\"",
     );
     assert_error(&m.cli(&["events", "--since", "yesterday"]), "--since");
@@ -329,5 +376,8 @@ fn only_roles_the_rbac_policy_allows_read_events() {
         stdout(&out)
     );
     let text = stdout(&out);
-    assert!(!text.contains("t0p-s3cret-value") && !text.contains("local-admin"), "{text}");
+    assert!(
+        !text.contains("t0p-s3cret-value") && !text.contains("local-admin"),
+        "{text}"
+    );
 }

@@ -3,11 +3,11 @@
 //! name the operator and are audited; revocation, a foreign certificate, an expired one, a
 //! taken name and an invalid RBAC policy are refused; contexts pick the manager.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
+use std::process::Command;
 
 use crate::harness::{
-    Cluster, Node, as_operator, assert_error, enrol, run, skep_bin, stdout, timeout, wait_until,
+    Cluster, as_operator, assert_error, enrol, run, skep_bin, stdout, timeout, wait_until,
 };
 
 #[test]
