@@ -236,33 +236,30 @@ fn events_follow_what_changed_and_a_range_prints_and_exits() {
     // A range prints what happened in it and exits 0.
     let m = c.first();
     let until = (unix_now() + 1).to_string();
-    let range = m.cli_ok(&[
-        "events",
-        "--since",
-        since.as_str(),
-        "--until",
-        until.as_str(),
-        "--format",
-        "json",
-    ]);
-    let seen: Vec<_> = json_lines(&range).iter().map(tan).collect();
-    assert!(in_order(&seen, &expected()), "{seen:?}");
-
-    // Filters: one key's values OR, different keys AND.
-    let only = |filters: &[&str]| -> Vec<(String, String, String)> {
+    let in_range = |extra: &[&str]| -> String {
         let mut args = vec![
             "events",
             "--since",
             since.as_str(),
             "--until",
             until.as_str(),
-            "--format",
-            "json",
         ];
+        args.extend_from_slice(extra);
+        m.cli_ok(&args)
+    };
+    let seen: Vec<_> = json_lines(&in_range(&["--format", "json"]))
+        .iter()
+        .map(tan)
+        .collect();
+    assert!(in_order(&seen, &expected()), "{seen:?}");
+
+    // Filters: one key's values OR, different keys AND.
+    let only = |filters: &[&str]| -> Vec<(String, String, String)> {
+        let mut args = vec!["--format", "json"];
         for f in filters {
             args.extend(["--filter", *f]);
         }
-        json_lines(&m.cli_ok(&args)).iter().map(tan).collect()
+        json_lines(&in_range(&args)).iter().map(tan).collect()
     };
     let secret = |a: &str| ("secret".to_string(), a.to_string(), "s1".to_string());
     assert_eq!(only(&["type=secret"]), [secret("create"), secret("remove")]);
@@ -276,15 +273,7 @@ fn events_follow_what_changed_and_a_range_prints_and_exits() {
     assert!(only(&["service=web"]).iter().all(|e| e.2 == "web"));
 
     // Docker's text line and a Go template.
-    let text = m.cli_ok(&[
-        "events",
-        "--since",
-        since.as_str(),
-        "--until",
-        until.as_str(),
-        "-f",
-        "type=secret",
-    ]);
+    let text = in_range(&["-f", "type=secret"]);
     let first = text.lines().next().unwrap_or_default();
     let (at, rest) = first.split_once(' ').unwrap();
     assert!(
@@ -295,12 +284,7 @@ fn events_follow_what_changed_and_a_range_prints_and_exits() {
         rest.starts_with("secret create ") && rest.ends_with(" (name=s1)"),
         "{first}"
     );
-    let templated = m.cli_ok(&[
-        "events",
-        "--since",
-        since.as_str(),
-        "--until",
-        until.as_str(),
+    let templated = in_range(&[
         "--filter",
         "type=secret",
         "--format",
