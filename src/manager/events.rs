@@ -398,7 +398,7 @@ impl Selection {
 
     /// Whether `t` is within the time range.
     pub fn in_range(&self, t: OffsetDateTime) -> bool {
-        !self.since.is_some_and(|s| t < s) && !self.until.is_some_and(|u| t > u)
+        self.since.is_none_or(|s| t >= s) && self.until.is_none_or(|u| t <= u)
     }
 
     /// Whether `e` is within the time range and passes the filters.
