@@ -24,7 +24,7 @@ pub(super) fn resolve(text: &str, now: OffsetDateTime) -> anyhow::Result<OffsetD
     )
     .with_context(|| {
         format!(
-            "{} is not Unix seconds, a duration (1h, 30m), an RFC 3339 time or a date (2026-11-01)",
+            "{} is not a duration (1h, 30m), Unix seconds, an RFC 3339 time or a date (2026-11-01)",
             crate::util::quote(text)
         )
     })?;
