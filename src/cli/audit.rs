@@ -60,7 +60,7 @@ async fn follow(api: &mut Api, req: AuditListRequest, json: bool) -> anyhow::Res
 }
 
 /// Writes and flushes stdout; `false` once the reader has gone away.
-fn write_out(text: &str) -> anyhow::Result<bool> {
+pub(super) fn write_out(text: &str) -> anyhow::Result<bool> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(true),
@@ -102,7 +102,11 @@ fn request(filter: &AuditFilterArgs, purpose: &str) -> anyhow::Result<AuditListR
     let now = time::OffsetDateTime::now_utc();
     let when = |flag: &str, v: &Option<String>| -> anyhow::Result<String> {
         v.as_deref()
-            .map(|t| resolve_time(t, now).with_context(|| format!("--{flag}")))
+            .map(|t| {
+                super::when::resolve(t, now)
+                    .map(crate::util::rfc3339)
+                    .with_context(|| format!("--{flag}"))
+            })
             .transpose()
             .map(Option::unwrap_or_default)
     };
@@ -116,46 +120,6 @@ fn request(filter: &AuditFilterArgs, purpose: &str) -> anyhow::Result<AuditListR
         from_seq: 0,
         purpose: purpose.to_string(),
     })
-}
-
-/// `1h`, `30m` (that long before `now`), an RFC 3339 time, or a date (its midnight, UTC).
-fn resolve_time(text: &str, now: time::OffsetDateTime) -> anyhow::Result<String> {
-    resolve_instant(text, now).map(crate::util::rfc3339)
-}
-
-/// A time as Docker's `--since`/`--until` take it: `1h`, `30m` (that long before `now`), an
-/// RFC 3339 time, Unix seconds (`1733400000` or `1733400000.5`), or a date (its midnight,
-/// UTC).
-pub(super) fn resolve_instant(
-    text: &str,
-    now: time::OffsetDateTime,
-) -> anyhow::Result<time::OffsetDateTime> {
-    if let Ok(d) = crate::spec::duration::parse(text) {
-        let d = time::Duration::try_from(d).context("the duration is too large")?;
-        return now.checked_sub(d).context("the duration is too large");
-    }
-    if let Some(t) = crate::util::parse_rfc3339(text) {
-        return Ok(t);
-    }
-    if !text.is_empty()
-        && text.len() <= 32
-        && text.chars().all(|c| c.is_ascii_digit() || c == '.')
-        && let Ok(secs) = text.parse::<f64>()
-        && let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos((secs * 1e9) as i128)
-    {
-        return Ok(t);
-    }
-    let date = time::Date::parse(
-        text,
-        time::macros::format_description!("[year]-[month]-[day]"),
-    )
-    .with_context(|| {
-        format!(
-            "{} is not a duration (1h, 30m), an RFC 3339 time, Unix seconds or a date (2026-11-01)",
-            crate::util::quote(text)
-        )
-    })?;
-    Ok(date.midnight().assume_utc())
 }
 
 fn table(records: &[AuditRecord]) -> String {
@@ -504,23 +468,6 @@ mod tests {
             "{msg}"
         );
         assert_eq!(check(&[]).unwrap(), "The audit chain is empty.\n");
-    }
-
-    #[test]
-    fn times_are_durations_ago_rfc3339_or_dates() {
-        let now = crate::util::parse_rfc3339("2026-11-02T12:00:00Z").unwrap();
-        assert_eq!(resolve_time("1h", now).unwrap(), "2026-11-02T11:00:00Z");
-        assert_eq!(resolve_time("30m", now).unwrap(), "2026-11-02T11:30:00Z");
-        assert_eq!(
-            resolve_time("2026-11-01T10:00:00+02:00", now).unwrap(),
-            "2026-11-01T08:00:00Z"
-        );
-        assert_eq!(
-            resolve_time("2026-11-01", now).unwrap(),
-            "2026-11-01T00:00:00Z"
-        );
-        let e = format!("{:#}", resolve_time("yesterday", now).unwrap_err());
-        assert!(e.contains("is not a duration"), "{e}");
     }
 
     #[test]

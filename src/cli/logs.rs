@@ -64,7 +64,7 @@ fn parse_tail(text: &str) -> Result<u64, String> {
 pub(super) async fn logs(api: &mut Api, a: LogsArgs) -> anyhow::Result<()> {
     let now = time::OffsetDateTime::now_utc();
     let since = match &a.since {
-        Some(t) => nanos(super::audit::resolve_instant(t, now)?),
+        Some(t) => nanos(super::when::resolve(t, now)?),
         None => 0,
     };
     let mut lines = fetch(api, &a.service, a.tail, since).await?;

@@ -17,6 +17,7 @@ pub mod client;
 mod config;
 mod dev;
 mod docker_view;
+mod events;
 mod filter;
 mod info;
 mod logs;
@@ -34,6 +35,7 @@ mod stack;
 mod swarm;
 mod tasks;
 mod template;
+mod when;
 
 use crate::spec::duration;
 use std::io::Write as _;
@@ -124,6 +126,8 @@ enum Command {
     /// Read and verify the hash-chained audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Get real-time events from the swarm (services, nodes, secrets, configs, networks).
+    Events(events::EventsArgs),
     /// Run a local test swarm of several daemons on 127.0.0.2, 127.0.0.3, ...
     Dev(DevArgs),
     /// Show the skep version information (client and daemon).
@@ -521,10 +525,12 @@ enum AuditCommand {
 /// Which records to read; the manager applies them.
 #[derive(Debug, Default, Args)]
 struct AuditFilterArgs {
-    /// Records at or after this time: a duration ago (1h, 30m) or an RFC 3339 time or date.
+    /// Records at or after this time: Unix seconds, a duration ago (1h, 30m), or an RFC 3339
+    /// time or date.
     #[arg(long, value_name = "WHEN")]
     since: Option<String>,
-    /// Records at or before this time: a duration ago or an RFC 3339 time or date.
+    /// Records at or before this time: Unix seconds, a duration ago, or an RFC 3339 time or
+    /// date.
     #[arg(long, value_name = "WHEN")]
     until: Option<String>,
     /// The actor's ID, or KIND:ID (local-admin:ID, node:ID, anonymous:ADDR).
@@ -714,6 +720,7 @@ async fn control(
         Command::Audit(AuditCommand::Ls(args)) => audit::ls(&mut api, args).await,
         Command::Audit(AuditCommand::Verify(args)) => audit::verify(Some(&mut api), args).await,
         Command::Audit(AuditCommand::Export(args)) => audit::export(&mut api, args).await,
+        Command::Events(args) => events::run(&mut api, args).await,
         Command::Info(args) => info::info(&mut api, context, args).await,
         Command::Daemon(_)
         | Command::Dev(_)

@@ -949,6 +949,24 @@ impl Control for ControlService {
             .map_err(to_status)?;
         Ok(Response::new(out))
     }
+
+    type EventsStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<crate::api::v1::EventsResponse, Status>> + Send>,
+    >;
+
+    async fn events(
+        &self,
+        req: Request<crate::api::v1::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let r = req.into_inner();
+        let sel = crate::manager::events::Selection::parse(&r.since, &r.until, &r.filters)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (m, _) = self.0.manager_and_admin().await?;
+        let rx = crate::manager::event_stream::stream(m, sel);
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
 }
 
 /// A network for the control API, with the services attached to it.

@@ -97,6 +97,7 @@ pub fn classify(method: &str) -> Option<(Action, &'static str)> {
         "NetworkCreate" | "NetworkRemove" => (Deploy, "network"),
         "StackAudit" | "StackVolumesRemove" => (Deploy, "stack"),
         "StackVolumesProgress" => (Read, "stack"),
+        "Events" => (ReadEvents, "event"),
         "NetworkList" | "NetworkInspect" => (Read, "network"),
         "PolicyGet" => (Read, "policy"),
         "PolicySet" => (ManageSwarm, "policy"),

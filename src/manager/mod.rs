@@ -12,6 +12,8 @@ pub mod audit;
 pub mod control;
 pub mod dispatch;
 pub mod entitle;
+pub mod event_stream;
+pub mod events;
 mod fault;
 pub mod gate;
 pub mod jwt;

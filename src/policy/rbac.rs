@@ -37,6 +37,8 @@ pub enum Action {
     Read,
     /// Read the audit log.
     ReadAudit,
+    /// Read the cluster's events (`skep events`).
+    ReadEvents,
     /// Manage services.
     Deploy,
     /// Create and remove secrets.
@@ -60,6 +62,7 @@ impl Action {
         match self {
             Action::Read => "Read",
             Action::ReadAudit => "ReadAudit",
+            Action::ReadEvents => "ReadEvents",
             Action::Deploy => "Deploy",
             Action::ManageSecrets => "ManageSecrets",
             Action::ManageNodes => "ManageNodes",
@@ -75,6 +78,7 @@ impl Action {
         match self {
             Action::Read => "read cluster state",
             Action::ReadAudit => "read the audit log",
+            Action::ReadEvents => "read cluster events",
             Action::Deploy => "manage services",
             Action::ManageSecrets => "create or remove secrets",
             Action::ManageNodes => "change or remove nodes",
@@ -459,9 +463,10 @@ mod tests {
     use super::*;
 
     // BindMount is asked with its own context (a host path): see the bind test below.
-    const ALL: [Action; 8] = [
+    const ALL: [Action; 9] = [
         Action::Read,
         Action::ReadAudit,
+        Action::ReadEvents,
         Action::Deploy,
         Action::ManageSecrets,
         Action::ManageNodes,
@@ -482,8 +487,14 @@ mod tests {
                 .collect()
         };
         assert_eq!(allowed("admin"), ALL.to_vec());
-        assert_eq!(allowed("deployer"), vec![Action::Read, Action::Deploy]);
-        assert_eq!(allowed("auditor"), vec![Action::Read, Action::ReadAudit]);
+        assert_eq!(
+            allowed("deployer"),
+            vec![Action::Read, Action::ReadEvents, Action::Deploy]
+        );
+        assert_eq!(
+            allowed("auditor"),
+            vec![Action::Read, Action::ReadAudit, Action::ReadEvents]
+        );
         assert!(allowed("intern").is_empty());
         let Decision::Deny { reason } = engine.authorize(
             &Principal {

@@ -22,6 +22,7 @@ mod cluster;
 mod configs;
 mod daemon_logs;
 mod docker_services;
+mod events;
 mod everyday_cli;
 mod faults;
 mod health;
