@@ -300,7 +300,7 @@ fn service_logs_follow_every_line_once_with_times() {
         // `2026-12-05T10:00:00.123456789Z ticker.1.xxxxxxxxxxxx@m1    | line-N`
         let (time, rest) = l.split_once(' ').unwrap();
         assert!(time.len() == 30 && time.ends_with('Z'), "{l:?}");
-        assert!(time.to_string() >= last_time, "times go back: {got:#?}");
+        assert!(time >= last_time.as_str(), "times go back: {got:#?}");
         last_time = time.to_string();
         assert!(rest.starts_with("ticker.1."), "{l:?}");
         let n: u64 = rest.rsplit_once("| line-").unwrap().1.parse().unwrap();
