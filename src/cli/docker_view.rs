@@ -7,6 +7,7 @@
 use serde_json::{Value, json};
 
 use super::spec::constraint_text;
+use super::tasks::lower;
 use crate::store::service::{Mode, RestartCondition, Service};
 
 /// `service inspect`'s object for templates: skep's service with Docker's keys added.
@@ -35,8 +36,8 @@ pub(super) fn service(s: &Service) -> Value {
         .ports
         .iter()
         .map(|p| {
-            json!({"Protocol": super::service::lower(&p.protocol), "TargetPort": p.target,
-                   "PublishedPort": p.published, "PublishMode": super::service::lower(&p.mode)})
+            json!({"Protocol": lower(&p.protocol), "TargetPort": p.target,
+                   "PublishedPort": p.published, "PublishMode": lower(&p.mode)})
         })
         .collect();
     let condition = match t.restart.condition {
@@ -73,7 +74,7 @@ pub(super) fn service(s: &Service) -> Value {
                 "Placement": {
                     "Constraints": t.constraints.iter().map(constraint_text).collect::<Vec<_>>(),
                 },
-                "Runtime": super::service::lower(&t.runtime),
+                "Runtime": lower(&t.runtime),
             },
             "Mode": mode,
             "EndpointSpec": { "Ports": ports },

@@ -15,7 +15,7 @@ use clap::Args;
 
 use super::client::status;
 use super::print;
-use super::service::hostnames;
+use super::tasks::hostnames;
 use super::tasks::short_id;
 use crate::api::v1::{LogLine, ServiceLogsRequest};
 

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 use super::client::status;
 use super::filter::{self, Filters};
 use super::output::{self, Table, json_pretty};
-use super::service::{hostnames, ps_output};
-use super::tasks::parse_tasks;
+use super::service::ps_output;
+use super::tasks::{hostnames, parse_tasks};
 use super::{NodeInspectArgs, NodeLsArgs, NodePsArgs, NodeUpdateArgs, print};
 use crate::api::v1::{Empty, NodeInfo, NodeInspectRequest, NodeUpdateRequest};
 

@@ -18,7 +18,7 @@ use super::progress::{self, Baseline};
 use super::spec::{
     self, CreateSpec, ModeArg, RuntimeArg, SpecFlags, UpdateSpec, bytes, constraint_text, cpus,
 };
-use super::tasks::{self, image_of, parse_service, parse_tasks, short_id};
+use super::tasks::{self, hostnames, image_of, lower, parse_service, parse_tasks, short_id};
 use super::{Format, print};
 use crate::api::v1::{Empty, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest};
 use crate::api::view::TaskView;
@@ -370,19 +370,6 @@ async fn fetch_all(
     ))
 }
 
-/// Node ID → host name; empty if the nodes cannot be listed (IDs are shown instead).
-pub(super) async fn hostnames(api: &mut Api) -> HashMap<String, String> {
-    match api.node_list(Empty {}).await {
-        Ok(resp) => resp
-            .into_inner()
-            .nodes
-            .into_iter()
-            .map(|n| (n.id, n.hostname))
-            .collect(),
-        Err(_) => HashMap::new(),
-    }
-}
-
 async fn ls(api: &mut Api, a: LsArgs) -> anyhow::Result<()> {
     let infos = api
         .service_list(Empty {})
@@ -578,13 +565,6 @@ fn restart_text(c: RestartCondition) -> &'static str {
         RestartCondition::OnFailure => "on-failure",
         RestartCondition::Any => "any",
     }
-}
-
-pub(super) fn lower<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v)
-        .ok()
-        .and_then(|v| v.as_str().map(String::from))
-        .unwrap_or_default()
 }
 
 fn line(out: &mut String, label: &str, value: &str) {

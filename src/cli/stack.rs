@@ -19,8 +19,8 @@ use super::client::status;
 use super::filter::{self, Filters};
 use super::output::{self, Table};
 use super::progress::{self, Baseline};
-use super::service::{fetch, hostnames, ls_text, ps_output};
-use super::tasks::{parse_service, parse_tasks, short_id};
+use super::service::{fetch, ls_text, ps_output};
+use super::tasks::{hostnames, parse_service, parse_tasks, short_id};
 use super::{Format, print};
 use crate::api::v1::{
     Empty, NetworkCreateRequest, NetworkInfo, NetworkLookup, SecretCreateRequest, SecretInfo,

@@ -270,6 +270,27 @@ pub(super) fn parse_service(text: &str) -> anyhow::Result<Service> {
     serde_json::from_str(text).context("the daemon sent a service this CLI cannot read")
 }
 
+/// Node ID → host name; empty if the nodes cannot be listed (IDs are shown instead).
+pub(super) async fn hostnames(api: &mut super::client::Api) -> HashMap<String, String> {
+    match api.node_list(crate::api::v1::Empty {}).await {
+        Ok(resp) => resp
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(|n| (n.id, n.hostname))
+            .collect(),
+        Err(_) => HashMap::new(),
+    }
+}
+
+/// An enum as its serde name (`OnFailure` → `on-failure`), as `inspect` shows it.
+pub(super) fn lower<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
