@@ -446,3 +446,74 @@ impl Drop for DockerService {
         let _ = docker(&["service", "rm", &self.0]);
     }
 }
+
+/// `service logs -f` asks again at each poll, so an operator whose role stops allowing reads
+/// while following is refused at the next poll and the command ends with the refusal.
+#[test]
+fn a_followed_log_ends_when_the_policy_stops_allowing_reads() {
+    use crate::harness::operators::enrol;
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    exec_service(m, "tick", &[], "while true; do echo tick; sleep 0.1; done");
+    let tmp = tempfile::tempdir().unwrap();
+    let default = m.cli_ok(&["policy", "get", "--rbac"]);
+    let with_viewer = format!(
+        "{default}\npermit (principal in Skep::Role::\"viewer\", action == Skep::Action::\"Read\", resource);\n"
+    );
+    let file = tmp.path().join("rbac.cedar");
+    std::fs::write(&file, with_viewer).unwrap();
+    m.cli_ok(&["policy", "set", "--rbac", file.to_str().unwrap()]);
+    let dir = enrol(m, tmp.path(), "vic", "viewer", &[]);
+
+    let mut child = Command::new(skep_bin())
+        .env_remove("SKEP_HOST")
+        .env("SKEP_CONFIG", dir.join("config"))
+        .args(["--host", &format!("tcp://{}", m.addr())])
+        .args(["--cert-path", dir.to_str().unwrap()])
+        .args(["service", "logs", "-f", "--raw", "tick"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    // Following: lines keep coming.
+    let first = rx.recv_timeout(timeout());
+    assert!(
+        matches!(&first, Ok(l) if l == "tick"),
+        "not following: {first:?}"
+    );
+
+    // The policy no longer lets viewers read: the next poll is refused and the follow ends.
+    std::fs::write(&file, &default).unwrap();
+    m.cli_ok(&["policy", "set", "--rbac", file.to_str().unwrap()]);
+    let changed = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if changed.elapsed() > timeout() {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50)); // polling the child, with a deadline
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the follow went on after the policy stopped allowing reads");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "the follow ended as if cleanly: {err}");
+    assert!(err.contains("may not read cluster state"), "{err}");
+}
