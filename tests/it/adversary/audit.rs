@@ -316,30 +316,12 @@ fn verify_refuses_an_empty_stripped_or_cut_chain_and_remembers_the_newest_checkp
     assert!(online.status.success(), "{}", stderr(&online));
 }
 
-/// An operator's certificate directory, made as an operator would (`operator csr`, then
-/// `operator sign` on a manager).
-fn enrol(m: &Node, root: &Path, name: &str, role: &str) -> std::path::PathBuf {
-    let dir = root.join(name);
-    let out = run(
-        Proc::new(skep_bin())
-            .args(["operator", "csr", "--name", name, "--out"])
-            .arg(&dir),
-        None,
-    );
-    assert!(out.status.success(), "{}", crate::harness::describe(&out));
-    let csr = dir.join(format!("{name}.csr"));
-    let signed = m.cli_ok(&["operator", "sign", "--role", role, csr.to_str().unwrap()]);
-    std::fs::write(dir.join("cert.pem"), signed).unwrap();
-    std::fs::write(dir.join("ca.pem"), m.cli_ok(&["swarm", "ca", "-q"])).unwrap();
-    dir
-}
-
 #[test]
 fn an_operators_token_read_and_rotation_name_the_operator() {
     let c = Cluster::init(1, 0);
     let m = c.first();
     let tmp = tempfile::tempdir().unwrap();
-    let dir = enrol(m, tmp.path(), "tok-admin", "admin");
+    let dir = crate::harness::operators::enrol(m, tmp.path(), "tok-admin", "admin", &[]);
     let as_op = |args: &[&str]| {
         run(
             Proc::new(skep_bin())

@@ -10,27 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use crate::harness::operators::{as_operator, enrol};
 use crate::harness::{Cluster, Node, json_lines, run, skep_bin, timeout, wait_for, wait_until};
 
-/// An operator's certificate directory, made as an operator would (`operator csr`, then
-/// `operator sign` on the manager).
-fn enrol(m: &Node, root: &Path, name: &str, role: &str) -> PathBuf {
-    let dir = root.join(name);
-    let out = run(
-        Command::new(skep_bin())
-            .args(["operator", "csr", "--name", name, "--out"])
-            .arg(&dir),
-        None,
-    );
-    assert!(out.status.success(), "{}", crate::harness::describe(&out));
-    let csr = dir.join(format!("{name}.csr"));
-    let cert = m.cli_ok(&["operator", "sign", "--role", role, csr.to_str().unwrap()]);
-    std::fs::write(dir.join("cert.pem"), cert).unwrap();
-    std::fs::write(dir.join("ca.pem"), m.cli_ok(&["swarm", "ca", "-q"])).unwrap();
-    dir
-}
-
-/// The CLI as that operator, over mTLS to the manager.
 /// `service create --detach --runtime exec --name NAME FLAGS... -- CMD...` as the operator
 /// whose credentials are in `dir`.
 fn create_exec(m: &Node, dir: &Path, name: &str, flags: &[&str], cmd: &[&str]) -> Output {
@@ -46,19 +28,7 @@ fn create_exec(m: &Node, dir: &Path, name: &str, flags: &[&str], cmd: &[&str]) -
     args.extend_from_slice(flags);
     args.push("--");
     args.extend_from_slice(cmd);
-    as_operator(m, dir, &args)
-}
-
-fn as_operator(m: &Node, dir: &Path, args: &[&str]) -> Output {
-    let host = format!("tcp://{}", m.addr());
-    run(
-        Command::new(skep_bin())
-            .env_remove("SKEP_HOST")
-            .env("SKEP_CONFIG", dir.join("config"))
-            .args(["--host", &host, "--cert-path", dir.to_str().unwrap()])
-            .args(args),
-        None,
-    )
+    as_operator(m, dir, &args, None)
 }
 
 fn logs(m: &Node, service: &str) -> String {
@@ -157,7 +127,7 @@ fn a_deployers_exec_task_cannot_read_the_managers_keys_or_use_its_socket() {
 /// A manager and a deployer's certificate directory (in `ops`).
 fn with_deployer(ops: &Path) -> (Cluster, PathBuf) {
     let c = Cluster::init(1, 0);
-    let deployer = enrol(c.first(), ops, "dep", "deployer");
+    let deployer = enrol(c.first(), ops, "dep", "deployer", &[]);
     (c, deployer)
 }
 
@@ -285,6 +255,7 @@ fn a_policy_can_limit_which_secrets_a_deployer_attaches() {
             "root_ca_key",
             "app",
         ],
+        None,
     );
     crate::harness::assert_error(&out, "deployer-secrets");
 }
