@@ -80,27 +80,31 @@ impl Compiled {
 pub fn header(text: &str) -> Result<String, TemplateError> {
     let mut root = Map::new();
     for path in field_paths(text) {
-        let mut node = &mut root;
-        let last = path.len() - 1;
-        for (i, part) in path.iter().enumerate() {
-            if i == last {
-                node.entry(part.clone())
-                    .or_insert_with(|| Value::String(header_name(part)));
-            } else {
-                let next = node
-                    .entry(part.clone())
-                    .or_insert_with(|| Value::Object(Map::new()));
-                if !next.is_object() {
-                    *next = Value::Object(Map::new());
-                }
-                let Value::Object(inner) = next else {
-                    unreachable!("just made an object")
-                };
-                node = inner;
+        insert_header(&mut root, &path);
+    }
+    Compiled::new(text)?.render(&Value::Object(root))
+}
+
+/// Puts `path`'s header name at `path` in `node`, making the objects on the way.
+fn insert_header(node: &mut Map<String, Value>, path: &[String]) {
+    match path {
+        [] => {}
+        [last] => {
+            node.entry(last.clone())
+                .or_insert_with(|| Value::String(header_name(last)));
+        }
+        [first, rest @ ..] => {
+            let next = node
+                .entry(first.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !next.is_object() {
+                *next = Value::Object(Map::new());
+            }
+            if let Value::Object(inner) = next {
+                insert_header(inner, rest);
             }
         }
     }
-    Compiled::new(text)?.render(&Value::Object(root))
 }
 
 /// The `.A.B` field paths a template names.
@@ -358,5 +362,7 @@ mod tests {
             "ID\tNAME\tDESIRED STATE"
         );
         assert_eq!(header("{{.Spec.Name}}").unwrap(), "NAME");
+        // A field named both as a value and as an object: the object wins, nothing panics.
+        assert!(header("{{.Spec}} {{.Spec.Name}} {{.Spec}}").is_ok());
     }
 }
