@@ -340,7 +340,11 @@ impl Drop for SwarmModeGuard {
     }
 }
 
+/// It turns the shared Docker Engine's swarm mode on and off, which rewrites the engine's
+/// networking (iptables, the gateway bridge) under other tests' containers: `.ci/run` runs it
+/// alone, after the suite (`-- --ignored --exact` by name).
 #[test]
+#[ignore = "changes the shared Docker Engine's networking: .ci/run runs it alone, after the suite"]
 fn the_same_template_reads_the_same_values_as_docker_swarm() {
     let Some(image) = image_or_skip() else {
         return;
