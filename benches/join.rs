@@ -1,4 +1,5 @@
-//! Join storm: the time for 200 nodes to join one manager. The manager is a real
+//! Join storm: the time for 1,000 nodes (`SKEP_BENCH_JOINERS` to change it) to join one
+//! manager at once. The manager is a real
 //! `skep daemon` process; the joiners are simulated in this process, each running the real
 //! join protocol (root CA fetch, digest check, key + CSR, issuance over pinned TLS, Raft
 //! commit of the node and its audit records on the manager).
@@ -10,7 +11,15 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-const JOINERS: usize = 200;
+/// Nodes joining at once, unless `SKEP_BENCH_JOINERS` says otherwise.
+const JOINERS: usize = 1000;
+
+fn joiners() -> usize {
+    std::env::var("SKEP_BENCH_JOINERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(JOINERS)
+}
 
 struct Manager {
     child: Child,
@@ -88,14 +97,15 @@ fn join_storm(c: &mut Criterion) {
     let mut group = c.benchmark_group("join");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(60));
-    group.bench_function(format!("{JOINERS} nodes join one manager"), |b| {
+    let joiners = joiners();
+    group.bench_function(format!("{joiners} nodes join one manager"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for round in 0..iters {
                 let start = Instant::now();
                 rt.block_on(async {
-                    let mut tasks = Vec::with_capacity(JOINERS);
-                    for i in 0..JOINERS {
+                    let mut tasks = Vec::with_capacity(joiners);
+                    for i in 0..joiners {
                         let token = token.clone();
                         let addr = manager.addr.clone();
                         tasks.push(tokio::spawn(async move {

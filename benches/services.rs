@@ -621,6 +621,7 @@ fn placement(c: &mut Criterion) {
     let mut cpu = [0.0f64; 3];
     // The manager's resident memory with every task running, the highest seen.
     let mut peak_rss = 0.0f64;
+    let mut ls_times: Vec<Duration> = Vec::new();
     let mut group = c.benchmark_group("placement");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
@@ -690,6 +691,12 @@ fn placement(c: &mut Criterion) {
                     }
                     running_times.push(start.elapsed());
                     peak_rss = peak_rss.max(rss_mib(mpid));
+                    // `service ls` (a whole CLI process) with every task running.
+                    for _ in 0..5 {
+                        let t = Instant::now();
+                        m.cli(&["service", "ls"]);
+                        ls_times.push(t.elapsed());
+                    }
                     let (m2, s2) = (cpu_secs(mpid), cpu_secs(me));
                     cpu[0] += m1 - m0;
                     cpu[1] += m2 - m1;
@@ -734,6 +741,19 @@ fn placement(c: &mut Criterion) {
         eprintln!(
             "placement: manager RSS with {replicas} tasks running on {} nodes: {peak_rss:.1} MiB (highest seen)",
             sim_nodes()
+        );
+        ls_times.sort();
+        let version = {
+            let t = Instant::now();
+            setup
+                .as_ref()
+                .map(|p| p.cluster.manager().cli(&["version"]));
+            t.elapsed()
+        };
+        eprintln!(
+            "placement: `service ls` with {replicas} tasks running: median {:?} (fastest {:?}); `skep version`, the CLI process alone against the same daemon: {version:?}",
+            ls_times[ls_times.len() / 2],
+            ls_times[0]
         );
     }
     if let Some(p) = &setup {

@@ -7,7 +7,7 @@ use std::ops::{Deref, DerefMut};
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::service::{Task, TaskState};
+use crate::store::service::{DesiredState, Mode, Task, TaskState};
 
 /// What `service ps` says after "Unknown" for a task of a node marked Down.
 pub const NODE_DOWN: &str = "node down";
@@ -41,6 +41,45 @@ impl TaskView {
     /// Whether the task is known to run: reported Running by an agent that is not away.
     pub fn known_running(&self) -> bool {
         self.task.status.state == TaskState::Running && self.unknown.is_none()
+    }
+}
+
+/// `service ls`'s REPLICAS of a service: its tasks known to run (desired Running, reported
+/// Running by an agent that is not away) over those wanted (the replicas, or for a global
+/// service its tasks desired Running). One rule for the managers' summary and the CLI.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replicas {
+    /// Tasks known to run.
+    pub running: u64,
+    /// Tasks wanted.
+    pub desired: u64,
+}
+
+impl Replicas {
+    /// Counts a service's tasks, each as (desired state, known to run).
+    pub fn count(mode: &Mode, tasks: impl IntoIterator<Item = (DesiredState, bool)>) -> Self {
+        let mut r = Replicas::default();
+        for (desired, known_running) in tasks {
+            if desired == DesiredState::Running {
+                r.desired += 1;
+                r.running += u64::from(known_running);
+            }
+        }
+        if let Mode::Replicated { replicas } = mode {
+            r.desired = *replicas;
+        }
+        r
+    }
+
+    /// From views of a service's tasks.
+    pub fn of(mode: &Mode, tasks: &[TaskView]) -> Self {
+        Replicas::count(mode, tasks.iter().map(|t| (t.desired, t.known_running())))
+    }
+}
+
+impl std::fmt::Display for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.running, self.desired)
     }
 }
 

@@ -103,7 +103,7 @@ fn label_matches(labels: &BTreeMap<String, String>, want: &str) -> bool {
 pub const SERVICE_KEYS: &[&str] = &["id", "label", "mode", "name"];
 
 /// `service ls --filter`: ID prefix, name prefix, label, mode.
-pub fn services(f: &Filters, list: &mut Vec<(Service, Vec<TaskView>)>) -> Result<(), FilterError> {
+pub fn services<T>(f: &Filters, list: &mut Vec<(Service, T)>) -> Result<(), FilterError> {
     f.check_choices("mode", &["replicated", "global"])?;
     list.retain(|(s, _)| {
         f.any("id", |v| s.id.starts_with(v))
@@ -244,7 +244,7 @@ mod tests {
         ];
         let names = |args: &[&str]| {
             let mut l = all.clone();
-            services(&parse(args, SERVICE_KEYS).unwrap(), &mut l).unwrap();
+            services::<Vec<TaskView>>(&parse(args, SERVICE_KEYS).unwrap(), &mut l).unwrap();
             l.iter()
                 .map(|(s, _)| s.spec.name.clone())
                 .collect::<Vec<_>>()

@@ -20,11 +20,9 @@ use super::spec::{
 };
 use super::tasks::{self, hostnames, image_of, lower, parse_service, parse_tasks, short_id};
 use super::{Format, print};
-use crate::api::v1::{Empty, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest};
-use crate::api::view::TaskView;
-use crate::store::service::{
-    DesiredState, Mode, RestartCondition, Service, ServiceSpec, UpdateConfig,
-};
+use crate::api::v1::{ServiceListRequest, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest};
+use crate::api::view::{Replicas, TaskView};
+use crate::store::service::{Mode, RestartCondition, Service, ServiceSpec, UpdateConfig};
 
 type Api = super::client::Api;
 
@@ -371,19 +369,7 @@ async fn fetch_all(
 }
 
 async fn ls(api: &mut Api, a: LsArgs) -> anyhow::Result<()> {
-    let infos = api
-        .service_list(Empty {})
-        .await
-        .map_err(status)?
-        .into_inner()
-        .services;
-    let mut services = Vec::new();
-    for info in &infos {
-        services.push((
-            parse_service(&info.service_json)?,
-            parse_tasks(&info.tasks_json)?,
-        ));
-    }
+    let mut services = summaries(api).await?;
     services.sort_by(|(a, _), (b, _)| a.spec.name.cmp(&b.spec.name).then(a.id.cmp(&b.id)));
     filter::services(
         &Filters::parse(&a.filter, filter::SERVICE_KEYS)?,
@@ -392,9 +378,34 @@ async fn ls(api: &mut Api, a: LsArgs) -> anyhow::Result<()> {
     print(&ls_text(&services, a.quiet, &a.format)?)
 }
 
+/// Every service with its REPLICAS, from a summary listing: the managers count, no task
+/// travels. A daemon of API 1.1 ignores the request's `summary` and sends the current tasks,
+/// counted here by the same rule ([`Replicas`]).
+pub(super) async fn summaries(api: &mut Api) -> anyhow::Result<Vec<(Service, Replicas)>> {
+    let infos = api
+        .service_list(ServiceListRequest { summary: true })
+        .await
+        .map_err(status)?
+        .into_inner()
+        .services;
+    let mut out = Vec::with_capacity(infos.len());
+    for info in &infos {
+        let svc = parse_service(&info.service_json)?;
+        let replicas = match info.replicas {
+            Some(r) => Replicas {
+                running: r.running,
+                desired: r.desired,
+            },
+            None => Replicas::of(&svc.spec.mode, &parse_tasks(&info.tasks_json)?),
+        };
+        out.push((svc, replicas));
+    }
+    Ok(out)
+}
+
 /// The `ls` output of `service ls` and `stack services`.
 pub(super) fn ls_text(
-    services: &[(Service, Vec<TaskView>)],
+    services: &[(Service, Replicas)],
     quiet: bool,
     format: &Format,
 ) -> anyhow::Result<String> {
@@ -404,27 +415,8 @@ pub(super) fn ls_text(
             .map(|(s, _)| format!("{}\n", short_id(&s.id)))
             .collect());
     }
-    let items: Vec<Value> = services.iter().map(|(s, t)| ls_json(s, t)).collect();
+    let items: Vec<Value> = services.iter().map(|(s, r)| ls_json(s, *r)).collect();
     Ok(output::list(format, &items, || ls_table(services))?)
-}
-
-/// `running/desired`: for a global service, desired is the tasks that should run. Running
-/// counts only tasks known to run: not those of a node that is down (their state is unknown).
-pub(super) fn replicas(svc: &Service, tasks: &[TaskView]) -> String {
-    let running = tasks
-        .iter()
-        .filter(|t| t.desired == DesiredState::Running && t.known_running())
-        .count();
-    match svc.spec.mode {
-        Mode::Replicated { replicas } => format!("{running}/{replicas}"),
-        Mode::Global => {
-            let desired = tasks
-                .iter()
-                .filter(|t| t.desired == DesiredState::Running)
-                .count();
-            format!("{running}/{desired}")
-        }
-    }
 }
 
 fn mode_text(mode: &Mode) -> &'static str {
@@ -434,26 +426,26 @@ fn mode_text(mode: &Mode) -> &'static str {
     }
 }
 
-pub(super) fn ls_table(services: &[(Service, Vec<TaskView>)]) -> String {
+pub(super) fn ls_table(services: &[(Service, Replicas)]) -> String {
     let mut t = Table::new(&["ID", "NAME", "MODE", "REPLICAS", "IMAGE"]);
-    for (s, tasks) in services {
+    for (s, r) in services {
         t.row(vec![
             short_id(&s.id).to_string(),
             s.spec.name.clone(),
             mode_text(&s.spec.mode).into(),
-            replicas(s, tasks),
+            r.to_string(),
             image_of(&s.spec.task, true),
         ]);
     }
     t.render()
 }
 
-pub(super) fn ls_json(s: &Service, tasks: &[TaskView]) -> Value {
+pub(super) fn ls_json(s: &Service, replicas: Replicas) -> Value {
     json!({
         "ID": short_id(&s.id),
         "Name": s.spec.name,
         "Mode": mode_text(&s.spec.mode),
-        "Replicas": replicas(s, tasks),
+        "Replicas": replicas.to_string(),
         "Image": image_of(&s.spec.task, false),
         "Ports": "",
     })
@@ -830,7 +822,7 @@ async fn rm(api: &mut Api, a: RmArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::cli::tasks::tests::task;
-    use crate::store::service::{Runtime, TaskSpec, TaskState};
+    use crate::store::service::{DesiredState, Runtime, TaskSpec, TaskState};
 
     fn service(id: &str, name: &str, mode: Mode, task: TaskSpec) -> Service {
         let mut s = crate::store::fixtures::service(id, name);
@@ -862,14 +854,17 @@ mod tests {
         ];
         assert_eq!(
             ls_table(&[
-                (t1.clone(), vec![t, stopped, starting]),
-                (g.clone(), gtasks.clone())
+                (
+                    t1.clone(),
+                    Replicas::of(&t1.spec.mode, &[t, stopped, starting])
+                ),
+                (g.clone(), Replicas::of(&g.spec.mode, &gtasks))
             ]),
             "ID            NAME  MODE        REPLICAS  IMAGE\n\
              abcdefghijkl  t1    replicated  1/3       /bin/sleep 1000\n\
              zzzzzzzzzzzz  mon   global      2/2       nginx:1.25\n"
         );
-        let j = ls_json(&g, &gtasks);
+        let j = ls_json(&g, Replicas::of(&g.spec.mode, &gtasks));
         assert_eq!(j["Mode"], "global");
         assert_eq!(j["Replicas"], "2/2");
         assert_eq!(ls_table(&[]), "ID  NAME  MODE  REPLICAS  IMAGE\n");
@@ -886,6 +881,7 @@ mod tests {
             Mode::Replicated { replicas: 6 },
             tasks[0].spec.clone(),
         );
+        let replicas = |s: &Service, t: &[TaskView]| Replicas::of(&s.spec.mode, t).to_string();
         assert_eq!(replicas(&svc, &tasks), "6/6");
         for t in &mut tasks[3..] {
             t.unknown = Some(crate::cli::tasks::tests::unknown_since(
@@ -893,7 +889,10 @@ mod tests {
             ));
         }
         assert_eq!(replicas(&svc, &tasks), "3/6");
-        assert_eq!(ls_json(&svc, &tasks)["Replicas"], "3/6");
+        assert_eq!(
+            ls_json(&svc, Replicas::of(&svc.spec.mode, &tasks))["Replicas"],
+            "3/6"
+        );
         // Global: the unknown tasks are still desired, just not known to run.
         let g = service("g", "mon", Mode::Global, tasks[0].spec.clone());
         assert_eq!(replicas(&g, &tasks), "3/6");

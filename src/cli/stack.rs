@@ -20,14 +20,14 @@ use super::filter::{self, Filters};
 use super::output::{self, Table};
 use super::progress::{self, Baseline};
 use super::service::{fetch, ls_text, ps_output};
-use super::tasks::{hostnames, parse_service, parse_tasks, short_id};
+use super::tasks::{hostnames, short_id};
 use super::{Format, print};
 use crate::api::v1::{
     Empty, NetworkCreateRequest, NetworkInfo, NetworkLookup, SecretCreateRequest, SecretInfo,
     SecretLookup, SecretUpdateRequest, ServiceRef, ServiceSpecRequest, ServiceUpdateRequest,
     StackAuditRequest,
 };
-use crate::api::view::TaskView;
+use crate::api::view::Replicas;
 use crate::stack::{NAMESPACE_LABEL, SecretSource, Stack, StackSecret};
 use crate::store::service::Service;
 
@@ -209,21 +209,9 @@ fn load(a: &DeployArgs) -> anyhow::Result<Stack> {
     Ok(stack)
 }
 
-/// Every service with its current tasks.
-async fn all_services(api: &mut Api) -> anyhow::Result<Vec<(Service, Vec<TaskView>)>> {
-    let infos = api
-        .service_list(Empty {})
-        .await
-        .map_err(status)?
-        .into_inner()
-        .services;
-    let mut out = Vec::new();
-    for info in &infos {
-        out.push((
-            parse_service(&info.service_json)?,
-            parse_tasks(&info.tasks_json)?,
-        ));
-    }
+/// Every service with its REPLICAS, by name.
+async fn all_services(api: &mut Api) -> anyhow::Result<Vec<(Service, Replicas)>> {
+    let mut out = super::service::summaries(api).await?;
     out.sort_by(|(a, _), (b, _)| a.spec.name.cmp(&b.spec.name));
     Ok(out)
 }
@@ -526,10 +514,7 @@ async fn ls(api: &mut Api, a: StackLsArgs) -> anyhow::Result<()> {
     })?)
 }
 
-async fn stack_services(
-    api: &mut Api,
-    stack: &str,
-) -> anyhow::Result<Vec<(Service, Vec<TaskView>)>> {
+async fn stack_services(api: &mut Api, stack: &str) -> anyhow::Result<Vec<(Service, Replicas)>> {
     let all: Vec<_> = all_services(api)
         .await?
         .into_iter()

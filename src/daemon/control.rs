@@ -618,10 +618,31 @@ impl Control for ControlService {
 
     async fn service_list(
         &self,
-        _req: Request<Empty>,
+        req: Request<crate::api::v1::ServiceListRequest>,
     ) -> Result<Response<crate::api::v1::ServiceListResponse>, Status> {
         let (m, _) = self.0.manager_and_admin().await?;
-        // `service ls` counts current tasks; the history stays out of the listing.
+        if req.into_inner().summary {
+            // `service ls`: counts, not tasks (10,000 tasks would be megabytes of JSON).
+            let services = m
+                .service_summaries()
+                .into_iter()
+                .map(|(svc, r)| {
+                    Ok(crate::api::v1::ServiceInfo {
+                        service_json: serde_json::to_string(&svc)
+                            .map_err(|e| Status::internal(e.to_string()))?,
+                        replicas: Some(crate::api::v1::ReplicaCounts {
+                            running: r.running,
+                            desired: r.desired,
+                        }),
+                        ..Default::default()
+                    })
+                })
+                .collect::<Result<_, Status>>()?;
+            return Ok(Response::new(crate::api::v1::ServiceListResponse {
+                services,
+            }));
+        }
+        // Every service with its current tasks; the history stays out of the listing.
         let services = m
             .services()
             .iter()
@@ -1071,6 +1092,7 @@ fn service_info(
         service_json: serde_json::to_string(svc).map_err(|e| Status::internal(e.to_string()))?,
         tasks_json: to_json(tasks)?,
         port_problems: Vec::new(),
+        replicas: None,
     })
 }
 

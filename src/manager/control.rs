@@ -1,15 +1,16 @@
 //! Control API operations on services and nodes, run on a manager for a local admin (and,
 //! later, remote operators). Specs are untrusted input: validated before anything is stored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::lookup::find;
 use super::presence::{TaskView, view};
 use super::{Manager, ManagerError};
 use crate::api::v1::{LogLine, TaskLogsRequest};
+use crate::api::view::Replicas;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Availability, Command, Node, NodeRole};
-use crate::store::service::{Mode, Service, ServiceSpec};
+use crate::store::service::{DesiredState, Mode, Service, ServiceSpec, TaskState};
 
 /// The shortest node certificate lifetime `swarm init --cert-expiry` and `swarm update
 /// --cert-expiry` accept.
@@ -75,6 +76,28 @@ impl Manager {
                         .map(|t| view(s, t))
                         .collect();
                     (svc.clone(), tasks)
+                })
+                .collect()
+        })
+    }
+
+    /// Every service with its replica counts ([`Replicas`]), from one pass over the tasks:
+    /// `service ls` without the tasks.
+    pub fn service_summaries(&self) -> Vec<(Service, Replicas)> {
+        self.read(|s| {
+            let mut per: HashMap<&str, Vec<(DesiredState, bool)>> = HashMap::new();
+            for t in s.tasks.values() {
+                let known_running = t.status.state == TaskState::Running
+                    && super::presence::unknown(t, s.nodes.get(&t.node_id)).is_none();
+                per.entry(t.service_id.as_str())
+                    .or_default()
+                    .push((t.desired, known_running));
+            }
+            s.services
+                .values()
+                .map(|svc| {
+                    let tasks = per.remove(svc.id.as_str()).unwrap_or_default();
+                    (svc.clone(), Replicas::count(&svc.spec.mode, tasks))
                 })
                 .collect()
         })

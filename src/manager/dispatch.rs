@@ -32,13 +32,13 @@ struct Sent {
 /// A value a node holds for its tasks: config (or secret), object ID, version.
 type Value = (bool, String, u64);
 
-/// In one pass over the tasks: those a node must know about (assigned to it and not ended,
-/// including those the orchestrator wants stopped), and the IDs of all tasks placed on it,
-/// history included.
+/// In one pass over the node's tasks (the state's index by node, not every task): those it
+/// must know about (not ended, including those the orchestrator wants stopped), and the IDs of
+/// all tasks placed on it, history included.
 fn assigned(state: &State, node_id: &str) -> (HashMap<String, Task>, HashSet<String>) {
     let mut active = HashMap::new();
     let mut all = HashSet::new();
-    for t in state.tasks.values().filter(|t| t.node_id == node_id) {
+    for t in state.tasks.on_node(node_id) {
         all.insert(t.id.clone());
         if !t.status.state.is_terminal() {
             active.insert(t.id.clone(), t.clone());
@@ -115,6 +115,9 @@ async fn serve_session(
         // needs.
         let mut held: HashSet<Value> = HashSet::new();
         let mut complete = true;
+        // The generation of the node's tasks last diffed, and the IDs of those it runs.
+        let mut seen = 0u64;
+        let mut now_ids: Vec<String> = Vec::new();
         loop {
             if !mgr.is_leader() {
                 let _ = tx
@@ -125,20 +128,28 @@ async fn serve_session(
                     .await;
                 return;
             }
-            let (now, all) = mgr.read(|s| assigned(s, &node_id));
-            let now_ids: Vec<String> = now.keys().cloned().collect();
-            let mut deleted: Vec<String> = known.difference(&all).cloned().collect();
-            known = all;
-            let msg = match diff(&mut sent, now, complete) {
-                Some(mut m) => {
-                    m.deleted = std::mem::take(&mut deleted);
-                    Some(m)
+            // The node's tasks are diffed only when one of them changed since the last pass
+            // (their generation moved): a commit elsewhere costs this session nothing more.
+            let generation = mgr.read(|s| s.tasks.generation(&node_id));
+            let msg = if complete || generation != seen {
+                seen = generation;
+                let (now, all) = mgr.read(|s| assigned(s, &node_id));
+                now_ids = now.keys().cloned().collect();
+                let mut deleted: Vec<String> = known.difference(&all).cloned().collect();
+                known = all;
+                match diff(&mut sent, now, complete) {
+                    Some(mut m) => {
+                        m.deleted = std::mem::take(&mut deleted);
+                        Some(m)
+                    }
+                    None if !deleted.is_empty() => Some(Assignments {
+                        deleted,
+                        ..Default::default()
+                    }),
+                    None => None,
                 }
-                None if !deleted.is_empty() => Some(Assignments {
-                    deleted,
-                    ..Default::default()
-                }),
-                None => None,
+            } else {
+                None
             };
             let msg = match mgr.read(|s| secrets_due(s, &node_id, &now_ids, &mut held)) {
                 Some(due) if due.values.is_empty() => msg,
@@ -659,7 +670,7 @@ mod tests {
                 "",
             ),
         );
-        if let Some(t) = s.tasks.get_mut("a") {
+        if let Some(mut t) = s.tasks.get_mut("a") {
             t.spec.configs = vec![SecretRef {
                 secret_id: "cfg1".into(),
                 target: "/etc/app.conf".into(),
@@ -706,7 +717,7 @@ mod tests {
     #[test]
     fn no_value_for_a_task_that_is_stopping_or_not_entitled() {
         let mut s = cluster_state();
-        if let Some(t) = s.tasks.get_mut("a") {
+        if let Some(mut t) = s.tasks.get_mut("a") {
             t.desired = DesiredState::Shutdown;
         }
         let due = secrets_due(&s, "n1", &["a".to_string()], &mut HashSet::new()).unwrap();
@@ -747,7 +758,7 @@ mod tests {
     fn no_secret_is_answered_for_a_task_told_to_stop() {
         // The orchestrator wants it stopped; it has not stopped yet.
         let mut stopping = cluster_state();
-        if let Some(t) = stopping.tasks.get_mut("a") {
+        if let Some(mut t) = stopping.tasks.get_mut("a") {
             t.desired = DesiredState::Shutdown;
             t.status.state = TaskState::Running;
         }
@@ -760,7 +771,7 @@ mod tests {
         // Still desired running (it is about to be replaced), but ended.
         for end in [TaskState::Complete, TaskState::Shutdown, TaskState::Failed] {
             let mut ended = cluster_state();
-            if let Some(t) = ended.tasks.get_mut("a") {
+            if let Some(mut t) = ended.tasks.get_mut("a") {
                 t.status.state = end;
             }
             let e = ask(&ended, "n1", "a", "sec1").unwrap_err();

@@ -36,6 +36,7 @@ pub mod scheduler;
 pub mod secrets;
 pub mod services;
 pub mod volumes;
+mod working;
 pub mod workload;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};

@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use time::{Duration, OffsetDateTime};
 
 use crate::manager::scheduler::{Placement, available, constraints_hold, not_before_passed, suits};
+use crate::manager::working::Working;
 use crate::store::model::{Availability, Command, NodeState, State};
 use crate::store::service::{
     DesiredState, FailureAction, Mode, RestartCondition, Service, Task, TaskState, TaskStatus,
@@ -46,7 +47,7 @@ pub fn reconcile(
         state,
         now,
         now_s: rfc3339(now),
-        tasks: state.tasks.clone(),
+        tasks: Working::new(&state.tasks),
         removed: BTreeSet::new(),
         services: Vec::new(),
         placement: Placement::new(state),
@@ -74,12 +75,13 @@ struct Stale {
     running: bool,
 }
 
-/// One reconciliation: a working copy of the tasks, compared with the state at the end.
+/// One reconciliation: a working copy of the tasks (copy-on-write), compared with the state at
+/// the end.
 struct Round<'a> {
     state: &'a State,
     now: OffsetDateTime,
     now_s: String,
-    tasks: BTreeMap<String, Task>,
+    tasks: Working<'a>,
     removed: BTreeSet<String>,
     services: Vec<Service>,
     placement: Placement<'a>,
@@ -694,12 +696,7 @@ impl Round<'_> {
             .into_iter()
             .map(|s| Command::PutService(Box::new(s)))
             .collect();
-        let puts: Vec<Task> = self
-            .tasks
-            .values()
-            .filter(|t| self.state.tasks.get(&t.id) != Some(*t))
-            .cloned()
-            .collect();
+        let puts: Vec<Task> = self.tasks.puts().cloned().collect();
         if !puts.is_empty() {
             out.push(Command::PutTasks(puts));
         }

@@ -376,13 +376,13 @@ mod tests {
 
     /// The running tasks' nodes report what they were moved to.
     fn confirm(st: &mut State) {
-        for t in st
-            .tasks
-            .values_mut()
-            .filter(|t| t.status.state == TaskState::Running)
-        {
-            if let Some(v) = t.versions.get("sid") {
-                t.status.held.insert("sid".into(), *v);
+        let ids: Vec<String> = st.tasks.keys().cloned().collect();
+        for id in ids {
+            if let Some(mut t) = st.tasks.get_mut(&id)
+                && t.status.state == TaskState::Running
+                && let Some(v) = t.versions.get("sid").copied()
+            {
+                t.status.held.insert("sid".into(), v);
             }
         }
     }
@@ -435,8 +435,11 @@ mod tests {
         assert!(step(&st, "now").is_empty());
         for (how, pin) in [(OnChange::None, None), (OnChange::Rotate, Some(1))] {
             let mut st = state(how.clone());
-            for t in st.tasks.values_mut() {
-                t.spec.secrets[0].pinned = pin;
+            let ids: Vec<String> = st.tasks.keys().cloned().collect();
+            for id in ids {
+                if let Some(mut t) = st.tasks.get_mut(&id) {
+                    t.spec.secrets[0].pinned = pin;
+                }
             }
             run(&mut st);
             assert!(st.tasks.values().all(|t| t.versions["sid"] == 1), "{how:?}");
@@ -452,7 +455,7 @@ mod tests {
     fn a_task_that_has_not_started_moves_at_once_and_cannot_hold_the_rollout_up() {
         let mut st = state(OnChange::Rotate);
         // t3 waits for a node that never comes.
-        if let Some(t) = st.tasks.get_mut("t3") {
+        if let Some(mut t) = st.tasks.get_mut("t3") {
             t.status.state = TaskState::Pending;
             t.node_id.clear();
             t.status.held.clear();

@@ -25,6 +25,7 @@ pub mod seal;
 pub mod secret_obj;
 pub mod service;
 pub mod sm;
+pub mod tasks;
 pub mod testing;
 pub mod vip;
 pub mod volumes;

@@ -602,9 +602,9 @@ pub struct State {
     /// Services by ID.
     #[serde(default)]
     pub services: BTreeMap<String, Service>,
-    /// Tasks by ID.
+    /// Tasks by ID, indexed by node.
     #[serde(default)]
-    pub tasks: BTreeMap<String, Task>,
+    pub tasks: super::tasks::Tasks,
     /// Secrets by ID.
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,
@@ -1093,7 +1093,7 @@ impl State {
             }
             Command::ReportTasks { node_id, updates } => {
                 for (id, status) in updates {
-                    if let Some(t) = self.tasks.get_mut(&id)
+                    if let Some(mut t) = self.tasks.get_mut(&id)
                         && t.node_id == node_id
                         && !t.status.state.is_terminal()
                         && status.state >= t.status.state
@@ -1159,7 +1159,7 @@ impl State {
             }
             Command::AdvanceVersions { id, version, tasks } => {
                 for tid in tasks {
-                    if let Some(t) = self.tasks.get_mut(&tid)
+                    if let Some(mut t) = self.tasks.get_mut(&tid)
                         && !t.status.state.is_terminal()
                         && t.spec
                             .secrets
