@@ -18,6 +18,8 @@
 # create -> N/N, with the host memory each task took (MemAvailable before and after) and the
 # load average after the burst.
 #
+# PARTS (default "docker swarm skep exec") runs only some of the four.
+#
 # Prints a Markdown report (machine, versions, security settings, times, ratios against
 # `docker run`) on stdout; progress on stderr. Needs root, a Docker Engine, gcc with a static
 # libc, and cargo (it builds `target/release/skep` unless SKEP_BIN names a binary).
@@ -29,6 +31,8 @@ cd "$(dirname "$0")/.."
 SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(20 60 200)
 EXEC_REPLICAS=${EXEC_REPLICAS:-1000}
+PARTS=${PARTS:-docker swarm skep exec}
+part() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 LIMIT_S=${LIMIT_S:-600}
 ADDR=127.0.91.9:2377
 SWARM_ADDR=127.0.0.1:42378
@@ -41,7 +45,7 @@ log() { echo "side-by-side: $*" >&2; }
 die() { log "FAILED: $*"; exit 1; }
 now_ns() { date +%s%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1e9 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "-" }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a != "-" && b != "-" && b > 0) printf "%.2fx", a / b; else print "-" }'; }
 
 cleanup() {
   set +e
@@ -110,6 +114,7 @@ docker_runs() { # N NAME-PREFIX FROM
 }
 raw_count_is() { [ "$(running_containers "sbs=$1")" -eq "$2" ]; }
 for n in "${SIZES[@]}"; do
+  part docker || break
   p=sbs-raw-$n
   log "docker run: $n"
   t0=$(now_ns); docker_runs "$n" "$p" 1; wait_until "docker run $n" raw_count_is "$p" "$n"; t1=$(now_ns)
@@ -125,7 +130,9 @@ done
 
 # ---------------------------------------------------------------- Docker Swarm
 state=$(docker info --format '{{.Swarm.LocalNodeState}}')
-if [ "$state" = inactive ]; then
+if ! part swarm; then
+  :
+elif [ "$state" = inactive ]; then
   docker swarm init --listen-addr "$SWARM_ADDR" --advertise-addr "$SWARM_ADDR" >/dev/null
   SWARM_STARTED=1
 elif [ "$state" != active ]; then
@@ -137,6 +144,7 @@ swarm_at() { # NAME N: service ls says N/N and the engine runs N of its containe
 }
 swarm_gone() { [ "$(docker ps -aq --filter "label=com.docker.swarm.service.name=$1" | wc -l)" -eq 0 ]; }
 for n in "${SIZES[@]}"; do
+  part swarm || break
   s=sbs-swarm-$n
   log "swarm: $n"
   t0=$(now_ns)
@@ -160,18 +168,21 @@ if [ "$SWARM_STARTED" = 1 ]; then
 fi
 
 # ---------------------------------------------------------------- skep
+if part skep || part exec; then
 mkdir -p "$WORK/data"
 "$SKEP_BIN" daemon --data-dir "$WORK/data" --socket "$WORK/skep.sock" --listen-addr "$ADDR" \
   --advertise-addr "$ADDR" --hostname side-by-side-1 2>"$WORK/daemon.log" &
 SKEP_PID=$!
 wait_until "skep daemon's socket" [ -S "$WORK/skep.sock" ]
 skep swarm init --advertise-addr "$ADDR" >/dev/null
+fi
 skep_at() { # NAME N [exec]
   [ "$(skep service ls --filter "name=$1" --format '{{.Replicas}}')" = "$2/$2" ] &&
     { [ "${3:-}" = exec ] || [ "$(running_containers "skep.service.name=$1")" -eq "$2" ]; }
 }
 skep_gone() { [ -z "$(skep service ls -q --filter "name=$1")" ] && [ "$(docker ps -aq --filter "label=skep.service.name=$1" | wc -l)" -eq 0 ]; }
 for n in "${SIZES[@]}"; do
+  part skep || break
   s=sbs-skep-$n
   log "skep: $n"
   t0=$(now_ns)
@@ -191,6 +202,8 @@ done
 # ---------------------------------------------------------------- skep, exec runtime
 mem_avail_kib() { awk '/^MemAvailable:/ { print $2 }' /proc/meminfo; }
 page_tables_kib() { awk '/^PageTables:/ { print $2 }' /proc/meminfo; }
+EXEC_CREATE=- EXEC_MEM_KIB=- EXEC_PT_KIB=- LOAD=-
+if part exec; then
 log "skep exec: $EXEC_REPLICAS"
 m0=$(mem_avail_kib); pt0=$(page_tables_kib)
 t0=$(now_ns)
@@ -203,13 +216,14 @@ EXEC_MEM_KIB=$(((m0 - m1) / EXEC_REPLICAS))
 EXEC_PT_KIB=$(((pt1 - pt0) / EXEC_REPLICAS))
 skep service rm sbs-exec >/dev/null
 wait_until "skep exec rm" skep_gone sbs-exec
+fi
 SKEP_VERSION=$("$SKEP_BIN" --version)
 
 # ---------------------------------------------------------------- report
 cat <<EOF
 ## skep and Docker Swarm, side by side
 
-Run $(date -u +%Y-%m-%dT%H:%MZ) with \`benches/side_by_side.sh ${SIZES[*]}\` on $(nproc) cores,
+Run $(date -u +%Y-%m-%dT%H:%MZ) with \`PARTS="$PARTS" benches/side_by_side.sh ${SIZES[*]}\` on $(nproc) cores,
 $(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), Linux $(uname -r),
 Docker Engine $SWARM_VERSION, $SKEP_VERSION (release build, git $(git rev-parse --short HEAD 2>/dev/null || echo '?')).
 
@@ -227,7 +241,7 @@ ls\` says N/N); in brackets, the ratio to \`docker run -d\` one after another.
 EOF
 for n in "${SIZES[@]}"; do
   for step in create up down; do
-    d=${T[docker,$step,$n]} w=${T[swarm,$step,$n]} k=${T[skep,$step,$n]}
+    d=${T[docker,$step,$n]:--} w=${T[swarm,$step,$n]:--} k=${T[skep,$step,$n]:--}
     label=$step
     case $step in create) label="create 0 → $n" ;; up) label="scale $n → $((2 * n))" ;; down) label="scale $((2 * n)) → $n" ;; esac
     echo "| $n | $label | $d | $w ($(ratio "$w" "$d")) | $k ($(ratio "$k" "$d")) |"

@@ -170,7 +170,19 @@ impl Round<'_> {
 
     /// Tasks of removed services, tasks on lost nodes, and unstarted tasks that are not wanted.
     fn sweep(&mut self) {
-        let ids: Vec<String> = self.tasks.keys().cloned().collect();
+        // Only tasks one of the rules below applies to (the others are left as they are; no
+        // copy of every ID per round).
+        let ids: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|t| {
+                (!t.status.state.is_terminal() && self.lost(&t.node_id).is_some())
+                    || !self.state.services.contains_key(&t.service_id)
+                    || (t.desired != DesiredState::Running && t.status.state <= TaskState::Pending)
+                    || (t.desired == DesiredState::Remove && t.status.state.is_terminal())
+            })
+            .map(|t| t.id.clone())
+            .collect();
         for id in ids {
             let Some(t) = self.tasks.get(&id) else {
                 continue;
