@@ -67,9 +67,11 @@ fn main() {
     for d in &c.daemons[1..] {
         d.cli(&["swarm", "join", "--token", &token, &m.addr]);
     }
-    wait_for(wait_limit(), "3 reachable managers", || match leader(&c, 0)? {
-        (_, 3) => Ok(()),
-        (_, n) => Err(format!("{n} reachable")),
+    wait_for(wait_limit(), "3 reachable managers", || {
+        match leader(&c, 0)? {
+            (_, 3) => Ok(()),
+            (_, n) => Err(format!("{n} reachable")),
+        }
     });
     let mut healthy = Vec::new();
     let mut failover = Vec::new();
@@ -98,12 +100,14 @@ fn main() {
         // Back on its data directory, then reachable again.
         let again = Daemon::start(c.root.path(), &name, &addr);
         c.daemons[l] = again;
-        wait_for(wait_limit(), "3 reachable managers again", || {
-            match leader(&c, other)? {
+        wait_for(
+            wait_limit(),
+            "3 reachable managers again",
+            || match leader(&c, other)? {
                 (_, 3) => Ok(()),
                 (_, n) => Err(format!("{n} reachable")),
-            }
-        });
+            },
+        );
     }
     let median = |v: &mut Vec<Duration>| {
         v.sort();

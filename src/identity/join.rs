@@ -1,6 +1,11 @@
 //! The joining side of the trust bootstrap: fetch the root CA over unverified TLS, check it
 //! against the token's digest, then ask for a certificate for a key made here, over TLS
 //! pinned to that root. The private key never leaves this process.
+//!
+//! A manager sheds anonymous connections beyond one source address's share (many nodes
+//! joining at once behind one address) by closing them: a call that fails `Unavailable` is
+//! tried again after a jittered, growing pause, for at most [`PATIENCE`]. Nothing else is
+//! retried: a refused token or a wrong root fails at once.
 
 use skep_pki::{Csr, JoinToken, NodeCertInfo, NodeKey};
 
@@ -43,6 +48,39 @@ pub struct Joined {
     pub manager_addrs: Vec<String>,
 }
 
+/// How long a join keeps trying a manager that sheds or cannot take its connections.
+pub const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The pause before try `n` (from 1): 25 ms doubling to 1 s, each drawn at random between half
+/// and all of it, so that nodes refused together do not come back together.
+fn backoff(n: u32) -> std::time::Duration {
+    let full = 25u64.saturating_mul(1 << n.min(6)).min(1000);
+    std::time::Duration::from_millis(rand::random_range(full / 2..=full))
+}
+
+/// Runs `call` until it succeeds, fails other than `Unavailable`, or [`PATIENCE`] is spent.
+async fn patiently<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut tries = 0;
+    loop {
+        match call().await {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tries += 1;
+                let pause = backoff(tries);
+                if tokio::time::Instant::now() + pause >= deadline {
+                    return Err(s);
+                }
+                tokio::time::sleep(pause).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Runs the join protocol against the manager at `remote`.
 pub async fn request_certificate(
     token: &JoinToken,
@@ -60,12 +98,17 @@ pub async fn request_certificate(
     // 1. The root CA, over TLS that trusts nothing yet; checked against the token.
     let insecure = net::danger::unverified_client_config().map_err(|e| local(&e))?;
     let ch = net::channel(remote, insecure).map_err(|e| local(&e))?;
-    let root_der = crate::net::serve::ca_client(ch)
-        .get_root_ca(Empty {})
-        .await
-        .map_err(unreachable)?
-        .into_inner()
-        .cert_der;
+    let root_der = patiently(|| {
+        let mut ca = crate::net::serve::ca_client(ch.clone());
+        async move { ca.get_root_ca(Empty {}).await }
+    })
+    .await
+    .map_err(unreachable)?
+    .into_inner()
+    .cert_der;
+    // Its connection is anonymous: closed now, not held through the issuance (a manager
+    // gives each source address a bounded share of those).
+    drop(ch);
     if skep_pki::ca_digest_of(&root_der) != *token.ca_digest() {
         return Err(JoinError::WrongRoot(remote.to_string()));
     }
@@ -78,21 +121,25 @@ pub async fn request_certificate(
         .to_vec();
     let pinned = net::client_config(&root_der, None).map_err(|e| local(&e))?;
     let ch = net::channel(remote, pinned).map_err(|e| local(&e))?;
-    let issued = crate::net::serve::ca_client(ch)
-        .issue_node_certificate(IssueRequest {
-            token: token.expose().to_string(),
-            csr_der,
-            hostname: hostname.to_string(),
-            advertise_addr: advertise_addr.to_string(),
-        })
-        .await
-        .map_err(|s| {
-            JoinError::Refused(tonic::Status::new(
-                s.code(),
-                format!("the manager refused to join this node: {}", s.message()),
-            ))
-        })?
-        .into_inner();
+    let request = IssueRequest {
+        token: token.expose().to_string(),
+        csr_der,
+        hostname: hostname.to_string(),
+        advertise_addr: advertise_addr.to_string(),
+    };
+    let issued = patiently(|| {
+        let mut ca = crate::net::serve::ca_client(ch.clone());
+        let request = request.clone();
+        async move { ca.issue_node_certificate(request).await }
+    })
+    .await
+    .map_err(|s| {
+        JoinError::Refused(tonic::Status::new(
+            s.code(),
+            format!("the manager refused to join this node: {}", s.message()),
+        ))
+    })?
+    .into_inner();
     let info = check_issued(
         &root_der,
         &our_public,

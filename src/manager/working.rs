@@ -64,11 +64,6 @@ impl<'a> Working<'a> {
         .filter(|t| !self.gone.contains(&t.id))
     }
 
-    /// Every task's ID, in order.
-    pub(crate) fn keys(&self) -> impl Iterator<Item = &String> + '_ {
-        self.values().map(|t| &t.id)
-    }
-
     /// The tasks this round stored or changed that differ from the state's, in ID order.
     pub(crate) fn puts(&self) -> impl Iterator<Item = &Task> + '_ {
         self.changed
@@ -131,7 +126,7 @@ mod tests {
         }
         let _untouched = w.get_mut("a");
         w.remove("e");
-        let ids: Vec<&str> = w.keys().map(String::as_str).collect();
+        let ids: Vec<&str> = w.values().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["a", "b", "c", "f"]);
         assert_eq!(w.get("c").map(|t| t.node_id.as_str()), Some("n2"));
         assert!(w.get("e").is_none() && w.get_mut("e").is_none());
