@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "skep.v1.SwarmRestoreChunk",
             "skep.v1.JwtSvidResponse",
         ])
+        // Routing-mesh tunnel chunks are `Bytes`: read into and decoded from shared buffers,
+        // not copied into a vector of their own.
+        .bytes(".skep.v1.TunnelFrame.data")
         .compile_fds(fds)?;
 
     // The SPIFFE Workload API, copied verbatim from spiffe/go-spiffe (Apache-2.0). It has no

@@ -1,31 +1,44 @@
-//! The routing mesh against a direct connection, in one run: requests per second and
-//! latency of connect → one answer line → close.
+//! The routing mesh against a direct connection, in one run: bulk throughput of one
+//! connection, requests per second and latency of connect → one answer line → close, and UDP
+//! round trips.
 //!
-//! Three real daemons (127.0.98.1-3:2377; n1 manages). One exec task of a small static C
-//! server (built with gcc, as the tests build it) runs on n1 and publishes 4100 → its port.
-//! Each series makes `REQS` sequential requests:
+//! Three real daemons (127.0.98.1-3:2377; n1 manages). Exec tasks of a small static C server
+//! (built with gcc, as the tests build it) run on n1: an answering one publishing 4100, a UDP
+//! echo publishing 4101/udp, a sink publishing 4102 (it reads a connection to its end and
+//! answers the byte count). Each series goes three ways:
 //!
 //! * `direct`: the same server started by the bench itself on 127.0.0.1 (no skep in the way);
 //! * `mesh, local task`: through n1's published port (n1 runs the task);
 //! * `mesh, remote task`: through n2's published port: n2 tunnels to n1 over mTLS.
 //!
-//! Then the same three for UDP: one client flow sends a datagram and waits for its echo,
-//! `REQS` times (a second exec service publishing 4101/udp; one tunnel for the flow).
+//! * bulk: one connection sends `SKEP_BENCH_BULK_MB` MB (default 1000) to the sink and waits
+//!   for its count; GB/s, best of `SKEP_BENCH_BULK_ROUNDS` (default 3) interleaved rounds;
+//! * connect-answer-close: `SKEP_BENCH_REQS` (default 2000) sequential requests;
+//! * UDP: one client flow sends a datagram and waits for its echo, `REQS` times (one tunnel
+//!   for the flow).
 //!
-//! Run: `cargo bench --bench mesh` (`SKEP_BENCH_REQS=N`, default 2000). Needs root (exec).
+//! It also prints what protects the bytes between nodes, as n2 logged it when it connected to
+//! n1 (TLS version and cipher suite), and how many mTLS connections n2 opened to n1 for all
+//! the tunnels of the run (one: tunnels are HTTP/2 streams of the nodes' one connection).
+//!
+//! Run: `cargo bench --bench mesh`. Needs root (exec).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::io::Read as _;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::{Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Cluster, Daemon, wait_for};
 
 const REQS: usize = 2000;
+/// Megabytes one bulk connection sends.
+const BULK_MB: usize = 1000;
+/// Bulk rounds (the best of them counts: the machine is shared).
+const BULK_ROUNDS: usize = 3;
 const SERVER: &str = r#"
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,14 +48,18 @@ const SERVER: &str = r#"
 #include <netinet/in.h>
 int main(int argc, char **argv) {
     const char *p = getenv("PORT");
-    int s = socket(AF_INET, argc > 1 ? SOCK_DGRAM : SOCK_STREAM, 0), one = 1, c, n;
+    int udp = argc > 1 && strcmp(argv[1], "udp") == 0;
+    int sink = argc > 1 && strcmp(argv[1], "sink") == 0;
+    int s = socket(AF_INET, udp ? SOCK_DGRAM : SOCK_STREAM, 0), one = 1, c, n;
     struct sockaddr_in a, from; socklen_t fl; char buf[2048];
+    static char big[1 << 20];
+    long long total; ssize_t r;
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_port = htons(p ? atoi(p) : 80);
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (argc > 1) {
+    if (udp) {
         /* udp: echo every datagram */
         if (bind(s, (struct sockaddr *)&a, sizeof a) != 0) return 2;
         for (;;) {
@@ -55,7 +72,13 @@ int main(int argc, char **argv) {
     for (;;) {
         c = accept(s, 0, 0);
         if (c < 0) continue;
-        if (write(c, "hello from the task\n", 20) < 0) { }
+        if (sink) {
+            /* read to the end, answer the count */
+            total = 0;
+            while ((r = read(c, big, sizeof big)) > 0) total += r;
+            n = snprintf(buf, sizeof buf, "%lld\n", total);
+            if (write(c, buf, n) < 0) { }
+        } else if (write(c, "hello from the task\n", 20) < 0) { }
         close(c);
     }
 }
@@ -68,6 +91,81 @@ fn ask(addr: SocketAddr) -> bool {
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut out = String::new();
     s.read_to_string(&mut out).is_ok() && out.starts_with("hello")
+}
+
+/// Sends `bytes` over one connection to the sink at `addr`, then waits for its count: GB/s.
+fn try_bulk(addr: SocketAddr, bytes: usize) -> Result<f64, String> {
+    let chunk = vec![0x5au8; 1 << 20];
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        s.write_all(&chunk[..n])
+            .map_err(|e| format!("sending to {addr}: {e}"))?;
+        left -= n;
+    }
+    s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)
+        .map_err(|e| format!("reading the count from {addr}: {e}"))?;
+    if out.trim() != bytes.to_string() {
+        return Err(format!(
+            "the sink behind {addr} counted {out:?}, not the {bytes} bytes sent"
+        ));
+    }
+    Ok(bytes as f64 / start.elapsed().as_secs_f64() / 1e9)
+}
+
+fn bulk(addr: SocketAddr, bytes: usize) -> f64 {
+    try_bulk(addr, bytes).unwrap()
+}
+
+/// A log without its terminal colours.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `field=` in a log line.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name}="))? + name.len() + 2;
+    line[at..].split_whitespace().next()
+}
+
+/// What n2 logged of its mTLS connections to other nodes for tunnels: how many it opened,
+/// and the TLS version and cipher suite of the last.
+fn peer_connections(log: &str) -> (usize, String) {
+    let lines: Vec<String> = strip_ansi(log)
+        .lines()
+        .filter(|l| l.contains("routing mesh: mTLS connection to a peer node"))
+        .map(str::to_string)
+        .collect();
+    let what = lines.last().map_or_else(
+        || "not logged by this build".to_string(),
+        |l| {
+            format!(
+                "{}, {}",
+                field(l, "tls_version").unwrap_or("?"),
+                field(l, "cipher_suite").unwrap_or("?")
+            )
+        },
+    );
+    (lines.len(), what)
 }
 
 /// A UDP client flow to `addr`.
@@ -114,10 +212,15 @@ fn series(addr: SocketAddr, n: usize) -> (f64, f64) {
 }
 
 fn main() {
-    let n: usize = std::env::var("SKEP_BENCH_REQS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(REQS);
+    let env = |name: &str, default: usize| -> usize {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let n = env("SKEP_BENCH_REQS", REQS);
+    let bulk_bytes = env("SKEP_BENCH_BULK_MB", BULK_MB) * 1_000_000;
+    let rounds = env("SKEP_BENCH_BULK_ROUNDS", BULK_ROUNDS).max(1);
     let root = tempfile::tempdir().unwrap();
     let prog = root.path().join("server");
     std::fs::write(root.path().join("server.c"), SERVER).unwrap();
@@ -169,6 +272,22 @@ fn main() {
         prog.to_str().unwrap(),
         "udp",
     ]);
+    m.cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "bench-sink",
+        "--constraint",
+        "node.hostname==n1",
+        "--publish",
+        "4102:82",
+        "--",
+        prog.to_str().unwrap(),
+        "sink",
+    ]);
     let local: SocketAddr = "127.0.98.1:4100".parse().unwrap();
     let remote: SocketAddr = "127.0.98.2:4100".parse().unwrap();
     wait_for(
@@ -192,6 +311,32 @@ fn main() {
             Err("not yet".into())
         }
     });
+    // Bulk: the sink, direct and through the mesh.
+    let mut direct_sink = Command::new(&prog)
+        .arg("sink")
+        .env("PORT", "4197")
+        .spawn()
+        .unwrap();
+    let sinks: [SocketAddr; 3] = [
+        "127.0.0.1:4197".parse().unwrap(),
+        "127.0.98.1:4102".parse().unwrap(),
+        "127.0.98.2:4102".parse().unwrap(),
+    ];
+    for s in sinks {
+        wait_for(Duration::from_secs(60), "a sink to count", || {
+            try_bulk(s, 1000).map(|_| ())
+        });
+        bulk(s, bulk_bytes.min(64_000_000)); // warm-up
+    }
+    let mut best = [0f64; 3];
+    for _ in 0..rounds {
+        for (b, s) in best.iter_mut().zip(sinks) {
+            *b = b.max(bulk(s, bulk_bytes));
+        }
+    }
+    let _ = direct_sink.kill();
+    let _ = direct_sink.wait();
+
     for addr in [direct, local, remote] {
         series(addr, 100); // warm-up
     }
@@ -225,6 +370,29 @@ fn main() {
     let ur = udp_series(&flows[2], n);
     let _ = direct_udp.kill();
     let _ = direct_udp.wait();
+    let (connections, tls) =
+        peer_connections(&std::fs::read_to_string(c.daemons[1].log_path()).unwrap_or_default());
+    println!(
+        "between nodes: mTLS (both nodes' certificates of the swarm CA checked, the peer's node ID pinned), {tls}"
+    );
+    println!(
+        "  mTLS connections n2 opened to other nodes for all tunnels of the run: {connections}"
+    );
+    println!(
+        "routing mesh, bulk: one connection sends {} MB to a sink, best of {rounds}",
+        bulk_bytes / 1_000_000
+    );
+    println!("  direct to the task      {:>8.2} GB/s", best[0]);
+    println!(
+        "  mesh, local task        {:>8.2} GB/s   ({:.2} of direct)",
+        best[1],
+        best[1] / best[0]
+    );
+    println!(
+        "  mesh, remote task (mTLS) {:>7.2} GB/s   ({:.2} of direct)",
+        best[2],
+        best[2] / best[0]
+    );
     println!("routing mesh, {n} sequential connect-answer-close requests per series");
     println!(
         "  direct to the task      {:>8.0} req/s   {:>7.1} us",

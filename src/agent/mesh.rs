@@ -1,13 +1,18 @@
 //! The routing mesh: every node listens on each service's published (ingress) ports, TCP and
 //! UDP, and forwards each TCP connection, or each UDP flow, to a running task of the service,
-//! in turn. A task on this node is reached directly; a task on another node through a `Tunnel`
-//! stream of that node's Agent service, inside the mutually authenticated TLS connection
-//! between the two nodes (the remote node's certificate is checked to be that node's): bytes
-//! between nodes are never in plaintext. Host-mode ports are listened on only by nodes running
-//! a task, for their own.
+//! in turn. A task on this node is reached directly, the two TCP connections spliced in the
+//! kernel ([`crate::net::splice`]: the bytes never pass through the daemon); a task on another
+//! node through a `Tunnel` stream of that node's Agent service, inside the mutually
+//! authenticated TLS connection between the two nodes (the remote node's certificate is checked
+//! to be that node's): bytes between nodes are never in plaintext. The node keeps one such
+//! connection per peer ([`crate::net::tunnel_channel`]), so a tunnel is an HTTP/2 stream and
+//! costs no handshake; its windows are sized for bulk transfers. A port published with
+//! `identity=required` is not spliced: this node terminates the caller's TLS for the task
+//! ([`super::mesh_identity`]). Host-mode ports are listened on only by nodes running a task,
+//! for their own.
 //!
 //! ```text
-//!  client ─tcp/udp─► node A :4000 ──(task on A)──► 127.0.0.1:PORT / container:80
+//!  client ─tcp/udp─► node A :4000 ──(task on A)──► splice ─► 127.0.0.1:PORT / container:80
 //!                              └──(task on B)──► mTLS Agent.Tunnel ─► node B ─► task
 //! ```
 //!
@@ -48,8 +53,18 @@ use crate::net::identity::LiveIdentity;
 
 /// How often the routing table is fetched.
 const REFRESH: Duration = Duration::from_secs(1);
-/// Bytes per tunnel frame.
-const CHUNK: usize = 16 * 1024;
+/// The most bytes of a TCP stream one tunnel frame carries: big enough that a bulk transfer
+/// costs few frames, well under the Agent service's message limits
+/// ([`crate::net::serve::AGENT_REQUEST_BYTES`]).
+const CHUNK: usize = 256 * 1024;
+/// Frames queued per tunnel and direction on their way into its HTTP/2 stream. With [`CHUNK`]
+/// and the HTTP/2 windows ([`crate::net::serve::STREAM_WINDOW`]), this bounds what one TCP
+/// tunnel holds in memory: at most `TUNNEL_QUEUE` × `CHUNK` (1 MiB) queued each way, plus a
+/// stream window of received bytes each way.
+const TUNNEL_QUEUE: usize = 4;
+/// Frames queued per UDP tunnel and direction (each a datagram, at most [`MAX_DATAGRAM`]);
+/// beyond, datagrams are dropped.
+const UDP_TUNNEL_QUEUE: usize = 16;
 /// How long a UDP flow lasts without a datagram either way. Long enough for request/answer
 /// protocols (DNS, syslog, game and VoIP keep-alives every few seconds); a client silent for
 /// longer starts a new flow, which may reach another task.
@@ -111,6 +126,14 @@ impl Proto {
             "" | "tcp" => Some(Proto::Tcp),
             "udp" => Some(Proto::Udp),
             _ => None,
+        }
+    }
+
+    /// Frames queued per tunnel and direction.
+    fn tunnel_queue(self) -> usize {
+        match self {
+            Proto::Tcp => TUNNEL_QUEUE,
+            Proto::Udp => UDP_TUNNEL_QUEUE,
         }
     }
 
@@ -264,7 +287,7 @@ impl Mesh {
     }
 
     async fn serve(self: Arc<Self>, listener: TcpListener, forward: Arc<ArcSwap<Forward>>) {
-        let next = Arc::new(AtomicUsize::new(0));
+        let mut next = 0usize;
         loop {
             let Ok((conn, peer)) = listener.accept().await else {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -273,7 +296,8 @@ impl Mesh {
             let _ = conn.set_nodelay(true);
             let mesh = self.clone();
             let forward = forward.load_full();
-            let start = next.fetch_add(1, Ordering::Relaxed);
+            let start = next;
+            next = next.wrapping_add(1);
             tokio::spawn(async move {
                 let _open = crate::metrics::metrics().mesh_connection();
                 if !mesh.may_use(&forward, peer.ip()).await {
@@ -306,13 +330,8 @@ impl Mesh {
                     return self.answer_for(conn, addr, f, task).await;
                 }
                 match TcpStream::connect(addr).await {
-                    Ok(mut up) => {
-                        let mut conn = conn;
-                        if let Ok((sent, received)) =
-                            tokio::io::copy_bidirectional(&mut conn, &mut up).await
-                        {
-                            count_bytes(sent, received);
-                        }
+                    Ok(up) => {
+                        relay_local(conn, up).await;
                         return Ok(());
                     }
                     Err(e) => last = format!("task {}: {e}", task.task_id),
@@ -497,7 +516,7 @@ impl Mesh {
                     &task.node_id,
                 )
                 .map_err(|e| e.to_string())?;
-                let ch = crate::net::channel_with_timeout(&task.node_addr, tls, None)
+                let ch = crate::net::tunnel_channel(&task.node_addr, tls, &task.node_id)
                     .map_err(|e| e.to_string())?;
                 self.peers
                     .lock()
@@ -506,11 +525,11 @@ impl Mesh {
                 ch
             }
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (tx, rx) = tokio::sync::mpsc::channel(proto.tunnel_queue());
         let first = TunnelFrame {
             task_id: task.task_id.clone(),
             target_port: u32::from(target),
-            data: Vec::new(),
+            data: bytes::Bytes::new(),
             protocol: proto.as_str().into(),
         };
         tx.send((first, None)).await.map_err(|e| e.to_string())?;
@@ -523,11 +542,14 @@ impl Mesh {
         {
             Ok(r) => r,
             Err(s) => {
-                // A broken connection is made again next time.
-                self.peers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key);
+                // A connection that failed is made again next time; a refusal or a task gone
+                // (the peer answered) leaves the connection to the next tunnel.
+                if s.code() == tonic::Code::Unavailable {
+                    self.peers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&key);
+                }
                 return Err(s.message().to_string());
             }
         };
@@ -687,9 +709,10 @@ async fn connect_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 /// Relays datagrams between `input` and a socket connected to a task, the task's datagrams to
 /// `out`, until `input` ends, `out` refuses (its receiver is gone), or [`UDP_IDLE`] passes
 /// without a datagram either way. Datagrams larger than [`MAX_DATAGRAM`] are dropped.
-async fn relay_udp<S>(sock: UdpSocket, input: S, out: impl Fn(Vec<u8>) -> Result<(), ()>)
+async fn relay_udp<S, D>(sock: UdpSocket, input: S, out: impl Fn(Vec<u8>) -> Result<(), ()>)
 where
-    S: tokio_stream::Stream<Item = Vec<u8>>,
+    S: tokio_stream::Stream<Item = D>,
+    D: AsRef<[u8]>,
 {
     use tokio_stream::StreamExt as _;
     tokio::pin!(input);
@@ -700,10 +723,11 @@ where
         tokio::select! {
             d = input.next() => {
                 let Some(d) = d else { break };
+                let d = d.as_ref();
                 if d.len() <= MAX_DATAGRAM {
                     // A send error (the task not listening, yet or any more) loses the datagram,
                     // as UDP may.
-                    let _ = sock.send(&d).await;
+                    let _ = sock.send(d).await;
                 }
             }
             got = sock.recv(&mut buf) => {
@@ -732,7 +756,7 @@ async fn udp_over_tunnel(
         tokio::select! {
             d = rx.recv() => {
                 let Some((data, charge)) = d else { break };
-                let frame = TunnelFrame { data, ..Default::default() };
+                let frame = TunnelFrame { data: data.into(), ..Default::default() };
                 // The share of the budget goes with the frame until the tunnel takes it.
                 if let Err(TrySendError::Closed(_)) = tx.try_send((frame, Some(charge))) {
                     break;
@@ -741,7 +765,7 @@ async fn udp_over_tunnel(
             m = inbound.message() => match m {
                 Ok(Some(f)) => {
                     if f.data.len() <= MAX_DATAGRAM
-                        && let Err(TrySendError::Closed(_)) = replies.try_send((peer, f.data))
+                        && let Err(TrySendError::Closed(_)) = replies.try_send((peer, f.data.into()))
                     {
                         break;
                     }
@@ -866,15 +890,18 @@ async fn to_frames<T: Send + 'static>(
     tx: tokio::sync::mpsc::Sender<T>,
     wrap: impl Fn(TunnelFrame) -> T,
 ) -> u64 {
-    let mut buf = vec![0u8; CHUNK];
+    use bytes::BufMut as _;
+    let mut buf = bytes::BytesMut::new();
     let mut total = 0u64;
     loop {
-        match rd.read(&mut buf).await {
+        // Read straight into the frame's own buffer: no copy on the way to the stream.
+        buf.reserve(CHUNK);
+        match rd.read_buf(&mut (&mut buf).limit(CHUNK)).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 total += n as u64;
                 let frame = TunnelFrame {
-                    data: buf[..n].to_vec(),
+                    data: buf.split().freeze(),
                     ..Default::default()
                 };
                 if tx.send(wrap(frame)).await.is_err() {
@@ -911,6 +938,27 @@ async fn pump(
     let (rd, wr) = conn.into_split();
     let (sent, received) = tokio::join!(to_frames(rd, tx, |f| (f, None)), from_frames(inbound, wr));
     count_bytes(sent, received);
+}
+
+/// Relays a client's connection `conn` and a connection `up` to a task of this node until both
+/// directions end: spliced in the kernel, or, when no pipe can be made (the daemon out of file
+/// descriptors), copied through the daemon as before. What it carried is counted either way.
+async fn relay_local(mut conn: TcpStream, mut up: TcpStream) {
+    // As the client's side: the task's small writes go out at once.
+    let _ = up.set_nodelay(true);
+    match crate::net::splice::Pipes::new() {
+        Ok(pipes) => {
+            let r = crate::net::splice::splice_bidirectional(&conn, &up, pipes).await;
+            count_bytes(r.a_to_b, r.b_to_a);
+            crate::metrics::metrics().mesh_spliced(r.a_to_b + r.b_to_a);
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "routing mesh: connection copied instead of spliced");
+            if let Ok((sent, received)) = tokio::io::copy_bidirectional(&mut conn, &mut up).await {
+                count_bytes(sent, received);
+            }
+        }
+    }
 }
 
 /// Counts what a routing-mesh connection carried: `sent` from the client, `received` to it.
@@ -957,7 +1005,7 @@ pub async fn serve_tunnel(
             "permission denied: {why}"
         )));
     }
-    let (tx, rx) = mpsc::channel(16);
+    let (tx, rx) = mpsc::channel(proto.tunnel_queue());
     let allowed = match proto {
         Proto::Tcp => guarded_callers(endpoints, &service_id, &first.task_id, target).await,
         Proto::Udp => None,
@@ -965,7 +1013,7 @@ pub async fn serve_tunnel(
     if let Some(allowed) = allowed {
         // identity=required: this node answers for its task; the caller's TLS bytes are the
         // tunnel's frames.
-        tracing::info!(peer = %peer_node, task_id = %first.task_id, target_port = target, "routing mesh: tunnel from another node over mTLS, caller to authenticate");
+        tracing::debug!(peer = %peer_node, task_id = %first.task_id, target_port = target, "routing mesh: tunnel from another node over mTLS, caller to authenticate");
         let (ours, theirs) = tokio::io::duplex(2 * CHUNK);
         let (rd, mut wr) = tokio::io::split(theirs);
         if !first.data.is_empty() {
@@ -998,7 +1046,7 @@ pub async fn serve_tunnel(
             let conn = TcpStream::connect(addr).await.map_err(|e| {
                 tonic::Status::unavailable(format!("the task does not answer: {e}"))
             })?;
-            tracing::info!(peer = %peer_node, task_id = %first.task_id, target_port = target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
+            tracing::debug!(peer = %peer_node, task_id = %first.task_id, target_port = target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
             let (rd, mut wr) = conn.into_split();
             if !first.data.is_empty() {
                 let _ = wr.write_all(&first.data).await;
@@ -1011,14 +1059,14 @@ pub async fn serve_tunnel(
             let sock = connect_udp(addr)
                 .await
                 .map_err(|e| tonic::Status::unavailable(format!("cannot reach the task: {e}")))?;
-            tracing::info!(peer = %peer_node, task_id = %first.task_id, target_port = target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
+            tracing::debug!(peer = %peer_node, task_id = %first.task_id, target_port = target, protocol = %proto, "routing mesh: tunnel from another node over mTLS");
             // The first frame's data, if any, is the flow's first datagram.
             let first_datagram = (!first.data.is_empty()).then_some(first.data);
             let input = tokio_stream::iter(first_datagram)
                 .chain(inbound.map_while(Result::ok).map(|f| f.data));
             let out = move |data: Vec<u8>| {
                 let frame = TunnelFrame {
-                    data,
+                    data: data.into(),
                     ..Default::default()
                 };
                 match tx.try_send(Ok(frame)) {

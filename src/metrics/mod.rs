@@ -178,6 +178,8 @@ pub struct Metrics {
     mesh_connections: Counter,
     mesh_active: Gauge,
     mesh_bytes: Family<DirectionLabels, Counter>,
+    mesh_spliced: Counter,
+    mesh_peer_connections: Counter,
     sources: Arc<Sources>,
     /// One scrape at a time: the facts a scrape gathered are the ones it encodes.
     scraping: tokio::sync::Mutex<()>,
@@ -275,6 +277,19 @@ impl Metrics {
             Unit::Bytes,
             mesh_bytes.clone(),
         );
+        let mesh_spliced = Counter::default();
+        registry.register_with_unit(
+            "mesh_spliced",
+            "Bytes the routing mesh moved between clients and this node's tasks in the kernel (splice), never copied through the daemon; also in skep_mesh_bytes_total",
+            Unit::Bytes,
+            mesh_spliced.clone(),
+        );
+        let mesh_peer_connections = Counter::default();
+        registry.register(
+            "mesh_peer_connections",
+            "mTLS connections this node opened to other nodes for routing-mesh tunnels (one per peer while it lasts: tunnels are its HTTP/2 streams)",
+            mesh_peer_connections.clone(),
+        );
         let sources = Arc::new(Sources::default());
         registry.register_collector(Box::new(sources.clone()));
         Metrics {
@@ -289,6 +304,8 @@ impl Metrics {
             mesh_connections,
             mesh_active,
             mesh_bytes,
+            mesh_spliced,
+            mesh_peer_connections,
             sources,
             scraping: tokio::sync::Mutex::new(()),
         }
@@ -382,6 +399,17 @@ impl Metrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    /// Counts bytes the routing mesh spliced in the kernel (also counted by
+    /// [`Metrics::mesh_bytes`]).
+    pub fn mesh_spliced(&self, n: u64) {
+        self.mesh_spliced.inc_by(n);
+    }
+
+    /// Counts an mTLS connection opened to another node for tunnels.
+    pub fn mesh_peer_connection(&self) {
+        self.mesh_peer_connections.inc();
     }
 
     /// Sets (or clears) what every node reports about itself.

@@ -41,7 +41,9 @@ fn the_exposition_names_every_family_with_units_and_ends_with_eof() {
     {
         let _c = m.mesh_connection();
         m.mesh_bytes(Direction::In, 10);
+        m.mesh_spliced(10);
     }
+    m.mesh_peer_connection();
     let text = m.encode();
     for needle in [
         "# TYPE skep_rpc_duration_seconds histogram",
@@ -54,6 +56,8 @@ fn the_exposition_names_every_family_with_units_and_ends_with_eof() {
         "skep_mesh_connections_total 1",
         "skep_mesh_active_connections 0",
         "skep_mesh_bytes_total{direction=\"in\"} 10",
+        "skep_mesh_spliced_bytes_total 10",
+        "skep_mesh_peer_connections_total 1",
     ] {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }

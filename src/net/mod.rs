@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod node;
 pub mod revoke;
 pub mod serve;
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -565,15 +566,62 @@ pub fn channel_with_timeout(
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let config = config.clone();
         async move {
-            let tcp = TcpStream::connect(sock).await?;
-            tcp.set_nodelay(true)?;
-            let name = ServerName::try_from(MANAGER_SERVER_NAME)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio_rustls::TlsConnector::from(config)
-                .connect(name, tcp)
-                .await?;
+            let tls = connect_tls(sock, config).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });
     Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// A lazily connecting channel to node `node_id` at `addr` for routing-mesh tunnels, over mTLS
+/// with `config` (which pins the peer to that node): no bound on a call (a tunnel lasts as
+/// long as its connection), and the HTTP/2 windows and frames of [`serve`] sized for bulk
+/// transfers. One is kept per peer: every tunnel to it is a stream of its one connection, so a
+/// tunnel costs no handshake. Each connection it makes is logged with its TLS version and
+/// cipher suite, and counted (`skep_mesh_peer_connections_total`).
+pub fn tunnel_channel(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    node_id: &str,
+) -> Result<Channel, NetError> {
+    let sock = parse_addr(addr)?;
+    let endpoint = Endpoint::from_shared(format!("http://{sock}"))
+        .map_err(|_| NetError::BadAddr(addr.to_string()))?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .initial_stream_window_size(serve::STREAM_WINDOW)
+        .initial_connection_window_size(serve::CONNECTION_WINDOW)
+        .max_frame_size(serve::MAX_FRAME_BYTES);
+    let node_id: Arc<str> = node_id.into();
+    let connector = tower::service_fn(move |_uri: http::Uri| {
+        let (config, node_id) = (config.clone(), node_id.clone());
+        async move {
+            let tls = connect_tls(sock, config).await?;
+            let conn = tls.get_ref().1;
+            let version = conn
+                .protocol_version()
+                .map_or_else(|| "none".to_string(), |v| format!("{v:?}"));
+            let suite = conn
+                .negotiated_cipher_suite()
+                .map_or_else(|| "none".to_string(), |s| format!("{:?}", s.suite()));
+            tracing::info!(node_id = %node_id, addr = %sock, tls_version = %version, cipher_suite = %suite, "routing mesh: mTLS connection to a peer node");
+            crate::metrics::metrics().mesh_peer_connection();
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(connector))
+}
+
+/// TCP to `sock`, then TLS with `config` to a server named [`MANAGER_SERVER_NAME`].
+async fn connect_tls(
+    sock: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(sock).await?;
+    tcp.set_nodelay(true)?;
+    let name = ServerName::try_from(MANAGER_SERVER_NAME)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }

@@ -38,7 +38,7 @@ pub const DISPATCHER_REQUEST_BYTES: usize = 4 << 20;
 /// Dispatcher responses: the assignments of every task on a node, with their secrets
 /// (500 KiB each at most).
 pub const DISPATCHER_RESPONSE_BYTES: usize = 64 << 20;
-/// Agent requests: log queries and mesh tunnel frames (64 KiB chunks).
+/// Agent requests: log queries and mesh tunnel frames (chunks of at most 256 KiB).
 pub const AGENT_REQUEST_BYTES: usize = 1 << 20;
 /// Agent responses: a task's log tail and tunnel frames.
 pub const AGENT_RESPONSE_BYTES: usize = 16 << 20;
@@ -54,6 +54,21 @@ pub const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
 /// connection is closed: a peer that vanished stops holding a slot within a minute.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// HTTP/2 flow control between nodes, granted by this server and by the routing mesh's tunnel
+/// channels ([`super::tunnel_channel`]) alike: a peer may send `STREAM_WINDOW` bytes on one
+/// stream (a tunnel, a Raft append) and `CONNECTION_WINDOW` on one connection before this
+/// side has read them, enough to keep a bulk tunnel moving between acknowledgements. A window
+/// is a buffer: what a peer sent and the service has not read yet stays in memory, at most
+/// `CONNECTION_WINDOW` per connection whatever its streams, so at most
+/// [`super::limit::MAX_CONNECTIONS`] × `CONNECTION_WINDOW` in all (hyper's default server
+/// windows are 1 MiB each).
+pub const STREAM_WINDOW: u32 = 2 << 20;
+/// See [`STREAM_WINDOW`].
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
+/// The largest HTTP/2 frame a peer may send (the protocol's default is 16 KiB): a tunnel's
+/// chunk goes in fewer frames. The reader of a connection holds at most one frame.
+pub const MAX_FRAME_BYTES: u32 = 64 << 10;
 
 /// What [`server`] puts in front of the services.
 pub type BoundStatus = fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>;
@@ -74,6 +89,9 @@ pub fn server() -> Builder {
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME_BYTES)
         .layer(tower::util::MapResponseLayer::new(
             bound_status as BoundStatus,
         ))

@@ -5,7 +5,7 @@
 //! listeners.
 
 use std::collections::BTreeSet;
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
@@ -274,6 +274,85 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() 
             || TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err(),
         );
     }
+}
+
+/// The value of the unlabelled sample `name` in the metrics served at `addr`.
+fn metric(addr: SocketAddr, name: &str) -> Result<f64, String> {
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: skep\r\nconnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| format!("no {name} in the metrics at {addr}:\n{text}"))
+}
+
+#[test]
+fn a_local_task_is_spliced_in_the_kernel_and_tunnels_share_one_mtls_connection_per_peer() {
+    let Some(prog) = serving_program() else {
+        return;
+    };
+    const METRICS_PORT: u16 = 9479;
+    let mut nodes = vec![Node::new("m1", &[]), Node::new("w1", &[])];
+    for n in &mut nodes {
+        let addr = on(n, METRICS_PORT).to_string();
+        n.set_extra_args(&["--metrics-addr", &addr]);
+    }
+    let c = Cluster::form(nodes, 1, &[]);
+    let (m, w) = (c.first(), &c.workers()[0]);
+    let port = 4005;
+    m.cli_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        "spliced",
+        "--constraint",
+        "node.role==manager",
+        "--publish",
+        &format!("{port}:80"),
+        "--",
+        &prog,
+        "serve",
+    ]);
+    let spliced = |n: &Node| metric(on(n, METRICS_PORT), "skep_mesh_spliced_bytes_total");
+    let peers = |n: &Node| metric(on(n, METRICS_PORT), "skep_mesh_peer_connections_total");
+    // Through the task's own node: the answer was spliced, not copied through the daemon.
+    let answer = wait_for(timeout(), "an answer through the task's node", || {
+        ask(on(m, port))
+    });
+    assert!(answer.contains(&format!("node={}", m.id())), "{answer}");
+    let moved = spliced(m).unwrap();
+    assert!(
+        moved >= answer.len() as f64,
+        "{moved} bytes spliced on the task's node for an answer of {}",
+        answer.len()
+    );
+    // Through the other node: every connection a tunnel of the one mTLS connection to the
+    // task's node, none spliced there (those bytes cross between nodes inside mTLS only).
+    wait_for(timeout(), "an answer through the other node", || {
+        ask(on(w, port))
+    });
+    for _ in 0..10 {
+        let a = ask(on(w, port)).unwrap();
+        assert!(a.contains(&format!("node={}", m.id())), "{a}");
+    }
+    assert_eq!(
+        peers(w).unwrap(),
+        1.0,
+        "the worker opened more than one mTLS connection to the task's node for its tunnels"
+    );
+    assert_eq!(
+        spliced(w).unwrap(),
+        0.0,
+        "the worker spliced a tunnel's bytes"
+    );
 }
 
 #[test]

@@ -395,7 +395,7 @@ networks:
         let first = TunnelFrame {
             task_id: task.clone(),
             target_port: 6379,
-            data: Vec::new(),
+            data: Default::default(),
             protocol: "tcp".into(),
         };
         rt.block_on(async {
