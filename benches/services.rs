@@ -3,8 +3,11 @@
 //! * `convergence`: a real 3-node cluster (3 `skep daemon` processes: 1 manager, 2 workers,
 //!   all running exec tasks as root). Time from `skep service create --detach --runtime exec
 //!   --replicas N -- /bin/sleep 100000` to `skep service ls` reporting `N/N`, for N = 100 and
-//!   N = 1000 (override the large one with `SKEP_BENCH_CONV_REPLICAS`). Between iterations the
-//!   service is removed and every task process must be gone.
+//!   N = 1000 (override the large one with `SKEP_BENCH_CONV_REPLICAS`, a comma-separated list:
+//!   `1000,3000`). Between iterations the service is removed and every task process must be
+//!   gone. At N/N it prints the host memory per task (the init helpers' PSS and page tables,
+//!   the command's apart, the host's `PageTables` growth) and the load average;
+//!   `SKEP_BENCH_CONV_ONCE=1` runs one round per size and only prints that.
 //! * `placement`: the manager side alone. One real manager daemon; 100 worker nodes simulated
 //!   in this process, each with its own certificate (real join), its own mTLS connection,
 //!   heartbeats, a task session, and Running reports for every task it is given (no process is
@@ -239,9 +242,45 @@ fn pss_kib(pid: i32) -> u64 {
         .unwrap_or(0)
 }
 
-/// What actually runs once `service ls` says N/N: stage-2 init helpers (one per task, PID 1
-/// of the task's namespace), the task commands under them, and their memory (PSS).
-fn task_census(c: &Cluster) -> String {
+/// A `kB` field of `/proc/PID/status` (`VmPTE:`: the process's page tables), 0 if unreadable.
+fn status_kib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The host's page tables (`PageTables:` in /proc/meminfo), in KiB.
+fn host_page_tables_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("PageTables:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The 1-minute load average.
+fn load_1min() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// What actually runs once `service ls` says N/N: the init helpers (stage 1 outside the task's
+/// namespaces, stage 2 its PID 1), the task commands under them, and the host memory they take:
+/// PSS and page tables (`VmPTE`) per task, helpers and commands apart, beside the growth of the
+/// host's `PageTables` since `page_tables_before` (everything the burst added, the daemons'
+/// included) and the load average right after the burst.
+fn task_census(c: &Cluster, replicas: u64, page_tables_before: u64) -> String {
+    let load = load_1min();
     let helpers = pids_mentioning(c.root.path(), Some("init-helper"));
     let stage2: HashSet<i32> = pids_mentioning(c.root.path(), Some("--stage2"))
         .into_iter()
@@ -257,84 +296,134 @@ fn task_census(c: &Cluster) -> String {
             }
         }
     }
-    let pss: u64 = helpers.iter().chain(&commands).map(|p| pss_kib(*p)).sum();
+    let binaries: HashSet<String> = helpers
+        .iter()
+        .filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    let sum = |pids: &[i32], f: &dyn Fn(i32) -> u64| pids.iter().map(|p| f(*p)).sum::<u64>();
+    let pte = |p| status_kib(p, "VmPTE:");
+    let (h_pss, h_pte) = (sum(&helpers, &pss_kib), sum(&helpers, &pte));
+    let (c_pss, c_pte) = (sum(&commands, &pss_kib), sum(&commands, &pte));
+    let host_pte = host_page_tables_kib().saturating_sub(page_tables_before);
     let daemons: u64 = c
         .daemons
         .iter()
         .filter_map(|d| d.child.as_ref().map(|ch| pss_kib(ch.id() as i32)))
         .sum();
+    let n = replicas.max(1);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
-        "{} init helpers ({} stage 2), {} task commands under them; PSS tasks {} MiB, daemons {} MiB",
+        "{} init helpers ({} stage 2; binary {binaries:?}), {} task commands under them\n  \
+         per task: helpers PSS {} KiB + page tables {} KiB = {} KiB host memory; the command: \
+         PSS {} KiB + page tables {} KiB\n  host PageTables +{} MiB over the burst ({} KiB per \
+         task); daemons PSS {} MiB; load average (1 min) {load:.1} right after, {cores} cores",
         helpers.len(),
         stage2.len(),
         commands.len(),
-        pss / 1024,
+        h_pss / n,
+        h_pte / n,
+        (h_pss + h_pte) / n,
+        c_pss / n,
+        c_pte / n,
+        host_pte / 1024,
+        host_pte / n,
         daemons / 1024
     )
 }
 
+/// The convergence sizes: 100, then `SKEP_BENCH_CONV_REPLICAS` (one number or a
+/// comma-separated list, `1000,3000`), default [`CONV_LARGE`].
+fn conv_sizes() -> Vec<u64> {
+    let mut sizes = vec![CONV_SMALL];
+    match std::env::var("SKEP_BENCH_CONV_REPLICAS") {
+        Ok(list) => sizes.extend(list.split(',').filter_map(|s| s.trim().parse::<u64>().ok())),
+        Err(_) => sizes.push(CONV_LARGE),
+    }
+    sizes
+}
+
+/// One round: create `replicas` exec tasks, wait for N/N, print the census if `census`, then
+/// remove the service and wait for every task process to end. The time to N/N, and the
+/// daemons' CPU seconds then ([`Cluster::cpu`]).
+fn conv_round(cl: &Cluster, name: &str, replicas: u64, census: bool) -> (Duration, Vec<f64>) {
+    let m = cl.manager();
+    let n = replicas.to_string();
+    let page_tables = host_page_tables_kib();
+    let start = Instant::now();
+    m.cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--name",
+        name,
+        "--replicas",
+        &n,
+        "--",
+        "/bin/sleep",
+        "100000",
+    ]);
+    wait_converged(m, name, replicas);
+    let took = start.elapsed();
+    let cpu = cl.cpu();
+    if census {
+        eprintln!(
+            "\n{name} at {replicas}/{replicas} in {:.1} s: {}",
+            took.as_secs_f64(),
+            task_census(cl, replicas, page_tables)
+        );
+    }
+    m.cli(&["service", "rm", name]);
+    wait_no_services(m);
+    wait_for(
+        wait_limit(),
+        "every task process to end",
+        || match task_processes(cl) {
+            0 => Ok(()),
+            n => Err(format!("{n} init helpers left")),
+        },
+    );
+    (took, cpu)
+}
+
 fn convergence(c: &mut Criterion) {
-    let large: u64 = std::env::var("SKEP_BENCH_CONV_REPLICAS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(CONV_LARGE);
     let mut cluster: Option<Cluster> = None;
     let mut round = 0u64;
+    // `SKEP_BENCH_CONV_ONCE=1`: one round per size, census printed, no statistics (a
+    // 3,000-task round takes a while).
+    if std::env::var_os("SKEP_BENCH_CONV_ONCE").is_some() {
+        for replicas in conv_sizes() {
+            let cl = cluster.get_or_insert_with(start_real_cluster);
+            round += 1;
+            conv_round(cl, &format!("conv{replicas}-{round}"), replicas, true);
+        }
+        return;
+    }
     let mut group = c.benchmark_group("convergence");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.warm_up_time(Duration::from_millis(1));
     group.measurement_time(Duration::from_secs(1));
-    for replicas in [CONV_SMALL, large] {
+    for replicas in conv_sizes() {
         let mut times = Vec::new();
         let mut cpu: Vec<f64> = Vec::new();
         group.bench_function(format!("{replicas} exec replicas on 3 nodes"), |b| {
             b.iter_custom(|iters| {
                 let cl = cluster.get_or_insert_with(start_real_cluster);
-                let m = cl.manager();
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     round += 1;
                     let name = format!("conv{replicas}-{round}");
-                    let n = replicas.to_string();
                     let cpu0 = cl.cpu();
-                    let start = Instant::now();
-                    m.cli(&[
-                        "service",
-                        "create",
-                        "--detach",
-                        "--runtime",
-                        "exec",
-                        "--name",
-                        &name,
-                        "--replicas",
-                        &n,
-                        "--",
-                        "/bin/sleep",
-                        "100000",
-                    ]);
-                    wait_converged(m, &name, replicas);
-                    let took = start.elapsed();
+                    let (took, cpu1) = conv_round(cl, &name, replicas, times.is_empty());
                     total += took;
                     times.push(took);
-                    let cpu1 = cl.cpu();
                     cpu.resize(cpu1.len(), 0.0);
                     for (i, (a, b)) in cpu0.iter().zip(&cpu1).enumerate() {
                         cpu[i] += b - a;
                     }
-                    if times.len() == 1 {
-                        eprintln!("\n{name} at {replicas}/{replicas}: {}", task_census(cl));
-                    }
-                    m.cli(&["service", "rm", &name]);
-                    wait_no_services(m);
-                    wait_for(
-                        wait_limit(),
-                        "every task process to end",
-                        || match task_processes(cl) {
-                            0 => Ok(()),
-                            n => Err(format!("{n} init helpers left")),
-                        },
-                    );
                 }
                 total
             })

@@ -2,12 +2,13 @@
 //! Everything lives in the library; see [`skep::cli`].
 
 fn main() -> std::process::ExitCode {
-    // The exec runtime's init helper re-executes this binary. It must run before anything
-    // starts a thread (tokio, tracing), and it takes its arguments untouched, so it is
-    // dispatched here rather than as a clap subcommand.
-    let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("init-helper") {
-        return skep::agent::executor::exec::init_helper_main(args[2..].to_vec());
+    // The exec runtime's init is the `skep-init` binary; `skep init-helper` still runs the
+    // same code, for helpers an older skep started (they re-execute this path). It must run
+    // before anything starts a thread (tokio, tracing), and it takes its arguments untouched,
+    // so it is dispatched here rather than as a clap subcommand.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some(skep_init::HELPER_ARG) {
+        return skep_init::main(&args);
     }
     skep::cli::main()
 }

@@ -30,7 +30,7 @@ use crate::api::v1::{JwtSvidRequest, SvidRequest, WorkloadBundle};
 use crate::store::service::Task;
 
 /// Where a task sees its identity directory.
-pub const TARGET_DIR: &str = "/run/spiffe";
+pub const TARGET_DIR: &str = skep_init::SPIFFE_DIR;
 /// The variable every SPIFFE client reads, as the task sees it.
 pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET=unix:///run/spiffe/workload@skep.sock";
 /// The Workload API socket's name in the identity directory.

@@ -2,6 +2,9 @@
 //! secrets directory and the kernel's file systems (`/proc`, `/sys`, `/dev`), checked by
 //! managers on every spec and by agents before they bind anything.
 //!
+//! The rule for one target lives in the init's crate ([`skep_init::config_target`]), which
+//! checks it again on the node; the rules for a task's configs together live here.
+//!
 //! A config is bound file by file at its target, inside the task's own file system (Docker
 //! does the same). A bind-mounted file cannot be replaced atomically by a rename (the mount
 //! holds the old file), so configs change by `on-change=restart` or `none`, never in place.
@@ -12,12 +15,7 @@ use crate::store::service::SecretRef;
 
 /// Longest config name (as secrets).
 pub const MAX_NAME_BYTES: usize = 64;
-/// Most configs one task may have.
-pub const MAX_CONFIGS: usize = 256;
-/// Longest target.
-const MAX_TARGET_LEN: usize = 512;
-/// Where no config may go: the secrets directory and the kernel's file systems.
-const FORBIDDEN: [&str; 4] = [super::secret_target::SECRETS_DIR, "/proc", "/sys", "/dev"];
+pub use skep_init::config_target::{MAX_CONFIGS, check};
 
 /// Checks a config name as Docker does (the secret name rule).
 pub fn validate_name(name: &str) -> Result<(), String> {
@@ -35,55 +33,6 @@ pub fn absolute(target: Option<&str>, name: &str) -> Result<String, String> {
     };
     check(&t)?;
     Ok(t)
-}
-
-/// Checks one target: absolute, at most 512 bytes, components of 1 to 255 bytes that are not
-/// `.` or `..`, no control characters, and not in or at `/run/secrets`, `/proc`, `/sys` or
-/// `/dev`. The error says which rule it broke, quoting at most a prefix.
-pub fn check(target: &str) -> Result<(), String> {
-    let quoted = || crate::util::quote(&crate::util::prefix(target, 64));
-    if target.len() > MAX_TARGET_LEN {
-        return Err(format!(
-            "config target {} is {} bytes long; at most {MAX_TARGET_LEN}",
-            quoted(),
-            target.len()
-        ));
-    }
-    let Some(rest) = target.strip_prefix('/').filter(|r| !r.is_empty()) else {
-        return Err(format!(
-            "config target {} is not an absolute file path",
-            quoted()
-        ));
-    };
-    if target.chars().any(char::is_control) {
-        return Err(format!(
-            "config target {} contains a control character",
-            quoted()
-        ));
-    }
-    for part in rest.split('/') {
-        if part.is_empty() || part == "." || part == ".." || part.len() > 255 {
-            return Err(format!(
-                "config target {} is not a plain path (no empty, `.` or `..` parts, names of \
-                 at most 255 bytes)",
-                quoted()
-            ));
-        }
-    }
-    for dir in FORBIDDEN {
-        if target == dir || target.starts_with(&format!("{dir}/")) {
-            return Err(format!(
-                "config target {} lies in {dir}, where no config may go{}",
-                quoted(),
-                if dir == super::secret_target::SECRETS_DIR {
-                    " (that is where secrets are mounted; use --secret)"
-                } else {
-                    " (a kernel file system)"
-                }
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Checks a task's config references together: at most 256, each target valid ([`check`]),

@@ -149,14 +149,7 @@ fn parse_ref(text: &str, config: bool) -> Result<SecretRef, String> {
 /// The signals the exec runtime's init helper passes on to the task (any other would end the
 /// helper, and the task with it): the only ones `on-change=signal:SIG` may name for an exec
 /// task.
-pub const EXEC_SIGNALS: [nix::sys::signal::Signal; 6] = [
-    nix::sys::signal::Signal::SIGTERM,
-    nix::sys::signal::Signal::SIGINT,
-    nix::sys::signal::Signal::SIGHUP,
-    nix::sys::signal::Signal::SIGQUIT,
-    nix::sys::signal::Signal::SIGUSR1,
-    nix::sys::signal::Signal::SIGUSR2,
-];
+pub use skep_init::EXEC_SIGNALS;
 
 /// Whether the exec runtime passes on the signal named `name` (canonical, `SIGHUP`).
 pub fn exec_forwards(name: &str) -> bool {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::store::service::SecretRef;
 
 /// Where secrets appear in a task.
-pub const SECRETS_DIR: &str = "/run/secrets";
+pub const SECRETS_DIR: &str = skep_init::SECRETS_DIR;
 /// Longest target, the whole path.
 pub const MAX_TARGET_LEN: usize = 512;
 /// Longest path component: what Linux file systems take (NAME_MAX).

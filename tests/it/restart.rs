@@ -157,6 +157,9 @@ fn wait_adopted(w: &Node, n: usize, what: &str, same: impl Fn() -> Result<(), St
 fn upgraded_binary(dir: &Path) -> PathBuf {
     let to = dir.join("skep-upgraded");
     std::fs::copy(skep_bin(), &to).expect("copying the skep binary");
+    // Installed together, as the README says: the daemon runs the init from its directory.
+    std::fs::copy(env!("CARGO_BIN_EXE_skep-init"), dir.join("skep-init"))
+        .expect("copying the skep-init binary");
     to
 }
 

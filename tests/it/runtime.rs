@@ -1,6 +1,6 @@
 //! The task runtimes driven directly through `skep::agent::executor`, without a daemon.
 //!
-//! exec tests need root (namespaces) and the `skep` binary's hidden `init-helper` subcommand;
+//! exec tests need root (namespaces) and the `skep-init` binary (the exec runtime's init);
 //! docker tests need a reachable Docker Engine and `gcc` (a static test program is imported as
 //! an image with `docker import`: nothing is pulled). Missing either, a test fails, or skips
 //! with a notice under `SKEP_IT_ALLOW_SKIP=1` (see `harness::require`).
@@ -15,7 +15,7 @@ use skep::store::service::{Runtime, Task, TaskSpec};
 use crate::harness::test_image;
 
 fn helper() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_skep"))
+    PathBuf::from(env!("CARGO_BIN_EXE_skep-init"))
 }
 
 fn unique_id(prefix: &str) -> String {
@@ -169,6 +169,99 @@ async fn exec_stop_within_grace() {
     assert_eq!(wait_bounded(&mut h, 5).await, 128 + 15);
     h.stop(Duration::from_secs(5)).await.unwrap();
     assert!(!state.path().join("tasks").join(&t.id).join("pid").exists());
+}
+
+/// A `kB` field of `/proc/PID/status` (`RssAnon:`), or `Threads:` as is.
+fn proc_status(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The children of process `pid`.
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The processes a running exec task costs the host beside its command are the small
+/// `skep-init` program, not the skep binary (whose text, page tables and threads were paid
+/// twice per task): the recorded helper (stage 1) and its child (stage 2, the namespace's
+/// PID 1) run `skep-init`, one thread each, and the memory only they hold (anonymous resident
+/// pages: heap, stack, relocated data; file pages are shared by every task) stays under 1 MiB
+/// together. The skep binary's two processes hold about 2 MiB of it (release build), and its
+/// stage 1 three threads.
+#[tokio::test]
+async fn exec_helpers_are_the_small_init_program() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    let t = task(Runtime::Exec, "", &["sleep", "1000"], &[]);
+    let mut h = ex.start(&t, None).await.unwrap();
+    let record = state.path().join("tasks").join(&t.id).join("helper.json");
+    let stage1 = crate::harness::wait_for(Duration::from_secs(20), "the helper's record", || {
+        let rec: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        rec["pid"]
+            .as_i64()
+            .map(|p| p as i32)
+            .ok_or_else(|| format!("no pid in {rec}"))
+    });
+    // Stage 2 under stage 1, the command (once it has become `sleep`) under stage 2.
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let stage2 = crate::harness::wait_for(Duration::from_secs(20), "the task's command", || {
+        let s2 = *children(stage1).first().ok_or("stage 1 has no child yet")?;
+        let cmd = *children(s2).first().ok_or("stage 2 has no child yet")?;
+        match exe(cmd).file_name().and_then(|n| n.to_str()) {
+            Some("sleep") => Ok(s2),
+            other => Err(format!("the command runs {other:?} so far")),
+        }
+    });
+    let init = helper().canonicalize().unwrap();
+    let mut anon_kib = 0;
+    for (stage, pid) in [("stage 1", stage1), ("stage 2", stage2)] {
+        assert_eq!(exe(pid), init, "{stage} (PID {pid}) runs another binary");
+        assert_eq!(proc_status(pid, "Threads:"), 1, "{stage} (PID {pid})");
+        anon_kib += proc_status(pid, "RssAnon:");
+    }
+    assert!(anon_kib > 0);
+    assert!(
+        anon_kib < 1024,
+        "the two helper processes of one task hold {anon_kib} KiB of their own"
+    );
+    h.stop(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(wait_bounded(&mut h, 5).await, 128 + 15);
+}
+
+/// Without `skep-init` beside it, an exec task fails to start with an error that names the
+/// missing file and says how to install it.
+#[tokio::test]
+async fn exec_without_the_init_program_fails_naming_it() {
+    let state = tempfile::tempdir().unwrap();
+    if exec_executors(state.path()).await.is_none() {
+        return;
+    }
+    let missing = state.path().join("bin").join("skep-init");
+    let ex = Executors::detect_with(state.path(), missing.clone()).await;
+    let e = ex
+        .start(&task(Runtime::Exec, "", &["true"], &[]), None)
+        .await
+        .err()
+        .expect("a task started without its init program")
+        .to_string();
+    assert!(e.contains(&missing.display().to_string()), "{e}");
+    assert!(
+        e.contains("install skep-init beside the skep binary"),
+        "{e}"
+    );
 }
 
 #[tokio::test]

@@ -4,11 +4,15 @@
 //!
 //! ```text
 //!  <tasks>/<task>/helper.json   {task_id, pid, start_ticks, exe, ports}   root, 0600, in 0700 dirs
-//!  <tasks>/<task>/exit          stage 1's exit code, written as it ends (see init.rs)
+//!  <tasks>/<task>/exit          stage 1's exit code, written as it ends (see skep_init)
 //!
 //!  restart ─► read helper.json ─► /proc/<pid>/{stat,exe,cmdline} ─► same start time, same
 //!             binary, `init-helper --task-dir <this dir>`?  yes: adopt   no: it ended
 //! ```
+//!
+//! The binary is the recorded one: `skep-init` for helpers of this skep, `skep` for those an
+//! older skep started as `skep init-helper` (the command line has the same shape), so an
+//! upgrade across the change adopts its running tasks.
 //!
 //! The record is trusted as far as root-owned files under the node's 0700 data directory are:
 //! tasks run as "nobody" with that directory hidden, so only root can have written it. Even so
@@ -131,7 +135,7 @@ pub(crate) fn cmdline_is_helper_of(cmdline: &[u8], dir: &Path) -> bool {
         if a == b"--" {
             break;
         }
-        helper |= a == b"init-helper";
+        helper |= a == skep_init::HELPER_ARG.as_bytes();
         stage1 &= a != b"--stage2" && a != b"--exec";
         has_dir |= prev == b"--task-dir" && a == dir;
         prev = a;
@@ -173,7 +177,7 @@ pub(crate) fn forget_record(task_dir: &Path) {
 
 /// The exit code stage 1 recorded as it ended, if it did.
 pub(crate) fn read_exit(task_dir: &Path) -> Option<i64> {
-    let text = std::fs::read(task_dir.join(super::init::EXIT_FILE)).ok()?;
+    let text = std::fs::read(task_dir.join(skep_init::EXIT_FILE)).ok()?;
     let text = std::str::from_utf8(text.get(..text.len().min(16))?).ok()?;
     text.trim().parse::<u8>().ok().map(i64::from)
 }
@@ -274,6 +278,32 @@ mod tests {
         );
     }
 
+    /// A helper of an older skep (the `skep` binary, before `skep-init` existed) and one of
+    /// this skep are recognised by the same rule, each against its recorded binary.
+    #[test]
+    fn helpers_of_either_binary_are_adopted() {
+        let dir = Path::new(DIR);
+        let mut new = rec();
+        new.exe = "/usr/bin/skep-init".into();
+        let cmdline =
+            b"/usr/bin/skep-init\0init-helper\0--task-dir\0/var/lib/skep/tasks/t1\0--\0sleep\0x\0";
+        assert_eq!(
+            verify(&new, &view('S', 777, "/usr/bin/skep-init", cmdline), dir),
+            Ok(())
+        );
+        assert_eq!(
+            verify(
+                &rec(),
+                &view('S', 777, "/usr/bin/skep (deleted)", GOOD),
+                dir
+            ),
+            Ok(())
+        );
+        // An old helper is not taken for a new one, nor the other way round.
+        assert!(verify(&new, &view('S', 777, "/usr/bin/skep", GOOD), dir).is_err());
+        assert!(verify(&rec(), &view('S', 777, "/usr/bin/skep-init", cmdline), dir).is_err());
+    }
+
     #[test]
     fn cmdline_match() {
         let dir = Path::new(DIR);
@@ -307,9 +337,9 @@ mod tests {
     fn exit_codes_are_read_only_when_sound() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(read_exit(d.path()), None);
-        std::fs::write(d.path().join(super::super::init::EXIT_FILE), "3\n").unwrap();
+        std::fs::write(d.path().join(skep_init::EXIT_FILE), "3\n").unwrap();
         assert_eq!(read_exit(d.path()), Some(3));
-        std::fs::write(d.path().join(super::super::init::EXIT_FILE), "300\n").unwrap();
+        std::fs::write(d.path().join(skep_init::EXIT_FILE), "300\n").unwrap();
         assert_eq!(read_exit(d.path()), None);
     }
 

@@ -1,9 +1,9 @@
-//! The exec runtime, agent side: runs a task's command through the init helper (see
-//! [`init_helper_main`]) in its own mount and PID namespaces, as the unprivileged user
-//! [`NOBODY`] with no_new_privs, the daemon's own files (data directory, socket) hidden, with
-//! its output in `<state_dir>/tasks/<task_id>/{stdout,stderr,output}` and the helper's record
-//! (PID, start time, binary, ports: see [`super::adopt`]) in `.../helper.json`, which is how a
-//! restarted agent adopts the task instead of killing it.
+//! The exec runtime, agent side: runs a task's command through the init helper (the
+//! `skep-init` binary beside `skep`, see [`skep_init`]) in its own mount and PID namespaces,
+//! as the unprivileged user [`NOBODY`] with no_new_privs, the daemon's own files (data
+//! directory, socket) hidden, with its output in `<state_dir>/tasks/<task_id>/{stdout,stderr,
+//! output}` and the helper's record (PID, start time, binary, ports: see [`super::adopt`]) in
+//! `.../helper.json`, which is how a restarted agent adopts the task instead of killing it.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -16,12 +16,10 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::adopt::{self, HelperRecord};
-use super::init::{NOBODY, OUTPUT_FILE, STDERR_FILE, status_code};
 use super::{ExecError, ExitSlot, LogEntry, Stopper, TaskHandle, ended_within, parse_env};
 use crate::agent::secrets::ConfigFile;
 use crate::store::service::Task;
-
-pub use super::init::init_helper_main;
+use skep_init::{HELPER_ARG, NOBODY, OUTPUT_FILE, STDERR_FILE, status_code};
 
 /// `PATH` given to a task whose environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -107,7 +105,7 @@ impl ExecRuntime {
             .map_err(dir_err)?;
 
         let mut helper = tokio::process::Command::new(&self.helper);
-        helper.arg("init-helper").arg("--task-dir").arg(&dir);
+        helper.arg(HELPER_ARG).arg("--task-dir").arg(&dir);
         if let Some(s) = secrets {
             helper.arg("--secrets").arg(s);
         }
@@ -318,7 +316,7 @@ impl ExecStopper {
         let signal: Signal = sig
             .parse()
             .map_err(|_| err("not a signal name".to_string()))?;
-        if !super::init::forwarded_signals().contains(signal) {
+        if !skep_init::forwarded_signals().contains(signal) {
             return Err(err(
                 "the exec runtime passes on only SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1 and SIGUSR2"
                     .to_string(),

@@ -15,8 +15,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use super::Executors;
-use super::init::NOBODY;
 use crate::store::service::{HealthCheck, Runtime, Task};
+use skep_init::NOBODY;
 
 /// Where a task's health stands.
 #[derive(Clone, Debug, PartialEq, Eq)]

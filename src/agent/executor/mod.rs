@@ -2,8 +2,8 @@
 //! task's process on this node.
 //!
 //! ```text
-//!  task.rs ───► Executors::start(task) ──► exec:   skep init-helper (stage 1: unshare mount+PID ns)
-//!                      │                               └─► skep init-helper --stage2 (PID 1: /proc, reaps)
+//!  task.rs ───► Executors::start(task) ──► exec:   skep-init (stage 1: unshare mount+PID ns, logs)
+//!                      │                               └─► skep-init --stage2 (PID 1: /proc, reaps)
 //!                      │                                     └─► task.spec.command
 //!                      │                    docker: bollard ─► Docker Engine (create, start)
 //!                      ▼
@@ -14,8 +14,8 @@
 //! exec helpers by the record each leaves in its task directory (checked against `/proc`,
 //! see [`adopt`]), containers by their labels naming this node and the task.
 //!
-//! The exec runtime needs no `unsafe`: namespaces are made by a re-exec'd helper process
-//! ([`exec::init_helper_main`]) rather than between `fork` and `exec`.
+//! The exec runtime needs no `unsafe`: namespaces are made by a helper program (`skep-init`,
+//! the [`skep_init`] crate, installed beside `skep`) rather than between `fork` and `exec`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,7 +30,6 @@ mod adopt;
 pub mod docker;
 pub mod exec;
 pub mod health;
-mod init;
 
 /// What went wrong while running a task. The message is shown to the operator as the task's
 /// error, so it says what failed and what to do.
@@ -70,7 +69,8 @@ pub enum ExecError {
     },
     /// The init helper process could not be started.
     #[error(
-        "cannot start the init helper {}: {source}; the skep binary must be readable and executable",
+        "cannot start the init helper {}: {source}; install skep-init beside the skep binary \
+         (`cargo install --path .` and `cargo build` make both), readable and executable",
         helper.display()
     )]
     Spawn {
@@ -145,12 +145,20 @@ pub struct Executors {
 }
 
 impl Executors {
-    /// Detects runtimes: exec when running as root (its helper is this very binary), docker
-    /// when the Docker Engine answers a ping within about 2 s (`DOCKER_HOST` or the local
-    /// socket). Task directories live under `state_dir/tasks`.
+    /// Detects runtimes: exec when running as root (its helper is the `skep-init` binary in
+    /// the directory of this one), docker when the Docker Engine answers a ping within about
+    /// 2 s (`DOCKER_HOST` or the local socket). Task directories live under `state_dir/tasks`.
     pub async fn detect(state_dir: &Path) -> Executors {
         match std::env::current_exe() {
-            Ok(helper) => Self::detect_with(state_dir, helper).await,
+            Ok(skep) => {
+                let helper = skep.with_file_name(skep_init::PROGRAM);
+                if nix::unistd::geteuid().is_root() && !helper.is_file() {
+                    // Left on: tasks a previous run started are still adopted, and each new
+                    // exec task fails with an error naming the missing file.
+                    tracing::warn!(helper = %helper.display(), "the exec runtime's init helper is missing: exec tasks will fail to start until skep-init is installed beside skep");
+                }
+                Self::detect_with(state_dir, helper).await
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot find the skep binary; the exec runtime is disabled");
                 Executors {
@@ -163,8 +171,8 @@ impl Executors {
         }
     }
 
-    /// As [`Executors::detect`], with the binary that provides the `init-helper` subcommand
-    /// given explicitly (tests point it at the built `skep`).
+    /// As [`Executors::detect`], with the init helper given explicitly (tests point it at the
+    /// built `skep-init`).
     pub async fn detect_with(state_dir: &Path, helper_exe: PathBuf) -> Executors {
         let exec = if nix::unistd::geteuid().is_root() {
             Some(exec::ExecRuntime::new(state_dir, helper_exe))
@@ -599,14 +607,6 @@ fn since_tail(mut v: Vec<LogEntry>, since: i64, tail: usize) -> Vec<LogEntry> {
         v.drain(..v.len() - tail);
     }
     v
-}
-
-/// Unix nanoseconds now.
-pub(crate) fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
