@@ -243,4 +243,40 @@ mod check_issued_tests {
         let early = now - time::Duration::days(2);
         assert!(check_issued(root, &public(&ours), &good, early).is_err());
     }
+
+    #[tokio::test]
+    async fn a_shed_connection_is_tried_again_and_a_refusal_is_not() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let tries = AtomicU32::new(0);
+        let got = patiently(|| {
+            let n = tries.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < 2 {
+                    Err(tonic::Status::unavailable("tls handshake eof"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.ok(), Some(2), "shed twice, then served");
+        let tries = AtomicU32::new(0);
+        let got: Result<(), _> = patiently(|| {
+            tries.fetch_add(1, Ordering::SeqCst);
+            async {
+                Err(tonic::Status::permission_denied(
+                    "the join token is not valid",
+                ))
+            }
+        })
+        .await;
+        assert_eq!(
+            got.map_err(|s| s.code()),
+            Err(tonic::Code::PermissionDenied)
+        );
+        assert_eq!(tries.load(Ordering::SeqCst), 1, "a refusal is final");
+        for n in 1..20 {
+            assert!(backoff(n) <= std::time::Duration::from_secs(1));
+        }
+    }
 }

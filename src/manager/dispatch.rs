@@ -445,6 +445,61 @@ fn decide(
     }
 }
 
+/// The encoded size the orchestrator's tasks take in one proposal: half a Raft entry's bound
+/// ([`crate::store::wire::MAX_COMMAND_BYTES`]), the rest for the other commands of the batch.
+const BATCH_BYTES: usize = crate::store::wire::MAX_COMMAND_BYTES / 2;
+
+/// The orchestrator's commands cut into batches whose tasks take at most `budget` encoded
+/// bytes each (one task over it goes alone): the first batch holds every other command with
+/// the first tasks (a service and its first new tasks stay together), each next one more of
+/// the tasks, in order, and the last the removals.
+fn bounded(cmds: Vec<Command>, budget: usize) -> Vec<Vec<Command>> {
+    let mut first = Vec::new();
+    let mut chunks: Vec<Vec<Task>> = vec![Vec::new()];
+    let mut used = 0usize;
+    let mut removals = Vec::new();
+    for c in cmds {
+        match c {
+            Command::PutTasks(tasks) => {
+                for t in tasks {
+                    let size = crate::store::wire::size_of(&t).unwrap_or(budget);
+                    if used + size > budget && chunks.last().is_some_and(|c| !c.is_empty()) {
+                        chunks.push(Vec::new());
+                        used = 0;
+                    }
+                    used += size;
+                    if let Some(c) = chunks.last_mut() {
+                        c.push(t);
+                    }
+                }
+            }
+            Command::RemoveTasks(ids) => removals.extend(ids),
+            other => first.push(other),
+        }
+    }
+    let mut out: Vec<Vec<Command>> = Vec::new();
+    for (i, tasks) in chunks.into_iter().enumerate() {
+        let mut batch = if i == 0 {
+            std::mem::take(&mut first)
+        } else {
+            Vec::new()
+        };
+        if !tasks.is_empty() {
+            batch.push(Command::PutTasks(tasks));
+        }
+        if !batch.is_empty() {
+            out.push(batch);
+        }
+    }
+    if !removals.is_empty() {
+        match out.last_mut() {
+            Some(last) => last.push(Command::RemoveTasks(removals)),
+            None => out.push(vec![Command::RemoveTasks(removals)]),
+        }
+    }
+    out
+}
+
 /// The leader's orchestration loop: reconcile, then schedule, on every change.
 pub async fn run_orchestrator(mgr: Arc<Manager>) {
     let mut applied = mgr.state().subscribe();
@@ -454,9 +509,15 @@ pub async fn run_orchestrator(mgr: Arc<Manager>) {
             let now = time::OffsetDateTime::now_utc();
             let cmds = mgr.read(|s| decide(s, now, &mut new_id));
             if !cmds.is_empty() {
-                if let Err(e) = mgr.propose(Command::Batch(cmds)).await {
-                    tracing::warn!(error = %e, "orchestrator could not commit its decisions");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                // In proposals each well within a Raft entry's bound: the tasks of a large
+                // service do not fit in one. A later one failing leaves the earlier ones
+                // committed, which the next round takes as its starting point.
+                for batch in bounded(cmds, BATCH_BYTES) {
+                    if let Err(e) = mgr.propose(Command::Batch(batch)).await {
+                        tracing::warn!(error = %e, "orchestrator could not commit its decisions");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        break;
+                    }
                 }
                 continue;
             }
@@ -482,6 +543,48 @@ mod tests {
             desired,
             ..fixtures::task()
         }
+    }
+
+    #[test]
+    fn a_large_service_is_committed_in_batches_each_within_a_raft_entry() {
+        let mut big = crate::store::fixtures::task();
+        big.spec.env = (0..20)
+            .map(|i| format!("VARIABLE_{i}=some value {i}"))
+            .collect();
+        let tasks: Vec<Task> = (0..10_000)
+            .map(|i| Task {
+                id: format!("task-{i:05}"),
+                ..big.clone()
+            })
+            .collect();
+        let cmds = vec![
+            Command::PutService(Box::new(crate::store::fixtures::service("s", "web"))),
+            Command::PutTasks(tasks.clone()),
+            Command::RemoveTasks(vec!["old".into()]),
+        ];
+        // As one batch it could never be committed: that is what stalled a 10,000-task create.
+        assert!(crate::store::wire::check_command(&Command::Batch(cmds.clone())).is_err());
+        let batches = bounded(cmds, BATCH_BYTES);
+        assert!(batches.len() > 1);
+        let mut seen = Vec::new();
+        for (i, b) in batches.iter().enumerate() {
+            let batch = Command::Batch(b.clone());
+            assert!(
+                crate::store::wire::check_command(&batch).is_ok(),
+                "batch {i} too large"
+            );
+            for c in b {
+                match c {
+                    Command::PutService(_) => assert_eq!(i, 0, "the service goes first"),
+                    Command::PutTasks(t) => seen.extend(t.iter().map(|t| t.id.clone())),
+                    Command::RemoveTasks(_) => assert_eq!(i, batches.len() - 1),
+                    _ => panic!("an unexpected command"),
+                }
+            }
+        }
+        let want: Vec<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        assert_eq!(seen, want, "every task once, in order");
+        assert_eq!(bounded(Vec::new(), BATCH_BYTES).len(), 0);
     }
 
     #[test]
