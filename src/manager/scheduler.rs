@@ -38,14 +38,7 @@ pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
                 && not_before_passed(t, now)
         })
         .collect();
-    pending.sort_by(|a, b| {
-        (&a.created_at, &a.service_id, a.slot, &a.id).cmp(&(
-            &b.created_at,
-            &b.service_id,
-            b.slot,
-            &b.id,
-        ))
-    });
+    pending.sort_by(|a, b| oldest_first(a, b));
     let mut out = Vec::new();
     let at = rfc3339(now);
     // Runs of tasks of one service and spec: the same nodes suit each of them, so the nodes are
@@ -58,6 +51,16 @@ pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
     } else {
         vec![Command::PutTasks(out)]
     }
+}
+
+/// The order pending tasks are placed in: oldest first, then by service, slot and ID.
+fn oldest_first(a: &Task, b: &Task) -> std::cmp::Ordering {
+    (&a.created_at, &a.service_id, a.slot, &a.id).cmp(&(
+        &b.created_at,
+        &b.service_id,
+        b.slot,
+        &b.id,
+    ))
 }
 
 /// Why `task` fits no node, in Swarm's words: "no suitable node (3 nodes not available for new
@@ -398,14 +401,7 @@ mod tests {
             .values()
             .filter(|t| t.node_id.is_empty() && t.desired == DesiredState::Running)
             .collect();
-        pending.sort_by(|a, b| {
-            (&a.created_at, &a.service_id, a.slot, &a.id).cmp(&(
-                &b.created_at,
-                &b.service_id,
-                b.slot,
-                &b.id,
-            ))
-        });
+        pending.sort_by(|a, b| oldest_first(a, b));
         let mut out = Vec::new();
         for task in pending {
             match placement.pick(task) {
