@@ -56,6 +56,9 @@ use crate::store::model::{Command, NodeRole, NodeState, Response, State};
 use crate::store::{Raft, StateHandle};
 use limiter::{Admit, FailureLimiter};
 
+/// How long a membership change waits for another one still being committed.
+const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
+
 /// Errors of manager operations; mapped to `tonic::Status` in one place ([`to_status`]).
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -733,6 +736,27 @@ impl Manager {
         }
     }
 
+    /// Sets the voters to what `voters` computes from this manager, computed and tried again
+    /// while another membership change is still being committed (openraft takes one at a time:
+    /// a join's promotion and an operator's demotion can meet), for at most [`MEMBERSHIP_WAIT`].
+    async fn change_members(
+        &self,
+        voters: impl Fn(&Self) -> BTreeSet<u64>,
+    ) -> Result<(), ManagerError> {
+        let deadline = Instant::now() + MEMBERSHIP_WAIT;
+        loop {
+            match self.raft.change_membership(voters(self), false).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(ManagerError::Raft(e.to_string())),
+            }
+        }
+    }
+
     /// The replicated state handle (for watching applied changes).
     pub fn state(&self) -> &StateHandle {
         &self.state
@@ -922,14 +946,13 @@ impl Manager {
             added?;
         }
         self.caught_up(raft_id, CATCH_UP_WAIT).await?;
-        let mut voters = self.voters();
-        voters.insert(raft_id);
         let changed = self
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map(|_| ())
-            .map_err(|e| ManagerError::Raft(e.to_string()));
+            .change_members(|m| {
+                let mut voters = m.voters();
+                voters.insert(raft_id);
+                voters
+            })
+            .await;
         self.audit_membership(actor, "raft.voter.add", raft_id, &changed)
             .await;
         changed
@@ -1051,11 +1074,12 @@ impl Manager {
                 .await;
         }
         let removed = self
-            .raft
-            .change_membership(voters, false)
-            .await
-            .map(|_| ())
-            .map_err(|e| ManagerError::Raft(e.to_string()));
+            .change_members(|m| {
+                let mut voters = m.voters();
+                voters.remove(&raft_id);
+                voters
+            })
+            .await;
         if !itself || removed.is_err() {
             self.audit_membership(actor, "raft.voter.remove", raft_id, &removed)
                 .await;
