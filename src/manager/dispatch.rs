@@ -108,7 +108,9 @@ async fn serve_session(
 ) {
     let node_id = node_id.to_string();
     {
-        let mut applied = mgr.state().subscribe();
+        // Woken when this node's tasks change, or anything else the session reads does.
+        let wake_node = mgr.state().wake().node(&node_id);
+        let mut others = mgr.state().wake().others();
         let mut sent: HashMap<String, Sent> = HashMap::new();
         let mut known: HashSet<String> = HashSet::new();
         // Secret and config versions this session has sent to the node and the node still
@@ -178,8 +180,13 @@ async fn serve_session(
                 return; // the node hung up
             }
             complete = false;
-            // Wake on every applied change, and now and then to notice a lost leadership.
-            let _ = tokio::time::timeout(Duration::from_secs(1), applied.changed()).await;
+            // Wake when the node's tasks or anything else it is sent changed, and now and then
+            // to notice a lost leadership.
+            tokio::select! {
+                _ = wake_node.notified() => {}
+                _ = others.changed() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
             if tx.is_closed() {
                 return;
             }

@@ -29,6 +29,7 @@ pub mod tasks;
 pub mod testing;
 pub mod vip;
 pub mod volumes;
+pub mod wake;
 pub mod wire;
 pub mod workload;
 

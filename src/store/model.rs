@@ -663,6 +663,22 @@ pub struct Operator {
     pub created_by: String,
 }
 
+impl Command {
+    /// Whether applying this changes nothing but tasks and the audit chain: what a node's task
+    /// session sends depends on its own tasks then, so only the sessions of the nodes whose
+    /// tasks changed are woken ([`super::wake`]). Any other command wakes every session.
+    pub fn changes_only_tasks(&self) -> bool {
+        match self {
+            Command::PutTasks(_)
+            | Command::RemoveTasks(_)
+            | Command::ReportTasks { .. }
+            | Command::Audit(_) => true,
+            Command::Batch(cmds) => cmds.iter().all(Command::changes_only_tasks),
+            _ => false,
+        }
+    }
+}
+
 /// "secret" or "config", for messages.
 pub fn kind(config: bool) -> &'static str {
     if config { "config" } else { "secret" }

@@ -72,6 +72,7 @@ struct Payload {
 pub struct StateHandle {
     applied: Arc<RwLock<Applied>>,
     applied_rx: watch::Receiver<u64>,
+    wake: Arc<super::wake::Wake>,
 }
 
 impl StateHandle {
@@ -102,6 +103,12 @@ impl StateHandle {
     /// snapshot.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.applied_rx.clone()
+    }
+
+    /// Wake-ups by what applied entries changed: a node's tasks, or anything else
+    /// ([`super::wake`]).
+    pub fn wake(&self) -> &super::wake::Wake {
+        &self.wake
     }
 
     /// Waits until the entry at `index` has been applied (e.g. the index a client write
@@ -136,6 +143,7 @@ struct Inner {
     sealer: Arc<Sealer>,
     applied: Arc<RwLock<Applied>>,
     applied_tx: watch::Sender<u64>,
+    wake: Arc<super::wake::Wake>,
     /// Metadata of the snapshot in `snapshot.sealed`.
     current: Mutex<Option<Meta>>,
     /// Serializes snapshot file writes (a build and an install can overlap).
@@ -176,6 +184,7 @@ impl StateMachineStore {
                 sealer,
                 applied: Arc::new(RwLock::new(applied)),
                 applied_tx,
+                wake: Arc::default(),
                 current: Mutex::new(current),
                 write: tokio::sync::Mutex::new(()),
             }),
@@ -187,6 +196,7 @@ impl StateMachineStore {
         StateHandle {
             applied: self.inner.applied.clone(),
             applied_rx: self.inner.applied_tx.subscribe(),
+            wake: self.inner.wake.clone(),
         }
     }
 
@@ -441,24 +451,32 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut responses = Vec::new();
         let started = std::time::Instant::now();
-        let last = {
+        // Whether an entry changed more than tasks and the audit chain (every task session
+        // wakes then; otherwise only those of the nodes whose tasks changed).
+        let mut others = false;
+        let (last, changed) = {
             let mut a = write_lock(&self.inner.applied);
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
                     EntryPayload::Blank => Response::Ok,
-                    EntryPayload::Normal(cmd) => a.state.apply(cmd),
+                    EntryPayload::Normal(cmd) => {
+                        others |= !cmd.changes_only_tasks();
+                        a.state.apply(cmd)
+                    }
                     EntryPayload::Membership(m) => {
+                        others = true;
                         a.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         Response::Ok
                     }
                 };
                 responses.push(response);
             }
-            a.last_applied
+            (a.last_applied, a.state.tasks.take_dirty())
         };
         crate::metrics::metrics().raft_applied(started.elapsed());
         self.publish_applied(last);
+        self.inner.wake.publish(changed, others);
         Ok(responses)
     }
 
@@ -496,8 +514,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last_applied: meta.last_log_id,
                 last_membership: meta.last_membership.clone(),
             };
+            a.state.tasks.take_dirty();
         }
         self.publish_applied(meta.last_log_id);
+        // A whole new state: every session looks again.
+        self.inner.wake.publish(Default::default(), true);
         tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
         crate::metrics::metrics().snapshot(true);
         Ok(())

@@ -3,14 +3,15 @@
 //! changed since it last looked (dispatch costs what changed, not the size of the swarm).
 //!
 //! ```text
-//!  Tasks { map: id → Task, by_node: node → { ids, generation } }
-//!  insert / remove / get_mut (a guard that re-indexes on drop) ─► the node's generation moves
+//!  Tasks { map: id → Task, index: node → { ids, generation }, dirty nodes }
+//!  insert / remove / get_mut (a guard that re-indexes on drop) ─► the node's generation moves,
+//!                                                                  the node is marked dirty
 //! ```
 //!
 //! Reads go through `Deref` to the map. The index is derived: it is neither serialized nor
 //! compared; a `Tasks` decoded from a snapshot or log rebuilds it, so the encoding is the map's.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -33,11 +34,45 @@ struct NodeTasks {
     generation: u64,
 }
 
+/// The index: each node's tasks, and the nodes whose tasks changed since the state machine
+/// last asked ([`Tasks::take_dirty`]: it wakes those nodes' sessions).
+#[derive(Clone, Debug, Default)]
+struct Index {
+    by_node: HashMap<String, NodeTasks>,
+    dirty: HashSet<String>,
+}
+
+impl Index {
+    fn add(&mut self, node: &str, id: String) {
+        self.node(node).ids.insert(id);
+        self.bump(node);
+    }
+
+    fn drop_id(&mut self, node: &str, id: &str) {
+        if let Some(n) = self.by_node.get_mut(node) {
+            n.ids.remove(id);
+            self.bump(node);
+        }
+    }
+
+    fn node(&mut self, node: &str) -> &mut NodeTasks {
+        self.by_node.entry(node.to_string()).or_default()
+    }
+
+    /// Moves the node's generation and marks it changed.
+    fn bump(&mut self, node: &str) {
+        self.node(node).generation = next_generation();
+        if !self.dirty.contains(node) {
+            self.dirty.insert(node.to_string());
+        }
+    }
+}
+
 /// Tasks by ID, with an index by node.
 #[derive(Clone, Debug, Default)]
 pub struct Tasks {
     map: BTreeMap<String, Task>,
-    by_node: HashMap<String, NodeTasks>,
+    index: Index,
 }
 
 impl Tasks {
@@ -46,16 +81,16 @@ impl Tasks {
         let node = task.node_id.clone();
         let old = self.map.insert(id.clone(), task);
         if let Some(o) = &old {
-            self.unindex(&o.node_id, &id);
+            self.index.drop_id(&o.node_id, &id);
         }
-        self.index(node, id);
+        self.index.add(&node, id);
         old
     }
 
     /// Forgets a task.
     pub fn remove(&mut self, id: &str) -> Option<Task> {
         let old = self.map.remove(id)?;
-        self.unindex(&old.node_id, id);
+        self.index.drop_id(&old.node_id, id);
         Some(old)
     }
 
@@ -67,14 +102,15 @@ impl Tasks {
         Some(TaskMut {
             task,
             node,
-            by_node: &mut self.by_node,
+            index: &mut self.index,
             touched: false,
         })
     }
 
     /// The tasks placed on `node_id` (history included), in ID order.
     pub fn on_node<'a>(&'a self, node_id: &str) -> impl Iterator<Item = &'a Task> + 'a {
-        self.by_node
+        self.index
+            .by_node
             .get(node_id)
             .into_iter()
             .flat_map(|n| n.ids.iter())
@@ -84,20 +120,13 @@ impl Tasks {
     /// A number that changes whenever a task of `node_id` is stored, changed or removed (0 for
     /// a node that never had one).
     pub fn generation(&self, node_id: &str) -> u64 {
-        self.by_node.get(node_id).map_or(0, |n| n.generation)
+        self.index.by_node.get(node_id).map_or(0, |n| n.generation)
     }
 
-    fn index(&mut self, node: String, id: String) {
-        let n = self.by_node.entry(node).or_default();
-        n.ids.insert(id);
-        n.generation = next_generation();
-    }
-
-    fn unindex(&mut self, node: &str, id: &str) {
-        if let Some(n) = self.by_node.get_mut(node) {
-            n.ids.remove(id);
-            n.generation = next_generation();
-        }
+    /// The nodes whose tasks changed since the last call (the state machine wakes their
+    /// sessions after applying entries).
+    pub fn take_dirty(&mut self) -> HashSet<String> {
+        std::mem::take(&mut self.index.dirty)
     }
 }
 
@@ -106,7 +135,7 @@ impl Tasks {
 pub struct TaskMut<'a> {
     task: &'a mut Task,
     node: String,
-    by_node: &'a mut HashMap<String, NodeTasks>,
+    index: &'a mut Index,
     touched: bool,
 }
 
@@ -130,18 +159,10 @@ impl Drop for TaskMut<'_> {
             return;
         }
         if self.task.node_id != self.node {
-            if let Some(n) = self.by_node.get_mut(&self.node) {
-                n.ids.remove(&self.task.id);
-                n.generation = next_generation();
-            }
-            self.by_node
-                .entry(self.task.node_id.clone())
-                .or_default()
-                .ids
-                .insert(self.task.id.clone());
-        }
-        if let Some(n) = self.by_node.get_mut(&self.task.node_id) {
-            n.generation = next_generation();
+            self.index.drop_id(&self.node, &self.task.id);
+            self.index.add(&self.task.node_id, self.task.id.clone());
+        } else {
+            self.index.bump(&self.task.node_id);
         }
     }
 }
@@ -251,6 +272,26 @@ mod tests {
         let copy: Tasks = postcard::from_bytes(&postcard::to_allocvec(&t).unwrap()).unwrap();
         assert_ne!(copy.generation("n2"), t.generation("n2"));
         assert_eq!(ids(&copy, "n2"), ["b"]);
+    }
+
+    #[test]
+    fn the_nodes_whose_tasks_changed_are_taken_once() {
+        let mut t = Tasks::default();
+        t.insert("a".into(), task("a", "n1"));
+        t.insert("b".into(), task("b", "n2"));
+        assert_eq!(t.take_dirty(), HashSet::from(["n1".into(), "n2".into()]));
+        assert!(t.take_dirty().is_empty());
+        // A look changes nothing; a write does; a move marks both nodes.
+        if let Some(m) = t.get_mut("a") {
+            assert_eq!(m.node_id, "n1");
+        }
+        assert!(t.take_dirty().is_empty());
+        if let Some(mut m) = t.get_mut("a") {
+            m.node_id = "n3".into();
+        }
+        assert_eq!(t.take_dirty(), HashSet::from(["n1".into(), "n3".into()]));
+        t.remove("b");
+        assert_eq!(t.take_dirty(), HashSet::from(["n2".into()]));
     }
 
     #[test]

@@ -389,6 +389,50 @@ async fn wait_applied_wakes_on_apply() {
 }
 
 #[tokio::test]
+async fn a_task_change_wakes_its_nodes_session_only_and_other_changes_wake_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path(), Dek::generate()).await.unwrap();
+    let handle = sm.state();
+    let (n1, n2) = (handle.wake().node("n1"), handle.wake().node("n2"));
+    let others = handle.wake().others();
+    let woken = |n: std::sync::Arc<tokio::sync::Notify>| async move {
+        tokio::time::timeout(Duration::from_millis(100), n.notified())
+            .await
+            .is_ok()
+    };
+    let task = |id: &str, node: &str| super::service::Task {
+        id: id.into(),
+        node_id: node.into(),
+        ..fixtures::task()
+    };
+    // A task stored on n1 and an audit record: n1's session only.
+    let record = AuditEvent::now(Actor::system(), "test", "t", Outcome::Ok);
+    apply_all(
+        &mut sm,
+        vec![
+            entry(1, Command::PutTasks(vec![task("t1", "n1")])),
+            entry(2, Command::Audit(record)),
+        ],
+    )
+    .await;
+    assert!(woken(n1.clone()).await, "n1's task changed");
+    assert!(!woken(n2.clone()).await, "n2's did not");
+    assert!(!others.has_changed().unwrap());
+    // Moved to n2: both; a node's label change: every session.
+    let mut moved = task("t1", "n2");
+    moved.desired = super::service::DesiredState::Shutdown;
+    apply_all(&mut sm, vec![entry(3, Command::PutTasks(vec![moved]))]).await;
+    assert!(woken(n1.clone()).await && woken(n2.clone()).await);
+    apply_all(
+        &mut sm,
+        vec![entry(4, Command::RemoveNode { id: "n9".into() })],
+    )
+    .await;
+    assert!(others.has_changed().unwrap());
+    assert!(!woken(n1).await, "no task changed");
+}
+
+#[tokio::test]
 async fn plaintext_sealer_round_trips_for_the_bench() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _sm) = open_with(

@@ -1,0 +1,109 @@
+//! Wake-ups after applied entries, by what they changed: a node's task session wakes when a
+//! task of its node changed or when something else it reads did (secrets, policies, nodes,
+//! services), not on every commit. With 1,000 sessions, a report of one node's task wakes one
+//! session instead of 1,000.
+//!
+//! ```text
+//!  apply(entries) ─► changed nodes (Tasks::take_dirty) ─► that node's Notify
+//!                 └► any command beyond tasks and audit ─► `others` (every session)
+//! ```
+//!
+//! A `Notify` keeps one permit when nobody waits, so a change made while a session works is
+//! seen on its next wait: no wake-up is lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, watch};
+
+/// The wake-up registry of one state machine.
+#[derive(Debug)]
+pub struct Wake {
+    nodes: Mutex<HashMap<String, Arc<Notify>>>,
+    others: watch::Sender<u64>,
+}
+
+impl Default for Wake {
+    fn default() -> Self {
+        Wake {
+            nodes: Mutex::new(HashMap::new()),
+            others: watch::channel(0).0,
+        }
+    }
+}
+
+impl Wake {
+    /// The notification of a change to `node_id`'s tasks. Entries nobody holds any more are
+    /// forgotten here, so the registry holds at most the sessions open now (and this one).
+    pub fn node(&self, node_id: &str) -> Arc<Notify> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+        nodes.retain(|_, n| Arc::strong_count(n) > 1);
+        nodes
+            .entry(node_id.to_string())
+            .or_insert_with(|| Arc::new(Notify::new()))
+            .clone()
+    }
+
+    /// A receiver that changes whenever an applied entry changed more than tasks.
+    pub fn others(&self) -> watch::Receiver<u64> {
+        self.others.subscribe()
+    }
+
+    /// Wakes the sessions of `changed` nodes, and every session when `others`.
+    pub fn publish(&self, changed: HashSet<String>, others: bool) {
+        if !changed.is_empty() {
+            let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
+            for id in &changed {
+                if let Some(n) = nodes.get(id) {
+                    n.notify_one();
+                }
+            }
+        }
+        if others {
+            self.others.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn woken(n: &Notify) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), n.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn only_the_changed_nodes_are_woken_and_a_wake_up_before_the_wait_is_kept() {
+        let w = Wake::default();
+        let a = w.node("a");
+        let b = w.node("b");
+        // Published while nobody waits: kept for the next wait.
+        w.publish(HashSet::from(["a".to_string()]), false);
+        assert!(woken(&a).await);
+        assert!(!woken(&b).await);
+        assert!(!woken(&a).await, "one change, one wake-up");
+        // A change beyond tasks reaches every receiver.
+        let mut others = w.others();
+        w.publish(HashSet::new(), true);
+        assert!(others.has_changed().unwrap());
+        others.borrow_and_update();
+        w.publish(HashSet::from(["b".to_string()]), false);
+        assert!(!others.has_changed().unwrap());
+        assert!(woken(&b).await);
+    }
+
+    #[tokio::test]
+    async fn entries_of_ended_sessions_are_forgotten() {
+        let w = Wake::default();
+        drop(w.node("gone"));
+        let _kept = w.node("kept");
+        let _again = w.node("other");
+        let nodes = w.nodes.lock().unwrap();
+        assert!(!nodes.contains_key("gone"));
+        assert!(nodes.contains_key("kept") && nodes.contains_key("other"));
+    }
+}
