@@ -26,6 +26,7 @@ pub mod cli;
 pub mod cluster;
 pub mod credentials;
 pub mod docker;
+pub mod failure;
 pub mod files;
 pub mod netns;
 pub mod node;

@@ -77,6 +77,7 @@ impl Node {
 
     /// A node that is not running yet: call [`Node::spawn`] and [`Node::wait_up`].
     pub fn new(name: &str, extra_args: &[&str]) -> Node {
+        super::failure::remember_panics();
         let root = tempfile::Builder::new()
             .prefix(&format!("skep-it-{name}-"))
             .tempdir()
@@ -483,6 +484,9 @@ impl Drop for Node {
                 self.log_tail(),
                 self.name
             );
+            if let Some(said) = super::failure::last_panic() {
+                eprintln!("===== the test failed at {said}");
+            }
         }
         self.kill();
         kill_processes_mentioning(&self.dir);
