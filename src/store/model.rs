@@ -674,6 +674,8 @@ impl Command {
             | Command::ReportTasks { .. }
             | Command::Audit(_) => true,
             Command::Batch(cmds) => cmds.iter().all(Command::changes_only_tasks),
+            // Its ID is kept against replays; no session reads that.
+            Command::Once { cmd, .. } => cmd.changes_only_tasks(),
             _ => false,
         }
     }
