@@ -98,8 +98,11 @@ fn main() {
         eprintln!("failover: round {round}: {name} killed, a write committed after {took:?}");
 
         // Back on its data directory, then reachable again.
+        // The old handle goes first: dropping it kills every process that mentions its
+        // directory, which the new daemon does.
+        drop(c.daemons.remove(l));
         let again = Daemon::start(c.root.path(), &name, &addr);
-        c.daemons[l] = again;
+        c.daemons.insert(l, again);
         wait_for(
             wait_limit(),
             "3 reachable managers again",
