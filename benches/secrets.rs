@@ -419,9 +419,12 @@ fn discover_layout(m: &Daemon) -> PathBuf {
     let got = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     assert_eq!(got, secret_value(0, VALUE_LEN), "{}", file.display());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    // The last mount there is the one seen: the agent binds the directory onto itself (to
+    // make it private) and mounts the tmpfs over that.
     let line = mountinfo
         .lines()
-        .find(|l| l.split(' ').nth(4) == Some(&*mount_point.to_string_lossy()))
+        .filter(|l| l.split(' ').nth(4) == Some(&*mount_point.to_string_lossy()))
+        .last()
         .unwrap_or_else(|| panic!("{} is not a mount point", mount_point.display()));
     assert!(line.contains("tmpfs"), "not a tmpfs: {line}");
     assert!(
