@@ -34,54 +34,64 @@ type Value = (bool, String, u64);
 
 /// In one pass over the node's tasks (the state's index by node, not every task): those it
 /// must know about (not ended, including those the orchestrator wants stopped), and the IDs of
-/// all tasks placed on it, history included.
-fn assigned(state: &State, node_id: &str) -> (HashMap<String, Task>, HashSet<String>) {
-    let mut active = HashMap::new();
+/// all tasks placed on it, history included. Borrowed: nothing is copied for a task that did
+/// not change.
+fn assigned<'a>(state: &'a State, node_id: &str) -> (Vec<&'a Task>, HashSet<&'a str>) {
+    let mut active = Vec::new();
     let mut all = HashSet::new();
     for t in state.tasks.on_node(node_id) {
-        all.insert(t.id.clone());
+        all.insert(t.id.as_str());
         if !t.status.state.is_terminal() {
-            active.insert(t.id.clone(), t.clone());
+            active.push(t);
         }
     }
     (active, all)
 }
 
-/// The change from what was sent to what is assigned now; updates `sent`.
-fn diff(
-    sent: &mut HashMap<String, Sent>,
-    now: HashMap<String, Task>,
-    complete: bool,
-) -> Option<Assignments> {
+impl Sent {
+    fn of(t: &Task) -> Sent {
+        Sent {
+            desired: t.desired,
+            spec_version: t.spec_version,
+            versions: t.versions.clone(),
+        }
+    }
+
+    /// Whether the node was told all it needs of `t` (compared without copying).
+    fn covers(&self, t: &Task) -> bool {
+        self.desired == t.desired
+            && self.spec_version == t.spec_version
+            && self.versions == t.versions
+    }
+}
+
+/// The change from what was sent to what is assigned now; updates `sent`. Encodes only the
+/// tasks the node has not been told about as they are.
+fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool) -> Option<Assignments> {
     let mut msg = Assignments {
         complete,
         ..Default::default()
     };
-    let gone: Vec<String> = sent
-        .keys()
-        .filter(|id| !now.contains_key(*id))
-        .cloned()
-        .collect();
-    for id in gone {
-        sent.remove(&id);
-        msg.removed.push(id);
-    }
-    for (id, task) in now {
-        let mark = Sent {
-            desired: task.desired,
-            spec_version: task.spec_version,
-            versions: task.versions.clone(),
-        };
-        if complete || sent.get(&id) != Some(&mark) {
-            match serde_json::to_string(&task) {
-                Ok(json) => msg.tasks_json.push(json),
-                Err(e) => {
-                    tracing::error!(task_id = %id, error = %e, "cannot encode a task");
-                    continue;
-                }
-            }
-            sent.insert(id, mark);
+    let here: HashSet<&str> = now.iter().map(|t| t.id.as_str()).collect();
+    sent.retain(|id, _| {
+        let keep = here.contains(id.as_str());
+        if !keep {
+            msg.removed.push(id.clone());
         }
+        keep
+    });
+    for task in now {
+        if !complete && sent.get(&task.id).is_some_and(|m| m.covers(task)) {
+            continue;
+        }
+        match serde_json::to_string(task) {
+            Ok(json) => msg.tasks_json.push(json),
+            Err(e) => {
+                tracing::error!(task_id = %task.id, error = %e, "cannot encode a task");
+                continue;
+            }
+        }
+        sent.insert(task.id.clone(), Sent::of(task));
     }
     (complete || !msg.tasks_json.is_empty() || !msg.removed.is_empty()).then_some(msg)
 }
@@ -135,20 +145,35 @@ async fn serve_session(
             let generation = mgr.read(|s| s.tasks.generation(&node_id));
             let msg = if complete || generation != seen {
                 seen = generation;
-                let (now, all) = mgr.read(|s| assigned(s, &node_id));
-                now_ids = now.keys().cloned().collect();
-                let mut deleted: Vec<String> = known.difference(&all).cloned().collect();
-                known = all;
-                match diff(&mut sent, now, complete) {
-                    Some(mut m) => {
-                        m.deleted = std::mem::take(&mut deleted);
+                let made = mgr.read(|s| {
+                    let (now, all) = assigned(s, &node_id);
+                    let mut deleted = Vec::new();
+                    known.retain(|id| {
+                        let keep = all.contains(id.as_str());
+                        if !keep {
+                            deleted.push(id.clone());
+                        }
+                        keep
+                    });
+                    for id in all {
+                        if !known.contains(id) {
+                            known.insert(id.to_string());
+                        }
+                    }
+                    (diff(&mut sent, &now, complete), deleted)
+                });
+                match made {
+                    (Some(mut m), deleted) => {
+                        m.deleted = deleted;
+                        // The tasks it runs changed (or were updated): their IDs again.
+                        now_ids = sent.keys().cloned().collect();
                         Some(m)
                     }
-                    None if !deleted.is_empty() => Some(Assignments {
+                    (None, deleted) if !deleted.is_empty() => Some(Assignments {
                         deleted,
                         ..Default::default()
                     }),
-                    None => None,
+                    (None, _) => None,
                 }
             } else {
                 None
@@ -633,17 +658,16 @@ mod tests {
         let mut sent = HashMap::new();
         let a = task("a", DesiredState::Running);
         let b = task("b", DesiredState::Running);
-        let all = HashMap::from([("a".to_string(), a.clone()), ("b".to_string(), b.clone())]);
-        let first = diff(&mut sent, all.clone(), true).unwrap();
+        let first = diff(&mut sent, &[&a, &b], true).unwrap();
         assert!(first.complete);
         assert_eq!(first.tasks_json.len(), 2);
         assert!(
-            diff(&mut sent, all, false).is_none(),
+            diff(&mut sent, &[&a, &b], false).is_none(),
             "no change, no message"
         );
         let mut b2 = b;
         b2.desired = DesiredState::Shutdown;
-        let next = diff(&mut sent, HashMap::from([("b".to_string(), b2)]), false).unwrap();
+        let next = diff(&mut sent, &[&b2], false).unwrap();
         assert_eq!(next.removed, vec!["a".to_string()]);
         assert_eq!(next.tasks_json.len(), 1);
         assert!(next.tasks_json[0].contains("shutdown"));
@@ -933,14 +957,13 @@ mod tests {
         for t in [task("a", DesiredState::Running), other, ended] {
             s.tasks.insert(t.id.clone(), t);
         }
+        let ids = |v: Vec<&Task>| v.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
         let (active, all) = assigned(&s, "n1");
-        let mut ids: Vec<&String> = active.keys().collect();
-        ids.sort();
-        assert_eq!(ids, ["a"], "n1 is sent n2's task or an ended one");
-        assert_eq!(all, HashSet::from(["a".to_string(), "c".to_string()]));
+        assert_eq!(ids(active), ["a"], "n1 is sent n2's task or an ended one");
+        assert_eq!(all, HashSet::from(["a", "c"]));
         let (active, all) = assigned(&s, "n2");
-        assert_eq!(active.keys().collect::<Vec<_>>(), ["b"]);
-        assert_eq!(all, HashSet::from(["b".to_string()]));
+        assert_eq!(ids(active), ["b"]);
+        assert_eq!(all, HashSet::from(["b"]));
         assert!(assigned(&s, "n3").1.is_empty());
     }
 
