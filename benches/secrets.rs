@@ -423,8 +423,7 @@ fn discover_layout(m: &Daemon) -> PathBuf {
     // make it private) and mounts the tmpfs over that.
     let line = mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(&*mount_point.to_string_lossy()))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(&*mount_point.to_string_lossy()))
         .unwrap_or_else(|| panic!("{} is not a mount point", mount_point.display()));
     assert!(line.contains("tmpfs"), "not a tmpfs: {line}");
     assert!(
