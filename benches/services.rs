@@ -7,7 +7,8 @@
 //!   `1000,3000`). Between iterations the service is removed and every task process must be
 //!   gone. At N/N it prints the host memory per task (the init helpers' PSS and page tables,
 //!   the command's apart, the host's `PageTables` growth) and the load average;
-//!   `SKEP_BENCH_CONV_ONCE=1` runs one round per size and only prints that.
+//!   `SKEP_BENCH_CONV_ONCE=1` runs one round per size and only prints that;
+//!   `SKEP_BENCH_CONV_IDENTITY=false` gives the tasks no workload identity.
 //! * `placement`: the manager side alone. One real manager daemon; 100 worker nodes simulated
 //!   in this process, each with its own certificate (real join), its own mTLS connection,
 //!   heartbeats, a task session, and Running reports for every task it is given (no process is
@@ -350,6 +351,12 @@ fn conv_round(cl: &Cluster, name: &str, replicas: u64, census: bool) -> (Duratio
     let m = cl.manager();
     let n = replicas.to_string();
     let page_tables = host_page_tables_kib();
+    // `SKEP_BENCH_CONV_IDENTITY=false`: tasks without a workload identity (no tmpfs mount and
+    // no Workload API server per task), to see what identity costs.
+    let identity = format!(
+        "--identity={}",
+        std::env::var("SKEP_BENCH_CONV_IDENTITY").unwrap_or_else(|_| "true".into())
+    );
     let start = Instant::now();
     m.cli(&[
         "service",
@@ -357,6 +364,7 @@ fn conv_round(cl: &Cluster, name: &str, replicas: u64, census: bool) -> (Duratio
         "--detach",
         "--runtime",
         "exec",
+        &identity,
         "--name",
         name,
         "--replicas",
