@@ -32,7 +32,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Daemon, wait_for};
+use common::{Cluster, Daemon, strip_ansi, wait_for};
 
 const REQS: usize = 2000;
 /// Megabytes one bulk connection sends.
@@ -121,24 +121,6 @@ fn try_bulk(addr: SocketAddr, bytes: usize) -> Result<f64, String> {
 
 fn bulk(addr: SocketAddr, bytes: usize) -> f64 {
     try_bulk(addr, bytes).unwrap()
-}
-
-/// A log without its terminal colours.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// The value of `field=` in a log line.

@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Daemon};
+use common::{Cluster, Daemon, strip_ansi};
 use skep::api::v1::dispatcher_client::DispatcherClient;
 use skep::api::v1::{HeartbeatRequest, SessionRequest};
 use tokio::sync::oneshot;
@@ -122,24 +122,6 @@ fn node_status(m: &Daemon, id: &str) -> Result<String, String> {
         .and_then(|n| n["Status"].as_str())
         .map(String::from)
         .ok_or_else(|| format!("{id} is not listed"))
-}
-
-/// `line` without its terminal colour sequences (`ESC [ ... m`; the daemon's log has them).
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// `connections=N` of every cut line in the manager's log, in order.

@@ -40,7 +40,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{Cluster, Daemon, mounts_under, pids_mentioning, unmount_under, wait_for};
+use common::{Cluster, Daemon, mounts_under, pids_mentioning, strip_ansi, unmount_under, wait_for};
 use serde_json::Value;
 use skep::agent::secrets::{FILES_DIR, MOUNT_DIR, mount_task_secrets};
 use skep::secret::SecretBytes;
@@ -446,24 +446,6 @@ fn discover_layout(m: &Daemon) -> PathBuf {
     wait_clean(&task_dir, "warm-up");
     wait_no_values(m, "warm-up");
     tasks_dir
-}
-
-/// Strips ANSI escape sequences (in case the log is coloured after all).
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Milliseconds from `wall0` to the first "secret value received" line (from byte `offset` of
