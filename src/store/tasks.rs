@@ -44,7 +44,18 @@ struct Index {
 
 impl Index {
     fn add(&mut self, node: &str, id: String) {
-        self.node(node).ids.insert(id);
+        match self.by_node.get_mut(node) {
+            Some(n) => {
+                n.ids.insert(id);
+            }
+            None => {
+                let n = NodeTasks {
+                    ids: BTreeSet::from([id]),
+                    generation: 0,
+                };
+                self.by_node.insert(node.to_string(), n);
+            }
+        }
         self.bump(node);
     }
 
@@ -55,13 +66,20 @@ impl Index {
         }
     }
 
-    fn node(&mut self, node: &str) -> &mut NodeTasks {
-        self.by_node.entry(node.to_string()).or_default()
-    }
-
-    /// Moves the node's generation and marks it changed.
+    /// Moves the node's generation and marks it changed (a node's name is copied only the
+    /// first time: this runs on every task write).
     fn bump(&mut self, node: &str) {
-        self.node(node).generation = next_generation();
+        let generation = next_generation();
+        match self.by_node.get_mut(node) {
+            Some(n) => n.generation = generation,
+            None => {
+                let n = NodeTasks {
+                    ids: BTreeSet::new(),
+                    generation,
+                };
+                self.by_node.insert(node.to_string(), n);
+            }
+        }
         if !self.dirty.contains(node) {
             self.dirty.insert(node.to_string());
         }
