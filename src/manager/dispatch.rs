@@ -65,33 +65,56 @@ impl Sent {
     }
 }
 
-/// The change from what was sent to what is assigned now; updates `sent`. Encodes only the
-/// tasks the node has not been told about as they are.
-fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool) -> Option<Assignments> {
-    let mut msg = Assignments {
-        complete,
-        ..Default::default()
-    };
+/// What changed since a node was last told: copies of the tasks to send, and the IDs of those
+/// it no longer runs.
+#[derive(Default)]
+struct Changes {
+    tasks: Vec<Task>,
+    removed: Vec<String>,
+}
+
+/// The change from what was sent to what is assigned now; updates `sent`. Copies only the tasks
+/// the node has not been told about as they are (run under the state's read lock: the encoding
+/// is left to [`message`], outside it).
+fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool) -> Changes {
+    let mut out = Changes::default();
     let here: HashSet<&str> = now.iter().map(|t| t.id.as_str()).collect();
     sent.retain(|id, _| {
         let keep = here.contains(id.as_str());
         if !keep {
-            msg.removed.push(id.clone());
+            out.removed.push(id.clone());
         }
         keep
     });
     for task in now {
-        if !complete && sent.get(&task.id).is_some_and(|m| m.covers(task)) {
-            continue;
+        if complete || !sent.get(&task.id).is_some_and(|m| m.covers(task)) {
+            sent.insert(task.id.clone(), Sent::of(task));
+            out.tasks.push((*task).clone());
         }
-        match serde_json::to_string(task) {
+    }
+    out
+}
+
+/// The message carrying `changes` (`None` when there are none and it is not the complete
+/// first one). A task that cannot be encoded is not marked as sent, so it is tried again.
+fn message(
+    sent: &mut HashMap<String, Sent>,
+    changes: Changes,
+    complete: bool,
+) -> Option<Assignments> {
+    let mut msg = Assignments {
+        complete,
+        removed: changes.removed,
+        ..Default::default()
+    };
+    for task in changes.tasks {
+        match serde_json::to_string(&task) {
             Ok(json) => msg.tasks_json.push(json),
             Err(e) => {
                 tracing::error!(task_id = %task.id, error = %e, "cannot encode a task");
-                continue;
+                sent.remove(&task.id);
             }
         }
-        sent.insert(task.id.clone(), Sent::of(task));
     }
     (complete || !msg.tasks_json.is_empty() || !msg.removed.is_empty()).then_some(msg)
 }
@@ -145,7 +168,7 @@ async fn serve_session(
             let generation = mgr.read(|s| s.tasks.generation(&node_id));
             let msg = if complete || generation != seen {
                 seen = generation;
-                let made = mgr.read(|s| {
+                let (changes, deleted) = mgr.read(|s| {
                     let (now, all) = assigned(s, &node_id);
                     let mut deleted = Vec::new();
                     known.retain(|id| {
@@ -162,7 +185,7 @@ async fn serve_session(
                     }
                     (diff(&mut sent, &now, complete), deleted)
                 });
-                match made {
+                match (message(&mut sent, changes, complete), deleted) {
                     (Some(mut m), deleted) => {
                         m.deleted = deleted;
                         // The tasks it runs changed (or were updated): their IDs again.
@@ -658,16 +681,17 @@ mod tests {
         let mut sent = HashMap::new();
         let a = task("a", DesiredState::Running);
         let b = task("b", DesiredState::Running);
-        let first = diff(&mut sent, &[&a, &b], true).unwrap();
+        let mut pass = |now: &[&Task], complete| {
+            let changes = diff(&mut sent, now, complete);
+            message(&mut sent, changes, complete)
+        };
+        let first = pass(&[&a, &b], true).unwrap();
         assert!(first.complete);
         assert_eq!(first.tasks_json.len(), 2);
-        assert!(
-            diff(&mut sent, &[&a, &b], false).is_none(),
-            "no change, no message"
-        );
+        assert!(pass(&[&a, &b], false).is_none(), "no change, no message");
         let mut b2 = b;
         b2.desired = DesiredState::Shutdown;
-        let next = diff(&mut sent, &[&b2], false).unwrap();
+        let next = pass(&[&b2], false).unwrap();
         assert_eq!(next.removed, vec!["a".to_string()]);
         assert_eq!(next.tasks_json.len(), 1);
         assert!(next.tasks_json[0].contains("shutdown"));
