@@ -2,8 +2,9 @@
 //! readable, and how it grows with 1, 10 and 100 secrets per task, against a baseline (the
 //! same task with no secret) measured in the same run. Two parts:
 //!
-//! * `micro` (in process, no daemon): `skep::agent::secrets::mount_task_secrets` (mount a
-//!   size-capped tmpfs, write each file at its mode) and then `TaskSecrets::unmount`, timed
+//! * `micro` (in process, no daemon): `skep::agent::secrets::NodeTmpfs::mount_task_secrets`
+//!   (make the task's directory on the node's tmpfs, mounted once before the runs, and write
+//!   each file at its mode) and then `TaskSecrets::remove`, timed
 //!   separately, for 1, 10 and 100 secrets of 64 bytes and 100 of 4 KiB, each
 //!   `SKEP_BENCH_SECRETS_MICRO_RUNS` times (default 200) after a few warm-up runs.
 //! * `e2e`: one real `skep daemon` (`swarm init`: a one-node swarm, the node is manager and
@@ -13,11 +14,11 @@
 //!   ... (the first N) -- /bin/sleep 100000`. t0 is taken just before the CLI is spawned; the
 //!   bench then polls the node's data directory every ~1 ms (60 s bound per task) for: the
 //!   new task's directory, its first and last secret files holding the right bytes
-//!   (`<task dir>/secrets/files/<name>`, on the task's tmpfs), and the task's `output` file
+//!   (`<state>/secrets/<task id>/files/<name>`, on the node's tmpfs), and the task's `output` file
 //!   (made by the exec init helper once it runs: "task started"). The daemon logs at debug
 //!   for the agent's supervisor, so its "secret value received" lines give the moment the
 //!   agent got the values with the assignment. Then `service rm`, and the next run waits
-//!   until the task's tmpfs is unmounted, its processes are gone and the agent holds no value
+//!   until the task's secrets directory is gone, its processes are gone and the agent holds no value
 //!   (`skep agent secrets`), so every task's values are sent afresh (the audit chain's count
 //!   of `secret.deliver` records, printed at the end, checks it). A warm-up task first checks
 //!   the layout on disk and prints it, then one task of each N runs untimed.
@@ -42,7 +43,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use common::{Cluster, Daemon, mounts_under, pids_mentioning, strip_ansi, unmount_under, wait_for};
 use serde_json::Value;
-use skep::agent::secrets::{FILES_DIR, MOUNT_DIR, mount_task_secrets};
+use skep::agent::secrets::{FILES_DIR, NODE_DIR, NodeTmpfs};
 use skep::secret::SecretBytes;
 use skep::store::service::SecretRef;
 
@@ -171,7 +172,7 @@ fn micro() {
         .unwrap();
     // Declared after `dir`, so dropped before it: the tmpfs goes before the directory.
     let _unmount = UnmountOnDrop(dir.path().to_path_buf());
-    let task_dir = dir.path().join("task");
+    let tmpfs = NodeTmpfs::new(dir.path());
     let mut rows = Vec::new();
     for (n, size) in MICRO_CASES {
         let refs: Vec<SecretRef> = (0..n)
@@ -193,14 +194,15 @@ fn micro() {
         let mut unmount = Vec::with_capacity(runs);
         for k in 0..MICRO_WARMUP + runs {
             let t = Instant::now();
-            let m = mount_task_secrets(&task_dir, &refs, &values)
+            let m = tmpfs
+                .mount_task_secrets("task", &refs, &values)
                 .unwrap_or_else(|e| panic!("mount_task_secrets with {n} secrets: {e}"));
             let mounted = t.elapsed();
             // Outside the timing: the last file is there with its bytes.
-            let got = std::fs::read(task_dir.join(MOUNT_DIR).join(&last)).unwrap();
+            let got = std::fs::read(tmpfs.root().join("task").join(&last)).unwrap();
             assert_eq!(got, secret_value(n - 1, size), "{}", last.display());
             let t = Instant::now();
-            m.unmount();
+            m.remove();
             let unmounted = t.elapsed();
             if k >= MICRO_WARMUP {
                 mount.push(us(mounted));
@@ -208,15 +210,15 @@ fn micro() {
             }
         }
         assert!(
-            mounts_under(dir.path()).is_empty(),
-            "a tmpfs is left under {}",
-            dir.path().display()
+            list_dir(tmpfs.root()).is_empty(),
+            "a task directory is left under {}",
+            tmpfs.root().display()
         );
         rows.push((n, size, stats(mount), stats(unmount)));
     }
     println!();
     println!(
-        "== micro: mount_task_secrets (tmpfs mount + write the files) and TaskSecrets::unmount, in process, {runs} runs per row (after {MICRO_WARMUP} warm-up), microseconds"
+        "== micro: NodeTmpfs::mount_task_secrets (the task's directory + its files) and TaskSecrets::remove, in process, {runs} runs per row (after {MICRO_WARMUP} warm-up), microseconds"
     );
     println!(
         "{:>16} | {:>8} {:>8} {:>8} {:>8} | {:>10} | {:>8} {:>8} {:>8} {:>8}",
@@ -321,12 +323,13 @@ fn tasks_of(m: &Daemon, name: &str) -> Result<Vec<Value>, String> {
     m.json(&["service", "ps", "--no-trunc", "--format", "json", name])
 }
 
-/// A directory named `name` at most `depth` levels under `dir`.
+/// A directory named `name` at most `depth` levels under `dir`, not on the node's secrets
+/// tmpfs (where the task has a directory of the same name).
 fn find_dir(dir: &Path, name: &str, depth: usize) -> Option<PathBuf> {
     let entries = std::fs::read_dir(dir).ok()?;
     let mut subdirs = Vec::new();
     for e in entries.flatten() {
-        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+        if !e.file_type().is_ok_and(|t| t.is_dir()) || e.file_name() == NODE_DIR {
             continue;
         }
         if e.file_name().to_string_lossy() == name {
@@ -346,11 +349,20 @@ fn list_dir(dir: &Path) -> HashSet<OsString> {
         .unwrap_or_default()
 }
 
-/// Waits until nothing is mounted under `task_dir` and no process mentions it.
+/// The directory of the task whose directory on disk is `task_dir` on the node's tmpfs
+/// (`<state>/tasks/<id>` → `<state>/secrets/<id>`).
+fn secrets_dir(task_dir: &Path) -> PathBuf {
+    let state = task_dir.parent().and_then(Path::parent).unwrap();
+    state.join(NODE_DIR).join(task_dir.file_name().unwrap())
+}
+
+/// Waits until nothing is mounted under `task_dir`, its secrets directory is gone and no
+/// process mentions it.
 fn wait_clean(task_dir: &Path, what: &str) {
     let deadline = Instant::now() + TASK_WAIT;
     loop {
-        let mounts = mounts_under(task_dir);
+        let mut mounts = mounts_under(task_dir);
+        mounts.extend(Some(secrets_dir(task_dir)).filter(|d| d.exists()));
         let pids = pids_mentioning(task_dir, None);
         if mounts.is_empty() && pids.is_empty() {
             return;
@@ -414,13 +426,13 @@ fn discover_layout(m: &Daemon) -> PathBuf {
         )
     });
     let tasks_dir = task_dir.parent().unwrap().to_path_buf();
-    let mount_point = task_dir.join(MOUNT_DIR);
-    let file = mount_point.join(FILES_DIR).join(secret_name(0));
+    let mount_point = tasks_dir.parent().unwrap().join(NODE_DIR);
+    let file = secrets_dir(&task_dir).join(FILES_DIR).join(secret_name(0));
     let got = std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     assert_eq!(got, secret_value(0, VALUE_LEN), "{}", file.display());
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    // The last mount there is the one seen: the agent binds the directory onto itself (to
-    // make it private) and mounts the tmpfs over that.
+    // The last mount there is the one seen: the agent binds the node's directory onto itself
+    // (to make it private) and mounts the tmpfs over that.
     let line = mountinfo
         .lines()
         .rfind(|l| l.split(' ').nth(4) == Some(&*mount_point.to_string_lossy()))
@@ -562,7 +574,7 @@ fn measure(m: &Daemon, tasks_dir: &Path, name: &str, n: usize) -> Run {
                 dir = Some((tasks_dir.join(new), ms(t0.elapsed())));
             }
             if let Some((d, _)) = &dir {
-                let files = d.join(MOUNT_DIR).join(FILES_DIR);
+                let files = secrets_dir(d).join(FILES_DIR);
                 if n > 0 && first.is_none() {
                     first = readable(&files.join(secret_name(0)), &first_want, t0);
                 }
@@ -578,7 +590,7 @@ fn measure(m: &Daemon, tasks_dir: &Path, name: &str, n: usize) -> Run {
             }
             if Instant::now() >= deadline {
                 let seen = dir.as_ref().map(|(d, _)| {
-                    let files = list_dir(&d.join(MOUNT_DIR).join(FILES_DIR)).len();
+                    let files = list_dir(&secrets_dir(d).join(FILES_DIR)).len();
                     format!(
                         "task dir {} ({files} secret files, output {})",
                         d.display(),

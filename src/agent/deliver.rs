@@ -1,23 +1,25 @@
 //! The first step of a task's path: its secrets. The values come from those the agent holds
 //! (sent with the assignments) or are asked of the leader (`GetSecret`, which refuses unless
 //! the task is entitled to them here), then mounted on the task's tmpfs
-//! ([`mount_task_secrets`]).
+//! ([`super::secrets::NodeTmpfs::mount_task_files`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::executor::Executors;
 use super::managers::Managers;
-use super::secrets::{Contents, SecretStore, SecretsError, TaskSecrets, mount_task_files};
+use super::secrets::{Contents, SecretStore, SecretsError, TaskSecrets};
 use crate::api::v1::SecretRequest;
 use crate::secret::SecretBytes;
 use crate::store::service::{SecretRef, Task};
 
-/// Mounts the task's secrets tmpfs, if it has secrets, configs or a workload identity.
+/// Writes the task's directory on the node's tmpfs, if it has secrets, configs or a workload
+/// identity.
 pub async fn mount_secrets(
     task: &Task,
     store: &SecretStore,
     managers: &Managers,
-    execs: &Executors,
+    execs: &Arc<Executors>,
 ) -> Result<Option<TaskSecrets>, String> {
     if task.spec.secrets.is_empty() && task.spec.configs.is_empty() && !task.spec.identity {
         return Ok(None);
@@ -28,11 +30,13 @@ pub async fn mount_secrets(
     let config_values = secret_values(task, true, store, managers)
         .await
         .map_err(|e| e.to_string())?;
-    let dir = execs.task_dir(&task.id).map_err(|e| e.to_string())?;
+    // Checked: the ID names the task's directory.
+    execs.task_dir(&task.id).map_err(|e| e.to_string())?;
     let (refs, configs) = (task.spec.secrets.clone(), task.spec.configs.clone());
+    let (execs, id) = (execs.clone(), task.id.clone());
     tokio::task::spawn_blocking(move || {
-        mount_task_files(
-            &dir,
+        execs.tmpfs().mount_task_files(
+            &id,
             &Contents {
                 secrets: &refs,
                 secret_values: &values,

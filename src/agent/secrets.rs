@@ -3,22 +3,30 @@
 //!
 //! ```text
 //!  Assignments{secrets} ─► SecretStore (values, while an assigned task references them)
-//!  task start ─► bind <state>/tasks/<id>/secrets onto itself, mark it private (so what is
-//!                mounted on it never propagates to other mount namespaces of the host)
-//!             ─► mount tmpfs <state>/tasks/<id>/secrets (0700, nosuid,nodev,noexec, size cap)
+//!  first task ─► bind <state>/secrets onto itself, mark it private (so what is mounted on it
+//!                never propagates to other mount namespaces of the host), mount one tmpfs
+//!                there for the node (0700, nosuid,nodev,noexec)
+//!  task start ─► <state>/secrets/<task id>/ (0700, root)
 //!                 ├─ files/<target under /run/secrets>  (each at its mode, uid, gid)
 //!                 ├─ configs/<n>  (the task's n-th config, at its mode, uid, gid; bound
 //!                 │               file by file at its absolute target)
+//!                 ├─ spiffe/  (the task's workload identity, seen as /run/spiffe)
 //!                 ├─ .stage/  (root only, never seen by the task: where a new version is
 //!                 │            written whole before it is renamed over its target)
-//!                 └─ held.json (the version of each secret mounted: what an adopting agent
+//!                 └─ held.json (the version of each secret written: what an adopting agent
 //!                              reports)
-//!             ─► exec: bound at /run/secrets in the task's mount namespace
+//!             ─► exec: bound read-only at /run/secrets in the task's mount namespace
 //!                docker: read-only bind mount at /run/secrets
 //!  rotation   ─► .stage/swap (mode, uid, gid set) ─rename(2)─► files/<target>: a reader
 //!                opens the old file or the new one, never a part of either
-//!  task end   ─► unmount both (the values vanish with the tmpfs), remove the mount point
+//!  task end   ─► the task's directory removed (the values leave memory with the files)
 //! ```
+//!
+//! One tmpfs for the node, not one per task: an exec task's mount namespace starts as a copy
+//! of the host's, so with a mount per task each new namespace copied every running task's
+//! mount, and each mount, unmount and removal of a mount point had more namespaces to visit:
+//! kernel memory and time under the kernel's one mount lock grew with the square of the tasks
+//! (3,000 exec tasks with an identity each took minutes, `docs/performance.md`).
 //!
 //! There is no fallback to disk: if the tmpfs cannot be mounted, the task fails.
 
@@ -36,8 +44,11 @@ use crate::store::service::SecretRef;
 
 /// Where secrets appear inside a task.
 pub const TARGET_ROOT: &str = crate::spec::secret_target::SECRETS_DIR;
-/// The tmpfs mount point inside a task's directory.
-pub const MOUNT_DIR: &str = "secrets";
+/// The node's tmpfs, under the agent's state directory: one directory per task.
+pub const NODE_DIR: &str = "secrets";
+/// Where a version of skep before the node tmpfs mounted a task's own tmpfs, inside the
+/// task's directory (unmounted if found after an upgrade).
+const LEGACY_MOUNT_DIR: &str = "secrets";
 /// The directory inside the tmpfs that the task sees as `/run/secrets`.
 pub const FILES_DIR: &str = "files";
 /// The directory inside the tmpfs, beside [`FILES_DIR`] (so never under `/run/secrets`), that
@@ -53,8 +64,6 @@ pub const STAGE_DIR: &str = ".stage";
 pub const SPIFFE_DIR: &str = "spiffe";
 /// The file inside the tmpfs recording which version of each secret is mounted.
 const HELD_FILE: &str = "held.json";
-/// Bytes a tmpfs page takes.
-const PAGE: u64 = 4096;
 
 /// What went wrong while preparing a task's secrets. Shown as the task's error.
 #[derive(Debug, thiserror::Error)]
@@ -67,9 +76,9 @@ pub enum SecretsError {
         /// Why.
         reason: String,
     },
-    /// The tmpfs could not be mounted. Nothing is written to disk instead.
+    /// The node's tmpfs could not be mounted. Nothing is written to disk instead.
     #[error(
-        "cannot mount a tmpfs for the task's secrets at {}: {source}; secrets are never written to disk, so the task cannot start (the agent needs CAP_SYS_ADMIN to mount tmpfs)",
+        "cannot mount the node's tmpfs for task secrets at {}: {source}; secrets are never written to disk, so the task cannot start (the agent needs CAP_SYS_ADMIN to mount tmpfs)",
         path.display()
     )]
     Mount {
@@ -79,8 +88,8 @@ pub enum SecretsError {
         #[source]
         source: nix::Error,
     },
-    /// The task's directory could not be made.
-    #[error("cannot create the secrets mount point {}: {source}", path.display())]
+    /// The node's tmpfs or the task's directory on it could not be made.
+    #[error("cannot create {}: {source}", path.display())]
     Dir {
         /// The directory.
         path: PathBuf,
@@ -96,22 +105,6 @@ pub enum SecretsError {
         name: String,
         /// Which rule the target broke, quoting at most a prefix of it.
         reason: String,
-    },
-    /// The tmpfs could not be grown to hold the old and the new version during a swap.
-    #[error(
-        "cannot grow the task's secrets tmpfs at {} to {size} bytes for secret {name}: {source}",
-        path.display()
-    )]
-    Grow {
-        /// Secret name.
-        name: String,
-        /// Mount point.
-        path: PathBuf,
-        /// The size asked for.
-        size: u64,
-        /// The cause.
-        #[source]
-        source: nix::Error,
     },
     /// Writing a file or directory inside the tmpfs failed.
     #[error("cannot write secret {name} into the task's tmpfs: {source}")]
@@ -226,11 +219,259 @@ impl SecretStore {
     }
 }
 
-/// A task's mounted secrets directory. Unmount with [`TaskSecrets::unmount`]; dropping it
-/// does not unmount (the agent unmounts once the task's process is gone).
+/// The node's tmpfs for every task's secrets, configs and identity (see the module's
+/// documentation): mounted at `<state>/secrets` on first use, kept across agent restarts
+/// (adopted tasks keep their files), unmounted when the node leaves.
+#[derive(Debug)]
+pub struct NodeTmpfs {
+    root: PathBuf,
+    mounted: Mutex<bool>,
+}
+
+impl NodeTmpfs {
+    /// The node tmpfs of the agent whose state directory is `state_dir` (nothing is mounted
+    /// until a task needs it).
+    pub fn new(state_dir: &Path) -> NodeTmpfs {
+        NodeTmpfs {
+            root: state_dir.join(NODE_DIR),
+            mounted: Mutex::new(false),
+        }
+    }
+
+    /// Where it is mounted.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Mounts the tmpfs unless it is there already (left by a previous run of the agent).
+    fn ensure(&self) -> Result<(), SecretsError> {
+        let mut mounted = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        if *mounted || is_tmpfs_mount(&self.root) {
+            *mounted = true;
+            return Ok(());
+        }
+        let root = &self.root;
+        let mount_err = |source| SecretsError::Mount {
+            path: root.clone(),
+            source,
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)
+            .map_err(|source| SecretsError::Dir {
+                path: root.clone(),
+                source,
+            })?;
+        make_private(root).map_err(|source| {
+            unmount_dir(root);
+            mount_err(source)
+        })?;
+        mount(
+            Some("tmpfs"),
+            root,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=0700"),
+        )
+        .map_err(|source| {
+            unmount_dir(root);
+            mount_err(source)
+        })?;
+        *mounted = true;
+        Ok(())
+    }
+
+    /// Task `task_id`'s directory on the tmpfs (the ID is checked by the caller: a task ID
+    /// is a plain name).
+    fn task_dir(&self, task_id: &str) -> PathBuf {
+        self.root.join(task_id)
+    }
+
+    /// As [`NodeTmpfs::mount_task_files`], with secrets only.
+    pub fn mount_task_secrets(
+        &self,
+        task_id: &str,
+        refs: &[SecretRef],
+        values: &HashMap<String, SecretBytes>,
+    ) -> Result<TaskSecrets, SecretsError> {
+        self.mount_task_files(
+            task_id,
+            &Contents {
+                secrets: refs,
+                secret_values: values,
+                configs: &[],
+                config_values: &HashMap::new(),
+            },
+        )
+    }
+
+    /// Makes task `task_id`'s directory on the tmpfs (mounting the tmpfs if needed) and
+    /// writes each secret under `files/` at its target, mode, uid and gid, and each config
+    /// under `configs/` (by its position in the spec), for the runtime to bind at its target.
+    /// Every value must be in the contents; every target is checked before anything is
+    /// written. On any failure the task's directory is removed again.
+    pub fn mount_task_files(
+        &self,
+        task_id: &str,
+        c: &Contents<'_>,
+    ) -> Result<TaskSecrets, SecretsError> {
+        let (refs, values) = (c.secrets, c.secret_values);
+        crate::spec::config_target::check_refs(c.configs).map_err(|reason| {
+            SecretsError::BadTarget {
+                name: c
+                    .configs
+                    .first()
+                    .map(|r| r.secret_name.clone())
+                    .unwrap_or_default(),
+                reason,
+            }
+        })?;
+        let mut config_plan = Vec::with_capacity(c.configs.len());
+        for (i, r) in c.configs.iter().enumerate() {
+            crate::spec::config_target::check(&r.target).map_err(|reason| {
+                SecretsError::BadTarget {
+                    name: r.secret_name.clone(),
+                    reason,
+                }
+            })?;
+            let value =
+                c.config_values
+                    .get(&r.secret_id)
+                    .ok_or_else(|| SecretsError::NotDelivered {
+                        name: r.secret_name.clone(),
+                        reason: "the agent does not hold its value".into(),
+                    })?;
+            config_plan.push((r, PathBuf::from(i.to_string()), value));
+        }
+        // Check everything before mounting anything.
+        crate::spec::secret_target::check_refs(refs).map_err(|reason| SecretsError::BadTarget {
+            name: refs
+                .first()
+                .map(|r| r.secret_name.clone())
+                .unwrap_or_default(),
+            reason,
+        })?;
+        let mut plan = Vec::with_capacity(refs.len());
+        for r in refs {
+            let rel = relative_target(r)?;
+            let value = values
+                .get(&r.secret_id)
+                .ok_or_else(|| SecretsError::NotDelivered {
+                    name: r.secret_name.clone(),
+                    reason: "the agent does not hold its value".into(),
+                })?;
+            plan.push((r, rel, value));
+        }
+        self.ensure()?;
+        let dir = self.task_dir(task_id);
+        let dir_err = |source| SecretsError::Dir {
+            path: dir.clone(),
+            source,
+        };
+        // What an attempt that failed half-way (or an agent that crashed) left.
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(dir_err(e)),
+        }
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(dir_err)?;
+        let made = TaskSecrets { dir };
+        let written = write_files(&made.files_dir(), &plan).and_then(|()| {
+            if config_plan.is_empty() {
+                Ok(())
+            } else {
+                write_files(&made.dir.join(CONFIGS_DIR), &config_plan)
+            }
+        });
+        match written {
+            Ok(()) => Ok(made),
+            Err(e) => {
+                made.remove();
+                Err(e)
+            }
+        }
+    }
+
+    /// The directory a previous run of the agent made for task `task_id` (adopted with the
+    /// task), and the versions it recorded there; `None` if it has none.
+    pub fn adopt(&self, task_id: &str) -> Option<(TaskSecrets, HeldVersions)> {
+        let dir = self.task_dir(task_id);
+        if !is_tmpfs_mount(&self.root) || !dir.join(FILES_DIR).is_dir() {
+            return None;
+        }
+        let held = std::fs::read(dir.join(HELD_FILE))
+            .ok()
+            .filter(|b| b.len() <= 64 * 1024)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Some((TaskSecrets { dir }, held))
+    }
+
+    /// After an agent restart: removes every task directory a previous run left, except
+    /// those of the tasks in `keep` (adopted: they still run), and unmounts the per-task
+    /// tmpfs an older version left under `tasks_dir/*/secrets`. Returns how many it removed.
+    pub fn cleanup_stale(&self, tasks_dir: &Path, keep: &std::collections::HashSet<&str>) -> usize {
+        let mut n = 0;
+        if let Ok(entries) = std::fs::read_dir(tasks_dir) {
+            for e in entries.flatten() {
+                let legacy = e.path().join(LEGACY_MOUNT_DIR);
+                if !e.file_name().to_str().is_some_and(|id| keep.contains(id)) && legacy.is_dir() {
+                    unmount_dir(&legacy);
+                    n += 1;
+                }
+            }
+        }
+        if !is_tmpfs_mount(&self.root) {
+            return n;
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            for e in entries.flatten() {
+                if e.file_name().to_str().is_some_and(|id| keep.contains(id)) {
+                    continue;
+                }
+                TaskSecrets { dir: e.path() }.remove();
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Removes task `task_id`'s directory, if it has one; whether it had.
+    pub fn release(&self, task_id: &str) -> bool {
+        let dir = self.task_dir(task_id);
+        let had = dir.is_dir();
+        if had {
+            TaskSecrets { dir }.remove();
+        }
+        had
+    }
+
+    /// Unmounts the tmpfs and removes its mount point (the node leaves: every task is gone).
+    pub fn unmount(&self) {
+        let mut mounted = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        unmount_dir(&self.root);
+        *mounted = false;
+    }
+}
+
+/// Whether `dir` is a tmpfs mounted there (not merely a directory on a tmpfs).
+fn is_tmpfs_mount(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let on_tmpfs = nix::sys::statfs::statfs(dir)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    on_tmpfs && dir.parent().is_some_and(|parent| dev(dir) != dev(parent))
+}
+
+/// A task's directory on the node's tmpfs. Remove it with [`TaskSecrets::remove`]; dropping
+/// it removes nothing (the agent removes it once the task's process is gone).
 #[derive(Debug)]
 pub struct TaskSecrets {
-    mount_point: PathBuf,
+    dir: PathBuf,
 }
 
 /// The version of each secret (by ID) a task holds.
@@ -239,7 +480,7 @@ pub type HeldVersions = std::collections::BTreeMap<String, u64>;
 impl TaskSecrets {
     /// The directory the task sees as `/run/secrets`.
     pub fn files_dir(&self) -> PathBuf {
-        self.mount_point.join(FILES_DIR)
+        self.dir.join(FILES_DIR)
     }
 
     /// Where each of `configs` (the task's, in its spec's order) was written, and the target
@@ -249,31 +490,16 @@ impl TaskSecrets {
             .iter()
             .enumerate()
             .map(|(i, r)| ConfigFile {
-                source: self.mount_point.join(CONFIGS_DIR).join(i.to_string()),
+                source: self.dir.join(CONFIGS_DIR).join(i.to_string()),
                 target: r.target.clone(),
             })
             .collect()
     }
 
-    /// The secrets tmpfs a previous run of the agent mounted for the task in `task_dir`
-    /// (adopted with the task), and the versions it recorded there; `None` if it has none.
-    pub fn adopt(task_dir: &Path) -> Option<(TaskSecrets, HeldVersions)> {
-        let mount_point = task_dir.join(MOUNT_DIR);
-        if !mount_point.join(FILES_DIR).is_dir() {
-            return None;
-        }
-        let held = std::fs::read(mount_point.join(HELD_FILE))
-            .ok()
-            .filter(|b| b.len() <= 64 * 1024)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        Some((TaskSecrets { mount_point }, held))
-    }
-
     /// Records which version of each secret the tmpfs holds (best effort: only an agent that
     /// adopts the task after a restart reads it).
     pub fn record_held(&self, held: &HeldVersions) {
-        let path = self.mount_point.join(HELD_FILE);
+        let path = self.dir.join(HELD_FILE);
         let written = serde_json::to_vec(held)
             .map_err(std::io::Error::other)
             .and_then(|json| {
@@ -289,21 +515,20 @@ impl TaskSecrets {
                 std::fs::rename(&tmp, &path)
             });
         if let Err(e) = written {
-            tracing::debug!(dir = %self.mount_point.display(), error = %e, "cannot record the versions of a task's secrets");
+            tracing::debug!(dir = %self.dir.display(), error = %e, "cannot record the versions of a task's secrets");
         }
     }
 
     /// Replaces the file of attachment `r` with `value`, atomically: the value is written
     /// whole to a staging file outside the directory the task sees, given `r`'s mode, uid and
     /// gid, then renamed over the target, so a reader opens either the old file or the new
-    /// one. The tmpfs is grown first if it could not hold both at once.
+    /// one.
     pub fn swap(&self, r: &SecretRef, value: &SecretBytes) -> Result<(), SecretsError> {
         let rel = relative_target(r)?;
         let err = |source| SecretsError::Write {
             name: r.secret_name.clone(),
             source,
         };
-        self.make_room(&r.secret_name, value.expose().len() as u64)?;
         let stage = self.stage_dir().map_err(err)?.join("swap");
         // A file left by a swap that failed half-way.
         match std::fs::remove_file(&stage) {
@@ -331,7 +556,7 @@ impl TaskSecrets {
 
     /// The staging directory (root only, beside what the task sees), made if missing.
     fn stage_dir(&self) -> std::io::Result<PathBuf> {
-        let dir = self.mount_point.join(STAGE_DIR);
+        let dir = self.dir.join(STAGE_DIR);
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
@@ -339,52 +564,18 @@ impl TaskSecrets {
         }
     }
 
-    /// Grows the tmpfs (a remount with a larger size) if it has not `len` bytes free and a page
-    /// to spare: during a swap it holds the old and the new value.
-    fn make_room(&self, name: &str, len: u64) -> Result<(), SecretsError> {
-        let st =
-            nix::sys::statvfs::statvfs(&self.mount_point).map_err(|e| SecretsError::Write {
-                name: name.to_string(),
-                source: e.into(),
-            })?;
-        let frsize = st.fragment_size() as u64;
-        let (total, free) = (
-            st.blocks() as u64 * frsize,
-            st.blocks_available() as u64 * frsize,
-        );
-        let need = len.div_ceil(PAGE) * PAGE + 2 * PAGE;
-        if free >= need {
-            return Ok(());
-        }
-        let size = total + need - free;
-        let data = format!("size={size}");
-        mount(
-            None::<&str>,
-            &self.mount_point,
-            None::<&str>,
-            MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            Some(data.as_str()),
-        )
-        .map_err(|source| SecretsError::Grow {
-            name: name.to_string(),
-            path: self.mount_point.clone(),
-            size,
-            source,
-        })
-    }
-
-    /// A second handle on the same tmpfs, for writing the task's identity files; only the
-    /// runner's own handle is ever unmounted.
+    /// A second handle on the same directory, for writing the task's identity files; only the
+    /// runner's own handle is ever removed.
     pub fn handle(&self) -> TaskSecrets {
         TaskSecrets {
-            mount_point: self.mount_point.clone(),
+            dir: self.dir.clone(),
         }
     }
 
     /// The directory of the task's workload identity (its SVID files and Workload API
     /// socket), seen by the task as `/run/spiffe`; made (0755) if missing.
     pub fn spiffe_dir(&self) -> std::io::Result<PathBuf> {
-        let dir = self.mount_point.join(SPIFFE_DIR);
+        let dir = self.dir.join(SPIFFE_DIR);
         match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
             Ok(()) => Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
@@ -404,7 +595,6 @@ impl TaskSecrets {
             name: format!("identity file {name}"),
             source,
         };
-        self.make_room(name, bytes.len() as u64)?;
         let dir = self.spiffe_dir().map_err(err)?;
         let stage = self
             .stage_dir()
@@ -429,10 +619,15 @@ impl TaskSecrets {
         written.map_err(err)
     }
 
-    /// Unmounts the tmpfs (lazily, so a process still holding a file cannot keep it) and
-    /// removes the mount point. Best effort; failures are logged.
-    pub fn unmount(self) {
-        unmount_dir(&self.mount_point);
+    /// Removes the task's directory and everything in it: the values leave memory (a
+    /// process still holding one of the files open keeps that file until it closes it).
+    /// Best effort; failures are logged.
+    pub fn remove(self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove a task's secrets");
+        }
     }
 }
 
@@ -445,8 +640,9 @@ pub struct ConfigFile {
     pub target: String,
 }
 
-/// The most mounts stacked on a secrets mount point: the private bind and the tmpfs.
-const STACKED: usize = 2;
+/// The most mounts stacked on the node tmpfs's mount point: the private bind and the tmpfs
+/// (and, after a crash between the two, a second bind).
+const STACKED: usize = 3;
 
 /// Unmounts a secrets tmpfs and the private bind under it, and removes the mount point (which
 /// also detaches any copy of the bind another mount namespace got before it was private).
@@ -456,7 +652,7 @@ fn unmount_dir(dir: &Path) {
             Ok(()) => {}
             Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => break,
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount a task's secrets");
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot unmount a secrets tmpfs");
                 break;
             }
         }
@@ -464,19 +660,8 @@ fn unmount_dir(dir: &Path) {
     if let Err(e) = std::fs::remove_dir(dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {
-        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a task's secrets mount point");
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove a secrets tmpfs's mount point");
     }
-}
-
-/// The tmpfs size for these values: the values, a page per file and directory for rounding,
-/// and some slack. Swarm's 500 KiB limit per secret bounds it.
-fn size_cap(refs: &[SecretRef], values: &HashMap<String, SecretBytes>) -> u64 {
-    let data: u64 = refs
-        .iter()
-        .filter_map(|r| values.get(&r.secret_id))
-        .map(|v| (v.expose().len() as u64).div_ceil(PAGE) * PAGE)
-        .sum();
-    data + (refs.len() as u64 * 2 + 16) * PAGE
 }
 
 /// What a task's tmpfs is to hold: its secrets and its configs, each with the values by ID.
@@ -499,123 +684,6 @@ fn relative_target(r: &SecretRef) -> Result<PathBuf, SecretsError> {
             name: r.secret_name.clone(),
             reason,
         })
-}
-
-/// Mounts a size-capped tmpfs at `task_dir/secrets` (mode 0700, nosuid, nodev, noexec) and
-/// writes each referenced secret under `files/` at its target, mode, uid and gid. Every
-/// value must be in `values`. On any failure the tmpfs is unmounted again.
-pub fn mount_task_secrets(
-    task_dir: &Path,
-    refs: &[SecretRef],
-    values: &HashMap<String, SecretBytes>,
-) -> Result<TaskSecrets, SecretsError> {
-    mount_task_files(
-        task_dir,
-        &Contents {
-            secrets: refs,
-            secret_values: values,
-            configs: &[],
-            config_values: &HashMap::new(),
-        },
-    )
-}
-
-/// As [`mount_task_secrets`], with the task's configs too: each written under `configs/` (by
-/// its position in the spec) at its mode, uid and gid, for the runtime to bind at its target.
-pub fn mount_task_files(task_dir: &Path, c: &Contents<'_>) -> Result<TaskSecrets, SecretsError> {
-    let (refs, values) = (c.secrets, c.secret_values);
-    crate::spec::config_target::check_refs(c.configs).map_err(|reason| {
-        SecretsError::BadTarget {
-            name: c
-                .configs
-                .first()
-                .map(|r| r.secret_name.clone())
-                .unwrap_or_default(),
-            reason,
-        }
-    })?;
-    let mut config_plan = Vec::with_capacity(c.configs.len());
-    for (i, r) in c.configs.iter().enumerate() {
-        crate::spec::config_target::check(&r.target).map_err(|reason| SecretsError::BadTarget {
-            name: r.secret_name.clone(),
-            reason,
-        })?;
-        let value =
-            c.config_values
-                .get(&r.secret_id)
-                .ok_or_else(|| SecretsError::NotDelivered {
-                    name: r.secret_name.clone(),
-                    reason: "the agent does not hold its value".into(),
-                })?;
-        config_plan.push((r, PathBuf::from(i.to_string()), value));
-    }
-    // Check everything before mounting anything.
-    crate::spec::secret_target::check_refs(refs).map_err(|reason| SecretsError::BadTarget {
-        name: refs
-            .first()
-            .map(|r| r.secret_name.clone())
-            .unwrap_or_default(),
-        reason,
-    })?;
-    let mut plan = Vec::with_capacity(refs.len());
-    for r in refs {
-        let rel = relative_target(r)?;
-        let value = values
-            .get(&r.secret_id)
-            .ok_or_else(|| SecretsError::NotDelivered {
-                name: r.secret_name.clone(),
-                reason: "the agent does not hold its value".into(),
-            })?;
-        plan.push((r, rel, value));
-    }
-    let mount_point = task_dir.join(MOUNT_DIR);
-    let mount_err = |source| SecretsError::Mount {
-        path: mount_point.clone(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&mount_point)
-        .map_err(|source| SecretsError::Dir {
-            path: mount_point.clone(),
-            source,
-        })?;
-    make_private(&mount_point).map_err(|source| {
-        unmount_dir(&mount_point);
-        mount_err(source)
-    })?;
-    let data = format!(
-        "mode=0700,size={},nr_inodes={}",
-        size_cap(refs, values) + size_cap(c.configs, c.config_values),
-        (refs.len() + c.configs.len()) * 2 + 24
-    );
-    mount(
-        Some("tmpfs"),
-        &mount_point,
-        Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(data.as_str()),
-    )
-    .map_err(|source| {
-        unmount_dir(&mount_point);
-        mount_err(source)
-    })?;
-    let mounted = TaskSecrets { mount_point };
-    let written = write_files(&mounted.files_dir(), &plan).and_then(|()| {
-        if config_plan.is_empty() {
-            Ok(())
-        } else {
-            write_files(&mounted.mount_point.join(CONFIGS_DIR), &config_plan)
-        }
-    });
-    match written {
-        Ok(()) => Ok(mounted),
-        Err(e) => {
-            mounted.unmount();
-            Err(e)
-        }
-    }
 }
 
 /// Makes `dir` a private mount point of its own (a bind onto itself, then `MS_PRIVATE`), so a
@@ -678,35 +746,6 @@ fn write_value(path: &Path, r: &SecretRef, value: &SecretBytes) -> std::io::Resu
     std::os::unix::fs::fchown(&f, Some(r.uid), Some(r.gid))?;
     f.set_permissions(std::fs::Permissions::from_mode(r.mode & 0o777))?;
     Ok(f)
-}
-
-/// After an agent restart: unmounts every secrets tmpfs a previous run left under
-/// `tasks_dir/*/secrets`, except those of the tasks in `keep` (adopted: they still run).
-pub fn cleanup_stale(tasks_dir: &Path, keep: &std::collections::HashSet<&str>) -> usize {
-    let Ok(entries) = std::fs::read_dir(tasks_dir) else {
-        return 0;
-    };
-    let mut n = 0;
-    for e in entries.flatten() {
-        if e.file_name().to_str().is_some_and(|id| keep.contains(id)) {
-            continue;
-        }
-        if unmount_task_secrets(&e.path()) {
-            n += 1;
-        }
-    }
-    n
-}
-
-/// Unmounts the secrets tmpfs of the task in `task_dir`, if it has one; whether it had.
-pub fn unmount_task_secrets(task_dir: &Path) -> bool {
-    let dir = task_dir.join(MOUNT_DIR);
-    if dir.is_dir() {
-        unmount_dir(&dir);
-        true
-    } else {
-        false
-    }
 }
 
 #[cfg(test)]
@@ -780,20 +819,33 @@ mod tests {
         assert!(!format!("{rec:?}").contains("hunter2"));
     }
 
-    #[test]
-    fn size_cap_covers_the_values() {
-        let refs = vec![r("a", "/run/secrets/a", 0, 0, 0o444)];
-        let values = HashMap::from([("id-a".to_string(), SecretBytes::new(vec![0u8; 500 * 1024]))]);
-        assert!(size_cap(&refs, &values) >= 500 * 1024);
+    /// A node tmpfs under a temporary state directory, unmounted when dropped.
+    struct Scratch {
+        t: NodeTmpfs,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            self.t.unmount();
+        }
+    }
+
+    fn scratch() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        Scratch {
+            t: NodeTmpfs::new(dir.path()),
+            _dir: dir,
+        }
     }
 
     /// Needs root (mounting tmpfs); skipped otherwise.
     #[test]
-    fn mounts_a_tmpfs_with_files_at_their_modes_and_unmounts_it() {
+    fn one_private_tmpfs_holds_each_tasks_files_at_their_modes_until_removed() {
         if !crate::util::root_or_skip() {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
+        let s = scratch();
         let refs = vec![
             r("db", "/run/secrets/db", 0, 0, 0o444),
             r("key", "/run/secrets/tls/server.key", 999, 998, 0o400),
@@ -802,23 +854,30 @@ mod tests {
             ("id-db".to_string(), SecretBytes::new(b"hunter2".to_vec())),
             ("id-key".to_string(), SecretBytes::new(b"KEY".to_vec())),
         ]);
-        let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
-        let mp = dir.path().join(MOUNT_DIR);
+        let m = s.t.mount_task_secrets("t1", &refs, &values).unwrap();
+        let other = s.t.mount_task_secrets("t2", &refs[..1], &values).unwrap();
+        let mp = s.t.root().to_path_buf();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let line = mounts
+        let tmpfs: Vec<&str> = mounts
             .lines()
-            .find(|l| l.contains(&*mp.to_string_lossy()) && l.contains(" - tmpfs "))
-            .expect("the tmpfs is mounted");
+            .filter(|l| l.contains(&*mp.to_string_lossy()) && l.contains(" - tmpfs "))
+            .collect();
+        assert_eq!(tmpfs.len(), 1, "one tmpfs for both tasks: {tmpfs:?}");
         // Private: no "shared:N" or "master:N" propagation tag before the separator.
-        let tags = line.split(" - ").next().unwrap();
+        let tags = tmpfs[0].split(" - ").next().unwrap();
         assert!(
             !tags.contains("shared:") && !tags.contains("master:"),
-            "{line}"
+            "{}",
+            tmpfs[0]
         );
-        for opt in ["nosuid", "nodev", "noexec", "size="] {
-            assert!(line.contains(opt), "{opt} missing: {line}");
+        for opt in ["nosuid", "nodev", "noexec"] {
+            assert!(tmpfs[0].contains(opt), "{opt} missing: {}", tmpfs[0]);
         }
         assert_eq!(std::fs::metadata(&mp).unwrap().mode() & 0o777, 0o700);
+        assert_eq!(
+            std::fs::metadata(mp.join("t1")).unwrap().mode() & 0o777,
+            0o700
+        );
         let files = m.files_dir();
         assert_eq!(std::fs::read(files.join("db")).unwrap(), b"hunter2");
         let meta = std::fs::metadata(files.join("tls/server.key")).unwrap();
@@ -830,7 +889,29 @@ mod tests {
             std::fs::metadata(files.join("db")).unwrap().mode() & 0o777,
             0o444
         );
-        m.unmount();
+        m.remove();
+        assert!(!mp.join("t1").exists());
+        assert_eq!(
+            std::fs::read(other.files_dir().join("db")).unwrap(),
+            b"hunter2"
+        );
+        // A second agent (a restart) finds the tmpfs mounted and does not stack another.
+        let again = NodeTmpfs::new(mp.parent().unwrap());
+        again.mount_task_secrets("t3", &refs, &values).unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert_eq!(
+            mounts
+                .lines()
+                .filter(|l| l.contains(&*mp.to_string_lossy()))
+                .count(),
+            2,
+            "the private bind and the tmpfs, once: {mounts}"
+        );
+        // Adopted tasks keep their directories; the others are removed.
+        let n = again.cleanup_stale(&mp.join("no-such-tasks-dir"), &["t2"].into());
+        assert_eq!(n, 1);
+        assert!(again.adopt("t2").is_some() && again.adopt("t3").is_none());
+        s.t.unmount();
         assert!(!mp.exists());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&*mp.to_string_lossy()));
@@ -859,7 +940,7 @@ mod tests {
         if !crate::util::root_or_skip() {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
+        let s = scratch();
         let refs = vec![
             r("db", "/run/secrets/db", 999, 998, 0o440),
             r("key", "/run/secrets/tls/server.key", 7, 8, 0o400),
@@ -868,12 +949,9 @@ mod tests {
             ("id-db".to_string(), SecretBytes::new(b"old-db".to_vec())),
             ("id-key".to_string(), SecretBytes::new(b"old-key".to_vec())),
         ]);
-        let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
+        let m = s.t.mount_task_secrets("t1", &refs, &values).unwrap();
         m.record_held(&HeldVersions::from([("id-db".to_string(), 1)]));
-        assert_eq!(
-            TaskSecrets::adopt(dir.path()).unwrap().1.get("id-db"),
-            Some(&1)
-        );
+        assert_eq!(s.t.adopt("t1").unwrap().1.get("id-db"), Some(&1));
         let files = m.files_dir();
         // A reader holding the old file keeps reading the old value whole.
         let mut before = std::fs::File::open(files.join("db")).unwrap();
@@ -904,53 +982,16 @@ mod tests {
         assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (7, 8, 0o400));
         // What the task sees holds only its files; the staging directory is beside it, empty.
         assert_eq!(tree(&files), vec!["db", "tls", "tls/server.key"]);
-        let mp = dir.path().join(MOUNT_DIR);
+        let mp = s.t.root().join("t1");
         assert!(tree(&mp.join(STAGE_DIR)).is_empty());
         assert_eq!(
             std::fs::metadata(mp.join(STAGE_DIR)).unwrap().mode() & 0o777,
             0o700
         );
-        let (_, held) = TaskSecrets::adopt(dir.path()).unwrap();
+        let (_, held) = s.t.adopt("t1").unwrap();
         assert_eq!(held.get("id-db"), Some(&2));
-        m.unmount();
+        m.remove();
         assert!(!mp.exists());
-    }
-
-    /// Needs root (mounting tmpfs); skipped otherwise. A tmpfs sized for the values it was
-    /// mounted with has no room for a second copy of the largest: the swap grows it.
-    #[test]
-    fn a_500_kib_value_replaces_a_500_kib_value_within_the_size_cap() {
-        if !crate::util::root_or_skip() {
-            return;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let refs = vec![
-            r("big", "/run/secrets/big", 0, 0, 0o444),
-            r("other", "/run/secrets/other", 0, 0, 0o444),
-        ];
-        let values = HashMap::from([
-            (
-                "id-big".to_string(),
-                SecretBytes::new(vec![b'A'; 500 * 1024]),
-            ),
-            (
-                "id-other".to_string(),
-                SecretBytes::new(vec![b'O'; 500 * 1024]),
-            ),
-        ]);
-        let m = mount_task_secrets(dir.path(), &refs, &values).unwrap();
-        for (round, byte) in [b'B', b'C', b'D'].into_iter().enumerate() {
-            m.swap(&refs[0], &SecretBytes::new(vec![byte; 500 * 1024]))
-                .unwrap_or_else(|e| panic!("round {round}: {e}"));
-            let got = std::fs::read(m.files_dir().join("big")).unwrap();
-            assert!(got.len() == 500 * 1024 && got.iter().all(|b| *b == byte));
-        }
-        let mp = dir.path().join(MOUNT_DIR);
-        let st = nix::sys::statvfs::statvfs(&mp).unwrap();
-        let total = st.blocks() as u64 * st.fragment_size() as u64;
-        // Room for the two values and one more during a swap, not more than a few pages over.
-        assert!(total <= 3 * 500 * 1024 + 64 * PAGE, "{total}");
-        m.unmount();
     }
 
     /// Needs root (mounting tmpfs); skipped otherwise.
@@ -959,7 +1000,7 @@ mod tests {
         if !crate::util::root_or_skip() {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
+        let s = scratch();
         let mut conf = r("app", "/etc/app.conf", 5, 6, 0o440);
         conf.secret_id = "cfg-app".into();
         conf.on_change = crate::store::service::OnChange::Restart;
@@ -968,16 +1009,17 @@ mod tests {
             "cfg-app".to_string(),
             SecretBytes::new(b"listen 80;".to_vec()),
         )]);
-        let m = mount_task_files(
-            dir.path(),
-            &Contents {
-                secrets: &[],
-                secret_values: &HashMap::new(),
-                configs: &configs,
-                config_values: &config_values,
-            },
-        )
-        .unwrap();
+        let m =
+            s.t.mount_task_files(
+                "t1",
+                &Contents {
+                    secrets: &[],
+                    secret_values: &HashMap::new(),
+                    configs: &configs,
+                    config_values: &config_values,
+                },
+            )
+            .unwrap();
         let files = m.config_files(&configs);
         assert_eq!(files.len(), 1);
         assert_eq!(files[0].target, "/etc/app.conf");
@@ -986,32 +1028,36 @@ mod tests {
         let meta = std::fs::metadata(&files[0].source).unwrap();
         assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (5, 6, 0o440));
         assert!(tree(&m.files_dir()).is_empty());
-        m.unmount();
+        m.remove();
 
         // A target the rule refuses is refused before anything is mounted.
         let mut bad = r("bad", "/run/secrets/x", 0, 0, 0o444);
         bad.secret_id = "cfg-app".into();
         bad.on_change = crate::store::service::OnChange::Restart;
-        let e = mount_task_files(
-            dir.path(),
-            &Contents {
-                secrets: &[],
-                secret_values: &HashMap::new(),
-                configs: &[bad],
-                config_values: &config_values,
-            },
-        )
-        .unwrap_err();
+        let e =
+            s.t.mount_task_files(
+                "t2",
+                &Contents {
+                    secrets: &[],
+                    secret_values: &HashMap::new(),
+                    configs: &[bad],
+                    config_values: &config_values,
+                },
+            )
+            .unwrap_err();
         assert!(matches!(e, SecretsError::BadTarget { .. }), "{e}");
-        assert!(!dir.path().join(MOUNT_DIR).exists());
+        assert!(!s.t.root().join("t2").exists());
     }
 
     #[test]
-    fn a_missing_value_fails_before_mounting() {
+    fn a_missing_value_fails_before_anything_is_mounted() {
         let dir = tempfile::tempdir().unwrap();
+        let t = NodeTmpfs::new(dir.path());
         let refs = vec![r("db", "/run/secrets/db", 0, 0, 0o444)];
-        let e = mount_task_secrets(dir.path(), &refs, &HashMap::new()).unwrap_err();
+        let e = t
+            .mount_task_secrets("t1", &refs, &HashMap::new())
+            .unwrap_err();
         assert!(e.to_string().contains("secret db was not delivered"), "{e}");
-        assert!(!dir.path().join(MOUNT_DIR).exists());
+        assert!(!t.root().exists(), "nothing mounted");
     }
 }

@@ -44,10 +44,10 @@ pub fn span_of(id: &str) -> tracing::Span {
     tracing::error_span!("task", task_id = %id)
 }
 
-/// Unmounts a task's secrets on a blocking thread, in the task's span.
+/// Removes a task's secrets on a blocking thread, in the task's span.
 async fn unmount(s: TaskSecrets) {
     let span = tracing::Span::current();
-    let _ = tokio::task::spawn_blocking(move || span.in_scope(|| s.unmount())).await;
+    let _ = tokio::task::spawn_blocking(move || span.in_scope(|| s.remove())).await;
 }
 
 /// What a task's runner works with.
@@ -261,7 +261,7 @@ pub async fn adopt(
         .execs
         .task_dir(&task.id)
         .ok()
-        .and_then(|d| TaskSecrets::adopt(&d))
+        .and_then(|_| cx.execs.tmpfs().adopt(&task.id))
     {
         Some((s, h)) => (Some(s), h),
         None => (None, HeldVersions::new()),

@@ -372,6 +372,8 @@ impl Daemon {
     }
 
     pub(super) fn wipe(&self) -> Result<(), DaemonError> {
+        // Its tasks are gone: the node's secrets tmpfs goes before the directory under it.
+        crate::agent::secrets::NodeTmpfs::new(&self.paths().tasks()).unmount();
         let dir = &self.cfg.data_dir;
         let entries = std::fs::read_dir(dir).map_err(|source| DaemonError::Io {
             what: "listing",

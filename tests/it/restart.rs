@@ -451,8 +451,8 @@ fn an_adopted_task_keeps_its_secrets_until_it_ends() {
         ],
     );
     let before = wait_exec_running(&c.nodes[0], &c.nodes[1], svc, 1);
-    let mounts = crate::harness::mounts_under(&c.nodes[1].data_dir());
-    assert!(!mounts.is_empty(), "no secrets mount on the worker");
+    let mounts = crate::harness::secrets_left(&c.nodes[1].data_dir());
+    assert!(!mounts.is_empty(), "no secrets of the task on the worker");
 
     c.nodes[1].restart();
     let (m, w) = (&c.nodes[0], &c.nodes[1]);
@@ -465,9 +465,9 @@ fn an_adopted_task_keeps_its_secrets_until_it_ends() {
         }
     });
     assert_eq!(
-        crate::harness::mounts_under(&w.data_dir()),
+        crate::harness::secrets_left(&w.data_dir()),
         mounts,
-        "the adopted task's secrets mount changed"
+        "the adopted task's secrets changed"
     );
     let reads = |m: &Node| {
         stdout(&m.cli(&["service", "logs", svc]))
@@ -489,8 +489,8 @@ fn an_adopted_task_keeps_its_secrets_until_it_ends() {
     );
 
     m.cli_ok(&["service", "rm", svc]);
-    wait_for(timeout(), "the secrets mount gone with the task", || {
-        let left = crate::harness::mounts_under(&w.data_dir());
+    wait_for(timeout(), "the secrets gone with the task", || {
+        let left = crate::harness::secrets_left(&w.data_dir());
         if left.is_empty() {
             Ok(())
         } else {

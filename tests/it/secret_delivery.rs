@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::harness::{
     Cluster, Node, assert_error, assert_no_plaintext, exec_service, json_lines, mounts_under,
-    running_hosts, timeout, wait_for, wait_until, write_file,
+    running_hosts, secrets_left, secrets_tmpfs, timeout, wait_for, wait_until, write_file,
 };
 
 fn sha256_hex(b: &[u8]) -> String {
@@ -110,12 +110,16 @@ fn exec_tasks_read_their_secrets_on_tmpfs_and_only_entitled_nodes_receive_them()
     assert!(out.contains("key 999:998:400"), "{out}");
     assert!(out.contains("fs tmpfs"), "{out}");
 
-    // On the node: one tmpfs under the task's directory (on a private bind of its own mount
-    // point, so the path is listed twice).
+    // On the node: the node's one tmpfs (on a private bind of its own mount point, so the
+    // path is listed twice), the task's directory on it.
     let mut mounts = mounts_under(&w1.data_dir());
     mounts.dedup();
-    assert_eq!(mounts.len(), 1, "{mounts:?}");
-    assert!(mounts[0].ends_with("secrets"), "{mounts:?}");
+    assert_eq!(mounts, vec![secrets_tmpfs(&w1.data_dir())]);
+    assert_eq!(
+        secrets_left(&w1.data_dir()).len(),
+        1,
+        "the task's directory"
+    );
 
     // Another task on the same node sees neither /run/secrets/db nor the agent's task tree.
     exec_service(
@@ -124,7 +128,7 @@ fn exec_tasks_read_their_secrets_on_tmpfs_and_only_entitled_nodes_receive_them()
         &["--constraint", &on_w1],
         &format!(
             "cat /run/secrets/db 2>/dev/null || echo snoop-no-run-secrets; \
-             f=$(find {} -path '*/secrets/files/db' 2>/dev/null | head -n 1); \
+             f=$(find {} -path '*/files/db' 2>/dev/null | head -n 1); \
              if [ -n \"$f\" ]; then cat \"$f\"; else echo snoop-no-task-tree; fi; exec sleep 1000",
             w1.data_dir().display()
         ),
@@ -193,7 +197,7 @@ fn exec_tasks_read_their_secrets_on_tmpfs_and_only_entitled_nodes_receive_them()
     m.cli_ok(&["service", "rm", "reader", "snoop"]);
     m.cli_ok(&["secret", "rm", "db"]);
     wait_until(timeout(), "w1's secrets unmounted and dropped", || {
-        mounts_under(&w1.data_dir()).is_empty() && held(w1).is_empty()
+        secrets_left(&w1.data_dir()).is_empty() && held(w1).is_empty()
     });
     assert!(received(w2).is_empty() && received(m).is_empty());
     assert_no_plaintext(&[m, w1, w2], &[v1, v2, key]);
@@ -409,7 +413,7 @@ fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() 
     wait_until(timeout(), "vault off w1, its value and tmpfs gone", || {
         running_hosts(m, "vault").is_empty()
             && held(w1).is_empty()
-            && mounts_under(&w1.data_dir()).is_empty()
+            && secrets_left(&w1.data_dir()).is_empty()
     });
     wait_for(timeout(), "the pending task to name the policy", || {
         let t = tasks(m, "vault");
@@ -433,7 +437,7 @@ fn policies_refuse_at_create_and_move_a_task_whose_node_loses_its_entitlement() 
     assert_eq!(held(w2), vec!["prod_key".to_string()]);
     m.cli_ok(&["service", "rm", "vault"]);
     wait_until(timeout(), "w2's secrets unmounted and dropped", || {
-        mounts_under(&w2.data_dir()).is_empty() && held(w2).is_empty()
+        secrets_left(&w2.data_dir()).is_empty() && held(w2).is_empty()
     });
     assert_no_plaintext(&[m, w1, w2], &[value]);
 }
@@ -515,8 +519,8 @@ fn docker_tasks_see_their_secret_read_only_on_tmpfs_and_others_do_not() {
     assert!(inspect.contains("/run/secrets false"), "{inspect}");
 
     m.cli_ok(&["service", "rm", &name, &snoop]);
-    wait_until(timeout(), "the secrets tmpfs unmounted", || {
-        mounts_under(&m.data_dir()).is_empty()
+    wait_until(timeout(), "the task's secrets removed", || {
+        secrets_left(&m.data_dir()).is_empty()
     });
     assert_no_plaintext(&[m], &[value]);
 }
@@ -572,7 +576,7 @@ fn without_tmpfs_a_task_with_secrets_fails_and_nothing_reaches_the_disk() {
         tasks(m, &name)
             .iter()
             .filter_map(|t| t["Error"].as_str().map(str::to_string))
-            .find(|e| e.contains("cannot mount a tmpfs"))
+            .find(|e| e.contains("cannot mount the node's tmpfs"))
             .ok_or_else(|| format!("{:#?}", tasks(m, &name)))
     });
     assert!(err.contains("never written to disk"), "{err}");

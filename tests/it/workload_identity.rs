@@ -165,8 +165,8 @@ fn each_task_holds_an_svid_for_its_own_service_and_nothing_else() {
     assert_eq!(keys.len(), 2, "each web task's key, read from its tmpfs");
     m.cli_ok(&["service", "rm", "web", "plain"]);
     for n in c.managers().iter().chain(c.workers()) {
-        wait_for(timeout(), "the tasks' tmpfs unmounted", || {
-            let left = crate::harness::mounts_under(&n.data_dir());
+        wait_for(timeout(), "the tasks' identity files removed", || {
+            let left = crate::harness::secrets_left(&n.data_dir());
             if left.is_empty() {
                 Ok(())
             } else {

@@ -36,7 +36,9 @@ const STALE_GRACE: Duration = Duration::from_secs(2);
 pub(crate) struct ExecRuntime {
     tasks_dir: PathBuf,
     helper: PathBuf,
-    /// Host paths no task may see (the daemon's data directory, its socket).
+    /// Host paths no task may see: the node's secrets tmpfs (every task's files; a task gets
+    /// its own bound before this is covered), then what the daemon names (its data directory,
+    /// its socket).
     hide: Vec<PathBuf>,
 }
 
@@ -45,13 +47,15 @@ impl ExecRuntime {
         ExecRuntime {
             tasks_dir: state_dir.join("tasks"),
             helper,
-            hide: Vec::new(),
+            hide: vec![state_dir.join(crate::agent::secrets::NODE_DIR)],
         }
     }
 
     /// Hides `paths` from every task from now on (see [`super::Executors::hiding`]).
     pub(crate) fn hide(&mut self, paths: Vec<PathBuf>) {
-        self.hide = paths;
+        // The tmpfs first: once a directory above it is covered, it cannot be named.
+        self.hide.truncate(1);
+        self.hide.extend(paths);
     }
 
     /// The helper binary (health checks run through it too).

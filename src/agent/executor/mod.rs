@@ -139,6 +139,7 @@ pub struct Mounts<'a> {
 /// The runtimes available on this node.
 pub struct Executors {
     tasks_dir: PathBuf,
+    tmpfs: crate::agent::secrets::NodeTmpfs,
     exec: Option<exec::ExecRuntime>,
     docker: Option<docker::DockerRuntime>,
     node_id: Option<String>,
@@ -163,6 +164,7 @@ impl Executors {
                 tracing::warn!(error = %e, "cannot find the skep binary; the exec runtime is disabled");
                 Executors {
                     tasks_dir: state_dir.join("tasks"),
+                    tmpfs: crate::agent::secrets::NodeTmpfs::new(state_dir),
                     exec: None,
                     docker: docker::DockerRuntime::detect().await,
                     node_id: None,
@@ -184,6 +186,7 @@ impl Executors {
         };
         Executors {
             tasks_dir: state_dir.join("tasks"),
+            tmpfs: crate::agent::secrets::NodeTmpfs::new(state_dir),
             exec,
             docker: docker::DockerRuntime::detect().await,
             node_id: None,
@@ -196,6 +199,7 @@ impl Executors {
     pub(crate) fn without_runtimes(state_dir: &Path) -> Executors {
         Executors {
             tasks_dir: state_dir.join("tasks"),
+            tmpfs: crate::agent::secrets::NodeTmpfs::new(state_dir),
             exec: None,
             docker: None,
             node_id: None,
@@ -252,7 +256,7 @@ impl Executors {
         }
     }
 
-    /// The directory of task `id`'s files (logs, pid file, secrets mount point).
+    /// The directory of task `id`'s files on disk (logs, pid file, hosts file).
     pub fn task_dir(&self, id: &str) -> Result<PathBuf, ExecError> {
         check_task_id(id)?;
         Ok(self.tasks_dir.join(id))
@@ -329,12 +333,9 @@ impl Executors {
             }
         }
         let keep: HashSet<&str> = found.keys().map(String::as_str).collect();
-        let unmounted = crate::agent::secrets::cleanup_stale(&self.tasks_dir, &keep);
-        if unmounted > 0 {
-            tracing::info!(
-                count = unmounted,
-                "unmounted secrets left from a previous run"
-            );
+        let removed = self.tmpfs.cleanup_stale(&self.tasks_dir, &keep);
+        if removed > 0 {
+            tracing::info!(count = removed, "removed secrets left from a previous run");
         }
         found
     }
@@ -362,12 +363,17 @@ impl Executors {
         }
     }
 
-    /// Unmounts the secrets of an adopted task that ended (a started task's runner holds its
+    /// Removes the secrets of an adopted task that ended (a started task's runner holds its
     /// own handle on them).
     pub fn release_secrets(&self, id: &str) {
         if check_task_id(id).is_ok() {
-            crate::agent::secrets::unmount_task_secrets(&self.tasks_dir.join(id));
+            self.tmpfs.release(id);
         }
+    }
+
+    /// The node's tmpfs for task secrets, configs and identities.
+    pub fn tmpfs(&self) -> &crate::agent::secrets::NodeTmpfs {
+        &self.tmpfs
     }
 
     /// The task's output in the order written: only lines written at or after `since`

@@ -335,23 +335,24 @@ fn a_tasks_secret_tmpfs_does_not_propagate_into_other_mount_namespaces() {
             .find_map(|t| t["ID"].as_str().map(str::to_string))
             .expect("a task");
 
-    // In the host's namespace the tmpfs is there (the agent and dockerd use it) ...
+    // In the host's namespace the tmpfs is there with the task's files (the agent and
+    // dockerd use it) ...
+    let tmpfs = crate::harness::secrets_tmpfs(&data);
     let here = crate::harness::mounts_under(&data);
     assert!(
-        here.iter().any(|p| p.to_string_lossy().contains(&task)),
-        "no secrets mount of task {task} on the host: {here:?}"
+        here.contains(&tmpfs) && tmpfs.join(&task).is_dir(),
+        "no secrets of task {task} on the host's tmpfs: {here:?}"
     );
     // ... but not in the slave namespace, neither listed nor readable through it.
     let theirs = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     let leaked: Vec<&str> = theirs
         .lines()
-        .filter(|l| l.contains(&task) && l.contains("tmpfs"))
+        .filter(|l| l.contains(&*tmpfs.to_string_lossy()) && l.contains("tmpfs"))
         .collect();
     let through = PathBuf::from(format!("/proc/{pid}/root"))
-        .join(data.strip_prefix("/").unwrap())
-        .join("tasks/tasks")
+        .join(tmpfs.strip_prefix("/").unwrap())
         .join(&task)
-        .join("secrets/files/prop");
+        .join("files/prop");
     let readable =
         std::fs::read(&through).is_ok_and(|b| crate::harness::contains(&b, value.as_bytes()));
     assert!(
@@ -360,4 +361,119 @@ fn a_tasks_secret_tmpfs_does_not_propagate_into_other_mount_namespaces() {
         leaked.join("\n"),
         through.display()
     );
+}
+
+/// The host process (not the init helper) whose command line is exactly `args`.
+fn pid_running(args: &[&str]) -> Option<u32> {
+    let want = args.join("\0") + "\0";
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        (cmd == want.as_bytes()).then_some(pid)
+    })
+}
+
+#[test]
+fn a_later_exec_tasks_mount_namespace_copies_no_mount_of_other_tasks_nor_keeps_their_secrets() {
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    // Exec task `later` starts while three `holder` tasks hold a secret, so its mount
+    // namespace begins as a copy of the host's. It must copy no mount of theirs (a mount per
+    // task made every new namespace grow with the tasks already running, and the mount lock
+    // be held longer each time), and once they are gone nothing of their secrets may stay
+    // reachable through it.
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let value = "outliving-secret-q3z7k1";
+    let out = m.cli_stdin(&["secret", "create", "kept", "-"], value);
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    let exec = |name: &str, flags: &[&str], script: &str| {
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--runtime",
+            "exec",
+            "--name",
+            name,
+        ];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
+        m.cli_ok(&args);
+    };
+    exec(
+        "holder",
+        &["--secret", "kept", "--replicas", "3"],
+        "cat /run/secrets/kept >/dev/null && echo HOLDING; exec sleep 1001",
+    );
+    wait_for(timeout(), "the holders to read their secret", || {
+        let l = logs(m, "holder");
+        if l.matches("HOLDING").count() == 3 {
+            Ok(())
+        } else {
+            Err(l)
+        }
+    });
+    let holders: Vec<String> =
+        json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", "holder"]))
+            .into_iter()
+            .filter_map(|t| t["ID"].as_str().map(str::to_string))
+            .collect();
+    assert_eq!(holders.len(), 3, "{holders:?}");
+    exec("later", &[], "echo UP; exec sleep 1002");
+    let mut later = None;
+    wait_until(timeout(), "the later task's process", || {
+        later = pid_running(&["sleep", "1002"]);
+        later.is_some()
+    });
+    let later = later.unwrap();
+    let theirs = || std::fs::read_to_string(format!("/proc/{later}/mountinfo")).unwrap();
+    let copied: Vec<String> = theirs()
+        .lines()
+        .filter(|l| holders.iter().any(|h| l.contains(h.as_str())))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        copied.is_empty(),
+        "task later's mount namespace holds the holders' mounts:\n{}",
+        copied.join("\n")
+    );
+
+    m.cli_ok(&["service", "rm", "holder"]);
+    wait_until(timeout(), "the holders' processes gone", || {
+        pid_running(&["sleep", "1001"]).is_none()
+    });
+    wait_for(timeout(), "the holders' secrets removed", || {
+        let left: Vec<PathBuf> = crate::harness::secrets_left(&m.data_dir())
+            .into_iter()
+            .filter(|p| {
+                holders
+                    .iter()
+                    .any(|h| p.to_string_lossy().contains(h.as_str()))
+            })
+            .collect();
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    });
+    // Not readable through the later task's view of the node either.
+    let root = PathBuf::from(format!("/proc/{later}/root"));
+    let data = m.data_dir();
+    let through = root.join(data.strip_prefix("/").unwrap());
+    let found: Vec<PathBuf> = if through.is_dir() {
+        crate::harness::files_under(&through)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read(p).is_ok_and(|b| crate::harness::contains(&b, value.as_bytes()))
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    assert!(found.is_empty(), "the secret is readable at {found:?}");
+    let nodes = [m];
+    crate::harness::assert_no_plaintext(&nodes, &[value]);
 }

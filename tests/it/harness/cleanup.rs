@@ -56,6 +56,30 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The node's secrets tmpfs under a node's data directory (`<data>/tasks/secrets`).
+pub fn secrets_tmpfs(data_dir: &Path) -> PathBuf {
+    data_dir.join("tasks").join(skep::agent::secrets::NODE_DIR)
+}
+
+/// What is left of tasks' secrets under a node's data directory: each task's directory on
+/// the node's secrets tmpfs, and anything else mounted under the data directory (the tmpfs
+/// itself and its private bind excepted).
+pub fn secrets_left(data_dir: &Path) -> Vec<PathBuf> {
+    let root = secrets_tmpfs(data_dir);
+    let mut left: Vec<PathBuf> = mounts_under(data_dir)
+        .into_iter()
+        .filter(|m| *m != root)
+        .collect();
+    left.extend(
+        std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path()),
+    );
+    left
+}
+
 /// Lazily unmounts everything mounted at `dir` or under it, deepest first (what a killed
 /// daemon left), so the directory can be removed.
 pub fn unmount_under(dir: &Path) {
