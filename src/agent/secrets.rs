@@ -225,7 +225,8 @@ impl SecretStore {
 #[derive(Debug)]
 pub struct NodeTmpfs {
     root: PathBuf,
-    mounted: Mutex<bool>,
+    /// Held while checking and mounting, so two first tasks do not stack two mounts.
+    mounting: Mutex<()>,
 }
 
 impl NodeTmpfs {
@@ -234,7 +235,7 @@ impl NodeTmpfs {
     pub fn new(state_dir: &Path) -> NodeTmpfs {
         NodeTmpfs {
             root: state_dir.join(NODE_DIR),
-            mounted: Mutex::new(false),
+            mounting: Mutex::new(()),
         }
     }
 
@@ -243,11 +244,12 @@ impl NodeTmpfs {
         &self.root
     }
 
-    /// Mounts the tmpfs unless it is there already (left by a previous run of the agent).
+    /// Mounts the tmpfs unless it is there (mounted before, or left by a previous run of the
+    /// agent). Checked for every task, not remembered: if someone unmounted it, the next
+    /// task's values must not land on the disk under it.
     fn ensure(&self) -> Result<(), SecretsError> {
-        let mut mounted = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
-        if *mounted || is_tmpfs_mount(&self.root) {
-            *mounted = true;
+        let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
+        if is_tmpfs_mount(&self.root) {
             return Ok(());
         }
         let root = &self.root;
@@ -277,9 +279,7 @@ impl NodeTmpfs {
         .map_err(|source| {
             unmount_dir(root);
             mount_err(source)
-        })?;
-        *mounted = true;
-        Ok(())
+        })
     }
 
     /// Task `task_id`'s directory on the tmpfs (the ID is checked by the caller: a task ID
@@ -380,6 +380,14 @@ impl NodeTmpfs {
             .create(&dir)
             .map_err(dir_err)?;
         let made = TaskSecrets { dir };
+        // Unmounted between the check and here: nothing may be written on what is under it.
+        if !on_tmpfs(&made.dir) {
+            made.remove();
+            return Err(SecretsError::Mount {
+                path: self.root.clone(),
+                source: nix::Error::ENOENT,
+            });
+        }
         let written = write_files(&made.files_dir(), &plan).and_then(|()| {
             if config_plan.is_empty() {
                 Ok(())
@@ -452,19 +460,22 @@ impl NodeTmpfs {
 
     /// Unmounts the tmpfs and removes its mount point (the node leaves: every task is gone).
     pub fn unmount(&self) {
-        let mut mounted = self.mounted.lock().unwrap_or_else(|p| p.into_inner());
+        let _mounting = self.mounting.lock().unwrap_or_else(|p| p.into_inner());
         unmount_dir(&self.root);
-        *mounted = false;
     }
 }
 
 /// Whether `dir` is a tmpfs mounted there (not merely a directory on a tmpfs).
 fn is_tmpfs_mount(dir: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let on_tmpfs = nix::sys::statfs::statfs(dir)
-        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
     let dev = |p: &Path| std::fs::metadata(p).map(|m| m.dev()).ok();
-    on_tmpfs && dir.parent().is_some_and(|parent| dev(dir) != dev(parent))
+    on_tmpfs(dir) && dir.parent().is_some_and(|parent| dev(dir) != dev(parent))
+}
+
+/// Whether `path` is on a tmpfs.
+fn on_tmpfs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 /// A task's directory on the node's tmpfs. Remove it with [`TaskSecrets::remove`]; dropping
@@ -915,6 +926,28 @@ mod tests {
         assert!(!mp.exists());
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         assert!(!mounts.contains(&*mp.to_string_lossy()));
+    }
+
+    /// Needs root (mounting tmpfs); skipped otherwise.
+    #[test]
+    fn a_tmpfs_unmounted_behind_the_agents_back_is_mounted_again_before_the_next_task() {
+        if !crate::util::root_or_skip() {
+            return;
+        }
+        let s = scratch();
+        let refs = vec![r("db", "/run/secrets/db", 0, 0, 0o444)];
+        let values = HashMap::from([("id-db".to_string(), SecretBytes::new(b"v".to_vec()))]);
+        s.t.mount_task_secrets("t1", &refs, &values).unwrap();
+        for _ in 0..STACKED {
+            let _ = umount2(s.t.root(), MntFlags::MNT_DETACH);
+        }
+        assert!(!is_tmpfs_mount(s.t.root()));
+        let m = s.t.mount_task_secrets("t2", &refs, &values).unwrap();
+        assert!(
+            on_tmpfs(&m.files_dir().join("db")),
+            "written to the disk under it"
+        );
+        assert!(is_tmpfs_mount(s.t.root()));
     }
 
     /// Every path under `dir`, relative to it.
