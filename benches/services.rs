@@ -257,11 +257,21 @@ fn status_kib(pid: i32, field: &str) -> u64 {
 
 /// The host's page tables (`PageTables:` in /proc/meminfo), in KiB.
 fn host_page_tables_kib() -> u64 {
+    meminfo_kib("PageTables:")
+}
+
+/// The kernel's slab (kernel objects, mounts among them), in KiB.
+fn host_slab_kib() -> u64 {
+    meminfo_kib("Slab:")
+}
+
+/// A field of `/proc/meminfo`, in KiB (0 if it cannot be read).
+fn meminfo_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("PageTables:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
@@ -278,9 +288,10 @@ fn load_1min() -> f64 {
 /// What actually runs once `service ls` says N/N: the init helpers (stage 1 outside the task's
 /// namespaces, stage 2 its PID 1), the task commands under them, and the host memory they take:
 /// PSS and page tables (`VmPTE`) per task, helpers and commands apart, beside the growth of the
-/// host's `PageTables` since `page_tables_before` (everything the burst added, the daemons'
+/// host's `PageTables` and kernel slab since `before` (everything the burst added, the daemons'
 /// included) and the load average right after the burst.
-fn task_census(c: &Cluster, replicas: u64, page_tables_before: u64) -> String {
+fn task_census(c: &Cluster, replicas: u64, before: (u64, u64)) -> String {
+    let (page_tables_before, slab_before) = before;
     let load = load_1min();
     let helpers = pids_mentioning(c.root.path(), Some("init-helper"));
     let stage2: HashSet<i32> = pids_mentioning(c.root.path(), Some("--stage2"))
@@ -307,18 +318,22 @@ fn task_census(c: &Cluster, replicas: u64, page_tables_before: u64) -> String {
     let (h_pss, h_pte) = (sum(&helpers, &pss_kib), sum(&helpers, &pte));
     let (c_pss, c_pte) = (sum(&commands, &pss_kib), sum(&commands, &pte));
     let host_pte = host_page_tables_kib().saturating_sub(page_tables_before);
-    let daemons: u64 = c
+    let slab = host_slab_kib().saturating_sub(slab_before);
+    let each: Vec<u64> = c
         .daemons
         .iter()
         .filter_map(|d| d.child.as_ref().map(|ch| pss_kib(ch.id() as i32)))
-        .sum();
+        .collect();
+    let daemons: u64 = each.iter().sum();
+    let each: Vec<String> = each.iter().map(|k| (k / 1024).to_string()).collect();
     let n = replicas.max(1);
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
         "{} init helpers ({} stage 2; binary {binaries:?}), {} task commands under them\n  \
          per task: helpers PSS {} KiB + page tables {} KiB = {} KiB host memory; the command: \
          PSS {} KiB + page tables {} KiB\n  host PageTables +{} MiB over the burst ({} KiB per \
-         task); daemons PSS {} MiB; load average (1 min) {load:.1} right after, {cores} cores",
+         task); kernel slab +{} MiB ({} KiB per task); daemons PSS {} MiB ({} MiB each); load \
+         average (1 min) {load:.1} right after, {cores} cores",
         helpers.len(),
         stage2.len(),
         commands.len(),
@@ -329,7 +344,10 @@ fn task_census(c: &Cluster, replicas: u64, page_tables_before: u64) -> String {
         c_pte / n,
         host_pte / 1024,
         host_pte / n,
-        daemons / 1024
+        slab / 1024,
+        slab / n,
+        daemons / 1024,
+        each.join(" + ")
     )
 }
 
@@ -350,9 +368,9 @@ fn conv_sizes() -> Vec<u64> {
 fn conv_round(cl: &Cluster, name: &str, replicas: u64, census: bool) -> (Duration, Vec<f64>) {
     let m = cl.manager();
     let n = replicas.to_string();
-    let page_tables = host_page_tables_kib();
-    // `SKEP_BENCH_CONV_IDENTITY=false`: tasks without a workload identity (no tmpfs mount and
-    // no Workload API server per task), to see what identity costs.
+    let before = (host_page_tables_kib(), host_slab_kib());
+    // `SKEP_BENCH_CONV_IDENTITY=false`: tasks without a workload identity (no directory on the
+    // node's tmpfs, no Workload API server, no SVID per task), to see what identity costs.
     let identity = format!(
         "--identity={}",
         std::env::var("SKEP_BENCH_CONV_IDENTITY").unwrap_or_else(|_| "true".into())
@@ -380,7 +398,7 @@ fn conv_round(cl: &Cluster, name: &str, replicas: u64, census: bool) -> (Duratio
         eprintln!(
             "\n{name} at {replicas}/{replicas} in {:.1} s: {}",
             took.as_secs_f64(),
-            task_census(cl, replicas, page_tables)
+            task_census(cl, replicas, before)
         );
     }
     m.cli(&["service", "rm", name]);
