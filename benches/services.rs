@@ -711,9 +711,10 @@ fn start_placement() -> Placement {
         },
     );
     eprintln!(
-        "placement: {} nodes Ready {:?} after the first join",
+        "placement: {} nodes Ready {:?} after the first join; manager RSS {:.1} MiB with no task",
         sim_nodes(),
-        started.elapsed()
+        started.elapsed(),
+        rss_mib(m.child.as_ref().map_or(0, Child::id))
     );
     Placement {
         cluster,
