@@ -489,6 +489,9 @@ struct Counters {
     report_errors: AtomicU64,
     /// Sessions that ended or could not open.
     session_errors: AtomicU64,
+    /// Of those, sessions refused when opened (the node not yet known to the leader, while
+    /// the nodes join); the rest are open sessions that ended.
+    session_refused: AtomicU64,
 }
 
 fn status(state: TaskState, message: &str) -> String {
@@ -589,6 +592,7 @@ async fn sim_node(
                 Ok(s) => s.into_inner(),
                 Err(_) => {
                     counters.session_errors.fetch_add(1, Ordering::Relaxed);
+                    counters.session_refused.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
@@ -711,10 +715,13 @@ fn start_placement() -> Placement {
         },
     );
     eprintln!(
-        "placement: {} nodes Ready {:?} after the first join; manager RSS {:.1} MiB with no task",
+        "placement: {} nodes Ready {:?} after the first join; manager RSS {:.1} MiB with no task; \
+         session errors so far {} ({} refused at open)",
         sim_nodes(),
         started.elapsed(),
-        rss_mib(m.child.as_ref().map_or(0, Child::id))
+        rss_mib(m.child.as_ref().map_or(0, Child::id)),
+        counters.session_errors.load(Ordering::SeqCst),
+        counters.session_refused.load(Ordering::SeqCst)
     );
     Placement {
         cluster,
@@ -874,9 +881,10 @@ fn placement(c: &mut Criterion) {
     }
     if let Some(p) = &setup {
         eprintln!(
-            "placement: report errors {}, session errors {}",
+            "placement: report errors {}, session errors {} ({} refused at open)",
             p.counters.report_errors.load(Ordering::SeqCst),
-            p.counters.session_errors.load(Ordering::SeqCst)
+            p.counters.session_errors.load(Ordering::SeqCst),
+            p.counters.session_refused.load(Ordering::SeqCst)
         );
     }
     drop(setup);
