@@ -388,21 +388,8 @@ fn a_later_exec_tasks_mount_namespace_copies_no_mount_of_other_tasks_nor_keeps_t
     let value = "outliving-secret-q3z7k1";
     let out = m.cli_stdin(&["secret", "create", "kept", "-"], value);
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
-    let exec = |name: &str, flags: &[&str], script: &str| {
-        let mut args = vec![
-            "service",
-            "create",
-            "--detach",
-            "--runtime",
-            "exec",
-            "--name",
-            name,
-        ];
-        args.extend_from_slice(flags);
-        args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
-        m.cli_ok(&args);
-    };
-    exec(
+    crate::harness::exec_service(
+        m,
         "holder",
         &["--secret", "kept", "--replicas", "3"],
         "cat /run/secrets/kept >/dev/null && echo HOLDING; exec sleep 1001",
@@ -421,7 +408,7 @@ fn a_later_exec_tasks_mount_namespace_copies_no_mount_of_other_tasks_nor_keeps_t
             .filter_map(|t| t["ID"].as_str().map(str::to_string))
             .collect();
     assert_eq!(holders.len(), 3, "{holders:?}");
-    exec("later", &[], "echo UP; exec sleep 1002");
+    crate::harness::exec_service(m, "later", &[], "echo UP; exec sleep 1002");
     let mut later = None;
     wait_until(timeout(), "the later task's process", || {
         later = pid_running(&["sleep", "1002"]);
