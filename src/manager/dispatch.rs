@@ -6,7 +6,7 @@
 //! ```text
 //!  state change ─► loop on leader: reconcile() ─► propose ─► state change ─► schedule() ─► propose
 //!  state change ─► each session: diff(assigned set) ─► Assignments{changes} ─► agent
-//!  agent ─► ReportTasks ─► propose ReportTasks ─► state change ─► ...
+//!  agent ─► ReportTasks ─► reports.rs: one entry for the reports waiting ─► state change ─► ...
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};

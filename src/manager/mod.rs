@@ -31,6 +31,7 @@ pub mod presence;
 pub mod proposals;
 pub mod reads;
 pub mod recovery;
+pub mod reports;
 pub mod rollout;
 pub mod scheduler;
 pub mod secrets;

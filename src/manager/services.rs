@@ -23,12 +23,15 @@ use crate::store::model::{Availability, Command, Node, NodeRole, NodeState};
 #[derive(Clone)]
 pub struct Services {
     mgr: Arc<Manager>,
+    /// Task reports, committed several to an entry.
+    reports: super::reports::Reports,
 }
 
 impl Services {
-    /// Serves `mgr`.
+    /// Serves `mgr` (and starts committing the task reports it is sent).
     pub fn new(mgr: Arc<Manager>) -> Self {
-        Services { mgr }
+        let reports = super::reports::Reports::start(Arc::downgrade(&mgr));
+        Services { mgr, reports }
     }
 
     fn peer_info<T>(req: &Request<T>) -> Result<PeerInfo, Status> {
@@ -902,7 +905,7 @@ impl Dispatcher for Services {
                 node_id: id.node_id().to_string(),
                 updates,
             };
-            self.mgr.propose(cmd).await.map_err(to_status)?;
+            self.reports.commit(cmd).await?;
         }
         Ok(Response::new(Empty {}))
     }
