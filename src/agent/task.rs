@@ -45,7 +45,7 @@ pub fn span_of(id: &str) -> tracing::Span {
 }
 
 /// Removes a task's secrets on a blocking thread, in the task's span.
-async fn unmount(s: TaskSecrets) {
+async fn remove_secrets(s: TaskSecrets) {
     let span = tracing::Span::current();
     let _ = tokio::task::spawn_blocking(move || span.in_scope(|| s.remove())).await;
 }
@@ -123,7 +123,7 @@ pub async fn run(
     }
     if *stop.borrow() {
         if let Some(s) = secrets {
-            unmount(s).await;
+            remove_secrets(s).await;
         }
         cx.report(
             &task.id,
@@ -141,7 +141,7 @@ pub async fn run(
                 Ok(i) => Some(i),
                 Err(e) => {
                     if let Some(s) = secrets {
-                        unmount(s).await;
+                        remove_secrets(s).await;
                     }
                     cx.report(
                         &task.id,
@@ -169,7 +169,7 @@ pub async fn run(
     run_started(&cx, &slot, &to_run, endpoints, &mut run, &mut stop).await;
     drop(identity);
     if let Some(s) = secrets {
-        unmount(s).await;
+        remove_secrets(s).await;
     }
 }
 
