@@ -81,7 +81,7 @@ impl Context {
     }
 }
 
-/// Runs one task to its end: secrets, start, wait or stop, report; then unmounts its
+/// Runs one task to its end: secrets, start, wait or stop, report; then removes its
 /// secrets, so their values are gone from the node with the task. `versions`: the version of
 /// each secret the leader wants the task to hold (a rollout moves it while the task runs).
 pub async fn run(
@@ -98,9 +98,9 @@ pub async fn run(
         &held,
         status(TaskState::Preparing, "preparing", "", None),
     );
-    // Not raced with a stop: a mount abandoned half-way would leave a tmpfs no one unmounts.
+    // Not raced with a stop: files abandoned half-way would leave a directory no one removes.
     // The versions are read as the leader says now; if a rollout moved them while the values
-    // were fetched (the old one may be gone from the node), the mount is tried again.
+    // were fetched (the old one may be gone from the node), the files are written again.
     let mut tries = 0;
     let secrets = loop {
         task.versions = versions.borrow_and_update().clone();
