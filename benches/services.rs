@@ -15,7 +15,8 @@
 //!   started). Times from `service create --replicas 2000` until the simulated nodes have
 //!   received all 2000 assignments (placed + committed through Raft + dispatched), and,
 //!   printed beside criterion's report, until `service ls` says 2000/2000 (the reports too),
-//!   and the manager's resident memory with every task running. `SKEP_BENCH_SIM_NODES=1000
+//!   and the manager's resident memory with every task running (the highest seen at N/N, and
+//!   once 15 s later, settled). `SKEP_BENCH_SIM_NODES=1000
 //!   SKEP_BENCH_PLACE_REPLICAS=10000` is the 1,000-node, 10,000-task case.
 //!
 //! Run one alone with `cargo bench --bench services -- convergence` (or `-- placement`).
