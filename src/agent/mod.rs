@@ -22,6 +22,7 @@ pub mod service;
 pub mod supervisor;
 pub mod svid;
 mod task;
+pub mod task_id;
 pub mod vip;
 pub mod volumes;
 pub mod workload;

@@ -88,6 +88,9 @@ pub enum SecretsError {
         #[source]
         source: nix::Error,
     },
+    /// Not a task ID: it could name a directory outside the node's tmpfs.
+    #[error("not a task ID: {}", crate::util::quote(&crate::util::prefix(.0, 64)))]
+    BadTaskId(String),
     /// The node's tmpfs or the task's directory on it could not be made.
     #[error("cannot create {}: {source}", path.display())]
     Dir {
@@ -282,10 +285,14 @@ impl NodeTmpfs {
         })
     }
 
-    /// Task `task_id`'s directory on the tmpfs (the ID is checked by the caller: a task ID
-    /// is a plain name).
-    fn task_dir(&self, task_id: &str) -> PathBuf {
-        self.root.join(task_id)
+    /// Task `task_id`'s directory on the tmpfs; refused unless the ID is a plain name
+    /// ([`crate::agent::task_id`]).
+    fn task_dir(&self, task_id: &str) -> Result<PathBuf, SecretsError> {
+        if crate::agent::task_id::is_valid(task_id) {
+            Ok(self.root.join(task_id))
+        } else {
+            Err(SecretsError::BadTaskId(task_id.to_string()))
+        }
     }
 
     /// As [`NodeTmpfs::mount_task_files`], with secrets only.
@@ -363,8 +370,8 @@ impl NodeTmpfs {
                 })?;
             plan.push((r, rel, value));
         }
+        let dir = self.task_dir(task_id)?;
         self.ensure()?;
-        let dir = self.task_dir(task_id);
         let dir_err = |source| SecretsError::Dir {
             path: dir.clone(),
             source,
@@ -407,7 +414,7 @@ impl NodeTmpfs {
     /// The directory a previous run of the agent made for task `task_id` (adopted with the
     /// task), and the versions it recorded there; `None` if it has none.
     pub fn adopt(&self, task_id: &str) -> Option<(TaskSecrets, HeldVersions)> {
-        let dir = self.task_dir(task_id);
+        let dir = self.task_dir(task_id).ok()?;
         if !is_tmpfs_mount(&self.root) || !dir.join(FILES_DIR).is_dir() {
             return None;
         }
@@ -450,7 +457,9 @@ impl NodeTmpfs {
 
     /// Removes task `task_id`'s directory, if it has one; whether it had.
     pub fn release(&self, task_id: &str) -> bool {
-        let dir = self.task_dir(task_id);
+        let Ok(dir) = self.task_dir(task_id) else {
+            return false;
+        };
         let had = dir.is_dir();
         if had {
             TaskSecrets { dir }.remove();
@@ -1080,6 +1089,18 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, SecretsError::BadTarget { .. }), "{e}");
         assert!(!s.t.root().join("t2").exists());
+    }
+
+    #[test]
+    fn an_id_that_is_not_a_plain_name_is_refused_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = NodeTmpfs::new(&dir.path().join("state"));
+        for bad in ["../escape", "a/b", ".hidden", ""] {
+            let e = t.mount_task_secrets(bad, &[], &HashMap::new()).unwrap_err();
+            assert!(matches!(e, SecretsError::BadTaskId(_)), "{bad:?}: {e}");
+            assert!(t.adopt(bad).is_none() && !t.release(bad));
+        }
+        assert!(!dir.path().join("escape").exists() && !t.root().exists());
     }
 
     #[test]

@@ -551,16 +551,9 @@ async fn ended_within(mut exit: watch::Receiver<ExitSlot>, timeout: Duration) ->
     exit.borrow().is_some()
 }
 
-/// Task IDs become directory and container names: only `[A-Za-z0-9_.-]`, not starting with
-/// a dot, at most 128 bytes.
+/// Task IDs become directory and container names ([`crate::agent::task_id`]).
 fn check_task_id(id: &str) -> Result<(), ExecError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-    if ok {
+    if crate::agent::task_id::is_valid(id) {
         Ok(())
     } else {
         Err(ExecError::BadTaskId(id.to_string()))
