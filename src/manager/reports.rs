@@ -149,10 +149,19 @@ mod tests {
     }
 
     #[test]
-    fn a_report_over_the_budget_still_goes_alone() {
+    fn a_report_over_the_budget_goes_alone_wherever_it_arrives() {
+        // First in line: alone, the next one carried.
         let mut queue = std::iter::once(pending(1, 1));
         let (batch, carried) = take(pending(0, 100), || queue.next(), 35);
         assert_eq!(nodes(&batch), ["n0"]);
         assert_eq!(nodes(&[carried.unwrap()]), ["n1"]);
+        // Behind others: they go without it, and it goes without those after it, so a node
+        // sending reports too large to commit fails only its own.
+        let mut queue = [pending(1, 10), pending(2, 100), pending(3, 10)].into_iter();
+        let (batch, carried) = take(pending(0, 10), || queue.next(), 35);
+        assert_eq!(nodes(&batch), ["n0", "n1"]);
+        let (batch, carried) = take(carried.unwrap(), || queue.next(), 35);
+        assert_eq!(nodes(&batch), ["n2"]);
+        assert_eq!(nodes(&[carried.unwrap()]), ["n3"]);
     }
 }
