@@ -30,8 +30,6 @@ pub async fn mount_secrets(
     let config_values = secret_values(task, true, store, managers)
         .await
         .map_err(|e| e.to_string())?;
-    // Checked: the ID names the task's directory.
-    execs.task_dir(&task.id).map_err(|e| e.to_string())?;
     let (refs, configs) = (task.spec.secrets.clone(), task.spec.configs.clone());
     let (execs, id) = (execs.clone(), task.id.clone());
     tokio::task::spawn_blocking(move || {

@@ -257,12 +257,7 @@ pub async fn adopt(
         .collect();
     let (to_run, endpoints) = with_given_ports(task.clone(), &ports);
     slot.write_hosts(&task);
-    let (secrets, held) = match cx
-        .execs
-        .task_dir(&task.id)
-        .ok()
-        .and_then(|_| cx.execs.tmpfs().adopt(&task.id))
-    {
+    let (secrets, held) = match cx.execs.tmpfs().adopt(&task.id) {
         Some((s, h)) => (Some(s), h),
         None => (None, HeldVersions::new()),
     };

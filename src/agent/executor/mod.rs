@@ -366,9 +366,7 @@ impl Executors {
     /// Removes the secrets of an adopted task that ended (a started task's runner holds its
     /// own handle on them).
     pub fn release_secrets(&self, id: &str) {
-        if check_task_id(id).is_ok() {
-            self.tmpfs.release(id);
-        }
+        self.tmpfs.release(id);
     }
 
     /// The node's tmpfs for task secrets, configs and identities.
