@@ -35,8 +35,13 @@ mod cleanup;
 /// Polling up to a deadline: the integration tests' own file too.
 #[path = "../../tests/it/harness/poll.rs"]
 mod poll;
+/// Daemons' log text: the integration tests' own file too.
+#[path = "../../tests/it/harness/text.rs"]
+mod text;
 #[allow(unused_imports)] // each bench uses a different part
 pub use cleanup::{kill_processes_mentioning, mounts_under, pids_mentioning, unmount_under};
+#[allow(unused_imports)] // not every bench reads logs
+pub use text::strip_ansi;
 
 // ------------------------------------------------------------------ a daemon
 
@@ -320,22 +325,4 @@ pub fn swarm(prefix: &str, name: &str, addrs: &[&str]) -> Cluster {
         }
     });
     cluster
-}
-
-/// `text` without its terminal colour sequences (`ESC [ ... m`: a daemon's log may have them).
-pub fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

@@ -49,24 +49,6 @@ fn echo_within(sock: &UdpSocket, payload: &str) -> String {
     })
 }
 
-/// A log without its terminal colours.
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\x1b' {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
 #[test]
 fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() {
     let Some(prog) = serving_program() else {
@@ -152,7 +134,7 @@ fn a_published_port_answers_on_every_node_from_tasks_on_other_nodes_over_mtls() 
     // task's node knew who asked.
     wait_until(timeout(), "a tunnel logged by a task's node", || {
         c.nodes.iter().any(|n| {
-            let log = strip_ansi(&n.log());
+            let log = crate::harness::text::strip_ansi(&n.log());
             log.contains("routing mesh: tunnel from another node over mTLS")
                 && log.contains(&format!("peer={}", empty.id()))
         })
@@ -871,7 +853,7 @@ fn a_published_udp_port_answers_on_every_node_one_task_per_client_flow() {
     // as the peer it authenticated.
     wait_until(timeout(), "a UDP tunnel logged by a task's node", || {
         c.workers().iter().any(|n| {
-            strip_ansi(&n.log()).lines().any(|l| {
+            crate::harness::text::strip_ansi(&n.log()).lines().any(|l| {
                 l.contains("routing mesh: tunnel from another node over mTLS")
                     && l.contains("protocol=udp")
                     && l.contains(&format!("peer={}", m.id()))
@@ -1092,7 +1074,8 @@ fn a_capture_between_nodes_shows_only_tls() {
     let answer = wait_for(timeout(), "an answer through the manager", || ask(via));
     assert!(answer.contains(&format!("task={task}")), "{answer}");
     wait_until(timeout(), "the worker logged the tunnel", || {
-        strip_ansi(&w.log()).contains("routing mesh: tunnel from another node over mTLS")
+        crate::harness::text::strip_ansi(&w.log())
+            .contains("routing mesh: tunnel from another node over mTLS")
     });
     let conns = recorded.lock().unwrap().clone();
     assert!(!conns.is_empty(), "nothing crossed the proxy");

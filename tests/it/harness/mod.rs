@@ -37,6 +37,7 @@ pub mod redis;
 pub mod require;
 pub mod services;
 pub mod spiffe_images;
+pub mod text;
 pub mod wait;
 
 pub use cleanup::*;
