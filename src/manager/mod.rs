@@ -234,6 +234,10 @@ pub struct Manager {
     ca: Mutex<HashMap<String, Arc<skep_pki::RootCa>>>,
     reads: Mutex<audit::ReadCoalescer>,
     sync_problems: network::SyncProblems,
+    /// Held for each change of the Raft voters this manager makes: one at a time, each
+    /// deciding on the membership the one before left (an operator's demotion and the
+    /// leader's own `reconcile_voters` can ask for the same change at once).
+    membership: tokio::sync::Mutex<()>,
     /// Why this manager's store failed, once it has (see [`Manager::fail_store`]).
     store_fault: tokio::sync::watch::Sender<Option<String>>,
     /// Keeps the store's rollback anchor (set by the daemon after opening the store).
@@ -284,6 +288,7 @@ impl Manager {
             ca: Mutex::new(HashMap::new()),
             reads: Mutex::new(audit::ReadCoalescer::default()),
             sync_problems: id.sync_problems,
+            membership: tokio::sync::Mutex::new(()),
             store_fault: tokio::sync::watch::Sender::new(None),
             anchor: std::sync::OnceLock::new(),
             read_state: Mutex::new(reads::ReadState::default()),
@@ -740,13 +745,20 @@ impl Manager {
     /// Sets the voters to what `voters` computes from this manager, computed and tried again
     /// while another membership change is still being committed (openraft takes one at a time:
     /// a join's promotion and an operator's demotion can meet), for at most [`MEMBERSHIP_WAIT`].
+    /// The caller holds [`Manager::membership`]. Nothing is proposed when the voters are
+    /// already those: a leader that took itself out is no leader to propose anything.
     async fn change_members(
         &self,
+        _held: &tokio::sync::MutexGuard<'_, ()>,
         voters: impl Fn(&Self) -> BTreeSet<u64>,
     ) -> Result<(), ManagerError> {
         let deadline = Instant::now() + MEMBERSHIP_WAIT;
         loop {
-            match self.raft.change_membership(voters(self), false).await {
+            let want = voters(self);
+            if want == self.voters() {
+                return Ok(());
+            }
+            match self.raft.change_membership(want, false).await {
                 Ok(_) => return Ok(()),
                 Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
                     openraft::error::ChangeMembershipError::InProgress(_),
@@ -924,6 +936,7 @@ impl Manager {
                 "node {node_id} is not a manager with Raft ID {raft_id}"
             )));
         }
+        let held = self.membership.lock().await;
         let member = self
             .raft
             .metrics()
@@ -946,9 +959,11 @@ impl Manager {
                 .await;
             added?;
         }
+        drop(held);
         self.caught_up(raft_id, CATCH_UP_WAIT).await?;
+        let held = self.membership.lock().await;
         let changed = self
-            .change_members(|m| {
+            .change_members(&held, |m| {
                 let mut voters = m.voters();
                 voters.insert(raft_id);
                 voters
@@ -1036,6 +1051,8 @@ impl Manager {
 
     /// Removes a manager from the Raft membership, as a voter or a learner (leader only).
     pub async fn remove_voter(&self, actor: &Actor, raft_id: u64) -> Result<(), ManagerError> {
+        // Decided on the membership the change before this one left.
+        let held = self.membership.lock().await;
         let mut voters = self.voters();
         if !voters.remove(&raft_id) {
             let learner = self
@@ -1075,7 +1092,7 @@ impl Manager {
                 .await;
         }
         let removed = self
-            .change_members(|m| {
+            .change_members(&held, |m| {
                 let mut voters = m.voters();
                 voters.remove(&raft_id);
                 voters
