@@ -11,6 +11,9 @@
 //!   state naming its peers reaches it, and a lagging one must hear a leader that joined after
 //!   its copy. Other calls wait until the state lists the node (once this manager has a state).
 //!
+//! A demoted node is certified (and told it is) a worker only once it is out of the voters
+//! ([`certificate_role`]).
+//!
 //! A certificate a renewal replaced is refused at the handshake (`net::revoke`, the one home
 //! of serial binding), its open connections cut after a short grace.
 
@@ -57,6 +60,21 @@ pub fn refusal(
         ));
     }
     None
+}
+
+/// The role a node's certificate carries, and the role the leader tells its agent (which
+/// renews for it): the state's role, except that a demoted node stays a manager while it is a
+/// Raft voter here (`is_voter`). A demotion records the role before the membership change
+/// that takes the node out; a node certified a worker stops its Raft node, and one that
+/// stopped mid-change could leave the other voters a joint membership needing its vote, with
+/// no leader possible. Out of the voters here means the joint membership committed and the
+/// one without the node appended: the others elect a leader without it.
+pub fn certificate_role(role: NodeRole, is_voter: impl FnOnce() -> bool) -> Role {
+    match role {
+        NodeRole::Manager => Role::Manager,
+        NodeRole::Worker if is_voter() => Role::Manager,
+        NodeRole::Worker => Role::Worker,
+    }
 }
 
 /// How a refusal of [`refusal`] counts in the metrics: a revoked node (or one that left), or
@@ -159,6 +177,13 @@ mod tests {
                 .contains("managers only")
         );
         assert_eq!(refusal(&s, &worker, false, || false), None);
+    }
+
+    #[test]
+    fn a_demoted_node_is_certified_a_worker_only_once_out_of_the_voters() {
+        assert_eq!(certificate_role(NodeRole::Worker, || true), Role::Manager);
+        assert_eq!(certificate_role(NodeRole::Worker, || false), Role::Worker);
+        assert_eq!(certificate_role(NodeRole::Manager, || false), Role::Manager);
     }
 
     #[test]

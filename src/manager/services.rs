@@ -454,10 +454,16 @@ impl Services {
         let ca = &signer.ca;
         let validity =
             time::Duration::seconds(i64::try_from(cluster.cert_expiry_secs).unwrap_or(i64::MAX));
-        let pki_role = match node.role {
-            NodeRole::Worker => Role::Worker,
-            NodeRole::Manager => Role::Manager,
-        };
+        let pki_role = super::admit::certificate_role(node.role, || {
+            self.mgr.voters().contains(&raft_id_of(node_id))
+        });
+        if node.role == NodeRole::Worker && pki_role == Role::Manager {
+            // Not another manager certificate for a node on its way out: it asks the leader
+            // (the first manager it knows), which certifies it a worker once it is out.
+            return Err(ManagerError::Precondition(format!(
+                "node {node_id} is demoted but still a Raft voter as this manager sees it; its worker certificate is issued once it is out of the voters: retry shortly"
+            )));
+        }
         let cert = ca
             .issue(
                 &csr,
@@ -798,7 +804,12 @@ impl Dispatcher for Services {
             revoked,
             role: node
                 .as_ref()
-                .map(|n| n.role.as_str().to_string())
+                .map(|n| {
+                    let voter = || self.mgr.voters().contains(&raft_id_of(&n.id));
+                    super::admit::certificate_role(n.role, voter)
+                        .as_str()
+                        .to_string()
+                })
                 .unwrap_or_default(),
             addr: node.map(|n| n.addr).unwrap_or_default(),
             trust_roots: self.mgr.trust_bundle().unwrap_or_default(),
