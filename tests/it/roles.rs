@@ -181,3 +181,56 @@ fn a_demotion_that_would_lose_the_raft_quorum_is_refused_and_changes_nothing() {
     assert!(said.contains("demoted"), "{said}");
     wait_role(m, &m3, "worker");
 }
+
+/// A demoted manager keeps its Raft node until the membership change that removes it is
+/// through. Its agent learns the new role from heartbeats; were it told (and certified a
+/// worker) as soon as the role is recorded, it could stop its Raft node with the change still
+/// in flight: the demotion fails, and the other manager may be left with a joint membership
+/// that needs the gone node's vote. Meanwhile the leader's own catch-up of demotions asks for
+/// the same change as the operator: two changes at once (openraft was asked to change a
+/// membership its leader had just left, and its core panicked). Fast heartbeats make the
+/// agent learn at once and the catch-up run often, so the races are run on every cycle; the
+/// leader demotes itself, the case where the change is slowest. (Before the fix: failed 1
+/// run in 3, then 1 in 6 with the certificate rule alone.)
+#[test]
+fn a_leader_demoting_itself_stays_a_voter_until_the_change_is_through_every_time() {
+    let c = Cluster::init_opts(2, 0, &[], &["--heartbeat-period", "20ms"]);
+    let (mut a, mut b) = (c.first(), &c.managers()[1]);
+    for cycle in 0..4 {
+        let said = a.cli_ok(&["node", "demote", a.name()]);
+        assert_eq!(
+            said.trim(),
+            format!("Manager {} demoted in the swarm.", a.name()),
+            "cycle {cycle}"
+        );
+        wait_for(
+            timeout(),
+            &format!("cycle {cycle}: {} to lead", b.name()),
+            || {
+                let nodes = b.try_node_ls()?;
+                match find_node(&nodes, b.id()) {
+                    Some(n) if n["ManagerStatus"] == "Leader" => Ok(()),
+                    _ => Err(crate::harness::summary(&nodes)),
+                }
+            },
+        );
+        wait_role(b, a.id(), "worker");
+        wait_for(
+            timeout(),
+            "the demoted node to run as a worker",
+            || match a.try_node_ls() {
+                Err(e) if e.contains("not a swarm manager") => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        b.cli_ok(&["node", "promote", a.name()]);
+        wait_role(b, a.id(), "manager");
+        wait_for(
+            timeout(),
+            "the promoted node to answer manager commands",
+            || a.try_node_ls().map(|_| ()),
+        );
+        // The promoted node follows; the leader changes hands for the next cycle.
+        std::mem::swap(&mut a, &mut b);
+    }
+}
