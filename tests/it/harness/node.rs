@@ -491,12 +491,36 @@ impl Drop for Node {
         self.kill();
         kill_processes_mentioning(&self.dir);
         unmount_under(&self.dir);
+        // A daemon that panicked anywhere (a task of its runtime included, which it may
+        // outlive) fails the test that ran it, whatever the test checked.
+        let panicked = (!std::thread::panicking())
+            .then(|| daemon_panic(&self.log()))
+            .flatten();
         if std::env::var_os("SKEP_IT_KEEP").is_some()
             && let Some(root) = self.root.take()
         {
             eprintln!("kept {}", root.keep().display());
         }
+        if let Some(p) = panicked {
+            panic!("the daemon of {} panicked:\n{p}", self.name);
+        }
     }
+}
+
+/// The first panic a daemon's log shows, with the lines after it.
+fn daemon_panic(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with("thread '") && l.contains(" panicked at "))?;
+    Some(
+        lines[at..]
+            .iter()
+            .take(6)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n"),
+    )
 }
 
 fn path_str(p: &Path) -> &str {
