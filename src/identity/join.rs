@@ -1,15 +1,16 @@
-//! The joining side of the trust bootstrap: fetch the root CA over unverified TLS, check it
-//! against the token's digest, then ask for a certificate for a key made here, over TLS
-//! pinned to that root. The private key never leaves this process.
+//! The joining side of the trust bootstrap: ask for a certificate for a key made here, over
+//! TLS pinned to the token's root CA digest, in one handshake (managers present their root
+//! after their chain; `net::pinned`). The token is sent only once the manager proved a
+//! certificate of that root; the private key never leaves this process.
 //!
 //! A manager sheds anonymous connections beyond one source address's share (many nodes
 //! joining at once behind one address) by closing them: a call that fails `Unavailable` is
 //! tried again after a jittered, growing pause, for at most [`PATIENCE`]. Nothing else is
 //! retried: a refused token or a wrong root fails at once.
 
-use skep_pki::{Csr, JoinToken, NodeCertInfo, NodeKey};
+use skep_pki::{JoinToken, NodeCertInfo, NodeKey};
 
-use crate::api::v1::{Empty, IssueRequest, IssueResponse};
+use crate::api::v1::{IssueRequest, IssueResponse};
 use crate::net;
 
 /// Why a join failed, in words for the operator.
@@ -20,9 +21,14 @@ pub enum JoinError {
     Refused(tonic::Status),
     /// The manager's root CA does not match the token.
     #[error(
-        "the manager at {0} presented a root CA that does not match the join token: the token is for another swarm, or predates a root CA rotation (get the current one with `skep join-token` on a manager), or something is between you and the manager"
+        "the manager at {0} presented no root CA matching the join token: the token is for another swarm, or predates a root CA rotation (get the current one with `skep join-token` on a manager), or something is between you and the manager"
     )]
     WrongRoot(String),
+    /// The server presented the token's root CA (public) but no certificate of it.
+    #[error(
+        "the server at {0} presented the join token's root CA but not a manager certificate it issued ({1}); the token was not sent: something is between you and the manager"
+    )]
+    Unproven(String, String),
     /// What the manager sent back is not a valid certificate for our key.
     #[error("the certificate the manager issued is not valid for this node: {0}")]
     BadCertificate(String),
@@ -88,61 +94,55 @@ pub async fn request_certificate(
     hostname: &str,
     advertise_addr: &str,
 ) -> Result<Joined, JoinError> {
+    use net::pinned::{Pinned, PinnedRoot};
     let local = |e: &dyn std::fmt::Display| JoinError::Local(e.to_string());
-    let unreachable = |s: tonic::Status| {
-        JoinError::Refused(tonic::Status::new(
-            s.code(),
-            format!("cannot reach the manager at {remote}: {}", s.message()),
-        ))
-    };
-    // 1. The root CA, over TLS that trusts nothing yet; checked against the token.
-    let insecure = net::danger::unverified_client_config().map_err(|e| local(&e))?;
-    let ch = net::channel(remote, insecure).map_err(|e| local(&e))?;
-    let root_der = patiently(|| {
-        let mut ca = crate::net::serve::ca_client(ch.clone());
-        async move { ca.get_root_ca(Empty {}).await }
-    })
-    .await
-    .map_err(unreachable)?
-    .into_inner()
-    .cert_der;
-    // Its connection is anonymous: closed now, not held through the issuance (a manager
-    // gives each source address a bounded share of those).
-    drop(ch);
-    if skep_pki::ca_digest_of(&root_der) != *token.ca_digest() {
-        return Err(JoinError::WrongRoot(remote.to_string()));
-    }
-    // 2. A certificate for our own key, over TLS pinned to that root.
     let key = NodeKey::generate().map_err(|e| local(&e))?;
-    let csr_der = key.csr_der().map_err(|e| local(&e))?;
-    let our_public = Csr::from_der(&csr_der)
-        .map_err(|e| local(&e))?
-        .public_key_der()
-        .to_vec();
-    let pinned = net::client_config(&root_der, None).map_err(|e| local(&e))?;
-    let ch = net::channel(remote, pinned).map_err(|e| local(&e))?;
     let request = IssueRequest {
         token: token.expose().to_string(),
-        csr_der,
+        csr_der: key.csr_der().map_err(|e| local(&e))?,
         hostname: hostname.to_string(),
         advertise_addr: advertise_addr.to_string(),
     };
+    let (pinned, verifier) =
+        PinnedRoot::client_config(*token.ca_digest()).map_err(|e| local(&e))?;
+    let ch = net::channel(remote, pinned).map_err(|e| local(&e))?;
     let issued = patiently(|| {
         let mut ca = crate::net::serve::ca_client(ch.clone());
         let request = request.clone();
-        async move { ca.issue_node_certificate(request).await }
+        let verifier = verifier.clone();
+        async move {
+            ca.issue_node_certificate(request).await.map_err(|s| {
+                // A server that fails the pin is not a busy manager: not tried again.
+                match verifier.seen() {
+                    Pinned::NoMatch | Pinned::Unproven(_) => {
+                        tonic::Status::failed_precondition(s.message())
+                    }
+                    _ => s,
+                }
+            })
+        }
     })
-    .await
-    .map_err(|s| {
-        JoinError::Refused(tonic::Status::new(
-            s.code(),
-            format!("the manager refused to join this node: {}", s.message()),
-        ))
-    })?
-    .into_inner();
+    .await;
+    let (issued, root_der) = match (issued, verifier.seen()) {
+        (Ok(issued), Pinned::Root(root_der)) => (issued.into_inner(), root_der),
+        (_, Pinned::NoMatch) => return Err(JoinError::WrongRoot(remote.to_string())),
+        (_, Pinned::Unproven(why)) => return Err(JoinError::Unproven(remote.to_string(), why)),
+        (Ok(_), _) => return Err(local(&"the connection to the manager was not verified")),
+        (Err(s), _) => {
+            let said = if s.code() == tonic::Code::Unavailable {
+                format!("cannot reach the manager at {remote}: {}", s.message())
+            } else {
+                format!(
+                    "the manager at {remote} refused to join this node: {}",
+                    s.message()
+                )
+            };
+            return Err(JoinError::Refused(tonic::Status::new(s.code(), said)));
+        }
+    };
     let info = check_issued(
         &root_der,
-        &our_public,
+        &key.public_key_der(),
         &issued,
         time::OffsetDateTime::now_utc(),
     )?;
@@ -184,7 +184,7 @@ fn check_issued(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod check_issued_tests {
     use super::*;
-    use skep_pki::{Role, RootCa};
+    use skep_pki::{Csr, Role, RootCa};
 
     fn issue(ca: &RootCa, key: &NodeKey, node_id: &str) -> IssueResponse {
         let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();

@@ -22,7 +22,13 @@ use super::{Credentials, NetError, provider, roots};
 /// What one set of credentials gives rustls.
 struct Current {
     creds: Arc<Credentials>,
+    /// What this node presents as a client: its certificate and chain.
     key: Arc<CertifiedKey>,
+    /// What it presents as a server: the same, then the root CA certificates it trusts, so
+    /// that a joining node pins the root by the token's digest in its one handshake
+    /// (`net::pinned`). Roots are public; a peer that already trusts them is not changed by
+    /// seeing them again.
+    server_key: Arc<CertifiedKey>,
     roots: Arc<RootCertStore>,
     client: Arc<dyn ClientCertVerifier>,
     server: Arc<WebPkiServerVerifier>,
@@ -57,11 +63,23 @@ impl std::fmt::Debug for LiveIdentity {
 }
 
 fn current(creds: Credentials) -> Result<Current, NetError> {
-    let certs = std::iter::once(&creds.cert_der)
+    let certs: Vec<CertificateDer<'static>> = std::iter::once(&creds.cert_der)
         .chain(&creds.chain)
         .map(|c| CertificateDer::from(c.clone()))
         .collect();
+    let with_roots = certs
+        .iter()
+        .cloned()
+        .chain(
+            skep_pki::split_der_certs(&creds.root_der)
+                .map_err(|e| NetError::Credentials(format!("root CA certificates: {e}")))?
+                .into_iter()
+                .map(CertificateDer::from),
+        )
+        .collect();
     let key = CertifiedKey::from_der(certs, creds.key(), &provider())
+        .map_err(|e| NetError::Credentials(format!("node certificate and key: {e}")))?;
+    let server_key = CertifiedKey::from_der(with_roots, creds.key(), &provider())
         .map_err(|e| NetError::Credentials(format!("node certificate and key: {e}")))?;
     let roots = roots(&creds.root_der)?;
     let client = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
@@ -74,6 +92,7 @@ fn current(creds: Credentials) -> Result<Current, NetError> {
     Ok(Current {
         creds: Arc::new(creds),
         key: Arc::new(key),
+        server_key: Arc::new(server_key),
         roots,
         client,
         server,
@@ -132,7 +151,7 @@ impl LiveIdentity {
 
 impl ResolvesServerCert for LiveIdentity {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load().key.clone())
+        Some(self.current.load().server_key.clone())
     }
 }
 

@@ -7,11 +7,11 @@
 //!  PeerInfo from the request extensions and checks the caller's role
 //! ```
 
-pub mod danger;
 pub mod identity;
 pub mod limit;
 pub mod metrics;
 pub mod node;
+pub mod pinned;
 pub mod revoke;
 pub mod serve;
 pub mod splice;

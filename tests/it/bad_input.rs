@@ -194,11 +194,11 @@ fn a_token_of_another_swarm_is_refused_by_the_joiner_and_by_the_manager() {
         .trim()
         .to_string();
     let mut joiner = Node::start("wrong-swarm");
-    // The joiner sees that A's root CA is not the one in the token, before sending anything.
+    // The joiner sees that A presents no root CA with the token's digest, before sending anything.
     assert_refused(
         &mut joiner,
         &["swarm", "join", "--token", &b_token, &a.first().addr()],
-        "does not match the join token",
+        "no root CA matching the join token",
     );
     // Sent to A directly, bypassing that check, A refuses it and audits it.
     let err = rt()
@@ -546,4 +546,78 @@ fn only_a_manager_reads_task_logs_from_an_agent() {
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("only managers"), "{refused:?}");
     assert!(ask(c.first()).is_ok(), "a manager could not read task logs");
+}
+
+/// A joiner sends its token only to a server that proves a certificate of the token's root
+/// CA. That root is public: a man in the middle presenting it beside a certificate of its own
+/// completes no handshake with the joiner, and the join fails at once, saying so.
+#[test]
+fn a_server_presenting_the_genuine_root_beside_its_own_certificate_gets_no_handshake_and_no_token()
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let c = Cluster::init(1, 0);
+    let token = c
+        .first()
+        .cli_ok(&["join-token", "-q", "worker"])
+        .trim()
+        .to_string();
+    // The impostor: its own CA's manager certificate, the swarm's root presented after it.
+    let now = time::OffsetDateTime::now_utc();
+    let own =
+        skep_pki::RootCa::generate(&skep_pki::new_id(), time::Duration::days(1), now).unwrap();
+    let key = skep_pki::NodeKey::generate().unwrap();
+    let csr = skep_pki::Csr::from_der(&key.csr_der().unwrap()).unwrap();
+    let cert = own
+        .issue(
+            &csr,
+            &skep_pki::new_id(),
+            skep_pki::Role::Manager,
+            time::Duration::hours(1),
+            now,
+        )
+        .unwrap();
+    let identity = skep::net::identity::LiveIdentity::new(skep::net::Credentials {
+        cert_der: cert.der,
+        chain: vec![root_der(c.first())],
+        key_der: skep::secret::SecretBytes::from(key.pkcs8_der()),
+        root_der: own.cert_der().to_vec(),
+    })
+    .unwrap();
+    let config =
+        skep::net::server_config(&identity, &skep::net::revoke::Revocations::new()).unwrap();
+    let rt = rt();
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (completed, tried) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    {
+        let (completed, tried) = (completed.clone(), tried.clone());
+        rt.spawn(async move {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            while let Ok((tcp, _)) = listener.accept().await {
+                tried.fetch_add(1, Ordering::SeqCst);
+                // TLS 1.3: the server's handshake ends only once the client accepted it.
+                if acceptor.clone().accept(tcp).await.is_ok() {
+                    completed.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+    }
+    let mut joiner = Node::start("joiner");
+    assert_refused(
+        &mut joiner,
+        &["swarm", "join", "--token", &token, &addr],
+        "not a manager certificate it issued",
+    );
+    assert!(
+        tried.load(Ordering::SeqCst) >= 1,
+        "the joiner never tried the impostor"
+    );
+    assert_eq!(
+        completed.load(Ordering::SeqCst),
+        0,
+        "the joiner completed a handshake with the impostor"
+    );
 }
