@@ -1225,21 +1225,28 @@ impl Manager {
                 }
                 last = ids;
             }
-            if let Some(current) = self.read(|s| node_certs(s, &list)) {
-                let doomed = list.set_current(current);
-                if !doomed.is_empty() {
-                    let list = list.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(crate::net::revoke::RENEWAL_GRACE).await;
-                        let cut = list.cut_replaced(doomed);
-                        if cut > 0 {
-                            tracing::info!(
-                                connections = cut,
-                                "closed the connections of replaced node certificates"
-                            );
-                        }
-                    });
-                }
+            let doomed = self.read(|s| {
+                let nodes = s.nodes.values().map(|n| {
+                    (
+                        n.id.as_str(),
+                        n.cert_serial.as_str(),
+                        n.cert_not_after.as_str(),
+                    )
+                });
+                list.sync_current(nodes, s.nodes.len(), |id| s.nodes.contains_key(id))
+            });
+            if !doomed.is_empty() {
+                let list = list.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(crate::net::revoke::RENEWAL_GRACE).await;
+                    let cut = list.cut_replaced(doomed);
+                    if cut > 0 {
+                        tracing::info!(
+                            connections = cut,
+                            "closed the connections of replaced node certificates"
+                        );
+                    }
+                });
             }
             if !expired.is_empty()
                 && self.is_leader()
@@ -1263,34 +1270,6 @@ impl Manager {
             let _ = tokio::time::timeout(Duration::from_secs(5), applied.changed()).await;
         }
     }
-}
-
-/// The certificate each node holds now by the state, when it differs from what `list`
-/// enforces (compared without allocating: this runs on every applied change).
-fn node_certs(
-    s: &crate::store::model::State,
-    list: &crate::net::revoke::Revocations,
-) -> Option<std::collections::HashMap<String, crate::net::revoke::Current>> {
-    let not_after = |n: &crate::store::model::Node| {
-        crate::util::parse_rfc3339(&n.cert_not_after).map_or(i64::MAX, |t| t.unix_timestamp())
-    };
-    // A renewal changes the serial: the end of validity is compared only then.
-    let now = s
-        .nodes
-        .values()
-        .map(|n| (n.id.as_str(), n.cert_serial.as_str()));
-    list.current_differs(now).then(|| {
-        s.nodes
-            .values()
-            .map(|n| {
-                let c = crate::net::revoke::Current {
-                    serial: n.cert_serial.clone(),
-                    not_after: not_after(n),
-                };
-                (n.id.clone(), c)
-            })
-            .collect()
-    })
 }
 
 /// A node-state audit helper used by several services.

@@ -8,7 +8,7 @@
 //!  state.revoked changes ─► Revocations::set(ids) ─► new handshakes: RevokingVerifier refuses
 //!                                                 └► live connections of those nodes: killed
 //!                                                    (their next read or write fails at once)
-//!  a node's cert_serial changes ─► Revocations::set_current(serials) ─► the same, for
+//!  a node's cert_serial changes ─► Revocations::sync_current(nodes) ─► the same, for
 //!                                  connections made with an older certificate of that node
 //!                                  (cut after RENEWAL_GRACE: the renewal's answer is on one)
 //! ```
@@ -84,7 +84,9 @@ impl std::fmt::Debug for Refusal {
 #[derive(Default)]
 pub struct Revocations {
     revoked: ArcSwap<HashSet<String>>,
-    current: ArcSwap<HashMap<String, Current>>,
+    /// Changed in place, entry by entry ([`Revocations::sync_current`]): a swarm of
+    /// thousands of nodes is not copied for each node that joins or renews.
+    current: std::sync::RwLock<HashMap<String, Current>>,
     live: Mutex<HashMap<String, Vec<Tracked>>>,
     next: AtomicU64,
 }
@@ -114,7 +116,7 @@ impl Revocations {
         if self.is_revoked(node_id) {
             return Some(Refusal::Revoked(node_id.to_string()));
         }
-        let current = self.current.load();
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
         let now = current.get(node_id);
         replaced(now, serial, not_after).then(|| Refusal::Replaced {
             node: node_id.to_string(),
@@ -123,35 +125,49 @@ impl Revocations {
         })
     }
 
-    /// Whether `current` (node ID, serial) differs from the certificates this process
-    /// enforces now.
-    pub fn current_differs<'a>(
-        &self,
-        mut current: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
-    ) -> bool {
-        let known = self.current.load();
-        current.len() != known.len()
-            || current.any(|(id, serial)| known.get(id).is_none_or(|c| c.serial != serial))
-    }
-
-    /// Replaces the certificates nodes hold now. Returns the live connections made with a
-    /// certificate one of them replaced, for [`Revocations::cut_replaced`] after
+    /// Brings the certificates nodes hold now up to `nodes` (node ID, serial, end of validity
+    /// in RFC 3339), `count` of them, `has` saying whether a node is one of them. Only an entry
+    /// whose serial differs is read and replaced (a renewal changes the serial: the end of
+    /// validity is compared only then), and gone nodes are looked for only when the count
+    /// differs, so a call that changes nothing costs one pass of comparisons and allocates
+    /// nothing: it runs after every applied change. Returns the live connections made with
+    /// a certificate one of them replaced, for [`Revocations::cut_replaced`] after
     /// [`RENEWAL_GRACE`]: the renewal's own answer travels on one of them.
-    pub fn set_current(&self, current: HashMap<String, Current>) -> Vec<Arc<Kill>> {
-        let changed: Vec<String> = {
-            let old = self.current.load();
-            current
-                .iter()
-                .filter(|(id, c)| old.get(*id) != Some(c))
-                .map(|(id, _)| id.clone())
+    pub fn sync_current<'a>(
+        &self,
+        nodes: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
+        count: usize,
+        has: impl Fn(&str) -> bool,
+    ) -> Vec<Arc<Kill>> {
+        let changed: Vec<(String, Current)> = {
+            let known = self.current.read().unwrap_or_else(|p| p.into_inner());
+            nodes
+                .filter(|(id, serial, _)| known.get(*id).is_none_or(|c| c.serial != *serial))
+                .map(|(id, serial, not_after)| {
+                    let c = Current {
+                        serial: serial.to_string(),
+                        not_after: crate::util::parse_rfc3339(not_after)
+                            .map_or(i64::MAX, |t| t.unix_timestamp()),
+                    };
+                    (id.to_string(), c)
+                })
                 .collect()
         };
-        self.current.store(Arc::new(current));
+        {
+            let mut known = self.current.write().unwrap_or_else(|p| p.into_inner());
+            for (id, c) in &changed {
+                known.insert(id.clone(), c.clone());
+            }
+            // Every node is in now: more entries than nodes are gone nodes'.
+            if known.len() != count {
+                known.retain(|id, _| has(id));
+            }
+        }
         let candidates: Vec<Arc<Kill>> = {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
             changed
                 .iter()
-                .flat_map(|id| live.get(id).into_iter().flatten())
+                .flat_map(|(id, _)| live.get(id).into_iter().flatten())
                 .filter_map(|(_, k)| k.upgrade())
                 .collect()
         };
@@ -481,11 +497,13 @@ mod tests {
     #[test]
     fn a_renewal_kills_the_connections_of_the_old_certificate_only() {
         let r = Revocations::new();
-        r.set_current(HashMap::from([("a".to_string(), cur("01", 100))]));
+        let t100 = "1970-01-01T00:01:40Z";
+        let t200 = "1970-01-01T00:03:20Z";
+        r.sync_current([("a", "01", t100)].into_iter(), 1, |_| true);
         let old = r.track("a", Some(("01", 100)));
         let newer = r.track("a", Some(("02", 200)));
         assert!(!old.is_killed() && !newer.is_killed());
-        let doomed = r.set_current(HashMap::from([("a".to_string(), cur("02", 200))]));
+        let doomed = r.sync_current([("a", "02", t200)].into_iter(), 1, |_| true);
         assert_eq!(doomed.len(), 1);
         assert!(!old.is_killed(), "cut only after the grace");
         assert_eq!(r.cut_replaced(doomed), 1);
@@ -497,9 +515,39 @@ mod tests {
             Some(Refusal::Replaced { .. })
         ));
         assert!(r.refusal("a", "02", 200).is_none());
-        assert!(!r.current_differs([("a", "02")].into_iter()));
-        assert!(r.current_differs([("a", "03")].into_iter()));
-        assert!(r.current_differs(std::iter::empty()));
+    }
+
+    #[test]
+    fn only_changed_entries_are_replaced_and_gone_nodes_are_dropped() {
+        let r = Revocations::new();
+        let (t100, t200) = ("1970-01-01T00:01:40Z", "1970-01-01T00:03:20Z");
+        r.sync_current(
+            [("a", "01", t100), ("b", "01", t100)].into_iter(),
+            2,
+            |_| true,
+        );
+        // The same serial with another end: not read again (a renewal changes the serial).
+        r.sync_current(
+            [("a", "01", t200), ("b", "01", t100)].into_iter(),
+            2,
+            |_| true,
+        );
+        assert!(r.refusal("a", "00", 100).is_some(), "a's end is still 100");
+        assert!(r.refusal("a", "00", 150).is_none());
+        // b is gone: its entry goes, and nothing of it is refused as replaced.
+        r.sync_current([("a", "01", t100)].into_iter(), 1, |id| id == "a");
+        assert!(
+            r.refusal("b", "00", 50).is_none(),
+            "b's entry is still there"
+        );
+        assert!(r.refusal("a", "00", 50).is_some());
+        // One gone and one new at once (the count alone does not tell).
+        r.sync_current([("c", "01", t100)].into_iter(), 1, |id| id == "c");
+        assert!(
+            r.refusal("a", "00", 50).is_none(),
+            "a's entry is still there"
+        );
+        assert!(r.refusal("c", "00", 50).is_some());
     }
 
     #[test]
