@@ -1203,7 +1203,9 @@ impl Manager {
     /// [`RENEWAL_GRACE`](crate::net::revoke::RENEWAL_GRACE) later),
     /// and, on the leader, forgets revocations whose certificates have expired anyway.
     pub async fn run_revocations(self: Arc<Self>, list: Arc<crate::net::revoke::Revocations>) {
-        let mut applied = self.state().subscribe();
+        // Woken by entries that changed more than tasks: revocations and certificates are
+        // never changed by task reports alone, which are most entries of a busy swarm.
+        let mut applied = self.state().wake().others();
         let mut last: std::collections::HashSet<String> = std::collections::HashSet::new();
         let mut last_prune = Instant::now();
         loop {
