@@ -1,8 +1,10 @@
 //! Join storm: the time for 1,000 nodes (`SKEP_BENCH_JOINERS` to change it) to join one
-//! manager at once. The manager is a real
-//! `skep daemon` process; the joiners are simulated in this process, each running the real
-//! join protocol (root CA fetch, digest check, key + CSR, issuance over pinned TLS, Raft
-//! commit of the node and its audit records on the manager).
+//! manager at once. The manager is a real `skep daemon` process, a new one for each storm
+//! (started outside the timing); the joiners are simulated in this process, each running the
+//! real join protocol (key + CSR, issuance over TLS pinned to the token's root digest in one
+//! handshake, Raft commit of the node and its audit records on the manager).
+//! `SKEP_BENCH_JOIN_FILLING=1` joins every storm to the same manager instead (a swarm growing
+//! by 1,000 nodes a storm); `SKEP_BENCH_JOIN_SPREAD=1` prints when the joins finished.
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -90,18 +92,25 @@ fn start_manager() -> Manager {
 }
 
 fn join_storm(c: &mut Criterion) {
-    let manager = start_manager();
-    let token = cli(&manager.socket, &["join-token", "-q", "worker"]);
-    let token = skep_pki::JoinToken::parse(&token).unwrap_or_else(|e| panic!("token: {e}"));
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     let mut group = c.benchmark_group("join");
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(60));
     let joiners = joiners();
+    // `SKEP_BENCH_JOIN_FILLING=1`: every storm joins the same manager, which the earlier ones
+    // filled (a swarm growing by 1,000 nodes a round), instead of a new one.
+    let filling = std::env::var_os("SKEP_BENCH_JOIN_FILLING").map(|_| start_manager());
     group.bench_function(format!("{joiners} nodes join one manager"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for round in 0..iters {
+                // Each storm meets a new swarm: the goal is 1,000 nodes joining a manager,
+                // not joining one that earlier rounds filled (started outside the timing).
+                let fresh = filling.is_none().then(start_manager);
+                let manager = filling.as_ref().or(fresh.as_ref()).expect("a manager");
+                let token = cli(&manager.socket, &["join-token", "-q", "worker"]);
+                let token =
+                    skep_pki::JoinToken::parse(&token).unwrap_or_else(|e| panic!("token: {e}"));
                 let start = Instant::now();
                 rt.block_on(async {
                     let mut tasks = Vec::with_capacity(joiners);
@@ -112,14 +121,27 @@ fn join_storm(c: &mut Criterion) {
                             let host = format!("sim-{round}-{i}");
                             skep::identity::join::request_certificate(&token, &addr, &host, "")
                                 .await
+                                .map(|_| start.elapsed())
                         }));
                     }
+                    let mut took = Vec::with_capacity(joiners);
                     for t in tasks {
                         match t.await {
-                            Ok(Ok(_)) => {}
+                            Ok(Ok(d)) => took.push(d),
                             Ok(Err(e)) => panic!("a join failed: {e}"),
                             Err(e) => panic!("a joiner panicked: {e}"),
                         }
+                    }
+                    if std::env::var_os("SKEP_BENCH_JOIN_SPREAD").is_some() {
+                        took.sort();
+                        let at = |q: f64| took[((took.len() - 1) as f64 * q) as usize];
+                        eprintln!(
+                            "join storm round {round}: joined by {:?} (p10) {:?} (p50) {:?} (p90) {:?} (last)",
+                            at(0.1),
+                            at(0.5),
+                            at(0.9),
+                            at(1.0)
+                        );
                     }
                 });
                 total += start.elapsed();
