@@ -137,6 +137,30 @@ fn records<'a>(all: &'a [Value], action: &str, outcome: &str) -> Vec<&'a Value> 
 }
 
 /// A well-formed token for the right swarm whose secret is wrong (its first character changed).
+/// A manager certificate of a CA made here for `cluster_id` (not the swarm's), presenting
+/// `chain` after it and trusting that CA: what an impostor can make.
+fn manager_of_own_ca(cluster_id: &str, chain: Vec<Vec<u8>>) -> Credentials {
+    let now = time::OffsetDateTime::now_utc();
+    let ca = skep_pki::RootCa::generate(cluster_id, time::Duration::days(1), now).unwrap();
+    let key = skep_pki::NodeKey::generate().unwrap();
+    let csr = skep_pki::Csr::from_der(&key.csr_der().unwrap()).unwrap();
+    let cert = ca
+        .issue(
+            &csr,
+            &skep_pki::new_id(),
+            skep_pki::Role::Manager,
+            time::Duration::hours(1),
+            now,
+        )
+        .unwrap();
+    Credentials {
+        cert_der: cert.der,
+        chain,
+        key_der: SecretBytes::new(key.pkcs8_der().to_vec()),
+        root_der: ca.cert_der().to_vec(),
+    }
+}
+
 fn forged_token(valid: &str) -> String {
     let (head, secret) = valid.rsplit_once('-').unwrap();
     let first = if secret.starts_with('a') { 'b' } else { 'a' };
@@ -275,24 +299,10 @@ fn a_client_certificate_from_a_foreign_ca_is_refused_at_the_handshake() {
         .unwrap();
         info.cluster_id
     };
-    let now = time::OffsetDateTime::now_utc();
-    let foreign = skep_pki::RootCa::generate(&cluster_id, time::Duration::days(1), now).unwrap();
-    let key = skep_pki::NodeKey::generate().unwrap();
-    let csr = skep_pki::Csr::from_der(&key.csr_der().unwrap()).unwrap();
-    let cert = foreign
-        .issue(
-            &csr,
-            &skep_pki::new_id(),
-            skep_pki::Role::Manager,
-            time::Duration::hours(1),
-            now,
-        )
-        .unwrap();
+    let creds = manager_of_own_ca(&cluster_id, Vec::new());
     let creds = Credentials {
-        cert_der: cert.der,
-        chain: Vec::new(),
-        key_der: SecretBytes::new(key.pkcs8_der().to_vec()),
         root_der: root,
+        ..creds
     };
     let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
     let rt = rt();
@@ -563,27 +573,8 @@ fn a_server_presenting_the_genuine_root_beside_its_own_certificate_gets_no_hands
         .trim()
         .to_string();
     // The impostor: its own CA's manager certificate, the swarm's root presented after it.
-    let now = time::OffsetDateTime::now_utc();
-    let own =
-        skep_pki::RootCa::generate(&skep_pki::new_id(), time::Duration::days(1), now).unwrap();
-    let key = skep_pki::NodeKey::generate().unwrap();
-    let csr = skep_pki::Csr::from_der(&key.csr_der().unwrap()).unwrap();
-    let cert = own
-        .issue(
-            &csr,
-            &skep_pki::new_id(),
-            skep_pki::Role::Manager,
-            time::Duration::hours(1),
-            now,
-        )
-        .unwrap();
-    let identity = skep::net::identity::LiveIdentity::new(skep::net::Credentials {
-        cert_der: cert.der,
-        chain: vec![root_der(c.first())],
-        key_der: skep::secret::SecretBytes::from(key.pkcs8_der()),
-        root_der: own.cert_der().to_vec(),
-    })
-    .unwrap();
+    let creds = manager_of_own_ca(&skep_pki::new_id(), vec![root_der(c.first())]);
+    let identity = skep::net::identity::LiveIdentity::new(creds).unwrap();
     let config =
         skep::net::server_config(&identity, &skep::net::revoke::Revocations::new()).unwrap();
     let rt = rt();
