@@ -62,13 +62,15 @@ pub fn refusal(
     None
 }
 
-/// The role a node's certificate carries, and the role the leader tells its agent (which
-/// renews for it): the state's role, except that a demoted node stays a manager while it is a
-/// Raft voter here (`is_voter`). A demotion records the role before the membership change
-/// that takes the node out; a node certified a worker stops its Raft node, and one that
-/// stopped mid-change could leave the other voters a joint membership needing its vote, with
-/// no leader possible. Out of the voters here means the joint membership committed and the
-/// one without the node appended: the others elect a leader without it.
+/// The role the leader tells a node's agent (which renews for it when its certificate says
+/// otherwise), and the role a renewal certifies: the state's role, except that a demoted node
+/// is still a manager while it is a Raft voter here (`is_voter`); a renewal that would
+/// certify such a node is refused instead (`Services::renew`), so it stays on the manager
+/// certificate it has. A demotion records the role before the membership change that takes
+/// the node out; a node certified a worker stops its Raft node, and one that stopped
+/// mid-change could leave the other voters a joint membership needing its vote, with no
+/// leader possible. Out of the voters here means the joint membership committed and the one
+/// without the node appended: the others elect a leader without it.
 pub fn certificate_role(role: NodeRole, is_voter: impl FnOnce() -> bool) -> Role {
     match role {
         NodeRole::Manager => Role::Manager,

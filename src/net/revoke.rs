@@ -130,7 +130,8 @@ impl Revocations {
     /// whose serial differs is read and replaced (a renewal changes the serial: the end of
     /// validity is compared only then), and gone nodes are looked for only when the count
     /// differs, so a call that changes nothing costs one pass of comparisons and allocates
-    /// nothing: it runs after every applied change. Returns the live connections made with
+    /// nothing: it runs after every applied entry that changes more than tasks (still
+    /// O(nodes) each time). Returns the live connections made with
     /// a certificate one of them replaced, for [`Revocations::cut_replaced`] after
     /// [`RENEWAL_GRACE`]: the renewal's own answer travels on one of them.
     pub fn sync_current<'a>(
