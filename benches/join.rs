@@ -5,6 +5,12 @@
 //! handshake, Raft commit of the node and its audit records on the manager).
 //! `SKEP_BENCH_JOIN_FILLING=1` joins every storm to the same manager instead (a swarm growing
 //! by 1,000 nodes a storm); `SKEP_BENCH_JOIN_SPREAD=1` prints when the joins finished.
+//!
+//! Each simulated node connects from a loopback address of its own (127.91.x.y), as nodes of a
+//! real swarm do: the manager holds each source address to a share of anonymous connections
+//! (`net::limit::MAX_ANONYMOUS_PER_SOURCE`) and sheds the rest. `SKEP_BENCH_JOIN_SOURCES=N`
+//! spreads them over N addresses instead; `N = 1`: all from the one the system picks (a storm
+//! from behind one NAT).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,6 +27,26 @@ fn joiners() -> usize {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(JOINERS)
+}
+
+/// The source address of joiner `i` of `joiners`, spread over `SKEP_BENCH_JOIN_SOURCES`
+/// addresses (default: one each); `None` when that is 1 (the system picks it).
+fn source(i: usize, joiners: usize) -> Option<std::net::IpAddr> {
+    let n: usize = std::env::var("SKEP_BENCH_JOIN_SOURCES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(joiners)
+        .max(1);
+    if n == 1 {
+        return None;
+    }
+    let k = i % n;
+    Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+        127,
+        91,
+        u8::try_from(k / 250).unwrap_or(u8::MAX),
+        u8::try_from(k % 250 + 1).unwrap_or(u8::MAX),
+    )))
 }
 
 struct Manager {
@@ -117,10 +143,13 @@ fn join_storm(c: &mut Criterion) {
                     for i in 0..joiners {
                         let token = token.clone();
                         let addr = manager.addr.clone();
+                        let from = source(i, joiners);
                         tasks.push(tokio::spawn(async move {
                             let host = format!("sim-{round}-{i}");
-                            skep::identity::join::request_certificate(&token, &addr, &host, "")
-                                .await
+                            skep::identity::join::request_certificate_from(
+                                &token, &addr, &host, "", from,
+                            )
+                            .await
                                 .map(|_| start.elapsed())
                         }));
                     }

@@ -94,6 +94,19 @@ pub async fn request_certificate(
     hostname: &str,
     advertise_addr: &str,
 ) -> Result<Joined, JoinError> {
+    request_certificate_from(token, remote, hostname, advertise_addr, None).await
+}
+
+/// As [`request_certificate`], connecting from the local address `source` (`None`: the one
+/// the system picks). The join bench spreads its simulated nodes over addresses this way, as
+/// real nodes are: the manager caps anonymous connections per source address.
+pub async fn request_certificate_from(
+    token: &JoinToken,
+    remote: &str,
+    hostname: &str,
+    advertise_addr: &str,
+    source: Option<std::net::IpAddr>,
+) -> Result<Joined, JoinError> {
     use net::pinned::{Pinned, PinnedRoot};
     let local = |e: &dyn std::fmt::Display| JoinError::Local(e.to_string());
     let key = NodeKey::generate().map_err(|e| local(&e))?;
@@ -105,7 +118,7 @@ pub async fn request_certificate(
     };
     let (pinned, verifier) =
         PinnedRoot::client_config(*token.ca_digest()).map_err(|e| local(&e))?;
-    let ch = net::channel(remote, pinned).map_err(|e| local(&e))?;
+    let ch = net::channel_from(remote, pinned, source).map_err(|e| local(&e))?;
     let issued = patiently(|| {
         let mut ca = crate::net::serve::ca_client(ch.clone());
         let request = request.clone();

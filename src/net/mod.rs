@@ -548,12 +548,31 @@ pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, NetErro
     channel_with_timeout(addr, config, Some(Duration::from_secs(15)))
 }
 
+/// As [`channel`], its connections made from the local address `source` (`None`: the one
+/// the system picks), as a node behind its own address does.
+pub fn channel_from(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    source: Option<std::net::IpAddr>,
+) -> Result<Channel, NetError> {
+    channel_inner(addr, config, Some(Duration::from_secs(15)), source)
+}
+
 /// As [`channel`], with a bound on each call (`None`: none, for long streams such as an
 /// operator's `audit ls --follow`).
 pub fn channel_with_timeout(
     addr: &str,
     config: Arc<ClientConfig>,
     timeout: Option<Duration>,
+) -> Result<Channel, NetError> {
+    channel_inner(addr, config, timeout, None)
+}
+
+fn channel_inner(
+    addr: &str,
+    config: Arc<ClientConfig>,
+    timeout: Option<Duration>,
+    source: Option<std::net::IpAddr>,
 ) -> Result<Channel, NetError> {
     let sock = parse_addr(addr)?;
     let mut endpoint = Endpoint::from_shared(format!("http://{sock}"))
@@ -566,7 +585,7 @@ pub fn channel_with_timeout(
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let config = config.clone();
         async move {
-            let tls = connect_tls(sock, config).await?;
+            let tls = connect_tls(sock, config, source).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
         }
     });
@@ -596,7 +615,7 @@ pub fn tunnel_channel(
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let (config, node_id) = (config.clone(), node_id.clone());
         async move {
-            let tls = connect_tls(sock, config).await?;
+            let tls = connect_tls(sock, config, None).await?;
             let conn = tls.get_ref().1;
             let version = conn
                 .protocol_version()
@@ -616,8 +635,20 @@ pub fn tunnel_channel(
 async fn connect_tls(
     sock: SocketAddr,
     config: Arc<ClientConfig>,
+    source: Option<std::net::IpAddr>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let tcp = TcpStream::connect(sock).await?;
+    let tcp = match source {
+        None => TcpStream::connect(sock).await?,
+        Some(ip) => {
+            let socket = if ip.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(sock).await?
+        }
+    };
     tcp.set_nodelay(true)?;
     let name = ServerName::try_from(MANAGER_SERVER_NAME)
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
