@@ -47,6 +47,13 @@ const ANCHORED_KEY: &str = "anchored";
 
 type StorageResult<T> = Result<T, StorageError<u64>>;
 
+/// The most memory redb may hold of the log file's pages, its read cache and write buffer
+/// together. redb's default is 1 GiB, and every page a commit writes stays in its read cache
+/// while that has room: a leader's memory grew with every entry it had ever written (89 MB of
+/// a 1,000-node leader's heap after 10,000 tasks had been placed 11 times). Recent entries,
+/// the ones replication reads, fit in this; older pages come from the file.
+pub(crate) const CACHE_BYTES: usize = 16 << 20;
+
 /// The sealed Raft log. Cheap to clone: clones share the database (the log reader is one).
 #[derive(Clone)]
 pub struct LogStore {
@@ -153,7 +160,10 @@ fn open_db(path: &Path) -> Result<Database, StoreError> {
             source,
         }
     })?;
-    let db = Database::create(path).map_err(|e| db_err(e.into()))?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| db_err(e.into()))?;
     let txn = db.begin_write().map_err(|e| db_err(e.into()))?;
     {
         txn.open_table(LOG).map_err(|e| db_err(e.into()))?;
@@ -427,5 +437,34 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             )
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Written pages do not pile up in memory: after the log wrote three times
+    /// [`CACHE_BYTES`], redb holds at most that (with its default 1 GiB cache it held every
+    /// page written).
+    #[test]
+    fn the_log_keeps_at_most_its_cache_of_written_pages_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&dir.path().join(LOG_FILE)).unwrap();
+        let value = vec![7u8; 1 << 20];
+        let entries = 3 * CACHE_BYTES / value.len();
+        for index in 0..entries as u64 {
+            let txn = db.begin_write().unwrap();
+            txn.open_table(LOG)
+                .unwrap()
+                .insert(index, value.as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let held = db.cache_stats().used_bytes();
+        assert!(
+            held > 0 && held <= CACHE_BYTES,
+            "redb holds {held} bytes of the {entries} MiB written"
+        );
     }
 }
