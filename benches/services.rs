@@ -668,6 +668,62 @@ async fn sim_node(
     Ok(())
 }
 
+/// `service create` of `replicas` exec tasks named `name` on the simulated workers.
+fn create_placed(m: &Daemon, name: &str, replicas: &str) {
+    m.cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--runtime",
+        "exec",
+        "--constraint",
+        "node.role==worker",
+        "--name",
+        name,
+        "--replicas",
+        replicas,
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+}
+
+/// Waits until `service ls` says `name` runs all `replicas`, failing after `deadline`.
+fn wait_all_running(m: &Daemon, name: &str, replicas: u64, deadline: Instant, context: &str) {
+    let target = format!("{replicas}/{replicas}");
+    loop {
+        let r = match replicas_of(m, name) {
+            Ok(r) if r == target => return,
+            Ok(r) => r,
+            Err(e) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not reach {target} in time ({context}); last `service ls`: {r}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Removes service `name` and waits until the simulated nodes hold none of its tasks.
+fn remove_placed(m: &Daemon, name: &str, k: &Counters) {
+    m.cli(&["service", "rm", name]);
+    wait_no_services(m);
+    wait_for(
+        wait_limit(),
+        "the simulated nodes to hold no task",
+        || match k.held.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} held, {} live, {} report errors, {} session errors",
+                k.live.load(Ordering::SeqCst),
+                k.report_errors.load(Ordering::SeqCst),
+                k.session_errors.load(Ordering::SeqCst)
+            )),
+        },
+    );
+}
+
 struct Placement {
     cluster: Cluster,
     counters: Arc<Counters>,
@@ -773,22 +829,7 @@ fn placement(c: &mut Criterion) {
                     let me = std::process::id();
                     let (m0, s0) = (cpu_secs(mpid), cpu_secs(me));
                     let start = Instant::now();
-                    m.cli(&[
-                        "service",
-                        "create",
-                        "--detach",
-                        "--runtime",
-                        "exec",
-                        "--constraint",
-                        "node.role==worker",
-                        "--name",
-                        &name,
-                        "--replicas",
-                        &n,
-                        "--",
-                        "/bin/sleep",
-                        "1000",
-                    ]);
+                    create_placed(m, &name, &n);
                     let deadline = start + wait_limit();
                     while k.received.load(Ordering::SeqCst) < base + replicas {
                         assert!(
@@ -804,20 +845,7 @@ fn placement(c: &mut Criterion) {
                     total += dispatched;
                     dispatch_times.push(dispatched);
                     let m1 = cpu_secs(mpid);
-                    let target = format!("{replicas}/{replicas}");
-                    loop {
-                        let r = match replicas_of(m, &name) {
-                            Ok(r) if r == target => break,
-                            Ok(r) => r,
-                            Err(e) => e,
-                        };
-                        assert!(
-                            Instant::now() < deadline,
-                            "{name} did not reach {target} within {:?} (all {replicas} were dispatched after {dispatched:?}); last `service ls`: {r}",
-                            wait_limit()
-                        );
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
+                    wait_all_running(m, &name, replicas, deadline, &format!("all {replicas} were dispatched after {dispatched:?}"));
                     running_times.push(start.elapsed());
                     peak_rss = peak_rss.max(rss_mib(mpid));
                     // `service ls` (a whole CLI process) with every task running.
@@ -836,19 +864,7 @@ fn placement(c: &mut Criterion) {
                         std::thread::sleep(SETTLE);
                         settled_rss = Some(rss_mib(mpid));
                     }
-                    m.cli(&["service", "rm", &name]);
-                    wait_no_services(m);
-                    wait_for(wait_limit(), "the simulated nodes to hold no task", || {
-                        match k.held.load(Ordering::SeqCst) {
-                            0 => Ok(()),
-                            n => Err(format!(
-                                "{n} held, {} live, {} report errors, {} session errors",
-                                k.live.load(Ordering::SeqCst),
-                                k.report_errors.load(Ordering::SeqCst),
-                                k.session_errors.load(Ordering::SeqCst)
-                            )),
-                        }
-                    });
+                    remove_placed(m, &name, k);
                 }
                 total
             })
@@ -881,6 +897,20 @@ fn placement(c: &mut Criterion) {
             eprintln!(
                 "placement: manager RSS {settled:.1} MiB {SETTLE:?} after N/N with the same {replicas} tasks running (first round)"
             );
+        }
+        // Once more after every round: a leader whose log all those rounds have grown.
+        if let Some(p) = &setup {
+            let m = p.cluster.manager();
+            let name = format!("place-{}", round + 1);
+            create_placed(m, &name, &replicas.to_string());
+            let deadline = Instant::now() + wait_limit();
+            wait_all_running(m, &name, replicas, deadline, "after the measured rounds");
+            std::thread::sleep(SETTLE);
+            eprintln!(
+                "placement: manager RSS {:.1} MiB {SETTLE:?} after N/N with {replicas} tasks running, after {round} earlier rounds",
+                rss_mib(m.child.as_ref().map_or(0, Child::id))
+            );
+            remove_placed(m, &name, &p.counters);
         }
         ls_times.sort();
         let version = {
