@@ -21,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Routing-mesh tunnel chunks are `Bytes`: read into and decoded from shared buffers,
         // not copied into a vector of their own.
         .bytes(".skep.v1.TunnelFrame.data")
+        // Calls start with small buffers (see `crate::api::codec`).
+        .codec_path("crate::api::codec::Compact")
         .compile_fds(fds)?;
 
     // The SPIFFE Workload API, copied verbatim from spiffe/go-spiffe (Apache-2.0). It has no
@@ -37,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".ValidateJWTSVIDRequest",
             ".WITSVID",
         ])
+        .codec_path("crate::api::codec::Compact")
         .compile_fds(fds)?;
     Ok(())
 }

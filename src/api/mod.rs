@@ -15,6 +15,7 @@ pub mod spiffe {
     tonic::include_proto!("_");
 }
 
+pub mod codec;
 pub mod view;
 
 /// The request header by which a Control call asks to skip the linearizable read (`--stale`);

@@ -51,8 +51,9 @@ type StorageResult<T> = Result<T, StorageError<u64>>;
 /// together. redb's default is 1 GiB, and every page a commit writes stays in its read cache
 /// while that has room: a leader's memory grew with every entry it had ever written (89 MB of
 /// a 1,000-node leader's heap after 10,000 tasks had been placed 11 times). Recent entries,
-/// the ones replication reads, fit in this; older pages come from the file.
-pub(crate) const CACHE_BYTES: usize = 16 << 20;
+/// the ones replication reads, mostly fit in this; other pages come from the file (and the
+/// system's page cache).
+pub(crate) const CACHE_BYTES: usize = 4 << 20;
 
 /// The sealed Raft log. Cheap to clone: clones share the database (the log reader is one).
 #[derive(Clone)]
