@@ -796,6 +796,17 @@ impl State {
             {
                 Err(format!("node {id} not found"))
             }
+            // A write computed before the service was removed (the orchestrator's rollout
+            // progress, a config rollout) must not bring it back: only a create (revision 1)
+            // stores a service whose ID the state does not hold.
+            Command::PutService(svc)
+                if svc.revision > 1 && !self.services.contains_key(&svc.id) =>
+            {
+                Err(format!(
+                    "service {} was removed since this write was computed",
+                    svc.spec.name
+                ))
+            }
             Command::PutService(svc)
                 if self
                     .services
@@ -1529,6 +1540,40 @@ mod tests {
         s.spec.mode = crate::store::service::Mode::Global;
         s.spec.task.command = vec!["/bin/true".into()];
         s
+    }
+
+    /// A removed service stays removed: a write of it computed before the removal (the
+    /// orchestrator's rollout progress, which CI once saw bring back a service with a config
+    /// `service rm` had just freed) is refused; a create is not.
+    #[test]
+    fn a_write_computed_before_a_service_was_removed_does_not_bring_it_back() {
+        let mut s = State::default();
+        let mut web = svc("s1", "web");
+        assert_eq!(
+            s.apply(Command::PutService(Box::new(web.clone()))),
+            Response::Ok
+        );
+        web.revision = 2;
+        web.version = 2;
+        assert_eq!(
+            s.apply(Command::PutService(Box::new(web.clone()))),
+            Response::Ok
+        );
+        assert_eq!(
+            s.apply(Command::RemoveService { id: "s1".into() }),
+            Response::Ok
+        );
+        let stale = s.apply(Command::PutService(Box::new(web.clone())));
+        assert!(
+            matches!(&stale, Response::Rejected(r) if r.contains("web was removed")),
+            "{stale:?}"
+        );
+        assert!(s.services.is_empty());
+        // A new service (revision 1) is stored, under the same name too.
+        web.revision = 1;
+        web.id = "s2".into();
+        assert_eq!(s.apply(Command::PutService(Box::new(web))), Response::Ok);
+        assert!(s.services.contains_key("s2"));
     }
 
     fn vip_of(s: &State, id: &str) -> std::net::Ipv4Addr {
