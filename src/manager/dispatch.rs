@@ -4,7 +4,7 @@
 //! on every change of the replicated state.
 //!
 //! ```text
-//!  state change ─► loop on leader: reconcile() ─► propose ─► state change ─► schedule() ─► propose
+//!  state change ─► loop on leader: reconcile() ─► schedule_over(its result) ─► propose
 //!  state change ─► each session: diff(assigned set) ─► Assignments{changes} ─► agent
 //!  agent ─► ReportTasks ─► reports.rs: one entry for the reports waiting ─► state change ─► ...
 //! ```
@@ -486,17 +486,84 @@ pub(crate) fn requested_secret(
     ))
 }
 
-/// Reconcile first; schedule once the orchestrator has nothing more to say.
+/// One round: reconcile, then place what is pending as the reconciliation leaves the tasks
+/// (the tasks it created among them), committed together: a new service's tasks are created
+/// and assigned in one round and one commit, not in two rounds with a rest between them.
 fn decide(
     s: &State,
     now: time::OffsetDateTime,
     new_id: &mut dyn FnMut() -> String,
 ) -> Vec<Command> {
-    let cmds = super::orchestrator::reconcile(s, now, new_id);
-    if cmds.is_empty() {
-        super::scheduler::schedule(s, now)
-    } else {
-        cmds
+    let mut cmds = super::orchestrator::reconcile(s, now, new_id);
+    let placed = {
+        let view = RoundView::of(s, &cmds);
+        super::scheduler::schedule_over(s, view.tasks(), now)
+    };
+    merge_placed(&mut cmds, placed);
+    cmds
+}
+
+/// The tasks as they will be once a round's commands are applied (tasks put replace the
+/// state's, tasks removed are gone), without copying any.
+struct RoundView<'a> {
+    state: &'a State,
+    put: Vec<&'a Task>,
+    replaced: HashSet<&'a str>,
+}
+
+impl<'a> RoundView<'a> {
+    fn of(state: &'a State, cmds: &'a [Command]) -> Self {
+        let mut put = Vec::new();
+        let mut replaced = HashSet::new();
+        for c in cmds {
+            match c {
+                Command::PutTasks(tasks) => {
+                    for t in tasks {
+                        replaced.insert(t.id.as_str());
+                        put.push(t);
+                    }
+                }
+                Command::RemoveTasks(ids) => replaced.extend(ids.iter().map(String::as_str)),
+                _ => {}
+            }
+        }
+        RoundView {
+            state,
+            put,
+            replaced,
+        }
+    }
+
+    fn tasks(&self) -> impl Iterator<Item = &'a Task> + Clone + '_ {
+        let kept = self
+            .state
+            .tasks
+            .values()
+            .filter(|t| !self.replaced.contains(t.id.as_str()));
+        kept.chain(self.put.iter().copied())
+    }
+}
+
+/// Puts the scheduler's tasks into the round's commands: each replaces the reconciliation's
+/// version of the same task, the others (pending from earlier rounds) are added.
+fn merge_placed(cmds: &mut Vec<Command>, placed: Vec<Task>) {
+    if placed.is_empty() {
+        return;
+    }
+    let mut placed: HashMap<String, Task> = placed.into_iter().map(|t| (t.id.clone(), t)).collect();
+    for c in cmds.iter_mut() {
+        if let Command::PutTasks(tasks) = c {
+            for t in tasks.iter_mut() {
+                if let Some(p) = placed.remove(&t.id) {
+                    *t = p;
+                }
+            }
+        }
+    }
+    if !placed.is_empty() {
+        let mut rest: Vec<Task> = placed.into_values().collect();
+        rest.sort_by(|a, b| a.id.cmp(&b.id));
+        cmds.push(Command::PutTasks(rest));
     }
 }
 
@@ -572,7 +639,7 @@ fn rest_after(cost: Duration) -> Duration {
 /// The longest rest between orchestrator rounds.
 const MAX_REST: Duration = Duration::from_millis(500);
 
-/// The leader's orchestration loop: reconcile, then schedule, on every change (paced by
+/// The leader's orchestration loop: reconcile and schedule ([`decide`]) on every change (paced by
 /// [`rest_after`]).
 pub async fn run_orchestrator(mgr: Arc<Manager>) {
     let mut applied = mgr.state().subscribe();
@@ -632,6 +699,116 @@ mod tests {
             Duration::from_millis(80)
         );
         assert_eq!(rest_after(Duration::from_secs(3)), MAX_REST);
+    }
+
+    /// Three nodes with room for two tasks of a CPU each (n3 for one); service `web` running
+    /// one task on n1, an older task of `web` still pending, and service `api` of five replicas
+    /// just created (no task yet).
+    fn placement_state() -> (State, time::OffsetDateTime) {
+        let mut s = State::default();
+        for (id, cpus) in [("n1", 2), ("n2", 2), ("n3", 1)] {
+            let mut n = fixtures::node(id);
+            n.runtimes = vec![Runtime::Exec];
+            n.resources = Resources {
+                nano_cpus: cpus * 1_000_000_000,
+                memory_bytes: 0,
+            };
+            s.nodes.insert(id.into(), n);
+        }
+        let cpu = Resources {
+            nano_cpus: 1_000_000_000,
+            memory_bytes: 0,
+        };
+        let mut web = fixtures::service("s", "web");
+        web.spec.mode = Mode::Replicated { replicas: 2 };
+        web.spec.task.reservations = cpu;
+        let mut running = Task {
+            spec: web.spec.task.clone(),
+            status: fixtures::task_status(TaskState::Running),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            ..fixtures::task()
+        };
+        running.id = "w1".into();
+        let pending = Task {
+            id: "w2".into(),
+            slot: 2,
+            node_id: String::new(),
+            status: fixtures::task_status(TaskState::Pending),
+            ..running.clone()
+        };
+        let mut api = fixtures::service("a", "api");
+        api.spec.mode = Mode::Replicated { replicas: 5 };
+        api.spec.task.reservations = cpu;
+        s.services.insert("s".into(), web);
+        s.services.insert("a".into(), api);
+        s.tasks.insert("w1".into(), running);
+        s.tasks.insert("w2".into(), pending);
+        let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("valid time");
+        (s, now)
+    }
+
+    fn ids() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("t{n:03}")
+        }
+    }
+
+    fn placed(s: &State) -> BTreeMap<String, (String, TaskState, String)> {
+        s.tasks
+            .values()
+            .map(|t| {
+                let st = &t.status;
+                (
+                    t.id.clone(),
+                    (t.node_id.clone(), st.state, st.message.clone()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_round_creates_and_places_tasks_as_a_reconcile_and_a_schedule_round_would() {
+        let (s, now) = placement_state();
+        let mut one = s.clone();
+        for c in decide(&s, now, &mut ids()) {
+            assert_eq!(one.apply(c), crate::store::model::Response::Ok);
+        }
+        // The two rounds of before: reconcile, commit, schedule, commit.
+        let mut two = s.clone();
+        for c in super::super::orchestrator::reconcile(&s, now, &mut ids()) {
+            assert_eq!(two.apply(c), crate::store::model::Response::Ok);
+        }
+        for c in super::super::scheduler::schedule(&two, now) {
+            assert_eq!(two.apply(c), crate::store::model::Response::Ok);
+        }
+        assert_eq!(placed(&one), placed(&two));
+        // Room for four more tasks of a CPU: the older pending task first, then three of the
+        // five new ones; the other two wait, saying why.
+        let assigned = |st: &State| {
+            st.tasks
+                .values()
+                .filter(|t| t.status.state == TaskState::Assigned)
+                .count()
+        };
+        assert_eq!(assigned(&one), 4);
+        assert_eq!(one.tasks["w2"].status.state, TaskState::Assigned);
+        let waiting: Vec<&Task> = one
+            .tasks
+            .values()
+            .filter(|t| t.status.state == TaskState::Pending)
+            .collect();
+        assert_eq!(waiting.len(), 2);
+        assert!(
+            waiting[0].status.message.starts_with("no suitable node"),
+            "{}",
+            waiting[0].status.message
+        );
+        assert!(
+            decide(&one, now, &mut ids()).is_empty(),
+            "nothing is left for a second round"
+        );
     }
 
     #[test]

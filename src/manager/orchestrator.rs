@@ -708,15 +708,16 @@ impl Round<'_> {
             .into_iter()
             .map(|s| Command::PutService(Box::new(s)))
             .collect();
-        let puts: Vec<Task> = self.tasks.puts().cloned().collect();
-        if !puts.is_empty() {
-            out.push(Command::PutTasks(puts));
-        }
+        let state = self.state;
         let removed: Vec<String> = self
             .removed
             .into_iter()
-            .filter(|id| self.state.tasks.contains_key(id))
+            .filter(|id| state.tasks.contains_key(id))
             .collect();
+        let puts = self.tasks.into_puts();
+        if !puts.is_empty() {
+            out.push(Command::PutTasks(puts));
+        }
         if !removed.is_empty() {
             out.push(Command::RemoveTasks(removed));
         }

@@ -26,10 +26,24 @@ use crate::util::{parse_rfc3339, rfc3339};
 /// Places pending tasks (desired Running, state Pending, node_id empty, `not_before` passed) on
 /// nodes, and records why the others fit nowhere. Returns at most one `PutTasks`.
 pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
-    let mut placement = Placement::new(state);
-    let mut pending: Vec<&Task> = state
-        .tasks
-        .values()
+    let out = schedule_over(state, state.tasks.values(), now);
+    if out.is_empty() {
+        Vec::new()
+    } else {
+        vec![Command::PutTasks(out)]
+    }
+}
+
+/// As [`schedule`], over `tasks` instead of the state's own (every task of the swarm, as a
+/// round that has not been committed yet would leave them; the state gives the nodes, services
+/// and policies): the placed tasks, and those whose reason for fitting nowhere changed.
+pub fn schedule_over<'t>(
+    state: &State,
+    tasks: impl Iterator<Item = &'t Task> + Clone,
+    now: OffsetDateTime,
+) -> Vec<Task> {
+    let mut pending: Vec<&Task> = tasks
+        .clone()
         .filter(|t| {
             t.desired == DesiredState::Running
                 && matches!(t.status.state, TaskState::New | TaskState::Pending)
@@ -38,6 +52,10 @@ pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
                 && not_before_passed(t, now)
         })
         .collect();
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    let mut placement = Placement::over(state, tasks);
     pending.sort_by(|a, b| oldest_first(a, b));
     let mut out = Vec::new();
     let at = rfc3339(now);
@@ -46,11 +64,7 @@ pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
     for run in pending.chunk_by(|a, b| a.service_id == b.service_id && a.spec == b.spec) {
         placement.place_run(run, &at, &mut out);
     }
-    if out.is_empty() {
-        Vec::new()
-    } else {
-        vec![Command::PutTasks(out)]
-    }
+    out
 }
 
 /// The order pending tasks are placed in: oldest first, then by service, slot and ID.
@@ -159,12 +173,17 @@ enum Refusal {
 
 impl<'a> Placement<'a> {
     pub(crate) fn new(state: &'a State) -> Self {
+        Self::over(state, state.tasks.values())
+    }
+
+    /// The nodes of `state` loaded with `tasks` (the state's, or a round's view of them).
+    fn over<'t>(state: &'a State, tasks: impl Iterator<Item = &'t Task>) -> Self {
         let mut p = Placement {
             nodes: &state.nodes,
             load: BTreeMap::new(),
             policy: Memo::new(state),
         };
-        for t in state.tasks.values() {
+        for t in tasks {
             p.add(t);
         }
         p
@@ -175,7 +194,13 @@ impl<'a> Placement<'a> {
         if !occupies(t) {
             return;
         }
-        let l = self.load.entry(t.node_id.clone()).or_default();
+        // Looked up before inserting: a node or service already counted costs no allocation.
+        if !self.load.contains_key(&t.node_id) {
+            self.load.insert(t.node_id.clone(), Load::default());
+        }
+        let Some(l) = self.load.get_mut(&t.node_id) else {
+            return;
+        };
         l.used.nano_cpus = l
             .used
             .nano_cpus
@@ -185,7 +210,12 @@ impl<'a> Placement<'a> {
             .memory_bytes
             .saturating_add(t.spec.reservations.memory_bytes);
         l.total += 1;
-        *l.per_service.entry(t.service_id.clone()).or_default() += 1;
+        match l.per_service.get_mut(&t.service_id) {
+            Some(n) => *n += 1,
+            None => {
+                l.per_service.insert(t.service_id.clone(), 1);
+            }
+        }
     }
 
     /// Whether the task's reservations fit on the node as it is loaded now.

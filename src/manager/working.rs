@@ -65,11 +65,22 @@ impl<'a> Working<'a> {
     }
 
     /// The tasks this round stored or changed that differ from the state's, in ID order.
+    #[cfg(test)]
     pub(crate) fn puts(&self) -> impl Iterator<Item = &Task> + '_ {
         self.changed
             .iter()
             .filter(|(id, t)| self.base.get(*id) != Some(*t))
             .map(|(_, t)| t)
+    }
+
+    /// As [`Working::puts`], the round's own copies handed over (none copied again).
+    pub(crate) fn into_puts(self) -> Vec<Task> {
+        let base = self.base;
+        self.changed
+            .into_iter()
+            .filter(|(id, t)| base.get(id) != Some(t))
+            .map(|(_, t)| t)
+            .collect()
     }
 }
 
