@@ -1227,15 +1227,27 @@ impl Manager {
                 }
                 last = ids;
             }
-            let doomed = self.read(|s| {
-                let nodes = s.nodes.values().map(|n| {
-                    (
-                        n.id.as_str(),
-                        n.cert_serial.as_str(),
-                        n.cert_not_after.as_str(),
-                    )
-                });
-                list.sync_current(nodes, s.nodes.len(), |id| s.nodes.contains_key(id))
+            // Only the nodes the entries since the last pass changed (all of them at first
+            // and after a whole new state).
+            let changes = self.state().wake().take_node_changes();
+            let doomed = self.read(|s| match &changes {
+                None => {
+                    let nodes = s.nodes.values().map(|n| {
+                        (
+                            n.id.as_str(),
+                            n.cert_serial.as_str(),
+                            n.cert_not_after.as_str(),
+                        )
+                    });
+                    list.sync_current(nodes, s.nodes.len(), |id| s.nodes.contains_key(id))
+                }
+                Some(ids) => list.sync_changed(ids.iter().map(|id| {
+                    let now = s
+                        .nodes
+                        .get(id)
+                        .map(|n| (n.cert_serial.as_str(), n.cert_not_after.as_str()));
+                    (id.as_str(), now)
+                })),
             });
             if !doomed.is_empty() {
                 let list = list.clone();

@@ -130,8 +130,9 @@ impl Revocations {
     /// whose serial differs is read and replaced (a renewal changes the serial: the end of
     /// validity is compared only then), and gone nodes are looked for only when the count
     /// differs, so a call that changes nothing costs one pass of comparisons and allocates
-    /// nothing: it runs after every applied entry that changes more than tasks (still
-    /// O(nodes) each time). Returns the live connections made with
+    /// nothing: the managers call it at start and after a whole new state, and
+    /// [`Revocations::sync_changed`] for the nodes each entry changed. Returns the live
+    /// connections made with
     /// a certificate one of them replaced, for [`Revocations::cut_replaced`] after
     /// [`RENEWAL_GRACE`]: the renewal's own answer travels on one of them.
     pub fn sync_current<'a>(
@@ -164,11 +165,48 @@ impl Revocations {
                 known.retain(|id, _| has(id));
             }
         }
+        let ids: Vec<String> = changed.into_iter().map(|(id, _)| id).collect();
+        self.replaced_connections(&ids)
+    }
+
+    /// As [`Revocations::sync_current`], for the nodes of `changed` only (node ID, and the
+    /// node's serial and end of validity in RFC 3339 if the state still holds it): what an
+    /// entry changed costs what it changed, not a pass over every node.
+    pub fn sync_changed<'a>(
+        &self,
+        changed: impl Iterator<Item = (&'a str, Option<(&'a str, &'a str)>)>,
+    ) -> Vec<Arc<Kill>> {
+        let mut replaced: Vec<String> = Vec::new();
+        {
+            let mut known = self.current.write().unwrap_or_else(|p| p.into_inner());
+            for (id, now) in changed {
+                match now {
+                    None => {
+                        known.remove(id);
+                    }
+                    Some((serial, _)) if known.get(id).is_some_and(|c| c.serial == serial) => {}
+                    Some((serial, not_after)) => {
+                        let c = Current {
+                            serial: serial.to_string(),
+                            not_after: crate::util::parse_rfc3339(not_after)
+                                .map_or(i64::MAX, |t| t.unix_timestamp()),
+                        };
+                        known.insert(id.to_string(), c);
+                        replaced.push(id.to_string());
+                    }
+                }
+            }
+        }
+        self.replaced_connections(&replaced)
+    }
+
+    /// The live connections of `nodes` whose certificate is refused now.
+    fn replaced_connections(&self, nodes: &[String]) -> Vec<Arc<Kill>> {
         let candidates: Vec<Arc<Kill>> = {
             let live = self.live.lock().unwrap_or_else(|p| p.into_inner());
-            changed
+            nodes
                 .iter()
-                .flat_map(|(id, _)| live.get(id).into_iter().flatten())
+                .flat_map(|id| live.get(id).into_iter().flatten())
                 .filter_map(|(_, k)| k.upgrade())
                 .collect()
         };
@@ -548,6 +586,34 @@ mod tests {
             r.refusal("a", "00", 50).is_none(),
             "a's entry is still there"
         );
+        assert!(r.refusal("c", "00", 50).is_some());
+    }
+
+    #[test]
+    fn the_nodes_an_entry_changed_are_brought_up_to_date_alone() {
+        let r = Revocations::new();
+        let (t100, t200) = ("1970-01-01T00:01:40Z", "1970-01-01T00:03:20Z");
+        r.sync_current(
+            [("a", "01", t100), ("b", "01", t100)].into_iter(),
+            2,
+            |_| true,
+        );
+        let old = r.track("a", Some(("01", 100)));
+        let b = r.track("b", Some(("01", 100)));
+        // a renewed: its old connection is doomed, b's is not looked at.
+        let doomed = r.sync_changed([("a", Some(("02", t200)))].into_iter());
+        assert_eq!(doomed.len(), 1);
+        assert_eq!(r.cut_replaced(doomed), 1);
+        assert!(old.is_killed() && !b.is_killed());
+        assert!(r.track("a", Some(("01", 100))).is_killed());
+        // The same serial again changes nothing.
+        assert!(
+            r.sync_changed([("a", Some(("02", t200)))].into_iter())
+                .is_empty()
+        );
+        // b removed: its entry goes (nothing of it is refused as replaced any more); c joined.
+        r.sync_changed([("b", None), ("c", Some(("01", t100)))].into_iter());
+        assert!(r.refusal("b", "00", 50).is_none());
         assert!(r.refusal("c", "00", 50).is_some());
     }
 

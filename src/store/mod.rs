@@ -20,6 +20,7 @@ pub mod fixtures;
 pub mod log;
 pub mod model;
 pub mod network_obj;
+pub mod nodes;
 pub mod recover;
 pub mod seal;
 pub mod secret_obj;

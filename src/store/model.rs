@@ -595,8 +595,8 @@ pub enum Response {
 pub struct State {
     /// The cluster, once initialised.
     pub cluster: Option<Cluster>,
-    /// Nodes by ID.
-    pub nodes: BTreeMap<String, Node>,
+    /// Nodes by ID, remembering which changed ([`super::nodes`]).
+    pub nodes: super::nodes::Nodes,
     /// The audit chain.
     pub audit: AuditChain,
     /// Services by ID.

@@ -412,6 +412,7 @@ impl StateMachineStore {
         change: impl FnOnce(&mut State),
     ) -> Result<(), StoreError> {
         change(&mut write_lock(&self.inner.applied).state);
+        self.inner.wake.all_nodes_changed();
         let (meta, payload) = self
             .snapshot_payload()
             .map_err(|e| StoreError::Task(e.to_string()))?;
@@ -458,7 +459,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Whether an entry changed more than tasks and the audit chain (every task session
         // wakes then; otherwise only those of the nodes whose tasks changed).
         let mut others = false;
-        let (last, changed) = {
+        let (last, changed, nodes) = {
             let mut a = write_lock(&self.inner.applied);
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
@@ -476,10 +477,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 };
                 responses.push(response);
             }
-            (a.last_applied, a.state.tasks.take_dirty())
+            let nodes = a.state.nodes.take_changed();
+            (a.last_applied, a.state.tasks.take_dirty(), nodes)
         };
         crate::metrics::metrics().raft_applied(started.elapsed());
         self.publish_applied(last);
+        self.inner.wake.nodes_changed(nodes);
         self.inner.wake.publish(changed, others);
         Ok(responses)
     }
@@ -519,9 +522,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 last_membership: meta.last_membership.clone(),
             };
             a.state.tasks.take_dirty();
+            a.state.nodes.take_changed();
         }
         self.publish_applied(meta.last_log_id);
-        // A whole new state: every session looks again.
+        // A whole new state: every session looks again, and at every node.
+        self.inner.wake.all_nodes_changed();
         self.inner.wake.publish(Default::default(), true);
         tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
         crate::metrics::metrics().snapshot(true);

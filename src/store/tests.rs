@@ -437,6 +437,46 @@ async fn a_task_change_wakes_its_nodes_session_only_and_other_changes_wake_all()
 }
 
 #[tokio::test]
+async fn the_node_records_applied_entries_changed_are_handed_to_the_certificate_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_log, mut sm) = open(dir.path(), Dek::generate()).await.unwrap();
+    let handle = sm.state();
+    assert_eq!(
+        handle.wake().take_node_changes(),
+        None,
+        "every node at first"
+    );
+    apply_all(
+        &mut sm,
+        vec![
+            entry(1, Command::PutNode(node("n1", "h1"))),
+            entry(2, Command::PutNode(node("n2", "h2"))),
+        ],
+    )
+    .await;
+    let both = std::collections::HashSet::from(["n1".to_string(), "n2".to_string()]);
+    assert_eq!(handle.wake().take_node_changes(), Some(both));
+    // A renewal of n1, and a task write that changes no node record.
+    let renewal = Command::UpdateNodeCert {
+        id: "n1".into(),
+        serial: "0b".into(),
+        not_after: "2031-01-01T00:00:00Z".into(),
+        issuer: String::new(),
+    };
+    let task = Command::PutTasks(vec![fixtures::task()]);
+    apply_all(&mut sm, vec![entry(3, renewal), entry(4, task)]).await;
+    let n1 = std::collections::HashSet::from(["n1".to_string()]);
+    assert_eq!(handle.wake().take_node_changes(), Some(n1));
+    apply_all(
+        &mut sm,
+        vec![entry(5, Command::RemoveNode { id: "n2".into() })],
+    )
+    .await;
+    let n2 = std::collections::HashSet::from(["n2".to_string()]);
+    assert_eq!(handle.wake().take_node_changes(), Some(n2));
+}
+
+#[tokio::test]
 async fn plaintext_sealer_round_trips_for_the_bench() {
     let dir = tempfile::tempdir().unwrap();
     let (mut log, _sm) = open_with(

@@ -10,6 +10,9 @@
 //!
 //! A `Notify` keeps one permit when nobody waits, so a change made while a session works is
 //! seen on its next wait: no wake-up is lost.
+//!
+//! It also gathers the IDs of the node records applied entries changed, for the one reader
+//! that brings the table of current node certificates up to date ([`Wake::take_node_changes`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,13 +24,21 @@ use tokio::sync::{Notify, watch};
 pub struct Wake {
     nodes: Mutex<HashMap<String, Arc<Notify>>>,
     others: watch::Sender<u64>,
+    /// Node records changed since [`Wake::take_node_changes`] was last called; `None` for
+    /// all of them (at first, after a whole new state, or when more than
+    /// [`MAX_NODE_CHANGES`] piled up unread).
+    node_records: Mutex<Option<HashSet<String>>>,
 }
+
+/// The most changed node IDs kept between two reads; past it, "all of them".
+pub const MAX_NODE_CHANGES: usize = 65_536;
 
 impl Default for Wake {
     fn default() -> Self {
         Wake {
             nodes: Mutex::new(HashMap::new()),
             others: watch::channel(0).0,
+            node_records: Mutex::new(None),
         }
     }
 }
@@ -47,6 +58,33 @@ impl Wake {
     /// A receiver that changes whenever an applied entry changed more than tasks.
     pub fn others(&self) -> watch::Receiver<u64> {
         self.others.subscribe()
+    }
+
+    /// Records that the node records `ids` changed (call before [`Wake::publish`], so a reader
+    /// woken by it finds them).
+    pub fn nodes_changed(&self, ids: HashSet<String>) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut records = self.node_records.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(kept) = records.as_mut() {
+            kept.extend(ids);
+            if kept.len() > MAX_NODE_CHANGES {
+                *records = None;
+            }
+        }
+    }
+
+    /// Records that every node record may have changed (a whole new state).
+    pub fn all_nodes_changed(&self) {
+        *self.node_records.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// The node records changed since the last call (`None`: all of them, as on the first
+    /// call).
+    pub fn take_node_changes(&self) -> Option<HashSet<String>> {
+        let mut records = self.node_records.lock().unwrap_or_else(|p| p.into_inner());
+        records.replace(HashSet::new())
     }
 
     /// Wakes the sessions of `changed` nodes, and every session when `others`.
@@ -94,6 +132,28 @@ mod tests {
         w.publish(HashSet::from(["b".to_string()]), false);
         assert!(!others.has_changed().unwrap());
         assert!(woken(&b).await);
+    }
+
+    #[test]
+    fn changed_node_records_are_gathered_until_read_and_all_at_first_or_when_too_many() {
+        let w = Wake::default();
+        w.nodes_changed(HashSet::from(["a".to_string()]));
+        assert_eq!(
+            w.take_node_changes(),
+            None,
+            "the first read is of every node"
+        );
+        assert_eq!(w.take_node_changes(), Some(HashSet::new()));
+        w.nodes_changed(HashSet::from(["a".to_string()]));
+        w.nodes_changed(HashSet::from(["b".to_string(), "a".to_string()]));
+        let both = HashSet::from(["a".to_string(), "b".to_string()]);
+        assert_eq!(w.take_node_changes(), Some(both));
+        w.all_nodes_changed();
+        w.nodes_changed(HashSet::from(["c".to_string()]));
+        assert_eq!(w.take_node_changes(), None);
+        let many: HashSet<String> = (0..=MAX_NODE_CHANGES).map(|i| i.to_string()).collect();
+        w.nodes_changed(many);
+        assert_eq!(w.take_node_changes(), None, "too many to keep: all of them");
     }
 
     #[tokio::test]
