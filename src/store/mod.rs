@@ -18,9 +18,9 @@ pub mod backup;
 #[doc(hidden)]
 pub mod fixtures;
 pub mod log;
+pub mod marked;
 pub mod model;
 pub mod network_obj;
-pub mod nodes;
 pub mod recover;
 pub mod seal;
 pub mod secret_obj;

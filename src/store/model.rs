@@ -595,8 +595,8 @@ pub enum Response {
 pub struct State {
     /// The cluster, once initialised.
     pub cluster: Option<Cluster>,
-    /// Nodes by ID, remembering which changed ([`super::nodes`]).
-    pub nodes: super::nodes::Nodes,
+    /// Nodes by ID, remembering which changed ([`super::marked`]).
+    pub nodes: super::marked::Marked<Node>,
     /// The audit chain.
     pub audit: AuditChain,
     /// Services by ID.
