@@ -73,7 +73,8 @@ impl<'a> Working<'a> {
             .map(|(_, t)| t)
     }
 
-    /// As [`Working::puts`], the round's own copies handed over (none copied again).
+    /// The tasks this round stored or changed that differ from the state's, in ID order: the
+    /// round's own copies, handed over (none is copied again).
     pub(crate) fn into_puts(self) -> Vec<Task> {
         let base = self.base;
         self.changed
