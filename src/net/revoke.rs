@@ -8,9 +8,10 @@
 //!  state.revoked changes ─► Revocations::set(ids) ─► new handshakes: RevokingVerifier refuses
 //!                                                 └► live connections of those nodes: killed
 //!                                                    (their next read or write fails at once)
-//!  a node's cert_serial changes ─► Revocations::sync_current(nodes) ─► the same, for
-//!                                  connections made with an older certificate of that node
-//!                                  (cut after RENEWAL_GRACE: the renewal's answer is on one)
+//!  a node's cert_serial changes ─► Revocations::sync_changed(the nodes entries changed)
+//!                                  ─► the same, for connections made with an older
+//!                                  certificate of that node (cut after RENEWAL_GRACE: the
+//!                                  renewal's answer is on one)
 //! ```
 
 use std::collections::{HashMap, HashSet};
@@ -35,6 +36,18 @@ pub struct Current {
     pub serial: String,
     /// End of validity, Unix seconds.
     pub not_after: i64,
+}
+
+impl Current {
+    /// The state's record of a certificate: its serial, and its end of validity in RFC 3339
+    /// (unreadable: never ending, so no later certificate counts as a renewal of it).
+    fn of(serial: &str, not_after: &str) -> Current {
+        Current {
+            serial: serial.to_string(),
+            not_after: crate::util::parse_rfc3339(not_after)
+                .map_or(i64::MAX, |t| t.unix_timestamp()),
+        }
+    }
 }
 
 /// Whether a node certificate (`serial`, ending at `not_after`, Unix seconds) has been
@@ -132,9 +145,9 @@ impl Revocations {
     /// differs, so a call that changes nothing costs one pass of comparisons and allocates
     /// nothing: the managers call it at start and after a whole new state, and
     /// [`Revocations::sync_changed`] for the nodes each entry changed. Returns the live
-    /// connections made with
-    /// a certificate one of them replaced, for [`Revocations::cut_replaced`] after
-    /// [`RENEWAL_GRACE`]: the renewal's own answer travels on one of them.
+    /// connections made with a certificate one of them replaced, for
+    /// [`Revocations::cut_replaced`] after [`RENEWAL_GRACE`]: the renewal's own answer travels
+    /// on one of them.
     pub fn sync_current<'a>(
         &self,
         nodes: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
@@ -145,14 +158,7 @@ impl Revocations {
             let known = self.current.read().unwrap_or_else(|p| p.into_inner());
             nodes
                 .filter(|(id, serial, _)| known.get(*id).is_none_or(|c| c.serial != *serial))
-                .map(|(id, serial, not_after)| {
-                    let c = Current {
-                        serial: serial.to_string(),
-                        not_after: crate::util::parse_rfc3339(not_after)
-                            .map_or(i64::MAX, |t| t.unix_timestamp()),
-                    };
-                    (id.to_string(), c)
-                })
+                .map(|(id, serial, not_after)| (id.to_string(), Current::of(serial, not_after)))
                 .collect()
         };
         {
@@ -186,12 +192,7 @@ impl Revocations {
                     }
                     Some((serial, _)) if known.get(id).is_some_and(|c| c.serial == serial) => {}
                     Some((serial, not_after)) => {
-                        let c = Current {
-                            serial: serial.to_string(),
-                            not_after: crate::util::parse_rfc3339(not_after)
-                                .map_or(i64::MAX, |t| t.unix_timestamp()),
-                        };
-                        known.insert(id.to_string(), c);
+                        known.insert(id.to_string(), Current::of(serial, not_after));
                         replaced.push(id.to_string());
                     }
                 }
