@@ -120,7 +120,14 @@ pub fn usage(state: &State, config: bool, id: &str) -> BTreeMap<u64, Usage> {
             }
         }
     }
-    for t in state.tasks.values().filter(|t| live(t)) {
+    // A removed service's tasks count no more: the orchestrator's next round marks them for
+    // removal (after which they are not live), so `stack rm`'s secret removal right after its
+    // service removal is not refused for the moment in between.
+    let live_tasks = state
+        .tasks
+        .values()
+        .filter(|t| live(t) && state.services.contains_key(&t.service_id));
+    for t in live_tasks {
         let to = t.versions.get(id);
         let held = t.status.held.get(id);
         for v in to.into_iter().chain(held.filter(|h| Some(*h) != to)) {
@@ -492,6 +499,7 @@ mod tests {
         }];
         st.services.insert("s1".into(), svc.clone());
         let mut t = crate::store::fixtures::task();
+        t.service_id = "s1".into();
         t.node_id = "n1".into();
         t.spec = svc.spec.task.clone();
         t.versions.insert("id-db".into(), 2);
@@ -501,5 +509,19 @@ mod tests {
         assert_eq!(u[&1].services.len(), 1);
         assert_eq!((u[&1].tasks, u[&2].tasks), (1, 1));
         assert!(u[&2].nodes.contains("n1"));
+    }
+
+    /// `service rm` then `secret rm` at once (`stack rm`): the removed service's task, not yet
+    /// marked for removal by the orchestrator, holds the secret no more.
+    #[test]
+    fn a_removed_services_task_holds_no_secret_before_the_orchestrator_sweeps_it() {
+        let mut st = state_with(&["db"]);
+        let mut t = crate::store::fixtures::task();
+        t.versions.insert("id-db".into(), 1);
+        st.tasks.insert(t.id.clone(), t.clone());
+        assert!(usage(&st, false, "id-db").is_empty(), "service s is gone");
+        st.services
+            .insert("s".into(), crate::store::fixtures::service("s", "web"));
+        assert_eq!(usage(&st, false, "id-db")[&1].tasks, 1, "while it exists");
     }
 }
