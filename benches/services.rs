@@ -44,6 +44,24 @@ use skep::store::service::{DesiredState, Task, TaskState, TaskStatus};
 const CONV_SMALL: u64 = 100;
 /// The large convergence case, unless `SKEP_BENCH_CONV_REPLICAS` says otherwise.
 const CONV_LARGE: u64 = 1000;
+/// A process's resident memory split as /proc/PID/status does (anonymous, file-backed), for
+/// the settled samples: the binary's own pages are the file-backed part.
+fn rss_parts(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    format!(
+        "anonymous {:.1} MiB, file {:.1} MiB",
+        field("RssAnon:"),
+        field("RssFile:")
+    )
+}
+
 /// Simulated nodes of the placement bench.
 const SIM_NODES: usize = 100;
 /// How long the placement bench waits after its last round before it samples the manager's
@@ -805,7 +823,7 @@ fn placement(c: &mut Criterion) {
     let mut cpu = [0.0f64; 3];
     // The manager's resident memory with every task running, the highest seen.
     let mut peak_rss = 0.0f64;
-    let mut settled_rss: Option<f64> = None;
+    let mut settled_rss: Option<(f64, String)> = None;
     let mut ls_times: Vec<Duration> = Vec::new();
     let mut group = c.benchmark_group("placement");
     group.sample_size(10);
@@ -862,7 +880,7 @@ fn placement(c: &mut Criterion) {
                     // by the allocator: once, the same tasks left running a while.
                     if settled_rss.is_none() {
                         std::thread::sleep(SETTLE);
-                        settled_rss = Some(rss_mib(mpid));
+                        settled_rss = Some((rss_mib(mpid), rss_parts(mpid)));
                     }
                     remove_placed(m, &name, k);
                 }
@@ -893,9 +911,9 @@ fn placement(c: &mut Criterion) {
             "placement: manager RSS with {replicas} tasks running on {} nodes: {peak_rss:.1} MiB (highest seen)",
             sim_nodes()
         );
-        if let Some(settled) = settled_rss {
+        if let Some((settled, parts)) = settled_rss {
             eprintln!(
-                "placement: manager RSS {settled:.1} MiB {SETTLE:?} after N/N with the same {replicas} tasks running (first round)"
+                "placement: manager RSS {settled:.1} MiB ({parts}) {SETTLE:?} after N/N with the same {replicas} tasks running (first round)"
             );
         }
         // Once more after every round: a leader whose log all those rounds have grown.
@@ -906,9 +924,11 @@ fn placement(c: &mut Criterion) {
             let deadline = Instant::now() + wait_limit();
             wait_all_running(m, &name, replicas, deadline, "after the measured rounds");
             std::thread::sleep(SETTLE);
+            let mpid = m.child.as_ref().map_or(0, Child::id);
             eprintln!(
-                "placement: manager RSS {:.1} MiB {SETTLE:?} after N/N with {replicas} tasks running, after {round} earlier rounds",
-                rss_mib(m.child.as_ref().map_or(0, Child::id))
+                "placement: manager RSS {:.1} MiB ({}) {SETTLE:?} after N/N with {replicas} tasks running, after {round} earlier rounds",
+                rss_mib(mpid),
+                rss_parts(mpid)
             );
             remove_placed(m, &name, &p.counters);
         }
