@@ -94,6 +94,35 @@ fn task_ids(m: &Node, service: &str) -> Vec<String> {
         .collect()
 }
 
+/// Asserts `service` still has exactly the tasks `before`; if not, says what each task is and
+/// what the two nodes' logs say of them, so a replacement seen once can be explained.
+fn assert_same_tasks(m: &Node, w: &Node, service: &str, before: &[String]) {
+    let now = tasks(m, service);
+    let ids: Vec<String> = now
+        .iter()
+        .filter_map(|t| t["ID"].as_str().map(str::to_string))
+        .collect();
+    if ids == before {
+        return;
+    }
+    let about = |log: String| {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(service) || ids.iter().any(|id| l.contains(id.as_str())))
+            .collect();
+        lines[lines.len().saturating_sub(80)..].join("\n")
+    };
+    panic!(
+        "{service} had tasks {before:?} and now has {ids:?}:\n{}\n--- manager log about them:\n{}\n--- worker log about them:\n{}",
+        now.iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        about(m.log()),
+        about(w.log())
+    );
+}
+
 /// `skep secret update NAME -`, waiting for the rollout to complete.
 fn update(m: &Node, name: &str, value: &str) {
     let out = m.cli_stdin(&["secret", "update", name, "-"], value);
@@ -205,8 +234,8 @@ fn rotations(rt: Rt) {
     // One process throughout, the same task (and container): not replaced.
     let pids: Vec<&String> = lines.iter().filter(|l| l.starts_with("pid ")).collect();
     assert_eq!(pids.len(), 1, "{lines:?}");
-    assert_eq!(task_ids(m, &reader), reader_task);
-    assert_eq!(task_ids(m, &hupper), hupper_task);
+    assert_same_tasks(m, w, &reader, &reader_task);
+    assert_same_tasks(m, w, &hupper, &hupper_task);
     if rt == Rt::Docker {
         assert_eq!(containers(&reader, false), reader_containers);
     }
