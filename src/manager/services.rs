@@ -889,9 +889,10 @@ impl Dispatcher for Services {
                 .map_err(to_status)?;
         }
         let rx = super::dispatch::session(self.mgr.clone(), node_id);
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            |item| *item,
+        ))))
     }
 
     async fn report_tasks(
