@@ -607,7 +607,6 @@ fn adoptable<'a>(labels: &'a HashMap<String, String>, node_id: &str) -> Option<&
     super::check_task_id(id).is_ok().then_some(id.as_str())
 }
 
-/// `skep-<service>.<slot>.<task>`, restricted to the characters Docker allows in names.
 /// A line the engine gave with `timestamps`: `2026-12-05T10:00:00.123456789Z text` →
 /// (Unix ns, text); a line without one keeps its text, time unknown (0).
 fn split_timestamp(l: &str) -> (i64, &str) {
@@ -620,6 +619,7 @@ fn split_timestamp(l: &str) -> (i64, &str) {
     (0, l)
 }
 
+/// `skep-<service>.<slot>.<task>`, restricted to the characters Docker allows in names.
 fn container_name(task: &Task) -> String {
     let raw = format!("skep-{}.{}.{}", task.service_name, task.slot, task.id);
     raw.chars()
