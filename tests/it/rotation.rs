@@ -8,6 +8,11 @@
 //! The tasks run the test program's `watch FILE` mode (`harness/prog.c`): it reads the file
 //! whole in a loop and prints `seen C LEN` when the value changes, `BAD ...` for a read that
 //! is not one byte repeated, `hup N` after each SIGHUP, and `pid N` once.
+//!
+//! The nodes heartbeat every 3 s here, as in `restart.rs`: with the harness's 300 ms the leader
+//! marks a node Down, and replaces its tasks at once, after 0.9 s without a heartbeat, which a
+//! loaded machine can miss in the minute a hundred rotations take; these tests are about
+//! rotation not replacing tasks, not about liveness (once in CI: two reader tasks at the end).
 
 use serde_json::Value;
 
@@ -15,6 +20,9 @@ use crate::harness::{
     Cluster, ContainerGuard, Node, containers, contains, files_under, image_or_skip, json_lines,
     serving_program, timeout, unique_name, wait_for,
 };
+
+/// Daemon flags of every node here (see the module comment).
+const SLOW_HEARTBEAT: &[&str] = &["--heartbeat-period", "3s"];
 
 /// How many rotations the readers live through.
 const ROTATIONS: usize = 100;
@@ -166,7 +174,7 @@ fn rotations(rt: Rt) {
         ContainerGuard(hupper.clone()),
         ContainerGuard(pinned.clone()),
     ];
-    let c = Cluster::init(1, 1);
+    let c = Cluster::init_opts(1, 1, &[], SLOW_HEARTBEAT);
     let m = c.first();
     let w = &c.workers()[0];
     let out = m.cli_stdin(&["secret", "create", "x", "-"], &text(1));
@@ -308,7 +316,7 @@ fn an_adopted_exec_task_is_rotated_in_place() {
     let Some(prog) = serving_program() else {
         return;
     };
-    let mut c = Cluster::init(1, 1);
+    let mut c = Cluster::init_opts(1, 1, &[], SLOW_HEARTBEAT);
     let out = c.nodes[0].cli_stdin(&["secret", "create", "x", "-"], &text(1));
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
     let reader = "adopted-reader";
