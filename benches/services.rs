@@ -44,24 +44,6 @@ use skep::store::service::{DesiredState, Task, TaskState, TaskStatus};
 const CONV_SMALL: u64 = 100;
 /// The large convergence case, unless `SKEP_BENCH_CONV_REPLICAS` says otherwise.
 const CONV_LARGE: u64 = 1000;
-/// A process's resident memory split as /proc/PID/status does (anonymous, file-backed), for
-/// the settled samples: the binary's own pages are the file-backed part.
-fn rss_parts(pid: u32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    };
-    format!(
-        "anonymous {:.1} MiB, file {:.1} MiB",
-        field("RssAnon:"),
-        field("RssFile:")
-    )
-}
-
 /// Simulated nodes of the placement bench.
 const SIM_NODES: usize = 100;
 /// How long the placement bench waits after its last round before it samples the manager's
@@ -148,17 +130,34 @@ fn wait_no_services(m: &Daemon) {
     });
 }
 
-/// CPU time (user + system) a process has used so far, in seconds.
-/// A process's resident set size in MiB (`VmRSS` in /proc/PID/status), 0 if unreadable.
-fn rss_mib(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        })
+/// A process's `/proc/PID/status`, empty if unreadable.
+fn status_of(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default()
+}
+
+/// A size field of a `/proc/PID/status` (`VmRSS:`, `RssAnon:`...) in MiB, 0 if absent.
+fn status_mib(status: &str, field: &str) -> f64 {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// A process's resident set size in MiB (`VmRSS`), 0 if unreadable.
+fn rss_mib(pid: u32) -> f64 {
+    status_mib(&status_of(pid), "VmRSS:")
+}
+
+/// A process's resident memory split as /proc/PID/status does (anonymous, file-backed), for
+/// the settled samples: the binary's own pages are the file-backed part.
+fn rss_parts(pid: u32) -> String {
+    let status = status_of(pid);
+    format!(
+        "anonymous {:.1} MiB, file {:.1} MiB",
+        status_mib(&status, "RssAnon:"),
+        status_mib(&status, "RssFile:")
+    )
 }
 
 /// Simulated nodes of the placement bench (`SKEP_BENCH_SIM_NODES`, default [`SIM_NODES`]).
@@ -169,6 +168,7 @@ fn sim_nodes() -> usize {
         .unwrap_or(SIM_NODES)
 }
 
+/// CPU time (user + system) a process has used so far, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;

@@ -11,7 +11,7 @@
 //!
 //! The nodes heartbeat every 3 s here, as in `restart.rs`: with the harness's 300 ms the leader
 //! marks a node Down, and replaces its tasks at once, after 0.9 s without a heartbeat, which a
-//! loaded machine can miss in the minute a hundred rotations take; these tests are about
+//! loaded machine can miss in the time a hundred rotations take; these tests are about
 //! rotation not replacing tasks, not about liveness (once in CI: two reader tasks at the end).
 
 use serde_json::Value;
