@@ -65,17 +65,18 @@ impl Sent {
     }
 }
 
-/// What changed since a node was last told: copies of the tasks to send, and the IDs of those
+/// What changed since a node was last told: the tasks to send, encoded, and the IDs of those
 /// it no longer runs.
 #[derive(Default)]
 struct Changes {
-    tasks: Vec<Task>,
+    tasks_json: Vec<String>,
     removed: Vec<String>,
 }
 
-/// The change from what was sent to what is assigned now; updates `sent`. Copies only the tasks
-/// the node has not been told about as they are (run under the state's read lock: the encoding
-/// is left to [`message`], outside it).
+/// The change from what was sent to what is assigned now; updates `sent`. Encodes only the
+/// tasks the node has not been told about as they are, straight from the state (run under its
+/// read lock, so no task is copied to be encoded later). A task that cannot be encoded is not
+/// marked as sent, so it is tried again.
 fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool) -> Changes {
     let mut out = Changes::default();
     let here: HashSet<&str> = now.iter().map(|t| t.id.as_str()).collect();
@@ -87,35 +88,37 @@ fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool) -> Chan
         keep
     });
     for task in now {
-        if complete || !sent.get(&task.id).is_some_and(|m| m.covers(task)) {
-            sent.insert(task.id.clone(), Sent::of(task));
-            out.tasks.push((*task).clone());
+        if !complete && sent.get(&task.id).is_some_and(|m| m.covers(task)) {
+            continue;
         }
-    }
-    out
-}
-
-/// The message carrying `changes` (`None` when there are none and it is not the complete
-/// first one). A task that cannot be encoded is not marked as sent, so it is tried again.
-fn message(
-    sent: &mut HashMap<String, Sent>,
-    changes: Changes,
-    complete: bool,
-) -> Option<Assignments> {
-    let mut msg = Assignments {
-        complete,
-        removed: changes.removed,
-        ..Default::default()
-    };
-    for task in changes.tasks {
-        match serde_json::to_string(&task) {
-            Ok(json) => msg.tasks_json.push(json),
+        match serde_json::to_string(task) {
+            Ok(json) => {
+                out.tasks_json.push(json);
+                match sent.get_mut(&task.id) {
+                    Some(m) => *m = Sent::of(task),
+                    None => {
+                        sent.insert(task.id.clone(), Sent::of(task));
+                    }
+                }
+            }
             Err(e) => {
                 tracing::error!(task_id = %task.id, error = %e, "cannot encode a task");
                 sent.remove(&task.id);
             }
         }
     }
+    out
+}
+
+/// The message carrying `changes` (`None` when there are none and it is not the complete
+/// first one).
+fn message(changes: Changes, complete: bool) -> Option<Assignments> {
+    let msg = Assignments {
+        complete,
+        removed: changes.removed,
+        tasks_json: changes.tasks_json,
+        ..Default::default()
+    };
     (complete || !msg.tasks_json.is_empty() || !msg.removed.is_empty()).then_some(msg)
 }
 
@@ -183,7 +186,7 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
                     }
                     (diff(&mut sent, &now, complete), deleted)
                 });
-                match (message(&mut sent, changes, complete), deleted) {
+                match (message(changes, complete), deleted) {
                     (Some(mut m), deleted) => {
                         m.deleted = deleted;
                         // The tasks it runs changed (or were updated): their IDs again.
@@ -867,7 +870,7 @@ mod tests {
         let b = task("b", DesiredState::Running);
         let mut pass = |now: &[&Task], complete| {
             let changes = diff(&mut sent, now, complete);
-            message(&mut sent, changes, complete)
+            message(changes, complete)
         };
         let first = pass(&[&a, &b], true).unwrap();
         assert!(first.complete);
