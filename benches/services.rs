@@ -923,8 +923,18 @@ fn placement(c: &mut Criterion) {
             create_placed(m, &name, &replicas.to_string());
             let deadline = Instant::now() + wait_limit();
             wait_all_running(m, &name, replicas, deadline, "after the measured rounds");
-            std::thread::sleep(SETTLE);
+            // The leader's CPU while nothing changes (the nodes' heartbeats go on): over the
+            // last two thirds of the settling time, once the last reports are committed.
             let mpid = m.child.as_ref().map_or(0, Child::id);
+            std::thread::sleep(SETTLE / 3);
+            let idle_from = cpu_secs(mpid);
+            std::thread::sleep(SETTLE - SETTLE / 3);
+            let idle = cpu_secs(mpid) - idle_from;
+            let idle_over = (SETTLE - SETTLE / 3).as_secs_f64();
+            eprintln!(
+                "placement: manager CPU while settled with {replicas} tasks running: {:.1} % of a core ({idle:.2} s over {idle_over:.0} s)",
+                idle / idle_over * 100.0
+            );
             eprintln!(
                 "placement: manager RSS {:.1} MiB ({}) {SETTLE:?} after N/N with {replicas} tasks running, after {round} earlier rounds",
                 rss_mib(mpid),

@@ -639,23 +639,82 @@ fn rest_after(cost: Duration) -> Duration {
     }
 }
 
+/// How often the orchestrator runs a round without a change while one could decide
+/// differently with time ([`super::orchestrator::awaits_clock`]).
+const CLOCK_TICK: Duration = Duration::from_millis(500);
+
+/// How often it runs one on a settled swarm with no change at all: a backstop only.
+const IDLE_TICK: Duration = Duration::from_secs(10);
+
 /// The longest rest between orchestrator rounds.
 const MAX_REST: Duration = Duration::from_millis(500);
 
+/// What operators last asked of the services: a digest of each service's ID and revision.
+/// The revision moves with every operator change (create, update, scale, rollback) and
+/// removal drops the ID, while the orchestrator's own writes (rollout progress) leave it, so
+/// the digest moves only when an operator acted.
+fn operator_mark(s: &State) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    for (id, svc) in &s.services {
+        id.hash(&mut h);
+        svc.revision.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Rests `rest` after a round, or less when an operator changes a service meanwhile: the
+/// pacing is there for floods of task reports, and a `service create` or `scale` arriving
+/// during it is decided at once, not after the last report round's rest. `mark` is
+/// [`operator_mark`] of the state the round decided on.
+async fn pause(
+    mgr: &Manager,
+    others: &mut tokio::sync::watch::Receiver<u64>,
+    mark: u64,
+    rest: Duration,
+) {
+    let until = tokio::time::Instant::now() + rest;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return,
+            changed = others.changed() => {
+                if changed.is_err() {
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+                if mgr.read(operator_mark) != mark {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// The leader's orchestration loop: reconcile and schedule ([`decide`]) on every change (paced by
-/// [`rest_after`]).
+/// [`rest_after`], cut short by an operator's change: [`pause`]).
 pub async fn run_orchestrator(mgr: Arc<Manager>) {
     let mut applied = mgr.state().subscribe();
+    // Entries that change more than tasks (an operator's change among them).
+    let mut others = mgr.state().wake().others();
     let mut new_id = || skep_pki::new_id();
     let mut rest = Duration::ZERO;
+    let mut mark = 0;
+    // Whether the last round's state awaits the clock (a follower ticks as before).
+    let mut clock = true;
     loop {
         if !rest.is_zero() {
-            tokio::time::sleep(rest).await;
+            pause(&mgr, &mut others, mark, rest).await;
         }
         if mgr.is_leader() {
             let now = time::OffsetDateTime::now_utc();
             let started = std::time::Instant::now();
-            let cmds = mgr.read(|s| decide(s, now, &mut new_id));
+            // Seen before the read: a change applied after it wakes the next pause.
+            others.borrow_and_update();
+            let cmds = mgr.read(|s| {
+                mark = operator_mark(s);
+                clock = super::orchestrator::awaits_clock(s, now);
+                decide(s, now, &mut new_id)
+            });
             rest = rest_after(started.elapsed());
             if !cmds.is_empty() {
                 // In proposals each well within a Raft entry's bound: the tasks of a large
@@ -670,9 +729,14 @@ pub async fn run_orchestrator(mgr: Arc<Manager>) {
                 }
                 continue;
             }
+        } else {
+            clock = true;
         }
-        // Restart delays and update delays need a clock tick even when nothing changes.
-        let _ = tokio::time::timeout(Duration::from_millis(500), applied.changed()).await;
+        // Restart delays and update delays need a clock tick even when nothing changes; a
+        // settled swarm waits for a change (a round over 10,000 tasks costs tens of
+        // milliseconds, and ticking every half second kept an idle leader busy).
+        let tick = if clock { CLOCK_TICK } else { IDLE_TICK };
+        let _ = tokio::time::timeout(tick, applied.changed()).await;
     }
 }
 
@@ -709,6 +773,37 @@ mod tests {
             Duration::from_millis(80)
         );
         assert_eq!(rest_after(Duration::from_secs(3)), MAX_REST);
+    }
+
+    #[test]
+    fn only_an_operators_change_to_a_service_cuts_the_orchestrators_rest_short() {
+        let mut s = State::default();
+        s.services
+            .insert("s1".into(), fixtures::service("s1", "web"));
+        let at_first = operator_mark(&s);
+        // The orchestrator's own writes (an automatic rollback's new version, its time) and
+        // task changes leave the mark.
+        if let Some(svc) = s.services.get_mut("s1") {
+            svc.updated_at = "2026-12-06T21:00:00Z".into();
+            svc.version += 1;
+        }
+        s.tasks
+            .insert("t1".into(), task("t1", DesiredState::Running));
+        assert_eq!(operator_mark(&s), at_first);
+        // An operator's scale or update bumps the revision; a create or removal changes the set.
+        if let Some(svc) = s.services.get_mut("s1") {
+            svc.revision += 1;
+        }
+        let scaled = operator_mark(&s);
+        assert_ne!(scaled, at_first);
+        s.services
+            .insert("s2".into(), fixtures::service("s2", "api"));
+        let created = operator_mark(&s);
+        assert_ne!(created, scaled);
+        s.services.remove("s2");
+        assert_eq!(operator_mark(&s), scaled);
+        s.services.remove("s1");
+        assert_ne!(operator_mark(&s), scaled);
     }
 
     /// Three nodes with room for two tasks of a CPU each (n3 for one); service `web` running

@@ -59,6 +59,25 @@ pub fn reconcile(
     round.finish()
 }
 
+/// Whether a round at a later time could decide differently from one now on the same state:
+/// a task waits out its restart delay, or a service is in a rolling update or rollback (its
+/// delay between batches and its monitor period run on the clock). When neither holds, a round
+/// is a function of the state alone, and the leader need not run one until the state changes.
+pub fn awaits_clock(state: &State, now: OffsetDateTime) -> bool {
+    let updating = state.services.values().any(|s| {
+        s.update.as_ref().is_some_and(|u| {
+            matches!(
+                u.phase,
+                UpdatePhase::Updating | UpdatePhase::RollbackStarted
+            )
+        })
+    });
+    updating
+        || state.tasks.values().any(|t| {
+            !t.not_before.is_empty() && !t.status.state.is_terminal() && !not_before_passed(t, now)
+        })
+}
+
 /// How a replacement task starts.
 #[derive(Clone, Debug)]
 struct Start {

@@ -228,6 +228,26 @@ impl Sim {
             schedule(&self.state, self.now).is_empty(),
             "schedule not idle"
         );
+        // A fixed point the clock cannot move is one the leader does not revisit until the
+        // state changes (`awaits_clock`): rounds a minute and a day later decide nothing.
+        if !awaits_clock(&self.state, self.now) {
+            for later in [Duration::minutes(1), Duration::days(1)] {
+                let at = self.now + later;
+                let mut n = self.next;
+                let cmds = reconcile(&self.state, at, &mut || {
+                    n += 1;
+                    format!("t{n:05}")
+                });
+                assert!(
+                    cmds.is_empty(),
+                    "reconcile {later} later not idle: {cmds:?}"
+                );
+                assert!(
+                    schedule(&self.state, at).is_empty(),
+                    "schedule {later} later not idle"
+                );
+            }
+        }
     }
 
     fn live(&self, svc: &str) -> Vec<&Task> {
@@ -412,6 +432,59 @@ fn restart_delay_holds_the_replacement() {
     sim.tick(1);
     assert!(sim.place());
     assert_eq!(sim.state.tasks[&repl.id].status.state, TaskState::Assigned);
+}
+
+#[test]
+fn the_clock_is_awaited_while_a_restart_delay_runs_and_not_after() {
+    let mut sim = Sim::new(&["n1"]);
+    let mut sp = spec("web", Mode::Replicated { replicas: 1 });
+    sp.task.restart.delay_ms = 10_000;
+    sim.add_service("s", sp);
+    sim.settle();
+    assert!(!awaits_clock(&sim.state, sim.now), "settled");
+    let first = sim.live("s")[0].id.clone();
+    sim.end(&first, TaskState::Failed);
+    sim.orchestrate();
+    // Nothing changes until the delay is over: only the clock can move this state.
+    assert!(awaits_clock(&sim.state, sim.now));
+    sim.tick(9);
+    assert!(awaits_clock(&sim.state, sim.now));
+    assert!(sim.reconcile().is_empty() && schedule(&sim.state, sim.now).is_empty());
+    sim.tick(1);
+    assert!(!awaits_clock(&sim.state, sim.now), "the delay is over");
+    assert!(sim.place());
+    sim.settle();
+    assert!(!awaits_clock(&sim.state, sim.now));
+}
+
+#[test]
+fn the_clock_is_awaited_while_an_update_waits_between_batches() {
+    let mut sim = Sim::new(&["n1"]);
+    let mut sp = spec("web", Mode::Replicated { replicas: 2 });
+    sp.update.delay_ms = 10_000;
+    sp.update.monitor_ms = 0;
+    sim.add_service("s", sp);
+    sim.settle();
+    assert!(!awaits_clock(&sim.state, sim.now));
+    sim.update_service("s", |s| s.task.env = vec!["V=2".into()]);
+    // The first batch (one task) replaced and running: the second waits for the delay.
+    for _ in 0..5 {
+        sim.step();
+    }
+    let new = sim.live("s").iter().filter(|t| t.spec_version == 2).count();
+    assert_eq!(new, 1, "the first batch alone");
+    assert!(awaits_clock(&sim.state, sim.now));
+    assert!(
+        sim.reconcile().is_empty(),
+        "no change until the delay is over"
+    );
+    sim.run(30, |_| {});
+    assert_eq!(
+        sim.state.services["s"].update.as_ref().map(|u| u.phase),
+        Some(UpdatePhase::Completed)
+    );
+    sim.settle();
+    assert!(!awaits_clock(&sim.state, sim.now));
 }
 
 #[test]
