@@ -16,6 +16,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::Manager;
+use super::scheduler::Decision;
 use crate::api::v1::{Assignments, SecretValue};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Command, Node, State};
@@ -502,7 +503,7 @@ fn decide(
         let view = RoundView::of(s, &cmds);
         super::scheduler::schedule_over(s, view.tasks(), now)
     };
-    merge_placed(&mut cmds, placed);
+    merge_placed(s, &mut cmds, placed);
     cmds
 }
 
@@ -547,24 +548,32 @@ impl<'a> RoundView<'a> {
     }
 }
 
-/// Puts the scheduler's tasks into the round's commands: each replaces the reconciliation's
-/// version of the same task, the others (pending from earlier rounds) are added.
-fn merge_placed(cmds: &mut Vec<Command>, placed: Vec<Task>) {
+/// Writes the scheduler's decisions into the round's commands: over the reconciliation's own
+/// copy of a task where it has one, else over a copy of the state's (a task pending from an
+/// earlier round), added in ID order.
+fn merge_placed(s: &State, cmds: &mut Vec<Command>, placed: Vec<(String, Decision)>) {
     if placed.is_empty() {
         return;
     }
-    let mut placed: HashMap<String, Task> = placed.into_iter().map(|t| (t.id.clone(), t)).collect();
+    let mut placed: HashMap<String, Decision> = placed.into_iter().collect();
     for c in cmds.iter_mut() {
         if let Command::PutTasks(tasks) = c {
             for t in tasks.iter_mut() {
-                if let Some(p) = placed.remove(&t.id) {
-                    *t = p;
+                if let Some(d) = placed.remove(&t.id) {
+                    d.apply(t);
                 }
             }
         }
     }
     if !placed.is_empty() {
-        let mut rest: Vec<Task> = placed.into_values().collect();
+        let mut rest: Vec<Task> = placed
+            .into_iter()
+            .filter_map(|(id, d)| {
+                let mut t = s.tasks.get(&id)?.clone();
+                d.apply(&mut t);
+                Some(t)
+            })
+            .collect();
         rest.sort_by(|a, b| a.id.cmp(&b.id));
         cmds.push(Command::PutTasks(rest));
     }

@@ -26,7 +26,14 @@ use crate::util::{parse_rfc3339, rfc3339};
 /// Places pending tasks (desired Running, state Pending, node_id empty, `not_before` passed) on
 /// nodes, and records why the others fit nowhere. Returns at most one `PutTasks`.
 pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
-    let out = schedule_over(state, state.tasks.values(), now);
+    let out: Vec<Task> = schedule_over(state, state.tasks.values(), now)
+        .into_iter()
+        .filter_map(|(id, d)| {
+            let mut t = state.tasks.get(&id)?.clone();
+            d.apply(&mut t);
+            Some(t)
+        })
+        .collect();
     if out.is_empty() {
         Vec::new()
     } else {
@@ -34,14 +41,47 @@ pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
     }
 }
 
+/// What the scheduler decided for one pending task: written over the task by
+/// [`Decision::apply`]. The scheduler hands out decisions rather than copies of the tasks, so
+/// the orchestrator's round writes them into its own copies and no task is copied twice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Placed on the node: the task is `Assigned` there.
+    Assigned {
+        /// The node's ID.
+        node_id: String,
+        /// Its new status.
+        status: TaskStatus,
+    },
+    /// It fits no node, for a reason other than the one its status gives.
+    Unplaced {
+        /// Why, in Swarm's words ([`explain_unschedulable`]).
+        message: String,
+    },
+}
+
+impl Decision {
+    /// Writes the decision over the task it was made for.
+    pub fn apply(self, t: &mut Task) {
+        match self {
+            Decision::Assigned { node_id, status } => {
+                t.node_id = node_id;
+                t.status = status;
+            }
+            Decision::Unplaced { message } => t.status.message = message,
+        }
+    }
+}
+
 /// As [`schedule`], over `tasks` instead of the state's own (every task of the swarm, as a
 /// round that has not been committed yet would leave them; the state gives the nodes, services
-/// and policies): the placed tasks, and those whose reason for fitting nowhere changed.
+/// and policies): for each task placed, or whose reason for fitting nowhere changed, its ID and
+/// what was decided, in the order decided.
 pub fn schedule_over<'t>(
     state: &State,
     tasks: impl Iterator<Item = &'t Task> + Clone,
     now: OffsetDateTime,
-) -> Vec<Task> {
+) -> Vec<(String, Decision)> {
     let mut pending: Vec<&Task> = tasks
         .clone()
         .filter(|t| {
@@ -191,14 +231,18 @@ impl<'a> Placement<'a> {
 
     /// Counts a task on its node, if it occupies one.
     pub(crate) fn add(&mut self, t: &Task) {
-        if !occupies(t) {
-            return;
+        if occupies(t) {
+            self.count_on(&t.node_id, t);
         }
+    }
+
+    /// Counts `t` on the node `node_id` (where it is, or where it is being placed).
+    fn count_on(&mut self, node_id: &str, t: &Task) {
         // Looked up before inserting: a node or service already counted costs no allocation.
-        if !self.load.contains_key(&t.node_id) {
-            self.load.insert(t.node_id.clone(), Load::default());
+        if !self.load.contains_key(node_id) {
+            self.load.insert(node_id.to_string(), Load::default());
         }
-        let Some(l) = self.load.get_mut(&t.node_id) else {
+        let Some(l) = self.load.get_mut(node_id) else {
             return;
         };
         l.used.nano_cpus = l
@@ -277,7 +321,7 @@ impl<'a> Placement<'a> {
     /// that fits nowhere with its new reason, to `out`. A node that suits the run is kept in a
     /// heap by Swarm's spread order; one its reservations no longer fit leaves it for the rest
     /// of the run (the run only fills nodes up).
-    fn place_run(&mut self, run: &[&Task], at: &str, out: &mut Vec<Task>) {
+    fn place_run(&mut self, run: &[&Task], at: &str, out: &mut Vec<(String, Decision)>) {
         let Some(first) = run.first() else {
             return;
         };
@@ -301,9 +345,8 @@ impl<'a> Placement<'a> {
             };
             match picked {
                 Some(node) => {
-                    let mut t = (*task).clone();
-                    t.node_id = node.id.clone();
-                    t.status = TaskStatus {
+                    self.count_on(&node.id, task);
+                    let status = TaskStatus {
                         state: TaskState::Assigned,
                         message: "scheduled".into(),
                         err: String::new(),
@@ -311,17 +354,16 @@ impl<'a> Placement<'a> {
                         timestamp: at.to_string(),
                         held: Default::default(),
                     };
-                    self.add(&t);
-                    out.push(t);
+                    let node_id = node.id.clone();
+                    out.push((task.id.clone(), Decision::Assigned { node_id, status }));
                     heap.push(Reverse(self.rank(node, task)));
                 }
                 None => {
                     // Nothing changes for the rest of the run: one reason for all of them.
                     let message = unplaced.get_or_insert_with(|| self.explain(task));
                     if *message != task.status.message {
-                        let mut t = (*task).clone();
-                        t.status.message = message.clone();
-                        out.push(t);
+                        let message = message.clone();
+                        out.push((task.id.clone(), Decision::Unplaced { message }));
                     }
                 }
             }
