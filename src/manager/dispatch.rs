@@ -568,11 +568,7 @@ fn merge_placed(s: &State, cmds: &mut Vec<Command>, placed: Vec<(String, Decisio
     if !placed.is_empty() {
         let mut rest: Vec<Task> = placed
             .into_iter()
-            .filter_map(|(id, d)| {
-                let mut t = s.tasks.get(&id)?.clone();
-                d.apply(&mut t);
-                Some(t)
-            })
+            .filter_map(|(id, d)| d.applied_to(s, &id))
             .collect();
         rest.sort_by(|a, b| a.id.cmp(&b.id));
         cmds.push(Command::PutTasks(rest));

@@ -414,6 +414,7 @@ fn restart_delay_holds_the_replacement() {
     sp.task.restart.delay_ms = 10_000;
     sim.add_service("s", sp);
     sim.settle();
+    assert!(!awaits_clock(&sim.state, sim.now), "settled");
     let first = sim.live("s")[0].id.clone();
     let ended = sim.now;
     sim.end(&first, TaskState::Failed);
@@ -422,6 +423,8 @@ fn restart_delay_holds_the_replacement() {
     assert_eq!(repl.not_before, rfc3339(ended + Duration::seconds(10)));
     assert_eq!(repl.status.state, TaskState::Pending);
     for _ in 0..9 {
+        // Only the clock moves this state on: the leader keeps ticking.
+        assert!(awaits_clock(&sim.state, sim.now));
         sim.tick(1);
         assert!(
             schedule(&sim.state, sim.now).is_empty(),
@@ -430,59 +433,9 @@ fn restart_delay_holds_the_replacement() {
         assert!(sim.reconcile().is_empty());
     }
     sim.tick(1);
-    assert!(sim.place());
-    assert_eq!(sim.state.tasks[&repl.id].status.state, TaskState::Assigned);
-}
-
-#[test]
-fn the_clock_is_awaited_while_a_restart_delay_runs_and_not_after() {
-    let mut sim = Sim::new(&["n1"]);
-    let mut sp = spec("web", Mode::Replicated { replicas: 1 });
-    sp.task.restart.delay_ms = 10_000;
-    sim.add_service("s", sp);
-    sim.settle();
-    assert!(!awaits_clock(&sim.state, sim.now), "settled");
-    let first = sim.live("s")[0].id.clone();
-    sim.end(&first, TaskState::Failed);
-    sim.orchestrate();
-    // Nothing changes until the delay is over: only the clock can move this state.
-    assert!(awaits_clock(&sim.state, sim.now));
-    sim.tick(9);
-    assert!(awaits_clock(&sim.state, sim.now));
-    assert!(sim.reconcile().is_empty() && schedule(&sim.state, sim.now).is_empty());
-    sim.tick(1);
     assert!(!awaits_clock(&sim.state, sim.now), "the delay is over");
     assert!(sim.place());
-    sim.settle();
-    assert!(!awaits_clock(&sim.state, sim.now));
-}
-
-#[test]
-fn the_clock_is_awaited_while_an_update_waits_between_batches() {
-    let mut sim = Sim::new(&["n1"]);
-    let mut sp = spec("web", Mode::Replicated { replicas: 2 });
-    sp.update.delay_ms = 10_000;
-    sp.update.monitor_ms = 0;
-    sim.add_service("s", sp);
-    sim.settle();
-    assert!(!awaits_clock(&sim.state, sim.now));
-    sim.update_service("s", |s| s.task.env = vec!["V=2".into()]);
-    // The first batch (one task) replaced and running: the second waits for the delay.
-    for _ in 0..5 {
-        sim.step();
-    }
-    let new = sim.live("s").iter().filter(|t| t.spec_version == 2).count();
-    assert_eq!(new, 1, "the first batch alone");
-    assert!(awaits_clock(&sim.state, sim.now));
-    assert!(
-        sim.reconcile().is_empty(),
-        "no change until the delay is over"
-    );
-    sim.run(30, |_| {});
-    assert_eq!(
-        sim.state.services["s"].update.as_ref().map(|u| u.phase),
-        Some(UpdatePhase::Completed)
-    );
+    assert_eq!(sim.state.tasks[&repl.id].status.state, TaskState::Assigned);
     sim.settle();
     assert!(!awaits_clock(&sim.state, sim.now));
 }
@@ -720,6 +673,12 @@ fn update_delay_waits_between_batches() {
         if new == 2 && second_batch_at.is_none() {
             second_batch_at = Some(sim.now);
         }
+        // Between batches only the clock moves the update on: the leader keeps ticking.
+        let updating = sim.state.services["s"]
+            .update
+            .as_ref()
+            .is_some_and(|u| u.phase == UpdatePhase::Updating);
+        assert_eq!(awaits_clock(&sim.state, sim.now), updating);
     });
     let at = second_batch_at.expect("second batch started");
     assert!(at - start >= Duration::seconds(10), "{}", at - start);
@@ -727,6 +686,8 @@ fn update_delay_waits_between_batches() {
         sim.state.services["s"].update.as_ref().map(|u| u.phase),
         Some(UpdatePhase::Completed)
     );
+    sim.settle();
+    assert!(!awaits_clock(&sim.state, sim.now));
 }
 
 #[test]

@@ -28,11 +28,7 @@ use crate::util::{parse_rfc3339, rfc3339};
 pub fn schedule(state: &State, now: OffsetDateTime) -> Vec<Command> {
     let out: Vec<Task> = schedule_over(state, state.tasks.values(), now)
         .into_iter()
-        .filter_map(|(id, d)| {
-            let mut t = state.tasks.get(&id)?.clone();
-            d.apply(&mut t);
-            Some(t)
-        })
+        .filter_map(|(id, d)| d.applied_to(state, &id))
         .collect();
     if out.is_empty() {
         Vec::new()
@@ -61,6 +57,14 @@ pub enum Decision {
 }
 
 impl Decision {
+    /// A copy of the state's task `id` with the decision written over it (`None` if the state
+    /// has no such task).
+    pub fn applied_to(self, state: &State, id: &str) -> Option<Task> {
+        let mut t = state.tasks.get(id)?.clone();
+        self.apply(&mut t);
+        Some(t)
+    }
+
     /// Writes the decision over the task it was made for.
     pub fn apply(self, t: &mut Task) {
         match self {
