@@ -781,7 +781,7 @@ mod tests {
     }
 
     #[test]
-    fn only_an_operators_change_to_a_service_cuts_the_orchestrators_rest_short() {
+    fn the_operator_mark_moves_with_an_operators_change_to_a_service_only() {
         let mut s = State::default();
         s.services
             .insert("s1".into(), fixtures::service("s1", "web"));
