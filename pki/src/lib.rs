@@ -47,7 +47,7 @@ pub use ca::{IssuedCert, ROOT_CN, RootCa};
 pub use csr::{Csr, MAX_CSR_LEN, NodeKey};
 pub use digest::{CaDigest, ca_digest_of};
 pub use error::PkiError;
-pub use id::{ID_LEN, is_valid_id, new_id, try_new_id};
+pub use id::{ID_LEN, Ids, is_valid_id, new_id, try_new_id};
 pub use jwt::{Jwk, JwtClaims, JwtKey};
 pub use operator::{
     OPERATOR_OU, OperatorCertInfo, is_valid_operator_name, operator_revocation_key,

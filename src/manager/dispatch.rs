@@ -701,7 +701,9 @@ pub async fn run_orchestrator(mgr: Arc<Manager>) {
     let mut applied = mgr.state().subscribe();
     // Entries that change more than tasks (an operator's change among them).
     let mut others = mgr.state().wake().others();
-    let mut new_id = || skep_pki::new_id();
+    // A large service's IDs come from a few draws of the system's random bits, not one each.
+    let mut ids = skep_pki::Ids::new();
+    let mut new_id = || ids.id();
     let mut rest = Duration::ZERO;
     let mut mark = 0;
     // Whether the last round's state awaits the clock (a follower ticks as before).
