@@ -155,6 +155,10 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
         // The generation of the node's tasks last diffed, and the IDs of those it runs.
         let mut seen = 0u64;
         let mut now_ids: Vec<String> = Vec::new();
+        // Whether the secrets pass is to run: something it reads may have changed (the node's
+        // tasks, or any entry that changes more than tasks), or a delivery is to be tried
+        // again. A session woken only by its timer skips it.
+        let mut secrets_stale = true;
         loop {
             if !mgr.is_leader() {
                 let _ = tx
@@ -170,6 +174,7 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
             let generation = mgr.read(|s| s.tasks.generation(&node_id));
             let msg = if complete || generation != seen {
                 seen = generation;
+                secrets_stale = true;
                 let (changes, deleted) = mgr.read(|s| {
                     let (now, all) = assigned(s, &node_id);
                     let mut deleted = Vec::new();
@@ -203,7 +208,12 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
             } else {
                 None
             };
-            let msg = match mgr.read(|s| secrets_due(s, &node_id, &now_ids, &mut held)) {
+            let due = if std::mem::take(&mut secrets_stale) {
+                mgr.read(|s| secrets_due(s, &node_id, &now_ids, &mut held))
+            } else {
+                None
+            };
+            let msg = match due {
                 Some(due) if due.values.is_empty() => msg,
                 Some(due) => {
                     // The record first: a value leaves the leader only once its delivery is
@@ -215,6 +225,7 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
                         for v in &due.values {
                             held.remove(&(v.config, v.id.clone(), v.version));
                         }
+                        secrets_stale = true;
                         msg
                     } else {
                         let secrets = due.values.iter().filter(|v| !v.config).count();
@@ -236,7 +247,7 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
             // to notice a lost leadership.
             tokio::select! {
                 _ = wake_node.notified() => {}
-                _ = others.changed() => {}
+                _ = others.changed() => secrets_stale = true,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
             if tx.is_closed() {

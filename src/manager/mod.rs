@@ -19,6 +19,7 @@ pub mod gate;
 pub mod jwt;
 pub mod limiter;
 mod lookup;
+pub mod managers;
 pub mod mesh;
 pub mod metrics;
 pub mod network;
@@ -245,6 +246,8 @@ pub struct Manager {
     read_state: Mutex<reads::ReadState>,
     /// The last workload bundle made (heartbeats carry it).
     workload_bundle: workload::BundleCache,
+    /// The last list of managers made (heartbeats carry it).
+    managers: managers::ManagersCache,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -293,6 +296,7 @@ impl Manager {
             anchor: std::sync::OnceLock::new(),
             read_state: Mutex::new(reads::ReadState::default()),
             workload_bundle: workload::BundleCache::default(),
+            managers: managers::ManagersCache::default(),
         })
     }
 
@@ -395,15 +399,16 @@ impl Manager {
             .map(|n| n.addr.clone())
     }
 
+    /// The managers of the state as applied now, made once per applied entry
+    /// ([`managers::ManagersCache`]).
+    pub fn managers(&self) -> Arc<managers::Managers> {
+        self.state
+            .read_applied(|s, id| self.managers.get(s, id.map_or(0, |l| l.index)))
+    }
+
     /// Addresses of all managers, the leader first.
     pub fn manager_addrs(&self) -> Vec<String> {
-        let mut addrs: Vec<String> = self.read(|s| {
-            s.nodes
-                .values()
-                .filter(|n| n.role == NodeRole::Manager)
-                .map(|n| n.addr.clone())
-                .collect()
-        });
+        let mut addrs = self.managers().addrs.clone();
         if let Some(leader) = self.leader_addr() {
             addrs.retain(|a| *a != leader);
             addrs.insert(0, leader);

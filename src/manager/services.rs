@@ -291,20 +291,6 @@ impl Services {
     }
 }
 
-/// The managers in `s` with the certificate each holds, for workers to pin.
-fn manager_certs(s: &crate::store::model::State) -> Vec<crate::api::v1::ManagerCert> {
-    s.nodes
-        .values()
-        .filter(|n| n.role == NodeRole::Manager)
-        .map(|n| crate::api::v1::ManagerCert {
-            node_id: n.id.clone(),
-            serial: n.cert_serial.clone(),
-            not_after: crate::util::parse_rfc3339(&n.cert_not_after)
-                .map_or(i64::MAX, |t| t.unix_timestamp()),
-        })
-        .collect()
-}
-
 /// Which role a presented token grants: compares against both current tokens in constant time.
 fn role_of(
     token: &JoinToken,
@@ -770,7 +756,7 @@ impl Dispatcher for Services {
                 period_ms,
                 manager_addrs,
                 revoked: self.mgr.read(|s| s.revoked.keys().cloned().collect()),
-                managers: self.mgr.read(manager_certs),
+                managers: self.mgr.managers().certs.clone(),
                 ..Default::default()
             }));
         }
@@ -813,7 +799,7 @@ impl Dispatcher for Services {
                 .unwrap_or_default(),
             addr: node.map(|n| n.addr).unwrap_or_default(),
             trust_roots: self.mgr.trust_bundle().unwrap_or_default(),
-            managers: self.mgr.read(manager_certs),
+            managers: self.mgr.managers().certs.clone(),
             workload: self.mgr.workload_bundle().as_ref().map(Into::into),
             remove_volumes_of: self.mgr.volume_work(id.node_id()),
         }))
