@@ -59,7 +59,7 @@ mod tests {
         let refused = vec!["token.read".to_string()];
         let nested = Command::Once {
             id: "p1".into(),
-            cmd: Box::new(Command::Batch(vec![rec("x"), rec("token.read")])),
+            cmd: std::sync::Arc::new(Command::Batch(vec![rec("x"), rec("token.read")])),
         };
         assert_eq!(
             first_refused(&nested, &refused).as_deref(),

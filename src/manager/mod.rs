@@ -530,7 +530,7 @@ impl Manager {
             once @ Command::Once { .. } => once,
             cmd => Command::Once {
                 id: proposal_id(),
-                cmd: Box::new(cmd),
+                cmd: Arc::new(cmd),
             },
         };
         crate::store::wire::check_command(&cmd)

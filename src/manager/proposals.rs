@@ -137,7 +137,7 @@ pub fn with_record(cmd: Command, record: AuditEvent) -> Command {
     match cmd {
         Command::Once { id, cmd } => Command::Once {
             id,
-            cmd: Box::new(with_record(*cmd, record)),
+            cmd: std::sync::Arc::new(with_record(std::sync::Arc::unwrap_or_clone(cmd), record)),
         },
         Command::Batch(mut cmds) => {
             cmds.push(Command::Audit(record));
@@ -150,7 +150,7 @@ pub fn with_record(cmd: Command, record: AuditEvent) -> Command {
 /// Adds `proposed_by` (the forwarding node) to every audit record in a peer's proposal.
 pub fn stamp(cmd: &mut Command, node_id: &str) {
     match cmd {
-        Command::Once { cmd, .. } => stamp(cmd, node_id),
+        Command::Once { cmd, .. } => stamp(std::sync::Arc::make_mut(cmd), node_id),
         Command::Batch(cmds) => cmds.iter_mut().for_each(|c| stamp(c, node_id)),
         Command::Audit(AuditEvent { details, .. }) => {
             details.insert("proposed_by".into(), node_id.into());
@@ -253,7 +253,7 @@ mod tests {
     fn once(c: Command) -> Command {
         Command::Once {
             id: "p1".into(),
-            cmd: Box::new(c),
+            cmd: std::sync::Arc::new(c),
         }
     }
 
@@ -305,7 +305,7 @@ mod tests {
             panic!("the proposal ID was lost")
         };
         assert_eq!(id, "p1");
-        assert!(matches!(*cmd, Command::Batch(ref c) if c.len() == 2));
+        assert!(matches!(&*cmd, Command::Batch(c) if c.len() == 2));
         let alone = with_record(
             labels(),
             AuditEvent::now(Actor::system(), "a", "b", Outcome::Ok),
@@ -320,7 +320,9 @@ mod tests {
         let Command::Once { cmd, .. } = c else {
             panic!()
         };
-        let Command::Batch(cmds) = *cmd else { panic!() };
+        let Command::Batch(cmds) = std::sync::Arc::unwrap_or_clone(cmd) else {
+            panic!()
+        };
         let Command::Audit(e) = &cmds[1] else {
             panic!()
         };

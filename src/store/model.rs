@@ -555,8 +555,9 @@ pub enum Command {
     Once {
         /// Random, chosen by the proposing manager.
         id: String,
-        /// The command.
-        cmd: Box<Command>,
+        /// The command (shared: the proposing manager keeps it to retry with while Raft holds
+        /// it, without a copy of a large proposal; encoded as the command itself).
+        cmd: std::sync::Arc<Command>,
     },
     /// Asks the nodes to remove a stack's named volumes (`stack rm --volumes`).
     RequestVolumeRemoval {
@@ -763,7 +764,7 @@ impl State {
             if self.recent_proposals.contains(&id) {
                 return Response::Ok;
             }
-            let r = self.apply(*cmd);
+            let r = self.apply(std::sync::Arc::unwrap_or_clone(cmd));
             if r == Response::Ok {
                 if self.recent_proposals.len() >= RECENT_PROPOSALS {
                     self.recent_proposals.pop_front();
@@ -986,7 +987,7 @@ impl State {
 
     fn apply_checked(&mut self, cmd: Command) {
         match cmd {
-            Command::Once { cmd, .. } => self.apply_checked(*cmd),
+            Command::Once { cmd, .. } => self.apply_checked(std::sync::Arc::unwrap_or_clone(cmd)),
             Command::InitCluster(cluster) => {
                 self.vip_cursor = super::vip::start_for(&cluster.id);
                 self.cluster = Some(*cluster);
@@ -1353,7 +1354,7 @@ mod tests {
         let mut s = State::default();
         let once = |id: &str, target: &str| Command::Once {
             id: id.into(),
-            cmd: Box::new(Command::Audit(AuditEvent::now(
+            cmd: std::sync::Arc::new(Command::Audit(AuditEvent::now(
                 Actor::node("n"),
                 "secret.create",
                 target,
@@ -1372,7 +1373,7 @@ mod tests {
         // A refused proposal is not remembered: its retry is checked again.
         let bad = Command::Once {
             id: "p3".into(),
-            cmd: Box::new(Command::SetNodeState {
+            cmd: std::sync::Arc::new(Command::SetNodeState {
                 id: "missing".into(),
                 state: NodeState::Ready,
                 at: "t".into(),
