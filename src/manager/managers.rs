@@ -92,7 +92,7 @@ mod tests {
             "made again for the same state"
         );
 
-        // Promoted, demoted, given a new certificate: each an entry, each seen at once.
+        // Promoted, demoted, given a new certificate, removed: each an entry, each seen at once.
         s.nodes.get_mut("w1").unwrap().role = NodeRole::Manager;
         let promoted = cache.get(&s, 8);
         assert_eq!(
@@ -106,5 +106,9 @@ mod tests {
         s.nodes.get_mut("w1").unwrap().cert_serial = "renewed".into();
         assert_eq!(cache.get(&s, 10).certs[0].serial, "renewed");
         assert_eq!(*cache.get(&s, 10), Managers::of(&s));
+        // Removed: no longer a manager any worker accepts.
+        s.nodes.remove("w1");
+        let removed = cache.get(&s, 11);
+        assert!(removed.addrs.is_empty() && removed.certs.is_empty());
     }
 }
