@@ -304,6 +304,20 @@ impl AsyncWrite for PeerStream {
         self.check(revoke::Side::Write, cx)?;
         Pin::new(&mut self.tls).poll_write(cx, buf)
     }
+    /// Every slice in one call: rustls seals them into as few records as fit and writes them
+    /// with one system call. Without it, HTTP/2 wrote a response's frame headers and its
+    /// payload as separate records and system calls (three `writev`s for each heartbeat).
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(revoke::Side::Write, cx)?;
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.check(revoke::Side::Write, cx)?;
         Pin::new(&mut self.tls).poll_flush(cx)
@@ -656,3 +670,8 @@ async fn connect_tls(
         .connect(name, tcp)
         .await
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+#[path = "stream_tests.rs"]
+mod stream_tests;
