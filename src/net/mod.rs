@@ -675,3 +675,6 @@ async fn connect_tls(
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 #[path = "stream_tests.rs"]
 mod stream_tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod test_identity;

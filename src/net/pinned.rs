@@ -116,39 +116,9 @@ impl ServerCertVerifier for PinnedRoot {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::net::Credentials;
     use crate::net::identity::LiveIdentity;
-    use crate::secret::SecretBytes;
-    use skep_pki::{Csr, NodeKey, Role, RootCa};
-
-    fn ca() -> RootCa {
-        let now = time::OffsetDateTime::now_utc();
-        RootCa::generate(&skep_pki::new_id(), time::Duration::days(1), now).unwrap()
-    }
-
-    /// A manager's identity issued by `issuer`, presenting `chain` after its certificate and
-    /// trusting `roots`.
-    fn manager(issuer: &RootCa, chain: Vec<Vec<u8>>, roots: &[&RootCa]) -> Arc<LiveIdentity> {
-        let key = NodeKey::generate().unwrap();
-        let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let cert = issuer
-            .issue(
-                &csr,
-                &skep_pki::new_id(),
-                Role::Manager,
-                time::Duration::hours(1),
-                now,
-            )
-            .unwrap();
-        LiveIdentity::new(Credentials {
-            cert_der: cert.der,
-            chain,
-            key_der: SecretBytes::from(key.pkcs8_der()),
-            root_der: roots.iter().flat_map(|r| r.cert_der().to_vec()).collect(),
-        })
-        .unwrap()
-    }
+    use crate::net::test_identity::{manager, root as ca};
+    use skep_pki::RootCa;
 
     /// One handshake in memory from a client pinned to `pin` to `server`: whether both ends
     /// finished, and what the verifier saw.

@@ -8,35 +8,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::identity::LiveIdentity;
-use super::{Credentials, PeerInfo, PeerStream, limit, revoke};
-use crate::secret::SecretBytes;
-use skep_pki::{Csr, NodeKey, Role, RootCa};
-
-/// A manager's identity under a new root, and that root.
-fn manager() -> (Arc<LiveIdentity>, RootCa) {
-    let now = time::OffsetDateTime::now_utc();
-    let root = RootCa::generate(&skep_pki::new_id(), time::Duration::days(1), now).unwrap();
-    let key = NodeKey::generate().unwrap();
-    let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();
-    let cert = root
-        .issue(
-            &csr,
-            &skep_pki::new_id(),
-            Role::Manager,
-            time::Duration::hours(1),
-            now,
-        )
-        .unwrap();
-    let identity = LiveIdentity::new(Credentials {
-        cert_der: cert.der,
-        chain: vec![],
-        key_der: SecretBytes::from(key.pkcs8_der()),
-        root_der: root.cert_der().to_vec(),
-    })
-    .unwrap();
-    (identity, root)
-}
+use super::test_identity::{manager, root};
+use super::{PeerInfo, PeerStream, limit, revoke};
 
 /// The server's end of a TLS connection as the listener hands it on, tracked for revocation
 /// as node `n1`, and the client's end.
@@ -45,7 +18,8 @@ async fn pair() -> (
     tokio_rustls::client::TlsStream<TcpStream>,
     Arc<revoke::Kill>,
 ) {
-    let (identity, root) = manager();
+    let root = root();
+    let identity = manager(&root, vec![], &[&root]);
     let revocations = revoke::Revocations::new();
     let server_cfg = super::server_config(&identity, &revocations).unwrap();
     let client_cfg = super::client_config(root.cert_der(), None).unwrap();

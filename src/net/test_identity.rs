@@ -1,0 +1,43 @@
+//! Test fixtures: a new root, and manager identities it issues.
+
+use std::sync::Arc;
+
+use skep_pki::{Csr, NodeKey, Role, RootCa};
+
+use super::Credentials;
+use super::identity::LiveIdentity;
+use crate::secret::SecretBytes;
+
+/// A new root, valid for a day.
+pub(crate) fn root() -> RootCa {
+    let now = time::OffsetDateTime::now_utc();
+    RootCa::generate(&skep_pki::new_id(), time::Duration::days(1), now).unwrap()
+}
+
+/// A manager's identity issued by `issuer`, presenting `chain` after its certificate and
+/// trusting `roots`.
+pub(crate) fn manager(
+    issuer: &RootCa,
+    chain: Vec<Vec<u8>>,
+    roots: &[&RootCa],
+) -> Arc<LiveIdentity> {
+    let key = NodeKey::generate().unwrap();
+    let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let cert = issuer
+        .issue(
+            &csr,
+            &skep_pki::new_id(),
+            Role::Manager,
+            time::Duration::hours(1),
+            now,
+        )
+        .unwrap();
+    LiveIdentity::new(Credentials {
+        cert_der: cert.der,
+        chain,
+        key_der: SecretBytes::from(key.pkcs8_der()),
+        root_der: roots.iter().flat_map(|r| r.cert_der().to_vec()).collect(),
+    })
+    .unwrap()
+}
