@@ -295,29 +295,8 @@ fn not_a_current_manager(pins: &Pins, der: &CertificateDer<'_>) -> Option<String
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::secret::SecretBytes;
-    use skep_pki::{Csr, NodeKey, Role, RootCa};
-
-    fn creds(ca: &RootCa, role: Role, chain: Vec<Vec<u8>>, roots: &[&RootCa]) -> Credentials {
-        let key = NodeKey::generate().unwrap();
-        let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        let cert = ca
-            .issue(
-                &csr,
-                &skep_pki::new_id(),
-                role,
-                time::Duration::hours(1),
-                now,
-            )
-            .unwrap();
-        Credentials {
-            cert_der: cert.der,
-            chain,
-            key_der: SecretBytes::from(key.pkcs8_der()),
-            root_der: roots.iter().flat_map(|r| r.cert_der().to_vec()).collect(),
-        }
-    }
+    use crate::net::test_identity::creds;
+    use skep_pki::{Role, RootCa};
 
     /// One mTLS handshake between a manager `server` and a node `client`, in memory.
     async fn handshake(server: &Arc<LiveIdentity>, client: &Arc<LiveIdentity>) -> bool {

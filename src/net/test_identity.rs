@@ -14,13 +14,14 @@ pub(crate) fn root() -> RootCa {
     RootCa::generate(&skep_pki::new_id(), time::Duration::days(1), now).unwrap()
 }
 
-/// A manager's identity issued by `issuer`, presenting `chain` after its certificate and
-/// trusting `roots`.
-pub(crate) fn manager(
+/// Credentials of a node of `role` issued by `issuer`, presenting `chain` after its
+/// certificate and trusting `roots`.
+pub(crate) fn creds(
     issuer: &RootCa,
+    role: Role,
     chain: Vec<Vec<u8>>,
     roots: &[&RootCa],
-) -> Arc<LiveIdentity> {
+) -> Credentials {
     let key = NodeKey::generate().unwrap();
     let csr = Csr::from_der(&key.csr_der().unwrap()).unwrap();
     let now = time::OffsetDateTime::now_utc();
@@ -28,16 +29,24 @@ pub(crate) fn manager(
         .issue(
             &csr,
             &skep_pki::new_id(),
-            Role::Manager,
+            role,
             time::Duration::hours(1),
             now,
         )
         .unwrap();
-    LiveIdentity::new(Credentials {
+    Credentials {
         cert_der: cert.der,
         chain,
         key_der: SecretBytes::from(key.pkcs8_der()),
         root_der: roots.iter().flat_map(|r| r.cert_der().to_vec()).collect(),
-    })
-    .unwrap()
+    }
+}
+
+/// A manager's identity: [`creds`] of a manager.
+pub(crate) fn manager(
+    issuer: &RootCa,
+    chain: Vec<Vec<u8>>,
+    roots: &[&RootCa],
+) -> Arc<LiveIdentity> {
+    LiveIdentity::new(creds(issuer, Role::Manager, chain, roots)).unwrap()
 }
