@@ -143,9 +143,10 @@ pub fn session(mgr: Arc<Manager>, node_id: String) -> mpsc::Receiver<SessionItem
 async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<SessionItem>) {
     let node_id = node_id.to_string();
     {
-        // Woken when this node's tasks change, or anything else the session reads does.
+        // Woken when this node's tasks or record change, or anything else the session reads
+        // does (not another node's record).
         let wake_node = mgr.state().wake().node(&node_id);
-        let mut others = mgr.state().wake().others();
+        let mut others = mgr.state().wake().sessions();
         let mut sent: HashMap<String, Sent> = HashMap::new();
         let mut known: HashSet<String> = HashSet::new();
         // Secret and config versions this session has sent to the node and the node still
@@ -156,8 +157,8 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
         let mut seen = 0u64;
         let mut now_ids: Vec<String> = Vec::new();
         // Whether the secrets pass is to run: something it reads may have changed (the node's
-        // tasks, or any entry that changes more than tasks), or a delivery is to be tried
-        // again. A session woken only by its timer skips it.
+        // tasks or record, or an entry that changes more than tasks and node records), or a
+        // delivery is to be tried again. A session woken only by its timer skips it.
         let mut secrets_stale = true;
         loop {
             if !mgr.is_leader() {
@@ -246,7 +247,8 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
             // Wake when the node's tasks or anything else it is sent changed, and now and then
             // to notice a lost leadership.
             tokio::select! {
-                _ = wake_node.notified() => {}
+                // Its own record (labels, role) decides what it is entitled to.
+                _ = wake_node.notified() => secrets_stale = true,
                 _ = others.changed() => secrets_stale = true,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }

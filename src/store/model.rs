@@ -680,6 +680,27 @@ impl Command {
             _ => false,
         }
     }
+
+    /// Whether applying this changes nothing but node records, tasks and the audit chain. A
+    /// task session reads no node record but its own node's, so such an entry wakes only the
+    /// sessions of the nodes whose tasks or records it changed ([`super::wake`]). Before, a
+    /// join woke every open session: with N nodes joining, N² wake-ups.
+    pub fn changes_only_nodes_and_tasks(&self) -> bool {
+        match self {
+            Command::PutNode(_)
+            | Command::SetNodeState { .. }
+            | Command::RemoveNode { .. }
+            | Command::UpdateNode { .. }
+            | Command::DescribeNode { .. }
+            | Command::UpdateNodeCert { .. }
+            | Command::SetNodePortErrors { .. }
+            | Command::SetNodeRole { .. }
+            | Command::SetNodeStoreError { .. } => true,
+            Command::Batch(cmds) => cmds.iter().all(Command::changes_only_nodes_and_tasks),
+            Command::Once { cmd, .. } => cmd.changes_only_nodes_and_tasks(),
+            other => other.changes_only_tasks(),
+        }
+    }
 }
 
 /// "secret" or "config", for messages.

@@ -456,10 +456,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut responses = Vec::new();
         let started = std::time::Instant::now();
-        // Whether an entry changed more than tasks and the audit chain (every task session
-        // wakes then; otherwise only those of the nodes whose tasks changed).
+        // Whether an entry changed more than tasks and the audit chain (the orchestrator and
+        // the revocation loop look again), and whether it changed more than node records too
+        // (every task session wakes then; otherwise only those of the nodes whose tasks or
+        // records changed).
         let mut others = false;
-        let (last, changed, nodes) = {
+        let mut sessions = false;
+        let (last, mut changed, nodes) = {
             let mut a = write_lock(&self.inner.applied);
             for entry in entries {
                 a.last_applied = Some(entry.log_id);
@@ -467,10 +470,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     EntryPayload::Blank => Response::Ok,
                     EntryPayload::Normal(cmd) => {
                         others |= !cmd.changes_only_tasks();
+                        sessions |= !cmd.changes_only_nodes_and_tasks();
                         a.state.apply(cmd)
                     }
                     EntryPayload::Membership(m) => {
                         others = true;
+                        sessions = true;
                         a.last_membership = StoredMembership::new(Some(entry.log_id), m);
                         Response::Ok
                     }
@@ -482,8 +487,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         };
         crate::metrics::metrics().raft_applied(started.elapsed());
         self.publish_applied(last);
+        changed.extend(nodes.iter().cloned());
         self.inner.wake.nodes_changed(nodes);
-        self.inner.wake.publish(changed, others);
+        self.inner.wake.publish(changed, others, sessions);
         Ok(responses)
     }
 
@@ -527,7 +533,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         self.publish_applied(meta.last_log_id);
         // A whole new state: every session looks again, and at every node.
         self.inner.wake.all_nodes_changed();
-        self.inner.wake.publish(Default::default(), true);
+        self.inner.wake.publish(Default::default(), true, true);
         tracing::info!(snapshot = %meta.snapshot_id, "installed a snapshot from the leader");
         crate::metrics::metrics().snapshot(true);
         Ok(())

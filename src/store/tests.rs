@@ -393,12 +393,13 @@ async fn wait_applied_wakes_on_apply() {
 }
 
 #[tokio::test]
-async fn a_task_change_wakes_its_nodes_session_only_and_other_changes_wake_all() {
+async fn a_task_or_node_change_wakes_that_nodes_session_only_and_other_changes_wake_all() {
     let dir = tempfile::tempdir().unwrap();
     let (_log, mut sm) = open(dir.path(), Dek::generate()).await.unwrap();
     let handle = sm.state();
     let (n1, n2) = (handle.wake().node("n1"), handle.wake().node("n2"));
-    let others = handle.wake().others();
+    let mut others = handle.wake().others();
+    let sessions = handle.wake().sessions();
     let woken = |n: std::sync::Arc<tokio::sync::Notify>| async move {
         tokio::time::timeout(Duration::from_millis(100), n.notified())
             .await
@@ -422,17 +423,48 @@ async fn a_task_change_wakes_its_nodes_session_only_and_other_changes_wake_all()
     assert!(woken(n1.clone()).await, "n1's task changed");
     assert!(!woken(n2.clone()).await, "n2's did not");
     assert!(!others.has_changed().unwrap());
-    // Moved to n2: both; a node's label change: every session.
+    // Moved to n2: both.
     let mut moved = task("t1", "n2");
     moved.desired = super::service::DesiredState::Shutdown;
     apply_all(&mut sm, vec![entry(3, Command::PutTasks(vec![moved]))]).await;
     assert!(woken(n1.clone()).await && woken(n2.clone()).await);
+    // Another node joins and n2's labels change: the orchestrator looks again; of the
+    // sessions, only n2's wakes (a session reads no other node's record).
     apply_all(
         &mut sm,
-        vec![entry(4, Command::RemoveNode { id: "n9".into() })],
+        vec![
+            entry(4, Command::PutNode(fixtures::node("n9"))),
+            entry(5, Command::PutNode(fixtures::node("n2"))),
+            entry(
+                6,
+                Command::UpdateNode {
+                    id: "n2".into(),
+                    availability: None,
+                    labels: BTreeMap::from([("zone".into(), "a".into())]),
+                    at: "t".into(),
+                },
+            ),
+        ],
     )
     .await;
     assert!(others.has_changed().unwrap());
+    others.borrow_and_update();
+    assert!(
+        !sessions.has_changed().unwrap(),
+        "a join woke every session"
+    );
+    assert!(woken(n2.clone()).await, "n2's own record changed");
+    assert!(!woken(n1.clone()).await, "no task nor record of n1 changed");
+    // A change beyond tasks and node records (a service): every session.
+    apply_all(
+        &mut sm,
+        vec![entry(
+            7,
+            Command::PutService(Box::new(fixtures::service("s1", "web"))),
+        )],
+    )
+    .await;
+    assert!(others.has_changed().unwrap() && sessions.has_changed().unwrap());
     assert!(!woken(n1).await, "no task changed");
 }
 

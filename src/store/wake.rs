@@ -1,11 +1,12 @@
 //! Wake-ups after applied entries, by what they changed: a node's task session wakes when a
-//! task of its node changed or when something else it reads did (secrets, policies, nodes,
-//! services), not on every commit. With 1,000 sessions, a report of one node's task wakes one
-//! session instead of 1,000.
+//! task or the record of its own node changed, or when something else it reads did (secrets,
+//! configs, policies, services), not on every commit. With 1,000 sessions, a report of one
+//! node's task wakes one session instead of 1,000, and so does a join.
 //!
 //! ```text
-//!  apply(entries) ─► changed nodes (Tasks::take_dirty) ─► that node's Notify
-//!                 └► any command beyond tasks and audit ─► `others` (every session)
+//!  apply(entries) ─► nodes whose tasks or records changed ─► that node's Notify
+//!                 ├► any command beyond tasks and audit ─► `others` (orchestrator, revocations)
+//!                 └► any command beyond tasks, node records and audit ─► `sessions` (every session)
 //! ```
 //!
 //! A `Notify` keeps one permit when nobody waits, so a change made while a session works is
@@ -24,6 +25,7 @@ use tokio::sync::{Notify, watch};
 pub struct Wake {
     nodes: Mutex<HashMap<String, Arc<Notify>>>,
     others: watch::Sender<u64>,
+    sessions: watch::Sender<u64>,
     /// Node records changed since [`Wake::take_node_changes`] was last called; `None` for
     /// all of them (at first, after a whole new state, or when more than
     /// [`MAX_NODE_CHANGES`] piled up unread).
@@ -38,13 +40,14 @@ impl Default for Wake {
         Wake {
             nodes: Mutex::new(HashMap::new()),
             others: watch::channel(0).0,
+            sessions: watch::channel(0).0,
             node_records: Mutex::new(None),
         }
     }
 }
 
 impl Wake {
-    /// The notification of a change to `node_id`'s tasks. Entries nobody holds any more are
+    /// The notification of a change to `node_id`'s tasks or record. Entries nobody holds any more are
     /// forgotten here, so the registry holds at most the sessions open now (and this one).
     pub fn node(&self, node_id: &str) -> Arc<Notify> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
@@ -58,6 +61,12 @@ impl Wake {
     /// A receiver that changes whenever an applied entry changed more than tasks.
     pub fn others(&self) -> watch::Receiver<u64> {
         self.others.subscribe()
+    }
+
+    /// A receiver that changes whenever an applied entry changed more than tasks and node
+    /// records: what every task session reads besides its own node.
+    pub fn sessions(&self) -> watch::Receiver<u64> {
+        self.sessions.subscribe()
     }
 
     /// Records that the node records `ids` changed (call before [`Wake::publish`], so a reader
@@ -87,8 +96,9 @@ impl Wake {
         records.replace(HashSet::new())
     }
 
-    /// Wakes the sessions of `changed` nodes, and every session when `others`.
-    pub fn publish(&self, changed: HashSet<String>, others: bool) {
+    /// Wakes the sessions of `changed` nodes; the receivers of [`Wake::others`] when `others`,
+    /// and of [`Wake::sessions`] (every session) when `sessions`.
+    pub fn publish(&self, changed: HashSet<String>, others: bool, sessions: bool) {
         if !changed.is_empty() {
             let nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
             for id in &changed {
@@ -99,6 +109,9 @@ impl Wake {
         }
         if others {
             self.others.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if sessions {
+            self.sessions.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 }
@@ -120,18 +133,25 @@ mod tests {
         let a = w.node("a");
         let b = w.node("b");
         // Published while nobody waits: kept for the next wait.
-        w.publish(HashSet::from(["a".to_string()]), false);
+        w.publish(HashSet::from(["a".to_string()]), false, false);
         assert!(woken(&a).await);
         assert!(!woken(&b).await);
         assert!(!woken(&a).await, "one change, one wake-up");
         // A change beyond tasks reaches every receiver.
         let mut others = w.others();
-        w.publish(HashSet::new(), true);
-        assert!(others.has_changed().unwrap());
+        let mut sessions = w.sessions();
+        w.publish(HashSet::new(), true, true);
+        assert!(others.has_changed().unwrap() && sessions.has_changed().unwrap());
         others.borrow_and_update();
-        w.publish(HashSet::from(["b".to_string()]), false);
-        assert!(!others.has_changed().unwrap());
+        sessions.borrow_and_update();
+        w.publish(HashSet::from(["b".to_string()]), false, false);
+        assert!(!others.has_changed().unwrap() && !sessions.has_changed().unwrap());
         assert!(woken(&b).await);
+        // A change of node records only: the orchestrator looks again, the sessions do not.
+        w.publish(HashSet::from(["a".to_string()]), true, false);
+        assert!(others.has_changed().unwrap());
+        assert!(!sessions.has_changed().unwrap());
+        assert!(woken(&a).await && !woken(&b).await);
     }
 
     #[test]
