@@ -47,8 +47,9 @@ impl Default for Wake {
 }
 
 impl Wake {
-    /// The notification of a change to `node_id`'s tasks or record. Entries nobody holds any more are
-    /// forgotten here, so the registry holds at most the sessions open now (and this one).
+    /// The notification of a change to `node_id`'s tasks or record. Entries nobody holds any
+    /// more are forgotten here, so the registry holds at most the sessions open now (and this
+    /// one).
     pub fn node(&self, node_id: &str) -> Arc<Notify> {
         let mut nodes = self.nodes.lock().unwrap_or_else(|p| p.into_inner());
         nodes.retain(|_, n| Arc::strong_count(n) > 1);
