@@ -152,6 +152,7 @@ async fn open_conn(addr: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> Res
             runtimes: vec!["exec".into()],
             nano_cpus: 2_000_000_000,
             memory_bytes: 8 << 30,
+            ..Default::default()
         };
         match client.session(req).await {
             Ok(s) => break s.into_inner(),

@@ -17,7 +17,10 @@
 //!   printed beside criterion's report, until `service ls` says 2000/2000 (the reports too),
 //!   and the manager's resident memory with every task running (the highest seen at N/N, and
 //!   once 15 s later, settled). `SKEP_BENCH_SIM_NODES=1000
-//!   SKEP_BENCH_PLACE_REPLICAS=10000` is the 1,000-node, 10,000-task case.
+//!   SKEP_BENCH_PLACE_REPLICAS=10000` is the 1,000-node, 10,000-task case;
+//!   `SKEP_BENCH_SHARED_SPECS=0` has the nodes ask for whole tasks, each with its own copy of
+//!   the spec, as agents before `api::assignments` did (the baseline of that change);
+//!   `SKEP_BENCH_PLACE_ENV=10` gives the service's spec ten environment variables.
 //!
 //! Run one alone with `cargo bench --bench services -- convergence` (or `-- placement`).
 //! Every wait is bounded (5 minutes); a wait that runs out fails the bench with what it last
@@ -36,6 +39,7 @@ use std::time::{Duration, Instant};
 use common::{Cluster, Daemon, POLL, pids_mentioning, wait_for, wait_limit};
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 
+use skep::api::assignments::decode;
 use skep::api::v1::dispatcher_client::DispatcherClient;
 use skep::api::v1::{HeartbeatRequest, SessionRequest, TaskReport};
 use skep::store::service::{DesiredState, Task, TaskState, TaskStatus};
@@ -158,6 +162,11 @@ fn rss_parts(pid: u32) -> String {
         status_mib(&status, "RssAnon:"),
         status_mib(&status, "RssFile:")
     )
+}
+
+/// Whether the simulated nodes ask for shared specs (`SKEP_BENCH_SHARED_SPECS`, default yes).
+fn shared_specs() -> bool {
+    std::env::var("SKEP_BENCH_SHARED_SPECS").map_or(true, |v| v != "0")
 }
 
 /// Simulated nodes of the placement bench (`SKEP_BENCH_SIM_NODES`, default [`SIM_NODES`]).
@@ -610,6 +619,7 @@ async fn sim_node(
                 runtimes: vec!["exec".into()],
                 nano_cpus: 2_000_000_000,
                 memory_bytes: 8 << 30,
+                shared_specs: shared_specs(),
             };
             let mut stream = match sess.session(req).await {
                 Ok(s) => s.into_inner(),
@@ -628,10 +638,9 @@ async fn sim_node(
                         break;
                     }
                 };
-                let tasks: Vec<Task> = msg
-                    .tasks_json
-                    .iter()
-                    .filter_map(|j| serde_json::from_str(j).ok())
+                let tasks: Vec<Task> = decode(&msg.specs_json, &msg.tasks_json)
+                    .into_iter()
+                    .filter_map(Result::ok)
                     .collect();
                 let mut drop_ids: Vec<String> = msg.removed.clone();
                 if msg.complete {
@@ -688,7 +697,7 @@ async fn sim_node(
 
 /// `service create` of `replicas` exec tasks named `name` on the simulated workers.
 fn create_placed(m: &Daemon, name: &str, replicas: &str) {
-    m.cli(&[
+    let mut args: Vec<String> = [
         "service",
         "create",
         "--detach",
@@ -700,10 +709,24 @@ fn create_placed(m: &Daemon, name: &str, replicas: &str) {
         name,
         "--replicas",
         replicas,
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
+    ]
+    .map(String::from)
+    .to_vec();
+    for i in 0..place_env() {
+        args.push("--env".into());
+        args.push(format!("WEB_SETTING_{i}=value-of-setting-{i}"));
+    }
+    args.extend(["--", "/bin/sleep", "1000"].map(String::from));
+    m.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// Environment variables each placed service's spec carries (`SKEP_BENCH_PLACE_ENV`, default
+/// none): a spec closer to what operators write, about 35 bytes of JSON each.
+fn place_env() -> usize {
+    std::env::var("SKEP_BENCH_PLACE_ENV")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Waits until `service ls` says `name` runs all `replicas`, failing after `deadline`.
@@ -781,9 +804,16 @@ fn start_placement() -> Placement {
         }
     });
     eprintln!(
-        "placement: {} nodes joined in {:?}",
+        "placement: {} nodes joined in {:?} (mTLS 1.3 to the manager, sealed store, audited; \
+         the nodes ask for {}; {} environment variables in the spec)",
         sim_nodes(),
-        started.elapsed()
+        started.elapsed(),
+        if shared_specs() {
+            "shared specs"
+        } else {
+            "whole tasks (SKEP_BENCH_SHARED_SPECS=0)"
+        },
+        place_env()
     );
     wait_for(
         wait_limit(),

@@ -205,6 +205,7 @@ impl Supervisor {
                     runtimes: runtimes.clone(),
                     nano_cpus: cap.nano_cpus,
                     memory_bytes: cap.memory_bytes,
+                    shared_specs: true,
                 };
                 match client.session(req).await {
                     Ok(stream) => {
@@ -235,10 +236,12 @@ impl Supervisor {
                     .insert(std::mem::take(&mut v.id), v.version, v.name.clone(), value);
             }
             let mut tasks = Vec::with_capacity(msg.tasks_json.len());
-            for json in &msg.tasks_json {
-                match serde_json::from_str::<Task>(json) {
+            for task in crate::api::assignments::decode(&msg.specs_json, &msg.tasks_json) {
+                match task {
                     Ok(t) => tasks.push(t),
-                    Err(e) => tracing::error!(error = %e, "malformed task from the dispatcher"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "a task of the dispatcher's message is refused")
+                    }
                 }
             }
             if msg.complete {

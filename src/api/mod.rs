@@ -15,6 +15,7 @@ pub mod spiffe {
     tonic::include_proto!("_");
 }
 
+pub mod assignments;
 pub mod codec;
 pub mod view;
 

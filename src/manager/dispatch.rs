@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use super::Manager;
 use super::scheduler::Decision;
+use crate::api::assignments::Encoder;
 use crate::api::v1::{Assignments, SecretValue};
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Command, Node, State};
@@ -71,15 +72,18 @@ impl Sent {
 #[derive(Default)]
 struct Changes {
     tasks_json: Vec<String>,
+    specs_json: Vec<String>,
     removed: Vec<String>,
 }
 
 /// The change from what was sent to what is assigned now; updates `sent`. Encodes only the
 /// tasks the node has not been told about as they are, straight from the state (run under its
 /// read lock, so no task is copied to be encoded later). A task that cannot be encoded is not
-/// marked as sent, so it is tried again.
-fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool) -> Changes {
+/// marked as sent, so it is tried again. With `shared`, each distinct spec is encoded once
+/// ([`crate::api::assignments`]).
+fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool, shared: bool) -> Changes {
     let mut out = Changes::default();
+    let mut encoder = Encoder::new(shared);
     let here: HashSet<&str> = now.iter().map(|t| t.id.as_str()).collect();
     sent.retain(|id, _| {
         let keep = here.contains(id.as_str());
@@ -92,7 +96,7 @@ fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool) -> Chan
         if !complete && sent.get(&task.id).is_some_and(|m| m.covers(task)) {
             continue;
         }
-        match serde_json::to_string(task) {
+        match encoder.task(task) {
             Ok(json) => {
                 out.tasks_json.push(json);
                 match sent.get_mut(&task.id) {
@@ -108,6 +112,7 @@ fn diff(sent: &mut HashMap<String, Sent>, now: &[&Task], complete: bool) -> Chan
             }
         }
     }
+    out.specs_json = encoder.specs_json();
     out
 }
 
@@ -118,6 +123,7 @@ fn message(changes: Changes, complete: bool) -> Option<Assignments> {
         complete,
         removed: changes.removed,
         tasks_json: changes.tasks_json,
+        specs_json: changes.specs_json,
         ..Default::default()
     };
     (complete || !msg.tasks_json.is_empty() || !msg.removed.is_empty()).then_some(msg)
@@ -128,19 +134,29 @@ fn message(changes: Changes, complete: bool) -> Option<Assignments> {
 /// the message inline (104 bytes) a thousand sessions held ≈ 7 MB of mostly empty slots.
 pub type SessionItem = Box<Result<Assignments, tonic::Status>>;
 
-/// Streams a node's assignments until the node goes away or this manager stops leading.
-pub fn session(mgr: Arc<Manager>, node_id: String) -> mpsc::Receiver<SessionItem> {
+/// Streams a node's assignments until the node goes away or this manager stops leading;
+/// `shared_specs` as the node asked ([`crate::api::assignments`]).
+pub fn session(
+    mgr: Arc<Manager>,
+    node_id: String,
+    shared_specs: bool,
+) -> mpsc::Receiver<SessionItem> {
     let (tx, rx) = mpsc::channel(16);
     let number = mgr.session_started(&node_id);
     tokio::spawn(async move {
-        serve_session(&mgr, &node_id, tx).await;
+        serve_session(&mgr, &node_id, shared_specs, tx).await;
         mgr.session_ended(node_id, number);
     });
     rx
 }
 
 /// Sends `node_id` its assignments until it hangs up or this manager stops leading.
-async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<SessionItem>) {
+async fn serve_session(
+    mgr: &Arc<Manager>,
+    node_id: &str,
+    shared_specs: bool,
+    tx: mpsc::Sender<SessionItem>,
+) {
     let node_id = node_id.to_string();
     {
         // Woken when this node's tasks or record change, or anything else the session reads
@@ -191,7 +207,7 @@ async fn serve_session(mgr: &Arc<Manager>, node_id: &str, tx: mpsc::Sender<Sessi
                             known.insert(id.to_string());
                         }
                     }
-                    (diff(&mut sent, &now, complete), deleted)
+                    (diff(&mut sent, &now, complete, shared_specs), deleted)
                 });
                 match (message(changes, complete), deleted) {
                     (Some(mut m), deleted) => {
@@ -980,23 +996,32 @@ mod tests {
 
     #[test]
     fn sends_everything_first_then_only_changes() {
-        let mut sent = HashMap::new();
-        let a = task("a", DesiredState::Running);
-        let b = task("b", DesiredState::Running);
-        let mut pass = |now: &[&Task], complete| {
-            let changes = diff(&mut sent, now, complete);
-            message(changes, complete)
-        };
-        let first = pass(&[&a, &b], true).unwrap();
-        assert!(first.complete);
-        assert_eq!(first.tasks_json.len(), 2);
-        assert!(pass(&[&a, &b], false).is_none(), "no change, no message");
-        let mut b2 = b;
-        b2.desired = DesiredState::Shutdown;
-        let next = pass(&[&b2], false).unwrap();
-        assert_eq!(next.removed, vec!["a".to_string()]);
-        assert_eq!(next.tasks_json.len(), 1);
-        assert!(next.tasks_json[0].contains("shutdown"));
+        for shared in [false, true] {
+            let mut sent = HashMap::new();
+            let a = task("a", DesiredState::Running);
+            let b = task("b", DesiredState::Running);
+            let mut pass = |now: &[&Task], complete| {
+                let changes = diff(&mut sent, now, complete, shared);
+                message(changes, complete)
+            };
+            let first = pass(&[&a, &b], true).unwrap();
+            assert!(first.complete);
+            let tasks = crate::api::assignments::decode(&first.specs_json, &first.tasks_json);
+            let tasks: Vec<Task> = tasks.into_iter().collect::<Result<_, _>>().unwrap();
+            assert_eq!(tasks, vec![a.clone(), b.clone()]);
+            assert_eq!(
+                first.specs_json.len(),
+                usize::from(shared),
+                "one spec, shared"
+            );
+            assert!(pass(&[&a, &b], false).is_none(), "no change, no message");
+            let mut b2 = b;
+            b2.desired = DesiredState::Shutdown;
+            let next = pass(&[&b2], false).unwrap();
+            assert_eq!(next.removed, vec!["a".to_string()]);
+            assert_eq!(next.tasks_json.len(), 1);
+            assert!(next.tasks_json[0].contains("shutdown"));
+        }
     }
 
     fn cluster_state() -> State {

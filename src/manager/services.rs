@@ -874,7 +874,7 @@ impl Dispatcher for Services {
                 .await
                 .map_err(to_status)?;
         }
-        let rx = super::dispatch::session(self.mgr.clone(), node_id);
+        let rx = super::dispatch::session(self.mgr.clone(), node_id, body.shared_specs);
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),
             |item| *item,

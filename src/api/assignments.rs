@@ -1,0 +1,339 @@
+//! The tasks of a task session's message (`Assignments`) as they travel: each task as JSON,
+//! and each distinct spec once. A node's tasks are mostly replicas of a few services, each with
+//! its own copy of the same spec (about half of a task's JSON), so a task names its spec by its
+//! place in the message's `specs_json` instead of carrying it.
+//!
+//! ```text
+//!  Assignments { specs_json: [S0, S1], tasks_json: [{..., "spec": 0}, {..., "spec": 1}, ...] }
+//!  Assignments { specs_json: [],       tasks_json: [{..., "spec": {...}}, ...] }   (whole tasks)
+//! ```
+//!
+//! A node asks for the first form (`SessionRequest.shared_specs`); a manager that does not
+//! know it sends the second, which every agent still reads. Each message stands alone: a spec
+//! index refers to that message's list only.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::service::{DesiredState, Task, TaskSpec, TaskStatus};
+
+/// Longest part of a parse error kept in [`AssignmentError`] (it may quote the input).
+const MAX_ERROR_BYTES: usize = 160;
+
+/// A task of a message that could not be read.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AssignmentError {
+    /// A spec of the message is not a task spec.
+    #[error("malformed spec {index} in the dispatcher's message: {reason}")]
+    Spec {
+        /// Its place in `specs_json`.
+        index: usize,
+        /// The parser's error, cut short.
+        reason: String,
+    },
+    /// A task is not a task.
+    #[error("malformed task from the dispatcher: {reason}")]
+    Task {
+        /// The parser's error, cut short.
+        reason: String,
+    },
+    /// A task names a spec the message does not hold (or one that was malformed).
+    #[error("task {task_id} names spec {index}, but the dispatcher's message has {count} readable")]
+    NoSpec {
+        /// The task's ID, cut short.
+        task_id: String,
+        /// The spec index it named.
+        index: u32,
+        /// How many specs the message held.
+        count: usize,
+    },
+}
+
+/// A task as it travels in the first form: every field of [`Task`] but its spec, which is an
+/// index into the message's specs.
+#[derive(Serialize, Deserialize)]
+struct Shared<'a> {
+    id: Cow<'a, str>,
+    service_id: Cow<'a, str>,
+    service_name: Cow<'a, str>,
+    slot: u64,
+    node_id: Cow<'a, str>,
+    spec: u32,
+    spec_version: u64,
+    desired: DesiredState,
+    status: Cow<'a, TaskStatus>,
+    created_at: Cow<'a, str>,
+    not_before: Cow<'a, str>,
+    attempt: u64,
+    #[serde(default)]
+    versions: Cow<'a, BTreeMap<String, u64>>,
+}
+
+impl<'a> Shared<'a> {
+    /// `t` naming spec `spec` (every field listed, so a field added to [`Task`] is a compile
+    /// error here, not a field the nodes silently lose).
+    fn of(t: &'a Task, spec: u32) -> Self {
+        let Task {
+            id,
+            service_id,
+            service_name,
+            slot,
+            node_id,
+            spec: _,
+            spec_version,
+            desired,
+            status,
+            created_at,
+            not_before,
+            attempt,
+            versions,
+        } = t;
+        Shared {
+            id: Cow::Borrowed(id),
+            service_id: Cow::Borrowed(service_id),
+            service_name: Cow::Borrowed(service_name),
+            slot: *slot,
+            node_id: Cow::Borrowed(node_id),
+            spec,
+            spec_version: *spec_version,
+            desired: *desired,
+            status: Cow::Borrowed(status),
+            created_at: Cow::Borrowed(created_at),
+            not_before: Cow::Borrowed(not_before),
+            attempt: *attempt,
+            versions: Cow::Borrowed(versions),
+        }
+    }
+
+    fn into_task(self, spec: TaskSpec) -> Task {
+        Task {
+            id: self.id.into_owned(),
+            service_id: self.service_id.into_owned(),
+            service_name: self.service_name.into_owned(),
+            slot: self.slot,
+            node_id: self.node_id.into_owned(),
+            spec,
+            spec_version: self.spec_version,
+            desired: self.desired,
+            status: self.status.into_owned(),
+            created_at: self.created_at.into_owned(),
+            not_before: self.not_before.into_owned(),
+            attempt: self.attempt,
+            versions: self.versions.into_owned(),
+        }
+    }
+}
+
+/// Encodes the tasks of one message. With `shared`, each distinct spec goes once into
+/// [`Encoder::specs_json`]; without, every task carries its own.
+pub struct Encoder<'a> {
+    shared: bool,
+    /// The specs sent so far, with the service and version of the first task that named each:
+    /// replicas of one version normally share one, but each task holds its own copy, so a spec
+    /// is reused only if it is equal. A message rarely holds more than a few, so they are
+    /// searched in order, the last one used first.
+    specs: Vec<(&'a str, u64, &'a TaskSpec)>,
+    last: usize,
+    specs_json: Vec<String>,
+}
+
+impl<'a> Encoder<'a> {
+    /// An encoder for one message; `shared` as the node asked.
+    pub fn new(shared: bool) -> Self {
+        Encoder {
+            shared,
+            specs: Vec::new(),
+            last: 0,
+            specs_json: Vec::new(),
+        }
+    }
+
+    /// The JSON of `t` for `tasks_json`; its spec is added to the message's specs if it is not
+    /// there yet. On an error nothing is added.
+    pub fn task(&mut self, t: &'a Task) -> Result<String, serde_json::Error> {
+        if !self.shared {
+            return serde_json::to_string(t);
+        }
+        let same = |&(service, version, spec): &(&str, u64, &TaskSpec)| {
+            service == t.service_id && version == t.spec_version && spec == &t.spec
+        };
+        let found = match self.specs.get(self.last) {
+            Some(s) if same(s) => Some(self.last),
+            _ => self.specs.iter().position(same),
+        };
+        let index = match found {
+            Some(i) => i,
+            None => {
+                self.specs_json.push(serde_json::to_string(&t.spec)?);
+                self.specs.push((&t.service_id, t.spec_version, &t.spec));
+                self.specs.len() - 1
+            }
+        };
+        self.last = index;
+        let index = u32::try_from(index).map_err(|_| {
+            <serde_json::Error as serde::ser::Error>::custom("more specs than one message holds")
+        })?;
+        serde_json::to_string(&Shared::of(t, index))
+    }
+
+    /// The specs the tasks encoded so far name (empty without `shared`).
+    pub fn specs_json(self) -> Vec<String> {
+        self.specs_json
+    }
+}
+
+/// The tasks of a message, in order, each read or refused. `specs_json` empty: every task
+/// carries its own spec (a manager that does not share them).
+pub fn decode(specs_json: &[String], tasks_json: &[String]) -> Vec<Result<Task, AssignmentError>> {
+    let cut = |e: serde_json::Error| crate::util::prefix(&e.to_string(), MAX_ERROR_BYTES);
+    if specs_json.is_empty() {
+        return tasks_json
+            .iter()
+            .map(|j| {
+                serde_json::from_str::<Task>(j)
+                    .map_err(|e| AssignmentError::Task { reason: cut(e) })
+            })
+            .collect();
+    }
+    let specs: Vec<Result<TaskSpec, AssignmentError>> = specs_json
+        .iter()
+        .enumerate()
+        .map(|(index, j)| {
+            serde_json::from_str::<TaskSpec>(j).map_err(|e| AssignmentError::Spec {
+                index,
+                reason: cut(e),
+            })
+        })
+        .collect();
+    tasks_json
+        .iter()
+        .map(|j| {
+            let shared: Shared<'_> =
+                serde_json::from_str(j).map_err(|e| AssignmentError::Task { reason: cut(e) })?;
+            match specs.get(shared.spec as usize) {
+                Some(Ok(spec)) => Ok(shared.into_task(spec.clone())),
+                Some(Err(e)) => Err(e.clone()),
+                None => Err(AssignmentError::NoSpec {
+                    task_id: crate::util::prefix(&shared.id, 64),
+                    index: shared.spec,
+                    count: specs.len(),
+                }),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::service::{Runtime, TaskState};
+
+    fn task(id: &str, service: &str, version: u64, command: &str) -> Task {
+        let mut versions = BTreeMap::new();
+        versions.insert("sec1".to_string(), 3);
+        Task {
+            id: id.into(),
+            service_id: service.into(),
+            service_name: format!("{service}-name"),
+            slot: 4,
+            node_id: "node1".into(),
+            spec: TaskSpec::new(Runtime::Exec, "", vec!["/bin/sleep".into(), command.into()]),
+            spec_version: version,
+            desired: DesiredState::Running,
+            status: TaskStatus {
+                state: TaskState::Running,
+                message: "started".into(),
+                err: String::new(),
+                exit_code: Some(0),
+                timestamp: "2026-12-07T04:00:00Z".into(),
+                held: versions.clone(),
+            },
+            created_at: "2026-12-07T03:59:00Z".into(),
+            not_before: String::new(),
+            attempt: 2,
+            versions,
+        }
+    }
+
+    fn encode(tasks: &[Task], shared: bool) -> (Vec<String>, Vec<String>) {
+        let mut enc = Encoder::new(shared);
+        let json = tasks.iter().map(|t| enc.task(t).unwrap()).collect();
+        (enc.specs_json(), json)
+    }
+
+    fn bytes(parts: &(Vec<String>, Vec<String>)) -> usize {
+        parts.0.iter().chain(&parts.1).map(String::len).sum()
+    }
+
+    #[test]
+    fn a_message_carries_each_distinct_spec_once_and_its_tasks_come_back_whole() {
+        let mut tasks: Vec<Task> = (0..10)
+            .map(|i| task(&format!("t{i}"), "web", 2, "1000"))
+            .collect();
+        tasks.push(task("u1", "db", 1, "1000"));
+        // Same service and version, another spec (a task's copy is its own): not confused.
+        tasks.push(task("u2", "db", 1, "2000"));
+        let shared = encode(&tasks, true);
+        assert_eq!(
+            shared.0.len(),
+            3,
+            "one spec per distinct spec: {:?}",
+            shared.0
+        );
+        let decoded: Vec<Task> = decode(&shared.0, &shared.1)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(decoded, tasks);
+        let whole = encode(&tasks, false);
+        assert!(whole.0.is_empty());
+        assert!(
+            bytes(&shared) * 10 < bytes(&whole) * 7,
+            "shared {} bytes, whole {} bytes",
+            bytes(&shared),
+            bytes(&whole)
+        );
+    }
+
+    #[test]
+    fn whole_tasks_from_a_manager_that_does_not_share_specs_are_read() {
+        let tasks = vec![task("t1", "web", 1, "1000"), task("t2", "web", 1, "1000")];
+        let whole = encode(&tasks, false);
+        let decoded: Vec<Task> = decode(&whole.0, &whole.1)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(decoded, tasks);
+    }
+
+    #[test]
+    fn a_bad_spec_or_index_refuses_only_the_tasks_that_name_it_quoting_a_short_prefix() {
+        let tasks = vec![task("t1", "web", 1, "1000"), task("t2", "db", 1, "1000")];
+        let (mut specs, mut json) = encode(&tasks, true);
+        specs[1] = format!("{{\"runtime\": \"{}\"}}", "x".repeat(100_000));
+        json.push(json[0].replace("\"spec\":0", "\"spec\":7"));
+        json.push(format!("{{\"id\": {}", "y".repeat(100_000)));
+        let out = decode(&specs, &json);
+        assert_eq!(out[0].as_ref().unwrap(), &tasks[0]);
+        assert!(
+            matches!(out[1], Err(AssignmentError::Spec { index: 1, .. })),
+            "{:?}",
+            out[1]
+        );
+        assert_eq!(
+            out[2],
+            Err(AssignmentError::NoSpec {
+                task_id: "t1".into(),
+                index: 7,
+                count: 2
+            })
+        );
+        assert!(matches!(out[3], Err(AssignmentError::Task { .. })));
+        for e in out.iter().skip(1) {
+            let text = e.as_ref().unwrap_err().to_string();
+            assert!(text.len() < 300, "{} bytes: {}", text.len(), &text[..100]);
+        }
+    }
+}
