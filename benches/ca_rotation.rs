@@ -86,7 +86,7 @@ fn main() {
         .collect();
     let c = Cluster { daemons, root };
     let m = c.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let worker = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
     let manager = m.cli(&["join-token", "-q", "manager"]).trim().to_string();
     for (i, d) in c.daemons.iter().enumerate().skip(1) {

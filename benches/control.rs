@@ -57,7 +57,7 @@ fn main() {
         root,
     };
     let m = c.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let dir = c.root.path().join("op");
     let ok = Command::new(env!("CARGO_BIN_EXE_skep"))
         .args([

@@ -62,7 +62,7 @@ fn main() {
         .collect();
     let mut c = Cluster { daemons, root };
     let m = &c.daemons[0];
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let token = m.cli(&["join-token", "-q", "manager"]).trim().to_string();
     for d in &c.daemons[1..] {
         d.cli(&["swarm", "join", "--token", &token, &m.addr]);

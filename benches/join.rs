@@ -14,6 +14,8 @@
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -114,6 +116,11 @@ fn start_manager() -> Manager {
         _dir: dir,
     };
     cli(&m.socket, &["swarm", "init", "--advertise-addr", &m.addr]);
+    static PRINTED: std::sync::Once = std::sync::Once::new();
+    PRINTED.call_once(|| {
+        let info = cli(&m.socket, &["info", "--format", "json"]);
+        eprintln!("{}", common::security_settings("the manager", &info));
+    });
     m
 }
 

@@ -218,7 +218,7 @@ fn main() {
         .collect();
     let c = Cluster { daemons, root };
     let m = c.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
     for d in &c.daemons[1..] {
         d.cli(&["swarm", "join", "--token", &token, &m.addr]);

@@ -98,7 +98,7 @@ fn measure(bin: &str, addr: &str, nodes: u64, secs: u64) -> (f64, f64) {
         root,
     };
     let m = c.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let token = m.cli(&["join-token", "-q", "worker"]);
     let token = skep_pki::JoinToken::parse(token.trim()).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();

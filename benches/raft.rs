@@ -80,7 +80,7 @@ fn swarm(root: &std::path::Path, base: &str, env: &[(&str, &str)]) -> Vec<Daemon
         .map(|(i, n)| Daemon::start_with(root, n, &format!("{base}.{}:2377", i + 1), env))
         .collect();
     let first = &ds[0];
-    first.cli(&["swarm", "init", "--advertise-addr", &first.addr]);
+    first.init_swarm();
     let token = first
         .cli(&["join-token", "-q", "manager"])
         .trim()

@@ -47,7 +47,7 @@ fn main() {
         root,
     };
     let (m, r) = (&c.daemons[0], &c.daemons[1]);
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let secrets = mb * 2;
     let fill = Instant::now();
     for i in 0..secrets {

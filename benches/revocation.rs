@@ -395,7 +395,7 @@ fn main() {
         root,
     };
     let m = cluster.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
     let token = skep_pki::JoinToken::parse(&token).unwrap_or_else(|e| panic!("token: {e}"));
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -293,7 +293,7 @@ fn start_node() -> Cluster {
         root,
     };
     let m = cluster.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     cluster
 }
 

@@ -233,7 +233,7 @@ fn start_real_cluster() -> Cluster {
     }
     let cluster = Cluster { daemons, root };
     let m = cluster.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
     for w in &cluster.daemons[1..] {
         w.cli(&["swarm", "join", "--token", &token, &m.addr]);
@@ -783,7 +783,7 @@ fn start_placement() -> Placement {
         root,
     };
     let m = cluster.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
     let token = skep_pki::JoinToken::parse(&token).unwrap_or_else(|e| panic!("token: {e}"));
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -220,6 +220,23 @@ impl Daemon {
         }
     }
 
+    /// `swarm init` on this daemon, then (once per bench process) the security settings the
+    /// swarm runs with, as its `info` says, on stderr: what every figure printed after was
+    /// measured under.
+    pub fn init_swarm(&self) {
+        self.cli(&["swarm", "init", "--advertise-addr", &self.addr]);
+        static PRINTED: std::sync::Once = std::sync::Once::new();
+        PRINTED.call_once(|| eprintln!("{}", self.security_settings()));
+    }
+
+    /// One line stating the swarm's security settings, read from `info` on this manager.
+    pub fn security_settings(&self) -> String {
+        match self.try_cli(&["info", "--format", "json"]) {
+            Ok(json) => security_settings(&self.name, &json),
+            Err(e) => format!("security settings: `info` failed: {e}"),
+        }
+    }
+
     pub fn json(&self, args: &[&str]) -> Result<Vec<Value>, String> {
         let out = self.try_cli(args)?;
         out.lines()
@@ -268,6 +285,35 @@ impl Drop for Cluster {
     }
 }
 
+/// One line stating a swarm's security settings from `skep info --format json` of its
+/// manager `name`: what the figures a bench prints were measured under.
+pub fn security_settings(name: &str, info_json: &str) -> String {
+    let info: Value = match serde_json::from_str(info_json.trim()) {
+        Ok(v) => v,
+        Err(e) => return format!("security settings: `info` of {name} is not JSON ({e})"),
+    };
+    let cluster = &info["Swarm"]["Cluster"];
+    let expiry = cluster["Spec"]["CAConfig"]["NodeCertExpiry"]
+        .as_u64()
+        .unwrap_or(0);
+    format!(
+        "security settings (from `skep info` of {name}): every call between nodes over mutual \
+         TLS 1.3 (rustls) with node certificates of the swarm's CA, valid {} h; Raft log and \
+         snapshots sealed at rest; every change on the hash-chained audit log; the default \
+         Cedar policies; autolock {}{}",
+        expiry / 3_600_000_000_000,
+        if cluster["Spec"]["EncryptionConfig"]["AutoLockManagers"] == true {
+            "on"
+        } else {
+            "off"
+        },
+        match cluster["TrustDomain"].as_str() {
+            Some(td) if !td.is_empty() => format!("; workload trust domain {td}"),
+            _ => String::new(),
+        },
+    )
+}
+
 /// Polls `f` (every `POLL`) until it returns `Ok`; panics after `within` with the last error.
 pub fn wait_for<T>(within: Duration, what: &str, f: impl FnMut() -> Result<T, String>) -> T {
     poll::poll_for(within, POLL, what, f).unwrap_or_else(|e| panic!("{e}"))
@@ -309,7 +355,7 @@ pub fn swarm(prefix: &str, name: &str, addrs: &[&str]) -> Cluster {
         .collect();
     let cluster = Cluster { daemons, root };
     let m = cluster.manager();
-    m.cli(&["swarm", "init", "--advertise-addr", &m.addr]);
+    m.init_swarm();
     let token = m.cli(&["join-token", "-q", "worker"]).trim().to_string();
     for w in &cluster.daemons[1..] {
         w.cli(&["swarm", "join", "--token", &token, &m.addr]);
