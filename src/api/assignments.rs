@@ -13,7 +13,7 @@
 //! index refers to that message's list only.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -126,15 +126,26 @@ impl<'a> Shared<'a> {
     }
 }
 
+/// Specs a message holds before they are found by an index rather than in order.
+const SCANNED: usize = 8;
+
+/// A service and one of its versions.
+type Key<'a> = (&'a str, u64);
+
 /// Encodes the tasks of one message. With `shared`, each distinct spec goes once into
 /// [`Encoder::specs_json`]; without, every task carries its own.
 pub struct Encoder<'a> {
     shared: bool,
-    /// The specs sent so far, with the service and version of the first task that named each:
-    /// replicas of one version normally share one, but each task holds its own copy, so a spec
-    /// is reused only if it is equal. A message rarely holds more than a few, so they are
-    /// searched in order, the last one used first.
-    specs: Vec<(&'a str, u64, &'a TaskSpec)>,
+    /// The specs sent so far, in order, each with the service and version of the first task
+    /// that named it.
+    specs: Vec<(Key<'a>, &'a TaskSpec)>,
+    /// Their places by the service and version of the first task that named each, made once
+    /// a message holds more than [`SCANNED`] specs (empty until then). Replicas of one version
+    /// normally share one spec, but each task holds its own copy, so a spec is reused only if
+    /// it is equal. The spec last used is tried first: a run of one service's replicas costs
+    /// one comparison each, and a message of many services one lookup per task, never a scan
+    /// of every spec.
+    index: HashMap<Key<'a>, Vec<usize>>,
     last: usize,
     specs_json: Vec<String>,
 }
@@ -145,9 +156,29 @@ impl<'a> Encoder<'a> {
         Encoder {
             shared,
             specs: Vec::new(),
+            index: HashMap::new(),
             last: 0,
             specs_json: Vec::new(),
         }
+    }
+
+    /// The place of `t`'s spec among those sent, if it is there.
+    fn find(&mut self, t: &Task) -> Option<usize> {
+        let key = (t.service_id.as_str(), t.spec_version);
+        let specs = &self.specs;
+        let fits = |i: usize| specs[i].0 == key && specs[i].1 == &t.spec;
+        if self.last < specs.len() && fits(self.last) {
+            return Some(self.last);
+        }
+        if specs.len() <= SCANNED {
+            return (0..specs.len()).find(|&i| fits(i));
+        }
+        if self.index.is_empty() {
+            for (i, (k, _)) in specs.iter().enumerate() {
+                self.index.entry(*k).or_default().push(i);
+            }
+        }
+        self.index.get(&key)?.iter().copied().find(|&i| fits(i))
     }
 
     /// The JSON of `t` for `tasks_json`; its spec is added to the message's specs if it is not
@@ -156,26 +187,22 @@ impl<'a> Encoder<'a> {
         if !self.shared {
             return serde_json::to_string(t);
         }
-        let same = |&(service, version, spec): &(&str, u64, &TaskSpec)| {
-            service == t.service_id && version == t.spec_version && spec == &t.spec
-        };
-        let found = match self.specs.get(self.last) {
-            Some(s) if same(s) => Some(self.last),
-            _ => self.specs.iter().position(same),
-        };
-        let index = match found {
-            Some(i) => i,
-            None => {
-                self.specs_json.push(serde_json::to_string(&t.spec)?);
-                self.specs.push((&t.service_id, t.spec_version, &t.spec));
-                self.specs.len() - 1
-            }
-        };
-        self.last = index;
-        let index = u32::try_from(index).map_err(|_| {
+        let found = self.find(t);
+        let place = found.unwrap_or(self.specs.len());
+        let index = u32::try_from(place).map_err(|_| {
             <serde_json::Error as serde::ser::Error>::custom("more specs than one message holds")
         })?;
-        serde_json::to_string(&Shared::of(t, index))
+        let json = serde_json::to_string(&Shared::of(t, index))?;
+        if found.is_none() {
+            self.specs_json.push(serde_json::to_string(&t.spec)?);
+            let key = (t.service_id.as_str(), t.spec_version);
+            self.specs.push((key, &t.spec));
+            if !self.index.is_empty() {
+                self.index.entry(key).or_default().push(place);
+            }
+        }
+        self.last = place;
+        Ok(json)
     }
 
     /// The specs the tasks encoded so far name (empty without `shared`).
@@ -295,6 +322,37 @@ mod tests {
             bytes(&shared),
             bytes(&whole)
         );
+    }
+
+    #[test]
+    fn many_services_interleaved_each_spec_once_in_order_of_first_use() {
+        // A node's complete message with the replicas of 1,000 services, interleaved: every
+        // spec once, each task back with its own.
+        let mut tasks = Vec::new();
+        for round in 0..2 {
+            for s in 0..1000 {
+                tasks.push(task(
+                    &format!("t{s}-{round}"),
+                    &format!("svc{s}"),
+                    1,
+                    &s.to_string(),
+                ));
+            }
+        }
+        // Same service and version as others, another spec, found through the index.
+        tasks.push(task("odd", "svc5", 1, "other"));
+        let (specs, json) = encode(&tasks, true);
+        assert_eq!(specs.len(), 1001);
+        assert!(
+            specs[7].contains("\"7\""),
+            "in order of first use: {}",
+            specs[7]
+        );
+        let decoded: Vec<Task> = decode(&specs, &json)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(decoded, tasks);
     }
 
     #[test]
