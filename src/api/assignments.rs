@@ -19,6 +19,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::service::{DesiredState, Task, TaskSpec, TaskStatus};
 
+/// The most one session message carries (`net::serve::DISPATCHER_RESPONSE_BYTES`), and the
+/// most its tasks may make once each has its spec again: a message of whole tasks could hold
+/// no more, so shared specs never let a message grow in the node's memory beyond that.
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
 /// Longest part of a parse error kept in [`AssignmentError`] (it may quote the input).
 const MAX_ERROR_BYTES: usize = 160;
 
@@ -38,6 +43,17 @@ pub enum AssignmentError {
     Task {
         /// The parser's error, cut short.
         reason: String,
+    },
+    /// The message's tasks with their specs filled in would pass [`MAX_MESSAGE_BYTES`].
+    #[error(
+        "task {task_id} and those after it are refused: with their specs the dispatcher's \
+         message would pass {limit} bytes"
+    )]
+    TooLarge {
+        /// The first task refused, its ID cut short.
+        task_id: String,
+        /// [`MAX_MESSAGE_BYTES`].
+        limit: usize,
     },
     /// A task names a spec the message does not hold (or one that was malformed).
     #[error("task {task_id} names spec {index}, but the dispatcher's message has {count} readable")]
@@ -212,7 +228,8 @@ impl<'a> Encoder<'a> {
 }
 
 /// The tasks of a message, in order, each read or refused. `specs_json` empty: every task
-/// carries its own spec (a manager that does not share them).
+/// carries its own spec (a manager that does not share them). Tasks are refused once, with
+/// their specs, they would make more than [`MAX_MESSAGE_BYTES`].
 pub fn decode(specs_json: &[String], tasks_json: &[String]) -> Vec<Result<Task, AssignmentError>> {
     let cut = |e: serde_json::Error| crate::util::prefix(&e.to_string(), MAX_ERROR_BYTES);
     if specs_json.is_empty() {
@@ -234,12 +251,23 @@ pub fn decode(specs_json: &[String], tasks_json: &[String]) -> Vec<Result<Task, 
             })
         })
         .collect();
+    let mut expanded = 0usize;
     tasks_json
         .iter()
         .map(|j| {
             let shared: Shared<'_> =
                 serde_json::from_str(j).map_err(|e| AssignmentError::Task { reason: cut(e) })?;
-            match specs.get(shared.spec as usize) {
+            let index = shared.spec as usize;
+            expanded = expanded
+                .saturating_add(j.len())
+                .saturating_add(specs_json.get(index).map_or(0, String::len));
+            if expanded > MAX_MESSAGE_BYTES {
+                return Err(AssignmentError::TooLarge {
+                    task_id: crate::util::prefix(&shared.id, 64),
+                    limit: MAX_MESSAGE_BYTES,
+                });
+            }
+            match specs.get(index) {
                 Some(Ok(spec)) => Ok(shared.into_task(spec.clone())),
                 Some(Err(e)) => Err(e.clone()),
                 None => Err(AssignmentError::NoSpec {
@@ -353,6 +381,33 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(decoded, tasks);
+    }
+
+    #[test]
+    fn a_message_whose_tasks_would_grow_past_the_message_limit_is_refused_past_it() {
+        // One spec of 1 MiB named by 70 tasks: 70 MiB once filled in, from a message of 1 MiB
+        // and 70 small tasks. A node keeps what fits in a message of whole tasks.
+        let mut big = task("t0", "web", 1, "1000");
+        big.spec.env = vec![format!("BIG={}", "x".repeat(1 << 20))];
+        let tasks: Vec<Task> = (0..70)
+            .map(|i| Task {
+                id: format!("t{i}"),
+                ..big.clone()
+            })
+            .collect();
+        let (specs, json) = encode(&tasks, true);
+        assert_eq!(specs.len(), 1);
+        let out = decode(&specs, &json);
+        let kept = out.iter().take_while(|r| r.is_ok()).count();
+        assert!((60..64).contains(&kept), "{kept} tasks kept");
+        assert_eq!(
+            out[kept],
+            Err(AssignmentError::TooLarge {
+                task_id: format!("t{kept}"),
+                limit: MAX_MESSAGE_BYTES
+            })
+        );
+        assert!(out[kept..].iter().all(Result::is_err));
     }
 
     #[test]

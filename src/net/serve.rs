@@ -36,8 +36,9 @@ pub const CA_RESPONSE_BYTES: usize = 1 << 20;
 /// [`crate::store::service::MAX_STATUS_TEXT_BYTES`]) and heartbeats.
 pub const DISPATCHER_REQUEST_BYTES: usize = 4 << 20;
 /// Dispatcher responses: the assignments of every task on a node, with their secrets
-/// (500 KiB each at most).
-pub const DISPATCHER_RESPONSE_BYTES: usize = 64 << 20;
+/// (500 KiB each at most); also the most a message's tasks may make once their shared specs
+/// are filled in ([`crate::api::assignments::MAX_MESSAGE_BYTES`]).
+pub const DISPATCHER_RESPONSE_BYTES: usize = crate::api::assignments::MAX_MESSAGE_BYTES;
 /// Agent requests: log queries and mesh tunnel frames (chunks of at most 256 KiB).
 pub const AGENT_REQUEST_BYTES: usize = 1 << 20;
 /// Agent responses: a task's log tail and tunnel frames.
