@@ -236,13 +236,20 @@ impl Supervisor {
                     .insert(std::mem::take(&mut v.id), v.version, v.name.clone(), value);
             }
             let mut tasks = Vec::with_capacity(msg.tasks_json.len());
+            let mut refused = 0usize;
             for task in crate::api::assignments::decode(&msg.specs_json, &msg.tasks_json) {
                 match task {
                     Ok(t) => tasks.push(t),
-                    Err(e) => {
+                    // The first few in full; the count of all (a bad message logs a few lines).
+                    Err(e) if refused < 3 => {
+                        refused += 1;
                         tracing::error!(error = %e, "a task of the dispatcher's message is refused")
                     }
+                    Err(_) => refused += 1,
                 }
+            }
+            if refused > 3 {
+                tracing::error!(refused, "tasks of the dispatcher's message refused in all");
             }
             if msg.complete {
                 let keep: HashSet<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
