@@ -318,6 +318,14 @@ mod tests {
         (enc.specs_json(), json)
     }
 
+    /// Every task of a message, each read.
+    fn read(specs: &[String], json: &[String]) -> Vec<Task> {
+        decode(specs, json)
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
     fn bytes(parts: &(Vec<String>, Vec<String>)) -> usize {
         parts.0.iter().chain(&parts.1).map(String::len).sum()
     }
@@ -337,10 +345,7 @@ mod tests {
             "one spec per distinct spec: {:?}",
             shared.0
         );
-        let decoded: Vec<Task> = decode(&shared.0, &shared.1)
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let decoded = read(&shared.0, &shared.1);
         assert_eq!(decoded, tasks);
         let whole = encode(&tasks, false);
         assert!(whole.0.is_empty());
@@ -376,10 +381,7 @@ mod tests {
             "in order of first use: {}",
             specs[7]
         );
-        let decoded: Vec<Task> = decode(&specs, &json)
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let decoded = read(&specs, &json);
         assert_eq!(decoded, tasks);
     }
 
@@ -414,10 +416,7 @@ mod tests {
     fn whole_tasks_from_a_manager_that_does_not_share_specs_are_read() {
         let tasks = vec![task("t1", "web", 1, "1000"), task("t2", "web", 1, "1000")];
         let whole = encode(&tasks, false);
-        let decoded: Vec<Task> = decode(&whole.0, &whole.1)
-            .into_iter()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let decoded = read(&whole.0, &whole.1);
         assert_eq!(decoded, tasks);
     }
 
