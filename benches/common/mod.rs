@@ -297,7 +297,8 @@ pub fn security_settings(name: &str, info_json: &str) -> String {
         .as_u64()
         .unwrap_or(0);
     format!(
-        "security settings (from `skep info` of {name}): every call between nodes over mutual \
+        "security settings (the swarm as `swarm init` made it; certificate validity, autolock \
+         and trust domain from `skep info` of {name}): every call between nodes over mutual \
          TLS 1.3 (rustls) with node certificates of the swarm's CA, valid {} h; Raft log and \
          snapshots sealed at rest; every change on the hash-chained audit log; the default \
          Cedar policies; autolock {}{}",
