@@ -9,6 +9,12 @@
 //! 20) call in a loop for `SECS` seconds (`SKEP_BENCH_SECS`, default 5), all at once. Task
 //! reports carry no status (the admission check and the RPC, not a Raft write).
 //!
+//! Heartbeats run twice: the nodes echoing no trust digest, so every answer carries the whole
+//! trust material (revoked node IDs, roots, managers, workload bundle), and echoing the digest
+//! of the last answer, as agents do, so unchanged material is left out
+//! (`manager::trust_answer`). `SKEP_BENCH_REVOKED=N` first joins and removes N more nodes, so
+//! the revoked list is as after N removals within the certificates' lifetime.
+//!
 //! Run: `cargo build --release && cp target/release/skep /tmp/skep-before` on the old tree,
 //! then `SKEP_BENCH_BASELINE_BIN=/tmp/skep-before cargo bench --bench node_calls` on the new.
 
@@ -49,8 +55,30 @@ async fn sim_node(token: &skep_pki::JoinToken, addr: &str, hostname: &str) -> Ch
 
 #[derive(Clone, Copy)]
 enum Call {
-    Heartbeat,
+    /// A heartbeat; `echo`: with the trust digest of the node's last answer.
+    Heartbeat {
+        echo: bool,
+    },
     Report,
+}
+
+/// Bytes of the heartbeat answers a node gets with no digest and with the last one's.
+async fn answer_bytes(ch: &Channel, hostname: &str) -> (usize, usize) {
+    use prost::Message;
+    let mut client = DispatcherClient::new(ch.clone());
+    let mut sizes = Vec::new();
+    let mut digest = Vec::new();
+    for _ in 0..2 {
+        let req = HeartbeatRequest {
+            hostname: hostname.to_string(),
+            trust_digest: digest.clone(),
+            ..Default::default()
+        };
+        let answer = client.heartbeat(req).await.unwrap().into_inner();
+        digest.clone_from(&answer.trust_digest);
+        sizes.push(answer.encoded_len());
+    }
+    (sizes[0], sizes[1])
 }
 
 /// Calls per second of `call` from every node at once for `secs`.
@@ -63,16 +91,22 @@ async fn series(nodes: &[(Channel, String)], call: Call, secs: u64) -> f64 {
         let (ch, hostname, done) = (ch.clone(), hostname.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = DispatcherClient::new(ch);
+            let mut digest = Vec::new();
             while Instant::now() < until {
                 let r = match call {
-                    Call::Heartbeat => client
+                    Call::Heartbeat { echo } => client
                         .heartbeat(HeartbeatRequest {
                             hostname: hostname.clone(),
                             addr: "0.0.0.0:2377".into(),
+                            trust_digest: digest.clone(),
                             ..Default::default()
                         })
                         .await
-                        .map(|_| ()),
+                        .map(|r| {
+                            if echo {
+                                digest = r.into_inner().trust_digest;
+                            }
+                        }),
                     Call::Report => client.report_tasks(TaskReport::default()).await.map(|_| ()),
                 };
                 r.unwrap_or_else(|e| panic!("{hostname}: {e}"));
@@ -86,8 +120,20 @@ async fn series(nodes: &[(Channel, String)], call: Call, secs: u64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// (heartbeats/s, reports/s) against a fresh manager of `bin`.
-fn measure(bin: &str, addr: &str, nodes: u64, secs: u64) -> (f64, f64) {
+/// What one manager served.
+struct Rates {
+    /// Heartbeats/s, the nodes echoing no digest.
+    full: f64,
+    /// Heartbeats/s, the nodes echoing their last answer's digest.
+    held: f64,
+    /// Task reports/s.
+    reports: f64,
+    /// Bytes of one answer with no digest and with the current one.
+    bytes: (usize, usize),
+}
+
+/// What a fresh manager of `bin` serves, after `revoked` more nodes joined and were removed.
+fn measure(bin: &str, addr: &str, nodes: u64, secs: u64, revoked: u64) -> Rates {
     let root = tempfile::Builder::new()
         .prefix("skep-bench-node-calls-")
         .tempdir()
@@ -110,27 +156,56 @@ fn measure(bin: &str, addr: &str, nodes: u64, secs: u64) -> (f64, f64) {
         }
         v
     });
+    for i in 0..revoked {
+        let h = format!("gone-{i}");
+        rt.block_on(sim_node(&token, &m.addr, &h));
+        m.cli(&["node", "rm", "--force", &h]);
+    }
     // Warm up: every node's first calls (Ready, connection set-up) are not counted.
-    rt.block_on(series(&chans, Call::Heartbeat, 1));
-    let hb = rt.block_on(series(&chans, Call::Heartbeat, secs));
-    let rep = rt.block_on(series(&chans, Call::Report, secs));
-    (hb, rep)
+    rt.block_on(series(&chans, Call::Heartbeat { echo: true }, 1));
+    let full = rt.block_on(series(&chans, Call::Heartbeat { echo: false }, secs));
+    let held = rt.block_on(series(&chans, Call::Heartbeat { echo: true }, secs));
+    let reports = rt.block_on(series(&chans, Call::Report, secs));
+    let bytes = rt.block_on(answer_bytes(&chans[0].0, &chans[0].1));
+    Rates {
+        full,
+        held,
+        reports,
+        bytes,
+    }
+}
+
+fn print(who: &str, r: &Rates) {
+    println!(
+        "{who:<15} heartbeats {:9.0}/s with all the trust material ({} bytes an answer), \
+         {:9.0}/s echoing its digest ({} bytes; {:.3}x the rate)   task reports {:9.0}/s",
+        r.full,
+        r.bytes.0,
+        r.held,
+        r.bytes.1,
+        r.held / r.full,
+        r.reports
+    );
 }
 
 fn main() {
     let nodes = env_or("SKEP_BENCH_NODES", 20);
     let secs = env_or("SKEP_BENCH_SECS", 5);
     let this = env!("CARGO_BIN_EXE_skep");
-    println!("node calls: {nodes} simulated nodes, {secs} s per series, one manager");
-    let (hb, rep) = measure(this, "127.0.95.1:2377", nodes, secs);
-    println!("this build      heartbeats {hb:9.0}/s   task reports {rep:9.0}/s");
+    let revoked = env_or("SKEP_BENCH_REVOKED", 0);
+    println!(
+        "node calls: {nodes} simulated nodes, {secs} s per series, one manager, \
+         {revoked} nodes removed first"
+    );
+    let this_run = measure(this, "127.0.95.1:2377", nodes, secs, revoked);
+    print("this build", &this_run);
     if let Ok(base) = std::env::var("SKEP_BENCH_BASELINE_BIN") {
-        let (bhb, brep) = measure(&base, "127.0.95.2:2377", nodes, secs);
-        println!("baseline build  heartbeats {bhb:9.0}/s   task reports {brep:9.0}/s   ({base})");
+        let b = measure(&base, "127.0.95.2:2377", nodes, secs, revoked);
+        print("baseline build", &b);
         println!(
-            "ratio this/baseline: heartbeats {:.3}, task reports {:.3}",
-            hb / bhb,
-            rep / brep
+            "ratio this/baseline: heartbeats {:.3} (with the material), task reports {:.3}   ({base})",
+            this_run.full / b.full,
+            this_run.reports / b.reports
         );
     }
 }

@@ -220,9 +220,7 @@ async fn heartbeat(ch: &Channel, hostname: &str) -> Result<(), String> {
         .heartbeat(HeartbeatRequest {
             hostname: hostname.into(),
             addr: "0.0.0.0:2377".into(),
-            port_errors: Vec::new(),
-            store_error: String::new(),
-            volumes_removed: Vec::new(),
+            ..HeartbeatRequest::default()
         })
         .await
         .map(|_| ())

@@ -20,7 +20,9 @@
 //!   SKEP_BENCH_PLACE_REPLICAS=10000` is the 1,000-node, 10,000-task case;
 //!   `SKEP_BENCH_SHARED_SPECS=0` has the nodes ask for whole tasks, each with its own copy of
 //!   the spec, as agents before `api::assignments` did (the baseline of that change);
-//!   `SKEP_BENCH_PLACE_ENV=10` gives the service's spec ten environment variables.
+//!   `SKEP_BENCH_PLACE_ENV=10` gives the service's spec ten environment variables;
+//!   `SKEP_BENCH_TRUST_DIGEST=0` has the nodes echo no trust digest, so every heartbeat
+//!   answer carries the whole trust material, as before `manager::trust_answer`.
 //!
 //! Run one alone with `cargo bench --bench services -- convergence` (or `-- placement`).
 //! Every wait is bounded (5 minutes); a wait that runs out fails the bench with what it last
@@ -167,6 +169,12 @@ fn rss_parts(pid: u32) -> String {
 /// Whether the simulated nodes ask for shared specs (`SKEP_BENCH_SHARED_SPECS`, default yes).
 fn shared_specs() -> bool {
     std::env::var("SKEP_BENCH_SHARED_SPECS").map_or(true, |v| v != "0")
+}
+
+/// Whether the simulated nodes echo the trust digest of their last heartbeat answer
+/// (`SKEP_BENCH_TRUST_DIGEST`, default yes), as agents do.
+fn trust_digest() -> bool {
+    std::env::var("SKEP_BENCH_TRUST_DIGEST").map_or(true, |v| v != "0")
 }
 
 /// Simulated nodes of the placement bench (`SKEP_BENCH_SIM_NODES`, default [`SIM_NODES`]).
@@ -565,16 +573,20 @@ async fn sim_node(
     let host = hostname.clone();
     tokio::spawn(async move {
         let mut period = Duration::from_secs(1);
+        let mut digest = Vec::new();
         loop {
             let req = HeartbeatRequest {
                 hostname: host.clone(),
                 addr: "0.0.0.0:2377".into(),
-                port_errors: Vec::new(),
-                store_error: String::new(),
-                volumes_removed: Vec::new(),
+                trust_digest: digest.clone(),
+                ..HeartbeatRequest::default()
             };
             if let Ok(r) = hb.heartbeat(req).await {
-                let ms = r.into_inner().period_ms;
+                let r = r.into_inner();
+                if trust_digest() {
+                    digest = r.trust_digest;
+                }
+                let ms = r.period_ms;
                 if ms > 0 {
                     period = Duration::from_millis(ms).min(Duration::from_secs(1));
                 }
@@ -805,7 +817,7 @@ fn start_placement() -> Placement {
     });
     eprintln!(
         "placement: {} nodes joined in {:?} (mTLS 1.3 to the manager, sealed store, audited; \
-         the nodes ask for {}; {} environment variables in the spec)",
+         the nodes ask for {}; {} environment variables in the spec; {})",
         sim_nodes(),
         started.elapsed(),
         if shared_specs() {
@@ -813,7 +825,12 @@ fn start_placement() -> Placement {
         } else {
             "whole tasks (SKEP_BENCH_SHARED_SPECS=0)"
         },
-        place_env()
+        place_env(),
+        if trust_digest() {
+            "heartbeats echo the trust digest"
+        } else {
+            "heartbeats echo no trust digest (SKEP_BENCH_TRUST_DIGEST=0)"
+        }
     );
     wait_for(
         wait_limit(),

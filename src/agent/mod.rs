@@ -23,6 +23,7 @@ pub mod supervisor;
 pub mod svid;
 mod task;
 pub mod task_id;
+mod trust;
 pub mod vip;
 pub mod volumes;
 pub mod workload;
@@ -82,6 +83,7 @@ impl Agent {
         let mut period = self.period;
         let mut leader: Option<String> = None;
         let mut revoked_said = false;
+        let mut held = trust::Held::default();
         loop {
             let mut candidates = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
             if let Some(l) = leader.take() {
@@ -117,13 +119,17 @@ impl Agent {
                         .and_then(|f| f.borrow().clone())
                         .unwrap_or_default(),
                     volumes_removed: self.volumes.reports(),
+                    trust_digest: held.digest(),
                 };
                 match crate::net::serve::dispatcher_client(ch)
                     .heartbeat(req)
                     .await
                 {
                     Ok(resp) => {
-                        let resp = resp.into_inner();
+                        let Some(resp) = held.complete(resp.into_inner()) else {
+                            tracing::debug!(%addr, "trust material left out for a digest this node does not hold; asking again");
+                            continue;
+                        };
                         if resp.period_ms > 0 {
                             period = Duration::from_millis(resp.period_ms);
                         }

@@ -37,6 +37,7 @@ pub mod rollout;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
+pub mod trust_answer;
 pub mod volumes;
 mod working;
 pub mod workload;
@@ -248,6 +249,8 @@ pub struct Manager {
     workload_bundle: workload::BundleCache,
     /// The last list of managers made (heartbeats carry it).
     managers: managers::ManagersCache,
+    /// The last trust material of a heartbeat answer made.
+    trust: trust_answer::TrustCache,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -297,6 +300,7 @@ impl Manager {
             read_state: Mutex::new(reads::ReadState::default()),
             workload_bundle: workload::BundleCache::default(),
             managers: managers::ManagersCache::default(),
+            trust: trust_answer::TrustCache::default(),
         })
     }
 

@@ -749,16 +749,17 @@ impl Dispatcher for Services {
         let id = self.require(&req, "dispatcher.heartbeat", false).await?;
         let period_ms = u64::try_from(self.mgr.heartbeat_period().as_millis()).unwrap_or(5000);
         let manager_addrs = self.mgr.manager_addrs();
+        let known = req.get_ref().trust_digest.as_slice();
         if !self.mgr.is_leader() {
-            return Ok(Response::new(HeartbeatResponse {
+            let mut resp = HeartbeatResponse {
                 is_leader: false,
                 leader_addr: self.mgr.leader_addr().unwrap_or_default(),
                 period_ms,
                 manager_addrs,
-                revoked: self.mgr.read(|s| s.revoked.keys().cloned().collect()),
-                managers: self.mgr.managers().certs.clone(),
                 ..Default::default()
-            }));
+            };
+            self.mgr.trust_material(false).answer(known, &mut resp);
+            return Ok(Response::new(resp));
         }
         self.record_port_errors(id.node_id(), &req);
         self.record_store_error(id.node_id(), &req);
@@ -776,18 +777,12 @@ impl Dispatcher for Services {
                 }
             });
         }
-        let (revoked, node) = self.mgr.read(|s| {
-            (
-                s.revoked.keys().cloned().collect(),
-                s.nodes.get(id.node_id()).cloned(),
-            )
-        });
-        Ok(Response::new(HeartbeatResponse {
+        let node = self.mgr.read(|s| s.nodes.get(id.node_id()).cloned());
+        let mut resp = HeartbeatResponse {
             is_leader: true,
             leader_addr: self.mgr.addr.clone(),
             period_ms,
             manager_addrs,
-            revoked,
             role: node
                 .as_ref()
                 .map(|n| {
@@ -798,11 +793,11 @@ impl Dispatcher for Services {
                 })
                 .unwrap_or_default(),
             addr: node.map(|n| n.addr).unwrap_or_default(),
-            trust_roots: self.mgr.trust_bundle().unwrap_or_default(),
-            managers: self.mgr.managers().certs.clone(),
-            workload: self.mgr.workload_bundle().as_ref().map(Into::into),
             remove_volumes_of: self.mgr.volume_work(id.node_id()),
-        }))
+            ..Default::default()
+        };
+        self.mgr.trust_material(true).answer(known, &mut resp);
+        Ok(Response::new(resp))
     }
 
     type SessionStream = std::pin::Pin<
@@ -1001,7 +996,7 @@ impl Dispatcher for Services {
                 Ok(Response::new(crate::api::v1::SvidResponse {
                     cert: issued.cert.der,
                     spiffe_id: issued.spiffe_id,
-                    bundle: self.mgr.workload_bundle().as_ref().map(Into::into),
+                    bundle: self.mgr.workload_bundle().as_deref().map(Into::into),
                 }))
             }
             Err(reason) => Err(self

@@ -10,7 +10,7 @@
 //!  heartbeat ─► Bundle: workload CA + JWKS + CRL of revoked_svids (cached per revoked set)
 //! ```
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use skep_pki::{Csr, IssuedCert, NodeKey, SvidSubject, WorkloadCa};
 use time::OffsetDateTime;
@@ -335,14 +335,15 @@ struct Cached {
     keys: String,
     /// When its CRL was signed.
     made: OffsetDateTime,
-    bundle: Bundle,
+    bundle: Arc<Bundle>,
 }
 
 impl BundleCache {
     /// The bundle of `state` (applied up to log index `index`): the cached one while the state
     /// is the same; else made again only when its revoked set or keys changed. Either way
-    /// made again once its CRL is half-way to its next update.
-    pub fn get(&self, state: &State, index: u64, now: OffsetDateTime) -> Option<Bundle> {
+    /// made again once its CRL is half-way to its next update. The same bundle is the same
+    /// `Arc`, so callers can tell a new one by pointer (`manager::trust_answer`).
+    pub fn get(&self, state: &State, index: u64, now: OffsetDateTime) -> Option<Arc<Bundle>> {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = |c: &Cached| now - c.made < CRL_VALIDITY / 2;
         if let Some(c) = cache.as_ref()
@@ -370,6 +371,7 @@ impl BundleCache {
         }
         match bundle(state, now) {
             Ok(Some(b)) => {
+                let b = Arc::new(b);
                 *cache = Some(Cached {
                     index,
                     revoked,
@@ -390,7 +392,7 @@ impl BundleCache {
 
 impl super::Manager {
     /// What tasks trust now (`None` before the swarm has workload keys).
-    pub fn workload_bundle(&self) -> Option<Bundle> {
+    pub fn workload_bundle(&self) -> Option<Arc<Bundle>> {
         let now = OffsetDateTime::now_utc();
         self.state().read_applied(|s, applied| {
             let index = applied.map_or(0, |l| l.index);
@@ -632,7 +634,7 @@ mod tests {
         let cache = BundleCache::default();
         let first = cache.get(&s, 1, now()).unwrap();
         assert!(first.revoked.is_empty());
-        assert_eq!(cache.get(&s, 1, now()).unwrap(), first);
+        assert!(Arc::ptr_eq(&cache.get(&s, 1, now()).unwrap(), &first));
         s.tasks.get_mut(&task).unwrap().desired = DesiredState::Shutdown;
         let next = cache.get(&s, 2, now()).unwrap();
         assert_eq!(next.revoked, vec![issued.cert.serial]);

@@ -342,9 +342,7 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
             .heartbeat(HeartbeatRequest {
                 hostname: "w1".into(),
                 addr: String::new(),
-                port_errors: Vec::new(),
-                store_error: String::new(),
-                volumes_removed: Vec::new(),
+                ..HeartbeatRequest::default()
             })
             .await
             .expect("a worker may heartbeat");
@@ -405,9 +403,7 @@ fn a_peer_without_a_certificate_gets_only_the_issuance_rpc() {
             .heartbeat(HeartbeatRequest {
                 hostname: "nobody".into(),
                 addr: String::new(),
-                port_errors: Vec::new(),
-                store_error: String::new(),
-                volumes_removed: Vec::new(),
+                ..HeartbeatRequest::default()
             })
             .await
             .map(|_| ());

@@ -540,3 +540,58 @@ fn the_unlock_key_rotates_and_autolock_turns_off_and_on_without_rewriting_data()
         2
     );
 }
+
+/// A heartbeat answer leaves out the trust material (revoked node IDs, roots, managers'
+/// certificates, workload bundle) a node says it holds, and carries all of it again once any
+/// part changes: a node holding the material from before a removal learns the removed node's
+/// ID on its next heartbeat. Any other digest (none, a stale or made-up one) gets all of it.
+#[test]
+fn a_heartbeat_leaves_out_the_trust_material_a_node_holds_until_a_removal_changes_it() {
+    use skep::api::v1::{HeartbeatRequest, HeartbeatResponse};
+    let c = Cluster::init(1, 2);
+    let (m, w1, w2) = (c.first(), &c.workers()[0], &c.workers()[1]);
+    let beat = |digest: &[u8]| -> HeartbeatResponse {
+        let req = HeartbeatRequest {
+            hostname: w1.name().to_string(),
+            trust_digest: digest.to_vec(),
+            ..HeartbeatRequest::default()
+        };
+        crate::harness::dispatcher_as(w1, m, |mut d| async move {
+            d.heartbeat(req).await.expect("a heartbeat").into_inner()
+        })
+    };
+    let first = beat(&[]);
+    assert!(!first.trust_unchanged);
+    assert_eq!(first.trust_digest.len(), 32, "{first:?}");
+    assert!(!first.trust_roots.is_empty() && !first.managers.is_empty());
+
+    let held = beat(&first.trust_digest);
+    assert!(held.trust_unchanged, "{held:?}");
+    assert_eq!(held.trust_digest, first.trust_digest);
+    assert!(held.revoked.is_empty() && held.trust_roots.is_empty());
+    assert!(held.managers.is_empty() && held.workload.is_none());
+    assert!(held.is_leader && !held.manager_addrs.is_empty());
+    for other in [vec![0u8; 32], first.trust_digest[..31].to_vec()] {
+        let full = beat(&other);
+        assert!(!full.trust_unchanged);
+        assert_eq!(full.trust_roots, first.trust_roots);
+    }
+
+    let w2_id = w2.id().to_string();
+    m.cli_ok(&["node", "rm", "--force", w2.name()]);
+    let after = crate::harness::wait_for(timeout(), "w2 revoked in w1's next answer", || {
+        let a = beat(&first.trust_digest);
+        if a.revoked.contains(&w2_id) {
+            Ok(a)
+        } else {
+            Err(format!(
+                "unchanged {}, revoked {:?}",
+                a.trust_unchanged, a.revoked
+            ))
+        }
+    });
+    assert!(!after.trust_unchanged);
+    assert_ne!(after.trust_digest, first.trust_digest);
+    assert_eq!(after.trust_roots, first.trust_roots);
+    assert!(beat(&after.trust_digest).trust_unchanged);
+}
