@@ -502,18 +502,26 @@ fn a_worker_refuses_a_man_in_the_middle_presenting_a_demoted_managers_kept_certi
     }
     // The leader stops answering: the worker turns to the other manager it knows.
     c.nodes[0].pause();
+    // Every node that lost the leader tries the man in the middle: the demoted m3 too, whose
+    // refusals are in its own log. Counting handshakes alone let m3's three refusals end the
+    // wait before the worker had tried once; the wait ends when the worker says it refused.
     let seen = crate::harness::try_wait_for(
         Duration::from_secs(90),
-        "the worker to try the man in the middle three times",
+        "the worker to refuse the man in the middle, saying why",
         || {
             let (t, r) = (
                 trusted.load(Ordering::SeqCst),
                 refused.load(Ordering::SeqCst),
             );
-            if t + r >= 3 {
+            let said = c.workers()[0]
+                .log()
+                .contains("which is not a manager of the swarm now");
+            if t > 0 || (said && r > 0) {
                 Ok((t, r))
             } else {
-                Err(format!("{t} trusted, {r} refused"))
+                Err(format!(
+                    "{t} trusted, {r} refused, the worker said why: {said}"
+                ))
             }
         },
     );
@@ -521,12 +529,6 @@ fn a_worker_refuses_a_man_in_the_middle_presenting_a_demoted_managers_kept_certi
     let (t, r) = seen.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         t, 0,
-        "the worker completed {t} handshakes with a demoted manager's kept certificate ({r} refused)"
-    );
-    assert!(
-        c.workers()[0]
-            .log()
-            .contains("which is not a manager of the swarm now"),
-        "the worker does not say why"
+        "a node completed {t} handshakes with a demoted manager's kept certificate ({r} refused)"
     );
 }
