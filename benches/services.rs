@@ -574,6 +574,7 @@ async fn sim_node(
     tokio::spawn(async move {
         let mut period = Duration::from_secs(1);
         let mut digest = Vec::new();
+        let echo = trust_digest();
         loop {
             let req = HeartbeatRequest {
                 hostname: host.clone(),
@@ -583,7 +584,7 @@ async fn sim_node(
             };
             if let Ok(r) = hb.heartbeat(req).await {
                 let r = r.into_inner();
-                if trust_digest() {
+                if echo {
                     digest = r.trust_digest;
                 }
                 let ms = r.period_ms;
