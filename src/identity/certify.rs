@@ -129,7 +129,7 @@ impl Certify {
                     tracing::info!("renewing this node's certificate now: the swarm changed its role or its root CA");
                 }
             }
-            loop {
+            for failures in 1.. {
                 match self.renew_once().await {
                     Ok(new) => {
                         tracing::info!(serial = %new.serial, not_after = %crate::util::rfc3339(new.not_after), role = %new.role, "certificate renewed");
@@ -146,12 +146,10 @@ impl Certify {
                             return;
                         }
                         tracing::warn!(error = %e, "certificate renewal failed; retrying");
-                        let pause: time::Duration = (left / 10_i32).clamp(
-                            time::Duration::milliseconds(200),
-                            time::Duration::seconds(30),
-                        );
-                        tokio::time::sleep(pause.try_into().unwrap_or(Duration::from_secs(1)))
-                            .await;
+                        // Spread, so that nodes refused together do not all ask again together.
+                        let pause =
+                            retry_pause(failures, left).mul_f64(rand::random_range(0.75..=1.0));
+                        tokio::time::sleep(pause).await;
                     }
                 }
             }
@@ -219,5 +217,56 @@ impl Certify {
             return Ok(info);
         }
         Err(IdentityError::Unavailable(last))
+    }
+}
+
+/// How long to wait before the next try after `failures` renewals in a row failed, with the
+/// certificate valid for `left` more: 200 ms doubling with each failure, up to a tenth of what
+/// is left of the certificate (it is tried at least ten times before it expires) and at most
+/// 30 s. Most refusals pass within a second (a demoted manager asking before the leader has
+/// applied the membership without it, an election), so the first tries come soon.
+fn retry_pause(failures: u32, left: time::Duration) -> Duration {
+    const FIRST: Duration = Duration::from_millis(200);
+    const MOST: Duration = Duration::from_secs(30);
+    let doubled = FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let tenth = Duration::try_from(left / 10_i32).unwrap_or(Duration::ZERO);
+    doubled.min(tenth).clamp(FIRST / 2, MOST)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal that passes at once (a demoted manager asking before the new leader applied
+    /// the membership without it, a leader election) is tried again within a second, not
+    /// after the 30 s a long-lived certificate's tenth used to give: the demoted node stayed a
+    /// manager out of the voters, answering no command, all that time
+    /// (`roles::a_leader_demoting_itself_stays_a_voter_until_the_change_is_through_every_time`
+    /// timed out in CI, and 2 runs in 100 here under load).
+    #[test]
+    fn a_failed_renewal_is_tried_again_soon_then_less_and_less_often() {
+        let ninety_days = time::Duration::days(90);
+        let pauses: Vec<Duration> = (1..=12).map(|f| retry_pause(f, ninety_days)).collect();
+        assert!(pauses[0] <= Duration::from_millis(200), "{pauses:?}");
+        let three: Duration = pauses[..3].iter().sum();
+        assert!(three <= Duration::from_millis(1500), "{pauses:?}");
+        for w in pauses.windows(2) {
+            assert!(w[1] >= w[0], "pauses never shrink: {pauses:?}");
+        }
+        assert_eq!(pauses[11], Duration::from_secs(30), "{pauses:?}");
+        assert!(retry_pause(u32::MAX, ninety_days) <= Duration::from_secs(30));
+    }
+
+    /// A certificate about to expire is tried at least ten times in what is left of it.
+    #[test]
+    fn a_certificate_about_to_expire_is_tried_often() {
+        let left = time::Duration::seconds(20);
+        for f in [1, 5, 20, u32::MAX] {
+            assert!(
+                retry_pause(f, left) <= Duration::from_secs(2),
+                "after {f} failures"
+            );
+        }
+        assert!(retry_pause(1, time::Duration::ZERO) >= Duration::from_millis(100));
     }
 }
