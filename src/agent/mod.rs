@@ -84,6 +84,7 @@ impl Agent {
         let mut leader: Option<String> = None;
         let mut revoked_said = false;
         let mut held = trust::Held::default();
+        let mut answered = std::time::Instant::now();
         loop {
             let mut candidates = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
             if let Some(l) = leader.take() {
@@ -192,6 +193,12 @@ impl Agent {
             }
             if !done {
                 tracing::debug!("no leader answered the heartbeat");
+            } else {
+                let gap = answered.elapsed();
+                if gap > period * 2 {
+                    tracing::warn!(since_last = ?gap, ?period, "a heartbeat was late: this node's agent or its leader is overloaded");
+                }
+                answered = std::time::Instant::now();
             }
             tokio::time::sleep(if done { period } else { period / 4 }).await;
         }
