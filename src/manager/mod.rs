@@ -18,6 +18,7 @@ mod fault;
 pub mod gate;
 pub mod jwt;
 pub mod limiter;
+mod liveness;
 mod lookup;
 pub mod managers;
 pub mod mesh;
@@ -58,6 +59,7 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Command, NodeRole, NodeState, Response, State};
 use crate::store::{Raft, StateHandle};
 use limiter::{Admit, FailureLimiter};
+use liveness::Liveness;
 
 /// How long a membership change waits for another one still being committed.
 const MEMBERSHIP_WAIT: Duration = Duration::from_secs(10);
@@ -259,15 +261,6 @@ pub struct Signer {
     pub ca: Arc<skep_pki::RootCa>,
     /// Certificates an issued certificate is presented with (DER).
     pub chain: Vec<Vec<u8>>,
-}
-
-#[derive(Default)]
-struct Liveness {
-    last_seen: HashMap<String, Instant>,
-    leader_since: Option<Instant>,
-    /// On the leader: each node's latest task session, by a number counting sessions.
-    sessions: HashMap<String, u64>,
-    next_session: u64,
 }
 
 /// How long after a node's task session ends without a new one the leader marks the node
@@ -728,11 +721,13 @@ impl Manager {
 
     /// Records a heartbeat; returns true when the node's state should become Ready.
     pub fn saw(&self, node_id: &str) -> bool {
-        self.liveness
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .last_seen
-            .insert(node_id.into(), Instant::now());
+        let period = self.heartbeat_period();
+        self.liveness.lock().unwrap_or_else(|p| p.into_inner()).saw(
+            node_id,
+            node_id == self.node_id,
+            Instant::now(),
+            period,
+        );
         // A node is Ready once it heartbeats and its agent has described itself (its task
         // session is open), so the scheduler never sees a Ready node without its runtimes.
         self.read(|s| {
@@ -784,45 +779,54 @@ impl Manager {
         &self.state
     }
 
-    /// Nodes the leader has not heard from within the grace period (three heartbeat periods,
-    /// counted from when this manager became leader for nodes it never heard from).
+    /// Nodes to mark Down now: silent beyond the grace while this leader was answering
+    /// heartbeats (`liveness::Liveness::overdue`). Empty when not leading.
     fn overdue(&self) -> Vec<String> {
-        let grace = self.heartbeat_period() * 3;
+        let period = self.heartbeat_period();
         let now = Instant::now();
         let mut live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
         if !self.is_leader() {
-            live.leader_since = None;
+            live.not_leading();
             return Vec::new();
         }
-        let since = *live.leader_since.get_or_insert(now);
         self.read(|s| {
-            s.nodes
+            let up = s
+                .nodes
                 .values()
                 .filter(|n| matches!(n.state, NodeState::Ready | NodeState::Unknown))
-                .filter(|n| {
-                    let last = live
-                        .last_seen
-                        .get(&n.id)
-                        .copied()
-                        .unwrap_or(since)
-                        .max(since);
-                    now.duration_since(last) > grace
-                })
-                .map(|n| n.id.clone())
-                .collect()
+                .map(|n| n.id.as_str());
+            live.overdue(up, &self.node_id, now, period)
         })
     }
 
+    /// Whether `node_id` is still to be marked Down, checked again just before proposing it.
+    fn still_overdue(&self, node_id: &str) -> bool {
+        let period = self.heartbeat_period();
+        self.is_leader()
+            && !self
+                .liveness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .overdue(
+                    std::iter::once(node_id),
+                    &self.node_id,
+                    Instant::now(),
+                    period,
+                )
+                .is_empty()
+    }
+
     /// On the leader: whether `node_id` heartbeated within the grace period (counted from when
-    /// this manager became leader for nodes it has not heard from).
+    /// this manager became leader, or its last stall ended, for nodes it has not heard from).
     fn heard_from(&self, node_id: &str) -> bool {
         if node_id == self.node_id {
             return true;
         }
-        let grace = self.heartbeat_period() * 3;
-        let live = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
-        let last = live.last_seen.get(node_id).copied().max(live.leader_since);
-        last.is_some_and(|t| t.elapsed() <= grace)
+        let period = self.heartbeat_period();
+        self.liveness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .heard_from(node_id, Instant::now(), period)
     }
 
     /// The leader's liveness loop: marks nodes Down when they miss heartbeats.
@@ -830,6 +834,19 @@ impl Manager {
         loop {
             tokio::time::sleep(self.heartbeat_period()).await;
             for id in self.overdue() {
+                // Decided before the proposals ahead of it were committed: a heartbeat that
+                // came in meanwhile keeps the node up.
+                if !self.still_overdue(&id) {
+                    continue;
+                }
+                let heard = self
+                    .liveness
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .last_heard(&id)
+                    .map(|t| format!("{:.1?} ago", t.elapsed()))
+                    .unwrap_or_else(|| "not since this manager leads".into());
+                tracing::warn!(node = %id, last_heartbeat = %heard, "a node missed its heartbeats: marking it down");
                 let cmd = Command::SetNodeState {
                     id: id.clone(),
                     state: NodeState::Down,

@@ -230,3 +230,81 @@ fn tasks_of_an_agent_that_went_away_are_unknown_within_seconds_not_after_down() 
         },
     );
 }
+
+/// A leader paused for longer than the grace (a frozen VM; a burst of task starts on its own
+/// node that left it answering no heartbeat for seconds) heard no node meanwhile, which says
+/// nothing of the nodes: when it resumes it marks none Down, and the orchestrator orphans and
+/// replaces no task. A node that does go silent afterwards is still marked Down. (Before
+/// `manager::liveness`, the leader marked the worker Down the moment it resumed and the
+/// worker's tasks were orphaned and started again.)
+#[test]
+fn a_leader_paused_beyond_the_grace_marks_no_node_down_when_it_resumes() {
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    const PERIOD: std::time::Duration = std::time::Duration::from_millis(300);
+    let c = Cluster::init_opts(1, 1, &[], &["--heartbeat-period", "300ms"]);
+    let w = c.workers()[0].name().to_string();
+    let w_id = c.workers()[0].id().to_string();
+    let m = c.first();
+    create_sleepers_on_workers(m, "paused", REPLICAS);
+    let all = format!("{REPLICAS}/{REPLICAS}");
+    let ps = ["service", "ps", "--format", "json", "paused"];
+    wait_for(timeout(), "every task running on the worker", || {
+        let on = running_hosts(m, "paused");
+        if on == vec![w.clone(); REPLICAS] && replicas(m, "paused") == all {
+            Ok(())
+        } else {
+            Err(format!("{on:?}"))
+        }
+    });
+    let placed = states_on(m, &ps, &w);
+
+    // Frozen for ten periods: more than three times the grace of three periods.
+    m.pause();
+    let paused = std::time::Instant::now();
+    crate::harness::wait_until(PERIOD * 20, "the pause to last its time", || {
+        paused.elapsed() >= PERIOD * 10
+    });
+    m.resume();
+    // Watched for twenty periods after: the worker stays up, its tasks the same.
+    let resumed = std::time::Instant::now();
+    let mut watched = 0;
+    crate::harness::wait_until(timeout(), "twenty periods after the resume", || {
+        let nodes = m.node_ls();
+        let status = find_node(&nodes, &w_id).map(|n| n["Status"].clone());
+        assert_eq!(
+            status.as_ref().and_then(|s| s.as_str()),
+            Some("Ready"),
+            "the worker was marked down after the leader's own pause ({:?} after the resume)",
+            resumed.elapsed()
+        );
+        let now = states_on(m, &ps, &w);
+        assert_eq!(
+            now.keys().collect::<Vec<_>>(),
+            placed.keys().collect::<Vec<_>>(),
+            "the worker's tasks were replaced after the leader's own pause:\n{}",
+            m.cli_ok(&["service", "ps", "paused"])
+        );
+        watched += 1;
+        resumed.elapsed() >= PERIOD * 20 && watched >= 3
+    });
+    let text = m.cli_ok(&["service", "ps", "paused"]);
+    assert!(!text.contains("Orphaned"), "{text}");
+    assert!(
+        !m.log().contains("marking it down"),
+        "the leader marked a node down after its own pause"
+    );
+
+    // The rule still marks a node that is silent while the leader answers.
+    let worker = &c.nodes[1];
+    worker.pause();
+    wait_for(timeout(), "the paused worker to be marked Down", || {
+        let nodes = m.node_ls();
+        match find_node(&nodes, &w_id).map(|n| n["Status"].clone()) {
+            Some(s) if s == "Down" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    worker.resume();
+}
