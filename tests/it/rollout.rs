@@ -81,6 +81,10 @@ fn restart_mode_replaces_tasks_by_the_update_policy_and_a_failing_task_pauses_it
             "pause",
             "--update-monitor",
             "3s",
+            // As in Docker, a batch starts once the last one's tasks run: without a delay the
+            // second bad task could start in the moment the first ran before it failed.
+            "--update-delay",
+            "2s",
             "--secret",
             "source=db,on-change=restart",
         ],
