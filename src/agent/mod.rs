@@ -196,7 +196,7 @@ impl Agent {
             } else {
                 let gap = answered.elapsed();
                 if gap > period * 2 {
-                    tracing::warn!(since_last = ?gap, ?period, "a heartbeat was late: this node's agent or its leader is overloaded");
+                    tracing::warn!(since_last = ?gap, ?period, "no heartbeat was answered for more than two periods: the leader was unreachable or overloaded, or this agent was");
                 }
                 answered = std::time::Instant::now();
             }

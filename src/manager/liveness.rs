@@ -16,8 +16,8 @@
 //!  heartbeat of N ─► saw(N) ─► last_seen[N] = now
 //!  heartbeat of own agent after a gap > 2 periods ─► counting_since = now (a stall ended)
 //!  liveness tick ─► overdue(): nobody while stalled (own agent unanswered > 2 periods,
-//!                  at most STALL_LIMIT); else nodes ≠ own silent > grace since
-//!                  max(last_seen, counting_since)
+//!                  up to STALL_LIMIT_GRACES graces); else the nodes other than its own
+//!                  silent > grace since max(last_seen, counting_since)
 //! ```
 
 use std::collections::HashMap;
