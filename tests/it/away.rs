@@ -36,6 +36,19 @@ fn states_on(m: &Node, args: &[&str], host: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// Waits until all [`REPLICAS`] tasks of `service` run on `host` and `service ls` counts them.
+fn wait_all_running_on(m: &Node, service: &str, host: &str) {
+    let all = format!("{REPLICAS}/{REPLICAS}");
+    wait_for(timeout(), "every task running on the worker", || {
+        let on = running_hosts(m, service);
+        if on == vec![host.to_string(); REPLICAS] && replicas(m, service) == all {
+            Ok(())
+        } else {
+            Err(format!("{on:?}"))
+        }
+    });
+}
+
 #[test]
 fn tasks_of_a_down_node_are_unknown_not_running_until_it_is_back() {
     if !crate::harness::require(crate::harness::Runtime::Exec) {
@@ -47,14 +60,7 @@ fn tasks_of_a_down_node_are_unknown_not_running_until_it_is_back() {
     let m = c.first();
     create_sleepers_on_workers(m, "away", REPLICAS);
     let all = format!("{REPLICAS}/{REPLICAS}");
-    wait_for(timeout(), "every task running on the worker", || {
-        let on = running_hosts(m, "away");
-        if on == vec![w.clone(); REPLICAS] && replicas(m, "away") == all {
-            Ok(())
-        } else {
-            Err(format!("{on:?}"))
-        }
-    });
+    wait_all_running_on(m, "away", &w);
     let ps = ["service", "ps", "--format", "json", "away"];
     let placed = states_on(m, &ps, &w);
     assert_eq!(placed.len(), REPLICAS, "{placed:?}");
@@ -248,16 +254,8 @@ fn a_leader_paused_beyond_the_grace_marks_no_node_down_when_it_resumes() {
     let w_id = c.workers()[0].id().to_string();
     let m = c.first();
     create_sleepers_on_workers(m, "paused", REPLICAS);
-    let all = format!("{REPLICAS}/{REPLICAS}");
     let ps = ["service", "ps", "--format", "json", "paused"];
-    wait_for(timeout(), "every task running on the worker", || {
-        let on = running_hosts(m, "paused");
-        if on == vec![w.clone(); REPLICAS] && replicas(m, "paused") == all {
-            Ok(())
-        } else {
-            Err(format!("{on:?}"))
-        }
-    });
+    wait_all_running_on(m, "paused", &w);
     let placed = states_on(m, &ps, &w);
 
     // Frozen for ten periods: more than three times the grace of three periods.
