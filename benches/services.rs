@@ -391,6 +391,49 @@ fn task_census(c: &Cluster, replicas: u64, before: (u64, u64)) -> String {
     )
 }
 
+/// How late the leader answered heartbeats so far: per daemon (m1, w1, w2), how many times
+/// its agent warned that none was answered for more than two periods, and the longest gap it
+/// named. The leader (m1) starts a third of the tasks itself: a runtime busy starting them
+/// shows here first.
+fn late_heartbeats(c: &Cluster) -> String {
+    const WARNING: &str = "no heartbeat was answered for more than two periods";
+    let each: Vec<String> = c
+        .daemons
+        .iter()
+        .map(|d| {
+            let log = std::fs::read_to_string(d.log_path()).unwrap_or_default();
+            let gaps: Vec<f64> = log
+                .lines()
+                .filter(|l| l.contains(WARNING))
+                .filter_map(|l| {
+                    let v = l.split("since_last=").nth(1)?.split_whitespace().next()?;
+                    parse_debug_duration(v)
+                })
+                .collect();
+            let longest = gaps.iter().copied().fold(0.0, f64::max);
+            format!("{} {} (longest {longest:.1} s)", d.name, gaps.len())
+        })
+        .collect();
+    format!(
+        "heartbeats answered more than two periods late, so far: {}",
+        each.join(", ")
+    )
+}
+
+/// Seconds of a `Duration`'s `Debug` form (`6.2s`, `950ms`, `12µs`).
+fn parse_debug_duration(v: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("µs") {
+        (n, 1e-6)
+    } else if let Some(n) = v.strip_suffix("ns") {
+        (n, 1e-9)
+    } else {
+        (v.strip_suffix('s')?, 1.0)
+    };
+    num.parse::<f64>().ok().map(|n| n * scale)
+}
+
 /// The convergence sizes: 100, then `SKEP_BENCH_CONV_REPLICAS` (one number or a
 /// comma-separated list, `1000,3000`), default [`CONV_LARGE`].
 fn conv_sizes() -> Vec<u64> {
@@ -436,9 +479,10 @@ fn conv_round(cl: &Cluster, name: &str, replicas: u64, census: bool) -> (Duratio
     let cpu = cl.cpu();
     if census {
         eprintln!(
-            "\n{name} at {replicas}/{replicas} in {:.1} s: {}",
+            "\n{name} at {replicas}/{replicas} in {:.1} s: {}\n  {}",
             took.as_secs_f64(),
-            task_census(cl, replicas, before)
+            task_census(cl, replicas, before),
+            late_heartbeats(cl)
         );
     }
     m.cli(&["service", "rm", name]);

@@ -62,9 +62,13 @@ impl Daemon {
         Daemon::start_with(root, name, addr, &[("SKEP_LOG", &log)])
     }
 
-    /// Starts a daemon with these extra environment variables.
+    /// Starts a daemon with these extra environment variables, of this build's `skep`, or of
+    /// the binary `SKEP_BENCH_BIN` names (another build to compare against in the same run;
+    /// its `skep-init` beside it).
     pub fn start_with(root: &Path, name: &str, addr: &str, env: &[(&str, &str)]) -> Daemon {
-        Daemon::start_bin(root, name, addr, env!("CARGO_BIN_EXE_skep"), env)
+        let bin = std::env::var("SKEP_BENCH_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_skep").to_string());
+        Daemon::start_bin(root, name, addr, &bin, env)
     }
 
     /// Starts a daemon of the skep binary `bin` (another build, to compare against), with

@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::adopt::{self, HelperRecord};
+use super::spawn;
 use super::{ExecError, ExitSlot, LogEntry, Stopper, TaskHandle, ended_within, parse_env};
 use crate::agent::secrets::ConfigFile;
 use crate::store::service::Task;
@@ -98,8 +99,8 @@ impl ExecRuntime {
             path: dir.clone(),
             source,
         };
-        // No await from here on: a start cancelled half-way (a `select!` with a stop request)
-        // must not leave a process that no handle watches.
+        // A start cancelled half-way (a `select!` with a stop request) must not leave a
+        // process that no handle watches: the one await below kills its child if dropped.
         std::fs::create_dir_all(&dir).map_err(dir_err)?;
         // The helper's own early failures (before it opens the logs) land in the task's stderr.
         let helper_stderr = std::fs::OpenOptions::new()
@@ -123,7 +124,7 @@ impl ExecRuntime {
         for p in &self.hide {
             helper.arg("--hide").arg(p);
         }
-        let mut child = helper
+        helper
             .arg("--")
             .args(command)
             .env_clear()
@@ -134,8 +135,10 @@ impl ExecRuntime {
             .stderr(helper_stderr)
             // Its own process group: a Ctrl-C meant for a foreground agent does not reach tasks.
             .process_group(0)
-            .kill_on_drop(false)
-            .spawn()
+            .kill_on_drop(false);
+        // Off the runtime's threads (see `spawn`); no await after this one.
+        let mut child = spawn::spawn(helper)
+            .await
             .map_err(|source| ExecError::Spawn {
                 helper: self.helper.clone(),
                 source,

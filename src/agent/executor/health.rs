@@ -226,7 +226,9 @@ async fn run_check(check: &HealthCheck, env: &[String], runner: &Runner) -> (boo
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     let timeout = Duration::from_millis(check.timeout_ms);
-    match tokio::time::timeout(timeout, cmd.output()).await {
+    // Started off the runtime's threads (see `super::spawn`); killed if the timeout drops it.
+    let run = async { super::spawn::spawn(cmd).await?.wait_with_output().await };
+    match tokio::time::timeout(timeout, run).await {
         Err(_) => (
             false,
             format!("the check took longer than its timeout ({timeout:?})"),

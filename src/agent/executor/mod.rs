@@ -30,6 +30,7 @@ mod adopt;
 pub mod docker;
 pub mod exec;
 pub mod health;
+mod spawn;
 
 /// What went wrong while running a task. The message is shown to the operator as the task's
 /// error, so it says what failed and what to do.

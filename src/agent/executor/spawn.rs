@@ -1,0 +1,217 @@
+//! Starting a task's processes without stalling the daemon: `fork`/`exec` happen on threads of
+//! their own, never on the async runtime's.
+//!
+//! Starting a process blocks the calling thread until the child has called `exec` (glibc's
+//! `posix_spawn` shares the parent's memory until then). That is microseconds on a quiet node
+//! and up to tens of milliseconds each while a thousand tasks set up their namespaces; on the
+//! runtime's threads, a burst of starts kept a leader from answering any heartbeat or Raft
+//! message for seconds. Here the runtime only queues the start and awaits its result, while up
+//! to [`THREADS`] starts wait for their children at once (on tokio's blocking pool the
+//! runtime's threads instead queued behind the pool making hundreds of threads under its lock).
+//!
+//! A start whose caller has gone (its future dropped, e.g. a task stopped while starting) kills
+//! the child it made: nothing is left running that no handle watches.
+
+use std::io;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+
+/// How many starts may wait for their child's `exec` at once: about as many as the runtime's
+/// own threads could do before, so a burst is not slowed, and a few more (they only sleep).
+pub(crate) const THREADS: usize = 8;
+/// Stack of each start thread: `Command::spawn` needs little (its buffers are on the heap).
+const STACK: usize = 256 * 1024;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The process-wide pool of start threads, made on first use.
+fn pool() -> &'static Mutex<mpsc::Sender<Job>> {
+    static POOL: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..THREADS {
+            let rx = Arc::clone(&rx);
+            let spawned = std::thread::Builder::new()
+                .name(format!("skep-spawn-{i}"))
+                .stack_size(STACK)
+                .spawn(move || {
+                    loop {
+                        // Only these threads take this lock, one waiting in `recv` at a time.
+                        let job = match rx.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::warn!(error = %e, "cannot start a process-start thread; fewer starts run at once");
+            }
+        }
+        Mutex::new(tx)
+    })
+}
+
+/// A child not yet handed to its caller: killed if dropped (the caller gave up).
+struct Unclaimed(Option<Child>);
+
+impl Unclaimed {
+    fn claim(mut self) -> Option<Child> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unclaimed {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            // SIGKILL; the runtime's orphan reaper collects it once it has ended.
+            let _ = child.start_kill();
+        }
+    }
+}
+
+/// Starts `command` on a start thread (in the calling runtime's context, so the child is
+/// waited for by that runtime) and returns the child. Must be called within a tokio runtime.
+pub(crate) async fn spawn(mut command: Command) -> io::Result<Child> {
+    let handle = tokio::runtime::Handle::current();
+    let (tx, rx) = oneshot::channel::<io::Result<Unclaimed>>();
+    let job: Job = Box::new(move || {
+        let _in_runtime = handle.enter();
+        // If the receiver is gone, `send` hands the result back and dropping it kills the
+        // child; if it goes after this, dropping the unreceived value does the same.
+        let _ = tx.send(command.spawn().map(|c| Unclaimed(Some(c))));
+    });
+    let queued = pool()
+        .lock()
+        .map_err(|_| io::Error::other("the process-start threads failed"))?
+        .send(job);
+    if queued.is_err() {
+        return Err(io::Error::other(
+            "no process-start thread is running; restart the daemon",
+        ));
+    }
+    let started = rx
+        .await
+        .map_err(|_| io::Error::other("the process-start thread ended before starting"))??;
+    started
+        .claim()
+        .ok_or_else(|| io::Error::other("the started process was already handed over"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Stdio;
+    use std::task::Poll;
+    use std::time::Duration;
+
+    /// The thread that made `pid`, by name: each thread's children are listed apart in
+    /// `/proc/self/task/<tid>/children`.
+    fn parent_thread_name(pid: u32) -> Option<String> {
+        for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            if children.split_whitespace().any(|c| c == pid.to_string()) {
+                return std::fs::read_to_string(t.path().join("comm"))
+                    .ok()
+                    .map(|n| n.trim().to_string());
+            }
+        }
+        None
+    }
+
+    /// The runtime's thread never makes the child (so never waits for its `exec`): a start
+    /// thread does, and the child is still the runtime's to wait for.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_process_is_started_by_a_start_thread_not_by_the_runtime() {
+        let mut c = Command::new("/bin/sleep");
+        c.arg("30")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let child = spawn(c).await.expect("started");
+        let pid = child.id().expect("running");
+        let made_by = parent_thread_name(pid).expect("the child is one of this process's threads'");
+        assert!(
+            made_by.starts_with("skep-spawn-"),
+            "the child was made by thread {made_by:?}, not by a start thread"
+        );
+    }
+
+    /// Whether a live (not zombie) process runs with exactly `cmdline` (NUL-separated).
+    fn running_with(cmdline: &[u8]) -> bool {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return false;
+        };
+        procs.flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline)
+                && std::fs::read_to_string(p.path().join("stat")).is_ok_and(|s| {
+                    s.rsplit_once(") ")
+                        .is_some_and(|(_, r)| !r.starts_with('Z'))
+                })
+        })
+    }
+
+    /// A caller that gives up before the start is handed over leaves no process behind.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_start_whose_caller_gave_up_kills_its_child() {
+        // A duration no other process uses: it names this test's child in /proc.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let secs = format!("3000.{nanos:09}");
+        // Polled once (the start is queued, not yet done: checked), then dropped.
+        let mut c = Command::new("/bin/sleep");
+        c.arg(&secs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(false);
+        let mut start = Box::pin(spawn(c));
+        let first = std::future::poll_fn(|cx| Poll::Ready(start.as_mut().poll(cx))).await;
+        assert!(
+            first.is_pending(),
+            "the start was done at its first poll: it did not wait on a start thread"
+        );
+        drop(start);
+        let cmdline = format!("/bin/sleep\0{secs}\0").into_bytes();
+        // Watched for at least a second (the start thread runs the queued start either way;
+        // without the kill its child would still run then) and at most ten for it to go.
+        let since = std::time::Instant::now();
+        let (window, deadline) = (Duration::from_secs(1), Duration::from_secs(10));
+        while running_with(&cmdline) || since.elapsed() < window {
+            assert!(
+                since.elapsed() < deadline,
+                "the child of an abandoned start still runs {deadline:?} later"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_started_process_is_handed_over_and_waited_for_by_the_runtime() {
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", "exit 7"]).stdin(Stdio::null());
+        let mut child = spawn(c).await.expect("started");
+        let st = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("ended within 10 s")
+            .expect("waited");
+        assert_eq!(st.code(), Some(7));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_start_that_fails_says_why() {
+        let err = spawn(Command::new("/nonexistent/skep-test-program"))
+            .await
+            .expect_err("no such program");
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}
