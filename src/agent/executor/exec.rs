@@ -95,20 +95,6 @@ impl ExecRuntime {
         }
 
         let dir = self.task_dir(&task.id);
-        let dir_err = |source| ExecError::TaskDir {
-            path: dir.clone(),
-            source,
-        };
-        // A start cancelled half-way (a `select!` with a stop request) must not leave a
-        // process that no handle watches: the one await below kills its child if dropped.
-        std::fs::create_dir_all(&dir).map_err(dir_err)?;
-        // The helper's own early failures (before it opens the logs) land in the task's stderr.
-        let helper_stderr = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(STDERR_FILE))
-            .map_err(dir_err)?;
-
         let mut helper = tokio::process::Command::new(&self.helper);
         helper.arg(HELPER_ARG).arg("--task-dir").arg(&dir);
         if let Some(s) = secrets {
@@ -132,43 +118,31 @@ impl ExecRuntime {
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(helper_stderr)
             // Its own process group: a Ctrl-C meant for a foreground agent does not reach tasks.
             .process_group(0)
             .kill_on_drop(false);
-        // Off the runtime's threads (see `spawn`); no await after this one.
-        let mut child = spawn::spawn(helper)
-            .await
-            .map_err(|source| ExecError::Spawn {
-                helper: self.helper.clone(),
-                source,
-            })?;
-
-        let pid = child
-            .id()
-            .and_then(|p| i32::try_from(p).ok())
-            .map(Pid::from_raw);
-        // The record a restarted agent adopts the task by. Read before the watcher can reap
-        // the helper, so the PID is still the helper's (at worst a zombie).
-        if let Some(pid) = pid {
-            let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| adopt::parse_stat(&s));
-            let rec = start.map(|(_, start_ticks)| HelperRecord {
-                task_id: task.id.clone(),
-                pid: pid.as_raw(),
-                start_ticks,
-                exe: self.helper.clone(),
-                ports: adopt::ports_from_env(&task.spec.env),
-            });
-            let written = match rec {
-                Some(rec) => adopt::write_record(&dir, &rec),
-                None => Err(std::io::Error::other("cannot read its start time")),
-            };
-            if let Err(e) = written {
-                tracing::warn!(task_id = %task.id, error = %e, "cannot record the task's init helper; a restarted agent will not adopt the task");
-            }
-        }
+        // The task directory, the spawn and the record all block (file creation alone took
+        // milliseconds each on ext4 during a burst): done on a start thread, so the runtime
+        // keeps answering heartbeats. Cancelled here (a `select!` with a stop request), the
+        // child is killed (`spawn::Owned`); no await follows.
+        let job = StartJob {
+            dir: dir.clone(),
+            helper,
+            helper_path: self.helper.clone(),
+            task_id: task.id.clone(),
+            ports: adopt::ports_from_env(&task.spec.env),
+        };
+        let (owned, pid) =
+            spawn::run(move || job.run())
+                .await
+                .map_err(|source| ExecError::Spawn {
+                    helper: self.helper.clone(),
+                    source,
+                })??;
+        let mut child = owned.claim().map_err(|source| ExecError::Spawn {
+            helper: self.helper.clone(),
+            source,
+        })?;
 
         let (tx, rx) = watch::channel::<ExitSlot>(None);
         tokio::spawn(
@@ -282,6 +256,69 @@ impl ExecRuntime {
         {
             tracing::warn!(task_id = %task.id, dir = %dir.display(), error = %e, "cannot remove the task directory");
         }
+    }
+}
+
+/// The blocking part of an exec task's start, run on a start thread ([`spawn::run`]).
+struct StartJob {
+    dir: PathBuf,
+    helper: tokio::process::Command,
+    helper_path: PathBuf,
+    task_id: String,
+    ports: Vec<(u16, u16)>,
+}
+
+impl StartJob {
+    /// Makes the task directory, starts the helper (its own early failures, before it opens
+    /// the logs, land in the task's stderr) and writes the record a restarted agent adopts the
+    /// task by.
+    fn run(mut self) -> Result<(spawn::Owned, Option<Pid>), ExecError> {
+        let dir = &self.dir;
+        let dir_err = |source| ExecError::TaskDir {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
+        let helper_stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(STDERR_FILE))
+            .map_err(dir_err)?;
+        let child = self
+            .helper
+            .stderr(helper_stderr)
+            .spawn()
+            .map_err(|source| ExecError::Spawn {
+                helper: self.helper_path.clone(),
+                source,
+            })?;
+        let child = spawn::Owned::new(child);
+        let pid = child
+            .id()
+            .and_then(|p| i32::try_from(p).ok())
+            .map(Pid::from_raw);
+        // Read before the watcher can reap the helper, so the PID is still the helper's (at
+        // worst a zombie).
+        if let Some(pid) = pid {
+            let start = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| adopt::parse_stat(&s));
+            let rec = start.map(|(_, start_ticks)| HelperRecord {
+                task_id: self.task_id.clone(),
+                pid: pid.as_raw(),
+                start_ticks,
+                exe: self.helper_path.clone(),
+                ports: self.ports,
+            });
+            let written = match rec {
+                Some(rec) => adopt::write_record(dir, &rec),
+                None => Err(std::io::Error::other("cannot read its start time")),
+            };
+            if let Err(e) = written {
+                tracing::warn!(task_id = %self.task_id, error = %e, "cannot record the task's init helper; a restarted agent will not adopt the task");
+            }
+        }
+        Ok((child, pid))
     }
 }
 

@@ -59,16 +59,29 @@ fn pool() -> &'static Mutex<mpsc::Sender<Job>> {
     })
 }
 
-/// A child not yet handed to its caller: killed if dropped (the caller gave up).
-struct Unclaimed(Option<Child>);
+/// A child made on a start thread, not yet handed to its caller: killed if dropped before
+/// [`Owned::claim`] (the caller gave up, or the result never reached it).
+pub(crate) struct Owned(Option<Child>);
 
-impl Unclaimed {
-    fn claim(mut self) -> Option<Child> {
-        self.0.take()
+impl Owned {
+    pub(crate) fn new(child: Child) -> Owned {
+        Owned(Some(child))
+    }
+
+    /// The child, now the caller's to watch.
+    pub(crate) fn claim(mut self) -> io::Result<Child> {
+        self.0
+            .take()
+            .ok_or_else(|| io::Error::other("the started process was already handed over"))
+    }
+
+    /// The child's PID while it has not been waited for.
+    pub(crate) fn id(&self) -> Option<u32> {
+        self.0.as_ref().and_then(Child::id)
     }
 }
 
-impl Drop for Unclaimed {
+impl Drop for Owned {
     fn drop(&mut self) {
         if let Some(child) = self.0.as_mut() {
             // SIGKILL; the runtime's orphan reaper collects it once it has ended.
@@ -77,16 +90,20 @@ impl Drop for Unclaimed {
     }
 }
 
-/// Starts `command` on a start thread (in the calling runtime's context, so the child is
-/// waited for by that runtime) and returns the child. Must be called within a tokio runtime.
-pub(crate) async fn spawn(mut command: Command) -> io::Result<Child> {
+/// Runs `job` (a process start and the file work around it) on a start thread, in the calling
+/// runtime's context (a child it makes is waited for by that runtime). A job's children are
+/// to be [`Owned`] in its result, so that a caller that gives up kills them. Must be called
+/// within a tokio runtime.
+pub(crate) async fn run<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
     let handle = tokio::runtime::Handle::current();
-    let (tx, rx) = oneshot::channel::<io::Result<Unclaimed>>();
+    let (tx, rx) = oneshot::channel::<T>();
     let job: Job = Box::new(move || {
         let _in_runtime = handle.enter();
-        // If the receiver is gone, `send` hands the result back and dropping it kills the
-        // child; if it goes after this, dropping the unreceived value does the same.
-        let _ = tx.send(command.spawn().map(|c| Unclaimed(Some(c))));
+        // If the receiver is gone, `send` hands the result back and dropping it kills what it
+        // owns; if it goes after this, dropping the unreceived value does the same.
+        let _ = tx.send(job());
     });
     let queued = pool()
         .lock()
@@ -97,12 +114,13 @@ pub(crate) async fn spawn(mut command: Command) -> io::Result<Child> {
             "no process-start thread is running; restart the daemon",
         ));
     }
-    let started = rx
-        .await
-        .map_err(|_| io::Error::other("the process-start thread ended before starting"))??;
-    started
-        .claim()
-        .ok_or_else(|| io::Error::other("the started process was already handed over"))
+    rx.await
+        .map_err(|_| io::Error::other("the process-start thread ended before starting"))
+}
+
+/// Starts `command` on a start thread (see [`run`]) and returns the child.
+pub(crate) async fn spawn(mut command: Command) -> io::Result<Child> {
+    run(move || command.spawn().map(Owned::new)).await??.claim()
 }
 
 #[cfg(test)]
