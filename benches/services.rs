@@ -6,9 +6,11 @@
 //!   N = 1000 (override the large one with `SKEP_BENCH_CONV_REPLICAS`, a comma-separated list:
 //!   `1000,3000`). Between iterations the service is removed and every task process must be
 //!   gone. At N/N it prints the host memory per task (the init helpers' PSS and page tables,
-//!   the command's apart, the host's `PageTables` growth) and the load average;
+//!   the command's apart, the host's `PageTables` growth), the load average, and how late
+//!   each daemon's heartbeats were answered (its agent's warnings);
 //!   `SKEP_BENCH_CONV_ONCE=1` runs one round per size and only prints that;
-//!   `SKEP_BENCH_CONV_IDENTITY=false` gives the tasks no workload identity.
+//!   `SKEP_BENCH_CONV_IDENTITY=false` gives the tasks no workload identity;
+//!   `SKEP_BENCH_BIN=path/to/skep` runs another build's daemons (to compare in one run).
 //! * `placement`: the manager side alone. One real manager daemon; 100 worker nodes simulated
 //!   in this process, each with its own certificate (real join), its own mTLS connection,
 //!   heartbeats, a task session, and Running reports for every task it is given (no process is
