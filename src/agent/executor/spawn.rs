@@ -1,16 +1,17 @@
-//! Starting a task's processes without stalling the daemon: `fork`/`exec` happen on threads of
-//! their own, never on the async runtime's.
+//! Starting a task's processes without stalling the daemon: the start (its files and its
+//! `fork`/`exec`) happens on threads of its own, never on the async runtime's.
 //!
-//! Starting a process blocks the calling thread until the child has called `exec` (glibc's
-//! `posix_spawn` shares the parent's memory until then). That is microseconds on a quiet node
-//! and up to tens of milliseconds each while a thousand tasks set up their namespaces; on the
-//! runtime's threads, a burst of starts kept a leader from answering any heartbeat or Raft
-//! message for seconds. Here the runtime only queues the start and awaits its result, while up
-//! to [`THREADS`] starts wait for their children at once (on tokio's blocking pool the
-//! runtime's threads instead queued behind the pool making hundreds of threads under its lock).
+//! A start blocks its thread: `posix_spawn` until the child has called `exec`, and the task's
+//! directory and files on the file system's inode allocation. Each is microseconds on a quiet
+//! node and milliseconds while a thousand tasks start (ext4 creating files in a directory where
+//! thousands were just deleted, children waiting for a CPU); on the runtime's threads, a burst
+//! of starts kept a leader from answering any heartbeat for the whole burst
+//! (`docs/performance.md`). Here the runtime only queues a start and awaits its result, while
+//! up to [`THREADS`] run at once (on tokio's blocking pool the runtime's threads instead queued
+//! behind the pool making hundreds of threads under its lock).
 //!
 //! A start whose caller has gone (its future dropped, e.g. a task stopped while starting) kills
-//! the child it made: nothing is left running that no handle watches.
+//! the child it made ([`Owned`]): nothing is left running that no handle watches.
 
 use std::io;
 use std::sync::mpsc;
@@ -19,8 +20,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
 
-/// How many starts may wait for their child's `exec` at once: about as many as the runtime's
-/// own threads could do before, so a burst is not slowed, and a few more (they only sleep).
+/// How many starts run at once: they mostly wait on the kernel; with two instead of eight, a
+/// burst of 3,000 tasks took 1.4× as long (`docs/performance.md`).
 pub(crate) const THREADS: usize = 8;
 /// Stack of each start thread: `Command::spawn` needs little (its buffers are on the heap).
 const STACK: usize = 256 * 1024;
