@@ -29,8 +29,8 @@ const STACK: usize = 256 * 1024;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The process-wide pool of start threads, made on first use.
-fn pool() -> &'static Mutex<mpsc::Sender<Job>> {
-    static POOL: OnceLock<Mutex<mpsc::Sender<Job>>> = OnceLock::new();
+fn pool() -> &'static mpsc::Sender<Job> {
+    static POOL: OnceLock<mpsc::Sender<Job>> = OnceLock::new();
     POOL.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
@@ -47,7 +47,11 @@ fn pool() -> &'static Mutex<mpsc::Sender<Job>> {
                             Err(_) => return,
                         };
                         match job {
-                            Ok(job) => job(),
+                            // A job that panics loses its result (its caller gets an error),
+                            // not the thread.
+                            Ok(job) => {
+                                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                            }
                             Err(_) => return,
                         }
                     }
@@ -56,7 +60,7 @@ fn pool() -> &'static Mutex<mpsc::Sender<Job>> {
                 tracing::warn!(error = %e, "cannot start a process-start thread; fewer starts run at once");
             }
         }
-        Mutex::new(tx)
+        tx
     })
 }
 
@@ -106,11 +110,7 @@ pub(crate) async fn run<T: Send + 'static>(
         // owns; if it goes after this, dropping the unreceived value does the same.
         let _ = tx.send(job());
     });
-    let queued = pool()
-        .lock()
-        .map_err(|_| io::Error::other("the process-start threads failed"))?
-        .send(job);
-    if queued.is_err() {
+    if pool().send(job).is_err() {
         return Err(io::Error::other(
             "no process-start thread is running; restart the daemon",
         ));
@@ -224,6 +224,24 @@ mod tests {
             .expect("ended within 10 s")
             .expect("waited");
         assert_eq!(st.code(), Some(7));
+    }
+
+    /// A job that panics fails its caller, and the threads stay: more panics than there are
+    /// threads, then a start still runs.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_panicking_job_fails_its_caller_and_keeps_the_thread() {
+        for _ in 0..=THREADS {
+            let r = run(|| -> u8 { panic!("a job that panics (expected by this test)") }).await;
+            assert!(r.is_err(), "a panicked job gave a result");
+        }
+        let mut c = Command::new("/bin/true");
+        c.stdin(Stdio::null());
+        let mut child = spawn(c).await.expect("a start after the panics");
+        let st = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .expect("ended within 10 s")
+            .expect("waited");
+        assert!(st.success());
     }
 
     #[tokio::test(flavor = "current_thread")]
