@@ -132,17 +132,12 @@ impl ExecRuntime {
             task_id: task.id.clone(),
             ports: adopt::ports_from_env(&task.spec.env),
         };
-        let (owned, pid) =
-            spawn::run(move || job.run())
-                .await
-                .map_err(|source| ExecError::Spawn {
-                    helper: self.helper.clone(),
-                    source,
-                })??;
-        let mut child = owned.claim().map_err(|source| ExecError::Spawn {
+        let spawn_err = |source| ExecError::Spawn {
             helper: self.helper.clone(),
             source,
-        })?;
+        };
+        let (owned, pid) = spawn::run(move || job.run()).await.map_err(spawn_err)??;
+        let mut child = owned.claim().map_err(spawn_err)?;
 
         let (tx, rx) = watch::channel::<ExitSlot>(None);
         tokio::spawn(
