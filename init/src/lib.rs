@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  agent ─spawn─► stage 1: skep-init init-helper --task-dir DIR [--secrets SDIR] [--user U:G]
-//!                             [--config SRC TARGET]... [--spiffe IDIR] [--hide PATH]... -- CMD...
+//!                             [--config SRC TARGET]... [--spiffe IDIR] [--hide PATH]...
+//!                             [--cgroup CGDIR]... -- CMD...
 //!                   unshare(mount, PID); make "/" private (recursively)
 //!                   bind SDIR read-only at /run/secrets; each --config SRC TARGET read-only
 //!                   at TARGET (a file that exists on the host: nothing is created there);
@@ -15,8 +16,12 @@
 //!                   one thread, one poll(2) loop: copies stage 2's stdout/stderr lines into
 //!                   DIR/{stdout,stderr,output}, forwards SIGTERM & co to stage 2, exits with
 //!                   its code and leaves it in DIR/exit
-//!                 └─spawn─► stage 2: skep-init init-helper --stage2 --task-dir DIR -- CMD...
-//!                             PID 1 of the new namespace: mounts a fresh /proc, runs CMD,
+//!                 └─spawn─► stage 2: skep-init init-helper --stage2 --task-dir DIR
+//!                             [--cgroup CGDIR]... -- CMD...
+//!                             PID 1 of the new namespace: joins each CGDIR (the task's
+//!                             control groups, made by the agent with its limits; stage 1
+//!                             stays outside, so the logs outlive an out-of-memory kill),
+//!                             mounts a fresh /proc, runs CMD,
 //!                             reaps every orphan, forwards signals to CMD, exits with CMD's
 //!                             code (128 + signal if a signal killed it)
 //!                           └─spawn─► skep-init init-helper --exec --user U:G -- CMD...:
@@ -104,6 +109,8 @@ pub const NOBODY: Ids = Ids {
 };
 /// How many paths `--hide` may name.
 const MAX_HIDE: usize = 16;
+/// How many control groups `--cgroup` may name (cgroup v1 has one hierarchy per controller).
+const MAX_CGROUPS: usize = 4;
 
 /// A uid and gid, as `--user UID:GID` gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -180,6 +187,7 @@ pub fn main(args: &[String]) -> ExitCode {
             spiffe,
             user,
             hide,
+            cgroups,
             command,
         }) => {
             // Opened now: stage 1's own mount namespace hides the tasks directory later.
@@ -189,7 +197,12 @@ pub fn main(args: &[String]) -> ExitCode {
                 configs: &configs,
                 spiffe: spiffe.as_deref(),
             };
-            let code = stage1(&task_dir, &mounts, user, &hide, &command);
+            let run = Run {
+                user,
+                cgroups: &cgroups,
+                command: &command,
+            };
+            let code = stage1(&task_dir, &mounts, &hide, &run);
             match dir {
                 Ok(dir) => record_exit(&dir, code),
                 Err(e) => eprintln!(
@@ -210,9 +223,14 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(HelperArgs {
             mode: Mode::Stage2,
             user,
+            cgroups,
             command,
             ..
-        }) => stage2(user, &command),
+        }) => stage2(&Run {
+            user,
+            cgroups: &cgroups,
+            command: &command,
+        }),
         Ok(HelperArgs {
             mode: Mode::Exec,
             user,
@@ -252,6 +270,9 @@ struct HelperArgs {
     user: Ids,
     /// Host paths the task must not see.
     hide: Vec<PathBuf>,
+    /// Control groups (directories in a cgroup file system) stage 2 joins before the command
+    /// starts.
+    cgroups: Vec<PathBuf>,
     command: Vec<String>,
 }
 
@@ -265,6 +286,7 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
     let mut spiffe = None;
     let mut user = NOBODY;
     let mut hide = Vec::new();
+    let mut cgroups = Vec::new();
     loop {
         match it.next().map(String::as_str) {
             Some("--stage2") => mode = Mode::Stage2,
@@ -296,6 +318,16 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
                 }
                 hide.push(PathBuf::from(it.next().ok_or("--hide needs a value")?))
             }
+            Some("--cgroup") => {
+                if cgroups.len() == MAX_CGROUPS {
+                    return Err(format!("at most {MAX_CGROUPS} --cgroup directories"));
+                }
+                let dir = PathBuf::from(it.next().ok_or("--cgroup needs a value")?);
+                if !dir.is_absolute() {
+                    return Err("--cgroup wants an absolute path".into());
+                }
+                cgroups.push(dir)
+            }
             Some("--") => break,
             Some(other) => {
                 return Err(format!("unexpected argument {:?}", text::prefix(other, 64)));
@@ -315,17 +347,20 @@ fn parse_args(args: &[String]) -> Result<HelperArgs, String> {
         spiffe,
         user,
         hide,
+        cgroups,
         command,
     })
 }
 
-fn stage1(
-    task_dir: &Path,
-    mounts: &Mounts<'_>,
+/// What stage 2 runs, and as whom and where.
+struct Run<'a> {
     user: Ids,
-    hide: &[PathBuf],
-    command: &[String],
-) -> u8 {
+    /// The control groups it joins first.
+    cgroups: &'a [PathBuf],
+    command: &'a [String],
+}
+
+fn stage1(task_dir: &Path, mounts: &Mounts<'_>, hide: &[PathBuf], run: &Run<'_>) -> u8 {
     let mut log = match Log::open(task_dir) {
         Ok(l) => l,
         Err(e) => {
@@ -359,7 +394,7 @@ fn stage1(
             return EXIT_HELPER_FAILED;
         }
     };
-    let launched = launch_stage2(task_dir, mounts, user, hide, command, &out_w, &err_w);
+    let launched = launch_stage2(task_dir, mounts, hide, run, &out_w, &err_w);
     // Only the namespace holds the write ends now, so the pipes end with it.
     drop(out_w);
     drop(err_w);
@@ -472,9 +507,8 @@ fn record_exit(dir: &File, code: u8) {
 fn launch_stage2(
     task_dir: &Path,
     mounts: &Mounts<'_>,
-    user: Ids,
     hide: &[PathBuf],
-    command: &[String],
+    run: &Run<'_>,
     out: &PipeWriter,
     err: &PipeWriter,
 ) -> Result<Child, String> {
@@ -484,15 +518,20 @@ fn launch_stage2(
         p.try_clone()
             .map_err(|e| format!("cannot duplicate a pipe: {e}"))
     };
-    Command::new(exe)
+    let mut stage2 = Command::new(exe);
+    stage2
         .arg(HELPER_ARG)
         .arg("--stage2")
         .arg("--task-dir")
         .arg(task_dir)
         .arg("--user")
-        .arg(user.to_string())
+        .arg(run.user.to_string());
+    for dir in run.cgroups {
+        stage2.arg("--cgroup").arg(dir);
+    }
+    stage2
         .arg("--")
-        .args(command)
+        .args(run.command)
         .stdin(Stdio::null())
         .stdout(dup(out)?)
         .stderr(dup(err)?)
@@ -500,9 +539,17 @@ fn launch_stage2(
         .map_err(|e| format!("cannot start the namespace init: {e}"))
 }
 
-fn stage2(user: Ids, command: &[String]) -> u8 {
+fn stage2(run: &Run<'_>) -> u8 {
+    let (user, command) = (run.user, run.command);
     // If stage 1 dies (SIGKILL from the agent), so does this init, and with it the namespace.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    // Before anything else starts: every process of the task is then in them.
+    for dir in run.cgroups {
+        if let Err(e) = join_cgroup(dir) {
+            eprintln!("skep-init: {e}");
+            return EXIT_HELPER_FAILED;
+        }
+    }
     let mut signals = forwarded_signals();
     signals.add(Signal::SIGCHLD);
     if let Err(e) = signals.thread_block() {
@@ -558,6 +605,17 @@ fn stage2(user: Ids, command: &[String]) -> u8 {
             }
         }
     }
+}
+
+/// Moves this process into the control group `dir` (its children follow it).
+fn join_cgroup(dir: &Path) -> Result<(), String> {
+    // "0" is the writing process, whatever PID namespace it is in.
+    std::fs::write(dir.join("cgroup.procs"), "0").map_err(|e| {
+        format!(
+            "cannot join the task's control group {}: {e}",
+            dir.display()
+        )
+    })
 }
 
 /// Replaces this process with the command, with no signal blocked, as `user`.
@@ -628,6 +686,7 @@ mod tests {
             spiffe: None,
             user: NOBODY,
             hide: Vec::new(),
+            cgroups: Vec::new(),
             command: s(&["sh", "-c", "x --y"]),
         };
         assert_eq!(
@@ -707,6 +766,32 @@ mod tests {
         let mut many = s(&["--task-dir", "/d"]);
         for _ in 0..=MAX_HIDE {
             many.extend(s(&["--hide", "/x"]));
+        }
+        many.extend(s(&["--", "x"]));
+        assert!(parse_args(&many).unwrap_err().contains("at most"));
+
+        let joined = parse_args(&s(&[
+            "--stage2",
+            "--cgroup",
+            "/sys/fs/cgroup/memory/skep/t1",
+            "--cgroup",
+            "/sys/fs/cgroup/cpu/skep/t1",
+            "--",
+            "x",
+        ]))
+        .unwrap();
+        assert_eq!(
+            joined.cgroups,
+            vec![
+                PathBuf::from("/sys/fs/cgroup/memory/skep/t1"),
+                PathBuf::from("/sys/fs/cgroup/cpu/skep/t1")
+            ]
+        );
+        let e = parse_args(&s(&["--stage2", "--cgroup", "skep/t1", "--", "x"])).unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+        let mut many = s(&["--stage2"]);
+        for _ in 0..=MAX_CGROUPS {
+            many.extend(s(&["--cgroup", "/x"]));
         }
         many.extend(s(&["--", "x"]));
         assert!(parse_args(&many).unwrap_err().contains("at most"));
