@@ -27,6 +27,7 @@ mod everyday_cli;
 mod faults;
 mod health;
 mod lifecycle;
+mod limits;
 mod manual;
 mod mesh;
 mod mesh_identity;

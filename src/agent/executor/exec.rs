@@ -4,10 +4,14 @@
 //! directory, socket) hidden, with its output in `<state_dir>/tasks/<task_id>/{stdout,stderr,
 //! output}` and the helper's record (PID, start time, binary, ports: see [`super::adopt`]) in
 //! `.../helper.json`, which is how a restarted agent adopts the task instead of killing it.
+//! Each task runs in control groups of its own kind ([`super::cgroup`]): its limits enforced,
+//! all tasks together weighed against the daemon.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -16,6 +20,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::adopt::{self, HelperRecord};
+use super::cgroup::{self, Layout, Limits};
 use super::spawn;
 use super::{ExecError, ExitSlot, LogEntry, Stopper, TaskHandle, ended_within, parse_env};
 use crate::agent::secrets::ConfigFile;
@@ -41,6 +46,8 @@ pub(crate) struct ExecRuntime {
     /// its own bound before this is covered), then what the daemon names (its data directory,
     /// its socket).
     hide: Vec<PathBuf>,
+    /// How this host's control groups are mounted (read once).
+    cgroups: Arc<Layout>,
 }
 
 impl ExecRuntime {
@@ -49,6 +56,7 @@ impl ExecRuntime {
             tasks_dir: state_dir.join("tasks"),
             helper,
             hide: vec![state_dir.join(crate::agent::secrets::NODE_DIR)],
+            cgroups: Arc::new(Layout::detect()),
         }
     }
 
@@ -94,6 +102,12 @@ impl ExecRuntime {
             });
         }
 
+        let limits = Limits {
+            memory_bytes: task.spec.limits.memory_bytes,
+            nano_cpus: task.spec.limits.nano_cpus,
+        };
+        let cgroups = cgroup::plan(&self.cgroups, &task.id, limits)?;
+
         let dir = self.task_dir(&task.id);
         let mut helper = tokio::process::Command::new(&self.helper);
         helper.arg(HELPER_ARG).arg("--task-dir").arg(&dir);
@@ -111,8 +125,6 @@ impl ExecRuntime {
             helper.arg("--hide").arg(p);
         }
         helper
-            .arg("--")
-            .args(command)
             .env_clear()
             .envs(env)
             .current_dir("/")
@@ -128,6 +140,8 @@ impl ExecRuntime {
         let job = StartJob {
             dir: dir.clone(),
             helper,
+            command: command.clone(),
+            cgroups,
             helper_path: self.helper.clone(),
             task_id: task.id.clone(),
             ports: adopt::ports_from_env(&task.spec.env),
@@ -140,6 +154,7 @@ impl ExecRuntime {
         let mut child = owned.claim().map_err(spawn_err)?;
 
         let (tx, rx) = watch::channel::<ExitSlot>(None);
+        let (layout, task_id) = (self.cgroups.clone(), task.id.clone());
         tokio::spawn(
             async move {
                 let r = match child.wait().await {
@@ -147,6 +162,7 @@ impl ExecRuntime {
                     Err(e) => Err(format!("waiting for the init helper failed: {e}")),
                 };
                 adopt::forget_record(&dir);
+                release_cgroups(layout, task_id).await;
                 tx.send_replace(Some(r));
             }
             .in_current_span(),
@@ -181,7 +197,8 @@ impl ExecRuntime {
                 continue;
             };
             let ports = rec.ports.clone();
-            found.push((id, adopted_handle(dir, rec), ports));
+            let handle = adopted_handle(dir, rec, self.cgroups.clone());
+            found.push((id, handle, ports));
         }
         found
     }
@@ -194,7 +211,7 @@ impl ExecRuntime {
         let Some(rec) = adopt::read_record(&dir, id) else {
             return legacy;
         };
-        let handle = adopted_handle(dir.clone(), rec);
+        let handle = adopted_handle(dir.clone(), rec, self.cgroups.clone());
         let running = handle.exit_code().is_none();
         if running {
             tracing::info!(task_id = %id, "stopping a task left by a previous run");
@@ -245,6 +262,8 @@ impl ExecRuntime {
 
     pub(crate) async fn remove(&self, task: &Task) {
         self.kill_leftover(&task.id).await;
+        // Gone with its task already, unless the task ended while no agent watched.
+        release_cgroups(self.cgroups.clone(), task.id.clone()).await;
         let dir = self.task_dir(&task.id);
         if let Err(e) = tokio::fs::remove_dir_all(&dir).await
             && e.kind() != std::io::ErrorKind::NotFound
@@ -254,20 +273,55 @@ impl ExecRuntime {
     }
 }
 
+/// Removes a task's own control groups (once its processes are gone) on a start thread, and
+/// says so if the kernel killed it for its memory limit.
+async fn release_cgroups(layout: Arc<Layout>, task_id: String) {
+    let _ = spawn::run(move || {
+        if cgroup::was_out_of_memory(&layout, &task_id) {
+            tracing::warn!(task_id = %task_id, "the task reached its memory limit (--limit-memory) and the kernel killed it");
+        }
+        cgroup::remove(&layout, &task_id);
+    })
+    .await;
+}
+
+/// Whether a task was already started ungrouped because the node's control groups could not
+/// be set up (said once).
+static UNGROUPED: AtomicBool = AtomicBool::new(false);
+
 /// The blocking part of an exec task's start, run on a start thread ([`spawn::run`]).
 struct StartJob {
     dir: PathBuf,
+    /// The helper's command line up to the task's command.
     helper: tokio::process::Command,
+    /// The task's command.
+    command: Vec<String>,
+    /// Its control groups.
+    cgroups: cgroup::Plan,
     helper_path: PathBuf,
     task_id: String,
     ports: Vec<(u16, u16)>,
 }
 
 impl StartJob {
-    /// Makes the task directory, starts the helper (its own early failures, before it opens
-    /// the logs, land in the task's stderr) and writes the record a restarted agent adopts the
-    /// task by.
+    /// Sets up the task's control groups, makes the task directory, starts the helper (its
+    /// own early failures, before it opens the logs, land in the task's stderr) and writes the
+    /// record a restarted agent adopts the task by.
     fn run(mut self) -> Result<(spawn::Owned, Option<Pid>), ExecError> {
+        match cgroup::apply(&self.cgroups) {
+            Ok(()) => {
+                for dir in &self.cgroups.join {
+                    self.helper.arg("--cgroup").arg(dir);
+                }
+            }
+            Err(e) if self.cgroups.required => return Err(e.into()),
+            Err(e) => {
+                if !UNGROUPED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "exec tasks run outside a control group of their own: together they compete with the daemon for CPU as separate processes");
+                }
+            }
+        }
+        self.helper.arg("--").args(&self.command);
         let dir = &self.dir;
         let dir_err = |source| ExecError::TaskDir {
             path: dir.clone(),
@@ -407,7 +461,7 @@ impl ExecStopper {
 /// A handle on a helper a previous agent run started: its end is seen by polling the process
 /// (checked against the record each time), its code read from the exit file stage 1 writes.
 /// The record goes once the end is seen.
-fn adopted_handle(dir: PathBuf, rec: HelperRecord) -> TaskHandle {
+fn adopted_handle(dir: PathBuf, rec: HelperRecord, cgroups: Arc<Layout>) -> TaskHandle {
     let pid = Pid::from_raw(rec.pid);
     let (tx, rx) = watch::channel::<ExitSlot>(None);
     let ended = |dir: &Path| {
@@ -429,6 +483,7 @@ fn adopted_handle(dir: PathBuf, rec: HelperRecord) -> TaskHandle {
                     }
                     let r = ended(&dir2);
                     adopt::forget_record(&dir2);
+                    release_cgroups(cgroups, rec2.task_id.clone()).await;
                     tx.send_replace(Some(r));
                 }
                 .in_current_span(),
@@ -437,6 +492,7 @@ fn adopted_handle(dir: PathBuf, rec: HelperRecord) -> TaskHandle {
         Err(_) => {
             tx.send_replace(Some(ended(&dir)));
             adopt::forget_record(&dir);
+            tokio::spawn(release_cgroups(cgroups, rec.task_id.clone()).in_current_span());
         }
     }
     TaskHandle {

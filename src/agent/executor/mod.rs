@@ -27,6 +27,7 @@ use crate::agent::secrets::ConfigFile;
 use crate::store::service::{Resources, Runtime, Task};
 
 mod adopt;
+pub mod cgroup;
 pub mod docker;
 pub mod exec;
 pub mod health;
@@ -115,6 +116,9 @@ pub enum ExecError {
         /// Why.
         reason: String,
     },
+    /// The task's resource limits cannot be enforced on this node.
+    #[error("cannot enforce the task's resource limits: {0}")]
+    Limits(#[from] cgroup::CgroupError),
     /// The task's log files could not be read.
     #[error("cannot read the task's logs at {}: {source}", path.display())]
     Logs {

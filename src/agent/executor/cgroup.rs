@@ -1,0 +1,606 @@
+//! Exec tasks' control groups: where a task's `--limit-memory` and `--limit-cpu` are enforced,
+//! and what keeps the node's exec tasks, together, from starving the daemon of CPU.
+//!
+//! Every exec task runs in a control group under `skep`: with cgroup v1, in each hierarchy
+//! skep uses, under the daemon's own group there (so whatever holds the daemon, a systemd
+//! unit's memory limit say, holds its tasks too); with cgroup v2, at the top of the tree (a v2
+//! group that hands controllers to children may hold no process, and the daemon's holds it).
+//! A task with limits is in `skep/<task ID>` with them written, a task without in
+//! `skep/shared`. The daemon stays where it was started, so all exec tasks together weigh as
+//! one group against the daemon's threads when the CPUs are contended. The agent makes the directories and writes the limits (as root; the files stay
+//! root's, so a task running as `nobody` cannot raise them); the task's init joins them
+//! before its command starts (`skep-init --cgroup`), so every process of the task is inside.
+//!
+//! A task with limits never runs without them: if the node cannot enforce a limit (no
+//! controller, a read-only cgroup file system), its start fails naming what is missing. A task
+//! without limits that cannot be grouped runs ungrouped (logged once).
+//!
+//! [`plan`] decides, from the node's [`Layout`] and the task's [`Limits`], what to make, write
+//! and join; [`apply`] and [`remove`] do it (blocking calls: the start thread runs them).
+
+use std::path::{Path, PathBuf};
+
+/// The group every exec task is under, at the top of each hierarchy.
+pub(crate) const GROUP: &str = "skep";
+/// The group of the tasks without limits, in [`GROUP`].
+const SHARED: &str = "shared";
+/// The CFS period a CPU limit is a share of (Docker's: 100 ms).
+pub(crate) const CPU_PERIOD_US: u64 = 100_000;
+/// The smallest CFS quota the kernel takes.
+const MIN_QUOTA_US: u64 = 1_000;
+
+/// Why a task's control groups could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    /// The node has no hierarchy with the controller a limit needs.
+    #[error(
+        "{what} needs the cgroup {controller} controller, which this node does not mount (run the task on a node that has it, or remove the limit)"
+    )]
+    NoController {
+        /// The limit, as the CLI names it.
+        what: &'static str,
+        /// The controller it needs.
+        controller: &'static str,
+    },
+    /// A directory or file of a control group could not be made or written.
+    #[error("cannot set up the task's control group at {}: {source}", path.display())]
+    Io {
+        /// The directory or file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the node's control groups are mounted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// cgroup v1: a hierarchy per controller; in those skep uses, the directory of the
+    /// daemon's own group.
+    V1 {
+        /// In the `cpu` controller's hierarchy.
+        cpu: Option<PathBuf>,
+        /// In the `memory` controller's hierarchy.
+        memory: Option<PathBuf>,
+    },
+    /// cgroup v2: one hierarchy, and whether its root offers each controller.
+    V2 {
+        /// Its mount point.
+        root: PathBuf,
+        /// `cpu` is among the root's controllers.
+        cpu: bool,
+        /// `memory` is among the root's controllers.
+        memory: bool,
+    },
+    /// No cgroup file system is mounted.
+    None,
+}
+
+impl Layout {
+    /// The layout described by `mountinfo` (as `/proc/self/mountinfo` reads) and `own` (the
+    /// daemon's groups, as `/proc/self/cgroup` reads): cgroup v1 when a `cpu` or `memory`
+    /// hierarchy is mounted (a host in "hybrid" mode keeps them there, its v2 tree then offers
+    /// neither), else the cgroup v2 mount, whose root's controllers `controllers` reads (the
+    /// text of its `cgroup.controllers`).
+    pub(crate) fn parse(
+        mountinfo: &str,
+        own: &str,
+        controllers: impl Fn(&Path) -> Option<String>,
+    ) -> Layout {
+        // `ID:CONTROLLERS:PATH`; the path of the group holding the daemon in the hierarchy
+        // whose controllers include `c` ("/" if not listed).
+        let own_path = |c: &str| {
+            own.lines()
+                .filter_map(|l| {
+                    let mut f = l.splitn(3, ':');
+                    Some((f.nth(1)?, f.next()?))
+                })
+                .find(|(cs, _)| cs.split(',').any(|x| x == c))
+                .map_or("", |(_, path)| path.trim_start_matches('/'))
+                .to_string()
+        };
+        let (mut cpu, mut memory, mut v2) = (None, None, None);
+        for line in mountinfo.lines() {
+            // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
+            let Some((left, right)) = line.split_once(" - ") else {
+                continue;
+            };
+            let (Some(mount_point), mut fs) = (left.split(' ').nth(4), right.split(' ')) else {
+                continue;
+            };
+            let mount_point = PathBuf::from(unescape(mount_point));
+            match (fs.next(), fs.nth(1)) {
+                (Some("cgroup"), Some(options)) => {
+                    let has = |c: &str| options.split(',').any(|o| o == c);
+                    if has("cpu") && cpu.is_none() {
+                        cpu = Some(mount_point.join(own_path("cpu")));
+                    }
+                    if has("memory") && memory.is_none() {
+                        memory = Some(mount_point.join(own_path("memory")));
+                    }
+                }
+                (Some("cgroup2"), _) if v2.is_none() => v2 = Some(mount_point),
+                _ => {}
+            }
+        }
+        if cpu.is_some() || memory.is_some() {
+            return Layout::V1 { cpu, memory };
+        }
+        match v2 {
+            Some(root) => {
+                let offered = controllers(&root).unwrap_or_default();
+                let has = |c: &str| offered.split_whitespace().any(|o| o == c);
+                Layout::V2 {
+                    cpu: has("cpu"),
+                    memory: has("memory"),
+                    root,
+                }
+            }
+            None => Layout::None,
+        }
+    }
+
+    /// This host's layout.
+    pub(crate) fn detect() -> Layout {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Layout::parse(&mountinfo, &own, |root| {
+            std::fs::read_to_string(root.join("cgroup.controllers")).ok()
+        })
+    }
+}
+
+/// `\040` and the like, as mountinfo escapes spaces, tabs, newlines and backslashes.
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
+        match code {
+            Some(c) => {
+                out.push(char::from(c));
+                rest = &rest[i + 4..];
+            }
+            None => {
+                out.push('\\');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A task's limits, as its spec gives them (0: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// The most memory its processes may use, in bytes.
+    pub memory_bytes: u64,
+    /// The most CPU it may use, in billionths of a CPU.
+    pub nano_cpus: u64,
+}
+
+impl Limits {
+    fn any(self) -> bool {
+        self.memory_bytes > 0 || self.nano_cpus > 0
+    }
+}
+
+/// What the host needs for one task, in order: directories to make (parents first, each made
+/// if missing), files to write, and the groups the task's init joins.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    /// Directories, parents first.
+    pub make: Vec<PathBuf>,
+    /// Files and what to write to each, after `make`.
+    pub write: Vec<(PathBuf, String)>,
+    /// The groups the task joins (`skep-init --cgroup`).
+    pub join: Vec<PathBuf>,
+    /// The task has limits: a failure to apply this plan fails its start.
+    pub required: bool,
+}
+
+/// The CFS quota for `nano_cpus` per [`CPU_PERIOD_US`], as Docker computes it.
+pub(crate) fn cpu_quota_us(nano_cpus: u64) -> u64 {
+    (nano_cpus / (1_000_000_000 / CPU_PERIOD_US)).max(MIN_QUOTA_US)
+}
+
+/// What task `task_id` (a checked task ID: one path component) needs on a node of `layout`.
+pub(crate) fn plan(layout: &Layout, task_id: &str, limits: Limits) -> Result<Plan, CgroupError> {
+    let leaf = if limits.any() { task_id } else { SHARED };
+    let missing = |what, controller| CgroupError::NoController { what, controller };
+    let mut p = Plan {
+        required: limits.any(),
+        ..Plan::default()
+    };
+    match layout {
+        Layout::V1 { cpu, memory } => {
+            if limits.memory_bytes > 0 && memory.is_none() {
+                return Err(missing("--limit-memory", "memory"));
+            }
+            if limits.nano_cpus > 0 && cpu.is_none() {
+                return Err(missing("--limit-cpu", "cpu"));
+            }
+            // Every task is grouped for CPU; only a task with a memory limit needs a memory
+            // group of its own (the others stay in the daemon's).
+            if let Some(cpu) = cpu {
+                let dir = cpu.join(GROUP).join(leaf);
+                p.make.extend([cpu.join(GROUP), dir.clone()]);
+                if limits.nano_cpus > 0 {
+                    p.write.extend([
+                        (dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string()),
+                        (
+                            dir.join("cpu.cfs_quota_us"),
+                            cpu_quota_us(limits.nano_cpus).to_string(),
+                        ),
+                    ]);
+                }
+                p.join.push(dir);
+            }
+            if let Some(memory) = memory
+                && limits.memory_bytes > 0
+            {
+                let dir = memory.join(GROUP).join(task_id);
+                p.make.extend([memory.join(GROUP), dir.clone()]);
+                p.write.push((
+                    dir.join("memory.limit_in_bytes"),
+                    limits.memory_bytes.to_string(),
+                ));
+                p.join.push(dir);
+            }
+        }
+        Layout::V2 { root, cpu, memory } => {
+            if limits.memory_bytes > 0 && !memory {
+                return Err(missing("--limit-memory", "memory"));
+            }
+            if limits.nano_cpus > 0 && !cpu {
+                return Err(missing("--limit-cpu", "cpu"));
+            }
+            // A v2 group that hands controllers to its children holds no process itself:
+            // the tasks are in the leaves.
+            let enable: Vec<&str> = [(*cpu, "+cpu"), (*memory, "+memory")]
+                .into_iter()
+                .filter_map(|(on, c)| on.then_some(c))
+                .collect();
+            let group = root.join(GROUP);
+            let dir = group.join(leaf);
+            p.make.extend([group.clone(), dir.clone()]);
+            if !enable.is_empty() {
+                let enable = enable.join(" ");
+                p.write.extend([
+                    (root.join("cgroup.subtree_control"), enable.clone()),
+                    (group.join("cgroup.subtree_control"), enable),
+                ]);
+            }
+            if limits.nano_cpus > 0 {
+                p.write.push((
+                    dir.join("cpu.max"),
+                    format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits.nano_cpus)),
+                ));
+            }
+            if limits.memory_bytes > 0 {
+                p.write
+                    .push((dir.join("memory.max"), limits.memory_bytes.to_string()));
+            }
+            p.join.push(dir);
+        }
+        Layout::None if limits.any() => {
+            let what = if limits.memory_bytes > 0 {
+                ("--limit-memory", "memory")
+            } else {
+                ("--limit-cpu", "cpu")
+            };
+            return Err(missing(what.0, what.1));
+        }
+        Layout::None => {}
+    }
+    Ok(p)
+}
+
+/// The groups of task `task_id` that are its own (to remove when it has ended).
+pub(crate) fn own_dirs(layout: &Layout, task_id: &str) -> Vec<PathBuf> {
+    match layout {
+        Layout::V1 { cpu, memory } => [cpu, memory]
+            .into_iter()
+            .flatten()
+            .map(|m| m.join(GROUP).join(task_id))
+            .collect(),
+        Layout::V2 { root, .. } => vec![root.join(GROUP).join(task_id)],
+        Layout::None => Vec::new(),
+    }
+}
+
+/// Makes and writes what `plan` says. Blocking.
+pub(crate) fn apply(plan: &Plan) -> Result<(), CgroupError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CgroupError::Io { path, source }
+    };
+    for dir in &plan.make {
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(io(dir)(e)),
+            _ => {}
+        }
+    }
+    for (file, value) in &plan.write {
+        std::fs::write(file, value).map_err(io(file))?;
+    }
+    Ok(())
+}
+
+/// Removes task `task_id`'s own groups once its processes are gone; a group not there is
+/// fine. Blocking. A group still holding a process (the kernel refuses) stays, logged.
+pub(crate) fn remove(layout: &Layout, task_id: &str) {
+    for dir in own_dirs(layout, task_id) {
+        match std::fs::remove_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(task_id, dir = %dir.display(), error = %e, "cannot remove the task's control group");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether the kernel killed a process of task `task_id` for its memory limit (the count
+/// in its memory group's events). False when there is no such group or it cannot be read.
+pub(crate) fn was_out_of_memory(layout: &Layout, task_id: &str) -> bool {
+    let events = match layout {
+        Layout::V1 {
+            memory: Some(m), ..
+        } => m.join(GROUP).join(task_id).join("memory.oom_control"),
+        Layout::V2 { root, .. } => root.join(GROUP).join(task_id).join("memory.events"),
+        _ => return false,
+    };
+    std::fs::read_to_string(events).is_ok_and(|t| oom_kills(&t) > 0)
+}
+
+/// The `oom_kill N` count of a `memory.oom_control` (v1) or `memory.events` (v2) text.
+fn oom_kills(text: &str) -> u64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("oom_kill "))
+        .find_map(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 1 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+28 25 0:25 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+29 28 0:26 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw
+32 28 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid,nodev,noexec,relatime shared:14 - cgroup cgroup rw,cpu,cpuacct
+33 28 0:30 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:15 - cgroup cgroup rw,memory
+34 28 0:31 / /sys/fs/cgroup/pids rw,nosuid,nodev,noexec,relatime shared:16 - cgroup cgroup rw,pids
+";
+    const UNIFIED: &str = "\
+25 1 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+28 25 0:25 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate
+";
+
+    fn v1() -> Layout {
+        Layout::V1 {
+            cpu: Some("/cg/cpu".into()),
+            memory: Some("/cg/memory".into()),
+        }
+    }
+
+    fn v2() -> Layout {
+        Layout::V2 {
+            root: "/cg".into(),
+            cpu: true,
+            memory: true,
+        }
+    }
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    #[test]
+    fn layouts_are_read_from_mountinfo() {
+        let none = |_: &Path| -> Option<String> { panic!("v1 reads no v2 controllers") };
+        assert_eq!(
+            Layout::parse(HYBRID, "", none),
+            Layout::V1 {
+                cpu: Some(p("/sys/fs/cgroup/cpu,cpuacct")),
+                memory: Some(p("/sys/fs/cgroup/memory")),
+            }
+        );
+        // v1: under the daemon's own group in each hierarchy.
+        let own = "12:pids:/x\n4:memory:/system.slice/skep.service\n3:cpu,cpuacct:/\n0::/\n";
+        assert_eq!(
+            Layout::parse(HYBRID, own, none),
+            Layout::V1 {
+                cpu: Some(p("/sys/fs/cgroup/cpu,cpuacct")),
+                memory: Some(p("/sys/fs/cgroup/memory/system.slice/skep.service")),
+            }
+        );
+        assert_eq!(
+            Layout::parse(UNIFIED, "0::/system.slice/skep.service\n", |root| {
+                assert_eq!(root, Path::new("/sys/fs/cgroup"));
+                Some("cpuset cpu io memory hugetlb pids rdma misc\n".into())
+            }),
+            Layout::V2 {
+                root: p("/sys/fs/cgroup"),
+                cpu: true,
+                memory: true,
+            }
+        );
+        assert_eq!(
+            Layout::parse(UNIFIED, "", |_| Some("pids cpuset".into())),
+            Layout::V2 {
+                root: p("/sys/fs/cgroup"),
+                cpu: false,
+                memory: false,
+            }
+        );
+        // `cpuacct` alone is not `cpu`; a cpuset mount is not either.
+        let only_cpuacct =
+            "40 28 0:40 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct\n".to_string();
+        assert_eq!(Layout::parse(&only_cpuacct, "", |_| None), Layout::None);
+        assert_eq!(Layout::parse("", "", |_| None), Layout::None);
+        assert_eq!(
+            Layout::parse("garbage\n1 2 3\n - \n", "::\n:\nx", |_| None),
+            Layout::None
+        );
+        let spaced = "40 28 0:40 / /cg\\040x rw - cgroup cgroup rw,memory\n";
+        assert_eq!(
+            Layout::parse(spaced, "", |_| None),
+            Layout::V1 {
+                cpu: None,
+                memory: Some(p("/cg x")),
+            }
+        );
+    }
+
+    #[test]
+    fn a_task_without_limits_joins_the_shared_cpu_group_only() {
+        let plan = plan(&v1(), "t1", Limits::default()).unwrap();
+        assert_eq!(
+            plan,
+            Plan {
+                make: vec![p("/cg/cpu/skep"), p("/cg/cpu/skep/shared")],
+                write: vec![],
+                join: vec![p("/cg/cpu/skep/shared")],
+                required: false,
+            }
+        );
+        assert_eq!(
+            super::plan(&v2(), "t1", Limits::default()).unwrap().join,
+            vec![p("/cg/skep/shared")]
+        );
+        let none = super::plan(&Layout::None, "t1", Limits::default()).unwrap();
+        assert_eq!(none, Plan::default());
+    }
+
+    #[test]
+    fn limits_are_written_to_the_tasks_own_groups_v1() {
+        let limits = Limits {
+            memory_bytes: 32 << 20,
+            nano_cpus: 250_000_000,
+        };
+        assert_eq!(
+            plan(&v1(), "t1", limits).unwrap(),
+            Plan {
+                make: vec![
+                    p("/cg/cpu/skep"),
+                    p("/cg/cpu/skep/t1"),
+                    p("/cg/memory/skep"),
+                    p("/cg/memory/skep/t1"),
+                ],
+                write: vec![
+                    (p("/cg/cpu/skep/t1/cpu.cfs_period_us"), "100000".into()),
+                    (p("/cg/cpu/skep/t1/cpu.cfs_quota_us"), "25000".into()),
+                    (
+                        p("/cg/memory/skep/t1/memory.limit_in_bytes"),
+                        "33554432".into()
+                    ),
+                ],
+                join: vec![p("/cg/cpu/skep/t1"), p("/cg/memory/skep/t1")],
+                required: true,
+            }
+        );
+        // A memory limit alone still gives the task its own CPU group (no quota in it).
+        let mem_only = plan(
+            &v1(),
+            "t1",
+            Limits {
+                memory_bytes: 8 << 20,
+                nano_cpus: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            mem_only.write,
+            vec![(
+                p("/cg/memory/skep/t1/memory.limit_in_bytes"),
+                "8388608".into()
+            )]
+        );
+        assert_eq!(
+            own_dirs(&v1(), "t1"),
+            vec![p("/cg/cpu/skep/t1"), p("/cg/memory/skep/t1")]
+        );
+    }
+
+    #[test]
+    fn limits_are_written_to_the_tasks_own_group_v2() {
+        let limits = Limits {
+            memory_bytes: 64 << 20,
+            nano_cpus: 1_500_000_000,
+        };
+        assert_eq!(
+            plan(&v2(), "t1", limits).unwrap(),
+            Plan {
+                make: vec![p("/cg/skep"), p("/cg/skep/t1")],
+                write: vec![
+                    (p("/cg/cgroup.subtree_control"), "+cpu +memory".into()),
+                    (p("/cg/skep/cgroup.subtree_control"), "+cpu +memory".into()),
+                    (p("/cg/skep/t1/cpu.max"), "150000 100000".into()),
+                    (p("/cg/skep/t1/memory.max"), "67108864".into()),
+                ],
+                join: vec![p("/cg/skep/t1")],
+                required: true,
+            }
+        );
+        assert_eq!(own_dirs(&v2(), "t1"), vec![p("/cg/skep/t1")]);
+    }
+
+    #[test]
+    fn a_limit_the_node_cannot_enforce_is_refused_not_dropped() {
+        let mem = Limits {
+            memory_bytes: 32 << 20,
+            nano_cpus: 0,
+        };
+        let cpu = Limits {
+            memory_bytes: 0,
+            nano_cpus: 1_000_000_000,
+        };
+        let no_memory = Layout::V1 {
+            cpu: Some("/cg/cpu".into()),
+            memory: None,
+        };
+        let e = plan(&no_memory, "t1", mem).unwrap_err().to_string();
+        assert!(
+            e.contains("--limit-memory") && e.contains("memory controller"),
+            "{e}"
+        );
+        let no_cpu = Layout::V2 {
+            root: "/cg".into(),
+            cpu: false,
+            memory: true,
+        };
+        let e = plan(&no_cpu, "t1", cpu).unwrap_err().to_string();
+        assert!(e.contains("--limit-cpu"), "{e}");
+        assert!(plan(&Layout::None, "t1", mem).is_err());
+        assert!(plan(&Layout::None, "t1", cpu).is_err());
+        // Without limits the same nodes run the task (grouped where they can).
+        assert!(plan(&no_memory, "t1", Limits::default()).is_ok());
+        assert!(plan(&no_cpu, "t1", Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn cpu_quotas_follow_docker() {
+        assert_eq!(cpu_quota_us(1_000_000_000), 100_000);
+        assert_eq!(cpu_quota_us(500_000_000), 50_000);
+        assert_eq!(cpu_quota_us(2_000_000_000), 200_000);
+        // The kernel's floor: 1 ms.
+        assert_eq!(cpu_quota_us(1_000_000), MIN_QUOTA_US);
+    }
+
+    #[test]
+    fn oom_kills_are_counted_from_either_file() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kills(v1), 2);
+        assert_eq!(oom_kills(v2), 1);
+        assert_eq!(oom_kills("oom_kill_disable 0\nunder_oom 0\n"), 0);
+        assert_eq!(oom_kills(""), 0);
+    }
+}

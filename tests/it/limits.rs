@@ -1,0 +1,312 @@
+//! Exec tasks' resource limits, on this host's real control groups: `--limit-memory` gets a
+//! task killed by the kernel, not the node's memory eaten; `--limit-cpu` throttles it; a task
+//! cannot leave its group or raise its limits; its groups go when it ends. Needs root (the exec
+//! runtime) and a cgroup file system with the `cpu` and `memory` controllers (v1 or v2).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use skep::agent::executor::{Executors, LogEntry};
+use skep::store::fixtures;
+use skep::store::service::{Resources, Runtime, Task, TaskSpec};
+
+use crate::harness::{Cluster, json_lines, timeout, wait_for};
+
+/// Reads 200 MB into one line `tail` must keep whole: 200 MB of memory, then exit 0.
+const HOG: &str = "head -c 200000000 /dev/zero | tail >/dev/null";
+const MIB: u64 = 1 << 20;
+
+fn unique_id(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn limited(script: &str, memory_bytes: u64, nano_cpus: u64) -> Task {
+    Task {
+        id: unique_id("lim"),
+        service_id: "svc1".into(),
+        service_name: "limits-test".into(),
+        node_id: String::new(),
+        spec: TaskSpec {
+            runtime: Runtime::Exec,
+            image: String::new(),
+            command: ["/bin/sh", "-c", script].map(String::from).to_vec(),
+            limits: Resources {
+                memory_bytes,
+                nano_cpus,
+            },
+            ..fixtures::task_spec()
+        },
+        ..fixtures::task()
+    }
+}
+
+async fn exec_executors(state: &Path) -> Option<Executors> {
+    let helper = PathBuf::from(env!("CARGO_BIN_EXE_skep-init"));
+    let ex = Executors::detect_with(state, helper).await;
+    if ex.runtimes().contains(&Runtime::Exec) {
+        Some(ex)
+    } else {
+        crate::harness::cannot_run_without(
+            crate::harness::Runtime::Exec,
+            "exec runtime unavailable (not root)",
+        );
+        None
+    }
+}
+
+async fn wait_bounded(h: &mut skep::agent::executor::TaskHandle, secs: u64) -> i64 {
+    tokio::time::timeout(Duration::from_secs(secs), h.wait())
+        .await
+        .expect("task did not end in time")
+        .expect("wait failed")
+}
+
+fn stdout(logs: &[LogEntry]) -> Vec<&str> {
+    logs.iter()
+        .filter(|e| e.stream == "stdout")
+        .map(|e| e.line.as_str())
+        .collect()
+}
+
+/// The host directory of a `/proc/PID/cgroup` line (`N:cpu,cpuacct:/skep/ID` with cgroup v1,
+/// `0::/skep/ID` with v2): the mount of that hierarchy, read from this process's mountinfo,
+/// joined with the path.
+fn host_dir(line: &str) -> Option<PathBuf> {
+    let mut parts = line.splitn(3, ':');
+    let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let point = left.split(' ').nth(4)?;
+        let mut fs = right.split(' ');
+        let (fstype, options) = (fs.next()?, fs.nth(1)?);
+        let wanted = if controllers.is_empty() {
+            fstype == "cgroup2"
+        } else {
+            fstype == "cgroup"
+                && options
+                    .split(',')
+                    .any(|o| controllers.split(',').any(|c| c == o))
+        };
+        wanted.then(|| PathBuf::from(point))
+    })?;
+    Some(mount.join(path.trim_start_matches('/')))
+}
+
+/// The task's own groups as its `cat /proc/self/cgroup` printed them: the lines ending in
+/// `/skep/<task ID>`.
+fn own_groups<'a>(lines: &[&'a str], task_id: &str) -> Vec<&'a str> {
+    let suffix = format!("/skep/{task_id}");
+    lines
+        .iter()
+        .copied()
+        .filter(|l| l.ends_with(&suffix))
+        .collect()
+}
+
+/// The first value of `key` in a `cpu.stat` text.
+fn stat(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Break it: a task that needs 200 MB runs under a 32 MiB limit. Without the limit enforced it
+/// finishes (exit 0, as the same command without a limit shows); with it the kernel kills it
+/// (137, SIGKILL) and the node's memory is untouched. Its group is gone once it has ended.
+#[tokio::test]
+async fn exec_memory_limit_has_the_kernel_kill_the_task() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    let free = limited(HOG, 0, 0);
+    let mut h = ex.start(&free, None).await.unwrap();
+    assert_eq!(
+        wait_bounded(&mut h, 60).await,
+        0,
+        "the hog needs no limit to finish"
+    );
+
+    let t = limited(&format!("cat /proc/self/cgroup; {HOG}"), 32 * MIB, 0);
+    let mut h = ex.start(&t, None).await.unwrap();
+    assert_eq!(
+        wait_bounded(&mut h, 60).await,
+        128 + 9,
+        "killed for its limit"
+    );
+    let logs = ex.logs(&t, 0, 0).await.unwrap();
+    let lines = stdout(&logs);
+    let groups = own_groups(&lines, &t.id);
+    assert!(!groups.is_empty(), "not in a group of its own: {lines:?}");
+    for g in groups {
+        let dir = host_dir(g).unwrap_or_else(|| panic!("no mount for {g}"));
+        assert!(
+            !dir.exists(),
+            "{} is left after the task ended",
+            dir.display()
+        );
+    }
+    ex.remove(&free).await;
+    ex.remove(&t).await;
+}
+
+/// Break it: a busy loop limited to a tenth of a CPU. Its group has that quota, and the kernel
+/// throttles it (`nr_throttled` counts up); the group goes when the task is stopped.
+#[tokio::test]
+async fn exec_cpu_limit_throttles_the_task() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    // Bounded, so a failed run leaves no loop behind for long.
+    let t = limited(
+        "cat /proc/self/cgroup; exec timeout 120 /bin/sh -c 'while :; do :; done'",
+        0,
+        100_000_000,
+    );
+    let mut h = ex.start(&t, None).await.unwrap();
+    let output = state.path().join("tasks").join(&t.id).join("output");
+    let cpu_dir = wait_for(timeout(), "the task to print its groups", || {
+        // The output file as the task's init writes it: `o<ns> line` for stdout.
+        let text = std::fs::read_to_string(&output).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with('o'))
+            .filter_map(|l| l.split_once(' ').map(|(_, line)| line))
+            .collect();
+        own_groups(&lines, &t.id)
+            .into_iter()
+            .filter_map(host_dir)
+            .find(|d| d.join("cpu.stat").exists())
+            .ok_or_else(|| format!("no cpu group of its own: {lines:?}"))
+    });
+    let quota = std::fs::read_to_string(cpu_dir.join("cpu.cfs_quota_us"))
+        .or_else(|_| std::fs::read_to_string(cpu_dir.join("cpu.max")))
+        .unwrap();
+    assert!(
+        quota.trim() == "10000" || quota.starts_with("10000 100000"),
+        "{quota}"
+    );
+    wait_for(timeout(), "the kernel to throttle the task", || {
+        let text = std::fs::read_to_string(cpu_dir.join("cpu.stat")).map_err(|e| e.to_string())?;
+        match stat(&text, "nr_throttled") {
+            Some(n) if n > 0 => Ok(()),
+            _ => Err(text),
+        }
+    });
+    h.stop(Duration::from_secs(5)).await.unwrap();
+    wait_bounded(&mut h, 10).await;
+    assert!(!cpu_dir.exists(), "{} is left", cpu_dir.display());
+    ex.remove(&t).await;
+}
+
+/// Break it: a task (as nobody) tries to move itself out of its group, into the root group or
+/// the unlimited tasks' one, and to raise its own memory limit. Each write is refused (the
+/// files are root's) and it is still in its group afterwards.
+#[tokio::test]
+async fn an_exec_task_cannot_leave_its_group_or_raise_its_limits() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    let id = unique_id("esc");
+    // For each group of its own (`N:CONTROLLERS:/…/skep/ID` in /proc/self/cgroup, under the
+    // hierarchy's mount, /sys/fs/cgroup/CONTROLLERS with v1 and /sys/fs/cgroup with v2):
+    // the groups above it, the unlimited tasks' group, its own limit files.
+    let script = format!(
+        "cat /proc/self/cgroup; \
+         for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do \
+           [ -e \"$f\" ] && echo $$ 2>/dev/null >\"$f\" && echo \"moved to $f\"; \
+         done; \
+         grep '/skep/{id}$' /proc/self/cgroup | while IFS=: read -r n c p; do \
+           d=/sys/fs/cgroup/$c$p; [ -d \"$d\" ] || d=/sys/fs/cgroup$p; \
+           for f in $d/../cgroup.procs $d/../shared/cgroup.procs $d/../../cgroup.procs; do \
+             [ -e \"$f\" ] && echo $$ 2>/dev/null >\"$f\" && echo \"moved to $f\"; \
+           done; \
+           for f in $d/memory.limit_in_bytes $d/memory.max $d/cpu.cfs_quota_us $d/cpu.max; do \
+             [ -e \"$f\" ] && echo \"tried $f\" && echo -1 2>/dev/null >\"$f\" && echo \"raised $f\"; \
+           done; \
+           mkdir $d/escape 2>/dev/null && echo \"made $d/escape\"; \
+         done; \
+         echo after; cat /proc/self/cgroup"
+    );
+    let mut t = limited(&script, 64 * MIB, 0);
+    t.id = id.clone();
+    let mut h = ex.start(&t, None).await.unwrap();
+    wait_bounded(&mut h, 30).await;
+    let logs = ex.logs(&t, 0, 0).await.unwrap();
+    let lines = stdout(&logs);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.starts_with("moved") || l.starts_with("raised") || l.starts_with("made")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("tried")),
+        "the limit file was not there to try: {lines:?}"
+    );
+    let after = lines.iter().position(|l| *l == "after").unwrap();
+    let before = own_groups(&lines[..after], &id);
+    assert!(!before.is_empty(), "{lines:?}");
+    assert_eq!(own_groups(&lines[after..], &id), before, "{lines:?}");
+    ex.remove(&t).await;
+}
+
+/// End to end: `service create --runtime exec --limit-memory` through a real daemon. The task
+/// fails as Docker Swarm's would (`non-zero exit (137)`); the same service without the limit
+/// completes.
+#[test]
+fn an_exec_services_memory_limit_holds_end_to_end() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    for (name, limit) in [("hog-free", None), ("hog-limited", Some("32MiB"))] {
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--runtime",
+            "exec",
+            "--name",
+            name,
+            "--restart-condition",
+            "none",
+        ];
+        if let Some(l) = limit {
+            args.extend(["--limit-memory", l]);
+        }
+        args.extend(["--", "/bin/sh", "-c", HOG]);
+        m.cli_ok(&args);
+    }
+    let ended = |service: &str| {
+        wait_for(timeout(), &format!("{service}'s task to end"), || {
+            let tasks = json_lines(&m.cli_ok(&[
+                "service",
+                "ps",
+                "--no-trunc",
+                "--format",
+                "json",
+                service,
+            ]));
+            tasks
+                .iter()
+                .find_map(|t| {
+                    let state = t["CurrentState"].as_str()?;
+                    (state.starts_with("Failed") || state.starts_with("Complete"))
+                        .then(|| format!("{state} {}", t["Error"].as_str().unwrap_or_default()))
+                })
+                .ok_or_else(|| format!("{tasks:?}"))
+        })
+    };
+    let free = ended("hog-free");
+    assert!(free.starts_with("Complete"), "{free}");
+    let limited = ended("hog-limited");
+    assert!(
+        limited.starts_with("Failed") && limited.contains("non-zero exit (137)"),
+        "{limited}"
+    );
+}
