@@ -409,7 +409,7 @@ fn late_heartbeats(c: &Cluster) -> String {
                 .filter(|l| l.contains(WARNING))
                 .filter_map(|l| {
                     let v = l.split("since_last=").nth(1)?.split_whitespace().next()?;
-                    parse_debug_duration(v)
+                    common::parse_debug_duration(v)
                 })
                 .collect();
             let longest = gaps.iter().copied().fold(0.0, f64::max);
@@ -420,20 +420,6 @@ fn late_heartbeats(c: &Cluster) -> String {
         "heartbeats answered more than two periods late, so far: {}",
         each.join(", ")
     )
-}
-
-/// Seconds of a `Duration`'s `Debug` form (`6.2s`, `950ms`, `12µs`).
-fn parse_debug_duration(v: &str) -> Option<f64> {
-    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = v.strip_suffix("µs") {
-        (n, 1e-6)
-    } else if let Some(n) = v.strip_suffix("ns") {
-        (n, 1e-9)
-    } else {
-        (v.strip_suffix('s')?, 1.0)
-    };
-    num.parse::<f64>().ok().map(|n| n * scale)
 }
 
 /// The convergence sizes: 100, then `SKEP_BENCH_CONV_REPLICAS` (one number or a

@@ -377,3 +377,17 @@ pub fn swarm(prefix: &str, name: &str, addrs: &[&str]) -> Cluster {
     });
     cluster
 }
+
+/// Seconds of a `Duration`'s `Debug` form, as the daemon logs one (`6.2s`, `950ms`, `12µs`).
+pub fn parse_debug_duration(v: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("ms") {
+        (n, 1e-3)
+    } else if let Some(n) = v.strip_suffix("µs") {
+        (n, 1e-6)
+    } else if let Some(n) = v.strip_suffix("ns") {
+        (n, 1e-9)
+    } else {
+        (v.strip_suffix('s')?, 1.0)
+    };
+    num.parse::<f64>().ok().map(|n| n * scale)
+}
