@@ -204,6 +204,45 @@ async fn exec_cpu_limit_throttles_the_task() {
     ex.remove(&t).await;
 }
 
+/// A task that ignores SIGTERM is killed with its init after the grace; its processes die
+/// with the namespace a moment later, and its groups still go.
+#[tokio::test]
+async fn a_killed_tasks_groups_are_removed() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    let t = limited(
+        "cat /proc/self/cgroup; trap '' TERM; for i in $(seq 50); do sleep 120 & done; wait",
+        16 * MIB,
+        500_000_000,
+    );
+    let mut h = ex.start(&t, None).await.unwrap();
+    let output = state.path().join("tasks").join(&t.id).join("output");
+    let dirs = wait_for(timeout(), "the task to print its groups", || {
+        let text = std::fs::read_to_string(&output).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('o')?.split_once(' ').map(|(_, line)| line))
+            .collect();
+        let dirs: Vec<PathBuf> = own_groups(&lines, &t.id)
+            .into_iter()
+            .filter_map(host_dir)
+            .collect();
+        if dirs.is_empty() {
+            Err(format!("{lines:?}"))
+        } else {
+            Ok(dirs)
+        }
+    });
+    h.stop(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(wait_bounded(&mut h, 10).await, 128 + 9);
+    for d in &dirs {
+        assert!(!d.exists(), "{} is left after the kill", d.display());
+    }
+    ex.remove(&t).await;
+}
+
 /// Break it: a task (as nobody) tries to move itself out of its group, into the root group or
 /// the unlimited tasks' one, and to raise its own memory limit. Each write is refused (the
 /// files are root's) and it is still in its group afterwards.

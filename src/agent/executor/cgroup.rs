@@ -332,15 +332,30 @@ pub(crate) fn apply(plan: &Plan) -> Result<(), CgroupError> {
     Ok(())
 }
 
+/// How long [`remove`] waits for the last processes of a killed task to leave its group.
+const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Removes task `task_id`'s own groups once its processes are gone; a group not there is
-/// fine. Blocking. A group still holding a process (the kernel refuses) stays, logged.
+/// fine. Blocking: a task killed with its init may still have processes dying for a moment
+/// (the kernel refuses with EBUSY), so it tries again for up to [`REMOVE_WAIT`]; a group
+/// still busy then stays, logged (the task's removal tries again).
 pub(crate) fn remove(layout: &Layout, task_id: &str) {
+    let deadline = std::time::Instant::now() + REMOVE_WAIT;
     for dir in own_dirs(layout, task_id) {
-        match std::fs::remove_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(task_id, dir = %dir.display(), error = %e, "cannot remove the task's control group");
+        loop {
+            match std::fs::remove_dir(&dir) {
+                Err(e)
+                    if e.raw_os_error() == Some(nix::libc::EBUSY)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(task_id, dir = %dir.display(), error = %e, "cannot remove the task's control group");
+                    break;
+                }
+                _ => break,
             }
-            _ => {}
         }
     }
 }
@@ -592,6 +607,58 @@ mod tests {
         assert_eq!(cpu_quota_us(2_000_000_000), 200_000);
         // The kernel's floor: 1 ms.
         assert_eq!(cpu_quota_us(1_000_000), MIN_QUOTA_US);
+    }
+
+    /// On this host's control groups (root): a group whose last process is still running
+    /// when the task's end is seen (a killed task's processes die a moment after its init) is
+    /// removed once that process has gone, not left behind.
+    #[test]
+    fn a_group_is_removed_once_its_last_process_has_gone() {
+        if !crate::util::root_or_skip() {
+            return;
+        }
+        let layout = Layout::detect();
+        let id = format!("unit-remove-{}", std::process::id());
+        let limits = Limits {
+            memory_bytes: 64 << 20,
+            nano_cpus: 100_000_000,
+        };
+        let plan = plan(&layout, &id, limits).expect("this host mounts cpu and memory");
+        apply(&plan).unwrap();
+        let procs: Vec<String> = plan
+            .join
+            .iter()
+            .map(|d| d.join("cgroup.procs").display().to_string())
+            .collect();
+        // Joins every group, then is `sleep` for a moment more.
+        let script = format!(
+            "for f in {}; do echo $$ > $f || exit 1; done; exec sleep 0.5",
+            procs.join(" ")
+        );
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while procs.iter().any(|f| {
+            std::fs::read_to_string(f)
+                .unwrap_or_default()
+                .trim()
+                .is_empty()
+        }) {
+            assert!(std::time::Instant::now() < deadline, "never joined");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        remove(&layout, &id);
+        let left: Vec<PathBuf> = own_dirs(&layout, &id)
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect();
+        child.wait().unwrap();
+        for d in &left {
+            let _ = std::fs::remove_dir(d);
+        }
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     #[test]
