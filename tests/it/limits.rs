@@ -6,23 +6,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use skep::agent::executor::{Executors, LogEntry};
+use skep::agent::executor::LogEntry;
 use skep::store::fixtures;
 use skep::store::service::{Resources, Runtime, Task, TaskSpec};
 
-use crate::harness::{Cluster, json_lines, timeout, wait_for};
+use crate::harness::{
+    Cluster, exec_executors, exec_service, json_lines, timeout, unique_id, wait_bounded, wait_for,
+};
 
 /// Reads 200 MB into one line `tail` must keep whole: 200 MB of memory, then exit 0.
 const HOG: &str = "head -c 200000000 /dev/zero | tail >/dev/null";
 const MIB: u64 = 1 << 20;
-
-fn unique_id(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
 
 fn limited(script: &str, memory_bytes: u64, nano_cpus: u64) -> Task {
     Task {
@@ -42,27 +36,6 @@ fn limited(script: &str, memory_bytes: u64, nano_cpus: u64) -> Task {
         },
         ..fixtures::task()
     }
-}
-
-async fn exec_executors(state: &Path) -> Option<Executors> {
-    let helper = PathBuf::from(env!("CARGO_BIN_EXE_skep-init"));
-    let ex = Executors::detect_with(state, helper).await;
-    if ex.runtimes().contains(&Runtime::Exec) {
-        Some(ex)
-    } else {
-        crate::harness::cannot_run_without(
-            crate::harness::Runtime::Exec,
-            "exec runtime unavailable (not root)",
-        );
-        None
-    }
-}
-
-async fn wait_bounded(h: &mut skep::agent::executor::TaskHandle, secs: u64) -> i64 {
-    tokio::time::timeout(Duration::from_secs(secs), h.wait())
-        .await
-        .expect("task did not end in time")
-        .expect("wait failed")
 }
 
 fn stdout(logs: &[LogEntry]) -> Vec<&str> {
@@ -106,6 +79,29 @@ fn own_groups<'a>(lines: &[&'a str], task_id: &str) -> Vec<&'a str> {
         .copied()
         .filter(|l| l.ends_with(&suffix))
         .collect()
+}
+
+/// The host directories of the groups of its own that task `id` (run by executors whose state
+/// is in `state`) printed first (`cat /proc/self/cgroup`), once it has.
+fn printed_groups(state: &Path, id: &str) -> Vec<PathBuf> {
+    let output = state.join("tasks").join(id).join("output");
+    wait_for(timeout(), "the task to print its groups", || {
+        // The output file as the task's init writes it: `o<ns> line` for stdout.
+        let text = std::fs::read_to_string(&output).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix('o')?.split_once(' ').map(|(_, line)| line))
+            .collect();
+        let dirs: Vec<PathBuf> = own_groups(&lines, id)
+            .into_iter()
+            .filter_map(host_dir)
+            .collect();
+        if dirs.is_empty() {
+            Err(format!("no group of its own yet: {lines:?}"))
+        } else {
+            Ok(dirs)
+        }
+    })
 }
 
 /// The first value of `key` in a `cpu.stat` text.
@@ -169,21 +165,10 @@ async fn exec_cpu_limit_throttles_the_task() {
         100_000_000,
     );
     let mut h = ex.start(&t, None).await.unwrap();
-    let output = state.path().join("tasks").join(&t.id).join("output");
-    let cpu_dir = wait_for(timeout(), "the task to print its groups", || {
-        // The output file as the task's init writes it: `o<ns> line` for stdout.
-        let text = std::fs::read_to_string(&output).unwrap_or_default();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with('o'))
-            .filter_map(|l| l.split_once(' ').map(|(_, line)| line))
-            .collect();
-        own_groups(&lines, &t.id)
-            .into_iter()
-            .filter_map(host_dir)
-            .find(|d| d.join("cpu.stat").exists())
-            .ok_or_else(|| format!("no cpu group of its own: {lines:?}"))
-    });
+    let cpu_dir = printed_groups(state.path(), &t.id)
+        .into_iter()
+        .find(|d| d.join("cpu.stat").exists())
+        .expect("a cpu group of its own");
     let quota = std::fs::read_to_string(cpu_dir.join("cpu.cfs_quota_us"))
         .or_else(|_| std::fs::read_to_string(cpu_dir.join("cpu.max")))
         .unwrap();
@@ -218,23 +203,7 @@ async fn a_killed_tasks_groups_are_removed() {
         500_000_000,
     );
     let mut h = ex.start(&t, None).await.unwrap();
-    let output = state.path().join("tasks").join(&t.id).join("output");
-    let dirs = wait_for(timeout(), "the task to print its groups", || {
-        let text = std::fs::read_to_string(&output).unwrap_or_default();
-        let lines: Vec<&str> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix('o')?.split_once(' ').map(|(_, line)| line))
-            .collect();
-        let dirs: Vec<PathBuf> = own_groups(&lines, &t.id)
-            .into_iter()
-            .filter_map(host_dir)
-            .collect();
-        if dirs.is_empty() {
-            Err(format!("{lines:?}"))
-        } else {
-            Ok(dirs)
-        }
-    });
+    let dirs = printed_groups(state.path(), &t.id);
     h.stop(Duration::from_millis(200)).await.unwrap();
     assert_eq!(wait_bounded(&mut h, 10).await, 128 + 9);
     for d in &dirs {
@@ -303,24 +272,13 @@ async fn an_exec_task_cannot_leave_its_group_or_raise_its_limits() {
 fn an_exec_services_memory_limit_holds_end_to_end() {
     let c = Cluster::init(1, 0);
     let m = c.first();
-    for (name, limit) in [("hog-free", None), ("hog-limited", Some("32MiB"))] {
-        let mut args = vec![
-            "service",
-            "create",
-            "--detach",
-            "--runtime",
-            "exec",
-            "--name",
-            name,
-            "--restart-condition",
-            "none",
-        ];
-        if let Some(l) = limit {
-            args.extend(["--limit-memory", l]);
-        }
-        args.extend(["--", "/bin/sh", "-c", HOG]);
-        m.cli_ok(&args);
-    }
+    exec_service(m, "hog-free", &["--restart-condition", "none"], HOG);
+    exec_service(
+        m,
+        "hog-limited",
+        &["--restart-condition", "none", "--limit-memory", "32MiB"],
+        HOG,
+    );
     let ended = |service: &str| {
         wait_for(timeout(), &format!("{service}'s task to end"), || {
             let tasks = json_lines(&m.cli_ok(&[

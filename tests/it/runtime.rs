@@ -5,26 +5,14 @@
 //! an image with `docker import`: nothing is pulled). Missing either, a test fails, or skips
 //! with a notice under `SKEP_IT_ALLOW_SKIP=1` (see `harness::require`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use skep::agent::executor::{ExecError, Executors, LogEntry};
 use skep::store::fixtures;
 use skep::store::service::{Runtime, Task, TaskSpec};
 
-use crate::harness::test_image;
-
-fn helper() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_skep-init"))
-}
-
-fn unique_id(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("{prefix}-{}-{nanos}", std::process::id())
-}
+use crate::harness::{exec_executors, init_program, test_image, unique_id, wait_bounded};
 
 fn task(runtime: Runtime, image: &str, command: &[&str], env: &[&str]) -> Task {
     Task {
@@ -47,29 +35,8 @@ fn sh(script: &str) -> Task {
     task(Runtime::Exec, "", &["/bin/sh", "-c", script], &[])
 }
 
-/// Executors with the exec runtime, or `None` (with a notice) when not root.
-async fn exec_executors(state: &Path) -> Option<Executors> {
-    let ex = Executors::detect_with(state, helper()).await;
-    if ex.runtimes().contains(&Runtime::Exec) {
-        Some(ex)
-    } else {
-        crate::harness::cannot_run_without(
-            crate::harness::Runtime::Exec,
-            "exec runtime unavailable (not root)",
-        );
-        None
-    }
-}
-
 fn has(logs: &[LogEntry], stream: &str, line: &str) -> bool {
     logs.iter().any(|e| e.stream == stream && e.line == line)
-}
-
-async fn wait_bounded(h: &mut skep::agent::executor::TaskHandle, secs: u64) -> i64 {
-    tokio::time::timeout(Duration::from_secs(secs), h.wait())
-        .await
-        .expect("task did not end in time")
-        .expect("wait failed")
 }
 
 #[tokio::test]
@@ -225,7 +192,7 @@ async fn exec_helpers_are_the_small_init_program() {
             other => Err(format!("the command runs {other:?} so far")),
         }
     });
-    let init = helper().canonicalize().unwrap();
+    let init = init_program().canonicalize().unwrap();
     let mut anon_kib = 0;
     for (stage, pid) in [("stage 1", stage1), ("stage 2", stage2)] {
         assert_eq!(exe(pid), init, "{stage} (PID {pid}) runs another binary");
@@ -362,7 +329,7 @@ async fn exec_recover_adopts_helpers_and_discard_stops_them() {
     let mut long_h = old.start(&long, None).await.unwrap();
     let short = sh("sleep 1; exit 7");
     let _short_h = old.start(&short, None).await.unwrap();
-    let new = Executors::detect_with(state.path(), helper()).await;
+    let new = Executors::detect_with(state.path(), init_program()).await;
     let mut found = new.recover().await;
     let mut adopted_long = found.remove(&long.id).expect("the running helper is found");
     assert_eq!(adopted_long.handle.exit_code(), None);
@@ -384,7 +351,7 @@ async fn exec_recover_adopts_helpers_and_discard_stops_them() {
     assert_eq!(wait_bounded(&mut adopted_long.handle, 5).await, 143);
     assert_eq!(wait_bounded(&mut long_h, 5).await, 143);
     // Once seen ended, nothing is left to recover.
-    let again = Executors::detect_with(state.path(), helper()).await;
+    let again = Executors::detect_with(state.path(), init_program()).await;
     let left = again.recover().await;
     assert!(!left.contains_key(&long.id) && !left.contains_key(&short.id));
 }
@@ -444,7 +411,7 @@ static DOCKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// Executors with the docker runtime and the test image, or `None` with a notice.
 async fn docker_executors(state: &Path) -> Option<(Executors, &'static str)> {
-    let ex = Executors::detect_with(state, helper()).await;
+    let ex = Executors::detect_with(state, init_program()).await;
     if !ex.runtimes().contains(&Runtime::Docker) {
         crate::harness::cannot_run_without(
             crate::harness::Runtime::Docker,
@@ -554,11 +521,11 @@ async fn docker_recover_finds_only_this_nodes_containers() {
     let mut t = task(Runtime::Docker, image, &["/prog", "sleep"], &[]);
     t.node_id = node.clone();
     let mut h = ex.start(&t, None).await.unwrap();
-    let other = Executors::detect_with(state.path(), helper())
+    let other = Executors::detect_with(state.path(), init_program())
         .await
         .for_node("some-other-node");
     assert!(!other.recover().await.contains_key(&t.id));
-    let new = Executors::detect_with(state.path(), helper())
+    let new = Executors::detect_with(state.path(), init_program())
         .await
         .for_node(&node);
     let mut found = new.recover().await;
