@@ -193,6 +193,11 @@ struct DaemonArgs {
     /// so keep it on loopback or behind a firewall: a wider address is warned about).
     #[arg(long, value_name = "IP:PORT")]
     metrics_addr: Option<SocketAddr>,
+    /// The most process IDs (processes and threads) all exec tasks of this node may hold
+    /// together: a fork bomb in one task stops there (default: half the kernel's limit, so the
+    /// daemon and the host keep the rest; 0: no cap).
+    #[arg(long, value_name = "N")]
+    exec_pids_max: Option<u64>,
     /// How log lines are written to stderr: text, or one JSON object per line.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: crate::logging::LogFormat,
@@ -752,6 +757,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         stop_tasks_on_exit: args.stop_tasks_on_exit,
         oidc_addr: args.oidc_addr,
         metrics_addr: args.metrics_addr,
+        exec_pids_max: args.exec_pids_max,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -798,6 +804,13 @@ mod tests {
         assert_eq!(d.advertise_addr, None);
         // A restart or upgrade keeps the node's tasks unless asked otherwise.
         assert!(!d.stop_tasks_on_exit);
+        // The exec tasks' cap on process IDs is the kernel's half unless given.
+        assert_eq!(d.exec_pids_max, None);
+        let cli = parse(&["daemon", "--data-dir", "/tmp/x", "--exec-pids-max", "64"]).unwrap();
+        let Command::Daemon(d) = cli.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(d.exec_pids_max, Some(64));
     }
 
     #[test]

@@ -80,6 +80,9 @@ pub struct DaemonConfig {
     pub oidc_addr: Option<SocketAddr>,
     /// `--metrics-addr`: where the node serves Prometheus metrics (off when `None`).
     pub metrics_addr: Option<SocketAddr>,
+    /// `--exec-pids-max`: the process IDs all exec tasks together may hold (0: no cap; `None`:
+    /// half the kernel's limit).
+    pub exec_pids_max: Option<u64>,
 }
 
 /// Why the daemon could not run.
@@ -413,12 +416,16 @@ impl Daemon {
             node,
             port_errors: Default::default(),
         };
-        let execs = Arc::new(
-            Executors::detect(&p.tasks())
+        let execs = Arc::new({
+            let execs = Executors::detect(&p.tasks())
                 .await
                 .for_node(&file.node_id)
-                .hiding(self.private_paths()),
-        );
+                .hiding(self.private_paths());
+            match self.cfg.exec_pids_max {
+                Some(n) => execs.exec_pids_max(n),
+                None => execs,
+            }
+        });
         let supervisor = Supervisor::new(execs, client_tls.clone(), link.managers.clone());
         let tasks = vec![
             tokio::spawn(supervisor.clone().run()),

@@ -45,8 +45,8 @@ fn stdout(logs: &[LogEntry]) -> Vec<&str> {
         .collect()
 }
 
-/// The host directory of a `/proc/PID/cgroup` line (`N:cpu,cpuacct:/skep/ID` with cgroup v1,
-/// `0::/skep/ID` with v2): the mount of that hierarchy, read from this process's mountinfo,
+/// The host directory of a `/proc/PID/cgroup` line (`N:cpu,cpuacct:/skep/NODE/ID` with
+/// cgroup v1, `0::/skep/NODE/ID` with v2): the mount of that hierarchy, read from this process's mountinfo,
 /// joined with the path.
 fn host_dir(line: &str) -> Option<PathBuf> {
     let mut parts = line.splitn(3, ':');
@@ -71,13 +71,13 @@ fn host_dir(line: &str) -> Option<PathBuf> {
 }
 
 /// The task's own groups as its `cat /proc/self/cgroup` printed them: the lines ending in
-/// `/skep/<task ID>`.
+/// `/skep/<agent's scope>/<task ID>`.
 fn own_groups<'a>(lines: &[&'a str], task_id: &str) -> Vec<&'a str> {
-    let suffix = format!("/skep/{task_id}");
+    let suffix = format!("/{task_id}");
     lines
         .iter()
         .copied()
-        .filter(|l| l.ends_with(&suffix))
+        .filter(|l| l.ends_with(&suffix) && l.contains("/skep/"))
         .collect()
 }
 
@@ -222,7 +222,7 @@ async fn an_exec_task_cannot_leave_its_group_or_raise_its_limits() {
         return;
     };
     let id = unique_id("esc");
-    // For each group of its own (`N:CONTROLLERS:/…/skep/ID` in /proc/self/cgroup, under the
+    // For each group of its own (`N:CONTROLLERS:/…/skep/NODE/ID` in /proc/self/cgroup, under the
     // hierarchy's mount, /sys/fs/cgroup/CONTROLLERS with v1 and /sys/fs/cgroup with v2):
     // the groups above it, the unlimited tasks' group, its own limit files.
     let script = format!(
@@ -230,7 +230,7 @@ async fn an_exec_task_cannot_leave_its_group_or_raise_its_limits() {
          for f in /sys/fs/cgroup/*/cgroup.procs /sys/fs/cgroup/cgroup.procs; do \
            [ -e \"$f\" ] && echo $$ 2>/dev/null >\"$f\" && echo \"moved to $f\"; \
          done; \
-         grep '/skep/{id}$' /proc/self/cgroup | while IFS=: read -r n c p; do \
+         grep '/{id}$' /proc/self/cgroup | while IFS=: read -r n c p; do \
            d=/sys/fs/cgroup/$c$p; [ -d \"$d\" ] || d=/sys/fs/cgroup$p; \
            for f in $d/../cgroup.procs $d/../shared/cgroup.procs $d/../../cgroup.procs; do \
              [ -e \"$f\" ] && echo $$ 2>/dev/null >\"$f\" && echo \"moved to $f\"; \
@@ -265,6 +265,92 @@ async fn an_exec_task_cannot_leave_its_group_or_raise_its_limits() {
     ex.remove(&t).await;
 }
 
+/// Break it: a fork bomb. With the node's cap on exec tasks' process IDs at 40, a task that
+/// holds 30 sleeps leaves a second task too few to start 20 more: the second's shell cannot
+/// fork (exit 2, "Cannot fork"), while the first still holds its 30. Without the cap both
+/// finish their loops.
+#[tokio::test]
+async fn exec_tasks_together_stop_at_the_nodes_cap_on_process_ids() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    let ex = ex.exec_pids_max(40);
+    let holder = limited(
+        "for i in $(seq 30); do sleep 120 & done; echo holding; wait",
+        0,
+        0,
+    );
+    let mut h1 = ex.start(&holder, None).await.unwrap();
+    let output = state.path().join("tasks").join(&holder.id).join("output");
+    wait_for(timeout(), "the first task to hold its 30 processes", || {
+        let text = std::fs::read_to_string(&output).unwrap_or_default();
+        if text.contains(" holding") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    let bomb = limited(
+        "for i in $(seq 20); do sleep 120 & done; echo all-started",
+        0,
+        0,
+    );
+    let mut h2 = ex.start(&bomb, None).await.unwrap();
+    assert_eq!(
+        wait_bounded(&mut h2, 30).await,
+        2,
+        "its shell could not fork"
+    );
+    let logs = ex.logs(&bomb, 0, 0).await.unwrap();
+    assert!(
+        logs.iter().any(|e| e.line.contains("Cannot fork")),
+        "{logs:?}"
+    );
+    assert!(!logs.iter().any(|e| e.line == "all-started"), "{logs:?}");
+    assert_eq!(h1.exit_code(), None, "the first task still runs");
+    h1.stop(Duration::from_secs(2)).await.unwrap();
+    wait_bounded(&mut h1, 10).await;
+    ex.remove(&holder).await;
+    ex.remove(&bomb).await;
+}
+
+/// End to end: `skep daemon --exec-pids-max 40`: a service forking 60 processes fails as its
+/// shell cannot fork, one forking 10 completes beside it, and the daemon keeps answering.
+#[test]
+fn a_nodes_cap_on_exec_process_ids_holds_end_to_end() {
+    let c = Cluster::init_opts(1, 0, &[], &["--exec-pids-max", "40"]);
+    let m = c.first();
+    let forks = |n: usize| format!("for i in $(seq {n}); do sleep 5 & done; wait");
+    exec_service(m, "forks-10", &["--restart-condition", "none"], &forks(10));
+    exec_service(m, "forks-60", &["--restart-condition", "none"], &forks(60));
+    let small = ended(m, "forks-10");
+    assert!(small.starts_with("Complete"), "{small}");
+    let bomb = ended(m, "forks-60");
+    assert!(
+        bomb.starts_with("Failed") && bomb.contains("non-zero exit (2)"),
+        "{bomb}"
+    );
+    m.cli_ok(&["node", "ls"]);
+}
+
+/// The state and error of `service`'s task once it has ended (`Complete ...` or
+/// `Failed ... task: non-zero exit (N)`).
+fn ended(m: &crate::harness::Node, service: &str) -> String {
+    wait_for(timeout(), &format!("{service}'s task to end"), || {
+        let tasks =
+            json_lines(&m.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", service]));
+        tasks
+            .iter()
+            .find_map(|t| {
+                let state = t["CurrentState"].as_str()?;
+                (state.starts_with("Failed") || state.starts_with("Complete"))
+                    .then(|| format!("{state} {}", t["Error"].as_str().unwrap_or_default()))
+            })
+            .ok_or_else(|| format!("{tasks:?}"))
+    })
+}
+
 /// End to end: `service create --runtime exec --limit-memory` through a real daemon. The task
 /// fails as Docker Swarm's would (`non-zero exit (137)`); the same service without the limit
 /// completes.
@@ -279,29 +365,9 @@ fn an_exec_services_memory_limit_holds_end_to_end() {
         &["--restart-condition", "none", "--limit-memory", "32MiB"],
         HOG,
     );
-    let ended = |service: &str| {
-        wait_for(timeout(), &format!("{service}'s task to end"), || {
-            let tasks = json_lines(&m.cli_ok(&[
-                "service",
-                "ps",
-                "--no-trunc",
-                "--format",
-                "json",
-                service,
-            ]));
-            tasks
-                .iter()
-                .find_map(|t| {
-                    let state = t["CurrentState"].as_str()?;
-                    (state.starts_with("Failed") || state.starts_with("Complete"))
-                        .then(|| format!("{state} {}", t["Error"].as_str().unwrap_or_default()))
-                })
-                .ok_or_else(|| format!("{tasks:?}"))
-        })
-    };
-    let free = ended("hog-free");
+    let free = ended(m, "hog-free");
     assert!(free.starts_with("Complete"), "{free}");
-    let limited = ended("hog-limited");
+    let limited = ended(m, "hog-limited");
     assert!(
         limited.starts_with("Failed") && limited.contains("non-zero exit (137)"),
         "{limited}"

@@ -1,26 +1,32 @@
 //! Exec tasks' control groups: where a task's `--limit-memory` and `--limit-cpu` are enforced,
-//! and what keeps the node's exec tasks, together, from starving the daemon of CPU.
+//! and what keeps the node's exec tasks, together, from starving the daemon of CPU or
+//! exhausting the node's process IDs (a fork bomb stops at the group's `pids.max`).
 //!
-//! Every exec task runs in a control group under `skep`: with cgroup v1, in each hierarchy
-//! skep uses, under the daemon's own group there (so whatever holds the daemon, a systemd
-//! unit's memory limit say, holds its tasks too); with cgroup v2, at the top of the tree (a v2
-//! group that hands controllers to children may hold no process, and the daemon's holds it).
-//! A task with limits is in `skep/<task ID>` with them written, a task without in
-//! `skep/shared`. The daemon stays where it was started, so all exec tasks together weigh as
-//! one group against the daemon's threads when the CPUs are contended. The agent makes the directories and writes the limits (as root; the files stay
-//! root's, so a task running as `nobody` cannot raise them); the task's init joins them
-//! before its command starts (`skep-init --cgroup`), so every process of the task is inside.
+//! Every exec task runs in a control group under `skep/<node ID>` (the agent's own, so
+//! daemons sharing a host keep apart): with cgroup v1, in each hierarchy skep uses, under the
+//! daemon's own group there (so whatever holds the daemon, a systemd unit's memory limit say,
+//! holds its tasks too); with cgroup v2, at the top of the tree (a v2 group that hands
+//! controllers to children may hold no process, and the daemon's holds it). A task with
+//! limits is in `.../<task ID>` with them written, a task without in `.../shared` (with v1,
+//! in the `cpu` and `pids` hierarchies only). The agent's group has a `pids.max` (`skep daemon
+//! --exec-pids-max`, by default half the kernel's limit) that all its exec tasks share. The
+//! daemon stays where it was started, so all exec tasks together weigh as one group against
+//! the daemon's threads when the CPUs are contended. The agent makes the directories and
+//! writes the limits (as root; the files stay root's, so a task running as `nobody` cannot
+//! raise them); the task's init joins them before its command starts (`skep-init
+//! --cgroup`), so every process of the task is inside.
 //!
 //! A task with limits never runs without them: if the node cannot enforce a limit (no
 //! controller, a read-only cgroup file system), its start fails naming what is missing. A task
 //! without limits that cannot be grouped runs ungrouped (logged once).
 //!
-//! [`plan`] decides, from the node's [`Layout`] and the task's [`Limits`], what to make, write
-//! and join; [`apply`] and [`remove`] do it (blocking calls: the start thread runs them).
+//! [`Groups::plan`] decides, from the node's [`Layout`], the agent's scope and the task's
+//! [`Limits`], what to make, write and join; [`apply`] and [`Groups::remove`] do it (blocking
+//! calls: the start thread runs them).
 
 use std::path::{Path, PathBuf};
 
-/// The group every exec task is under, at the top of each hierarchy.
+/// The group every exec task is under (see the module documentation for where).
 pub(crate) const GROUP: &str = "skep";
 /// The group of the tasks without limits, in [`GROUP`].
 const SHARED: &str = "shared";
@@ -63,6 +69,8 @@ pub(crate) enum Layout {
         cpu: Option<PathBuf>,
         /// In the `memory` controller's hierarchy.
         memory: Option<PathBuf>,
+        /// In the `pids` controller's hierarchy.
+        pids: Option<PathBuf>,
     },
     /// cgroup v2: one hierarchy, and whether its root offers each controller.
     V2 {
@@ -72,6 +80,8 @@ pub(crate) enum Layout {
         cpu: bool,
         /// `memory` is among the root's controllers.
         memory: bool,
+        /// `pids` is among the root's controllers.
+        pids: bool,
     },
     /// No cgroup file system is mounted.
     None,
@@ -100,7 +110,7 @@ impl Layout {
                 .map_or("", |(_, path)| path.trim_start_matches('/'))
                 .to_string()
         };
-        let (mut cpu, mut memory, mut v2) = (None, None, None);
+        let (mut cpu, mut memory, mut pids, mut v2) = (None, None, None, None);
         for line in mountinfo.lines() {
             // ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER_OPTIONS
             let Some((left, right)) = line.split_once(" - ") else {
@@ -119,13 +129,16 @@ impl Layout {
                     if has("memory") && memory.is_none() {
                         memory = Some(mount_point.join(own_path("memory")));
                     }
+                    if has("pids") && pids.is_none() {
+                        pids = Some(mount_point.join(own_path("pids")));
+                    }
                 }
                 (Some("cgroup2"), _) if v2.is_none() => v2 = Some(mount_point),
                 _ => {}
             }
         }
-        if cpu.is_some() || memory.is_some() {
-            return Layout::V1 { cpu, memory };
+        if cpu.is_some() || memory.is_some() || pids.is_some() {
+            return Layout::V1 { cpu, memory, pids };
         }
         match v2 {
             Some(root) => {
@@ -134,6 +147,7 @@ impl Layout {
                 Layout::V2 {
                     cpu: has("cpu"),
                     memory: has("memory"),
+                    pids: has("pids"),
                     root,
                 }
             }
@@ -209,110 +223,232 @@ pub(crate) fn cpu_quota_us(nano_cpus: u64) -> u64 {
     (nano_cpus / (1_000_000_000 / CPU_PERIOD_US)).max(MIN_QUOTA_US)
 }
 
-/// What task `task_id` (a checked task ID: one path component) needs on a node of `layout`.
-pub(crate) fn plan(layout: &Layout, task_id: &str, limits: Limits) -> Result<Plan, CgroupError> {
-    let leaf = if limits.any() { task_id } else { SHARED };
-    let missing = |what, controller| CgroupError::NoController { what, controller };
-    let mut p = Plan {
-        required: limits.any(),
-        ..Plan::default()
+/// The default of `skep daemon --exec-pids-max`: half of what the kernel allows
+/// (`kernel/pid_max` and `kernel/threads-max`, the smaller; threads count as PIDs), so the
+/// daemon and the rest of the host keep the other half whatever the tasks do.
+pub(crate) fn default_pids_max() -> u64 {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("/proc/sys/kernel/{name}"))
+            .ok()
+            .and_then(|t| t.trim().parse::<u64>().ok())
     };
-    match layout {
-        Layout::V1 { cpu, memory } => {
-            if limits.memory_bytes > 0 && memory.is_none() {
-                return Err(missing("--limit-memory", "memory"));
+    let limit = [read("pid_max"), read("threads-max")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(32_768);
+    (limit / 2).max(1)
+}
+
+/// Where one agent's exec tasks go: the host's [`Layout`], and the agent's own group under
+/// [`GROUP`] (`skep/<scope>`, the node's ID), so that several daemons on one host (tests, a
+/// lab) keep their tasks and their caps apart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Groups {
+    layout: Layout,
+    scope: String,
+}
+
+impl Groups {
+    /// The groups of scope `scope`, which must be one path component of letters, digits,
+    /// `-` and `_` (a node ID is); anything else is replaced by `local`.
+    pub(crate) fn new(layout: Layout, scope: &str) -> Groups {
+        let safe = !scope.is_empty()
+            && scope.len() <= 64
+            && scope
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        Groups {
+            layout,
+            scope: if safe { scope } else { "local" }.to_string(),
+        }
+    }
+
+    /// The same layout with another scope.
+    pub(crate) fn with_scope(&self, scope: &str) -> Groups {
+        Groups::new(self.layout.clone(), scope)
+    }
+
+    /// The agent's group in the hierarchy mounted (or, with v1, entered) at `at`.
+    fn base(&self, at: &Path) -> PathBuf {
+        at.join(GROUP).join(&self.scope)
+    }
+
+    /// What task `task_id` (a checked task ID: one path component) needs, with `pids_max`
+    /// process IDs for all of this agent's exec tasks together (0: no such cap).
+    pub(crate) fn plan(
+        &self,
+        task_id: &str,
+        limits: Limits,
+        pids_max: u64,
+    ) -> Result<Plan, CgroupError> {
+        let leaf = if limits.any() { task_id } else { SHARED };
+        let missing = |what, controller| CgroupError::NoController { what, controller };
+        let mut p = Plan {
+            required: limits.any(),
+            ..Plan::default()
+        };
+        match &self.layout {
+            Layout::V1 { cpu, memory, pids } => {
+                if limits.memory_bytes > 0 && memory.is_none() {
+                    return Err(missing("--limit-memory", "memory"));
+                }
+                if limits.nano_cpus > 0 && cpu.is_none() {
+                    return Err(missing("--limit-cpu", "cpu"));
+                }
+                // Every task is grouped for CPU and counted against the cap on process IDs;
+                // only a task with a memory limit needs a memory group of its own (the
+                // others stay in the daemon's).
+                if let Some(cpu) = cpu {
+                    let dir = self.base(cpu).join(leaf);
+                    p.make
+                        .extend([cpu.join(GROUP), self.base(cpu), dir.clone()]);
+                    if limits.nano_cpus > 0 {
+                        p.write.extend([
+                            (dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string()),
+                            (
+                                dir.join("cpu.cfs_quota_us"),
+                                cpu_quota_us(limits.nano_cpus).to_string(),
+                            ),
+                        ]);
+                    }
+                    p.join.push(dir);
+                }
+                if let Some(pids) = pids {
+                    let dir = self.base(pids).join(leaf);
+                    p.make
+                        .extend([pids.join(GROUP), self.base(pids), dir.clone()]);
+                    if pids_max > 0 {
+                        p.write
+                            .push((self.base(pids).join("pids.max"), pids_max.to_string()));
+                    }
+                    p.join.push(dir);
+                }
+                if let Some(memory) = memory
+                    && limits.memory_bytes > 0
+                {
+                    let dir = self.base(memory).join(task_id);
+                    p.make
+                        .extend([memory.join(GROUP), self.base(memory), dir.clone()]);
+                    p.write.push((
+                        dir.join("memory.limit_in_bytes"),
+                        limits.memory_bytes.to_string(),
+                    ));
+                    p.join.push(dir);
+                }
             }
-            if limits.nano_cpus > 0 && cpu.is_none() {
-                return Err(missing("--limit-cpu", "cpu"));
-            }
-            // Every task is grouped for CPU; only a task with a memory limit needs a memory
-            // group of its own (the others stay in the daemon's).
-            if let Some(cpu) = cpu {
-                let dir = cpu.join(GROUP).join(leaf);
-                p.make.extend([cpu.join(GROUP), dir.clone()]);
+            Layout::V2 {
+                root,
+                cpu,
+                memory,
+                pids,
+            } => {
+                if limits.memory_bytes > 0 && !memory {
+                    return Err(missing("--limit-memory", "memory"));
+                }
+                if limits.nano_cpus > 0 && !cpu {
+                    return Err(missing("--limit-cpu", "cpu"));
+                }
+                // A v2 group that hands controllers to its children holds no process
+                // itself: the tasks are in the leaves, and each level above hands them down.
+                let enable: Vec<&str> = [(*cpu, "+cpu"), (*memory, "+memory"), (*pids, "+pids")]
+                    .into_iter()
+                    .filter_map(|(on, c)| on.then_some(c))
+                    .collect();
+                let (group, base) = (root.join(GROUP), self.base(root));
+                let dir = base.join(leaf);
+                p.make.extend([group.clone(), base.clone(), dir.clone()]);
+                if !enable.is_empty() {
+                    let enable = enable.join(" ");
+                    for level in [root, &group, &base] {
+                        p.write
+                            .push((level.join("cgroup.subtree_control"), enable.clone()));
+                    }
+                }
+                if *pids && pids_max > 0 {
+                    p.write.push((base.join("pids.max"), pids_max.to_string()));
+                }
                 if limits.nano_cpus > 0 {
-                    p.write.extend([
-                        (dir.join("cpu.cfs_period_us"), CPU_PERIOD_US.to_string()),
-                        (
-                            dir.join("cpu.cfs_quota_us"),
-                            cpu_quota_us(limits.nano_cpus).to_string(),
-                        ),
-                    ]);
+                    p.write.push((
+                        dir.join("cpu.max"),
+                        format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits.nano_cpus)),
+                    ));
+                }
+                if limits.memory_bytes > 0 {
+                    p.write
+                        .push((dir.join("memory.max"), limits.memory_bytes.to_string()));
                 }
                 p.join.push(dir);
             }
-            if let Some(memory) = memory
-                && limits.memory_bytes > 0
-            {
-                let dir = memory.join(GROUP).join(task_id);
-                p.make.extend([memory.join(GROUP), dir.clone()]);
-                p.write.push((
-                    dir.join("memory.limit_in_bytes"),
-                    limits.memory_bytes.to_string(),
-                ));
-                p.join.push(dir);
+            Layout::None if limits.any() => {
+                let what = if limits.memory_bytes > 0 {
+                    ("--limit-memory", "memory")
+                } else {
+                    ("--limit-cpu", "cpu")
+                };
+                return Err(missing(what.0, what.1));
             }
+            Layout::None => {}
         }
-        Layout::V2 { root, cpu, memory } => {
-            if limits.memory_bytes > 0 && !memory {
-                return Err(missing("--limit-memory", "memory"));
-            }
-            if limits.nano_cpus > 0 && !cpu {
-                return Err(missing("--limit-cpu", "cpu"));
-            }
-            // A v2 group that hands controllers to its children holds no process itself:
-            // the tasks are in the leaves.
-            let enable: Vec<&str> = [(*cpu, "+cpu"), (*memory, "+memory")]
-                .into_iter()
-                .filter_map(|(on, c)| on.then_some(c))
-                .collect();
-            let group = root.join(GROUP);
-            let dir = group.join(leaf);
-            p.make.extend([group.clone(), dir.clone()]);
-            if !enable.is_empty() {
-                let enable = enable.join(" ");
-                p.write.extend([
-                    (root.join("cgroup.subtree_control"), enable.clone()),
-                    (group.join("cgroup.subtree_control"), enable),
-                ]);
-            }
-            if limits.nano_cpus > 0 {
-                p.write.push((
-                    dir.join("cpu.max"),
-                    format!("{} {CPU_PERIOD_US}", cpu_quota_us(limits.nano_cpus)),
-                ));
-            }
-            if limits.memory_bytes > 0 {
-                p.write
-                    .push((dir.join("memory.max"), limits.memory_bytes.to_string()));
-            }
-            p.join.push(dir);
-        }
-        Layout::None if limits.any() => {
-            let what = if limits.memory_bytes > 0 {
-                ("--limit-memory", "memory")
-            } else {
-                ("--limit-cpu", "cpu")
-            };
-            return Err(missing(what.0, what.1));
-        }
-        Layout::None => {}
+        Ok(p)
     }
-    Ok(p)
+
+    /// The groups of task `task_id` that are its own (to remove when it has ended).
+    pub(crate) fn own_dirs(&self, task_id: &str) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V1 { cpu, memory, pids } => [cpu, memory, pids]
+                .into_iter()
+                .flatten()
+                .map(|m| self.base(m).join(task_id))
+                .collect(),
+            Layout::V2 { root, .. } => vec![self.base(root).join(task_id)],
+            Layout::None => Vec::new(),
+        }
+    }
+
+    /// Removes task `task_id`'s own groups once its processes are gone; a group not there is
+    /// fine. Blocking: a task killed with its init may still have processes dying for a
+    /// moment (the kernel refuses with EBUSY), so it tries again for up to
+    /// [`REMOVE_WAIT`]; a group still busy then stays, logged (the task's removal tries
+    /// again).
+    pub(crate) fn remove(&self, task_id: &str) {
+        let deadline = std::time::Instant::now() + REMOVE_WAIT;
+        for dir in self.own_dirs(task_id) {
+            loop {
+                match std::fs::remove_dir(&dir) {
+                    Err(e)
+                        if e.raw_os_error() == Some(nix::libc::EBUSY)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        tracing::warn!(task_id, dir = %dir.display(), error = %e, "cannot remove the task's control group");
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    /// Whether the kernel killed a process of task `task_id` for its memory limit (the count
+    /// in its memory group's events). False when there is no such group or it cannot be read.
+    pub(crate) fn was_out_of_memory(&self, task_id: &str) -> bool {
+        let events = match &self.layout {
+            Layout::V1 {
+                memory: Some(m), ..
+            } => self.base(m).join(task_id).join("memory.oom_control"),
+            Layout::V2 { root, .. } => self.base(root).join(task_id).join("memory.events"),
+            _ => return false,
+        };
+        std::fs::read_to_string(events).is_ok_and(|t| oom_kills(&t) > 0)
+    }
 }
 
-/// The groups of task `task_id` that are its own (to remove when it has ended).
-pub(crate) fn own_dirs(layout: &Layout, task_id: &str) -> Vec<PathBuf> {
-    match layout {
-        Layout::V1 { cpu, memory } => [cpu, memory]
-            .into_iter()
-            .flatten()
-            .map(|m| m.join(GROUP).join(task_id))
-            .collect(),
-        Layout::V2 { root, .. } => vec![root.join(GROUP).join(task_id)],
-        Layout::None => Vec::new(),
-    }
-}
+/// How long [`Groups::remove`] waits for the last processes of a killed task to leave its
+/// group.
+const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Makes and writes what `plan` says. Blocking.
 pub(crate) fn apply(plan: &Plan) -> Result<(), CgroupError> {
@@ -330,47 +466,6 @@ pub(crate) fn apply(plan: &Plan) -> Result<(), CgroupError> {
         std::fs::write(file, value).map_err(io(file))?;
     }
     Ok(())
-}
-
-/// How long [`remove`] waits for the last processes of a killed task to leave its group.
-const REMOVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Removes task `task_id`'s own groups once its processes are gone; a group not there is
-/// fine. Blocking: a task killed with its init may still have processes dying for a moment
-/// (the kernel refuses with EBUSY), so it tries again for up to [`REMOVE_WAIT`]; a group
-/// still busy then stays, logged (the task's removal tries again).
-pub(crate) fn remove(layout: &Layout, task_id: &str) {
-    let deadline = std::time::Instant::now() + REMOVE_WAIT;
-    for dir in own_dirs(layout, task_id) {
-        loop {
-            match std::fs::remove_dir(&dir) {
-                Err(e)
-                    if e.raw_os_error() == Some(nix::libc::EBUSY)
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    tracing::warn!(task_id, dir = %dir.display(), error = %e, "cannot remove the task's control group");
-                    break;
-                }
-                _ => break,
-            }
-        }
-    }
-}
-
-/// Whether the kernel killed a process of task `task_id` for its memory limit (the count
-/// in its memory group's events). False when there is no such group or it cannot be read.
-pub(crate) fn was_out_of_memory(layout: &Layout, task_id: &str) -> bool {
-    let events = match layout {
-        Layout::V1 {
-            memory: Some(m), ..
-        } => m.join(GROUP).join(task_id).join("memory.oom_control"),
-        Layout::V2 { root, .. } => root.join(GROUP).join(task_id).join("memory.events"),
-        _ => return false,
-    };
-    std::fs::read_to_string(events).is_ok_and(|t| oom_kills(&t) > 0)
 }
 
 /// The `oom_kill N` count of a `memory.oom_control` (v1) or `memory.events` (v2) text.
@@ -402,6 +497,7 @@ mod tests {
         Layout::V1 {
             cpu: Some("/cg/cpu".into()),
             memory: Some("/cg/memory".into()),
+            pids: Some("/cg/pids".into()),
         }
     }
 
@@ -410,7 +506,19 @@ mod tests {
             root: "/cg".into(),
             cpu: true,
             memory: true,
+            pids: true,
         }
+    }
+
+    /// The exec tasks' cap on process IDs in these tests.
+    const PIDS: u64 = 1000;
+
+    fn g1() -> Groups {
+        Groups::new(v1(), "n1")
+    }
+
+    fn g2() -> Groups {
+        Groups::new(v2(), "n1")
     }
 
     fn p(s: &str) -> PathBuf {
@@ -425,6 +533,7 @@ mod tests {
             Layout::V1 {
                 cpu: Some(p("/sys/fs/cgroup/cpu,cpuacct")),
                 memory: Some(p("/sys/fs/cgroup/memory")),
+                pids: Some(p("/sys/fs/cgroup/pids")),
             }
         );
         // v1: under the daemon's own group in each hierarchy.
@@ -434,6 +543,7 @@ mod tests {
             Layout::V1 {
                 cpu: Some(p("/sys/fs/cgroup/cpu,cpuacct")),
                 memory: Some(p("/sys/fs/cgroup/memory/system.slice/skep.service")),
+                pids: Some(p("/sys/fs/cgroup/pids/x")),
             }
         );
         assert_eq!(
@@ -445,14 +555,16 @@ mod tests {
                 root: p("/sys/fs/cgroup"),
                 cpu: true,
                 memory: true,
+                pids: true,
             }
         );
         assert_eq!(
-            Layout::parse(UNIFIED, "", |_| Some("pids cpuset".into())),
+            Layout::parse(UNIFIED, "", |_| Some("cpuset io".into())),
             Layout::V2 {
                 root: p("/sys/fs/cgroup"),
                 cpu: false,
                 memory: false,
+                pids: false,
             }
         );
         // `cpuacct` alone is not `cpu`; a cpuset mount is not either.
@@ -470,27 +582,42 @@ mod tests {
             Layout::V1 {
                 cpu: None,
                 memory: Some(p("/cg x")),
+                pids: None,
             }
         );
     }
 
     #[test]
-    fn a_task_without_limits_joins_the_shared_cpu_group_only() {
-        let plan = plan(&v1(), "t1", Limits::default()).unwrap();
+    fn a_task_without_limits_joins_the_shared_cpu_and_pids_groups_only() {
+        let plan = g1().plan("t1", Limits::default(), PIDS).unwrap();
         assert_eq!(
             plan,
             Plan {
-                make: vec![p("/cg/cpu/skep"), p("/cg/cpu/skep/shared")],
-                write: vec![],
-                join: vec![p("/cg/cpu/skep/shared")],
+                make: vec![
+                    p("/cg/cpu/skep"),
+                    p("/cg/cpu/skep/n1"),
+                    p("/cg/cpu/skep/n1/shared"),
+                    p("/cg/pids/skep"),
+                    p("/cg/pids/skep/n1"),
+                    p("/cg/pids/skep/n1/shared"),
+                ],
+                write: vec![(p("/cg/pids/skep/n1/pids.max"), "1000".into())],
+                join: vec![p("/cg/cpu/skep/n1/shared"), p("/cg/pids/skep/n1/shared")],
                 required: false,
             }
         );
-        assert_eq!(
-            super::plan(&v2(), "t1", Limits::default()).unwrap().join,
-            vec![p("/cg/skep/shared")]
+        let v2 = g2().plan("t1", Limits::default(), PIDS).unwrap();
+        assert_eq!(v2.join, vec![p("/cg/skep/n1/shared")]);
+        assert!(
+            v2.write
+                .contains(&(p("/cg/skep/n1/pids.max"), "1000".into()))
         );
-        let none = super::plan(&Layout::None, "t1", Limits::default()).unwrap();
+        // No cap asked for: none written.
+        let uncapped = g1().plan("t1", Limits::default(), 0).unwrap();
+        assert!(uncapped.write.is_empty(), "{uncapped:?}");
+        let none = Groups::new(Layout::None, "n1")
+            .plan("t1", Limits::default(), PIDS)
+            .unwrap();
         assert_eq!(none, Plan::default());
     }
 
@@ -501,46 +628,61 @@ mod tests {
             nano_cpus: 250_000_000,
         };
         assert_eq!(
-            plan(&v1(), "t1", limits).unwrap(),
+            g1().plan("t1", limits, PIDS).unwrap(),
             Plan {
                 make: vec![
                     p("/cg/cpu/skep"),
-                    p("/cg/cpu/skep/t1"),
+                    p("/cg/cpu/skep/n1"),
+                    p("/cg/cpu/skep/n1/t1"),
+                    p("/cg/pids/skep"),
+                    p("/cg/pids/skep/n1"),
+                    p("/cg/pids/skep/n1/t1"),
                     p("/cg/memory/skep"),
-                    p("/cg/memory/skep/t1"),
+                    p("/cg/memory/skep/n1"),
+                    p("/cg/memory/skep/n1/t1"),
                 ],
                 write: vec![
-                    (p("/cg/cpu/skep/t1/cpu.cfs_period_us"), "100000".into()),
-                    (p("/cg/cpu/skep/t1/cpu.cfs_quota_us"), "25000".into()),
+                    (p("/cg/cpu/skep/n1/t1/cpu.cfs_period_us"), "100000".into()),
+                    (p("/cg/cpu/skep/n1/t1/cpu.cfs_quota_us"), "25000".into()),
+                    (p("/cg/pids/skep/n1/pids.max"), "1000".into()),
                     (
-                        p("/cg/memory/skep/t1/memory.limit_in_bytes"),
+                        p("/cg/memory/skep/n1/t1/memory.limit_in_bytes"),
                         "33554432".into()
                     ),
                 ],
-                join: vec![p("/cg/cpu/skep/t1"), p("/cg/memory/skep/t1")],
+                join: vec![
+                    p("/cg/cpu/skep/n1/t1"),
+                    p("/cg/pids/skep/n1/t1"),
+                    p("/cg/memory/skep/n1/t1")
+                ],
                 required: true,
             }
         );
         // A memory limit alone still gives the task its own CPU group (no quota in it).
-        let mem_only = plan(
-            &v1(),
-            "t1",
-            Limits {
-                memory_bytes: 8 << 20,
-                nano_cpus: 0,
-            },
-        )
-        .unwrap();
+        let mem_only = g1()
+            .plan(
+                "t1",
+                Limits {
+                    memory_bytes: 8 << 20,
+                    nano_cpus: 0,
+                },
+                0,
+            )
+            .unwrap();
         assert_eq!(
             mem_only.write,
             vec![(
-                p("/cg/memory/skep/t1/memory.limit_in_bytes"),
+                p("/cg/memory/skep/n1/t1/memory.limit_in_bytes"),
                 "8388608".into()
             )]
         );
         assert_eq!(
-            own_dirs(&v1(), "t1"),
-            vec![p("/cg/cpu/skep/t1"), p("/cg/memory/skep/t1")]
+            g1().own_dirs("t1"),
+            vec![
+                p("/cg/cpu/skep/n1/t1"),
+                p("/cg/memory/skep/n1/t1"),
+                p("/cg/pids/skep/n1/t1")
+            ]
         );
     }
 
@@ -551,20 +693,28 @@ mod tests {
             nano_cpus: 1_500_000_000,
         };
         assert_eq!(
-            plan(&v2(), "t1", limits).unwrap(),
+            g2().plan("t1", limits, PIDS).unwrap(),
             Plan {
-                make: vec![p("/cg/skep"), p("/cg/skep/t1")],
+                make: vec![p("/cg/skep"), p("/cg/skep/n1"), p("/cg/skep/n1/t1")],
                 write: vec![
-                    (p("/cg/cgroup.subtree_control"), "+cpu +memory".into()),
-                    (p("/cg/skep/cgroup.subtree_control"), "+cpu +memory".into()),
-                    (p("/cg/skep/t1/cpu.max"), "150000 100000".into()),
-                    (p("/cg/skep/t1/memory.max"), "67108864".into()),
+                    (p("/cg/cgroup.subtree_control"), "+cpu +memory +pids".into()),
+                    (
+                        p("/cg/skep/cgroup.subtree_control"),
+                        "+cpu +memory +pids".into()
+                    ),
+                    (
+                        p("/cg/skep/n1/cgroup.subtree_control"),
+                        "+cpu +memory +pids".into()
+                    ),
+                    (p("/cg/skep/n1/pids.max"), "1000".into()),
+                    (p("/cg/skep/n1/t1/cpu.max"), "150000 100000".into()),
+                    (p("/cg/skep/n1/t1/memory.max"), "67108864".into()),
                 ],
-                join: vec![p("/cg/skep/t1")],
+                join: vec![p("/cg/skep/n1/t1")],
                 required: true,
             }
         );
-        assert_eq!(own_dirs(&v2(), "t1"), vec![p("/cg/skep/t1")]);
+        assert_eq!(g2().own_dirs("t1"), vec![p("/cg/skep/n1/t1")]);
     }
 
     #[test]
@@ -580,8 +730,12 @@ mod tests {
         let no_memory = Layout::V1 {
             cpu: Some("/cg/cpu".into()),
             memory: None,
+            pids: None,
         };
-        let e = plan(&no_memory, "t1", mem).unwrap_err().to_string();
+        let e = Groups::new(no_memory.clone(), "n1")
+            .plan("t1", mem, PIDS)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("--limit-memory") && e.contains("memory controller"),
             "{e}"
@@ -590,14 +744,60 @@ mod tests {
             root: "/cg".into(),
             cpu: false,
             memory: true,
+            pids: true,
         };
-        let e = plan(&no_cpu, "t1", cpu).unwrap_err().to_string();
+        let e = Groups::new(no_cpu.clone(), "n1")
+            .plan("t1", cpu, PIDS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--limit-cpu"), "{e}");
-        assert!(plan(&Layout::None, "t1", mem).is_err());
-        assert!(plan(&Layout::None, "t1", cpu).is_err());
-        // Without limits the same nodes run the task (grouped where they can).
-        assert!(plan(&no_memory, "t1", Limits::default()).is_ok());
-        assert!(plan(&no_cpu, "t1", Limits::default()).is_ok());
+        assert!(
+            Groups::new(Layout::None, "n1")
+                .plan("t1", mem, PIDS)
+                .is_err()
+        );
+        assert!(
+            Groups::new(Layout::None, "n1")
+                .plan("t1", cpu, PIDS)
+                .is_err()
+        );
+        // Without limits the same nodes run the task (grouped where they can); the cap on
+        // process IDs is the node's, not the task's: without a pids controller it is not
+        // enforced, and the task still runs.
+        assert!(
+            Groups::new(no_memory.clone(), "n1")
+                .plan("t1", Limits::default(), PIDS)
+                .is_ok()
+        );
+        assert!(
+            Groups::new(no_cpu.clone(), "n1")
+                .plan("t1", Limits::default(), PIDS)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn each_agent_has_a_group_of_its_own_and_a_scope_is_one_safe_name() {
+        let other = Groups::new(v1(), "n2")
+            .plan("t1", Limits::default(), PIDS)
+            .unwrap();
+        assert_eq!(
+            other.join,
+            vec![p("/cg/cpu/skep/n2/shared"), p("/cg/pids/skep/n2/shared")]
+        );
+        assert!(
+            other
+                .write
+                .contains(&(p("/cg/pids/skep/n2/pids.max"), "1000".into()))
+        );
+        for bad in ["", "..", "a/b", "../../x", "x y", &"n".repeat(65)] {
+            let g = Groups::new(v1(), bad);
+            assert_eq!(g.own_dirs("t1")[0], p("/cg/cpu/skep/local/t1"), "{bad:?}");
+        }
+        assert_eq!(
+            g1().with_scope("n9").own_dirs("t1")[0],
+            p("/cg/cpu/skep/n9/t1")
+        );
     }
 
     #[test]
@@ -617,13 +817,15 @@ mod tests {
         if !crate::util::root_or_skip() {
             return;
         }
-        let layout = Layout::detect();
+        let groups = Groups::new(Layout::detect(), "unit-tests");
         let id = format!("unit-remove-{}", std::process::id());
         let limits = Limits {
             memory_bytes: 64 << 20,
             nano_cpus: 100_000_000,
         };
-        let plan = plan(&layout, &id, limits).expect("this host mounts cpu and memory");
+        let plan = groups
+            .plan(&id, limits, 0)
+            .expect("this host mounts cpu and memory");
         apply(&plan).unwrap();
         let procs: Vec<String> = plan
             .join
@@ -649,8 +851,9 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never joined");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        remove(&layout, &id);
-        let left: Vec<PathBuf> = own_dirs(&layout, &id)
+        groups.remove(&id);
+        let left: Vec<PathBuf> = groups
+            .own_dirs(&id)
             .into_iter()
             .filter(|d| d.exists())
             .collect();

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::adopt::{self, HelperRecord};
-use super::cgroup::{self, Layout, Limits};
+use super::cgroup::{self, Groups, Layout, Limits};
 use super::spawn;
 use super::{ExecError, ExitSlot, LogEntry, Stopper, TaskHandle, ended_within, parse_env};
 use crate::agent::secrets::ConfigFile;
@@ -46,8 +46,11 @@ pub(crate) struct ExecRuntime {
     /// its own bound before this is covered), then what the daemon names (its data directory,
     /// its socket).
     hide: Vec<PathBuf>,
-    /// How this host's control groups are mounted (read once).
-    cgroups: Arc<Layout>,
+    /// Where its tasks' control groups go (the host's layout, read once, and this agent's
+    /// own group).
+    cgroups: Arc<Groups>,
+    /// The process IDs all exec tasks together may hold (0: no cap).
+    pids_max: u64,
 }
 
 impl ExecRuntime {
@@ -56,8 +59,21 @@ impl ExecRuntime {
             tasks_dir: state_dir.join("tasks"),
             helper,
             hide: vec![state_dir.join(crate::agent::secrets::NODE_DIR)],
-            cgroups: Arc::new(Layout::detect()),
+            cgroups: Arc::new(Groups::new(Layout::detect(), &local_scope(state_dir))),
+            pids_max: cgroup::default_pids_max(),
         }
+    }
+
+    /// Puts this agent's task groups under `skep/<node_id>` (by default `skep/local-<digest
+    /// of the state directory>`).
+    pub(crate) fn set_scope(&mut self, node_id: &str) {
+        self.cgroups = Arc::new(self.cgroups.with_scope(node_id));
+    }
+
+    /// Caps the process IDs all exec tasks together may hold (0: no cap) from the next start
+    /// on (see [`super::Executors::exec_pids_max`]).
+    pub(crate) fn set_pids_max(&mut self, n: u64) {
+        self.pids_max = n;
     }
 
     /// Hides `paths` from every task from now on (see [`super::Executors::hiding`]).
@@ -106,7 +122,7 @@ impl ExecRuntime {
             memory_bytes: task.spec.limits.memory_bytes,
             nano_cpus: task.spec.limits.nano_cpus,
         };
-        let cgroups = cgroup::plan(&self.cgroups, &task.id, limits)?;
+        let cgroups = self.cgroups.plan(&task.id, limits, self.pids_max)?;
 
         let dir = self.task_dir(&task.id);
         let mut helper = tokio::process::Command::new(&self.helper);
@@ -275,14 +291,28 @@ impl ExecRuntime {
 
 /// Removes a task's own control groups (once its processes are gone) on a start thread, and
 /// says so if the kernel killed it for its memory limit.
-async fn release_cgroups(layout: Arc<Layout>, task_id: String) {
+async fn release_cgroups(groups: Arc<Groups>, task_id: String) {
     let _ = spawn::run(move || {
-        if cgroup::was_out_of_memory(&layout, &task_id) {
+        if groups.was_out_of_memory(&task_id) {
             tracing::warn!(task_id = %task_id, "the task reached its memory limit (--limit-memory) and the kernel killed it");
         }
-        cgroup::remove(&layout, &task_id);
+        groups.remove(&task_id);
     })
     .await;
+}
+
+/// The scope of an agent without a node ID (tests driving the runtime directly): unique to
+/// its state directory, so two never share a cap.
+fn local_scope(state_dir: &Path) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        state_dir.as_os_str().as_encoded_bytes(),
+    );
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("local-{hex}")
 }
 
 /// Whether a task was already started ungrouped because the node's control groups could not
@@ -461,7 +491,7 @@ impl ExecStopper {
 /// A handle on a helper a previous agent run started: its end is seen by polling the process
 /// (checked against the record each time), its code read from the exit file stage 1 writes.
 /// The record goes once the end is seen.
-fn adopted_handle(dir: PathBuf, rec: HelperRecord, cgroups: Arc<Layout>) -> TaskHandle {
+fn adopted_handle(dir: PathBuf, rec: HelperRecord, cgroups: Arc<Groups>) -> TaskHandle {
     let pid = Pid::from_raw(rec.pid);
     let (tx, rx) = watch::channel::<ExitSlot>(None);
     let ended = |dir: &Path| {

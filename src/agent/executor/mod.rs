@@ -211,9 +211,13 @@ impl Executors {
         }
     }
 
-    /// Scopes cleanup to the containers of node `node_id` (several nodes may share an engine).
+    /// Scopes cleanup to the containers of node `node_id` (several nodes may share an engine),
+    /// and exec tasks' control groups to `skep/<node_id>`.
     pub fn for_node(mut self, node_id: &str) -> Executors {
         self.node_id = Some(node_id.to_string());
+        if let Some(e) = &mut self.exec {
+            e.set_scope(node_id);
+        }
         self
     }
 
@@ -223,6 +227,16 @@ impl Executors {
     pub fn hiding(mut self, paths: Vec<PathBuf>) -> Executors {
         if let Some(e) = &mut self.exec {
             e.hide(paths);
+        }
+        self
+    }
+
+    /// Caps the process IDs all exec tasks of this node together may hold (`skep daemon
+    /// --exec-pids-max`; 0: no cap; by default half the kernel's limit): a fork bomb in one
+    /// task stops there, and the daemon and the host keep the rest.
+    pub fn exec_pids_max(mut self, n: u64) -> Executors {
+        if let Some(e) = &mut self.exec {
+            e.set_pids_max(n);
         }
         self
     }
