@@ -347,7 +347,7 @@ impl StartJob {
             Err(e) if self.cgroups.required => return Err(e.into()),
             Err(e) => {
                 if !UNGROUPED.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "exec tasks run outside a control group of their own: together they compete with the daemon for CPU as separate processes");
+                    tracing::warn!(error = %e, "exec tasks without limits run outside skep's control groups: no cap on their process IDs (--exec-pids-max), and they compete with the daemon for CPU one by one");
                 }
             }
         }
