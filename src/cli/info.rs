@@ -169,11 +169,16 @@ pub(super) fn info_json(i: &InfoResponse) -> Value {
             }),
         );
     }
-    json!({
+    let mut info = json!({
         "ID": i.node_id,
         "ServerVersion": env!("CARGO_PKG_VERSION"),
         "Swarm": swarm,
-    })
+    });
+    if let (false, Some(o)) = (i.cgroup_version.is_empty(), info.as_object_mut()) {
+        o.insert("CgroupVersion".into(), json!(i.cgroup_version));
+        o.insert("ExecPidsLimit".into(), json!(i.exec_pids_max));
+    }
+    info
 }
 
 /// `info` as Docker's Swarm section reads, with skep's Raft and certificate lines.
@@ -189,6 +194,14 @@ pub(super) fn info_text(v: &Value, context: &str) -> String {
     let _ = writeln!(out, " Context:    {context}");
     let _ = writeln!(out, "\nServer:");
     let _ = writeln!(out, " Server Version: {}", s(&v["ServerVersion"]));
+    if !v["CgroupVersion"].is_null() {
+        let _ = writeln!(out, " Cgroup Version: {}", s(&v["CgroupVersion"]));
+        let cap = match &v["ExecPidsLimit"] {
+            Value::Number(n) if n.as_u64() != Some(0) => n.to_string(),
+            _ => "none".into(),
+        };
+        let _ = writeln!(out, " Exec Tasks PIDs Limit: {cap}");
+    }
     let _ = writeln!(out, " Swarm: {}", s(&sw["LocalNodeState"]));
     if sw["LocalNodeState"] == "inactive" {
         return out;
@@ -313,6 +326,25 @@ mod tests {
         let t =
             Compiled::new("{{.Swarm.NodeID}} {{.Swarm.Managers}} {{.Swarm.Cluster.ID}}").unwrap();
         assert_eq!(t.render(&v).unwrap(), "n1 1 c1");
+    }
+
+    #[test]
+    fn info_shows_the_exec_tasks_isolation_as_docker_shows_its_cgroups() {
+        let mut i = manager();
+        let v = info_json(&i);
+        assert!(!info_text(&v, "default").contains("Cgroup Version"));
+        (i.cgroup_version, i.exec_pids_max) = ("1".into(), 16384);
+        let v = info_json(&i);
+        let text = info_text(&v, "default");
+        assert!(
+            text.contains(" Cgroup Version: 1\n Exec Tasks PIDs Limit: 16384\n"),
+            "{text}"
+        );
+        let t = Compiled::new("{{.CgroupVersion}} {{.ExecPidsLimit}}").unwrap();
+        assert_eq!(t.render(&v).unwrap(), "1 16384");
+        i.exec_pids_max = 0;
+        let text = info_text(&info_json(&i), "default");
+        assert!(text.contains(" Exec Tasks PIDs Limit: none\n"), "{text}");
     }
 
     #[test]

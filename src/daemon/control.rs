@@ -185,6 +185,10 @@ impl Control for ControlService {
                         .unwrap_or_default(),
                     ..Default::default()
                 };
+                if let Some((version, cap)) = r.supervisor.executors().exec_isolation() {
+                    resp.cgroup_version = version.into();
+                    resp.exec_pids_max = cap;
+                }
                 if let Some(m) = &r.manager {
                     super::info::fill_manager(&mut resp, m);
                 }

@@ -316,7 +316,8 @@ async fn exec_tasks_together_stop_at_the_nodes_cap_on_process_ids() {
 }
 
 /// End to end: `skep daemon --exec-pids-max 40`: a service forking 60 processes fails as its
-/// shell cannot fork, one forking 10 completes beside it, and the daemon keeps answering.
+/// shell cannot fork, one forking 10 completes beside it, the daemon keeps answering, and
+/// `skep info` shows the cap.
 #[test]
 fn a_nodes_cap_on_exec_process_ids_holds_end_to_end() {
     let c = Cluster::init_opts(1, 0, &[], &["--exec-pids-max", "40"]);
@@ -332,6 +333,13 @@ fn a_nodes_cap_on_exec_process_ids_holds_end_to_end() {
         "{bomb}"
     );
     m.cli_ok(&["node", "ls"]);
+    // The operator sees what holds the node's exec tasks, as `docker info` shows its cgroups.
+    let info = m.cli_ok(&["info"]);
+    assert!(info.contains(" Exec Tasks PIDs Limit: 40\n"), "{info}");
+    assert!(
+        info.contains(" Cgroup Version: 1\n") || info.contains(" Cgroup Version: 2\n"),
+        "{info}"
+    );
 }
 
 /// The state and error of `service`'s task once it has ended (`Complete ...` or

@@ -264,6 +264,25 @@ impl Groups {
         }
     }
 
+    /// The cgroup version of the host's layout, as `docker info` names it: `1`, `2`, or
+    /// `none`.
+    pub(crate) fn version(&self) -> &'static str {
+        match self.layout {
+            Layout::V1 { .. } => "1",
+            Layout::V2 { .. } => "2",
+            Layout::None => "none",
+        }
+    }
+
+    /// Whether the host has a `pids` controller for the exec tasks' cap.
+    pub(crate) fn has_pids(&self) -> bool {
+        match &self.layout {
+            Layout::V1 { pids, .. } => pids.is_some(),
+            Layout::V2 { pids, .. } => *pids,
+            Layout::None => false,
+        }
+    }
+
     /// The same layout with another scope.
     pub(crate) fn with_scope(&self, scope: &str) -> Groups {
         Groups::new(self.layout.clone(), scope)

@@ -64,6 +64,17 @@ impl ExecRuntime {
         }
     }
 
+    /// The cgroup version its tasks' limits use (`1`, `2` or `none`) and the cap on their
+    /// process IDs in force (0: none, or no `pids` controller to hold it).
+    pub(crate) fn isolation(&self) -> (&'static str, u64) {
+        let cap = if self.cgroups.has_pids() {
+            self.pids_max
+        } else {
+            0
+        };
+        (self.cgroups.version(), cap)
+    }
+
     /// Puts this agent's task groups under `skep/<node_id>` (by default `skep/local-<digest
     /// of the state directory>`).
     pub(crate) fn set_scope(&mut self, node_id: &str) {

@@ -241,6 +241,12 @@ impl Executors {
         self
     }
 
+    /// With the exec runtime: the cgroup version its tasks' limits use (`1`, `2` or `none`)
+    /// and the cap on their process IDs in force (0: none), as `skep info` shows them.
+    pub fn exec_isolation(&self) -> Option<(&'static str, u64)> {
+        self.exec.as_ref().map(|e| e.isolation())
+    }
+
     /// The init helper exec tasks run through, if the exec runtime is available (health
     /// checks of exec tasks run through it too, unprivileged).
     pub fn exec_helper(&self) -> Option<&Path> {
