@@ -1,7 +1,8 @@
 //! Exec tasks' resource limits, on this host's real control groups: `--limit-memory` gets a
-//! task killed by the kernel, not the node's memory eaten; `--limit-cpu` throttles it; a task
-//! cannot leave its group or raise its limits; its groups go when it ends. Needs root (the exec
-//! runtime) and a cgroup file system with the `cpu` and `memory` controllers (v1 or v2).
+//! task killed by the kernel, not the node's memory eaten; `--limit-cpu` throttles it; the
+//! node's cap on exec tasks' process IDs stops a fork bomb; a task cannot leave its group or
+//! raise its limits; its groups go when it ends. Needs root (the exec runtime) and a cgroup
+//! file system with the `cpu`, `memory` and `pids` controllers (v1 or v2).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
