@@ -240,6 +240,16 @@ pub(crate) fn default_pids_max() -> u64 {
     (limit / 2).max(1)
 }
 
+/// What `pids.max` says for a cap of `n` process IDs: `max` for 0 (none), written all the
+/// same, so a cap an earlier run set does not outlive `--exec-pids-max 0`.
+fn pids_cap(n: u64) -> String {
+    if n == 0 {
+        "max".to_string()
+    } else {
+        n.to_string()
+    }
+}
+
 /// Where one agent's exec tasks go: the host's [`Layout`], and the agent's own group under
 /// [`GROUP`] (`skep/<scope>`, the node's ID), so that several daemons on one host (tests, a
 /// lab) keep their tasks and their caps apart.
@@ -337,10 +347,8 @@ impl Groups {
                     let dir = self.base(pids).join(leaf);
                     p.make
                         .extend([pids.join(GROUP), self.base(pids), dir.clone()]);
-                    if pids_max > 0 {
-                        p.write
-                            .push((self.base(pids).join("pids.max"), pids_max.to_string()));
-                    }
+                    p.write
+                        .push((self.base(pids).join("pids.max"), pids_cap(pids_max)));
                     p.join.push(dir);
                 }
                 if let Some(memory) = memory
@@ -384,8 +392,8 @@ impl Groups {
                             .push((level.join("cgroup.subtree_control"), enable.clone()));
                     }
                 }
-                if *pids && pids_max > 0 {
-                    p.write.push((base.join("pids.max"), pids_max.to_string()));
+                if *pids {
+                    p.write.push((base.join("pids.max"), pids_cap(pids_max)));
                 }
                 if limits.nano_cpus > 0 {
                     p.write.push((
@@ -631,9 +639,12 @@ mod tests {
             v2.write
                 .contains(&(p("/cg/skep/n1/pids.max"), "1000".into()))
         );
-        // No cap asked for: none written.
+        // No cap asked for: `max` written, so an earlier run's cap does not stay.
         let uncapped = g1().plan("t1", Limits::default(), 0).unwrap();
-        assert!(uncapped.write.is_empty(), "{uncapped:?}");
+        assert_eq!(
+            uncapped.write,
+            vec![(p("/cg/pids/skep/n1/pids.max"), "max".into())]
+        );
         let none = Groups::new(Layout::None, "n1")
             .plan("t1", Limits::default(), PIDS)
             .unwrap();
@@ -690,10 +701,13 @@ mod tests {
             .unwrap();
         assert_eq!(
             mem_only.write,
-            vec![(
-                p("/cg/memory/skep/n1/t1/memory.limit_in_bytes"),
-                "8388608".into()
-            )]
+            vec![
+                (p("/cg/pids/skep/n1/pids.max"), "max".into()),
+                (
+                    p("/cg/memory/skep/n1/t1/memory.limit_in_bytes"),
+                    "8388608".into()
+                )
+            ]
         );
         assert_eq!(
             g1().own_dirs("t1"),
