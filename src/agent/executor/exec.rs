@@ -634,6 +634,41 @@ fn parse_output_line(l: &str) -> LogEntry {
 mod tests {
     use super::*;
 
+    /// The shell around `Groups::plan` and `apply` fails closed: a task with a limit the node
+    /// cannot enforce (no controller; a group that cannot be made) does not start, and the
+    /// helper (absent here, so a start that went on would fail differently) is never run.
+    #[tokio::test]
+    async fn a_limit_the_node_cannot_enforce_fails_the_start() {
+        let state = tempfile::tempdir().unwrap();
+        let mut task = crate::store::fixtures::task();
+        task.id = "t-limits".into();
+        task.spec.command = vec!["/bin/sh".into(), "-c".into(), "true".into()];
+        task.spec.limits.memory_bytes = 32 << 20;
+        let no_helper = state.path().join("no-such-helper");
+        let unusable = [
+            Layout::None,
+            Layout::V1 {
+                cpu: None,
+                memory: Some(state.path().join("not-a-cgroup-fs").join("x")),
+                pids: None,
+            },
+        ];
+        for layout in unusable {
+            let mut rt = ExecRuntime::new(state.path(), no_helper.clone());
+            rt.cgroups = Arc::new(Groups::new(layout.clone(), "n1"));
+            match rt.start(&task, None, &[], None).await {
+                Err(ExecError::Limits(e)) => assert!(
+                    e.to_string().contains("--limit-memory")
+                        || e.to_string().contains("not-a-cgroup-fs"),
+                    "{e}"
+                ),
+                Err(other) => panic!("{layout:?}: started past the limit check: {other}"),
+                Ok(_) => panic!("{layout:?}: started without its limit"),
+            }
+            assert!(!state.path().join("tasks").join(&task.id).exists());
+        }
+    }
+
     #[test]
     fn programs_are_resolved_like_execvp() {
         assert!(resolve_program("sh", "/nonexistent:/bin:/usr/bin").is_some());
