@@ -117,7 +117,7 @@ fn loops() -> usize {
 
 fn main() {
     let tasks = env_or("SKEP_BENCH_NOISY_TASKS", 8);
-    let calls = env_or("SKEP_BENCH_NOISY_CALLS", 300);
+    let calls = env_or("SKEP_BENCH_NOISY_CALLS", 300).max(1);
     let root = tempfile::tempdir().unwrap();
     let c = Cluster {
         daemons: vec![Daemon::start(root.path(), "m", ADDR)],
