@@ -45,6 +45,11 @@ pub(super) fn service(s: &Service) -> Value {
         RestartCondition::OnFailure => "on-failure",
         RestartCondition::Any => "any",
     };
+    // Docker leaves out a zero `Pids`.
+    let mut limit = json!({"NanoCPUs": t.limits.nano_cpus, "MemoryBytes": t.limits.memory_bytes});
+    if t.limits.pids > 0 {
+        limit["Pids"] = t.limits.pids.into();
+    }
     let docker = json!({
         "ID": s.id,
         "Version": { "Index": s.version },
@@ -62,7 +67,7 @@ pub(super) fn service(s: &Service) -> Value {
                     "Configs": configs,
                 },
                 "Resources": {
-                    "Limits": {"NanoCPUs": t.limits.nano_cpus, "MemoryBytes": t.limits.memory_bytes},
+                    "Limits": limit,
                     "Reservations": {"NanoCPUs": t.reservations.nano_cpus,
                                      "MemoryBytes": t.reservations.memory_bytes},
                 },

@@ -683,8 +683,12 @@ pub(super) fn pretty(s: &Service) -> String {
     let (r, l) = (task.reservations, task.limits);
     if r != Default::default() || l != Default::default() {
         line("Resources", "");
-        for (title, res) in [(" Reservations", r), (" Limits", l)] {
-            if res == Default::default() {
+        let lim = crate::store::service::Resources {
+            nano_cpus: l.nano_cpus,
+            memory_bytes: l.memory_bytes,
+        };
+        for (title, res, pids) in [(" Reservations", r, 0), (" Limits", lim, l.pids)] {
+            if res == Default::default() && pids == 0 {
                 continue;
             }
             line(title, "");
@@ -693,6 +697,9 @@ pub(super) fn pretty(s: &Service) -> String {
             }
             if res.memory_bytes > 0 {
                 line("  Memory", &bytes(res.memory_bytes));
+            }
+            if pids > 0 {
+                line("  PIDs", &pids.to_string());
             }
         }
     }

@@ -143,6 +143,9 @@ pub(super) struct SpecFlags {
     /// Limit memory (e.g. 512M).
     #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
     pub limit_memory: Option<u64>,
+    /// Limit the processes and threads a task may hold at once (0: no limit).
+    #[arg(long, value_name = "N")]
+    pub limit_pids: Option<u64>,
 
     /// Maximum number of tasks updated simultaneously (0 to update all at once; default 1).
     #[arg(long, value_name = "N")]
@@ -255,6 +258,7 @@ impl SpecFlags {
             reserve_memory,
             limit_cpu,
             limit_memory,
+            limit_pids,
             update_parallelism,
             update_delay,
             update_order,
@@ -280,6 +284,7 @@ impl SpecFlags {
             || reserve_memory.is_some()
             || limit_cpu.is_some()
             || limit_memory.is_some()
+            || limit_pids.is_some()
             || update_parallelism.is_some()
             || update_delay.is_some()
             || update_order.is_some()
@@ -327,6 +332,9 @@ impl SpecFlags {
         }
         if let Some(n) = self.limit_memory {
             task.limits.memory_bytes = n;
+        }
+        if let Some(n) = self.limit_pids {
+            task.limits.pids = n;
         }
         let (r, l) = (task.reservations, task.limits);
         if l.nano_cpus > 0 && r.nano_cpus > l.nano_cpus {
@@ -1223,6 +1231,7 @@ mod tests {
             reserve_cpu: Some(500_000_000),
             reserve_memory: Some(64 << 20),
             limit_cpu: Some(1_000_000_000),
+            limit_pids: Some(100),
             update_parallelism: Some(2),
             update_delay: Some(Duration::from_secs(1)),
             update_order: Some(OrderArg::StartFirst),
@@ -1248,6 +1257,7 @@ mod tests {
         assert_eq!(spec.task.reservations.nano_cpus, 500_000_000);
         assert_eq!(spec.task.reservations.memory_bytes, 64 << 20);
         assert_eq!(spec.task.limits.nano_cpus, 1_000_000_000);
+        assert_eq!(spec.task.limits.pids, 100);
         assert_eq!(spec.update.parallelism, 2);
         assert_eq!(spec.update.delay_ms, 1_000);
         assert_eq!(spec.update.order, UpdateOrder::StartFirst);

@@ -7,7 +7,7 @@
 //! values that parsed.
 
 use crate::store::service::{
-    Constraint, ConstraintOp, HealthCheck, Mode, PortConfig, PortIdentity, PortProtocol,
+    Constraint, ConstraintOp, HealthCheck, Limit, Mode, PortConfig, PortIdentity, PortProtocol,
     PublishMode, Resources, Runtime, ServiceSpec, TaskSpec, UpdateConfig,
 };
 
@@ -691,9 +691,18 @@ fn check_update(section: &'static str, u: &UpdateConfig) -> Result<(), SpecError
     Ok(())
 }
 
-fn check_resources(res: &Resources, lim: &Resources) -> Result<(), SpecError> {
+/// The most process IDs a `--limit-pids` may give: the kernel's own ceiling on `pid_max`.
+pub const MAX_PIDS: u64 = 1 << 22;
+
+fn check_resources(res: &Resources, lim: &Limit) -> Result<(), SpecError> {
     const MIN_MEMORY: u64 = 4 * 1024 * 1024;
     const MIN_CPU: u64 = 1_000_000;
+    if lim.pids > MAX_PIDS {
+        return Err(SpecError::Resources {
+            field: "limits.pids",
+            reason: format!("{} is more than the kernel's {MAX_PIDS}", lim.pids),
+        });
+    }
     for (field, v) in [
         ("limits.memory_bytes", lim.memory_bytes),
         ("reservations.memory_bytes", res.memory_bytes),
@@ -921,6 +930,11 @@ mod tests {
         s.task.reservations.memory_bytes = 1 << 30;
         s.task.limits.memory_bytes = 1 << 29;
         assert!(field_of(&s).starts_with("reservations.memory_bytes: "));
+        let mut s = spec();
+        s.task.limits.pids = MAX_PIDS + 1;
+        assert!(field_of(&s).starts_with("limits.pids: "));
+        s.task.limits.pids = MAX_PIDS;
+        assert!(validate(&s).is_ok());
 
         let mut s = spec();
         s.task.constraints = vec![Constraint {
@@ -1053,6 +1067,20 @@ mod tests {
         s.ports = vec![parse_publish("published=8443,target=443,identity=required").unwrap()];
         s.task.identity = false;
         assert!(matches!(validate(&s), Err(SpecError::Publish { .. })));
+    }
+
+    #[test]
+    fn a_pids_limit_reads_old_specs_and_survives_the_raft_encoding() {
+        // A snapshot (JSON) written before `--limit-pids` existed: no limit.
+        let old: Limit =
+            serde_json::from_str(r#"{"nano_cpus":1000000000,"memory_bytes":0}"#).unwrap();
+        assert_eq!(old.pids, 0);
+        let mut spec = spec();
+        spec.task.limits.pids = 64;
+        spec.task.env = vec!["AFTER=1".into()];
+        let bytes = crate::store::wire::encode(&spec).unwrap();
+        let back: ServiceSpec = crate::store::wire::decode(&bytes).unwrap();
+        assert_eq!(back, spec);
     }
 
     #[test]

@@ -15,8 +15,8 @@ use super::tree::{child, join, keep, list_to_map, to_int, to_str};
 use super::words::millis;
 use super::yaml::{Key, Node, Value};
 use crate::store::service::{
-    Constraint, FailureAction, Resources, RestartCondition, RestartPolicy, TaskSpec, UpdateConfig,
-    UpdateOrder,
+    Constraint, FailureAction, Limit, Resources, RestartCondition, RestartPolicy, TaskSpec,
+    UpdateConfig, UpdateOrder,
 };
 
 /// The keys of `deploy` skep supports.
@@ -34,6 +34,13 @@ const DEPLOY_KEYS: &[&str] = &[
 /// `order:` of `update_config` and `rollback_config`, taken out before typing (the crate's
 /// struct lacks it).
 type Orders = BTreeMap<&'static str, (Key, Node)>;
+
+/// What [`prune`] takes out before typing: the keys the crate's structs lack.
+struct Taken {
+    orders: Orders,
+    /// `resources.limits.pids`.
+    pids: Option<(Key, Node)>,
+}
 
 /// `deploy:`, when given.
 pub(super) fn deploy(
@@ -55,7 +62,7 @@ pub(super) fn deploy(
             format!("expected a mapping, found {}", dv.kind()),
         ));
     }
-    let orders = prune(ctx, &b.owner, &mut dv);
+    let Taken { orders, pids } = prune(ctx, &b.owner, &mut dv);
     let mut mode_text = String::new();
     let mut replicas = None;
     for (k, v) in dv.entries().to_vec() {
@@ -102,14 +109,31 @@ pub(super) fn deploy(
             _ => {}
         }
     }
+    if let Some((k, v)) = pids {
+        let kpath = join(&path, "resources.limits.pids");
+        b.spec.task.limits.pids = match v.value {
+            Value::Int(n) => u64::try_from(n).ok(),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            ctx.invalid_at(
+                &k,
+                &kpath,
+                format!(
+                    "expected a count of processes (0: no limit), found {}",
+                    v.kind()
+                ),
+            )
+        })?;
+    }
     b.spec.mode = crate::spec::service::parse_mode(&mode_text, replicas)
         .map_err(|e| ctx.invalid_at(&dk, &path, e.to_string()))?;
     Ok(())
 }
 
 /// Drops (with a warning) what skep does not support and coerces scalars the crate wants
-/// typed otherwise; returns the `order:` values it took out.
-fn prune(ctx: &mut Ctx<'_>, owner: &str, dv: &mut Node) -> Orders {
+/// typed otherwise; returns what it took out that the crate's structs lack.
+fn prune(ctx: &mut Ctx<'_>, owner: &str, dv: &mut Node) -> Taken {
     if dv.get("endpoint_mode").is_some() {
         ctx.unsupported(
             owner,
@@ -122,9 +146,7 @@ fn prune(ctx: &mut Ctx<'_>, owner: &str, dv: &mut Node) -> Orders {
     if let Some(n) = child(dv, "replicas") {
         to_int(n);
     }
-    if let Some(r) = child(dv, "resources") {
-        prune_resources(ctx, owner, r);
-    }
+    let pids = child(dv, "resources").and_then(|r| prune_resources(ctx, owner, r));
     if let Some(r) = child(dv, "restart_policy") {
         keep(
             ctx,
@@ -152,11 +174,12 @@ fn prune(ctx: &mut Ctx<'_>, owner: &str, dv: &mut Node) -> Orders {
             }
         }
     }
-    orders
+    Taken { orders, pids }
 }
 
-/// `resources`: `limits` and `reservations`, each `cpus` and `memory`.
-fn prune_resources(ctx: &mut Ctx<'_>, owner: &str, r: &mut Node) {
+/// `resources`: `limits` and `reservations`, each `cpus` and `memory`, and `limits.pids`,
+/// which it takes out and returns (the crate's struct lacks it).
+fn prune_resources(ctx: &mut Ctx<'_>, owner: &str, r: &mut Node) -> Option<(Key, Node)> {
     keep(
         ctx,
         r,
@@ -164,22 +187,29 @@ fn prune_resources(ctx: &mut Ctx<'_>, owner: &str, r: &mut Node) {
         "deploy.resources",
         &["limits", "reservations"],
     );
+    let mut pids = None;
     for which in ["limits", "reservations"] {
         if let Some(l) = child(r, which) {
-            keep(
-                ctx,
-                l,
-                owner,
-                &format!("deploy.resources.{which}"),
-                &["cpus", "memory"],
-            );
+            let allowed: &[&str] = if which == "limits" {
+                &["cpus", "memory", "pids"]
+            } else {
+                &["cpus", "memory"]
+            };
+            keep(ctx, l, owner, &format!("deploy.resources.{which}"), allowed);
             for f in ["cpus", "memory"] {
                 if let Some(x) = child(l, f) {
                     to_str(x);
                 }
             }
+            if which == "limits" {
+                pids = l.take("pids").map(|(k, mut v)| {
+                    to_int(&mut v);
+                    (k, v)
+                });
+            }
         }
     }
+    pids
 }
 
 /// `update_config` and `rollback_config`, their `order:` taken out.
@@ -232,19 +262,27 @@ fn update_key(
     Ok(())
 }
 
-/// `resources`: `limits` and `reservations`.
+/// `resources`: `limits` and `reservations` (`limits.pids` is read apart, after).
 fn resources(task: &mut TaskSpec, r: dct::Resources) -> Result<(), String> {
     if let Some(l) = r.limits {
-        task.limits = limits(&l)?;
+        let Resources {
+            nano_cpus,
+            memory_bytes,
+        } = amounts(&l)?;
+        task.limits = Limit {
+            nano_cpus,
+            memory_bytes,
+            pids: 0,
+        };
     }
     if let Some(l) = r.reservations {
-        task.reservations = limits(&l)?;
+        task.reservations = amounts(&l)?;
     }
     Ok(())
 }
 
 /// `cpus` and `memory` in Docker's notation.
-fn limits(l: &dct::Limits) -> Result<Resources, String> {
+fn amounts(l: &dct::Limits) -> Result<Resources, String> {
     let mut r = Resources::default();
     if let Some(c) = l.cpus.as_deref() {
         r.nano_cpus = crate::spec::service::parse_cpus(c.trim())?;

@@ -507,6 +507,26 @@ services:
     let agent = &s.services[1];
     assert_eq!(agent.mode, Mode::Global);
     assert_eq!(agent.task.command, ["sh", "-c", "echo \"hi there\""]);
+    // Compose's `limits.pids` (Docker's `--limit-pids`), as a number or a string.
+    for (pids, want) in [("10", 10), ("'20'", 20), ("0", 0)] {
+        let text = format!(
+            "services:\n  a:\n    image: nginx\n    deploy:\n      resources:\n        limits: {{cpus: 0.5, pids: {pids}}}\n"
+        );
+        let s = load_one(&text).unwrap();
+        assert_eq!(s.services[0].task.limits.pids, want, "{pids}");
+        assert_eq!(s.services[0].task.limits.nano_cpus, 500_000_000, "{pids}");
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+    }
+    for bad in ["-1", "lots", "[1]", "1.5"] {
+        let text = format!(
+            "services:\n  a:\n    image: nginx\n    deploy:\n      resources:\n        limits: {{pids: {bad}}}\n"
+        );
+        let e = err(load_one(&text));
+        assert!(
+            e.contains("line 6") && e.contains("deploy.resources.limits.pids"),
+            "{bad}: {e}"
+        );
+    }
     // Global with replicas is refused as Docker refuses it.
     let e = err(load_one(
         "services:\n  a:\n    image: nginx\n    deploy: {mode: global, replicas: 2}\n",
@@ -531,7 +551,7 @@ services:
       max_replicas_per_node: 2
       restart_policy: {condition: any, window: 5s}
       resources:
-        limits: {pids: 10}
+        reservations: {pids: 10}
 networks:
   front:
     driver: bridge
@@ -548,7 +568,7 @@ volumes:
         "service web: key `deploy.endpoint_mode` is not supported",
         "service web: key `deploy.max_replicas_per_node` is not supported",
         "service web: key `deploy.restart_policy.window` is not supported",
-        "service web: key `deploy.resources.limits.pids` is not supported",
+        "service web: key `deploy.resources.reservations.pids` is not supported",
         "service web: key `networks.front.aliases` is not supported",
         "network front: key `ipam` is not supported",
         "driver \"bridge\" is not supported",

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::model::{Availability, Cluster, Node, NodeRole, NodeState};
 use super::service::{
-    DesiredState, Resources, RestartPolicy, Runtime, Task, TaskSpec, TaskState, TaskStatus,
+    DesiredState, Limit, Resources, RestartPolicy, Runtime, Task, TaskSpec, TaskState, TaskStatus,
 };
 
 /// An exec task's spec running `/bin/sleep 1000`, with no limits, secrets, ports or networks.
@@ -20,7 +20,7 @@ pub fn task_spec() -> TaskSpec {
         restart: RestartPolicy::default(),
         constraints: vec![],
         reservations: Resources::default(),
-        limits: Resources::default(),
+        limits: Limit::default(),
         secrets: vec![],
         ports: Vec::new(),
         networks: Vec::new(),

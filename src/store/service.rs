@@ -151,6 +151,19 @@ pub struct Resources {
     pub memory_bytes: u64,
 }
 
+/// The most a task may use (Docker's `Limit`; 0: no limit): what [`Resources`] counts, and
+/// process IDs, which a node offers and a task reserves none of.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limit {
+    /// CPU in billionths of a core.
+    pub nano_cpus: u64,
+    /// Memory in bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads its processes may hold at once (`--limit-pids`).
+    #[serde(default)]
+    pub pids: u64,
+}
+
 /// What one task runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -168,8 +181,8 @@ pub struct TaskSpec {
     pub constraints: Vec<Constraint>,
     /// Reserved resources, subtracted from a node's capacity by the scheduler.
     pub reservations: Resources,
-    /// Limits handed to the runtime.
-    pub limits: Resources,
+    /// Limits the runtime enforces.
+    pub limits: Limit,
     /// Secrets the tasks receive (`--secret`).
     #[serde(default)]
     pub secrets: Vec<SecretRef>,
@@ -267,7 +280,7 @@ impl TaskSpec {
             restart: RestartPolicy::default(),
             constraints: Vec::new(),
             reservations: Resources::default(),
-            limits: Resources::default(),
+            limits: Limit::default(),
             secrets: Vec::new(),
             configs: Vec::new(),
             ports: Vec::new(),

@@ -1,7 +1,8 @@
 //! Exec tasks' resource limits, on this host's real control groups: `--limit-memory` gets a
 //! task killed by the kernel, not the node's memory eaten; `--limit-cpu` throttles it; the
 //! node's cap on exec tasks' process IDs stops a fork bomb; a task cannot leave its group or
-//! raise its limits; its groups go when it ends. Needs root (the exec runtime) and a cgroup
+//! raise its limits; its groups go when it ends; a task's own `--limit-pids` stops its fork
+//! bomb alone. Needs root (the exec runtime) and a cgroup
 //! file system with the `cpu`, `memory` and `pids` controllers (v1 or v2).
 
 use std::path::{Path, PathBuf};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use skep::agent::executor::LogEntry;
 use skep::store::fixtures;
-use skep::store::service::{Resources, Runtime, Task, TaskSpec};
+use skep::store::service::{Limit, Runtime, Task, TaskSpec};
 
 use crate::harness::{
     Cluster, exec_executors, exec_service, json_lines, timeout, unique_id, wait_bounded, wait_for,
@@ -29,9 +30,10 @@ fn limited(script: &str, memory_bytes: u64, nano_cpus: u64) -> Task {
             runtime: Runtime::Exec,
             image: String::new(),
             command: ["/bin/sh", "-c", script].map(String::from).to_vec(),
-            limits: Resources {
+            limits: Limit {
                 memory_bytes,
                 nano_cpus,
+                pids: 0,
             },
             ..fixtures::task_spec()
         },
@@ -316,6 +318,54 @@ async fn exec_tasks_together_stop_at_the_nodes_cap_on_process_ids() {
     ex.remove(&bomb).await;
 }
 
+/// Break it: a fork bomb in a task with its own `--limit-pids 20`. Its shell cannot fork the
+/// 40 sleeps it wants (exit 2, "Cannot fork") while a task without a limit beside it holds
+/// its 40, and the node's cap (default) is far from reached: one task's bomb no longer takes
+/// what the node's other exec tasks need. Without the task's limit both hold 40.
+#[tokio::test]
+async fn a_tasks_own_limit_on_process_ids_stops_its_fork_bomb_alone() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    let script =
+        "cat /proc/self/cgroup; for i in $(seq 40); do sleep 120 & done; echo holding; wait";
+    let free = limited(script, 0, 0);
+    let mut h1 = ex.start(&free, None).await.unwrap();
+    let output = state.path().join("tasks").join(&free.id).join("output");
+    wait_for(timeout(), "the free task to hold its 40 processes", || {
+        let text = std::fs::read_to_string(&output).unwrap_or_default();
+        if text.contains(" holding") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    let mut bomb = limited(script, 0, 0);
+    bomb.spec.limits.pids = 20;
+    let mut h2 = ex.start(&bomb, None).await.unwrap();
+    assert_eq!(
+        wait_bounded(&mut h2, 30).await,
+        2,
+        "its shell could not fork"
+    );
+    let logs = ex.logs(&bomb, 0, 0).await.unwrap();
+    assert!(
+        logs.iter().any(|e| e.line.contains("Cannot fork")),
+        "{logs:?}"
+    );
+    assert!(!logs.iter().any(|e| e.line == "holding"), "{logs:?}");
+    assert_eq!(h1.exit_code(), None, "the free task still runs");
+    let dirs = printed_groups(state.path(), &bomb.id);
+    h1.stop(Duration::from_secs(2)).await.unwrap();
+    wait_bounded(&mut h1, 10).await;
+    ex.remove(&free).await;
+    ex.remove(&bomb).await;
+    for d in dirs {
+        assert!(!d.exists(), "{} is left after the task ended", d.display());
+    }
+}
+
 /// End to end: `skep daemon --exec-pids-max 40`: a service forking 60 processes fails as its
 /// shell cannot fork, one forking 10 completes beside it, the daemon keeps answering, and
 /// `skep info` shows the cap.
@@ -358,6 +408,40 @@ fn ended(m: &crate::harness::Node, service: &str) -> String {
             })
             .ok_or_else(|| format!("{tasks:?}"))
     })
+}
+
+/// End to end: `service create --runtime exec --limit-pids 20` through a real daemon: a task
+/// forking 40 fails (`non-zero exit (2)`), one forking 10 under the same limit completes, and
+/// `service inspect` shows the limit as Docker does (`PIDs:` in `--pretty`,
+/// `.Spec.TaskTemplate.Resources.Limits.Pids`).
+#[test]
+fn an_exec_services_limit_on_process_ids_holds_end_to_end() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let forks = |n: usize| format!("for i in $(seq {n}); do sleep 5 & done; wait");
+    let flags = ["--restart-condition", "none", "--limit-pids", "20"];
+    exec_service(m, "pids-10", &flags, &forks(10));
+    exec_service(m, "pids-40", &flags, &forks(40));
+    let small = ended(m, "pids-10");
+    assert!(small.starts_with("Complete"), "{small}");
+    let bomb = ended(m, "pids-40");
+    assert!(
+        bomb.starts_with("Failed") && bomb.contains("non-zero exit (2)"),
+        "{bomb}"
+    );
+    let pretty = m.cli_ok(&["service", "inspect", "--pretty", "pids-40"]);
+    assert!(
+        pretty.contains(" Limits:\n") && pretty.contains("  PIDs:"),
+        "{pretty}"
+    );
+    let pids = m.cli_ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.TaskTemplate.Resources.Limits.Pids}}",
+        "pids-40",
+    ]);
+    assert_eq!(pids.trim(), "20");
 }
 
 /// End to end: `service create --runtime exec --limit-memory` through a real daemon. The task

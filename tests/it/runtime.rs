@@ -459,6 +459,57 @@ async fn docker_exit_code_and_logs() {
     ex.remove(&t).await;
 }
 
+/// The limits reach the engine as Docker Swarm hands them over: the container's `HostConfig`
+/// has the task's CPU, memory and process limits (the engine enforces them).
+#[tokio::test]
+async fn docker_containers_get_the_tasks_limits() {
+    let _shared = DOCKER.read().await;
+    let state = tempfile::tempdir().unwrap();
+    let Some((ex, image)) = docker_executors(state.path()).await else {
+        return;
+    };
+    let mut t = task(Runtime::Docker, image, &["/prog", "sleep"], &[]);
+    t.spec.limits = skep::store::service::Limit {
+        nano_cpus: 500_000_000,
+        memory_bytes: 64 << 20,
+        pids: 20,
+    };
+    let mut h = ex.start(&t, None).await.unwrap();
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!(
+                "label={}={}",
+                skep::agent::executor::docker::LABEL_TASK_ID,
+                t.id
+            ),
+        ])
+        .output()
+        .unwrap();
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(!id.is_empty(), "no container for {}", t.id);
+    let out = std::process::Command::new("docker")
+        .args([
+            "inspect",
+            "-f",
+            "{{.HostConfig.NanoCpus}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}",
+            &id,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "500000000 67108864 20",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    h.stop(Duration::from_secs(2)).await.unwrap();
+    wait_bounded(&mut h, 30).await;
+    ex.remove(&t).await;
+}
+
 #[tokio::test]
 async fn docker_stop() {
     let _shared = DOCKER.read().await;

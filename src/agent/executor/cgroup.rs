@@ -1,4 +1,5 @@
-//! Exec tasks' control groups: where a task's `--limit-memory` and `--limit-cpu` are enforced,
+//! Exec tasks' control groups: where a task's `--limit-memory`, `--limit-cpu` and `--limit-pids`
+//! are enforced,
 //! and what keeps the node's exec tasks, together, from starving the daemon of CPU or
 //! exhausting the node's process IDs (a fork bomb stops at the group's `pids.max`).
 //!
@@ -196,11 +197,13 @@ pub(crate) struct Limits {
     pub memory_bytes: u64,
     /// The most CPU it may use, in billionths of a CPU.
     pub nano_cpus: u64,
+    /// The most processes and threads it may hold at once.
+    pub pids: u64,
 }
 
 impl Limits {
     fn any(self) -> bool {
-        self.memory_bytes > 0 || self.nano_cpus > 0
+        self.memory_bytes > 0 || self.nano_cpus > 0 || self.pids > 0
     }
 }
 
@@ -325,6 +328,9 @@ impl Groups {
                 if limits.nano_cpus > 0 && cpu.is_none() {
                     return Err(missing("--limit-cpu", "cpu"));
                 }
+                if limits.pids > 0 && pids.is_none() {
+                    return Err(missing("--limit-pids", "pids"));
+                }
                 // Every task is grouped for CPU and counted against the cap on process IDs;
                 // only a task with a memory limit needs a memory group of its own (the
                 // others stay in the daemon's).
@@ -349,6 +355,11 @@ impl Groups {
                         .extend([pids.join(GROUP), self.base(pids), dir.clone()]);
                     p.write
                         .push((self.base(pids).join("pids.max"), pids_cap(pids_max)));
+                    if limits.pids > 0 {
+                        // Under the agent's: the node's cap still holds the task.
+                        p.write
+                            .push((dir.join("pids.max"), limits.pids.to_string()));
+                    }
                     p.join.push(dir);
                 }
                 if let Some(memory) = memory
@@ -375,6 +386,9 @@ impl Groups {
                 }
                 if limits.nano_cpus > 0 && !cpu {
                     return Err(missing("--limit-cpu", "cpu"));
+                }
+                if limits.pids > 0 && !pids {
+                    return Err(missing("--limit-pids", "pids"));
                 }
                 // A v2 group that hands controllers to its children holds no process
                 // itself: the tasks are in the leaves, and each level above hands them down.
@@ -405,13 +419,19 @@ impl Groups {
                     p.write
                         .push((dir.join("memory.max"), limits.memory_bytes.to_string()));
                 }
+                if limits.pids > 0 {
+                    p.write
+                        .push((dir.join("pids.max"), limits.pids.to_string()));
+                }
                 p.join.push(dir);
             }
             Layout::None if limits.any() => {
                 let what = if limits.memory_bytes > 0 {
                     ("--limit-memory", "memory")
-                } else {
+                } else if limits.nano_cpus > 0 {
                     ("--limit-cpu", "cpu")
+                } else {
+                    ("--limit-pids", "pids")
                 };
                 return Err(missing(what.0, what.1));
             }
@@ -656,6 +676,7 @@ mod tests {
         let limits = Limits {
             memory_bytes: 32 << 20,
             nano_cpus: 250_000_000,
+            pids: 0,
         };
         assert_eq!(
             g1().plan("t1", limits, PIDS).unwrap(),
@@ -694,7 +715,7 @@ mod tests {
                 "t1",
                 Limits {
                     memory_bytes: 8 << 20,
-                    nano_cpus: 0,
+                    ..Limits::default()
                 },
                 0,
             )
@@ -708,6 +729,29 @@ mod tests {
                     "8388608".into()
                 )
             ]
+        );
+        // A limit on process IDs alone: the task's own pids group, under the agent's cap.
+        let pids_only = g1()
+            .plan(
+                "t1",
+                Limits {
+                    pids: 50,
+                    ..Limits::default()
+                },
+                PIDS,
+            )
+            .unwrap();
+        assert!(pids_only.required);
+        assert_eq!(
+            pids_only.write,
+            vec![
+                (p("/cg/pids/skep/n1/pids.max"), "1000".into()),
+                (p("/cg/pids/skep/n1/t1/pids.max"), "50".into()),
+            ]
+        );
+        assert_eq!(
+            pids_only.join,
+            vec![p("/cg/cpu/skep/n1/t1"), p("/cg/pids/skep/n1/t1")]
         );
         assert_eq!(
             g1().own_dirs("t1"),
@@ -724,6 +768,7 @@ mod tests {
         let limits = Limits {
             memory_bytes: 64 << 20,
             nano_cpus: 1_500_000_000,
+            pids: 64,
         };
         assert_eq!(
             g2().plan("t1", limits, PIDS).unwrap(),
@@ -742,6 +787,7 @@ mod tests {
                     (p("/cg/skep/n1/pids.max"), "1000".into()),
                     (p("/cg/skep/n1/t1/cpu.max"), "150000 100000".into()),
                     (p("/cg/skep/n1/t1/memory.max"), "67108864".into()),
+                    (p("/cg/skep/n1/t1/pids.max"), "64".into()),
                 ],
                 join: vec![p("/cg/skep/n1/t1")],
                 required: true,
@@ -754,11 +800,15 @@ mod tests {
     fn a_limit_the_node_cannot_enforce_is_refused_not_dropped() {
         let mem = Limits {
             memory_bytes: 32 << 20,
-            nano_cpus: 0,
+            ..Limits::default()
         };
         let cpu = Limits {
-            memory_bytes: 0,
             nano_cpus: 1_000_000_000,
+            ..Limits::default()
+        };
+        let pids = Limits {
+            pids: 100,
+            ..Limits::default()
         };
         let no_memory = Layout::V1 {
             cpu: Some("/cg/cpu".into()),
@@ -784,6 +834,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("--limit-cpu"), "{e}");
+        // No pids controller: a task's own cap cannot be enforced, so it does not start.
+        for layout in [
+            no_memory.clone(),
+            Layout::V2 {
+                root: "/cg".into(),
+                cpu: true,
+                memory: true,
+                pids: false,
+            },
+            Layout::None,
+        ] {
+            let e = Groups::new(layout, "n1")
+                .plan("t1", pids, PIDS)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--limit-pids") && e.contains("pids controller"),
+                "{e}"
+            );
+        }
         assert!(
             Groups::new(Layout::None, "n1")
                 .plan("t1", mem, PIDS)
@@ -855,6 +925,7 @@ mod tests {
         let limits = Limits {
             memory_bytes: 64 << 20,
             nano_cpus: 100_000_000,
+            pids: 0,
         };
         let plan = groups
             .plan(&id, limits, 0)

@@ -672,6 +672,7 @@ fn create_body(task: &Task, image: &str, m: &TaskMounts<'_>) -> ContainerCreateB
             .then(|| i64::try_from(limits.nano_cpus).unwrap_or(i64::MAX)),
         memory: (limits.memory_bytes > 0)
             .then(|| i64::try_from(limits.memory_bytes).unwrap_or(i64::MAX)),
+        pids_limit: (limits.pids > 0).then(|| i64::try_from(limits.pids).unwrap_or(i64::MAX)),
         mounts: {
             let bind = |source: &Path, target: &str| Mount {
                 target: Some(target.to_string()),
@@ -859,9 +860,10 @@ pub(crate) mod tests {
                 restart: RestartPolicy::default(),
                 constraints: vec![],
                 reservations: Resources::default(),
-                limits: Resources {
+                limits: crate::store::service::Limit {
                     nano_cpus: 500_000_000,
                     memory_bytes: 0,
+                    pids: 0,
                 },
                 secrets: vec![],
                 ports: Vec::new(),
@@ -942,7 +944,15 @@ pub(crate) mod tests {
         let hc = b.host_config.unwrap();
         assert_eq!(hc.nano_cpus, Some(500_000_000));
         assert_eq!(hc.memory, None);
+        assert_eq!(hc.pids_limit, None);
         assert_eq!(hc.mounts, None);
+        let mut limited = task();
+        limited.spec.limits.memory_bytes = 64 << 20;
+        limited.spec.limits.pids = 20;
+        let b = create_body(&limited, "nginx", &mounts(None, &[], None, None));
+        let hc = b.host_config.unwrap();
+        assert_eq!(hc.memory, Some(64 << 20));
+        assert_eq!(hc.pids_limit, Some(20));
     }
 
     #[test]

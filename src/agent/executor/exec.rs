@@ -132,6 +132,7 @@ impl ExecRuntime {
         let limits = Limits {
             memory_bytes: task.spec.limits.memory_bytes,
             nano_cpus: task.spec.limits.nano_cpus,
+            pids: task.spec.limits.pids,
         };
         let cgroups = self.cgroups.plan(&task.id, limits, self.pids_max)?;
 
