@@ -366,6 +366,30 @@ async fn a_tasks_own_limit_on_process_ids_stops_its_fork_bomb_alone() {
     }
 }
 
+/// `--limit-pids 5` gives the command's own processes 5, as a container's `PidsLimit` does
+/// (skep's init, the task's PID 1, is not counted against them): a shell holding four sleeps
+/// is five, and a sixth cannot be forked.
+#[tokio::test]
+async fn a_limit_on_process_ids_counts_the_commands_processes_as_docker_does() {
+    let state = tempfile::tempdir().unwrap();
+    let Some(ex) = exec_executors(state.path()).await else {
+        return;
+    };
+    let mut t = limited(
+        "sleep 60 & sleep 60 & sleep 60 & sleep 60 & echo held-5; sleep 60 & echo held-6; wait",
+        0,
+        0,
+    );
+    t.spec.limits.pids = 5;
+    let mut h = ex.start(&t, None).await.unwrap();
+    assert_eq!(wait_bounded(&mut h, 30).await, 2, "the sixth fork failed");
+    let logs = ex.logs(&t, 0, 0).await.unwrap();
+    let lines = stdout(&logs);
+    assert!(lines.contains(&"held-5"), "{logs:?}");
+    assert!(!lines.contains(&"held-6"), "{logs:?}");
+    ex.remove(&t).await;
+}
+
 /// End to end: `skep daemon --exec-pids-max 40`: a service forking 60 processes fails as its
 /// shell cannot fork, one forking 10 completes beside it, the daemon keeps answering, and
 /// `skep info` shows the cap.

@@ -253,6 +253,14 @@ fn pids_cap(n: u64) -> String {
     }
 }
 
+/// What a task's own `pids.max` says for `--limit-pids n`: one more than `n`, since skep's
+/// init (the task's PID 1, which joins the group to start the command) counts there too, so
+/// the command's processes get the `n` the operator gave, as in a container (Docker counts
+/// only the container's own).
+fn task_pids_max(n: u64) -> String {
+    n.saturating_add(1).to_string()
+}
+
 /// Where one agent's exec tasks go: the host's [`Layout`], and the agent's own group under
 /// [`GROUP`] (`skep/<scope>`, the node's ID), so that several daemons on one host (tests, a
 /// lab) keep their tasks and their caps apart.
@@ -358,7 +366,7 @@ impl Groups {
                     if limits.pids > 0 {
                         // Under the agent's: the node's cap still holds the task.
                         p.write
-                            .push((dir.join("pids.max"), limits.pids.to_string()));
+                            .push((dir.join("pids.max"), task_pids_max(limits.pids)));
                     }
                     p.join.push(dir);
                 }
@@ -421,7 +429,7 @@ impl Groups {
                 }
                 if limits.pids > 0 {
                     p.write
-                        .push((dir.join("pids.max"), limits.pids.to_string()));
+                        .push((dir.join("pids.max"), task_pids_max(limits.pids)));
                 }
                 p.join.push(dir);
             }
@@ -730,7 +738,8 @@ mod tests {
                 )
             ]
         );
-        // A limit on process IDs alone: the task's own pids group, under the agent's cap.
+        // A limit on process IDs alone: the task's own pids group, under the agent's cap, with
+        // one more for skep's init.
         let pids_only = g1()
             .plan(
                 "t1",
@@ -746,7 +755,7 @@ mod tests {
             pids_only.write,
             vec![
                 (p("/cg/pids/skep/n1/pids.max"), "1000".into()),
-                (p("/cg/pids/skep/n1/t1/pids.max"), "50".into()),
+                (p("/cg/pids/skep/n1/t1/pids.max"), "51".into()),
             ]
         );
         assert_eq!(
@@ -787,7 +796,7 @@ mod tests {
                     (p("/cg/skep/n1/pids.max"), "1000".into()),
                     (p("/cg/skep/n1/t1/cpu.max"), "150000 100000".into()),
                     (p("/cg/skep/n1/t1/memory.max"), "67108864".into()),
-                    (p("/cg/skep/n1/t1/pids.max"), "64".into()),
+                    (p("/cg/skep/n1/t1/pids.max"), "65".into()),
                 ],
                 join: vec![p("/cg/skep/n1/t1")],
                 required: true,
