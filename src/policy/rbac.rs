@@ -119,6 +119,9 @@ pub struct SpecFacts {
     pub volume_names: Vec<String>,
     /// `context.tmpfs`: whether it mounts a tmpfs.
     pub tmpfs: bool,
+    /// `context.limit_memory_bytes`, `context.limit_nano_cpus`, `context.limit_pids`: its
+    /// tasks' limits (`--limit-memory`, `--limit-cpu`, `--limit-pids`; 0: none).
+    pub limits: crate::store::service::Limit,
     /// For the `BindMount` action only: the one bind mount asked about (its host path and
     /// whether it is read-only), which is then the whole context.
     pub bind: Option<(String, bool)>,
@@ -129,6 +132,7 @@ impl SpecFacts {
     pub fn of(spec: &crate::store::service::ServiceSpec) -> SpecFacts {
         use crate::store::service::MountKind;
         let mut facts = SpecFacts::from_task(spec.task.runtime, &spec.task.constraints);
+        facts.limits = spec.task.limits;
         let sorted = |it: &mut dyn Iterator<Item = String>| -> Vec<String> {
             it.collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
@@ -174,6 +178,7 @@ impl SpecFacts {
             volumes: false,
             volume_names: Vec::new(),
             tmpfs: false,
+            limits: crate::store::service::Limit::default(),
             bind: None,
         }
     }
@@ -185,6 +190,8 @@ impl SpecFacts {
                     .map(|n| RestrictedExpression::new_string(n.clone())),
             )
         };
+        // Cedar's numbers are i64: a larger limit is as good as none, and reads as the largest.
+        let long = |n: u64| RestrictedExpression::new_long(i64::try_from(n).unwrap_or(i64::MAX));
         if let Some((source, read_only)) = &self.bind {
             return Context::from_pairs([
                 (
@@ -222,6 +229,12 @@ impl SpecFacts {
                 RestrictedExpression::new_bool(self.managers),
             ),
             ("secrets".to_string(), set(&self.secrets)),
+            (
+                "limit_memory_bytes".to_string(),
+                long(self.limits.memory_bytes),
+            ),
+            ("limit_nano_cpus".to_string(), long(self.limits.nano_cpus)),
+            ("limit_pids".to_string(), long(self.limits.pids)),
         ])
         .map_err(|e| e.to_string())
     }
@@ -578,6 +591,65 @@ mod tests {
         assert!(reason.contains("deployer-secrets"), "{reason}");
         assert_eq!(
             engine.authorize_in(&admin, Action::Deploy, "service", Some(&root)),
+            Decision::Allow
+        );
+    }
+
+    #[test]
+    fn a_policy_can_require_limits_of_a_roles_exec_tasks() {
+        let text = format!(
+            "{DEFAULT_POLICY}\n{}",
+            include_str!("../../policies/examples/rbac-deployer-limits.cedar")
+        );
+        let engine = RbacEngine::parse(&text).unwrap();
+        let dep = Principal {
+            name: "d",
+            role: "deployer",
+        };
+        let admin = Principal {
+            name: "a",
+            role: "admin",
+        };
+        let mut spec = crate::store::fixtures::service("s1", "web").spec;
+        let mut exec = |memory_bytes: u64, pids: u64| {
+            spec.task.runtime = crate::store::service::Runtime::Exec;
+            spec.task.limits = crate::store::service::Limit {
+                memory_bytes,
+                nano_cpus: 0,
+                pids,
+            };
+            SpecFacts::of(&spec)
+        };
+        let decide = |who: &Principal, facts: &SpecFacts| {
+            engine.authorize_in(who, Action::Deploy, "service", Some(facts))
+        };
+        for (memory, pids) in [
+            (0, 0),
+            (64 << 20, 0),
+            (0, 100),
+            (64 << 20, 1025),
+            (u64::MAX, 0),
+        ] {
+            let facts = exec(memory, pids);
+            let Decision::Deny { reason } = decide(&dep, &facts) else {
+                panic!("allowed without limits: {memory} bytes, {pids} processes");
+            };
+            assert!(reason.contains("deployer-exec-limits"), "{reason}");
+            assert_eq!(decide(&admin, &facts), Decision::Allow);
+        }
+        for (memory, pids) in [(64 << 20, 100), (64 << 20, 1024), (u64::MAX, 1)] {
+            assert_eq!(
+                decide(&dep, &exec(memory, pids)),
+                Decision::Allow,
+                "{memory} bytes, {pids} processes"
+            );
+        }
+        let mut docker = exec(0, 0);
+        docker.runtime = "docker";
+        assert_eq!(decide(&dep, &docker), Decision::Allow);
+        // Without a spec (remove, scale), the forbid does not apply.
+        assert_eq!(
+            engine.authorize(&dep, Action::Deploy, "service"),
             Decision::Allow
         );
     }

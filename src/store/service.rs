@@ -153,7 +153,7 @@ pub struct Resources {
 
 /// The most a task may use (Docker's `Limit`; 0: no limit): what [`Resources`] counts, and
 /// process IDs, which a node offers and a task reserves none of.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Limit {
     /// CPU in billionths of a core.
     pub nano_cpus: u64,

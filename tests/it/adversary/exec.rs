@@ -206,6 +206,74 @@ fn a_policy_can_keep_a_deployers_exec_tasks_off_the_managers() {
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
 }
 
+/// A deployer with one foothold could start an exec task without limits and take a node's
+/// memory or process IDs: with the example policy, the Deploy decision sees the spec's limits
+/// and refuses such a service (create and update alike, audited); with `--limit-memory` and
+/// `--limit-pids` it runs.
+#[test]
+fn a_policy_can_require_limits_of_a_deployers_exec_tasks() {
+    let ops = tempfile::tempdir().unwrap();
+    let (c, deployer) = with_deployer(ops.path());
+    let m = c.first();
+    let policy = ops.path().join("rbac.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n{}",
+            include_str!("../../../policies/rbac.cedar"),
+            include_str!("../../../policies/examples/rbac-deployer-limits.cedar")
+        ),
+    )
+    .unwrap();
+    m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
+    let create =
+        |name: &str, extra: &[&str]| create_exec(m, &deployer, name, extra, &["/bin/true"]);
+    for (name, flags) in [
+        ("unlimited", &[][..]),
+        ("no-pids", &["--limit-memory", "64MiB"][..]),
+        (
+            "too-many",
+            &["--limit-memory", "64MiB", "--limit-pids", "5000"][..],
+        ),
+    ] {
+        crate::harness::assert_error(&create(name, flags), "deployer-exec-limits");
+    }
+    assert!(
+        m.audit()
+            .iter()
+            .any(|r| r["outcome"] == "denied" && r.to_string().contains("deployer-exec-limits")),
+        "the refusal is not in the audit log"
+    );
+    let out = create(
+        "limited",
+        &["--limit-memory", "64MiB", "--limit-pids", "100"],
+    );
+    assert!(out.status.success(), "{}", crate::harness::describe(&out));
+    // An update that lifts a limit is decided the same way.
+    let out = as_operator(
+        m,
+        &deployer,
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--limit-pids",
+            "0",
+            "limited",
+        ],
+        None,
+    );
+    crate::harness::assert_error(&out, "deployer-exec-limits");
+    let spec = m.cli_ok(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.TaskTemplate.Resources.Limits.Pids}}",
+        "limited",
+    ]);
+    assert_eq!(spec.trim(), "100", "the refused update changed the service");
+}
+
 /// A deployer can read every secret its tasks receive, so which secrets it may attach is a
 /// decision on the spec: with the example policy, a secret outside its list is refused.
 #[test]
