@@ -554,6 +554,20 @@ mod tests {
         assert_eq!(f("docker", &[]).runtime, "docker");
     }
 
+    /// The default set with an example added, a deployer and an admin.
+    fn with_example(example: &str) -> (RbacEngine, Principal<'static>, Principal<'static>) {
+        let engine = RbacEngine::parse(&format!("{DEFAULT_POLICY}\n{example}")).unwrap();
+        let dep = Principal {
+            name: "d",
+            role: "deployer",
+        };
+        let admin = Principal {
+            name: "a",
+            role: "admin",
+        };
+        (engine, dep, admin)
+    }
+
     #[test]
     fn a_policy_can_limit_the_secrets_a_role_attaches() {
         let text = format!(
@@ -597,19 +611,9 @@ mod tests {
 
     #[test]
     fn a_policy_can_require_limits_of_a_roles_exec_tasks() {
-        let text = format!(
-            "{DEFAULT_POLICY}\n{}",
-            include_str!("../../policies/examples/rbac-deployer-limits.cedar")
-        );
-        let engine = RbacEngine::parse(&text).unwrap();
-        let dep = Principal {
-            name: "d",
-            role: "deployer",
-        };
-        let admin = Principal {
-            name: "a",
-            role: "admin",
-        };
+        let (engine, dep, admin) = with_example(include_str!(
+            "../../policies/examples/rbac-deployer-limits.cedar"
+        ));
         let mut spec = crate::store::fixtures::service("s1", "web").spec;
         let mut exec = |memory_bytes: u64, pids: u64| {
             spec.task.runtime = crate::store::service::Runtime::Exec;
@@ -656,19 +660,9 @@ mod tests {
 
     #[test]
     fn a_policy_can_keep_a_role_off_the_managers_with_a_runtime() {
-        let text = format!(
-            "{DEFAULT_POLICY}\n{}",
-            include_str!("../../policies/examples/rbac-exec-off-managers.cedar")
-        );
-        let engine = RbacEngine::parse(&text).unwrap();
-        let dep = Principal {
-            name: "d",
-            role: "deployer",
-        };
-        let admin = Principal {
-            name: "a",
-            role: "admin",
-        };
+        let (engine, dep, admin) = with_example(include_str!(
+            "../../policies/examples/rbac-exec-off-managers.cedar"
+        ));
         let on_mgr = SpecFacts {
             runtime: "exec",
             managers: true,

@@ -107,6 +107,37 @@ fn printed_groups(state: &Path, id: &str) -> Vec<PathBuf> {
     })
 }
 
+/// Waits until task `id` (run by executors whose state is in `state`) has printed `line`.
+fn wait_printed(state: &Path, id: &str, line: &str) {
+    let output = state.join("tasks").join(id).join("output");
+    let wanted = format!(" {line}");
+    wait_for(timeout(), &format!("task {id} to print {line:?}"), || {
+        let text = std::fs::read_to_string(&output).unwrap_or_default();
+        if text.contains(&wanted) {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+}
+
+/// The task behind `h` ends as a shell that could not fork does (exit 2, "Cannot fork"),
+/// without having printed `unreached`.
+async fn assert_could_not_fork(
+    ex: &skep::agent::executor::Executors,
+    h: &mut skep::agent::executor::TaskHandle,
+    t: &Task,
+    unreached: &str,
+) {
+    assert_eq!(wait_bounded(h, 30).await, 2, "its shell could not fork");
+    let logs = ex.logs(t, 0, 0).await.unwrap();
+    assert!(
+        logs.iter().any(|e| e.line.contains("Cannot fork")),
+        "{logs:?}"
+    );
+    assert!(!logs.iter().any(|e| e.line == unreached), "{logs:?}");
+}
+
 /// The first value of `key` in a `cpu.stat` text.
 fn stat(text: &str, key: &str) -> Option<u64> {
     text.lines()
@@ -285,32 +316,14 @@ async fn exec_tasks_together_stop_at_the_nodes_cap_on_process_ids() {
         0,
     );
     let mut h1 = ex.start(&holder, None).await.unwrap();
-    let output = state.path().join("tasks").join(&holder.id).join("output");
-    wait_for(timeout(), "the first task to hold its 30 processes", || {
-        let text = std::fs::read_to_string(&output).unwrap_or_default();
-        if text.contains(" holding") {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    });
+    wait_printed(state.path(), &holder.id, "holding");
     let bomb = limited(
         "for i in $(seq 20); do sleep 120 & done; echo all-started",
         0,
         0,
     );
     let mut h2 = ex.start(&bomb, None).await.unwrap();
-    assert_eq!(
-        wait_bounded(&mut h2, 30).await,
-        2,
-        "its shell could not fork"
-    );
-    let logs = ex.logs(&bomb, 0, 0).await.unwrap();
-    assert!(
-        logs.iter().any(|e| e.line.contains("Cannot fork")),
-        "{logs:?}"
-    );
-    assert!(!logs.iter().any(|e| e.line == "all-started"), "{logs:?}");
+    assert_could_not_fork(&ex, &mut h2, &bomb, "all-started").await;
     assert_eq!(h1.exit_code(), None, "the first task still runs");
     h1.stop(Duration::from_secs(2)).await.unwrap();
     wait_bounded(&mut h1, 10).await;
@@ -332,29 +345,11 @@ async fn a_tasks_own_limit_on_process_ids_stops_its_fork_bomb_alone() {
         "cat /proc/self/cgroup; for i in $(seq 40); do sleep 120 & done; echo holding; wait";
     let free = limited(script, 0, 0);
     let mut h1 = ex.start(&free, None).await.unwrap();
-    let output = state.path().join("tasks").join(&free.id).join("output");
-    wait_for(timeout(), "the free task to hold its 40 processes", || {
-        let text = std::fs::read_to_string(&output).unwrap_or_default();
-        if text.contains(" holding") {
-            Ok(())
-        } else {
-            Err(text)
-        }
-    });
+    wait_printed(state.path(), &free.id, "holding");
     let mut bomb = limited(script, 0, 0);
     bomb.spec.limits.pids = 20;
     let mut h2 = ex.start(&bomb, None).await.unwrap();
-    assert_eq!(
-        wait_bounded(&mut h2, 30).await,
-        2,
-        "its shell could not fork"
-    );
-    let logs = ex.logs(&bomb, 0, 0).await.unwrap();
-    assert!(
-        logs.iter().any(|e| e.line.contains("Cannot fork")),
-        "{logs:?}"
-    );
-    assert!(!logs.iter().any(|e| e.line == "holding"), "{logs:?}");
+    assert_could_not_fork(&ex, &mut h2, &bomb, "holding").await;
     assert_eq!(h1.exit_code(), None, "the free task still runs");
     let dirs = printed_groups(state.path(), &bomb.id);
     h1.stop(Duration::from_secs(2)).await.unwrap();

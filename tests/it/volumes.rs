@@ -379,17 +379,11 @@ fn bind_mounts_are_for_admins_and_the_host_paths_a_policy_allows() {
     assert_error(&upd, "may not bind-mount");
 
     // The example policy: deployers may bind under /srv/data, nothing else.
-    let policy = tmp.path().join("rbac.cedar");
-    std::fs::write(
-        &policy,
-        format!(
-            "{}\n{}",
-            include_str!("../../policies/rbac.cedar"),
-            include_str!("../../policies/examples/rbac-deployer-binds.cedar")
-        ),
-    )
-    .unwrap();
-    m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
+    crate::harness::set_rbac_with(
+        m,
+        tmp.path(),
+        include_str!("../../policies/examples/rbac-deployer-binds.cedar"),
+    );
     let ok = create(
         &deployer,
         "dep-srv",

@@ -180,27 +180,17 @@ fn a_policy_can_keep_a_deployers_exec_tasks_off_the_managers() {
     let ops = tempfile::tempdir().unwrap();
     let (c, deployer) = with_deployer(ops.path());
     let m = c.first();
-    let policy = ops.path().join("rbac.cedar");
-    std::fs::write(
-        &policy,
-        format!(
-            "{}\n{}",
-            include_str!("../../../policies/rbac.cedar"),
-            include_str!("../../../policies/examples/rbac-exec-off-managers.cedar")
-        ),
-    )
-    .unwrap();
-    m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
+    crate::harness::set_rbac_with(
+        m,
+        ops.path(),
+        include_str!("../../../policies/examples/rbac-exec-off-managers.cedar"),
+    );
     let create =
         |name: &str, extra: &[&str]| create_exec(m, &deployer, name, extra, &["/bin/true"]);
-    let refused = create("on-managers", &[]);
-    crate::harness::assert_error(&refused, "deployer-exec-off-managers");
-    assert!(
-        m.audit()
-            .iter()
-            .any(|r| r["outcome"] == "denied"
-                && r.to_string().contains("deployer-exec-off-managers")),
-        "the refusal is not in the audit log"
+    crate::harness::assert_refused_and_audited(
+        m,
+        &create("on-managers", &[]),
+        "deployer-exec-off-managers",
     );
     let out = create("on-workers", &["--constraint", "node.role==worker"]);
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
@@ -215,17 +205,11 @@ fn a_policy_can_require_limits_of_a_deployers_exec_tasks() {
     let ops = tempfile::tempdir().unwrap();
     let (c, deployer) = with_deployer(ops.path());
     let m = c.first();
-    let policy = ops.path().join("rbac.cedar");
-    std::fs::write(
-        &policy,
-        format!(
-            "{}\n{}",
-            include_str!("../../../policies/rbac.cedar"),
-            include_str!("../../../policies/examples/rbac-deployer-limits.cedar")
-        ),
-    )
-    .unwrap();
-    m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
+    crate::harness::set_rbac_with(
+        m,
+        ops.path(),
+        include_str!("../../../policies/examples/rbac-deployer-limits.cedar"),
+    );
     let create =
         |name: &str, extra: &[&str]| create_exec(m, &deployer, name, extra, &["/bin/true"]);
     for (name, flags) in [
@@ -236,14 +220,8 @@ fn a_policy_can_require_limits_of_a_deployers_exec_tasks() {
             &["--limit-memory", "64MiB", "--limit-pids", "5000"][..],
         ),
     ] {
-        crate::harness::assert_error(&create(name, flags), "deployer-exec-limits");
+        crate::harness::assert_refused_and_audited(m, &create(name, flags), "deployer-exec-limits");
     }
-    assert!(
-        m.audit()
-            .iter()
-            .any(|r| r["outcome"] == "denied" && r.to_string().contains("deployer-exec-limits")),
-        "the refusal is not in the audit log"
-    );
     let out = create(
         "limited",
         &["--limit-memory", "64MiB", "--limit-pids", "100"],
@@ -291,23 +269,15 @@ fn a_policy_can_limit_which_secrets_a_deployer_attaches() {
     // The default policies let a deployer attach any secret.
     let out = create("before", "root_ca_key");
     assert!(out.status.success(), "{}", crate::harness::describe(&out));
-    let policy = ops.path().join("rbac.cedar");
-    std::fs::write(
-        &policy,
-        format!(
-            "{}\n{}",
-            include_str!("../../../policies/rbac.cedar"),
-            include_str!("../../../policies/examples/rbac-deployer-secrets.cedar")
-        ),
-    )
-    .unwrap();
-    m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
-    crate::harness::assert_error(&create("root-reader", "root_ca_key"), "deployer-secrets");
-    assert!(
-        m.audit()
-            .iter()
-            .any(|r| r["outcome"] == "denied" && r.to_string().contains("deployer-secrets")),
-        "the refusal is not in the audit log"
+    crate::harness::set_rbac_with(
+        m,
+        ops.path(),
+        include_str!("../../../policies/examples/rbac-deployer-secrets.cedar"),
+    );
+    crate::harness::assert_refused_and_audited(
+        m,
+        &create("root-reader", "root_ca_key"),
+        "deployer-secrets",
     );
     let out = create("app", "db_password");
     assert!(out.status.success(), "{}", crate::harness::describe(&out));

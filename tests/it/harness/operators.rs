@@ -43,3 +43,29 @@ pub fn as_operator(m: &Node, dir: &Path, args: &[&str], stdin: Option<&str>) -> 
         stdin,
     )
 }
+
+/// Installs the default RBAC policies with `example` (the text of one of
+/// `policies/examples/rbac-*.cedar`) added, as an admin would with `policy set --rbac`.
+pub fn set_rbac_with(m: &Node, dir: &Path, example: &str) {
+    let policy = dir.join("rbac.cedar");
+    std::fs::write(
+        &policy,
+        format!(
+            "{}\n{example}",
+            include_str!("../../../policies/rbac.cedar")
+        ),
+    )
+    .unwrap();
+    m.cli_ok(&["policy", "set", "--rbac", policy.to_str().unwrap()]);
+}
+
+/// `out` was refused by the policy `id`, and the refusal is on the audit log.
+pub fn assert_refused_and_audited(m: &Node, out: &Output, id: &str) {
+    super::assert_error(out, id);
+    assert!(
+        m.audit()
+            .iter()
+            .any(|r| r["outcome"] == "denied" && r.to_string().contains(id)),
+        "the refusal by {id} is not in the audit log"
+    );
+}
