@@ -570,24 +570,14 @@ mod tests {
 
     #[test]
     fn a_policy_can_limit_the_secrets_a_role_attaches() {
-        let text = format!(
-            "{DEFAULT_POLICY}\n{}",
-            include_str!("../../policies/examples/rbac-deployer-secrets.cedar")
-        );
-        let engine = RbacEngine::parse(&text).unwrap();
+        let (engine, dep, admin) = with_example(include_str!(
+            "../../policies/examples/rbac-deployer-secrets.cedar"
+        ));
         let facts = |names: &[&str]| SpecFacts {
             runtime: "docker",
             managers: true,
             secrets: names.iter().map(|n| n.to_string()).collect(),
             ..SpecFacts::from_task(crate::store::service::Runtime::Docker, &[])
-        };
-        let dep = Principal {
-            name: "d",
-            role: "deployer",
-        };
-        let admin = Principal {
-            name: "a",
-            role: "admin",
         };
         for ok in [&[][..], &["db_password"], &["db_password", "web_tls"]] {
             assert_eq!(

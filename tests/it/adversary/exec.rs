@@ -131,6 +131,13 @@ fn with_deployer(ops: &Path) -> (Cluster, PathBuf) {
     (c, deployer)
 }
 
+/// [`with_deployer`], with the default RBAC policies and `example` added installed.
+fn with_deployer_under(ops: &Path, example: &str) -> (Cluster, PathBuf) {
+    let (c, deployer) = with_deployer(ops);
+    crate::harness::set_rbac_with(c.first(), ops, example);
+    (c, deployer)
+}
+
 /// A health check is the deployer's command too: the agent runs it, and must not run it as
 /// the node.
 #[test]
@@ -178,13 +185,11 @@ fn a_deployers_health_check_does_not_run_as_the_node() {
 #[test]
 fn a_policy_can_keep_a_deployers_exec_tasks_off_the_managers() {
     let ops = tempfile::tempdir().unwrap();
-    let (c, deployer) = with_deployer(ops.path());
-    let m = c.first();
-    crate::harness::set_rbac_with(
-        m,
+    let (c, deployer) = with_deployer_under(
         ops.path(),
         include_str!("../../../policies/examples/rbac-exec-off-managers.cedar"),
     );
+    let m = c.first();
     let create =
         |name: &str, extra: &[&str]| create_exec(m, &deployer, name, extra, &["/bin/true"]);
     crate::harness::assert_refused_and_audited(
@@ -203,13 +208,11 @@ fn a_policy_can_keep_a_deployers_exec_tasks_off_the_managers() {
 #[test]
 fn a_policy_can_require_limits_of_a_deployers_exec_tasks() {
     let ops = tempfile::tempdir().unwrap();
-    let (c, deployer) = with_deployer(ops.path());
-    let m = c.first();
-    crate::harness::set_rbac_with(
-        m,
+    let (c, deployer) = with_deployer_under(
         ops.path(),
         include_str!("../../../policies/examples/rbac-deployer-limits.cedar"),
     );
+    let m = c.first();
     let create =
         |name: &str, extra: &[&str]| create_exec(m, &deployer, name, extra, &["/bin/true"]);
     for (name, flags) in [
