@@ -38,6 +38,7 @@ fn client_json(context: &str) -> Value {
         "Os": std::env::consts::OS,
         "Arch": std::env::consts::ARCH,
         "Context": context,
+        "RaftLogFormat": crate::store::wire::LOG_FORMAT,
     })
 }
 
@@ -67,6 +68,11 @@ pub(super) fn version_text(client: &Value, server: Option<&Value>) -> String {
         s(client, "Arch")
     );
     let _ = writeln!(out, " {:<19}{}", "Context:", s(client, "Context"));
+    let _ = writeln!(
+        out,
+        " {:<19}{}",
+        "Raft log format:", client["RaftLogFormat"]
+    );
     if let Some(server) = server {
         let _ = writeln!(out, "\nServer: skep");
         let _ = writeln!(out, " Engine:");
@@ -369,6 +375,14 @@ mod tests {
         });
         let text = version_text(&client, Some(&server));
         assert!(text.starts_with("Client:\n Version:"));
+        // What a manager of this build can open (see "Upgrading a node").
+        assert!(
+            text.contains(&format!(
+                " Raft log format:   {}\n",
+                crate::store::wire::LOG_FORMAT
+            )),
+            "{text}"
+        );
         assert!(text.contains("\nServer: skep\n Engine:\n  Version:          0.1.0\n"));
         assert!(text.contains("  API version:      1.1 (minimum version 1.0)\n"));
     }

@@ -54,7 +54,7 @@ use rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 
-use crate::api::v1::{JoinRaftRequest, RaftMessage};
+use crate::api::v1::JoinRaftRequest;
 use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::store::model::{Command, NodeRole, NodeState, Response, State};
 use crate::store::{Raft, StateHandle};
@@ -584,11 +584,12 @@ impl Manager {
         let payload = crate::store::wire::encode(cmd).map_err(|e| fwd(e.to_string()))?;
         let mut client = network::manager_client(self.peer(addr)?);
         let resp = client
-            .propose(RaftMessage { payload })
+            .propose(network::raft_message(payload))
             .await
             .map_err(|s| fwd(s.message().to_string()))?;
-        let resp: Response = crate::store::wire::decode(&resp.into_inner().payload)
-            .map_err(|e| fwd(format!("bad reply: {e}")))?;
+        let payload = network::payload_of(resp.into_inner()).map_err(|e| fwd(e.to_string()))?;
+        let resp: Response =
+            crate::store::wire::decode(&payload).map_err(|e| fwd(format!("bad reply: {e}")))?;
         Ok(into_result(resp))
     }
 

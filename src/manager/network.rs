@@ -30,6 +30,21 @@ use crate::api::v1::manager_client::ManagerClient;
 use crate::store::TypeConfig;
 use crate::store::wire;
 
+/// A Raft message of this build's log format ([`wire::LOG_FORMAT`]).
+pub(crate) fn raft_message(payload: Vec<u8>) -> RaftMessage {
+    RaftMessage {
+        payload,
+        format: wire::LOG_FORMAT,
+    }
+}
+
+/// The payload of a Raft message, refused if its sender's log format is not this build's: a
+/// peer of another build would misread entries or have its own misread.
+pub(crate) fn payload_of(msg: RaftMessage) -> Result<Vec<u8>, wire::WireError> {
+    wire::check_format(msg.format)?;
+    Ok(msg.payload)
+}
+
 /// Why replication to a peer fails now, by Raft ID (empty when every peer takes what it is
 /// sent). Shared between the Raft network and the status the leader shows.
 #[derive(Clone, Default)]
@@ -154,7 +169,7 @@ impl PeerClient {
             self.problems.record(self.target, Some(why.clone()));
             return Err(unreachable(why));
         }
-        let msg = RaftMessage { payload };
+        let msg = raft_message(payload);
         let resp = match kind {
             Kind::Append => client.raft_append(msg).await,
             Kind::Vote => client.raft_vote(msg).await,
@@ -174,8 +189,10 @@ impl PeerClient {
         if !matches!(kind, Kind::Vote) {
             self.problems.record(self.target, None);
         }
-        let result: Result<Resp, E> = wire::decode(&resp.into_inner().payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload =
+            payload_of(resp.into_inner()).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, E> =
+            wire::decode(&payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }

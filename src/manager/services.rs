@@ -1127,12 +1127,14 @@ impl Services {
         Resp: serde::Serialize,
     {
         self.require(&req, action, true).await?;
-        let body: Req = crate::store::wire::decode(&req.into_inner().payload)
+        let payload = super::network::payload_of(req.into_inner())
+            .map_err(|e| Status::failed_precondition(format!("{action}: {e}")))?;
+        let body: Req = crate::store::wire::decode(&payload)
             .map_err(|e| Status::invalid_argument(format!("{action}: {e}")))?;
         let out = f(body).await;
         let payload = crate::store::wire::encode(&out)
             .map_err(|e| Status::internal(format!("{action}: {e}")))?;
-        Ok(Response::new(RaftMessage { payload }))
+        Ok(Response::new(super::network::raft_message(payload)))
     }
 }
 
@@ -1171,7 +1173,9 @@ impl ManagerRpc for Services {
         use super::proposals;
         let peer = Self::peer_info(&req)?.addr;
         let id = self.require(&req, "raft.propose", true).await?;
-        let mut cmd: Command = crate::store::wire::decode(&req.into_inner().payload)
+        let payload = super::network::payload_of(req.into_inner())
+            .map_err(|e| Status::failed_precondition(format!("raft.propose: {e}")))?;
+        let mut cmd: Command = crate::store::wire::decode(&payload)
             .map_err(|e| Status::invalid_argument(format!("raft.propose: {e}")))?;
         let node = Actor::node(id.node_id());
         if let Err(e) = proposals::check(&cmd) {
@@ -1195,7 +1199,7 @@ impl ManagerRpc for Services {
         };
         let payload = crate::store::wire::encode(&out)
             .map_err(|e| Status::internal(format!("raft.propose: {e}")))?;
-        Ok(Response::new(RaftMessage { payload }))
+        Ok(Response::new(super::network::raft_message(payload)))
     }
 
     async fn join_raft(&self, req: Request<JoinRaftRequest>) -> Result<Response<Empty>, Status> {

@@ -7,7 +7,11 @@
 //!    table "meta": "vote"        ──► seal(Vote, 0, postcard(Vote))
 //!                  "committed"   ──► seal(Committed, 0, postcard(Option<LogId>))
 //!                  "last_purged" ──► seal(LastPurged, 0, postcard(LogId))
+//!                  "format"      ──► seal(Blob, 0, postcard(u32)): wire::LOG_FORMAT
 //! ```
+//!
+//! A log records the format of its entries when it is made; opening one of another format
+//! (or one from before formats were recorded) fails naming both, before any entry is read.
 //!
 //! redb is synchronous: every operation runs on the blocking pool and returns (or calls the
 //! append callback) only after its transaction committed with `Durability::Immediate`, i.e.
@@ -26,7 +30,7 @@ use openraft::{
     AnyError, Entry, ErrorSubject, ErrorVerb, OptionalSend, RaftLogReader, StorageError,
     StorageIOError, Vote,
 };
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -41,6 +45,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const VOTE_KEY: &str = "vote";
 const COMMITTED_KEY: &str = "committed";
 const LAST_PURGED_KEY: &str = "last_purged";
+const FORMAT_KEY: &str = "format";
 /// Set once the store has a rollback anchor (see [`super::anchor`]): a store carrying it but
 /// no anchor file had its anchor deleted.
 const ANCHORED_KEY: &str = "anchored";
@@ -83,9 +88,22 @@ impl LogStore {
         let db = tokio::task::spawn_blocking(move || open_db(&p))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
-        Ok(LogStore {
+        let store = LogStore {
             inner: Arc::new(Inner { db, sealer, path }),
-        })
+        };
+        let path = store.inner.path.clone();
+        let corrupt = |e: StorageError<u64>| StoreError::Corrupt {
+            path: path.clone(),
+            what: e.to_string(),
+        };
+        let found = store
+            .blocking(|inner| inner.format())
+            .await
+            .map_err(corrupt)?;
+        if found != Some(super::wire::LOG_FORMAT) {
+            return Err(StoreError::Format { path, found });
+        }
+        Ok(store)
     }
 
     /// The last purged log id, as persisted.
@@ -244,6 +262,33 @@ impl Inner {
         }
         txn.commit()
             .map_err(|e| io_err(subject(), ErrorVerb::Write, e))
+    }
+
+    /// The log's format, recording [`super::wire::LOG_FORMAT`] first in a log that holds
+    /// nothing yet (no entry, vote or purge); `None` for a log from before formats were
+    /// recorded.
+    fn format(&self) -> StorageResult<Option<u32>> {
+        if let Some(found) = self.read_meta::<u32>(FORMAT_KEY, RecordKind::Blob)? {
+            return Ok(Some(found));
+        }
+        let r = |e: redb::Error| io_err(ErrorSubject::Logs, ErrorVerb::Read, e);
+        let empty = {
+            let txn = self.db.begin_read().map_err(|e| r(e.into()))?;
+            let log = txn.open_table(LOG).map_err(|e| r(e.into()))?;
+            let meta = txn.open_table(META).map_err(|e| r(e.into()))?;
+            log.is_empty().map_err(|e| r(e.into()))?
+                && meta.get(VOTE_KEY).map_err(|e| r(e.into()))?.is_none()
+                && meta
+                    .get(LAST_PURGED_KEY)
+                    .map_err(|e| r(e.into()))?
+                    .is_none()
+        };
+        if !empty {
+            return Ok(None);
+        }
+        let format = super::wire::LOG_FORMAT;
+        self.write_meta(FORMAT_KEY, RecordKind::Blob, &format)?;
+        Ok(Some(format))
     }
 
     fn decode_entry(&self, index: u64, sealed: &[u8]) -> StorageResult<Entry<TypeConfig>> {
@@ -444,6 +489,71 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::seal::Dek;
+    use crate::store::wire::LOG_FORMAT;
+
+    /// A new log records this build's format and opens again; one that holds entries of a
+    /// build from before formats were recorded, or records another format, is refused before
+    /// any entry is read, naming both formats and the way forward (backup and restore).
+    #[tokio::test]
+    async fn a_log_of_another_format_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let sealer = Arc::new(Sealer::new(&Dek::generate()));
+        let log = LogStore::open(dir.path(), sealer.clone()).await.unwrap();
+        let found = log.blocking(|inner| inner.format()).await.unwrap();
+        assert_eq!(found, Some(LOG_FORMAT));
+        log.blocking(|inner| {
+            let e = openraft::Entry::<TypeConfig> {
+                log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), 1),
+                payload: openraft::EntryPayload::Blank,
+            };
+            inner.append(&[e])
+        })
+        .await
+        .unwrap();
+        drop(log);
+        let log = LogStore::open(dir.path(), sealer.clone()).await.unwrap();
+
+        // A build from before formats were recorded: entries, no format.
+        log.blocking(|inner| {
+            let txn = inner.db.begin_write().unwrap();
+            txn.open_table(META).unwrap().remove(FORMAT_KEY).unwrap();
+            txn.commit().unwrap();
+            Ok(())
+        })
+        .await
+        .unwrap();
+        drop(log);
+        let e = LogStore::open(dir.path(), sealer.clone())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Format { found: None, .. }), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("log format 1 (from before formats were recorded)")
+                && text.contains(&format!("reads format {LOG_FORMAT}"))
+                && text.contains("swarm backup")
+                && text.contains("swarm restore"),
+            "{text}"
+        );
+
+        // Another format recorded.
+        let db = open_db(&dir.path().join(LOG_FILE)).unwrap();
+        let inner = Inner {
+            db,
+            sealer: sealer.clone(),
+            path: dir.path().join(LOG_FILE),
+        };
+        inner
+            .write_meta(FORMAT_KEY, RecordKind::Blob, &(LOG_FORMAT + 1))
+            .unwrap();
+        drop(inner);
+        let e = LogStore::open(dir.path(), sealer).await.unwrap_err();
+        assert!(
+            matches!(e, StoreError::Format { found: Some(f), .. } if f == LOG_FORMAT + 1),
+            "{e}"
+        );
+    }
 
     /// Written pages do not pile up in memory: after the log wrote three times
     /// [`CACHE_BYTES`], redb holds at most that (with its default 1 GiB cache it held every

@@ -106,6 +106,20 @@ pub enum StoreError {
         /// What is wrong.
         what: String,
     },
+    /// The Raft log was written by a skep build whose encoding this one cannot read
+    /// ([`wire::LOG_FORMAT`]).
+    #[error(
+        "{}: this Raft log was written by a skep build of log format {}, and this skep reads format {}: start the build that wrote it, or move the swarm to this build with `skep swarm backup` (run by that build) and `skep swarm restore` (by this one, on an empty data directory)",
+        path.display(),
+        found.map_or_else(|| "1 (from before formats were recorded)".to_string(), |f| f.to_string()),
+        wire::LOG_FORMAT
+    )]
+    Format {
+        /// The log file.
+        path: PathBuf,
+        /// The format it records, `None` for a log from before formats were recorded.
+        found: Option<u32>,
+    },
     /// The state machine stopped (Raft shut down) before the awaited index was applied.
     #[error("the store closed before log index {index} was applied: raft stopped")]
     Closed {

@@ -33,6 +33,16 @@ pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// plus the largest single entry, plus room for the envelope.
 pub const MAX_MESSAGE_BYTES: usize = APPEND_BUDGET_BYTES + MAX_COMMAND_BYTES + (1 << 20);
 
+/// The encoding of what the Raft log stores and managers send each other. postcard writes no
+/// field names, so adding, removing or reordering a field of anything stored (a spec, a task,
+/// a node) makes entries of one build unreadable, or worse misread, by another: a log of
+/// another format is refused when opened ([`super::log`]), and a Raft message of another
+/// format when received, naming both. 1 is every build before this number existed. Raise it
+/// with any change to the encoding (the test `the_log_format_names_this_encoding` fails until
+/// it is raised); a swarm moves to a build of another format with `swarm backup` and
+/// `swarm restore`, whose state is JSON and reads older backups.
+pub const LOG_FORMAT: u32 = 2;
+
 /// Why bytes could not be encoded or decoded, or were too large.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -48,6 +58,15 @@ pub enum WireError {
         #[source]
         source: postcard::Error,
     },
+    /// A peer of another build sent a Raft message of another log format.
+    #[error(
+        "the peer runs a skep build of Raft log format {found} and this manager one of format {LOG_FORMAT}{}: run the same skep build on every manager",
+        if *found == 0 { " (0: a build from before formats were sent)" } else { "" }
+    )]
+    Format {
+        /// The format the message carried.
+        found: u32,
+    },
     /// A command is larger than any manager accepts.
     #[error(
         "the command is {size} bytes encoded, over the limit of {limit} bytes; split it (fewer objects per request) or make the values smaller"
@@ -58,6 +77,15 @@ pub enum WireError {
         /// [`MAX_COMMAND_BYTES`].
         limit: usize,
     },
+}
+
+/// Refuses a Raft message whose sender's log format is not [`LOG_FORMAT`].
+pub fn check_format(found: u32) -> Result<(), WireError> {
+    if found == LOG_FORMAT {
+        Ok(())
+    } else {
+        Err(WireError::Format { found })
+    }
 }
 
 /// Encodes a Raft message.
@@ -133,6 +161,49 @@ mod tests {
                 crate::audit::Outcome::Ok,
             ))),
         }
+    }
+
+    /// A tripwire: what the log stores, encoded, with every optional part of a spec filled
+    /// in. When this fails, the encoding changed: raise [`LOG_FORMAT`], then put the new
+    /// digest here.
+    #[test]
+    fn the_log_format_names_this_encoding() {
+        use crate::store::fixtures;
+        use crate::store::service::{HealthCheck, SecretRef};
+        let mut service = fixtures::service("s1", "web");
+        let t = &mut service.spec.task;
+        t.healthcheck = Some(HealthCheck::new(vec!["CMD".into(), "true".into()]));
+        t.secrets = vec![SecretRef::new("db")];
+        t.configs = vec![SecretRef::new("conf")];
+        t.mounts = vec![crate::spec::mount::parse("type=volume,source=data,target=/data").unwrap()];
+        t.limits.pids = 1;
+        service.spec.ports = vec![crate::spec::service::parse_publish("8080:80").unwrap()];
+        let mut task = fixtures::task();
+        task.spec = service.spec.task.clone();
+        let mut bytes = encode(&Command::PutService(Box::new(service))).unwrap();
+        bytes.extend(encode(&Command::PutNode(fixtures::node("n1"))).unwrap());
+        bytes.extend(encode(&task).unwrap());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+        let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            (LOG_FORMAT, hex.as_str()),
+            (
+                2,
+                "9e3f79d9c276294c0fc4456e7cddd6790d95ace084041c72d78188fefe69faf1"
+            ),
+            "the Raft log's encoding changed: raise LOG_FORMAT and put the new digest here"
+        );
+    }
+
+    #[test]
+    fn a_message_of_another_format_is_refused_naming_both() {
+        assert!(check_format(LOG_FORMAT).is_ok());
+        let e = check_format(0).unwrap_err().to_string();
+        assert!(
+            e.contains("format 0") && e.contains(&format!("format {LOG_FORMAT}")),
+            "{e}"
+        );
+        assert!(e.contains("same skep build"), "{e}");
     }
 
     #[test]

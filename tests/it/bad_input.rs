@@ -312,6 +312,7 @@ fn a_client_certificate_from_a_foreign_ca_is_refused_at_the_handshake() {
             ManagerClient::new(ch)
                 .raft_vote(RaftMessage {
                     payload: b"{}".to_vec(),
+                    format: skep::store::wire::LOG_FORMAT,
                 })
                 .await
         })
@@ -350,6 +351,7 @@ fn a_worker_certificate_cannot_call_manager_rpcs() {
         let mut m = ManagerClient::new(ch.clone());
         let msg = || RaftMessage {
             payload: b"{}".to_vec(),
+            format: skep::store::wire::LOG_FORMAT,
         };
         let calls = [
             m.raft_vote(msg()).await.map(|_| ()),
@@ -410,6 +412,7 @@ fn a_peer_without_a_certificate_gets_only_the_issuance_rpc() {
         let vote = ManagerClient::new(ch.clone())
             .raft_vote(RaftMessage {
                 payload: b"{}".to_vec(),
+                format: skep::store::wire::LOG_FORMAT,
             })
             .await
             .map(|_| ());

@@ -219,6 +219,7 @@ fn a_removed_node_is_cut_off_at_once_and_its_kept_identity_is_refused_everywhere
         let ch = || skep::net::channel(&addr, tls.clone()).unwrap();
         let msg = || RaftMessage {
             payload: b"{}".to_vec(),
+            format: skep::store::wire::LOG_FORMAT,
         };
         vec![
             DispatcherClient::new(ch())

@@ -367,10 +367,53 @@ fn propose_as(node: &Node, via: &Node, cmd: &Command) -> Result<Response, tonic:
     rt().block_on(async {
         let ch = skep::net::channel(&via.addr(), tls).unwrap();
         let r = ManagerClient::new(ch)
-            .propose(RaftMessage { payload })
+            .propose(RaftMessage {
+                payload,
+                format: skep::store::wire::LOG_FORMAT,
+            })
             .await?;
         Ok(skep::store::wire::decode::<Response>(&r.into_inner().payload).unwrap())
     })
+}
+
+/// A manager of another skep build sends Raft messages whose entries this build would misread
+/// (postcard has no field names): a message of another log format is refused before it is
+/// decoded, naming both formats, and nothing of it is applied.
+#[test]
+fn a_raft_message_of_another_log_format_is_refused_naming_both() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    let creds = crate::harness::credentials_of(m);
+    let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
+    let record = skep::audit::AuditEvent::now(
+        skep::audit::Actor::node(&c.ids()[0]),
+        "from.another.build",
+        "x",
+        skep::audit::Outcome::Ok,
+    );
+    let payload = skep::store::wire::encode(&Command::Audit(record)).unwrap();
+    let err = rt()
+        .block_on(async {
+            let ch = skep::net::channel(&m.addr(), tls).unwrap();
+            ManagerClient::new(ch)
+                .propose(RaftMessage { payload, format: 0 })
+                .await
+        })
+        .expect_err("a message of another log format was taken");
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    let text = err.message();
+    assert!(
+        text.contains("format 0")
+            && text.contains(&format!("format {}", skep::store::wire::LOG_FORMAT))
+            && text.contains("same skep build"),
+        "{text}"
+    );
+    assert!(
+        !m.audit()
+            .iter()
+            .any(|r| r["action"] == "from.another.build"),
+        "the message of another format was applied"
+    );
 }
 
 #[test]

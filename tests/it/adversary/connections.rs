@@ -589,6 +589,7 @@ fn an_oversized_message_to_each_service_is_refused_and_the_daemon_keeps_serving(
             .max_encoding_message_size(usize::MAX)
             .raft_append(RaftMessage {
                 payload: vec![0; limit + (1 << 20)],
+                format: skep::store::wire::LOG_FORMAT,
             }),
     );
     check("Manager", r.map(|_| ()), limit);

@@ -65,12 +65,14 @@ fn forged_proposal(node_id: &str) -> RaftMessage {
     );
     RaftMessage {
         payload: skep::store::wire::encode(&skep::store::model::Command::Audit(ev)).unwrap(),
+        format: skep::store::wire::LOG_FORMAT,
     }
 }
 
 fn garbage() -> RaftMessage {
     RaftMessage {
         payload: b"{}".to_vec(),
+        format: skep::store::wire::LOG_FORMAT,
     }
 }
 
