@@ -143,10 +143,9 @@ async fn restart_reads_back_entries_vote_and_committed() {
     drop(log);
     drop(_sm);
     // The wrong key opens nothing: the log's first record (its format) does not authenticate.
-    let err = open(dir.path(), Dek::generate())
-        .await
-        .err()
-        .expect("the log opened under another key");
+    let Err(err) = open(dir.path(), Dek::generate()).await else {
+        panic!("the log opened under another key");
+    };
     assert!(err.to_string().contains("failed authentication"), "{err}");
 }
 
