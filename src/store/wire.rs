@@ -163,8 +163,9 @@ mod tests {
         }
     }
 
-    /// A tripwire: what the log stores, encoded, with every optional part of a spec filled
-    /// in. When this fails, the encoding changed: raise [`LOG_FORMAT`], then put the new
+    /// A tripwire: what the log stores, encoded: a service with every optional part of its
+    /// spec filled in, its task, a node, the cluster, and a secret and a config with an older
+    /// version and a rollout. When this fails, the encoding changed: raise [`LOG_FORMAT`], then put the new
     /// digest here.
     #[test]
     fn the_log_format_names_this_encoding() {
@@ -180,16 +181,44 @@ mod tests {
         service.spec.ports = vec![crate::spec::service::parse_publish("8080:80").unwrap()];
         let mut task = fixtures::task();
         task.spec = service.spec.task.clone();
+        let value = crate::secret::SecretBytes::new(b"v".to_vec());
+        let secret = crate::store::secret_obj::Secret {
+            id: "x1".into(),
+            name: "db".into(),
+            labels: [("k".to_string(), "v".to_string())].into(),
+            digest: "d".into(),
+            size: 1,
+            value: value.clone(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+            version: 2,
+            others: vec![crate::store::secret_obj::SecretVersion {
+                version: 1,
+                digest: "d".into(),
+                size: 1,
+                value,
+                created_at: "2026-01-01T00:00:00Z".into(),
+            }],
+            rollout: Some(crate::store::secret_obj::Rollout::start(
+                1,
+                2,
+                false,
+                "2026-01-01T00:00:00Z",
+            )),
+        };
         let mut bytes = encode(&Command::PutService(Box::new(service))).unwrap();
         bytes.extend(encode(&Command::PutNode(fixtures::node("n1"))).unwrap());
-        bytes.extend(encode(&task).unwrap());
+        bytes.extend(encode(&Command::InitCluster(Box::new(fixtures::cluster()))).unwrap());
+        bytes.extend(encode(&Command::PutSecret(Box::new(secret.clone()))).unwrap());
+        bytes.extend(encode(&Command::PutConfig(Box::new(secret))).unwrap());
+        bytes.extend(encode(&Command::PutTasks(vec![task])).unwrap());
         let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(
             (LOG_FORMAT, hex.as_str()),
             (
                 2,
-                "9e3f79d9c276294c0fc4456e7cddd6790d95ace084041c72d78188fefe69faf1"
+                "a473f23da406641b221bda003bbf990b0f427577aed03ea50e77b6f837082b31"
             ),
             "the Raft log's encoding changed: raise LOG_FORMAT and put the new digest here"
         );
