@@ -28,6 +28,8 @@
 //!                                       unblocks signals, sets no_new_privs, drops to U:G
 //!                                       (no supplementary groups, so no capabilities), then
 //!                                       becomes CMD (exec)
+//!  agent ─spawn─► a health check: skep-init init-helper --exec --user U:G [--cgroup CGDIR]...
+//!                   -- CHECK...: the same, in the task's control groups first
 //! ```
 //!
 //! The `init-helper` word keeps the command lines those of the helper before it was its own
@@ -234,9 +236,10 @@ pub fn main(args: &[String]) -> ExitCode {
         Ok(HelperArgs {
             mode: Mode::Exec,
             user,
+            cgroups,
             command,
             ..
-        }) => exec_command(user, &command),
+        }) => exec_command(user, &cgroups, &command),
         Err(e) => {
             eprintln!("skep-init: {e}");
             EXIT_HELPER_FAILED
@@ -618,11 +621,19 @@ fn join_cgroup(dir: &Path) -> Result<(), String> {
     })
 }
 
-/// Replaces this process with the command, with no signal blocked, as `user`.
-fn exec_command(user: Ids, command: &[String]) -> u8 {
+/// Replaces this process with the command, with no signal blocked, as `user`, in each of
+/// `cgroups` (a health check joins its task's groups, so its processes count against the
+/// task's limits and the node's cap as the task's own do).
+fn exec_command(user: Ids, cgroups: &[PathBuf], command: &[String]) -> u8 {
     let Some((program, args)) = command.split_first() else {
         return EXIT_HELPER_FAILED;
     };
+    for dir in cgroups {
+        if let Err(e) = join_cgroup(dir) {
+            eprintln!("skep-init: {e}");
+            return EXIT_HELPER_FAILED;
+        }
+    }
     if let Err(e) = SigSet::all().thread_unblock() {
         eprintln!("skep-init: cannot unblock signals: {e}");
         return EXIT_HELPER_FAILED;

@@ -463,6 +463,36 @@ fn an_exec_services_limit_on_process_ids_holds_end_to_end() {
     assert_eq!(pids.trim(), "20");
 }
 
+/// Break it: a deployer's health check is a command of its choosing too. It runs in the
+/// task's control groups, so a fork bomb there stops at the task's limits and the node's cap
+/// like the task's own: a check that passes only inside a skep group keeps the task healthy
+/// until it completes. Before, checks ran in the daemon's group, outside every limit (the
+/// check failed, and the task with it).
+#[test]
+fn an_exec_tasks_health_check_runs_in_the_tasks_groups() {
+    let c = Cluster::init(1, 0);
+    let m = c.first();
+    exec_service(
+        m,
+        "checked",
+        &[
+            "--restart-condition",
+            "none",
+            "--limit-pids",
+            "50",
+            "--health-cmd",
+            "grep -q /skep/ /proc/self/cgroup",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "1",
+        ],
+        "sleep 3",
+    );
+    let end = ended(m, "checked");
+    assert!(end.starts_with("Complete"), "{end}");
+}
+
 /// End to end: `service create --runtime exec --limit-memory` through a real daemon. The task
 /// fails as Docker Swarm's would (`non-zero exit (137)`); the same service without the limit
 /// completes.

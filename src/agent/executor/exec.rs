@@ -66,6 +66,20 @@ impl ExecRuntime {
 
     /// The cgroup version its tasks' limits use (`1`, `2` or `none`) and the cap on their
     /// process IDs in force (0: none, or no `pids` controller to hold it).
+    /// The control groups task `task` runs in (its health checks join them too), as its
+    /// start planned them; none if it could not be grouped.
+    pub(crate) fn groups_of(&self, task: &Task) -> Vec<PathBuf> {
+        let limits = Limits {
+            memory_bytes: task.spec.limits.memory_bytes,
+            nano_cpus: task.spec.limits.nano_cpus,
+            pids: task.spec.limits.pids,
+        };
+        self.cgroups
+            .plan(&task.id, limits, self.pids_max)
+            .map(|p| p.join)
+            .unwrap_or_default()
+    }
+
     pub(crate) fn isolation(&self) -> (&'static str, u64) {
         let cap = if self.cgroups.has_pids() {
             self.pids_max

@@ -119,7 +119,10 @@ impl Watch {
                 (Some(c), Some(helper)) if !c.is_disabled() => Watch::Exec {
                     tracker: Tracker::new(&c, Instant::now()),
                     env: task.spec.env.clone(),
-                    runner: Runner::Helper(helper.to_path_buf()),
+                    runner: Runner::Helper {
+                        helper: helper.to_path_buf(),
+                        cgroups: execs.exec_groups(task),
+                    },
                     check: c,
                 },
                 _ => Watch::None,
@@ -169,8 +172,15 @@ impl Watch {
 
 /// How an exec task's check is started.
 pub enum Runner {
-    /// `HELPER init-helper --exec --user NOBODY -- CHECK...`: unprivileged, no_new_privs.
-    Helper(PathBuf),
+    /// `HELPER init-helper --exec --user NOBODY [--cgroup DIR]... -- CHECK...`: unprivileged,
+    /// no_new_privs, in the task's control groups (counted against its limits and the node's
+    /// cap on process IDs, as the task's own processes are).
+    Helper {
+        /// The init program.
+        helper: PathBuf,
+        /// The task's control groups.
+        cgroups: Vec<PathBuf>,
+    },
     /// Directly, as the caller (unit tests of the check logic only).
     #[cfg(test)]
     Direct,
@@ -190,12 +200,14 @@ fn check_argv(check: &HealthCheck) -> Option<Vec<&str>> {
 /// The command that runs `argv` the way `runner` says.
 fn check_command(argv: &[&str], runner: &Runner) -> tokio::process::Command {
     match runner {
-        Runner::Helper(helper) => {
+        Runner::Helper { helper, cgroups } => {
             let mut c = tokio::process::Command::new(helper);
             c.args(["init-helper", "--exec", "--user"])
-                .arg(NOBODY.to_string())
-                .arg("--")
-                .args(argv);
+                .arg(NOBODY.to_string());
+            for dir in cgroups {
+                c.arg("--cgroup").arg(dir);
+            }
+            c.arg("--").args(argv);
             c
         }
         #[cfg(test)]
@@ -311,7 +323,13 @@ mod tests {
         let c = HealthCheck::new(vec!["CMD-SHELL".into(), "cat /etc/x".into()]);
         let argv = check_argv(&c).unwrap();
         assert_eq!(argv, ["/bin/sh", "-c", "cat /etc/x"]);
-        let cmd = check_command(&argv, &Runner::Helper("/usr/bin/skep".into()));
+        let cmd = check_command(
+            &argv,
+            &Runner::Helper {
+                helper: "/usr/bin/skep".into(),
+                cgroups: vec!["/cg/pids/skep/n1/t1".into()],
+            },
+        );
         let std = cmd.as_std();
         assert_eq!(std.get_program(), "/usr/bin/skep");
         let args: Vec<_> = std
@@ -325,6 +343,8 @@ mod tests {
                 "--exec",
                 "--user",
                 "65534:65534",
+                "--cgroup",
+                "/cg/pids/skep/n1/t1",
                 "--",
                 "/bin/sh",
                 "-c",

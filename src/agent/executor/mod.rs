@@ -253,6 +253,14 @@ impl Executors {
         self.exec.as_ref().map(|e| e.helper())
     }
 
+    /// The control groups exec task `task` runs in, which its health checks join.
+    pub fn exec_groups(&self, task: &Task) -> Vec<PathBuf> {
+        self.exec
+            .as_ref()
+            .map(|e| e.groups_of(task))
+            .unwrap_or_default()
+    }
+
     /// The runtimes found.
     pub fn runtimes(&self) -> Vec<Runtime> {
         let mut r = Vec::new();
