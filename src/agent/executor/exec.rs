@@ -64,22 +64,18 @@ impl ExecRuntime {
         }
     }
 
-    /// The cgroup version its tasks' limits use (`1`, `2` or `none`) and the cap on their
-    /// process IDs in force (0: none, or no `pids` controller to hold it).
-    /// The control groups task `task` runs in (its health checks join them too), as its
-    /// start planned them; none if it could not be grouped.
+    /// The control groups task `task` runs in, which its health checks join too: those its
+    /// start planned that exist (none for a task that runs ungrouped, whose groups could not
+    /// be made; a check joining a missing group would fail).
     pub(crate) fn groups_of(&self, task: &Task) -> Vec<PathBuf> {
-        let limits = Limits {
-            memory_bytes: task.spec.limits.memory_bytes,
-            nano_cpus: task.spec.limits.nano_cpus,
-            pids: task.spec.limits.pids,
-        };
         self.cgroups
-            .plan(&task.id, limits, self.pids_max)
-            .map(|p| p.join)
+            .plan(&task.id, limits_of(task), self.pids_max)
+            .map(|p| p.join.into_iter().filter(|d| d.is_dir()).collect())
             .unwrap_or_default()
     }
 
+    /// The cgroup version its tasks' limits use (`1`, `2` or `none`) and the cap on their
+    /// process IDs in force (0: none, or no `pids` controller to hold it).
     pub(crate) fn isolation(&self) -> (&'static str, u64) {
         let cap = if self.cgroups.has_pids() {
             self.pids_max
@@ -143,12 +139,9 @@ impl ExecRuntime {
             });
         }
 
-        let limits = Limits {
-            memory_bytes: task.spec.limits.memory_bytes,
-            nano_cpus: task.spec.limits.nano_cpus,
-            pids: task.spec.limits.pids,
-        };
-        let cgroups = self.cgroups.plan(&task.id, limits, self.pids_max)?;
+        let cgroups = self
+            .cgroups
+            .plan(&task.id, limits_of(task), self.pids_max)?;
 
         let dir = self.task_dir(&task.id);
         let mut helper = tokio::process::Command::new(&self.helper);
@@ -343,6 +336,16 @@ fn local_scope(state_dir: &Path) -> String {
 
 /// Whether a task was already started ungrouped because the node's control groups could not
 /// be set up (said once).
+/// The limits of `task`'s spec, as its control groups take them.
+fn limits_of(task: &Task) -> Limits {
+    let l = task.spec.limits;
+    Limits {
+        memory_bytes: l.memory_bytes,
+        nano_cpus: l.nano_cpus,
+        pids: l.pids,
+    }
+}
+
 static UNGROUPED: AtomicBool = AtomicBool::new(false);
 
 /// The blocking part of an exec task's start, run on a start thread ([`spawn::run`]).
@@ -682,6 +685,29 @@ mod tests {
             }
             assert!(!state.path().join("tasks").join(&task.id).exists());
         }
+    }
+
+    /// A task that runs ungrouped (its groups could not be made) has its health checks run
+    /// ungrouped too, rather than fail joining groups that are not there; a grouped one's
+    /// checks join its groups.
+    #[test]
+    fn health_checks_join_only_the_groups_that_exist() {
+        let state = tempfile::tempdir().unwrap();
+        let task = crate::store::fixtures::task();
+        let cpu = state.path().join("cpu");
+        let mut rt = ExecRuntime::new(state.path(), state.path().join("helper"));
+        rt.cgroups = Arc::new(Groups::new(
+            Layout::V1 {
+                cpu: Some(cpu.clone()),
+                memory: None,
+                pids: None,
+            },
+            "n1",
+        ));
+        assert!(rt.groups_of(&task).is_empty());
+        let shared = cpu.join("skep").join("n1").join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        assert_eq!(rt.groups_of(&task), vec![shared]);
     }
 
     #[test]
