@@ -25,7 +25,9 @@
 //!                             reaps every orphan, forwards signals to CMD, exits with CMD's
 //!                             code (128 + signal if a signal killed it)
 //!                           └─spawn─► skep-init init-helper --exec --user U:G -- CMD...:
-//!                                       unblocks signals, sets no_new_privs, drops to U:G
+//!                                       unblocks signals, raises its OOM score adjustment
+//!                                       above the daemon's (stages 1 and 2 keep the
+//!                                       daemon's), sets no_new_privs, drops to U:G
 //!                                       (no supplementary groups, so no capabilities), then
 //!                                       becomes CMD (exec)
 //!  agent ─spawn─► a health check: skep-init init-helper --exec --user U:G [--cgroup CGDIR]...
@@ -638,6 +640,10 @@ fn exec_command(user: Ids, cgroups: &[PathBuf], command: &[String]) -> u8 {
         eprintln!("skep-init: cannot unblock signals: {e}");
         return EXIT_HELPER_FAILED;
     }
+    if let Err(e) = raise_oom_score_above_the_daemon() {
+        eprintln!("skep-init: {e}");
+        return EXIT_HELPER_FAILED;
+    }
     if let Err(e) = drop_privileges(user) {
         eprintln!("skep-init: {e}");
         return EXIT_HELPER_FAILED;
@@ -649,6 +655,41 @@ fn exec_command(user: Ids, cgroups: &[PathBuf], command: &[String]) -> u8 {
     } else {
         EXIT_CANNOT_RUN
     }
+}
+
+/// How far above the daemon's standing with the kernel's out-of-memory killer a task's command
+/// stands (see [`task_oom_score_adj`]).
+pub const OOM_MARGIN: i32 = 500;
+
+/// The OOM score adjustment of a task's command when the daemon's (which stages 1 and 2
+/// inherit and keep) is `daemon`: [`OOM_MARGIN`] above it, so that where the memory runs out
+/// the kernel kills a task's command before the daemon unless the daemon holds more than
+/// half the memory in question more than the task; at least 0 (a container's value, which a
+/// daemon unit's `OOMScoreAdjust=-500` gives, as Docker's does), at most 1000 (the kernel's
+/// most).
+pub fn task_oom_score_adj(daemon: i32) -> i32 {
+    daemon.saturating_add(OOM_MARGIN).clamp(0, 1000)
+}
+
+/// Sets this process's (the command's, before it execs) OOM score adjustment to
+/// [`task_oom_score_adj`] of the one it inherited from the daemon. Only ever raised, so it
+/// needs no privilege (lowering needs `CAP_SYS_RESOURCE`); a command that cannot have it
+/// does not start.
+fn raise_oom_score_above_the_daemon() -> Result<(), String> {
+    const FILE: &str = "/proc/self/oom_score_adj";
+    let inherited = std::fs::read_to_string(FILE)
+        .map_err(|e| format!("cannot read the command's OOM score adjustment ({FILE}): {e}"))?;
+    let inherited: i32 = inherited
+        .trim()
+        .parse()
+        .map_err(|e| format!("cannot read the command's OOM score adjustment ({FILE}): {e}"))?;
+    let wanted = task_oom_score_adj(inherited);
+    if wanted == inherited {
+        return Ok(());
+    }
+    std::fs::write(FILE, wanted.to_string()).map_err(|e| {
+        format!("cannot set the command's OOM score adjustment to {wanted} ({FILE}): {e}")
+    })
 }
 
 /// Becomes `user` for good: no_new_privs first (setuid programs and file capabilities then
@@ -806,6 +847,21 @@ mod tests {
         }
         many.extend(s(&["--", "x"]));
         assert!(parse_args(&many).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn a_tasks_command_stands_above_the_daemon_within_the_kernels_range() {
+        // A daemon as started by hand (0), or by a unit with Docker's -500, or lower.
+        assert_eq!(task_oom_score_adj(0), 500);
+        assert_eq!(task_oom_score_adj(-500), 0);
+        assert_eq!(task_oom_score_adj(-1000), 0);
+        assert_eq!(task_oom_score_adj(-200), 300);
+        assert_eq!(task_oom_score_adj(700), 1000);
+        assert_eq!(task_oom_score_adj(1000), 1000);
+        // Never below what it inherited: raising needs no privilege.
+        for d in [-1000, -501, -500, -1, 0, 1, 499, 500, 999, 1000] {
+            assert!(task_oom_score_adj(d) >= d, "{d}");
+        }
     }
 
     /// Needs root (fails without it). In a child process: the drop is for good.

@@ -51,7 +51,7 @@ fn stdout(logs: &[LogEntry]) -> Vec<&str> {
 /// The host directory of a `/proc/PID/cgroup` line (`N:cpu,cpuacct:/skep/NODE/ID` with
 /// cgroup v1, `0::/skep/NODE/ID` with v2): the mount of that hierarchy, read from this process's mountinfo,
 /// joined with the path.
-fn host_dir(line: &str) -> Option<PathBuf> {
+pub(crate) fn host_dir(line: &str) -> Option<PathBuf> {
     let mut parts = line.splitn(3, ':');
     let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;

@@ -32,6 +32,7 @@ mod manual;
 mod mesh;
 mod mesh_identity;
 mod metrics;
+mod oom;
 mod operators;
 mod raft_traffic;
 mod reads;
