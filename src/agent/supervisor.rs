@@ -455,6 +455,12 @@ impl Supervisor {
         (self.execs.runtimes(), Executors::capacity())
     }
 
+    /// Removes the node's own exec control groups that hold no task any more (the daemon
+    /// stops or leaves; `settling` after [`Supervisor::stop_all`]).
+    pub async fn release_groups(&self, settling: bool) {
+        self.execs.release_exec_groups(settling).await;
+    }
+
     /// Stops every task (the node leaves, or shuts down with `--stop-tasks-on-exit`), those a
     /// previous run started and no session has adopted yet included, and waits for them,
     /// within the stop grace period.

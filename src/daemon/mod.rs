@@ -156,6 +156,7 @@ impl Running {
         } else {
             tracing::info!("leaving the node's tasks running: the next start adopts them");
         }
+        self.supervisor.release_groups(stop_tasks).await;
         if let Some(m) = self.manager {
             if let Err(e) = m.raft.shutdown().await {
                 tracing::warn!(error = %e, "raft shutdown");

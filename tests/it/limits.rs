@@ -516,3 +516,62 @@ fn an_exec_services_memory_limit_holds_end_to_end() {
         "{limited}"
     );
 }
+
+/// The host directories of the agent's own groups (`skep/<node ID>` and its `shared`, in each
+/// hierarchy) that a running task of service `service` printed (`cat /proc/self/cgroup`).
+fn agent_groups_of(m: &crate::harness::Node, service: &str) -> Vec<PathBuf> {
+    wait_for(timeout(), "the task to print its groups", || {
+        let logs = m.cli_ok(&["service", "logs", service]);
+        let shared: Vec<PathBuf> = logs
+            .lines()
+            .filter_map(|l| l.rsplit_once("| ").map_or(Some(l), |(_, line)| Some(line)))
+            .filter(|l| l.ends_with("/shared") && l.contains("/skep/"))
+            .filter_map(host_dir)
+            .collect();
+        if shared.is_empty() {
+            return Err(logs);
+        }
+        let agent = shared
+            .iter()
+            .filter_map(|d| d.parent().map(Path::to_path_buf));
+        Ok(shared.iter().cloned().chain(agent).collect())
+    })
+}
+
+/// Break it: a daemon that stopped kept its `skep/<node ID>` groups (and their `shared`) in
+/// every hierarchy for good, so a host kept a set for every node ID it ever ran. Stopping
+/// with a task left running (for the next start to adopt) keeps the groups that hold it;
+/// stopping with none removes them.
+#[test]
+fn a_stopped_daemon_removes_its_own_groups_unless_a_task_holds_them() {
+    let mut m = crate::harness::Node::start("groups");
+    m.cli_ok(&["swarm", "init", "--advertise-addr", &m.addr()]);
+    exec_service(&m, "holder", &[], "cat /proc/self/cgroup; sleep 600");
+    let dirs = agent_groups_of(&m, "holder");
+    m.terminate();
+    let missing: Vec<&PathBuf> = dirs.iter().filter(|d| !d.is_dir()).collect();
+    assert!(
+        missing.is_empty(),
+        "removed while a task is in them: {missing:?}"
+    );
+    m.spawn();
+    m.wait_up();
+    m.cli_ok(&["service", "rm", "holder"]);
+    wait_for(timeout(), "the task's processes to end", || {
+        let procs: String = dirs
+            .iter()
+            .map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default())
+            .collect();
+        if procs.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(procs)
+        }
+    });
+    m.terminate();
+    let kept: Vec<&PathBuf> = dirs.iter().filter(|d| d.exists()).collect();
+    assert!(
+        kept.is_empty(),
+        "the stopped daemon left its groups: {kept:?}"
+    );
+}

@@ -15,7 +15,8 @@
 //! the daemon's threads when the CPUs are contended. The agent makes the directories and
 //! writes the limits (as root; the files stay root's, so a task running as `nobody` cannot
 //! raise them); the task's init joins them before its command starts (`skep-init
-//! --cgroup`), so every process of the task is inside.
+//! --cgroup`), so every process of the task is inside. A task's own groups go when it ends;
+//! the agent's go when the daemon stops or leaves with no task left in them.
 //!
 //! A task with limits never runs without them: if the node cannot enforce a limit (no
 //! controller, a read-only cgroup file system), its start fails naming what is missing. A task
@@ -487,6 +488,58 @@ impl Groups {
         }
     }
 
+    /// This agent's own groups, in the order they can be removed: `shared` before the
+    /// agent's `skep/<scope>` in each hierarchy (never [`GROUP`] itself, which other agents
+    /// of the host share).
+    pub(crate) fn agent_dirs(&self) -> Vec<PathBuf> {
+        let mounts: Vec<&PathBuf> = match &self.layout {
+            Layout::V1 { cpu, memory, pids } => [cpu, memory, pids].into_iter().flatten().collect(),
+            Layout::V2 { root, .. } => vec![root],
+            Layout::None => Vec::new(),
+        };
+        let shared = mounts.iter().map(|m| self.base(m).join(SHARED));
+        let own = mounts.iter().map(|m| self.base(m));
+        shared.chain(own).collect()
+    }
+
+    /// Removes this agent's own groups ([`Groups::agent_dirs`]) when the daemon stops or
+    /// leaves, so a host does not keep one empty group per node it ever ran. A group that
+    /// still holds a task (one left running for the next start to adopt) stays, as do the
+    /// agent's groups above it; the next start finds or makes them again. With `settling`
+    /// (its tasks were just stopped) a busy group is tried again for up to
+    /// [`REMOVE_WAIT`], while the tasks' own groups go. Blocking.
+    pub(crate) fn remove_agent(&self, settling: bool) -> usize {
+        let deadline = std::time::Instant::now() + REMOVE_WAIT;
+        let mut removed = 0;
+        for dir in self.agent_dirs() {
+            loop {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => {
+                        removed += 1;
+                        break;
+                    }
+                    Err(e)
+                        if settling
+                            && matches!(
+                                e.raw_os_error(),
+                                Some(nix::libc::EBUSY | nix::libc::ENOTEMPTY)
+                            )
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    Err(e) => {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::debug!(dir = %dir.display(), error = %e, "the agent's control group stays");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+        removed
+    }
+
     /// Whether the kernel killed a process of task `task_id` for its memory limit (the count
     /// in its memory group's events). False when there is no such group or it cannot be read.
     pub(crate) fn was_out_of_memory(&self, task_id: &str) -> bool {
@@ -640,6 +693,52 @@ mod tests {
                 pids: None,
             }
         );
+    }
+
+    #[test]
+    fn the_agents_own_groups_go_shared_first_and_never_the_hosts() {
+        assert_eq!(
+            g1().agent_dirs(),
+            [
+                "/cg/cpu/skep/n1/shared",
+                "/cg/memory/skep/n1/shared",
+                "/cg/pids/skep/n1/shared",
+                "/cg/cpu/skep/n1",
+                "/cg/memory/skep/n1",
+                "/cg/pids/skep/n1",
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(
+            g2().agent_dirs(),
+            ["/cg/skep/n1/shared", "/cg/skep/n1"].map(PathBuf::from)
+        );
+        assert!(Groups::new(Layout::None, "n1").agent_dirs().is_empty());
+    }
+
+    /// On a plain directory tree standing in for a hierarchy: a group that still holds another
+    /// (a task left running for the next start) stays with what is above it; empty ones go,
+    /// and [`GROUP`] itself always stays.
+    #[test]
+    fn removing_the_agents_groups_keeps_what_still_holds_a_task() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout::V2 {
+            root: root.path().to_path_buf(),
+            cpu: true,
+            memory: true,
+            pids: true,
+        };
+        let g = Groups::new(layout, "n1");
+        let base = root.path().join(GROUP).join("n1");
+        std::fs::create_dir_all(base.join(SHARED)).unwrap();
+        std::fs::create_dir_all(base.join("task1")).unwrap();
+        assert_eq!(g.remove_agent(false), 1);
+        assert!(!base.join(SHARED).exists() && base.join("task1").is_dir());
+        std::fs::remove_dir(base.join("task1")).unwrap();
+        assert_eq!(g.remove_agent(false), 1);
+        assert!(!base.exists() && root.path().join(GROUP).is_dir());
+        // Nothing left to remove is not an error.
+        assert_eq!(g.remove_agent(true), 0);
     }
 
     #[test]

@@ -91,6 +91,13 @@ impl ExecRuntime {
         self.cgroups = Arc::new(self.cgroups.with_scope(node_id));
     }
 
+    /// Removes this agent's own control groups that no task holds any more (the daemon stops
+    /// or leaves; see [`Groups::remove_agent`]).
+    pub(crate) async fn release_groups(&self, settling: bool) {
+        let groups = self.cgroups.clone();
+        let _ = tokio::task::spawn_blocking(move || groups.remove_agent(settling)).await;
+    }
+
     /// Caps the process IDs all exec tasks together may hold (0: no cap) from the next start
     /// on (see [`super::Executors::exec_pids_max`]).
     pub(crate) fn set_pids_max(&mut self, n: u64) {

@@ -253,6 +253,15 @@ impl Executors {
         self.exec.as_ref().map(|e| e.helper())
     }
 
+    /// Removes the exec runtime's own control groups of this agent that hold no task any
+    /// more, when the daemon stops or leaves (`settling`: its tasks were just stopped, and
+    /// their groups may take a moment to go).
+    pub async fn release_exec_groups(&self, settling: bool) {
+        if let Some(e) = &self.exec {
+            e.release_groups(settling).await;
+        }
+    }
+
     /// The control groups exec task `task` runs in, which its health checks join.
     pub fn exec_groups(&self, task: &Task) -> Vec<PathBuf> {
         self.exec
