@@ -183,6 +183,7 @@ pub(super) fn info_json(i: &InfoResponse) -> Value {
     if let (false, Some(o)) = (i.cgroup_version.is_empty(), info.as_object_mut()) {
         o.insert("CgroupVersion".into(), json!(i.cgroup_version));
         o.insert("ExecPidsLimit".into(), json!(i.exec_pids_max));
+        o.insert("ExecMemoryLimit".into(), json!(i.exec_memory_max));
     }
     info
 }
@@ -207,6 +208,11 @@ pub(super) fn info_text(v: &Value, context: &str) -> String {
             _ => "none".into(),
         };
         let _ = writeln!(out, " Exec Tasks PIDs Limit: {cap}");
+        let cap = match v["ExecMemoryLimit"].as_u64() {
+            Some(n) if n > 0 => super::spec::bytes(n),
+            _ => "none".into(),
+        };
+        let _ = writeln!(out, " Exec Tasks Memory Limit: {cap}");
     }
     let _ = writeln!(out, " Swarm: {}", s(&sw["LocalNodeState"]));
     if sw["LocalNodeState"] == "inactive" {
@@ -339,18 +345,24 @@ mod tests {
         let mut i = manager();
         let v = info_json(&i);
         assert!(!info_text(&v, "default").contains("Cgroup Version"));
-        (i.cgroup_version, i.exec_pids_max) = ("1".into(), 16384);
+        (i.cgroup_version, i.exec_pids_max, i.exec_memory_max) = ("1".into(), 16384, 7 << 30);
         let v = info_json(&i);
         let text = info_text(&v, "default");
         assert!(
-            text.contains(" Cgroup Version: 1\n Exec Tasks PIDs Limit: 16384\n"),
+            text.contains(
+                " Cgroup Version: 1\n Exec Tasks PIDs Limit: 16384\n Exec Tasks Memory Limit: 7GiB\n"
+            ),
             "{text}"
         );
-        let t = Compiled::new("{{.CgroupVersion}} {{.ExecPidsLimit}}").unwrap();
-        assert_eq!(t.render(&v).unwrap(), "1 16384");
-        i.exec_pids_max = 0;
+        let t =
+            Compiled::new("{{.CgroupVersion}} {{.ExecPidsLimit}} {{.ExecMemoryLimit}}").unwrap();
+        assert_eq!(t.render(&v).unwrap(), "1 16384 7516192768");
+        (i.exec_pids_max, i.exec_memory_max) = (0, 0);
         let text = info_text(&info_json(&i), "default");
-        assert!(text.contains(" Exec Tasks PIDs Limit: none\n"), "{text}");
+        assert!(
+            text.contains(" Exec Tasks PIDs Limit: none\n Exec Tasks Memory Limit: none\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -198,6 +198,11 @@ struct DaemonArgs {
     /// daemon and the host keep the rest; 0: no cap).
     #[arg(long, value_name = "N")]
     exec_pids_max: Option<u64>,
+    /// The most memory all exec tasks of this node may use together (e.g. 16G): past it the
+    /// kernel kills a task's process, and the daemon and the host keep the rest (default: all
+    /// but a tenth of the node's memory, at least 1 GiB; 0: no cap).
+    #[arg(long, value_name = "BYTES", value_parser = crate::spec::service::parse_memory)]
+    exec_memory_max: Option<u64>,
     /// How log lines are written to stderr: text, or one JSON object per line.
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     log_format: crate::logging::LogFormat,
@@ -758,6 +763,7 @@ fn daemon(args: DaemonArgs) -> anyhow::Result<()> {
         oidc_addr: args.oidc_addr,
         metrics_addr: args.metrics_addr,
         exec_pids_max: args.exec_pids_max,
+        exec_memory_max: args.exec_memory_max,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -811,6 +817,15 @@ mod tests {
             panic!("not daemon")
         };
         assert_eq!(d.exec_pids_max, Some(64));
+        // The exec tasks' cap on memory likewise: all but the host's reserve unless given.
+        assert_eq!(d.exec_memory_max, None);
+        let cli = parse(&["daemon", "--data-dir", "/tmp/x", "--exec-memory-max", "2G"]).unwrap();
+        let Command::Daemon(d) = cli.command else {
+            panic!("not daemon")
+        };
+        assert_eq!(d.exec_memory_max, Some(2 << 30));
+        let e = parse(&["daemon", "--data-dir", "d", "--exec-memory-max", "lots"]).unwrap_err();
+        assert!(e.to_string().contains("--exec-memory-max"), "{e}");
     }
 
     #[test]

@@ -185,9 +185,10 @@ impl Control for ControlService {
                         .unwrap_or_default(),
                     ..Default::default()
                 };
-                if let Some((version, cap)) = r.supervisor.executors().exec_isolation() {
+                if let Some((version, pids, memory)) = r.supervisor.executors().exec_isolation() {
                     resp.cgroup_version = version.into();
-                    resp.exec_pids_max = cap;
+                    resp.exec_pids_max = pids;
+                    resp.exec_memory_max = memory;
                 }
                 if let Some(m) = &r.manager {
                     super::info::fill_manager(&mut resp, m);

@@ -83,6 +83,9 @@ pub struct DaemonConfig {
     /// `--exec-pids-max`: the process IDs all exec tasks together may hold (0: no cap; `None`:
     /// half the kernel's limit).
     pub exec_pids_max: Option<u64>,
+    /// `--exec-memory-max`: the memory all exec tasks together may use, in bytes (0: no cap;
+    /// `None`: all but a tenth of the node's memory, at least 1 GiB).
+    pub exec_memory_max: Option<u64>,
 }
 
 /// Why the daemon could not run.
@@ -422,8 +425,12 @@ impl Daemon {
                 .await
                 .for_node(&file.node_id)
                 .hiding(self.private_paths());
-            match self.cfg.exec_pids_max {
+            let execs = match self.cfg.exec_pids_max {
                 Some(n) => execs.exec_pids_max(n),
+                None => execs,
+            };
+            match self.cfg.exec_memory_max {
+                Some(n) => execs.exec_memory_max(n),
                 None => execs,
             }
         });

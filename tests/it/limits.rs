@@ -2,7 +2,7 @@
 //! task killed by the kernel, not the node's memory eaten; `--limit-cpu` throttles it; the
 //! node's cap on exec tasks' process IDs stops a fork bomb; a task cannot leave its group or
 //! raise its limits; its groups go when it ends; a task's own `--limit-pids` stops its fork
-//! bomb alone. Needs root (the exec runtime) and a cgroup
+//! bomb alone; the node's cap on exec tasks' memory holds one without a limit. Needs root (the exec runtime) and a cgroup
 //! file system with the `cpu`, `memory` and `pids` controllers (v1 or v2).
 
 use std::path::{Path, PathBuf};
@@ -411,6 +411,33 @@ fn a_nodes_cap_on_exec_process_ids_holds_end_to_end() {
         info.contains(" Cgroup Version: 1\n") || info.contains(" Cgroup Version: 2\n"),
         "{info}"
     );
+}
+
+/// Break it: the node's exec tasks without limits of their own could take all of the node's
+/// memory from the daemon and the host. Under `--exec-memory-max` a task wanting more than
+/// the cap is killed by the kernel (`non-zero exit (137)`, where the same command completes
+/// without the cap: `an_exec_services_memory_limit_holds_end_to_end`), a task within it
+/// completes, and the daemon keeps serving. `skep info` shows the cap.
+#[test]
+fn a_nodes_cap_on_exec_memory_holds_end_to_end() {
+    let c = Cluster::init_opts(1, 0, &[], &["--exec-memory-max", "64MiB"]);
+    let m = c.first();
+    exec_service(m, "hog-capped", &["--restart-condition", "none"], HOG);
+    let hog = ended(m, "hog-capped");
+    assert!(
+        hog.starts_with("Failed") && hog.contains("non-zero exit (137)"),
+        "{hog}"
+    );
+    exec_service(
+        m,
+        "small",
+        &["--restart-condition", "none"],
+        "head -c 8000000 /dev/zero | tail >/dev/null",
+    );
+    let small = ended(m, "small");
+    assert!(small.starts_with("Complete"), "{small}");
+    let info = m.cli_ok(&["info"]);
+    assert!(info.contains(" Exec Tasks Memory Limit: 64MiB\n"), "{info}");
 }
 
 /// The state and error of `service`'s task once it has ended (`Complete ...` or

@@ -1,7 +1,7 @@
 //! The daemon's standing with the kernel's out-of-memory killer: a node whose memory runs out
 //! to its exec tasks loses a task, not the daemon that supervises all of them. Needs root, the
-//! exec runtime and cgroup v1's `memory` hierarchy (where a task without limits stays in the
-//! daemon's memory group, as this host has it); fails without them.
+//! exec runtime and cgroup v1's `memory` hierarchy (where the exec tasks' groups are under
+//! the daemon's own memory group, as this host has it); fails without them.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ struct MemoryGroup {
 impl MemoryGroup {
     fn new() -> MemoryGroup {
         let root = crate::limits::host_dir("0:memory:/").unwrap_or_else(|| {
-            panic!("this test needs cgroup v1's memory hierarchy (a task without limits shares the daemon's memory group there); none is mounted")
+            panic!("this test needs cgroup v1's memory hierarchy (exec tasks' groups are under the daemon's there); none is mounted")
         });
         let dir = root.join(unique_id("skep-it-oom"));
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("making {}: {e}", dir.display()));
@@ -30,13 +30,51 @@ impl MemoryGroup {
             .unwrap_or_else(|e| panic!("reading {file}: {e}"))
     }
 
-    /// The `oom_kill` count of `memory.oom_control`: processes the kernel killed for this
-    /// group.
+    /// This group and every group under it (the agent's, its tasks').
+    fn tree(&self) -> Vec<PathBuf> {
+        let mut all = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < all.len() {
+            if let Ok(entries) = std::fs::read_dir(&all[i]) {
+                all.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                        .map(|e| e.path()),
+                );
+            }
+            i += 1;
+        }
+        all
+    }
+
+    /// The processes in this group and the groups under it.
+    fn procs(&self) -> Vec<u32> {
+        self.tree()
+            .iter()
+            .flat_map(|d| {
+                std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<u32>>()
+            })
+            .collect()
+    }
+
+    /// The processes the kernel killed for this group's limit: the `oom_kill` counts of
+    /// `memory.oom_control` in it and under it (v1 counts a kill in the victim's group).
     fn oom_kills(&self) -> u64 {
-        let text = self.read("memory.oom_control");
-        text.lines()
-            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no oom_kill count in memory.oom_control: {text}"))
+        self.tree()
+            .iter()
+            .map(|d| {
+                let text =
+                    std::fs::read_to_string(d.join("memory.oom_control")).unwrap_or_default();
+                text.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 }
 
@@ -74,8 +112,8 @@ fn proc_field(pid: u32, file: &str) -> String {
         .unwrap_or_else(|e| panic!("reading /proc/{pid}/{file}: {e}"))
 }
 
-/// Break it: a node's exec tasks without memory limits (they share the daemon's memory group)
-/// eat past what that group may hold, each holding less than the daemon. The kernel must kill
+/// Break it: a node's exec tasks without memory limits (their groups are under the daemon's
+/// memory group) eat past what that group may hold, each holding less than the daemon. The kernel must kill
 /// tasks, not the daemon: a task's command stands 500 above the daemon with the OOM killer.
 /// Without that, every process has the daemon's standing and the kernel kills the largest
 /// one: the daemon.
@@ -130,9 +168,8 @@ fn the_oom_killer_takes_a_task_that_eats_memory_not_the_daemon() {
     let marker = format!("head -c {hog} ");
     let adj: i32 = wait_for(timeout(), "a task's command to run", || {
         group
-            .read("cgroup.procs")
-            .lines()
-            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .procs()
+            .into_iter()
             .find(|p| {
                 let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
                 cmdline.starts_with(b"/bin/sh\0")

@@ -1,16 +1,18 @@
 //! Exec tasks' control groups: where a task's `--limit-memory`, `--limit-cpu` and `--limit-pids`
 //! are enforced,
 //! and what keeps the node's exec tasks, together, from starving the daemon of CPU or
-//! exhausting the node's process IDs (a fork bomb stops at the group's `pids.max`).
+//! exhausting the node's process IDs (a fork bomb stops at the group's `pids.max`) or its
+//! memory (the kernel kills a task's process at the group's memory limit).
 //!
 //! Every exec task runs in a control group under `skep/<node ID>` (the agent's own, so
 //! daemons sharing a host keep apart): with cgroup v1, in each hierarchy skep uses, under the
 //! daemon's own group there (so whatever holds the daemon, a systemd unit's memory limit say,
 //! holds its tasks too); with cgroup v2, at the top of the tree (a v2 group that hands
 //! controllers to children may hold no process, and the daemon's holds it). A task with
-//! limits is in `.../<task ID>` with them written, a task without in `.../shared` (with v1,
-//! in the `cpu` and `pids` hierarchies only). The agent's group has a `pids.max` (`skep daemon
-//! --exec-pids-max`, by default half the kernel's limit) that all its exec tasks share. The
+//! limits is in `.../<task ID>` with them written, a task without in `.../shared`. The agent's
+//! group has a `pids.max` (`skep daemon --exec-pids-max`, by default half the kernel's limit)
+//! and a memory limit (`--exec-memory-max`, by default all but a tenth of the node's memory,
+//! at least 1 GiB, kept for the daemon and the host) that all its exec tasks share. The
 //! daemon stays where it was started, so all exec tasks together weigh as one group against
 //! the daemon's threads when the CPUs are contended. The agent makes the directories and
 //! writes the limits (as root; the files stay root's, so a task running as `nobody` cannot
@@ -191,6 +193,15 @@ fn unescape(s: &str) -> String {
     out
 }
 
+/// What all exec tasks of an agent together may hold (0: no cap), in the agent's own group.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Caps {
+    /// Processes and threads (`skep daemon --exec-pids-max`).
+    pub pids: u64,
+    /// Memory, in bytes (`skep daemon --exec-memory-max`).
+    pub memory_bytes: u64,
+}
+
 /// A task's limits, as its spec gives them (0: none).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Limits {
@@ -242,6 +253,25 @@ pub(crate) fn default_pids_max() -> u64 {
         .min()
         .unwrap_or(32_768);
     (limit / 2).max(1)
+}
+
+/// The default of `skep daemon --exec-memory-max` on a node of `total` bytes of memory: all
+/// but a reserve for the daemon and the rest of the host, a tenth of the memory and at least
+/// 1 GiB, and never less than half of it (a small node's tasks keep room to run).
+pub(crate) fn default_memory_max(total: u64) -> u64 {
+    let reserve = (total / 10).max(1 << 30);
+    total.saturating_sub(reserve).max(total / 2)
+}
+
+/// What the agent's memory limit file says for a cap of `n` bytes, with cgroup v1
+/// (`memory.limit_in_bytes`: `-1` for none) or v2 (`memory.max`: `max`): written all the same,
+/// so a cap an earlier run set does not outlive `--exec-memory-max 0`.
+fn memory_cap(n: u64, v1: bool) -> String {
+    match (n, v1) {
+        (0, true) => "-1".to_string(),
+        (0, false) => "max".to_string(),
+        _ => n.to_string(),
+    }
 }
 
 /// What `pids.max` says for a cap of `n` process IDs: `max` for 0 (none), written all the
@@ -305,6 +335,15 @@ impl Groups {
         }
     }
 
+    /// Whether the host has a `memory` controller for the exec tasks' cap.
+    pub(crate) fn has_memory(&self) -> bool {
+        match &self.layout {
+            Layout::V1 { memory, .. } => memory.is_some(),
+            Layout::V2 { memory, .. } => *memory,
+            Layout::None => false,
+        }
+    }
+
     /// The same layout with another scope.
     pub(crate) fn with_scope(&self, scope: &str) -> Groups {
         Groups::new(self.layout.clone(), scope)
@@ -315,13 +354,13 @@ impl Groups {
         at.join(GROUP).join(&self.scope)
     }
 
-    /// What task `task_id` (a checked task ID: one path component) needs, with `pids_max`
-    /// process IDs for all of this agent's exec tasks together (0: no such cap).
+    /// What task `task_id` (a checked task ID: one path component) needs, under `caps` for
+    /// all of this agent's exec tasks together.
     pub(crate) fn plan(
         &self,
         task_id: &str,
         limits: Limits,
-        pids_max: u64,
+        caps: Caps,
     ) -> Result<Plan, CgroupError> {
         let leaf = if limits.any() { task_id } else { SHARED };
         let missing = |what, controller| CgroupError::NoController { what, controller };
@@ -340,9 +379,8 @@ impl Groups {
                 if limits.pids > 0 && pids.is_none() {
                     return Err(missing("--limit-pids", "pids"));
                 }
-                // Every task is grouped for CPU and counted against the cap on process IDs;
-                // only a task with a memory limit needs a memory group of its own (the
-                // others stay in the daemon's).
+                // Every task is grouped for CPU and counted against the caps on process IDs
+                // and memory.
                 if let Some(cpu) = cpu {
                     let dir = self.base(cpu).join(leaf);
                     p.make
@@ -363,7 +401,7 @@ impl Groups {
                     p.make
                         .extend([pids.join(GROUP), self.base(pids), dir.clone()]);
                     p.write
-                        .push((self.base(pids).join("pids.max"), pids_cap(pids_max)));
+                        .push((self.base(pids).join("pids.max"), pids_cap(caps.pids)));
                     if limits.pids > 0 {
                         // Under the agent's: the node's cap still holds the task.
                         p.write
@@ -371,16 +409,20 @@ impl Groups {
                     }
                     p.join.push(dir);
                 }
-                if let Some(memory) = memory
-                    && limits.memory_bytes > 0
-                {
-                    let dir = self.base(memory).join(task_id);
+                if let Some(memory) = memory {
+                    let dir = self.base(memory).join(leaf);
                     p.make
                         .extend([memory.join(GROUP), self.base(memory), dir.clone()]);
                     p.write.push((
-                        dir.join("memory.limit_in_bytes"),
-                        limits.memory_bytes.to_string(),
+                        self.base(memory).join("memory.limit_in_bytes"),
+                        memory_cap(caps.memory_bytes, true),
                     ));
+                    if limits.memory_bytes > 0 {
+                        p.write.push((
+                            dir.join("memory.limit_in_bytes"),
+                            limits.memory_bytes.to_string(),
+                        ));
+                    }
                     p.join.push(dir);
                 }
             }
@@ -416,7 +458,13 @@ impl Groups {
                     }
                 }
                 if *pids {
-                    p.write.push((base.join("pids.max"), pids_cap(pids_max)));
+                    p.write.push((base.join("pids.max"), pids_cap(caps.pids)));
+                }
+                if *memory {
+                    p.write.push((
+                        base.join("memory.max"),
+                        memory_cap(caps.memory_bytes, false),
+                    ));
                 }
                 if limits.nano_cpus > 0 {
                     p.write.push((
@@ -618,8 +666,15 @@ mod tests {
         }
     }
 
-    /// The exec tasks' cap on process IDs in these tests.
-    const PIDS: u64 = 1000;
+    /// The exec tasks' caps in these tests: 1,000 process IDs, 4 GiB.
+    const CAPS: Caps = Caps {
+        pids: 1000,
+        memory_bytes: 4 << 30,
+    };
+    const NO_CAPS: Caps = Caps {
+        pids: 0,
+        memory_bytes: 0,
+    };
 
     fn g1() -> Groups {
         Groups::new(v1(), "n1")
@@ -742,8 +797,8 @@ mod tests {
     }
 
     #[test]
-    fn a_task_without_limits_joins_the_shared_cpu_and_pids_groups_only() {
-        let plan = g1().plan("t1", Limits::default(), PIDS).unwrap();
+    fn a_task_without_limits_joins_the_shared_groups_under_the_nodes_caps() {
+        let plan = g1().plan("t1", Limits::default(), CAPS).unwrap();
         assert_eq!(
             plan,
             Plan {
@@ -754,28 +809,65 @@ mod tests {
                     p("/cg/pids/skep"),
                     p("/cg/pids/skep/n1"),
                     p("/cg/pids/skep/n1/shared"),
+                    p("/cg/memory/skep"),
+                    p("/cg/memory/skep/n1"),
+                    p("/cg/memory/skep/n1/shared"),
                 ],
-                write: vec![(p("/cg/pids/skep/n1/pids.max"), "1000".into())],
-                join: vec![p("/cg/cpu/skep/n1/shared"), p("/cg/pids/skep/n1/shared")],
+                write: vec![
+                    (p("/cg/pids/skep/n1/pids.max"), "1000".into()),
+                    (
+                        p("/cg/memory/skep/n1/memory.limit_in_bytes"),
+                        "4294967296".into()
+                    ),
+                ],
+                join: vec![
+                    p("/cg/cpu/skep/n1/shared"),
+                    p("/cg/pids/skep/n1/shared"),
+                    p("/cg/memory/skep/n1/shared")
+                ],
                 required: false,
             }
         );
-        let v2 = g2().plan("t1", Limits::default(), PIDS).unwrap();
+        let v2 = g2().plan("t1", Limits::default(), CAPS).unwrap();
         assert_eq!(v2.join, vec![p("/cg/skep/n1/shared")]);
-        assert!(
-            v2.write
-                .contains(&(p("/cg/skep/n1/pids.max"), "1000".into()))
-        );
-        // No cap asked for: `max` written, so an earlier run's cap does not stay.
-        let uncapped = g1().plan("t1", Limits::default(), 0).unwrap();
+        for cap in [
+            (p("/cg/skep/n1/pids.max"), "1000".to_string()),
+            (p("/cg/skep/n1/memory.max"), "4294967296".to_string()),
+        ] {
+            assert!(v2.write.contains(&cap), "{cap:?}");
+        }
+        // No cap asked for: `max` (`-1` for v1's memory) written, so an earlier run's cap does
+        // not stay.
+        let uncapped = g1().plan("t1", Limits::default(), NO_CAPS).unwrap();
         assert_eq!(
             uncapped.write,
-            vec![(p("/cg/pids/skep/n1/pids.max"), "max".into())]
+            vec![
+                (p("/cg/pids/skep/n1/pids.max"), "max".into()),
+                (p("/cg/memory/skep/n1/memory.limit_in_bytes"), "-1".into())
+            ]
         );
+        let uncapped = g2().plan("t1", Limits::default(), NO_CAPS).unwrap();
+        for cap in [
+            (p("/cg/skep/n1/pids.max"), "max".to_string()),
+            (p("/cg/skep/n1/memory.max"), "max".to_string()),
+        ] {
+            assert!(uncapped.write.contains(&cap), "{cap:?}");
+        }
         let none = Groups::new(Layout::None, "n1")
-            .plan("t1", Limits::default(), PIDS)
+            .plan("t1", Limits::default(), CAPS)
             .unwrap();
         assert_eq!(none, Plan::default());
+    }
+
+    #[test]
+    fn the_default_memory_cap_keeps_a_tenth_and_at_least_a_gibibyte_for_the_host() {
+        const G: u64 = 1 << 30;
+        assert_eq!(default_memory_max(24 * G), 24 * G - 24 * G / 10);
+        assert_eq!(default_memory_max(8 * G), 7 * G);
+        assert_eq!(default_memory_max(2 * G), G);
+        // A small node keeps half for its tasks.
+        assert_eq!(default_memory_max(G), G / 2);
+        assert_eq!(default_memory_max(0), 0);
     }
 
     #[test]
@@ -786,7 +878,7 @@ mod tests {
             pids: 0,
         };
         assert_eq!(
-            g1().plan("t1", limits, PIDS).unwrap(),
+            g1().plan("t1", limits, CAPS).unwrap(),
             Plan {
                 make: vec![
                     p("/cg/cpu/skep"),
@@ -803,6 +895,10 @@ mod tests {
                     (p("/cg/cpu/skep/n1/t1/cpu.cfs_period_us"), "100000".into()),
                     (p("/cg/cpu/skep/n1/t1/cpu.cfs_quota_us"), "25000".into()),
                     (p("/cg/pids/skep/n1/pids.max"), "1000".into()),
+                    (
+                        p("/cg/memory/skep/n1/memory.limit_in_bytes"),
+                        "4294967296".into()
+                    ),
                     (
                         p("/cg/memory/skep/n1/t1/memory.limit_in_bytes"),
                         "33554432".into()
@@ -824,13 +920,14 @@ mod tests {
                     memory_bytes: 8 << 20,
                     ..Limits::default()
                 },
-                0,
+                NO_CAPS,
             )
             .unwrap();
         assert_eq!(
             mem_only.write,
             vec![
                 (p("/cg/pids/skep/n1/pids.max"), "max".into()),
+                (p("/cg/memory/skep/n1/memory.limit_in_bytes"), "-1".into()),
                 (
                     p("/cg/memory/skep/n1/t1/memory.limit_in_bytes"),
                     "8388608".into()
@@ -846,7 +943,7 @@ mod tests {
                     pids: 50,
                     ..Limits::default()
                 },
-                PIDS,
+                CAPS,
             )
             .unwrap();
         assert!(pids_only.required);
@@ -855,11 +952,19 @@ mod tests {
             vec![
                 (p("/cg/pids/skep/n1/pids.max"), "1000".into()),
                 (p("/cg/pids/skep/n1/t1/pids.max"), "51".into()),
+                (
+                    p("/cg/memory/skep/n1/memory.limit_in_bytes"),
+                    "4294967296".into()
+                ),
             ]
         );
         assert_eq!(
             pids_only.join,
-            vec![p("/cg/cpu/skep/n1/t1"), p("/cg/pids/skep/n1/t1")]
+            vec![
+                p("/cg/cpu/skep/n1/t1"),
+                p("/cg/pids/skep/n1/t1"),
+                p("/cg/memory/skep/n1/t1")
+            ]
         );
         assert_eq!(
             g1().own_dirs("t1"),
@@ -879,7 +984,7 @@ mod tests {
             pids: 64,
         };
         assert_eq!(
-            g2().plan("t1", limits, PIDS).unwrap(),
+            g2().plan("t1", limits, CAPS).unwrap(),
             Plan {
                 make: vec![p("/cg/skep"), p("/cg/skep/n1"), p("/cg/skep/n1/t1")],
                 write: vec![
@@ -893,6 +998,7 @@ mod tests {
                         "+cpu +memory +pids".into()
                     ),
                     (p("/cg/skep/n1/pids.max"), "1000".into()),
+                    (p("/cg/skep/n1/memory.max"), "4294967296".into()),
                     (p("/cg/skep/n1/t1/cpu.max"), "150000 100000".into()),
                     (p("/cg/skep/n1/t1/memory.max"), "67108864".into()),
                     (p("/cg/skep/n1/t1/pids.max"), "65".into()),
@@ -924,7 +1030,7 @@ mod tests {
             pids: None,
         };
         let e = Groups::new(no_memory.clone(), "n1")
-            .plan("t1", mem, PIDS)
+            .plan("t1", mem, CAPS)
             .unwrap_err()
             .to_string();
         assert!(
@@ -938,7 +1044,7 @@ mod tests {
             pids: true,
         };
         let e = Groups::new(no_cpu.clone(), "n1")
-            .plan("t1", cpu, PIDS)
+            .plan("t1", cpu, CAPS)
             .unwrap_err()
             .to_string();
         assert!(e.contains("--limit-cpu"), "{e}");
@@ -954,7 +1060,7 @@ mod tests {
             Layout::None,
         ] {
             let e = Groups::new(layout, "n1")
-                .plan("t1", pids, PIDS)
+                .plan("t1", pids, CAPS)
                 .unwrap_err()
                 .to_string();
             assert!(
@@ -964,12 +1070,12 @@ mod tests {
         }
         assert!(
             Groups::new(Layout::None, "n1")
-                .plan("t1", mem, PIDS)
+                .plan("t1", mem, CAPS)
                 .is_err()
         );
         assert!(
             Groups::new(Layout::None, "n1")
-                .plan("t1", cpu, PIDS)
+                .plan("t1", cpu, CAPS)
                 .is_err()
         );
         // Without limits the same nodes run the task (grouped where they can); the cap on
@@ -977,12 +1083,12 @@ mod tests {
         // enforced, and the task still runs.
         assert!(
             Groups::new(no_memory.clone(), "n1")
-                .plan("t1", Limits::default(), PIDS)
+                .plan("t1", Limits::default(), CAPS)
                 .is_ok()
         );
         assert!(
             Groups::new(no_cpu.clone(), "n1")
-                .plan("t1", Limits::default(), PIDS)
+                .plan("t1", Limits::default(), CAPS)
                 .is_ok()
         );
     }
@@ -990,11 +1096,15 @@ mod tests {
     #[test]
     fn each_agent_has_a_group_of_its_own_and_a_scope_is_one_safe_name() {
         let other = Groups::new(v1(), "n2")
-            .plan("t1", Limits::default(), PIDS)
+            .plan("t1", Limits::default(), CAPS)
             .unwrap();
         assert_eq!(
             other.join,
-            vec![p("/cg/cpu/skep/n2/shared"), p("/cg/pids/skep/n2/shared")]
+            vec![
+                p("/cg/cpu/skep/n2/shared"),
+                p("/cg/pids/skep/n2/shared"),
+                p("/cg/memory/skep/n2/shared")
+            ]
         );
         assert!(
             other
@@ -1036,7 +1146,7 @@ mod tests {
             pids: 0,
         };
         let plan = groups
-            .plan(&id, limits, 0)
+            .plan(&id, limits, NO_CAPS)
             .expect("this host mounts cpu and memory");
         apply(&plan).unwrap();
         let procs: Vec<String> = plan

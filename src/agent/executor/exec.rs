@@ -49,8 +49,8 @@ pub(crate) struct ExecRuntime {
     /// Where its tasks' control groups go (the host's layout, read once, and this agent's
     /// own group).
     cgroups: Arc<Groups>,
-    /// The process IDs all exec tasks together may hold (0: no cap).
-    pids_max: u64,
+    /// What all exec tasks together may hold.
+    caps: cgroup::Caps,
 }
 
 impl ExecRuntime {
@@ -60,7 +60,10 @@ impl ExecRuntime {
             helper,
             hide: vec![state_dir.join(crate::agent::secrets::NODE_DIR)],
             cgroups: Arc::new(Groups::new(Layout::detect(), &local_scope(state_dir))),
-            pids_max: cgroup::default_pids_max(),
+            caps: cgroup::Caps {
+                pids: cgroup::default_pids_max(),
+                memory_bytes: cgroup::default_memory_max(super::Executors::capacity().memory_bytes),
+            },
         }
     }
 
@@ -69,20 +72,25 @@ impl ExecRuntime {
     /// be made; a check joining a missing group would fail).
     pub(crate) fn groups_of(&self, task: &Task) -> Vec<PathBuf> {
         self.cgroups
-            .plan(&task.id, limits_of(task), self.pids_max)
+            .plan(&task.id, limits_of(task), self.caps)
             .map(|p| p.join.into_iter().filter(|d| d.is_dir()).collect())
             .unwrap_or_default()
     }
 
-    /// The cgroup version its tasks' limits use (`1`, `2` or `none`) and the cap on their
-    /// process IDs in force (0: none, or no `pids` controller to hold it).
-    pub(crate) fn isolation(&self) -> (&'static str, u64) {
-        let cap = if self.cgroups.has_pids() {
-            self.pids_max
+    /// The cgroup version its tasks' limits use (`1`, `2` or `none`) and the caps on their
+    /// process IDs and memory in force (0: none, or no controller to hold it).
+    pub(crate) fn isolation(&self) -> (&'static str, u64, u64) {
+        let pids = if self.cgroups.has_pids() {
+            self.caps.pids
         } else {
             0
         };
-        (self.cgroups.version(), cap)
+        let memory = if self.cgroups.has_memory() {
+            self.caps.memory_bytes
+        } else {
+            0
+        };
+        (self.cgroups.version(), pids, memory)
     }
 
     /// Puts this agent's task groups under `skep/<node_id>` (by default `skep/local-<digest
@@ -101,7 +109,13 @@ impl ExecRuntime {
     /// Caps the process IDs all exec tasks together may hold (0: no cap) from the next start
     /// on (see [`super::Executors::exec_pids_max`]).
     pub(crate) fn set_pids_max(&mut self, n: u64) {
-        self.pids_max = n;
+        self.caps.pids = n;
+    }
+
+    /// Caps the memory all exec tasks together may use (0: no cap) from the next start on
+    /// (see [`super::Executors::exec_memory_max`]).
+    pub(crate) fn set_memory_max(&mut self, bytes: u64) {
+        self.caps.memory_bytes = bytes;
     }
 
     /// Hides `paths` from every task from now on (see [`super::Executors::hiding`]).
@@ -146,9 +160,7 @@ impl ExecRuntime {
             });
         }
 
-        let cgroups = self
-            .cgroups
-            .plan(&task.id, limits_of(task), self.pids_max)?;
+        let cgroups = self.cgroups.plan(&task.id, limits_of(task), self.caps)?;
 
         let dir = self.task_dir(&task.id);
         let mut helper = tokio::process::Command::new(&self.helper);

@@ -241,9 +241,21 @@ impl Executors {
         self
     }
 
+    /// Caps the memory all exec tasks of this node together may use (`skep daemon
+    /// --exec-memory-max`; 0: no cap; by default all but a tenth of the node's memory, at
+    /// least 1 GiB, kept for the daemon and the host): past it the kernel kills a task's
+    /// process, not the daemon's.
+    pub fn exec_memory_max(mut self, bytes: u64) -> Executors {
+        if let Some(e) = &mut self.exec {
+            e.set_memory_max(bytes);
+        }
+        self
+    }
+
     /// With the exec runtime: the cgroup version its tasks' limits use (`1`, `2` or `none`)
-    /// and the cap on their process IDs in force (0: none), as `skep info` shows them.
-    pub fn exec_isolation(&self) -> Option<(&'static str, u64)> {
+    /// and the caps on their process IDs and memory in force (0: none), as `skep info`
+    /// shows them.
+    pub fn exec_isolation(&self) -> Option<(&'static str, u64, u64)> {
         self.exec.as_ref().map(|e| e.isolation())
     }
 
