@@ -456,8 +456,13 @@ impl Supervisor {
     }
 
     /// Removes the node's own exec control groups that hold no task any more (the daemon
-    /// stops or leaves; `settling` after [`Supervisor::stop_all`]).
+    /// stops or leaves; `settling` after [`Supervisor::stop_all`]). A daemon that stops with
+    /// tasks left running keeps them all: a task of its that is starting could otherwise find
+    /// the groups it is to join gone.
     pub async fn release_groups(&self, settling: bool) {
+        if !settling && self.running.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return;
+        }
         self.execs.release_exec_groups(settling).await;
     }
 

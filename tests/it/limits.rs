@@ -584,15 +584,19 @@ fn a_stopped_daemon_removes_its_own_groups_unless_a_task_holds_them() {
     m.spawn();
     m.wait_up();
     m.cli_ok(&["service", "rm", "holder"]);
-    wait_for(timeout(), "the task's processes to end", || {
+    // Until the agent is done with the task (its directory goes last): the daemon keeps its
+    // groups while a task of its may still be starting.
+    let tasks_dir = m.data_dir().join("tasks").join("tasks");
+    wait_for(timeout(), "the agent to be done with the task", || {
         let procs: String = dirs
             .iter()
             .map(|d| std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default())
             .collect();
-        if procs.trim().is_empty() {
+        let left = std::fs::read_dir(&tasks_dir).map_or(0, |d| d.count());
+        if procs.trim().is_empty() && left == 0 {
             Ok(())
         } else {
-            Err(procs)
+            Err(format!("processes {procs:?}, {left} task directories"))
         }
     });
     m.terminate();
