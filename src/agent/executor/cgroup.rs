@@ -18,7 +18,7 @@
 //! writes the limits (as root; the files stay root's, so a task running as `nobody` cannot
 //! raise them); the task's init joins them before its command starts (`skep-init
 //! --cgroup`), so every process of the task is inside. A task's own groups go when it ends;
-//! the agent's go when the daemon stops or leaves with no task left in them.
+//! the agent's go when the daemon stops with no task running, or leaves.
 //!
 //! A task with limits never runs without them: if the node cannot enforce a limit (no
 //! controller, a read-only cgroup file system), its start fails naming what is missing. A task
@@ -552,8 +552,8 @@ impl Groups {
 
     /// Removes this agent's own groups ([`Groups::agent_dirs`]) when the daemon stops or
     /// leaves, so a host does not keep one empty group per node it ever ran. A group that
-    /// still holds a task (one left running for the next start to adopt) stays, as do the
-    /// agent's groups above it; the next start finds or makes them again. With `settling`
+    /// still holds a task stays, as do the agent's groups above it; the next start finds or
+    /// makes them again. With `settling`
     /// (its tasks were just stopped) a busy group is tried again for up to
     /// [`REMOVE_WAIT`], while the tasks' own groups go. Blocking.
     pub(crate) fn remove_agent(&self, settling: bool) -> usize {
