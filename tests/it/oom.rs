@@ -113,10 +113,10 @@ fn proc_field(pid: u32, file: &str) -> String {
 }
 
 /// Break it: a node's exec tasks without memory limits (their groups are under the daemon's
-/// memory group) eat past what that group may hold, each holding less than the daemon. The kernel must kill
-/// tasks, not the daemon: a task's command stands 500 above the daemon with the OOM killer.
-/// Without that, every process has the daemon's standing and the kernel kills the largest
-/// one: the daemon.
+/// memory group) eat past what that group may hold, each holding less than the daemon. The
+/// kernel must kill tasks, not the daemon: a task's command stands 500 above the daemon with
+/// the OOM killer. Without that, every process has the daemon's standing and the kernel kills
+/// the largest one: the daemon.
 #[test]
 fn the_oom_killer_takes_a_task_that_eats_memory_not_the_daemon() {
     let group = MemoryGroup::new();
