@@ -396,10 +396,7 @@ fn a_nodes_cap_on_exec_process_ids_holds_end_to_end() {
     let forks = |n: usize| format!("for i in $(seq {n}); do sleep 5 & done; wait");
     exec_service(m, "forks-60", &["--restart-condition", "none"], &forks(60));
     let bomb = ended(m, "forks-60");
-    assert!(
-        bomb.starts_with("Failed") && bomb.contains("non-zero exit (2)"),
-        "{bomb}"
-    );
+    assert_failed_with(&bomb, 2);
     exec_service(m, "forks-10", &["--restart-condition", "none"], &forks(10));
     let small = ended(m, "forks-10");
     assert!(small.starts_with("Complete"), "{small}");
@@ -424,10 +421,7 @@ fn a_nodes_cap_on_exec_memory_holds_end_to_end() {
     let m = c.first();
     exec_service(m, "hog-capped", &["--restart-condition", "none"], HOG);
     let hog = ended(m, "hog-capped");
-    assert!(
-        hog.starts_with("Failed") && hog.contains("non-zero exit (137)"),
-        "{hog}"
-    );
+    assert_failed_with(&hog, 137);
     exec_service(
         m,
         "small",
@@ -438,6 +432,14 @@ fn a_nodes_cap_on_exec_memory_holds_end_to_end() {
     assert!(small.starts_with("Complete"), "{small}");
     let info = m.cli_ok(&["info"]);
     assert!(info.contains(" Exec Tasks Memory Limit: 64MiB\n"), "{info}");
+}
+
+/// `end` (from [`ended`]) is a task that failed with exit code `code`, as Swarm shows it.
+fn assert_failed_with(end: &str, code: u8) {
+    assert!(
+        end.starts_with("Failed") && end.contains(&format!("non-zero exit ({code})")),
+        "{end}"
+    );
 }
 
 /// The state and error of `service`'s task once it has ended (`Complete ...` or
@@ -472,10 +474,7 @@ fn an_exec_services_limit_on_process_ids_holds_end_to_end() {
     let small = ended(m, "pids-10");
     assert!(small.starts_with("Complete"), "{small}");
     let bomb = ended(m, "pids-40");
-    assert!(
-        bomb.starts_with("Failed") && bomb.contains("non-zero exit (2)"),
-        "{bomb}"
-    );
+    assert_failed_with(&bomb, 2);
     let pretty = m.cli_ok(&["service", "inspect", "--pretty", "pids-40"]);
     assert!(
         pretty.contains(" Limits:\n") && pretty.contains("  PIDs:"),
@@ -538,10 +537,7 @@ fn an_exec_services_memory_limit_holds_end_to_end() {
     let free = ended(m, "hog-free");
     assert!(free.starts_with("Complete"), "{free}");
     let limited = ended(m, "hog-limited");
-    assert!(
-        limited.starts_with("Failed") && limited.contains("non-zero exit (137)"),
-        "{limited}"
-    );
+    assert_failed_with(&limited, 137);
 }
 
 /// The host directories of the agent's own groups (`skep/<node ID>` and its `shared`, in each
