@@ -19,7 +19,9 @@ use crate::audit::{Actor, AuditEvent, Outcome};
 use crate::secret::SecretString;
 use crate::store::model::{Command, State};
 use crate::store::service::{DesiredState, Task};
-use crate::store::workload::{JWT_SVID_TTL_SECS, SvidRecord, WorkloadKeys};
+use crate::store::workload::{
+    JWT_SVID_TTL_SECS, MAX_SVID_RECORDS, MAX_SVIDS_PER_TASK, SvidRecord, WorkloadKeys,
+};
 
 /// How long the workload CA lives (as long as a root CA).
 const WORKLOAD_CA_DAYS: i64 = super::control::ROOT_CA_VALIDITY_DAYS;
@@ -44,6 +46,18 @@ pub enum WorkloadError {
     /// The swarm has no workload keys yet (a swarm from before; the leader makes them).
     #[error("the swarm has no workload identity keys yet; retry in a moment")]
     NoKeys,
+    /// The task holds as many unexpired SVIDs as one task may ([`MAX_SVIDS_PER_TASK`]).
+    #[error(
+        "task {0} holds {1} unexpired SVIDs, the most one task may (its agent renews at half \
+         life and needs no more); ask again once one expires"
+    )]
+    TaskHolds(String, usize),
+    /// The swarm holds as many unexpired SVIDs as it keeps records of ([`MAX_SVID_RECORDS`]).
+    #[error(
+        "the swarm holds {0} unexpired SVIDs, the most it keeps records of to revoke them; new \
+         SVIDs are refused until some expire (`swarm update --svid-ttl` makes them shorter)"
+    )]
+    SwarmHolds(usize),
     /// The request itself is malformed (a CSR, an audience).
     #[error("{0}")]
     BadRequest(String),
@@ -157,6 +171,7 @@ pub fn svid_for(
     now: OffsetDateTime,
 ) -> Result<Issued, WorkloadError> {
     let (task, spiffe_id) = entitled(state, node_id, task_id)?;
+    room_for_svid(state, &task.id, now.unix_timestamp())?;
     let csr = Csr::from_der(csr_der).map_err(|e| WorkloadError::BadRequest(e.to_string()))?;
     let cluster = state.cluster.as_ref().ok_or(WorkloadError::NoKeys)?;
     let keys = cluster.workload.as_ref().ok_or(WorkloadError::NoKeys)?;
@@ -196,6 +211,23 @@ pub fn svid_for(
         spiffe_id,
         commit,
     })
+}
+
+/// Whether task `task_id` may have one more X.509-SVID at `now` (Unix seconds). Every SVID
+/// issued keeps its record until it expires, so that it can be revoked, and no record goes
+/// before then (`SvidRecords::record`): the records are bounded here, where SVIDs are made. A
+/// task holds at most [`MAX_SVIDS_PER_TASK`], so a node asking again and again for its own
+/// task's SVID (a worker an attacker holds) grows them by no more than that; the swarm at most
+/// [`MAX_SVID_RECORDS`], past which new SVIDs are refused rather than a revocation dropped.
+fn room_for_svid(state: &State, task_id: &str, now: i64) -> Result<(), WorkloadError> {
+    let (all, its) = state.svids.unexpired(task_id, now);
+    if its >= MAX_SVIDS_PER_TASK {
+        return Err(WorkloadError::TaskHolds(task_id.to_string(), its));
+    }
+    if all >= MAX_SVID_RECORDS {
+        return Err(WorkloadError::SwarmHolds(all));
+    }
+    Ok(())
 }
 
 /// The audit record of a refused SVID request.
@@ -568,6 +600,40 @@ mod tests {
         let long = "x".repeat(10_000);
         let e = svid_for(&s, "n1", &long, &csr(), now()).unwrap_err();
         assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+    }
+
+    /// A task gets at most [`MAX_SVIDS_PER_TASK`] unexpired SVIDs, and the swarm at most
+    /// [`MAX_SVID_RECORDS`]: past either, refused, and expired ones make room again.
+    #[test]
+    fn svids_are_refused_past_a_tasks_few_and_the_swarms_bound() {
+        let task = skep_pki::new_id();
+        let mut s = state(&task);
+        for _ in 0..MAX_SVIDS_PER_TASK {
+            let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
+            s.apply(issued.commit);
+        }
+        let e = svid_for(&s, "n1", &task, &csr(), now()).unwrap_err();
+        assert_eq!(
+            e,
+            WorkloadError::TaskHolds(task.clone(), MAX_SVIDS_PER_TASK)
+        );
+        let ttl = time::Duration::try_from(s.cluster.as_ref().unwrap().svid_ttl()).unwrap();
+        let later = now() + ttl + time::Duration::seconds(1);
+        assert!(svid_for(&s, "n1", &task, &csr(), later).is_ok());
+
+        let mut full = state(&task);
+        let rec = SvidRecord {
+            task_id: "others".into(),
+            node_id: "n2".into(),
+            not_after: (now() + ttl).unix_timestamp(),
+        };
+        full.svids = (0..MAX_SVID_RECORDS)
+            .map(|i| (format!("{i:08x}"), rec.clone()))
+            .collect();
+        let e = svid_for(&full, "n1", &task, &csr(), now()).unwrap_err();
+        assert_eq!(e, WorkloadError::SwarmHolds(MAX_SVID_RECORDS));
+        assert!(e.to_string().len() < 300);
+        assert!(svid_for(&full, "n1", &task, &csr(), later).is_ok());
     }
 
     /// An SVID is revoked once its task stops or goes, or moves, or its node is removed.

@@ -15,9 +15,14 @@ pub const MIN_SVID_TTL_SECS: u64 = 10;
 pub const MAX_SVID_TTL_SECS: u64 = 24 * 3600;
 /// JWT-SVID lifetime: five minutes.
 pub const JWT_SVID_TTL_SECS: u64 = 300;
-/// The most SVID records kept; past it the oldest-expiring go first (they are only kept to
-/// be revoked, and an expired SVID needs no revocation).
+/// The most unexpired X.509-SVIDs the swarm keeps records of. A record is kept until its SVID
+/// expires (it is kept to be revoked, and an expired SVID needs no revocation) and never
+/// dropped before: a record dropped is a revocation lost. So the bound is kept where SVIDs
+/// are issued: past it the leader refuses new ones (`manager::workload::room_for_svid`).
 pub const MAX_SVID_RECORDS: usize = 200_000;
+/// The most unexpired X.509-SVIDs one task may hold: its agent renews at half life, so it
+/// holds two at most while it runs; the rest is room for retries.
+pub const MAX_SVIDS_PER_TASK: usize = 8;
 
 /// The keys of workload identity, made at `swarm init` (or by the leader on first need in a
 /// swarm created before). Lives only inside the sealed store.
@@ -74,22 +79,29 @@ impl SvidRecords {
         self.0.is_empty()
     }
 
+    /// How many records are of SVIDs unexpired at `now` (Unix seconds): in all, and of task
+    /// `task_id`.
+    pub fn unexpired(&self, task_id: &str, now: i64) -> (usize, usize) {
+        self.0
+            .values()
+            .filter(|r| r.not_after > now)
+            .fold((0, 0), |(all, its), r| {
+                (all + 1, its + usize::from(r.task_id == task_id))
+            })
+    }
+
     /// Adds the record of an SVID issued at `now` (Unix seconds), dropping records that have
-    /// expired and, past [`MAX_SVID_RECORDS`], those that expire first.
+    /// expired, and no other: an unexpired SVID whose record went could not be revoked. The
+    /// leader keeps the count bounded by refusing to issue past [`MAX_SVID_RECORDS`].
     pub(crate) fn record(&mut self, serial: String, record: SvidRecord, now: i64) {
         self.0.retain(|_, r| r.not_after > now);
-        while self.0.len() >= MAX_SVID_RECORDS {
-            let Some(first) = self
-                .0
-                .iter()
-                .min_by_key(|(_, r)| r.not_after)
-                .map(|(s, _)| s.clone())
-            else {
-                break;
-            };
-            self.0.remove(&first);
-        }
         self.0.insert(serial, record);
+    }
+}
+
+impl FromIterator<(String, SvidRecord)> for SvidRecords {
+    fn from_iter<I: IntoIterator<Item = (String, SvidRecord)>>(records: I) -> Self {
+        Self(records.into_iter().collect())
     }
 }
 
@@ -113,5 +125,27 @@ mod tests {
         r.record("cc".into(), rec(400), 200);
         let kept: Vec<&String> = r.iter().map(|(s, _)| s).collect();
         assert_eq!(kept, vec!["bb", "cc"]);
+        assert_eq!(r.unexpired("t", 200), (2, 2));
+        assert_eq!(r.unexpired("other", 350), (1, 0));
+    }
+
+    /// However many records come, none of an unexpired SVID is dropped for them: it would no
+    /// longer be revoked. (The leader refuses SVIDs past the bound instead.)
+    #[test]
+    fn an_unexpired_record_is_never_dropped_for_room() {
+        let mut r = SvidRecords::default();
+        let rec = |task: &str, not_after| SvidRecord {
+            task_id: task.into(),
+            node_id: "n".into(),
+            not_after,
+        };
+        r.record("first".into(), rec("stolen", 1_000), 0);
+        for i in 0..MAX_SVID_RECORDS - 1 {
+            r.0.insert(format!("{i:08x}"), rec("flood", 2_000));
+        }
+        r.record("last".into(), rec("flood", 2_000), 1);
+        assert_eq!(r.len(), MAX_SVID_RECORDS + 1);
+        assert!(r.iter().any(|(s, _)| s == "first"));
+        assert_eq!(r.unexpired("stolen", 1), (MAX_SVID_RECORDS + 1, 1));
     }
 }

@@ -275,6 +275,83 @@ fn a_node_asking_for_an_svid_it_is_not_entitled_to_is_refused_and_audited() {
     m.cli_ok(&["node", "ls"]);
 }
 
+/// A node that asks again and again for an SVID of its own running task (a worker an
+/// attacker holds) is held to a few unexpired SVIDs for that task: past
+/// `MAX_SVIDS_PER_TASK` it is refused, each refusal audited, so it cannot grow the swarm's
+/// SVID records (every one kept until it expires, so that it can be revoked) without bound.
+/// A revoked SVID of another task stays on the CRL throughout.
+#[test]
+fn a_node_asking_again_and_again_for_its_tasks_svid_is_held_to_a_few() {
+    use skep::api::v1::SvidRequest;
+    use skep::store::workload::MAX_SVIDS_PER_TASK;
+    if !crate::harness::require(crate::harness::Runtime::Exec) {
+        return;
+    }
+    let c = Cluster::init(1, 1);
+    let m = c.first();
+    let w = &c.workers()[0];
+    let on_w = format!("node.hostname=={}", w.name());
+    exec_service(m, "gone", &["--constraint", &on_w], "exec sleep 1000");
+    exec_service(m, "flood", &["--constraint", &on_w], "exec sleep 1000");
+    let gone = running_task(m, "gone")["ID"].as_str().unwrap().to_string();
+    let flood = running_task(m, "flood")["ID"].as_str().unwrap().to_string();
+    let csr = skep_pki::NodeKey::generate().unwrap().csr_der().unwrap();
+    let ask = |task: String, times: usize| {
+        let csr = csr.clone();
+        crate::harness::dispatcher_as(w, m, |mut d| async move {
+            let mut answers = Vec::new();
+            for _ in 0..times {
+                let req = SvidRequest {
+                    task_id: task.clone(),
+                    csr: csr.clone(),
+                };
+                answers.push(d.issue_svid(req).await.map(|r| r.into_inner()));
+            }
+            answers
+        })
+    };
+    // An SVID of `gone`, then the service removed: the SVID is revoked.
+    let kept = ask(gone.clone(), 1).pop().unwrap().unwrap();
+    let kept = skep_pki::SvidInfo::from_der(&kept.cert).unwrap().serial;
+    m.cli_ok(&["service", "rm", "gone"]);
+
+    let answers = ask(flood.clone(), 2 * MAX_SVIDS_PER_TASK);
+    let granted: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    let refused: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    // The agent holds one of the task's SVIDs already (perhaps two, if it retried).
+    assert!(
+        !granted.is_empty() && granted.len() < MAX_SVIDS_PER_TASK,
+        "granted {} of {} asked: {refused:?}",
+        granted.len(),
+        answers.len()
+    );
+    for e in &refused {
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+        assert!(e.message().contains("unexpired SVIDs"), "{}", e.message());
+        assert!(e.message().len() < 300, "{}", e.message());
+    }
+    // Every grant came after the removal, and each bundle revokes the removed task's SVID.
+    for g in &granted {
+        let revoked = &g.bundle.as_ref().unwrap().revoked;
+        assert!(revoked.contains(&kept), "{kept} not in {revoked:?}");
+    }
+    let audit = m.audit();
+    let denied = audit
+        .iter()
+        .filter(|r| {
+            r["action"] == "svid.issue"
+                && r["outcome"] == "denied"
+                && r["details"]["task"] == flood.as_str()
+        })
+        .count();
+    assert!(
+        denied >= refused.len(),
+        "{denied} audited of {}",
+        refused.len()
+    );
+    m.cli_ok(&["node", "ls"]);
+}
+
 /// GET `path` over HTTPS from `addr`, trusting `root_der` for the managers' server name; the
 /// body.
 fn https_get(addr: std::net::SocketAddr, root_der: &[u8], path: &str) -> String {
