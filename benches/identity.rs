@@ -9,8 +9,9 @@
 //!   first read `/run/spiffe/svid.pem` whole. Printed: ms from the CLI returning to each task
 //!   started (off) / holding its SVID (on), p50 and p99, and the ratio on/off.
 //! * `issue`: X.509-SVIDs issued per second by the leader: a worker's own credentials ask
-//!   `Dispatcher.IssueSvid` for one of its running tasks, 16 requests at a time, each for a
-//!   fresh key (every one checked, signed, recorded and audited through Raft).
+//!   `Dispatcher.IssueSvid` for its 100 running tasks in turn (a task may hold 8 unexpired),
+//!   16 requests at a time, each for a fresh key (every one checked, signed, recorded and
+//!   audited through Raft).
 //! * `revoke`: time from `service scale S=0` returning (the task stops) and from `node rm
 //!   --force` returning, to a kept copy of that task's SVID and key being refused by the
 //!   routing mesh on a port published with `identity=required` (openssl as the caller).
@@ -241,20 +242,31 @@ fn credentials_of(d: &Daemon) -> skep::net::Credentials {
 
 /// A running task of `service` on the node with hostname `host`.
 fn task_on(m: &Daemon, service: &str, host: &str) -> String {
+    tasks_on(m, service, host, 1).remove(0)
+}
+
+/// `n` running tasks of `service` on `host`, once there are.
+fn tasks_on(m: &Daemon, service: &str, host: &str, n: usize) -> Vec<String> {
     wait_for(
         wait_limit(),
-        &format!("a task of {service} on {host}"),
+        &format!("{n} running tasks of {service} on {host}"),
         || {
             let all = m.json(&["service", "ps", "--no-trunc", "--format", "json", service])?;
-            all.iter()
-                .find(|t| {
+            let ids: Vec<String> = all
+                .iter()
+                .filter(|t| {
                     t["Node"] == host
                         && t["CurrentState"]
                             .as_str()
                             .is_some_and(|s| s.starts_with("Running"))
                 })
-                .and_then(|t| t["ID"].as_str().map(str::to_string))
-                .ok_or_else(|| format!("{all:?}"))
+                .filter_map(|t| t["ID"].as_str().map(str::to_string))
+                .collect();
+            if ids.len() >= n {
+                Ok(ids)
+            } else {
+                Err(format!("{} of {n}", ids.len()))
+            }
         },
     )
 }
@@ -263,6 +275,9 @@ fn task_on(m: &Daemon, service: &str, host: &str) -> String {
 fn hostname_of(d: &Daemon) -> String {
     d.name.clone()
 }
+
+/// Tasks the issuance series asks SVIDs for: room for its 400 requests.
+const ISSUER_TASKS: usize = 100;
 
 fn issue_rate(c: &Cluster) {
     use skep::api::v1::SvidRequest;
@@ -277,6 +292,8 @@ fn issue_rate(c: &Cluster) {
         "--detach",
         "--name",
         "issuer",
+        "--replicas",
+        &ISSUER_TASKS.to_string(),
         "--constraint",
         &constraint,
         "--runtime",
@@ -285,7 +302,9 @@ fn issue_rate(c: &Cluster) {
         "/bin/sleep",
         "100000",
     ]);
-    let task = task_on(m, "issuer", &host);
+    // A task holds at most `MAX_SVIDS_PER_TASK` unexpired SVIDs (its agent holds one): the
+    // requests go round the tasks.
+    let tasks = tasks_on(m, "issuer", &host, ISSUER_TASKS);
     let creds = credentials_of(w);
     let tls = skep::net::client_config(&creds.root_der, Some(&creds)).unwrap();
     let total = 400usize;
@@ -298,10 +317,10 @@ fn issue_rate(c: &Cluster) {
         let start = Instant::now();
         let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
         let mut joins = Vec::new();
-        for csr in keys {
+        for (i, csr) in keys.into_iter().enumerate() {
             let permit = sem.clone().acquire_owned().await.unwrap();
             let mut client = DispatcherClient::new(ch.clone());
-            let task = task.clone();
+            let task = tasks[i % tasks.len()].clone();
             joins.push(tokio::spawn(async move {
                 let r = client.issue_svid(SvidRequest { task_id: task, csr }).await;
                 drop(permit);
