@@ -14,6 +14,14 @@
 //! of the last answer, as agents do, so unchanged material is left out
 //! (`manager::trust_answer`). `SKEP_BENCH_REVOKED=N` first joins and removes N more nodes, so
 //! the revoked list is as after N removals within the certificates' lifetime.
+//! `SKEP_BENCH_REVOKED_SVIDS=N` first has the simulated nodes take an X.509-SVID for each of
+//! N tasks placed on them, then removes their service, so the workload bundle's CRL lists N
+//! revoked SVIDs, as after a rolling update of N tasks within the SVID lifetime (1 h).
+//!
+//! A last series, `churn`, runs the heartbeats echoing the digest while the swarm changes
+//! (another process labels one node again and again, one Raft entry each, as a busy swarm's
+//! task reports and updates do): what the manager pays per entry for material that did not
+//! change, printed as its CPU time per entry.
 //!
 //! Run: `cargo build --release && cp target/release/skep /tmp/skep-before` on the old tree,
 //! then `SKEP_BENCH_BASELINE_BIN=/tmp/skep-before cargo bench --bench node_calls` on the new.
@@ -26,7 +34,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Cluster, Daemon};
+use common::{Cluster, Daemon, wait_for, wait_limit};
 use skep::api::v1::dispatcher_client::DispatcherClient;
 use skep::api::v1::{HeartbeatRequest, TaskReport};
 use tonic::transport::Channel;
@@ -120,6 +128,169 @@ async fn series(nodes: &[(Channel, String)], call: Call, secs: u64) -> f64 {
     done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
+/// N SVIDs of tasks placed on the simulated nodes, then revoked by removing their service.
+fn revoke_svids(m: &Daemon, rt: &tokio::runtime::Runtime, chans: &[(Channel, String)], n: u64) {
+    use skep::api::v1::SvidRequest;
+    if n == 0 {
+        return;
+    }
+    // The nodes stay Ready meanwhile, each with a task session open (tasks go only to nodes
+    // that heartbeat and take assignments).
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut sessions = Vec::new();
+    for (ch, _) in chans {
+        let mut client = DispatcherClient::new(ch.clone());
+        sessions.push(rt.spawn(async move {
+            let req = skep::api::v1::SessionRequest {
+                runtimes: vec!["exec".into()],
+                nano_cpus: 2_000_000_000,
+                memory_bytes: 8 << 30,
+                shared_specs: true,
+            };
+            if let Ok(s) = client.session(req).await {
+                let mut s = s.into_inner();
+                while let Ok(Some(_)) = s.message().await {}
+            }
+        }));
+    }
+    for (ch, host) in chans {
+        let (ch, host, stop) = (ch.clone(), host.clone(), stop.clone());
+        rt.spawn(async move {
+            let mut client = DispatcherClient::new(ch);
+            while !stop.load(Ordering::Relaxed) {
+                let req = HeartbeatRequest {
+                    hostname: host.clone(),
+                    addr: "0.0.0.0:2377".into(),
+                    ..Default::default()
+                };
+                let _ = client.heartbeat(req).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+    }
+    m.cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "gone",
+        "--replicas",
+        &n.to_string(),
+        "--constraint",
+        "node.role==worker",
+        "--runtime",
+        "exec",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    let placed: Vec<(String, String)> = wait_for(wait_limit(), "the tasks placed", || {
+        let all = m.json(&["service", "ps", "--no-trunc", "--format", "json", "gone"])?;
+        let placed: Vec<(String, String)> = all
+            .iter()
+            .filter_map(|t| {
+                Some((
+                    t["Node"].as_str()?.to_string(),
+                    t["ID"].as_str()?.to_string(),
+                ))
+            })
+            .filter(|(node, _)| node.starts_with("sim-"))
+            .collect();
+        if placed.len() as u64 == n {
+            Ok(placed)
+        } else {
+            Err(format!(
+                "{} of {n} placed; first {:?}",
+                placed.len(),
+                all.first()
+            ))
+        }
+    });
+    let csr = skep_pki::NodeKey::generate().unwrap().csr_der().unwrap();
+    rt.block_on(async {
+        let mut joins = Vec::new();
+        for (ch, host) in chans {
+            let mine: Vec<String> = placed
+                .iter()
+                .filter(|(node, _)| node == host)
+                .map(|(_, id)| id.clone())
+                .collect();
+            let (ch, csr) = (ch.clone(), csr.clone());
+            joins.push(tokio::spawn(async move {
+                let mut client = DispatcherClient::new(ch);
+                for task_id in mine {
+                    let req = SvidRequest {
+                        task_id,
+                        csr: csr.clone(),
+                    };
+                    client.issue_svid(req).await.unwrap();
+                }
+            }));
+        }
+        for j in joins {
+            j.await.unwrap();
+        }
+    });
+    m.cli(&["service", "rm", "gone"]);
+    stop.store(true, Ordering::Relaxed);
+    for s in sessions {
+        s.abort();
+    }
+}
+
+/// CPU seconds the process `pid` has used (user and system).
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Heartbeats/s echoing the digest while another process labels a node again and again; the
+/// entries made and the manager's CPU seconds meanwhile.
+fn churn(
+    m: &Daemon,
+    rt: &tokio::runtime::Runtime,
+    chans: &[(Channel, String)],
+    secs: u64,
+) -> (f64, u64, f64) {
+    let pid = m.child.as_ref().unwrap().id();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let entries = Arc::new(AtomicU64::new(0));
+    let labeller = {
+        let (stop, entries) = (stop.clone(), entries.clone());
+        let (bin, sock) = (m.bin.clone(), m.socket());
+        std::thread::spawn(move || {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let ok = std::process::Command::new(&bin)
+                    .arg("--host")
+                    .arg(format!("unix://{}", sock.display()))
+                    .args([
+                        "node",
+                        "update",
+                        "--label-add",
+                        &format!("churn={i}"),
+                        "sim-0",
+                    ])
+                    .output()
+                    .is_ok_and(|o| o.status.success());
+                if ok {
+                    entries.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        })
+    };
+    let cpu = cpu_secs(pid);
+    let rate = rt.block_on(series(chans, Call::Heartbeat { echo: true }, secs));
+    let cpu = cpu_secs(pid) - cpu;
+    stop.store(true, Ordering::Relaxed);
+    labeller.join().unwrap();
+    (rate, entries.load(Ordering::Relaxed), cpu)
+}
+
 /// What one manager served.
 struct Rates {
     /// Heartbeats/s, the nodes echoing no digest.
@@ -130,10 +301,13 @@ struct Rates {
     reports: f64,
     /// Bytes of one answer with no digest and with the current one.
     bytes: (usize, usize),
+    /// Heartbeats/s echoing the digest while the swarm changed; the entries; the manager's
+    /// CPU seconds meanwhile.
+    churn: (f64, u64, f64),
 }
 
 /// What a fresh manager of `bin` serves, after `revoked` more nodes joined and were removed.
-fn measure(bin: &str, addr: &str, nodes: u64, secs: u64, revoked: u64) -> Rates {
+fn measure(bin: &str, addr: &str, nodes: u64, secs: u64, revoked: u64, svids: u64) -> Rates {
     let root = tempfile::Builder::new()
         .prefix("skep-bench-node-calls-")
         .tempdir()
@@ -163,15 +337,18 @@ fn measure(bin: &str, addr: &str, nodes: u64, secs: u64, revoked: u64) -> Rates 
     }
     // Warm up: every node's first calls (Ready, connection set-up) are not counted.
     rt.block_on(series(&chans, Call::Heartbeat { echo: true }, 1));
+    revoke_svids(m, &rt, &chans, svids);
     let full = rt.block_on(series(&chans, Call::Heartbeat { echo: false }, secs));
     let held = rt.block_on(series(&chans, Call::Heartbeat { echo: true }, secs));
     let reports = rt.block_on(series(&chans, Call::Report, secs));
     let bytes = rt.block_on(answer_bytes(&chans[0].0, &chans[0].1));
+    let churn = churn(m, &rt, &chans, secs);
     Rates {
         full,
         held,
         reports,
         bytes,
+        churn,
     }
 }
 
@@ -186,6 +363,12 @@ fn print(who: &str, r: &Rates) {
         r.held / r.full,
         r.reports
     );
+    let (rate, entries, cpu) = r.churn;
+    println!(
+        "{who:<15} churn: heartbeats {rate:9.0}/s echoing the digest while {entries} entries were \
+         made; the manager's CPU {cpu:.2} s ({:.2} ms an entry)",
+        cpu * 1000.0 / entries.max(1) as f64
+    );
 }
 
 fn main() {
@@ -193,14 +376,15 @@ fn main() {
     let secs = env_or("SKEP_BENCH_SECS", 5);
     let this = env!("CARGO_BIN_EXE_skep");
     let revoked = env_or("SKEP_BENCH_REVOKED", 0);
+    let svids = env_or("SKEP_BENCH_REVOKED_SVIDS", 0);
     println!(
         "node calls: {nodes} simulated nodes, {secs} s per series, one manager, \
-         {revoked} nodes removed first"
+         {revoked} nodes removed and {svids} task SVIDs revoked first"
     );
-    let this_run = measure(this, "127.0.95.1:2377", nodes, secs, revoked);
+    let this_run = measure(this, "127.0.95.1:2377", nodes, secs, revoked, svids);
     print("this build", &this_run);
     if let Ok(base) = std::env::var("SKEP_BENCH_BASELINE_BIN") {
-        let b = measure(&base, "127.0.95.2:2377", nodes, secs, revoked);
+        let b = measure(&base, "127.0.95.2:2377", nodes, secs, revoked, svids);
         print("baseline build", &b);
         println!(
             "ratio this/baseline: heartbeats {:.3} (with the material), task reports {:.3}   ({base})",
