@@ -57,6 +57,13 @@ impl Material {
         &self.digest
     }
 
+    /// Whether it was made of `parts` (and a workload bundle the caller compares).
+    fn holds(&self, parts: &Parts) -> bool {
+        self.fields.revoked == parts.revoked
+            && self.fields.trust_roots == parts.trust_roots
+            && self.fields.managers == parts.managers
+    }
+
     /// Writes the material into `resp`, or, when `known` (what the node echoed) is its
     /// digest, only the digest and `trust_unchanged`.
     pub fn answer(&self, known: &[u8], resp: &mut HeartbeatResponse) {
@@ -72,6 +79,18 @@ impl Material {
     }
 }
 
+/// The parts of a [`Material`] read from the state, all but the workload bundle: a few
+/// hundred bytes to compare, where making the material encodes and hashes all of it, CRL
+/// included (hundreds of kilobytes after a rolling update of thousands of tasks).
+pub struct Parts {
+    /// The revoked node IDs.
+    pub revoked: Vec<String>,
+    /// The roots to trust (none from a manager that does not lead).
+    pub trust_roots: Vec<u8>,
+    /// The managers' certificates.
+    pub managers: Vec<ManagerCert>,
+}
+
 /// What a [`Material`] was made from: the applied state, whether this manager led, and the
 /// workload bundle (whose CRL is signed again with time, not only with entries).
 struct Key {
@@ -82,8 +101,12 @@ struct Key {
 
 impl Key {
     fn same(&self, other: &Key) -> bool {
-        self.index == other.index
-            && self.leader == other.leader
+        self.index == other.index && self.same_but_index(other)
+    }
+
+    /// The same leadership and the same workload bundle (by pointer).
+    fn same_but_index(&self, other: &Key) -> bool {
+        self.leader == other.leader
             && match (&self.workload, &other.workload) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                 (None, None) => true,
@@ -98,15 +121,18 @@ pub struct TrustCache(Mutex<Option<(Key, Arc<Material>)>>);
 
 impl TrustCache {
     /// The material for the state applied up to `index`, this manager leading or not, and
-    /// the workload bundle `workload`: the one made for them, or `make`'s. Every change to
-    /// the revoked list, the roots or the managers is an entry, so a material is never older
-    /// than the state it is asked for.
+    /// the workload bundle `workload`: the one made for them, or, at a new index, the one
+    /// made before if `parts` (read from that state) and the bundle are what it was made of;
+    /// else a new one. Every change to the revoked list, the roots or the managers is an
+    /// entry, so a material is never older than the state it is asked for; and an entry that
+    /// changed none of them (most: task reports, updates) costs a comparison of the parts,
+    /// not a new material.
     pub fn get(
         &self,
         index: u64,
         leader: bool,
         workload: Option<Arc<Bundle>>,
-        make: impl FnOnce(Option<&Bundle>) -> Material,
+        parts: impl FnOnce() -> Parts,
     ) -> Arc<Material> {
         let key = Key {
             index,
@@ -119,7 +145,20 @@ impl TrustCache {
         {
             return m.clone();
         }
-        let m = Arc::new(make(key.workload.as_deref()));
+        let parts = parts();
+        if let Some((at, m)) = cache.as_mut()
+            && at.same_but_index(&key)
+            && m.holds(&parts)
+        {
+            at.index = index;
+            return m.clone();
+        }
+        let m = Arc::new(Material::new(
+            parts.revoked,
+            parts.trust_roots,
+            parts.managers,
+            key.workload.as_deref().map(Into::into),
+        ));
         *cache = Some((key, m.clone()));
         m
     }
@@ -132,18 +171,14 @@ impl super::Manager {
             .state
             .read_applied(|_, applied| applied.map_or(0, |l| l.index));
         let workload = if leader { self.workload_bundle() } else { None };
-        self.trust.get(index, leader, workload, |workload| {
-            let revoked = self.read(|s| s.revoked.keys().cloned().collect());
-            let managers = self.managers().certs.clone();
-            if !leader {
-                return Material::new(revoked, Vec::new(), managers, None);
-            }
-            Material::new(
-                revoked,
-                self.trust_bundle().unwrap_or_default(),
-                managers,
-                workload.map(Into::into),
-            )
+        self.trust.get(index, leader, workload, || Parts {
+            revoked: self.read(|s| s.revoked.keys().cloned().collect()),
+            trust_roots: if leader {
+                self.trust_bundle().unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            managers: self.managers().certs.clone(),
         })
     }
 }
@@ -225,30 +260,44 @@ mod tests {
         assert_eq!(material(&["gone"]).digest(), base.digest());
     }
 
-    /// The cache makes the material again for a new index, a change of leadership, or a new
-    /// workload bundle (a CRL signed again, with no entry), and reuses it otherwise.
+    /// The cache reads the parts again at a new index and makes a new material only when
+    /// they, the leadership or the workload bundle (a CRL signed again, with no entry)
+    /// changed; at the same index it reads nothing.
     #[test]
-    fn the_cache_follows_index_leadership_and_the_bundle() {
+    fn the_cache_makes_a_material_only_when_what_it_holds_changed() {
         let cache = TrustCache::default();
-        let made = std::cell::Cell::new(0);
-        let get = |index, leader, workload: Option<Arc<Bundle>>| {
-            cache.get(index, leader, workload, |_| {
-                made.set(made.get() + 1);
-                material(&[])
+        let read = std::cell::Cell::new(0);
+        let get = |index, leader, workload: Option<Arc<Bundle>>, revoked: &[&str]| {
+            cache.get(index, leader, workload, || {
+                read.set(read.get() + 1);
+                Parts {
+                    revoked: revoked.iter().map(|s| (*s).to_string()).collect(),
+                    trust_roots: b"root".to_vec(),
+                    managers: Vec::new(),
+                }
             })
         };
         let bundle = Arc::new(Bundle::default());
-        let first = get(1, true, Some(bundle.clone()));
-        assert!(Arc::ptr_eq(&first, &get(1, true, Some(bundle.clone()))));
-        assert_eq!(made.get(), 1);
-        get(2, true, Some(bundle.clone()));
-        assert_eq!(made.get(), 2);
-        get(2, false, None);
-        assert_eq!(made.get(), 3);
-        get(2, true, Some(bundle.clone()));
-        assert_eq!(made.get(), 4);
-        // Equal content, but signed again: a new bundle.
-        get(2, true, Some(Arc::new(Bundle::default())));
-        assert_eq!(made.get(), 5);
+        let first = get(1, true, Some(bundle.clone()), &[]);
+        assert!(Arc::ptr_eq(
+            &first,
+            &get(1, true, Some(bundle.clone()), &[])
+        ));
+        assert_eq!(read.get(), 1);
+        // A new index whose parts are the same: read, and the same material.
+        let second = get(2, true, Some(bundle.clone()), &[]);
+        assert_eq!(read.get(), 2);
+        assert!(Arc::ptr_eq(&first, &second));
+        // A node revoked: a new material, with it.
+        let third = get(3, true, Some(bundle.clone()), &["gone"]);
+        assert!(!Arc::ptr_eq(&second, &third));
+        assert_eq!(third.fields.revoked, vec!["gone".to_string()]);
+        assert_ne!(third.digest(), second.digest());
+        // Leadership lost, then a bundle signed again with equal content: new each time.
+        let follower = get(3, false, None, &["gone"]);
+        assert!(!Arc::ptr_eq(&third, &follower));
+        let resigned = get(3, true, Some(Arc::new(Bundle::default())), &["gone"]);
+        assert!(!Arc::ptr_eq(&follower, &resigned));
+        assert!(!Arc::ptr_eq(&third, &resigned));
     }
 }

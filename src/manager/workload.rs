@@ -363,6 +363,8 @@ struct Cached {
     index: u64,
     /// The revoked serials it lists.
     revoked: Vec<String>,
+    /// What decided them, but for the records themselves ([`Inputs`]).
+    inputs: Inputs,
     /// The workload CA certificate it carries.
     keys: String,
     /// When its CRL was signed.
@@ -370,11 +372,62 @@ struct Cached {
     bundle: Arc<Bundle>,
 }
 
+/// What decides which SVIDs are revoked ([`svid_revoked`]): the records (by their
+/// generation), and for each node they name, its tasks' generation, whether it is a member and
+/// whether it is revoked. A record is revoked by its node or by its task, and every change to
+/// a task of a node (its removal or a move away included) moves that node's generation: while
+/// these are the same, so is the revoked set, and telling costs a look per node, not one per
+/// record (200,000 at most, [`crate::store::workload::MAX_SVID_RECORDS`]).
+#[derive(PartialEq, Eq)]
+struct Inputs {
+    records: u64,
+    /// Each node's ID and [`Inputs::node`].
+    nodes: Vec<(String, (u64, bool, bool))>,
+}
+
+impl Inputs {
+    /// The inputs of `state` for the nodes its records name.
+    fn of(state: &State) -> Inputs {
+        let named: std::collections::BTreeSet<&str> = state
+            .svids
+            .iter()
+            .map(|(_, r)| r.node_id.as_str())
+            .collect();
+        Inputs {
+            records: state.svids.generation(),
+            nodes: named
+                .into_iter()
+                .map(|n| (n.to_string(), Self::node(state, n)))
+                .collect(),
+        }
+    }
+
+    /// Whether `state` has these inputs still (the nodes its records name are the same while
+    /// the records are).
+    fn same_in(&self, state: &State) -> bool {
+        self.records == state.svids.generation()
+            && self
+                .nodes
+                .iter()
+                .all(|(id, held)| *held == Self::node(state, id))
+    }
+
+    /// Node `id`'s tasks' generation, whether it is a member, whether it is revoked.
+    fn node(state: &State, id: &str) -> (u64, bool, bool) {
+        (
+            state.tasks.generation(id),
+            state.nodes.contains_key(id),
+            state.revoked.contains_key(id),
+        )
+    }
+}
+
 impl BundleCache {
     /// The bundle of `state` (applied up to log index `index`): the cached one while the state
-    /// is the same; else made again only when its revoked set or keys changed. Either way
-    /// made again once its CRL is half-way to its next update. The same bundle is the same
-    /// `Arc`, so callers can tell a new one by pointer (`manager::trust_answer`).
+    /// is the same, or while what decides the revoked set is ([`Inputs`]); else made again
+    /// only when its revoked set or keys changed. Either way made again once its CRL is
+    /// half-way to its next update. The same bundle is the same `Arc`, so callers can tell a
+    /// new one by pointer (`manager::trust_answer`).
     pub fn get(&self, state: &State, index: u64, now: OffsetDateTime) -> Option<Arc<Bundle>> {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = |c: &Cached| now - c.made < CRL_VALIDITY / 2;
@@ -388,7 +441,17 @@ impl BundleCache {
             .cluster
             .as_ref()
             .and_then(|c| c.workload.as_ref())
-            .map(|k| k.ca_cert_pem.clone())?;
+            .map(|k| k.ca_cert_pem.as_str())?;
+        if let Some(c) = cache.as_mut()
+            && fresh(c)
+            && c.keys == keys
+            && c.inputs.same_in(state)
+        {
+            c.index = index;
+            return Some(c.bundle.clone());
+        }
+        let keys = keys.to_string();
+        let inputs = Inputs::of(state);
         let revoked: Vec<String> = revoked_svids(state)
             .into_iter()
             .map(str::to_string)
@@ -399,6 +462,7 @@ impl BundleCache {
             && fresh(c)
         {
             c.index = index;
+            c.inputs = inputs;
             return Some(c.bundle.clone());
         }
         match bundle(state, now) {
@@ -407,6 +471,7 @@ impl BundleCache {
                 *cache = Some(Cached {
                     index,
                     revoked,
+                    inputs,
                     keys,
                     made: now,
                     bundle: b.clone(),
@@ -707,6 +772,49 @@ mod tests {
         // Past half the CRL's validity it is signed again, with a higher number.
         let later = cache.get(&s, 2, now() + CRL_VALIDITY).unwrap();
         assert_ne!(later.crl_der, next.crl_der);
+    }
+
+    /// A change that touches no record's node or task keeps the bundle (the same `Arc`) at a
+    /// new index; a change of a record's task, its node's membership or revocation, or of the
+    /// records makes the revoked set again.
+    #[test]
+    fn the_bundle_cache_looks_again_only_where_a_revocation_can_change() {
+        let task = skep_pki::new_id();
+        let mut s = state(&task);
+        let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
+        s.apply(issued.commit);
+        let cache = BundleCache::default();
+        let first = cache.get(&s, 1, now()).unwrap();
+        // Another node's task, a service label: no record's input.
+        let mut other = s.tasks.get(&task).unwrap().clone();
+        other.id = skep_pki::new_id();
+        other.node_id = "n2".into();
+        s.tasks.insert(other.id.clone(), other);
+        assert!(Arc::ptr_eq(&cache.get(&s, 2, now()).unwrap(), &first));
+        // The record's node revoked: its SVID is.
+        let mut revoked = s.clone();
+        let record = crate::store::model::Revoked {
+            hostname: "n1".into(),
+            at: String::new(),
+            until: String::new(),
+        };
+        revoked.revoked.insert("n1".into(), record);
+        let b = cache.get(&revoked, 3, now()).unwrap();
+        assert_eq!(b.revoked, vec![issued.cert.serial.clone()]);
+        // Back to the state before: not revoked again.
+        assert!(cache.get(&s, 4, now()).unwrap().revoked.is_empty());
+        // The record's node gone.
+        let mut gone = s.clone();
+        gone.nodes.remove("n1");
+        assert_eq!(cache.get(&gone, 5, now()).unwrap().revoked.len(), 1);
+        assert!(cache.get(&s, 6, now()).unwrap().revoked.is_empty());
+        // The task moved to another node.
+        let mut moved = s.clone();
+        moved.tasks.get_mut(&task).unwrap().node_id = "n2".into();
+        assert_eq!(cache.get(&moved, 7, now()).unwrap().revoked.len(), 1);
+        // The task failed.
+        s.tasks.get_mut(&task).unwrap().status.state = TaskState::Failed;
+        assert_eq!(cache.get(&s, 8, now()).unwrap().revoked.len(), 1);
     }
 
     /// JWT-SVIDs: the audience list is checked first, and the token verifies against the

@@ -23,7 +23,7 @@ use super::service::Task;
 /// change, whichever `Tasks` (a clone, a decoded snapshot) it is read from next.
 static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 
-fn next_generation() -> u64 {
+pub(crate) fn next_generation() -> u64 {
     GENERATIONS.fetch_add(1, Ordering::Relaxed)
 }
 

@@ -59,30 +59,50 @@ pub struct SvidRecord {
 /// The X.509-SVIDs issued and not yet expired, by serial (lower-case hex): what a CRL can
 /// revoke. Which of them are revoked is the managers' rule
 /// (`manager::workload::revoked_svids`).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SvidRecords(BTreeMap<String, SvidRecord>);
+pub struct SvidRecords {
+    records: BTreeMap<String, SvidRecord>,
+    /// A number that changes with every change of the records, unique in the process (as the
+    /// tasks' generations are), so that a reader can tell they are the same without comparing
+    /// them. Neither serialized nor compared.
+    #[serde(skip, default = "super::tasks::next_generation")]
+    generation: u64,
+}
+
+impl PartialEq for SvidRecords {
+    fn eq(&self, other: &Self) -> bool {
+        self.records == other.records
+    }
+}
+
+impl Eq for SvidRecords {}
 
 impl SvidRecords {
     /// Each record, by serial.
     pub fn iter(&self) -> impl Iterator<Item = (&String, &SvidRecord)> {
-        self.0.iter()
+        self.records.iter()
     }
 
     /// How many records are kept.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.records.len()
     }
 
     /// Whether none is kept.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.records.is_empty()
+    }
+
+    /// A number that changes whenever the records do (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// How many records are of SVIDs unexpired at `now` (Unix seconds): in all, and of task
     /// `task_id`.
     pub fn unexpired(&self, task_id: &str, now: i64) -> (usize, usize) {
-        self.0
+        self.records
             .values()
             .filter(|r| r.not_after > now)
             .fold((0, 0), |(all, its), r| {
@@ -94,14 +114,18 @@ impl SvidRecords {
     /// expired, and no other: an unexpired SVID whose record went could not be revoked. The
     /// leader keeps the count bounded by refusing to issue past [`MAX_SVID_RECORDS`].
     pub(crate) fn record(&mut self, serial: String, record: SvidRecord, now: i64) {
-        self.0.retain(|_, r| r.not_after > now);
-        self.0.insert(serial, record);
+        self.records.retain(|_, r| r.not_after > now);
+        self.records.insert(serial, record);
+        self.generation = super::tasks::next_generation();
     }
 }
 
 impl FromIterator<(String, SvidRecord)> for SvidRecords {
     fn from_iter<I: IntoIterator<Item = (String, SvidRecord)>>(records: I) -> Self {
-        Self(records.into_iter().collect())
+        Self {
+            records: records.into_iter().collect(),
+            generation: super::tasks::next_generation(),
+        }
     }
 }
 
@@ -129,6 +153,28 @@ mod tests {
         assert_eq!(r.unexpired("other", 350), (1, 0));
     }
 
+    /// Every change moves the generation; a decoded copy has its own and compares equal.
+    #[test]
+    fn the_generation_moves_with_every_change_and_is_not_encoded() {
+        let mut r = SvidRecords::default();
+        let rec = SvidRecord {
+            task_id: "t".into(),
+            node_id: "n".into(),
+            not_after: 100,
+        };
+        let before = r.generation();
+        r.record("aa".into(), rec.clone(), 0);
+        let once = r.generation();
+        assert_ne!(once, before);
+        r.record("aa".into(), rec, 0);
+        assert_ne!(r.generation(), once);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(!json.contains("generation"), "{json}");
+        let back: SvidRecords = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+        assert_ne!(back.generation(), r.generation());
+    }
+
     /// However many records come, none of an unexpired SVID is dropped for them: it would no
     /// longer be revoked. (The leader refuses SVIDs past the bound instead.)
     #[test]
@@ -141,7 +187,7 @@ mod tests {
         };
         r.record("first".into(), rec("stolen", 1_000), 0);
         for i in 0..MAX_SVID_RECORDS - 1 {
-            r.0.insert(format!("{i:08x}"), rec("flood", 2_000));
+            r.records.insert(format!("{i:08x}"), rec("flood", 2_000));
         }
         r.record("last".into(), rec("flood", 2_000), 1);
         assert_eq!(r.len(), MAX_SVID_RECORDS + 1);
