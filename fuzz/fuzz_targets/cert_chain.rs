@@ -2,7 +2,8 @@
 //! leader (trusted roots in heartbeat answers), from a manager at issuance (the chain after
 //! a new certificate) and from operators (`swarm ca --ca-cert/--ca-key`, their certificate
 //! directories): splitting, chain verification, reading node and operator certificates and
-//! loading an external root must never panic, whatever the bytes.
+//! loading an external root must never panic, whatever the bytes. So must reading a workload
+//! CRL's serials (the leader's bundle, in heartbeat answers).
 
 #![no_main]
 
@@ -10,6 +11,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    if let Ok(serials) = skep_pki::crl_serials(data) {
+        assert!(serials.iter().all(|s| !s.is_empty()));
+    }
     if let Ok(certs) = skep_pki::split_der_certs(data) {
         assert!(certs.iter().all(|c| !c.is_empty()));
         if let [root, rest @ ..] = certs.as_slice()

@@ -115,6 +115,10 @@ pub enum PkiError {
     #[error("certificate is not valid DER")]
     CertMalformed,
 
+    /// A certificate revocation list is not well-formed DER.
+    #[error("the revocation list is not a DER CRL; the managers send one the workload CA signed")]
+    CrlMalformed,
+
     /// A trust domain skep does not accept.
     #[error(
         "invalid trust domain: use 1 to 255 lower-case letters, digits, '.', '-' or '_' (for example the cluster ID or prod.example.com)"

@@ -56,7 +56,7 @@ pub use profile::{
     MANAGER_SERVER_NAME, NodeCertInfo, Role, split_der_certs, verify_issued, verify_issued_chain,
 };
 pub use svid::{
-    DEFAULT_NAMESPACE, SvidInfo, SvidSubject, WORKLOAD_CA_CN, WORKLOAD_OU, WorkloadCa,
+    DEFAULT_NAMESPACE, SvidInfo, SvidSubject, WORKLOAD_CA_CN, WORKLOAD_OU, WorkloadCa, crl_serials,
     is_valid_trust_domain, spiffe_id,
 };
 pub use token::JoinToken;

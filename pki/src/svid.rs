@@ -317,6 +317,22 @@ impl WorkloadCa {
     }
 }
 
+/// The serials (lower-case hex, as in [`SvidInfo::serial`]) a CRL lists, in its order: the
+/// revoked list a node checks callers against, read from the CRL itself so that it need not
+/// travel twice. The signature is not checked here (the CRL comes from a manager over mTLS,
+/// and whoever uses it as a CRL checks it); nothing may trail it.
+pub fn crl_serials(der: &[u8]) -> Result<Vec<String>, PkiError> {
+    use x509_parser::prelude::FromDer as _;
+    use x509_parser::revocation_list::CertificateRevocationList;
+    match CertificateRevocationList::from_der(der) {
+        Ok(([], crl)) => Ok(crl
+            .iter_revoked_certificates()
+            .map(|r| serial_hex(r.raw_serial()))
+            .collect()),
+        _ => Err(PkiError::CrlMalformed),
+    }
+}
+
 impl fmt::Debug for WorkloadCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WorkloadCa")
@@ -506,5 +522,21 @@ mod tests {
         };
         assert!(check(&kept.der).is_ok());
         assert!(matches!(check(&gone.der), Err(webpki::Error::CertRevoked)));
+        // The serials read back are the revoked one's, as its certificate gives it.
+        assert_eq!(crl_serials(&der).unwrap(), vec![gone.serial.clone()]);
+    }
+
+    /// A CRL read for its serials: garbage, a truncated one, or one with bytes after it is
+    /// refused; an empty list reads as none.
+    #[test]
+    fn crl_serials_refuse_what_is_not_one_crl() {
+        let ca = WorkloadCa::generate(&new_id(), Duration::days(3650), now()).unwrap();
+        let der = ca.crl(&[], 1, now(), now() + Duration::hours(1)).unwrap();
+        assert!(crl_serials(&der).unwrap().is_empty());
+        let mut trailing = der.clone();
+        trailing.push(0);
+        for bad in [&b"junk"[..], &der[..der.len() - 1], &trailing[..], &[]] {
+            assert!(matches!(crl_serials(bad), Err(PkiError::CrlMalformed)));
+        }
     }
 }

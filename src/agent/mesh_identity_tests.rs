@@ -232,4 +232,10 @@ async fn an_allowed_caller_gets_through_and_others_are_refused() {
         s.unwrap_err().error,
         MeshIdentityError::Revoked(_)
     ));
+    // A CRL that cannot be read (its serials then unknown to the node): every caller is
+    // refused, the good one too.
+    let mut unreadable = bundle(&ca, &[]);
+    unreadable.crl = b"not a crl".to_vec();
+    let (s, _) = call(&server, Some(&unreadable), Some(&web), &allowed).await;
+    assert!(matches!(s.unwrap_err().error, MeshIdentityError::Config(_)));
 }

@@ -56,13 +56,14 @@ impl Default for BundleFeed {
 }
 
 impl BundleFeed {
-    /// Takes a bundle from a heartbeat; tasks hear of it only if it changed.
+    /// Takes a bundle from a heartbeat; tasks hear of it only if it changed. Its revoked
+    /// serials are read from its CRL ([`with_revoked`]) only then.
     pub fn set(&self, b: WorkloadBundle) {
         self.0.send_if_modified(|cur| {
-            if cur.as_deref() == Some(&b) {
+            if cur.as_deref().is_some_and(|c| same_bundle(c, &b)) {
                 return false;
             }
-            *cur = Some(Arc::new(b));
+            *cur = Some(Arc::new(with_revoked(b)));
             true
         });
     }
@@ -76,6 +77,30 @@ impl BundleFeed {
     fn subscribe(&self) -> watch::Receiver<Option<Arc<WorkloadBundle>>> {
         self.0.subscribe()
     }
+}
+
+/// Whether `held` (revoked serials filled in) is the bundle `sent` (as a manager sent it,
+/// without them, or from a build that sent them).
+fn same_bundle(held: &WorkloadBundle, sent: &WorkloadBundle) -> bool {
+    held.trust_domain == sent.trust_domain
+        && held.ca == sent.ca
+        && held.jwks == sent.jwks
+        && held.crl == sent.crl
+        && (sent.revoked.is_empty() || held.revoked == sent.revoked)
+}
+
+/// `b` with its revoked serials, read from its CRL when the manager left them out (managers
+/// send them once, in the CRL: `manager::workload`). A CRL that cannot be read leaves none,
+/// and the routing mesh, which reads it again as a CRL, then refuses every caller of a port
+/// that requires identity rather than accept a revoked one.
+pub fn with_revoked(mut b: WorkloadBundle) -> WorkloadBundle {
+    if b.revoked.is_empty() && !b.crl.is_empty() {
+        match skep_pki::crl_serials(&b.crl) {
+            Ok(serials) => b.revoked = serials,
+            Err(e) => tracing::error!(error = %e, "cannot read the workload bundle's CRL"),
+        }
+    }
+    b
 }
 
 /// The X.509-SVID of each running task of this node with identity on, by task ID: what the
@@ -251,7 +276,7 @@ async fn issue(
                     spiffe_id: info.spiffe_id,
                     not_after: info.not_after,
                 };
-                return Ok((held, resp.bundle));
+                return Ok((held, resp.bundle.map(with_revoked)));
             }
             Err(s) if s.code() == tonic::Code::PermissionDenied => {
                 return Err(SvidError::Denied(s.message().to_string()));
@@ -441,5 +466,60 @@ impl Source for TaskSource {
             }
         }
         Err(last)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn crl(serials: &[&str]) -> Vec<u8> {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = skep_pki::WorkloadCa::generate(&skep_pki::new_id(), time::Duration::days(1), now)
+            .unwrap();
+        ca.crl(serials, 1, now, now + time::Duration::hours(1))
+            .unwrap()
+    }
+
+    /// A bundle sent without its revoked serials gets them from its CRL, once: the same
+    /// bundle again tells no task; a new CRL does. One sent with them keeps them.
+    #[test]
+    fn the_feed_reads_revoked_serials_from_the_crl_once_per_bundle() {
+        let feed = BundleFeed::default();
+        let mut rx = feed.subscribe();
+        let sent = WorkloadBundle {
+            trust_domain: "td".into(),
+            crl: crl(&["0a1b", "7f02"]),
+            ..WorkloadBundle::default()
+        };
+        feed.set(sent.clone());
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(feed.current().unwrap().revoked, vec!["0a1b", "7f02"]);
+        rx.borrow_and_update();
+        feed.set(sent.clone());
+        assert!(!rx.has_changed().unwrap());
+        feed.set(WorkloadBundle {
+            crl: crl(&["0a1b"]),
+            ..sent.clone()
+        });
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(feed.current().unwrap().revoked, vec!["0a1b"]);
+        let listed = WorkloadBundle {
+            revoked: vec!["beef".into()],
+            ..sent
+        };
+        assert_eq!(with_revoked(listed).revoked, vec!["beef"]);
+    }
+
+    /// A CRL that cannot be read gives no serials (the mesh then refuses callers: it reads
+    /// the CRL itself and cannot).
+    #[test]
+    fn an_unreadable_crl_gives_no_serials() {
+        let b = with_revoked(WorkloadBundle {
+            crl: b"not a crl".to_vec(),
+            ..WorkloadBundle::default()
+        });
+        assert!(b.revoked.is_empty());
     }
 }
