@@ -49,15 +49,15 @@ fn svid(ca: &WorkloadCa, id: &str, task: &str) -> Svid {
     }
 }
 
-fn material(ca: &WorkloadCa, s: &Svid) -> X509Material {
-    X509Material {
+fn material(ca: &WorkloadCa, s: &Svid) -> Arc<X509Material> {
+    Arc::new(X509Material {
         spiffe_id: DB.into(),
         cert_der: s.cert.clone(),
         key_pkcs8: s.key.pkcs8_der(),
         bundle_der: ca.cert_der().to_vec(),
         crl_der: Vec::new(),
         trust_domain: "example.org".into(),
-    }
+    })
 }
 
 fn bundle(ca: &WorkloadCa, revoked: &[&str]) -> WorkloadBundle {
@@ -110,11 +110,23 @@ impl ServerCertVerifier for AnyServer {
     }
 }
 
-/// Connects a client presenting `client` (or no certificate) to [`accept_with`]; the server
-/// echoes one message. The client's result: the echo, or its error.
+/// Connects a client presenting `client` (or no certificate) to the server side of
+/// [`accept`] for `server` trusting `b` (a bundle of its own: a configuration of its own);
+/// the server echoes one message. The client's result: the echo, or its error.
 async fn call(
-    server: &X509Material,
+    server: &Arc<X509Material>,
     b: Option<&WorkloadBundle>,
+    client: Option<&Svid>,
+    allowed: &[String],
+) -> (Result<String, Refusal>, Result<Vec<u8>, String>) {
+    let b = b.map(|b| Arc::new(b.clone()));
+    call_with(server, b.as_ref(), client, allowed).await
+}
+
+/// [`call`] with the bundle as the node holds it, so that configurations are reused.
+async fn call_with(
+    server: &Arc<X509Material>,
+    b: Option<&Arc<WorkloadBundle>>,
     client: Option<&Svid>,
     allowed: &[String],
 ) -> (Result<String, Refusal>, Result<Vec<u8>, String>) {
@@ -146,7 +158,12 @@ async fn call(
         Ok::<_, String>(buf.to_vec())
     };
     let server_side = async move {
-        let (mut tls, caller) = accept_with(b_io, server, b, allowed).await?;
+        let config = config_for(server, b).map_err(|error| Refusal {
+            caller: "unknown".into(),
+            error,
+        })?;
+        let revoked = b.map_or(&[][..], |b| b.revoked.as_slice());
+        let (mut tls, caller) = handshake(b_io, config, revoked, allowed).await?;
         let mut buf = [0u8; 4];
         if tls.read_exact(&mut buf).await.is_ok() {
             let _ = tls.write_all(&buf).await;
@@ -238,4 +255,41 @@ async fn an_allowed_caller_gets_through_and_others_are_refused() {
     unreadable.crl = b"not a crl".to_vec();
     let (s, _) = call(&server, Some(&unreadable), Some(&web), &allowed).await;
     assert!(matches!(s.unwrap_err().error, MeshIdentityError::Config(_)));
+}
+
+/// A connection reuses the configuration made for the same SVID and bundle; a new bundle (a
+/// caller revoked since) or a renewed SVID makes a new one, and the revoked caller is refused
+/// by it.
+#[tokio::test]
+async fn a_configuration_is_made_once_per_svid_and_bundle() {
+    let ca = new_ca();
+    let db = svid(&ca, DB, &skep_pki::new_id());
+    let web = svid(&ca, WEB, &skep_pki::new_id());
+    let server = material(&ca, &db);
+    let allowed = vec![WEB.to_string()];
+    let open = Arc::new(bundle(&ca, &[]));
+    let first = config_for(&server, Some(&open)).unwrap();
+    assert!(Arc::ptr_eq(
+        &first,
+        &config_for(&server, Some(&open)).unwrap()
+    ));
+    let (s, c) = call_with(&server, Some(&open), Some(&web), &allowed).await;
+    assert_eq!(s.unwrap(), WEB);
+    assert_eq!(c.unwrap(), b"ping");
+
+    let revoking = Arc::new(bundle(&ca, &[&web.serial]));
+    let next = config_for(&server, Some(&revoking)).unwrap();
+    assert!(!Arc::ptr_eq(&first, &next));
+    let (s, c) = call_with(&server, Some(&revoking), Some(&web), &allowed).await;
+    assert!(matches!(
+        s.unwrap_err().error,
+        MeshIdentityError::Handshake(_)
+    ));
+    assert!(c.is_err());
+
+    let renewed = material(&ca, &db);
+    assert!(!Arc::ptr_eq(
+        &next,
+        &config_for(&renewed, Some(&revoking)).unwrap()
+    ));
 }
