@@ -756,16 +756,23 @@ mod tests {
         assert_eq!(serials, vec![issued.cert.serial]);
     }
 
+    /// A task's state with one SVID issued for it on n1, and a bundle cache that made its
+    /// bundle at index 1.
+    fn cached_with_one_svid() -> (String, State, Issued, BundleCache, Arc<Bundle>) {
+        let task = skep_pki::new_id();
+        let mut s = state(&task);
+        let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
+        s.apply(issued.commit.clone());
+        let cache = BundleCache::default();
+        let first = cache.get(&s, 1, now()).unwrap();
+        (task, s, issued, cache, first)
+    }
+
     /// The cached bundle follows the state: a stopped task's SVID appears in it at the next
     /// applied change, and an unchanged state reuses it.
     #[test]
     fn the_bundle_cache_follows_the_state() {
-        let task = skep_pki::new_id();
-        let mut s = state(&task);
-        let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
-        s.apply(issued.commit);
-        let cache = BundleCache::default();
-        let first = cache.get(&s, 1, now()).unwrap();
+        let (task, mut s, issued, cache, first) = cached_with_one_svid();
         assert!(first.revoked.is_empty());
         assert!(Arc::ptr_eq(&cache.get(&s, 1, now()).unwrap(), &first));
         s.tasks.get_mut(&task).unwrap().desired = DesiredState::Shutdown;
@@ -781,13 +788,8 @@ mod tests {
     /// records makes the revoked set again.
     #[test]
     fn the_bundle_cache_looks_again_only_where_a_revocation_can_change() {
-        let task = skep_pki::new_id();
-        let mut s = state(&task);
-        let issued = svid_for(&s, "n1", &task, &csr(), now()).unwrap();
-        s.apply(issued.commit);
-        let cache = BundleCache::default();
-        let first = cache.get(&s, 1, now()).unwrap();
-        // Another node's task, a service label: no record's input.
+        let (task, mut s, issued, cache, first) = cached_with_one_svid();
+        // Another node's task: no record's input.
         let mut other = s.tasks.get(&task).unwrap().clone();
         other.id = skep_pki::new_id();
         other.node_id = "n2".into();
