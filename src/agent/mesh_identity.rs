@@ -190,7 +190,8 @@ struct Made {
 /// reused while kept). Making one parses the task's key, the CA and the CRL, which grows with
 /// every SVID revoked (2.5 ms a connection with 10,000 listed): a connection reuses the one
 /// made for the same SVID and bundle (the same `Arc`s: a renewal or a new bundle is a new
-/// one). Entries whose SVID nothing else holds any more go as new ones come.
+/// one). Entries whose SVID nothing else holds any more, or made for another bundle, go as
+/// new ones come.
 static CONFIGS: std::sync::Mutex<Option<std::collections::HashMap<usize, Made>>> =
     std::sync::Mutex::new(None);
 
@@ -217,7 +218,9 @@ fn config_for(
         None => (svid.bundle_der.as_slice(), svid.crl_der.as_slice()),
     };
     let config = server_config(svid, ca, crl)?;
-    configs.retain(|_, m| Arc::strong_count(&m.svid) > 1);
+    // Nothing older than the bundle in use is kept (each entry holds its bundle, CRL and
+    // all), nor made for an SVID that was renewed or whose task ended.
+    configs.retain(|_, m| Arc::strong_count(&m.svid) > 1 && same_bundle(&m.bundle));
     let made = Made {
         svid: svid.clone(),
         bundle: bundle.cloned(),
