@@ -80,7 +80,9 @@ impl BundleFeed {
 }
 
 /// Whether `held` (revoked serials filled in) is the bundle `sent` (as a manager sent it,
-/// without them, or from a build that sent them).
+/// without them, or from a build that sent them): the feed's against a heartbeat's, and a
+/// task's renewal against the feed's (an issuance's bundle is not read for serials: only the
+/// feed's are checked against, by the mesh).
 fn same_bundle(held: &WorkloadBundle, sent: &WorkloadBundle) -> bool {
     held.trust_domain == sent.trust_domain
         && held.ca == sent.ca
@@ -93,7 +95,7 @@ fn same_bundle(held: &WorkloadBundle, sent: &WorkloadBundle) -> bool {
 /// send them once, in the CRL: `manager::workload`). A CRL that cannot be read leaves none,
 /// and the routing mesh, which reads it again as a CRL, then refuses every caller of a port
 /// that requires identity rather than accept a revoked one.
-pub fn with_revoked(mut b: WorkloadBundle) -> WorkloadBundle {
+fn with_revoked(mut b: WorkloadBundle) -> WorkloadBundle {
     if b.revoked.is_empty() && !b.crl.is_empty() {
         match skep_pki::crl_serials(&b.crl) {
             Ok(serials) => b.revoked = serials,
@@ -276,7 +278,7 @@ async fn issue(
                     spiffe_id: info.spiffe_id,
                     not_after: info.not_after,
                 };
-                return Ok((held, resp.bundle.map(with_revoked)));
+                return Ok((held, resp.bundle));
             }
             Err(s) if s.code() == tonic::Code::PermissionDenied => {
                 return Err(SvidError::Denied(s.message().to_string()));
@@ -385,7 +387,7 @@ impl Renewal {
                     }
                     let latest = self.feed.borrow_and_update().clone();
                     if let Some(b) = latest
-                        && *b != *self.bundle
+                        && !same_bundle(&b, &self.bundle)
                     {
                         self.bundle = b;
                         self.publish(false);
