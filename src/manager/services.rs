@@ -81,14 +81,15 @@ impl Services {
         match reason {
             super::workload::WorkloadError::BadRequest(m) => Status::invalid_argument(m),
             super::workload::WorkloadError::NoKeys => Status::unavailable(reason.to_string()),
-            super::workload::WorkloadError::TaskHolds(..)
-            | super::workload::WorkloadError::SwarmHolds(_) => {
-                crate::metrics::metrics().refused(crate::metrics::Refusal::NotEntitled);
-                Status::resource_exhausted(reason.to_string())
-            }
             other => {
                 crate::metrics::metrics().refused(crate::metrics::Refusal::NotEntitled);
-                Status::permission_denied(format!("permission denied: {other}"))
+                match other {
+                    super::workload::WorkloadError::TaskHolds(..)
+                    | super::workload::WorkloadError::SwarmHolds(_) => {
+                        Status::resource_exhausted(other.to_string())
+                    }
+                    _ => Status::permission_denied(format!("permission denied: {other}")),
+                }
             }
         }
     }
