@@ -1,8 +1,11 @@
 //! What one X.509-SVID issuance costs the store as the records grow: applying its
 //! `RecordSvid` (every manager does, in its state machine) and the leader's check of room for
 //! it (`SvidRecords::unexpired`), with 0, 20,000 and 200,000 unexpired records kept (the last
-//! is `MAX_SVID_RECORDS`, an hour of 55 issuances a second). Run it on two builds with
-//! criterion's `--save-baseline` / `--baseline` to compare them.
+//! is `MAX_SVID_RECORDS`, an hour of 55 issuances a second); and what the first heartbeat
+//! after it costs a manager to tell whether the workload bundle changed
+//! (`manager::workload::BundleCache`), with the records spread over 1,000 nodes and a tenth of
+//! them revoked. Run it on two builds with criterion's `--save-baseline` / `--baseline` to
+//! compare them.
 
 // A benchmark whose setup fails has nothing to measure: aborting with the reason is right.
 #![allow(clippy::expect_used)]
@@ -10,8 +13,12 @@
 use std::hint::black_box;
 
 use criterion::Criterion;
+use skep::manager::workload::{BundleCache, new_keys};
+use skep::store::fixtures;
 use skep::store::model::{Command, Response, State};
+use skep::store::service::TaskState;
 use skep::store::workload::SvidRecord;
+use time::OffsetDateTime;
 
 /// Every record's SVID ends after this (Unix seconds); the bench's clock stays before it.
 const NOT_AFTER: i64 = 10_000;
@@ -38,6 +45,36 @@ fn state_with(n: usize) -> State {
     s
 }
 
+/// A swarm with workload keys and 1,000 nodes holding `n` records, two per task: the tasks
+/// of nine records in ten run on their node, the rest are gone (their SVIDs revoked).
+fn swarm_with(n: usize, now: OffsetDateTime) -> State {
+    let mut s = state_with(n);
+    let mut c = fixtures::cluster();
+    c.id = skep_pki::new_id();
+    c.workload = Some(new_keys(&c.id, now).expect("workload keys"));
+    s.cluster = Some(c);
+    for i in 0..1_000 {
+        let id = format!("node-{i:025}");
+        s.nodes.insert(id.clone(), fixtures::node(&id));
+    }
+    for task in 0..=n / 2 + 1 {
+        if task % 10 != 9 {
+            put_task(&mut s, task);
+        }
+    }
+    s
+}
+
+/// Task `task` of [`record_of`], running on its node.
+fn put_task(s: &mut State, task: usize) {
+    let r = record_of(task);
+    let mut t = fixtures::task();
+    t.id = r.task_id;
+    t.node_id = r.node_id;
+    t.status.state = TaskState::Running;
+    s.tasks.insert(t.id.clone(), t);
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut g = c.benchmark_group("svid_issuance_in_the_store");
@@ -57,6 +94,35 @@ fn main() {
                 };
                 next += 1;
                 black_box(state.apply(cmd))
+            })
+        });
+    }
+    g.finish();
+
+    let now = OffsetDateTime::from_unix_timestamp(1_780_000_000).expect("a time");
+    let mut g = c.benchmark_group("svid_issuance_then_bundle_check");
+    for n in [0, 20_000, 200_000] {
+        let mut state = swarm_with(n, now);
+        let cache = BundleCache::default();
+        let mut index = 1;
+        assert!(cache.get(&state, index, now).is_some());
+        let mut next = n;
+        g.bench_function(format!("apply_and_check_at_{n}"), |b| {
+            b.iter(|| {
+                // A running task's SVID renewed: the revoked set stays as it was.
+                let mut serial = next % (n + 2);
+                if (serial / 2) % 10 == 9 {
+                    serial = (serial + 2) % (n + 2);
+                }
+                let cmd = Command::RecordSvid {
+                    serial: format!("{serial:032x}"),
+                    record: record_of(serial / 2),
+                    now: 1,
+                };
+                next += 1;
+                index += 1;
+                black_box(state.apply(cmd));
+                black_box(cache.get(&state, index, now))
             })
         });
     }

@@ -7,9 +7,11 @@
 //!  agent: CSR (task's own key) ─► IssueSvid ─► svid_for: task on that node, to run, identity
 //!         on, SPIFFE ID from its service ─► WorkloadCa::issue_svid ─► RecordSvid + audit
 //!         ─► certificate
-//!  heartbeat ─► Bundle: workload CA + JWKS + CRL of revoked_svids (cached per revoked set)
+//!  heartbeat ─► Bundle: workload CA + JWKS + CRL of revoked_svids (cached; looked at again
+//!             per node, where that node's records or tasks changed)
 //! ```
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use skep_pki::{Csr, IssuedCert, NodeKey, SvidSubject, WorkloadCa};
@@ -292,6 +294,15 @@ pub struct Bundle {
 
 /// The bundle of `state` now; `None` before the swarm has workload keys.
 pub fn bundle(state: &State, now: OffsetDateTime) -> Result<Option<Bundle>, WorkloadError> {
+    bundle_listing(state, &revoked_svids(state), now)
+}
+
+/// The bundle of `state` now, its CRL listing `revoked` (what [`revoked_svids`] says, sorted).
+fn bundle_listing(
+    state: &State,
+    revoked: &[&str],
+    now: OffsetDateTime,
+) -> Result<Option<Bundle>, WorkloadError> {
     let Some(cluster) = state.cluster.as_ref() else {
         return Ok(None);
     };
@@ -300,16 +311,15 @@ pub fn bundle(state: &State, now: OffsetDateTime) -> Result<Option<Bundle>, Work
     };
     let sign = |e: skep_pki::PkiError| WorkloadError::Sign(e.to_string());
     let ca = workload_ca(keys)?;
-    let revoked = revoked_svids(state);
     let crl_der = ca
-        .crl(&revoked, crl_number(now), now, now + CRL_VALIDITY)
+        .crl(revoked, crl_number(now), now, now + CRL_VALIDITY)
         .map_err(sign)?;
     Ok(Some(Bundle {
         trust_domain: cluster.trust_domain().to_string(),
         ca_der: ca.cert_der().to_vec(),
         jwks: jwks_of(keys)?,
         crl_der,
-        revoked: revoked.into_iter().map(str::to_string).collect(),
+        revoked: revoked.iter().map(|s| s.to_string()).collect(),
     }))
 }
 
@@ -361,10 +371,8 @@ pub struct BundleCache(Mutex<Option<Cached>>);
 struct Cached {
     /// The applied log index of the state it was checked against last.
     index: u64,
-    /// The revoked serials it lists.
-    revoked: Vec<String>,
-    /// What decided them, but for the records themselves ([`Inputs`]).
-    inputs: Inputs,
+    /// For each node the records name, its revoked serials and what decided them.
+    nodes: HashMap<String, NodeRevoked>,
     /// The workload CA certificate it carries.
     keys: String,
     /// When its CRL was signed.
@@ -372,62 +380,79 @@ struct Cached {
     bundle: Arc<Bundle>,
 }
 
-/// What decides which SVIDs are revoked ([`svid_revoked`]): the records (by their
-/// generation), and for each node they name, its tasks' generation, whether it is a member and
-/// whether it is revoked. A record is revoked by its node or by its task, and every change to
-/// a task of a node (its removal or a move away included) moves that node's generation: while
-/// these are the same, so is the revoked set, and telling costs a look per node, not one per
-/// record (200,000 at most, [`crate::store::workload::MAX_SVID_RECORDS`]).
-#[derive(PartialEq, Eq)]
-struct Inputs {
-    records: u64,
-    /// Each node's ID and [`Inputs::node`].
-    nodes: Vec<(String, (u64, bool, bool))>,
+/// One node's revoked SVIDs, and what decided them ([`NodeInputs`]).
+struct NodeRevoked {
+    inputs: NodeInputs,
+    serials: Vec<String>,
 }
 
-impl Inputs {
-    /// The inputs of `state` for the nodes its records name.
-    fn of(state: &State) -> Inputs {
-        let named: std::collections::BTreeSet<&str> = state
-            .svids
-            .iter()
-            .map(|(_, r)| r.node_id.as_str())
-            .collect();
-        Inputs {
-            records: state.svids.generation(),
-            nodes: named
-                .into_iter()
-                .map(|n| (n.to_string(), Self::node(state, n)))
-                .collect(),
+/// What decides which of a node's SVIDs are revoked ([`svid_revoked`]): its records (by their
+/// generation), its tasks' generation, whether it is a member and whether it is revoked. A
+/// record is revoked by its node or by its task, the task it names is one of that node's (or
+/// was), and every change to a task of a node (its removal or a move away included) moves
+/// that node's generation: while these are the same, so are the node's revoked SVIDs. So an
+/// applied entry costs a look per node the records name, and a pass over the records of the
+/// nodes it changed, not one over every record (200,000 at most,
+/// [`crate::store::workload::MAX_SVID_RECORDS`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct NodeInputs {
+    records: u64,
+    tasks: u64,
+    member: bool,
+    revoked: bool,
+}
+
+impl NodeInputs {
+    /// Node `id`'s inputs in `state`, its records' generation being `records`.
+    fn of(state: &State, id: &str, records: u64) -> Self {
+        Self {
+            records,
+            tasks: state.tasks.generation(id),
+            member: state.nodes.contains_key(id),
+            revoked: state.revoked.contains_key(id),
         }
     }
+}
 
-    /// Whether `state` has these inputs still (the nodes its records name are the same while
-    /// the records are).
-    fn same_in(&self, state: &State) -> bool {
-        self.records == state.svids.generation()
-            && self
-                .nodes
-                .iter()
-                .all(|(id, held)| *held == Self::node(state, id))
+/// Brings `nodes` up to `state`: drops the nodes no record names any more, and makes again
+/// the revoked serials of each node whose inputs changed. Whether any node's serials did.
+fn refresh(nodes: &mut HashMap<String, NodeRevoked>, state: &State) -> bool {
+    let mut changed = false;
+    nodes.retain(|id, n| {
+        let named = state.svids.names_node(id);
+        changed |= !named && !n.serials.is_empty();
+        named
+    });
+    for (id, records) in state.svids.nodes() {
+        let inputs = NodeInputs::of(state, id, records);
+        if nodes.get(id).is_some_and(|n| n.inputs == inputs) {
+            continue;
+        }
+        let serials: Vec<String> = state
+            .svids
+            .of_node(id)
+            .filter(|(_, r)| svid_revoked(state, r))
+            .map(|(serial, _)| serial.clone())
+            .collect();
+        match nodes.get_mut(id) {
+            Some(n) => {
+                changed |= n.serials != serials;
+                *n = NodeRevoked { inputs, serials };
+            }
+            None => {
+                changed |= !serials.is_empty();
+                nodes.insert(id.to_string(), NodeRevoked { inputs, serials });
+            }
+        }
     }
-
-    /// Node `id`'s tasks' generation, whether it is a member, whether it is revoked.
-    fn node(state: &State, id: &str) -> (u64, bool, bool) {
-        (
-            state.tasks.generation(id),
-            state.nodes.contains_key(id),
-            state.revoked.contains_key(id),
-        )
-    }
+    changed
 }
 
 impl BundleCache {
     /// The bundle of `state` (applied up to log index `index`): the cached one while the state
-    /// is the same, or while what decides the revoked set is ([`Inputs`]); else made again
-    /// only when its revoked set or keys changed. Either way made again once its CRL is
-    /// half-way to its next update. The same bundle is the same `Arc`, so callers can tell a
-    /// new one by pointer (`manager::trust_answer`).
+    /// is the same, or while no node's revoked SVIDs changed ([`NodeInputs`]); made again when
+    /// they or the keys did, and once its CRL is half-way to its next update. The same bundle
+    /// is the same `Arc`, so callers can tell a new one by pointer (`manager::trust_answer`).
     pub fn get(&self, state: &State, index: u64, now: OffsetDateTime) -> Option<Arc<Bundle>> {
         let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = |c: &Cached| now - c.made < CRL_VALIDITY / 2;
@@ -442,37 +467,30 @@ impl BundleCache {
             .as_ref()
             .and_then(|c| c.workload.as_ref())
             .map(|k| k.ca_cert_pem.as_str())?;
+        let mut nodes = cache.as_mut().map(|c| std::mem::take(&mut c.nodes));
+        let changed = refresh(nodes.get_or_insert_default(), state);
+        let nodes = nodes.unwrap_or_default();
         if let Some(c) = cache.as_mut()
-            && fresh(c)
+            && !changed
             && c.keys == keys
-            && c.inputs.same_in(state)
+            && fresh(c)
         {
             c.index = index;
+            c.nodes = nodes;
             return Some(c.bundle.clone());
         }
-        let keys = keys.to_string();
-        let inputs = Inputs::of(state);
-        let revoked: Vec<String> = revoked_svids(state)
-            .into_iter()
-            .map(str::to_string)
+        let mut revoked: Vec<&str> = nodes
+            .values()
+            .flat_map(|n| n.serials.iter().map(String::as_str))
             .collect();
-        if let Some(c) = cache.as_mut()
-            && c.revoked == revoked
-            && c.keys == keys
-            && fresh(c)
-        {
-            c.index = index;
-            c.inputs = inputs;
-            return Some(c.bundle.clone());
-        }
-        match bundle(state, now) {
+        revoked.sort_unstable();
+        match bundle_listing(state, &revoked, now) {
             Ok(Some(b)) => {
                 let b = Arc::new(b);
                 *cache = Some(Cached {
                     index,
-                    revoked,
-                    inputs,
-                    keys,
+                    nodes,
+                    keys: keys.to_string(),
                     made: now,
                     bundle: b.clone(),
                 });
@@ -481,6 +499,7 @@ impl BundleCache {
             Ok(None) => None,
             Err(e) => {
                 tracing::error!(error = %e, "cannot make the workload bundle");
+                *cache = None;
                 None
             }
         }
@@ -819,6 +838,78 @@ mod tests {
         // The task failed.
         s.tasks.get_mut(&task).unwrap().status.state = TaskState::Failed;
         assert_eq!(cache.get(&s, 8, now()).unwrap().revoked.len(), 1);
+    }
+
+    /// Through random changes of records, tasks and nodes, the cached bundle revokes exactly
+    /// what a pass over every record would (`SKEP_TEST_SEED` repeats a run).
+    #[test]
+    fn the_bundle_cache_revokes_what_a_pass_over_every_record_would() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let seed: u64 = std::env::var("SKEP_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random);
+        println!("seed {seed} (SKEP_TEST_SEED={seed} repeats it)");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut s = state("t0");
+        let cache = BundleCache::default();
+        let nodes = ["n1", "n2", "n3"];
+        let mut clock = 0;
+        for step in 1..=4_000 {
+            let task = format!("t{}", rng.random_range(0..8));
+            let node = nodes[rng.random_range(0..nodes.len())];
+            match rng.random_range(0..10) {
+                0..=3 => {
+                    // Now and then every record expires but the one coming.
+                    clock += if rng.random_bool(0.05) {
+                        40
+                    } else {
+                        rng.random_range(0..2)
+                    };
+                    let record = SvidRecord {
+                        task_id: task,
+                        node_id: node.into(),
+                        not_after: clock + rng.random_range(1..30),
+                    };
+                    let serial = format!("{:02x}", rng.random_range(0..60));
+                    s.svids.record(serial, record, clock);
+                }
+                4..=6 => {
+                    let mut t = fixtures::task();
+                    t.id = task.clone();
+                    t.node_id = node.into();
+                    if rng.random_bool(0.3) {
+                        t.desired = DesiredState::Shutdown;
+                    }
+                    t.status.state = if rng.random_bool(0.2) {
+                        TaskState::Failed
+                    } else {
+                        TaskState::Running
+                    };
+                    s.tasks.insert(task, t);
+                }
+                7 => {
+                    s.tasks.remove(&task);
+                }
+                8 => {
+                    if s.nodes.remove(node).is_none() {
+                        s.nodes.insert(node.into(), fixtures::node(node));
+                    }
+                }
+                _ => {
+                    if s.revoked.remove(node).is_none() {
+                        let r = crate::store::model::Revoked {
+                            hostname: node.into(),
+                            at: String::new(),
+                            until: String::new(),
+                        };
+                        s.revoked.insert(node.into(), r);
+                    }
+                }
+            }
+            let got = cache.get(&s, step, now()).unwrap();
+            assert_eq!(got.revoked, revoked_svids(&s), "seed {seed}, step {step}");
+        }
     }
 
     /// JWT-SVIDs: the audience list is checked first, and the token verifies against the

@@ -60,10 +60,12 @@ pub struct SvidRecord {
 /// revoke. Which of them are revoked is the managers' rule
 /// (`manager::workload::revoked_svids`).
 ///
-/// Encoded as the map of records alone. Two indexes are derived from it (rebuilt when decoded,
-/// neither encoded nor compared), so that an issuance costs the same with 200,000 records as
-/// with none: the records by expiry (the expired go from the front) and each task's expiries
-/// (its count of unexpired SVIDs, [`MAX_SVIDS_PER_TASK`] at most while it runs).
+/// Encoded as the map of records alone. Three indexes are derived from it (rebuilt when
+/// decoded, neither encoded nor compared), so that an issuance costs the same with 200,000
+/// records as with none: the records by expiry (the expired go from the front), each task's
+/// expiries (its count of unexpired SVIDs, [`MAX_SVIDS_PER_TASK`] at most while it runs), and
+/// each node's serials with a generation of their own (a manager looks again at the revoked
+/// SVIDs of the nodes whose records or tasks changed, not at all of them).
 #[derive(Clone, Debug, Default)]
 pub struct SvidRecords {
     records: BTreeMap<String, SvidRecord>,
@@ -71,9 +73,18 @@ pub struct SvidRecords {
     by_expiry: BTreeSet<(i64, String)>,
     /// The `not_after` of each of a task's records.
     by_task: HashMap<String, Vec<i64>>,
+    /// Each node's records.
+    by_node: HashMap<String, NodeSvids>,
     /// A number that changes with every change of the records, unique in the process (as the
     /// tasks' generations are), so that a reader can tell they are the same without comparing
     /// them.
+    generation: u64,
+}
+
+/// One node's records in the index: their serials, and a generation that moves with them.
+#[derive(Clone, Debug, Default)]
+struct NodeSvids {
+    serials: BTreeSet<String>,
     generation: u64,
 }
 
@@ -118,6 +129,28 @@ impl SvidRecords {
         self.generation
     }
 
+    /// The nodes the records name, each with a number that changes whenever its records do
+    /// (unique in the process, like [`Self::generation`]).
+    pub fn nodes(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.by_node
+            .iter()
+            .map(|(id, n)| (id.as_str(), n.generation))
+    }
+
+    /// Whether some record names node `node_id`.
+    pub fn names_node(&self, node_id: &str) -> bool {
+        self.by_node.contains_key(node_id)
+    }
+
+    /// The records of node `node_id`, by serial.
+    pub fn of_node(&self, node_id: &str) -> impl Iterator<Item = (&String, &SvidRecord)> {
+        self.by_node
+            .get(node_id)
+            .into_iter()
+            .flat_map(|n| n.serials.iter())
+            .filter_map(|serial| self.records.get_key_value(serial))
+    }
+
     /// How many records are of SVIDs unexpired at `now` (Unix seconds): in all, and of task
     /// `task_id`. Costs the expired records not yet dropped, not all of them.
     pub fn unexpired(&self, task_id: &str, now: i64) -> (usize, usize) {
@@ -157,6 +190,9 @@ impl SvidRecords {
             .entry(record.task_id.clone())
             .or_default()
             .push(record.not_after);
+        let node = self.by_node.entry(record.node_id.clone()).or_default();
+        node.serials.insert(serial.to_string());
+        node.generation = super::tasks::next_generation();
     }
 
     /// Drops `serial`'s record, from the map and the indexes, if there is one.
@@ -171,6 +207,13 @@ impl SvidRecords {
             }
             if ends.is_empty() {
                 self.by_task.remove(&old.task_id);
+            }
+        }
+        if let Some(node) = self.by_node.get_mut(&old.node_id) {
+            node.serials.remove(serial);
+            node.generation = super::tasks::next_generation();
+            if node.serials.is_empty() {
+                self.by_node.remove(&old.node_id);
             }
         }
     }
@@ -285,7 +328,7 @@ mod tests {
             let task = format!("t{}", rng.random_range(0..20));
             let record = SvidRecord {
                 task_id: task.clone(),
-                node_id: "n".into(),
+                node_id: format!("n{}", rng.random_range(0..5)),
                 not_after: now + rng.random_range(1..40),
             };
             // Serials repeat now and then: a record replaced keeps one entry in each index.
@@ -312,5 +355,30 @@ mod tests {
                 "seed {seed}, step {step}"
             );
         }
+    }
+
+    /// A node's generation moves when one of its records comes or goes, and not for another
+    /// node's; a node with no record left is no longer named.
+    #[test]
+    fn a_nodes_generation_moves_with_its_own_records() {
+        let rec = |node: &str, not_after| SvidRecord {
+            task_id: "t".into(),
+            node_id: node.into(),
+            not_after,
+        };
+        let mut r = SvidRecords::default();
+        r.record("aa".into(), rec("n1", 100), 0);
+        r.record("bb".into(), rec("n2", 300), 0);
+        let of = |r: &SvidRecords, n: &str| r.nodes().find(|(id, _)| *id == n).map(|(_, g)| g);
+        let (n1, n2) = (of(&r, "n1").unwrap(), of(&r, "n2").unwrap());
+        r.record("cc".into(), rec("n2", 300), 0);
+        assert_eq!(of(&r, "n1"), Some(n1));
+        assert_ne!(of(&r, "n2"), Some(n2));
+        let serials: Vec<&String> = r.of_node("n2").map(|(s, _)| s).collect();
+        assert_eq!(serials, vec!["bb", "cc"]);
+        // n1's one record expires as another comes: n1 is no longer named.
+        r.record("dd".into(), rec("n2", 300), 200);
+        assert!(!r.names_node("n1") && of(&r, "n1").is_none());
+        assert_eq!(r.of_node("n1").count(), 0);
     }
 }
