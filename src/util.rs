@@ -54,6 +54,19 @@ pub(crate) fn root_or_skip() -> bool {
     panic!("this test needs root (set SKEP_IT_ALLOW_SKIP=1 to skip it on purpose)");
 }
 
+/// For randomised unit tests: a generator from `SKEP_TEST_SEED`, or from a new seed, which
+/// it prints (shown when the test fails) with how to repeat the run.
+#[cfg(test)]
+pub(crate) fn seeded_rng() -> (u64, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("SKEP_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("seed {seed} (SKEP_TEST_SEED={seed} repeats it)");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

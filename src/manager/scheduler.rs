@@ -462,8 +462,8 @@ impl<'a> Placement<'a> {
 
 #[cfg(test)]
 mod tests {
+    use rand::Rng as _;
     use rand::rngs::StdRng;
-    use rand::{Rng as _, SeedableRng as _};
 
     use super::*;
     use crate::store::fixtures;
@@ -582,12 +582,7 @@ mod tests {
 
     #[test]
     fn runs_place_every_task_where_one_by_one_placement_would() {
-        let seed: u64 = std::env::var("SKEP_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random);
-        println!("seed {seed} (SKEP_TEST_SEED={seed} repeats it)");
-        let mut rng = StdRng::seed_from_u64(seed);
+        let (seed, mut rng) = crate::util::seeded_rng();
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).expect("a valid time");
         for round in 0..300 {
             let s = random_state(&mut rng);

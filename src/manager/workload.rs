@@ -844,13 +844,8 @@ mod tests {
     /// what a pass over every record would (`SKEP_TEST_SEED` repeats a run).
     #[test]
     fn the_bundle_cache_revokes_what_a_pass_over_every_record_would() {
-        use rand::{Rng, SeedableRng, rngs::StdRng};
-        let seed: u64 = std::env::var("SKEP_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random);
-        println!("seed {seed} (SKEP_TEST_SEED={seed} repeats it)");
-        let mut rng = StdRng::seed_from_u64(seed);
+        use rand::Rng;
+        let (seed, mut rng) = crate::util::seeded_rng();
         let mut s = state("t0");
         let cache = BundleCache::default();
         let nodes = ["n1", "n2", "n3"];

@@ -307,13 +307,8 @@ mod tests {
     /// replacements, expiries and a decode (`SKEP_TEST_SEED` repeats a run).
     #[test]
     fn the_indexes_count_as_a_pass_over_every_record_would() {
-        use rand::{Rng, SeedableRng, rngs::StdRng};
-        let seed: u64 = std::env::var("SKEP_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random);
-        println!("seed {seed} (SKEP_TEST_SEED={seed} repeats it)");
-        let mut rng = StdRng::seed_from_u64(seed);
+        use rand::Rng;
+        let (seed, mut rng) = crate::util::seeded_rng();
         let mut r = SvidRecords::default();
         let mut now = 0;
         let naive = |r: &SvidRecords, task: &str, now: i64| {
