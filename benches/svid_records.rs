@@ -78,7 +78,12 @@ fn put_task(s: &mut State, task: usize) {
 /// This process's resident memory, bytes.
 fn rss() -> usize {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
-    let pages: usize = statm.split_whitespace().nth(1).expect("rss").parse().expect("pages");
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .expect("rss")
+        .parse()
+        .expect("pages");
     pages * 4096
 }
 

@@ -259,7 +259,7 @@ pub fn revoked_svids(state: &State) -> Vec<&str> {
         .svids
         .iter()
         .filter(|(_, r)| svid_revoked(state, r))
-        .map(|(serial, _)| serial.as_str())
+        .map(|(serial, _)| serial)
         .collect()
 }
 
@@ -432,7 +432,7 @@ fn refresh(nodes: &mut HashMap<String, NodeRevoked>, state: &State) -> bool {
             .svids
             .of_node(id)
             .filter(|(_, r)| svid_revoked(state, r))
-            .map(|(serial, _)| serial.clone())
+            .map(|(serial, _)| serial.to_string())
             .collect();
         match nodes.get_mut(id) {
             Some(n) => {

@@ -2,6 +2,8 @@
 //! of each X.509-SVID issued.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -65,14 +67,18 @@ pub struct SvidRecord {
 /// records as with none: the records by expiry (the expired go from the front), each task's
 /// expiries (its count of unexpired SVIDs, [`MAX_SVIDS_PER_TASK`] at most while it runs), and
 /// each node's serials with a generation of their own (a manager looks again at the revoked
-/// SVIDs of the nodes whose records or tasks changed, not at all of them).
+/// SVIDs of the nodes whose records or tasks changed, not at all of them). The map and the
+/// indexes share each serial (`Arc<str>`), and the tasks are indexed by a hash of their ID:
+/// two tasks whose IDs collide (random IDs, 64 bits) would share one task's room, no more.
 #[derive(Clone, Debug, Default)]
 pub struct SvidRecords {
-    records: BTreeMap<String, SvidRecord>,
+    records: BTreeMap<Arc<str>, SvidRecord>,
     /// `(not_after, serial)` of every record.
-    by_expiry: BTreeSet<(i64, String)>,
-    /// The `not_after` of each of a task's records.
-    by_task: HashMap<String, Vec<i64>>,
+    by_expiry: BTreeSet<(i64, Arc<str>)>,
+    /// The `not_after` of each of a task's records, by a hash of the task's ID.
+    by_task: HashMap<u64, Vec<i64>>,
+    /// Hashes task IDs for `by_task` (its own keys, made anew with every decoded copy).
+    task_hasher: RandomState,
     /// Each node's records.
     by_node: HashMap<String, NodeSvids>,
     /// A number that changes with every change of the records, unique in the process (as the
@@ -84,7 +90,7 @@ pub struct SvidRecords {
 /// One node's records in the index: their serials, and a generation that moves with them.
 #[derive(Clone, Debug, Default)]
 struct NodeSvids {
-    serials: BTreeSet<String>,
+    serials: BTreeSet<Arc<str>>,
     generation: u64,
 }
 
@@ -98,7 +104,7 @@ impl Eq for SvidRecords {}
 
 impl Serialize for SvidRecords {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.records.serialize(serializer)
+        serializer.collect_map(self.records.iter().map(|(serial, r)| (&**serial, r)))
     }
 }
 
@@ -110,8 +116,8 @@ impl<'de> Deserialize<'de> for SvidRecords {
 
 impl SvidRecords {
     /// Each record, by serial.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &SvidRecord)> {
-        self.records.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SvidRecord)> {
+        self.records.iter().map(|(serial, r)| (&**serial, r))
     }
 
     /// How many records are kept.
@@ -143,24 +149,24 @@ impl SvidRecords {
     }
 
     /// The records of node `node_id`, by serial.
-    pub fn of_node(&self, node_id: &str) -> impl Iterator<Item = (&String, &SvidRecord)> {
+    pub fn of_node(&self, node_id: &str) -> impl Iterator<Item = (&str, &SvidRecord)> {
         self.by_node
             .get(node_id)
             .into_iter()
             .flat_map(|n| n.serials.iter())
-            .filter_map(|serial| self.records.get_key_value(serial))
+            .filter_map(|serial| self.records.get(serial).map(|r| (&**serial, r)))
     }
 
     /// How many records are of SVIDs unexpired at `now` (Unix seconds): in all, and of task
     /// `task_id`. Costs the expired records not yet dropped, not all of them.
     pub fn unexpired(&self, task_id: &str, now: i64) -> (usize, usize) {
         let expired = match now.checked_add(1) {
-            Some(next) => self.by_expiry.range(..(next, String::new())).count(),
+            Some(next) => self.by_expiry.range(..(next, Arc::from(""))).count(),
             None => self.by_expiry.len(),
         };
         let its = self
             .by_task
-            .get(task_id)
+            .get(&self.task_hasher.hash_one(task_id))
             .map_or(0, |ends| ends.iter().filter(|&&end| end > now).count());
         (self.records.len() - expired, its)
     }
@@ -176,41 +182,42 @@ impl SvidRecords {
                 self.forget(&serial);
             }
         }
-        self.forget(&serial);
-        self.index(&serial, &record);
-        self.records.insert(serial, record);
+        self.insert(serial, record);
         self.generation = super::tasks::next_generation();
     }
 
-    /// Adds `serial`'s record to the indexes.
-    fn index(&mut self, serial: &str, record: &SvidRecord) {
-        self.by_expiry
-            .insert((record.not_after, serial.to_string()));
+    /// Stores `serial`'s record (replacing the one of that serial) and indexes it.
+    fn insert(&mut self, serial: String, record: SvidRecord) {
+        self.forget(&serial);
+        let serial: Arc<str> = Arc::from(serial);
+        self.by_expiry.insert((record.not_after, serial.clone()));
         self.by_task
-            .entry(record.task_id.clone())
+            .entry(self.task_hasher.hash_one(&record.task_id))
             .or_default()
             .push(record.not_after);
         let node = self.by_node.entry(record.node_id.clone()).or_default();
-        node.serials.insert(serial.to_string());
+        node.serials.insert(serial.clone());
         node.generation = super::tasks::next_generation();
+        self.records.insert(serial, record);
     }
 
     /// Drops `serial`'s record, from the map and the indexes, if there is one.
     fn forget(&mut self, serial: &str) {
-        let Some(old) = self.records.remove(serial) else {
+        let Some((serial, old)) = self.records.remove_entry(serial) else {
             return;
         };
-        self.by_expiry.remove(&(old.not_after, serial.to_string()));
-        if let Some(ends) = self.by_task.get_mut(&old.task_id) {
+        self.by_expiry.remove(&(old.not_after, serial.clone()));
+        let task = self.task_hasher.hash_one(&old.task_id);
+        if let Some(ends) = self.by_task.get_mut(&task) {
             if let Some(at) = ends.iter().position(|&end| end == old.not_after) {
                 ends.swap_remove(at);
             }
             if ends.is_empty() {
-                self.by_task.remove(&old.task_id);
+                self.by_task.remove(&task);
             }
         }
         if let Some(node) = self.by_node.get_mut(&old.node_id) {
-            node.serials.remove(serial);
+            node.serials.remove(&serial);
             node.generation = super::tasks::next_generation();
             if node.serials.is_empty() {
                 self.by_node.remove(&old.node_id);
@@ -226,9 +233,7 @@ impl FromIterator<(String, SvidRecord)> for SvidRecords {
             ..Self::default()
         };
         for (serial, record) in records {
-            out.forget(&serial);
-            out.index(&serial, &record);
-            out.records.insert(serial, record);
+            out.insert(serial, record);
         }
         out
     }
@@ -252,7 +257,7 @@ mod tests {
         r.record("bb".into(), rec(300), 0);
         assert_eq!(r.len(), 2);
         r.record("cc".into(), rec(400), 200);
-        let kept: Vec<&String> = r.iter().map(|(s, _)| s).collect();
+        let kept: Vec<&str> = r.iter().map(|(s, _)| s).collect();
         assert_eq!(kept, vec!["bb", "cc"]);
         assert_eq!(r.unexpired("t", 200), (2, 2));
         assert_eq!(r.unexpired("other", 350), (1, 0));
@@ -294,7 +299,7 @@ mod tests {
         let flood = (0..MAX_SVID_RECORDS - 1).map(|i| (format!("{i:08x}"), rec("flood", 2_000)));
         let mut r: SvidRecords = r
             .iter()
-            .map(|(s, r)| (s.clone(), r.clone()))
+            .map(|(s, r)| (s.to_string(), r.clone()))
             .chain(flood)
             .collect();
         r.record("last".into(), rec("flood", 2_000), 1);
@@ -369,7 +374,7 @@ mod tests {
         r.record("cc".into(), rec("n2", 300), 0);
         assert_eq!(of(&r, "n1"), Some(n1));
         assert_ne!(of(&r, "n2"), Some(n2));
-        let serials: Vec<&String> = r.of_node("n2").map(|(s, _)| s).collect();
+        let serials: Vec<&str> = r.of_node("n2").map(|(s, _)| s).collect();
         assert_eq!(serials, vec!["bb", "cc"]);
         // n1's one record expires as another comes: n1 is no longer named.
         r.record("dd".into(), rec("n2", 300), 200);
