@@ -48,7 +48,7 @@ use tonic::transport::Channel;
 use super::ManagerList;
 use super::endpoints::Endpoints;
 use super::mesh_identity::{Denials, Identities};
-use crate::api::v1::{Empty, Route, RouteTask, TunnelFrame};
+use crate::api::v1::{Route, RouteTask, TunnelFrame};
 use crate::net::identity::LiveIdentity;
 
 /// How often the routing table is fetched.
@@ -188,8 +188,9 @@ impl Mesh {
                     false
                 }
             };
+        let mut held = None;
         loop {
-            if let Some(table) = self.fetch(&mut channels).await {
+            if let Some(table) = self.fetch(&mut channels, &mut held).await {
                 let wanted = wanted(
                     &self.node_id,
                     self.listen_ip,
@@ -259,9 +260,13 @@ impl Mesh {
         }
     }
 
+    /// The routing table from the first manager that answers. `held` is the last table
+    /// received: the manager is told its digest, and an answer that it is `unchanged` gives it
+    /// back (a manager from before digests sends the whole table every time).
     async fn fetch(
         &self,
         channels: &mut HashMap<String, Channel>,
+        held: &mut Option<crate::api::v1::RoutesResponse>,
     ) -> Option<crate::api::v1::RoutesResponse> {
         let managers = self.managers.lock().map(|m| m.clone()).unwrap_or_default();
         for addr in managers {
@@ -275,11 +280,26 @@ impl Mesh {
                     c
                 }
             };
+            let digest = held.as_ref().map(|t| t.digest.clone()).unwrap_or_default();
             match crate::net::serve::dispatcher_client(ch)
-                .routes(Empty {})
+                .routes(crate::api::v1::RoutesRequest { digest })
                 .await
             {
-                Ok(r) => return Some(r.into_inner()),
+                Ok(r) => {
+                    let r = r.into_inner();
+                    if r.unchanged
+                        && let Some(t) = held.as_ref().filter(|t| t.digest == r.digest)
+                    {
+                        return Some(t.clone());
+                    }
+                    if r.unchanged {
+                        // Not the table held (a manager's mistake): ask again for all of it.
+                        *held = None;
+                        continue;
+                    }
+                    *held = Some(r.clone());
+                    return Some(r);
+                }
                 Err(e) => tracing::debug!(%addr, error = %e.message(), "routing table unavailable"),
             }
         }

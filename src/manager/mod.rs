@@ -35,6 +35,7 @@ pub mod reads;
 pub mod recovery;
 pub mod reports;
 pub mod rollout;
+pub mod routes;
 pub mod scheduler;
 pub mod secrets;
 pub mod services;
@@ -253,6 +254,8 @@ pub struct Manager {
     managers: managers::ManagersCache,
     /// The last trust material of a heartbeat answer made.
     trust: trust_answer::TrustCache,
+    /// The routing table, made once per applied index (`routes::RoutesCache`).
+    routes: routes::RoutesCache,
 }
 
 /// Who signs node certificates now (see [`Manager::signer`]).
@@ -294,6 +297,7 @@ impl Manager {
             workload_bundle: workload::BundleCache::default(),
             managers: managers::ManagersCache::default(),
             trust: trust_answer::TrustCache::default(),
+            routes: routes::RoutesCache::default(),
         })
     }
 

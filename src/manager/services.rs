@@ -494,46 +494,6 @@ impl Services {
     }
 }
 
-/// The label Docker (and skep) puts on a stack's objects.
-const STACK_LABEL: &str = "com.docker.stack.namespace";
-
-/// A service's address on every node's loopback (127.77.X.Y), where the node's routing mesh
-/// listens for the tasks that reach the service by name: the one the state machine gave it
-/// ([`crate::store::vip`]). A service stored before addresses were allocated has none until
-/// its next update, and keeps the address derived from its ID until then.
-pub fn service_vip(svc: &crate::store::service::Service) -> std::net::Ipv4Addr {
-    svc.vip.unwrap_or_else(|| {
-        use sha2::Digest as _;
-        let d = sha2::Sha256::digest(svc.id.as_bytes());
-        std::net::Ipv4Addr::new(127, 77, d[0], 1 + d[1] % 254)
-    })
-}
-
-/// The targets a service's tasks take `proto` on: of its published ports and its `expose`
-/// list, sorted, once each.
-fn vip_ports(
-    spec: &crate::store::service::ServiceSpec,
-    proto: crate::store::service::PortProtocol,
-) -> Vec<u32> {
-    use crate::store::service::PortProtocol;
-    let exposed = match proto {
-        PortProtocol::Tcp => &spec.expose,
-        PortProtocol::Udp => &spec.expose_udp,
-    };
-    let mut out: Vec<u32> = spec
-        .ports
-        .iter()
-        .filter(|p| p.protocol == proto)
-        .map(|p| p.target)
-        .chain(exposed.iter().copied())
-        .filter(|p| *p > 0)
-        .map(u32::from)
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 impl Services {
     /// Keeps the state's list of the published ports a node cannot listen on as its
     /// heartbeats say (a write only when it changes).
@@ -604,131 +564,20 @@ impl Services {
             }
         });
     }
-
-    /// The routing table: every published port with the running tasks of its service and
-    /// the addresses of their nodes.
-    fn routes(&self) -> crate::api::v1::RoutesResponse {
-        use crate::store::service::{PortProtocol, TaskState};
-        let routes = self.mgr.read(route_table);
-        let vips = self.mgr.read(|s| {
-            s.services
-                .values()
-                .filter(|svc| !svc.spec.networks.is_empty())
-                .map(|svc| {
-                    let mut names = vec![svc.spec.name.clone()];
-                    if let Some(short) = svc
-                        .spec
-                        .labels
-                        .get(STACK_LABEL)
-                        .and_then(|stack| svc.spec.name.strip_prefix(&format!("{stack}_")))
-                    {
-                        names.push(short.to_string());
-                    }
-                    crate::api::v1::ServiceVip {
-                        service_id: svc.id.clone(),
-                        names,
-                        vip: service_vip(svc).to_string(),
-                        ports: vip_ports(&svc.spec, PortProtocol::Tcp),
-                        udp_ports: vip_ports(&svc.spec, PortProtocol::Udp),
-                        networks: svc.spec.networks.clone(),
-                        tasks: s
-                            .tasks
-                            .values()
-                            .filter(|t| {
-                                t.service_id == svc.id && t.status.state == TaskState::Running
-                            })
-                            .filter_map(|t| {
-                                let node = s.nodes.get(&t.node_id)?;
-                                Some(crate::api::v1::RouteTask {
-                                    task_id: t.id.clone(),
-                                    node_id: t.node_id.clone(),
-                                    node_addr: node.addr.clone(),
-                                    allowed_callers: Vec::new(),
-                                })
-                            })
-                            .collect(),
-                    }
-                })
-                .collect()
-        });
-        crate::api::v1::RoutesResponse { routes, vips }
-    }
-}
-
-/// The published ports of the routing table, each with its service's running tasks and their
-/// nodes' addresses; for a port with `identity=required`, each task with the SPIFFE IDs the
-/// policy lets call it there ([`super::mesh::allowed_callers`], decided once per service and
-/// node).
-fn route_table(s: &crate::store::model::State) -> Vec<crate::api::v1::Route> {
-    use crate::store::service::{PortIdentity, PortProtocol, PublishMode, TaskState};
-    let engine = super::entitle::engine(s);
-    let mut routes = Vec::new();
-    for svc in s.services.values().filter(|svc| !svc.spec.ports.is_empty()) {
-        let needs_identity = svc
-            .spec
-            .ports
-            .iter()
-            .any(|p| p.identity == PortIdentity::Required);
-        let mut callers: std::collections::HashMap<&str, Vec<String>> = Default::default();
-        let tasks: Vec<crate::api::v1::RouteTask> = s
-            .tasks
-            .values()
-            .filter(|t| t.service_id == svc.id && t.status.state == TaskState::Running)
-            .filter_map(|t| {
-                let node = s.nodes.get(&t.node_id)?;
-                let allowed_callers = if needs_identity {
-                    callers
-                        .entry(node.id.as_str())
-                        .or_insert_with(|| super::mesh::allowed_callers(&engine, s, svc, node))
-                        .clone()
-                } else {
-                    Vec::new()
-                };
-                Some(crate::api::v1::RouteTask {
-                    task_id: t.id.clone(),
-                    node_id: t.node_id.clone(),
-                    node_addr: node.addr.clone(),
-                    allowed_callers,
-                })
-            })
-            .collect();
-        for p in &svc.spec.ports {
-            let identity_required = p.identity == PortIdentity::Required;
-            let mut tasks = tasks.clone();
-            if !identity_required {
-                tasks.iter_mut().for_each(|t| t.allowed_callers.clear());
-            }
-            routes.push(crate::api::v1::Route {
-                service_id: svc.id.clone(),
-                service_name: svc.spec.name.clone(),
-                published: u32::from(p.published),
-                target: u32::from(p.target),
-                protocol: match p.protocol {
-                    PortProtocol::Tcp => "tcp",
-                    PortProtocol::Udp => "udp",
-                }
-                .into(),
-                mode: match p.mode {
-                    PublishMode::Ingress => "ingress",
-                    PublishMode::Host => "host",
-                }
-                .into(),
-                tasks,
-                identity_required,
-            });
-        }
-    }
-    routes
 }
 
 #[tonic::async_trait]
 impl Dispatcher for Services {
     async fn routes(
         &self,
-        req: Request<Empty>,
+        req: Request<crate::api::v1::RoutesRequest>,
     ) -> Result<Response<crate::api::v1::RoutesResponse>, Status> {
         self.require(&req, "dispatcher.routes", false).await?;
-        Ok(Response::new(Services::routes(self)))
+        let table = self.mgr.routes_table();
+        Ok(Response::new(super::routes::answer(
+            &table,
+            &req.get_ref().digest,
+        )))
     }
 
     async fn mesh_denied(
