@@ -23,6 +23,12 @@
 //! task reports and updates do): what the manager pays per entry for material that did not
 //! change, printed as its CPU time per entry.
 //!
+//! `SKEP_BENCH_ROUTE_TASKS=N` adds a series of routing-table calls (what every node's mesh
+//! asks for once a second) with a service of N running exec tasks (on the manager's own node)
+//! publishing a port: the nodes echoing no digest, then the digest of their last table (as
+//! agents do), with the bytes of each answer and the manager's CPU per call. Exec tasks need
+//! `skep-init` beside the daemon's binary: copy it next to a baseline binary too.
+//!
 //! Run: `cargo build --release && cp target/release/skep /tmp/skep-before` on the old tree,
 //! then `SKEP_BENCH_BASELINE_BIN=/tmp/skep-before cargo bench --bench node_calls` on the new.
 
@@ -36,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use common::{Cluster, Daemon, wait_for, wait_limit};
 use skep::api::v1::dispatcher_client::DispatcherClient;
-use skep::api::v1::{HeartbeatRequest, TaskReport};
+use skep::api::v1::{HeartbeatRequest, RoutesRequest, TaskReport};
 use tonic::transport::Channel;
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -68,6 +74,10 @@ enum Call {
         echo: bool,
     },
     Report,
+    /// A routing-table call; `echo`: with the digest of the node's last table.
+    Routes {
+        echo: bool,
+    },
 }
 
 /// Bytes of the heartbeat answers a node gets with no digest and with the last one's.
@@ -116,6 +126,16 @@ async fn series(nodes: &[(Channel, String)], call: Call, secs: u64) -> f64 {
                             }
                         }),
                     Call::Report => client.report_tasks(TaskReport::default()).await.map(|_| ()),
+                    Call::Routes { echo } => client
+                        .routes(RoutesRequest {
+                            digest: digest.clone(),
+                        })
+                        .await
+                        .map(|r| {
+                            if echo {
+                                digest = r.into_inner().digest;
+                            }
+                        }),
                 };
                 r.unwrap_or_else(|e| panic!("{hostname}: {e}"));
                 done.fetch_add(1, Ordering::Relaxed);
@@ -238,6 +258,92 @@ fn revoke_svids(m: &Daemon, rt: &tokio::runtime::Runtime, chans: &[(Channel, Str
     }
 }
 
+/// A service of `n` running exec tasks on the manager's own node, publishing port `port`
+/// (each manager of a run its own: the tasks of the one before may still hold theirs while
+/// they end), so that the routing table lists `n` tasks.
+fn routed_service(m: &Daemon, n: u64, port: u16) {
+    let publish = format!("{port}:8080");
+    m.cli(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "routed",
+        "--replicas",
+        &n.to_string(),
+        "--publish",
+        &publish,
+        "--constraint",
+        "node.role==manager",
+        "--runtime",
+        "exec",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    wait_for(wait_limit(), "the routed tasks running", || {
+        let all = m.json(&["service", "ps", "--format", "json", "routed"])?;
+        let running = all
+            .iter()
+            .filter(|t| {
+                t["CurrentState"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("Running"))
+            })
+            .count() as u64;
+        if running == n {
+            Ok(())
+        } else {
+            Err(format!("{running} of {n} running; first {:?}", all.first()))
+        }
+    });
+}
+
+/// Routing-table calls/s from every node, echoing no digest and echoing it; the bytes of
+/// an answer of each; the manager's CPU per call of each, in microseconds.
+fn routes(
+    m: &Daemon,
+    rt: &tokio::runtime::Runtime,
+    chans: &[(Channel, String)],
+    secs: u64,
+) -> RouteRates {
+    use prost::Message;
+    let pid = m.child.as_ref().unwrap().id();
+    let mut client = DispatcherClient::new(chans[0].0.clone());
+    let first = rt
+        .block_on(client.routes(RoutesRequest::default()))
+        .unwrap()
+        .into_inner();
+    let again = rt
+        .block_on(client.routes(RoutesRequest {
+            digest: first.digest.clone(),
+        }))
+        .unwrap()
+        .into_inner();
+    let rate = |echo| {
+        let cpu = cpu_secs(pid);
+        let calls = rt.block_on(series(chans, Call::Routes { echo }, secs));
+        let cpu = cpu_secs(pid) - cpu;
+        (calls, cpu * 1e6 / (calls * secs as f64))
+    };
+    let (full, full_cpu) = rate(false);
+    let (held, held_cpu) = rate(true);
+    RouteRates {
+        full,
+        held,
+        bytes: (first.encoded_len(), again.encoded_len()),
+        cpu_us: (full_cpu, held_cpu),
+    }
+}
+
+/// Routing-table calls: with no digest and echoing it.
+struct RouteRates {
+    full: f64,
+    held: f64,
+    bytes: (usize, usize),
+    cpu_us: (f64, f64),
+}
+
 /// CPU seconds the process `pid` has used (user and system).
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -304,10 +410,20 @@ struct Rates {
     /// Heartbeats/s echoing the digest while the swarm changed; the entries; the manager's
     /// CPU seconds meanwhile.
     churn: (f64, u64, f64),
+    /// With `SKEP_BENCH_ROUTE_TASKS`.
+    routes: Option<RouteRates>,
 }
 
 /// What a fresh manager of `bin` serves, after `revoked` more nodes joined and were removed.
-fn measure(bin: &str, addr: &str, nodes: u64, secs: u64, revoked: u64, svids: u64) -> Rates {
+fn measure(
+    bin: &str,
+    addr: &str,
+    nodes: u64,
+    secs: u64,
+    revoked: u64,
+    svids: u64,
+    routed: u64,
+) -> Rates {
     let root = tempfile::Builder::new()
         .prefix("skep-bench-node-calls-")
         .tempdir()
@@ -343,12 +459,25 @@ fn measure(bin: &str, addr: &str, nodes: u64, secs: u64, revoked: u64, svids: u6
     let reports = rt.block_on(series(&chans, Call::Report, secs));
     let bytes = rt.block_on(answer_bytes(&chans[0].0, &chans[0].1));
     let churn = churn(m, &rt, &chans, secs);
+    let routes = (routed > 0).then(|| {
+        routed_service(
+            m,
+            routed,
+            if addr.ends_with(".1:2377") {
+                30080
+            } else {
+                30081
+            },
+        );
+        routes(m, &rt, &chans, secs)
+    });
     Rates {
         full,
         held,
         reports,
         bytes,
         churn,
+        routes,
     }
 }
 
@@ -369,6 +498,13 @@ fn print(who: &str, r: &Rates) {
          made; the manager's CPU {cpu:.2} s ({:.2} ms an entry)",
         cpu * 1000.0 / entries.max(1) as f64
     );
+    if let Some(r) = &r.routes {
+        println!(
+            "{who:<15} routes: {:9.0}/s echoing no digest ({} bytes an answer, the manager's CPU \
+             {:.1} us a call), {:9.0}/s echoing it ({} bytes, {:.1} us a call)",
+            r.full, r.bytes.0, r.cpu_us.0, r.held, r.bytes.1, r.cpu_us.1
+        );
+    }
 }
 
 fn main() {
@@ -377,14 +513,23 @@ fn main() {
     let this = env!("CARGO_BIN_EXE_skep");
     let revoked = env_or("SKEP_BENCH_REVOKED", 0);
     let svids = env_or("SKEP_BENCH_REVOKED_SVIDS", 0);
+    let routed = env_or("SKEP_BENCH_ROUTE_TASKS", 0);
     println!(
         "node calls: {nodes} simulated nodes, {secs} s per series, one manager, \
          {revoked} nodes removed and {svids} task SVIDs revoked first"
     );
-    let this_run = measure(this, "127.0.95.1:2377", nodes, secs, revoked, svids);
+    let this_run = measure(this, "127.0.95.1:2377", nodes, secs, revoked, svids, routed);
     print("this build", &this_run);
     if let Ok(base) = std::env::var("SKEP_BENCH_BASELINE_BIN") {
-        let b = measure(&base, "127.0.95.2:2377", nodes, secs, revoked, svids);
+        let b = measure(
+            &base,
+            "127.0.95.2:2377",
+            nodes,
+            secs,
+            revoked,
+            svids,
+            routed,
+        );
         print("baseline build", &b);
         println!(
             "ratio this/baseline: heartbeats {:.3} (with the material), task reports {:.3}   ({base})",
