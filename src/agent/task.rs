@@ -389,6 +389,9 @@ async fn supervise(
                     running = true;
                     report(held, status(TaskState::Running, "started (healthy)", "", None));
                 }
+                // A check that failed because the task had just ended (its groups gone with
+                // it) says nothing of its health: its exit decides, at the next turn.
+                Health::Unhealthy(_) if handle.has_ended() => continue,
                 Health::Unhealthy(why) => {
                     tracing::warn!(task_id = %task.id, reason = %why, "the task is unhealthy; stopping it");
                     slot.withdraw();

@@ -185,6 +185,7 @@ impl DockerRuntime {
         );
         TaskHandle {
             exit: rx,
+            ended: std::sync::Arc::default(),
             stopper: Stopper::Docker(DockerStopper {
                 docker: self.docker.clone(),
                 container,
@@ -307,6 +308,7 @@ impl DockerRuntime {
                 None => self.watch(id.clone()),
                 Some(code) => TaskHandle {
                     exit: watch::channel::<ExitSlot>(Some(Ok(code))).1,
+                    ended: std::sync::Arc::new(true.into()),
                     stopper: Stopper::Docker(DockerStopper {
                         docker: self.docker.clone(),
                         container: id.clone(),

@@ -208,13 +208,15 @@ impl ExecRuntime {
         let mut child = owned.claim().map_err(spawn_err)?;
 
         let (tx, rx) = watch::channel::<ExitSlot>(None);
-        let (layout, task_id) = (self.cgroups.clone(), task.id.clone());
+        let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (layout, task_id, gone) = (self.cgroups.clone(), task.id.clone(), ended.clone());
         tokio::spawn(
             async move {
                 let r = match child.wait().await {
                     Ok(st) => Ok(i64::from(status_code(st))),
                     Err(e) => Err(format!("waiting for the init helper failed: {e}")),
                 };
+                gone.store(true, std::sync::atomic::Ordering::Release);
                 adopt::forget_record(&dir);
                 release_cgroups(layout, task_id).await;
                 tx.send_replace(Some(r));
@@ -223,6 +225,7 @@ impl ExecRuntime {
         );
         Ok(TaskHandle {
             exit: rx,
+            ended,
             stopper: Stopper::Exec(ExecStopper { pid, adopted: None }),
         })
     }
@@ -542,6 +545,7 @@ impl ExecStopper {
 fn adopted_handle(dir: PathBuf, rec: HelperRecord, cgroups: Arc<Groups>) -> TaskHandle {
     let pid = Pid::from_raw(rec.pid);
     let (tx, rx) = watch::channel::<ExitSlot>(None);
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ended = |dir: &Path| {
         adopt::read_exit(dir).ok_or_else(|| {
             "the task's init helper ended without recording an exit code (it was killed, or ended with the node)".to_string()
@@ -549,7 +553,7 @@ fn adopted_handle(dir: PathBuf, rec: HelperRecord, cgroups: Arc<Groups>) -> Task
     };
     match adopt::check_live(&rec, &dir) {
         Ok(()) => {
-            let (rec2, dir2) = (rec.clone(), dir.clone());
+            let (rec2, dir2, gone2) = (rec.clone(), dir.clone(), gone.clone());
             tokio::spawn(
                 async move {
                     while adopt::check_live(&rec2, &dir2).is_ok() {
@@ -559,6 +563,7 @@ fn adopted_handle(dir: PathBuf, rec: HelperRecord, cgroups: Arc<Groups>) -> Task
                         }
                         tokio::time::sleep(ADOPTED_POLL).await;
                     }
+                    gone2.store(true, std::sync::atomic::Ordering::Release);
                     let r = ended(&dir2);
                     adopt::forget_record(&dir2);
                     release_cgroups(cgroups, rec2.task_id.clone()).await;
@@ -575,6 +580,7 @@ fn adopted_handle(dir: PathBuf, rec: HelperRecord, cgroups: Arc<Groups>) -> Task
     }
     TaskHandle {
         exit: rx,
+        ended: gone,
         stopper: Stopper::Exec(ExecStopper {
             pid: Some(pid),
             adopted: Some((rec, dir)),

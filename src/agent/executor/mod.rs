@@ -524,6 +524,9 @@ type ExitSlot = Option<Result<i64, String>>;
 /// A started task.
 pub struct TaskHandle {
     exit: watch::Receiver<ExitSlot>,
+    /// Set as soon as the task's process is known to have ended, before what follows its
+    /// end (its control groups removed) and before its exit is recorded in `exit`.
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stopper: Stopper,
 }
 
@@ -546,6 +549,12 @@ impl TaskHandle {
                 "the watcher ended without reporting an exit".into(),
             ))
         })
+    }
+
+    /// Whether the task's process has ended, its exit perhaps not recorded yet: a health
+    /// check that failed because the task was gone says nothing of its health.
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(std::sync::atomic::Ordering::Acquire) || self.exit.borrow().is_some()
     }
 
     /// The exit code if the task has ended, without waiting.
@@ -735,8 +744,10 @@ mod tests {
         let (tx, rx) = watch::channel(None);
         let mut h = TaskHandle {
             exit: rx,
+            ended: Default::default(),
             stopper: Stopper::Exec(exec::ExecStopper::for_test()),
         };
+        assert!(!h.has_ended());
         // A wait cancelled by a timeout loses nothing.
         assert!(
             tokio::time::timeout(Duration::from_millis(20), h.wait())
@@ -749,6 +760,7 @@ mod tests {
         assert_eq!(h.wait().await.ok(), Some(3));
         assert_eq!(h.wait().await.ok(), Some(3));
         assert_eq!(h.exit_code(), Some(3));
+        assert!(h.has_ended());
         // Stopping an ended task is a no-op.
         assert!(h.stop(Duration::from_millis(1)).await.is_ok());
     }
