@@ -2,9 +2,9 @@
 //! published port with its service's running tasks and their nodes' addresses, and the
 //! services reached by name. Made once per applied log index and shared by every call
 //! ([`RoutesCache`]), not once per call; left out of the answer to a node that holds it
-//! already ([`answer`]: the node echoes the table's digest). With 1,000 nodes and a
-//! service of 10,000 running tasks, each call made the whole table (a pass over every task per
-//! service with a port or a network) and sent it whole, every second, to every node.
+//! already ([`answer`]: the node echoes the table's digest). Made per call and sent whole, it
+//! cost every manager a pass over every task per service with a port or a network, for each
+//! node, every second.
 //!
 //! ```text
 //!  node ─► Routes { digest held } ─► RoutesCache::get (per applied index: route_table +
@@ -15,11 +15,9 @@ use std::sync::{Arc, Mutex};
 
 use prost::Message as _;
 
+use super::workload::STACK_LABEL;
 use crate::api::v1::RoutesResponse;
 use crate::store::model::State;
-
-/// The label Docker (and skep) puts on a stack's objects.
-const STACK_LABEL: &str = "com.docker.stack.namespace";
 
 /// A service's address on every node's loopback (127.77.X.Y), where the node's routing mesh
 /// listens for the tasks that reach the service by name: the one the state machine gave it
