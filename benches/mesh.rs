@@ -21,10 +21,15 @@
 //! n1 (TLS version and cipher suite), and how many mTLS connections n2 opened to n1 for all
 //! the tunnels of the run (one: tunnels are HTTP/2 streams of the nodes' one connection).
 //!
+//! Beside them, the least a relay of each shape costs here ([`ceiling`]): relays with nothing
+//! of skep in them, run by the bench itself in front of the direct sink and server.
+//!
 //! Run: `cargo bench --bench mesh`. Needs root (exec).
 
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "mesh/ceiling.rs"]
+mod ceiling;
 mod common;
 
 use std::io::{Read as _, Write as _};
@@ -299,10 +304,16 @@ fn main() {
         .env("PORT", "4197")
         .spawn()
         .unwrap();
-    let sinks: [SocketAddr; 3] = [
-        "127.0.0.1:4197".parse().unwrap(),
+    let direct_sink_addr: SocketAddr = "127.0.0.1:4197".parse().unwrap();
+    // The least a relay costs, beside them (the same sink and server, this process's relays).
+    let relays = ceiling::start(direct_sink_addr, direct);
+    let sinks: [SocketAddr; 6] = [
+        direct_sink_addr,
         "127.0.98.1:4102".parse().unwrap(),
         "127.0.98.2:4102".parse().unwrap(),
+        relays.one_splice,
+        relays.two_splices,
+        relays.tls_pair,
     ];
     for s in sinks {
         wait_for(Duration::from_secs(60), "a sink to count", || {
@@ -310,7 +321,7 @@ fn main() {
         });
         bulk(s, bulk_bytes.min(64_000_000)); // warm-up
     }
-    let mut best = [0f64; 3];
+    let mut best = [0f64; 6];
     for _ in 0..rounds {
         for (b, s) in best.iter_mut().zip(sinks) {
             *b = b.max(bulk(s, bulk_bytes));
@@ -319,12 +330,20 @@ fn main() {
     let _ = direct_sink.kill();
     let _ = direct_sink.wait();
 
-    for addr in [direct, local, remote] {
+    for addr in [
+        direct,
+        local,
+        remote,
+        relays.one_splice_answer,
+        relays.two_splices_answer,
+    ] {
         series(addr, 100); // warm-up
     }
     let d = series(direct, n);
     let l = series(local, n);
     let r = series(remote, n);
+    let s1 = series(relays.one_splice_answer, n);
+    let s2 = series(relays.two_splices_answer, n);
     let _ = direct_server.kill();
     let _ = direct_server.wait();
 
@@ -375,6 +394,17 @@ fn main() {
         best[2],
         best[2] / best[0]
     );
+    println!("  the least a relay costs: relays with nothing of skep in them, in this process");
+    for (what, gbs) in [
+        ("one splice relay (same node's shape)", best[3]),
+        ("two splice relays (three TCP connections)", best[4]),
+        ("TCP, mutual TLS 1.3, TCP (other node's shape)", best[5]),
+    ] {
+        println!(
+            "    {what:<50} {gbs:>6.2} GB/s   ({:.2} of direct)",
+            gbs / best[0]
+        );
+    }
     println!("routing mesh, {n} sequential connect-answer-close requests per series");
     println!(
         "  direct to the task      {:>8.0} req/s   {:>7.1} us",
@@ -394,6 +424,17 @@ fn main() {
         r.0 / d.0,
         r.1 - d.1
     );
+    println!("  the least a relay costs: relays with nothing of skep in them, in this process");
+    for (what, (rps, us)) in [
+        ("one splice relay (same node's shape)", s1),
+        ("two splice relays, no TLS (≈ other node's shape)", s2),
+    ] {
+        println!(
+            "    {what:<50} {rps:>6.0} req/s {us:>7.1} us   ({:.2} of direct, +{:.1} us)",
+            rps / d.0,
+            us - d.1
+        );
+    }
     println!("UDP, {n} sequential datagram-echo round trips on one flow per series");
     println!(
         "  direct to the task      {:>8.0} rt/s    {:>7.1} us",
