@@ -29,8 +29,8 @@ use crate::store::workload::{
 const WORKLOAD_CA_DAYS: i64 = super::control::ROOT_CA_VALIDITY_DAYS;
 /// How long a CRL says it is good for; the managers make a new one as soon as the set changes.
 const CRL_VALIDITY: time::Duration = time::Duration::hours(1);
-/// The label Docker (and skep) puts on a stack's services.
-pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+/// The label Docker (and skep) puts on a stack's services: the store's one.
+pub const STACK_LABEL: &str = crate::store::volumes::NAMESPACE_LABEL;
 
 /// Why an SVID (X.509 or JWT) was refused. The message is what the node is told and what the
 /// audit record keeps; it does not say whether a task exists on another node.
