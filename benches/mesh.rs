@@ -405,6 +405,12 @@ fn main() {
             gbs / best[0]
         );
     }
+    println!(
+        "    (between the bare entry and exit: {})",
+        ceiling::NEGOTIATED
+            .get()
+            .map_or("no connection", String::as_str)
+    );
     println!("routing mesh, {n} sequential connect-answer-close requests per series");
     println!(
         "  direct to the task      {:>8.0} req/s   {:>7.1} us",

@@ -21,6 +21,9 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 /// The buffer each direction of a TLS hop copies through (the mesh's frame size).
 const BUF: usize = 256 << 10;
 
+/// The TLS version and cipher suite the bare entry and exit agreed on (the first connection's).
+pub static NEGOTIATED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -102,6 +105,12 @@ pub async fn tls_entry(listener: TcpListener, exit: SocketAddr, tls: Arc<rustls:
             let Ok(mut up) = connector.connect(name, tcp).await else {
                 return;
             };
+            let session = up.get_ref().1;
+            let _ = NEGOTIATED.set(format!(
+                "{:?}, {:?}",
+                session.protocol_version(),
+                session.negotiated_cipher_suite().map(|s| s.suite())
+            ));
             let _ = tokio::io::copy_bidirectional_with_sizes(&mut conn, &mut up, BUF, BUF).await;
         });
     }
