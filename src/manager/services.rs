@@ -85,7 +85,8 @@ impl Services {
                 crate::metrics::metrics().refused(crate::metrics::Refusal::NotEntitled);
                 match other {
                     super::workload::WorkloadError::TaskHolds(..)
-                    | super::workload::WorkloadError::SwarmHolds(_) => {
+                    | super::workload::WorkloadError::SwarmHolds(_)
+                    | super::workload::WorkloadError::NoRoomForNew(_) => {
                         Status::resource_exhausted(other.to_string())
                     }
                     _ => Status::permission_denied(format!("permission denied: {other}")),

@@ -22,7 +22,7 @@ use crate::secret::SecretString;
 use crate::store::model::{Command, State};
 use crate::store::service::{DesiredState, Task};
 use crate::store::workload::{
-    JWT_SVID_TTL_SECS, MAX_SVID_RECORDS, MAX_SVIDS_PER_TASK, SvidRecord, WorkloadKeys,
+    JWT_SVID_TTL_SECS, MAX_SVID_RECORDS, MAX_SVIDS_PER_TASK, RENEWAL_ROOM, SvidRecord, WorkloadKeys,
 };
 
 /// How long the workload CA lives (as long as a root CA).
@@ -60,6 +60,15 @@ pub enum WorkloadError {
          SVIDs are refused until some expire (`swarm update --svid-ttl` makes them shorter)"
     )]
     SwarmHolds(usize),
+    /// A task that holds no SVID asks for one while the swarm holds as many as new tasks may
+    /// take ([`MAX_SVID_RECORDS`] less [`RENEWAL_ROOM`]): the rest is kept for renewals.
+    #[error(
+        "the swarm holds {0} unexpired SVIDs; the rest of its room is kept for the renewals of \
+         running tasks, so new tasks get one once some expire (a service restarting again and \
+         again makes one each time: `service ps` shows which; `swarm update --svid-ttl` makes \
+         them shorter)"
+    )]
+    NoRoomForNew(usize),
     /// The request itself is malformed (a CSR, an audience).
     #[error("{0}")]
     BadRequest(String),
@@ -220,7 +229,9 @@ pub fn svid_for(
 /// before then (`SvidRecords::record`): the records are bounded here, where SVIDs are made. A
 /// task holds at most [`MAX_SVIDS_PER_TASK`], so a node asking again and again for its own
 /// task's SVID (a worker an attacker holds) grows them by no more than that; the swarm at most
-/// [`MAX_SVID_RECORDS`], past which new SVIDs are refused rather than a revocation dropped.
+/// [`MAX_SVID_RECORDS`], past which new SVIDs are refused rather than a revocation dropped. A
+/// task that holds none (a new one, every restart of a crash loop) stops [`RENEWAL_ROOM`]
+/// short of that, so the tasks that run keep the room to renew.
 fn room_for_svid(state: &State, task_id: &str, now: i64) -> Result<(), WorkloadError> {
     let (all, its) = state.svids.unexpired(task_id, now);
     if its >= MAX_SVIDS_PER_TASK {
@@ -228,6 +239,9 @@ fn room_for_svid(state: &State, task_id: &str, now: i64) -> Result<(), WorkloadE
     }
     if all >= MAX_SVID_RECORDS {
         return Err(WorkloadError::SwarmHolds(all));
+    }
+    if its == 0 && all >= MAX_SVID_RECORDS - RENEWAL_ROOM {
+        return Err(WorkloadError::NoRoomForNew(all));
     }
     Ok(())
 }
@@ -720,6 +734,72 @@ mod tests {
         assert_eq!(e, WorkloadError::SwarmHolds(MAX_SVID_RECORDS));
         assert!(e.to_string().len() < 300);
         assert!(svid_for(&full, "n1", &task, &csr(), later).is_ok());
+        // A task that holds one renews past where new ones stop, up to the bound.
+        let own = SvidRecord {
+            task_id: task.clone(),
+            node_id: "n1".into(),
+            not_after: (now() + ttl).unix_timestamp(),
+        };
+        full.svids = (0..MAX_SVID_RECORDS - 2)
+            .map(|i| (format!("{i:08x}"), rec.clone()))
+            .chain([("own".to_string(), own)])
+            .collect();
+        let renewed = svid_for(&full, "n1", &task, &csr(), now()).unwrap();
+        full.apply(renewed.commit);
+        let e = svid_for(&full, "n1", &task, &csr(), now()).unwrap_err();
+        assert_eq!(e, WorkloadError::SwarmHolds(MAX_SVID_RECORDS));
+        assert!(e.to_string().len() < 300);
+    }
+
+    /// A crash-looping service cannot take the room running tasks renew in: every restart is a
+    /// new task asking for its first SVID, and first SVIDs stop [`RENEWAL_ROOM`] short of the
+    /// swarm's bound, so a task that holds one still renews while new ones are refused.
+    #[test]
+    fn a_crash_loop_leaves_room_for_running_tasks_to_renew() {
+        let running = skep_pki::new_id();
+        let mut s = state(&running);
+        let ttl = time::Duration::try_from(s.cluster.as_ref().unwrap().svid_ttl()).unwrap();
+        let ended = SvidRecord {
+            task_id: "ended".into(),
+            node_id: "n2".into(),
+            not_after: (now() + ttl).unix_timestamp(),
+        };
+        // The ended tasks' records a crash loop left, a few short of where new SVIDs stop.
+        let line = MAX_SVID_RECORDS - RENEWAL_ROOM;
+        s.svids = (0..line - 4)
+            .map(|i| (format!("{i:08x}"), ended.clone()))
+            .collect();
+        let first = svid_for(&s, "n1", &running, &csr(), now()).unwrap();
+        s.apply(first.commit);
+        // The loop goes on: each restart a new task on n1, asking for its first SVID.
+        let mut new_ones = 0;
+        let refusal = loop {
+            let id = skep_pki::new_id();
+            let mut t = s.tasks.get(&running).unwrap().clone();
+            t.id = id.clone();
+            s.tasks.insert(id.clone(), t);
+            match svid_for(&s, "n1", &id, &csr(), now()) {
+                Ok(issued) => {
+                    s.apply(issued.commit);
+                    new_ones += 1;
+                    assert!(
+                        new_ones <= 3,
+                        "a first SVID was issued past the room kept for renewals ({} records)",
+                        s.svids.len()
+                    );
+                }
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(new_ones, 3);
+        assert_eq!(refusal, WorkloadError::NoRoomForNew(line));
+        assert!(refusal.to_string().len() < 300, "{refusal}");
+        // The running task renews, as often as a task may hold SVIDs at once.
+        for _ in 1..MAX_SVIDS_PER_TASK {
+            let renewed = svid_for(&s, "n1", &running, &csr(), now()).unwrap();
+            s.apply(renewed.commit);
+        }
+        assert_eq!(s.svids.len(), line + MAX_SVIDS_PER_TASK - 1);
     }
 
     /// An SVID is revoked once its task stops or goes, or moves, or its node is removed.

@@ -22,6 +22,14 @@ pub const JWT_SVID_TTL_SECS: u64 = 300;
 /// dropped before: a record dropped is a revocation lost. So the bound is kept where SVIDs
 /// are issued: past it the leader refuses new ones (`manager::workload::room_for_svid`).
 pub const MAX_SVID_RECORDS: usize = 200_000;
+/// The part of [`MAX_SVID_RECORDS`] kept for renewals: a task's first SVID is refused once the
+/// swarm holds `MAX_SVID_RECORDS - RENEWAL_ROOM`, an SVID for a task that holds one only at
+/// the bound. Every restart of a crash-looping service is a new task asking for its first SVID,
+/// and each ended task's record stays until its SVID expires: without this room such a loop
+/// fills the bound, and then running tasks cannot renew. A task renews at half life, so
+/// running tasks need about one record each above what they hold: room for 20,000 renewing
+/// at once.
+pub const RENEWAL_ROOM: usize = MAX_SVID_RECORDS / 10;
 /// The most unexpired X.509-SVIDs one task may hold: its agent renews at half life, so it
 /// holds two at most while it runs; the rest is room for retries.
 pub const MAX_SVIDS_PER_TASK: usize = 8;
