@@ -28,7 +28,7 @@ pub const MAX_SVID_RECORDS: usize = 200_000;
 /// and each ended task's record stays until its SVID expires: without this room such a loop
 /// fills the bound, and then running tasks cannot renew. A task renews at half life, so
 /// running tasks need about one record each above what they hold: room for 20,000 renewing
-/// at once.
+/// at once. A task whose SVIDs have all expired (its node was away) asks as a new one.
 pub const RENEWAL_ROOM: usize = MAX_SVID_RECORDS / 10;
 /// The most unexpired X.509-SVIDs one task may hold: its agent renews at half life, so it
 /// holds two at most while it runs; the rest is room for retries.
