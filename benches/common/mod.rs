@@ -39,7 +39,10 @@ mod poll;
 #[path = "../../tests/it/harness/text.rs"]
 mod text;
 #[allow(unused_imports)] // each bench uses a different part
-pub use cleanup::{kill_processes_mentioning, mounts_under, pids_mentioning, unmount_under};
+pub use cleanup::{
+    agent_groups_holding, kill_processes_mentioning, mounts_under, pids_mentioning, remove_groups,
+    unmount_under,
+};
 #[allow(unused_imports)] // not every bench reads logs
 pub use text::strip_ansi;
 
@@ -263,7 +266,10 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // The agent's control groups its tasks are in go once the tasks are killed.
+        let groups = agent_groups_holding(&pids_mentioning(&self.dir, None));
         kill_processes_mentioning(&self.dir);
+        remove_groups(&groups);
     }
 }
 

@@ -48,30 +48,9 @@ fn stdout(logs: &[LogEntry]) -> Vec<&str> {
         .collect()
 }
 
-/// The host directory of a `/proc/PID/cgroup` line (`N:cpu,cpuacct:/skep/NODE/ID` with
-/// cgroup v1, `0::/skep/NODE/ID` with v2): the mount of that hierarchy, read from this process's mountinfo,
-/// joined with the path.
-pub(crate) fn host_dir(line: &str) -> Option<PathBuf> {
-    let mut parts = line.splitn(3, ':');
-    let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let mount = mountinfo.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        let point = left.split(' ').nth(4)?;
-        let mut fs = right.split(' ');
-        let (fstype, options) = (fs.next()?, fs.nth(1)?);
-        let wanted = if controllers.is_empty() {
-            fstype == "cgroup2"
-        } else {
-            fstype == "cgroup"
-                && options
-                    .split(',')
-                    .any(|o| controllers.split(',').any(|c| c == o))
-        };
-        wanted.then(|| PathBuf::from(point))
-    })?;
-    Some(mount.join(path.trim_start_matches('/')))
-}
+/// The host directory of a `/proc/PID/cgroup` line (the harness's, which removes a killed
+/// daemon's groups).
+pub(crate) use crate::harness::cgroup_dir as host_dir;
 
 /// The task's own groups as its `cat /proc/self/cgroup` printed them: the lines ending in
 /// `/skep/<agent's scope>/<task ID>`.
@@ -559,6 +538,20 @@ fn agent_groups_of(m: &crate::harness::Node, service: &str) -> Vec<PathBuf> {
             .filter_map(|d| d.parent().map(Path::to_path_buf));
         Ok(shared.iter().cloned().chain(agent).collect())
     })
+}
+
+/// Break it: a test daemon killed with an exec task running (the way every test's daemons
+/// end) left its `skep/<node ID>` groups behind: a host that ran the tests kept a set for
+/// every node it ever ran. Dropping the harness's node removes them once its tasks are killed.
+#[test]
+fn a_killed_test_daemon_leaves_no_groups_behind() {
+    let m = crate::harness::Node::start("killed-groups");
+    m.cli_ok(&["swarm", "init", "--advertise-addr", &m.addr()]);
+    exec_service(&m, "holder", &[], "cat /proc/self/cgroup; sleep 600");
+    let dirs = agent_groups_of(&m, "holder");
+    drop(m);
+    let left: Vec<&PathBuf> = dirs.iter().filter(|d| d.exists()).collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 /// Break it: a daemon that stopped kept its `skep/<node ID>` groups (and their `shared`) in

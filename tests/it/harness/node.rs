@@ -489,7 +489,14 @@ impl Drop for Node {
             }
         }
         self.kill();
+        // Its agent's control groups, taken once the tasks in them are killed: the ones its
+        // tasks are in, and by its node ID (the groups it made stay when no task is left).
+        let mut groups = agent_groups_holding(&pids_mentioning(&self.dir, None));
+        if let Some(id) = &self.id {
+            groups.extend(agent_groups_named(id));
+        }
         kill_processes_mentioning(&self.dir);
+        remove_groups(&groups);
         unmount_under(&self.dir);
         // A daemon that panicked anywhere (a task of its runtime included, which it may
         // outlive) fails the test that ran it, whatever the test checked.
