@@ -146,7 +146,8 @@ pub fn agent_groups_named(node_id: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for (mount, _, _) in cgroup_mounts() {
         let mut level = vec![mount];
-        for _ in 0..=4 {
+        // `skep` one to four levels under the mount.
+        for _ in 0..4 {
             let mut next = Vec::new();
             for dir in &level {
                 for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
